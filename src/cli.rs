@@ -1,0 +1,279 @@
+//! Command-line interface: `s3vol mount ...`.
+//!
+//! Every long option `--name value` can also be given as `-o name=value` and every
+//! flag `--flag` as `-o flag`, the way mount(8) and fstab pass them.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::names::Source;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "s3vol",
+    version,
+    about = "Attach an S3 bucket prefix to a directory as a filesystem"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount BUCKET[/PREFIX] at MOUNTPOINT (daemonizes unless --foreground).
+    Mount(MountArgs),
+}
+
+/// Where S3 is and which credentials to start from.
+#[derive(Debug, Clone, Args)]
+pub struct S3Args {
+    /// AWS region of the bucket (default: from the AWS configuration, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// S3 endpoint URL, for S3-compatible servers (e.g. http://127.0.0.1:3900).
+    #[arg(long, value_name = "URL", value_parser = parse_url)]
+    pub endpoint_url: Option<String>,
+    /// Address buckets as URL paths instead of host names (needed by most
+    /// S3-compatible servers).
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Profile in the AWS shared config/credentials files to take credentials from.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MountArgs {
+    /// BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX/.
+    #[arg(value_parser = parse_source)]
+    pub source: Source,
+    /// An existing, empty directory to attach the volume to.
+    pub mountpoint: PathBuf,
+
+    /// Mount read-only (the default): no request that changes the bucket is ever sent.
+    #[arg(long)]
+    pub read_only: bool,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+
+    /// Owner of every file and directory (default: the user running s3vol).
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+    /// Group of every file and directory (default: the group running s3vol).
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+    /// Permission bits of files, in octal.
+    #[arg(long, value_name = "MODE", default_value = "0644", value_parser = parse_mode)]
+    pub file_mode: u16,
+    /// Permission bits of directories, in octal.
+    #[arg(long, value_name = "MODE", default_value = "0755", value_parser = parse_mode)]
+    pub dir_mode: u16,
+    /// Let every user access the volume (needs user_allow_other in /etc/fuse.conf
+    /// unless run as root).
+    #[arg(long, conflicts_with = "allow_root")]
+    pub allow_other: bool,
+    /// Let root access the volume as well as the user who mounted it.
+    #[arg(long)]
+    pub allow_root: bool,
+    /// How long file and directory metadata is trusted before S3 is asked again
+    /// (e.g. 5s, 1m, 0 to always ask, or "indefinite" for buckets nobody else changes).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_ttl)]
+    pub metadata_ttl: Duration,
+
+    /// Stay in the foreground instead of daemonizing; log to standard error.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Least severe messages to log.
+    #[arg(long, value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+    /// Append log lines to this file (default: standard error in the foreground,
+    /// syslog when daemonized).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+fn parse_source(text: &str) -> Result<Source, String> {
+    text.parse().map_err(|e: crate::names::SourceError| e.to_string())
+}
+
+fn parse_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{text:?} has no host"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+fn parse_mode(text: &str) -> Result<u16, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u16::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!(
+            "{text:?} is not an octal permission mode such as 0644 or 0755"
+        )),
+    }
+}
+
+/// The longest TTL the kernel accepts without overflow in its own arithmetic; used
+/// for "indefinite".
+const INDEFINITE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    if text == "indefinite" {
+        return Ok(INDEFINITE);
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); use e.g. 5s, 1m, 0 or indefinite")
+    })
+}
+
+/// Rewrites `-o a=b,c` into `--a b --c`, so fstab-style options reach the same
+/// parser as long options. Option names may use `-` or `_`.
+pub fn expand_o_options(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        let list = if text == "-o" {
+            let next = iter
+                .next()
+                .ok_or("-o needs a value such as -o ro,region=eu-west-1")?;
+            next.to_string_lossy().into_owned()
+        } else if let Some(rest) = text.strip_prefix("-o")
+            && !rest.is_empty()
+            && !text.starts_with("--")
+        {
+            rest.to_string()
+        } else {
+            out.push(arg);
+            continue;
+        };
+        for item in list.split(',').filter(|s| !s.is_empty()) {
+            let (name, value) = match item.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (item, None),
+            };
+            let name = match name {
+                "ro" => "read-only".to_string(),
+                other => other.replace('_', "-"),
+            };
+            out.push(format!("--{name}").into());
+            if let Some(value) = value {
+                out.push(value.into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Entry point of the `s3vol` binary.
+pub fn main() -> ExitCode {
+    let args = match expand_o_options(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("s3vol: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    match cli.command {
+        Command::Mount(args) => crate::run::mount(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn o_options_become_long_options() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["-o", "ro"], &["--read-only"]),
+            (
+                &["-o", "region=eu-west-1,allow_other"],
+                &["--region", "eu-west-1", "--allow-other"],
+            ),
+            (&["-ometadata_ttl=10s"], &["--metadata-ttl", "10s"]),
+            (&["--foreground", "-o", ""], &["--foreground"]),
+            (&["x", "--other"], &["x", "--other"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                expand_o_options(strings(input)).unwrap(),
+                strings(want),
+                "{input:?}"
+            );
+        }
+        assert!(expand_o_options(strings(&["-o"])).is_err());
+    }
+
+    #[test]
+    fn modes_and_ttls_parse_or_explain() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("rw").is_err());
+        assert!(parse_mode("17777").is_err());
+        assert_eq!(parse_ttl("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_ttl("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_ttl("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_ttl("indefinite"), Ok(INDEFINITE));
+        assert!(parse_ttl("soon").unwrap_err().contains("indefinite"));
+    }
+
+    #[test]
+    fn urls_need_a_scheme_and_host() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:9000/").unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        assert!(parse_url("127.0.0.1:9000").is_err());
+        assert!(parse_url("http://").is_err());
+    }
+
+    #[test]
+    fn mount_arguments_parse() {
+        let cli = Cli::try_parse_from(strings(&[
+            "s3vol",
+            "mount",
+            "s3://bkt/data/",
+            "/mnt/x",
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+            "--metadata-ttl",
+            "2s",
+        ]))
+        .unwrap();
+        let Command::Mount(args) = cli.command;
+        assert_eq!(args.source.to_string(), "bkt/data");
+        assert_eq!(args.metadata_ttl, Duration::from_secs(2));
+        assert!(
+            Cli::try_parse_from(strings(&[
+                "s3vol",
+                "mount",
+                "bkt",
+                "/m",
+                "--allow-other",
+                "--allow-root"
+            ]))
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Filesystem errors and the one place that turns them into errnos.
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("name is longer than 255 bytes")]
+    NameTooLong,
+    #[error("the volume is mounted read-only")]
+    ReadOnly,
+    #[error("{0} is not supported on an S3 volume")]
+    NotSupported(&'static str),
+    #[error("no such open file handle {0}")]
+    BadHandle(u64),
+    /// An open file's object was replaced or deleted by another client.
+    #[error("object {key} changed or disappeared while open: {source}")]
+    Stale {
+        key: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FsError {
+    /// The errno the application sees. Each arm is a judgement; the comment says why.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::ReadOnly => libc::EROFS,
+            // Links, device nodes and locks have no S3 equivalent; ENOTSUP tells tools
+            // like cp and tar to fall back rather than retry.
+            FsError::NotSupported(_) => libc::ENOTSUP,
+            FsError::BadHandle(_) => libc::EBADF,
+            // ESTALE is what NFS users know for "the file changed under your handle".
+            FsError::Stale { .. } => libc::ESTALE,
+            FsError::Store(e) => store_errno(e),
+        }
+    }
+
+    /// Expected outcomes (a lookup of a name that does not exist) are not worth a
+    /// warning in the log.
+    pub fn is_expected(&self) -> bool {
+        matches!(
+            self,
+            FsError::NotFound
+                | FsError::NameTooLong
+                | FsError::ReadOnly
+                | FsError::NotSupported(_)
+                | FsError::IsADirectory
+                | FsError::NotADirectory
+        )
+    }
+}
+
+fn store_errno(e: &StoreError) -> i32 {
+    match e {
+        StoreError::NotFound { .. } => libc::ENOENT,
+        // The policy said no: EACCES, never the EIO other S3 filesystems report.
+        StoreError::AccessDenied { .. } => libc::EACCES,
+        // Without credentials every request would be refused: the same answer.
+        StoreError::Credentials { .. } => libc::EACCES,
+        StoreError::Changed { .. } | StoreError::ShortBody { .. } => libc::ESTALE,
+        // The bucket vanished after mount: the volume's root is gone.
+        StoreError::NoSuchBucket { .. } => libc::ENOENT,
+        StoreError::InvalidRange { .. } => libc::ESTALE,
+        StoreError::Unreachable { .. }
+        | StoreError::Service { .. }
+        | StoreError::Internal { .. }
+        | StoreError::Injected { .. } => libc::EIO,
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;

@@ -1,0 +1,234 @@
+//! The inode table: which inode number names which key, and what was last learnt
+//! about it from S3.
+//!
+//! S3 has no inodes. An inode here is a (parent, name) pair seen by a lookup or a
+//! listing; the same pair keeps its number for as long as the kernel holds it, so
+//! `stat` twice gives the same `st_ino`. If a name turns from a file into a directory
+//! (another client put `name/x` beside `name`), it gets a new inode, because the
+//! kernel must never see one inode change type.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Directory,
+}
+
+/// What S3 said about a name. Directories have no size, ETag or time of their own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub size: u64,
+    pub etag: String,
+    pub mtime: SystemTime,
+}
+
+impl Stat {
+    pub fn directory(mtime: SystemTime) -> Self {
+        Self {
+            size: 0,
+            etag: String::new(),
+            mtime,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub parent: u64,
+    pub name: String,
+    pub kind: Kind,
+    /// The object key (files) or key prefix with trailing `/` (directories).
+    pub key: String,
+    pub stat: Stat,
+    /// When `stat` was learnt from S3; `None` means it never expires (the root).
+    pub fetched: Option<Instant>,
+    /// References the kernel holds (lookups not yet forgotten).
+    pub lookups: u64,
+}
+
+impl Node {
+    /// How much longer `stat` may be trusted, or `None` if it has expired.
+    pub fn remaining(&self, ttl: Duration, now: Instant) -> Option<Duration> {
+        match self.fetched {
+            None => Some(ttl),
+            Some(at) => ttl.checked_sub(now.saturating_duration_since(at)).filter(|d| !d.is_zero()),
+        }
+    }
+}
+
+pub struct InodeTable {
+    nodes: HashMap<u64, Node>,
+    children: HashMap<(u64, String), u64>,
+    next_ino: u64,
+}
+
+impl InodeTable {
+    /// A table holding only the root directory, whose key is `root_key`.
+    pub fn new(root_key: &str, mount_time: SystemTime) -> Self {
+        let root = Node {
+            parent: ROOT_INO,
+            name: String::new(),
+            kind: Kind::Directory,
+            key: root_key.to_string(),
+            stat: Stat::directory(mount_time),
+            fetched: None,
+            lookups: 1,
+        };
+        Self {
+            nodes: HashMap::from([(ROOT_INO, root)]),
+            children: HashMap::new(),
+            next_ino: ROOT_INO + 1,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn child(&self, parent: u64, name: &str) -> Option<(u64, &Node)> {
+        let ino = *self.children.get(&(parent, name.to_string()))?;
+        self.nodes.get(&ino).map(|node| (ino, node))
+    }
+
+    /// Records what S3 said about `parent/name` and returns its inode number.
+    pub fn upsert(&mut self, parent: u64, name: &str, kind: Kind, stat: Stat, now: Instant) -> u64 {
+        let slot = (parent, name.to_string());
+        if let Some(&ino) = self.children.get(&slot)
+            && let Some(node) = self.nodes.get_mut(&ino)
+            && node.kind == kind
+        {
+            node.stat = stat;
+            node.fetched = Some(now);
+            return ino;
+        }
+        let parent_key = self.nodes.get(&parent).map_or("", |p| p.key.as_str());
+        let key = match kind {
+            Kind::File => format!("{parent_key}{name}"),
+            Kind::Directory => format!("{parent_key}{name}/"),
+        };
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                name: name.to_string(),
+                kind,
+                key,
+                stat,
+                fetched: Some(now),
+                lookups: 0,
+            },
+        );
+        if let Some(old) = self.children.insert(slot, ino) {
+            self.drop_if_unreferenced(old);
+        }
+        ino
+    }
+
+    /// Forgets that `parent/name` exists (S3 said it does not).
+    pub fn remove_child(&mut self, parent: u64, name: &str) {
+        if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
+            self.drop_if_unreferenced(ino);
+        }
+    }
+
+    pub fn add_lookup(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups += 1;
+        }
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0 {
+                let slot = (node.parent, node.name.clone());
+                // Keep the name mapping (and so the node) while it still points here:
+                // the listing cache answers later lookups from it.
+                if self.children.get(&slot) != Some(&ino) {
+                    self.nodes.remove(&ino);
+                }
+            }
+        }
+    }
+
+    fn drop_if_unreferenced(&mut self, ino: u64) {
+        if self.nodes.get(&ino).is_some_and(|n| n.lookups == 0) {
+            self.nodes.remove(&ino);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_name_keeps_its_inode_and_type_change_gets_a_new_one() {
+        let now = Instant::now();
+        let mut table = InodeTable::new("root/", SystemTime::UNIX_EPOCH);
+        let stat = Stat::directory(SystemTime::UNIX_EPOCH);
+        let a = table.upsert(ROOT_INO, "a", Kind::File, stat.clone(), now);
+        assert_eq!(table.get(a).unwrap().key, "root/a");
+        assert_eq!(table.upsert(ROOT_INO, "a", Kind::File, stat.clone(), now), a);
+        let dir = table.upsert(ROOT_INO, "a", Kind::Directory, stat.clone(), now);
+        assert_ne!(dir, a);
+        assert_eq!(table.get(dir).unwrap().key, "root/a/");
+        let child = table.upsert(dir, "b", Kind::File, stat, now);
+        assert_eq!(table.get(child).unwrap().key, "root/a/b");
+        // The file inode had no kernel references, so it went when it was replaced.
+        assert!(table.get(a).is_none());
+    }
+
+    #[test]
+    fn forgotten_nodes_go_once_unnamed() {
+        let now = Instant::now();
+        let mut table = InodeTable::new("", SystemTime::UNIX_EPOCH);
+        let stat = Stat::directory(SystemTime::UNIX_EPOCH);
+        let a = table.upsert(ROOT_INO, "a", Kind::File, stat, now);
+        table.add_lookup(a);
+        table.remove_child(ROOT_INO, "a");
+        assert!(table.get(a).is_some(), "the kernel still holds it");
+        table.forget(a, 1);
+        assert!(table.get(a).is_none());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn remaining_ttl_counts_down() {
+        let now = Instant::now();
+        let mut table = InodeTable::new("", SystemTime::UNIX_EPOCH);
+        let a = table.upsert(
+            ROOT_INO,
+            "a",
+            Kind::File,
+            Stat::directory(SystemTime::UNIX_EPOCH),
+            now,
+        );
+        let ttl = Duration::from_secs(5);
+        let node = table.get(a).unwrap();
+        assert_eq!(node.remaining(ttl, now), Some(ttl));
+        assert_eq!(
+            node.remaining(ttl, now + Duration::from_secs(2)),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(node.remaining(ttl, now + ttl), None);
+    }
+}

@@ -1,0 +1,478 @@
+//! The filesystem: S3's flat key space presented as directories and files.
+//!
+//! This module implements docs/SEMANTICS.md. It never names fuser: it takes plain
+//! inode numbers and names, returns its own types and [`FsError`], and is tested on
+//! the in-memory store with no kernel involved.
+//!
+//! A directory is a key prefix ending in `/`. It exists when any key lies under it,
+//! whether a marker object `dir/` (as the S3 console makes) or only deeper keys (an
+//! "implicit" directory). When both `name` and `name/...` exist, the directory wins
+//! and the file is hidden, because a directory cannot be shadowed without hiding
+//! everything in it. Keys whose last segment cannot be a Linux file name (empty,
+//! `.`, `..`, too long, NUL) are skipped in listings with one warning per listing.
+
+pub mod error;
+pub mod inode;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+pub use self::error::{FsError, FsResult};
+pub use self::inode::{Kind, ROOT_INO, Stat};
+use self::inode::{InodeTable, Node};
+use crate::names::{NameProblem, check_name};
+use crate::read::{ReadConfig, Reader};
+use crate::store::{ListRequest, ObjectStore, StoreError};
+
+/// What the kernel is told about ownership and modes, and how long metadata lives.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// How long what S3 said about a name is trusted before asking again.
+    pub metadata_ttl: Duration,
+    pub read: ReadConfig,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(5),
+            read: ReadConfig::default(),
+        }
+    }
+}
+
+/// Attributes of one inode as the kernel sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attributes plus how long the kernel may cache them.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+/// One directory entry; `next_offset` is the cookie of the entry after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+    pub next_offset: u64,
+}
+
+/// What `df` shows: S3 has no capacity, so a large constant.
+#[derive(Clone, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}
+
+/// Every operation that would change the bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    Create,
+    Write,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Rename,
+    SetAttr,
+    SetXattr,
+    Symlink,
+    Link,
+    Mknod,
+}
+
+pub struct Fs {
+    store: Arc<dyn ObjectStore>,
+    config: FsConfig,
+    inodes: Mutex<InodeTable>,
+    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Reader>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_handle: AtomicU64,
+    read_budget: Arc<Semaphore>,
+}
+
+impl Fs {
+    /// A filesystem whose root directory is the key prefix `root_key` (empty, or
+    /// ending in `/`).
+    pub fn new(store: Arc<dyn ObjectStore>, root_key: &str, config: FsConfig) -> Self {
+        let read_budget = config.read.budget();
+        Self {
+            store,
+            inodes: Mutex::new(InodeTable::new(root_key, SystemTime::now())),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            read_budget,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Node> {
+        self.inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> Attr {
+        let (perm, size) = match node.kind {
+            Kind::File => (self.config.file_mode, node.stat.size),
+            Kind::Directory => (self.config.dir_mode, 0),
+        };
+        Attr {
+            ino,
+            kind: node.kind,
+            size,
+            mtime: node.stat.mtime,
+            perm,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
+    }
+
+    /// The entry for `ino` if what we know of it is still fresh.
+    fn fresh_entry(&self, ino: u64, node: &Node) -> Option<Entry> {
+        node.remaining(self.config.metadata_ttl, Instant::now())
+            .map(|ttl| Entry {
+                attr: self.attr(ino, node),
+                ttl,
+            })
+    }
+
+    /// Asks S3 what `parent_key + name` is: HeadObject on the file key and a
+    /// one-key listing under the directory prefix, in parallel.
+    async fn stat_name(&self, parent_key: &str, name: &str) -> FsResult<Option<(Kind, Stat)>> {
+        let file_key = format!("{parent_key}{name}");
+        let dir_key = format!("{file_key}/");
+        let listing = ListRequest {
+            prefix: &dir_key,
+            max_keys: Some(1),
+            ..Default::default()
+        };
+        let (head, list) = tokio::join!(
+            self.store.head_object(&file_key),
+            self.store.list_objects(listing)
+        );
+        let page = list?;
+        if !page.objects.is_empty() || !page.common_prefixes.is_empty() {
+            let mtime = page
+                .objects
+                .first()
+                .map_or(SystemTime::UNIX_EPOCH, |o| o.last_modified);
+            return Ok(Some((Kind::Directory, Stat::directory(mtime))));
+        }
+        match head {
+            Ok(info) => Ok(Some((
+                Kind::File,
+                Stat {
+                    size: info.size,
+                    etag: info.etag,
+                    mtime: info.last_modified,
+                },
+            ))),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Looks `name` up in directory `parent`, from cache when fresh.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let parent_node = self.node(parent)?;
+        if parent_node.kind != Kind::Directory {
+            return Err(FsError::NotADirectory);
+        }
+        // S3 keys are UTF-8, so a name that is not cannot exist.
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        match check_name(name) {
+            Ok(()) => {}
+            Err(NameProblem::TooLong) => return Err(FsError::NameTooLong),
+            Err(_) => return Err(FsError::NotFound),
+        }
+        let cached = {
+            let table = self.inodes.lock().unwrap();
+            table
+                .child(parent, name)
+                .and_then(|(ino, node)| self.fresh_entry(ino, node))
+        };
+        let entry = match cached {
+            Some(entry) => entry,
+            None => self.refresh_child(parent, &parent_node.key, name).await?,
+        };
+        self.inodes.lock().unwrap().add_lookup(entry.attr.ino);
+        Ok(entry)
+    }
+
+    async fn refresh_child(&self, parent: u64, parent_key: &str, name: &str) -> FsResult<Entry> {
+        let found = self.stat_name(parent_key, name).await?;
+        let mut table = self.inodes.lock().unwrap();
+        match found {
+            Some((kind, stat)) => {
+                let ino = table.upsert(parent, name, kind, stat, Instant::now());
+                let node = table.get(ino).expect("just inserted");
+                Ok(Entry {
+                    attr: self.attr(ino, node),
+                    ttl: self.config.metadata_ttl,
+                })
+            }
+            None => {
+                table.remove_child(parent, name);
+                Err(FsError::NotFound)
+            }
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Entry> {
+        let node = self.node(ino)?;
+        if let Some(entry) = self.fresh_entry(ino, &node) {
+            return Ok(entry);
+        }
+        let parent = self.node(node.parent)?;
+        let entry = self.refresh_child(node.parent, &parent.key, &node.name).await?;
+        if entry.attr.ino != ino {
+            // The name now refers to something else (a file became a directory).
+            return Err(FsError::NotFound);
+        }
+        Ok(entry)
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().unwrap().forget(ino, n);
+    }
+
+    /// Lists directory `ino` completely (all pages) and keeps the snapshot for the
+    /// handle's readdir calls.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Directory {
+            return Err(FsError::NotADirectory);
+        }
+        let listed = self.list_dir(&node.key).await?;
+        let now = Instant::now();
+        let mut entries = Vec::with_capacity(listed.len() + 2);
+        entries.push((ino, Kind::Directory, ".".to_string()));
+        entries.push((node.parent, Kind::Directory, "..".to_string()));
+        {
+            let mut table = self.inodes.lock().unwrap();
+            for (name, (kind, stat)) in listed {
+                let child = table.upsert(ino, &name, kind, stat, now);
+                entries.push((child, kind, name));
+            }
+        }
+        let entries = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ino, kind, name))| DirEntry {
+                ino,
+                kind,
+                name,
+                next_offset: i as u64 + 1,
+            })
+            .collect();
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// Entries of an open directory from position `offset` on.
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let entries = self
+            .dirs
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))?;
+        Ok(entries.iter().skip(offset as usize).cloned().collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// Every valid name directly under `dir_key`, directories shadowing files.
+    async fn list_dir(&self, dir_key: &str) -> FsResult<BTreeMap<String, (Kind, Stat)>> {
+        let mut names = BTreeMap::new();
+        let mut skipped = 0usize;
+        let mut example: Option<(String, NameProblem)> = None;
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_objects(ListRequest {
+                    prefix: dir_key,
+                    delimiter: Some("/"),
+                    continuation: token.as_deref(),
+                    max_keys: None,
+                })
+                .await?;
+            for prefix in &page.common_prefixes {
+                let name = prefix[dir_key.len()..].strip_suffix('/').unwrap_or_default();
+                match check_name(name) {
+                    Ok(()) => {
+                        names.insert(
+                            name.to_string(),
+                            (Kind::Directory, Stat::directory(SystemTime::UNIX_EPOCH)),
+                        );
+                    }
+                    Err(problem) => {
+                        skipped += 1;
+                        example.get_or_insert((prefix.clone(), problem));
+                    }
+                }
+            }
+            for object in page.objects {
+                if object.key == dir_key {
+                    continue; // the directory's own marker
+                }
+                let name = &object.key[dir_key.len()..];
+                if let Err(problem) = check_name(name) {
+                    skipped += 1;
+                    example.get_or_insert((object.key.clone(), problem));
+                    continue;
+                }
+                names.entry(name.to_string()).or_insert((
+                    Kind::File,
+                    Stat {
+                        size: object.size,
+                        etag: object.etag,
+                        mtime: object.last_modified,
+                    },
+                ));
+            }
+            token = page.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        if let Some((key, problem)) = example {
+            warn!(
+                directory = dir_key,
+                skipped,
+                example = ?key,
+                %problem,
+                "skipped keys that cannot be shown as file names"
+            );
+        }
+        Ok(names)
+    }
+
+    /// Opens file `ino` for reading.
+    pub async fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let mut node = self.node(ino)?;
+        if node.kind != Kind::File {
+            return Err(FsError::IsADirectory);
+        }
+        if node
+            .remaining(self.config.metadata_ttl, Instant::now())
+            .is_none()
+        {
+            self.getattr(ino).await?;
+            node = self.node(ino)?;
+        }
+        let reader = Reader::new(
+            self.store.clone(),
+            node.key.clone(),
+            node.stat.etag.clone(),
+            node.stat.size,
+            self.config.read.clone(),
+            self.read_budget.clone(),
+        );
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.files
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(reader)));
+        debug!(ino, fh, key = node.key, "opened");
+        Ok(fh)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let reader = self
+            .files
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))?;
+        let mut reader = reader.lock().await;
+        reader.read(offset, size).await.map_err(|e| match e {
+            StoreError::NotFound { ref key, .. }
+            | StoreError::Changed { ref key, .. }
+            | StoreError::ShortBody { ref key, .. }
+            | StoreError::InvalidRange { ref key, .. } => FsError::Stale {
+                key: key.clone(),
+                source: e,
+            },
+            other => FsError::Store(other),
+        })
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().unwrap().remove(&fh);
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        // 1 PiB in 4 KiB blocks: large enough that nothing refuses to copy in, and
+        // still a sane number for tools that do arithmetic on it.
+        const BLOCKS: u64 = 1 << 38;
+        StatFs {
+            blocks: BLOCKS,
+            bfree: BLOCKS,
+            files: 1 << 32,
+            ffree: 1 << 32,
+            block_size: 4096,
+            name_max: crate::names::NAME_MAX as u32,
+        }
+    }
+
+    /// Any change to the bucket. This volume is read-only, so each one fails with
+    /// EROFS before a request is sent.
+    pub fn mutate(&self, op: Mutation) -> FsResult<()> {
+        debug!(?op, "refused on a read-only volume");
+        Err(FsError::ReadOnly)
+    }
+
+    /// Number of inodes known, for tests and statistics.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().unwrap().len()
+    }
+}

@@ -1,0 +1,15 @@
+//! s3vol: attach an S3 bucket prefix to a Linux directory.
+//!
+//! Layers, from the kernel down: [`fuse`] (the only fuser user) calls [`fs`], which
+//! uses [`read`] and the [`store::ObjectStore`] trait; [`store::s3`] is the only
+//! aws-sdk-s3 user. [`cli`] and [`run`] wire concrete types on top.
+
+pub mod cli;
+pub mod fs;
+pub mod fuse;
+pub mod logging;
+pub mod names;
+pub mod preflight;
+pub mod read;
+pub mod run;
+pub mod store;

@@ -1,0 +1,97 @@
+//! Where log lines go: standard error, a file, or syslog for a detached daemon.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+pub enum LogTarget<'a> {
+    Stderr,
+    File(&'a Path),
+    Syslog,
+}
+
+/// Installs the global subscriber. `level` applies to s3vol itself; other crates
+/// (the AWS SDK, fuser) log warnings and errors only, unless `RUST_LOG` says else.
+pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,s3vol={level}")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match target {
+        LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),
+        LogTarget::File(path) => {
+            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            builder
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .try_init()
+        }
+        LogTarget::Syslog => {
+            // SAFETY: the identifier is a static NUL-terminated string that outlives
+            // every later syslog call, as openlog requires.
+            unsafe { libc::openlog(c"s3vol".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            builder
+                .with_ansi(false)
+                .without_time()
+                .with_writer(SyslogWriter)
+                .try_init()
+        }
+    };
+    // A second init (tests) keeps the first subscriber; that is fine.
+    let _ = result;
+    Ok(())
+}
+
+/// Sends each formatted line to syslog(3), with a priority taken from its level.
+#[derive(Clone, Copy)]
+struct SyslogWriter;
+
+struct SyslogLine(Vec<u8>);
+
+impl Write for SyslogLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let line = text.trim_end();
+        if line.is_empty() {
+            return;
+        }
+        let priority = if line.contains("ERROR") {
+            libc::LOG_ERR
+        } else if line.contains("WARN") {
+            libc::LOG_WARNING
+        } else if line.contains("INFO") {
+            libc::LOG_INFO
+        } else {
+            libc::LOG_DEBUG
+        };
+        let Ok(message) = CString::new(line.replace('\0', " ")) else {
+            return;
+        };
+        // SAFETY: both pointers are valid NUL-terminated strings for the duration of
+        // the call, and the "%s" format consumes exactly the one argument given.
+        unsafe { libc::syslog(priority, c"%s".as_ptr(), message.as_ptr()) };
+    }
+}
+
+impl<'a> MakeWriter<'a> for SyslogWriter {
+    type Writer = SyslogLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SyslogLine(Vec::new())
+    }
+}

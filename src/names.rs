@@ -1,0 +1,216 @@
+//! Validated names at the edge: the volume source (`BUCKET[/PREFIX]`), the key prefix
+//! that is the volume root, and file names that can appear in a directory.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The longest file name Linux accepts (NAME_MAX).
+pub const NAME_MAX: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("the source is empty; give BUCKET or BUCKET/PREFIX (s3://BUCKET/PREFIX/ also works)")]
+    Empty,
+    #[error(
+        "{0:?} is not a valid bucket name: use 3-63 characters of lower-case letters, digits, '.' and '-', starting and ending with a letter or digit"
+    )]
+    BadBucket(String),
+    #[error(
+        "prefix {0:?} is not usable as a volume root: it must not contain empty segments ('//'), '.' or '..' segments, or NUL"
+    )]
+    BadPrefix(String),
+}
+
+/// A key prefix naming a directory: empty (the whole bucket) or `a/b/` with a
+/// trailing slash and no empty, `.` or `..` segments.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Prefix(String);
+
+impl Prefix {
+    pub fn root() -> Self {
+        Self(String::new())
+    }
+
+    /// Parses a prefix given with or without its trailing slash.
+    pub fn parse(text: &str) -> Result<Self, SourceError> {
+        let trimmed = text.strip_suffix('/').unwrap_or(text);
+        if text.is_empty() {
+            return Ok(Self::root());
+        }
+        let bad = trimmed
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.contains('\0'));
+        if bad {
+            return Err(SourceError::BadPrefix(text.to_string()));
+        }
+        Ok(Self(format!("{trimmed}/")))
+    }
+
+    /// The prefix as keys under it start, e.g. `data/2024/` (or empty).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a volume attaches: a bucket and a prefix inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub bucket: String,
+    pub prefix: Prefix,
+}
+
+impl FromStr for Source {
+    type Err = SourceError;
+
+    /// Accepts `BUCKET`, `BUCKET/PREFIX`, `BUCKET/PREFIX/` and the same behind `s3://`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let rest = text.strip_prefix("s3://").unwrap_or(text);
+        if rest.is_empty() {
+            return Err(SourceError::Empty);
+        }
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if !valid_bucket(bucket) {
+            return Err(SourceError::BadBucket(bucket.to_string()));
+        }
+        Ok(Self {
+            bucket: bucket.to_string(),
+            prefix: Prefix::parse(prefix)?,
+        })
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix.is_root() {
+            f.write_str(&self.bucket)
+        } else {
+            write!(
+                f,
+                "{}/{}",
+                self.bucket,
+                self.prefix.as_str().trim_end_matches('/')
+            )
+        }
+    }
+}
+
+/// S3's bucket naming rules (the general-purpose ones; underscores and capitals are
+/// refused too, since only legacy us-east-1 buckets have them).
+fn valid_bucket(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+}
+
+/// Why a key segment cannot be shown as a file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameProblem {
+    Empty,
+    Dot,
+    TooLong,
+    Nul,
+    Slash,
+}
+
+impl fmt::Display for NameProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameProblem::Empty => "empty path segment (from '//' in the key)",
+            NameProblem::Dot => "'.' or '..' segment",
+            NameProblem::TooLong => "longer than 255 bytes",
+            NameProblem::Nul => "contains NUL",
+            NameProblem::Slash => "contains '/'",
+        })
+    }
+}
+
+/// Checks that `name` can be a directory entry on Linux.
+pub fn check_name(name: &str) -> Result<(), NameProblem> {
+    if name.is_empty() {
+        Err(NameProblem::Empty)
+    } else if name == "." || name == ".." {
+        Err(NameProblem::Dot)
+    } else if name.len() > NAME_MAX {
+        Err(NameProblem::TooLong)
+    } else if name.contains('\0') {
+        Err(NameProblem::Nul)
+    } else if name.contains('/') {
+        Err(NameProblem::Slash)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_or_explain() {
+        let good = [
+            ("bkt", "bkt", ""),
+            ("bkt/", "bkt", ""),
+            ("bkt/root", "bkt", "root/"),
+            ("bkt/root/", "bkt", "root/"),
+            ("bkt/a/b/c", "bkt", "a/b/c/"),
+            ("s3://bkt/a/b/", "bkt", "a/b/"),
+            ("s3://bkt", "bkt", ""),
+            ("my.bucket-1", "my.bucket-1", ""),
+        ];
+        for (text, bucket, prefix) in good {
+            let source: Source = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(source.bucket, bucket, "{text}");
+            assert_eq!(source.prefix.as_str(), prefix, "{text}");
+        }
+        let bad = [
+            ("", SourceError::Empty),
+            ("s3://", SourceError::Empty),
+            ("ab", SourceError::BadBucket("ab".into())),
+            ("Bucket", SourceError::BadBucket("Bucket".into())),
+            ("bkt_x", SourceError::BadBucket("bkt_x".into())),
+            ("-bkt", SourceError::BadBucket("-bkt".into())),
+            ("bkt/a//b", SourceError::BadPrefix("a//b".into())),
+            ("bkt/a/../b", SourceError::BadPrefix("a/../b".into())),
+            ("bkt/./b", SourceError::BadPrefix("./b".into())),
+            ("bkt//", SourceError::BadPrefix("/".into())),
+        ];
+        for (text, want) in bad {
+            assert_eq!(text.parse::<Source>(), Err(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn source_displays_without_trailing_slash() {
+        let source: Source = "s3://bkt/a/b/".parse().unwrap();
+        assert_eq!(source.to_string(), "bkt/a/b");
+        let source: Source = "bkt".parse().unwrap();
+        assert_eq!(source.to_string(), "bkt");
+    }
+
+    #[test]
+    fn names_follow_linux_rules() {
+        assert_eq!(check_name("a.txt"), Ok(()));
+        assert_eq!(check_name(&"x".repeat(255)), Ok(()));
+        assert_eq!(check_name(""), Err(NameProblem::Empty));
+        assert_eq!(check_name("."), Err(NameProblem::Dot));
+        assert_eq!(check_name(".."), Err(NameProblem::Dot));
+        assert_eq!(check_name(&"x".repeat(256)), Err(NameProblem::TooLong));
+        assert_eq!(check_name("a\0b"), Err(NameProblem::Nul));
+        assert_eq!(check_name("a/b"), Err(NameProblem::Slash));
+    }
+}

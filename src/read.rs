@@ -1,0 +1,287 @@
+//! Reading one open object: sequential detection and read-ahead.
+//!
+//! Each open file handle owns a [`Reader`]. A reader that keeps asking for the bytes
+//! right after its last read is *sequential*: the reader then keeps a window of
+//! ranged GETs in flight ahead of it, starting small (so opening a file to read its
+//! first few bytes costs one small request) and doubling each time the application
+//! consumes a whole part, up to a window that keeps several GETs in flight at once,
+//! which is what it takes to fill a fast link from S3. A read anywhere else is
+//! *random*: it fetches exactly the bytes it touches and resets the window.
+//!
+//! Every GET is pinned to the ETag seen at open, so an object replaced while it is
+//! read fails the read (ESTALE) instead of returning a mix of two versions.
+//!
+//! Read-ahead memory is bounded per mount by a semaphore counted in bytes: a part
+//! is only requested ahead of need when the budget has room, so many concurrent
+//! readers share the budget instead of multiplying it. A part the application is
+//! waiting for right now is always fetched, budget or not.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::store::{ObjectStore, Operation, StoreError, StoreResult};
+
+/// Read-ahead tuning. The defaults are what a fast local or same-region S3 needs.
+#[derive(Clone, Debug)]
+pub struct ReadConfig {
+    /// The first read-ahead window: small, because many files are opened to read a
+    /// header and closed again.
+    pub initial_window: u64,
+    /// The largest window: 8 parts of 8 MiB keep 8 GETs in flight, enough to fill
+    /// a 10 Gb/s link at S3's typical per-connection throughput.
+    pub max_window: u64,
+    /// The largest single ranged GET. Smaller parts start delivering sooner; larger
+    /// parts cost fewer requests. 8 MiB is S3's own advice for ranged reads.
+    pub part_size: u64,
+    /// Read-ahead memory shared by every reader of a mount, in bytes.
+    pub mount_budget: u64,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        Self {
+            initial_window: 1024 * 1024,
+            max_window: 64 * 1024 * 1024,
+            part_size: 8 * 1024 * 1024,
+            mount_budget: 128 * 1024 * 1024,
+        }
+    }
+}
+
+impl ReadConfig {
+    /// The per-mount semaphore that bounds read-ahead memory.
+    pub fn budget(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.mount_budget as usize))
+    }
+}
+
+/// A ranged GET in flight or done.
+struct Part {
+    range: Range<u64>,
+    state: PartState,
+    /// Budget held while the part's bytes are in memory; `None` for a part fetched
+    /// because the application was already waiting for it.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+enum PartState {
+    Pending(JoinHandle<StoreResult<Bytes>>),
+    Ready(Bytes),
+}
+
+impl Part {
+    async fn bytes(&mut self) -> StoreResult<&Bytes> {
+        if let PartState::Pending(task) = &mut self.state {
+            let data = match task.await {
+                Ok(result) => result?,
+                Err(join) => {
+                    return Err(StoreError::Internal {
+                        op: Operation::GetObject,
+                        detail: format!("read-ahead task failed: {join}"),
+                    });
+                }
+            };
+            self.state = PartState::Ready(data);
+        }
+        match &self.state {
+            PartState::Ready(data) => Ok(data),
+            PartState::Pending(_) => unreachable!("a part is ready once awaited"),
+        }
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if let PartState::Pending(task) = &self.state {
+            task.abort();
+        }
+    }
+}
+
+/// The read state of one open object.
+pub struct Reader {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    etag: String,
+    size: u64,
+    config: ReadConfig,
+    budget: Arc<Semaphore>,
+    /// Where the next read of a sequential reader starts.
+    next_offset: u64,
+    window: u64,
+    /// Contiguous parts, in order, starting at or before `next_offset`.
+    parts: VecDeque<Part>,
+}
+
+impl Reader {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        etag: String,
+        size: u64,
+        config: ReadConfig,
+        budget: Arc<Semaphore>,
+    ) -> Self {
+        let window = config.initial_window;
+        Self {
+            store,
+            key,
+            etag,
+            size,
+            config,
+            budget,
+            next_offset: 0,
+            window,
+            parts: VecDeque::new(),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads up to `len` bytes at `offset`; short only at the end of the object.
+    pub async fn read(&mut self, offset: u64, len: u32) -> StoreResult<Bytes> {
+        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let result = if self.is_sequential(offset) {
+            self.read_sequential(offset, end).await
+        } else {
+            self.read_random(offset, end).await
+        };
+        if result.is_err() {
+            // Whatever failed, the parts in flight may be just as stale or broken.
+            self.parts.clear();
+            self.window = self.config.initial_window;
+        }
+        result
+    }
+
+    /// A read is sequential when it continues the last one, lands inside what is
+    /// already fetched, or skips forward by less than the window (the kernel's own
+    /// read-ahead can deliver requests slightly out of order).
+    fn is_sequential(&self, offset: u64) -> bool {
+        let in_parts = matches!(
+            (self.parts.front(), self.parts.back()),
+            (Some(first), Some(last)) if offset >= first.range.start && offset < last.range.end
+        );
+        in_parts || (offset >= self.next_offset && offset < self.next_offset + self.window)
+    }
+
+    async fn read_random(&mut self, offset: u64, end: u64) -> StoreResult<Bytes> {
+        let near = offset.abs_diff(self.next_offset) <= self.config.max_window;
+        if !near {
+            self.parts.clear();
+            self.window = self.config.initial_window;
+        }
+        let data = self
+            .store
+            .get_range(&self.key, offset..end, Some(&self.etag))
+            .await?;
+        if !near {
+            self.next_offset = end;
+        }
+        Ok(data)
+    }
+
+    async fn read_sequential(&mut self, offset: u64, end: u64) -> StoreResult<Bytes> {
+        // Drop what lies wholly before this read; a gap means start over from here.
+        while self.parts.front().is_some_and(|p| p.range.end <= offset) {
+            self.parts.pop_front();
+            self.grow_window();
+        }
+        if self.parts.front().is_some_and(|p| p.range.start > offset) {
+            self.parts.clear();
+        }
+        self.fill_window(offset, end);
+
+        let mut out: Option<BytesMut> = None;
+        let mut single: Option<Bytes> = None;
+        for part in self.parts.iter_mut() {
+            if part.range.start >= end {
+                break;
+            }
+            let start_in = offset.max(part.range.start);
+            let end_in = end.min(part.range.end);
+            let base = part.range.start;
+            let data = part.bytes().await?;
+            let slice = slice_checked(&self.key, data, (start_in - base)..(end_in - base))?;
+            match (&mut out, &single) {
+                (None, None) => single = Some(slice),
+                (None, Some(first)) => {
+                    let mut buf = BytesMut::with_capacity((end - offset) as usize);
+                    buf.extend_from_slice(first);
+                    buf.extend_from_slice(&slice);
+                    out = Some(buf);
+                }
+                (Some(buf), _) => buf.extend_from_slice(&slice),
+            }
+        }
+        while self.parts.front().is_some_and(|p| p.range.end <= end) {
+            self.parts.pop_front();
+            self.grow_window();
+        }
+        self.next_offset = end;
+        Ok(out.map(BytesMut::freeze).or(single).unwrap_or_default())
+    }
+
+    fn grow_window(&mut self) {
+        self.window = (self.window * 2).min(self.config.max_window);
+    }
+
+    /// Makes sure parts cover `[offset, needed_end)` and, budget permitting, the
+    /// window beyond it.
+    fn fill_window(&mut self, offset: u64, needed_end: u64) {
+        let target = offset.saturating_add(self.window).max(needed_end).min(self.size);
+        let mut next = self.parts.back().map_or(offset, |p| p.range.end);
+        while next < target {
+            let part_len = self.config.part_size.min(self.window).max(1);
+            let part_end = (next + part_len).min(self.size);
+            let len = (part_end - next) as u32;
+            let permit = if next < needed_end {
+                // The application waits for these bytes: fetch them regardless of
+                // the budget, but take budget if it is there.
+                self.budget.clone().try_acquire_many_owned(len).ok()
+            } else {
+                match self.budget.clone().try_acquire_many_owned(len) {
+                    Ok(permit) => Some(permit),
+                    Err(_) => break,
+                }
+            };
+            let store = self.store.clone();
+            let key = self.key.clone();
+            let etag = self.etag.clone();
+            let range = next..part_end;
+            let fetch = range.clone();
+            let task =
+                tokio::spawn(async move { store.get_range(&key, fetch, Some(&etag)).await });
+            self.parts.push_back(Part {
+                range,
+                state: PartState::Pending(task),
+                _permit: permit,
+            });
+            next = part_end;
+        }
+    }
+}
+
+/// Slices a fetched part, failing (rather than panicking) if the server sent fewer
+/// bytes than the range asked for: the object shrank under us.
+fn slice_checked(key: &str, data: &Bytes, range: Range<u64>) -> StoreResult<Bytes> {
+    if range.end as usize > data.len() {
+        return Err(StoreError::ShortBody {
+            op: Operation::GetObject,
+            key: key.to_string(),
+            expected: range.end,
+            got: data.len() as u64,
+        });
+    }
+    Ok(data.slice(range.start as usize..range.end as usize))
+}

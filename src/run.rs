@@ -1,0 +1,349 @@
+//! The mount command's life: check the request, daemonize with a readiness
+//! handshake, connect, mount, serve until unmounted or signalled, exit cleanly.
+//!
+//! Daemonizing forks before any thread exists (tokio's runtime is built in the child).
+//! The parent waits on a pipe: the child writes `ready` once the kernel has accepted
+//! the mount, or the reason it could not mount, and the parent exits 0 or prints the
+//! reason and exits 1. So `s3vol mount` returns only when the volume is usable, and a
+//! script (or mount(8), or systemd) sees every failure.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+use nix::unistd::{ForkResult, fork, setsid};
+use tracing::{error, info};
+
+use crate::cli::MountArgs;
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseAdapter;
+use crate::logging::{self, LogTarget};
+use crate::preflight;
+use crate::store::ObjectStore;
+use crate::store::s3::{S3Options, S3Store};
+
+/// FUSE request threads. Each only decodes a request and hands it to tokio, so a
+/// few suffice; more than one keeps a slow reply path from serializing the kernel.
+const FUSE_THREADS: usize = 4;
+
+/// What the child tells the parent when the mount is serving.
+const READY: &[u8] = b"ready\n";
+
+/// A failure to report to the user, with the process exit code.
+#[derive(Debug)]
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+pub fn mount(args: MountArgs) -> ExitCode {
+    let mountpoint = match check_mountpoint(&args.mountpoint) {
+        Ok(path) => path,
+        Err(Failure(message)) => {
+            eprintln!("s3vol: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(log_file) = &args.log_file
+        && let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+    {
+        eprintln!(
+            "s3vol: cannot open log file {}: {e}; choose a writable --log-file",
+            log_file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    if args.foreground {
+        let target = match &args.log_file {
+            Some(path) => LogTarget::File(path),
+            None => LogTarget::Stderr,
+        };
+        if let Err(e) = logging::init(&args.log_level, target) {
+            eprintln!("s3vol: cannot start logging: {e}");
+            return ExitCode::FAILURE;
+        }
+        return match serve(&args, &mountpoint, None) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(Failure(message)) => {
+                error!("{message}");
+                eprintln!("s3vol: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    daemonize(&args, &mountpoint)
+}
+
+fn daemonize(args: &MountArgs, mountpoint: &Path) -> ExitCode {
+    let (read_end, write_end) = match nix::unistd::pipe() {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("s3vol: cannot create a pipe to the daemon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: no other thread exists yet (the runtime is built after the fork), so
+    // the child may run arbitrary code.
+    match unsafe { fork() } {
+        Err(e) => {
+            eprintln!("s3vol: cannot fork the daemon: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(ForkResult::Parent { .. }) => {
+            drop(write_end);
+            let mut answer = Vec::new();
+            let _ = File::from(read_end).read_to_end(&mut answer);
+            if answer == READY {
+                ExitCode::SUCCESS
+            } else if answer.is_empty() {
+                eprintln!(
+                    "s3vol: the daemon exited before the volume was mounted; run with \
+                     --foreground or see the log for why"
+                );
+                ExitCode::FAILURE
+            } else {
+                eprintln!("s3vol: {}", String::from_utf8_lossy(&answer).trim_end());
+                ExitCode::FAILURE
+            }
+        }
+        Ok(ForkResult::Child) => {
+            drop(read_end);
+            let _ = setsid();
+            let _ = std::env::set_current_dir("/");
+            let target = match &args.log_file {
+                Some(path) => LogTarget::File(path),
+                None => LogTarget::Syslog,
+            };
+            let _ = logging::init(&args.log_level, target);
+            detach_stdio();
+            let mut pipe = Some(write_end);
+            let code = match serve(args, mountpoint, Some(&mut pipe)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(Failure(message)) => {
+                    error!("{message}");
+                    if let Some(fd) = pipe.take() {
+                        let _ = File::from(fd).write_all(message.as_bytes());
+                    }
+                    ExitCode::FAILURE
+                }
+            };
+            code
+        }
+    }
+}
+
+/// Points standard input, output and error at /dev/null so a detached daemon holds
+/// no terminal.
+fn detach_stdio() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: both descriptors are valid; dup2 atomically replaces fd 0-2,
+            // which std's handles keep referring to by number.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Checks the mountpoint before anything else, so the common mistakes get plain
+/// answers.
+fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(Failure(format!(
+                "mountpoint {shown} is not a directory; give an empty directory"
+            )));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Failure(format!(
+                "mountpoint {shown} does not exist; create it first (mkdir -p {shown})"
+            )));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(Failure(format!(
+                "mountpoint {shown} is a FUSE mount whose daemon is gone (Transport endpoint \
+                 is not connected); clean it up with `umount {shown}` and mount again"
+            )));
+        }
+        Err(e) => return Err(Failure(format!("cannot use mountpoint {shown}: {e}"))),
+    }
+    let path = std::fs::canonicalize(path)?;
+    if let Some(fstype) = mounted_at(&path) {
+        return Err(Failure(format!(
+            "{} is already a mount point ({fstype}); unmount it first (umount {}) or choose \
+             another directory",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// The filesystem type mounted exactly at `path`, from /proc/self/mountinfo.
+fn mounted_at(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = path.to_str()?;
+    info.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mount_point = unescape_mountinfo(fields.get(4)?);
+        let dash = fields.iter().position(|f| *f == "-")?;
+        (mount_point == wanted).then(|| fields.get(dash + 1).unwrap_or(&"?").to_string())
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len() + 1
+            && let Some(octal) = field.get(i + 1..i + 4)
+            && let Ok(value) = u8::from_str_radix(octal, 8)
+        {
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Connects, checks access, mounts and serves until unmounted. `ready` is the pipe
+/// to the waiting parent, taken and answered once the mount serves.
+fn serve(
+    args: &MountArgs,
+    mountpoint: &Path,
+    ready: Option<&mut Option<OwnedFd>>,
+) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3vol-io")
+        .build()?;
+    let options = S3Options {
+        region: args.s3.region.clone(),
+        endpoint_url: args.s3.endpoint_url.clone(),
+        force_path_style: args.s3.force_path_style,
+        profile: args.s3.profile.clone(),
+    };
+    let endpoint = args
+        .s3
+        .endpoint_url
+        .clone()
+        .unwrap_or_else(|| "the AWS S3 endpoint".to_string());
+    let store: Arc<dyn ObjectStore> = runtime.block_on(async {
+        let store = S3Store::connect(&args.source.bucket, &options).await;
+        preflight::check_readable(&store, &args.source, &endpoint).await?;
+        Ok::<_, Failure>(Arc::new(store))
+    })?;
+
+    let config = FsConfig {
+        uid: args.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+        gid: args.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
+        file_mode: args.file_mode,
+        dir_mode: args.dir_mode,
+        metadata_ttl: args.metadata_ttl,
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Fs::new(store, args.source.prefix.as_str(), config));
+    let adapter = FuseAdapter::new(fs, runtime.handle().clone());
+
+    let mut fuse_config = Config::default();
+    fuse_config.mount_options = vec![
+        MountOption::FSName(args.source.to_string()),
+        MountOption::Subtype("s3vol".to_string()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+    ];
+    fuse_config.acl = if args.allow_other {
+        SessionACL::All
+    } else if args.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(FUSE_THREADS);
+    fuse_config.clone_fd = true;
+
+    let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
+        Failure(format!(
+            "cannot mount at {}: {e}. Is /dev/fuse available and fusermount3 installed \
+             (package fuse3)?",
+            mountpoint.display()
+        ))
+    })?;
+    let mut unmounter = session.unmount_callable();
+    let shown = mountpoint.display().to_string();
+    runtime.spawn(async move {
+        wait_for_stop_signal().await;
+        info!(mountpoint = shown, "signal received; unmounting");
+        if let Err(e) = unmounter.unmount() {
+            error!("unmount failed: {e}");
+        }
+    });
+
+    info!(
+        source = %args.source,
+        mountpoint = %mountpoint.display(),
+        "mounted read-only"
+    );
+    if let Some(slot) = ready
+        && let Some(fd) = slot.take()
+    {
+        let _ = File::from(fd).write_all(READY);
+    }
+    let result = session.run();
+    info!(mountpoint = %mountpoint.display(), "unmounted");
+    runtime.shutdown_background();
+    result.map_err(|e| Failure(format!("FUSE session ended with an error: {e}")))
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/mnt/plain"), "/mnt/plain");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn the_root_filesystem_is_a_mount_point() {
+        assert!(mounted_at(Path::new("/")).is_some());
+        assert!(mounted_at(Path::new("/no/such/dir")).is_none());
+    }
+}

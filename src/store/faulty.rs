@@ -1,0 +1,155 @@
+//! A wrapper that fails or delays chosen calls of another store.
+//!
+//! Tests use it to drive error paths without a network: "the 3rd GetObject answers
+//! AccessDenied", "every HeadObject takes 200 ms".
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, ServiceInfo, StoreError,
+    StoreResult,
+};
+
+/// What an injected fault does to the call.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer AccessDenied, as a policy denial would.
+    AccessDenied,
+    /// Answer as if the endpoint could not be reached.
+    Unreachable,
+    /// Answer a generic injected error (an HTTP 500, say).
+    Error,
+    /// Wait this long, then make the call.
+    Delay(Duration),
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    op: Operation,
+    /// 1-based index of the call of `op` that the rule hits; `None` hits every call.
+    nth: Option<usize>,
+    fault: Fault,
+}
+
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    rules: Mutex<Vec<Rule>>,
+    counts: Mutex<HashMap<Operation, usize>>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Applies `fault` to the `nth` call (1-based, counted from now on) of `op`.
+    pub fn fail_nth(&self, op: Operation, nth: usize, fault: Fault) {
+        let already = self.count(op);
+        self.rules.lock().unwrap().push(Rule {
+            op,
+            nth: Some(already + nth),
+            fault,
+        });
+    }
+
+    /// Applies `fault` to every call of `op` until [`FaultyStore::clear`].
+    pub fn fail_all(&self, op: Operation, fault: Fault) {
+        self.rules.lock().unwrap().push(Rule {
+            op,
+            nth: None,
+            fault,
+        });
+    }
+
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    fn count(&self, op: Operation) -> usize {
+        *self.counts.lock().unwrap().get(&op).unwrap_or(&0)
+    }
+
+    /// Counts the call and returns the error to answer with, after any delay.
+    async fn before(&self, op: Operation, key: &str) -> StoreResult<()> {
+        let n = {
+            let mut counts = self.counts.lock().unwrap();
+            let n = counts.entry(op).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let hits: Vec<Fault> = self
+            .rules
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.op == op && r.nth.is_none_or(|nth| nth == n))
+            .map(|r| r.fault.clone())
+            .collect();
+        for fault in hits {
+            match fault {
+                Fault::Delay(d) => tokio::time::sleep(d).await,
+                Fault::AccessDenied => {
+                    return Err(StoreError::AccessDenied {
+                        op,
+                        resource: super::object_arn(self.inner.bucket(), key),
+                        info: ServiceInfo {
+                            code: "AccessDenied".into(),
+                            message: "Access Denied (injected)".into(),
+                            request_id: Some(format!("injected-{n}")),
+                        },
+                    });
+                }
+                Fault::Unreachable => {
+                    return Err(StoreError::Unreachable {
+                        op,
+                        detail: "connection refused (injected)".into(),
+                    });
+                }
+                Fault::Error => {
+                    return Err(StoreError::Injected {
+                        op,
+                        detail: format!("call {n} of {op}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+
+    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
+        self.before(Operation::HeadObject, key).await?;
+        self.inner.head_object(key).await
+    }
+
+    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
+        self.before(Operation::ListObjectsV2, req.prefix).await?;
+        self.inner.list_objects(req).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        self.before(Operation::GetObject, key).await?;
+        self.inner.get_range(key, range, if_match).await
+    }
+}

@@ -1,0 +1,180 @@
+//! The object store boundary: one method per S3 call that s3vol makes.
+//!
+//! Everything above this module speaks in terms of [`ObjectStore`]; the only
+//! implementation that talks to the network is [`s3::S3Store`]. Tests run the
+//! filesystem on [`memory::MemoryStore`], optionally wrapped in
+//! [`faulty::FaultyStore`] to fail or delay chosen calls. The conformance suite in
+//! `tests/store_conformance.rs` runs the same checks against the memory store and the
+//! S3 store pointed at a local server, so the fake cannot drift from S3.
+
+pub mod faulty;
+pub mod memory;
+pub mod s3;
+
+use std::fmt;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// What S3 knows about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// Entity tag as S3 returns it, quotes included. Reads pin to it.
+    pub etag: String,
+    pub last_modified: SystemTime,
+}
+
+/// One page of a ListObjectsV2 answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    /// Common prefixes (with their trailing delimiter) when a delimiter was given.
+    pub common_prefixes: Vec<String>,
+    /// Set when more pages follow.
+    pub next_token: Option<String>,
+}
+
+/// Arguments of a ListObjectsV2 call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListRequest<'a> {
+    pub prefix: &'a str,
+    pub delimiter: Option<&'a str>,
+    pub continuation: Option<&'a str>,
+    pub max_keys: Option<i32>,
+}
+
+/// The S3 request that failed and what the service said, for logs and messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// S3 error code such as `AccessDenied`; empty when there was no answer.
+    pub code: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+impl fmt::Display for ServiceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.code.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else if self.message.is_empty() {
+            write!(f, "{}", self.code)?;
+        } else {
+            write!(f, "{}: {}", self.code, self.message)?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " (request id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The S3 operations s3vol performs, named as IAM names their permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    HeadObject,
+    GetObject,
+    ListObjectsV2,
+}
+
+impl Operation {
+    /// The IAM action that authorises this operation.
+    pub fn iam_action(self) -> &'static str {
+        match self {
+            Operation::HeadObject | Operation::GetObject => "s3:GetObject",
+            Operation::ListObjectsV2 => "s3:ListBucket",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why a store call failed. Each variant is a different answer for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {key}: no such key")]
+    NotFound { op: Operation, key: String },
+    #[error("bucket {bucket} does not exist ({info})")]
+    NoSuchBucket { bucket: String, info: ServiceInfo },
+    #[error("AccessDenied: {} on {resource} ({info})", op.iam_action())]
+    AccessDenied {
+        op: Operation,
+        resource: String,
+        info: ServiceInfo,
+    },
+    /// The object no longer has the ETag the read was pinned to.
+    #[error("{op} {key}: object changed while open (expected ETag {expected_etag})")]
+    Changed {
+        op: Operation,
+        key: String,
+        expected_etag: String,
+    },
+    #[error("{op} {key}: requested range is beyond the end of the object")]
+    InvalidRange { op: Operation, key: String },
+    /// No answer from the endpoint at all (refused, reset, timed out, DNS).
+    #[error("{op}: cannot reach the S3 endpoint: {detail}")]
+    Unreachable { op: Operation, detail: String },
+    #[error("{op} {key}: {info}")]
+    Service {
+        op: Operation,
+        key: String,
+        info: ServiceInfo,
+    },
+    /// No credentials could be loaded or signed with.
+    #[error("no usable credentials: {detail}")]
+    Credentials { detail: String },
+    /// The server sent fewer bytes than the range asked for: the object shrank.
+    #[error("{op} {key}: short body: got {got} bytes where {expected} were expected")]
+    ShortBody {
+        op: Operation,
+        key: String,
+        expected: u64,
+        got: u64,
+    },
+    /// A background fetch died (panicked or was cancelled).
+    #[error("{op}: background task failed: {detail}")]
+    Internal { op: Operation, detail: String },
+    /// Used by the fault-injecting store and by tests.
+    #[error("{op}: injected fault: {detail}")]
+    Injected { op: Operation, detail: String },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The calls s3vol makes to S3. Keys are full object keys (prefix included).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// The bucket this store reads, for messages and ARNs.
+    fn bucket(&self) -> &str;
+
+    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo>;
+
+    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage>;
+
+    /// Bytes `range` of `key`. With `if_match`, fails with [`StoreError::Changed`]
+    /// when the object's ETag is no longer that value. A range running past the end
+    /// is cut at the end; a range starting at or past the end is `InvalidRange`.
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes>;
+}
+
+/// The ARN of an object or of every key under a prefix, as IAM policies name them.
+pub fn object_arn(bucket: &str, key: &str) -> String {
+    format!("arn:aws:s3:::{bucket}/{key}")
+}
+
+/// The ARN of a bucket (what s3:ListBucket is granted on).
+pub fn bucket_arn(bucket: &str) -> String {
+    format!("arn:aws:s3:::{bucket}")
+}

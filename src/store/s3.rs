@@ -1,0 +1,308 @@
+//! The S3 store: the only module that uses aws-sdk-s3.
+//!
+//! It turns SDK errors into [`StoreError`]s that keep the S3 error code and request
+//! ID, and resumes a GET body that breaks mid-stream with a ranged GET from the last
+//! delivered byte, pinned to the ETag of the first answer so a resumed read can never
+//! mix two versions of an object.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use bytes::{Bytes, BytesMut};
+use tracing::{debug, warn};
+
+use super::{
+    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, ServiceInfo, StoreError,
+    StoreResult, bucket_arn, object_arn,
+};
+
+/// How many times a GET body that broke mid-stream is resumed before giving up.
+/// Each resume continues from the last byte received, so progress is never lost.
+const MAX_BODY_RESUMES: u32 = 3;
+
+/// Where S3 is and how to reach it.
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+}
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// Builds a client from the AWS default configuration chain plus `options`.
+    pub async fn connect(bucket: &str, options: &S3Options) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &options.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(profile) = &options.profile {
+            loader = loader.profile_name(profile);
+        }
+        let sdk_config = loader.load().await;
+        Self::from_sdk_config(bucket, &sdk_config, options)
+    }
+
+    pub fn from_sdk_config(
+        bucket: &str,
+        sdk_config: &aws_config::SdkConfig,
+        options: &S3Options,
+    ) -> Self {
+        let mut builder = aws_sdk_s3::config::Builder::from(sdk_config)
+            .force_path_style(options.force_path_style)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    // A local or regional endpoint answers a TCP handshake in well under
+                    // this; failing fast makes "unreachable" a quick, clear startup error.
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            );
+        if sdk_config.region().is_none() {
+            // Custom endpoints (MinIO, Garage, ...) rarely care; AWS itself needs a
+            // real region, which the default chain or --region provides.
+            builder = builder.region(aws_config::Region::new("us-east-1"));
+        }
+        if let Some(url) = &options.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            bucket: bucket.to_string(),
+        }
+    }
+
+    fn map_err<E>(&self, op: Operation, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let request_id = err.raw_response().and_then(|r| {
+            r.headers()
+                .get("x-amz-request-id")
+                .or_else(|| r.headers().get("x-amzn-requestid"))
+                .map(str::to_string)
+        });
+        let (code, message) = match &err {
+            SdkError::ServiceError(e) => (
+                e.err().code().unwrap_or_default().to_string(),
+                e.err().message().unwrap_or_default().to_string(),
+            ),
+            _ => (String::new(), String::new()),
+        };
+        if matches!(
+            err,
+            SdkError::DispatchFailure(_)
+                | SdkError::TimeoutError(_)
+                | SdkError::ConstructionFailure(_)
+        ) {
+            let detail = error_chain(&err);
+            if detail.contains("credential") || detail.contains("identity") {
+                return StoreError::Credentials { detail };
+            }
+            return StoreError::Unreachable { op, detail };
+        }
+        let info = ServiceInfo {
+            code: if code.is_empty() {
+                status.map(|s| format!("HTTP {s}")).unwrap_or_default()
+            } else {
+                code.clone()
+            },
+            message: if message.is_empty() && code.is_empty() {
+                error_chain(&err)
+            } else {
+                message
+            },
+            request_id,
+        };
+        let key = key.to_string();
+        match (code.as_str(), status) {
+            ("NoSuchBucket", _) => StoreError::NoSuchBucket {
+                bucket: self.bucket.clone(),
+                info,
+            },
+            ("NoSuchKey" | "NotFound", _) | (_, Some(404)) => StoreError::NotFound { op, key },
+            ("AccessDenied" | "Forbidden", _) | (_, Some(403)) => StoreError::AccessDenied {
+                op,
+                resource: match op {
+                    Operation::ListObjectsV2 => bucket_arn(&self.bucket),
+                    _ => object_arn(&self.bucket, &key),
+                },
+                info,
+            },
+            ("PreconditionFailed", _) | (_, Some(412)) => StoreError::Changed {
+                op,
+                key,
+                expected_etag: String::new(),
+            },
+            ("InvalidRange", _) | (_, Some(416)) => StoreError::InvalidRange { op, key },
+            _ => StoreError::Service { op, key, info },
+        }
+    }
+
+    /// One ranged GET, reading the body to the end or to the first error. Returns the
+    /// bytes received, the object's ETag and the error that cut the body short.
+    async fn get_once(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        into: &mut BytesMut,
+    ) -> StoreResult<(String, Option<String>)> {
+        let op = Operation::GetObject;
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.map_err(op, key, e))
+            .map_err(|e| match e {
+                StoreError::Changed { op, key, .. } => StoreError::Changed {
+                    op,
+                    key,
+                    expected_etag: if_match.unwrap_or_default().to_string(),
+                },
+                other => other,
+            })?;
+        let etag = response.e_tag().unwrap_or_default().to_string();
+        let mut body = response.body;
+        loop {
+            match body.next().await {
+                Some(Ok(chunk)) => into.extend_from_slice(&chunk),
+                Some(Err(e)) => return Ok((etag, Some(error_chain(&e)))),
+                None => return Ok((etag, None)),
+            }
+        }
+    }
+}
+
+/// The whole cause chain of an error on one line, for logs and messages.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err(Operation::HeadObject, key, e))?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+            last_modified: to_system_time(out.last_modified()),
+        })
+    }
+
+    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(req.prefix)
+            .set_delimiter(req.delimiter.map(str::to_string))
+            .set_continuation_token(req.continuation.map(str::to_string))
+            .set_max_keys(req.max_keys)
+            .send()
+            .await
+            .map_err(|e| self.map_err(Operation::ListObjectsV2, req.prefix, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .map(|o| ObjectInfo {
+                key: o.key().unwrap_or_default().to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().unwrap_or_default().to_string(),
+                last_modified: to_system_time(o.last_modified()),
+            })
+            .collect();
+        let common_prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        let next_token = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            common_prefixes,
+            next_token,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        let mut data = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut pinned = if_match.map(str::to_string);
+        let mut resumes = 0;
+        loop {
+            let from = range.start + data.len() as u64;
+            let (etag, broken) = self
+                .get_once(key, from..range.end, pinned.as_deref(), &mut data)
+                .await?;
+            if pinned.is_none() && !etag.is_empty() {
+                pinned = Some(etag);
+            }
+            let Some(cause) = broken else {
+                debug!(key, start = range.start, len = data.len(), "GET done");
+                return Ok(data.freeze());
+            };
+            resumes += 1;
+            if resumes > MAX_BODY_RESUMES {
+                return Err(StoreError::Unreachable {
+                    op: Operation::GetObject,
+                    detail: format!("body of {key} broke {resumes} times; last: {cause}"),
+                });
+            }
+            warn!(
+                key,
+                received = data.len(),
+                cause,
+                "GET body broke mid-stream; resuming from the last byte received"
+            );
+        }
+    }
+}
