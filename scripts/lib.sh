@@ -1,0 +1,67 @@
+# Shared helpers for s3vol's scripts. Source it; do not run it.
+#
+# Tools that take long to build (Garage) live in a cache directory outside the
+# clone, so a fresh clone on the same machine reuses them.
+
+set -euo pipefail
+
+S3VOL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+S3VOL_TOOLS="${S3VOL_TOOLS:-$HOME/.cache/s3vol-tools}"
+GARAGE_VERSION=2.5.0
+MOTO_VERSION=5.2.5
+GARAGE_BIN="$S3VOL_TOOLS/garage-$GARAGE_VERSION/bin/garage"
+MOTO_VENV="$S3VOL_TOOLS/moto-$MOTO_VERSION"
+MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 's3vol scripts: %s\n' "$*" >&2; exit 1; }
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || die "need root to install: ${missing[*]}"
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+    command -v cargo >/dev/null || die "cargo is not installed; install a Rust toolchain (rustup, Rust 1.85 or newer) and run this again"
+}
+
+ensure_fuse() {
+    apt_install fuse3 pkg-config
+    [ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN"
+}
+
+ensure_moto() {
+    [ -x "$MOTO_SERVER" ] && return 0
+    apt_install python3-venv
+    log "installing moto $MOTO_VERSION into $MOTO_VENV"
+    python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+}
+
+ensure_garage() {
+    [ -x "$GARAGE_BIN" ] && return 0
+    ensure_rust
+    log "building Garage $GARAGE_VERSION (about 11 minutes the first time; cached in $S3VOL_TOOLS)"
+    cargo install garage --version "$GARAGE_VERSION" --locked --root "$S3VOL_TOOLS/garage-$GARAGE_VERSION" --quiet
+}
+
+# A TCP port nothing listens on right now.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_for_port() {
+    local port=$1 what=$2
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    die "$what did not start listening on 127.0.0.1:$port"
+}

@@ -1,0 +1,400 @@
+//! Filesystem behaviour on the in-memory store: no network, no kernel.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use s3vol::fs::{Fs, FsConfig, Kind, Mutation, ROOT_INO};
+use s3vol::read::ReadConfig;
+use s3vol::store::faulty::{Fault, FaultyStore};
+use s3vol::store::memory::MemoryStore;
+use s3vol::store::{ObjectStore, Operation};
+
+const MIB: usize = 1024 * 1024;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+fn fs_on(store: Arc<dyn ObjectStore>, root: &str) -> Fs {
+    Fs::new(store, root, FsConfig::default())
+}
+
+async fn lookup_path(fs: &Fs, path: &str) -> Result<u64, i32> {
+    let mut ino = ROOT_INO;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        ino = fs
+            .lookup(ino, OsStr::new(part))
+            .await
+            .map_err(|e| e.errno())?
+            .attr
+            .ino;
+    }
+    Ok(ino)
+}
+
+async fn list(fs: &Fs, ino: u64) -> Vec<(String, Kind)> {
+    let fh = fs.opendir(ino).await.unwrap();
+    let entries = fs.readdir(fh, 0).unwrap();
+    fs.releasedir(fh);
+    entries
+        .into_iter()
+        .filter(|e| e.name != "." && e.name != "..")
+        .map(|e| (e.name, e.kind))
+        .collect()
+}
+
+async fn read_all(fs: &Fs, ino: u64, chunk: u32) -> Vec<u8> {
+    let fh = fs.open(ino, false).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let data = fs.read(fh, out.len() as u64, chunk).await.unwrap();
+        if data.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&data);
+    }
+    fs.release(fh);
+    out
+}
+
+#[tokio::test]
+async fn directories_markers_implicit_and_shadowing() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/file.txt", "hello");
+    store.put("root/marker/", "");
+    store.put("root/implicit/deep/x", "x");
+    store.put("root/both", "i am hidden");
+    store.put("root/both/inner", "inner");
+    store.put("elsewhere/secret", "not in the volume");
+    let fs = fs_on(store.clone(), "root/");
+
+    assert_eq!(
+        list(&fs, ROOT_INO).await,
+        vec![
+            ("both".to_string(), Kind::Directory),
+            ("file.txt".to_string(), Kind::File),
+            ("implicit".to_string(), Kind::Directory),
+            ("marker".to_string(), Kind::Directory),
+        ]
+    );
+    let marker = lookup_path(&fs, "marker").await.unwrap();
+    assert!(list(&fs, marker).await.is_empty(), "a marker is not an entry");
+    let deep = lookup_path(&fs, "implicit/deep").await.unwrap();
+    assert_eq!(list(&fs, deep).await, vec![("x".to_string(), Kind::File)]);
+
+    // Looked up cold (no listing first), the directory still shadows the file.
+    let fresh = fs_on(store.clone(), "root/");
+    let both = fresh.lookup(ROOT_INO, OsStr::new("both")).await.unwrap();
+    assert_eq!(both.attr.kind, Kind::Directory);
+    let file = fresh.lookup(ROOT_INO, OsStr::new("file.txt")).await.unwrap();
+    assert_eq!((file.attr.kind, file.attr.size), (Kind::File, 5));
+
+    assert_eq!(lookup_path(&fs, "secret").await, Err(libc::ENOENT));
+    assert_eq!(lookup_path(&fs, "../elsewhere").await, Err(libc::ENOENT));
+    for call in store.calls() {
+        assert!(
+            call.key.starts_with("root/"),
+            "request outside the volume: {call:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_whole_bucket_can_be_the_root() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("a", "1");
+    store.put("d/b", "2");
+    let fs = fs_on(store, "");
+    assert_eq!(
+        list(&fs, ROOT_INO).await,
+        vec![
+            ("a".to_string(), Kind::File),
+            ("d".to_string(), Kind::Directory)
+        ]
+    );
+    let b = lookup_path(&fs, "d/b").await.unwrap();
+    assert_eq!(read_all(&fs, b, 4096).await, b"2");
+}
+
+#[tokio::test]
+async fn listings_cover_every_page() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    for i in 0..2500 {
+        store.put(&format!("big/f{i:05}"), "x");
+    }
+    for i in 0..1200 {
+        store.put(&format!("big/d{i:05}/x"), "y");
+    }
+    let fs = fs_on(store.clone(), "");
+    let dir = lookup_path(&fs, "big").await.unwrap();
+    store.clear_calls();
+    let entries = list(&fs, dir).await;
+    assert_eq!(entries.len(), 3700);
+    assert_eq!(entries.iter().filter(|e| e.1 == Kind::Directory).count(), 1200);
+    assert_eq!(store.count_calls(Operation::ListObjectsV2), 4);
+    // The listing answered every lookup: `ls -l` sends nothing more.
+    store.clear_calls();
+    for (name, _) in entries.iter().take(50) {
+        fs.lookup(dir, OsStr::new(name)).await.unwrap();
+    }
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+}
+
+#[tokio::test]
+async fn readdir_resumes_at_the_offset_cookie() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    for i in 0..10 {
+        store.put(&format!("f{i}"), "x");
+    }
+    let fs = fs_on(store, "");
+    let fh = fs.opendir(ROOT_INO).await.unwrap();
+    let all = fs.readdir(fh, 0).unwrap();
+    assert_eq!(all.len(), 12);
+    let cookie = all[4].next_offset;
+    let rest = fs.readdir(fh, cookie).unwrap();
+    assert_eq!(rest, all[5..].to_vec());
+    assert!(fs.readdir(fh, all.last().unwrap().next_offset).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn keys_that_are_not_file_names_are_skipped() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("v/ok", "1");
+    store.put("v//double", "2");
+    store.put("v/./dot", "3");
+    store.put("v/../up", "4");
+    store.put("v/.", "5");
+    store.put("v/..", "6");
+    store.put(&format!("v/{}", "n".repeat(256)), "7");
+    store.put("v/nul\0name", "8");
+    store.put(&format!("v/{}", "m".repeat(255)), "9");
+    let fs = fs_on(store, "v/");
+    let names: Vec<String> = list(&fs, ROOT_INO).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(names, vec!["m".repeat(255), "ok".to_string()]);
+    assert_eq!(
+        lookup_path(&fs, &"n".repeat(256)).await,
+        Err(libc::ENAMETOOLONG)
+    );
+}
+
+#[tokio::test]
+async fn reads_are_byte_exact_sequential_and_random() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let big = pattern(20 * MIB + 12345, 7);
+    store.put("data/big.bin", big.clone());
+    store.put("data/empty", "");
+    store.put("data/small", "tiny");
+    let fs = fs_on(store.clone(), "data/");
+    let ino = lookup_path(&fs, "big.bin").await.unwrap();
+    assert_eq!(read_all(&fs, ino, 128 * 1024).await, big);
+    let empty = lookup_path(&fs, "empty").await.unwrap();
+    assert_eq!(read_all(&fs, empty, 4096).await, b"");
+    let small = lookup_path(&fs, "small").await.unwrap();
+    assert_eq!(read_all(&fs, small, 4096).await, b"tiny");
+
+    // Random reads fetch only the bytes they touch.
+    let fh = fs.open(ino, false).await.unwrap();
+    let _ = fs.read(fh, 0, 4096).await.unwrap();
+    store.clear_calls();
+    for offset in [15 * MIB as u64, 3 * MIB as u64 + 17, 11 * MIB as u64] {
+        let data = fs.read(fh, offset, 4096).await.unwrap();
+        assert_eq!(&data[..], &big[offset as usize..offset as usize + 4096]);
+    }
+    let fetched: u64 = store
+        .calls()
+        .iter()
+        .filter_map(|c| c.range.as_ref().map(|r| r.end - r.start))
+        .sum();
+    assert_eq!(fetched, 3 * 4096, "{:?}", store.calls());
+    // Reading past the end returns nothing, not an error.
+    assert!(fs.read(fh, big.len() as u64 + 10, 10).await.unwrap().is_empty());
+    fs.release(fh);
+}
+
+#[tokio::test]
+async fn sequential_reads_grow_the_window_and_fetch_each_byte_once() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = pattern(40 * MIB, 1);
+    store.put("f", data.clone());
+    let fs = fs_on(store.clone(), "");
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    store.clear_calls();
+    assert_eq!(read_all(&fs, ino, 128 * 1024).await, data);
+    let ranges: Vec<_> = store.calls().into_iter().filter_map(|c| c.range).collect();
+    let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    assert_eq!(fetched, data.len() as u64, "each byte fetched once");
+    let first = ranges[0].end - ranges[0].start;
+    let largest = ranges.iter().map(|r| r.end - r.start).max().unwrap();
+    assert_eq!(first, MIB as u64, "starts with a small window");
+    assert_eq!(largest, 8 * MIB as u64, "grows to full-size parts");
+}
+
+#[tokio::test]
+async fn read_ahead_stays_within_the_mount_budget() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = pattern(32 * MIB, 3);
+    store.put("f", data.clone());
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let config = FsConfig {
+        read: ReadConfig {
+            mount_budget: 4 * MIB as u64,
+            ..ReadConfig::default()
+        },
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(faulty, "", config);
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs.open(ino, false).await.unwrap();
+    let mut offset = 0u64;
+    while offset < 20 * MIB as u64 {
+        let got = fs.read(fh, offset, 1024 * 1024).await.unwrap();
+        assert_eq!(&got[..], &data[offset as usize..offset as usize + got.len()]);
+        offset += got.len() as u64;
+        // What is requested beyond the read position never exceeds the budget plus
+        // the one part the application is waiting for (fetched budget or not).
+        let ahead: u64 = store
+            .calls()
+            .iter()
+            .filter_map(|c| c.range.clone())
+            .map(|r| r.end.saturating_sub(offset.max(r.start)))
+            .sum();
+        assert!(ahead <= (4 + 8) * MIB as u64, "{ahead} bytes ahead");
+    }
+    fs.release(fh);
+}
+
+#[tokio::test]
+async fn an_object_replaced_mid_read_fails_with_estale() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("f", pattern(4 * MIB, 1));
+    let fs = fs_on(store.clone(), "");
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs.open(ino, false).await.unwrap();
+    fs.read(fh, 0, 4096).await.unwrap();
+    store.put("f", pattern(4 * MIB, 2));
+    // Far away, so not served from what was already fetched.
+    let err = fs.read(fh, 3 * MIB as u64, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    store.remove("f");
+    let err = fs.read(fh, MIB as u64 + 5, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+}
+
+#[tokio::test]
+async fn store_failures_map_to_truthful_errnos() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("f", "data");
+    store.put("g", "data");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let fs = Fs::new(faulty.clone(), "", FsConfig::default());
+
+    faulty.fail_nth(Operation::HeadObject, 1, Fault::AccessDenied);
+    let err = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES);
+    assert!(err.to_string().contains("s3:GetObject"), "{err}");
+
+    let ino = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap().attr.ino;
+    let fh = fs.open(ino, false).await.unwrap();
+    faulty.fail_nth(Operation::GetObject, 1, Fault::AccessDenied);
+    assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), libc::EACCES);
+    faulty.fail_nth(Operation::GetObject, 1, Fault::Unreachable);
+    assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), libc::EIO);
+    // The handle recovers once the store does.
+    assert_eq!(&fs.read(fh, 0, 10).await.unwrap()[..], b"data");
+
+    faulty.fail_all(Operation::ListObjectsV2, Fault::Error);
+    assert_eq!(fs.opendir(ROOT_INO).await.unwrap_err().errno(), libc::EIO);
+    assert_eq!(
+        fs.lookup(ROOT_INO, OsStr::new("g")).await.unwrap_err().errno(),
+        libc::EIO
+    );
+}
+
+#[tokio::test]
+async fn every_change_is_refused_without_a_request() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("f", "data");
+    let fs = fs_on(store.clone(), "");
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    store.clear_calls();
+    for op in [
+        Mutation::Create,
+        Mutation::Write,
+        Mutation::Mkdir,
+        Mutation::Unlink,
+        Mutation::Rmdir,
+        Mutation::Rename,
+        Mutation::SetAttr,
+        Mutation::SetXattr,
+        Mutation::Symlink,
+        Mutation::Link,
+        Mutation::Mknod,
+    ] {
+        assert_eq!(fs.mutate(op).unwrap_err().errno(), libc::EROFS, "{op:?}");
+    }
+    assert_eq!(fs.open(ino, true).await.unwrap_err().errno(), libc::EROFS);
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+}
+
+#[tokio::test]
+async fn metadata_is_trusted_for_the_ttl_then_refreshed() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("f", "one");
+    let cached = Fs::new(
+        store.clone(),
+        "",
+        FsConfig {
+            metadata_ttl: Duration::from_secs(60),
+            ..FsConfig::default()
+        },
+    );
+    let uncached = Fs::new(
+        store.clone(),
+        "",
+        FsConfig {
+            metadata_ttl: Duration::ZERO,
+            ..FsConfig::default()
+        },
+    );
+    let a = lookup_path(&cached, "f").await.unwrap();
+    let b = lookup_path(&uncached, "f").await.unwrap();
+    store.put("f", "three");
+    store.clear_calls();
+    assert_eq!(cached.getattr(a).await.unwrap().attr.size, 3);
+    assert!(store.calls().is_empty());
+    assert_eq!(uncached.getattr(b).await.unwrap().attr.size, 5);
+    assert_eq!(read_all(&uncached, b, 4096).await, b"three");
+    store.remove("f");
+    assert_eq!(uncached.getattr(b).await.unwrap_err().errno(), libc::ENOENT);
+}
+
+#[tokio::test]
+async fn a_name_that_becomes_a_directory_gets_a_new_inode() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("x", "file");
+    let fs = Fs::new(
+        store.clone(),
+        "",
+        FsConfig {
+            metadata_ttl: Duration::ZERO,
+            ..FsConfig::default()
+        },
+    );
+    let file = lookup_path(&fs, "x").await.unwrap();
+    store.put("x/inside", "now a directory");
+    let dir = fs.lookup(ROOT_INO, OsStr::new("x")).await.unwrap();
+    assert_eq!(dir.attr.kind, Kind::Directory);
+    assert_ne!(dir.attr.ino, file);
+    assert_eq!(fs.getattr(file).await.unwrap_err().errno(), libc::ENOENT);
+}
+
+#[tokio::test]
+async fn statfs_reports_a_large_capacity() {
+    let fs = fs_on(Arc::new(MemoryStore::new("bkt")), "");
+    let s = fs.statfs();
+    assert!(s.blocks * u64::from(s.block_size) >= 1 << 50);
+    assert_eq!(s.name_max, 255);
+}
