@@ -16,10 +16,11 @@ pub enum LogTarget<'a> {
 }
 
 /// Installs the global subscriber. `level` applies to s3vol itself; other crates
-/// (the AWS SDK, fuser) log warnings and errors only, unless `RUST_LOG` says else.
+/// (the AWS SDK) log warnings and errors only, and fuser errors only (it warns about
+/// unmounts that already happened), unless `RUST_LOG` says else.
 pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,s3vol={level}")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,fuser=error,s3vol={level}")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match target {
         LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),

@@ -1,0 +1,296 @@
+//! Test harness: local S3 servers on free 127.0.0.1 ports and real mounts of the
+//! s3vol binary, each stopped or unmounted when dropped, even when a test fails.
+//!
+//! Servers are started through `scripts/garage.sh` and `scripts/moto.sh`, the same
+//! scripts the demo and benchmark use. Tests that need them are `#[ignore]`d so a
+//! plain `cargo test` stays offline; `scripts/test.sh` installs the servers and runs
+//! everything with `--include-ignored`.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use tempfile::TempDir;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    Garage,
+    Moto,
+}
+
+/// A running local S3 server.
+pub struct Server {
+    pub kind: ServerKind,
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+    pid: u32,
+    dir: TempDir,
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+fn parse_assignments(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Server {
+    pub fn start(kind: ServerKind) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let name = match kind {
+            ServerKind::Garage => "garage.sh",
+            ServerKind::Moto => "moto.sh",
+        };
+        let out = Command::new("bash")
+            .arg(script(name))
+            .arg("start")
+            .arg(dir.path())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run the server script");
+        assert!(out.status.success(), "{name} start failed");
+        let vars = parse_assignments(&String::from_utf8_lossy(&out.stdout));
+        let pid_key = match kind {
+            ServerKind::Garage => "GARAGE_PID",
+            ServerKind::Moto => "MOTO_PID",
+        };
+        let (access_key, secret_key, region) = match kind {
+            ServerKind::Garage => (
+                vars["AWS_ACCESS_KEY_ID"].clone(),
+                vars["AWS_SECRET_ACCESS_KEY"].clone(),
+                vars["AWS_REGION"].clone(),
+            ),
+            // moto accepts any key until authentication is switched on.
+            ServerKind::Moto => ("testing".into(), "testing".into(), "us-east-1".into()),
+        };
+        Server {
+            kind,
+            endpoint: vars["S3_ENDPOINT"].clone(),
+            access_key,
+            secret_key,
+            region,
+            pid: vars[pid_key].parse().unwrap(),
+            dir,
+        }
+    }
+
+    /// An SDK client with the server's credentials, for setting up and checking
+    /// bucket contents independently of s3vol.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        self.client_with(&self.access_key, &self.secret_key)
+    }
+
+    pub fn client_with(&self, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+        let creds =
+            aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "test");
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(self.region.clone()))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.client()
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+    }
+
+    pub async fn put(&self, bucket: &str, key: &str, data: impl Into<Vec<u8>>) {
+        self.client()
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(data.into()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+    }
+
+    /// Every key under `prefix`, as the S3 API lists them.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client()
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap();
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(String::from)));
+        }
+        keys
+    }
+
+    /// A key with no rights on any bucket (Garage only).
+    pub fn unprivileged_key(&self) -> (String, String) {
+        assert_eq!(self.kind, ServerKind::Garage);
+        let garage = std::env::var("S3VOL_TOOLS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/s3vol-tools"))
+            .join("garage-2.5.0/bin/garage");
+        let out = Command::new(garage)
+            .arg("-c")
+            .arg(self.dir.path().join("garage.toml"))
+            .args(["key", "create", "nobody"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        (field("Key ID:"), field("Secret key:"))
+    }
+
+    /// A base environment for running s3vol against this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_REGION".into(), self.region.clone()),
+            // Keep the host's AWS configuration out of the tests.
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+
+    pub fn endpoint_args(&self) -> Vec<String> {
+        vec![
+            "--endpoint-url".into(),
+            self.endpoint.clone(),
+            "--force-path-style".into(),
+        ]
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid we started; at worst it names a process that
+        // already exited.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+    }
+}
+
+pub fn s3vol() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_s3vol"))
+}
+
+/// Runs `s3vol` with `args` in the server's environment.
+pub fn run_s3vol(server: &Server, args: &[&str]) -> Output {
+    s3vol()
+        .args(args)
+        .envs(server.env())
+        .output()
+        .expect("run s3vol")
+}
+
+/// A daemonized mount of the real binary, unmounted when dropped.
+pub struct Mount {
+    pub dir: TempDir,
+    pub log: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `source` with the server's endpoint and `extra` options; panics with
+    /// s3vol's message if it fails.
+    pub fn new(server: &Server, source: &str, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().with_extension("log");
+        let mountpoint = dir.path().to_str().unwrap().to_string();
+        let log_arg = log.to_str().unwrap().to_string();
+        let mut args = vec!["mount", source, &mountpoint, "--log-file", &log_arg];
+        let endpoint = server.endpoint_args();
+        args.extend(endpoint.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        let out = run_s3vol(server, &args);
+        assert!(
+            out.status.success(),
+            "mount failed: {}\nlog: {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Mount { dir, log }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        unmount(self.dir.path());
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let wanted = path.to_str().unwrap().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+/// Unmounts `path` and waits until the kernel no longer lists it.
+pub fn unmount(path: &Path) {
+    if !is_mounted(path) {
+        return;
+    }
+    let status = Command::new("umount").arg(path).status();
+    if !matches!(status, Ok(s) if s.success()) {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+    wait_until(Duration::from_secs(10), || !is_mounted(path));
+}
+
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Deterministic, non-repeating-looking test data.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -1,0 +1,241 @@
+//! One suite of store checks, run on the memory store and on the S3 store against
+//! Garage and moto, so the fake the filesystem tests rely on cannot drift from S3.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Server, ServerKind, pattern};
+use s3vol::store::memory::MemoryStore;
+use s3vol::store::s3::{S3Options, S3Store};
+use s3vol::store::{ListRequest, ObjectStore, StoreError};
+
+/// A store under test plus a way to put objects into it behind its back.
+struct Subject {
+    store: Arc<dyn ObjectStore>,
+    memory: Option<Arc<MemoryStore>>,
+    server: Option<Server>,
+}
+
+impl Subject {
+    async fn put(&self, key: &str, data: &[u8]) {
+        match (&self.memory, &self.server) {
+            (Some(memory), _) => memory.put(key, data.to_vec()),
+            (None, Some(server)) => server.put(BUCKET, key, data.to_vec()).await,
+            (None, None) => unreachable!(),
+        }
+    }
+}
+
+const BUCKET: &str = "conformance";
+
+fn memory() -> Subject {
+    let memory = Arc::new(MemoryStore::new(BUCKET));
+    Subject {
+        store: memory.clone(),
+        memory: Some(memory),
+        server: None,
+    }
+}
+
+async fn s3(kind: ServerKind) -> Subject {
+    let server = Server::start(kind);
+    server.create_bucket(BUCKET).await;
+    let creds = aws_sdk_s3::config::Credentials::new(
+        &server.access_key,
+        &server.secret_key,
+        None,
+        None,
+        "test",
+    );
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(server.region.clone()))
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(creds))
+        .build();
+    let options = S3Options {
+        endpoint_url: Some(server.endpoint.clone()),
+        force_path_style: true,
+        ..S3Options::default()
+    };
+    Subject {
+        store: Arc::new(S3Store::from_sdk_config(BUCKET, &sdk, &options)),
+        memory: None,
+        server: Some(server),
+    }
+}
+
+async fn head_and_get(s: &Subject) {
+    let data = pattern(100_000, 1);
+    s.put("obj/a.bin", &data).await;
+    let info = s.store.head_object("obj/a.bin").await.unwrap();
+    assert_eq!(info.size, 100_000);
+    assert!(info.etag.starts_with('"') && info.etag.len() > 2, "{}", info.etag);
+
+    let got = s.store.get_range("obj/a.bin", 10..5000, None).await.unwrap();
+    assert_eq!(&got[..], &data[10..5000]);
+    let pinned = s
+        .store
+        .get_range("obj/a.bin", 0..100_000, Some(&info.etag))
+        .await
+        .unwrap();
+    assert_eq!(&pinned[..], &data[..]);
+    // A range running past the end is cut at the end.
+    let tail = s
+        .store
+        .get_range("obj/a.bin", 99_990..200_000, None)
+        .await
+        .unwrap();
+    assert_eq!(&tail[..], &data[99_990..]);
+    assert!(matches!(
+        s.store.get_range("obj/a.bin", 100_000..100_010, None).await,
+        Err(StoreError::InvalidRange { .. })
+    ));
+    assert!(matches!(
+        s.store.head_object("obj/missing").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.store.get_range("obj/missing", 0..10, None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Replacing the object changes its ETag and breaks reads pinned to the old one.
+    s.put("obj/a.bin", &pattern(100_000, 2)).await;
+    let replaced = s.store.head_object("obj/a.bin").await.unwrap();
+    assert_ne!(replaced.etag, info.etag);
+    assert!(matches!(
+        s.store.get_range("obj/a.bin", 0..10, Some(&info.etag)).await,
+        Err(StoreError::Changed { .. })
+    ));
+}
+
+async fn list_with_delimiter_and_pages(s: &Subject) {
+    for key in [
+        "l/a", "l/b/1", "l/b/2", "l/c/", "l/d", "l/e/x/y", "l/f", "l/g/1", "other",
+    ] {
+        s.put(key, b"x").await;
+    }
+    let page = s
+        .store
+        .list_objects(ListRequest {
+            prefix: "l/",
+            delimiter: Some("/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<_> = page.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["l/a", "l/d", "l/f"]);
+    assert_eq!(page.common_prefixes, ["l/b/", "l/c/", "l/e/", "l/g/"]);
+    assert!(page.next_token.is_none());
+
+    // Small pages: every entry exactly once, in order, across pages.
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = s
+            .store
+            .list_objects(ListRequest {
+                prefix: "l/",
+                delimiter: Some("/"),
+                continuation: token.as_deref(),
+                max_keys: Some(2),
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.objects.len() + page.common_prefixes.len() <= 2);
+        let mut entries: Vec<String> = page.objects.iter().map(|o| o.key.clone()).collect();
+        entries.extend(page.common_prefixes.iter().cloned());
+        entries.sort();
+        seen.extend(entries);
+        token = page.next_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        ["l/a", "l/b/", "l/c/", "l/d", "l/e/", "l/f", "l/g/"],
+        "after {pages} pages"
+    );
+
+    // A marker object is listed under its own prefix.
+    let marker = s
+        .store
+        .list_objects(ListRequest {
+            prefix: "l/c/",
+            delimiter: Some("/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(marker.objects.len(), 1);
+    assert_eq!(marker.objects[0].key, "l/c/");
+    assert_eq!(marker.objects[0].size, 1);
+
+    // Without a delimiter, everything under the prefix, one key at a time.
+    let one = s
+        .store
+        .list_objects(ListRequest {
+            prefix: "l/b/",
+            max_keys: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.objects.len(), 1);
+    assert!(one.next_token.is_some());
+    let none = s
+        .store
+        .list_objects(ListRequest {
+            prefix: "nothing/",
+            max_keys: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.objects.is_empty() && none.common_prefixes.is_empty());
+}
+
+async fn file_beside_directory(s: &Subject) {
+    s.put("same/name", b"file").await;
+    s.put("same/name/child", b"child").await;
+    let page = s
+        .store
+        .list_objects(ListRequest {
+            prefix: "same/",
+            delimiter: Some("/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.objects.len(), 1);
+    assert_eq!(page.objects[0].key, "same/name");
+    assert_eq!(page.common_prefixes, ["same/name/"]);
+}
+
+async fn suite(s: Subject) {
+    head_and_get(&s).await;
+    list_with_delimiter_and_pages(&s).await;
+    file_beside_directory(&s).await;
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    suite(memory()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn s3_store_on_garage_conforms() {
+    suite(s3(ServerKind::Garage).await).await;
+}
+
+#[tokio::test]
+#[ignore = "needs moto; run scripts/test.sh"]
+async fn s3_store_on_moto_conforms() {
+    suite(s3(ServerKind::Moto).await).await;
+}
