@@ -100,7 +100,8 @@ pub struct MountArgs {
 }
 
 fn parse_source(text: &str) -> Result<Source, String> {
-    text.parse().map_err(|e: crate::names::SourceError| e.to_string())
+    text.parse()
+        .map_err(|e: crate::names::SourceError| e.to_string())
 }
 
 fn parse_url(text: &str) -> Result<String, String> {
@@ -135,9 +136,8 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(text).map_err(|e| {
-        format!("{text:?} is not a duration ({e}); use e.g. 5s, 1m, 0 or indefinite")
-    })
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 5s, 1m, 0 or indefinite"))
 }
 
 /// Rewrites `-o a=b,c` into `--a b --c`, so fstab-style options reach the same

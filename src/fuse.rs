@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{Instrument, debug, debug_span, warn};
 
@@ -366,7 +366,14 @@ impl Filesystem for FuseAdapter {
         reply.error(refuse(&self.fs, Mutation::SetXattr));
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         // S3 user metadata is not exposed as xattrs; "no such attribute" lets tools
         // that probe (ls for SELinux labels, cp -a) carry on.
         reply.error(Errno::ENODATA);
@@ -401,6 +408,3 @@ fn refuse(fs: &Fs, op: Mutation) -> Errno {
         Err(e) => errno("mutate", &e),
     }
 }
-
-
-

@@ -53,7 +53,8 @@ pub fn explain(err: StoreError, source: &Source, endpoint: &str) -> PreflightErr
     let text = match &err {
         StoreError::NoSuchBucket { info, .. } => format!(
             "bucket '{bucket}' does not exist at {endpoint} ({info}). Check the bucket name, \
-             --region and --endpoint-url"
+             --region and --endpoint-url (some servers also answer this when the \
+             credentials in use have no access to the bucket)"
         ),
         StoreError::AccessDenied { op, resource, info } => {
             let resource = match op {

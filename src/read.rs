@@ -239,7 +239,10 @@ impl Reader {
     /// Makes sure parts cover `[offset, needed_end)` and, budget permitting, the
     /// window beyond it.
     fn fill_window(&mut self, offset: u64, needed_end: u64) {
-        let target = offset.saturating_add(self.window).max(needed_end).min(self.size);
+        let target = offset
+            .saturating_add(self.window)
+            .max(needed_end)
+            .min(self.size);
         let mut next = self.parts.back().map_or(offset, |p| p.range.end);
         while next < target {
             let part_len = self.config.part_size.min(self.window).max(1);
@@ -260,8 +263,7 @@ impl Reader {
             let etag = self.etag.clone();
             let range = next..part_end;
             let fetch = range.clone();
-            let task =
-                tokio::spawn(async move { store.get_range(&key, fetch, Some(&etag)).await });
+            let task = tokio::spawn(async move { store.get_range(&key, fetch, Some(&etag)).await });
             self.parts.push_back(Part {
                 range,
                 state: PartState::Pending(task),

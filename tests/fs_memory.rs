@@ -81,7 +81,10 @@ async fn directories_markers_implicit_and_shadowing() {
         ]
     );
     let marker = lookup_path(&fs, "marker").await.unwrap();
-    assert!(list(&fs, marker).await.is_empty(), "a marker is not an entry");
+    assert!(
+        list(&fs, marker).await.is_empty(),
+        "a marker is not an entry"
+    );
     let deep = lookup_path(&fs, "implicit/deep").await.unwrap();
     assert_eq!(list(&fs, deep).await, vec![("x".to_string(), Kind::File)]);
 
@@ -89,7 +92,10 @@ async fn directories_markers_implicit_and_shadowing() {
     let fresh = fs_on(store.clone(), "root/");
     let both = fresh.lookup(ROOT_INO, OsStr::new("both")).await.unwrap();
     assert_eq!(both.attr.kind, Kind::Directory);
-    let file = fresh.lookup(ROOT_INO, OsStr::new("file.txt")).await.unwrap();
+    let file = fresh
+        .lookup(ROOT_INO, OsStr::new("file.txt"))
+        .await
+        .unwrap();
     assert_eq!((file.attr.kind, file.attr.size), (Kind::File, 5));
 
     assert_eq!(lookup_path(&fs, "secret").await, Err(libc::ENOENT));
@@ -133,7 +139,10 @@ async fn listings_cover_every_page() {
     store.clear_calls();
     let entries = list(&fs, dir).await;
     assert_eq!(entries.len(), 3700);
-    assert_eq!(entries.iter().filter(|e| e.1 == Kind::Directory).count(), 1200);
+    assert_eq!(
+        entries.iter().filter(|e| e.1 == Kind::Directory).count(),
+        1200
+    );
     assert_eq!(store.count_calls(Operation::ListObjectsV2), 4);
     // The listing answered every lookup: `ls -l` sends nothing more.
     store.clear_calls();
@@ -156,7 +165,11 @@ async fn readdir_resumes_at_the_offset_cookie() {
     let cookie = all[4].next_offset;
     let rest = fs.readdir(fh, cookie).unwrap();
     assert_eq!(rest, all[5..].to_vec());
-    assert!(fs.readdir(fh, all.last().unwrap().next_offset).unwrap().is_empty());
+    assert!(
+        fs.readdir(fh, all.last().unwrap().next_offset)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -210,7 +223,12 @@ async fn reads_are_byte_exact_sequential_and_random() {
         .sum();
     assert_eq!(fetched, 3 * 4096, "{:?}", store.calls());
     // Reading past the end returns nothing, not an error.
-    assert!(fs.read(fh, big.len() as u64 + 10, 10).await.unwrap().is_empty());
+    assert!(
+        fs.read(fh, big.len() as u64 + 10, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     fs.release(fh);
 }
 
@@ -251,7 +269,10 @@ async fn read_ahead_stays_within_the_mount_budget() {
     let mut offset = 0u64;
     while offset < 20 * MIB as u64 {
         let got = fs.read(fh, offset, 1024 * 1024).await.unwrap();
-        assert_eq!(&got[..], &data[offset as usize..offset as usize + got.len()]);
+        assert_eq!(
+            &got[..],
+            &data[offset as usize..offset as usize + got.len()]
+        );
         offset += got.len() as u64;
         // What is requested beyond the read position never exceeds the budget plus
         // the one part the application is waiting for (fetched budget or not).
@@ -308,7 +329,10 @@ async fn store_failures_map_to_truthful_errnos() {
     faulty.fail_all(Operation::ListObjectsV2, Fault::Error);
     assert_eq!(fs.opendir(ROOT_INO).await.unwrap_err().errno(), libc::EIO);
     assert_eq!(
-        fs.lookup(ROOT_INO, OsStr::new("g")).await.unwrap_err().errno(),
+        fs.lookup(ROOT_INO, OsStr::new("g"))
+            .await
+            .unwrap_err()
+            .errno(),
         libc::EIO
     );
 }

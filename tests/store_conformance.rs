@@ -70,9 +70,17 @@ async fn head_and_get(s: &Subject) {
     s.put("obj/a.bin", &data).await;
     let info = s.store.head_object("obj/a.bin").await.unwrap();
     assert_eq!(info.size, 100_000);
-    assert!(info.etag.starts_with('"') && info.etag.len() > 2, "{}", info.etag);
+    assert!(
+        info.etag.starts_with('"') && info.etag.len() > 2,
+        "{}",
+        info.etag
+    );
 
-    let got = s.store.get_range("obj/a.bin", 10..5000, None).await.unwrap();
+    let got = s
+        .store
+        .get_range("obj/a.bin", 10..5000, None)
+        .await
+        .unwrap();
     assert_eq!(&got[..], &data[10..5000]);
     let pinned = s
         .store
@@ -105,7 +113,9 @@ async fn head_and_get(s: &Subject) {
     let replaced = s.store.head_object("obj/a.bin").await.unwrap();
     assert_ne!(replaced.etag, info.etag);
     assert!(matches!(
-        s.store.get_range("obj/a.bin", 0..10, Some(&info.etag)).await,
+        s.store
+            .get_range("obj/a.bin", 0..10, Some(&info.etag))
+            .await,
         Err(StoreError::Changed { .. })
     ));
 }

@@ -55,7 +55,9 @@ impl Node {
     pub fn remaining(&self, ttl: Duration, now: Instant) -> Option<Duration> {
         match self.fetched {
             None => Some(ttl),
-            Some(at) => ttl.checked_sub(now.saturating_duration_since(at)).filter(|d| !d.is_zero()),
+            Some(at) => ttl
+                .checked_sub(now.saturating_duration_since(at))
+                .filter(|d| !d.is_zero()),
         }
     }
 }
@@ -187,7 +189,10 @@ mod tests {
         let stat = Stat::directory(SystemTime::UNIX_EPOCH);
         let a = table.upsert(ROOT_INO, "a", Kind::File, stat.clone(), now);
         assert_eq!(table.get(a).unwrap().key, "root/a");
-        assert_eq!(table.upsert(ROOT_INO, "a", Kind::File, stat.clone(), now), a);
+        assert_eq!(
+            table.upsert(ROOT_INO, "a", Kind::File, stat.clone(), now),
+            a
+        );
         let dir = table.upsert(ROOT_INO, "a", Kind::Directory, stat.clone(), now);
         assert_ne!(dir, a);
         assert_eq!(table.get(dir).unwrap().key, "root/a/");

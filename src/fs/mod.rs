@@ -25,8 +25,8 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 pub use self::error::{FsError, FsResult};
-pub use self::inode::{Kind, ROOT_INO, Stat};
 use self::inode::{InodeTable, Node};
+pub use self::inode::{Kind, ROOT_INO, Stat};
 use crate::names::{NameProblem, check_name};
 use crate::read::{ReadConfig, Reader};
 use crate::store::{ListRequest, ObjectStore, StoreError};
@@ -263,7 +263,9 @@ impl Fs {
             return Ok(entry);
         }
         let parent = self.node(node.parent)?;
-        let entry = self.refresh_child(node.parent, &parent.key, &node.name).await?;
+        let entry = self
+            .refresh_child(node.parent, &parent.key, &node.name)
+            .await?;
         if entry.attr.ino != ino {
             // The name now refers to something else (a file became a directory).
             return Err(FsError::NotFound);
@@ -342,7 +344,9 @@ impl Fs {
                 })
                 .await?;
             for prefix in &page.common_prefixes {
-                let name = prefix[dir_key.len()..].strip_suffix('/').unwrap_or_default();
+                let name = prefix[dir_key.len()..]
+                    .strip_suffix('/')
+                    .unwrap_or_default();
                 match check_name(name) {
                     Ok(()) => {
                         names.insert(

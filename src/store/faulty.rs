@@ -12,8 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, ServiceInfo, StoreError,
-    StoreResult,
+    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, ServiceInfo, StoreError, StoreResult,
 };
 
 /// What an injected fault does to the call.

@@ -34,7 +34,9 @@ pub struct Server {
 }
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }
 
 fn parse_assignments(text: &str) -> HashMap<String, String> {
@@ -104,6 +106,15 @@ impl Server {
     }
 
     pub async fn create_bucket(&self, bucket: &str) {
+        if self.kind == ServerKind::Garage {
+            // A global alias, so other keys can be granted access to it by name.
+            self.garage(&["bucket", "create", bucket]);
+            let key = self.access_key.clone();
+            self.garage(&[
+                "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", &key,
+            ]);
+            return;
+        }
         self.client()
             .create_bucket()
             .bucket(bucket)
@@ -135,32 +146,48 @@ impl Server {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.unwrap();
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(String::from)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
         }
         keys
     }
 
-    /// A key with no rights on any bucket (Garage only).
-    pub fn unprivileged_key(&self) -> (String, String) {
+    /// Runs the Garage CLI against this server and returns its output.
+    fn garage(&self, args: &[&str]) -> String {
         assert_eq!(self.kind, ServerKind::Garage);
-        let garage = std::env::var("S3VOL_TOOLS")
+        let tools = std::env::var("S3VOL_TOOLS")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/s3vol-tools"))
-            .join("garage-2.5.0/bin/garage");
-        let out = Command::new(garage)
+            .unwrap_or_else(|_| {
+                Path::new(&std::env::var("HOME").unwrap()).join(".cache/s3vol-tools")
+            });
+        let out = Command::new(tools.join("garage-2.5.0/bin/garage"))
             .arg("-c")
             .arg(self.dir.path().join("garage.toml"))
-            .args(["key", "create", "nobody"])
+            .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "garage {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A key that may write `bucket` but not read or list it (Garage only).
+    pub fn write_only_key(&self, bucket: &str) -> (String, String) {
+        let text = self.garage(&["key", "create", "writer"]);
         let field = |name: &str| {
             text.lines()
                 .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
                 .unwrap_or_else(|| panic!("no {name} in {text}"))
         };
-        (field("Key ID:"), field("Secret key:"))
+        let (key, secret) = (field("Key ID:"), field("Secret key:"));
+        self.garage(&["bucket", "allow", "--write", bucket, "--key", &key]);
+        (key, secret)
     }
 
     /// A base environment for running s3vol against this server.
