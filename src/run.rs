@@ -127,7 +127,7 @@ fn daemonize(args: &MountArgs, mountpoint: &Path) -> ExitCode {
             let _ = logging::init(&args.log_level, target);
             detach_stdio();
             let mut pipe = Some(write_end);
-            let code = match serve(args, mountpoint, Some(&mut pipe)) {
+            match serve(args, mountpoint, Some(&mut pipe)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(Failure(message)) => {
                     error!("{message}");
@@ -136,8 +136,7 @@ fn daemonize(args: &MountArgs, mountpoint: &Path) -> ExitCode {
                     }
                     ExitCode::FAILURE
                 }
-            };
-            code
+            }
         }
     }
 }

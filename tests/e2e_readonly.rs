@@ -166,7 +166,7 @@ fn daemon_pids(mountpoint: &Path) -> Vec<i32> {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             !zombie
                 && args.first().is_some_and(|a| a.ends_with(b"s3vol"))
-                && args.iter().any(|a| *a == wanted.as_bytes())
+                && args.contains(&wanted.as_bytes())
         })
         .collect()
 }

@@ -23,10 +23,18 @@ pub enum FsError {
     Stale {
         key: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
+    /// Boxed: store errors carry S3's code, message and request ID, and most
+    /// results never hold one.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        FsError::Store(Box::new(e))
+    }
 }
 
 impl FsError {

@@ -444,9 +444,9 @@ impl Fs {
             | StoreError::ShortBody { ref key, .. }
             | StoreError::InvalidRange { ref key, .. } => FsError::Stale {
                 key: key.clone(),
-                source: e,
+                source: Box::new(e),
             },
-            other => FsError::Store(other),
+            other => other.into(),
         })
     }
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the tests need (fuse3, moto in a venv, Garage) and runs every test:
+# formatting, lints, unit tests, filesystem tests on the memory store, the store
+# conformance suite and the end-to-end mounts against local servers.
+source "$(dirname "$0")/lib.sh"
+cd "$S3VOL_ROOT"
+
+ensure_rust
+ensure_fuse
+ensure_moto
+ensure_garage
+export S3VOL_TOOLS
+
+log "cargo fmt --check"
+cargo fmt --check
+log "cargo clippy"
+cargo clippy --quiet --all-targets -- -D warnings
+log "cargo test (all tests, including those against local servers)"
+# Mount tests are I/O-bound and each starts its own server; a few at a time is
+# plenty on two cores.
+cargo test --quiet -- --include-ignored --test-threads 4
