@@ -21,7 +21,7 @@ start)
     cat >"$dir/garage.toml" <<TOML
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
-db_engine = "sqlite"
+db_engine = "lmdb"
 metadata_fsync = false
 data_fsync = false
 replication_factor = 1

@@ -18,4 +18,10 @@ cargo clippy --quiet --all-targets -- -D warnings
 log "cargo test (all tests, including those against local servers)"
 # Mount tests are I/O-bound and each starts its own server; a few at a time is
 # plenty on two cores.
-cargo test --quiet -- --include-ignored --test-threads 4
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+status=0
+cargo test --quiet --all-targets -- --include-ignored --test-threads 4 2>&1 | tee "$out" || status=$?
+# One closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$out"
+exit "$status"

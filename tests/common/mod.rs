@@ -101,6 +101,12 @@ impl Server {
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
             .credentials_provider(creds)
+            // A stuck server fails the test instead of hanging it.
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(60))
+                    .build(),
+            )
             .build();
         aws_sdk_s3::Client::from_conf(config)
     }

@@ -1,0 +1,212 @@
+//! A raw parallel S3 client for the benchmark: the ceiling a filesystem is measured
+//! against, and the tool that seeds the benchmark's data.
+//!
+//! ```text
+//! s3bench get BUCKET KEY [CONCURRENCY]        parallel 8 MiB ranged GETs; prints MiB/s
+//! s3bench put BUCKET KEY MIB [CONCURRENCY]    parallel multipart upload of MIB MiB
+//! s3bench put-many BUCKET PREFIX COUNT [DIRS] COUNT small objects (spread over DIRS dirs)
+//! ```
+//!
+//! The endpoint comes from `S3_ENDPOINT`, credentials and region from the usual
+//! `AWS_*` variables.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use futures::StreamExt;
+
+const PART: u64 = 8 * 1024 * 1024;
+
+async fn client() -> Client {
+    let endpoint = std::env::var("S3_ENDPOINT").expect("set S3_ENDPOINT");
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let config = aws_sdk_s3::config::Builder::from(&sdk)
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    Client::from_conf(config)
+}
+
+fn arg(args: &[String], i: usize, what: &str) -> String {
+    args.get(i)
+        .cloned()
+        .unwrap_or_else(|| panic!("missing {what}; see the usage at the top of s3bench.rs"))
+}
+
+async fn get(client: Client, bucket: String, key: String, concurrency: usize) {
+    let head = client
+        .head_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("head");
+    let size = head.content_length().unwrap_or(0) as u64;
+    let start = Instant::now();
+    let client = Arc::new(client);
+    let total: usize = futures::stream::iter((0..size).step_by(PART as usize))
+        .map(|offset| {
+            let (client, bucket, key) = (client.clone(), bucket.clone(), key.clone());
+            async move {
+                let end = (offset + PART).min(size) - 1;
+                let out = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .range(format!("bytes={offset}-{end}"))
+                    .send()
+                    .await
+                    .expect("get");
+                let mut body = out.body;
+                let mut n = 0;
+                while let Some(chunk) = body.next().await {
+                    n += chunk.expect("body").len();
+                }
+                n
+            }
+        })
+        .buffer_unordered(concurrency)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    assert_eq!(total as u64, size);
+    let secs = start.elapsed().as_secs_f64();
+    println!("{:.1}", size as f64 / (1 << 20) as f64 / secs);
+}
+
+async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency: usize) {
+    let size = mib << 20;
+    let upload = client
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("create multipart upload");
+    let id = upload.upload_id().unwrap().to_string();
+    let start = Instant::now();
+    let client = Arc::new(client);
+    let mut parts: Vec<CompletedPart> = futures::stream::iter(0..size.div_ceil(PART))
+        .map(|index| {
+            let (client, bucket, key, id) =
+                (client.clone(), bucket.clone(), key.clone(), id.clone());
+            async move {
+                let len = PART.min(size - index * PART) as usize;
+                let data: Vec<u8> = (0..len)
+                    .map(|i| ((i as u64 * 2_654_435_761 + index) >> 7) as u8)
+                    .collect();
+                let out = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .part_number(index as i32 + 1)
+                    .body(ByteStream::from(data))
+                    .send()
+                    .await
+                    .expect("upload part");
+                CompletedPart::builder()
+                    .part_number(index as i32 + 1)
+                    .set_e_tag(out.e_tag().map(String::from))
+                    .build()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    parts.sort_by_key(|p| p.part_number());
+    client
+        .complete_multipart_upload()
+        .bucket(&bucket)
+        .key(&key)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("complete");
+    let secs = start.elapsed().as_secs_f64();
+    println!("{:.1}", mib as f64 / secs);
+}
+
+async fn put_many(client: Client, bucket: String, prefix: String, count: usize, dirs: usize) {
+    let client = Arc::new(client);
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (client, bucket) = (client.clone(), bucket.clone());
+            let key = if dirs > 1 {
+                format!("{prefix}d{:03}/f{:05}", i % dirs, i)
+            } else {
+                format!("{prefix}f{i:05}")
+            };
+            async move {
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(vec![b'x'; 1 + i % 100]))
+                    .send()
+                    .await
+                    .expect("put");
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let client = client().await;
+    let number = |i: usize, default: usize| {
+        args.get(i)
+            .map(|s| s.parse().expect("a number"))
+            .unwrap_or(default)
+    };
+    match args.get(1).map(String::as_str) {
+        Some("get") => {
+            let concurrency = number(4, 16);
+            get(
+                client,
+                arg(&args, 2, "BUCKET"),
+                arg(&args, 3, "KEY"),
+                concurrency,
+            )
+            .await
+        }
+        Some("put") => {
+            let (mib, concurrency) = (number(4, 1024) as u64, number(5, 16));
+            put(
+                client,
+                arg(&args, 2, "BUCKET"),
+                arg(&args, 3, "KEY"),
+                mib,
+                concurrency,
+            )
+            .await
+        }
+        Some("put-many") => {
+            let (count, dirs) = (number(4, 10_000), number(5, 1));
+            put_many(
+                client,
+                arg(&args, 2, "BUCKET"),
+                arg(&args, 3, "PREFIX"),
+                count,
+                dirs,
+            )
+            .await
+        }
+        _ => {
+            eprintln!("usage: s3bench get|put|put-many ... (see examples/s3bench.rs)");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Benchmark s3vol against the S3 filesystems users would otherwise pick (s3fs-fuse and
+# rclone mount, from Debian's packages) and a raw parallel S3 client, all against one
+# local Garage server in one run. Prints one table: the median of RUNS runs of each
+# workload for each system, and each peer's ratio to s3vol.
+#
+#   RUNS=3 bash scripts/bench.sh
+#
+# Workloads: cold 1 GiB sequential read, 4 KiB random reads (no cache on any side),
+# `ls -l` of 10,000 objects in one directory, `find` over 10,000 objects in 100
+# directories, and each daemon's peak RSS.
+source "$(dirname "$0")/lib.sh"
+cd "$S3VOL_ROOT"
+
+RUNS=${RUNS:-3}
+RANDOM_READS=${RANDOM_READS:-300}
+
+ensure_rust
+ensure_fuse
+ensure_garage
+apt_install s3fs rclone python3
+[ "$(id -u)" -eq 0 ] || die "run as root: the benchmark drops the page cache between runs"
+
+log "building s3vol and the raw client (release)"
+cargo build --release --quiet --bin s3vol --example s3bench
+S3VOL="$S3VOL_ROOT/target/release/s3vol"
+S3BENCH="$S3VOL_ROOT/target/release/examples/s3bench"
+
+work=$(mktemp -d /tmp/s3vol-bench.XXXXXX)
+mnt="$work/mnt"
+mkdir -p "$mnt"
+cleanup() {
+    mountpoint -q "$mnt" && umount "$mnt"
+    scripts/garage.sh stop "$work/garage"
+    rm -rf "$work/garage/data"
+}
+trap cleanup EXIT
+
+log "starting Garage"
+eval "$(scripts/garage.sh start "$work/garage" bench | sed 's/^/export /')"
+
+log "seeding: a 1 GiB object, 10,000 objects in one directory, 10,000 in 100 directories"
+"$S3BENCH" put bench seq/1g.bin 1024 >/dev/null
+"$S3BENCH" put-many bench flat/ 10000 1
+"$S3BENCH" put-many bench tree/ 10000 100
+
+printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$work/s3fs.passwd"
+chmod 600 "$work/s3fs.passwd"
+
+mount_system() {
+    case "$1" in
+    s3vol)
+        "$S3VOL" mount bench "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
+            --log-file "$work/s3vol.log" --log-level warn ;;
+    s3fs)
+        s3fs bench "$mnt" -o ro,url="$S3_ENDPOINT",use_path_request_style,endpoint=garage \
+            -o passwd_file="$work/s3fs.passwd" ;;
+    rclone)
+        # rclone refuses to start with AWS_CA_BUNDLE pointing at a bundle it cannot use.
+        env -u AWS_CA_BUNDLE RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other \
+            RCLONE_CONFIG_G_ENDPOINT="$S3_ENDPOINT" RCLONE_CONFIG_G_REGION=garage \
+            RCLONE_CONFIG_G_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
+            RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
+            rclone mount g:bench "$mnt" --read-only --daemon --log-file "$work/rclone.log" ;;
+    esac
+    for _ in $(seq 1 100); do mountpoint -q "$mnt" && return 0; sleep 0.1; done
+    die "$1 did not mount"
+}
+
+daemon_pid() {
+    local pid
+    for pid in $(pgrep -f "$mnt"); do
+        [ "$pid" != "$$" ] && grep -qE 's3vol|s3fs|rclone' "/proc/$pid/comm" && { echo "$pid"; return; }
+    done
+}
+
+declare -A PEAK_RSS
+unmount_system() {
+    local pid rss
+    pid=$(daemon_pid)
+    if [ -n "$pid" ]; then
+        rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+        [ "${rss:-0}" -gt "${PEAK_RSS[$1]:-0}" ] && PEAK_RSS[$1]=$rss
+    fi
+    umount "$mnt"
+    for _ in $(seq 1 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+}
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# Each function mounts fresh (cold metadata and data), measures once, unmounts.
+cold_read() {  # MiB/s
+    drop_caches; mount_system "$1"
+    local t0 t1; t0=$(now)
+    dd if="$mnt/seq/1g.bin" of=/dev/null bs=1M status=none
+    t1=$(now); unmount_system "$1"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
+}
+random_reads() {  # reads/s
+    drop_caches; mount_system "$1"
+    python3 - "$mnt/seq/1g.bin" "$RANDOM_READS" <<'PY'
+import os, random, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+size = os.fstat(fd).st_size
+rng = random.Random(42)
+offsets = [rng.randrange(0, size - 4096) // 4096 * 4096 for _ in range(n)]
+t = time.time()
+for off in offsets:
+    assert len(os.pread(fd, 4096, off)) == 4096
+print(f"{n / (time.time() - t):.0f}")
+PY
+    unmount_system "$1"
+}
+ls_l() {  # seconds
+    drop_caches; mount_system "$1"
+    local t0 t1 n; t0=$(now)
+    n=$(ls -l "$mnt/flat" | wc -l)
+    t1=$(now); unmount_system "$1"
+    [ "$n" -eq 10001 ] || die "$1: ls -l showed $((n - 1)) entries, not 10000"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", b - a }'
+}
+find_tree() {  # seconds
+    drop_caches; mount_system "$1"
+    local t0 t1 n; t0=$(now)
+    n=$(find "$mnt/tree" | wc -l)
+    t1=$(now); unmount_system "$1"
+    [ "$n" -eq 10101 ] || die "$1: find saw $n paths, not 10101"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", b - a }'
+}
+
+SYSTEMS=(s3vol s3fs rclone)
+WORKLOADS=(cold_read random_reads ls_l find_tree)
+declare -A RESULT
+for w in "${WORKLOADS[@]}"; do
+    for s in "${SYSTEMS[@]}"; do
+        log "$w on $s ($RUNS runs)"
+        values=()
+        for _ in $(seq 1 "$RUNS"); do values+=("$($w "$s")"); done
+        RESULT[$w,$s]=$(printf '%s\n' "${values[@]}" | median)
+        echo "  runs: ${values[*]} -> median ${RESULT[$w,$s]}" >&2
+    done
+done
+
+log "raw parallel GET of the 1 GiB object ($RUNS runs)"
+raw=()
+for _ in $(seq 1 "$RUNS"); do raw+=("$("$S3BENCH" get bench seq/1g.bin 16)"); done
+RAW_GET=$(printf '%s\n' "${raw[@]}" | median)
+
+# Higher is better for throughput; lower is better for times and memory. The ratio
+# column says how many times better s3vol is (>1: s3vol wins).
+row() {
+    local name=$1 unit=$2 better=$3 key=$4 raw=${5:-}
+    local v=${RESULT[$key,s3vol]}
+    printf '| %-34s | %-7s | %10s | %10s | %10s | %10s | %8s | %8s |\n' "$name" "$unit" \
+        "$v" "${RESULT[$key,s3fs]}" "${RESULT[$key,rclone]}" "${raw:--}" \
+        "$(ratio "$better" "$v" "${RESULT[$key,s3fs]}")" "$(ratio "$better" "$v" "${RESULT[$key,rclone]}")"
+}
+ratio() {
+    awk -v b="$1" -v us="$2" -v them="$3" 'BEGIN {
+        if (us == 0 || them == 0) { print "-"; exit }
+        printf "%.2fx\n", (b == "higher") ? us / them : them / us }'
+}
+for s in "${SYSTEMS[@]}"; do RESULT[rss,$s]=$(( ${PEAK_RSS[$s]:-0} / 1024 )); done
+
+echo
+echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, median of $RUNS runs"
+echo
+printf '| %-34s | %-7s | %10s | %10s | %10s | %10s | %8s | %8s |\n' workload unit s3vol s3fs rclone "raw S3" "vs s3fs" "vs rclone"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..36})" "---------" "------------" "------------" "------------" "------------" "----------" "----------"
+row "1 GiB sequential read, cold" "MiB/s" higher cold_read "$RAW_GET"
+row "4 KiB random reads, cold" "reads/s" higher random_reads
+row "ls -l, 10,000 objects" "s" lower ls_l
+row "find, 10,000 objects in 100 dirs" "s" lower find_tree
+row "daemon peak RSS" "MiB" lower rss
+echo
+awk -v us="${RESULT[cold_read,s3vol]}" -v raw="$RAW_GET" \
+    'BEGIN { printf "s3vol cold sequential read is %.0f%% of the raw parallel GET client\n", 100 * us / raw }'

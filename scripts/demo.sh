@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs what s3vol needs, builds it, starts a local Garage S3 server with sample
+# data, mounts the bucket prefix read-only with s3vol and shows it working. Leaves
+# nothing running: the mount and the server are stopped at the end.
+source "$(dirname "$0")/lib.sh"
+cd "$S3VOL_ROOT"
+
+ensure_rust
+ensure_fuse
+ensure_moto      # its Python environment carries boto3, used to upload the sample data
+ensure_garage
+
+log "building s3vol (release)"
+cargo build --release --quiet
+S3VOL="$S3VOL_ROOT/target/release/s3vol"
+
+work=$(mktemp -d /tmp/s3vol-demo.XXXXXX)
+mnt="$work/mnt"
+mkdir -p "$mnt"
+cleanup() {
+    mountpoint -q "$mnt" && umount "$mnt"
+    scripts/garage.sh stop "$work/garage"
+}
+trap cleanup EXIT
+
+log "starting Garage on 127.0.0.1 with bucket 'demo'"
+eval "$(scripts/garage.sh start "$work/garage" demo | sed 's/^/export /')"
+
+log "uploading sample data under demo/datasets/"
+"$MOTO_VENV/bin/python" - <<'PY'
+import os, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"])
+put = lambda key, body: s3.put_object(Bucket="demo", Key=key, Body=body)
+put("datasets/README.txt", b"Sample volume served by s3vol from a local Garage server.\n")
+put("datasets/climate/2024/january.csv", b"day,temp\n" + b"".join(b"%d,%d\n" % (d, d % 7) for d in range(1, 32)))
+put("datasets/climate/2024/february.csv", b"day,temp\n1,3\n2,4\n")
+put("datasets/images/", b"")  # a directory marker, as the S3 console makes them
+put("datasets/images/random.bin", os.urandom(64 * 1024 * 1024))
+put("private/not-in-the-volume.txt", b"outside the prefix")
+PY
+
+log "s3vol mount demo/datasets $mnt"
+"$S3VOL" mount demo/datasets "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
+    --log-file "$work/s3vol.log"
+findmnt "$mnt"
+
+log "ls -lR $mnt"
+ls -lR "$mnt"
+log "cat README.txt"
+cat "$mnt/README.txt"
+log "head -3 climate/2024/january.csv"
+head -3 "$mnt/climate/2024/january.csv"
+
+log "reading images/random.bin (64 MiB) and comparing with S3"
+time_start=$(date +%s.%N)
+local_sum=$(sha256sum "$mnt/images/random.bin" | cut -d' ' -f1)
+time_end=$(date +%s.%N)
+s3_sum=$("$MOTO_VENV/bin/python" -c '
+import os, hashlib, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"])
+print(hashlib.sha256(s3.get_object(Bucket="demo", Key="datasets/images/random.bin")["Body"].read()).hexdigest())')
+echo "through s3vol: $local_sum"
+echo "straight S3:   $s3_sum"
+[ "$local_sum" = "$s3_sum" ] || die "checksums differ"
+awk -v a="$time_start" -v b="$time_end" 'BEGIN { printf "read 64 MiB in %.2f s (%.0f MiB/s)\n", b - a, 64 / (b - a) }'
+
+log "writes are refused on a read-only volume"
+if touch "$mnt/new-file" 2>"$work/err"; then die "a write succeeded on a read-only mount"; fi
+cat "$work/err"
+
+log "umount $mnt"
+umount "$mnt"
+log "demo finished"
