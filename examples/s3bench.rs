@@ -5,6 +5,8 @@
 //! s3bench get BUCKET KEY [CONCURRENCY]        parallel 8 MiB ranged GETs; prints MiB/s
 //! s3bench put BUCKET KEY MIB [CONCURRENCY]    parallel multipart upload of MIB MiB
 //! s3bench put-many BUCKET PREFIX COUNT [DIRS] COUNT small objects (spread over DIRS dirs)
+//! s3bench latency BUCKET KEY [COUNT]         COUNT 4 KiB ranged GETs one after another;
+//!                                             prints the mean latency in ms
 //! ```
 //!
 //! The endpoint comes from `S3_ENDPOINT`, credentials and region from the usual
@@ -76,6 +78,26 @@ async fn get(client: Client, bucket: String, key: String, concurrency: usize) {
     assert_eq!(total as u64, size);
     let secs = start.elapsed().as_secs_f64();
     println!("{:.1}", size as f64 / (1 << 20) as f64 / secs);
+}
+
+async fn latency(client: Client, bucket: String, key: String, count: u64) {
+    let start = Instant::now();
+    for i in 0..count {
+        let offset = i * 1_048_576;
+        let out = client
+            .get_object()
+            .bucket(&bucket)
+            .key(&key)
+            .range(format!("bytes={offset}-{}", offset + 4095))
+            .send()
+            .await
+            .expect("get");
+        out.body.collect().await.expect("body");
+    }
+    println!(
+        "{:.2}",
+        start.elapsed().as_secs_f64() * 1000.0 / count as f64
+    );
 }
 
 async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency: usize) {
@@ -192,6 +214,10 @@ async fn main() {
                 concurrency,
             )
             .await
+        }
+        Some("latency") => {
+            let count = number(4, 100) as u64;
+            latency(client, arg(&args, 2, "BUCKET"), arg(&args, 3, "KEY"), count).await
         }
         Some("put-many") => {
             let (count, dirs) = (number(4, 10_000), number(5, 1));

@@ -74,14 +74,12 @@ daemon_pid() {
     done
 }
 
-declare -A PEAK_RSS
+# Workloads run in command substitutions (subshells), so peak RSS readings go to a
+# file: one "system KiB" line per unmount.
 unmount_system() {
-    local pid rss
+    local pid
     pid=$(daemon_pid)
-    if [ -n "$pid" ]; then
-        rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-        [ "${rss:-0}" -gt "${PEAK_RSS[$1]:-0}" ] && PEAK_RSS[$1]=$rss
-    fi
+    [ -n "$pid" ] && echo "$1 $(awk '/VmHWM/ {print $2}' "/proc/$pid/status")" >>"$work/rss"
     umount "$mnt"
     for _ in $(seq 1 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
 }
@@ -164,7 +162,9 @@ ratio() {
         if (us == 0 || them == 0) { print "-"; exit }
         printf "%.2fx\n", (b == "higher") ? us / them : them / us }'
 }
-for s in "${SYSTEMS[@]}"; do RESULT[rss,$s]=$(( ${PEAK_RSS[$s]:-0} / 1024 )); done
+for s in "${SYSTEMS[@]}"; do
+    RESULT[rss,$s]=$(awk -v s="$s" '$1 == s && $2 > m { m = $2 } END { printf "%.0f\n", m / 1024 }' "$work/rss")
+done
 
 echo
 echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, median of $RUNS runs"

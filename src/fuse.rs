@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{Instrument, debug, debug_span, warn};
 
@@ -87,6 +87,9 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Let the kernel read ahead as far as it will; our own read-ahead sits behind it.
         let _ = config.set_max_readahead(1024 * 1024);
+        // A listing already carries every entry's size and time, so hand them over
+        // with the names: `ls -l` then needs no lookup per file.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -327,6 +330,39 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdirplus(fh.0, offset) {
+            Ok(entries) => {
+                for (entry, e) in entries {
+                    let full = reply.add(
+                        INodeNo(entry.ino),
+                        entry.next_offset,
+                        &entry.name,
+                        &e.ttl,
+                        &file_attr(&e.attr),
+                        Generation(0),
+                    );
+                    if full {
+                        break;
+                    }
+                    // The kernel takes a reference to every entry but "." and "..".
+                    if entry.name != "." && entry.name != ".." {
+                        self.fs.remember(entry.ino);
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno("readdirplus", &e)),
+        }
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -374,17 +410,14 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        // S3 user metadata is not exposed as xattrs; "no such attribute" lets tools
-        // that probe (ls for SELinux labels, cp -a) carry on.
-        reply.error(Errno::ENODATA);
+        // S3 user metadata is not exposed as xattrs. ENOSYS makes the kernel stop
+        // asking (it answers EOPNOTSUPP itself from then on), which spares `ls -l`
+        // one round trip per file; tools such as cp -a treat that as "no xattrs".
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn create(

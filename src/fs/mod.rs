@@ -323,6 +323,31 @@ impl Fs {
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 
+    /// Like [`Fs::readdir`], with each entry's attributes, as READDIRPLUS needs
+    /// them. The caller reports which entries reached the kernel with
+    /// [`Fs::remember`], because each one counts as a lookup.
+    pub fn readdirplus(&self, fh: u64, offset: u64) -> FsResult<Vec<(DirEntry, Entry)>> {
+        let entries = self.readdir(fh, offset)?;
+        let table = self.inodes.lock().unwrap();
+        let now = Instant::now();
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let node = table.get(entry.ino)?;
+                let ttl = node
+                    .remaining(self.config.metadata_ttl, now)
+                    .unwrap_or(Duration::ZERO);
+                let attr = self.attr(entry.ino, node);
+                Some((entry, Entry { attr, ttl }))
+            })
+            .collect())
+    }
+
+    /// The kernel now holds a reference to `ino` (from READDIRPLUS).
+    pub fn remember(&self, ino: u64) {
+        self.inodes.lock().unwrap().add_lookup(ino);
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
     }
