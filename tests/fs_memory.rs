@@ -422,3 +422,21 @@ async fn statfs_reports_a_large_capacity() {
     assert!(s.blocks * u64::from(s.block_size) >= 1 << 50);
     assert_eq!(s.name_max, 255);
 }
+
+#[tokio::test]
+async fn directories_show_their_marker_time_or_the_mount_time() {
+    let before = std::time::SystemTime::now();
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("implicit/x", "x");
+    store.put("marked/", "");
+    let marker_time = store.head_object("marked/").await.unwrap().last_modified;
+    let fs = fs_on(store, "");
+    let implicit = fs.lookup(ROOT_INO, OsStr::new("implicit")).await.unwrap();
+    assert!(implicit.attr.mtime >= before, "{:?}", implicit.attr.mtime);
+    let marked = fs.lookup(ROOT_INO, OsStr::new("marked")).await.unwrap();
+    assert_eq!(marked.attr.mtime, marker_time);
+    let fh = fs.opendir(ROOT_INO).await.unwrap();
+    for (entry, e) in fs.readdirplus(fh, 0).unwrap() {
+        assert!(e.attr.mtime >= before, "{}: {:?}", entry.name, e.attr.mtime);
+    }
+}

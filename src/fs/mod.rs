@@ -119,6 +119,8 @@ pub struct Fs {
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
     read_budget: Arc<Semaphore>,
+    /// The time shown for directories that have no marker object of their own.
+    mount_time: SystemTime,
 }
 
 impl Fs {
@@ -126,9 +128,11 @@ impl Fs {
     /// ending in `/`).
     pub fn new(store: Arc<dyn ObjectStore>, root_key: &str, config: FsConfig) -> Self {
         let read_budget = config.read.budget();
+        let mount_time = SystemTime::now();
         Self {
             store,
-            inodes: Mutex::new(InodeTable::new(root_key, SystemTime::now())),
+            inodes: Mutex::new(InodeTable::new(root_key, mount_time)),
+            mount_time,
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -194,7 +198,8 @@ impl Fs {
             let mtime = page
                 .objects
                 .first()
-                .map_or(SystemTime::UNIX_EPOCH, |o| o.last_modified);
+                .filter(|o| o.key == dir_key)
+                .map_or(self.mount_time, |marker| marker.last_modified);
             return Ok(Some((Kind::Directory, Stat::directory(mtime))));
         }
         match head {
@@ -376,7 +381,7 @@ impl Fs {
                     Ok(()) => {
                         names.insert(
                             name.to_string(),
-                            (Kind::Directory, Stat::directory(SystemTime::UNIX_EPOCH)),
+                            (Kind::Directory, Stat::directory(self.mount_time)),
                         );
                     }
                     Err(problem) => {
