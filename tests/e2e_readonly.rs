@@ -390,3 +390,50 @@ async fn bad_input_gets_a_message_that_says_what_to_do() {
     let err = mount_fails(&server, "vol/a//b", mp, &[]);
     assert!(err.contains("empty segments"), "{err}");
 }
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn ownership_and_modes_are_what_the_options_say() {
+    use std::os::unix::fs::MetadataExt;
+    let server = Server::start(ServerKind::Garage);
+    seed_tree(&server, 1000).await;
+    let mount = Mount::new(
+        &server,
+        "s3://vol/root/",
+        &[
+            "-o",
+            "uid=1234,gid=4321,file_mode=0640,dir_mode=0750,metadata_ttl=1s",
+        ],
+    );
+    let file = std::fs::metadata(mount.path().join("one")).unwrap();
+    assert_eq!((file.uid(), file.gid()), (1234, 4321));
+    assert_eq!(file.mode() & 0o7777, 0o640);
+    let dir = std::fs::metadata(mount.path().join("a")).unwrap();
+    assert_eq!((dir.uid(), dir.gid()), (1234, 4321));
+    assert_eq!(dir.mode() & 0o7777, 0o750);
+    let df = nix::sys::statvfs::statvfs(mount.path()).unwrap();
+    assert!(df.blocks() as u128 * df.fragment_size() as u128 >= 1 << 50);
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn an_object_replaced_under_an_open_file_gives_estale() {
+    use std::os::unix::fs::FileExt;
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    let original = pattern(32 << 20, 5);
+    server.put(BUCKET, "root/f.bin", original.clone()).await;
+    let mount = Mount::new(&server, "vol/root", &[]);
+    let file = std::fs::File::open(mount.path().join("f.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    file.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, original[..4096]);
+    server.put(BUCKET, "root/f.bin", pattern(32 << 20, 6)).await;
+    // Far from what read-ahead already holds, so it must go to S3.
+    let err = file.read_exact_at(&mut buf, 30 << 20).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    assert!(mount.log_text().contains("changed"), "{}", mount.log_text());
+    // Opening again reads the new version whole, without waiting out the TTL.
+    drop(file);
+    assert!(std::fs::read(mount.path().join("f.bin")).unwrap() == pattern(32 << 20, 6));
+}

@@ -299,6 +299,12 @@ async fn an_object_replaced_mid_read_fails_with_estale() {
     // Far away, so not served from what was already fetched.
     let err = fs.read(fh, 3 * MIB as u64, 4096).await.unwrap_err();
     assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    // Reopening reads the new version at once, TTL or not.
+    let again = fs.open(ino, false).await.unwrap();
+    assert_eq!(
+        &fs.read(again, 0, 8).await.unwrap()[..],
+        &pattern(4 * MIB, 2)[..8]
+    );
     store.remove("f");
     let err = fs.read(fh, MIB as u64 + 5, 4096).await.unwrap_err();
     assert_eq!(err.errno(), libc::ESTALE, "{err}");

@@ -48,11 +48,16 @@ pub struct Node {
     pub fetched: Option<Instant>,
     /// References the kernel holds (lookups not yet forgotten).
     pub lookups: u64,
+    /// Set when S3 showed that `stat` is out of date before the TTL ran out.
+    pub expired: bool,
 }
 
 impl Node {
     /// How much longer `stat` may be trusted, or `None` if it has expired.
     pub fn remaining(&self, ttl: Duration, now: Instant) -> Option<Duration> {
+        if self.expired {
+            return None;
+        }
         match self.fetched {
             None => Some(ttl),
             Some(at) => ttl
@@ -79,6 +84,7 @@ impl InodeTable {
             stat: Stat::directory(mount_time),
             fetched: None,
             lookups: 1,
+            expired: false,
         };
         Self {
             nodes: HashMap::from([(ROOT_INO, root)]),
@@ -105,6 +111,7 @@ impl InodeTable {
         {
             node.stat = stat;
             node.fetched = Some(now);
+            node.expired = false;
             return ino;
         }
         let parent_key = self.nodes.get(&parent).map_or("", |p| p.key.as_str());
@@ -124,6 +131,7 @@ impl InodeTable {
                 stat,
                 fetched: Some(now),
                 lookups: 0,
+                expired: false,
             },
         );
         if let Some(old) = self.children.insert(slot, ino) {
@@ -136,6 +144,15 @@ impl InodeTable {
     pub fn remove_child(&mut self, parent: u64, name: &str) {
         if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
             self.drop_if_unreferenced(ino);
+        }
+    }
+
+    /// Makes the next lookup or open of `ino` ask S3 again.
+    pub fn expire(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino)
+            && node.fetched.is_some()
+        {
+            node.expired = true;
         }
     }
 

@@ -115,7 +115,8 @@ pub struct Fs {
     store: Arc<dyn ObjectStore>,
     config: FsConfig,
     inodes: Mutex<InodeTable>,
-    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Reader>>>>,
+    /// Open files: handle -> (inode, reader).
+    files: Mutex<HashMap<u64, (u64, Arc<tokio::sync::Mutex<Reader>>)>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
     read_budget: Arc<Semaphore>,
@@ -454,13 +455,13 @@ impl Fs {
         self.files
             .lock()
             .unwrap()
-            .insert(fh, Arc::new(tokio::sync::Mutex::new(reader)));
+            .insert(fh, (ino, Arc::new(tokio::sync::Mutex::new(reader))));
         debug!(ino, fh, key = node.key, "opened");
         Ok(fh)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let reader = self
+        let (ino, reader) = self
             .files
             .lock()
             .unwrap()
@@ -472,10 +473,15 @@ impl Fs {
             StoreError::NotFound { ref key, .. }
             | StoreError::Changed { ref key, .. }
             | StoreError::ShortBody { ref key, .. }
-            | StoreError::InvalidRange { ref key, .. } => FsError::Stale {
-                key: key.clone(),
-                source: Box::new(e),
-            },
+            | StoreError::InvalidRange { ref key, .. } => {
+                // What we know of the object is wrong: the next open asks S3 again
+                // and gets the new version.
+                self.inodes.lock().unwrap().expire(ino);
+                FsError::Stale {
+                    key: key.clone(),
+                    source: Box::new(e),
+                }
+            }
             other => other.into(),
         })
     }
