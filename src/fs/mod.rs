@@ -111,12 +111,18 @@ pub enum Mutation {
     Mknod,
 }
 
+/// An open file handle: the inode it was opened on and its read state.
+#[derive(Clone)]
+struct OpenFile {
+    ino: u64,
+    reader: Arc<tokio::sync::Mutex<Reader>>,
+}
+
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     config: FsConfig,
     inodes: Mutex<InodeTable>,
-    /// Open files: handle -> (inode, reader).
-    files: Mutex<HashMap<u64, (u64, Arc<tokio::sync::Mutex<Reader>>)>>,
+    files: Mutex<HashMap<u64, OpenFile>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
     read_budget: Arc<Semaphore>,
@@ -452,16 +458,19 @@ impl Fs {
             self.read_budget.clone(),
         );
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.files
-            .lock()
-            .unwrap()
-            .insert(fh, (ino, Arc::new(tokio::sync::Mutex::new(reader))));
+        self.files.lock().unwrap().insert(
+            fh,
+            OpenFile {
+                ino,
+                reader: Arc::new(tokio::sync::Mutex::new(reader)),
+            },
+        );
         debug!(ino, fh, key = node.key, "opened");
         Ok(fh)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let (ino, reader) = self
+        let OpenFile { ino, reader } = self
             .files
             .lock()
             .unwrap()
