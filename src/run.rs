@@ -33,7 +33,7 @@ const FUSE_THREADS: usize = 4;
 /// What the child tells the parent when the mount is serving.
 const READY: &[u8] = b"ready\n";
 
-/// A failure to report to the user, with the process exit code.
+/// A failure to report to the user; the command exits 1 with this message.
 #[derive(Debug)]
 struct Failure(String);
 
@@ -75,7 +75,9 @@ pub fn mount(args: MountArgs) -> ExitCode {
         return match serve(&args, &mountpoint, None) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Failure(message)) => {
-                error!("{message}");
+                if args.log_file.is_some() {
+                    error!("{message}");
+                }
                 eprintln!("s3vol: {message}");
                 ExitCode::FAILURE
             }
