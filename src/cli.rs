@@ -27,6 +27,25 @@ pub struct Cli {
 pub enum Command {
     /// Mount BUCKET[/PREFIX] at MOUNTPOINT (daemonizes unless --foreground).
     Mount(MountArgs),
+    /// Print the least-privilege IAM policy for a volume, and the role's trust
+    /// policy when given the principal and external ID.
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX/.
+    #[arg(value_parser = parse_source)]
+    pub source: Source,
+    /// Include what a read-write volume needs (uploads, deletes, aborting uploads).
+    #[arg(long)]
+    pub read_write: bool,
+    /// The external ID the trust policy requires.
+    #[arg(long, value_name = "ID", requires = "trusted_principal")]
+    pub external_id: Option<String>,
+    /// The IAM role or user that will assume the role (the one running s3vol).
+    #[arg(long, value_name = "ARN", requires = "external_id")]
+    pub trusted_principal: Option<String>,
 }
 
 /// Where S3 is and which credentials to start from.
@@ -191,7 +210,30 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     match cli.command {
         Command::Mount(args) => crate::run::mount(args),
+        Command::Policy(args) => print_policy(&args),
     }
+}
+
+fn print_policy(args: &PolicyArgs) -> ExitCode {
+    use crate::policy;
+    let identity = policy::identity_policy(&args.source, args.read_write);
+    let trust = match (&args.trusted_principal, &args.external_id) {
+        (Some(principal), Some(id)) => {
+            if let Err(e) = policy::check_principal(principal).and(policy::check_external_id(id)) {
+                eprintln!("s3vol: {e}");
+                return ExitCode::from(2);
+            }
+            Some(policy::trust_policy(principal, id))
+        }
+        _ => None,
+    };
+    eprintln!("# Permissions policy: attach it to the role that s3vol assumes.");
+    println!("{}", serde_json::to_string_pretty(&identity).expect("JSON"));
+    if let Some(trust) = trust {
+        eprintln!("# Trust policy: set it as the role's trust relationship.");
+        println!("{}", serde_json::to_string_pretty(&trust).expect("JSON"));
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -261,7 +303,9 @@ mod tests {
             "2s",
         ]))
         .unwrap();
-        let Command::Mount(args) = cli.command;
+        let Command::Mount(args) = cli.command else {
+            panic!("parsed as another command");
+        };
         assert_eq!(args.source.to_string(), "bkt/data");
         assert_eq!(args.metadata_ttl, Duration::from_secs(2));
         assert!(

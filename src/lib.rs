@@ -9,6 +9,7 @@ pub mod fs;
 pub mod fuse;
 pub mod logging;
 pub mod names;
+pub mod policy;
 pub mod preflight;
 pub mod read;
 pub mod run;

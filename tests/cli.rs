@@ -1,0 +1,97 @@
+//! The command-line interface of the real binary, where no server is needed.
+
+use std::process::Command;
+
+fn s3vol(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(args)
+        .output()
+        .expect("run s3vol")
+}
+
+/// Splits a stream of JSON documents.
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .map(|d| d.expect("valid JSON"))
+        .collect()
+}
+
+#[test]
+fn policy_prints_pasteable_json() {
+    let out = s3vol(&[
+        "policy",
+        "s3://bkt/root/",
+        "--external-id",
+        "ext-123",
+        "--trusted-principal",
+        "arn:aws:iam::111122223333:role/platform",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = documents(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(docs.len(), 2);
+    let identity = docs[0].to_string();
+    assert!(identity.contains("arn:aws:s3:::bkt/root/*"), "{identity}");
+    assert!(!identity.contains("s3:PutObject"), "read-only by default");
+    assert_eq!(
+        docs[1]["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
+        "ext-123"
+    );
+
+    let rw = s3vol(&["policy", "bkt/root", "--read-write"]);
+    assert!(rw.status.success());
+    let docs = documents(&String::from_utf8(rw.stdout).unwrap());
+    assert_eq!(docs.len(), 1);
+    assert!(docs[0].to_string().contains("s3:PutObject"));
+}
+
+#[test]
+fn policy_refuses_bad_input_with_a_reason() {
+    for (args, phrase) in [
+        (&["policy", "Bad_Bucket"][..], "not a valid bucket name"),
+        (
+            &["policy", "bkt", "--external-id", "ext-123"][..],
+            "--trusted-principal",
+        ),
+        (
+            &[
+                "policy",
+                "bkt",
+                "--external-id",
+                "ext-123",
+                "--trusted-principal",
+                "alice",
+            ][..],
+            "is not an IAM principal ARN",
+        ),
+        (
+            &[
+                "policy",
+                "bkt",
+                "--external-id",
+                "a b",
+                "--trusted-principal",
+                "arn:aws:iam::111122223333:root",
+            ][..],
+            "external ID must be",
+        ),
+    ] {
+        let out = s3vol(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(phrase), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn mount_usage_errors_exit_2() {
+    let out = s3vol(&["mount", "bkt"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MOUNTPOINT"));
+    let out = s3vol(&["mount", "bkt", "/tmp", "-o"]);
+    assert_eq!(out.status.code(), Some(2));
+}
