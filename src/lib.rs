@@ -4,6 +4,7 @@
 //! uses [`read`] and the [`store::ObjectStore`] trait; [`store::s3`] is the only
 //! aws-sdk-s3 user. [`cli`] and [`run`] wire concrete types on top.
 
+pub mod auth;
 pub mod cli;
 pub mod fs;
 pub mod fuse;

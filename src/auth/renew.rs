@@ -1,0 +1,401 @@
+//! Credentials that are renewed ahead of expiry, for as long as the mount lives.
+//!
+//! The SDK's own identity cache refreshes credentials only when a request finds them
+//! about to expire, inside that request. s3vol instead runs one background task per
+//! mount that fetches new credentials (STS AssumeRole in production) when
+//! `renew_before` of their lifetime is left, and hands every request whatever is
+//! current: a request never waits on STS and never carries expired credentials while
+//! renewal works.
+//!
+//! A failed renewal is retried with exponential backoff while the current
+//! credentials stay in use. If they expire before a renewal succeeds, requests fail
+//! with a credentials error (the filesystem answers EACCES) naming the last renewal
+//! error, and the mount recovers by itself at the next successful renewal.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Where fresh credentials come from.
+#[async_trait]
+pub trait CredentialSource: Send + Sync + 'static {
+    /// New credentials, or why none could be had (never containing a secret).
+    async fn fetch(&self) -> Result<Credentials, String>;
+}
+
+/// The wall clock, replaceable in tests.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RenewConfig {
+    /// Renew when this much lifetime is left.
+    pub renew_before: Duration,
+    /// First wait after a failed renewal; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RenewConfig {
+    fn default() -> Self {
+        Self {
+            renew_before: Duration::from_secs(300),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Shared {
+    current: Mutex<Credentials>,
+    last_error: Mutex<Option<String>>,
+    renewals: AtomicU64,
+    clock: Arc<dyn Clock>,
+    /// What is renewed (role and session name), for logs and errors.
+    label: String,
+}
+
+/// A credentials provider that always answers at once with the current credentials.
+#[derive(Clone)]
+pub struct RenewingCredentials {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RenewingCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewingCredentials")
+            .field("label", &self.shared.label)
+            .finish_non_exhaustive()
+    }
+}
+
+fn show_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl RenewingCredentials {
+    /// Fetches the first credentials (an error here fails the mount) and starts the
+    /// renewal task, which runs until the returned handle is aborted.
+    pub async fn start(
+        source: Arc<dyn CredentialSource>,
+        config: RenewConfig,
+        clock: Arc<dyn Clock>,
+        label: String,
+    ) -> Result<(Self, JoinHandle<()>), String> {
+        let first = source.fetch().await?;
+        if let Some(expiry) = first.expiry() {
+            info!(
+                credentials = label,
+                expires = show_time(expiry),
+                "credentials obtained"
+            );
+        }
+        let shared = Arc::new(Shared {
+            current: Mutex::new(first),
+            last_error: Mutex::new(None),
+            renewals: AtomicU64::new(0),
+            clock,
+            label,
+        });
+        let task = tokio::spawn(renew_loop(shared.clone(), source, config));
+        Ok((Self { shared }, task))
+    }
+
+    /// The current credentials, or an error if they have expired.
+    pub fn current(&self) -> Result<Credentials, CredentialsError> {
+        let creds = self.shared.current.lock().unwrap().clone();
+        match creds.expiry() {
+            Some(expiry) if expiry <= self.shared.clock.now() => {
+                let cause = self
+                    .shared
+                    .last_error
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_else(|| "no renewal has completed yet".into());
+                Err(CredentialsError::provider_error(format!(
+                    "credentials for {} expired at {} and renewal is failing: {cause}",
+                    self.shared.label,
+                    show_time(expiry)
+                )))
+            }
+            _ => Ok(creds),
+        }
+    }
+
+    /// Successful renewals so far.
+    pub fn renewals(&self) -> u64 {
+        self.shared.renewals.load(Ordering::Relaxed)
+    }
+}
+
+impl ProvideCredentials for RenewingCredentials {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::ready(self.current())
+    }
+}
+
+/// How long to wait before renewing credentials that expire at `expiry`: until
+/// `renew_before` is left, or half the remaining lifetime when less than
+/// `renew_before` is left already (so a short session is renewed in time, not in a
+/// busy loop).
+pub fn renewal_delay(expiry: SystemTime, now: SystemTime, renew_before: Duration) -> Duration {
+    let remaining = expiry.duration_since(now).unwrap_or(Duration::ZERO);
+    if remaining > renew_before {
+        remaining - renew_before
+    } else {
+        remaining / 2
+    }
+}
+
+async fn renew_loop(shared: Arc<Shared>, source: Arc<dyn CredentialSource>, config: RenewConfig) {
+    loop {
+        let expiry = shared.current.lock().unwrap().expiry();
+        // Credentials without an expiry (static keys) never need renewing.
+        let Some(expiry) = expiry else { return };
+        tokio::time::sleep(renewal_delay(
+            expiry,
+            shared.clock.now(),
+            config.renew_before,
+        ))
+        .await;
+        let mut backoff = config.min_backoff;
+        loop {
+            match source.fetch().await {
+                Ok(fresh) => {
+                    let new_expiry = fresh.expiry();
+                    *shared.current.lock().unwrap() = fresh;
+                    *shared.last_error.lock().unwrap() = None;
+                    let n = shared.renewals.fetch_add(1, Ordering::Relaxed) + 1;
+                    info!(
+                        credentials = shared.label,
+                        renewal = n,
+                        expires = new_expiry.map(show_time).unwrap_or_default(),
+                        "credentials renewed"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    let expired = expiry <= shared.clock.now();
+                    warn!(
+                        credentials = shared.label,
+                        error = e,
+                        retry_in = ?backoff,
+                        "credential renewal failed; {}",
+                        if expired {
+                            "the current credentials have expired: requests fail until a renewal succeeds".to_string()
+                        } else {
+                            format!("keeping the current credentials until {}", show_time(expiry))
+                        }
+                    );
+                    *shared.last_error.lock().unwrap() = Some(e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(config.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// Wall time that moves with tokio's (paused) clock.
+    struct TestClock {
+        start_wall: SystemTime,
+        start: tokio::time::Instant,
+    }
+
+    impl Clock for TestClock {
+        fn now(&self) -> SystemTime {
+            self.start_wall + self.start.elapsed()
+        }
+    }
+
+    /// Hands out credentials valid for `lifetime`, or the scripted failures first.
+    struct ScriptedSource {
+        clock: Arc<TestClock>,
+        lifetime: Duration,
+        script: Mutex<VecDeque<bool>>,
+        fetches: Mutex<Vec<SystemTime>>,
+    }
+
+    #[async_trait]
+    impl CredentialSource for ScriptedSource {
+        async fn fetch(&self) -> Result<Credentials, String> {
+            let now = self.clock.now();
+            self.fetches.lock().unwrap().push(now);
+            if self.script.lock().unwrap().pop_front() == Some(false) {
+                return Err("STS unreachable (scripted)".into());
+            }
+            let n = self.fetches.lock().unwrap().len();
+            Ok(Credentials::new(
+                format!("AKIA{n}"),
+                "secret",
+                Some("token".into()),
+                Some(now + self.lifetime),
+                "test",
+            ))
+        }
+    }
+
+    fn setup(lifetime: Duration, script: &[bool]) -> (Arc<TestClock>, Arc<ScriptedSource>) {
+        let clock = Arc::new(TestClock {
+            start_wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            start: tokio::time::Instant::now(),
+        });
+        let source = Arc::new(ScriptedSource {
+            clock: clock.clone(),
+            lifetime,
+            script: Mutex::new(script.iter().copied().collect()),
+            fetches: Mutex::new(Vec::new()),
+        });
+        (clock, source)
+    }
+
+    fn config(renew_before: u64) -> RenewConfig {
+        RenewConfig {
+            renew_before: Duration::from_secs(renew_before),
+            ..RenewConfig::default()
+        }
+    }
+
+    #[test]
+    fn delay_leaves_renew_before_or_half_the_lifetime() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let secs = Duration::from_secs;
+        assert_eq!(renewal_delay(now + secs(3600), now, secs(300)), secs(3300));
+        assert_eq!(renewal_delay(now + secs(400), now, secs(300)), secs(100));
+        assert_eq!(renewal_delay(now + secs(900), now, secs(895)), secs(5));
+        assert_eq!(renewal_delay(now + secs(10), now, secs(300)), secs(5));
+        assert_eq!(
+            renewal_delay(now - secs(10), now, secs(300)),
+            Duration::ZERO
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_ahead_of_expiry_for_days() {
+        let (clock, source) = setup(Duration::from_secs(3600), &[]);
+        let (creds, task) =
+            RenewingCredentials::start(source.clone(), config(300), clock.clone(), "role".into())
+                .await
+                .unwrap();
+        // Three days of hourly sessions: every request in between finds valid
+        // credentials without waiting.
+        for _ in 0..(3 * 24 * 12) {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            let current = creds.current().expect("never expired");
+            assert!(current.expiry().unwrap() > clock.now());
+        }
+        // A renewal every 3300 s (3600 s sessions renewed 300 s early).
+        assert_eq!(creds.renewals(), 3 * 24 * 3600 / 3300);
+        let fetches = source.fetches.lock().unwrap().clone();
+        for pair in fetches.windows(2) {
+            let gap = pair[1].duration_since(pair[0]).unwrap();
+            assert_eq!(
+                gap,
+                Duration::from_secs(3300),
+                "renewed 300 s before expiry"
+            );
+        }
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_renewals_back_off_and_keep_the_current_credentials() {
+        let (clock, source) = setup(Duration::from_secs(600), &[true, false, false, false]);
+        let (creds, task) =
+            RenewingCredentials::start(source.clone(), config(300), clock.clone(), "role".into())
+                .await
+                .unwrap();
+        let first = creds.current().unwrap();
+        tokio::time::sleep(Duration::from_secs(300) + Duration::from_millis(500)).await;
+        // The first renewal failed; the old credentials are still served.
+        assert_eq!(
+            creds.current().unwrap().access_key_id(),
+            first.access_key_id()
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let fetches = source.fetches.lock().unwrap().clone();
+        let gaps: Vec<u64> = fetches
+            .windows(2)
+            .map(|p| p[1].duration_since(p[0]).unwrap().as_secs())
+            .collect();
+        // 300 s to the first renewal attempt, then 1 s, 2 s, 4 s of backoff.
+        assert_eq!(gaps, [300, 1, 2, 4]);
+        assert_ne!(
+            creds.current().unwrap().access_key_id(),
+            first.access_key_id()
+        );
+        assert_eq!(creds.renewals(), 1);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_credentials_fail_with_the_reason_then_recover() {
+        // Renewals fail for longer than the credentials live.
+        let mut script = vec![true];
+        script.extend(std::iter::repeat_n(false, 12));
+        let (clock, source) = setup(Duration::from_secs(60), &script);
+        let (creds, task) =
+            RenewingCredentials::start(source.clone(), config(30), clock.clone(), "my-role".into())
+                .await
+                .unwrap();
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let err = creds.current().unwrap_err();
+        let text = format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(&err)
+        );
+        assert!(text.contains("my-role"), "{text}");
+        assert!(text.contains("STS unreachable (scripted)"), "{text}");
+        // Backoff is capped at 60 s; once the script runs out, renewal succeeds.
+        tokio::time::sleep(Duration::from_secs(15 * 60)).await;
+        assert!(creds.current().is_ok());
+        assert!(creds.renewals() >= 1);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn static_credentials_are_never_renewed() {
+        struct Static;
+        #[async_trait]
+        impl CredentialSource for Static {
+            async fn fetch(&self) -> Result<Credentials, String> {
+                Ok(Credentials::new("AKIA", "secret", None, None, "static"))
+            }
+        }
+        let (creds, task) = RenewingCredentials::start(
+            Arc::new(Static),
+            config(300),
+            Arc::new(SystemClock),
+            "static".into(),
+        )
+        .await
+        .unwrap();
+        task.await.unwrap();
+        assert!(creds.current().is_ok());
+        assert_eq!(creds.renewals(), 0);
+    }
+}
