@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::{RoleOptions, Secret};
 use crate::names::Source;
 
 #[derive(Debug, Parser)]
@@ -26,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount BUCKET[/PREFIX] at MOUNTPOINT (daemonizes unless --foreground).
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Print the least-privilege IAM policy for a volume, and the role's trust
     /// policy when given the principal and external ID.
     Policy(PolicyArgs),
@@ -66,6 +67,75 @@ pub struct S3Args {
     pub profile: Option<String>,
 }
 
+/// The role to assume and how to keep its credentials fresh.
+#[derive(Debug, Clone, Args)]
+pub struct RoleArgs {
+    /// IAM role to assume through STS for every request to the bucket.
+    #[arg(long, value_name = "ARN", value_parser = parse_role_arn)]
+    pub role_arn: Option<String>,
+    /// External ID the role's trust policy requires. Visible in `ps` and
+    /// /proc/mounts: prefer --external-id-file.
+    #[arg(long, value_name = "ID", requires = "role_arn",
+          conflicts_with = "external_id_file", value_parser = parse_external_id)]
+    pub external_id: Option<Secret>,
+    /// File holding the external ID (trailing newline ignored); keeps it out of
+    /// `ps` and /proc/mounts.
+    #[arg(long, value_name = "PATH", requires = "role_arn")]
+    pub external_id_file: Option<PathBuf>,
+    /// Session name recorded in CloudTrail (default: s3vol-HOSTNAME).
+    #[arg(long, value_name = "NAME", requires = "role_arn", value_parser = parse_session_name)]
+    pub role_session_name: Option<String>,
+    /// Lifetime of each role session, 900 s to 43200 s.
+    #[arg(long, value_name = "DURATION", default_value = "3600", value_parser = parse_role_duration)]
+    pub role_duration: Duration,
+    /// Renew the role's credentials when this much of their lifetime is left.
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = parse_ttl)]
+    pub renew_before: Duration,
+    /// STS endpoint URL, for STS-compatible servers (AWS_ENDPOINT_URL_STS also works).
+    #[arg(long, value_name = "URL", requires = "role_arn", value_parser = parse_url)]
+    pub sts_endpoint_url: Option<String>,
+}
+
+impl RoleArgs {
+    /// The role options, with the external ID read from its file if given.
+    pub fn role(&self) -> Result<Option<RoleOptions>, String> {
+        let Some(role_arn) = &self.role_arn else {
+            return Ok(None);
+        };
+        if self.renew_before >= self.role_duration {
+            return Err(format!(
+                "--renew-before ({}s) must be shorter than --role-duration ({}s)",
+                self.renew_before.as_secs(),
+                self.role_duration.as_secs()
+            ));
+        }
+        let external_id = match (&self.external_id, &self.external_id_file) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("cannot read --external-id-file {}: {e}", path.display())
+                })?;
+                Some(
+                    parse_external_id(text.trim_end_matches(['\n', '\r']))
+                        .map_err(|e| format!("--external-id-file {}: {e}", path.display()))?,
+                )
+            }
+            (None, None) => None,
+        };
+        Ok(Some(RoleOptions {
+            role_arn: role_arn.clone(),
+            external_id,
+            session_name: self
+                .role_session_name
+                .clone()
+                .unwrap_or_else(crate::auth::default_session_name),
+            duration: self.role_duration,
+            renew_before: self.renew_before,
+            sts_endpoint_url: self.sts_endpoint_url.clone(),
+        }))
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct MountArgs {
     /// BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX/.
@@ -80,6 +150,9 @@ pub struct MountArgs {
 
     #[command(flatten)]
     pub s3: S3Args,
+
+    #[command(flatten)]
+    pub role: RoleArgs,
 
     /// Owner of every file and directory (default: the user running s3vol).
     #[arg(long, value_name = "UID")]
@@ -121,6 +194,51 @@ pub struct MountArgs {
 fn parse_source(text: &str) -> Result<Source, String> {
     text.parse()
         .map_err(|e: crate::names::SourceError| e.to_string())
+}
+
+fn parse_role_arn(text: &str) -> Result<String, String> {
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[2] == "iam"
+        && parts[5].starts_with("role/")
+        && parts[5].len() > "role/".len();
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not an IAM role ARN such as arn:aws:iam::111122223333:role/NAME"
+        ))
+    }
+}
+
+fn parse_external_id(text: &str) -> Result<Secret, String> {
+    crate::policy::check_external_id(text)
+        .map(|()| Secret::new(text))
+        .map_err(|e| e.to_string())
+}
+
+fn parse_session_name(text: &str) -> Result<String, String> {
+    let ok = (2..=64).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err("a session name is 2-64 characters of letters, digits and +=,.@-_".into())
+    }
+}
+
+fn parse_role_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_ttl(text)?;
+    if (900..=43200).contains(&duration.as_secs()) {
+        Ok(duration)
+    } else {
+        Err(format!(
+            "{text:?}: STS role sessions last 900 s (15 min) to 43200 s (12 h)"
+        ))
+    }
 }
 
 fn parse_url(text: &str) -> Result<String, String> {
@@ -209,7 +327,7 @@ pub fn main() -> ExitCode {
     };
     let cli = Cli::parse_from(args);
     match cli.command {
-        Command::Mount(args) => crate::run::mount(args),
+        Command::Mount(args) => crate::run::mount(*args),
         Command::Policy(args) => print_policy(&args),
     }
 }
@@ -278,6 +396,79 @@ mod tests {
         assert_eq!(parse_ttl("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_ttl("indefinite"), Ok(INDEFINITE));
         assert!(parse_ttl("soon").unwrap_err().contains("indefinite"));
+    }
+
+    #[test]
+    fn role_options_parse_or_explain() {
+        assert!(parse_role_arn("arn:aws:iam::111122223333:role/reader").is_ok());
+        assert!(parse_role_arn("arn:aws:iam::111122223333:user/alice").is_err());
+        assert!(parse_role_arn("reader").is_err());
+        assert!(parse_external_id("ext-123").is_ok());
+        assert!(parse_external_id("with space").is_err());
+        assert_eq!(parse_role_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_role_duration("60").unwrap_err().contains("900 s"));
+        assert!(parse_role_duration("13h").is_err());
+        assert!(parse_session_name("s3vol-host.example").is_ok());
+        assert!(parse_session_name("x").is_err());
+    }
+
+    #[test]
+    fn external_id_comes_from_a_file_and_stays_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("id");
+        std::fs::write(&file, "from-file-123\n").unwrap();
+        let cli = Cli::try_parse_from(strings(&[
+            "s3vol",
+            "mount",
+            "bkt",
+            "/m",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/reader",
+            "--external-id-file",
+            file.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let Command::Mount(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        let role = args.role.role().unwrap().unwrap();
+        assert_eq!(role.external_id.as_ref().unwrap().expose(), "from-file-123");
+        assert!(role.session_name.starts_with("s3vol-"));
+        let shown = format!("{args:?} {role:?}");
+        assert!(!shown.contains("from-file-123"), "{shown}");
+        // Options that make no sense without a role, or together, are refused.
+        for bad in [
+            &["--external-id", "abc"][..],
+            &[
+                "--role-arn",
+                "arn:aws:iam::111122223333:role/r",
+                "--external-id",
+                "abc",
+                "--external-id-file",
+                "/x",
+            ][..],
+        ] {
+            let mut argv = vec!["s3vol", "mount", "bkt", "/m"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(strings(&argv)).is_err(), "{bad:?}");
+        }
+        let short = Cli::try_parse_from(strings(&[
+            "s3vol",
+            "mount",
+            "bkt",
+            "/m",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/r",
+            "--role-duration",
+            "900",
+            "--renew-before",
+            "900",
+        ]))
+        .unwrap();
+        let Command::Mount(args) = short.command else {
+            panic!("parsed as another command");
+        };
+        assert!(args.role.role().unwrap_err().contains("--renew-before"));
     }
 
     #[test]

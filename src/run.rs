@@ -18,6 +18,7 @@ use fuser::{Config, MountOption, SessionACL};
 use nix::unistd::{ForkResult, fork, setsid};
 use tracing::{error, info};
 
+use crate::auth;
 use crate::cli::MountArgs;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
@@ -262,19 +263,29 @@ fn serve(
         .enable_all()
         .thread_name("s3vol-io")
         .build()?;
-    let options = S3Options {
-        region: args.s3.region.clone(),
-        endpoint_url: args.s3.endpoint_url.clone(),
-        force_path_style: args.s3.force_path_style,
-        profile: args.s3.profile.clone(),
-    };
+    let role = args.role.role().map_err(Failure)?;
     let endpoint = args
         .s3
         .endpoint_url
         .clone()
         .unwrap_or_else(|| "the AWS S3 endpoint".to_string());
     let store: Arc<dyn ObjectStore> = runtime.block_on(async {
-        let store = S3Store::connect(&args.source.bucket, &options).await;
+        let base =
+            auth::load_base_config(args.s3.region.as_deref(), args.s3.profile.as_deref()).await;
+        let credentials = match &role {
+            Some(role) => {
+                // The renewal task lives as long as the runtime, i.e. the mount.
+                let (provider, _renewal) = auth::assume_role(role, &base).await.map_err(Failure)?;
+                Some(provider)
+            }
+            None => None,
+        };
+        let options = S3Options {
+            endpoint_url: args.s3.endpoint_url.clone(),
+            force_path_style: args.s3.force_path_style,
+            credentials,
+        };
+        let store = S3Store::from_sdk_config(&args.source.bucket, &base, &options);
         preflight::check_readable(&store, &args.source, &endpoint).await?;
         Ok::<_, Failure>(Arc::new(store))
     })?;

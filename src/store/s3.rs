@@ -9,6 +9,8 @@ use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_s3::config::IdentityCache;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::{Bytes, BytesMut};
@@ -23,13 +25,14 @@ use super::{
 /// Each resume continues from the last byte received, so progress is never lost.
 const MAX_BODY_RESUMES: u32 = 3;
 
-/// Where S3 is and how to reach it.
+/// Where S3 is and which credentials to sign with.
 #[derive(Clone, Debug, Default)]
 pub struct S3Options {
-    pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub force_path_style: bool,
-    pub profile: Option<String>,
+    /// Credentials to use instead of the configuration's own, with no SDK identity
+    /// cache in front: the provider (renewing role credentials) keeps them fresh.
+    pub credentials: Option<SharedCredentialsProvider>,
 }
 
 pub struct S3Store {
@@ -38,19 +41,6 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Builds a client from the AWS default configuration chain plus `options`.
-    pub async fn connect(bucket: &str, options: &S3Options) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &options.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(profile) = &options.profile {
-            loader = loader.profile_name(profile);
-        }
-        let sdk_config = loader.load().await;
-        Self::from_sdk_config(bucket, &sdk_config, options)
-    }
-
     pub fn from_sdk_config(
         bucket: &str,
         sdk_config: &aws_config::SdkConfig,
@@ -72,6 +62,11 @@ impl S3Store {
         }
         if let Some(url) = &options.endpoint_url {
             builder = builder.endpoint_url(url);
+        }
+        if let Some(credentials) = &options.credentials {
+            builder = builder
+                .credentials_provider(credentials.clone())
+                .identity_cache(IdentityCache::no_cache());
         }
         Self {
             client: aws_sdk_s3::Client::from_conf(builder.build()),

@@ -39,6 +39,13 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Where scripts/lib.sh keeps the servers it installs.
+fn tools_dir() -> PathBuf {
+    std::env::var("S3VOL_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/s3vol-tools"))
+}
+
 fn parse_assignments(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
@@ -161,6 +168,42 @@ impl Server {
         keys
     }
 
+    /// Sets the server up as a customer would for s3vol (`scripts/moto_roles.py`:
+    /// a user, a role requiring an external ID, a prefix-scoped policy) and switches
+    /// authentication on. Returns the script's JSON answer.
+    pub fn setup_roles(&self) -> serde_json::Value {
+        assert_eq!(self.kind, ServerKind::Moto);
+        let python = tools_dir().join("moto-5.2.5/bin/python");
+        let out = Command::new(python)
+            .arg(script("moto_roles.py"))
+            .arg(&self.endpoint)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "moto_roles.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// moto's record of its state (every AssumeRole with its external ID, ...).
+    pub fn moto_state(&self) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "GET /moto-api/data.json HTTP/1.0\r\nHost: {address}\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response);
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str(body).unwrap()
+    }
+
     /// Runs the Garage CLI against this server and returns its output.
     fn garage(&self, args: &[&str]) -> String {
         assert_eq!(self.kind, ServerKind::Garage);
@@ -249,6 +292,16 @@ impl Mount {
     /// Mounts `source` with the server's endpoint and `extra` options; panics with
     /// s3vol's message if it fails.
     pub fn new(server: &Server, source: &str, extra: &[&str]) -> Mount {
+        Mount::with_env(server, source, extra, &server.env())
+    }
+
+    /// Like [`Mount::new`] with the environment given.
+    pub fn with_env(
+        server: &Server,
+        source: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().with_extension("log");
         let mountpoint = dir.path().to_str().unwrap().to_string();
@@ -257,7 +310,11 @@ impl Mount {
         let endpoint = server.endpoint_args();
         args.extend(endpoint.iter().map(String::as_str));
         args.extend_from_slice(extra);
-        let out = run_s3vol(server, &args);
+        let out = s3vol()
+            .args(&args)
+            .envs(env.iter().cloned())
+            .output()
+            .expect("run s3vol");
         assert!(
             out.status.success(),
             "mount failed: {}\nlog: {}",

@@ -1,0 +1,85 @@
+"""Set up a moto server the way a customer sets up a bucket for s3vol, then switch
+authentication on.
+
+    python moto_roles.py ENDPOINT
+
+Creates bucket "vol" with objects under "root/" and one outside it; an IAM user
+"platform" (the identity s3vol runs as) allowed to assume role "reader"; the role,
+whose trust policy names that user and requires an external ID, and whose policy
+allows only listing the bucket and reading "vol/root/*". Then turns on moto's
+authentication and IAM enforcement and prints the details as JSON.
+
+Run it with the Python of the moto virtualenv (it has boto3).
+"""
+
+import json
+import sys
+import urllib.request
+
+import boto3
+
+endpoint = sys.argv[1]
+session = boto3.session.Session(
+    aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap", region_name="us-east-1"
+)
+s3 = session.client("s3", endpoint_url=endpoint)
+iam = session.client("iam", endpoint_url=endpoint)
+
+EXTERNAL_ID = "s3vol-test-external-id-7f3a"
+
+s3.create_bucket(Bucket="vol")
+s3.put_object(Bucket="vol", Key="root/a.txt", Body=b"inside the volume\n")
+s3.put_object(Bucket="vol", Key="root/data/b.bin", Body=bytes(range(256)) * 4096)
+s3.put_object(Bucket="vol", Key="aaa-outside.txt", Body=b"outside the volume\n")
+
+user = iam.create_user(UserName="platform")["User"]
+key = iam.create_access_key(UserName="platform")["AccessKey"]
+role = iam.create_role(
+    RoleName="reader",
+    AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": user["Arn"]},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}},
+        }],
+    }),
+    MaxSessionDuration=43200,
+)["Role"]
+iam.put_user_policy(
+    UserName="platform",
+    PolicyName="assume-reader",
+    PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role["Arn"]}],
+    }),
+)
+iam.put_role_policy(
+    RoleName="reader",
+    PolicyName="read-root",
+    PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::vol",
+             "Condition": {"StringLike": {"s3:prefix": ["root/", "root/*"]}}},
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::vol/root/*"},
+        ],
+    }),
+)
+
+request = urllib.request.Request(
+    endpoint + "/moto-api/reset-auth",
+    data=b"0",
+    headers={"Content-Type": "application/octet-stream"},
+    method="POST",
+)
+urllib.request.urlopen(request).read()
+
+print(json.dumps({
+    "access_key": key["AccessKeyId"],
+    "secret_key": key["SecretAccessKey"],
+    "user_arn": user["Arn"],
+    "role_arn": role["Arn"],
+    "external_id": EXTERNAL_ID,
+}))

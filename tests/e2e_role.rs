@@ -1,0 +1,183 @@
+//! End to end: mounting through an assumed role with an external ID, against moto
+//! with authentication and IAM enforcement on.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{Mount, Server, ServerKind, s3vol};
+
+struct Customer {
+    server: Server,
+    setup: serde_json::Value,
+    id_file: tempfile::NamedTempFile,
+}
+
+impl Customer {
+    fn new() -> Customer {
+        let server = Server::start(ServerKind::Moto);
+        let setup = server.setup_roles();
+        let id_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            id_file.path(),
+            format!("{}\n", setup["external_id"].as_str().unwrap()),
+        )
+        .unwrap();
+        Customer {
+            server,
+            setup,
+            id_file,
+        }
+    }
+
+    fn field(&self, name: &str) -> String {
+        self.setup[name].as_str().unwrap().to_string()
+    }
+
+    /// The platform user's environment plus the role options.
+    fn args(&self, external_id_file: &Path) -> Vec<String> {
+        vec![
+            "--role-arn".into(),
+            self.field("role_arn"),
+            "--external-id-file".into(),
+            external_id_file.to_str().unwrap().into(),
+            "--sts-endpoint-url".into(),
+            self.server.endpoint.clone(),
+        ]
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.server.env();
+        env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
+        env.push(("AWS_ACCESS_KEY_ID".into(), self.field("access_key")));
+        env.push(("AWS_SECRET_ACCESS_KEY".into(), self.field("secret_key")));
+        env
+    }
+
+    fn mount(&self, source: &str, extra: &[&str]) -> Mount {
+        let args = self.args(self.id_file.path());
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        Mount::with_env(&self.server, source, &all, &self.env())
+    }
+
+    fn mount_fails(&self, source: &str, external_id_file: &Path) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let out: Output = s3vol()
+            .args(["mount", source, dir.path().to_str().unwrap()])
+            .args(self.server.endpoint_args())
+            .args(self.args(external_id_file))
+            .envs(self.env())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "mount should fail");
+        assert!(!common::is_mounted(dir.path()));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn assume_role_calls(&self) -> Vec<serde_json::Value> {
+        self.server.moto_state()["sts"]["AssumedRole"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn the_right_external_id_mounts_and_reads() {
+    let customer = Customer::new();
+    let mount = customer.mount("vol/root", &[]);
+    assert_eq!(
+        std::fs::read(mount.path().join("a.txt")).unwrap(),
+        b"inside the volume\n"
+    );
+    let calls = customer.assume_role_calls();
+    assert!(!calls.is_empty());
+    for call in &calls {
+        assert_eq!(call["external_id"], customer.setup["external_id"]);
+        assert!(call["session_name"].as_str().unwrap().starts_with("s3vol-"));
+    }
+    let log = mount.log_text();
+    assert!(log.contains("credentials obtained"), "{log}");
+    assert!(
+        !log.contains(&customer.field("external_id")),
+        "the log shows the external ID"
+    );
+    let cmdline = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!cmdline.contains(&customer.field("external_id")));
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn a_wrong_external_id_fails_the_mount_with_the_likely_cause() {
+    let customer = Customer::new();
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "not-the-right-id").unwrap();
+    let err = customer.mount_fails("vol/root", wrong.path());
+    assert!(
+        err.contains("cannot assume role arn:aws:iam::123456789012:role/reader"),
+        "{err}"
+    );
+    assert!(err.contains("external ID"), "{err}");
+    assert!(
+        !err.contains("not-the-right-id"),
+        "the message shows the external ID: {err}"
+    );
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn reads_outside_the_prefix_are_denied_with_the_action_and_resource() {
+    let customer = Customer::new();
+    // The whole bucket: the first object is outside the policy's prefix.
+    let err = customer.mount_fails("vol", customer.id_file.path());
+    assert!(
+        err.contains("AccessDenied: s3:GetObject on arn:aws:s3:::vol/aaa-outside.txt"),
+        "{err}"
+    );
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn short_sessions_are_renewed_under_a_continuous_read() {
+    let customer = Customer::new();
+    // 900 s sessions renewed when 895 s are left: a renewal every 5 s.
+    let mount = customer.mount(
+        "vol/root",
+        &[
+            "--role-duration",
+            "900",
+            "--renew-before",
+            "895",
+            "--metadata-ttl",
+            "0",
+        ],
+    );
+    let expected = std::fs::read(mount.path().join("data/b.bin")).unwrap();
+    let start = Instant::now();
+    let (mut reads, mut failures) = (0u32, Vec::new());
+    while start.elapsed() < Duration::from_secs(60) {
+        match std::fs::read(mount.path().join("data/b.bin")) {
+            Ok(data) if data == expected => reads += 1,
+            Ok(_) => failures.push("content differs".to_string()),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let renewals = mount.log_text().matches("credentials renewed").count();
+    eprintln!(
+        "{reads} reads, {} failed, {renewals} renewals",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(renewals >= 10, "{renewals} renewals in 60 s");
+    let calls = customer.assume_role_calls();
+    assert!(calls.len() > renewals, "{} AssumeRole calls", calls.len());
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["external_id"] == customer.setup["external_id"])
+    );
+}
