@@ -293,17 +293,12 @@ fn mount_fails(server: &Server, source: &str, mountpoint: &Path, extra: &[&str])
     let endpoint = server.endpoint_args();
     args.extend(endpoint.iter().map(String::as_str));
     args.extend_from_slice(extra);
-    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
+    // Other tests mount and unmount in parallel: count only this mountpoint's mounts.
+    let mounts_before = common::mount_count(mountpoint);
     let out = run_s3vol(server, &args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{args:?} should fail");
-    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
+    let mounts_after = common::mount_count(mountpoint);
     assert_eq!(mounts_before, mounts_after, "{args:?} mounted anyway");
     stderr
 }

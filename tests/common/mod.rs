@@ -341,12 +341,18 @@ impl Drop for Mount {
 }
 
 pub fn is_mounted(path: &Path) -> bool {
+    mount_count(path) > 0
+}
+
+/// How many mounts are stacked at `path`.
+pub fn mount_count(path: &Path) -> usize {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let wanted = path.to_str().unwrap().replace(' ', "\\040");
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+        .filter(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+        .count()
 }
 
 /// Unmounts `path` and waits until the kernel no longer lists it.
