@@ -20,6 +20,23 @@ const READ_ACTIONS: &[&str] = &["s3:GetObject"];
 /// that failed.
 const WRITE_ACTIONS: &[&str] = &["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"];
 
+/// A statement allowing a bucket-level listing `action`, limited to the volume's
+/// prefix by an `s3:prefix` condition unless the volume is the whole bucket.
+fn bucket_statement(source: &Source, sid: &str, action: &str) -> Value {
+    let mut statement = json!({
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": action,
+        "Resource": bucket_arn(&source.bucket),
+    });
+    if !source.prefix.is_root() {
+        let prefix = source.prefix.as_str();
+        statement["Condition"] =
+            json!({ "StringLike": { "s3:prefix": [prefix, format!("{prefix}*")] } });
+    }
+    statement
+}
+
 /// The identity policy for a volume on `source`.
 pub fn identity_policy(source: &Source, read_write: bool) -> Value {
     let prefix = source.prefix.as_str();
@@ -50,17 +67,11 @@ pub fn identity_policy(source: &Source, read_write: bool) -> Value {
             "Action": WRITE_ACTIONS,
             "Resource": objects,
         }));
-        let mut uploads = json!({
-            "Sid": "FindStaleUploads",
-            "Effect": "Allow",
-            "Action": "s3:ListBucketMultipartUploads",
-            "Resource": bucket_arn(&source.bucket),
-        });
-        if !source.prefix.is_root() {
-            uploads["Condition"] =
-                json!({ "StringLike": { "s3:prefix": [prefix, format!("{prefix}*")] } });
-        }
-        statements.push(uploads);
+        statements.push(bucket_statement(
+            source,
+            "FindStaleUploads",
+            "s3:ListBucketMultipartUploads",
+        ));
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
 }
