@@ -44,7 +44,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-pub fn mount(args: MountArgs) -> ExitCode {
+pub fn mount(mut args: MountArgs) -> ExitCode {
     let mountpoint = match check_mountpoint(&args.mountpoint) {
         Ok(path) => path,
         Err(Failure(message)) => {
@@ -52,6 +52,19 @@ pub fn mount(args: MountArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Everything that names a file is resolved now: the daemon runs in "/".
+    let role = match args.role.role() {
+        Ok(role) => role,
+        Err(message) => {
+            eprintln!("s3vol: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = &args.log_file
+        && let Ok(absolute) = std::path::absolute(path)
+    {
+        args.log_file = Some(absolute);
+    }
     if let Some(log_file) = &args.log_file
         && let Err(e) = std::fs::OpenOptions::new()
             .create(true)
@@ -73,7 +86,7 @@ pub fn mount(args: MountArgs) -> ExitCode {
             eprintln!("s3vol: cannot start logging: {e}");
             return ExitCode::FAILURE;
         }
-        return match serve(&args, &mountpoint, None) {
+        return match serve(&args, &mountpoint, role.as_ref(), None) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Failure(message)) => {
                 if args.log_file.is_some() {
@@ -84,10 +97,10 @@ pub fn mount(args: MountArgs) -> ExitCode {
             }
         };
     }
-    daemonize(&args, &mountpoint)
+    daemonize(&args, &mountpoint, role.as_ref())
 }
 
-fn daemonize(args: &MountArgs, mountpoint: &Path) -> ExitCode {
+fn daemonize(args: &MountArgs, mountpoint: &Path, role: Option<&auth::RoleOptions>) -> ExitCode {
     let (read_end, write_end) = match nix::unistd::pipe() {
         Ok(pair) => pair,
         Err(e) => {
@@ -130,7 +143,7 @@ fn daemonize(args: &MountArgs, mountpoint: &Path) -> ExitCode {
             let _ = logging::init(&args.log_level, target);
             detach_stdio();
             let mut pipe = Some(write_end);
-            match serve(args, mountpoint, Some(&mut pipe)) {
+            match serve(args, mountpoint, role, Some(&mut pipe)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(Failure(message)) => {
                     error!("{message}");
@@ -256,6 +269,7 @@ fn unescape_mountinfo(field: &str) -> String {
 fn serve(
     args: &MountArgs,
     mountpoint: &Path,
+    role: Option<&auth::RoleOptions>,
     ready: Option<&mut Option<OwnedFd>>,
 ) -> Result<(), Failure> {
     tune_allocator();
@@ -263,7 +277,6 @@ fn serve(
         .enable_all()
         .thread_name("s3vol-io")
         .build()?;
-    let role = args.role.role().map_err(Failure)?;
     let endpoint = args
         .s3
         .endpoint_url
@@ -272,7 +285,7 @@ fn serve(
     let store: Arc<dyn ObjectStore> = runtime.block_on(async {
         let base =
             auth::load_base_config(args.s3.region.as_deref(), args.s3.profile.as_deref()).await;
-        let credentials = match &role {
+        let credentials = match role {
             Some(role) => {
                 // The renewal task lives as long as the runtime, i.e. the mount.
                 let (provider, _renewal) = auth::assume_role(role, &base).await.map_err(Failure)?;
