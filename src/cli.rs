@@ -28,9 +28,30 @@ pub struct Cli {
 pub enum Command {
     /// Mount BUCKET[/PREFIX] at MOUNTPOINT (daemonizes unless --foreground).
     Mount(Box<MountArgs>),
+    /// Probe whether the credentials (and role) can do what a volume needs.
+    Check(Box<CheckArgs>),
     /// Print the least-privilege IAM policy for a volume, and the role's trust
     /// policy when given the principal and external ID.
     Policy(PolicyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX/.
+    #[arg(value_parser = parse_source)]
+    pub source: Source,
+    /// Also probe uploads (CreateMultipartUpload then AbortMultipartUpload: leaves
+    /// nothing behind).
+    #[arg(long)]
+    pub read_write: bool,
+    /// Also probe DeleteObject (on a key that does not exist; on a versioned bucket
+    /// this leaves a delete marker, hence off by default).
+    #[arg(long)]
+    pub probe_delete: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub role: RoleArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -328,6 +349,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     match cli.command {
         Command::Mount(args) => crate::run::mount(*args),
+        Command::Check(args) => crate::run::check(*args),
         Command::Policy(args) => print_policy(&args),
     }
 }

@@ -83,3 +83,250 @@ pub fn explain(err: StoreError, source: &Source, endpoint: &str) -> PreflightErr
     };
     PreflightError(text)
 }
+
+/// One probed permission and what S3 answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub action: &'static str,
+    pub resource: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    /// Denied, with the statement that would allow it.
+    Denied {
+        fix: String,
+    },
+    /// Not tried, and why.
+    Skipped(String),
+}
+
+/// What `s3vol check` probes beyond reading.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProbeMode {
+    /// Uploads: CreateMultipartUpload then AbortMultipartUpload, which leaves
+    /// nothing behind and meets policies that demand encryption headers or TLS.
+    pub read_write: bool,
+    /// DeleteObject of a key that does not exist; off by default because on a
+    /// versioned bucket it leaves a delete marker.
+    pub delete: bool,
+}
+
+/// Probes exactly what a volume in `mode` needs, under the prefix. Errors other
+/// than AccessDenied (missing bucket, unreachable endpoint) end the probe.
+pub async fn probe_access(
+    store: &dyn ObjectStore,
+    source: &Source,
+    mode: ProbeMode,
+    endpoint: &str,
+) -> Result<Vec<Probe>, PreflightError> {
+    let prefix = source.prefix.as_str();
+    let objects = crate::store::object_arn(&source.bucket, &format!("{prefix}*"));
+    let grant = |action: &str, resource: &str| format!("allow {action} on {resource}");
+    let mut probes = Vec::new();
+    let judge = |result: Result<(), StoreError>, fix: String| match result {
+        Ok(()) => Ok(Outcome::Allowed),
+        Err(StoreError::AccessDenied { .. }) => Ok(Outcome::Denied { fix }),
+        Err(e) => Err(explain(e, source, endpoint)),
+    };
+
+    let listing = store
+        .list_objects(ListRequest {
+            prefix,
+            max_keys: Some(1),
+            ..Default::default()
+        })
+        .await;
+    let first_object = listing
+        .as_ref()
+        .ok()
+        .and_then(|page| page.objects.first().map(|o| o.key.clone()));
+    let list_fix = if source.prefix.is_root() {
+        grant("s3:ListBucket", &bucket_arn(&source.bucket))
+    } else {
+        format!(
+            "{} with the condition s3:prefix like '{prefix}*'",
+            grant("s3:ListBucket", &bucket_arn(&source.bucket))
+        )
+    };
+    probes.push(Probe {
+        action: "s3:ListBucket",
+        resource: format!("{} (prefix '{prefix}')", bucket_arn(&source.bucket)),
+        outcome: judge(listing.map(|_| ()), list_fix)?,
+    });
+
+    let get = match &first_object {
+        Some(key) => Probe {
+            action: "s3:GetObject",
+            resource: crate::store::object_arn(&source.bucket, key),
+            outcome: judge(
+                store.head_object(key).await.map(|_| ()),
+                grant("s3:GetObject", &objects),
+            )?,
+        },
+        None => Probe {
+            action: "s3:GetObject",
+            resource: objects.clone(),
+            outcome: Outcome::Skipped("no object under the prefix to read".into()),
+        },
+    };
+    probes.push(get);
+
+    let probe_key = format!("{prefix}.s3vol-check-{}", std::process::id());
+    let probe_arn = crate::store::object_arn(&source.bucket, &probe_key);
+    if mode.read_write {
+        match store.create_multipart_upload(&probe_key).await {
+            Ok(upload_id) => {
+                probes.push(Probe {
+                    action: "s3:PutObject",
+                    resource: probe_arn.clone(),
+                    outcome: Outcome::Allowed,
+                });
+                let aborted = store.abort_multipart_upload(&probe_key, &upload_id).await;
+                probes.push(Probe {
+                    action: "s3:AbortMultipartUpload",
+                    resource: probe_arn.clone(),
+                    outcome: judge(aborted, grant("s3:AbortMultipartUpload", &objects))?,
+                });
+            }
+            Err(e) => {
+                probes.push(Probe {
+                    action: "s3:PutObject",
+                    resource: probe_arn.clone(),
+                    outcome: judge(Err(e), grant("s3:PutObject", &objects))?,
+                });
+                probes.push(Probe {
+                    action: "s3:AbortMultipartUpload",
+                    resource: probe_arn.clone(),
+                    outcome: Outcome::Skipped("no upload to abort".into()),
+                });
+            }
+        }
+    }
+    if mode.delete {
+        probes.push(Probe {
+            action: "s3:DeleteObject",
+            resource: probe_arn.clone(),
+            outcome: judge(
+                store.delete_object(&probe_key).await,
+                grant("s3:DeleteObject", &objects),
+            )?,
+        });
+    }
+    Ok(probes)
+}
+
+/// The probe results as a table for people.
+pub fn render(probes: &[Probe]) -> String {
+    let width = probes
+        .iter()
+        .map(|p| p.resource.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let mut out = format!("{:<24} {:<width$} RESULT\n", "ACTION", "RESOURCE");
+    for p in probes {
+        let result = match &p.outcome {
+            Outcome::Allowed => "allowed".to_string(),
+            Outcome::Denied { fix } => format!("DENIED; fix: {fix}"),
+            Outcome::Skipped(why) => format!("not probed: {why}"),
+        };
+        out.push_str(&format!(
+            "{:<24} {:<width$} {result}\n",
+            p.action, p.resource
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::faulty::{Fault, FaultyStore};
+    use crate::store::memory::MemoryStore;
+    use std::sync::Arc;
+
+    fn source() -> Source {
+        "bkt/root".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn everything_allowed_leaves_nothing_behind() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        memory.put("root/a", "x");
+        let mode = ProbeMode {
+            read_write: true,
+            delete: true,
+        };
+        let probes = probe_access(memory.as_ref(), &source(), mode, "test")
+            .await
+            .unwrap();
+        let actions: Vec<_> = probes.iter().map(|p| p.action).collect();
+        assert_eq!(
+            actions,
+            [
+                "s3:ListBucket",
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:AbortMultipartUpload",
+                "s3:DeleteObject"
+            ]
+        );
+        assert!(
+            probes.iter().all(|p| p.outcome == Outcome::Allowed),
+            "{probes:?}"
+        );
+        assert_eq!(memory.keys(), ["root/a"]);
+        assert!(memory.pending_uploads().is_empty());
+        for call in memory.calls() {
+            assert!(call.key.starts_with("root/"), "{call:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn read_only_probes_send_nothing_that_writes() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        memory.put("root/a", "x");
+        probe_access(memory.as_ref(), &source(), ProbeMode::default(), "test")
+            .await
+            .unwrap();
+        let ops: Vec<_> = memory.calls().into_iter().map(|c| c.op).collect();
+        assert_eq!(ops, [Operation::ListObjectsV2, Operation::HeadObject]);
+    }
+
+    #[tokio::test]
+    async fn denials_name_the_action_resource_and_fix() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        memory.put("root/a", "x");
+        let faulty = FaultyStore::new(memory.clone());
+        faulty.fail_all(Operation::CreateMultipartUpload, Fault::AccessDenied);
+        faulty.fail_all(Operation::HeadObject, Fault::AccessDenied);
+        let mode = ProbeMode {
+            read_write: true,
+            delete: false,
+        };
+        let probes = probe_access(&faulty, &source(), mode, "test")
+            .await
+            .unwrap();
+        let table = render(&probes);
+        assert!(
+            table.contains("DENIED; fix: allow s3:GetObject on arn:aws:s3:::bkt/root/*"),
+            "{table}"
+        );
+        assert!(
+            table.contains("DENIED; fix: allow s3:PutObject on arn:aws:s3:::bkt/root/*"),
+            "{table}"
+        );
+        assert!(table.contains("not probed: no upload to abort"), "{table}");
+        assert_eq!(probes[0].outcome, Outcome::Allowed);
+
+        faulty.clear();
+        faulty.fail_all(Operation::ListObjectsV2, Fault::Unreachable);
+        let err = probe_access(&faulty, &source(), mode, "http://x")
+            .await
+            .unwrap_err();
+        assert!(err.0.contains("cannot reach S3 at http://x"), "{err}");
+    }
+}

@@ -19,7 +19,7 @@ use nix::unistd::{ForkResult, fork, setsid};
 use tracing::{error, info};
 
 use crate::auth;
-use crate::cli::MountArgs;
+use crate::cli::{CheckArgs, MountArgs, S3Args};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};
@@ -277,29 +277,9 @@ fn serve(
         .enable_all()
         .thread_name("s3vol-io")
         .build()?;
-    let endpoint = args
-        .s3
-        .endpoint_url
-        .clone()
-        .unwrap_or_else(|| "the AWS S3 endpoint".to_string());
     let store: Arc<dyn ObjectStore> = runtime.block_on(async {
-        let base =
-            auth::load_base_config(args.s3.region.as_deref(), args.s3.profile.as_deref()).await;
-        let credentials = match role {
-            Some(role) => {
-                // The renewal task lives as long as the runtime, i.e. the mount.
-                let (provider, _renewal) = auth::assume_role(role, &base).await.map_err(Failure)?;
-                Some(provider)
-            }
-            None => None,
-        };
-        let options = S3Options {
-            endpoint_url: args.s3.endpoint_url.clone(),
-            force_path_style: args.s3.force_path_style,
-            credentials,
-        };
-        let store = S3Store::from_sdk_config(&args.source.bucket, &base, &options);
-        preflight::check_readable(&store, &args.source, &endpoint).await?;
+        let store = connect_store(&args.s3, role, &args.source.bucket).await?;
+        preflight::check_readable(&store, &args.source, &endpoint(&args.s3)).await?;
         Ok::<_, Failure>(Arc::new(store))
     })?;
 
@@ -377,6 +357,76 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+/// The S3 store for `bucket` with the base credentials, or the role's renewed
+/// ones. The renewal task lives as long as the runtime.
+async fn connect_store(
+    s3: &S3Args,
+    role: Option<&auth::RoleOptions>,
+    bucket: &str,
+) -> Result<S3Store, Failure> {
+    let base = auth::load_base_config(s3.region.as_deref(), s3.profile.as_deref()).await;
+    let credentials = match role {
+        Some(role) => Some(auth::assume_role(role, &base).await.map_err(Failure)?.0),
+        None => None,
+    };
+    let options = S3Options {
+        endpoint_url: s3.endpoint_url.clone(),
+        force_path_style: s3.force_path_style,
+        credentials,
+    };
+    Ok(S3Store::from_sdk_config(bucket, &base, &options))
+}
+
+/// The endpoint as messages name it.
+fn endpoint(s3: &S3Args) -> String {
+    s3.endpoint_url
+        .clone()
+        .unwrap_or_else(|| "the AWS S3 endpoint".to_string())
+}
+
+/// `s3vol check`: probes what the mode needs and prints the table; exit 1 when
+/// anything needed is denied or S3 cannot be reached.
+pub fn check(args: CheckArgs) -> ExitCode {
+    let _ = logging::init("warn", LogTarget::Stderr);
+    let run = || -> Result<bool, Failure> {
+        let role = args.role.role().map_err(Failure)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let store = connect_store(&args.s3, role.as_ref(), &args.source.bucket).await?;
+            let mode = preflight::ProbeMode {
+                read_write: args.read_write,
+                delete: args.probe_delete,
+            };
+            let probes =
+                preflight::probe_access(&store, &args.source, mode, &endpoint(&args.s3)).await?;
+            print!("{}", preflight::render(&probes));
+            Ok(probes
+                .iter()
+                .all(|p| !matches!(p.outcome, preflight::Outcome::Denied { .. })))
+        })
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!(
+                "s3vol: some permissions a {} volume needs are denied; see the fixes above",
+                if args.read_write {
+                    "read-write"
+                } else {
+                    "read-only"
+                }
+            );
+            ExitCode::FAILURE
+        }
+        Err(Failure(message)) => {
+            eprintln!("s3vol: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -106,8 +106,18 @@ fn the_right_external_id_mounts_and_reads() {
         !log.contains(&customer.field("external_id")),
         "the log shows the external ID"
     );
-    let cmdline = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!cmdline.contains(&customer.field("external_id")));
+    let id = customer.field("external_id");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "/proc/mounts shows the external ID");
+    // No process's command line (what `ps` shows) holds it either.
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&id),
+            "ps shows the external ID in {:?}",
+            entry.path()
+        );
+    }
 }
 
 #[test]
@@ -180,4 +190,40 @@ fn short_sessions_are_renewed_under_a_continuous_read() {
             .iter()
             .all(|c| c["external_id"] == customer.setup["external_id"])
     );
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn check_prints_what_the_role_may_do_and_fails_on_denials() {
+    let customer = Customer::new();
+    let run = |extra: &[&str]| {
+        s3vol()
+            .args(["check", "vol/root"])
+            .args(customer.server.endpoint_args())
+            .args(customer.args(customer.id_file.path()))
+            .args(extra)
+            .envs(customer.env())
+            .output()
+            .unwrap()
+    };
+    let read_only = run(&[]);
+    let table = String::from_utf8_lossy(&read_only.stdout);
+    assert!(
+        read_only.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&read_only.stderr)
+    );
+    assert!(table.contains("s3:ListBucket"), "{table}");
+    assert!(table.contains("s3:GetObject"), "{table}");
+    assert!(!table.contains("DENIED"), "{table}");
+
+    // The role's policy is read-only: uploads are denied, with the fix.
+    let read_write = run(&["--read-write"]);
+    let table = String::from_utf8_lossy(&read_write.stdout);
+    assert_eq!(read_write.status.code(), Some(1), "{table}");
+    assert!(
+        table.contains("DENIED; fix: allow s3:PutObject on arn:aws:s3:::vol/root/*"),
+        "{table}"
+    );
+    assert!(String::from_utf8_lossy(&read_write.stderr).contains("read-write volume needs"));
 }

@@ -227,8 +227,33 @@ async fn file_beside_directory(s: &Subject) {
     assert_eq!(page.common_prefixes, ["same/name/"]);
 }
 
+async fn uploads_abort_and_deletes(s: &Subject) {
+    let id = s.store.create_multipart_upload("mp/x").await.unwrap();
+    assert!(!id.is_empty());
+    s.store.abort_multipart_upload("mp/x", &id).await.unwrap();
+    // The upload is gone: aborting it again is "no such upload".
+    assert!(matches!(
+        s.store.abort_multipart_upload("mp/x", &id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.store.head_object("mp/x").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    s.put("del/me", b"x").await;
+    s.store.delete_object("del/me").await.unwrap();
+    assert!(matches!(
+        s.store.head_object("del/me").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // Deleting what is not there succeeds, as on S3.
+    s.store.delete_object("del/never").await.unwrap();
+}
+
 async fn suite(s: Subject) {
     head_and_get(&s).await;
+    uploads_abort_and_deletes(&s).await;
     list_with_delimiter_and_pages(&s).await;
     file_beside_directory(&s).await;
 }

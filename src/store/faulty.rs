@@ -151,4 +151,19 @@ impl ObjectStore for FaultyStore {
         self.before(Operation::GetObject, key).await?;
         self.inner.get_range(key, range, if_match).await
     }
+
+    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+        self.before(Operation::CreateMultipartUpload, key).await?;
+        self.inner.create_multipart_upload(key).await
+    }
+
+    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.before(Operation::AbortMultipartUpload, key).await?;
+        self.inner.abort_multipart_upload(key, upload_id).await
+    }
+
+    async fn delete_object(&self, key: &str) -> StoreResult<()> {
+        self.before(Operation::DeleteObject, key).await?;
+        self.inner.delete_object(key).await
+    }
 }

@@ -40,6 +40,8 @@ struct State {
     calls: Vec<RecordedCall>,
     /// Makes every ETag unique, like S3's content hashes are for different bodies.
     version: u64,
+    /// Multipart uploads in progress: upload ID -> key.
+    uploads: BTreeMap<String, String>,
 }
 
 pub struct MemoryStore {
@@ -69,6 +71,17 @@ impl MemoryStore {
 
     pub fn remove(&self, key: &str) {
         self.state.lock().unwrap().objects.remove(key);
+    }
+
+    /// Keys with a multipart upload in progress.
+    pub fn pending_uploads(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .uploads
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -222,5 +235,36 @@ impl ObjectStore for MemoryStore {
         }
         let end = range.end.min(len);
         Ok(object.data.slice(range.start as usize..end as usize))
+    }
+
+    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, Operation::CreateMultipartUpload, key, None);
+        state.version += 1;
+        let id = format!("upload-{}", state.version);
+        state.uploads.insert(id.clone(), key.to_string());
+        Ok(id)
+    }
+
+    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, Operation::AbortMultipartUpload, key, None);
+        match state.uploads.get(upload_id) {
+            Some(k) if k == key => {
+                state.uploads.remove(upload_id);
+                Ok(())
+            }
+            _ => Err(StoreError::NotFound {
+                op: Operation::AbortMultipartUpload,
+                key: key.to_string(),
+            }),
+        }
+    }
+
+    async fn delete_object(&self, key: &str) -> StoreResult<()> {
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, Operation::DeleteObject, key, None);
+        state.objects.remove(key);
+        Ok(())
     }
 }

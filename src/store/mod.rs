@@ -78,6 +78,9 @@ pub enum Operation {
     HeadObject,
     GetObject,
     ListObjectsV2,
+    CreateMultipartUpload,
+    AbortMultipartUpload,
+    DeleteObject,
 }
 
 impl Operation {
@@ -86,6 +89,9 @@ impl Operation {
         match self {
             Operation::HeadObject | Operation::GetObject => "s3:GetObject",
             Operation::ListObjectsV2 => "s3:ListBucket",
+            Operation::CreateMultipartUpload => "s3:PutObject",
+            Operation::AbortMultipartUpload => "s3:AbortMultipartUpload",
+            Operation::DeleteObject => "s3:DeleteObject",
         }
     }
 }
@@ -167,6 +173,15 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes>;
+
+    /// Starts a multipart upload of `key`; returns its upload ID.
+    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String>;
+
+    /// Abandons a multipart upload; its parts are deleted.
+    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+
+    /// Deletes `key` (succeeds if it does not exist, as S3 does).
+    async fn delete_object(&self, key: &str) -> StoreResult<()>;
 }
 
 /// The ARN of an object or of every key under a prefix, as IAM policies name them.

@@ -300,4 +300,49 @@ impl ObjectStore for S3Store {
             );
         }
     }
+
+    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+        let op = Operation::CreateMultipartUpload;
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err(op, key, e))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Service {
+                op,
+                key: key.to_string(),
+                info: ServiceInfo {
+                    message: "the answer carried no upload ID".into(),
+                    ..ServiceInfo::default()
+                },
+            })
+    }
+
+    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| self.map_err(Operation::AbortMultipartUpload, key, e))?;
+        Ok(())
+    }
+
+    async fn delete_object(&self, key: &str) -> StoreResult<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err(Operation::DeleteObject, key, e))?;
+        Ok(())
+    }
 }
