@@ -148,10 +148,6 @@ impl Reader {
         }
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
     pub async fn read(&mut self, offset: u64, len: u32) -> StoreResult<Bytes> {
         let end = offset.saturating_add(u64::from(len)).min(self.size);

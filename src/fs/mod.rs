@@ -148,10 +148,6 @@ impl Fs {
         }
     }
 
-    pub fn config(&self) -> &FsConfig {
-        &self.config
-    }
-
     fn node(&self, ino: u64) -> FsResult<Node> {
         self.inodes
             .lock()
@@ -518,10 +514,5 @@ impl Fs {
     pub fn mutate(&self, op: Mutation) -> FsResult<()> {
         debug!(?op, "refused on a read-only volume");
         Err(FsError::ReadOnly)
-    }
-
-    /// Number of inodes known, for tests and statistics.
-    pub fn inode_count(&self) -> usize {
-        self.inodes.lock().unwrap().len()
     }
 }
