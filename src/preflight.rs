@@ -2,52 +2,50 @@
 //! sentence that says what is wrong and what to do, instead of a stack of SDK errors.
 
 use crate::names::Source;
-use crate::store::{ListRequest, ObjectStore, Operation, StoreError, bucket_arn};
+use crate::store::{ListRequest, ObjectStore, StoreError, bucket_arn};
 
 /// Why a volume cannot be mounted, as the user should read it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct PreflightError(pub String);
 
-/// Lists one key under the prefix and reads the metadata of the first object found,
-/// which exercises s3:ListBucket and s3:GetObject exactly where the mount will need
-/// them. (HeadBucket is not used: a prefix-scoped policy rightly denies it.)
+/// The mount's start-up check: the read probes of `s3vol check` (a one-key listing
+/// under the prefix and HeadObject of the first object, exactly where the mount will
+/// need s3:ListBucket and s3:GetObject; never HeadBucket, which a prefix-scoped
+/// policy rightly denies), failing on the first denial, and on a prefix with no key.
 pub async fn check_readable(
     store: &dyn ObjectStore,
     source: &Source,
     endpoint: &str,
 ) -> Result<(), PreflightError> {
-    let prefix = source.prefix.as_str();
-    let page = store
-        .list_objects(ListRequest {
-            prefix,
-            max_keys: Some(1),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| explain(e, source, endpoint))?;
-    if page.objects.is_empty() && page.common_prefixes.is_empty() {
-        if source.prefix.is_root() {
-            return Ok(());
+    let probes = probe_access(store, source, ProbeMode::default(), endpoint).await?;
+    for probe in &probes {
+        match &probe.outcome {
+            Outcome::Denied { fix, info } => {
+                return Err(PreflightError(format!(
+                    "AccessDenied: {} on {} ({info}). The credentials in use are not \
+                     allowed to do this: {fix} in the IAM policy, or check which credentials \
+                     are in use (--profile, --role-arn, AWS_* variables)",
+                    probe.action, probe.resource
+                )));
+            }
+            Outcome::Skipped(_) if !source.prefix.is_root() => {
+                return Err(PreflightError(format!(
+                    "prefix '{}' does not exist in bucket '{}': no key starts with it. \
+                     Check the spelling (keys are case-sensitive); a read-only volume of an \
+                     empty prefix would show nothing",
+                    source.prefix, source.bucket
+                )));
+            }
+            _ => {}
         }
-        return Err(PreflightError(format!(
-            "prefix '{prefix}' does not exist in bucket '{}': no key starts with it. \
-             Check the spelling (keys are case-sensitive); a read-only volume of an empty \
-             prefix would show nothing",
-            source.bucket
-        )));
-    }
-    if let Some(object) = page.objects.first() {
-        store
-            .head_object(&object.key)
-            .await
-            .map_err(|e| explain(e, source, endpoint))?;
     }
     Ok(())
 }
 
-/// Turns a store error met during start-up into advice.
-pub fn explain(err: StoreError, source: &Source, endpoint: &str) -> PreflightError {
+/// Turns a store error met during start-up into advice. (Denials are not errors
+/// here: [`probe_access`] reports them with their fix.)
+fn explain(err: StoreError, source: &Source, endpoint: &str) -> PreflightError {
     let bucket = &source.bucket;
     let prefix = source.prefix.as_str();
     let text = match &err {
@@ -56,20 +54,6 @@ pub fn explain(err: StoreError, source: &Source, endpoint: &str) -> PreflightErr
              --region and --endpoint-url (some servers also answer this when the \
              credentials in use have no access to the bucket)"
         ),
-        StoreError::AccessDenied { op, resource, info } => {
-            let resource = match op {
-                Operation::ListObjectsV2 => {
-                    format!("{} (prefix '{prefix}')", bucket_arn(bucket))
-                }
-                _ => resource.clone(),
-            };
-            format!(
-                "AccessDenied: {} on {resource} ({info}). The credentials in use are not \
-                 allowed to do this; grant the action in the IAM policy, or check which \
-                 credentials are in use (--profile, AWS_* variables)",
-                op.iam_action()
-            )
-        }
         StoreError::Unreachable { detail, .. } => format!(
             "cannot reach S3 at {endpoint}: {detail}. Check --endpoint-url, that the \
              server is running, and the network between here and it"
@@ -95,9 +79,10 @@ pub struct Probe {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Allowed,
-    /// Denied, with the statement that would allow it.
+    /// Denied, with the statement that would allow it and what S3 said.
     Denied {
         fix: String,
+        info: String,
     },
     /// Not tried, and why.
     Skipped(String),
@@ -128,7 +113,10 @@ pub async fn probe_access(
     let mut probes = Vec::new();
     let judge = |result: Result<(), StoreError>, fix: String| match result {
         Ok(()) => Ok(Outcome::Allowed),
-        Err(StoreError::AccessDenied { .. }) => Ok(Outcome::Denied { fix }),
+        Err(StoreError::AccessDenied { info, .. }) => Ok(Outcome::Denied {
+            fix,
+            info: info.to_string(),
+        }),
         Err(e) => Err(explain(e, source, endpoint)),
     };
 
@@ -230,7 +218,7 @@ pub fn render(probes: &[Probe]) -> String {
     for p in probes {
         let result = match &p.outcome {
             Outcome::Allowed => "allowed".to_string(),
-            Outcome::Denied { fix } => format!("DENIED; fix: {fix}"),
+            Outcome::Denied { fix, .. } => format!("DENIED; fix: {fix}"),
             Outcome::Skipped(why) => format!("not probed: {why}"),
         };
         out.push_str(&format!(
@@ -244,6 +232,7 @@ pub fn render(probes: &[Probe]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Operation;
     use crate::store::faulty::{Fault, FaultyStore};
     use crate::store::memory::MemoryStore;
     use std::sync::Arc;
