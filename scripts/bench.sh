@@ -26,18 +26,7 @@ cargo build --release --quiet --bin s3vol --example s3bench
 S3VOL="$S3VOL_ROOT/target/release/s3vol"
 S3BENCH="$S3VOL_ROOT/target/release/examples/s3bench"
 
-work=$(mktemp -d /tmp/s3vol-bench.XXXXXX)
-mnt="$work/mnt"
-mkdir -p "$mnt"
-cleanup() {
-    mountpoint -q "$mnt" && umount "$mnt"
-    scripts/garage.sh stop "$work/garage"
-    rm -rf "$work/garage/data"
-}
-trap cleanup EXIT
-
-log "starting Garage"
-eval "$(scripts/garage.sh start "$work/garage" bench | sed 's/^/export /')"
+garage_workspace bench bench
 
 log "seeding: a 1 GiB object, 10,000 objects in one directory, 10,000 in 100 directories"
 "$S3BENCH" put bench seq/1g.bin 1024 >/dev/null

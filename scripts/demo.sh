@@ -14,17 +14,7 @@ log "building s3vol (release)"
 cargo build --release --quiet
 S3VOL="$S3VOL_ROOT/target/release/s3vol"
 
-work=$(mktemp -d /tmp/s3vol-demo.XXXXXX)
-mnt="$work/mnt"
-mkdir -p "$mnt"
-cleanup() {
-    mountpoint -q "$mnt" && umount "$mnt"
-    scripts/garage.sh stop "$work/garage"
-}
-trap cleanup EXIT
-
-log "starting Garage on 127.0.0.1 with bucket 'demo'"
-eval "$(scripts/garage.sh start "$work/garage" demo | sed 's/^/export /')"
+garage_workspace demo demo
 
 log "uploading sample data under demo/datasets/"
 "$MOTO_VENV/bin/python" - <<'PY'

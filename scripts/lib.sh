@@ -65,3 +65,22 @@ wait_for_port() {
     done
     die "$what did not start listening on 127.0.0.1:$port"
 }
+
+# Makes a temporary directory $work holding an empty mountpoint $mnt, starts Garage
+# there with BUCKET and exports its S3_ENDPOINT and keys; on exit, unmounts $mnt and
+# stops Garage (its data is removed, the logs are kept).
+garage_workspace() {
+    local name=$1 bucket=$2
+    work=$(mktemp -d "/tmp/s3vol-$name.XXXXXX")
+    mnt="$work/mnt"
+    mkdir -p "$mnt"
+    trap garage_workspace_cleanup EXIT
+    log "starting Garage on 127.0.0.1 with bucket '$bucket'"
+    eval "$("$S3VOL_ROOT/scripts/garage.sh" start "$work/garage" "$bucket" | sed 's/^/export /')"
+}
+
+garage_workspace_cleanup() {
+    if mountpoint -q "$mnt"; then umount "$mnt"; fi
+    "$S3VOL_ROOT/scripts/garage.sh" stop "$work/garage"
+    rm -rf "$work/garage/data"
+}

@@ -322,6 +322,9 @@ async fn store_failures_map_to_truthful_errnos() {
     let err = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap_err();
     assert_eq!(err.errno(), libc::EACCES);
     assert!(err.to_string().contains("s3:GetObject"), "{err}");
+    // What the log line shows: S3's error code and the request ID.
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    assert!(err.to_string().contains("request id injected-"), "{err}");
 
     let ino = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap().attr.ino;
     let fh = fs.open(ino, false).await.unwrap();
