@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start or stop a moto server (S3, STS, IAM in one endpoint) on a free 127.0.0.1 port.
+# Start or stop a moto server (S3, STS, IAM in one endpoint) on a free 127.0.0.1 port,
+# behind scripts/moto_server.py, which makes expired session credentials fail.
 #
 #   scripts/moto.sh start DIR   prints S3_ENDPOINT and MOTO_PID as shell assignments
 #   scripts/moto.sh stop DIR
@@ -12,7 +13,7 @@ start)
     ensure_moto
     mkdir -p "$dir"
     port=$(free_port)
-    setsid "$MOTO_SERVER" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+    setsid "$MOTO_VENV/bin/python" "$(dirname "$0")/moto_server.py" "$port" >"$dir/moto.log" 2>&1 &
     echo $! >"$dir/pid"
     wait_for_port "$port" moto
     echo "S3_ENDPOINT=http://127.0.0.1:$port"

@@ -63,6 +63,10 @@ fn explain(err: StoreError, source: &Source, endpoint: &str) -> PreflightError {
              AWS_SECRET_ACCESS_KEY, pick a profile with --profile, or run where instance or \
              container credentials are available"
         ),
+        StoreError::ExpiredToken { info, .. } => format!(
+            "S3 at {endpoint} refuses freshly issued credentials as expired ({info}). Check \
+             this machine's clock (timedatectl) and that the role session was not revoked"
+        ),
         other => format!("cannot read s3://{bucket}/{prefix} at {endpoint}: {other}"),
     };
     PreflightError(text)

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use aws_credential_types::provider::SharedCredentialsProvider;
 use fuser::{Config, MountOption, SessionACL};
 use nix::unistd::{ForkResult, fork, setsid};
 use tracing::{error, info};
@@ -25,6 +26,7 @@ use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};
 use crate::preflight;
 use crate::store::ObjectStore;
+use crate::store::expiry::RenewOnExpiry;
 use crate::store::s3::{S3Options, S3Store};
 
 /// FUSE request threads. Each only decodes a request and hands it to tokio, so a
@@ -278,9 +280,10 @@ fn serve(
         .thread_name("s3vol-io")
         .build()?;
     let store: Arc<dyn ObjectStore> = runtime.block_on(async {
-        let store = connect_store(&args.s3, role, &args.source.bucket).await?;
-        preflight::check_readable(&store, &args.source, &endpoint(&args.s3)).await?;
-        Ok::<_, Failure>(Arc::new(store))
+        let store =
+            connect_store(&args.s3, role, args.role.renew_before, &args.source.bucket).await?;
+        preflight::check_readable(store.as_ref(), &args.source, &endpoint(&args.s3)).await?;
+        Ok::<_, Failure>(store)
     })?;
 
     let config = FsConfig {
@@ -362,22 +365,25 @@ fn tune_allocator() {
 
 /// The S3 store for `bucket` with the base credentials, or the role's renewed
 /// ones. The renewal task lives as long as the runtime.
+/// The S3 store, signing with renewed credentials and retrying once with new ones
+/// when S3 calls them expired.
 async fn connect_store(
     s3: &S3Args,
     role: Option<&auth::RoleOptions>,
+    renew_before: std::time::Duration,
     bucket: &str,
-) -> Result<S3Store, Failure> {
+) -> Result<Arc<dyn ObjectStore>, Failure> {
     let base = auth::load_base_config(s3.region.as_deref(), s3.profile.as_deref()).await;
-    let credentials = match role {
-        Some(role) => Some(auth::assume_role(role, &base).await.map_err(Failure)?.0),
-        None => None,
-    };
+    let credentials = auth::volume_credentials(role, renew_before, &base)
+        .await
+        .map_err(Failure)?;
     let options = S3Options {
         endpoint_url: s3.endpoint_url.clone(),
         force_path_style: s3.force_path_style,
-        credentials,
+        credentials: Some(SharedCredentialsProvider::new(credentials.clone())),
     };
-    Ok(S3Store::from_sdk_config(bucket, &base, &options))
+    let s3 = Arc::new(S3Store::from_sdk_config(bucket, &base, &options));
+    Ok(Arc::new(RenewOnExpiry::new(s3, Arc::new(credentials))))
 }
 
 /// The endpoint as messages name it.
@@ -397,13 +403,20 @@ pub fn check(args: CheckArgs) -> ExitCode {
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let store = connect_store(&args.s3, role.as_ref(), &args.source.bucket).await?;
+            let store = connect_store(
+                &args.s3,
+                role.as_ref(),
+                args.role.renew_before,
+                &args.source.bucket,
+            )
+            .await?;
             let mode = preflight::ProbeMode {
                 read_write: args.read_write,
                 delete: args.probe_delete,
             };
             let probes =
-                preflight::probe_access(&store, &args.source, mode, &endpoint(&args.s3)).await?;
+                preflight::probe_access(store.as_ref(), &args.source, mode, &endpoint(&args.s3))
+                    .await?;
             print!("{}", preflight::render(&probes));
             Ok(probes
                 .iter()

@@ -95,3 +95,21 @@ fn mount_usage_errors_exit_2() {
     let out = s3vol(&["mount", "bkt", "/tmp", "-o"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn no_credentials_anywhere_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["check", "bkt/root", "--endpoint-url", "http://127.0.0.1:9"])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no usable AWS credentials"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+}

@@ -8,6 +8,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{Mount, Server, ServerKind, s3vol};
+use serde_json::json;
 
 struct Customer {
     server: Server,
@@ -154,18 +155,10 @@ fn reads_outside_the_prefix_are_denied_with_the_action_and_resource() {
 #[ignore = "needs moto; run scripts/test.sh"]
 fn short_sessions_are_renewed_under_a_continuous_read() {
     let customer = Customer::new();
-    // 900 s sessions renewed when 895 s are left: a renewal every 5 s.
-    let mount = customer.mount(
-        "vol/root",
-        &[
-            "--role-duration",
-            "900",
-            "--renew-before",
-            "895",
-            "--metadata-ttl",
-            "0",
-        ],
-    );
+    // Sessions that really end after 6 s: the layer in front of moto shortens the
+    // expiry STS hands out and refuses credentials past it. Renewed when 2 s are left.
+    customer.server.sessions(json!({"lifetime": 6}));
+    let mount = customer.mount("vol/root", &["--renew-before", "2", "--metadata-ttl", "0"]);
     let expected = std::fs::read(mount.path().join("data/b.bin")).unwrap();
     let start = Instant::now();
     let (mut reads, mut failures) = (0u32, Vec::new());
@@ -183,6 +176,8 @@ fn short_sessions_are_renewed_under_a_continuous_read() {
     );
     assert!(failures.is_empty(), "{failures:?}");
     assert!(renewals >= 10, "{renewals} renewals in 60 s");
+    let layer = customer.server.sessions(json!({}));
+    assert_eq!(layer["expired_answers"], 0, "expired credentials were sent");
     let calls = customer.assume_role_calls();
     assert!(calls.len() > renewals, "{} AssumeRole calls", calls.len());
     assert!(
@@ -190,6 +185,162 @@ fn short_sessions_are_renewed_under_a_continuous_read() {
             .iter()
             .all(|c| c["external_id"] == customer.setup["external_id"])
     );
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn a_session_refused_as_expired_is_renewed_at_once_and_the_request_retried() {
+    let customer = Customer::new();
+    let mount = customer.mount("vol/root", &["--metadata-ttl", "0"]);
+    let file = mount.path().join("a.txt");
+    assert_eq!(std::fs::read(&file).unwrap(), b"inside the volume\n");
+    let before = customer.assume_role_calls().len();
+    // S3 now calls the current session expired (revoked, or a clock behind S3's).
+    customer.server.sessions(json!({"revoke": true}));
+    assert_eq!(std::fs::read(&file).unwrap(), b"inside the volume\n");
+    let layer = customer.server.sessions(json!({}));
+    assert!(layer["expired_answers"].as_u64().unwrap() >= 1, "{layer}");
+    assert_eq!(customer.assume_role_calls().len(), before + 1);
+    let log = mount.log_text();
+    assert!(log.contains("refused the credentials as expired"), "{log}");
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn expired_credentials_fail_with_eacces_and_the_mount_recovers() {
+    let customer = Customer::new();
+    customer.server.sessions(json!({"lifetime": 8}));
+    let mount = customer.mount("vol/root", &["--renew-before", "4", "--metadata-ttl", "0"]);
+    let file = mount.path().join("a.txt");
+    assert!(std::fs::read(&file).is_ok());
+    // Renewal fails from now on; the session ends within 8 s.
+    customer.server.sessions(json!({"sts": "deny"}));
+    let denied =
+        || std::fs::read(&file).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    assert!(common::wait_until(Duration::from_secs(30), denied));
+    let log = mount.log_text();
+    assert!(log.contains("expired at"), "{log}");
+    assert!(log.contains("renewal is failing"), "{log}");
+    assert!(log.contains("switched off by the test"), "{log}");
+    // STS answers again: the mount recovers by itself.
+    customer.server.sessions(json!({"sts": "allow"}));
+    assert!(common::wait_until(Duration::from_secs(90), || {
+        std::fs::read(&file).is_ok()
+    }));
+}
+
+/// The platform user's keys as a profile, and a profile that assumes the role
+/// with the external ID from it, as `aws configure` would write them.
+fn profile_config(customer: &Customer) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        format!(
+            "[profile platform]\naws_access_key_id = {}\naws_secret_access_key = {}\n\n\
+             [profile volume]\nrole_arn = {}\nexternal_id = {}\nsource_profile = platform\n\
+             role_session_name = s3vol-profile\n",
+            customer.field("access_key"),
+            customer.field("secret_key"),
+            customer.field("role_arn"),
+            customer.field("external_id"),
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// The environment without keys, with STS at moto through the SDK's own variable.
+fn env_without_keys(customer: &Customer) -> Vec<(String, String)> {
+    let mut env = customer.server.env();
+    env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
+    env.push((
+        "AWS_ENDPOINT_URL_STS".into(),
+        customer.server.endpoint.clone(),
+    ));
+    env
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn a_profile_that_assumes_the_role_is_renewed_like_the_role_options() {
+    let customer = Customer::new();
+    customer.server.sessions(json!({"lifetime": 6}));
+    let config = profile_config(&customer);
+    let mut env = env_without_keys(&customer);
+    env.retain(|(k, _)| k != "AWS_CONFIG_FILE");
+    env.push((
+        "AWS_CONFIG_FILE".into(),
+        config.path().display().to_string(),
+    ));
+    let mount = Mount::with_env(
+        &customer.server,
+        "vol/root",
+        &[
+            "--profile",
+            "volume",
+            "--renew-before",
+            "2",
+            "--metadata-ttl",
+            "0",
+        ],
+        &env,
+    );
+    let file = mount.path().join("a.txt");
+    assert_eq!(std::fs::read(&file).unwrap(), b"inside the volume\n");
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        mount.log_text().matches("credentials renewed").count() >= 2
+    }));
+    assert_eq!(std::fs::read(&file).unwrap(), b"inside the volume\n");
+    let calls: Vec<_> = customer
+        .assume_role_calls()
+        .into_iter()
+        .filter(|c| c["session_name"] == "s3vol-profile")
+        .collect();
+    assert!(calls.len() >= 3, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["external_id"] == customer.setup["external_id"])
+    );
+    assert_eq!(customer.server.sessions(json!({}))["expired_answers"], 0);
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn web_identity_tokens_are_reread_at_every_renewal() {
+    let customer = Customer::new();
+    customer.server.sessions(json!({"lifetime": 6}));
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "token-one").unwrap();
+    let mut env = env_without_keys(&customer);
+    env.extend([
+        ("AWS_ROLE_ARN".into(), customer.field("role_arn")),
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
+            token.path().display().to_string(),
+        ),
+        ("AWS_ROLE_SESSION_NAME".into(), "s3vol-web".into()),
+    ]);
+    let mount = Mount::with_env(
+        &customer.server,
+        "vol/root",
+        &["--renew-before", "2", "--metadata-ttl", "0"],
+        &env,
+    );
+    let file = mount.path().join("a.txt");
+    assert_eq!(std::fs::read(&file).unwrap(), b"inside the volume\n");
+    // A rotated token (as Kubernetes rotates them) is what the next renewal sends.
+    std::fs::write(token.path(), "token-two").unwrap();
+    let tokens = || customer.server.sessions(json!({}))["web_identity_tokens"].clone();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            tokens().as_array().unwrap().contains(&json!("token-two"))
+        }),
+        "{}",
+        tokens()
+    );
+    assert_eq!(tokens()[0], "token-one");
+    assert_eq!(std::fs::read(&file).unwrap(), b"inside the volume\n");
 }
 
 #[test]

@@ -15,7 +15,6 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use tokio::task::JoinHandle;
 
 pub use self::secret::Secret;
 use crate::store::s3::error_chain;
@@ -48,12 +47,41 @@ pub async fn load_base_config(
     loader.load().await
 }
 
-/// Assumes `role` and starts renewing its credentials. The returned task renews
-/// until aborted. The error says what to check, never a secret.
-pub async fn assume_role(
-    role: &RoleOptions,
+/// The credentials a volume signs with, renewed ahead of expiry for as long as the
+/// process lives: the role's when one is given (assumed over the default chain),
+/// else the default chain's own (which may itself assume a role from a profile, or
+/// use a web identity token). Static keys are used as they are. The error says
+/// what to check, never a secret.
+pub async fn volume_credentials(
+    role: Option<&RoleOptions>,
+    renew_before: Duration,
     base: &aws_config::SdkConfig,
-) -> Result<(SharedCredentialsProvider, JoinHandle<()>), String> {
+) -> Result<renew::RenewingCredentials, String> {
+    let config = renew::RenewConfig {
+        renew_before,
+        ..renew::RenewConfig::default()
+    };
+    let clock = Arc::new(renew::SystemClock);
+    let Some(role) = role else {
+        let chain = base
+            .credentials_provider()
+            .ok_or("no AWS credential provider is configured")?;
+        let (credentials, _task) = renew::RenewingCredentials::start(
+            Arc::new(ProviderSource(chain)),
+            config,
+            clock,
+            "the default credential chain".into(),
+        )
+        .await
+        .map_err(|cause| {
+            format!(
+                "no usable AWS credentials: {cause}. Set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, pick a profile with --profile, or run where instance \
+                 or container credentials are available"
+            )
+        })?;
+        return Ok(credentials);
+    };
     let mut sts_config = base.clone();
     if let Some(url) = &role.sts_endpoint_url {
         sts_config = sts_config.into_builder().endpoint_url(url).build();
@@ -65,14 +93,19 @@ pub async fn assume_role(
             .region(aws_config::Region::new("us-east-1"))
             .build();
     }
-    let source = Arc::new(StsSource::new(role, &sts_config).await);
+    // The provider signs each AssumeRole with base credentials it fetches anew
+    // (no cache), so a web identity token file is re-read at every renewal.
+    let mut builder = AssumeRoleProvider::builder(&role.role_arn)
+        .session_name(&role.session_name)
+        .session_length(role.duration)
+        .configure(&sts_config);
+    if let Some(id) = &role.external_id {
+        builder = builder.external_id(id.expose());
+    }
+    let source = ProviderSource(SharedCredentialsProvider::new(builder.build().await));
     let label = format!("role {} (session {})", role.role_arn, role.session_name);
-    let config = renew::RenewConfig {
-        renew_before: role.renew_before,
-        ..renew::RenewConfig::default()
-    };
-    let (credentials, task) =
-        renew::RenewingCredentials::start(source, config, Arc::new(renew::SystemClock), label)
+    let (credentials, _task) =
+        renew::RenewingCredentials::start(Arc::new(source), config, clock, label)
             .await
             .map_err(|cause| {
                 let hint = if role.external_id.is_some() {
@@ -85,7 +118,7 @@ pub async fn assume_role(
                 };
                 format!("cannot assume role {}: {cause}. {hint}", role.role_arn)
             })?;
-    Ok((SharedCredentialsProvider::new(credentials), task))
+    Ok(credentials)
 }
 
 /// A session name that says who is reading: `s3vol-HOSTNAME`, cut to what STS
@@ -109,31 +142,13 @@ pub fn default_session_name() -> String {
     clean
 }
 
-/// Assumes the role through STS on every fetch, over the base credentials (which
-/// aws-config reloads each time, so a web identity token file is re-read).
-pub struct StsSource {
-    provider: AssumeRoleProvider,
-}
-
-impl StsSource {
-    pub async fn new(role: &RoleOptions, base: &aws_config::SdkConfig) -> Self {
-        let mut builder = AssumeRoleProvider::builder(&role.role_arn)
-            .session_name(&role.session_name)
-            .session_length(role.duration)
-            .configure(base);
-        if let Some(id) = &role.external_id {
-            builder = builder.external_id(id.expose());
-        }
-        Self {
-            provider: builder.build().await,
-        }
-    }
-}
+/// Fetches from an SDK credentials provider on every renewal.
+struct ProviderSource(SharedCredentialsProvider);
 
 #[async_trait]
-impl renew::CredentialSource for StsSource {
+impl renew::CredentialSource for ProviderSource {
     async fn fetch(&self) -> Result<Credentials, String> {
-        self.provider
+        self.0
             .provide_credentials()
             .await
             .map_err(|e| error_chain(&e))

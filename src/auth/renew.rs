@@ -11,6 +11,10 @@
 //! credentials stay in use. If they expire before a renewal succeeds, requests fail
 //! with a credentials error (the filesystem answers EACCES) naming the last renewal
 //! error, and the mount recovers by itself at the next successful renewal.
+//!
+//! When S3 refuses credentials that are current here (ExpiredToken: a revoked
+//! session, a skewed clock), [`RenewingCredentials::renew_now`] renews at once. Only
+//! one renewal runs at a time, and requests that were refused together share it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +23,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
+use tokio::sync::Notify;
+
+use crate::store::expiry::RenewCredentials;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -66,8 +73,39 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     renewals: AtomicU64,
     clock: Arc<dyn Clock>,
+    source: Arc<dyn CredentialSource>,
+    /// Held for the length of a renewal, scheduled or forced, so only one runs.
+    renewing: tokio::sync::Mutex<()>,
+    /// Tells the schedule that a forced renewal replaced the credentials.
+    forced: Notify,
     /// What is renewed (role and session name), for logs and errors.
     label: String,
+}
+
+impl Shared {
+    /// Fetches new credentials and installs them. The caller holds `renewing`.
+    async fn renew(&self, reason: &str) -> Result<(), String> {
+        match self.source.fetch().await {
+            Ok(fresh) => {
+                let new_expiry = fresh.expiry();
+                *self.current.lock().unwrap() = fresh;
+                *self.last_error.lock().unwrap() = None;
+                let n = self.renewals.fetch_add(1, Ordering::Relaxed) + 1;
+                info!(
+                    credentials = self.label,
+                    renewal = n,
+                    reason,
+                    expires = new_expiry.map(show_time).unwrap_or_default(),
+                    "credentials renewed"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                *self.last_error.lock().unwrap() = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
 }
 
 /// A credentials provider that always answers at once with the current credentials.
@@ -110,9 +148,12 @@ impl RenewingCredentials {
             last_error: Mutex::new(None),
             renewals: AtomicU64::new(0),
             clock,
+            source,
+            renewing: tokio::sync::Mutex::new(()),
+            forced: Notify::new(),
             label,
         });
-        let task = tokio::spawn(renew_loop(shared.clone(), source, config));
+        let task = tokio::spawn(renew_loop(shared.clone(), config));
         Ok((Self { shared }, task))
     }
 
@@ -144,6 +185,34 @@ impl RenewingCredentials {
     }
 }
 
+#[async_trait]
+impl RenewCredentials for RenewingCredentials {
+    fn generation(&self) -> u64 {
+        self.renewals()
+    }
+
+    /// Renews now, because S3 refused the credentials of generation `seen` as
+    /// expired; `why` is logged. Waits for a renewal under way, and does nothing
+    /// when the credentials were replaced since, so requests refused together
+    /// share one renewal.
+    async fn renew_since(&self, seen: u64, why: &str) -> Result<(), String> {
+        let _renewing = self.shared.renewing.lock().await;
+        if self.renewals() != seen {
+            return Ok(());
+        }
+        let result = self.shared.renew(why).await;
+        match &result {
+            Ok(()) => self.shared.forced.notify_one(),
+            Err(e) => warn!(
+                credentials = self.shared.label,
+                error = e,
+                "forced credential renewal failed"
+            ),
+        }
+        result
+    }
+}
+
 impl ProvideCredentials for RenewingCredentials {
     fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
     where
@@ -166,51 +235,45 @@ pub fn renewal_delay(expiry: SystemTime, now: SystemTime, renew_before: Duration
     }
 }
 
-async fn renew_loop(shared: Arc<Shared>, source: Arc<dyn CredentialSource>, config: RenewConfig) {
+async fn renew_loop(shared: Arc<Shared>, config: RenewConfig) {
     loop {
         let expiry = shared.current.lock().unwrap().expiry();
         // Credentials without an expiry (static keys) never need renewing.
         let Some(expiry) = expiry else { return };
-        tokio::time::sleep(renewal_delay(
-            expiry,
-            shared.clock.now(),
-            config.renew_before,
-        ))
-        .await;
+        let seen = shared.renewals.load(Ordering::Relaxed);
+        let delay = renewal_delay(expiry, shared.clock.now(), config.renew_before);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            // Replaced early: schedule from the new expiry.
+            () = shared.forced.notified() => continue,
+        }
         let mut backoff = config.min_backoff;
         loop {
-            match source.fetch().await {
-                Ok(fresh) => {
-                    let new_expiry = fresh.expiry();
-                    *shared.current.lock().unwrap() = fresh;
-                    *shared.last_error.lock().unwrap() = None;
-                    let n = shared.renewals.fetch_add(1, Ordering::Relaxed) + 1;
-                    info!(
-                        credentials = shared.label,
-                        renewal = n,
-                        expires = new_expiry.map(show_time).unwrap_or_default(),
-                        "credentials renewed"
-                    );
-                    break;
+            let result = {
+                let _renewing = shared.renewing.lock().await;
+                if shared.renewals.load(Ordering::Relaxed) != seen {
+                    break; // a forced renewal got there first
                 }
-                Err(e) => {
-                    let expired = expiry <= shared.clock.now();
-                    warn!(
-                        credentials = shared.label,
-                        error = e,
-                        retry_in = ?backoff,
-                        "credential renewal failed; {}",
-                        if expired {
-                            "the current credentials have expired: requests fail until a renewal succeeds".to_string()
-                        } else {
-                            format!("keeping the current credentials until {}", show_time(expiry))
-                        }
-                    );
-                    *shared.last_error.lock().unwrap() = Some(e);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(config.max_backoff);
+                shared.renew("scheduled").await
+            };
+            let Err(e) = result else { break };
+            let expired = expiry <= shared.clock.now();
+            warn!(
+                credentials = shared.label,
+                error = e,
+                retry_in = ?backoff,
+                "credential renewal failed; {}",
+                if expired {
+                    "the current credentials have expired: requests fail until a renewal succeeds".to_string()
+                } else {
+                    format!("keeping the current credentials until {}", show_time(expiry))
                 }
+            );
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shared.forced.notified() => break,
             }
+            backoff = (backoff * 2).min(config.max_backoff);
         }
     }
 }
@@ -374,6 +437,55 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(15 * 60)).await;
         assert!(creds.current().is_ok());
         assert!(creds.renewals() >= 1);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_refused_together_share_one_forced_renewal() {
+        let (clock, source) = setup(Duration::from_secs(3600), &[]);
+        let (creds, task) =
+            RenewingCredentials::start(source.clone(), config(300), clock.clone(), "role".into())
+                .await
+                .unwrap();
+        let seen = creds.generation();
+        let (a, b) = tokio::join!(
+            creds.renew_since(seen, "refused (test)"),
+            creds.renew_since(seen, "refused (test)")
+        );
+        a.unwrap();
+        b.unwrap();
+        // The first fetch at start, then exactly one forced renewal.
+        assert_eq!(source.fetches.lock().unwrap().len(), 2);
+        assert_eq!(creds.generation(), seen + 1);
+        // A request signed before that renewal is simply retried.
+        creds
+            .renew_since(seen, "late refusal (test)")
+            .await
+            .unwrap();
+        assert_eq!(source.fetches.lock().unwrap().len(), 2);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forced_renewal_moves_the_schedule() {
+        let (clock, source) = setup(Duration::from_secs(600), &[]);
+        let (creds, task) =
+            RenewingCredentials::start(source.clone(), config(300), clock.clone(), "role".into())
+                .await
+                .unwrap();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        creds
+            .renew_since(creds.generation(), "refused (test)")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        let fetches = source.fetches.lock().unwrap().clone();
+        let at: Vec<u64> = fetches
+            .iter()
+            .map(|t| t.duration_since(fetches[0]).unwrap().as_secs())
+            .collect();
+        // Start, forced at 100 s, then 300 s before the new session's end (700 s).
+        assert_eq!(at, [0, 100, 400]);
         task.abort();
     }
 

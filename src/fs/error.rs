@@ -78,6 +78,8 @@ fn store_errno(e: &StoreError) -> i32 {
         StoreError::AccessDenied { .. } => libc::EACCES,
         // Without credentials every request would be refused: the same answer.
         StoreError::Credentials { .. } => libc::EACCES,
+        // Still refused after a forced renewal: the same as having none.
+        StoreError::ExpiredToken { .. } => libc::EACCES,
         StoreError::Changed { .. } | StoreError::ShortBody { .. } => libc::ESTALE,
         // The bucket vanished after mount: the volume's root is gone.
         StoreError::NoSuchBucket { .. } => libc::ENOENT,

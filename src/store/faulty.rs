@@ -20,6 +20,8 @@ use super::{
 pub enum Fault {
     /// Answer AccessDenied, as a policy denial would.
     AccessDenied,
+    /// Answer ExpiredToken, as S3 does for a revoked or expired session.
+    ExpiredToken,
     /// Answer as if the endpoint could not be reached.
     Unreachable,
     /// Answer a generic injected error (an HTTP 500, say).
@@ -104,6 +106,16 @@ impl FaultyStore {
                         info: ServiceInfo {
                             code: "AccessDenied".into(),
                             message: "Access Denied (injected)".into(),
+                            request_id: Some(format!("injected-{n}")),
+                        },
+                    });
+                }
+                Fault::ExpiredToken => {
+                    return Err(StoreError::ExpiredToken {
+                        op,
+                        info: ServiceInfo {
+                            code: "ExpiredToken".into(),
+                            message: "The provided token has expired. (injected)".into(),
                             request_id: Some(format!("injected-{n}")),
                         },
                     });

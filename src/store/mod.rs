@@ -7,6 +7,7 @@
 //! `tests/store_conformance.rs` runs the same checks against the memory store and the
 //! S3 store pointed at a local server, so the fake cannot drift from S3.
 
+pub mod expiry;
 pub mod faulty;
 pub mod memory;
 pub mod s3;
@@ -133,6 +134,10 @@ pub enum StoreError {
         key: String,
         info: ServiceInfo,
     },
+    /// S3 called the credentials expired (or otherwise no longer valid) although
+    /// they were current here: a revoked session or a skewed clock.
+    #[error("{op}: the credentials were refused as expired ({info})")]
+    ExpiredToken { op: Operation, info: ServiceInfo },
     /// No credentials could be loaded or signed with.
     #[error("no usable credentials: {detail}")]
     Credentials { detail: String },

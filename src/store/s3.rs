@@ -119,6 +119,9 @@ impl S3Store {
         };
         let key = key.to_string();
         match (code.as_str(), status) {
+            ("ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired", _) => {
+                StoreError::ExpiredToken { op, info }
+            }
             ("NoSuchBucket", _) => StoreError::NoSuchBucket {
                 bucket: self.bucket.clone(),
                 info,

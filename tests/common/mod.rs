@@ -189,19 +189,31 @@ impl Server {
 
     /// moto's record of its state (every AssumeRole with its external ID, ...).
     pub fn moto_state(&self) -> serde_json::Value {
+        self.moto_api("GET", "/moto-api/data.json", "")
+    }
+
+    /// The session layer in front of moto (`scripts/moto_server.py`): applies
+    /// `change` (lifetime, sts, revoke) and returns its counters.
+    pub fn sessions(&self, change: serde_json::Value) -> serde_json::Value {
+        self.moto_api("POST", "/_s3vol/sessions", &change.to_string())
+    }
+
+    fn moto_api(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
         use std::io::{Read, Write};
+        assert_eq!(self.kind, ServerKind::Moto);
         let address = self.endpoint.trim_start_matches("http://");
         let mut stream = std::net::TcpStream::connect(address).unwrap();
         write!(
             stream,
-            "GET /moto-api/data.json HTTP/1.0\r\nHost: {address}\r\n\r\n"
+            "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
         )
         .unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).unwrap();
         let text = String::from_utf8_lossy(&response);
         let body = text.split_once("\r\n\r\n").unwrap().1;
-        serde_json::from_str(body).unwrap()
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
     }
 
     /// Runs the Garage CLI against this server and returns its output.
