@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{RoleOptions, Secret};
 use crate::names::Source;
+use crate::store::Encryption;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +87,27 @@ pub struct S3Args {
     /// Profile in the AWS shared config/credentials files to take credentials from.
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+    /// Server-side encryption to ask for on every upload and copy.
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256", "aws:kms"])]
+    pub sse: Option<String>,
+    /// KMS key for --sse aws:kms (default: the bucket's or account's S3 key).
+    #[arg(long, value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+}
+
+impl S3Args {
+    /// The encryption every upload asks for.
+    pub fn encryption(&self) -> Result<Option<Encryption>, String> {
+        match (self.sse.as_deref(), &self.sse_kms_key_id) {
+            (None, None) => Ok(None),
+            (Some("AES256"), None) => Ok(Some(Encryption::Aes256)),
+            (Some("aws:kms"), key_id) => Ok(Some(Encryption::Kms {
+                key_id: key_id.clone(),
+            })),
+            (_, Some(_)) => Err("--sse-kms-key-id needs --sse aws:kms".into()),
+            (Some(other), None) => Err(format!("unknown --sse algorithm {other:?}")),
+        }
+    }
 }
 
 /// The role to assume and how to keep its credentials fresh.
@@ -168,6 +190,9 @@ pub struct MountArgs {
     /// Mount read-only (the default): no request that changes the bucket is ever sent.
     #[arg(long)]
     pub read_only: bool,
+    /// Mount read-write: files can be created, written, renamed and deleted.
+    #[arg(long, conflicts_with = "read_only")]
+    pub read_write: bool,
 
     #[command(flatten)]
     pub s3: S3Args,
@@ -199,6 +224,19 @@ pub struct MountArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_ttl)]
     pub metadata_ttl: Duration,
 
+    /// Size of the first 1000 parts of a multipart upload (5MiB to 5GiB; later parts
+    /// grow so a file never needs more than 10,000).
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_part_size)]
+    pub part_size: u64,
+    /// Part uploads in flight at once, across the whole volume.
+    #[arg(long, value_name = "N", default_value = "8",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_concurrency: u16,
+    /// Directory for local data: files being written are staged here
+    /// (default /var/cache/s3vol, or ~/.cache/s3vol when that is not writable).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     /// Stay in the foreground instead of daemonizing; log to standard error.
     #[arg(long)]
     pub foreground: bool,
@@ -210,6 +248,35 @@ pub struct MountArgs {
     /// syslog when daemonized).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+}
+
+/// A byte count with an optional binary unit: 8388608, 8MiB, 8M, 1GiB.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return Err(format!("{text:?} is not a size such as 8MiB or 1GiB")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size such as 8MiB or 1GiB"))
+}
+
+fn parse_part_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if (5 << 20..=5 << 30).contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!("{text:?}: S3 parts are 5MiB to 5GiB"))
+    }
 }
 
 fn parse_source(text: &str) -> Result<Source, String> {
@@ -326,6 +393,7 @@ pub fn expand_o_options(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
             };
             let name = match name {
                 "ro" => "read-only".to_string(),
+                "rw" => "read-write".to_string(),
                 other => other.replace('_', "-"),
             };
             out.push(format!("--{name}").into());
@@ -418,6 +486,18 @@ mod tests {
         assert_eq!(parse_ttl("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_ttl("indefinite"), Ok(INDEFINITE));
         assert!(parse_ttl("soon").unwrap_err().contains("indefinite"));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("8 parsecs").is_err());
+        assert!(parse_size("99999999999G").is_err());
+        assert_eq!(parse_part_size("16MiB"), Ok(16 << 20));
+        assert!(
+            parse_part_size("1MiB")
+                .unwrap_err()
+                .contains("5MiB to 5GiB")
+        );
     }
 
     #[test]

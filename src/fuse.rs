@@ -122,11 +122,11 @@ impl Filesystem for FuseAdapter {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
-        _size: Option<u64>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
@@ -137,7 +137,13 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(refuse(&self.fs, Mutation::SetAttr));
+        let fs = self.fs.clone();
+        self.spawn(debug_span!("setattr", ino = ino.0, ?size), async move {
+            match fs.setattr(ino.0, size).await {
+                Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
+                Err(e) => reply.error(errno("setattr", &e)),
+            }
+        });
     }
 
     fn mknod(
@@ -156,21 +162,45 @@ impl Filesystem for FuseAdapter {
     fn mkdir(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(refuse(&self.fs, Mutation::Mkdir));
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.spawn(debug_span!("mkdir", parent = parent.0, ?name), async move {
+            match fs.mkdir(parent.0, &name).await {
+                Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
+                Err(e) => reply.error(errno("mkdir", &e)),
+            }
+        });
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(refuse(&self.fs, Mutation::Unlink));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.spawn(
+            debug_span!("unlink", parent = parent.0, ?name),
+            async move {
+                match fs.unlink(parent.0, &name).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno("unlink", &e)),
+                }
+            },
+        );
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(refuse(&self.fs, Mutation::Rmdir));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.spawn(debug_span!("rmdir", parent = parent.0, ?name), async move {
+            match fs.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("rmdir", &e)),
+            }
+        });
     }
 
     fn symlink(
@@ -187,14 +217,31 @@ impl Filesystem for FuseAdapter {
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(refuse(&self.fs, Mutation::Rename));
+        let fs = self.fs.clone();
+        let (name, newname) = (name.to_os_string(), newname.to_os_string());
+        let span = debug_span!(
+            "rename",
+            parent = parent.0,
+            ?name,
+            newparent = newparent.0,
+            ?newname
+        );
+        self.spawn(span, async move {
+            match fs
+                .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("rename", &e)),
+            }
+        });
     }
 
     fn link(
@@ -210,10 +257,9 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY
-            || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
+        let flags = open_flags(flags);
         self.spawn(debug_span!("open", ino = ino.0), async move {
-            match fs.open(ino.0, write).await {
+            match fs.open(ino.0, flags).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("open", &e)),
             }
@@ -244,53 +290,75 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(refuse(&self.fs, Mutation::Write));
+        let fs = self.fs.clone();
+        let data = data.to_vec();
+        let span = debug_span!("write", ino = ino.0, fh = fh.0, offset, size = data.len());
+        self.spawn(span, async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", &e)),
+            }
+        });
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let fs = self.fs.clone();
+        self.spawn(debug_span!("flush", ino = ino.0, fh = fh.0), async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("flush", &e)),
+            }
+        });
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        let fs = self.fs.clone();
+        self.spawn(debug_span!("release", ino = ino.0, fh = fh.0), async move {
+            fs.release(fh.0).await;
+            reply.ok();
+        });
     }
 
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever pending on a read-only volume.
-        reply.ok();
+        let fs = self.fs.clone();
+        self.spawn(debug_span!("fsync", ino = ino.0, fh = fh.0), async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("fsync", &e)),
+            }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -423,14 +491,40 @@ impl Filesystem for FuseAdapter {
     fn create(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(refuse(&self.fs, Mutation::Create));
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.spawn(
+            debug_span!("create", parent = parent.0, ?name),
+            async move {
+                match fs.create(parent.0, &name).await {
+                    Ok((e, fh)) => reply.created(
+                        &e.ttl,
+                        &file_attr(&e.attr),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                    Err(e) => reply.error(errno("create", &e)),
+                }
+            },
+        );
+    }
+}
+
+/// What an open asks for: writing (any access mode but read-only, or O_TRUNC)
+/// and truncation.
+fn open_flags(flags: OpenFlags) -> crate::fs::OpenFlags {
+    let truncate = flags.0 & libc::O_TRUNC != 0;
+    crate::fs::OpenFlags {
+        write: flags.acc_mode() != OpenAccMode::O_RDONLY || truncate,
+        truncate,
     }
 }
 

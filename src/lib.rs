@@ -15,3 +15,4 @@ pub mod preflight;
 pub mod read;
 pub mod run;
 pub mod store;
+pub mod upload;

@@ -1,5 +1,6 @@
-//! Start-up checks: can these credentials read this volume? Each failure becomes one
-//! sentence that says what is wrong and what to do, instead of a stack of SDK errors.
+//! Start-up checks: can these credentials read (and, for a read-write volume,
+//! write) this volume? Each failure becomes one sentence that says what is wrong and
+//! what to do, instead of a stack of SDK errors.
 
 use crate::names::Source;
 use crate::store::{ListRequest, ObjectStore, StoreError, bucket_arn};
@@ -9,16 +10,23 @@ use crate::store::{ListRequest, ObjectStore, StoreError, bucket_arn};
 #[error("{0}")]
 pub struct PreflightError(pub String);
 
-/// The mount's start-up check: the read probes of `s3vol check` (a one-key listing
-/// under the prefix and HeadObject of the first object, exactly where the mount will
-/// need s3:ListBucket and s3:GetObject; never HeadBucket, which a prefix-scoped
-/// policy rightly denies), failing on the first denial, and on a prefix with no key.
-pub async fn check_readable(
+/// The mount's start-up check: the probes of `s3vol check` for the mode (a one-key
+/// listing under the prefix and HeadObject of the first object, exactly where the
+/// mount will need s3:ListBucket and s3:GetObject, never HeadBucket, which a
+/// prefix-scoped policy rightly denies; for read-write, an upload started and
+/// aborted), failing on the first denial. A read-only volume of a prefix with no
+/// key is refused too: it could only ever show nothing.
+pub async fn check_mount(
     store: &dyn ObjectStore,
     source: &Source,
+    read_write: bool,
     endpoint: &str,
 ) -> Result<(), PreflightError> {
-    let probes = probe_access(store, source, ProbeMode::default(), endpoint).await?;
+    let mode = ProbeMode {
+        read_write,
+        delete: false,
+    };
+    let probes = probe_access(store, source, mode, endpoint).await?;
     for probe in &probes {
         match &probe.outcome {
             Outcome::Denied { fix, info } => {
@@ -29,7 +37,7 @@ pub async fn check_readable(
                     probe.action, probe.resource
                 )));
             }
-            Outcome::Skipped(_) if !source.prefix.is_root() => {
+            Outcome::Skipped(_) if !source.prefix.is_root() && !read_write => {
                 return Err(PreflightError(format!(
                     "prefix '{}' does not exist in bucket '{}': no key starts with it. \
                      Check the spelling (keys are case-sensitive); a read-only volume of an \

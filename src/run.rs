@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::preflight;
 use crate::store::ObjectStore;
 use crate::store::expiry::RenewOnExpiry;
 use crate::store::s3::{S3Options, S3Store};
+use crate::upload::WriteConfig;
 
 /// FUSE request threads. Each only decodes a request and hands it to tokio, so a
 /// few suffice; more than one keeps a slow reply path from serializing the kernel.
@@ -62,6 +64,19 @@ pub fn mount(mut args: MountArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(message) = args.s3.encryption() {
+        eprintln!("s3vol: {message}");
+        return ExitCode::FAILURE;
+    }
+    if args.read_write {
+        match staging_dir(args.cache_dir.as_deref()) {
+            Ok(dir) => args.cache_dir = dir.parent().map(Path::to_path_buf),
+            Err(message) => {
+                eprintln!("s3vol: {message}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Some(path) = &args.log_file
         && let Ok(absolute) = std::path::absolute(path)
     {
@@ -282,7 +297,8 @@ fn serve(
     let store: Arc<dyn ObjectStore> = runtime.block_on(async {
         let store =
             connect_store(&args.s3, role, args.role.renew_before, &args.source.bucket).await?;
-        preflight::check_readable(store.as_ref(), &args.source, &endpoint(&args.s3)).await?;
+        let endpoint = endpoint(&args.s3);
+        preflight::check_mount(store.as_ref(), &args.source, args.read_write, &endpoint).await?;
         Ok::<_, Failure>(store)
     })?;
 
@@ -292,6 +308,11 @@ fn serve(
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
         metadata_ttl: args.metadata_ttl,
+        write: args.read_write.then(|| WriteConfig {
+            part_size: args.part_size,
+            max_in_flight: usize::from(args.max_concurrency),
+            staging_dir: staging_dir(args.cache_dir.as_deref()).expect("checked before start"),
+        }),
         ..FsConfig::default()
     };
     let fs = Arc::new(Fs::new(store, args.source.prefix.as_str(), config));
@@ -301,7 +322,11 @@ fn serve(
     fuse_config.mount_options = vec![
         MountOption::FSName(args.source.to_string()),
         MountOption::Subtype("s3vol".to_string()),
-        MountOption::RO,
+        if args.read_write {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::DefaultPermissions,
@@ -337,7 +362,8 @@ fn serve(
     info!(
         source = %args.source,
         mountpoint = %mountpoint.display(),
-        "mounted read-only"
+        mode = if args.read_write { "read-write" } else { "read-only" },
+        "mounted"
     );
     if let Some(slot) = ready
         && let Some(fd) = slot.take()
@@ -381,9 +407,43 @@ async fn connect_store(
         endpoint_url: s3.endpoint_url.clone(),
         force_path_style: s3.force_path_style,
         credentials: Some(SharedCredentialsProvider::new(credentials.clone())),
+        encryption: s3.encryption().map_err(Failure)?,
     };
     let s3 = Arc::new(S3Store::from_sdk_config(bucket, &base, &options));
     Ok(Arc::new(RenewOnExpiry::new(s3, Arc::new(credentials))))
+}
+
+/// Where files being written are staged: `staging` under the cache directory
+/// (given, or /var/cache/s3vol, or ~/.cache/s3vol for users who cannot write
+/// there), created mode 0700. The files in it are unlinked as soon as created.
+fn staging_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = match cache_dir {
+        Some(dir) => vec![std::path::absolute(dir).map_err(|e| e.to_string())?],
+        None => {
+            let mut dirs = vec![PathBuf::from("/var/cache/s3vol")];
+            if let Some(home) = std::env::var_os("HOME") {
+                dirs.push(Path::new(&home).join(".cache/s3vol"));
+            }
+            dirs
+        }
+    };
+    let mut last_error = String::new();
+    for dir in candidates {
+        let staging = dir.join("staging");
+        let created = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&staging)
+            .and_then(|()| tempfile::tempfile_in(&staging).map(drop));
+        match created {
+            Ok(()) => return Ok(staging),
+            Err(e) => last_error = format!("{}: {e}", staging.display()),
+        }
+    }
+    Err(format!(
+        "no writable directory for staging files being written ({last_error}); choose one \
+         with --cache-dir"
+    ))
 }
 
 /// The endpoint as messages name it.

@@ -4,13 +4,22 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use s3vol::fs::{Fs, FsConfig, Kind, Mutation, ROOT_INO};
+use s3vol::fs::{Fs, FsConfig, Kind, Mutation, OpenFlags, ROOT_INO};
 use s3vol::read::ReadConfig;
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};
 
 const MIB: usize = 1024 * 1024;
+
+const READ: OpenFlags = OpenFlags {
+    write: false,
+    truncate: false,
+};
+const WRITE: OpenFlags = OpenFlags {
+    write: true,
+    truncate: false,
+};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -47,7 +56,7 @@ async fn list(fs: &Fs, ino: u64) -> Vec<(String, Kind)> {
 }
 
 async fn read_all(fs: &Fs, ino: u64, chunk: u32) -> Vec<u8> {
-    let fh = fs.open(ino, false).await.unwrap();
+    let fh = fs.open(ino, READ).await.unwrap();
     let mut out = Vec::new();
     loop {
         let data = fs.read(fh, out.len() as u64, chunk).await.unwrap();
@@ -56,7 +65,7 @@ async fn read_all(fs: &Fs, ino: u64, chunk: u32) -> Vec<u8> {
         }
         out.extend_from_slice(&data);
     }
-    fs.release(fh);
+    fs.release(fh).await;
     out
 }
 
@@ -209,7 +218,7 @@ async fn reads_are_byte_exact_sequential_and_random() {
     assert_eq!(read_all(&fs, small, 4096).await, b"tiny");
 
     // Random reads fetch only the aligned 64 KiB blocks they touch.
-    let fh = fs.open(ino, false).await.unwrap();
+    let fh = fs.open(ino, READ).await.unwrap();
     let _ = fs.read(fh, 0, 4096).await.unwrap();
     store.clear_calls();
     for offset in [15 * MIB as u64, 3 * MIB as u64 + 17, 11 * MIB as u64] {
@@ -229,7 +238,7 @@ async fn reads_are_byte_exact_sequential_and_random() {
             .unwrap()
             .is_empty()
     );
-    fs.release(fh);
+    fs.release(fh).await;
 }
 
 #[tokio::test]
@@ -265,7 +274,7 @@ async fn read_ahead_stays_within_the_mount_budget() {
     };
     let fs = Fs::new(faulty, "", config);
     let ino = lookup_path(&fs, "f").await.unwrap();
-    let fh = fs.open(ino, false).await.unwrap();
+    let fh = fs.open(ino, READ).await.unwrap();
     let mut offset = 0u64;
     while offset < 20 * MIB as u64 {
         let got = fs.read(fh, offset, 1024 * 1024).await.unwrap();
@@ -284,7 +293,7 @@ async fn read_ahead_stays_within_the_mount_budget() {
             .sum();
         assert!(ahead <= (4 + 8) * MIB as u64, "{ahead} bytes ahead");
     }
-    fs.release(fh);
+    fs.release(fh).await;
 }
 
 #[tokio::test]
@@ -293,14 +302,14 @@ async fn an_object_replaced_mid_read_fails_with_estale() {
     store.put("f", pattern(4 * MIB, 1));
     let fs = fs_on(store.clone(), "");
     let ino = lookup_path(&fs, "f").await.unwrap();
-    let fh = fs.open(ino, false).await.unwrap();
+    let fh = fs.open(ino, READ).await.unwrap();
     fs.read(fh, 0, 4096).await.unwrap();
     store.put("f", pattern(4 * MIB, 2));
     // Far away, so not served from what was already fetched.
     let err = fs.read(fh, 3 * MIB as u64, 4096).await.unwrap_err();
     assert_eq!(err.errno(), libc::ESTALE, "{err}");
     // Reopening reads the new version at once, TTL or not.
-    let again = fs.open(ino, false).await.unwrap();
+    let again = fs.open(ino, READ).await.unwrap();
     assert_eq!(
         &fs.read(again, 0, 8).await.unwrap()[..],
         &pattern(4 * MIB, 2)[..8]
@@ -327,7 +336,7 @@ async fn store_failures_map_to_truthful_errnos() {
     assert!(err.to_string().contains("request id injected-"), "{err}");
 
     let ino = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap().attr.ino;
-    let fh = fs.open(ino, false).await.unwrap();
+    let fh = fs.open(ino, READ).await.unwrap();
     faulty.fail_nth(Operation::GetObject, 1, Fault::AccessDenied);
     assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), libc::EACCES);
     faulty.fail_nth(Operation::GetObject, 1, Fault::Unreachable);
@@ -354,13 +363,6 @@ async fn every_change_is_refused_without_a_request() {
     let ino = lookup_path(&fs, "f").await.unwrap();
     store.clear_calls();
     for op in [
-        Mutation::Create,
-        Mutation::Write,
-        Mutation::Mkdir,
-        Mutation::Unlink,
-        Mutation::Rmdir,
-        Mutation::Rename,
-        Mutation::SetAttr,
         Mutation::SetXattr,
         Mutation::Symlink,
         Mutation::Link,
@@ -368,7 +370,28 @@ async fn every_change_is_refused_without_a_request() {
     ] {
         assert_eq!(fs.mutate(op).unwrap_err().errno(), libc::EROFS, "{op:?}");
     }
-    assert_eq!(fs.open(ino, true).await.unwrap_err().errno(), libc::EROFS);
+    let name = OsStr::new("f");
+    let erofs = |r: Result<(), s3vol::fs::FsError>| r.unwrap_err().errno();
+    assert_eq!(erofs(fs.open(ino, WRITE).await.map(drop)), libc::EROFS);
+    assert_eq!(
+        erofs(fs.create(ROOT_INO, OsStr::new("new")).await.map(drop)),
+        libc::EROFS
+    );
+    assert_eq!(
+        erofs(fs.mkdir(ROOT_INO, OsStr::new("d")).await.map(drop)),
+        libc::EROFS
+    );
+    assert_eq!(erofs(fs.unlink(ROOT_INO, name).await), libc::EROFS);
+    assert_eq!(erofs(fs.rmdir(ROOT_INO, name).await), libc::EROFS);
+    assert_eq!(
+        erofs(
+            fs.rename(ROOT_INO, name, ROOT_INO, OsStr::new("g"), 0)
+                .await
+        ),
+        libc::EROFS
+    );
+    assert_eq!(erofs(fs.setattr(ino, Some(0)).await.map(drop)), libc::EROFS);
+    assert_eq!(erofs(fs.setattr(ino, None).await.map(drop)), libc::EROFS);
     assert!(store.calls().is_empty(), "{:?}", store.calls());
 }
 

@@ -1,6 +1,7 @@
 //! Filesystem errors and the one place that turns them into errnos.
 
 use crate::store::StoreError;
+use crate::upload::StageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -18,6 +19,18 @@ pub enum FsError {
     NotSupported(&'static str),
     #[error("no such open file handle {0}")]
     BadHandle(u64),
+    #[error("directory is not empty")]
+    NotEmpty,
+    #[error("already exists")]
+    Exists,
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// Too much to do in one request; `mv` then copies and deletes by itself.
+    #[error("{0}")]
+    CrossDevice(String),
+    /// Writing: the staging file, the 5 TiB limit, or the upload.
+    #[error(transparent)]
+    Stage(Box<StageError>),
     /// An open file's object was replaced or deleted by another client.
     #[error("object {key} changed or disappeared while open: {source}")]
     Stale {
@@ -37,6 +50,15 @@ impl From<StoreError> for FsError {
     }
 }
 
+impl From<StageError> for FsError {
+    fn from(e: StageError) -> Self {
+        match e {
+            StageError::Store(e) => FsError::Store(Box::new(e)),
+            other => FsError::Stage(Box::new(other)),
+        }
+    }
+}
+
 impl FsError {
     /// The errno the application sees. Each arm is a judgement; the comment says why.
     pub fn errno(&self) -> i32 {
@@ -50,6 +72,22 @@ impl FsError {
             // like cp and tar to fall back rather than retry.
             FsError::NotSupported(_) => libc::ENOTSUP,
             FsError::BadHandle(_) => libc::EBADF,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Exists => libc::EEXIST,
+            FsError::Invalid(_) => libc::EINVAL,
+            // mv answers EXDEV by copying and deleting itself, file by file.
+            FsError::CrossDevice(_) => libc::EXDEV,
+            FsError::Stage(e) => match &**e {
+                StageError::TooLarge => libc::EFBIG,
+                // A full local disk is ENOSPC, whatever the bucket holds.
+                StageError::Local { source, .. }
+                    if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+                {
+                    libc::ENOSPC
+                }
+                StageError::Local { .. } => libc::EIO,
+                StageError::Store(e) => store_errno(e),
+            },
             // ESTALE is what NFS users know for "the file changed under your handle".
             FsError::Stale { .. } => libc::ESTALE,
             FsError::Store(e) => store_errno(e),
@@ -67,6 +105,9 @@ impl FsError {
                 | FsError::NotSupported(_)
                 | FsError::IsADirectory
                 | FsError::NotADirectory
+                | FsError::NotEmpty
+                | FsError::Exists
+                | FsError::CrossDevice(_)
         )
     }
 }

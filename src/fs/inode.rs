@@ -147,6 +147,51 @@ impl InodeTable {
         }
     }
 
+    /// Moves `ino` to `new_parent/new_name`, keeping its number (the kernel keeps
+    /// its inode across a rename), replacing whatever had that name, and rewrites
+    /// the keys of everything known under it. Returns the inodes whose key changed.
+    pub fn rename(&mut self, ino: u64, new_parent: u64, new_name: &str) -> Vec<u64> {
+        let Some(node) = self.nodes.get(&ino) else {
+            return Vec::new();
+        };
+        let old_slot = (node.parent, node.name.clone());
+        if self.children.get(&old_slot) == Some(&ino) {
+            self.children.remove(&old_slot);
+        }
+        self.remove_child(new_parent, new_name);
+        self.children
+            .insert((new_parent, new_name.to_string()), ino);
+        let node = self.nodes.get_mut(&ino).expect("checked above");
+        node.parent = new_parent;
+        node.name = new_name.to_string();
+        let mut moved = Vec::new();
+        let mut queue = vec![ino];
+        while let Some(current) = queue.pop() {
+            let (parent, name, kind) = {
+                let n = &self.nodes[&current];
+                (n.parent, n.name.clone(), n.kind)
+            };
+            let parent_key = self.nodes.get(&parent).map_or("", |p| p.key.as_str());
+            let key = match kind {
+                Kind::File => format!("{parent_key}{name}"),
+                Kind::Directory => format!("{parent_key}{name}/"),
+            };
+            self.nodes.get_mut(&current).expect("present").key = key;
+            moved.push(current);
+            queue.extend(self.children_of(current));
+        }
+        moved
+    }
+
+    /// Inodes named directly under `parent`.
+    pub fn children_of(&self, parent: u64) -> Vec<u64> {
+        self.children
+            .iter()
+            .filter(|((p, _), _)| *p == parent)
+            .map(|(_, ino)| *ino)
+            .collect()
+    }
+
     /// Makes the next lookup or open of `ino` ask S3 again.
     pub fn expire(&mut self, ino: u64) {
         if let Some(node) = self.nodes.get_mut(&ino)
@@ -231,6 +276,23 @@ mod tests {
         table.forget(a, 1);
         assert!(table.get(a).is_none());
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn rename_keeps_the_inode_and_rewrites_keys_below() {
+        let now = Instant::now();
+        let mut table = InodeTable::new("r/", SystemTime::UNIX_EPOCH);
+        let stat = Stat::directory(SystemTime::UNIX_EPOCH);
+        let dir = table.upsert(ROOT_INO, "d", Kind::Directory, stat.clone(), now);
+        let sub = table.upsert(dir, "s", Kind::Directory, stat.clone(), now);
+        let file = table.upsert(sub, "f", Kind::File, stat.clone(), now);
+        let other = table.upsert(ROOT_INO, "e", Kind::Directory, stat, now);
+        let moved = table.rename(dir, other, "d2");
+        assert_eq!(moved.len(), 3);
+        assert_eq!(table.get(dir).unwrap().key, "r/e/d2/");
+        assert_eq!(table.get(file).unwrap().key, "r/e/d2/s/f");
+        assert_eq!(table.child(other, "d2").unwrap().0, dir);
+        assert!(table.child(ROOT_INO, "d").is_none());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod inode;
+mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -30,6 +31,7 @@ pub use self::inode::{Kind, ROOT_INO, Stat};
 use crate::names::{NameProblem, check_name};
 use crate::read::{ReadConfig, Reader};
 use crate::store::{ListRequest, ObjectStore, StoreError};
+use crate::upload::{StagedFile, WriteConfig};
 
 /// What the kernel is told about ownership and modes, and how long metadata lives.
 #[derive(Clone, Debug)]
@@ -41,6 +43,8 @@ pub struct FsConfig {
     /// How long what S3 said about a name is trusted before asking again.
     pub metadata_ttl: Duration,
     pub read: ReadConfig,
+    /// How to write; `None` makes the volume read-only.
+    pub write: Option<WriteConfig>,
 }
 
 impl Default for FsConfig {
@@ -52,6 +56,7 @@ impl Default for FsConfig {
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(5),
             read: ReadConfig::default(),
+            write: None,
         }
     }
 }
@@ -95,27 +100,44 @@ pub struct StatFs {
     pub name_max: u32,
 }
 
-/// Every operation that would change the bucket.
+/// The changes S3 has no way to express.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mutation {
-    Create,
-    Write,
-    Mkdir,
-    Unlink,
-    Rmdir,
-    Rename,
-    SetAttr,
     SetXattr,
     Symlink,
     Link,
     Mknod,
 }
 
-/// An open file handle: the inode it was opened on and its read state.
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    pub write: bool,
+    /// O_TRUNC: the file starts empty.
+    pub truncate: bool,
+}
+
+/// An open file handle.
 #[derive(Clone)]
-struct OpenFile {
-    ino: u64,
-    reader: Arc<tokio::sync::Mutex<Reader>>,
+enum OpenFile {
+    /// Reads the object in S3 as it was at open.
+    Object {
+        ino: u64,
+        reader: Arc<tokio::sync::Mutex<Reader>>,
+    },
+    /// The file is being written in this mount: reads and writes go to its
+    /// staged copy.
+    Staged {
+        ino: u64,
+        file: Arc<StagedFile>,
+        writable: bool,
+    },
+}
+
+/// A file being written, and how many handles are open on it.
+struct Staging {
+    file: Arc<StagedFile>,
+    handles: usize,
 }
 
 pub struct Fs {
@@ -123,9 +145,13 @@ pub struct Fs {
     config: FsConfig,
     inodes: Mutex<InodeTable>,
     files: Mutex<HashMap<u64, OpenFile>>,
+    /// Files being written, by inode.
+    staged: Mutex<HashMap<u64, Staging>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
     read_budget: Arc<Semaphore>,
+    /// Part uploads in flight across the mount.
+    upload_permits: Arc<Semaphore>,
     /// The time shown for directories that have no marker object of their own.
     mount_time: SystemTime,
 }
@@ -135,12 +161,18 @@ impl Fs {
     /// ending in `/`).
     pub fn new(store: Arc<dyn ObjectStore>, root_key: &str, config: FsConfig) -> Self {
         let read_budget = config.read.budget();
+        let upload_permits = config
+            .write
+            .as_ref()
+            .map_or_else(|| Arc::new(Semaphore::new(0)), WriteConfig::permits);
         let mount_time = SystemTime::now();
         Self {
             store,
             inodes: Mutex::new(InodeTable::new(root_key, mount_time)),
             mount_time,
             files: Mutex::new(HashMap::new()),
+            staged: Mutex::new(HashMap::new()),
+            upload_permits,
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             read_budget,
@@ -157,24 +189,44 @@ impl Fs {
             .ok_or(FsError::NotFound)
     }
 
+    fn staged_file(&self, ino: u64) -> Option<Arc<StagedFile>> {
+        self.staged
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .map(|s| s.file.clone())
+    }
+
     fn attr(&self, ino: u64, node: &Node) -> Attr {
-        let (perm, size) = match node.kind {
-            Kind::File => (self.config.file_mode, node.stat.size),
-            Kind::Directory => (self.config.dir_mode, 0),
+        let (perm, mut size, mut mtime) = match node.kind {
+            Kind::File => (self.config.file_mode, node.stat.size, node.stat.mtime),
+            Kind::Directory => (self.config.dir_mode, 0, node.stat.mtime),
         };
+        // A file being written here is what this mount shows, whatever S3 holds.
+        if let Some(file) = self.staged_file(ino) {
+            size = file.size();
+            mtime = file.mtime();
+        }
         Attr {
             ino,
             kind: node.kind,
             size,
-            mtime: node.stat.mtime,
+            mtime,
             perm,
             uid: self.config.uid,
             gid: self.config.gid,
         }
     }
 
-    /// The entry for `ino` if what we know of it is still fresh.
+    /// The entry for `ino` if what we know of it is still fresh (a file being
+    /// written here always is).
     fn fresh_entry(&self, ino: u64, node: &Node) -> Option<Entry> {
+        if self.staged.lock().unwrap().contains_key(&ino) {
+            return Some(Entry {
+                attr: self.attr(ino, node),
+                ttl: self.config.metadata_ttl,
+            });
+        }
         node.remaining(self.config.metadata_ttl, Instant::now())
             .map(|ttl| Entry {
                 attr: self.attr(ino, node),
@@ -247,6 +299,19 @@ impl Fs {
     }
 
     async fn refresh_child(&self, parent: u64, parent_key: &str, name: &str) -> FsResult<Entry> {
+        let staged = {
+            let table = self.inodes.lock().unwrap();
+            table
+                .child(parent, name)
+                .filter(|(ino, _)| self.staged.lock().unwrap().contains_key(ino))
+                .map(|(ino, node)| Entry {
+                    attr: self.attr(ino, node),
+                    ttl: self.config.metadata_ttl,
+                })
+        };
+        if let Some(entry) = staged {
+            return Ok(entry);
+        }
         let found = self.stat_name(parent_key, name).await?;
         let mut table = self.inodes.lock().unwrap();
         match found {
@@ -429,50 +494,64 @@ impl Fs {
         Ok(names)
     }
 
-    /// Opens file `ino` for reading.
-    pub async fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
-        if write {
-            return Err(FsError::ReadOnly);
+    /// Opens file `ino`: for reading from S3, or through its staged copy when it
+    /// is being written here or `flags.write` asks to write it.
+    pub async fn open(&self, ino: u64, flags: OpenFlags) -> FsResult<u64> {
+        if flags.write {
+            self.writable()?;
         }
         let mut node = self.node(ino)?;
         if node.kind != Kind::File {
             return Err(FsError::IsADirectory);
         }
-        if node
-            .remaining(self.config.metadata_ttl, Instant::now())
-            .is_none()
-        {
-            self.getattr(ino).await?;
-            node = self.node(ino)?;
-        }
-        let reader = Reader::new(
-            self.store.clone(),
-            node.key.clone(),
-            node.stat.etag.clone(),
-            node.stat.size,
-            self.config.read.clone(),
-            self.read_budget.clone(),
-        );
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(
-            fh,
-            OpenFile {
+        let handle = if flags.write || self.staged_file(ino).is_some() {
+            let file = self.stage(ino, flags).await?;
+            OpenFile::Staged {
+                ino,
+                file,
+                writable: flags.write,
+            }
+        } else {
+            if node
+                .remaining(self.config.metadata_ttl, Instant::now())
+                .is_none()
+            {
+                self.getattr(ino).await?;
+                node = self.node(ino)?;
+            }
+            let reader = Reader::new(
+                self.store.clone(),
+                node.key.clone(),
+                node.stat.etag.clone(),
+                node.stat.size,
+                self.config.read.clone(),
+                self.read_budget.clone(),
+            );
+            OpenFile::Object {
                 ino,
                 reader: Arc::new(tokio::sync::Mutex::new(reader)),
-            },
-        );
-        debug!(ino, fh, key = node.key, "opened");
+            }
+        };
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap().insert(fh, handle);
+        debug!(ino, fh, key = node.key, ?flags, "opened");
         Ok(fh)
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let OpenFile { ino, reader } = self
-            .files
+    fn handle(&self, fh: u64) -> FsResult<OpenFile> {
+        self.files
             .lock()
             .unwrap()
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle(fh))?;
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let (ino, reader) = match self.handle(fh)? {
+            OpenFile::Object { ino, reader } => (ino, reader),
+            OpenFile::Staged { file, .. } => return Ok(file.read(offset, size).await?),
+        };
         let mut reader = reader.lock().await;
         reader.read(offset, size).await.map_err(|e| match e {
             StoreError::NotFound { ref key, .. }
@@ -491,8 +570,38 @@ impl Fs {
         })
     }
 
-    pub fn release(&self, fh: u64) {
-        self.files.lock().unwrap().remove(&fh);
+    /// The handle is closed for good (after its last flush). The last handle on a
+    /// staged file uploads anything still pending and frees the staging file.
+    pub async fn release(&self, fh: u64) {
+        let Some(OpenFile::Staged { ino, file, .. }) = self.files.lock().unwrap().remove(&fh)
+        else {
+            return;
+        };
+        let last = {
+            let mut staged = self.staged.lock().unwrap();
+            match staged.get_mut(&ino) {
+                Some(entry) if entry.handles > 1 => {
+                    entry.handles -= 1;
+                    false
+                }
+                Some(_) => {
+                    staged.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            if file.is_dirty()
+                && let Err(e) = self.upload(ino, &file).await
+            {
+                warn!(
+                    key = file.key(),
+                    "changes made after the last close are lost: {e:#}"
+                );
+            }
+            file.close().await;
+        }
     }
 
     pub fn statfs(&self) -> StatFs {
@@ -509,10 +618,21 @@ impl Fs {
         }
     }
 
-    /// Any change to the bucket. This volume is read-only, so each one fails with
-    /// EROFS before a request is sent.
+    /// A change S3 cannot express: refused with EROFS on a read-only volume
+    /// (before any request), with ENOTSUP otherwise.
     pub fn mutate(&self, op: Mutation) -> FsResult<()> {
-        debug!(?op, "refused on a read-only volume");
-        Err(FsError::ReadOnly)
+        self.writable()?;
+        debug!(?op, "not supported on an S3 volume");
+        Err(FsError::NotSupported(match op {
+            Mutation::Symlink => "a symbolic link",
+            Mutation::Link => "a hard link",
+            Mutation::Mknod => "a device node or FIFO",
+            Mutation::SetXattr => "an extended attribute",
+        }))
+    }
+
+    /// EROFS on a read-only volume: every change is refused before any request.
+    fn writable(&self) -> FsResult<&WriteConfig> {
+        self.config.write.as_ref().ok_or(FsError::ReadOnly)
     }
 }

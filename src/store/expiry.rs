@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::warn;
 
-use super::{ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError, StoreResult};
+use super::{
+    ListPage, ListRequest, ObjectInfo, ObjectStore, PendingUpload, StoreError, StoreResult,
+    UploadedPart,
+};
 
 /// What can replace the credentials a store signs with.
 #[async_trait]
@@ -82,13 +85,69 @@ impl ObjectStore for RenewOnExpiry {
             .await
     }
 
+    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        self.call(|| self.inner.put_object(key, body.clone())).await
+    }
+
     async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
         self.call(|| self.inner.create_multipart_upload(key)).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        self.call(|| self.inner.upload_part(key, upload_id, number, body.clone()))
+            .await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> StoreResult<String> {
+        self.call(|| self.inner.complete_multipart_upload(key, upload_id, parts))
+            .await
     }
 
     async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         self.call(|| self.inner.abort_multipart_upload(key, upload_id))
             .await
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+        self.call(|| self.inner.list_multipart_uploads(prefix))
+            .await
+    }
+
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        self.call(|| self.inner.copy_object(from, to, if_match))
+            .await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        from: &str,
+        to: &str,
+        upload_id: &str,
+        number: i32,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        self.call(|| {
+            self.inner
+                .upload_part_copy(from, to, upload_id, number, range.clone(), if_match)
+        })
+        .await
     }
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, ServiceInfo, StoreError, StoreResult,
+    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, ServiceInfo,
+    StoreError, StoreResult, UploadedPart,
 };
 
 /// What an injected fault does to the call.
@@ -164,14 +165,72 @@ impl ObjectStore for FaultyStore {
         self.inner.get_range(key, range, if_match).await
     }
 
+    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        self.before(Operation::PutObject, key).await?;
+        self.inner.put_object(key, body).await
+    }
+
     async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
         self.before(Operation::CreateMultipartUpload, key).await?;
         self.inner.create_multipart_upload(key).await
     }
 
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        self.before(Operation::UploadPart, key).await?;
+        self.inner.upload_part(key, upload_id, number, body).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> StoreResult<String> {
+        self.before(Operation::CompleteMultipartUpload, key).await?;
+        self.inner
+            .complete_multipart_upload(key, upload_id, parts)
+            .await
+    }
+
     async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         self.before(Operation::AbortMultipartUpload, key).await?;
         self.inner.abort_multipart_upload(key, upload_id).await
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+        self.before(Operation::ListMultipartUploads, prefix).await?;
+        self.inner.list_multipart_uploads(prefix).await
+    }
+
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        self.before(Operation::CopyObject, to).await?;
+        self.inner.copy_object(from, to, if_match).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        from: &str,
+        to: &str,
+        upload_id: &str,
+        number: i32,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        self.before(Operation::UploadPartCopy, to).await?;
+        self.inner
+            .upload_part_copy(from, to, upload_id, number, range, if_match)
+            .await
     }
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {

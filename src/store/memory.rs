@@ -12,10 +12,19 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, StoreError, StoreResult};
+use super::{
+    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, ServiceInfo,
+    StoreError, StoreResult, UploadedPart,
+};
 
 /// S3's page size when the caller does not ask for one.
 const DEFAULT_MAX_KEYS: usize = 1000;
+
+/// S3's smallest part, except for the last one of an upload.
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// S3's largest single PutObject or CopyObject.
+pub const MAX_SINGLE_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
 
 #[derive(Clone, Debug)]
 struct StoredObject {
@@ -40,8 +49,73 @@ struct State {
     calls: Vec<RecordedCall>,
     /// Makes every ETag unique, like S3's content hashes are for different bodies.
     version: u64,
-    /// Multipart uploads in progress: upload ID -> key.
-    uploads: BTreeMap<String, String>,
+    /// Multipart uploads in progress, by upload ID.
+    uploads: BTreeMap<String, Upload>,
+}
+
+struct Upload {
+    key: String,
+    initiated: SystemTime,
+    /// Part number -> (body, ETag).
+    parts: BTreeMap<i32, (Bytes, String)>,
+}
+
+impl State {
+    fn next_etag(&mut self, suffix: &str) -> String {
+        self.version += 1;
+        format!("\"{:032x}{suffix}\"", self.version)
+    }
+
+    fn store(&mut self, key: &str, data: Bytes, etag: String) {
+        let object = StoredObject {
+            data,
+            etag,
+            last_modified: SystemTime::now(),
+        };
+        self.objects.insert(key.to_string(), object);
+    }
+
+    fn source(&self, op: Operation, key: &str, if_match: Option<&str>) -> StoreResult<Bytes> {
+        let object = self.objects.get(key).ok_or_else(|| StoreError::NotFound {
+            op,
+            key: key.to_string(),
+        })?;
+        if let Some(expected) = if_match
+            && expected != object.etag
+        {
+            return Err(StoreError::Changed {
+                op,
+                key: key.to_string(),
+                expected_etag: expected.to_string(),
+            });
+        }
+        Ok(object.data.clone())
+    }
+
+    fn upload(&mut self, op: Operation, key: &str, upload_id: &str) -> StoreResult<&mut Upload> {
+        match self.uploads.get_mut(upload_id) {
+            Some(upload) if upload.key == key => Ok(upload),
+            _ => Err(service(
+                op,
+                key,
+                "NoSuchUpload",
+                "the upload does not exist",
+            )),
+        }
+    }
+}
+
+/// An error answer with S3's code, as the S3 store reports it.
+fn service(op: Operation, key: &str, code: &str, message: &str) -> StoreError {
+    StoreError::Service {
+        op,
+        key: key.to_string(),
+        info: ServiceInfo {
+            code: code.to_string(),
+            message: message.to_string(),
+            request_id: None,
+        },
+    }
 }
 
 pub struct MemoryStore {
@@ -60,13 +134,14 @@ impl MemoryStore {
     /// Stores `data` under `key`, replacing any object there with a new ETag.
     pub fn put(&self, key: &str, data: impl Into<Bytes>) {
         let mut state = self.state.lock().unwrap();
-        state.version += 1;
-        let object = StoredObject {
-            data: data.into(),
-            etag: format!("\"{:032x}\"", state.version),
-            last_modified: SystemTime::now(),
-        };
-        state.objects.insert(key.to_string(), object);
+        let etag = state.next_etag("");
+        state.store(key, data.into(), etag);
+    }
+
+    /// The object's bytes, if it exists.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        let state = self.state.lock().unwrap();
+        state.objects.get(key).map(|o| o.data.clone())
     }
 
     pub fn remove(&self, key: &str) {
@@ -80,7 +155,7 @@ impl MemoryStore {
             .unwrap()
             .uploads
             .values()
-            .cloned()
+            .map(|u| u.key.clone())
             .collect()
     }
 
@@ -213,20 +288,8 @@ impl ObjectStore for MemoryStore {
         let mut state = self.state.lock().unwrap();
         Self::record(&mut state, Operation::GetObject, key, Some(range.clone()));
         let op = Operation::GetObject;
-        let object = state.objects.get(key).ok_or_else(|| StoreError::NotFound {
-            op,
-            key: key.to_string(),
-        })?;
-        if let Some(expected) = if_match
-            && expected != object.etag
-        {
-            return Err(StoreError::Changed {
-                op,
-                key: key.to_string(),
-                expected_etag: expected.to_string(),
-            });
-        }
-        let len = object.data.len() as u64;
+        let data = state.source(op, key, if_match)?;
+        let len = data.len() as u64;
         if range.start >= len {
             return Err(StoreError::InvalidRange {
                 op,
@@ -234,7 +297,15 @@ impl ObjectStore for MemoryStore {
             });
         }
         let end = range.end.min(len);
-        Ok(object.data.slice(range.start as usize..end as usize))
+        Ok(data.slice(range.start as usize..end as usize))
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, Operation::PutObject, key, None);
+        let etag = state.next_etag("");
+        state.store(key, body, etag.clone());
+        Ok(etag)
     }
 
     async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
@@ -242,23 +313,166 @@ impl ObjectStore for MemoryStore {
         Self::record(&mut state, Operation::CreateMultipartUpload, key, None);
         state.version += 1;
         let id = format!("upload-{}", state.version);
-        state.uploads.insert(id.clone(), key.to_string());
+        let upload = Upload {
+            key: key.to_string(),
+            initiated: SystemTime::now(),
+            parts: BTreeMap::new(),
+        };
+        state.uploads.insert(id.clone(), upload);
         Ok(id)
     }
 
-    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        let op = Operation::UploadPart;
         let mut state = self.state.lock().unwrap();
-        Self::record(&mut state, Operation::AbortMultipartUpload, key, None);
-        match state.uploads.get(upload_id) {
-            Some(k) if k == key => {
-                state.uploads.remove(upload_id);
-                Ok(())
-            }
-            _ => Err(StoreError::NotFound {
-                op: Operation::AbortMultipartUpload,
-                key: key.to_string(),
-            }),
+        Self::record(&mut state, op, key, None);
+        if !(1..=10_000).contains(&number) {
+            return Err(service(
+                op,
+                key,
+                "InvalidArgument",
+                "part number out of range",
+            ));
         }
+        let etag = state.next_etag("");
+        state
+            .upload(op, key, upload_id)?
+            .parts
+            .insert(number, (body, etag.clone()));
+        Ok(etag)
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> StoreResult<String> {
+        let op = Operation::CompleteMultipartUpload;
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, op, key, None);
+        let upload = state.upload(op, key, upload_id)?;
+        if parts.is_empty() {
+            return Err(service(op, key, "MalformedXML", "no parts listed"));
+        }
+        let mut data = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 && part.number <= parts[i - 1].number {
+                return Err(service(op, key, "InvalidPartOrder", "parts out of order"));
+            }
+            let Some((body, etag)) = upload.parts.get(&part.number) else {
+                return Err(service(
+                    op,
+                    key,
+                    "InvalidPart",
+                    "a listed part was not uploaded",
+                ));
+            };
+            if *etag != part.etag {
+                return Err(service(
+                    op,
+                    key,
+                    "InvalidPart",
+                    "a part's ETag does not match",
+                ));
+            }
+            if i + 1 < parts.len() && body.len() < MIN_PART_SIZE {
+                return Err(service(
+                    op,
+                    key,
+                    "EntityTooSmall",
+                    "a part other than the last is under 5 MiB",
+                ));
+            }
+            data.extend_from_slice(body);
+        }
+        state.uploads.remove(upload_id);
+        let etag = state.next_etag(&format!("-{}", parts.len()));
+        state.store(key, data.into(), etag.clone());
+        Ok(etag)
+    }
+
+    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        let op = Operation::AbortMultipartUpload;
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, op, key, None);
+        state.upload(op, key, upload_id)?;
+        state.uploads.remove(upload_id);
+        Ok(())
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, Operation::ListMultipartUploads, prefix, None);
+        let mut pending: Vec<PendingUpload> = state
+            .uploads
+            .iter()
+            .filter(|(_, u)| u.key.starts_with(prefix))
+            .map(|(id, u)| PendingUpload {
+                key: u.key.clone(),
+                upload_id: id.clone(),
+                initiated: u.initiated,
+            })
+            .collect();
+        pending.sort_by(|a, b| a.key.cmp(&b.key).then(a.initiated.cmp(&b.initiated)));
+        Ok(pending)
+    }
+
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        let op = Operation::CopyObject;
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, op, to, None);
+        let data = state.source(op, from, if_match)?;
+        if data.len() as u64 > MAX_SINGLE_OBJECT {
+            return Err(service(
+                op,
+                to,
+                "InvalidRequest",
+                "copy source larger than 5 GiB",
+            ));
+        }
+        let etag = state.next_etag("");
+        state.store(to, data, etag.clone());
+        Ok(etag)
+    }
+
+    async fn upload_part_copy(
+        &self,
+        from: &str,
+        to: &str,
+        upload_id: &str,
+        number: i32,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        let op = Operation::UploadPartCopy;
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, op, to, Some(range.clone()));
+        let data = state.source(op, from, if_match)?;
+        if range.start >= range.end || range.end > data.len() as u64 {
+            return Err(StoreError::InvalidRange {
+                op,
+                key: from.to_string(),
+            });
+        }
+        let body = data.slice(range.start as usize..range.end as usize);
+        let etag = state.next_etag("");
+        state
+            .upload(op, to, upload_id)?
+            .parts
+            .insert(number, (body, etag.clone()));
+        Ok(etag)
     }
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {

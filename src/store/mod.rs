@@ -73,27 +73,76 @@ impl fmt::Display for ServiceInfo {
     }
 }
 
+/// A part of a multipart upload, as CompleteMultipartUpload lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadedPart {
+    /// 1 to 10,000.
+    pub number: i32,
+    pub etag: String,
+}
+
+/// A multipart upload in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: SystemTime,
+}
+
+/// Server-side encryption requested on every upload and copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    /// SSE-S3: `x-amz-server-side-encryption: AES256`.
+    Aes256,
+    /// SSE-KMS with the bucket's default key or the one named.
+    Kms { key_id: Option<String> },
+}
+
 /// The S3 operations s3vol performs, named as IAM names their permissions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Operation {
     HeadObject,
     GetObject,
     ListObjectsV2,
+    PutObject,
     CreateMultipartUpload,
+    UploadPart,
+    CompleteMultipartUpload,
     AbortMultipartUpload,
+    ListMultipartUploads,
+    CopyObject,
+    UploadPartCopy,
     DeleteObject,
 }
 
 impl Operation {
-    /// The IAM action that authorises this operation.
+    /// The IAM action that authorises this operation. (A copy also needs
+    /// s3:GetObject on its source; the destination is what a denial names.)
     pub fn iam_action(self) -> &'static str {
         match self {
             Operation::HeadObject | Operation::GetObject => "s3:GetObject",
             Operation::ListObjectsV2 => "s3:ListBucket",
-            Operation::CreateMultipartUpload => "s3:PutObject",
+            Operation::PutObject
+            | Operation::CreateMultipartUpload
+            | Operation::UploadPart
+            | Operation::CompleteMultipartUpload
+            | Operation::CopyObject
+            | Operation::UploadPartCopy => "s3:PutObject",
             Operation::AbortMultipartUpload => "s3:AbortMultipartUpload",
+            Operation::ListMultipartUploads => "s3:ListBucketMultipartUploads",
             Operation::DeleteObject => "s3:DeleteObject",
         }
+    }
+
+    /// Whether the operation changes the bucket (a read-only volume sends none).
+    pub fn mutates(self) -> bool {
+        !matches!(
+            self,
+            Operation::HeadObject
+                | Operation::GetObject
+                | Operation::ListObjectsV2
+                | Operation::ListMultipartUploads
+        )
     }
 }
 
@@ -179,11 +228,56 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> StoreResult<Bytes>;
 
+    /// Stores `body` as `key` in one request; returns the new ETag.
+    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String>;
+
     /// Starts a multipart upload of `key`; returns its upload ID.
     async fn create_multipart_upload(&self, key: &str) -> StoreResult<String>;
 
+    /// Uploads part `number` (1-based) of an upload; returns the part's ETag. A
+    /// part uploaded again under the same number replaces the earlier one.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String>;
+
+    /// Assembles the listed parts, in order, into the object; returns its ETag.
+    /// Every part but the last must be at least 5 MiB.
+    async fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> StoreResult<String>;
+
     /// Abandons a multipart upload; its parts are deleted.
     async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+
+    /// Multipart uploads in progress under `prefix`.
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>>;
+
+    /// Copies object `from` (up to 5 GiB) to `to`; with `if_match`, only if `from`
+    /// still has that ETag. Returns the new ETag.
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        if_match: Option<&str>,
+    ) -> StoreResult<String>;
+
+    /// Copies bytes `range` of `from` into part `number` of an upload of `to`.
+    async fn upload_part_copy(
+        &self,
+        from: &str,
+        to: &str,
+        upload_id: &str,
+        number: i32,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<String>;
 
     /// Deletes `key` (succeeds if it does not exist, as S3 does).
     async fn delete_object(&self, key: &str) -> StoreResult<()>;

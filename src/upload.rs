@@ -1,0 +1,588 @@
+//! Writing: a file open for writing is staged locally and uploaded as it grows.
+//!
+//! Every byte written goes to a staging file (unlinked at creation, so a crash
+//! leaves nothing behind) under the cache directory. That one file serves reads of
+//! the data being written, random writes, truncation and appends, which a pure
+//! in-memory stream cannot: `git` reads back the pack it is writing, editors and
+//! databases rewrite earlier bytes.
+//!
+//! While the application appends, each part it has moved past is uploaded in the
+//! background as a part of a multipart upload, so by the time it closes the file
+//! most of the data is already in S3 and close waits only for the tail. Parts are
+//! read back from the staging file (the page cache, in practice) only when a
+//! permit from the mount's upload semaphore is free, so memory stays bounded by
+//! (permits × part size) however fast the application writes. A part written again
+//! after its upload is simply uploaded again under the same number at close: S3
+//! keeps the last upload of each part number.
+//!
+//! close (flush) and fsync make the object durable: the remaining dirty parts are
+//! uploaded and the upload completed, or, for a file of one part or less, the
+//! whole file is sent with a single PutObject. If anything fails, the multipart
+//! upload is aborted, so no parts are left behind and nothing half-written becomes
+//! visible, and the error is returned to the application.
+//!
+//! Part sizes grow so that no object needs more than S3's 10,000 parts: parts
+//! 1-1000 have the configured size, each following thousand twice the size of the
+//! one before (8 MiB parts reach S3's 5 TiB object limit within the limit).
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::store::{ObjectStore, StoreError, UploadedPart};
+
+/// S3's largest object.
+pub const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+
+/// S3's largest part.
+const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Parts per size tier: the part size doubles every this many parts.
+const PARTS_PER_TIER: u64 = 1000;
+
+/// How a read-write volume writes.
+#[derive(Clone, Debug)]
+pub struct WriteConfig {
+    /// Size of the first 1000 parts of a multipart upload (S3's minimum is 5 MiB).
+    pub part_size: u64,
+    /// Part uploads in flight per mount; bounds upload memory.
+    pub max_in_flight: usize,
+    /// Where staging files are created (and unlinked at once).
+    pub staging_dir: PathBuf,
+}
+
+impl WriteConfig {
+    pub fn permits(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.max_in_flight))
+    }
+}
+
+/// Where each part of an object starts and ends.
+#[derive(Clone, Copy, Debug)]
+pub struct PartLayout {
+    base: u64,
+}
+
+impl PartLayout {
+    pub fn new(base: u64) -> Self {
+        Self { base }
+    }
+
+    fn tier_size(&self, tier: u64) -> u64 {
+        self.base
+            .checked_shl(tier as u32)
+            .unwrap_or(MAX_PART_SIZE)
+            .min(MAX_PART_SIZE)
+    }
+
+    /// The 0-based index of the part holding byte `offset`.
+    pub fn index_of(&self, offset: u64) -> usize {
+        let (mut start, mut index) = (0u64, 0u64);
+        for tier in 0.. {
+            let size = self.tier_size(tier);
+            let span = size.saturating_mul(PARTS_PER_TIER);
+            if offset < start.saturating_add(span) || size == MAX_PART_SIZE {
+                return (index + (offset - start) / size) as usize;
+            }
+            start += span;
+            index += PARTS_PER_TIER;
+        }
+        unreachable!()
+    }
+
+    /// The bytes of part `index` (0-based).
+    pub fn range(&self, index: usize) -> Range<u64> {
+        let (mut start, mut index) = (0u64, index as u64);
+        for tier in 0.. {
+            let size = self.tier_size(tier);
+            if index < PARTS_PER_TIER || size == MAX_PART_SIZE {
+                let from = start + index * size;
+                return from..from + size;
+            }
+            start += size * PARTS_PER_TIER;
+            index -= PARTS_PER_TIER;
+        }
+        unreachable!()
+    }
+
+    /// How many parts an object of `size` bytes has (at least one).
+    pub fn count(&self, size: u64) -> usize {
+        if size == 0 {
+            1
+        } else {
+            self.index_of(size - 1) + 1
+        }
+    }
+}
+
+/// The object a staged file was opened on, not yet copied into the staging file:
+/// a file opened for writing is only downloaded when it is first changed without
+/// being truncated to nothing.
+#[derive(Clone, Debug)]
+pub struct Base {
+    pub etag: String,
+    pub size: u64,
+}
+
+/// Why a staged file operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("local staging file under {dir}: {source}")]
+    Local {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("file would exceed S3's 5 TiB object limit")]
+    TooLarge,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type StageResult<T> = Result<T, StageError>;
+
+/// What a successful upload left in S3.
+#[derive(Clone, Debug)]
+pub struct Uploaded {
+    pub etag: String,
+    pub size: u64,
+}
+
+struct State {
+    key: String,
+    size: u64,
+    base: Option<Base>,
+    /// Per part: bumped by every change to the part's bytes.
+    versions: Vec<u64>,
+    /// Per part: the version and ETag of its latest upload in the current
+    /// multipart upload.
+    uploaded: Vec<Option<(u64, String)>>,
+    /// Per part: a background upload is in flight.
+    in_flight: Vec<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// A background part upload failed; reported by the next flush.
+    failure: Option<StoreError>,
+    /// Changed since the last successful upload.
+    dirty: bool,
+    /// Unlinked: nothing is uploaded any more.
+    deleted: bool,
+    mtime: SystemTime,
+}
+
+impl State {
+    fn touch(&mut self, layout: &PartLayout, range: Range<u64>) {
+        let last = layout.index_of(range.end.max(range.start + 1) - 1);
+        if self.versions.len() <= last {
+            self.versions.resize(last + 1, 0);
+            self.uploaded.resize(last + 1, None);
+            self.in_flight.resize(last + 1, false);
+        }
+        for index in layout.index_of(range.start)..=last {
+            self.versions[index] += 1;
+        }
+        self.dirty = true;
+        self.mtime = SystemTime::now();
+    }
+
+    fn is_clean(&self, index: usize) -> bool {
+        matches!(&self.uploaded[index], Some((v, _)) if *v == self.versions[index])
+    }
+}
+
+/// One file being written, shared by every handle open on it.
+pub struct StagedFile {
+    file: File,
+    staging_dir: String,
+    store: Arc<dyn ObjectStore>,
+    layout: PartLayout,
+    permits: Arc<Semaphore>,
+    state: Mutex<State>,
+    /// The multipart upload under way, created by the first part that needs it.
+    upload_id: tokio::sync::Mutex<Option<String>>,
+    /// Base download and flushes run one at a time.
+    exclusive: tokio::sync::Mutex<()>,
+}
+
+impl StagedFile {
+    /// A staged file for `key`: empty, or standing for `base` until first changed.
+    pub fn new(
+        key: &str,
+        base: Option<Base>,
+        store: Arc<dyn ObjectStore>,
+        config: &WriteConfig,
+        permits: Arc<Semaphore>,
+    ) -> StageResult<Arc<Self>> {
+        let staging_dir = config.staging_dir.display().to_string();
+        let file =
+            tempfile::tempfile_in(&config.staging_dir).map_err(|source| StageError::Local {
+                dir: staging_dir.clone(),
+                source,
+            })?;
+        let size = base.as_ref().map_or(0, |b| b.size);
+        let base = base.filter(|b| b.size > 0);
+        Ok(Arc::new(Self {
+            file,
+            staging_dir,
+            store,
+            layout: PartLayout::new(config.part_size),
+            permits,
+            state: Mutex::new(State {
+                key: key.to_string(),
+                size,
+                // A staged file without a base is new content: it must be uploaded
+                // even if nothing is ever written to it (an empty file).
+                dirty: base.is_none(),
+                base,
+                versions: Vec::new(),
+                uploaded: Vec::new(),
+                in_flight: Vec::new(),
+                tasks: Vec::new(),
+                failure: None,
+                deleted: false,
+                mtime: SystemTime::now(),
+            }),
+            upload_id: tokio::sync::Mutex::new(None),
+            exclusive: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    fn local(&self, source: io::Error) -> StageError {
+        StageError::Local {
+            dir: self.staging_dir.clone(),
+            source,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.state.lock().unwrap().size
+    }
+
+    pub fn mtime(&self) -> SystemTime {
+        self.state.lock().unwrap().mtime
+    }
+
+    pub fn key(&self) -> String {
+        self.state.lock().unwrap().key.clone()
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        state.dirty && !state.deleted
+    }
+
+    /// The file was renamed: later uploads go to `key`.
+    pub fn set_key(&self, key: &str) {
+        self.state.lock().unwrap().key = key.to_string();
+    }
+
+    /// The file was unlinked: nothing more is uploaded, and any upload under way
+    /// is abandoned.
+    pub async fn discard(&self) {
+        self.state.lock().unwrap().deleted = true;
+        self.close().await;
+    }
+
+    /// The last handle is gone: waits for background part uploads (cancelling one
+    /// could lose the ID of an upload it just created) and aborts any multipart
+    /// upload that was not completed.
+    pub async fn close(&self) {
+        let _exclusive = self.exclusive.lock().await;
+        let tasks = std::mem::take(&mut self.state.lock().unwrap().tasks);
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.abort_upload().await;
+    }
+
+    /// Copies the object the file was opened on into the staging file, once,
+    /// before its first change.
+    async fn load_base(&self) -> StageResult<()> {
+        let Some(base) = self.state.lock().unwrap().base.clone() else {
+            return Ok(());
+        };
+        let _exclusive = self.exclusive.lock().await;
+        if self.state.lock().unwrap().base.is_none() {
+            return Ok(()); // loaded while we waited
+        }
+        let key = self.key();
+        let chunk = self.layout.base;
+        let mut offset = 0;
+        while offset < base.size {
+            let end = (offset + chunk).min(base.size);
+            let data = self
+                .store
+                .get_range(&key, offset..end, Some(&base.etag))
+                .await?;
+            if data.is_empty() {
+                break;
+            }
+            self.file
+                .write_all_at(&data, offset)
+                .map_err(|e| self.local(e))?;
+            offset += data.len() as u64;
+        }
+        let mut state = self.state.lock().unwrap();
+        state.base = None;
+        let size = state.size;
+        state.touch(&self.layout, 0..size);
+        debug!(key, size = base.size, "downloaded the object to change it");
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`; starts uploads of the parts an appending writer
+    /// has moved past.
+    pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> StageResult<()> {
+        let end = offset + data.len() as u64;
+        if end > MAX_OBJECT_SIZE {
+            return Err(StageError::TooLarge);
+        }
+        self.load_base().await?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| self.local(e))?;
+        let mut state = self.state.lock().unwrap();
+        let appending = end >= state.size;
+        state.size = state.size.max(end);
+        state.touch(&self.layout, offset..end);
+        // While a flush runs, it uploads what it needs itself; a part started now
+        // could create an upload after the flush completed its own.
+        let flushing = self.exclusive.try_lock().is_err();
+        if appending && !state.deleted && !flushing {
+            // Every part wholly behind the writer is final unless rewritten.
+            let behind = self.layout.index_of(end);
+            for index in 0..behind.min(state.versions.len()) {
+                if !state.in_flight[index] && !state.is_clean(index) {
+                    self.spawn_part(&mut state, index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_part(self: &Arc<Self>, state: &mut State, index: usize) {
+        state.in_flight[index] = true;
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let result = this.upload_part(index).await;
+            let mut state = this.state.lock().unwrap();
+            if index < state.in_flight.len() {
+                state.in_flight[index] = false;
+            }
+            match result {
+                Ok(Some((version, etag))) if index < state.uploaded.len() => {
+                    state.uploaded[index] = Some((version, etag));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(key = state.key, part = index + 1, error = %e, "part upload failed");
+                    state.failure.get_or_insert(e);
+                }
+            }
+        });
+        state.tasks.retain(|t| !t.is_finished());
+        state.tasks.push(task);
+    }
+
+    /// Uploads part `index` as it is now; returns the version uploaded (never
+    /// newer than the bytes sent), or `None` if the part no longer exists.
+    async fn upload_part(&self, index: usize) -> Result<Option<(u64, String)>, StoreError> {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        let upload_id = self.upload_id().await?;
+        let (version, key, range) = {
+            let state = self.state.lock().unwrap();
+            let range = self.layout.range(index);
+            if range.start >= state.size && index > 0 {
+                return Ok(None);
+            }
+            let end = range.end.min(state.size);
+            (state.versions[index], state.key.clone(), range.start..end)
+        };
+        let body = self.read_local(range).map_err(|e| StoreError::Internal {
+            op: crate::store::Operation::UploadPart,
+            detail: format!("reading the staging file under {}: {e}", self.staging_dir),
+        })?;
+        let etag = self
+            .store
+            .upload_part(&key, &upload_id, index as i32 + 1, body)
+            .await?;
+        Ok(Some((version, etag)))
+    }
+
+    async fn upload_id(&self) -> Result<String, StoreError> {
+        let mut id = self.upload_id.lock().await;
+        if let Some(id) = &*id {
+            return Ok(id.clone());
+        }
+        let key = self.key();
+        let created = self.store.create_multipart_upload(&key).await?;
+        debug!(key, upload_id = created, "multipart upload started");
+        *id = Some(created.clone());
+        Ok(created)
+    }
+
+    fn read_local(&self, range: Range<u64>) -> io::Result<Bytes> {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = self
+                .file
+                .read_at(&mut buf[filled..], range.start + filled as u64)?;
+            if n == 0 {
+                break; // past the end of a sparse tail: zeros
+            }
+            filled += n;
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// Up to `size` bytes at `offset`.
+    pub async fn read(&self, offset: u64, size: u32) -> StageResult<Bytes> {
+        self.load_base().await?;
+        let len = self.size();
+        if offset >= len {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + u64::from(size)).min(len);
+        self.read_local(offset..end).map_err(|e| self.local(e))
+    }
+
+    /// Sets the file's size, zero-filling when it grows.
+    pub async fn truncate(&self, size: u64) -> StageResult<()> {
+        if size > MAX_OBJECT_SIZE {
+            return Err(StageError::TooLarge);
+        }
+        if size == 0 {
+            // Nothing of the old content survives: no need to download it.
+            self.state.lock().unwrap().base = None;
+        } else {
+            self.load_base().await?;
+        }
+        self.file.set_len(size).map_err(|e| self.local(e))?;
+        let mut state = self.state.lock().unwrap();
+        let old = state.size;
+        state.size = size;
+        if size < old {
+            let count = self.layout.count(size);
+            state.versions.truncate(count);
+            state.uploaded.truncate(count);
+            state.in_flight.truncate(count);
+            // The part that now ends the file lost its tail.
+            state.touch(&self.layout, size.saturating_sub(1)..size.max(1));
+        } else {
+            state.touch(&self.layout, old..size);
+        }
+        Ok(())
+    }
+
+    /// Makes the staged content the object in S3, if it changed. Returns what was
+    /// uploaded, or `None` when there was nothing to do. On failure the multipart
+    /// upload is aborted and the content stays staged (a later flush retries).
+    pub async fn flush(&self) -> StageResult<Option<Uploaded>> {
+        let _exclusive = self.exclusive.lock().await;
+        let tasks = {
+            let mut state = self.state.lock().unwrap();
+            if !state.dirty || state.deleted {
+                return Ok(None);
+            }
+            std::mem::take(&mut state.tasks)
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        let result = self.upload_all().await;
+        if let Err(e) = &result {
+            warn!(key = self.key(), error = %e, "upload failed; aborting it");
+            self.abort_upload().await;
+            let mut state = self.state.lock().unwrap();
+            state.uploaded.iter_mut().for_each(|u| *u = None);
+        }
+        result.map(Some)
+    }
+
+    async fn upload_all(&self) -> StageResult<Uploaded> {
+        if let Some(e) = self.state.lock().unwrap().failure.take() {
+            return Err(e.into());
+        }
+        let (key, size, versions) = {
+            let state = self.state.lock().unwrap();
+            (state.key.clone(), state.size, state.versions.clone())
+        };
+        let etag = if size <= self.layout.range(0).end {
+            // One part or less: one request. (Parts uploaded before the file
+            // shrank are abandoned.)
+            self.abort_upload().await;
+            let body = self.read_local(0..size).map_err(|e| self.local(e))?;
+            self.store.put_object(&key, body).await?
+        } else {
+            self.complete(&key, size).await?
+        };
+        let mut state = self.state.lock().unwrap();
+        // Clean unless written again while uploading.
+        if state.versions == versions {
+            state.dirty = false;
+        }
+        state.uploaded.iter_mut().for_each(|u| *u = None);
+        debug!(key, size, etag, "uploaded");
+        Ok(Uploaded { etag, size })
+    }
+
+    /// Uploads every part not yet uploaded as it is now, then completes.
+    async fn complete(&self, key: &str, size: u64) -> StageResult<String> {
+        // Created before the parts, so no part upload cut short by a sibling's
+        // failure can be the one creating it.
+        let upload_id = self.upload_id().await?;
+        let count = self.layout.count(size);
+        let clean: Vec<Option<String>> = {
+            let state = self.state.lock().unwrap();
+            (0..count)
+                .map(|index| {
+                    let clean = index < state.versions.len() && state.is_clean(index);
+                    clean.then(|| state.uploaded[index].as_ref().map(|(_, e)| e.clone()))?
+                })
+                .collect()
+        };
+        // Concurrent, bounded by the mount's upload permits.
+        let uploads = clean
+            .into_iter()
+            .enumerate()
+            .map(|(index, etag)| async move {
+                let etag = match etag {
+                    Some(etag) => etag,
+                    None => match self.upload_part(index).await? {
+                        Some((_, etag)) => etag,
+                        None => String::new(),
+                    },
+                };
+                Ok::<_, StoreError>(UploadedPart {
+                    number: index as i32 + 1,
+                    etag,
+                })
+            });
+        let listed = futures::future::try_join_all(uploads).await?;
+        let etag = self
+            .store
+            .complete_multipart_upload(key, &upload_id, &listed)
+            .await?;
+        *self.upload_id.lock().await = None;
+        Ok(etag)
+    }
+
+    async fn abort_upload(&self) {
+        let Some(id) = self.upload_id.lock().await.take() else {
+            return;
+        };
+        let key = self.key();
+        if let Err(e) = self.store.abort_multipart_upload(&key, &id).await {
+            warn!(key, upload_id = id, error = %e, "could not abort the multipart upload; `s3vol cleanup` removes it");
+        }
+    }
+}
