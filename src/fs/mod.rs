@@ -570,37 +570,13 @@ impl Fs {
         })
     }
 
-    /// The handle is closed for good (after its last flush). The last handle on a
-    /// staged file uploads anything still pending and frees the staging file.
+    /// The handle is closed for good, after the flush that reported the outcome of
+    /// the upload. The last handle on a staged file frees the staging file; changes
+    /// whose upload failed (the application was told at close) are not retried.
     pub async fn release(&self, fh: u64) {
-        let Some(OpenFile::Staged { ino, file, .. }) = self.files.lock().unwrap().remove(&fh)
-        else {
-            return;
-        };
-        let last = {
-            let mut staged = self.staged.lock().unwrap();
-            match staged.get_mut(&ino) {
-                Some(entry) if entry.handles > 1 => {
-                    entry.handles -= 1;
-                    false
-                }
-                Some(_) => {
-                    staged.remove(&ino);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
-            if file.is_dirty()
-                && let Err(e) = self.upload(ino, &file).await
-            {
-                warn!(
-                    key = file.key(),
-                    "changes made after the last close are lost: {e:#}"
-                );
-            }
-            file.close().await;
+        let handle = self.files.lock().unwrap().remove(&fh);
+        if let Some(OpenFile::Staged { ino, .. }) = handle {
+            self.unstage(ino).await;
         }
     }
 

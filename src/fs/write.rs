@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::inode::{Kind, Stat};
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging};
@@ -230,8 +230,8 @@ impl Fs {
         self.getattr(ino).await
     }
 
-    /// Drops the handle [`Fs::setattr`] took without opening a file.
-    async fn unstage(&self, ino: u64) {
+    /// One handle less on a staged file; the last one frees the staging file.
+    pub(super) async fn unstage(&self, ino: u64) {
         let last = {
             let mut staged = self.staged.lock().unwrap();
             match staged.get_mut(&ino) {
@@ -244,6 +244,12 @@ impl Fs {
             }
         };
         if let Some(file) = last {
+            if file.is_dirty() {
+                warn!(
+                    key = file.key(),
+                    "closed with changes whose upload failed; S3 keeps the previous version"
+                );
+            }
             file.close().await;
         }
     }

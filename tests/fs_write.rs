@@ -1,0 +1,425 @@
+//! Writing on the in-memory store: uploads, staging, directories, renames and
+//! failures, with no network and no kernel.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use s3vol::fs::{Fs, FsConfig, Kind, OpenFlags, ROOT_INO};
+use s3vol::store::faulty::{Fault, FaultyStore};
+use s3vol::store::memory::MemoryStore;
+use s3vol::store::{ObjectStore, Operation};
+use s3vol::upload::WriteConfig;
+use tempfile::TempDir;
+
+const MIB: usize = 1024 * 1024;
+/// S3's smallest part: tests use it so multipart uploads stay small.
+const PART: usize = 5 * MIB;
+
+const READ: OpenFlags = OpenFlags {
+    write: false,
+    truncate: false,
+};
+const WRITE: OpenFlags = OpenFlags {
+    write: true,
+    truncate: false,
+};
+const TRUNCATE: OpenFlags = OpenFlags {
+    write: true,
+    truncate: true,
+};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}
+
+/// A read-write volume on `store` at prefix `root/`, and its staging directory.
+struct Volume {
+    fs: Fs,
+    staging: TempDir,
+}
+
+fn volume(store: Arc<dyn ObjectStore>) -> Volume {
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig {
+            part_size: PART as u64,
+            max_in_flight: 4,
+            staging_dir: staging.path().to_path_buf(),
+        }),
+        ..FsConfig::default()
+    };
+    Volume {
+        fs: Fs::new(store, "root/", config),
+        staging,
+    }
+}
+
+async fn lookup(fs: &Fs, path: &str) -> Result<u64, i32> {
+    let mut ino = ROOT_INO;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        ino = fs
+            .lookup(ino, OsStr::new(part))
+            .await
+            .map_err(|e| e.errno())?
+            .attr
+            .ino;
+    }
+    Ok(ino)
+}
+
+async fn write_all(fs: &Fs, fh: u64, mut offset: u64, data: &[u8]) {
+    // As the kernel sends them: at most 1 MiB per write.
+    for chunk in data.chunks(MIB) {
+        assert_eq!(
+            fs.write(fh, offset, chunk).await.unwrap() as usize,
+            chunk.len()
+        );
+        offset += chunk.len() as u64;
+    }
+}
+
+/// Creates `name` in the root with `data`, closing it (flush, release).
+async fn create_file(fs: &Fs, name: &str, data: &[u8]) -> Result<(), i32> {
+    let (_, fh) = fs.create(ROOT_INO, OsStr::new(name)).await.unwrap();
+    write_all(fs, fh, 0, data).await;
+    let result = fs.flush(fh).await.map_err(|e| e.errno());
+    fs.release(fh).await;
+    result
+}
+
+async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino, READ).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let data = fs.read(fh, out.len() as u64, 128 * 1024).await.unwrap();
+        if data.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&data);
+    }
+    fs.release(fh).await;
+    out
+}
+
+#[tokio::test]
+async fn a_small_file_is_one_put_on_close_and_visible_at_once() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let (entry, fh) = vol.fs.create(ROOT_INO, OsStr::new("a.txt")).await.unwrap();
+    vol.fs.write(fh, 0, b"hello").await.unwrap();
+    // Visible in the mount at once, not yet in S3.
+    let ino = lookup(&vol.fs, "a.txt").await.unwrap();
+    assert_eq!(ino, entry.attr.ino);
+    assert_eq!(vol.fs.getattr(ino).await.unwrap().attr.size, 5);
+    assert_eq!(store.get("root/a.txt"), None);
+    vol.fs.flush(fh).await.unwrap();
+    assert_eq!(store.get("root/a.txt").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(store.count_calls(Operation::PutObject), 1);
+    assert_eq!(store.count_calls(Operation::CreateMultipartUpload), 0);
+    vol.fs.release(fh).await;
+    // Nothing changed since the flush: release sends nothing more.
+    assert_eq!(store.count_calls(Operation::PutObject), 1);
+    assert_eq!(read_all(&vol.fs, ino).await, b"hello");
+}
+
+#[tokio::test]
+async fn an_empty_file_is_uploaded_too() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    create_file(&vol.fs, "empty", b"").await.unwrap();
+    assert_eq!(store.get("root/empty").as_deref(), Some(&b""[..]));
+}
+
+#[tokio::test]
+async fn parts_upload_while_the_application_writes() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let data = pattern(4 * PART + 12345, 1);
+    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("big")).await.unwrap();
+    write_all(&vol.fs, fh, 0, &data).await;
+    // The writer has moved past four parts: they upload before close.
+    let before_close = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while store.count_calls(Operation::UploadPart) < 4 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        before_close.is_ok(),
+        "parts were not uploaded while writing"
+    );
+    assert_eq!(store.get("root/big"), None, "not visible before close");
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    assert_eq!(store.get("root/big").unwrap(), data);
+    assert_eq!(store.count_calls(Operation::UploadPart), 5);
+    assert_eq!(store.count_calls(Operation::CompleteMultipartUpload), 1);
+    assert!(store.pending_uploads().is_empty());
+}
+
+#[tokio::test]
+async fn overwrite_append_random_write_and_truncate() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", pattern(3 * MIB, 2));
+    let vol = volume(store.clone());
+    let ino = lookup(&vol.fs, "f").await.unwrap();
+
+    // O_TRUNC: the old content is never downloaded.
+    store.clear_calls();
+    let fh = vol.fs.open(ino, TRUNCATE).await.unwrap();
+    vol.fs.write(fh, 0, b"new").await.unwrap();
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    assert_eq!(store.count_calls(Operation::GetObject), 0);
+    assert_eq!(store.get("root/f").as_deref(), Some(&b"new"[..]));
+
+    // Append: the object is staged, extended, uploaded whole.
+    let fh = vol.fs.open(ino, WRITE).await.unwrap();
+    vol.fs.write(fh, 3, b" and more").await.unwrap();
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    assert_eq!(store.get("root/f").as_deref(), Some(&b"new and more"[..]));
+
+    // A random write in the middle.
+    let fh = vol.fs.open(ino, WRITE).await.unwrap();
+    vol.fs.write(fh, 4, b"AND").await.unwrap();
+    assert_eq!(&vol.fs.read(fh, 0, 100).await.unwrap()[..], b"new AND more");
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    assert_eq!(store.get("root/f").as_deref(), Some(&b"new AND more"[..]));
+
+    // truncate(1) of a file nobody has open: shrink, then grow with zeros.
+    assert_eq!(vol.fs.setattr(ino, Some(3)).await.unwrap().attr.size, 3);
+    assert_eq!(store.get("root/f").as_deref(), Some(&b"new"[..]));
+    vol.fs.setattr(ino, Some(5)).await.unwrap();
+    assert_eq!(store.get("root/f").as_deref(), Some(&b"new\0\0"[..]));
+    // Modes, owners and times are accepted and change nothing.
+    store.clear_calls();
+    assert_eq!(vol.fs.setattr(ino, None).await.unwrap().attr.size, 5);
+    assert!(store.calls().iter().all(|c| !c.op.mutates()));
+}
+
+#[tokio::test]
+async fn rewriting_an_uploaded_part_uploads_it_again() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let mut data = pattern(3 * PART, 3);
+    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("db")).await.unwrap();
+    write_all(&vol.fs, fh, 0, &data).await;
+    // Back to the start, as a database rewriting its header does.
+    vol.fs.write(fh, 10, b"HEADER").await.unwrap();
+    data[10..16].copy_from_slice(b"HEADER");
+    // Reading back what was written, as git does with the pack it writes.
+    assert_eq!(
+        &vol.fs.read(fh, 2 * PART as u64, 1000).await.unwrap()[..],
+        &data[2 * PART..2 * PART + 1000]
+    );
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    assert_eq!(store.get("root/db").unwrap(), data);
+    assert!(store.pending_uploads().is_empty());
+}
+
+#[tokio::test]
+async fn handles_on_one_path_share_the_file_and_readers_see_it() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let (entry, a) = vol.fs.create(ROOT_INO, OsStr::new("shared")).await.unwrap();
+    let ino = entry.attr.ino;
+    let b = vol.fs.open(ino, WRITE).await.unwrap();
+    vol.fs.write(a, 0, b"aaaa").await.unwrap();
+    vol.fs.write(b, 2, b"bbbb").await.unwrap();
+    let reader = vol.fs.open(ino, READ).await.unwrap();
+    assert_eq!(&vol.fs.read(reader, 0, 100).await.unwrap()[..], b"aabbbb");
+    // Closing one writer uploads what both wrote so far.
+    vol.fs.flush(a).await.unwrap();
+    vol.fs.release(a).await;
+    assert_eq!(store.get("root/shared").as_deref(), Some(&b"aabbbb"[..]));
+    vol.fs.write(b, 6, b"!").await.unwrap();
+    vol.fs.flush(b).await.unwrap();
+    vol.fs.release(b).await;
+    vol.fs.release(reader).await;
+    assert_eq!(store.get("root/shared").as_deref(), Some(&b"aabbbb!"[..]));
+}
+
+#[tokio::test]
+async fn a_file_unlinked_while_open_is_never_uploaded() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("tmp")).await.unwrap();
+    write_all(&vol.fs, fh, 0, &pattern(2 * PART + 1, 4)).await;
+    vol.fs.unlink(ROOT_INO, OsStr::new("tmp")).await.unwrap();
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    assert_eq!(store.get("root/tmp"), None);
+    assert!(store.pending_uploads().is_empty());
+    assert_eq!(lookup(&vol.fs, "tmp").await, Err(libc::ENOENT));
+}
+
+#[tokio::test]
+async fn directories_are_markers_and_rmdir_needs_them_empty() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let dir = vol.fs.mkdir(ROOT_INO, OsStr::new("d")).await.unwrap();
+    assert_eq!(dir.attr.kind, Kind::Directory);
+    assert_eq!(store.get("root/d/").as_deref(), Some(&b""[..]));
+    let (_, fh) = vol.fs.create(dir.attr.ino, OsStr::new("x")).await.unwrap();
+    // Not yet in S3, but the directory is not empty.
+    let err = vol.fs.rmdir(ROOT_INO, OsStr::new("d")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    let err = vol.fs.rmdir(ROOT_INO, OsStr::new("d")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+    vol.fs.unlink(dir.attr.ino, OsStr::new("x")).await.unwrap();
+    vol.fs.rmdir(ROOT_INO, OsStr::new("d")).await.unwrap();
+    assert!(store.keys().is_empty(), "{:?}", store.keys());
+    assert_eq!(lookup(&vol.fs, "d").await, Err(libc::ENOENT));
+}
+
+#[tokio::test]
+async fn rename_files_and_directories() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/a", "A");
+    store.put("root/old", "replaced");
+    store.put("root/dir/", "");
+    store.put("root/dir/one", "1");
+    store.put("root/dir/sub/two", "2");
+    let vol = volume(store.clone());
+    let root = OsStr::new;
+    let a = lookup(&vol.fs, "a").await.unwrap();
+    vol.fs
+        .rename(ROOT_INO, root("a"), ROOT_INO, root("old"), 0)
+        .await
+        .unwrap();
+    assert_eq!(store.get("root/old").as_deref(), Some(&b"A"[..]));
+    assert_eq!(store.get("root/a"), None);
+    // The inode moved with the name.
+    assert_eq!(lookup(&vol.fs, "old").await, Ok(a));
+
+    // RENAME_NOREPLACE refuses an existing target; RENAME_EXCHANGE is not possible.
+    store.put("root/b", "B");
+    let err = vol
+        .fs
+        .rename(ROOT_INO, root("b"), ROOT_INO, root("old"), 1)
+        .await;
+    assert_eq!(err.unwrap_err().errno(), libc::EEXIST);
+    let err = vol
+        .fs
+        .rename(ROOT_INO, root("b"), ROOT_INO, root("old"), 2)
+        .await;
+    assert_eq!(err.unwrap_err().errno(), libc::EINVAL);
+
+    let dir = lookup(&vol.fs, "dir").await.unwrap();
+    vol.fs
+        .rename(ROOT_INO, root("dir"), ROOT_INO, root("moved"), 0)
+        .await
+        .unwrap();
+    let mut keys = store.keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "root/b",
+            "root/moved/",
+            "root/moved/one",
+            "root/moved/sub/two",
+            "root/old"
+        ]
+    );
+    assert_eq!(lookup(&vol.fs, "moved").await, Ok(dir));
+    let two = lookup(&vol.fs, "moved/sub/two").await.unwrap();
+    assert_eq!(read_all(&vol.fs, two).await, b"2");
+    // Into itself: refused before any request.
+    let moved = lookup(&vol.fs, "moved").await.unwrap();
+    let err = vol
+        .fs
+        .rename(ROOT_INO, root("moved"), moved, root("x"), 0)
+        .await;
+    assert_eq!(err.unwrap_err().errno(), libc::EINVAL);
+}
+
+#[tokio::test]
+async fn renaming_a_file_being_written_uploads_it_under_the_new_name() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new(".swp")).await.unwrap();
+    vol.fs.write(fh, 0, b"draft").await.unwrap();
+    let root = OsStr::new;
+    vol.fs
+        .rename(ROOT_INO, root(".swp"), ROOT_INO, root("doc"), 0)
+        .await
+        .unwrap();
+    vol.fs.write(fh, 5, b" final").await.unwrap();
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    assert_eq!(store.get("root/doc").as_deref(), Some(&b"draft final"[..]));
+    assert_eq!(store.get("root/.swp"), None);
+}
+
+/// Runs `fail` against a fresh volume writing `size` bytes to "f" (which held
+/// "old" before), and checks the promise: the error reaches close, the old object
+/// is untouched and no multipart upload is left behind.
+async fn failed_upload(size: usize, op: Operation, nth: usize) {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    memory.put("root/f", "old");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let vol = volume(faulty.clone());
+    faulty.fail_nth(op, nth, Fault::Error);
+    let ino = lookup(&vol.fs, "f").await.unwrap();
+    let fh = vol.fs.open(ino, TRUNCATE).await.unwrap();
+    write_all(&vol.fs, fh, 0, &pattern(size, 5)).await;
+    let err = vol.fs.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{op:?}: {err}");
+    assert!(format!("{err:#}").contains("injected"), "{err:#}");
+    vol.fs.release(fh).await;
+    assert_eq!(memory.get("root/f").as_deref(), Some(&b"old"[..]), "{op:?}");
+    assert!(memory.pending_uploads().is_empty(), "{op:?} left an upload");
+    drop(vol.staging);
+}
+
+#[tokio::test]
+async fn a_failed_upload_surfaces_on_close_and_leaves_nothing_behind() {
+    failed_upload(3 * PART, Operation::UploadPart, 2).await;
+    failed_upload(3 * PART, Operation::UploadPart, 3).await;
+    failed_upload(3 * PART, Operation::CompleteMultipartUpload, 1).await;
+    failed_upload(3 * PART, Operation::CreateMultipartUpload, 1).await;
+    failed_upload(100, Operation::PutObject, 1).await;
+}
+
+#[tokio::test]
+async fn a_failed_copy_leaves_the_source_in_place() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    memory.put("root/a", "A");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let vol = volume(faulty.clone());
+    faulty.fail_nth(Operation::CopyObject, 1, Fault::Error);
+    let root = OsStr::new;
+    let err = vol
+        .fs
+        .rename(ROOT_INO, root("a"), ROOT_INO, root("b"), 0)
+        .await;
+    assert_eq!(err.unwrap_err().errno(), libc::EIO);
+    assert_eq!(memory.keys(), ["root/a"]);
+    // An AccessDenied says so.
+    faulty.fail_nth(Operation::CopyObject, 1, Fault::AccessDenied);
+    let err = vol
+        .fs
+        .rename(ROOT_INO, root("a"), ROOT_INO, root("b"), 0)
+        .await;
+    assert_eq!(err.unwrap_err().errno(), libc::EACCES);
+}
+
+#[tokio::test]
+async fn staging_files_leave_no_trace_in_the_cache_directory() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("f")).await.unwrap();
+    vol.fs.write(fh, 0, b"secret data").await.unwrap();
+    // Unlinked at creation: nobody can open it by name, and a crash leaves nothing.
+    assert_eq!(std::fs::read_dir(vol.staging.path()).unwrap().count(), 0);
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+}
