@@ -37,6 +37,15 @@ ensure_fuse() {
     [ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN"
 }
 
+# The tools the write tests run in a volume, as users do.
+ensure_test_tools() {
+    local missing=()
+    for tool in rsync git tar; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
 ensure_moto() {
     [ -x "$MOTO_SERVER" ] && return 0
     apt_install python3-venv

@@ -1,5 +1,6 @@
 """Run moto's server with a thin layer in front that enforces what moto does not:
-the expiry of temporary credentials.
+the expiry of temporary credentials, and (when asked) a bucket policy that
+requires server-side encryption on uploads.
 
     python moto_server.py PORT
 
@@ -9,7 +10,7 @@ AssumeRoleWithWebIdentity) with its expiry and answers any later request signed
 with expired ones with 400 ExpiredToken, as AWS does. Tests steer it through
 /_s3vol/sessions:
 
-    GET  /_s3vol/sessions   {"expired_answers": N, "sts_calls": N,
+    GET  /_s3vol/sessions   {"expired_answers": N, "sts_calls": N, "s3_writes": N,
                              "web_identity_tokens": [...], "lifetime": ..., "sts": ...}
     POST /_s3vol/sessions   JSON with any of
         "lifetime": seconds  sessions issued from now on expire after this long (the
@@ -18,6 +19,11 @@ with expired ones with 400 ExpiredToken, as AWS does. Tests steer it through
         "sts": "deny"|"allow"  answer every STS call AccessDenied (renewal fails)
         "revoke": true       every session issued so far counts as expired now (what
                              a revoked session or a skewed clock looks like)
+        "require_sse": true  refuse (AccessDenied) every PutObject, CopyObject and
+                             CreateMultipartUpload without x-amz-server-side-encryption,
+                             as the usual "deny unencrypted uploads" bucket policy does
+
+s3_writes counts S3 requests that change a bucket (PUT, POST, DELETE).
 
 Everything else goes to moto unchanged, except that AssumeRoleWithWebIdentity is
 let through without a signature (as AWS does; moto with authentication on fails
@@ -59,6 +65,8 @@ class Sessions:
         self.sts = "allow"
         self.expired_answers = 0
         self.sts_calls = 0
+        self.s3_writes = 0
+        self.require_sse = False
         self.web_identity_tokens = []
 
     def __call__(self, environ, start_response):
@@ -82,7 +90,26 @@ class Sessions:
         if expired:
             return error(start_response, "400 Bad Request", "ExpiredToken",
                          "The provided token has expired.", service)
+        method = environ["REQUEST_METHOD"]
+        if service == "s3" and method in ("PUT", "POST", "DELETE"):
+            with self.lock:
+                self.s3_writes += 1
+                require_sse = self.require_sse
+            if require_sse and self.unencrypted_upload(environ):
+                return error(start_response, "403 Forbidden", "AccessDenied",
+                             "uploads must ask for server-side encryption", service)
         return self.app(environ, start_response)
+
+    @staticmethod
+    def unencrypted_upload(environ):
+        """PutObject, CopyObject or CreateMultipartUpload without an SSE header
+        (parts inherit the upload's encryption and carry none)."""
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        method = environ["REQUEST_METHOD"]
+        creates_object = (method == "PUT" and "partNumber" not in query
+                          and environ.get("PATH_INFO", "/").count("/") >= 2) or (
+                          method == "POST" and "uploads" in query)
+        return creates_object and "HTTP_X_AMZ_SERVER_SIDE_ENCRYPTION" not in environ
 
     def assume_role(self, environ, start_response, action, form):
         with self.lock:
@@ -126,6 +153,8 @@ class Sessions:
                     self.lifetime = change["lifetime"]
                 if "sts" in change:
                     self.sts = change["sts"]
+                if "require_sse" in change:
+                    self.require_sse = bool(change["require_sse"])
                 if change.get("revoke"):
                     now = utcnow()
                     self.expiry = {k: min(v, now) for k, v in self.expiry.items()}
@@ -133,6 +162,7 @@ class Sessions:
             state = {
                 "expired_answers": self.expired_answers,
                 "sts_calls": self.sts_calls,
+                "s3_writes": self.s3_writes,
                 "web_identity_tokens": self.web_identity_tokens,
                 "lifetime": self.lifetime,
                 "sts": self.sts,

@@ -7,6 +7,7 @@ cd "$S3VOL_ROOT"
 
 ensure_rust
 ensure_fuse
+ensure_test_tools
 ensure_moto
 ensure_garage
 export S3VOL_TOOLS

@@ -147,6 +147,38 @@ impl Server {
             .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
     }
 
+    /// The object's bytes as the S3 API returns them, or `None` if it is missing.
+    pub async fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        match self
+            .client()
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Some(out.body.collect().await.unwrap().to_vec()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
+            Err(e) => panic!("get {bucket}/{key}: {e:?}"),
+        }
+    }
+
+    /// Keys with a multipart upload in progress under `prefix`.
+    pub async fn pending_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self
+            .client()
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list uploads in {bucket}: {e:?}"));
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(String::from))
+            .collect()
+    }
+
     /// Every key under `prefix`, as the S3 API lists them.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();
