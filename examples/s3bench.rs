@@ -3,10 +3,14 @@
 //!
 //! ```text
 //! s3bench get BUCKET KEY [CONCURRENCY]        parallel 8 MiB ranged GETs; prints MiB/s
-//! s3bench put BUCKET KEY MIB [CONCURRENCY]    parallel multipart upload of MIB MiB
+//! s3bench put BUCKET KEY MIB [CONCURRENCY]    parallel multipart upload of MIB MiB of
+//!                                             distinct bytes made before the clock
+//!                                             starts; prints MiB/s
 //! s3bench put-many BUCKET PREFIX COUNT [DIRS] COUNT small objects (spread over DIRS dirs)
 //! s3bench latency BUCKET KEY [COUNT]         COUNT 4 KiB ranged GETs one after another;
 //!                                             prints the mean latency in ms
+//! s3bench wait BUCKET PREFIX COUNT BYTES      waits until COUNT objects holding BYTES
+//!                                             in all are listed under PREFIX
 //! ```
 //!
 //! The endpoint comes from `S3_ENDPOINT`, credentials and region from the usual
@@ -102,6 +106,18 @@ async fn latency(client: Client, bucket: String, key: String, count: u64) {
 
 async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency: usize) {
     let size = mib << 20;
+    // Distinct bytes throughout (servers that deduplicate blocks gain nothing), made
+    // before timing so the client's own CPU does not count against it.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: bytes::Bytes = (0..size / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect::<Vec<u8>>()
+        .into();
     let upload = client
         .create_multipart_upload()
         .bucket(&bucket)
@@ -116,11 +132,9 @@ async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency:
         .map(|index| {
             let (client, bucket, key, id) =
                 (client.clone(), bucket.clone(), key.clone(), id.clone());
+            let start = index * PART;
+            let data = data.slice(start as usize..(start + PART).min(size) as usize);
             async move {
-                let len = PART.min(size - index * PART) as usize;
-                let data: Vec<u8> = (0..len)
-                    .map(|i| ((i as u64 * 2_654_435_761 + index) >> 7) as u8)
-                    .collect();
                 let out = client
                     .upload_part()
                     .bucket(bucket)
@@ -156,6 +170,28 @@ async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency:
         .expect("complete");
     let secs = start.elapsed().as_secs_f64();
     println!("{:.1}", mib as f64 / secs);
+}
+
+async fn wait(client: Client, bucket: String, prefix: String, count: usize, bytes: u64) {
+    loop {
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        let (mut seen, mut total) = (0, 0);
+        while let Some(page) = pages.next().await {
+            for object in page.expect("list").contents() {
+                seen += 1;
+                total += object.size().unwrap_or(0) as u64;
+            }
+        }
+        if seen >= count && total >= bytes {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 async fn put_many(client: Client, bucket: String, prefix: String, count: usize, dirs: usize) {
@@ -219,6 +255,17 @@ async fn main() {
             let count = number(4, 100) as u64;
             latency(client, arg(&args, 2, "BUCKET"), arg(&args, 3, "KEY"), count).await
         }
+        Some("wait") => {
+            let (count, bytes) = (number(4, 1), number(5, 0) as u64);
+            wait(
+                client,
+                arg(&args, 2, "BUCKET"),
+                arg(&args, 3, "PREFIX"),
+                count,
+                bytes,
+            )
+            .await
+        }
         Some("put-many") => {
             let (count, dirs) = (number(4, 10_000), number(5, 1));
             put_many(
@@ -231,7 +278,7 @@ async fn main() {
             .await
         }
         _ => {
-            eprintln!("usage: s3bench get|put|put-many ... (see examples/s3bench.rs)");
+            eprintln!("usage: s3bench get|put|put-many|latency|wait ... (see examples/s3bench.rs)");
             std::process::exit(2);
         }
     }

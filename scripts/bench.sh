@@ -5,10 +5,14 @@
 # workload for each system, and each peer's ratio to s3vol.
 #
 #   RUNS=3 bash scripts/bench.sh
+#   RUNS=1 WORKLOADS="seq_write small_creates" bash scripts/bench.sh
 #
 # Workloads: cold 1 GiB sequential read, 4 KiB random reads (no cache on any side),
 # `ls -l` of 10,000 objects in one directory, `find` over 10,000 objects in 100
-# directories, and each daemon's peak RSS.
+# directories, a 1 GiB sequential write and 1000 small-file creates (each timed
+# until the data is in S3: rclone returns from close before uploading, so the
+# clock stops when the objects are listed with their full size), and each daemon's
+# peak RSS.
 source "$(dirname "$0")/lib.sh"
 cd "$S3VOL_ROOT"
 
@@ -36,13 +40,17 @@ log "seeding: a 1 GiB object, 10,000 objects in one directory, 10,000 in 100 dir
 printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$work/s3fs.passwd"
 chmod 600 "$work/s3fs.passwd"
 
+# mount_system SYSTEM [rw]: read-only unless asked, each system as users run it
+# (rclone writes need its write cache).
 mount_system() {
+    local rw=${2:-}
     case "$1" in
     s3vol)
         "$S3VOL" mount bench "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
-            --log-file "$work/s3vol.log" --log-level warn ;;
+            --log-file "$work/s3vol.log" --log-level warn \
+            ${rw:+--read-write --cache-dir "$work/s3vol-cache"} ;;
     s3fs)
-        s3fs bench "$mnt" -o ro,url="$S3_ENDPOINT",use_path_request_style,endpoint=garage \
+        s3fs bench "$mnt" -o "${rw:-ro},url=$S3_ENDPOINT,use_path_request_style,endpoint=garage" \
             -o passwd_file="$work/s3fs.passwd" ;;
     rclone)
         # rclone refuses to start with AWS_CA_BUNDLE pointing at a bundle it cannot use.
@@ -50,7 +58,9 @@ mount_system() {
             RCLONE_CONFIG_G_ENDPOINT="$S3_ENDPOINT" RCLONE_CONFIG_G_REGION=garage \
             RCLONE_CONFIG_G_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
             RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
-            rclone mount g:bench "$mnt" --read-only --daemon --log-file "$work/rclone.log" ;;
+            rclone mount g:bench "$mnt" --daemon --log-file "$work/rclone.log" \
+            $([ -n "$rw" ] || echo --read-only) \
+            ${rw:+--vfs-cache-mode writes --cache-dir "$work/rclone-cache"} ;;
     esac
     for _ in $(seq 1 100); do mountpoint -q "$mnt" && return 0; sleep 0.1; done
     die "$1 did not mount"
@@ -119,8 +129,42 @@ find_tree() {  # seconds
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", b - a }'
 }
 
+# Writes read their data from a file in the page cache, so the source costs nothing.
+seq_write() {  # MiB/s until the object is in S3
+    mount_system "$1" rw
+    local key t0 t1
+    key="write/$1-$(date +%s%N).bin"
+    mkdir -p "$mnt/write"
+    cat "$work/src-1g.bin" >/dev/null
+    t0=$(now)
+    dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none
+    "$S3BENCH" wait bench "$key" 1 $((1 << 30))
+    t1=$(now); unmount_system "$1"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
+}
+small_creates() {  # files/s until all are in S3
+    mount_system "$1" rw
+    local dir t0 t1
+    dir="small/$1-$(date +%s%N)"
+    mkdir -p "$mnt/$dir"
+    t0=$(now)
+    python3 - "$mnt/$dir" <<'PY'
+import os, sys
+block = os.urandom(4096)
+for i in range(1000):
+    with open(os.path.join(sys.argv[1], f"f{i:04}"), "wb") as f:
+        f.write(block)
+PY
+    "$S3BENCH" wait bench "$dir/" 1000 $((1000 * 4096))
+    t1=$(now); unmount_system "$1"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1000 / (b - a) }'
+}
+
+head -c 1G /dev/urandom >"$work/src-1g.bin"
+
 SYSTEMS=(s3vol s3fs rclone)
-WORKLOADS=(cold_read random_reads ls_l find_tree)
+# WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
+read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads ls_l find_tree seq_write small_creates}"
 declare -A RESULT
 for w in "${WORKLOADS[@]}"; do
     for s in "${SYSTEMS[@]}"; do
@@ -138,10 +182,16 @@ raw=()
 for _ in $(seq 1 "$RUNS"); do drop_caches; raw+=("$("$S3BENCH" get bench seq/1g.bin 16)"); done
 RAW_GET=$(printf '%s\n' "${raw[@]}" | median)
 
+log "raw parallel multipart PUT of 1 GiB ($RUNS runs)"
+raw=()
+for i in $(seq 1 "$RUNS"); do raw+=("$("$S3BENCH" put bench raw/put-$i.bin 1024 16)"); done
+RAW_PUT=$(printf '%s\n' "${raw[@]}" | median)
+
 # Higher is better for throughput; lower is better for times and memory. The ratio
 # column says how many times better s3vol is (>1: s3vol wins).
 row() {
     local name=$1 unit=$2 better=$3 key=$4 raw=${5:-}
+    [ -n "${RESULT[$key,s3vol]:-}" ] || return 0  # not among the WORKLOADS run
     local v=${RESULT[$key,s3vol]}
     printf '| %-34s | %-7s | %10s | %10s | %10s | %10s | %8s | %8s |\n' "$name" "$unit" \
         "$v" "${RESULT[$key,s3fs]}" "${RESULT[$key,rclone]}" "${raw:--}" \
@@ -165,7 +215,14 @@ row "1 GiB sequential read, cold" "MiB/s" higher cold_read "$RAW_GET"
 row "4 KiB random reads, cold" "reads/s" higher random_reads
 row "ls -l, 10,000 objects" "s" lower ls_l
 row "find, 10,000 objects in 100 dirs" "s" lower find_tree
+row "1 GiB sequential write, durable" "MiB/s" higher seq_write "$RAW_PUT"
+row "1000 small-file creates, durable" "files/s" higher small_creates
 row "daemon peak RSS" "MiB" lower rss
 echo
-awk -v us="${RESULT[cold_read,s3vol]}" -v raw="$RAW_GET" \
-    'BEGIN { printf "s3vol cold sequential read is %.0f%% of the raw parallel GET client\n", 100 * us / raw }'
+percent_of_raw() {
+    [ -n "${RESULT[$1,s3vol]:-}" ] || return 0
+    awk -v us="${RESULT[$1,s3vol]}" -v raw="$2" -v what="$3" \
+        'BEGIN { printf "s3vol %s is %.0f%% of the raw parallel %s\n", what, 100 * us / raw, (what ~ /read/) ? "GET client" : "multipart PUT" }'
+}
+percent_of_raw cold_read "$RAW_GET" "cold sequential read"
+percent_of_raw seq_write "$RAW_PUT" "durable sequential write"

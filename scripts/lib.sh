@@ -1,6 +1,6 @@
 # Shared helpers for s3vol's scripts. Source it; do not run it.
 #
-# Tools that take long to build (Garage) live in a cache directory outside the
+# Tools that take long to build (Garage, pjdfstest) live in a cache directory outside the
 # clone, so a fresh clone on the same machine reuses them.
 
 set -euo pipefail
@@ -9,7 +9,9 @@ S3VOL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 S3VOL_TOOLS="${S3VOL_TOOLS:-$HOME/.cache/s3vol-tools}"
 GARAGE_VERSION=2.5.0
 MOTO_VERSION=5.2.5
+PJDFSTEST_VERSION=0.2.2
 GARAGE_BIN="$S3VOL_TOOLS/garage-$GARAGE_VERSION/bin/garage"
+PJDFSTEST_BIN="$S3VOL_TOOLS/pjdfstest-$PJDFSTEST_VERSION/bin/pjdfstest"
 MOTO_VENV="$S3VOL_TOOLS/moto-$MOTO_VERSION"
 MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 
@@ -52,6 +54,14 @@ ensure_moto() {
     log "installing moto $MOTO_VERSION into $MOTO_VENV"
     python3 -m venv "$MOTO_VENV"
     "$MOTO_VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+}
+
+ensure_pjdfstest() {
+    [ -x "$PJDFSTEST_BIN" ] && return 0
+    ensure_rust
+    apt_install libacl1-dev acl
+    log "building pjdfstest $PJDFSTEST_VERSION (a few minutes the first time; cached in $S3VOL_TOOLS)"
+    cargo install pjdfstest --version "$PJDFSTEST_VERSION" --locked --root "$S3VOL_TOOLS/pjdfstest-$PJDFSTEST_VERSION" --quiet
 }
 
 ensure_garage() {

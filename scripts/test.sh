@@ -10,6 +10,7 @@ ensure_fuse
 ensure_test_tools
 ensure_moto
 ensure_garage
+ensure_pjdfstest
 export S3VOL_TOOLS
 
 log "cargo fmt --check"
