@@ -53,9 +53,9 @@ fn errno(op: &str, err: &FsError) -> Errno {
 }
 
 fn file_attr(attr: &Attr) -> FileAttr {
-    let (kind, nlink) = match attr.kind {
-        Kind::File => (FileType::RegularFile, 1),
-        Kind::Directory => (FileType::Directory, 2),
+    let kind = match attr.kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Directory => FileType::Directory,
     };
     FileAttr {
         ino: INodeNo(attr.ino),
@@ -67,7 +67,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
         crtime: attr.mtime,
         kind,
         perm: attr.perm,
-        nlink,
+        nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
         rdev: 0,
@@ -354,7 +354,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         self.spawn(debug_span!("fsync", ino = ino.0, fh = fh.0), async move {
-            match fs.flush(fh.0).await {
+            match fs.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("fsync", &e)),
             }

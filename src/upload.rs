@@ -279,6 +279,11 @@ impl StagedFile {
         state.dirty && !state.deleted
     }
 
+    /// Unlinked while open.
+    pub fn is_deleted(&self) -> bool {
+        self.state.lock().unwrap().deleted
+    }
+
     /// The file was renamed: later uploads go to `key`.
     pub fn set_key(&self, key: &str) {
         self.state.lock().unwrap().key = key.to_string();
@@ -400,11 +405,15 @@ impl StagedFile {
         let (version, key, range) = {
             let state = self.state.lock().unwrap();
             let range = self.layout.range(index);
+            // Truncated away since it was scheduled.
+            let Some(&version) = state.versions.get(index) else {
+                return Ok(None);
+            };
             if range.start >= state.size && index > 0 {
                 return Ok(None);
             }
             let end = range.end.min(state.size);
-            (state.versions[index], state.key.clone(), range.start..end)
+            (version, state.key.clone(), range.start..end)
         };
         let body = self.read_local(range).map_err(|e| StoreError::Internal {
             op: crate::store::Operation::UploadPart,

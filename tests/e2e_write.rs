@@ -290,3 +290,110 @@ async fn sse_meets_a_policy_that_denies_unencrypted_uploads() {
     );
     assert!(server.get(BUCKET, "root/large").await.as_deref() == Some(&large[..]));
 }
+
+/// Whether `name` matches `pattern`, in which `*` matches any run of characters.
+fn glob(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+#[test]
+fn glob_matches_like_a_shell() {
+    assert!(glob("*::fifo", "open::eexist::fifo"));
+    assert!(!glob("*::fifo", "open::fifo_nonblock_wronly"));
+    assert!(glob("link::*", "link::a::b"));
+    assert!(glob("open::etxtbsy", "open::etxtbsy"));
+    assert!(!glob("open::etxtbsy", "open::etxtbsy2"));
+    assert!(glob("a*c*e", "abcde"));
+}
+
+/// pjdfstest (the POSIX conformance suite) on a read-write volume. Garage keeps
+/// its metadata in SQLite here, which holds keys up to S3's 1024 bytes.
+#[tokio::test]
+#[ignore = "needs Garage and pjdfstest; run scripts/test.sh"]
+async fn pjdfstest_fails_only_where_semantics_md_says() {
+    let server = Server::start_with_env(ServerKind::Garage, &[("GARAGE_DB_ENGINE", "sqlite")]);
+    server.create_bucket(BUCKET).await;
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(
+        &server,
+        "vol/root",
+        &[
+            "--read-write",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+            // pjdfstest switches to unprivileged users.
+            "--allow-other",
+        ],
+    );
+    let config = cache.path().join("pjdfstest.toml");
+    std::fs::write(
+        &config,
+        "[settings]\nnaptime = 0.01\nallow_remount = false\n\n[dummy_auth]\n\
+         entries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n\n[features]\n",
+    )
+    .unwrap();
+    let tools = std::env::var("S3VOL_TOOLS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/s3vol-tools"));
+    let out = Command::new(tools.join("pjdfstest-0.2.2/bin/pjdfstest"))
+        .arg("-c")
+        .arg(&config)
+        .arg("-p")
+        .arg(mount.path())
+        .current_dir(mount.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run pjdfstest (scripts/test.sh installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let failed: Vec<&str> = report
+        .lines()
+        .filter(|l| l.trim_end().ends_with("FAILED"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let passed = report
+        .lines()
+        .filter(|l| l.trim_end().ends_with(" ok"))
+        .count();
+    assert!(passed > 100, "pjdfstest ran too few cases:\n{report}");
+
+    let list = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pjdfstest_expected_failures.txt"),
+    )
+    .unwrap();
+    let expected: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let unexpected: Vec<&&str> = failed
+        .iter()
+        .filter(|name| !expected.iter().any(|p| glob(p, name)))
+        .collect();
+    let stale: Vec<&&str> = expected
+        .iter()
+        .filter(|p| !failed.iter().any(|name| glob(p, name)))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "failures not explained in tests/pjdfstest_expected_failures.txt: {unexpected:?}\n{report}"
+    );
+    assert!(
+        stale.is_empty(),
+        "expected failures that no longer fail (remove them): {stale:?}"
+    );
+}

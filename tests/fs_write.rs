@@ -233,6 +233,11 @@ async fn handles_on_one_path_share_the_file_and_readers_see_it() {
     vol.fs.write(b, 2, b"bbbb").await.unwrap();
     let reader = vol.fs.open(ino, READ).await.unwrap();
     assert_eq!(&vol.fs.read(reader, 0, 100).await.unwrap()[..], b"aabbbb");
+    // A reader closing uploads nothing; fsync through it does.
+    vol.fs.flush(reader).await.unwrap();
+    assert_eq!(store.get("root/shared"), None);
+    vol.fs.fsync(reader).await.unwrap();
+    assert_eq!(store.get("root/shared").as_deref(), Some(&b"aabbbb"[..]));
     // Closing one writer uploads what both wrote so far.
     vol.fs.flush(a).await.unwrap();
     vol.fs.release(a).await;
@@ -422,4 +427,38 @@ async fn staging_files_leave_no_trace_in_the_cache_directory() {
     assert_eq!(std::fs::read_dir(vol.staging.path()).unwrap().count(), 0);
     vol.fs.flush(fh).await.unwrap();
     vol.fs.release(fh).await;
+}
+
+#[tokio::test]
+async fn keys_longer_than_s3_allows_are_enametoolong_before_any_request() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let mut dir = ROOT_INO;
+    let long = "d".repeat(250);
+    for _ in 0..4 {
+        dir = vol.fs.mkdir(dir, OsStr::new(&long)).await.unwrap().attr.ino;
+    }
+    store.clear_calls();
+    // root/ + 4 × 251 bytes + 20: past S3's 1024-byte keys.
+    let name = OsStr::new("twenty-bytes-of-name");
+    let err = vol.fs.create(dir, name).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    let err = vol.fs.mkdir(dir, name).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+}
+
+#[tokio::test]
+async fn an_unlinked_open_file_has_no_links_and_still_works() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let (entry, fh) = vol.fs.create(ROOT_INO, OsStr::new("f")).await.unwrap();
+    assert_eq!(entry.attr.nlink, 1);
+    vol.fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
+    assert_eq!(vol.fs.getattr(entry.attr.ino).await.unwrap().attr.nlink, 0);
+    vol.fs.write(fh, 0, b"still here").await.unwrap();
+    assert_eq!(&vol.fs.read(fh, 0, 100).await.unwrap()[..], b"still here");
+    vol.fs.flush(fh).await.unwrap();
+    vol.fs.release(fh).await;
+    assert!(store.keys().is_empty());
 }

@@ -69,6 +69,9 @@ pub struct Attr {
     pub size: u64,
     pub mtime: SystemTime,
     pub perm: u16,
+    /// 1 for a file (0 once unlinked while still open here), 2 for a directory:
+    /// S3 has no hard links, and subdirectories are not counted.
+    pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
 }
@@ -198,14 +201,17 @@ impl Fs {
     }
 
     fn attr(&self, ino: u64, node: &Node) -> Attr {
-        let (perm, mut size, mut mtime) = match node.kind {
-            Kind::File => (self.config.file_mode, node.stat.size, node.stat.mtime),
-            Kind::Directory => (self.config.dir_mode, 0, node.stat.mtime),
+        let (perm, mut size, mut mtime, mut nlink) = match node.kind {
+            Kind::File => (self.config.file_mode, node.stat.size, node.stat.mtime, 1),
+            Kind::Directory => (self.config.dir_mode, 0, node.stat.mtime, 2),
         };
         // A file being written here is what this mount shows, whatever S3 holds.
         if let Some(file) = self.staged_file(ino) {
             size = file.size();
             mtime = file.mtime();
+            if file.is_deleted() {
+                nlink = 0;
+            }
         }
         Attr {
             ino,
@@ -213,6 +219,7 @@ impl Fs {
             size,
             mtime,
             perm,
+            nlink,
             uid: self.config.uid,
             gid: self.config.gid,
         }

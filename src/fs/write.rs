@@ -33,6 +33,22 @@ const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
 /// requests, and 10,000 of them cover S3's 5 TiB limit.
 const COPY_PART_SIZE: u64 = 1024 * 1024 * 1024;
 
+/// S3's longest key, in bytes.
+const MAX_KEY_LEN: usize = 1024;
+
+/// The key of `name` in the directory whose key is `parent_key`: ENAMETOOLONG
+/// before any request if S3 could not store it.
+fn child_key(parent_key: &str, name: &str, kind: Kind) -> FsResult<String> {
+    let key = match kind {
+        Kind::File => format!("{parent_key}{name}"),
+        Kind::Directory => format!("{parent_key}{name}/"),
+    };
+    if key.len() > MAX_KEY_LEN {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(key)
+}
+
 /// RENAME_NOREPLACE and RENAME_EXCHANGE from renameat2(2).
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
@@ -108,7 +124,7 @@ impl Fs {
         let config = self.writable()?;
         let name = self.valid_name(name)?;
         let parent_node = self.directory(parent)?;
-        let key = format!("{}{name}", parent_node.key);
+        let key = child_key(&parent_node.key, name, Kind::File)?;
         let file = StagedFile::new(
             &key,
             None,
@@ -165,9 +181,23 @@ impl Fs {
         }
     }
 
-    /// close(2) and fsync(2): returns once what was written through any handle
-    /// of the file is durable in S3.
+    /// close(2): closing a handle that can write returns once what was written
+    /// through any handle of the file is durable in S3. Closing a reader uploads
+    /// nothing, even while others write.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        match self.handle(fh)? {
+            OpenFile::Staged {
+                ino,
+                file,
+                writable: true,
+            } => self.upload(ino, &file).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// fsync(2): the file's content as written so far, by any handle, is durable
+    /// in S3 when this returns.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         match self.handle(fh)? {
             OpenFile::Staged { ino, file, .. } => self.upload(ino, &file).await,
             OpenFile::Object { .. } => Ok(()),
@@ -184,7 +214,9 @@ impl Fs {
             let stat = Stat {
                 size: uploaded.size,
                 etag: uploaded.etag,
-                mtime: SystemTime::now(),
+                // The time of the last change, as shown while the file was open, so
+                // closing it does not move the time.
+                mtime: file.mtime(),
             };
             table.upsert(node.parent, &node.name, Kind::File, stat, Instant::now());
         }
@@ -259,7 +291,7 @@ impl Fs {
         self.writable()?;
         let name = self.valid_name(name)?;
         let parent_node = self.directory(parent)?;
-        let key = format!("{}{name}/", parent_node.key);
+        let key = child_key(&parent_node.key, name, Kind::Directory)?;
         self.store.put_object(&key, Bytes::new()).await?;
         let now = SystemTime::now();
         let ino = {
@@ -405,15 +437,11 @@ impl Fs {
             }
             _ => {}
         }
+        let from = child_key(&from_dir.key, name, kind)?;
+        let to = child_key(&to_dir.key, new_name, kind)?;
         match kind {
-            Kind::File => {
-                let from = format!("{}{name}", from_dir.key);
-                let to = format!("{}{new_name}", to_dir.key);
-                self.rename_file(ino, &from, &to).await?;
-            }
+            Kind::File => self.rename_file(ino, &from, &to).await?,
             Kind::Directory => {
-                let from = format!("{}{name}/", from_dir.key);
-                let to = format!("{}{new_name}/", to_dir.key);
                 if to.starts_with(&from) {
                     return Err(FsError::Invalid("cannot move a directory into itself"));
                 }
@@ -517,6 +545,12 @@ impl Fs {
                 })
                 .await?;
             keys.extend(page.objects.into_iter().map(|o| (o.key, o.size, o.etag)));
+            if keys
+                .iter()
+                .any(|(key, _, _)| to.len() + key.len() - from.len() > MAX_KEY_LEN)
+            {
+                return Err(FsError::NameTooLong);
+            }
             if keys.len() > MAX_DIRECTORY_RENAME_KEYS {
                 return Err(FsError::CrossDevice(format!(
                     "{from} holds more than {MAX_DIRECTORY_RENAME_KEYS} objects; renamed file \

@@ -55,6 +55,12 @@ fn parse_assignments(text: &str) -> HashMap<String, String> {
 
 impl Server {
     pub fn start(kind: ServerKind) -> Server {
+        Server::start_with_env(kind, &[])
+    }
+
+    /// Starts a server with extra environment for its script (such as
+    /// GARAGE_DB_ENGINE=sqlite).
+    pub fn start_with_env(kind: ServerKind, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let name = match kind {
             ServerKind::Garage => "garage.sh",
@@ -64,6 +70,7 @@ impl Server {
             .arg(script(name))
             .arg("start")
             .arg(dir.path())
+            .envs(env.iter().copied())
             .stderr(Stdio::inherit())
             .output()
             .expect("run the server script");
