@@ -311,7 +311,9 @@ fn serve(
         write: args.read_write.then(|| WriteConfig {
             part_size: args.part_size,
             max_in_flight: usize::from(args.max_concurrency),
-            staging_dir: staging_dir(args.cache_dir.as_deref()).expect("checked before start"),
+            ..WriteConfig::new(
+                staging_dir(args.cache_dir.as_deref()).expect("checked before start"),
+            )
         }),
         ..FsConfig::default()
     };

@@ -41,10 +41,13 @@ use tracing::{debug, warn};
 use crate::store::{ObjectStore, StoreError, UploadedPart};
 
 /// S3's largest object.
-pub const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 
 /// S3's largest part.
 const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// S3's most parts in one upload.
+const MAX_PARTS: usize = 10_000;
 
 /// Parts per size tier: the part size doubles every this many parts.
 const PARTS_PER_TIER: u64 = 1000;
@@ -58,9 +61,22 @@ pub struct WriteConfig {
     pub max_in_flight: usize,
     /// Where staging files are created (and unlinked at once).
     pub staging_dir: PathBuf,
+    /// Objects up to this size are renamed with one CopyObject (S3 allows 5 GiB);
+    /// larger ones are copied in parts of this size with UploadPartCopy.
+    pub single_copy_limit: u64,
 }
 
 impl WriteConfig {
+    /// The defaults: 8 MiB parts, 8 part uploads in flight, S3's copy limit.
+    pub fn new(staging_dir: PathBuf) -> Self {
+        Self {
+            part_size: 8 * 1024 * 1024,
+            max_in_flight: 8,
+            staging_dir,
+            single_copy_limit: 5 * 1024 * 1024 * 1024,
+        }
+    }
+
     pub fn permits(&self) -> Arc<Semaphore> {
         Arc::new(Semaphore::new(self.max_in_flight))
     }
@@ -112,6 +128,12 @@ impl PartLayout {
             index -= PARTS_PER_TIER;
         }
         unreachable!()
+    }
+
+    /// The largest file this layout can upload: S3's 5 TiB, or a little less with
+    /// parts under 5.2 MiB, where 10,000 parts hold less.
+    pub fn max_size(&self) -> u64 {
+        self.range(MAX_PARTS - 1).end.min(MAX_OBJECT_SIZE)
     }
 
     /// How many parts an object of `size` bytes has (at least one).
@@ -347,7 +369,7 @@ impl StagedFile {
     /// has moved past.
     pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> StageResult<()> {
         let end = offset + data.len() as u64;
-        if end > MAX_OBJECT_SIZE {
+        if end > self.layout.max_size() {
             return Err(StageError::TooLarge);
         }
         self.load_base().await?;
@@ -466,7 +488,7 @@ impl StagedFile {
 
     /// Sets the file's size, zero-filling when it grows.
     pub async fn truncate(&self, size: u64) -> StageResult<()> {
-        if size > MAX_OBJECT_SIZE {
+        if size > self.layout.max_size() {
             return Err(StageError::TooLarge);
         }
         if size == 0 {
@@ -592,6 +614,52 @@ impl StagedFile {
         let key = self.key();
         if let Err(e) = self.store.abort_multipart_upload(&key, &id).await {
             warn!(key, upload_id = id, error = %e, "could not abort the multipart upload; `s3vol cleanup` removes it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn parts_grow_every_thousand_and_cover_s3s_largest_object() {
+        let layout = PartLayout::new(8 * MIB);
+        assert_eq!(layout.range(0), 0..8 * MIB);
+        assert_eq!(layout.range(999), 999 * 8 * MIB..1000 * 8 * MIB);
+        assert_eq!(layout.range(1000).end - layout.range(1000).start, 16 * MIB);
+        assert_eq!(layout.index_of(8 * MIB - 1), 0);
+        assert_eq!(layout.index_of(8 * MIB), 1);
+        assert_eq!(layout.index_of(8000 * MIB), 1000);
+        assert_eq!(layout.count(0), 1);
+        assert_eq!(layout.count(1), 1);
+        assert_eq!(layout.count(8 * MIB), 1);
+        assert_eq!(layout.count(8 * MIB + 1), 2);
+        // A 5 TiB object fits in S3's 10,000 parts, none over 5 GiB.
+        assert_eq!(layout.max_size(), MAX_OBJECT_SIZE);
+        assert!(layout.count(MAX_OBJECT_SIZE) <= MAX_PARTS);
+        let last = layout.range(layout.count(MAX_OBJECT_SIZE) - 1);
+        assert!(last.end - last.start <= MAX_PART_SIZE);
+        // With the smallest parts, 10,000 of them hold a little less.
+        let small = PartLayout::new(5 * MIB);
+        assert!(small.max_size() > MAX_OBJECT_SIZE / 100 * 95);
+        assert_eq!(small.count(small.max_size()), MAX_PARTS);
+    }
+
+    #[test]
+    fn index_and_range_agree_everywhere() {
+        let layout = PartLayout::new(5 * MIB);
+        for index in [0, 1, 998, 999, 1000, 1001, 1999, 2000, 5000, 9999] {
+            let range = layout.range(index);
+            assert_eq!(layout.index_of(range.start), index, "start of {index}");
+            assert_eq!(layout.index_of(range.end - 1), index, "end of {index}");
+            assert_eq!(
+                layout.range(index + 1).start,
+                range.end,
+                "{index} is contiguous"
+            );
         }
     }
 }

@@ -165,7 +165,7 @@ impl Harness {
             write: Some(WriteConfig {
                 part_size: 5 << 20,
                 max_in_flight: 2,
-                staging_dir: staging.path().to_path_buf(),
+                ..WriteConfig::new(staging.path().to_path_buf())
             }),
             ..FsConfig::default()
         };

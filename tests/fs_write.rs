@@ -46,7 +46,9 @@ fn volume(store: Arc<dyn ObjectStore>) -> Volume {
         write: Some(WriteConfig {
             part_size: PART as u64,
             max_in_flight: 4,
-            staging_dir: staging.path().to_path_buf(),
+            // Small enough that tests reach the part-by-part copy.
+            single_copy_limit: 2 * PART as u64,
+            ..WriteConfig::new(staging.path().to_path_buf())
         }),
         ..FsConfig::default()
     };
@@ -461,4 +463,23 @@ async fn an_unlinked_open_file_has_no_links_and_still_works() {
     vol.fs.flush(fh).await.unwrap();
     vol.fs.release(fh).await;
     assert!(store.keys().is_empty());
+}
+
+#[tokio::test]
+async fn objects_above_the_single_copy_limit_are_renamed_part_by_part() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = pattern(5 * PART + 7, 9);
+    store.put("root/huge", data.clone());
+    let vol = volume(store.clone());
+    let root = OsStr::new;
+    vol.fs
+        .rename(ROOT_INO, root("huge"), ROOT_INO, root("moved"), 0)
+        .await
+        .unwrap();
+    assert!(store.get("root/moved").unwrap() == data);
+    assert_eq!(store.get("root/huge"), None);
+    // Copy parts of the limit's size (10 MiB here): 25 MiB in three.
+    assert_eq!(store.count_calls(Operation::UploadPartCopy), 3);
+    assert_eq!(store.count_calls(Operation::CopyObject), 0);
+    assert!(store.pending_uploads().is_empty());
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::{Server, ServerKind, pattern};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::s3::{S3Options, S3Store};
-use s3vol::store::{ListRequest, ObjectStore, StoreError};
+use s3vol::store::{ListRequest, ObjectStore, StoreError, UploadedPart};
 
 /// A store under test plus a way to put objects into it behind its back.
 struct Subject {
@@ -18,6 +18,17 @@ struct Subject {
 }
 
 impl Subject {
+    /// Whether the store checks what `check` names. The memory store checks all of
+    /// S3's rules; the local servers have gaps, named here.
+    fn checks(&self, check: Check) -> bool {
+        let kind = self.server.as_ref().map(|s| s.kind);
+        !matches!(
+            (kind, check),
+            (Some(ServerKind::Garage), Check::MinPartSize)
+                | (Some(ServerKind::Moto), Check::CopyIfMatch)
+        )
+    }
+
     async fn put(&self, key: &str, data: &[u8]) {
         match (&self.memory, &self.server) {
             (Some(memory), _) => memory.put(key, data.to_vec()),
@@ -28,6 +39,15 @@ impl Subject {
 }
 
 const BUCKET: &str = "conformance";
+
+/// S3 rules some local servers do not enforce.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Every part but the last is at least 5 MiB (Garage accepts smaller).
+    MinPartSize,
+    /// x-amz-copy-source-if-match (moto copies regardless).
+    CopyIfMatch,
+}
 
 fn memory() -> Subject {
     let memory = Arc::new(MemoryStore::new(BUCKET));
@@ -251,9 +271,134 @@ async fn uploads_abort_and_deletes(s: &Subject) {
     s.store.delete_object("del/never").await.unwrap();
 }
 
+const MIB: usize = 1024 * 1024;
+
+async fn puts_multipart_uploads_and_copies(s: &Subject) {
+    // PutObject: the ETag it returns is the object's.
+    let etag = s
+        .store
+        .put_object("w/small", b"small"[..].into())
+        .await
+        .unwrap();
+    assert_eq!(s.store.head_object("w/small").await.unwrap().etag, etag);
+    assert_eq!(
+        &s.store.get_range("w/small", 0..5, None).await.unwrap()[..],
+        b"small"
+    );
+
+    // A multipart upload, listed while in progress; a part uploaded again replaces
+    // the earlier one.
+    let (one, two) = (pattern(5 * MIB, 3), pattern(1000, 4));
+    let id = s.store.create_multipart_upload("w/big").await.unwrap();
+    let pending = s.store.list_multipart_uploads("w/").await.unwrap();
+    assert!(
+        pending
+            .iter()
+            .any(|u| u.key == "w/big" && u.upload_id == id)
+    );
+    s.store
+        .upload_part("w/big", &id, 2, pattern(1000, 9).into())
+        .await
+        .unwrap();
+    let etag1 = s
+        .store
+        .upload_part("w/big", &id, 1, one.clone().into())
+        .await
+        .unwrap();
+    let etag2 = s
+        .store
+        .upload_part("w/big", &id, 2, two.clone().into())
+        .await
+        .unwrap();
+    let parts = [
+        UploadedPart {
+            number: 1,
+            etag: etag1,
+        },
+        UploadedPart {
+            number: 2,
+            etag: etag2,
+        },
+    ];
+    let etag = s
+        .store
+        .complete_multipart_upload("w/big", &id, &parts)
+        .await
+        .unwrap();
+    assert!(etag.ends_with("-2\""), "{etag}");
+    let size = (one.len() + two.len()) as u64;
+    let got = s.store.get_range("w/big", 0..size, None).await.unwrap();
+    assert!(got[..one.len()] == one[..] && got[one.len()..] == two[..]);
+    assert!(
+        s.store
+            .list_multipart_uploads("w/")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Every part but the last must be at least 5 MiB.
+    if s.checks(Check::MinPartSize) {
+        let id = s.store.create_multipart_upload("w/tiny").await.unwrap();
+        let a = s
+            .store
+            .upload_part("w/tiny", &id, 1, b"a"[..].into())
+            .await
+            .unwrap();
+        let b = s
+            .store
+            .upload_part("w/tiny", &id, 2, b"b"[..].into())
+            .await
+            .unwrap();
+        let parts = [
+            UploadedPart { number: 1, etag: a },
+            UploadedPart { number: 2, etag: b },
+        ];
+        assert!(
+            s.store
+                .complete_multipart_upload("w/tiny", &id, &parts)
+                .await
+                .is_err()
+        );
+        s.store.abort_multipart_upload("w/tiny", &id).await.unwrap();
+    }
+
+    // CopyObject, pinned to the source's ETag.
+    let source = s.store.head_object("w/big").await.unwrap();
+    s.store
+        .copy_object("w/big", "w/copy", Some(&source.etag))
+        .await
+        .unwrap();
+    assert_eq!(s.store.head_object("w/copy").await.unwrap().size, size);
+    if s.checks(Check::CopyIfMatch) {
+        assert!(matches!(
+            s.store
+                .copy_object("w/big", "w/copy2", Some("\"0000\""))
+                .await,
+            Err(StoreError::Changed { .. })
+        ));
+    }
+
+    // UploadPartCopy: a range of an object as a part.
+    let id = s.store.create_multipart_upload("w/ranged").await.unwrap();
+    let etag = s
+        .store
+        .upload_part_copy("w/big", "w/ranged", &id, 1, 10..5000, Some(&source.etag))
+        .await
+        .unwrap();
+    let parts = [UploadedPart { number: 1, etag }];
+    s.store
+        .complete_multipart_upload("w/ranged", &id, &parts)
+        .await
+        .unwrap();
+    let got = s.store.get_range("w/ranged", 0..4990, None).await.unwrap();
+    assert!(got[..] == one[10..5000]);
+}
+
 async fn suite(s: Subject) {
     head_and_get(&s).await;
     uploads_abort_and_deletes(&s).await;
+    puts_multipart_uploads_and_copies(&s).await;
     list_with_delimiter_and_pages(&s).await;
     file_beside_directory(&s).await;
 }

@@ -17,7 +17,7 @@ use super::inode::{Kind, Stat};
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging};
 use crate::names::{NameProblem, check_name};
 use crate::store::{ListRequest, UploadedPart};
-use crate::upload::{Base, MAX_OBJECT_SIZE, StagedFile};
+use crate::upload::{Base, StagedFile};
 
 /// A directory rename copies every key under it; beyond this many it answers
 /// EXDEV instead, and `mv` copies and deletes the tree itself, file by file.
@@ -25,13 +25,6 @@ pub const MAX_DIRECTORY_RENAME_KEYS: usize = 1000;
 
 /// Copies in flight during a directory rename.
 const RENAME_CONCURRENCY: usize = 16;
-
-/// S3's largest CopyObject; larger objects are copied part by part.
-const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
-
-/// Part size for copying objects above [`MAX_COPY_OBJECT`]: large parts mean few
-/// requests, and 10,000 of them cover S3's 5 TiB limit.
-const COPY_PART_SIZE: u64 = 1024 * 1024 * 1024;
 
 /// S3's longest key, in bytes.
 const MAX_KEY_LEN: usize = 1024;
@@ -232,9 +225,6 @@ impl Fs {
         if let Some(size) = size {
             if node.kind != Kind::File {
                 return Err(FsError::IsADirectory);
-            }
-            if size > MAX_OBJECT_SIZE {
-                return Err(crate::upload::StageError::TooLarge.into());
             }
             match self.staged_file(ino) {
                 Some(file) => file.truncate(size).await?,
@@ -489,7 +479,8 @@ impl Fs {
     /// Copies one object, pinned to `etag` so a concurrent replacement is not
     /// half-copied.
     async fn copy(&self, from: &str, to: &str, size: u64, etag: Option<&str>) -> FsResult<()> {
-        if size <= MAX_COPY_OBJECT {
+        let limit = self.writable()?.single_copy_limit;
+        if size <= limit {
             self.store.copy_object(from, to, etag).await?;
             return Ok(());
         }
@@ -498,7 +489,7 @@ impl Fs {
             let mut parts = Vec::new();
             let mut start = 0;
             while start < size {
-                let end = (start + COPY_PART_SIZE).min(size);
+                let end = (start + limit).min(size);
                 let number = parts.len() as i32 + 1;
                 let etag = self
                     .store

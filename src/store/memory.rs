@@ -95,12 +95,12 @@ impl State {
     fn upload(&mut self, op: Operation, key: &str, upload_id: &str) -> StoreResult<&mut Upload> {
         match self.uploads.get_mut(upload_id) {
             Some(upload) if upload.key == key => Ok(upload),
-            _ => Err(service(
+            // S3 answers NoSuchUpload with 404, which the S3 store reports as
+            // NotFound.
+            _ => Err(StoreError::NotFound {
                 op,
-                key,
-                "NoSuchUpload",
-                "the upload does not exist",
-            )),
+                key: key.to_string(),
+            }),
         }
     }
 }
