@@ -142,6 +142,9 @@ async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency:
                     .upload_id(id)
                     .part_number(index as i32 + 1)
                     .body(ByteStream::from(data))
+                    // As s3vol sends uploads: CRC32 checksum, no payload SHA-256.
+                    .customize()
+                    .disable_payload_signing()
                     .send()
                     .await
                     .expect("upload part");

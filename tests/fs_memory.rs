@@ -4,7 +4,11 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use s3vol::fs::{Fs, FsConfig, Kind, Mutation, OpenFlags, ROOT_INO};
+mod common;
+
+use common::fs::{READ, WRITE, lookup_path, read_all};
+use common::pattern;
+use s3vol::fs::{Fs, FsConfig, Kind, Mutation, ROOT_INO};
 use s3vol::read::ReadConfig;
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
@@ -12,36 +16,8 @@ use s3vol::store::{ObjectStore, Operation};
 
 const MIB: usize = 1024 * 1024;
 
-const READ: OpenFlags = OpenFlags {
-    write: false,
-    truncate: false,
-};
-const WRITE: OpenFlags = OpenFlags {
-    write: true,
-    truncate: false,
-};
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
-        .collect()
-}
-
 fn fs_on(store: Arc<dyn ObjectStore>, root: &str) -> Fs {
     Fs::new(store, root, FsConfig::default())
-}
-
-async fn lookup_path(fs: &Fs, path: &str) -> Result<u64, i32> {
-    let mut ino = ROOT_INO;
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        ino = fs
-            .lookup(ino, OsStr::new(part))
-            .await
-            .map_err(|e| e.errno())?
-            .attr
-            .ino;
-    }
-    Ok(ino)
 }
 
 async fn list(fs: &Fs, ino: u64) -> Vec<(String, Kind)> {
@@ -53,20 +29,6 @@ async fn list(fs: &Fs, ino: u64) -> Vec<(String, Kind)> {
         .filter(|e| e.name != "." && e.name != "..")
         .map(|e| (e.name, e.kind))
         .collect()
-}
-
-async fn read_all(fs: &Fs, ino: u64, chunk: u32) -> Vec<u8> {
-    let fh = fs.open(ino, READ).await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let data = fs.read(fh, out.len() as u64, chunk).await.unwrap();
-        if data.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&data);
-    }
-    fs.release(fh).await;
-    out
 }
 
 #[tokio::test]

@@ -4,7 +4,11 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use s3vol::fs::{Fs, FsConfig, Kind, OpenFlags, ROOT_INO};
+mod common;
+
+use common::fs::{READ, TRUNCATE, WRITE, lookup_path, read_all};
+use common::pattern;
+use s3vol::fs::{Fs, FsConfig, Kind, ROOT_INO};
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};
@@ -14,25 +18,6 @@ use tempfile::TempDir;
 const MIB: usize = 1024 * 1024;
 /// S3's smallest part: tests use it so multipart uploads stay small.
 const PART: usize = 5 * MIB;
-
-const READ: OpenFlags = OpenFlags {
-    write: false,
-    truncate: false,
-};
-const WRITE: OpenFlags = OpenFlags {
-    write: true,
-    truncate: false,
-};
-const TRUNCATE: OpenFlags = OpenFlags {
-    write: true,
-    truncate: true,
-};
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed) ^ (i >> 11) as u8)
-        .collect()
-}
 
 /// A read-write volume on `store` at prefix `root/`, and its staging directory.
 struct Volume {
@@ -58,19 +43,6 @@ fn volume(store: Arc<dyn ObjectStore>) -> Volume {
     }
 }
 
-async fn lookup(fs: &Fs, path: &str) -> Result<u64, i32> {
-    let mut ino = ROOT_INO;
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        ino = fs
-            .lookup(ino, OsStr::new(part))
-            .await
-            .map_err(|e| e.errno())?
-            .attr
-            .ino;
-    }
-    Ok(ino)
-}
-
 async fn write_all(fs: &Fs, fh: u64, mut offset: u64, data: &[u8]) {
     // As the kernel sends them: at most 1 MiB per write.
     for chunk in data.chunks(MIB) {
@@ -91,20 +63,6 @@ async fn create_file(fs: &Fs, name: &str, data: &[u8]) -> Result<(), i32> {
     result
 }
 
-async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
-    let fh = fs.open(ino, READ).await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let data = fs.read(fh, out.len() as u64, 128 * 1024).await.unwrap();
-        if data.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&data);
-    }
-    fs.release(fh).await;
-    out
-}
-
 #[tokio::test]
 async fn a_small_file_is_one_put_on_close_and_visible_at_once() {
     let store = Arc::new(MemoryStore::new("bkt"));
@@ -112,7 +70,7 @@ async fn a_small_file_is_one_put_on_close_and_visible_at_once() {
     let (entry, fh) = vol.fs.create(ROOT_INO, OsStr::new("a.txt")).await.unwrap();
     vol.fs.write(fh, 0, b"hello").await.unwrap();
     // Visible in the mount at once, not yet in S3.
-    let ino = lookup(&vol.fs, "a.txt").await.unwrap();
+    let ino = lookup_path(&vol.fs, "a.txt").await.unwrap();
     assert_eq!(ino, entry.attr.ino);
     assert_eq!(vol.fs.getattr(ino).await.unwrap().attr.size, 5);
     assert_eq!(store.get("root/a.txt"), None);
@@ -123,7 +81,7 @@ async fn a_small_file_is_one_put_on_close_and_visible_at_once() {
     vol.fs.release(fh).await;
     // Nothing changed since the flush: release sends nothing more.
     assert_eq!(store.count_calls(Operation::PutObject), 1);
-    assert_eq!(read_all(&vol.fs, ino).await, b"hello");
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, b"hello");
 }
 
 #[tokio::test]
@@ -166,7 +124,7 @@ async fn overwrite_append_random_write_and_truncate() {
     let store = Arc::new(MemoryStore::new("bkt"));
     store.put("root/f", pattern(3 * MIB, 2));
     let vol = volume(store.clone());
-    let ino = lookup(&vol.fs, "f").await.unwrap();
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
 
     // O_TRUNC: the old content is never downloaded.
     store.clear_calls();
@@ -262,7 +220,7 @@ async fn a_file_unlinked_while_open_is_never_uploaded() {
     vol.fs.release(fh).await;
     assert_eq!(store.get("root/tmp"), None);
     assert!(store.pending_uploads().is_empty());
-    assert_eq!(lookup(&vol.fs, "tmp").await, Err(libc::ENOENT));
+    assert_eq!(lookup_path(&vol.fs, "tmp").await, Err(libc::ENOENT));
 }
 
 #[tokio::test]
@@ -283,7 +241,7 @@ async fn directories_are_markers_and_rmdir_needs_them_empty() {
     vol.fs.unlink(dir.attr.ino, OsStr::new("x")).await.unwrap();
     vol.fs.rmdir(ROOT_INO, OsStr::new("d")).await.unwrap();
     assert!(store.keys().is_empty(), "{:?}", store.keys());
-    assert_eq!(lookup(&vol.fs, "d").await, Err(libc::ENOENT));
+    assert_eq!(lookup_path(&vol.fs, "d").await, Err(libc::ENOENT));
 }
 
 #[tokio::test]
@@ -296,7 +254,7 @@ async fn rename_files_and_directories() {
     store.put("root/dir/sub/two", "2");
     let vol = volume(store.clone());
     let root = OsStr::new;
-    let a = lookup(&vol.fs, "a").await.unwrap();
+    let a = lookup_path(&vol.fs, "a").await.unwrap();
     vol.fs
         .rename(ROOT_INO, root("a"), ROOT_INO, root("old"), 0)
         .await
@@ -304,7 +262,7 @@ async fn rename_files_and_directories() {
     assert_eq!(store.get("root/old").as_deref(), Some(&b"A"[..]));
     assert_eq!(store.get("root/a"), None);
     // The inode moved with the name.
-    assert_eq!(lookup(&vol.fs, "old").await, Ok(a));
+    assert_eq!(lookup_path(&vol.fs, "old").await, Ok(a));
 
     // RENAME_NOREPLACE refuses an existing target; RENAME_EXCHANGE is not possible.
     store.put("root/b", "B");
@@ -319,7 +277,7 @@ async fn rename_files_and_directories() {
         .await;
     assert_eq!(err.unwrap_err().errno(), libc::EINVAL);
 
-    let dir = lookup(&vol.fs, "dir").await.unwrap();
+    let dir = lookup_path(&vol.fs, "dir").await.unwrap();
     vol.fs
         .rename(ROOT_INO, root("dir"), ROOT_INO, root("moved"), 0)
         .await
@@ -336,11 +294,11 @@ async fn rename_files_and_directories() {
             "root/old"
         ]
     );
-    assert_eq!(lookup(&vol.fs, "moved").await, Ok(dir));
-    let two = lookup(&vol.fs, "moved/sub/two").await.unwrap();
-    assert_eq!(read_all(&vol.fs, two).await, b"2");
+    assert_eq!(lookup_path(&vol.fs, "moved").await, Ok(dir));
+    let two = lookup_path(&vol.fs, "moved/sub/two").await.unwrap();
+    assert_eq!(read_all(&vol.fs, two, 128 * 1024).await, b"2");
     // Into itself: refused before any request.
-    let moved = lookup(&vol.fs, "moved").await.unwrap();
+    let moved = lookup_path(&vol.fs, "moved").await.unwrap();
     let err = vol
         .fs
         .rename(ROOT_INO, root("moved"), moved, root("x"), 0)
@@ -375,7 +333,7 @@ async fn failed_upload(size: usize, op: Operation, nth: usize) {
     let faulty = Arc::new(FaultyStore::new(memory.clone()));
     let vol = volume(faulty.clone());
     faulty.fail_nth(op, nth, Fault::Error);
-    let ino = lookup(&vol.fs, "f").await.unwrap();
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
     let fh = vol.fs.open(ino, TRUNCATE).await.unwrap();
     write_all(&vol.fs, fh, 0, &pattern(size, 5)).await;
     let err = vol.fs.flush(fh).await.unwrap_err();
