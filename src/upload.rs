@@ -368,11 +368,25 @@ impl StagedFile {
     /// Writes `data` at `offset`; starts uploads of the parts an appending writer
     /// has moved past.
     pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> StageResult<()> {
+        self.load_base().await?;
+        self.write_local(offset, data)
+    }
+
+    /// [`StagedFile::write`] without waiting, for callers that cannot: `None` when
+    /// the object must be downloaded first. Part uploads are spawned on the
+    /// current tokio runtime.
+    pub fn write_now(self: &Arc<Self>, offset: u64, data: &[u8]) -> Option<StageResult<()>> {
+        if self.state.lock().unwrap().base.is_some() {
+            return None;
+        }
+        Some(self.write_local(offset, data))
+    }
+
+    fn write_local(self: &Arc<Self>, offset: u64, data: &[u8]) -> StageResult<()> {
         let end = offset + data.len() as u64;
         if end > self.layout.max_size() {
             return Err(StageError::TooLarge);
         }
-        self.load_base().await?;
         self.file
             .write_all_at(data, offset)
             .map_err(|e| self.local(e))?;

@@ -441,3 +441,24 @@ async fn objects_above_the_single_copy_limit_are_renamed_part_by_part() {
     assert_eq!(store.count_calls(Operation::CopyObject), 0);
     assert!(store.pending_uploads().is_empty());
 }
+
+#[tokio::test]
+async fn writes_that_need_no_download_complete_without_waiting() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/old", "old content");
+    let vol = volume(store.clone());
+    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("new")).await.unwrap();
+    assert_eq!(vol.fs.write_now(fh, 0, b"now").unwrap().unwrap(), 3);
+    // An existing object must be downloaded before it is changed: not now.
+    let old = lookup_path(&vol.fs, "old").await.unwrap();
+    let fh2 = vol.fs.open(old, WRITE).await.unwrap();
+    assert!(vol.fs.write_now(fh2, 0, b"x").is_none());
+    vol.fs.write(fh2, 0, b"O").await.unwrap();
+    assert_eq!(vol.fs.write_now(fh2, 1, b"LD").unwrap().unwrap(), 2);
+    for fh in [fh, fh2] {
+        vol.fs.flush(fh).await.unwrap();
+        vol.fs.release(fh).await;
+    }
+    assert_eq!(store.get("root/new").as_deref(), Some(&b"now"[..]));
+    assert_eq!(store.get("root/old").as_deref(), Some(&b"OLD content"[..]));
+}

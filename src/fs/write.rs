@@ -174,6 +174,23 @@ impl Fs {
         }
     }
 
+    /// [`Fs::write`] without waiting, for the FUSE thread, which can then write
+    /// straight from the kernel's buffer: `None` when the write has to wait (the
+    /// object must be downloaded first), and [`Fs::write`] is the way.
+    pub fn write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<FsResult<u32>> {
+        match self.handle(fh) {
+            Ok(OpenFile::Staged {
+                file,
+                writable: true,
+                ..
+            }) => file
+                .write_now(offset, data)
+                .map(|r| r.map(|()| data.len() as u32).map_err(FsError::from)),
+            Ok(_) => Some(Err(FsError::BadHandle(fh))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// close(2): closing a handle that can write returns once what was written
     /// through any handle of the file is durable in S3. Closing a reader uploads
     /// nothing, even while others write.
