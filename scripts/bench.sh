@@ -130,12 +130,16 @@ find_tree() {  # seconds
 }
 
 # Writes read their data from a file in the page cache, so the source costs nothing.
+# Each write starts with nothing dirty in the page cache: otherwise a run pays for
+# writing back what the run before it (or the seeding) left.
 seq_write() {  # MiB/s until the object is in S3
+    sync
     mount_system "$1" rw
     local key t0 t1
     key="write/$1-$(date +%s%N).bin"
     mkdir -p "$mnt/write"
     cat "$work/src-1g.bin" >/dev/null
+    sync
     t0=$(now)
     dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none
     "$S3BENCH" wait bench "$key" 1 $((1 << 30))
@@ -143,6 +147,7 @@ seq_write() {  # MiB/s until the object is in S3
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
 }
 small_creates() {  # files/s until all are in S3
+    sync
     mount_system "$1" rw
     local dir t0 t1
     dir="small/$1-$(date +%s%N)"
@@ -161,10 +166,6 @@ PY
 }
 
 head -c 1G /dev/urandom >"$work/src-1g.bin"
-# On a virtual machine the first gigabyte written through the page cache after boot
-# pays for the host backing fresh memory; warm it up here so that whichever system
-# writes first is not charged for it.
-cp "$work/src-1g.bin" "$work/warm-up.bin" && rm "$work/warm-up.bin"
 
 SYSTEMS=(s3vol s3fs rclone)
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
@@ -172,7 +173,10 @@ read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads ls_l find_tree seq_wr
 declare -A RESULT
 for w in "${WORKLOADS[@]}"; do
     for s in "${SYSTEMS[@]}"; do
-        log "$w on $s ($RUNS runs)"
+        log "$w on $s (one warm-up run, then $RUNS runs)"
+        # The first run of a workload after start-up is slower whichever system
+        # makes it (the server and the kernel warm up); it is not counted.
+        "$w" "$s" >/dev/null
         values=()
         for _ in $(seq 1 "$RUNS"); do values+=("$($w "$s")"); done
         RESULT[$w,$s]=$(printf '%s\n' "${values[@]}" | median)
@@ -183,12 +187,17 @@ done
 log "raw parallel GET of the 1 GiB object ($RUNS runs)"
 raw=()
 # Cold like the filesystems: the server reads its data files from disk, not page cache.
+"$S3BENCH" get bench seq/1g.bin 16 >/dev/null  # warm-up, as for the systems
 for _ in $(seq 1 "$RUNS"); do drop_caches; raw+=("$("$S3BENCH" get bench seq/1g.bin 16)"); done
 RAW_GET=$(printf '%s\n' "${raw[@]}" | median)
 
 log "raw parallel multipart PUT of 1 GiB ($RUNS runs)"
 raw=()
-for i in $(seq 1 "$RUNS"); do raw+=("$("$S3BENCH" put bench raw/put-$i.bin 1024 16)"); done
+for i in $(seq 0 "$RUNS"); do
+    sync
+    speed=$("$S3BENCH" put bench "raw/put-$i.bin" 1024 16)
+    [ "$i" -eq 0 ] || raw+=("$speed")  # run 0 warms up, as for the systems
+done
 RAW_PUT=$(printf '%s\n' "${raw[@]}" | median)
 
 # Higher is better for throughput; lower is better for times and memory. The ratio
