@@ -69,6 +69,8 @@ pub fn mount(mut args: MountArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     if args.read_write {
+        // Checked (and made absolute) now, with the answer on the terminal; the
+        // daemon runs in "/".
         match staging_dir(args.cache_dir.as_deref()) {
             Ok(dir) => args.cache_dir = dir.parent().map(Path::to_path_buf),
             Err(message) => {
@@ -302,19 +304,21 @@ fn serve(
         Ok::<_, Failure>(store)
     })?;
 
+    let write = match args.read_write {
+        true => Some(WriteConfig {
+            part_size: args.part_size,
+            max_in_flight: usize::from(args.max_concurrency),
+            ..WriteConfig::new(staging_dir(args.cache_dir.as_deref()).map_err(Failure)?)
+        }),
+        false => None,
+    };
     let config = FsConfig {
         uid: args.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
         gid: args.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
         metadata_ttl: args.metadata_ttl,
-        write: args.read_write.then(|| WriteConfig {
-            part_size: args.part_size,
-            max_in_flight: usize::from(args.max_concurrency),
-            ..WriteConfig::new(
-                staging_dir(args.cache_dir.as_deref()).expect("checked before start"),
-            )
-        }),
+        write,
         ..FsConfig::default()
     };
     let fs = Arc::new(Fs::new(store, args.source.prefix.as_str(), config));
@@ -391,10 +395,9 @@ fn tune_allocator() {
     }
 }
 
-/// The S3 store for `bucket` with the base credentials, or the role's renewed
-/// ones. The renewal task lives as long as the runtime.
-/// The S3 store, signing with renewed credentials and retrying once with new ones
-/// when S3 calls them expired.
+/// The S3 store for `bucket`, signing with the role's or the default chain's
+/// credentials, renewed ahead of expiry by a task that lives as long as the
+/// runtime, and retrying a request once with new ones when S3 calls them expired.
 async fn connect_store(
     s3: &S3Args,
     role: Option<&auth::RoleOptions>,

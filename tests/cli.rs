@@ -113,3 +113,31 @@ fn no_credentials_anywhere_is_a_clear_error() {
     assert!(err.contains("no usable AWS credentials"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
 }
+
+#[test]
+fn write_options_are_checked_before_mounting() {
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().to_str().unwrap();
+    for (args, phrase) in [
+        (
+            &["--read-write", "--cache-dir", "/proc/s3vol-cannot-be-here"][..],
+            "no writable directory for staging files",
+        ),
+        (
+            &["--sse-kms-key-id", "key-1"][..],
+            "--sse-kms-key-id needs --sse aws:kms",
+        ),
+        (&["--read-write", "--read-only"][..], "cannot be used with"),
+        (&["--part-size", "1MiB"][..], "S3 parts are 5MiB to 5GiB"),
+        (&["-o", "rw,part_size=8 parsecs"][..], "is not a size"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+            .args(["mount", "bkt", dir])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(phrase), "{args:?}: {err}");
+    }
+}
