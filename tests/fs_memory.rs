@@ -434,3 +434,69 @@ async fn directories_show_their_marker_time_or_the_mount_time() {
         assert!(e.attr.mtime >= before, "{}: {:?}", entry.name, e.attr.mtime);
     }
 }
+
+#[tokio::test]
+async fn listings_and_absent_names_are_trusted_for_the_ttl() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("d/a", "a");
+    store.put("d/b", "b");
+    let fs = Fs::new(
+        store.clone(),
+        "",
+        FsConfig {
+            metadata_ttl: Duration::from_millis(300),
+            ..FsConfig::default()
+        },
+    );
+    let d = lookup_path(&fs, "d").await.unwrap();
+    assert_eq!(list(&fs, d).await.len(), 2);
+    store.clear_calls();
+    // ls, ls -l, find and a shell completing a missing name: nothing more is sent.
+    assert_eq!(list(&fs, d).await.len(), 2);
+    assert_eq!(lookup_path(&fs, "d/a").await.map(|_| ()), Ok(()));
+    assert_eq!(lookup_path(&fs, "d/missing").await, Err(libc::ENOENT));
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+
+    // A name looked up and missing outside a listed directory is remembered too.
+    assert_eq!(lookup_path(&fs, "nothing").await, Err(libc::ENOENT));
+    store.put("nothing", "now there");
+    store.put("d/c", "c");
+    store.clear_calls();
+    assert_eq!(lookup_path(&fs, "nothing").await, Err(libc::ENOENT));
+    assert_eq!(list(&fs, d).await.len(), 2);
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+
+    // Once the TTL has passed, S3 is asked again and the other client's keys show.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(lookup_path(&fs, "nothing").await.is_ok());
+    assert_eq!(list(&fs, d).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_cached_listing_shows_this_mounts_own_changes() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("d/a", "a");
+    let staging = tempfile::tempdir().unwrap();
+    let fs = Fs::new(
+        store.clone(),
+        "",
+        FsConfig {
+            metadata_ttl: Duration::from_secs(60),
+            write: Some(s3vol::upload::WriteConfig::new(
+                staging.path().to_path_buf(),
+            )),
+            ..FsConfig::default()
+        },
+    );
+    let d = lookup_path(&fs, "d").await.unwrap();
+    assert_eq!(list(&fs, d).await.len(), 1);
+    let (_, fh) = fs.create(d, OsStr::new("new")).await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    fs.unlink(d, OsStr::new("a")).await.unwrap();
+    store.clear_calls();
+    let names: Vec<String> = list(&fs, d).await.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["new"]);
+    assert_eq!(lookup_path(&fs, "d/a").await, Err(libc::ENOENT));
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+}

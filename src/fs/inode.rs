@@ -50,6 +50,10 @@ pub struct Node {
     pub lookups: u64,
     /// Set when S3 showed that `stat` is out of date before the TTL ran out.
     pub expired: bool,
+    /// Directories: when a complete listing was last taken. Until the TTL runs out
+    /// the table's children of this node are the whole directory (as changed by
+    /// this mount since), so listings and lookups of absent names need no request.
+    pub listed: Option<Instant>,
 }
 
 impl Node {
@@ -67,10 +71,21 @@ impl Node {
     }
 }
 
+/// Names recently found absent, remembered for the TTL. Bounded: a scan of many
+/// missing names forgets the oldest.
+const ABSENT_NAMES: usize = 65_536;
+
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
     children: HashMap<(u64, String), u64>,
+    /// Names S3 said do not exist, and when.
+    absent: lru::LruCache<(u64, String), Instant>,
     next_ino: u64,
+}
+
+/// Whether something learnt at `at` is still within `ttl` of `now`.
+fn fresh(at: Instant, ttl: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(at) < ttl
 }
 
 impl InodeTable {
@@ -85,10 +100,14 @@ impl InodeTable {
             fetched: None,
             lookups: 1,
             expired: false,
+            listed: None,
         };
         Self {
             nodes: HashMap::from([(ROOT_INO, root)]),
             children: HashMap::new(),
+            absent: lru::LruCache::new(
+                std::num::NonZeroUsize::new(ABSENT_NAMES).expect("not zero"),
+            ),
             next_ino: ROOT_INO + 1,
         }
     }
@@ -105,6 +124,7 @@ impl InodeTable {
     /// Records what S3 said about `parent/name` and returns its inode number.
     pub fn upsert(&mut self, parent: u64, name: &str, kind: Kind, stat: Stat, now: Instant) -> u64 {
         let slot = (parent, name.to_string());
+        self.absent.pop(&slot);
         if let Some(&ino) = self.children.get(&slot)
             && let Some(node) = self.nodes.get_mut(&ino)
             && node.kind == kind
@@ -132,12 +152,70 @@ impl InodeTable {
                 fetched: Some(now),
                 lookups: 0,
                 expired: false,
+                listed: None,
             },
         );
         if let Some(old) = self.children.insert(slot, ino) {
             self.drop_if_unreferenced(old);
         }
         ino
+    }
+
+    /// Directory `dir` was listed completely at `now`.
+    pub fn mark_listed(&mut self, dir: u64, now: Instant) {
+        if let Some(node) = self.nodes.get_mut(&dir) {
+            node.listed = Some(now);
+        }
+    }
+
+    /// The entries of directory `dir`, sorted by name, if its listing is fresh.
+    pub fn listing(
+        &self,
+        dir: u64,
+        ttl: Duration,
+        now: Instant,
+    ) -> Option<Vec<(u64, Kind, String)>> {
+        let listed = self.nodes.get(&dir)?.listed?;
+        if !fresh(listed, ttl, now) {
+            return None;
+        }
+        let mut entries: Vec<(u64, Kind, String)> = self
+            .children
+            .iter()
+            .filter(|((parent, _), _)| *parent == dir)
+            .filter_map(|((_, name), ino)| {
+                let node = self.nodes.get(ino)?;
+                Some((*ino, node.kind, name.clone()))
+            })
+            .collect();
+        entries.sort_by(|a, b| a.2.cmp(&b.2));
+        Some(entries)
+    }
+
+    /// Whether `parent/name` is known not to exist: S3 said so within the TTL, or
+    /// the parent's fresh listing does not hold it.
+    pub fn known_absent(&mut self, parent: u64, name: &str, ttl: Duration, now: Instant) -> bool {
+        let slot = (parent, name.to_string());
+        if self.children.contains_key(&slot) {
+            return false;
+        }
+        if self
+            .absent
+            .get(&slot)
+            .is_some_and(|at| fresh(*at, ttl, now))
+        {
+            return true;
+        }
+        self.nodes
+            .get(&parent)
+            .and_then(|p| p.listed)
+            .is_some_and(|at| fresh(at, ttl, now))
+    }
+
+    /// S3 said `parent/name` does not exist.
+    pub fn note_absent(&mut self, parent: u64, name: &str, now: Instant) {
+        self.remove_child(parent, name);
+        self.absent.put((parent, name.to_string()), now);
     }
 
     /// Forgets that `parent/name` exists (S3 said it does not).
@@ -159,6 +237,7 @@ impl InodeTable {
             self.children.remove(&old_slot);
         }
         self.remove_child(new_parent, new_name);
+        self.absent.pop(&(new_parent, new_name.to_string()));
         self.children
             .insert((new_parent, new_name.to_string()), ino);
         let node = self.nodes.get_mut(&ino).expect("checked above");

@@ -292,7 +292,10 @@ impl Fs {
             Err(_) => return Err(FsError::NotFound),
         }
         let cached = {
-            let table = self.inodes.lock().unwrap();
+            let mut table = self.inodes.lock().unwrap();
+            if table.known_absent(parent, name, self.config.metadata_ttl, Instant::now()) {
+                return Err(FsError::NotFound);
+            }
             table
                 .child(parent, name)
                 .and_then(|(ino, node)| self.fresh_entry(ino, node))
@@ -331,7 +334,7 @@ impl Fs {
                 })
             }
             None => {
-                table.remove_child(parent, name);
+                table.note_absent(parent, name, Instant::now());
                 Err(FsError::NotFound)
             }
         }
@@ -357,23 +360,33 @@ impl Fs {
         self.inodes.lock().unwrap().forget(ino, n);
     }
 
-    /// Lists directory `ino` completely (all pages) and keeps the snapshot for the
+    /// Lists directory `ino` completely (all pages), or takes the listing from
+    /// the table while the last one is fresh, and keeps the snapshot for the
     /// handle's readdir calls.
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.kind != Kind::Directory {
             return Err(FsError::NotADirectory);
         }
-        let listed = self.list_dir(&node.key).await?;
-        let now = Instant::now();
-        let mut entries = Vec::with_capacity(listed.len() + 2);
-        entries.push((ino, Kind::Directory, ".".to_string()));
-        entries.push((node.parent, Kind::Directory, "..".to_string()));
-        {
-            let mut table = self.inodes.lock().unwrap();
-            for (name, (kind, stat)) in listed {
-                let child = table.upsert(ino, &name, kind, stat, now);
-                entries.push((child, kind, name));
+        let mut entries = vec![
+            (ino, Kind::Directory, ".".to_string()),
+            (node.parent, Kind::Directory, "..".to_string()),
+        ];
+        let cached = {
+            let table = self.inodes.lock().unwrap();
+            table.listing(ino, self.config.metadata_ttl, Instant::now())
+        };
+        match cached {
+            Some(children) => entries.extend(children),
+            None => {
+                let listed = self.list_dir(&node.key).await?;
+                let now = Instant::now();
+                let mut table = self.inodes.lock().unwrap();
+                for (name, (kind, stat)) in listed {
+                    let child = table.upsert(ino, &name, kind, stat, now);
+                    entries.push((child, kind, name));
+                }
+                table.mark_listed(ino, now);
             }
         }
         let entries = entries
