@@ -18,6 +18,7 @@ use std::sync::Arc;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use fuser::{Config, MountOption, SessionACL};
 use nix::unistd::{ForkResult, fork, setsid};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
 use crate::auth;
@@ -347,6 +348,12 @@ fn serve(
     fuse_config.n_threads = Some(FUSE_THREADS);
     fuse_config.clone_fd = true;
 
+    // Registered before the kernel shows the mount: a SIGTERM or SIGINT sent the
+    // moment it appears must unmount, not kill the process.
+    let stop_signals = {
+        let _runtime = runtime.enter();
+        StopSignals::register()
+    };
     let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
         Failure(format!(
             "cannot mount at {}: {e}. Is /dev/fuse available and fusermount3 installed \
@@ -358,7 +365,7 @@ fn serve(
     let mut unmounter = session.unmount_callable();
     let shown = mountpoint.display().to_string();
     runtime.spawn(async move {
-        wait_for_stop_signal().await;
+        stop_signals.wait().await;
         info!(mountpoint = shown, "signal received; unmounting");
         if let Err(e) = unmounter.unmount() {
             error!("unmount failed: {e}");
@@ -508,18 +515,29 @@ pub fn check(args: CheckArgs) -> ExitCode {
     }
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from registration on.
+struct StopSignals(Option<(Signal, Signal)>);
+
+impl StopSignals {
+    /// Must run inside the tokio runtime.
+    fn register() -> Self {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            _ => Self(None),
+        }
+    }
+
+    async fn wait(self) {
+        let Some((mut term, mut int)) = self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
