@@ -218,9 +218,14 @@ fn expired_credentials_fail_with_eacces_and_the_mount_recovers() {
     let denied =
         || std::fs::read(&file).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
     assert!(common::wait_until(Duration::from_secs(30), denied));
+    let says_why = || mount.log_text().contains("renewal is failing");
+    assert!(
+        common::wait_until(Duration::from_secs(10), says_why),
+        "{}",
+        mount.log_text()
+    );
     let log = mount.log_text();
     assert!(log.contains("expired at"), "{log}");
-    assert!(log.contains("renewal is failing"), "{log}");
     assert!(log.contains("switched off by the test"), "{log}");
     // STS answers again: the mount recovers by itself.
     customer.server.sessions(json!({"sts": "allow"}));

@@ -29,6 +29,10 @@ use crate::store::expiry::RenewCredentials;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+/// Credentials are treated as expired this long before their stated expiry: a
+/// request signed in the last instant could reach S3 after it and be refused.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
+
 /// Where fresh credentials come from.
 #[async_trait]
 pub trait CredentialSource: Send + Sync + 'static {
@@ -161,7 +165,7 @@ impl RenewingCredentials {
     pub fn current(&self) -> Result<Credentials, CredentialsError> {
         let creds = self.shared.current.lock().unwrap().clone();
         match creds.expiry() {
-            Some(expiry) if expiry <= self.shared.clock.now() => {
+            Some(expiry) if expiry <= self.shared.clock.now() + EXPIRY_MARGIN => {
                 let cause = self
                     .shared
                     .last_error
