@@ -5,6 +5,7 @@
 //! aws-sdk-s3 user. [`cli`] and [`run`] wire concrete types on top.
 
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod fs;
 pub mod fuse;
