@@ -173,7 +173,6 @@ impl RoleArgs {
                 .clone()
                 .unwrap_or_else(crate::auth::default_session_name),
             duration: self.role_duration,
-            renew_before: self.renew_before,
             sts_endpoint_url: self.sts_endpoint_url.clone(),
         }))
     }

@@ -347,10 +347,7 @@ async fn pjdfstest_fails_only_where_semantics_md_says() {
          entries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n\n[features]\n",
     )
     .unwrap();
-    let tools = std::env::var("S3VOL_TOOLS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/s3vol-tools"));
-    let out = Command::new(tools.join("pjdfstest-0.2.2/bin/pjdfstest"))
+    let out = Command::new(common::tools_dir().join("pjdfstest-0.2.2/bin/pjdfstest"))
         .arg("-c")
         .arg(&config)
         .arg("-p")

@@ -26,7 +26,6 @@ pub struct RoleOptions {
     pub external_id: Option<Secret>,
     pub session_name: String,
     pub duration: Duration,
-    pub renew_before: Duration,
     /// STS endpoint, for STS-compatible servers; AWS_ENDPOINT_URL_STS also works.
     pub sts_endpoint_url: Option<String>,
 }

@@ -41,8 +41,8 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Where scripts/lib.sh keeps the servers it installs.
-fn tools_dir() -> PathBuf {
+/// Where scripts/lib.sh keeps the servers and tools it installs.
+pub fn tools_dir() -> PathBuf {
     std::env::var("S3VOL_TOOLS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/s3vol-tools"))
@@ -260,12 +260,7 @@ impl Server {
     /// Runs the Garage CLI against this server and returns its output.
     fn garage(&self, args: &[&str]) -> String {
         assert_eq!(self.kind, ServerKind::Garage);
-        let tools = std::env::var("S3VOL_TOOLS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                Path::new(&std::env::var("HOME").unwrap()).join(".cache/s3vol-tools")
-            });
-        let out = Command::new(tools.join("garage-2.5.0/bin/garage"))
+        let out = Command::new(tools_dir().join("garage-2.5.0/bin/garage"))
             .arg("-c")
             .arg(self.dir.path().join("garage.toml"))
             .args(args)
