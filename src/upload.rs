@@ -398,9 +398,12 @@ impl StagedFile {
         // could create an upload after the flush completed its own.
         let flushing = self.exclusive.try_lock().is_err();
         if appending && !state.deleted && !flushing {
-            // Every part wholly behind the writer is final unless rewritten.
-            let behind = self.layout.index_of(end);
-            for index in 0..behind.min(state.versions.len()) {
+            // The parts this write moved the writer past are final unless
+            // rewritten. (Only those: looking at every part on every write would
+            // cost a file of N parts N checks per write; anything else still dirty
+            // is uploaded by the flush.)
+            let behind = self.layout.index_of(end).min(state.versions.len());
+            for index in self.layout.index_of(offset)..behind {
                 if !state.in_flight[index] && !state.is_clean(index) {
                     self.spawn_part(&mut state, index);
                 }
