@@ -13,7 +13,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::{debug, info, warn};
 
-use super::inode::{Kind, Stat};
+use super::inode::{Kind, Node, Stat};
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging};
 use crate::names::{NameProblem, check_name};
 use crate::store::{ListRequest, UploadedPart};
@@ -58,7 +58,7 @@ impl Fs {
         }
     }
 
-    fn directory(&self, ino: u64) -> FsResult<super::inode::Node> {
+    fn directory(&self, ino: u64) -> FsResult<Node> {
         let node = self.node(ino)?;
         if node.kind != Kind::Directory {
             return Err(FsError::NotADirectory);
@@ -338,14 +338,26 @@ impl Fs {
         }
     }
 
+    /// `parent/name` as unlink, rmdir and rename find it: the parent directory, the
+    /// name, and the inode and kind it names; ENOENT when it does not exist.
+    async fn existing_child<'a>(
+        &self,
+        parent: u64,
+        name: &'a OsStr,
+    ) -> FsResult<(Node, &'a str, u64, Kind)> {
+        let name = self.valid_name(name)?;
+        let parent_node = self.directory(parent)?;
+        let (ino, kind) = self
+            .existing(parent, name)
+            .await?
+            .ok_or(FsError::NotFound)?;
+        Ok((parent_node, name, ino, kind))
+    }
+
     /// unlink(2): DeleteObject. A file still open here is not uploaded any more.
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable()?;
-        let name = self.valid_name(name)?;
-        let parent_node = self.directory(parent)?;
-        let Some((ino, kind)) = self.existing(parent, name).await? else {
-            return Err(FsError::NotFound);
-        };
+        let (parent_node, name, ino, kind) = self.existing_child(parent, name).await?;
         if kind == Kind::Directory {
             return Err(FsError::IsADirectory);
         }
@@ -386,11 +398,7 @@ impl Fs {
     /// rmdir(2): only when empty; deletes the marker if there is one.
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable()?;
-        let name = self.valid_name(name)?;
-        let parent_node = self.directory(parent)?;
-        let Some((ino, kind)) = self.existing(parent, name).await? else {
-            return Err(FsError::NotFound);
-        };
+        let (parent_node, name, ino, kind) = self.existing_child(parent, name).await?;
         if kind != Kind::Directory {
             return Err(FsError::NotADirectory);
         }
@@ -419,13 +427,9 @@ impl Fs {
         if flags & RENAME_EXCHANGE != 0 {
             return Err(FsError::Invalid("S3 cannot swap two names atomically"));
         }
-        let name = self.valid_name(name)?;
         let new_name = self.valid_name(new_name)?;
-        let from_dir = self.directory(parent)?;
         let to_dir = self.directory(new_parent)?;
-        let Some((ino, kind)) = self.existing(parent, name).await? else {
-            return Err(FsError::NotFound);
-        };
+        let (from_dir, name, ino, kind) = self.existing_child(parent, name).await?;
         if parent == new_parent && name == new_name {
             return Ok(());
         }
