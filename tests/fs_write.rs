@@ -462,3 +462,32 @@ async fn writes_that_need_no_download_complete_without_waiting() {
     assert_eq!(store.get("root/new").as_deref(), Some(&b"now"[..]));
     assert_eq!(store.get("root/old").as_deref(), Some(&b"OLD content"[..]));
 }
+
+#[tokio::test]
+async fn directory_renames_past_the_bound_or_the_key_limit_send_no_copy() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    for i in 0..1001 {
+        store.put(&format!("root/many/f{i:04}"), "x");
+    }
+    store.put(&format!("root/deep/{}", "n".repeat(1000)), "x");
+    let vol = volume(store.clone());
+    let root = OsStr::new;
+    lookup_path(&vol.fs, "many").await.unwrap();
+    lookup_path(&vol.fs, "deep").await.unwrap();
+    store.clear_calls();
+    // More than 1000 objects: EXDEV, and mv copies file by file itself.
+    let err = vol
+        .fs
+        .rename(ROOT_INO, root("many"), ROOT_INO, root("moved"), 0)
+        .await;
+    assert_eq!(err.unwrap_err().errno(), libc::EXDEV);
+    // A longer name would push a key past S3's 1024 bytes.
+    let err = vol
+        .fs
+        .rename(ROOT_INO, root("deep"), ROOT_INO, root(&"d".repeat(40)), 0)
+        .await;
+    assert_eq!(err.unwrap_err().errno(), libc::ENAMETOOLONG);
+    assert_eq!(store.count_calls(Operation::CopyObject), 0);
+    assert_eq!(store.count_calls(Operation::DeleteObject), 0);
+    assert_eq!(store.keys().len(), 1002);
+}

@@ -556,13 +556,14 @@ impl Fs {
                     ..ListRequest::default()
                 })
                 .await?;
-            keys.extend(page.objects.into_iter().map(|o| (o.key, o.size, o.etag)));
-            if keys
+            if page
+                .objects
                 .iter()
-                .any(|(key, _, _)| to.len() + key.len() - from.len() > MAX_KEY_LEN)
+                .any(|o| to.len() + o.key.len() - from.len() > MAX_KEY_LEN)
             {
                 return Err(FsError::NameTooLong);
             }
+            keys.extend(page.objects.into_iter().map(|o| (o.key, o.size, o.etag)));
             if keys.len() > MAX_DIRECTORY_RENAME_KEYS {
                 return Err(FsError::CrossDevice(format!(
                     "{from} holds more than {MAX_DIRECTORY_RENAME_KEYS} objects; renamed file \
