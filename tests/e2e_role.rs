@@ -169,7 +169,21 @@ fn short_sessions_are_renewed_under_a_continuous_read() {
             Err(e) => failures.push(e.to_string()),
         }
     }
-    let renewals = mount.log_text().matches("credentials renewed").count();
+    let log = mount.log_text();
+    let renewals = log.matches("credentials renewed").count();
+    // Each renewal names the role, the session and the new expiry, never a secret.
+    let line = log
+        .lines()
+        .find(|l| l.contains("credentials renewed"))
+        .unwrap_or_default();
+    assert!(line.contains("role/reader (session s3vol-"), "{line}");
+    assert!(line.contains("expires=\"20"), "{line}");
+    for secret in ["secret_key", "external_id"] {
+        assert!(
+            !log.contains(&customer.field(secret)),
+            "the log shows the {secret}"
+        );
+    }
     eprintln!(
         "{reads} reads, {} failed, {renewals} renewals",
         failures.len()

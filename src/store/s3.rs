@@ -551,3 +551,32 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encryption_becomes_the_sse_headers() {
+        assert_eq!(sse_headers(None), (None, None));
+        assert_eq!(
+            sse_headers(Some(&Encryption::Aes256)),
+            (Some(ServerSideEncryption::Aes256), None)
+        );
+        let kms = Encryption::Kms {
+            key_id: Some("alias/volumes".into()),
+        };
+        assert_eq!(
+            sse_headers(Some(&kms)),
+            (
+                Some(ServerSideEncryption::AwsKms),
+                Some("alias/volumes".into())
+            )
+        );
+        let bucket_key = Encryption::Kms { key_id: None };
+        assert_eq!(
+            sse_headers(Some(&bucket_key)),
+            (Some(ServerSideEncryption::AwsKms), None)
+        );
+    }
+}
