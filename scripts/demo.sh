@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what s3vol needs, builds it, starts a local Garage S3 server with sample
-# data, mounts the bucket prefix read-only with s3vol and shows it working. Leaves
-# nothing running: the mount and the server are stopped at the end.
+# data, mounts the bucket prefix read-only with s3vol and shows it working, then
+# mounts it read-write and writes through it. Leaves nothing running: the mounts and
+# the server are stopped at the end.
 source "$(dirname "$0")/lib.sh"
 cd "$S3VOL_ROOT"
 
@@ -58,6 +59,26 @@ log "writes are refused on a read-only volume"
 if touch "$mnt/new-file" 2>"$work/err"; then die "a write succeeded on a read-only mount"; fi
 cat "$work/err"
 
+log "umount $mnt"
+umount "$mnt"
+
+log "s3vol mount demo/datasets $mnt --read-write"
+"$S3VOL" mount demo/datasets "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
+    --read-write --cache-dir "$work/cache" --log-file "$work/s3vol.log"
+log "copying a 20 MiB file in (a multipart upload; durable when cp returns), then renaming it"
+mkdir "$mnt/results"
+head -c 20M /dev/urandom >"$work/output.bin"
+cp "$work/output.bin" "$mnt/results/run-1.bin"
+mv "$mnt/results/run-1.bin" "$mnt/results/final.bin"
+ls -l "$mnt/results"
+s3_sum=$("$MOTO_VENV/bin/python" -c '
+import os, hashlib, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"])
+print(hashlib.sha256(s3.get_object(Bucket="demo", Key="datasets/results/final.bin")["Body"].read()).hexdigest())')
+local_sum=$(sha256sum "$work/output.bin" | cut -d' ' -f1)
+echo "written:  $local_sum"
+echo "in S3:    $s3_sum"
+[ "$local_sum" = "$s3_sum" ] || die "checksums differ"
 log "umount $mnt"
 umount "$mnt"
 log "demo finished"
