@@ -34,6 +34,18 @@ pub enum Command {
     /// Print the least-privilege IAM policy for a volume, and the role's trust
     /// policy when given the principal and external ID.
     Policy(PolicyArgs),
+    /// Show what a mounted volume has done: requests to S3, bytes moved, cache
+    /// hits and misses, uploads, credential renewals.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// Where an s3vol volume is mounted.
+    pub mountpoint: PathBuf,
+    /// Print the report as JSON, for scripts and monitoring.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -231,10 +243,19 @@ pub struct MountArgs {
     #[arg(long, value_name = "N", default_value = "8",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_concurrency: u16,
-    /// Directory for local data: files being written are staged here
-    /// (default /var/cache/s3vol, or ~/.cache/s3vol when that is not writable).
+    /// Directory for local data: cached blocks (a subdirectory per mount) and
+    /// files being written (default /var/cache/s3vol, or ~/.cache/s3vol when that
+    /// is not writable).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Most disk space the block cache may use (default: a quarter of the space
+    /// free in the cache directory when the volume is mounted).
+    #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
+    pub cache_size: Option<u64>,
+    /// Keep no read data: every read goes to S3 (files being written are still
+    /// staged under --cache-dir).
+    #[arg(long, conflicts_with = "cache_size")]
+    pub no_cache: bool,
 
     /// Stay in the foreground instead of daemonizing; log to standard error.
     #[arg(long)]
@@ -260,6 +281,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "k" | "kib" => 10,
         "m" | "mib" => 20,
         "g" | "gib" => 30,
+        "t" | "tib" => 40,
         _ => return Err(format!("{text:?} is not a size such as 8MiB or 1GiB")),
     };
     digits
@@ -275,6 +297,18 @@ fn parse_part_size(text: &str) -> Result<u64, String> {
         Ok(size)
     } else {
         Err(format!("{text:?}: S3 parts are 5MiB to 5GiB"))
+    }
+}
+
+fn parse_cache_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size >= crate::cache::BLOCK_SIZE {
+        Ok(size)
+    } else {
+        Err(format!(
+            "{text:?} cannot hold one 1MiB block; give at least 1MiB, or --no-cache to \
+             turn the cache off"
+        ))
     }
 }
 
@@ -418,6 +452,7 @@ pub fn main() -> ExitCode {
         Command::Mount(args) => crate::run::mount(*args),
         Command::Check(args) => crate::run::check(*args),
         Command::Policy(args) => print_policy(&args),
+        Command::Stats(args) => crate::run::stats(&args),
     }
 }
 

@@ -1,7 +1,7 @@
 //! s3vol: attach an S3 bucket prefix to a Linux directory.
 //!
 //! Layers, from the kernel down: [`fuse`] (the only fuser user) calls [`fs`], which
-//! uses [`read`] and the [`store::ObjectStore`] trait; [`store::s3`] is the only
+//! uses [`read`], [`cache`], [`upload`] and the [`store::ObjectStore`] trait; [`store::s3`] is the only
 //! aws-sdk-s3 user. [`cli`] and [`run`] wire concrete types on top.
 
 pub mod auth;
@@ -15,5 +15,6 @@ pub mod policy;
 pub mod preflight;
 pub mod read;
 pub mod run;
+pub mod stats;
 pub mod store;
 pub mod upload;

@@ -12,6 +12,10 @@
 //! Every GET is pinned to the ETag seen at open, so an object replaced while it is
 //! read fails the read (ESTALE) instead of returning a mix of two versions.
 //!
+//! With a block cache, every fetch goes through it: blocks it holds come from
+//! memory or disk, the rest from S3 in whole blocks (a random read then fetches
+//! the 1 MiB block it touches, which the next read nearby finds cached).
+//!
 //! Read-ahead memory is bounded per mount by a semaphore counted in bytes: a part
 //! is only requested ahead of need when the budget has room, so many concurrent
 //! readers share the budget instead of multiplying it. A part the application is
@@ -25,6 +29,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::cache::BlockCache;
 use crate::store::{ObjectStore, Operation, StoreError, StoreResult};
 
 /// Read-ahead tuning. The defaults are what a fast local or same-region S3 needs.
@@ -77,12 +82,13 @@ struct Part {
 }
 
 enum PartState {
-    Pending(JoinHandle<StoreResult<Bytes>>),
-    Ready(Bytes),
+    Pending(JoinHandle<StoreResult<Vec<Bytes>>>),
+    /// The part's bytes, in pieces (blocks from the cache need no copying).
+    Ready(Vec<Bytes>),
 }
 
 impl Part {
-    async fn bytes(&mut self) -> StoreResult<&Bytes> {
+    async fn pieces(&mut self) -> StoreResult<&[Bytes]> {
         if let PartState::Pending(task) = &mut self.state {
             let data = match task.await {
                 Ok(result) => result?,
@@ -96,7 +102,7 @@ impl Part {
             self.state = PartState::Ready(data);
         }
         match &self.state {
-            PartState::Ready(data) => Ok(data),
+            PartState::Ready(pieces) => Ok(pieces),
             PartState::Pending(_) => unreachable!("a part is ready once awaited"),
         }
     }
@@ -110,11 +116,41 @@ impl Drop for Part {
     }
 }
 
+/// The version of an object a handle reads, and where its bytes come from.
+#[derive(Clone)]
+pub struct ObjectVersion {
+    pub store: Arc<dyn ObjectStore>,
+    pub cache: Option<Arc<BlockCache>>,
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
+    pub size: u64,
+}
+
+impl ObjectVersion {
+    /// Bytes `range`, in pieces, from the cache or from S3.
+    async fn get(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
+        let fetch = |range: Range<u64>| async move {
+            let expected = range.end - range.start;
+            let data = self
+                .store
+                .get_range(&self.key, range, Some(&self.etag))
+                .await?;
+            slice_checked(&self.key, &data, 0..expected)
+        };
+        match &self.cache {
+            Some(cache) => {
+                cache
+                    .read(&self.key, &self.etag, self.size, range, fetch)
+                    .await
+            }
+            None => Ok(vec![fetch(range).await?]),
+        }
+    }
+}
+
 /// The read state of one open object.
 pub struct Reader {
-    store: Arc<dyn ObjectStore>,
-    key: String,
-    etag: String,
+    object: ObjectVersion,
     size: u64,
     config: ReadConfig,
     budget: Arc<Semaphore>,
@@ -126,20 +162,11 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        key: String,
-        etag: String,
-        size: u64,
-        config: ReadConfig,
-        budget: Arc<Semaphore>,
-    ) -> Self {
+    pub fn new(object: ObjectVersion, config: ReadConfig, budget: Arc<Semaphore>) -> Self {
         let window = config.initial_window;
         Self {
-            store,
-            key,
-            etag,
-            size,
+            size: object.size,
+            object,
             config,
             budget,
             next_offset: 0,
@@ -184,21 +211,21 @@ impl Reader {
             self.parts.clear();
             self.window = self.config.initial_window;
         }
-        let block = self.config.random_block.max(1);
+        // The cache fetches whole blocks itself; without it, fetch aligned blocks
+        // of the configured size.
+        let block = match self.object.cache {
+            Some(_) => 1,
+            None => self.config.random_block.max(1),
+        };
         let fetch_start = offset / block * block;
         let fetch_end = end.div_ceil(block).saturating_mul(block).min(self.size);
-        let data = self
-            .store
-            .get_range(&self.key, fetch_start..fetch_end, Some(&self.etag))
-            .await?;
+        let pieces = self.object.get(fetch_start..fetch_end).await?;
         if !near {
             self.next_offset = end;
         }
-        slice_checked(
-            &self.key,
-            &data,
-            (offset - fetch_start)..(end - fetch_start),
-        )
+        let mut out = Gather::new(&(offset..end));
+        out.take(&self.object.key, &pieces, fetch_start, offset..end)?;
+        Ok(out.finish())
     }
 
     async fn read_sequential(&mut self, offset: u64, end: u64) -> StoreResult<Bytes> {
@@ -212,34 +239,22 @@ impl Reader {
         }
         self.fill_window(offset, end);
 
-        let mut out: Option<BytesMut> = None;
-        let mut single: Option<Bytes> = None;
+        let mut out = Gather::new(&(offset..end));
         for part in self.parts.iter_mut() {
             if part.range.start >= end {
                 break;
             }
-            let start_in = offset.max(part.range.start);
-            let end_in = end.min(part.range.end);
-            let base = part.range.start;
-            let data = part.bytes().await?;
-            let slice = slice_checked(&self.key, data, (start_in - base)..(end_in - base))?;
-            match (&mut out, &single) {
-                (None, None) => single = Some(slice),
-                (None, Some(first)) => {
-                    let mut buf = BytesMut::with_capacity((end - offset) as usize);
-                    buf.extend_from_slice(first);
-                    buf.extend_from_slice(&slice);
-                    out = Some(buf);
-                }
-                (Some(buf), _) => buf.extend_from_slice(&slice),
-            }
+            let wanted = offset.max(part.range.start)..end.min(part.range.end);
+            let start = part.range.start;
+            let pieces = part.pieces().await?;
+            out.take(&self.object.key, pieces, start, wanted)?;
         }
         while self.parts.front().is_some_and(|p| p.range.end <= end) {
             self.parts.pop_front();
             self.grow_window();
         }
         self.next_offset = end;
-        Ok(out.map(BytesMut::freeze).or(single).unwrap_or_default())
+        Ok(out.finish())
     }
 
     fn grow_window(&mut self) {
@@ -268,12 +283,10 @@ impl Reader {
                     Err(_) => break,
                 }
             };
-            let store = self.store.clone();
-            let key = self.key.clone();
-            let etag = self.etag.clone();
+            let object = self.object.clone();
             let range = next..part_end;
             let fetch = range.clone();
-            let task = tokio::spawn(async move { store.get_range(&key, fetch, Some(&etag)).await });
+            let task = tokio::spawn(async move { object.get(fetch).await });
             self.parts.push_back(Part {
                 range,
                 state: PartState::Pending(task),
@@ -281,6 +294,75 @@ impl Reader {
             });
             next = part_end;
         }
+    }
+}
+
+/// Collects the bytes of one read from the pieces that hold them, copying only
+/// when they span more than one piece.
+struct Gather {
+    /// The length of the whole read.
+    len: usize,
+    single: Option<Bytes>,
+    joined: Option<BytesMut>,
+}
+
+impl Gather {
+    fn new(range: &Range<u64>) -> Self {
+        Self {
+            len: (range.end - range.start) as usize,
+            single: None,
+            joined: None,
+        }
+    }
+
+    /// Takes bytes `wanted` from `pieces`, which hold the object's bytes from
+    /// `start` on.
+    fn take(
+        &mut self,
+        key: &str,
+        pieces: &[Bytes],
+        start: u64,
+        wanted: Range<u64>,
+    ) -> StoreResult<()> {
+        let mut at = start;
+        for piece in pieces {
+            let piece_end = at + piece.len() as u64;
+            let from = wanted.start.max(at);
+            let to = wanted.end.min(piece_end);
+            if from < to {
+                self.push(piece.slice((from - at) as usize..(to - at) as usize));
+            }
+            at = piece_end;
+        }
+        if at < wanted.end {
+            return Err(StoreError::ShortBody {
+                op: Operation::GetObject,
+                key: key.to_string(),
+                expected: wanted.end - start,
+                got: at - start,
+            });
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, slice: Bytes) {
+        match (&mut self.joined, self.single.take()) {
+            (Some(joined), _) => joined.extend_from_slice(&slice),
+            (None, None) => self.single = Some(slice),
+            (None, Some(first)) => {
+                let mut joined = BytesMut::with_capacity(self.len);
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&slice);
+                self.joined = Some(joined);
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        self.joined
+            .map(BytesMut::freeze)
+            .or(self.single)
+            .unwrap_or_default()
     }
 }
 

@@ -22,12 +22,15 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
 use crate::auth;
-use crate::cli::{CheckArgs, MountArgs, S3Args};
+use crate::cache::{BlockCache, CacheConfig};
+use crate::cli::{CheckArgs, MountArgs, S3Args, StatsArgs};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};
 use crate::preflight;
+use crate::stats::MountStats;
 use crate::store::ObjectStore;
+use crate::store::counted::CountedStore;
 use crate::store::expiry::RenewOnExpiry;
 use crate::store::s3::{S3Options, S3Store};
 use crate::upload::WriteConfig;
@@ -69,11 +72,11 @@ pub fn mount(mut args: MountArgs) -> ExitCode {
         eprintln!("s3vol: {message}");
         return ExitCode::FAILURE;
     }
-    if args.read_write {
+    if args.read_write || !args.no_cache {
         // Checked (and made absolute) now, with the answer on the terminal; the
         // daemon runs in "/".
-        match staging_dir(args.cache_dir.as_deref()) {
-            Ok(dir) => args.cache_dir = dir.parent().map(Path::to_path_buf),
+        match local_dir(args.cache_dir.as_deref()) {
+            Ok(dir) => args.cache_dir = Some(dir),
             Err(message) => {
                 eprintln!("s3vol: {message}");
                 return ExitCode::FAILURE;
@@ -297,29 +300,48 @@ fn serve(
         .enable_all()
         .thread_name("s3vol-io")
         .build()?;
-    let store: Arc<dyn ObjectStore> = runtime.block_on(async {
-        let store =
+    let (store, renewals) = runtime.block_on(async {
+        let (store, renewals) =
             connect_store(&args.s3, role, args.role.renew_before, &args.source.bucket).await?;
         let endpoint = endpoint(&args.s3);
         preflight::check_mount(store.as_ref(), &args.source, args.read_write, &endpoint).await?;
-        Ok::<_, Failure>(store)
+        Ok::<_, Failure>((store, renewals))
     })?;
+    let counted = CountedStore::new(store);
+    let requests = counted.stats();
+    let store: Arc<dyn ObjectStore> = Arc::new(counted);
 
-    let write = match args.read_write {
-        true => Some(WriteConfig {
+    // Set by mount() whenever the cache or staging needs it.
+    let local = args.cache_dir.as_deref();
+    let cache = match (args.no_cache, local) {
+        (false, Some(local)) => Some(Arc::new(open_cache(local, args.cache_size)?)),
+        _ => None,
+    };
+    let write = match (args.read_write, local) {
+        (true, Some(local)) => Some(WriteConfig {
             part_size: args.part_size,
             max_in_flight: usize::from(args.max_concurrency),
-            ..WriteConfig::new(staging_dir(args.cache_dir.as_deref()).map_err(Failure)?)
+            ..WriteConfig::new(private_dir(&local.join("staging"))?)
         }),
-        false => None,
+        _ => None,
     };
+    let stats = Arc::new(MountStats {
+        source: args.source.to_string(),
+        read_write: args.read_write,
+        started: std::time::SystemTime::now(),
+        requests,
+        cache: cache.clone(),
+        renewals: Some(renewals),
+    });
     let config = FsConfig {
         uid: args.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
         gid: args.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
         metadata_ttl: args.metadata_ttl,
+        cache: cache.clone(),
         write,
+        stats: Some(stats.clone()),
         ..FsConfig::default()
     };
     let fs = Arc::new(Fs::new(store, args.source.prefix.as_str(), config));
@@ -384,7 +406,14 @@ fn serve(
         let _ = File::from(fd).write_all(READY);
     }
     let result = session.run();
-    info!(mountpoint = %mountpoint.display(), "unmounted");
+    info!(
+        mountpoint = %mountpoint.display(),
+        stats = %stats.report(),
+        "unmounted"
+    );
+    if let Some(cache) = &cache {
+        cache.close();
+    }
     runtime.shutdown_background();
     result.map_err(|e| Failure(format!("FUSE session ended with an error: {e}")))
 }
@@ -410,7 +439,7 @@ async fn connect_store(
     role: Option<&auth::RoleOptions>,
     renew_before: std::time::Duration,
     bucket: &str,
-) -> Result<Arc<dyn ObjectStore>, Failure> {
+) -> Result<(Arc<dyn ObjectStore>, Renewals), Failure> {
     let base = auth::load_base_config(s3.region.as_deref(), s3.profile.as_deref()).await;
     let credentials = auth::volume_credentials(role, renew_before, &base)
         .await
@@ -422,13 +451,66 @@ async fn connect_store(
         encryption: s3.encryption().map_err(Failure)?,
     };
     let s3 = Arc::new(S3Store::from_sdk_config(bucket, &base, &options));
-    Ok(Arc::new(RenewOnExpiry::new(s3, Arc::new(credentials))))
+    let credentials = Arc::new(credentials);
+    let renewals: Renewals = {
+        let credentials = credentials.clone();
+        Arc::new(move || credentials.renewals())
+    };
+    Ok((Arc::new(RenewOnExpiry::new(s3, credentials)), renewals))
 }
 
-/// Where files being written are staged: `staging` under the cache directory
-/// (given, or /var/cache/s3vol, or ~/.cache/s3vol for users who cannot write
-/// there), created mode 0700. The files in it are unlinked as soon as created.
-fn staging_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
+/// Counts the credential renewals of a mount.
+type Renewals = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Memory for whole blocks read recently, in front of the disk tier. Small: the
+/// kernel's page cache already keeps the block files that are read often.
+const MEMORY_TIER: u64 = 64 << 20;
+
+/// The block cache in `local`/blocks, bounded by `size` or else by a quarter of
+/// the space free there now.
+fn open_cache(local: &Path, size: Option<u64>) -> Result<BlockCache, Failure> {
+    let dir = local.join("blocks");
+    let disk_bytes = match size {
+        Some(size) => size,
+        None => {
+            let free = nix::sys::statvfs::statvfs(local)
+                .map(|s| s.blocks_available() * s.fragment_size())
+                .map_err(|e| {
+                    Failure(format!(
+                        "cannot see the free space in {}: {e}",
+                        local.display()
+                    ))
+                })?;
+            let share = free / 4;
+            if share < 64 << 20 {
+                tracing::warn!(
+                    dir = %local.display(),
+                    free = %crate::stats::bytes(free),
+                    "little free space for the block cache; choose another --cache-dir or set --cache-size"
+                );
+            }
+            share
+        }
+    };
+    info!(dir = %dir.display(), size = %crate::stats::bytes(disk_bytes), "block cache");
+    BlockCache::open(CacheConfig {
+        dir: dir.clone(),
+        disk_bytes,
+        memory_bytes: MEMORY_TIER,
+    })
+    .map_err(|e| {
+        Failure(format!(
+            "cannot use {} for the block cache: {e}; choose another --cache-dir, or turn \
+             the cache off with --no-cache",
+            dir.display()
+        ))
+    })
+}
+
+/// The directory for local data (cached blocks, staged writes): the one given, or
+/// /var/cache/s3vol, or ~/.cache/s3vol for users who cannot write there; created
+/// mode 0700 and made absolute.
+fn local_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
     let candidates: Vec<PathBuf> = match cache_dir {
         Some(dir) => vec![std::path::absolute(dir).map_err(|e| e.to_string())?],
         None => {
@@ -441,21 +523,31 @@ fn staging_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
     };
     let mut last_error = String::new();
     for dir in candidates {
-        let staging = dir.join("staging");
-        let created = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&staging)
-            .and_then(|()| tempfile::tempfile_in(&staging).map(drop));
-        match created {
-            Ok(()) => return Ok(staging),
-            Err(e) => last_error = format!("{}: {e}", staging.display()),
+        let usable = private_dir(&dir).and_then(|dir| {
+            tempfile::tempfile_in(&dir)
+                .map(drop)
+                .map_err(|e| Failure(e.to_string()))
+                .map(|()| dir)
+        });
+        match usable {
+            Ok(dir) => return Ok(dir),
+            Err(Failure(e)) => last_error = format!("{}: {e}", dir.display()),
         }
     }
     Err(format!(
-        "no writable directory for staging files being written ({last_error}); choose one \
-         with --cache-dir"
+        "no writable directory for the block cache and staged writes ({last_error}); \
+         choose one with --cache-dir"
     ))
+}
+
+/// Creates `dir` (and its parents) mode 0700 if it is missing.
+fn private_dir(dir: &Path) -> Result<PathBuf, Failure> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Failure(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir.to_path_buf())
 }
 
 /// The endpoint as messages name it.
@@ -475,7 +567,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let store = connect_store(
+            let (store, _) = connect_store(
                 &args.s3,
                 role.as_ref(),
                 args.role.renew_before,
@@ -539,6 +631,81 @@ impl StopSignals {
             _ = int.recv() => {}
         }
     }
+}
+
+/// `s3vol stats MOUNTPOINT`: reads the report the daemon serves as an extended
+/// attribute of the volume's root and prints it.
+pub fn stats(args: &StatsArgs) -> ExitCode {
+    let shown = args.mountpoint.display();
+    let report = match read_xattr(&args.mountpoint, crate::stats::XATTR) {
+        Ok(raw) => serde_json::from_slice::<serde_json::Value>(&raw),
+        Err(e) => {
+            let why = match e.raw_os_error() {
+                Some(libc::ENODATA | libc::ENOTSUP) => format!(
+                    "{shown} is not where an s3vol volume is mounted; give the mountpoint \
+                     itself (findmnt -t fuse.s3vol lists them)"
+                ),
+                Some(libc::ENOTCONN) => format!(
+                    "the daemon of {shown} is gone (Transport endpoint is not connected); \
+                     clean up with `umount {shown}`"
+                ),
+                _ => format!("cannot read the statistics of {shown}: {e}"),
+            };
+            eprintln!("s3vol: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match report {
+        Ok(report) if args.json => {
+            println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", crate::stats::render(&shown.to_string(), &report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("s3vol: the statistics of {shown} are not valid JSON: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The value of extended attribute `name` of `path`.
+fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let c_name = CString::new(name)?;
+    // The value can grow between asking its size and reading it: retry then.
+    for _ in 0..3 {
+        // SAFETY: both strings are NUL-terminated and outlive the call; a null
+        // buffer of size 0 asks only for the length.
+        let len =
+            unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; len as usize + 256];
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let got = unsafe {
+            libc::getxattr(
+                c_path.as_ptr(),
+                c_name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ERANGE) {
+            return Err(error);
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
 }
 
 #[cfg(test)]

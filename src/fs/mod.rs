@@ -28,8 +28,10 @@ use tracing::{debug, warn};
 pub use self::error::{FsError, FsResult};
 use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
+use crate::cache::BlockCache;
 use crate::names::{NameProblem, check_name};
-use crate::read::{ReadConfig, Reader};
+use crate::read::{ObjectVersion, ReadConfig, Reader};
+use crate::stats::{self, MountStats};
 use crate::store::{ListRequest, ObjectStore, StoreError};
 use crate::upload::{StagedFile, WriteConfig};
 
@@ -43,8 +45,12 @@ pub struct FsConfig {
     /// How long what S3 said about a name is trusted before asking again.
     pub metadata_ttl: Duration,
     pub read: ReadConfig,
+    /// Where read data is kept; `None` reads everything from S3.
+    pub cache: Option<Arc<BlockCache>>,
     /// How to write; `None` makes the volume read-only.
     pub write: Option<WriteConfig>,
+    /// The mount's counters, served as an extended attribute of the root.
+    pub stats: Option<Arc<MountStats>>,
 }
 
 impl Default for FsConfig {
@@ -56,7 +62,9 @@ impl Default for FsConfig {
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(5),
             read: ReadConfig::default(),
+            cache: None,
             write: None,
+            stats: None,
         }
     }
 }
@@ -539,14 +547,14 @@ impl Fs {
                 self.getattr(ino).await?;
                 node = self.node(ino)?;
             }
-            let reader = Reader::new(
-                self.store.clone(),
-                node.key.clone(),
-                node.stat.etag.clone(),
-                node.stat.size,
-                self.config.read.clone(),
-                self.read_budget.clone(),
-            );
+            let object = ObjectVersion {
+                store: self.store.clone(),
+                cache: self.config.cache.clone(),
+                key: node.key.as_str().into(),
+                etag: node.stat.etag.as_str().into(),
+                size: node.stat.size,
+            };
+            let reader = Reader::new(object, self.config.read.clone(), self.read_budget.clone());
             OpenFile::Object {
                 ino,
                 reader: Arc::new(tokio::sync::Mutex::new(reader)),
@@ -611,6 +619,17 @@ impl Fs {
             ffree: 1 << 32,
             block_size: 4096,
             name_max: crate::names::NAME_MAX as u32,
+        }
+    }
+
+    /// Extended attribute `name` of `ino`: only the root's statistics report
+    /// exists (S3 user metadata is not shown as attributes).
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        match &self.config.stats {
+            Some(stats) if ino == ROOT_INO && name == stats::XATTR => {
+                Ok(stats.report().to_string().into_bytes())
+            }
+            _ => Err(FsError::NoAttribute),
         }
     }
 

@@ -7,6 +7,7 @@
 //! `tests/store_conformance.rs` runs the same checks against the memory store and the
 //! S3 store pointed at a local server, so the fake cannot drift from S3.
 
+pub mod counted;
 pub mod expiry;
 pub mod faulty;
 pub mod memory;
@@ -116,6 +117,22 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation, in a fixed order (for per-operation counters).
+    pub const ALL: [Operation; 12] = [
+        Operation::HeadObject,
+        Operation::GetObject,
+        Operation::ListObjectsV2,
+        Operation::PutObject,
+        Operation::CreateMultipartUpload,
+        Operation::UploadPart,
+        Operation::CompleteMultipartUpload,
+        Operation::AbortMultipartUpload,
+        Operation::ListMultipartUploads,
+        Operation::CopyObject,
+        Operation::UploadPartCopy,
+        Operation::DeleteObject,
+    ];
+
     /// The IAM action that authorises this operation. (A copy also needs
     /// s3:GetObject on its source; the destination is what a denial names.)
     pub fn iam_action(self) -> &'static str {

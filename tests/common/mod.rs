@@ -330,10 +330,12 @@ pub fn run_s3vol(server: &Server, args: &[&str]) -> Output {
         .expect("run s3vol")
 }
 
-/// A daemonized mount of the real binary, unmounted when dropped.
+/// A daemonized mount of the real binary, unmounted when dropped. Unless the
+/// options name one, it gets a cache directory of its own beside the mountpoint.
 pub struct Mount {
     pub dir: TempDir,
     pub log: PathBuf,
+    pub cache: PathBuf,
 }
 
 impl Mount {
@@ -354,7 +356,12 @@ impl Mount {
         let log = dir.path().with_extension("log");
         let mountpoint = dir.path().to_str().unwrap().to_string();
         let log_arg = log.to_str().unwrap().to_string();
+        let cache = dir.path().with_extension("cache");
+        let cache_arg = cache.to_str().unwrap().to_string();
         let mut args = vec!["mount", source, &mountpoint, "--log-file", &log_arg];
+        if !extra.contains(&"--cache-dir") {
+            args.extend(["--cache-dir", &cache_arg]);
+        }
         let endpoint = server.endpoint_args();
         args.extend(endpoint.iter().map(String::as_str));
         args.extend_from_slice(extra);
@@ -369,7 +376,7 @@ impl Mount {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        Mount { dir, log }
+        Mount { dir, log, cache }
     }
 
     pub fn path(&self) -> &Path {
@@ -385,6 +392,7 @@ impl Drop for Mount {
     fn drop(&mut self) {
         unmount(self.dir.path());
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_dir_all(&self.cache);
     }
 }
 

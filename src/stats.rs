@@ -1,0 +1,233 @@
+//! What a mount has done: requests to S3 by operation, bytes each way, the block
+//! cache's hits and misses, uploads and credential renewals.
+//!
+//! The daemon serves a JSON report as the extended attribute [`XATTR`] of the
+//! volume's root directory, so `s3vol stats MOUNTPOINT` (or `getfattr -n
+//! user.s3vol.stats MOUNTPOINT`) works wherever the mount is visible, in
+//! containers too, with no socket to find. The same report is logged at unmount.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use crate::cache::BlockCache;
+use crate::store::Operation;
+use crate::store::counted::RequestStats;
+
+/// The extended attribute of the root directory that holds the report.
+pub const XATTR: &str = "user.s3vol.stats";
+
+/// Where a mount's counters live.
+pub struct MountStats {
+    /// `BUCKET/PREFIX` as mounted.
+    pub source: String,
+    pub read_write: bool,
+    pub started: SystemTime,
+    pub requests: Arc<RequestStats>,
+    pub cache: Option<Arc<BlockCache>>,
+    /// Credential renewals so far, when the credentials are renewed at all.
+    pub renewals: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+impl std::fmt::Debug for MountStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountStats")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MountStats {
+    /// The report, as `s3vol stats --json` prints it.
+    pub fn report(&self) -> Value {
+        let requests = &self.requests;
+        let count = |op| requests.requests(op);
+        let by_operation: serde_json::Map<String, Value> = Operation::ALL
+            .iter()
+            .map(|op| (op.to_string(), json!(count(*op))))
+            .collect();
+        let cache = match &self.cache {
+            None => json!({ "enabled": false }),
+            Some(cache) => {
+                let stats = &cache.stats;
+                let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+                json!({
+                    "enabled": true,
+                    "memory_hits": load(&stats.memory_hits),
+                    "disk_hits": load(&stats.disk_hits),
+                    "misses": load(&stats.misses),
+                    "bytes_from_cache": load(&stats.bytes_from_cache),
+                    "evictions": load(&stats.evictions),
+                    "damaged_blocks": load(&stats.corrupt),
+                    "disk_used": cache.disk_used(),
+                    "disk_capacity": cache.capacity(),
+                    "dir": cache.dir().display().to_string(),
+                })
+            }
+        };
+        let uptime = SystemTime::now()
+            .duration_since(self.started)
+            .unwrap_or_default()
+            .as_secs();
+        json!({
+            "source": self.source,
+            "mode": if self.read_write { "read-write" } else { "read-only" },
+            "uptime_seconds": uptime,
+            "requests": by_operation,
+            "request_errors": requests.errors(),
+            "bytes_from_s3": requests.bytes_downloaded(),
+            "bytes_to_s3": requests.bytes_uploaded(),
+            "cache": cache,
+            "uploads": {
+                "objects": count(Operation::PutObject)
+                    + count(Operation::CompleteMultipartUpload)
+                    + count(Operation::CopyObject),
+                "parts": count(Operation::UploadPart) + count(Operation::UploadPartCopy),
+                "aborted": count(Operation::AbortMultipartUpload),
+            },
+            "credential_renewals": self.renewals.as_ref().map(|renewals| renewals()),
+        })
+    }
+}
+
+/// The report as people read it: one line per subject.
+pub fn render(mountpoint: &str, report: &Value) -> String {
+    let number = |path: &[&str]| {
+        path.iter()
+            .try_fold(report, |v, k| v.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let text = |key: &str| report.get(key).and_then(Value::as_str).unwrap_or("?");
+    let mut out = format!(
+        "{mountpoint}: {} ({}), up {}\n",
+        text("source"),
+        text("mode"),
+        humantime::format_duration(std::time::Duration::from_secs(number(&["uptime_seconds"])))
+    );
+    let requests: Vec<String> = report
+        .get("requests")
+        .and_then(Value::as_object)
+        .map(|ops| {
+            ops.iter()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(op, n)| format!("{op} {n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let requests = if requests.is_empty() {
+        "none".to_string()
+    } else {
+        requests.join(", ")
+    };
+    out += &format!(
+        "  requests     {requests} ({} failed)\n",
+        number(&["request_errors"])
+    );
+    out += &format!(
+        "  transferred  {} from S3, {} to S3\n",
+        bytes(number(&["bytes_from_s3"])),
+        bytes(number(&["bytes_to_s3"]))
+    );
+    if report
+        .pointer("/cache/enabled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        let memory = number(&["cache", "memory_hits"]);
+        let disk = number(&["cache", "disk_hits"]);
+        out += &format!(
+            "  cache        {} hits ({memory} memory, {disk} disk), {} misses, {} served from cache\n",
+            memory + disk,
+            number(&["cache", "misses"]),
+            bytes(number(&["cache", "bytes_from_cache"]))
+        );
+        out += &format!(
+            "  cache disk   {} of {} used, {} evictions, {} damaged blocks removed\n",
+            bytes(number(&["cache", "disk_used"])),
+            bytes(number(&["cache", "disk_capacity"])),
+            number(&["cache", "evictions"]),
+            number(&["cache", "damaged_blocks"])
+        );
+    } else {
+        out += "  cache        off\n";
+    }
+    out += &format!(
+        "  uploads      {} objects, {} parts, {} aborted\n",
+        number(&["uploads", "objects"]),
+        number(&["uploads", "parts"]),
+        number(&["uploads", "aborted"])
+    );
+    match report.get("credential_renewals").and_then(Value::as_u64) {
+        Some(n) => out += &format!("  credentials  {n} renewals\n"),
+        None => out += "  credentials  static (never renewed)\n",
+    }
+    out
+}
+
+/// A byte count in binary units, as `ls -h` would show it.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectStore;
+    use crate::store::counted::CountedStore;
+    use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[tokio::test]
+    async fn the_report_counts_what_the_store_did() {
+        let store = CountedStore::new(Arc::new(MemoryStore::new("bkt")));
+        store
+            .put_object("a", bytes::Bytes::from_static(b"12345"))
+            .await
+            .unwrap();
+        store.get_range("a", 0..5, None).await.unwrap();
+        let stats = MountStats {
+            source: "bkt/data".into(),
+            read_write: true,
+            started: SystemTime::now(),
+            requests: store.stats(),
+            cache: None,
+            renewals: Some(Arc::new(|| 3)),
+        };
+        let report = stats.report();
+        assert_eq!(report["requests"]["GetObject"], 1);
+        assert_eq!(report["requests"]["PutObject"], 1);
+        assert_eq!(report["bytes_from_s3"], 5);
+        assert_eq!(report["uploads"]["objects"], 1);
+        assert_eq!(report["credential_renewals"], 3);
+        let text = render("/mnt", &report);
+        assert!(text.contains("bkt/data (read-write)"), "{text}");
+        assert!(
+            text.contains("GetObject 1, PutObject 1 (0 failed)"),
+            "{text}"
+        );
+        assert!(text.contains("5 B from S3, 5 B to S3"), "{text}");
+        assert!(text.contains("cache        off"), "{text}");
+        assert!(text.contains("3 renewals"), "{text}");
+    }
+}

@@ -1,0 +1,260 @@
+//! A wrapper that counts every request by operation, the failures, and the bytes
+//! each way: what `s3vol stats` shows of the traffic to S3.
+
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, StoreResult,
+    UploadedPart,
+};
+
+/// Counters of the requests a store has sent.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    /// Indexed like [`Operation::ALL`].
+    requests: [AtomicU64; Operation::ALL.len()],
+    errors: AtomicU64,
+    bytes_downloaded: AtomicU64,
+    bytes_uploaded: AtomicU64,
+}
+
+impl RequestStats {
+    fn slot(&self, op: Operation) -> &AtomicU64 {
+        let index = Operation::ALL
+            .iter()
+            .position(|o| *o == op)
+            .expect("listed");
+        &self.requests[index]
+    }
+
+    /// Requests of `op` sent (each retry after a refused credential counts once).
+    pub fn requests(&self, op: Operation) -> u64 {
+        self.slot(op).load(Ordering::Relaxed)
+    }
+
+    /// Requests that failed, whatever the reason.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Object bytes received (GET bodies).
+    pub fn bytes_downloaded(&self) -> u64 {
+        self.bytes_downloaded.load(Ordering::Relaxed)
+    }
+
+    /// Object bytes sent (PutObject and UploadPart bodies).
+    pub fn bytes_uploaded(&self) -> u64 {
+        self.bytes_uploaded.load(Ordering::Relaxed)
+    }
+}
+
+pub struct CountedStore {
+    inner: Arc<dyn ObjectStore>,
+    stats: Arc<RequestStats>,
+}
+
+impl CountedStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<RequestStats> {
+        self.stats.clone()
+    }
+
+    async fn count<T>(
+        &self,
+        op: Operation,
+        uploaded: usize,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        self.stats.slot(op).fetch_add(1, Ordering::Relaxed);
+        let result = call.await;
+        match &result {
+            Ok(_) => {
+                self.stats
+                    .bytes_uploaded
+                    .fetch_add(uploaded as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl ObjectStore for CountedStore {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+
+    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
+        self.count(Operation::HeadObject, 0, self.inner.head_object(key))
+            .await
+    }
+
+    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
+        self.count(Operation::ListObjectsV2, 0, self.inner.list_objects(req))
+            .await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        let data = self
+            .count(
+                Operation::GetObject,
+                0,
+                self.inner.get_range(key, range, if_match),
+            )
+            .await?;
+        self.stats
+            .bytes_downloaded
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        let len = body.len();
+        self.count(Operation::PutObject, len, self.inner.put_object(key, body))
+            .await
+    }
+
+    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+        self.count(
+            Operation::CreateMultipartUpload,
+            0,
+            self.inner.create_multipart_upload(key),
+        )
+        .await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
+        let len = body.len();
+        self.count(
+            Operation::UploadPart,
+            len,
+            self.inner.upload_part(key, upload_id, number, body),
+        )
+        .await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> StoreResult<String> {
+        self.count(
+            Operation::CompleteMultipartUpload,
+            0,
+            self.inner.complete_multipart_upload(key, upload_id, parts),
+        )
+        .await
+    }
+
+    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.count(
+            Operation::AbortMultipartUpload,
+            0,
+            self.inner.abort_multipart_upload(key, upload_id),
+        )
+        .await
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+        self.count(
+            Operation::ListMultipartUploads,
+            0,
+            self.inner.list_multipart_uploads(prefix),
+        )
+        .await
+    }
+
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        self.count(
+            Operation::CopyObject,
+            0,
+            self.inner.copy_object(from, to, if_match),
+        )
+        .await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        from: &str,
+        to: &str,
+        upload_id: &str,
+        number: i32,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
+        self.count(
+            Operation::UploadPartCopy,
+            0,
+            self.inner
+                .upload_part_copy(from, to, upload_id, number, range, if_match),
+        )
+        .await
+    }
+
+    async fn delete_object(&self, key: &str) -> StoreResult<()> {
+        self.count(Operation::DeleteObject, 0, self.inner.delete_object(key))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::faulty::{Fault, FaultyStore};
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn counts_requests_failures_and_bytes() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        let faulty = Arc::new(FaultyStore::new(memory.clone()));
+        let store = CountedStore::new(faulty.clone());
+        store
+            .put_object("a", Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        store.get_range("a", 1..4, None).await.unwrap();
+        faulty.fail_nth(Operation::GetObject, 1, Fault::AccessDenied);
+        store.get_range("a", 0..5, None).await.unwrap_err();
+        store.head_object("missing").await.unwrap_err();
+        let stats = store.stats();
+        assert_eq!(stats.requests(Operation::PutObject), 1);
+        assert_eq!(stats.requests(Operation::GetObject), 2);
+        assert_eq!(stats.requests(Operation::HeadObject), 1);
+        assert_eq!(stats.requests(Operation::DeleteObject), 0);
+        assert_eq!(stats.errors(), 2);
+        assert_eq!(stats.bytes_uploaded(), 5);
+        assert_eq!(stats.bytes_downloaded(), 3);
+    }
+}

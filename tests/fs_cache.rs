@@ -1,0 +1,227 @@
+//! The block cache under the filesystem, on the in-memory store: what is read once
+//! is read again without a GET, a replaced object is never served from old blocks,
+//! and the statistics report counts what happened.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+mod common;
+
+use common::fs::{READ, lookup_path, read_all};
+use common::pattern;
+use s3vol::cache::{BLOCK_SIZE, BlockCache, CacheConfig};
+use s3vol::fs::{Fs, FsConfig, ROOT_INO};
+use s3vol::stats::{MountStats, XATTR};
+use s3vol::store::counted::CountedStore;
+use s3vol::store::memory::MemoryStore;
+use s3vol::store::{ObjectStore, Operation};
+
+const MIB: usize = 1024 * 1024;
+
+struct Volume {
+    cache: Arc<BlockCache>,
+    fs: Fs,
+    _dir: tempfile::TempDir,
+}
+
+/// A volume over `store` with a cache of `capacity` bytes and metadata trusted
+/// for `ttl`.
+fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(
+        BlockCache::open(CacheConfig {
+            dir: dir.path().join("blocks"),
+            disk_bytes: capacity,
+            memory_bytes: 4 * MIB as u64,
+        })
+        .unwrap(),
+    );
+    let counted = CountedStore::new(store.clone());
+    let stats = Arc::new(MountStats {
+        source: "bkt".into(),
+        read_write: false,
+        started: SystemTime::now(),
+        requests: counted.stats(),
+        cache: Some(cache.clone()),
+        renewals: None,
+    });
+    let counted: Arc<dyn ObjectStore> = Arc::new(counted);
+    let config = FsConfig {
+        metadata_ttl: ttl,
+        cache: Some(cache.clone()),
+        stats: Some(stats),
+        ..FsConfig::default()
+    };
+    Volume {
+        fs: Fs::new(counted, "", config),
+        cache,
+        _dir: dir,
+    }
+}
+
+fn gets(store: &MemoryStore) -> usize {
+    store.count_calls(Operation::GetObject)
+}
+
+#[tokio::test]
+async fn a_second_read_sends_no_get_and_random_reads_are_served_too() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = pattern(20 * MIB + 4321, 11);
+    store.put("big.bin", data.clone());
+    let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
+    let ino = lookup_path(&vol.fs, "big.bin").await.unwrap();
+
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, data);
+    let fetched: u64 = store
+        .calls()
+        .iter()
+        .filter_map(|c| c.range.clone())
+        .map(|r| r.end - r.start)
+        .sum();
+    assert_eq!(fetched, data.len() as u64, "each byte fetched once");
+
+    store.clear_calls();
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, data);
+    let fh = vol.fs.open(ino, READ).await.unwrap();
+    for offset in [15 * MIB + 7, 3, 9 * MIB - 2, data.len() - 4096] {
+        let got = vol.fs.read(fh, offset as u64, 4096).await.unwrap();
+        assert_eq!(&got[..], &data[offset..offset + 4096], "at {offset}");
+    }
+    vol.fs.release(fh).await;
+    assert_eq!(gets(&store), 0, "{:?}", store.calls());
+    assert!(
+        vol.cache
+            .stats
+            .disk_hits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}
+
+#[tokio::test]
+async fn a_random_read_caches_the_block_it_touches() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = pattern(8 * MIB, 12);
+    store.put("f", data.clone());
+    let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    let fh = vol.fs.open(ino, READ).await.unwrap();
+    let offset = 5 * MIB + 100;
+    vol.fs.read(fh, 0, 10).await.unwrap();
+    store.clear_calls();
+    let got = vol.fs.read(fh, offset as u64, 4096).await.unwrap();
+    assert_eq!(&got[..], &data[offset..offset + 4096]);
+    let ranges: Vec<_> = store.calls().into_iter().filter_map(|c| c.range).collect();
+    assert_eq!(
+        ranges,
+        vec![5 * BLOCK_SIZE..6 * BLOCK_SIZE],
+        "one whole block"
+    );
+    // Elsewhere in the same block: no request.
+    let near = offset + 300_000;
+    let got = vol.fs.read(fh, near as u64, 4096).await.unwrap();
+    assert_eq!(&got[..], &data[near..near + 4096]);
+    assert_eq!(gets(&store), 1);
+    vol.fs.release(fh).await;
+}
+
+#[tokio::test]
+async fn a_replaced_object_is_read_fresh_once_the_ttl_has_passed() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let old = pattern(3 * MIB, 1);
+    let new = pattern(3 * MIB, 2);
+    store.put("f", old.clone());
+    let ttl = Duration::from_millis(300);
+    let vol = volume(store.clone(), 64 * MIB as u64, ttl);
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, old);
+
+    // Same size, another ETag. Within the TTL the volume still knows the old
+    // version and serves it whole from the cache, with no request at all.
+    store.put("f", new.clone());
+    store.clear_calls();
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, old);
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, new);
+    assert!(gets(&store) > 0, "the new version came from S3");
+}
+
+#[tokio::test]
+async fn an_object_replaced_mid_read_fails_with_estale_not_a_mix() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("f", pattern(4 * MIB, 1));
+    let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    let fh = vol.fs.open(ino, READ).await.unwrap();
+    vol.fs.read(fh, 0, 4096).await.unwrap();
+    store.put("f", pattern(4 * MIB, 2));
+    let err = vol.fs.read(fh, 3 * MIB as u64, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    // Block 0 of the old version is still cached, but the next open pins the
+    // new ETag and never sees it.
+    let again = vol.fs.open(ino, READ).await.unwrap();
+    assert_eq!(
+        &vol.fs.read(again, 0, 8).await.unwrap()[..],
+        &pattern(4 * MIB, 2)[..8]
+    );
+}
+
+#[tokio::test]
+async fn reading_three_times_the_capacity_keeps_the_bound() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    for n in 0..3 {
+        store.put(&format!("f{n}"), pattern(4 * MIB, n));
+    }
+    let capacity = 4 * MIB as u64 + 64 * 1024;
+    let vol = volume(store.clone(), capacity, Duration::from_secs(60));
+    for n in 0..3 {
+        let ino = lookup_path(&vol.fs, &format!("f{n}")).await.unwrap();
+        assert_eq!(
+            read_all(&vol.fs, ino, 128 * 1024).await,
+            pattern(4 * MIB, n)
+        );
+        assert!(vol.cache.disk_used() <= capacity);
+    }
+    let evictions = vol
+        .cache
+        .stats
+        .evictions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(evictions >= 8, "{evictions} evictions");
+    // The last file is what the cache holds now.
+    store.clear_calls();
+    let ino = lookup_path(&vol.fs, "f2").await.unwrap();
+    read_all(&vol.fs, ino, 128 * 1024).await;
+    assert!(gets(&store) <= 1, "{:?}", store.calls());
+}
+
+#[tokio::test]
+async fn the_root_serves_the_statistics_report_as_an_attribute() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("f", pattern(2 * MIB, 3));
+    let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    read_all(&vol.fs, ino, 128 * 1024).await;
+    read_all(&vol.fs, ino, 128 * 1024).await;
+
+    let raw = vol.fs.getxattr(ROOT_INO, OsStr::new(XATTR)).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(report["requests"]["GetObject"], gets(&store) as u64);
+    assert_eq!(report["bytes_from_s3"], 2 * MIB as u64);
+    assert_eq!(report["cache"]["misses"], 2);
+    assert!(report["cache"]["bytes_from_cache"].as_u64().unwrap() >= 2 * MIB as u64);
+    assert_eq!(report["mode"], "read-only");
+
+    let errno = |r: Result<Vec<u8>, s3vol::fs::FsError>| r.unwrap_err().errno();
+    assert_eq!(
+        errno(vol.fs.getxattr(ino, OsStr::new(XATTR))),
+        libc::ENODATA
+    );
+    assert_eq!(
+        errno(vol.fs.getxattr(ROOT_INO, OsStr::new("security.selinux"))),
+        libc::ENODATA
+    );
+}
