@@ -7,17 +7,21 @@
 #   RUNS=3 bash scripts/bench.sh
 #   RUNS=1 WORKLOADS="seq_write small_creates" bash scripts/bench.sh
 #
-# Workloads: cold 1 GiB sequential read, 4 KiB random reads (no cache on any side),
-# `ls -l` of 10,000 objects in one directory, `find` over 10,000 objects in 100
-# directories, a 1 GiB sequential write and 1000 small-file creates (each timed
-# until the data is in S3: rclone returns from close before uploading, so the
-# clock stops when the objects are listed with their full size), and each daemon's
-# peak RSS.
+# Workloads: cold 1 GiB sequential read and 4 KiB random reads (nothing cached
+# anywhere yet), the same warm (after one full read through the same mount, with
+# each system's local cache on: s3vol's default block cache, s3fs's use_cache,
+# rclone's --vfs-cache-mode full; the kernel's page cache is dropped first, so the
+# data comes from each system's own cache), `ls -l` of 10,000 objects in one
+# directory, `find` over 10,000 objects in 100 directories, a 1 GiB sequential
+# write and 1000 small-file creates (each timed until the data is in S3: rclone
+# returns from close before uploading, so the clock stops when the objects are
+# listed with their full size), and each daemon's peak RSS.
 source "$(dirname "$0")/lib.sh"
 cd "$S3VOL_ROOT"
 
 RUNS=${RUNS:-3}
 RANDOM_READS=${RANDOM_READS:-300}
+WARM_RANDOM_READS=${WARM_RANDOM_READS:-5000}
 
 ensure_rust
 ensure_fuse
@@ -40,18 +44,21 @@ log "seeding: a 1 GiB object, 10,000 objects in one directory, 10,000 in 100 dir
 printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$work/s3fs.passwd"
 chmod 600 "$work/s3fs.passwd"
 
-# mount_system SYSTEM [rw]: read-only unless asked, each system as users run it
-# (rclone writes need its write cache).
+# mount_system SYSTEM [rw|cached]: read-only unless asked, each system as users
+# run it (rclone writes need its write cache). "cached" turns on the peers' local
+# data caches; s3vol's block cache is on by default.
 mount_system() {
-    local rw=${2:-}
+    local mode=${2:-} rw= cached=
+    [ "$mode" = rw ] && rw=rw
+    [ "$mode" = cached ] && cached=1
     case "$1" in
     s3vol)
         "$S3VOL" mount bench "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
-            --log-file "$work/s3vol.log" --log-level warn \
-            ${rw:+--read-write --cache-dir "$work/s3vol-cache"} ;;
+            --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
+            ${rw:+--read-write} ;;
     s3fs)
         s3fs bench "$mnt" -o "${rw:-ro},url=$S3_ENDPOINT,use_path_request_style,endpoint=garage" \
-            -o passwd_file="$work/s3fs.passwd" ;;
+            -o passwd_file="$work/s3fs.passwd" ${cached:+-o use_cache="$work/s3fs-cache"} ;;
     rclone)
         # rclone refuses to start with AWS_CA_BUNDLE pointing at a bundle it cannot use.
         env -u AWS_CA_BUNDLE RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other \
@@ -59,8 +66,8 @@ mount_system() {
             RCLONE_CONFIG_G_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
             RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
             rclone mount g:bench "$mnt" --daemon --log-file "$work/rclone.log" \
-            $([ -n "$rw" ] || echo --read-only) \
-            ${rw:+--vfs-cache-mode writes --cache-dir "$work/rclone-cache"} ;;
+            $([ -n "$rw" ] || echo --read-only) --cache-dir "$work/rclone-cache" \
+            ${rw:+--vfs-cache-mode writes} ${cached:+--vfs-cache-mode full} ;;
     esac
     for _ in $(seq 1 100); do mountpoint -q "$mnt" && return 0; sleep 0.1; done
     die "$1 did not mount"
@@ -80,7 +87,9 @@ unmount_system() {
     pid=$(daemon_pid)
     [ -n "$pid" ] && echo "$1 $(awk '/VmHWM/ {print $2}' "/proc/$pid/status")" >>"$work/rss"
     umount "$mnt"
-    for _ in $(seq 1 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 1 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # Each mount starts with an empty local cache.
+    rm -rf "$work/s3fs-cache" "$work/rclone-cache"
 }
 
 now() { date +%s.%N; }
@@ -95,9 +104,9 @@ cold_read() {  # MiB/s
     t1=$(now); unmount_system "$1"
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
 }
-random_reads() {  # reads/s
-    drop_caches; mount_system "$1"
-    python3 - "$mnt/seq/1g.bin" "$RANDOM_READS" <<'PY'
+# random_pread FILE N: 4 KiB reads at N random aligned offsets; reads/s.
+random_pread() {
+    python3 - "$1" "$2" <<'PY'
 import os, random, sys, time
 path, n = sys.argv[1], int(sys.argv[2])
 fd = os.open(path, os.O_RDONLY)
@@ -110,7 +119,44 @@ for off in offsets:
     assert len(os.pread(fd, 4096, off)) == 4096
 print(f"{n / (time.time() - t):.0f}")
 PY
+}
+random_reads() {  # reads/s
+    drop_caches; mount_system "$1"
+    random_pread "$mnt/seq/1g.bin" "$RANDOM_READS"
     unmount_system "$1"
+}
+
+# GET requests s3vol has sent, from its statistics.
+s3vol_gets() {
+    "$S3VOL" stats --json "$mnt" | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"]["GetObject"])'
+}
+# warm_mount SYSTEM: mounts with the local cache on and reads the file once
+# through it; then drops the kernel's page cache, so what follows is served by
+# the system's own cache.
+warm_mount() {
+    drop_caches; mount_system "$1" cached
+    cat "$mnt/seq/1g.bin" >/dev/null
+    drop_caches
+    [ "$1" != s3vol ] || gets_before=$(s3vol_gets)
+}
+# warm_check SYSTEM: for s3vol, fails the run if the warm workload sent a GET.
+warm_check() {
+    [ "$1" = s3vol ] || return 0
+    local gets; gets=$(s3vol_gets)
+    [ "$gets" = "$gets_before" ] || die "s3vol sent $((gets - gets_before)) GETs for a warm read"
+}
+warm_read() {  # MiB/s
+    warm_mount "$1"
+    local t0 t1; t0=$(now)
+    dd if="$mnt/seq/1g.bin" of=/dev/null bs=1M status=none
+    t1=$(now)
+    warm_check "$1"; unmount_system "$1"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
+}
+warm_random() {  # reads/s
+    warm_mount "$1"
+    random_pread "$mnt/seq/1g.bin" "$WARM_RANDOM_READS"
+    warm_check "$1"; unmount_system "$1"
 }
 ls_l() {  # seconds
     drop_caches; mount_system "$1"
@@ -169,7 +215,7 @@ head -c 1G /dev/urandom >"$work/src-1g.bin"
 
 SYSTEMS=(s3vol s3fs rclone)
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
-read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads ls_l find_tree seq_write small_creates}"
+read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads warm_read warm_random ls_l find_tree seq_write small_creates}"
 declare -A RESULT
 for w in "${WORKLOADS[@]}"; do
     for s in "${SYSTEMS[@]}"; do
@@ -178,7 +224,10 @@ for w in "${WORKLOADS[@]}"; do
         # makes it (the server and the kernel warm up); it is not counted.
         "$w" "$s" >/dev/null
         values=()
-        for _ in $(seq 1 "$RUNS"); do values+=("$($w "$s")"); done
+        for _ in $(seq 1 "$RUNS"); do
+            value=$("$w" "$s") && [ -n "$value" ] || die "$w on $s failed"
+            values+=("$value")
+        done
         RESULT[$w,$s]=$(printf '%s\n' "${values[@]}" | median)
         echo "  runs: ${values[*]} -> median ${RESULT[$w,$s]}" >&2
     done
@@ -226,6 +275,8 @@ printf '| %-34s | %-7s | %10s | %10s | %10s | %10s | %8s | %8s |\n' workload uni
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..36})" "---------" "------------" "------------" "------------" "------------" "----------" "----------"
 row "1 GiB sequential read, cold" "MiB/s" higher cold_read "$RAW_GET"
 row "4 KiB random reads, cold" "reads/s" higher random_reads
+row "1 GiB sequential re-read, warm" "MiB/s" higher warm_read
+row "4 KiB random reads, warm" "reads/s" higher warm_random
 row "ls -l, 10,000 objects" "s" lower ls_l
 row "find, 10,000 objects in 100 dirs" "s" lower find_tree
 row "1 GiB sequential write, durable" "MiB/s" higher seq_write "$RAW_PUT"

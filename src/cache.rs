@@ -7,7 +7,9 @@
 //! out.
 //!
 //! Two tiers: a small LRU of whole blocks in memory in front of an LRU of block
-//! files on disk, bounded in bytes. Each mount has a directory of its own under
+//! files on disk, bounded in bytes. The memory tier takes blocks that arrive in
+//! a buffer of their own (a block read whole from disk, a single-block fetch), so
+//! it never pins a larger fetched buffer and never costs a copy. Each mount has a directory of its own under
 //! the cache directory (mode 0700, files 0600), emptied at mount and removed at
 //! unmount; directories left by mounts that died are removed by the next mount
 //! that uses the same cache directory (a held `flock` tells live ones apart). The
@@ -15,7 +17,7 @@
 //! must not serve what only the old ones were allowed to read.
 //!
 //! Each block file holds a header with the block's identity and a CRC32C of every
-//! 64 KiB chunk, then the data. A read checks only the chunks it touches, so a
+//! 4 KiB chunk, then the data. A read checks only the chunks it touches, so a
 //! 4 KiB random read costs one small read, not a whole block. A file that does not
 //! match (torn write, disk corruption, hash collision) is a miss and is removed,
 //! never an error. Files are written under a temporary name and renamed into
@@ -49,15 +51,17 @@ use crate::store::{Operation, StoreError, StoreResult};
 pub const BLOCK_SIZE: u64 = 1 << 20;
 
 /// The unit of checksumming inside a block file: what a small read reads and
-/// verifies.
-const CHUNK: usize = 64 * 1024;
+/// verifies. One page: a 4 KiB random read costs one 4 KiB disk read (plus the
+/// block's header, which the page cache soon holds), as from a plain file.
+const CHUNK: usize = 4096;
 
 /// Identifies the first bytes of a block file: "s3vol block, format 2".
 const MAGIC: &[u8; 8] = b"S3VBLK02";
 
 /// Block files being written at once, in bytes. When the disk falls this far
-/// behind, fetches wait for it rather than holding ever more data in memory.
-const WRITE_BACKLOG: usize = 64 << 20;
+/// behind, fetches wait for it rather than holding ever more data in memory
+/// (writes land in the page cache, so this is rarely reached).
+const WRITE_BACKLOG: usize = 32 << 20;
 
 /// One block of one version of one object.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -305,11 +309,12 @@ impl BlockCache {
                 let data = fetch(bytes.clone()).await?;
                 check_length(key, &bytes, &data)?;
                 let mut out = Vec::with_capacity(run.len());
+                let alone = run.len() == 1;
                 for (i, claim) in run {
                     let span = &spans[i];
                     let at = (span.start - bytes.start) as usize;
                     let block = data.slice(at..at + span.len);
-                    self.insert(&span.id, &block).await;
+                    self.insert(&span.id, &block, alone).await;
                     claim.complete(&block);
                     out.push((i, block.slice(span.want.clone())));
                 }
@@ -330,13 +335,26 @@ impl BlockCache {
                     let bytes = span.start..span.start + span.len as u64;
                     let data = fetch(bytes.clone()).await?;
                     check_length(key, &bytes, &data)?;
-                    self.insert(&span.id, &data).await;
+                    self.insert(&span.id, &data, true).await;
                     data
                 }
             };
             pieces[i] = Some(block.slice(span.want.clone()));
         }
         Ok(pieces.into_iter().flatten().collect())
+    }
+
+    /// Like [`BlockCache::read`], but only from what the cache holds, and
+    /// blocking: `None` unless every block of the range is cached. For reads
+    /// answered on the thread that received them.
+    pub fn read_cached(&self, key: &str, etag: &str, size: u64, range: Range<u64>) -> Option<Vec<Bytes>> {
+        let range = range.start..range.end.min(size);
+        (range.start / BLOCK_SIZE..range.end.div_ceil(BLOCK_SIZE))
+            .map(|index| {
+                let span = Span::new(key, etag, size, index, &range);
+                self.memory_get(&span).or_else(|| self.disk_read(&span))
+            })
+            .collect()
     }
 
     fn memory_get(&self, span: &Span) -> Option<Bytes> {
@@ -396,12 +414,14 @@ impl BlockCache {
         }
     }
 
-    /// Caches a block fetched from S3: a copy in memory (the fetched buffer may
-    /// hold many blocks, and must not be kept alive by one), and a file written in
-    /// the background. Waits only when the disk has fallen far behind.
-    async fn insert(self: &Arc<Self>, id: &BlockId, data: &Bytes) {
+    /// Caches a block fetched from S3: in memory when it is a buffer of its own
+    /// (`alone`), and as a file written in the background. Waits only when the
+    /// disk has fallen far behind.
+    async fn insert(self: &Arc<Self>, id: &BlockId, data: &Bytes, alone: bool) {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        self.remember(id, &Bytes::copy_from_slice(data));
+        if alone {
+            self.remember(id, data);
+        }
         let name = id.file_name();
         let size = file_len(id, data.len());
         if !self.reserve(&name, size) {

@@ -194,6 +194,28 @@ impl Reader {
         result
     }
 
+    /// Answers a random read from the block cache alone, blocking on local disk
+    /// at most; `None` when the read needs S3 (or belongs to a sequential run,
+    /// whose read-ahead reads the cache in parallel).
+    pub fn read_cached(&mut self, offset: u64, len: u32) -> Option<Bytes> {
+        let cache = self.object.cache.as_ref()?;
+        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        if offset >= end || self.is_sequential(offset) {
+            return None;
+        }
+        let object = &self.object;
+        let pieces = cache.read_cached(&object.key, &object.etag, object.size, offset..end)?;
+        let mut out = Gather::new(&(offset..end));
+        out.take(&object.key, &pieces, offset, offset..end).ok()?;
+        if offset.abs_diff(self.next_offset) > self.config.max_window {
+            // As read_random: a far jump ends the sequential run.
+            self.parts.clear();
+            self.window = self.config.initial_window;
+            self.next_offset = end;
+        }
+        Some(out.finish())
+    }
+
     /// A read is sequential when it continues the last one, lands inside what is
     /// already fetched, or skips forward by less than the window (the kernel's own
     /// read-ahead can deliver requests slightly out of order).

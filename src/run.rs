@@ -633,79 +633,73 @@ impl StopSignals {
     }
 }
 
-/// `s3vol stats MOUNTPOINT`: reads the report the daemon serves as an extended
-/// attribute of the volume's root and prints it.
+/// `s3vol stats MOUNTPOINT`: asks the daemon for its report through an ioctl on
+/// the volume's root and prints it.
 pub fn stats(args: &StatsArgs) -> ExitCode {
-    let shown = args.mountpoint.display();
-    let report = match read_xattr(&args.mountpoint, crate::stats::XATTR) {
-        Ok(raw) => serde_json::from_slice::<serde_json::Value>(&raw),
-        Err(e) => {
-            let why = match e.raw_os_error() {
-                Some(libc::ENODATA | libc::ENOTSUP) => format!(
-                    "{shown} is not where an s3vol volume is mounted; give the mountpoint \
-                     itself (findmnt -t fuse.s3vol lists them)"
-                ),
-                Some(libc::ENOTCONN) => format!(
-                    "the daemon of {shown} is gone (Transport endpoint is not connected); \
-                     clean up with `umount {shown}`"
-                ),
-                _ => format!("cannot read the statistics of {shown}: {e}"),
-            };
-            eprintln!("s3vol: {why}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match report {
+    match read_report(&args.mountpoint) {
         Ok(report) if args.json => {
             println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
             ExitCode::SUCCESS
         }
         Ok(report) => {
-            print!("{}", crate::stats::render(&shown.to_string(), &report));
+            let shown = args.mountpoint.display().to_string();
+            print!("{}", crate::stats::render(&shown, &report));
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("s3vol: the statistics of {shown} are not valid JSON: {e}");
+        Err(Failure(message)) => {
+            eprintln!("s3vol: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// The value of extended attribute `name` of `path`.
-fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    let c_name = CString::new(name)?;
-    // The value can grow between asking its size and reading it: retry then.
-    for _ in 0..3 {
-        // SAFETY: both strings are NUL-terminated and outlive the call; a null
-        // buffer of size 0 asks only for the length.
-        let len =
-            unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), std::ptr::null_mut(), 0) };
-        if len < 0 {
-            return Err(std::io::Error::last_os_error());
+fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
+    use std::os::fd::AsRawFd;
+    let shown = mountpoint.display();
+    let not_a_volume = || {
+        Failure(format!(
+            "{shown} is not where an s3vol volume is mounted; give the mountpoint itself \
+             (findmnt -t fuse.s3vol lists them)"
+        ))
+    };
+    let root = match File::open(mountpoint) {
+        Ok(root) => root,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(Failure(format!(
+                "the daemon of {shown} is gone (Transport endpoint is not connected); clean \
+                 up with `umount {shown}`"
+            )));
         }
-        let mut buf = vec![0u8; len as usize + 256];
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let got = unsafe {
-            libc::getxattr(
-                c_path.as_ptr(),
-                c_name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if got >= 0 {
-            buf.truncate(got as usize);
-            return Ok(buf);
-        }
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::ERANGE) {
-            return Err(error);
-        }
+        Err(e) => return Err(Failure(format!("cannot open {shown}: {e}"))),
+    };
+    // Only FUSE mounts are asked: another filesystem might give the number a
+    // meaning of its own.
+    let path = std::fs::canonicalize(mountpoint)?;
+    if !mounted_at(&path).is_some_and(|fstype| fstype.starts_with("fuse")) {
+        return Err(not_a_volume());
     }
-    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
+    let mut buf = vec![0u8; crate::stats::REPORT_MAX];
+    // SAFETY: the request's size field says REPORT_MAX bytes, and `buf` is valid
+    // for writes of that many; the descriptor is open for the call's duration.
+    let len = unsafe {
+        libc::ioctl(
+            root.as_raw_fd(),
+            crate::stats::IOCTL as libc::c_ulong,
+            buf.as_mut_ptr(),
+        )
+    };
+    if len < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOTTY | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {
+                Err(not_a_volume())
+            }
+            _ => Err(Failure(format!("cannot read the statistics of {shown}: {e}"))),
+        };
+    }
+    buf.truncate(len as usize);
+    serde_json::from_slice(&buf)
+        .map_err(|e| Failure(format!("the statistics of {shown} are not valid JSON: {e}")))
 }
 
 #[cfg(test)]

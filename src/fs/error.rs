@@ -17,8 +17,6 @@ pub enum FsError {
     ReadOnly,
     #[error("{0} is not supported on an S3 volume")]
     NotSupported(&'static str),
-    #[error("no such extended attribute")]
-    NoAttribute,
     #[error("no such open file handle {0}")]
     BadHandle(u64),
     #[error("directory is not empty")]
@@ -73,9 +71,6 @@ impl FsError {
             // Links, device nodes and locks have no S3 equivalent; ENOTSUP tells tools
             // like cp and tar to fall back rather than retry.
             FsError::NotSupported(_) => libc::ENOTSUP,
-            // What getxattr answers for a name that is not there: the kernel keeps
-            // asking (ENOSYS would turn extended attributes off for the mount).
-            FsError::NoAttribute => libc::ENODATA,
             FsError::BadHandle(_) => libc::EBADF,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Exists => libc::EEXIST,
@@ -105,7 +100,6 @@ impl FsError {
         matches!(
             self,
             FsError::NotFound
-                | FsError::NoAttribute
                 | FsError::NameTooLong
                 | FsError::ReadOnly
                 | FsError::NotSupported(_)

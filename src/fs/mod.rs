@@ -31,7 +31,7 @@ pub use self::inode::{Kind, ROOT_INO, Stat};
 use crate::cache::BlockCache;
 use crate::names::{NameProblem, check_name};
 use crate::read::{ObjectVersion, ReadConfig, Reader};
-use crate::stats::{self, MountStats};
+use crate::stats::MountStats;
 use crate::store::{ListRequest, ObjectStore, StoreError};
 use crate::upload::{StagedFile, WriteConfig};
 
@@ -598,6 +598,17 @@ impl Fs {
         })
     }
 
+    /// A read answered without waiting on the network, when the data is in the
+    /// block cache; `None` when it needs the asynchronous path.
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
+        let OpenFile::Object { reader, .. } = self.handle(fh).ok()? else {
+            return None;
+        };
+        // A reader busy with another request takes the asynchronous path.
+        let mut reader = reader.try_lock().ok()?;
+        reader.read_cached(offset, size)
+    }
+
     /// The handle is closed for good, after the flush that reported the outcome of
     /// the upload. The last handle on a staged file frees the staging file; changes
     /// whose upload failed (the application was told at close) are not retried.
@@ -622,14 +633,11 @@ impl Fs {
         }
     }
 
-    /// Extended attribute `name` of `ino`: only the root's statistics report
-    /// exists (S3 user metadata is not shown as attributes).
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+    /// The statistics report, asked for on the root directory.
+    pub fn stats_report(&self, ino: u64) -> FsResult<Vec<u8>> {
         match &self.config.stats {
-            Some(stats) if ino == ROOT_INO && name == stats::XATTR => {
-                Ok(stats.report().to_string().into_bytes())
-            }
-            _ => Err(FsError::NoAttribute),
+            Some(stats) if ino == ROOT_INO => Ok(stats.report().to_string().into_bytes()),
+            _ => Err(FsError::NotSupported("this request")),
         }
     }
 

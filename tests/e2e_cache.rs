@@ -1,0 +1,165 @@
+//! End to end: the block cache and `s3vol stats` on the real binary against Garage.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Mount, Server, ServerKind, pattern, s3vol, unmount, wait_until};
+
+const BUCKET: &str = "vol";
+const MIB: usize = 1024 * 1024;
+
+/// The mount's statistics report, through the command users run.
+fn report(mount: &Mount) -> serde_json::Value {
+    let out = s3vol()
+        .args(["stats", "--json", mount.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn gets(mount: &Mount) -> u64 {
+    report(mount)["requests"]["GetObject"].as_u64().unwrap()
+}
+
+/// Drops the kernel's page cache, so a read reaches the daemon again.
+fn drop_page_cache() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// The per-mount directories under `cache`/blocks, and the bytes of files in them.
+fn cache_dirs(cache: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(cache.join("blocks")) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|f| f.unwrap().metadata().unwrap().len())
+                .sum();
+            (path, bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs Garage (scripts/test.sh)"]
+async fn a_second_read_is_served_from_the_cache_with_no_get() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    let data = pattern(40 * MIB + 123, 4);
+    server.put(BUCKET, "root/big.bin", data.clone()).await;
+    let mount = Mount::new(&server, "vol/root", &[]);
+    let file = mount.path().join("big.bin");
+
+    assert_eq!(std::fs::read(&file).unwrap(), data);
+    let first = report(&mount);
+    assert!(first["requests"]["GetObject"].as_u64().unwrap() >= 1);
+    assert_eq!(first["bytes_from_s3"], data.len() as u64);
+    assert_eq!(first["cache"]["enabled"], true);
+
+    drop_page_cache();
+    assert_eq!(std::fs::read(&file).unwrap(), data);
+    let second = report(&mount);
+    assert_eq!(
+        second["requests"]["GetObject"], first["requests"]["GetObject"],
+        "no GET for the re-read"
+    );
+    let from_cache = second["cache"]["bytes_from_cache"].as_u64().unwrap();
+    assert!(from_cache >= data.len() as u64, "{second}");
+
+    // Random reads of cached data: byte-exact, still no GET.
+    drop_page_cache();
+    let handle = std::fs::File::open(&file).unwrap();
+    for offset in [33 * MIB + 5, 7, 12 * MIB - 3, data.len() - 100, 20 * MIB] {
+        let mut buf = vec![0u8; 100];
+        handle.read_exact_at(&mut buf, offset as u64).unwrap();
+        assert_eq!(buf, data[offset..offset + 100], "at {offset}");
+    }
+    assert_eq!(gets(&mount), first["requests"]["GetObject"]);
+
+    // The human form names the same numbers.
+    let out = s3vol()
+        .args(["stats", mount.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vol/root (read-only)"), "{text}");
+    assert!(text.contains("40.0 MiB from S3"), "{text}");
+    assert!(text.contains("served from cache"), "{text}");
+
+    // The cache lives in a private directory of this mount's own, removed at
+    // unmount, with the statistics in the log.
+    let dirs = cache_dirs(&mount.cache);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let mode = std::fs::metadata(&dirs[0].0).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(dirs[0].1 >= data.len() as u64);
+    unmount(mount.path());
+    // The daemon removes it on its way out, just after the kernel lets go.
+    assert!(wait_until(Duration::from_secs(10), || cache_dirs(&mount.cache).is_empty()));
+    let log = mount.log_text();
+    assert!(log.contains("unmounted"), "{log}");
+    assert!(log.contains("\"bytes_from_cache\""), "{log}");
+}
+
+#[tokio::test]
+#[ignore = "needs Garage (scripts/test.sh)"]
+async fn an_object_replaced_by_another_client_is_read_fresh_after_the_ttl() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    let (old, new) = (pattern(3 * MIB, 1), pattern(3 * MIB, 2));
+    server.put(BUCKET, "root/f", old.clone()).await;
+    let mount = Mount::new(&server, "vol/root", &["--metadata-ttl", "1s"]);
+    let file = mount.path().join("f");
+    assert_eq!(std::fs::read(&file).unwrap(), old);
+
+    server.put(BUCKET, "root/f", new.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop_page_cache();
+    assert_eq!(std::fs::read(&file).unwrap(), new);
+}
+
+#[tokio::test]
+#[ignore = "needs Garage (scripts/test.sh)"]
+async fn the_cache_keeps_its_size_bound_and_no_cache_keeps_nothing() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    for n in 0..3 {
+        server
+            .put(BUCKET, &format!("root/f{n}"), pattern(4 * MIB, n))
+            .await;
+    }
+    let mount = Mount::new(&server, "vol/root", &["--cache-size", "4MiB"]);
+    for n in 0..3 {
+        let path = mount.path().join(format!("f{n}"));
+        assert_eq!(std::fs::read(path).unwrap(), pattern(4 * MIB, n as u64));
+    }
+    // Block files are written in the background; give them a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = report(&mount);
+    assert!(stats["cache"]["disk_used"].as_u64().unwrap() <= 4 * MIB as u64);
+    assert!(stats["cache"]["evictions"].as_u64().unwrap() > 0, "{stats}");
+    let dirs = cache_dirs(&mount.cache);
+    assert!(dirs[0].1 <= 4 * MIB as u64, "{dirs:?}");
+    drop(mount);
+
+    let mount = Mount::new(&server, "vol/root", &["--no-cache"]);
+    let path = mount.path().join("f0");
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(4 * MIB, 0));
+    let before = gets(&mount);
+    drop_page_cache();
+    assert_eq!(std::fs::read(&path).unwrap(), pattern(4 * MIB, 0));
+    assert!(gets(&mount) > before, "every read goes to S3");
+    assert!(cache_dirs(&mount.cache).is_empty());
+    assert_eq!(report(&mount)["cache"]["enabled"], false);
+}
