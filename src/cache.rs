@@ -132,6 +132,9 @@ pub struct BlockCache {
     memory: Mutex<MemoryState>,
     /// Blocks being fetched right now, and who waits for them.
     fetching: Mutex<HashMap<BlockId, broadcast::Sender<Bytes>>>,
+    /// Block files kept open with their checked headers, so a small read costs
+    /// one read of its chunk: no path lookup, no header read.
+    open_files: Mutex<LruCache<String, Arc<OpenBlock>>>,
     write_backlog: Arc<Semaphore>,
     pub stats: CacheStats,
     /// Held for the mount's life: tells later mounts this directory is in use.
@@ -178,6 +181,7 @@ impl BlockCache {
                 used: 0,
             }),
             fetching: Mutex::new(HashMap::new()),
+            open_files: Mutex::new(LruCache::new(open_files_limit())),
             write_backlog: Arc::new(Semaphore::new(WRITE_BACKLOG)),
             stats: CacheStats::default(),
             config,
@@ -198,6 +202,7 @@ impl BlockCache {
     /// Removes every block file and this mount's directory; called at unmount.
     /// Later writes of blocks fail quietly.
     pub fn close(&self) {
+        self.open_files.lock().unwrap().clear();
         let mut disk = self.disk.lock().unwrap();
         disk.files.clear();
         disk.used = 0;
@@ -347,7 +352,13 @@ impl BlockCache {
     /// Like [`BlockCache::read`], but only from what the cache holds, and
     /// blocking: `None` unless every block of the range is cached. For reads
     /// answered on the thread that received them.
-    pub fn read_cached(&self, key: &str, etag: &str, size: u64, range: Range<u64>) -> Option<Vec<Bytes>> {
+    pub fn read_cached(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+        range: Range<u64>,
+    ) -> Option<Vec<Bytes>> {
         let range = range.start..range.end.min(size);
         (range.start / BLOCK_SIZE..range.end.div_ceil(BLOCK_SIZE))
             .map(|index| {
@@ -384,7 +395,23 @@ impl BlockCache {
         {
             return None;
         }
-        match read_block(&self.path(&name), &span.id, span.len, span.want.clone()) {
+        let opened = self.open_files.lock().unwrap().get(&name).cloned();
+        let read = match opened {
+            Some(block) => block.read(span.want.clone()),
+            None => OpenBlock::open(&self.path(&name), &span.id, span.len).and_then(|block| {
+                let data = block.read(span.want.clone());
+                self.open_files
+                    .lock()
+                    .unwrap()
+                    .put(name.clone(), Arc::new(block));
+                // Evicted meanwhile: the descriptor must not keep its space.
+                if !self.disk.lock().unwrap().files.contains(&name) {
+                    self.open_files.lock().unwrap().pop(&name);
+                }
+                data
+            }),
+        };
+        match read {
             Ok(data) => {
                 self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -475,6 +502,13 @@ impl BlockCache {
             }
             evicted
         };
+        {
+            // An open descriptor would keep an evicted file's space in use.
+            let mut open = self.open_files.lock().unwrap();
+            for victim in evicted.iter().chain([&name.to_string()]) {
+                open.pop(victim);
+            }
+        }
         for victim in evicted {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             // A file still being written is removed by its writer, which finds
@@ -532,6 +566,7 @@ impl BlockCache {
     }
 
     fn forget_file(&self, name: &str) {
+        self.open_files.lock().unwrap().pop(name);
         let mut disk = self.disk.lock().unwrap();
         if disk.files.peek(name).is_some_and(|e| e.written)
             && let Some(entry) = disk.files.pop(name)
@@ -703,56 +738,89 @@ enum ReadFailure {
     Damaged(String),
 }
 
-/// Bytes `want` of the block in `path`, if the file holds exactly this block of
-/// `len` bytes and the chunks read are intact.
-fn read_block(
-    path: &Path,
-    id: &BlockId,
+/// A block file open for reading, its header checked.
+struct OpenBlock {
+    file: File,
+    /// Where the data starts in the file.
+    data_start: u64,
     len: usize,
-    want: Range<usize>,
-) -> Result<Bytes, ReadFailure> {
-    let damaged = |why: &str| ReadFailure::Damaged(why.to_string());
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::Missing),
-        Err(e) => return Err(ReadFailure::Damaged(e.to_string())),
-    };
-    let header_len = header_len(id, len);
-    let file_len = file.metadata().map_err(|e| damaged(&e.to_string()))?.len();
-    if file_len != (header_len + len) as u64 {
-        return Err(damaged("file has the wrong length"));
-    }
-    let mut header = vec![0u8; header_len];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|e| damaged(&e.to_string()))?;
-    let mut expected = Vec::with_capacity(header_len);
-    expected.extend_from_slice(MAGIC);
-    expected.extend_from_slice(&(len as u64).to_le_bytes());
-    expected.extend_from_slice(&id.index.to_le_bytes());
-    expected.extend_from_slice(&(id.key.len() as u32).to_le_bytes());
-    expected.extend_from_slice(&(id.etag.len() as u32).to_le_bytes());
-    expected.extend_from_slice(id.key.as_bytes());
-    expected.extend_from_slice(id.etag.as_bytes());
-    if header[..expected.len()] != expected[..] {
-        return Err(damaged("file holds another block"));
-    }
-    let crcs = &header[expected.len()..];
+    /// The CRC32C of each chunk.
+    crcs: Vec<u32>,
+}
 
-    let first = want.start / CHUNK;
-    let last = want.end.div_ceil(CHUNK).min(chunks(len));
-    let read_start = first * CHUNK;
-    let read_end = (last * CHUNK).min(len);
-    let mut data = vec![0u8; read_end - read_start];
-    file.read_exact_at(&mut data, (header_len + read_start) as u64)
-        .map_err(|e| damaged(&e.to_string()))?;
-    for (n, chunk) in data.chunks(CHUNK).enumerate() {
-        let at = 4 * (first + n);
-        let stored = u32::from_le_bytes(crcs[at..at + 4].try_into().expect("4 bytes"));
-        if crc32c::crc32c(chunk) != stored {
-            return Err(damaged("checksum mismatch"));
+impl OpenBlock {
+    /// Opens the file in `path` if it holds exactly this block of `len` bytes.
+    fn open(path: &Path, id: &BlockId, len: usize) -> Result<Self, ReadFailure> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::Missing),
+            Err(e) => return Err(ReadFailure::Damaged(e.to_string())),
+        };
+        let header_len = header_len(id, len);
+        let file_len = file.metadata().map_err(damaged)?.len();
+        if file_len != (header_len + len) as u64 {
+            return Err(ReadFailure::Damaged("file has the wrong length".into()));
         }
+        let mut header = vec![0u8; header_len];
+        file.read_exact_at(&mut header, 0).map_err(damaged)?;
+        let mut expected = Vec::with_capacity(header_len);
+        expected.extend_from_slice(MAGIC);
+        expected.extend_from_slice(&(len as u64).to_le_bytes());
+        expected.extend_from_slice(&id.index.to_le_bytes());
+        expected.extend_from_slice(&(id.key.len() as u32).to_le_bytes());
+        expected.extend_from_slice(&(id.etag.len() as u32).to_le_bytes());
+        expected.extend_from_slice(id.key.as_bytes());
+        expected.extend_from_slice(id.etag.as_bytes());
+        if header[..expected.len()] != expected[..] {
+            return Err(ReadFailure::Damaged("file holds another block".into()));
+        }
+        let crcs = header[expected.len()..]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        Ok(Self {
+            file,
+            data_start: header_len as u64,
+            len,
+            crcs,
+        })
     }
-    Ok(Bytes::from(data).slice(want.start - read_start..want.end - read_start))
+
+    /// Bytes `want` of the block, if the chunks holding them are intact.
+    fn read(&self, want: Range<usize>) -> Result<Bytes, ReadFailure> {
+        let first = want.start / CHUNK;
+        let read_start = first * CHUNK;
+        let read_end = want.end.div_ceil(CHUNK).saturating_mul(CHUNK).min(self.len);
+        let mut data = vec![0u8; read_end - read_start];
+        self.file
+            .read_exact_at(&mut data, self.data_start + read_start as u64)
+            .map_err(damaged)?;
+        for (n, chunk) in data.chunks(CHUNK).enumerate() {
+            if crc32c::crc32c(chunk) != self.crcs[first + n] {
+                return Err(ReadFailure::Damaged("checksum mismatch".into()));
+            }
+        }
+        Ok(Bytes::from(data).slice(want.start - read_start..want.end - read_start))
+    }
+}
+
+fn damaged(e: io::Error) -> ReadFailure {
+    ReadFailure::Damaged(e.to_string())
+}
+
+/// How many block files to keep open: plenty for the random reads of a large
+/// file, and never more than a quarter of the descriptors the process may have.
+fn open_files_limit() -> std::num::NonZeroUsize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_cur as usize,
+        _ => 1024,
+    };
+    std::num::NonZeroUsize::new((soft / 4).clamp(16, 4096)).expect("at least 16")
 }
 
 #[cfg(test)]

@@ -296,6 +296,7 @@ fn serve(
     ready: Option<&mut Option<OwnedFd>>,
 ) -> Result<(), Failure> {
     tune_allocator();
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3vol-io")
@@ -428,6 +429,24 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+/// The block cache keeps block files open, one descriptor each; many systems
+/// start processes with a soft limit of 1024 descriptors and a far higher hard
+/// limit. Raise the soft limit to the hard one (the cache uses a quarter).
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
@@ -694,7 +713,9 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
             Some(libc::ENOTTY | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {
                 Err(not_a_volume())
             }
-            _ => Err(Failure(format!("cannot read the statistics of {shown}: {e}"))),
+            _ => Err(Failure(format!(
+                "cannot read the statistics of {shown}: {e}"
+            ))),
         };
     }
     buf.truncate(len as usize);

@@ -123,8 +123,14 @@ fn write_options_are_checked_before_mounting() {
             &["--read-write", "--cache-dir", "/proc/s3vol-cannot-be-here"][..],
             "no writable directory for the block cache and staged writes",
         ),
-        (&["--cache-size", "100KiB"][..], "cannot hold one 1MiB block"),
-        (&["--no-cache", "--cache-size", "1GiB"][..], "cannot be used with"),
+        (
+            &["--cache-size", "100KiB"][..],
+            "cannot hold one 1MiB block",
+        ),
+        (
+            &["--no-cache", "--cache-size", "1GiB"][..],
+            "cannot be used with",
+        ),
         (&["-o", "cache_size=lots"][..], "is not a size"),
         (
             &["--sse-kms-key-id", "key-1"][..],
@@ -154,7 +160,10 @@ fn stats_of_a_directory_that_is_no_volume_says_so() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("is not where an s3vol volume is mounted"), "{err}");
+    assert!(
+        err.contains("is not where an s3vol volume is mounted"),
+        "{err}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
         .args(["stats", "/nonexistent/s3vol"])
         .output()

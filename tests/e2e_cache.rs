@@ -86,6 +86,7 @@ async fn a_second_read_is_served_from_the_cache_with_no_get() {
         assert_eq!(buf, data[offset..offset + 100], "at {offset}");
     }
     assert_eq!(gets(&mount), first["requests"]["GetObject"]);
+    drop(handle);
 
     // The human form names the same numbers.
     let out = s3vol()
@@ -106,7 +107,10 @@ async fn a_second_read_is_served_from_the_cache_with_no_get() {
     assert!(dirs[0].1 >= data.len() as u64);
     unmount(mount.path());
     // The daemon removes it on its way out, just after the kernel lets go.
-    assert!(wait_until(Duration::from_secs(10), || cache_dirs(&mount.cache).is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || cache_dirs(
+        &mount.cache
+    )
+    .is_empty()));
     let log = mount.log_text();
     assert!(log.contains("unmounted"), "{log}");
     assert!(log.contains("\"bytes_from_cache\""), "{log}");
