@@ -8,10 +8,11 @@
 #   RUNS=1 WORKLOADS="seq_write small_creates" bash scripts/bench.sh
 #
 # Workloads: cold 1 GiB sequential read and 4 KiB random reads (nothing cached
-# anywhere yet), the same warm (after one full read through the same mount, with
-# each system's local cache on: s3vol's default block cache, s3fs's use_cache,
-# rclone's --vfs-cache-mode full; the kernel's page cache is dropped first, so the
-# data comes from each system's own cache), `ls -l` of 10,000 objects in one
+# anywhere yet); the same warm, after one full read through the same mount with
+# each system's local cache on (s3vol's default block cache, s3fs's use_cache,
+# rclone's --vfs-cache-mode full), once as a re-read a moment later and once with
+# the kernel's page cache dropped first, so the data comes from each system's cache
+# on local disk (the run fails if s3vol sends a GET for any of them); `ls -l` of 10,000 objects in one
 # directory, `find` over 10,000 objects in 100 directories, a 1 GiB sequential
 # write and 1000 small-file creates (each timed until the data is in S3: rclone
 # returns from close before uploading, so the clock stops when the objects are
@@ -21,7 +22,7 @@ cd "$S3VOL_ROOT"
 
 RUNS=${RUNS:-3}
 RANDOM_READS=${RANDOM_READS:-300}
-WARM_RANDOM_READS=${WARM_RANDOM_READS:-5000}
+WARM_RANDOM_READS=${WARM_RANDOM_READS:-20000}
 
 ensure_rust
 ensure_fuse
@@ -130,13 +131,14 @@ random_reads() {  # reads/s
 s3vol_gets() {
     "$S3VOL" stats --json "$mnt" | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"]["GetObject"])'
 }
-# warm_mount SYSTEM: mounts with the local cache on and reads the file once
-# through it; then drops the kernel's page cache, so what follows is served by
-# the system's own cache.
+# warm_mount SYSTEM [drop]: mounts with the local cache on and reads the file once
+# through it. With "drop", the kernel's page cache is dropped afterwards, so what
+# follows is served from the system's own cache on local disk; without it, each
+# system serves a re-read as it would a moment after the first read.
 warm_mount() {
     drop_caches; mount_system "$1" cached
     cat "$mnt/seq/1g.bin" >/dev/null
-    drop_caches
+    [ "${2:-}" != drop ] || drop_caches
     [ "$1" != s3vol ] || gets_before=$(s3vol_gets)
 }
 # warm_check SYSTEM: for s3vol, fails the run if the warm workload sent a GET.
@@ -145,19 +147,25 @@ warm_check() {
     local gets; gets=$(s3vol_gets)
     [ "$gets" = "$gets_before" ] || die "s3vol sent $((gets - gets_before)) GETs for a warm read"
 }
-warm_read() {  # MiB/s
-    warm_mount "$1"
+# warm_seq SYSTEM [drop]: MiB/s of a re-read of the whole file.
+warm_seq() {
+    warm_mount "$@"
     local t0 t1; t0=$(now)
     dd if="$mnt/seq/1g.bin" of=/dev/null bs=1M status=none
     t1=$(now)
     warm_check "$1"; unmount_system "$1"
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
 }
-warm_random() {  # reads/s
-    warm_mount "$1"
+# warm_pread SYSTEM [drop]: reads/s of random 4 KiB reads of the read file.
+warm_pread() {
+    warm_mount "$@"
     random_pread "$mnt/seq/1g.bin" "$WARM_RANDOM_READS"
     warm_check "$1"; unmount_system "$1"
 }
+warm_read() { warm_seq "$1"; }          # MiB/s
+warm_random() { warm_pread "$1"; }      # reads/s
+disk_read() { warm_seq "$1" drop; }     # MiB/s
+disk_random() { warm_pread "$1" drop; } # reads/s
 ls_l() {  # seconds
     drop_caches; mount_system "$1"
     local t0 t1 n; t0=$(now)
@@ -215,7 +223,7 @@ head -c 1G /dev/urandom >"$work/src-1g.bin"
 
 SYSTEMS=(s3vol s3fs rclone)
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
-read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads warm_read warm_random ls_l find_tree seq_write small_creates}"
+read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads warm_read warm_random disk_read disk_random ls_l find_tree seq_write small_creates}"
 declare -A RESULT
 for w in "${WORKLOADS[@]}"; do
     for s in "${SYSTEMS[@]}"; do
@@ -277,6 +285,8 @@ row "1 GiB sequential read, cold" "MiB/s" higher cold_read "$RAW_GET"
 row "4 KiB random reads, cold" "reads/s" higher random_reads
 row "1 GiB sequential re-read, warm" "MiB/s" higher warm_read
 row "4 KiB random reads, warm" "reads/s" higher warm_random
+row "1 GiB re-read, local disk cache" "MiB/s" higher disk_read
+row "4 KiB random, local disk cache" "reads/s" higher disk_random
 row "ls -l, 10,000 objects" "s" lower ls_l
 row "find, 10,000 objects in 100 dirs" "s" lower find_tree
 row "1 GiB sequential write, durable" "MiB/s" higher seq_write "$RAW_PUT"

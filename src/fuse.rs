@@ -260,8 +260,14 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         let flags = open_flags(flags);
         self.spawn(debug_span!("open", ino = ino.0), async move {
-            match fs.open(ino.0, flags).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            match fs.open_file(ino.0, flags).await {
+                Ok(opened) => {
+                    let flags = match opened.keep_cache {
+                        true => FopenFlags::FOPEN_KEEP_CACHE,
+                        false => FopenFlags::empty(),
+                    };
+                    reply.opened(FileHandle(opened.fh), flags)
+                }
                 Err(e) => reply.error(errno("open", &e)),
             }
         });

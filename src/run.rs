@@ -482,8 +482,9 @@ async fn connect_store(
 type Renewals = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Memory for whole blocks read recently, in front of the disk tier. Small: the
-/// kernel's page cache already keeps the block files that are read often.
-const MEMORY_TIER: u64 = 64 << 20;
+/// kernel's page cache already keeps the block files (and, for unchanged files,
+/// the files themselves) that are read often.
+const MEMORY_TIER: u64 = 32 << 20;
 
 /// The block cache in `local`/blocks, bounded by `size` or else by a quarter of
 /// the space free there now.

@@ -217,3 +217,45 @@ async fn the_root_serves_the_statistics_report() {
     // Only the root answers.
     assert!(vol.fs.stats_report(ino).is_err());
 }
+
+async fn open_read(fs: &Fs, ino: u64) -> s3vol::fs::Opened {
+    fs.open_file(ino, READ).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_kernel_keeps_its_page_cache_only_for_the_version_it_holds() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("f", "version one");
+    let vol = volume(store.clone(), 64 * MIB as u64, Duration::ZERO);
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    let first = open_read(&vol.fs, ino).await;
+    assert!(
+        !first.keep_cache,
+        "nothing is known of the kernel's cache yet"
+    );
+    vol.fs.release(first.fh).await;
+    let again = open_read(&vol.fs, ino).await;
+    assert!(again.keep_cache, "same version: keep it");
+
+    // Replaced while `again` (old version) stays open.
+    store.put("f", "version two");
+    let new = open_read(&vol.fs, ino).await;
+    assert!(!new.keep_cache, "another version");
+    vol.fs.release(new.fh).await;
+    let meanwhile = open_read(&vol.fs, ino).await;
+    assert!(
+        !meanwhile.keep_cache,
+        "an old-version reader may still add pages"
+    );
+    vol.fs.release(meanwhile.fh).await;
+    vol.fs.release(again.fh).await;
+    let after = open_read(&vol.fs, ino).await;
+    assert!(
+        !after.keep_cache,
+        "the old reader's pages may be in the cache"
+    );
+    vol.fs.release(after.fh).await;
+    let settled = open_read(&vol.fs, ino).await;
+    assert!(settled.keep_cache);
+    vol.fs.release(settled.fh).await;
+}

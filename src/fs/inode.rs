@@ -54,6 +54,9 @@ pub struct Node {
     /// the table's children of this node are the whole directory (as changed by
     /// this mount since), so listings and lookups of absent names need no request.
     pub listed: Option<Instant>,
+    /// Files: the ETag of the version whose pages the kernel may hold in its
+    /// page cache, set when a reader opened that version.
+    pub kernel_cached: Option<String>,
 }
 
 impl Node {
@@ -101,6 +104,7 @@ impl InodeTable {
             lookups: 1,
             expired: false,
             listed: None,
+            kernel_cached: None,
         };
         Self {
             nodes: HashMap::from([(ROOT_INO, root)]),
@@ -114,6 +118,28 @@ impl InodeTable {
 
     pub fn get(&self, ino: u64) -> Option<&Node> {
         self.nodes.get(&ino)
+    }
+
+    /// Records that `ino` is opened to read version `etag` (`None`: to write), and
+    /// says whether the kernel may keep the pages it cached for the file: only
+    /// when they are of this same version.
+    pub fn note_open(&mut self, ino: u64, etag: Option<&str>) -> bool {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
+        let keep = etag.is_some() && node.kernel_cached.as_deref() == etag;
+        node.kernel_cached = etag.map(str::to_string);
+        keep
+    }
+
+    /// A reader of version `etag` closed: if the kernel's cache is known to hold
+    /// another version, it may now hold a mix.
+    pub fn note_closed(&mut self, ino: u64, etag: &str) {
+        if let Some(node) = self.nodes.get_mut(&ino)
+            && node.kernel_cached.as_deref() != Some(etag)
+        {
+            node.kernel_cached = None;
+        }
     }
 
     pub fn child(&self, parent: u64, name: &str) -> Option<(u64, &Node)> {
@@ -153,6 +179,7 @@ impl InodeTable {
                 lookups: 0,
                 expired: false,
                 listed: None,
+                kernel_cached: None,
             },
         );
         if let Some(old) = self.children.insert(slot, ino) {

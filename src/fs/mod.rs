@@ -128,12 +128,22 @@ pub struct OpenFlags {
     pub truncate: bool,
 }
 
+/// A file handle just opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel's cached pages of the file are of the version opened.
+    pub keep_cache: bool,
+}
+
 /// An open file handle.
 #[derive(Clone)]
 enum OpenFile {
     /// Reads the object in S3 as it was at open.
     Object {
         ino: u64,
+        /// The version the handle reads.
+        etag: Arc<str>,
         reader: Arc<tokio::sync::Mutex<Reader>>,
     },
     /// The file is being written in this mount: reads and writes go to its
@@ -525,6 +535,13 @@ impl Fs {
     /// Opens file `ino`: for reading from S3, or through its staged copy when it
     /// is being written here or `flags.write` asks to write it.
     pub async fn open(&self, ino: u64, flags: OpenFlags) -> FsResult<u64> {
+        self.open_file(ino, flags).await.map(|opened| opened.fh)
+    }
+
+    /// Like [`Fs::open`], and says whether the kernel may keep its page cache of
+    /// the file: when this open reads the same version as the last one did, so a
+    /// re-read of an unchanged file is served by the kernel without a request.
+    pub async fn open_file(&self, ino: u64, flags: OpenFlags) -> FsResult<Opened> {
         if flags.write {
             self.writable()?;
         }
@@ -532,8 +549,10 @@ impl Fs {
         if node.kind != Kind::File {
             return Err(FsError::IsADirectory);
         }
+        let mut keep_cache = false;
         let handle = if flags.write || self.staged_file(ino).is_some() {
             let file = self.stage(ino, flags).await?;
+            self.inodes.lock().unwrap().note_open(ino, None);
             OpenFile::Staged {
                 ino,
                 file,
@@ -547,6 +566,18 @@ impl Fs {
                 self.getattr(ino).await?;
                 node = self.node(ino)?;
             }
+            // Pages of another version may enter the kernel's cache through a
+            // handle still open on it: then the cache is not kept.
+            let other_version_open = self.files.lock().unwrap().values().any(|f| {
+                matches!(f, OpenFile::Object { ino: i, etag, .. }
+                    if *i == ino && **etag != node.stat.etag)
+            });
+            let same_version = self
+                .inodes
+                .lock()
+                .unwrap()
+                .note_open(ino, Some(&node.stat.etag));
+            keep_cache = same_version && !other_version_open;
             let object = ObjectVersion {
                 store: self.store.clone(),
                 cache: self.config.cache.clone(),
@@ -557,13 +588,14 @@ impl Fs {
             let reader = Reader::new(object, self.config.read.clone(), self.read_budget.clone());
             OpenFile::Object {
                 ino,
+                etag: node.stat.etag.as_str().into(),
                 reader: Arc::new(tokio::sync::Mutex::new(reader)),
             }
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(fh, handle);
-        debug!(ino, fh, key = node.key, ?flags, "opened");
-        Ok(fh)
+        debug!(ino, fh, key = node.key, ?flags, keep_cache, "opened");
+        Ok(Opened { fh, keep_cache })
     }
 
     fn handle(&self, fh: u64) -> FsResult<OpenFile> {
@@ -577,7 +609,7 @@ impl Fs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (ino, reader) = match self.handle(fh)? {
-            OpenFile::Object { ino, reader } => (ino, reader),
+            OpenFile::Object { ino, reader, .. } => (ino, reader),
             OpenFile::Staged { file, .. } => return Ok(file.read(offset, size).await?),
         };
         let mut reader = reader.lock().await;
@@ -614,8 +646,14 @@ impl Fs {
     /// whose upload failed (the application was told at close) are not retried.
     pub async fn release(&self, fh: u64) {
         let handle = self.files.lock().unwrap().remove(&fh);
-        if let Some(OpenFile::Staged { ino, .. }) = handle {
-            self.unstage(ino).await;
+        match handle {
+            Some(OpenFile::Staged { ino, .. }) => self.unstage(ino).await,
+            Some(OpenFile::Object { ino, etag, .. }) => {
+                // Whatever it read is in the kernel's cache; unless that is the
+                // version the cache is known to hold, the cache is mixed.
+                self.inodes.lock().unwrap().note_closed(ino, &etag);
+            }
+            None => {}
         }
     }
 

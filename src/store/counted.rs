@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, StoreResult,
-    UploadedPart,
+    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, StoreError,
+    StoreResult, UploadedPart,
 };
 
 /// Counters of the requests a store has sent.
@@ -38,7 +38,7 @@ impl RequestStats {
         self.slot(op).load(Ordering::Relaxed)
     }
 
-    /// Requests that failed, whatever the reason.
+    /// Requests that failed (a missing key is an answer, not a failure).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
@@ -85,6 +85,9 @@ impl CountedStore {
                     .bytes_uploaded
                     .fetch_add(uploaded as u64, Ordering::Relaxed);
             }
+            // "No such key" is an answer (a lookup of a name that is not there),
+            // not a failure.
+            Err(StoreError::NotFound { .. }) => {}
             Err(_) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -253,7 +256,7 @@ mod tests {
         assert_eq!(stats.requests(Operation::GetObject), 2);
         assert_eq!(stats.requests(Operation::HeadObject), 1);
         assert_eq!(stats.requests(Operation::DeleteObject), 0);
-        assert_eq!(stats.errors(), 2);
+        assert_eq!(stats.errors(), 1, "a missing key is no failure");
         assert_eq!(stats.bytes_uploaded(), 5);
         assert_eq!(stats.bytes_downloaded(), 3);
     }
