@@ -32,7 +32,7 @@ PY
 
 log "s3vol mount demo/datasets $mnt"
 "$S3VOL" mount demo/datasets "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
-    --log-file "$work/s3vol.log"
+    --cache-dir "$work/cache" --log-file "$work/s3vol.log"
 findmnt "$mnt"
 
 log "ls -lR $mnt"
@@ -54,6 +54,19 @@ echo "through s3vol: $local_sum"
 echo "straight S3:   $s3_sum"
 [ "$local_sum" = "$s3_sum" ] || die "checksums differ"
 awk -v a="$time_start" -v b="$time_end" 'BEGIN { printf "read 64 MiB in %.2f s (%.0f MiB/s)\n", b - a, 64 / (b - a) }'
+
+log "reading it again: served by the block cache, no GET sent"
+sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+gets() { "$S3VOL" stats --json "$mnt" | "$MOTO_VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["requests"]["GetObject"])'; }
+before=$(gets)
+time_start=$(date +%s.%N)
+again_sum=$(sha256sum "$mnt/images/random.bin" | cut -d' ' -f1)
+time_end=$(date +%s.%N)
+[ "$again_sum" = "$s3_sum" ] || die "checksums differ on the re-read"
+[ "$(gets)" = "$before" ] || die "the re-read sent GET requests"
+awk -v a="$time_start" -v b="$time_end" 'BEGIN { printf "re-read 64 MiB in %.2f s (%.0f MiB/s)\n", b - a, 64 / (b - a) }'
+log "s3vol stats $mnt"
+"$S3VOL" stats "$mnt"
 
 log "writes are refused on a read-only volume"
 if touch "$mnt/new-file" 2>"$work/err"; then die "a write succeeded on a read-only mount"; fi
