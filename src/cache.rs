@@ -132,6 +132,8 @@ pub struct BlockCache {
     memory: Mutex<MemoryState>,
     /// Blocks being fetched right now, and who waits for them.
     fetching: Mutex<HashMap<BlockId, broadcast::Sender<Bytes>>>,
+    /// Fetched blocks whose files are being written.
+    writing: Mutex<HashMap<BlockId, Bytes>>,
     /// Block files kept open with their checked headers, so a small read costs
     /// one read of its chunk: no path lookup, no header read.
     open_files: Mutex<LruCache<String, Arc<OpenBlock>>>,
@@ -181,6 +183,7 @@ impl BlockCache {
                 used: 0,
             }),
             fetching: Mutex::new(HashMap::new()),
+            writing: Mutex::new(HashMap::new()),
             open_files: Mutex::new(LruCache::new(open_files_limit())),
             write_backlog: Arc::new(Semaphore::new(WRITE_BACKLOG)),
             stats: CacheStats::default(),
@@ -369,7 +372,8 @@ impl BlockCache {
     }
 
     fn memory_get(&self, span: &Span) -> Option<Bytes> {
-        let block = self.memory.lock().unwrap().blocks.get(&span.id).cloned()?;
+        let remembered = self.memory.lock().unwrap().blocks.get(&span.id).cloned();
+        let block = remembered.or_else(|| self.writing.lock().unwrap().get(&span.id).cloned())?;
         if block.len() != span.len {
             return None;
         }
@@ -447,13 +451,20 @@ impl BlockCache {
         if !self.reserve(&name, size) {
             return;
         }
+        // Served from here until its file is in place, so nobody fetches it again.
+        self.writing
+            .lock()
+            .unwrap()
+            .insert(id.clone(), data.clone());
         let permits = data.len().clamp(1, WRITE_BACKLOG) as u32;
         let Ok(permit) = self.write_backlog.clone().acquire_many_owned(permits).await else {
+            self.writing.lock().unwrap().remove(id);
             return;
         };
         let (cache, id, data) = (self.clone(), id.clone(), data.clone());
         tokio::task::spawn_blocking(move || {
             cache.write_reserved(&id, &name, &data);
+            cache.writing.lock().unwrap().remove(&id);
             drop(permit);
         });
     }
