@@ -151,7 +151,6 @@ impl ObjectVersion {
 /// The read state of one open object.
 pub struct Reader {
     object: ObjectVersion,
-    size: u64,
     config: ReadConfig,
     budget: Arc<Semaphore>,
     /// Where the next read of a sequential reader starts.
@@ -165,7 +164,6 @@ impl Reader {
     pub fn new(object: ObjectVersion, config: ReadConfig, budget: Arc<Semaphore>) -> Self {
         let window = config.initial_window;
         Self {
-            size: object.size,
             object,
             config,
             budget,
@@ -177,7 +175,7 @@ impl Reader {
 
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
     pub async fn read(&mut self, offset: u64, len: u32) -> StoreResult<Bytes> {
-        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        let end = offset.saturating_add(u64::from(len)).min(self.object.size);
         if offset >= end {
             return Ok(Bytes::new());
         }
@@ -199,7 +197,7 @@ impl Reader {
     /// whose read-ahead reads the cache in parallel).
     pub fn read_cached(&mut self, offset: u64, len: u32) -> Option<Bytes> {
         let cache = self.object.cache.as_ref()?;
-        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        let end = offset.saturating_add(u64::from(len)).min(self.object.size);
         if offset >= end || self.is_sequential(offset) {
             return None;
         }
@@ -240,7 +238,10 @@ impl Reader {
             None => self.config.random_block.max(1),
         };
         let fetch_start = offset / block * block;
-        let fetch_end = end.div_ceil(block).saturating_mul(block).min(self.size);
+        let fetch_end = end
+            .div_ceil(block)
+            .saturating_mul(block)
+            .min(self.object.size);
         let pieces = self.object.get(fetch_start..fetch_end).await?;
         if !near {
             self.next_offset = end;
@@ -289,11 +290,11 @@ impl Reader {
         let target = offset
             .saturating_add(self.window)
             .max(needed_end)
-            .min(self.size);
+            .min(self.object.size);
         let mut next = self.parts.back().map_or(offset, |p| p.range.end);
         while next < target {
             let part_len = self.config.part_size.min(self.window).max(1);
-            let part_end = (next + part_len).min(self.size);
+            let part_end = (next + part_len).min(self.object.size);
             let len = (part_end - next) as u32;
             let permit = if next < needed_end {
                 // The application waits for these bytes: fetch them regardless of

@@ -423,12 +423,17 @@ fn serve(
 /// serves those with mmap and returns them with munmap, so every byte read costs a
 /// page fault in the kernel: a third of the daemon's CPU time in a sequential read.
 /// Keeping them on the heap (bounded by the read-ahead budget anyway) avoids it.
+/// Block-cache reads allocate on blocking-pool threads and free on runtime
+/// threads; with glibc's default of one arena per thread the freed memory sits
+/// in many arenas at once (a re-read from the disk cache peaked near 300 MiB).
+/// Two arenas keep the peak at that of a cold read, at no measurable cost.
 fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters and is called before the
     // runtime starts any thread.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
