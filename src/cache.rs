@@ -254,10 +254,7 @@ impl BlockCache {
             (0..spans.len())
                 .filter(|&i| {
                     pieces[i].is_none()
-                        && disk
-                            .files
-                            .peek(&spans[i].id.file_name())
-                            .is_some_and(|e| e.written)
+                        && disk.files.peek(&spans[i].name).is_some_and(|e| e.written)
                 })
                 .collect()
         };
@@ -322,7 +319,7 @@ impl BlockCache {
                     let span = &spans[i];
                     let at = (span.start - bytes.start) as usize;
                     let block = data.slice(at..at + span.len);
-                    self.insert(&span.id, &block, alone).await;
+                    self.insert(span, &block, alone).await;
                     claim.complete(&block);
                     out.push((i, block.slice(span.want.clone())));
                 }
@@ -343,7 +340,7 @@ impl BlockCache {
                     let bytes = span.start..span.start + span.len as u64;
                     let data = fetch(bytes.clone()).await?;
                     check_length(key, &bytes, &data)?;
-                    self.insert(&span.id, &data, true).await;
+                    self.insert(span, &data, true).await;
                     data
                 }
             };
@@ -387,24 +384,24 @@ impl BlockCache {
     /// Reads the wanted part of a block from its file, checking the chunks read.
     /// Blocking.
     fn disk_read(&self, span: &Span) -> Option<Bytes> {
-        let name = span.id.file_name();
+        let name = span.name.as_str();
         // Marks the file recently used; skips one being written or evicted.
         if !self
             .disk
             .lock()
             .unwrap()
             .files
-            .get(&name)
+            .get(name)
             .is_some_and(|e| e.written)
         {
             return None;
         }
-        let opened = self.open_files.lock().unwrap().get(&name).cloned();
+        let opened = self.open_files.lock().unwrap().get(name).cloned();
         let read = match opened {
             Some(block) => block.read(span.want.clone()),
-            None => OpenBlock::open(&self.path(&name), &span.id, span.len).and_then(|block| {
+            None => OpenBlock::open(&self.path(name), &span.id, span.len).and_then(|block| {
                 let data = block.read(span.want.clone());
-                self.keep_open(&name, block);
+                self.keep_open(name, block);
                 data
             }),
         };
@@ -421,7 +418,7 @@ impl BlockCache {
             }
             Err(ReadFailure::Missing) => {
                 // Evicted between the check and the read.
-                self.forget_file(&name);
+                self.forget_file(name);
                 None
             }
             Err(ReadFailure::Damaged(why)) => {
@@ -432,7 +429,7 @@ impl BlockCache {
                     "damaged cache block removed"
                 );
                 self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.forget_file(&name);
+                self.forget_file(name);
                 None
             }
         }
@@ -441,12 +438,13 @@ impl BlockCache {
     /// Caches a block fetched from S3: in memory when it is a buffer of its own
     /// (`alone`), and as a file written in the background. Waits only when the
     /// disk has fallen far behind.
-    async fn insert(self: &Arc<Self>, id: &BlockId, data: &Bytes, alone: bool) {
+    async fn insert(self: &Arc<Self>, span: &Span, data: &Bytes, alone: bool) {
+        let id = &span.id;
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         if alone {
             self.remember(id, data);
         }
-        let name = id.file_name();
+        let name = span.name.clone();
         let size = file_len(id, data.len());
         if !self.reserve(&name, size) {
             return;
@@ -469,10 +467,10 @@ impl BlockCache {
         });
     }
 
-    /// Stores a block in both tiers now, evicting the least recently used blocks
-    /// to stay within the bounds. A failure to write the file only costs the disk
-    /// copy. Blocking.
-    pub fn put(&self, id: &BlockId, data: &Bytes) {
+    /// Stores a block in both tiers now, as a fetch would (tests fill the cache
+    /// with it). Blocking.
+    #[cfg(test)]
+    fn put(&self, id: &BlockId, data: &Bytes) {
         self.remember(id, data);
         let name = id.file_name();
         if self.reserve(&name, file_len(id, data.len())) {
@@ -602,6 +600,8 @@ impl BlockCache {
 #[derive(Clone)]
 struct Span {
     id: BlockId,
+    /// The block file's name, worked out once per read.
+    name: String,
     /// Where the block starts in the object.
     start: u64,
     /// The block's length (the last block of an object is short).
@@ -614,12 +614,14 @@ impl Span {
     fn new(key: &str, etag: &str, size: u64, index: u64, range: &Range<u64>) -> Self {
         let start = index * BLOCK_SIZE;
         let end = (start + BLOCK_SIZE).min(size);
+        let id = BlockId {
+            key: key.to_string(),
+            etag: etag.to_string(),
+            index,
+        };
         Self {
-            id: BlockId {
-                key: key.to_string(),
-                etag: etag.to_string(),
-                index,
-            },
+            name: id.file_name(),
+            id,
             start,
             len: (end - start) as usize,
             want: (range.start.max(start) - start) as usize..(range.end.min(end) - start) as usize,
@@ -854,15 +856,8 @@ fn damaged(e: io::Error) -> ReadFailure {
 /// How many block files to keep open: plenty for the random reads of a large
 /// file, and never more than a quarter of the descriptors the process may have.
 fn open_files_limit() -> std::num::NonZeroUsize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => limit.rlim_cur as usize,
-        _ => 1024,
-    };
+    use nix::sys::resource::{Resource, getrlimit};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft as usize);
     std::num::NonZeroUsize::new((soft / 4).clamp(16, 4096)).expect("at least 16")
 }
 
@@ -903,6 +898,7 @@ mod tests {
     fn span(id: BlockId, len: usize) -> Span {
         Span {
             start: id.index * BLOCK_SIZE,
+            name: id.file_name(),
             id,
             len,
             want: 0..len,

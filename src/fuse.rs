@@ -525,11 +525,11 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::ENOTTY);
         }
         match self.fs.stats_report(ino.0) {
-            Ok(report) if report.len() <= out_size as usize => {
+            Some(report) if report.len() <= out_size as usize => {
                 reply.ioctl(report.len() as i32, &report)
             }
-            Ok(_) => reply.error(Errno::ERANGE),
-            Err(_) => reply.error(Errno::ENOTTY),
+            Some(_) => reply.error(Errno::ERANGE),
+            None => reply.error(Errno::ENOTTY),
         }
     }
 

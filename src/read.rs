@@ -128,15 +128,10 @@ pub struct ObjectVersion {
 
 impl ObjectVersion {
     /// Bytes `range`, in pieces, from the cache or from S3.
+    /// (The cache checks that each fetch returned the whole range; without it,
+    /// [`Gather::take`] finds a short answer.)
     async fn get(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
-        let fetch = |range: Range<u64>| async move {
-            let expected = range.end - range.start;
-            let data = self
-                .store
-                .get_range(&self.key, range, Some(&self.etag))
-                .await?;
-            slice_checked(&self.key, &data, 0..expected)
-        };
+        let fetch = |range| self.store.get_range(&self.key, range, Some(&self.etag));
         match &self.cache {
             Some(cache) => {
                 cache
@@ -205,13 +200,18 @@ impl Reader {
         let pieces = cache.read_cached(&object.key, &object.etag, object.size, offset..end)?;
         let mut out = Gather::new(&(offset..end));
         out.take(&object.key, &pieces, offset, offset..end).ok()?;
+        self.after_random_read(offset, end);
+        Some(out.finish())
+    }
+
+    /// A random read that jumped farther than the largest window ends the
+    /// sequential run; a new one may start right after it.
+    fn after_random_read(&mut self, offset: u64, end: u64) {
         if offset.abs_diff(self.next_offset) > self.config.max_window {
-            // As read_random: a far jump ends the sequential run.
             self.parts.clear();
             self.window = self.config.initial_window;
             self.next_offset = end;
         }
-        Some(out.finish())
     }
 
     /// A read is sequential when it continues the last one, lands inside what is
@@ -226,11 +226,6 @@ impl Reader {
     }
 
     async fn read_random(&mut self, offset: u64, end: u64) -> StoreResult<Bytes> {
-        let near = offset.abs_diff(self.next_offset) <= self.config.max_window;
-        if !near {
-            self.parts.clear();
-            self.window = self.config.initial_window;
-        }
         // The cache fetches whole blocks itself; without it, fetch aligned blocks
         // of the configured size.
         let block = match self.object.cache {
@@ -243,9 +238,7 @@ impl Reader {
             .saturating_mul(block)
             .min(self.object.size);
         let pieces = self.object.get(fetch_start..fetch_end).await?;
-        if !near {
-            self.next_offset = end;
-        }
+        self.after_random_read(offset, end);
         let mut out = Gather::new(&(offset..end));
         out.take(&self.object.key, &pieces, fetch_start, offset..end)?;
         Ok(out.finish())
@@ -387,18 +380,4 @@ impl Gather {
             .or(self.single)
             .unwrap_or_default()
     }
-}
-
-/// Slices a fetched part, failing (rather than panicking) if the server sent fewer
-/// bytes than the range asked for: the object shrank under us.
-fn slice_checked(key: &str, data: &Bytes, range: Range<u64>) -> StoreResult<Bytes> {
-    if range.end as usize > data.len() {
-        return Err(StoreError::ShortBody {
-            op: Operation::GetObject,
-            key: key.to_string(),
-            expected: range.end,
-            got: data.len() as u64,
-        });
-    }
-    Ok(data.slice(range.start as usize..range.end as usize))
 }

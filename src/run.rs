@@ -441,17 +441,12 @@ fn tune_allocator() {
 /// start processes with a soft limit of 1024 descriptors and a far higher hard
 /// limit. Raise the soft limit to the hard one (the cache uses a quarter).
 fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!("cannot raise the open files limit to {hard}: {e}");
     }
 }
 
@@ -548,15 +543,13 @@ fn local_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
     };
     let mut last_error = String::new();
     for dir in candidates {
-        let usable = private_dir(&dir).and_then(|dir| {
-            tempfile::tempfile_in(&dir)
-                .map(drop)
-                .map_err(|e| Failure(e.to_string()))
-                .map(|()| dir)
+        let usable = private_dir(&dir).and_then(|dir| match tempfile::tempfile_in(&dir) {
+            Ok(_) => Ok(dir),
+            Err(e) => Err(Failure(format!("cannot write in {}: {e}", dir.display()))),
         });
         match usable {
             Ok(dir) => return Ok(dir),
-            Err(Failure(e)) => last_error = format!("{}: {e}", dir.display()),
+            Err(Failure(why)) => last_error = why,
         }
     }
     Err(format!(
