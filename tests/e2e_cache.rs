@@ -11,22 +11,8 @@ use common::{Mount, Server, ServerKind, pattern, s3vol, unmount, wait_until};
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
 
-/// The mount's statistics report, through the command users run.
-fn report(mount: &Mount) -> serde_json::Value {
-    let out = s3vol()
-        .args(["stats", "--json", mount.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn gets(mount: &Mount) -> u64 {
-    report(mount)["requests"]["GetObject"].as_u64().unwrap()
+    mount.stats()["requests"]["GetObject"].as_u64().unwrap()
 }
 
 /// Drops the kernel's page cache, so a read reaches the daemon again.
@@ -62,14 +48,14 @@ async fn a_second_read_is_served_from_the_cache_with_no_get() {
     let file = mount.path().join("big.bin");
 
     assert_eq!(std::fs::read(&file).unwrap(), data);
-    let first = report(&mount);
+    let first = mount.stats();
     assert!(first["requests"]["GetObject"].as_u64().unwrap() >= 1);
     assert_eq!(first["bytes_from_s3"], data.len() as u64);
     assert_eq!(first["cache"]["enabled"], true);
 
     drop_page_cache();
     assert_eq!(std::fs::read(&file).unwrap(), data);
-    let second = report(&mount);
+    let second = mount.stats();
     assert_eq!(
         second["requests"]["GetObject"], first["requests"]["GetObject"],
         "no GET for the re-read"
@@ -153,7 +139,7 @@ async fn the_cache_keeps_its_size_bound_and_no_cache_keeps_nothing() {
     }
     // Block files are written in the background; give them a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = report(&mount);
+    let stats = mount.stats();
     assert!(stats["cache"]["disk_used"].as_u64().unwrap() <= 4 * MIB as u64);
     assert!(stats["cache"]["evictions"].as_u64().unwrap() > 0, "{stats}");
     let dirs = cache_dirs(&mount.cache);
@@ -168,5 +154,5 @@ async fn the_cache_keeps_its_size_bound_and_no_cache_keeps_nothing() {
     assert_eq!(std::fs::read(&path).unwrap(), pattern(4 * MIB, 0));
     assert!(gets(&mount) > before, "every read goes to S3");
     assert!(cache_dirs(&mount.cache).is_empty());
-    assert_eq!(report(&mount)["cache"]["enabled"], false);
+    assert_eq!(mount.stats()["cache"]["enabled"], false);
 }

@@ -13,18 +13,13 @@ const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
 
 /// A server with an empty bucket and a read-write mount of `vol/root`.
-async fn rw_volume(kind: ServerKind, extra: &[&str]) -> (Server, tempfile::TempDir, Mount) {
+async fn rw_volume(kind: ServerKind, extra: &[&str]) -> (Server, Mount) {
     let server = Server::start(kind);
     server.create_bucket(BUCKET).await;
-    let cache = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "--read-write",
-        "--cache-dir",
-        cache.path().to_str().unwrap(),
-    ];
+    let mut args = vec!["--read-write"];
     args.extend_from_slice(extra);
     let mount = Mount::new(&server, "vol/root", &args);
-    (server, cache, mount)
+    (server, mount)
 }
 
 fn run(cmd: &mut Command) {
@@ -38,7 +33,7 @@ fn run(cmd: &mut Command) {
 }
 
 async fn files_round_trip_byte_exact(kind: ServerKind) {
-    let (server, _cache, mount) = rw_volume(kind, &[]).await;
+    let (server, mount) = rw_volume(kind, &[]).await;
     // moto is slow and keeps everything in memory: the large file stays modest there.
     let large = if kind == ServerKind::Moto {
         12 * MIB
@@ -63,6 +58,13 @@ async fn files_round_trip_byte_exact(kind: ServerKind) {
         );
     }
     assert!(server.pending_uploads(BUCKET, "root/").await.is_empty());
+    // What the statistics say of the uploads: five objects, two of them multipart.
+    let stats = mount.stats();
+    let written = (16 * MIB + large) as u64;
+    assert!(stats["uploads"]["objects"].as_u64().unwrap() >= 5, "{stats}");
+    assert!(stats["uploads"]["parts"].as_u64().unwrap() >= 4, "{stats}");
+    assert_eq!(stats["uploads"]["aborted"], 0, "{stats}");
+    assert!(stats["bytes_to_s3"].as_u64().unwrap() >= written, "{stats}");
 }
 
 /// A directory tree as users copy in: nested directories, several sizes, a
@@ -80,7 +82,7 @@ fn same_tree(a: &Path, b: &Path) {
 }
 
 async fn cp_rsync_tar_git_and_editors_work(kind: ServerKind) {
-    let (server, _cache, mount) = rw_volume(kind, &[]).await;
+    let (server, mount) = rw_volume(kind, &[]).await;
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("src");
     sample_tree(&src);
@@ -166,7 +168,7 @@ async fn cp_rsync_tar_git_and_editors_work(kind: ServerKind) {
 }
 
 async fn unlink_rmdir_and_rename_reach_s3(kind: ServerKind) {
-    let (server, _cache, mount) = rw_volume(kind, &[]).await;
+    let (server, mount) = rw_volume(kind, &[]).await;
     let vol = mount.path();
     std::fs::create_dir_all(vol.join("a/b")).unwrap();
     std::fs::write(vol.join("a/b/f"), "f").unwrap();

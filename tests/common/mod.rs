@@ -383,6 +383,20 @@ impl Mount {
         self.dir.path()
     }
 
+    /// The mount's statistics report, through `s3vol stats --json`.
+    pub fn stats(&self) -> serde_json::Value {
+        let out = s3vol()
+            .args(["stats", "--json", self.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
