@@ -192,7 +192,10 @@ fn short_sessions_are_renewed_under_a_continuous_read() {
     assert!(renewals >= 10, "{renewals} renewals in 60 s");
     // s3vol stats counts them too (read just after the log, so perhaps one more).
     let counted = mount.stats()["credential_renewals"].as_u64().unwrap();
-    assert!((renewals as u64..=renewals as u64 + 1).contains(&counted), "{counted}");
+    assert!(
+        (renewals as u64..=renewals as u64 + 1).contains(&counted),
+        "{counted}"
+    );
     let layer = customer.server.sessions(json!({}));
     assert_eq!(layer["expired_answers"], 0, "expired credentials were sent");
     let calls = customer.assume_role_calls();

@@ -61,7 +61,10 @@ async fn files_round_trip_byte_exact(kind: ServerKind) {
     // What the statistics say of the uploads: five objects, two of them multipart.
     let stats = mount.stats();
     let written = (16 * MIB + large) as u64;
-    assert!(stats["uploads"]["objects"].as_u64().unwrap() >= 5, "{stats}");
+    assert!(
+        stats["uploads"]["objects"].as_u64().unwrap() >= 5,
+        "{stats}"
+    );
     assert!(stats["uploads"]["parts"].as_u64().unwrap() >= 4, "{stats}");
     assert_eq!(stats["uploads"]["aborted"], 0, "{stats}");
     assert!(stats["bytes_to_s3"].as_u64().unwrap() >= written, "{stats}");

@@ -566,29 +566,30 @@ impl Fs {
                 self.getattr(ino).await?;
                 node = self.node(ino)?;
             }
-            // Pages of another version may enter the kernel's cache through a
-            // handle still open on it: then the cache is not kept.
-            let other_version_open = self.files.lock().unwrap().values().any(|f| {
-                matches!(f, OpenFile::Object { ino: i, etag, .. }
-                    if *i == ino && **etag != node.stat.etag)
-            });
             let same_version = self
                 .inodes
                 .lock()
                 .unwrap()
                 .note_open(ino, Some(&node.stat.etag));
-            keep_cache = same_version && !other_version_open;
+            // Pages of another version may enter the kernel's cache through a
+            // handle still open on it: then the cache is not kept.
+            keep_cache = same_version
+                && !self.files.lock().unwrap().values().any(|f| {
+                    matches!(f, OpenFile::Object { ino: i, etag, .. }
+                        if *i == ino && **etag != node.stat.etag)
+                });
+            let etag: Arc<str> = node.stat.etag.as_str().into();
             let object = ObjectVersion {
                 store: self.store.clone(),
                 cache: self.config.cache.clone(),
                 key: node.key.as_str().into(),
-                etag: node.stat.etag.as_str().into(),
+                etag: etag.clone(),
                 size: node.stat.size,
             };
             let reader = Reader::new(object, self.config.read.clone(), self.read_budget.clone());
             OpenFile::Object {
                 ino,
-                etag: node.stat.etag.as_str().into(),
+                etag,
                 reader: Arc::new(tokio::sync::Mutex::new(reader)),
             }
         };
