@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{RoleOptions, Secret};
 use crate::names::Source;
+use crate::options;
 use crate::store::Encryption;
 
 #[derive(Debug, Parser)]
@@ -230,6 +231,10 @@ pub struct MountArgs {
     /// Let root access the volume as well as the user who mounted it.
     #[arg(long)]
     pub allow_root: bool,
+    /// Refuse to run programs stored on the volume (mount(8)'s noexec, which it
+    /// adds to fstab lines marked user or users).
+    #[arg(long)]
+    pub noexec: bool,
     /// How long file and directory metadata is trusted before S3 is asked again
     /// (e.g. 5s, 1m, 0 to always ask, or "indefinite" for buckets nobody else changes).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_ttl)]
@@ -398,8 +403,9 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 5s, 1m, 0 or indefinite"))
 }
 
-/// Rewrites `-o a=b,c` into `--a b --c`, so fstab-style options reach the same
-/// parser as long options. Option names may use `-` or `_`.
+/// Rewrites each `-o LIST` into long options (`-o ro,region=x` becomes
+/// `--read-only --region=x`), so fstab-style options reach the same parser as
+/// long options; see [`crate::options`] for the list's syntax.
 pub fn expand_o_options(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
@@ -419,28 +425,30 @@ pub fn expand_o_options(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
             out.push(arg);
             continue;
         };
-        for item in list.split(',').filter(|s| !s.is_empty()) {
-            let (name, value) = match item.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (item, None),
-            };
-            let name = match name {
-                "ro" => "read-only".to_string(),
-                "rw" => "read-write".to_string(),
-                other => other.replace('_', "-"),
-            };
-            out.push(format!("--{name}").into());
-            if let Some(value) = value {
-                out.push(value.into());
-            }
-        }
+        out.extend(options::expand(&list, options::Caller::CommandLine, |_| None)?.args);
     }
     Ok(out)
 }
 
+/// Whether `s3vol mount --NAME` exists (`None` if not) and takes a value.
+pub fn mount_option(name: &str) -> Option<bool> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mount = command.find_subcommand("mount")?;
+    let arg = mount.get_arguments().find(|a| a.get_long() == Some(name))?;
+    Some(arg.get_action().takes_values())
+}
+
 /// Entry point of the `s3vol` binary.
 pub fn main() -> ExitCode {
-    let args = match expand_o_options(std::env::args_os().collect()) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .is_some_and(|argv0| crate::helper::invoked_as_helper(argv0))
+    {
+        return crate::helper::main(args);
+    }
+    let args = match expand_o_options(args) {
         Ok(args) => args,
         Err(message) => {
             eprintln!("s3vol: {message}");
@@ -492,9 +500,10 @@ mod tests {
             (&["-o", "ro"], &["--read-only"]),
             (
                 &["-o", "region=eu-west-1,allow_other"],
-                &["--region", "eu-west-1", "--allow-other"],
+                &["--region=eu-west-1", "--allow-other"],
             ),
-            (&["-ometadata_ttl=10s"], &["--metadata-ttl", "10s"]),
+            (&["-ometadata_ttl=10s"], &["--metadata-ttl=10s"]),
+            (&["-o", "rw,nofail"], &["--read-write"]),
             (&["--foreground", "-o", ""], &["--foreground"]),
             (&["x", "--other"], &["x", "--other"]),
         ];
@@ -506,6 +515,17 @@ mod tests {
             );
         }
         assert!(expand_o_options(strings(&["-o"])).is_err());
+        assert!(expand_o_options(strings(&["-o", "a=\"b"])).is_err());
+    }
+
+    #[test]
+    fn mount_options_are_looked_up_in_the_parser() {
+        assert_eq!(mount_option("region"), Some(true));
+        assert_eq!(mount_option("external-id-file"), Some(true));
+        assert_eq!(mount_option("read-write"), Some(false));
+        assert_eq!(mount_option("noexec"), Some(false));
+        assert_eq!(mount_option("colour"), None);
+        assert_eq!(mount_option("mountpoint"), None);
     }
 
     #[test]

@@ -16,17 +16,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use aws_credential_types::provider::SharedCredentialsProvider;
-use fuser::{Config, MountOption, SessionACL};
 use nix::unistd::{ForkResult, fork, setsid};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth;
 use crate::cache::{BlockCache, CacheConfig};
 use crate::cli::{CheckArgs, MountArgs, S3Args, StatsArgs};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
+use crate::fuse::session::{self, Access, MountPlan, VolumeHandle};
 use crate::logging::{self, LogTarget};
+use crate::mountinfo::mounted_at;
 use crate::preflight;
 use crate::stats::MountStats;
 use crate::store::ObjectStore;
@@ -34,10 +35,6 @@ use crate::store::counted::CountedStore;
 use crate::store::expiry::RenewOnExpiry;
 use crate::store::s3::{S3Options, S3Store};
 use crate::upload::WriteConfig;
-
-/// FUSE request threads. Each only decodes a request and hands it to tokio, so a
-/// few suffice; more than one keeps a slow reply path from serializing the kernel.
-const FUSE_THREADS: usize = 4;
 
 /// What the child tells the parent when the mount is serving.
 const READY: &[u8] = b"ready\n";
@@ -229,64 +226,6 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
     Ok(path)
 }
 
-/// The filesystem type mounted exactly at `path`, from /proc/self/mountinfo.
-fn mounted_at(path: &Path) -> Option<String> {
-    mountinfo_fields(path, |fields| {
-        let dash = fields.iter().position(|f| *f == "-")?;
-        Some(fields.get(dash + 1).unwrap_or(&"?").to_string())
-    })
-}
-
-/// Applies `pick` to the fields of the last mountinfo line for `path` (the topmost
-/// mount there).
-fn mountinfo_fields<T>(path: &Path, pick: impl Fn(&[&str]) -> Option<T>) -> Option<T> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let wanted = path.to_str()?;
-    info.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        (unescape_mountinfo(fields.get(4)?) == wanted)
-            .then(|| pick(&fields))
-            .flatten()
-    })
-}
-
-/// The kernel reads ahead 128 KiB at a time on a new FUSE mount, so a sequential
-/// reader costs one FUSE request per 128 KiB. Raising the mount's read-ahead to
-/// 1 MiB cuts that eightfold (s3vol's own read-ahead works further out). Needs root;
-/// without it the default stays, which only costs some CPU.
-fn tune_kernel_readahead(mountpoint: &Path) {
-    // The device number comes from mountinfo: a stat() of the mountpoint would wait
-    // on this very process, which is not serving requests yet.
-    let Some(device) = mountinfo_fields(mountpoint, |f| f.get(2).map(|d| d.to_string())) else {
-        return;
-    };
-    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
-    if let Err(e) = std::fs::write(&knob, "1024") {
-        tracing::debug!("cannot raise kernel read-ahead via {knob}: {e}");
-    }
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len() + 1
-            && let Some(octal) = field.get(i + 1..i + 4)
-            && let Ok(value) = u8::from_str_radix(octal, 8)
-        {
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Connects, checks access, mounts and serves until unmounted. `ready` is the pipe
 /// to the waiting parent, taken and answered once the mount serves.
 fn serve(
@@ -346,30 +285,19 @@ fn serve(
         ..FsConfig::default()
     };
     let fs = Arc::new(Fs::new(store, args.source.prefix.as_str(), config));
-    let adapter = FuseAdapter::new(fs, runtime.handle().clone());
-
-    let mut fuse_config = Config::default();
-    fuse_config.mount_options = vec![
-        MountOption::FSName(args.source.to_string()),
-        MountOption::Subtype("s3vol".to_string()),
-        if args.read_write {
-            MountOption::RW
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let plan = MountPlan {
+        source: &args.source.to_string(),
+        read_only: !args.read_write,
+        noexec: args.noexec,
+        access: if args.allow_other {
+            Access::Everyone
+        } else if args.allow_root {
+            Access::OwnerAndRoot
         } else {
-            MountOption::RO
+            Access::Owner
         },
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::DefaultPermissions,
-    ];
-    fuse_config.acl = if args.allow_other {
-        SessionACL::All
-    } else if args.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
     };
-    fuse_config.n_threads = Some(FUSE_THREADS);
-    fuse_config.clone_fd = true;
 
     // Registered before the kernel shows the mount: a SIGTERM or SIGINT sent the
     // moment it appears must unmount, not kill the process.
@@ -377,28 +305,32 @@ fn serve(
         let _runtime = runtime.enter();
         StopSignals::register()
     };
-    let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config).map_err(|e| {
+    let volume = session::mount(adapter, mountpoint, &plan).map_err(|e| {
         Failure(format!(
-            "cannot mount at {}: {e}. Is /dev/fuse available and fusermount3 installed \
-             (package fuse3)?",
+            "cannot mount at {}: {e}. Is /dev/fuse available (in a container: --device \
+             /dev/fuse --cap-add SYS_ADMIN) and, for users other than root, fusermount3 \
+             installed (package fuse3)?",
             mountpoint.display()
         ))
     })?;
-    tune_kernel_readahead(mountpoint);
-    let mut unmounter = session.unmount_callable();
-    let shown = mountpoint.display().to_string();
-    runtime.spawn(async move {
-        stop_signals.wait().await;
-        info!(mountpoint = shown, "signal received; unmounting");
-        if let Err(e) = unmounter.unmount() {
-            error!("unmount failed: {e}");
-        }
+    let finish = Arc::new(Finish {
+        mountpoint: mountpoint.to_path_buf(),
+        stats: stats.clone(),
+        cache: cache.clone(),
+        done: std::sync::Once::new(),
     });
+    runtime.spawn(stop_on_signal(
+        stop_signals,
+        volume.handle(),
+        fs.clone(),
+        finish.clone(),
+    ));
 
     info!(
         source = %args.source,
         mountpoint = %mountpoint.display(),
         mode = if args.read_write { "read-write" } else { "read-only" },
+        pid = std::process::id(),
         "mounted"
     );
     if let Some(slot) = ready
@@ -406,17 +338,97 @@ fn serve(
     {
         let _ = File::from(fd).write_all(READY);
     }
-    let result = session.run();
-    info!(
-        mountpoint = %mountpoint.display(),
-        stats = %stats.report(),
-        "unmounted"
-    );
-    if let Some(cache) = &cache {
-        cache.close();
-    }
+    let result = volume.run();
+    runtime.block_on(abandon_open_files(&fs));
+    finish.run();
     runtime.shutdown_background();
     result.map_err(|e| Failure(format!("FUSE session ended with an error: {e}")))
+}
+
+/// Stops uploading and abandons the files still being written, logging what
+/// was lost.
+async fn abandon_open_files(fs: &Fs) {
+    let lost = fs.stop().await;
+    if !lost.is_empty() {
+        error!(
+            keys = ?lost,
+            "changes to these files were never uploaded: their uploads were aborted, and \
+             S3 keeps the previous versions"
+        );
+    }
+}
+
+/// The last words of a mount: its statistics in the log, and the block cache's
+/// directory removed. Run once, when the session ends or the process must exit.
+struct Finish {
+    mountpoint: PathBuf,
+    stats: Arc<MountStats>,
+    cache: Option<Arc<BlockCache>>,
+    done: std::sync::Once,
+}
+
+impl Finish {
+    fn run(&self) {
+        self.done.call_once(|| {
+            info!(
+                mountpoint = %self.mountpoint.display(),
+                stats = %self.stats.report(),
+                "unmounted"
+            );
+            if let Some(cache) = &self.cache {
+                cache.close();
+            }
+        });
+    }
+}
+
+/// How long a stop signal waits for files still open on the volume before their
+/// uploads are aborted. Shorter than the grace that container runtimes give
+/// before SIGKILL (10 s for Docker and Kubernetes' default is 30 s), so the
+/// aborts happen and no parts are left behind.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGTERM or SIGINT (systemd, a container runtime, Ctrl-C): unmount. With no
+/// file open, that is all, and the session ends. Otherwise the volume is
+/// detached, so nothing new can be opened while the open files are served and
+/// their closes upload them; whatever is still open after [`STOP_GRACE`] (or at
+/// a second signal) is abandoned, its upload aborted, and the connection ended.
+async fn stop_on_signal(
+    mut signals: StopSignals,
+    volume: VolumeHandle,
+    fs: Arc<Fs>,
+    finish: Arc<Finish>,
+) {
+    signals.wait().await;
+    info!("signal received; unmounting");
+    match volume.unmount() {
+        Ok(()) => return,
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {}
+        Err(e) => {
+            error!("cannot unmount: {e}");
+            return;
+        }
+    }
+    warn!(
+        grace = ?STOP_GRACE,
+        "files are open on the volume: detaching it and waiting for them to be closed \
+         (a second signal stops at once)"
+    );
+    if let Err(e) = volume.detach() {
+        error!("cannot detach the volume: {e}");
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(STOP_GRACE) => {}
+        _ = signals.wait() => {}
+    }
+    warn!("stopping with files still open; the applications using them get ENOTCONN");
+    abandon_open_files(&fs).await;
+    if let Err(e) = volume.abort() {
+        // Exiting ends the connection just the same.
+        warn!("cannot end the FUSE connection ({e}); exiting");
+        finish.run();
+        std::process::exit(0);
+    }
 }
 
 /// Read-ahead allocates and frees a multi-MiB buffer per ranged GET. By default glibc
@@ -640,8 +652,8 @@ impl StopSignals {
         }
     }
 
-    async fn wait(self) {
-        let Some((mut term, mut int)) = self.0 else {
+    async fn wait(&mut self) {
+        let Some((term, int)) = &mut self.0 else {
             return std::future::pending().await;
         };
         tokio::select! {
@@ -720,22 +732,4 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
     buf.truncate(len as usize);
     serde_json::from_slice(&buf)
         .map_err(|e| Failure(format!("the statistics of {shown} are not valid JSON: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo("/mnt/plain"), "/mnt/plain");
-        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
-    }
-
-    #[test]
-    fn the_root_filesystem_is_a_mount_point() {
-        assert!(mounted_at(Path::new("/")).is_some());
-        assert!(mounted_at(Path::new("/no/such/dir")).is_none());
-    }
 }

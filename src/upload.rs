@@ -318,6 +318,15 @@ impl StagedFile {
         self.close().await;
     }
 
+    /// The volume is going away: like [`StagedFile::discard`], once any upload
+    /// under way has finished. Returns whether changes were left not uploaded
+    /// (those of a file unlinked while open do not count).
+    pub async fn abandon(&self) -> bool {
+        let unlinked = self.is_deleted();
+        self.discard().await;
+        !unlinked && self.state.lock().unwrap().dirty
+    }
+
     /// The last handle is gone: waits for background part uploads (cancelling one
     /// could lose the ID of an upload it just created) and aborts any multipart
     /// upload that was not completed.

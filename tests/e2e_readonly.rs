@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Mount, Server, ServerKind, is_mounted, pattern, run_s3vol, s3vol, wait_until};
+use common::{
+    Mount, Server, ServerKind, daemon_pids, is_mounted, pattern, run_s3vol, s3vol, wait_until,
+};
 use futures::StreamExt;
 
 const BUCKET: &str = "vol";
@@ -152,23 +154,6 @@ async fn writes_fail_with_erofs(kind: ServerKind) {
     erofs(std::os::unix::fs::symlink("one", p.join("link")), "symlink");
     assert_eq!(server.keys(BUCKET, "").await, before, "the bucket changed");
     assert_eq!(std::fs::read(p.join("one")).unwrap(), b"1");
-}
-
-fn daemon_pids(mountpoint: &Path) -> Vec<i32> {
-    let wanted = mountpoint.to_str().unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            !zombie
-                && args.first().is_some_and(|a| a.ends_with(b"s3vol"))
-                && args.contains(&wanted.as_bytes())
-        })
-        .collect()
 }
 
 async fn unmount_and_signals_end_cleanly(kind: ServerKind) {

@@ -38,6 +38,10 @@ pub enum FsError {
         #[source]
         source: Box<StoreError>,
     },
+    /// The volume is being unmounted and gave up waiting for this file to be
+    /// closed; what was written through it was not uploaded.
+    #[error("the volume is being unmounted; the file's changes were not uploaded")]
+    Stopped,
     /// Boxed: store errors carry S3's code, message and request ID, and most
     /// results never hold one.
     #[error(transparent)]
@@ -90,6 +94,8 @@ impl FsError {
             },
             // ESTALE is what NFS users know for "the file changed under your handle".
             FsError::Stale { .. } => libc::ESTALE,
+            // What the application sees once the daemon is gone, too.
+            FsError::Stopped => libc::ENOTCONN,
             FsError::Store(e) => store_errno(e),
         }
     }

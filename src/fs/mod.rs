@@ -17,7 +17,7 @@ mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -175,6 +175,8 @@ pub struct Fs {
     upload_permits: Arc<Semaphore>,
     /// The time shown for directories that have no marker object of their own.
     mount_time: SystemTime,
+    /// Set by [`Fs::stop`]: nothing more is uploaded.
+    stopped: AtomicBool,
 }
 
 impl Fs {
@@ -198,6 +200,7 @@ impl Fs {
             next_handle: AtomicU64::new(1),
             read_budget,
             config,
+            stopped: AtomicBool::new(false),
         }
     }
 

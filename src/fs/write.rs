@@ -6,6 +6,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -216,6 +217,9 @@ impl Fs {
 
     /// Uploads a staged file if it changed and records what S3 now holds.
     pub(super) async fn upload(&self, ino: u64, file: &StagedFile) -> FsResult<()> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(FsError::Stopped);
+        }
         let Some(uploaded) = file.flush().await? else {
             return Ok(());
         };
@@ -291,6 +295,26 @@ impl Fs {
             }
             file.close().await;
         }
+    }
+
+    /// The volume is going away: nothing more is uploaded, and every file still
+    /// being written is abandoned, its multipart upload aborted once any upload
+    /// already under way has finished (so a close in progress still completes).
+    /// Returns the keys whose changes were not uploaded. A close after this fails
+    /// (ENOTCONN), so no application is told its data is safe when it is not.
+    pub async fn stop(&self) -> Vec<String> {
+        self.stopped.store(true, Ordering::SeqCst);
+        let files: Vec<Arc<StagedFile>> = {
+            let mut staged = self.staged.lock().unwrap();
+            staged.drain().map(|(_, entry)| entry.file).collect()
+        };
+        let mut lost = Vec::new();
+        for file in files {
+            if file.abandon().await {
+                lost.push(file.key());
+            }
+        }
+        lost
     }
 
     /// mkdir(2): a zero-byte marker object `name/`.

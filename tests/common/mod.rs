@@ -418,7 +418,9 @@ pub fn is_mounted(path: &Path) -> bool {
 pub fn mount_count(path: &Path) -> usize {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let wanted = path.to_str().unwrap().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mountinfo")
+    // The calling thread's view: a test may give its thread a mount namespace
+    // of its own.
+    std::fs::read_to_string("/proc/thread-self/mountinfo")
         .unwrap()
         .lines()
         .filter(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
@@ -435,6 +437,25 @@ pub fn unmount(path: &Path) {
         let _ = Command::new("umount").arg("-l").arg(path).status();
     }
     wait_until(Duration::from_secs(10), || !is_mounted(path));
+}
+
+/// The live s3vol processes (the daemon, or a mount.s3vol helper turned daemon)
+/// whose command line names `mountpoint`.
+pub fn daemon_pids(mountpoint: &Path) -> Vec<i32> {
+    let wanted = mountpoint.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            !zombie
+                && args.first().is_some_and(|a| a.ends_with(b"s3vol"))
+                && args.contains(&wanted.as_bytes())
+        })
+        .collect()
 }
 
 pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -459,4 +480,65 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Runs `body` on a thread of its own in a private mount namespace whose /sbin
+/// also holds `mount.s3vol` and `mount.fuse.s3vol`, linked to the binary under
+/// test. mount(8) looks for its helpers in /sbin only; this way it finds the
+/// one under test and the host's /sbin is left alone. Mounts made in `body` are
+/// seen only by its thread and the processes that thread starts, so `body` must
+/// unmount them itself ([`Unmount`]).
+pub fn in_helper_namespace<T: Send>(body: impl FnOnce() -> T + Send) -> T {
+    use nix::mount::{MsFlags, mount};
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // unshare(CLONE_NEWNS) applies to the calling thread only.
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare");
+                let none = None::<&str>;
+                mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+                    .expect("make the namespace's mounts private");
+                let links = tempfile::tempdir().unwrap();
+                for name in ["mount.s3vol", "mount.fuse.s3vol"] {
+                    std::os::unix::fs::symlink(
+                        env!("CARGO_BIN_EXE_s3vol"),
+                        links.path().join(name),
+                    )
+                    .unwrap();
+                }
+                let sbin = std::fs::canonicalize("/sbin").unwrap();
+                let layers = format!("lowerdir={}:{}", links.path().display(), sbin.display());
+                mount(
+                    Some("overlay"),
+                    &sbin,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(layers.as_str()),
+                )
+                .expect("overlay the helpers on /sbin");
+                body()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Unmounts a path when dropped, even when a test fails.
+pub struct Unmount<'a>(pub &'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        unmount(self.0);
+    }
+}
+
+/// `findmnt`'s answer for a mountpoint: FSTYPE SOURCE OPTIONS (empty if nothing
+/// is mounted there).
+pub fn findmnt(path: &Path) -> String {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE,SOURCE,OPTIONS"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -5,6 +5,8 @@
 //! waits on the network. Operations S3 cannot express are answered here from
 //! [`Fs::mutate`], which chooses the errno.
 
+pub mod session;
+
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;

@@ -1,0 +1,242 @@
+//! The kernel side of a volume's life: mounting, serving, unmounting.
+//!
+//! With the privilege to mount (root, or CAP_SYS_ADMIN in a container), s3vol
+//! calls mount(2) itself with the type `fuse.s3vol`, so `findmnt`, `mount -t`
+//! and `umount -t` know the volume for what it is (fuser's own mount would say
+//! `fuse`). Without it, s3vol goes through the setuid fusermount3, as libfuse does,
+//! which builds the same type from the `subtype` option.
+//!
+//! Stopping has three strengths: [`VolumeHandle::unmount`] is umount(8), which
+//! the kernel refuses while files are open; [`VolumeHandle::detach`] is
+//! `umount -l`, which removes the volume from the directory tree at once and
+//! keeps serving the files still open until they are closed; and
+//! [`VolumeHandle::abort`] ends the connection, failing whatever is still open.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use tracing::debug;
+
+use super::FuseAdapter;
+
+/// The filesystem type the kernel shows for a volume.
+pub const FSTYPE: &str = "fuse.s3vol";
+
+/// FUSE request threads. Each only decodes a request and hands it to tokio, so a
+/// few suffice; more than one keeps a slow reply path from serializing the kernel.
+const FUSE_THREADS: usize = 4;
+
+/// Who besides the user who mounted may use the volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Owner,
+    OwnerAndRoot,
+    Everyone,
+}
+
+/// How to mount.
+pub struct MountPlan<'a> {
+    /// Shown as the mount's source: `BUCKET/PREFIX`.
+    pub source: &'a str,
+    pub read_only: bool,
+    pub noexec: bool,
+    pub access: Access,
+}
+
+/// A mounted volume, ready to serve.
+pub struct Volume {
+    session: Session<FuseAdapter>,
+    handle: VolumeHandle,
+}
+
+/// What it takes to stop a volume from another thread.
+#[derive(Clone, Debug)]
+pub struct VolumeHandle {
+    mountpoint: PathBuf,
+    /// `MAJOR:MINOR` of the mount, which also names its FUSE connection.
+    device: Option<String>,
+}
+
+/// Mounts `adapter` at `mountpoint` (an absolute, canonical path). The kernel has
+/// accepted the mount and the FUSE handshake is done when this returns.
+pub fn mount(adapter: FuseAdapter, mountpoint: &Path, plan: &MountPlan) -> io::Result<Volume> {
+    let acl = match plan.access {
+        Access::Owner => SessionACL::Owner,
+        Access::OwnerAndRoot => SessionACL::RootAndOwner,
+        Access::Everyone => SessionACL::All,
+    };
+    let mut config = Config::default();
+    config.acl = acl;
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+    let session = match mount_directly(mountpoint, plan)? {
+        Some(fd) => Session::from_fd(adapter, fd, acl, config).inspect_err(|_| {
+            let _ = nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH);
+        })?,
+        None => {
+            debug!("no privilege to mount; going through fusermount3");
+            config.mount_options = vec![
+                MountOption::FSName(plan.source.to_string()),
+                MountOption::Subtype("s3vol".to_string()),
+                if plan.read_only {
+                    MountOption::RO
+                } else {
+                    MountOption::RW
+                },
+                MountOption::NoDev,
+                MountOption::NoSuid,
+                if plan.noexec {
+                    MountOption::NoExec
+                } else {
+                    MountOption::Exec
+                },
+                MountOption::DefaultPermissions,
+            ];
+            Session::new(adapter, mountpoint, &config)?
+        }
+    };
+    let handle = VolumeHandle {
+        mountpoint: mountpoint.to_path_buf(),
+        device: crate::mountinfo::device(mountpoint),
+    };
+    handle.tune_kernel_readahead();
+    Ok(Volume { session, handle })
+}
+
+/// mount(2) of type fuse.s3vol on a new /dev/fuse connection. `None` when the
+/// kernel says this process may not mount.
+fn mount_directly(mountpoint: &Path, plan: &MountPlan) -> io::Result<Option<OwnedFd>> {
+    let device = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/fuse: {e}")))?;
+    // rootmode only tells the kernel the root is a directory; the attributes
+    // s3vol reports replace it.
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+        device.as_raw_fd(),
+        libc::S_IFDIR,
+        nix::unistd::getuid(),
+        nix::unistd::getgid()
+    );
+    if plan.access != Access::Owner {
+        // Root-and-owner is enforced by fuser on each request.
+        data.push_str(",allow_other");
+    }
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if plan.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if plan.noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    match nix::mount::mount(
+        Some(plan.source),
+        mountpoint,
+        Some(FSTYPE),
+        flags,
+        Some(data.as_str()),
+    ) {
+        Ok(()) => Ok(Some(device.into())),
+        Err(Errno::EPERM) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+impl Volume {
+    pub fn handle(&self) -> VolumeHandle {
+        self.handle.clone()
+    }
+
+    /// Serves requests until the volume is unmounted (after the last open file
+    /// of a detached volume is closed) or its connection aborted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+}
+
+impl VolumeHandle {
+    /// umount(8): fails with [`io::ErrorKind::ResourceBusy`] while files are open.
+    pub fn unmount(&self) -> io::Result<()> {
+        self.umount(false)
+    }
+
+    /// `umount -l`: the volume leaves the directory tree now and is served until
+    /// its last open file is closed.
+    pub fn detach(&self) -> io::Result<()> {
+        self.umount(true)
+    }
+
+    fn umount(&self, lazy: bool) -> io::Result<()> {
+        let flags = if lazy {
+            MntFlags::MNT_DETACH
+        } else {
+            MntFlags::empty()
+        };
+        match nix::mount::umount2(&self.mountpoint, flags) {
+            Ok(()) => Ok(()),
+            // Only root may umount2(); users unmount their own FUSE mounts
+            // through the setuid fusermount3.
+            Err(Errno::EPERM) => {
+                let mut command = Command::new("fusermount3");
+                command.arg("-u");
+                if lazy {
+                    command.arg("-z");
+                }
+                let out = command.arg(&self.mountpoint).output()?;
+                if out.status.success() {
+                    return Ok(());
+                }
+                let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                let kind = if message.contains("busy") {
+                    io::ErrorKind::ResourceBusy
+                } else {
+                    io::ErrorKind::Other
+                };
+                Err(io::Error::new(kind, message))
+            }
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+
+    /// Ends the FUSE connection through fusectl: every request still waiting and
+    /// every later one fails, and [`Volume::run`] returns.
+    pub fn abort(&self) -> io::Result<()> {
+        let device = self
+            .device
+            .as_deref()
+            .ok_or_else(|| io::Error::other("the volume's device number is unknown"))?;
+        let parse = |n: Option<&str>| n.and_then(|n| n.parse::<u32>().ok());
+        let mut parts = device.split(':');
+        let (Some(major), Some(minor)) = (parse(parts.next()), parse(parts.next())) else {
+            return Err(io::Error::other(format!("odd device number {device:?}")));
+        };
+        // The kernel's internal encoding, which names the connection's directory.
+        let connection = (major << 20) | minor;
+        let abort = format!("/sys/fs/fuse/connections/{connection}/abort");
+        std::fs::write(&abort, "1")
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write {abort}: {e}")))
+    }
+
+    /// The kernel reads ahead 128 KiB at a time on a new FUSE mount, so a
+    /// sequential reader costs one FUSE request per 128 KiB. Raising the mount's
+    /// read-ahead to 1 MiB cuts that eightfold (s3vol's own read-ahead works
+    /// further out). Needs root; without it the default stays, which only costs
+    /// some CPU.
+    fn tune_kernel_readahead(&self) {
+        let Some(device) = &self.device else {
+            return;
+        };
+        let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&knob, "1024") {
+            debug!("cannot raise kernel read-ahead via {knob}: {e}");
+        }
+    }
+}

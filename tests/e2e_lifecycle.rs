@@ -1,0 +1,191 @@
+//! End to end: how a mount ends. A stop signal while a file is being written
+//! either lets the writer finish and upload it, or aborts the upload, never
+//! leaving parts or a partial object behind; `umount -l` keeps serving files
+//! that are open; a killed daemon leaves a mountpoint that `umount` cleans.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::IntoRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Mount, Server, ServerKind, daemon_pids, is_mounted, pattern, s3vol, wait_until};
+
+const BUCKET: &str = "vol";
+const MIB: usize = 1024 * 1024;
+
+async fn rw_volume() -> (Server, Mount) {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    let mount = Mount::new(&server, "vol/root", &["--read-write"]);
+    (server, mount)
+}
+
+fn the_daemon(mountpoint: &Path) -> i32 {
+    let pids = daemon_pids(mountpoint);
+    assert_eq!(pids.len(), 1, "one daemon serves {}", mountpoint.display());
+    pids[0]
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) on the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
+}
+
+fn wait_for_exit(mountpoint: &Path) {
+    assert!(
+        wait_until(Duration::from_secs(20), || daemon_pids(mountpoint)
+            .is_empty()),
+        "the daemon of {} did not exit",
+        mountpoint.display()
+    );
+}
+
+/// close(2), whose result `File`'s drop throws away.
+fn close(file: File) -> nix::Result<()> {
+    nix::unistd::close(file.into_raw_fd())
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn sigterm_lets_a_writer_finish_and_uploads_its_file() {
+    let (server, mount) = rw_volume().await;
+    let pid = the_daemon(mount.path());
+    let data = pattern(24 * MIB, 61);
+    let mut file = File::create(mount.path().join("big.bin")).unwrap();
+    file.write_all(&data[..16 * MIB]).unwrap();
+
+    signal(pid, libc::SIGTERM);
+    // The volume leaves the directory tree at once; the open file is still served.
+    assert!(
+        wait_until(Duration::from_secs(5), || !is_mounted(mount.path())),
+        "not detached"
+    );
+    assert!(!daemon_pids(mount.path()).is_empty(), "exited too early");
+    file.write_all(&data[16 * MIB..]).unwrap();
+    close(file).expect("close uploads the file");
+
+    wait_for_exit(mount.path());
+    assert!(
+        server.get(BUCKET, "root/big.bin").await.unwrap() == data,
+        "the object is not what was written"
+    );
+    assert_eq!(
+        server.pending_uploads(BUCKET, "").await,
+        Vec::<String>::new()
+    );
+    let log = mount.log_text();
+    assert!(log.contains("detaching it"), "{log}");
+    assert!(log.contains("\"uploads\":{\"objects\":1"), "{log}");
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_second_sigterm_aborts_the_upload_of_a_file_still_open() {
+    let (server, mount) = rw_volume().await;
+    let pid = the_daemon(mount.path());
+    let data = pattern(20 * MIB, 62);
+    let mut file = File::create(mount.path().join("big.bin")).unwrap();
+    file.write_all(&data).unwrap();
+    // Parts past the first are uploaded while the file is written.
+    let mut started = false;
+    for _ in 0..100 {
+        if !server.pending_uploads(BUCKET, "").await.is_empty() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started, "no multipart upload began while writing");
+
+    signal(pid, libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || !is_mounted(mount.path())),
+        "not detached"
+    );
+    signal(pid, libc::SIGTERM);
+    wait_for_exit(mount.path());
+
+    let error = file.write_all(b"more").unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::ENOTCONN), "{error}");
+    assert!(close(file).is_err(), "close claimed the file was saved");
+    assert_eq!(server.get(BUCKET, "root/big.bin").await, None);
+    assert_eq!(
+        server.pending_uploads(BUCKET, "").await,
+        Vec::<String>::new(),
+        "parts were left behind"
+    );
+    let log = mount.log_text();
+    assert!(log.contains("stopping with files still open"), "{log}");
+    assert!(log.contains("root/big.bin"), "{log}");
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_lazy_unmount_serves_open_files_until_they_are_closed() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    let data = pattern(3 * MIB, 63);
+    server.put(BUCKET, "root/data.bin", data.clone()).await;
+    let mount = Mount::new(&server, "vol/root", &[]);
+    let pid = the_daemon(mount.path());
+    let mut file = File::open(mount.path().join("data.bin")).unwrap();
+
+    let status = Command::new("umount").arg("-l").arg(mount.path()).status();
+    assert!(status.unwrap().success());
+    assert!(!is_mounted(mount.path()));
+    let mut read = Vec::new();
+    file.read_to_end(&mut read).unwrap();
+    assert!(read == data, "the open file's content changed");
+    assert!(
+        daemon_pids(mount.path()).contains(&pid),
+        "exited while serving"
+    );
+    drop(file);
+    wait_for_exit(mount.path());
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn umount_cleans_up_after_a_killed_daemon() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    server.put(BUCKET, "root/one", b"1".to_vec()).await;
+    let mount = Mount::new(&server, "vol/root", &[]);
+    signal(the_daemon(mount.path()), libc::SIGKILL);
+    wait_for_exit(mount.path());
+
+    let error = std::fs::metadata(mount.path()).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::ENOTCONN), "{error}");
+    let mountpoint = mount.path().to_str().unwrap();
+    let again = || {
+        s3vol()
+            .args(["mount", "vol/root", mountpoint, "--no-cache"])
+            .args(server.endpoint_args())
+            .envs(server.env())
+            .output()
+            .unwrap()
+    };
+    let refused = again();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("Transport endpoint is not connected")
+            && stderr.contains(&format!("umount {mountpoint}")),
+        "{stderr}"
+    );
+
+    let status = Command::new("umount").arg(mount.path()).status();
+    assert!(status.unwrap().success());
+    assert!(!is_mounted(mount.path()));
+    let remounted = again();
+    assert!(
+        remounted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remounted.stderr)
+    );
+    assert_eq!(std::fs::read(mount.path().join("one")).unwrap(), b"1");
+}

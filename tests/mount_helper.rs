@@ -1,0 +1,231 @@
+//! mount(8) and fstab: `mount -t s3vol`, `mount -T FSTAB DIR` and
+//! `mount -a -T FSTAB` with the binary under test as /sbin/mount.s3vol, against
+//! Garage.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{
+    Server, ServerKind, Unmount, daemon_pids, findmnt, in_helper_namespace, is_mounted, mount_count,
+};
+
+const BUCKET: &str = "vol";
+
+/// mount(8) with `args`, in the server's environment (mount(8) passes the AWS_*
+/// variables on to the helper).
+fn mount8(server: &Server, args: &[&str]) -> Output {
+    Command::new("mount")
+        .args(args)
+        .envs(server.env())
+        .output()
+        .unwrap()
+}
+
+fn succeeded(out: &Output) -> bool {
+    if !out.status.success() {
+        eprintln!(
+            "mount failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.success()
+}
+
+/// The options every test line carries: where the server is, and a cache
+/// directory and log of the mount's own.
+fn server_options(server: &Server, dir: &Path, name: &str) -> String {
+    format!(
+        "endpoint_url={},force_path_style,cache_dir={},log_file={}",
+        server.endpoint,
+        dir.join(format!("{name}.cache")).display(),
+        dir.join(format!("{name}.log")).display()
+    )
+}
+
+async fn server_with_data() -> Server {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    server.put(BUCKET, "root/a.txt", b"inside\n".to_vec()).await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn fstab_lines_mount_with_mount_and_mount_a() {
+    let server = server_with_data().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ro, rw) = (dir.path().join("ro"), dir.path().join("rw"));
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(&rw).unwrap();
+    let fstab = dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# a read-only line (mount(8) passes it on as rw) and a read-write one\n\
+             vol/root {} s3vol defaults,nofail,_netdev,{} 0 0\n\
+             vol/root {} s3vol read_write,noatime,x-systemd.automount,{} 0 0\n",
+            ro.display(),
+            server_options(&server, dir.path(), "ro"),
+            rw.display(),
+            server_options(&server, dir.path(), "rw"),
+        ),
+    )
+    .unwrap();
+    let fstab = fstab.to_str().unwrap();
+
+    in_helper_namespace(|| {
+        // One line, by its mountpoint.
+        let _ro = Unmount(&ro);
+        assert!(succeeded(&mount8(
+            &server,
+            &["-T", fstab, ro.to_str().unwrap()]
+        )));
+        let shown = findmnt(&ro);
+        assert!(shown.starts_with("fuse.s3vol vol/root ro,"), "{shown}");
+        assert!(shown.contains("nosuid,nodev"), "{shown}");
+        assert_eq!(std::fs::read(ro.join("a.txt")).unwrap(), b"inside\n");
+        let refused = std::fs::write(ro.join("new.txt"), b"x").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
+        let status = Command::new("umount").arg(&ro).status().unwrap();
+        assert!(status.success());
+        assert!(!is_mounted(&ro));
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(10), || daemon_pids(&ro)
+                .is_empty()),
+            "the daemon outlived umount"
+        );
+
+        // Every line; again, which must change nothing.
+        let _rw = Unmount(&rw);
+        for _ in 0..2 {
+            assert!(succeeded(&mount8(&server, &["-a", "-T", fstab])));
+            assert_eq!(mount_count(&ro), 1, "{}", findmnt(&ro));
+            assert_eq!(mount_count(&rw), 1, "{}", findmnt(&rw));
+        }
+        let shown = findmnt(&rw);
+        assert!(shown.starts_with("fuse.s3vol vol/root rw,"), "{shown}");
+        std::fs::write(rw.join("written.txt"), b"through fstab\n").unwrap();
+        assert!(std::fs::write(ro.join("written.txt"), b"x").is_err());
+    });
+    assert!(!is_mounted(&ro) && !is_mounted(&rw));
+    assert_eq!(
+        server.get(BUCKET, "root/written.txt").await.unwrap(),
+        b"through fstab\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn mount_t_s3vol_takes_options_and_reports_failures() {
+    let server = server_with_data().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt_arg = mnt.to_str().unwrap();
+    let options = server_options(&server, dir.path(), "t");
+
+    in_helper_namespace(|| {
+        let _mnt = Unmount(&mnt);
+        for (source, extra, fstype, why) in [
+            (
+                "vol/root",
+                "colour=blue",
+                "s3vol",
+                "unknown option \"colour\"",
+            ),
+            (
+                "vol/root",
+                "metadata_ttl=soon",
+                "s3vol",
+                "\"soon\" is not a duration",
+            ),
+            ("vol/root", "foreground", "s3vol", "always detaches"),
+            ("missing-bucket", "ro", "s3vol", "missing-bucket"),
+            (
+                "vol/root",
+                "ro,read_write",
+                "fuse.s3vol",
+                "cannot be used with",
+            ),
+        ] {
+            let all = format!("{options},{extra}");
+            let out = mount8(&server, &["-t", fstype, source, mnt_arg, "-o", &all]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{extra} mounted");
+            assert!(stderr.contains(why), "{extra}: {stderr}");
+            assert!(!is_mounted(&mnt), "{extra} left a mount");
+        }
+
+        // -f checks the options and mounts nothing; -s lets unknown ones pass.
+        let all = format!("{options},read_write");
+        let out = mount8(
+            &server,
+            &["-f", "-v", "-t", "s3vol", "vol/root", mnt_arg, "-o", &all],
+        );
+        assert!(succeeded(&out));
+        assert!(!is_mounted(&mnt));
+        let all = format!("{options},colour=blue,uid=1234,noexec");
+        let out = mount8(
+            &server,
+            &["-s", "-t", "fuse.s3vol", "vol/root", mnt_arg, "-o", &all],
+        );
+        assert!(succeeded(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
+        let shown = findmnt(&mnt);
+        assert!(shown.contains("noexec"), "{shown}");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(mnt.join("a.txt")).unwrap().uid(), 1234);
+    });
+    assert!(!is_mounted(&mnt));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_bad_fstab_line_fails_with_the_helpers_message() {
+    let server = server_with_data().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, good) = (dir.path().join("bad"), dir.path().join("good"));
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::create_dir(&good).unwrap();
+    let fstab = dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "vol/root {} s3vol nofail,metadata_tll=5s,{} 0 0\n\
+             vol/root {} s3vol {} 0 0\n",
+            bad.display(),
+            server_options(&server, dir.path(), "bad"),
+            good.display(),
+            server_options(&server, dir.path(), "good"),
+        ),
+    )
+    .unwrap();
+    let fstab = fstab.to_str().unwrap();
+
+    in_helper_namespace(|| {
+        let (_bad, _good) = (Unmount(&bad), Unmount(&good));
+        let out = mount8(&server, &["-T", fstab, bad.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("unknown option \"metadata_tll\""),
+            "{stderr}"
+        );
+        // mount -a reports the line and mounts the others; it exits 64, "some
+        // mounts succeeded". (nofail only silences a missing device; for
+        // systemd, it keeps the boot from depending on the line.)
+        let out = mount8(&server, &["-a", "-T", fstab]);
+        assert_eq!(out.status.code(), Some(64));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("unknown option \"metadata_tll\""),
+            "{stderr}"
+        );
+        assert!(!is_mounted(&bad));
+        assert!(is_mounted(&good));
+        assert_eq!(std::fs::read(good.join("a.txt")).unwrap(), b"inside\n");
+    });
+}
