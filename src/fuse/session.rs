@@ -14,11 +14,12 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, Session, SessionACL};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use tracing::debug;
@@ -75,48 +76,38 @@ pub fn mount(adapter: FuseAdapter, mountpoint: &Path, plan: &MountPlan) -> io::R
     config.acl = acl;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let session = match mount_directly(mountpoint, plan)? {
-        Some(fd) => Session::from_fd(adapter, fd, acl, config).inspect_err(|_| {
-            let _ = nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH);
-        })?,
+    let fd = match mount_directly(mountpoint, plan)? {
+        Some(fd) => fd,
         None => {
             debug!("no privilege to mount; going through fusermount3");
-            config.mount_options = vec![
-                MountOption::FSName(plan.source.to_string()),
-                MountOption::Subtype("s3vol".to_string()),
-                if plan.read_only {
-                    MountOption::RO
-                } else {
-                    MountOption::RW
-                },
-                MountOption::NoDev,
-                MountOption::NoSuid,
-                if plan.noexec {
-                    MountOption::NoExec
-                } else {
-                    MountOption::Exec
-                },
-                MountOption::DefaultPermissions,
-            ];
-            Session::new(adapter, mountpoint, &config)?
+            mount_with_fusermount(mountpoint, plan)?
         }
     };
     let handle = VolumeHandle {
         mountpoint: mountpoint.to_path_buf(),
         device: crate::mountinfo::device(mountpoint),
     };
+    let session = Session::from_fd(adapter, fd, acl, config).inspect_err(|_| {
+        let _ = handle.detach();
+    })?;
     handle.tune_kernel_readahead();
     Ok(Volume { session, handle })
 }
 
-/// mount(2) of type fuse.s3vol on a new /dev/fuse connection. `None` when the
-/// kernel says this process may not mount.
+/// mount(2) of type fuse.s3vol on a new /dev/fuse connection. `None` when this
+/// process may not open /dev/fuse or mount.
 fn mount_directly(mountpoint: &Path, plan: &MountPlan) -> io::Result<Option<OwnedFd>> {
-    let device = File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/fuse: {e}")))?;
+    let device = match File::options().read(true).write(true).open("/dev/fuse") {
+        Ok(device) => device,
+        // Where only root may open it, fusermount3 (setuid root) still can.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot open /dev/fuse: {e}"),
+            ));
+        }
+    };
     // rootmode only tells the kernel the root is a directory; the attributes
     // s3vol reports replace it.
     let mut data = format!(
@@ -148,6 +139,81 @@ fn mount_directly(mountpoint: &Path, plan: &MountPlan) -> io::Result<Option<Owne
         Err(Errno::EPERM) => Ok(None),
         Err(e) => Err(io::Error::from(e)),
     }
+}
+
+/// Mounts through fusermount3, the setuid helper of the fuse3 package, as
+/// libfuse does for users: it opens /dev/fuse, mounts, and sends the descriptor
+/// back over the socket named in `_FUSE_COMMFD`. Its complaints (such as
+/// allow_other without user_allow_other in /etc/fuse.conf) become the error.
+fn mount_with_fusermount(mountpoint: &Path, plan: &MountPlan) -> io::Result<OwnedFd> {
+    let escape = |text: &str| text.replace('\\', "\\\\").replace(',', "\\,");
+    let mut options = vec![
+        format!("fsname={}", escape(plan.source)),
+        "subtype=s3vol".to_string(),
+        if plan.read_only { "ro" } else { "rw" }.to_string(),
+        "nosuid,nodev,default_permissions".to_string(),
+    ];
+    if plan.noexec {
+        options.push("noexec".into());
+    }
+    if plan.access != Access::Owner {
+        options.push("allow_other".into());
+    }
+    let (ours, theirs) = UnixStream::pair()?;
+    // dup() leaves close-on-exec off, so fusermount3 inherits this copy.
+    let inherited = nix::unistd::dup(&theirs)?;
+    drop(theirs);
+    let child = Command::new("fusermount3")
+        .arg("-o")
+        .arg(options.join(","))
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", inherited.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run fusermount3: {e}")))?;
+    drop(inherited);
+    let received = receive_descriptor(&ours);
+    let output = child.wait_with_output()?;
+    received.map_err(|e| {
+        let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        io::Error::other(if said.is_empty() {
+            format!("fusermount3 failed: {e}")
+        } else {
+            said
+        })
+    })
+}
+
+/// The descriptor fusermount3 sends as SCM_RIGHTS.
+fn receive_descriptor(socket: &UnixStream) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let message = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = control
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this descriptor in our table for
+            // this message; nothing else refers to it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    Err(io::Error::other("no descriptor received"))
 }
 
 impl Volume {
