@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what s3vol needs, builds it, starts a local Garage S3 server with sample
-# data, mounts the bucket prefix read-only with s3vol and shows it working, then
-# mounts it read-write and writes through it. Leaves nothing running: the mounts and
-# the server are stopped at the end.
+# Installs what s3vol needs, builds and installs it (scripts/install.sh: s3vol and
+# its mount(8) helper), starts a local Garage S3 server with sample data, mounts the
+# bucket prefix read-only with `mount -t s3vol` and shows it working, then mounts it
+# read-write with `s3vol mount` and writes through it. Leaves nothing running: the
+# mounts and the server are stopped at the end.
 source "$(dirname "$0")/lib.sh"
 cd "$S3VOL_ROOT"
 
@@ -11,9 +12,8 @@ ensure_fuse
 ensure_moto      # its Python environment carries boto3, used to upload the sample data
 ensure_garage
 
-log "building s3vol (release)"
-cargo build --release --quiet
-S3VOL="$S3VOL_ROOT/target/release/s3vol"
+bash "$S3VOL_ROOT/scripts/install.sh"
+S3VOL=/usr/local/bin/s3vol
 
 garage_workspace demo demo
 
@@ -30,9 +30,11 @@ put("datasets/images/random.bin", os.urandom(64 * 1024 * 1024))
 put("private/not-in-the-volume.txt", b"outside the prefix")
 PY
 
-log "s3vol mount demo/datasets $mnt"
-"$S3VOL" mount demo/datasets "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
-    --cache-dir "$work/cache" --log-file "$work/s3vol.log"
+# mount(8) runs /sbin/mount.s3vol, which takes every s3vol option as -o name=value;
+# the credentials come from the environment, as for any AWS tool.
+options="endpoint_url=$S3_ENDPOINT,force_path_style,cache_dir=$work/cache,log_file=$work/s3vol.log"
+log "mount -t s3vol demo/datasets $mnt -o $options"
+mount -t s3vol demo/datasets "$mnt" -o "$options"
 findmnt "$mnt"
 
 log "ls -lR $mnt"

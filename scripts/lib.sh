@@ -39,12 +39,14 @@ ensure_fuse() {
     [ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN"
 }
 
-# The tools the write tests run in a volume, as users do.
+# The tools the write tests run in a volume, as users do, and systemd-analyze.
 ensure_test_tools() {
     local missing=()
     for tool in rsync git tar; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
+    # The deploy guide's systemd units are checked with systemd-analyze.
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{
-    Server, ServerKind, Unmount, daemon_pids, findmnt, in_helper_namespace, is_mounted, mount_count,
+    Server, ServerKind, Unmount, daemon_pids, deploy_guide, findmnt, guide_fstab_line,
+    in_helper_namespace, is_mounted, mount_count,
 };
 
 const BUCKET: &str = "vol";
@@ -228,4 +229,74 @@ async fn a_bad_fstab_line_fails_with_the_helpers_message() {
         assert!(is_mounted(&good));
         assert_eq!(std::fs::read(good.join("a.txt")).unwrap(), b"inside\n");
     });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn the_deploy_guides_read_write_line_mounts_with_mount_a() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket("platform-scratch").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("scratch");
+    std::fs::create_dir(&mnt).unwrap();
+    // The guide's line, pointed at the local server.
+    let line = guide_fstab_line("platform-scratch/jobs");
+    let options = line[3].replace("region=eu-west-1", &format!("region={}", server.region));
+    let fstab = dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "{} {} {} {options},{} {} {}\n",
+            line[0],
+            mnt.display(),
+            line[2],
+            server_options(&server, dir.path(), "scratch"),
+            line[4],
+            line[5]
+        ),
+    )
+    .unwrap();
+
+    in_helper_namespace(|| {
+        let _mnt = Unmount(&mnt);
+        assert!(succeeded(&mount8(&server, &["-a", "-T", fstab.to_str().unwrap()])));
+        let shown = findmnt(&mnt);
+        println!("{}\n{shown}", std::fs::read_to_string(&fstab).unwrap());
+        assert!(shown.starts_with("fuse.s3vol platform-scratch/jobs rw,"), "{shown}");
+        std::fs::write(mnt.join("result.txt"), b"done\n").unwrap();
+    });
+    assert_eq!(
+        server.get("platform-scratch", "jobs/result.txt").await.unwrap(),
+        b"done\n"
+    );
+}
+
+/// The ```ini block that follows the line naming `unit` in the deploy guide.
+fn guide_unit(unit: &str) -> String {
+    let guide = deploy_guide();
+    let after = &guide[guide.find(&format!("`/etc/systemd/system/{unit}`")).unwrap()..];
+    let start = after.find("```ini\n").unwrap() + "```ini\n".len();
+    let end = start + after[start..].find("```").unwrap();
+    after[start..end].to_string()
+}
+
+#[test]
+#[ignore = "needs systemd-analyze; run scripts/test.sh"]
+fn the_deploy_guides_systemd_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let units: Vec<_> = ["mnt-scratch.mount", "mnt-scratch.automount"]
+        .into_iter()
+        .map(|unit| {
+            let path = dir.path().join(unit);
+            std::fs::write(&path, guide_unit(unit)).unwrap();
+            path
+        })
+        .collect();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }

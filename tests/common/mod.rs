@@ -542,3 +542,22 @@ pub fn findmnt(path: &Path) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// docs/DEPLOY.md, whose examples the tests run.
+pub fn deploy_guide() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DEPLOY.md"))
+        .unwrap()
+}
+
+/// The fields of the deploy guide's fstab line for `source`: source, mountpoint,
+/// type, options, dump, pass.
+pub fn guide_fstab_line(source: &str) -> Vec<String> {
+    let guide = deploy_guide();
+    let line = guide
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(source))
+        .unwrap_or_else(|| panic!("docs/DEPLOY.md has no fstab line for {source}"));
+    let fields: Vec<String> = line.split_whitespace().map(String::from).collect();
+    assert_eq!(fields.len(), 6, "{line}");
+    fields
+}
