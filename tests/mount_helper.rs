@@ -259,14 +259,23 @@ async fn the_deploy_guides_read_write_line_mounts_with_mount_a() {
 
     in_helper_namespace(|| {
         let _mnt = Unmount(&mnt);
-        assert!(succeeded(&mount8(&server, &["-a", "-T", fstab.to_str().unwrap()])));
+        assert!(succeeded(&mount8(
+            &server,
+            &["-a", "-T", fstab.to_str().unwrap()]
+        )));
         let shown = findmnt(&mnt);
         println!("{}\n{shown}", std::fs::read_to_string(&fstab).unwrap());
-        assert!(shown.starts_with("fuse.s3vol platform-scratch/jobs rw,"), "{shown}");
+        assert!(
+            shown.starts_with("fuse.s3vol platform-scratch/jobs rw,"),
+            "{shown}"
+        );
         std::fs::write(mnt.join("result.txt"), b"done\n").unwrap();
     });
     assert_eq!(
-        server.get("platform-scratch", "jobs/result.txt").await.unwrap(),
+        server
+            .get("platform-scratch", "jobs/result.txt")
+            .await
+            .unwrap(),
         b"done\n"
     );
 }
@@ -274,7 +283,9 @@ async fn the_deploy_guides_read_write_line_mounts_with_mount_a() {
 /// The ```ini block that follows the line naming `unit` in the deploy guide.
 fn guide_unit(unit: &str) -> String {
     let guide = deploy_guide();
-    let after = &guide[guide.find(&format!("`/etc/systemd/system/{unit}`")).unwrap()..];
+    let after = &guide[guide
+        .find(&format!("`/etc/systemd/system/{unit}`"))
+        .unwrap()..];
     let start = after.find("```ini\n").unwrap() + "```ini\n".len();
     let end = start + after[start..].find("```").unwrap();
     after[start..end].to_string()

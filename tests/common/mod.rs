@@ -545,8 +545,7 @@ pub fn findmnt(path: &Path) -> String {
 
 /// docs/DEPLOY.md, whose examples the tests run.
 pub fn deploy_guide() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DEPLOY.md"))
-        .unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DEPLOY.md")).unwrap()
 }
 
 /// The fields of the deploy guide's fstab line for `source`: source, mountpoint,
