@@ -190,6 +190,32 @@ fn detach_stdio() {
     }
 }
 
+/// What a FUSE mountpoint answers once its daemon is gone: ENOTCONN ("Transport
+/// endpoint is not connected"), or ECONNABORTED for a request the kernel had
+/// under way when the daemon died.
+fn daemon_gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+}
+
+/// An OS error as the shell would print it, without Rust's "(os error N)".
+fn plain(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    }
+}
+
+/// How this user removes a dead FUSE mount: umount(8) for root, fusermount3 for
+/// the others, whose own FUSE mounts it is.
+fn cleanup_command(mountpoint: &Path) -> String {
+    if nix::unistd::geteuid().is_root() {
+        format!("umount {}", mountpoint.display())
+    } else {
+        format!("fusermount3 -u {}", mountpoint.display())
+    }
+}
+
 /// Checks the mountpoint before anything else, so the common mistakes get plain
 /// answers.
 fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
@@ -206,10 +232,12 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
                 "mountpoint {shown} does not exist; create it first (mkdir -p {shown})"
             )));
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if daemon_gone(&e) => {
             return Err(Failure(format!(
-                "mountpoint {shown} is a FUSE mount whose daemon is gone (Transport endpoint \
-                 is not connected); clean it up with `umount {shown}` and mount again"
+                "mountpoint {shown} is a FUSE mount whose daemon is gone ({}); clean it up \
+                 with `{}` and mount again",
+                plain(&e),
+                cleanup_command(path)
             )));
         }
         Err(e) => return Err(Failure(format!("cannot use mountpoint {shown}: {e}"))),
@@ -637,8 +665,10 @@ pub fn check(args: CheckArgs) -> ExitCode {
     }
 }
 
-/// SIGTERM and SIGINT, caught from registration on.
-struct StopSignals(Option<(Signal, Signal)>);
+/// SIGTERM and SIGINT, caught from registration on; and SIGHUP, which is only
+/// logged. SIGHUP's default would kill the daemon without unmounting: a closed
+/// terminal or a log rotation's `kill -HUP` must not take the volume down.
+struct StopSignals(Option<[Signal; 3]>);
 
 impl StopSignals {
     /// Must run inside the tokio runtime.
@@ -646,19 +676,25 @@ impl StopSignals {
         match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            (Ok(term), Ok(int), Ok(hup)) => Self(Some([term, int, hup])),
             _ => Self(None),
         }
     }
 
     async fn wait(&mut self) {
-        let Some((term, int)) = &mut self.0 else {
+        let Some([term, int, hup]) = &mut self.0 else {
             return std::future::pending().await;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    info!("SIGHUP ignored; stop the volume with umount or SIGTERM");
+                }
+            }
         }
     }
 }
@@ -694,10 +730,11 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
     };
     let root = match File::open(mountpoint) {
         Ok(root) => root,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if daemon_gone(&e) => {
             return Err(Failure(format!(
-                "the daemon of {shown} is gone (Transport endpoint is not connected); clean \
-                 up with `umount {shown}`"
+                "the daemon of {shown} is gone ({}); clean up with `{}`",
+                plain(&e),
+                cleanup_command(mountpoint)
             )));
         }
         Err(e) => return Err(Failure(format!("cannot open {shown}: {e}"))),
