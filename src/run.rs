@@ -334,10 +334,17 @@ fn serve(
         StopSignals::register()
     };
     let volume = session::mount(adapter, mountpoint, &plan).map_err(|e| {
+        // fusermount3's own complaints say what to do; the kernel's errnos do not.
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                ". Is /dev/fuse available (in a container: --device /dev/fuse --cap-add \
+                 SYS_ADMIN) and, for users other than root, fusermount3 installed (package \
+                 fuse3)?"
+            }
+            _ => "",
+        };
         Failure(format!(
-            "cannot mount at {}: {e}. Is /dev/fuse available (in a container: --device \
-             /dev/fuse --cap-add SYS_ADMIN) and, for users other than root, fusermount3 \
-             installed (package fuse3)?",
+            "cannot mount at {}: {e}{hint}",
             mountpoint.display()
         ))
     })?;
