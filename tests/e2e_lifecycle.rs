@@ -1,7 +1,8 @@
 //! End to end: how a mount ends. A stop signal while a file is being written
 //! either lets the writer finish and upload it, or aborts the upload, never
-//! leaving parts or a partial object behind; `umount -l` keeps serving files
-//! that are open; a killed daemon leaves a mountpoint that `umount` cleans.
+//! leaving parts or a partial object behind, and s3vol exits 0 either way;
+//! `umount -l` keeps serving files that are open; SIGHUP changes nothing; a killed
+//! daemon leaves a mountpoint that `umount` cleans.
 
 mod common;
 
@@ -9,19 +10,79 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::{Mount, Server, ServerKind, daemon_pids, is_mounted, pattern, s3vol, wait_until};
+use tempfile::TempDir;
 
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
 
-async fn rw_volume() -> (Server, Mount) {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
-    let mount = Mount::new(&server, "vol/root", &["--read-write"]);
-    (server, mount)
+/// A read-write volume served by `s3vol mount --foreground`, a child of the test,
+/// so that its exit status can be checked.
+struct Foreground {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Foreground {
+    async fn start() -> (Server, Foreground) {
+        let server = Server::start(ServerKind::Garage);
+        server.create_bucket(BUCKET).await;
+        let dir = tempfile::tempdir().unwrap();
+        let child = s3vol()
+            .args(["mount", "vol/root"])
+            .arg(dir.path())
+            .args(["--foreground", "--read-write", "--cache-dir"])
+            .arg(dir.path().with_extension("cache"))
+            .arg("--log-file")
+            .arg(dir.path().with_extension("log"))
+            .args(server.endpoint_args())
+            .envs(server.env())
+            .spawn()
+            .unwrap();
+        let volume = Foreground { child, dir };
+        assert!(
+            wait_until(Duration::from_secs(20), || is_mounted(volume.path())),
+            "the volume did not appear: {}",
+            volume.log_text()
+        );
+        (server, volume)
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().with_extension("log")).unwrap_or_default()
+    }
+
+    /// Waits for s3vol to exit and says whether it exited 0.
+    fn exited_cleanly(&mut self) -> bool {
+        for _ in 0..1000 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("s3vol did not exit: {}", self.log_text());
+    }
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        common::unmount(self.dir.path());
+        let _ = std::fs::remove_dir_all(self.dir.path().with_extension("cache"));
+        let _ = std::fs::remove_file(self.dir.path().with_extension("log"));
+    }
 }
 
 fn the_daemon(mountpoint: &Path) -> i32 {
@@ -52,8 +113,8 @@ fn close(file: File) -> nix::Result<()> {
 #[tokio::test]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn sigterm_lets_a_writer_finish_and_uploads_its_file() {
-    let (server, mount) = rw_volume().await;
-    let pid = the_daemon(mount.path());
+    let (server, mut mount) = Foreground::start().await;
+    let pid = mount.pid();
     let data = pattern(24 * MIB, 61);
     let mut file = File::create(mount.path().join("big.bin")).unwrap();
     file.write_all(&data[..16 * MIB]).unwrap();
@@ -64,11 +125,14 @@ async fn sigterm_lets_a_writer_finish_and_uploads_its_file() {
         wait_until(Duration::from_secs(5), || !is_mounted(mount.path())),
         "not detached"
     );
-    assert!(!daemon_pids(mount.path()).is_empty(), "exited too early");
+    assert!(
+        mount.child.try_wait().unwrap().is_none(),
+        "exited too early"
+    );
     file.write_all(&data[16 * MIB..]).unwrap();
     close(file).expect("close uploads the file");
 
-    wait_for_exit(mount.path());
+    assert!(mount.exited_cleanly());
     assert!(
         server.get(BUCKET, "root/big.bin").await.unwrap() == data,
         "the object is not what was written"
@@ -85,8 +149,8 @@ async fn sigterm_lets_a_writer_finish_and_uploads_its_file() {
 #[tokio::test]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn a_second_sigterm_aborts_the_upload_of_a_file_still_open() {
-    let (server, mount) = rw_volume().await;
-    let pid = the_daemon(mount.path());
+    let (server, mut mount) = Foreground::start().await;
+    let pid = mount.pid();
     let data = pattern(20 * MIB, 62);
     let mut file = File::create(mount.path().join("big.bin")).unwrap();
     file.write_all(&data).unwrap();
@@ -107,7 +171,7 @@ async fn a_second_sigterm_aborts_the_upload_of_a_file_still_open() {
         "not detached"
     );
     signal(pid, libc::SIGTERM);
-    wait_for_exit(mount.path());
+    assert!(mount.exited_cleanly());
 
     let error = file.write_all(b"more").unwrap_err();
     assert!(
