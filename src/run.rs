@@ -373,7 +373,15 @@ fn serve(
     {
         let _ = File::from(fd).write_all(READY);
     }
-    let result = volume.run();
+    let result = match volume.run() {
+        // The connection was ended through fusectl: by the stop signal's grace
+        // running out, or by an administrator. Either way the volume is gone.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            info!("the FUSE connection was aborted");
+            Ok(())
+        }
+        other => other,
+    };
     runtime.block_on(abandon_open_files(&fs));
     finish.run();
     runtime.shutdown_background();
