@@ -412,49 +412,43 @@ fn the_deploy_guides_role_line_mounts_with_mount_a() {
     let mnt = dir.path().join("team-a");
     std::fs::create_dir(&mnt).unwrap();
     // The guide's line, pointed at moto: its bucket, role and external ID file.
-    let line = common::guide_fstab_line("customer-bucket/team-a");
     let endpoint = &customer.server.endpoint;
-    let options = line[3]
-        .replace(
-            "arn:aws:iam::444455556666:role/s3vol-team-a",
-            &customer.field("role_arn"),
-        )
-        .replace(
-            "/etc/s3vol/team-a.external-id",
-            customer.id_file.path().to_str().unwrap(),
-        )
-        .replace(
-            "/var/log/s3vol-team-a.log",
-            dir.path().join("team-a.log").to_str().unwrap(),
-        );
+    let line = common::guide_fstab_line(
+        "customer-bucket/team-a",
+        &mnt,
+        |options| {
+            options
+                .replace(
+                    "arn:aws:iam::444455556666:role/s3vol-team-a",
+                    &customer.field("role_arn"),
+                )
+                .replace(
+                    "/etc/s3vol/team-a.external-id",
+                    customer.id_file.path().to_str().unwrap(),
+                )
+                .replace(
+                    "/var/log/s3vol-team-a.log",
+                    dir.path().join("team-a.log").to_str().unwrap(),
+                )
+        },
+        &format!(
+            "endpoint_url={endpoint},force_path_style,sts_endpoint_url={endpoint},cache_dir={}",
+            dir.path().join("cache").display()
+        ),
+    );
+    // Its bucket and prefix are moto's.
     let fstab = dir.path().join("fstab");
     std::fs::write(
         &fstab,
-        format!(
-            "vol/root {} {} {options},endpoint_url={endpoint},force_path_style,\
-             sts_endpoint_url={endpoint},cache_dir={} {} {}\n",
-            mnt.display(),
-            line[2],
-            dir.path().join("cache").display(),
-            line[4],
-            line[5]
-        ),
+        line.replacen("customer-bucket/team-a", "vol/root", 1),
     )
     .unwrap();
 
     let id = customer.field("external_id");
     common::in_helper_namespace(|| {
         let _mnt = common::Unmount(&mnt);
-        let out = std::process::Command::new("mount")
-            .args(["-a", "-T", fstab.to_str().unwrap()])
-            .envs(customer.env())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::mount8(&customer.env(), &["-a", "-T", fstab.to_str().unwrap()]);
+        assert!(common::succeeded(&out));
         let shown = common::findmnt(&mnt);
         println!("{}\n{shown}", std::fs::read_to_string(&fstab).unwrap());
         assert!(shown.starts_with("fuse.s3vol vol/root ro,"), "{shown}");

@@ -9,30 +9,14 @@ use std::process::{Command, Output};
 
 use common::{
     Server, ServerKind, Unmount, daemon_pids, deploy_guide, findmnt, guide_fstab_line,
-    in_helper_namespace, is_mounted, mount_count,
+    in_helper_namespace, is_mounted, mount_count, succeeded,
 };
 
 const BUCKET: &str = "vol";
 
-/// mount(8) with `args`, in the server's environment (mount(8) passes the AWS_*
-/// variables on to the helper).
+/// mount(8) with `args`, in the server's environment.
 fn mount8(server: &Server, args: &[&str]) -> Output {
-    Command::new("mount")
-        .args(args)
-        .envs(server.env())
-        .output()
-        .unwrap()
-}
-
-fn succeeded(out: &Output) -> bool {
-    if !out.status.success() {
-        eprintln!(
-            "mount failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out.status.success()
+    common::mount8(&server.env(), args)
 }
 
 /// The options every test line carries: where the server is, and a cache
@@ -240,19 +224,15 @@ async fn the_deploy_guides_read_write_line_mounts_with_mount_a() {
     let mnt = dir.path().join("scratch");
     std::fs::create_dir(&mnt).unwrap();
     // The guide's line, pointed at the local server.
-    let line = guide_fstab_line("platform-scratch/jobs");
-    let options = line[3].replace("region=eu-west-1", &format!("region={}", server.region));
+    let region = format!("region={}", server.region);
     let fstab = dir.path().join("fstab");
     std::fs::write(
         &fstab,
-        format!(
-            "{} {} {} {options},{} {} {}\n",
-            line[0],
-            mnt.display(),
-            line[2],
-            server_options(&server, dir.path(), "scratch"),
-            line[4],
-            line[5]
+        guide_fstab_line(
+            "platform-scratch/jobs",
+            &mnt,
+            |options| options.replace("region=eu-west-1", &region),
+            &server_options(&server, dir.path(), "scratch"),
         ),
     )
     .unwrap();

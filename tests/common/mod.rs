@@ -557,15 +557,49 @@ pub fn deploy_guide() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DEPLOY.md")).unwrap()
 }
 
-/// The fields of the deploy guide's fstab line for `source`: source, mountpoint,
-/// type, options, dump, pass.
-pub fn guide_fstab_line(source: &str) -> Vec<String> {
+/// The deploy guide's fstab line for `source`, pointed at a test's mountpoint,
+/// its options passed through `edit` (to swap the guide's names for the test's)
+/// and `extra` appended (where the server is).
+pub fn guide_fstab_line(
+    source: &str,
+    mountpoint: &Path,
+    edit: impl Fn(&str) -> String,
+    extra: &str,
+) -> String {
     let guide = deploy_guide();
     let line = guide
         .lines()
         .find(|l| l.split_whitespace().next() == Some(source))
         .unwrap_or_else(|| panic!("docs/DEPLOY.md has no fstab line for {source}"));
-    let fields: Vec<String> = line.split_whitespace().map(String::from).collect();
-    assert_eq!(fields.len(), 6, "{line}");
-    fields
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [source, _, fstype, options, dump, pass] = fields[..] else {
+        panic!("not an fstab line: {line}");
+    };
+    format!(
+        "{source} {} {fstype} {},{extra} {dump} {pass}\n",
+        mountpoint.display(),
+        edit(options)
+    )
+}
+
+/// mount(8) with `args` in `env` (mount(8) passes the AWS_* variables on to the
+/// helper).
+pub fn mount8(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new("mount")
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap()
+}
+
+/// Whether a command succeeded, printing what it said if not.
+pub fn succeeded(out: &Output) -> bool {
+    if !out.status.success() {
+        eprintln!(
+            "failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.success()
 }
