@@ -291,3 +291,51 @@ fn the_deploy_guides_systemd_units_verify() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn mount_n_mounts_in_another_namespace() {
+    let server = server_with_data().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt_arg = mnt.to_str().unwrap();
+    let options = server_options(&server, dir.path(), "n");
+
+    in_helper_namespace(|| {
+        // A process in a mount namespace of its own, a copy of this one.
+        let mut other = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sleep", "120"])
+            .spawn()
+            .unwrap();
+        let pid = other.id().to_string();
+        let namespace = |of: &str| std::fs::read_link(format!("/proc/{of}/ns/mnt")).ok();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(5), || namespace(&pid)
+                != namespace("thread-self")),
+            "unshare did not start"
+        );
+        let theirs = || std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+
+        let out = mount8(
+            &server,
+            &[
+                "-N", &pid, "-t", "s3vol", "vol/root", mnt_arg, "-o", &options,
+            ],
+        );
+        assert!(succeeded(&out));
+        assert!(
+            theirs().contains(&format!("{mnt_arg} ")) && theirs().contains("fuse.s3vol"),
+            "not mounted in the other namespace"
+        );
+        assert!(!is_mounted(&mnt), "mounted in this namespace");
+        let status = Command::new("nsenter")
+            .args(["-t", &pid, "-m", "umount", mnt_arg])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(!theirs().contains(&format!("{mnt_arg} ")));
+        let _ = other.kill();
+        let _ = other.wait();
+    });
+}
