@@ -73,7 +73,6 @@ pub fn mount(adapter: FuseAdapter, mountpoint: &Path, plan: &MountPlan) -> io::R
         Access::Everyone => SessionACL::All,
     };
     let mut config = Config::default();
-    config.acl = acl;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     let fd = match mount_directly(mountpoint, plan)? {
