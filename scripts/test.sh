@@ -12,6 +12,9 @@ ensure_moto
 ensure_garage
 ensure_pjdfstest
 export S3VOL_TOOLS
+# A fresh clone builds everything once: incremental state would only add a few GB
+# to the build directory.
+export CARGO_INCREMENTAL=0
 
 log "cargo fmt --check"
 cargo fmt --check
