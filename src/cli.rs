@@ -106,6 +106,11 @@ pub struct S3Args {
     /// KMS key for --sse aws:kms (default: the bucket's or account's S3 key).
     #[arg(long, value_name = "KEY")]
     pub sse_kms_key_id: Option<String>,
+    /// How long a request may keep failing (endpoint unreachable, 500, 503
+    /// SlowDown) or stay silent before the file operation waiting for it fails with
+    /// EIO. Until then it is retried with backoff and jitter.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_io_timeout)]
+    pub io_timeout: Duration,
 }
 
 impl S3Args {
@@ -364,6 +369,16 @@ fn parse_role_duration(text: &str) -> Result<Duration, String> {
         Err(format!(
             "{text:?}: STS role sessions last 900 s (15 min) to 43200 s (12 h)"
         ))
+    }
+}
+
+fn parse_io_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_ttl(text)?;
+    // Below a second, one slow answer would already fail the operation.
+    if (1..=3600).contains(&duration.as_secs()) {
+        Ok(duration)
+    } else {
+        Err(format!("{text:?}: the I/O timeout must be from 1s to 1h"))
     }
 }
 

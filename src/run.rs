@@ -33,6 +33,7 @@ use crate::stats::MountStats;
 use crate::store::ObjectStore;
 use crate::store::counted::CountedStore;
 use crate::store::expiry::RenewOnExpiry;
+use crate::store::retry::{RetryPolicy, RetryingStore};
 use crate::store::s3::{S3Options, S3Store};
 use crate::upload::WriteConfig;
 
@@ -268,16 +269,17 @@ fn serve(
         .enable_all()
         .thread_name("s3vol-io")
         .build()?;
-    let (store, renewals) = runtime.block_on(async {
+    let (store, requests, renewals) = runtime.block_on(async {
         let (store, renewals) =
             connect_store(&args.s3, role, args.role.renew_before, &args.source.bucket).await?;
+        // Counted below the retries: the statistics show every request sent.
+        let counted = CountedStore::new(store);
+        let requests = counted.stats();
+        let store = retrying(Arc::new(counted), &args.s3);
         let endpoint = endpoint(&args.s3);
         preflight::check_mount(store.as_ref(), &args.source, args.read_write, &endpoint).await?;
-        Ok::<_, Failure>((store, renewals))
+        Ok::<_, Failure>((store, requests, renewals))
     })?;
-    let counted = CountedStore::new(store);
-    let requests = counted.stats();
-    let store: Arc<dyn ObjectStore> = Arc::new(counted);
 
     // Set by mount() whenever the cache or staging needs it.
     let local = args.cache_dir.as_deref();
@@ -523,6 +525,7 @@ async fn connect_store(
         force_path_style: s3.force_path_style,
         credentials: Some(SharedCredentialsProvider::new(credentials.clone())),
         encryption: s3.encryption().map_err(Failure)?,
+        stall_timeout: Some(RetryPolicy::within(s3.io_timeout).stall_timeout()),
     };
     let s3 = Arc::new(S3Store::from_sdk_config(bucket, &base, &options));
     let credentials = Arc::new(credentials);
@@ -531,6 +534,14 @@ async fn connect_store(
         Arc::new(move || credentials.renewals())
     };
     Ok((Arc::new(RenewOnExpiry::new(s3, credentials)), renewals))
+}
+
+/// `store` with failed requests retried for as long as `--io-timeout` allows.
+fn retrying(store: Arc<dyn ObjectStore>, s3: &S3Args) -> Arc<dyn ObjectStore> {
+    Arc::new(RetryingStore::new(
+        store,
+        RetryPolicy::within(s3.io_timeout),
+    ))
 }
 
 /// Counts the credential renewals of a mount.
@@ -647,6 +658,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
                 &args.source.bucket,
             )
             .await?;
+            let store = retrying(store, &args.s3);
             let mode = preflight::ProbeMode {
                 read_write: args.read_write,
                 delete: args.probe_delete,

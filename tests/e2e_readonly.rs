@@ -332,6 +332,7 @@ async fn bad_input_gets_a_message_that_says_what_to_do() {
             "--force-path-style",
         ])
         .args(["--endpoint-url", &format!("http://127.0.0.1:{closed}")])
+        .args(["--io-timeout", "2s"])
         .envs(server.env())
         .output()
         .unwrap();

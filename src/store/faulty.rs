@@ -25,8 +25,13 @@ pub enum Fault {
     ExpiredToken,
     /// Answer as if the endpoint could not be reached.
     Unreachable,
-    /// Answer a generic injected error (an HTTP 500, say).
+    /// Answer a generic injected error that is not worth retrying.
     Error,
+    /// Answer 503 SlowDown, as S3 does under load.
+    SlowDown,
+    /// Make the call, then answer as if the connection broke before its answer
+    /// arrived: the request took effect and the caller does not know.
+    LostAnswer,
     /// Wait this long, then make the call.
     Delay(Duration),
 }
@@ -81,8 +86,27 @@ impl FaultyStore {
         *self.counts.lock().unwrap().get(&op).unwrap_or(&0)
     }
 
-    /// Counts the call and returns the error to answer with, after any delay.
-    async fn before(&self, op: Operation, key: &str) -> StoreResult<()> {
+    /// Runs `call` with the faults that apply to this call of `op`.
+    async fn around<T>(
+        &self,
+        op: Operation,
+        key: &str,
+        call: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let lose_answer = self.before(op, key).await?;
+        let answer = call.await;
+        if lose_answer && answer.is_ok() {
+            return Err(StoreError::Unreachable {
+                op,
+                detail: "connection reset before the answer (injected)".into(),
+            });
+        }
+        answer
+    }
+
+    /// Counts the call and returns the error to answer with, after any delay, or
+    /// whether the answer is to be lost.
+    async fn before(&self, op: Operation, key: &str) -> StoreResult<bool> {
         let n = {
             let mut counts = self.counts.lock().unwrap();
             let n = counts.entry(op).or_insert(0);
@@ -97,8 +121,21 @@ impl FaultyStore {
             .filter(|r| r.op == op && r.nth.is_none_or(|nth| nth == n))
             .map(|r| r.fault.clone())
             .collect();
+        let mut lose_answer = false;
         for fault in hits {
             match fault {
+                Fault::LostAnswer => lose_answer = true,
+                Fault::SlowDown => {
+                    return Err(StoreError::Service {
+                        op,
+                        key: key.to_string(),
+                        info: ServiceInfo {
+                            code: "SlowDown".into(),
+                            message: "Please reduce your request rate. (injected)".into(),
+                            request_id: Some(format!("injected-{n}")),
+                        },
+                    });
+                }
                 Fault::Delay(d) => tokio::time::sleep(d).await,
                 Fault::AccessDenied => {
                     return Err(StoreError::AccessDenied {
@@ -135,7 +172,7 @@ impl FaultyStore {
                 }
             }
         }
-        Ok(())
+        Ok(lose_answer)
     }
 }
 
@@ -146,13 +183,17 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.before(Operation::HeadObject, key).await?;
-        self.inner.head_object(key).await
+        self.around(Operation::HeadObject, key, self.inner.head_object(key))
+            .await
     }
 
     async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
-        self.before(Operation::ListObjectsV2, req.prefix).await?;
-        self.inner.list_objects(req).await
+        self.around(
+            Operation::ListObjectsV2,
+            req.prefix,
+            self.inner.list_objects(req),
+        )
+        .await
     }
 
     async fn get_range(
@@ -161,18 +202,26 @@ impl ObjectStore for FaultyStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        self.before(Operation::GetObject, key).await?;
-        self.inner.get_range(key, range, if_match).await
+        self.around(
+            Operation::GetObject,
+            key,
+            self.inner.get_range(key, range, if_match),
+        )
+        .await
     }
 
     async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
-        self.before(Operation::PutObject, key).await?;
-        self.inner.put_object(key, body).await
+        self.around(Operation::PutObject, key, self.inner.put_object(key, body))
+            .await
     }
 
     async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
-        self.before(Operation::CreateMultipartUpload, key).await?;
-        self.inner.create_multipart_upload(key).await
+        self.around(
+            Operation::CreateMultipartUpload,
+            key,
+            self.inner.create_multipart_upload(key),
+        )
+        .await
     }
 
     async fn upload_part(
@@ -182,8 +231,12 @@ impl ObjectStore for FaultyStore {
         number: i32,
         body: Bytes,
     ) -> StoreResult<String> {
-        self.before(Operation::UploadPart, key).await?;
-        self.inner.upload_part(key, upload_id, number, body).await
+        self.around(
+            Operation::UploadPart,
+            key,
+            self.inner.upload_part(key, upload_id, number, body),
+        )
+        .await
     }
 
     async fn complete_multipart_upload(
@@ -192,20 +245,30 @@ impl ObjectStore for FaultyStore {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> StoreResult<String> {
-        self.before(Operation::CompleteMultipartUpload, key).await?;
-        self.inner
-            .complete_multipart_upload(key, upload_id, parts)
-            .await
+        self.around(
+            Operation::CompleteMultipartUpload,
+            key,
+            self.inner.complete_multipart_upload(key, upload_id, parts),
+        )
+        .await
     }
 
     async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.before(Operation::AbortMultipartUpload, key).await?;
-        self.inner.abort_multipart_upload(key, upload_id).await
+        self.around(
+            Operation::AbortMultipartUpload,
+            key,
+            self.inner.abort_multipart_upload(key, upload_id),
+        )
+        .await
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.before(Operation::ListMultipartUploads, prefix).await?;
-        self.inner.list_multipart_uploads(prefix).await
+        self.around(
+            Operation::ListMultipartUploads,
+            prefix,
+            self.inner.list_multipart_uploads(prefix),
+        )
+        .await
     }
 
     async fn copy_object(
@@ -214,8 +277,12 @@ impl ObjectStore for FaultyStore {
         to: &str,
         if_match: Option<&str>,
     ) -> StoreResult<String> {
-        self.before(Operation::CopyObject, to).await?;
-        self.inner.copy_object(from, to, if_match).await
+        self.around(
+            Operation::CopyObject,
+            to,
+            self.inner.copy_object(from, to, if_match),
+        )
+        .await
     }
 
     async fn upload_part_copy(
@@ -227,14 +294,17 @@ impl ObjectStore for FaultyStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<String> {
-        self.before(Operation::UploadPartCopy, to).await?;
-        self.inner
-            .upload_part_copy(from, to, upload_id, number, range, if_match)
-            .await
+        self.around(
+            Operation::UploadPartCopy,
+            to,
+            self.inner
+                .upload_part_copy(from, to, upload_id, number, range, if_match),
+        )
+        .await
     }
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
-        self.before(Operation::DeleteObject, key).await?;
-        self.inner.delete_object(key).await
+        self.around(Operation::DeleteObject, key, self.inner.delete_object(key))
+            .await
     }
 }

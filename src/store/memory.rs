@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::{
     ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, ServiceInfo,
-    StoreError, StoreResult, UploadedPart,
+    StoreError, StoreResult, UploadedPart, multipart_etag,
 };
 
 /// S3's page size when the caller does not ask for one.
@@ -393,7 +393,9 @@ impl ObjectStore for MemoryStore {
             data.extend_from_slice(body);
         }
         state.uploads.remove(upload_id);
-        let etag = state.next_etag(&format!("-{}", parts.len()));
+        // S3's rule, so a client can tell its own completed upload by the ETag.
+        let etag =
+            multipart_etag(parts).unwrap_or_else(|| state.next_etag(&format!("-{}", parts.len())));
         state.store(key, data.into(), etag.clone());
         Ok(etag)
     }

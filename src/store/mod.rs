@@ -11,14 +11,50 @@ pub mod counted;
 pub mod expiry;
 pub mod faulty;
 pub mod memory;
+pub mod retry;
 pub mod s3;
 
 use std::fmt;
 use std::ops::Range;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use md5::{Digest, Md5};
+
+/// The slowest transfer s3vol waits for before calling a request stalled, in bytes
+/// per second. A stalled request is only noticed after the time its body needs at
+/// this rate: low enough for a poor uplink, high enough that an 8 MiB part that
+/// stopped moving is sent again about ten seconds later.
+pub const MIN_TRANSFER_RATE: u64 = 1 << 20;
+
+/// The time a request's own body of `bytes` may take to send: see
+/// [`MIN_TRANSFER_RATE`].
+pub fn transfer_allowance(bytes: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / MIN_TRANSFER_RATE as f64)
+}
+
+/// The time a server-side copy may take before its answer: S3 copies up to 5 GiB
+/// in one request and answers only when done, at well over 16 MiB/s.
+pub const COPY_ALLOWANCE: Duration = Duration::from_secs((5 << 30) / (16 << 20));
+
+/// The ETag S3 gives an object completed from `parts`: the MD5 of the parts' binary
+/// MD5s, then `-` and the number of parts. `None` when a part's ETag is not an MD5.
+pub fn multipart_etag(parts: &[UploadedPart]) -> Option<String> {
+    let mut md5 = Md5::new();
+    for part in parts {
+        let hex = part.etag.trim_matches('"');
+        if hex.len() != 32 {
+            return None;
+        }
+        for pair in hex.as_bytes().chunks(2) {
+            let byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+            md5.update([byte]);
+        }
+    }
+    let digest: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("\"{digest}-{}\"", parts.len()))
+}
 
 /// What S3 knows about one object.
 #[derive(Clone, Debug, PartialEq, Eq)]

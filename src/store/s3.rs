@@ -20,8 +20,9 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncry
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{
-    Encryption, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    ServiceInfo, StoreError, StoreResult, UploadedPart, bucket_arn, object_arn,
+    COPY_ALLOWANCE, Encryption, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation,
+    PendingUpload, ServiceInfo, StoreError, StoreResult, UploadedPart, bucket_arn, object_arn,
+    transfer_allowance,
 };
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
@@ -38,12 +39,17 @@ pub struct S3Options {
     pub credentials: Option<SharedCredentialsProvider>,
     /// Server-side encryption asked for on every upload and copy.
     pub encryption: Option<Encryption>,
+    /// A request that gets no answer, or a GET body that brings no byte, for this
+    /// long is abandoned as stalled (a request that sends data is given the time
+    /// to send it, too: [`transfer_allowance`]). `None` waits as long as it takes.
+    pub stall_timeout: Option<Duration>,
 }
 
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     encryption: Option<Encryption>,
+    stall_timeout: Option<Duration>,
 }
 
 /// The header values for `encryption`: algorithm and KMS key.
@@ -78,7 +84,11 @@ impl S3Store {
                     // this; failing fast makes "unreachable" a quick, clear startup error.
                     .connect_timeout(Duration::from_secs(5))
                     .build(),
-            );
+            )
+            // The store above this one retries, bounded by --io-timeout; SDK
+            // retries inside each of its attempts would multiply the attempts and
+            // add backoffs of up to 20 s that no bound accounts for.
+            .retry_config(aws_config::retry::RetryConfig::disabled());
         if sdk_config.region().is_none() {
             // Custom endpoints (MinIO, Garage, ...) rarely care; AWS itself needs a
             // real region, which the default chain or --region provides.
@@ -96,6 +106,32 @@ impl S3Store {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: bucket.to_string(),
             encryption: options.encryption.clone(),
+            stall_timeout: options.stall_timeout,
+        }
+    }
+
+    /// Sends `request` and waits for its answer, for at most the stall timeout plus
+    /// `transfer` (the time the request's own body may take to send).
+    async fn answer<T, E>(
+        &self,
+        op: Operation,
+        key: &str,
+        transfer: Duration,
+        request: impl std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> StoreResult<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let Some(stall) = self.stall_timeout else {
+            return request.await.map_err(|e| self.map_err(op, key, e));
+        };
+        let limit = stall + transfer;
+        match tokio::time::timeout(limit, request).await {
+            Ok(result) => result.map_err(|e| self.map_err(op, key, e)),
+            Err(_) => Err(StoreError::Unreachable {
+                op,
+                detail: format!("no answer within {}", humantime::format_duration(limit)),
+            }),
         }
     }
 
@@ -125,11 +161,14 @@ impl S3Store {
             ),
             _ => (String::new(), String::new()),
         };
+        // A response error is an answer that broke off (the connection reset while
+        // its body arrived) or could not be read: no answer, as far as S3 goes.
         if matches!(
             err,
             SdkError::DispatchFailure(_)
                 | SdkError::TimeoutError(_)
                 | SdkError::ConstructionFailure(_)
+                | SdkError::ResponseError(_)
         ) {
             let detail = error_chain(&err);
             if detail.contains("credential") || detail.contains("identity") {
@@ -188,16 +227,17 @@ impl S3Store {
         into: &mut BytesMut,
     ) -> StoreResult<(String, Option<String>)> {
         let op = Operation::GetObject;
-        let response = self
+        let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .range(format!("bytes={}-{}", range.start, range.end - 1))
             .set_if_match(if_match.map(str::to_string))
-            .send()
+            .send();
+        let response = self
+            .answer(op, key, Duration::ZERO, request)
             .await
-            .map_err(|e| self.map_err(op, key, e))
             .map_err(|e| match e {
                 StoreError::Changed { op, key, .. } => StoreError::Changed {
                     op,
@@ -209,7 +249,17 @@ impl S3Store {
         let etag = response.e_tag().unwrap_or_default().to_string();
         let mut body = response.body;
         loop {
-            match body.next().await {
+            let next = match self.stall_timeout {
+                Some(stall) => match tokio::time::timeout(stall, body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let stalled = format!("no data for {}", humantime::format_duration(stall));
+                        return Ok((etag, Some(stalled)));
+                    }
+                },
+                None => body.next().await,
+            };
+            match next {
                 Some(Ok(chunk)) => into.extend_from_slice(&chunk),
                 Some(Err(e)) => return Ok((etag, Some(error_chain(&e)))),
                 None => return Ok((etag, None)),
@@ -245,14 +295,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        let out = self
+        let request = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
-            .send()
-            .await
-            .map_err(|e| self.map_err(Operation::HeadObject, key, e))?;
+            .send();
+        let out = self
+            .answer(Operation::HeadObject, key, Duration::ZERO, request)
+            .await?;
         Ok(ObjectInfo {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -262,7 +313,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
-        let out = self
+        let request = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
@@ -270,9 +321,15 @@ impl ObjectStore for S3Store {
             .set_delimiter(req.delimiter.map(str::to_string))
             .set_continuation_token(req.continuation.map(str::to_string))
             .set_max_keys(req.max_keys)
-            .send()
-            .await
-            .map_err(|e| self.map_err(Operation::ListObjectsV2, req.prefix, e))?;
+            .send();
+        let out = self
+            .answer(
+                Operation::ListObjectsV2,
+                req.prefix,
+                Duration::ZERO,
+                request,
+            )
+            .await?;
         let objects = out
             .contents()
             .iter()
@@ -344,7 +401,8 @@ impl ObjectStore for S3Store {
     async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
         let op = Operation::PutObject;
         let (sse, kms_key) = sse_headers(self.encryption.as_ref());
-        let out = self
+        let transfer = transfer_allowance(body.len() as u64);
+        let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
@@ -354,9 +412,8 @@ impl ObjectStore for S3Store {
             .set_ssekms_key_id(kms_key)
             .customize()
             .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| self.map_err(op, key, e))?;
+            .send();
+        let out = self.answer(op, key, transfer, request).await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -367,7 +424,8 @@ impl ObjectStore for S3Store {
         number: i32,
         body: Bytes,
     ) -> StoreResult<String> {
-        let out = self
+        let transfer = transfer_allowance(body.len() as u64);
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -378,9 +436,10 @@ impl ObjectStore for S3Store {
             // See put_object: no SHA-256 of the body.
             .customize()
             .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| self.map_err(Operation::UploadPart, key, e))?;
+            .send();
+        let out = self
+            .answer(Operation::UploadPart, key, transfer, request)
+            .await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -401,7 +460,7 @@ impl ObjectStore for S3Store {
                     .build()
             })
             .collect();
-        let out = self
+        let request = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -412,9 +471,9 @@ impl ObjectStore for S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
-            .send()
-            .await
-            .map_err(|e| self.map_err(Operation::CompleteMultipartUpload, key, e))?;
+            .send();
+        let op = Operation::CompleteMultipartUpload;
+        let out = self.answer(op, key, Duration::ZERO, request).await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -422,16 +481,22 @@ impl ObjectStore for S3Store {
         let mut pending = Vec::new();
         let (mut key_marker, mut id_marker) = (None, None);
         loop {
-            let out = self
+            let request = self
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
                 .prefix(prefix)
                 .set_key_marker(key_marker)
                 .set_upload_id_marker(id_marker)
-                .send()
-                .await
-                .map_err(|e| self.map_err(Operation::ListMultipartUploads, prefix, e))?;
+                .send();
+            let out = self
+                .answer(
+                    Operation::ListMultipartUploads,
+                    prefix,
+                    Duration::ZERO,
+                    request,
+                )
+                .await?;
             pending.extend(out.uploads().iter().map(|u| PendingUpload {
                 key: u.key().unwrap_or_default().to_string(),
                 upload_id: u.upload_id().unwrap_or_default().to_string(),
@@ -455,7 +520,7 @@ impl ObjectStore for S3Store {
         if_match: Option<&str>,
     ) -> StoreResult<String> {
         let (sse, kms_key) = sse_headers(self.encryption.as_ref());
-        let out = self
+        let request = self
             .client
             .copy_object()
             .bucket(&self.bucket)
@@ -464,9 +529,10 @@ impl ObjectStore for S3Store {
             .set_copy_source_if_match(if_match.map(str::to_string))
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(kms_key)
-            .send()
-            .await
-            .map_err(|e| self.map_err(Operation::CopyObject, to, e))?;
+            .send();
+        let out = self
+            .answer(Operation::CopyObject, to, COPY_ALLOWANCE, request)
+            .await?;
         Ok(out
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -483,7 +549,7 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<String> {
-        let out = self
+        let request = self
             .client
             .upload_part_copy()
             .bucket(&self.bucket)
@@ -493,9 +559,10 @@ impl ObjectStore for S3Store {
             .copy_source(self.copy_source(from))
             .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
             .set_copy_source_if_match(if_match.map(str::to_string))
-            .send()
-            .await
-            .map_err(|e| self.map_err(Operation::UploadPartCopy, to, e))?;
+            .send();
+        let out = self
+            .answer(Operation::UploadPartCopy, to, COPY_ALLOWANCE, request)
+            .await?;
         Ok(out
             .copy_part_result()
             .and_then(|r| r.e_tag())
@@ -506,16 +573,15 @@ impl ObjectStore for S3Store {
     async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
         let op = Operation::CreateMultipartUpload;
         let (sse, kms_key) = sse_headers(self.encryption.as_ref());
-        let out = self
+        let request = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(kms_key)
-            .send()
-            .await
-            .map_err(|e| self.map_err(op, key, e))?;
+            .send();
+        let out = self.answer(op, key, Duration::ZERO, request).await?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Service {
@@ -529,25 +595,32 @@ impl ObjectStore for S3Store {
     }
 
     async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.client
+        let request = self
+            .client
             .abort_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .send()
-            .await
-            .map_err(|e| self.map_err(Operation::AbortMultipartUpload, key, e))?;
+            .send();
+        self.answer(
+            Operation::AbortMultipartUpload,
+            key,
+            Duration::ZERO,
+            request,
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
-        self.client
+        let request = self
+            .client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
-            .send()
-            .await
-            .map_err(|e| self.map_err(Operation::DeleteObject, key, e))?;
+            .send();
+        self.answer(Operation::DeleteObject, key, Duration::ZERO, request)
+            .await?;
         Ok(())
     }
 }

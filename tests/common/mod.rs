@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 pub mod fs;
+pub mod proxy;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -352,6 +354,17 @@ impl Mount {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Mount {
+        Mount::at_endpoint(&server.endpoint, source, extra, env)
+    }
+
+    /// Mounts `source` from the S3 endpoint `endpoint` (a proxy in front of a
+    /// server, say) with `extra` options and the environment given.
+    pub fn at_endpoint(
+        endpoint: &str,
+        source: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().with_extension("log");
         let mountpoint = dir.path().to_str().unwrap().to_string();
@@ -362,8 +375,7 @@ impl Mount {
         if !extra.contains(&"--cache-dir") {
             args.extend(["--cache-dir", &cache_arg]);
         }
-        let endpoint = server.endpoint_args();
-        args.extend(endpoint.iter().map(String::as_str));
+        args.extend(["--endpoint-url", endpoint, "--force-path-style"]);
         args.extend_from_slice(extra);
         let out = s3vol()
             .args(&args)
