@@ -38,6 +38,30 @@ pub enum Command {
     /// Show what a mounted volume has done: requests to S3, bytes moved, cache
     /// hits and misses, uploads, credential renewals.
     Stats(StatsArgs),
+    /// List the multipart uploads left unfinished under BUCKET[/PREFIX] (by a
+    /// killed daemon, say) and, with --abort, abort the stale ones. A dry run by
+    /// default.
+    Cleanup(Box<CleanupArgs>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX/.
+    #[arg(value_parser = parse_source)]
+    pub source: Source,
+    /// Only uploads started at least this long ago count as stale; younger ones
+    /// may belong to a mount that is writing them now. Use 0 when no mount
+    /// writes under the prefix.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
+    pub older_than: Duration,
+    /// Abort the stale uploads (their parts are deleted). Without it, nothing is
+    /// changed.
+    #[arg(long)]
+    pub abort: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub role: RoleArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -476,6 +500,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => crate::run::check(*args),
         Command::Policy(args) => print_policy(&args),
         Command::Stats(args) => crate::run::stats(&args),
+        Command::Cleanup(args) => crate::run::cleanup(*args),
     }
 }
 

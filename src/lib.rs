@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod cleanup;
 pub mod cli;
 pub mod fs;
 pub mod fuse;

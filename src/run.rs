@@ -22,7 +22,8 @@ use tracing::{error, info, warn};
 
 use crate::auth;
 use crate::cache::{BlockCache, CacheConfig};
-use crate::cli::{CheckArgs, MountArgs, S3Args, StatsArgs};
+use crate::cleanup;
+use crate::cli::{CheckArgs, CleanupArgs, MountArgs, RoleArgs, S3Args, StatsArgs};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::fuse::session::{self, Access, MountPlan, VolumeHandle};
@@ -644,35 +645,20 @@ fn endpoint(s3: &S3Args) -> String {
 /// `s3vol check`: probes what the mode needs and prints the table; exit 1 when
 /// anything needed is denied or S3 cannot be reached.
 pub fn check(args: CheckArgs) -> ExitCode {
-    let _ = logging::init("warn", LogTarget::Stderr);
-    let run = || -> Result<bool, Failure> {
-        let role = args.role.role().map_err(Failure)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let (store, _) = connect_store(
-                &args.s3,
-                role.as_ref(),
-                args.role.renew_before,
-                &args.source.bucket,
-            )
-            .await?;
-            let store = retrying(store, &args.s3);
-            let mode = preflight::ProbeMode {
-                read_write: args.read_write,
-                delete: args.probe_delete,
-            };
-            let probes =
-                preflight::probe_access(store.as_ref(), &args.source, mode, &endpoint(&args.s3))
-                    .await?;
-            print!("{}", preflight::render(&probes));
-            Ok(probes
-                .iter()
-                .all(|p| !matches!(p.outcome, preflight::Outcome::Denied { .. })))
-        })
-    };
-    match run() {
+    let result = one_shot(&args.s3, &args.role, &args.source.bucket, async |store| {
+        let mode = preflight::ProbeMode {
+            read_write: args.read_write,
+            delete: args.probe_delete,
+        };
+        let probes =
+            preflight::probe_access(store.as_ref(), &args.source, mode, &endpoint(&args.s3))
+                .await?;
+        print!("{}", preflight::render(&probes));
+        Ok(probes
+            .iter()
+            .all(|p| !matches!(p.outcome, preflight::Outcome::Denied { .. })))
+    });
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!(
@@ -684,6 +670,60 @@ pub fn check(args: CheckArgs) -> ExitCode {
                 }
             );
             ExitCode::FAILURE
+        }
+        Err(Failure(message)) => {
+            eprintln!("s3vol: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `body` with a store for the volume's bucket, as the one-shot commands
+/// (`check`, `cleanup`) need: warnings to stderr, the role assumed if given,
+/// failed requests retried within --io-timeout.
+fn one_shot<T>(
+    s3: &S3Args,
+    role: &RoleArgs,
+    bucket: &str,
+    body: impl AsyncFnOnce(Arc<dyn ObjectStore>) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let _ = logging::init("warn", LogTarget::Stderr);
+    let role_options = role.role().map_err(Failure)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (store, _) =
+            connect_store(s3, role_options.as_ref(), role.renew_before, bucket).await?;
+        body(retrying(store, s3)).await
+    })
+}
+
+/// `s3vol cleanup`: lists the multipart uploads under the volume's prefix and
+/// aborts the stale ones when asked; exit 1 when listing or an abort failed.
+pub fn cleanup(args: CleanupArgs) -> ExitCode {
+    let location = format!("s3://{}/{}", args.source.bucket, args.source.prefix);
+    let plan = cleanup::CleanupPlan {
+        prefix: args.source.prefix.as_str(),
+        older_than: args.older_than,
+        abort: args.abort,
+    };
+    let result = one_shot(&args.s3, &args.role, &args.source.bucket, async |store| {
+        cleanup::cleanup(store.as_ref(), &plan, std::time::SystemTime::now())
+            .await
+            .map_err(|e| Failure(format!("cannot list the uploads under {location}: {e:#}")))
+    });
+    match result {
+        Ok(found) => {
+            print!("{}", cleanup::render(&found, &plan, &location));
+            let failed = found
+                .iter()
+                .any(|f| matches!(f.outcome, cleanup::Outcome::Failed(_)));
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(Failure(message)) => {
             eprintln!("s3vol: {message}");

@@ -323,3 +323,77 @@ async fn sighup_leaves_the_volume_mounted() {
     assert!(is_mounted(mount.path()));
     assert_eq!(std::fs::read(mount.path().join("one")).unwrap(), b"1");
 }
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_write_killed_midway_leaves_no_object_and_cleanup_aborts_its_upload() {
+    let server = garage().await;
+    // An upload under another prefix, which cleanup of vol/root must not touch.
+    let elsewhere = server
+        .client()
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("other/keep")
+        .send()
+        .await
+        .unwrap();
+    let mount = Mount::new(&server, "vol/root", &["--read-write"]);
+    let data = pattern(40 * MIB, 12);
+    let (mut writer, _source) = Writer::start(&data, &mount.path().join("big"));
+    writer.step(&format!("write {}", 24 * MIB)).unwrap();
+    // Parts go up while the writer writes: the upload exists in S3.
+    let mut waited = 0;
+    while server.pending_uploads(BUCKET, "root/").await != ["root/big"] {
+        waited += 1;
+        assert!(waited < 200, "no upload under way");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(the_daemon(mount.path()), libc::SIGKILL);
+    wait_for_exit(mount.path());
+    assert!(writer.step("close").is_err());
+    assert_eq!(
+        server.get(BUCKET, "root/big").await,
+        None,
+        "a partial object"
+    );
+
+    let cleanup = |extra: &[&str]| {
+        let out = s3vol()
+            .args(["cleanup", "vol/root"])
+            .args(extra)
+            .args(server.endpoint_args())
+            .envs(server.env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // A dry run by default, and the upload is too recent for the default age.
+    let listed = cleanup(&[]);
+    assert!(
+        listed.contains("recent, kept") && listed.contains("root/big"),
+        "{listed}"
+    );
+    let listed = cleanup(&["--older-than", "0"]);
+    assert!(
+        listed.contains("stale") && listed.contains("root/big"),
+        "{listed}"
+    );
+    assert!(listed.contains("nothing was aborted"), "{listed}");
+    assert_eq!(server.pending_uploads(BUCKET, "root/").await, ["root/big"]);
+
+    let aborted = cleanup(&["--older-than", "0", "--abort"]);
+    assert!(aborted.contains("aborted 1 upload(s)"), "{aborted}");
+    assert!(server.pending_uploads(BUCKET, "root/").await.is_empty());
+    assert_eq!(
+        server.pending_uploads(BUCKET, "other/").await,
+        ["other/keep"],
+        "{:?}",
+        elsewhere.upload_id()
+    );
+    assert!(cleanup(&[]).contains("no multipart uploads in progress under s3://vol/root/"));
+}
