@@ -25,7 +25,10 @@ impl Subject {
         !matches!(
             (kind, check),
             (Some(ServerKind::Garage), Check::MinPartSize)
-                | (Some(ServerKind::Moto), Check::CopyIfMatch)
+                | (
+                    Some(ServerKind::Moto),
+                    Check::CopyIfMatch | Check::ControlCharacters
+                )
         )
     }
 
@@ -47,6 +50,8 @@ enum Check {
     MinPartSize,
     /// x-amz-copy-source-if-match (moto copies regardless).
     CopyIfMatch,
+    /// Keys with control characters (moto's web server cannot route them).
+    ControlCharacters,
 }
 
 fn memory() -> Subject {
@@ -247,6 +252,49 @@ async fn file_beside_directory(s: &Subject) {
     assert_eq!(page.common_prefixes, ["same/name/"]);
 }
 
+/// Keys with characters XML 1.0 cannot carry, and the ones URL encoding treats
+/// specially, come back from listings exactly as they were stored.
+async fn any_characters_in_keys(s: &Subject) {
+    let control = ["ctl\u{1}\u{7}", "line\nbreak"];
+    let names = ["sp ace", "pl+us", "per%20cent", "été", "amp&lt;"];
+    let with_control = s.checks(Check::ControlCharacters).then_some(control);
+    let names: Vec<&str> = names
+        .into_iter()
+        .chain(with_control.into_iter().flatten())
+        .collect();
+    for name in &names {
+        s.put(&format!("odd/{name}"), name.as_bytes()).await;
+    }
+    s.put("odd/sub dir/x", b"x").await;
+    let page = s
+        .store
+        .list_objects(ListRequest {
+            prefix: "odd/",
+            delimiter: Some("/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = page.objects.into_iter().map(|o| o.key).collect();
+    listed.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| format!("odd/{n}")).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(page.common_prefixes, ["odd/sub dir/"]);
+    let id = s
+        .store
+        .create_multipart_upload("odd/up+ load")
+        .await
+        .unwrap();
+    let pending = s.store.list_multipart_uploads("odd/").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].key, "odd/up+ load");
+    s.store
+        .abort_multipart_upload("odd/up+ load", &id)
+        .await
+        .unwrap();
+}
+
 async fn uploads_abort_and_deletes(s: &Subject) {
     let id = s.store.create_multipart_upload("mp/x").await.unwrap();
     assert!(!id.is_empty());
@@ -328,13 +376,16 @@ async fn puts_multipart_uploads_and_copies(s: &Subject) {
     // S3's rule for the ETag of a completed upload, which lets a client whose
     // answer to CompleteMultipartUpload was lost recognise its object.
     assert_eq!(Some(&etag), multipart_etag(&parts).as_ref());
-    // Completing it again: the upload is gone.
-    assert!(matches!(
-        s.store
-            .complete_multipart_upload("w/big", &id, &parts)
-            .await,
-        Err(StoreError::NotFound { .. })
-    ));
+    // Completing it again: the upload is gone (moto answers as if it were not).
+    match s
+        .store
+        .complete_multipart_upload("w/big", &id, &parts)
+        .await
+    {
+        Err(StoreError::NotFound { .. }) => {}
+        Ok(again) if again == etag => {}
+        other => panic!("completing twice: {other:?}"),
+    }
     let size = (one.len() + two.len()) as u64;
     let got = s.store.get_range("w/big", 0..size, None).await.unwrap();
     assert!(got[..one.len()] == one[..] && got[one.len()..] == two[..]);
@@ -410,6 +461,7 @@ async fn suite(s: Subject) {
     puts_multipart_uploads_and_copies(&s).await;
     list_with_delimiter_and_pages(&s).await;
     file_beside_directory(&s).await;
+    any_characters_in_keys(&s).await;
 }
 
 #[tokio::test]

@@ -43,6 +43,12 @@ fn child_key(parent_key: &str, name: &str, kind: Kind) -> FsResult<String> {
     Ok(key)
 }
 
+/// Characters XML 1.0 documents cannot hold: the C0 controls but tab, newline and
+/// carriage return.
+fn not_in_xml(c: char) -> bool {
+    c < ' ' && !matches!(c, '\t' | '\n' | '\r')
+}
+
 /// RENAME_NOREPLACE and RENAME_EXCHANGE from renameat2(2).
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
@@ -53,6 +59,12 @@ impl Fs {
             .to_str()
             .ok_or(FsError::Invalid("file names in S3 are UTF-8"))?;
         match check_name(name) {
+            // S3 answers in XML 1.0, which cannot carry these: the answers to
+            // CreateMultipartUpload and CompleteMultipartUpload name the key, and
+            // would be unreadable. Existing keys with them can still be read.
+            Ok(()) if name.chars().any(not_in_xml) => Err(FsError::Invalid(
+                "S3 cannot name a key with control characters other than tab and newline",
+            )),
             Ok(()) => Ok(name),
             Err(NameProblem::TooLong) => Err(FsError::NameTooLong),
             Err(_) => Err(FsError::Invalid("not a usable file name")),

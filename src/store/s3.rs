@@ -16,7 +16,9 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, warn};
 
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, EncodingType, ServerSideEncryption,
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{
@@ -268,6 +270,26 @@ impl S3Store {
     }
 }
 
+/// A key as a listing with `encoding-type=url` gives it. S3 lists in XML 1.0,
+/// which cannot carry control characters: a key holding one would make the
+/// whole answer unreadable, so listings ask for URL-encoded keys. AWS writes a
+/// space as `+` and every literal `+` as `%2B`, so `+` always means a space.
+fn url_decoded(encoded: &str) -> String {
+    let spaced = encoded.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// How to read the keys of a listing: URL-decoded if the server says it encoded
+/// them (not every S3-compatible server honours `encoding-type`).
+fn decoder(encoding: Option<&EncodingType>) -> fn(&str) -> String {
+    match encoding {
+        Some(EncodingType::Url) => url_decoded,
+        _ => str::to_string,
+    }
+}
+
 /// The whole cause chain of an error on one line, for logs and messages.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -318,6 +340,7 @@ impl ObjectStore for S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(req.prefix)
+            .encoding_type(EncodingType::Url)
             .set_delimiter(req.delimiter.map(str::to_string))
             .set_continuation_token(req.continuation.map(str::to_string))
             .set_max_keys(req.max_keys)
@@ -330,11 +353,12 @@ impl ObjectStore for S3Store {
                 request,
             )
             .await?;
+        let decode = decoder(out.encoding_type());
         let objects = out
             .contents()
             .iter()
             .map(|o| ObjectInfo {
-                key: o.key().unwrap_or_default().to_string(),
+                key: decode(o.key().unwrap_or_default()),
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: o.e_tag().unwrap_or_default().to_string(),
                 last_modified: to_system_time(o.last_modified()),
@@ -343,7 +367,7 @@ impl ObjectStore for S3Store {
         let common_prefixes = out
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_string))
+            .filter_map(|p| p.prefix().map(decode))
             .collect();
         let next_token = if out.is_truncated() == Some(true) {
             out.next_continuation_token().map(str::to_string)
@@ -486,6 +510,7 @@ impl ObjectStore for S3Store {
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
                 .prefix(prefix)
+                .encoding_type(EncodingType::Url)
                 .set_key_marker(key_marker)
                 .set_upload_id_marker(id_marker)
                 .send();
@@ -497,15 +522,16 @@ impl ObjectStore for S3Store {
                     request,
                 )
                 .await?;
+            let decode = decoder(out.encoding_type());
             pending.extend(out.uploads().iter().map(|u| PendingUpload {
-                key: u.key().unwrap_or_default().to_string(),
+                key: decode(u.key().unwrap_or_default()),
                 upload_id: u.upload_id().unwrap_or_default().to_string(),
                 initiated: to_system_time(u.initiated()),
             }));
             if out.is_truncated() != Some(true) {
                 return Ok(pending);
             }
-            key_marker = out.next_key_marker().map(str::to_string);
+            key_marker = out.next_key_marker().map(decode);
             id_marker = out.next_upload_id_marker().map(str::to_string);
             if key_marker.is_none() && id_marker.is_none() {
                 return Ok(pending);
@@ -628,6 +654,13 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_keys_are_url_decoded() {
+        assert_eq!(url_decoded("a/b%20c+d%2Be%01%0A"), "a/b c d+e\u{1}\n");
+        assert_eq!(url_decoded("%C3%A9t%C3%A9"), "été");
+        assert_eq!(url_decoded("plain/key.txt"), "plain/key.txt");
+    }
 
     #[test]
     fn encryption_becomes_the_sse_headers() {
