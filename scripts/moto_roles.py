@@ -34,25 +34,44 @@ s3.put_object(Bucket="vol", Key="aaa-outside.txt", Body=b"outside the volume\n")
 
 user = iam.create_user(UserName="platform")["User"]
 key = iam.create_access_key(UserName="platform")["AccessKey"]
+trust = json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"AWS": user["Arn"]},
+        "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}},
+    }],
+})
 role = iam.create_role(
-    RoleName="reader",
-    AssumeRolePolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": {"AWS": user["Arn"]},
-            "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}},
-        }],
-    }),
-    MaxSessionDuration=43200,
+    RoleName="reader", AssumeRolePolicyDocument=trust, MaxSessionDuration=43200
 )["Role"]
+# A second role that may write under scratch/, for read-write volumes.
+writer = iam.create_role(
+    RoleName="writer", AssumeRolePolicyDocument=trust, MaxSessionDuration=43200
+)["Role"]
+iam.put_role_policy(
+    RoleName="writer",
+    PolicyName="write-scratch",
+    PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+             "Resource": "arn:aws:s3:::vol"},
+            {"Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                        "s3:AbortMultipartUpload"],
+             "Resource": "arn:aws:s3:::vol/scratch/*"},
+        ],
+    }),
+)
 iam.put_user_policy(
     UserName="platform",
     PolicyName="assume-reader",
     PolicyDocument=json.dumps({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role["Arn"]}],
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                       "Resource": [role["Arn"], writer["Arn"]]}],
     }),
 )
 iam.put_role_policy(
@@ -81,5 +100,6 @@ print(json.dumps({
     "secret_key": key["SecretAccessKey"],
     "user_arn": user["Arn"],
     "role_arn": role["Arn"],
+    "writer_arn": writer["Arn"],
     "external_id": EXTERNAL_ID,
 }))

@@ -463,3 +463,232 @@ fn the_deploy_guides_role_line_mounts_with_mount_a() {
     assert!(!calls.is_empty());
     assert!(calls.iter().all(|call| call["external_id"] == id.as_str()));
 }
+
+/// The soak (scripts/soak.sh; not part of the test run): a role volume with
+/// short sessions, behind the fault-injecting proxy for S3 and STS alike, under
+/// a mixed workload for S3VOL_SOAK_SECONDS. Reports operations, errors,
+/// renewals and the daemon's memory over time, and fails on any error an
+/// application saw.
+#[test]
+#[ignore = "the soak; run scripts/soak.sh"]
+fn soak() {
+    use common::proxy::{Fault, FaultProxy};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let setting = |name: &str, default: f64| -> f64 {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v}")))
+            .unwrap_or(default)
+    };
+    let seconds = setting("S3VOL_SOAK_SECONDS", 600.0);
+    let share = setting("S3VOL_SOAK_FAULTS", 0.05);
+    let lifetime = setting("S3VOL_SOAK_SESSION", 60.0);
+    let workers = setting("S3VOL_SOAK_WORKERS", 4.0) as usize;
+
+    let customer = Customer::new();
+    customer.server.sessions(json!({ "lifetime": lifetime }));
+    let proxy = FaultProxy::start(&customer.server.endpoint);
+    proxy.inject(share, &Fault::ALL);
+    let mut args = customer.args(customer.id_file.path());
+    // The role that may write under scratch/; STS through the proxy too, so that
+    // renewals meet the faults.
+    let role = args.iter().position(|a| a == "--role-arn").unwrap();
+    args[role + 1] = customer.field("writer_arn");
+    let sts = args.iter().position(|a| a == "--sts-endpoint-url").unwrap();
+    args[sts + 1] = proxy.endpoint();
+    let renew_before = format!("{}", (lifetime / 3.0).ceil() as u64);
+    args.extend(
+        [
+            "--read-write",
+            "--renew-before",
+            &renew_before,
+            "--io-timeout",
+            "10s",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mount = Mount::at_endpoint(&proxy.endpoint(), "vol/scratch", &args, &customer.env());
+    let pid = common::daemon_pids(mount.path())[0];
+    eprintln!(
+        "soak: {seconds} s, {workers} workers, {:.0}% of requests failing, sessions of {lifetime} s",
+        share * 100.0
+    );
+
+    let ops = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..workers)
+        .map(|worker| {
+            let (ops, errors, stop) = (ops.clone(), errors.clone(), stop.clone());
+            let dir = mount.path().join(format!("soak/w{worker}"));
+            std::thread::spawn(move || soak_worker(worker, &dir, &ops, &errors, &stop))
+        })
+        .collect();
+
+    let rss_mib = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    };
+    let renewals = || mount.log_text().matches("credentials renewed").count();
+    let interval = Duration::from_secs_f64((seconds / 20.0).clamp(5.0, 60.0));
+    eprintln!(
+        "{:>7} {:>8} {:>7} {:>9} {:>8} {:>8} {:>7}",
+        "time", "ops", "errors", "renewals", "rss_mib", "requests", "faults"
+    );
+    let report = || {
+        let counts = proxy.counts();
+        eprintln!(
+            "{:>6.0}s {:>8} {:>7} {:>9} {:>8.1} {:>8} {:>7}",
+            started.elapsed().as_secs_f64(),
+            ops.load(Ordering::Relaxed),
+            errors.lock().unwrap().len(),
+            renewals(),
+            rss_mib(),
+            counts.requests(),
+            counts.total_faults()
+        );
+    };
+    while started.elapsed().as_secs_f64() < seconds {
+        std::thread::sleep(interval.min(Duration::from_secs_f64(
+            (seconds - started.elapsed().as_secs_f64()).max(0.1),
+        )));
+        report();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    report();
+    let stats = mount.stats();
+    eprintln!(
+        "s3vol stats: {} request errors, {} credential renewals, requests {}",
+        stats["request_errors"], stats["credential_renewals"], stats["requests"]
+    );
+    let layer = customer.server.sessions(json!({}));
+    eprintln!("expired credentials sent: {}", layer["expired_answers"]);
+    let errors = errors.lock().unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} errors; first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(10)]
+    );
+    assert_eq!(layer["expired_answers"], 0, "expired credentials were sent");
+}
+
+/// One soak worker: writes, reads back, lists, renames and deletes files in a
+/// directory of its own, checking every byte, until told to stop.
+fn soak_worker(
+    worker: usize,
+    dir: &Path,
+    ops: &std::sync::atomic::AtomicU64,
+    errors: &std::sync::Mutex<Vec<String>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering;
+
+    let failed = |what: String| {
+        let mut errors = errors.lock().unwrap();
+        eprintln!("soak error: {what}");
+        errors.push(what);
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        failed(format!("mkdir {}: {e}", dir.display()));
+        return;
+    }
+    // Name -> (length, seed) of every file this worker has left in place.
+    let mut files: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let seed = (worker as u64) << 32 | n;
+        let choice = fastrand::u32(..100);
+        let some_file = || {
+            let names: Vec<&String> = files.keys().collect();
+            (!names.is_empty()).then(|| names[fastrand::usize(..names.len())].clone())
+        };
+        let result: Result<(), String> = match choice {
+            0..40 => {
+                let len = fastrand::usize(1..64 * 1024);
+                let name = format!("f{n}");
+                std::fs::write(dir.join(&name), common::pattern(len, seed))
+                    .map(|()| {
+                        files.insert(name, (len, seed));
+                    })
+                    .map_err(|e| format!("write f{n}: {e}"))
+            }
+            40..45 => {
+                // Over one part: a multipart upload.
+                let len = 9 * 1024 * 1024 + fastrand::usize(..4096);
+                let name = format!("big{n}");
+                std::fs::write(dir.join(&name), common::pattern(len, seed))
+                    .map(|()| {
+                        files.insert(name, (len, seed));
+                    })
+                    .map_err(|e| format!("write big{n}: {e}"))
+            }
+            45..80 => match some_file() {
+                None => Ok(()),
+                Some(name) => {
+                    let (len, seed) = files[&name];
+                    match std::fs::read(dir.join(&name)) {
+                        Ok(data) if data == common::pattern(len, seed) => Ok(()),
+                        Ok(data) => Err(format!(
+                            "{name}: {} bytes read, content differs",
+                            data.len()
+                        )),
+                        Err(e) => Err(format!("read {name}: {e}")),
+                    }
+                }
+            },
+            80..90 => match std::fs::read_dir(dir) {
+                Ok(entries) => {
+                    let count = entries.count();
+                    if count == files.len() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "listing shows {count} files, {} expected",
+                            files.len()
+                        ))
+                    }
+                }
+                Err(e) => Err(format!("list: {e}")),
+            },
+            90..95 => match some_file() {
+                None => Ok(()),
+                Some(name) => {
+                    let to = format!("r{n}");
+                    std::fs::rename(dir.join(&name), dir.join(&to))
+                        .map(|()| {
+                            let entry = files.remove(&name).unwrap();
+                            files.insert(to, entry);
+                        })
+                        .map_err(|e| format!("rename {name}: {e}"))
+                }
+            },
+            _ => match some_file() {
+                None => Ok(()),
+                Some(name) => std::fs::remove_file(dir.join(&name))
+                    .map(|()| {
+                        files.remove(&name);
+                    })
+                    .map_err(|e| format!("unlink {name}: {e}")),
+            },
+        };
+        ops.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = result {
+            failed(format!("worker {worker}: {e}"));
+        }
+    }
+}

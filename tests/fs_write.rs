@@ -261,8 +261,9 @@ async fn rename_files_and_directories() {
         .unwrap();
     assert_eq!(store.get("root/old").as_deref(), Some(&b"A"[..]));
     assert_eq!(store.get("root/a"), None);
-    // The inode moved with the name.
+    // The inode moved with the name, and reads the copy (whose ETag is new).
     assert_eq!(lookup_path(&vol.fs, "old").await, Ok(a));
+    assert_eq!(read_all(&vol.fs, a, 4096).await, b"A");
 
     // RENAME_NOREPLACE refuses an existing target; RENAME_EXCHANGE is not possible.
     store.put("root/b", "B");
@@ -436,6 +437,8 @@ async fn objects_above_the_single_copy_limit_are_renamed_part_by_part() {
         .unwrap();
     assert!(store.get("root/moved").unwrap() == data);
     assert_eq!(store.get("root/huge"), None);
+    let moved = lookup_path(&vol.fs, "moved").await.unwrap();
+    assert!(read_all(&vol.fs, moved, 1 << 20).await == data);
     // Copy parts of the limit's size (10 MiB here): 25 MiB in three.
     assert_eq!(store.count_calls(Operation::UploadPartCopy), 3);
     assert_eq!(store.count_calls(Operation::CopyObject), 0);

@@ -426,14 +426,14 @@ async fn puts_multipart_uploads_and_copies(s: &Subject) {
     // CopyObject, pinned to the source's ETag.
     let source = s.store.head_object("w/big").await.unwrap();
     s.store
-        .copy_object("w/big", "w/copy", Some(&source.etag))
+        .copy_object("w/big", "w/copy", Some(&source.etag), source.size)
         .await
         .unwrap();
     assert_eq!(s.store.head_object("w/copy").await.unwrap().size, size);
     if s.checks(Check::CopyIfMatch) {
         assert!(matches!(
             s.store
-                .copy_object("w/big", "w/copy2", Some("\"0000\""))
+                .copy_object("w/big", "w/copy2", Some("\"0000\""), source.size)
                 .await,
             Err(StoreError::Changed { .. })
         ));

@@ -142,6 +142,13 @@ impl InodeTable {
         }
     }
 
+    /// `ino` is now the object with this ETag (its content unchanged).
+    pub fn set_etag(&mut self, ino: u64, etag: String) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.stat.etag = etag;
+        }
+    }
+
     pub fn child(&self, parent: u64, name: &str) -> Option<(u64, &Node)> {
         let ino = *self.children.get(&(parent, name.to_string()))?;
         self.nodes.get(&ino).map(|node| (ino, node))

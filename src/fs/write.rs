@@ -486,20 +486,26 @@ impl Fs {
         }
         let from = child_key(&from_dir.key, name, kind)?;
         let to = child_key(&to_dir.key, new_name, kind)?;
-        match kind {
-            Kind::File => self.rename_file(ino, &from, &to).await?,
+        let copied_etag = match kind {
+            Kind::File => Some(self.rename_file(ino, &from, &to).await?),
             Kind::Directory => {
                 if to.starts_with(&from) {
                     return Err(FsError::Invalid("cannot move a directory into itself"));
                 }
                 self.rename_directory(&from, &to).await?;
+                None
             }
-        }
-        let moved = self
-            .inodes
-            .lock()
-            .unwrap()
-            .rename(ino, new_parent, new_name);
+        };
+        let moved = {
+            let mut table = self.inodes.lock().unwrap();
+            let moved = table.rename(ino, new_parent, new_name);
+            // The copy is a new object: a copy of a multipart object has an ETag
+            // of its own, which reads of the new name must pin to.
+            if let Some(etag) = copied_etag {
+                table.set_etag(ino, etag);
+            }
+            moved
+        };
         // Files open for writing under the new name upload there.
         let table = self.inodes.lock().unwrap();
         let staged = self.staged.lock().unwrap();
@@ -524,22 +530,22 @@ impl Fs {
             .filter(|etag| !etag.is_empty()))
     }
 
-    async fn rename_file(&self, ino: u64, from: &str, to: &str) -> FsResult<()> {
+    /// Moves one object; returns the ETag of its copy.
+    async fn rename_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
         let etag = self.settle(ino).await?;
         let size = self.node(ino)?.stat.size;
-        self.copy(from, to, size, etag.as_deref()).await?;
+        let copied = self.copy(from, to, size, etag.as_deref()).await?;
         self.store.delete_object(from).await?;
         debug!(from, to, "renamed");
-        Ok(())
+        Ok(copied)
     }
 
     /// Copies one object, pinned to `etag` so a concurrent replacement is not
-    /// half-copied.
-    async fn copy(&self, from: &str, to: &str, size: u64, etag: Option<&str>) -> FsResult<()> {
+    /// half-copied; returns the copy's ETag.
+    async fn copy(&self, from: &str, to: &str, size: u64, etag: Option<&str>) -> FsResult<String> {
         let limit = self.writable()?.single_copy_limit;
         if size <= limit {
-            self.store.copy_object(from, to, etag).await?;
-            return Ok(());
+            return Ok(self.store.copy_object(from, to, etag, size).await?);
         }
         let upload_id = self.store.create_multipart_upload(to).await?;
         let result = async {
@@ -563,8 +569,7 @@ impl Fs {
         if result.is_err() {
             let _ = self.store.abort_multipart_upload(to, &upload_id).await;
         }
-        result?;
-        Ok(())
+        Ok(result?)
     }
 
     async fn rename_directory(&self, from: &str, to: &str) -> FsResult<()> {

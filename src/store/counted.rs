@@ -199,11 +199,12 @@ impl ObjectStore for CountedStore {
         from: &str,
         to: &str,
         if_match: Option<&str>,
+        size: u64,
     ) -> StoreResult<String> {
         self.count(
             Operation::CopyObject,
             0,
-            self.inner.copy_object(from, to, if_match),
+            self.inner.copy_object(from, to, if_match, size),
         )
         .await
     }

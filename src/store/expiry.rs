@@ -129,8 +129,9 @@ impl ObjectStore for RenewOnExpiry {
         from: &str,
         to: &str,
         if_match: Option<&str>,
+        size: u64,
     ) -> StoreResult<String> {
-        self.call(|| self.inner.copy_object(from, to, if_match))
+        self.call(|| self.inner.copy_object(from, to, if_match, size))
             .await
     }
 

@@ -276,11 +276,12 @@ impl ObjectStore for FaultyStore {
         from: &str,
         to: &str,
         if_match: Option<&str>,
+        size: u64,
     ) -> StoreResult<String> {
         self.around(
             Operation::CopyObject,
             to,
-            self.inner.copy_object(from, to, if_match),
+            self.inner.copy_object(from, to, if_match, size),
         )
         .await
     }

@@ -431,6 +431,7 @@ impl ObjectStore for MemoryStore {
         from: &str,
         to: &str,
         if_match: Option<&str>,
+        _size: u64,
     ) -> StoreResult<String> {
         let op = Operation::CopyObject;
         let mut state = self.state.lock().unwrap();

@@ -34,9 +34,11 @@ pub fn transfer_allowance(bytes: u64) -> Duration {
     Duration::from_secs_f64(bytes as f64 / MIN_TRANSFER_RATE as f64)
 }
 
-/// The time a server-side copy may take before its answer: S3 copies up to 5 GiB
-/// in one request and answers only when done, at well over 16 MiB/s.
-pub const COPY_ALLOWANCE: Duration = Duration::from_secs((5 << 30) / (16 << 20));
+/// The time a server-side copy of `bytes` may take before its answer: S3 copies up
+/// to 5 GiB in one request, at well over 16 MiB/s.
+pub fn copy_allowance(bytes: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / (16 << 20) as f64)
+}
 
 /// The ETag S3 gives an object completed from `parts`: the MD5 of the parts' binary
 /// MD5s, then `-` and the number of parts. `None` when a part's ETag is not an MD5.
@@ -312,13 +314,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Multipart uploads in progress under `prefix`.
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>>;
 
-    /// Copies object `from` (up to 5 GiB) to `to`; with `if_match`, only if `from`
-    /// still has that ETag. Returns the new ETag.
+    /// Copies object `from` (up to 5 GiB, `size` bytes) to `to`; with `if_match`,
+    /// only if `from` still has that ETag. Returns the new ETag.
     async fn copy_object(
         &self,
         from: &str,
         to: &str,
         if_match: Option<&str>,
+        size: u64,
     ) -> StoreResult<String>;
 
     /// Copies bytes `range` of `from` into part `number` of an upload of `to`.

@@ -36,8 +36,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{
-    COPY_ALLOWANCE, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    StoreError, StoreResult, UploadedPart, multipart_etag, transfer_allowance,
+    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, StoreError,
+    StoreResult, UploadedPart, copy_allowance, multipart_etag, transfer_allowance,
 };
 
 /// How long and how often a failing request is retried.
@@ -302,9 +302,10 @@ impl ObjectStore for RetryingStore {
         from: &str,
         to: &str,
         if_match: Option<&str>,
+        size: u64,
     ) -> StoreResult<String> {
-        self.plain(Operation::CopyObject, COPY_ALLOWANCE, || {
-            self.inner.copy_object(from, to, if_match)
+        self.plain(Operation::CopyObject, copy_allowance(size), || {
+            self.inner.copy_object(from, to, if_match, size)
         })
         .await
     }
@@ -318,7 +319,8 @@ impl ObjectStore for RetryingStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<String> {
-        self.plain(Operation::UploadPartCopy, COPY_ALLOWANCE, || {
+        let bytes = range.end - range.start;
+        self.plain(Operation::UploadPartCopy, copy_allowance(bytes), || {
             self.inner
                 .upload_part_copy(from, to, upload_id, number, range.clone(), if_match)
         })

@@ -22,8 +22,8 @@ use aws_sdk_s3::types::{
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{
-    COPY_ALLOWANCE, Encryption, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation,
-    PendingUpload, ServiceInfo, StoreError, StoreResult, UploadedPart, bucket_arn, object_arn,
+    Encryption, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload,
+    ServiceInfo, StoreError, StoreResult, UploadedPart, bucket_arn, copy_allowance, object_arn,
     transfer_allowance,
 };
 
@@ -544,6 +544,7 @@ impl ObjectStore for S3Store {
         from: &str,
         to: &str,
         if_match: Option<&str>,
+        size: u64,
     ) -> StoreResult<String> {
         let (sse, kms_key) = sse_headers(self.encryption.as_ref());
         let request = self
@@ -557,7 +558,7 @@ impl ObjectStore for S3Store {
             .set_ssekms_key_id(kms_key)
             .send();
         let out = self
-            .answer(Operation::CopyObject, to, COPY_ALLOWANCE, request)
+            .answer(Operation::CopyObject, to, copy_allowance(size), request)
             .await?;
         Ok(out
             .copy_object_result()
@@ -586,8 +587,9 @@ impl ObjectStore for S3Store {
             .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
             .set_copy_source_if_match(if_match.map(str::to_string))
             .send();
+        let allowance = copy_allowance(range.end - range.start);
         let out = self
-            .answer(Operation::UploadPartCopy, to, COPY_ALLOWANCE, request)
+            .answer(Operation::UploadPartCopy, to, allowance, request)
             .await?;
         Ok(out
             .copy_part_result()

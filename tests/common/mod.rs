@@ -319,8 +319,10 @@ impl Drop for Server {
     }
 }
 
+/// The s3vol binary under test: this build's, or the one S3VOL_BIN names (the
+/// soak runs the release build).
 pub fn s3vol() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_s3vol"))
+    Command::new(std::env::var_os("S3VOL_BIN").unwrap_or(env!("CARGO_BIN_EXE_s3vol").into()))
 }
 
 /// Runs `s3vol` with `args` in the server's environment.
