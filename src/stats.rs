@@ -50,6 +50,7 @@ impl MountStats {
     pub fn report(&self) -> Value {
         let requests = &self.requests;
         let count = |op| requests.requests(op);
+        let done = |op| requests.succeeded(op);
         let by_operation: serde_json::Map<String, Value> = Operation::ALL
             .iter()
             .map(|op| (op.to_string(), json!(count(*op))))
@@ -87,11 +88,11 @@ impl MountStats {
             "bytes_to_s3": requests.bytes_uploaded(),
             "cache": cache,
             "uploads": {
-                "objects": count(Operation::PutObject)
-                    + count(Operation::CompleteMultipartUpload)
-                    + count(Operation::CopyObject),
-                "parts": count(Operation::UploadPart) + count(Operation::UploadPartCopy),
-                "aborted": count(Operation::AbortMultipartUpload),
+                "objects": done(Operation::PutObject)
+                    + done(Operation::CompleteMultipartUpload)
+                    + done(Operation::CopyObject),
+                "parts": done(Operation::UploadPart) + done(Operation::UploadPartCopy),
+                "aborted": done(Operation::AbortMultipartUpload),
             },
             "credential_renewals": self.renewals.as_ref().map(|renewals| renewals()),
         })

@@ -139,6 +139,15 @@ fn write_options_are_checked_before_mounting() {
         (&["--read-write", "--read-only"][..], "cannot be used with"),
         (&["--part-size", "1MiB"][..], "S3 parts are 5MiB to 5GiB"),
         (&["-o", "rw,part_size=8 parsecs"][..], "is not a size"),
+        (
+            &["--io-timeout", "0"][..],
+            "the I/O timeout must be from 1s to 1h",
+        ),
+        (
+            &["-o", "io_timeout=2days"][..],
+            "the I/O timeout must be from 1s to 1h",
+        ),
+        (&["--io-timeout", "soon"][..], "is not a duration"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
             .args(["mount", "bkt", dir])
@@ -149,6 +158,39 @@ fn write_options_are_checked_before_mounting() {
         assert!(!out.status.success(), "{args:?}");
         assert!(err.contains(phrase), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn cleanup_checks_its_arguments() {
+    let out = s3vol(&["cleanup"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SOURCE"));
+    let out = s3vol(&["cleanup", "bkt/root", "--older-than", "a while"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a duration"));
+    let out = s3vol(&["cleanup", "Not_A_Bucket"]);
+    assert_eq!(out.status.code(), Some(2));
+    // Nothing listens on port 9: a clear error after the I/O timeout, exit 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args([
+            "cleanup",
+            "bkt/root",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+        ])
+        .args(["--io-timeout", "1s"])
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot list the uploads under s3://bkt/root/"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -120,9 +120,14 @@ async fn a_gib_is_written_and_read_byte_exact_with_a_tenth_of_requests_failing()
     for fault in Fault::ALL {
         assert!(counts.faults(fault) > 0, "no {fault:?} was injected");
     }
-    // s3vol saw them and retried.
+    // s3vol saw them and retried; a GET cut off mid-body was resumed.
     let stats = reader.stats();
     assert!(stats["request_errors"].as_u64().unwrap() > 0, "{stats}");
+    let log = reader.log_text();
+    assert!(
+        log.contains("resuming from the last byte received"),
+        "{log}"
+    );
 }
 
 /// Creates, lists, reads, renames and deletes small files; exits non-zero with

@@ -19,23 +19,29 @@ use super::{
 pub struct RequestStats {
     /// Indexed like [`Operation::ALL`].
     requests: [AtomicU64; Operation::ALL.len()],
+    /// Requests that succeeded, indexed the same way.
+    succeeded: [AtomicU64; Operation::ALL.len()],
     errors: AtomicU64,
     bytes_downloaded: AtomicU64,
     bytes_uploaded: AtomicU64,
 }
 
 impl RequestStats {
-    fn slot(&self, op: Operation) -> &AtomicU64 {
-        let index = Operation::ALL
+    fn index(op: Operation) -> usize {
+        Operation::ALL
             .iter()
             .position(|o| *o == op)
-            .expect("listed");
-        &self.requests[index]
+            .expect("listed")
     }
 
-    /// Requests of `op` sent (each retry after a refused credential counts once).
+    /// Requests of `op` sent, every retry included.
     pub fn requests(&self, op: Operation) -> u64 {
-        self.slot(op).load(Ordering::Relaxed)
+        self.requests[Self::index(op)].load(Ordering::Relaxed)
+    }
+
+    /// Requests of `op` that succeeded.
+    pub fn succeeded(&self, op: Operation) -> u64 {
+        self.succeeded[Self::index(op)].load(Ordering::Relaxed)
     }
 
     /// Requests that failed (a missing key is an answer, not a failure).
@@ -77,10 +83,12 @@ impl CountedStore {
         uploaded: usize,
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        self.stats.slot(op).fetch_add(1, Ordering::Relaxed);
+        let index = RequestStats::index(op);
+        self.stats.requests[index].fetch_add(1, Ordering::Relaxed);
         let result = call.await;
         match &result {
             Ok(_) => {
+                self.stats.succeeded[index].fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .bytes_uploaded
                     .fetch_add(uploaded as u64, Ordering::Relaxed);
@@ -255,6 +263,8 @@ mod tests {
         let stats = store.stats();
         assert_eq!(stats.requests(Operation::PutObject), 1);
         assert_eq!(stats.requests(Operation::GetObject), 2);
+        assert_eq!(stats.succeeded(Operation::GetObject), 1);
+        assert_eq!(stats.succeeded(Operation::PutObject), 1);
         assert_eq!(stats.requests(Operation::HeadObject), 1);
         assert_eq!(stats.requests(Operation::DeleteObject), 0);
         assert_eq!(stats.errors(), 1, "a missing key is no failure");
