@@ -91,13 +91,7 @@ async fn a_gib_is_written_and_read_byte_exact_with_a_tenth_of_requests_failing()
     let started = Instant::now();
     write_blocks(&writer.path().join("big"), blocks, &base);
     eprintln!("1 GiB written in {:.1?}", started.elapsed());
-    let writes = proxy.counts();
-    eprintln!(
-        "proxy: {} requests, {} faults ({:?})",
-        writes.requests(),
-        writes.total_faults(),
-        Fault::ALL.map(|f| (f, writes.faults(f)))
-    );
+    eprintln!("{}", proxy.counts().summary());
     drop(writer);
     assert!(server.pending_uploads(BUCKET, "root/").await.is_empty());
     let faults_while_writing = proxy.counts().total_faults();
@@ -108,12 +102,7 @@ async fn a_gib_is_written_and_read_byte_exact_with_a_tenth_of_requests_failing()
     check_blocks(&reader.path().join("big"), blocks, &base);
     eprintln!("1 GiB read in {:.1?}", started.elapsed());
     let counts = proxy.counts();
-    eprintln!(
-        "proxy: {} requests, {} faults ({:?})",
-        counts.requests(),
-        counts.total_faults(),
-        Fault::ALL.map(|f| (f, counts.faults(f)))
-    );
+    eprintln!("{}", counts.summary());
     // Faults really happened on both legs, of every kind.
     assert!(faults_while_writing > 0);
     assert!(counts.total_faults() > faults_while_writing);
@@ -172,11 +161,7 @@ async fn small_files_see_no_error_with_a_tenth_of_requests_failing() {
         mount.log_text()
     );
     let counts = proxy.counts();
-    eprintln!(
-        "proxy: {} requests, {} faults",
-        counts.requests(),
-        counts.total_faults()
-    );
+    eprintln!("{}", counts.summary());
     assert!(
         counts.total_faults() > 20,
         "too few faults to mean anything"

@@ -357,20 +357,14 @@ async fn a_write_killed_midway_leaves_no_object_and_cleanup_aborts_its_upload() 
         "a partial object"
     );
 
+    let endpoint = server.endpoint_args();
     let cleanup = |extra: &[&str]| {
-        let out = s3vol()
-            .args(["cleanup", "vol/root"])
-            .args(extra)
-            .args(server.endpoint_args())
-            .envs(server.env())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        let mut args = vec!["cleanup", "vol/root"];
+        args.extend_from_slice(extra);
+        args.extend(endpoint.iter().map(String::as_str));
+        let out = common::run_s3vol(&server, &args);
+        assert!(common::succeeded(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // A dry run by default, and the upload is too recent for the default age.
     let listed = cleanup(&[]);

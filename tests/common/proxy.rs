@@ -82,6 +82,20 @@ impl ProxyCounts {
         Fault::ALL.iter().map(|f| self.faults(*f)).sum()
     }
 
+    /// One line for a test's output: requests, and faults by kind.
+    pub fn summary(&self) -> String {
+        let by_kind: Vec<String> = Fault::ALL
+            .iter()
+            .map(|f| format!("{f:?} {}", self.faults(*f)))
+            .collect();
+        format!(
+            "proxy: {} requests, {} faults ({})",
+            self.requests(),
+            self.total_faults(),
+            by_kind.join(", ")
+        )
+    }
+
     fn count(&self, fault: Fault) {
         self.faults[Fault::ALL.iter().position(|f| *f == fault).unwrap()]
             .fetch_add(1, Ordering::Relaxed);
