@@ -22,8 +22,9 @@
 //! - CreateMultipartUpload sent twice leaves an empty, unused upload behind; it
 //!   holds no data and `s3vol cleanup` lists and aborts it.
 //!
-//! A request S3 refused (4xx) is never repeated: the same request gets the same
-//! answer.
+//! A request S3 refused (AccessDenied, NoSuchKey, PreconditionFailed, InvalidPart,
+//! ...) is never repeated: the same request would get the same answer. Of the 4xx
+//! answers only 408/RequestTimeout and 429 mean "try again".
 
 use std::future::Future;
 use std::ops::Range;
