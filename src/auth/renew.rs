@@ -60,6 +60,9 @@ pub struct RenewConfig {
     /// First wait after a failed renewal; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// A fetch with no answer for this long has failed: STS behind a connection
+    /// that went silent must not stall renewal until the credentials expire.
+    pub fetch_timeout: Duration,
 }
 
 impl Default for RenewConfig {
@@ -68,6 +71,7 @@ impl Default for RenewConfig {
             renew_before: Duration::from_secs(300),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -84,12 +88,28 @@ struct Shared {
     forced: Notify,
     /// What is renewed (role and session name), for logs and errors.
     label: String,
+    fetch_timeout: Duration,
+}
+
+/// Fetches from `source`, for at most `timeout`.
+async fn fetch_within(
+    source: &dyn CredentialSource,
+    timeout: Duration,
+) -> Result<Credentials, String> {
+    tokio::time::timeout(timeout, source.fetch())
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            ))
+        })
 }
 
 impl Shared {
     /// Fetches new credentials and installs them. The caller holds `renewing`.
     async fn renew(&self, reason: &str) -> Result<(), String> {
-        match self.source.fetch().await {
+        match fetch_within(self.source.as_ref(), self.fetch_timeout).await {
             Ok(fresh) => {
                 let new_expiry = fresh.expiry();
                 *self.current.lock().unwrap() = fresh;
@@ -139,7 +159,7 @@ impl RenewingCredentials {
         clock: Arc<dyn Clock>,
         label: String,
     ) -> Result<(Self, JoinHandle<()>), String> {
-        let first = source.fetch().await?;
+        let first = fetch_within(source.as_ref(), config.fetch_timeout).await?;
         if let Some(expiry) = first.expiry() {
             info!(
                 credentials = label,
@@ -156,6 +176,7 @@ impl RenewingCredentials {
             renewing: tokio::sync::Mutex::new(()),
             forced: Notify::new(),
             label,
+            fetch_timeout: config.fetch_timeout,
         });
         let task = tokio::spawn(renew_loop(shared.clone(), config));
         Ok((Self { shared }, task))
@@ -305,6 +326,8 @@ mod tests {
         lifetime: Duration,
         script: Mutex<VecDeque<bool>>,
         fetches: Mutex<Vec<SystemTime>>,
+        /// Fetches still to come that never answer.
+        hangs: Mutex<u32>,
     }
 
     #[async_trait]
@@ -312,6 +335,15 @@ mod tests {
         async fn fetch(&self) -> Result<Credentials, String> {
             let now = self.clock.now();
             self.fetches.lock().unwrap().push(now);
+            let hang = {
+                let mut hangs = self.hangs.lock().unwrap();
+                let hang = *hangs > 0 && self.fetches.lock().unwrap().len() > 1;
+                *hangs -= u32::from(hang);
+                hang
+            };
+            if hang {
+                std::future::pending::<()>().await;
+            }
             if self.script.lock().unwrap().pop_front() == Some(false) {
                 return Err("STS unreachable (scripted)".into());
             }
@@ -336,6 +368,7 @@ mod tests {
             lifetime,
             script: Mutex::new(script.iter().copied().collect()),
             fetches: Mutex::new(Vec::new()),
+            hangs: Mutex::new(0),
         });
         (clock, source)
     }
@@ -416,6 +449,28 @@ mod tests {
             first.access_key_id()
         );
         assert_eq!(creds.renewals(), 1);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_never_answers_times_out_and_is_retried() {
+        let (clock, source) = setup(Duration::from_secs(3600), &[]);
+        *source.hangs.lock().unwrap() = 2;
+        let (creds, task) =
+            RenewingCredentials::start(source.clone(), config(300), clock.clone(), "role".into())
+                .await
+                .unwrap();
+        // Renewal is due at 3300 s; two fetches hang for 30 s each, with 1 s and
+        // 2 s of backoff after them, and the third answers.
+        tokio::time::sleep(Duration::from_secs(3300 + 30 + 1 + 30 + 2 + 1)).await;
+        assert_eq!(creds.renewals(), 1);
+        let fetches = source.fetches.lock().unwrap().clone();
+        let gaps: Vec<u64> = fetches
+            .windows(2)
+            .map(|p| p[1].duration_since(p[0]).unwrap().as_secs())
+            .collect();
+        assert_eq!(gaps, [3300, 31, 32]);
+        assert!(creds.current().is_ok());
         task.abort();
     }
 
