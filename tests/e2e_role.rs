@@ -575,6 +575,9 @@ fn soak() {
     );
     let layer = customer.server.sessions(json!({}));
     eprintln!("expired credentials sent: {}", layer["expired_answers"]);
+    let kept = std::env::temp_dir().join("s3vol-soak.log");
+    std::fs::copy(&mount.log, &kept).unwrap();
+    eprintln!("the daemon's log: {}", kept.display());
     let errors = errors.lock().unwrap();
     assert!(
         errors.is_empty(),
@@ -583,6 +586,16 @@ fn soak() {
         &errors[..errors.len().min(10)]
     );
     assert_eq!(layer["expired_answers"], 0, "expired credentials were sent");
+}
+
+/// Writes a new file and reports the error of its close, where s3vol reports a
+/// failed upload (`std::fs::write` would drop it).
+fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(data)?;
+    nix::unistd::close(file.into_raw_fd()).map_err(std::io::Error::from)
 }
 
 /// One soak worker: writes, reads back, lists, renames and deletes files in a
@@ -621,7 +634,7 @@ fn soak_worker(
             0..40 => {
                 let len = fastrand::usize(1..64 * 1024);
                 let name = format!("f{n}");
-                std::fs::write(dir.join(&name), common::pattern(len, seed))
+                write_and_close(&dir.join(&name), &common::pattern(len, seed))
                     .map(|()| {
                         files.insert(name, (len, seed));
                     })
@@ -631,7 +644,7 @@ fn soak_worker(
                 // Over one part: a multipart upload.
                 let len = 9 * 1024 * 1024 + fastrand::usize(..4096);
                 let name = format!("big{n}");
-                std::fs::write(dir.join(&name), common::pattern(len, seed))
+                write_and_close(&dir.join(&name), &common::pattern(len, seed))
                     .map(|()| {
                         files.insert(name, (len, seed));
                     })
@@ -653,13 +666,21 @@ fn soak_worker(
             },
             80..90 => match std::fs::read_dir(dir) {
                 Ok(entries) => {
-                    let count = entries.count();
-                    if count == files.len() {
+                    let listed: std::collections::BTreeSet<String> = entries
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect();
+                    let missing: Vec<&String> =
+                        files.keys().filter(|n| !listed.contains(*n)).collect();
+                    let extra: Vec<&String> =
+                        listed.iter().filter(|n| !files.contains_key(*n)).collect();
+                    if missing.is_empty() && extra.is_empty() {
                         Ok(())
                     } else {
+                        let stat = missing.first().map(|n| {
+                            format!("{:?}", std::fs::metadata(dir.join(n)).map(|m| m.len()))
+                        });
                         Err(format!(
-                            "listing shows {count} files, {} expected",
-                            files.len()
+                            "listing lacks {missing:?} (stat: {stat:?}) and shows {extra:?} too"
                         ))
                     }
                 }

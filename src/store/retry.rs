@@ -44,8 +44,8 @@ use super::{
 /// How long and how often a failing request is retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// No new attempt starts later than this after the first (plus, for a request
-    /// that sends data, the time that data may take: [`transfer_allowance`]).
+    /// No new attempt starts later than this after the first, not counting the
+    /// time attempts spent sending data (up to [`transfer_allowance`] each).
     pub deadline: Duration,
     /// The backoff cap of the first retry; it doubles with each retry.
     pub first_backoff: Duration,
@@ -115,8 +115,9 @@ impl RetryingStore {
         Self { inner, policy }
     }
 
-    /// Runs `call` until it succeeds, fails for good, or the deadline (extended by
-    /// `transfer`, the time the request's data may take to send) passes.
+    /// Runs `call` until it succeeds, fails for good, or the deadline passes, not
+    /// counting up to `transfer` (the time the request's data may take to send) of
+    /// each attempt.
     /// `settle` sees each error of an attempt after the first (with the first
     /// attempt's error known to have been transient) and may turn it into success:
     /// the answer to a repeated request that the first one had already carried out.
@@ -134,13 +135,20 @@ impl RetryingStore {
         SFut: Future<Output = StoreResult<T>> + 'a,
     {
         let start = Instant::now();
-        let deadline = self.policy.deadline + transfer;
+        // Time spent sending the request's data (up to what it needs at the
+        // slowest rate waited for) does not count against the deadline: a large
+        // part whose attempts stalled twice must not fail where a small request
+        // would have had time for three more. Attempts that fail at once excuse
+        // nothing, so an outage still ends the call after the deadline.
+        let mut excused = Duration::ZERO;
         let mut retry = 0;
         loop {
+            let attempt = Instant::now();
             let result = match call().await {
                 Err(err) if retry > 0 => settle(err).await,
                 other => other,
             };
+            excused += attempt.elapsed().min(transfer);
             let err = match result {
                 Ok(value) => {
                     if retry > 0 {
@@ -153,7 +161,7 @@ impl RetryingStore {
             };
             retry += 1;
             let wait = self.policy.backoff(retry);
-            if start.elapsed() + wait > deadline {
+            if start.elapsed().saturating_sub(excused) + wait > self.policy.deadline {
                 warn!(
                     %op,
                     attempts = retry,
@@ -443,15 +451,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_data_request_has_the_time_to_send_its_data_on_top() {
+    async fn time_spent_sending_data_does_not_count_against_the_deadline() {
         let (_memory, faulty, store) = setup();
+        // Every attempt stalls for a third of the deadline after the time an
+        // 8 MiB body may take, then fails.
+        let size = 8 << 20;
+        let stalled = transfer_allowance(size) + DEADLINE / 3;
+        faulty.fail_all(Operation::UploadPart, Fault::Delay(stalled));
         faulty.fail_all(Operation::UploadPart, Fault::Unreachable);
-        let body = Bytes::from(vec![0u8; 8 << 20]);
         let start = Instant::now();
-        let _ = store.upload_part("k", "id", 1, body).await;
+        let err = store
+            .upload_part("k", "id", 1, Bytes::from(vec![0u8; size as usize]))
+            .await;
+        assert!(matches!(err, Err(StoreError::Unreachable { .. })));
+        // Three attempts: each costs a third of the deadline once its sending
+        // time is excused.
         let took = start.elapsed();
-        assert!(took > DEADLINE, "{took:?}");
-        assert!(took <= DEADLINE + transfer_allowance(8 << 20), "{took:?}");
+        assert!(took >= 3 * stalled, "{took:?}");
+        assert!(took < 4 * stalled, "{took:?}");
     }
 
     #[tokio::test(start_paused = true)]
