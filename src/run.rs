@@ -273,12 +273,14 @@ fn serve(
     let (store, requests, renewals) = runtime.block_on(async {
         let (store, renewals) =
             connect_store(&args.s3, role, args.role.renew_before, &args.source.bucket).await?;
-        // Counted below the retries: the statistics show every request sent.
+        let endpoint = endpoint(&args.s3);
+        let probe = retrying(store.clone(), &args.s3);
+        preflight::check_mount(probe.as_ref(), &args.source, args.read_write, &endpoint).await?;
+        // Counted below the retries, so the statistics show every request sent,
+        // and after the probes, which are not the volume's traffic.
         let counted = CountedStore::new(store);
         let requests = counted.stats();
         let store = retrying(Arc::new(counted), &args.s3);
-        let endpoint = endpoint(&args.s3);
-        preflight::check_mount(store.as_ref(), &args.source, args.read_write, &endpoint).await?;
         Ok::<_, Failure>((store, requests, renewals))
     })?;
 

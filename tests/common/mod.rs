@@ -190,6 +190,31 @@ impl Server {
             .collect()
     }
 
+    /// How many parts the multipart uploads in progress under `prefix` hold.
+    pub async fn pending_parts(&self, bucket: &str, prefix: &str) -> usize {
+        let client = self.client();
+        let out = client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list uploads in {bucket}: {e:?}"));
+        let mut parts = 0;
+        for upload in out.uploads() {
+            let listed = client
+                .list_parts()
+                .bucket(bucket)
+                .key(upload.key().unwrap_or_default())
+                .upload_id(upload.upload_id().unwrap_or_default())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("list parts in {bucket}: {e:?}"));
+            parts += listed.parts().len();
+        }
+        parts
+    }
+
     /// Every key under `prefix`, as the S3 API lists them.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();

@@ -56,10 +56,27 @@ pub enum Outage {
 }
 
 /// Which faults to inject and how often.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Plan {
     share: f64,
     faults: Vec<Fault>,
+    /// Faults for the next requests, before any chosen at random; those marked
+    /// `true` wait for a request for a byte range (a ranged GET).
+    forced: std::collections::VecDeque<(Fault, bool)>,
+}
+
+impl Plan {
+    /// The fault, if any, for a request (`ranged`: it asks for a byte range).
+    fn choose(&mut self, ranged: bool) -> Option<Fault> {
+        if let Some(&(fault, ranged_only)) = self.forced.front()
+            && (ranged || !ranged_only)
+        {
+            self.forced.pop_front();
+            return Some(fault);
+        }
+        (!self.faults.is_empty() && fastrand::f64() < self.share)
+            .then(|| self.faults[fastrand::usize(..self.faults.len())])
+    }
 }
 
 /// What the proxy has done so far.
@@ -127,10 +144,7 @@ impl FaultProxy {
             .to_string();
         let shared = Arc::new(Shared {
             upstream,
-            plan: Mutex::new(Plan {
-                share: 0.0,
-                faults: Vec::new(),
-            }),
+            plan: Mutex::new(Plan::default()),
             counts: Arc::default(),
         });
         let (outage, watcher) = watch::channel(Outage::None);
@@ -174,10 +188,17 @@ impl FaultProxy {
 
     /// Injects one of `faults`, chosen at random, into `share` (0 to 1) of requests.
     pub fn inject(&self, share: f64, faults: &[Fault]) {
-        *self.shared.plan.lock().unwrap() = Plan {
-            share,
-            faults: faults.to_vec(),
-        };
+        let mut plan = self.shared.plan.lock().unwrap();
+        plan.share = share;
+        plan.faults = faults.to_vec();
+    }
+
+    /// Injects `faults` into the next requests, one each, in order; with
+    /// `ranged_only`, into the next requests for a byte range (ranged GETs).
+    pub fn force(&self, faults: &[Fault], ranged_only: bool) {
+        let mut plan = self.shared.plan.lock().unwrap();
+        plan.forced
+            .extend(faults.iter().map(|fault| (*fault, ranged_only)));
     }
 
     pub fn set_outage(&self, outage: Outage) {
@@ -374,11 +395,8 @@ async fn serve(mut client: TcpStream, shared: &Shared) {
                 .await;
             return;
         }
-        let fault = {
-            let plan = shared.plan.lock().unwrap();
-            (!plan.faults.is_empty() && fastrand::f64() < plan.share)
-                .then(|| plan.faults[fastrand::usize(..plan.faults.len())])
-        };
+        let ranged = request.header("range").is_some();
+        let fault = shared.plan.lock().unwrap().choose(ranged);
         if let Some(fault) = fault {
             shared.counts.count(fault);
         }
