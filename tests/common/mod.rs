@@ -18,6 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::MultipartUpload;
 use tempfile::TempDir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,8 +175,8 @@ impl Server {
         }
     }
 
-    /// Keys with a multipart upload in progress under `prefix`.
-    pub async fn pending_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
+    /// The multipart uploads in progress under `prefix`.
+    async fn uploads(&self, bucket: &str, prefix: &str) -> Vec<MultipartUpload> {
         let out = self
             .client()
             .list_multipart_uploads()
@@ -184,7 +185,13 @@ impl Server {
             .send()
             .await
             .unwrap_or_else(|e| panic!("list uploads in {bucket}: {e:?}"));
-        out.uploads()
+        out.uploads().to_vec()
+    }
+
+    /// Keys with a multipart upload in progress under `prefix`.
+    pub async fn pending_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let uploads = self.uploads(bucket, prefix).await;
+        uploads
             .iter()
             .filter_map(|u| u.key().map(String::from))
             .collect()
@@ -192,17 +199,10 @@ impl Server {
 
     /// How many parts the multipart uploads in progress under `prefix` hold.
     pub async fn pending_parts(&self, bucket: &str, prefix: &str) -> usize {
-        let client = self.client();
-        let out = client
-            .list_multipart_uploads()
-            .bucket(bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("list uploads in {bucket}: {e:?}"));
         let mut parts = 0;
-        for upload in out.uploads() {
-            let listed = client
+        for upload in self.uploads(bucket, prefix).await {
+            let listed = self
+                .client()
                 .list_parts()
                 .bucket(bucket)
                 .key(upload.key().unwrap_or_default())
