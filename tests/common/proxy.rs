@@ -82,7 +82,7 @@ impl Plan {
 /// What the proxy has done so far.
 #[derive(Debug, Default)]
 pub struct ProxyCounts {
-    pub requests: AtomicU64,
+    requests: AtomicU64,
     faults: [AtomicU64; 5],
 }
 
