@@ -46,8 +46,14 @@ async fn files_round_trip_byte_exact(kind: ServerKind) {
     {
         let data = pattern(size, i as u64 + 1);
         let name = format!("f{size}");
-        // write(2) then close(2): durable once this returns.
-        std::fs::write(mount.path().join(&name), &data).unwrap();
+        // write(2) then close(2), by cp: durable once it returns. (Not from the
+        // test process: a process another test forks meanwhile would inherit the
+        // descriptor and close it at exec, which uploads the file half-written.)
+        let source = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(source.path(), &data).unwrap();
+        run(Command::new("cp")
+            .arg(source.path())
+            .arg(mount.path().join(&name)));
         let stored = server.get(BUCKET, &format!("root/{name}")).await;
         assert!(stored.as_deref() == Some(&data[..]), "{name} differs in S3");
         let back = std::fs::read(mount.path().join(&name)).unwrap();
