@@ -99,8 +99,8 @@ async fn a_gib_is_written_and_read_byte_exact_with_a_tenth_of_requests_failing()
     let faults_while_writing = proxy.counts().total_faults();
 
     // A fresh mount without a cache: every byte comes from S3 through the proxy,
-    // and two GETs are surely cut off mid-body.
-    proxy.force(&[Fault::Cut, Fault::Cut], true);
+    // two GETs are surely cut off mid-body and one stalls mid-body.
+    proxy.force(&[Fault::Cut, Fault::Stall, Fault::Cut], true);
     let reader = mount_through(&proxy, &server, &["--no-cache"]);
     let started = Instant::now();
     check_blocks(&reader.path().join("big"), blocks, &base);
@@ -121,6 +121,8 @@ async fn a_gib_is_written_and_read_byte_exact_with_a_tenth_of_requests_failing()
         log.contains("resuming from the last byte received"),
         "{log}"
     );
+    // The stalled body was given up after a third of --io-timeout.
+    assert!(log.contains("no data for 1s"), "{log}");
 }
 
 /// Creates, lists, reads, renames and deletes small files; exits non-zero with

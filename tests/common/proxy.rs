@@ -8,8 +8,9 @@
 //! - `Reset`: the connection is reset (RST) either before the request reaches the
 //!   server, part-way through its body, or after the server carried it out (a lost
 //!   answer);
-//! - `Stall`: the request is never forwarded and the connection stays open and
-//!   silent until the client gives up;
+//! - `Stall`: the connection goes silent until the client gives up: a request
+//!   for a byte range (a ranged GET) part-way through its answer's body, any other
+//!   request before it is forwarded;
 //! - `Cut`: the answer is relayed up to a random byte of its body, then reset;
 //! - `InternalError` and `SlowDown`: the proxy answers 500 InternalError or 503
 //!   SlowDown itself, as S3 does under load.
@@ -418,12 +419,8 @@ async fn serve(mut client: TcpStream, shared: &Shared) {
                     return;
                 }
             }
-            Some(Fault::Stall) => {
-                // Say nothing until the client hangs up (or ten minutes pass).
-                let mut sink = [0u8; 64 * 1024];
-                let silence =
-                    async { while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {} };
-                let _ = tokio::time::timeout(Duration::from_secs(600), silence).await;
+            Some(Fault::Stall) if !ranged => {
+                silence(&mut client).await;
                 return;
             }
             Some(Fault::Reset) if fastrand::bool() => {
@@ -454,6 +451,7 @@ async fn forward(
     fault: Option<Fault>,
     shared: &Shared,
 ) -> bool {
+    let stall = fault == Some(Fault::Stall);
     let Ok(mut server) = TcpStream::connect(&shared.upstream).await else {
         return false;
     };
@@ -500,7 +498,7 @@ async fn forward(
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     // An answer that ends only where the stream ends must close the connection.
     let keep_alive = length.is_some() || chunked;
-    if fault == Some(Fault::Cut) && length.is_none() {
+    if matches!(fault, Some(Fault::Cut | Fault::Stall)) && length.is_none() {
         return false;
     }
     let connection = (!keep_alive).then_some("close");
@@ -512,9 +510,12 @@ async fn forward(
         return false;
     }
     match length {
-        Some(len) if fault == Some(Fault::Cut) => {
+        Some(len) if matches!(fault, Some(Fault::Cut | Fault::Stall)) => {
             let part = fastrand::u64(..=len.saturating_sub(1));
             pump(&mut down, &mut server_read, &mut client_write, part).await;
+            if stall {
+                silence(&mut client_read).await;
+            }
             false
         }
         Some(len) => pump(&mut down, &mut server_read, &mut client_write, len).await,
@@ -529,6 +530,14 @@ async fn forward(
                 && keep_alive
         }
     }
+}
+
+/// Says nothing until the client hangs up (or ten minutes pass), discarding what
+/// it sends.
+async fn silence(client: &mut (impl AsyncRead + Unpin)) {
+    let mut sink = [0u8; 64 * 1024];
+    let wait = async { while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(600), wait).await;
 }
 
 /// An S3 error answer from the proxy itself.
