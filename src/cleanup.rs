@@ -184,6 +184,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_abort_is_reported() {
+        use crate::store::Operation;
+        use crate::store::faulty::{Fault, FaultyStore};
+        let memory = std::sync::Arc::new(store_with_uploads().await);
+        let store = FaultyStore::new(memory.clone());
+        store.fail_nth(Operation::AbortMultipartUpload, 1, Fault::AccessDenied);
+        let plan = plan(Duration::ZERO, true);
+        let found = cleanup(&store, &plan, SystemTime::now()).await.unwrap();
+        assert!(matches!(found[0].outcome, Outcome::Failed(_)));
+        assert!(matches!(found[1].outcome, Outcome::Aborted));
+        assert_eq!(memory.pending_uploads().len(), 2);
+        let report = render(&found, &plan, "s3://bkt/vol/");
+        assert!(report.contains("abort failed: AccessDenied"), "{report}");
+        assert!(
+            report.contains("aborted 1 upload(s) under s3://bkt/vol/; 1 failed"),
+            "{report}"
+        );
+    }
+
+    #[tokio::test]
     async fn nothing_to_clean_says_so() {
         let store = MemoryStore::new("bkt");
         let plan = plan(Duration::ZERO, false);

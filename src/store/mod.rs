@@ -263,6 +263,30 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether the same request may succeed if sent again: no answer at all, or an
+    /// answer that says "not now" rather than "no".
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unreachable { .. } => true,
+            StoreError::Service { info, .. } => {
+                matches!(
+                    info.code.as_str(),
+                    "InternalError"
+                        | "ServiceUnavailable"
+                        | "SlowDown"
+                        | "RequestTimeout"
+                        | "Throttling"
+                        | "ThrottlingException"
+                        | "TooManyRequests"
+                        | "HTTP 429"
+                ) || info.code.starts_with("HTTP 5")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The calls s3vol makes to S3. Keys are full object keys (prefix included).
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {

@@ -81,30 +81,6 @@ impl RetryPolicy {
     }
 }
 
-impl StoreError {
-    /// Whether the same request may succeed if sent again: no answer at all, or an
-    /// answer that says "not now" rather than "no".
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Unreachable { .. } => true,
-            StoreError::Service { info, .. } => {
-                matches!(
-                    info.code.as_str(),
-                    "InternalError"
-                        | "ServiceUnavailable"
-                        | "SlowDown"
-                        | "RequestTimeout"
-                        | "Throttling"
-                        | "ThrottlingException"
-                        | "TooManyRequests"
-                        | "HTTP 429"
-                ) || info.code.starts_with("HTTP 5")
-            }
-            _ => false,
-        }
-    }
-}
-
 pub struct RetryingStore {
     inner: Arc<dyn ObjectStore>,
     policy: RetryPolicy,

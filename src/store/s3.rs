@@ -112,6 +112,12 @@ impl S3Store {
         }
     }
 
+    /// How long a request may stay silent: without a stall timeout, as long as
+    /// it takes (tokio treats a deadline beyond reach as none).
+    fn stall_limit(&self) -> Duration {
+        self.stall_timeout.unwrap_or(Duration::MAX)
+    }
+
     /// Sends `request` and waits for its answer, for at most the stall timeout plus
     /// `transfer` (the time the request's own body may take to send).
     async fn answer<T, E>(
@@ -124,10 +130,7 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let Some(stall) = self.stall_timeout else {
-            return request.await.map_err(|e| self.map_err(op, key, e));
-        };
-        let limit = stall + transfer;
+        let limit = self.stall_limit().saturating_add(transfer);
         match tokio::time::timeout(limit, request).await {
             Ok(result) => result.map_err(|e| self.map_err(op, key, e)),
             Err(_) => Err(StoreError::Unreachable {
@@ -251,15 +254,10 @@ impl S3Store {
         let etag = response.e_tag().unwrap_or_default().to_string();
         let mut body = response.body;
         loop {
-            let next = match self.stall_timeout {
-                Some(stall) => match tokio::time::timeout(stall, body.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        let stalled = format!("no data for {}", humantime::format_duration(stall));
-                        return Ok((etag, Some(stalled)));
-                    }
-                },
-                None => body.next().await,
+            let stall = self.stall_limit();
+            let Ok(next) = tokio::time::timeout(stall, body.next()).await else {
+                let stalled = format!("no data for {}", humantime::format_duration(stall));
+                return Ok((etag, Some(stalled)));
             };
             match next {
                 Some(Ok(chunk)) => into.extend_from_slice(&chunk),
@@ -275,6 +273,9 @@ impl S3Store {
 /// whole answer unreadable, so listings ask for URL-encoded keys. AWS writes a
 /// space as `+` and every literal `+` as `%2B`, so `+` always means a space.
 fn url_decoded(encoded: &str) -> String {
+    if !encoded.contains(['%', '+']) {
+        return encoded.to_string();
+    }
     let spaced = encoded.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8_lossy()
