@@ -480,36 +480,3 @@ async fn s3_store_on_garage_conforms() {
 async fn s3_store_on_moto_conforms() {
     suite(s3(ServerKind::Moto).await).await;
 }
-
-#[tokio::test]
-#[ignore = "scratch"]
-async fn scratch_pages() {
-    let s = s3(ServerKind::Moto).await;
-    for i in 0..1100 {
-        s.put(&format!("p/d/f{i}"), b"x").await;
-    }
-    let s = &s;
-    let req = |t: Option<String>| async move {
-        let t2 = t.clone();
-        s.store
-            .list_objects(ListRequest {
-                prefix: "p/d/",
-                delimiter: Some("/"),
-                continuation: t2.as_deref(),
-                max_keys: None,
-            })
-            .await
-            .unwrap()
-    };
-    let p1 = req(None).await;
-    let t = p1.next_token.clone();
-    let a = req(t.clone()).await;
-    let b = req(t.clone()).await;
-    eprintln!(
-        "again: {} then {} objects; first {:?} / {:?}",
-        a.objects.len(),
-        b.objects.len(),
-        a.objects.first().map(|o| &o.key),
-        b.objects.first().map(|o| &o.key)
-    );
-}
