@@ -73,9 +73,28 @@ ensure_garage() {
     cargo install garage --version "$GARAGE_VERSION" --locked --root "$S3VOL_TOOLS/garage-$GARAGE_VERSION" --quiet
 }
 
-# A TCP port nothing listens on right now.
+# A TCP port nothing listens on right now. It is chosen at random below the
+# kernel's ephemeral range: a port from bind(0) is free only until some outgoing
+# connection takes it, which under the tests' traffic happened before the server
+# could bind it; and servers started at the same moment rarely pick the same one.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(1000):
+    port = random.randrange(10000, max(low, 10001))
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        print(s.getsockname()[1])
+'
 }
 
 wait_for_port() {
