@@ -317,6 +317,79 @@ mod tests {
     }
 
     #[test]
+    fn every_mount_option_is_an_fstab_option() {
+        use std::time::Duration;
+        // Every option of DESIGN.md's table, in three lines because some exclude
+        // each other, in both spellings.
+        let first = mount(&[
+            "bkt/pre",
+            "/m",
+            "-o",
+            "rw,read-write,region=eu-west-1,endpoint_url=http://127.0.0.1:9000,\
+             force-path-style,profile=ops,role_arn=arn:aws:iam::111122223333:role/r,\
+             external_id_file=/etc/s3vol/id,role_session_name=host-1,role_duration=2h,\
+             renew_before=10m,sts_endpoint_url=http://127.0.0.1:9001,uid=1000,gid=1001,\
+             file_mode=0640,dir_mode=0750,allow_other,cache_dir=/var/cache/x,\
+             cache_size=2GiB,metadata_ttl=90s,part_size=16MiB,max_concurrency=4,\
+             sse=aws:kms,sse_kms_key_id=alias/s3vol,io_timeout=2m,log_level=debug,\
+             log_file=/var/log/s3vol.log,noexec",
+        ])
+        .unwrap();
+        assert!(first.read_write && first.s3.force_path_style && first.allow_other);
+        assert_eq!(first.source.to_string(), "bkt/pre");
+        assert_eq!(first.s3.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            first.s3.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(first.s3.profile.as_deref(), Some("ops"));
+        assert_eq!(
+            first.role.role_arn.as_deref(),
+            Some("arn:aws:iam::111122223333:role/r")
+        );
+        assert_eq!(
+            first.role.external_id_file.as_deref(),
+            Some(Path::new("/etc/s3vol/id"))
+        );
+        assert_eq!(first.role.role_session_name.as_deref(), Some("host-1"));
+        assert_eq!(first.role.role_duration, Duration::from_secs(7200));
+        assert_eq!(first.role.renew_before, Duration::from_secs(600));
+        assert_eq!(
+            first.role.sts_endpoint_url.as_deref(),
+            Some("http://127.0.0.1:9001")
+        );
+        assert_eq!((first.uid, first.gid), (Some(1000), Some(1001)));
+        assert_eq!((first.file_mode, first.dir_mode), (0o640, 0o750));
+        assert_eq!(first.cache_dir.as_deref(), Some(Path::new("/var/cache/x")));
+        assert_eq!(first.cache_size, Some(2 << 30));
+        assert_eq!(first.metadata_ttl, Duration::from_secs(90));
+        assert_eq!(first.part_size, 16 << 20);
+        assert_eq!(first.max_concurrency, 4);
+        assert_eq!(first.s3.sse.as_deref(), Some("aws:kms"));
+        assert_eq!(first.s3.sse_kms_key_id.as_deref(), Some("alias/s3vol"));
+        assert_eq!(first.s3.io_timeout, Duration::from_secs(120));
+        assert_eq!(first.log_level, "debug");
+        assert_eq!(
+            first.log_file.as_deref(),
+            Some(Path::new("/var/log/s3vol.log"))
+        );
+        assert!(first.noexec && !first.foreground);
+
+        let second = mount(&[
+            "bkt",
+            "/m",
+            "-o",
+            "ro,read_only,role-arn=arn:aws:iam::111122223333:role/r,external-id=x\\,y,\
+             allow_root,no_cache,sse=AES256",
+        ])
+        .unwrap();
+        assert!(!second.read_write && second.read_only);
+        assert_eq!(second.role.external_id.as_ref().unwrap().expose(), "x,y");
+        assert!(second.allow_root && !second.allow_other && second.no_cache);
+        assert_eq!(second.s3.sse.as_deref(), Some("AES256"));
+    }
+
+    #[test]
     fn bad_fstab_lines_are_refused_with_the_reason() {
         for (bad, why) in [
             (

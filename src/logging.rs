@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
+use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -47,15 +48,30 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends each formatted line to syslog(3), with a priority taken from its level.
+/// Sends each formatted line to syslog(3) (the journal, under systemd), with
+/// a priority taken from the event's level.
 #[derive(Clone, Copy)]
 struct SyslogWriter;
 
-struct SyslogLine(Vec<u8>);
+/// One event's line, sent when the formatter drops it.
+struct SyslogLine {
+    priority: libc::c_int,
+    text: Vec<u8>,
+}
+
+/// syslog's priority for a tracing level.
+fn priority(level: &Level) -> libc::c_int {
+    match *level {
+        Level::ERROR => libc::LOG_ERR,
+        Level::WARN => libc::LOG_WARNING,
+        Level::INFO => libc::LOG_INFO,
+        Level::DEBUG | Level::TRACE => libc::LOG_DEBUG,
+    }
+}
 
 impl Write for SyslogLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
+        self.text.extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -66,26 +82,17 @@ impl Write for SyslogLine {
 
 impl Drop for SyslogLine {
     fn drop(&mut self) {
-        let text = String::from_utf8_lossy(&self.0);
-        let line = text.trim_end();
+        let text = String::from_utf8_lossy(&self.text);
+        let line = text.trim();
         if line.is_empty() {
             return;
         }
-        let priority = if line.contains("ERROR") {
-            libc::LOG_ERR
-        } else if line.contains("WARN") {
-            libc::LOG_WARNING
-        } else if line.contains("INFO") {
-            libc::LOG_INFO
-        } else {
-            libc::LOG_DEBUG
-        };
         let Ok(message) = CString::new(line.replace('\0', " ")) else {
             return;
         };
         // SAFETY: both pointers are valid NUL-terminated strings for the duration of
         // the call, and the "%s" format consumes exactly the one argument given.
-        unsafe { libc::syslog(priority, c"%s".as_ptr(), message.as_ptr()) };
+        unsafe { libc::syslog(self.priority, c"%s".as_ptr(), message.as_ptr()) };
     }
 }
 
@@ -93,6 +100,16 @@ impl<'a> MakeWriter<'a> for SyslogWriter {
     type Writer = SyslogLine;
 
     fn make_writer(&'a self) -> Self::Writer {
-        SyslogLine(Vec::new())
+        SyslogLine {
+            priority: libc::LOG_INFO,
+            text: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        SyslogLine {
+            priority: priority(meta.level()),
+            text: Vec::new(),
+        }
     }
 }

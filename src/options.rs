@@ -167,7 +167,7 @@ pub fn expand(
         };
         if let Some(flag) = generic {
             if let Some(flag) = flag {
-                out.args.push(format!("--{flag}").into());
+                out.add(format!("--{flag}"))?;
             }
             continue;
         }
@@ -193,12 +193,39 @@ pub fn expand(
                 return Err(problem);
             }
         }
-        out.args.push(match value {
-            Some(value) => format!("--{long}={value}").into(),
-            None => format!("--{long}").into(),
-        });
+        out.add(match value {
+            Some(value) => format!("--{long}={value}"),
+            None => format!("--{long}"),
+        })?;
     }
     Ok(out)
+}
+
+impl Expanded {
+    /// Adds an argument once. An option repeated with the same meaning (`ro` and
+    /// `read_only`, or a line that says `noexec` where mount(8) adds it too) is
+    /// harmless; one repeated with two values is ambiguous and refused.
+    fn add(&mut self, arg: String) -> Result<(), String> {
+        if self.args.iter().any(|a| *a == *arg) {
+            return Ok(());
+        }
+        if let Some((name, value)) = arg.split_once('=') {
+            let earlier = self
+                .args
+                .iter()
+                .filter_map(|a| a.to_str()?.strip_prefix(name)?.strip_prefix('='))
+                .next();
+            if let Some(earlier) = earlier {
+                let name = name.trim_start_matches('-');
+                return Err(format!(
+                    "option {name} is given twice, as {name}={earlier} and {name}={value}; \
+                     keep one"
+                ));
+            }
+        }
+        self.args.push(arg.into());
+        Ok(())
+    }
 }
 
 /// Writes options as [`split`] reads them, quoting values that hold a comma,
@@ -302,6 +329,13 @@ mod tests {
                 &[],
             ),
             ("noexec,user", HELPER, &["--noexec"]),
+            // Repeats that mean the same are kept once.
+            ("ro,read_only,ro", HELPER, &["--read-only"]),
+            (
+                "noexec,region=x,noexec,region=x",
+                HELPER,
+                &["--noexec", "--region=x"],
+            ),
             (
                 "region=eu-west-1,allow_other,endpoint-url=http://127.0.0.1:1",
                 HELPER,
@@ -333,6 +367,10 @@ mod tests {
             ("allow_other=yes", "allow_other takes no value"),
             ("remount", "unmount it and mount it again"),
             (r#"region="eu"#, "unclosed double quote"),
+            (
+                "region=eu-west-1,region=us-east-1",
+                "option region is given twice, as region=eu-west-1 and region=us-east-1",
+            ),
         ];
         for (list, want) in cases {
             let error = args(list, HELPER).unwrap_err();
@@ -380,7 +418,12 @@ mod tests {
             options in prop::collection::vec(harmless_option(), 0..12)
         ) {
             let list = options.join(",");
-            let expanded = args(&list, HELPER).unwrap();
+            let expanded = match args(&list, HELPER) {
+                Ok(expanded) => expanded,
+                // Two different regions, say: refused, which is safe too.
+                Err(e) if e.contains("given twice") => return Ok(()),
+                Err(e) => return Err(TestCaseError::fail(format!("{list:?}: {e}"))),
+            };
             prop_assert!(
                 !expanded.iter().any(|a| a == "--read-write"),
                 "{list:?} gave {expanded:?}"

@@ -216,7 +216,7 @@ async fn a_second_sigterm_aborts_the_upload_of_a_file_still_open() {
 async fn a_second_sigterm_ends_the_connection_through_fusectl() {
     let server = garage().await;
     let s3 = Handle::current();
-    let log = common::in_private_mount_namespace(|| {
+    let log = common::host::in_private_mount_namespace(|| {
         let none = None::<&str>;
         nix::mount::mount(
             Some("fusectl"),

@@ -445,7 +445,7 @@ fn the_deploy_guides_role_line_mounts_with_mount_a() {
     .unwrap();
 
     let id = customer.field("external_id");
-    common::in_helper_namespace(|| {
+    common::host::in_helper_namespace(|| {
         let _mnt = common::Unmount(&mnt);
         let out = common::mount8(&customer.env(), &["-a", "-T", fstab.to_str().unwrap()]);
         assert!(common::succeeded(&out));

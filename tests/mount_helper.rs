@@ -7,9 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::host::{SyslogListener, in_helper_namespace};
 use common::{
-    Server, ServerKind, Unmount, daemon_pids, deploy_guide, findmnt, guide_fstab_line,
-    in_helper_namespace, is_mounted, mount_count, succeeded,
+    Server, ServerKind, Unmount, daemon_pids, deploy_guide, findmnt, guide_fstab_line, is_mounted,
+    mount_count, succeeded,
 };
 
 const BUCKET: &str = "vol";
@@ -338,4 +339,60 @@ async fn mount_n_mounts_in_another_namespace() {
         let _ = other.kill();
         let _ = other.wait();
     });
+}
+
+/// Under systemd, or mounted by hand without `log_file`, the daemon's log goes
+/// to syslog, that is to the journal (`journalctl -t s3vol`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_volume_without_a_log_file_logs_to_syslog() {
+    let server = server_with_data().await;
+    // Not a valid name below `a/`: listing it warns.
+    server.put(BUCKET, "root/a//b", b"x".to_vec()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let options = format!(
+        "endpoint_url={},force_path_style,cache_dir={}",
+        server.endpoint,
+        dir.path().join("cache").display()
+    );
+
+    let (pid, messages) = in_helper_namespace(|| {
+        let syslog = SyslogListener::at_dev_log();
+        let _mnt = Unmount(&mnt);
+        let mnt_arg = mnt.to_str().unwrap();
+        let out = mount8(
+            &server,
+            &["-t", "s3vol", "vol/root", mnt_arg, "-o", &options],
+        );
+        assert!(succeeded(&out));
+        let pid = daemon_pids(&mnt)[0];
+        assert_eq!(std::fs::read_dir(mnt.join("a")).unwrap().count(), 0);
+        assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(10), || daemon_pids(&mnt)
+                .is_empty()),
+            "the daemon outlived umount"
+        );
+        (pid, syslog.messages())
+    });
+    let tag = format!(" s3vol[{pid}]: ");
+    assert!(!messages.is_empty(), "nothing reached syslog");
+    assert!(
+        messages.iter().all(|m| m.contains(&tag)),
+        "not all tagged {tag:?}: {messages:#?}"
+    );
+    // Facility daemon (3 << 3) with info (6) and warning (4).
+    let sent = |priority: &str, text: &str| {
+        messages
+            .iter()
+            .any(|m| m.starts_with(priority) && m.contains(text))
+    };
+    assert!(sent("<30>", "INFO s3vol::run: mounted"), "{messages:#?}");
+    assert!(
+        sent("<28>", "WARN s3vol::fs: skipped keys"),
+        "{messages:#?}"
+    );
+    assert!(sent("<30>", "unmounted"), "{messages:#?}");
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod fs;
+pub mod host;
 pub mod proxy;
 pub mod writer;
 
@@ -519,56 +520,6 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-/// Runs `body` on a thread of its own in a private mount namespace: what it
-/// mounts is seen only by that thread and the processes it starts, so `body`
-/// must unmount it itself ([`Unmount`]).
-pub fn in_private_mount_namespace<T: Send>(body: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // unshare(CLONE_NEWNS) applies to the calling thread only.
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare");
-                let none = None::<&str>;
-                nix::mount::mount(
-                    none,
-                    "/",
-                    none,
-                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-                    none,
-                )
-                .expect("make the namespace's mounts private");
-                body()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// Runs `body` in a private mount namespace ([`in_private_mount_namespace`])
-/// whose /sbin also holds `mount.s3vol` and `mount.fuse.s3vol`, linked to the
-/// binary under test. mount(8) looks for its helpers in /sbin only; this way it
-/// finds the one under test and the host's /sbin is left alone.
-pub fn in_helper_namespace<T: Send>(body: impl FnOnce() -> T + Send) -> T {
-    in_private_mount_namespace(|| {
-        let links = tempfile::tempdir().unwrap();
-        for name in ["mount.s3vol", "mount.fuse.s3vol"] {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_s3vol"), links.path().join(name))
-                .unwrap();
-        }
-        let sbin = std::fs::canonicalize("/sbin").unwrap();
-        let layers = format!("lowerdir={}:{}", links.path().display(), sbin.display());
-        nix::mount::mount(
-            Some("overlay"),
-            &sbin,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(layers.as_str()),
-        )
-        .expect("overlay the helpers on /sbin");
-        body()
-    })
 }
 
 /// Unmounts a path when dropped, even when a test fails.
