@@ -14,6 +14,7 @@ GARAGE_BIN="$S3VOL_TOOLS/garage-$GARAGE_VERSION/bin/garage"
 PJDFSTEST_BIN="$S3VOL_TOOLS/pjdfstest-$PJDFSTEST_VERSION/bin/pjdfstest"
 MOTO_VENV="$S3VOL_TOOLS/moto-$MOTO_VERSION"
 MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+SYSTEMD_ROOTFS="$S3VOL_TOOLS/debian-bookworm-systemd"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 's3vol scripts: %s\n' "$*" >&2; exit 1; }
@@ -71,6 +72,29 @@ ensure_garage() {
     ensure_rust
     log "building Garage $GARAGE_VERSION (about 11 minutes the first time; cached in $S3VOL_TOOLS)"
     cargo install garage --version "$GARAGE_VERSION" --locked --root "$S3VOL_TOOLS/garage-$GARAGE_VERSION" --quiet
+}
+
+# A minimal Debian with systemd, booted with systemd-nspawn by the test of the
+# deploy guide's mount unit (the test machine's own init may not be systemd).
+# Built once with debootstrap (under a minute) and booted read-only-with-overlay,
+# so it never changes.
+ensure_systemd_rootfs() {
+    # What a Debian host that mounts s3vol volumes has: systemd, FUSE, mount(8)
+    # and the CA certificates the AWS SDK loads at start.
+    local packages=systemd,systemd-sysv,dbus,fuse3,util-linux,mount,ca-certificates
+    apt_install systemd-container debootstrap
+    [ "$(cat "$SYSTEMD_ROOTFS/.complete" 2>/dev/null)" = "$packages" ] && return 0
+    local mirror
+    mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+    mirror=${DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}
+    log "building a Debian rootfs with systemd for the systemd test (cached in $S3VOL_TOOLS)"
+    rm -rf "$SYSTEMD_ROOTFS.partial"
+    debootstrap --variant=minbase --include="$packages" \
+        bookworm "$SYSTEMD_ROOTFS.partial" "$mirror" >"$S3VOL_TOOLS/debootstrap.log" 2>&1 \
+        || die "debootstrap failed; see $S3VOL_TOOLS/debootstrap.log"
+    rm -rf "$SYSTEMD_ROOTFS"
+    mv "$SYSTEMD_ROOTFS.partial" "$SYSTEMD_ROOTFS"
+    echo "$packages" >"$SYSTEMD_ROOTFS/.complete"
 }
 
 # A TCP port nothing listens on right now. It is chosen at random below the

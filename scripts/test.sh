@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need (fuse3, moto in a venv, Garage) and runs every test:
+# Installs what the tests need (fuse3, moto in a venv, Garage, a Debian rootfs with
+# systemd) and runs every test:
 # formatting, lints, unit tests, filesystem tests on the memory store, the store
 # conformance suite and the end-to-end mounts against local servers.
 source "$(dirname "$0")/lib.sh"
@@ -11,6 +12,7 @@ ensure_test_tools
 ensure_moto
 ensure_garage
 ensure_pjdfstest
+ensure_systemd_rootfs
 export S3VOL_TOOLS
 # A fresh clone builds everything once: incremental state would only add a few GB
 # to the build directory.

@@ -27,6 +27,7 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
         LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),
         LogTarget::File(path) => {
             let file = OpenOptions::new().create(true).append(true).open(path)?;
+            log_panics();
             builder
                 .with_ansi(false)
                 .with_writer(Mutex::new(file))
@@ -36,6 +37,7 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
             // SAFETY: the identifier is a static NUL-terminated string that outlives
             // every later syslog call, as openlog requires.
             unsafe { libc::openlog(c"s3vol".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            log_panics();
             builder
                 .with_ansi(false)
                 .without_time()
@@ -46,6 +48,18 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
     // A second init (tests) keeps the first subscriber; that is fine.
     let _ = result;
     Ok(())
+}
+
+/// Logs a panic as well as printing it: a detached daemon's standard error is
+/// /dev/null, and without this a crash would leave the log silent while the
+/// mount command says "see the log for why".
+fn log_panics() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!("s3vol crashed, which is a bug: {info}\n{backtrace}");
+        print(info);
+    }));
 }
 
 /// Sends each formatted line to syslog(3) (the journal, under systemd), with

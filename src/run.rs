@@ -144,9 +144,13 @@ fn daemonize(args: &MountArgs, mountpoint: &Path, role: Option<&auth::RoleOption
             if answer == READY {
                 ExitCode::SUCCESS
             } else if answer.is_empty() {
+                let log = match &args.log_file {
+                    Some(path) => path.display().to_string(),
+                    None => "syslog: journalctl -t s3vol".to_string(),
+                };
                 eprintln!(
-                    "s3vol: the daemon exited before the volume was mounted; run with \
-                     --foreground or see the log for why"
+                    "s3vol: the daemon exited before the volume was mounted; see its log \
+                     ({log}) or run with --foreground for why"
                 );
                 ExitCode::FAILURE
             } else {

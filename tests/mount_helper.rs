@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 
 use common::host::{SyslogListener, in_helper_namespace};
 use common::{
-    Server, ServerKind, Unmount, daemon_pids, deploy_guide, findmnt, guide_fstab_line, is_mounted,
-    mount_count, succeeded,
+    Server, ServerKind, Unmount, daemon_pids, findmnt, guide_fstab_line, is_mounted, mount_count,
+    succeeded,
 };
 
 const BUCKET: &str = "vol";
@@ -259,38 +259,6 @@ async fn the_deploy_guides_read_write_line_mounts_with_mount_a() {
             .unwrap(),
         b"done\n"
     );
-}
-
-/// The ```ini block that follows the line naming `unit` in the deploy guide.
-fn guide_unit(unit: &str) -> String {
-    let guide = deploy_guide();
-    let after = &guide[guide
-        .find(&format!("`/etc/systemd/system/{unit}`"))
-        .unwrap()..];
-    let start = after.find("```ini\n").unwrap() + "```ini\n".len();
-    let end = start + after[start..].find("```").unwrap();
-    after[start..end].to_string()
-}
-
-#[test]
-#[ignore = "needs systemd-analyze; run scripts/test.sh"]
-fn the_deploy_guides_systemd_units_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let units: Vec<_> = ["mnt-scratch.mount", "mnt-scratch.automount"]
-        .into_iter()
-        .map(|unit| {
-            let path = dir.path().join(unit);
-            std::fs::write(&path, guide_unit(unit)).unwrap();
-            path
-        })
-        .collect();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .args(&units)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
