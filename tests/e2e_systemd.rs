@@ -3,7 +3,8 @@
 //! once by scripts/lib.sh) is booted with systemd-nspawn, sharing the host's
 //! network so that it reaches Garage on 127.0.0.1. A one-shot service in it
 //! follows the guide (the helper linked into /sbin, `systemctl start`, use,
-//! `systemctl stop`, `journalctl -t s3vol`), writes what it saw to a report,
+//! `systemctl stop`, with files open and with `LazyUnmount=yes`, `journalctl -t
+//! s3vol`), writes what it saw to a report,
 //! and powers the container off. Automount units cannot run in a container
 //! (autofs is the host kernel's), so only the mount unit is run.
 
@@ -83,6 +84,21 @@ report busy_mounted "$(findmnt -no FSTYPE /mnt/scratch)"
 exec 3<&-
 systemctl stop mnt-scratch.mount; report stop_after_close $?
 report mounted_after_close "$(findmnt -no FSTYPE /mnt/scratch)"
+
+# LazyUnmount=yes, in a drop-in: the stop detaches the volume at once, and the
+# file still open is served until it is closed, then uploaded.
+mkdir -p /run/systemd/system/mnt-scratch.mount.d
+printf '[Mount]\nLazyUnmount=yes\n' >/run/systemd/system/mnt-scratch.mount.d/lazy.conf
+systemctl daemon-reload
+systemctl start mnt-scratch.mount
+exec 4>/mnt/scratch/lazy.txt
+echo before >&4
+systemctl stop mnt-scratch.mount; report lazy_stop $?
+report lazy_mounted "$(findmnt -no FSTYPE /mnt/scratch)"
+echo after >&4; report lazy_write $?
+exec 4>&-
+for _ in $(seq 50); do [ -z "$(daemons)" ] && break; sleep 0.1; done
+report lazy_daemons_after_close "$(daemons | wc -l)"
 
 journalctl --no-pager -o cat -t s3vol >/out/journal
 journalctl --no-pager -o short-monotonic -u mnt-scratch.mount >/out/unit
@@ -246,6 +262,11 @@ async fn the_deploy_guides_mount_unit_runs_under_systemd() {
     assert_eq!(field("stop_after_close"), "0", "{said}");
     assert_eq!(field("mounted_after_close"), "", "{said}");
 
+    assert_eq!(field("lazy_stop"), "0", "{said}");
+    assert_eq!(field("lazy_mounted"), "", "{said}");
+    assert_eq!(field("lazy_write"), "0", "{said}");
+    assert_eq!(field("lazy_daemons_after_close"), "0", "{said}");
+
     let journal = read("out/journal");
     assert!(
         journal.contains("mounted source=platform-scratch/jobs"),
@@ -261,5 +282,12 @@ async fn the_deploy_guides_mount_unit_runs_under_systemd() {
             .await
             .unwrap(),
         b"from systemd\n"
+    );
+    assert_eq!(
+        server
+            .get("platform-scratch", "jobs/lazy.txt")
+            .await
+            .unwrap(),
+        b"before\nafter\n"
     );
 }

@@ -22,22 +22,15 @@ const NONE: Option<&str> = None;
 
 /// Runs `body` on a thread of its own in a private mount namespace: what it
 /// mounts is seen only by that thread and the processes it starts, so `body`
-/// must unmount it itself ([`Unmount`]).
+/// must unmount it itself ([`super::Unmount`]).
 pub fn in_private_mount_namespace<T: Send>(body: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // unshare(CLONE_NEWNS) applies to the calling thread only.
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare");
-                let none = None::<&str>;
-                nix::mount::mount(
-                    none,
-                    "/",
-                    none,
-                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-                    none,
-                )
-                .expect("make the namespace's mounts private");
+                mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)
+                    .expect("make the namespace's mounts private");
                 body()
             })
             .join()
