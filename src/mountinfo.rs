@@ -18,7 +18,7 @@ pub fn device(path: &Path) -> Option<String> {
 
 /// Applies `pick` to the fields of the last mountinfo line for `path` (the topmost
 /// mount there).
-pub fn fields<T>(path: &Path, pick: impl Fn(&[&str]) -> Option<T>) -> Option<T> {
+fn fields<T>(path: &Path, pick: impl Fn(&[&str]) -> Option<T>) -> Option<T> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let wanted = path.to_str()?;
     info.lines().rev().find_map(|line| {
