@@ -102,12 +102,7 @@ fn signal(pid: i32, signal: i32) {
 }
 
 fn wait_for_exit(mountpoint: &Path) {
-    assert!(
-        wait_until(Duration::from_secs(20), || daemon_pids(mountpoint)
-            .is_empty()),
-        "the daemon of {} did not exit",
-        mountpoint.display()
-    );
+    common::assert_daemon_exits(mountpoint, "did not exit");
 }
 
 #[tokio::test]

@@ -166,11 +166,7 @@ async fn unmount_and_signals_end_cleanly(kind: ServerKind) {
     assert_eq!(pids.len(), 1, "one daemon serves the mount");
     assert_eq!(std::fs::read(mount.path().join("one")).unwrap(), b"1");
     common::unmount(mount.path());
-    assert!(
-        wait_until(Duration::from_secs(10), || daemon_pids(mount.path())
-            .is_empty()),
-        "the daemon outlived its mount"
-    );
+    common::assert_daemon_exits(mount.path(), "outlived its mount");
     assert!(
         mount.log_text().contains("unmounted"),
         "{}",

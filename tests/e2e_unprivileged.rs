@@ -35,12 +35,6 @@ fn shell_as(user: (u32, u32), script: &str) -> Result<String, String> {
     }
 }
 
-fn wait_for_exit(mountpoint: &Path) -> bool {
-    wait_until(Duration::from_secs(20), || {
-        daemon_pids(mountpoint).is_empty()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn a_user_mounts_and_unmounts_an_fstab_line_marked_user() {
@@ -97,7 +91,7 @@ async fn a_user_mounts_and_unmounts_an_fstab_line_marked_user() {
         let out = as_user(NOBODY, "umount").arg(&mnt).output().unwrap();
         assert!(succeeded(&out));
         assert!(!is_mounted(&mnt));
-        assert!(wait_for_exit(&mnt), "the daemon outlived umount");
+        common::assert_daemon_exits(&mnt, "outlived umount");
     });
     assert_eq!(
         server.get(BUCKET, "root/mine.txt").await.unwrap(),

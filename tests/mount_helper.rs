@@ -21,10 +21,11 @@ fn mount8(server: &Server, args: &[&str]) -> Output {
 }
 
 /// The options every test line carries: where the server is, and a cache
-/// directory and log of the mount's own.
+/// directory and log of the mount's own, their paths in double quotes so that a
+/// `name` may hold a comma.
 fn server_options(server: &Server, dir: &Path, name: &str) -> String {
     format!(
-        "endpoint_url={},force_path_style,cache_dir={},log_file={}",
+        "endpoint_url={},force_path_style,cache_dir=\"{}\",log_file=\"{}\"",
         server.endpoint,
         dir.join(format!("{name}.cache")).display(),
         dir.join(format!("{name}.log")).display()
@@ -54,7 +55,8 @@ async fn fstab_lines_mount_with_mount_and_mount_a() {
              vol/root {} s3vol defaults,nofail,_netdev,{} 0 0\n\
              vol/root {} s3vol read_write,noatime,x-systemd.automount,{} 0 0\n",
             ro.display(),
-            server_options(&server, dir.path(), "ro"),
+            // A value with a comma, quoted as the deploy guide says.
+            server_options(&server, dir.path(), "ro,quoted"),
             rw.display(),
             server_options(&server, dir.path(), "rw"),
         ),
@@ -73,16 +75,15 @@ async fn fstab_lines_mount_with_mount_and_mount_a() {
         assert!(shown.starts_with("fuse.s3vol vol/root ro,"), "{shown}");
         assert!(shown.contains("nosuid,nodev"), "{shown}");
         assert_eq!(std::fs::read(ro.join("a.txt")).unwrap(), b"inside\n");
+        // The comma reached s3vol inside its value.
+        assert!(dir.path().join("ro,quoted.log").is_file());
+        assert!(dir.path().join("ro,quoted.cache").is_dir());
         let refused = std::fs::write(ro.join("new.txt"), b"x").unwrap_err();
         assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
         let status = Command::new("umount").arg(&ro).status().unwrap();
         assert!(status.success());
         assert!(!is_mounted(&ro));
-        assert!(
-            common::wait_until(std::time::Duration::from_secs(10), || daemon_pids(&ro)
-                .is_empty()),
-            "the daemon outlived umount"
-        );
+        common::assert_daemon_exits(&ro, "outlived umount");
 
         // Every line; again, which must change nothing.
         let _rw = Unmount(&rw);
@@ -338,11 +339,7 @@ async fn a_volume_without_a_log_file_logs_to_syslog() {
         let pid = daemon_pids(&mnt)[0];
         assert_eq!(std::fs::read_dir(mnt.join("a")).unwrap().count(), 0);
         assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
-        assert!(
-            common::wait_until(std::time::Duration::from_secs(10), || daemon_pids(&mnt)
-                .is_empty()),
-            "the daemon outlived umount"
-        );
+        common::assert_daemon_exits(&mnt, "outlived umount");
         (pid, syslog.messages())
     });
     let tag = format!(" s3vol[{pid}]: ");

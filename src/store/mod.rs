@@ -48,7 +48,11 @@ pub fn multipart_etag(parts: &[UploadedPart]) -> Option<String> {
         let digest: [u8; 16] = hex::FromHex::from_hex(part.etag.trim_matches('"')).ok()?;
         md5.update(digest);
     }
-    Some(format!("\"{}-{}\"", hex::encode(md5.finalize()), parts.len()))
+    Some(format!(
+        "\"{}-{}\"",
+        hex::encode(md5.finalize()),
+        parts.len()
+    ))
 }
 
 /// What S3 knows about one object.

@@ -498,6 +498,17 @@ pub fn daemon_pids(mountpoint: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Waits until no s3vol process serves `mountpoint` any more; panics with
+/// `what` if one is still there after 20 s.
+pub fn assert_daemon_exits(mountpoint: &Path, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(20), || daemon_pids(mountpoint)
+            .is_empty()),
+        "the daemon of {} {what}",
+        mountpoint.display()
+    );
+}
+
 pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
