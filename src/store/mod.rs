@@ -2,14 +2,17 @@
 //!
 //! Everything above this module speaks in terms of [`ObjectStore`]; the only
 //! implementation that talks to the network is [`s3::S3Store`]. Tests run the
-//! filesystem on [`memory::MemoryStore`], optionally wrapped in
-//! [`faulty::FaultyStore`] to fail or delay chosen calls. The conformance suite in
+//! filesystem on `memory::MemoryStore`, optionally wrapped in
+//! `faulty::FaultyStore` to fail or delay chosen calls; both exist only in test
+//! builds (`cfg(test)` and the `testing` feature), never in the release binary. The conformance suite in
 //! `tests/store_conformance.rs` runs the same checks against the memory store and the
 //! S3 store pointed at a local server, so the fake cannot drift from S3.
 
 pub mod counted;
 pub mod expiry;
+#[cfg(any(test, feature = "testing"))]
 pub mod faulty;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod retry;
 pub mod s3;
@@ -254,6 +257,7 @@ pub enum StoreError {
     #[error("{op}: background task failed: {detail}")]
     Internal { op: Operation, detail: String },
     /// Used by the fault-injecting store and by tests.
+    #[cfg(any(test, feature = "testing"))]
     #[error("{op}: injected fault: {detail}")]
     Injected { op: Operation, detail: String },
 }
