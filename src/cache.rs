@@ -33,7 +33,6 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +40,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use lru::LruCache;
+use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::{Semaphore, broadcast};
 use tracing::{debug, info, warn};
 
@@ -140,7 +140,7 @@ pub struct BlockCache {
     write_backlog: Arc<Semaphore>,
     pub stats: CacheStats,
     /// Held for the mount's life: tells later mounts this directory is in use.
-    _lock: File,
+    _lock: Flock<File>,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -702,8 +702,8 @@ fn remove_abandoned(dir: &Path) {
 }
 
 /// Takes the exclusive lock on `dir/lock` without waiting: `None` when another
-/// process holds it.
-fn lock_file(dir: &Path, create: bool) -> io::Result<Option<File>> {
+/// process holds it. The lock lasts as long as the returned value.
+fn lock_file(dir: &Path, create: bool) -> io::Result<Option<Flock<File>>> {
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -711,9 +711,7 @@ fn lock_file(dir: &Path, create: bool) -> io::Result<Option<File>> {
         .truncate(false)
         .mode(0o600)
         .open(dir.join("lock"))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    Ok(locked.then_some(file))
+    Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
 }
 
 /// Distinct temporary names for blocks written at once.
@@ -845,8 +843,9 @@ impl OpenBlock {
 /// Every read of a block file names its exact range; the kernel's read-ahead
 /// would only fetch pages nobody asked for (a 4 KiB read would cost 128 KiB).
 fn random_access(file: &File) {
-    // SAFETY: posix_fadvise on a descriptor we own; it only sets a hint.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    // Only a hint: a file system that ignores it reads a little more.
+    let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
 }
 
 fn damaged(e: io::Error) -> ReadFailure {

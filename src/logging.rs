@@ -1,11 +1,11 @@
 //! Where log lines go: standard error, a file, or syslog for a detached daemon.
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
+use nix::syslog::{self, Facility, LogFlags, Severity};
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -34,9 +34,7 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
                 .try_init()
         }
         LogTarget::Syslog => {
-            // SAFETY: the identifier is a static NUL-terminated string that outlives
-            // every later syslog call, as openlog requires.
-            unsafe { libc::openlog(c"s3vol".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            syslog::openlog(Some(c"s3vol"), LogFlags::LOG_PID, Facility::LOG_DAEMON)?;
             log_panics();
             builder
                 .with_ansi(false)
@@ -69,17 +67,17 @@ struct SyslogWriter;
 
 /// One event's line, sent when the formatter drops it.
 struct SyslogLine {
-    priority: libc::c_int,
+    severity: Severity,
     text: Vec<u8>,
 }
 
-/// syslog's priority for a tracing level.
-fn priority(level: &Level) -> libc::c_int {
+/// syslog's severity for a tracing level.
+fn severity(level: &Level) -> Severity {
     match *level {
-        Level::ERROR => libc::LOG_ERR,
-        Level::WARN => libc::LOG_WARNING,
-        Level::INFO => libc::LOG_INFO,
-        Level::DEBUG | Level::TRACE => libc::LOG_DEBUG,
+        Level::ERROR => Severity::LOG_ERR,
+        Level::WARN => Severity::LOG_WARNING,
+        Level::INFO => Severity::LOG_INFO,
+        Level::DEBUG | Level::TRACE => Severity::LOG_DEBUG,
     }
 }
 
@@ -101,12 +99,8 @@ impl Drop for SyslogLine {
         if line.is_empty() {
             return;
         }
-        let Ok(message) = CString::new(line.replace('\0', " ")) else {
-            return;
-        };
-        // SAFETY: both pointers are valid NUL-terminated strings for the duration of
-        // the call, and the "%s" format consumes exactly the one argument given.
-        unsafe { libc::syslog(self.priority, c"%s".as_ptr(), message.as_ptr()) };
+        // The facility is openlog's. Nothing is left to tell of a lost line.
+        let _ = syslog::syslog(self.severity, &line.replace('\0', " "));
     }
 }
 
@@ -115,14 +109,14 @@ impl<'a> MakeWriter<'a> for SyslogWriter {
 
     fn make_writer(&'a self) -> Self::Writer {
         SyslogLine {
-            priority: libc::LOG_INFO,
+            severity: Severity::LOG_INFO,
             text: Vec::new(),
         }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
         SyslogLine {
-            priority: priority(meta.level()),
+            severity: severity(meta.level()),
             text: Vec::new(),
         }
     }

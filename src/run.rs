@@ -186,13 +186,13 @@ fn daemonize(args: &MountArgs, mountpoint: &Path, role: Option<&auth::RoleOption
 /// Points standard input, output and error at /dev/null so a detached daemon holds
 /// no terminal.
 fn detach_stdio() {
-    use std::os::fd::AsRawFd;
+    use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout};
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        for fd in 0..3 {
-            // SAFETY: both descriptors are valid; dup2 atomically replaces fd 0-2,
-            // which std's handles keep referring to by number.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
+        // Each replaces its descriptor atomically; std's handles keep referring
+        // to 0-2 by number. A failure leaves that one pointing where it did.
+        let _ = dup2_stdin(&null);
+        let _ = dup2_stdout(&null);
+        let _ = dup2_stderr(&null);
     }
 }
 
@@ -793,7 +793,7 @@ pub fn stats(args: &StatsArgs) -> ExitCode {
 }
 
 fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
-    use std::os::fd::AsRawFd;
+    use nix::errno::Errno;
     let shown = mountpoint.display();
     let not_a_volume = || {
         Failure(format!(
@@ -819,27 +819,18 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
         return Err(not_a_volume());
     }
     let mut buf = vec![0u8; crate::stats::REPORT_MAX];
-    // SAFETY: the request's size field says REPORT_MAX bytes, and `buf` is valid
-    // for writes of that many; the descriptor is open for the call's duration.
-    let len = unsafe {
-        libc::ioctl(
-            root.as_raw_fd(),
-            crate::stats::IOCTL as libc::c_ulong,
-            buf.as_mut_ptr(),
-        )
-    };
-    if len < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOTTY | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {
-                Err(not_a_volume())
-            }
-            _ => Err(Failure(format!(
+    let len = match crate::stats::read_report(&root, &mut buf) {
+        Ok(len) => len,
+        Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL | Errno::EOPNOTSUPP) => {
+            return Err(not_a_volume());
+        }
+        Err(e) => {
+            return Err(Failure(format!(
                 "cannot read the statistics of {shown}: {e}"
-            ))),
-        };
-    }
-    buf.truncate(len as usize);
+            )));
+        }
+    };
+    buf.truncate(len);
     serde_json::from_slice(&buf)
         .map_err(|e| Failure(format!("the statistics of {shown} are not valid JSON: {e}")))
 }
