@@ -17,8 +17,6 @@ pub mod names;
 pub mod options;
 pub mod policy;
 pub mod preflight;
-pub mod read;
 pub mod run;
 pub mod stats;
 pub mod store;
-pub mod upload;

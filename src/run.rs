@@ -24,6 +24,7 @@ use crate::auth;
 use crate::cache::{BlockCache, CacheConfig};
 use crate::cleanup;
 use crate::cli::{CheckArgs, CleanupArgs, MountArgs, RoleArgs, S3Args, StatsArgs};
+use crate::fs::upload::WriteConfig;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::fuse::session::{self, Access, MountPlan, VolumeHandle};
@@ -36,7 +37,6 @@ use crate::store::counted::CountedStore;
 use crate::store::expiry::RenewOnExpiry;
 use crate::store::retry::{RetryPolicy, RetryingStore};
 use crate::store::s3::{S3Options, S3Store};
-use crate::upload::WriteConfig;
 
 /// What the child tells the parent when the mount is serving.
 const READY: &[u8] = b"ready\n";

@@ -8,8 +8,8 @@ mod common;
 
 use common::fs::{READ, WRITE, lookup_path, read_all};
 use common::pattern;
+use s3vol::fs::ReadConfig;
 use s3vol::fs::{Fs, FsConfig, Kind, Mutation, ROOT_INO};
-use s3vol::read::ReadConfig;
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};
@@ -482,9 +482,7 @@ async fn a_cached_listing_shows_this_mounts_own_changes() {
         "",
         FsConfig {
             metadata_ttl: Duration::from_secs(60),
-            write: Some(s3vol::upload::WriteConfig::new(
-                staging.path().to_path_buf(),
-            )),
+            write: Some(s3vol::fs::WriteConfig::new(staging.path().to_path_buf())),
             ..FsConfig::default()
         },
     );

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use s3vol::fs::WriteConfig;
 use s3vol::fs::{Fs, FsConfig, Kind, OpenFlags, ROOT_INO};
 use s3vol::store::memory::MemoryStore;
-use s3vol::upload::WriteConfig;
 
 const ROOT: &str = "root/";
 

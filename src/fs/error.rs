@@ -1,7 +1,7 @@
 //! Filesystem errors and the one place that turns them into errnos.
 
+use super::upload::StageError;
 use crate::store::StoreError;
-use crate::upload::StageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {

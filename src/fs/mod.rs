@@ -11,11 +11,14 @@
 //! everything in it. Keys whose last segment cannot be a Linux file name (empty,
 //! `.`, `..`, too long, NUL) are skipped in listings with one warning per listing.
 
+mod dir;
 pub mod error;
 pub mod inode;
+pub mod read;
+pub mod upload;
 mod write;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,17 +26,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::debug;
 
+pub use self::dir::DirEntry;
 pub use self::error::{FsError, FsResult};
 use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
+pub use self::read::ReadConfig;
+use self::read::{ObjectVersion, Reader};
+use self::upload::StagedFile;
+pub use self::upload::WriteConfig;
 use crate::cache::BlockCache;
 use crate::names::{NameProblem, check_name};
-use crate::read::{ObjectVersion, ReadConfig, Reader};
 use crate::stats::MountStats;
 use crate::store::{ListRequest, ObjectStore, StoreError};
-use crate::upload::{StagedFile, WriteConfig};
 
 /// What the kernel is told about ownership and modes, and how long metadata lives.
 #[derive(Clone, Debug)]
@@ -49,7 +55,8 @@ pub struct FsConfig {
     pub cache: Option<Arc<BlockCache>>,
     /// How to write; `None` makes the volume read-only.
     pub write: Option<WriteConfig>,
-    /// The mount's counters, served as an extended attribute of the root.
+    /// The mount's counters, the answer to the stats ioctl on the root
+    /// (`s3vol stats`).
     pub stats: Option<Arc<MountStats>>,
 }
 
@@ -89,15 +96,6 @@ pub struct Attr {
 pub struct Entry {
     pub attr: Attr,
     pub ttl: Duration,
-}
-
-/// One directory entry; `next_offset` is the cookie of the entry after it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirEntry {
-    pub ino: u64,
-    pub kind: Kind,
-    pub name: String,
-    pub next_offset: u64,
 }
 
 /// What `df` shows: S3 has no capacity, so a large constant.
@@ -379,160 +377,6 @@ impl Fs {
 
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.lock().unwrap().forget(ino, n);
-    }
-
-    /// Lists directory `ino` completely (all pages), or takes the listing from
-    /// the table while the last one is fresh, and keeps the snapshot for the
-    /// handle's readdir calls.
-    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let node = self.node(ino)?;
-        if node.kind != Kind::Directory {
-            return Err(FsError::NotADirectory);
-        }
-        let mut entries = vec![
-            (ino, Kind::Directory, ".".to_string()),
-            (node.parent, Kind::Directory, "..".to_string()),
-        ];
-        let cached = {
-            let table = self.inodes.lock().unwrap();
-            table.listing(ino, self.config.metadata_ttl, Instant::now())
-        };
-        match cached {
-            Some(children) => entries.extend(children),
-            None => {
-                let listed = self.list_dir(&node.key).await?;
-                let now = Instant::now();
-                let mut table = self.inodes.lock().unwrap();
-                for (name, (kind, stat)) in listed {
-                    let child = table.upsert(ino, &name, kind, stat, now);
-                    entries.push((child, kind, name));
-                }
-                table.mark_listed(ino, now);
-            }
-        }
-        let entries = entries
-            .into_iter()
-            .enumerate()
-            .map(|(i, (ino, kind, name))| DirEntry {
-                ino,
-                kind,
-                name,
-                next_offset: i as u64 + 1,
-            })
-            .collect();
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
-        Ok(fh)
-    }
-
-    /// Entries of an open directory from position `offset` on.
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let entries = self
-            .dirs
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle(fh))?;
-        Ok(entries.iter().skip(offset as usize).cloned().collect())
-    }
-
-    /// Like [`Fs::readdir`], with each entry's attributes, as READDIRPLUS needs
-    /// them. The caller reports which entries reached the kernel with
-    /// [`Fs::remember`], because each one counts as a lookup.
-    pub fn readdirplus(&self, fh: u64, offset: u64) -> FsResult<Vec<(DirEntry, Entry)>> {
-        let entries = self.readdir(fh, offset)?;
-        let table = self.inodes.lock().unwrap();
-        let now = Instant::now();
-        Ok(entries
-            .into_iter()
-            .filter_map(|entry| {
-                let node = table.get(entry.ino)?;
-                let ttl = node
-                    .remaining(self.config.metadata_ttl, now)
-                    .unwrap_or(Duration::ZERO);
-                let attr = self.attr(entry.ino, node);
-                Some((entry, Entry { attr, ttl }))
-            })
-            .collect())
-    }
-
-    /// The kernel now holds a reference to `ino` (from READDIRPLUS).
-    pub fn remember(&self, ino: u64) {
-        self.inodes.lock().unwrap().add_lookup(ino);
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
-    }
-
-    /// Every valid name directly under `dir_key`, directories shadowing files.
-    async fn list_dir(&self, dir_key: &str) -> FsResult<BTreeMap<String, (Kind, Stat)>> {
-        let mut names = BTreeMap::new();
-        let mut skipped = 0usize;
-        let mut example: Option<(String, NameProblem)> = None;
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list_objects(ListRequest {
-                    prefix: dir_key,
-                    delimiter: Some("/"),
-                    continuation: token.as_deref(),
-                    max_keys: None,
-                })
-                .await?;
-            for prefix in &page.common_prefixes {
-                let name = prefix[dir_key.len()..]
-                    .strip_suffix('/')
-                    .unwrap_or_default();
-                match check_name(name) {
-                    Ok(()) => {
-                        names.insert(
-                            name.to_string(),
-                            (Kind::Directory, Stat::directory(self.mount_time)),
-                        );
-                    }
-                    Err(problem) => {
-                        skipped += 1;
-                        example.get_or_insert((prefix.clone(), problem));
-                    }
-                }
-            }
-            for object in page.objects {
-                if object.key == dir_key {
-                    continue; // the directory's own marker
-                }
-                let name = &object.key[dir_key.len()..];
-                if let Err(problem) = check_name(name) {
-                    skipped += 1;
-                    example.get_or_insert((object.key.clone(), problem));
-                    continue;
-                }
-                names.entry(name.to_string()).or_insert((
-                    Kind::File,
-                    Stat {
-                        size: object.size,
-                        etag: object.etag,
-                        mtime: object.last_modified,
-                    },
-                ));
-            }
-            token = page.next_token;
-            if token.is_none() {
-                break;
-            }
-        }
-        if let Some((key, problem)) = example {
-            warn!(
-                directory = dir_key,
-                skipped,
-                example = ?key,
-                %problem,
-                "skipped keys that cannot be shown as file names"
-            );
-        }
-        Ok(names)
     }
 
     /// Opens file `ino`: for reading from S3, or through its staged copy when it

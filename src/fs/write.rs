@@ -1,5 +1,5 @@
 //! The changes a read-write volume makes: creating and writing files (through
-//! [`crate::upload`]), truncation, directories, unlink and rename.
+//! [`upload`](super::upload)), truncation, directories, unlink and rename.
 //!
 //! Every method starts with [`Fs::writable`], so a read-only volume refuses each
 //! change with EROFS before any request is sent.
@@ -15,10 +15,10 @@ use futures::stream::FuturesUnordered;
 use tracing::{debug, info, warn};
 
 use super::inode::{Kind, Node, Stat};
+use super::upload::{Base, StagedFile};
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging};
 use crate::names::{NameProblem, check_name};
 use crate::store::{ListRequest, UploadedPart};
-use crate::upload::{Base, StagedFile};
 
 /// A directory rename copies every key under it; beyond this many it answers
 /// EXDEV instead, and `mv` copies and deletes the tree itself, file by file.
