@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn every_mount_option_is_an_fstab_option() {
         use std::time::Duration;
-        // Every option of DESIGN.md's table, in two lines because some exclude
+        // Every option of `s3vol mount --help`, in two lines because some exclude
         // each other, in both spellings.
         let first = mount(&[
             "bkt/pre",

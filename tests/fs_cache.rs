@@ -11,7 +11,7 @@ use common::fs::{READ, lookup_path, read_all};
 use common::pattern;
 use s3vol::cache::{BLOCK_SIZE, BlockCache, CacheConfig};
 use s3vol::fs::{Fs, FsConfig, ROOT_INO};
-use s3vol::stats::MountStats;
+use s3vol::stats::{IOCTL, MountStats, REPORT_MAX};
 use s3vol::store::counted::CountedStore;
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};
@@ -206,7 +206,7 @@ async fn the_root_serves_the_statistics_report() {
     read_all(&vol.fs, ino, 128 * 1024).await;
     read_all(&vol.fs, ino, 128 * 1024).await;
 
-    let raw = vol.fs.stats_report(ROOT_INO).unwrap();
+    let raw = vol.fs.ioctl(ROOT_INO, IOCTL, REPORT_MAX as u32).unwrap();
     let report: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(report["requests"]["GetObject"], gets(&store) as u64);
     assert_eq!(report["bytes_from_s3"], 2 * MIB as u64);
@@ -214,8 +214,18 @@ async fn the_root_serves_the_statistics_report() {
     assert!(report["cache"]["bytes_from_cache"].as_u64().unwrap() >= 2 * MIB as u64);
     assert_eq!(report["mode"], "read-only");
 
-    // Only the root answers.
-    assert!(vol.fs.stats_report(ino).is_none());
+    // Only the root answers, only that request, and only into a buffer that
+    // holds the report.
+    let errno = |r: Result<Vec<u8>, s3vol::fs::FsError>| r.unwrap_err().errno();
+    assert_eq!(
+        errno(vol.fs.ioctl(ino, IOCTL, REPORT_MAX as u32)),
+        libc::ENOTTY
+    );
+    assert_eq!(
+        errno(vol.fs.ioctl(ROOT_INO, IOCTL + 1, 1 << 20)),
+        libc::ENOTTY
+    );
+    assert_eq!(errno(vol.fs.ioctl(ROOT_INO, IOCTL, 16)), libc::ERANGE);
 }
 
 async fn open_read(fs: &Fs, ino: u64) -> s3vol::fs::Opened {

@@ -42,6 +42,16 @@ pub enum FsError {
     /// closed; what was written through it was not uploaded.
     #[error("the volume is being unmounted; the file's changes were not uploaded")]
     Stopped,
+    /// getxattr or listxattr: S3 user metadata is not shown as extended
+    /// attributes.
+    #[error("extended attributes are not supported on an S3 volume")]
+    NoXattrs,
+    /// An ioctl request s3vol does not serve (only `s3vol stats`'s, on the root).
+    #[error("ioctl request {0:#x} is not served here")]
+    UnknownIoctl(u32),
+    /// The answer does not fit the caller's buffer.
+    #[error("the answer takes {needed} bytes; the buffer holds {given}")]
+    BufferTooSmall { needed: usize, given: usize },
     /// Boxed: store errors carry S3's code, message and request ID, and most
     /// results never hold one.
     #[error(transparent)]
@@ -94,6 +104,14 @@ impl FsError {
             },
             // ESTALE is what NFS users know for "the file changed under your handle".
             FsError::Stale { .. } => libc::ESTALE,
+            // Not EOPNOTSUPP: ENOSYS makes the kernel stop asking (it answers
+            // EOPNOTSUPP itself from then on), which spares `ls -l` two round trips
+            // per file; tools such as cp -a take that as "no xattrs".
+            FsError::NoXattrs => libc::ENOSYS,
+            // What ioctl(2) answers for a request the file does not know.
+            FsError::UnknownIoctl(_) => libc::ENOTTY,
+            // As getxattr(2) does when the value does not fit.
+            FsError::BufferTooSmall { .. } => libc::ERANGE,
             // What the application sees once the daemon is gone, too.
             FsError::Stopped => libc::ENOTCONN,
             FsError::Store(e) => store_errno(e),
@@ -114,6 +132,8 @@ impl FsError {
                 | FsError::NotEmpty
                 | FsError::Exists
                 | FsError::CrossDevice(_)
+                | FsError::NoXattrs
+                | FsError::UnknownIoctl(_)
         )
     }
 }
@@ -140,3 +160,205 @@ fn store_errno(e: &StoreError) -> i32 {
 }
 
 pub type FsResult<T> = Result<T, FsError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Operation, ServiceInfo};
+
+    /// The situation cell of the row of docs/SEMANTICS.md's error table that
+    /// documents `e`. Exhaustive, so a new error must be given a row.
+    fn documented_in(e: &FsError) -> &'static str {
+        match e {
+            FsError::NotFound => "name does not exist",
+            FsError::NotADirectory => "a file where a directory is needed",
+            FsError::IsADirectory => "a directory where a file is needed",
+            FsError::NameTooLong => {
+                "name longer than 255 bytes, or a key longer than S3's 1024 bytes"
+            }
+            FsError::ReadOnly => "any write on a read-only volume",
+            FsError::NotSupported(_) => "symlink, hard link, device node, FIFO, setxattr",
+            FsError::BadHandle(_) => {
+                "a handle the volume does not know, or a write through a handle opened for reading"
+            }
+            FsError::NotEmpty => "rmdir of a non-empty directory, or a directory renamed over one",
+            FsError::Exists => "rename with `RENAME_NOREPLACE` onto a name that exists",
+            FsError::Invalid(_) => {
+                "a name S3 cannot hold (not UTF-8, or a control character S3's XML cannot \
+                 carry), `RENAME_EXCHANGE`, a directory moved into itself"
+            }
+            FsError::CrossDevice(_) => "rename of a directory holding more than 1000 objects",
+            FsError::Stage(e) => match &**e {
+                StageError::TooLarge => "file larger than S3's 5 TiB",
+                StageError::Local { source, .. }
+                    if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+                {
+                    "local staging disk full"
+                }
+                StageError::Local { .. } => {
+                    "a transfer that failed inside s3vol, or a staging file that cannot be \
+                     read or written"
+                }
+                StageError::Store(e) => store_row(e),
+            },
+            FsError::Stale { .. } => "object replaced, deleted or shrunk under an open handle",
+            FsError::Stopped => "a file still open when a stopping volume's grace ran out",
+            FsError::NoXattrs => "extended attributes (getxattr, listxattr)",
+            FsError::UnknownIoctl(_) => "an ioctl other than `s3vol stats`'s on the volume's root",
+            FsError::BufferTooSmall { .. } => {
+                "`s3vol stats`'s ioctl with a buffer too small for the report"
+            }
+            FsError::Store(e) => store_row(e),
+        }
+    }
+
+    fn store_row(e: &StoreError) -> &'static str {
+        match e {
+            StoreError::NotFound { .. } => "name does not exist",
+            StoreError::NoSuchBucket { .. } => {
+                "the bucket no longer exists (deleted after the volume was mounted)"
+            }
+            StoreError::AccessDenied { .. }
+            | StoreError::Credentials { .. }
+            | StoreError::ExpiredToken { .. } => {
+                "S3 answers AccessDenied (the policy does not allow it), or no usable credentials"
+            }
+            StoreError::Changed { .. }
+            | StoreError::ShortBody { .. }
+            | StoreError::InvalidRange { .. } => {
+                "object replaced, deleted or shrunk under an open handle"
+            }
+            StoreError::Unreachable { .. } | StoreError::Service { .. } => {
+                "endpoint unreachable, stalled, or answering 500/503 for longer than \
+                 `--io-timeout`, or any other error S3 answers"
+            }
+            StoreError::Internal { .. } | StoreError::Injected { .. } => {
+                "a transfer that failed inside s3vol, or a staging file that cannot be \
+                 read or written"
+            }
+        }
+    }
+
+    /// One error of every kind [`FsError::errno`] tells apart.
+    fn examples() -> Vec<FsError> {
+        let op = Operation::GetObject;
+        let key = || "k".to_string();
+        let info = ServiceInfo::default;
+        let local = |errno| StageError::Local {
+            dir: "/staging".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        let store = [
+            StoreError::NotFound { op, key: key() },
+            StoreError::NoSuchBucket {
+                bucket: "b".into(),
+                info: info(),
+            },
+            StoreError::AccessDenied {
+                op,
+                resource: key(),
+                info: info(),
+            },
+            StoreError::Credentials { detail: key() },
+            StoreError::ExpiredToken { op, info: info() },
+            StoreError::Changed {
+                op,
+                key: key(),
+                expected_etag: key(),
+            },
+            StoreError::ShortBody {
+                op,
+                key: key(),
+                expected: 2,
+                got: 1,
+            },
+            StoreError::InvalidRange { op, key: key() },
+            StoreError::Unreachable { op, detail: key() },
+            StoreError::Service {
+                op,
+                key: key(),
+                info: info(),
+            },
+            StoreError::Internal { op, detail: key() },
+        ];
+        let mut all = vec![
+            FsError::NotFound,
+            FsError::NotADirectory,
+            FsError::IsADirectory,
+            FsError::NameTooLong,
+            FsError::ReadOnly,
+            FsError::NotSupported("a symbolic link"),
+            FsError::BadHandle(7),
+            FsError::NotEmpty,
+            FsError::Exists,
+            FsError::Invalid("a name"),
+            FsError::CrossDevice("many keys".into()),
+            FsError::Stage(Box::new(StageError::TooLarge)),
+            FsError::Stage(Box::new(local(libc::ENOSPC))),
+            FsError::Stage(Box::new(local(libc::EDQUOT))),
+            FsError::Stage(Box::new(local(libc::EIO))),
+            FsError::Stale {
+                key: key(),
+                source: Box::new(StoreError::Changed {
+                    op,
+                    key: key(),
+                    expected_etag: key(),
+                }),
+            },
+            FsError::Stopped,
+            FsError::NoXattrs,
+            FsError::UnknownIoctl(1),
+            FsError::BufferTooSmall {
+                needed: 2,
+                given: 1,
+            },
+        ];
+        all.extend(store.into_iter().map(FsError::from));
+        all
+    }
+
+    /// The rows of the table under "## Errors": situation -> errno cell.
+    fn error_table(doc: &str) -> Vec<(String, String)> {
+        let section = &doc[doc.find("\n## Errors").expect("an Errors section")..];
+        section
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .skip(2) // the header and its rule
+            .map(|line| {
+                let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+                assert_eq!(cells.len(), 2, "two cells in {line:?}");
+                (cells[0].trim().to_string(), cells[1].trim().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_error_table_in_semantics_md_says_what_errno_answers() {
+        let table = error_table(include_str!("../../docs/SEMANTICS.md"));
+        let mut used = std::collections::BTreeSet::new();
+        for e in examples() {
+            let row = documented_in(&e);
+            let cell = table
+                .iter()
+                .find(|(situation, _)| situation == row)
+                .map(|(_, cell)| cell)
+                .unwrap_or_else(|| panic!("SEMANTICS.md has no row {row:?} (for {e:?})"));
+            // The first errno the cell names is the one the application gets.
+            let documented = match cell.split('`').nth(1).unwrap_or_default() {
+                // The same number on Linux; tools and POSIX call it ENOTSUP.
+                "ENOTSUP" => "EOPNOTSUPP",
+                name => name,
+            };
+            let actual = format!("{:?}", nix::errno::Errno::from_raw(e.errno()));
+            assert_eq!(documented, actual, "row {row:?} for {e:?}");
+            used.insert(row);
+        }
+        for (situation, _) in &table {
+            assert!(
+                used.contains(situation.as_str()),
+                "SEMANTICS.md's row {situation:?} documents no error s3vol returns"
+            );
+        }
+    }
+}

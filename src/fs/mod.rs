@@ -519,23 +519,43 @@ impl Fs {
         }
     }
 
-    /// The statistics report, asked for on the root directory.
-    pub fn stats_report(&self, ino: u64) -> Option<Vec<u8>> {
-        let stats = self.config.stats.as_ref().filter(|_| ino == ROOT_INO)?;
-        Some(stats.report().to_string().into_bytes())
+    /// ioctl(2) on `ino` with request `cmd`, answered into at most `out_size`
+    /// bytes. The one request served is `s3vol stats`'s, on the root directory.
+    pub fn ioctl(&self, ino: u64, cmd: u32, out_size: u32) -> FsResult<Vec<u8>> {
+        let report = match &self.config.stats {
+            Some(stats) if cmd == crate::stats::IOCTL && ino == ROOT_INO => {
+                stats.report().to_string().into_bytes()
+            }
+            _ => return Err(FsError::UnknownIoctl(cmd)),
+        };
+        if report.len() > out_size as usize {
+            return Err(FsError::BufferTooSmall {
+                needed: report.len(),
+                given: out_size as usize,
+            });
+        }
+        Ok(report)
+    }
+
+    /// getxattr(2) and listxattr(2): S3 user metadata is not shown as extended
+    /// attributes.
+    pub fn xattr(&self) -> FsError {
+        FsError::NoXattrs
     }
 
     /// A change S3 cannot express: refused with EROFS on a read-only volume
     /// (before any request), with ENOTSUP otherwise.
-    pub fn mutate(&self, op: Mutation) -> FsResult<()> {
-        self.writable()?;
+    pub fn mutate(&self, op: Mutation) -> FsError {
+        if let Err(e) = self.writable() {
+            return e;
+        }
         debug!(?op, "not supported on an S3 volume");
-        Err(FsError::NotSupported(match op {
+        FsError::NotSupported(match op {
             Mutation::Symlink => "a symbolic link",
             Mutation::Link => "a hard link",
             Mutation::Mknod => "a device node or FIFO",
             Mutation::SetXattr => "an extended attribute",
-        }))
+        })
     }
 
     /// EROFS on a read-only volume: every change is refused before any request.

@@ -2,8 +2,8 @@
 //!
 //! Each operation opens a tracing span, hands the request to the tokio runtime, makes
 //! one call into [`Fs`] and replies from the task, so the kernel's request loop never
-//! waits on the network. Operations S3 cannot express are answered here from
-//! [`Fs::mutate`], which chooses the errno.
+//! waits on the network. Every error, the refusals of what S3 cannot express
+//! included, comes from [`Fs`] as an [`FsError`], whose one match chooses the errno.
 
 pub mod session;
 
@@ -22,7 +22,6 @@ use fuser::{
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::fs::{Attr, Fs, FsError, Kind, Mutation};
-use crate::stats;
 
 pub struct FuseAdapter {
     fs: Arc<Fs>,
@@ -506,10 +505,7 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        // S3 user metadata is not exposed as xattrs. ENOSYS makes the kernel stop
-        // asking (it answers EOPNOTSUPP itself from then on), which spares `ls -l`
-        // two round trips per file; tools such as cp -a treat that as "no xattrs".
-        reply.error(Errno::ENOSYS);
+        reply.error(errno("getxattr", &self.fs.xattr()));
     }
 
     fn ioctl(
@@ -523,20 +519,14 @@ impl Filesystem for FuseAdapter {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        if cmd != stats::IOCTL {
-            return reply.error(Errno::ENOTTY);
-        }
-        match self.fs.stats_report(ino.0) {
-            Some(report) if report.len() <= out_size as usize => {
-                reply.ioctl(report.len() as i32, &report)
-            }
-            Some(_) => reply.error(Errno::ERANGE),
-            None => reply.error(Errno::ENOTTY),
+        match self.fs.ioctl(ino.0, cmd, out_size) {
+            Ok(answer) => reply.ioctl(answer.len() as i32, &answer),
+            Err(e) => reply.error(errno("ioctl", &e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+        reply.error(errno("listxattr", &self.fs.xattr()));
     }
 
     fn create(
@@ -581,8 +571,5 @@ fn open_flags(flags: OpenFlags) -> crate::fs::OpenFlags {
 
 /// The errno for a change the filesystem refuses.
 fn refuse(fs: &Fs, op: Mutation) -> Errno {
-    match fs.mutate(op) {
-        Ok(()) => Errno::EIO,
-        Err(e) => errno("mutate", &e),
-    }
+    errno("mutate", &fs.mutate(op))
 }

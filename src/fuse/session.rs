@@ -29,8 +29,10 @@ use super::FuseAdapter;
 /// The filesystem type the kernel shows for a volume.
 pub const FSTYPE: &str = "fuse.s3vol";
 
-/// FUSE request threads. Each only decodes a request and hands it to tokio, so a
-/// few suffice; more than one keeps a slow reply path from serializing the kernel.
+/// FUSE request threads. Each decodes a request and either answers it at once
+/// (reads of cached data, writes into a staging file, directory listings already
+/// fetched) or hands it to tokio, so a few suffice; more than one keeps a slow
+/// answer from serializing the kernel.
 const FUSE_THREADS: usize = 4;
 
 /// Who besides the user who mounted may use the volume.
