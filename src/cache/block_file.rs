@@ -1,0 +1,212 @@
+//! The block file format: what one cached block looks like on disk.
+//!
+//! A header with the block's identity (magic, data length, index, key, ETag) and a
+//! CRC32C of every [`CHUNK`] of data, padded to a chunk boundary, then the data. A
+//! read checks the header once, when the file is opened, and then only the chunks
+//! it touches, so a 4 KiB random read costs one small read, not a whole block. A
+//! file that does not match (torn write, disk corruption, hash collision) is
+//! [`ReadFailure::Damaged`], never an error for the application.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use bytes::Bytes;
+
+use super::BlockId;
+
+/// The unit of checksumming inside a block file: what a small read reads and
+/// verifies. One page: a 4 KiB random read costs one 4 KiB disk read (plus the
+/// block's header, which the page cache soon holds), as from a plain file.
+pub(super) const CHUNK: usize = 4096;
+
+/// Identifies the first bytes of a block file: "s3vol block, format 2".
+const MAGIC: &[u8; 8] = b"S3VBLK02";
+
+fn chunks(len: usize) -> usize {
+    len.div_ceil(CHUNK)
+}
+
+/// The start of a block file: magic, data length, index, key length, ETag
+/// length, key, ETag. The chunk CRCs follow.
+fn identity(id: &BlockId, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + 24 + id.key.len() + id.etag.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+    out.extend_from_slice(&id.index.to_le_bytes());
+    out.extend_from_slice(&(id.key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(id.etag.len() as u32).to_le_bytes());
+    out.extend_from_slice(id.key.as_bytes());
+    out.extend_from_slice(id.etag.as_bytes());
+    out
+}
+
+/// Where the data starts: after the identity and the CRCs, padded to a chunk
+/// boundary so that reading one chunk reads one page of the disk.
+fn header_len(id: &BlockId, len: usize) -> usize {
+    let unpadded = MAGIC.len() + 24 + id.key.len() + id.etag.len() + 4 * chunks(len);
+    unpadded.next_multiple_of(CHUNK)
+}
+
+/// The size of the file holding `len` bytes of block `id`.
+pub(super) fn file_len(id: &BlockId, len: usize) -> u64 {
+    (header_len(id, len) + len) as u64
+}
+
+/// Writes the block file (which must not exist) and returns it open for reading.
+pub(super) fn write_block(path: &Path, id: &BlockId, data: &Bytes) -> io::Result<OpenBlock> {
+    let crcs: Vec<u32> = data.chunks(CHUNK).map(crc32c::crc32c).collect();
+    let header_len = header_len(id, data.len());
+    let mut header = identity(id, data.len());
+    for crc in &crcs {
+        header.extend_from_slice(&crc.to_le_bytes());
+    }
+    header.resize(header_len, 0);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    random_access(&file);
+    file.write_all(&header)?;
+    file.write_all(data)?;
+    Ok(OpenBlock::new(file, header_len, data.len(), crcs))
+}
+
+/// Why a block file could not be read.
+pub(super) enum ReadFailure {
+    /// There is no such file (evicted meanwhile).
+    Missing,
+    /// The file does not hold the block, or not intact.
+    Damaged(String),
+}
+
+/// A block file open for reading, its header checked.
+pub(super) struct OpenBlock {
+    file: File,
+    /// Where the data starts in the file.
+    data_start: u64,
+    len: usize,
+    /// The CRC32C of each chunk.
+    crcs: Vec<u32>,
+}
+
+impl OpenBlock {
+    /// Opens the file in `path` if it holds exactly this block of `len` bytes.
+    pub(super) fn open(path: &Path, id: &BlockId, len: usize) -> Result<Self, ReadFailure> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::Missing),
+            Err(e) => return Err(ReadFailure::Damaged(e.to_string())),
+        };
+        random_access(&file);
+        let header_len = header_len(id, len);
+        let file_len = file.metadata().map_err(damaged)?.len();
+        if file_len != (header_len + len) as u64 {
+            return Err(ReadFailure::Damaged("file has the wrong length".into()));
+        }
+        let mut header = vec![0u8; header_len];
+        file.read_exact_at(&mut header, 0).map_err(damaged)?;
+        let expected = identity(id, len);
+        if header[..expected.len()] != expected[..] {
+            return Err(ReadFailure::Damaged("file holds another block".into()));
+        }
+        let crcs = header[expected.len()..]
+            .chunks_exact(4)
+            .take(chunks(len))
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        Ok(Self::new(file, header_len, len, crcs))
+    }
+
+    fn new(file: File, header_len: usize, len: usize, crcs: Vec<u32>) -> Self {
+        Self {
+            file,
+            data_start: header_len as u64,
+            len,
+            crcs,
+        }
+    }
+
+    /// Bytes `want` of the block, if the chunks holding them are intact.
+    pub(super) fn read(&self, want: Range<usize>) -> Result<Bytes, ReadFailure> {
+        let first = want.start / CHUNK;
+        let read_start = first * CHUNK;
+        let read_end = want.end.div_ceil(CHUNK).saturating_mul(CHUNK).min(self.len);
+        let mut data = vec![0u8; read_end - read_start];
+        self.file
+            .read_exact_at(&mut data, self.data_start + read_start as u64)
+            .map_err(damaged)?;
+        for (n, chunk) in data.chunks(CHUNK).enumerate() {
+            if crc32c::crc32c(chunk) != self.crcs[first + n] {
+                return Err(ReadFailure::Damaged("checksum mismatch".into()));
+            }
+        }
+        Ok(Bytes::from(data).slice(want.start - read_start..want.end - read_start))
+    }
+}
+
+/// Every read of a block file names its exact range; the kernel's read-ahead
+/// would only fetch pages nobody asked for (a 4 KiB read would cost 128 KiB).
+fn random_access(file: &File) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    // Only a hint: a file system that ignores it reads a little more.
+    let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
+}
+
+fn damaged(e: io::Error) -> ReadFailure {
+    ReadFailure::Damaged(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> BlockId {
+        BlockId {
+            key: "dir/key".into(),
+            etag: "\"e\"".into(),
+            index: 3,
+        }
+    }
+
+    #[test]
+    fn data_starts_on_a_chunk_boundary_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        let data: Bytes = (0..3 * CHUNK + 17)
+            .map(|i| i as u8)
+            .collect::<Vec<_>>()
+            .into();
+        write_block(&path, &id(), &data).unwrap();
+        let len = fs::metadata(&path).unwrap().len();
+        assert_eq!(len, file_len(&id(), data.len()));
+        assert_eq!((len - data.len() as u64) % CHUNK as u64, 0);
+        let block = OpenBlock::open(&path, &id(), data.len()).ok().unwrap();
+        for want in [
+            0..1,
+            CHUNK - 1..CHUNK + 1,
+            0..data.len(),
+            data.len() - 3..data.len(),
+        ] {
+            assert_eq!(block.read(want.clone()).ok().unwrap(), data.slice(want));
+        }
+        // The same file asked for as another block, or another length, is damaged.
+        let other = BlockId { index: 4, ..id() };
+        assert!(matches!(
+            OpenBlock::open(&path, &other, data.len()),
+            Err(ReadFailure::Damaged(_))
+        ));
+        assert!(matches!(
+            OpenBlock::open(&path, &id(), data.len() - 1),
+            Err(ReadFailure::Damaged(_))
+        ));
+        assert!(matches!(
+            OpenBlock::open(&dir.path().join("none"), &id(), 1),
+            Err(ReadFailure::Missing)
+        ));
+    }
+}

@@ -1,0 +1,754 @@
+//! The local block cache: object data read once from S3, then served from memory
+//! or local disk.
+//!
+//! Data is cached in blocks of [`BLOCK_SIZE`] keyed by (object key, ETag, block
+//! index). The ETag in the key means a replaced object can never be served from
+//! the old object's blocks: its new ETag names other blocks, and the old ones age
+//! out.
+//!
+//! [`BlockCache`] asks two tiers, each an implementation of [`tier::Tier`]: a
+//! small LRU of whole blocks in memory ([`memory`]) in front of an LRU of block
+//! files on disk ([`disk`]), both bounded in bytes; what neither holds is fetched
+//! from S3 once however many readers want it ([`fetch`]). A fetched block is
+//! handed to the reader at once and written to disk behind it, in the
+//! background; until its file is in place it is served from memory, and readers
+//! wait for the disk only when it falls [`WRITE_BACKLOG`] behind.
+//!
+//! Each block file checks itself ([`block_file`]: a CRC32C of every 4 KiB chunk);
+//! a file that does not match is a miss and is removed, never an error. Each
+//! mount has a directory of its own under the cache directory ([`dir`]: mode
+//! 0700, files 0600), emptied at mount and removed at unmount. The cache never
+//! outlives its mount: a remount may run with other credentials, and must not
+//! serve what only the old ones were allowed to read.
+
+mod block_file;
+mod dir;
+mod disk;
+mod fetch;
+mod memory;
+mod tier;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, broadcast};
+
+use self::dir::MountDir;
+use self::disk::DiskTier;
+use self::fetch::{Flight, Flights, check_length, split_runs};
+use self::memory::MemoryTier;
+use self::tier::Tier;
+use crate::store::{Operation, StoreError, StoreResult};
+
+/// The unit of caching. 1 MiB keeps the number of files small (1024 per GiB)
+/// while a random read that misses fetches little more than it needs.
+pub const BLOCK_SIZE: u64 = 1 << 20;
+
+/// Block files being written at once, in bytes. When the disk falls this far
+/// behind, fetches wait for it rather than holding ever more data in memory
+/// (writes land in the page cache, so this is rarely reached).
+const WRITE_BACKLOG: usize = 32 << 20;
+
+/// One block of one version of one object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BlockId {
+    pub key: String,
+    pub etag: String,
+    pub index: u64,
+}
+
+impl BlockId {
+    /// The block file's name: a hash of the identity (the header holds the full
+    /// identity, so a collision is caught as a mismatch).
+    fn file_name(&self) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+}
+
+/// What the cache has done, for `s3vol stats` and the log at unmount.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Block reads answered from memory.
+    pub memory_hits: AtomicU64,
+    /// Block reads answered from disk.
+    pub disk_hits: AtomicU64,
+    /// Blocks fetched from S3.
+    pub misses: AtomicU64,
+    /// Bytes delivered from either tier.
+    pub bytes_from_cache: AtomicU64,
+    /// Block files removed to stay within the size bound.
+    pub evictions: AtomicU64,
+    /// Block files found damaged and removed.
+    pub corrupt: AtomicU64,
+}
+
+/// Where the cache lives and how large each tier may grow.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// The directory shared by mounts; each mount takes a subdirectory.
+    pub dir: PathBuf,
+    pub disk_bytes: u64,
+    pub memory_bytes: u64,
+}
+
+/// The part of one block a read wants.
+#[derive(Clone, Debug)]
+pub struct Span {
+    id: BlockId,
+    /// The block file's name, worked out once per read.
+    name: String,
+    /// Where the block starts in the object.
+    start: u64,
+    /// The block's length (the last block of an object is short).
+    len: usize,
+    /// The wanted bytes, relative to the block's start.
+    want: Range<usize>,
+}
+
+impl Span {
+    fn new(key: &str, etag: &str, size: u64, index: u64, range: &Range<u64>) -> Self {
+        let start = index * BLOCK_SIZE;
+        let end = (start + BLOCK_SIZE).min(size);
+        let id = BlockId {
+            key: key.to_string(),
+            etag: etag.to_string(),
+            index,
+        };
+        Self {
+            name: id.file_name(),
+            id,
+            start,
+            len: (end - start) as usize,
+            want: (range.start.max(start) - start) as usize..(range.end.min(end) - start) as usize,
+        }
+    }
+}
+
+pub struct BlockCache {
+    config: CacheConfig,
+    dir: MountDir,
+    memory: MemoryTier,
+    disk: DiskTier,
+    flights: Arc<Flights>,
+    /// Fetched blocks whose files are being written.
+    writing: Mutex<HashMap<BlockId, Bytes>>,
+    write_backlog: Arc<Semaphore>,
+    pub stats: Arc<CacheStats>,
+}
+
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCache")
+            .field("dir", &self.dir())
+            .field("disk_bytes", &self.config.disk_bytes)
+            .field("memory_bytes", &self.config.memory_bytes)
+            .finish()
+    }
+}
+
+impl BlockCache {
+    /// Opens a new, empty cache in a subdirectory of `config.dir` (both created
+    /// mode 0700), after removing the subdirectories of mounts that are gone.
+    pub fn open(config: CacheConfig) -> io::Result<Self> {
+        let dir = MountDir::create(&config.dir)?;
+        let stats = Arc::new(CacheStats::default());
+        Ok(Self {
+            disk: DiskTier::new(dir.path().to_path_buf(), config.disk_bytes, stats.clone()),
+            memory: MemoryTier::new(config.memory_bytes),
+            dir,
+            flights: Arc::default(),
+            writing: Mutex::new(HashMap::new()),
+            write_backlog: Arc::new(Semaphore::new(WRITE_BACKLOG)),
+            stats,
+            config,
+        })
+    }
+
+    /// This mount's own directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The bound on block files, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.disk.capacity()
+    }
+
+    /// Removes every block file and this mount's directory; called at unmount.
+    /// Later writes of blocks fail quietly.
+    pub fn close(&self) {
+        self.memory.clear();
+        self.disk.clear();
+        self.dir.remove();
+    }
+
+    /// Bytes of block files on disk now (and being written).
+    pub fn disk_used(&self) -> u64 {
+        self.disk.used()
+    }
+
+    /// Bytes `range` of `size`-byte object `key` at version `etag`, in pieces
+    /// whose concatenation is the range: from memory or disk where the cache has
+    /// the blocks, else from `fetch`. `fetch` is asked for whole blocks, several
+    /// neighbouring ones in one call, and must return exactly the bytes asked for;
+    /// what it returns is cached.
+    pub async fn read<F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        etag: &str,
+        size: u64,
+        range: Range<u64>,
+        fetch: F,
+    ) -> StoreResult<Vec<Bytes>>
+    where
+        F: Fn(Range<u64>) -> Fut,
+        Fut: Future<Output = StoreResult<Bytes>>,
+    {
+        let range = range.start..range.end.min(size);
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let spans: Vec<Span> = (range.start / BLOCK_SIZE..range.end.div_ceil(BLOCK_SIZE))
+            .map(|index| Span::new(key, etag, size, index, &range))
+            .collect();
+        let mut pieces: Vec<Option<Bytes>> = spans.iter().map(|s| self.memory_get(s)).collect();
+
+        let on_disk: Vec<usize> = (0..spans.len())
+            .filter(|&i| pieces[i].is_none() && self.disk.holds(&spans[i]))
+            .collect();
+        if !on_disk.is_empty() {
+            let cache = self.clone();
+            let wanted: Vec<Span> = on_disk.iter().map(|&i| spans[i].clone()).collect();
+            let found = tokio::task::spawn_blocking(move || {
+                wanted
+                    .iter()
+                    .map(|span| cache.disk_get(span))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| StoreError::Internal {
+                op: Operation::GetObject,
+                detail: format!("cache read failed: {e}"),
+            })?;
+            for (i, data) in on_disk.into_iter().zip(found) {
+                pieces[i] = data;
+            }
+        }
+
+        // Claim what nobody is fetching; wait for the rest.
+        let mut claims = Vec::new();
+        let mut waits: Vec<(usize, broadcast::Receiver<Bytes>)> = Vec::new();
+        for (i, span) in spans.iter().enumerate() {
+            if pieces[i].is_some() {
+                continue;
+            }
+            match self.flights.join(&span.id) {
+                Flight::Claimed(claim) => claims.push((i, claim)),
+                Flight::Waiting(receiver) => waits.push((i, receiver)),
+            }
+        }
+
+        // One fetch per run of neighbouring claimed blocks, all at once.
+        let runs = split_runs(claims);
+        let spans = &spans;
+        let fetched = futures::future::try_join_all(runs.into_iter().map(|run| {
+            let first = &spans[run[0].0];
+            let last = &spans[run[run.len() - 1].0];
+            let bytes = first.start..last.start + last.len as u64;
+            let fetch = &fetch;
+            async move {
+                let data = fetch(bytes.clone()).await?;
+                check_length(key, &bytes, &data)?;
+                let mut out = Vec::with_capacity(run.len());
+                let alone = run.len() == 1;
+                for (i, claim) in run {
+                    let span = &spans[i];
+                    let at = (span.start - bytes.start) as usize;
+                    let block = data.slice(at..at + span.len);
+                    self.insert(span, &block, alone).await;
+                    claim.complete(&block);
+                    out.push((i, block.slice(span.want.clone())));
+                }
+                Ok::<_, StoreError>(out)
+            }
+        }))
+        .await?;
+        for (i, piece) in fetched.into_iter().flatten() {
+            pieces[i] = Some(piece);
+        }
+
+        for (i, mut receiver) in waits {
+            let span = &spans[i];
+            let block = match receiver.recv().await {
+                Ok(block) => block,
+                Err(_) => {
+                    // The fetch we waited for failed: try ourselves.
+                    let bytes = span.start..span.start + span.len as u64;
+                    let data = fetch(bytes.clone()).await?;
+                    check_length(key, &bytes, &data)?;
+                    self.insert(span, &data, true).await;
+                    data
+                }
+            };
+            pieces[i] = Some(block.slice(span.want.clone()));
+        }
+        Ok(pieces.into_iter().flatten().collect())
+    }
+
+    /// Like [`BlockCache::read`], but only from what the cache holds, and
+    /// blocking: `None` unless every block of the range is cached. For reads
+    /// answered on the thread that received them.
+    pub fn read_cached(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+        range: Range<u64>,
+    ) -> Option<Vec<Bytes>> {
+        let range = range.start..range.end.min(size);
+        (range.start / BLOCK_SIZE..range.end.div_ceil(BLOCK_SIZE))
+            .map(|index| {
+                let span = Span::new(key, etag, size, index, &range);
+                self.memory_get(&span).or_else(|| self.disk_get(&span))
+            })
+            .collect()
+    }
+
+    /// The wanted bytes from the memory tier, or from a block whose file is
+    /// still being written.
+    fn memory_get(&self, span: &Span) -> Option<Bytes> {
+        let data = self.memory.get(span).or_else(|| {
+            let writing = self.writing.lock().unwrap().get(&span.id).cloned()?;
+            (writing.len() == span.len).then(|| writing.slice(span.want.clone()))
+        })?;
+        self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_from_cache
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Some(data)
+    }
+
+    /// The wanted bytes from the disk tier; a block read whole goes to memory
+    /// too. Blocking.
+    fn disk_get(&self, span: &Span) -> Option<Bytes> {
+        let data = self.disk.get(span)?;
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_from_cache
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if data.len() == span.len {
+            self.memory.put(span, &data);
+        }
+        Some(data)
+    }
+
+    /// Caches a block fetched from S3: in memory when it is a buffer of its own
+    /// (`alone`), and as a file written in the background. Waits only when the
+    /// disk has fallen far behind.
+    async fn insert(self: &Arc<Self>, span: &Span, data: &Bytes, alone: bool) {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        if alone {
+            self.memory.put(span, data);
+        }
+        if !self.disk.reserve(span, data) {
+            return;
+        }
+        // Served from here until its file is in place, so nobody fetches it again.
+        self.writing
+            .lock()
+            .unwrap()
+            .insert(span.id.clone(), data.clone());
+        let permits = data.len().clamp(1, WRITE_BACKLOG) as u32;
+        let Ok(permit) = self.write_backlog.clone().acquire_many_owned(permits).await else {
+            self.writing.lock().unwrap().remove(&span.id);
+            return;
+        };
+        let (cache, span, data) = (self.clone(), span.clone(), data.clone());
+        tokio::task::spawn_blocking(move || {
+            cache.disk.write_reserved(&span, &data);
+            cache.writing.lock().unwrap().remove(&span.id);
+            drop(permit);
+        });
+    }
+
+    /// Stores a block in both tiers now, as a fetch would (tests fill the cache
+    /// with it). Blocking.
+    #[cfg(test)]
+    fn put(&self, id: &BlockId, data: &Bytes) {
+        let span = tier::whole(id, data.len());
+        self.memory.put(&span, data);
+        self.disk.put(&span, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::AtomicUsize;
+
+    const KIB: u64 = 1024;
+
+    fn cache(dir: &Path, disk: u64, memory: u64) -> Arc<BlockCache> {
+        Arc::new(
+            BlockCache::open(CacheConfig {
+                dir: dir.to_path_buf(),
+                disk_bytes: disk,
+                memory_bytes: memory,
+            })
+            .unwrap(),
+        )
+    }
+
+    fn id(key: &str, etag: &str, index: u64) -> BlockId {
+        BlockId {
+            key: key.into(),
+            etag: etag.into(),
+            index,
+        }
+    }
+
+    fn data(seed: u8, len: usize) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_add(seed).wrapping_mul(31))
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    fn span(id: BlockId, len: usize) -> Span {
+        tier::whole(&id, len)
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap() != "lock")
+            .collect()
+    }
+
+    /// A fetch that serves `object` and counts its calls.
+    fn fetcher(
+        object: Bytes,
+        calls: Arc<AtomicUsize>,
+    ) -> impl Fn(Range<u64>) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<Bytes>> + Send>>
+    {
+        move |range| {
+            let object = object.clone();
+            let calls = calls.clone();
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Ok(object.slice(range.start as usize..range.end as usize))
+            })
+        }
+    }
+
+    fn concat(pieces: Vec<Bytes>) -> Vec<u8> {
+        pieces.concat()
+    }
+
+    #[test]
+    fn the_bound_holds_under_three_times_the_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 256 * KIB, 32 * KIB);
+        for i in 0..48u64 {
+            cache.put(&id("k", "\"e\"", i), &data(i as u8, 16 * 1024));
+            assert!(cache.disk_used() <= 256 * KIB, "over the bound at {i}");
+        }
+        let on_disk: u64 = files_in(cache.dir())
+            .iter()
+            .map(|p| p.metadata().unwrap().len())
+            .sum();
+        assert!(on_disk <= 256 * KIB, "{on_disk} bytes of files");
+        assert!(cache.stats.evictions.load(Ordering::Relaxed) > 0);
+        // The most recent blocks are there, the oldest are gone.
+        let newest = span(id("k", "\"e\"", 47), 16 * 1024);
+        assert_eq!(cache.disk_get(&newest).unwrap(), data(47, 16 * 1024));
+        assert!(
+            cache
+                .disk_get(&span(id("k", "\"e\"", 0), 16 * 1024))
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_three_times_the_capacity_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let capacity = 4 * BLOCK_SIZE + 4 * KIB;
+        let cache = cache(dir.path(), capacity, BLOCK_SIZE);
+        let size = 12 * BLOCK_SIZE;
+        let object = data(3, size as usize);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fetch = fetcher(object.clone(), calls.clone());
+        for start in (0..size).step_by(BLOCK_SIZE as usize) {
+            let got = cache
+                .read("k", "\"e\"", size, start..start + BLOCK_SIZE, &fetch)
+                .await
+                .unwrap();
+            assert_eq!(concat(got), object[start as usize..][..BLOCK_SIZE as usize]);
+            assert!(cache.disk_used() <= capacity);
+        }
+        // Background writes finish; the files on disk keep the bound too.
+        for _ in 0..100 {
+            if cache.write_backlog.available_permits() == WRITE_BACKLOG {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let on_disk: u64 = files_in(cache.dir())
+            .iter()
+            .map(|p| p.metadata().unwrap().len())
+            .sum();
+        assert!(on_disk <= capacity, "{on_disk} bytes of files");
+        assert_eq!(calls.load(Ordering::SeqCst), 12);
+        assert!(cache.stats.evictions.load(Ordering::Relaxed) >= 8);
+    }
+
+    #[test]
+    fn files_are_private_and_the_directory_goes_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("blocks");
+        let cache = cache(&shared, 1 << 20, 0);
+        cache.put(&id("k", "\"e\"", 0), &data(1, 100));
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&shared), 0o700);
+        assert_eq!(mode(cache.dir()), 0o700);
+        for path in fs::read_dir(cache.dir()).unwrap() {
+            assert_eq!(mode(&path.unwrap().path()), 0o600);
+        }
+        cache.close();
+        assert!(!cache.dir().exists());
+    }
+
+    #[test]
+    fn a_new_mount_removes_what_dead_mounts_left_but_not_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = cache(dir.path(), 1 << 20, 0);
+        live.put(&id("k", "\"e\"", 0), &data(1, 100));
+        // A mount that died: its directory is there, its lock is not held.
+        let dead = dir.path().join("mount-1-0");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join("lock"), b"").unwrap();
+        fs::write(dead.join("0123456789abcdef"), b"old block").unwrap();
+        let other = dir.path().join("notes");
+        fs::create_dir(&other).unwrap();
+
+        let new = cache(dir.path(), 1 << 20, 0);
+        assert!(!dead.exists());
+        assert!(other.exists(), "only mount directories are touched");
+        assert_eq!(
+            files_in(live.dir()).len(),
+            1,
+            "a live mount keeps its blocks"
+        );
+        assert_ne!(new.dir(), live.dir());
+        assert!(files_in(new.dir()).is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_block_is_a_miss_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20, 0);
+        let block_id = id("k", "\"e\"", 3);
+        let len = 3 * block_file::CHUNK + 100;
+        cache.put(&block_id, &data(9, len));
+        let path = cache.disk.path(&block_id.file_name());
+        let mut raw = fs::read(&path).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 0xff;
+        fs::write(&path, raw).unwrap();
+        // The damaged chunk is the last; a read of the first chunk never sees it.
+        let first = Span {
+            want: 0..4096,
+            ..span(block_id.clone(), len)
+        };
+        assert_eq!(
+            cache.disk_get(&first).unwrap(),
+            data(9, len).slice(0..4096)
+        );
+        assert!(cache.disk_get(&span(block_id, len)).is_none());
+        assert!(!path.exists());
+        assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.disk_used(), 0);
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_file_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20, 0);
+        let (a, b) = (id("a", "\"e\"", 0), id("b", "\"e\"", 0));
+        cache.put(&a, &data(1, 1000));
+        cache.put(&b, &data(2, 1000));
+        let path_a = cache.disk.path(&a.file_name());
+        // b's file where a's should be: same length, another identity.
+        fs::copy(cache.disk.path(&b.file_name()), &path_a).unwrap();
+        assert!(cache.disk_get(&span(a.clone(), 1000)).is_none());
+        cache.put(&a, &data(1, 1000));
+        let raw = fs::read(&path_a).unwrap();
+        fs::write(&path_a, &raw[..raw.len() - 1]).unwrap();
+        assert!(cache.disk_get(&span(a, 1000)).is_none());
+        assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_etag_never_sees_the_old_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20, 1 << 20);
+        let (old, new) = (data(1, 1000), data(2, 1000));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let got = cache
+            .read(
+                "k",
+                "\"old\"",
+                1000,
+                0..1000,
+                fetcher(old.clone(), calls.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(concat(got), old);
+        let got = cache
+            .read(
+                "k",
+                "\"new\"",
+                1000,
+                0..1000,
+                fetcher(new.clone(), calls.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(concat(got), new);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn memory_serves_first_then_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20, 150);
+        cache.put(&id("k", "\"e\"", 0), &data(1, 100));
+        cache.put(&id("k", "\"e\"", 1), &data(2, 100));
+        // Block 0 fell out of the 150-byte memory tier; disk still has it.
+        let one = span(id("k", "\"e\"", 1), 100);
+        let zero = span(id("k", "\"e\"", 0), 100);
+        assert_eq!(cache.memory_get(&one).unwrap(), data(2, 100));
+        assert!(cache.memory_get(&zero).is_none());
+        assert_eq!(cache.disk_get(&zero).unwrap(), data(1, 100));
+        assert_eq!(cache.stats.memory_hits.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.stats.disk_hits.load(Ordering::Relaxed), 1);
+        // Read whole from disk, block 0 is in memory again.
+        assert!(cache.memory_get(&zero).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_range_is_served_across_blocks_and_fetched_as_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 64 << 20, 0);
+        let size = 5 * BLOCK_SIZE + 1234;
+        let object = data(7, size as usize);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fetch = fetcher(object.clone(), calls.clone());
+        let range = BLOCK_SIZE / 2..size;
+        let got = cache
+            .read("k", "\"e\"", size, range.clone(), &fetch)
+            .await
+            .unwrap();
+        assert_eq!(concat(got), object[range.start as usize..]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one GET for the run");
+        // Blocks are fetched whole, so block 0 came too. Once the files are
+        // written, every range is served from disk with no fetch.
+        while cache.write_backlog.available_permits() < WRITE_BACKLOG {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for range in [
+            0..1,
+            4095..70_000,
+            BLOCK_SIZE - 3..BLOCK_SIZE + 3,
+            size - 1..size,
+        ] {
+            let got = cache
+                .read("k", "\"e\"", size, range.clone(), &fetch)
+                .await
+                .unwrap();
+            assert_eq!(
+                concat(got),
+                object[range.start as usize..range.end as usize]
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(cache.stats.disk_hits.load(Ordering::Relaxed) >= 4);
+    }
+
+    #[tokio::test]
+    async fn concurrent_readers_of_one_block_fetch_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20, 1 << 20);
+        let object = data(5, 1000);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let readers: Vec<_> = (0..8)
+            .map(|n| {
+                let (cache, fetch) = (cache.clone(), fetcher(object.clone(), calls.clone()));
+                tokio::spawn(async move {
+                    let range = n * 100..n * 100 + 100;
+                    let got = cache.read("k", "\"e\"", 1000, range, fetch).await;
+                    concat(got.unwrap())
+                })
+            })
+            .collect();
+        for (n, reader) in readers.into_iter().enumerate() {
+            assert_eq!(reader.await.unwrap(), object[n * 100..n * 100 + 100]);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.stats.misses.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_is_not_cached_and_waiters_fetch_for_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20, 1 << 20);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failing = {
+            let calls = calls.clone();
+            move |_range: Range<u64>| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                    Err(StoreError::Injected {
+                        op: Operation::GetObject,
+                        detail: "boom".into(),
+                    })
+                }
+            }
+        };
+        let first = {
+            let (cache, failing) = (cache.clone(), failing.clone());
+            tokio::spawn(async move { cache.read("k", "\"e\"", 10, 0..10, failing).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let object = data(6, 10);
+        let waiter = cache
+            .read(
+                "k",
+                "\"e\"",
+                10,
+                0..10,
+                fetcher(object.clone(), calls.clone()),
+            )
+            .await;
+        assert!(first.await.unwrap().is_err());
+        assert_eq!(concat(waiter.unwrap()), object);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(cache.flights.is_idle());
+    }
+}
