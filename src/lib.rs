@@ -1,22 +1,28 @@
 //! s3vol: attach an S3 bucket prefix to a Linux directory.
 //!
-//! Layers, from the kernel down: [`fuse`] (the only fuser user) calls [`fs`], which
-//! uses [`read`], [`cache`], [`upload`] and the [`store::ObjectStore`] trait; [`store::s3`] is the only
-//! aws-sdk-s3 user. [`cli`] and [`run`] wire concrete types on top.
+//! The data path, from the kernel down: [`fuse`] (the only fuser user) makes one
+//! call per request into [`fs`], which implements S3's semantics with its
+//! per-handle reader (`fs::read`) and staged uploads (`fs::upload`), reads through
+//! the [`cache`], and speaks to S3 through the [`store::ObjectStore`] trait;
+//! [`store::s3`] is the only aws-sdk-s3 user, and [`store::stack`] assembles the
+//! layers around it (retries, counting, credential renewal).
+//!
+//! The control plane, on top: the binary's `main` dispatches to [`commands`] (one
+//! module per command) with plain values that [`cli`] parses; `s3vol mount` hands a
+//! [`config::MountConfig`] to the [`daemon`], which assembles a volume and serves it
+//! until it stops. [`auth`] (credentials, renewal) is a leaf.
 
 pub mod auth;
 pub mod cache;
-pub mod cleanup;
 pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod daemon;
 pub mod fs;
 pub mod fuse;
-pub mod helper;
 pub mod logging;
 pub mod mountinfo;
 pub mod names;
-pub mod options;
-pub mod policy;
 pub mod preflight;
-pub mod run;
 pub mod stats;
 pub mod store;

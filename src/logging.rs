@@ -1,4 +1,5 @@
-//! Where log lines go: standard error, a file, or syslog for a detached daemon.
+//! Where log lines go (standard error, a file, or syslog for a detached daemon), and
+//! how an error is shown in one line.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -46,6 +47,21 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
     // A second init (tests) keeps the first subscriber; that is fine.
     let _ = result;
     Ok(())
+}
+
+/// The whole cause chain of an error on one line, for logs and messages.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Logs a panic as well as printing it: a detached daemon's standard error is

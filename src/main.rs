@@ -1,3 +1,56 @@
-fn main() -> std::process::ExitCode {
-    s3vol::cli::main()
+//! The `s3vol` binary: `s3vol COMMAND ...`, or `mount.s3vol ...` when run through
+//! a link of that name (as mount(8) runs filesystem helpers).
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+use s3vol::cli::{self, Cli, Command};
+use s3vol::commands::{self, fail};
+use s3vol::preflight::ProbeMode;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .is_some_and(|argv0| cli::helper::invoked_as_helper(argv0))
+    {
+        return commands::helper::run(args);
+    }
+    let args = match cli::expand_o_options(args) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("s3vol: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match Cli::parse_from(args).command {
+        Command::Mount(args) => match args.into_config() {
+            Ok(config) => commands::mount::run(config),
+            Err(message) => fail(&message),
+        },
+        Command::Check(args) => match args.s3.connection(&args.role) {
+            Ok(connection) => {
+                let mode = ProbeMode {
+                    read_write: args.read_write,
+                    delete: args.probe_delete,
+                };
+                commands::check::run(&args.source, mode, &connection)
+            }
+            Err(message) => fail(&message),
+        },
+        Command::Policy(args) => commands::policy::run(
+            &args.source,
+            args.read_write,
+            args.trusted_principal.as_deref(),
+            args.external_id.as_deref(),
+        ),
+        Command::Stats(args) => commands::stats::run(&args.mountpoint, args.json),
+        Command::Cleanup(args) => match args.s3.connection(&args.role) {
+            Ok(connection) => {
+                commands::cleanup::run(&args.source, args.older_than, args.abort, &connection)
+            }
+            Err(message) => fail(&message),
+        },
+    }
 }

@@ -1,5 +1,6 @@
 //! Validated names at the edge: the volume source (`BUCKET[/PREFIX]`), the key prefix
-//! that is the volume root, and file names that can appear in a directory.
+//! that is the volume root, file names that can appear in a directory, and the IAM
+//! principals and external IDs that trust policies name.
 
 use std::fmt;
 use std::str::FromStr;
@@ -156,6 +157,51 @@ pub fn check_name(name: &str) -> Result<(), NameProblem> {
     }
 }
 
+/// An IAM principal or external ID that AWS would not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "{0:?} is not an IAM principal ARN; give the ARN of the role or user that will run s3vol, \
+         e.g. arn:aws:iam::111122223333:role/platform"
+    )]
+    BadPrincipal(String),
+    #[error(
+        "the external ID must be 2 to 1224 characters of letters, digits and +=,.@:/-_ (AWS's rule)"
+    )]
+    BadExternalId,
+}
+
+/// Checks a principal ARN: `arn:PARTITION:iam::ACCOUNT:(root|role/..|user/..)`.
+pub fn check_principal(arn: &str) -> Result<(), PolicyError> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && (parts[5] == "root" || parts[5].starts_with("role/") || parts[5].starts_with("user/"));
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::BadPrincipal(arn.to_string()))
+    }
+}
+
+/// Checks an external ID against AWS's rule for sts:AssumeRole.
+pub fn check_external_id(id: &str) -> Result<(), PolicyError> {
+    let ok = (2..=1224).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/-_".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::BadExternalId)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +258,28 @@ mod tests {
         assert_eq!(check_name(&"x".repeat(256)), Err(NameProblem::TooLong));
         assert_eq!(check_name("a\0b"), Err(NameProblem::Nul));
         assert_eq!(check_name("a/b"), Err(NameProblem::Slash));
+    }
+
+    #[test]
+    fn principals_and_external_ids_are_checked() {
+        for good in [
+            "arn:aws:iam::111122223333:root",
+            "arn:aws:iam::111122223333:role/platform",
+            "arn:aws-cn:iam::111122223333:user/ops/alice",
+        ] {
+            assert_eq!(check_principal(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "111122223333",
+            "arn:aws:s3:::bucket",
+            "arn:aws:iam::1234:role/x",
+            "arn:aws:iam::111122223333:group/x",
+        ] {
+            assert!(check_principal(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_external_id("ext-123_a.b@c"), Ok(()));
+        assert!(check_external_id("x").is_err());
+        assert!(check_external_id("has space").is_err());
+        assert!(check_external_id(&"a".repeat(1225)).is_err());
     }
 }

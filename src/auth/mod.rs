@@ -17,7 +17,7 @@ use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
 pub use self::secret::Secret;
-use crate::store::s3::error_chain;
+use crate::logging::error_chain;
 
 /// The role a volume is reached through.
 #[derive(Clone, Debug)]

@@ -25,7 +25,6 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
 use tokio::sync::Notify;
 
-use crate::store::expiry::RenewCredentials;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -210,17 +209,13 @@ impl RenewingCredentials {
     }
 }
 
-#[async_trait]
-impl RenewCredentials for RenewingCredentials {
-    fn generation(&self) -> u64 {
-        self.renewals()
-    }
-
-    /// Renews now, because S3 refused the credentials of generation `seen` as
-    /// expired; `why` is logged. Waits for a renewal under way, and does nothing
-    /// when the credentials were replaced since, so requests refused together
-    /// share one renewal.
-    async fn renew_since(&self, seen: u64, why: &str) -> Result<(), String> {
+impl RenewingCredentials {
+    /// Renews now, because S3 refused the credentials of generation `seen` (the
+    /// [`RenewingCredentials::renewals`] they were signed after) as expired; `why`
+    /// is logged. Waits for a renewal under way, and does nothing when the
+    /// credentials were replaced since, so requests refused together share one
+    /// renewal.
+    pub async fn renew_since(&self, seen: u64, why: &str) -> Result<(), String> {
         let _renewing = self.shared.renewing.lock().await;
         if self.renewals() != seen {
             return Ok(());
@@ -506,7 +501,7 @@ mod tests {
             RenewingCredentials::start(source.clone(), config(300), clock.clone(), "role".into())
                 .await
                 .unwrap();
-        let seen = creds.generation();
+        let seen = creds.renewals();
         let (a, b) = tokio::join!(
             creds.renew_since(seen, "refused (test)"),
             creds.renew_since(seen, "refused (test)")
@@ -515,7 +510,7 @@ mod tests {
         b.unwrap();
         // The first fetch at start, then exactly one forced renewal.
         assert_eq!(source.fetches.lock().unwrap().len(), 2);
-        assert_eq!(creds.generation(), seen + 1);
+        assert_eq!(creds.renewals(), seen + 1);
         // A request signed before that renewal is simply retried.
         creds
             .renew_since(seen, "late refusal (test)")
@@ -534,7 +529,7 @@ mod tests {
                 .unwrap();
         tokio::time::sleep(Duration::from_secs(100)).await;
         creds
-            .renew_since(creds.generation(), "refused (test)")
+            .renew_since(creds.renewals(), "refused (test)")
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_secs(400)).await;

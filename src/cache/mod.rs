@@ -573,10 +573,7 @@ mod tests {
             want: 0..4096,
             ..span(block_id.clone(), len)
         };
-        assert_eq!(
-            cache.disk_get(&first).unwrap(),
-            data(9, len).slice(0..4096)
-        );
+        assert_eq!(cache.disk_get(&first).unwrap(), data(9, len).slice(0..4096));
         assert!(cache.disk_get(&span(block_id, len)).is_none());
         assert!(!path.exists());
         assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 1);

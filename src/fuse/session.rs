@@ -44,9 +44,9 @@ pub enum Access {
 }
 
 /// How to mount.
-pub struct MountPlan<'a> {
+pub struct MountPlan {
     /// Shown as the mount's source: `BUCKET/PREFIX`.
-    pub source: &'a str,
+    pub source: String,
     pub read_only: bool,
     pub noexec: bool,
     pub access: Access,
@@ -130,7 +130,7 @@ fn mount_directly(mountpoint: &Path, plan: &MountPlan) -> io::Result<Option<Owne
         flags |= MsFlags::MS_NOEXEC;
     }
     match nix::mount::mount(
-        Some(plan.source),
+        Some(plan.source.as_str()),
         mountpoint,
         Some(FSTYPE),
         flags,
@@ -149,7 +149,7 @@ fn mount_directly(mountpoint: &Path, plan: &MountPlan) -> io::Result<Option<Owne
 fn mount_with_fusermount(mountpoint: &Path, plan: &MountPlan) -> io::Result<OwnedFd> {
     let escape = |text: &str| text.replace('\\', "\\\\").replace(',', "\\,");
     let mut options = vec![
-        format!("fsname={}", escape(plan.source)),
+        format!("fsname={}", escape(&plan.source)),
         "subtype=s3vol".to_string(),
         if plan.read_only { "ro" } else { "rw" }.to_string(),
         "nosuid,nodev,default_permissions".to_string(),

@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::warn;
 
+use crate::auth::renew::RenewingCredentials;
+
 use super::{
     ListPage, ListRequest, ObjectInfo, ObjectStore, PendingUpload, StoreError, StoreResult,
     UploadedPart,
@@ -29,6 +31,18 @@ pub trait RenewCredentials: Send + Sync + 'static {
     /// Fetches new credentials now, unless they were replaced since `seen` (the
     /// generation a refused request was signed with); `why` goes to the log.
     async fn renew_since(&self, seen: u64, why: &str) -> Result<(), String>;
+}
+
+/// The credentials a mount signs with, renewed ahead of expiry by `auth`.
+#[async_trait]
+impl RenewCredentials for RenewingCredentials {
+    fn generation(&self) -> u64 {
+        self.renewals()
+    }
+
+    async fn renew_since(&self, seen: u64, why: &str) -> Result<(), String> {
+        RenewingCredentials::renew_since(self, seen, why).await
+    }
 }
 
 pub struct RenewOnExpiry {

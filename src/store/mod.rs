@@ -16,6 +16,7 @@ pub mod faulty;
 pub mod memory;
 pub mod retry;
 pub mod s3;
+pub mod stack;
 
 use std::fmt;
 use std::ops::Range;

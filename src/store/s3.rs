@@ -26,6 +26,7 @@ use super::{
     ServiceInfo, StoreError, StoreResult, UploadedPart, bucket_arn, copy_allowance, object_arn,
     transfer_allowance,
 };
+use crate::logging::error_chain;
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
 /// Each resume continues from the last byte received, so progress is never lost.
@@ -289,21 +290,6 @@ fn decoder(encoding: Option<&EncodingType>) -> fn(&str) -> String {
         Some(EncodingType::Url) => url_decoded,
         _ => str::to_string,
     }
-}
-
-/// The whole cause chain of an error on one line, for logs and messages.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {

@@ -8,8 +8,13 @@
 //! is still writing are left alone.
 
 use std::fmt::Write as _;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use super::{fail, one_shot};
+use crate::daemon::Failure;
+use crate::names::Source;
+use crate::store::stack::Connection;
 use crate::store::{ObjectStore, PendingUpload, StoreError};
 
 /// What to clean up.
@@ -116,6 +121,41 @@ pub fn render(found: &[Found], plan: &CleanupPlan<'_>, location: &str) -> String
         );
     }
     out
+}
+
+/// `s3vol cleanup`: lists the multipart uploads under the volume's prefix and
+/// aborts the stale ones when asked; exit 1 when listing or an abort failed.
+pub fn run(
+    source: &Source,
+    older_than: Duration,
+    abort: bool,
+    connection: &Connection,
+) -> ExitCode {
+    let location = format!("s3://{}/{}", source.bucket, source.prefix);
+    let plan = CleanupPlan {
+        prefix: source.prefix.as_str(),
+        older_than,
+        abort,
+    };
+    let result = one_shot(connection, &source.bucket, async |store| {
+        cleanup(store.as_ref(), &plan, SystemTime::now())
+            .await
+            .map_err(|e| Failure(format!("cannot list the uploads under {location}: {e:#}")))
+    });
+    match result {
+        Ok(found) => {
+            print!("{}", render(&found, &plan, &location));
+            let failed = found
+                .iter()
+                .any(|f| matches!(f.outcome, Outcome::Failed(_)));
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(Failure(message)) => fail(&message),
+    }
 }
 
 #[cfg(test)]

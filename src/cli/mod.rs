@@ -1,19 +1,27 @@
-//! Command-line interface: `s3vol mount ...`.
+//! The command line: `s3vol mount ...` and the other commands, parsed with clap and
+//! turned into the plain values the commands take ([`MountConfig`],
+//! [`Connection`]); nothing below this module sees a clap type.
 //!
 //! Every long option `--name value` can also be given as `-o name=value` and every
-//! flag `--flag` as `-o flag`, the way mount(8) and fstab pass them.
+//! flag `--flag` as `-o flag`, the way mount(8) and fstab pass them ([`options`]);
+//! [`helper`] reads mount(8)'s command line for `mount.s3vol`.
+
+pub mod helper;
+pub mod options;
+mod parse;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use self::parse::*;
 use crate::auth::{RoleOptions, Secret};
+use crate::config::MountConfig;
 use crate::names::Source;
-use crate::options;
 use crate::store::Encryption;
+use crate::store::stack::Connection;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -138,6 +146,22 @@ pub struct S3Args {
 }
 
 impl S3Args {
+    /// Where S3 is and the credentials to reach it with, the role's external ID
+    /// read from its file if given.
+    pub fn connection(&self, role: &RoleArgs) -> Result<Connection, String> {
+        let role_options = role.role()?;
+        Ok(Connection {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            force_path_style: self.force_path_style,
+            profile: self.profile.clone(),
+            encryption: self.encryption()?,
+            io_timeout: self.io_timeout,
+            role: role_options,
+            renew_before: role.renew_before,
+        })
+    }
+
     /// The encryption every upload asks for.
     pub fn encryption(&self) -> Result<Option<Encryption>, String> {
         match (self.sse.as_deref(), &self.sse_kms_key_id) {
@@ -304,147 +328,37 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
 }
 
-/// A byte count with an optional binary unit: 8388608, 8MiB, 8M, 1GiB.
-fn parse_size(text: &str) -> Result<u64, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => return Err(format!("{text:?} is not a size such as 8MiB or 1GiB")),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| format!("{text:?} is not a size such as 8MiB or 1GiB"))
-}
-
-fn parse_part_size(text: &str) -> Result<u64, String> {
-    let size = parse_size(text)?;
-    if (5 << 20..=5 << 30).contains(&size) {
-        Ok(size)
-    } else {
-        Err(format!("{text:?}: S3 parts are 5MiB to 5GiB"))
+impl MountArgs {
+    /// The mount as plain values; the external ID is read from its file now.
+    pub fn into_config(self) -> Result<MountConfig, String> {
+        Ok(MountConfig {
+            connection: self.s3.connection(&self.role)?,
+            source: self.source,
+            mountpoint: self.mountpoint,
+            read_write: self.read_write,
+            uid: self.uid,
+            gid: self.gid,
+            file_mode: self.file_mode,
+            dir_mode: self.dir_mode,
+            allow_other: self.allow_other,
+            allow_root: self.allow_root,
+            noexec: self.noexec,
+            metadata_ttl: self.metadata_ttl,
+            part_size: self.part_size,
+            max_concurrency: self.max_concurrency,
+            cache_dir: self.cache_dir,
+            cache_size: self.cache_size,
+            no_cache: self.no_cache,
+            foreground: self.foreground,
+            log_level: self.log_level,
+            log_file: self.log_file,
+        })
     }
-}
-
-fn parse_cache_size(text: &str) -> Result<u64, String> {
-    let size = parse_size(text)?;
-    if size >= crate::cache::BLOCK_SIZE {
-        Ok(size)
-    } else {
-        Err(format!(
-            "{text:?} cannot hold one 1MiB block; give at least 1MiB, or --no-cache to \
-             turn the cache off"
-        ))
-    }
-}
-
-fn parse_source(text: &str) -> Result<Source, String> {
-    text.parse()
-        .map_err(|e: crate::names::SourceError| e.to_string())
-}
-
-fn parse_role_arn(text: &str) -> Result<String, String> {
-    let parts: Vec<&str> = text.splitn(6, ':').collect();
-    let ok = parts.len() == 6
-        && parts[0] == "arn"
-        && parts[2] == "iam"
-        && parts[5].starts_with("role/")
-        && parts[5].len() > "role/".len();
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err(format!(
-            "{text:?} is not an IAM role ARN such as arn:aws:iam::111122223333:role/NAME"
-        ))
-    }
-}
-
-fn parse_external_id(text: &str) -> Result<Secret, String> {
-    crate::policy::check_external_id(text)
-        .map(|()| Secret::new(text))
-        .map_err(|e| e.to_string())
-}
-
-fn parse_session_name(text: &str) -> Result<String, String> {
-    let ok = (2..=64).contains(&text.len())
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c));
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err("a session name is 2-64 characters of letters, digits and +=,.@-_".into())
-    }
-}
-
-fn parse_role_duration(text: &str) -> Result<Duration, String> {
-    let duration = parse_ttl(text)?;
-    if (900..=43200).contains(&duration.as_secs()) {
-        Ok(duration)
-    } else {
-        Err(format!(
-            "{text:?}: STS role sessions last 900 s (15 min) to 43200 s (12 h)"
-        ))
-    }
-}
-
-fn parse_io_timeout(text: &str) -> Result<Duration, String> {
-    let duration = parse_ttl(text)?;
-    // Below a second, one slow answer would already fail the operation.
-    if (1..=3600).contains(&duration.as_secs()) {
-        Ok(duration)
-    } else {
-        Err(format!("{text:?}: the I/O timeout must be from 1s to 1h"))
-    }
-}
-
-fn parse_url(text: &str) -> Result<String, String> {
-    let rest = text
-        .strip_prefix("http://")
-        .or_else(|| text.strip_prefix("https://"))
-        .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("{text:?} has no host"));
-    }
-    Ok(text.trim_end_matches('/').to_string())
-}
-
-fn parse_mode(text: &str) -> Result<u16, String> {
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    match u16::from_str_radix(digits, 8) {
-        Ok(mode) if mode <= 0o7777 => Ok(mode),
-        _ => Err(format!(
-            "{text:?} is not an octal permission mode such as 0644 or 0755"
-        )),
-    }
-}
-
-/// The longest TTL the kernel accepts without overflow in its own arithmetic; used
-/// for "indefinite".
-const INDEFINITE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-fn parse_ttl(text: &str) -> Result<Duration, String> {
-    if text == "indefinite" {
-        return Ok(INDEFINITE);
-    }
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 5s, 1m, 0 or indefinite"))
 }
 
 /// Rewrites each `-o LIST` into long options (`-o ro,region=x` becomes
 /// `--read-only --region=x`), so fstab-style options reach the same parser as
-/// long options; see [`crate::options`] for the list's syntax.
+/// long options; see [`options`] for the list's syntax.
 pub fn expand_o_options(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
@@ -476,54 +390,6 @@ pub fn mount_option(name: &str) -> Option<bool> {
     let mount = command.find_subcommand("mount")?;
     let arg = mount.get_arguments().find(|a| a.get_long() == Some(name))?;
     Some(arg.get_action().takes_values())
-}
-
-/// Entry point of the `s3vol` binary.
-pub fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    if args
-        .first()
-        .is_some_and(|argv0| crate::helper::invoked_as_helper(argv0))
-    {
-        return crate::helper::main(args);
-    }
-    let args = match expand_o_options(args) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("s3vol: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    let cli = Cli::parse_from(args);
-    match cli.command {
-        Command::Mount(args) => crate::run::mount(*args),
-        Command::Check(args) => crate::run::check(*args),
-        Command::Policy(args) => print_policy(&args),
-        Command::Stats(args) => crate::run::stats(&args),
-        Command::Cleanup(args) => crate::run::cleanup(*args),
-    }
-}
-
-fn print_policy(args: &PolicyArgs) -> ExitCode {
-    use crate::policy;
-    let identity = policy::identity_policy(&args.source, args.read_write);
-    let trust = match (&args.trusted_principal, &args.external_id) {
-        (Some(principal), Some(id)) => {
-            if let Err(e) = policy::check_principal(principal).and(policy::check_external_id(id)) {
-                eprintln!("s3vol: {e}");
-                return ExitCode::from(2);
-            }
-            Some(policy::trust_policy(principal, id))
-        }
-        _ => None,
-    };
-    eprintln!("# Permissions policy: attach it to the role that s3vol assumes.");
-    println!("{}", serde_json::to_string_pretty(&identity).expect("JSON"));
-    if let Some(trust) = trust {
-        eprintln!("# Trust policy: set it as the role's trust relationship.");
-        println!("{}", serde_json::to_string_pretty(&trust).expect("JSON"));
-    }
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -566,46 +432,6 @@ mod tests {
         assert_eq!(mount_option("noexec"), Some(false));
         assert_eq!(mount_option("colour"), None);
         assert_eq!(mount_option("mountpoint"), None);
-    }
-
-    #[test]
-    fn modes_and_ttls_parse_or_explain() {
-        assert_eq!(parse_mode("0644"), Ok(0o644));
-        assert_eq!(parse_mode("755"), Ok(0o755));
-        assert!(parse_mode("0999").is_err());
-        assert!(parse_mode("rw").is_err());
-        assert!(parse_mode("17777").is_err());
-        assert_eq!(parse_ttl("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_ttl("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_ttl("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_ttl("indefinite"), Ok(INDEFINITE));
-        assert!(parse_ttl("soon").unwrap_err().contains("indefinite"));
-        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
-        assert_eq!(parse_size("8M"), Ok(8 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("8 parsecs").is_err());
-        assert!(parse_size("99999999999G").is_err());
-        assert_eq!(parse_part_size("16MiB"), Ok(16 << 20));
-        assert!(
-            parse_part_size("1MiB")
-                .unwrap_err()
-                .contains("5MiB to 5GiB")
-        );
-    }
-
-    #[test]
-    fn role_options_parse_or_explain() {
-        assert!(parse_role_arn("arn:aws:iam::111122223333:role/reader").is_ok());
-        assert!(parse_role_arn("arn:aws:iam::111122223333:user/alice").is_err());
-        assert!(parse_role_arn("reader").is_err());
-        assert!(parse_external_id("ext-123").is_ok());
-        assert!(parse_external_id("with space").is_err());
-        assert_eq!(parse_role_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_role_duration("60").unwrap_err().contains("900 s"));
-        assert!(parse_role_duration("13h").is_err());
-        assert!(parse_session_name("s3vol-host.example").is_ok());
-        assert!(parse_session_name("x").is_err());
     }
 
     #[test]
@@ -665,16 +491,6 @@ mod tests {
             panic!("parsed as another command");
         };
         assert!(args.role.role().unwrap_err().contains("--renew-before"));
-    }
-
-    #[test]
-    fn urls_need_a_scheme_and_host() {
-        assert_eq!(
-            parse_url("http://127.0.0.1:9000/").unwrap(),
-            "http://127.0.0.1:9000"
-        );
-        assert!(parse_url("127.0.0.1:9000").is_err());
-        assert!(parse_url("http://").is_err());
     }
 
     #[test]

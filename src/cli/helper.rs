@@ -1,29 +1,22 @@
-//! `mount.s3vol`: the helper mount(8) runs for `mount -t s3vol` and for fstab
-//! lines of type `s3vol` (and, installed as `mount.fuse.s3vol`, of type
-//! `fuse.s3vol`). It is the `s3vol` binary itself, run through a link of that name.
+//! The command line of `mount.s3vol`, the helper mount(8) runs for `mount -t
+//! s3vol` and for fstab lines of type `s3vol` (and, installed as
+//! `mount.fuse.s3vol`, of type `fuse.s3vol`). It is the `s3vol` binary itself, run
+//! through a link of that name; `commands::helper` runs it.
 //!
-//! mount(8) calls `mount.s3vol SPEC DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]`
-//! with PATH and HOME removed from the environment. The helper translates the
-//! options ([`crate::options`]), restores what the AWS configuration and
-//! fusermount3 need from the environment, and runs `s3vol mount`, which returns
-//! only once the volume serves (exit 0) or with the reason on standard error (exit
-//! 1), so `mount -a`, `nofail` and systemd see real failures.
+//! mount(8) calls `mount.s3vol SPEC DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]`.
+//! This module reads that line and translates the options ([`options`]) into the
+//! arguments of `s3vol mount`.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, MountArgs, mount_option};
-use crate::options::{self, Caller};
+use super::options::{self, Caller};
+use super::{Cli, Command, MountArgs, mount_option};
 
-const USAGE: &str = "usage: mount.s3vol BUCKET[/PREFIX] MOUNTPOINT [-sfnv] [-N NAMESPACE] \
+pub const USAGE: &str = "usage: mount.s3vol BUCKET[/PREFIX] MOUNTPOINT [-sfnv] [-N NAMESPACE] \
                      [-o OPTIONS] [-t s3vol]";
-
-/// The search path given to a helper whose environment has none, so fusermount3
-/// (needed by non-root mounts) is found.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Whether the program was run under a helper's name (`mount.s3vol`,
 /// `mount.fuse.s3vol`).
@@ -150,87 +143,6 @@ fn clap_reason(e: &clap::Error) -> String {
         "bad mount option: {}",
         first.trim_start_matches("error: ").trim()
     )
-}
-
-/// Entry point when run as `mount.s3vol`.
-pub fn main(args: Vec<OsString>) -> ExitCode {
-    let request = match parse_args(&args[1..]) {
-        Ok(Some(request)) => request,
-        Ok(None) => {
-            println!("{USAGE}\nOptions are those of `s3vol mount --help`, as -o name=value.");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => return fail(&message),
-    };
-    let (mount, warnings) = match mount_args(&request) {
-        Ok(parsed) => parsed,
-        Err(message) => return fail(&message),
-    };
-    for warning in warnings {
-        eprintln!("mount.s3vol: {warning}");
-    }
-    if request.verbose {
-        eprintln!(
-            "mount.s3vol: mounting {} at {} {}{}",
-            mount.source,
-            request.mountpoint.display(),
-            if mount.read_write {
-                "read-write"
-            } else {
-                "read-only"
-            },
-            if request.fake {
-                " (-f: not really)"
-            } else {
-                ""
-            }
-        );
-    }
-    if request.fake {
-        return ExitCode::SUCCESS;
-    }
-    if let Some(namespace) = &request.namespace
-        && let Err(message) = enter_namespace(namespace)
-    {
-        return fail(&message);
-    }
-    complete_environment();
-    crate::run::mount(mount)
-}
-
-fn fail(message: &str) -> ExitCode {
-    eprintln!("mount.s3vol: {message}");
-    ExitCode::FAILURE
-}
-
-/// Moves into the mount namespace `-N` names: a PID or a namespace file (mount(8)
-/// passes /proc/PID/fd/N).
-fn enter_namespace(namespace: &str) -> Result<(), String> {
-    let path = match namespace.parse::<u32>() {
-        Ok(pid) => PathBuf::from(format!("/proc/{pid}/ns/mnt")),
-        Err(_) => PathBuf::from(namespace),
-    };
-    let file = std::fs::File::open(&path)
-        .map_err(|e| format!("cannot open namespace {}: {e}", path.display()))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("cannot enter mount namespace {}: {e}", path.display()))
-}
-
-/// mount(8) runs helpers without PATH and HOME. Without HOME, the AWS shared
-/// configuration (~/.aws) of the user mounting is not found; without PATH, a
-/// non-root mount cannot find fusermount3.
-fn complete_environment() {
-    if std::env::var_os("PATH").is_none() {
-        // SAFETY: the helper has started no thread yet (the runtime is built
-        // later), so nothing reads the environment concurrently.
-        unsafe { std::env::set_var("PATH", DEFAULT_PATH) };
-    }
-    if std::env::var_os("HOME").is_none()
-        && let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::getuid())
-    {
-        // SAFETY: as above, single-threaded.
-        unsafe { std::env::set_var("HOME", user.dir) };
-    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 //! never used, so the bucket itself needs nothing else), and object actions on
 //! `BUCKET/PREFIX/*` only.
 
+use std::process::ExitCode;
+
 use serde_json::{Value, json};
 
-use crate::names::Source;
+use crate::names::{Source, check_external_id, check_principal};
 use crate::store::{bucket_arn, object_arn};
 
 /// Actions on objects a read-only volume needs (HeadObject is authorised by
@@ -40,16 +42,7 @@ fn bucket_statement(source: &Source, sid: &str, action: &str) -> Value {
 /// The identity policy for a volume on `source`.
 pub fn identity_policy(source: &Source, read_write: bool) -> Value {
     let prefix = source.prefix.as_str();
-    let mut list = json!({
-        "Sid": "ListTheVolume",
-        "Effect": "Allow",
-        "Action": "s3:ListBucket",
-        "Resource": bucket_arn(&source.bucket),
-    });
-    if !source.prefix.is_root() {
-        list["Condition"] =
-            json!({ "StringLike": { "s3:prefix": [prefix, format!("{prefix}*")] } });
-    }
+    let list = bucket_statement(source, "ListTheVolume", "s3:ListBucket");
     let objects = object_arn(&source.bucket, &format!("{prefix}*"));
     let mut statements = vec![
         list,
@@ -76,50 +69,6 @@ pub fn identity_policy(source: &Source, read_write: bool) -> Value {
     json!({ "Version": "2012-10-17", "Statement": statements })
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyError {
-    #[error(
-        "{0:?} is not an IAM principal ARN; give the ARN of the role or user that will run s3vol, \
-         e.g. arn:aws:iam::111122223333:role/platform"
-    )]
-    BadPrincipal(String),
-    #[error(
-        "the external ID must be 2 to 1224 characters of letters, digits and +=,.@:/-_ (AWS's rule)"
-    )]
-    BadExternalId,
-}
-
-/// Checks a principal ARN: `arn:PARTITION:iam::ACCOUNT:(root|role/..|user/..)`.
-pub fn check_principal(arn: &str) -> Result<(), PolicyError> {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let ok = parts.len() == 6
-        && parts[0] == "arn"
-        && parts[1].starts_with("aws")
-        && parts[2] == "iam"
-        && parts[3].is_empty()
-        && parts[4].len() == 12
-        && parts[4].bytes().all(|b| b.is_ascii_digit())
-        && (parts[5] == "root" || parts[5].starts_with("role/") || parts[5].starts_with("user/"));
-    if ok {
-        Ok(())
-    } else {
-        Err(PolicyError::BadPrincipal(arn.to_string()))
-    }
-}
-
-/// Checks an external ID against AWS's rule for sts:AssumeRole.
-pub fn check_external_id(id: &str) -> Result<(), PolicyError> {
-    let ok = (2..=1224).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/-_".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(PolicyError::BadExternalId)
-    }
-}
-
 /// The role's trust policy: `principal` may assume it, only when it presents
 /// `external_id`.
 pub fn trust_policy(principal: &str, external_id: &str) -> Value {
@@ -132,6 +81,35 @@ pub fn trust_policy(principal: &str, external_id: &str) -> Value {
             "Condition": { "StringEquals": { "sts:ExternalId": external_id } },
         }],
     })
+}
+
+/// `s3vol policy`: prints the identity policy and, given who assumes the role
+/// and with which external ID, the trust policy. Bad input exits 2, as for any
+/// bad argument.
+pub fn run(
+    source: &Source,
+    read_write: bool,
+    trusted_principal: Option<&str>,
+    external_id: Option<&str>,
+) -> ExitCode {
+    let identity = identity_policy(source, read_write);
+    let trust = match (trusted_principal, external_id) {
+        (Some(principal), Some(id)) => {
+            if let Err(e) = check_principal(principal).and(check_external_id(id)) {
+                eprintln!("s3vol: {e}");
+                return ExitCode::from(2);
+            }
+            Some(trust_policy(principal, id))
+        }
+        _ => None,
+    };
+    eprintln!("# Permissions policy: attach it to the role that s3vol assumes.");
+    println!("{}", serde_json::to_string_pretty(&identity).expect("JSON"));
+    if let Some(trust) = trust {
+        eprintln!("# Trust policy: set it as the role's trust relationship.");
+        println!("{}", serde_json::to_string_pretty(&trust).expect("JSON"));
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -200,29 +178,6 @@ mod tests {
         let policy = identity_policy(&source, false);
         assert!(policy["Statement"][0].get("Condition").is_none());
         assert_eq!(policy["Statement"][1]["Resource"], "arn:aws:s3:::bkt/*");
-    }
-
-    #[test]
-    fn principals_and_external_ids_are_checked() {
-        for good in [
-            "arn:aws:iam::111122223333:root",
-            "arn:aws:iam::111122223333:role/platform",
-            "arn:aws-cn:iam::111122223333:user/ops/alice",
-        ] {
-            assert_eq!(check_principal(good), Ok(()), "{good}");
-        }
-        for bad in [
-            "111122223333",
-            "arn:aws:s3:::bucket",
-            "arn:aws:iam::1234:role/x",
-            "arn:aws:iam::111122223333:group/x",
-        ] {
-            assert!(check_principal(bad).is_err(), "{bad}");
-        }
-        assert_eq!(check_external_id("ext-123_a.b@c"), Ok(()));
-        assert!(check_external_id("x").is_err());
-        assert!(check_external_id("has space").is_err());
-        assert!(check_external_id(&"a".repeat(1225)).is_err());
     }
 
     #[test]

@@ -1,0 +1,200 @@
+//! Parsers of option values: sizes, durations, modes, URLs and AWS names, each
+//! refusing bad input with a sentence that shows a good one.
+
+use std::time::Duration;
+
+use crate::auth::Secret;
+use crate::names::Source;
+
+/// A byte count with an optional binary unit: 8388608, 8MiB, 8M, 1GiB.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(format!("{text:?} is not a size such as 8MiB or 1GiB")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size such as 8MiB or 1GiB"))
+}
+
+pub(super) fn parse_part_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if (5 << 20..=5 << 30).contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!("{text:?}: S3 parts are 5MiB to 5GiB"))
+    }
+}
+
+pub(super) fn parse_cache_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size >= crate::cache::BLOCK_SIZE {
+        Ok(size)
+    } else {
+        Err(format!(
+            "{text:?} cannot hold one 1MiB block; give at least 1MiB, or --no-cache to \
+             turn the cache off"
+        ))
+    }
+}
+
+pub(super) fn parse_source(text: &str) -> Result<Source, String> {
+    text.parse()
+        .map_err(|e: crate::names::SourceError| e.to_string())
+}
+
+pub(super) fn parse_role_arn(text: &str) -> Result<String, String> {
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[2] == "iam"
+        && parts[5].starts_with("role/")
+        && parts[5].len() > "role/".len();
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not an IAM role ARN such as arn:aws:iam::111122223333:role/NAME"
+        ))
+    }
+}
+
+pub(super) fn parse_external_id(text: &str) -> Result<Secret, String> {
+    crate::names::check_external_id(text)
+        .map(|()| Secret::new(text))
+        .map_err(|e| e.to_string())
+}
+
+pub(super) fn parse_session_name(text: &str) -> Result<String, String> {
+    let ok = (2..=64).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err("a session name is 2-64 characters of letters, digits and +=,.@-_".into())
+    }
+}
+
+pub(super) fn parse_role_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_ttl(text)?;
+    if (900..=43200).contains(&duration.as_secs()) {
+        Ok(duration)
+    } else {
+        Err(format!(
+            "{text:?}: STS role sessions last 900 s (15 min) to 43200 s (12 h)"
+        ))
+    }
+}
+
+pub(super) fn parse_io_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_ttl(text)?;
+    // Below a second, one slow answer would already fail the operation.
+    if (1..=3600).contains(&duration.as_secs()) {
+        Ok(duration)
+    } else {
+        Err(format!("{text:?}: the I/O timeout must be from 1s to 1h"))
+    }
+}
+
+pub(super) fn parse_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{text:?} has no host"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+pub(super) fn parse_mode(text: &str) -> Result<u16, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u16::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!(
+            "{text:?} is not an octal permission mode such as 0644 or 0755"
+        )),
+    }
+}
+
+/// The longest TTL the kernel accepts without overflow in its own arithmetic; used
+/// for "indefinite".
+pub(super) const INDEFINITE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+pub(super) fn parse_ttl(text: &str) -> Result<Duration, String> {
+    if text == "indefinite" {
+        return Ok(INDEFINITE);
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 5s, 1m, 0 or indefinite"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_ttls_parse_or_explain() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("rw").is_err());
+        assert!(parse_mode("17777").is_err());
+        assert_eq!(parse_ttl("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_ttl("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_ttl("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_ttl("indefinite"), Ok(INDEFINITE));
+        assert!(parse_ttl("soon").unwrap_err().contains("indefinite"));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("8 parsecs").is_err());
+        assert!(parse_size("99999999999G").is_err());
+        assert_eq!(parse_part_size("16MiB"), Ok(16 << 20));
+        assert!(
+            parse_part_size("1MiB")
+                .unwrap_err()
+                .contains("5MiB to 5GiB")
+        );
+    }
+
+    #[test]
+    fn role_options_parse_or_explain() {
+        assert!(parse_role_arn("arn:aws:iam::111122223333:role/reader").is_ok());
+        assert!(parse_role_arn("arn:aws:iam::111122223333:user/alice").is_err());
+        assert!(parse_role_arn("reader").is_err());
+        assert!(parse_external_id("ext-123").is_ok());
+        assert!(parse_external_id("with space").is_err());
+        assert_eq!(parse_role_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_role_duration("60").unwrap_err().contains("900 s"));
+        assert!(parse_role_duration("13h").is_err());
+        assert!(parse_session_name("s3vol-host.example").is_ok());
+        assert!(parse_session_name("x").is_err());
+    }
+
+    #[test]
+    fn urls_need_a_scheme_and_host() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:9000/").unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        assert!(parse_url("127.0.0.1:9000").is_err());
+        assert!(parse_url("http://").is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! `s3vol check`: probe what a volume in the given mode needs and print a table
+//! of what is allowed and what is denied, with the fix.
+
+use std::process::ExitCode;
+
+use super::{fail, one_shot};
+use crate::daemon::Failure;
+use crate::names::Source;
+use crate::preflight::{self, ProbeMode};
+use crate::store::stack::Connection;
+
+/// `s3vol check`: probes what the mode needs and prints the table; exit 1 when
+/// anything needed is denied or S3 cannot be reached.
+pub fn run(source: &Source, mode: ProbeMode, connection: &Connection) -> ExitCode {
+    let result = one_shot(connection, &source.bucket, async |store| {
+        let probes =
+            preflight::probe_access(store.as_ref(), source, mode, &connection.endpoint()).await?;
+        print!("{}", preflight::render(&probes));
+        Ok(probes
+            .iter()
+            .all(|p| !matches!(p.outcome, preflight::Outcome::Denied { .. })))
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!(
+                "s3vol: some permissions a {} volume needs are denied; see the fixes above",
+                if mode.read_write {
+                    "read-write"
+                } else {
+                    "read-only"
+                }
+            );
+            ExitCode::FAILURE
+        }
+        Err(Failure(message)) => fail(&message),
+    }
+}

@@ -1,0 +1,116 @@
+//! `s3vol mount`: check what can be checked while the user is still watching
+//! (the mountpoint, the directory for local data, the log file), then serve the
+//! volume in the foreground or from a daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{cleanup_command, daemon_gone, fail, plain};
+use crate::config::MountConfig;
+use crate::daemon::{self, Failure, private_dir};
+use crate::mountinfo::mounted_at;
+
+pub fn run(mut config: MountConfig) -> ExitCode {
+    let mountpoint = match check_mountpoint(&config.mountpoint) {
+        Ok(path) => path,
+        Err(Failure(message)) => return fail(&message),
+    };
+    if config.read_write || !config.no_cache {
+        // Checked (and made absolute) now, with the answer on the terminal; the
+        // daemon runs in "/".
+        match local_dir(config.cache_dir.as_deref()) {
+            Ok(dir) => config.cache_dir = Some(dir),
+            Err(message) => return fail(&message),
+        }
+    }
+    if let Some(path) = &config.log_file
+        && let Ok(absolute) = std::path::absolute(path)
+    {
+        config.log_file = Some(absolute);
+    }
+    if let Some(log_file) = &config.log_file
+        && let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+    {
+        return fail(&format!(
+            "cannot open log file {}: {e}; choose a writable --log-file",
+            log_file.display()
+        ));
+    }
+    if config.foreground {
+        daemon::run_in_foreground(&config, &mountpoint)
+    } else {
+        daemon::daemonize(&config, &mountpoint)
+    }
+}
+
+/// Checks the mountpoint before anything else, so the common mistakes get plain
+/// answers.
+fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(Failure(format!(
+                "mountpoint {shown} is not a directory; give an empty directory"
+            )));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Failure(format!(
+                "mountpoint {shown} does not exist; create it first (mkdir -p {shown})"
+            )));
+        }
+        Err(e) if daemon_gone(&e) => {
+            return Err(Failure(format!(
+                "mountpoint {shown} is a FUSE mount whose daemon is gone ({}); clean it up \
+                 with `{}` and mount again",
+                plain(&e),
+                cleanup_command(path)
+            )));
+        }
+        Err(e) => return Err(Failure(format!("cannot use mountpoint {shown}: {e}"))),
+    }
+    let path = std::fs::canonicalize(path)?;
+    if let Some(fstype) = mounted_at(&path) {
+        return Err(Failure(format!(
+            "{} is already a mount point ({fstype}); unmount it first (umount {}) or choose \
+             another directory",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// The directory for local data (cached blocks, staged writes): the one given, or
+/// /var/cache/s3vol, or ~/.cache/s3vol for users who cannot write there; created
+/// mode 0700 and made absolute.
+fn local_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = match cache_dir {
+        Some(dir) => vec![std::path::absolute(dir).map_err(|e| e.to_string())?],
+        None => {
+            let mut dirs = vec![PathBuf::from("/var/cache/s3vol")];
+            if let Some(home) = std::env::var_os("HOME") {
+                dirs.push(Path::new(&home).join(".cache/s3vol"));
+            }
+            dirs
+        }
+    };
+    let mut last_error = String::new();
+    for dir in candidates {
+        let usable = private_dir(&dir).and_then(|dir| match tempfile::tempfile_in(&dir) {
+            Ok(_) => Ok(dir),
+            Err(e) => Err(Failure(format!("cannot write in {}: {e}", dir.display()))),
+        });
+        match usable {
+            Ok(dir) => return Ok(dir),
+            Err(Failure(why)) => last_error = why,
+        }
+    }
+    Err(format!(
+        "no writable directory for the block cache and staged writes ({last_error}); \
+         choose one with --cache-dir"
+    ))
+}

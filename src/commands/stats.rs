@@ -1,0 +1,70 @@
+//! `s3vol stats MOUNTPOINT`: ask a mounted volume's daemon for its report,
+//! through an ioctl on the volume's root, and print it.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{cleanup_command, daemon_gone, fail, plain};
+use crate::daemon::Failure;
+use crate::mountinfo::mounted_at;
+
+/// `s3vol stats MOUNTPOINT`: asks the daemon for its report through an ioctl on
+/// the volume's root and prints it.
+pub fn run(mountpoint: &Path, json: bool) -> ExitCode {
+    match read_report(mountpoint) {
+        Ok(report) if json => {
+            println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            let shown = mountpoint.display().to_string();
+            print!("{}", crate::stats::render(&shown, &report));
+            ExitCode::SUCCESS
+        }
+        Err(Failure(message)) => fail(&message),
+    }
+}
+
+fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
+    use nix::errno::Errno;
+    let shown = mountpoint.display();
+    let not_a_volume = || {
+        Failure(format!(
+            "{shown} is not where an s3vol volume is mounted; give the mountpoint itself \
+             (findmnt -t fuse.s3vol lists them)"
+        ))
+    };
+    let root = match File::open(mountpoint) {
+        Ok(root) => root,
+        Err(e) if daemon_gone(&e) => {
+            return Err(Failure(format!(
+                "the daemon of {shown} is gone ({}); clean up with `{}`",
+                plain(&e),
+                cleanup_command(mountpoint)
+            )));
+        }
+        Err(e) => return Err(Failure(format!("cannot open {shown}: {e}"))),
+    };
+    // Only FUSE mounts are asked: another filesystem might give the number a
+    // meaning of its own.
+    let path = std::fs::canonicalize(mountpoint)?;
+    if !mounted_at(&path).is_some_and(|fstype| fstype.starts_with("fuse")) {
+        return Err(not_a_volume());
+    }
+    let mut buf = vec![0u8; crate::stats::REPORT_MAX];
+    let len = match crate::stats::read_report(&root, &mut buf) {
+        Ok(len) => len,
+        Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL | Errno::EOPNOTSUPP) => {
+            return Err(not_a_volume());
+        }
+        Err(e) => {
+            return Err(Failure(format!(
+                "cannot read the statistics of {shown}: {e}"
+            )));
+        }
+    };
+    buf.truncate(len);
+    serde_json::from_slice(&buf)
+        .map_err(|e| Failure(format!("the statistics of {shown} are not valid JSON: {e}")))
+}

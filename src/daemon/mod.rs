@@ -1,0 +1,205 @@
+//! A mounted volume's life: detach from the terminal with a readiness handshake,
+//! connect, mount, serve until unmounted or signalled, exit cleanly.
+//!
+//! Daemonizing forks before any thread exists (tokio's runtime is built in the child).
+//! The parent waits on a pipe: the child writes `ready` once the kernel has accepted
+//! the mount, or the reason it could not mount, and the parent exits 0 or prints the
+//! reason and exits 1. So `s3vol mount` returns only when the volume is usable, and a
+//! script (or mount(8), or systemd) sees every failure.
+//!
+//! [`volume`] assembles what serves the volume (the store stack, the block cache,
+//! the filesystem); [`stop`] says how it ends; [`process`] tunes the process.
+
+mod process;
+mod stop;
+mod volume;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use nix::unistd::{ForkResult, fork, setsid};
+use tracing::{error, info};
+
+pub use self::volume::private_dir;
+use crate::config::MountConfig;
+use crate::fuse::session;
+use crate::logging::{self, LogTarget};
+
+/// What the child tells the parent when the mount is serving.
+const READY: &[u8] = b"ready\n";
+
+/// A failure to report to the user; the command exits 1 with this message.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+/// Serves `config`'s volume at `mountpoint` (checked, absolute) in this process,
+/// logging to standard error or the log file, until it is unmounted.
+pub fn run_in_foreground(config: &MountConfig, mountpoint: &Path) -> ExitCode {
+    let target = match &config.log_file {
+        Some(path) => LogTarget::File(path),
+        None => LogTarget::Stderr,
+    };
+    if let Err(e) = logging::init(&config.log_level, target) {
+        eprintln!("s3vol: cannot start logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    match serve(config, mountpoint, None) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            if config.log_file.is_some() {
+                error!("{message}");
+            }
+            eprintln!("s3vol: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves `config`'s volume at `mountpoint` from a detached child process, and
+/// returns once it is mounted (exit 0) or could not be (exit 1, the reason on
+/// standard error).
+pub fn daemonize(config: &MountConfig, mountpoint: &Path) -> ExitCode {
+    let (read_end, write_end) = match nix::unistd::pipe() {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("s3vol: cannot create a pipe to the daemon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: no other thread exists yet (the runtime is built after the fork), so
+    // the child may run arbitrary code.
+    match unsafe { fork() } {
+        Err(e) => {
+            eprintln!("s3vol: cannot fork the daemon: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(ForkResult::Parent { .. }) => {
+            drop(write_end);
+            let mut answer = Vec::new();
+            let _ = File::from(read_end).read_to_end(&mut answer);
+            if answer == READY {
+                ExitCode::SUCCESS
+            } else if answer.is_empty() {
+                let log = match &config.log_file {
+                    Some(path) => path.display().to_string(),
+                    None => "syslog: journalctl -t s3vol".to_string(),
+                };
+                eprintln!(
+                    "s3vol: the daemon exited before the volume was mounted; see its log \
+                     ({log}) or run with --foreground for why"
+                );
+                ExitCode::FAILURE
+            } else {
+                eprintln!("s3vol: {}", String::from_utf8_lossy(&answer).trim_end());
+                ExitCode::FAILURE
+            }
+        }
+        Ok(ForkResult::Child) => {
+            drop(read_end);
+            let _ = setsid();
+            let _ = std::env::set_current_dir("/");
+            let target = match &config.log_file {
+                Some(path) => LogTarget::File(path),
+                None => LogTarget::Syslog,
+            };
+            let _ = logging::init(&config.log_level, target);
+            process::detach_stdio();
+            let mut pipe = Some(write_end);
+            match serve(config, mountpoint, Some(&mut pipe)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(Failure(message)) => {
+                    error!("{message}");
+                    if let Some(fd) = pipe.take() {
+                        let _ = File::from(fd).write_all(message.as_bytes());
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Connects, checks access, mounts and serves until unmounted. `ready` is the pipe
+/// to the waiting parent, taken and answered once the mount serves.
+fn serve(
+    config: &MountConfig,
+    mountpoint: &Path,
+    ready: Option<&mut Option<OwnedFd>>,
+) -> Result<(), Failure> {
+    process::tune_allocator();
+    process::raise_open_files_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3vol-io")
+        .build()?;
+    let volume = runtime.block_on(volume::Volume::assemble(config, runtime.handle()))?;
+
+    // Registered before the kernel shows the mount: a SIGTERM or SIGINT sent the
+    // moment it appears must unmount, not kill the process.
+    let stop_signals = {
+        let _runtime = runtime.enter();
+        stop::StopSignals::register()
+    };
+    let mounted = session::mount(volume.adapter, mountpoint, &volume.plan).map_err(|e| {
+        // fusermount3's own complaints say what to do; the kernel's errnos do not.
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                ". Is /dev/fuse available (in a container: --device /dev/fuse --cap-add \
+                 SYS_ADMIN) and, for users other than root, fusermount3 installed (package \
+                 fuse3)?"
+            }
+            _ => "",
+        };
+        Failure(format!(
+            "cannot mount at {}: {e}{hint}",
+            mountpoint.display()
+        ))
+    })?;
+    let finish = Arc::new(stop::Finish::new(
+        mountpoint,
+        volume.stats.clone(),
+        volume.cache.clone(),
+    ));
+    runtime.spawn(stop::stop_on_signal(
+        stop_signals,
+        mounted.handle(),
+        volume.fs.clone(),
+        finish.clone(),
+    ));
+
+    info!(
+        source = %config.source,
+        mountpoint = %mountpoint.display(),
+        mode = if config.read_write { "read-write" } else { "read-only" },
+        pid = std::process::id(),
+        "mounted"
+    );
+    if let Some(slot) = ready
+        && let Some(fd) = slot.take()
+    {
+        let _ = File::from(fd).write_all(READY);
+    }
+    let result = match mounted.run() {
+        // The connection was ended through fusectl: by the stop signal's grace
+        // running out, or by an administrator. Either way the volume is gone.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            info!("the FUSE connection was aborted");
+            Ok(())
+        }
+        other => other,
+    };
+    runtime.block_on(stop::abandon_open_files(&volume.fs));
+    finish.run();
+    runtime.shutdown_background();
+    result.map_err(|e| Failure(format!("FUSE session ended with an error: {e}")))
+}

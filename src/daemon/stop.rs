@@ -1,0 +1,148 @@
+//! How a volume stops: on SIGTERM or SIGINT it unmounts, gives the files still
+//! open a grace to be closed (and uploaded), then abandons them and ends the
+//! connection; SIGHUP is only logged. Whatever ends the session, the mount's
+//! statistics are logged and its block cache removed, once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::cache::BlockCache;
+use crate::fs::Fs;
+use crate::fuse::session::VolumeHandle;
+use crate::stats::MountStats;
+
+/// How long a stop signal waits for files still open on the volume before their
+/// uploads are aborted. Shorter than the grace that container runtimes give
+/// before SIGKILL (10 s for Docker and Kubernetes' default is 30 s), so the
+/// aborts happen and no parts are left behind.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGTERM or SIGINT (systemd, a container runtime, Ctrl-C): unmount. With no
+/// file open, that is all, and the session ends. Otherwise the volume is
+/// detached, so nothing new can be opened while the open files are served and
+/// their closes upload them; whatever is still open after [`STOP_GRACE`] (or at
+/// a second signal) is abandoned, its upload aborted, and the connection ended.
+pub(super) async fn stop_on_signal(
+    mut signals: StopSignals,
+    volume: VolumeHandle,
+    fs: Arc<Fs>,
+    finish: Arc<Finish>,
+) {
+    signals.wait().await;
+    info!("signal received; unmounting");
+    match volume.unmount() {
+        Ok(()) => return,
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {}
+        Err(e) => {
+            error!("cannot unmount: {e}");
+            return;
+        }
+    }
+    warn!(
+        grace = ?STOP_GRACE,
+        "files are open on the volume: detaching it and waiting for them to be closed \
+         (a second signal stops at once)"
+    );
+    if let Err(e) = volume.detach() {
+        error!("cannot detach the volume: {e}");
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(STOP_GRACE) => {}
+        _ = signals.wait() => {}
+    }
+    warn!("stopping with files still open; the applications using them get ENOTCONN");
+    abandon_open_files(&fs).await;
+    if let Err(e) = volume.abort() {
+        // Exiting ends the connection just the same.
+        warn!("cannot end the FUSE connection ({e}); exiting");
+        finish.run();
+        std::process::exit(0);
+    }
+}
+
+/// SIGTERM and SIGINT, caught from registration on; and SIGHUP, which is only
+/// logged. SIGHUP's default would kill the daemon without unmounting: a closed
+/// terminal or a log rotation's `kill -HUP` must not take the volume down.
+pub(super) struct StopSignals(Option<[Signal; 3]>);
+
+impl StopSignals {
+    /// Must run inside the tokio runtime.
+    pub(super) fn register() -> Self {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Self(Some([term, int, hup])),
+            _ => Self(None),
+        }
+    }
+
+    async fn wait(&mut self) {
+        let Some([term, int, hup]) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    info!("SIGHUP ignored; stop the volume with umount or SIGTERM");
+                }
+            }
+        }
+    }
+}
+
+/// Stops uploading and abandons the files still being written, logging what
+/// was lost.
+pub(super) async fn abandon_open_files(fs: &Fs) {
+    let lost = fs.stop().await;
+    if !lost.is_empty() {
+        error!(
+            keys = ?lost,
+            "changes to these files were never uploaded: their uploads were aborted, and \
+             S3 keeps the previous versions"
+        );
+    }
+}
+
+/// The last words of a mount: its statistics in the log, and the block cache's
+/// directory removed. Run once, when the session ends or the process must exit.
+pub(super) struct Finish {
+    mountpoint: PathBuf,
+    stats: Arc<MountStats>,
+    cache: Option<Arc<BlockCache>>,
+    done: std::sync::Once,
+}
+
+impl Finish {
+    pub(super) fn new(
+        mountpoint: &Path,
+        stats: Arc<MountStats>,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Self {
+        Self {
+            mountpoint: mountpoint.to_path_buf(),
+            stats,
+            cache,
+            done: std::sync::Once::new(),
+        }
+    }
+
+    pub(super) fn run(&self) {
+        self.done.call_once(|| {
+            info!(
+                mountpoint = %self.mountpoint.display(),
+                stats = %self.stats.report(),
+                "unmounted"
+            );
+            if let Some(cache) = &self.cache {
+                cache.close();
+            }
+        });
+    }
+}

@@ -1,0 +1,167 @@
+//! What serves a volume, assembled from its configuration: the store stack
+//! (checked with the start-up probes), the block cache, the staging directory,
+//! the statistics, the filesystem and its FUSE adapter, and how to mount it.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::Failure;
+use crate::cache::{BlockCache, CacheConfig};
+use crate::config::MountConfig;
+use crate::fs::{Fs, FsConfig, WriteConfig};
+use crate::fuse::FuseAdapter;
+use crate::fuse::session::{Access, MountPlan};
+use crate::preflight;
+use crate::stats::{MountStats, bytes};
+
+/// Memory for whole blocks read recently, in front of the disk tier. Small: the
+/// kernel's page cache already keeps the block files (and, for unchanged files,
+/// the files themselves) that are read often.
+const MEMORY_TIER: u64 = 32 << 20;
+
+/// A volume ready to be mounted.
+pub(super) struct Volume {
+    pub fs: Arc<Fs>,
+    pub adapter: FuseAdapter,
+    pub plan: MountPlan,
+    pub stats: Arc<MountStats>,
+    pub cache: Option<Arc<BlockCache>>,
+}
+
+impl Volume {
+    /// Connects to S3, checks that the credentials can do what the mode needs,
+    /// and builds the filesystem on top. `config.cache_dir` is set (by the mount
+    /// command) whenever the cache or staging needs it.
+    pub(super) async fn assemble(
+        config: &MountConfig,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Self, Failure> {
+        let connection = &config.connection;
+        let stack = connection
+            .volume_stack(&config.source.bucket)
+            .await
+            .map_err(Failure)?;
+        preflight::check_mount(
+            stack.probe.as_ref(),
+            &config.source,
+            config.read_write,
+            &connection.endpoint(),
+        )
+        .await?;
+
+        let local = config.cache_dir.as_deref();
+        let cache = match (config.no_cache, local) {
+            (false, Some(local)) => Some(Arc::new(open_cache(local, config.cache_size)?)),
+            _ => None,
+        };
+        let write = match (config.read_write, local) {
+            (true, Some(local)) => Some(WriteConfig {
+                part_size: config.part_size,
+                max_in_flight: usize::from(config.max_concurrency),
+                ..WriteConfig::new(private_dir(&local.join("staging"))?)
+            }),
+            _ => None,
+        };
+        let stats = Arc::new(MountStats {
+            source: config.source.to_string(),
+            read_write: config.read_write,
+            started: std::time::SystemTime::now(),
+            requests: stack.requests,
+            cache: cache.clone(),
+            renewals: Some(stack.renewals),
+        });
+        let fs_config = FsConfig {
+            uid: config
+                .uid
+                .unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+            gid: config
+                .gid
+                .unwrap_or_else(|| nix::unistd::getegid().as_raw()),
+            file_mode: config.file_mode,
+            dir_mode: config.dir_mode,
+            metadata_ttl: config.metadata_ttl,
+            cache: cache.clone(),
+            write,
+            stats: Some(stats.clone()),
+            ..FsConfig::default()
+        };
+        let fs = Arc::new(Fs::new(
+            stack.store,
+            config.source.prefix.as_str(),
+            fs_config,
+        ));
+        let plan = MountPlan {
+            source: config.source.to_string(),
+            read_only: !config.read_write,
+            noexec: config.noexec,
+            access: if config.allow_other {
+                Access::Everyone
+            } else if config.allow_root {
+                Access::OwnerAndRoot
+            } else {
+                Access::Owner
+            },
+        };
+        Ok(Self {
+            adapter: FuseAdapter::new(fs.clone(), runtime.clone()),
+            fs,
+            plan,
+            stats,
+            cache,
+        })
+    }
+}
+
+/// The block cache in `local`/blocks, bounded by `size` or else by a quarter of
+/// the space free there now.
+fn open_cache(local: &Path, size: Option<u64>) -> Result<BlockCache, Failure> {
+    let dir = local.join("blocks");
+    let disk_bytes = match size {
+        Some(size) => size,
+        None => {
+            let free = nix::sys::statvfs::statvfs(local)
+                .map(|s| s.blocks_available() * s.fragment_size())
+                .map_err(|e| {
+                    Failure(format!(
+                        "cannot see the free space in {}: {e}",
+                        local.display()
+                    ))
+                })?;
+            let share = free / 4;
+            if share < 64 << 20 {
+                tracing::warn!(
+                    dir = %local.display(),
+                    free = %bytes(free),
+                    "little free space for the block cache; choose another --cache-dir or set --cache-size"
+                );
+            }
+            share
+        }
+    };
+    info!(dir = %dir.display(), size = %bytes(disk_bytes), "block cache");
+    BlockCache::open(CacheConfig {
+        dir: dir.clone(),
+        disk_bytes,
+        memory_bytes: MEMORY_TIER,
+    })
+    .map_err(|e| {
+        Failure(format!(
+            "cannot use {} for the block cache: {e}; choose another --cache-dir, or turn \
+             the cache off with --no-cache",
+            dir.display()
+        ))
+    })
+}
+
+/// Creates `dir` (and its parents) mode 0700 if it is missing.
+pub fn private_dir(dir: &Path) -> Result<PathBuf, Failure> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Failure(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir.to_path_buf())
+}

@@ -1,0 +1,118 @@
+//! The store a volume or a command talks to, assembled in one place.
+//!
+//! From the top, a mounted volume's store is: [`retry::RetryingStore`] (failed
+//! requests sent again within `--io-timeout`), [`counted::CountedStore`] (every
+//! request sent, each retry included, counted for `s3vol stats`),
+//! [`expiry::RenewOnExpiry`] (an ExpiredToken answer renews the credentials and
+//! sends the request once more) and [`s3::S3Store`], signing with credentials
+//! that `auth` renews ahead of expiry. The start-up probes and the one-shot
+//! commands use the same stack without the counting: they are not the volume's
+//! traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::provider::SharedCredentialsProvider;
+
+use super::counted::{CountedStore, RequestStats};
+use super::expiry::RenewOnExpiry;
+use super::retry::{RetryPolicy, RetryingStore};
+use super::s3::{S3Options, S3Store};
+use super::{Encryption, ObjectStore};
+use crate::auth::{self, RoleOptions};
+
+/// Where S3 is, and the credentials to reach it with.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The bucket's region (default: the AWS configuration's, else us-east-1).
+    pub region: Option<String>,
+    /// An S3-compatible endpoint instead of AWS's.
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    /// The profile in the AWS shared files to start from.
+    pub profile: Option<String>,
+    /// Server-side encryption asked for on every upload and copy.
+    pub encryption: Option<Encryption>,
+    /// How long a failing or silent request is retried before it fails.
+    pub io_timeout: Duration,
+    /// The role to assume, if any.
+    pub role: Option<RoleOptions>,
+    /// Credentials are renewed when this much of their lifetime is left.
+    pub renew_before: Duration,
+}
+
+/// Counts the credential renewals of a store's credentials.
+pub type Renewals = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The stores of a mounted volume.
+pub struct VolumeStack {
+    /// For the start-up probes: retried, not counted.
+    pub probe: Arc<dyn ObjectStore>,
+    /// The volume's own: retried and counted.
+    pub store: Arc<dyn ObjectStore>,
+    /// What `store` has sent.
+    pub requests: Arc<RequestStats>,
+    pub renewals: Renewals,
+}
+
+impl Connection {
+    /// The endpoint as messages name it.
+    pub fn endpoint(&self) -> String {
+        self.endpoint_url
+            .clone()
+            .unwrap_or_else(|| "the AWS S3 endpoint".to_string())
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::within(self.io_timeout)
+    }
+
+    fn retrying(&self, store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        Arc::new(RetryingStore::new(store, self.retry_policy()))
+    }
+
+    /// The S3 store for `bucket`, signing with the role's or the default chain's
+    /// credentials, renewed ahead of expiry by a task that lives as long as the
+    /// runtime, and retrying a request once with new ones when S3 calls them
+    /// expired. The error says what to check.
+    async fn connect(&self, bucket: &str) -> Result<(Arc<dyn ObjectStore>, Renewals), String> {
+        let base = auth::load_base_config(self.region.as_deref(), self.profile.as_deref()).await;
+        let credentials =
+            auth::volume_credentials(self.role.as_ref(), self.renew_before, &base).await?;
+        let options = S3Options {
+            endpoint_url: self.endpoint_url.clone(),
+            force_path_style: self.force_path_style,
+            credentials: Some(SharedCredentialsProvider::new(credentials.clone())),
+            encryption: self.encryption.clone(),
+            stall_timeout: Some(self.retry_policy().stall_timeout()),
+        };
+        let s3 = Arc::new(S3Store::from_sdk_config(bucket, &base, &options));
+        let credentials = Arc::new(credentials);
+        let renewals: Renewals = {
+            let credentials = credentials.clone();
+            Arc::new(move || credentials.renewals())
+        };
+        Ok((Arc::new(RenewOnExpiry::new(s3, credentials)), renewals))
+    }
+
+    /// The store of a one-shot command (`check`, `cleanup`): retried, not counted.
+    pub async fn command_store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+        let (store, _) = self.connect(bucket).await?;
+        Ok(self.retrying(store))
+    }
+
+    /// The stores of a volume on `bucket`.
+    pub async fn volume_stack(&self, bucket: &str) -> Result<VolumeStack, String> {
+        let (store, renewals) = self.connect(bucket).await?;
+        let probe = self.retrying(store.clone());
+        // Counted below the retries, so the statistics show every request sent.
+        let counted = CountedStore::new(store);
+        let requests = counted.stats();
+        Ok(VolumeStack {
+            probe,
+            store: self.retrying(Arc::new(counted)),
+            requests,
+            renewals,
+        })
+    }
+}
