@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod fs;
+pub mod fuse;
 pub mod host;
 pub mod proxy;
 pub mod writer;

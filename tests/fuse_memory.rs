@@ -1,0 +1,315 @@
+//! The kernel path without a server: the FUSE adapter mounted over the memory
+//! store in this process, driven with real system calls (open, read, pread,
+//! write, rename, unlink, mkdir, rmdir, getxattr, ioctl). What the kernel sends
+//! and what `fuse/` answers are tested here; what each answer means for S3 is
+//! tested on `Fs` directly in the fs_* tests.
+//!
+//! Nothing here starts a process: a child would inherit the test's open files,
+//! and its exit would close them behind the test's back (see common/fuse.rs).
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod common;
+
+use common::fuse::{MemoryMount, PART};
+use common::pattern;
+use s3vol::fs::FsConfig;
+use s3vol::stats::{REPORT_MAX, read_report};
+use s3vol::store::faulty::{Fault, FaultyStore};
+use s3vol::store::memory::MemoryStore;
+use s3vol::store::{ObjectStore, Operation};
+
+const MIB: usize = 1 << 20;
+
+/// Every answer from S3 is asked for again: the tests change the bucket behind
+/// the volume's back.
+fn fresh() -> FsConfig {
+    FsConfig {
+        metadata_ttl: Duration::ZERO,
+        ..FsConfig::default()
+    }
+}
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error()
+        .unwrap_or_else(|| panic!("not an OS error: {e}"))
+}
+
+fn sorted_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn reads_lists_and_stats_through_the_kernel() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let big = pattern(3 * PART as usize + 12_345, 7);
+    store.put("root/small.txt", "hello, kernel\n");
+    store.put("root/data/big.bin", big.clone());
+    store.put("root/data/deep/x", "x");
+    store.put("elsewhere/y", "not in the volume");
+    let vol = MemoryMount::read_only(store.clone(), fresh());
+
+    assert_eq!(sorted_names(vol.path()), ["data", "small.txt"]);
+    assert_eq!(sorted_names(&vol.join("data")), ["big.bin", "deep"]);
+    assert_eq!(
+        fs::read_to_string(vol.join("small.txt")).unwrap(),
+        "hello, kernel\n"
+    );
+    let meta = fs::metadata(vol.join("data/big.bin")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.len(), big.len() as u64);
+    assert!(fs::metadata(vol.join("data/deep")).unwrap().is_dir());
+
+    // Sequential, then random reads, then past the end.
+    assert_eq!(fs::read(vol.join("data/big.bin")).unwrap(), big);
+    let file = File::open(vol.join("data/big.bin")).unwrap();
+    for offset in [
+        0,
+        1,
+        PART as usize - 3,
+        2 * PART as usize + 99,
+        big.len() - 10,
+    ] {
+        let mut buf = vec![0; 4096];
+        let n = file.read_at(&mut buf, offset as u64).unwrap();
+        assert_eq!(&buf[..n], &big[offset..(offset + 4096).min(big.len())]);
+    }
+    let mut buf = [0u8; 16];
+    assert_eq!(file.read_at(&mut buf, big.len() as u64 + 5).unwrap(), 0);
+
+    // The statistics report comes back through the ioctl on the root only.
+    let root = File::open(vol.path()).unwrap();
+    let mut report = vec![0; REPORT_MAX];
+    let len = read_report(&root, &mut report).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report[..len]).unwrap();
+    assert_eq!(report["mode"], "read-only");
+    assert!(report["requests"]["GetObject"].as_u64().unwrap() > 0);
+    let mut report = vec![0; REPORT_MAX];
+    assert_eq!(
+        read_report(&file, &mut report).unwrap_err(),
+        nix::errno::Errno::ENOTTY
+    );
+}
+
+#[test]
+fn a_read_only_volume_refuses_every_change_and_sends_nothing() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "data");
+    store.put("root/d/", "");
+    let vol = MemoryMount::read_only(store.clone(), fresh());
+    store.clear_calls();
+    let erofs = |result: std::io::Result<()>| assert_eq!(errno(result.unwrap_err()), libc::EROFS);
+    erofs(fs::write(vol.join("f"), "new").map(drop));
+    erofs(fs::write(vol.join("new"), "new").map(drop));
+    erofs(fs::remove_file(vol.join("f")));
+    erofs(fs::create_dir(vol.join("e")));
+    erofs(fs::remove_dir(vol.join("d")));
+    erofs(fs::rename(vol.join("f"), vol.join("g")));
+    erofs(std::os::unix::fs::symlink("f", vol.join("link")));
+    assert!(
+        store.calls().iter().all(|c| !c.op.mutates()),
+        "{:?}",
+        store.calls()
+    );
+    assert_eq!(fs::read(vol.join("f")).unwrap(), b"data");
+}
+
+#[test]
+fn writes_reach_the_bucket_when_closed() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = MemoryMount::read_write(store.clone(), fresh());
+
+    // A small file: one PutObject at close.
+    fs::write(vol.join("small"), b"one part").unwrap();
+    assert_eq!(store.get("root/small").unwrap(), &b"one part"[..]);
+
+    // A file of several parts: uploaded while written, completed at close.
+    let big = pattern(2 * PART as usize + MIB + 17, 3);
+    let mut file = File::create(vol.join("big")).unwrap();
+    for chunk in big.chunks(MIB / 2) {
+        file.write_all(chunk).unwrap();
+    }
+    assert_eq!(store.get("root/big"), None, "nothing visible before close");
+    drop(file);
+    assert_eq!(store.get("root/big").unwrap(), big);
+    assert!(store.count_calls(Operation::UploadPart) >= 3);
+    assert_eq!(store.count_calls(Operation::CompleteMultipartUpload), 1);
+    assert!(store.pending_uploads().is_empty());
+
+    // Append, overwrite in the middle, truncate: each one a new object at close.
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(vol.join("small"))
+        .unwrap();
+    file.write_all(b", appended").unwrap();
+    drop(file);
+    assert_eq!(store.get("root/small").unwrap(), &b"one part, appended"[..]);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(vol.join("small"))
+        .unwrap();
+    file.seek(SeekFrom::Start(4)).unwrap();
+    file.write_all(b"PART").unwrap();
+    file.sync_all().unwrap();
+    assert_eq!(
+        store.get("root/small").unwrap(),
+        &b"one PART, appended"[..],
+        "fsync makes it durable"
+    );
+    file.set_len(3).unwrap();
+    drop(file);
+    assert_eq!(store.get("root/small").unwrap(), &b"one"[..]);
+
+    // Read back through the kernel what was written through it.
+    let mut back = Vec::new();
+    File::open(vol.join("big"))
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(back, big);
+}
+
+#[test]
+fn directories_renames_and_unlinks() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/keep", "k");
+    let vol = MemoryMount::read_write(store.clone(), fresh());
+
+    fs::create_dir(vol.join("dir")).unwrap();
+    assert!(store.get("root/dir/").is_some(), "a marker object");
+    fs::write(vol.join("dir/a"), "a").unwrap();
+    fs::create_dir(vol.join("dir/sub")).unwrap();
+    fs::write(vol.join("dir/sub/b"), "b").unwrap();
+    assert_eq!(
+        errno(fs::remove_dir(vol.join("dir")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
+
+    // A file renamed, over an existing one too.
+    fs::rename(vol.join("dir/a"), vol.join("a2")).unwrap();
+    fs::rename(vol.join("a2"), vol.join("keep")).unwrap();
+    assert_eq!(fs::read(vol.join("keep")).unwrap(), b"a");
+    // A directory renamed with everything in it.
+    fs::rename(vol.join("dir"), vol.join("moved")).unwrap();
+    assert_eq!(fs::read(vol.join("moved/sub/b")).unwrap(), b"b");
+    assert_eq!(
+        errno(fs::metadata(vol.join("dir")).unwrap_err()),
+        libc::ENOENT
+    );
+    let mut keys = store.keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "root/keep",
+            "root/moved/",
+            "root/moved/sub/",
+            "root/moved/sub/b"
+        ]
+    );
+
+    fs::remove_file(vol.join("moved/sub/b")).unwrap();
+    fs::remove_dir(vol.join("moved/sub")).unwrap();
+    fs::remove_dir(vol.join("moved")).unwrap();
+    assert_eq!(store.keys(), ["root/keep"]);
+    assert_eq!(sorted_names(vol.path()), ["keep"]);
+}
+
+#[test]
+fn errors_reach_the_application_with_their_errno() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    memory.put("root/f", pattern(8 * MIB, 1));
+    memory.put("root/d/x", "x");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let vol = MemoryMount::read_write(store, fresh());
+
+    assert_eq!(
+        errno(fs::metadata(vol.join("none")).unwrap_err()),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(File::open(vol.join("f/x")).unwrap_err()),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(fs::remove_file(vol.join("d")).unwrap_err()),
+        libc::EISDIR
+    );
+    let long = "n".repeat(256);
+    assert_eq!(
+        errno(fs::write(vol.join(&long), "x").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("f", vol.join("link")).unwrap_err()),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno(fs::hard_link(vol.join("f"), vol.join("h")).unwrap_err()),
+        libc::EOPNOTSUPP
+    );
+    // Extended attributes: the kernel learns ENOSYS once and answers itself.
+    for _ in 0..2 {
+        let path = CString::new(vol.join("f").as_os_str().as_bytes()).unwrap();
+        let mut value = [0u8; 64];
+        // SAFETY: both strings are NUL-terminated and outlive the call, and the
+        // buffer is valid for the length given.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                c"user.x".as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EOPNOTSUPP)
+        );
+    }
+
+    // S3 refuses: EACCES, not EIO.
+    faulty.fail_all(Operation::GetObject, Fault::AccessDenied);
+    assert_eq!(errno(fs::read(vol.join("f")).unwrap_err()), libc::EACCES);
+    faulty.clear();
+    faulty.fail_all(Operation::PutObject, Fault::AccessDenied);
+    let mut file = File::create(vol.join("denied")).unwrap();
+    file.write_all(b"never stored").unwrap();
+    assert_eq!(errno(file.sync_all().unwrap_err()), libc::EACCES);
+    drop(file);
+    assert_eq!(memory.get("root/denied"), None);
+    faulty.clear();
+
+    // An object replaced under an open handle: ESTALE, never a mix. (The read
+    // jumps far from the first, past anything read ahead.)
+    let file = File::open(vol.join("f")).unwrap();
+    let mut first = vec![0; 4096];
+    file.read_exact_at(&mut first, 0).unwrap();
+    memory.put("root/f", pattern(8 * MIB, 2));
+    let mut later = vec![0; 4096];
+    let result = file.read_exact_at(&mut later, 6 * MIB as u64);
+    assert_eq!(
+        result.map_err(errno).unwrap_err(),
+        libc::ESTALE,
+        "a read of the new version through the old handle"
+    );
+    drop(file);
+    assert_eq!(fs::read(vol.join("f")).unwrap(), pattern(8 * MIB, 2));
+
+    // A file past S3's 5 TiB is refused before anything is staged.
+    let file = File::create(vol.join("huge")).unwrap();
+    assert_eq!(errno(file.set_len(6 << 40).unwrap_err()), libc::EFBIG);
+}
