@@ -14,6 +14,9 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::pattern;
 use proptest::prelude::*;
 use s3vol::cache::{BlockCache, CacheConfig};
 use s3vol::fs::{Fs, FsConfig, Kind, OpenFlags, ROOT_INO, WriteConfig};
@@ -44,17 +47,7 @@ impl Data {
     fn bytes(&self) -> Vec<u8> {
         match self {
             Data::Bytes(bytes) => bytes.clone(),
-            Data::Large { len, seed } => {
-                let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                (0..*len)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect()
-            }
+            Data::Large { len, seed } => pattern(*len, *seed),
         }
     }
 }

@@ -8,8 +8,7 @@ mod common;
 
 use common::fs::{READ, TRUNCATE, WRITE, lookup_path, read_all};
 use common::pattern;
-use s3vol::fs::WriteConfig;
-use s3vol::fs::{Fs, FsConfig, Kind, ROOT_INO};
+use s3vol::fs::{Fs, FsConfig, Kind, ROOT_INO, WriteConfig};
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};

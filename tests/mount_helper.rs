@@ -354,9 +354,9 @@ async fn a_volume_without_a_log_file_logs_to_syslog() {
             .iter()
             .any(|m| m.starts_with(priority) && m.contains(text))
     };
-    assert!(sent("<30>", "INFO s3vol::run: mounted"), "{messages:#?}");
+    assert!(sent("<30>", "INFO s3vol::daemon: mounted"), "{messages:#?}");
     assert!(
-        sent("<28>", "WARN s3vol::fs: skipped keys"),
+        sent("<28>", "WARN s3vol::fs::dir: skipped keys"),
         "{messages:#?}"
     );
     assert!(sent("<30>", "unmounted"), "{messages:#?}");

@@ -45,12 +45,12 @@ fn one_shot<T>(
 /// What a FUSE mountpoint answers once its daemon is gone: ENOTCONN ("Transport
 /// endpoint is not connected"), or ECONNABORTED for a request the kernel had
 /// under way when the daemon died.
-pub(crate) fn daemon_gone(e: &std::io::Error) -> bool {
+fn daemon_gone(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 
 /// An OS error as the shell would print it, without Rust's "(os error N)".
-pub(crate) fn plain(e: &std::io::Error) -> String {
+fn plain(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.find(" (os error") {
         Some(end) => text[..end].to_string(),
@@ -60,7 +60,7 @@ pub(crate) fn plain(e: &std::io::Error) -> String {
 
 /// How this user removes a dead FUSE mount: umount(8) for root, fusermount3 for
 /// the others, whose own FUSE mounts it is.
-pub(crate) fn cleanup_command(mountpoint: &Path) -> String {
+fn cleanup_command(mountpoint: &Path) -> String {
     if nix::unistd::geteuid().is_root() {
         format!("umount {}", mountpoint.display())
     } else {
