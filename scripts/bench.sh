@@ -31,7 +31,10 @@ apt_install s3fs rclone python3
 [ "$(id -u)" -eq 0 ] || die "run as root: the benchmark drops the page cache between runs"
 
 log "building s3vol and the raw client (release)"
-cargo build --release --quiet --bin s3vol --example s3bench
+# Built one after the other: the example would turn the test doubles on for the
+# binary too (see Cargo.toml).
+cargo build --release --quiet --bin s3vol
+cargo build --release --quiet --example s3bench
 S3VOL="$S3VOL_ROOT/target/release/s3vol"
 S3BENCH="$S3VOL_ROOT/target/release/examples/s3bench"
 
