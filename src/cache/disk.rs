@@ -5,7 +5,7 @@
 //! a byte is written, so the files on disk never exceed the bound, not even
 //! while many are being written. Files are written under a temporary name and
 //! renamed into place, so a reader never sees half a block. Recently used files
-//! are kept open with their checked headers (see [`super::block_file`]), so a
+//! are kept open with their checked headers (see `super::block_file`), so a
 //! small read costs one read of its chunk: no path lookup, no header read.
 
 use std::fs;

@@ -6,17 +6,17 @@
 //! the old object's blocks: its new ETag names other blocks, and the old ones age
 //! out.
 //!
-//! [`BlockCache`] asks two tiers, each an implementation of [`tier::Tier`]: a
-//! small LRU of whole blocks in memory ([`memory`]) in front of an LRU of block
-//! files on disk ([`disk`]), both bounded in bytes; what neither holds is fetched
-//! from S3 once however many readers want it ([`fetch`]). A fetched block is
+//! [`BlockCache`] asks two tiers, each an implementation of `tier::Tier`: a
+//! small LRU of whole blocks in memory (`memory`) in front of an LRU of block
+//! files on disk (`disk`), both bounded in bytes; what neither holds is fetched
+//! from S3 once however many readers want it (`fetch`). A fetched block is
 //! handed to the reader at once and written to disk behind it, in the
 //! background; until its file is in place it is served from memory, and readers
-//! wait for the disk only when it falls [`WRITE_BACKLOG`] behind.
+//! wait for the disk only when it falls `WRITE_BACKLOG` behind.
 //!
-//! Each block file checks itself ([`block_file`]: a CRC32C of every 4 KiB chunk);
+//! Each block file checks itself (`block_file`: a CRC32C of every 4 KiB chunk);
 //! a file that does not match is a miss and is removed, never an error. Each
-//! mount has a directory of its own under the cache directory ([`dir`]: mode
+//! mount has a directory of its own under the cache directory (`dir`: mode
 //! 0700, files 0600), emptied at mount and removed at unmount. The cache never
 //! outlives its mount: a remount may run with other credentials, and must not
 //! serve what only the old ones were allowed to read.

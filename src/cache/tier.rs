@@ -34,7 +34,7 @@ pub trait Tier: Send + Sync {
     fn clear(&self);
 }
 
-/// Finds the block `id` of `len` bytes, whole, as a read of all of it would.
+/// The span of all `len` bytes of block `id`, as a read of the whole block has.
 #[cfg(test)]
 pub(super) fn whole(id: &BlockId, len: usize) -> Span {
     Span {

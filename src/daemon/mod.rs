@@ -7,8 +7,8 @@
 //! reason and exits 1. So `s3vol mount` returns only when the volume is usable, and a
 //! script (or mount(8), or systemd) sees every failure.
 //!
-//! [`volume`] assembles what serves the volume (the store stack, the block cache,
-//! the filesystem); [`stop`] says how it ends; [`process`] tunes the process.
+//! `volume` assembles what serves the volume (the store stack, the block cache,
+//! the filesystem); `stop` says how it ends; `process` tunes the process.
 
 mod process;
 mod stop;
