@@ -335,7 +335,7 @@ async fn every_change_is_refused_without_a_request() {
     let erofs = |r: Result<(), s3vol::fs::FsError>| r.unwrap_err().errno();
     assert_eq!(erofs(fs.open(ino, WRITE).await.map(drop)), libc::EROFS);
     assert_eq!(
-        erofs(fs.create(ROOT_INO, OsStr::new("new")).await.map(drop)),
+        erofs(fs.create(ROOT_INO, OsStr::new("new"), None).await.map(drop)),
         libc::EROFS
     );
     assert_eq!(
@@ -351,8 +351,14 @@ async fn every_change_is_refused_without_a_request() {
         ),
         libc::EROFS
     );
-    assert_eq!(erofs(fs.setattr(ino, Some(0)).await.map(drop)), libc::EROFS);
-    assert_eq!(erofs(fs.setattr(ino, None).await.map(drop)), libc::EROFS);
+    assert_eq!(
+        erofs(fs.setattr(ino, Some(0), None).await.map(drop)),
+        libc::EROFS
+    );
+    assert_eq!(
+        erofs(fs.setattr(ino, None, None).await.map(drop)),
+        libc::EROFS
+    );
     assert!(store.calls().is_empty(), "{:?}", store.calls());
 }
 
@@ -487,8 +493,8 @@ async fn a_cached_listing_shows_this_mounts_own_changes() {
     );
     let d = lookup_path(&fs, "d").await.unwrap();
     assert_eq!(list(&fs, d).await.len(), 1);
-    let (_, fh) = fs.create(d, OsStr::new("new")).await.unwrap();
-    fs.flush(fh).await.unwrap();
+    let (_, fh) = fs.create(d, OsStr::new("new"), None).await.unwrap();
+    fs.flush(fh, None).await.unwrap();
     fs.release(fh).await;
     fs.unlink(d, OsStr::new("a")).await.unwrap();
     store.clear_calls();

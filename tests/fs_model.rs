@@ -261,6 +261,8 @@ fn written(mut file: Vec<u8>, offset: u64, data: &[u8]) -> Vec<u8> {
 struct Harness {
     store: Arc<MemoryStore>,
     faulty: Arc<FaultyStore>,
+    /// The requests refused during the current operation.
+    denied: Option<Operation>,
     fs: Fs,
     model: Model,
     _local: tempfile::TempDir,
@@ -269,10 +271,12 @@ struct Harness {
 const TRUNCATE: OpenFlags = OpenFlags {
     write: true,
     truncate: true,
+    process: None,
 };
 const WRITE: OpenFlags = OpenFlags {
     write: true,
     truncate: false,
+    process: None,
 };
 
 impl Harness {
@@ -305,6 +309,7 @@ impl Harness {
             fs: Fs::new(faulty.clone(), ROOT, config),
             store,
             faulty,
+            denied: None,
             model: Model::default(),
             _local: local,
         }
@@ -351,7 +356,7 @@ impl Harness {
     ) -> Result<(), i32> {
         let fh = self.fs.open(ino, flags).await.unwrap();
         self.write_at(fh, offset, data).await;
-        let closed = self.fs.flush(fh).await.map_err(|e| e.errno());
+        let closed = self.fs.flush(fh, None).await.map_err(|e| e.errno());
         self.fs.release(fh).await;
         closed
     }
@@ -369,18 +374,24 @@ impl Harness {
                 }
                 let dir = self.parent_ino(path).await.unwrap();
                 let data = data.bytes();
+                // A close with nothing written leaves the upload to the release,
+                // which cannot report a refusal to anyone: the bucket keeps what
+                // it had.
+                let unreported = data.is_empty() && self.denied == Some(Operation::PutObject);
                 match self.resolve(path).await {
                     Ok((ino, _)) => self.write_through(ino, TRUNCATE, 0, &data).await?,
                     Err(libc::ENOENT) => {
-                        let (_, fh) = self.fs.create(dir, Self::name(path)).await.unwrap();
+                        let (_, fh) = self.fs.create(dir, Self::name(path), None).await.unwrap();
                         self.write_at(fh, 0, &data).await;
-                        let closed = self.fs.flush(fh).await.map_err(|e| e.errno());
+                        let closed = self.fs.flush(fh, None).await.map_err(|e| e.errno());
                         self.fs.release(fh).await;
                         closed?;
                     }
                     Err(e) => panic!("{op:?}: lookup failed with {e}"),
                 }
-                self.model.keys.insert(path.clone(), data);
+                if !unreported {
+                    self.model.keys.insert(path.clone(), data);
+                }
             }
             Op::Write { path, offset, data } => {
                 let Some(old) = self.model.keys.get(path).cloned() else {
@@ -414,7 +425,7 @@ impl Harness {
                 let (ino, _) = self.resolve(path).await.unwrap();
                 let attr = self
                     .fs
-                    .setattr(ino, Some(*size))
+                    .setattr(ino, Some(*size), None)
                     .await
                     .map_err(|e| e.errno())?
                     .attr;
@@ -430,29 +441,35 @@ impl Harness {
                 let (ino, _) = self.resolve(path).await.unwrap();
                 let first = self.fs.open(ino, WRITE).await.unwrap();
                 let second = self.fs.open(ino, WRITE).await.unwrap();
-                let mut first_open = true;
+                let before = content.clone();
+                let (mut first_open, mut first_wrote) = (true, false);
                 for (i, (handle, offset, data)) in writes.iter().enumerate() {
                     let fh = match handle {
-                        Handle::First if first_open => first,
+                        Handle::First if first_open => {
+                            first_wrote |= !data.is_empty();
+                            first
+                        }
                         _ => second,
                     };
                     self.write_at(fh, *offset, data).await;
                     content = written(content, *offset, data);
                     if i == writes.len() / 2 && first_open {
-                        // Closing one writer makes what every handle wrote so
-                        // far durable.
-                        self.fs.flush(first).await.unwrap();
+                        // Closing a handle that wrote makes what every handle
+                        // wrote so far durable; closing one that did not
+                        // publishes nothing.
+                        self.fs.flush(first, None).await.unwrap();
                         self.fs.release(first).await;
                         first_open = false;
                         let stored = self.store.get(&format!("{ROOT}{path}")).unwrap();
-                        assert_eq!(&stored[..], &content[..], "{op:?}: after the first close");
+                        let want = if first_wrote { &content } else { &before };
+                        assert_eq!(&stored[..], &want[..], "{op:?}: after the first close");
                     }
                 }
                 if first_open {
-                    self.fs.flush(first).await.unwrap();
+                    self.fs.flush(first, None).await.unwrap();
                     self.fs.release(first).await;
                 }
-                self.fs.flush(second).await.unwrap();
+                self.fs.flush(second, None).await.unwrap();
                 self.fs.release(second).await;
                 self.model.keys.insert(path.clone(), content);
             }
@@ -526,7 +543,9 @@ impl Harness {
             }
             Op::Denied { denied, op } => {
                 self.faulty.fail_all(*denied, Fault::AccessDenied);
+                self.denied = Some(*denied);
                 let result = Box::pin(self.apply(op)).await;
+                self.denied = None;
                 self.faulty.clear();
                 // Refused or not needed at all (the file did not exist, say):
                 // never another error.

@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod common;
 
@@ -55,9 +56,9 @@ async fn write_all(fs: &Fs, fh: u64, mut offset: u64, data: &[u8]) {
 
 /// Creates `name` in the root with `data`, closing it (flush, release).
 async fn create_file(fs: &Fs, name: &str, data: &[u8]) -> Result<(), i32> {
-    let (_, fh) = fs.create(ROOT_INO, OsStr::new(name)).await.unwrap();
+    let (_, fh) = fs.create(ROOT_INO, OsStr::new(name), None).await.unwrap();
     write_all(fs, fh, 0, data).await;
-    let result = fs.flush(fh).await.map_err(|e| e.errno());
+    let result = fs.flush(fh, None).await.map_err(|e| e.errno());
     fs.release(fh).await;
     result
 }
@@ -66,14 +67,18 @@ async fn create_file(fs: &Fs, name: &str, data: &[u8]) -> Result<(), i32> {
 async fn a_small_file_is_one_put_on_close_and_visible_at_once() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
-    let (entry, fh) = vol.fs.create(ROOT_INO, OsStr::new("a.txt")).await.unwrap();
+    let (entry, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("a.txt"), None)
+        .await
+        .unwrap();
     vol.fs.write(fh, 0, b"hello").await.unwrap();
     // Visible in the mount at once, not yet in S3.
     let ino = lookup_path(&vol.fs, "a.txt").await.unwrap();
     assert_eq!(ino, entry.attr.ino);
     assert_eq!(vol.fs.getattr(ino).await.unwrap().attr.size, 5);
     assert_eq!(store.get("root/a.txt"), None);
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     assert_eq!(store.get("root/a.txt").as_deref(), Some(&b"hello"[..]));
     assert_eq!(store.count_calls(Operation::PutObject), 1);
     assert_eq!(store.count_calls(Operation::CreateMultipartUpload), 0);
@@ -96,7 +101,11 @@ async fn parts_upload_while_the_application_writes() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
     let data = pattern(4 * PART + 12345, 1);
-    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("big")).await.unwrap();
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("big"), None)
+        .await
+        .unwrap();
     write_all(&vol.fs, fh, 0, &data).await;
     // The writer has moved past four parts: they upload before close.
     let before_close = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -110,7 +119,7 @@ async fn parts_upload_while_the_application_writes() {
         "parts were not uploaded while writing"
     );
     assert_eq!(store.get("root/big"), None, "not visible before close");
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     assert_eq!(store.get("root/big").unwrap(), data);
     assert_eq!(store.count_calls(Operation::UploadPart), 5);
@@ -129,7 +138,7 @@ async fn overwrite_append_random_write_and_truncate() {
     store.clear_calls();
     let fh = vol.fs.open(ino, TRUNCATE).await.unwrap();
     vol.fs.write(fh, 0, b"new").await.unwrap();
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     assert_eq!(store.count_calls(Operation::GetObject), 0);
     assert_eq!(store.get("root/f").as_deref(), Some(&b"new"[..]));
@@ -137,7 +146,7 @@ async fn overwrite_append_random_write_and_truncate() {
     // Append: the object is staged, extended, uploaded whole.
     let fh = vol.fs.open(ino, WRITE).await.unwrap();
     vol.fs.write(fh, 3, b" and more").await.unwrap();
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     assert_eq!(store.get("root/f").as_deref(), Some(&b"new and more"[..]));
 
@@ -145,18 +154,21 @@ async fn overwrite_append_random_write_and_truncate() {
     let fh = vol.fs.open(ino, WRITE).await.unwrap();
     vol.fs.write(fh, 4, b"AND").await.unwrap();
     assert_eq!(&vol.fs.read(fh, 0, 100).await.unwrap()[..], b"new AND more");
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     assert_eq!(store.get("root/f").as_deref(), Some(&b"new AND more"[..]));
 
     // truncate(1) of a file nobody has open: shrink, then grow with zeros.
-    assert_eq!(vol.fs.setattr(ino, Some(3)).await.unwrap().attr.size, 3);
+    assert_eq!(
+        vol.fs.setattr(ino, Some(3), None).await.unwrap().attr.size,
+        3
+    );
     assert_eq!(store.get("root/f").as_deref(), Some(&b"new"[..]));
-    vol.fs.setattr(ino, Some(5)).await.unwrap();
+    vol.fs.setattr(ino, Some(5), None).await.unwrap();
     assert_eq!(store.get("root/f").as_deref(), Some(&b"new\0\0"[..]));
     // Modes, owners and times are accepted and change nothing.
     store.clear_calls();
-    assert_eq!(vol.fs.setattr(ino, None).await.unwrap().attr.size, 5);
+    assert_eq!(vol.fs.setattr(ino, None, None).await.unwrap().attr.size, 5);
     assert!(store.calls().iter().all(|c| !c.op.mutates()));
 }
 
@@ -165,7 +177,11 @@ async fn rewriting_an_uploaded_part_uploads_it_again() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
     let mut data = pattern(3 * PART, 3);
-    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("db")).await.unwrap();
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("db"), None)
+        .await
+        .unwrap();
     write_all(&vol.fs, fh, 0, &data).await;
     // Back to the start, as a database rewriting its header does.
     vol.fs.write(fh, 10, b"HEADER").await.unwrap();
@@ -175,7 +191,7 @@ async fn rewriting_an_uploaded_part_uploads_it_again() {
         &vol.fs.read(fh, 2 * PART as u64, 1000).await.unwrap()[..],
         &data[2 * PART..2 * PART + 1000]
     );
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     assert_eq!(store.get("root/db").unwrap(), data);
     assert!(store.pending_uploads().is_empty());
@@ -185,7 +201,11 @@ async fn rewriting_an_uploaded_part_uploads_it_again() {
 async fn handles_on_one_path_share_the_file_and_readers_see_it() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
-    let (entry, a) = vol.fs.create(ROOT_INO, OsStr::new("shared")).await.unwrap();
+    let (entry, a) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("shared"), None)
+        .await
+        .unwrap();
     let ino = entry.attr.ino;
     let b = vol.fs.open(ino, WRITE).await.unwrap();
     vol.fs.write(a, 0, b"aaaa").await.unwrap();
@@ -193,16 +213,16 @@ async fn handles_on_one_path_share_the_file_and_readers_see_it() {
     let reader = vol.fs.open(ino, READ).await.unwrap();
     assert_eq!(&vol.fs.read(reader, 0, 100).await.unwrap()[..], b"aabbbb");
     // A reader closing uploads nothing; fsync through it does.
-    vol.fs.flush(reader).await.unwrap();
+    vol.fs.flush(reader, None).await.unwrap();
     assert_eq!(store.get("root/shared"), None);
     vol.fs.fsync(reader).await.unwrap();
     assert_eq!(store.get("root/shared").as_deref(), Some(&b"aabbbb"[..]));
     // Closing one writer uploads what both wrote so far.
-    vol.fs.flush(a).await.unwrap();
+    vol.fs.flush(a, None).await.unwrap();
     vol.fs.release(a).await;
     assert_eq!(store.get("root/shared").as_deref(), Some(&b"aabbbb"[..]));
     vol.fs.write(b, 6, b"!").await.unwrap();
-    vol.fs.flush(b).await.unwrap();
+    vol.fs.flush(b, None).await.unwrap();
     vol.fs.release(b).await;
     vol.fs.release(reader).await;
     assert_eq!(store.get("root/shared").as_deref(), Some(&b"aabbbb!"[..]));
@@ -212,10 +232,14 @@ async fn handles_on_one_path_share_the_file_and_readers_see_it() {
 async fn a_file_unlinked_while_open_is_never_uploaded() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
-    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("tmp")).await.unwrap();
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("tmp"), None)
+        .await
+        .unwrap();
     write_all(&vol.fs, fh, 0, &pattern(2 * PART + 1, 4)).await;
     vol.fs.unlink(ROOT_INO, OsStr::new("tmp")).await.unwrap();
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     assert_eq!(store.get("root/tmp"), None);
     assert!(store.pending_uploads().is_empty());
@@ -229,11 +253,15 @@ async fn directories_are_markers_and_rmdir_needs_them_empty() {
     let dir = vol.fs.mkdir(ROOT_INO, OsStr::new("d")).await.unwrap();
     assert_eq!(dir.attr.kind, Kind::Directory);
     assert_eq!(store.get("root/d/").as_deref(), Some(&b""[..]));
-    let (_, fh) = vol.fs.create(dir.attr.ino, OsStr::new("x")).await.unwrap();
+    let (_, fh) = vol
+        .fs
+        .create(dir.attr.ino, OsStr::new("x"), None)
+        .await
+        .unwrap();
     // Not yet in S3, but the directory is not empty.
     let err = vol.fs.rmdir(ROOT_INO, OsStr::new("d")).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENOTEMPTY);
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     let err = vol.fs.rmdir(ROOT_INO, OsStr::new("d")).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENOTEMPTY);
@@ -310,7 +338,11 @@ async fn rename_files_and_directories() {
 async fn renaming_a_file_being_written_uploads_it_under_the_new_name() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
-    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new(".swp")).await.unwrap();
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new(".swp"), None)
+        .await
+        .unwrap();
     vol.fs.write(fh, 0, b"draft").await.unwrap();
     let root = OsStr::new;
     vol.fs
@@ -318,7 +350,7 @@ async fn renaming_a_file_being_written_uploads_it_under_the_new_name() {
         .await
         .unwrap();
     vol.fs.write(fh, 5, b" final").await.unwrap();
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     assert_eq!(store.get("root/doc").as_deref(), Some(&b"draft final"[..]));
     assert_eq!(store.get("root/.swp"), None);
@@ -336,7 +368,7 @@ async fn failed_upload(size: usize, op: Operation, nth: usize) {
     let ino = lookup_path(&vol.fs, "f").await.unwrap();
     let fh = vol.fs.open(ino, TRUNCATE).await.unwrap();
     write_all(&vol.fs, fh, 0, &pattern(size, 5)).await;
-    let err = vol.fs.flush(fh).await.unwrap_err();
+    let err = vol.fs.flush(fh, None).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO, "{op:?}: {err}");
     assert!(format!("{err:#}").contains("injected"), "{err:#}");
     vol.fs.release(fh).await;
@@ -381,11 +413,15 @@ async fn a_failed_copy_leaves_the_source_in_place() {
 async fn staging_files_leave_no_trace_in_the_cache_directory() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
-    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("f")).await.unwrap();
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("f"), None)
+        .await
+        .unwrap();
     vol.fs.write(fh, 0, b"secret data").await.unwrap();
     // Unlinked at creation: nobody can open it by name, and a crash leaves nothing.
     assert_eq!(std::fs::read_dir(vol.staging.path()).unwrap().count(), 0);
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
 }
 
@@ -401,7 +437,7 @@ async fn keys_longer_than_s3_allows_are_enametoolong_before_any_request() {
     store.clear_calls();
     // root/ + 4 × 251 bytes + 20: past S3's 1024-byte keys.
     let name = OsStr::new("twenty-bytes-of-name");
-    let err = vol.fs.create(dir, name).await.unwrap_err();
+    let err = vol.fs.create(dir, name, None).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
     let err = vol.fs.mkdir(dir, name).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
@@ -412,13 +448,17 @@ async fn keys_longer_than_s3_allows_are_enametoolong_before_any_request() {
 async fn an_unlinked_open_file_has_no_links_and_still_works() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
-    let (entry, fh) = vol.fs.create(ROOT_INO, OsStr::new("f")).await.unwrap();
+    let (entry, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("f"), None)
+        .await
+        .unwrap();
     assert_eq!(entry.attr.nlink, 1);
     vol.fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
     assert_eq!(vol.fs.getattr(entry.attr.ino).await.unwrap().attr.nlink, 0);
     vol.fs.write(fh, 0, b"still here").await.unwrap();
     assert_eq!(&vol.fs.read(fh, 0, 100).await.unwrap()[..], b"still here");
-    vol.fs.flush(fh).await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     assert!(store.keys().is_empty());
 }
@@ -449,7 +489,11 @@ async fn writes_that_need_no_download_complete_without_waiting() {
     let store = Arc::new(MemoryStore::new("bkt"));
     store.put("root/old", "old content");
     let vol = volume(store.clone());
-    let (_, fh) = vol.fs.create(ROOT_INO, OsStr::new("new")).await.unwrap();
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("new"), None)
+        .await
+        .unwrap();
     assert_eq!(vol.fs.write_now(fh, 0, b"now").unwrap().unwrap(), 3);
     // An existing object must be downloaded before it is changed: not now.
     let old = lookup_path(&vol.fs, "old").await.unwrap();
@@ -458,7 +502,7 @@ async fn writes_that_need_no_download_complete_without_waiting() {
     vol.fs.write(fh2, 0, b"O").await.unwrap();
     assert_eq!(vol.fs.write_now(fh2, 1, b"LD").unwrap().unwrap(), 2);
     for fh in [fh, fh2] {
-        vol.fs.flush(fh).await.unwrap();
+        vol.fs.flush(fh, None).await.unwrap();
         vol.fs.release(fh).await;
     }
     assert_eq!(store.get("root/new").as_deref(), Some(&b"now"[..]));
@@ -492,4 +536,104 @@ async fn directory_renames_past_the_bound_or_the_key_limit_send_no_copy() {
     assert_eq!(store.count_calls(Operation::CopyObject), 0);
     assert_eq!(store.count_calls(Operation::DeleteObject), 0);
     assert_eq!(store.keys().len(), 1002);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_racing_a_stop_fails_instead_of_answering_done() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    memory.put("root/f", pattern(1000, 1));
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let vol = Arc::new(volume(faulty.clone()));
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    let fh = vol.fs.open(ino, WRITE).await.unwrap();
+    // The first change downloads the object; that GET is slow, and the file is
+    // busy until it ends.
+    faulty.fail_nth(
+        Operation::GetObject,
+        1,
+        Fault::Delay(Duration::from_millis(400)),
+    );
+    let writer = {
+        let vol = vol.clone();
+        tokio::spawn(async move { vol.fs.write(fh, 0, b"new").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // fsync starts before the stop, and waits for the download; the stop comes
+    // while it waits.
+    let sync = {
+        let vol = vol.clone();
+        tokio::spawn(async move { vol.fs.fsync(fh).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lost = vol.fs.stop().await;
+    writer.await.unwrap().unwrap();
+    let synced = sync.await.unwrap();
+    assert_eq!(
+        synced.map_err(|e| e.errno()),
+        Err(libc::ENOTCONN),
+        "fsync answered for a file whose upload the stop abandoned"
+    );
+    assert_eq!(lost, ["root/f"]);
+    assert_eq!(memory.get("root/f").unwrap(), pattern(1000, 1));
+    assert!(memory.pending_uploads().is_empty());
+}
+
+#[tokio::test]
+async fn only_the_opener_s_close_after_a_write_publishes() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let (opener, child) = (Some(100), Some(200));
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("f"), opener)
+        .await
+        .unwrap();
+    // Closed before anything was written (a shell's dup2, say): nothing yet.
+    vol.fs.flush(fh, opener).await.unwrap();
+    assert_eq!(store.get("root/f"), None);
+    write_all(&vol.fs, fh, 0, b"partial").await;
+    // A forked child's close of its copy: nothing, though the file was written.
+    vol.fs.flush(fh, child).await.unwrap();
+    assert_eq!(store.get("root/f"), None);
+    write_all(&vol.fs, fh, 7, b" and whole").await;
+    // The opener's close, after it wrote: durable when it returns.
+    vol.fs.flush(fh, opener).await.unwrap();
+    assert_eq!(store.get("root/f").unwrap(), &b"partial and whole"[..]);
+    vol.fs.release(fh).await;
+    assert_eq!(store.count_calls(Operation::PutObject), 1);
+}
+
+#[tokio::test]
+async fn the_last_release_uploads_what_no_close_did() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    memory.put("root/f", "old content");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let vol = volume(faulty.clone());
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    // Opened by one process, written and closed only by another: the closes
+    // publish nothing, the release does.
+    let flags = s3vol::fs::OpenFlags {
+        process: Some(1),
+        ..TRUNCATE
+    };
+    let fh = vol.fs.open(ino, flags).await.unwrap();
+    write_all(&vol.fs, fh, 0, b"new").await;
+    vol.fs.flush(fh, Some(2)).await.unwrap();
+    assert_eq!(memory.get("root/f").unwrap(), &b"old content"[..]);
+    vol.fs.release(fh).await;
+    assert_eq!(memory.get("root/f").unwrap(), &b"new"[..]);
+
+    // An upload that failed at a close, which reported it, is not tried again
+    // when the handle is released.
+    let fh = vol.fs.open(ino, WRITE).await.unwrap();
+    write_all(&vol.fs, fh, 0, b"NEW").await;
+    faulty.fail_nth(Operation::PutObject, 1, Fault::AccessDenied);
+    let puts = memory.count_calls(Operation::PutObject);
+    assert_eq!(
+        vol.fs.flush(fh, None).await.unwrap_err().errno(),
+        libc::EACCES
+    );
+    vol.fs.release(fh).await;
+    assert_eq!(memory.count_calls(Operation::PutObject), puts);
+    assert_eq!(memory.get("root/f").unwrap(), &b"new"[..]);
 }

@@ -190,15 +190,25 @@ fn serve(
         let _ = File::from(fd).write_all(READY);
     }
     let result = match mounted.run() {
-        // The connection was ended through fusectl: by the stop signal's grace
-        // running out, or by an administrator. Either way the volume is gone.
-        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-            info!("the FUSE connection was aborted");
+        // Unmounted: every file was closed, and what the closes left to upload
+        // is uploaded now if the kernel dropped their last releases.
+        Ok(()) => {
+            runtime.block_on(stop::finish_closed_files(&volume.fs));
             Ok(())
         }
-        other => other,
+        // The connection was ended through fusectl: by the stop signal's grace
+        // running out, or by an administrator. Either way the volume is gone,
+        // and the files still open with it.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            info!("the FUSE connection was aborted");
+            runtime.block_on(stop::abandon_open_files(&volume.fs));
+            Ok(())
+        }
+        Err(e) => {
+            runtime.block_on(stop::abandon_open_files(&volume.fs));
+            Err(e)
+        }
     };
-    runtime.block_on(stop::abandon_open_files(&volume.fs));
     finish.run();
     runtime.shutdown_background();
     result.map_err(|e| Failure(format!("FUSE session ended with an error: {e}")))

@@ -100,7 +100,15 @@ impl StopSignals {
 /// Stops uploading and abandons the files still being written, logging what
 /// was lost.
 pub(super) async fn abandon_open_files(fs: &Fs) {
-    let lost = fs.stop().await;
+    log_lost(&fs.stop().await);
+}
+
+/// Uploads what closed files left to upload, then stops, logging what was lost.
+pub(super) async fn finish_closed_files(fs: &Fs) {
+    log_lost(&fs.finish().await);
+}
+
+fn log_lost(lost: &[String]) {
     if !lost.is_empty() {
         error!(
             keys = ?lost,

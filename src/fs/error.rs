@@ -100,6 +100,8 @@ impl FsError {
                     libc::ENOSPC
                 }
                 StageError::Local { .. } => libc::EIO,
+                // As for a file that outlived the grace of a stop.
+                StageError::Abandoned => libc::ENOTCONN,
                 StageError::Store(e) => store_errno(e),
             },
             // ESTALE is what NFS users know for "the file changed under your handle".
@@ -199,6 +201,7 @@ mod tests {
                     "a transfer that failed inside s3vol, or a staging file that cannot be \
                      read or written"
                 }
+                StageError::Abandoned => "a file still open when a stopping volume's grace ran out",
                 StageError::Store(e) => store_row(e),
             },
             FsError::Stale { .. } => "object replaced, deleted or shrunk under an open handle",
@@ -297,6 +300,7 @@ mod tests {
             FsError::Stage(Box::new(local(libc::ENOSPC))),
             FsError::Stage(Box::new(local(libc::EDQUOT))),
             FsError::Stage(Box::new(local(libc::EIO))),
+            FsError::Stage(Box::new(StageError::Abandoned)),
             FsError::Stale {
                 key: key(),
                 source: Box::new(StoreError::Changed {

@@ -15,6 +15,7 @@ mod dir;
 pub mod error;
 pub mod inode;
 pub mod read;
+mod rename;
 pub mod upload;
 mod write;
 
@@ -118,12 +119,14 @@ pub enum Mutation {
     Mknod,
 }
 
-/// How a file is opened.
+/// How a file is opened, and by whom.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenFlags {
     pub write: bool,
     /// O_TRUNC: the file starts empty.
     pub truncate: bool,
+    /// The process opening it (its thread group), when the kernel names it.
+    pub process: Option<u32>,
 }
 
 /// A file handle just opened.
@@ -149,8 +152,27 @@ enum OpenFile {
     Staged {
         ino: u64,
         file: Arc<StagedFile>,
-        writable: bool,
+        /// `None` for a handle open for reading only.
+        writer: Option<Arc<Writer>>,
     },
+}
+
+/// A handle open for writing: who opened it, and whether it wrote. Only a close
+/// by the opener after a write publishes the file (see [`Fs::flush`]).
+struct Writer {
+    /// The process that opened the handle, when the kernel named it.
+    opener: Option<u32>,
+    /// Written or truncated through this handle since it was opened.
+    wrote: AtomicBool,
+}
+
+impl Writer {
+    fn new(opener: Option<u32>) -> Option<Arc<Self>> {
+        Some(Arc::new(Self {
+            opener,
+            wrote: AtomicBool::new(false),
+        }))
+    }
 }
 
 /// A file being written, and how many handles are open on it.
@@ -403,7 +425,11 @@ impl Fs {
             OpenFile::Staged {
                 ino,
                 file,
-                writable: flags.write,
+                writer: if flags.write {
+                    Writer::new(flags.process)
+                } else {
+                    None
+                },
             }
         } else {
             if node

@@ -166,6 +166,9 @@ pub enum StageError {
     },
     #[error("file would exceed S3's 5 TiB object limit")]
     TooLarge,
+    /// The volume is stopping and gave up on the file: nothing of it is uploaded.
+    #[error("the volume is being unmounted; the file's changes were not uploaded")]
+    Abandoned,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -195,8 +198,14 @@ struct State {
     failure: Option<StoreError>,
     /// Changed since the last successful upload.
     dirty: bool,
+    /// Changed since the last upload was tried (a failed try clears it too: its
+    /// failure was reported to whoever asked).
+    unsent: bool,
     /// Unlinked: nothing is uploaded any more.
     deleted: bool,
+    /// Abandoned by a stopping volume: nothing is uploaded any more, and whoever
+    /// asks for an upload is told so.
+    abandoned: bool,
     mtime: SystemTime,
 }
 
@@ -212,6 +221,7 @@ impl State {
             self.versions[index] += 1;
         }
         self.dirty = true;
+        self.unsent = true;
         self.mtime = SystemTime::now();
     }
 
@@ -263,6 +273,7 @@ impl StagedFile {
                 // A staged file without a base is new content: it must be uploaded
                 // even if nothing is ever written to it (an empty file).
                 dirty: base.is_none(),
+                unsent: base.is_none(),
                 base,
                 versions: Vec::new(),
                 uploaded: Vec::new(),
@@ -270,6 +281,7 @@ impl StagedFile {
                 tasks: Vec::new(),
                 failure: None,
                 deleted: false,
+                abandoned: false,
                 mtime: SystemTime::now(),
             }),
             upload_id: tokio::sync::Mutex::new(None),
@@ -301,6 +313,12 @@ impl StagedFile {
         state.dirty && !state.deleted
     }
 
+    /// Changed since an upload was last tried, and still to be uploaded.
+    pub fn has_unsent_changes(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        state.dirty && state.unsent && !state.deleted && !state.abandoned
+    }
+
     /// Unlinked while open.
     pub fn is_deleted(&self) -> bool {
         self.state.lock().unwrap().deleted
@@ -322,7 +340,11 @@ impl StagedFile {
     /// under way has finished. Returns whether changes were left not uploaded
     /// (those of a file unlinked while open do not count).
     pub async fn abandon(&self) -> bool {
-        let unlinked = self.is_deleted();
+        let unlinked = {
+            let mut state = self.state.lock().unwrap();
+            state.abandoned = true;
+            state.deleted
+        };
         self.discard().await;
         !unlinked && self.state.lock().unwrap().dirty
     }
@@ -547,9 +569,15 @@ impl StagedFile {
         let _exclusive = self.exclusive.lock().await;
         let tasks = {
             let mut state = self.state.lock().unwrap();
+            // Checked once the upload may start: a stop that came while this
+            // waited must fail it, never let it answer "done" for nothing.
+            if state.abandoned && state.dirty {
+                return Err(StageError::Abandoned);
+            }
             if !state.dirty || state.deleted {
                 return Ok(None);
             }
+            state.unsent = false;
             std::mem::take(&mut state.tasks)
         };
         for task in tasks {

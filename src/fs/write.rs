@@ -1,5 +1,6 @@
 //! The changes a read-write volume makes: creating and writing files (through
-//! [`upload`](super::upload)), truncation, directories, unlink and rename.
+//! [`upload`](super::upload)), truncation, directories and unlink; renames are
+//! in the sibling module `rename`.
 //!
 //! Every method starts with [`Fs::writable`], so a read-only volume refuses each
 //! change with EROFS before any request is sent.
@@ -10,29 +11,20 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::inode::{Kind, Node, Stat};
 use super::upload::{Base, StagedFile};
-use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging};
+use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging, Writer};
 use crate::names::{NameProblem, check_name};
-use crate::store::{ListRequest, UploadedPart};
-
-/// A directory rename copies every key under it; beyond this many it answers
-/// EXDEV instead, and `mv` copies and deletes the tree itself, file by file.
-pub const MAX_DIRECTORY_RENAME_KEYS: usize = 1000;
-
-/// Copies in flight during a directory rename.
-const RENAME_CONCURRENCY: usize = 16;
+use crate::store::ListRequest;
 
 /// S3's longest key, in bytes.
-const MAX_KEY_LEN: usize = 1024;
+pub(super) const MAX_KEY_LEN: usize = 1024;
 
 /// The key of `name` in the directory whose key is `parent_key`: ENAMETOOLONG
 /// before any request if S3 could not store it.
-fn child_key(parent_key: &str, name: &str, kind: Kind) -> FsResult<String> {
+pub(super) fn child_key(parent_key: &str, name: &str, kind: Kind) -> FsResult<String> {
     let key = match kind {
         Kind::File => format!("{parent_key}{name}"),
         Kind::Directory => format!("{parent_key}{name}/"),
@@ -49,12 +41,8 @@ fn not_in_xml(c: char) -> bool {
     c < ' ' && !matches!(c, '\t' | '\n' | '\r')
 }
 
-/// RENAME_NOREPLACE and RENAME_EXCHANGE from renameat2(2).
-pub const RENAME_NOREPLACE: u32 = 1;
-pub const RENAME_EXCHANGE: u32 = 2;
-
 impl Fs {
-    fn valid_name<'a>(&self, name: &'a OsStr) -> FsResult<&'a str> {
+    pub(super) fn valid_name<'a>(&self, name: &'a OsStr) -> FsResult<&'a str> {
         let name = name
             .to_str()
             .ok_or(FsError::Invalid("file names in S3 are UTF-8"))?;
@@ -71,7 +59,7 @@ impl Fs {
         }
     }
 
-    fn directory(&self, ino: u64) -> FsResult<Node> {
+    pub(super) fn directory(&self, ino: u64) -> FsResult<Node> {
         let node = self.node(ino)?;
         if node.kind != Kind::Directory {
             return Err(FsError::NotADirectory);
@@ -124,9 +112,14 @@ impl Fs {
         Some(entry.file.clone())
     }
 
-    /// Creates `name` in `parent`, empty and open for writing. It is visible in
-    /// the mount at once and in S3 once closed.
-    pub async fn create(&self, parent: u64, name: &OsStr) -> FsResult<(Entry, u64)> {
+    /// Creates `name` in `parent`, empty and open for writing by `process`. It is
+    /// visible in the mount at once and in S3 once closed (see [`Fs::flush`]).
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        process: Option<u32>,
+    ) -> FsResult<(Entry, u64)> {
         let config = self.writable()?;
         let name = self.valid_name(name)?;
         let parent_node = self.directory(parent)?;
@@ -165,7 +158,7 @@ impl Fs {
             OpenFile::Staged {
                 ino,
                 file,
-                writable: true,
+                writer: Writer::new(process),
             },
         );
         debug!(ino, fh, key, "created");
@@ -177,9 +170,10 @@ impl Fs {
         match self.handle(fh)? {
             OpenFile::Staged {
                 file,
-                writable: true,
+                writer: Some(writer),
                 ..
             } => {
+                writer.wrote.store(true, Ordering::SeqCst);
                 file.write(offset, data).await?;
                 Ok(data.len() as u32)
             }
@@ -194,28 +188,43 @@ impl Fs {
         match self.handle(fh) {
             Ok(OpenFile::Staged {
                 file,
-                writable: true,
+                writer: Some(writer),
                 ..
-            }) => file
-                .write_now(offset, data)
-                .map(|r| r.map(|()| data.len() as u32).map_err(FsError::from)),
+            }) => {
+                let result = file.write_now(offset, data)?;
+                writer.wrote.store(true, Ordering::SeqCst);
+                Some(result.map(|()| data.len() as u32).map_err(FsError::from))
+            }
             Ok(_) => Some(Err(FsError::BadHandle(fh))),
             Err(e) => Some(Err(e)),
         }
     }
 
-    /// close(2): closing a handle that can write returns once what was written
-    /// through any handle of the file is durable in S3. Closing a reader uploads
+    /// close(2), which the kernel sends as a flush for every descriptor closed
+    /// (dup'ed copies and those a forked child inherited included), from the
+    /// process closing it. The file becomes the object in S3, and close returns
+    /// once it is durable, when the process that opened this handle closes it
+    /// after writing through it. Any other flush uploads nothing: a shell's
+    /// close of the descriptor it dup'ed before the command wrote, or a child's
+    /// exit, must not publish a file still being written, nor replace the object
+    /// with a file just truncated. What such closes leave is uploaded when the
+    /// last handle is released ([`Fs::release`]). Closing a reader uploads
     /// nothing, even while others write.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        match self.handle(fh)? {
-            OpenFile::Staged {
-                ino,
-                file,
-                writable: true,
-            } => self.upload(ino, &file).await,
-            _ => Ok(()),
+    pub async fn flush(&self, fh: u64, process: Option<u32>) -> FsResult<()> {
+        let OpenFile::Staged {
+            ino,
+            file,
+            writer: Some(writer),
+        } = self.handle(fh)?
+        else {
+            return Ok(());
+        };
+        let other_process = matches!((writer.opener, process), (Some(a), Some(b)) if a != b);
+        if other_process || !writer.wrote.load(Ordering::SeqCst) {
+            debug!(fh, ?process, opener = ?writer.opener, "flush without upload");
+            return Ok(());
         }
+        self.upload(ino, &file).await
     }
 
     /// fsync(2): the file's content as written so far, by any handle, is durable
@@ -249,15 +258,23 @@ impl Fs {
         Ok(())
     }
 
-    /// setattr(2): a size changes the file; modes, owners and times are accepted
-    /// and not kept (every file shows the mount's --file-mode, owner and S3's
-    /// modification time), so `cp -p`, `rsync -a` and `tar x` work.
-    pub async fn setattr(&self, ino: u64, size: Option<u64>) -> FsResult<Entry> {
+    /// setattr(2): a size changes the file (through handle `fh` for ftruncate);
+    /// modes, owners and times are accepted and not kept (every file shows the
+    /// mount's --file-mode, owner and S3's modification time), so `cp -p`,
+    /// `rsync -a` and `tar x` work.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> FsResult<Entry> {
         self.writable()?;
         let node = self.node(ino)?;
         if let Some(size) = size {
             if node.kind != Kind::File {
                 return Err(FsError::IsADirectory);
+            }
+            if let Some(OpenFile::Staged {
+                writer: Some(writer),
+                ..
+            }) = fh.and_then(|fh| self.handle(fh).ok())
+            {
+                writer.wrote.store(true, Ordering::SeqCst);
             }
             match self.staged_file(ino) {
                 Some(file) => file.truncate(size).await?,
@@ -269,6 +286,7 @@ impl Fs {
                             OpenFlags {
                                 write: true,
                                 truncate: size == 0,
+                                process: None,
                             },
                         )
                         .await?;
@@ -285,28 +303,72 @@ impl Fs {
         self.getattr(ino).await
     }
 
-    /// One handle less on a staged file; the last one frees the staging file.
+    /// One handle less on a staged file. The last one uploads the changes that
+    /// no close has (those left by closes that published nothing: see
+    /// [`Fs::flush`]), then frees the staging file. Changes whose upload failed
+    /// at a close that reported it are not retried.
     pub(super) async fn unstage(&self, ino: u64) {
-        let last = {
+        let file = {
             let mut staged = self.staged.lock().unwrap();
-            match staged.get_mut(&ino) {
-                Some(entry) if entry.handles > 1 => {
-                    entry.handles -= 1;
-                    None
-                }
-                Some(_) => staged.remove(&ino).map(|e| e.file),
-                None => None,
+            let Some(entry) = staged.get_mut(&ino) else {
+                return;
+            };
+            entry.handles -= 1;
+            if entry.handles > 0 {
+                return;
             }
+            // Kept in the table while it uploads, so a stop waits for it and an
+            // open meanwhile shares it.
+            entry.file.clone()
         };
-        if let Some(file) = last {
-            if file.is_dirty() {
+        if file.has_unsent_changes() {
+            if let Err(e) = self.upload(ino, &file).await {
                 warn!(
                     key = file.key(),
-                    "closed with changes whose upload failed; S3 keeps the previous version"
+                    "the changes left at the last close of the file were not uploaded \
+                     ({e:#}); S3 keeps the previous version"
                 );
             }
+        } else if file.is_dirty() {
+            warn!(
+                key = file.key(),
+                "closed with changes whose upload failed; S3 keeps the previous version"
+            );
+        }
+        let last = {
+            let mut staged = self.staged.lock().unwrap();
+            let unused = staged
+                .get(&ino)
+                .is_some_and(|e| e.handles == 0 && Arc::ptr_eq(&e.file, &file));
+            unused && staged.remove(&ino).is_some()
+        };
+        // Opened again meanwhile (the new handle has it now), or abandoned by a
+        // stop (which closes it).
+        if last {
             file.close().await;
         }
+    }
+
+    /// The session ended with every file closed (an unmount): the kernel drops
+    /// the releases it had not yet sent, so what they would have uploaded is
+    /// uploaded now; then [`Fs::stop`]. Returns the keys whose changes were not
+    /// uploaded.
+    pub async fn finish(&self) -> Vec<String> {
+        let files: Vec<(u64, Arc<StagedFile>)> = {
+            let staged = self.staged.lock().unwrap();
+            staged
+                .iter()
+                .map(|(ino, e)| (*ino, e.file.clone()))
+                .collect()
+        };
+        for (ino, file) in files {
+            if file.has_unsent_changes()
+                && let Err(e) = self.upload(ino, &file).await
+            {
+                warn!(key = file.key(), "cannot upload at unmount: {e:#}");
+            }
+        }
+        self.stop().await
     }
 
     /// The volume is going away: nothing more is uploaded, and every file still
@@ -353,7 +415,7 @@ impl Fs {
     }
 
     /// The inode and kind of `parent/name`, from the table or S3.
-    async fn existing(&self, parent: u64, name: &str) -> FsResult<Option<(u64, Kind)>> {
+    pub(super) async fn existing(&self, parent: u64, name: &str) -> FsResult<Option<(u64, Kind)>> {
         let known = {
             let table = self.inodes.lock().unwrap();
             table
@@ -376,7 +438,7 @@ impl Fs {
 
     /// `parent/name` as unlink, rmdir and rename find it: the parent directory, the
     /// name, and the inode and kind it names; ENOENT when it does not exist.
-    async fn existing_child<'a>(
+    pub(super) async fn existing_child<'a>(
         &self,
         parent: u64,
         name: &'a OsStr,
@@ -408,7 +470,7 @@ impl Fs {
     }
 
     /// Whether anything lies under directory `key`, in S3 or staged here.
-    async fn has_children(&self, ino: u64, key: &str) -> FsResult<bool> {
+    pub(super) async fn has_children(&self, ino: u64, key: &str) -> FsResult<bool> {
         let staged_inside = {
             let table = self.inodes.lock().unwrap();
             let staged = self.staged.lock().unwrap();
@@ -445,205 +507,6 @@ impl Fs {
         self.store.delete_object(&key).await?;
         self.inodes.lock().unwrap().remove_child(parent, name);
         debug!(key, "directory removed");
-        Ok(())
-    }
-
-    /// rename(2). A file is copied (CopyObject; part by part above 5 GiB) and then
-    /// deleted; a directory has every key under it copied, then deleted: not
-    /// atomic, and bounded by [`MAX_DIRECTORY_RENAME_KEYS`].
-    pub async fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        new_parent: u64,
-        new_name: &OsStr,
-        flags: u32,
-    ) -> FsResult<()> {
-        self.writable()?;
-        if flags & RENAME_EXCHANGE != 0 {
-            return Err(FsError::Invalid("S3 cannot swap two names atomically"));
-        }
-        let new_name = self.valid_name(new_name)?;
-        let to_dir = self.directory(new_parent)?;
-        let (from_dir, name, ino, kind) = self.existing_child(parent, name).await?;
-        if parent == new_parent && name == new_name {
-            return Ok(());
-        }
-        let target = self.existing(new_parent, new_name).await?;
-        if target.is_some() && flags & RENAME_NOREPLACE != 0 {
-            return Err(FsError::Exists);
-        }
-        match (kind, target) {
-            (Kind::File, Some((_, Kind::Directory))) => return Err(FsError::IsADirectory),
-            (Kind::Directory, Some((_, Kind::File))) => return Err(FsError::NotADirectory),
-            (Kind::Directory, Some((target, Kind::Directory))) => {
-                let key = format!("{}{new_name}/", to_dir.key);
-                if self.has_children(target, &key).await? {
-                    return Err(FsError::NotEmpty);
-                }
-            }
-            _ => {}
-        }
-        let from = child_key(&from_dir.key, name, kind)?;
-        let to = child_key(&to_dir.key, new_name, kind)?;
-        let copied_etag = match kind {
-            Kind::File => Some(self.rename_file(ino, &from, &to).await?),
-            Kind::Directory => {
-                if to.starts_with(&from) {
-                    return Err(FsError::Invalid("cannot move a directory into itself"));
-                }
-                self.rename_directory(&from, &to).await?;
-                None
-            }
-        };
-        let moved = {
-            let mut table = self.inodes.lock().unwrap();
-            let moved = table.rename(ino, new_parent, new_name);
-            // The copy is a new object: a copy of a multipart object has an ETag
-            // of its own, which reads of the new name must pin to.
-            if let Some(etag) = copied_etag {
-                table.set_etag(ino, etag);
-            }
-            moved
-        };
-        // Files open for writing under the new name upload there.
-        let table = self.inodes.lock().unwrap();
-        let staged = self.staged.lock().unwrap();
-        for moved_ino in moved {
-            if let (Some(entry), Some(node)) = (staged.get(&moved_ino), table.get(moved_ino)) {
-                entry.file.set_key(&node.key);
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes a file being written here durable under its current name first, so
-    /// the copy carries what the application wrote.
-    async fn settle(&self, ino: u64) -> FsResult<Option<String>> {
-        if let Some(file) = self.staged_file(ino) {
-            self.upload(ino, &file).await?;
-        }
-        Ok(self
-            .node(ino)
-            .ok()
-            .map(|n| n.stat.etag)
-            .filter(|etag| !etag.is_empty()))
-    }
-
-    /// Moves one object; returns the ETag of its copy.
-    async fn rename_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
-        let etag = self.settle(ino).await?;
-        let size = self.node(ino)?.stat.size;
-        let copied = self.copy(from, to, size, etag.as_deref()).await?;
-        self.store.delete_object(from).await?;
-        debug!(from, to, "renamed");
-        Ok(copied)
-    }
-
-    /// Copies one object, pinned to `etag` so a concurrent replacement is not
-    /// half-copied; returns the copy's ETag.
-    async fn copy(&self, from: &str, to: &str, size: u64, etag: Option<&str>) -> FsResult<String> {
-        let limit = self.writable()?.single_copy_limit;
-        if size <= limit {
-            return Ok(self.store.copy_object(from, to, etag, size).await?);
-        }
-        let upload_id = self.store.create_multipart_upload(to).await?;
-        let result = async {
-            let mut parts = Vec::new();
-            let mut start = 0;
-            while start < size {
-                let end = (start + limit).min(size);
-                let number = parts.len() as i32 + 1;
-                let etag = self
-                    .store
-                    .upload_part_copy(from, to, &upload_id, number, start..end, etag)
-                    .await?;
-                parts.push(UploadedPart { number, etag });
-                start = end;
-            }
-            self.store
-                .complete_multipart_upload(to, &upload_id, &parts)
-                .await
-        }
-        .await;
-        if result.is_err() {
-            let _ = self.store.abort_multipart_upload(to, &upload_id).await;
-        }
-        Ok(result?)
-    }
-
-    async fn rename_directory(&self, from: &str, to: &str) -> FsResult<()> {
-        // Files being written inside are uploaded first, so they are copied too.
-        let staged: Vec<u64> = {
-            let table = self.inodes.lock().unwrap();
-            let staged = self.staged.lock().unwrap();
-            staged
-                .keys()
-                .copied()
-                .filter(|s| table.get(*s).is_some_and(|n| n.key.starts_with(from)))
-                .collect()
-        };
-        for staged_ino in staged {
-            self.settle(staged_ino).await?;
-        }
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list_objects(ListRequest {
-                    prefix: from,
-                    continuation: token.as_deref(),
-                    ..ListRequest::default()
-                })
-                .await?;
-            if page
-                .objects
-                .iter()
-                .any(|o| to.len() + o.key.len() - from.len() > MAX_KEY_LEN)
-            {
-                return Err(FsError::NameTooLong);
-            }
-            keys.extend(page.objects.into_iter().map(|o| (o.key, o.size, o.etag)));
-            if keys.len() > MAX_DIRECTORY_RENAME_KEYS {
-                return Err(FsError::CrossDevice(format!(
-                    "{from} holds more than {MAX_DIRECTORY_RENAME_KEYS} objects; renamed file \
-                     by file instead"
-                )));
-            }
-            token = page.next_token;
-            if token.is_none() {
-                break;
-            }
-        }
-        // Copy everything, then delete: a failure part-way leaves both copies,
-        // never neither.
-        let mut copies = FuturesUnordered::new();
-        for (key, size, etag) in &keys {
-            if copies.len() == RENAME_CONCURRENCY
-                && let Some(result) = copies.next().await
-            {
-                result?;
-            }
-            let target = format!("{to}{}", &key[from.len()..]);
-            copies.push(async move { self.copy(key, &target, *size, Some(etag)).await });
-        }
-        while let Some(result) = copies.next().await {
-            result?;
-        }
-        let mut deletes = FuturesUnordered::new();
-        for (key, _, _) in &keys {
-            if deletes.len() == RENAME_CONCURRENCY
-                && let Some(result) = deletes.next().await
-            {
-                result?;
-            }
-            deletes.push(self.store.delete_object(key));
-        }
-        while let Some(result) = deletes.next().await {
-            result?;
-        }
-        info!(from, to, objects = keys.len(), "directory renamed");
         Ok(())
     }
 }

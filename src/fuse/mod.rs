@@ -132,7 +132,7 @@ impl Filesystem for FuseAdapter {
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -141,7 +141,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         self.spawn(debug_span!("setattr", ino = ino.0, ?size), async move {
-            match fs.setattr(ino.0, size).await {
+            match fs.setattr(ino.0, size, fh.map(|fh| fh.0)).await {
                 Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
                 Err(e) => reply.error(errno("setattr", &e)),
             }
@@ -257,9 +257,9 @@ impl Filesystem for FuseAdapter {
         reply.error(refuse(&self.fs, Mutation::Link));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        let flags = open_flags(flags);
+        let flags = open_flags(flags, req);
         self.spawn(debug_span!("open", ino = ino.0), async move {
             match fs.open_file(ino.0, flags).await {
                 Ok(opened) => {
@@ -339,15 +339,16 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
+        let process = process_of(req);
         self.spawn(debug_span!("flush", ino = ino.0, fh = fh.0), async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(fh.0, process).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("flush", &e)),
             }
@@ -531,7 +532,7 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -541,10 +542,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         let name = name.to_os_string();
+        let process = process_of(req);
         self.spawn(
             debug_span!("create", parent = parent.0, ?name),
             async move {
-                match fs.create(parent.0, &name).await {
+                match fs.create(parent.0, &name, process).await {
                     Ok((e, fh)) => reply.created(
                         &e.ttl,
                         &file_attr(&e.attr),
@@ -560,13 +562,34 @@ impl Filesystem for FuseAdapter {
 }
 
 /// What an open asks for: writing (any access mode but read-only, or O_TRUNC)
-/// and truncation.
-fn open_flags(flags: OpenFlags) -> crate::fs::OpenFlags {
+/// and truncation, and for a writer, who opens.
+fn open_flags(flags: OpenFlags, req: &Request) -> crate::fs::OpenFlags {
     let truncate = flags.0 & libc::O_TRUNC != 0;
+    let write = flags.acc_mode() != OpenAccMode::O_RDONLY || truncate;
     crate::fs::OpenFlags {
-        write: flags.acc_mode() != OpenAccMode::O_RDONLY || truncate,
+        write,
         truncate,
+        process: if write { process_of(req) } else { None },
     }
+}
+
+/// The process (thread group) of the thread that made a request. The kernel
+/// names the calling thread, and the threads of a process share its files, so
+/// a file opened by one thread and closed by another is closed by its opener.
+/// `None` when it cannot be told: 0 (a caller outside the mount's PID
+/// namespace) or a thread already gone.
+fn process_of(req: &Request) -> Option<u32> {
+    let tid = req.pid();
+    if tid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The errno for a change the filesystem refuses.

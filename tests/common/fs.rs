@@ -7,14 +7,17 @@ use s3vol::fs::{Fs, OpenFlags, ROOT_INO};
 pub const READ: OpenFlags = OpenFlags {
     write: false,
     truncate: false,
+    process: None,
 };
 pub const WRITE: OpenFlags = OpenFlags {
     write: true,
     truncate: false,
+    process: None,
 };
 pub const TRUNCATE: OpenFlags = OpenFlags {
     write: true,
     truncate: true,
+    process: None,
 };
 
 /// Resolves `path` from the root as the kernel does, one lookup per component.

@@ -1,0 +1,226 @@
+//! rename(2) on S3, which has no rename: a file is copied (CopyObject; part by
+//! part above 5 GiB) and then deleted; a directory has every key under it copied,
+//! then deleted. Not atomic, and a directory's rename is bounded.
+
+use std::ffi::OsStr;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tracing::{debug, info};
+
+use super::inode::Kind;
+use super::write::{MAX_KEY_LEN, child_key};
+use super::{Fs, FsError, FsResult};
+use crate::store::{ListRequest, UploadedPart};
+
+/// A directory rename copies every key under it; beyond this many it answers
+/// EXDEV instead, and `mv` copies and deletes the tree itself, file by file.
+const MAX_DIRECTORY_RENAME_KEYS: usize = 1000;
+
+/// Copies in flight during a directory rename.
+const RENAME_CONCURRENCY: usize = 16;
+
+/// RENAME_NOREPLACE and RENAME_EXCHANGE from renameat2(2).
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+
+impl Fs {
+    /// rename(2). A file is copied (CopyObject; part by part above 5 GiB) and then
+    /// deleted; a directory has every key under it copied, then deleted: not
+    /// atomic, and bounded by [`MAX_DIRECTORY_RENAME_KEYS`].
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        self.writable()?;
+        if flags & RENAME_EXCHANGE != 0 {
+            return Err(FsError::Invalid("S3 cannot swap two names atomically"));
+        }
+        let new_name = self.valid_name(new_name)?;
+        let to_dir = self.directory(new_parent)?;
+        let (from_dir, name, ino, kind) = self.existing_child(parent, name).await?;
+        if parent == new_parent && name == new_name {
+            return Ok(());
+        }
+        let target = self.existing(new_parent, new_name).await?;
+        if target.is_some() && flags & RENAME_NOREPLACE != 0 {
+            return Err(FsError::Exists);
+        }
+        match (kind, target) {
+            (Kind::File, Some((_, Kind::Directory))) => return Err(FsError::IsADirectory),
+            (Kind::Directory, Some((_, Kind::File))) => return Err(FsError::NotADirectory),
+            (Kind::Directory, Some((target, Kind::Directory))) => {
+                let key = format!("{}{new_name}/", to_dir.key);
+                if self.has_children(target, &key).await? {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+            _ => {}
+        }
+        let from = child_key(&from_dir.key, name, kind)?;
+        let to = child_key(&to_dir.key, new_name, kind)?;
+        let copied_etag = match kind {
+            Kind::File => Some(self.rename_file(ino, &from, &to).await?),
+            Kind::Directory => {
+                if to.starts_with(&from) {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                self.rename_directory(&from, &to).await?;
+                None
+            }
+        };
+        let moved = {
+            let mut table = self.inodes.lock().unwrap();
+            let moved = table.rename(ino, new_parent, new_name);
+            // The copy is a new object: a copy of a multipart object has an ETag
+            // of its own, which reads of the new name must pin to.
+            if let Some(etag) = copied_etag {
+                table.set_etag(ino, etag);
+            }
+            moved
+        };
+        // Files open for writing under the new name upload there.
+        let table = self.inodes.lock().unwrap();
+        let staged = self.staged.lock().unwrap();
+        for moved_ino in moved {
+            if let (Some(entry), Some(node)) = (staged.get(&moved_ino), table.get(moved_ino)) {
+                entry.file.set_key(&node.key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a file being written here durable under its current name first, so
+    /// the copy carries what the application wrote.
+    async fn settle(&self, ino: u64) -> FsResult<Option<String>> {
+        if let Some(file) = self.staged_file(ino) {
+            self.upload(ino, &file).await?;
+        }
+        Ok(self
+            .node(ino)
+            .ok()
+            .map(|n| n.stat.etag)
+            .filter(|etag| !etag.is_empty()))
+    }
+
+    /// Moves one object; returns the ETag of its copy.
+    async fn rename_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
+        let etag = self.settle(ino).await?;
+        let size = self.node(ino)?.stat.size;
+        let copied = self.copy(from, to, size, etag.as_deref()).await?;
+        self.store.delete_object(from).await?;
+        debug!(from, to, "renamed");
+        Ok(copied)
+    }
+
+    /// Copies one object, pinned to `etag` so a concurrent replacement is not
+    /// half-copied; returns the copy's ETag.
+    async fn copy(&self, from: &str, to: &str, size: u64, etag: Option<&str>) -> FsResult<String> {
+        let limit = self.writable()?.single_copy_limit;
+        if size <= limit {
+            return Ok(self.store.copy_object(from, to, etag, size).await?);
+        }
+        let upload_id = self.store.create_multipart_upload(to).await?;
+        let result = async {
+            let mut parts = Vec::new();
+            let mut start = 0;
+            while start < size {
+                let end = (start + limit).min(size);
+                let number = parts.len() as i32 + 1;
+                let etag = self
+                    .store
+                    .upload_part_copy(from, to, &upload_id, number, start..end, etag)
+                    .await?;
+                parts.push(UploadedPart { number, etag });
+                start = end;
+            }
+            self.store
+                .complete_multipart_upload(to, &upload_id, &parts)
+                .await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.store.abort_multipart_upload(to, &upload_id).await;
+        }
+        Ok(result?)
+    }
+
+    async fn rename_directory(&self, from: &str, to: &str) -> FsResult<()> {
+        // Files being written inside are uploaded first, so they are copied too.
+        let staged: Vec<u64> = {
+            let table = self.inodes.lock().unwrap();
+            let staged = self.staged.lock().unwrap();
+            staged
+                .keys()
+                .copied()
+                .filter(|s| table.get(*s).is_some_and(|n| n.key.starts_with(from)))
+                .collect()
+        };
+        for staged_ino in staged {
+            self.settle(staged_ino).await?;
+        }
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_objects(ListRequest {
+                    prefix: from,
+                    continuation: token.as_deref(),
+                    ..ListRequest::default()
+                })
+                .await?;
+            if page
+                .objects
+                .iter()
+                .any(|o| to.len() + o.key.len() - from.len() > MAX_KEY_LEN)
+            {
+                return Err(FsError::NameTooLong);
+            }
+            keys.extend(page.objects.into_iter().map(|o| (o.key, o.size, o.etag)));
+            if keys.len() > MAX_DIRECTORY_RENAME_KEYS {
+                return Err(FsError::CrossDevice(format!(
+                    "{from} holds more than {MAX_DIRECTORY_RENAME_KEYS} objects; renamed file \
+                     by file instead"
+                )));
+            }
+            token = page.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        // Copy everything, then delete: a failure part-way leaves both copies,
+        // never neither.
+        let mut copies = FuturesUnordered::new();
+        for (key, size, etag) in &keys {
+            if copies.len() == RENAME_CONCURRENCY
+                && let Some(result) = copies.next().await
+            {
+                result?;
+            }
+            let target = format!("{to}{}", &key[from.len()..]);
+            copies.push(async move { self.copy(key, &target, *size, Some(etag)).await });
+        }
+        while let Some(result) = copies.next().await {
+            result?;
+        }
+        let mut deletes = FuturesUnordered::new();
+        for (key, _, _) in &keys {
+            if deletes.len() == RENAME_CONCURRENCY
+                && let Some(result) = deletes.next().await
+            {
+                result?;
+            }
+            deletes.push(self.store.delete_object(key));
+        }
+        while let Some(result) = deletes.next().await {
+            result?;
+        }
+        info!(from, to, objects = keys.len(), "directory renamed");
+        Ok(())
+    }
+}
