@@ -386,3 +386,66 @@ async fn a_write_killed_midway_leaves_no_object_and_cleanup_aborts_its_upload() 
     );
     assert!(cleanup(&[]).contains("no multipart uploads in progress under s3://vol/root/"));
 }
+
+/// What `findmnt` says is mounted exactly at `path` (its filesystem type), if
+/// anything.
+fn fstype_at(path: &Path) -> Option<String> {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "--mountpoint"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().last().map(|l| l.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn sigterm_after_a_lazy_unmount_stops_the_daemon_and_spares_a_newer_mount() {
+    let server = garage().await;
+    let mut mount = Foreground::start(&server);
+    let pid = mount.pid();
+    let data = pattern(2 * MIB, 64);
+    let (mut writer, _source) = Writer::start(&data, &mount.path().join("open.bin"));
+    writer.step(&format!("write {MIB}")).unwrap();
+    // Someone else detaches the volume (LazyUnmount=yes in a mount unit) and
+    // mounts another filesystem at the same path.
+    assert!(
+        Command::new("umount")
+            .arg("-l")
+            .arg(mount.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "newer"])
+            .arg(mount.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(mount.path().join("theirs"), "not s3vol's").unwrap();
+
+    signal(pid, libc::SIGTERM);
+    // The grace runs out for the file still open, and the daemon exits.
+    assert!(mount.exited_cleanly(), "{}", mount.log_text());
+    let newer = fstype_at(mount.path());
+    let theirs = std::fs::read_to_string(mount.path().join("theirs"));
+    let _ = Command::new("umount").arg(mount.path()).status();
+    assert_eq!(
+        newer.as_deref(),
+        Some("tmpfs"),
+        "the newer mount was unmounted"
+    );
+    assert_eq!(theirs.unwrap(), "not s3vol's");
+    assert!(
+        writer.step("close").is_err(),
+        "close claimed the file was saved"
+    );
+    assert_eq!(
+        server.pending_uploads(BUCKET, "").await,
+        Vec::<String>::new()
+    );
+}

@@ -25,6 +25,8 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// detached, so nothing new can be opened while the open files are served and
 /// their closes upload them; whatever is still open after [`STOP_GRACE`] (or at
 /// a second signal) is abandoned, its upload aborted, and the connection ended.
+/// A volume that someone else detached already gets the same grace; unmount and
+/// detach act only on this volume's own mount, never on a newer one at its path.
 pub(super) async fn stop_on_signal(
     mut signals: StopSignals,
     volume: VolumeHandle,
@@ -34,20 +36,25 @@ pub(super) async fn stop_on_signal(
     signals.wait().await;
     info!("signal received; unmounting");
     match volume.unmount() {
+        // The session ends, and with it the daemon.
         Ok(()) => return,
-        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {}
-        Err(e) => {
-            error!("cannot unmount: {e}");
-            return;
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+            warn!(
+                grace = ?STOP_GRACE,
+                "files are open on the volume: detaching it and waiting for them to be \
+                 closed (a second signal stops at once)"
+            );
+            if let Err(e) = volume.detach() {
+                error!("cannot detach the volume: {e}");
+            }
         }
-    }
-    warn!(
-        grace = ?STOP_GRACE,
-        "files are open on the volume: detaching it and waiting for them to be closed \
-         (a second signal stops at once)"
-    );
-    if let Err(e) = volume.detach() {
-        error!("cannot detach the volume: {e}");
+        // Detached already (someone's `umount -l`), or not unmountable: the files
+        // still open keep the session alive, so they get the same grace.
+        Err(e) => warn!(
+            grace = ?STOP_GRACE,
+            "cannot unmount ({e}); waiting for the files still open to be closed \
+             (a second signal stops at once)"
+        ),
     }
     tokio::select! {
         _ = tokio::time::sleep(STOP_GRACE) => {}

@@ -241,7 +241,28 @@ impl VolumeHandle {
         self.umount(true)
     }
 
+    /// Whether the mount at the mountpoint is this volume: someone else may have
+    /// detached it (`umount -l`) and mounted something else there since.
+    fn is_mounted_here(&self) -> bool {
+        match &self.device {
+            Some(device) => crate::mountinfo::device(&self.mountpoint).as_ref() == Some(device),
+            // Unknown since the mount: the path is all there is to go by.
+            None => true,
+        }
+    }
+
+    /// umount2(2) of this volume's mount, never of another one at the same path:
+    /// [`io::ErrorKind::NotFound`] when the volume is no longer mounted there.
     fn umount(&self, lazy: bool) -> io::Result<()> {
+        if !self.is_mounted_here() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the volume is no longer mounted at {}",
+                    self.mountpoint.display()
+                ),
+            ));
+        }
         let flags = if lazy {
             MntFlags::MNT_DETACH
         } else {
