@@ -1,6 +1,7 @@
 //! End to end: how a mount ends. A stop signal while a file is being written
-//! either lets the writer finish and upload it, or aborts the upload, never
-//! leaving parts or a partial object behind, and s3vol exits 0 either way;
+//! either lets the writer finish and upload it (s3vol exits 0), or aborts the
+//! upload, never leaving parts or a partial object behind (s3vol exits 1 and
+//! names the file);
 //! `umount -l` keeps serving files that are open; SIGHUP changes nothing; a killed
 //! daemon leaves a mountpoint that `umount` cleans.
 
@@ -70,9 +71,14 @@ impl Foreground {
 
     /// Waits for s3vol to exit and says whether it exited 0.
     fn exited_cleanly(&mut self) -> bool {
+        self.exit_code() == Some(0)
+    }
+
+    /// Waits for s3vol to exit; its exit code.
+    fn exit_code(&mut self) -> Option<i32> {
         for _ in 0..1000 {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
+                return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -165,7 +171,8 @@ fn a_second_sigterm_aborts(server: &Server, s3: &Handle) -> String {
         "not detached"
     );
     signal(pid, libc::SIGTERM);
-    assert!(mount.exited_cleanly(), "{}", mount.log_text());
+    // Changes were lost: the exit says so.
+    assert_eq!(mount.exit_code(), Some(1), "{}", mount.log_text());
 
     let error = writer.step("write 4").unwrap_err();
     assert!(
@@ -429,8 +436,14 @@ async fn sigterm_after_a_lazy_unmount_stops_the_daemon_and_spares_a_newer_mount(
     std::fs::write(mount.path().join("theirs"), "not s3vol's").unwrap();
 
     signal(pid, libc::SIGTERM);
-    // The grace runs out for the file still open, and the daemon exits.
-    assert!(mount.exited_cleanly(), "{}", mount.log_text());
+    // The grace runs out for the file still open, and the daemon exits, saying
+    // that its changes were lost.
+    assert_eq!(mount.exit_code(), Some(1), "{}", mount.log_text());
+    assert!(
+        mount.log_text().contains("root/open.bin"),
+        "{}",
+        mount.log_text()
+    );
     let newer = fstype_at(mount.path());
     let theirs = std::fs::read_to_string(mount.path().join("theirs"));
     let _ = Command::new("umount").arg(mount.path()).status();

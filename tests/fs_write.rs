@@ -565,7 +565,7 @@ async fn a_sync_racing_a_stop_fails_instead_of_answering_done() {
         tokio::spawn(async move { vol.fs.fsync(fh).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let lost = vol.fs.stop().await;
+    let lost = vol.fs.stop(Duration::from_secs(10)).await;
     writer.await.unwrap().unwrap();
     let synced = sync.await.unwrap();
     assert_eq!(
@@ -636,4 +636,37 @@ async fn the_last_release_uploads_what_no_close_did() {
     vol.fs.release(fh).await;
     assert_eq!(memory.count_calls(Operation::PutObject), puts);
     assert_eq!(memory.get("root/f").unwrap(), &b"new"[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_gives_up_on_stuck_uploads_at_its_deadline_all_at_once() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let vol = Arc::new(volume(faulty.clone()));
+    // Three files whose uploads hang in PutObject, each holding its file.
+    faulty.fail_all(Operation::PutObject, Fault::Delay(Duration::from_secs(30)));
+    let mut syncs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (_, fh) = vol
+            .fs
+            .create(ROOT_INO, OsStr::new(name), None)
+            .await
+            .unwrap();
+        write_all(&vol.fs, fh, 0, b"data").await;
+        let vol = vol.clone();
+        syncs.push(tokio::spawn(async move { vol.fs.fsync(fh).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let mut lost = vol.fs.stop(Duration::from_millis(500)).await;
+    let took = started.elapsed();
+    lost.sort();
+    assert_eq!(lost, ["root/a", "root/b", "root/c"]);
+    assert!(
+        took < Duration::from_secs(2),
+        "three stuck files took {took:?}: abandoned one after the other, or past the deadline"
+    );
+    for sync in syncs {
+        sync.abort();
+    }
 }

@@ -167,13 +167,13 @@ fn serve(
     })?;
     let finish = Arc::new(stop::Finish::new(
         mountpoint,
+        volume.fs.clone(),
         volume.stats.clone(),
         volume.cache.clone(),
     ));
     runtime.spawn(stop::stop_on_signal(
         stop_signals,
         mounted.handle(),
-        volume.fs.clone(),
         finish.clone(),
     ));
 
@@ -193,7 +193,7 @@ fn serve(
         // Unmounted: every file was closed, and what the closes left to upload
         // is uploaded now if the kernel dropped their last releases.
         Ok(()) => {
-            runtime.block_on(stop::finish_closed_files(&volume.fs));
+            runtime.block_on(finish.finish_closed_files());
             Ok(())
         }
         // The connection was ended through fusectl: by the stop signal's grace
@@ -201,15 +201,20 @@ fn serve(
         // and the files still open with it.
         Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
             info!("the FUSE connection was aborted");
-            runtime.block_on(stop::abandon_open_files(&volume.fs));
+            runtime.block_on(finish.abandon_open_files());
             Ok(())
         }
         Err(e) => {
-            runtime.block_on(stop::abandon_open_files(&volume.fs));
+            runtime.block_on(finish.abandon_open_files());
             Err(e)
         }
     };
     finish.run();
     runtime.shutdown_background();
-    result.map_err(|e| Failure(format!("FUSE session ended with an error: {e}")))
+    result.map_err(|e| Failure(format!("FUSE session ended with an error: {e}")))?;
+    // Exit non-zero when writes were lost, so systemd and scripts see it.
+    match finish.failure() {
+        Some(why) => Err(Failure(why)),
+        None => Ok(()),
+    }
 }

@@ -4,7 +4,8 @@
 //! statistics are logged and its block cache removed, once.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
@@ -18,7 +19,7 @@ use crate::stats::MountStats;
 /// uploads are aborted. Shorter than the grace that container runtimes give
 /// before SIGKILL (10 s for Docker and Kubernetes' default is 30 s), so the
 /// aborts happen and no parts are left behind.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// SIGTERM or SIGINT (systemd, a container runtime, Ctrl-C): unmount. With no
 /// file open, that is all, and the session ends. Otherwise the volume is
@@ -30,7 +31,6 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub(super) async fn stop_on_signal(
     mut signals: StopSignals,
     volume: VolumeHandle,
-    fs: Arc<Fs>,
     finish: Arc<Finish>,
 ) {
     signals.wait().await;
@@ -61,12 +61,15 @@ pub(super) async fn stop_on_signal(
         _ = signals.wait() => {}
     }
     warn!("stopping with files still open; the applications using them get ENOTCONN");
-    abandon_open_files(&fs).await;
+    finish.abandon_open_files().await;
     if let Err(e) = volume.abort() {
         // Exiting ends the connection just the same.
         warn!("cannot end the FUSE connection ({e}); exiting");
         finish.run();
-        std::process::exit(0);
+        std::process::exit(match finish.failure() {
+            Some(_) => 1,
+            None => 0,
+        });
     }
 }
 
@@ -104,50 +107,76 @@ impl StopSignals {
     }
 }
 
-/// Stops uploading and abandons the files still being written, logging what
-/// was lost.
-pub(super) async fn abandon_open_files(fs: &Fs) {
-    log_lost(&fs.stop().await);
-}
+/// How long the files still open when a stop gives up on them may take to be
+/// abandoned (an upload under way finishing, the aborts of the others): with
+/// [`STOP_GRACE`] and the abort of the connection, a stop fits in the 10 s that
+/// Docker gives before SIGKILL.
+const ABANDON_WITHIN: Duration = Duration::from_secs(3);
 
-/// Uploads what closed files left to upload, then stops, logging what was lost.
-pub(super) async fn finish_closed_files(fs: &Fs) {
-    log_lost(&fs.finish().await);
-}
-
-fn log_lost(lost: &[String]) {
-    if !lost.is_empty() {
-        error!(
-            keys = ?lost,
-            "changes to these files were never uploaded: their uploads were aborted, and \
-             S3 keeps the previous versions"
-        );
-    }
-}
-
-/// The last words of a mount: its statistics in the log, and the block cache's
-/// directory removed. Run once, when the session ends or the process must exit.
+/// The end of a mount: what became of the files still being written, its
+/// statistics in the log, and the block cache's directory removed.
 pub(super) struct Finish {
     mountpoint: PathBuf,
+    fs: Arc<Fs>,
     stats: Arc<MountStats>,
     cache: Option<Arc<BlockCache>>,
+    /// The keys whose changes were not uploaded.
+    lost: Mutex<Vec<String>>,
     done: std::sync::Once,
 }
 
 impl Finish {
     pub(super) fn new(
         mountpoint: &Path,
+        fs: Arc<Fs>,
         stats: Arc<MountStats>,
         cache: Option<Arc<BlockCache>>,
     ) -> Self {
         Self {
             mountpoint: mountpoint.to_path_buf(),
+            fs,
             stats,
             cache,
+            lost: Mutex::new(Vec::new()),
             done: std::sync::Once::new(),
         }
     }
 
+    /// Stops uploading and abandons the files still being written.
+    pub(super) async fn abandon_open_files(&self) {
+        self.record(self.fs.stop(ABANDON_WITHIN).await);
+    }
+
+    /// Uploads what closed files left to upload, then stops.
+    pub(super) async fn finish_closed_files(&self) {
+        self.record(self.fs.finish(ABANDON_WITHIN).await);
+    }
+
+    fn record(&self, lost: Vec<String>) {
+        if !lost.is_empty() {
+            error!(
+                keys = ?lost,
+                "changes to these files were never uploaded: their uploads were aborted, and \
+                 S3 keeps the previous versions"
+            );
+            self.lost.lock().unwrap().extend(lost);
+        }
+    }
+
+    /// Why the mount did not end well: the files whose changes were lost.
+    pub(super) fn failure(&self) -> Option<String> {
+        let lost = self.lost.lock().unwrap();
+        (!lost.is_empty()).then(|| {
+            format!(
+                "the changes to {} file(s) still open at the stop were not uploaded (S3 \
+                 keeps their previous versions): {}",
+                lost.len(),
+                lost.join(", ")
+            )
+        })
+    }
+
+    /// The last words: the statistics logged and the cache removed, once.
     pub(super) fn run(&self) {
         self.done.call_once(|| {
             info!(

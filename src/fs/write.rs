@@ -8,7 +8,7 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tracing::{debug, warn};
@@ -353,7 +353,7 @@ impl Fs {
     /// the releases it had not yet sent, so what they would have uploaded is
     /// uploaded now; then [`Fs::stop`]. Returns the keys whose changes were not
     /// uploaded.
-    pub async fn finish(&self) -> Vec<String> {
+    pub async fn finish(&self, within: Duration) -> Vec<String> {
         let files: Vec<(u64, Arc<StagedFile>)> = {
             let staged = self.staged.lock().unwrap();
             staged
@@ -368,27 +368,35 @@ impl Fs {
                 warn!(key = file.key(), "cannot upload at unmount: {e:#}");
             }
         }
-        self.stop().await
+        self.stop(within).await
     }
 
     /// The volume is going away: nothing more is uploaded, and every file still
     /// being written is abandoned, its multipart upload aborted once any upload
     /// already under way has finished (so a close in progress still completes).
-    /// Returns the keys whose changes were not uploaded. A close after this fails
-    /// (ENOTCONN), so no application is told its data is safe when it is not.
-    pub async fn stop(&self) -> Vec<String> {
+    /// The files are abandoned together, and given up on `within` from now:
+    /// one whose upload is still under way then counts as lost (S3 may or may
+    /// not get it, and `s3vol cleanup` finds what it leaves). Returns the keys
+    /// whose changes were not uploaded. A close after this fails (ENOTCONN), so
+    /// no application is told its data is safe when it is not.
+    pub async fn stop(&self, within: Duration) -> Vec<String> {
         self.stopped.store(true, Ordering::SeqCst);
         let files: Vec<Arc<StagedFile>> = {
             let mut staged = self.staged.lock().unwrap();
             staged.drain().map(|(_, entry)| entry.file).collect()
         };
-        let mut lost = Vec::new();
-        for file in files {
-            if file.abandon().await {
-                lost.push(file.key());
-            }
-        }
-        lost
+        let deadline = tokio::time::Instant::now() + within;
+        let outcomes = futures::future::join_all(files.iter().map(|file| async move {
+            let lost = tokio::time::timeout_at(deadline, file.abandon())
+                .await
+                .unwrap_or(true);
+            (file.key(), lost)
+        }))
+        .await;
+        outcomes
+            .into_iter()
+            .filter_map(|(key, lost)| lost.then_some(key))
+            .collect()
     }
 
     /// mkdir(2): a zero-byte marker object `name/`.
