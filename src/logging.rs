@@ -1,7 +1,7 @@
 //! Where log lines go (standard error, a file, or syslog for a detached daemon), and
 //! how an error is shown in one line.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Mutex;
@@ -27,7 +27,7 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
     let result = match target {
         LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),
         LogTarget::File(path) => {
-            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            let file = open_log_file(path)?;
             log_panics();
             builder
                 .with_ansi(false)
@@ -47,6 +47,38 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
     // A second init (tests) keeps the first subscriber; that is fine.
     let _ = result;
     Ok(())
+}
+
+/// Opens (or creates) the log file for appending, as a regular file readable by
+/// its owner alone: never through a symbolic link (another user could point one
+/// at a file of theirs, or at a file the daemon may write), never a device or a
+/// pipe, mode 0600 (the log names keys and paths).
+pub fn open_log_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let shown = path.display();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        // O_NONBLOCK: a FIFO put in its place must not hang the mount (regular
+        // files ignore it).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::new(
+                e.kind(),
+                format!("{shown} is a symbolic link; give the log file's own path"),
+            ),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!("{shown} is not a regular file")));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 /// The whole cause chain of an error on one line, for logs and messages.
@@ -135,5 +167,47 @@ impl<'a> MakeWriter<'a> for SyslogWriter {
             severity: severity(meta.level()),
             text: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_log_file_is_a_private_regular_file_never_reached_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.log");
+        open_log_file(&new).unwrap();
+        assert_eq!(mode(&new), 0o600);
+
+        let wide = dir.path().join("wide.log");
+        std::fs::write(&wide, "earlier lines\n").unwrap();
+        std::fs::set_permissions(&wide, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut file = open_log_file(&wide).unwrap();
+        file.write_all(b"appended\n").unwrap();
+        assert_eq!(mode(&wide), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&wide).unwrap(),
+            "earlier lines\nappended\n"
+        );
+
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "not a log").unwrap();
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = open_log_file(&link).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "not a log");
+
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(open_log_file(&fifo).is_err(), "a FIFO is no log file");
+        assert!(open_log_file(Path::new("/dev/null")).is_err());
     }
 }

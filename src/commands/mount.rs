@@ -29,10 +29,7 @@ pub fn run(mut config: MountConfig) -> ExitCode {
         config.log_file = Some(absolute);
     }
     if let Some(log_file) = &config.log_file
-        && let Err(e) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_file)
+        && let Err(e) = crate::logging::open_log_file(log_file)
     {
         return fail(&format!(
             "cannot open log file {}: {e}; choose a writable --log-file",
