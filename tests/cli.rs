@@ -246,3 +246,32 @@ fn a_log_file_reached_through_a_symbolic_link_is_refused() {
     assert!(stderr.contains("symbolic link"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
 }
+
+#[test]
+fn an_external_id_file_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("team-a.external-id");
+    std::fs::write(&file, "ext-secret-123\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = s3vol(&[
+        "check",
+        "bkt",
+        "--endpoint-url",
+        "http://127.0.0.1:1",
+        "--sts-endpoint-url",
+        "http://127.0.0.1:1",
+        "--role-arn",
+        "arn:aws:iam::111122223333:role/reader",
+        "--external-id-file",
+        file.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("may be opened by other users"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", file.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ext-secret-123"), "{stderr}");
+}

@@ -16,7 +16,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
-pub use self::secret::Secret;
+pub use self::secret::{Secret, read_secret_file};
 use crate::logging::error_chain;
 
 /// The role a volume is reached through.

@@ -221,11 +221,9 @@ impl RoleArgs {
         let external_id = match (&self.external_id, &self.external_id_file) {
             (Some(id), _) => Some(id.clone()),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!("cannot read --external-id-file {}: {e}", path.display())
-                })?;
+                let id = crate::auth::read_secret_file(path, "--external-id-file")?;
                 Some(
-                    parse_external_id(text.trim_end_matches(['\n', '\r']))
+                    parse_external_id(id.expose())
                         .map_err(|e| format!("--external-id-file {}: {e}", path.display()))?,
                 )
             }
@@ -439,6 +437,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("id");
         std::fs::write(&file, "from-file-123\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let cli = Cli::try_parse_from(strings(&[
             "s3vol",
             "mount",
