@@ -11,6 +11,11 @@ use s3vol::preflight::ProbeMode;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    // First, before anything can take long or fork: other users see the command
+    // line in `ps`.
+    if let Err(message) = cli::scrub::scrub_external_ids(&args) {
+        return fail(&message);
+    }
     if args
         .first()
         .is_some_and(|argv0| cli::helper::invoked_as_helper(argv0))

@@ -275,3 +275,124 @@ fn an_external_id_file_others_may_read_is_refused() {
     );
     assert!(!stderr.contains("ext-secret-123"), "{stderr}");
 }
+
+/// A TCP endpoint on 127.0.0.1 that accepts connections and never answers, so
+/// whoever calls it waits; its URL.
+fn silent_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+/// `pid` and its descendants.
+fn family(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut pending = vec![pid];
+    while let Some(pid) = pending.pop() {
+        found.push(pid);
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        pending.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    found
+}
+
+/// The command lines and environments of `pids`, as other users read them in
+/// /proc.
+fn visible_to_others(pids: &[u32]) -> String {
+    let mut seen = String::new();
+    for pid in pids {
+        for file in ["cmdline", "environ"] {
+            if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}")) {
+                seen.push_str(&String::from_utf8_lossy(&bytes).replace('\0', " "));
+                seen.push('\n');
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn an_external_id_on_the_command_line_never_shows_in_proc() {
+    const SECRET: &str = "ext-visible-9f3c";
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let sts = silent_endpoint();
+    let helper = dir.path().join("mount.s3vol");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_s3vol"), &helper).unwrap();
+    let role = "arn:aws:iam::111122223333:role/reader";
+    // As typed, and as mount(8) passes an fstab line's options to the helper
+    // (which forks the daemon).
+    let routes: Vec<(&std::path::Path, Vec<String>)> = vec![
+        (
+            std::path::Path::new(env!("CARGO_BIN_EXE_s3vol")),
+            [
+                "mount",
+                "bkt",
+                mountpoint.to_str().unwrap(),
+                "--foreground",
+                "--no-cache",
+                "--role-arn",
+                role,
+                "--external-id",
+                SECRET,
+                "--sts-endpoint-url",
+                &sts,
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        (
+            &helper,
+            vec![
+                "bkt".into(),
+                mountpoint.to_str().unwrap().into(),
+                "-o".into(),
+                format!(
+                    "rw,role_arn={role},external_id=\"{SECRET}\",sts_endpoint_url={sts},\
+                     no_cache,log_file={}",
+                    dir.path().join("log").display()
+                ),
+            ],
+        ),
+    ];
+    for (program, args) in routes {
+        let mut child = Command::new(program)
+            .args(&args)
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // It waits on STS; meanwhile every process it made is looked at.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let pids = family(child.id());
+        let seen = visible_to_others(&pids);
+        for pid in pids {
+            // SAFETY: kill(2) of processes this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        assert!(
+            seen.contains("role/reader"),
+            "the processes were seen: {seen}"
+        );
+        assert!(
+            seen.contains("external") && seen.contains("****"),
+            "the option shows, its value starred: {seen}"
+        );
+        assert!(!seen.contains(SECRET), "{program:?}: {seen}");
+    }
+}

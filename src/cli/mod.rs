@@ -9,6 +9,7 @@
 pub mod helper;
 pub mod options;
 mod parse;
+pub mod scrub;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -182,13 +183,14 @@ pub struct RoleArgs {
     /// IAM role to assume through STS for every request to the bucket.
     #[arg(long, value_name = "ARN", value_parser = parse_role_arn)]
     pub role_arn: Option<String>,
-    /// External ID the role's trust policy requires. Visible in `ps` and
-    /// /proc/mounts: prefer --external-id-file.
+    /// External ID the role's trust policy requires. s3vol hides it from `ps` as
+    /// it starts, but it stays in shell history and in the command line of
+    /// whatever ran s3vol: prefer --external-id-file.
     #[arg(long, value_name = "ID", requires = "role_arn",
           conflicts_with = "external_id_file", value_parser = parse_external_id)]
     pub external_id: Option<Secret>,
-    /// File holding the external ID (trailing newline ignored); keeps it out of
-    /// `ps` and /proc/mounts.
+    /// File holding the external ID (trailing newline ignored), mode 600, owned by
+    /// the user running s3vol or root; keeps the ID out of every command line.
     #[arg(long, value_name = "PATH", requires = "role_arn")]
     pub external_id_file: Option<PathBuf>,
     /// Session name recorded in CloudTrail (default: s3vol-HOSTNAME).
