@@ -396,3 +396,38 @@ fn an_external_id_on_the_command_line_never_shows_in_proc() {
         assert!(!seen.contains(SECRET), "{program:?}: {seen}");
     }
 }
+
+#[test]
+fn an_sts_endpoint_that_refuses_connections_is_not_blamed_on_the_external_id() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("external-id");
+    std::fs::write(&file, "ext-123\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Nothing listens on port 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args([
+            "check",
+            "bkt",
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+            "--sts-endpoint-url",
+            "http://127.0.0.1:1",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/reader",
+            "--external-id-file",
+            file.to_str().unwrap(),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach STS at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("external ID"), "{stderr}");
+}

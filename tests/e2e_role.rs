@@ -129,7 +129,10 @@ fn a_wrong_external_id_fails_the_mount_with_the_likely_cause() {
     std::fs::write(wrong.path(), "not-the-right-id").unwrap();
     let err = customer.mount_fails("vol/root", wrong.path());
     assert!(
-        err.contains("cannot assume role arn:aws:iam::123456789012:role/reader"),
+        err.contains(
+            "STS refused to let these credentials assume role \
+             arn:aws:iam::123456789012:role/reader"
+        ),
         "{err}"
     );
     assert!(err.contains("external ID"), "{err}");

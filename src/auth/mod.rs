@@ -15,6 +15,7 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::provider::error::CredentialsError;
 
 pub use self::secret::{Secret, read_secret_file};
 use crate::logging::error_chain;
@@ -106,18 +107,42 @@ pub async fn volume_credentials(
     let (credentials, _task) =
         renew::RenewingCredentials::start(Arc::new(source), config, clock, label)
             .await
-            .map_err(|cause| {
-                let hint = if role.external_id.is_some() {
-                    "check that the external ID matches the one in the role's trust policy, and \
-                     that the trust policy names the principal s3vol runs as"
-                } else {
-                    "if the role's trust policy requires an external ID, give it with \
-                     --external-id-file (or --external-id); check that the trust policy names \
-                     the principal s3vol runs as"
-                };
-                format!("cannot assume role {}: {cause}. {hint}", role.role_arn)
-            })?;
+            .map_err(|e| explain_role_failure(role, &e))?;
     Ok(credentials)
+}
+
+/// Why the role could not be assumed, as the user should read it: only a
+/// refusal from STS is about the external ID or the trust policy.
+fn explain_role_failure(role: &RoleOptions, e: &renew::FetchError) -> String {
+    let arn = &role.role_arn;
+    match e.cause {
+        renew::FetchCause::Unreachable => {
+            let sts = role
+                .sts_endpoint_url
+                .as_deref()
+                .unwrap_or("the AWS STS endpoint");
+            format!(
+                "cannot reach STS at {sts} to assume role {arn}: {e}. Check \
+                 --sts-endpoint-url (or AWS_ENDPOINT_URL_STS), that the endpoint is up, and \
+                 the network between here and it"
+            )
+        }
+        renew::FetchCause::Denied => {
+            let hint = if role.external_id.is_some() {
+                "check that the external ID matches the one in the role's trust policy, and \
+                 that the trust policy names the principal s3vol runs as"
+            } else {
+                "if the role's trust policy requires an external ID, give it with \
+                 --external-id-file (or --external-id); check that the trust policy names \
+                 the principal s3vol runs as"
+            };
+            format!("STS refused to let these credentials assume role {arn}: {e}. {hint}")
+        }
+        renew::FetchCause::Other => format!(
+            "cannot assume role {arn}: {e}. Check the role ARN, --region and the base \
+             credentials (--profile, AWS_* variables)"
+        ),
+    }
 }
 
 /// A session name that says who is reading: `s3vol-HOSTNAME`, cut to what STS
@@ -146,10 +171,46 @@ struct ProviderSource(SharedCredentialsProvider);
 
 #[async_trait]
 impl renew::CredentialSource for ProviderSource {
-    async fn fetch(&self) -> Result<Credentials, String> {
+    async fn fetch(&self) -> Result<Credentials, renew::FetchError> {
         self.0
             .provide_credentials()
             .await
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| renew::FetchError {
+                cause: cause_of(&e),
+                message: error_chain(&e),
+            })
     }
+}
+
+/// What kind of failure a credentials provider met: STS's own answer, read from
+/// the error it carries, tells a refusal from an endpoint that never answered.
+fn cause_of(e: &CredentialsError) -> renew::FetchCause {
+    use aws_sdk_sts::error::ProvideErrorMetadata;
+    use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::client::result::SdkError;
+    if matches!(e, CredentialsError::ProviderTimedOut(_)) {
+        return renew::FetchCause::Unreachable;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(sdk) = cause.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
+            return match sdk {
+                SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                    renew::FetchCause::Unreachable
+                }
+                // Some STS-compatible servers send an error body the SDK cannot
+                // read; a 403 says "refused" all the same.
+                SdkError::ServiceError(context)
+                    if context.err().code() == Some("AccessDenied")
+                        || context.raw().status().as_u16() == 403 =>
+                {
+                    renew::FetchCause::Denied
+                }
+                _ => renew::FetchCause::Other,
+            };
+        }
+        source = cause.source();
+    }
+    renew::FetchCause::Other
 }

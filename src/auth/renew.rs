@@ -35,8 +35,41 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 /// Where fresh credentials come from.
 #[async_trait]
 pub trait CredentialSource: Send + Sync + 'static {
-    /// New credentials, or why none could be had (never containing a secret).
-    async fn fetch(&self) -> Result<Credentials, String>;
+    /// New credentials, or why none could be had.
+    async fn fetch(&self) -> Result<Credentials, FetchError>;
+}
+
+/// Why no credentials could be had: what happened, in words that never hold a
+/// secret, and which kind of failure it was, so messages can say what to check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchError {
+    pub cause: FetchCause,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchCause {
+    /// No answer: the connection was refused, reset or timed out.
+    Unreachable,
+    /// The service answered, and refused (AccessDenied).
+    Denied,
+    /// Anything else.
+    Other,
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&str> for FetchError {
+    fn from(message: &str) -> Self {
+        Self {
+            cause: FetchCause::Other,
+            message: message.to_string(),
+        }
+    }
 }
 
 /// The wall clock, replaceable in tests.
@@ -94,14 +127,14 @@ struct Shared {
 async fn fetch_within(
     source: &dyn CredentialSource,
     timeout: Duration,
-) -> Result<Credentials, String> {
+) -> Result<Credentials, FetchError> {
     tokio::time::timeout(timeout, source.fetch())
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            ))
+            Err(FetchError {
+                cause: FetchCause::Unreachable,
+                message: format!("no answer within {}", humantime::format_duration(timeout)),
+            })
         })
 }
 
@@ -124,8 +157,8 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                *self.last_error.lock().unwrap() = Some(e.clone());
-                Err(e)
+                *self.last_error.lock().unwrap() = Some(e.message.clone());
+                Err(e.message)
             }
         }
     }
@@ -157,7 +190,7 @@ impl RenewingCredentials {
         config: RenewConfig,
         clock: Arc<dyn Clock>,
         label: String,
-    ) -> Result<(Self, JoinHandle<()>), String> {
+    ) -> Result<(Self, JoinHandle<()>), FetchError> {
         let first = fetch_within(source.as_ref(), config.fetch_timeout).await?;
         if let Some(expiry) = first.expiry() {
             info!(
@@ -327,7 +360,7 @@ mod tests {
 
     #[async_trait]
     impl CredentialSource for ScriptedSource {
-        async fn fetch(&self) -> Result<Credentials, String> {
+        async fn fetch(&self) -> Result<Credentials, FetchError> {
             let now = self.clock.now();
             self.fetches.lock().unwrap().push(now);
             let hang = {
@@ -548,7 +581,7 @@ mod tests {
         struct Static;
         #[async_trait]
         impl CredentialSource for Static {
-            async fn fetch(&self) -> Result<Credentials, String> {
+            async fn fetch(&self) -> Result<Credentials, FetchError> {
                 Ok(Credentials::new("AKIA", "secret", None, None, "static"))
             }
         }
