@@ -68,6 +68,9 @@ class Sessions:
         self.s3_writes = 0
         self.require_sse = False
         self.web_identity_tokens = []
+        # The secret keys and session tokens STS handed out, so tests can look
+        # for them where they must not be.
+        self.issued_secrets = []
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == CONTROL_PATH:
@@ -128,6 +131,11 @@ class Sessions:
 
         text = b"".join(self.app(environ, capture)).decode()
         key = re.search(r"<AccessKeyId>([^<]+)</AccessKeyId>", text)
+        with self.lock:
+            for field in ("SecretAccessKey", "SessionToken"):
+                found = re.search(rf"<{field}>([^<]+)</{field}>", text)
+                if found:
+                    self.issued_secrets.append(found.group(1))
         expiration = re.search(r"<Expiration>([^<]+)</Expiration>", text)
         if key and expiration:
             if lifetime is None:
@@ -164,6 +172,7 @@ class Sessions:
                 "sts_calls": self.sts_calls,
                 "s3_writes": self.s3_writes,
                 "web_identity_tokens": self.web_identity_tokens,
+                "issued_secrets": self.issued_secrets,
                 "lifetime": self.lifetime,
                 "sts": self.sts,
             }

@@ -716,3 +716,50 @@ fn soak_worker(
         }
     }
 }
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
+fn the_most_detailed_log_shows_no_secret() {
+    let customer = Customer::new();
+    // Sessions short enough that the log covers renewals too.
+    customer.server.sessions(json!({"lifetime": 4}));
+    let mut env = customer.env();
+    env.push(("RUST_LOG".into(), "trace".into()));
+    let args = customer.args(customer.id_file.path());
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend(["--log-level", "trace", "--renew-before", "2"]);
+    let mount = Mount::with_env(&customer.server, "vol/root", &all, &env);
+    std::fs::read(mount.path().join("a.txt")).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    std::fs::read(mount.path().join("a.txt")).unwrap();
+    let log = mount.log_text();
+    assert!(log.contains("credentials renewed"), "renewed while logged");
+    assert!(
+        log.len() > 10_000,
+        "trace level logs plenty: {} bytes",
+        log.len()
+    );
+    let issued: Vec<String> = customer.server.sessions(json!({}))["issued_secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert!(issued.len() >= 4, "two sessions or more: {issued:?}");
+    let mut secrets = vec![
+        ("the external ID", customer.field("external_id")),
+        ("the base secret key", customer.field("secret_key")),
+        ("an AssumeRole request body", "ExternalId=".to_string()),
+        ("an STS answer's secret key", "SecretAccessKey>".to_string()),
+        ("an STS answer's session token", "SessionToken>".to_string()),
+        ("a signature", "Signature=".to_string()),
+    ];
+    secrets.extend(issued.into_iter().map(|s| ("a secret STS handed out", s)));
+    for (what, secret) in secrets {
+        let secret = secret.to_lowercase();
+        let line = log.lines().find(|l| l.to_lowercase().contains(&secret));
+        // The line's start names the code that logged it.
+        let start = line.map(|l| l.chars().take(160).collect::<String>());
+        assert_eq!(start, None, "the trace log shows {what}");
+    }
+}
