@@ -22,6 +22,9 @@ with expired ones with 400 ExpiredToken, as AWS does. Tests steer it through
         "require_sse": true  refuse (AccessDenied) every PutObject, CopyObject and
                              CreateMultipartUpload without x-amz-server-side-encryption,
                              as the usual "deny unencrypted uploads" bucket policy does
+        "require_tls": true  refuse (AccessDenied) every S3 request, as a bucket
+                             policy that denies aws:SecureTransport false does for
+                             requests over plain http (this server only speaks http)
 
 s3_writes counts S3 requests that change a bucket (PUT, POST, DELETE).
 
@@ -67,6 +70,7 @@ class Sessions:
         self.sts_calls = 0
         self.s3_writes = 0
         self.require_sse = False
+        self.require_tls = False
         self.web_identity_tokens = []
         # The secret keys and session tokens STS handed out, so tests can look
         # for them where they must not be.
@@ -94,6 +98,11 @@ class Sessions:
             return error(start_response, "400 Bad Request", "ExpiredToken",
                          "The provided token has expired.", service)
         method = environ["REQUEST_METHOD"]
+        with self.lock:
+            require_tls = self.require_tls
+        if service == "s3" and require_tls:
+            return error(start_response, "403 Forbidden", "AccessDenied",
+                         "Access Denied", service)
         if service == "s3" and method in ("PUT", "POST", "DELETE"):
             with self.lock:
                 self.s3_writes += 1
@@ -163,6 +172,8 @@ class Sessions:
                     self.sts = change["sts"]
                 if "require_sse" in change:
                     self.require_sse = bool(change["require_sse"])
+                if "require_tls" in change:
+                    self.require_tls = bool(change["require_tls"])
                 if change.get("revoke"):
                     now = utcnow()
                     self.expiry = {k: min(v, now) for k, v in self.expiry.items()}

@@ -30,10 +30,21 @@ pub async fn check_mount(
     for probe in &probes {
         match &probe.outcome {
             Outcome::Denied { fix, info } => {
+                // A bucket policy that denies aws:SecureTransport false refuses
+                // every request over http, whatever the IAM policy allows.
+                let tls = if endpoint.starts_with("http://") {
+                    format!(
+                        ". The endpoint is plain http: if the bucket policy requires TLS \
+                         (denies aws:SecureTransport false), every request over http is \
+                         refused like this; use https:// for {endpoint}"
+                    )
+                } else {
+                    String::new()
+                };
                 return Err(PreflightError(format!(
                     "AccessDenied: {} on {} ({info}). The credentials in use are not \
                      allowed to do this: {fix} in the IAM policy, or check which credentials \
-                     are in use (--profile, --role-arn, AWS_* variables)",
+                     are in use (--profile, --role-arn, AWS_* variables){tls}",
                     probe.action, probe.resource
                 )));
             }

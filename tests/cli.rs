@@ -431,3 +431,39 @@ fn an_sts_endpoint_that_refuses_connections_is_not_blamed_on_the_external_id() {
     );
     assert!(!stderr.contains("external ID"), "{stderr}");
 }
+
+#[test]
+fn plain_http_to_another_host_is_refused_without_allow_http() {
+    // Documentation addresses (TEST-NET-1): refused before any request.
+    for (option, url) in [
+        ("--endpoint-url", "http://192.0.2.10:9000"),
+        ("--sts-endpoint-url", "http://192.0.2.11"),
+    ] {
+        let mut args = vec!["check", "bkt", option, url];
+        if option == "--sts-endpoint-url" {
+            args.extend([
+                "--endpoint-url",
+                "https://192.0.2.12",
+                "--role-arn",
+                "arn:aws:iam::111122223333:role/r",
+            ]);
+        }
+        let out = s3vol(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{option} {url} is plain http")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("in clear"), "{stderr}");
+        assert!(stderr.contains("--allow-http"), "{stderr}");
+    }
+    // The variables the AWS SDK reads count too.
+    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["check", "bkt"])
+        .env("AWS_ENDPOINT_URL_S3", "http://192.0.2.13")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AWS_ENDPOINT_URL_S3"), "{stderr}");
+}

@@ -270,3 +270,48 @@ async fn an_outage_fails_calls_within_the_io_timeout_and_the_mount_recovers() {
     let log = mount.log_text();
     assert!(log.contains("giving up"), "{log}");
 }
+
+/// The ways a request's payload was signed, for the uploads the proxy saw.
+fn upload_signing(proxy: &FaultProxy) -> Vec<(String, String)> {
+    proxy
+        .counts()
+        .payload_signing()
+        .into_iter()
+        .filter(|(start, _)| start.contains("x-id=PutObject") || start.contains("x-id=UploadPart"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn upload_payloads_over_http_beyond_this_host_are_signed() {
+    let (server, proxy) = server_and_proxy().await;
+    let base = pattern(BLOCK, 71);
+    // A name other than localhost is another host to s3vol; /etc/hosts (in this
+    // test's namespace) sends it to the proxy on 127.0.0.1 all the same.
+    let remote = format!("http://s3vol-remote.test:{}", proxy.port);
+    common::host::with_host_name("s3vol-remote.test", || {
+        let mount = Mount::at_endpoint(
+            &remote,
+            "vol/root",
+            &["--read-write", "--allow-http", "--io-timeout", IO_TIMEOUT],
+            &server.env(),
+        );
+        std::fs::write(mount.path().join("small"), b"small file").unwrap();
+        write_blocks(&mount.path().join("large"), 3, &base);
+    });
+    let uploads = upload_signing(&proxy);
+    assert!(uploads.len() >= 3, "a PutObject and two parts: {uploads:?}");
+    for (start, signing) in &uploads {
+        // Every chunk signed as it streams, or a SHA-256 of the whole payload.
+        let signed = signing == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+            || (signing.len() == 64 && signing.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(signed, "{start}: {signing:?}");
+    }
+
+    // On this host's loopback there is no network to cross: no SHA-256 over
+    // every byte (a fifth of the daemon's CPU when writing).
+    let local = mount_through(&proxy, &server, &["--read-write"]);
+    std::fs::write(local.path().join("local"), b"small file").unwrap();
+    let last = upload_signing(&proxy).pop().unwrap();
+    assert_eq!(last.1, "UNSIGNED-PAYLOAD", "{}", last.0);
+}

@@ -405,3 +405,32 @@ async fn pjdfstest_fails_only_where_semantics_md_says() {
         "expected failures that no longer fail (remove them): {stale:?}"
     );
 }
+
+/// A bucket policy that denies requests without TLS refuses everything over
+/// http: the start-up message names TLS.
+#[tokio::test]
+#[ignore = "needs moto; run scripts/test.sh"]
+async fn a_bucket_that_requires_tls_is_named_as_the_cause_over_http() {
+    let server = Server::start(ServerKind::Moto);
+    server.create_bucket(BUCKET).await;
+    server.put(BUCKET, "root/f", b"x".to_vec()).await;
+    server.sessions(json!({"require_tls": true}));
+    let dir = tempfile::tempdir().unwrap();
+    let out = s3vol()
+        .args([
+            "mount",
+            "vol/root",
+            dir.path().to_str().unwrap(),
+            "--no-cache",
+        ])
+        .args(server.endpoint_args())
+        .envs(server.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("AccessDenied: s3:ListBucket"), "{err}");
+    assert!(err.contains("requires TLS"), "{err}");
+    assert!(err.contains("aws:SecureTransport"), "{err}");
+    assert!(err.contains("use https://"), "{err}");
+}

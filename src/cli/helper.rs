@@ -292,10 +292,10 @@ mod tests {
             "/m",
             "-o",
             "ro,read_only,role-arn=arn:aws:iam::111122223333:role/r,external-id=x\\,y,\
-             allow_root,no_cache,sse=AES256",
+             allow_root,no_cache,sse=AES256,allow_http",
         ])
         .unwrap();
-        assert!(!second.read_write && second.read_only);
+        assert!(!second.read_write && second.read_only && second.s3.allow_http);
         assert_eq!(second.role.external_id.as_ref().unwrap().expose(), "x,y");
         assert!(second.allow_root && !second.allow_other && second.no_cache);
         assert_eq!(second.s3.sse.as_deref(), Some("AES256"));

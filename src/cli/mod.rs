@@ -144,12 +144,19 @@ pub struct S3Args {
     /// EIO. Until then it is retried with backoff and jitter.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_io_timeout)]
     pub io_timeout: Duration,
+    /// Allow a plain http:// S3 or STS endpoint on another host. Credentials,
+    /// the external ID and the data then cross the network in clear (payloads
+    /// stay signed, so they cannot be changed unnoticed); http to this host's
+    /// loopback needs no flag.
+    #[arg(long)]
+    pub allow_http: bool,
 }
 
 impl S3Args {
     /// Where S3 is and the credentials to reach it with, the role's external ID
     /// read from its file if given.
     pub fn connection(&self, role: &RoleArgs) -> Result<Connection, String> {
+        self.check_transport(role)?;
         let role_options = role.role()?;
         Ok(Connection {
             region: self.region.clone(),
@@ -160,7 +167,48 @@ impl S3Args {
             io_timeout: self.io_timeout,
             role: role_options,
             renew_before: role.renew_before,
+            sign_payloads: self
+                .endpoint_url
+                .as_deref()
+                .is_some_and(in_clear_beyond_this_host)
+                || ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+                    .iter()
+                    .filter_map(|name| std::env::var(name).ok())
+                    .any(|url| in_clear_beyond_this_host(&url)),
         })
+    }
+
+    /// Refuses a plain http endpoint on another host, from the options or from
+    /// the AWS variables the SDK reads, unless --allow-http.
+    fn check_transport(&self, role: &RoleArgs) -> Result<(), String> {
+        if self.allow_http {
+            return Ok(());
+        }
+        let from_env = |name: &str| std::env::var(name).ok().map(|url| (name.to_string(), url));
+        let endpoints = [
+            self.endpoint_url
+                .clone()
+                .map(|url| ("--endpoint-url".to_string(), url)),
+            role.sts_endpoint_url
+                .clone()
+                .map(|url| ("--sts-endpoint-url".to_string(), url)),
+            from_env("AWS_ENDPOINT_URL"),
+            from_env("AWS_ENDPOINT_URL_S3"),
+            from_env("AWS_ENDPOINT_URL_STS"),
+        ];
+        match endpoints
+            .into_iter()
+            .flatten()
+            .find(|(_, url)| in_clear_beyond_this_host(url))
+        {
+            Some((given, url)) => Err(format!(
+                "{given} {url} is plain http to another host: the credentials, the \
+                 external ID and the data would cross the network in clear. Use \
+                 https://, or give --allow-http (allow_http in fstab) if that network is \
+                 trusted"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The encryption every upload asks for.

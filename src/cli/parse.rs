@@ -119,6 +119,28 @@ pub(super) fn parse_url(text: &str) -> Result<String, String> {
     Ok(text.trim_end_matches('/').to_string())
 }
 
+/// Whether requests to `url` would cross a network in clear: plain http to a
+/// host other than this one's loopback (127.0.0.0/8, ::1, localhost). A name
+/// other than localhost counts as remote: it may resolve anywhere.
+pub(super) fn in_clear_beyond_this_host(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        // [::1]:9000
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return false;
+    }
+    !host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(super) fn parse_mode(text: &str) -> Result<u16, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
     match u16::from_str_radix(digits, 8) {
@@ -196,5 +218,29 @@ mod tests {
         );
         assert!(parse_url("127.0.0.1:9000").is_err());
         assert!(parse_url("http://").is_err());
+    }
+
+    #[test]
+    fn plain_http_counts_as_in_clear_unless_it_stays_on_this_host() {
+        for url in [
+            "http://10.0.0.5:9000",
+            "http://s3.internal",
+            "http://192.0.2.1",
+            "http://user@minio:9000/x",
+            "http://[2001:db8::1]:9000",
+        ] {
+            assert!(in_clear_beyond_this_host(url), "{url}");
+        }
+        for url in [
+            "https://10.0.0.5:9000",
+            "http://127.0.0.1:3900",
+            "http://127.9.9.9",
+            "http://localhost:9000",
+            "http://LOCALHOST",
+            "http://[::1]:9000",
+            "https://s3.amazonaws.com",
+        ] {
+            assert!(!in_clear_beyond_this_host(url), "{url}");
+        }
     }
 }

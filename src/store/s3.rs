@@ -46,6 +46,8 @@ pub struct S3Options {
     /// long is abandoned as stalled (a request that sends data is given the time
     /// to send it, too: [`transfer_allowance`]). `None` waits as long as it takes.
     pub stall_timeout: Option<Duration>,
+    /// Sign every upload's payload (see [`S3Store::put_object`]).
+    pub sign_payloads: bool,
 }
 
 pub struct S3Store {
@@ -53,6 +55,7 @@ pub struct S3Store {
     bucket: String,
     encryption: Option<Encryption>,
     stall_timeout: Option<Duration>,
+    sign_payloads: bool,
 }
 
 /// The header values for `encryption`: algorithm and KMS key.
@@ -110,6 +113,7 @@ impl S3Store {
             bucket: bucket.to_string(),
             encryption: options.encryption.clone(),
             stall_timeout: options.stall_timeout,
+            sign_payloads: options.sign_payloads,
         }
     }
 
@@ -408,7 +412,9 @@ impl ObjectStore for S3Store {
     /// Uploads are sent with an unsigned payload: the CRC32 checksum the SDK sends
     /// with every upload already detects a corrupted body (and TLS protects it on
     /// the way to AWS), while SHA-256 over every byte for the signature cost a
-    /// fifth of the daemon's CPU when writing.
+    /// fifth of the daemon's CPU when writing. Over plain http beyond this host
+    /// (`--allow-http`) nothing else would keep the bytes from being changed on
+    /// the way, so there every chunk is signed.
     async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
         let op = Operation::PutObject;
         let (sse, kms_key) = sse_headers(self.encryption.as_ref());
@@ -421,9 +427,12 @@ impl ObjectStore for S3Store {
             .body(body.into())
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(kms_key)
-            .customize()
-            .disable_payload_signing()
-            .send();
+            .customize();
+        let request = if self.sign_payloads {
+            request.send()
+        } else {
+            request.disable_payload_signing().send()
+        };
         let out = self.answer(op, key, transfer, request).await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
@@ -444,10 +453,13 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(number)
             .body(body.into())
-            // See put_object: no SHA-256 of the body.
-            .customize()
-            .disable_payload_signing()
-            .send();
+            // See put_object: no SHA-256 of the body unless in clear.
+            .customize();
+        let request = if self.sign_payloads {
+            request.send()
+        } else {
+            request.disable_payload_signing().send()
+        };
         let out = self
             .answer(Operation::UploadPart, key, transfer, request)
             .await?;

@@ -39,6 +39,9 @@ pub struct Connection {
     pub role: Option<RoleOptions>,
     /// Credentials are renewed when this much of their lifetime is left.
     pub renew_before: Duration,
+    /// Sign upload payloads: the endpoint is plain http beyond this host, with
+    /// no TLS to keep the bytes from being changed on the way.
+    pub sign_payloads: bool,
 }
 
 /// Counts the credential renewals of a store's credentials.
@@ -85,6 +88,7 @@ impl Connection {
             credentials: Some(SharedCredentialsProvider::new(credentials.clone())),
             encryption: self.encryption.clone(),
             stall_timeout: Some(self.retry_policy().stall_timeout()),
+            sign_payloads: self.sign_payloads,
         };
         let s3 = Arc::new(S3Store::from_sdk_config(bucket, &base, &options));
         let credentials = Arc::new(credentials);

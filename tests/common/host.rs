@@ -101,6 +101,21 @@ impl Drop for Scratch {
     }
 }
 
+/// Runs `body` in a private mount namespace ([`in_private_mount_namespace`])
+/// in which `/etc/hosts` also names `name` as 127.0.0.1: a host name that is not
+/// this host's for s3vol (only "localhost" is), whose traffic still stays on it.
+pub fn with_host_name<T: Send>(name: &str, body: impl FnOnce() -> T + Send) -> T {
+    in_private_mount_namespace(|| {
+        let hosts = tempfile::NamedTempFile::new().unwrap();
+        let mut content = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        content.push_str(&format!("\n127.0.0.1 {name}\n"));
+        std::fs::write(hosts.path(), content).unwrap();
+        std::fs::set_permissions(hosts.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        cover(hosts.path(), "/etc/hosts");
+        body()
+    })
+}
+
 /// Lays `file` over `target` (which must exist) with a bind mount.
 fn cover(file: &Path, target: &str) {
     mount(Some(file), target, NONE, MsFlags::MS_BIND, NONE)

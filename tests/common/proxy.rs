@@ -85,9 +85,17 @@ impl Plan {
 pub struct ProxyCounts {
     requests: AtomicU64,
     faults: [AtomicU64; 5],
+    /// Each request's start line and its `x-amz-content-sha256` (how its
+    /// payload was signed), in order.
+    payload_signing: Mutex<Vec<(String, String)>>,
 }
 
 impl ProxyCounts {
+    /// Each request's start line and how its payload was signed.
+    pub fn payload_signing(&self) -> Vec<(String, String)> {
+        self.payload_signing.lock().unwrap().clone()
+    }
+
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
@@ -390,6 +398,13 @@ async fn serve(mut client: TcpStream, shared: &Shared) {
             return;
         };
         let n = shared.counts.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.counts.payload_signing.lock().unwrap().push((
+            request.start.clone(),
+            request
+                .header("x-amz-content-sha256")
+                .unwrap_or_default()
+                .to_string(),
+        ));
         if request.header("transfer-encoding").is_some() {
             let _ = client
                 .write_all(&error_answer(501, "NotImplemented", n, "chunked requests"))
