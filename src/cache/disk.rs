@@ -17,7 +17,7 @@ use bytes::Bytes;
 use lru::LruCache;
 use tracing::{debug, warn};
 
-use super::block_file::{self, OpenBlock, ReadFailure};
+use super::block_file::{self, BlockKey, OpenBlock, ReadFailure};
 use super::tier::Tier;
 use super::{CacheStats, Span};
 
@@ -41,12 +41,15 @@ pub struct DiskTier {
     open_files: Mutex<LruCache<String, Arc<OpenBlock>>>,
     /// Where evictions and damaged files are counted.
     stats: Arc<CacheStats>,
+    /// Tags the files this tier writes; a file without its tag is never read.
+    key: BlockKey,
 }
 
 impl DiskTier {
     /// A tier of block files in `dir` (which exists), at most `capacity` bytes.
-    pub fn new(dir: PathBuf, capacity: u64, stats: Arc<CacheStats>) -> Self {
-        Self {
+    pub fn new(dir: PathBuf, capacity: u64, stats: Arc<CacheStats>) -> std::io::Result<Self> {
+        Ok(Self {
+            key: BlockKey::random()?,
             dir,
             capacity,
             files: Mutex::new(Files {
@@ -55,7 +58,7 @@ impl DiskTier {
             }),
             open_files: Mutex::new(LruCache::new(open_files_limit())),
             stats,
-        }
+        })
     }
 
     pub(super) fn path(&self, name: &str) -> PathBuf {
@@ -111,7 +114,7 @@ impl DiskTier {
     pub(super) fn write_reserved(&self, span: &Span, data: &Bytes) {
         let (id, name) = (&span.id, span.name.as_str());
         let temporary = self.path(&format!("{name}.tmp-{:x}", next_temporary()));
-        let written = block_file::write_block(&temporary, id, data);
+        let written = block_file::write_block(&temporary, id, data, &self.key);
         let mut files = self.files.lock().unwrap();
         let placed = match (written, files.entries.peek_mut(name)) {
             (Ok(block), Some(entry)) if !entry.written => {
@@ -184,11 +187,13 @@ impl Tier for DiskTier {
         let opened = self.open_files.lock().unwrap().get(name).cloned();
         let read = match opened {
             Some(block) => block.read(span.want.clone()),
-            None => OpenBlock::open(&self.path(name), &span.id, span.len).and_then(|block| {
-                let data = block.read(span.want.clone());
-                self.keep_open(name, block);
-                data
-            }),
+            None => {
+                OpenBlock::open(&self.path(name), &span.id, span.len, &self.key).and_then(|block| {
+                    let data = block.read(span.want.clone());
+                    self.keep_open(name, block);
+                    data
+                })
+            }
         };
         match read {
             Ok(data) => Some(data),
@@ -283,7 +288,7 @@ mod tests {
             index: 0,
         };
         let file = block_file::file_len(&id, 1000);
-        let tier = DiskTier::new(dir.path().to_path_buf(), 5 * file, Arc::default());
+        let tier = DiskTier::new(dir.path().to_path_buf(), 5 * file, Arc::default()).unwrap();
         super::super::tier::conformance::check(&tier, 1000);
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),

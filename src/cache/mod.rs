@@ -162,7 +162,7 @@ impl BlockCache {
         let dir = MountDir::create(&config.dir)?;
         let stats = Arc::new(CacheStats::default());
         Ok(Self {
-            disk: DiskTier::new(dir.path().to_path_buf(), config.disk_bytes, stats.clone()),
+            disk: DiskTier::new(dir.path().to_path_buf(), config.disk_bytes, stats.clone())?,
             memory: MemoryTier::new(config.memory_bytes),
             dir,
             flights: Arc::default(),
