@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod local_dir;
 pub mod logging;
 pub mod mountinfo;
 pub mod names;

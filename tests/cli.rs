@@ -121,7 +121,7 @@ fn write_options_are_checked_before_mounting() {
     for (args, phrase) in [
         (
             &["--read-write", "--cache-dir", "/proc/s3vol-cannot-be-here"][..],
-            "no writable directory for the block cache and staged writes",
+            "--cache-dir cannot create /proc/s3vol-cannot-be-here",
         ),
         (
             &["--cache-size", "100KiB"][..],

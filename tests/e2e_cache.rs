@@ -156,3 +156,116 @@ async fn the_cache_keeps_its_size_bound_and_no_cache_keeps_nothing() {
     assert!(cache_dirs(&mount.cache).is_empty());
     assert_eq!(mount.stats()["cache"]["enabled"], false);
 }
+
+/// Runs `command` (a shell line) as `nobody`.
+fn as_nobody(command: &str) {
+    let status = common::host::as_user(common::host::NOBODY, "sh")
+        .args(["-c", command])
+        .status()
+        .unwrap();
+    assert!(status.success(), "as nobody: {command}");
+}
+
+#[tokio::test]
+#[ignore = "needs Garage (scripts/test.sh)"]
+async fn a_cache_directory_another_user_controls_is_refused() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    server.put(BUCKET, "root/f", b"x".to_vec()).await;
+    let base = common::host::shared_tempdir();
+    let theirs = common::host::owned_dir(base.path(), "theirs", common::host::NOBODY);
+    let open = base.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (dir, why) in [(&theirs, "belongs to uid 65534"), (&open, "chmod 700")] {
+        let mountpoint = tempfile::tempdir().unwrap();
+        let out = s3vol()
+            .args(["mount", "vol/root"])
+            .arg(mountpoint.path())
+            .arg("--cache-dir")
+            .arg(dir)
+            .args(server.endpoint_args())
+            .envs(server.env())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(why), "{err}");
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0, "{dir:?} was used");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Garage (scripts/test.sh)"]
+async fn swapping_the_cache_directory_for_a_link_sends_nothing_elsewhere() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    for name in ["a", "b"] {
+        server
+            .put(BUCKET, &format!("root/{name}"), pattern(3 * MIB, 5))
+            .await;
+    }
+    // The cache directory's parent is another user's, who can rename what is in
+    // it and put links there; the place they point the link to is theirs too.
+    let base = common::host::shared_tempdir();
+    let parent = common::host::owned_dir(base.path(), "parent", common::host::NOBODY);
+    let lure = common::host::owned_dir(base.path(), "lure", common::host::NOBODY);
+    let cache = parent.join("cache");
+    let cache_arg = cache.to_str().unwrap().to_string();
+    let mount = Mount::new(
+        &server,
+        "vol/root",
+        &["--read-write", "--cache-dir", &cache_arg],
+    );
+    std::fs::read(mount.path().join("a")).unwrap();
+    as_nobody(&format!(
+        "mv {0}/cache {0}/moved && mkdir -p {1}/blocks {1}/staging && ln -s {1} {0}/cache",
+        parent.display(),
+        lure.display()
+    ));
+    // Blocks and staging files keep going where the volume was mounted.
+    drop_page_cache();
+    std::fs::read(mount.path().join("b")).unwrap();
+    std::fs::write(mount.path().join("new"), pattern(MIB, 6)).unwrap();
+    assert!(
+        !cache_dirs(&parent.join("moved")).is_empty(),
+        "the blocks are in the directory that was opened"
+    );
+    drop(mount);
+    let left: Vec<_> = walkdir(&lure);
+    assert_eq!(
+        left,
+        [lure.join("blocks"), lure.join("staging")],
+        "s3vol wrote or removed something through the link"
+    );
+    // A new mount is not led through the link either.
+    let mountpoint = tempfile::tempdir().unwrap();
+    let out = s3vol()
+        .args(["mount", "vol/root"])
+        .arg(mountpoint.path())
+        .args(["--cache-dir", &cache_arg])
+        .args(server.endpoint_args())
+        .envs(server.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+}
+
+/// Every path under `dir`, sorted.
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.is_symlink() {
+                pending.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}

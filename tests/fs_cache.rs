@@ -11,6 +11,7 @@ use common::fs::{READ, lookup_path, read_all};
 use common::pattern;
 use s3vol::cache::{BLOCK_SIZE, BlockCache, CacheConfig};
 use s3vol::fs::{Fs, FsConfig, ROOT_INO};
+use s3vol::local_dir::LocalDir;
 use s3vol::stats::{IOCTL, MountStats, REPORT_MAX};
 use s3vol::store::counted::CountedStore;
 use s3vol::store::memory::MemoryStore;
@@ -30,7 +31,7 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(
         BlockCache::open(CacheConfig {
-            dir: dir.path().join("blocks"),
+            dir: LocalDir::open_or_create(&dir.path().join("blocks")).unwrap(),
             disk_bytes: capacity,
             memory_bytes: 4 * MIB as u64,
         })

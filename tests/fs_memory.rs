@@ -9,6 +9,7 @@ mod common;
 use common::fs::{READ, WRITE, lookup_path, read_all};
 use common::pattern;
 use s3vol::fs::{Fs, FsConfig, Kind, Mutation, ROOT_INO, ReadConfig};
+use s3vol::local_dir::LocalDir;
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};
@@ -487,7 +488,9 @@ async fn a_cached_listing_shows_this_mounts_own_changes() {
         "",
         FsConfig {
             metadata_ttl: Duration::from_secs(60),
-            write: Some(s3vol::fs::WriteConfig::new(staging.path().to_path_buf())),
+            write: Some(s3vol::fs::WriteConfig::new(
+                LocalDir::open_or_create(staging.path()).unwrap(),
+            )),
             ..FsConfig::default()
         },
     );

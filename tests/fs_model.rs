@@ -20,6 +20,7 @@ use common::pattern;
 use proptest::prelude::*;
 use s3vol::cache::{BlockCache, CacheConfig};
 use s3vol::fs::{Fs, FsConfig, Kind, OpenFlags, ROOT_INO, WriteConfig};
+use s3vol::local_dir::LocalDir;
 use s3vol::store::Operation;
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
@@ -287,7 +288,7 @@ impl Harness {
         let cache = block_cache.then(|| {
             Arc::new(
                 BlockCache::open(CacheConfig {
-                    dir: local.path().join("blocks"),
+                    dir: LocalDir::open_or_create(&local.path().join("blocks")).unwrap(),
                     disk_bytes: 64 << 20,
                     memory_bytes: 4 << 20,
                 })
@@ -301,7 +302,7 @@ impl Harness {
             write: Some(WriteConfig {
                 part_size: PART as u64,
                 max_in_flight: 2,
-                ..WriteConfig::new(local.path().to_path_buf())
+                ..WriteConfig::new(LocalDir::open_or_create(local.path()).unwrap())
             }),
             ..FsConfig::default()
         };

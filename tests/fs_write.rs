@@ -10,6 +10,7 @@ mod common;
 use common::fs::{READ, TRUNCATE, WRITE, lookup_path, read_all};
 use common::pattern;
 use s3vol::fs::{Fs, FsConfig, Kind, ROOT_INO, WriteConfig};
+use s3vol::local_dir::LocalDir;
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};
@@ -33,7 +34,7 @@ fn volume(store: Arc<dyn ObjectStore>) -> Volume {
             max_in_flight: 4,
             // Small enough that tests reach the part-by-part copy.
             single_copy_limit: 2 * PART as u64,
-            ..WriteConfig::new(staging.path().to_path_buf())
+            ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
         }),
         ..FsConfig::default()
     };

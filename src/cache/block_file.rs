@@ -16,15 +16,15 @@
 //! own user and root have, and they can change the daemon itself. (A keyed hash of
 //! every chunk verifies about 1.1 GB/s per core here; CRC32C, 20 GB/s.)
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 
 use super::BlockId;
+use crate::local_dir::LocalDir;
 
 /// The unit of checksumming inside a block file: what a small read reads and
 /// verifies. One page: a 4 KiB random read costs one 4 KiB disk read (plus the
@@ -91,7 +91,8 @@ pub(super) fn file_len(id: &BlockId, len: usize) -> u64 {
 /// Writes the block file (which must not exist), tagged with `key`, and returns
 /// it open for reading.
 pub(super) fn write_block(
-    path: &Path,
+    dir: &LocalDir,
+    name: &str,
     id: &BlockId,
     data: &Bytes,
     key: &BlockKey,
@@ -105,12 +106,7 @@ pub(super) fn write_block(
     let tag = key.tag(&header);
     header.extend_from_slice(&tag);
     header.resize(header_len, 0);
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = dir.create_file(name)?;
     random_access(&file);
     file.write_all(&header)?;
     file.write_all(data)?;
@@ -136,15 +132,16 @@ pub(super) struct OpenBlock {
 }
 
 impl OpenBlock {
-    /// Opens the file in `path` if it holds exactly this block of `len` bytes,
-    /// tagged with `key`.
+    /// Opens the file `name` in `dir` if it holds exactly this block of `len`
+    /// bytes, tagged with `key`.
     pub(super) fn open(
-        path: &Path,
+        dir: &LocalDir,
+        name: &str,
         id: &BlockId,
         len: usize,
         key: &BlockKey,
     ) -> Result<Self, ReadFailure> {
-        let file = match File::open(path) {
+        let file = match dir.open_file(name) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::Missing),
             Err(e) => return Err(ReadFailure::Damaged(e.to_string())),
@@ -217,6 +214,7 @@ fn damaged(e: io::Error) -> ReadFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn id() -> BlockId {
         BlockId {
@@ -228,18 +226,19 @@ mod tests {
 
     #[test]
     fn data_starts_on_a_chunk_boundary_and_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = LocalDir::open_or_create(temp.path()).unwrap();
+        let path = temp.path().join("b");
         let key = BlockKey::random().unwrap();
         let data: Bytes = (0..3 * CHUNK + 17)
             .map(|i| i as u8)
             .collect::<Vec<_>>()
             .into();
-        write_block(&path, &id(), &data, &key).unwrap();
+        write_block(&dir, "b", &id(), &data, &key).unwrap();
         let len = fs::metadata(&path).unwrap().len();
         assert_eq!(len, file_len(&id(), data.len()));
         assert_eq!((len - data.len() as u64) % CHUNK as u64, 0);
-        let block = OpenBlock::open(&path, &id(), data.len(), &key)
+        let block = OpenBlock::open(&dir, "b", &id(), data.len(), &key)
             .ok()
             .unwrap();
         for want in [
@@ -253,36 +252,36 @@ mod tests {
         // The same file asked for as another block, or another length, is damaged.
         let other = BlockId { index: 4, ..id() };
         assert!(matches!(
-            OpenBlock::open(&path, &other, data.len(), &key),
+            OpenBlock::open(&dir, "b", &other, data.len(), &key),
             Err(ReadFailure::Damaged(_))
         ));
         assert!(matches!(
-            OpenBlock::open(&path, &id(), data.len() - 1, &key),
+            OpenBlock::open(&dir, "b", &id(), data.len() - 1, &key),
             Err(ReadFailure::Damaged(_))
         ));
         assert!(matches!(
-            OpenBlock::open(&dir.path().join("none"), &id(), 1, &key),
+            OpenBlock::open(&dir, "none", &id(), 1, &key),
             Err(ReadFailure::Missing)
         ));
     }
 
     #[test]
     fn a_file_this_mount_did_not_write_is_never_data() {
-        let dir = tempfile::tempdir().unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = LocalDir::open_or_create(temp.path()).unwrap();
         let data: Bytes = (0..2 * CHUNK)
             .map(|i| (i * 7) as u8)
             .collect::<Vec<_>>()
             .into();
         let (ours, theirs) = (BlockKey::random().unwrap(), BlockKey::random().unwrap());
         // Left by another (or a crashed) mount: its own key.
-        let left = dir.path().join("left");
-        write_block(&left, &id(), &data, &theirs).unwrap();
+        write_block(&dir, "left", &id(), &data, &theirs).unwrap();
         assert!(matches!(
-            OpenBlock::open(&left, &id(), data.len(), &ours),
+            OpenBlock::open(&dir, "left", &id(), data.len(), &ours),
             Err(ReadFailure::Damaged(why)) if why.contains("not written by this mount")
         ));
         // Forged: the right identity and CRCs, any tag.
-        let forged = dir.path().join("forged");
+        let forged = temp.path().join("forged");
         let mut header = identity(&id(), data.len());
         for chunk in data.chunks(CHUNK) {
             header.extend_from_slice(&crc32c::crc32c(chunk).to_le_bytes());
@@ -290,11 +289,10 @@ mod tests {
         header.resize(header_len(&id(), data.len()), 0);
         header.extend_from_slice(&data);
         fs::write(&forged, header).unwrap();
-        assert!(OpenBlock::open(&forged, &id(), data.len(), &ours).is_err());
+        assert!(OpenBlock::open(&dir, "forged", &id(), data.len(), &ours).is_err());
         // What this mount wrote is read back.
-        let own = dir.path().join("own");
-        write_block(&own, &id(), &data, &ours).unwrap();
-        let block = OpenBlock::open(&own, &id(), data.len(), &ours)
+        write_block(&dir, "own", &id(), &data, &ours).unwrap();
+        let block = OpenBlock::open(&dir, "own", &id(), data.len(), &ours)
             .ok()
             .unwrap();
         assert_eq!(block.read(0..data.len()).ok().unwrap(), data);

@@ -1,77 +1,87 @@
-//! Each mount's own directory under the shared cache directory.
+//! Each mount's own directory under the shared `blocks` directory.
 //!
 //! A mount creates `mount-PID-N/` (mode 0700) and holds an exclusive `flock` on
 //! its `lock` file for as long as it runs; at unmount it removes the directory.
 //! A mount that died leaves its directory behind, unlocked: the next mount that
 //! uses the same cache directory finds the lock free and removes it. Mounts
-//! sharing a cache directory never touch each other's blocks.
+//! sharing a cache directory never touch each other's blocks. Everything goes
+//! through directory descriptors ([`LocalDir`]): a link in the way is removed,
+//! never followed.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
+use crate::local_dir::LocalDir;
+
 /// This mount's directory, locked while it lives.
 pub(super) struct MountDir {
-    path: PathBuf,
+    /// The shared directory it is in.
+    shared: LocalDir,
+    name: String,
+    dir: LocalDir,
     /// Held for the mount's life: tells later mounts this directory is in use.
     _lock: Flock<File>,
 }
 
 impl MountDir {
-    /// Creates `shared` if needed (mode 0700), removes the directories of mounts
-    /// that are gone, and makes a new, empty, locked directory in it.
-    pub(super) fn create(shared: &Path) -> io::Result<Self> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(shared)?;
+    /// Removes the directories of mounts that are gone from `shared`, and makes
+    /// a new, empty, locked directory in it.
+    pub(super) fn create(shared: &LocalDir) -> io::Result<Self> {
         remove_abandoned(shared);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let path = shared.join(format!("mount-{}-{nanos:08x}", std::process::id()));
-        fs::DirBuilder::new().mode(0o700).create(&path)?;
-        let lock = lock_file(&path, true)?.ok_or_else(|| {
+        let name = format!("mount-{}-{nanos:08x}", std::process::id());
+        let dir = shared.subdir(&name).map_err(io::Error::other)?;
+        let lock = lock_file(&dir, true)?.ok_or_else(|| {
             io::Error::new(io::ErrorKind::WouldBlock, "a new cache directory is locked")
         })?;
-        Ok(Self { path, _lock: lock })
+        Ok(Self {
+            shared: shared.try_clone()?,
+            name,
+            dir,
+            _lock: lock,
+        })
     }
 
-    pub(super) fn path(&self) -> &Path {
-        &self.path
+    /// The directory itself.
+    pub(super) fn dir(&self) -> &LocalDir {
+        &self.dir
     }
 
     /// Removes the directory and everything in it (at unmount).
     pub(super) fn remove(&self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            warn!(dir = %self.path.display(), error = %e, "cannot remove the cache directory");
+        if let Err(e) = self.shared.remove_tree(&self.name) {
+            warn!(dir = %self.dir.path().display(), error = %e, "cannot remove the cache directory");
         }
     }
 }
 
 /// Removes the directories of mounts that are gone: those whose lock nobody holds.
-fn remove_abandoned(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+fn remove_abandoned(shared: &LocalDir) {
+    let Ok(entries) = shared.entries() else {
         return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let ours = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with("mount-"));
-        if !ours || !path.is_dir() {
+    for (name, is_dir) in entries {
+        if !name.starts_with("mount-") {
             continue;
         }
+        if !is_dir {
+            // A link or a file where a mount's directory would be: never ours.
+            let _ = shared.remove_file(&name);
+            continue;
+        }
+        let Ok(dir) = shared.subdir(&name) else {
+            continue;
+        };
         // Held while removing, so a mount that picks the same name waits.
-        if let Ok(Some(_lock)) = lock_file(&path, false) {
-            info!(dir = %path.display(), "removing the cache of a mount that is gone");
-            if let Err(e) = fs::remove_dir_all(&path) {
-                warn!(dir = %path.display(), error = %e, "cannot remove an abandoned cache");
+        if let Ok(Some(_lock)) = lock_file(&dir, false) {
+            info!(dir = %dir.path().display(), "removing the cache of a mount that is gone");
+            if let Err(e) = shared.remove_tree(&name) {
+                warn!(dir = %dir.path().display(), error = %e, "cannot remove an abandoned cache");
             }
         }
     }
@@ -79,13 +89,7 @@ fn remove_abandoned(dir: &Path) {
 
 /// Takes the exclusive lock on `dir/lock` without waiting: `None` when another
 /// process holds it. The lock lasts as long as the returned value.
-fn lock_file(dir: &Path, create: bool) -> io::Result<Option<Flock<File>>> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join("lock"))?;
+fn lock_file(dir: &LocalDir, create: bool) -> io::Result<Option<Flock<File>>> {
+    let file = dir.open_read_write("lock", create)?;
     Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
 }

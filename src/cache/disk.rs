@@ -8,8 +8,6 @@
 //! are kept open with their checked headers (see `super::block_file`), so a
 //! small read costs one read of its chunk: no path lookup, no header read.
 
-use std::fs;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +18,7 @@ use tracing::{debug, warn};
 use super::block_file::{self, BlockKey, OpenBlock, ReadFailure};
 use super::tier::Tier;
 use super::{CacheStats, Span};
+use crate::local_dir::LocalDir;
 
 struct Entry {
     size: u64,
@@ -34,7 +33,7 @@ struct Files {
 }
 
 pub struct DiskTier {
-    dir: PathBuf,
+    dir: LocalDir,
     capacity: u64,
     files: Mutex<Files>,
     /// Block files kept open, their headers checked.
@@ -46,8 +45,8 @@ pub struct DiskTier {
 }
 
 impl DiskTier {
-    /// A tier of block files in `dir` (which exists), at most `capacity` bytes.
-    pub fn new(dir: PathBuf, capacity: u64, stats: Arc<CacheStats>) -> std::io::Result<Self> {
+    /// A tier of block files in `dir`, at most `capacity` bytes.
+    pub fn new(dir: LocalDir, capacity: u64, stats: Arc<CacheStats>) -> std::io::Result<Self> {
         Ok(Self {
             key: BlockKey::random()?,
             dir,
@@ -61,8 +60,10 @@ impl DiskTier {
         })
     }
 
-    pub(super) fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+    /// Where a block file is, for tests that change it behind the tier's back.
+    #[cfg(test)]
+    pub(super) fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
     }
 
     /// Counts the file for `data` against the bound before it is written,
@@ -104,7 +105,7 @@ impl DiskTier {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             // A file still being written is removed by its writer, which finds
             // its entry gone.
-            let _ = fs::remove_file(self.path(&victim));
+            let _ = self.dir.remove_file(&victim);
         }
         true
     }
@@ -113,12 +114,12 @@ impl DiskTier {
     /// (or the tier cleared) meanwhile. Blocking.
     pub(super) fn write_reserved(&self, span: &Span, data: &Bytes) {
         let (id, name) = (&span.id, span.name.as_str());
-        let temporary = self.path(&format!("{name}.tmp-{:x}", next_temporary()));
-        let written = block_file::write_block(&temporary, id, data, &self.key);
+        let temporary = format!("{name}.tmp-{:x}", next_temporary());
+        let written = block_file::write_block(&self.dir, &temporary, id, data, &self.key);
         let mut files = self.files.lock().unwrap();
         let placed = match (written, files.entries.peek_mut(name)) {
             (Ok(block), Some(entry)) if !entry.written => {
-                let renamed = fs::rename(&temporary, self.path(name));
+                let renamed = self.dir.rename(&temporary, name);
                 entry.written = renamed.is_ok();
                 renamed.ok().map(|()| block)
             }
@@ -139,7 +140,7 @@ impl DiskTier {
             // lookup and no header read.
             Some(block) => self.keep_open(name, block),
             None => {
-                let _ = fs::remove_file(&temporary);
+                let _ = self.dir.remove_file(&temporary);
             }
         }
     }
@@ -164,7 +165,7 @@ impl DiskTier {
             && let Some(entry) = files.entries.pop(name)
         {
             files.used -= entry.size;
-            let _ = fs::remove_file(self.path(name));
+            let _ = self.dir.remove_file(name);
         }
     }
 }
@@ -188,7 +189,7 @@ impl Tier for DiskTier {
         let read = match opened {
             Some(block) => block.read(span.want.clone()),
             None => {
-                OpenBlock::open(&self.path(name), &span.id, span.len, &self.key).and_then(|block| {
+                OpenBlock::open(&self.dir, name, &span.id, span.len, &self.key).and_then(|block| {
                     let data = block.read(span.want.clone());
                     self.keep_open(name, block);
                     data
@@ -244,7 +245,7 @@ impl Tier for DiskTier {
         self.open_files.lock().unwrap().clear();
         let mut files = self.files.lock().unwrap();
         for (name, _) in files.entries.iter() {
-            let _ = fs::remove_file(self.path(name));
+            let _ = self.dir.remove_file(name);
         }
         files.entries.clear();
         files.used = 0;
@@ -288,10 +289,11 @@ mod tests {
             index: 0,
         };
         let file = block_file::file_len(&id, 1000);
-        let tier = DiskTier::new(dir.path().to_path_buf(), 5 * file, Arc::default()).unwrap();
+        let local = LocalDir::open_or_create(dir.path()).unwrap();
+        let tier = DiskTier::new(local, 5 * file, Arc::default()).unwrap();
         super::super::tier::conformance::check(&tier, 1000);
         assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
+            std::fs::read_dir(dir.path()).unwrap().count(),
             0,
             "clear removes the files"
         );

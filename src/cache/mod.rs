@@ -33,7 +33,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -45,6 +45,7 @@ use self::disk::DiskTier;
 use self::fetch::{Flight, Flights, check_length, split_runs};
 use self::memory::MemoryTier;
 use self::tier::Tier;
+use crate::local_dir::LocalDir;
 use crate::store::{Operation, StoreError, StoreResult};
 
 /// The unit of caching. 1 MiB keeps the number of files small (1024 per GiB)
@@ -92,10 +93,10 @@ pub struct CacheStats {
 }
 
 /// Where the cache lives and how large each tier may grow.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CacheConfig {
     /// The directory shared by mounts; each mount takes a subdirectory.
-    pub dir: PathBuf,
+    pub dir: LocalDir,
     pub disk_bytes: u64,
     pub memory_bytes: u64,
 }
@@ -156,13 +157,13 @@ impl std::fmt::Debug for BlockCache {
 }
 
 impl BlockCache {
-    /// Opens a new, empty cache in a subdirectory of `config.dir` (both created
-    /// mode 0700), after removing the subdirectories of mounts that are gone.
+    /// Opens a new, empty cache in a subdirectory of `config.dir` (created mode
+    /// 0700), after removing the subdirectories of mounts that are gone.
     pub fn open(config: CacheConfig) -> io::Result<Self> {
         let dir = MountDir::create(&config.dir)?;
         let stats = Arc::new(CacheStats::default());
         Ok(Self {
-            disk: DiskTier::new(dir.path().to_path_buf(), config.disk_bytes, stats.clone())?,
+            disk: DiskTier::new(dir.dir().try_clone()?, config.disk_bytes, stats.clone())?,
             memory: MemoryTier::new(config.memory_bytes),
             dir,
             flights: Arc::default(),
@@ -175,7 +176,7 @@ impl BlockCache {
 
     /// This mount's own directory.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.dir().path()
     }
 
     /// The bound on block files, in bytes.
@@ -394,6 +395,7 @@ impl BlockCache {
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::PathBuf;
     use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::AtomicUsize;
 
@@ -402,7 +404,7 @@ mod tests {
     fn cache(dir: &Path, disk: u64, memory: u64) -> Arc<BlockCache> {
         Arc::new(
             BlockCache::open(CacheConfig {
-                dir: dir.to_path_buf(),
+                dir: LocalDir::open_or_create(dir).unwrap(),
                 disk_bytes: disk,
                 memory_bytes: memory,
             })

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use super::{cleanup_command, daemon_gone, fail, plain};
 use crate::config::MountConfig;
-use crate::daemon::{self, Failure, private_dir};
+use crate::daemon::{self, Failure};
+use crate::local_dir::LocalDir;
 use crate::mountinfo::mounted_at;
 
 pub fn run(mut config: MountConfig) -> ExitCode {
@@ -82,8 +83,9 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
 }
 
 /// The directory for local data (cached blocks, staged writes): the one given, or
-/// /var/cache/s3vol, or ~/.cache/s3vol for users who cannot write there; created
-/// mode 0700 and made absolute.
+/// /var/cache/s3vol, or ~/.cache/s3vol for users who cannot use that; created mode
+/// 0700, made absolute, and checked to be the running user's alone (see
+/// [`LocalDir`]).
 fn local_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
     let candidates: Vec<PathBuf> = match cache_dir {
         Some(dir) => vec![std::path::absolute(dir).map_err(|e| e.to_string())?],
@@ -95,19 +97,24 @@ fn local_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
             dirs
         }
     };
+    let given = cache_dir.is_some();
     let mut last_error = String::new();
     for dir in candidates {
-        let usable = private_dir(&dir).and_then(|dir| match tempfile::tempfile_in(&dir) {
-            Ok(_) => Ok(dir),
-            Err(e) => Err(Failure(format!("cannot write in {}: {e}", dir.display()))),
+        let usable = LocalDir::open_or_create(&dir).and_then(|local| {
+            local
+                .unnamed_file()
+                .map(drop)
+                .map_err(|e| format!("cannot write in {}: {e}", dir.display()))
         });
         match usable {
-            Ok(dir) => return Ok(dir),
-            Err(Failure(why)) => last_error = why,
+            Ok(()) => return Ok(dir),
+            // The one asked for: its own words, which say what to change.
+            Err(why) if given => return Err(format!("--cache-dir {why}")),
+            Err(why) => last_error = why,
         }
     }
     Err(format!(
-        "no writable directory for the block cache and staged writes ({last_error}); \
+        "no usable directory for the block cache and staged writes ({last_error}); \
          choose one with --cache-dir"
     ))
 }

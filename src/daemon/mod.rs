@@ -24,7 +24,6 @@ use std::sync::Arc;
 use nix::unistd::{ForkResult, fork, setsid};
 use tracing::{error, info};
 
-pub use self::volume::private_dir;
 use crate::config::MountConfig;
 use crate::fuse::session;
 use crate::logging::{self, LogTarget};

@@ -2,8 +2,6 @@
 //! (checked with the start-up probes), the block cache, the staging directory,
 //! the statistics, the filesystem and its FUSE adapter, and how to mount it.
 
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::info;
@@ -14,6 +12,7 @@ use crate::config::MountConfig;
 use crate::fs::{Fs, FsConfig, WriteConfig};
 use crate::fuse::FuseAdapter;
 use crate::fuse::session::{Access, MountPlan};
+use crate::local_dir::LocalDir;
 use crate::preflight;
 use crate::stats::{MountStats, bytes};
 
@@ -52,16 +51,20 @@ impl Volume {
         )
         .await?;
 
-        let local = config.cache_dir.as_deref();
-        let cache = match (config.no_cache, local) {
+        // Opened again here, after the fork, with the same checks as before it.
+        let local = match &config.cache_dir {
+            Some(path) => Some(LocalDir::open_or_create(path).map_err(Failure)?),
+            None => None,
+        };
+        let cache = match (config.no_cache, &local) {
             (false, Some(local)) => Some(Arc::new(open_cache(local, config.cache_size)?)),
             _ => None,
         };
-        let write = match (config.read_write, local) {
+        let write = match (config.read_write, &local) {
             (true, Some(local)) => Some(WriteConfig {
                 part_size: config.part_size,
                 max_in_flight: usize::from(config.max_concurrency),
-                ..WriteConfig::new(private_dir(&local.join("staging"))?)
+                ..WriteConfig::new(local.subdir("staging").map_err(Failure)?)
             }),
             _ => None,
         };
@@ -117,23 +120,24 @@ impl Volume {
 
 /// The block cache in `local`/blocks, bounded by `size` or else by a quarter of
 /// the space free there now.
-fn open_cache(local: &Path, size: Option<u64>) -> Result<BlockCache, Failure> {
-    let dir = local.join("blocks");
+fn open_cache(local: &LocalDir, size: Option<u64>) -> Result<BlockCache, Failure> {
+    let dir = local.subdir("blocks").map_err(Failure)?;
+    let shown = dir.path().display().to_string();
     let disk_bytes = match size {
         Some(size) => size,
         None => {
-            let free = nix::sys::statvfs::statvfs(local)
+            let free = nix::sys::statvfs::fstatvfs(local)
                 .map(|s| s.blocks_available() * s.fragment_size())
                 .map_err(|e| {
                     Failure(format!(
                         "cannot see the free space in {}: {e}",
-                        local.display()
+                        local.path().display()
                     ))
                 })?;
             let share = free / 4;
             if share < 64 << 20 {
                 tracing::warn!(
-                    dir = %local.display(),
+                    dir = %local.path().display(),
                     free = %bytes(free),
                     "little free space for the block cache; choose another --cache-dir or set --cache-size"
                 );
@@ -141,27 +145,16 @@ fn open_cache(local: &Path, size: Option<u64>) -> Result<BlockCache, Failure> {
             share
         }
     };
-    info!(dir = %dir.display(), size = %bytes(disk_bytes), "block cache");
+    info!(dir = shown, size = %bytes(disk_bytes), "block cache");
     BlockCache::open(CacheConfig {
-        dir: dir.clone(),
+        dir,
         disk_bytes,
         memory_bytes: MEMORY_TIER,
     })
     .map_err(|e| {
         Failure(format!(
-            "cannot use {} for the block cache: {e}; choose another --cache-dir, or turn \
-             the cache off with --no-cache",
-            dir.display()
+            "cannot use {shown} for the block cache: {e}; choose another --cache-dir, or \
+             turn the cache off with --no-cache"
         ))
     })
-}
-
-/// Creates `dir` (and its parents) mode 0700 if it is missing.
-pub fn private_dir(dir: &Path) -> Result<PathBuf, Failure> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Failure(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir.to_path_buf())
 }

@@ -29,7 +29,6 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -38,6 +37,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::local_dir::LocalDir;
 use crate::store::{ObjectStore, StoreError, UploadedPart};
 
 /// S3's largest object.
@@ -59,8 +59,8 @@ pub struct WriteConfig {
     pub part_size: u64,
     /// Part uploads in flight per mount; bounds upload memory.
     pub max_in_flight: usize,
-    /// Where staging files are created (and unlinked at once).
-    pub staging_dir: PathBuf,
+    /// Where staging files are made, with no name: gone when closed.
+    pub staging: Arc<LocalDir>,
     /// Objects up to this size are renamed with one CopyObject (S3 allows 5 GiB);
     /// larger ones are copied in parts of this size with UploadPartCopy.
     pub single_copy_limit: u64,
@@ -68,11 +68,11 @@ pub struct WriteConfig {
 
 impl WriteConfig {
     /// The defaults: 8 MiB parts, 8 part uploads in flight, S3's copy limit.
-    pub fn new(staging_dir: PathBuf) -> Self {
+    pub fn new(staging: LocalDir) -> Self {
         Self {
             part_size: 8 * 1024 * 1024,
             max_in_flight: 8,
-            staging_dir,
+            staging: Arc::new(staging),
             single_copy_limit: 5 * 1024 * 1024 * 1024,
         }
     }
@@ -253,9 +253,11 @@ impl StagedFile {
         config: &WriteConfig,
         permits: Arc<Semaphore>,
     ) -> StageResult<Arc<Self>> {
-        let staging_dir = config.staging_dir.display().to_string();
-        let file =
-            tempfile::tempfile_in(&config.staging_dir).map_err(|source| StageError::Local {
+        let staging_dir = config.staging.path().display().to_string();
+        let file = config
+            .staging
+            .unnamed_file()
+            .map_err(|source| StageError::Local {
                 dir: staging_dir.clone(),
                 source,
             })?;

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use s3vol::fs::{Fs, FsConfig, WriteConfig};
 use s3vol::fuse::FuseAdapter;
 use s3vol::fuse::session::{self, Access, MountPlan, VolumeHandle};
+use s3vol::local_dir::LocalDir;
 use s3vol::stats::MountStats;
 use s3vol::store::ObjectStore;
 use s3vol::store::counted::CountedStore;
@@ -53,7 +54,7 @@ impl MemoryMount {
             config.write = Some(WriteConfig {
                 part_size: PART,
                 max_in_flight: 4,
-                ..WriteConfig::new(staging.path().to_path_buf())
+                ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
             });
         }
         let counted = CountedStore::new(store);

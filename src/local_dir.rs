@@ -1,0 +1,323 @@
+//! Directories of local data (the cache directory, its `blocks` and `staging`
+//! subdirectories, each mount's own): opened once without following symbolic
+//! links, checked to be the daemon's user's alone, and from then on used only
+//! through their descriptors. Renaming a directory away and putting a link (to
+//! `/etc`, say) in its place therefore never sends a block or staging file, or a
+//! removal, anywhere else.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fstat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+/// How directories are opened: never through a link, never inherited by a
+/// program the daemon runs.
+const DIRECTORY: OFlag = OFlag::O_DIRECTORY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_RDONLY);
+
+/// A directory held open.
+#[derive(Debug)]
+pub struct LocalDir {
+    fd: OwnedFd,
+    /// Where it was when opened, for messages.
+    path: PathBuf,
+}
+
+impl LocalDir {
+    /// Opens the directory at `path`, creating it (and its parents) mode 0700 if
+    /// it is missing. It must belong to the user running s3vol and be closed to
+    /// writes by others; the error says what to change.
+    pub fn open_or_create(path: &Path) -> Result<Self, String> {
+        let shown = path.display();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| format!("cannot create {shown}: {e}"))?;
+        let fd = nix::fcntl::open(path, DIRECTORY, Mode::empty()).map_err(|e| refusal(path, e))?;
+        let dir = Self {
+            fd,
+            path: path.to_path_buf(),
+        };
+        dir.check_private()?;
+        Ok(dir)
+    }
+
+    /// Refuses a directory that is another user's, or that others may change.
+    fn check_private(&self) -> Result<(), String> {
+        let shown = self.path.display();
+        let stat = fstat(&self.fd).map_err(|e| format!("cannot look at {shown}: {e}"))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if stat.st_uid != me {
+            return Err(format!(
+                "{shown} belongs to uid {}, not to the user running s3vol (uid {me}), who \
+                 keeps cached data and files being written there: choose another directory, \
+                 or `chown {me} {shown}`",
+                stat.st_uid
+            ));
+        }
+        let mode = stat.st_mode & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(format!(
+                "{shown} may be changed by other users (mode {mode:04o}): `chmod 700 \
+                 {shown}`, or choose another directory"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the directory was when it was opened.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Another descriptor of the same directory.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// The subdirectory `name`, created mode 0700 if missing, with the same
+    /// checks as [`LocalDir::open_or_create`].
+    pub fn subdir(&self, name: &str) -> Result<Self, String> {
+        let path = self.path.join(name);
+        match mkdirat(&self.fd, name, Mode::S_IRWXU) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+        }
+        let fd = openat(&self.fd, name, DIRECTORY, Mode::empty()).map_err(|e| refusal(&path, e))?;
+        let dir = Self { fd, path };
+        dir.check_private()?;
+        Ok(dir)
+    }
+
+    /// Creates `name` (which must not exist), mode 0600, for reading and writing.
+    pub fn create_file(&self, name: &str) -> io::Result<File> {
+        self.open_with(
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+    }
+
+    /// Opens the existing file `name` for reading.
+    pub fn open_file(&self, name: &str) -> io::Result<File> {
+        self.open_with(name, OFlag::O_RDONLY, Mode::empty())
+    }
+
+    /// Opens `name` for reading and writing, creating it (mode 0600) if asked.
+    pub fn open_read_write(&self, name: &str, create: bool) -> io::Result<File> {
+        let create = if create {
+            OFlag::O_CREAT
+        } else {
+            OFlag::empty()
+        };
+        self.open_with(name, OFlag::O_RDWR | create, Mode::S_IRUSR | Mode::S_IWUSR)
+    }
+
+    fn open_with(&self, name: &str, flags: OFlag, mode: Mode) -> io::Result<File> {
+        let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        Ok(File::from(openat(&self.fd, name, flags, mode)?))
+    }
+
+    /// A file with no name in this directory: gone when closed, so a crash
+    /// leaves nothing behind and no other process can open it.
+    pub fn unnamed_file(&self) -> io::Result<File> {
+        let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+        match openat(&self.fd, ".", flags, Mode::S_IRUSR | Mode::S_IWUSR) {
+            Ok(fd) => Ok(File::from(fd)),
+            // A file system without unnamed files: make one and unlink it.
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => loop {
+                let name = format!(".staging-{:016x}", fastrand::u64(..));
+                match self.create_file(&name) {
+                    Ok(file) => {
+                        self.remove_file(&name)?;
+                        break Ok(file);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => break Err(e),
+                }
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renames `from` to `to`, both in this directory.
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        Ok(renameat(&self.fd, from, &self.fd, to)?)
+    }
+
+    /// Removes the file (or link) `name`.
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        Ok(unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir)?)
+    }
+
+    /// The names in the directory with whether each is a directory (a link
+    /// never counts as one).
+    pub fn entries(&self) -> io::Result<Vec<(String, bool)>> {
+        let mut dir = Dir::openat(&self.fd, ".", DIRECTORY, Mode::empty())?;
+        let mut out = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let is_dir = match entry.file_type() {
+                Some(kind) => kind == Type::Directory,
+                None => self.is_directory(entry.file_name())?,
+            };
+            out.push((String::from_utf8_lossy(name).into_owned(), is_dir));
+        }
+        Ok(out)
+    }
+
+    fn is_directory(&self, name: &std::ffi::CStr) -> io::Result<bool> {
+        let stat = nix::sys::stat::fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        Ok(stat.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    /// Removes the directory `name` and everything in it, through descriptors
+    /// only: a link inside is removed, never followed, so nothing outside this
+    /// directory is touched.
+    pub fn remove_tree(&self, name: &str) -> io::Result<()> {
+        let fd = match openat(&self.fd, name, DIRECTORY, Mode::empty()) {
+            Ok(fd) => fd,
+            // A link or a file in its place: remove just that.
+            Err(Errno::ELOOP | Errno::ENOTDIR) => return self.remove_file(name),
+            Err(e) => return Err(e.into()),
+        };
+        let inner = Self {
+            fd,
+            path: self.path.join(name),
+        };
+        for (entry, is_dir) in inner.entries()? {
+            if is_dir {
+                inner.remove_tree(&entry)?;
+            } else {
+                inner.remove_file(&entry)?;
+            }
+        }
+        Ok(unlinkat(&self.fd, name, UnlinkatFlags::RemoveDir)?)
+    }
+}
+
+/// Why the directory at `path` could not be opened: a link (which O_NOFOLLOW
+/// with O_DIRECTORY reports as "not a directory") is named as one.
+fn refusal(path: &Path, e: Errno) -> String {
+    let shown = path.display();
+    let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    match e {
+        Errno::ELOOP | Errno::ENOTDIR if link => {
+            format!("{shown} is a symbolic link; give the directory itself")
+        }
+        Errno::ENOTDIR => format!("{shown} is not a directory"),
+        e => format!("cannot open {shown}: {e}"),
+    }
+}
+
+impl AsFd for LocalDir {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn directories_are_created_private_and_refused_when_not() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("a/b/cache");
+        let dir = LocalDir::open_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        dir.subdir("blocks").unwrap();
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = LocalDir::open_or_create(&path).unwrap_err();
+        assert!(error.contains("chmod 700"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        LocalDir::open_or_create(&path).unwrap();
+
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let error = LocalDir::open_or_create(&link).unwrap_err();
+        assert!(error.contains("symbolic link"), "{error}");
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let error = LocalDir::open_or_create(&path).unwrap_err();
+            assert!(error.contains("belongs to uid 65534"), "{error}");
+        }
+    }
+
+    #[test]
+    fn files_live_where_the_directory_was_opened_whatever_its_path_becomes() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("cache");
+        let dir = LocalDir::open_or_create(&path).unwrap();
+        // Someone renames the directory away and puts a link to theirs in its
+        // place.
+        let elsewhere = base.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::rename(&path, base.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+
+        dir.create_file("block")
+            .unwrap()
+            .write_all(b"data")
+            .unwrap();
+        dir.rename("block", "placed").unwrap();
+        let mut back = String::new();
+        dir.open_file("placed")
+            .unwrap()
+            .read_to_string(&mut back)
+            .unwrap();
+        assert_eq!(back, "data");
+        let mut unnamed = dir.unnamed_file().unwrap();
+        unnamed.write_all(b"staged").unwrap();
+        assert_eq!(
+            std::fs::read_dir(base.path().join("moved"))
+                .unwrap()
+                .count(),
+            1,
+            "the unnamed file has no name"
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read(base.path().join("moved/placed")).unwrap(),
+            b"data"
+        );
+    }
+
+    #[test]
+    fn removing_a_tree_never_follows_a_link_out_of_it() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = LocalDir::open_or_create(&base.path().join("cache")).unwrap();
+        let victim = base.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("precious"), "keep").unwrap();
+        let tree = dir.subdir("mount-1-0").unwrap();
+        tree.create_file("block").unwrap();
+        std::os::unix::fs::symlink(&victim, tree.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("mount-2-0")).unwrap();
+        dir.remove_tree("mount-1-0").unwrap();
+        dir.remove_tree("mount-2-0").unwrap();
+        assert!(dir.entries().unwrap().is_empty());
+        assert_eq!(std::fs::read(victim.join("precious")).unwrap(), b"keep");
+    }
+}
