@@ -34,8 +34,10 @@ pub struct MountConfig {
     pub max_concurrency: u16,
     /// Local data (cached blocks, staged writes); chosen at mount when `None`.
     pub cache_dir: Option<PathBuf>,
-    /// The block cache's bound on disk; a quarter of the free space when `None`.
+    /// The block cache's bound on disk; see `daemon::volume` for the default.
     pub cache_size: Option<u64>,
+    /// The bound on files being written at once; see `daemon::volume`.
+    pub staging_size: Option<u64>,
     pub no_cache: bool,
     pub foreground: bool,
     pub log_level: String,

@@ -191,7 +191,11 @@ async fn a_cache_directory_another_user_controls_is_refused() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(why), "{err}");
-        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0, "{dir:?} was used");
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "{dir:?} was used"
+        );
     }
 }
 

@@ -27,6 +27,11 @@ struct Volume {
 }
 
 fn volume(store: Arc<dyn ObjectStore>) -> Volume {
+    volume_with_staging(store, u64::MAX)
+}
+
+/// A volume whose files being written may take `staging_limit` bytes together.
+fn volume_with_staging(store: Arc<dyn ObjectStore>, staging_limit: u64) -> Volume {
     let staging = tempfile::tempdir().unwrap();
     let config = FsConfig {
         write: Some(WriteConfig {
@@ -34,6 +39,7 @@ fn volume(store: Arc<dyn ObjectStore>) -> Volume {
             max_in_flight: 4,
             // Small enough that tests reach the part-by-part copy.
             single_copy_limit: 2 * PART as u64,
+            staging_limit,
             ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
         }),
         ..FsConfig::default()
@@ -670,4 +676,47 @@ async fn a_stop_gives_up_on_stuck_uploads_at_its_deadline_all_at_once() {
     for sync in syncs {
         sync.abort();
     }
+}
+
+#[tokio::test]
+async fn files_being_written_stay_within_the_staging_bound() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/existing", pattern(6000, 1));
+    let vol = volume_with_staging(store.clone(), 10_000);
+    let (_, a) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("a"), None)
+        .await
+        .unwrap();
+    write_all(&vol.fs, a, 0, &pattern(8000, 2)).await;
+    let (_, b) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("b"), None)
+        .await
+        .unwrap();
+    write_all(&vol.fs, b, 0, &pattern(2000, 3)).await;
+    // One more byte than the bound: ENOSPC, and nothing of it staged.
+    let past = vol.fs.write(b, 2000, b"x").await.unwrap_err();
+    assert_eq!(past.errno(), libc::ENOSPC);
+    assert!(past.to_string().contains("--staging-size"), "{past}");
+    // Changing an existing object stages all of it first: refused too.
+    let ino = lookup_path(&vol.fs, "existing").await.unwrap();
+    let fh = vol.fs.open(ino, WRITE).await.unwrap();
+    assert_eq!(
+        vol.fs.write(fh, 0, b"y").await.unwrap_err().errno(),
+        libc::ENOSPC
+    );
+    vol.fs.release(fh).await;
+    // What was written within the bound is whole in S3 once closed, and the
+    // space it took comes back.
+    vol.fs.flush(a, None).await.unwrap();
+    vol.fs.release(a).await;
+    assert_eq!(store.get("root/a").unwrap(), pattern(8000, 2));
+    write_all(&vol.fs, b, 2000, &pattern(7000, 4)).await;
+    vol.fs.flush(b, None).await.unwrap();
+    vol.fs.release(b).await;
+    let mut want = pattern(2000, 3);
+    want.extend(pattern(7000, 4));
+    assert_eq!(store.get("root/b").unwrap(), want);
+    assert_eq!(store.get("root/existing").unwrap(), pattern(6000, 1));
 }

@@ -395,8 +395,8 @@ impl BlockCache {
 mod tests {
     use super::*;
     use std::fs;
-    use std::path::PathBuf;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
     use std::sync::atomic::AtomicUsize;
 
     const KIB: u64 = 1024;

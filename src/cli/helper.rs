@@ -242,7 +242,7 @@ mod tests {
              external_id_file=/etc/s3vol/id,role_session_name=host-1,role_duration=2h,\
              renew_before=10m,sts_endpoint_url=http://127.0.0.1:9001,uid=1000,gid=1001,\
              file_mode=0640,dir_mode=0750,allow_other,cache_dir=/var/cache/x,\
-             cache_size=2GiB,metadata_ttl=90s,part_size=16MiB,max_concurrency=4,\
+             cache_size=2GiB,staging_size=3GiB,metadata_ttl=90s,part_size=16MiB,max_concurrency=4,\
              sse=aws:kms,sse_kms_key_id=alias/s3vol,io_timeout=2m,log_level=debug,\
              log_file=/var/log/s3vol.log,noexec",
         ])
@@ -274,6 +274,7 @@ mod tests {
         assert_eq!((first.file_mode, first.dir_mode), (0o640, 0o750));
         assert_eq!(first.cache_dir.as_deref(), Some(Path::new("/var/cache/x")));
         assert_eq!(first.cache_size, Some(2 << 30));
+        assert_eq!(first.staging_size, Some(3 << 30));
         assert_eq!(first.metadata_ttl, Duration::from_secs(90));
         assert_eq!(first.part_size, 16 << 20);
         assert_eq!(first.max_concurrency, 4);

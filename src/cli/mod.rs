@@ -355,9 +355,15 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Most disk space the block cache may use (default: a quarter of the space
-    /// free in the cache directory when the volume is mounted).
+    /// free in the cache directory when the volume is mounted; half of that for
+    /// a read-write volume, whose files being written need the rest).
     #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
     pub cache_size: Option<u64>,
+    /// Most disk space the files being written may take at once (default: what
+    /// the block cache leaves of a quarter of the free space, and at least an
+    /// eighth of it). A write past it fails with ENOSPC.
+    #[arg(long, value_name = "SIZE", value_parser = parse_staging_size)]
+    pub staging_size: Option<u64>,
     /// Keep no read data: every read goes to S3 (files being written are still
     /// staged under --cache-dir).
     #[arg(long, conflicts_with = "cache_size")]
@@ -396,6 +402,7 @@ impl MountArgs {
             max_concurrency: self.max_concurrency,
             cache_dir: self.cache_dir,
             cache_size: self.cache_size,
+            staging_size: self.staging_size,
             no_cache: self.no_cache,
             foreground: self.foreground,
             log_level: self.log_level,

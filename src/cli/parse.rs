@@ -48,6 +48,17 @@ pub(super) fn parse_cache_size(text: &str) -> Result<u64, String> {
     }
 }
 
+pub(super) fn parse_staging_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size >= 1 << 20 {
+        Ok(size)
+    } else {
+        Err(format!(
+            "{text:?} leaves no room for files being written; give at least 1MiB"
+        ))
+    }
+}
+
 pub(super) fn parse_source(text: &str) -> Result<Source, String> {
     text.parse()
         .map_err(|e: crate::names::SourceError| e.to_string())

@@ -56,14 +56,21 @@ impl Volume {
             Some(path) => Some(LocalDir::open_or_create(path).map_err(Failure)?),
             None => None,
         };
-        let cache = match (config.no_cache, &local) {
-            (false, Some(local)) => Some(Arc::new(open_cache(local, config.cache_size)?)),
+        let shares = match &local {
+            Some(local) => Some(LocalShares::of(local, config)?),
+            None => None,
+        };
+        let cache = match (&local, &shares) {
+            (Some(local), Some(shares)) if !config.no_cache => {
+                Some(Arc::new(open_cache(local, shares.cache)?))
+            }
             _ => None,
         };
-        let write = match (config.read_write, &local) {
-            (true, Some(local)) => Some(WriteConfig {
+        let write = match (&local, &shares) {
+            (Some(local), Some(shares)) if config.read_write => Some(WriteConfig {
                 part_size: config.part_size,
                 max_in_flight: usize::from(config.max_concurrency),
+                staging_limit: shares.staging,
                 ..WriteConfig::new(local.subdir("staging").map_err(Failure)?)
             }),
             _ => None,
@@ -118,33 +125,62 @@ impl Volume {
     }
 }
 
-/// The block cache in `local`/blocks, bounded by `size` or else by a quarter of
-/// the space free there now.
-fn open_cache(local: &LocalDir, size: Option<u64>) -> Result<BlockCache, Failure> {
-    let dir = local.subdir("blocks").map_err(Failure)?;
-    let shown = dir.path().display().to_string();
-    let disk_bytes = match size {
-        Some(size) => size,
-        None => {
-            let free = nix::sys::statvfs::fstatvfs(local)
+/// How the local directory's space is shared between the block cache and the
+/// files being written: a quarter of what is free when the volume is mounted,
+/// unless the options say otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LocalShares {
+    cache: u64,
+    staging: u64,
+}
+
+impl LocalShares {
+    fn of(local: &LocalDir, config: &MountConfig) -> Result<Self, Failure> {
+        let given = (config.cache_size, config.staging_size);
+        let free = match given {
+            // Both given: the free space does not matter.
+            (Some(_), Some(_)) => 0,
+            _ => nix::sys::statvfs::fstatvfs(local)
                 .map(|s| s.blocks_available() * s.fragment_size())
                 .map_err(|e| {
                     Failure(format!(
                         "cannot see the free space in {}: {e}",
                         local.path().display()
                     ))
-                })?;
-            let share = free / 4;
-            if share < 64 << 20 {
-                tracing::warn!(
-                    dir = %local.path().display(),
-                    free = %bytes(free),
-                    "little free space for the block cache; choose another --cache-dir or set --cache-size"
-                );
-            }
-            share
+                })?,
+        };
+        let shares = Self::split(
+            free,
+            config.cache_size,
+            config.staging_size,
+            config.read_write,
+        );
+        if given.0.is_none() && free / 4 < 64 << 20 {
+            tracing::warn!(
+                dir = %local.path().display(),
+                free = %bytes(free),
+                "little free space for the block cache and files being written; choose \
+                 another --cache-dir or set --cache-size and --staging-size"
+            );
         }
-    };
+        Ok(shares)
+    }
+
+    /// A quarter of `free` for both: all of it for the cache of a read-only
+    /// volume; half for each of a read-write one. A cache size given leaves the
+    /// rest of the quarter to staging, but never less than half the quarter.
+    fn split(free: u64, cache: Option<u64>, staging: Option<u64>, writing: bool) -> Self {
+        let quarter = free / 4;
+        let cache = cache.unwrap_or(if writing { quarter / 2 } else { quarter });
+        let staging = staging.unwrap_or(quarter.saturating_sub(cache).max(quarter / 2));
+        Self { cache, staging }
+    }
+}
+
+/// The block cache in `local`/blocks, bounded by `disk_bytes`.
+fn open_cache(local: &LocalDir, disk_bytes: u64) -> Result<BlockCache, Failure> {
+    let dir = local.subdir("blocks").map_err(Failure)?;
+    let shown = dir.path().display().to_string();
     info!(dir = shown, size = %bytes(disk_bytes), "block cache");
     BlockCache::open(CacheConfig {
         dir,
@@ -157,4 +193,26 @@ fn open_cache(local: &LocalDir, size: Option<u64>) -> Result<BlockCache, Failure
              turn the cache off with --no-cache"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_space_is_shared_as_documented() {
+        const GIB: u64 = 1 << 30;
+        let split = LocalShares::split;
+        // 40 GiB free: a quarter is 10 GiB.
+        assert_eq!(split(40 * GIB, None, None, false).cache, 10 * GIB);
+        let rw = split(40 * GIB, None, None, true);
+        assert_eq!((rw.cache, rw.staging), (5 * GIB, 5 * GIB));
+        let small_cache = split(40 * GIB, Some(2 * GIB), None, true);
+        assert_eq!(small_cache.staging, 8 * GIB);
+        // A cache that takes the whole quarter still leaves staging an eighth.
+        let big_cache = split(40 * GIB, Some(20 * GIB), None, true);
+        assert_eq!(big_cache.staging, 5 * GIB);
+        let given = split(0, Some(GIB), Some(3 * GIB), true);
+        assert_eq!((given.cache, given.staging), (GIB, 3 * GIB));
+    }
 }

@@ -93,6 +93,8 @@ impl FsError {
             FsError::CrossDevice(_) => libc::EXDEV,
             FsError::Stage(e) => match &**e {
                 StageError::TooLarge => libc::EFBIG,
+                // Out of the space allowed for staging: a full disk to the writer.
+                StageError::StagingFull { .. } => libc::ENOSPC,
                 // A full local disk is ENOSPC, whatever the bucket holds.
                 StageError::Local { source, .. }
                     if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
@@ -192,10 +194,13 @@ mod tests {
             FsError::CrossDevice(_) => "rename of a directory holding more than 1000 objects",
             FsError::Stage(e) => match &**e {
                 StageError::TooLarge => "file larger than S3's 5 TiB",
+                StageError::StagingFull { .. } => {
+                    "local staging disk full, or `--staging-size` reached"
+                }
                 StageError::Local { source, .. }
                     if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
                 {
-                    "local staging disk full"
+                    "local staging disk full, or `--staging-size` reached"
                 }
                 StageError::Local { .. } => {
                     "a transfer that failed inside s3vol, or a staging file that cannot be \
@@ -297,6 +302,7 @@ mod tests {
             FsError::Invalid("a name"),
             FsError::CrossDevice("many keys".into()),
             FsError::Stage(Box::new(StageError::TooLarge)),
+            FsError::Stage(Box::new(StageError::StagingFull { limit: 1 })),
             FsError::Stage(Box::new(local(libc::ENOSPC))),
             FsError::Stage(Box::new(local(libc::EDQUOT))),
             FsError::Stage(Box::new(local(libc::EIO))),

@@ -35,8 +35,8 @@ use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
 pub use self::read::ReadConfig;
 use self::read::{ObjectVersion, Reader};
-use self::upload::StagedFile;
 pub use self::upload::WriteConfig;
+use self::upload::{StagedFile, StagingBudget};
 use crate::cache::BlockCache;
 use crate::names::{NameProblem, check_name};
 use crate::stats::MountStats;
@@ -193,6 +193,8 @@ pub struct Fs {
     read_budget: Arc<Semaphore>,
     /// Part uploads in flight across the mount.
     upload_permits: Arc<Semaphore>,
+    /// The staging space the files being written take.
+    staging_budget: Arc<StagingBudget>,
     /// The time shown for directories that have no marker object of their own.
     mount_time: SystemTime,
     /// Set by [`Fs::stop`]: nothing more is uploaded.
@@ -208,6 +210,10 @@ impl Fs {
             .write
             .as_ref()
             .map_or_else(|| Arc::new(Semaphore::new(0)), WriteConfig::permits);
+        let staging_budget = config
+            .write
+            .as_ref()
+            .map_or_else(|| StagingBudget::new(0), WriteConfig::budget);
         let mount_time = SystemTime::now();
         Self {
             store,
@@ -216,6 +222,7 @@ impl Fs {
             files: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
             upload_permits,
+            staging_budget,
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             read_budget,

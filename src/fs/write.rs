@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::inode::{Kind, Node, Stat};
-use super::upload::{Base, StagedFile};
+use super::upload::{Base, StagedFile, WriteConfig};
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging, Writer};
 use crate::names::{NameProblem, check_name};
 use crate::store::ListRequest;
@@ -90,18 +90,30 @@ impl Fs {
             etag: node.stat.etag.clone(),
             size: node.stat.size,
         });
-        let file = StagedFile::new(
-            &node.key,
-            base,
-            self.store.clone(),
-            config,
-            self.upload_permits.clone(),
-        )?;
+        let file = self.new_staged(&node.key, base, config)?;
         let mut staged = self.staged.lock().unwrap();
         // Another open may have staged it meanwhile: share that one.
         let entry = staged.entry(ino).or_insert(Staging { file, handles: 0 });
         entry.handles += 1;
         Ok(entry.file.clone())
+    }
+
+    /// A staged file for `key` that uploads with the mount's permits and counts
+    /// against its staging space.
+    fn new_staged(
+        &self,
+        key: &str,
+        base: Option<Base>,
+        config: &WriteConfig,
+    ) -> FsResult<Arc<StagedFile>> {
+        Ok(StagedFile::new(
+            key,
+            base,
+            self.store.clone(),
+            config,
+            self.upload_permits.clone(),
+            self.staging_budget.clone(),
+        )?)
     }
 
     /// One more handle on an already staged file.
@@ -124,13 +136,7 @@ impl Fs {
         let name = self.valid_name(name)?;
         let parent_node = self.directory(parent)?;
         let key = child_key(&parent_node.key, name, Kind::File)?;
-        let file = StagedFile::new(
-            &key,
-            None,
-            self.store.clone(),
-            config,
-            self.upload_permits.clone(),
-        )?;
+        let file = self.new_staged(&key, None, config)?;
         let now = SystemTime::now();
         let ino = {
             let mut table = self.inodes.lock().unwrap();

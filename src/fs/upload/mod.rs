@@ -25,6 +25,9 @@
 //! 1-1000 have the configured size, each following thousand twice the size of the
 //! one before (8 MiB parts reach S3's 5 TiB object limit within the limit).
 
+mod budget;
+mod layout;
+
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -37,20 +40,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+pub use self::budget::StagingBudget;
+use self::layout::PartLayout;
 use crate::local_dir::LocalDir;
 use crate::store::{ObjectStore, StoreError, UploadedPart};
-
-/// S3's largest object.
-const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
-
-/// S3's largest part.
-const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
-
-/// S3's most parts in one upload.
-const MAX_PARTS: usize = 10_000;
-
-/// Parts per size tier: the part size doubles every this many parts.
-const PARTS_PER_TIER: u64 = 1000;
 
 /// How a read-write volume writes.
 #[derive(Clone, Debug)]
@@ -64,6 +57,8 @@ pub struct WriteConfig {
     /// Objects up to this size are renamed with one CopyObject (S3 allows 5 GiB);
     /// larger ones are copied in parts of this size with UploadPartCopy.
     pub single_copy_limit: u64,
+    /// Most bytes the files being written may take in staging, all together.
+    pub staging_limit: u64,
 }
 
 impl WriteConfig {
@@ -74,75 +69,17 @@ impl WriteConfig {
             max_in_flight: 8,
             staging: Arc::new(staging),
             single_copy_limit: 5 * 1024 * 1024 * 1024,
+            staging_limit: u64::MAX,
         }
     }
 
     pub fn permits(&self) -> Arc<Semaphore> {
         Arc::new(Semaphore::new(self.max_in_flight))
     }
-}
 
-/// Where each part of an object starts and ends.
-#[derive(Clone, Copy, Debug)]
-pub struct PartLayout {
-    base: u64,
-}
-
-impl PartLayout {
-    pub fn new(base: u64) -> Self {
-        Self { base }
-    }
-
-    fn tier_size(&self, tier: u64) -> u64 {
-        self.base
-            .checked_shl(tier as u32)
-            .unwrap_or(MAX_PART_SIZE)
-            .min(MAX_PART_SIZE)
-    }
-
-    /// The 0-based index of the part holding byte `offset`.
-    pub fn index_of(&self, offset: u64) -> usize {
-        let (mut start, mut index) = (0u64, 0u64);
-        for tier in 0.. {
-            let size = self.tier_size(tier);
-            let span = size.saturating_mul(PARTS_PER_TIER);
-            if offset < start.saturating_add(span) || size == MAX_PART_SIZE {
-                return (index + (offset - start) / size) as usize;
-            }
-            start += span;
-            index += PARTS_PER_TIER;
-        }
-        unreachable!()
-    }
-
-    /// The bytes of part `index` (0-based).
-    pub fn range(&self, index: usize) -> Range<u64> {
-        let (mut start, mut index) = (0u64, index as u64);
-        for tier in 0.. {
-            let size = self.tier_size(tier);
-            if index < PARTS_PER_TIER || size == MAX_PART_SIZE {
-                let from = start + index * size;
-                return from..from + size;
-            }
-            start += size * PARTS_PER_TIER;
-            index -= PARTS_PER_TIER;
-        }
-        unreachable!()
-    }
-
-    /// The largest file this layout can upload: S3's 5 TiB, or a little less with
-    /// parts under 5.2 MiB, where 10,000 parts hold less.
-    pub fn max_size(&self) -> u64 {
-        self.range(MAX_PARTS - 1).end.min(MAX_OBJECT_SIZE)
-    }
-
-    /// How many parts an object of `size` bytes has (at least one).
-    pub fn count(&self, size: u64) -> usize {
-        if size == 0 {
-            1
-        } else {
-            self.index_of(size - 1) + 1
-        }
+    /// The account of staging space shared by a mount's files.
+    pub fn budget(&self) -> Arc<StagingBudget> {
+        StagingBudget::new(self.staging_limit)
     }
 }
 
@@ -166,6 +103,12 @@ pub enum StageError {
     },
     #[error("file would exceed S3's 5 TiB object limit")]
     TooLarge,
+    /// The files being written would take more local disk than allowed.
+    #[error(
+        "the files being written on this volume would take more than --staging-size \
+         ({limit} bytes) of local disk; close some, or raise --staging-size"
+    )]
+    StagingFull { limit: u64 },
     /// The volume is stopping and gave up on the file: nothing of it is uploaded.
     #[error("the volume is being unmounted; the file's changes were not uploaded")]
     Abandoned,
@@ -206,6 +149,9 @@ struct State {
     /// Abandoned by a stopping volume: nothing is uploaded any more, and whoever
     /// asks for an upload is told so.
     abandoned: bool,
+    /// Staging bytes taken from the mount's budget for this file: the largest
+    /// it has been since it last shrank.
+    taken: u64,
     mtime: SystemTime,
 }
 
@@ -237,11 +183,21 @@ pub struct StagedFile {
     store: Arc<dyn ObjectStore>,
     layout: PartLayout,
     permits: Arc<Semaphore>,
+    /// The mount's staging space, which this file's bytes count against.
+    budget: Arc<StagingBudget>,
     state: Mutex<State>,
     /// The multipart upload under way, created by the first part that needs it.
     upload_id: tokio::sync::Mutex<Option<String>>,
     /// Base download and flushes run one at a time.
     exclusive: tokio::sync::Mutex<()>,
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        // The staging file goes with it (it has no name).
+        let taken = self.state.get_mut().map_or(0, |state| state.taken);
+        self.budget.give_back(taken);
+    }
 }
 
 impl StagedFile {
@@ -252,6 +208,7 @@ impl StagedFile {
         store: Arc<dyn ObjectStore>,
         config: &WriteConfig,
         permits: Arc<Semaphore>,
+        budget: Arc<StagingBudget>,
     ) -> StageResult<Arc<Self>> {
         let staging_dir = config.staging.path().display().to_string();
         let file = config
@@ -269,6 +226,7 @@ impl StagedFile {
             store,
             layout: PartLayout::new(config.part_size),
             permits,
+            budget,
             state: Mutex::new(State {
                 key: key.to_string(),
                 size,
@@ -284,11 +242,30 @@ impl StagedFile {
                 failure: None,
                 deleted: false,
                 abandoned: false,
+                taken: 0,
                 mtime: SystemTime::now(),
             }),
             upload_id: tokio::sync::Mutex::new(None),
             exclusive: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Counts the file as `end` bytes long against the mount's staging space,
+    /// if it was not that long already: ENOSPC past the bound.
+    fn take_to(&self, state: &mut State, end: u64) -> StageResult<()> {
+        if end > state.taken {
+            self.budget.take(end - state.taken)?;
+            state.taken = end;
+        }
+        Ok(())
+    }
+
+    /// The file shrank to `size`: what it no longer takes goes back.
+    fn give_back_to(&self, state: &mut State, size: u64) {
+        if size < state.taken {
+            self.budget.give_back(state.taken - size);
+            state.taken = size;
+        }
     }
 
     fn local(&self, source: io::Error) -> StageError {
@@ -373,8 +350,9 @@ impl StagedFile {
         if self.state.lock().unwrap().base.is_none() {
             return Ok(()); // loaded while we waited
         }
+        self.take_to(&mut self.state.lock().unwrap(), base.size)?;
         let key = self.key();
-        let chunk = self.layout.base;
+        let chunk = self.layout.first_size();
         let mut offset = 0;
         while offset < base.size {
             let end = (offset + chunk).min(base.size);
@@ -420,6 +398,7 @@ impl StagedFile {
         if end > self.layout.max_size() {
             return Err(StageError::TooLarge);
         }
+        self.take_to(&mut self.state.lock().unwrap(), end)?;
         self.file
             .write_all_at(data, offset)
             .map_err(|e| self.local(e))?;
@@ -547,8 +526,10 @@ impl StagedFile {
         } else {
             self.load_base().await?;
         }
+        self.take_to(&mut self.state.lock().unwrap(), size)?;
         self.file.set_len(size).map_err(|e| self.local(e))?;
         let mut state = self.state.lock().unwrap();
+        self.give_back_to(&mut state, size);
         let old = state.size;
         state.size = size;
         if size < old {
@@ -670,52 +651,6 @@ impl StagedFile {
         let key = self.key();
         if let Err(e) = self.store.abort_multipart_upload(&key, &id).await {
             warn!(key, upload_id = id, error = %e, "could not abort the multipart upload; `s3vol cleanup` removes it");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: u64 = 1024 * 1024;
-
-    #[test]
-    fn parts_grow_every_thousand_and_cover_s3s_largest_object() {
-        let layout = PartLayout::new(8 * MIB);
-        assert_eq!(layout.range(0), 0..8 * MIB);
-        assert_eq!(layout.range(999), 999 * 8 * MIB..1000 * 8 * MIB);
-        assert_eq!(layout.range(1000).end - layout.range(1000).start, 16 * MIB);
-        assert_eq!(layout.index_of(8 * MIB - 1), 0);
-        assert_eq!(layout.index_of(8 * MIB), 1);
-        assert_eq!(layout.index_of(8000 * MIB), 1000);
-        assert_eq!(layout.count(0), 1);
-        assert_eq!(layout.count(1), 1);
-        assert_eq!(layout.count(8 * MIB), 1);
-        assert_eq!(layout.count(8 * MIB + 1), 2);
-        // A 5 TiB object fits in S3's 10,000 parts, none over 5 GiB.
-        assert_eq!(layout.max_size(), MAX_OBJECT_SIZE);
-        assert!(layout.count(MAX_OBJECT_SIZE) <= MAX_PARTS);
-        let last = layout.range(layout.count(MAX_OBJECT_SIZE) - 1);
-        assert!(last.end - last.start <= MAX_PART_SIZE);
-        // With the smallest parts, 10,000 of them hold a little less.
-        let small = PartLayout::new(5 * MIB);
-        assert!(small.max_size() > MAX_OBJECT_SIZE / 100 * 95);
-        assert_eq!(small.count(small.max_size()), MAX_PARTS);
-    }
-
-    #[test]
-    fn index_and_range_agree_everywhere() {
-        let layout = PartLayout::new(5 * MIB);
-        for index in [0, 1, 998, 999, 1000, 1001, 1999, 2000, 5000, 9999] {
-            let range = layout.range(index);
-            assert_eq!(layout.index_of(range.start), index, "start of {index}");
-            assert_eq!(layout.index_of(range.end - 1), index, "end of {index}");
-            assert_eq!(
-                layout.range(index + 1).start,
-                range.end,
-                "{index} is contiguous"
-            );
         }
     }
 }
