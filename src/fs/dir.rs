@@ -12,7 +12,16 @@ use tracing::warn;
 use super::inode::{Kind, Stat};
 use super::{Entry, Fs, FsError, FsResult};
 use crate::names::{NameProblem, check_name};
-use crate::store::ListRequest;
+use crate::store::{ListRequest, Operation, Pagination};
+
+/// A directory's entries as one listing gave them, shared by the handles open
+/// on it.
+pub(super) struct Snapshot {
+    /// When the listing was taken, and the table's change count then.
+    listed: Instant,
+    changes: u64,
+    entries: std::sync::Weak<Vec<DirEntry>>,
+}
 
 /// One directory entry; `next_offset` is the cookie of the entry after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,20 +35,33 @@ pub struct DirEntry {
 impl Fs {
     /// Lists directory `ino` completely (all pages), or takes the listing from
     /// the table while the last one is fresh, and keeps the snapshot for the
-    /// handle's readdir calls.
+    /// handle's readdir calls. Handles opened on an unchanged, fresh listing share
+    /// one snapshot: a hundred thousand open handles of a large directory cost
+    /// one copy of its names, not a hundred thousand.
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.kind != Kind::Directory {
             return Err(FsError::NotADirectory);
         }
+        let ttl = self.config.metadata_ttl;
+        let (mut version, cached) = {
+            let table = self.inodes.lock().unwrap();
+            let now = Instant::now();
+            let version = table
+                .fresh_listing(ino, ttl, now)
+                .map(|listed| (listed, table.changes()));
+            if let Some(version) = version
+                && let Some(shared) = self.shared_snapshot(ino, version)
+            {
+                drop(table);
+                return Ok(self.open_snapshot(shared));
+            }
+            (version, table.listing(ino, ttl, now))
+        };
         let mut entries = vec![
             (ino, Kind::Directory, ".".to_string()),
             (node.parent, Kind::Directory, "..".to_string()),
         ];
-        let cached = {
-            let table = self.inodes.lock().unwrap();
-            table.listing(ino, self.config.metadata_ttl, Instant::now())
-        };
         match cached {
             Some(children) => entries.extend(children),
             None => {
@@ -51,21 +73,56 @@ impl Fs {
                     entries.push((child, kind, name));
                 }
                 table.mark_listed(ino, now);
+                version = Some((now, table.changes()));
             }
         }
-        let entries = entries
-            .into_iter()
-            .enumerate()
-            .map(|(i, (ino, kind, name))| DirEntry {
+        let entries: Arc<Vec<DirEntry>> = Arc::new(
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, (ino, kind, name))| DirEntry {
+                    ino,
+                    kind,
+                    name,
+                    next_offset: i as u64 + 1,
+                })
+                .collect(),
+        );
+        if let Some((listed, changes)) = version {
+            let mut snapshots = self.dir_snapshots.lock().unwrap();
+            // Only snapshots some handle still holds are worth keeping.
+            snapshots.retain(|_, s| s.entries.strong_count() > 0);
+            snapshots.insert(
                 ino,
-                kind,
-                name,
-                next_offset: i as u64 + 1,
-            })
-            .collect();
+                Snapshot {
+                    listed,
+                    changes,
+                    entries: Arc::downgrade(&entries),
+                },
+            );
+        }
+        Ok(self.open_snapshot(entries))
+    }
+
+    /// The snapshot of `ino` another handle holds, if it was taken of the same
+    /// listing with no name changed since.
+    fn shared_snapshot(
+        &self,
+        ino: u64,
+        (listed, changes): (Instant, u64),
+    ) -> Option<Arc<Vec<DirEntry>>> {
+        let snapshots = self.dir_snapshots.lock().unwrap();
+        let snapshot = snapshots.get(&ino)?;
+        if snapshot.listed != listed || snapshot.changes != changes {
+            return None;
+        }
+        snapshot.entries.upgrade()
+    }
+
+    fn open_snapshot(&self, entries: Arc<Vec<DirEntry>>) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
-        Ok(fh)
+        self.dirs.lock().unwrap().insert(fh, entries);
+        fh
     }
 
     /// Entries of an open directory from position `offset` on.
@@ -115,6 +172,7 @@ impl Fs {
         let mut skipped = 0usize;
         let mut example: Option<(String, NameProblem)> = None;
         let mut token: Option<String> = None;
+        let mut pages = Pagination::new(Operation::ListObjectsV2, dir_key);
         loop {
             let page = self
                 .store
@@ -125,9 +183,13 @@ impl Fs {
                     max_keys: None,
                 })
                 .await?;
+            let entries = page.objects.len() + page.common_prefixes.len();
             for prefix in &page.common_prefixes {
-                let name = prefix[dir_key.len()..]
-                    .strip_suffix('/')
+                // The store keeps to the prefix; a name that is not under it is
+                // skipped all the same, never sliced wrong.
+                let name = prefix
+                    .strip_prefix(dir_key)
+                    .and_then(|rest| rest.strip_suffix('/'))
                     .unwrap_or_default();
                 match check_name(name) {
                     Ok(()) => {
@@ -146,7 +208,9 @@ impl Fs {
                 if object.key == dir_key {
                     continue; // the directory's own marker
                 }
-                let name = &object.key[dir_key.len()..];
+                let Some(name) = object.key.strip_prefix(dir_key) else {
+                    continue;
+                };
                 if let Err(problem) = check_name(name) {
                     skipped += 1;
                     example.get_or_insert((object.key.clone(), problem));
@@ -161,7 +225,7 @@ impl Fs {
                     },
                 ));
             }
-            token = page.next_token;
+            token = pages.next(entries, page.next_token)?;
             if token.is_none() {
                 break;
             }

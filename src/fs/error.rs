@@ -158,6 +158,9 @@ fn store_errno(e: &StoreError) -> i32 {
         StoreError::Unreachable { .. }
         | StoreError::Service { .. }
         | StoreError::Internal { .. } => libc::EIO,
+        // Wrong bytes are worse than none: the read fails, and the log says what
+        // the server did.
+        StoreError::BadAnswer { .. } => libc::EIO,
         #[cfg(any(test, feature = "testing"))]
         StoreError::Injected { .. } => libc::EIO,
     }
@@ -240,6 +243,11 @@ mod tests {
                 "endpoint unreachable, stalled, or answering 500/503 for longer than \
                  `--io-timeout`, or any other error S3 answers"
             }
+            StoreError::BadAnswer { .. } => {
+                "an answer from the server that cannot be right (a body longer than the \
+                 range asked for, another range or ETag than asked, a listing that repeats \
+                 or never ends)"
+            }
             StoreError::Internal { .. } | StoreError::Injected { .. } => {
                 "a transfer that failed inside s3vol, or a staging file that cannot be \
                  read or written"
@@ -288,6 +296,11 @@ mod tests {
                 info: info(),
             },
             StoreError::Internal { op, detail: key() },
+            StoreError::BadAnswer {
+                op,
+                key: key(),
+                detail: key(),
+            },
         ];
         let mut all = vec![
             FsError::NotFound,

@@ -84,6 +84,9 @@ pub struct InodeTable {
     /// Names S3 said do not exist, and when.
     absent: lru::LruCache<(u64, String), Instant>,
     next_ino: u64,
+    /// Bumped whenever a name is added, removed or moved: a listing snapshot
+    /// taken at one count is still right at the same count.
+    changes: u64,
 }
 
 /// Whether something learnt at `at` is still within `ttl` of `now`.
@@ -113,6 +116,7 @@ impl InodeTable {
                 std::num::NonZeroUsize::new(ABSENT_NAMES).expect("not zero"),
             ),
             next_ino: ROOT_INO + 1,
+            changes: 0,
         }
     }
 
@@ -192,7 +196,21 @@ impl InodeTable {
         if let Some(old) = self.children.insert(slot, ino) {
             self.drop_if_unreferenced(old);
         }
+        self.changes += 1;
         ino
+    }
+
+    /// How many times names were added, removed or moved so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// When `dir` was last listed, if that listing is still fresh.
+    pub fn fresh_listing(&self, dir: u64, ttl: Duration, now: Instant) -> Option<Instant> {
+        self.nodes
+            .get(&dir)?
+            .listed
+            .filter(|listed| fresh(*listed, ttl, now))
     }
 
     /// Directory `dir` was listed completely at `now`.
@@ -256,6 +274,7 @@ impl InodeTable {
     pub fn remove_child(&mut self, parent: u64, name: &str) {
         if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
             self.drop_if_unreferenced(ino);
+            self.changes += 1;
         }
     }
 
@@ -274,6 +293,7 @@ impl InodeTable {
         self.absent.pop(&(new_parent, new_name.to_string()));
         self.children
             .insert((new_parent, new_name.to_string()), ino);
+        self.changes += 1;
         let node = self.nodes.get_mut(&ino).expect("checked above");
         node.parent = new_parent;
         node.name = new_name.to_string();

@@ -189,6 +189,8 @@ pub struct Fs {
     /// Files being written, by inode.
     staged: Mutex<HashMap<u64, Staging>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// The latest snapshot of each directory's listing, shared by its handles.
+    dir_snapshots: Mutex<HashMap<u64, dir::Snapshot>>,
     next_handle: AtomicU64,
     read_budget: Arc<Semaphore>,
     /// Part uploads in flight across the mount.
@@ -224,6 +226,7 @@ impl Fs {
             upload_permits,
             staging_budget,
             dirs: Mutex::new(HashMap::new()),
+            dir_snapshots: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             read_budget,
             config,

@@ -11,7 +11,7 @@ use tracing::{debug, info};
 use super::inode::Kind;
 use super::write::{MAX_KEY_LEN, child_key};
 use super::{Fs, FsError, FsResult};
-use crate::store::{ListRequest, UploadedPart};
+use crate::store::{ListRequest, Operation, Pagination, UploadedPart};
 
 /// A directory rename copies every key under it; beyond this many it answers
 /// EXDEV instead, and `mv` copies and deletes the tree itself, file by file.
@@ -165,6 +165,7 @@ impl Fs {
         }
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
+        let mut pages = Pagination::new(Operation::ListObjectsV2, from);
         loop {
             let page = self
                 .store
@@ -174,21 +175,23 @@ impl Fs {
                     ..ListRequest::default()
                 })
                 .await?;
-            if page
-                .objects
-                .iter()
-                .any(|o| to.len() + o.key.len() - from.len() > MAX_KEY_LEN)
-            {
-                return Err(FsError::NameTooLong);
+            let listed = page.objects.len();
+            // Only keys under the directory are moved (the store keeps to the
+            // prefix; this holds whatever a server answers).
+            let objects = page.objects.into_iter().filter(|o| o.key.starts_with(from));
+            for object in objects {
+                if to.len() + object.key.len() - from.len() > MAX_KEY_LEN {
+                    return Err(FsError::NameTooLong);
+                }
+                keys.push((object.key, object.size, object.etag));
             }
-            keys.extend(page.objects.into_iter().map(|o| (o.key, o.size, o.etag)));
             if keys.len() > MAX_DIRECTORY_RENAME_KEYS {
                 return Err(FsError::CrossDevice(format!(
                     "{from} holds more than {MAX_DIRECTORY_RENAME_KEYS} objects; renamed file \
                      by file instead"
                 )));
             }
-            token = page.next_token;
+            token = pages.next(listed, page.next_token)?;
             if token.is_none() {
                 break;
             }

@@ -88,6 +88,55 @@ pub struct ListRequest<'a> {
     pub max_keys: Option<i32>,
 }
 
+/// The most entries s3vol takes from one listing (one directory, or the uploads
+/// under a prefix): about 170 bytes each in memory, so a server whose listing
+/// never ends costs at most some 85 MiB before the listing fails (EIO).
+pub const MAX_LISTING_ENTRIES: usize = 500_000;
+
+/// Keeps a paginated listing honest: a continuation seen before (the listing
+/// would go round forever), or more than [`MAX_LISTING_ENTRIES`] entries, is the
+/// server's fault and ends it with [`StoreError::BadAnswer`].
+pub struct Pagination {
+    op: Operation,
+    prefix: String,
+    seen: std::collections::HashSet<String>,
+    entries: usize,
+}
+
+impl Pagination {
+    pub fn new(op: Operation, prefix: &str) -> Self {
+        Self {
+            op,
+            prefix: prefix.to_string(),
+            seen: std::collections::HashSet::new(),
+            entries: 0,
+        }
+    }
+
+    /// Counts a page of `entries` whose continuation is `next`; the continuation
+    /// to ask for, or `None` at the end.
+    pub fn next(&mut self, entries: usize, next: Option<String>) -> StoreResult<Option<String>> {
+        self.entries += entries;
+        let bad = |detail: String| StoreError::BadAnswer {
+            op: self.op,
+            key: self.prefix.clone(),
+            detail,
+        };
+        if self.entries > MAX_LISTING_ENTRIES {
+            return Err(bad(format!(
+                "the listing did not end after {MAX_LISTING_ENTRIES} entries, the most \
+                 s3vol takes from one listing (mount a prefix below this one)"
+            )));
+        }
+        match next {
+            Some(token) if !self.seen.insert(token.clone()) => Err(bad(format!(
+                "the listing came back to continuation {token:?}, and would go round forever"
+            ))),
+            next => Ok(next),
+        }
+    }
+}
+
 /// The S3 request that failed and what the service said, for logs and messages.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -253,6 +302,15 @@ pub enum StoreError {
         key: String,
         expected: u64,
         got: u64,
+    },
+    /// The server's answer cannot be right: a body longer than the range asked
+    /// for, another range or version than asked, a listing that repeats itself
+    /// or never ends. Not retried: the same server would say the same.
+    #[error("{op} {key}: the server's answer cannot be right: {detail}")]
+    BadAnswer {
+        op: Operation,
+        key: String,
+        detail: String,
     },
     /// A background fetch died (panicked or was cancelled).
     #[error("{op}: background task failed: {detail}")]

@@ -5,8 +5,10 @@
 //! delivered byte, pinned to the ETag of the first answer so a resumed read can never
 //! mix two versions of an object.
 
+mod answer;
+
 use std::ops::Range;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -21,9 +23,10 @@ use aws_sdk_s3::types::{
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use self::answer::{answered_range, decoder, to_system_time};
 use super::{
-    Encryption, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    ServiceInfo, StoreError, StoreResult, UploadedPart, bucket_arn, copy_allowance, object_arn,
+    Encryption, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, Pagination,
+    PendingUpload, ServiceInfo, StoreError, StoreResult, UploadedPart, copy_allowance,
     transfer_allowance,
 };
 use crate::logging::error_chain;
@@ -137,7 +140,7 @@ impl S3Store {
     {
         let limit = self.stall_limit().saturating_add(transfer);
         match tokio::time::timeout(limit, request).await {
-            Ok(result) => result.map_err(|e| self.map_err(op, key, e)),
+            Ok(result) => result.map_err(|e| answer::store_error(&self.bucket, op, key, e)),
             Err(_) => Err(StoreError::Unreachable {
                 op,
                 detail: format!("no answer within {}", humantime::format_duration(limit)),
@@ -151,80 +154,6 @@ impl S3Store {
             self.bucket,
             utf8_percent_encode(key, COPY_SOURCE_ESCAPES)
         )
-    }
-
-    fn map_err<E>(&self, op: Operation, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let status = err.raw_response().map(|r| r.status().as_u16());
-        let request_id = err.raw_response().and_then(|r| {
-            r.headers()
-                .get("x-amz-request-id")
-                .or_else(|| r.headers().get("x-amzn-requestid"))
-                .map(str::to_string)
-        });
-        let (code, message) = match &err {
-            SdkError::ServiceError(e) => (
-                e.err().code().unwrap_or_default().to_string(),
-                e.err().message().unwrap_or_default().to_string(),
-            ),
-            _ => (String::new(), String::new()),
-        };
-        // A response error is an answer that broke off (the connection reset while
-        // its body arrived) or could not be read: no answer, as far as S3 goes.
-        if matches!(
-            err,
-            SdkError::DispatchFailure(_)
-                | SdkError::TimeoutError(_)
-                | SdkError::ConstructionFailure(_)
-                | SdkError::ResponseError(_)
-        ) {
-            let detail = error_chain(&err);
-            if detail.contains("credential") || detail.contains("identity") {
-                return StoreError::Credentials { detail };
-            }
-            return StoreError::Unreachable { op, detail };
-        }
-        let info = ServiceInfo {
-            code: if code.is_empty() {
-                status.map(|s| format!("HTTP {s}")).unwrap_or_default()
-            } else {
-                code.clone()
-            },
-            message: if message.is_empty() && code.is_empty() {
-                error_chain(&err)
-            } else {
-                message
-            },
-            request_id,
-        };
-        let key = key.to_string();
-        match (code.as_str(), status) {
-            ("ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired", _) => {
-                StoreError::ExpiredToken { op, info }
-            }
-            ("NoSuchBucket", _) => StoreError::NoSuchBucket {
-                bucket: self.bucket.clone(),
-                info,
-            },
-            ("NoSuchKey" | "NotFound", _) | (_, Some(404)) => StoreError::NotFound { op, key },
-            ("AccessDenied" | "Forbidden", _) | (_, Some(403)) => StoreError::AccessDenied {
-                op,
-                resource: match op {
-                    Operation::ListObjectsV2 => bucket_arn(&self.bucket),
-                    _ => object_arn(&self.bucket, &key),
-                },
-                info,
-            },
-            ("PreconditionFailed", _) | (_, Some(412)) => StoreError::Changed {
-                op,
-                key,
-                expected_etag: String::new(),
-            },
-            ("InvalidRange", _) | (_, Some(416)) => StoreError::InvalidRange { op, key },
-            _ => StoreError::Service { op, key, info },
-        }
     }
 
     /// One ranged GET, reading the body to the end or to the first error. Returns the
@@ -257,7 +186,22 @@ impl S3Store {
                 other => other,
             })?;
         let etag = response.e_tag().unwrap_or_default().to_string();
+        let bad = |detail: String| StoreError::BadAnswer {
+            op,
+            key: key.to_string(),
+            detail,
+        };
+        if let Some(pinned) = if_match
+            && !etag.is_empty()
+            && etag != pinned
+        {
+            return Err(bad(format!(
+                "it sent ETag {etag} for a GET pinned to ETag {pinned} (If-Match ignored)"
+            )));
+        }
+        let expected = answered_range(response.content_range(), &range).map_err(bad)?;
         let mut body = response.body;
+        let mut received = 0u64;
         loop {
             let stall = self.stall_limit();
             let Ok(next) = tokio::time::timeout(stall, body.next()).await else {
@@ -265,40 +209,23 @@ impl S3Store {
                 return Ok((etag, Some(stalled)));
             };
             match next {
-                Some(Ok(chunk)) => into.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    // Checked before keeping it: an endless body must not be
+                    // held in memory.
+                    if received > expected {
+                        return Err(bad(format!(
+                            "the body ran past the {expected} bytes its Content-Range \
+                             announced"
+                        )));
+                    }
+                    into.extend_from_slice(&chunk);
+                }
                 Some(Err(e)) => return Ok((etag, Some(error_chain(&e)))),
                 None => return Ok((etag, None)),
             }
         }
     }
-}
-
-/// A key as a listing with `encoding-type=url` gives it. S3 lists in XML 1.0,
-/// which cannot carry control characters: a key holding one would make the
-/// whole answer unreadable, so listings ask for URL-encoded keys. AWS writes a
-/// space as `+` and every literal `+` as `%2B`, so `+` always means a space.
-fn url_decoded(encoded: &str) -> String {
-    if !encoded.contains(['%', '+']) {
-        return encoded.to_string();
-    }
-    let spaced = encoded.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// How to read the keys of a listing: URL-decoded if the server says it encoded
-/// them (not every S3-compatible server honours `encoding-type`).
-fn decoder(encoding: Option<&EncodingType>) -> fn(&str) -> String {
-    match encoding {
-        Some(EncodingType::Url) => url_decoded,
-        _ => str::to_string,
-    }
-}
-
-fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
-    t.and_then(|t| SystemTime::try_from(*t).ok())
-        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 #[async_trait]
@@ -345,7 +272,7 @@ impl ObjectStore for S3Store {
             )
             .await?;
         let decode = decoder(out.encoding_type());
-        let objects = out
+        let objects: Vec<ObjectInfo> = out
             .contents()
             .iter()
             .map(|o| ObjectInfo {
@@ -355,11 +282,29 @@ impl ObjectStore for S3Store {
                 last_modified: to_system_time(o.last_modified()),
             })
             .collect();
-        let common_prefixes = out
+        let common_prefixes: Vec<String> = out
             .common_prefixes()
             .iter()
             .filter_map(|p| p.prefix().map(decode))
             .collect();
+        // Keys outside the prefix asked for are not the volume's: a server that
+        // sends them is wrong, and nothing may read, rename or delete them.
+        let listed = objects.len() + common_prefixes.len();
+        let objects: Vec<ObjectInfo> = objects
+            .into_iter()
+            .filter(|o| o.key.starts_with(req.prefix))
+            .collect();
+        let common_prefixes: Vec<String> = common_prefixes
+            .into_iter()
+            .filter(|p| p.starts_with(req.prefix) && p.len() > req.prefix.len())
+            .collect();
+        let foreign = listed - objects.len() - common_prefixes.len();
+        if foreign > 0 {
+            warn!(
+                prefix = req.prefix,
+                foreign, "the server listed keys outside the prefix asked for; skipped"
+            );
+        }
         let next_token = if out.is_truncated() == Some(true) {
             out.next_continuation_token().map(str::to_string)
         } else {
@@ -503,6 +448,7 @@ impl ObjectStore for S3Store {
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
         let mut pending = Vec::new();
         let (mut key_marker, mut id_marker) = (None, None);
+        let mut pages = Pagination::new(Operation::ListMultipartUploads, prefix);
         loop {
             let request = self
                 .client
@@ -522,11 +468,18 @@ impl ObjectStore for S3Store {
                 )
                 .await?;
             let decode = decoder(out.encoding_type());
-            pending.extend(out.uploads().iter().map(|u| PendingUpload {
-                key: decode(u.key().unwrap_or_default()),
-                upload_id: u.upload_id().unwrap_or_default().to_string(),
-                initiated: to_system_time(u.initiated()),
-            }));
+            let uploads = out.uploads();
+            // Only those under the prefix: nothing else may be aborted.
+            pending.extend(
+                uploads
+                    .iter()
+                    .map(|u| PendingUpload {
+                        key: decode(u.key().unwrap_or_default()),
+                        upload_id: u.upload_id().unwrap_or_default().to_string(),
+                        initiated: to_system_time(u.initiated()),
+                    })
+                    .filter(|u| u.key.starts_with(prefix)),
+            );
             if out.is_truncated() != Some(true) {
                 return Ok(pending);
             }
@@ -535,6 +488,12 @@ impl ObjectStore for S3Store {
             if key_marker.is_none() && id_marker.is_none() {
                 return Ok(pending);
             }
+            let marker = format!(
+                "{}/{}",
+                key_marker.as_deref().unwrap_or_default(),
+                id_marker.as_deref().unwrap_or_default()
+            );
+            pages.next(uploads.len(), Some(marker))?;
         }
     }
 
@@ -655,13 +614,6 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listed_keys_are_url_decoded() {
-        assert_eq!(url_decoded("a/b%20c+d%2Be%01%0A"), "a/b c d+e\u{1}\n");
-        assert_eq!(url_decoded("%C3%A9t%C3%A9"), "été");
-        assert_eq!(url_decoded("plain/key.txt"), "plain/key.txt");
-    }
 
     #[test]
     fn encryption_becomes_the_sse_headers() {

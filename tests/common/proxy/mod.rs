@@ -18,6 +18,11 @@
 //! The whole server can also go away: `Outage::Refused` closes the listening
 //! socket (connections are refused) and `Outage::Silent` accepts connections and
 //! never answers (a host that vanished); both drop the connections already open.
+//! Or it can lie ([`Lie`], in `lies`): answers that no S3 would give.
+
+mod lies;
+
+pub use self::lies::Lie;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,6 +137,8 @@ struct Shared {
     upstream: String,
     plan: Mutex<Plan>,
     counts: Arc<ProxyCounts>,
+    /// The lie told to every request it fits, if any.
+    lie: Mutex<Option<Lie>>,
 }
 
 pub struct FaultProxy {
@@ -154,6 +161,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream,
             plan: Mutex::new(Plan::default()),
+            lie: Mutex::new(None),
             counts: Arc::default(),
         });
         let (outage, watcher) = watch::channel(Outage::None);
@@ -208,6 +216,11 @@ impl FaultProxy {
         let mut plan = self.shared.plan.lock().unwrap();
         plan.forced
             .extend(faults.iter().map(|fault| (*fault, ranged_only)));
+    }
+
+    /// Tells `lie` to every request it fits from now on (`None`: the truth).
+    pub fn lie(&self, lie: Option<Lie>) {
+        *self.shared.lie.lock().unwrap() = lie;
     }
 
     pub fn set_outage(&self, outage: Outage) {
@@ -412,6 +425,13 @@ async fn serve(mut client: TcpStream, shared: &Shared) {
             return;
         }
         let ranged = request.header("range").is_some();
+        let lie = *shared.lie.lock().unwrap();
+        if let Some(lie) = lie.filter(|lie| lie.fits(&request)) {
+            if !lies::tell(lie, &mut client, &request, shared).await {
+                return;
+            }
+            continue;
+        }
         let fault = shared.plan.lock().unwrap().choose(ranged);
         if let Some(fault) = fault {
             shared.counts.count(fault);
