@@ -595,19 +595,35 @@ async fn only_the_opener_s_close_after_a_write_publishes() {
         .create(ROOT_INO, OsStr::new("f"), opener)
         .await
         .unwrap();
-    // Closed before anything was written (a shell's dup2, say): nothing yet.
+    // The creator's close before anything was written (a shell's dup2, say):
+    // the new empty file, which replaces nothing.
     vol.fs.flush(fh, opener).await.unwrap();
-    assert_eq!(store.get("root/f"), None);
+    assert_eq!(store.get("root/f").unwrap(), &b""[..]);
     write_all(&vol.fs, fh, 0, b"partial").await;
     // A forked child's close of its copy: nothing, though the file was written.
     vol.fs.flush(fh, child).await.unwrap();
-    assert_eq!(store.get("root/f"), None);
+    assert_eq!(store.get("root/f").unwrap(), &b""[..]);
     write_all(&vol.fs, fh, 7, b" and whole").await;
     // The opener's close, after it wrote: durable when it returns.
     vol.fs.flush(fh, opener).await.unwrap();
     assert_eq!(store.get("root/f").unwrap(), &b"partial and whole"[..]);
     vol.fs.release(fh).await;
-    assert_eq!(store.count_calls(Operation::PutObject), 1);
+    assert_eq!(store.count_calls(Operation::PutObject), 2);
+
+    // An existing file opened with O_TRUNC and closed by its opener before a
+    // write: the object stays as it was until the opener writes and closes.
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    let flags = s3vol::fs::OpenFlags {
+        process: opener,
+        ..TRUNCATE
+    };
+    let fh = vol.fs.open(ino, flags).await.unwrap();
+    vol.fs.flush(fh, opener).await.unwrap();
+    assert_eq!(store.get("root/f").unwrap(), &b"partial and whole"[..]);
+    write_all(&vol.fs, fh, 0, b"next").await;
+    vol.fs.flush(fh, opener).await.unwrap();
+    assert_eq!(store.get("root/f").unwrap(), &b"next"[..]);
+    vol.fs.release(fh).await;
 }
 
 #[tokio::test]

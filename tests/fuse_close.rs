@@ -1,9 +1,9 @@
 //! When a written file becomes an object, tried through the kernel with the
 //! system calls that shells and process launchers make: a descriptor dup'ed and
 //! the original closed, a child forked while a file is open that exits or execs.
-//! Only a close by the process that opened the file, after it wrote, publishes
-//! the file; other flushes publish nothing, and what they leave is uploaded when
-//! the last descriptor is closed. (The mount is served by this process over the
+//! Only a close by the process that opened the file, after it created or wrote
+//! it, publishes the file; other flushes publish nothing, and what they leave is
+//! uploaded when the last descriptor is closed. (The mount is served by this process over the
 //! memory store: see common/fuse.rs.)
 
 use std::ffi::CString;
@@ -105,6 +105,19 @@ fn a_truncating_open_and_close_empties_the_object_at_release() {
             .get("root/existing.bin")
             .is_some_and(|b| b.is_empty())),
         "the truncation never reached the bucket"
+    );
+}
+
+#[test]
+fn a_file_created_and_closed_empty_is_an_object_when_close_returns() {
+    let (store, vol) = volume();
+    // `touch new`, `cp empty new`, a job's `_SUCCESS` marker: created, nothing
+    // written, closed by the creator. The close reports it durable, so it is.
+    drop(File::create(vol.join("_SUCCESS")).unwrap());
+    assert_eq!(
+        held(&store, "root/_SUCCESS"),
+        Some(0),
+        "close returned before the new file was an object"
     );
 }
 

@@ -157,20 +157,24 @@ enum OpenFile {
     },
 }
 
-/// A handle open for writing: who opened it, and whether it wrote. Only a close
-/// by the opener after a write publishes the file (see [`Fs::flush`]).
+/// A handle open for writing: who opened it, and whether it changed the file.
+/// Only a close by the opener after a change publishes the file (see
+/// [`Fs::flush`]).
 struct Writer {
     /// The process that opened the handle, when the kernel named it.
     opener: Option<u32>,
-    /// Written or truncated through this handle since it was opened.
+    /// Created, written or truncated through this handle since it was opened.
     wrote: AtomicBool,
 }
 
 impl Writer {
-    fn new(opener: Option<u32>) -> Option<Arc<Self>> {
+    /// A handle opened by `opener`; `created` when the open created the file,
+    /// which is a change of its own (a new empty file is published at its
+    /// creator's close, as it loses nothing).
+    fn new(opener: Option<u32>, created: bool) -> Option<Arc<Self>> {
         Some(Arc::new(Self {
             opener,
-            wrote: AtomicBool::new(false),
+            wrote: AtomicBool::new(created),
         }))
     }
 }
@@ -436,7 +440,7 @@ impl Fs {
                 ino,
                 file,
                 writer: if flags.write {
-                    Writer::new(flags.process)
+                    Writer::new(flags.process, false)
                 } else {
                     None
                 },

@@ -164,7 +164,7 @@ impl Fs {
             OpenFile::Staged {
                 ino,
                 file,
-                writer: Writer::new(process),
+                writer: Writer::new(process, true),
             },
         );
         debug!(ino, fh, key, "created");
@@ -210,12 +210,12 @@ impl Fs {
     /// (dup'ed copies and those a forked child inherited included), from the
     /// process closing it. The file becomes the object in S3, and close returns
     /// once it is durable, when the process that opened this handle closes it
-    /// after writing through it. Any other flush uploads nothing: a shell's
-    /// close of the descriptor it dup'ed before the command wrote, or a child's
-    /// exit, must not publish a file still being written, nor replace the object
-    /// with a file just truncated. What such closes leave is uploaded when the
-    /// last handle is released ([`Fs::release`]). Closing a reader uploads
-    /// nothing, even while others write.
+    /// after creating the file or writing through it. Any other flush uploads
+    /// nothing: a shell's close of the descriptor it dup'ed before the command
+    /// wrote, or a child's exit, must not publish a file still being written,
+    /// nor replace the object with a file just truncated. What such closes leave
+    /// is uploaded when the last handle is released ([`Fs::release`]). Closing a
+    /// reader uploads nothing, even while others write.
     pub async fn flush(&self, fh: u64, process: Option<u32>) -> FsResult<()> {
         let OpenFile::Staged {
             ino,
