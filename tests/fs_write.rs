@@ -694,6 +694,69 @@ async fn a_stop_gives_up_on_stuck_uploads_at_its_deadline_all_at_once() {
     }
 }
 
+/// Once stopped, the volume changes nothing more: a file created or opened for
+/// writing in the moment before the connection ends would never be uploaded nor
+/// abandoned (its parts left behind, its loss unreported).
+#[tokio::test]
+async fn after_a_stop_nothing_is_created_or_changed() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/existing", pattern(PART + 10, 1));
+    store.put("root/dir/", Vec::new());
+    let vol = volume(store.clone());
+    let ino = lookup_path(&vol.fs, "existing").await.unwrap();
+    let dir = lookup_path(&vol.fs, "dir").await.unwrap();
+    assert_eq!(
+        vol.fs.stop(Duration::from_secs(1)).await,
+        Vec::<String>::new()
+    );
+    let stopped = |result: Result<(), s3vol::fs::FsError>, what: &str| {
+        assert_eq!(result.map_err(|e| e.errno()), Err(libc::ENOTCONN), "{what}");
+    };
+    stopped(
+        vol.fs
+            .create(ROOT_INO, OsStr::new("new"), None)
+            .await
+            .map(drop),
+        "create",
+    );
+    stopped(vol.fs.open(ino, WRITE).await.map(drop), "open for writing");
+    stopped(
+        vol.fs.open(ino, TRUNCATE).await.map(drop),
+        "open with O_TRUNC",
+    );
+    stopped(
+        vol.fs.setattr(ino, Some(0), None).await.map(drop),
+        "truncate",
+    );
+    stopped(
+        vol.fs.mkdir(ROOT_INO, OsStr::new("d")).await.map(drop),
+        "mkdir",
+    );
+    stopped(
+        vol.fs.unlink(ROOT_INO, OsStr::new("existing")).await,
+        "unlink",
+    );
+    stopped(vol.fs.rmdir(ROOT_INO, OsStr::new("dir")).await, "rmdir");
+    stopped(
+        vol.fs
+            .rename(
+                ROOT_INO,
+                OsStr::new("existing"),
+                dir,
+                OsStr::new("moved"),
+                0,
+            )
+            .await,
+        "rename",
+    );
+    // Reading still works while the connection lasts.
+    assert_eq!(read_all(&vol.fs, ino, 4096).await, pattern(PART + 10, 1));
+    let mut keys: Vec<String> = store.keys();
+    keys.sort();
+    assert_eq!(keys, ["root/dir/", "root/existing"]);
+    assert!(store.pending_uploads().is_empty());
+}
+
 #[tokio::test]
 async fn files_being_written_stay_within_the_staging_bound() {
     let store = Arc::new(MemoryStore::new("bkt"));

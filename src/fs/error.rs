@@ -38,9 +38,10 @@ pub enum FsError {
         #[source]
         source: Box<StoreError>,
     },
-    /// The volume is being unmounted and gave up waiting for this file to be
-    /// closed; what was written through it was not uploaded.
-    #[error("the volume is being unmounted; the file's changes were not uploaded")]
+    /// The volume is being unmounted and gave up waiting for the files still
+    /// open: what was written through them was not uploaded, and nothing more
+    /// is changed.
+    #[error("the volume is being unmounted; changes are no longer uploaded")]
     Stopped,
     /// getxattr or listxattr: S3 user metadata is not shown as extended
     /// attributes.
@@ -209,11 +210,11 @@ mod tests {
                     "a transfer that failed inside s3vol, or a staging file that cannot be \
                      read or written"
                 }
-                StageError::Abandoned => "a file still open when a stopping volume's grace ran out",
+                StageError::Abandoned => STOPPED_ROW,
                 StageError::Store(e) => store_row(e),
             },
             FsError::Stale { .. } => "object replaced, deleted or shrunk under an open handle",
-            FsError::Stopped => "a file still open when a stopping volume's grace ran out",
+            FsError::Stopped => STOPPED_ROW,
             FsError::NoXattrs => "extended attributes (getxattr, listxattr)",
             FsError::UnknownIoctl(_) => "an ioctl other than `s3vol stats`'s on the volume's root",
             FsError::BufferTooSmall { .. } => {
@@ -355,6 +356,9 @@ mod tests {
             })
             .collect()
     }
+
+    const STOPPED_ROW: &str = "a file still open when a stopping volume's grace ran out, \
+                               or a change asked for after that";
 
     #[test]
     fn the_error_table_in_semantics_md_says_what_errno_answers() {

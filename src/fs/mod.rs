@@ -203,7 +203,7 @@ pub struct Fs {
     staging_budget: Arc<StagingBudget>,
     /// The time shown for directories that have no marker object of their own.
     mount_time: SystemTime,
-    /// Set by [`Fs::stop`]: nothing more is uploaded.
+    /// Set by [`Fs::stop`]: nothing more is changed or uploaded.
     stopped: AtomicBool,
 }
 
@@ -598,8 +598,21 @@ impl Fs {
         })
     }
 
-    /// EROFS on a read-only volume: every change is refused before any request.
+    /// EROFS on a read-only volume, ENOTCONN on a stopped one: every change is
+    /// refused before any request.
     fn writable(&self) -> FsResult<&WriteConfig> {
-        self.config.write.as_ref().ok_or(FsError::ReadOnly)
+        let config = self.config.write.as_ref().ok_or(FsError::ReadOnly)?;
+        self.running()?;
+        Ok(config)
+    }
+
+    /// ENOTCONN once [`Fs::stop`] ran. A file is staged only under the lock of
+    /// `staged` with this checked, and the stop sets it under that lock: every
+    /// staged file is either abandoned by the stop or never staged.
+    fn running(&self) -> FsResult<()> {
+        match self.stopped.load(Ordering::SeqCst) {
+            true => Err(FsError::Stopped),
+            false => Ok(()),
+        }
     }
 }

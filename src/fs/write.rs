@@ -92,6 +92,7 @@ impl Fs {
         });
         let file = self.new_staged(&node.key, base, config)?;
         let mut staged = self.staged.lock().unwrap();
+        self.running()?;
         // Another open may have staged it meanwhile: share that one.
         let entry = staged.entry(ino).or_insert(Staging { file, handles: 0 });
         entry.handles += 1;
@@ -140,6 +141,8 @@ impl Fs {
         let now = SystemTime::now();
         let ino = {
             let mut table = self.inodes.lock().unwrap();
+            let mut staged = self.staged.lock().unwrap();
+            self.running()?;
             let stat = Stat {
                 size: 0,
                 etag: String::new(),
@@ -147,15 +150,15 @@ impl Fs {
             };
             let ino = table.upsert(parent, name, Kind::File, stat, Instant::now());
             table.add_lookup(ino);
+            staged.insert(
+                ino,
+                Staging {
+                    file: file.clone(),
+                    handles: 1,
+                },
+            );
             ino
         };
-        self.staged.lock().unwrap().insert(
-            ino,
-            Staging {
-                file: file.clone(),
-                handles: 1,
-            },
-        );
         let fh = self
             .next_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -244,9 +247,7 @@ impl Fs {
 
     /// Uploads a staged file if it changed and records what S3 now holds.
     pub(super) async fn upload(&self, ino: u64, file: &StagedFile) -> FsResult<()> {
-        if self.stopped.load(Ordering::SeqCst) {
-            return Err(FsError::Stopped);
-        }
+        self.running()?;
         let Some(uploaded) = file.flush().await? else {
             return Ok(());
         };
@@ -386,9 +387,9 @@ impl Fs {
     /// whose changes were not uploaded. A close after this fails (ENOTCONN), so
     /// no application is told its data is safe when it is not.
     pub async fn stop(&self, within: Duration) -> Vec<String> {
-        self.stopped.store(true, Ordering::SeqCst);
         let files: Vec<Arc<StagedFile>> = {
             let mut staged = self.staged.lock().unwrap();
+            self.stopped.store(true, Ordering::SeqCst);
             staged.drain().map(|(_, entry)| entry.file).collect()
         };
         let deadline = tokio::time::Instant::now() + within;
