@@ -2,6 +2,10 @@
 
 use std::process::Command;
 
+mod common;
+
+use common::procs::{family, silent_endpoint, visible_to_others};
+
 fn s3vol(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_s3vol"))
         .args(args)
@@ -274,52 +278,6 @@ fn an_external_id_file_others_may_read_is_refused() {
         "{stderr}"
     );
     assert!(!stderr.contains("ext-secret-123"), "{stderr}");
-}
-
-/// A TCP endpoint on 127.0.0.1 that accepts connections and never answers, so
-/// whoever calls it waits; its URL.
-fn silent_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming() {
-            held.push(stream);
-        }
-    });
-    url
-}
-
-/// `pid` and its descendants.
-fn family(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut pending = vec![pid];
-    while let Some(pid) = pending.pop() {
-        found.push(pid);
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        pending.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-    }
-    found
-}
-
-/// The command lines and environments of `pids`, as other users read them in
-/// /proc.
-fn visible_to_others(pids: &[u32]) -> String {
-    let mut seen = String::new();
-    for pid in pids {
-        for file in ["cmdline", "environ"] {
-            if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{file}")) {
-                seen.push_str(&String::from_utf8_lossy(&bytes).replace('\0', " "));
-                seen.push('\n');
-            }
-        }
-    }
-    seen
 }
 
 #[test]

@@ -192,11 +192,7 @@ async fn the_deploy_guides_mount_unit_runs_under_systemd() {
             .arg("--volatile=overlay")
             .arg("--directory")
             .arg(&rootfs)
-            .arg(bind(
-                "bind-ro",
-                Path::new(env!("CARGO_BIN_EXE_s3vol")),
-                "/usr/local/bin/s3vol",
-            ))
+            .arg(bind("bind-ro", &common::binary(), "/usr/local/bin/s3vol"))
             .arg(bind(
                 "bind-ro",
                 &at("units"),

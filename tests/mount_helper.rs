@@ -361,3 +361,56 @@ async fn a_volume_without_a_log_file_logs_to_syslog() {
     );
     assert!(sent("<30>", "unmounted"), "{messages:#?}");
 }
+
+/// An fstab line's `external_id=`, as mount(8) hands it to the helper and the
+/// helper to the daemon it forks: no process of the mount shows it in /proc
+/// (a systemd mount unit runs the same mount(8) and helper). The secret is read
+/// while they wait on an STS endpoint that never answers.
+#[test]
+#[ignore = "needs root for mount(8) in a namespace; run scripts/test.sh"]
+fn an_external_id_in_an_fstab_line_never_shows_in_proc() {
+    use common::procs::{family, silent_endpoint, visible_to_others};
+    const SECRET: &str = "ext-fstab-5e1d";
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let silent = silent_endpoint();
+    let fstab = dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "bkt/root {} s3vol role_arn=arn:aws:iam::111122223333:role/reader,\
+             external_id={SECRET},sts_endpoint_url={silent},endpoint_url={silent},\
+             no_cache,log_file={} 0 0\n",
+            mountpoint.display(),
+            dir.path().join("log").display()
+        ),
+    )
+    .unwrap();
+    let seen = in_helper_namespace(|| {
+        let mut mount = Command::new("mount")
+            .args(["-T", fstab.to_str().unwrap(), mountpoint.to_str().unwrap()])
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let pids = family(mount.id());
+        let seen = visible_to_others(&pids);
+        for pid in pids {
+            // SAFETY: kill(2) of processes this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = mount.wait();
+        seen
+    });
+    // mount(8), the helper and the daemon it forked were all looked at.
+    assert!(
+        seen.matches("role/reader").count() >= 2,
+        "the helper and its daemon were seen: {seen}"
+    );
+    assert!(seen.contains("-T"), "mount(8) was seen: {seen}");
+    assert!(!seen.contains(SECRET), "{seen}");
+}

@@ -44,7 +44,7 @@ pub fn in_private_mount_namespace<T: Send>(body: impl FnOnce() -> T + Send) -> T
 /// finds the one under test and the host's /sbin is left alone.
 pub fn in_helper_namespace<T: Send>(body: impl FnOnce() -> T + Send) -> T {
     in_private_mount_namespace(|| {
-        let _links = install_helpers(Path::new(env!("CARGO_BIN_EXE_s3vol")));
+        let _links = install_helpers(&super::binary());
         body()
     })
 }
@@ -136,7 +136,7 @@ pub fn in_namespace_for_users<T: Send>(
     in_private_mount_namespace(|| {
         let scratch = Scratch::new();
         let binary = scratch.path().join("s3vol");
-        std::fs::copy(env!("CARGO_BIN_EXE_s3vol"), &binary).unwrap();
+        std::fs::copy(super::binary(), &binary).unwrap();
         let _links = install_helpers(&binary);
         let fuse = scratch.path().join("fuse");
         nix::sys::stat::mknod(

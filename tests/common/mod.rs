@@ -11,6 +11,7 @@
 pub mod fs;
 pub mod fuse;
 pub mod host;
+pub mod procs;
 pub mod proxy;
 pub mod writer;
 
@@ -348,8 +349,15 @@ impl Drop for Server {
 
 /// The s3vol binary under test: this build's, or the one S3VOL_BIN names (the
 /// soak runs the release build).
+pub fn binary() -> PathBuf {
+    std::env::var_os("S3VOL_BIN")
+        .unwrap_or(env!("CARGO_BIN_EXE_s3vol").into())
+        .into()
+}
+
+/// A command of the s3vol binary under test ([`binary`]).
 pub fn s3vol() -> Command {
-    Command::new(std::env::var_os("S3VOL_BIN").unwrap_or(env!("CARGO_BIN_EXE_s3vol").into()))
+    Command::new(binary())
 }
 
 /// Runs `s3vol` with `args` in the server's environment.
