@@ -10,90 +10,21 @@ mod common;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
+use common::foreground::Foreground;
 use common::writer::Writer;
 use common::{Mount, Server, ServerKind, daemon_pids, is_mounted, pattern, s3vol, wait_until};
-use tempfile::TempDir;
 use tokio::runtime::Handle;
 
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
 
-/// A read-write volume served by `s3vol mount --foreground`, a child of the test,
-/// so that its exit status can be checked.
-struct Foreground {
-    child: Child,
-    dir: TempDir,
-}
-
 async fn garage() -> Server {
     let server = Server::start(ServerKind::Garage);
     server.create_bucket(BUCKET).await;
     server
-}
-
-impl Foreground {
-    fn start(server: &Server) -> Foreground {
-        let dir = tempfile::tempdir().unwrap();
-        let child = s3vol()
-            .args(["mount", "vol/root"])
-            .arg(dir.path())
-            .args(["--foreground", "--read-write", "--cache-dir"])
-            .arg(dir.path().with_extension("cache"))
-            .arg("--log-file")
-            .arg(dir.path().with_extension("log"))
-            .args(server.endpoint_args())
-            .envs(server.env())
-            .spawn()
-            .unwrap();
-        let volume = Foreground { child, dir };
-        assert!(
-            wait_until(Duration::from_secs(20), || is_mounted(volume.path())),
-            "the volume did not appear: {}",
-            volume.log_text()
-        );
-        volume
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.path().with_extension("log")).unwrap_or_default()
-    }
-
-    /// Waits for s3vol to exit and says whether it exited 0.
-    fn exited_cleanly(&mut self) -> bool {
-        self.exit_code() == Some(0)
-    }
-
-    /// Waits for s3vol to exit; its exit code.
-    fn exit_code(&mut self) -> Option<i32> {
-        for _ in 0..1000 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("s3vol did not exit: {}", self.log_text());
-    }
-}
-
-impl Drop for Foreground {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        common::unmount(self.dir.path());
-        let _ = std::fs::remove_dir_all(self.dir.path().with_extension("cache"));
-        let _ = std::fs::remove_file(self.dir.path().with_extension("log"));
-    }
 }
 
 fn the_daemon(mountpoint: &Path) -> i32 {

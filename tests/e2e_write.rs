@@ -46,9 +46,7 @@ async fn files_round_trip_byte_exact(kind: ServerKind) {
     {
         let data = pattern(size, i as u64 + 1);
         let name = format!("f{size}");
-        // write(2) then close(2), by cp: durable once it returns. (Not from the
-        // test process: a process another test forks meanwhile would inherit the
-        // descriptor and close it at exec, which uploads the file half-written.)
+        // write(2) then close(2), by cp: durable once it returns.
         let source = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(source.path(), &data).unwrap();
         run(Command::new("cp")

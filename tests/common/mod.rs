@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod foreground;
 pub mod fs;
 pub mod fuse;
 pub mod host;

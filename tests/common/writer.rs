@@ -5,10 +5,8 @@ use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 /// A process that writes a file on the volume step by step, as told on its
-/// standard input, answering `ok` or the errno of what failed. The test process
-/// must not hold such a file open itself: every process that another test forks
-/// meanwhile inherits the descriptor, and closes it at exec, which is a close of
-/// the file and uploads it.
+/// standard input, answering `ok` or the errno of what failed: an application
+/// of its own, which the test can leave mid-write or kill.
 pub struct Writer {
     child: Child,
     answers: BufReader<ChildStdout>,
