@@ -4,11 +4,34 @@ use std::process::Command;
 
 mod common;
 
-use common::procs::{family, silent_endpoint, visible_to_others};
+use common::procs::{seen_by_others_while_it_waits, silent_endpoint};
 
 fn s3vol(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_s3vol"))
         .args(args)
+        .output()
+        .expect("run s3vol")
+}
+
+/// `s3vol check` of a role with the external ID in `file`, against endpoints
+/// where nothing listens (port 1).
+fn check_with_external_id_file(file: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args([
+            "check",
+            "bkt",
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+            "--sts-endpoint-url",
+            "http://127.0.0.1:1",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/reader",
+            "--external-id-file",
+        ])
+        .arg(file)
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
         .output()
         .expect("run s3vol")
 }
@@ -258,18 +281,7 @@ fn an_external_id_file_others_may_read_is_refused() {
     let file = dir.path().join("team-a.external-id");
     std::fs::write(&file, "ext-secret-123\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = s3vol(&[
-        "check",
-        "bkt",
-        "--endpoint-url",
-        "http://127.0.0.1:1",
-        "--sts-endpoint-url",
-        "http://127.0.0.1:1",
-        "--role-arn",
-        "arn:aws:iam::111122223333:role/reader",
-        "--external-id-file",
-        file.to_str().unwrap(),
-    ]);
+    let out = check_with_external_id_file(&file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("may be opened by other users"), "{stderr}");
@@ -326,23 +338,8 @@ fn an_external_id_on_the_command_line_never_shows_in_proc() {
         ),
     ];
     for (program, args) in routes {
-        let mut child = Command::new(program)
-            .args(&args)
-            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-            .env("AWS_SECRET_ACCESS_KEY", "secret")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
         // It waits on STS; meanwhile every process it made is looked at.
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        let pids = family(child.id());
-        let seen = visible_to_others(&pids);
-        for pid in pids {
-            // SAFETY: kill(2) of processes this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        let _ = child.wait();
+        let seen = seen_by_others_while_it_waits(Command::new(program).args(&args));
         assert!(
             seen.contains("role/reader"),
             "the processes were seen: {seen}"
@@ -362,25 +359,7 @@ fn an_sts_endpoint_that_refuses_connections_is_not_blamed_on_the_external_id() {
     let file = dir.path().join("external-id");
     std::fs::write(&file, "ext-123\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    // Nothing listens on port 1.
-    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
-        .args([
-            "check",
-            "bkt",
-            "--endpoint-url",
-            "http://127.0.0.1:1",
-            "--sts-endpoint-url",
-            "http://127.0.0.1:1",
-            "--role-arn",
-            "arn:aws:iam::111122223333:role/reader",
-            "--external-id-file",
-            file.to_str().unwrap(),
-        ])
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+    let out = check_with_external_id_file(&file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -178,18 +178,7 @@ async fn a_cache_directory_another_user_controls_is_refused() {
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     for (dir, why) in [(&theirs, "belongs to uid 65534"), (&open, "chmod 700")] {
-        let mountpoint = tempfile::tempdir().unwrap();
-        let out = s3vol()
-            .args(["mount", "vol/root"])
-            .arg(mountpoint.path())
-            .arg("--cache-dir")
-            .arg(dir)
-            .args(server.endpoint_args())
-            .envs(server.env())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        let err = refused_mount(&server, dir);
         assert!(err.contains(why), "{err}");
         assert_eq!(
             std::fs::read_dir(dir).unwrap().count(),
@@ -243,18 +232,26 @@ async fn swapping_the_cache_directory_for_a_link_sends_nothing_elsewhere() {
         "s3vol wrote or removed something through the link"
     );
     // A new mount is not led through the link either.
+    let err = refused_mount(&server, &cache);
+    assert!(err.contains("symbolic link"), "{err}");
+}
+
+/// A mount of the volume with `--cache-dir cache_dir` fails with exit 1; what it
+/// said.
+fn refused_mount(server: &Server, cache_dir: &std::path::Path) -> String {
     let mountpoint = tempfile::tempdir().unwrap();
     let out = s3vol()
         .args(["mount", "vol/root"])
         .arg(mountpoint.path())
-        .args(["--cache-dir", &cache_arg])
+        .arg("--cache-dir")
+        .arg(cache_dir)
         .args(server.endpoint_args())
         .envs(server.env())
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("symbolic link"), "{err}");
+    err
 }
 
 /// Every path under `dir`, sorted.

@@ -369,7 +369,7 @@ async fn a_volume_without_a_log_file_logs_to_syslog() {
 #[test]
 #[ignore = "needs root for mount(8) in a namespace; run scripts/test.sh"]
 fn an_external_id_in_an_fstab_line_never_shows_in_proc() {
-    use common::procs::{family, silent_endpoint, visible_to_others};
+    use common::procs::{seen_by_others_while_it_waits, silent_endpoint};
     const SECRET: &str = "ext-fstab-5e1d";
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
@@ -388,23 +388,11 @@ fn an_external_id_in_an_fstab_line_never_shows_in_proc() {
     )
     .unwrap();
     let seen = in_helper_namespace(|| {
-        let mut mount = Command::new("mount")
-            .args(["-T", fstab.to_str().unwrap(), mountpoint.to_str().unwrap()])
-            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-            .env("AWS_SECRET_ACCESS_KEY", "secret")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        let pids = family(mount.id());
-        let seen = visible_to_others(&pids);
-        for pid in pids {
-            // SAFETY: kill(2) of processes this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        let _ = mount.wait();
-        seen
+        seen_by_others_while_it_waits(Command::new("mount").args([
+            "-T",
+            fstab.to_str().unwrap(),
+            mountpoint.to_str().unwrap(),
+        ]))
     });
     // mount(8), the helper and the daemon it forked were all looked at.
     assert!(

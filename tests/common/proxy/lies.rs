@@ -33,6 +33,9 @@ pub enum Lie {
 /// The continuation a repeating listing always gives.
 const SAME_TOKEN: &str = "s3vol-proxy-same";
 
+/// The headers of a listing's answer.
+const XML: &[(&str, &str)] = &[("Content-Type", "application/xml")];
+
 /// Where foreign keys live: outside any prefix a test mounts.
 pub const FOREIGN: &str = "outside-the-prefix/";
 
@@ -69,26 +72,14 @@ pub(super) async fn tell(
             .map(|i| contents(&format!("{prefix}endless-{page:06}-{i:04}")))
             .collect();
         let body = listing(&prefix, &keys, Some(&format!("page-{}", page + 1)));
-        return answer(
-            client,
-            "200 OK",
-            &[("Content-Type", "application/xml")],
-            body.as_bytes(),
-        )
-        .await;
+        return answer(client, "200 OK", XML, body.as_bytes()).await;
     }
     if lie == Lie::RepeatingListing && query(request, "continuation-token").is_some() {
         // The request is signed: it cannot be changed and sent on. The page
         // after the first is made up: nothing, and the same continuation.
         let prefix = query(request, "prefix").unwrap_or_default();
         let body = listing(&prefix, "", Some(SAME_TOKEN));
-        return answer(
-            client,
-            "200 OK",
-            &[("Content-Type", "application/xml")],
-            body.as_bytes(),
-        )
-        .await;
+        return answer(client, "200 OK", XML, body.as_bytes()).await;
     }
     // The other lies change what the server says.
     let Some((head, body)) = exchange(shared, request).await else {
