@@ -3,7 +3,7 @@
 //! what to do, instead of a stack of SDK errors.
 
 use crate::names::Source;
-use crate::store::{ListRequest, ObjectStore, StoreError, bucket_arn};
+use crate::store::{ListRequest, ObjectHeaders, ObjectStore, StoreError, bucket_arn};
 
 /// Why a volume cannot be mounted, as the user should read it.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +188,10 @@ pub async fn probe_access(
     let probe_key = format!("{prefix}.s3vol-check-{}", std::process::id());
     let probe_arn = crate::store::object_arn(&source.bucket, &probe_key);
     if mode.read_write {
-        match store.create_multipart_upload(&probe_key).await {
+        match store
+            .create_multipart_upload(&probe_key, &ObjectHeaders::default())
+            .await
+        {
             Ok(upload_id) => {
                 probes.push(Probe {
                     action: "s3:PutObject",

@@ -234,7 +234,11 @@ mod tests {
     async fn the_report_counts_what_the_store_did() {
         let store = CountedStore::new(Arc::new(MemoryStore::new("bkt")));
         store
-            .put_object("a", bytes::Bytes::from_static(b"12345"))
+            .put_object(
+                "a",
+                bytes::Bytes::from_static(b"12345"),
+                &Default::default(),
+            )
             .await
             .unwrap();
         store.get_range("a", 0..5, None).await.unwrap();

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use common::{Server, ServerKind, pattern};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::s3::{S3Options, S3Store};
-use s3vol::store::{ListRequest, ObjectStore, StoreError, UploadedPart, multipart_etag};
+use s3vol::store::{
+    ListRequest, ObjectHeaders, ObjectStore, StoreError, UploadedPart, multipart_etag,
+};
 
 /// A store under test plus a way to put objects into it behind its back.
 struct Subject {
@@ -24,11 +26,13 @@ impl Subject {
         let kind = self.server.as_ref().map(|s| s.kind);
         !matches!(
             (kind, check),
-            (Some(ServerKind::Garage), Check::MinPartSize)
-                | (
-                    Some(ServerKind::Moto),
-                    Check::CopyIfMatch | Check::ControlCharacters
-                )
+            (
+                Some(ServerKind::Garage),
+                Check::MinPartSize | Check::SelfCopyChanges
+            ) | (
+                Some(ServerKind::Moto),
+                Check::CopyIfMatch | Check::ControlCharacters
+            )
         )
     }
 
@@ -52,6 +56,8 @@ enum Check {
     CopyIfMatch,
     /// Keys with control characters (moto's web server cannot route them).
     ControlCharacters,
+    /// A copy onto itself must change something (Garage copies regardless).
+    SelfCopyChanges,
 }
 
 fn memory() -> Subject {
@@ -283,7 +289,7 @@ async fn any_characters_in_keys(s: &Subject) {
     assert_eq!(page.common_prefixes, ["odd/sub dir/"]);
     let id = s
         .store
-        .create_multipart_upload("odd/up+ load")
+        .create_multipart_upload("odd/up+ load", &ObjectHeaders::default())
         .await
         .unwrap();
     let pending = s.store.list_multipart_uploads("odd/").await.unwrap();
@@ -296,7 +302,11 @@ async fn any_characters_in_keys(s: &Subject) {
 }
 
 async fn uploads_abort_and_deletes(s: &Subject) {
-    let id = s.store.create_multipart_upload("mp/x").await.unwrap();
+    let id = s
+        .store
+        .create_multipart_upload("mp/x", &ObjectHeaders::default())
+        .await
+        .unwrap();
     assert!(!id.is_empty());
     s.store.abort_multipart_upload("mp/x", &id).await.unwrap();
     // The upload is gone: aborting it again is "no such upload".
@@ -325,7 +335,7 @@ async fn puts_multipart_uploads_and_copies(s: &Subject) {
     // PutObject: the ETag it returns is the object's.
     let etag = s
         .store
-        .put_object("w/small", b"small"[..].into())
+        .put_object("w/small", b"small"[..].into(), &ObjectHeaders::default())
         .await
         .unwrap();
     assert_eq!(s.store.head_object("w/small").await.unwrap().etag, etag);
@@ -337,7 +347,11 @@ async fn puts_multipart_uploads_and_copies(s: &Subject) {
     // A multipart upload, listed while in progress; a part uploaded again replaces
     // the earlier one.
     let (one, two) = (pattern(5 * MIB, 3), pattern(1000, 4));
-    let id = s.store.create_multipart_upload("w/big").await.unwrap();
+    let id = s
+        .store
+        .create_multipart_upload("w/big", &ObjectHeaders::default())
+        .await
+        .unwrap();
     let pending = s.store.list_multipart_uploads("w/").await.unwrap();
     assert!(
         pending
@@ -399,7 +413,11 @@ async fn puts_multipart_uploads_and_copies(s: &Subject) {
 
     // Every part but the last must be at least 5 MiB.
     if s.checks(Check::MinPartSize) {
-        let id = s.store.create_multipart_upload("w/tiny").await.unwrap();
+        let id = s
+            .store
+            .create_multipart_upload("w/tiny", &ObjectHeaders::default())
+            .await
+            .unwrap();
         let a = s
             .store
             .upload_part("w/tiny", &id, 1, b"a"[..].into())
@@ -426,21 +444,25 @@ async fn puts_multipart_uploads_and_copies(s: &Subject) {
     // CopyObject, pinned to the source's ETag.
     let source = s.store.head_object("w/big").await.unwrap();
     s.store
-        .copy_object("w/big", "w/copy", Some(&source.etag), source.size)
+        .copy_object("w/big", "w/copy", Some(&source.etag), source.size, None)
         .await
         .unwrap();
     assert_eq!(s.store.head_object("w/copy").await.unwrap().size, size);
     if s.checks(Check::CopyIfMatch) {
         assert!(matches!(
             s.store
-                .copy_object("w/big", "w/copy2", Some("\"0000\""), source.size)
+                .copy_object("w/big", "w/copy2", Some("\"0000\""), source.size, None)
                 .await,
             Err(StoreError::Changed { .. })
         ));
     }
 
     // UploadPartCopy: a range of an object as a part.
-    let id = s.store.create_multipart_upload("w/ranged").await.unwrap();
+    let id = s
+        .store
+        .create_multipart_upload("w/ranged", &ObjectHeaders::default())
+        .await
+        .unwrap();
     let etag = s
         .store
         .upload_part_copy("w/big", "w/ranged", &id, 1, 10..5000, Some(&source.etag))
@@ -455,6 +477,118 @@ async fn puts_multipart_uploads_and_copies(s: &Subject) {
     assert!(got[..] == one[10..5000]);
 }
 
+/// Headers given to an upload come back from HEAD (a listing has none); a copy
+/// carries them, or replaces them when asked, onto the same key too.
+async fn headers_are_kept_carried_and_replaced(s: &Subject) {
+    let mut headers = ObjectHeaders {
+        content_type: Some("text/csv".into()),
+        cache_control: Some("max-age=60".into()),
+        ..ObjectHeaders::default()
+    };
+    headers.user.insert("mode".into(), "0100640".into());
+    headers
+        .user
+        .insert("mtime".into(), "1557126489.987654321".into());
+    s.store
+        .put_object("h/one", b"one"[..].into(), &headers)
+        .await
+        .unwrap();
+    let head = s.store.head_object("h/one").await.unwrap();
+    let got = head.headers.clone().unwrap();
+    assert_eq!(got.user, headers.user);
+    assert_eq!(got.content_type.as_deref(), Some("text/csv"));
+    assert_eq!(got.cache_control.as_deref(), Some("max-age=60"));
+    let listed = s
+        .store
+        .list_objects(ListRequest {
+            prefix: "h/",
+            delimiter: None,
+            continuation: None,
+            max_keys: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.objects[0].headers, None);
+
+    // A copy carries them.
+    s.store
+        .copy_object("h/one", "h/two", Some(&head.etag), head.size, None)
+        .await
+        .unwrap();
+    let two = s.store.head_object("h/two").await.unwrap().headers.unwrap();
+    assert_eq!(two.user, headers.user);
+    assert_eq!(two.content_type.as_deref(), Some("text/csv"));
+
+    // In place, the metadata is replaced and the bytes stay; a copy onto itself
+    // that changes nothing is refused, as S3 refuses it.
+    let mut changed = got.clone();
+    changed.user.insert("mode".into(), "0100600".into());
+    changed.user.insert("other".into(), "kept".into());
+    s.store
+        .copy_object(
+            "h/one",
+            "h/one",
+            Some(&head.etag),
+            head.size,
+            Some(&changed),
+        )
+        .await
+        .unwrap();
+    let after = s.store.head_object("h/one").await.unwrap();
+    // The bytes are the same, and so is the ETag: readers pinned to it go on.
+    assert_eq!(after.etag, head.etag);
+    let after_headers = after.headers.unwrap();
+    assert_eq!(after_headers.user, changed.user);
+    assert_eq!(after_headers.content_type.as_deref(), Some("text/csv"));
+    assert_eq!(after_headers.cache_control.as_deref(), Some("max-age=60"));
+    assert_eq!(
+        &s.store.get_range("h/one", 0..3, None).await.unwrap()[..],
+        b"one"
+    );
+    if s.checks(Check::CopyIfMatch) {
+        assert!(
+            s.store
+                .copy_object("h/one", "h/one", Some("\"0000\""), 3, Some(&changed))
+                .await
+                .is_err(),
+            "pinned to an ETag the object does not have"
+        );
+    }
+    if s.checks(Check::SelfCopyChanges) {
+        assert!(
+            s.store
+                .copy_object("h/one", "h/one", None, 3, None)
+                .await
+                .is_err()
+        );
+    }
+
+    // A multipart upload's headers are the completed object's.
+    let id = s
+        .store
+        .create_multipart_upload("h/multi", &headers)
+        .await
+        .unwrap();
+    let etag = s
+        .store
+        .upload_part("h/multi", &id, 1, b"m"[..].into())
+        .await
+        .unwrap();
+    s.store
+        .complete_multipart_upload("h/multi", &id, &[UploadedPart { number: 1, etag }])
+        .await
+        .unwrap();
+    let multi = s
+        .store
+        .head_object("h/multi")
+        .await
+        .unwrap()
+        .headers
+        .unwrap();
+    assert_eq!(multi.user, headers.user);
+    assert_eq!(multi.content_type.as_deref(), Some("text/csv"));
+}
+
 async fn suite(s: Subject) {
     head_and_get(&s).await;
     uploads_abort_and_deletes(&s).await;
@@ -462,6 +596,7 @@ async fn suite(s: Subject) {
     list_with_delimiter_and_pages(&s).await;
     file_beside_directory(&s).await;
     any_characters_in_keys(&s).await;
+    headers_are_kept_carried_and_replaced(&s).await;
 }
 
 #[tokio::test]

@@ -166,7 +166,10 @@ mod tests {
     async fn store_with_uploads() -> MemoryStore {
         let store = MemoryStore::new("bkt");
         for key in ["vol/a", "vol/sub/b", "other/c"] {
-            store.create_multipart_upload(key).await.unwrap();
+            store
+                .create_multipart_upload(key, &Default::default())
+                .await
+                .unwrap();
         }
         store
     }

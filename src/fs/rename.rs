@@ -11,7 +11,7 @@ use tracing::{debug, info};
 use super::inode::Kind;
 use super::write::{MAX_KEY_LEN, child_key};
 use super::{Fs, FsError, FsResult};
-use crate::store::{ListRequest, Operation, Pagination, UploadedPart};
+use crate::store::{ListRequest, ObjectHeaders, Operation, Pagination, StoreError, UploadedPart};
 
 /// A directory rename copies every key under it; beyond this many it answers
 /// EXDEV instead, and `mv` copies and deletes the tree itself, file by file.
@@ -111,20 +111,48 @@ impl Fs {
     async fn rename_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
         let etag = self.settle(ino).await?;
         let size = self.node(ino)?.stat.size;
-        let copied = self.copy(from, to, size, etag.as_deref()).await?;
+        let copied = self.copy(from, to, size, etag.as_deref(), None).await?;
         self.store.delete_object(from).await?;
         debug!(from, to, "renamed");
         Ok(copied)
     }
 
     /// Copies one object, pinned to `etag` so a concurrent replacement is not
-    /// half-copied; returns the copy's ETag.
-    async fn copy(&self, from: &str, to: &str, size: u64, etag: Option<&str>) -> FsResult<String> {
+    /// half-copied, with its metadata and content headers or with `replace`;
+    /// returns the copy's ETag.
+    pub(super) async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        etag: Option<&str>,
+        replace: Option<&ObjectHeaders>,
+    ) -> FsResult<String> {
         let limit = self.writable()?.single_copy_limit;
         if size <= limit {
-            return Ok(self.store.copy_object(from, to, etag, size).await?);
+            return Ok(self
+                .store
+                .copy_object(from, to, etag, size, replace)
+                .await?);
         }
-        let upload_id = self.store.create_multipart_upload(to).await?;
+        // A multipart copy carries nothing by itself: the headers are set when
+        // the upload starts, from the source's own unless replaced.
+        let headers = match replace {
+            Some(headers) => headers.clone(),
+            None => {
+                let source = self.store.head_object(from).await?;
+                if let Some(expected) = etag.filter(|etag| *etag != source.etag) {
+                    return Err(StoreError::Changed {
+                        op: Operation::HeadObject,
+                        key: from.to_string(),
+                        expected_etag: expected.to_string(),
+                    }
+                    .into());
+                }
+                source.headers.unwrap_or_default()
+            }
+        };
+        let upload_id = self.store.create_multipart_upload(to, &headers).await?;
         let result = async {
             let mut parts = Vec::new();
             let mut start = 0;
@@ -206,7 +234,7 @@ impl Fs {
                 result?;
             }
             let target = format!("{to}{}", &key[from.len()..]);
-            copies.push(async move { self.copy(key, &target, *size, Some(etag)).await });
+            copies.push(async move { self.copy(key, &target, *size, Some(etag), None).await });
         }
         while let Some(result) = copies.next().await {
             result?;

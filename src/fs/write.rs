@@ -17,7 +17,7 @@ use super::inode::{Kind, Node, Stat};
 use super::upload::{Base, StagedFile, WriteConfig};
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging, Writer};
 use crate::names::{NameProblem, check_name};
-use crate::store::ListRequest;
+use crate::store::{ListRequest, ObjectHeaders};
 
 /// S3's longest key, in bytes.
 pub(super) const MAX_KEY_LEN: usize = 1024;
@@ -412,7 +412,9 @@ impl Fs {
         let name = self.valid_name(name)?;
         let parent_node = self.directory(parent)?;
         let key = child_key(&parent_node.key, name, Kind::Directory)?;
-        self.store.put_object(&key, Bytes::new()).await?;
+        self.store
+            .put_object(&key, Bytes::new(), &ObjectHeaders::default())
+            .await?;
         let now = SystemTime::now();
         let ino = {
             let mut table = self.inodes.lock().unwrap();

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, StoreError,
-    StoreResult, UploadedPart,
+    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
+    StoreError, StoreResult, UploadedPart,
 };
 
 /// Counters of the requests a store has sent.
@@ -139,17 +139,30 @@ impl ObjectStore for CountedStore {
         Ok(data)
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         let len = body.len();
-        self.count(Operation::PutObject, len, self.inner.put_object(key, body))
-            .await
+        self.count(
+            Operation::PutObject,
+            len,
+            self.inner.put_object(key, body, headers),
+        )
+        .await
     }
 
-    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         self.count(
             Operation::CreateMultipartUpload,
             0,
-            self.inner.create_multipart_upload(key),
+            self.inner.create_multipart_upload(key, headers),
         )
         .await
     }
@@ -208,11 +221,12 @@ impl ObjectStore for CountedStore {
         to: &str,
         if_match: Option<&str>,
         size: u64,
+        replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String> {
         self.count(
             Operation::CopyObject,
             0,
-            self.inner.copy_object(from, to, if_match, size),
+            self.inner.copy_object(from, to, if_match, size, replace),
         )
         .await
     }
@@ -253,7 +267,7 @@ mod tests {
         let faulty = Arc::new(FaultyStore::new(memory.clone()));
         let store = CountedStore::new(faulty.clone());
         store
-            .put_object("a", Bytes::from_static(b"hello"))
+            .put_object("a", Bytes::from_static(b"hello"), &Default::default())
             .await
             .unwrap();
         store.get_range("a", 1..4, None).await.unwrap();

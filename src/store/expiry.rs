@@ -18,8 +18,8 @@ use tracing::warn;
 use crate::auth::renew::RenewingCredentials;
 
 use super::{
-    ListPage, ListRequest, ObjectInfo, ObjectStore, PendingUpload, StoreError, StoreResult,
-    UploadedPart,
+    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, PendingUpload, StoreError,
+    StoreResult, UploadedPart,
 };
 
 /// What can replace the credentials a store signs with.
@@ -99,12 +99,23 @@ impl ObjectStore for RenewOnExpiry {
             .await
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
-        self.call(|| self.inner.put_object(key, body.clone())).await
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
+        self.call(|| self.inner.put_object(key, body.clone(), headers))
+            .await
     }
 
-    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
-        self.call(|| self.inner.create_multipart_upload(key)).await
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
+        self.call(|| self.inner.create_multipart_upload(key, headers))
+            .await
     }
 
     async fn upload_part(
@@ -144,8 +155,9 @@ impl ObjectStore for RenewOnExpiry {
         to: &str,
         if_match: Option<&str>,
         size: u64,
+        replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String> {
-        self.call(|| self.inner.copy_object(from, to, if_match, size))
+        self.call(|| self.inner.copy_object(from, to, if_match, size, replace))
             .await
     }
 

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, ServiceInfo,
-    StoreError, StoreResult, UploadedPart,
+    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
+    ServiceInfo, StoreError, StoreResult, UploadedPart,
 };
 
 /// What an injected fault does to the call.
@@ -210,16 +210,29 @@ impl ObjectStore for FaultyStore {
         .await
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
-        self.around(Operation::PutObject, key, self.inner.put_object(key, body))
-            .await
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
+        self.around(
+            Operation::PutObject,
+            key,
+            self.inner.put_object(key, body, headers),
+        )
+        .await
     }
 
-    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         self.around(
             Operation::CreateMultipartUpload,
             key,
-            self.inner.create_multipart_upload(key),
+            self.inner.create_multipart_upload(key, headers),
         )
         .await
     }
@@ -277,11 +290,12 @@ impl ObjectStore for FaultyStore {
         to: &str,
         if_match: Option<&str>,
         size: u64,
+        replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String> {
         self.around(
             Operation::CopyObject,
             to,
-            self.inner.copy_object(from, to, if_match, size),
+            self.inner.copy_object(from, to, if_match, size, replace),
         )
         .await
     }

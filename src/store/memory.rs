@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, ServiceInfo,
-    StoreError, StoreResult, UploadedPart, multipart_etag,
+    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
+    ServiceInfo, StoreError, StoreResult, UploadedPart, multipart_etag,
 };
 
 /// S3's page size when the caller does not ask for one.
@@ -31,6 +31,7 @@ struct StoredObject {
     data: Bytes,
     etag: String,
     last_modified: SystemTime,
+    headers: ObjectHeaders,
 }
 
 /// One call the store received.
@@ -58,6 +59,7 @@ struct Upload {
     initiated: SystemTime,
     /// Part number -> (body, ETag).
     parts: BTreeMap<i32, (Bytes, String)>,
+    headers: ObjectHeaders,
 }
 
 impl State {
@@ -66,16 +68,22 @@ impl State {
         format!("\"{:032x}{suffix}\"", self.version)
     }
 
-    fn store(&mut self, key: &str, data: Bytes, etag: String) {
+    fn store(&mut self, key: &str, data: Bytes, etag: String, headers: ObjectHeaders) {
         let object = StoredObject {
             data,
             etag,
             last_modified: SystemTime::now(),
+            headers,
         };
         self.objects.insert(key.to_string(), object);
     }
 
-    fn source(&self, op: Operation, key: &str, if_match: Option<&str>) -> StoreResult<Bytes> {
+    fn source(
+        &self,
+        op: Operation,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> StoreResult<&StoredObject> {
         let object = self.objects.get(key).ok_or_else(|| StoreError::NotFound {
             op,
             key: key.to_string(),
@@ -89,7 +97,7 @@ impl State {
                 expected_etag: expected.to_string(),
             });
         }
-        Ok(object.data.clone())
+        Ok(object)
     }
 
     fn upload(&mut self, op: Operation, key: &str, upload_id: &str) -> StoreResult<&mut Upload> {
@@ -133,9 +141,20 @@ impl MemoryStore {
 
     /// Stores `data` under `key`, replacing any object there with a new ETag.
     pub fn put(&self, key: &str, data: impl Into<Bytes>) {
+        self.put_with(key, data, ObjectHeaders::default());
+    }
+
+    /// Like [`MemoryStore::put`], with the object carrying `headers`.
+    pub fn put_with(&self, key: &str, data: impl Into<Bytes>, headers: ObjectHeaders) {
         let mut state = self.state.lock().unwrap();
         let etag = state.next_etag("");
-        state.store(key, data.into(), etag);
+        state.store(key, data.into(), etag, headers);
+    }
+
+    /// What the object carries besides its bytes, if it exists.
+    pub fn headers(&self, key: &str) -> Option<ObjectHeaders> {
+        let state = self.state.lock().unwrap();
+        state.objects.get(key).map(|o| o.headers.clone())
     }
 
     /// The object's bytes, if it exists.
@@ -197,6 +216,7 @@ fn info(key: &str, object: &StoredObject) -> ObjectInfo {
         size: object.data.len() as u64,
         etag: object.etag.clone(),
         last_modified: object.last_modified,
+        headers: None,
     }
 }
 
@@ -212,7 +232,10 @@ impl ObjectStore for MemoryStore {
         state
             .objects
             .get(key)
-            .map(|o| info(key, o))
+            .map(|o| ObjectInfo {
+                headers: Some(o.headers.clone()),
+                ..info(key, o)
+            })
             .ok_or_else(|| StoreError::NotFound {
                 op: Operation::HeadObject,
                 key: key.to_string(),
@@ -288,7 +311,7 @@ impl ObjectStore for MemoryStore {
         let mut state = self.state.lock().unwrap();
         Self::record(&mut state, Operation::GetObject, key, Some(range.clone()));
         let op = Operation::GetObject;
-        let data = state.source(op, key, if_match)?;
+        let data = state.source(op, key, if_match)?.data.clone();
         let len = data.len() as u64;
         if range.start >= len {
             return Err(StoreError::InvalidRange {
@@ -300,15 +323,24 @@ impl ObjectStore for MemoryStore {
         Ok(data.slice(range.start as usize..end as usize))
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         let mut state = self.state.lock().unwrap();
         Self::record(&mut state, Operation::PutObject, key, None);
         let etag = state.next_etag("");
-        state.store(key, body, etag.clone());
+        state.store(key, body, etag.clone(), headers.clone());
         Ok(etag)
     }
 
-    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         let mut state = self.state.lock().unwrap();
         Self::record(&mut state, Operation::CreateMultipartUpload, key, None);
         state.version += 1;
@@ -317,6 +349,7 @@ impl ObjectStore for MemoryStore {
             key: key.to_string(),
             initiated: SystemTime::now(),
             parts: BTreeMap::new(),
+            headers: headers.clone(),
         };
         state.uploads.insert(id.clone(), upload);
         Ok(id)
@@ -392,11 +425,11 @@ impl ObjectStore for MemoryStore {
             }
             data.extend_from_slice(body);
         }
-        state.uploads.remove(upload_id);
+        let headers = state.uploads.remove(upload_id).map(|u| u.headers);
         // S3's rule, so a client can tell its own completed upload by the ETag.
         let etag =
             multipart_etag(parts).unwrap_or_else(|| state.next_etag(&format!("-{}", parts.len())));
-        state.store(key, data.into(), etag.clone());
+        state.store(key, data.into(), etag.clone(), headers.unwrap_or_default());
         Ok(etag)
     }
 
@@ -432,11 +465,25 @@ impl ObjectStore for MemoryStore {
         to: &str,
         if_match: Option<&str>,
         _size: u64,
+        replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String> {
         let op = Operation::CopyObject;
         let mut state = self.state.lock().unwrap();
         Self::record(&mut state, op, to, None);
-        let data = state.source(op, from, if_match)?;
+        let source = state.source(op, from, if_match)?;
+        let (data, carried, source_etag) = (
+            source.data.clone(),
+            source.headers.clone(),
+            source.etag.clone(),
+        );
+        if from == to && replace.is_none() {
+            return Err(service(
+                op,
+                to,
+                "InvalidRequest",
+                "a copy onto itself must change the metadata",
+            ));
+        }
         if data.len() as u64 > MAX_SINGLE_OBJECT {
             return Err(service(
                 op,
@@ -445,8 +492,14 @@ impl ObjectStore for MemoryStore {
                 "copy source larger than 5 GiB",
             ));
         }
-        let etag = state.next_etag("");
-        state.store(to, data, etag.clone());
+        // The same bytes keep their ETag, as S3's content hash does; a copy of
+        // a multipart object is a single-part object with an ETag of its own.
+        let etag = match source_etag {
+            etag if !etag.contains('-') => etag,
+            _ => state.next_etag(""),
+        };
+        let headers = replace.cloned().unwrap_or(carried);
+        state.store(to, data, etag.clone(), headers);
         Ok(etag)
     }
 
@@ -462,7 +515,7 @@ impl ObjectStore for MemoryStore {
         let op = Operation::UploadPartCopy;
         let mut state = self.state.lock().unwrap();
         Self::record(&mut state, op, to, Some(range.clone()));
-        let data = state.source(op, from, if_match)?;
+        let data = state.source(op, from, if_match)?.data.clone();
         if range.start >= range.end || range.end > data.len() as u64 {
             return Err(StoreError::InvalidRange {
                 op,

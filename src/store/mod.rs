@@ -18,6 +18,7 @@ pub mod retry;
 pub mod s3;
 pub mod stack;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
@@ -67,6 +68,30 @@ pub struct ObjectInfo {
     /// Entity tag as S3 returns it, quotes included. Reads pin to it.
     pub etag: String,
     pub last_modified: SystemTime,
+    /// What the object carries besides its bytes: a HEAD tells, a listing does
+    /// not (`None`).
+    pub headers: Option<ObjectHeaders>,
+}
+
+/// What an object carries besides its bytes, as a HEAD shows it: what an upload
+/// sets and what a copy that replaces the metadata must set again, lest S3 reset
+/// it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectHeaders {
+    /// User metadata (`x-amz-meta-NAME`) by NAME, in lower case as S3 keeps it.
+    pub user: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    pub cache_control: Option<String>,
+    /// The server-side encryption the object is stored with (`AES256`,
+    /// `aws:kms`, `aws:kms:dsse`) and its KMS key. An upload or copy with none
+    /// gets the volume's `--sse`, else the bucket's default.
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// `None` is S3's STANDARD.
+    pub storage_class: Option<String>,
 }
 
 /// One page of a ListObjectsV2 answer.
@@ -367,11 +392,22 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> StoreResult<Bytes>;
 
-    /// Stores `body` as `key` in one request; returns the new ETag.
-    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String>;
+    /// Stores `body` as `key` in one request, carrying `headers`; returns the new
+    /// ETag.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String>;
 
-    /// Starts a multipart upload of `key`; returns its upload ID.
-    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String>;
+    /// Starts a multipart upload of `key`, whose object will carry `headers`;
+    /// returns its upload ID.
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String>;
 
     /// Uploads part `number` (1-based) of an upload; returns the part's ETag. A
     /// part uploaded again under the same number replaces the earlier one.
@@ -399,13 +435,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>>;
 
     /// Copies object `from` (up to 5 GiB, `size` bytes) to `to`; with `if_match`,
-    /// only if `from` still has that ETag. Returns the new ETag.
+    /// only if `from` still has that ETag. The copy carries `from`'s metadata and
+    /// content type, or with `replace` those headers instead (`from` and `to` may
+    /// then be the same key: a change of metadata in place). Returns the new ETag.
     async fn copy_object(
         &self,
         from: &str,
         to: &str,
         if_match: Option<&str>,
         size: u64,
+        replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String>;
 
     /// Copies bytes `range` of `from` into part `number` of an upload of `to`.

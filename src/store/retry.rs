@@ -37,8 +37,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{
-    ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, PendingUpload, StoreError,
-    StoreResult, UploadedPart, copy_allowance, multipart_etag, transfer_allowance,
+    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
+    StoreError, StoreResult, UploadedPart, copy_allowance, multipart_etag, transfer_allowance,
 };
 
 /// How long and how often a failing request is retried.
@@ -200,18 +200,27 @@ impl ObjectStore for RetryingStore {
         .await
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         self.plain(
             Operation::PutObject,
             transfer_allowance(body.len() as u64),
-            || self.inner.put_object(key, body.clone()),
+            || self.inner.put_object(key, body.clone(), headers),
         )
         .await
     }
 
-    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         self.plain(Operation::CreateMultipartUpload, Duration::ZERO, || {
-            self.inner.create_multipart_upload(key)
+            self.inner.create_multipart_upload(key, headers)
         })
         .await
     }
@@ -288,9 +297,10 @@ impl ObjectStore for RetryingStore {
         to: &str,
         if_match: Option<&str>,
         size: u64,
+        replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String> {
         self.plain(Operation::CopyObject, copy_allowance(size), || {
-            self.inner.copy_object(from, to, if_match, size)
+            self.inner.copy_object(from, to, if_match, size, replace)
         })
         .await
     }
@@ -388,7 +398,7 @@ mod tests {
         faulty.fail_nth(Operation::PutObject, 1, Fault::SlowDown);
         faulty.fail_nth(Operation::PutObject, 2, Fault::Unreachable);
         store
-            .put_object("k", Bytes::from_static(b"v"))
+            .put_object("k", Bytes::from_static(b"v"), &Default::default())
             .await
             .unwrap();
         assert_eq!(memory.get("k").unwrap(), "v");
@@ -399,7 +409,9 @@ mod tests {
     async fn refusals_are_not_retried() {
         let (memory, faulty, store) = setup();
         faulty.fail_nth(Operation::PutObject, 1, Fault::AccessDenied);
-        let err = store.put_object("k", Bytes::from_static(b"v")).await;
+        let err = store
+            .put_object("k", Bytes::from_static(b"v"), &Default::default())
+            .await;
         assert!(matches!(err, Err(StoreError::AccessDenied { .. })));
         faulty.fail_nth(Operation::GetObject, 1, Fault::Error);
         memory.put("k", "v");
@@ -450,7 +462,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_answer_to_complete_is_recognised_by_the_etag() {
         let (memory, faulty, store) = setup();
-        let id = store.create_multipart_upload("big").await.unwrap();
+        let id = store
+            .create_multipart_upload("big", &Default::default())
+            .await
+            .unwrap();
         let body = Bytes::from(vec![7u8; 5 << 20]);
         let parts = [
             UploadedPart {
@@ -483,7 +498,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_answer_to_abort_counts_as_done() {
         let (memory, faulty, store) = setup();
-        let id = store.create_multipart_upload("x").await.unwrap();
+        let id = store
+            .create_multipart_upload("x", &Default::default())
+            .await
+            .unwrap();
         faulty.fail_nth(Operation::AbortMultipartUpload, 1, Fault::LostAnswer);
         store.abort_multipart_upload("x", &id).await.unwrap();
         assert!(memory.pending_uploads().is_empty());

@@ -43,7 +43,7 @@ use tracing::{debug, warn};
 pub use self::budget::StagingBudget;
 use self::layout::PartLayout;
 use crate::local_dir::LocalDir;
-use crate::store::{ObjectStore, StoreError, UploadedPart};
+use crate::store::{ObjectHeaders, ObjectStore, StoreError, UploadedPart};
 
 /// How a read-write volume writes.
 #[derive(Clone, Debug)]
@@ -153,6 +153,8 @@ struct State {
     /// it has been since it last shrank.
     taken: u64,
     mtime: SystemTime,
+    /// What the object will carry besides its bytes.
+    headers: ObjectHeaders,
 }
 
 impl State {
@@ -244,6 +246,7 @@ impl StagedFile {
                 abandoned: false,
                 taken: 0,
                 mtime: SystemTime::now(),
+                headers: ObjectHeaders::default(),
             }),
             upload_id: tokio::sync::Mutex::new(None),
             exclusive: tokio::sync::Mutex::new(()),
@@ -281,6 +284,11 @@ impl StagedFile {
 
     pub fn mtime(&self) -> SystemTime {
         self.state.lock().unwrap().mtime
+    }
+
+    /// What the object will carry besides its bytes.
+    pub fn headers(&self) -> ObjectHeaders {
+        self.state.lock().unwrap().headers.clone()
     }
 
     pub fn key(&self) -> String {
@@ -483,7 +491,10 @@ impl StagedFile {
             return Ok(id.clone());
         }
         let key = self.key();
-        let created = self.store.create_multipart_upload(&key).await?;
+        let created = self
+            .store
+            .create_multipart_upload(&key, &self.headers())
+            .await?;
         debug!(key, upload_id = created, "multipart upload started");
         *id = Some(created.clone());
         Ok(created)
@@ -589,7 +600,7 @@ impl StagedFile {
             // shrank are abandoned.)
             self.abort_upload().await;
             let body = self.read_local(0..size).map_err(|e| self.local(e))?;
-            self.store.put_object(&key, body).await?
+            self.store.put_object(&key, body, &self.headers()).await?
         } else {
             self.complete(&key, size).await?
         };

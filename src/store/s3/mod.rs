@@ -19,14 +19,15 @@ use bytes::{Bytes, BytesMut};
 use tracing::{debug, warn};
 
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, EncodingType, ServerSideEncryption,
+    CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective, ServerSideEncryption,
+    StorageClass,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use self::answer::{answered_range, decoder, to_system_time};
 use super::{
-    Encryption, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, Pagination,
-    PendingUpload, ServiceInfo, StoreError, StoreResult, UploadedPart, copy_allowance,
+    Encryption, ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
+    Pagination, PendingUpload, ServiceInfo, StoreError, StoreResult, UploadedPart, copy_allowance,
     transfer_allowance,
 };
 use crate::logging::error_chain;
@@ -68,6 +69,39 @@ fn sse_headers(encryption: Option<&Encryption>) -> (Option<ServerSideEncryption>
         Some(Encryption::Aes256) => (Some(ServerSideEncryption::Aes256), None),
         Some(Encryption::Kms { key_id }) => (Some(ServerSideEncryption::AwsKms), key_id.clone()),
     }
+}
+
+/// Sets what `headers` say an object carries on an upload or copy request
+/// builder (each request type has builders of its own, with the same setters):
+/// the user metadata, the content headers, the storage class, and the object's own
+/// encryption, else the volume's (`$volume`).
+macro_rules! with_headers {
+    ($builder:expr, $headers:expr, $volume:expr) => {{
+        let headers: &ObjectHeaders = $headers;
+        let (sse, kms_key) = match &headers.sse {
+            Some(algorithm) => (
+                Some(ServerSideEncryption::from(algorithm.as_str())),
+                headers.sse_kms_key_id.clone(),
+            ),
+            None => sse_headers($volume),
+        };
+        $builder
+            .set_metadata((!headers.user.is_empty()).then(|| {
+                headers
+                    .user
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }))
+            .set_content_type(headers.content_type.clone())
+            .set_content_encoding(headers.content_encoding.clone())
+            .set_content_disposition(headers.content_disposition.clone())
+            .set_content_language(headers.content_language.clone())
+            .set_cache_control(headers.cache_control.clone())
+            .set_storage_class(headers.storage_class.as_deref().map(StorageClass::from))
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+    }};
 }
 
 /// Characters of a key that must be escaped in `x-amz-copy-source`: everything but
@@ -244,11 +278,29 @@ impl ObjectStore for S3Store {
         let out = self
             .answer(Operation::HeadObject, key, Duration::ZERO, request)
             .await?;
+        let owned = |v: Option<&str>| v.map(str::to_string);
+        let headers = ObjectHeaders {
+            user: out
+                .metadata()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            content_type: owned(out.content_type()),
+            content_encoding: owned(out.content_encoding()),
+            content_disposition: owned(out.content_disposition()),
+            content_language: owned(out.content_language()),
+            cache_control: owned(out.cache_control()),
+            sse: owned(out.server_side_encryption().map(|e| e.as_str())),
+            sse_kms_key_id: owned(out.ssekms_key_id()),
+            storage_class: owned(out.storage_class().map(|c| c.as_str())),
+        };
         Ok(ObjectInfo {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: out.e_tag().unwrap_or_default().to_string(),
             last_modified: to_system_time(out.last_modified()),
+            headers: Some(headers),
         })
     }
 
@@ -280,6 +332,7 @@ impl ObjectStore for S3Store {
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: o.e_tag().unwrap_or_default().to_string(),
                 last_modified: to_system_time(o.last_modified()),
+                headers: None,
             })
             .collect();
         let common_prefixes: Vec<String> = out
@@ -360,19 +413,21 @@ impl ObjectStore for S3Store {
     /// fifth of the daemon's CPU when writing. Over plain http beyond this host
     /// (`--allow-http`) nothing else would keep the bytes from being changed on
     /// the way, so there every chunk is signed.
-    async fn put_object(&self, key: &str, body: Bytes) -> StoreResult<String> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         let op = Operation::PutObject;
-        let (sse, kms_key) = sse_headers(self.encryption.as_ref());
         let transfer = transfer_allowance(body.len() as u64);
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .body(body.into())
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
-            .customize();
+            .body(body.into());
+        let request = with_headers!(request, headers, self.encryption.as_ref()).customize();
         let request = if self.sign_payloads {
             request.send()
         } else {
@@ -503,18 +558,31 @@ impl ObjectStore for S3Store {
         to: &str,
         if_match: Option<&str>,
         size: u64,
+        replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String> {
-        let (sse, kms_key) = sse_headers(self.encryption.as_ref());
         let request = self
             .client
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
             .copy_source(self.copy_source(from))
-            .set_copy_source_if_match(if_match.map(str::to_string))
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
-            .send();
+            .set_copy_source_if_match(if_match.map(str::to_string));
+        let request = match replace {
+            // S3 carries the metadata and content headers, never the encryption:
+            // the copy gets the volume's, else the bucket's default.
+            None => {
+                let (sse, kms_key) = sse_headers(self.encryption.as_ref());
+                request
+                    .set_server_side_encryption(sse)
+                    .set_ssekms_key_id(kms_key)
+            }
+            Some(headers) => with_headers!(
+                request.metadata_directive(MetadataDirective::Replace),
+                headers,
+                self.encryption.as_ref()
+            ),
+        }
+        .send();
         let out = self
             .answer(Operation::CopyObject, to, copy_allowance(size), request)
             .await?;
@@ -556,17 +624,18 @@ impl ObjectStore for S3Store {
             .to_string())
     }
 
-    async fn create_multipart_upload(&self, key: &str) -> StoreResult<String> {
+    async fn create_multipart_upload(
+        &self,
+        key: &str,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
         let op = Operation::CreateMultipartUpload;
-        let (sse, kms_key) = sse_headers(self.encryption.as_ref());
         let request = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(key)
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
-            .send();
+            .key(key);
+        let request = with_headers!(request, headers, self.encryption.as_ref()).send();
         let out = self.answer(op, key, Duration::ZERO, request).await?;
         out.upload_id()
             .map(str::to_string)
