@@ -14,6 +14,7 @@
 mod dir;
 pub mod error;
 pub mod inode;
+pub mod posix;
 pub mod read;
 mod rename;
 pub mod upload;
