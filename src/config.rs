@@ -28,6 +28,8 @@ pub struct MountConfig {
     pub noexec: bool,
     /// How long what S3 said about a name is trusted.
     pub metadata_ttl: Duration,
+    /// Modes, owners and times are not read from or kept in user metadata.
+    pub no_metadata: bool,
     /// Size of the first 1000 parts of a multipart upload.
     pub part_size: u64,
     /// Part uploads in flight at once, across the volume.

@@ -8,6 +8,7 @@ mod common;
 
 use common::fs::{READ, WRITE, lookup_path, read_all};
 use common::pattern;
+use s3vol::fs::posix::Posix;
 use s3vol::fs::{Fs, FsConfig, Kind, Mutation, ROOT_INO, ReadConfig};
 use s3vol::local_dir::LocalDir;
 use s3vol::store::faulty::{Fault, FaultyStore};
@@ -336,7 +337,11 @@ async fn every_change_is_refused_without_a_request() {
     let erofs = |r: Result<(), s3vol::fs::FsError>| r.unwrap_err().errno();
     assert_eq!(erofs(fs.open(ino, WRITE).await.map(drop)), libc::EROFS);
     assert_eq!(
-        erofs(fs.create(ROOT_INO, OsStr::new("new"), None).await.map(drop)),
+        erofs(
+            fs.create(ROOT_INO, OsStr::new("new"), None, Posix::default())
+                .await
+                .map(drop)
+        ),
         libc::EROFS
     );
     assert_eq!(
@@ -451,6 +456,9 @@ async fn listings_and_absent_names_are_trusted_for_the_ttl() {
         "",
         FsConfig {
             metadata_ttl: Duration::from_millis(300),
+            // What a listing alone answers (with metadata, each file's costs a
+            // HEAD once: tests/fs_metadata.rs).
+            metadata: false,
             ..FsConfig::default()
         },
     );
@@ -496,7 +504,10 @@ async fn a_cached_listing_shows_this_mounts_own_changes() {
     );
     let d = lookup_path(&fs, "d").await.unwrap();
     assert_eq!(list(&fs, d).await.len(), 1);
-    let (_, fh) = fs.create(d, OsStr::new("new"), None).await.unwrap();
+    let (_, fh) = fs
+        .create(d, OsStr::new("new"), None, Posix::default())
+        .await
+        .unwrap();
     fs.flush(fh, None).await.unwrap();
     fs.release(fh).await;
     fs.unlink(d, OsStr::new("a")).await.unwrap();

@@ -19,6 +19,7 @@ mod common;
 use common::pattern;
 use proptest::prelude::*;
 use s3vol::cache::{BlockCache, CacheConfig};
+use s3vol::fs::posix::Posix;
 use s3vol::fs::{Fs, FsConfig, Kind, OpenFlags, ROOT_INO, WriteConfig};
 use s3vol::local_dir::LocalDir;
 use s3vol::store::Operation;
@@ -382,7 +383,11 @@ impl Harness {
                 match self.resolve(path).await {
                     Ok((ino, _)) => self.write_through(ino, TRUNCATE, 0, &data).await?,
                     Err(libc::ENOENT) => {
-                        let (_, fh) = self.fs.create(dir, Self::name(path), None).await.unwrap();
+                        let (_, fh) = self
+                            .fs
+                            .create(dir, Self::name(path), None, Posix::default())
+                            .await
+                            .unwrap();
                         self.write_at(fh, 0, &data).await;
                         let closed = self.fs.flush(fh, None).await.map_err(|e| e.errno());
                         self.fs.release(fh).await;

@@ -9,6 +9,7 @@ mod common;
 
 use common::fs::{READ, TRUNCATE, WRITE, lookup_path, read_all};
 use common::pattern;
+use s3vol::fs::posix::Posix;
 use s3vol::fs::{Fs, FsConfig, Kind, ROOT_INO, WriteConfig};
 use s3vol::local_dir::LocalDir;
 use s3vol::store::faulty::{Fault, FaultyStore};
@@ -63,7 +64,10 @@ async fn write_all(fs: &Fs, fh: u64, mut offset: u64, data: &[u8]) {
 
 /// Creates `name` in the root with `data`, closing it (flush, release).
 async fn create_file(fs: &Fs, name: &str, data: &[u8]) -> Result<(), i32> {
-    let (_, fh) = fs.create(ROOT_INO, OsStr::new(name), None).await.unwrap();
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new(name), None, Posix::default())
+        .await
+        .unwrap();
     write_all(fs, fh, 0, data).await;
     let result = fs.flush(fh, None).await.map_err(|e| e.errno());
     fs.release(fh).await;
@@ -76,7 +80,7 @@ async fn a_small_file_is_one_put_on_close_and_visible_at_once() {
     let vol = volume(store.clone());
     let (entry, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("a.txt"), None)
+        .create(ROOT_INO, OsStr::new("a.txt"), None, Posix::default())
         .await
         .unwrap();
     vol.fs.write(fh, 0, b"hello").await.unwrap();
@@ -110,7 +114,7 @@ async fn parts_upload_while_the_application_writes() {
     let data = pattern(4 * PART + 12345, 1);
     let (_, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("big"), None)
+        .create(ROOT_INO, OsStr::new("big"), None, Posix::default())
         .await
         .unwrap();
     write_all(&vol.fs, fh, 0, &data).await;
@@ -186,7 +190,7 @@ async fn rewriting_an_uploaded_part_uploads_it_again() {
     let mut data = pattern(3 * PART, 3);
     let (_, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("db"), None)
+        .create(ROOT_INO, OsStr::new("db"), None, Posix::default())
         .await
         .unwrap();
     write_all(&vol.fs, fh, 0, &data).await;
@@ -210,7 +214,7 @@ async fn handles_on_one_path_share_the_file_and_readers_see_it() {
     let vol = volume(store.clone());
     let (entry, a) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("shared"), None)
+        .create(ROOT_INO, OsStr::new("shared"), None, Posix::default())
         .await
         .unwrap();
     let ino = entry.attr.ino;
@@ -241,7 +245,7 @@ async fn a_file_unlinked_while_open_is_never_uploaded() {
     let vol = volume(store.clone());
     let (_, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("tmp"), None)
+        .create(ROOT_INO, OsStr::new("tmp"), None, Posix::default())
         .await
         .unwrap();
     write_all(&vol.fs, fh, 0, &pattern(2 * PART + 1, 4)).await;
@@ -262,7 +266,7 @@ async fn directories_are_markers_and_rmdir_needs_them_empty() {
     assert_eq!(store.get("root/d/").as_deref(), Some(&b""[..]));
     let (_, fh) = vol
         .fs
-        .create(dir.attr.ino, OsStr::new("x"), None)
+        .create(dir.attr.ino, OsStr::new("x"), None, Posix::default())
         .await
         .unwrap();
     // Not yet in S3, but the directory is not empty.
@@ -347,7 +351,7 @@ async fn renaming_a_file_being_written_uploads_it_under_the_new_name() {
     let vol = volume(store.clone());
     let (_, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new(".swp"), None)
+        .create(ROOT_INO, OsStr::new(".swp"), None, Posix::default())
         .await
         .unwrap();
     vol.fs.write(fh, 0, b"draft").await.unwrap();
@@ -422,7 +426,7 @@ async fn staging_files_leave_no_trace_in_the_cache_directory() {
     let vol = volume(store.clone());
     let (_, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("f"), None)
+        .create(ROOT_INO, OsStr::new("f"), None, Posix::default())
         .await
         .unwrap();
     vol.fs.write(fh, 0, b"secret data").await.unwrap();
@@ -444,7 +448,11 @@ async fn keys_longer_than_s3_allows_are_enametoolong_before_any_request() {
     store.clear_calls();
     // root/ + 4 × 251 bytes + 20: past S3's 1024-byte keys.
     let name = OsStr::new("twenty-bytes-of-name");
-    let err = vol.fs.create(dir, name, None).await.unwrap_err();
+    let err = vol
+        .fs
+        .create(dir, name, None, Posix::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
     let err = vol.fs.mkdir(dir, name).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
@@ -457,7 +465,7 @@ async fn an_unlinked_open_file_has_no_links_and_still_works() {
     let vol = volume(store.clone());
     let (entry, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("f"), None)
+        .create(ROOT_INO, OsStr::new("f"), None, Posix::default())
         .await
         .unwrap();
     assert_eq!(entry.attr.nlink, 1);
@@ -498,7 +506,7 @@ async fn writes_that_need_no_download_complete_without_waiting() {
     let vol = volume(store.clone());
     let (_, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("new"), None)
+        .create(ROOT_INO, OsStr::new("new"), None, Posix::default())
         .await
         .unwrap();
     assert_eq!(vol.fs.write_now(fh, 0, b"now").unwrap().unwrap(), 3);
@@ -592,7 +600,7 @@ async fn only_the_opener_s_close_after_a_write_publishes() {
     let (opener, child) = (Some(100), Some(200));
     let (_, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("f"), opener)
+        .create(ROOT_INO, OsStr::new("f"), opener, Posix::default())
         .await
         .unwrap();
     // The creator's close before anything was written (a shell's dup2, say):
@@ -672,7 +680,7 @@ async fn a_stop_gives_up_on_stuck_uploads_at_its_deadline_all_at_once() {
     for name in ["a", "b", "c"] {
         let (_, fh) = vol
             .fs
-            .create(ROOT_INO, OsStr::new(name), None)
+            .create(ROOT_INO, OsStr::new(name), None, Posix::default())
             .await
             .unwrap();
         write_all(&vol.fs, fh, 0, b"data").await;
@@ -714,7 +722,7 @@ async fn after_a_stop_nothing_is_created_or_changed() {
     };
     stopped(
         vol.fs
-            .create(ROOT_INO, OsStr::new("new"), None)
+            .create(ROOT_INO, OsStr::new("new"), None, Posix::default())
             .await
             .map(drop),
         "create",
@@ -764,13 +772,13 @@ async fn files_being_written_stay_within_the_staging_bound() {
     let vol = volume_with_staging(store.clone(), 10_000);
     let (_, a) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("a"), None)
+        .create(ROOT_INO, OsStr::new("a"), None, Posix::default())
         .await
         .unwrap();
     write_all(&vol.fs, a, 0, &pattern(8000, 2)).await;
     let (_, b) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("b"), None)
+        .create(ROOT_INO, OsStr::new("b"), None, Posix::default())
         .await
         .unwrap();
     write_all(&vol.fs, b, 0, &pattern(2000, 3)).await;

@@ -340,6 +340,11 @@ pub struct MountArgs {
     /// (e.g. 5s, 1m, 0 to always ask, or "indefinite" for buckets nobody else changes).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_ttl)]
     pub metadata_ttl: Duration,
+    /// Neither read nor keep modes, owners and times in the objects' user
+    /// metadata: every file shows --file-mode, --uid, --gid and S3's LastModified,
+    /// and nothing sends a HEAD for them or copies an object to change them.
+    #[arg(long)]
+    pub no_metadata: bool,
 
     /// Size of the first 1000 parts of a multipart upload (5MiB to 5GiB; later parts
     /// grow so a file never needs more than 10,000).
@@ -398,6 +403,7 @@ impl MountArgs {
             allow_root: self.allow_root,
             noexec: self.noexec,
             metadata_ttl: self.metadata_ttl,
+            no_metadata: self.no_metadata,
             part_size: self.part_size,
             max_concurrency: self.max_concurrency,
             cache_dir: self.cache_dir,

@@ -93,6 +93,7 @@ impl Volume {
             file_mode: config.file_mode,
             dir_mode: config.dir_mode,
             metadata_ttl: config.metadata_ttl,
+            metadata: !config.no_metadata,
             cache: cache.clone(),
             write,
             stats: Some(stats.clone()),

@@ -148,8 +148,11 @@ impl Fs {
             .into_iter()
             .filter_map(|entry| {
                 let node = table.get(entry.ino)?;
+                // An entry whose metadata is not known yet is looked up again at
+                // once, which asks for it.
                 let ttl = node
                     .remaining(self.config.metadata_ttl, now)
+                    .filter(|_| !self.metadata_unknown(node))
                     .unwrap_or(Duration::ZERO);
                 let attr = self.attr(entry.ino, node);
                 Some((entry, Entry { attr, ttl }))
@@ -216,14 +219,9 @@ impl Fs {
                     example.get_or_insert((object.key.clone(), problem));
                     continue;
                 }
-                names.entry(name.to_string()).or_insert((
-                    Kind::File,
-                    Stat {
-                        size: object.size,
-                        etag: object.etag,
-                        mtime: object.last_modified,
-                    },
-                ));
+                names
+                    .entry(name.to_string())
+                    .or_insert((Kind::File, Stat::of_file(object)));
             }
             token = pages.next(entries, page.next_token)?;
             if token.is_none() {

@@ -10,13 +10,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-pub const ROOT_INO: u64 = 1;
+pub use super::posix::Kind;
+use super::posix::Posix;
+use crate::store::ObjectInfo;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Directory,
-}
+pub const ROOT_INO: u64 = 1;
 
 /// What S3 said about a name. Directories have no size, ETag or time of their own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,14 +22,28 @@ pub struct Stat {
     pub size: u64,
     pub etag: String,
     pub mtime: SystemTime,
+    /// What the object's metadata says of its mode, owner and time: known from a
+    /// HEAD, not from a listing (`None`).
+    pub posix: Option<Posix>,
 }
 
 impl Stat {
+    /// What a HEAD (or a listing) said of a file's object.
+    pub fn of_file(info: ObjectInfo) -> Self {
+        Self {
+            size: info.size,
+            etag: info.etag,
+            mtime: info.last_modified,
+            posix: info.headers.map(|h| Posix::read(&h.user, Kind::File)),
+        }
+    }
+
     pub fn directory(mtime: SystemTime) -> Self {
         Self {
             size: 0,
             etag: String::new(),
             mtime,
+            posix: None,
         }
     }
 }

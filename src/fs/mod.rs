@@ -52,6 +52,9 @@ pub struct FsConfig {
     pub dir_mode: u16,
     /// How long what S3 said about a name is trusted before asking again.
     pub metadata_ttl: Duration,
+    /// Modes, owners and times are read from and kept in the objects' user
+    /// metadata (`--no-metadata` turns it off).
+    pub metadata: bool,
     pub read: ReadConfig,
     /// Where read data is kept; `None` reads everything from S3.
     pub cache: Option<Arc<BlockCache>>,
@@ -70,6 +73,7 @@ impl Default for FsConfig {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(5),
+            metadata: true,
             read: ReadConfig::default(),
             cache: None,
             write: None,
@@ -261,6 +265,14 @@ impl Fs {
             Kind::File => (self.config.file_mode, node.stat.size, node.stat.mtime, 1),
             Kind::Directory => (self.config.dir_mode, 0, node.stat.mtime, 2),
         };
+        // What the object's metadata says, where it says it.
+        let posix = node
+            .stat
+            .posix
+            .filter(|_| self.config.metadata)
+            .unwrap_or_default();
+        let perm = posix.perm.unwrap_or(perm);
+        mtime = posix.mtime.unwrap_or(mtime);
         // A file being written here is what this mount shows, whatever S3 holds.
         if let Some(file) = self.staged_file(ino) {
             size = file.size();
@@ -276,19 +288,28 @@ impl Fs {
             mtime,
             perm,
             nlink,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid: posix.uid.unwrap_or(self.config.uid),
+            gid: posix.gid.unwrap_or(self.config.gid),
         }
     }
 
-    /// The entry for `ino` if what we know of it is still fresh (a file being
-    /// written here always is).
+    /// Whether the attributes shown for `node` wait on its object's metadata,
+    /// which a listing does not bring: a file's is asked for with a HEAD.
+    fn metadata_unknown(&self, node: &Node) -> bool {
+        self.config.metadata && node.kind == Kind::File && node.stat.posix.is_none()
+    }
+
+    /// The entry for `ino` if what we know of it is still fresh and whole (a
+    /// file being written here always is).
     fn fresh_entry(&self, ino: u64, node: &Node) -> Option<Entry> {
         if self.staged.lock().unwrap().contains_key(&ino) {
             return Some(Entry {
                 attr: self.attr(ino, node),
                 ttl: self.config.metadata_ttl,
             });
+        }
+        if self.metadata_unknown(node) {
+            return None;
         }
         node.remaining(self.config.metadata_ttl, Instant::now())
             .map(|ttl| Entry {
@@ -321,14 +342,7 @@ impl Fs {
             return Ok(Some((Kind::Directory, Stat::directory(mtime))));
         }
         match head {
-            Ok(info) => Ok(Some((
-                Kind::File,
-                Stat {
-                    size: info.size,
-                    etag: info.etag,
-                    mtime: info.last_modified,
-                },
-            ))),
+            Ok(info) => Ok(Some((Kind::File, Stat::of_file(info)))),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -378,7 +392,28 @@ impl Fs {
         if let Some(entry) = staged {
             return Ok(entry);
         }
-        let found = self.stat_name(parent_key, name).await?;
+        // A file a fresh listing showed lacks only its metadata: a HEAD brings it.
+        let listed_file = {
+            let table = self.inodes.lock().unwrap();
+            table
+                .child(parent, name)
+                .filter(|(_, node)| {
+                    node.kind == Kind::File
+                        && node
+                            .remaining(self.config.metadata_ttl, Instant::now())
+                            .is_some()
+                })
+                .map(|(_, node)| node.key.clone())
+        };
+        let found = match listed_file {
+            Some(key) => match self.store.head_object(&key).await {
+                Ok(info) => Some((Kind::File, Stat::of_file(info))),
+                // Gone since, or a directory now: ask the whole question.
+                Err(StoreError::NotFound { .. }) => self.stat_name(parent_key, name).await?,
+                Err(e) => return Err(e.into()),
+            },
+            None => self.stat_name(parent_key, name).await?,
+        };
         let mut table = self.inodes.lock().unwrap();
         match found {
             Some((kind, stat)) => {

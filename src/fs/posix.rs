@@ -18,8 +18,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::inode::Kind;
-
 pub const MODE: &str = "mode";
 pub const UID: &str = "uid";
 pub const GID: &str = "gid";
@@ -31,6 +29,14 @@ const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
 /// Permission bits with setuid, setgid and sticky.
 pub const PERM_BITS: u32 = 0o7777;
+
+/// What a name is: a file (an object) or a directory (a key prefix, perhaps
+/// with a marker object).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Directory,
+}
 
 /// What an object's metadata says of the file it stands for; `None` where it
 /// says nothing, and the mount's defaults show.

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::inode::{Kind, Node, Stat};
+use super::posix::Posix;
 use super::upload::{Base, StagedFile, WriteConfig};
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging, Writer};
 use crate::names::{NameProblem, check_name};
@@ -91,6 +92,13 @@ impl Fs {
             size: node.stat.size,
         });
         let file = self.new_staged(&node.key, base, config)?;
+        // Rewritten, a file keeps its mode and owner; its time is the new one.
+        if let Some(posix) = node.stat.posix {
+            file.set_posix(Posix {
+                mtime: None,
+                ..posix
+            });
+        }
         let mut staged = self.staged.lock().unwrap();
         self.running()?;
         // Another open may have staged it meanwhile: share that one.
@@ -125,19 +133,28 @@ impl Fs {
         Some(entry.file.clone())
     }
 
-    /// Creates `name` in `parent`, empty and open for writing by `process`. It is
-    /// visible in the mount at once and in S3 once closed (see [`Fs::flush`]).
+    /// Creates `name` in `parent`, empty and open for writing by `process`, with
+    /// the mode and owner of `posix` (kept in its metadata unless the volume
+    /// keeps none). It is visible in the mount at once and in S3 once closed
+    /// (see [`Fs::flush`]).
     pub async fn create(
         &self,
         parent: u64,
         name: &OsStr,
         process: Option<u32>,
+        posix: Posix,
     ) -> FsResult<(Entry, u64)> {
         let config = self.writable()?;
         let name = self.valid_name(name)?;
         let parent_node = self.directory(parent)?;
         let key = child_key(&parent_node.key, name, Kind::File)?;
         let file = self.new_staged(&key, None, config)?;
+        let posix = if self.config.metadata {
+            posix
+        } else {
+            Posix::default()
+        };
+        file.set_posix(posix);
         let now = SystemTime::now();
         let ino = {
             let mut table = self.inodes.lock().unwrap();
@@ -147,6 +164,7 @@ impl Fs {
                 size: 0,
                 etag: String::new(),
                 mtime: now,
+                posix: Some(posix),
             };
             let ino = table.upsert(parent, name, Kind::File, stat, Instant::now());
             table.add_lookup(ino);
@@ -259,6 +277,7 @@ impl Fs {
                 // The time of the last change, as shown while the file was open, so
                 // closing it does not move the time.
                 mtime: file.mtime(),
+                posix: Some(Posix::read(&file.headers().user, Kind::File)),
             };
             table.upsert(node.parent, &node.name, Kind::File, stat, Instant::now());
         }

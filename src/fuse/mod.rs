@@ -21,6 +21,7 @@ use fuser::{
 };
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::fs::posix::{PERM_BITS, Posix};
 use crate::fs::{Attr, Fs, FsError, Kind, Mutation};
 
 pub struct FuseAdapter {
@@ -535,18 +536,19 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
         let fs = self.fs.clone();
         let name = name.to_os_string();
         let process = process_of(req);
+        let posix = created(req, mode, umask);
         self.spawn(
             debug_span!("create", parent = parent.0, ?name),
             async move {
-                match fs.create(parent.0, &name, process).await {
+                match fs.create(parent.0, &name, process, posix).await {
                     Ok((e, fh)) => reply.created(
                         &e.ttl,
                         &file_attr(&e.attr),
@@ -558,6 +560,16 @@ impl Filesystem for FuseAdapter {
                 }
             },
         );
+    }
+}
+
+/// The mode and owner of a file `req` creates with `mode`, less `umask`.
+fn created(req: &Request, mode: u32, umask: u32) -> Posix {
+    Posix {
+        perm: Some((mode & !umask & PERM_BITS) as u16),
+        uid: Some(req.uid()),
+        gid: Some(req.gid()),
+        ..Posix::default()
     }
 }
 

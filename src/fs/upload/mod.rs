@@ -42,6 +42,8 @@ use tracing::{debug, warn};
 
 pub use self::budget::StagingBudget;
 use self::layout::PartLayout;
+use super::inode::Kind;
+use super::posix::Posix;
 use crate::local_dir::LocalDir;
 use crate::store::{ObjectHeaders, ObjectStore, StoreError, UploadedPart};
 
@@ -284,6 +286,12 @@ impl StagedFile {
 
     pub fn mtime(&self) -> SystemTime {
         self.state.lock().unwrap().mtime
+    }
+
+    /// Mode, owner and time to keep in the object's metadata, with those set
+    /// before.
+    pub fn set_posix(&self, posix: Posix) {
+        posix.write(&mut self.state.lock().unwrap().headers.user, Kind::File);
     }
 
     /// What the object will carry besides its bytes.
