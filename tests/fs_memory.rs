@@ -358,11 +358,27 @@ async fn every_change_is_refused_without_a_request() {
         libc::EROFS
     );
     assert_eq!(
-        erofs(fs.setattr(ino, Some(0), None).await.map(drop)),
+        erofs(
+            fs.setattr(ino, Some(0), Posix::default(), None)
+                .await
+                .map(drop)
+        ),
         libc::EROFS
     );
     assert_eq!(
-        erofs(fs.setattr(ino, None, None).await.map(drop)),
+        erofs(
+            fs.setattr(
+                ino,
+                None,
+                Posix {
+                    perm: Some(0o600),
+                    ..Posix::default()
+                },
+                None
+            )
+            .await
+            .map(drop)
+        ),
         libc::EROFS
     );
     assert!(store.calls().is_empty(), "{:?}", store.calls());

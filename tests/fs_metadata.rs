@@ -210,3 +210,270 @@ async fn a_created_file_keeps_its_mode_and_owner_and_a_rewrite_keeps_them_too() 
     off.fs.release(fh).await;
     assert!(store.headers("root/plain").unwrap().user.is_empty());
 }
+
+fn chmod(perm: u16) -> Posix {
+    Posix {
+        perm: Some(perm),
+        ..Posix::default()
+    }
+}
+
+fn touch(mtime: SystemTime) -> Posix {
+    Posix {
+        mtime: Some(mtime),
+        ..Posix::default()
+    }
+}
+
+fn ops(store: &MemoryStore) -> Vec<Operation> {
+    store.calls().iter().map(|c| c.op).collect()
+}
+
+#[tokio::test]
+async fn a_closed_file_s_changes_are_merged_into_one_copy_that_keeps_everything_else() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let mut headers = user(&[("mode", "33188"), ("color", "blue")]);
+    headers.content_type = Some("text/csv".into());
+    headers.cache_control = Some("no-cache".into());
+    store.put_with("root/data.csv", "a,b\n", headers);
+    let vol = volume(&store, true);
+    let ino = lookup_path(&vol.fs, "data.csv").await.unwrap();
+    store.clear_calls();
+    // chmod, chown and touch -d: shown at once, sent together.
+    let shown = vol.fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    assert_eq!(shown.attr.perm, 0o600);
+    let owner = Posix {
+        uid: Some(1000),
+        gid: Some(100),
+        ..Posix::default()
+    };
+    vol.fs.setattr(ino, None, owner, None).await.unwrap();
+    let shown = vol
+        .fs
+        .setattr(ino, None, touch(at(1_500_000_000, 7)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            shown.attr.perm,
+            shown.attr.uid,
+            shown.attr.gid,
+            shown.attr.mtime
+        ),
+        (0o600, 1000, 100, at(1_500_000_000, 7))
+    );
+    assert!(store.calls().is_empty(), "nothing yet: {:?}", store.calls());
+    assert!(vol.fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(ops(&store), [Operation::HeadObject, Operation::CopyObject]);
+    let kept = store.headers("root/data.csv").unwrap();
+    assert_eq!(kept.user["mode"], "0100600");
+    assert_eq!(kept.user["uid"], "1000");
+    assert_eq!(kept.user["gid"], "100");
+    assert_eq!(kept.user["mtime"], "1500000000.000000007");
+    assert_eq!(kept.user["color"], "blue");
+    assert_eq!(kept.content_type.as_deref(), Some("text/csv"));
+    assert_eq!(kept.cache_control.as_deref(), Some("no-cache"));
+    assert_eq!(store.get("root/data.csv").as_deref(), Some(&b"a,b\n"[..]));
+    // Nothing more to send; a fresh mount shows what was kept.
+    store.clear_calls();
+    assert!(vol.fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert!(store.calls().is_empty());
+    let other = volume(&store, true);
+    let attr = other
+        .fs
+        .lookup(ROOT_INO, OsStr::new("data.csv"))
+        .await
+        .unwrap();
+    assert_eq!((attr.attr.perm, attr.attr.uid), (0o600, 1000));
+}
+
+/// `rsync -a` looks for the file, writes a temporary one, sets its times and
+/// mode, and renames it: past the lookup, one PUT, one copy (the rename's,
+/// carrying the metadata) and one DELETE.
+#[tokio::test]
+async fn rsync_s_write_set_times_and_rename_costs_a_put_a_copy_and_a_delete() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(&store, true);
+    assert_eq!(lookup_path(&vol.fs, "f").await, Err(libc::ENOENT));
+    store.clear_calls();
+    let creator = Posix {
+        perm: Some(0o600),
+        uid: Some(1000),
+        gid: Some(100),
+        ..Posix::default()
+    };
+    let (entry, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new(".f.Ab12"), None, creator)
+        .await
+        .unwrap();
+    vol.fs.write(fh, 0, b"content").await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
+    vol.fs.release(fh).await;
+    let ino = entry.attr.ino;
+    vol.fs
+        .setattr(ino, None, touch(at(1_400_000_000, 0)), None)
+        .await
+        .unwrap();
+    vol.fs.setattr(ino, None, chmod(0o644), None).await.unwrap();
+    vol.fs
+        .rename(
+            ROOT_INO,
+            OsStr::new(".f.Ab12"),
+            ROOT_INO,
+            OsStr::new("f"),
+            0,
+        )
+        .await
+        .unwrap();
+    assert!(vol.fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(
+        ops(&store),
+        [
+            Operation::PutObject,
+            Operation::CopyObject,
+            Operation::DeleteObject
+        ]
+    );
+    assert_eq!(store.keys(), ["root/f"]);
+    let kept = store.headers("root/f").unwrap().user;
+    assert_eq!(kept["mode"], "0100644");
+    assert_eq!(kept["uid"], "1000");
+    assert_eq!(kept["mtime"], "1400000000");
+    let f = vol.fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
+    assert_eq!((f.attr.perm, f.attr.mtime), (0o644, at(1_400_000_000, 0)));
+}
+
+#[tokio::test]
+async fn changes_to_a_file_being_written_go_into_its_upload() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(&store, true);
+    let (entry, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("copy"), None, Posix::default())
+        .await
+        .unwrap();
+    vol.fs.write(fh, 0, b"bytes").await.unwrap();
+    // cp -p: times and mode set through the descriptor before close.
+    let ino = entry.attr.ino;
+    vol.fs
+        .setattr(ino, None, touch(at(1_300_000_000, 0)), Some(fh))
+        .await
+        .unwrap();
+    vol.fs
+        .setattr(ino, None, chmod(0o755), Some(fh))
+        .await
+        .unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
+    vol.fs.release(fh).await;
+    assert!(vol.fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(ops(&store), [Operation::PutObject]);
+    let kept = store.headers("root/copy").unwrap().user;
+    assert_eq!(kept["mode"], "0100755");
+    assert_eq!(kept["mtime"], "1300000000");
+    // A write after the time was set makes the time the write's.
+    store.clear_calls();
+    let fh = vol.fs.open(ino, WRITE).await.unwrap();
+    vol.fs.write(fh, 0, b"B").await.unwrap();
+    vol.fs.flush(fh, None).await.unwrap();
+    vol.fs.release(fh).await;
+    let kept = store.headers("root/copy").unwrap().user;
+    assert_eq!(kept["mode"], "0100755");
+    assert!(!kept.contains_key("mtime"), "{kept:?}");
+}
+
+#[tokio::test]
+async fn a_change_waiting_is_dropped_with_its_file_and_kept_by_a_stop() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/gone", "x");
+    store.put("root/kept", "y");
+    let vol = volume(&store, true);
+    let gone = lookup_path(&vol.fs, "gone").await.unwrap();
+    let kept = lookup_path(&vol.fs, "kept").await.unwrap();
+    vol.fs
+        .setattr(gone, None, chmod(0o600), None)
+        .await
+        .unwrap();
+    vol.fs
+        .setattr(kept, None, chmod(0o640), None)
+        .await
+        .unwrap();
+    vol.fs.unlink(ROOT_INO, OsStr::new("gone")).await.unwrap();
+    store.clear_calls();
+    assert!(vol.fs.stop(Duration::from_secs(3)).await.is_empty());
+    assert_eq!(ops(&store), [Operation::HeadObject, Operation::CopyObject]);
+    assert_eq!(store.headers("root/kept").unwrap().user["mode"], "0100640");
+    assert_eq!(store.keys(), ["root/kept"]);
+}
+
+#[tokio::test]
+async fn without_metadata_changes_are_accepted_and_nothing_is_sent() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let vol = volume(&store, false);
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    store.clear_calls();
+    let shown = vol.fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    assert_eq!(shown.attr.perm, 0o644);
+    assert!(vol.fs.stop(Duration::from_secs(1)).await.is_empty());
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+}
+
+/// A multipart upload sets the metadata when it starts: a change after that is
+/// copied onto the object in place once it is complete, before close returns.
+#[tokio::test]
+async fn a_change_after_a_multipart_upload_began_is_copied_on_before_close_returns() {
+    const PART: usize = 5 * 1024 * 1024;
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig {
+            part_size: PART as u64,
+            ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
+        }),
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(store.clone(), "root/", config);
+    let (entry, fh) = fs
+        .create(ROOT_INO, OsStr::new("big"), None, chmod(0o644))
+        .await
+        .unwrap();
+    let data = common::pattern(3 * PART, 9);
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        fs.write(fh, (i << 20) as u64, chunk).await.unwrap();
+    }
+    // The parts written past upload in the background: the upload has begun.
+    while !ops(&store).contains(&Operation::CreateMultipartUpload) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ino = entry.attr.ino;
+    fs.setattr(ino, None, chmod(0o600), Some(fh)).await.unwrap();
+    fs.flush(fh, None).await.unwrap();
+    let calls = ops(&store);
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|op| **op == Operation::CreateMultipartUpload)
+            .count(),
+        1
+    );
+    assert_eq!(calls.last(), Some(&Operation::CopyObject), "{calls:?}");
+    assert_eq!(store.headers("root/big").unwrap().user["mode"], "0100600");
+    assert_eq!(store.get("root/big").as_deref(), Some(&data[..]));
+    // Written again after an fsync, with its mode changed between: the new
+    // upload starts with it, and no copy is needed.
+    fs.fsync(fh).await.unwrap();
+    fs.setattr(ino, None, chmod(0o640), Some(fh)).await.unwrap();
+    store.clear_calls();
+    fs.write(fh, 0, b"again").await.unwrap();
+    fs.flush(fh, None).await.unwrap();
+    fs.release(fh).await;
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert!(
+        !ops(&store).contains(&Operation::CopyObject),
+        "{:?}",
+        ops(&store)
+    );
+    assert_eq!(store.headers("root/big").unwrap().user["mode"], "0100640");
+    assert_eq!(store.get("root/big").unwrap()[..5], b"again"[..]);
+}

@@ -431,7 +431,7 @@ impl Harness {
                 let (ino, _) = self.resolve(path).await.unwrap();
                 let attr = self
                     .fs
-                    .setattr(ino, Some(*size), None)
+                    .setattr(ino, Some(*size), Posix::default(), None)
                     .await
                     .map_err(|e| e.errno())?
                     .attr;

@@ -171,15 +171,31 @@ async fn overwrite_append_random_write_and_truncate() {
 
     // truncate(1) of a file nobody has open: shrink, then grow with zeros.
     assert_eq!(
-        vol.fs.setattr(ino, Some(3), None).await.unwrap().attr.size,
+        vol.fs
+            .setattr(ino, Some(3), Posix::default(), None)
+            .await
+            .unwrap()
+            .attr
+            .size,
         3
     );
     assert_eq!(store.get("root/f").as_deref(), Some(&b"new"[..]));
-    vol.fs.setattr(ino, Some(5), None).await.unwrap();
+    vol.fs
+        .setattr(ino, Some(5), Posix::default(), None)
+        .await
+        .unwrap();
     assert_eq!(store.get("root/f").as_deref(), Some(&b"new\0\0"[..]));
     // Modes, owners and times are accepted and change nothing.
     store.clear_calls();
-    assert_eq!(vol.fs.setattr(ino, None, None).await.unwrap().attr.size, 5);
+    assert_eq!(
+        vol.fs
+            .setattr(ino, None, Posix::default(), None)
+            .await
+            .unwrap()
+            .attr
+            .size,
+        5
+    );
     assert!(store.calls().iter().all(|c| !c.op.mutates()));
 }
 
@@ -733,7 +749,10 @@ async fn after_a_stop_nothing_is_created_or_changed() {
         "open with O_TRUNC",
     );
     stopped(
-        vol.fs.setattr(ino, Some(0), None).await.map(drop),
+        vol.fs
+            .setattr(ino, Some(0), Posix::default(), None)
+            .await
+            .map(drop),
         "truncate",
     );
     stopped(

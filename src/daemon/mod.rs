@@ -170,6 +170,7 @@ fn serve(
         volume.stats.clone(),
         volume.cache.clone(),
     ));
+    runtime.spawn(volume.fs.clone().apply_metadata_as_due());
     runtime.spawn(stop::stop_on_signal(
         stop_signals,
         mounted.handle(),

@@ -25,6 +25,9 @@ pub struct Stat {
     /// What the object's metadata says of its mode, owner and time: known from a
     /// HEAD, not from a listing (`None`).
     pub posix: Option<Posix>,
+    /// `posix` is all the object carries besides its bytes (this mount
+    /// uploaded it), so a change of it needs no HEAD first.
+    pub own_headers: bool,
 }
 
 impl Stat {
@@ -35,6 +38,7 @@ impl Stat {
             etag: info.etag,
             mtime: info.last_modified,
             posix: info.headers.map(|h| Posix::read(&h.user, Kind::File)),
+            own_headers: false,
         }
     }
 
@@ -44,6 +48,7 @@ impl Stat {
             etag: String::new(),
             mtime,
             posix: None,
+            own_headers: false,
         }
     }
 }
@@ -159,6 +164,12 @@ impl InodeTable {
     }
 
     /// `ino` is now the object with this ETag (its content unchanged).
+    pub fn set_posix(&mut self, ino: u64, posix: Posix) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.stat.posix = Some(posix);
+        }
+    }
+
     pub fn set_etag(&mut self, ino: u64, etag: String) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.stat.etag = etag;

@@ -14,6 +14,7 @@
 mod dir;
 pub mod error;
 pub mod inode;
+mod meta;
 pub mod posix;
 pub mod read;
 mod rename;
@@ -210,6 +211,9 @@ pub struct Fs {
     mount_time: SystemTime,
     /// Set by [`Fs::stop`]: nothing more is changed or uploaded.
     stopped: AtomicBool,
+    /// Changes of closed files' modes, owners and times waiting to be copied
+    /// onto their objects, by inode.
+    pending_posix: Mutex<HashMap<u64, meta::Pending>>,
 }
 
 impl Fs {
@@ -240,6 +244,7 @@ impl Fs {
             read_budget,
             config,
             stopped: AtomicBool::new(false),
+            pending_posix: Mutex::new(HashMap::new()),
         }
     }
 
@@ -266,9 +271,8 @@ impl Fs {
             Kind::Directory => (self.config.dir_mode, 0, node.stat.mtime, 2),
         };
         // What the object's metadata says, where it says it.
-        let posix = node
-            .stat
-            .posix
+        let posix = self
+            .shown_posix(ino, node.stat.posix)
             .filter(|_| self.config.metadata)
             .unwrap_or_default();
         let perm = posix.perm.unwrap_or(perm);

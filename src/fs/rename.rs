@@ -50,6 +50,10 @@ impl Fs {
         if target.is_some() && flags & RENAME_NOREPLACE != 0 {
             return Err(FsError::Exists);
         }
+        if let Some((replaced, _)) = target {
+            // What waited for the file the rename replaces is moot.
+            self.take_pending_posix(replaced);
+        }
         match (kind, target) {
             (Kind::File, Some((_, Kind::Directory))) => return Err(FsError::IsADirectory),
             (Kind::Directory, Some((_, Kind::File))) => return Err(FsError::NotADirectory),
@@ -108,10 +112,24 @@ impl Fs {
     }
 
     /// Moves one object; returns the ETag of its copy.
+    /// A change of its mode, owner or time still waiting goes into the copy.
     async fn rename_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
         let etag = self.settle(ino).await?;
         let size = self.node(ino)?.stat.size;
-        let copied = self.copy(from, to, size, etag.as_deref(), None).await?;
+        let copied = match self.take_pending_posix(ino) {
+            None => self.copy(from, to, size, etag.as_deref(), None).await?,
+            Some(change) => {
+                let copied = async {
+                    let (headers, etag) = self.headers_with(ino, from, change).await?;
+                    self.copy(from, to, size, Some(&etag), Some(&headers)).await
+                }
+                .await;
+                if copied.is_err() {
+                    self.restore_pending_posix(ino, change);
+                }
+                copied?
+            }
+        };
         self.store.delete_object(from).await?;
         debug!(from, to, "renamed");
         Ok(copied)

@@ -165,6 +165,7 @@ impl Fs {
                 etag: String::new(),
                 mtime: now,
                 posix: Some(posix),
+                own_headers: true,
             };
             let ino = table.upsert(parent, name, Kind::File, stat, Instant::now());
             table.add_lookup(ino);
@@ -257,18 +258,38 @@ impl Fs {
     /// fsync(2): the file's content as written so far, by any handle, is durable
     /// in S3 when this returns.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        match self.handle(fh)? {
-            OpenFile::Staged { ino, file, .. } => self.upload(ino, &file).await,
-            OpenFile::Object { .. } => Ok(()),
-        }
+        let ino = match self.handle(fh)? {
+            OpenFile::Staged { ino, file, .. } => {
+                self.upload(ino, &file).await?;
+                ino
+            }
+            OpenFile::Object { ino, .. } => ino,
+        };
+        // A change of mode, owner or time is durable too.
+        self.apply_pending_posix(ino).await
     }
 
     /// Uploads a staged file if it changed and records what S3 now holds.
     pub(super) async fn upload(&self, ino: u64, file: &StagedFile) -> FsResult<()> {
         self.running()?;
-        let Some(uploaded) = file.flush().await? else {
+        let Some(mut uploaded) = file.flush().await? else {
             return Ok(());
         };
+        if uploaded.headers_behind {
+            // Changed after the multipart upload set them: copied in place.
+            let key = file.key();
+            uploaded.etag = self
+                .copy(
+                    &key,
+                    &key,
+                    uploaded.size,
+                    Some(&uploaded.etag),
+                    Some(&file.headers()),
+                )
+                .await?;
+        }
+        // The upload carried every change of mode, owner or time made so far.
+        self.take_pending_posix(ino);
         let mut table = self.inodes.lock().unwrap();
         if let Some(node) = table.get(ino).cloned() {
             let stat = Stat {
@@ -277,7 +298,8 @@ impl Fs {
                 // The time of the last change, as shown while the file was open, so
                 // closing it does not move the time.
                 mtime: file.mtime(),
-                posix: Some(Posix::read(&file.headers().user, Kind::File)),
+                posix: Some(file.posix()),
+                own_headers: true,
             };
             table.upsert(node.parent, &node.name, Kind::File, stat, Instant::now());
         }
@@ -285,10 +307,16 @@ impl Fs {
     }
 
     /// setattr(2): a size changes the file (through handle `fh` for ftruncate);
-    /// modes, owners and times are accepted and not kept (every file shows the
-    /// mount's --file-mode, owner and S3's modification time), so `cp -p`,
-    /// `rsync -a` and `tar x` work.
-    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> FsResult<Entry> {
+    /// what `change` sets of a file's mode, owner and time is kept in its
+    /// object's metadata (see [`Fs::change_posix`]; accepted and not kept with
+    /// `--no-metadata`, and for directories).
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        change: Posix,
+        fh: Option<u64>,
+    ) -> FsResult<Entry> {
         self.writable()?;
         let node = self.node(ino)?;
         if let Some(size) = size {
@@ -326,6 +354,7 @@ impl Fs {
                 }
             }
         }
+        self.change_posix(ino, change)?;
         self.getattr(ino).await
     }
 
@@ -405,13 +434,35 @@ impl Fs {
     /// not get it, and `s3vol cleanup` finds what it leaves). Returns the keys
     /// whose changes were not uploaded. A close after this fails (ENOTCONN), so
     /// no application is told its data is safe when it is not.
+    /// Changes of closed files' modes, owners and times still waiting are put
+    /// in S3 first, in the same time; those that could not be count as lost.
     pub async fn stop(&self, within: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut lost = tokio::time::timeout_at(deadline, self.apply_metadata(Duration::ZERO))
+            .await
+            .unwrap_or_default();
         let files: Vec<Arc<StagedFile>> = {
             let mut staged = self.staged.lock().unwrap();
             self.stopped.store(true, Ordering::SeqCst);
             staged.drain().map(|(_, entry)| entry.file).collect()
         };
-        let deadline = tokio::time::Instant::now() + within;
+        // What no copy put in S3 (out of time, or changed since).
+        let waiting: Vec<u64> = self
+            .pending_posix
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(ino, _)| ino)
+            .collect();
+        for ino in waiting {
+            if let Ok(node) = self.node(ino) {
+                warn!(
+                    key = node.key,
+                    "the change of mode, owner or time was not kept: the volume stopped"
+                );
+                lost.push(node.key);
+            }
+        }
         let outcomes = futures::future::join_all(files.iter().map(|file| async move {
             let lost = tokio::time::timeout_at(deadline, file.abandon())
                 .await
@@ -419,10 +470,12 @@ impl Fs {
             (file.key(), lost)
         }))
         .await;
-        outcomes
-            .into_iter()
-            .filter_map(|(key, lost)| lost.then_some(key))
-            .collect()
+        lost.extend(
+            outcomes
+                .into_iter()
+                .filter_map(|(key, lost)| lost.then_some(key)),
+        );
+        lost
     }
 
     /// mkdir(2): a zero-byte marker object `name/`.
@@ -498,6 +551,7 @@ impl Fs {
         if let Some(file) = self.staged_file(ino) {
             file.discard().await;
         }
+        self.take_pending_posix(ino);
         let key = format!("{}{name}", parent_node.key);
         self.store.delete_object(&key).await?;
         self.inodes.lock().unwrap().remove_child(parent, name);

@@ -126,12 +126,12 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -141,8 +141,20 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let fs = self.fs.clone();
-        self.spawn(debug_span!("setattr", ino = ino.0, ?size), async move {
-            match fs.setattr(ino.0, size, fh.map(|fh| fh.0)).await {
+        // The access time is not kept: S3 has none, and reads do not change it.
+        let change = Posix {
+            perm: mode.map(|m| (m & PERM_BITS) as u16),
+            uid,
+            gid,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            }),
+            symlink: false,
+        };
+        let span = debug_span!("setattr", ino = ino.0, ?size, ?change);
+        self.spawn(span, async move {
+            match fs.setattr(ino.0, size, change, fh.map(|fh| fh.0)).await {
                 Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
                 Err(e) => reply.error(errno("setattr", &e)),
             }

@@ -67,6 +67,7 @@ impl MemoryMount {
             renewals: None,
         }));
         let fs = Arc::new(Fs::new(Arc::new(counted), "root/", config));
+        runtime.spawn(fs.clone().apply_metadata_as_due());
         let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
         let dir = tempfile::tempdir().unwrap();
         let mountpoint = std::fs::canonicalize(dir.path()).unwrap();

@@ -26,6 +26,7 @@
 //! one before (8 MiB parts reach S3's 5 TiB object limit within the limit).
 
 mod budget;
+mod config;
 mod layout;
 
 use std::fs::File;
@@ -41,49 +42,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 pub use self::budget::StagingBudget;
+pub use self::config::WriteConfig;
 use self::layout::PartLayout;
 use super::inode::Kind;
 use super::posix::Posix;
-use crate::local_dir::LocalDir;
 use crate::store::{ObjectHeaders, ObjectStore, StoreError, UploadedPart};
-
-/// How a read-write volume writes.
-#[derive(Clone, Debug)]
-pub struct WriteConfig {
-    /// Size of the first 1000 parts of a multipart upload (S3's minimum is 5 MiB).
-    pub part_size: u64,
-    /// Part uploads in flight per mount; bounds upload memory.
-    pub max_in_flight: usize,
-    /// Where staging files are made, with no name: gone when closed.
-    pub staging: Arc<LocalDir>,
-    /// Objects up to this size are renamed with one CopyObject (S3 allows 5 GiB);
-    /// larger ones are copied in parts of this size with UploadPartCopy.
-    pub single_copy_limit: u64,
-    /// Most bytes the files being written may take in staging, all together.
-    pub staging_limit: u64,
-}
-
-impl WriteConfig {
-    /// The defaults: 8 MiB parts, 8 part uploads in flight, S3's copy limit.
-    pub fn new(staging: LocalDir) -> Self {
-        Self {
-            part_size: 8 * 1024 * 1024,
-            max_in_flight: 8,
-            staging: Arc::new(staging),
-            single_copy_limit: 5 * 1024 * 1024 * 1024,
-            staging_limit: u64::MAX,
-        }
-    }
-
-    pub fn permits(&self) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(self.max_in_flight))
-    }
-
-    /// The account of staging space shared by a mount's files.
-    pub fn budget(&self) -> Arc<StagingBudget> {
-        StagingBudget::new(self.staging_limit)
-    }
-}
 
 /// The object a staged file was opened on, not yet copied into the staging file:
 /// a file opened for writing is only downloaded when it is first changed without
@@ -125,6 +88,9 @@ pub type StageResult<T> = Result<T, StageError>;
 pub struct Uploaded {
     pub etag: String,
     pub size: u64,
+    /// The mode, owner or time changed after the multipart upload began, which
+    /// set the object's metadata: it is behind [`StagedFile::headers`].
+    pub headers_behind: bool,
 }
 
 struct State {
@@ -155,8 +121,10 @@ struct State {
     /// it has been since it last shrank.
     taken: u64,
     mtime: SystemTime,
-    /// What the object will carry besides its bytes.
-    headers: ObjectHeaders,
+    /// The mode, owner and time the object will keep in its metadata.
+    posix: Posix,
+    /// Those the multipart upload under way was started with.
+    started_with: Option<Posix>,
 }
 
 impl State {
@@ -173,6 +141,8 @@ impl State {
         self.dirty = true;
         self.unsent = true;
         self.mtime = SystemTime::now();
+        // A time set before is the time of a change no more.
+        self.posix.mtime = None;
     }
 
     fn is_clean(&self, index: usize) -> bool {
@@ -248,7 +218,8 @@ impl StagedFile {
                 abandoned: false,
                 taken: 0,
                 mtime: SystemTime::now(),
-                headers: ObjectHeaders::default(),
+                posix: Posix::default(),
+                started_with: None,
             }),
             upload_id: tokio::sync::Mutex::new(None),
             exclusive: tokio::sync::Mutex::new(()),
@@ -284,19 +255,28 @@ impl StagedFile {
         self.state.lock().unwrap().size
     }
 
+    /// The time of the last change, or the one set since.
     pub fn mtime(&self) -> SystemTime {
-        self.state.lock().unwrap().mtime
+        let state = self.state.lock().unwrap();
+        state.posix.mtime.unwrap_or(state.mtime)
     }
 
-    /// Mode, owner and time to keep in the object's metadata, with those set
-    /// before.
+    /// Sets what `posix` sets of the mode, owner and time the object keeps.
     pub fn set_posix(&self, posix: Posix) {
-        posix.write(&mut self.state.lock().unwrap().headers.user, Kind::File);
+        let mut state = self.state.lock().unwrap();
+        state.posix = state.posix.updated(posix);
+    }
+
+    /// The mode, owner and time the object will keep.
+    pub fn posix(&self) -> Posix {
+        self.state.lock().unwrap().posix
     }
 
     /// What the object will carry besides its bytes.
     pub fn headers(&self) -> ObjectHeaders {
-        self.state.lock().unwrap().headers.clone()
+        let mut headers = ObjectHeaders::default();
+        self.posix().write(&mut headers.user, Kind::File);
+        headers
     }
 
     pub fn key(&self) -> String {
@@ -499,10 +479,12 @@ impl StagedFile {
             return Ok(id.clone());
         }
         let key = self.key();
+        let posix = self.posix();
         let created = self
             .store
             .create_multipart_upload(&key, &self.headers())
             .await?;
+        self.state.lock().unwrap().started_with = Some(posix);
         debug!(key, upload_id = created, "multipart upload started");
         *id = Some(created.clone());
         Ok(created)
@@ -603,6 +585,7 @@ impl StagedFile {
             let state = self.state.lock().unwrap();
             (state.key.clone(), state.size, state.versions.clone())
         };
+        let mut headers_behind = false;
         let etag = if size <= self.layout.range(0).end {
             // One part or less: one request. (Parts uploaded before the file
             // shrank are abandoned.)
@@ -610,7 +593,10 @@ impl StagedFile {
             let body = self.read_local(0..size).map_err(|e| self.local(e))?;
             self.store.put_object(&key, body, &self.headers()).await?
         } else {
-            self.complete(&key, size).await?
+            let etag = self.complete(&key, size).await?;
+            let mut state = self.state.lock().unwrap();
+            headers_behind = state.started_with.take() != Some(state.posix);
+            etag
         };
         let mut state = self.state.lock().unwrap();
         // Clean unless written again while uploading.
@@ -619,7 +605,11 @@ impl StagedFile {
         }
         state.uploaded.iter_mut().for_each(|u| *u = None);
         debug!(key, size, etag, "uploaded");
-        Ok(Uploaded { etag, size })
+        Ok(Uploaded {
+            etag,
+            size,
+            headers_behind,
+        })
     }
 
     /// Uploads every part not yet uploaded as it is now, then completes.

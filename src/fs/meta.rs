@@ -1,0 +1,165 @@
+//! chmod, chown and utimens: a change of a file's mode, owner or time goes into
+//! the upload of a file being written; on a file already in S3 it waits
+//! [`METADATA_DELAY`] for the next one, so that `rsync -a`'s chmod, utimens and
+//! rename cost one copy, and is then copied onto the object in place (same
+//! bytes, same ETag, every other header kept).
+
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::inode::Kind;
+use super::posix::Posix;
+use super::{Fs, FsResult};
+use crate::store::ObjectHeaders;
+
+/// How long a change of a closed file's mode, owner or time waits for more.
+pub const METADATA_DELAY: Duration = Duration::from_millis(500);
+
+/// A change of mode, owner or time not yet in S3.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pending {
+    posix: Posix,
+    since: Instant,
+}
+
+impl Fs {
+    /// Sets what `change` sets of file `ino`'s mode, owner and time. A
+    /// directory's are not kept.
+    pub(super) fn change_posix(&self, ino: u64, change: Posix) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if !self.config.metadata || node.kind == Kind::Directory || change == Posix::default() {
+            return Ok(());
+        }
+        let staged = self.staged_file(ino);
+        if let Some(file) = &staged {
+            file.set_posix(change);
+        }
+        // A file with changes to upload carries this with them; one whose
+        // content is all in S3 already gets a copy in place.
+        if !staged.is_some_and(|file| file.is_dirty()) {
+            self.merge_pending_posix(ino, |waiting| waiting.updated(change));
+        }
+        let mut table = self.inodes.lock().unwrap();
+        table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(change));
+        Ok(())
+    }
+
+    /// `change`, taken and not put in S3, waits for `ino` again, under what
+    /// came since.
+    pub(super) fn restore_pending_posix(&self, ino: u64, change: Posix) {
+        self.merge_pending_posix(ino, |since| change.updated(since));
+    }
+
+    fn merge_pending_posix(&self, ino: u64, merge: impl FnOnce(Posix) -> Posix) {
+        let mut pending = self.pending_posix.lock().unwrap();
+        let entry = pending.entry(ino).or_insert(Pending {
+            posix: Posix::default(),
+            since: Instant::now(),
+        });
+        entry.posix = merge(entry.posix);
+    }
+
+    /// The mode, owner and time `ino` shows: what S3 said, with what is not in
+    /// S3 yet.
+    pub(super) fn shown_posix(&self, ino: u64, known: Option<Posix>) -> Option<Posix> {
+        match self.pending_posix.lock().unwrap().get(&ino) {
+            Some(pending) => Some(known.unwrap_or_default().updated(pending.posix)),
+            None => known,
+        }
+    }
+
+    /// The change waiting for `ino`, taken: whoever takes it puts it in S3.
+    pub(super) fn take_pending_posix(&self, ino: u64) -> Option<Posix> {
+        self.pending_posix
+            .lock()
+            .unwrap()
+            .remove(&ino)
+            .map(|p| p.posix)
+    }
+
+    /// The headers `key` (of `ino`) must carry with `change`: built from the
+    /// mode, owner and time alone when this mount uploaded the object (they are
+    /// all it carries), else from a HEAD. With the ETag they apply to.
+    pub(super) async fn headers_with(
+        &self,
+        ino: u64,
+        key: &str,
+        change: Posix,
+    ) -> FsResult<(ObjectHeaders, String)> {
+        let node = self.node(ino)?;
+        let (mut headers, posix, etag) = match node.stat.posix.filter(|_| node.stat.own_headers) {
+            Some(own) => (ObjectHeaders::default(), own, node.stat.etag.clone()),
+            None => {
+                let info = self.store.head_object(key).await?;
+                let headers = info.headers.unwrap_or_default();
+                let posix = Posix::read(&headers.user, Kind::File);
+                (headers, posix, info.etag)
+            }
+        };
+        posix.updated(change).write(&mut headers.user, Kind::File);
+        Ok((headers, etag))
+    }
+
+    /// Puts the change waiting for `ino` in S3, if one is: a copy of the object
+    /// onto itself with the new metadata, pinned to the ETag it was read at.
+    pub(super) async fn apply_pending_posix(&self, ino: u64) -> FsResult<()> {
+        let Some(change) = self.take_pending_posix(ino) else {
+            return Ok(());
+        };
+        let Ok(node) = self.node(ino) else {
+            return Ok(()); // forgotten: unlinked since
+        };
+        // Written again since: the upload carries it.
+        if self.staged_file(ino).is_some_and(|file| file.is_dirty()) {
+            return Ok(());
+        }
+        let (headers, etag) = self.headers_with(ino, &node.key, change).await?;
+        let size = node.stat.size;
+        let copied = self
+            .copy(&node.key, &node.key, size, Some(&etag), Some(&headers))
+            .await?;
+        debug!(
+            key = node.key,
+            ?change,
+            "mode, owner or time changed in place"
+        );
+        self.inodes.lock().unwrap().set_etag(ino, copied);
+        Ok(())
+    }
+
+    /// Puts every change that has waited `delay` in S3; the keys of those that
+    /// could not be.
+    pub async fn apply_metadata(&self, delay: Duration) -> Vec<String> {
+        let due: Vec<u64> = {
+            let pending = self.pending_posix.lock().unwrap();
+            pending
+                .iter()
+                .filter(|(_, p)| p.since.elapsed() >= delay)
+                .map(|(ino, _)| *ino)
+                .collect()
+        };
+        let mut failed = Vec::new();
+        for ino in due {
+            if let Err(e) = self.apply_pending_posix(ino).await {
+                let key = self.node(ino).map(|n| n.key).unwrap_or_default();
+                warn!(key, "the change of mode, owner or time was not kept: {e:#}");
+                failed.push(key);
+            }
+        }
+        failed
+    }
+
+    /// Applies changes as they come due, for as long as the volume lives.
+    pub async fn apply_metadata_as_due(self: std::sync::Arc<Self>) {
+        let mut tick = tokio::time::interval(METADATA_DELAY / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.running().is_err() {
+                return;
+            }
+            self.apply_metadata(METADATA_DELAY).await;
+        }
+    }
+}
