@@ -477,3 +477,84 @@ async fn a_change_after_a_multipart_upload_began_is_copied_on_before_close_retur
     assert_eq!(store.headers("root/big").unwrap().user["mode"], "0100640");
     assert_eq!(store.get("root/big").unwrap()[..5], b"again"[..]);
 }
+
+#[tokio::test]
+async fn symbolic_links_are_objects_holding_their_target_as_s3fs_makes_them() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    // One s3fs made, listed before it is looked up.
+    store.put_with("root/theirs", "target/file", user(&[("mode", "41471")]));
+    let vol = volume(&store, true);
+    let owner = Posix {
+        uid: Some(1000),
+        gid: Some(100),
+        ..Posix::default()
+    };
+    let made = vol
+        .fs
+        .symlink(ROOT_INO, OsStr::new("ours"), "../elsewhere".as_ref(), owner)
+        .await
+        .unwrap();
+    assert!(made.attr.symlink);
+    assert_eq!(
+        (made.attr.perm, made.attr.size, made.attr.uid),
+        (0o777, 12, 1000)
+    );
+    assert_eq!(
+        store.get("root/ours").as_deref(),
+        Some(&b"../elsewhere"[..])
+    );
+    let kept = store.headers("root/ours").unwrap().user;
+    assert_eq!(kept["mode"], "0120777");
+    assert_eq!(kept["uid"], "1000");
+    assert_eq!(
+        &vol.fs.readlink(made.attr.ino).await.unwrap()[..],
+        b"../elsewhere"
+    );
+
+    let theirs = vol.fs.lookup(ROOT_INO, OsStr::new("theirs")).await.unwrap();
+    assert!(theirs.attr.symlink);
+    assert_eq!(
+        &vol.fs.readlink(theirs.attr.ino).await.unwrap()[..],
+        b"target/file"
+    );
+    // A name taken, a file that is no link.
+    assert_eq!(
+        vol.fs
+            .symlink(ROOT_INO, OsStr::new("theirs"), "x".as_ref(), owner)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    store.put("root/plain", "text");
+    let plain = lookup_path(&vol.fs, "plain").await.unwrap();
+    assert_eq!(
+        vol.fs.readlink(plain).await.unwrap_err().errno(),
+        libc::EINVAL
+    );
+    // A rename carries the mark.
+    vol.fs
+        .rename(
+            ROOT_INO,
+            OsStr::new("ours"),
+            ROOT_INO,
+            OsStr::new("moved"),
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.headers("root/moved").unwrap().user["mode"], "0120777");
+
+    // Without metadata, a link is a file holding its target, and none is made.
+    let off = volume(&store, false);
+    let seen = off.fs.lookup(ROOT_INO, OsStr::new("theirs")).await.unwrap();
+    assert!(!seen.attr.symlink);
+    assert_eq!(
+        off.fs
+            .symlink(ROOT_INO, OsStr::new("new"), "x".as_ref(), owner)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOTSUP
+    );
+}

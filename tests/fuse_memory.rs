@@ -11,7 +11,8 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,9 +253,19 @@ fn errors_reach_the_application_with_their_errno() {
         errno(fs::write(vol.join(&long), "x").unwrap_err()),
         libc::ENAMETOOLONG
     );
+    // A symbolic link is made, read and followed by the kernel; a hard link is
+    // refused.
+    std::os::unix::fs::symlink("f", vol.join("link")).unwrap();
+    assert_eq!(fs::read_link(vol.join("link")).unwrap(), Path::new("f"));
+    assert!(fs::symlink_metadata(vol.join("link")).unwrap().is_symlink());
+    // Followed: what it names is the file.
+    assert_eq!(
+        fs::metadata(vol.join("link")).unwrap().ino(),
+        fs::metadata(vol.join("f")).unwrap().ino()
+    );
     assert_eq!(
         errno(std::os::unix::fs::symlink("f", vol.join("link")).unwrap_err()),
-        libc::EOPNOTSUPP
+        libc::EEXIST
     );
     assert_eq!(
         errno(fs::hard_link(vol.join("f"), vol.join("h")).unwrap_err()),

@@ -185,7 +185,9 @@ mod tests {
                 "name longer than 255 bytes, or a key longer than S3's 1024 bytes"
             }
             FsError::ReadOnly => "any write on a read-only volume",
-            FsError::NotSupported(_) => "symlink, hard link, device node, FIFO, setxattr",
+            FsError::NotSupported(_) => {
+                "hard link, device node, FIFO, setxattr, symlink with `--no-metadata`"
+            }
             FsError::BadHandle(_) => {
                 "a handle the volume does not know, or a write through a handle opened for reading"
             }
@@ -193,7 +195,8 @@ mod tests {
             FsError::Exists => "rename with `RENAME_NOREPLACE` onto a name that exists",
             FsError::Invalid(_) => {
                 "a name S3 cannot hold (not UTF-8, or a control character S3's XML cannot \
-                 carry), `RENAME_EXCHANGE`, a directory moved into itself"
+                 carry), `RENAME_EXCHANGE`, a directory moved into itself, readlink of a \
+                 file that is no link"
             }
             FsError::CrossDevice(_) => "rename of a directory holding more than 1000 objects",
             FsError::Stage(e) => match &**e {

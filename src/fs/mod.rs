@@ -18,6 +18,7 @@ mod meta;
 pub mod posix;
 pub mod read;
 mod rename;
+mod symlink;
 pub mod upload;
 mod write;
 
@@ -91,6 +92,8 @@ pub struct Attr {
     pub size: u64,
     pub mtime: SystemTime,
     pub perm: u16,
+    /// A file that is a symbolic link (its object's metadata says so).
+    pub symlink: bool,
     /// 1 for a file (0 once unlinked while still open here), 2 for a directory:
     /// S3 has no hard links, and subdirectories are not counted.
     pub nlink: u32,
@@ -288,6 +291,7 @@ impl Fs {
         Attr {
             ino,
             kind: node.kind,
+            symlink: posix.symlink,
             size,
             mtime,
             perm,

@@ -57,6 +57,7 @@ fn errno(op: &str, err: &FsError) -> Errno {
 
 fn file_attr(attr: &Attr) -> FileAttr {
     let kind = match attr.kind {
+        Kind::File if attr.symlink => FileType::Symlink,
         Kind::File => FileType::RegularFile,
         Kind::Directory => FileType::Directory,
     };
@@ -220,13 +221,36 @@ impl Filesystem for FuseAdapter {
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(refuse(&self.fs, Mutation::Symlink));
+        let fs = self.fs.clone();
+        let (name, target) = (link_name.to_os_string(), target.to_path_buf());
+        let owner = Posix {
+            uid: Some(req.uid()),
+            gid: Some(req.gid()),
+            ..Posix::default()
+        };
+        let span = debug_span!("symlink", parent = parent.0, ?name);
+        self.spawn(span, async move {
+            match fs.symlink(parent.0, &name, &target, owner).await {
+                Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
+                Err(e) => reply.error(errno("symlink", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.spawn(debug_span!("readlink", ino = ino.0), async move {
+            match fs.readlink(ino.0).await {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno("readlink", &e)),
+            }
+        });
     }
 
     fn rename(

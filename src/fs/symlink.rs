@@ -1,0 +1,99 @@
+//! Symbolic links, stored as s3fs-fuse stores them: an object whose body is the
+//! target and whose `mode` metadata says "symbolic link". They need the
+//! metadata: with `--no-metadata` such an object is a regular file holding its
+//! target, and no link can be made.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::inode::{Kind, Stat};
+use super::posix::Posix;
+use super::write::child_key;
+use super::{Entry, Fs, FsError, FsResult, Mutation};
+use crate::store::ObjectHeaders;
+
+/// The longest target a link may have: PATH_MAX less its terminating NUL.
+const MAX_TARGET: usize = 4095;
+
+impl Fs {
+    /// symlink(2): `name` in `parent`, pointing at `target`, owned as `owner`
+    /// says. In S3 as soon as this returns.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        owner: Posix,
+    ) -> FsResult<Entry> {
+        self.writable()?;
+        if !self.config.metadata {
+            return Err(self.mutate(Mutation::Symlink));
+        }
+        let name = self.valid_name(name)?;
+        let target = target.as_os_str().as_bytes();
+        if target.is_empty() {
+            return Err(FsError::NotFound);
+        }
+        if target.len() > MAX_TARGET {
+            return Err(FsError::NameTooLong);
+        }
+        let parent_node = self.directory(parent)?;
+        if self.existing(parent, name).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let key = child_key(&parent_node.key, name, Kind::File)?;
+        let posix = Posix {
+            perm: Some(0o777),
+            mtime: None,
+            symlink: true,
+            ..owner
+        };
+        let mut headers = ObjectHeaders::default();
+        posix.write(&mut headers.user, Kind::File);
+        let etag = self
+            .store
+            .put_object(&key, Bytes::copy_from_slice(target), &headers)
+            .await?;
+        debug!(key, "symbolic link made");
+        let stat = Stat {
+            size: target.len() as u64,
+            etag,
+            mtime: SystemTime::now(),
+            posix: Some(posix),
+            own_headers: true,
+        };
+        let ino = {
+            let mut table = self.inodes.lock().unwrap();
+            let ino = table.upsert(parent, name, Kind::File, stat, Instant::now());
+            table.add_lookup(ino);
+            ino
+        };
+        self.getattr(ino).await
+    }
+
+    /// readlink(2): the target, read from the object's body (pinned to the
+    /// version whose metadata said "link").
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let node = self.node(ino)?;
+        let is_link = self.config.metadata && node.stat.posix.is_some_and(|p| p.symlink);
+        if !is_link {
+            return Err(FsError::Invalid("not a symbolic link"));
+        }
+        let size = node.stat.size;
+        if size == 0 {
+            return Ok(Bytes::new());
+        }
+        if size > MAX_TARGET as u64 {
+            return Err(FsError::Invalid("a link target longer than 4095 bytes"));
+        }
+        Ok(self
+            .store
+            .get_range(&node.key, 0..size, Some(&node.stat.etag))
+            .await?)
+    }
+}
