@@ -826,3 +826,36 @@ async fn files_being_written_stay_within_the_staging_bound() {
     assert_eq!(store.get("root/b").unwrap(), want);
     assert_eq!(store.get("root/existing").unwrap(), pattern(6000, 1));
 }
+
+/// truncate(2) of a file whose last release is uploading it: the truncation is
+/// uploaded too, not lost when the release lets the staged file go.
+#[tokio::test]
+async fn a_truncate_during_the_last_release_s_upload_is_uploaded() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let vol = volume(faulty.clone());
+    let (entry, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("f"), Some(100), Posix::default())
+        .await
+        .unwrap();
+    write_all(&vol.fs, fh, 0, &pattern(1000, 1)).await;
+    // Closed by another process than the opener: the release uploads it, slowly.
+    vol.fs.flush(fh, Some(200)).await.unwrap();
+    faulty.fail_nth(
+        Operation::PutObject,
+        1,
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    let fs = &vol.fs;
+    let release = fs.release(fh);
+    let truncate = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fs.setattr(entry.attr.ino, Some(10), Posix::default(), None)
+            .await
+    };
+    let ((), truncated) = tokio::join!(release, truncate);
+    assert_eq!(truncated.unwrap().attr.size, 10);
+    assert_eq!(memory.get("root/f").unwrap(), pattern(1000, 1)[..10]);
+    assert!(memory.pending_uploads().is_empty());
+}

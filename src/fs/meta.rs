@@ -31,18 +31,29 @@ impl Fs {
         if !self.config.metadata || node.kind == Kind::Directory || change == Posix::default() {
             return Ok(());
         }
-        let staged = self.staged_file(ino);
-        if let Some(file) = &staged {
+        // A file being written carries it in its next upload; it also waits
+        // for a copy in place, which that upload makes moot (see
+        // [`Fs::settle_pending_posix`]), and which is all there is for a file
+        // whose content is in S3 already.
+        if let Some(file) = self.staged_file(ino) {
             file.set_posix(change);
         }
-        // A file with changes to upload carries this with them; one whose
-        // content is all in S3 already gets a copy in place.
-        if !staged.is_some_and(|file| file.is_dirty()) {
-            self.merge_pending_posix(ino, |waiting| waiting.updated(change));
-        }
+        self.merge_pending_posix(ino, |waiting| waiting.updated(change));
         let mut table = self.inodes.lock().unwrap();
         table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(change));
         Ok(())
+    }
+
+    /// An upload of `ino` carried `sent`: what waited and is in it waits no
+    /// more.
+    pub(super) fn settle_pending_posix(&self, ino: u64, sent: Posix) {
+        let mut pending = self.pending_posix.lock().unwrap();
+        if pending
+            .get(&ino)
+            .is_some_and(|waiting| sent.updated(waiting.posix) == sent)
+        {
+            pending.remove(&ino);
+        }
     }
 
     /// `change`, taken and not put in S3, waits for `ino` again, under what

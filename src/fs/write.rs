@@ -125,6 +125,15 @@ impl Fs {
         )?)
     }
 
+    /// How many handles hold staged file `ino`.
+    fn handles(&self, ino: u64) -> usize {
+        self.staged
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .map_or(0, |e| e.handles)
+    }
+
     /// One more handle on an already staged file.
     fn attach(&self, ino: u64) -> Option<Arc<StagedFile>> {
         let mut staged = self.staged.lock().unwrap();
@@ -272,6 +281,8 @@ impl Fs {
     /// Uploads a staged file if it changed and records what S3 now holds.
     pub(super) async fn upload(&self, ino: u64, file: &StagedFile) -> FsResult<()> {
         self.running()?;
+        // What the upload carries at least: it reads them when it starts.
+        let sent = file.posix();
         let Some(mut uploaded) = file.flush().await? else {
             return Ok(());
         };
@@ -288,8 +299,7 @@ impl Fs {
                 )
                 .await?;
         }
-        // The upload carried every change of mode, owner or time made so far.
-        self.take_pending_posix(ino);
+        self.settle_pending_posix(ino, sent);
         let mut table = self.inodes.lock().unwrap();
         if let Some(node) = table.get(ino).cloned() {
             let stat = Stat {
@@ -330,29 +340,31 @@ impl Fs {
             {
                 writer.wrote.store(true, Ordering::SeqCst);
             }
-            match self.staged_file(ino) {
-                Some(file) => file.truncate(size).await?,
-                None => {
-                    // truncate(1) on a file nobody has open: stage, change, upload.
-                    let file = self
-                        .stage(
-                            ino,
-                            OpenFlags {
-                                write: true,
-                                truncate: size == 0,
-                                process: None,
-                            },
-                        )
-                        .await?;
-                    let result = async {
-                        file.truncate(size).await?;
-                        self.upload(ino, &file).await
-                    }
-                    .await;
-                    self.unstage(ino).await;
-                    result?;
+            // Held like a handle while it changes: a last release uploading the
+            // file meanwhile keeps it staged for this change instead of letting
+            // it go with the change unsent.
+            let file = self
+                .stage(
+                    ino,
+                    OpenFlags {
+                        write: true,
+                        truncate: size == 0,
+                        process: None,
+                    },
+                )
+                .await?;
+            let result = async {
+                file.truncate(size).await?;
+                // truncate(1) of a file no one has open is uploaded now; an open
+                // file's change goes with its close.
+                if self.handles(ino) == 1 {
+                    self.upload(ino, &file).await?;
                 }
+                Ok::<_, FsError>(())
             }
+            .await;
+            self.unstage(ino).await;
+            result?;
         }
         self.change_posix(ino, change)?;
         self.getattr(ino).await
