@@ -376,7 +376,10 @@ async fn pjdfstest_fails_only_where_semantics_md_says() {
         .filter(|l| l.trim_end().ends_with(" ok"))
         .count();
     assert!(passed > 100, "pjdfstest ran too few cases:\n{report}");
-    eprintln!("pjdfstest: {passed} passed, {} failed", failed.len());
+    eprintln!(
+        "pjdfstest: {passed} passed, {} failed: {failed:?}",
+        failed.len()
+    );
 
     let list = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pjdfstest_expected_failures.txt"),
