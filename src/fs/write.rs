@@ -122,6 +122,7 @@ impl Fs {
             config,
             self.upload_permits.clone(),
             self.staging_budget.clone(),
+            self.config.metadata,
         )?)
     }
 
@@ -281,14 +282,13 @@ impl Fs {
     /// Uploads a staged file if it changed and records what S3 now holds.
     pub(super) async fn upload(&self, ino: u64, file: &StagedFile) -> FsResult<()> {
         self.running()?;
-        // What the upload carries at least: it reads them when it starts.
-        let sent = file.posix();
         let Some(mut uploaded) = file.flush().await? else {
             return Ok(());
         };
         if uploaded.headers_behind {
             // Changed after the multipart upload set them: copied in place.
             let key = file.key();
+            let posix = file.posix();
             uploaded.etag = self
                 .copy(
                     &key,
@@ -298,8 +298,9 @@ impl Fs {
                     Some(&file.headers()),
                 )
                 .await?;
+            uploaded.posix = posix;
         }
-        self.settle_pending_posix(ino, sent);
+        self.settle_pending_posix(ino, uploaded.posix);
         let mut table = self.inodes.lock().unwrap();
         if let Some(node) = table.get(ino).cloned() {
             let stat = Stat {
@@ -308,7 +309,7 @@ impl Fs {
                 // The time of the last change, as shown while the file was open, so
                 // closing it does not move the time.
                 mtime: file.mtime(),
-                posix: Some(file.posix()),
+                posix: Some(uploaded.posix),
                 own_headers: true,
             };
             table.upsert(node.parent, &node.name, Kind::File, stat, Instant::now());

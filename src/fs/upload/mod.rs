@@ -91,6 +91,8 @@ pub struct Uploaded {
     /// The mode, owner or time changed after the multipart upload began, which
     /// set the object's metadata: it is behind [`StagedFile::headers`].
     pub headers_behind: bool,
+    /// The mode, owner and time the object carries.
+    pub posix: Posix,
 }
 
 struct State {
@@ -159,6 +161,8 @@ pub struct StagedFile {
     permits: Arc<Semaphore>,
     /// The mount's staging space, which this file's bytes count against.
     budget: Arc<StagingBudget>,
+    /// A PUT carries the time of the last change.
+    keep_metadata: bool,
     state: Mutex<State>,
     /// The multipart upload under way, created by the first part that needs it.
     upload_id: tokio::sync::Mutex<Option<String>>,
@@ -175,7 +179,9 @@ impl Drop for StagedFile {
 }
 
 impl StagedFile {
-    /// A staged file for `key`: empty, or standing for `base` until first changed.
+    /// A staged file for `key`: empty, or standing for `base` until first
+    /// changed. With `keep_metadata`, its upload carries the time of its last
+    /// change besides the mode and owner set on it.
     pub fn new(
         key: &str,
         base: Option<Base>,
@@ -183,6 +189,7 @@ impl StagedFile {
         config: &WriteConfig,
         permits: Arc<Semaphore>,
         budget: Arc<StagingBudget>,
+        keep_metadata: bool,
     ) -> StageResult<Arc<Self>> {
         let staging_dir = config.staging.path().display().to_string();
         let file = config
@@ -201,6 +208,7 @@ impl StagedFile {
             layout: PartLayout::new(config.part_size),
             permits,
             budget,
+            keep_metadata,
             state: Mutex::new(State {
                 key: key.to_string(),
                 size,
@@ -274,9 +282,7 @@ impl StagedFile {
 
     /// What the object will carry besides its bytes.
     pub fn headers(&self) -> ObjectHeaders {
-        let mut headers = ObjectHeaders::default();
-        self.posix().write(&mut headers.user, Kind::File);
-        headers
+        headers_of(self.posix())
     }
 
     pub fn key(&self) -> String {
@@ -586,17 +592,30 @@ impl StagedFile {
             (state.key.clone(), state.size, state.versions.clone())
         };
         let mut headers_behind = false;
-        let etag = if size <= self.layout.range(0).end {
+        let (etag, posix) = if size <= self.layout.range(0).end {
             // One part or less: one request. (Parts uploaded before the file
-            // shrank are abandoned.)
+            // shrank are abandoned.) It carries the time of the last change,
+            // to the nanosecond, as s3fs does: S3's own is the upload's, to the
+            // second.
             self.abort_upload().await;
             let body = self.read_local(0..size).map_err(|e| self.local(e))?;
-            self.store.put_object(&key, body, &self.headers()).await?
+            let posix = Posix {
+                mtime: self.keep_metadata.then(|| self.mtime()),
+                ..self.posix()
+            };
+            let etag = self
+                .store
+                .put_object(&key, body, &headers_of(posix))
+                .await?;
+            (etag, posix)
         } else {
+            // A multipart upload's were set when it began, before the last
+            // change: its time is the completion's, S3's own.
             let etag = self.complete(&key, size).await?;
             let mut state = self.state.lock().unwrap();
-            headers_behind = state.started_with.take() != Some(state.posix);
-            etag
+            let started_with = state.started_with.take().unwrap_or_default();
+            headers_behind = started_with != state.posix;
+            (etag, started_with)
         };
         let mut state = self.state.lock().unwrap();
         // Clean unless written again while uploading.
@@ -609,6 +628,7 @@ impl StagedFile {
             etag,
             size,
             headers_behind,
+            posix,
         })
     }
 
@@ -662,4 +682,11 @@ impl StagedFile {
             warn!(key, upload_id = id, error = %e, "could not abort the multipart upload; `s3vol cleanup` removes it");
         }
     }
+}
+
+/// The headers of an object that carries `posix` and nothing else.
+fn headers_of(posix: Posix) -> ObjectHeaders {
+    let mut headers = ObjectHeaders::default();
+    posix.write(&mut headers.user, Kind::File);
+    headers
 }

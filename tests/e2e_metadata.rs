@@ -1,0 +1,329 @@
+//! End to end on Garage: modes, owners, times and symbolic links kept in the
+//! objects' metadata, as rsync, cp, tar and make use them, as other users see
+//! them, and as s3fs-fuse and rclone write and read them.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::{Mount, Server, ServerKind};
+
+const BUCKET: &str = "vol";
+
+async fn garage() -> Server {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    server
+}
+
+/// Unmounts and waits for the daemon to exit: by then every change of mode,
+/// owner or time still waiting is in S3.
+fn stop(mount: Mount) {
+    let path = mount.path().to_path_buf();
+    drop(mount);
+    common::assert_daemon_exits(&path, "after its unmount");
+}
+
+fn run(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tree with what backups and software trees hold: modes other than the
+/// defaults, times in the past, a symbolic link, a subdirectory.
+fn sample_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for (name, mode) in [("private", 0o600), ("script", 0o755), ("sub/data", 0o640)] {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{name}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::os::unix::fs::symlink("sub/data", dir.join("link")).unwrap();
+    run(Command::new("touch")
+        .args(["-h", "-d", "2020-02-03 04:05:06.789"])
+        .arg(dir.join("private"))
+        .arg(dir.join("script"))
+        .arg(dir.join("sub/data")));
+}
+
+/// What `ls -l`-like comparison needs of each entry under `dir`: name, type and
+/// mode, size, modification time to the second, link target.
+fn describe(dir: &Path) -> Vec<String> {
+    let out = run(Command::new("find")
+        .arg(".")
+        .args(["-mindepth", "1", "-not", "-type", "d"])
+        .args(["-printf", "%P %M %s %TY-%Tm-%Td %TH:%TM:%.2TS %l\n"])
+        .current_dir(dir));
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn rsync_a_twice_sends_nothing_the_second_time_and_keeps_everything() {
+    let server = garage().await;
+    let mount = Mount::new(&server, "vol/root", &["--read-write"]);
+    let source = tempfile::tempdir().unwrap();
+    sample_tree(source.path());
+    for i in 0..50 {
+        std::fs::write(source.path().join(format!("f{i:02}")), vec![b'x'; i * 100]).unwrap();
+    }
+    let target = format!("{}/", mount.path().display());
+    let from = format!("{}/", source.path().display());
+    let stats = |out: &str| -> usize {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Number of regular files transferred"))
+            .unwrap_or_else(|| panic!("{out}"));
+        line.rsplit(' ')
+            .next()
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap()
+    };
+    let first = run(Command::new("rsync").args(["-a", "--stats", &from, &target]));
+    assert_eq!(stats(&first), 53);
+    let second = run(Command::new("rsync").args(["-a", "--stats", &from, &target]));
+    assert_eq!(stats(&second), 0, "{second}");
+    assert_eq!(describe(source.path()), describe(mount.path()));
+
+    // And as another mount sees it.
+    stop(mount);
+    let fresh = Mount::new(&server, "vol/root", &["--read-write"]);
+    assert_eq!(describe(source.path()), describe(fresh.path()));
+    let again = run(Command::new("rsync").args([
+        "-a",
+        "--stats",
+        &from,
+        &format!("{}/", fresh.path().display()),
+    ]));
+    assert_eq!(stats(&again), 0, "{again}");
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn cp_a_and_tar_keep_modes_times_and_links() {
+    let server = garage().await;
+    let mount = Mount::new(&server, "vol/root", &["--read-write"]);
+    let source = tempfile::tempdir().unwrap();
+    sample_tree(source.path());
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(source.path())
+        .arg(mount.path().join("copied")));
+    assert_eq!(
+        describe(source.path()),
+        describe(&mount.path().join("copied"))
+    );
+    // tar out of the volume and back in.
+    let archive = tempfile::NamedTempFile::new().unwrap();
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(archive.path())
+        .arg("-C")
+        .arg(mount.path().join("copied"))
+        .arg("."));
+    std::fs::create_dir(mount.path().join("untarred")).unwrap();
+    run(Command::new("tar")
+        .arg("-xpf")
+        .arg(archive.path())
+        .arg("-C")
+        .arg(mount.path().join("untarred")));
+    assert_eq!(
+        describe(source.path()),
+        describe(&mount.path().join("untarred"))
+    );
+    assert_eq!(
+        std::fs::read_link(mount.path().join("untarred/link")).unwrap(),
+        Path::new("sub/data")
+    );
+    assert_eq!(
+        std::fs::read(mount.path().join("untarred/link")).unwrap(),
+        b"sub/data\n"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn make_rebuilds_only_what_changed() {
+    let server = garage().await;
+    let mount = Mount::new(&server, "vol/root", &["--read-write"]);
+    let dir = mount.path();
+    std::fs::write(
+        dir.join("Makefile"),
+        "out: in\n\tcat in > out\n\techo built >> log\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("in"), "v1\n").unwrap();
+    let make = || run(Command::new("make").arg("-C").arg(dir));
+    make();
+    make();
+    assert_eq!(std::fs::read_to_string(dir.join("log")).unwrap(), "built\n");
+    // Changed within the same second as the build: the times kept are the
+    // writes' own, to the nanosecond, not S3's to the second.
+    std::fs::write(dir.join("in"), "v2\n").unwrap();
+    make();
+    make();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("log")).unwrap(),
+        "built\nbuilt\n"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("out")).unwrap(), "v2\n");
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_file_made_private_is_refused_to_other_users_of_an_allow_other_mount() {
+    let server = garage().await;
+    let mount = Mount::new(&server, "vol/root", &["--read-write", "--allow-other"]);
+    let private = mount.path().join("private");
+    let shared = mount.path().join("shared");
+    std::fs::write(&private, "secret\n").unwrap();
+    std::fs::write(&shared, "open\n").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cat_as_nobody = |path: &Path| {
+        common::host::as_user(common::host::NOBODY, "cat")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let refused = cat_as_nobody(&private);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Permission denied"),
+        "{refused:?}"
+    );
+    assert_eq!(cat_as_nobody(&shared).stdout, b"open\n");
+    // Kept in S3: a new mount refuses it too.
+    stop(mount);
+    let fresh = Mount::new(&server, "vol/root", &["--allow-other"]);
+    let meta = std::fs::metadata(fresh.path().join("private")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    assert!(
+        !cat_as_nobody(&fresh.path().join("private"))
+            .status
+            .success()
+    );
+}
+
+/// s3fs-fuse 1.90 and rclone 1.60 wrote these headers in a run against Garage;
+/// s3vol shows them, and what s3vol writes carries headers both read.
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn what_s3fs_and_rclone_wrote_shows_and_what_s3vol_writes_they_read() {
+    let server = garage().await;
+    let client = server.client();
+    let put = |key: &'static str, body: &'static [u8], meta: &[(&str, &str)]| {
+        let mut request = client
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(body.to_vec().into());
+        for (name, value) in meta {
+            request = request.metadata(*name, *value);
+        }
+        request.send()
+    };
+    put(
+        "root/by-s3fs",
+        b"hi\n",
+        &[
+            ("mode", "33184"),
+            ("uid", "1234"),
+            ("gid", "5678"),
+            ("mtime", "1577934245.123456789"),
+            ("atime", "1577934245.123456789"),
+            ("ctime", "1796083096"),
+        ],
+    )
+    .await
+    .unwrap();
+    put("root/s3fs-link", b"by-s3fs", &[("mode", "41471")])
+        .await
+        .unwrap();
+    put(
+        "root/by-rclone",
+        b"hello\n",
+        &[
+            ("mode", "100604"),
+            ("uid", "42"),
+            ("gid", "43"),
+            ("mtime", "1557126489.987654321"),
+            ("atime", "2019-05-06T07:08:09.987654321Z"),
+        ],
+    )
+    .await
+    .unwrap();
+    let mount = Mount::new(&server, "vol/root", &["--read-write"]);
+    let s3fs = std::fs::symlink_metadata(mount.path().join("by-s3fs")).unwrap();
+    assert_eq!(
+        (s3fs.mode(), s3fs.uid(), s3fs.gid()),
+        (0o100640, 1234, 5678)
+    );
+    assert_eq!((s3fs.mtime(), s3fs.mtime_nsec()), (1577934245, 123456789));
+    let rclone = std::fs::symlink_metadata(mount.path().join("by-rclone")).unwrap();
+    assert_eq!(
+        (rclone.mode(), rclone.uid(), rclone.gid()),
+        (0o100604, 42, 43)
+    );
+    assert_eq!(rclone.mtime(), 1557126489);
+    assert_eq!(
+        std::fs::read_link(mount.path().join("s3fs-link")).unwrap(),
+        Path::new("by-s3fs")
+    );
+
+    // chmod and touch of rclone's file keep its other headers.
+    let path = mount.path().join("by-rclone");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    run(Command::new("touch")
+        .args(["-d", "@1600000000.5"])
+        .arg(&path));
+    // A new file and a link, as s3vol writes them.
+    std::fs::write(mount.path().join("ours"), "ours\n").unwrap();
+    std::fs::set_permissions(
+        mount.path().join("ours"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("ours", mount.path().join("our-link")).unwrap();
+    stop(mount);
+
+    let meta = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .head_object()
+                .bucket(BUCKET)
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .metadata()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let rclone = meta("root/by-rclone").await;
+    assert_eq!(rclone["mode"], "0100640");
+    assert_eq!(rclone["mtime"], "1600000000.500000000");
+    assert_eq!(rclone["uid"], "42");
+    assert_eq!(rclone["atime"], "2019-05-06T07:08:09.987654321Z");
+    let ours = meta("root/ours").await;
+    assert_eq!(ours["mode"], "0100750");
+    assert_eq!(ours["uid"], nix::unistd::getuid().to_string());
+    let link = meta("root/our-link").await;
+    assert_eq!(link["mode"], "0120777");
+    assert_eq!(
+        server.get(BUCKET, "root/our-link").await.as_deref(),
+        Some(&b"ours"[..])
+    );
+}
