@@ -568,3 +568,33 @@ async fn symbolic_links_are_objects_holding_their_target_as_s3fs_makes_them() {
         libc::ENOTSUP
     );
 }
+
+/// A bucket writer cannot hand out a setuid program: the bits are kept in the
+/// metadata, never shown, so `cp -a` off the volume does not copy them.
+#[tokio::test]
+async fn set_id_bits_are_kept_but_never_shown() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put_with(
+        "root/planted",
+        "#!/bin/sh\n",
+        user(&[("mode", "0106755"), ("uid", "0"), ("gid", "0")]),
+    );
+    let vol = volume(&store, true);
+    let planted = vol
+        .fs
+        .lookup(ROOT_INO, OsStr::new("planted"))
+        .await
+        .unwrap();
+    assert_eq!((planted.attr.perm, planted.attr.uid), (0o755, 0));
+    let ino = planted.attr.ino;
+    vol.fs
+        .setattr(ino, None, chmod(0o4711), None)
+        .await
+        .unwrap();
+    assert!(vol.fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(
+        store.headers("root/planted").unwrap().user["mode"],
+        "0104711"
+    );
+    assert_eq!(vol.fs.getattr(ino).await.unwrap().attr.perm, 0o711);
+}

@@ -84,6 +84,9 @@ impl Default for FsConfig {
     }
 }
 
+/// S_ISUID and S_ISGID.
+const SETID_BITS: u16 = 0o6000;
+
 /// Attributes of one inode as the kernel sees them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attr {
@@ -278,7 +281,10 @@ impl Fs {
             .shown_posix(ino, node.stat.posix)
             .filter(|_| self.config.metadata)
             .unwrap_or_default();
-        let perm = posix.perm.unwrap_or(perm);
+        // Set-user-ID and set-group-ID bits are kept but never shown: whoever
+        // can write to the bucket could otherwise hand a root-owned setuid
+        // program to anyone who copies it off the volume with `cp -a`.
+        let perm = posix.perm.map_or(perm, |p| p & !SETID_BITS);
         mtime = posix.mtime.unwrap_or(mtime);
         // A file being written here is what this mount shows, whatever S3 holds.
         if let Some(file) = self.staged_file(ino) {
