@@ -598,3 +598,47 @@ async fn set_id_bits_are_kept_but_never_shown() {
     );
     assert_eq!(vol.fs.getattr(ino).await.unwrap().attr.perm, 0o711);
 }
+
+/// Above the single-copy limit (5 GiB on S3; 10 MiB here), the copy in place is
+/// a multipart copy that starts with the new headers.
+#[tokio::test]
+async fn a_change_to_an_object_above_the_copy_limit_is_copied_in_parts() {
+    const PART: usize = 5 * 1024 * 1024;
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = common::pattern(3 * PART, 4);
+    let mut headers = user(&[("color", "blue")]);
+    headers.content_type = Some("video/mp4".into());
+    store.put_with("root/big", data.clone(), headers);
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig {
+            part_size: PART as u64,
+            single_copy_limit: 2 * PART as u64,
+            ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
+        }),
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(store.clone(), "root/", config);
+    let ino = lookup_path(&fs, "big").await.unwrap();
+    store.clear_calls();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    let calls = ops(&store);
+    assert_eq!(
+        calls,
+        [
+            Operation::HeadObject,
+            Operation::CreateMultipartUpload,
+            Operation::UploadPartCopy,
+            Operation::UploadPartCopy,
+            Operation::CompleteMultipartUpload
+        ]
+    );
+    let kept = store.headers("root/big").unwrap();
+    assert_eq!(kept.user["mode"], "0100600");
+    assert_eq!(kept.user["color"], "blue");
+    assert_eq!(kept.content_type.as_deref(), Some("video/mp4"));
+    assert_eq!(store.get("root/big").as_deref(), Some(&data[..]));
+    // Reads go on: the object's bytes are the same, under its new ETag.
+    assert_eq!(common::fs::read_all(&fs, ino, 1 << 20).await, data);
+}

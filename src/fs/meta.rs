@@ -91,25 +91,32 @@ impl Fs {
 
     /// The headers `key` (of `ino`) must carry with `change`: built from the
     /// mode, owner and time alone when this mount uploaded the object (they are
-    /// all it carries), else from a HEAD. With the ETag they apply to.
+    /// all it carries), else from a HEAD. With the version they apply to: its
+    /// ETag and size.
     pub(super) async fn headers_with(
         &self,
         ino: u64,
         key: &str,
         change: Posix,
-    ) -> FsResult<(ObjectHeaders, String)> {
+    ) -> FsResult<(ObjectHeaders, String, u64)> {
         let node = self.node(ino)?;
-        let (mut headers, posix, etag) = match node.stat.posix.filter(|_| node.stat.own_headers) {
-            Some(own) => (ObjectHeaders::default(), own, node.stat.etag.clone()),
-            None => {
-                let info = self.store.head_object(key).await?;
-                let headers = info.headers.unwrap_or_default();
-                let posix = Posix::read(&headers.user, Kind::File);
-                (headers, posix, info.etag)
-            }
-        };
+        let (mut headers, posix, etag, size) =
+            match node.stat.posix.filter(|_| node.stat.own_headers) {
+                Some(own) => (
+                    ObjectHeaders::default(),
+                    own,
+                    node.stat.etag.clone(),
+                    node.stat.size,
+                ),
+                None => {
+                    let info = self.store.head_object(key).await?;
+                    let headers = info.headers.unwrap_or_default();
+                    let posix = Posix::read(&headers.user, Kind::File);
+                    (headers, posix, info.etag, info.size)
+                }
+            };
         posix.updated(change).write(&mut headers.user, Kind::File);
-        Ok((headers, etag))
+        Ok((headers, etag, size))
     }
 
     /// Puts the change waiting for `ino` in S3, if one is: a copy of the object
@@ -125,8 +132,7 @@ impl Fs {
         if self.staged_file(ino).is_some_and(|file| file.is_dirty()) {
             return Ok(());
         }
-        let (headers, etag) = self.headers_with(ino, &node.key, change).await?;
-        let size = node.stat.size;
+        let (headers, etag, size) = self.headers_with(ino, &node.key, change).await?;
         let copied = self
             .copy(&node.key, &node.key, size, Some(&etag), Some(&headers))
             .await?;
@@ -135,7 +141,12 @@ impl Fs {
             ?change,
             "mode, owner or time changed in place"
         );
-        self.inodes.lock().unwrap().set_etag(ino, copied);
+        let mut table = self.inodes.lock().unwrap();
+        table.set_etag(ino, copied);
+        if etag != node.stat.etag {
+            // Another client's version got the change: learn the rest of it.
+            table.expire(ino);
+        }
         Ok(())
     }
 

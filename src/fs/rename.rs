@@ -120,7 +120,7 @@ impl Fs {
             None => self.copy(from, to, size, etag.as_deref(), None).await?,
             Some(change) => {
                 let copied = async {
-                    let (headers, etag) = self.headers_with(ino, from, change).await?;
+                    let (headers, etag, size) = self.headers_with(ino, from, change).await?;
                     self.copy(from, to, size, Some(&etag), Some(&headers)).await
                 }
                 .await;
