@@ -28,9 +28,11 @@ fn cache_dirs(cache: &Path) -> Vec<(std::path::PathBuf, u64)> {
     entries
         .map(|e| {
             let path = e.unwrap().path();
+            // A block file may be renamed into place or evicted meanwhile.
             let bytes = std::fs::read_dir(&path)
                 .unwrap()
-                .map(|f| f.unwrap().metadata().unwrap().len())
+                .filter_map(|f| f.ok()?.metadata().ok())
+                .map(|m| m.len())
                 .sum();
             (path, bytes)
         })
