@@ -106,7 +106,12 @@ async fn listings_cover_every_page() {
     for i in 0..1200 {
         store.put(&format!("big/d{i:05}/x"), "y");
     }
-    let fs = fs_on(store.clone(), "");
+    // Metadata off: with it, each entry's costs a HEAD (tests/fs_metadata.rs).
+    let config = FsConfig {
+        metadata: false,
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(store.clone(), "", config);
     let dir = lookup_path(&fs, "big").await.unwrap();
     store.clear_calls();
     let entries = list(&fs, dir).await;
@@ -345,7 +350,11 @@ async fn every_change_is_refused_without_a_request() {
         libc::EROFS
     );
     assert_eq!(
-        erofs(fs.mkdir(ROOT_INO, OsStr::new("d")).await.map(drop)),
+        erofs(
+            fs.mkdir(ROOT_INO, OsStr::new("d"), Posix::default())
+                .await
+                .map(drop)
+        ),
         libc::EROFS
     );
     assert_eq!(erofs(fs.unlink(ROOT_INO, name).await), libc::EROFS);

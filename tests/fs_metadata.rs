@@ -642,3 +642,90 @@ async fn a_change_to_an_object_above_the_copy_limit_is_copied_in_parts() {
     // Reads go on: the object's bytes are the same, under its new ETag.
     assert_eq!(common::fs::read_all(&fs, ino, 1 << 20).await, data);
 }
+
+#[tokio::test]
+async fn directories_keep_their_mode_owner_and_time_on_their_marker() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    // s3fs's `mkdir d; chmod 2750 d; touch -d 2021-01-01 d`, and a directory
+    // that only exists because a key is under it.
+    store.put_with(
+        "root/theirs/",
+        "",
+        user(&[("mode", "17896"), ("uid", "7"), ("mtime", "1609459200")]),
+    );
+    store.put("root/implicit/file", "x");
+    let vol = volume(&store, true);
+    let theirs = vol.fs.lookup(ROOT_INO, OsStr::new("theirs")).await.unwrap();
+    assert_eq!(
+        (theirs.attr.perm, theirs.attr.uid, theirs.attr.mtime),
+        (0o2750, 7, at(1609459200, 0))
+    );
+    let owner = Posix {
+        perm: Some(0o700),
+        uid: Some(1000),
+        gid: Some(100),
+        ..Posix::default()
+    };
+    let made = vol
+        .fs
+        .mkdir(ROOT_INO, OsStr::new("ours"), owner)
+        .await
+        .unwrap();
+    assert_eq!((made.attr.perm, made.attr.uid), (0o700, 1000));
+    let marker = store.headers("root/ours/").unwrap().user;
+    assert_eq!(marker["mode"], "040700");
+    assert_eq!(marker["uid"], "1000");
+    assert!(marker.contains_key("mtime"));
+
+    // chmod of a directory: a copy of its marker in place, or a marker made.
+    let implicit = lookup_path(&vol.fs, "implicit").await.unwrap();
+    assert_eq!(vol.fs.getattr(implicit).await.unwrap().attr.perm, 0o755);
+    store.clear_calls();
+    vol.fs
+        .setattr(made.attr.ino, None, chmod(0o750), None)
+        .await
+        .unwrap();
+    vol.fs
+        .setattr(implicit, None, chmod(0o700), None)
+        .await
+        .unwrap();
+    assert!(vol.fs.apply_metadata(Duration::ZERO).await.is_empty());
+    let mut calls = ops(&store);
+    calls.sort_by_key(|op| format!("{op:?}"));
+    assert_eq!(
+        calls,
+        [
+            Operation::CopyObject,
+            Operation::HeadObject,
+            Operation::PutObject
+        ]
+    );
+    assert_eq!(store.headers("root/ours/").unwrap().user["mode"], "040750");
+    assert_eq!(
+        store.headers("root/implicit/").unwrap().user["mode"],
+        "040700"
+    );
+    assert_eq!(store.get("root/implicit/file").as_deref(), Some(&b"x"[..]));
+
+    // Another mount sees them; a listed directory costs one HEAD of its marker.
+    let other = volume(&store, true);
+    let fh = other.fs.opendir(ROOT_INO).await.unwrap();
+    other.fs.readdirplus(fh, 2).unwrap();
+    store.clear_calls();
+    let seen = other
+        .fs
+        .lookup(ROOT_INO, OsStr::new("implicit"))
+        .await
+        .unwrap();
+    assert_eq!(seen.attr.perm, 0o700);
+    assert_eq!(ops(&store), [Operation::HeadObject]);
+    // The volume root's are not kept.
+    store.clear_calls();
+    other
+        .fs
+        .setattr(ROOT_INO, None, chmod(0o700), None)
+        .await
+        .unwrap();
+    assert!(other.fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+}

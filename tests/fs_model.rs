@@ -523,7 +523,10 @@ impl Harness {
                     return Ok(());
                 }
                 let parent = self.parent_ino(dir).await.unwrap();
-                self.fs.mkdir(parent, Self::name(dir)).await.unwrap();
+                self.fs
+                    .mkdir(parent, Self::name(dir), Posix::default())
+                    .await
+                    .unwrap();
                 self.model.keys.insert(format!("{dir}/"), Vec::new());
             }
             Op::Rmdir { dir } => {

@@ -277,7 +277,11 @@ async fn a_file_unlinked_while_open_is_never_uploaded() {
 async fn directories_are_markers_and_rmdir_needs_them_empty() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(store.clone());
-    let dir = vol.fs.mkdir(ROOT_INO, OsStr::new("d")).await.unwrap();
+    let dir = vol
+        .fs
+        .mkdir(ROOT_INO, OsStr::new("d"), Posix::default())
+        .await
+        .unwrap();
     assert_eq!(dir.attr.kind, Kind::Directory);
     assert_eq!(store.get("root/d/").as_deref(), Some(&b""[..]));
     let (_, fh) = vol
@@ -459,7 +463,13 @@ async fn keys_longer_than_s3_allows_are_enametoolong_before_any_request() {
     let mut dir = ROOT_INO;
     let long = "d".repeat(250);
     for _ in 0..4 {
-        dir = vol.fs.mkdir(dir, OsStr::new(&long)).await.unwrap().attr.ino;
+        dir = vol
+            .fs
+            .mkdir(dir, OsStr::new(&long), Posix::default())
+            .await
+            .unwrap()
+            .attr
+            .ino;
     }
     store.clear_calls();
     // root/ + 4 × 251 bytes + 20: past S3's 1024-byte keys.
@@ -470,7 +480,7 @@ async fn keys_longer_than_s3_allows_are_enametoolong_before_any_request() {
         .await
         .unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
-    let err = vol.fs.mkdir(dir, name).await.unwrap_err();
+    let err = vol.fs.mkdir(dir, name, Posix::default()).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
     assert!(store.calls().is_empty(), "{:?}", store.calls());
 }
@@ -756,7 +766,10 @@ async fn after_a_stop_nothing_is_created_or_changed() {
         "truncate",
     );
     stopped(
-        vol.fs.mkdir(ROOT_INO, OsStr::new("d")).await.map(drop),
+        vol.fs
+            .mkdir(ROOT_INO, OsStr::new("d"), Posix::default())
+            .await
+            .map(drop),
         "mkdir",
     );
     stopped(

@@ -152,7 +152,7 @@ impl Fs {
                 // once, which asks for it.
                 let ttl = node
                     .remaining(self.config.metadata_ttl, now)
-                    .filter(|_| !self.metadata_unknown(node))
+                    .filter(|_| !self.metadata_unknown(entry.ino, node))
                     .unwrap_or(Duration::ZERO);
                 let attr = self.attr(entry.ino, node);
                 Some((entry, Entry { attr, ttl }))

@@ -42,6 +42,14 @@ impl Stat {
         }
     }
 
+    /// A directory with no marker object: nothing kept of it to learn.
+    pub fn unmarked_directory(mtime: SystemTime) -> Self {
+        Self {
+            posix: Some(Posix::default()),
+            ..Self::directory(mtime)
+        }
+    }
+
     pub fn directory(mtime: SystemTime) -> Self {
         Self {
             size: 0,

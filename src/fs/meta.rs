@@ -6,12 +6,14 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::inode::Kind;
+use super::inode::ROOT_INO;
 use super::posix::Posix;
-use super::{Fs, FsResult};
-use crate::store::ObjectHeaders;
+use super::{Fs, FsError, FsResult};
+use crate::store::{ObjectHeaders, StoreError};
 
 /// How long a change of a closed file's mode, owner or time waits for more.
 pub const METADATA_DELAY: Duration = Duration::from_millis(500);
@@ -24,11 +26,12 @@ pub(super) struct Pending {
 }
 
 impl Fs {
-    /// Sets what `change` sets of file `ino`'s mode, owner and time. A
-    /// directory's are not kept.
+    /// Sets what `change` sets of `ino`'s mode, owner and time: a file's in
+    /// its object, a directory's in its marker object (made if it has none).
+    /// The volume root's are not kept.
     pub(super) fn change_posix(&self, ino: u64, change: Posix) -> FsResult<()> {
         let node = self.node(ino)?;
-        if !self.config.metadata || node.kind == Kind::Directory || change == Posix::default() {
+        if !self.config.metadata || ino == ROOT_INO || change == Posix::default() {
             return Ok(());
         }
         // A file being written carries it in its next upload; it also waits
@@ -100,6 +103,7 @@ impl Fs {
         change: Posix,
     ) -> FsResult<(ObjectHeaders, String, u64)> {
         let node = self.node(ino)?;
+        let kind = node.kind;
         let (mut headers, posix, etag, size) =
             match node.stat.posix.filter(|_| node.stat.own_headers) {
                 Some(own) => (
@@ -111,11 +115,11 @@ impl Fs {
                 None => {
                     let info = self.store.head_object(key).await?;
                     let headers = info.headers.unwrap_or_default();
-                    let posix = Posix::read(&headers.user, Kind::File);
+                    let posix = Posix::read(&headers.user, kind);
                     (headers, posix, info.etag, info.size)
                 }
             };
-        posix.updated(change).write(&mut headers.user, Kind::File);
+        posix.updated(change).write(&mut headers.user, kind);
         Ok((headers, etag, size))
     }
 
@@ -132,7 +136,14 @@ impl Fs {
         if self.staged_file(ino).is_some_and(|file| file.is_dirty()) {
             return Ok(());
         }
-        let (headers, etag, size) = self.headers_with(ino, &node.key, change).await?;
+        let (headers, etag, size) = match self.headers_with(ino, &node.key, change).await {
+            Err(FsError::Store(e))
+                if node.kind == Kind::Directory && matches!(*e, StoreError::NotFound { .. }) =>
+            {
+                return self.make_marker(ino, &node.key, change).await;
+            }
+            found => found?,
+        };
         let copied = self
             .copy(&node.key, &node.key, size, Some(&etag), Some(&headers))
             .await?;
@@ -147,6 +158,22 @@ impl Fs {
             // Another client's version got the change: learn the rest of it.
             table.expire(ino);
         }
+        Ok(())
+    }
+
+    /// A directory with no marker object gets one, carrying `change`.
+    async fn make_marker(&self, ino: u64, key: &str, change: Posix) -> FsResult<()> {
+        let mut headers = ObjectHeaders::default();
+        change.write(&mut headers.user, Kind::Directory);
+        let etag = self.store.put_object(key, Bytes::new(), &headers).await?;
+        debug!(
+            key,
+            ?change,
+            "directory marker made for its mode, owner or time"
+        );
+        let mut table = self.inodes.lock().unwrap();
+        table.set_etag(ino, etag);
+        table.set_posix(ino, change);
         Ok(())
     }
 

@@ -36,6 +36,7 @@ pub use self::dir::DirEntry;
 pub use self::error::{FsError, FsResult};
 use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
+use self::posix::Posix;
 pub use self::read::ReadConfig;
 use self::read::{ObjectVersion, Reader};
 pub use self::upload::WriteConfig;
@@ -284,7 +285,10 @@ impl Fs {
         // Set-user-ID and set-group-ID bits are kept but never shown: whoever
         // can write to the bucket could otherwise hand a root-owned setuid
         // program to anyone who copies it off the volume with `cp -a`.
-        let perm = posix.perm.map_or(perm, |p| p & !SETID_BITS);
+        let perm = match node.kind {
+            Kind::File => posix.perm.map_or(perm, |p| p & !SETID_BITS),
+            Kind::Directory => posix.perm.unwrap_or(perm),
+        };
         mtime = posix.mtime.unwrap_or(mtime);
         // A file being written here is what this mount shows, whatever S3 holds.
         if let Some(file) = self.staged_file(ino) {
@@ -307,10 +311,11 @@ impl Fs {
         }
     }
 
-    /// Whether the attributes shown for `node` wait on its object's metadata,
-    /// which a listing does not bring: a file's is asked for with a HEAD.
-    fn metadata_unknown(&self, node: &Node) -> bool {
-        self.config.metadata && node.kind == Kind::File && node.stat.posix.is_none()
+    /// Whether the attributes shown for `ino` wait on its object's metadata,
+    /// which a listing does not bring: a file's, or a directory marker's, is
+    /// asked for with a HEAD.
+    fn metadata_unknown(&self, ino: u64, node: &Node) -> bool {
+        self.config.metadata && ino != ROOT_INO && node.stat.posix.is_none()
     }
 
     /// The entry for `ino` if what we know of it is still fresh and whole (a
@@ -322,7 +327,7 @@ impl Fs {
                 ttl: self.config.metadata_ttl,
             });
         }
-        if self.metadata_unknown(node) {
+        if self.metadata_unknown(ino, node) {
             return None;
         }
         node.remaining(self.config.metadata_ttl, Instant::now())
@@ -348,16 +353,36 @@ impl Fs {
         );
         let page = list?;
         if !page.objects.is_empty() || !page.common_prefixes.is_empty() {
-            let mtime = page
-                .objects
-                .first()
-                .filter(|o| o.key == dir_key)
-                .map_or(self.mount_time, |marker| marker.last_modified);
-            return Ok(Some((Kind::Directory, Stat::directory(mtime))));
+            let stat = match page.objects.first().filter(|o| o.key == dir_key) {
+                Some(marker) => self.directory_stat(&dir_key, marker.last_modified).await?,
+                None => Stat::unmarked_directory(self.mount_time),
+            };
+            return Ok(Some((Kind::Directory, stat)));
         }
         match head {
             Ok(info) => Ok(Some((Kind::File, Stat::of_file(info)))),
             Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What directory `dir_key` shows: its marker object's metadata when it has
+    /// one (a HEAD, unless the volume keeps no metadata); `mtime` otherwise.
+    async fn directory_stat(&self, dir_key: &str, mtime: SystemTime) -> FsResult<Stat> {
+        if !self.config.metadata {
+            return Ok(Stat::directory(mtime));
+        }
+        match self.store.head_object(dir_key).await {
+            Ok(marker) => Ok(Stat {
+                posix: Some(
+                    marker
+                        .headers
+                        .map(|h| Posix::read(&h.user, Kind::Directory))
+                        .unwrap_or_default(),
+                ),
+                ..Stat::directory(marker.last_modified)
+            }),
+            Err(StoreError::NotFound { .. }) => Ok(Stat::unmarked_directory(mtime)),
             Err(e) => Err(e.into()),
         }
     }
@@ -406,26 +431,28 @@ impl Fs {
         if let Some(entry) = staged {
             return Ok(entry);
         }
-        // A file a fresh listing showed lacks only its metadata: a HEAD brings it.
-        let listed_file = {
+        // What a fresh listing showed lacks only its metadata: a HEAD of the
+        // file, or of the directory's marker, brings it.
+        let listed = {
             let table = self.inodes.lock().unwrap();
             table
                 .child(parent, name)
                 .filter(|(_, node)| {
-                    node.kind == Kind::File
-                        && node
-                            .remaining(self.config.metadata_ttl, Instant::now())
-                            .is_some()
+                    node.remaining(self.config.metadata_ttl, Instant::now())
+                        .is_some()
                 })
-                .map(|(_, node)| node.key.clone())
+                .map(|(_, node)| (node.kind, node.key.clone(), node.stat.mtime))
         };
-        let found = match listed_file {
-            Some(key) => match self.store.head_object(&key).await {
+        let found = match listed {
+            Some((Kind::File, key, _)) => match self.store.head_object(&key).await {
                 Ok(info) => Some((Kind::File, Stat::of_file(info))),
                 // Gone since, or a directory now: ask the whole question.
                 Err(StoreError::NotFound { .. }) => self.stat_name(parent_key, name).await?,
                 Err(e) => return Err(e.into()),
             },
+            Some((Kind::Directory, key, mtime)) => {
+                Some((Kind::Directory, self.directory_stat(&key, mtime).await?))
+            }
             None => self.stat_name(parent_key, name).await?,
         };
         let mut table = self.inodes.lock().unwrap();

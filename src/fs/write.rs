@@ -491,25 +491,32 @@ impl Fs {
         lost
     }
 
-    /// mkdir(2): a zero-byte marker object `name/`.
-    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+    /// mkdir(2): a zero-byte marker object `name/`, carrying the mode and
+    /// owner of `posix` and its time (unless the volume keeps no metadata).
+    pub async fn mkdir(&self, parent: u64, name: &OsStr, posix: Posix) -> FsResult<Entry> {
         self.writable()?;
         let name = self.valid_name(name)?;
         let parent_node = self.directory(parent)?;
         let key = child_key(&parent_node.key, name, Kind::Directory)?;
-        self.store
-            .put_object(&key, Bytes::new(), &ObjectHeaders::default())
-            .await?;
         let now = SystemTime::now();
+        let posix = Posix {
+            mtime: Some(now),
+            ..posix
+        };
+        let mut headers = ObjectHeaders::default();
+        if self.config.metadata {
+            posix.write(&mut headers.user, Kind::Directory);
+        }
+        let etag = self.store.put_object(&key, Bytes::new(), &headers).await?;
+        let stat = Stat {
+            etag,
+            posix: Some(posix),
+            own_headers: true,
+            ..Stat::directory(now)
+        };
         let ino = {
             let mut table = self.inodes.lock().unwrap();
-            table.upsert(
-                parent,
-                name,
-                Kind::Directory,
-                Stat::directory(now),
-                Instant::now(),
-            )
+            table.upsert(parent, name, Kind::Directory, stat, Instant::now())
         };
         self.inodes.lock().unwrap().add_lookup(ino);
         debug!(key, "directory created");
@@ -607,6 +614,7 @@ impl Fs {
         if self.has_children(ino, &key).await? {
             return Err(FsError::NotEmpty);
         }
+        self.take_pending_posix(ino);
         self.store.delete_object(&key).await?;
         self.inodes.lock().unwrap().remove_child(parent, name);
         debug!(key, "directory removed");

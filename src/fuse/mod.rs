@@ -177,17 +177,18 @@ impl Filesystem for FuseAdapter {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let fs = self.fs.clone();
         let name = name.to_os_string();
+        let posix = created(req, mode, umask);
         self.spawn(debug_span!("mkdir", parent = parent.0, ?name), async move {
-            match fs.mkdir(parent.0, &name).await {
+            match fs.mkdir(parent.0, &name, posix).await {
                 Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
                 Err(e) => reply.error(errno("mkdir", &e)),
             }
