@@ -711,6 +711,8 @@ async fn directories_keep_their_mode_owner_and_time_on_their_marker() {
     let other = volume(&store, true);
     let fh = other.fs.opendir(ROOT_INO).await.unwrap();
     other.fs.readdirplus(fh, 2).unwrap();
+    // (Closed, so that nothing is read ahead.)
+    other.fs.releasedir(fh);
     store.clear_calls();
     let seen = other
         .fs
@@ -728,4 +730,52 @@ async fn directories_keep_their_mode_owner_and_time_on_their_marker() {
         .unwrap();
     assert!(other.fs.apply_metadata(Duration::ZERO).await.is_empty());
     assert!(store.calls().is_empty(), "{:?}", store.calls());
+}
+
+/// `ls -l` of a listed directory: each entry's metadata is one HEAD, asked for
+/// in windows that double while the lookups follow the listing's order.
+#[tokio::test]
+async fn ls_l_reads_metadata_ahead_in_growing_windows() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    for i in 0..100 {
+        store.put_with(
+            &format!("root/f{i:03}"),
+            "x",
+            user(&[("mode", "33184"), ("uid", "7")]),
+        );
+    }
+    let vol = volume(&store, true);
+    let fh = vol.fs.opendir(ROOT_INO).await.unwrap();
+    vol.fs.readdirplus(fh, 2).unwrap();
+    store.clear_calls();
+    let heads = || store.count_calls(Operation::HeadObject);
+    let stat = |i: usize| {
+        let fs = &vol.fs;
+        async move {
+            let name = format!("f{i:03}");
+            fs.lookup(ROOT_INO, OsStr::new(&name)).await.unwrap().attr
+        }
+    };
+    assert_eq!(stat(0).await.uid, 7);
+    assert_eq!(heads(), 8, "the first window");
+    for i in 1..8 {
+        assert_eq!(stat(i).await.perm, 0o640);
+    }
+    assert_eq!(heads(), 8, "answered by the window");
+    stat(8).await;
+    assert_eq!(heads(), 8 + 16, "the window doubles");
+    for i in 9..100 {
+        assert_eq!(stat(i).await.uid, 7, "f{i:03}");
+    }
+    assert_eq!(heads(), 100, "each entry's metadata asked for once");
+    assert_eq!(store.count_calls(Operation::ListObjectsV2), 0);
+    vol.fs.releasedir(fh);
+
+    // A lone stat with no listing held: one HEAD.
+    let other = volume(&store, true);
+    let fh = other.fs.opendir(ROOT_INO).await.unwrap();
+    other.fs.releasedir(fh);
+    store.clear_calls();
+    other.fs.lookup(ROOT_INO, OsStr::new("f050")).await.unwrap();
+    assert_eq!(ops(&store), [Operation::HeadObject]);
 }

@@ -119,6 +119,16 @@ impl Fs {
         snapshot.entries.upgrade()
     }
 
+    /// `ino`'s listing as a handle open on it holds it, if one does.
+    pub(super) fn shared_listing(&self, ino: u64) -> Option<Arc<Vec<DirEntry>>> {
+        self.dir_snapshots
+            .lock()
+            .unwrap()
+            .get(&ino)?
+            .entries
+            .upgrade()
+    }
+
     fn open_snapshot(&self, entries: Arc<Vec<DirEntry>>) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().unwrap().insert(fh, entries);

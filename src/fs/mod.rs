@@ -11,6 +11,7 @@
 //! everything in it. Keys whose last segment cannot be a Linux file name (empty,
 //! `.`, `..`, too long, NUL) are skipped in listings with one warning per listing.
 
+mod ahead;
 mod dir;
 pub mod error;
 pub mod inode;
@@ -218,6 +219,8 @@ pub struct Fs {
     mount_time: SystemTime,
     /// Set by [`Fs::stop`]: nothing more is changed or uploaded.
     stopped: AtomicBool,
+    /// How far metadata is read ahead in each directory.
+    ahead: ahead::Windows,
     /// Changes of closed files' modes, owners and times waiting to be copied
     /// onto their objects, by inode.
     pending_posix: Mutex<HashMap<u64, meta::Pending>>,
@@ -252,6 +255,7 @@ impl Fs {
             config,
             stopped: AtomicBool::new(false),
             pending_posix: Mutex::new(HashMap::new()),
+            ahead: ahead::Windows::default(),
         }
     }
 
@@ -444,14 +448,12 @@ impl Fs {
                 .map(|(_, node)| (node.kind, node.key.clone(), node.stat.mtime))
         };
         let found = match listed {
-            Some((Kind::File, key, _)) => match self.store.head_object(&key).await {
-                Ok(info) => Some((Kind::File, Stat::of_file(info))),
-                // Gone since, or a directory now: ask the whole question.
-                Err(StoreError::NotFound { .. }) => self.stat_name(parent_key, name).await?,
-                Err(e) => return Err(e.into()),
-            },
-            Some((Kind::Directory, key, mtime)) => {
-                Some((Kind::Directory, self.directory_stat(&key, mtime).await?))
+            Some((kind, key, mtime)) => {
+                match self.stat_listed(parent, name, kind, key, mtime).await? {
+                    Some(found) => Some(found),
+                    // Gone since, or a directory now: ask the whole question.
+                    None => self.stat_name(parent_key, name).await?,
+                }
             }
             None => self.stat_name(parent_key, name).await?,
         };
