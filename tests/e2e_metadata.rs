@@ -327,3 +327,150 @@ async fn what_s3fs_and_rclone_wrote_shows_and_what_s3vol_writes_they_read() {
         Some(&b"ours"[..])
     );
 }
+
+/// s3fs-fuse mounted over the bucket, for as long as it lives.
+struct S3fs {
+    dir: tempfile::TempDir,
+    _passwd: tempfile::NamedTempFile,
+}
+
+impl S3fs {
+    fn mount(server: &Server) -> S3fs {
+        let passwd = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            passwd.path(),
+            format!("{}:{}\n", server.access_key, server.secret_key),
+        )
+        .unwrap();
+        std::fs::set_permissions(passwd.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        run(Command::new("s3fs")
+            .arg(BUCKET)
+            .arg(dir.path())
+            .arg("-o")
+            .arg(format!(
+                "url={},use_path_request_style,endpoint={},passwd_file={}",
+                server.endpoint,
+                server.region,
+                passwd.path().display()
+            )));
+        S3fs {
+            dir,
+            _passwd: passwd,
+        }
+    }
+}
+
+impl Drop for S3fs {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// rclone with the server as remote `g:`.
+fn rclone(server: &Server) -> Command {
+    let mut command = Command::new("rclone");
+    command
+        // rclone refuses to start with a CA bundle it cannot use, and needs none
+        // for plain http.
+        .env_remove("AWS_CA_BUNDLE")
+        .env("RCLONE_CONFIG_G_TYPE", "s3")
+        .env("RCLONE_CONFIG_G_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_G_ENDPOINT", &server.endpoint)
+        .env("RCLONE_CONFIG_G_ACCESS_KEY_ID", &server.access_key)
+        .env("RCLONE_CONFIG_G_SECRET_ACCESS_KEY", &server.secret_key)
+        .env("RCLONE_CONFIG_G_REGION", &server.region)
+        .env("RCLONE_CONFIG", "/dev/null");
+    command
+}
+
+/// The real tools, both ways: what s3vol writes, s3fs-fuse shows and
+/// `rclone copy --metadata` restores; what they write, s3vol shows.
+#[tokio::test]
+#[ignore = "needs Garage, s3fs and rclone; run scripts/test.sh"]
+async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
+    let server = garage().await;
+    // s3vol writes.
+    let mount = Mount::new(&server, "vol/root", &["--read-write"]);
+    let source = tempfile::tempdir().unwrap();
+    sample_tree(source.path());
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", source.path().display()))
+        .arg(mount.path()));
+    stop(mount);
+
+    // s3fs shows modes, times and the link.
+    {
+        let s3fs = S3fs::mount(&server);
+        assert_eq!(
+            describe(source.path()),
+            describe(&s3fs.dir.path().join("root"))
+        );
+    }
+    // rclone restores modes and times to a local copy.
+    let restored = tempfile::tempdir().unwrap();
+    run(rclone(&server)
+        .args(["copy", "--metadata", "g:vol/root/sub"])
+        .arg(restored.path()));
+    let data = std::fs::metadata(restored.path().join("data")).unwrap();
+    let original = std::fs::metadata(source.path().join("sub/data")).unwrap();
+    assert_eq!(data.mode() & 0o7777, 0o640);
+    assert_eq!(data.mtime(), original.mtime());
+    assert_eq!(data.mtime_nsec(), original.mtime_nsec());
+
+    // They write: s3fs a file it chmods, chowns and touches; rclone a copy with
+    // its metadata.
+    {
+        let s3fs = S3fs::mount(&server);
+        let theirs = s3fs.dir.path().join("from-s3fs");
+        std::fs::write(&theirs, "s3fs\n").unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o604)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(4321), Some(8765)).unwrap();
+        run(Command::new("touch")
+            .args(["-d", "2019-09-09 09:09:09"])
+            .arg(&theirs));
+        std::os::unix::fs::symlink("from-s3fs", s3fs.dir.path().join("s3fs-link")).unwrap();
+    }
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("from-rclone");
+    std::fs::write(&file, "rclone\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o610)).unwrap();
+    run(Command::new("touch")
+        .args(["-d", "2018-08-08 08:08:08.5"])
+        .arg(&file));
+    run(rclone(&server)
+        .args(["copy", "--metadata"])
+        .arg(&file)
+        .arg("g:vol/"));
+
+    let mount = Mount::new(&server, "vol", &[]);
+    let s3fs = std::fs::symlink_metadata(mount.path().join("from-s3fs")).unwrap();
+    assert_eq!(
+        (s3fs.mode(), s3fs.uid(), s3fs.gid()),
+        (0o100604, 4321, 8765)
+    );
+    assert_eq!(
+        std::fs::read_link(mount.path().join("s3fs-link")).unwrap(),
+        Path::new("from-s3fs")
+    );
+    let rclone = std::fs::symlink_metadata(mount.path().join("from-rclone")).unwrap();
+    let local = std::fs::metadata(&file).unwrap();
+    assert_eq!(rclone.mode(), 0o100610);
+    assert_eq!(
+        (rclone.mtime(), rclone.mtime_nsec()),
+        (local.mtime(), local.mtime_nsec())
+    );
+    assert_eq!(
+        run(Command::new("date")
+            .args(["-u", "-r"])
+            .arg(mount.path().join("from-s3fs"))
+            .arg("+%F %T")),
+        run(Command::new("date")
+            .args(["-u", "-d", "2019-09-09 09:09:09", "+%F %T"])
+            .env("TZ", "UTC"))
+    );
+}
