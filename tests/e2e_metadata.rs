@@ -432,6 +432,7 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
         std::os::unix::fs::chown(&theirs, Some(4321), Some(8765)).unwrap();
         run(Command::new("touch")
             .args(["-d", "2019-09-09 09:09:09"])
+            .env("TZ", "UTC")
             .arg(&theirs));
         std::os::unix::fs::symlink("from-s3fs", s3fs.dir.path().join("s3fs-link")).unwrap();
     }
