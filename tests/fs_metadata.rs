@@ -157,15 +157,9 @@ async fn a_listed_file_costs_one_head_for_its_metadata_then_nothing_within_the_t
 async fn a_created_file_keeps_its_mode_and_owner_and_a_rewrite_keeps_them_too() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let vol = volume(&store, true);
-    let creator = Posix {
-        perm: Some(0o600),
-        uid: Some(1000),
-        gid: Some(100),
-        ..Posix::default()
-    };
     let (entry, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new("new"), None, creator)
+        .create(ROOT_INO, OsStr::new("new"), None, CREATOR)
         .await
         .unwrap();
     assert_eq!(
@@ -211,13 +205,22 @@ async fn a_created_file_keeps_its_mode_and_owner_and_a_rewrite_keeps_them_too() 
     let off = volume(&store, false);
     let (_, fh) = off
         .fs
-        .create(ROOT_INO, OsStr::new("plain"), None, creator)
+        .create(ROOT_INO, OsStr::new("plain"), None, CREATOR)
         .await
         .unwrap();
     off.fs.flush(fh, None).await.unwrap();
     off.fs.release(fh).await;
     assert!(store.headers("root/plain").unwrap().user.is_empty());
 }
+
+/// A file made 0600 by user 1000, group 100.
+const CREATOR: Posix = Posix {
+    perm: Some(0o600),
+    uid: Some(1000),
+    gid: Some(100),
+    mtime: None,
+    symlink: false,
+};
 
 fn chmod(perm: u16) -> Posix {
     Posix {
@@ -304,15 +307,9 @@ async fn rsync_s_write_set_times_and_rename_costs_a_put_a_copy_and_a_delete() {
     let vol = volume(&store, true);
     assert_eq!(lookup_path(&vol.fs, "f").await, Err(libc::ENOENT));
     store.clear_calls();
-    let creator = Posix {
-        perm: Some(0o600),
-        uid: Some(1000),
-        gid: Some(100),
-        ..Posix::default()
-    };
     let (entry, fh) = vol
         .fs
-        .create(ROOT_INO, OsStr::new(".f.Ab12"), None, creator)
+        .create(ROOT_INO, OsStr::new(".f.Ab12"), None, CREATOR)
         .await
         .unwrap();
     vol.fs.write(fh, 0, b"content").await.unwrap();
