@@ -211,6 +211,13 @@ async fn a_created_file_keeps_its_mode_and_owner_and_a_rewrite_keeps_them_too() 
     off.fs.flush(fh, None).await.unwrap();
     off.fs.release(fh).await;
     assert!(store.headers("root/plain").unwrap().user.is_empty());
+    // Nor does it carry a rewritten file's over.
+    let ino = lookup_path(&off.fs, "new").await.unwrap();
+    let fh = off.fs.open(ino, TRUNCATE).await.unwrap();
+    off.fs.write(fh, 0, b"third").await.unwrap();
+    off.fs.flush(fh, None).await.unwrap();
+    off.fs.release(fh).await;
+    assert!(store.headers("root/new").unwrap().user.is_empty());
 }
 
 /// A file made 0600 by user 1000, group 100.

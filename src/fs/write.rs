@@ -93,7 +93,7 @@ impl Fs {
         });
         let file = self.new_staged(&node.key, base, config)?;
         // Rewritten, a file keeps its mode and owner; its time is the new one.
-        if let Some(posix) = node.stat.posix {
+        if let Some(posix) = node.stat.posix.filter(|_| self.config.metadata) {
             file.set_posix(Posix {
                 mtime: None,
                 ..posix
@@ -319,8 +319,9 @@ impl Fs {
 
     /// setattr(2): a size changes the file (through handle `fh` for ftruncate);
     /// what `change` sets of a file's mode, owner and time is kept in its
-    /// object's metadata (see [`Fs::change_posix`]; accepted and not kept with
-    /// `--no-metadata`, and for directories).
+    /// object's metadata, a directory's in its marker's (see
+    /// [`Fs::change_posix`]; accepted and not kept with `--no-metadata`, and
+    /// for the volume root).
     pub async fn setattr(
         &self,
         ino: u64,
