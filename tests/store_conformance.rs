@@ -28,7 +28,7 @@ impl Subject {
             (kind, check),
             (
                 Some(ServerKind::Garage),
-                Check::MinPartSize | Check::SelfCopyChanges
+                Check::MinPartSize | Check::SelfCopyChanges | Check::Encryption
             ) | (
                 Some(ServerKind::Moto),
                 Check::CopyIfMatch | Check::ControlCharacters
@@ -58,6 +58,8 @@ enum Check {
     ControlCharacters,
     /// A copy onto itself must change something (Garage copies regardless).
     SelfCopyChanges,
+    /// Server-side encryption with S3's keys (Garage has none).
+    Encryption,
 }
 
 fn memory() -> Subject {
@@ -561,6 +563,29 @@ async fn headers_are_kept_carried_and_replaced(s: &Subject) {
                 .await
                 .is_err()
         );
+    }
+
+    // The encryption an object is stored with survives a change in place.
+    if s.checks(Check::Encryption) {
+        let encrypted = ObjectHeaders {
+            sse: Some("AES256".into()),
+            ..headers.clone()
+        };
+        s.store
+            .put_object("h/sse", b"secret"[..].into(), &encrypted)
+            .await
+            .unwrap();
+        let head = s.store.head_object("h/sse").await.unwrap();
+        let mut kept = head.headers.clone().unwrap();
+        assert_eq!(kept.sse.as_deref(), Some("AES256"));
+        kept.user.insert("mode".into(), "0100600".into());
+        s.store
+            .copy_object("h/sse", "h/sse", Some(&head.etag), head.size, Some(&kept))
+            .await
+            .unwrap();
+        let after = s.store.head_object("h/sse").await.unwrap().headers.unwrap();
+        assert_eq!(after.sse.as_deref(), Some("AES256"));
+        assert_eq!(after.user["mode"], "0100600");
     }
 
     // A multipart upload's headers are the completed object's.
