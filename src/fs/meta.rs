@@ -2,15 +2,15 @@
 //! the upload of a file being written; on a file already in S3 it waits
 //! [`METADATA_DELAY`] for the next one, so that `rsync -a`'s chmod, utimens and
 //! rename cost one copy, and is then copied onto the object in place (same
-//! bytes, same ETag, every other header kept).
+//! bytes, same ETag, every other header kept). A directory's go the same way
+//! onto its marker object, which is made if the directory has none.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use super::inode::Kind;
-use super::inode::ROOT_INO;
+use super::inode::{Kind, ROOT_INO};
 use super::posix::Posix;
 use super::{Fs, FsError, FsResult};
 use crate::store::{ObjectHeaders, StoreError};
