@@ -168,8 +168,8 @@ impl Finish {
         let lost = self.lost.lock().unwrap();
         (!lost.is_empty()).then(|| {
             format!(
-                "the changes to {} file(s) still open at the stop were not uploaded (S3 \
-                 keeps their previous versions): {}",
+                "the changes to {} file(s) were not in S3 when the volume stopped (S3 \
+                 keeps their previous versions and metadata): {}",
                 lost.len(),
                 lost.join(", ")
             )
