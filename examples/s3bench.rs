@@ -197,7 +197,16 @@ async fn wait(client: Client, bucket: String, prefix: String, count: usize, byte
     }
 }
 
-async fn put_many(client: Client, bucket: String, prefix: String, count: usize, dirs: usize) {
+/// `count` objects under `prefix`, spread over `dirs` directories when more than
+/// one, each `size` bytes (or 1 to 100 bytes when `size` is 0).
+async fn put_many(
+    client: Client,
+    bucket: String,
+    prefix: String,
+    count: usize,
+    dirs: usize,
+    size: usize,
+) {
     let client = Arc::new(client);
     futures::stream::iter(0..count)
         .map(|i| {
@@ -212,7 +221,14 @@ async fn put_many(client: Client, bucket: String, prefix: String, count: usize, 
                     .put_object()
                     .bucket(bucket)
                     .key(key)
-                    .body(ByteStream::from(vec![b'x'; 1 + i % 100]))
+                    .body(ByteStream::from(vec![
+                        b'x';
+                        if size > 0 {
+                            size
+                        } else {
+                            1 + i % 100
+                        }
+                    ]))
                     .send()
                     .await
                     .expect("put");
@@ -270,13 +286,14 @@ async fn main() {
             .await
         }
         Some("put-many") => {
-            let (count, dirs) = (number(4, 10_000), number(5, 1));
+            let (count, dirs, size) = (number(4, 10_000), number(5, 1), number(6, 0));
             put_many(
                 client,
                 arg(&args, 2, "BUCKET"),
                 arg(&args, 3, "PREFIX"),
                 count,
                 dirs,
+                size,
             )
             .await
         }

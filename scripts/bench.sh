@@ -12,8 +12,10 @@
 # each system's local cache on (s3vol's default block cache, s3fs's use_cache,
 # rclone's --vfs-cache-mode full), once as a re-read a moment later and once with
 # the kernel's page cache dropped first, so the data comes from each system's cache
-# on local disk (the run fails if s3vol sends a GET for any of them); `ls -l` of 10,000 objects in one
-# directory, `find` over 10,000 objects in 100 directories, a 1 GiB sequential
+# on local disk (the run fails if s3vol sends a GET for any of them); 1,000 files
+# of 64 KiB in 10 directories read by 8 `cat`s at once, cold; the time to open and
+# read the first 4 KiB of 100 objects one after another, cold; `ls -l` of 10,000
+# objects in one directory, `find` over 10,000 objects in 100 directories, a 1 GiB sequential
 # write and 1000 small-file creates (each timed until the data is in S3: rclone
 # returns from close before uploading, so the clock stops when the objects are
 # listed with their full size; its writes run with --vfs-write-back 0s, so that
@@ -43,10 +45,11 @@ S3BENCH="$S3VOL_ROOT/target/release/examples/s3bench"
 
 garage_workspace bench bench
 
-log "seeding: a 1 GiB object, 10,000 objects in one directory, 10,000 in 100 directories"
+log "seeding: a 1 GiB object, 10,000 objects in one directory, 10,000 in 100 directories, 1,000 of 64 KiB in 10"
 "$S3BENCH" put bench seq/1g.bin 1024 >/dev/null
 "$S3BENCH" put-many bench flat/ 10000 1
 "$S3BENCH" put-many bench tree/ 10000 100
+"$S3BENCH" put-many bench small64/ 1000 10 65536
 
 printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$work/s3fs.passwd"
 chmod 600 "$work/s3fs.passwd"
@@ -190,6 +193,28 @@ find_tree() {  # seconds
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", b - a }'
 }
 
+small_files() {  # files/s: 1,000 files of 64 KiB in 10 directories, 8 cats at once, cold
+    drop_caches; mount_system "$1"
+    local t0 t1 bytes; t0=$(now)
+    bytes=$(find "$mnt/small64" -type f -print0 | xargs -0 -P 8 -n 25 cat | wc -c)
+    t1=$(now); unmount_system "$1"
+    [ "$bytes" -eq $((1000 * 65536)) ] || die "$1: read $bytes bytes of the small files, not 64 KiB each"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1000 / (b - a) }'
+}
+first_byte() {  # ms per file: open and read 4 KiB of 100 objects one after another, cold
+    drop_caches; mount_system "$1"
+    python3 - "$mnt/small64" <<'PY'
+import os, sys, time
+root = sys.argv[1]
+t = time.time()
+for i in range(100):
+    with open(os.path.join(root, f"d{i % 10:03}", f"f{i:05}"), "rb") as f:
+        assert len(f.read(4096)) == 4096
+print(f"{(time.time() - t) * 1000 / 100:.1f}")
+PY
+    unmount_system "$1"
+}
+
 # Writes read their data from a file in the page cache, so the source costs nothing.
 # Each write starts with nothing dirty in the page cache: otherwise a run pays for
 # writing back what the run before it (or the seeding) left.
@@ -230,7 +255,7 @@ head -c 1G /dev/urandom >"$work/src-1g.bin"
 
 SYSTEMS=(s3vol s3fs rclone)
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
-read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads warm_read warm_random disk_read disk_random ls_l find_tree seq_write small_creates}"
+read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads warm_read warm_random disk_read disk_random small_files first_byte ls_l find_tree seq_write small_creates}"
 declare -A RESULT
 for w in "${WORKLOADS[@]}"; do
     for s in "${SYSTEMS[@]}"; do
@@ -294,6 +319,8 @@ row "1 GiB sequential re-read, warm" "MiB/s" higher warm_read
 row "4 KiB random reads, warm" "reads/s" higher warm_random
 row "1 GiB re-read, local disk cache" "MiB/s" higher disk_read
 row "4 KiB random, local disk cache" "reads/s" higher disk_random
+row "64 KiB files, 8 cats at once, cold" "files/s" higher small_files
+row "open + 4 KiB read, cold, 1 by 1" "ms/file" lower first_byte
 row "ls -l, 10,000 objects" "s" lower ls_l
 row "find, 10,000 objects in 100 dirs" "s" lower find_tree
 row "1 GiB sequential write, durable" "MiB/s" higher seq_write "$RAW_PUT"
