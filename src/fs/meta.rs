@@ -163,8 +163,7 @@ impl Fs {
 
     /// A directory with no marker object gets one, carrying `change`.
     async fn make_marker(&self, ino: u64, key: &str, change: Posix) -> FsResult<()> {
-        let mut headers = ObjectHeaders::default();
-        change.write(&mut headers.user, Kind::Directory);
+        let headers = change.headers(Kind::Directory);
         let etag = self.store.put_object(key, Bytes::new(), &headers).await?;
         debug!(
             key,

@@ -18,6 +18,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::store::ObjectHeaders;
+
 pub const MODE: &str = "mode";
 pub const UID: &str = "uid";
 pub const GID: &str = "gid";
@@ -87,6 +89,13 @@ impl Posix {
         if let Some(mtime) = self.mtime {
             user.insert(MTIME.into(), format_time(mtime));
         }
+    }
+
+    /// The headers of an object of `kind` that carries these and nothing else.
+    pub fn headers(&self, kind: Kind) -> ObjectHeaders {
+        let mut headers = ObjectHeaders::default();
+        self.write(&mut headers.user, kind);
+        headers
     }
 
     /// These values, with those `newer` sets taking their place.

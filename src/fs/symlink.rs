@@ -15,7 +15,6 @@ use super::inode::{Kind, Stat};
 use super::posix::Posix;
 use super::write::child_key;
 use super::{Entry, Fs, FsError, FsResult, Mutation};
-use crate::store::ObjectHeaders;
 
 /// The longest target a link may have: PATH_MAX less its terminating NUL.
 const MAX_TARGET: usize = 4095;
@@ -53,11 +52,13 @@ impl Fs {
             symlink: true,
             ..owner
         };
-        let mut headers = ObjectHeaders::default();
-        posix.write(&mut headers.user, Kind::File);
         let etag = self
             .store
-            .put_object(&key, Bytes::copy_from_slice(target), &headers)
+            .put_object(
+                &key,
+                Bytes::copy_from_slice(target),
+                &posix.headers(Kind::File),
+            )
             .await?;
         debug!(key, "symbolic link made");
         let stat = Stat {

@@ -295,7 +295,7 @@ impl Fs {
                     &key,
                     uploaded.size,
                     Some(&uploaded.etag),
-                    Some(&file.headers()),
+                    Some(&posix.headers(Kind::File)),
                 )
                 .await?;
             uploaded.posix = posix;
@@ -504,10 +504,10 @@ impl Fs {
             mtime: Some(now),
             ..posix
         };
-        let mut headers = ObjectHeaders::default();
-        if self.config.metadata {
-            posix.write(&mut headers.user, Kind::Directory);
-        }
+        let headers = match self.config.metadata {
+            true => posix.headers(Kind::Directory),
+            false => ObjectHeaders::default(),
+        };
         let etag = self.store.put_object(&key, Bytes::new(), &headers).await?;
         let stat = Stat {
             etag,

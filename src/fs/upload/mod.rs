@@ -46,7 +46,7 @@ pub use self::config::WriteConfig;
 use self::layout::PartLayout;
 use super::inode::Kind;
 use super::posix::Posix;
-use crate::store::{ObjectHeaders, ObjectStore, StoreError, UploadedPart};
+use crate::store::{ObjectStore, StoreError, UploadedPart};
 
 /// The object a staged file was opened on, not yet copied into the staging file:
 /// a file opened for writing is only downloaded when it is first changed without
@@ -280,11 +280,6 @@ impl StagedFile {
         self.state.lock().unwrap().posix
     }
 
-    /// What the object will carry besides its bytes.
-    pub fn headers(&self) -> ObjectHeaders {
-        headers_of(self.posix())
-    }
-
     pub fn key(&self) -> String {
         self.state.lock().unwrap().key.clone()
     }
@@ -488,7 +483,7 @@ impl StagedFile {
         let posix = self.posix();
         let created = self
             .store
-            .create_multipart_upload(&key, &self.headers())
+            .create_multipart_upload(&key, &posix.headers(Kind::File))
             .await?;
         self.state.lock().unwrap().started_with = Some(posix);
         debug!(key, upload_id = created, "multipart upload started");
@@ -605,7 +600,7 @@ impl StagedFile {
             };
             let etag = self
                 .store
-                .put_object(&key, body, &headers_of(posix))
+                .put_object(&key, body, &posix.headers(Kind::File))
                 .await?;
             (etag, posix)
         } else {
@@ -682,11 +677,4 @@ impl StagedFile {
             warn!(key, upload_id = id, error = %e, "could not abort the multipart upload; `s3vol cleanup` removes it");
         }
     }
-}
-
-/// The headers of an object that carries `posix` and nothing else.
-fn headers_of(posix: Posix) -> ObjectHeaders {
-    let mut headers = ObjectHeaders::default();
-    posix.write(&mut headers.user, Kind::File);
-    headers
 }
