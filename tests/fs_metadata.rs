@@ -783,3 +783,28 @@ async fn ls_l_reads_metadata_ahead_in_growing_windows() {
     other.fs.lookup(ROOT_INO, OsStr::new("f050")).await.unwrap();
     assert_eq!(ops(&store), [Operation::HeadObject]);
 }
+
+/// A refresh from S3 while a change waits does not bring the old mode back once
+/// the change is in S3.
+#[tokio::test]
+async fn a_change_applied_after_a_refresh_shows_as_applied() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put_with("root/f", "x", user(&[("mode", "0100644")]));
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        metadata_ttl: Duration::from_millis(50),
+        write: Some(WriteConfig::new(
+            LocalDir::open_or_create(staging.path()).unwrap(),
+        )),
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(store.clone(), "root/", config);
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Refreshed from S3 (still 0644 there); the waiting change still shows.
+    assert_eq!(fs.getattr(ino).await.unwrap().attr.perm, 0o600);
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
+    assert_eq!(fs.getattr(ino).await.unwrap().attr.perm, 0o600);
+}

@@ -154,6 +154,8 @@ impl Fs {
         );
         let mut table = self.inodes.lock().unwrap();
         table.set_etag(ino, copied);
+        // What the object carries now, whatever a refresh learnt meanwhile.
+        table.set_posix(ino, Posix::read(&headers.user, node.kind));
         if etag != node.stat.etag {
             // Another client's version got the change: learn the rest of it.
             table.expire(ino);
