@@ -808,3 +808,38 @@ async fn a_change_applied_after_a_refresh_shows_as_applied() {
     assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
     assert_eq!(fs.getattr(ino).await.unwrap().attr.perm, 0o600);
 }
+
+/// A rename above the single-copy limit is a multipart copy, which carries
+/// nothing by itself: it starts with the source's headers.
+#[tokio::test]
+async fn a_rename_in_parts_carries_every_header() {
+    const PART: usize = 5 * 1024 * 1024;
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = common::pattern(3 * PART, 6);
+    let mut headers = user(&[("mode", "0100600"), ("color", "red")]);
+    headers.content_type = Some("video/mp4".into());
+    store.put_with("root/big", data.clone(), headers.clone());
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig {
+            part_size: PART as u64,
+            single_copy_limit: 2 * PART as u64,
+            ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
+        }),
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(store.clone(), "root/", config);
+    lookup_path(&fs, "big").await.unwrap();
+    fs.rename(
+        ROOT_INO,
+        OsStr::new("big"),
+        ROOT_INO,
+        OsStr::new("moved"),
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(ops(&store).contains(&Operation::UploadPartCopy));
+    assert_eq!(store.headers("root/moved"), Some(headers));
+    assert_eq!(store.get("root/moved").as_deref(), Some(&data[..]));
+}
