@@ -110,6 +110,25 @@ async fn files_show_the_mode_owner_and_time_their_metadata_keeps() {
     assert_eq!((bare.perm, bare.uid, bare.gid), (0o644, 0, 0));
     assert!(bare.mtime > at(1_700_000_000, 0));
 
+    // A read-only volume shows the same, and refuses a change with no request.
+    let read_only = Fs::new(store.clone(), "root/", FsConfig::default());
+    let shown = read_only
+        .lookup(ROOT_INO, OsStr::new("s3fs"))
+        .await
+        .unwrap()
+        .attr;
+    assert_eq!((shown.perm, shown.uid, shown.gid), (0o640, 1234, 5678));
+    store.clear_calls();
+    assert_eq!(
+        read_only
+            .setattr(shown.ino, None, chmod(0o600), None)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    assert!(store.calls().is_empty(), "{:?}", store.calls());
+
     // --no-metadata shows the defaults whatever the objects carry.
     let off = volume(&store, false);
     let s3fs = off.fs.lookup(ROOT_INO, OsStr::new("s3fs")).await.unwrap();
