@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the tests need (fuse3, moto in a venv, Garage, a Debian rootfs with
+# Installs what the tests need (fuse3, moto in a venv, Garage, s3fs, rclone, a Debian rootfs with
 # systemd) and runs every test:
 # formatting, lints, unit tests, filesystem tests on the memory store, the store
 # conformance suite and the end-to-end mounts against local servers.
