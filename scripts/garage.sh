@@ -20,8 +20,11 @@ start)
     ensure_garage
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
-    s3_port=$(free_port); rpc_port=$(free_port); admin_port=$(free_port)
-    cat >"$dir/garage.toml" <<TOML
+    # A server that lost a port to another started at the same moment exits;
+    # start again on others.
+    for attempt in 1 2 3 4 5; do
+        s3_port=$(free_port); rpc_port=$(free_port); admin_port=$(free_port)
+        cat >"$dir/garage.toml" <<TOML
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "${GARAGE_DB_ENGINE:-lmdb}"
@@ -40,10 +43,12 @@ root_domain = ".s3.garage.localhost"
 [admin]
 api_bind_addr = "127.0.0.1:$admin_port"
 TOML
+        RUST_LOG=warn setsid "$GARAGE_BIN" -c "$dir/garage.toml" server >"$dir/garage.log" 2>&1 &
+        echo $! >"$dir/pid"
+        wait_for_ports "$(cat "$dir/pid")" Garage "$s3_port" "$rpc_port" "$admin_port" && break
+        [ "$attempt" = 5 ] && die "Garage did not start; see $dir/garage.log"
+    done
     g() { "$GARAGE_BIN" -c "$dir/garage.toml" "$@"; }
-    RUST_LOG=warn setsid "$GARAGE_BIN" -c "$dir/garage.toml" server >"$dir/garage.log" 2>&1 &
-    echo $! >"$dir/pid"
-    wait_for_port "$s3_port" Garage
     node=""
     for _ in $(seq 1 100); do
         node=$(g node id -q 2>/dev/null | cut -d@ -f1) && [ -n "$node" ] && break

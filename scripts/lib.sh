@@ -122,13 +122,34 @@ else:
 '
 }
 
-wait_for_port() {
-    local port=$1 what=$2
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+# Whether process PID itself listens on 127.0.0.1:PORT (not merely someone else:
+# two servers started at once may have picked the same port, and the one that lost
+# the race must not take the other's answers for its own).
+listens_on() {
+    local pid=$1 port=$2 inode
+    for inode in $(awk -v port="$(printf ':%04X' "$port")" \
+        '$4 == "0A" && substr($2, length($2) - 4) == port { print $10 }' /proc/net/tcp); do
+        [ -n "$(find "/proc/$pid/fd" -lname "socket:\[$inode\]" -print -quit 2>/dev/null)" ] && return 0
+    done
+    return 1
+}
+
+# Waits until process PID listens on every PORT. Fails (status 1) if the process
+# exits first, as a server does when one of its ports was taken; dies if it never
+# listens.
+wait_for_ports() {
+    local pid=$1 what=$2 port ready
+    shift 2
+    for _ in $(seq 1 400); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        ready=1
+        for port in "$@"; do
+            listens_on "$pid" "$port" || { ready=0; break; }
+        done
+        [ "$ready" = 1 ] && return 0
         sleep 0.05
     done
-    die "$what did not start listening on 127.0.0.1:$port"
+    die "$what did not start listening on 127.0.0.1 port(s) $*"
 }
 
 # Makes a temporary directory $work holding an empty mountpoint $mnt, starts Garage

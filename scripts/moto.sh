@@ -12,10 +12,15 @@ case "$cmd" in
 start)
     ensure_moto
     mkdir -p "$dir"
-    port=$(free_port)
-    setsid "$MOTO_VENV/bin/python" "$(dirname "$0")/moto_server.py" "$port" >"$dir/moto.log" 2>&1 &
-    echo $! >"$dir/pid"
-    wait_for_port "$port" moto
+    # A server that lost its port to another started at the same moment exits;
+    # start again on another.
+    for attempt in 1 2 3 4 5; do
+        port=$(free_port)
+        setsid "$MOTO_VENV/bin/python" "$(dirname "$0")/moto_server.py" "$port" >"$dir/moto.log" 2>&1 &
+        echo $! >"$dir/pid"
+        wait_for_ports "$(cat "$dir/pid")" moto "$port" && break
+        [ "$attempt" = 5 ] && die "moto did not start; see $dir/moto.log"
+    done
     echo "S3_ENDPOINT=http://127.0.0.1:$port"
     echo "MOTO_PID=$(cat "$dir/pid")"
     ;;
