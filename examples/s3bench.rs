@@ -2,7 +2,9 @@
 //! against, and the tool that seeds the benchmark's data.
 //!
 //! ```text
-//! s3bench get BUCKET KEY [CONCURRENCY]        parallel 8 MiB ranged GETs; prints MiB/s
+//! s3bench get BUCKET KEY[,KEY...] [CONCURRENCY]
+//!                                             parallel 8 MiB ranged GETs of the
+//!                                             keys, whole; prints MiB/s
 //! s3bench put BUCKET KEY MIB [CONCURRENCY]    parallel multipart upload of MIB MiB of
 //!                                             distinct bytes made before the clock
 //!                                             starts; prints MiB/s
@@ -44,26 +46,36 @@ fn arg(args: &[String], i: usize, what: &str) -> String {
         .unwrap_or_else(|| panic!("missing {what}; see the usage at the top of s3bench.rs"))
 }
 
-async fn get(client: Client, bucket: String, key: String, concurrency: usize) {
-    let head = client
-        .head_object()
-        .bucket(&bucket)
-        .key(&key)
-        .send()
-        .await
-        .expect("head");
-    let size = head.content_length().unwrap_or(0) as u64;
+/// Reads every key in `keys` whole, in parallel 8 MiB ranged GETs (`concurrency`
+/// in flight across all of them); prints MiB/s of them all.
+async fn get(client: Client, bucket: String, keys: Vec<String>, concurrency: usize) {
+    let mut ranges = Vec::new();
+    let mut size = 0;
+    for key in keys {
+        let head = client
+            .head_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await
+            .expect("head");
+        let len = head.content_length().unwrap_or(0) as u64;
+        size += len;
+        let key = Arc::new(key);
+        ranges.extend((0..len).step_by(PART as usize).map(|offset| {
+            (key.clone(), offset, (offset + PART).min(len) - 1)
+        }));
+    }
     let start = Instant::now();
     let client = Arc::new(client);
-    let total: usize = futures::stream::iter((0..size).step_by(PART as usize))
-        .map(|offset| {
-            let (client, bucket, key) = (client.clone(), bucket.clone(), key.clone());
+    let total: usize = futures::stream::iter(ranges)
+        .map(|(key, offset, end)| {
+            let (client, bucket) = (client.clone(), bucket.clone());
             async move {
-                let end = (offset + PART).min(size) - 1;
                 let out = client
                     .get_object()
                     .bucket(bucket)
-                    .key(key)
+                    .key(key.as_str())
                     .range(format!("bytes={offset}-{end}"))
                     .send()
                     .await
@@ -251,12 +263,8 @@ async fn main() {
     match args.get(1).map(String::as_str) {
         Some("get") => {
             let concurrency = number(4, 16);
-            get(
-                client,
-                arg(&args, 2, "BUCKET"),
-                arg(&args, 3, "KEY"),
-                concurrency,
-            )
+            let keys = arg(&args, 3, "KEY").split(',').map(String::from).collect();
+            get(client, arg(&args, 2, "BUCKET"), keys, concurrency)
             .await
         }
         Some("put") => {

@@ -7,21 +7,33 @@
 #   RUNS=3 bash scripts/bench.sh
 #   RUNS=1 WORKLOADS="seq_write small_creates" bash scripts/bench.sh
 #
-# Workloads: cold 1 GiB sequential read and 4 KiB random reads (nothing cached
-# anywhere yet); the same warm, after one full read through the same mount with
-# each system's local cache on (s3vol's default block cache, s3fs's use_cache,
-# rclone's --vfs-cache-mode full), once as a re-read a moment later and once with
-# the kernel's page cache dropped first, so the data comes from each system's cache
-# on local disk (the run fails if s3vol sends a GET for any of them); 1,000 files
-# of 64 KiB in 10 directories read by 8 `cat`s at once, cold; the time to open and
-# read the first 4 KiB of 100 objects one after another, cold; `ls -l` of 10,000
-# objects in one directory, `find` over 10,000 objects in 100 directories, a 1 GiB sequential
-# write and 1000 small-file creates (each timed until the data is in S3: rclone
-# returns from close before uploading, so the clock stops when the objects are
-# listed with their full size; its writes run with --vfs-write-back 0s, so that
-# clock has no deliberate 5 s idle before the upload), and each daemon's peak RSS.
-# s3vol runs with its defaults: its `ls -l` row includes one HEAD per file for the
-# mode, owner and time its objects may carry, as s3fs's does.
+# Systems: s3vol with its defaults (block cache on), s3vol --no-cache (on the cold
+# read rows only, where the cache could cost something), s3fs-fuse and rclone mount
+# as their users run them, and for the data rows a raw parallel S3 client (the
+# ceiling). Every row says what it measures (see docs/BENCHMARK.md):
+#
+# - cold rows start from a fresh mount and an empty page cache: 1 GiB sequential
+#   read, 4 readers of 4 different 256 MiB objects at once, 4 KiB random reads,
+#   1,000 files of 64 KiB in 10 directories read by 8 `cat`s at once, and the time
+#   to open and read 4 KiB of 100 objects one after another;
+# - warm rows read the 1 GiB object a second time through the same mount, with each
+#   system's local cache on (s3vol's default block cache, s3fs's use_cache,
+#   rclone's --vfs-cache-mode full): once a moment later (for s3vol that is the
+#   kernel's page cache, which it keeps for files it has read: FOPEN_KEEP_CACHE) and
+#   once with the page cache dropped first, so the data comes from each system's
+#   cache on local disk, for the 1 GiB object and for a 64 MiB one (the run fails if
+#   s3vol sends a GET for any of them);
+# - metadata rows: `ls -l` of 10,000 objects in one directory (s3vol's includes one
+#   HEAD per file for the mode, owner and time its objects may carry, as s3fs's
+#   does) and `find` over 10,000 objects in 100 directories;
+# - write rows: a 1 GiB sequential write and 1,000 small-file creates, each timed
+#   until the data is in S3 (rclone returns from close before uploading, so the
+#   clock stops when the objects are listed with their full size; its writes run
+#   with --vfs-write-back 0s, so that clock has no deliberate 5 s idle);
+# - resources: each daemon's CPU seconds per GiB in the cold read and the durable
+#   write (utime + stime from /proc/PID/stat over the timed part), the RSS of an
+#   idle mount after `ls -l` of 10,000 objects, and the highest peak RSS (VmHWM) of
+#   any row.
 source "$(dirname "$0")/lib.sh"
 cd "$S3VOL_ROOT"
 
@@ -45,8 +57,10 @@ S3BENCH="$S3VOL_ROOT/target/release/examples/s3bench"
 
 garage_workspace bench bench
 
-log "seeding: a 1 GiB object, 10,000 objects in one directory, 10,000 in 100 directories, 1,000 of 64 KiB in 10"
+log "seeding: objects of 1 GiB, 64 MiB and 4 of 256 MiB, 10,000 objects in one directory, 10,000 in 100 directories, 1,000 of 64 KiB in 10"
 "$S3BENCH" put bench seq/1g.bin 1024 >/dev/null
+"$S3BENCH" put bench seq/64m.bin 64 >/dev/null
+for i in 0 1 2 3; do "$S3BENCH" put bench "par/p$i.bin" 256 >/dev/null; done
 "$S3BENCH" put-many bench flat/ 10000 1
 "$S3BENCH" put-many bench tree/ 10000 100
 "$S3BENCH" put-many bench small64/ 1000 10 65536
@@ -62,10 +76,10 @@ mount_system() {
     [ "$mode" = rw ] && rw=rw
     [ "$mode" = cached ] && cached=1
     case "$1" in
-    s3vol)
+    s3vol | s3vol-nocache)
         "$S3VOL" mount bench "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
             --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
-            ${rw:+--read-write} ;;
+            ${rw:+--read-write} $([ "$1" = s3vol ] || echo --no-cache) ;;
     s3fs)
         s3fs bench "$mnt" -o "${rw:-ro},url=$S3_ENDPOINT,use_path_request_style,endpoint=garage" \
             -o passwd_file="$work/s3fs.passwd" ${cached:+-o use_cache="$work/s3fs-cache"} ;;
@@ -92,11 +106,11 @@ daemon_pid() {
 }
 
 # Workloads run in command substitutions (subshells), so peak RSS readings go to a
-# file: one "system KiB" line per unmount.
+# file: one "system workload KiB" line per unmount.
 unmount_system() {
     local pid
     pid=$(daemon_pid)
-    [ -n "$pid" ] && echo "$1 $(awk '/VmHWM/ {print $2}' "/proc/$pid/status")" >>"$work/rss"
+    [ -n "$pid" ] && echo "$1 $WORKLOAD $(awk '/VmHWM/ {print $2}' "/proc/$pid/status")" >>"$work/rss"
     umount "$mnt"
     for _ in $(seq 1 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     # Each mount starts with an empty local cache.
@@ -104,16 +118,34 @@ unmount_system() {
 }
 
 now() { date +%s.%N; }
-median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+# The CPU time a process has used, in clock ticks (utime + stime, all threads).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# record_cpu NAME SYSTEM PID TICKS_BEFORE GIB: appends the CPU seconds per GiB the
+# daemon spent since TICKS_BEFORE (not for warm-up runs).
+record_cpu() {
+    [ -z "${WARMUP:-}" ] || return 0
+    awk -v n="$1" -v s="$2" -v a="$4" -v b="$(cpu_ticks "$3")" -v hz="$(getconf CLK_TCK)" -v g="$5" \
+        'BEGIN { printf "%s %s %.2f\n", n, s, (b - a) / hz / g }' >>"$work/cpu"
+}
+speed() { awk -v a="$1" -v b="$2" -v mib="$3" 'BEGIN { printf "%.0f\n", mib / (b - a) }'; }
+median() { sort -g | awk '{v[NR]=$1} END { if (NR) print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2 }'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # Each function mounts fresh (cold metadata and data), measures once, unmounts.
-cold_read() {  # MiB/s
+cold_read() {  # MiB/s; records CPU s/GiB as cpu_read
     drop_caches; mount_system "$1"
-    local t0 t1; t0=$(now)
+    local t0 t1 pid cpu; pid=$(daemon_pid); cpu=$(cpu_ticks "$pid"); t0=$(now)
     dd if="$mnt/seq/1g.bin" of=/dev/null bs=1M status=none
+    t1=$(now); record_cpu cpu_read "$1" "$pid" "$cpu" 1; unmount_system "$1"
+    speed "$t0" "$t1" 1024
+}
+four_readers() {  # MiB/s of 4 readers of 4 different 256 MiB objects at once
+    drop_caches; mount_system "$1"
+    local t0 t1 i; t0=$(now)
+    for i in 0 1 2 3; do dd if="$mnt/par/p$i.bin" of=/dev/null bs=1M status=none & done
+    wait
     t1=$(now); unmount_system "$1"
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
+    speed "$t0" "$t1" 1024
 }
 # random_pread FILE N: 4 KiB reads at N random aligned offsets; reads/s.
 random_pread() {
@@ -141,13 +173,13 @@ random_reads() {  # reads/s
 s3vol_gets() {
     "$S3VOL" stats --json "$mnt" | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"]["GetObject"])'
 }
-# warm_mount SYSTEM [drop]: mounts with the local cache on and reads the file once
+# warm_mount SYSTEM [drop]: mounts with the local cache on and reads $FILE once
 # through it. With "drop", the kernel's page cache is dropped afterwards, so what
 # follows is served from the system's own cache on local disk; without it, each
 # system serves a re-read as it would a moment after the first read.
 warm_mount() {
     drop_caches; mount_system "$1" cached
-    cat "$mnt/seq/1g.bin" >/dev/null
+    cat "$mnt/$FILE" >/dev/null
     [ "${2:-}" != drop ] || drop_caches
     [ "$1" != s3vol ] || gets_before=$(s3vol_gets)
 }
@@ -157,15 +189,16 @@ warm_check() {
     local gets; gets=$(s3vol_gets)
     [ "$gets" = "$gets_before" ] || die "s3vol sent $((gets - gets_before)) GETs for a warm read"
 }
-# warm_seq SYSTEM [drop]: MiB/s of a re-read of the whole file.
+# warm_seq SYSTEM [drop]: MiB/s of a re-read of the whole $FILE ($MIB MiB).
 warm_seq() {
     warm_mount "$@"
     local t0 t1; t0=$(now)
-    dd if="$mnt/seq/1g.bin" of=/dev/null bs=1M status=none
+    dd if="$mnt/$FILE" of=/dev/null bs=1M status=none
     t1=$(now)
     warm_check "$1"; unmount_system "$1"
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
+    speed "$t0" "$t1" "$MIB"
 }
+FILE=seq/1g.bin MIB=1024
 # warm_pread SYSTEM [drop]: reads/s of random 4 KiB reads of the read file.
 warm_pread() {
     warm_mount "$@"
@@ -175,6 +208,7 @@ warm_pread() {
 warm_read() { warm_seq "$1"; }          # MiB/s
 warm_random() { warm_pread "$1"; }      # reads/s
 disk_read() { warm_seq "$1" drop; }     # MiB/s
+disk_read_64m() { FILE=seq/64m.bin MIB=64 warm_seq "$1" drop; } # MiB/s
 disk_random() { warm_pread "$1" drop; } # reads/s
 ls_l() {  # seconds
     drop_caches; mount_system "$1"
@@ -193,13 +227,23 @@ find_tree() {  # seconds
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", b - a }'
 }
 
+idle_rss() {  # MiB of resident memory of a mount left idle after ls -l of 10,000 objects
+    drop_caches; mount_system "$1"
+    local pid rss; pid=$(daemon_pid)
+    ls -l "$mnt/flat" >/dev/null
+    sleep 2
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    unmount_system "$1"
+    awk -v k="$rss" 'BEGIN { printf "%.1f\n", k / 1024 }'
+}
+
 small_files() {  # files/s: 1,000 files of 64 KiB in 10 directories, 8 cats at once, cold
     drop_caches; mount_system "$1"
     local t0 t1 bytes; t0=$(now)
     bytes=$(find "$mnt/small64" -type f -print0 | xargs -0 -P 8 -n 25 cat | wc -c)
     t1=$(now); unmount_system "$1"
     [ "$bytes" -eq $((1000 * 65536)) ] || die "$1: read $bytes bytes of the small files, not 64 KiB each"
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1000 / (b - a) }'
+    speed "$t0" "$t1" 1000
 }
 first_byte() {  # ms per file: open and read 4 KiB of 100 objects one after another, cold
     drop_caches; mount_system "$1"
@@ -218,19 +262,19 @@ PY
 # Writes read their data from a file in the page cache, so the source costs nothing.
 # Each write starts with nothing dirty in the page cache: otherwise a run pays for
 # writing back what the run before it (or the seeding) left.
-seq_write() {  # MiB/s until the object is in S3
+seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
     sync
     mount_system "$1" rw
-    local key t0 t1
+    local key t0 t1 pid cpu
     key="write/$1-$(date +%s%N).bin"
     mkdir -p "$mnt/write"
     cat "$work/src-1g.bin" >/dev/null
     sync
-    t0=$(now)
+    pid=$(daemon_pid); cpu=$(cpu_ticks "$pid"); t0=$(now)
     dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none
     "$S3BENCH" wait bench "$key" 1 $((1 << 30))
-    t1=$(now); unmount_system "$1"
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1024 / (b - a) }'
+    t1=$(now); record_cpu cpu_write "$1" "$pid" "$cpu" 1; unmount_system "$1"
+    speed "$t0" "$t1" 1024
 }
 small_creates() {  # files/s until all are in S3
     sync
@@ -248,37 +292,47 @@ for i in range(1000):
 PY
     "$S3BENCH" wait bench "$dir/" 1000 $((1000 * 4096))
     t1=$(now); unmount_system "$1"
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", 1000 / (b - a) }'
+    speed "$t0" "$t1" 1000
 }
 
 head -c 1G /dev/urandom >"$work/src-1g.bin"
 
-SYSTEMS=(s3vol s3fs rclone)
+SYSTEMS=(s3vol s3vol-nocache s3fs rclone)
+# The rows where s3vol's block cache could cost something; s3vol --no-cache runs
+# only these.
+NOCACHE_ROWS=" cold_read four_readers random_reads small_files first_byte "
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
-read -ra WORKLOADS <<<"${WORKLOADS:-cold_read random_reads warm_read warm_random disk_read disk_random small_files first_byte ls_l find_tree seq_write small_creates}"
+read -ra WORKLOADS <<<"${WORKLOADS:-cold_read four_readers random_reads warm_read warm_random disk_read disk_read_64m disk_random small_files first_byte ls_l find_tree idle_rss seq_write small_creates}"
 declare -A RESULT
-for w in "${WORKLOADS[@]}"; do
+for WORKLOAD in "${WORKLOADS[@]}"; do
     for s in "${SYSTEMS[@]}"; do
-        log "$w on $s (one warm-up run, then $RUNS runs)"
+        [ "$s" != s3vol-nocache ] || [[ "$NOCACHE_ROWS" == *" $WORKLOAD "* ]] || continue
+        log "$WORKLOAD on $s (one warm-up run, then $RUNS runs)"
         # The first run of a workload after start-up is slower whichever system
         # makes it (the server and the kernel warm up); it is not counted.
-        "$w" "$s" >/dev/null
+        WARMUP=1 "$WORKLOAD" "$s" >/dev/null
         values=()
         for _ in $(seq 1 "$RUNS"); do
-            value=$("$w" "$s") && [ -n "$value" ] || die "$w on $s failed"
+            value=$("$WORKLOAD" "$s") && [ -n "$value" ] || die "$WORKLOAD on $s failed"
             values+=("$value")
         done
-        RESULT[$w,$s]=$(printf '%s\n' "${values[@]}" | median)
-        echo "  runs: ${values[*]} -> median ${RESULT[$w,$s]}" >&2
+        RESULT[$WORKLOAD,$s]=$(printf '%s\n' "${values[@]}" | median)
+        echo "  runs: ${values[*]} -> median ${RESULT[$WORKLOAD,$s]}" >&2
     done
 done
 
-log "raw parallel GET of the 1 GiB object ($RUNS runs)"
-raw=()
-# Cold like the filesystems: the server reads its data files from disk, not page cache.
-"$S3BENCH" get bench seq/1g.bin 16 >/dev/null  # warm-up, as for the systems
-for _ in $(seq 1 "$RUNS"); do drop_caches; raw+=("$("$S3BENCH" get bench seq/1g.bin 16)"); done
-RAW_GET=$(printf '%s\n' "${raw[@]}" | median)
+# raw_get KEYS: the raw client's MiB/s reading KEYS (comma-separated) at once, cold
+# like the filesystems (the server reads its data files from disk, not page cache),
+# median of RUNS after one warm-up, as for the systems.
+raw_get() {
+    local raw=()
+    "$S3BENCH" get bench "$1" 16 >/dev/null
+    for _ in $(seq 1 "$RUNS"); do drop_caches; raw+=("$("$S3BENCH" get bench "$1" 16)"); done
+    printf '%s\n' "${raw[@]}" | median
+}
+log "raw parallel GET of the 1 GiB object and of the 4 objects of 256 MiB ($RUNS runs)"
+RAW_GET=$(raw_get seq/1g.bin)
+RAW_GET4=$(raw_get par/p0.bin,par/p1.bin,par/p2.bin,par/p3.bin)
 
 log "raw parallel multipart PUT of 1 GiB ($RUNS runs)"
 raw=()
@@ -290,14 +344,15 @@ done
 RAW_PUT=$(printf '%s\n' "${raw[@]}" | median)
 
 # Higher is better for throughput; lower is better for times and memory. The ratio
-# column says how many times better s3vol is (>1: s3vol wins).
+# columns say how many times better s3vol (with its defaults) is (>1: s3vol wins).
 row() {
     local name=$1 unit=$2 better=$3 key=$4 raw=${5:-}
     [ -n "${RESULT[$key,s3vol]:-}" ] || return 0  # not among the WORKLOADS run
     local v=${RESULT[$key,s3vol]}
-    printf '| %-34s | %-7s | %10s | %10s | %10s | %10s | %8s | %8s |\n' "$name" "$unit" \
-        "$v" "${RESULT[$key,s3fs]}" "${RESULT[$key,rclone]}" "${raw:--}" \
-        "$(ratio "$better" "$v" "${RESULT[$key,s3fs]}")" "$(ratio "$better" "$v" "${RESULT[$key,rclone]}")"
+    printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s |\n' "$name" "$unit" \
+        "$v" "${RESULT[$key,s3vol-nocache]:--}" "${RESULT[$key,s3fs]}" "${RESULT[$key,rclone]}" \
+        "${raw:--}" "$(ratio "$better" "$v" "${RESULT[$key,s3fs]}")" \
+        "$(ratio "$better" "$v" "${RESULT[$key,rclone]}")"
 }
 ratio() {
     awk -v b="$1" -v us="$2" -v them="$3" 'BEGIN {
@@ -305,27 +360,40 @@ ratio() {
         printf "%.2fx\n", (b == "higher") ? us / them : them / us }'
 }
 for s in "${SYSTEMS[@]}"; do
-    RESULT[rss,$s]=$(awk -v s="$s" '$1 == s && $2 > m { m = $2 } END { printf "%.0f\n", m / 1024 }' "$work/rss")
+    RESULT[rss,$s]=$(awk -v s="$s" '$1 == s && $3 > m { m = $3 } END { if (m) printf "%.0f\n", m / 1024 }' "$work/rss")
+    for cpu in cpu_read cpu_write; do
+        [ -f "$work/cpu" ] || continue
+        RESULT[$cpu,$s]=$(awk -v s="$s" -v n="$cpu" '$1 == n && $2 == s { print $3 }' "$work/cpu" | median)
+    done
 done
+log "s3vol's peak RSS by row (MiB):"
+awk '$1 == "s3vol" && $3 > m[$2] { m[$2] = $3 } END { for (w in m) printf "  %-16s %.0f\n", w, m[w] / 1024 }' "$work/rss" >&2
 
 echo
-echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, median of $RUNS runs"
+echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, median of $RUNS runs"
+echo "(s3vol, s3fs and rclone with their defaults and local caches as their users run them;"
+echo " see docs/BENCHMARK.md for what each row measures)"
 echo
-printf '| %-34s | %-7s | %10s | %10s | %10s | %10s | %8s | %8s |\n' workload unit s3vol s3fs rclone "raw S3" "vs s3fs" "vs rclone"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..36})" "---------" "------------" "------------" "------------" "------------" "----------" "----------"
+printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s |\n' workload unit s3vol "--no-cache" s3fs rclone "raw S3" "vs s3fs" "vs rclone"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "---------" "----------" "------------" "----------" "----------" "----------" "----------" "----------"
 row "1 GiB sequential read, cold" "MiB/s" higher cold_read "$RAW_GET"
+row "4 readers of 256 MiB at once, cold" "MiB/s" higher four_readers "$RAW_GET4"
 row "4 KiB random reads, cold" "reads/s" higher random_reads
-row "1 GiB sequential re-read, warm" "MiB/s" higher warm_read
-row "4 KiB random reads, warm" "reads/s" higher warm_random
-row "1 GiB re-read, local disk cache" "MiB/s" higher disk_read
-row "4 KiB random, local disk cache" "reads/s" higher disk_random
 row "64 KiB files, 8 cats at once, cold" "files/s" higher small_files
 row "open + 4 KiB read, cold, 1 by 1" "ms/file" lower first_byte
+row "1 GiB re-read, page cache (s3vol)" "MiB/s" higher warm_read
+row "4 KiB random re-reads, page cache" "reads/s" higher warm_random
+row "1 GiB re-read, local disk cache" "MiB/s" higher disk_read
+row "64 MiB re-read, local disk cache" "MiB/s" higher disk_read_64m
+row "4 KiB random, local disk cache" "reads/s" higher disk_random
 row "ls -l, 10,000 objects" "s" lower ls_l
 row "find, 10,000 objects in 100 dirs" "s" lower find_tree
 row "1 GiB sequential write, durable" "MiB/s" higher seq_write "$RAW_PUT"
 row "1000 small-file creates, durable" "files/s" higher small_creates
-row "daemon peak RSS" "MiB" lower rss
+row "CPU per GiB, cold sequential read" "s/GiB" lower cpu_read
+row "CPU per GiB, durable write" "s/GiB" lower cpu_write
+row "idle RSS after ls -l of 10,000" "MiB" lower idle_rss
+row "peak RSS, highest of all rows" "MiB" lower rss
 echo
 percent_of_raw() {
     [ -n "${RESULT[$1,s3vol]:-}" ] || return 0
@@ -333,4 +401,5 @@ percent_of_raw() {
         'BEGIN { printf "s3vol %s is %.0f%% of the raw parallel %s\n", what, 100 * us / raw, (what ~ /read/) ? "GET client" : "multipart PUT" }'
 }
 percent_of_raw cold_read "$RAW_GET" "cold sequential read"
+percent_of_raw four_readers "$RAW_GET4" "4-reader read"
 percent_of_raw seq_write "$RAW_PUT" "durable sequential write"

@@ -41,6 +41,8 @@ pub struct MountConfig {
     /// The bound on files being written at once; see `daemon::volume`.
     pub staging_size: Option<u64>,
     pub no_cache: bool,
+    /// The memory the volume may hold for data (`crate::memory`).
+    pub max_memory: u64,
     pub foreground: bool,
     pub log_level: String,
     pub log_file: Option<PathBuf>,

@@ -22,6 +22,7 @@ pub mod fs;
 pub mod fuse;
 pub mod local_dir;
 pub mod logging;
+pub mod memory;
 pub mod mountinfo;
 pub mod names;
 pub mod preflight;

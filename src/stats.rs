@@ -1,5 +1,6 @@
 //! What a mount has done: requests to S3 by operation, bytes each way, the block
-//! cache's hits and misses, uploads and credential renewals.
+//! cache's hits and misses, memory held and waited for, uploads and credential
+//! renewals.
 //!
 //! The daemon answers the ioctl [`IOCTL`] on the volume's root directory with a
 //! JSON report, so `s3vol stats MOUNTPOINT` works wherever the mount is visible, in
@@ -15,6 +16,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use crate::cache::BlockCache;
+use crate::memory::MemoryBudget;
 use crate::store::Operation;
 use crate::store::counted::RequestStats;
 
@@ -50,6 +52,8 @@ pub struct MountStats {
     pub started: SystemTime,
     pub requests: Arc<RequestStats>,
     pub cache: Option<Arc<BlockCache>>,
+    /// The memory budget (`--max-memory`).
+    pub memory: Option<Arc<MemoryBudget>>,
     /// Credential renewals so far, when the credentials are renewed at all.
     pub renewals: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
 }
@@ -91,6 +95,17 @@ impl MountStats {
                 })
             }
         };
+        let memory = self.memory.as_ref().map(|memory| {
+            let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+            json!({
+                "limit": memory.limit(),
+                "pool": memory.pool_size(),
+                "pool_in_use": memory.in_use(),
+                "reads_without_room": load(&memory.stats.reads_without_room),
+                "upload_waits": load(&memory.stats.upload_waits),
+                "upload_wait_ms": load(&memory.stats.upload_wait_ms),
+            })
+        });
         let uptime = SystemTime::now()
             .duration_since(self.started)
             .unwrap_or_default()
@@ -104,6 +119,7 @@ impl MountStats {
             "bytes_from_s3": requests.bytes_downloaded(),
             "bytes_to_s3": requests.bytes_uploaded(),
             "cache": cache,
+            "memory": memory,
             "uploads": {
                 "objects": done(Operation::PutObject)
                     + done(Operation::CompleteMultipartUpload)
@@ -178,6 +194,18 @@ pub fn render(mountpoint: &str, report: &Value) -> String {
     } else {
         out += "  cache        off\n";
     }
+    if report.get("memory").is_some_and(Value::is_object) {
+        out += &format!(
+            "  memory       limit {}: read-ahead and uploads hold {} of {}; {} reads \
+             fetched without read-ahead, {} uploads waited ({:.1} s in all)\n",
+            bytes(number(&["memory", "limit"])),
+            bytes(number(&["memory", "pool_in_use"])),
+            bytes(number(&["memory", "pool"])),
+            number(&["memory", "reads_without_room"]),
+            number(&["memory", "upload_waits"]),
+            number(&["memory", "upload_wait_ms"]) as f64 / 1000.0
+        );
+    }
     out += &format!(
         "  uploads      {} objects, {} parts, {} aborted\n",
         number(&["uploads", "objects"]),
@@ -248,6 +276,7 @@ mod tests {
             started: SystemTime::now(),
             requests: store.stats(),
             cache: None,
+            memory: None,
             renewals: Some(Arc::new(|| 3)),
         };
         let report = stats.report();

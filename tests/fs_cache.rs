@@ -34,6 +34,7 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
             dir: LocalDir::open_or_create(&dir.path().join("blocks")).unwrap(),
             disk_bytes: capacity,
             memory_bytes: 4 * MIB as u64,
+            write_backlog: 32 << 20,
         })
         .unwrap(),
     );
@@ -44,6 +45,7 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
         started: SystemTime::now(),
         requests: counted.stats(),
         cache: Some(cache.clone()),
+        memory: None,
         renewals: None,
     });
     let counted: Arc<dyn ObjectStore> = Arc::new(counted);

@@ -292,6 +292,7 @@ impl Harness {
                     dir: LocalDir::open_or_create(&local.path().join("blocks")).unwrap(),
                     disk_bytes: 64 << 20,
                     memory_bytes: 4 << 20,
+                    write_backlog: 32 << 20,
                 })
                 .unwrap(),
             )

@@ -12,7 +12,7 @@
 //! from S3 once however many readers want it (`fetch`). A fetched block is
 //! handed to the reader at once and written to disk behind it, in the
 //! background; until its file is in place it is served from memory, and readers
-//! wait for the disk only when it falls `WRITE_BACKLOG` behind.
+//! wait for the disk only when it falls `CacheConfig::write_backlog` behind.
 //!
 //! Each block file checks itself (`block_file`: a CRC32C of every 4 KiB chunk);
 //! a file that does not match is a miss and is removed, never an error. Each
@@ -51,11 +51,6 @@ use crate::store::{Operation, StoreError, StoreResult};
 /// The unit of caching. 1 MiB keeps the number of files small (1024 per GiB)
 /// while a random read that misses fetches little more than it needs.
 pub const BLOCK_SIZE: u64 = 1 << 20;
-
-/// Block files being written at once, in bytes. When the disk falls this far
-/// behind, fetches wait for it rather than holding ever more data in memory
-/// (writes land in the page cache, so this is rarely reached).
-const WRITE_BACKLOG: usize = 32 << 20;
 
 /// One block of one version of one object.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -99,6 +94,11 @@ pub struct CacheConfig {
     pub dir: LocalDir,
     pub disk_bytes: u64,
     pub memory_bytes: u64,
+    /// Bytes of fetched blocks whose files may be being written at once. When
+    /// the disk falls this far behind, fetches wait for it rather than holding
+    /// ever more data in memory (writes land in the page cache, so this is
+    /// rarely reached).
+    pub write_backlog: u64,
 }
 
 /// The part of one block a read wants.
@@ -168,7 +168,7 @@ impl BlockCache {
             dir,
             flights: Arc::default(),
             writing: Mutex::new(HashMap::new()),
-            write_backlog: Arc::new(Semaphore::new(WRITE_BACKLOG)),
+            write_backlog: Arc::new(Semaphore::new(config.write_backlog.max(1) as usize)),
             stats,
             config,
         })
@@ -368,7 +368,7 @@ impl BlockCache {
             .lock()
             .unwrap()
             .insert(span.id.clone(), data.clone());
-        let permits = data.len().clamp(1, WRITE_BACKLOG) as u32;
+        let permits = (data.len() as u64).clamp(1, self.config.write_backlog.max(1)) as u32;
         let Ok(permit) = self.write_backlog.clone().acquire_many_owned(permits).await else {
             self.writing.lock().unwrap().remove(&span.id);
             return;
@@ -407,6 +407,7 @@ mod tests {
                 dir: LocalDir::open_or_create(dir).unwrap(),
                 disk_bytes: disk,
                 memory_bytes: memory,
+                write_backlog: 32 << 20,
             })
             .unwrap(),
         )
@@ -503,7 +504,7 @@ mod tests {
         }
         // Background writes finish; the files on disk keep the bound too.
         for _ in 0..100 {
-            if cache.write_backlog.available_permits() == WRITE_BACKLOG {
+            if cache.write_backlog.available_permits() as u64 == cache.config.write_backlog {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -666,7 +667,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one GET for the run");
         // Blocks are fetched whole, so block 0 came too. Once the files are
         // written, every range is served from disk with no fetch.
-        while cache.write_backlog.available_permits() < WRITE_BACKLOG {
+        while (cache.write_backlog.available_permits() as u64) < cache.config.write_backlog {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         for range in [

@@ -373,6 +373,12 @@ pub struct MountArgs {
     /// staged under --cache-dir).
     #[arg(long, conflicts_with = "cache_size")]
     pub no_cache: bool,
+    /// Most memory the volume holds for data: read-ahead, the block cache's
+    /// memory tier, blocks on their way to the disk cache and parts being
+    /// uploaded, together (at least 32MiB). Reads and writes slow down when it is
+    /// reached; `s3vol stats` shows how often.
+    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_max_memory)]
+    pub max_memory: u64,
 
     /// Stay in the foreground instead of daemonizing; log to standard error.
     #[arg(long)]
@@ -410,6 +416,7 @@ impl MountArgs {
             cache_size: self.cache_size,
             staging_size: self.staging_size,
             no_cache: self.no_cache,
+            max_memory: self.max_memory,
             foreground: self.foreground,
             log_level: self.log_level,
             log_file: self.log_file,

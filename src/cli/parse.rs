@@ -59,6 +59,18 @@ pub(super) fn parse_staging_size(text: &str) -> Result<u64, String> {
     }
 }
 
+pub(super) fn parse_max_memory(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size >= crate::memory::MIN_MAX_MEMORY {
+        Ok(size)
+    } else {
+        Err(format!(
+            "{text:?} is too little memory for a volume to read and write with; give at \
+             least 32MiB"
+        ))
+    }
+}
+
 pub(super) fn parse_source(text: &str) -> Result<Source, String> {
     text.parse()
         .map_err(|e: crate::names::SourceError| e.to_string())

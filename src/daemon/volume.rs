@@ -13,13 +13,9 @@ use crate::fs::{Fs, FsConfig, WriteConfig};
 use crate::fuse::FuseAdapter;
 use crate::fuse::session::{Access, MountPlan};
 use crate::local_dir::LocalDir;
+use crate::memory::MemoryBudget;
 use crate::preflight;
 use crate::stats::{MountStats, bytes};
-
-/// Memory for whole blocks read recently, in front of the disk tier. Small: the
-/// kernel's page cache already keeps the block files (and, for unchanged files,
-/// the files themselves) that are read often.
-const MEMORY_TIER: u64 = 32 << 20;
 
 /// A volume ready to be mounted.
 pub(super) struct Volume {
@@ -60,9 +56,15 @@ impl Volume {
             Some(local) => Some(LocalShares::of(local, config)?),
             None => None,
         };
+        let caching = local.is_some() && !config.no_cache;
+        let memory = MemoryBudget::new(
+            config.max_memory,
+            caching,
+            config.read_write.then_some(config.part_size),
+        );
         let cache = match (&local, &shares) {
-            (Some(local), Some(shares)) if !config.no_cache => {
-                Some(Arc::new(open_cache(local, shares.cache)?))
+            (Some(local), Some(shares)) if caching => {
+                Some(Arc::new(open_cache(local, shares.cache, &memory)?))
             }
             _ => None,
         };
@@ -81,6 +83,7 @@ impl Volume {
             started: std::time::SystemTime::now(),
             requests: stack.requests,
             cache: cache.clone(),
+            memory: Some(memory.clone()),
             renewals: Some(stack.renewals),
         });
         let fs_config = FsConfig {
@@ -95,6 +98,7 @@ impl Volume {
             metadata_ttl: config.metadata_ttl,
             metadata: !config.no_metadata,
             cache: cache.clone(),
+            memory,
             write,
             stats: Some(stats.clone()),
             ..FsConfig::default()
@@ -178,15 +182,23 @@ impl LocalShares {
     }
 }
 
-/// The block cache in `local`/blocks, bounded by `disk_bytes`.
-fn open_cache(local: &LocalDir, disk_bytes: u64) -> Result<BlockCache, Failure> {
+/// The block cache in `local`/blocks, bounded by `disk_bytes` and by its shares
+/// of `memory`. The memory tier is small: the kernel's page cache already keeps
+/// the block files (and, for unchanged files, the files themselves) that are
+/// read often.
+fn open_cache(
+    local: &LocalDir,
+    disk_bytes: u64,
+    memory: &MemoryBudget,
+) -> Result<BlockCache, Failure> {
     let dir = local.subdir("blocks").map_err(Failure)?;
     let shown = dir.path().display().to_string();
     info!(dir = shown, size = %bytes(disk_bytes), "block cache");
     BlockCache::open(CacheConfig {
         dir,
         disk_bytes,
-        memory_bytes: MEMORY_TIER,
+        memory_bytes: memory.memory_tier(),
+        write_backlog: memory.write_backlog(),
     })
     .map_err(|e| {
         Failure(format!(

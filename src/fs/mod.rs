@@ -43,6 +43,7 @@ use self::read::{ObjectVersion, Reader};
 pub use self::upload::WriteConfig;
 use self::upload::{StagedFile, StagingBudget};
 use crate::cache::BlockCache;
+use crate::memory::{DEFAULT_MAX_MEMORY, MemoryBudget};
 use crate::names::{NameProblem, check_name};
 use crate::stats::MountStats;
 use crate::store::{ListRequest, ObjectStore, StoreError};
@@ -60,6 +61,8 @@ pub struct FsConfig {
     /// metadata (`--no-metadata` turns it off).
     pub metadata: bool,
     pub read: ReadConfig,
+    /// The memory read-ahead and uploads may hold (`--max-memory`).
+    pub memory: Arc<MemoryBudget>,
     /// Where read data is kept; `None` reads everything from S3.
     pub cache: Option<Arc<BlockCache>>,
     /// How to write; `None` makes the volume read-only.
@@ -79,6 +82,7 @@ impl Default for FsConfig {
             metadata_ttl: Duration::from_secs(5),
             metadata: true,
             read: ReadConfig::default(),
+            memory: MemoryBudget::new(DEFAULT_MAX_MEMORY, false, None),
             cache: None,
             write: None,
             stats: None,
@@ -210,11 +214,8 @@ pub struct Fs {
     /// The latest snapshot of each directory's listing, shared by its handles.
     dir_snapshots: Mutex<HashMap<u64, dir::Snapshot>>,
     next_handle: AtomicU64,
-    read_budget: Arc<Semaphore>,
-    /// Part uploads in flight across the mount.
-    upload_permits: Arc<Semaphore>,
-    /// The staging space the files being written take.
-    staging_budget: Arc<StagingBudget>,
+    /// Upload permits, staging space and memory of the files being written.
+    uploads: upload::Shares,
     /// The time shown for directories that have no marker object of their own.
     mount_time: SystemTime,
     /// Set by [`Fs::stop`]: nothing more is changed or uploaded.
@@ -230,15 +231,15 @@ impl Fs {
     /// A filesystem whose root directory is the key prefix `root_key` (empty, or
     /// ending in `/`).
     pub fn new(store: Arc<dyn ObjectStore>, root_key: &str, config: FsConfig) -> Self {
-        let read_budget = config.read.budget();
-        let upload_permits = config
-            .write
-            .as_ref()
-            .map_or_else(|| Arc::new(Semaphore::new(0)), WriteConfig::permits);
-        let staging_budget = config
-            .write
-            .as_ref()
-            .map_or_else(|| StagingBudget::new(0), WriteConfig::budget);
+        let uploads = match &config.write {
+            Some(write) => write.shares(config.memory.clone()),
+            // Read-only: nothing is ever uploaded or staged.
+            None => upload::Shares {
+                permits: Arc::new(Semaphore::new(0)),
+                staging: StagingBudget::new(0),
+                memory: config.memory.clone(),
+            },
+        };
         let mount_time = SystemTime::now();
         Self {
             store,
@@ -246,12 +247,10 @@ impl Fs {
             mount_time,
             files: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
-            upload_permits,
-            staging_budget,
+            uploads,
             dirs: Mutex::new(HashMap::new()),
             dir_snapshots: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
-            read_budget,
             config,
             stopped: AtomicBool::new(false),
             pending_posix: Mutex::new(HashMap::new()),
@@ -552,7 +551,7 @@ impl Fs {
                 etag: etag.clone(),
                 size: node.stat.size,
             };
-            let reader = Reader::new(object, self.config.read.clone(), self.read_budget.clone());
+            let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
             OpenFile::Object {
                 ino,
                 etag,

@@ -16,20 +16,22 @@
 //! memory or disk, the rest from S3 in whole blocks (a random read then fetches
 //! the 1 MiB block it touches, which the next read nearby finds cached).
 //!
-//! Read-ahead memory is bounded per mount by a semaphore counted in bytes: a part
-//! is only requested ahead of need when the budget has room, so many concurrent
-//! readers share the budget instead of multiplying it. A part the application is
-//! waiting for right now is always fetched, budget or not.
+//! Read-ahead memory comes from the volume's memory budget (`crate::memory`): a
+//! part is only requested ahead of need when the budget has room, so many
+//! concurrent readers share it instead of multiplying it. A read the application
+//! is waiting for right now is always fetched: as a whole part when the budget has
+//! room, else at its own size.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use crate::cache::BlockCache;
+use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, Operation, StoreError, StoreResult};
 
 /// Read-ahead tuning. The defaults are what a fast local or same-region S3 needs.
@@ -44,8 +46,6 @@ pub struct ReadConfig {
     /// The largest single ranged GET. Smaller parts start delivering sooner; larger
     /// parts cost fewer requests. 8 MiB is S3's own advice for ranged reads.
     pub part_size: u64,
-    /// Read-ahead memory shared by every reader of a mount, in bytes.
-    pub mount_budget: u64,
     /// A random read fetches whole aligned blocks of this size. Servers that do not
     /// set TCP_NODELAY hold a response smaller than one TCP segment until the
     /// client's delayed ACK (~40 ms); 64 KiB spans more than one segment even on
@@ -59,16 +59,8 @@ impl Default for ReadConfig {
             initial_window: 1024 * 1024,
             max_window: 64 * 1024 * 1024,
             part_size: 8 * 1024 * 1024,
-            mount_budget: 128 * 1024 * 1024,
             random_block: 64 * 1024,
         }
-    }
-}
-
-impl ReadConfig {
-    /// The per-mount semaphore that bounds read-ahead memory.
-    pub fn budget(&self) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(self.mount_budget as usize))
     }
 }
 
@@ -77,7 +69,8 @@ struct Part {
     range: Range<u64>,
     state: PartState,
     /// Budget held while the part's bytes are in memory; `None` for a part fetched
-    /// because the application was already waiting for it.
+    /// at the size of a read the application was waiting for, with no room in
+    /// the budget.
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -147,7 +140,7 @@ impl ObjectVersion {
 pub struct Reader {
     object: ObjectVersion,
     config: ReadConfig,
-    budget: Arc<Semaphore>,
+    budget: Arc<MemoryBudget>,
     /// Where the next read of a sequential reader starts.
     next_offset: u64,
     window: u64,
@@ -156,7 +149,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(object: ObjectVersion, config: ReadConfig, budget: Arc<Semaphore>) -> Self {
+    pub fn new(object: ObjectVersion, config: ReadConfig, budget: Arc<MemoryBudget>) -> Self {
         let window = config.initial_window;
         Self {
             object,
@@ -286,19 +279,21 @@ impl Reader {
             .min(self.object.size);
         let mut next = self.parts.back().map_or(offset, |p| p.range.end);
         while next < target {
-            let part_len = self.config.part_size.min(self.window).max(1);
-            let part_end = (next + part_len).min(self.object.size);
-            let len = (part_end - next) as u32;
-            let permit = if next < needed_end {
-                // The application waits for these bytes: fetch them regardless of
-                // the budget, but take budget if it is there.
-                self.budget.clone().try_acquire_many_owned(len).ok()
-            } else {
-                match self.budget.clone().try_acquire_many_owned(len) {
-                    Ok(permit) => Some(permit),
-                    Err(_) => break,
+            let part_len = (self.config.part_size.min(self.window))
+                .min(self.budget.read_ahead_limit())
+                .max(1);
+            let mut part_end = (next + part_len).min(self.object.size);
+            let permit = self.budget.try_read_ahead(part_end - next);
+            if permit.is_none() {
+                if next >= needed_end {
+                    break;
                 }
-            };
+                // The application waits for these bytes: fetch them anyway, but
+                // only them (in whole aligned blocks).
+                let block = self.config.random_block.max(1);
+                part_end = part_end.min(needed_end.div_ceil(block).saturating_mul(block));
+                self.budget.read_without_room();
+            }
             let object = self.object.clone();
             let range = next..part_end;
             let fetch = range.clone();

@@ -107,8 +107,8 @@ impl Fs {
         Ok(entry.file.clone())
     }
 
-    /// A staged file for `key` that uploads with the mount's permits and counts
-    /// against its staging space.
+    /// A staged file for `key` that uploads with the mount's permits and memory
+    /// and counts against its staging space.
     fn new_staged(
         &self,
         key: &str,
@@ -120,8 +120,7 @@ impl Fs {
             base,
             self.store.clone(),
             config,
-            self.upload_permits.clone(),
-            self.staging_budget.clone(),
+            self.uploads.clone(),
             self.config.metadata,
         )?)
     }

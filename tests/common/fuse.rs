@@ -64,6 +64,7 @@ impl MemoryMount {
             started: std::time::SystemTime::now(),
             requests: counted.stats(),
             cache: config.cache.clone(),
+            memory: None,
             renewals: None,
         }));
         let fs = Arc::new(Fs::new(Arc::new(counted), "root/", config));

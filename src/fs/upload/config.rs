@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::StagingBudget;
+use super::{Shares, StagingBudget};
 use crate::local_dir::LocalDir;
+use crate::memory::MemoryBudget;
 
 /// How a read-write volume writes.
 #[derive(Clone, Debug)]
@@ -36,12 +37,13 @@ impl WriteConfig {
         }
     }
 
-    pub fn permits(&self) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(self.max_in_flight))
-    }
-
-    /// The account of staging space shared by a mount's files.
-    pub fn budget(&self) -> Arc<StagingBudget> {
-        StagingBudget::new(self.staging_limit)
+    /// What a volume's files being written share: its upload permits, staging
+    /// space and `memory`.
+    pub fn shares(&self, memory: Arc<MemoryBudget>) -> Shares {
+        Shares {
+            permits: Arc::new(Semaphore::new(self.max_in_flight)),
+            staging: StagingBudget::new(self.staging_limit),
+            memory,
+        }
     }
 }

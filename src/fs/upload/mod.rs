@@ -10,8 +10,9 @@
 //! background as a part of a multipart upload, so by the time it closes the file
 //! most of the data is already in S3 and close waits only for the tail. Parts are
 //! read back from the staging file (the page cache, in practice) only when a
-//! permit from the mount's upload semaphore is free, so memory stays bounded by
-//! (permits × part size) however fast the application writes. A part written again
+//! permit from the mount's upload semaphore is free and the volume's memory
+//! budget (`crate::memory`) has room for the part, so memory stays bounded
+//! however fast the application writes. A part written again
 //! after its upload is simply uploaded again under the same number at close: S3
 //! keeps the last upload of each part number.
 //!
@@ -46,7 +47,19 @@ pub use self::config::WriteConfig;
 use self::layout::PartLayout;
 use super::inode::Kind;
 use super::posix::Posix;
+use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, StoreError, UploadedPart};
+
+/// What the files being written in one volume share.
+#[derive(Clone, Debug)]
+pub struct Shares {
+    /// Part uploads in flight.
+    pub permits: Arc<Semaphore>,
+    /// The staging space their bytes take.
+    pub staging: Arc<StagingBudget>,
+    /// The memory the parts being uploaded take.
+    pub memory: Arc<MemoryBudget>,
+}
 
 /// The object a staged file was opened on, not yet copied into the staging file:
 /// a file opened for writing is only downloaded when it is first changed without
@@ -158,9 +171,9 @@ pub struct StagedFile {
     staging_dir: String,
     store: Arc<dyn ObjectStore>,
     layout: PartLayout,
-    permits: Arc<Semaphore>,
-    /// The mount's staging space, which this file's bytes count against.
-    budget: Arc<StagingBudget>,
+    /// Upload permits, staging space (this file's bytes count against it) and
+    /// memory.
+    shares: Shares,
     /// A PUT carries the time of the last change.
     keep_metadata: bool,
     state: Mutex<State>,
@@ -174,7 +187,7 @@ impl Drop for StagedFile {
     fn drop(&mut self) {
         // The staging file goes with it (it has no name).
         let taken = self.state.get_mut().map_or(0, |state| state.taken);
-        self.budget.give_back(taken);
+        self.shares.staging.give_back(taken);
     }
 }
 
@@ -187,8 +200,7 @@ impl StagedFile {
         base: Option<Base>,
         store: Arc<dyn ObjectStore>,
         config: &WriteConfig,
-        permits: Arc<Semaphore>,
-        budget: Arc<StagingBudget>,
+        shares: Shares,
         keep_metadata: bool,
     ) -> StageResult<Arc<Self>> {
         let staging_dir = config.staging.path().display().to_string();
@@ -206,8 +218,7 @@ impl StagedFile {
             staging_dir,
             store,
             layout: PartLayout::new(config.part_size),
-            permits,
-            budget,
+            shares,
             keep_metadata,
             state: Mutex::new(State {
                 key: key.to_string(),
@@ -238,7 +249,7 @@ impl StagedFile {
     /// if it was not that long already: ENOSPC past the bound.
     fn take_to(&self, state: &mut State, end: u64) -> StageResult<()> {
         if end > state.taken {
-            self.budget.take(end - state.taken)?;
+            self.shares.staging.take(end - state.taken)?;
             state.taken = end;
         }
         Ok(())
@@ -247,7 +258,7 @@ impl StagedFile {
     /// The file shrank to `size`: what it no longer takes goes back.
     fn give_back_to(&self, state: &mut State, size: u64) {
         if size < state.taken {
-            self.budget.give_back(state.taken - size);
+            self.shares.staging.give_back(state.taken - size);
             state.taken = size;
         }
     }
@@ -448,7 +459,7 @@ impl StagedFile {
     /// Uploads part `index` as it is now; returns the version uploaded (never
     /// newer than the bytes sent), or `None` if the part no longer exists.
     async fn upload_part(&self, index: usize) -> Result<Option<(u64, String)>, StoreError> {
-        let _permit = self.permits.acquire().await.expect("never closed");
+        let _permit = self.shares.permits.acquire().await.expect("never closed");
         let upload_id = self.upload_id().await?;
         let (version, key, range) = {
             let state = self.state.lock().unwrap();
@@ -463,6 +474,7 @@ impl StagedFile {
             let end = range.end.min(state.size);
             (version, state.key.clone(), range.start..end)
         };
+        let _room = self.shares.memory.upload(range.end - range.start).await;
         let body = self.read_local(range).map_err(|e| StoreError::Internal {
             op: crate::store::Operation::UploadPart,
             detail: format!("reading the staging file under {}: {e}", self.staging_dir),
@@ -593,6 +605,7 @@ impl StagedFile {
             // to the nanosecond, as s3fs does: S3's own is the upload's, to the
             // second.
             self.abort_upload().await;
+            let _room = self.shares.memory.upload(size).await;
             let body = self.read_local(0..size).map_err(|e| self.local(e))?;
             let posix = Posix {
                 mtime: self.keep_metadata.then(|| self.mtime()),
