@@ -62,9 +62,11 @@ async fn get(client: Client, bucket: String, keys: Vec<String>, concurrency: usi
         let len = head.content_length().unwrap_or(0) as u64;
         size += len;
         let key = Arc::new(key);
-        ranges.extend((0..len).step_by(PART as usize).map(|offset| {
-            (key.clone(), offset, (offset + PART).min(len) - 1)
-        }));
+        ranges.extend(
+            (0..len)
+                .step_by(PART as usize)
+                .map(|offset| (key.clone(), offset, (offset + PART).min(len) - 1)),
+        );
     }
     let start = Instant::now();
     let client = Arc::new(client);
@@ -264,8 +266,7 @@ async fn main() {
         Some("get") => {
             let concurrency = number(4, 16);
             let keys = arg(&args, 3, "KEY").split(',').map(String::from).collect();
-            get(client, arg(&args, 2, "BUCKET"), keys, concurrency)
-            .await
+            get(client, arg(&args, 2, "BUCKET"), keys, concurrency).await
         }
         Some("put") => {
             let (mib, concurrency) = (number(4, 1024) as u64, number(5, 16));

@@ -2,9 +2,12 @@
 //! cache's memory tier, blocks waiting to be written to the disk cache, and parts
 //! being uploaded, all together.
 //!
-//! The limit is split once, at mount. With the block cache on, an eighth is the
-//! cache's memory tier and an eighth the backlog of block files being written; the
-//! rest is one pool, counted in bytes, that read-ahead and uploads share:
+//! The limit is split once, at mount. A quarter is left for what the daemon holds
+//! besides: its own tables, and data on its way through network buffers and
+//! replies to the kernel. With the block cache on, an eighth is the cache's memory
+//! tier and an eighth the backlog of block files being written; the rest (half
+//! the limit with the cache, three quarters without) is one pool, counted in
+//! bytes, that read-ahead and uploads share:
 //!
 //! - read-ahead takes from the pool only what is free, and on a read-write volume
 //!   never the last [`MemoryBudget::reserve`] bytes, which are kept for uploads. An
@@ -60,7 +63,7 @@ impl MemoryBudget {
     /// uploads always keep room for two parts (`None` when read-only).
     pub fn new(limit: u64, cache: bool, upload_part: Option<u64>) -> Arc<Self> {
         let cache_share = if cache { limit / 8 } else { 0 };
-        let pool_size = limit - 2 * cache_share;
+        let pool_size = limit / 4 * 3 - 2 * cache_share;
         let reserve = upload_part.map_or(0, |part| (2 * part).min(pool_size / 2));
         Arc::new(Self {
             limit,
@@ -164,21 +167,24 @@ mod tests {
         let budget = MemoryBudget::new(128 * MIB, true, Some(8 * MIB));
         assert_eq!(budget.memory_tier(), 16 * MIB);
         assert_eq!(budget.write_backlog(), 16 * MIB);
-        assert_eq!(budget.pool_size(), 96 * MIB);
+        assert_eq!(budget.pool_size(), 64 * MIB);
         assert_eq!(budget.reserve(), 16 * MIB);
         let without_cache = MemoryBudget::new(128 * MIB, false, None);
-        assert_eq!(without_cache.pool_size(), 128 * MIB);
+        assert_eq!(without_cache.pool_size(), 96 * MIB);
         assert_eq!(without_cache.reserve(), 0);
     }
 
     #[test]
     fn read_ahead_never_takes_the_uploads_reserve() {
-        let budget = MemoryBudget::new(32 * MIB, true, Some(8 * MIB));
+        let budget = MemoryBudget::new(48 * MIB, true, Some(8 * MIB));
         // Pool 24 MiB, reserve 12 MiB (never more than half the pool).
+        assert_eq!(budget.pool_size(), 24 * MIB);
         assert_eq!(budget.reserve(), 12 * MIB);
         let first = budget.try_read_ahead(8 * MIB).expect("room");
         assert!(budget.try_read_ahead(8 * MIB).is_none(), "took the reserve");
-        let small = budget.try_read_ahead(4 * MIB).expect("room up to the reserve");
+        let small = budget
+            .try_read_ahead(4 * MIB)
+            .expect("room up to the reserve");
         assert_eq!(budget.in_use(), 12 * MIB);
         drop((first, small));
         assert_eq!(budget.in_use(), 0);
@@ -187,7 +193,7 @@ mod tests {
     #[tokio::test]
     async fn an_upload_waits_for_room_and_is_counted() {
         let budget = MemoryBudget::new(32 * MIB, false, Some(8 * MIB));
-        let held = budget.upload(32 * MIB).await;
+        let held = budget.upload(24 * MIB).await;
         assert_eq!(budget.stats.upload_waits.load(Ordering::Relaxed), 0);
         let waiting = {
             let budget = budget.clone();

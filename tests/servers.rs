@@ -25,9 +25,7 @@ fn a_port_held_by_another_process_is_not_taken_for_the_servers() {
     // exits, as one whose bind failed does.
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
-    let status = with_lib(&format!(
-        "sleep 1 & wait_for_ports $! server {port}"
-    ));
+    let status = with_lib(&format!("sleep 1 & wait_for_ports $! server {port}"));
     assert_eq!(status, 1, "the port's other owner was taken for the server");
 }
 

@@ -171,6 +171,7 @@ fn serve(
         volume.cache.clone(),
     ));
     runtime.spawn(volume.fs.clone().apply_metadata_as_due());
+    runtime.spawn(process::trim_when_idle(volume.stats.requests.clone()));
     runtime.spawn(stop::stop_on_signal(
         stop_signals,
         mounted.handle(),

@@ -2,10 +2,15 @@
 
 use std::fs::File;
 
-/// Read-ahead allocates and frees a multi-MiB buffer per ranged GET. By default glibc
-/// serves those with mmap and returns them with munmap, so every byte read costs a
-/// page fault in the kernel: a third of the daemon's CPU time in a sequential read.
-/// Keeping them on the heap (bounded by the read-ahead budget anyway) avoids it.
+/// Uploads read each part (8 MiB) into a buffer of its own. By default glibc
+/// serves those with mmap and returns them with munmap, so every byte costs a page
+/// fault in the kernel. Keeping them on the heap avoids it. (Read-ahead's part
+/// buffers are mapped and reused by the store itself.) Larger allocations, such
+/// as the FUSE request buffers (16 MiB each, mostly never touched), are mapped:
+/// from the heap they would be resident from the start. Memory freed is kept for
+/// reuse while the volume is busy and given back once it is idle
+/// ([`trim_when_idle`]).
+///
 /// Block-cache reads allocate on blocking-pool threads and free on runtime
 /// threads; with glibc's default of one arena per thread the freed memory sits
 /// in many arenas at once (a re-read from the disk cache peaked near 300 MiB).
@@ -14,9 +19,35 @@ pub(super) fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters and is called before the
     // runtime starts any thread.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 12 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Gives the memory freed since the volume was last busy back to the system, once
+/// it has sent no request for two seconds. The allocator keeps freed memory for
+/// reuse (see [`tune_allocator`]), which a busy volume wants and an idle one
+/// should not hold: a platform host runs one volume per customer, most of them
+/// idle at any moment.
+pub(super) async fn trim_when_idle(requests: std::sync::Arc<crate::store::counted::RequestStats>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last, mut quiet, mut trimmed) = (u64::MAX, 0, true);
+    loop {
+        tick.tick().await;
+        let now = requests.total();
+        if now != last {
+            (last, quiet, trimmed) = (now, 0, false);
+            continue;
+        }
+        quiet += 1;
+        if quiet >= 2 && !trimmed {
+            // SAFETY: malloc_trim only returns free memory to the system; it is
+            // safe to call at any time from any thread.
+            unsafe { libc::malloc_trim(0) };
+            trimmed = true;
+        }
     }
 }
 

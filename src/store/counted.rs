@@ -44,6 +44,14 @@ impl RequestStats {
         self.succeeded[Self::index(op)].load(Ordering::Relaxed)
     }
 
+    /// Requests sent so far, of every operation.
+    pub fn total(&self) -> u64 {
+        self.requests
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Requests that failed (a missing key is an answer, not a failure).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)

@@ -6,8 +6,10 @@
 //! mix two versions of an object.
 
 mod answer;
+mod buffers;
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +17,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_s3::config::IdentityCache;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tracing::{debug, warn};
 
 use aws_sdk_s3::types::{
@@ -25,6 +27,7 @@ use aws_sdk_s3::types::{
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use self::answer::{answered_range, decoder, to_system_time};
+use self::buffers::{Body, Buffers};
 use super::{
     Encryption, ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
     Pagination, PendingUpload, ServiceInfo, StoreError, StoreResult, UploadedPart, copy_allowance,
@@ -60,6 +63,8 @@ pub struct S3Store {
     encryption: Option<Encryption>,
     stall_timeout: Option<Duration>,
     sign_payloads: bool,
+    /// Reused buffers for large GET bodies.
+    buffers: Arc<Buffers>,
 }
 
 /// The header values for `encryption`: algorithm and KMS key.
@@ -151,6 +156,8 @@ impl S3Store {
             encryption: options.encryption.clone(),
             stall_timeout: options.stall_timeout,
             sign_payloads: options.sign_payloads,
+            // The largest part read ahead (`fs::read::ReadConfig`).
+            buffers: Buffers::new(8 << 20),
         }
     }
 
@@ -197,7 +204,7 @@ impl S3Store {
         key: &str,
         range: Range<u64>,
         if_match: Option<&str>,
-        into: &mut BytesMut,
+        into: &mut Body,
     ) -> StoreResult<(String, Option<String>)> {
         let op = Operation::GetObject;
         let request = self
@@ -253,7 +260,12 @@ impl S3Store {
                              announced"
                         )));
                     }
-                    into.extend_from_slice(&chunk);
+                    if !into.extend(&chunk) {
+                        return Err(bad(format!(
+                            "the body ran past the {} bytes asked for",
+                            range.end - range.start
+                        )));
+                    }
                 }
                 Some(Err(e)) => return Ok((etag, Some(error_chain(&e)))),
                 None => return Ok((etag, None)),
@@ -376,7 +388,7 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        let mut data = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut data = self.buffers.take((range.end - range.start) as usize);
         let mut pinned = if_match.map(str::to_string);
         let mut resumes = 0;
         loop {

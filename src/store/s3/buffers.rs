@@ -1,0 +1,183 @@
+//! Buffers for GET bodies of read-ahead parts, reused.
+//!
+//! A sequential read allocates and frees a part-sized buffer (8 MiB) per ranged
+//! GET, on whichever thread the request ran, and frees it on whichever thread
+//! the reader consumed it. Taken from the heap, those buffers fragment it: the
+//! daemon's peak RSS was half as large again as the data it held. Freed with
+//! munmap, every byte read costs a page fault when the next buffer is mapped.
+//! Instead, bodies larger than [`POOLED_ABOVE`] go into buffers mapped on their
+//! own and kept, up to [`KEEP`] of them, for the next GET: reused pages cost no
+//! fault, and the heap never holds them.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use memmap2::MmapMut;
+
+/// Bodies larger than this use pooled buffers, the others the heap: a block of
+/// the cache (1 MiB) fetched alone is kept in its memory tier, and must not keep
+/// a whole part's buffer with it.
+const POOLED_ABOVE: usize = 1 << 20;
+
+/// Free buffers kept for reuse: the read-ahead of one reader at the largest
+/// window. More are unmapped when freed.
+const KEEP: usize = 2;
+
+/// The mapped buffers of one store, free for reuse.
+#[derive(Debug)]
+pub(super) struct Buffers {
+    /// The size of each pooled buffer: the largest part read ahead.
+    size: usize,
+    free: Mutex<Vec<MmapMut>>,
+}
+
+impl Buffers {
+    pub(super) fn new(size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            size,
+            free: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A buffer for a body of `len` bytes.
+    pub(super) fn take(self: &Arc<Self>, len: usize) -> Body {
+        if len <= POOLED_ABOVE {
+            return Body::Heap(Vec::with_capacity(len));
+        }
+        let reused = (len <= self.size)
+            .then(|| self.free.lock().unwrap().pop())
+            .flatten();
+        let map = match reused {
+            Some(map) => Some(map),
+            None => MmapMut::map_anon(len.max(self.size)).ok(),
+        };
+        match map {
+            Some(map) => Body::Mapped(Mapped {
+                map: Some(map),
+                len: 0,
+                pool: self.clone(),
+            }),
+            // No mapping to be had: the heap will do.
+            None => Body::Heap(Vec::with_capacity(len)),
+        }
+    }
+
+    fn give_back(&self, map: MmapMut) {
+        if map.len() == self.size {
+            let mut free = self.free.lock().unwrap();
+            if free.len() < KEEP {
+                free.push(map);
+            }
+        }
+    }
+}
+
+/// A GET body being received.
+pub(super) enum Body {
+    Heap(Vec<u8>),
+    Mapped(Mapped),
+}
+
+/// A pooled buffer and how much of it holds the body; back in the pool when the
+/// last `Bytes` made from it is dropped.
+pub(super) struct Mapped {
+    map: Option<MmapMut>,
+    len: usize,
+    pool: Arc<Buffers>,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        self.map.as_ref().map_or(&[], |map| &map[..self.len])
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if let Some(map) = self.map.take() {
+            self.pool.give_back(map);
+        }
+    }
+}
+
+impl Body {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Body::Heap(data) => data.len(),
+            Body::Mapped(mapped) => mapped.len,
+        }
+    }
+
+    /// Appends `chunk`; false (and nothing appended) if it does not fit in a
+    /// pooled buffer, which holds the size asked for.
+    #[must_use]
+    pub(super) fn extend(&mut self, chunk: &[u8]) -> bool {
+        match self {
+            Body::Heap(data) => data.extend_from_slice(chunk),
+            Body::Mapped(mapped) => {
+                let Some(map) = mapped.map.as_mut() else {
+                    return false;
+                };
+                let end = mapped.len + chunk.len();
+                if end > map.len() {
+                    return false;
+                }
+                map[mapped.len..end].copy_from_slice(chunk);
+                mapped.len = end;
+            }
+        }
+        true
+    }
+
+    pub(super) fn freeze(self) -> Bytes {
+        match self {
+            Body::Heap(data) => Bytes::from(data),
+            Body::Mapped(mapped) => Bytes::from_owner(mapped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn a_buffer_comes_back_for_the_next_body_once_its_bytes_are_dropped() {
+        let pool = Buffers::new(8 * MIB);
+        let mut body = pool.take(8 * MIB);
+        assert!(body.extend(&[7u8; 4096]));
+        let bytes = body.freeze();
+        let slice = bytes.slice(10..20);
+        drop(bytes);
+        assert!(
+            pool.free.lock().unwrap().is_empty(),
+            "a slice still uses it"
+        );
+        assert_eq!(&slice[..], &[7u8; 10]);
+        drop(slice);
+        assert_eq!(pool.free.lock().unwrap().len(), 1);
+        let again = pool.take(2 * MIB);
+        assert!(pool.free.lock().unwrap().is_empty(), "not reused");
+        assert_eq!(again.len(), 0, "a reused buffer starts empty");
+    }
+
+    #[test]
+    fn a_body_never_runs_past_its_buffer_and_small_ones_use_the_heap() {
+        let pool = Buffers::new(2 * MIB);
+        let mut body = pool.take(2 * MIB);
+        assert!(body.extend(&vec![1u8; 2 * MIB]));
+        assert!(!body.extend(&[1u8]), "wrote past the end");
+        assert_eq!(body.freeze().len(), 2 * MIB);
+        assert!(matches!(pool.take(MIB), Body::Heap(_)), "a cache block");
+    }
+
+    #[test]
+    fn at_most_keep_buffers_are_kept() {
+        let pool = Buffers::new(2 * MIB);
+        let bodies: Vec<Bytes> = (0..KEEP + 3).map(|_| pool.take(2 * MIB).freeze()).collect();
+        drop(bodies);
+        assert_eq!(pool.free.lock().unwrap().len(), KEEP);
+    }
+}
