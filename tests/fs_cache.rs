@@ -102,6 +102,46 @@ async fn a_second_read_sends_no_get_and_random_reads_are_served_too() {
 }
 
 #[tokio::test]
+async fn read_ahead_opens_all_the_way_at_once_over_cached_blocks() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = pattern(40 * MIB, 13);
+    store.put("f", data.clone());
+    let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    // The first 16 MiB in the cache, the rest not.
+    let fh = vol.fs.open(ino, READ).await.unwrap();
+    let mut offset = 0;
+    while offset < 16 * MIB {
+        offset += vol.fs.read(fh, offset as u64, 128 * 1024).await.unwrap().len();
+    }
+    vol.fs.release(fh).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.clear_calls();
+
+    // Reading from the start again: the window is the largest at once, so the
+    // bytes after the cached ones are asked for long before they are reached
+    // (a window starting at 1 MiB would ask for nothing until near 16 MiB).
+    let fh = vol.fs.open(ino, READ).await.unwrap();
+    let got = vol.fs.read(fh, 0, 128 * 1024).await.unwrap();
+    assert_eq!(&got[..], &data[..128 * 1024]);
+    let asked = || {
+        store
+            .calls()
+            .iter()
+            .filter_map(|c| c.range.clone())
+            .filter(|r| r.start >= 16 * MIB as u64)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while asked() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(asked() > 0, "nothing past the cached blocks was read ahead");
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, data);
+    vol.fs.release(fh).await;
+}
+
+#[tokio::test]
 async fn a_random_read_caches_the_block_it_touches() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let data = pattern(8 * MIB, 12);

@@ -324,6 +324,17 @@ impl BlockCache {
             .collect()
     }
 
+    /// Whether the cache holds the block of `size`-byte object `key` at version
+    /// `etag` that byte `offset` lies in, in memory or on disk.
+    pub fn holds(&self, key: &str, etag: &str, size: u64, offset: u64) -> bool {
+        if offset >= size {
+            return false;
+        }
+        let index = offset / BLOCK_SIZE;
+        let span = Span::new(key, etag, size, index, &(offset..offset + 1));
+        self.memory.holds(&span) || self.disk.holds(&span)
+    }
+
     /// The wanted bytes from the memory tier, or from a block whose file is
     /// still being written.
     fn memory_get(&self, span: &Span) -> Option<Bytes> {

@@ -14,7 +14,8 @@
 //!
 //! With a block cache, every fetch goes through it: blocks it holds come from
 //! memory or disk, the rest from S3 in whole blocks (a random read then fetches
-//! the 1 MiB block it touches, which the next read nearby finds cached).
+//! the 1 MiB block it touches, which the next read nearby finds cached). Where
+//! the cache holds what comes next, the window starts at its largest.
 //!
 //! Read-ahead memory comes from the volume's memory budget (`crate::memory`): a
 //! part is only requested ahead of need when the budget has room, so many
@@ -271,8 +272,18 @@ impl Reader {
     }
 
     /// Makes sure parts cover `[offset, needed_end)` and, budget permitting, the
-    /// window beyond it.
+    /// window beyond it. When the cache holds what comes next, the window opens
+    /// all the way at once: reading ahead from local disk costs no request, and a
+    /// file of a few MiB would otherwise be read in a few small parts one after
+    /// another.
     fn fill_window(&mut self, offset: u64, needed_end: u64) {
+        let next = self.parts.back().map_or(offset, |p| p.range.end);
+        if self.window < self.config.max_window
+            && let Some(cache) = &self.object.cache
+            && cache.holds(&self.object.key, &self.object.etag, self.object.size, next)
+        {
+            self.window = self.config.max_window;
+        }
         let target = offset
             .saturating_add(self.window)
             .max(needed_end)
