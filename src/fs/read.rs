@@ -290,8 +290,11 @@ impl Reader {
             .min(self.object.size);
         let mut next = self.parts.back().map_or(offset, |p| p.range.end);
         while next < target {
+            // Parts near the reader are small, so the bytes it needs next arrive
+            // first, however wide the window: 1 MiB, 1, 2, 4, then whole parts.
             let part_len = (self.config.part_size.min(self.window))
                 .min(self.budget.read_ahead_limit())
+                .min((next - offset).max(self.config.initial_window))
                 .max(1);
             let mut part_end = (next + part_len).min(self.object.size);
             let permit = self.budget.try_read_ahead(part_end - next);
