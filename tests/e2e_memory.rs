@@ -95,8 +95,8 @@ async fn thirty_two_readers_and_eight_writers_slow_down_within_the_limit_and_nev
     let memory = &stats["memory"];
     assert_eq!(memory["limit"], 32 * MIB as u64, "{stats}");
     // The limit was reached: reads went without read-ahead or uploads waited.
-    let waited = memory["reads_without_room"].as_u64().unwrap()
-        + memory["upload_waits"].as_u64().unwrap();
+    let waited =
+        memory["reads_without_room"].as_u64().unwrap() + memory["upload_waits"].as_u64().unwrap();
     assert!(waited > 0, "the limit was never reached: {memory}");
     assert_eq!(memory["pool_in_use"], 0, "memory still held: {memory}");
     assert_eq!(stats["request_errors"], 0, "{stats}");

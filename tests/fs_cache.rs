@@ -10,7 +10,7 @@ mod common;
 use common::fs::{READ, lookup_path, read_all};
 use common::pattern;
 use s3vol::cache::{BLOCK_SIZE, BlockCache, CacheConfig};
-use s3vol::fs::{Fs, FsConfig, ROOT_INO};
+use s3vol::fs::{Fs, FsConfig, LOOKUP_BYTES, ROOT_INO};
 use s3vol::local_dir::LocalDir;
 use s3vol::stats::{IOCTL, MountStats, REPORT_MAX};
 use s3vol::store::counted::CountedStore;
@@ -73,6 +73,8 @@ async fn a_second_read_sends_no_get_and_random_reads_are_served_too() {
     store.put("big.bin", data.clone());
     let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
     let ino = lookup_path(&vol.fs, "big.bin").await.unwrap();
+    // (The lookup read the first bytes; the file is larger, so they are not kept.)
+    store.clear_calls();
 
     assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, data);
     let fetched: u64 = store
@@ -108,6 +110,7 @@ async fn read_ahead_opens_all_the_way_at_once_over_cached_blocks() {
     store.put("f", data.clone());
     let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
     let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    store.clear_calls();
     // The first 16 MiB in the cache, the rest not: read backwards, each read is
     // a random one, which fetches the one block it touches.
     let fh = vol.fs.open(ino, READ).await.unwrap();
@@ -146,6 +149,66 @@ async fn read_ahead_opens_all_the_way_at_once_over_cached_blocks() {
     assert!(asked() > 0, "nothing past the cached blocks was read ahead");
     assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, data);
     vol.fs.release(fh).await;
+}
+
+#[tokio::test]
+async fn a_small_file_is_looked_up_opened_and_read_with_one_get() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let small = pattern(10_000, 21);
+    let large = pattern(3 * MIB, 22);
+    store.put("d/small.bin", small.clone());
+    store.put("d/small2.bin", small.clone());
+    store.put("d/empty", Vec::new());
+    store.put("d/large.bin", large.clone());
+    let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
+    let ops = |store: &MemoryStore| -> Vec<Operation> {
+        store.calls().into_iter().map(|c| c.op).collect()
+    };
+
+    // A name no listing showed: the GET of its first bytes answers the lookup
+    // and brings the whole file; the read sends nothing.
+    let d = lookup_path(&vol.fs, "d").await.unwrap();
+    store.clear_calls();
+    let ino = vol
+        .fs
+        .lookup(d, "small.bin".as_ref())
+        .await
+        .unwrap()
+        .attr
+        .ino;
+    assert_eq!(read_all(&vol.fs, ino, 4096).await, small);
+    let mut sent = ops(&store);
+    sent.sort_by_key(|op| op.to_string());
+    assert_eq!(sent, [Operation::GetObject, Operation::ListObjectsV2]);
+
+    // Names a listing showed: a small one costs the same single GET, a large
+    // one a HEAD (its bytes are read when it is read), an empty one a HEAD.
+    let fh = vol.fs.opendir(d).await.unwrap();
+    vol.fs.readdir(fh, 0).unwrap();
+    store.clear_calls();
+    let ino = vol
+        .fs
+        .lookup(d, "small2.bin".as_ref())
+        .await
+        .unwrap()
+        .attr
+        .ino;
+    assert_eq!(read_all(&vol.fs, ino, 4096).await, small);
+    assert_eq!(ops(&store), [Operation::GetObject]);
+    store.clear_calls();
+    let ino = vol
+        .fs
+        .lookup(d, "large.bin".as_ref())
+        .await
+        .unwrap()
+        .attr
+        .ino;
+    assert_eq!(ops(&store)[0], Operation::HeadObject);
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, large);
+    store.clear_calls();
+    vol.fs.lookup(d, "empty".as_ref()).await.unwrap();
+    assert!(!ops(&store).contains(&Operation::GetObject));
+    vol.fs.releasedir(fh);
 }
 
 #[tokio::test]
@@ -259,7 +322,8 @@ async fn the_root_serves_the_statistics_report() {
     let raw = vol.fs.ioctl(ROOT_INO, IOCTL, REPORT_MAX as u32).unwrap();
     let report: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(report["requests"]["GetObject"], gets(&store) as u64);
-    assert_eq!(report["bytes_from_s3"], 2 * MIB as u64);
+    // The lookup's GET of the first bytes, then the file.
+    assert_eq!(report["bytes_from_s3"], 2 * MIB as u64 + LOOKUP_BYTES);
     assert_eq!(report["cache"]["misses"], 2);
     assert!(report["cache"]["bytes_from_cache"].as_u64().unwrap() >= 2 * MIB as u64);
     assert_eq!(report["mode"], "read-only");

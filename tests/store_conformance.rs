@@ -614,8 +614,36 @@ async fn headers_are_kept_carried_and_replaced(s: &Subject) {
     assert_eq!(multi.content_type.as_deref(), Some("text/csv"));
 }
 
+/// The first bytes of an object with what a HEAD says, in one request.
+async fn start_of_objects(s: &Subject) {
+    let data = pattern(100_000, 3);
+    s.put("start/big.bin", &data).await;
+    s.put("start/small.txt", b"tiny").await;
+    s.put("start/empty", b"").await;
+    let head = s.store.head_object("start/big.bin").await.unwrap();
+    let (info, first) = s.store.get_start("start/big.bin", 65536).await.unwrap();
+    assert_eq!(&first[..], &data[..65536]);
+    assert_eq!(
+        info.size, 100_000,
+        "the size of the object, not of the range"
+    );
+    assert_eq!(info.etag, head.etag);
+    assert_eq!(info.last_modified, head.last_modified);
+    assert_eq!(info.headers.unwrap().user, head.headers.unwrap().user);
+
+    let (info, all) = s.store.get_start("start/small.txt", 65536).await.unwrap();
+    assert_eq!((info.size, &all[..]), (4, &b"tiny"[..]));
+    let (info, none) = s.store.get_start("start/empty", 65536).await.unwrap();
+    assert_eq!((info.size, none.len()), (0, 0));
+    assert!(matches!(
+        s.store.get_start("start/missing", 65536).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
 async fn suite(s: Subject) {
     head_and_get(&s).await;
+    start_of_objects(&s).await;
     uploads_abort_and_deletes(&s).await;
     puts_multipart_uploads_and_copies(&s).await;
     list_with_delimiter_and_pages(&s).await;

@@ -324,6 +324,17 @@ impl BlockCache {
             .collect()
     }
 
+    /// Keeps the whole of a small object (one block at most), fetched outside a
+    /// read, as a fetch would: the first read of it then needs no request.
+    pub async fn keep_whole(self: &Arc<Self>, key: &str, etag: &str, data: &Bytes) {
+        let size = data.len() as u64;
+        if size == 0 || size > BLOCK_SIZE || self.holds(key, etag, size, 0) {
+            return;
+        }
+        let span = Span::new(key, etag, size, 0, &(0..size));
+        self.insert(&span, data, true).await;
+    }
+
     /// Whether the cache holds the block of `size`-byte object `key` at version
     /// `etag` that byte `offset` lies in, in memory or on disk.
     pub fn holds(&self, key: &str, etag: &str, size: u64, offset: u64) -> bool {

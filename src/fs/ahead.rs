@@ -30,29 +30,32 @@ const IN_FLIGHT: usize = 32;
 pub(super) struct Windows(Mutex<HashMap<u64, (String, usize)>>);
 
 /// An entry a listing showed, whose metadata is to be asked for.
-struct Listed {
-    name: String,
-    kind: Kind,
-    key: String,
-    mtime: SystemTime,
+pub(super) struct Listed {
+    pub name: String,
+    pub kind: Kind,
+    pub key: String,
+    pub mtime: SystemTime,
+    /// The size the listing gave.
+    pub size: u64,
 }
 
 impl Fs {
-    /// What S3 says of `name` in `parent` (of `kind`, at `key`, listed with
-    /// `mtime`), fetched with the metadata of the entries after it that lack
-    /// theirs. `None` if the file is gone (or is a directory now).
+    /// What S3 says of `listed` in `parent`, fetched with the metadata of the
+    /// entries after it that lack theirs (those with HEADs only: see `lookup`).
+    /// `None` if the file is gone (or is a directory now).
     pub(super) async fn stat_listed(
         &self,
         parent: u64,
-        name: &str,
-        kind: Kind,
-        key: String,
-        mtime: SystemTime,
+        listed: Listed,
     ) -> FsResult<Option<(Kind, Stat)>> {
-        let ahead = self.entries_ahead(parent, name);
-        let fetch = |entry: Listed| async move {
+        let (name, kind) = (listed.name.clone(), listed.kind);
+        let ahead = self.entries_ahead(parent, &name);
+        let fetch = |entry: Listed, own: bool| async move {
             let stat = match entry.kind {
-                Kind::File => match self.store.head_object(&entry.key).await {
+                Kind::File => match match own {
+                    true => self.stat_file(&entry.key, Some(entry.size)).await,
+                    false => self.store.head_object(&entry.key).await,
+                } {
                     Ok(info) => Ok(Some(Stat::of_file(info))),
                     Err(StoreError::NotFound { .. }) => Ok(None),
                     Err(e) => Err(e.into()),
@@ -61,13 +64,8 @@ impl Fs {
             };
             (entry, stat)
         };
-        let own = fetch(Listed {
-            name: name.to_string(),
-            kind,
-            key,
-            mtime,
-        });
-        let others = futures::stream::iter(ahead.into_iter().map(fetch))
+        let own = fetch(listed, true);
+        let others = futures::stream::iter(ahead.into_iter().map(|entry| fetch(entry, false)))
             .buffer_unordered(IN_FLIGHT)
             .collect::<Vec<_>>();
         let ((_, own), others) = tokio::join!(own, others);
@@ -121,6 +119,7 @@ impl Fs {
                     kind: node.kind,
                     key: node.key.clone(),
                     mtime: node.stat.mtime,
+                    size: node.stat.size,
                 })
             })
             .collect()

@@ -15,6 +15,7 @@ mod ahead;
 mod dir;
 pub mod error;
 pub mod inode;
+mod lookup;
 mod meta;
 pub mod posix;
 pub mod read;
@@ -33,11 +34,12 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+use self::ahead::Listed;
 pub use self::dir::DirEntry;
 pub use self::error::{FsError, FsResult};
 use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
-use self::posix::Posix;
+pub use self::lookup::LOOKUP_BYTES;
 pub use self::read::ReadConfig;
 use self::read::{ObjectVersion, Reader};
 pub use self::upload::WriteConfig;
@@ -46,7 +48,7 @@ use crate::cache::BlockCache;
 use crate::memory::{DEFAULT_MAX_MEMORY, MemoryBudget};
 use crate::names::{NameProblem, check_name};
 use crate::stats::MountStats;
-use crate::store::{ListRequest, ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError};
 
 /// What the kernel is told about ownership and modes, and how long metadata lives.
 #[derive(Clone, Debug)]
@@ -340,56 +342,6 @@ impl Fs {
             })
     }
 
-    /// Asks S3 what `parent_key + name` is: HeadObject on the file key and a
-    /// one-key listing under the directory prefix, in parallel.
-    async fn stat_name(&self, parent_key: &str, name: &str) -> FsResult<Option<(Kind, Stat)>> {
-        let file_key = format!("{parent_key}{name}");
-        let dir_key = format!("{file_key}/");
-        let listing = ListRequest {
-            prefix: &dir_key,
-            max_keys: Some(1),
-            ..Default::default()
-        };
-        let (head, list) = tokio::join!(
-            self.store.head_object(&file_key),
-            self.store.list_objects(listing)
-        );
-        let page = list?;
-        if !page.objects.is_empty() || !page.common_prefixes.is_empty() {
-            let stat = match page.objects.first().filter(|o| o.key == dir_key) {
-                Some(marker) => self.directory_stat(&dir_key, marker.last_modified).await?,
-                None => Stat::unmarked_directory(self.mount_time),
-            };
-            return Ok(Some((Kind::Directory, stat)));
-        }
-        match head {
-            Ok(info) => Ok(Some((Kind::File, Stat::of_file(info)))),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// What directory `dir_key` shows: its marker object's metadata when it has
-    /// one (a HEAD, unless the volume keeps no metadata); `mtime` otherwise.
-    async fn directory_stat(&self, dir_key: &str, mtime: SystemTime) -> FsResult<Stat> {
-        if !self.config.metadata {
-            return Ok(Stat::directory(mtime));
-        }
-        match self.store.head_object(dir_key).await {
-            Ok(marker) => Ok(Stat {
-                posix: Some(
-                    marker
-                        .headers
-                        .map(|h| Posix::read(&h.user, Kind::Directory))
-                        .unwrap_or_default(),
-                ),
-                ..Stat::directory(marker.last_modified)
-            }),
-            Err(StoreError::NotFound { .. }) => Ok(Stat::unmarked_directory(mtime)),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Looks `name` up in directory `parent`, from cache when fresh.
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
         let parent_node = self.node(parent)?;
@@ -444,11 +396,17 @@ impl Fs {
                     node.remaining(self.config.metadata_ttl, Instant::now())
                         .is_some()
                 })
-                .map(|(_, node)| (node.kind, node.key.clone(), node.stat.mtime))
+                .map(|(_, node)| Listed {
+                    name: name.to_string(),
+                    kind: node.kind,
+                    key: node.key.clone(),
+                    mtime: node.stat.mtime,
+                    size: node.stat.size,
+                })
         };
         let found = match listed {
-            Some((kind, key, mtime)) => {
-                match self.stat_listed(parent, name, kind, key, mtime).await? {
+            Some(listed) => {
+                match self.stat_listed(parent, listed).await? {
                     Some(found) => Some(found),
                     // Gone since, or a directory now: ask the whole question.
                     None => self.stat_name(parent_key, name).await?,

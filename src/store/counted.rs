@@ -128,6 +128,16 @@ impl ObjectStore for CountedStore {
             .await
     }
 
+    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
+        let (info, data) = self
+            .count(Operation::GetObject, 0, self.inner.get_start(key, len))
+            .await?;
+        self.stats
+            .bytes_downloaded
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok((info, data))
+    }
+
     async fn get_range(
         &self,
         key: &str,

@@ -89,6 +89,10 @@ impl ObjectStore for RenewOnExpiry {
         self.call(|| self.inner.list_objects(req.clone())).await
     }
 
+    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
+        self.call(|| self.inner.get_start(key, len)).await
+    }
+
     async fn get_range(
         &self,
         key: &str,

@@ -196,6 +196,11 @@ impl ObjectStore for FaultyStore {
         .await
     }
 
+    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
+        self.around(Operation::GetObject, key, self.inner.get_start(key, len))
+            .await
+    }
+
     async fn get_range(
         &self,
         key: &str,

@@ -188,6 +188,13 @@ impl ObjectStore for RetryingStore {
         .await
     }
 
+    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
+        self.plain(Operation::GetObject, Duration::ZERO, || {
+            self.inner.get_start(key, len)
+        })
+        .await
+    }
+
     async fn get_range(
         &self,
         key: &str,

@@ -126,6 +126,12 @@ pub(super) fn answered_range(
     }
 }
 
+/// The object's size a Content-Range gives after its `/`; `None` when it is
+/// missing, `*` or not a number.
+pub(super) fn range_total(content_range: Option<&str>) -> Option<u64> {
+    content_range?.trim().rsplit_once('/')?.1.parse().ok()
+}
+
 /// A key as a listing with `encoding-type=url` gives it. S3 lists in XML 1.0,
 /// which cannot carry control characters: a key holding one would make the
 /// whole answer unreadable, so listings ask for URL-encoded keys. AWS writes a

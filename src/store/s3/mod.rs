@@ -5,8 +5,34 @@
 //! delivered byte, pinned to the ETag of the first answer so a resumed read can never
 //! mix two versions of an object.
 
+/// The headers a HEAD or GET answer carries (the two answer types have the same
+/// accessors).
+macro_rules! object_headers {
+    ($out:expr) => {{
+        let out = &$out;
+        let owned = |v: Option<&str>| v.map(str::to_string);
+        ObjectHeaders {
+            user: out
+                .metadata()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            content_type: owned(out.content_type()),
+            content_encoding: owned(out.content_encoding()),
+            content_disposition: owned(out.content_disposition()),
+            content_language: owned(out.content_language()),
+            cache_control: owned(out.cache_control()),
+            sse: owned(out.server_side_encryption().map(|e| e.as_str())),
+            sse_kms_key_id: owned(out.ssekms_key_id()),
+            storage_class: owned(out.storage_class().map(|c| c.as_str())),
+        }
+    }};
+}
+
 mod answer;
 mod buffers;
+mod get;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -18,7 +44,7 @@ use aws_sdk_s3::config::IdentityCache;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective, ServerSideEncryption,
@@ -26,14 +52,13 @@ use aws_sdk_s3::types::{
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use self::answer::{answered_range, decoder, to_system_time};
-use self::buffers::{Body, Buffers};
+use self::answer::{decoder, to_system_time};
+use self::buffers::Buffers;
 use super::{
     Encryption, ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
     Pagination, PendingUpload, ServiceInfo, StoreError, StoreResult, UploadedPart, copy_allowance,
     transfer_allowance,
 };
-use crate::logging::error_chain;
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
 /// Each resume continues from the last byte received, so progress is never lost.
@@ -196,82 +221,6 @@ impl S3Store {
             utf8_percent_encode(key, COPY_SOURCE_ESCAPES)
         )
     }
-
-    /// One ranged GET, reading the body to the end or to the first error. Returns the
-    /// bytes received, the object's ETag and the error that cut the body short.
-    async fn get_once(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-        into: &mut Body,
-    ) -> StoreResult<(String, Option<String>)> {
-        let op = Operation::GetObject;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_if_match(if_match.map(str::to_string))
-            .send();
-        let response = self
-            .answer(op, key, Duration::ZERO, request)
-            .await
-            .map_err(|e| match e {
-                StoreError::Changed { op, key, .. } => StoreError::Changed {
-                    op,
-                    key,
-                    expected_etag: if_match.unwrap_or_default().to_string(),
-                },
-                other => other,
-            })?;
-        let etag = response.e_tag().unwrap_or_default().to_string();
-        let bad = |detail: String| StoreError::BadAnswer {
-            op,
-            key: key.to_string(),
-            detail,
-        };
-        if let Some(pinned) = if_match
-            && !etag.is_empty()
-            && etag != pinned
-        {
-            return Err(bad(format!(
-                "it sent ETag {etag} for a GET pinned to ETag {pinned} (If-Match ignored)"
-            )));
-        }
-        let expected = answered_range(response.content_range(), &range).map_err(bad)?;
-        let mut body = response.body;
-        let mut received = 0u64;
-        loop {
-            let stall = self.stall_limit();
-            let Ok(next) = tokio::time::timeout(stall, body.next()).await else {
-                let stalled = format!("no data for {}", humantime::format_duration(stall));
-                return Ok((etag, Some(stalled)));
-            };
-            match next {
-                Some(Ok(chunk)) => {
-                    received += chunk.len() as u64;
-                    // Checked before keeping it: an endless body must not be
-                    // held in memory.
-                    if received > expected {
-                        return Err(bad(format!(
-                            "the body ran past the {expected} bytes its Content-Range \
-                             announced"
-                        )));
-                    }
-                    if !into.extend(&chunk) {
-                        return Err(bad(format!(
-                            "the body ran past the {} bytes asked for",
-                            range.end - range.start
-                        )));
-                    }
-                }
-                Some(Err(e)) => return Ok((etag, Some(error_chain(&e)))),
-                None => return Ok((etag, None)),
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -290,23 +239,7 @@ impl ObjectStore for S3Store {
         let out = self
             .answer(Operation::HeadObject, key, Duration::ZERO, request)
             .await?;
-        let owned = |v: Option<&str>| v.map(str::to_string);
-        let headers = ObjectHeaders {
-            user: out
-                .metadata()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
-            content_type: owned(out.content_type()),
-            content_encoding: owned(out.content_encoding()),
-            content_disposition: owned(out.content_disposition()),
-            content_language: owned(out.content_language()),
-            cache_control: owned(out.cache_control()),
-            sse: owned(out.server_side_encryption().map(|e| e.as_str())),
-            sse_kms_key_id: owned(out.ssekms_key_id()),
-            storage_class: owned(out.storage_class().map(|c| c.as_str())),
-        };
+        let headers = object_headers!(out);
         Ok(ObjectInfo {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -314,6 +247,19 @@ impl ObjectStore for S3Store {
             last_modified: to_system_time(out.last_modified()),
             headers: Some(headers),
         })
+    }
+
+    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
+        self.fetch_start(key, len).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        self.fetch_range(key, range, if_match).await
     }
 
     async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
@@ -380,43 +326,6 @@ impl ObjectStore for S3Store {
             common_prefixes,
             next_token,
         })
-    }
-
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        let mut data = self.buffers.take((range.end - range.start) as usize);
-        let mut pinned = if_match.map(str::to_string);
-        let mut resumes = 0;
-        loop {
-            let from = range.start + data.len() as u64;
-            let (etag, broken) = self
-                .get_once(key, from..range.end, pinned.as_deref(), &mut data)
-                .await?;
-            if pinned.is_none() && !etag.is_empty() {
-                pinned = Some(etag);
-            }
-            let Some(cause) = broken else {
-                debug!(key, start = range.start, len = data.len(), "GET done");
-                return Ok(data.freeze());
-            };
-            resumes += 1;
-            if resumes > MAX_BODY_RESUMES {
-                return Err(StoreError::Unreachable {
-                    op: Operation::GetObject,
-                    detail: format!("body of {key} broke {resumes} times; last: {cause}"),
-                });
-            }
-            warn!(
-                key,
-                received = data.len(),
-                cause,
-                "GET body broke mid-stream; resuming from the last byte received"
-            );
-        }
     }
 
     /// Uploads are sent with an unsigned payload: the CRC32 checksum the SDK sends

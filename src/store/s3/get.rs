@@ -1,0 +1,217 @@
+//! GETs: ranged reads into reused buffers, resumed when a body breaks, and the
+//! first bytes of an object with its headers.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::answer::{answered_range, range_total, to_system_time};
+use super::buffers::Body;
+use super::{MAX_BODY_RESUMES, S3Store};
+use crate::logging::error_chain;
+use crate::store::{ObjectHeaders, ObjectInfo, ObjectStore, Operation, StoreError, StoreResult};
+
+impl S3Store {
+    /// [`ObjectStore::get_start`]: one ranged GET, or a HEAD for an empty object.
+    pub(super) async fn fetch_start(
+        &self,
+        key: &str,
+        len: u64,
+    ) -> StoreResult<(ObjectInfo, Bytes)> {
+        let range = 0..len.max(1);
+        let response = match self.send_get(key, &range, None).await {
+            Ok(response) => response,
+            // An empty object has no first byte to answer with.
+            Err(StoreError::InvalidRange { .. }) => {
+                return Ok((self.head_object(key).await?, Bytes::new()));
+            }
+            Err(e) => return Err(e),
+        };
+        let bad = |detail: String| bad_get(key, detail);
+        let expected = answered_range(response.content_range(), &range).map_err(bad)?;
+        let size = range_total(response.content_range())
+            .filter(|&total| total >= expected)
+            .ok_or_else(|| {
+                bad(format!(
+                    "it answered with Content-Range {:?}, which gives no object size",
+                    response.content_range().unwrap_or_default()
+                ))
+            })?;
+        let info = ObjectInfo {
+            key: key.to_string(),
+            size,
+            etag: response.e_tag().unwrap_or_default().to_string(),
+            last_modified: to_system_time(response.last_modified()),
+            headers: Some(object_headers!(response)),
+        };
+        let mut data = self.buffers.take(expected as usize);
+        if let Some(cause) = self
+            .read_body(key, response.body, expected, expected, &mut data)
+            .await?
+        {
+            return Err(StoreError::Unreachable {
+                op: Operation::GetObject,
+                detail: format!("body of {key} broke: {cause}"),
+            });
+        }
+        if (data.len() as u64) < expected {
+            return Err(bad(format!(
+                "the body ended after {} of the {expected} bytes its Content-Range announced",
+                data.len()
+            )));
+        }
+        Ok((info, data.freeze()))
+    }
+
+    /// [`ObjectStore::get_range`], resuming a body that breaks.
+    pub(super) async fn fetch_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        let mut data = self.buffers.take((range.end - range.start) as usize);
+        let mut pinned = if_match.map(str::to_string);
+        let mut resumes = 0;
+        loop {
+            let from = range.start + data.len() as u64;
+            let (etag, broken) = self
+                .get_once(key, from..range.end, pinned.as_deref(), &mut data)
+                .await?;
+            if pinned.is_none() && !etag.is_empty() {
+                pinned = Some(etag);
+            }
+            let Some(cause) = broken else {
+                debug!(key, start = range.start, len = data.len(), "GET done");
+                return Ok(data.freeze());
+            };
+            resumes += 1;
+            if resumes > MAX_BODY_RESUMES {
+                return Err(StoreError::Unreachable {
+                    op: Operation::GetObject,
+                    detail: format!("body of {key} broke {resumes} times; last: {cause}"),
+                });
+            }
+            warn!(
+                key,
+                received = data.len(),
+                cause,
+                "GET body broke mid-stream; resuming from the last byte received"
+            );
+        }
+    }
+
+    /// Sends a ranged GET and returns the answer, its body unread.
+    async fn send_get(
+        &self,
+        key: &str,
+        range: &Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<GetObjectOutput> {
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send();
+        self.answer(Operation::GetObject, key, Duration::ZERO, request)
+            .await
+            .map_err(|e| match e {
+                StoreError::Changed { op, key, .. } => StoreError::Changed {
+                    op,
+                    key,
+                    expected_etag: if_match.unwrap_or_default().to_string(),
+                },
+                other => other,
+            })
+    }
+
+    /// One ranged GET, reading the body to the end or to the first error. Returns the
+    /// bytes received, the object's ETag and the error that cut the body short.
+    async fn get_once(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        into: &mut Body,
+    ) -> StoreResult<(String, Option<String>)> {
+        let response = self.send_get(key, &range, if_match).await?;
+        let etag = response.e_tag().unwrap_or_default().to_string();
+        let bad = |detail: String| bad_get(key, detail);
+        if let Some(pinned) = if_match
+            && !etag.is_empty()
+            && etag != pinned
+        {
+            return Err(bad(format!(
+                "it sent ETag {etag} for a GET pinned to ETag {pinned} (If-Match ignored)"
+            )));
+        }
+        let expected = answered_range(response.content_range(), &range).map_err(bad)?;
+        let broken = self
+            .read_body(key, response.body, expected, range.end - range.start, into)
+            .await?;
+        Ok((etag, broken))
+    }
+
+    /// Reads a GET body of `expected` bytes (as its Content-Range announced)
+    /// into `into`, which has room for `room`; returns the error that cut it
+    /// short, if one did.
+    async fn read_body(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        expected: u64,
+        room: u64,
+        into: &mut Body,
+    ) -> StoreResult<Option<String>> {
+        let mut received = 0u64;
+        loop {
+            let stall = self.stall_limit();
+            let Ok(next) = tokio::time::timeout(stall, body.next()).await else {
+                return Ok(Some(format!(
+                    "no data for {}",
+                    humantime::format_duration(stall)
+                )));
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    // Checked before keeping it: an endless body must not be
+                    // held in memory.
+                    if received > expected {
+                        return Err(bad_get(
+                            key,
+                            format!(
+                                "the body ran past the {expected} bytes its Content-Range \
+                                 announced"
+                            ),
+                        ));
+                    }
+                    if !into.extend(&chunk) {
+                        return Err(bad_get(
+                            key,
+                            format!("the body ran past the {room} bytes asked for"),
+                        ));
+                    }
+                }
+                Some(Err(e)) => return Ok(Some(error_chain(&e))),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// A GET answer that cannot be right.
+fn bad_get(key: &str, detail: String) -> StoreError {
+    StoreError::BadAnswer {
+        op: Operation::GetObject,
+        key: key.to_string(),
+        detail,
+    }
+}
