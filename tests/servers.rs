@@ -50,3 +50,15 @@ time.sleep(30)
     ));
     assert_eq!(status, 0);
 }
+
+#[test]
+fn a_server_that_goes_on_without_its_port_is_stopped_for_another_try() {
+    // Garage runs on without its admin port when another process holds it.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let status = with_lib(&format!(
+        "sleep 60 & pid=$!; status=0; wait_for_ports $pid server {port} || status=$?; \
+         sleep 0.2; ! kill -0 $pid 2>/dev/null || exit 99; exit $status"
+    ));
+    assert_eq!(status, 1, "99: the server was left running");
+}
