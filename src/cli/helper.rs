@@ -243,7 +243,7 @@ mod tests {
              renew_before=10m,sts_endpoint_url=http://127.0.0.1:9001,uid=1000,gid=1001,\
              file_mode=0640,dir_mode=0750,allow_other,cache_dir=/var/cache/x,\
              cache_size=2GiB,staging_size=3GiB,metadata_ttl=90s,part_size=16MiB,max_concurrency=4,\
-             sse=aws:kms,sse_kms_key_id=alias/s3vol,io_timeout=2m,log_level=debug,\
+             max_memory=48MiB,sse=aws:kms,sse_kms_key_id=alias/s3vol,io_timeout=2m,log_level=debug,\
              log_file=/var/log/s3vol.log,noexec",
         ])
         .unwrap();
@@ -278,6 +278,7 @@ mod tests {
         assert_eq!(first.metadata_ttl, Duration::from_secs(90));
         assert_eq!(first.part_size, 16 << 20);
         assert_eq!(first.max_concurrency, 4);
+        assert_eq!(first.max_memory, 48 << 20);
         assert_eq!(first.s3.sse.as_deref(), Some("aws:kms"));
         assert_eq!(first.s3.sse_kms_key_id.as_deref(), Some("alias/s3vol"));
         assert_eq!(first.s3.io_timeout, Duration::from_secs(120));

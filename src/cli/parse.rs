@@ -217,6 +217,12 @@ mod tests {
                 .unwrap_err()
                 .contains("5MiB to 5GiB")
         );
+        assert_eq!(parse_max_memory("64MiB"), Ok(64 << 20));
+        assert!(
+            parse_max_memory("16MiB")
+                .unwrap_err()
+                .contains("at least 32MiB")
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub(super) struct Listed {
 
 impl Fs {
     /// What S3 says of `listed` in `parent`, fetched with the metadata of the
-    /// entries after it that lack theirs (those with HEADs only: see `lookup`).
+    /// entries after it that lack theirs (with HEADs: see `super::lookup`).
     /// `None` if the file is gone (or is a directory now).
     pub(super) async fn stat_listed(
         &self,
@@ -52,14 +52,18 @@ impl Fs {
         let ahead = self.entries_ahead(parent, &name);
         let fetch = |entry: Listed, own: bool| async move {
             let stat = match entry.kind {
-                Kind::File => match match own {
-                    true => self.stat_file(&entry.key, Some(entry.size)).await,
-                    false => self.store.head_object(&entry.key).await,
-                } {
-                    Ok(info) => Ok(Some(Stat::of_file(info))),
-                    Err(StoreError::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e.into()),
-                },
+                Kind::File => {
+                    let found = if own {
+                        self.stat_file(&entry.key, Some(entry.size)).await
+                    } else {
+                        self.store.head_object(&entry.key).await
+                    };
+                    match found {
+                        Ok(info) => Ok(Some(Stat::of_file(info))),
+                        Err(StoreError::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    }
+                }
                 Kind::Directory => self.directory_stat(&entry.key, entry.mtime).await.map(Some),
             };
             (entry, stat)

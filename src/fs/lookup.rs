@@ -1,12 +1,13 @@
 //! Asking S3 what a name is: a file (HeadObject), a directory (a one-key listing
 //! under its prefix, and a HEAD of its marker for its metadata), or nothing.
 //!
-//! With the block cache on, a lookup of a file asks for its first [`LOOKUP_BYTES`] with a ranged GET instead of a HEAD:
-//! the answer carries the same headers, takes no longer on any link, and holds
-//! the whole of a small file, which the cache keeps, so opening and reading it
-//! sends no further request. A file a listing showed larger than that is asked
-//! for with a HEAD, as is every file the metadata read-ahead asks for (`ls -l`
-//! of a directory must not download it).
+//! With the block cache on, a lookup of a file asks for its first
+//! [`LOOKUP_BYTES`] with a ranged GET instead of a HEAD: the answer carries the
+//! same headers, takes no longer on any link, and holds the whole of a small
+//! file, which the cache keeps, so opening and reading it sends no further
+//! request. A file a listing showed larger than that, or empty, is asked for with
+//! a HEAD, as is every file the metadata read-ahead asks for (`ls -l` of a
+//! directory must not download it).
 
 use std::time::SystemTime;
 
@@ -19,9 +20,9 @@ use crate::store::{ListRequest, ObjectInfo, StoreError, StoreResult};
 pub const LOOKUP_BYTES: u64 = 64 * 1024;
 
 impl Fs {
-    /// Asks S3 what `parent_key + name` is: HeadObject on the file key (or a GET
-    /// of its first bytes, see `lookup`) and a one-key listing under the
-    /// directory prefix, in parallel.
+    /// Asks S3 what `parent_key + name` is: the file key's metadata
+    /// ([`Fs::stat_file`]) and a one-key listing under the directory prefix, in
+    /// parallel.
     pub(super) async fn stat_name(
         &self,
         parent_key: &str,
