@@ -136,7 +136,15 @@ pub fn in_namespace_for_users<T: Send>(
     in_private_mount_namespace(|| {
         let scratch = Scratch::new();
         let binary = scratch.path().join("s3vol");
-        std::fs::copy(super::binary(), &binary).unwrap();
+        // Copied by another process: a file this one held open for writing would
+        // be inherited by whatever a concurrent test forks, until it execs, and
+        // running the copy meanwhile fails with ETXTBSY ("Text file busy").
+        let copied = std::process::Command::new("cp")
+            .arg(super::binary())
+            .arg(&binary)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp of the binary under test failed");
         let _links = install_helpers(&binary);
         let fuse = scratch.path().join("fuse");
         nix::sys::stat::mknod(
