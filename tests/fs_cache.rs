@@ -62,6 +62,16 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
     }
 }
 
+/// The bytes GETs have asked for since the calls were last cleared.
+fn fetched_bytes(store: &MemoryStore) -> u64 {
+    store
+        .calls()
+        .iter()
+        .filter_map(|c| c.range.clone())
+        .map(|r| r.end - r.start)
+        .sum()
+}
+
 fn gets(store: &MemoryStore) -> usize {
     store.count_calls(Operation::GetObject)
 }
@@ -77,12 +87,7 @@ async fn a_second_read_sends_no_get_and_random_reads_are_served_too() {
     store.clear_calls();
 
     assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, data);
-    let fetched: u64 = store
-        .calls()
-        .iter()
-        .filter_map(|c| c.range.clone())
-        .map(|r| r.end - r.start)
-        .sum();
+    let fetched = fetched_bytes(&store);
     assert_eq!(fetched, data.len() as u64, "each byte fetched once");
 
     store.clear_calls();
@@ -118,12 +123,7 @@ async fn read_ahead_opens_all_the_way_at_once_over_cached_blocks() {
         vol.fs.read(fh, block * MIB as u64, 4096).await.unwrap();
     }
     vol.fs.release(fh).await;
-    let fetched: u64 = store
-        .calls()
-        .iter()
-        .filter_map(|c| c.range.clone())
-        .map(|r| r.end - r.start)
-        .sum();
+    let fetched = fetched_bytes(&store);
     assert_eq!(fetched, 16 * MIB as u64);
     tokio::time::sleep(Duration::from_millis(200)).await;
     store.clear_calls();
@@ -169,13 +169,7 @@ async fn a_small_file_is_looked_up_opened_and_read_with_one_get() {
     // and brings the whole file; the read sends nothing.
     let d = lookup_path(&vol.fs, "d").await.unwrap();
     store.clear_calls();
-    let ino = vol
-        .fs
-        .lookup(d, "small.bin".as_ref())
-        .await
-        .unwrap()
-        .attr
-        .ino;
+    let ino = lookup_path(&vol.fs, "d/small.bin").await.unwrap();
     assert_eq!(read_all(&vol.fs, ino, 4096).await, small);
     let mut sent = ops(&store);
     sent.sort_by_key(|op| op.to_string());
@@ -186,23 +180,11 @@ async fn a_small_file_is_looked_up_opened_and_read_with_one_get() {
     let fh = vol.fs.opendir(d).await.unwrap();
     vol.fs.readdir(fh, 0).unwrap();
     store.clear_calls();
-    let ino = vol
-        .fs
-        .lookup(d, "small2.bin".as_ref())
-        .await
-        .unwrap()
-        .attr
-        .ino;
+    let ino = lookup_path(&vol.fs, "d/small2.bin").await.unwrap();
     assert_eq!(read_all(&vol.fs, ino, 4096).await, small);
     assert_eq!(ops(&store), [Operation::GetObject]);
     store.clear_calls();
-    let ino = vol
-        .fs
-        .lookup(d, "large.bin".as_ref())
-        .await
-        .unwrap()
-        .attr
-        .ino;
+    let ino = lookup_path(&vol.fs, "d/large.bin").await.unwrap();
     assert_eq!(ops(&store)[0], Operation::HeadObject);
     assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, large);
     store.clear_calls();
