@@ -14,6 +14,7 @@ use s3vol::fs::{Fs, FsConfig, LOOKUP_BYTES, ROOT_INO};
 use s3vol::local_dir::LocalDir;
 use s3vol::stats::{IOCTL, MountStats, REPORT_MAX};
 use s3vol::store::counted::CountedStore;
+use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};
 
@@ -191,6 +192,34 @@ async fn a_small_file_is_looked_up_opened_and_read_with_one_get() {
     vol.fs.lookup(d, "empty".as_ref()).await.unwrap();
     assert!(!ops(&store).contains(&Operation::GetObject));
     vol.fs.releasedir(fh);
+}
+
+#[tokio::test]
+async fn a_file_whose_bytes_are_refused_is_still_looked_up_with_a_head() {
+    // An object under a KMS key the role may not use, or in an archive storage
+    // class, answers a HEAD but refuses a GET.
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("locked.bin", pattern(1000, 23));
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(
+        BlockCache::open(CacheConfig {
+            dir: LocalDir::open_or_create(dir.path()).unwrap(),
+            disk_bytes: 64 * MIB as u64,
+            memory_bytes: 4 * MIB as u64,
+            write_backlog: 32 << 20,
+        })
+        .unwrap(),
+    );
+    let config = FsConfig {
+        cache: Some(cache),
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(faulty.clone(), "", config);
+    faulty.fail_nth(Operation::GetObject, 1, Fault::AccessDenied);
+    let ino = lookup_path(&fs, "locked.bin").await.unwrap();
+    assert_eq!(fs.getattr(ino).await.unwrap().attr.size, 1000);
+    assert_eq!(store.count_calls(Operation::HeadObject), 1);
 }
 
 #[tokio::test]

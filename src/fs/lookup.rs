@@ -7,7 +7,7 @@
 //! file, which the cache keeps, so opening and reading it sends no further
 //! request. A file a listing showed larger than that, or empty, is asked for with
 //! a HEAD, as is every file the metadata read-ahead asks for (`ls -l` of a
-//! directory must not download it).
+//! directory must not download it), and every file whose GET is refused.
 
 use std::time::SystemTime;
 
@@ -88,10 +88,20 @@ impl Fs {
         if listed.is_some_and(|size| size == 0 || size > LOOKUP_BYTES) {
             return self.store.head_object(key).await;
         }
-        let (info, start) = self.store.get_start(key, LOOKUP_BYTES).await?;
-        if start.len() as u64 == info.size {
-            cache.keep_whole(key, &info.etag, &start).await;
+        match self.store.get_start(key, LOOKUP_BYTES).await {
+            Ok((info, start)) => {
+                if start.len() as u64 == info.size {
+                    cache.keep_whole(key, &info.etag, &start).await;
+                }
+                Ok(info)
+            }
+            // Bytes that may not be read need not keep the file from being
+            // seen: an object under a KMS key the role may not use, or in an
+            // archive storage class, answers a HEAD but refuses a GET.
+            Err(StoreError::AccessDenied { .. } | StoreError::Service { .. }) => {
+                self.store.head_object(key).await
+            }
+            Err(e) => Err(e),
         }
-        Ok(info)
     }
 }

@@ -277,7 +277,7 @@ impl Reader {
     /// file of a few MiB would otherwise be read in a few small parts one after
     /// another.
     fn fill_window(&mut self, offset: u64, needed_end: u64) {
-        let next = self.parts.back().map_or(offset, |p| p.range.end);
+        let mut next = self.parts.back().map_or(offset, |p| p.range.end);
         if self.window < self.config.max_window
             && let Some(cache) = &self.object.cache
             && cache.holds(&self.object.key, &self.object.etag, self.object.size, next)
@@ -288,13 +288,12 @@ impl Reader {
             .saturating_add(self.window)
             .max(needed_end)
             .min(self.object.size);
-        let mut next = self.parts.back().map_or(offset, |p| p.range.end);
         while next < target {
             // Parts near the reader are small, so the bytes it needs next arrive
             // first, however wide the window: 1 MiB, 1, 2, 4, then whole parts.
             let part_len = (self.config.part_size.min(self.window))
                 .min(self.budget.read_ahead_limit())
-                .min((next - offset).max(self.config.initial_window))
+                .min(next.saturating_sub(offset).max(self.config.initial_window))
                 .max(1);
             let mut part_end = (next + part_len).min(self.object.size);
             let permit = self.budget.try_read_ahead(part_end - next);
