@@ -160,6 +160,7 @@ async fn a_small_file_is_looked_up_opened_and_read_with_one_get() {
     store.put("d/small.bin", small.clone());
     store.put("d/small2.bin", small.clone());
     store.put("d/empty", Vec::new());
+    store.put("d/empty2", Vec::new());
     store.put("d/large.bin", large.clone());
     let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
     let ops = |store: &MemoryStore| -> Vec<Operation> {
@@ -175,6 +176,20 @@ async fn a_small_file_is_looked_up_opened_and_read_with_one_get() {
     let mut sent = ops(&store);
     sent.sort_by_key(|op| op.to_string());
     assert_eq!(sent, [Operation::GetObject, Operation::ListObjectsV2]);
+    // An empty one has no first byte to send: a HEAD follows the GET.
+    store.clear_calls();
+    let ino = lookup_path(&vol.fs, "d/empty").await.unwrap();
+    assert_eq!(vol.fs.getattr(ino).await.unwrap().attr.size, 0);
+    let mut sent = ops(&store);
+    sent.sort_by_key(|op| op.to_string());
+    assert_eq!(
+        sent,
+        [
+            Operation::GetObject,
+            Operation::HeadObject,
+            Operation::ListObjectsV2
+        ]
+    );
 
     // Names a listing showed: a small one costs the same single GET, a large
     // one a HEAD (its bytes are read when it is read), an empty one a HEAD.
@@ -189,7 +204,7 @@ async fn a_small_file_is_looked_up_opened_and_read_with_one_get() {
     assert_eq!(ops(&store)[0], Operation::HeadObject);
     assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, large);
     store.clear_calls();
-    vol.fs.lookup(d, "empty".as_ref()).await.unwrap();
+    vol.fs.lookup(d, "empty2".as_ref()).await.unwrap();
     assert!(!ops(&store).contains(&Operation::GetObject));
     vol.fs.releasedir(fh);
 }

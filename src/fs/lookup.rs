@@ -95,12 +95,15 @@ impl Fs {
                 }
                 Ok(info)
             }
-            // Bytes that may not be read need not keep the file from being
-            // seen: an object under a KMS key the role may not use, or in an
-            // archive storage class, answers a HEAD but refuses a GET.
-            Err(StoreError::AccessDenied { .. } | StoreError::Service { .. }) => {
-                self.store.head_object(key).await
-            }
+            // An empty file has no first byte to answer with; bytes that may
+            // not be read need not keep the file from being seen (an object
+            // under a KMS key the role may not use, or in an archive storage
+            // class, answers a HEAD but refuses a GET).
+            Err(
+                StoreError::InvalidRange { .. }
+                | StoreError::AccessDenied { .. }
+                | StoreError::Service { .. },
+            ) => self.store.head_object(key).await,
             Err(e) => Err(e),
         }
     }

@@ -394,8 +394,8 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// What [`ObjectStore::head_object`] says of `key`, with the object's first
     /// `len` bytes (all of it when it is that small): one ranged GET, whose answer
-    /// carries the same headers as a HEAD. An empty object, which has no range
-    /// to answer, costs a HEAD besides.
+    /// carries the same headers as a HEAD. An empty object has no first byte:
+    /// `InvalidRange`, as S3 answers.
     async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)>;
 
     /// Stores `body` as `key` in one request, carrying `headers`; returns the new

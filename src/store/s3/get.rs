@@ -13,24 +13,17 @@ use super::answer::{answered_range, range_total, to_system_time};
 use super::buffers::Body;
 use super::{MAX_BODY_RESUMES, S3Store};
 use crate::logging::error_chain;
-use crate::store::{ObjectHeaders, ObjectInfo, ObjectStore, Operation, StoreError, StoreResult};
+use crate::store::{ObjectHeaders, ObjectInfo, Operation, StoreError, StoreResult};
 
 impl S3Store {
-    /// [`ObjectStore::get_start`]: one ranged GET, or a HEAD for an empty object.
+    /// [`crate::store::ObjectStore::get_start`]: one ranged GET.
     pub(super) async fn fetch_start(
         &self,
         key: &str,
         len: u64,
     ) -> StoreResult<(ObjectInfo, Bytes)> {
         let range = 0..len.max(1);
-        let response = match self.send_get(key, &range, None).await {
-            Ok(response) => response,
-            // An empty object has no first byte to answer with.
-            Err(StoreError::InvalidRange { .. }) => {
-                return Ok((self.head_object(key).await?, Bytes::new()));
-            }
-            Err(e) => return Err(e),
-        };
+        let response = self.send_get(key, &range, None).await?;
         let bad = |detail: String| bad_get(key, detail);
         let expected = answered_range(response.content_range(), &range).map_err(bad)?;
         let size = range_total(response.content_range())
@@ -67,7 +60,7 @@ impl S3Store {
         Ok((info, data.freeze()))
     }
 
-    /// [`ObjectStore::get_range`], resuming a body that breaks.
+    /// [`crate::store::ObjectStore::get_range`], resuming a body that breaks.
     pub(super) async fn fetch_range(
         &self,
         key: &str,
