@@ -26,19 +26,24 @@ struct Volume {
     _dir: tempfile::TempDir,
 }
 
-/// A volume over `store` with a cache of `capacity` bytes and metadata trusted
-/// for `ttl`.
-fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(
+/// A block cache of `capacity` bytes on disk under `dir`.
+fn cache_in(dir: &std::path::Path, capacity: u64) -> Arc<BlockCache> {
+    Arc::new(
         BlockCache::open(CacheConfig {
-            dir: LocalDir::open_or_create(&dir.path().join("blocks")).unwrap(),
+            dir: LocalDir::open_or_create(&dir.join("blocks")).unwrap(),
             disk_bytes: capacity,
             memory_bytes: 4 * MIB as u64,
             write_backlog: 32 << 20,
         })
         .unwrap(),
-    );
+    )
+}
+
+/// A volume over `store` with a cache of `capacity` bytes and metadata trusted
+/// for `ttl`.
+fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(dir.path(), capacity);
     let counted = CountedStore::new(store.clone());
     let stats = Arc::new(MountStats {
         source: "bkt".into(),
@@ -217,17 +222,8 @@ async fn a_file_whose_bytes_are_refused_is_still_looked_up_with_a_head() {
     store.put("locked.bin", pattern(1000, 23));
     let faulty = Arc::new(FaultyStore::new(store.clone()));
     let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(
-        BlockCache::open(CacheConfig {
-            dir: LocalDir::open_or_create(dir.path()).unwrap(),
-            disk_bytes: 64 * MIB as u64,
-            memory_bytes: 4 * MIB as u64,
-            write_backlog: 32 << 20,
-        })
-        .unwrap(),
-    );
     let config = FsConfig {
-        cache: Some(cache),
+        cache: Some(cache_in(dir.path(), 64 * MIB as u64)),
         ..FsConfig::default()
     };
     let fs = Fs::new(faulty.clone(), "", config);

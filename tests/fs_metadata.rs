@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod common;
 
-use common::fs::{TRUNCATE, WRITE, lookup_path};
+use common::fs::{TRUNCATE, WRITE, lookup_path, rename_in_root};
 use s3vol::fs::posix::Posix;
 use s3vol::fs::{Fs, FsConfig, ROOT_INO, WriteConfig};
 use s3vol::local_dir::LocalDir;
@@ -347,16 +347,7 @@ async fn rsync_s_write_set_times_and_rename_costs_a_put_a_copy_and_a_delete() {
         .await
         .unwrap();
     vol.fs.setattr(ino, None, chmod(0o644), None).await.unwrap();
-    vol.fs
-        .rename(
-            ROOT_INO,
-            OsStr::new(".f.Ab12"),
-            ROOT_INO,
-            OsStr::new("f"),
-            0,
-        )
-        .await
-        .unwrap();
+    rename_in_root(&vol.fs, ".f.Ab12", "f").await;
     assert!(vol.fs.apply_metadata(Duration::ZERO).await.is_empty());
     assert_eq!(
         ops(&store),
@@ -566,16 +557,7 @@ async fn symbolic_links_are_objects_holding_their_target_as_s3fs_makes_them() {
         libc::EINVAL
     );
     // A rename carries the mark.
-    vol.fs
-        .rename(
-            ROOT_INO,
-            OsStr::new("ours"),
-            ROOT_INO,
-            OsStr::new("moved"),
-            0,
-        )
-        .await
-        .unwrap();
+    rename_in_root(&vol.fs, "ours", "moved").await;
     assert_eq!(store.headers("root/moved").unwrap().user["mode"], "0120777");
 
     // Without metadata, a link is a file holding its target, and none is made.
@@ -849,15 +831,7 @@ async fn a_rename_in_parts_carries_every_header() {
     };
     let fs = Fs::new(store.clone(), "root/", config);
     lookup_path(&fs, "big").await.unwrap();
-    fs.rename(
-        ROOT_INO,
-        OsStr::new("big"),
-        ROOT_INO,
-        OsStr::new("moved"),
-        0,
-    )
-    .await
-    .unwrap();
+    rename_in_root(&fs, "big", "moved").await;
     assert!(ops(&store).contains(&Operation::UploadPartCopy));
     assert_eq!(store.headers("root/moved"), Some(headers));
     assert_eq!(store.get("root/moved").as_deref(), Some(&data[..]));

@@ -48,3 +48,10 @@ pub async fn read_all(fs: &Fs, ino: u64, chunk: u32) -> Vec<u8> {
     fs.release(fh).await;
     out
 }
+
+/// Renames `from` to `to`, both in the root directory.
+pub async fn rename_in_root(fs: &Fs, from: &str, to: &str) {
+    fs.rename(ROOT_INO, OsStr::new(from), ROOT_INO, OsStr::new(to), 0)
+        .await
+        .unwrap_or_else(|e| panic!("rename {from} to {to}: {e}"));
+}
