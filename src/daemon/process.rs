@@ -33,20 +33,21 @@ pub(super) fn tune_allocator() {
 pub(super) async fn trim_when_idle(requests: std::sync::Arc<crate::store::counted::RequestStats>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut last, mut quiet, mut trimmed) = (u64::MAX, 0, true);
+    // Seconds since the request count last moved.
+    let (mut last, mut quiet) = (requests.total(), 0u32);
     loop {
         tick.tick().await;
         let now = requests.total();
-        if now != last {
-            (last, quiet, trimmed) = (now, 0, false);
-            continue;
-        }
-        quiet += 1;
-        if quiet >= 2 && !trimmed {
+        quiet = if now == last {
+            quiet.saturating_add(1)
+        } else {
+            0
+        };
+        last = now;
+        if quiet == 2 {
             // SAFETY: malloc_trim only returns free memory to the system; it is
             // safe to call at any time from any thread.
             unsafe { libc::malloc_trim(0) };
-            trimmed = true;
         }
     }
 }
