@@ -132,6 +132,14 @@ impl Span {
             want: (range.start.max(start) - start) as usize..(range.end.min(end) - start) as usize,
         }
     }
+
+    /// The same block, all of it wanted.
+    fn whole(&self) -> Self {
+        Self {
+            want: 0..self.len,
+            ..self.clone()
+        }
+    }
 }
 
 pub struct BlockCache {
@@ -227,19 +235,9 @@ impl BlockCache {
             .filter(|&i| pieces[i].is_none() && self.disk.holds(&spans[i]))
             .collect();
         if !on_disk.is_empty() {
-            let cache = self.clone();
-            let wanted: Vec<Span> = on_disk.iter().map(|&i| spans[i].clone()).collect();
-            let found = tokio::task::spawn_blocking(move || {
-                wanted
-                    .iter()
-                    .map(|span| cache.disk_get(span))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| StoreError::Internal {
-                op: Operation::GetObject,
-                detail: format!("cache read failed: {e}"),
-            })?;
+            let found = self
+                .from_disk(on_disk.iter().map(|&i| spans[i].clone()).collect())
+                .await?;
             for (i, data) in on_disk.into_iter().zip(found) {
                 pieces[i] = data;
             }
@@ -247,15 +245,43 @@ impl BlockCache {
 
         // Claim what nobody is fetching; wait for the rest.
         let mut claims = Vec::new();
+        let mut late = Vec::new();
         let mut waits: Vec<(usize, broadcast::Receiver<Bytes>)> = Vec::new();
         for (i, span) in spans.iter().enumerate() {
             if pieces[i].is_some() {
                 continue;
             }
             match self.flights.join(&span.id) {
-                Flight::Claimed(claim) => claims.push((i, claim)),
+                // A fetch may have finished since the lookups above (on another
+                // thread, or while this reader waited for the disk). A fetch
+                // caches its blocks before it lets go of them, so what it
+                // fetched is found now, and is given to whoever joined this
+                // claim meanwhile.
+                Flight::Claimed(claim) => match self.memory_get(&span.whole()) {
+                    Some(block) => {
+                        pieces[i] = Some(block.slice(span.want.clone()));
+                        claim.complete(&block);
+                    }
+                    None if self.disk.holds(span) => late.push((i, claim)),
+                    None => claims.push((i, claim)),
+                },
                 Flight::Waiting(receiver) => waits.push((i, receiver)),
             }
+        }
+        if !late.is_empty() {
+            let found = self
+                .from_disk(late.iter().map(|(i, _)| spans[*i].whole()).collect())
+                .await?;
+            for ((i, claim), block) in late.into_iter().zip(found) {
+                match block {
+                    Some(block) => {
+                        pieces[i] = Some(block.slice(spans[i].want.clone()));
+                        claim.complete(&block);
+                    }
+                    None => claims.push((i, claim)),
+                }
+            }
+            claims.sort_by_key(|(i, _)| *i);
         }
 
         // One fetch per run of neighbouring claimed blocks, all at once.
@@ -372,6 +398,18 @@ impl BlockCache {
             self.memory.put(span, &data);
         }
         Some(data)
+    }
+
+    /// The wanted bytes of each of `spans` from the disk tier, read on a
+    /// blocking thread.
+    async fn from_disk(self: &Arc<Self>, spans: Vec<Span>) -> StoreResult<Vec<Option<Bytes>>> {
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || spans.iter().map(|span| cache.disk_get(span)).collect())
+            .await
+            .map_err(|e| StoreError::Internal {
+                op: Operation::GetObject,
+                detail: format!("cache read failed: {e}"),
+            })
     }
 
     /// Caches a block fetched from S3: in memory when it is a buffer of its own
@@ -732,6 +770,49 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.stats.misses.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_block_fetched_while_a_reader_looked_elsewhere_is_not_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 64 << 20, 0);
+        let size = 2 * BLOCK_SIZE;
+        let object = data(4, size as usize);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fetch = fetcher(object.clone(), calls.clone());
+        cache.put(&id("k", "\"e\"", 0), &object.slice(..BLOCK_SIZE as usize));
+        // Block 1 is being fetched by another reader, whose answer arrives
+        // while this one reads block 0 from disk: once that fetch is done,
+        // block 1 is cached, and this reader must find it there.
+        let release = Arc::new(tokio::sync::Notify::new());
+        let other = {
+            let (cache, object) = (cache.clone(), object.clone());
+            let (calls, release) = (calls.clone(), release.clone());
+            let fetch = move |range: Range<u64>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let (release, object) = (release.clone(), object.clone());
+                async move {
+                    release.notified().await;
+                    Ok(object.slice(range.start as usize..range.end as usize))
+                }
+            };
+            tokio::spawn(async move {
+                cache
+                    .read("k", "\"e\"", size, BLOCK_SIZE..size, fetch)
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the other reader fetches");
+        release.notify_one();
+        let got = cache.read("k", "\"e\"", size, 0..size, &fetch).await;
+        assert_eq!(concat(got.unwrap()), object);
+        assert_eq!(
+            concat(other.await.unwrap().unwrap()),
+            object[BLOCK_SIZE as usize..]
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "block 1 fetched once");
+        assert!(cache.flights.is_idle());
     }
 
     #[tokio::test]
