@@ -6,6 +6,7 @@
 #
 #   RUNS=3 bash scripts/bench.sh
 #   RUNS=1 WORKLOADS="seq_write small_creates" bash scripts/bench.sh
+#   RUNS=1 SYSTEMS=s3vol S3VOL_OPTIONS="--max-memory 96MiB" bash scripts/bench.sh
 #
 # Systems: s3vol with its defaults (block cache on), s3vol --no-cache (on the cold
 # read rows only, where the cache could cost something), s3fs-fuse and rclone mount
@@ -79,7 +80,7 @@ mount_system() {
     s3vol | s3vol-nocache)
         "$S3VOL" mount bench "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
             --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
-            ${rw:+--read-write} $([ "$1" = s3vol ] || echo --no-cache) ;;
+            ${rw:+--read-write} $([ "$1" = s3vol ] || echo --no-cache) ${S3VOL_OPTIONS:-} ;;
     s3fs)
         s3fs bench "$mnt" -o "${rw:-ro},url=$S3_ENDPOINT,use_path_request_style,endpoint=garage" \
             -o passwd_file="$work/s3fs.passwd" ${cached:+-o use_cache="$work/s3fs-cache"} ;;
@@ -297,7 +298,9 @@ PY
 
 head -c 1G /dev/urandom >"$work/src-1g.bin"
 
-SYSTEMS=(s3vol s3vol-nocache s3fs rclone)
+# SYSTEMS="s3vol s3fs" runs some of them (s3vol always: the table is its).
+read -ra SYSTEMS <<<"${SYSTEMS:-s3vol s3vol-nocache s3fs rclone}"
+[[ " ${SYSTEMS[*]} " == *" s3vol "* ]] || die "SYSTEMS must include s3vol"
 # The rows where s3vol's block cache could cost something; s3vol --no-cache runs
 # only these.
 NOCACHE_ROWS=" cold_read four_readers random_reads small_files first_byte "
@@ -350,9 +353,9 @@ row() {
     [ -n "${RESULT[$key,s3vol]:-}" ] || return 0  # not among the WORKLOADS run
     local v=${RESULT[$key,s3vol]}
     printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s |\n' "$name" "$unit" \
-        "$v" "${RESULT[$key,s3vol-nocache]:--}" "${RESULT[$key,s3fs]}" "${RESULT[$key,rclone]}" \
-        "${raw:--}" "$(ratio "$better" "$v" "${RESULT[$key,s3fs]}")" \
-        "$(ratio "$better" "$v" "${RESULT[$key,rclone]}")"
+        "$v" "${RESULT[$key,s3vol-nocache]:--}" "${RESULT[$key,s3fs]:--}" "${RESULT[$key,rclone]:--}" \
+        "${raw:--}" "$(ratio "$better" "$v" "${RESULT[$key,s3fs]:-0}")" \
+        "$(ratio "$better" "$v" "${RESULT[$key,rclone]:-0}")"
 }
 ratio() {
     awk -v b="$1" -v us="$2" -v them="$3" 'BEGIN {
@@ -371,6 +374,7 @@ awk '$1 == "s3vol" && $3 > m[$2] { m[$2] = $3 } END { for (w in m) printf "  %-1
 
 echo
 echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, median of $RUNS runs"
+[ -z "${S3VOL_OPTIONS:-}" ] || echo "(s3vol mounted with $S3VOL_OPTIONS added)"
 echo "(s3vol, s3fs and rclone with their defaults and local caches as their users run them;"
 echo " see docs/BENCHMARK.md for what each row measures)"
 echo
