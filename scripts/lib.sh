@@ -43,8 +43,9 @@ ensure_fuse() {
 # The tools the write tests run in a volume, as users do, and systemd-analyze.
 ensure_test_tools() {
     local missing=()
-    # make, s3fs and rclone for the tests of what other tools make of the volume.
-    for tool in rsync git tar make s3fs rclone; do
+    # make, s3fs and rclone for the tests of what other tools make of the volume;
+    # curl for the tests of presigned URLs.
+    for tool in rsync git tar make s3fs rclone curl; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     # The deploy guide's systemd units are checked with systemd-analyze.

@@ -51,6 +51,10 @@ fn main() -> ExitCode {
             args.external_id.as_deref(),
         ),
         Command::Stats(args) => commands::stats::run(&args.mountpoint, args.json),
+        Command::Info(args) => commands::object::info(&args.path, args.json),
+        Command::Url(args) => {
+            commands::object::url(&args.path, args.method.into(), args.expires, args.json)
+        }
         Command::Cleanup(args) => match args.s3.connection(&args.role) {
             Ok(connection) => {
                 commands::cleanup::run(&args.source, args.older_than, args.abort, &connection)

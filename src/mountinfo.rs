@@ -16,6 +16,19 @@ pub fn device(path: &Path) -> Option<String> {
     fields(path, |f| f.get(2).map(|d| d.to_string()))
 }
 
+/// The filesystem type of the mount whose device is `major:minor` (as `stat`
+/// gives it for any file on the mount).
+pub fn fstype_of_device(major: u64, minor: u64) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = format!("{major}:{minor}");
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let dash = fields.iter().position(|f| *f == "-")?;
+        (fields.get(2) == Some(&wanted.as_str()))
+            .then(|| fields.get(dash + 1).unwrap_or(&"?").to_string())
+    })
+}
+
 /// Applies `pick` to the fields of the last mountinfo line for `path` (the topmost
 /// mount there).
 fn fields<T>(path: &Path, pick: impl Fn(&[&str]) -> Option<T>) -> Option<T> {

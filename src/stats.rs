@@ -2,12 +2,9 @@
 //! cache's hits and misses, memory held and waited for, uploads and credential
 //! renewals.
 //!
-//! The daemon answers the ioctl [`IOCTL`] on the volume's root directory with a
-//! JSON report, so `s3vol stats MOUNTPOINT` works wherever the mount is visible, in
-//! containers too, with no socket to find. (An extended attribute would be the
-//! obvious channel, but serving any attribute makes the kernel send `ls -l`'s two
-//! attribute lookups per file to the daemon, which tripled the time of an `ls -l`
-//! of 10,000 files.) The same report is logged at unmount.
+//! The daemon answers the ioctl [`crate::control::STATS`] on the volume's root
+//! directory with a JSON report, so `s3vol stats MOUNTPOINT` works wherever the
+//! mount is visible. The same report is logged at unmount.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,30 +16,6 @@ use crate::cache::BlockCache;
 use crate::memory::MemoryBudget;
 use crate::store::Operation;
 use crate::store::counted::RequestStats;
-
-/// The most bytes a report may take: the ioctl's fixed buffer.
-pub const REPORT_MAX: usize = 8192;
-
-/// The ioctl's type and number: `_IOR('S', 1, [u8; REPORT_MAX])`.
-const IOCTL_TYPE: u8 = b'S';
-const IOCTL_NUMBER: u8 = 1;
-
-/// The request number the daemon answers: read the report into a buffer of
-/// [`REPORT_MAX`] bytes; the ioctl returns the report's length.
-pub const IOCTL: u32 = nix::request_code_read!(IOCTL_TYPE, IOCTL_NUMBER, REPORT_MAX) as u32;
-
-nix::ioctl_read_buf!(report_ioctl, IOCTL_TYPE, IOCTL_NUMBER, u8);
-
-/// Asks the volume whose root `root` is open on for its report, into `buf` (of
-/// [`REPORT_MAX`] bytes, which the request number carries); returns its length.
-pub fn read_report(root: &std::fs::File, buf: &mut [u8]) -> nix::Result<usize> {
-    use std::os::fd::AsRawFd;
-    assert_eq!(buf.len(), REPORT_MAX, "the request number names the size");
-    // SAFETY: the request's size field is `buf.len()`, the kernel writes at most
-    // that many bytes into `buf`, and the descriptor stays open for the call.
-    let len = unsafe { report_ioctl(root.as_raw_fd(), buf) }?;
-    Ok(len as usize)
-}
 
 /// Where a mount's counters live.
 pub struct MountStats {
@@ -241,14 +214,6 @@ mod tests {
     use crate::store::ObjectStore;
     use crate::store::counted::CountedStore;
     use crate::store::memory::MemoryStore;
-
-    #[test]
-    fn the_ioctl_number_is_ior_s_1_of_the_report_size() {
-        // _IOR('S', 1, [u8; 8192]) as the kernel encodes it: direction "read" in the
-        // top two bits, then the size, the type and the number. s3vol binaries of
-        // other versions ask with this number.
-        assert_eq!(IOCTL, (2 << 30) | (8192 << 16) | ((b'S' as u32) << 8) | 1);
-    }
 
     #[test]
     fn bytes_are_shown_in_binary_units() {

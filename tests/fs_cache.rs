@@ -10,9 +10,10 @@ mod common;
 use common::fs::{READ, lookup_path, read_all};
 use common::pattern;
 use s3vol::cache::{BLOCK_SIZE, BlockCache, CacheConfig};
+use s3vol::control::{BUF, STATS};
 use s3vol::fs::{Fs, FsConfig, LOOKUP_BYTES, ROOT_INO};
 use s3vol::local_dir::LocalDir;
-use s3vol::stats::{IOCTL, MountStats, REPORT_MAX};
+use s3vol::stats::MountStats;
 use s3vol::store::counted::CountedStore;
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
@@ -341,7 +342,8 @@ async fn the_root_serves_the_statistics_report() {
     read_all(&vol.fs, ino, 128 * 1024).await;
     read_all(&vol.fs, ino, 128 * 1024).await;
 
-    let raw = vol.fs.ioctl(ROOT_INO, IOCTL, REPORT_MAX as u32).unwrap();
+    let ask = |ino, cmd, size| vol.fs.ioctl(ino, 0, cmd, &[], size);
+    let raw = ask(ROOT_INO, STATS, BUF as u32).await.unwrap();
     let report: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(report["requests"]["GetObject"], gets(&store) as u64);
     // The lookup's GET of the first bytes, then the file.
@@ -350,18 +352,12 @@ async fn the_root_serves_the_statistics_report() {
     assert!(report["cache"]["bytes_from_cache"].as_u64().unwrap() >= 2 * MIB as u64);
     assert_eq!(report["mode"], "read-only");
 
-    // Only the root answers, only that request, and only into a buffer that
-    // holds the report.
+    // Only the root answers it, a number s3vol does not know is refused, and
+    // only a buffer that holds the report gets it.
     let errno = |r: Result<Vec<u8>, s3vol::fs::FsError>| r.unwrap_err().errno();
-    assert_eq!(
-        errno(vol.fs.ioctl(ino, IOCTL, REPORT_MAX as u32)),
-        libc::ENOTTY
-    );
-    assert_eq!(
-        errno(vol.fs.ioctl(ROOT_INO, IOCTL + 1, 1 << 20)),
-        libc::ENOTTY
-    );
-    assert_eq!(errno(vol.fs.ioctl(ROOT_INO, IOCTL, 16)), libc::ERANGE);
+    assert_eq!(errno(ask(ino, STATS, BUF as u32).await), libc::ENOTTY);
+    assert_eq!(errno(ask(ROOT_INO, STATS + 7, 1 << 20).await), libc::ENOTTY);
+    assert_eq!(errno(ask(ROOT_INO, STATS, 16).await), libc::ERANGE);
 }
 
 async fn open_read(fs: &Fs, ino: u64) -> s3vol::fs::Opened {

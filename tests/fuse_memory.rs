@@ -20,8 +20,8 @@ mod common;
 
 use common::fuse::{MemoryMount, PART};
 use common::pattern;
+use s3vol::control::{self, STATS};
 use s3vol::fs::FsConfig;
-use s3vol::stats::{REPORT_MAX, read_report};
 use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectStore, Operation};
@@ -91,14 +91,12 @@ fn reads_lists_and_stats_through_the_kernel() {
 
     // The statistics report comes back through the ioctl on the root only.
     let root = File::open(vol.path()).unwrap();
-    let mut report = vec![0; REPORT_MAX];
-    let len = read_report(&root, &mut report).unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&report[..len]).unwrap();
+    let report = control::ask(&root, STATS, None).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
     assert_eq!(report["mode"], "read-only");
     assert!(report["requests"]["GetObject"].as_u64().unwrap() > 0);
-    let mut report = vec![0; REPORT_MAX];
     assert_eq!(
-        read_report(&file, &mut report).unwrap_err(),
+        control::ask(&file, STATS, None).unwrap_err(),
         nix::errno::Errno::ENOTTY
     );
 }
@@ -323,4 +321,95 @@ fn errors_reach_the_application_with_their_errno() {
     // A file past S3's 5 TiB is refused before anything is staged.
     let file = File::create(vol.join("huge")).unwrap();
     assert_eq!(errno(file.set_len(6 << 40).unwrap_err()), libc::EFBIG);
+}
+
+#[test]
+fn files_tell_what_s3_holds_and_give_urls_through_their_descriptors() {
+    use s3vol::control::{INFO, URL, UrlRequest};
+    use s3vol::store::UrlMethod;
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/d/f.bin", "twelve bytes");
+    let vol = MemoryMount::read_write(store.clone(), fresh());
+    let ask = |file: &File, request, url| {
+        control::ask(file, request, url)
+            .map(|answer| serde_json::from_slice::<serde_json::Value>(&answer).unwrap())
+    };
+    let get = |secs| UrlRequest {
+        method: UrlMethod::Get,
+        valid_for: Duration::from_secs(secs),
+    };
+    let put = UrlRequest {
+        method: UrlMethod::Put,
+        ..get(60)
+    };
+
+    let file = File::open(vol.join("d/f.bin")).unwrap();
+    let facts = ask(&file, INFO, None).unwrap();
+    assert_eq!(facts["bucket"], "bkt");
+    assert_eq!(facts["key"], "root/d/f.bin");
+    assert_eq!(facts["size"], 12);
+    assert_eq!(facts["etag"], store.etag("root/d/f.bin").unwrap());
+    assert_eq!(facts["storage_class"], "STANDARD");
+
+    let url = ask(&file, URL, Some(get(90))).unwrap();
+    assert_eq!(url["method"], "GET");
+    assert_eq!(url["key"], "root/d/f.bin");
+    assert!(
+        url["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("memory://bkt/root/d/f.bin?method=GET"),
+        "{url}"
+    );
+    assert!((85..=90).contains(&url["expires_in_secs"].as_u64().unwrap()));
+    // A PUT URL needs a descriptor open for writing: the kernel checked that
+    // the caller may write the file when it was opened.
+    assert_eq!(
+        ask(&file, URL, Some(put)).unwrap_err(),
+        nix::errno::Errno::EBADF
+    );
+    let writable = OpenOptions::new()
+        .write(true)
+        .open(vol.join("d/f.bin"))
+        .unwrap();
+    let url = ask(&writable, URL, Some(put)).unwrap();
+    assert!(url["url"].as_str().unwrap().contains("method=PUT"), "{url}");
+    drop(writable);
+    assert_eq!(
+        store.get("root/d/f.bin").unwrap(),
+        "twelve bytes",
+        "nothing written"
+    );
+
+    // A directory has no object; a file not yet uploaded is not in S3.
+    let dir = File::open(vol.join("d")).unwrap();
+    assert_eq!(
+        ask(&dir, INFO, None).unwrap_err(),
+        nix::errno::Errno::EISDIR
+    );
+    let mut new = File::create(vol.join("d/new")).unwrap();
+    new.write_all(b"not yet").unwrap();
+    assert_eq!(
+        ask(&new, INFO, None).unwrap_err(),
+        nix::errno::Errno::ENOENT
+    );
+    drop(new);
+    assert_eq!(
+        ask(&File::open(vol.join("d/new")).unwrap(), INFO, None).unwrap()["size"],
+        7
+    );
+    // A request the volume does not know is refused, with no answer.
+    assert_eq!(
+        control::ask(&file, STATS + 7, None).unwrap_err(),
+        nix::errno::Errno::ENOTTY
+    );
+}
+
+#[test]
+fn a_read_only_volume_gives_no_put_url() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "data");
+    let vol = MemoryMount::read_only(store, fresh());
+    let denied = OpenOptions::new().write(true).open(vol.join("f"));
+    assert_eq!(errno(denied.unwrap_err()), libc::EROFS);
 }

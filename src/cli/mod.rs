@@ -47,6 +47,13 @@ pub enum Command {
     /// Show what a mounted volume has done: requests to S3, bytes moved, cache
     /// hits and misses, uploads, credential renewals.
     Stats(StatsArgs),
+    /// Print what S3 holds for a file on a mounted volume: bucket, key, size,
+    /// ETag, version, storage class, encryption, content type, user metadata.
+    Info(InfoArgs),
+    /// Print a presigned URL of a file on a mounted volume, signed with the
+    /// volume's credentials, for anyone to GET (or PUT) without credentials
+    /// until it expires.
+    Url(UrlArgs),
     /// List the multipart uploads left unfinished under BUCKET[/PREFIX] (by a
     /// killed daemon, say) and, with --abort, abort the stale ones. A dry run by
     /// default.
@@ -80,6 +87,48 @@ pub struct StatsArgs {
     /// Print the report as JSON, for scripts and monitoring.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InfoArgs {
+    /// A file on a mounted s3vol volume (you must be able to read it).
+    pub path: PathBuf,
+    /// Print the facts as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UrlArgs {
+    /// A file on a mounted s3vol volume: readable by you for a GET URL, writable
+    /// (on a read-write volume) for a PUT URL.
+    pub path: PathBuf,
+    /// How long the URL works: at most 7d, and never past the end of the
+    /// volume's role session (the output says when it expires).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_url_validity)]
+    pub expires: Duration,
+    /// What the URL lets its holder do: download the file, or upload a new one
+    /// in its place.
+    #[arg(long, value_enum, default_value_t = UrlMethodArg::Get)]
+    pub method: UrlMethodArg,
+    /// Print the URL, its expiry and the object as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UrlMethodArg {
+    Get,
+    Put,
+}
+
+impl From<UrlMethodArg> for crate::store::UrlMethod {
+    fn from(method: UrlMethodArg) -> Self {
+        match method {
+            UrlMethodArg::Get => crate::store::UrlMethod::Get,
+            UrlMethodArg::Put => crate::store::UrlMethod::Put,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

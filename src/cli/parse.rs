@@ -121,6 +121,17 @@ pub(super) fn parse_role_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+pub(super) fn parse_url_validity(text: &str) -> Result<Duration, String> {
+    let duration = parse_ttl(text)?;
+    if (1..=crate::store::MAX_URL_VALIDITY.as_secs()).contains(&duration.as_secs()) {
+        Ok(duration)
+    } else {
+        Err(format!(
+            "{text:?}: a presigned URL is valid from 1s to 7d (S3's limit)"
+        ))
+    }
+}
+
 pub(super) fn parse_io_timeout(text: &str) -> Result<Duration, String> {
     let duration = parse_ttl(text)?;
     // Below a second, one slow answer would already fail the operation.

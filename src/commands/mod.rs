@@ -6,6 +6,7 @@ pub mod check;
 pub mod cleanup;
 pub mod helper;
 pub mod mount;
+pub mod object;
 pub mod policy;
 pub mod stats;
 

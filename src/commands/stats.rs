@@ -52,9 +52,8 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
     if !mounted_at(&path).is_some_and(|fstype| fstype.starts_with("fuse")) {
         return Err(not_a_volume());
     }
-    let mut buf = vec![0u8; crate::stats::REPORT_MAX];
-    let len = match crate::stats::read_report(&root, &mut buf) {
-        Ok(len) => len,
+    let buf = match crate::control::ask(&root, crate::control::STATS, None) {
+        Ok(buf) => buf,
         Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL | Errno::EOPNOTSUPP) => {
             return Err(not_a_volume());
         }
@@ -64,7 +63,6 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
             )));
         }
     };
-    buf.truncate(len);
     serde_json::from_slice(&buf)
         .map_err(|e| Failure(format!("the statistics of {shown} are not valid JSON: {e}")))
 }

@@ -47,7 +47,7 @@ pub enum FsError {
     /// attributes.
     #[error("extended attributes are not supported on an S3 volume")]
     NoXattrs,
-    /// An ioctl request s3vol does not serve (only `s3vol stats`'s, on the root).
+    /// An ioctl request s3vol does not serve (see `crate::control`).
     #[error("ioctl request {0:#x} is not served here")]
     UnknownIoctl(u32),
     /// The answer does not fit the caller's buffer.
@@ -189,14 +189,15 @@ mod tests {
                 "hard link, device node, FIFO, setxattr, symlink with `--no-metadata`"
             }
             FsError::BadHandle(_) => {
-                "a handle the volume does not know, or a write through a handle opened for reading"
+                "a handle the volume does not know, or a write (or a PUT URL) through a handle \
+                 opened for reading"
             }
             FsError::NotEmpty => "rmdir of a non-empty directory, or a directory renamed over one",
             FsError::Exists => "rename with `RENAME_NOREPLACE` onto a name that exists",
             FsError::Invalid(_) => {
                 "a name S3 cannot hold (not UTF-8, or a control character S3's XML cannot \
                  carry), `RENAME_EXCHANGE`, a directory moved into itself, readlink of a \
-                 file that is no link"
+                 file that is no link, an ioctl request that `s3vol url` did not send"
             }
             FsError::CrossDevice(_) => "rename of a directory holding more than 1000 objects",
             FsError::Stage(e) => match &**e {
@@ -219,9 +220,12 @@ mod tests {
             FsError::Stale { .. } => "object replaced, deleted or shrunk under an open handle",
             FsError::Stopped => STOPPED_ROW,
             FsError::NoXattrs => "extended attributes (getxattr, listxattr)",
-            FsError::UnknownIoctl(_) => "an ioctl other than `s3vol stats`'s on the volume's root",
+            FsError::UnknownIoctl(_) => {
+                "an ioctl other than s3vol's own (`s3vol stats` on the volume's root, `s3vol \
+                 info` and `s3vol url` on a file)"
+            }
             FsError::BufferTooSmall { .. } => {
-                "`s3vol stats`'s ioctl with a buffer too small for the report"
+                "an s3vol ioctl with a buffer too small for the answer"
             }
             FsError::Store(e) => store_row(e),
         }

@@ -12,6 +12,7 @@
 //! `.`, `..`, too long, NUL) are skipped in listings with one warning per listing.
 
 mod ahead;
+mod control;
 mod dir;
 pub mod error;
 pub mod inode;
@@ -593,24 +594,6 @@ impl Fs {
             block_size: 4096,
             name_max: crate::names::NAME_MAX as u32,
         }
-    }
-
-    /// ioctl(2) on `ino` with request `cmd`, answered into at most `out_size`
-    /// bytes. The one request served is `s3vol stats`'s, on the root directory.
-    pub fn ioctl(&self, ino: u64, cmd: u32, out_size: u32) -> FsResult<Vec<u8>> {
-        let report = match &self.config.stats {
-            Some(stats) if cmd == crate::stats::IOCTL && ino == ROOT_INO => {
-                stats.report().to_string().into_bytes()
-            }
-            _ => return Err(FsError::UnknownIoctl(cmd)),
-        };
-        if report.len() > out_size as usize {
-            return Err(FsError::BufferTooSmall {
-                needed: report.len(),
-                given: out_size as usize,
-            });
-        }
-        Ok(report)
     }
 
     /// getxattr(2) and listxattr(2): S3 user metadata is not shown as extended

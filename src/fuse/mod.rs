@@ -549,19 +549,31 @@ impl Filesystem for FuseAdapter {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: IoctlFlags,
         cmd: u32,
-        _in_data: &[u8],
+        in_data: &[u8],
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        match self.fs.ioctl(ino.0, cmd, out_size) {
-            Ok(answer) => reply.ioctl(answer.len() as i32, &answer),
-            Err(e) => reply.error(errno("ioctl", &e)),
-        }
+        let fs = self.fs.clone();
+        let input = in_data.to_vec();
+        let span = debug_span!(
+            "ioctl",
+            ino = ino.0,
+            fh = fh.0,
+            cmd,
+            uid = req.uid(),
+            pid = req.pid()
+        );
+        self.spawn(span, async move {
+            match fs.ioctl(ino.0, fh.0, cmd, &input, out_size).await {
+                Ok(answer) => reply.ioctl(answer.len() as i32, &answer),
+                Err(e) => reply.error(errno("ioctl", &e)),
+            }
+        });
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {

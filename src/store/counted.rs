@@ -6,12 +6,14 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    StoreError, StoreResult, UploadedPart,
+    PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod,
 };
 
 /// Counters of the requests a store has sent.
@@ -270,6 +272,14 @@ impl ObjectStore for CountedStore {
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
         self.count(Operation::DeleteObject, 0, self.inner.delete_object(key))
             .await
+    }
+    async fn presign(
+        &self,
+        key: &str,
+        method: UrlMethod,
+        valid_for: Duration,
+    ) -> StoreResult<PresignedUrl> {
+        self.inner.presign(key, method, valid_for).await
     }
 }
 

@@ -11,6 +11,8 @@ use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::warn;
@@ -18,8 +20,8 @@ use tracing::warn;
 use crate::auth::renew::RenewingCredentials;
 
 use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, PendingUpload, StoreError,
-    StoreResult, UploadedPart,
+    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, PendingUpload, PresignedUrl,
+    StoreError, StoreResult, UploadedPart, UrlMethod,
 };
 
 /// What can replace the credentials a store signs with.
@@ -183,6 +185,14 @@ impl ObjectStore for RenewOnExpiry {
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
         self.call(|| self.inner.delete_object(key)).await
+    }
+    async fn presign(
+        &self,
+        key: &str,
+        method: UrlMethod,
+        valid_for: Duration,
+    ) -> StoreResult<PresignedUrl> {
+        self.inner.presign(key, method, valid_for).await
     }
 }
 

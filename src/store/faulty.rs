@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    ServiceInfo, StoreError, StoreResult, UploadedPart,
+    PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, UrlMethod,
 };
 
 /// What an injected fault does to the call.
@@ -326,5 +326,13 @@ impl ObjectStore for FaultyStore {
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
         self.around(Operation::DeleteObject, key, self.inner.delete_object(key))
             .await
+    }
+    async fn presign(
+        &self,
+        key: &str,
+        method: UrlMethod,
+        valid_for: Duration,
+    ) -> StoreResult<PresignedUrl> {
+        self.inner.presign(key, method, valid_for).await
     }
 }

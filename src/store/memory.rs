@@ -7,14 +7,15 @@
 use std::collections::BTreeMap;
 use std::ops::{Bound, Range};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    ServiceInfo, StoreError, StoreResult, UploadedPart, multipart_etag,
+    ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
+    PendingUpload, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, UrlMethod,
+    multipart_etag,
 };
 
 /// S3's page size when the caller does not ask for one.
@@ -157,6 +158,12 @@ impl MemoryStore {
         state.objects.get(key).map(|o| o.headers.clone())
     }
 
+    /// The object's ETag, if it exists.
+    pub fn etag(&self, key: &str) -> Option<String> {
+        let state = self.state.lock().unwrap();
+        state.objects.get(key).map(|o| o.etag.clone())
+    }
+
     /// The object's bytes, if it exists.
     pub fn get(&self, key: &str) -> Option<Bytes> {
         let state = self.state.lock().unwrap();
@@ -216,6 +223,7 @@ fn info(key: &str, object: &StoredObject) -> ObjectInfo {
         size: object.data.len() as u64,
         etag: object.etag.clone(),
         last_modified: object.last_modified,
+        version_id: None,
         headers: None,
     }
 }
@@ -557,5 +565,30 @@ impl ObjectStore for MemoryStore {
         Self::record(&mut state, Operation::DeleteObject, key, None);
         state.objects.remove(key);
         Ok(())
+    }
+
+    /// A `memory://` URL that names what a real one would allow, for tests of
+    /// the way there; nothing can fetch it.
+    async fn presign(
+        &self,
+        key: &str,
+        method: UrlMethod,
+        valid_for: Duration,
+    ) -> StoreResult<PresignedUrl> {
+        let valid_for = valid_for.min(MAX_URL_VALIDITY);
+        let expires = SystemTime::now() + valid_for;
+        let at = expires
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(PresignedUrl {
+            url: format!(
+                "memory://{}/{key}?method={}&expires={}",
+                self.bucket,
+                method.as_str(),
+                at.as_secs()
+            ),
+            expires,
+            cut_by_session: false,
+        })
     }
 }

@@ -68,10 +68,42 @@ pub struct ObjectInfo {
     /// Entity tag as S3 returns it, quotes included. Reads pin to it.
     pub etag: String,
     pub last_modified: SystemTime,
+    /// The version a HEAD or GET found, in a bucket with versioning (S3 names
+    /// none otherwise); a listing does not tell.
+    pub version_id: Option<String>,
     /// What the object carries besides its bytes: a HEAD tells, a listing does
     /// not (`None`).
     pub headers: Option<ObjectHeaders>,
 }
+
+/// What a presigned URL lets its bearer do with one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UrlMethod {
+    Get,
+    Put,
+}
+
+impl UrlMethod {
+    /// The HTTP method, as the URL's user sends it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UrlMethod::Get => "GET",
+            UrlMethod::Put => "PUT",
+        }
+    }
+}
+
+/// A presigned URL, and when it stops working.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresignedUrl {
+    pub url: String,
+    pub expires: SystemTime,
+    /// Whether the expiry was cut short by the end of the credentials' session.
+    pub cut_by_session: bool,
+}
+
+/// The longest a presigned URL may be valid: SigV4's limit.
+pub const MAX_URL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What an object carries besides its bytes, as a HEAD shows it: what an upload
 /// sets and what a copy that replaces the metadata must set again, lest S3 reset
@@ -466,6 +498,17 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Deletes `key` (succeeds if it does not exist, as S3 does).
     async fn delete_object(&self, key: &str) -> StoreResult<()>;
+
+    /// A URL that lets whoever holds it GET or PUT `key` with no credentials of
+    /// their own, signed with this store's: valid for `valid_for` (at most
+    /// [`MAX_URL_VALIDITY`]), or until the session of the credentials ends if
+    /// that comes first. Sends no request to S3.
+    async fn presign(
+        &self,
+        key: &str,
+        method: UrlMethod,
+        valid_for: Duration,
+    ) -> StoreResult<PresignedUrl>;
 }
 
 /// The ARN of an object or of every key under a prefix, as IAM policies name them.

@@ -38,7 +38,8 @@ use tracing::{debug, warn};
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    StoreError, StoreResult, UploadedPart, copy_allowance, multipart_etag, transfer_allowance,
+    PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod, copy_allowance, multipart_etag,
+    transfer_allowance,
 };
 
 /// How long and how often a failing request is retried.
@@ -334,6 +335,14 @@ impl ObjectStore for RetryingStore {
             self.inner.delete_object(key)
         })
         .await
+    }
+    async fn presign(
+        &self,
+        key: &str,
+        method: UrlMethod,
+        valid_for: Duration,
+    ) -> StoreResult<PresignedUrl> {
+        self.inner.presign(key, method, valid_for).await
     }
 }
 

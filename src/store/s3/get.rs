@@ -39,6 +39,7 @@ impl S3Store {
             size,
             etag: response.e_tag().unwrap_or_default().to_string(),
             last_modified: to_system_time(response.last_modified()),
+            version_id: response.version_id().map(str::to_string),
             headers: Some(object_headers!(response)),
         };
         let mut data = self.buffers.take(expected as usize);

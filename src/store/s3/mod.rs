@@ -36,12 +36,14 @@ mod get;
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_s3::config::IdentityCache;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
 use tracing::warn;
@@ -55,9 +57,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use self::answer::{decoder, to_system_time};
 use self::buffers::Buffers;
 use super::{
-    Encryption, ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
-    Pagination, PendingUpload, ServiceInfo, StoreError, StoreResult, UploadedPart, copy_allowance,
-    transfer_allowance,
+    Encryption, ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo, ObjectStore,
+    Operation, Pagination, PendingUpload, PresignedUrl, ServiceInfo, StoreError, StoreResult,
+    UploadedPart, UrlMethod, copy_allowance, transfer_allowance,
 };
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
@@ -84,6 +86,8 @@ pub struct S3Options {
 
 pub struct S3Store {
     client: aws_sdk_s3::Client,
+    /// What the client signs with, for the expiry of presigned URLs.
+    credentials: Option<SharedCredentialsProvider>,
     bucket: String,
     encryption: Option<Encryption>,
     stall_timeout: Option<Duration>,
@@ -144,6 +148,22 @@ const COPY_SOURCE_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 impl S3Store {
+    /// When the credentials this store signs with stop working; `None` for
+    /// credentials that do not expire (an access key).
+    async fn session_end(&self) -> StoreResult<Option<SystemTime>> {
+        let Some(provider) = &self.credentials else {
+            return Ok(None);
+        };
+        let credentials =
+            provider
+                .provide_credentials()
+                .await
+                .map_err(|e| StoreError::Credentials {
+                    detail: DisplayErrorContext(&e).to_string(),
+                })?;
+        Ok(credentials.expiry())
+    }
+
     pub fn from_sdk_config(
         bucket: &str,
         sdk_config: &aws_config::SdkConfig,
@@ -177,6 +197,10 @@ impl S3Store {
         }
         Self {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
+            credentials: options
+                .credentials
+                .clone()
+                .or_else(|| sdk_config.credentials_provider()),
             bucket: bucket.to_string(),
             encryption: options.encryption.clone(),
             stall_timeout: options.stall_timeout,
@@ -245,6 +269,7 @@ impl ObjectStore for S3Store {
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: out.e_tag().unwrap_or_default().to_string(),
             last_modified: to_system_time(out.last_modified()),
+            version_id: out.version_id().map(str::to_string),
             headers: Some(headers),
         })
     }
@@ -290,6 +315,7 @@ impl ObjectStore for S3Store {
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: o.e_tag().unwrap_or_default().to_string(),
                 last_modified: to_system_time(o.last_modified()),
+                version_id: None,
                 headers: None,
             })
             .collect();
@@ -598,6 +624,61 @@ impl ObjectStore for S3Store {
         self.answer(Operation::DeleteObject, key, Duration::ZERO, request)
             .await?;
         Ok(())
+    }
+
+    async fn presign(
+        &self,
+        key: &str,
+        method: UrlMethod,
+        valid_for: Duration,
+    ) -> StoreResult<PresignedUrl> {
+        let now = SystemTime::now();
+        let session_end = self.session_end().await?;
+        let left = session_end.map(|end| end.duration_since(now).unwrap_or_default());
+        let valid_for = valid_for.min(MAX_URL_VALIDITY);
+        let (valid_for, cut_by_session) = match left {
+            Some(left) if left < valid_for => (left, true),
+            _ => (valid_for, false),
+        };
+        let op = match method {
+            UrlMethod::Get => Operation::GetObject,
+            UrlMethod::Put => Operation::PutObject,
+        };
+        // Whole seconds: X-Amz-Expires is counted in them.
+        let valid_for = Duration::from_secs(valid_for.as_secs());
+        if valid_for.is_zero() {
+            return Err(StoreError::Credentials {
+                detail: "the credentials' session ends within a second; a URL signed now \
+                         would not work"
+                    .to_string(),
+            });
+        }
+        let config = PresigningConfig::builder()
+            .start_time(now)
+            .expires_in(valid_for)
+            .build()
+            .map_err(|e| StoreError::Internal {
+                op,
+                detail: format!("cannot presign for {valid_for:?}: {e}"),
+            })?;
+        let unsigned = |e: &dyn std::error::Error| StoreError::Credentials {
+            detail: format!("cannot sign a URL for {key}: {}", DisplayErrorContext(e)),
+        };
+        let presigned = match method {
+            UrlMethod::Get => {
+                let request = self.client.get_object().bucket(&self.bucket).key(key);
+                request.presigned(config).await.map_err(|e| unsigned(&e))?
+            }
+            UrlMethod::Put => {
+                let request = self.client.put_object().bucket(&self.bucket).key(key);
+                request.presigned(config).await.map_err(|e| unsigned(&e))?
+            }
+        };
+        Ok(PresignedUrl {
+            url: presigned.uri().to_string(),
+            expires: now + valid_for,
+            cut_by_session,
+        })
     }
 }
 
