@@ -28,12 +28,23 @@ with expired ones with 400 ExpiredToken, as AWS does. Tests steer it through
 
 s3_writes counts S3 requests that change a bucket (PUT, POST, DELETE).
 
+moto with authentication on cannot take a request signed in its query string (a
+presigned URL): it reads only the Authorization header. For a URL signed with
+credentials STS handed out, this layer does what S3 does (other URLs go to moto
+as they are): it checks the
+signature with the session's secret key, refuses the URL once X-Amz-Expires has
+passed (403 AccessDenied, "Request has expired") or the session has ended, and
+passes the request on signed in headers with the same credentials, so moto still
+checks the role's permissions.
+
 Everything else goes to moto unchanged, except that AssumeRoleWithWebIdentity is
 let through without a signature (as AWS does; moto with authentication on fails
 it). Run it with the Python of the moto virtualenv.
 """
 
 import datetime
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -44,6 +55,9 @@ import urllib.parse
 
 from werkzeug.serving import run_simple
 
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -64,6 +78,7 @@ class Sessions:
         self.app = app
         self.lock = threading.Lock()
         self.expiry = {}  # access key id -> datetime
+        self.credentials = {}  # access key id -> (secret key, session token)
         self.lifetime = None
         self.sts = "allow"
         self.expired_answers = 0
@@ -79,6 +94,8 @@ class Sessions:
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == CONTROL_PATH:
             return self.control(environ, start_response)
+        if "X-Amz-Signature=" in environ.get("QUERY_STRING", ""):
+            return self.presigned(environ, start_response)
         match = CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
         key, service = match.groups() if match else (None, None)
         if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
@@ -140,6 +157,11 @@ class Sessions:
 
         text = b"".join(self.app(environ, capture)).decode()
         key = re.search(r"<AccessKeyId>([^<]+)</AccessKeyId>", text)
+        secret = re.search(r"<SecretAccessKey>([^<]+)</SecretAccessKey>", text)
+        token = re.search(r"<SessionToken>([^<]+)</SessionToken>", text)
+        if key and secret:
+            with self.lock:
+                self.credentials[key.group(1)] = (secret.group(1), token and token.group(1))
         with self.lock:
             for field in ("SecretAccessKey", "SessionToken"):
                 found = re.search(rf"<{field}>([^<]+)</{field}>", text)
@@ -160,6 +182,70 @@ class Sessions:
         headers.append(("Content-Length", str(len(data))))
         start_response(captured["status"], headers)
         return [data]
+
+    def presigned(self, environ, start_response):
+        """A request signed in its query string, as S3 checks one."""
+        pairs = urllib.parse.parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        query = dict(pairs)
+        try:
+            key, day, region, service, _ = query["X-Amz-Credential"].split("/")
+            signed_at = datetime.datetime.strptime(
+                query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+            lifetime = datetime.timedelta(seconds=int(query["X-Amz-Expires"]))
+            signed_headers = query["X-Amz-SignedHeaders"].split(";")
+        except (KeyError, ValueError):
+            return error(start_response, "400 Bad Request", "AuthorizationQueryParametersError",
+                         "malformed presigned URL", "s3")
+        with self.lock:
+            credentials = self.credentials.get(key)
+            expiry = self.expiry.get(key)
+        if credentials is None:
+            # Not signed with a session: moto's own (which, with authentication
+            # off, takes any request).
+            return self.app(environ, start_response)
+        if signed_at + lifetime < utcnow():
+            return error(start_response, "403 Forbidden", "AccessDenied",
+                         "Request has expired", "s3")
+        if expiry is not None and expiry <= utcnow():
+            return error(start_response, "400 Bad Request", "ExpiredToken",
+                         "The provided token has expired.", "s3")
+        secret, token = credentials
+        raw_path = environ.get("RAW_URI", environ.get("REQUEST_URI", "/")).split("?")[0]
+        encode = lambda text: urllib.parse.quote(text, safe="-_.~")
+        canonical_query = "&".join(
+            f"{encode(k)}={encode(v)}"
+            for k, v in sorted(pairs) if k != "X-Amz-Signature")
+        header = lambda name: environ.get("HTTP_" + name.upper().replace("-", "_"), "").strip()
+        canonical_request = "\n".join([
+            environ["REQUEST_METHOD"], raw_path, canonical_query,
+            "".join(f"{name}:{header(name)}\n" for name in signed_headers),
+            ";".join(signed_headers), "UNSIGNED-PAYLOAD"])
+        scope = f"{day}/{region}/{service}/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", query["X-Amz-Date"], scope,
+                             hashlib.sha256(canonical_request.encode()).hexdigest()])
+        signing_key = ("AWS4" + secret).encode()
+        for part in (day, region, service, "aws4_request"):
+            signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(signature, query["X-Amz-Signature"]):
+            return error(start_response, "403 Forbidden", "SignatureDoesNotMatch",
+                         "The request signature we calculated does not match", "s3")
+        if environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE"):
+            with self.lock:
+                self.s3_writes += 1
+        # Signed again in headers, with the same session, for moto to authorize.
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        rest = [(k, v) for k, v in pairs if not k.startswith("X-Amz-")]
+        environ["QUERY_STRING"] = urllib.parse.urlencode(rest)
+        url = f"http://{header('host')}{raw_path}"
+        if rest:
+            url += "?" + environ["QUERY_STRING"]
+        request = AWSRequest(method=environ["REQUEST_METHOD"], url=url, data=body)
+        S3SigV4Auth(Credentials(key, secret, token), "s3", region).add_auth(request)
+        for name, value in request.headers.items():
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+        return self.app(environ, start_response)
 
     def control(self, environ, start_response):
         if environ["REQUEST_METHOD"] == "POST":
