@@ -2,12 +2,15 @@
 //! cache's memory tier, blocks waiting to be written to the disk cache, and parts
 //! being uploaded, all together.
 //!
-//! The limit is split once, at mount. A quarter is left for what the daemon holds
-//! besides: its own tables, and data on its way through network buffers and
-//! replies to the kernel. With the block cache on, an eighth is the cache's memory
-//! tier and an eighth the backlog of block files being written; the rest (half
-//! the limit with the cache, three quarters without) is one pool, counted in
-//! bytes, that read-ahead and uploads share:
+//! The limit is split once, at mount. Three eighths are left for what the daemon
+//! holds besides: its own tables, the GET buffers it keeps mapped for reuse, the
+//! FUSE request buffers, data on its way through network buffers and replies to
+//! the kernel, and the allocator's slack (with a quarter, a volume at the default
+//! limit peaked at 133 MiB). With the block cache on, an eighth is the cache's
+//! memory tier and an eighth the backlog of block files being written; the rest
+//! (three eighths of the limit with the cache, five eighths without, and never
+//! less than [`MIN_POOL`]) is one pool, counted in bytes, that read-ahead and
+//! uploads share:
 //!
 //! - read-ahead takes from the pool only what is free, and on a read-write volume
 //!   never the last [`MemoryBudget::reserve`] bytes, which are kept for uploads. An
@@ -30,9 +33,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The default limit.
 pub const DEFAULT_MAX_MEMORY: u64 = 128 << 20;
 
-/// The smallest limit accepted: room for two 8 MiB parts besides the cache's
-/// shares.
+/// The smallest limit accepted.
 pub const MIN_MAX_MEMORY: u64 = 32 << 20;
+
+/// The smallest pool: two parts of 8 MiB, read ahead or uploaded at once.
+pub const MIN_POOL: u64 = 16 << 20;
 
 /// What the budget has had to do, for `s3vol stats`.
 #[derive(Debug, Default)]
@@ -63,7 +68,9 @@ impl MemoryBudget {
     /// uploads always keep room for two parts (`None` when read-only).
     pub fn new(limit: u64, cache: bool, upload_part: Option<u64>) -> Arc<Self> {
         let cache_share = if cache { limit / 8 } else { 0 };
-        let pool_size = limit / 4 * 3 - 2 * cache_share;
+        let pool_size = (limit / 8 * 5)
+            .saturating_sub(2 * cache_share)
+            .max(MIN_POOL);
         let reserve = upload_part.map_or(0, |part| (2 * part).min(pool_size / 2));
         Arc::new(Self {
             limit,
@@ -167,16 +174,20 @@ mod tests {
         let budget = MemoryBudget::new(128 * MIB, true, Some(8 * MIB));
         assert_eq!(budget.memory_tier(), 16 * MIB);
         assert_eq!(budget.write_backlog(), 16 * MIB);
-        assert_eq!(budget.pool_size(), 64 * MIB);
+        assert_eq!(budget.pool_size(), 48 * MIB);
         assert_eq!(budget.reserve(), 16 * MIB);
         let without_cache = MemoryBudget::new(128 * MIB, false, None);
-        assert_eq!(without_cache.pool_size(), 96 * MIB);
+        assert_eq!(without_cache.pool_size(), 80 * MIB);
         assert_eq!(without_cache.reserve(), 0);
+        // The smallest limit still holds two parts at once.
+        let smallest = MemoryBudget::new(MIN_MAX_MEMORY, true, Some(8 * MIB));
+        assert_eq!(smallest.pool_size(), 16 * MIB);
+        assert_eq!(smallest.memory_tier() * 2 + smallest.pool_size(), 24 * MIB);
     }
 
     #[test]
     fn read_ahead_never_takes_the_uploads_reserve() {
-        let budget = MemoryBudget::new(48 * MIB, true, Some(8 * MIB));
+        let budget = MemoryBudget::new(64 * MIB, true, Some(8 * MIB));
         // Pool 24 MiB, reserve 12 MiB (never more than half the pool).
         assert_eq!(budget.pool_size(), 24 * MIB);
         assert_eq!(budget.reserve(), 12 * MIB);
@@ -193,7 +204,8 @@ mod tests {
     #[tokio::test]
     async fn an_upload_waits_for_room_and_is_counted() {
         let budget = MemoryBudget::new(32 * MIB, false, Some(8 * MIB));
-        let held = budget.upload(24 * MIB).await;
+        assert_eq!(budget.pool_size(), 20 * MIB);
+        let held = budget.upload(13 * MIB).await;
         assert_eq!(budget.stats.upload_waits.load(Ordering::Relaxed), 0);
         let waiting = {
             let budget = budget.clone();

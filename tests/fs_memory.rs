@@ -9,6 +9,7 @@ mod common;
 use common::fs::{READ, WRITE, lookup_path, read_all};
 use common::pattern;
 use s3vol::fs::posix::Posix;
+use s3vol::fs::read::ReadConfig;
 use s3vol::fs::{Fs, FsConfig, Kind, Mutation, ROOT_INO};
 use s3vol::local_dir::LocalDir;
 use s3vol::memory::MemoryBudget;
@@ -231,18 +232,22 @@ async fn sequential_reads_grow_the_window_and_fetch_each_byte_once() {
 #[tokio::test]
 async fn read_ahead_stays_within_the_mount_budget() {
     let store = Arc::new(MemoryStore::new("bkt"));
-    let data = pattern(32 * MIB, 3);
+    let data = pattern(64 * MIB, 3);
     store.put("f", data.clone());
     let faulty = Arc::new(FaultyStore::new(store.clone()));
+    // The smallest limit: a pool of 20 MiB, less than the largest window.
+    let budget = MemoryBudget::new(32 * MIB as u64, false, None);
+    let pool = budget.pool_size();
+    assert!(pool < ReadConfig::default().max_window);
     let config = FsConfig {
-        memory: MemoryBudget::new(4 * MIB as u64, false, None),
+        memory: budget,
         ..FsConfig::default()
     };
     let fs = Fs::new(faulty, "", config);
     let ino = lookup_path(&fs, "f").await.unwrap();
     let fh = fs.open(ino, READ).await.unwrap();
     let mut offset = 0u64;
-    while offset < 20 * MIB as u64 {
+    while offset < 48 * MIB as u64 {
         let got = fs.read(fh, offset, 1024 * 1024).await.unwrap();
         assert_eq!(
             &got[..],
@@ -258,7 +263,7 @@ async fn read_ahead_stays_within_the_mount_budget() {
             .filter_map(|c| c.range.clone())
             .map(|r| r.end.saturating_sub(offset.max(r.start)))
             .sum();
-        assert!(ahead <= (4 + 1) * MIB as u64, "{ahead} bytes ahead");
+        assert!(ahead <= pool + MIB as u64, "{ahead} bytes ahead");
     }
     fs.release(fh).await;
 }
