@@ -46,4 +46,6 @@ pub struct MountConfig {
     pub foreground: bool,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+    /// Where reads and changes are recorded (`crate::audit`).
+    pub audit_log: Option<PathBuf>,
 }

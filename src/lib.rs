@@ -12,6 +12,7 @@
 //! [`config::MountConfig`] to the [`daemon`], which assembles a volume and serves it
 //! until it stops. [`auth`] (credentials, renewal) is a leaf.
 
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod cli;
@@ -27,5 +28,6 @@ pub mod memory;
 pub mod mountinfo;
 pub mod names;
 pub mod preflight;
+pub mod procfs;
 pub mod stats;
 pub mod store;

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use crate::audit::AuditStats;
 use crate::cache::BlockCache;
 use crate::memory::MemoryBudget;
 use crate::store::Operation;
@@ -29,6 +30,8 @@ pub struct MountStats {
     pub memory: Option<Arc<MemoryBudget>>,
     /// Credential renewals so far, when the credentials are renewed at all.
     pub renewals: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// The audit log's counters (`--audit-log`).
+    pub audit: Option<Arc<AuditStats>>,
 }
 
 impl std::fmt::Debug for MountStats {
@@ -101,6 +104,10 @@ impl MountStats {
                 "aborted": done(Operation::AbortMultipartUpload),
             },
             "credential_renewals": self.renewals.as_ref().map(|renewals| renewals()),
+            "audit": self.audit.as_ref().map(|audit| json!({
+                "lines_written": audit.written.load(Ordering::Relaxed),
+                "lines_dropped": audit.dropped.load(Ordering::Relaxed),
+            })),
         })
     }
 }
@@ -189,6 +196,13 @@ pub fn render(mountpoint: &str, report: &Value) -> String {
         Some(n) => out += &format!("  credentials  {n} renewals\n"),
         None => out += "  credentials  static (never renewed)\n",
     }
+    if report.get("audit").is_some_and(Value::is_object) {
+        out += &format!(
+            "  audit log    {} lines written, {} dropped\n",
+            number(&["audit", "lines_written"]),
+            number(&["audit", "lines_dropped"])
+        );
+    }
     out
 }
 
@@ -243,6 +257,7 @@ mod tests {
             cache: None,
             memory: None,
             renewals: Some(Arc::new(|| 3)),
+            audit: None,
         };
         let report = stats.report();
         assert_eq!(report["requests"]["GetObject"], 1);

@@ -54,6 +54,7 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
         cache: Some(cache.clone()),
         memory: None,
         renewals: None,
+        audit: None,
     });
     let counted: Arc<dyn ObjectStore> = Arc::new(counted);
     let config = FsConfig {

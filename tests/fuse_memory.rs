@@ -413,3 +413,92 @@ fn a_read_only_volume_gives_no_put_url() {
     let denied = OpenOptions::new().write(true).open(vol.join("f"));
     assert_eq!(errno(denied.unwrap_err()), libc::EROFS);
 }
+
+#[test]
+fn the_audit_log_names_every_read_and_change_with_its_caller() {
+    use s3vol::audit::AuditLog;
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/old.txt", "old bytes");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let config = FsConfig {
+        audit: Some(AuditLog::open(&path).unwrap()),
+        ..fresh()
+    };
+    let vol = MemoryMount::read_write(store.clone(), config);
+
+    // One read line per handle, however many reads it makes.
+    for _ in 0..2 {
+        let mut file = File::open(vol.join("old.txt")).unwrap();
+        let mut buf = [0u8; 3];
+        file.read_exact(&mut buf).unwrap();
+        file.read_exact(&mut buf).unwrap();
+    }
+    fs::write(vol.join("new.txt"), b"new bytes!").unwrap();
+    fs::rename(vol.join("new.txt"), vol.join("moved.txt")).unwrap();
+    fs::create_dir(vol.join("d")).unwrap();
+    fs::write(vol.join("d/f"), b"").unwrap();
+    // A failure the daemon answers is logged with its errno. (A name the kernel
+    // already knows to be missing never reaches the daemon.)
+    let refused = fs::remove_dir(vol.join("d")).unwrap_err();
+    assert_eq!(errno(refused), libc::ENOTEMPTY);
+    fs::remove_file(vol.join("d/f")).unwrap();
+    fs::remove_dir(vol.join("d")).unwrap();
+    fs::remove_file(vol.join("moved.txt")).unwrap();
+    vol.fs.close_audit_log();
+
+    let text = fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let summary: Vec<(String, String, i64)> = lines
+        .iter()
+        .map(|l| {
+            let text = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            let key = match l.get("to") {
+                Some(to) => format!("{} -> {}", text("key"), to.as_str().unwrap()),
+                None => text("key"),
+            };
+            (text("op"), key, l["errno"].as_i64().unwrap())
+        })
+        .collect();
+    let expected = [
+        ("read", "root/old.txt", 0),
+        ("read", "root/old.txt", 0),
+        ("create", "root/new.txt", 0),
+        ("write", "root/new.txt", 0),
+        ("rename", "root/new.txt -> root/moved.txt", 0),
+        ("mkdir", "root/d/", 0),
+        ("create", "root/d/f", 0),
+        ("write", "root/d/f", 0),
+        ("rmdir", "root/d/", libc::ENOTEMPTY as i64),
+        ("unlink", "root/d/f", 0),
+        ("rmdir", "root/d/", 0),
+        ("unlink", "root/moved.txt", 0),
+    ];
+    let expected: Vec<(String, String, i64)> = expected
+        .iter()
+        .map(|(op, key, errno)| (op.to_string(), key.to_string(), *errno))
+        .collect();
+    assert_eq!(summary, expected, "{text}");
+    // Each line names this process, which made every call.
+    let me = fs::read_to_string("/proc/self/comm").unwrap();
+    for line in &lines {
+        assert_eq!(line["pid"], std::process::id(), "{line}");
+        assert_eq!(line["uid"], nix::unistd::getuid().as_raw(), "{line}");
+        assert_eq!(line["command"], me.trim_end(), "{line}");
+    }
+    assert_eq!(lines[0]["size"], 9);
+    assert_eq!(lines[0]["etag"], store.etag("root/old.txt").unwrap());
+    assert_eq!(lines[3]["size"], 10);
+    assert!(
+        lines[3]["etag"].as_str().unwrap().starts_with('"'),
+        "{}",
+        lines[3]
+    );
+    let report = control::ask(&File::open(vol.path()).unwrap(), STATS, None).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(report["audit"]["lines_written"], 12);
+    assert_eq!(report["audit"]["lines_dropped"], 0);
+}

@@ -440,6 +440,11 @@ pub struct MountArgs {
     /// syslog when daemonized).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Append one JSON line per first read of an object through a handle and
+    /// per change (create, write-close, rename, unlink, mkdir, rmdir) to this
+    /// file, naming the caller (uid, gid, pid, command) and the outcome.
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -469,6 +474,7 @@ impl MountArgs {
             foreground: self.foreground,
             log_level: self.log_level,
             log_file: self.log_file,
+            audit_log: self.audit_log,
         })
     }
 }

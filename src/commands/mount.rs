@@ -24,18 +24,20 @@ pub fn run(mut config: MountConfig) -> ExitCode {
             Err(message) => return fail(&message),
         }
     }
-    if let Some(path) = &config.log_file
-        && let Ok(absolute) = std::path::absolute(path)
-    {
-        config.log_file = Some(absolute);
-    }
-    if let Some(log_file) = &config.log_file
-        && let Err(e) = crate::logging::open_log_file(log_file)
-    {
-        return fail(&format!(
-            "cannot open log file {}: {e}; choose a writable --log-file",
-            log_file.display()
-        ));
+    for (file, what, option) in [
+        (&mut config.log_file, "log file", "--log-file"),
+        (&mut config.audit_log, "audit log", "--audit-log"),
+    ] {
+        let Some(path) = file.as_mut() else { continue };
+        if let Ok(absolute) = std::path::absolute(&*path) {
+            *path = absolute;
+        }
+        if let Err(e) = crate::logging::open_log_file(path) {
+            return fail(&format!(
+                "cannot open {what} {}: {e}; choose a writable {option}",
+                path.display()
+            ));
+        }
     }
     if config.foreground {
         daemon::run_in_foreground(&config, &mountpoint)

@@ -176,9 +176,11 @@ impl Finish {
         })
     }
 
-    /// The last words: the statistics logged and the cache removed, once.
+    /// The last words: the audit log written out, the statistics logged and
+    /// the cache removed, once.
     pub(super) fn run(&self) {
         self.done.call_once(|| {
+            self.fs.close_audit_log();
             info!(
                 mountpoint = %self.mountpoint.display(),
                 stats = %self.stats.report(),

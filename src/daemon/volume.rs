@@ -77,6 +77,14 @@ impl Volume {
             }),
             _ => None,
         };
+        // Opened again here, after the fork, with the same checks as before it.
+        let audit =
+            match &config.audit_log {
+                Some(path) => Some(crate::audit::AuditLog::open(path).map_err(|e| {
+                    Failure(format!("cannot open audit log {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
         let stats = Arc::new(MountStats {
             source: config.source.to_string(),
             read_write: config.read_write,
@@ -85,6 +93,7 @@ impl Volume {
             cache: cache.clone(),
             memory: Some(memory.clone()),
             renewals: Some(stack.renewals),
+            audit: audit.as_ref().map(|audit| audit.stats.clone()),
         });
         let fs_config = FsConfig {
             uid: config
@@ -101,6 +110,7 @@ impl Volume {
             memory,
             write,
             stats: Some(stats.clone()),
+            audit,
             ..FsConfig::default()
         };
         let fs = Arc::new(Fs::new(

@@ -12,6 +12,7 @@
 //! `.`, `..`, too long, NUL) are skipped in listings with one warning per listing.
 
 mod ahead;
+mod audit;
 mod control;
 mod dir;
 pub mod error;
@@ -73,6 +74,8 @@ pub struct FsConfig {
     /// The mount's counters, the answer to the stats ioctl on the root
     /// (`s3vol stats`).
     pub stats: Option<Arc<MountStats>>,
+    /// Where reads and changes are recorded (`--audit-log`).
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl Default for FsConfig {
@@ -89,6 +92,7 @@ impl Default for FsConfig {
             cache: None,
             write: None,
             stats: None,
+            audit: None,
         }
     }
 }
@@ -167,6 +171,8 @@ enum OpenFile {
         /// The version the handle reads.
         etag: Arc<str>,
         reader: Arc<tokio::sync::Mutex<Reader>>,
+        /// Set at the first read through the handle, which the audit log records.
+        read_once: Arc<AtomicBool>,
     },
     /// The file is being written in this mount: reads and writes go to its
     /// staged copy.
@@ -496,8 +502,10 @@ impl Fs {
                 .unwrap()
                 .note_open(ino, Some(&node.stat.etag));
             // Pages of another version may enter the kernel's cache through a
-            // handle still open on it: then the cache is not kept.
+            // handle still open on it: then the cache is not kept. With an audit
+            // log it never is, so that every open's first read reaches us.
             keep_cache = same_version
+                && self.config.audit.is_none()
                 && !self.files.lock().unwrap().values().any(|f| {
                     matches!(f, OpenFile::Object { ino: i, etag, .. }
                         if *i == ino && **etag != node.stat.etag)
@@ -515,6 +523,7 @@ impl Fs {
                 ino,
                 etag,
                 reader: Arc::new(tokio::sync::Mutex::new(reader)),
+                read_once: Arc::default(),
             }
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -534,7 +543,15 @@ impl Fs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (ino, reader) = match self.handle(fh)? {
-            OpenFile::Object { ino, reader, .. } => (ino, reader),
+            OpenFile::Object {
+                ino,
+                etag,
+                reader,
+                read_once,
+            } => {
+                self.first_read(ino, &etag, &read_once);
+                (ino, reader)
+            }
             OpenFile::Staged { file, .. } => return Ok(file.read(offset, size).await?),
         };
         let mut reader = reader.lock().await;
@@ -558,12 +575,33 @@ impl Fs {
     /// A read answered without waiting on the network, when the data is in the
     /// block cache; `None` when it needs the asynchronous path.
     pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
-        let OpenFile::Object { reader, .. } = self.handle(fh).ok()? else {
+        let OpenFile::Object {
+            ino,
+            etag,
+            reader,
+            read_once,
+        } = self.handle(fh).ok()?
+        else {
             return None;
         };
         // A reader busy with another request takes the asynchronous path.
         let mut reader = reader.try_lock().ok()?;
-        reader.read_cached(offset, size)
+        let data = reader.read_cached(offset, size)?;
+        self.first_read(ino, &etag, &read_once);
+        Some(data)
+    }
+
+    /// Records the first read through a handle of version `etag` of `ino`.
+    fn first_read(&self, ino: u64, etag: &str, read_once: &AtomicBool) {
+        if self.config.audit.is_none() || read_once.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(node) = self.node(ino) else { return };
+        self.audit(|| crate::audit::Event {
+            size: Some(node.stat.size),
+            etag: Some(etag.to_string()),
+            ..crate::audit::Event::new(crate::audit::Op::Read, node.key)
+        });
     }
 
     /// The handle is closed for good, after the flush that reported the outcome of

@@ -28,7 +28,7 @@ impl Fs {
     /// rename(2). A file is copied (CopyObject; part by part above 5 GiB) and then
     /// deleted; a directory has every key under it copied, then deleted: not
     /// atomic, and bounded by [`MAX_DIRECTORY_RENAME_KEYS`].
-    pub async fn rename(
+    pub(super) async fn move_entry(
         &self,
         parent: u64,
         name: &OsStr,

@@ -17,6 +17,7 @@ use super::inode::{Kind, Node, Stat};
 use super::posix::Posix;
 use super::upload::{Base, StagedFile, WriteConfig};
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging, Writer};
+use crate::audit::{Event, Op};
 use crate::names::{NameProblem, check_name};
 use crate::store::{ListRequest, ObjectHeaders};
 
@@ -146,7 +147,7 @@ impl Fs {
     /// the mode and owner of `posix` (kept in its metadata unless the volume
     /// keeps none). It is visible in the mount at once and in S3 once closed
     /// (see [`Fs::flush`]).
-    pub async fn create(
+    pub(super) async fn create_file(
         &self,
         parent: u64,
         name: &OsStr,
@@ -278,11 +279,31 @@ impl Fs {
         self.apply_pending_posix(ino).await
     }
 
-    /// Uploads a staged file if it changed and records what S3 now holds.
+    /// Uploads a staged file if it changed and records what S3 now holds (and,
+    /// in the audit log, the object made or the failure to make it).
     pub(super) async fn upload(&self, ino: u64, file: &StagedFile) -> FsResult<()> {
+        let result = self.publish(ino, file).await;
+        match &result {
+            Ok(None) => {}
+            Ok(Some((size, etag))) => self.audit(|| Event {
+                size: Some(*size),
+                etag: Some(etag.clone()),
+                ..Event::new(Op::Write, file.key())
+            }),
+            Err(e) => self.audit(|| Event {
+                errno: e.errno(),
+                ..Event::new(Op::Write, file.key())
+            }),
+        }
+        result.map(|_| ())
+    }
+
+    /// [`Fs::upload`]'s work: the size and ETag of the object made, `None` when
+    /// the file had not changed.
+    async fn publish(&self, ino: u64, file: &StagedFile) -> FsResult<Option<(u64, String)>> {
         self.running()?;
         let Some(mut uploaded) = file.flush().await? else {
-            return Ok(());
+            return Ok(None);
         };
         if uploaded.headers_behind {
             // Changed after the multipart upload set them: copied in place.
@@ -300,6 +321,7 @@ impl Fs {
             uploaded.posix = posix;
         }
         self.settle_pending_posix(ino, uploaded.posix);
+        let done = (uploaded.size, uploaded.etag.clone());
         let mut table = self.inodes.lock().unwrap();
         if let Some(node) = table.get(ino).cloned() {
             let stat = Stat {
@@ -313,7 +335,7 @@ impl Fs {
             };
             table.upsert(node.parent, &node.name, Kind::File, stat, Instant::now());
         }
-        Ok(())
+        Ok(Some(done))
     }
 
     /// setattr(2): a size changes the file (through handle `fh` for ftruncate);
@@ -493,7 +515,12 @@ impl Fs {
 
     /// mkdir(2): a zero-byte marker object `name/`, carrying the mode and
     /// owner of `posix` and its time (unless the volume keeps no metadata).
-    pub async fn mkdir(&self, parent: u64, name: &OsStr, posix: Posix) -> FsResult<Entry> {
+    pub(super) async fn make_dir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        posix: Posix,
+    ) -> FsResult<Entry> {
         self.writable()?;
         let name = self.valid_name(name)?;
         let parent_node = self.directory(parent)?;
@@ -562,7 +589,7 @@ impl Fs {
     }
 
     /// unlink(2): DeleteObject. A file still open here is not uploaded any more.
-    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+    pub(super) async fn remove_file(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable()?;
         let (parent_node, name, ino, kind) = self.existing_child(parent, name).await?;
         if kind == Kind::Directory {
@@ -604,7 +631,7 @@ impl Fs {
     }
 
     /// rmdir(2): only when empty; deletes the marker if there is one.
-    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+    pub(super) async fn remove_dir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable()?;
         let (parent_node, name, ino, kind) = self.existing_child(parent, name).await?;
         if kind != Kind::Directory {

@@ -41,6 +41,15 @@ impl FuseAdapter {
     {
         self.runtime.spawn(work.instrument(span));
     }
+
+    /// Like [`FuseAdapter::spawn`], on behalf of the caller of `req`, whom the
+    /// audit log names.
+    fn spawn_for<F>(&self, req: &Request, span: tracing::Span, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn(span, crate::audit::as_caller(caller(req), work));
+    }
 }
 
 /// Logs a failed operation once and returns its errno. Expected outcomes such as
@@ -187,18 +196,23 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         let name = name.to_os_string();
         let posix = created(req, mode, umask);
-        self.spawn(debug_span!("mkdir", parent = parent.0, ?name), async move {
-            match fs.mkdir(parent.0, &name, posix).await {
-                Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-                Err(e) => reply.error(errno("mkdir", &e)),
-            }
-        });
+        self.spawn_for(
+            req,
+            debug_span!("mkdir", parent = parent.0, ?name),
+            async move {
+                match fs.mkdir(parent.0, &name, posix).await {
+                    Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
+                    Err(e) => reply.error(errno("mkdir", &e)),
+                }
+            },
+        );
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         let name = name.to_os_string();
-        self.spawn(
+        self.spawn_for(
+            req,
             debug_span!("unlink", parent = parent.0, ?name),
             async move {
                 match fs.unlink(parent.0, &name).await {
@@ -209,15 +223,19 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         let name = name.to_os_string();
-        self.spawn(debug_span!("rmdir", parent = parent.0, ?name), async move {
-            match fs.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rmdir", &e)),
-            }
-        });
+        self.spawn_for(
+            req,
+            debug_span!("rmdir", parent = parent.0, ?name),
+            async move {
+                match fs.rmdir(parent.0, &name).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno("rmdir", &e)),
+                }
+            },
+        );
     }
 
     fn symlink(
@@ -256,7 +274,7 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -273,7 +291,7 @@ impl Filesystem for FuseAdapter {
             newparent = newparent.0,
             ?newname
         );
-        self.spawn(span, async move {
+        self.spawn_for(req, span, async move {
             match fs
                 .rename(parent.0, &name, newparent.0, &newname, flags.bits())
                 .await
@@ -314,7 +332,7 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -326,12 +344,14 @@ impl Filesystem for FuseAdapter {
         let span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
         // A random read of cached data is answered here, as from a local file:
         // handing it to the runtime would cost more than the read itself.
-        if let Some(data) = span.in_scope(|| self.fs.read_now(fh.0, offset, size)) {
+        let read_now =
+            || crate::audit::now_as_caller(caller(req), || self.fs.read_now(fh.0, offset, size));
+        if let Some(data) = span.in_scope(read_now) {
             reply.data(&data);
             return;
         }
         let fs = self.fs.clone();
-        self.spawn(span, async move {
+        self.spawn_for(req, span, async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno("read", &e)),
@@ -385,17 +405,21 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         let process = process_of(req);
-        self.spawn(debug_span!("flush", ino = ino.0, fh = fh.0), async move {
-            match fs.flush(fh.0, process).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("flush", &e)),
-            }
-        });
+        self.spawn_for(
+            req,
+            debug_span!("flush", ino = ino.0, fh = fh.0),
+            async move {
+                match fs.flush(fh.0, process).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno("flush", &e)),
+                }
+            },
+        );
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -404,27 +428,35 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.spawn(debug_span!("release", ino = ino.0, fh = fh.0), async move {
-            fs.release(fh.0).await;
-            reply.ok();
-        });
+        self.spawn_for(
+            req,
+            debug_span!("release", ino = ino.0, fh = fh.0),
+            async move {
+                fs.release(fh.0).await;
+                reply.ok();
+            },
+        );
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.spawn(debug_span!("fsync", ino = ino.0, fh = fh.0), async move {
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("fsync", &e)),
-            }
-        });
+        self.spawn_for(
+            req,
+            debug_span!("fsync", ino = ino.0, fh = fh.0),
+            async move {
+                match fs.fsync(fh.0).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno("fsync", &e)),
+                }
+            },
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -594,7 +626,8 @@ impl Filesystem for FuseAdapter {
         let name = name.to_os_string();
         let process = process_of(req);
         let posix = created(req, mode, umask);
-        self.spawn(
+        self.spawn_for(
+            req,
             debug_span!("create", parent = parent.0, ?name),
             async move {
                 match fs.create(parent.0, &name, process, posix).await {
@@ -634,23 +667,20 @@ fn open_flags(flags: OpenFlags, req: &Request) -> crate::fs::OpenFlags {
     }
 }
 
-/// The process (thread group) of the thread that made a request. The kernel
-/// names the calling thread, and the threads of a process share its files, so
-/// a file opened by one thread and closed by another is closed by its opener.
-/// `None` when it cannot be told: 0 (a caller outside the mount's PID
-/// namespace) or a thread already gone.
-fn process_of(req: &Request) -> Option<u32> {
-    let tid = req.pid();
-    if tid == 0 {
-        return None;
+/// Who sent `req`, for the audit log: the kernel names the thread.
+fn caller(req: &Request) -> crate::audit::Caller {
+    crate::audit::Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
     }
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
+}
+
+/// The process of the thread that made a request. The threads of a process
+/// share its files, so a file opened by one thread and closed by another is
+/// closed by its opener.
+fn process_of(req: &Request) -> Option<u32> {
+    crate::procfs::thread_group(req.pid())
 }
 
 /// The errno for a change the filesystem refuses.

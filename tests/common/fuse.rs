@@ -66,6 +66,7 @@ impl MemoryMount {
             cache: config.cache.clone(),
             memory: None,
             renewals: None,
+            audit: config.audit.as_ref().map(|audit| audit.stats.clone()),
         }));
         let fs = Arc::new(Fs::new(Arc::new(counted), "root/", config));
         runtime.spawn(fs.clone().apply_metadata_as_due());

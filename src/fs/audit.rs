@@ -1,0 +1,107 @@
+//! The operations the audit log records (`crate::audit`), each the one entry
+//! point of its operation: the change itself, then its line with the outcome.
+//! The first read through a handle and the close that makes an object are
+//! recorded where they happen (`Fs::read`, `Fs::upload`).
+
+use std::ffi::OsStr;
+
+use super::{Entry, Fs, FsResult, Kind};
+use crate::audit::{Event, Op};
+use crate::fs::posix::Posix;
+
+/// 0, or the errno `result` answers the caller.
+fn errno_of<T>(result: &FsResult<T>) -> i32 {
+    result.as_ref().err().map_or(0, |e| e.errno())
+}
+
+impl Fs {
+    /// Records the event `event` makes, if the volume keeps an audit log.
+    pub(super) fn audit(&self, event: impl FnOnce() -> Event) {
+        if let Some(log) = &self.config.audit {
+            log.record(event());
+        }
+    }
+
+    /// Writes out the audit log's queue and closes it (at unmount).
+    pub fn close_audit_log(&self) {
+        if let Some(log) = &self.config.audit {
+            log.close();
+        }
+    }
+
+    /// The key `name` in directory `parent` has or would have (a directory's
+    /// with its `/`), for the log only: as far as it can be told.
+    fn key_of_name(&self, parent: u64, name: &OsStr, kind: Kind) -> String {
+        let parent = self.node(parent).map(|node| node.key).unwrap_or_default();
+        let name = name.to_string_lossy();
+        match kind {
+            Kind::File => format!("{parent}{name}"),
+            Kind::Directory => format!("{parent}{name}/"),
+        }
+    }
+
+    fn audit_change<T>(&self, op: Op, parent: u64, name: &OsStr, kind: Kind, result: &FsResult<T>) {
+        self.audit(|| Event {
+            errno: errno_of(result),
+            ..Event::new(op, self.key_of_name(parent, name, kind))
+        });
+    }
+
+    /// [`Fs::create_file`], recorded.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        process: Option<u32>,
+        posix: Posix,
+    ) -> FsResult<(Entry, u64)> {
+        let result = self.create_file(parent, name, process, posix).await;
+        self.audit_change(Op::Create, parent, name, Kind::File, &result);
+        result
+    }
+
+    /// [`Fs::make_dir`], recorded.
+    pub async fn mkdir(&self, parent: u64, name: &OsStr, posix: Posix) -> FsResult<Entry> {
+        let result = self.make_dir(parent, name, posix).await;
+        self.audit_change(Op::Mkdir, parent, name, Kind::Directory, &result);
+        result
+    }
+
+    /// [`Fs::remove_file`], recorded.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let result = self.remove_file(parent, name).await;
+        self.audit_change(Op::Unlink, parent, name, Kind::File, &result);
+        result
+    }
+
+    /// [`Fs::remove_dir`], recorded.
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let result = self.remove_dir(parent, name).await;
+        self.audit_change(Op::Rmdir, parent, name, Kind::Directory, &result);
+        result
+    }
+
+    /// [`Fs::move_entry`], recorded (with the keys as a file's, without a
+    /// directory's `/`: a rename names either).
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        // The keys before the rename moves them.
+        let from = self.key_of_name(parent, name, Kind::File);
+        let to = self.key_of_name(new_parent, new_name, Kind::File);
+        let result = self
+            .move_entry(parent, name, new_parent, new_name, flags)
+            .await;
+        self.audit(|| Event {
+            to: Some(to),
+            errno: errno_of(&result),
+            ..Event::new(Op::Rename, from)
+        });
+        result
+    }
+}

@@ -1,0 +1,155 @@
+//! End to end: `--audit-log` on a read-write volume over Garage, driven by the
+//! tools people use, and on a disk that fills up.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Mount, Server, ServerKind};
+
+const BUCKET: &str = "vol";
+
+fn run(program: &str, args: &[&Path]) {
+    let status = Command::new(program).args(args).status().unwrap();
+    assert!(status.success(), "{program} {args:?}");
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn each_operation_is_a_line_naming_the_command_that_asked() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    server.put(BUCKET, "data/in.txt", b"input".to_vec()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let vol = Mount::new(
+        &server,
+        "vol/data",
+        &["--read-write", "--audit-log", log.to_str().unwrap()],
+    );
+    let at = |name: &str| vol.path().join(name);
+    run("cat", &[&at("in.txt")]);
+    run("cp", &[&at("in.txt"), &at("copy.txt")]);
+    run("mv", &[&at("copy.txt"), &at("moved.txt")]);
+    run("mkdir", &[&at("d")]);
+    run("touch", &[&at("d/x")]);
+    let refused = Command::new("rmdir").arg(at("d")).status().unwrap();
+    assert!(!refused.success(), "d is not empty");
+    run("rm", &[&at("d/x")]);
+    run("rmdir", &[&at("d")]);
+    run("rm", &[&at("moved.txt")]);
+    common::unmount(vol.path());
+
+    let lines = lines(&log);
+    let seen: Vec<(String, String, String, i64)> = lines
+        .iter()
+        .map(|l| {
+            let text = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (
+                text("command"),
+                text("op"),
+                text("key"),
+                l["errno"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let has = |command: &str, op: &str, key: &str, errno: i32| {
+        let wanted = (command.into(), op.into(), key.into(), i64::from(errno));
+        assert!(seen.contains(&wanted), "no {wanted:?} in {seen:#?}");
+    };
+    has("cat", "read", "data/in.txt", 0);
+    has("cp", "read", "data/in.txt", 0);
+    has("cp", "create", "data/copy.txt", 0);
+    has("cp", "write", "data/copy.txt", 0);
+    has("mv", "rename", "data/copy.txt", 0);
+    has("mkdir", "mkdir", "data/d/", 0);
+    has("touch", "create", "data/d/x", 0);
+    has("rmdir", "rmdir", "data/d/", libc::ENOTEMPTY);
+    has("rm", "unlink", "data/d/x", 0);
+    has("rmdir", "rmdir", "data/d/", 0);
+    has("rm", "unlink", "data/moved.txt", 0);
+    let write = lines.iter().find(|l| l["op"] == "write").unwrap();
+    let head = server
+        .client()
+        .head_object()
+        .bucket(BUCKET)
+        .key("data/in.txt")
+        .send()
+        .await
+        .unwrap();
+    // The copy has the same bytes, so the same (single-part) ETag.
+    assert_eq!(write["etag"], head.e_tag().unwrap());
+    assert_eq!(write["size"], 5);
+    let rename = lines.iter().find(|l| l["op"] == "rename").unwrap();
+    assert_eq!(rename["to"], "data/moved.txt");
+    for line in &lines {
+        assert_eq!(line["uid"], 0, "{line}");
+        assert!(line["pid"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+#[ignore = "needs Garage and root; run scripts/test.sh"]
+async fn a_full_disk_drops_lines_and_never_the_operations() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    // A disk of 8 KiB for the log: a few dozen lines fill it.
+    let disk = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+        .arg(disk.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    let _unmount_disk = common::Unmount(disk.path());
+    let log = disk.path().join("audit.log");
+    let vol = Mount::new(
+        &server,
+        BUCKET,
+        &["--read-write", "--audit-log", log.to_str().unwrap()],
+    );
+    for i in 0..100 {
+        let path = vol.path().join(format!("f{i}"));
+        std::fs::write(&path, b"x").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"x");
+    }
+    let stats = vol.stats();
+    let (written, dropped) = (
+        stats["audit"]["lines_written"].as_u64().unwrap(),
+        stats["audit"]["lines_dropped"].as_u64().unwrap(),
+    );
+    assert!(written > 0 && dropped > 0, "{stats}");
+    assert_eq!(
+        server.keys(BUCKET, "").await.len(),
+        100,
+        "every file is in S3"
+    );
+    let text = vol.log_text();
+    assert_eq!(
+        text.matches("cannot write the audit log").count(),
+        1,
+        "said once: {text}"
+    );
+    let out = common::s3vol()
+        .args(["stats", vol.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("audit log    {written}")),
+        "{shown}"
+    );
+}
