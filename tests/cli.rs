@@ -243,6 +243,70 @@ fn stats_of_a_directory_that_is_no_volume_says_so() {
 }
 
 #[test]
+fn info_and_url_of_a_file_on_no_volume_say_so() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_str().unwrap();
+    for args in [
+        vec!["info", path],
+        vec!["url", path],
+        vec!["url", "--method", "put", path],
+    ] {
+        let out = s3vol(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("is not on an s3vol volume"), "{args:?}: {err}");
+    }
+    let out = s3vol(&["info", "/nonexistent/s3vol"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    for (args, why) in [
+        (vec!["url", "--expires", "0", path], "from 1s to 7d"),
+        (vec!["url", "--expires", "soon", path], "is not a duration"),
+        (
+            vec!["url", "--method", "delete", path],
+            "invalid value 'delete'",
+        ),
+    ] {
+        let out = s3vol(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn an_audit_log_reached_through_a_symbolic_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let target = dir.path().join("someone-elses-file");
+    std::fs::write(&target, "theirs\n").unwrap();
+    let link = dir.path().join("audit.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["mount", "bkt"])
+        .arg(&mountpoint)
+        .args([
+            "--foreground",
+            "--no-cache",
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+        ])
+        .arg("--audit-log")
+        .arg(&link)
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot open audit log"), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
+}
+
+#[test]
 fn a_log_file_reached_through_a_symbolic_link_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
