@@ -28,6 +28,10 @@ with expired ones with 400 ExpiredToken, as AWS does. Tests steer it through
 
 s3_writes counts S3 requests that change a bucket (PUT, POST, DELETE).
 
+moto answers GetBucketVersioning with a <GetBucketVersioningResponse> document
+where S3 sends <VersioningConfiguration>, which the Rust SDK refuses; this layer
+renames the root.
+
 moto with authentication on cannot take a request signed in its query string (a
 presigned URL): it reads only the Authorization header. For a URL signed with
 credentials STS handed out, this layer does what S3 does (other URLs go to moto
@@ -127,7 +131,26 @@ class Sessions:
             if require_sse and self.unencrypted_upload(environ):
                 return error(start_response, "403 Forbidden", "AccessDenied",
                              "uploads must ask for server-side encryption", service)
+        if method == "GET" and "versioning" in urllib.parse.parse_qs(
+                environ.get("QUERY_STRING", ""), keep_blank_values=True):
+            return self.versioning(environ, start_response)
         return self.app(environ, start_response)
+
+    def versioning(self, environ, start_response):
+        """GetBucketVersioning, its document named as S3 names it."""
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        text = b"".join(self.app(environ, capture)).decode()
+        text = text.replace("GetBucketVersioningResponse", "VersioningConfiguration")
+        data = text.encode()
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(data))))
+        start_response(captured["status"], headers)
+        return [data]
 
     @staticmethod
     def unencrypted_upload(environ):

@@ -9,7 +9,8 @@ use common::{Server, ServerKind, pattern};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::s3::{S3Options, S3Store};
 use s3vol::store::{
-    ListRequest, ObjectHeaders, ObjectStore, StoreError, UploadedPart, multipart_etag,
+    ListRequest, ObjectHeaders, ObjectStore, StoreError, UploadedPart, Versioning, VersionsRequest,
+    multipart_etag,
 };
 
 /// A store under test plus a way to put objects into it behind its back.
@@ -28,10 +29,10 @@ impl Subject {
             (kind, check),
             (
                 Some(ServerKind::Garage),
-                Check::MinPartSize | Check::SelfCopyChanges | Check::Encryption
+                Check::MinPartSize | Check::SelfCopyChanges | Check::Encryption | Check::Versions
             ) | (
                 Some(ServerKind::Moto),
-                Check::CopyIfMatch | Check::ControlCharacters
+                Check::CopyIfMatch | Check::ControlCharacters | Check::NullVersion
             )
         )
     }
@@ -60,6 +61,12 @@ enum Check {
     SelfCopyChanges,
     /// Server-side encryption with S3's keys (Garage has none).
     Encryption,
+    /// ListObjectVersions and reads by version (Garage keeps no versions and
+    /// answers NotImplemented).
+    Versions,
+    /// Reads of the version `null` of an object written without versioning
+    /// (moto answers 400).
+    NullVersion,
 }
 
 fn memory() -> Subject {
@@ -644,6 +651,87 @@ async fn start_of_objects(s: &Subject) {
     ));
 }
 
+/// A bucket that never had versioning: each object is its one version,
+/// `null`, read like the object itself.
+async fn versions_of_an_unversioned_bucket(s: &Subject) {
+    s.put("ver/a", b"first").await;
+    s.put("ver/b", b"second!").await;
+    s.put("ver/sub/c", b"deeper").await;
+    assert_eq!(
+        s.store.bucket_versioning().await.unwrap(),
+        Versioning::Never
+    );
+    if !s.checks(Check::Versions) {
+        return;
+    }
+    let page = s
+        .store
+        .list_versions(VersionsRequest {
+            prefix: "ver/",
+            delimiter: Some("/"),
+            ..VersionsRequest::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<(&str, &str, u64, bool, bool)> = page
+        .versions
+        .iter()
+        .map(|v| {
+            (
+                v.key.as_str(),
+                v.version_id.as_str(),
+                v.size,
+                v.latest,
+                v.delete_marker,
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("ver/a", "null", 5, true, false),
+            ("ver/b", "null", 7, true, false)
+        ]
+    );
+    assert_eq!(page.common_prefixes, ["ver/sub/"]);
+    assert_eq!(page.next, None);
+    let head = s.store.head_object("ver/b").await.unwrap();
+    assert_eq!(page.versions[1].etag, head.etag);
+    if s.checks(Check::NullVersion) {
+        let version = s.store.head_version("ver/b", "null").await.unwrap();
+        assert_eq!((version.size, version.etag), (7, head.etag));
+        let data = s
+            .store
+            .get_version_range("ver/b", "null", 1..4)
+            .await
+            .unwrap();
+        assert_eq!(&data[..], b"eco");
+    }
+    // Pages of one key each, resumed where the last ended.
+    let first = s
+        .store
+        .list_versions(VersionsRequest {
+            prefix: "ver/",
+            max_keys: Some(1),
+            ..VersionsRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.versions.len(), 1);
+    let (key, version) = first.next.clone().expect("a next page");
+    let second = s
+        .store
+        .list_versions(VersionsRequest {
+            prefix: "ver/",
+            max_keys: Some(1),
+            after: Some((&key, &version)),
+            ..VersionsRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.versions[0].key, "ver/b");
+}
+
 async fn suite(s: Subject) {
     head_and_get(&s).await;
     start_of_objects(&s).await;
@@ -653,6 +741,7 @@ async fn suite(s: Subject) {
     file_beside_directory(&s).await;
     any_characters_in_keys(&s).await;
     headers_are_kept_carried_and_replaced(&s).await;
+    versions_of_an_unversioned_bucket(&s).await;
 }
 
 #[tokio::test]
@@ -670,4 +759,75 @@ async fn s3_store_on_garage_conforms() {
 #[ignore = "needs moto; run scripts/test.sh"]
 async fn s3_store_on_moto_conforms() {
     suite(s3(ServerKind::Moto).await).await;
+}
+
+/// Overwritten and deleted on a bucket with versioning: every version is
+/// listed, newest first, and each reads back as it was.
+#[tokio::test]
+#[ignore = "needs moto; run scripts/test.sh"]
+async fn versions_on_a_versioned_bucket_on_moto() {
+    let s = s3(ServerKind::Moto).await;
+    let server = s.server.as_ref().unwrap();
+    server
+        .client()
+        .put_bucket_versioning()
+        .bucket(BUCKET)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.store.bucket_versioning().await.unwrap(),
+        Versioning::Enabled
+    );
+    s.put("v/k", b"one").await;
+    s.put("v/k", b"two, longer").await;
+    s.store.delete_object("v/k").await.unwrap();
+    let page = s
+        .store
+        .list_versions(VersionsRequest {
+            prefix: "v/",
+            ..VersionsRequest::default()
+        })
+        .await
+        .unwrap();
+    let seen: Vec<(bool, bool, u64)> = page
+        .versions
+        .iter()
+        .map(|v| (v.delete_marker, v.latest, v.size))
+        .collect();
+    assert_eq!(
+        seen,
+        [(true, true, 0), (false, false, 11), (false, false, 3)]
+    );
+    assert!(
+        page.versions
+            .iter()
+            .all(|v| v.key == "v/k" && v.version_id != "null")
+    );
+    let oldest = &page.versions[2];
+    let data = s
+        .store
+        .get_version_range("v/k", &oldest.version_id, 0..3)
+        .await
+        .unwrap();
+    assert_eq!(&data[..], b"one");
+    let head = s
+        .store
+        .head_version("v/k", &page.versions[1].version_id)
+        .await
+        .unwrap();
+    assert_eq!(head.size, 11);
+    assert_eq!(
+        head.version_id.as_deref(),
+        Some(page.versions[1].version_id.as_str())
+    );
+    assert!(matches!(
+        s.store.head_object("v/k").await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

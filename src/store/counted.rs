@@ -13,7 +13,8 @@ use bytes::Bytes;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod,
+    PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod, Versioning, VersionsPage,
+    VersionsRequest,
 };
 
 /// Counters of the requests a store has sent.
@@ -273,6 +274,43 @@ impl ObjectStore for CountedStore {
         self.count(Operation::DeleteObject, 0, self.inner.delete_object(key))
             .await
     }
+    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
+        self.count(
+            Operation::GetBucketVersioning,
+            0,
+            self.inner.bucket_versioning(),
+        )
+        .await
+    }
+
+    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
+        self.count(
+            Operation::ListObjectVersions,
+            0,
+            self.inner.list_versions(req),
+        )
+        .await
+    }
+
+    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
+        let head = self.inner.head_version(key, version_id);
+        self.count(Operation::GetObjectVersion, 0, head).await
+    }
+
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        let get = self.inner.get_version_range(key, version_id, range);
+        let data = self.count(Operation::GetObjectVersion, 0, get).await?;
+        self.stats
+            .bytes_downloaded
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
     async fn presign(
         &self,
         key: &str,

@@ -21,7 +21,7 @@ use crate::auth::renew::RenewingCredentials;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, PendingUpload, PresignedUrl,
-    StoreError, StoreResult, UploadedPart, UrlMethod,
+    StoreError, StoreResult, UploadedPart, UrlMethod, Versioning, VersionsPage, VersionsRequest,
 };
 
 /// What can replace the credentials a store signs with.
@@ -186,6 +186,28 @@ impl ObjectStore for RenewOnExpiry {
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
         self.call(|| self.inner.delete_object(key)).await
     }
+    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
+        self.call(|| self.inner.bucket_versioning()).await
+    }
+
+    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
+        self.call(|| self.inner.list_versions(req.clone())).await
+    }
+
+    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
+        self.call(|| self.inner.head_version(key, version_id)).await
+    }
+
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        self.call(|| self.inner.get_version_range(key, version_id, range.clone()))
+            .await
+    }
+
     async fn presign(
         &self,
         key: &str,

@@ -13,7 +13,8 @@ use bytes::Bytes;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, UrlMethod,
+    PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, UrlMethod, Versioning,
+    VersionsPage, VersionsRequest,
 };
 
 /// What an injected fault does to the call.
@@ -327,6 +328,40 @@ impl ObjectStore for FaultyStore {
         self.around(Operation::DeleteObject, key, self.inner.delete_object(key))
             .await
     }
+    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
+        let bucket = self.inner.bucket().to_string();
+        self.around(
+            Operation::GetBucketVersioning,
+            &bucket,
+            self.inner.bucket_versioning(),
+        )
+        .await
+    }
+
+    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
+        self.around(
+            Operation::ListObjectVersions,
+            req.prefix,
+            self.inner.list_versions(req.clone()),
+        )
+        .await
+    }
+
+    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
+        let head = self.inner.head_version(key, version_id);
+        self.around(Operation::GetObjectVersion, key, head).await
+    }
+
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        let get = self.inner.get_version_range(key, version_id, range);
+        self.around(Operation::GetObjectVersion, key, get).await
+    }
+
     async fn presign(
         &self,
         key: &str,

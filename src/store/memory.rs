@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::{
     ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
     PendingUpload, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, UrlMethod,
-    multipart_etag,
+    VersionEntry, Versioning, VersionsPage, VersionsRequest, multipart_etag,
 };
 
 /// S3's page size when the caller does not ask for one.
@@ -217,6 +217,65 @@ impl MemoryStore {
     }
 }
 
+/// One page of a ListObjectsV2 of `objects`, as S3 pages it.
+fn list_page(objects: &BTreeMap<String, StoredObject>, req: &ListRequest<'_>) -> ListPage {
+    let max_keys = req
+        .max_keys
+        .map_or(DEFAULT_MAX_KEYS, |m| m.clamp(0, 1000) as usize);
+    // The continuation token is the last key or common prefix already returned;
+    // everything at or below it (in key order) was covered by earlier pages.
+    let start = match req.continuation {
+        Some(token) => Bound::Excluded(token.to_string()),
+        None => Bound::Included(req.prefix.to_string()),
+    };
+    let mut page = ListPage::default();
+    // The last item returned, and whether it was a common prefix.
+    let mut last_returned: Option<(String, bool)> = None;
+    let mut truncated = false;
+    for (key, object) in objects.range((start, Bound::Unbounded)) {
+        if !key.starts_with(req.prefix) {
+            break;
+        }
+        let common = req.delimiter.and_then(|d| {
+            let rest = &key[req.prefix.len()..];
+            rest.find(d)
+                .map(|i| key[..req.prefix.len() + i + d.len()].to_string())
+        });
+        if let (Some(common), Some((last, true))) = (&common, &last_returned)
+            && common == last
+        {
+            // Keys under a common prefix already returned fold into it.
+            continue;
+        }
+        if page.objects.len() + page.common_prefixes.len() == max_keys {
+            truncated = true;
+            break;
+        }
+        match common {
+            Some(common) => {
+                page.common_prefixes.push(common.clone());
+                last_returned = Some((common, true));
+            }
+            None => {
+                page.objects.push(info(key, object));
+                last_returned = Some((key.clone(), false));
+            }
+        }
+    }
+    if truncated {
+        // After a common prefix, resume past every key that folds into it: no
+        // key under it sorts after the prefix followed by the largest char.
+        page.next_token = last_returned.map(|(last, is_prefix)| {
+            if is_prefix {
+                format!("{last}\u{10FFFF}")
+            } else {
+                last
+            }
+        });
+    }
+    page
+}
+
 fn info(key: &str, object: &StoredObject) -> ObjectInfo {
     ObjectInfo {
         key: key.to_string(),
@@ -253,61 +312,7 @@ impl ObjectStore for MemoryStore {
     async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
         let mut state = self.state.lock().unwrap();
         Self::record(&mut state, Operation::ListObjectsV2, req.prefix, None);
-        let max_keys = req
-            .max_keys
-            .map_or(DEFAULT_MAX_KEYS, |m| m.clamp(0, 1000) as usize);
-        // The continuation token is the last key or common prefix already returned;
-        // everything at or below it (in key order) was covered by earlier pages.
-        let start = match req.continuation {
-            Some(token) => Bound::Excluded(token.to_string()),
-            None => Bound::Included(req.prefix.to_string()),
-        };
-        let mut page = ListPage::default();
-        // The last item returned, and whether it was a common prefix.
-        let mut last_returned: Option<(String, bool)> = None;
-        let mut truncated = false;
-        for (key, object) in state.objects.range((start, Bound::Unbounded)) {
-            if !key.starts_with(req.prefix) {
-                break;
-            }
-            let common = req.delimiter.and_then(|d| {
-                let rest = &key[req.prefix.len()..];
-                rest.find(d)
-                    .map(|i| key[..req.prefix.len() + i + d.len()].to_string())
-            });
-            if let (Some(common), Some((last, true))) = (&common, &last_returned)
-                && common == last
-            {
-                // Keys under a common prefix already returned fold into it.
-                continue;
-            }
-            if page.objects.len() + page.common_prefixes.len() == max_keys {
-                truncated = true;
-                break;
-            }
-            match common {
-                Some(common) => {
-                    page.common_prefixes.push(common.clone());
-                    last_returned = Some((common, true));
-                }
-                None => {
-                    page.objects.push(info(key, object));
-                    last_returned = Some((key.clone(), false));
-                }
-            }
-        }
-        if truncated {
-            // After a common prefix, resume past every key that folds into it: no
-            // key under it sorts after the prefix followed by the largest char.
-            page.next_token = last_returned.map(|(last, is_prefix)| {
-                if is_prefix {
-                    format!("{last}\u{10FFFF}")
-                } else {
-                    last
-                }
-            });
-        }
-        Ok(page)
+        Ok(list_page(&state.objects, &req))
     }
 
     async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
@@ -565,6 +570,68 @@ impl ObjectStore for MemoryStore {
         Self::record(&mut state, Operation::DeleteObject, key, None);
         state.objects.remove(key);
         Ok(())
+    }
+
+    /// The memory store keeps no versions, as a bucket that never had
+    /// versioning on: each object is its one version, `null`.
+    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, Operation::GetBucketVersioning, "", None);
+        Ok(Versioning::Never)
+    }
+
+    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
+        let mut state = self.state.lock().unwrap();
+        Self::record(&mut state, Operation::ListObjectVersions, req.prefix, None);
+        let listing = ListRequest {
+            prefix: req.prefix,
+            delimiter: req.delimiter,
+            continuation: req.after.map(|(key, _)| key),
+            max_keys: req.max_keys,
+        };
+        let page = list_page(&state.objects, &listing);
+        Ok(VersionsPage {
+            versions: page
+                .objects
+                .into_iter()
+                .map(|o| VersionEntry {
+                    key: o.key,
+                    version_id: "null".into(),
+                    last_modified: o.last_modified,
+                    size: o.size,
+                    etag: o.etag,
+                    delete_marker: false,
+                    latest: true,
+                })
+                .collect(),
+            common_prefixes: page.common_prefixes,
+            next: page.next_token.map(|key| (key, "null".into())),
+        })
+    }
+
+    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
+        match version_id {
+            "null" => self.head_object(key).await,
+            _ => Err(StoreError::NotFound {
+                op: Operation::GetObjectVersion,
+                key: key.to_string(),
+            }),
+        }
+    }
+
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        match version_id {
+            "null" => self.get_range(key, range, None).await,
+            _ => Err(StoreError::NotFound {
+                op: Operation::GetObjectVersion,
+                key: key.to_string(),
+            }),
+        }
     }
 
     /// A `memory://` URL that names what a real one would allow, for tests of

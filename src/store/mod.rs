@@ -126,6 +126,53 @@ pub struct ObjectHeaders {
     pub storage_class: Option<String>,
 }
 
+/// Whether a bucket keeps the versions of its objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Versioning {
+    /// Never switched on: every object has the one version `null`.
+    Never,
+    Enabled,
+    /// Switched on once, off now: the versions kept then are still there.
+    Suspended,
+}
+
+/// One version of an object, or a delete marker, as ListObjectVersions shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionEntry {
+    pub key: String,
+    /// `null` for what was written while versioning was off.
+    pub version_id: String,
+    pub last_modified: SystemTime,
+    /// 0 for a delete marker.
+    pub size: u64,
+    /// Empty for a delete marker.
+    pub etag: String,
+    pub delete_marker: bool,
+    /// The current version of its key.
+    pub latest: bool,
+}
+
+/// One page of a ListObjectVersions answer: the versions and delete markers of
+/// each key, newest first, keys in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionsPage {
+    pub versions: Vec<VersionEntry>,
+    /// Common prefixes (with their trailing delimiter) when a delimiter was given.
+    pub common_prefixes: Vec<String>,
+    /// The key and version markers of the next page, when one follows.
+    pub next: Option<(String, String)>,
+}
+
+/// Arguments of a ListObjectVersions call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionsRequest<'a> {
+    pub prefix: &'a str,
+    pub delimiter: Option<&'a str>,
+    /// Where the previous page ended (its `next`).
+    pub after: Option<(&'a str, &'a str)>,
+    pub max_keys: Option<i32>,
+}
+
 /// One page of a ListObjectsV2 answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListPage {
@@ -259,11 +306,15 @@ pub enum Operation {
     CopyObject,
     UploadPartCopy,
     DeleteObject,
+    GetBucketVersioning,
+    ListObjectVersions,
+    /// A HEAD or GET of one version of an object, by its version ID.
+    GetObjectVersion,
 }
 
 impl Operation {
     /// Every operation, in a fixed order (for per-operation counters).
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 15] = [
         Operation::HeadObject,
         Operation::GetObject,
         Operation::ListObjectsV2,
@@ -276,6 +327,9 @@ impl Operation {
         Operation::CopyObject,
         Operation::UploadPartCopy,
         Operation::DeleteObject,
+        Operation::GetBucketVersioning,
+        Operation::ListObjectVersions,
+        Operation::GetObjectVersion,
     ];
 
     /// The IAM action that authorises this operation. (A copy also needs
@@ -293,6 +347,9 @@ impl Operation {
             Operation::AbortMultipartUpload => "s3:AbortMultipartUpload",
             Operation::ListMultipartUploads => "s3:ListBucketMultipartUploads",
             Operation::DeleteObject => "s3:DeleteObject",
+            Operation::GetBucketVersioning => "s3:GetBucketVersioning",
+            Operation::ListObjectVersions => "s3:ListBucketVersions",
+            Operation::GetObjectVersion => "s3:GetObjectVersion",
         }
     }
 
@@ -304,6 +361,9 @@ impl Operation {
                 | Operation::GetObject
                 | Operation::ListObjectsV2
                 | Operation::ListMultipartUploads
+                | Operation::GetBucketVersioning
+                | Operation::ListObjectVersions
+                | Operation::GetObjectVersion
         )
     }
 }
@@ -498,6 +558,25 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Deletes `key` (succeeds if it does not exist, as S3 does).
     async fn delete_object(&self, key: &str) -> StoreResult<()>;
+
+    /// Whether the bucket keeps versions (GetBucketVersioning).
+    async fn bucket_versioning(&self) -> StoreResult<Versioning>;
+
+    /// One page of the versions and delete markers under a prefix
+    /// (ListObjectVersions).
+    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage>;
+
+    /// What a HEAD of version `version_id` of `key` says.
+    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo>;
+
+    /// Bytes `range` of version `version_id` of `key` (cut at its end, as
+    /// [`ObjectStore::get_range`]). A version never changes, so nothing is pinned.
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes>;
 
     /// A URL that lets whoever holds it GET or PUT `key` with no credentials of
     /// their own, signed with this store's: valid for `valid_for` (at most

@@ -38,8 +38,8 @@ use tracing::{debug, warn};
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod, copy_allowance, multipart_etag,
-    transfer_allowance,
+    PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod, Versioning, VersionsPage,
+    VersionsRequest, copy_allowance, multipart_etag, transfer_allowance,
 };
 
 /// How long and how often a failing request is retried.
@@ -336,6 +336,39 @@ impl ObjectStore for RetryingStore {
         })
         .await
     }
+    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
+        self.plain(Operation::GetBucketVersioning, Duration::ZERO, || {
+            self.inner.bucket_versioning()
+        })
+        .await
+    }
+
+    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
+        self.plain(Operation::ListObjectVersions, Duration::ZERO, || {
+            self.inner.list_versions(req.clone())
+        })
+        .await
+    }
+
+    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
+        self.plain(Operation::GetObjectVersion, Duration::ZERO, || {
+            self.inner.head_version(key, version_id)
+        })
+        .await
+    }
+
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        self.plain(Operation::GetObjectVersion, Duration::ZERO, || {
+            self.inner.get_version_range(key, version_id, range.clone())
+        })
+        .await
+    }
+
     async fn presign(
         &self,
         key: &str,

@@ -15,6 +15,24 @@ use super::{MAX_BODY_RESUMES, S3Store};
 use crate::logging::error_chain;
 use crate::store::{ObjectHeaders, ObjectInfo, Operation, StoreError, StoreResult};
 
+/// What a ranged GET reads: the object as it is, pinned to an ETag (the first
+/// answer's when none is given, so that a resumed body continues the same
+/// version), or one version by its ID.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Pin<'a> {
+    ETag(Option<&'a str>),
+    Version(&'a str),
+}
+
+impl Pin<'_> {
+    fn op(self) -> Operation {
+        match self {
+            Pin::ETag(_) => Operation::GetObject,
+            Pin::Version(_) => Operation::GetObjectVersion,
+        }
+    }
+}
+
 impl S3Store {
     /// [`crate::store::ObjectStore::get_start`]: one ranged GET.
     pub(super) async fn fetch_start(
@@ -23,7 +41,7 @@ impl S3Store {
         len: u64,
     ) -> StoreResult<(ObjectInfo, Bytes)> {
         let range = 0..len.max(1);
-        let response = self.send_get(key, &range, None).await?;
+        let response = self.send_get(key, &range, Pin::ETag(None)).await?;
         let bad = |detail: String| bad_get(key, detail);
         let expected = answered_range(response.content_range(), &range).map_err(bad)?;
         let size = range_total(response.content_range())
@@ -61,21 +79,28 @@ impl S3Store {
         Ok((info, data.freeze()))
     }
 
-    /// [`crate::store::ObjectStore::get_range`], resuming a body that breaks.
+    /// [`crate::store::ObjectStore::get_range`] and
+    /// [`crate::store::ObjectStore::get_version_range`], resuming a body that
+    /// breaks.
     pub(super) async fn fetch_range(
         &self,
         key: &str,
         range: Range<u64>,
-        if_match: Option<&str>,
+        pin: Pin<'_>,
     ) -> StoreResult<Bytes> {
         let mut data = self.buffers.take((range.end - range.start) as usize);
-        let mut pinned = if_match.map(str::to_string);
+        let mut pinned = match pin {
+            Pin::ETag(etag) => etag.map(str::to_string),
+            Pin::Version(_) => None,
+        };
         let mut resumes = 0;
         loop {
             let from = range.start + data.len() as u64;
-            let (etag, broken) = self
-                .get_once(key, from..range.end, pinned.as_deref(), &mut data)
-                .await?;
+            let this = match pin {
+                Pin::ETag(_) => Pin::ETag(pinned.as_deref()),
+                version => version,
+            };
+            let (etag, broken) = self.get_once(key, from..range.end, this, &mut data).await?;
             if pinned.is_none() && !etag.is_empty() {
                 pinned = Some(etag);
             }
@@ -86,7 +111,7 @@ impl S3Store {
             resumes += 1;
             if resumes > MAX_BODY_RESUMES {
                 return Err(StoreError::Unreachable {
-                    op: Operation::GetObject,
+                    op: pin.op(),
                     detail: format!("body of {key} broke {resumes} times; last: {cause}"),
                 });
             }
@@ -104,8 +129,12 @@ impl S3Store {
         &self,
         key: &str,
         range: &Range<u64>,
-        if_match: Option<&str>,
+        pin: Pin<'_>,
     ) -> StoreResult<GetObjectOutput> {
+        let (if_match, version_id) = match pin {
+            Pin::ETag(etag) => (etag, None),
+            Pin::Version(id) => (None, Some(id)),
+        };
         let request = self
             .client
             .get_object()
@@ -113,8 +142,9 @@ impl S3Store {
             .key(key)
             .range(format!("bytes={}-{}", range.start, range.end - 1))
             .set_if_match(if_match.map(str::to_string))
+            .set_version_id(version_id.map(str::to_string))
             .send();
-        self.answer(Operation::GetObject, key, Duration::ZERO, request)
+        self.answer(pin.op(), key, Duration::ZERO, request)
             .await
             .map_err(|e| match e {
                 StoreError::Changed { op, key, .. } => StoreError::Changed {
@@ -132,19 +162,25 @@ impl S3Store {
         &self,
         key: &str,
         range: Range<u64>,
-        if_match: Option<&str>,
+        pin: Pin<'_>,
         into: &mut Body,
     ) -> StoreResult<(String, Option<String>)> {
-        let response = self.send_get(key, &range, if_match).await?;
+        let response = self.send_get(key, &range, pin).await?;
         let etag = response.e_tag().unwrap_or_default().to_string();
         let bad = |detail: String| bad_get(key, detail);
-        if let Some(pinned) = if_match
-            && !etag.is_empty()
-            && etag != pinned
-        {
-            return Err(bad(format!(
-                "it sent ETag {etag} for a GET pinned to ETag {pinned} (If-Match ignored)"
-            )));
+        match pin {
+            Pin::ETag(Some(pinned)) if !etag.is_empty() && etag != pinned => {
+                return Err(bad(format!(
+                    "it sent ETag {etag} for a GET pinned to ETag {pinned} (If-Match ignored)"
+                )));
+            }
+            Pin::Version(wanted) if response.version_id().is_some_and(|got| got != wanted) => {
+                return Err(bad(format!(
+                    "it sent version {} for a GET of version {wanted}",
+                    response.version_id().unwrap_or_default()
+                )));
+            }
+            _ => {}
         }
         let expected = answered_range(response.content_range(), &range).map_err(bad)?;
         let broken = self

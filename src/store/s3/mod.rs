@@ -33,17 +33,17 @@ macro_rules! object_headers {
 mod answer;
 mod buffers;
 mod get;
+mod presign;
+mod versions;
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_s3::config::IdentityCache;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
 use tracing::warn;
@@ -57,9 +57,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use self::answer::{decoder, to_system_time};
 use self::buffers::Buffers;
 use super::{
-    Encryption, ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo, ObjectStore,
-    Operation, Pagination, PendingUpload, PresignedUrl, ServiceInfo, StoreError, StoreResult,
-    UploadedPart, UrlMethod, copy_allowance, transfer_allowance,
+    Encryption, ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
+    Pagination, PendingUpload, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart,
+    UrlMethod, Versioning, VersionsPage, VersionsRequest, copy_allowance, transfer_allowance,
 };
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
@@ -148,20 +148,29 @@ const COPY_SOURCE_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 impl S3Store {
-    /// When the credentials this store signs with stop working; `None` for
-    /// credentials that do not expire (an access key).
-    async fn session_end(&self) -> StoreResult<Option<SystemTime>> {
-        let Some(provider) = &self.credentials else {
-            return Ok(None);
+    /// A HEAD of `key`, or of one version of it.
+    async fn head(&self, key: &str, version_id: Option<&str>) -> StoreResult<ObjectInfo> {
+        let op = match version_id {
+            None => Operation::HeadObject,
+            Some(_) => Operation::GetObjectVersion,
         };
-        let credentials =
-            provider
-                .provide_credentials()
-                .await
-                .map_err(|e| StoreError::Credentials {
-                    detail: DisplayErrorContext(&e).to_string(),
-                })?;
-        Ok(credentials.expiry())
+        let request = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send();
+        let out = self.answer(op, key, Duration::ZERO, request).await?;
+        let headers = object_headers!(out);
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+            last_modified: to_system_time(out.last_modified()),
+            version_id: out.version_id().map(str::to_string),
+            headers: Some(headers),
+        })
     }
 
     pub fn from_sdk_config(
@@ -254,24 +263,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        let request = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send();
-        let out = self
-            .answer(Operation::HeadObject, key, Duration::ZERO, request)
-            .await?;
-        let headers = object_headers!(out);
-        Ok(ObjectInfo {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            etag: out.e_tag().unwrap_or_default().to_string(),
-            last_modified: to_system_time(out.last_modified()),
-            version_id: out.version_id().map(str::to_string),
-            headers: Some(headers),
-        })
+        self.head(key, None).await
     }
 
     async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
@@ -284,7 +276,7 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        self.fetch_range(key, range, if_match).await
+        self.fetch_range(key, range, get::Pin::ETag(if_match)).await
     }
 
     async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
@@ -626,59 +618,35 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
+        self.fetch_versioning().await
+    }
+
+    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
+        self.fetch_versions(req).await
+    }
+
+    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
+        self.head(key, Some(version_id)).await
+    }
+
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        self.fetch_range(key, range, get::Pin::Version(version_id))
+            .await
+    }
+
     async fn presign(
         &self,
         key: &str,
         method: UrlMethod,
         valid_for: Duration,
     ) -> StoreResult<PresignedUrl> {
-        let now = SystemTime::now();
-        let session_end = self.session_end().await?;
-        let left = session_end.map(|end| end.duration_since(now).unwrap_or_default());
-        let valid_for = valid_for.min(MAX_URL_VALIDITY);
-        let (valid_for, cut_by_session) = match left {
-            Some(left) if left < valid_for => (left, true),
-            _ => (valid_for, false),
-        };
-        let op = match method {
-            UrlMethod::Get => Operation::GetObject,
-            UrlMethod::Put => Operation::PutObject,
-        };
-        // Whole seconds: X-Amz-Expires is counted in them.
-        let valid_for = Duration::from_secs(valid_for.as_secs());
-        if valid_for.is_zero() {
-            return Err(StoreError::Credentials {
-                detail: "the credentials' session ends within a second; a URL signed now \
-                         would not work"
-                    .to_string(),
-            });
-        }
-        let config = PresigningConfig::builder()
-            .start_time(now)
-            .expires_in(valid_for)
-            .build()
-            .map_err(|e| StoreError::Internal {
-                op,
-                detail: format!("cannot presign for {valid_for:?}: {e}"),
-            })?;
-        let unsigned = |e: &dyn std::error::Error| StoreError::Credentials {
-            detail: format!("cannot sign a URL for {key}: {}", DisplayErrorContext(e)),
-        };
-        let presigned = match method {
-            UrlMethod::Get => {
-                let request = self.client.get_object().bucket(&self.bucket).key(key);
-                request.presigned(config).await.map_err(|e| unsigned(&e))?
-            }
-            UrlMethod::Put => {
-                let request = self.client.put_object().bucket(&self.bucket).key(key);
-                request.presigned(config).await.map_err(|e| unsigned(&e))?
-            }
-        };
-        Ok(PresignedUrl {
-            url: presigned.uri().to_string(),
-            expires: now + valid_for,
-            cut_by_session,
-        })
+        self.sign_url(key, method, valid_for).await
     }
 }
 
