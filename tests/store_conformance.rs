@@ -831,3 +831,79 @@ async fn versions_on_a_versioned_bucket_on_moto() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+/// The bucket at a past moment: later writes hidden, later deletes undone, and
+/// keys deleted before the moment gone, each read byte-exact as it was.
+#[tokio::test]
+#[ignore = "needs moto; run scripts/test.sh"]
+async fn a_view_of_the_past_on_moto() {
+    use s3vol::store::versioned::VersionedView;
+    let s = s3(ServerKind::Moto).await;
+    let server = s.server.as_ref().unwrap();
+    server
+        .client()
+        .put_bucket_versioning()
+        .bucket(BUCKET)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    s.put("past/kept", b"kept, first version").await;
+    s.put("past/gone", b"deleted later").await;
+    s.put("past/early", b"deleted before").await;
+    s.store.delete_object("past/early").await.unwrap();
+    s.put("past/dir/inner", b"in a directory").await;
+    // S3 keeps times to the millisecond; a second apart on either side.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let moment = std::time::SystemTime::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    s.put("past/kept", b"kept, second version, longer").await;
+    s.store.delete_object("past/gone").await.unwrap();
+    s.put("past/new", b"written later").await;
+
+    let view = VersionedView::new(s.store.clone(), moment);
+    let page = view
+        .list_objects(ListRequest {
+            prefix: "past/",
+            delimiter: Some("/"),
+            ..ListRequest::default()
+        })
+        .await
+        .unwrap();
+    let names: Vec<(&str, u64)> = page
+        .objects
+        .iter()
+        .map(|o| (o.key.as_str(), o.size))
+        .collect();
+    assert_eq!(names, [("past/gone", 13), ("past/kept", 19)]);
+    assert_eq!(page.common_prefixes, ["past/dir/"]);
+    let data = view.get_range("past/kept", 0..19, None).await.unwrap();
+    assert_eq!(&data[..], b"kept, first version");
+    let data = view.get_range("past/gone", 0..13, None).await.unwrap();
+    assert_eq!(&data[..], b"deleted later");
+    // Asked for by name, without a listing first.
+    let fresh = VersionedView::new(s.store.clone(), moment);
+    let head = fresh.head_object("past/kept").await.unwrap();
+    assert_eq!(head.size, 19);
+    let (info, start) = fresh.get_start("past/dir/inner", 4).await.unwrap();
+    assert_eq!((info.size, &start[..]), (14, &b"in a"[..]));
+    for missing in ["past/new", "past/early"] {
+        assert!(
+            matches!(
+                fresh.head_object(missing).await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "{missing}"
+        );
+    }
+    assert!(fresh.delete_object("past/kept").await.is_err(), "read-only");
+    assert_eq!(
+        s.store.get_range("past/kept", 0..5, None).await.unwrap(),
+        &b"kept,"[..],
+        "the bucket itself is untouched"
+    );
+}

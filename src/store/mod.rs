@@ -17,6 +17,7 @@ pub mod memory;
 pub mod retry;
 pub mod s3;
 pub mod stack;
+pub mod versioned;
 
 use std::collections::BTreeMap;
 use std::fmt;

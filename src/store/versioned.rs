@@ -1,0 +1,272 @@
+//! A read-only view of a bucket as it was at a moment: each key shows the
+//! newest of its versions written at or before that moment, and a key whose
+//! newest version then is a delete marker, or that had none yet, is not there.
+//!
+//! Built on ListObjectVersions and reads by version ID, so it needs a bucket
+//! with versioning (the versions written while versioning was off are the
+//! version `null` of each key). The version each key shows is remembered from
+//! the listing or HEAD that found it, and every read asks for that version:
+//! what was written since can never show.
+//!
+//! Directories come from the listing's common prefixes, as they are now: a
+//! directory whose objects all came later shows, empty.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, Pagination,
+    PendingUpload, PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod, VersionEntry,
+    Versioning, VersionsPage, VersionsRequest,
+};
+
+pub struct VersionedView {
+    inner: Arc<dyn ObjectStore>,
+    at: SystemTime,
+    /// The version each key shows, as the listing or HEAD that found it said.
+    shown: Mutex<HashMap<String, String>>,
+}
+
+impl VersionedView {
+    /// The bucket of `inner` as it was at `at`.
+    pub fn new(inner: Arc<dyn ObjectStore>, at: SystemTime) -> Self {
+        Self {
+            inner,
+            at,
+            shown: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Every version and delete marker under `prefix` (with `delimiter`, and
+    /// the common prefixes), page after page.
+    async fn all_versions(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> StoreResult<(Vec<VersionEntry>, Vec<String>)> {
+        let mut pagination = Pagination::new(Operation::ListObjectVersions, prefix);
+        let (mut versions, mut prefixes) = (Vec::new(), Vec::new());
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let page = self
+                .inner
+                .list_versions(VersionsRequest {
+                    prefix,
+                    delimiter,
+                    after: after.as_ref().map(|(k, v)| (k.as_str(), v.as_str())),
+                    max_keys: None,
+                })
+                .await?;
+            let entries = page.versions.len() + page.common_prefixes.len();
+            versions.extend(page.versions);
+            prefixes.extend(page.common_prefixes);
+            let token = page.next.map(|(key, version)| format!("{key}\n{version}"));
+            match pagination.next(entries, token)? {
+                Some(token) => {
+                    let (key, version) = token.split_once('\n').expect("made above");
+                    after = Some((key.to_string(), version.to_string()));
+                }
+                None => return Ok((versions, prefixes)),
+            }
+        }
+    }
+
+    /// What each key of `versions` (newest first per key) showed at the view's
+    /// moment; remembered for the reads that follow.
+    fn visible(&self, versions: &[VersionEntry]) -> Vec<ObjectInfo> {
+        let mut shown = Vec::new();
+        let mut remembered = self.shown.lock().unwrap();
+        let mut last_key: Option<&str> = None;
+        for version in versions {
+            if last_key == Some(version.key.as_str()) || version.last_modified > self.at {
+                continue;
+            }
+            // The newest version of this key at the moment.
+            last_key = Some(version.key.as_str());
+            if version.delete_marker {
+                remembered.remove(&version.key);
+                continue;
+            }
+            remembered.insert(version.key.clone(), version.version_id.clone());
+            shown.push(ObjectInfo {
+                key: version.key.clone(),
+                size: version.size,
+                etag: version.etag.clone(),
+                last_modified: version.last_modified,
+                version_id: Some(version.version_id.clone()),
+                headers: None,
+            });
+        }
+        shown
+    }
+
+    /// The version `key` shows, found now if no listing has said.
+    async fn version_of(&self, key: &str, op: Operation) -> StoreResult<String> {
+        if let Some(version) = self.shown.lock().unwrap().get(key) {
+            return Ok(version.clone());
+        }
+        let (versions, _) = self.all_versions(key, None).await?;
+        let exact: Vec<VersionEntry> = versions.into_iter().filter(|v| v.key == key).collect();
+        self.visible(&exact)
+            .into_iter()
+            .next()
+            .and_then(|info| info.version_id)
+            .ok_or_else(|| StoreError::NotFound {
+                op,
+                key: key.to_string(),
+            })
+    }
+}
+
+/// What a view of the past answers to a change.
+fn read_only(op: Operation) -> StoreError {
+    StoreError::Internal {
+        op,
+        detail: "a view of the bucket at a past moment is read-only".into(),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for VersionedView {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+
+    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
+        let version = self.version_of(key, Operation::HeadObject).await?;
+        self.inner.head_version(key, &version).await
+    }
+
+    /// The whole listing in one page: what shows of a key depends on all its
+    /// versions, which S3 may split over pages.
+    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
+        let (versions, mut common_prefixes) = self.all_versions(req.prefix, req.delimiter).await?;
+        let mut objects = self.visible(&versions);
+        common_prefixes.dedup();
+        if let Some(max) = req.max_keys.and_then(|m| usize::try_from(m).ok()) {
+            objects.truncate(max);
+        }
+        Ok(ListPage {
+            objects,
+            common_prefixes,
+            next_token: None,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        _if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        // A version never changes: the pin is the version itself.
+        let version = self.version_of(key, Operation::GetObject).await?;
+        self.inner.get_version_range(key, &version, range).await
+    }
+
+    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
+        let info = self.head_object(key).await?;
+        if info.size == 0 {
+            return Err(StoreError::InvalidRange {
+                op: Operation::GetObject,
+                key: key.to_string(),
+            });
+        }
+        let version = info.version_id.clone().unwrap_or_default();
+        let data = self
+            .inner
+            .get_version_range(key, &version, 0..len.min(info.size))
+            .await?;
+        Ok((info, data))
+    }
+
+    async fn put_object(&self, _: &str, _: Bytes, _: &ObjectHeaders) -> StoreResult<String> {
+        Err(read_only(Operation::PutObject))
+    }
+
+    async fn create_multipart_upload(&self, _: &str, _: &ObjectHeaders) -> StoreResult<String> {
+        Err(read_only(Operation::CreateMultipartUpload))
+    }
+
+    async fn upload_part(&self, _: &str, _: &str, _: i32, _: Bytes) -> StoreResult<String> {
+        Err(read_only(Operation::UploadPart))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[UploadedPart],
+    ) -> StoreResult<String> {
+        Err(read_only(Operation::CompleteMultipartUpload))
+    }
+
+    async fn abort_multipart_upload(&self, _: &str, _: &str) -> StoreResult<()> {
+        Err(read_only(Operation::AbortMultipartUpload))
+    }
+
+    async fn list_multipart_uploads(&self, _: &str) -> StoreResult<Vec<PendingUpload>> {
+        Ok(Vec::new())
+    }
+
+    async fn copy_object(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: u64,
+        _: Option<&ObjectHeaders>,
+    ) -> StoreResult<String> {
+        Err(read_only(Operation::CopyObject))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: i32,
+        _: Range<u64>,
+        _: Option<&str>,
+    ) -> StoreResult<String> {
+        Err(read_only(Operation::UploadPartCopy))
+    }
+
+    async fn delete_object(&self, _: &str) -> StoreResult<()> {
+        Err(read_only(Operation::DeleteObject))
+    }
+
+    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
+        self.inner.bucket_versioning().await
+    }
+
+    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
+        self.inner.list_versions(req).await
+    }
+
+    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
+        self.inner.head_version(key, version_id).await
+    }
+
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        self.inner.get_version_range(key, version_id, range).await
+    }
+
+    /// URLs of a version are not signed yet: refused.
+    async fn presign(&self, key: &str, _: UrlMethod, _: Duration) -> StoreResult<PresignedUrl> {
+        Err(StoreError::Internal {
+            op: Operation::GetObjectVersion,
+            detail: format!("no presigned URL of {key} in a view of the past"),
+        })
+    }
+}
