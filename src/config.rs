@@ -48,4 +48,6 @@ pub struct MountConfig {
     pub log_file: Option<PathBuf>,
     /// Where reads and changes are recorded (`crate::audit`).
     pub audit_log: Option<PathBuf>,
+    /// Show the bucket as it was at this moment (`crate::store::versioned`).
+    pub version_at: Option<std::time::SystemTime>,
 }

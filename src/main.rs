@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Policy(args) => commands::policy::run(
             &args.source,
             args.read_write,
+            args.version_at.is_some(),
             args.trusted_principal.as_deref(),
             args.external_id.as_deref(),
         ),

@@ -3,7 +3,10 @@
 //! what to do, instead of a stack of SDK errors.
 
 use crate::names::Source;
-use crate::store::{ListRequest, ObjectHeaders, ObjectStore, StoreError, bucket_arn};
+use crate::store::{
+    ListRequest, ObjectHeaders, ObjectStore, ServiceInfo, StoreError, Versioning, VersionsRequest,
+    bucket_arn,
+};
 
 /// Why a volume cannot be mounted, as the user should read it.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,52 @@ pub async fn check_mount(
         }
     }
     Ok(())
+}
+
+/// Checks, for a view of the past (`--version-at`), that the bucket keeps
+/// versions and that the credentials may list and read them.
+pub async fn check_versions(
+    store: &dyn ObjectStore,
+    source: &Source,
+    endpoint: &str,
+) -> Result<(), PreflightError> {
+    let bucket = &source.bucket;
+    let denied = |action: &str, resource: String, info: &ServiceInfo| {
+        PreflightError(format!(
+            "AccessDenied: {action} on {resource} ({info}). A view of the past (--version-at) \
+             needs s3:GetBucketVersioning, s3:ListBucketVersions and s3:GetObjectVersion \
+             besides what a read-only volume needs: `s3vol policy {source} --version-at 1d` \
+             prints them"
+        ))
+    };
+    match store.bucket_versioning().await {
+        Ok(Versioning::Never) => {
+            return Err(PreflightError(format!(
+                "bucket '{bucket}' does not keep versions (versioning was never turned on), \
+                 so it cannot be shown as it was: --version-at needs versioning, which keeps \
+                 what is overwritten and deleted from then on (aws s3api \
+                 put-bucket-versioning --bucket {bucket} --versioning-configuration \
+                 Status=Enabled)"
+            )));
+        }
+        Ok(_) => {}
+        Err(StoreError::AccessDenied { op, resource, info }) => {
+            return Err(denied(op.iam_action(), resource, &info));
+        }
+        Err(e) => return Err(explain(e, source, endpoint)),
+    }
+    let listing = VersionsRequest {
+        prefix: source.prefix.as_str(),
+        max_keys: Some(1),
+        ..VersionsRequest::default()
+    };
+    match store.list_versions(listing).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::AccessDenied { op, resource, info }) => {
+            Err(denied(op.iam_action(), resource, &info))
+        }
+        Err(e) => Err(explain(e, source, endpoint)),
+    }
 }
 
 /// Turns a store error met during start-up into advice. (Denials are not errors

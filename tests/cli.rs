@@ -276,6 +276,41 @@ fn info_and_url_of_a_file_on_no_volume_say_so() {
 }
 
 #[test]
+fn a_view_of_the_past_is_read_only_and_takes_a_past_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_str().unwrap();
+    let out = s3vol(&["mount", "bkt", mnt, "--version-at", "2d", "--read-write"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("read-only view of the past; leave out --read-write"),
+        "{err}"
+    );
+    for (at, why) in [
+        ("yesterday", "neither a time (RFC 3339"),
+        ("2999-01-01T00:00:00Z", "is in the future"),
+    ] {
+        let out = s3vol(&["mount", "bkt", mnt, "--version-at", at]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{at}: {err}");
+        assert!(err.contains(why), "{at}: {err}");
+    }
+    // The policy for such a volume lists the version actions; without it, none.
+    let out = s3vol(&["policy", "bkt/p", "--version-at", "1d"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for action in [
+        "s3:ListBucketVersions",
+        "s3:GetObjectVersion",
+        "s3:GetBucketVersioning",
+    ] {
+        assert!(text.contains(action), "{action}: {text}");
+    }
+    let out = s3vol(&["policy", "bkt/p"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ObjectVersion"));
+}
+
+#[test]
 fn an_audit_log_reached_through_a_symbolic_link_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");

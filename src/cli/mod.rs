@@ -156,8 +156,13 @@ pub struct PolicyArgs {
     #[arg(value_parser = parse_source)]
     pub source: Source,
     /// Include what a read-write volume needs (uploads, deletes, aborting uploads).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "version_at")]
     pub read_write: bool,
+    /// Include what a view of the past needs (listing versions, reading them,
+    /// and whether the bucket keeps them), for a volume mounted with the same
+    /// --version-at.
+    #[arg(long, value_name = "TIME", value_parser = parse_version_at)]
+    pub version_at: Option<std::time::SystemTime>,
     /// The external ID the trust policy requires.
     #[arg(long, value_name = "ID", requires = "trusted_principal")]
     pub external_id: Option<String>,
@@ -355,6 +360,11 @@ pub struct MountArgs {
     /// Mount read-write: files can be created, written, renamed and deleted.
     #[arg(long, conflicts_with = "read_only")]
     pub read_write: bool,
+    /// Mount a read-only view of the prefix as it was at TIME (RFC 3339, e.g.
+    /// 2026-11-30T12:00:00Z) or a duration before now (e.g. 2d), from the
+    /// versions S3 keeps (the bucket needs versioning).
+    #[arg(long, value_name = "TIME", value_parser = parse_version_at)]
+    pub version_at: Option<std::time::SystemTime>,
 
     #[command(flatten)]
     pub s3: S3Args,
@@ -450,6 +460,12 @@ pub struct MountArgs {
 impl MountArgs {
     /// The mount as plain values; the external ID is read from its file now.
     pub fn into_config(self) -> Result<MountConfig, String> {
+        if self.version_at.is_some() && self.read_write {
+            return Err(
+                "--version-at mounts a read-only view of the past; leave out --read-write"
+                    .to_string(),
+            );
+        }
         Ok(MountConfig {
             connection: self.s3.connection(&self.role)?,
             source: self.source,
@@ -475,6 +491,7 @@ impl MountArgs {
             log_level: self.log_level,
             log_file: self.log_file,
             audit_log: self.audit_log,
+            version_at: self.version_at,
         })
     }
 }

@@ -121,6 +121,31 @@ pub(super) fn parse_role_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A moment in the past: a time (RFC 3339, `2026-11-30T12:00:00Z`; without a
+/// zone, UTC) or how long before now (`2d`, `90m`).
+pub(super) fn parse_version_at(text: &str) -> Result<std::time::SystemTime, String> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => at,
+        Err(_) => {
+            let before = humantime::parse_duration(text).map_err(|_| {
+                format!(
+                    "{text:?} is neither a time (RFC 3339, e.g. 2026-11-30T12:00:00Z) nor a \
+                     duration before now (e.g. 2d, 90m)"
+                )
+            })?;
+            now.checked_sub(before)
+                .ok_or_else(|| format!("{text:?} reaches back before 1970"))?
+        }
+    };
+    if at > now {
+        return Err(format!(
+            "{text:?} is in the future; a view shows the bucket as it was"
+        ));
+    }
+    Ok(at)
+}
+
 pub(super) fn parse_url_validity(text: &str) -> Result<Duration, String> {
     let duration = parse_ttl(text)?;
     if (1..=crate::store::MAX_URL_VALIDITY.as_secs()).contains(&duration.as_secs()) {

@@ -22,6 +22,10 @@ const READ_ACTIONS: &[&str] = &["s3:GetObject"];
 /// that failed.
 const WRITE_ACTIONS: &[&str] = &["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"];
 
+/// What a view of the past adds (`--version-at`): whether the bucket keeps
+/// versions, listing them, and reading them.
+const VERSION_ACTIONS: &[&str] = &["s3:GetObjectVersion"];
+
 /// A statement allowing a bucket-level listing `action`, limited to the volume's
 /// prefix by an `s3:prefix` condition unless the volume is the whole bucket.
 fn bucket_statement(source: &Source, sid: &str, action: &str) -> Value {
@@ -39,8 +43,9 @@ fn bucket_statement(source: &Source, sid: &str, action: &str) -> Value {
     statement
 }
 
-/// The identity policy for a volume on `source`.
-pub fn identity_policy(source: &Source, read_write: bool) -> Value {
+/// The identity policy for a volume on `source`, read-write or not, and a view
+/// of the past (`versions`) or not.
+pub fn identity_policy(source: &Source, read_write: bool, versions: bool) -> Value {
     let prefix = source.prefix.as_str();
     let list = bucket_statement(source, "ListTheVolume", "s3:ListBucket");
     let objects = object_arn(&source.bucket, &format!("{prefix}*"));
@@ -53,6 +58,25 @@ pub fn identity_policy(source: &Source, read_write: bool) -> Value {
             "Resource": objects,
         }),
     ];
+    if versions {
+        statements.push(bucket_statement(
+            source,
+            "ListTheVersions",
+            "s3:ListBucketVersions",
+        ));
+        statements.push(json!({
+            "Sid": "ReadTheVersions",
+            "Effect": "Allow",
+            "Action": VERSION_ACTIONS,
+            "Resource": objects,
+        }));
+        statements.push(json!({
+            "Sid": "SeeThatVersionsAreKept",
+            "Effect": "Allow",
+            "Action": "s3:GetBucketVersioning",
+            "Resource": bucket_arn(&source.bucket),
+        }));
+    }
     if read_write {
         statements.push(json!({
             "Sid": "WriteTheVolume",
@@ -89,10 +113,11 @@ pub fn trust_policy(principal: &str, external_id: &str) -> Value {
 pub fn run(
     source: &Source,
     read_write: bool,
+    versions: bool,
     trusted_principal: Option<&str>,
     external_id: Option<&str>,
 ) -> ExitCode {
-    let identity = identity_policy(source, read_write);
+    let identity = identity_policy(source, read_write, versions);
     let trust = match (trusted_principal, external_id) {
         (Some(principal), Some(id)) => {
             if let Err(e) = check_principal(principal).and(check_external_id(id)) {
@@ -136,7 +161,7 @@ mod tests {
     #[test]
     fn read_only_policy_is_scoped_to_the_prefix() {
         let source: Source = "bkt/data/2024".parse().unwrap();
-        let policy = identity_policy(&source, false);
+        let policy = identity_policy(&source, false, false);
         assert_eq!(
             actions(&policy),
             [
@@ -157,7 +182,7 @@ mod tests {
     #[test]
     fn read_write_policy_adds_uploads_and_deletes_only() {
         let source: Source = "bkt/root".parse().unwrap();
-        let policy = identity_policy(&source, true);
+        let policy = identity_policy(&source, true, false);
         let granted = actions(&policy);
         for action in WRITE_ACTIONS {
             assert!(
@@ -173,9 +198,41 @@ mod tests {
     }
 
     #[test]
+    fn a_view_of_the_past_adds_the_version_actions_only_when_asked() {
+        let source: Source = "bkt/root".parse().unwrap();
+        let plain = actions(&identity_policy(&source, false, false));
+        let policy = identity_policy(&source, false, true);
+        let added: Vec<(String, String)> = actions(&policy)
+            .into_iter()
+            .filter(|a| !plain.contains(a))
+            .collect();
+        let pair = |a: &str, r: &str| (a.to_string(), r.to_string());
+        assert_eq!(
+            added,
+            [
+                pair("s3:ListBucketVersions", "arn:aws:s3:::bkt"),
+                pair("s3:GetObjectVersion", "arn:aws:s3:::bkt/root/*"),
+                pair("s3:GetBucketVersioning", "arn:aws:s3:::bkt"),
+            ]
+        );
+        // Listing versions is held to the prefix like listing objects.
+        assert_eq!(
+            policy["Statement"][2]["Condition"]["StringLike"]["s3:prefix"],
+            json!(["root/", "root/*"])
+        );
+        for read_write in [false, true] {
+            let granted = actions(&identity_policy(&source, read_write, false));
+            assert!(
+                granted.iter().all(|(a, _)| !a.contains("Version")),
+                "{granted:?}"
+            );
+        }
+    }
+
+    #[test]
     fn whole_bucket_policy_has_no_prefix_condition() {
         let source: Source = "bkt".parse().unwrap();
-        let policy = identity_policy(&source, false);
+        let policy = identity_policy(&source, false, false);
         assert!(policy["Statement"][0].get("Condition").is_none());
         assert_eq!(policy["Statement"][1]["Resource"], "arn:aws:s3:::bkt/*");
     }

@@ -16,6 +16,8 @@ use crate::local_dir::LocalDir;
 use crate::memory::MemoryBudget;
 use crate::preflight;
 use crate::stats::{MountStats, bytes};
+use crate::store::ObjectStore;
+use crate::store::versioned::VersionedView;
 
 /// A volume ready to be mounted.
 pub(super) struct Volume {
@@ -46,6 +48,19 @@ impl Volume {
             &connection.endpoint(),
         )
         .await?;
+
+        let store = match config.version_at {
+            Some(at) => {
+                preflight::check_versions(
+                    stack.probe.as_ref(),
+                    &config.source,
+                    &connection.endpoint(),
+                )
+                .await?;
+                Arc::new(VersionedView::new(stack.store, at)) as Arc<dyn ObjectStore>
+            }
+            None => stack.store,
+        };
 
         // Opened again here, after the fork, with the same checks as before it.
         let local = match &config.cache_dir {
@@ -86,7 +101,14 @@ impl Volume {
                 None => None,
             };
         let stats = Arc::new(MountStats {
-            source: config.source.to_string(),
+            source: match config.version_at {
+                Some(at) => format!(
+                    "{} as it was at {}",
+                    config.source,
+                    humantime::format_rfc3339_seconds(at)
+                ),
+                None => config.source.to_string(),
+            },
             read_write: config.read_write,
             started: std::time::SystemTime::now(),
             requests: stack.requests,
@@ -113,11 +135,7 @@ impl Volume {
             audit,
             ..FsConfig::default()
         };
-        let fs = Arc::new(Fs::new(
-            stack.store,
-            config.source.prefix.as_str(),
-            fs_config,
-        ));
+        let fs = Arc::new(Fs::new(store, config.source.prefix.as_str(), fs_config));
         let plan = MountPlan {
             source: config.source.to_string(),
             read_only: !config.read_write,

@@ -102,7 +102,7 @@ impl Fs {
         }
         let url = self
             .store
-            .presign(&key, request.method, request.valid_for)
+            .presign(&key, None, request.method, request.valid_for)
             .await?;
         let left = url
             .expires

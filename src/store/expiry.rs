@@ -211,10 +211,11 @@ impl ObjectStore for RenewOnExpiry {
     async fn presign(
         &self,
         key: &str,
+        version_id: Option<&str>,
         method: UrlMethod,
         valid_for: Duration,
     ) -> StoreResult<PresignedUrl> {
-        self.inner.presign(key, method, valid_for).await
+        self.inner.presign(key, version_id, method, valid_for).await
     }
 }
 

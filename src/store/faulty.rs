@@ -365,9 +365,10 @@ impl ObjectStore for FaultyStore {
     async fn presign(
         &self,
         key: &str,
+        version_id: Option<&str>,
         method: UrlMethod,
         valid_for: Duration,
     ) -> StoreResult<PresignedUrl> {
-        self.inner.presign(key, method, valid_for).await
+        self.inner.presign(key, version_id, method, valid_for).await
     }
 }

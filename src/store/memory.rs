@@ -639,6 +639,7 @@ impl ObjectStore for MemoryStore {
     async fn presign(
         &self,
         key: &str,
+        version_id: Option<&str>,
         method: UrlMethod,
         valid_for: Duration,
     ) -> StoreResult<PresignedUrl> {
@@ -649,10 +650,11 @@ impl ObjectStore for MemoryStore {
             .unwrap_or_default();
         Ok(PresignedUrl {
             url: format!(
-                "memory://{}/{key}?method={}&expires={}",
+                "memory://{}/{key}?method={}&expires={}{}",
                 self.bucket,
                 method.as_str(),
-                at.as_secs()
+                at.as_secs(),
+                version_id.map_or(String::new(), |v| format!("&versionId={v}"))
             ),
             expires,
             cut_by_session: false,

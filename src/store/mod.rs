@@ -579,13 +579,15 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
     ) -> StoreResult<Bytes>;
 
-    /// A URL that lets whoever holds it GET or PUT `key` with no credentials of
+    /// A URL that lets whoever holds it GET (version `version_id`, if given) or
+    /// PUT `key` with no credentials of
     /// their own, signed with this store's: valid for `valid_for` (at most
     /// [`MAX_URL_VALIDITY`]), or until the session of the credentials ends if
     /// that comes first. Sends no request to S3.
     async fn presign(
         &self,
         key: &str,
+        version_id: Option<&str>,
         method: UrlMethod,
         valid_for: Duration,
     ) -> StoreResult<PresignedUrl>;

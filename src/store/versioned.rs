@@ -262,11 +262,18 @@ impl ObjectStore for VersionedView {
         self.inner.get_version_range(key, version_id, range).await
     }
 
-    /// URLs of a version are not signed yet: refused.
-    async fn presign(&self, key: &str, _: UrlMethod, _: Duration) -> StoreResult<PresignedUrl> {
-        Err(StoreError::Internal {
-            op: Operation::GetObjectVersion,
-            detail: format!("no presigned URL of {key} in a view of the past"),
-        })
+    /// A URL of the version the key shows (the view is read-only: a PUT URL
+    /// never gets here).
+    async fn presign(
+        &self,
+        key: &str,
+        _: Option<&str>,
+        method: UrlMethod,
+        valid_for: Duration,
+    ) -> StoreResult<PresignedUrl> {
+        let version = self.version_of(key, Operation::GetObjectVersion).await?;
+        self.inner
+            .presign(key, Some(&version), method, valid_for)
+            .await
     }
 }

@@ -643,10 +643,11 @@ impl ObjectStore for S3Store {
     async fn presign(
         &self,
         key: &str,
+        version_id: Option<&str>,
         method: UrlMethod,
         valid_for: Duration,
     ) -> StoreResult<PresignedUrl> {
-        self.sign_url(key, method, valid_for).await
+        self.sign_url(key, version_id, method, valid_for).await
     }
 }
 

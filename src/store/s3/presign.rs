@@ -30,6 +30,7 @@ impl S3Store {
     pub(super) async fn sign_url(
         &self,
         key: &str,
+        version_id: Option<&str>,
         method: UrlMethod,
         valid_for: Duration,
     ) -> StoreResult<PresignedUrl> {
@@ -67,7 +68,12 @@ impl S3Store {
         };
         let presigned = match method {
             UrlMethod::Get => {
-                let request = self.client.get_object().bucket(&self.bucket).key(key);
+                let request = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .set_version_id(version_id.map(str::to_string));
                 request.presigned(config).await.map_err(|e| unsigned(&e))?
             }
             UrlMethod::Put => {
