@@ -23,18 +23,7 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
 async fn the_prefix_shows_as_it_was_byte_exact() {
     let server = Server::start(ServerKind::Moto);
     server.create_bucket(BUCKET).await;
-    server
-        .client()
-        .put_bucket_versioning()
-        .bucket(BUCKET)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    server.enable_versioning(BUCKET).await;
     let first = common::pattern(3 << 20, 1);
     server.put(BUCKET, "data/big.bin", first.clone()).await;
     server

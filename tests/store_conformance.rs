@@ -768,18 +768,7 @@ async fn s3_store_on_moto_conforms() {
 async fn versions_on_a_versioned_bucket_on_moto() {
     let s = s3(ServerKind::Moto).await;
     let server = s.server.as_ref().unwrap();
-    server
-        .client()
-        .put_bucket_versioning()
-        .bucket(BUCKET)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    server.enable_versioning(BUCKET).await;
     assert_eq!(
         s.store.bucket_versioning().await.unwrap(),
         Versioning::Enabled
@@ -840,18 +829,7 @@ async fn a_view_of_the_past_on_moto() {
     use s3vol::store::versioned::VersionedView;
     let s = s3(ServerKind::Moto).await;
     let server = s.server.as_ref().unwrap();
-    server
-        .client()
-        .put_bucket_versioning()
-        .bucket(BUCKET)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    server.enable_versioning(BUCKET).await;
     s.put("past/kept", b"kept, first version").await;
     s.put("past/gone", b"deleted later").await;
     s.put("past/early", b"deleted before").await;

@@ -152,6 +152,21 @@ impl Server {
             .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
     }
 
+    /// Turns versioning on for `bucket` (moto keeps versions; Garage does not).
+    pub async fn enable_versioning(&self, bucket: &str) {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        let enabled = VersioningConfiguration::builder()
+            .status(BucketVersioningStatus::Enabled)
+            .build();
+        self.client()
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(enabled)
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn put(&self, bucket: &str, key: &str, data: impl Into<Vec<u8>>) {
         self.client()
             .put_object()
