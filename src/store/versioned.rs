@@ -110,7 +110,8 @@ impl VersionedView {
         if let Some(version) = self.shown.lock().unwrap().get(key) {
             return Ok(version.clone());
         }
-        let (versions, _) = self.all_versions(key, None).await?;
+        // With the delimiter, whatever lies under `key/` folds into one prefix.
+        let (versions, _) = self.all_versions(key, Some("/")).await?;
         let exact: Vec<VersionEntry> = versions.into_iter().filter(|v| v.key == key).collect();
         self.visible(&exact)
             .into_iter()
