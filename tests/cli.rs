@@ -503,3 +503,50 @@ fn plain_http_to_another_host_is_refused_without_allow_http() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("AWS_ENDPOINT_URL_S3"), "{stderr}");
 }
+
+/// Runs `command`, failing the test if it has not answered within 10 s.
+fn answered_at_once(mut command: Command) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let answered = common::wait_until(std::time::Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !answered {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("{command:?} waited");
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_fifo_given_for_a_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for args in [vec!["info"], vec!["url", "--method", "put"], vec!["stats"]] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_s3vol"));
+        command.args(&args).arg(&fifo);
+        let out = answered_at_once(command);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("not a regular file") || err.contains("is not where an s3vol volume"),
+            "{err}"
+        );
+    }
+    // An external ID read from a FIFO would wait for a writer forever.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_s3vol"));
+    command
+        .args(["check", "bkt", "--endpoint-url", "http://127.0.0.1:1"])
+        .args(["--role-arn", "arn:aws:iam::111122223333:role/reader"])
+        .arg("--external-id-file")
+        .arg(&fifo);
+    let out = answered_at_once(command);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a regular file"), "{err}");
+}

@@ -32,6 +32,9 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The most a secret file may hold: an external ID is at most 1,224 characters.
+const MAX_SECRET_FILE: u64 = 4096;
+
 /// Reads the secret kept in the file at `path` (a trailing newline ignored).
 /// The file must be the secret's owner's alone: it belongs to the user running
 /// s3vol or to root, and neither its group nor others may open it. Otherwise it
@@ -39,13 +42,22 @@ impl fmt::Display for Secret {
 /// option that gave the path.
 pub fn read_secret_file(path: &Path, option: &str) -> Result<Secret, String> {
     use std::io::Read;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let shown = path.display();
-    let mut file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {option} {shown}: {e}"))?;
+    // Without waiting: a FIFO in its place must not hold the mount.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {option} {shown}: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read {option} {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{option} {shown} is not a regular file; put the secret in a file of its own"
+        ));
+    }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(format!(
@@ -62,9 +74,17 @@ pub fn read_secret_file(path: &Path, option: &str) -> Result<Secret, String> {
             meta.mode() & 0o7777
         ));
     }
+    // A secret is short; a file of any size is not read whole into memory.
     let mut text = String::new();
-    file.read_to_string(&mut text)
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
         .map_err(|e| format!("cannot read {option} {shown}: {e}"))?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!(
+            "{option} {shown} is larger than {MAX_SECRET_FILE} bytes; it should hold the \
+             secret alone"
+        ));
+    }
     Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
 }
 

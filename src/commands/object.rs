@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use serde_json::Value;
 
-use super::{cleanup_command, daemon_gone, fail, plain};
+use super::{daemon_gone, fail, plain};
 use crate::control::{self, UrlRequest};
 use crate::daemon::Failure;
 use crate::store::UrlMethod;
@@ -74,6 +74,11 @@ fn ask(path: &Path, request: u32, url: Option<UrlRequest>) -> Result<Value, Fail
             "{shown} is a directory; give a file on the volume"
         )));
     }
+    if !meta.is_file() {
+        return Err(Failure(format!(
+            "{shown} is not a regular file, nor on an s3vol volume"
+        )));
+    }
     // Only FUSE mounts are asked: another filesystem might give the number a
     // meaning of its own.
     let dev = meta.dev();
@@ -112,14 +117,22 @@ fn ask(path: &Path, request: u32, url: Option<UrlRequest>) -> Result<Value, Fail
     })
 }
 
+/// Opens `path` without waiting: a FIFO (or a device) given by mistake must
+/// not hold the command (regular files ignore O_NONBLOCK).
 fn open(path: &Path, write: bool) -> Result<File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
     let shown = path.display();
-    match OpenOptions::new().read(!write).write(write).open(path) {
+    let opened = OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    match opened {
         Ok(file) => Ok(file),
         Err(e) if daemon_gone(&e) => Err(Failure(format!(
-            "the daemon of the volume {shown} is on is gone ({}); clean up with `{}`",
-            plain(&e),
-            cleanup_command(path)
+            "the daemon of the volume {shown} is on is gone ({}); unmount that volume \
+             (findmnt -t fuse.s3vol lists it) and mount it again",
+            plain(&e)
         ))),
         Err(e) if write && e.raw_os_error() == Some(libc::EROFS) => Err(Failure(format!(
             "{shown} is on a read-only volume: a PUT URL needs a volume mounted with \
@@ -132,6 +145,10 @@ fn open(path: &Path, write: bool) -> Result<File, Failure> {
             "you may not {} {shown}, so the volume gives no {} for it",
             if write { "write" } else { "read" },
             if write { "PUT URL" } else { "answer" }
+        ))),
+        // A FIFO nobody reads, opened for writing without waiting.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Err(Failure(format!(
+            "{shown} is not a regular file, nor on an s3vol volume"
         ))),
         Err(e) => Err(Failure(format!("cannot open {shown}: {}", plain(&e)))),
     }

@@ -1,7 +1,7 @@
 //! `s3vol stats MOUNTPOINT`: ask a mounted volume's daemon for its report,
 //! through an ioctl on the volume's root, and print it.
 
-use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -35,7 +35,13 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
              (findmnt -t fuse.s3vol lists them)"
         ))
     };
-    let root = match File::open(mountpoint) {
+    // A mountpoint is a directory: anything else (a FIFO would hold the open)
+    // is refused at once.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+        .open(mountpoint);
+    let root = match opened {
         Ok(root) => root,
         Err(e) if daemon_gone(&e) => {
             return Err(Failure(format!(
@@ -44,6 +50,7 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
                 cleanup_command(mountpoint)
             )));
         }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Err(not_a_volume()),
         Err(e) => return Err(Failure(format!("cannot open {shown}: {e}"))),
     };
     // Only FUSE mounts are asked: another filesystem might give the number a
