@@ -311,66 +311,38 @@ fn a_view_of_the_past_is_read_only_and_takes_a_past_moment() {
 }
 
 #[test]
-fn an_audit_log_reached_through_a_symbolic_link_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
-    let target = dir.path().join("someone-elses-file");
-    std::fs::write(&target, "theirs\n").unwrap();
-    let link = dir.path().join("audit.log");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
-        .args(["mount", "bkt"])
-        .arg(&mountpoint)
-        .args([
-            "--foreground",
-            "--no-cache",
-            "--endpoint-url",
-            "http://127.0.0.1:1",
-        ])
-        .arg("--audit-log")
-        .arg(&link)
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot open audit log"), "{stderr}");
-    assert!(stderr.contains("symbolic link"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
-}
-
-#[test]
-fn a_log_file_reached_through_a_symbolic_link_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
-    // Another user's file, or one the daemon may write, behind a link in a
-    // directory where the log is expected.
-    let target = dir.path().join("someone-elses-file");
-    std::fs::write(&target, "theirs\n").unwrap();
-    let link = dir.path().join("s3vol.log");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
-        .args(["mount", "bkt"])
-        .arg(&mountpoint)
-        .args([
-            "--foreground",
-            "--no-cache",
-            "--endpoint-url",
-            "http://127.0.0.1:1",
-            "--log-file",
-        ])
-        .arg(&link)
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("symbolic link"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
+fn a_log_file_or_audit_log_reached_through_a_symbolic_link_is_refused() {
+    for (option, what) in [("--log-file", "log file"), ("--audit-log", "audit log")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        // Another user's file, or one the daemon may write, behind a link in a
+        // directory where the log is expected.
+        let target = dir.path().join("someone-elses-file");
+        std::fs::write(&target, "theirs\n").unwrap();
+        let link = dir.path().join("s3vol.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+            .args(["mount", "bkt"])
+            .arg(&mountpoint)
+            .args([
+                "--foreground",
+                "--no-cache",
+                "--endpoint-url",
+                "http://127.0.0.1:1",
+                option,
+            ])
+            .arg(&link)
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{option}: {stderr}");
+        assert!(stderr.contains(&format!("cannot open {what}")), "{stderr}");
+        assert!(stderr.contains("symbolic link"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
+    }
 }
 
 #[test]

@@ -777,11 +777,7 @@ fn a_url_signed_with_the_role_session_works_until_it_expires() {
         .args(["url", "--json", "--expires", "1h", file.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(common::succeeded(&out));
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["cut_by_session"], true, "{answer}");
     let left = answer["expires_in_secs"].as_u64().unwrap();
@@ -826,11 +822,7 @@ fn a_url_signed_with_the_role_session_works_until_it_expires() {
         .args(["url", "--expires", "1s", file.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        short.status.success(),
-        "{}",
-        String::from_utf8_lossy(&short.stderr)
-    );
+    assert!(common::succeeded(&short));
     std::thread::sleep(Duration::from_millis(2500));
     let (status, body) = curl(String::from_utf8_lossy(&short.stdout).trim());
     assert_eq!(status, "403", "{body}");

@@ -82,11 +82,7 @@ async fn the_prefix_shows_as_it_was_byte_exact() {
         .args(["url", past.path().join("big.bin").to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(common::succeeded(&out));
     let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(url.contains("versionId="), "{url}");
     let fetched = std::process::Command::new("curl")

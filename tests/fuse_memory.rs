@@ -410,8 +410,25 @@ fn a_read_only_volume_gives_no_put_url() {
     let store = Arc::new(MemoryStore::new("bkt"));
     store.put("root/f", "data");
     let vol = MemoryMount::read_only(store, fresh());
+    // The kernel refuses the descriptor a PUT URL needs; asked through one open
+    // for reading, the volume refuses as read-only before anything else.
     let denied = OpenOptions::new().write(true).open(vol.join("f"));
     assert_eq!(errno(denied.unwrap_err()), libc::EROFS);
+    let reader = File::open(vol.join("f")).unwrap();
+    let put = s3vol::control::UrlRequest {
+        method: s3vol::store::UrlMethod::Put,
+        valid_for: Duration::from_secs(60),
+    };
+    assert_eq!(
+        control::ask(&reader, s3vol::control::URL, Some(put)).unwrap_err(),
+        nix::errno::Errno::EROFS
+    );
+    // A GET URL it gives.
+    let get = s3vol::control::UrlRequest {
+        method: s3vol::store::UrlMethod::Get,
+        ..put
+    };
+    assert!(control::ask(&reader, s3vol::control::URL, Some(get)).is_ok());
 }
 
 #[test]
