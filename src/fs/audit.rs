@@ -22,6 +22,11 @@ impl Fs {
         }
     }
 
+    /// Whether the volume keeps an audit log.
+    pub fn audits(&self) -> bool {
+        self.config.audit.is_some()
+    }
+
     /// Writes out the audit log's queue and closes it (at unmount).
     pub fn close_audit_log(&self) {
         if let Some(log) = &self.config.audit {

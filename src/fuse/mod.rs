@@ -5,6 +5,7 @@
 //! waits on the network. Every error, the refusals of what S3 cannot express
 //! included, comes from [`Fs`] as an [`FsError`], whose one match chooses the errno.
 
+mod request;
 pub mod session;
 
 use std::ffi::OsStr;
@@ -15,23 +16,30 @@ use std::time::SystemTime;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{Instrument, debug, debug_span, warn};
 
+use self::request::{caller, created, open_flags, process_of};
 use crate::fs::posix::{PERM_BITS, Posix};
 use crate::fs::{Attr, Fs, FsError, Kind, Mutation};
 
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     runtime: tokio::runtime::Handle,
+    /// Whether the volume keeps an audit log, which needs each request's caller.
+    audited: bool,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, runtime: tokio::runtime::Handle) -> Self {
-        Self { fs, runtime }
+        Self {
+            audited: fs.audits(),
+            fs,
+            runtime,
+        }
     }
 
     /// Runs `work` on the runtime inside `span`.
@@ -43,12 +51,16 @@ impl FuseAdapter {
     }
 
     /// Like [`FuseAdapter::spawn`], on behalf of the caller of `req`, whom the
-    /// audit log names.
+    /// audit log names (only a volume with one needs to know).
     fn spawn_for<F>(&self, req: &Request, span: tracing::Span, work: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.spawn(span, crate::audit::as_caller(caller(req), work));
+        if self.audited {
+            self.spawn(span, crate::audit::as_caller(caller(req), work));
+        } else {
+            self.spawn(span, work);
+        }
     }
 }
 
@@ -344,8 +356,13 @@ impl Filesystem for FuseAdapter {
         let span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
         // A random read of cached data is answered here, as from a local file:
         // handing it to the runtime would cost more than the read itself.
-        let read_now =
-            || crate::audit::now_as_caller(caller(req), || self.fs.read_now(fh.0, offset, size));
+        let read_now = || {
+            let read = || self.fs.read_now(fh.0, offset, size);
+            match self.audited {
+                true => crate::audit::now_as_caller(caller(req), read),
+                false => read(),
+            }
+        };
         if let Some(data) = span.in_scope(read_now) {
             reply.data(&data);
             return;
@@ -643,44 +660,6 @@ impl Filesystem for FuseAdapter {
             },
         );
     }
-}
-
-/// The mode and owner of a file `req` creates with `mode`, less `umask`.
-fn created(req: &Request, mode: u32, umask: u32) -> Posix {
-    Posix {
-        perm: Some((mode & !umask & PERM_BITS) as u16),
-        uid: Some(req.uid()),
-        gid: Some(req.gid()),
-        ..Posix::default()
-    }
-}
-
-/// What an open asks for: writing (any access mode but read-only, or O_TRUNC)
-/// and truncation, and for a writer, who opens.
-fn open_flags(flags: OpenFlags, req: &Request) -> crate::fs::OpenFlags {
-    let truncate = flags.0 & libc::O_TRUNC != 0;
-    let write = flags.acc_mode() != OpenAccMode::O_RDONLY || truncate;
-    crate::fs::OpenFlags {
-        write,
-        truncate,
-        process: if write { process_of(req) } else { None },
-    }
-}
-
-/// Who sent `req`, for the audit log: the kernel names the thread.
-fn caller(req: &Request) -> crate::audit::Caller {
-    crate::audit::Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
-    }
-}
-
-/// The process of the thread that made a request. The threads of a process
-/// share its files, so a file opened by one thread and closed by another is
-/// closed by its opener.
-fn process_of(req: &Request) -> Option<u32> {
-    crate::procfs::thread_group(req.pid())
 }
 
 /// The errno for a change the filesystem refuses.
