@@ -6,8 +6,11 @@ authentication on.
 Creates bucket "vol" with objects under "root/" and one outside it; an IAM user
 "platform" (the identity s3vol runs as) allowed to assume role "reader"; the role,
 whose trust policy names that user and requires an external ID, and whose policy
-allows only listing the bucket and reading "vol/root/*". Then turns on moto's
-authentication and IAM enforcement and prints the details as JSON.
+allows only listing the bucket and reading "vol/root/*"; a role "writer" with the
+same trust that may write "vol/scratch/*"; and a second customer's role "tenant-b",
+which requires an external ID of its own and may read and write "vol/tenant-b/*"
+only. Then turns on moto's authentication and IAM enforcement and prints the
+details as JSON.
 
 Run it with the Python of the moto virtualenv (it has boto3).
 """
@@ -26,23 +29,31 @@ s3 = session.client("s3", endpoint_url=endpoint)
 iam = session.client("iam", endpoint_url=endpoint)
 
 EXTERNAL_ID = "s3vol-test-external-id-7f3a"
+TENANT_B_EXTERNAL_ID = "s3vol-test-tenant-b-id-41c9"
 
 s3.create_bucket(Bucket="vol")
 s3.put_object(Bucket="vol", Key="root/a.txt", Body=b"inside the volume\n")
 s3.put_object(Bucket="vol", Key="root/data/b.bin", Body=bytes(range(256)) * 4096)
 s3.put_object(Bucket="vol", Key="aaa-outside.txt", Body=b"outside the volume\n")
+s3.put_object(Bucket="vol", Key="tenant-b/hello.txt", Body=b"tenant b\n")
 
 user = iam.create_user(UserName="platform")["User"]
 key = iam.create_access_key(UserName="platform")["AccessKey"]
-trust = json.dumps({
-    "Version": "2012-10-17",
-    "Statement": [{
-        "Effect": "Allow",
-        "Principal": {"AWS": user["Arn"]},
-        "Action": "sts:AssumeRole",
-        "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}},
-    }],
-})
+
+
+def trust_with(external_id):
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": user["Arn"]},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+        }],
+    })
+
+
+trust = trust_with(EXTERNAL_ID)
 role = iam.create_role(
     RoleName="reader", AssumeRolePolicyDocument=trust, MaxSessionDuration=43200
 )["Role"]
@@ -65,13 +76,34 @@ iam.put_role_policy(
         ],
     }),
 )
+
+tenant_b = iam.create_role(
+    RoleName="tenant-b", AssumeRolePolicyDocument=trust_with(TENANT_B_EXTERNAL_ID),
+    MaxSessionDuration=43200,
+)["Role"]
+iam.put_role_policy(
+    RoleName="tenant-b",
+    PolicyName="tenant-b-prefix",
+    PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+             "Resource": "arn:aws:s3:::vol",
+             "Condition": {"StringLike": {"s3:prefix": ["tenant-b/", "tenant-b/*"]}}},
+            {"Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                        "s3:AbortMultipartUpload"],
+             "Resource": "arn:aws:s3:::vol/tenant-b/*"},
+        ],
+    }),
+)
 iam.put_user_policy(
     UserName="platform",
     PolicyName="assume-reader",
     PolicyDocument=json.dumps({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                       "Resource": [role["Arn"], writer["Arn"]]}],
+                       "Resource": [role["Arn"], writer["Arn"], tenant_b["Arn"]]}],
     }),
 )
 iam.put_role_policy(
@@ -102,4 +134,6 @@ print(json.dumps({
     "role_arn": role["Arn"],
     "writer_arn": writer["Arn"],
     "external_id": EXTERNAL_ID,
+    "tenant_b_arn": tenant_b["Arn"],
+    "tenant_b_external_id": TENANT_B_EXTERNAL_ID,
 }))

@@ -44,6 +44,8 @@ pub struct MountConfig {
     /// The memory the volume may hold for data (`crate::memory`).
     pub max_memory: u64,
     pub foreground: bool,
+    /// A pipe inherited from a supervisor, told when the volume serves.
+    pub ready_fd: Option<std::os::fd::RawFd>,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     /// Where reads and changes are recorded (`crate::audit`).

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod csi;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;

@@ -56,6 +56,24 @@ fn main() -> ExitCode {
         Command::Url(args) => {
             commands::object::url(&args.path, args.method.into(), args.expires, args.json)
         }
+        Command::Csi(args) => {
+            let program = match std::env::current_exe() {
+                Ok(path) => path,
+                Err(e) => return fail(&format!("cannot find the s3vol binary: {e}")),
+            };
+            let config = s3vol::csi::CsiConfig {
+                socket: args.endpoint,
+                node_id: args.node_id,
+                volumes: s3vol::csi::volumes::Settings {
+                    program,
+                    state_dir: args.state_dir,
+                    cache_dir: args.cache_dir,
+                    mount_timeout: args.mount_timeout,
+                    stop_timeout: args.stop_timeout,
+                },
+            };
+            commands::csi::run(config, &args.log_level)
+        }
         Command::Cleanup(args) => match args.s3.connection(&args.role) {
             Ok(connection) => {
                 commands::cleanup::run(&args.source, args.older_than, args.abort, &connection)

@@ -522,3 +522,45 @@ fn a_fifo_given_for_a_file_is_refused_at_once() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("is not a regular file"), "{err}");
 }
+
+/// `--ready-fd` (for supervisors such as `s3vol csi`) must name an inherited
+/// pipe: standard output, or a number that is not open, is refused before
+/// anything is mounted; without --foreground it is a usage error.
+#[test]
+fn a_ready_fd_that_is_not_an_inherited_pipe_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().to_str().unwrap();
+    for fd in ["1", "57"] {
+        let out = s3vol(&["mount", "vol", mountpoint, "--foreground", "--ready-fd", fd]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("--ready-fd {fd} is not an open pipe")),
+            "{err}"
+        );
+    }
+    let out = s3vol(&["mount", "vol", mountpoint, "--ready-fd", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `s3vol csi` wants a Unix socket and a node ID, and says so.
+#[test]
+fn csi_refuses_an_endpoint_that_is_not_a_unix_socket() {
+    let out = s3vol(&[
+        "csi",
+        "--endpoint",
+        "tcp://127.0.0.1:9000",
+        "--node-id",
+        "n",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unix:///PATH"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["csi", "--endpoint", "unix:///tmp/none.sock"])
+        .env_remove("CSI_NODE_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
+}

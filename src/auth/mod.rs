@@ -145,15 +145,19 @@ fn explain_role_failure(role: &RoleOptions, e: &renew::FetchError) -> String {
     }
 }
 
-/// A session name that says who is reading: `s3vol-HOSTNAME`, cut to what STS
-/// accepts (2-64 characters of letters, digits and `+=,.@-`).
+/// A session name that says who is reading: `s3vol-HOSTNAME`.
 pub fn default_session_name() -> String {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default();
-    let clean: String = format!("s3vol-{host}")
-        .chars()
+    session_name(&format!("s3vol-{host}"))
+}
+
+/// `text` cut to what STS accepts as a session name (2-64 characters of
+/// letters, digits and `+=,.@-`; anything else becomes `-`).
+pub fn session_name(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "+=,.@-".contains(c) {
                 c
@@ -162,8 +166,7 @@ pub fn default_session_name() -> String {
             }
         })
         .take(64)
-        .collect();
-    clean
+        .collect()
 }
 
 /// Fetches from an SDK credentials provider on every renewal.

@@ -8,7 +8,7 @@
 
 pub mod helper;
 pub mod options;
-mod parse;
+pub(crate) mod parse;
 pub mod scrub;
 
 use std::ffi::OsString;
@@ -58,6 +58,38 @@ pub enum Command {
     /// killed daemon, say) and, with --abort, abort the stale ones. A dry run by
     /// default.
     Cleanup(Box<CleanupArgs>),
+    /// Serve the CSI node plugin for Kubernetes: mount each volume a pod uses
+    /// at the pod's target path, with the volume's own role and external ID.
+    Csi(CsiArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CsiArgs {
+    /// Where kubelet reaches the plugin: unix:///PATH.
+    #[arg(long, value_name = "unix:///PATH", env = "CSI_ENDPOINT", value_parser = parse_csi_endpoint)]
+    pub endpoint: PathBuf,
+    /// This node's name, as Kubernetes knows it (the DaemonSet passes
+    /// spec.nodeName).
+    #[arg(long, value_name = "NODE", env = "CSI_NODE_ID")]
+    pub node_id: String,
+    /// Root's directory for what a published volume keeps (the pod's token).
+    #[arg(long, value_name = "DIR", default_value = "/run/s3vol-csi")]
+    pub state_dir: PathBuf,
+    /// Directory for every volume's local data (cached blocks, files being
+    /// written), a subdirectory per volume; as `s3vol mount --cache-dir`.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// How long a publish waits for the volume to be mounted.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_ttl)]
+    pub mount_timeout: Duration,
+    /// How long an unpublish waits for the volume's daemon to stop: open files
+    /// get 5 s to be closed and uploaded, then their uploads are aborted.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_ttl)]
+    pub stop_timeout: Duration,
+    /// Least severe messages to log.
+    #[arg(long, value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -442,6 +474,11 @@ pub struct MountArgs {
     /// Stay in the foreground instead of daemonizing; log to standard error.
     #[arg(long)]
     pub foreground: bool,
+    /// For a supervisor that runs the volume in the foreground (`s3vol csi`):
+    /// an inherited pipe on which the volume writes `ready` once it is mounted,
+    /// or why it could not be.
+    #[arg(long, value_name = "FD", hide = true, requires = "foreground")]
+    pub ready_fd: Option<i32>,
     /// Least severe messages to log.
     #[arg(long, value_name = "LEVEL", default_value = "info",
           value_parser = ["error", "warn", "info", "debug", "trace"])]
@@ -488,6 +525,7 @@ impl MountArgs {
             no_cache: self.no_cache,
             max_memory: self.max_memory,
             foreground: self.foreground,
+            ready_fd: self.ready_fd,
             log_level: self.log_level,
             log_file: self.log_file,
             audit_log: self.audit_log,
@@ -521,6 +559,29 @@ pub fn expand_o_options(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
         out.extend(options::expand(&list, options::Caller::CommandLine, |_| None)?.args);
     }
     Ok(out)
+}
+
+/// Checks `options` (long options of `s3vol mount`) the way `s3vol mount`
+/// would, without reading any file: the error names the option.
+pub fn check_mount_options(options: &[OsString]) -> Result<(), String> {
+    let argv = ["s3vol", "mount", "bucket", "/"]
+        .into_iter()
+        .map(OsString::from)
+        .chain(options.iter().cloned());
+    let cli = Cli::try_parse_from(argv).map_err(|e| {
+        // The error without clap's usage and help lines.
+        let text = e.to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+            .map(str::trim)
+            .collect();
+        lines.join(" ").trim_start_matches("error: ").to_string()
+    })?;
+    let Command::Mount(args) = cli.command else {
+        unreachable!("parsed as a mount")
+    };
+    args.s3.check_transport(&args.role)
 }
 
 /// Whether `s3vol mount --NAME` exists (`None` if not) and takes a value.

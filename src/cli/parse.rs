@@ -71,12 +71,12 @@ pub(super) fn parse_max_memory(text: &str) -> Result<u64, String> {
     }
 }
 
-pub(super) fn parse_source(text: &str) -> Result<Source, String> {
+pub(crate) fn parse_source(text: &str) -> Result<Source, String> {
     text.parse()
         .map_err(|e: crate::names::SourceError| e.to_string())
 }
 
-pub(super) fn parse_role_arn(text: &str) -> Result<String, String> {
+pub(crate) fn parse_role_arn(text: &str) -> Result<String, String> {
     let parts: Vec<&str> = text.splitn(6, ':').collect();
     let ok = parts.len() == 6
         && parts[0] == "arn"
@@ -92,7 +92,7 @@ pub(super) fn parse_role_arn(text: &str) -> Result<String, String> {
     }
 }
 
-pub(super) fn parse_external_id(text: &str) -> Result<Secret, String> {
+pub(crate) fn parse_external_id(text: &str) -> Result<Secret, String> {
     crate::names::check_external_id(text)
         .map(|()| Secret::new(text))
         .map_err(|e| e.to_string())
@@ -225,6 +225,18 @@ pub(super) fn parse_ttl(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 5s, 1m, 0 or indefinite"))
 }
 
+/// `unix:///PATH` (or a bare absolute path): the CSI plugin's socket.
+pub(super) fn parse_csi_endpoint(text: &str) -> Result<std::path::PathBuf, String> {
+    let path = text.strip_prefix("unix://").unwrap_or(text);
+    if !path.starts_with('/') || path.contains("://") {
+        return Err(format!(
+            "{text:?} is not a Unix socket endpoint; give unix:///PATH (e.g. \
+             unix:///csi/csi.sock)"
+        ));
+    }
+    Ok(path.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +318,22 @@ mod tests {
             "https://s3.amazonaws.com",
         ] {
             assert!(!in_clear_beyond_this_host(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_csi_endpoint_is_a_unix_socket_path() {
+        assert_eq!(
+            parse_csi_endpoint("unix:///csi/csi.sock").unwrap(),
+            std::path::PathBuf::from("/csi/csi.sock")
+        );
+        assert_eq!(
+            parse_csi_endpoint("/csi/csi.sock").unwrap(),
+            std::path::PathBuf::from("/csi/csi.sock")
+        );
+        for bad in ["tcp://127.0.0.1:10000", "unix://csi.sock", "csi.sock", ""] {
+            let err = parse_csi_endpoint(bad).unwrap_err();
+            assert!(err.contains("unix:///PATH"), "{bad}: {err}");
         }
     }
 }

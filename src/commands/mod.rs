@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod cleanup;
+pub mod csi;
 pub mod helper;
 pub mod mount;
 pub mod object;

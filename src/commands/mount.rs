@@ -12,6 +12,11 @@ use crate::local_dir::LocalDir;
 use crate::mountinfo::mounted_at;
 
 pub fn run(mut config: MountConfig) -> ExitCode {
+    if let Some(fd) = config.ready_fd
+        && let Err(message) = check_ready_fd(fd)
+    {
+        return fail(&message);
+    }
     let mountpoint = match check_mountpoint(&config.mountpoint) {
         Ok(path) => path,
         Err(Failure(message)) => return fail(&message),
@@ -43,6 +48,29 @@ pub fn run(mut config: MountConfig) -> ExitCode {
         daemon::run_in_foreground(&config, &mountpoint)
     } else {
         daemon::daemonize(&config, &mountpoint)
+    }
+}
+
+/// `--ready-fd` must name a pipe this process inherited: any other descriptor
+/// would be taken over (and closed) as if it were one.
+fn check_ready_fd(fd: std::os::fd::RawFd) -> Result<(), String> {
+    use nix::sys::stat::{SFlag, fstat};
+    let refused = || {
+        format!(
+            "--ready-fd {fd} is not an open pipe above standard error; it is for \
+             supervisors that pass one"
+        )
+    };
+    // SAFETY: F_GETFD only asks whether the number is an open descriptor.
+    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(refused());
+    }
+    // SAFETY: the descriptor is open (above) and only borrowed to be examined.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mode = fstat(borrowed).map_err(|_| refused())?.st_mode;
+    match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
+        SFlag::S_IFIFO => Ok(()),
+        _ => Err(refused()),
     }
 }
 

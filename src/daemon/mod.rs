@@ -16,7 +16,7 @@ mod volume;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -52,7 +52,12 @@ pub fn run_in_foreground(config: &MountConfig, mountpoint: &Path) -> ExitCode {
         eprintln!("s3vol: cannot start logging: {e}");
         return ExitCode::FAILURE;
     }
-    match serve(config, mountpoint, None) {
+    let ready = config.ready_fd.map(|fd| {
+        // SAFETY: the mount command checked that `fd` is an open pipe this
+        // process inherited, and nothing else in it owns that descriptor.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    match serve_and_report(config, mountpoint, ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
             if config.log_file.is_some() {
@@ -62,6 +67,21 @@ pub fn run_in_foreground(config: &MountConfig, mountpoint: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Serves the volume, telling the waiting side of `ready` (if any) that it is
+/// mounted, or why it could not be.
+fn serve_and_report(
+    config: &MountConfig,
+    mountpoint: &Path,
+    ready: Option<OwnedFd>,
+) -> Result<(), Failure> {
+    let mut pipe = ready;
+    let result = serve(config, mountpoint, &mut pipe);
+    if let (Err(Failure(message)), Some(fd)) = (&result, pipe.take()) {
+        let _ = File::from(fd).write_all(message.as_bytes());
+    }
+    result
 }
 
 /// Serves `config`'s volume at `mountpoint` from a detached child process, and
@@ -113,14 +133,10 @@ pub fn daemonize(config: &MountConfig, mountpoint: &Path) -> ExitCode {
             };
             let _ = logging::init(&config.log_level, target);
             process::detach_stdio();
-            let mut pipe = Some(write_end);
-            match serve(config, mountpoint, Some(&mut pipe)) {
+            match serve_and_report(config, mountpoint, Some(write_end)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(Failure(message)) => {
                     error!("{message}");
-                    if let Some(fd) = pipe.take() {
-                        let _ = File::from(fd).write_all(message.as_bytes());
-                    }
                     ExitCode::FAILURE
                 }
             }
@@ -133,7 +149,7 @@ pub fn daemonize(config: &MountConfig, mountpoint: &Path) -> ExitCode {
 fn serve(
     config: &MountConfig,
     mountpoint: &Path,
-    ready: Option<&mut Option<OwnedFd>>,
+    ready: &mut Option<OwnedFd>,
 ) -> Result<(), Failure> {
     process::tune_allocator();
     process::raise_open_files_limit();
@@ -185,9 +201,7 @@ fn serve(
         pid = std::process::id(),
         "mounted"
     );
-    if let Some(slot) = ready
-        && let Some(fd) = slot.take()
-    {
+    if let Some(fd) = ready.take() {
         let _ = File::from(fd).write_all(READY);
     }
     let result = match mounted.run() {

@@ -1,0 +1,136 @@
+//! `s3vol csi`: a CSI node plugin for Kubernetes. kubelet asks it, over gRPC on
+//! a Unix socket, to publish a volume at a pod's target path; it mounts the
+//! volume there with the credentials the PersistentVolume's Secret (or the
+//! pod's own token) gives, one supervised daemon per target, and stops that
+//! daemon when the pod goes.
+//!
+//! `request` checks what a publish asks for; `volumes` runs the daemons;
+//! `service` answers the calls.
+
+pub mod request;
+pub mod service;
+pub mod volumes;
+
+/// The messages and services of `csi.proto` (CSI spec v1.9, the calls s3vol
+/// serves), with a client for tests and tools.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("csi.v1");
+
+    impl std::fmt::Debug for NodePublishVolumeRequest {
+        /// Everything but the secrets, which only their keys stand for.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let mut secrets: Vec<&String> = self.secrets.keys().collect();
+            secrets.sort();
+            f.debug_struct("NodePublishVolumeRequest")
+                .field("volume_id", &self.volume_id)
+                .field("target_path", &self.target_path)
+                .field("volume_capability", &self.volume_capability)
+                .field("readonly", &self.readonly)
+                .field("secrets", &secrets)
+                .field(
+                    "volume_context",
+                    &self.volume_context.keys().collect::<Vec<_>>(),
+                )
+                .finish()
+        }
+    }
+}
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::{error, info};
+
+/// How `s3vol csi` was asked to run.
+#[derive(Clone, Debug)]
+pub struct CsiConfig {
+    /// The Unix socket to listen on.
+    pub socket: PathBuf,
+    pub node_id: String,
+    pub volumes: volumes::Settings,
+}
+
+/// Serves the plugin until SIGTERM or SIGINT, then stops every volume.
+pub async fn serve(config: CsiConfig) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    prepare_state_dir(&config.volumes.state_dir)?;
+    let listener = listen(&config.socket)?;
+    let volumes = Arc::new(volumes::Volumes::new(config.volumes.clone()));
+    let plugin = Arc::new(service::Plugin {
+        node_id: config.node_id.clone(),
+        volumes: volumes.clone(),
+    });
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let stopping = async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        info!("signal received; stopping the volumes and the plugin");
+    };
+    info!(socket = %config.socket.display(), node = %config.node_id, driver = service::DRIVER_NAME,
+          "serving CSI");
+    let served = tonic::transport::Server::builder()
+        .add_service(proto::identity_server::IdentityServer::new(plugin.clone()))
+        .add_service(proto::node_server::NodeServer::new(plugin))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            stopping,
+        )
+        .await;
+    volumes.stop_all().await;
+    let _ = std::fs::remove_file(&config.socket);
+    served.map_err(|e| {
+        error!("gRPC server failed: {e}");
+        format!("the gRPC server failed: {e}")
+    })
+}
+
+/// The socket, replacing one a previous run left behind (but no other file).
+fn listen(socket: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let shown = socket.display();
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create the socket's directory for {shown}: {e}"))?;
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(socket).map_err(|e| format!("cannot replace {shown}: {e}"))?
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{shown} exists and is not a socket; give --endpoint a path of its own"
+            ));
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| format!("cannot listen on {shown}: {e}"))?;
+    // Only root (kubelet, the sidecars) may ask for mounts.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {shown}: {e}"))?;
+    Ok(listener)
+}
+
+/// The directory for tokens: root's alone, created if missing.
+fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let shown = dir.display();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create --state-dir {shown}: {e}"))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("--state-dir {shown}: {e}"))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "--state-dir {shown} is not a directory of the user running s3vol; give one of \
+             its own"
+        ));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot make --state-dir {shown} private: {e}"))
+}

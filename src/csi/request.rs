@@ -1,0 +1,715 @@
+//! What a NodePublishVolume asks for, checked and turned into a [`Publish`]: the
+//! `s3vol mount` arguments of the volume (never a secret among them) and the
+//! credentials it signs with. Every refusal names the field to fix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::proto::NodePublishVolumeRequest;
+use super::proto::volume_capability::AccessType;
+use super::proto::volume_capability::access_mode::Mode;
+use crate::auth::Secret;
+use crate::cli::options;
+
+/// The volume_context key that names the bucket and prefix.
+pub const BUCKET: &str = "bucket";
+/// Where the credentials come from: `secret` (the default) or `pod`.
+pub const AUTHENTICATION_SOURCE: &str = "authentication_source";
+/// The audience of the pod's service-account token for `pod` authentication.
+pub const TOKEN_AUDIENCE: &str = "token_audience";
+/// The role a volume is reached through; also accepted in the Secret.
+pub const ROLE_ARN: &str = "role_arn";
+/// The audience kubelet asks tokens for unless the volume names another.
+pub const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
+/// Kubernetes' prefix for what it adds to volume_context itself.
+const KUBERNETES_PREFIX: &str = "csi.storage.k8s.io/";
+const TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+
+/// Mount options a volume may set, by `s3vol mount`'s long names. What is left
+/// out is the driver's to decide (the mode, who may use the mount, where local
+/// data and logs go, how the daemon runs) or belongs in the Secret.
+const ALLOWED: &[&str] = &[
+    "region",
+    "endpoint-url",
+    "force-path-style",
+    "sse",
+    "sse-kms-key-id",
+    "io-timeout",
+    "allow-http",
+    "role-session-name",
+    "role-duration",
+    "renew-before",
+    "sts-endpoint-url",
+    "version-at",
+    "uid",
+    "gid",
+    "file-mode",
+    "dir-mode",
+    "noexec",
+    "metadata-ttl",
+    "no-metadata",
+    "part-size",
+    "max-concurrency",
+    "cache-size",
+    "staging-size",
+    "no-cache",
+    "max-memory",
+    "log-level",
+];
+
+/// Options that are refused with a word on where the setting belongs.
+fn refused_because(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "external-id" | "external-id-file" => {
+            "the external ID is a secret: put it in the node-publish Secret as external_id"
+        }
+        "read-write" | "read-only" => {
+            "the volume's access mode decides: ReadWriteOnce or ReadWriteMany mount \
+             read-write, ReadOnlyMany (or readOnly: true) read-only"
+        }
+        "profile" => "credentials come from the Secret or the pod, not from a profile",
+        "cache-dir" | "log-file" | "audit-log" | "foreground" => {
+            "the driver decides where local data and logs go"
+        }
+        "allow-other" | "allow-root" => "the driver always lets the pod's users in",
+        _ => return None,
+    })
+}
+
+/// A refused request: the gRPC status to answer with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+/// Where a volume's credentials come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// The driver's own (its service account, the node's instance profile),
+    /// or static keys from the Secret; then the role, if one is named.
+    Secret {
+        keys: Option<StaticKeys>,
+        role: Option<Role>,
+    },
+    /// The pod's service-account token, exchanged for the role's credentials
+    /// (AssumeRoleWithWebIdentity) and re-read at every renewal.
+    Pod { role_arn: String, token: Secret },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticKeys {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub arn: String,
+    pub external_id: Option<Secret>,
+}
+
+/// One publish, ready to mount.
+#[derive(Clone, Debug)]
+pub struct Publish {
+    pub volume_id: String,
+    pub target: PathBuf,
+    /// BUCKET[/PREFIX].
+    pub source: String,
+    pub read_write: bool,
+    /// `s3vol mount` options from volume_context and the mount flags.
+    pub options: Vec<OsString>,
+    pub session_name: String,
+    pub credentials: Credentials,
+}
+
+impl Publish {
+    /// The `s3vol mount` options of the volume, with those of its role (the
+    /// external ID's file aside); a pod's role is reached through the
+    /// environment instead ([`Publish::pod_sts_endpoint`]).
+    pub fn mount_options(&self) -> Vec<OsString> {
+        let mut options = self.options.clone();
+        if let Credentials::Pod { .. } = self.credentials {
+            options.retain(|o| !o.to_string_lossy().starts_with("--sts-endpoint-url="));
+        }
+        if let Credentials::Secret {
+            role: Some(role), ..
+        } = &self.credentials
+        {
+            options.push(format!("--role-arn={}", role.arn).into());
+            options.push(format!("--role-session-name={}", self.session_name).into());
+        }
+        options
+    }
+
+    /// The STS endpoint a pod's token is exchanged at, if the volume names one.
+    pub fn pod_sts_endpoint(&self) -> Option<String> {
+        let Credentials::Pod { .. } = self.credentials else {
+            return None;
+        };
+        self.options.iter().find_map(|o| {
+            o.to_string_lossy()
+                .strip_prefix("--sts-endpoint-url=")
+                .map(str::to_string)
+        })
+    }
+
+    /// What makes two publishes of a target the same volume: everything but the
+    /// secrets and the token, which may change between republishes.
+    pub fn fingerprint(&self) -> String {
+        let role = match &self.credentials {
+            Credentials::Secret { keys, role } => format!(
+                "secret keys={} role={}",
+                keys.as_ref().map_or("", |k| &k.access_key_id),
+                role.as_ref().map_or("", |r| &r.arn)
+            ),
+            Credentials::Pod { role_arn, .. } => format!("pod role={role_arn}"),
+        };
+        format!(
+            "{}\n{}\n{}\n{:?}\n{role}",
+            self.volume_id, self.source, self.read_write, self.options
+        )
+    }
+}
+
+/// Checks `request` and says what to mount. `known` answers for an option name
+/// of `s3vol mount` whether it takes a value (`None`: no such option).
+pub fn parse(
+    request: &NodePublishVolumeRequest,
+    known: impl Fn(&str) -> Option<bool>,
+) -> Result<Publish, Invalid> {
+    let invalid = |message: String| Err(Invalid(message));
+    if request.volume_id.is_empty() {
+        return invalid("volume_id is missing".into());
+    }
+    if request.target_path.is_empty() {
+        return invalid("target_path is missing".into());
+    }
+    let target = PathBuf::from(&request.target_path);
+    if !target.is_absolute() {
+        return invalid(format!(
+            "target_path {:?} is not an absolute path",
+            request.target_path
+        ));
+    }
+    let mut read_write = read_write(request)?;
+    let context = &request.volume_context;
+    let Some(source) = context.get(BUCKET).filter(|b| !b.is_empty()) else {
+        return invalid(format!(
+            "volume_context has no {BUCKET}: set volumeAttributes.{BUCKET} to BUCKET or \
+             BUCKET/PREFIX"
+        ));
+    };
+    crate::cli::parse::parse_source(source)
+        .map_err(|e| Invalid(format!("volume_context {BUCKET} {source:?}: {e}")))?;
+
+    // Options: volume_context first, then the PV's mountOptions.
+    let mut options = Vec::new();
+    let mut session_name = None;
+    let reserved = [BUCKET, AUTHENTICATION_SOURCE, TOKEN_AUDIENCE, ROLE_ARN];
+    let sorted: BTreeMap<&String, &String> = context.iter().collect();
+    for (key, value) in sorted {
+        if reserved.contains(&key.as_str()) || key.starts_with(KUBERNETES_PREFIX) {
+            continue;
+        }
+        let option = option(&format!("volume_context {key}"), key, Some(value), &known)?;
+        match option {
+            Some((name, value)) if name == "role-session-name" => session_name = value,
+            Some((name, value)) => push(&mut options, &name, value),
+            None => {}
+        }
+    }
+    if let Some(AccessType::Mount(mount)) = request
+        .volume_capability
+        .as_ref()
+        .and_then(|c| c.access_type.as_ref())
+    {
+        for flag in &mount.mount_flags {
+            let list = options::split(flag)
+                .map_err(|e| Invalid(format!("volume_capability mount_flags: {e}")))?;
+            for (name, value) in list {
+                // What mount(8) would make of them: "ro" makes the volume
+                // read-only; "rw" is every mount's default and says nothing.
+                match name.as_str() {
+                    "ro" => read_write = false,
+                    "rw" => {}
+                    _ => {
+                        let field = format!("mount option {name}");
+                        match option(&field, &name, value.as_ref(), &known)? {
+                            Some((name, value)) if name == "role-session-name" => {
+                                session_name = value
+                            }
+                            Some((name, value)) => push(&mut options, &name, value),
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let credentials = credentials(context, &request.secrets)?;
+    let session_name = session_name.unwrap_or_else(|| pod_session_name(context));
+    Ok(Publish {
+        volume_id: request.volume_id.clone(),
+        target,
+        source: source.clone(),
+        read_write,
+        options,
+        session_name,
+        credentials,
+    })
+}
+
+fn push(options: &mut Vec<OsString>, name: &str, value: Option<String>) {
+    options.push(match value {
+        Some(value) => format!("--{name}={value}").into(),
+        None => format!("--{name}").into(),
+    });
+}
+
+/// One option, checked: `Ok(None)` for mount(8)'s generic options, which mean
+/// nothing here.
+fn option(
+    field: &str,
+    key: &str,
+    value: Option<&String>,
+    known: &impl Fn(&str) -> Option<bool>,
+) -> Result<Option<(String, Option<String>)>, Invalid> {
+    let name = key.replace('_', "-");
+    if let Some(why) = refused_because(&name) {
+        return Err(Invalid(format!("{field} is not accepted: {why}")));
+    }
+    if ["defaults", "nodev", "nosuid", "noatime", "relatime"].contains(&name.as_str()) {
+        return Ok(None);
+    }
+    let Some(takes_value) = known(&name).filter(|_| ALLOWED.contains(&name.as_str())) else {
+        return Err(Invalid(format!(
+            "{field} is not an s3vol volume option; the options are {}",
+            ALLOWED.join(", ").replace('-', "_")
+        )));
+    };
+    match (takes_value, value) {
+        (true, Some(value)) if !value.is_empty() => Ok(Some((name, Some(value.clone())))),
+        (true, _) => Err(Invalid(format!("{field} needs a value"))),
+        // A flag given in volume_context as "true"/"false".
+        (false, None) => Ok(Some((name, None))),
+        (false, Some(value)) => match value.as_str() {
+            "true" | "" => Ok(Some((name, None))),
+            "false" => Ok(None),
+            _ => Err(Invalid(format!(
+                "{field} is a flag: give it \"true\" or \"false\", not {value:?}"
+            ))),
+        },
+    }
+}
+
+/// Read-write for the writer access modes, unless the publish is read-only.
+fn read_write(request: &NodePublishVolumeRequest) -> Result<bool, Invalid> {
+    let Some(capability) = &request.volume_capability else {
+        return Err(Invalid("volume_capability is missing".into()));
+    };
+    match &capability.access_type {
+        Some(AccessType::Mount(mount)) => {
+            if !matches!(mount.fs_type.as_str(), "" | "s3vol" | "fuse.s3vol") {
+                return Err(Invalid(format!(
+                    "volume_capability fs_type {:?}: s3vol volumes are s3vol filesystems; \
+                     leave fsType out",
+                    mount.fs_type
+                )));
+            }
+        }
+        Some(AccessType::Block(_)) => {
+            return Err(Invalid(
+                "volume_capability block: an s3vol volume is a filesystem; use volumeMode: \
+                 Filesystem"
+                    .into(),
+            ));
+        }
+        None => return Err(Invalid("volume_capability access_type is missing".into())),
+    }
+    let mode = capability
+        .access_mode
+        .as_ref()
+        .and_then(|m| Mode::try_from(m.mode).ok())
+        .unwrap_or(Mode::Unknown);
+    let writer = match mode {
+        Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly => false,
+        Mode::SingleNodeWriter
+        | Mode::SingleNodeSingleWriter
+        | Mode::SingleNodeMultiWriter
+        | Mode::MultiNodeSingleWriter
+        | Mode::MultiNodeMultiWriter => true,
+        Mode::Unknown => {
+            return Err(Invalid(
+                "volume_capability access_mode is missing or unknown".into(),
+            ));
+        }
+    };
+    Ok(writer && !request.readonly)
+}
+
+fn credentials(
+    context: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+) -> Result<Credentials, Invalid> {
+    const KNOWN: &[&str] = &[
+        ROLE_ARN,
+        "external_id",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+    ];
+    if let Some(unknown) = secrets.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(Invalid(format!(
+            "the node-publish Secret has a key {unknown:?} s3vol does not use; its keys are {}",
+            KNOWN.join(", ")
+        )));
+    }
+    let secret = |key: &str| secrets.get(key).filter(|v| !v.is_empty());
+    let role_arn = match (context.get(ROLE_ARN), secret(ROLE_ARN)) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Invalid(format!(
+                "volume_context {ROLE_ARN} and the Secret's {ROLE_ARN} name different roles; \
+                 give it in one place"
+            )));
+        }
+        (Some(arn), _) | (None, Some(arn)) => Some(arn.clone()),
+        (None, None) => None,
+    };
+    if let Some(arn) = &role_arn {
+        crate::cli::parse::parse_role_arn(arn)
+            .map_err(|e| Invalid(format!("{ROLE_ARN} {arn:?}: {e}")))?;
+    }
+    let external_id = secret("external_id")
+        .map(|id| {
+            crate::cli::parse::parse_external_id(id)
+                .map_err(|e| Invalid(format!("the Secret's external_id: {e}")))
+        })
+        .transpose()?;
+    match context.get(AUTHENTICATION_SOURCE).map(String::as_str) {
+        None | Some("secret") => {
+            let keys = match (secret("access_key_id"), secret("secret_access_key")) {
+                (Some(id), Some(key)) => Some(StaticKeys {
+                    access_key_id: id.clone(),
+                    secret_access_key: Secret::new(key.clone()),
+                    session_token: secret("session_token").map(|t| Secret::new(t.clone())),
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(Invalid(
+                        "the Secret has only one of access_key_id and secret_access_key; \
+                         give both or neither"
+                            .into(),
+                    ));
+                }
+            };
+            if external_id.is_some() && role_arn.is_none() {
+                return Err(Invalid(format!(
+                    "the Secret has an external_id but no {ROLE_ARN}: name the role it is for"
+                )));
+            }
+            let role = role_arn.map(|arn| Role { arn, external_id });
+            Ok(Credentials::Secret { keys, role })
+        }
+        Some("pod") => {
+            let Some(role_arn) = role_arn else {
+                return Err(Invalid(format!(
+                    "authentication_source pod needs {ROLE_ARN} (in volume_context or the \
+                     Secret): the role the pod's token is exchanged for"
+                )));
+            };
+            if external_id.is_some() || secret("access_key_id").is_some() {
+                return Err(Invalid(
+                    "authentication_source pod takes the pod's token, not an external_id or \
+                     keys from the Secret; leave them out or use authentication_source secret"
+                        .into(),
+                ));
+            }
+            let audience = context
+                .get(TOKEN_AUDIENCE)
+                .map_or(DEFAULT_AUDIENCE, String::as_str);
+            let token = pod_token(context, audience)?;
+            Ok(Credentials::Pod { role_arn, token })
+        }
+        Some(other) => Err(Invalid(format!(
+            "volume_context {AUTHENTICATION_SOURCE} {other:?}: use \"secret\" or \"pod\""
+        ))),
+    }
+}
+
+/// The pod's token for `audience`, from what kubelet adds when the CSIDriver
+/// asks for tokens: `{"AUDIENCE": {"token": "...", "expirationTimestamp": "..."}}`.
+fn pod_token(context: &HashMap<String, String>, audience: &str) -> Result<Secret, Invalid> {
+    let Some(tokens) = context.get(TOKENS) else {
+        return Err(Invalid(format!(
+            "volume_context has no {TOKENS}: the CSIDriver object must list audience \
+             {audience:?} under tokenRequests (deploy/kubernetes/csidriver.yaml does)"
+        )));
+    };
+    let parsed: serde_json::Value = serde_json::from_str(tokens)
+        .map_err(|e| Invalid(format!("volume_context {TOKENS} is not JSON: {e}")))?;
+    parsed
+        .get(audience)
+        .and_then(|t| t.get("token"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+        .ok_or_else(|| {
+            Invalid(format!(
+                "volume_context {TOKENS} has no token for audience {audience:?}: add it to \
+                 the CSIDriver's tokenRequests, or set {TOKEN_AUDIENCE}"
+            ))
+        })
+}
+
+/// `s3vol-NAMESPACE-POD` when kubelet says which pod (podInfoOnMount), so
+/// CloudTrail shows whose mount made a request; else the host's default.
+fn pod_session_name(context: &HashMap<String, String>) -> String {
+    let pod = context.get("csi.storage.k8s.io/pod.name");
+    let namespace = context.get("csi.storage.k8s.io/pod.namespace");
+    match (namespace, pod) {
+        (Some(namespace), Some(pod)) => {
+            crate::auth::session_name(&format!("s3vol-{namespace}-{pod}"))
+        }
+        _ => crate::auth::default_session_name(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csi::proto::VolumeCapability;
+    use crate::csi::proto::volume_capability::{AccessMode, MountVolume};
+
+    const ROLE: &str = "arn:aws:iam::123456789012:role/customer";
+
+    /// volume_context or secrets, as written in a test.
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    fn request(
+        mode: Mode,
+        context: &[(&str, &str)],
+        secrets: &[(&str, &str)],
+    ) -> NodePublishVolumeRequest {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        NodePublishVolumeRequest {
+            volume_id: "customer-a".into(),
+            target_path: "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/a/mount".into(),
+            volume_capability: Some(VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume::default())),
+                access_mode: Some(AccessMode { mode: mode as i32 }),
+            }),
+            volume_context: map(context),
+            secrets: map(secrets),
+            ..Default::default()
+        }
+    }
+
+    fn parsed(request: &NodePublishVolumeRequest) -> Result<Publish, Invalid> {
+        parse(request, crate::cli::mount_option)
+    }
+
+    fn refusal(request: &NodePublishVolumeRequest) -> String {
+        parsed(request).unwrap_err().0
+    }
+
+    #[test]
+    fn a_volume_with_a_role_and_options_becomes_mount_arguments() {
+        let req = request(
+            Mode::SingleNodeWriter,
+            &[
+                ("bucket", "vol/root"),
+                ("metadata_ttl", "10s"),
+                ("no_cache", "true"),
+                ("no_metadata", "false"),
+                ("csi.storage.k8s.io/pod.name", "web-0"),
+                ("csi.storage.k8s.io/pod.namespace", "team a"),
+            ],
+            &[("role_arn", ROLE), ("external_id", "id-1")],
+        );
+        let publish = parsed(&req).unwrap();
+        assert_eq!(publish.source, "vol/root");
+        assert!(publish.read_write);
+        assert_eq!(publish.options, ["--metadata-ttl=10s", "--no-cache"]);
+        assert_eq!(publish.session_name, "s3vol-team-a-web-0");
+        assert_eq!(
+            publish.credentials,
+            Credentials::Secret {
+                keys: None,
+                role: Some(Role {
+                    arn: ROLE.into(),
+                    external_id: Some(Secret::new("id-1")),
+                }),
+            }
+        );
+        // Neither the external ID nor any secret is in what is compared or shown.
+        assert!(!publish.fingerprint().contains("id-1"));
+        assert!(!format!("{req:?}").contains("id-1"));
+        assert!(!format!("{publish:?}").contains("id-1"));
+    }
+
+    #[test]
+    fn the_access_mode_and_readonly_decide_the_mode() {
+        let rw = |mode, readonly, flags: &[&str]| {
+            let mut req = request(mode, &[("bucket", "vol")], &[]);
+            req.readonly = readonly;
+            if let Some(AccessType::Mount(m)) = req
+                .volume_capability
+                .as_mut()
+                .and_then(|c| c.access_type.as_mut())
+            {
+                m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
+            }
+            parsed(&req).unwrap().read_write
+        };
+        assert!(rw(Mode::SingleNodeWriter, false, &[]));
+        assert!(rw(Mode::MultiNodeMultiWriter, false, &["rw"]));
+        assert!(!rw(Mode::MultiNodeMultiWriter, true, &[]));
+        assert!(!rw(Mode::MultiNodeReaderOnly, false, &[]));
+        assert!(!rw(Mode::SingleNodeWriter, false, &["ro"]));
+        let err = refusal(&request(Mode::Unknown, &[("bucket", "vol")], &[]));
+        assert!(err.contains("access_mode"), "{err}");
+    }
+
+    #[test]
+    fn mount_flags_are_options_too() {
+        let mut req = request(Mode::MultiNodeReaderOnly, &[("bucket", "vol")], &[]);
+        if let Some(AccessType::Mount(m)) = req
+            .volume_capability
+            .as_mut()
+            .and_then(|c| c.access_type.as_mut())
+        {
+            m.mount_flags = vec!["uid=1000,gid=1000".into(), "noatime".into()];
+        }
+        assert_eq!(parsed(&req).unwrap().options, ["--uid=1000", "--gid=1000"]);
+    }
+
+    #[test]
+    fn each_refusal_names_the_field() {
+        let cases: &[(Pairs, Pairs, &str)] = &[
+            (&[], &[], "volume_context has no bucket"),
+            (&[("bucket", "")], &[], "volume_context has no bucket"),
+            (&[("bucket", "Bad_Bucket!")], &[], "volume_context bucket"),
+            (
+                &[("bucket", "vol"), ("colour", "blue")],
+                &[],
+                "volume_context colour",
+            ),
+            (
+                &[("bucket", "vol"), ("external_id", "x")],
+                &[],
+                "node-publish Secret",
+            ),
+            (
+                &[("bucket", "vol"), ("read_write", "true")],
+                &[],
+                "access mode decides",
+            ),
+            (
+                &[("bucket", "vol"), ("cache_dir", "/tmp")],
+                &[],
+                "driver decides",
+            ),
+            (
+                &[("bucket", "vol"), ("metadata_ttl", "")],
+                &[],
+                "needs a value",
+            ),
+            (&[("bucket", "vol"), ("no_cache", "yes")], &[], "is a flag"),
+            (
+                &[("bucket", "vol")],
+                &[("external_id", "id-1")],
+                "no role_arn",
+            ),
+            (
+                &[("bucket", "vol")],
+                &[("role_arn", "nope")],
+                "role_arn \"nope\"",
+            ),
+            (
+                &[("bucket", "vol")],
+                &[("access_key_id", "AK")],
+                "only one of",
+            ),
+            (
+                &[("bucket", "vol")],
+                &[("password", "x")],
+                "key \"password\"",
+            ),
+            (
+                &[("bucket", "vol"), ("role_arn", ROLE)],
+                &[("role_arn", "arn:aws:iam::123456789012:role/other")],
+                "different roles",
+            ),
+            (
+                &[("bucket", "vol"), ("authentication_source", "node")],
+                &[],
+                "authentication_source \"node\"",
+            ),
+            (
+                &[("bucket", "vol"), ("authentication_source", "pod")],
+                &[],
+                "needs role_arn",
+            ),
+            (
+                &[
+                    ("bucket", "vol"),
+                    ("authentication_source", "pod"),
+                    ("role_arn", ROLE),
+                ],
+                &[],
+                "tokenRequests",
+            ),
+        ];
+        for (context, secrets, expected) in cases {
+            let err = refusal(&request(Mode::SingleNodeWriter, context, secrets));
+            assert!(err.contains(expected), "{context:?} {secrets:?}: {err}");
+            for (_, value) in secrets.iter() {
+                if value.len() > 2 && !expected.contains(value) {
+                    assert!(!err.contains(value), "a secret in {err}");
+                }
+            }
+        }
+        let mut block = request(Mode::SingleNodeWriter, &[("bucket", "vol")], &[]);
+        block.volume_capability.as_mut().unwrap().access_type =
+            Some(AccessType::Block(Default::default()));
+        assert!(refusal(&block).contains("volumeMode: Filesystem"));
+    }
+
+    #[test]
+    fn a_pod_volume_takes_the_token_for_its_audience() {
+        let tokens = r#"{"sts.amazonaws.com":{"token":"jwt-1","expirationTimestamp":"2026-12-01T10:00:00Z"},"other":{"token":"jwt-2"}}"#;
+        let context = [
+            ("bucket", "vol"),
+            ("authentication_source", "pod"),
+            ("role_arn", ROLE),
+            ("csi.storage.k8s.io/serviceAccount.tokens", tokens),
+        ];
+        let publish = parsed(&request(Mode::SingleNodeWriter, &context, &[])).unwrap();
+        assert_eq!(
+            publish.credentials,
+            Credentials::Pod {
+                role_arn: ROLE.into(),
+                token: Secret::new("jwt-1")
+            }
+        );
+        let mut other = context.to_vec();
+        other.push(("token_audience", "other"));
+        let publish = parsed(&request(Mode::SingleNodeWriter, &other, &[])).unwrap();
+        assert!(
+            matches!(publish.credentials, Credentials::Pod { token, .. } if token.expose() == "jwt-2")
+        );
+        // A new token is the same volume.
+        let renewed = tokens.replace("jwt-1", "jwt-3");
+        let mut again = context.to_vec();
+        again[3].1 = &renewed;
+        let republished = parsed(&request(Mode::SingleNodeWriter, &again, &[])).unwrap();
+        let first = parsed(&request(Mode::SingleNodeWriter, &context, &[])).unwrap();
+        assert_eq!(first.fingerprint(), republished.fingerprint());
+    }
+}

@@ -1,0 +1,106 @@
+//! The CSI Identity and Node services, over the volumes this node serves.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::proto::identity_server::Identity;
+use super::proto::node_server::Node;
+use super::proto::*;
+use super::request;
+use super::volumes::Volumes;
+
+/// The driver's name: the CSIDriver object and the PVs' `csi.driver` say it.
+pub const DRIVER_NAME: &str = "csi.s3vol.io";
+
+pub struct Plugin {
+    pub node_id: String,
+    pub volumes: Arc<Volumes>,
+}
+
+#[tonic::async_trait]
+impl Identity for Arc<Plugin> {
+    async fn get_plugin_info(
+        &self,
+        _: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
+        Ok(Response::new(GetPluginInfoResponse {
+            name: DRIVER_NAME.into(),
+            vendor_version: env!("CARGO_PKG_VERSION").into(),
+            manifest: Default::default(),
+        }))
+    }
+
+    /// No controller service: volumes are buckets that exist already, named by
+    /// static PersistentVolumes.
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+        Ok(Response::new(GetPluginCapabilitiesResponse::default()))
+    }
+
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse { ready: Some(true) }))
+    }
+}
+
+#[tonic::async_trait]
+impl Node for Arc<Plugin> {
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let request = request.into_inner();
+        let publish = request::parse(&request, crate::cli::mount_option)
+            .map_err(|request::Invalid(why)| Status::invalid_argument(why))?;
+        // The option values are checked by the mount's own parser, so a bad one
+        // is refused here with its name rather than by the daemon.
+        crate::cli::check_mount_options(&publish.mount_options())
+            .map_err(Status::invalid_argument)?;
+        info!(volume = %publish.volume_id, target = %publish.target.display(),
+              source = %publish.source, read_write = publish.read_write, "publish");
+        let result = self.volumes.publish(publish).await;
+        if let Err(status) = &result {
+            warn!(volume = %request.volume_id, code = ?status.code(), "publish failed: {}",
+                  status.message());
+        }
+        result.map(|()| Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let request = request.into_inner();
+        if request.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is missing"));
+        }
+        if request.target_path.is_empty() {
+            return Err(Status::invalid_argument("target_path is missing"));
+        }
+        let target = std::path::PathBuf::from(&request.target_path);
+        info!(volume = %request.volume_id, target = %target.display(), "unpublish");
+        self.volumes.unpublish(&target).await?;
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(NodeGetCapabilitiesResponse::default()))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}

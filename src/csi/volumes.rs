@@ -1,0 +1,601 @@
+//! The volumes this node serves: one supervised `s3vol mount --foreground`
+//! daemon per published target, started with the volume's credentials and
+//! stopped the way a stop signal stops any volume.
+//!
+//! Secrets never reach a command line, an environment or a file on disk: the
+//! external ID and static keys are written to anonymous in-memory files
+//! (memfd, mode 0600) that the daemon inherits as descriptors and reads as
+//! `/dev/fd/N`. A pod's service-account token, which changes at every
+//! republish, is kept in a file of the state directory (root's alone), which
+//! the daemon re-reads at each renewal.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::sync::watch;
+use tonic::Status;
+use tracing::{info, warn};
+
+use super::request::{Credentials, Publish, Role};
+use crate::auth::Secret;
+
+/// How the driver runs its volumes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The s3vol binary that serves each volume (this one).
+    pub program: PathBuf,
+    /// Root's directory for what a volume keeps while published (its token).
+    pub state_dir: PathBuf,
+    /// Passed to every volume as --cache-dir.
+    pub cache_dir: Option<PathBuf>,
+    /// How long a publish waits for the volume to be mounted.
+    pub mount_timeout: Duration,
+    /// How long an unpublish waits for the daemon to stop (it gives open files
+    /// a grace of 5 s, then aborts their uploads).
+    pub stop_timeout: Duration,
+}
+
+/// A daemon serving a published target.
+struct Daemon {
+    volume_id: String,
+    fingerprint: String,
+    pid: nix::unistd::Pid,
+    /// True once the daemon has exited.
+    exited: watch::Receiver<bool>,
+    token_file: Option<PathBuf>,
+}
+
+impl Daemon {
+    fn running(&self) -> bool {
+        !*self.exited.borrow()
+    }
+}
+
+/// What is mounted at a target path.
+enum AtTarget {
+    Nothing,
+    /// An s3vol volume that answers.
+    Live,
+    /// An s3vol volume whose daemon is gone ("Transport endpoint is not
+    /// connected").
+    Dead,
+    Other(String),
+}
+
+pub struct Volumes {
+    settings: Settings,
+    /// One slot per target path: publishes and unpublishes of a target run one
+    /// at a time, those of different targets side by side.
+    targets: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Daemon>>>>>,
+}
+
+impl Volumes {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, target: &Path) -> Arc<tokio::sync::Mutex<Option<Daemon>>> {
+        self.targets
+            .lock()
+            .unwrap()
+            .entry(target.to_path_buf())
+            .or_default()
+            .clone()
+    }
+
+    /// Mounts `publish` at its target, or finds it mounted already.
+    pub async fn publish(&self, publish: Publish) -> Result<(), Status> {
+        let slot = self.slot(&publish.target);
+        let mut daemon = slot.lock().await;
+        let target = &publish.target;
+        match at_target(target).await {
+            AtTarget::Live => match daemon.as_ref().filter(|d| d.running()) {
+                Some(d) if d.fingerprint == publish.fingerprint() => {
+                    // A republish: kubelet's periodic one brings a fresh token.
+                    if let (Some(file), Credentials::Pod { token, .. }) =
+                        (&d.token_file, &publish.credentials)
+                    {
+                        write_private(file, token.expose().as_bytes())
+                            .map_err(|e| Status::internal(format!("cannot keep the token: {e}")))?;
+                    }
+                    return Ok(());
+                }
+                Some(d) => {
+                    return Err(Status::already_exists(format!(
+                        "target_path {} already has volume {} published with other options; \
+                         unpublish it first",
+                        target.display(),
+                        d.volume_id
+                    )));
+                }
+                None => {
+                    // Mounted by a driver that ran before this one.
+                    warn!(
+                        target = %target.display(),
+                        "an s3vol volume this driver did not start is mounted here; taken as \
+                         the one published"
+                    );
+                    return Ok(());
+                }
+            },
+            AtTarget::Dead => {
+                warn!(target = %target.display(), "the volume's daemon is gone; mounting it again");
+                detach(target)?;
+            }
+            AtTarget::Other(fstype) => {
+                return Err(Status::failed_precondition(format!(
+                    "target_path {} has a {fstype} filesystem mounted on it",
+                    target.display()
+                )));
+            }
+            AtTarget::Nothing => {}
+        }
+        if let Some(old) = daemon.take() {
+            stop(&old, self.settings.stop_timeout).await;
+        }
+        match std::fs::create_dir(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && target.is_dir() => {}
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "cannot create target_path {}: {e}",
+                    target.display()
+                )));
+            }
+        }
+        *daemon = Some(self.start(&publish).await?);
+        Ok(())
+    }
+
+    /// Unmounts the target and removes it; a target with nothing mounted is
+    /// only removed.
+    pub async fn unpublish(&self, target: &Path) -> Result<(), Status> {
+        let slot = self.slot(target);
+        let mut daemon = slot.lock().await;
+        if let Some(running) = daemon.take() {
+            stop(&running, self.settings.stop_timeout).await;
+            if let Some(file) = &running.token_file {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        match at_target(target).await {
+            AtTarget::Nothing => {}
+            AtTarget::Live => {
+                // Not one of this driver's daemons: unmount it; with files still
+                // open, detach it, and its daemon ends once they are closed.
+                if nix::mount::umount(target).is_err() {
+                    detach(target)?;
+                }
+            }
+            AtTarget::Dead => detach(target)?,
+            AtTarget::Other(fstype) => {
+                return Err(Status::failed_precondition(format!(
+                    "target_path {} has a {fstype} filesystem mounted on it, not an s3vol volume",
+                    target.display()
+                )));
+            }
+        }
+        match std::fs::remove_dir(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "cannot remove target_path {}: {e}",
+                    target.display()
+                )));
+            }
+        }
+        drop(daemon);
+        self.targets.lock().unwrap().remove(target);
+        Ok(())
+    }
+
+    /// Stops every volume (the driver is stopping).
+    pub async fn stop_all(&self) {
+        let slots: Vec<_> = self.targets.lock().unwrap().values().cloned().collect();
+        let stops = slots.into_iter().map(|slot| async move {
+            if let Some(daemon) = slot.lock().await.take() {
+                stop(&daemon, self.settings.stop_timeout).await;
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    /// Starts the daemon for `publish` and waits until its volume is mounted.
+    async fn start(&self, publish: &Publish) -> Result<Daemon, Status> {
+        let mut launch = Launch::new(&self.settings, publish)?;
+        let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Status::internal(format!("cannot create a pipe: {e}")))?;
+        launch.pass(ready_write, "--ready-fd")?;
+        let mut child = launch.spawn()?;
+        let pid = nix::unistd::Pid::from_raw(child.id().unwrap_or_default() as i32);
+        let volume = publish.volume_id.clone();
+        if let Some(stderr) = child.stderr.take() {
+            let volume = volume.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    info!(volume = %volume, "{line}");
+                }
+            });
+        }
+        let (exited_tx, exited) = watch::channel(false);
+        {
+            let volume = volume.clone();
+            let target = publish.target.clone();
+            tokio::spawn(async move {
+                let status = child.wait().await;
+                info!(volume = %volume, target = %target.display(), ?status, "volume daemon exited");
+                let _ = exited_tx.send(true);
+            });
+        }
+        let daemon = Daemon {
+            volume_id: volume,
+            fingerprint: publish.fingerprint(),
+            pid,
+            exited,
+            token_file: launch.token_file.clone(),
+        };
+        drop(launch);
+        let answer = async {
+            let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_read)?;
+            let mut answer = Vec::new();
+            pipe.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        let answer = match tokio::time::timeout(self.settings.mount_timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                stop(&daemon, self.settings.stop_timeout).await;
+                return Err(Status::internal(format!(
+                    "cannot hear from the volume: {e}"
+                )));
+            }
+            Err(_) => {
+                stop(&daemon, self.settings.stop_timeout).await;
+                return Err(Status::deadline_exceeded(format!(
+                    "the volume was not mounted within {:?}",
+                    self.settings.mount_timeout
+                )));
+            }
+        };
+        if answer == b"ready\n" {
+            info!(volume = %daemon.volume_id, target = %publish.target.display(), pid = %pid,
+                  read_write = publish.read_write, "published");
+            return Ok(daemon);
+        }
+        let message = String::from_utf8_lossy(&answer).trim().to_string();
+        if let Some(file) = &daemon.token_file {
+            let _ = std::fs::remove_file(file);
+        }
+        Err(failure_status(if message.is_empty() {
+            "the volume's daemon exited before the volume was mounted; see the driver's log"
+                .to_string()
+        } else {
+            message
+        }))
+    }
+}
+
+/// The gRPC answer to a mount's failure: a refusal of the credentials is
+/// PermissionDenied, a missing bucket NotFound, an unreachable endpoint
+/// Unavailable; the message is the one `s3vol mount` prints.
+fn failure_status(message: String) -> Status {
+    const DENIED: &[&str] = &[
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidClientTokenId",
+        "STS refused",
+    ];
+    if DENIED.iter().any(|code| message.contains(code)) {
+        Status::permission_denied(message)
+    } else if message.contains("NoSuchBucket") {
+        Status::not_found(message)
+    } else if message.contains("cannot reach") {
+        Status::unavailable(message)
+    } else {
+        Status::internal(message)
+    }
+}
+
+/// What the target holds. A stat of a live FUSE mount asks its daemon, so it
+/// runs off the runtime and is given up on after a while (a hung daemon is
+/// treated as dead).
+async fn at_target(target: &Path) -> AtTarget {
+    match crate::mountinfo::mounted_at(target) {
+        None => return AtTarget::Nothing,
+        Some(fstype) if fstype != "fuse.s3vol" => return AtTarget::Other(fstype),
+        Some(_) => {}
+    }
+    let path = target.to_path_buf();
+    let stat = tokio::task::spawn_blocking(move || std::fs::metadata(path));
+    match tokio::time::timeout(Duration::from_secs(10), stat).await {
+        Ok(Ok(Ok(_))) => AtTarget::Live,
+        _ => AtTarget::Dead,
+    }
+}
+
+/// Detaches whatever is mounted at `target` (a dead daemon's mount, or one with
+/// files open).
+fn detach(target: &Path) -> Result<(), Status> {
+    nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| Status::internal(format!("cannot unmount {}: {e}", target.display())))
+}
+
+/// Stops a daemon as a stop signal does (unmount; files still open get a grace,
+/// then their uploads are aborted), and kills it if it has not exited within
+/// `limit`.
+async fn stop(daemon: &Daemon, limit: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    if !daemon.running() {
+        return;
+    }
+    let _ = kill(daemon.pid, Signal::SIGTERM);
+    let mut exited = daemon.exited.clone();
+    if tokio::time::timeout(limit, exited.wait_for(|done| *done))
+        .await
+        .is_err()
+    {
+        warn!(volume = %daemon.volume_id, pid = %daemon.pid,
+              "the volume's daemon did not stop within {limit:?}; killing it");
+        let _ = kill(daemon.pid, Signal::SIGKILL);
+        let _ = exited.wait_for(|done| *done).await;
+    }
+}
+
+/// The command line, environment and inherited descriptors of one daemon.
+struct Launch {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(&'static str, OsString)>,
+    clear_credentials: bool,
+    /// Descriptors the daemon inherits, each at its number there.
+    passed: Vec<(OwnedFd, RawFd)>,
+    token_file: Option<PathBuf>,
+}
+
+/// The environment that would point the daemon at credentials other than the
+/// volume's own.
+const CREDENTIAL_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+];
+
+impl Launch {
+    fn new(settings: &Settings, publish: &Publish) -> Result<Self, Status> {
+        let mut launch = Launch {
+            program: settings.program.clone(),
+            args: vec![
+                "mount".into(),
+                publish.source.clone().into(),
+                publish.target.clone().into(),
+                "--foreground".into(),
+                // The pod's users are not the driver's.
+                "--allow-other".into(),
+            ],
+            env: Vec::new(),
+            clear_credentials: false,
+            passed: Vec::new(),
+            token_file: None,
+        };
+        if publish.read_write {
+            launch.args.push("--read-write".into());
+        }
+        if let Some(dir) = &settings.cache_dir {
+            launch.args.push("--cache-dir".into());
+            launch.args.push(dir.clone().into());
+        }
+        launch.args.extend(publish.mount_options());
+        match &publish.credentials {
+            Credentials::Secret { keys, role } => {
+                if let Some(keys) = keys {
+                    let mut file = format!(
+                        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                        keys.access_key_id,
+                        keys.secret_access_key.expose()
+                    );
+                    if let Some(token) = &keys.session_token {
+                        file.push_str(&format!("aws_session_token = {}\n", token.expose()));
+                    }
+                    let fd = launch.pass_secret(&Secret::new(file))?;
+                    launch.clear_credentials = true;
+                    launch.env.push(("AWS_SHARED_CREDENTIALS_FILE", fd.into()));
+                    launch.env.push(("AWS_CONFIG_FILE", "/dev/null".into()));
+                }
+                if let Some(Role {
+                    external_id: Some(id),
+                    ..
+                }) = role
+                {
+                    let fd = launch.pass_secret(id)?;
+                    launch.args.push("--external-id-file".into());
+                    launch.args.push(fd.into());
+                }
+            }
+            Credentials::Pod { role_arn, token } => {
+                let file = token_file(&settings.state_dir, &publish.target);
+                write_private(&file, token.expose().as_bytes()).map_err(|e| {
+                    Status::internal(format!(
+                        "cannot keep the pod's token in {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                launch.clear_credentials = true;
+                launch.env.push(("AWS_ROLE_ARN", role_arn.into()));
+                launch
+                    .env
+                    .push(("AWS_ROLE_SESSION_NAME", publish.session_name.clone().into()));
+                launch
+                    .env
+                    .push(("AWS_WEB_IDENTITY_TOKEN_FILE", file.clone().into()));
+                launch.env.push(("AWS_CONFIG_FILE", "/dev/null".into()));
+                launch
+                    .env
+                    .push(("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()));
+                if let Some(url) = publish.pod_sts_endpoint() {
+                    launch.env.push(("AWS_ENDPOINT_URL_STS", url.into()));
+                }
+                launch.token_file = Some(file);
+            }
+        }
+        Ok(launch)
+    }
+
+    /// The number the next passed descriptor gets in the daemon.
+    fn next_number(&self) -> RawFd {
+        3 + self.passed.len() as RawFd
+    }
+
+    /// Passes `fd` to the daemon and names its number there after `option`.
+    fn pass(&mut self, fd: OwnedFd, option: &str) -> Result<(), Status> {
+        let number = self.next_number();
+        self.args.push(format!("{option}={number}").into());
+        self.passed.push((fd, number));
+        Ok(())
+    }
+
+    /// Puts `secret` in an anonymous in-memory file only its owner may open,
+    /// passed to the daemon; returns its path there (`/dev/fd/N`).
+    fn pass_secret(&mut self, secret: &Secret) -> Result<String, Status> {
+        let failed = |e: std::io::Error| Status::internal(format!("cannot pass a secret: {e}"));
+        let fd =
+            nix::sys::memfd::memfd_create(c"s3vol-secret", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .map_err(|e| failed(e.into()))?;
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| failed(e.into()))?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(secret.expose().as_bytes()).map_err(failed)?;
+        let number = self.next_number();
+        self.passed.push((file.into(), number));
+        Ok(format!("/dev/fd/{number}"))
+    }
+
+    fn spawn(&mut self) -> Result<tokio::process::Child, Status> {
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if self.clear_credentials {
+            for name in CREDENTIAL_VARIABLES {
+                command.env_remove(name);
+            }
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // Each descriptor is first copied above the numbers it will take, so
+        // that moving one into place never overwrites another.
+        let mut moves = Vec::new();
+        for (fd, number) in &self.passed {
+            let high = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                .map_err(|e| Status::internal(format!("cannot pass a descriptor: {e}")))?;
+            // SAFETY: fcntl just returned this new descriptor, owned by no one else.
+            moves.push((unsafe { OwnedFd::from_raw_fd(high) }, *number));
+        }
+        let raw: Vec<(RawFd, RawFd)> = moves.iter().map(|(fd, n)| (fd.as_raw_fd(), *n)).collect();
+        // SAFETY: between fork and exec the child only calls dup2, which is
+        // async-signal-safe; the copies it moves are open in the parent until
+        // the spawn returns. dup2 leaves the new descriptor without close-on-exec.
+        unsafe {
+            command.pre_exec(move || {
+                for (fd, number) in &raw {
+                    if libc::dup2(*fd, *number) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| {
+            Status::internal(format!("cannot start {}: {e}", self.program.display()))
+        })?;
+        drop(moves);
+        Ok(child)
+    }
+}
+
+/// The file that keeps the token of the volume published at `target`.
+fn token_file(state_dir: &Path, target: &Path) -> PathBuf {
+    let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
+    state_dir.join(format!("{}.token", &hash.to_hex()[..32]))
+}
+
+/// Replaces `path` with `data`, readable by root only, atomically: the daemon
+/// reading it at a renewal sees the old token or the new one, never half.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_of_the_credentials_is_permission_denied() {
+        let cases = [
+            (
+                "AccessDenied: s3:ListBucket on vol",
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                "STS refused to let these credentials assume role arn:aws:iam::1:role/r",
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                "NoSuchBucket: the bucket vol does not exist",
+                tonic::Code::NotFound,
+            ),
+            ("cannot reach S3 at http://x", tonic::Code::Unavailable),
+            ("cannot mount at /t: busy", tonic::Code::Internal),
+        ];
+        for (message, code) in cases {
+            assert_eq!(failure_status(message.into()).code(), code, "{message}");
+        }
+    }
+
+    #[test]
+    fn the_token_file_is_root_s_alone_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = token_file(dir.path(), Path::new("/var/lib/kubelet/pods/x/mount"));
+        write_private(&file, b"one").unwrap();
+        write_private(&file, b"two").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"two");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
