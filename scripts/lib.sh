@@ -10,11 +10,13 @@ S3VOL_TOOLS="${S3VOL_TOOLS:-$HOME/.cache/s3vol-tools}"
 GARAGE_VERSION=2.5.0
 MOTO_VERSION=5.2.5
 PJDFSTEST_VERSION=0.2.2
+KUBERNETES_VALIDATE_VERSION=1.37.0
 GARAGE_BIN="$S3VOL_TOOLS/garage-$GARAGE_VERSION/bin/garage"
 PJDFSTEST_BIN="$S3VOL_TOOLS/pjdfstest-$PJDFSTEST_VERSION/bin/pjdfstest"
 MOTO_VENV="$S3VOL_TOOLS/moto-$MOTO_VERSION"
 MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 SYSTEMD_ROOTFS="$S3VOL_TOOLS/debian-bookworm-systemd"
+KUBERNETES_VALIDATE_VENV="$S3VOL_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 's3vol scripts: %s\n' "$*" >&2; exit 1; }
@@ -59,6 +61,16 @@ ensure_moto() {
     log "installing moto $MOTO_VERSION into $MOTO_VENV"
     python3 -m venv "$MOTO_VENV"
     "$MOTO_VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+}
+
+# Validates deploy/kubernetes/ against the Kubernetes API schemas it ships (no
+# cluster needed).
+ensure_kubernetes_validate() {
+    [ -x "$KUBERNETES_VALIDATE_VENV/bin/kubernetes-validate" ] && return 0
+    apt_install python3-venv
+    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $KUBERNETES_VALIDATE_VENV"
+    python3 -m venv "$KUBERNETES_VALIDATE_VENV"
+    "$KUBERNETES_VALIDATE_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 }
 
 ensure_pjdfstest() {

@@ -779,3 +779,149 @@ async fn a_daemon_killed_between_publish_and_unpublish_is_cleaned_and_remounted(
     assert!(!common::is_mounted(&target));
     assert!(!target.exists());
 }
+
+/// The manifests in deploy/kubernetes, as JSON documents.
+fn manifests() -> (Vec<PathBuf>, Vec<serde_json::Value>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let python = validator_dir().join("python");
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             for f in sys.argv[1:]:\n\
+             \x20   for d in yaml.safe_load_all(open(f)):\n\
+             \x20       print(json.dumps(d))",
+        ])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let documents = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (files, documents)
+}
+
+fn validator_dir() -> PathBuf {
+    common::tools_dir().join("kubernetes-validate-1.37.0/bin")
+}
+
+fn validate(files: &[PathBuf]) -> std::process::Output {
+    Command::new(validator_dir().join("kubernetes-validate"))
+        .args(["--strict", "--quiet"])
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+/// deploy/kubernetes against the Kubernetes API's schemas, strictly (an unknown
+/// field fails), and against the driver itself: its name, its socket, and each
+/// example volume's attributes, mount options and Secret as a publish takes them.
+#[test]
+#[ignore = "needs kubernetes-validate; run scripts/test.sh"]
+fn the_kubernetes_manifests_are_valid_and_fit_this_driver() {
+    use s3vol::csi::service::DRIVER_NAME;
+    let (files, documents) = manifests();
+    let out = validate(&files);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The check fails on a misspelt field.
+    let broken = tempfile::tempdir().unwrap();
+    let copy = broken.path().join("csidriver.yaml");
+    let text = std::fs::read_to_string(
+        files
+            .iter()
+            .find(|f| f.ends_with("csidriver.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&copy, text.replace("attachRequired", "attachRequird")).unwrap();
+    assert!(!validate(&[copy]).status.success());
+
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        documents.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    let driver = of_kind("CSIDriver");
+    assert_eq!(driver.len(), 1);
+    assert_eq!(driver[0]["metadata"]["name"], DRIVER_NAME);
+    assert_eq!(driver[0]["spec"]["attachRequired"], false);
+    let daemonset = serde_json::to_string(&of_kind("DaemonSet")).unwrap();
+    assert!(daemonset.contains(&format!("/var/lib/kubelet/plugins/{DRIVER_NAME}/csi.sock")));
+    assert!(daemonset.contains("unix:///csi/csi.sock"));
+
+    let volumes = of_kind("PersistentVolume");
+    assert!(volumes.len() >= 2);
+    for pv in volumes {
+        let spec = &pv["spec"];
+        assert_eq!(spec["csi"]["driver"], DRIVER_NAME);
+        let text = |v: &serde_json::Value| -> HashMap<String, String> {
+            v.as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut context = text(&spec["csi"]["volumeAttributes"]);
+        if context.get("authentication_source").map(String::as_str) == Some("pod") {
+            context.insert(
+                "csi.storage.k8s.io/serviceAccount.tokens".into(),
+                json!({"sts.amazonaws.com": {"token": "jwt"}}).to_string(),
+            );
+        }
+        let secrets = match spec["csi"]["nodePublishSecretRef"]["name"].as_str() {
+            Some(name) => {
+                let secret = of_kind("Secret")
+                    .into_iter()
+                    .find(|s| s["metadata"]["name"] == name)
+                    .unwrap_or_else(|| panic!("no Secret {name}"));
+                text(&secret["stringData"])
+            }
+            None => HashMap::new(),
+        };
+        let mode = match spec["accessModes"][0].as_str().unwrap() {
+            "ReadOnlyMany" => Mode::MultiNodeReaderOnly,
+            "ReadWriteMany" => Mode::MultiNodeMultiWriter,
+            _ => Mode::SingleNodeWriter,
+        };
+        let flags = spec["mountOptions"]
+            .as_array()
+            .map(|a| a.iter().map(|f| f.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        let request = NodePublishVolumeRequest {
+            volume_id: spec["csi"]["volumeHandle"].as_str().unwrap().into(),
+            target_path: "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/v/mount".into(),
+            volume_capability: Some(VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume {
+                    mount_flags: flags,
+                    ..Default::default()
+                })),
+                access_mode: Some(AccessMode { mode: mode as i32 }),
+            }),
+            volume_context: context,
+            secrets,
+            ..Default::default()
+        };
+        let publish = s3vol::csi::request::parse(&request, s3vol::cli::mount_option)
+            .unwrap_or_else(|e| panic!("{}: {}", pv["metadata"]["name"], e.0));
+        s3vol::cli::check_mount_options(&publish.mount_options())
+            .unwrap_or_else(|e| panic!("{}: {e}", pv["metadata"]["name"]));
+    }
+}
