@@ -107,8 +107,10 @@ impl Drop for Driver {
         if std::thread::panicking() {
             eprintln!("the plugin's log:\n{}", self.log_text());
         }
-        // SAFETY: kill(2) on the child this test started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            // SAFETY: kill(2) on the child this test started, not yet reaped.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(40) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -778,6 +780,57 @@ async fn a_daemon_killed_between_publish_and_unpublish_is_cleaned_and_remounted(
     unpublish(&mut node, "data", &target).await;
     assert!(!common::is_mounted(&target));
     assert!(!target.exists());
+
+    // A bucket that does not exist is NotFound, in the mount's words.
+    let mut missing = request.clone();
+    missing
+        .volume_context
+        .insert("bucket".into(), "no-such-bucket".into());
+    let status = publish(&mut node, missing).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("bucket 'no-such-bucket' does not exist")
+    );
+    assert!(!common::is_mounted(&target));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_stopping_driver_stops_its_volumes() {
+    let garage = Garage::new().await;
+    let mut driver = Driver::start(&garage.driver_env());
+    let mut node = driver.node().await;
+    let target = driver.target("pod-s");
+    let secrets = garage.secrets();
+    let request = publish_request(
+        "data",
+        &target,
+        Mode::SingleNodeWriter,
+        &garage.context(),
+        &secrets,
+    );
+    publish(&mut node, request).await.unwrap();
+    std::fs::write(target.join("before-stop.txt"), b"kept\n").unwrap();
+    let pid = common::daemon_pids(&target)[0];
+    // SAFETY: kill(2) on the driver this test started.
+    unsafe { libc::kill(driver.child.id() as i32, libc::SIGTERM) };
+    let status = driver.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", driver.log_text());
+    assert!(!common::is_mounted(&target));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || common::daemon_pids(&target).is_empty()
+    );
+    assert!(!driver.socket().exists());
+    assert_eq!(
+        garage
+            .server
+            .get("vol", "data/before-stop.txt")
+            .await
+            .as_deref(),
+        Some(&b"kept\n"[..])
+    );
 }
 
 /// The manifests in deploy/kubernetes, as JSON documents.

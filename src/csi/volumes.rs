@@ -300,7 +300,7 @@ fn failure_status(message: String) -> Status {
     ];
     if DENIED.iter().any(|code| message.contains(code)) {
         Status::permission_denied(message)
-    } else if message.contains("NoSuchBucket") {
+    } else if message.contains("NoSuchBucket") || message.contains("does not exist") {
         Status::not_found(message)
     } else if message.contains("cannot reach") {
         Status::unavailable(message)
