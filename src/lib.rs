@@ -10,7 +10,8 @@
 //! The control plane, on top: the binary's `main` dispatches to [`commands`] (one
 //! module per command) with plain values that [`cli`] parses; `s3vol mount` hands a
 //! [`config::MountConfig`] to the [`daemon`], which assembles a volume and serves it
-//! until it stops. [`auth`] (credentials, renewal) is a leaf.
+//! until it stops. [`auth`] (credentials, renewal) is a leaf. [`csi`] is the
+//! Kubernetes node plugin, which runs one such daemon per published volume.
 
 pub mod audit;
 pub mod auth;
