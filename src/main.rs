@@ -64,6 +64,7 @@ fn main() -> ExitCode {
             let config = s3vol::csi::CsiConfig {
                 socket: args.endpoint,
                 node_id: args.node_id,
+                allow_driver_credentials: args.allow_driver_credentials,
                 volumes: s3vol::csi::volumes::Settings {
                     program,
                     state_dir: args.state_dir,

@@ -356,6 +356,21 @@ async fn the_plugin_says_who_it_is_and_refuses_bad_publishes_by_field() {
             target.display()
         );
     }
+    // A volume with no credentials of its own would sign as the driver.
+    let request = publish_request(
+        "v",
+        &target,
+        Mode::SingleNodeWriter,
+        &[("bucket", "vol")],
+        &[],
+    );
+    let status = publish(&mut node, request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("--allow-driver-credentials"),
+        "{}",
+        status.message()
+    );
     let mut missing = publish_request("v", &target, Mode::SingleNodeWriter, &[], &[]);
     missing.volume_capability = None;
     let status = publish(&mut node, missing).await.unwrap_err();
@@ -691,24 +706,46 @@ impl Garage {
         env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
         env
     }
+
+    /// A driver with the volume vol/data published read-write for `pod`.
+    async fn published(&self, pod: &str) -> Published {
+        let driver = Driver::start(&self.driver_env());
+        let mut node = driver.node().await;
+        let target = driver.target(pod);
+        let request = publish_request(
+            "data",
+            &target,
+            Mode::SingleNodeWriter,
+            &self.context(),
+            &self.secrets(),
+        );
+        publish(&mut node, request.clone()).await.unwrap();
+        Published {
+            driver,
+            node,
+            target,
+            request,
+        }
+    }
+}
+
+struct Published {
+    driver: Driver,
+    node: NodeClient<Channel>,
+    target: PathBuf,
+    request: NodePublishVolumeRequest,
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn unpublish_with_a_file_open_stops_within_the_bound_and_leaves_no_parts() {
     let garage = Garage::new().await;
-    let driver = Driver::start(&garage.driver_env());
-    let mut node = driver.node().await;
-    let target = driver.target("pod-w");
-    let secrets = garage.secrets();
-    let request = publish_request(
-        "data",
-        &target,
-        Mode::SingleNodeWriter,
-        &garage.context(),
-        &secrets,
-    );
-    publish(&mut node, request.clone()).await.unwrap();
+    let Published {
+        driver,
+        mut node,
+        target,
+        ..
+    } = garage.published("pod-w").await;
     assert_eq!(std::fs::read(target.join("seed.txt")).unwrap(), b"seed\n");
     assert_eq!(
         exposed(&garage.server.secret_key, driver.dir.path()),
@@ -743,18 +780,13 @@ async fn unpublish_with_a_file_open_stops_within_the_bound_and_leaves_no_parts()
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn a_daemon_killed_between_publish_and_unpublish_is_cleaned_and_remounted() {
     let garage = Garage::new().await;
-    let driver = Driver::start(&garage.driver_env());
-    let mut node = driver.node().await;
-    let target = driver.target("pod-k");
-    let secrets = garage.secrets();
-    let request = publish_request(
-        "data",
-        &target,
-        Mode::SingleNodeWriter,
-        &garage.context(),
-        &secrets,
-    );
-    publish(&mut node, request.clone()).await.unwrap();
+    // The driver must outlive the test: bound, not dropped.
+    let Published {
+        driver: _driver,
+        mut node,
+        target,
+        request,
+    } = garage.published("pod-k").await;
     let kill = |target: &Path| {
         let pids = common::daemon_pids(target);
         assert_eq!(pids.len(), 1, "{pids:?}");
@@ -800,18 +832,9 @@ async fn a_daemon_killed_between_publish_and_unpublish_is_cleaned_and_remounted(
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn a_stopping_driver_stops_its_volumes() {
     let garage = Garage::new().await;
-    let mut driver = Driver::start(&garage.driver_env());
-    let mut node = driver.node().await;
-    let target = driver.target("pod-s");
-    let secrets = garage.secrets();
-    let request = publish_request(
-        "data",
-        &target,
-        Mode::SingleNodeWriter,
-        &garage.context(),
-        &secrets,
-    );
-    publish(&mut node, request).await.unwrap();
+    let Published {
+        mut driver, target, ..
+    } = garage.published("pod-s").await;
     std::fs::write(target.join("before-stop.txt"), b"kept\n").unwrap();
     let pid = common::daemon_pids(&target)[0];
     // SAFETY: kill(2) on the driver this test started.

@@ -79,6 +79,12 @@ pub struct CsiArgs {
     /// written), a subdirectory per volume; as `s3vol mount --cache-dir`.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Let a volume that names no role, keys or pod identity sign with the
+    /// driver's own credentials (the node's instance profile, the driver's
+    /// service account). Off by default: every volume on the node could then
+    /// reach whatever the driver may.
+    #[arg(long)]
+    pub allow_driver_credentials: bool,
     /// How long a publish waits for the volume to be mounted.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_ttl)]
     pub mount_timeout: Duration,

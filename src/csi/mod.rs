@@ -48,6 +48,8 @@ pub struct CsiConfig {
     /// The Unix socket to listen on.
     pub socket: PathBuf,
     pub node_id: String,
+    /// Volumes that name no credentials of their own may sign as the driver.
+    pub allow_driver_credentials: bool,
     pub volumes: volumes::Settings,
 }
 
@@ -60,6 +62,7 @@ pub async fn serve(config: CsiConfig) -> Result<(), String> {
     let plugin = Arc::new(service::Plugin {
         node_id: config.node_id.clone(),
         volumes: volumes.clone(),
+        allow_driver_credentials: config.allow_driver_credentials,
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;

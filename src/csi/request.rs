@@ -141,6 +141,17 @@ impl Publish {
         options
     }
 
+    /// Whether the volume signs with nothing of its own: the driver's identity.
+    pub fn uses_driver_credentials(&self) -> bool {
+        matches!(
+            self.credentials,
+            Credentials::Secret {
+                keys: None,
+                role: None
+            }
+        )
+    }
+
     /// The STS endpoint a pod's token is exchanged at, if the volume names one.
     pub fn pod_sts_endpoint(&self) -> Option<String> {
         let Credentials::Pod { .. } = self.credentials else {

@@ -17,6 +17,9 @@ pub const DRIVER_NAME: &str = "csi.s3vol.io";
 pub struct Plugin {
     pub node_id: String,
     pub volumes: Arc<Volumes>,
+    /// Whether a volume that names no role, keys or pod identity may sign
+    /// with the driver's own credentials.
+    pub allow_driver_credentials: bool,
 }
 
 #[tonic::async_trait]
@@ -59,6 +62,14 @@ impl Node for Arc<Plugin> {
         // is refused here with its name rather than by the daemon.
         crate::cli::check_mount_options(&publish.mount_options())
             .map_err(Status::invalid_argument)?;
+        if publish.uses_driver_credentials() && !self.allow_driver_credentials {
+            return Err(Status::invalid_argument(
+                "the volume names no role_arn, keys or authentication_source pod, so it would \
+                 sign with the driver's own credentials, which every volume on the node could \
+                 then use; give it its own in the node-publish Secret, or start s3vol csi with \
+                 --allow-driver-credentials",
+            ));
+        }
         info!(volume = %publish.volume_id, target = %publish.target.display(),
               source = %publish.source, read_write = publish.read_write, "publish");
         let result = self.volumes.publish(publish).await;

@@ -104,8 +104,7 @@ impl Volumes {
                     if let (Some(file), Credentials::Pod { token, .. }) =
                         (&d.token_file, &publish.credentials)
                     {
-                        write_private(file, token.expose().as_bytes())
-                            .map_err(|e| Status::internal(format!("cannot keep the token: {e}")))?;
+                        keep_token(file, token)?;
                     }
                     return Ok(());
                 }
@@ -118,12 +117,19 @@ impl Volumes {
                     )));
                 }
                 None => {
-                    // Mounted by a driver that ran before this one.
+                    // Mounted by a driver that ran before this one, whose daemon
+                    // reads the token from the same file.
                     warn!(
                         target = %target.display(),
                         "an s3vol volume this driver did not start is mounted here; taken as \
                          the one published"
                     );
+                    if let Credentials::Pod { token, .. } = &publish.credentials {
+                        let file = token_file(&self.settings.state_dir, target);
+                        if file.exists() {
+                            keep_token(&file, token)?;
+                        }
+                    }
                     return Ok(());
                 }
             },
@@ -195,7 +201,12 @@ impl Volumes {
             }
         }
         drop(daemon);
-        self.targets.lock().unwrap().remove(target);
+        // Forgotten unless another call for the target holds it (it took the
+        // slot from the map, under the map's lock, so this count is exact).
+        let mut targets = self.targets.lock().unwrap();
+        if Arc::strong_count(&slot) == 2 {
+            targets.remove(target);
+        }
         Ok(())
     }
 
@@ -437,12 +448,7 @@ impl Launch {
             }
             Credentials::Pod { role_arn, token } => {
                 let file = token_file(&settings.state_dir, &publish.target);
-                write_private(&file, token.expose().as_bytes()).map_err(|e| {
-                    Status::internal(format!(
-                        "cannot keep the pod's token in {}: {e}",
-                        file.display()
-                    ))
-                })?;
+                keep_token(&file, token)?;
                 launch.clear_credentials = true;
                 launch.env.push(("AWS_ROLE_ARN", role_arn.into()));
                 launch
@@ -541,6 +547,16 @@ impl Launch {
 fn token_file(state_dir: &Path, target: &Path) -> PathBuf {
     let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
     state_dir.join(format!("{}.token", &hash.to_hex()[..32]))
+}
+
+/// Keeps the pod's `token` in `file` for the daemon to read at its next renewal.
+fn keep_token(file: &Path, token: &Secret) -> Result<(), Status> {
+    write_private(file, token.expose().as_bytes()).map_err(|e| {
+        Status::internal(format!(
+            "cannot keep the pod's token in {}: {e}",
+            file.display()
+        ))
+    })
 }
 
 /// Replaces `path` with `data`, readable by root only, atomically: the daemon
