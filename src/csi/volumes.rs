@@ -2,12 +2,12 @@
 //! daemon per published target, started with the volume's credentials and
 //! stopped the way a stop signal stops any volume.
 //!
-//! Secrets never reach a command line, an environment or a file on disk: the
-//! external ID and static keys are written to anonymous in-memory files
-//! (memfd, mode 0600) that the daemon inherits as descriptors and reads as
-//! `/dev/fd/N`. A pod's service-account token, which changes at every
-//! republish, is kept in a file of the state directory (root's alone), which
-//! the daemon re-reads at each renewal.
+//! The external ID and static keys never reach a command line, an environment
+//! or a file: they are written to anonymous in-memory files (memfd, mode 0600)
+//! that the daemon inherits as descriptors and reads as `/dev/fd/N`. A pod's
+//! service-account token, which changes at every republish, is kept in a file
+//! of the state directory (root's alone), which the daemon re-reads at each
+//! renewal.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
