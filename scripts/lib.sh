@@ -11,12 +11,14 @@ GARAGE_VERSION=2.5.0
 MOTO_VERSION=5.2.5
 PJDFSTEST_VERSION=0.2.2
 KUBERNETES_VALIDATE_VERSION=1.37.0
+S3EC_VERSION=4.0.0
 GARAGE_BIN="$S3VOL_TOOLS/garage-$GARAGE_VERSION/bin/garage"
 PJDFSTEST_BIN="$S3VOL_TOOLS/pjdfstest-$PJDFSTEST_VERSION/bin/pjdfstest"
 MOTO_VENV="$S3VOL_TOOLS/moto-$MOTO_VERSION"
 MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 SYSTEMD_ROOTFS="$S3VOL_TOOLS/debian-bookworm-systemd"
 KUBERNETES_VALIDATE_VENV="$S3VOL_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+S3EC_VENV="$S3VOL_TOOLS/s3ec-$S3EC_VERSION"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 's3vol scripts: %s\n' "$*" >&2; exit 1; }
@@ -71,6 +73,16 @@ ensure_kubernetes_validate() {
     log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $KUBERNETES_VALIDATE_VENV"
     python3 -m venv "$KUBERNETES_VALIDATE_VENV"
     "$KUBERNETES_VALIDATE_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+}
+
+# AWS's S3 Encryption Client for Python, which client-side encrypted objects
+# must agree with (scripts/s3ec.py).
+ensure_s3_encryption_client() {
+    [ -x "$S3EC_VENV/bin/python" ] && "$S3EC_VENV/bin/python" -c "import s3_encryption" 2>/dev/null && return 0
+    apt_install python3-venv
+    log "installing amazon-s3-encryption-client-python $S3EC_VERSION into $S3EC_VENV"
+    python3 -m venv "$S3EC_VENV"
+    "$S3EC_VENV/bin/pip" install -q "amazon-s3-encryption-client-python==$S3EC_VERSION"
 }
 
 ensure_pjdfstest() {

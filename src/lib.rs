@@ -20,6 +20,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod cse;
 pub mod csi;
 pub mod daemon;
 pub mod fs;

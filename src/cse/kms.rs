@@ -1,0 +1,128 @@
+//! Data keys from KMS: a new one for each object written (GenerateDataKey),
+//! unwrapped once per object opened (Decrypt), each bound to its encryption
+//! context. The plaintext key is held zeroed-on-drop and never printed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use zeroize::Zeroizing;
+
+/// A KMS key and the client that reaches it with the volume's credentials.
+#[derive(Clone, Debug)]
+pub struct Kms {
+    client: aws_sdk_kms::Client,
+    key_id: String,
+}
+
+/// A data key: in clear, and as KMS wrapped it.
+pub struct DataKey {
+    pub plaintext: Zeroizing<[u8; 32]>,
+    pub wrapped: Vec<u8>,
+}
+
+/// Why KMS gave no key: its error code and message, or what it sent instead.
+#[derive(Debug, thiserror::Error)]
+#[error("KMS {operation} with key {key_id}: {reason}")]
+pub struct KmsError {
+    pub operation: &'static str,
+    pub key_id: String,
+    pub reason: String,
+}
+
+impl Kms {
+    pub fn new(client: aws_sdk_kms::Client, key_id: impl Into<String>) -> Self {
+        Kms {
+            client,
+            key_id: key_id.into(),
+        }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    fn error(&self, operation: &'static str, reason: String) -> KmsError {
+        KmsError {
+            operation,
+            key_id: self.key_id.clone(),
+            reason,
+        }
+    }
+
+    /// A new 256-bit data key bound to `context`.
+    pub async fn generate(&self, context: &BTreeMap<String, String>) -> Result<DataKey, KmsError> {
+        let answer = self
+            .client
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+            .set_encryption_context(Some(to_hash_map(context)))
+            .send()
+            .await
+            .map_err(|e| self.error("GenerateDataKey", explain(&e)))?;
+        let plaintext = answer
+            .plaintext()
+            .ok_or_else(|| self.error("GenerateDataKey", "the answer has no key".into()))?;
+        let wrapped = answer
+            .ciphertext_blob()
+            .ok_or_else(|| self.error("GenerateDataKey", "the answer has no wrapped key".into()))?;
+        Ok(DataKey {
+            plaintext: self.key_of("GenerateDataKey", plaintext.as_ref())?,
+            wrapped: wrapped.as_ref().to_vec(),
+        })
+    }
+
+    /// The data key `wrapped` under `context`, unwrapped.
+    pub async fn unwrap(
+        &self,
+        wrapped: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<Zeroizing<[u8; 32]>, KmsError> {
+        let answer = self
+            .client
+            .decrypt()
+            .key_id(&self.key_id)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(wrapped))
+            .set_encryption_context(Some(to_hash_map(context)))
+            .send()
+            .await
+            .map_err(|e| self.error("Decrypt", explain(&e)))?;
+        let plaintext = answer
+            .plaintext()
+            .ok_or_else(|| self.error("Decrypt", "the answer has no key".into()))?;
+        self.key_of("Decrypt", plaintext.as_ref())
+    }
+
+    fn key_of(
+        &self,
+        operation: &'static str,
+        bytes: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, KmsError> {
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            self.error(
+                operation,
+                format!("the key is {} bytes, not 32", bytes.len()),
+            )
+        })?;
+        Ok(Zeroizing::new(key))
+    }
+}
+
+fn to_hash_map(context: &BTreeMap<String, String>) -> HashMap<String, String> {
+    context
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// KMS's error code and message, never the request (which holds no key, but
+/// the wrapped one).
+fn explain<E>(e: &E) -> String
+where
+    E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => crate::logging::error_chain(e),
+    }
+}
