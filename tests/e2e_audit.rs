@@ -101,6 +101,77 @@ async fn each_operation_is_a_line_naming_the_command_that_asked() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// A change uploaded at the file's last release (its opener closed before the
+/// change was made, by a child it forked, whose close publishes nothing) is
+/// recorded as the writer's: the release carries no caller of its own.
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_change_uploaded_at_the_last_release_names_its_writer() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    server
+        .put(BUCKET, "data/shared.txt", b"before\n".to_vec())
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let vol = Mount::new(
+        &server,
+        "vol/data",
+        &["--read-write", "--audit-log", log.to_str().unwrap()],
+    );
+    // The parent opens the file and closes it unchanged; then its child,
+    // which inherited the descriptor, writes and closes it.
+    let script = "import os, sys\n\
+        fd = os.open(sys.argv[1], os.O_WRONLY)\n\
+        r, w = os.pipe()\n\
+        pid = os.fork()\n\
+        if pid == 0:\n\
+        \x20   os.close(w)\n\
+        \x20   os.read(r, 1)\n\
+        \x20   os.write(fd, b'after!\\n')\n\
+        \x20   os.close(fd)\n\
+        \x20   os._exit(0)\n\
+        os.close(fd)\n\
+        os.write(w, b'x')\n\
+        os.waitpid(pid, 0)\n\
+        print(pid)\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(vol.path().join("shared.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || { lines(&log).iter().any(|l| l["op"] == "write") }
+    ));
+    // truncate(2) of a file no one has open is uploaded at once, by its caller.
+    let status = Command::new("python3")
+        .args(["-c", "import os, sys; os.truncate(sys.argv[1], 3)"])
+        .arg(vol.path().join("shared.txt"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    common::unmount(vol.path());
+    assert_eq!(
+        server.get(BUCKET, "data/shared.txt").await.as_deref(),
+        Some(&b"aft"[..])
+    );
+    let lines = lines(&log);
+    let writes: Vec<&serde_json::Value> = lines.iter().filter(|l| l["op"] == "write").collect();
+    assert_eq!(writes.len(), 2, "{lines:#?}");
+    assert_eq!(writes[0]["key"], "data/shared.txt");
+    assert_eq!(writes[0]["pid"], child, "{}", writes[0]);
+    assert_eq!(writes[0]["size"], 7, "{}", writes[0]);
+    assert_eq!(writes[1]["command"], "python3", "{}", writes[1]);
+    assert_eq!(writes[1]["size"], 3, "{}", writes[1]);
+}
+
 #[tokio::test]
 #[ignore = "needs Garage and root; run scripts/test.sh"]
 async fn a_full_disk_drops_lines_and_never_the_operations() {

@@ -192,6 +192,10 @@ struct Writer {
     opener: Option<u32>,
     /// Created, written or truncated through this handle since it was opened.
     wrote: AtomicBool,
+    /// Who last changed the file through this handle, on a volume with an
+    /// audit log: the upload at the last release, whose request names no
+    /// caller, is recorded as theirs.
+    changed_by: Mutex<Option<crate::audit::Caller>>,
 }
 
 impl Writer {
@@ -202,7 +206,20 @@ impl Writer {
         Some(Arc::new(Self {
             opener,
             wrote: AtomicBool::new(created),
+            changed_by: Mutex::new(None),
         }))
+    }
+
+    /// Notes a change through this handle by the caller of the request being
+    /// served (`audited`: only a volume with an audit log needs to know who).
+    fn changed(&self, audited: bool) {
+        self.wrote.store(true, Ordering::SeqCst);
+        if audited {
+            let caller = crate::audit::current_caller();
+            if caller.pid != 0 {
+                *self.changed_by.lock().unwrap() = Some(caller);
+            }
+        }
     }
 }
 
@@ -610,7 +627,17 @@ impl Fs {
     pub async fn release(&self, fh: u64) {
         let handle = self.files.lock().unwrap().remove(&fh);
         match handle {
-            Some(OpenFile::Staged { ino, .. }) => self.unstage(ino).await,
+            Some(OpenFile::Staged { ino, writer, .. }) => {
+                // A release names no caller: what it uploads was changed by
+                // whoever last wrote through the handle.
+                let writer = writer.and_then(|w| *w.changed_by.lock().unwrap());
+                match writer {
+                    Some(caller) if crate::audit::current_caller().pid == 0 => {
+                        crate::audit::as_caller(caller, self.unstage(ino)).await
+                    }
+                    _ => self.unstage(ino).await,
+                }
+            }
             Some(OpenFile::Object { ino, etag, .. }) => {
                 // Whatever it read is in the kernel's cache; unless that is the
                 // version the cache is known to hold, the cache is mixed.

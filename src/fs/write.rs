@@ -211,7 +211,7 @@ impl Fs {
                 writer: Some(writer),
                 ..
             } => {
-                writer.wrote.store(true, Ordering::SeqCst);
+                writer.changed(self.config.audit.is_some());
                 file.write(offset, data).await?;
                 Ok(data.len() as u32)
             }
@@ -230,7 +230,7 @@ impl Fs {
                 ..
             }) => {
                 let result = file.write_now(offset, data)?;
-                writer.wrote.store(true, Ordering::SeqCst);
+                writer.changed(self.config.audit.is_some());
                 Some(result.map(|()| data.len() as u32).map_err(FsError::from))
             }
             Ok(_) => Some(Err(FsError::BadHandle(fh))),
@@ -361,7 +361,7 @@ impl Fs {
                 ..
             }) = fh.and_then(|fh| self.handle(fh).ok())
             {
-                writer.wrote.store(true, Ordering::SeqCst);
+                writer.changed(self.config.audit.is_some());
             }
             // Held like a handle while it changes: a last release uploading the
             // file meanwhile keeps it staged for this change instead of letting

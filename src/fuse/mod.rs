@@ -146,7 +146,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -175,7 +175,9 @@ impl Filesystem for FuseAdapter {
             symlink: false,
         };
         let span = debug_span!("setattr", ino = ino.0, ?size, ?change);
-        self.spawn(span, async move {
+        // A truncate of a file no one has open uploads it: the audit log names
+        // who asked.
+        self.spawn_for(req, span, async move {
             match fs.setattr(ino.0, size, change, fh.map(|fh| fh.0)).await {
                 Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
                 Err(e) => reply.error(errno("setattr", &e)),
@@ -378,7 +380,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -394,7 +396,14 @@ impl Filesystem for FuseAdapter {
             // saving a copy of every byte. Part uploads start on the runtime.
             let _span = span.enter();
             let _runtime = self.runtime.enter();
-            if let Some(result) = self.fs.write_now(fh.0, offset, data) {
+            // The audit log names who last changed a file whose upload waits
+            // for its last release.
+            let write_now = || self.fs.write_now(fh.0, offset, data);
+            let written = match self.audited {
+                true => crate::audit::now_as_caller(caller(req), write_now),
+                false => write_now(),
+            };
+            if let Some(result) = written {
                 match result {
                     Ok(n) => reply.written(n),
                     Err(e) => reply.error(errno("write", &e)),
@@ -404,7 +413,7 @@ impl Filesystem for FuseAdapter {
         }
         let fs = self.fs.clone();
         let data = data.to_vec();
-        self.spawn(span, async move {
+        self.spawn_for(req, span, async move {
             match fs.write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno("write", &e)),
