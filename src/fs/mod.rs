@@ -25,6 +25,7 @@ mod rename;
 mod symlink;
 pub mod upload;
 mod write;
+mod writer;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -46,6 +47,7 @@ pub use self::read::ReadConfig;
 use self::read::{ObjectVersion, Reader};
 pub use self::upload::WriteConfig;
 use self::upload::{StagedFile, StagingBudget};
+use self::writer::Writer;
 use crate::cache::BlockCache;
 use crate::memory::{DEFAULT_MAX_MEMORY, MemoryBudget};
 use crate::names::{NameProblem, check_name};
@@ -182,45 +184,6 @@ enum OpenFile {
         /// `None` for a handle open for reading only.
         writer: Option<Arc<Writer>>,
     },
-}
-
-/// A handle open for writing: who opened it, and whether it changed the file.
-/// Only a close by the opener after a change publishes the file (see
-/// [`Fs::flush`]).
-struct Writer {
-    /// The process that opened the handle, when the kernel named it.
-    opener: Option<u32>,
-    /// Created, written or truncated through this handle since it was opened.
-    wrote: AtomicBool,
-    /// Who last changed the file through this handle, on a volume with an
-    /// audit log: the upload at the last release, whose request names no
-    /// caller, is recorded as theirs.
-    changed_by: Mutex<Option<crate::audit::Caller>>,
-}
-
-impl Writer {
-    /// A handle opened by `opener`; `created` when the open created the file,
-    /// which is a change of its own (a new empty file is published at its
-    /// creator's close, as it loses nothing).
-    fn new(opener: Option<u32>, created: bool) -> Option<Arc<Self>> {
-        Some(Arc::new(Self {
-            opener,
-            wrote: AtomicBool::new(created),
-            changed_by: Mutex::new(None),
-        }))
-    }
-
-    /// Notes a change through this handle by the caller of the request being
-    /// served (`audited`: only a volume with an audit log needs to know who).
-    fn changed(&self, audited: bool) {
-        self.wrote.store(true, Ordering::SeqCst);
-        if audited {
-            let caller = crate::audit::current_caller();
-            if caller.pid != 0 {
-                *self.changed_by.lock().unwrap() = Some(caller);
-            }
-        }
-    }
 }
 
 /// A file being written, and how many handles are open on it.
@@ -627,17 +590,7 @@ impl Fs {
     pub async fn release(&self, fh: u64) {
         let handle = self.files.lock().unwrap().remove(&fh);
         match handle {
-            Some(OpenFile::Staged { ino, writer, .. }) => {
-                // A release names no caller: what it uploads was changed by
-                // whoever last wrote through the handle.
-                let writer = writer.and_then(|w| *w.changed_by.lock().unwrap());
-                match writer {
-                    Some(caller) if crate::audit::current_caller().pid == 0 => {
-                        crate::audit::as_caller(caller, self.unstage(ino)).await
-                    }
-                    _ => self.unstage(ino).await,
-                }
-            }
+            Some(OpenFile::Staged { ino, writer, .. }) => self.release_staged(ino, writer).await,
             Some(OpenFile::Object { ino, etag, .. }) => {
                 // Whatever it read is in the kernel's cache; unless that is the
                 // version the cache is known to hold, the cache is mixed.
