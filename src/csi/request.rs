@@ -72,7 +72,6 @@ fn refused_because(name: &str) -> Option<&'static str> {
         "cache-dir" | "log-file" | "audit-log" | "foreground" => {
             "the driver decides where local data and logs go"
         }
-        "allow-other" | "allow-root" => "the driver always lets the pod's users in",
         _ => return None,
     })
 }
@@ -290,7 +289,19 @@ fn option(
     if let Some(why) = refused_because(&name) {
         return Err(Invalid(format!("{field} is not accepted: {why}")));
     }
-    if ["defaults", "nodev", "nosuid", "noatime", "relatime"].contains(&name.as_str()) {
+    // mount(8)'s generic options mean nothing here, and the driver always lets
+    // the pod's users in (as allow_other, which PVs written for other FUSE
+    // drivers often ask for).
+    const IGNORED: &[&str] = &[
+        "defaults",
+        "nodev",
+        "nosuid",
+        "noatime",
+        "relatime",
+        "allow-other",
+        "allow-root",
+    ];
+    if IGNORED.contains(&name.as_str()) {
         return Ok(None);
     }
     let Some(takes_value) = known(&name).filter(|_| ALLOWED.contains(&name.as_str())) else {
@@ -595,7 +606,11 @@ mod tests {
             .as_mut()
             .and_then(|c| c.access_type.as_mut())
         {
-            m.mount_flags = vec!["uid=1000,gid=1000".into(), "noatime".into()];
+            m.mount_flags = vec![
+                "uid=1000,gid=1000".into(),
+                "noatime".into(),
+                "allow-other".into(),
+            ];
         }
         assert_eq!(parsed(&req).unwrap().options, ["--uid=1000", "--gid=1000"]);
     }
