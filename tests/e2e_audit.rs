@@ -140,11 +140,7 @@ async fn a_change_uploaded_at_the_last_release_names_its_writer() {
         .arg(vol.path().join("shared.txt"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(common::succeeded(&out));
     let child: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(common::wait_until(
         std::time::Duration::from_secs(10),

@@ -877,11 +877,7 @@ fn manifests() -> (Vec<PathBuf>, Vec<serde_json::Value>) {
         .args(&files)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(common::succeeded(&out));
     let documents = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
