@@ -56,9 +56,8 @@ pub struct CsiConfig {
 /// Serves the plugin until SIGTERM or SIGINT, then stops every volume.
 pub async fn serve(config: CsiConfig) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
-    prepare_state_dir(&config.volumes.state_dir)?;
+    let volumes = Arc::new(volumes::Volumes::new(config.volumes.clone())?);
     let listener = listen(&config.socket)?;
-    let volumes = Arc::new(volumes::Volumes::new(config.volumes.clone()));
     let plugin = Arc::new(service::Plugin {
         node_id: config.node_id.clone(),
         volumes: volumes.clone(),
@@ -116,24 +115,4 @@ fn listen(socket: &std::path::Path) -> Result<tokio::net::UnixListener, String> 
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {shown}: {e}"))?;
     Ok(listener)
-}
-
-/// The directory for tokens: root's alone, created if missing.
-fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let shown = dir.display();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create --state-dir {shown}: {e}"))?;
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("--state-dir {shown}: {e}"))?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(format!(
-            "--state-dir {shown} is not a directory of the user running s3vol; give one of \
-             its own"
-        ));
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot make --state-dir {shown} private: {e}"))
 }

@@ -115,29 +115,37 @@ pub struct Publish {
     /// BUCKET[/PREFIX].
     pub source: String,
     pub read_write: bool,
-    /// `s3vol mount` options from volume_context and the mount flags.
-    pub options: Vec<OsString>,
+    /// `s3vol mount` options (long names, with their values) from
+    /// volume_context and the mount flags, but for those of the role below.
+    pub options: Vec<(String, Option<String>)>,
+    /// Where STS is, if the volume says.
+    pub sts_endpoint: Option<String>,
     pub session_name: String,
     pub credentials: Credentials,
 }
 
 impl Publish {
-    /// The `s3vol mount` options of the volume, with those of its role (the
+    /// The `s3vol mount` arguments of the volume, with those of its role (the
     /// external ID's file aside); a pod's role is reached through the
-    /// environment instead ([`Publish::pod_sts_endpoint`]).
+    /// environment instead.
     pub fn mount_options(&self) -> Vec<OsString> {
         let mut options = self.options.clone();
-        if let Credentials::Pod { .. } = self.credentials {
-            options.retain(|o| !o.to_string_lossy().starts_with("--sts-endpoint-url="));
-        }
-        if let Credentials::Secret {
-            role: Some(role), ..
-        } = &self.credentials
-        {
-            options.push(format!("--role-arn={}", role.arn).into());
-            options.push(format!("--role-session-name={}", self.session_name).into());
+        if let Credentials::Secret { role, .. } = &self.credentials {
+            if let Some(role) = role {
+                options.push(("role-arn".into(), Some(role.arn.clone())));
+                options.push(("role-session-name".into(), Some(self.session_name.clone())));
+            }
+            if let Some(url) = &self.sts_endpoint {
+                options.push(("sts-endpoint-url".into(), Some(url.clone())));
+            }
         }
         options
+            .into_iter()
+            .map(|(name, value)| match value {
+                Some(value) => format!("--{name}={value}").into(),
+                None => format!("--{name}").into(),
+            })
+            .collect()
     }
 
     /// Whether the volume signs with nothing of its own: the driver's identity.
@@ -149,18 +157,6 @@ impl Publish {
                 role: None
             }
         )
-    }
-
-    /// The STS endpoint a pod's token is exchanged at, if the volume names one.
-    pub fn pod_sts_endpoint(&self) -> Option<String> {
-        let Credentials::Pod { .. } = self.credentials else {
-            return None;
-        };
-        self.options.iter().find_map(|o| {
-            o.to_string_lossy()
-                .strip_prefix("--sts-endpoint-url=")
-                .map(str::to_string)
-        })
     }
 
     /// What makes two publishes of a target the same volume: everything but the
@@ -175,8 +171,8 @@ impl Publish {
             Credentials::Pod { role_arn, .. } => format!("pod role={role_arn}"),
         };
         format!(
-            "{}\n{}\n{}\n{:?}\n{role}",
-            self.volume_id, self.source, self.read_write, self.options
+            "{}\n{}\n{}\n{:?}\n{:?}\n{role}",
+            self.volume_id, self.source, self.read_write, self.options, self.sts_endpoint
         )
     }
 }
@@ -214,19 +210,18 @@ pub fn parse(
 
     // Options: volume_context first, then the PV's mountOptions.
     let mut options = Vec::new();
-    let mut session_name = None;
     let reserved = [BUCKET, AUTHENTICATION_SOURCE, TOKEN_AUDIENCE, ROLE_ARN];
     let sorted: BTreeMap<&String, &String> = context.iter().collect();
     for (key, value) in sorted {
         if reserved.contains(&key.as_str()) || key.starts_with(KUBERNETES_PREFIX) {
             continue;
         }
-        let option = option(&format!("volume_context {key}"), key, Some(value), &known)?;
-        match option {
-            Some((name, value)) if name == "role-session-name" => session_name = value,
-            Some((name, value)) => push(&mut options, &name, value),
-            None => {}
-        }
+        options.extend(option(
+            &format!("volume_context {key}"),
+            key,
+            Some(value),
+            &known,
+        )?);
     }
     if let Some(AccessType::Mount(mount)) = request
         .volume_capability
@@ -242,20 +237,19 @@ pub fn parse(
                 match name.as_str() {
                     "ro" => read_write = false,
                     "rw" => {}
-                    _ => {
-                        let field = format!("mount option {name}");
-                        match option(&field, &name, value.as_ref(), &known)? {
-                            Some((name, value)) if name == "role-session-name" => {
-                                session_name = value
-                            }
-                            Some((name, value)) => push(&mut options, &name, value),
-                            None => {}
-                        }
-                    }
+                    _ => options.extend(option(
+                        &format!("mount option {name}"),
+                        &name,
+                        value.as_ref(),
+                        &known,
+                    )?),
                 }
             }
         }
     }
+    // The role's own options go with the credentials they are for.
+    let session_name = take_value(&mut options, "role-session-name");
+    let sts_endpoint = take_value(&mut options, "sts-endpoint-url");
 
     let credentials = credentials(context, &request.secrets)?;
     let session_name = session_name.unwrap_or_else(|| pod_session_name(context));
@@ -265,16 +259,21 @@ pub fn parse(
         source: source.clone(),
         read_write,
         options,
+        sts_endpoint,
         session_name,
         credentials,
     })
 }
 
-fn push(options: &mut Vec<OsString>, name: &str, value: Option<String>) {
-    options.push(match value {
-        Some(value) => format!("--{name}={value}").into(),
-        None => format!("--{name}").into(),
-    });
+/// Removes option `name` from `options`, with the last value it was given.
+fn take_value(options: &mut Vec<(String, Option<String>)>, name: &str) -> Option<String> {
+    let value = options
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, value)| value.clone());
+    options.retain(|(n, _)| n != name);
+    value
 }
 
 /// One option, checked: `Ok(None)` for mount(8)'s generic options, which mean
@@ -557,7 +556,15 @@ mod tests {
         let publish = parsed(&req).unwrap();
         assert_eq!(publish.source, "vol/root");
         assert!(publish.read_write);
-        assert_eq!(publish.options, ["--metadata-ttl=10s", "--no-cache"]);
+        assert_eq!(
+            publish.mount_options(),
+            [
+                "--metadata-ttl=10s",
+                "--no-cache",
+                &format!("--role-arn={ROLE}"),
+                "--role-session-name=s3vol-team-a-web-0",
+            ]
+        );
         assert_eq!(publish.session_name, "s3vol-team-a-web-0");
         assert_eq!(
             publish.credentials,
@@ -612,7 +619,10 @@ mod tests {
                 "allow-other".into(),
             ];
         }
-        assert_eq!(parsed(&req).unwrap().options, ["--uid=1000", "--gid=1000"]);
+        assert_eq!(
+            parsed(&req).unwrap().mount_options(),
+            ["--uid=1000", "--gid=1000"]
+        );
     }
 
     #[test]
@@ -737,5 +747,36 @@ mod tests {
         let republished = parsed(&request(Mode::SingleNodeWriter, &again, &[])).unwrap();
         let first = parsed(&request(Mode::SingleNodeWriter, &context, &[])).unwrap();
         assert_eq!(first.fingerprint(), republished.fingerprint());
+    }
+
+    #[test]
+    fn the_sts_endpoint_goes_to_the_role_that_uses_it() {
+        let sts = ("sts_endpoint_url", "http://127.0.0.1:4566");
+        let role = parsed(&request(
+            Mode::SingleNodeWriter,
+            &[("bucket", "vol"), sts],
+            &[("role_arn", ROLE)],
+        ))
+        .unwrap();
+        assert!(
+            role.mount_options()
+                .contains(&"--sts-endpoint-url=http://127.0.0.1:4566".into())
+        );
+        // A pod's role is reached through the daemon's environment instead.
+        let tokens = r#"{"sts.amazonaws.com":{"token":"jwt"}}"#;
+        let pod = parsed(&request(
+            Mode::SingleNodeWriter,
+            &[
+                ("bucket", "vol"),
+                sts,
+                ("authentication_source", "pod"),
+                ("role_arn", ROLE),
+                ("csi.storage.k8s.io/serviceAccount.tokens", tokens),
+            ],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(pod.sts_endpoint.as_deref(), Some("http://127.0.0.1:4566"));
+        assert!(pod.mount_options().is_empty(), "{:?}", pod.mount_options());
     }
 }

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use super::request::{Credentials, Publish, Role};
 use crate::auth::Secret;
+use crate::local_dir::LocalDir;
 
 /// How the driver runs its volumes.
 #[derive(Clone, Debug)]
@@ -48,7 +49,6 @@ struct Daemon {
     pid: nix::unistd::Pid,
     /// True once the daemon has exited.
     exited: watch::Receiver<bool>,
-    token_file: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -70,17 +70,24 @@ enum AtTarget {
 
 pub struct Volumes {
     settings: Settings,
+    tokens: Tokens,
     /// One slot per target path: publishes and unpublishes of a target run one
     /// at a time, those of different targets side by side.
     targets: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Daemon>>>>>,
 }
 
 impl Volumes {
-    pub fn new(settings: Settings) -> Self {
-        Self {
+    /// The volumes of a driver run with `settings`; the state directory is
+    /// opened (and created) now.
+    pub fn new(settings: Settings) -> Result<Self, String> {
+        let tokens = LocalDir::open_or_create(&settings.state_dir)
+            .map(Tokens)
+            .map_err(|e| format!("--state-dir: {e}"))?;
+        Ok(Self {
             settings,
+            tokens,
             targets: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     fn slot(&self, target: &Path) -> Arc<tokio::sync::Mutex<Option<Daemon>>> {
@@ -101,10 +108,8 @@ impl Volumes {
             AtTarget::Live => match daemon.as_ref().filter(|d| d.running()) {
                 Some(d) if d.fingerprint == publish.fingerprint() => {
                     // A republish: kubelet's periodic one brings a fresh token.
-                    if let (Some(file), Credentials::Pod { token, .. }) =
-                        (&d.token_file, &publish.credentials)
-                    {
-                        keep_token(file, token)?;
+                    if let Credentials::Pod { token, .. } = &publish.credentials {
+                        self.tokens.keep(target, token)?;
                     }
                     return Ok(());
                 }
@@ -124,11 +129,10 @@ impl Volumes {
                         "an s3vol volume this driver did not start is mounted here; taken as \
                          the one published"
                     );
-                    if let Credentials::Pod { token, .. } = &publish.credentials {
-                        let file = token_file(&self.settings.state_dir, target);
-                        if file.exists() {
-                            keep_token(&file, token)?;
-                        }
+                    if let Credentials::Pod { token, .. } = &publish.credentials
+                        && self.tokens.has(target)
+                    {
+                        self.tokens.keep(target, token)?;
                     }
                     return Ok(());
                 }
@@ -158,7 +162,13 @@ impl Volumes {
                 )));
             }
         }
-        *daemon = Some(self.start(&publish).await?);
+        match self.start(&publish).await {
+            Ok(started) => *daemon = Some(started),
+            Err(status) => {
+                self.tokens.forget(target);
+                return Err(status);
+            }
+        }
         Ok(())
     }
 
@@ -169,10 +179,8 @@ impl Volumes {
         let mut daemon = slot.lock().await;
         if let Some(running) = daemon.take() {
             stop(&running, self.settings.stop_timeout).await;
-            if let Some(file) = &running.token_file {
-                let _ = std::fs::remove_file(file);
-            }
         }
+        self.tokens.forget(target);
         match at_target(target).await {
             AtTarget::Nothing => {}
             AtTarget::Live => {
@@ -223,12 +231,14 @@ impl Volumes {
 
     /// Starts the daemon for `publish` and waits until its volume is mounted.
     async fn start(&self, publish: &Publish) -> Result<Daemon, Status> {
-        let mut launch = Launch::new(&self.settings, publish)?;
+        let mut launch = Launch::new(&self.settings, &self.tokens, publish)?;
         let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Status::internal(format!("cannot create a pipe: {e}")))?;
-        launch.pass(ready_write, "--ready-fd")?;
+        launch.pass(ready_write, "--ready-fd");
         let mut child = launch.spawn()?;
-        let pid = nix::unistd::Pid::from_raw(child.id().unwrap_or_default() as i32);
+        drop(launch);
+        // A child not yet waited for has its ID.
+        let pid = nix::unistd::Pid::from_raw(child.id().expect("a running child") as i32);
         let volume = publish.volume_id.clone();
         if let Some(stderr) = child.stderr.take() {
             let volume = volume.clone();
@@ -254,9 +264,7 @@ impl Volumes {
             fingerprint: publish.fingerprint(),
             pid,
             exited,
-            token_file: launch.token_file.clone(),
         };
-        drop(launch);
         let answer = async {
             let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_read)?;
             let mut answer = Vec::new();
@@ -285,9 +293,6 @@ impl Volumes {
             return Ok(daemon);
         }
         let message = String::from_utf8_lossy(&answer).trim().to_string();
-        if let Some(file) = &daemon.token_file {
-            let _ = std::fs::remove_file(file);
-        }
         Err(failure_status(if message.is_empty() {
             "the volume's daemon exited before the volume was mounted; see the driver's log"
                 .to_string()
@@ -373,7 +378,6 @@ struct Launch {
     clear_credentials: bool,
     /// Descriptors the daemon inherits, each at its number there.
     passed: Vec<(OwnedFd, RawFd)>,
-    token_file: Option<PathBuf>,
 }
 
 /// The environment that would point the daemon at credentials other than the
@@ -396,7 +400,7 @@ const CREDENTIAL_VARIABLES: &[&str] = &[
 ];
 
 impl Launch {
-    fn new(settings: &Settings, publish: &Publish) -> Result<Self, Status> {
+    fn new(settings: &Settings, tokens: &Tokens, publish: &Publish) -> Result<Self, Status> {
         let mut launch = Launch {
             program: settings.program.clone(),
             args: vec![
@@ -410,7 +414,6 @@ impl Launch {
             env: Vec::new(),
             clear_credentials: false,
             passed: Vec::new(),
-            token_file: None,
         };
         if publish.read_write {
             launch.args.push("--read-write".into());
@@ -447,8 +450,7 @@ impl Launch {
                 }
             }
             Credentials::Pod { role_arn, token } => {
-                let file = token_file(&settings.state_dir, &publish.target);
-                keep_token(&file, token)?;
+                let file = tokens.keep(&publish.target, token)?;
                 launch.clear_credentials = true;
                 launch.env.push(("AWS_ROLE_ARN", role_arn.into()));
                 launch
@@ -461,10 +463,9 @@ impl Launch {
                 launch
                     .env
                     .push(("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()));
-                if let Some(url) = publish.pod_sts_endpoint() {
+                if let Some(url) = &publish.sts_endpoint {
                     launch.env.push(("AWS_ENDPOINT_URL_STS", url.into()));
                 }
-                launch.token_file = Some(file);
             }
         }
         Ok(launch)
@@ -476,11 +477,10 @@ impl Launch {
     }
 
     /// Passes `fd` to the daemon and names its number there after `option`.
-    fn pass(&mut self, fd: OwnedFd, option: &str) -> Result<(), Status> {
+    fn pass(&mut self, fd: OwnedFd, option: &str) {
         let number = self.next_number();
         self.args.push(format!("{option}={number}").into());
         self.passed.push((fd, number));
-        Ok(())
     }
 
     /// Puts `secret` in an anonymous in-memory file only its owner may open,
@@ -543,36 +543,46 @@ impl Launch {
     }
 }
 
-/// The file that keeps the token of the volume published at `target`.
-fn token_file(state_dir: &Path, target: &Path) -> PathBuf {
-    let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
-    state_dir.join(format!("{}.token", &hash.to_hex()[..32]))
-}
+/// Pods' tokens while their volumes are mounted: a file per target in root's
+/// state directory, used through its descriptor.
+struct Tokens(LocalDir);
 
-/// Keeps the pod's `token` in `file` for the daemon to read at its next renewal.
-fn keep_token(file: &Path, token: &Secret) -> Result<(), Status> {
-    write_private(file, token.expose().as_bytes()).map_err(|e| {
-        Status::internal(format!(
-            "cannot keep the pod's token in {}: {e}",
-            file.display()
-        ))
-    })
-}
+impl Tokens {
+    /// The file's name for the volume published at `target`.
+    fn name(target: &Path) -> String {
+        let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
+        format!("{}.token", &hash.to_hex()[..32])
+    }
 
-/// Replaces `path` with `data`, readable by root only, atomically: the daemon
-/// reading it at a renewal sees the old token or the new one, never half.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let partial = path.with_extension("partial");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path)
+    fn has(&self, target: &Path) -> bool {
+        self.0.open_file(&Self::name(target)).is_ok()
+    }
+
+    /// Replaces the token of `target`'s volume, atomically: the daemon reading
+    /// it at a renewal sees the old token or the new one, never half. Returns
+    /// the file's path, for the daemon.
+    fn keep(&self, target: &Path, token: &Secret) -> Result<PathBuf, Status> {
+        let name = Self::name(target);
+        let partial = format!("{name}.partial");
+        let written = self.0.open_read_write(&partial, true).and_then(|mut file| {
+            file.set_len(0)?;
+            file.write_all(token.expose().as_bytes())?;
+            file.sync_all()?;
+            self.0.rename(&partial, &name)
+        });
+        let path = self.0.path().join(&name);
+        written.map_err(|e| {
+            Status::internal(format!(
+                "cannot keep the pod's token in {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(path)
+    }
+
+    fn forget(&self, target: &Path) {
+        let _ = self.0.remove_file(&Self::name(target));
+    }
 }
 
 #[cfg(test)]
@@ -603,15 +613,20 @@ mod tests {
     }
 
     #[test]
-    fn the_token_file_is_root_s_alone_and_replaced_whole() {
+    fn a_token_file_is_root_s_alone_replaced_whole_and_forgotten() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let file = token_file(dir.path(), Path::new("/var/lib/kubelet/pods/x/mount"));
-        write_private(&file, b"one").unwrap();
-        write_private(&file, b"two").unwrap();
+        let tokens = Tokens(LocalDir::open_or_create(dir.path()).unwrap());
+        let target = Path::new("/var/lib/kubelet/pods/x/mount");
+        assert!(!tokens.has(target));
+        tokens.keep(target, &Secret::new("one")).unwrap();
+        let file = tokens.keep(target, &Secret::new("two")).unwrap();
+        assert!(tokens.has(target));
         assert_eq!(std::fs::read(&file).unwrap(), b"two");
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        tokens.forget(target);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
