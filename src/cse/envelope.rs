@@ -113,15 +113,16 @@ impl ContentKey {
 /// volume's own pairs and the content algorithm.
 pub fn context_for(format: Format, pairs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut context = pairs.clone();
-    context.insert(
-        CEK_ALG.into(),
-        match format {
-            Format::V3 => V3_SUITE,
-            Format::V2 => V2_CIPHER,
-        }
-        .into(),
-    );
+    context.insert(CEK_ALG.into(), content_algorithm(format).into());
     context
+}
+
+/// What the context's `aws:x-amz-cek-alg` says of content in `format`.
+fn content_algorithm(format: Format) -> &'static str {
+    match format {
+        Format::V3 => V3_SUITE,
+        Format::V2 => V2_CIPHER,
+    }
 }
 
 impl Envelope {
@@ -240,9 +241,9 @@ impl Envelope {
         } else {
             return Ok(None);
         };
-        let expected = context_for(envelope.format, &BTreeMap::new())[CEK_ALG].clone();
+        let expected = content_algorithm(envelope.format);
         match envelope.context.get(CEK_ALG) {
-            Some(alg) if *alg == expected => Ok(Some(envelope)),
+            Some(alg) if alg == expected => Ok(Some(envelope)),
             other => Err(EnvelopeError::Damaged(format!(
                 "its encryption context names content algorithm {other:?}, not {expected:?}"
             ))),
