@@ -23,12 +23,15 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test]
-#[ignore = "needs Garage; run scripts/test.sh"]
-async fn each_operation_is_a_line_naming_the_command_that_asked() {
+/// Garage with `key` holding `data`, and vol/data mounted read-write with an
+/// audit log (in the returned directory, at the returned path).
+async fn audited_volume(
+    key: &str,
+    data: &[u8],
+) -> (Server, Mount, tempfile::TempDir, std::path::PathBuf) {
     let server = Server::start(ServerKind::Garage);
     server.create_bucket(BUCKET).await;
-    server.put(BUCKET, "data/in.txt", b"input".to_vec()).await;
+    server.put(BUCKET, key, data.to_vec()).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
     let vol = Mount::new(
@@ -36,6 +39,13 @@ async fn each_operation_is_a_line_naming_the_command_that_asked() {
         "vol/data",
         &["--read-write", "--audit-log", log.to_str().unwrap()],
     );
+    (server, vol, dir, log)
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn each_operation_is_a_line_naming_the_command_that_asked() {
+    let (server, vol, _dir, log) = audited_volume("data/in.txt", b"input").await;
     let at = |name: &str| vol.path().join(name);
     run("cat", &[&at("in.txt")]);
     run("cp", &[&at("in.txt"), &at("copy.txt")]);
@@ -107,18 +117,7 @@ async fn each_operation_is_a_line_naming_the_command_that_asked() {
 #[tokio::test]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn a_change_uploaded_at_the_last_release_names_its_writer() {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
-    server
-        .put(BUCKET, "data/shared.txt", b"before\n".to_vec())
-        .await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.log");
-    let vol = Mount::new(
-        &server,
-        "vol/data",
-        &["--read-write", "--audit-log", log.to_str().unwrap()],
-    );
+    let (server, vol, _dir, log) = audited_volume("data/shared.txt", b"before\n").await;
     // The parent opens the file and closes it unchanged; then its child,
     // which inherited the descriptor, writes and closes it.
     let script = "import os, sys\n\
