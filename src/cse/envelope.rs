@@ -82,32 +82,7 @@ pub struct Envelope {
 }
 
 /// The key and IV an object's content is encrypted with.
-pub struct ContentKey {
-    key: Zeroizing<[u8; 32]>,
-    iv: [u8; 12],
-    aad: &'static [u8],
-}
-
-impl std::fmt::Debug for ContentKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ContentKey(***)")
-    }
-}
-
-impl ContentKey {
-    pub fn sealer(&self) -> gcm::Sealer {
-        gcm::Sealer::new(&self.key, &self.iv, self.aad)
-    }
-
-    pub fn opener(&self) -> gcm::Opener {
-        gcm::Opener::new(&self.key, &self.iv, self.aad)
-    }
-
-    /// Decrypts ciphertext found at `offset`, unauthenticated.
-    pub fn decrypt_range(&self, offset: u64, data: &mut [u8]) {
-        gcm::decrypt_range(&self.key, &self.iv, offset, data)
-    }
-}
+pub type ContentKey = gcm::Cipher;
 
 /// The context KMS is asked to bind a new data key to in `format`: the
 /// volume's own pairs and the content algorithm.
@@ -146,12 +121,7 @@ impl Envelope {
                     nonce: random.to_vec(),
                     commitment: commitment.to_vec(),
                 };
-                let content = ContentKey {
-                    key,
-                    iv: V3_IV,
-                    aad: V3_SUITE_ID,
-                };
-                (envelope, content)
+                (envelope, ContentKey::new(key, V3_IV, V3_SUITE_ID))
             }
             Format::V2 => {
                 let iv: [u8; 12] = random[..12].try_into().unwrap();
@@ -162,12 +132,7 @@ impl Envelope {
                     nonce: iv.to_vec(),
                     commitment: Vec::new(),
                 };
-                let content = ContentKey {
-                    key: Zeroizing::new(*data_key),
-                    iv,
-                    aad: b"",
-                };
-                (envelope, content)
+                (envelope, ContentKey::new(Zeroizing::new(*data_key), iv, b""))
             }
         }
     }
@@ -300,17 +265,13 @@ impl Envelope {
                 if !bool::from(commitment.as_slice().ct_eq(&self.commitment)) {
                     return Err(EnvelopeError::Commitment);
                 }
-                Ok(ContentKey {
-                    key,
-                    iv: V3_IV,
-                    aad: V3_SUITE_ID,
-                })
+                Ok(ContentKey::new(key, V3_IV, V3_SUITE_ID))
             }
-            Format::V2 => Ok(ContentKey {
-                key: Zeroizing::new(*data_key),
-                iv: self.nonce[..].try_into().expect("checked at read"),
-                aad: b"",
-            }),
+            Format::V2 => Ok(ContentKey::new(
+                Zeroizing::new(*data_key),
+                self.nonce[..].try_into().expect("checked at read"),
+                b"",
+            )),
         }
     }
 }
@@ -349,14 +310,9 @@ mod tests {
                 .unwrap();
             assert_eq!(read, envelope);
             let mut data = b"some content".to_vec();
-            let mut sealer = key.sealer();
-            sealer.seal(&mut data);
-            let tag = sealer.finish();
+            key.seal(&mut data);
             let again = read.content_key(&data_key).unwrap();
-            let mut opener = again.opener();
-            opener.open(&mut data);
-            assert!(opener.verify(&tag));
-            assert_eq!(data, b"some content");
+            assert_eq!(again.open(data).unwrap(), b"some content");
         }
     }
 

@@ -1,83 +1,139 @@
-//! AES-256-GCM as a stream, and any range of its ciphertext decrypted on its
-//! own.
+//! AES-256-GCM for objects written and read in parts, in any order.
 //!
 //! An S3 object is one GCM message: the whole ciphertext followed by the
-//! 16-byte tag. Uploads encrypt it part by part, so the cipher keeps its place
-//! across calls ([`Sealer`]); a whole read checks the tag at the end
-//! ([`Opener`]). GCM's confidentiality is counter mode, so the bytes of any
-//! range can be decrypted without the rest ([`decrypt_range`]); such bytes are
-//! not authenticated, which docs/SECURITY.md states.
+//! 16-byte tag. GCM is counter mode plus a hash (GHASH) of the ciphertext, and
+//! both can be split: the bytes at any offset are encrypted or decrypted on
+//! their own ([`Cipher::apply`]), and the hash of a stretch of ciphertext
+//! ([`Cipher::hash`]) is combined with the others in order ([`Tagger`]), since
+//! GHASH is a polynomial in the hash key `H`: a stretch of `n` blocks after a
+//! running hash `Y` gives `Y·Hⁿ ⊕ P`. So an upload encrypts its parts in
+//! parallel, as they are written, and needs nothing but the parts' hashes to
+//! make the tag; a reader checks the tag from the hashes of the parts it
+//! fetched. Bytes decrypted without the whole message are not authenticated,
+//! which docs/SECURITY.md states.
 //!
-//! GCM is built here from AES in counter mode and GHASH (NIST SP 800-38D, for a
+//! Built here from AES in counter mode and GHASH (NIST SP 800-38D, for a
 //! 96-bit IV) because the one-shot AEAD API takes the whole message at once;
 //! unit tests check it against that API.
 
 use aes::Aes256;
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use ghash::GHash;
-use ghash::universal_hash::UniversalHash;
+use ghash::universal_hash::{KeyInit as _, UniversalHash};
+use zeroize::Zeroizing;
 
 /// AES-GCM's tag, as S3 Encryption Clients write it.
 pub const TAG_LEN: usize = 16;
 const BLOCK: usize = 16;
 
 type Ctr = ctr::Ctr32BE<Aes256>;
+type Element = [u8; 16];
 
-/// The counter block of the first byte of content: the IV, then 2 (1 is the
-/// tag's mask).
-fn first_counter(iv: &[u8; 12], block: u32) -> [u8; 16] {
+/// The counter block of content block `block`: the IV, then the counter (1
+/// is the tag's mask, content starts at 2).
+fn counter(iv: &[u8; 12], block: u32) -> [u8; 16] {
     let mut counter = [0u8; 16];
     counter[..12].copy_from_slice(iv);
     counter[12..].copy_from_slice(&block.to_be_bytes());
     counter
 }
 
-/// The cipher and hash shared by both directions.
-struct Stream {
-    ctr: Ctr,
-    ghash: GHash,
-    /// The last bytes of ciphertext that do not yet fill a GHASH block.
-    partial: Vec<u8>,
-    aad_len: u64,
-    len: u64,
-    /// E(K, J0): the tag is the hash masked with it.
-    mask: [u8; 16],
+/// `a·b` in GHASH's field: a hash keyed with `b` of the one block `a`.
+fn mul(a: &Element, b: &Element) -> Element {
+    let mut hash = GHash::new(b.into());
+    hash.update(&[(*a).into()]);
+    hash.finalize().into()
 }
 
-impl Stream {
-    fn new(key: &[u8; 32], iv: &[u8; 12], aad: &[u8]) -> Self {
+/// `h` to the power `n`, by squaring.
+fn power(h: &Element, mut n: u64) -> Element {
+    // The field's 1 in GHASH's bit order: the first bit set.
+    let mut result = [0u8; 16];
+    result[0] = 0x80;
+    let mut square = *h;
+    while n > 0 {
+        if n & 1 == 1 {
+            result = mul(&result, &square);
+        }
+        square = mul(&square, &square);
+        n >>= 1;
+    }
+    result
+}
+
+fn xor(a: &mut Element, b: &Element) {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a ^= b);
+}
+
+/// The hash of one stretch of ciphertext, on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    hash: Element,
+    len: u64,
+}
+
+impl Piece {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One object's content key and IV, and what follows from them.
+pub struct Cipher {
+    key: Zeroizing<[u8; 32]>,
+    iv: [u8; 12],
+    /// GHASH's key, E(K, 0).
+    h: Element,
+    /// E(K, J0): the tag is the hash masked with it.
+    mask: Element,
+    /// The hash of the additional authenticated data, where content starts.
+    aad_hash: Element,
+    aad_len: u64,
+}
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cipher(***)")
+    }
+}
+
+impl Cipher {
+    pub fn new(key: Zeroizing<[u8; 32]>, iv: [u8; 12], aad: &[u8]) -> Self {
         use aes::cipher::{BlockEncrypt, KeyInit as _};
-        let cipher = Aes256::new(key.into());
+        let aes = Aes256::new((&*key).into());
         let mut h = [0u8; 16];
-        cipher.encrypt_block((&mut h).into());
-        let mut mask = first_counter(iv, 1);
-        cipher.encrypt_block((&mut mask).into());
-        let mut ghash = GHash::new(&h.into());
-        ghash.update_padded(aad);
-        Stream {
-            ctr: Ctr::new(key.into(), &first_counter(iv, 2).into()),
-            ghash,
-            partial: Vec::with_capacity(BLOCK),
-            aad_len: aad.len() as u64,
-            len: 0,
+        aes.encrypt_block((&mut h).into());
+        let mut mask = counter(&iv, 1);
+        aes.encrypt_block((&mut mask).into());
+        let mut aad_hash = GHash::new(&h.into());
+        aad_hash.update_padded(aad);
+        Cipher {
+            key,
+            iv,
+            h,
             mask,
+            aad_hash: aad_hash.finalize().into(),
+            aad_len: aad.len() as u64,
         }
     }
 
-    /// Hashes `ciphertext`, which follows what was hashed before.
-    fn hash(&mut self, mut ciphertext: &[u8]) {
-        self.len += ciphertext.len() as u64;
-        if !self.partial.is_empty() {
-            let take = (BLOCK - self.partial.len()).min(ciphertext.len());
-            self.partial.extend_from_slice(&ciphertext[..take]);
-            ciphertext = &ciphertext[take..];
-            if self.partial.len() < BLOCK {
-                return;
-            }
-            self.ghash
-                .update(&[ghash::Block::clone_from_slice(&self.partial)]);
-            self.partial.clear();
-        }
+    /// Encrypts or decrypts, in place, the bytes at `offset` of the content.
+    /// (Decrypted alone, they are not authenticated.)
+    pub fn apply(&self, offset: u64, data: &mut [u8]) {
+        let mut ctr = Ctr::new((&*self.key).into(), &counter(&self.iv, 2).into());
+        ctr.seek(offset);
+        ctr.apply_keystream(data);
+    }
+
+    /// The hash of `ciphertext`, a stretch of the content: to be given to a
+    /// [`Tagger`] in order. Every stretch but the last must be a whole number
+    /// of 16-byte blocks long.
+    pub fn hash(&self, ciphertext: &[u8]) -> Piece {
+        let mut hash = GHash::new(&self.h.into());
         let whole = ciphertext.len() / BLOCK * BLOCK;
         // In batches, which GHASH takes faster than block by block, without
         // allocating on a path every byte of an object takes.
@@ -86,79 +142,105 @@ impl Stream {
             for (block, bytes) in batch.iter_mut().zip(chunk.chunks_exact(BLOCK)) {
                 block.copy_from_slice(bytes);
             }
-            self.ghash.update(&batch[..chunk.len() / BLOCK]);
+            hash.update(&batch[..chunk.len() / BLOCK]);
         }
-        self.partial.extend_from_slice(&ciphertext[whole..]);
+        hash.update_padded(&ciphertext[whole..]);
+        Piece {
+            hash: hash.finalize().into(),
+            len: ciphertext.len() as u64,
+        }
     }
 
-    fn tag(mut self) -> [u8; TAG_LEN] {
-        self.ghash.update_padded(&self.partial);
-        let mut lengths = [0u8; 16];
-        lengths[..8].copy_from_slice(&(self.aad_len * 8).to_be_bytes());
-        lengths[8..].copy_from_slice(&(self.len * 8).to_be_bytes());
-        self.ghash.update(&[lengths.into()]);
-        let mut tag: [u8; TAG_LEN] = self.ghash.finalize().into();
-        for (t, m) in tag.iter_mut().zip(self.mask) {
-            *t ^= m;
+    /// Combines the hashes of the content's stretches, in order, into the tag.
+    pub fn tagger(&self) -> Tagger<'_> {
+        Tagger {
+            cipher: self,
+            running: self.aad_hash,
+            len: 0,
         }
+    }
+
+    /// Encrypts a whole message in place and appends its tag.
+    pub fn seal(&self, data: &mut Vec<u8>) {
+        self.apply(0, data);
+        let mut tagger = self.tagger();
+        tagger.push(self.hash(data)).expect("one piece");
+        data.extend_from_slice(&tagger.tag());
+    }
+
+    /// Decrypts a whole message followed by its tag, in place: `None` when it
+    /// is shorter than a tag or the tag does not match (and then nothing was
+    /// decrypted).
+    pub fn open(&self, mut data: Vec<u8>) -> Option<Vec<u8>> {
+        let tag = data.split_off(data.len().checked_sub(TAG_LEN)?);
+        let mut tagger = self.tagger();
+        tagger.push(self.hash(&data)).expect("one piece");
+        if !tagger.verify(&tag) {
+            return None;
+        }
+        self.apply(0, &mut data);
+        Some(data)
+    }
+}
+
+/// Why a stretch cannot follow the ones before it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a stretch of ciphertext follows one that is not a whole number of blocks long")]
+pub struct Misaligned;
+
+/// The running hash of a message's content, stretch by stretch.
+pub struct Tagger<'a> {
+    cipher: &'a Cipher,
+    running: Element,
+    len: u64,
+}
+
+impl Tagger<'_> {
+    /// The content's length so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends the stretch `piece` hashed.
+    pub fn push(&mut self, piece: Piece) -> Result<(), Misaligned> {
+        if self.len % BLOCK as u64 != 0 {
+            return Err(Misaligned);
+        }
+        let blocks = piece.len.div_ceil(BLOCK as u64);
+        self.running = mul(&self.running, &power(&self.cipher.h, blocks));
+        xor(&mut self.running, &piece.hash);
+        self.len += piece.len;
+        Ok(())
+    }
+
+    /// The tag of the content pushed.
+    pub fn tag(&self) -> [u8; TAG_LEN] {
+        let mut lengths = [0u8; 16];
+        lengths[..8].copy_from_slice(&(self.cipher.aad_len * 8).to_be_bytes());
+        lengths[8..].copy_from_slice(&(self.len * 8).to_be_bytes());
+        let mut running = self.running;
+        xor(&mut running, &lengths);
+        let mut tag = mul(&running, &self.cipher.h);
+        xor(&mut tag, &self.cipher.mask);
         tag
     }
-}
 
-/// Encrypts a message in pieces, in order.
-pub struct Sealer(Stream);
-
-impl Sealer {
-    pub fn new(key: &[u8; 32], iv: &[u8; 12], aad: &[u8]) -> Self {
-        Sealer(Stream::new(key, iv, aad))
-    }
-
-    /// Encrypts the next piece of the message in place.
-    pub fn seal(&mut self, data: &mut [u8]) {
-        self.0.ctr.apply_keystream(data);
-        self.0.hash(data);
-    }
-
-    /// The tag, to follow the ciphertext.
-    pub fn finish(self) -> [u8; TAG_LEN] {
-        self.0.tag()
-    }
-}
-
-/// Decrypts a message in pieces, in order, and checks its tag at the end.
-pub struct Opener(Stream);
-
-impl Opener {
-    pub fn new(key: &[u8; 32], iv: &[u8; 12], aad: &[u8]) -> Self {
-        Opener(Stream::new(key, iv, aad))
-    }
-
-    /// Decrypts the next piece of ciphertext (without the tag) in place.
-    pub fn open(&mut self, data: &mut [u8]) {
-        self.0.hash(data);
-        self.0.ctr.apply_keystream(data);
-    }
-
-    /// Whether `tag` is the message's: compared in constant time.
-    pub fn verify(self, tag: &[u8]) -> bool {
+    /// Whether `tag` is the content's: compared in constant time.
+    pub fn verify(&self, tag: &[u8]) -> bool {
         use subtle::ConstantTimeEq;
-        tag.len() == TAG_LEN && bool::from(self.0.tag().ct_eq(tag))
+        tag.len() == TAG_LEN && bool::from(self.tag().ct_eq(tag))
     }
-}
-
-/// Decrypts `data`, the ciphertext at `offset` in the message, in place,
-/// without authenticating it.
-pub fn decrypt_range(key: &[u8; 32], iv: &[u8; 12], offset: u64, data: &mut [u8]) {
-    let mut ctr = Ctr::new(key.into(), &first_counter(iv, 2).into());
-    ctr.seek(offset);
-    ctr.apply_keystream(data);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use aes_gcm::aead::{Aead, Payload};
-    use aes_gcm::{Aes256Gcm, KeyInit as _, Nonce};
+    use aes_gcm::{Aes256Gcm, Nonce};
 
     fn message(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
@@ -173,67 +255,65 @@ mod tests {
     }
 
     #[test]
-    fn sealing_in_pieces_of_any_size_is_gcm() {
+    fn stretches_encrypted_and_hashed_apart_make_gcm() {
         let key = [7u8; 32];
         let iv = [1u8; 12];
         for len in [0, 1, 15, 16, 17, 100, 4096, 70_001] {
             for aad in [&b""[..], b"\x00\x73"] {
+                let cipher = Cipher::new(Zeroizing::new(key), iv, aad);
                 let plain = message(len, len as u8);
                 let expected = reference(&key, &iv, aad, &plain);
-                for piece in [1, 7, 16, 33, 4096] {
-                    let mut sealer = Sealer::new(&key, &iv, aad);
+                for stretch in [16, 48, 4096, 65_536] {
                     let mut out = plain.clone();
-                    for chunk in out.chunks_mut(piece) {
-                        sealer.seal(chunk);
+                    // Encrypted last stretch first, as parts of an upload may be.
+                    let mut pieces = Vec::new();
+                    for (index, chunk) in out.chunks_mut(stretch).enumerate().rev() {
+                        cipher.apply((index * stretch) as u64, chunk);
+                        pieces.push(cipher.hash(chunk));
                     }
-                    out.extend_from_slice(&sealer.finish());
-                    assert_eq!(out, expected, "len {len} piece {piece} aad {aad:?}");
+                    let mut tagger = cipher.tagger();
+                    for piece in pieces.into_iter().rev() {
+                        tagger.push(piece).unwrap();
+                    }
+                    out.extend_from_slice(&tagger.tag());
+                    assert_eq!(out, expected, "len {len} stretch {stretch} aad {aad:?}");
                 }
+                let mut whole = plain.clone();
+                cipher.seal(&mut whole);
+                assert_eq!(whole, expected);
+                assert_eq!(cipher.open(whole), Some(plain));
             }
         }
     }
 
     #[test]
-    fn opening_checks_the_tag_and_any_range_decrypts_alone() {
+    fn a_changed_byte_fails_the_tag_and_any_range_decrypts_alone() {
         let key = [9u8; 32];
         let iv = [3u8; 12];
+        let cipher = Cipher::new(Zeroizing::new(key), iv, b"");
         let plain = message(50_000, 5);
         let sealed = reference(&key, &iv, b"", &plain);
-        let (body, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-
-        let mut opener = Opener::new(&key, &iv, b"");
-        let mut out = body.to_vec();
-        for chunk in out.chunks_mut(999) {
-            opener.open(chunk);
+        for at in [0, 31_337, sealed.len() - 3] {
+            let mut changed = sealed.clone();
+            changed[at] ^= 0x80;
+            assert_eq!(cipher.open(changed), None, "byte {at}");
         }
-        assert_eq!(out, plain);
-        assert!(opener.verify(tag));
+        assert_eq!(cipher.open(sealed[..10].to_vec()), None);
 
-        // One changed byte of ciphertext, or of the tag, fails the check.
-        for (at, in_tag) in [(0, false), (31_337, false), (3, true)] {
-            let mut body = body.to_vec();
-            let mut tag = tag.to_vec();
-            if in_tag {
-                tag[at] ^= 1;
-            } else {
-                body[at] ^= 0x80;
-            }
-            let mut opener = Opener::new(&key, &iv, b"");
-            opener.open(&mut body);
-            assert!(!opener.verify(&tag));
-        }
-
-        for (offset, len) in [
-            (0, 1),
-            (1, 15),
-            (15, 2),
-            (16, 16),
-            (4095, 8193),
-            (49_999, 1),
-        ] {
+        let body = &sealed[..plain.len()];
+        for (offset, len) in [(0, 1), (1, 15), (15, 2), (16, 16), (4095, 8193), (49_999, 1)] {
             let mut range = body[offset..offset + len].to_vec();
-            decrypt_range(&key, &iv, offset as u64, &mut range);
+            cipher.apply(offset as u64, &mut range);
             assert_eq!(range, plain[offset..offset + len], "{offset}+{len}");
         }
+    }
+
+    #[test]
+    fn a_stretch_after_a_ragged_one_is_refused() {
+        let cipher = Cipher::new(Zeroizing::new([1u8; 32]), [2u8; 12], b"");
+        let mut tagger = cipher.tagger();
+        tagger.push(cipher.hash(&[0u8; 17])).unwrap();
+        assert_eq!(tagger.push(cipher.hash(&[0u8; 16])), Err(Misaligned));
+        assert_eq!(tagger.len(), 17);
     }
 }
