@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use s3vol::cli::{self, Cli, Command};
 use s3vol::commands::{self, fail};
+use s3vol::cse::volume::CseOptions;
 use s3vol::preflight::ProbeMode;
 
 fn main() -> ExitCode {
@@ -35,7 +36,8 @@ fn main() -> ExitCode {
             Err(message) => fail(&message),
         },
         Command::Check(args) => match args.s3.connection(&args.role) {
-            Ok(connection) => {
+            Ok(mut connection) => {
+                connection.cse = args.cse.options();
                 let mode = ProbeMode {
                     read_write: args.read_write,
                     delete: args.probe_delete,
@@ -50,6 +52,13 @@ fn main() -> ExitCode {
             args.version_at.is_some(),
             args.trusted_principal.as_deref(),
             args.external_id.as_deref(),
+            args.cse_kms_key_id
+                .map(|key_id| CseOptions {
+                    key_id,
+                    context: args.cse_context.unwrap_or_default(),
+                    allow_plaintext: false,
+                })
+                .as_ref(),
         ),
         Command::Stats(args) => commands::stats::run(&args.mountpoint, args.json),
         Command::Info(args) => commands::object::info(&args.path, args.json),

@@ -2,6 +2,8 @@
 //! write) this volume? Each failure becomes one sentence that says what is wrong and
 //! what to do, instead of a stack of SDK errors.
 
+use crate::cse::kms::KmsError;
+use crate::cse::volume::VolumeEncryption;
 use crate::names::Source;
 use crate::store::{
     ListRequest, ObjectHeaders, ObjectStore, ServiceInfo, StoreError, Versioning, VersionsRequest,
@@ -24,12 +26,13 @@ pub async fn check_mount(
     source: &Source,
     read_write: bool,
     endpoint: &str,
+    encryption: Option<&VolumeEncryption>,
 ) -> Result<(), PreflightError> {
     let mode = ProbeMode {
         read_write,
         delete: false,
     };
-    let probes = probe_access(store, source, mode, endpoint).await?;
+    let probes = probe_access(store, source, mode, endpoint, encryption).await?;
     for probe in &probes {
         match &probe.outcome {
             Outcome::Denied { fix, info } => {
@@ -178,6 +181,7 @@ pub async fn probe_access(
     source: &Source,
     mode: ProbeMode,
     endpoint: &str,
+    encryption: Option<&VolumeEncryption>,
 ) -> Result<Vec<Probe>, PreflightError> {
     let prefix = source.prefix.as_str();
     let objects = crate::store::object_arn(&source.bucket, &format!("{prefix}*"));
@@ -217,12 +221,15 @@ pub async fn probe_access(
         outcome: judge(listing.map(|_| ()), list_fix)?,
     });
 
+    let mut first_headers = None;
     let get = match &first_object {
         Some(key) => Probe {
             action: "s3:GetObject",
             resource: crate::store::object_arn(&source.bucket, key),
             outcome: judge(
-                store.head_object(key).await.map(|_| ()),
+                store.head_object(key).await.map(|info| {
+                    first_headers = info.headers;
+                }),
                 grant("s3:GetObject", &objects),
             )?,
         },
@@ -268,6 +275,9 @@ pub async fn probe_access(
             }
         }
     }
+    if let Some(encryption) = encryption {
+        probes.extend(probe_kms(encryption, mode, first_headers.as_ref()).await?);
+    }
     if mode.delete {
         probes.push(Probe {
             action: "s3:DeleteObject",
@@ -278,6 +288,69 @@ pub async fn probe_access(
             )?,
         });
     }
+    Ok(probes)
+}
+
+/// What an encrypted volume needs of its KMS key: Decrypt of an object's data
+/// key with the volume's context (of the first object, if it is encrypted),
+/// and for writing, GenerateDataKey and Decrypt of the key made.
+async fn probe_kms(
+    encryption: &VolumeEncryption,
+    mode: ProbeMode,
+    first: Option<&ObjectHeaders>,
+) -> Result<Vec<Probe>, PreflightError> {
+    let resource = format!("KMS key {}", encryption.key_id());
+    let condition = encryption
+        .context()
+        .iter()
+        .map(|(k, v)| format!("kms:EncryptionContext:{k} = {v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let judge = |action: &'static str, result: Result<(), KmsError>| {
+        let outcome = match result {
+            Ok(()) => Outcome::Allowed,
+            Err(e) if e.is_access_denied() => Outcome::Denied {
+                fix: format!("allow {action} on the key, with the conditions {condition}"),
+                info: e.to_string(),
+            },
+            Err(e) => {
+                return Err(PreflightError(format!(
+                    "{e}. Check --cse-kms-key-id and that KMS can be reached \
+                     (AWS_ENDPOINT_URL_KMS for a KMS of your own)"
+                )));
+            }
+        };
+        Ok(Probe {
+            action,
+            resource: resource.clone(),
+            outcome,
+        })
+    };
+    let mut probes = Vec::new();
+    if mode.read_write {
+        let made = encryption.generate_probe().await;
+        let (generated, unwrapped) = match made {
+            Ok(unwrapped) => (Ok(()), unwrapped),
+            Err(e) => (Err(e), Ok(())),
+        };
+        probes.push(judge("kms:GenerateDataKey", generated)?);
+        if probes[0].outcome == Outcome::Allowed {
+            probes.push(judge("kms:Decrypt", unwrapped)?);
+            return Ok(probes);
+        }
+    }
+    let read = match first.map(|headers| encryption.open_probe(headers)) {
+        Some(probe) => probe.await,
+        None => None,
+    };
+    probes.push(match read {
+        Some(result) => judge("kms:Decrypt", result)?,
+        None => Probe {
+            action: "kms:Decrypt",
+            resource,
+            outcome: Outcome::Skipped("no encrypted object under the prefix to unwrap".into()),
+        },
+    });
     Ok(probes)
 }
 
@@ -324,7 +397,7 @@ mod tests {
             read_write: true,
             delete: true,
         };
-        let probes = probe_access(memory.as_ref(), &source(), mode, "test")
+        let probes = probe_access(memory.as_ref(), &source(), mode, "test", None)
             .await
             .unwrap();
         let actions: Vec<_> = probes.iter().map(|p| p.action).collect();
@@ -353,9 +426,15 @@ mod tests {
     async fn read_only_probes_send_nothing_that_writes() {
         let memory = Arc::new(MemoryStore::new("bkt"));
         memory.put("root/a", "x");
-        probe_access(memory.as_ref(), &source(), ProbeMode::default(), "test")
-            .await
-            .unwrap();
+        probe_access(
+            memory.as_ref(),
+            &source(),
+            ProbeMode::default(),
+            "test",
+            None,
+        )
+        .await
+        .unwrap();
         let ops: Vec<_> = memory.calls().into_iter().map(|c| c.op).collect();
         assert_eq!(ops, [Operation::ListObjectsV2, Operation::HeadObject]);
     }
@@ -371,7 +450,7 @@ mod tests {
             read_write: true,
             delete: false,
         };
-        let probes = probe_access(&faulty, &source(), mode, "test")
+        let probes = probe_access(&faulty, &source(), mode, "test", None)
             .await
             .unwrap();
         let table = render(&probes);
@@ -388,7 +467,7 @@ mod tests {
 
         faulty.clear();
         faulty.fail_all(Operation::ListObjectsV2, Fault::Unreachable);
-        let err = probe_access(&faulty, &source(), mode, "http://x")
+        let err = probe_access(&faulty, &source(), mode, "http://x", None)
             .await
             .unwrap_err();
         assert!(err.0.contains("cannot reach S3 at http://x"), "{err}");

@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 
 use common::{Server, ServerKind};
 use s3vol::cse::envelope::{Envelope, Format, context_for};
-use s3vol::cse::gcm::TAG_LEN;
 use s3vol::cse::kms::Kms;
 
 const BUCKET: &str = "cse";
@@ -64,7 +63,7 @@ impl Setup {
     }
 
     /// The object's bytes and user metadata, as S3 holds them.
-    async fn raw(&self, key: &str) -> (Vec<u8>, std::collections::HashMap<String, String>) {
+    async fn raw(&self, key: &str) -> (Vec<u8>, BTreeMap<String, String>) {
         let answer = self
             .server
             .client()
@@ -74,7 +73,12 @@ impl Setup {
             .send()
             .await
             .unwrap();
-        let metadata = answer.metadata().cloned().unwrap_or_default();
+        let metadata = answer
+            .metadata()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let body = answer.body.collect().await.unwrap().into_bytes().to_vec();
         (body, metadata)
     }
@@ -102,7 +106,7 @@ impl Setup {
 
     /// Opens the object as s3vol's format code does: the plaintext, or why not.
     async fn open(&self, key: &str) -> Result<Vec<u8>, String> {
-        let (mut body, metadata) = self.raw(key).await;
+        let (body, metadata) = self.raw(key).await;
         let envelope = Envelope::read(&metadata)
             .map_err(|e| e.to_string())?
             .ok_or("not encrypted")?;

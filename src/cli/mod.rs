@@ -6,6 +6,7 @@
 //! flag `--flag` as `-o flag`, the way mount(8) and fstab pass them ([`options`]);
 //! [`helper`] reads mount(8)'s command line for `mount.s3vol`.
 
+pub mod cse;
 pub mod helper;
 pub mod options;
 pub(crate) mod parse;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use self::cse::CseArgs;
 use self::parse::*;
 use crate::auth::{RoleOptions, Secret};
 use crate::config::MountConfig;
@@ -186,6 +188,8 @@ pub struct CheckArgs {
     pub s3: S3Args,
     #[command(flatten)]
     pub role: RoleArgs,
+    #[command(flatten)]
+    pub cse: CseArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -207,6 +211,14 @@ pub struct PolicyArgs {
     /// The IAM role or user that will assume the role (the one running s3vol).
     #[arg(long, value_name = "ARN", requires = "external_id")]
     pub trusted_principal: Option<String>,
+    /// Include the use of this KMS key (its ARN) for client-side encryption,
+    /// only with the volume's encryption context.
+    #[arg(long, value_name = "KEY_ARN")]
+    pub cse_kms_key_id: Option<String>,
+    /// The volume's encryption context (`name=value,...`), as mounted.
+    #[arg(long, value_name = "NAME=VALUE,...", requires = "cse_kms_key_id",
+          value_parser = crate::cse::volume::parse_context)]
+    pub cse_context: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Where S3 is and which credentials to start from.
@@ -259,6 +271,7 @@ impl S3Args {
             io_timeout: self.io_timeout,
             role: role_options,
             renew_before: role.renew_before,
+            cse: None,
             sign_payloads: self
                 .endpoint_url
                 .as_deref()
@@ -287,6 +300,7 @@ impl S3Args {
             from_env("AWS_ENDPOINT_URL"),
             from_env("AWS_ENDPOINT_URL_S3"),
             from_env("AWS_ENDPOINT_URL_STS"),
+            from_env("AWS_ENDPOINT_URL_KMS"),
         ];
         match endpoints
             .into_iter()
@@ -410,6 +424,9 @@ pub struct MountArgs {
     #[command(flatten)]
     pub role: RoleArgs,
 
+    #[command(flatten)]
+    pub cse: CseArgs,
+
     /// Owner of every file and directory (default: the user running s3vol).
     #[arg(long, value_name = "UID")]
     pub uid: Option<u32>,
@@ -510,7 +527,10 @@ impl MountArgs {
             );
         }
         Ok(MountConfig {
-            connection: self.s3.connection(&self.role)?,
+            connection: Connection {
+                cse: self.cse.options(),
+                ..self.s3.connection(&self.role)?
+            },
             source: self.source,
             mountpoint: self.mountpoint,
             read_write: self.read_write,

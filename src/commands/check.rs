@@ -12,9 +12,15 @@ use crate::store::stack::Connection;
 /// `s3vol check`: probes what the mode needs and prints the table; exit 1 when
 /// anything needed is denied or S3 cannot be reached.
 pub fn run(source: &Source, mode: ProbeMode, connection: &Connection) -> ExitCode {
-    let result = one_shot(connection, &source.bucket, async |store| {
-        let probes =
-            preflight::probe_access(store.as_ref(), source, mode, &connection.endpoint()).await?;
+    let result = one_shot(connection, &source.bucket, async |store, encryption| {
+        let probes = preflight::probe_access(
+            store.as_ref(),
+            source,
+            mode,
+            &connection.endpoint(),
+            encryption.as_deref(),
+        )
+        .await?;
         print!("{}", preflight::render(&probes));
         Ok(probes
             .iter()

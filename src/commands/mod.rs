@@ -15,6 +15,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::cse::volume::VolumeEncryption;
 use crate::daemon::Failure;
 use crate::logging::{self, LogTarget};
 use crate::store::ObjectStore;
@@ -28,19 +29,20 @@ pub fn fail(message: &str) -> ExitCode {
 
 /// Runs `body` with a store for the volume's bucket, as the one-shot commands
 /// (`check`, `cleanup`) need: warnings to stderr, the role assumed if given,
-/// failed requests retried within --io-timeout.
+/// failed requests retried within --io-timeout; and the volume's client-side
+/// encryption, if it has one.
 fn one_shot<T>(
     connection: &Connection,
     bucket: &str,
-    body: impl AsyncFnOnce(Arc<dyn ObjectStore>) -> Result<T, Failure>,
+    body: impl AsyncFnOnce(Arc<dyn ObjectStore>, Option<Arc<VolumeEncryption>>) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let _ = logging::init("warn", LogTarget::Stderr);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = connection.command_store(bucket).await.map_err(Failure)?;
-        body(store).await
+        let (store, encryption) = connection.command_store(bucket).await.map_err(Failure)?;
+        body(store, encryption).await
     })
 }
 

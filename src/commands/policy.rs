@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
+use crate::cse::volume::CseOptions;
 use crate::names::{Source, check_external_id, check_principal};
 use crate::store::{bucket_arn, object_arn};
 
@@ -93,6 +94,39 @@ pub fn identity_policy(source: &Source, read_write: bool, versions: bool) -> Val
     json!({ "Version": "2012-10-17", "Statement": statements })
 }
 
+/// The statement that lets a volume with client-side encryption use its KMS
+/// key: Decrypt (and GenerateDataKey, to write), only for data keys bound to
+/// the volume's encryption context, in either format the volume reads. The key
+/// must be named by its ARN: IAM does not match a key's alias or ID.
+pub fn kms_statement(cse: &CseOptions, read_write: bool) -> Result<Value, String> {
+    let arn = &cse.key_id;
+    if !(arn.starts_with("arn:") && arn.contains(":kms:") && arn.contains(":key/")) {
+        return Err(format!(
+            "--cse-kms-key-id {arn}: a policy names a KMS key by its ARN \
+             (arn:aws:kms:REGION:ACCOUNT:key/ID), not by an alias or ID"
+        ));
+    }
+    let actions: &[&str] = match read_write {
+        true => &["kms:Decrypt", "kms:GenerateDataKey"],
+        false => &["kms:Decrypt"],
+    };
+    let mut context = serde_json::Map::new();
+    context.insert(
+        format!("kms:EncryptionContext:{}", crate::cse::envelope::CEK_ALG),
+        json!(crate::cse::envelope::CONTENT_ALGORITHMS),
+    );
+    for (name, value) in &cse.context {
+        context.insert(format!("kms:EncryptionContext:{name}"), json!(value));
+    }
+    Ok(json!({
+        "Sid": "UseTheVolumeKey",
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": arn,
+        "Condition": { "StringEquals": context },
+    }))
+}
+
 /// The role's trust policy: `principal` may assume it, only when it presents
 /// `external_id`.
 pub fn trust_policy(principal: &str, external_id: &str) -> Value {
@@ -116,8 +150,21 @@ pub fn run(
     versions: bool,
     trusted_principal: Option<&str>,
     external_id: Option<&str>,
+    cse: Option<&CseOptions>,
 ) -> ExitCode {
-    let identity = identity_policy(source, read_write, versions);
+    let mut identity = identity_policy(source, read_write, versions);
+    if let Some(cse) = cse {
+        match kms_statement(cse, read_write) {
+            Ok(statement) => identity["Statement"]
+                .as_array_mut()
+                .expect("a list of statements")
+                .push(statement),
+            Err(e) => {
+                eprintln!("s3vol: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let trust = match (trusted_principal, external_id) {
         (Some(principal), Some(id)) => {
             if let Err(e) = check_principal(principal).and(check_external_id(id)) {
@@ -156,6 +203,41 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn an_encrypted_volume_may_use_its_key_only_with_its_context() {
+        let key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let cse = CseOptions {
+            key_id: key.into(),
+            context: [("tenant".to_string(), "a".to_string())].into(),
+            allow_plaintext: false,
+        };
+        let read = kms_statement(&cse, false).unwrap();
+        assert_eq!(read["Action"], json!(["kms:Decrypt"]));
+        assert_eq!(read["Resource"], key);
+        let condition = &read["Condition"]["StringEquals"];
+        assert_eq!(condition["kms:EncryptionContext:tenant"], "a");
+        assert_eq!(
+            condition["kms:EncryptionContext:aws:x-amz-cek-alg"],
+            json!(["115", "AES/GCM/NoPadding"])
+        );
+        let write = kms_statement(&cse, true).unwrap();
+        assert_eq!(
+            write["Action"],
+            json!(["kms:Decrypt", "kms:GenerateDataKey"])
+        );
+        for alias in ["alias/volumes", "1234abcd-12ab-34cd-56ef-1234567890ab"] {
+            let cse = CseOptions {
+                key_id: alias.into(),
+                ..cse.clone()
+            };
+            assert!(
+                kms_statement(&cse, false)
+                    .unwrap_err()
+                    .contains("by its ARN")
+            );
+        }
     }
 
     #[test]

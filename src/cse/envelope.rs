@@ -21,7 +21,7 @@
 //! algorithm (`aws:x-amz-cek-alg`), which KMS binds to the wrapped key, so an
 //! object cannot be passed off under the weaker format.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -31,6 +31,8 @@ use super::gcm;
 
 /// The context key that names the content algorithm.
 pub const CEK_ALG: &str = "aws:x-amz-cek-alg";
+/// What it names for each format s3vol reads: V3, then V2.
+pub const CONTENT_ALGORITHMS: [&str; 2] = [V3_SUITE, V2_CIPHER];
 const V3_SUITE: &str = "115";
 const V3_SUITE_ID: &[u8] = b"\x00\x73";
 const V3_IV: [u8; 12] = [1; 12];
@@ -132,14 +134,17 @@ impl Envelope {
                     nonce: iv.to_vec(),
                     commitment: Vec::new(),
                 };
-                (envelope, ContentKey::new(Zeroizing::new(*data_key), iv, b""))
+                (
+                    envelope,
+                    ContentKey::new(Zeroizing::new(*data_key), iv, b""),
+                )
             }
         }
     }
 
     /// The envelope of an object with this user metadata (names without
     /// `x-amz-meta-`), or `None` if the object is not encrypted.
-    pub fn read(metadata: &HashMap<String, String>) -> Result<Option<Envelope>, EnvelopeError> {
+    pub fn read(metadata: &BTreeMap<String, String>) -> Result<Option<Envelope>, EnvelopeError> {
         let get = |name: &'static str| metadata.get(name).map(String::as_str);
         let need = |name: &'static str| get(name).ok_or(EnvelopeError::Missing(name));
         let bytes = |name: &'static str, len: Option<usize>| -> Result<Vec<u8>, EnvelopeError> {
@@ -293,7 +298,7 @@ fn derive(data_key: &[u8; 32], message_id: &[u8]) -> (Zeroizing<[u8; 32]>, [u8; 
 mod tests {
     use super::*;
 
-    fn as_map(pairs: Vec<(String, String)>) -> HashMap<String, String> {
+    fn as_map(pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
         pairs.into_iter().collect()
     }
 
@@ -354,7 +359,7 @@ mod tests {
 
     #[test]
     fn objects_without_encryption_and_damaged_metadata_are_told_apart() {
-        assert_eq!(Envelope::read(&HashMap::new()).unwrap(), None);
+        assert_eq!(Envelope::read(&BTreeMap::new()).unwrap(), None);
         let context = context_for(Format::V3, &BTreeMap::new());
         let (envelope, _) = Envelope::seal(Format::V3, &[1u8; 32], vec![9], context);
         let good = as_map(envelope.metadata());
@@ -379,7 +384,7 @@ mod tests {
             )
             .contains("names content algorithm")
         );
-        let v1: HashMap<String, String> = [("x-amz-key".to_string(), "AAAA".to_string())].into();
+        let v1: BTreeMap<String, String> = [("x-amz-key".to_string(), "AAAA".to_string())].into();
         assert!(Envelope::read(&v1).unwrap_err().to_string().contains("V1"));
     }
 }

@@ -152,9 +152,11 @@ impl Cipher {
     }
 
     /// Combines the hashes of the content's stretches, in order, into the tag.
-    pub fn tagger(&self) -> Tagger<'_> {
+    pub fn tagger(&self) -> Tagger {
         Tagger {
-            cipher: self,
+            h: self.h,
+            mask: self.mask,
+            aad_len: self.aad_len,
             running: self.aad_hash,
             len: 0,
         }
@@ -189,13 +191,15 @@ impl Cipher {
 pub struct Misaligned;
 
 /// The running hash of a message's content, stretch by stretch.
-pub struct Tagger<'a> {
-    cipher: &'a Cipher,
+pub struct Tagger {
+    h: Element,
+    mask: Element,
+    aad_len: u64,
     running: Element,
     len: u64,
 }
 
-impl Tagger<'_> {
+impl Tagger {
     /// The content's length so far.
     pub fn len(&self) -> u64 {
         self.len
@@ -211,7 +215,7 @@ impl Tagger<'_> {
             return Err(Misaligned);
         }
         let blocks = piece.len.div_ceil(BLOCK as u64);
-        self.running = mul(&self.running, &power(&self.cipher.h, blocks));
+        self.running = mul(&self.running, &power(&self.h, blocks));
         xor(&mut self.running, &piece.hash);
         self.len += piece.len;
         Ok(())
@@ -220,12 +224,12 @@ impl Tagger<'_> {
     /// The tag of the content pushed.
     pub fn tag(&self) -> [u8; TAG_LEN] {
         let mut lengths = [0u8; 16];
-        lengths[..8].copy_from_slice(&(self.cipher.aad_len * 8).to_be_bytes());
+        lengths[..8].copy_from_slice(&(self.aad_len * 8).to_be_bytes());
         lengths[8..].copy_from_slice(&(self.len * 8).to_be_bytes());
         let mut running = self.running;
         xor(&mut running, &lengths);
-        let mut tag = mul(&running, &self.cipher.h);
-        xor(&mut tag, &self.cipher.mask);
+        let mut tag = mul(&running, &self.h);
+        xor(&mut tag, &self.mask);
         tag
     }
 
@@ -301,7 +305,14 @@ mod tests {
         assert_eq!(cipher.open(sealed[..10].to_vec()), None);
 
         let body = &sealed[..plain.len()];
-        for (offset, len) in [(0, 1), (1, 15), (15, 2), (16, 16), (4095, 8193), (49_999, 1)] {
+        for (offset, len) in [
+            (0, 1),
+            (1, 15),
+            (15, 2),
+            (16, 16),
+            (4095, 8193),
+            (49_999, 1),
+        ] {
             let mut range = body[offset..offset + len].to_vec();
             cipher.apply(offset as u64, &mut range);
             assert_eq!(range, plain[offset..offset + len], "{offset}+{len}");

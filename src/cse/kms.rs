@@ -25,7 +25,24 @@ pub struct DataKey {
 pub struct KmsError {
     pub operation: &'static str,
     pub key_id: String,
+    /// KMS's error code, when it answered with one.
+    pub code: Option<String>,
     pub reason: String,
+}
+
+impl KmsError {
+    /// The credentials may not use the key (or it is disabled to them).
+    pub fn is_access_denied(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some(
+                "AccessDeniedException"
+                    | "AccessDenied"
+                    | "DisabledException"
+                    | "NotFoundException"
+            )
+        )
+    }
 }
 
 impl Kms {
@@ -44,7 +61,18 @@ impl Kms {
         KmsError {
             operation,
             key_id: self.key_id.clone(),
+            code: None,
             reason,
+        }
+    }
+
+    fn failed<E>(&self, operation: &'static str, e: &E) -> KmsError
+    where
+        E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        KmsError {
+            code: e.code().map(str::to_string),
+            ..self.error(operation, explain(e))
         }
     }
 
@@ -58,7 +86,7 @@ impl Kms {
             .set_encryption_context(Some(to_hash_map(context)))
             .send()
             .await
-            .map_err(|e| self.error("GenerateDataKey", explain(&e)))?;
+            .map_err(|e| self.failed("GenerateDataKey", &e))?;
         let plaintext = answer
             .plaintext()
             .ok_or_else(|| self.error("GenerateDataKey", "the answer has no key".into()))?;
@@ -85,7 +113,7 @@ impl Kms {
             .set_encryption_context(Some(to_hash_map(context)))
             .send()
             .await
-            .map_err(|e| self.error("Decrypt", explain(&e)))?;
+            .map_err(|e| self.failed("Decrypt", &e))?;
         let plaintext = answer
             .plaintext()
             .ok_or_else(|| self.error("Decrypt", "the answer has no key".into()))?;

@@ -8,3 +8,5 @@
 pub mod envelope;
 pub mod gcm;
 pub mod kms;
+pub mod reading;
+pub mod volume;

@@ -46,6 +46,7 @@ impl Volume {
             &config.source,
             config.read_write,
             &connection.endpoint(),
+            stack.encryption.as_deref(),
         )
         .await?;
 
@@ -133,6 +134,7 @@ impl Volume {
             write,
             stats: Some(stats.clone()),
             audit,
+            encryption: stack.encryption,
             ..FsConfig::default()
         };
         let fs = Arc::new(Fs::new(store, config.source.prefix.as_str(), fs_config));

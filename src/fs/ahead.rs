@@ -59,7 +59,7 @@ impl Fs {
                         self.store.head_object(&entry.key).await
                     };
                     match found {
-                        Ok(info) => Ok(Some(Stat::of_file(info))),
+                        Ok(info) => Ok(Some(self.file_stat(info))),
                         Err(StoreError::NotFound { .. }) => Ok(None),
                         Err(e) => Err(e.into()),
                     }

@@ -94,6 +94,12 @@ impl Fs {
     /// `s3vol url`: a presigned URL of the file's object.
     async fn presigned_url(&self, ino: u64, fh: u64, request: UrlRequest) -> FsResult<Value> {
         let (key, writing) = self.opened_key(ino, fh)?;
+        if self.config.encryption.is_some() {
+            // A URL's holder would get ciphertext, or put plaintext.
+            return Err(FsError::NotSupported(
+                "a presigned URL of a file on a volume with client-side encryption",
+            ));
+        }
         if request.method == UrlMethod::Put {
             self.writable()?;
             if !writing {

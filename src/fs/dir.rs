@@ -231,7 +231,7 @@ impl Fs {
                 }
                 names
                     .entry(name.to_string())
-                    .or_insert((Kind::File, Stat::of_file(object)));
+                    .or_insert((Kind::File, self.file_stat(object)));
             }
             token = pages.next(entries, page.next_token)?;
             if token.is_none() {

@@ -1,6 +1,7 @@
 //! Filesystem errors and the one place that turns them into errnos.
 
 use super::upload::StageError;
+use crate::cse::volume::CseError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,13 @@ pub enum FsError {
     /// The answer does not fit the caller's buffer.
     #[error("the answer takes {needed} bytes; the buffer holds {given}")]
     BufferTooSmall { needed: usize, given: usize },
+    /// An object this encrypted volume may not or cannot read.
+    #[error("{key}: {source}")]
+    Encryption {
+        key: String,
+        #[source]
+        source: Box<CseError>,
+    },
     /// Boxed: store errors carry S3's code, message and request ID, and most
     /// results never hold one.
     #[error(transparent)]
@@ -105,6 +113,7 @@ impl FsError {
                 StageError::Local { .. } => libc::EIO,
                 // As for a file that outlived the grace of a stop.
                 StageError::Abandoned => libc::ENOTCONN,
+                StageError::Encryption { source, .. } => cse_errno(source),
                 StageError::Store(e) => store_errno(e),
             },
             // ESTALE is what NFS users know for "the file changed under your handle".
@@ -119,6 +128,7 @@ impl FsError {
             FsError::BufferTooSmall { .. } => libc::ERANGE,
             // What the application sees once the daemon is gone, too.
             FsError::Stopped => libc::ENOTCONN,
+            FsError::Encryption { source, .. } => cse_errno(source),
             FsError::Store(e) => store_errno(e),
         }
     }
@@ -140,6 +150,17 @@ impl FsError {
                 | FsError::NoXattrs
                 | FsError::UnknownIoctl(_)
         )
+    }
+}
+
+fn cse_errno(e: &CseError) -> i32 {
+    match e.is_refusal() {
+        // Not encrypted, encrypted for another context, or under a key these
+        // credentials may not use: this volume may not read it, like a
+        // policy's refusal.
+        true => libc::EACCES,
+        // Damaged or unsupported encryption metadata, or KMS unreachable.
+        false => libc::EIO,
     }
 }
 
@@ -215,8 +236,10 @@ mod tests {
                      read or written"
                 }
                 StageError::Abandoned => STOPPED_ROW,
+                StageError::Encryption { source, .. } => cse_row(source),
                 StageError::Store(e) => store_row(e),
             },
+            FsError::Encryption { source, .. } => cse_row(source),
             FsError::Stale { .. } => "object replaced, deleted or shrunk under an open handle",
             FsError::Stopped => STOPPED_ROW,
             FsError::NoXattrs => "extended attributes (getxattr, listxattr)",
@@ -228,6 +251,20 @@ mod tests {
                 "an s3vol ioctl with a buffer too small for the answer"
             }
             FsError::Store(e) => store_row(e),
+        }
+    }
+
+    fn cse_row(e: &CseError) -> &'static str {
+        match e.is_refusal() {
+            true => {
+                "an object an encrypted volume may not read: not encrypted (without \
+                 `--cse-allow-plaintext`), encrypted with another context, or under a KMS key \
+                 the credentials may not use"
+            }
+            false => {
+                "an object whose encryption cannot be used (damaged or unsupported metadata), \
+                 or KMS unreachable"
+            }
         }
     }
 
@@ -254,7 +291,7 @@ mod tests {
             StoreError::BadAnswer { .. } => {
                 "an answer from the server that cannot be right (a body longer than the \
                  range asked for, another range or ETag than asked, a listing that repeats \
-                 or never ends)"
+                 or never ends), or an encrypted object whose GCM tag does not match"
             }
             StoreError::Internal { .. } | StoreError::Injected { .. } => {
                 "a transfer that failed inside s3vol, or a staging file that cannot be \
@@ -328,6 +365,20 @@ mod tests {
             FsError::Stage(Box::new(local(libc::EDQUOT))),
             FsError::Stage(Box::new(local(libc::EIO))),
             FsError::Stage(Box::new(StageError::Abandoned)),
+            FsError::Stage(Box::new(StageError::Encryption {
+                key: key(),
+                source: CseError::Plaintext,
+            })),
+            FsError::Encryption {
+                key: key(),
+                source: Box::new(CseError::Plaintext),
+            },
+            FsError::Encryption {
+                key: key(),
+                source: Box::new(CseError::Envelope(
+                    crate::cse::envelope::EnvelopeError::Missing("x-amz-3"),
+                )),
+            },
             FsError::Stale {
                 key: key(),
                 source: Box::new(StoreError::Changed {

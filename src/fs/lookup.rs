@@ -48,7 +48,7 @@ impl Fs {
             return Ok(Some((Kind::Directory, stat)));
         }
         match head {
-            Ok(info) => Ok(Some((Kind::File, Stat::of_file(info)))),
+            Ok(info) => Ok(Some((Kind::File, self.file_stat(info)))),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }

@@ -104,21 +104,22 @@ impl Fs {
     ) -> FsResult<(ObjectHeaders, String, u64)> {
         let node = self.node(ino)?;
         let kind = node.kind;
-        let (mut headers, posix, etag, size) =
-            match node.stat.posix.filter(|_| node.stat.own_headers) {
-                Some(own) => (
-                    ObjectHeaders::default(),
-                    own,
-                    node.stat.etag.clone(),
-                    node.stat.size,
-                ),
-                None => {
-                    let info = self.store.head_object(key).await?;
-                    let headers = info.headers.unwrap_or_default();
-                    let posix = Posix::read(&headers.user, kind);
-                    (headers, posix, info.etag, info.size)
-                }
-            };
+        // An encrypted object carries its envelope too: always asked for.
+        let own = node.stat.own_headers && self.config.encryption.is_none();
+        let (mut headers, posix, etag, size) = match node.stat.posix.filter(|_| own) {
+            Some(own) => (
+                ObjectHeaders::default(),
+                own,
+                node.stat.etag.clone(),
+                node.stat.size,
+            ),
+            None => {
+                let info = self.store.head_object(key).await?;
+                let headers = info.headers.unwrap_or_default();
+                let posix = Posix::read(&headers.user, kind);
+                (headers, posix, info.etag, info.size)
+            }
+        };
         posix.updated(change).write(&mut headers.user, kind);
         Ok((headers, etag, size))
     }

@@ -15,6 +15,7 @@ mod ahead;
 mod audit;
 mod control;
 mod dir;
+mod encrypted;
 pub mod error;
 pub mod inode;
 mod lookup;
@@ -78,6 +79,8 @@ pub struct FsConfig {
     pub stats: Option<Arc<MountStats>>,
     /// Where reads and changes are recorded (`--audit-log`).
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Client-side encryption (`--cse-kms-key-id`).
+    pub encryption: Option<Arc<crate::cse::volume::VolumeEncryption>>,
 }
 
 impl Default for FsConfig {
@@ -95,6 +98,7 @@ impl Default for FsConfig {
             write: None,
             stats: None,
             audit: None,
+            encryption: None,
         }
     }
 }
@@ -220,15 +224,17 @@ impl Fs {
     /// A filesystem whose root directory is the key prefix `root_key` (empty, or
     /// ending in `/`).
     pub fn new(store: Arc<dyn ObjectStore>, root_key: &str, config: FsConfig) -> Self {
-        let uploads = match &config.write {
+        let mut uploads = match &config.write {
             Some(write) => write.shares(config.memory.clone()),
             // Read-only: nothing is ever uploaded or staged.
             None => upload::Shares {
                 permits: Arc::new(Semaphore::new(0)),
                 staging: StagingBudget::new(0),
                 memory: config.memory.clone(),
+                encryption: None,
             },
         };
+        uploads.encryption = config.encryption.clone();
         let mount_time = SystemTime::now();
         Self {
             store,
@@ -490,6 +496,8 @@ impl Fs {
                     matches!(f, OpenFile::Object { ino: i, etag, .. }
                         if *i == ino && **etag != node.stat.etag)
                 });
+            let decryption;
+            (node, decryption) = self.open_encrypted(ino, node).await?;
             let etag: Arc<str> = node.stat.etag.as_str().into();
             let object = ObjectVersion {
                 store: self.store.clone(),
@@ -497,6 +505,7 @@ impl Fs {
                 key: node.key.as_str().into(),
                 etag: etag.clone(),
                 size: node.stat.size,
+                decryption,
             };
             let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
             OpenFile::Object {

@@ -32,6 +32,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use crate::cache::BlockCache;
+use crate::cse::reading::{Decryption, Verdict};
 use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, Operation, StoreError, StoreResult};
 
@@ -117,23 +118,78 @@ pub struct ObjectVersion {
     pub cache: Option<Arc<BlockCache>>,
     pub key: Arc<str>,
     pub etag: Arc<str>,
+    /// The size the file shows: of the plaintext, when it is encrypted.
     pub size: u64,
+    /// The object's content key, on a volume with client-side encryption. The
+    /// cache holds what S3 holds: ciphertext, at the same offsets.
+    pub decryption: Option<Arc<Decryption>>,
 }
 
 impl ObjectVersion {
-    /// Bytes `range`, in pieces, from the cache or from S3.
-    /// (The cache checks that each fetch returned the whole range; without it,
-    /// [`Gather::take`] finds a short answer.)
-    async fn get(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
+    /// Bytes `range`, in pieces, from the cache or from S3; decrypted.
+    pub(crate) async fn get(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
+        let Some(decryption) = &self.decryption else {
+            return self.get_stored(range).await;
+        };
+        // The stretch that ends the file brings the tag with it.
+        let end = match range.end == self.size {
+            true => decryption.stored_size(),
+            false => range.end,
+        };
+        let pieces = self.get_stored(range.start..end).await?;
+        let mut data = Vec::with_capacity((end - range.start) as usize);
+        pieces.iter().for_each(|p| data.extend_from_slice(p));
+        if (data.len() as u64) < end - range.start {
+            return Err(StoreError::ShortBody {
+                op: Operation::GetObject,
+                key: self.key.to_string(),
+                expected: end - range.start,
+                got: data.len() as u64,
+            });
+        }
+        match decryption.decrypt(&self.key, range.start, data) {
+            Some(plain) => Ok(vec![plain]),
+            None => Err(self.forged()),
+        }
+    }
+
+    /// Stored bytes `range`, in pieces. (The cache checks that each fetch
+    /// returned the whole range; without it, [`Gather::take`] finds a short
+    /// answer.)
+    async fn get_stored(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
         let fetch = |range| self.store.get_range(&self.key, range, Some(&self.etag));
         match &self.cache {
             Some(cache) => {
                 cache
-                    .read(&self.key, &self.etag, self.size, range, fetch)
+                    .read(&self.key, &self.etag, self.stored_size(), range, fetch)
                     .await
             }
             None => Ok(vec![fetch(range).await?]),
         }
+    }
+
+    fn forged(&self) -> StoreError {
+        StoreError::BadAnswer {
+            op: Operation::GetObject,
+            key: self.key.to_string(),
+            detail: "its GCM tag does not match its content: it was changed by someone \
+                     without its key, or damaged"
+                .into(),
+        }
+    }
+
+    /// The length of the object in S3.
+    fn stored_size(&self) -> u64 {
+        self.decryption
+            .as_ref()
+            .map_or(self.size, |d| d.stored_size())
+    }
+
+    /// The object was found forged: nothing more of it is returned.
+    fn is_forged(&self) -> bool {
+        self.decryption
+            .as_ref()
+            .is_some_and(|d| d.verdict() == Verdict::Forged)
     }
 }
 
@@ -173,6 +229,12 @@ impl Reader {
         } else {
             self.read_random(offset, end).await
         };
+        // A part fetched in the background may have found the object forged
+        // since: then not even bytes that came before are returned.
+        let result = match result {
+            Ok(_) if self.object.is_forged() => Err(self.object.forged()),
+            other => other,
+        };
         if result.is_err() {
             // Whatever failed, the parts in flight may be just as stale or broken.
             self.parts.clear();
@@ -191,11 +253,23 @@ impl Reader {
             return None;
         }
         let object = &self.object;
-        let pieces = cache.read_cached(&object.key, &object.etag, object.size, offset..end)?;
+        if object.is_forged() {
+            return None;
+        }
+        let pieces =
+            cache.read_cached(&object.key, &object.etag, object.stored_size(), offset..end)?;
         let mut out = Gather::new(&(offset..end));
         out.take(&object.key, &pieces, offset, offset..end).ok()?;
         self.after_random_read(offset, end);
-        Some(out.finish())
+        let data = out.finish();
+        Some(match &self.object.decryption {
+            Some(decryption) => {
+                let mut plain = data.to_vec();
+                decryption.decrypt_unchecked(offset, &mut plain);
+                Bytes::from(plain)
+            }
+            None => data,
+        })
     }
 
     /// A random read that jumped farther than the largest window ends the
@@ -280,7 +354,12 @@ impl Reader {
         let mut next = self.parts.back().map_or(offset, |p| p.range.end);
         if self.window < self.config.max_window
             && let Some(cache) = &self.object.cache
-            && cache.holds(&self.object.key, &self.object.etag, self.object.size, next)
+            && cache.holds(
+                &self.object.key,
+                &self.object.etag,
+                self.object.stored_size(),
+                next,
+            )
         {
             self.window = self.config.max_window;
         }

@@ -1,7 +1,8 @@
 //! Symbolic links, stored as s3fs-fuse stores them: an object whose body is the
 //! target and whose `mode` metadata says "symbolic link". They need the
 //! metadata: with `--no-metadata` such an object is a regular file holding its
-//! target, and no link can be made.
+//! target, and no link can be made. On an encrypted volume no link is made
+//! either (its target would be stored in clear); one found encrypted is read.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +14,7 @@ use tracing::debug;
 
 use super::inode::{Kind, Stat};
 use super::posix::Posix;
+use super::read::ObjectVersion;
 use super::write::child_key;
 use super::{Entry, Fs, FsError, FsResult, Mutation};
 
@@ -30,7 +32,9 @@ impl Fs {
         owner: Posix,
     ) -> FsResult<Entry> {
         self.writable()?;
-        if !self.config.metadata {
+        // Without metadata a link cannot be told from a file; encrypted, its
+        // target would be the one thing on the volume stored in clear.
+        if !self.config.metadata || self.config.encryption.is_some() {
             return Err(self.mutate(Mutation::Symlink));
         }
         let name = self.valid_name(name)?;
@@ -92,9 +96,16 @@ impl Fs {
         if size > MAX_TARGET as u64 {
             return Err(FsError::Invalid("a link target longer than 4095 bytes"));
         }
-        Ok(self
-            .store
-            .get_range(&node.key, 0..size, Some(&node.stat.etag))
-            .await?)
+        let (node, decryption) = self.open_encrypted(ino, node).await?;
+        let object = ObjectVersion {
+            store: self.store.clone(),
+            cache: None,
+            key: node.key.as_str().into(),
+            etag: node.stat.etag.as_str().into(),
+            size: node.stat.size,
+            decryption,
+        };
+        let pieces = object.get(0..node.stat.size).await?;
+        Ok(pieces.concat().into())
     }
 }

@@ -307,16 +307,21 @@ impl Fs {
             return Ok(None);
         };
         if uploaded.headers_behind {
-            // Changed after the multipart upload set them: copied in place.
+            // Changed after the multipart upload set them: copied in place
+            // (with the encryption envelope, which a HEAD gives).
             let key = file.key();
             let posix = file.posix();
+            let headers = match self.config.encryption {
+                Some(_) => self.headers_with(ino, &key, posix).await?.0,
+                None => posix.headers(Kind::File),
+            };
             uploaded.etag = self
                 .copy(
                     &key,
                     &key,
                     uploaded.size,
                     Some(&uploaded.etag),
-                    Some(&posix.headers(Kind::File)),
+                    Some(&headers),
                 )
                 .await?;
             uploaded.posix = posix;

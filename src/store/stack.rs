@@ -20,6 +20,8 @@ use super::retry::{RetryPolicy, RetryingStore};
 use super::s3::{S3Options, S3Store};
 use super::{Encryption, ObjectStore};
 use crate::auth::{self, RoleOptions};
+use crate::cse::kms::Kms;
+use crate::cse::volume::{CseOptions, VolumeEncryption};
 
 /// Where S3 is, and the credentials to reach it with.
 #[derive(Clone, Debug)]
@@ -42,6 +44,9 @@ pub struct Connection {
     /// Sign upload payloads: the endpoint is plain http beyond this host, with
     /// no TLS to keep the bytes from being changed on the way.
     pub sign_payloads: bool,
+    /// Client-side encryption with a KMS key, reached with the same
+    /// credentials (at `AWS_ENDPOINT_URL_KMS` when that is set).
+    pub cse: Option<CseOptions>,
 }
 
 /// Counts the credential renewals of a store's credentials.
@@ -56,6 +61,15 @@ pub struct VolumeStack {
     /// What `store` has sent.
     pub requests: Arc<RequestStats>,
     pub renewals: Renewals,
+    /// How the volume encrypts, if it does.
+    pub encryption: Option<Arc<VolumeEncryption>>,
+}
+
+/// A store signing with renewed credentials, and what shares them.
+struct Connected {
+    store: Arc<dyn ObjectStore>,
+    renewals: Renewals,
+    encryption: Option<Arc<VolumeEncryption>>,
 }
 
 impl Connection {
@@ -78,14 +92,26 @@ impl Connection {
     /// credentials, renewed ahead of expiry by a task that lives as long as the
     /// runtime, and retrying a request once with new ones when S3 calls them
     /// expired. The error says what to check.
-    async fn connect(&self, bucket: &str) -> Result<(Arc<dyn ObjectStore>, Renewals), String> {
+    async fn connect(&self, bucket: &str) -> Result<Connected, String> {
         let base = auth::load_base_config(self.region.as_deref(), self.profile.as_deref()).await;
         let credentials =
             auth::volume_credentials(self.role.as_ref(), self.renew_before, &base).await?;
+        let shared = SharedCredentialsProvider::new(credentials.clone());
+        let encryption = self.cse.as_ref().map(|cse| {
+            let config = aws_sdk_kms::config::Builder::from(&base)
+                .credentials_provider(shared.clone())
+                .build();
+            let kms = Kms::new(aws_sdk_kms::Client::from_conf(config), &cse.key_id);
+            Arc::new(VolumeEncryption::new(
+                kms,
+                cse.context.clone(),
+                cse.allow_plaintext,
+            ))
+        });
         let options = S3Options {
             endpoint_url: self.endpoint_url.clone(),
             force_path_style: self.force_path_style,
-            credentials: Some(SharedCredentialsProvider::new(credentials.clone())),
+            credentials: Some(shared),
             encryption: self.encryption.clone(),
             stall_timeout: Some(self.retry_policy().stall_timeout()),
             sign_payloads: self.sign_payloads,
@@ -96,18 +122,30 @@ impl Connection {
             let credentials = credentials.clone();
             Arc::new(move || credentials.renewals())
         };
-        Ok((Arc::new(RenewOnExpiry::new(s3, credentials)), renewals))
+        Ok(Connected {
+            store: Arc::new(RenewOnExpiry::new(s3, credentials)),
+            renewals,
+            encryption,
+        })
     }
 
-    /// The store of a one-shot command (`check`, `cleanup`): retried, not counted.
-    pub async fn command_store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
-        let (store, _) = self.connect(bucket).await?;
-        Ok(self.retrying(store))
+    /// The store of a one-shot command (`check`, `cleanup`): retried, not
+    /// counted; and the volume's encryption, if it has one.
+    pub async fn command_store(
+        &self,
+        bucket: &str,
+    ) -> Result<(Arc<dyn ObjectStore>, Option<Arc<VolumeEncryption>>), String> {
+        let connected = self.connect(bucket).await?;
+        Ok((self.retrying(connected.store), connected.encryption))
     }
 
     /// The stores of a volume on `bucket`.
     pub async fn volume_stack(&self, bucket: &str) -> Result<VolumeStack, String> {
-        let (store, renewals) = self.connect(bucket).await?;
+        let Connected {
+            store,
+            renewals,
+            encryption,
+        } = self.connect(bucket).await?;
         let probe = self.retrying(store.clone());
         // Counted below the retries, so the statistics show every request sent.
         let counted = CountedStore::new(store);
@@ -117,6 +155,7 @@ impl Connection {
             store: self.retrying(Arc::new(counted)),
             requests,
             renewals,
+            encryption,
         })
     }
 }

@@ -44,6 +44,7 @@ impl WriteConfig {
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
             staging: StagingBudget::new(self.staging_limit),
             memory,
+            encryption: None,
         }
     }
 }

@@ -29,11 +29,11 @@
 mod budget;
 mod config;
 mod layout;
+mod local;
+mod sealing;
 
-use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -45,8 +45,12 @@ use tracing::{debug, warn};
 pub use self::budget::StagingBudget;
 pub use self::config::WriteConfig;
 use self::layout::PartLayout;
+use self::local::LocalFile;
 use super::inode::Kind;
 use super::posix::Posix;
+use crate::cse::envelope::ContentKey;
+use crate::cse::gcm::{Piece, Tagger};
+use crate::cse::volume::{CseError, VolumeEncryption};
 use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, StoreError, UploadedPart};
 
@@ -59,6 +63,8 @@ pub struct Shares {
     pub staging: Arc<StagingBudget>,
     /// The memory the parts being uploaded take.
     pub memory: Arc<MemoryBudget>,
+    /// Client-side encryption: of uploads, and of the staging files.
+    pub encryption: Option<Arc<VolumeEncryption>>,
 }
 
 /// The object a staged file was opened on, not yet copied into the staging file:
@@ -90,6 +96,13 @@ pub enum StageError {
     /// The volume is stopping and gave up on the file: nothing of it is uploaded.
     #[error("the volume is being unmounted; the file's changes were not uploaded")]
     Abandoned,
+    /// The object's encryption: its key cannot be had or made.
+    #[error("{key}: {source}")]
+    Encryption {
+        key: String,
+        #[source]
+        source: CseError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -108,20 +121,36 @@ pub struct Uploaded {
     pub posix: Posix,
 }
 
+/// A part as uploaded.
+#[derive(Clone, Debug)]
+struct Sent {
+    /// The version of the part's bytes sent (never newer than they were).
+    version: u64,
+    etag: String,
+    /// On an encrypted volume, the hash of the part's ciphertext.
+    piece: Option<Piece>,
+}
+
+/// A multipart upload under way, and the content key of the object it makes.
+#[derive(Clone)]
+struct Upload {
+    id: String,
+    key: Option<Arc<ContentKey>>,
+}
+
 struct State {
     key: String,
     size: u64,
     base: Option<Base>,
     /// Per part: bumped by every change to the part's bytes.
     versions: Vec<u64>,
-    /// Per part: the version and ETag of its latest upload in the current
-    /// multipart upload.
-    uploaded: Vec<Option<(u64, String)>>,
+    /// Per part: its latest upload in the current multipart upload.
+    uploaded: Vec<Option<Sent>>,
     /// Per part: a background upload is in flight.
     in_flight: Vec<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// A background part upload failed; reported by the next flush.
-    failure: Option<StoreError>,
+    failure: Option<StageError>,
     /// Changed since the last successful upload.
     dirty: bool,
     /// Changed since the last upload was tried (a failed try clears it too: its
@@ -161,13 +190,13 @@ impl State {
     }
 
     fn is_clean(&self, index: usize) -> bool {
-        matches!(&self.uploaded[index], Some((v, _)) if *v == self.versions[index])
+        matches!(&self.uploaded[index], Some(sent) if sent.version == self.versions[index])
     }
 }
 
 /// One file being written, shared by every handle open on it.
 pub struct StagedFile {
-    file: File,
+    file: LocalFile,
     staging_dir: String,
     store: Arc<dyn ObjectStore>,
     layout: PartLayout,
@@ -178,7 +207,7 @@ pub struct StagedFile {
     keep_metadata: bool,
     state: Mutex<State>,
     /// The multipart upload under way, created by the first part that needs it.
-    upload_id: tokio::sync::Mutex<Option<String>>,
+    upload: tokio::sync::Mutex<Option<Upload>>,
     /// Base download and flushes run one at a time.
     exclusive: tokio::sync::Mutex<()>,
 }
@@ -214,7 +243,7 @@ impl StagedFile {
         let size = base.as_ref().map_or(0, |b| b.size);
         let base = base.filter(|b| b.size > 0);
         Ok(Arc::new(Self {
-            file,
+            file: LocalFile::new(file, shares.encryption.is_some()),
             staging_dir,
             store,
             layout: PartLayout::new(config.part_size),
@@ -240,7 +269,7 @@ impl StagedFile {
                 posix: Posix::default(),
                 started_with: None,
             }),
-            upload_id: tokio::sync::Mutex::new(None),
+            upload: tokio::sync::Mutex::new(None),
             exclusive: tokio::sync::Mutex::new(()),
         }))
     }
@@ -360,21 +389,20 @@ impl StagedFile {
         }
         self.take_to(&mut self.state.lock().unwrap(), base.size)?;
         let key = self.key();
+        let object = self.base_object(&key, &base).await?;
         let chunk = self.layout.first_size();
         let mut offset = 0;
         while offset < base.size {
             let end = (offset + chunk).min(base.size);
-            let data = self
-                .store
-                .get_range(&key, offset..end, Some(&base.etag))
-                .await?;
-            if data.is_empty() {
+            let mut at = offset;
+            for piece in object.get(offset..end).await? {
+                self.file.write_at(&piece, at).map_err(|e| self.local(e))?;
+                at += piece.len() as u64;
+            }
+            if at == offset {
                 break;
             }
-            self.file
-                .write_all_at(&data, offset)
-                .map_err(|e| self.local(e))?;
-            offset += data.len() as u64;
+            offset = at;
         }
         let mut state = self.state.lock().unwrap();
         state.base = None;
@@ -408,7 +436,7 @@ impl StagedFile {
         }
         self.take_to(&mut self.state.lock().unwrap(), end)?;
         self.file
-            .write_all_at(data, offset)
+            .write_at(data, offset)
             .map_err(|e| self.local(e))?;
         let mut state = self.state.lock().unwrap();
         let appending = end >= state.size;
@@ -423,8 +451,12 @@ impl StagedFile {
             // cost a file of N parts N checks per write; anything else still dirty
             // is uploaded by the flush.)
             let behind = self.layout.index_of(end).min(state.versions.len());
+            // Encrypted, a part sent before is sent again only by the flush,
+            // under a new key.
+            let encrypted = self.shares.encryption.is_some();
             for index in self.layout.index_of(offset)..behind {
-                if !state.in_flight[index] && !state.is_clean(index) {
+                let resend = encrypted && state.uploaded[index].is_some();
+                if !state.in_flight[index] && !state.is_clean(index) && !resend {
                     self.spawn_part(&mut state, index);
                 }
             }
@@ -436,14 +468,14 @@ impl StagedFile {
         state.in_flight[index] = true;
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let result = this.upload_part(index).await;
+            let result = this.upload_part(index, None).await;
             let mut state = this.state.lock().unwrap();
             if index < state.in_flight.len() {
                 state.in_flight[index] = false;
             }
             match result {
-                Ok(Some((version, etag))) if index < state.uploaded.len() => {
-                    state.uploaded[index] = Some((version, etag));
+                Ok(Some(sent)) if index < state.uploaded.len() => {
+                    state.uploaded[index] = Some(sent);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -456,11 +488,12 @@ impl StagedFile {
         state.tasks.push(task);
     }
 
-    /// Uploads part `index` as it is now; returns the version uploaded (never
-    /// newer than the bytes sent), or `None` if the part no longer exists.
-    async fn upload_part(&self, index: usize) -> Result<Option<(u64, String)>, StoreError> {
+    /// Uploads part `index` as it is now (encrypted, on an encrypted volume;
+    /// with `tag` after it when it ends the object); `None` if the part no
+    /// longer exists.
+    async fn upload_part(&self, index: usize, tag: Option<Tagger>) -> StageResult<Option<Sent>> {
         let _permit = self.shares.permits.acquire().await.expect("never closed");
-        let upload_id = self.upload_id().await?;
+        let upload = self.upload().await?;
         let (version, key, range) = {
             let state = self.state.lock().unwrap();
             let range = self.layout.range(index);
@@ -475,47 +508,43 @@ impl StagedFile {
             (version, state.key.clone(), range.start..end)
         };
         let _room = self.shares.memory.upload(range.end - range.start).await;
-        let body = self.read_local(range).map_err(|e| StoreError::Internal {
-            op: crate::store::Operation::UploadPart,
-            detail: format!("reading the staging file under {}: {e}", self.staging_dir),
-        })?;
+        let (body, piece) = self.read_sealed(range, upload.key.as_deref(), tag)?;
         let etag = self
             .store
-            .upload_part(&key, &upload_id, index as i32 + 1, body)
+            .upload_part(&key, &upload.id, index as i32 + 1, body)
             .await?;
-        Ok(Some((version, etag)))
+        Ok(Some(Sent {
+            version,
+            etag,
+            piece,
+        }))
     }
 
-    async fn upload_id(&self) -> Result<String, StoreError> {
-        let mut id = self.upload_id.lock().await;
-        if let Some(id) = &*id {
-            return Ok(id.clone());
+    /// The multipart upload under way, started now if none is: on an
+    /// encrypted volume, with a new data key.
+    async fn upload(&self) -> StageResult<Upload> {
+        let mut upload = self.upload.lock().await;
+        if let Some(upload) = &*upload {
+            return Ok(upload.clone());
         }
         let key = self.key();
         let posix = self.posix();
-        let created = self
-            .store
-            .create_multipart_upload(&key, &posix.headers(Kind::File))
+        let (headers, content_key) = self
+            .new_object_headers(&key, posix.headers(Kind::File))
             .await?;
+        let id = self.store.create_multipart_upload(&key, &headers).await?;
         self.state.lock().unwrap().started_with = Some(posix);
-        debug!(key, upload_id = created, "multipart upload started");
-        *id = Some(created.clone());
-        Ok(created)
+        debug!(key, upload_id = id, "multipart upload started");
+        let started = Upload {
+            id,
+            key: content_key.map(Arc::new),
+        };
+        *upload = Some(started.clone());
+        Ok(started)
     }
 
     fn read_local(&self, range: Range<u64>) -> io::Result<Bytes> {
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = self
-                .file
-                .read_at(&mut buf[filled..], range.start + filled as u64)?;
-            if n == 0 {
-                break; // past the end of a sparse tail: zeros
-            }
-            filled += n;
-        }
-        Ok(Bytes::from(buf))
+        self.file.read(range)
     }
 
     /// Up to `size` bytes at `offset`.
@@ -606,15 +635,16 @@ impl StagedFile {
             // second.
             self.abort_upload().await;
             let _room = self.shares.memory.upload(size).await;
-            let body = self.read_local(0..size).map_err(|e| self.local(e))?;
             let posix = Posix {
                 mtime: self.keep_metadata.then(|| self.mtime()),
                 ..self.posix()
             };
-            let etag = self
-                .store
-                .put_object(&key, body, &posix.headers(Kind::File))
+            let (headers, content_key) = self
+                .new_object_headers(&key, posix.headers(Kind::File))
                 .await?;
+            let tag = content_key.as_ref().map(|k| k.tagger());
+            let (body, _) = self.read_sealed(0..size, content_key.as_ref(), tag)?;
+            let etag = self.store.put_object(&key, body, &headers).await?;
             (etag, posix)
         } else {
             // A multipart upload's were set when it began, before the last
@@ -642,47 +672,67 @@ impl StagedFile {
 
     /// Uploads every part not yet uploaded as it is now, then completes.
     async fn complete(&self, key: &str, size: u64) -> StageResult<String> {
+        if self.shares.encryption.is_some() && self.resent_changed() {
+            // A part is never sent twice under one key with other bytes (S3
+            // would see two plaintexts under one keystream): start over.
+            self.abort_upload().await;
+            let mut state = self.state.lock().unwrap();
+            state.uploaded.iter_mut().for_each(|u| *u = None);
+        }
         // Created before the parts, so no part upload cut short by a sibling's
         // failure can be the one creating it.
-        let upload_id = self.upload_id().await?;
+        let upload = self.upload().await?;
         let count = self.layout.count(size);
-        let clean: Vec<Option<String>> = {
+        let clean: Vec<Option<Sent>> = {
             let state = self.state.lock().unwrap();
             (0..count)
                 .map(|index| {
                     let clean = index < state.versions.len() && state.is_clean(index);
-                    clean.then(|| state.uploaded[index].as_ref().map(|(_, e)| e.clone()))?
+                    clean.then(|| state.uploaded[index].clone())?
                 })
                 .collect()
         };
+        // Encrypted, the last part carries the tag, made from the others'
+        // hashes: it goes once they are sent.
+        let together = match upload.key {
+            Some(_) => count - 1,
+            None => count,
+        };
         // Concurrent, bounded by the mount's upload permits.
-        let uploads = clean
+        let uploads =
+            clean
+                .into_iter()
+                .take(together)
+                .enumerate()
+                .map(|(index, sent)| async move {
+                    match sent {
+                        Some(sent) => Ok(Some(sent)),
+                        None => self.upload_part(index, None).await,
+                    }
+                });
+        let mut sent = futures::future::try_join_all(uploads).await?;
+        if let Some(content_key) = &upload.key {
+            let tagger = self.tagger(content_key, &sent)?;
+            sent.push(self.upload_part(count - 1, Some(tagger)).await?);
+        }
+        let listed: Vec<UploadedPart> = sent
             .into_iter()
             .enumerate()
-            .map(|(index, etag)| async move {
-                let etag = match etag {
-                    Some(etag) => etag,
-                    None => match self.upload_part(index).await? {
-                        Some((_, etag)) => etag,
-                        None => String::new(),
-                    },
-                };
-                Ok::<_, StoreError>(UploadedPart {
-                    number: index as i32 + 1,
-                    etag,
-                })
-            });
-        let listed = futures::future::try_join_all(uploads).await?;
+            .map(|(index, sent)| UploadedPart {
+                number: index as i32 + 1,
+                etag: sent.map(|s| s.etag).unwrap_or_default(),
+            })
+            .collect();
         let etag = self
             .store
-            .complete_multipart_upload(key, &upload_id, &listed)
+            .complete_multipart_upload(key, &upload.id, &listed)
             .await?;
-        *self.upload_id.lock().await = None;
+        *self.upload.lock().await = None;
         Ok(etag)
     }
 
     async fn abort_upload(&self) {
-        let Some(id) = self.upload_id.lock().await.take() else {
+        let Some(Upload { id, .. }) = self.upload.lock().await.take() else {
             return;
         };
         let key = self.key();

@@ -1,0 +1,39 @@
+//! The client-side encryption options of a volume (`crate::cse`).
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+
+use crate::cse::volume::{CseOptions, parse_context};
+
+/// Client-side encryption, in the S3 Encryption Client's format.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CseArgs {
+    /// Encrypt every file written and decrypt every file read with data keys
+    /// of this KMS key (ID, ARN or alias), in the format of AWS's S3
+    /// Encryption Client. KMS is reached with the volume's credentials (at
+    /// AWS_ENDPOINT_URL_KMS, if set).
+    #[arg(long, value_name = "KEY")]
+    pub cse_kms_key_id: Option<String>,
+    /// The encryption context every object's data key is bound to, besides
+    /// the content algorithm: name=value pairs separated by commas. Objects
+    /// written with another context are refused (EACCES).
+    #[arg(long, value_name = "NAME=VALUE,...", requires = "cse_kms_key_id",
+          value_parser = parse_context)]
+    pub cse_context: Option<BTreeMap<String, String>>,
+    /// Also read objects that are not encrypted, as they are (for a bucket
+    /// being migrated); without it they are refused with EACCES.
+    #[arg(long, requires = "cse_kms_key_id")]
+    pub cse_allow_plaintext: bool,
+}
+
+impl CseArgs {
+    /// The encryption asked for, if any.
+    pub fn options(&self) -> Option<CseOptions> {
+        Some(CseOptions {
+            key_id: self.cse_kms_key_id.clone()?,
+            context: self.cse_context.clone().unwrap_or_default(),
+            allow_plaintext: self.cse_allow_plaintext,
+        })
+    }
+}

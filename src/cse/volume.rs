@@ -1,0 +1,211 @@
+//! A volume's client-side encryption: which objects it reads, the key each
+//! new object gets, and the size a file shows.
+//!
+//! Every object written gets a data key of its own from KMS, bound to the
+//! volume's encryption context, in the current format (V3). Reading takes
+//! either format, from any S3 Encryption Client, whose stored context is the
+//! volume's. The context names neither the object's key nor the volume's
+//! prefix, so a renamed object (a server-side copy, metadata and all) stays
+//! readable: what the context binds is who may unwrap, not where the bytes
+//! live.
+
+use std::collections::BTreeMap;
+
+use super::envelope::{ContentKey, Envelope, EnvelopeError, Format, context_for};
+use super::gcm::TAG_LEN;
+use super::kms::{Kms, KmsError};
+use crate::store::{ObjectHeaders, ObjectInfo};
+
+/// How a volume encrypts: `--cse-kms-key-id`, `--cse-context` and
+/// `--cse-allow-plaintext`.
+#[derive(Debug)]
+pub struct VolumeEncryption {
+    kms: Kms,
+    /// The volume's own pairs of the encryption context.
+    pairs: BTreeMap<String, String>,
+    allow_plaintext: bool,
+}
+
+/// Why an object cannot be read or written encrypted.
+#[derive(Debug, thiserror::Error)]
+pub enum CseError {
+    #[error(
+        "it is not encrypted, and this volume reads only encrypted objects \
+         (--cse-allow-plaintext reads both)"
+    )]
+    Plaintext,
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+}
+
+impl CseError {
+    /// Whether the object is refused to this volume rather than broken: not
+    /// encrypted, encrypted for another context, or a key the credentials may
+    /// not use.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            CseError::Plaintext => true,
+            CseError::Envelope(e) => matches!(e, EnvelopeError::Context { .. }),
+            CseError::Kms(e) => e.is_access_denied(),
+        }
+    }
+}
+
+/// What an object holds, as far as this volume is concerned.
+pub enum Content {
+    /// Encrypted: decrypt with this key.
+    Encrypted(ContentKey),
+    /// Not encrypted, and the volume reads such objects as they are.
+    Plain,
+}
+
+impl VolumeEncryption {
+    pub fn new(kms: Kms, pairs: BTreeMap<String, String>, allow_plaintext: bool) -> Self {
+        VolumeEncryption {
+            kms,
+            pairs,
+            allow_plaintext,
+        }
+    }
+
+    pub fn key_id(&self) -> &str {
+        self.kms.key_id()
+    }
+
+    /// The encryption context of objects this volume writes.
+    pub fn context(&self) -> BTreeMap<String, String> {
+        context_for(Format::V3, &self.pairs)
+    }
+
+    /// The size of the plaintext of `info`'s object. A listing does not say
+    /// whether an object is encrypted: it is taken to be (a plaintext object
+    /// then shows 16 bytes short until a HEAD tells, which every lookup of a
+    /// volume that keeps metadata makes).
+    pub fn plain_size(&self, info: &ObjectInfo) -> u64 {
+        let encrypted = match &info.headers {
+            Some(headers) => !matches!(Envelope::read(&headers.user), Ok(None)),
+            None => true,
+        };
+        match encrypted {
+            true => info.size.saturating_sub(TAG_LEN as u64),
+            false => info.size,
+        }
+    }
+
+    /// How to read the object whose HEAD gave `headers`: its content key,
+    /// unwrapped by KMS now, or the refusal.
+    pub async fn open(&self, headers: &ObjectHeaders) -> Result<Content, CseError> {
+        let Some(envelope) = Envelope::read(&headers.user)? else {
+            return match self.allow_plaintext {
+                true => Ok(Content::Plain),
+                false => Err(CseError::Plaintext),
+            };
+        };
+        envelope.check_context(&self.pairs)?;
+        let data_key = self
+            .kms
+            .unwrap(&envelope.wrapped_key, &envelope.context)
+            .await?;
+        Ok(Content::Encrypted(envelope.content_key(&data_key)?))
+    }
+
+    /// A new object's key: the metadata to store it with, and its content key.
+    pub async fn seal(&self) -> Result<(Vec<(String, String)>, ContentKey), CseError> {
+        let context = self.context();
+        let data_key = self.kms.generate(&context).await?;
+        let (envelope, key) =
+            Envelope::seal(Format::V3, &data_key.plaintext, data_key.wrapped, context);
+        Ok((envelope.metadata(), key))
+    }
+
+    /// For `s3vol check`: GenerateDataKey with the volume's context, as
+    /// writing needs, then the Decrypt of the key made (the inner result), as
+    /// reading needs.
+    pub async fn generate_probe(&self) -> Result<Result<(), KmsError>, KmsError> {
+        let context = self.context();
+        let data_key = self.kms.generate(&context).await?;
+        Ok(self
+            .kms
+            .unwrap(&data_key.wrapped, &context)
+            .await
+            .map(|_| ()))
+    }
+
+    /// For `s3vol check`: the Decrypt of the data key of the object whose
+    /// HEAD gave `headers`; `None` when it is not encrypted for this volume.
+    pub async fn open_probe(&self, headers: &ObjectHeaders) -> Option<Result<(), KmsError>> {
+        let envelope = Envelope::read(&headers.user).ok()??;
+        envelope.check_context(&self.pairs).ok()?;
+        let unwrapped = self
+            .kms
+            .unwrap(&envelope.wrapped_key, &envelope.context)
+            .await;
+        Some(unwrapped.map(|_| ()))
+    }
+}
+
+/// The headers of an object written with `metadata` (from
+/// [`VolumeEncryption::seal`]) besides `headers`.
+pub fn with_envelope(mut headers: ObjectHeaders, metadata: &[(String, String)]) -> ObjectHeaders {
+    headers.user.extend(metadata.iter().cloned());
+    headers
+}
+
+/// What `--cse-kms-key-id`, `--cse-context` and `--cse-allow-plaintext` ask
+/// for, as plain values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CseOptions {
+    /// The KMS key: an ID, an ARN or an alias.
+    pub key_id: String,
+    /// The volume's pairs of the encryption context.
+    pub context: BTreeMap<String, String>,
+    pub allow_plaintext: bool,
+}
+
+/// Parses `--cse-context`: `name=value` pairs separated by commas.
+pub fn parse_context(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut pairs = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not NAME=VALUE (write name=value,name=value)"))?;
+        if name.is_empty() {
+            return Err(format!("{pair:?} has an empty name"));
+        }
+        if name.starts_with("aws:") {
+            return Err(format!(
+                "{name:?}: names beginning with aws: are AWS's own (the S3 Encryption \
+                 Client adds aws:x-amz-cek-alg itself)"
+            ));
+        }
+        if pairs.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(format!("{name:?} is given twice"));
+        }
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_is_name_value_pairs_and_aws_names_are_refused() {
+        let pairs = parse_context("tenant=a,project=x=y,empty=").unwrap();
+        assert_eq!(pairs.len(), 3);
+        assert_eq!(pairs["project"], "x=y");
+        assert_eq!(pairs["empty"], "");
+        assert!(parse_context("").unwrap().is_empty());
+        for (bad, says) in [
+            ("tenant", "not NAME=VALUE"),
+            ("=a", "empty name"),
+            ("aws:x-amz-cek-alg=115", "AWS's own"),
+            ("a=1,a=2", "twice"),
+        ] {
+            let err = parse_context(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}

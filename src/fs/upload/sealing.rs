@@ -1,0 +1,139 @@
+//! What client-side encryption changes in uploading a staged file: each
+//! object written gets a new data key, its parts are encrypted as they are
+//! sent, and the last part carries the tag made from the others' hashes; the
+//! object a file was opened on is decrypted into the staging file.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Base, Sent, StageError, StageResult, StagedFile};
+use crate::cse::envelope::ContentKey;
+use crate::cse::gcm::{Piece, Tagger};
+use crate::cse::reading::Decryption;
+use crate::cse::volume::{Content, CseError, with_envelope};
+use crate::fs::read::ObjectVersion;
+use crate::store::{ObjectHeaders, Operation, StoreError};
+
+impl StagedFile {
+    fn encryption_error(&self, key: &str, source: CseError) -> StageError {
+        StageError::Encryption {
+            key: key.to_string(),
+            source,
+        }
+    }
+
+    /// The headers of a new object of `key` carrying `headers`, and, on an
+    /// encrypted volume, the content key of a data key KMS makes for it.
+    pub(super) async fn new_object_headers(
+        &self,
+        key: &str,
+        headers: ObjectHeaders,
+    ) -> StageResult<(ObjectHeaders, Option<ContentKey>)> {
+        let Some(encryption) = &self.shares.encryption else {
+            return Ok((headers, None));
+        };
+        let (metadata, content_key) = encryption
+            .seal()
+            .await
+            .map_err(|e| self.encryption_error(key, e))?;
+        Ok((with_envelope(headers, &metadata), Some(content_key)))
+    }
+
+    /// Bytes `range` of the staging file as they are sent: encrypted with
+    /// `content_key` (and hashed) when there is one, and followed by the tag
+    /// when `tag` (the hashes of all that comes before) is given.
+    pub(super) fn read_sealed(
+        &self,
+        range: Range<u64>,
+        content_key: Option<&ContentKey>,
+        tag: Option<Tagger>,
+    ) -> StageResult<(Bytes, Option<Piece>)> {
+        let body = self.read_local(range.clone()).map_err(|e| self.local(e))?;
+        let Some(content_key) = content_key else {
+            return Ok((body, None));
+        };
+        let mut sealed = Vec::with_capacity(body.len() + crate::cse::gcm::TAG_LEN);
+        sealed.extend_from_slice(&body);
+        content_key.apply(range.start, &mut sealed);
+        let piece = content_key.hash(&sealed);
+        if let Some(mut tagger) = tag {
+            tagger
+                .push(piece)
+                .map_err(|e| self.internal(e.to_string()))?;
+            sealed.extend_from_slice(&tagger.tag());
+        }
+        Ok((Bytes::from(sealed), Some(piece)))
+    }
+
+    /// The running hash of the parts `sent`, in order, all encrypted.
+    pub(super) fn tagger(
+        &self,
+        content_key: &ContentKey,
+        sent: &[Option<Sent>],
+    ) -> StageResult<Tagger> {
+        let mut tagger = content_key.tagger();
+        for (index, sent) in sent.iter().enumerate() {
+            let piece = sent.as_ref().and_then(|s| s.piece).ok_or_else(|| {
+                self.internal(format!("part {} was cut while it was uploaded", index + 1))
+            })?;
+            tagger
+                .push(piece)
+                .map_err(|e| self.internal(e.to_string()))?;
+        }
+        Ok(tagger)
+    }
+
+    fn internal(&self, detail: String) -> StageError {
+        StageError::Store(StoreError::Internal {
+            op: Operation::UploadPart,
+            detail,
+        })
+    }
+
+    /// Whether a part sent in the current upload has changed since.
+    pub(super) fn resent_changed(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        state
+            .uploaded
+            .iter()
+            .zip(&state.versions)
+            .any(|(sent, version)| sent.as_ref().is_some_and(|s| s.version != *version))
+    }
+
+    /// The object a file was opened on, to be read into the staging file:
+    /// decrypted on an encrypted volume (its tag checked as it is read whole).
+    pub(super) async fn base_object(&self, key: &str, base: &Base) -> StageResult<ObjectVersion> {
+        let mut object = ObjectVersion {
+            store: self.store.clone(),
+            cache: None,
+            key: key.into(),
+            etag: base.etag.as_str().into(),
+            size: base.size,
+            decryption: None,
+        };
+        let Some(encryption) = &self.shares.encryption else {
+            return Ok(object);
+        };
+        let info = self.store.head_object(key).await?;
+        if info.etag != base.etag {
+            return Err(StoreError::Changed {
+                op: Operation::HeadObject,
+                key: key.to_string(),
+                expected_etag: base.etag.clone(),
+            }
+            .into());
+        }
+        let headers = info.headers.clone().unwrap_or_default();
+        object.size = encryption.plain_size(&info);
+        let content = encryption
+            .open(&headers)
+            .await
+            .map_err(|e| self.encryption_error(key, e))?;
+        if let Content::Encrypted(content_key) = content {
+            object.decryption = Some(Arc::new(Decryption::new(content_key, object.size)));
+        }
+        Ok(object)
+    }
+}
