@@ -37,7 +37,7 @@ rpc_public_addr = "127.0.0.1:$rpc_port"
 rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 [s3_api]
-s3_region = "garage"
+s3_region = "us-east-1"
 api_bind_addr = "127.0.0.1:$s3_port"
 root_domain = ".s3.garage.localhost"
 
@@ -73,7 +73,7 @@ TOML
 S3_ENDPOINT=http://127.0.0.1:$s3_port
 AWS_ACCESS_KEY_ID=$key_id
 AWS_SECRET_ACCESS_KEY=$secret
-AWS_REGION=garage
+AWS_REGION=us-east-1
 GARAGE_PID=$(cat "$dir/pid")
 OUT
     ;;

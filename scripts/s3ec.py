@@ -1,8 +1,8 @@
 """Put or get one object through AWS's S3 Encryption Client for Python, with a
 KMS key: the client s3vol's encrypted objects must agree with.
 
-    python s3ec.py ENDPOINT KMS_KEY_ID put BUCKET KEY v3|v2 [NAME=VALUE...] < plaintext
-    python s3ec.py ENDPOINT KMS_KEY_ID get BUCKET KEY [NAME=VALUE...] > plaintext
+    python s3ec.py S3_ENDPOINT KMS_ENDPOINT KMS_KEY_ID put BUCKET KEY v3|v2 [NAME=VALUE...] < plaintext
+    python s3ec.py S3_ENDPOINT KMS_ENDPOINT KMS_KEY_ID get BUCKET KEY [NAME=VALUE...] > plaintext
 
 put encrypts in the current format (v3, key commitment) or the older one (v2);
 get reads either (and fails, exit 1, on a tag or commitment that does not match).
@@ -16,15 +16,21 @@ import os
 import sys
 
 import boto3
+import botocore.config
 from s3_encryption import S3EncryptionClient, S3EncryptionClientConfig
 from s3_encryption.materials.kms_keyring import KmsKeyring
 from s3_encryption.materials.materials import AlgorithmSuite, CommitmentPolicy
 
 
-def client(endpoint, key_id, version):
+def client(s3_endpoint, kms_endpoint, key_id, version):
     region = os.environ.get("AWS_REGION", "us-east-1")
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region)
-    kms = boto3.client("kms", endpoint_url=endpoint, region_name=region)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name=region,
+        config=botocore.config.Config(s3={"addressing_style": "path"}),
+    )
+    kms = boto3.client("kms", endpoint_url=kms_endpoint, region_name=region)
     if version == "v2":
         config = S3EncryptionClientConfig(
             keyring=KmsKeyring(kms_client=kms, kms_key_id=key_id),
@@ -40,13 +46,13 @@ def client(endpoint, key_id, version):
 
 
 def main():
-    endpoint, key_id, action, bucket, key = sys.argv[1:6]
+    s3_endpoint, kms_endpoint, key_id, action, bucket, key = sys.argv[1:7]
     if action == "put":
-        version, pairs = sys.argv[6], sys.argv[7:]
+        version, pairs = sys.argv[7], sys.argv[8:]
     else:
-        version, pairs = "v3", sys.argv[6:]
+        version, pairs = "v3", sys.argv[7:]
     context = dict(pair.split("=", 1) for pair in pairs)
-    s3ec = client(endpoint, key_id, version)
+    s3ec = client(s3_endpoint, kms_endpoint, key_id, version)
     if action == "put":
         body = sys.stdin.buffer.read()
         s3ec.put_object(Bucket=bucket, Key=key, Body=body, EncryptionContext=context)

@@ -52,4 +52,6 @@ pub struct MountConfig {
     pub audit_log: Option<PathBuf>,
     /// Show the bucket as it was at this moment (`crate::store::versioned`).
     pub version_at: Option<std::time::SystemTime>,
+    /// Client-side encryption (`crate::cse`).
+    pub cse: Option<crate::cse::volume::CseOptions>,
 }

@@ -36,13 +36,12 @@ fn main() -> ExitCode {
             Err(message) => fail(&message),
         },
         Command::Check(args) => match args.s3.connection(&args.role) {
-            Ok(mut connection) => {
-                connection.cse = args.cse.options();
+            Ok(connection) => {
                 let mode = ProbeMode {
                     read_write: args.read_write,
                     delete: args.probe_delete,
                 };
-                commands::check::run(&args.source, mode, &connection)
+                commands::check::run(&args.source, mode, &connection, args.cse.options())
             }
             Err(message) => fail(&message),
         },

@@ -271,7 +271,6 @@ impl S3Args {
             io_timeout: self.io_timeout,
             role: role_options,
             renew_before: role.renew_before,
-            cse: None,
             sign_payloads: self
                 .endpoint_url
                 .as_deref()
@@ -527,10 +526,8 @@ impl MountArgs {
             );
         }
         Ok(MountConfig {
-            connection: Connection {
-                cse: self.cse.options(),
-                ..self.s3.connection(&self.role)?
-            },
+            connection: self.s3.connection(&self.role)?,
+            cse: self.cse.options(),
             source: self.source,
             mountpoint: self.mountpoint,
             read_write: self.read_write,

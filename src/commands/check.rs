@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use super::{fail, one_shot};
+use crate::cse::volume::CseOptions;
 use crate::daemon::Failure;
 use crate::names::Source;
 use crate::preflight::{self, ProbeMode};
@@ -11,21 +12,31 @@ use crate::store::stack::Connection;
 
 /// `s3vol check`: probes what the mode needs and prints the table; exit 1 when
 /// anything needed is denied or S3 cannot be reached.
-pub fn run(source: &Source, mode: ProbeMode, connection: &Connection) -> ExitCode {
-    let result = one_shot(connection, &source.bucket, async |store, encryption| {
-        let probes = preflight::probe_access(
-            store.as_ref(),
-            source,
-            mode,
-            &connection.endpoint(),
-            encryption.as_deref(),
-        )
-        .await?;
-        print!("{}", preflight::render(&probes));
-        Ok(probes
-            .iter()
-            .all(|p| !matches!(p.outcome, preflight::Outcome::Denied { .. })))
-    });
+pub fn run(
+    source: &Source,
+    mode: ProbeMode,
+    connection: &Connection,
+    cse: Option<CseOptions>,
+) -> ExitCode {
+    let result = one_shot(
+        connection,
+        &source.bucket,
+        cse.as_ref(),
+        async |store, encryption| {
+            let probes = preflight::probe_access(
+                store.as_ref(),
+                source,
+                mode,
+                &connection.endpoint(),
+                encryption.as_deref(),
+            )
+            .await?;
+            print!("{}", preflight::render(&probes));
+            Ok(probes
+                .iter()
+                .all(|p| !matches!(p.outcome, preflight::Outcome::Denied { .. })))
+        },
+    );
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

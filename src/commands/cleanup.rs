@@ -137,7 +137,7 @@ pub fn run(
         older_than,
         abort,
     };
-    let result = one_shot(connection, &source.bucket, async |store, _| {
+    let result = one_shot(connection, &source.bucket, None, async |store, _| {
         cleanup(store.as_ref(), &plan, SystemTime::now())
             .await
             .map_err(|e| Failure(format!("cannot list the uploads under {location}: {e:#}")))

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::cse::volume::VolumeEncryption;
+use crate::cse::volume::{CseOptions, VolumeEncryption};
 use crate::daemon::Failure;
 use crate::logging::{self, LogTarget};
 use crate::store::ObjectStore;
@@ -34,6 +34,7 @@ pub fn fail(message: &str) -> ExitCode {
 fn one_shot<T>(
     connection: &Connection,
     bucket: &str,
+    cse: Option<&CseOptions>,
     body: impl AsyncFnOnce(Arc<dyn ObjectStore>, Option<Arc<VolumeEncryption>>) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let _ = logging::init("warn", LogTarget::Stderr);
@@ -41,7 +42,8 @@ fn one_shot<T>(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (store, encryption) = connection.command_store(bucket).await.map_err(Failure)?;
+        let (store, sdk) = connection.command_store(bucket).await.map_err(Failure)?;
+        let encryption = cse.map(|cse| Arc::new(VolumeEncryption::connect(cse, &sdk)));
         body(store, encryption).await
     })
 }

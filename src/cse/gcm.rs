@@ -211,7 +211,7 @@ impl Tagger {
 
     /// Appends the stretch `piece` hashed.
     pub fn push(&mut self, piece: Piece) -> Result<(), Misaligned> {
-        if self.len % BLOCK as u64 != 0 {
+        if !self.len.is_multiple_of(BLOCK as u64) {
             return Err(Misaligned);
         }
         let blocks = piece.len.div_ceil(BLOCK as u64);

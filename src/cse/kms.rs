@@ -31,17 +31,22 @@ pub struct KmsError {
 }
 
 impl KmsError {
-    /// The credentials may not use the key (or it is disabled to them).
+    /// The credentials may not use the key.
     pub fn is_access_denied(&self) -> bool {
         matches!(
             self.code.as_deref(),
-            Some(
-                "AccessDeniedException"
-                    | "AccessDenied"
-                    | "DisabledException"
-                    | "NotFoundException"
-            )
+            Some("AccessDeniedException" | "AccessDenied")
         )
+    }
+
+    /// The key cannot be used for this, by these credentials or at all
+    /// (denied, disabled, pending deletion, or not there).
+    pub fn refuses_key(&self) -> bool {
+        self.is_access_denied()
+            || matches!(
+                self.code.as_deref(),
+                Some("DisabledException" | "KMSInvalidStateException" | "NotFoundException")
+            )
     }
 }
 

@@ -48,7 +48,7 @@ impl CseError {
         match self {
             CseError::Plaintext => true,
             CseError::Envelope(e) => matches!(e, EnvelopeError::Context { .. }),
-            CseError::Kms(e) => e.is_access_denied(),
+            CseError::Kms(e) => e.refuses_key(),
         }
     }
 }
@@ -68,6 +68,13 @@ impl VolumeEncryption {
             pairs,
             allow_plaintext,
         }
+    }
+
+    /// The encryption `options` ask for, with KMS reached through `sdk` (the
+    /// volume's credentials; `AWS_ENDPOINT_URL_KMS`, if set, names KMS).
+    pub fn connect(options: &CseOptions, sdk: &aws_config::SdkConfig) -> Self {
+        let kms = Kms::new(aws_sdk_kms::Client::new(sdk), &options.key_id);
+        VolumeEncryption::new(kms, options.context.clone(), options.allow_plaintext)
     }
 
     pub fn key_id(&self) -> &str {

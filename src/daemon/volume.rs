@@ -9,6 +9,7 @@ use tracing::info;
 use super::Failure;
 use crate::cache::{BlockCache, CacheConfig};
 use crate::config::MountConfig;
+use crate::cse::volume::VolumeEncryption;
 use crate::fs::{Fs, FsConfig, WriteConfig};
 use crate::fuse::FuseAdapter;
 use crate::fuse::session::{Access, MountPlan};
@@ -41,12 +42,16 @@ impl Volume {
             .volume_stack(&config.source.bucket)
             .await
             .map_err(Failure)?;
+        let encryption = config
+            .cse
+            .as_ref()
+            .map(|cse| Arc::new(VolumeEncryption::connect(cse, &stack.sdk)));
         preflight::check_mount(
             stack.probe.as_ref(),
             &config.source,
             config.read_write,
             &connection.endpoint(),
-            stack.encryption.as_deref(),
+            encryption.as_deref(),
         )
         .await?;
 
@@ -134,7 +139,7 @@ impl Volume {
             write,
             stats: Some(stats.clone()),
             audit,
-            encryption: stack.encryption,
+            encryption,
             ..FsConfig::default()
         };
         let fs = Arc::new(Fs::new(store, config.source.prefix.as_str(), fs_config));

@@ -20,8 +20,6 @@ use super::retry::{RetryPolicy, RetryingStore};
 use super::s3::{S3Options, S3Store};
 use super::{Encryption, ObjectStore};
 use crate::auth::{self, RoleOptions};
-use crate::cse::kms::Kms;
-use crate::cse::volume::{CseOptions, VolumeEncryption};
 
 /// Where S3 is, and the credentials to reach it with.
 #[derive(Clone, Debug)]
@@ -44,9 +42,6 @@ pub struct Connection {
     /// Sign upload payloads: the endpoint is plain http beyond this host, with
     /// no TLS to keep the bytes from being changed on the way.
     pub sign_payloads: bool,
-    /// Client-side encryption with a KMS key, reached with the same
-    /// credentials (at `AWS_ENDPOINT_URL_KMS` when that is set).
-    pub cse: Option<CseOptions>,
 }
 
 /// Counts the credential renewals of a store's credentials.
@@ -61,15 +56,17 @@ pub struct VolumeStack {
     /// What `store` has sent.
     pub requests: Arc<RequestStats>,
     pub renewals: Renewals,
-    /// How the volume encrypts, if it does.
-    pub encryption: Option<Arc<VolumeEncryption>>,
+    /// The AWS configuration with the volume's renewed credentials, for the
+    /// other services a volume uses (KMS, for client-side encryption).
+    pub sdk: aws_config::SdkConfig,
 }
 
-/// A store signing with renewed credentials, and what shares them.
+/// A store signing with renewed credentials, and the configuration that
+/// shares them.
 struct Connected {
     store: Arc<dyn ObjectStore>,
     renewals: Renewals,
-    encryption: Option<Arc<VolumeEncryption>>,
+    sdk: aws_config::SdkConfig,
 }
 
 impl Connection {
@@ -97,17 +94,10 @@ impl Connection {
         let credentials =
             auth::volume_credentials(self.role.as_ref(), self.renew_before, &base).await?;
         let shared = SharedCredentialsProvider::new(credentials.clone());
-        let encryption = self.cse.as_ref().map(|cse| {
-            let config = aws_sdk_kms::config::Builder::from(&base)
-                .credentials_provider(shared.clone())
-                .build();
-            let kms = Kms::new(aws_sdk_kms::Client::from_conf(config), &cse.key_id);
-            Arc::new(VolumeEncryption::new(
-                kms,
-                cse.context.clone(),
-                cse.allow_plaintext,
-            ))
-        });
+        let sdk = base
+            .to_builder()
+            .credentials_provider(shared.clone())
+            .build();
         let options = S3Options {
             endpoint_url: self.endpoint_url.clone(),
             force_path_style: self.force_path_style,
@@ -125,18 +115,18 @@ impl Connection {
         Ok(Connected {
             store: Arc::new(RenewOnExpiry::new(s3, credentials)),
             renewals,
-            encryption,
+            sdk,
         })
     }
 
     /// The store of a one-shot command (`check`, `cleanup`): retried, not
-    /// counted; and the volume's encryption, if it has one.
+    /// counted; and the AWS configuration with the same credentials.
     pub async fn command_store(
         &self,
         bucket: &str,
-    ) -> Result<(Arc<dyn ObjectStore>, Option<Arc<VolumeEncryption>>), String> {
+    ) -> Result<(Arc<dyn ObjectStore>, aws_config::SdkConfig), String> {
         let connected = self.connect(bucket).await?;
-        Ok((self.retrying(connected.store), connected.encryption))
+        Ok((self.retrying(connected.store), connected.sdk))
     }
 
     /// The stores of a volume on `bucket`.
@@ -144,7 +134,7 @@ impl Connection {
         let Connected {
             store,
             renewals,
-            encryption,
+            sdk,
         } = self.connect(bucket).await?;
         let probe = self.retrying(store.clone());
         // Counted below the retries, so the statistics show every request sent.
@@ -155,7 +145,7 @@ impl Connection {
             store: self.retrying(Arc::new(counted)),
             requests,
             renewals,
-            encryption,
+            sdk,
         })
     }
 }

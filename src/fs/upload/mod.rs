@@ -31,6 +31,7 @@ mod config;
 mod layout;
 mod local;
 mod sealing;
+mod state;
 
 use std::io;
 use std::ops::Range;
@@ -39,17 +40,16 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 pub use self::budget::StagingBudget;
 pub use self::config::WriteConfig;
 use self::layout::PartLayout;
 use self::local::LocalFile;
+use self::state::{Sent, State, Upload};
 use super::inode::Kind;
 use super::posix::Posix;
-use crate::cse::envelope::ContentKey;
-use crate::cse::gcm::{Piece, Tagger};
+use crate::cse::gcm::Tagger;
 use crate::cse::volume::{CseError, VolumeEncryption};
 use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, StoreError, UploadedPart};
@@ -119,79 +119,6 @@ pub struct Uploaded {
     pub headers_behind: bool,
     /// The mode, owner and time the object carries.
     pub posix: Posix,
-}
-
-/// A part as uploaded.
-#[derive(Clone, Debug)]
-struct Sent {
-    /// The version of the part's bytes sent (never newer than they were).
-    version: u64,
-    etag: String,
-    /// On an encrypted volume, the hash of the part's ciphertext.
-    piece: Option<Piece>,
-}
-
-/// A multipart upload under way, and the content key of the object it makes.
-#[derive(Clone)]
-struct Upload {
-    id: String,
-    key: Option<Arc<ContentKey>>,
-}
-
-struct State {
-    key: String,
-    size: u64,
-    base: Option<Base>,
-    /// Per part: bumped by every change to the part's bytes.
-    versions: Vec<u64>,
-    /// Per part: its latest upload in the current multipart upload.
-    uploaded: Vec<Option<Sent>>,
-    /// Per part: a background upload is in flight.
-    in_flight: Vec<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    /// A background part upload failed; reported by the next flush.
-    failure: Option<StageError>,
-    /// Changed since the last successful upload.
-    dirty: bool,
-    /// Changed since the last upload was tried (a failed try clears it too: its
-    /// failure was reported to whoever asked).
-    unsent: bool,
-    /// Unlinked: nothing is uploaded any more.
-    deleted: bool,
-    /// Abandoned by a stopping volume: nothing is uploaded any more, and whoever
-    /// asks for an upload is told so.
-    abandoned: bool,
-    /// Staging bytes taken from the mount's budget for this file: the largest
-    /// it has been since it last shrank.
-    taken: u64,
-    mtime: SystemTime,
-    /// The mode, owner and time the object will keep in its metadata.
-    posix: Posix,
-    /// Those the multipart upload under way was started with.
-    started_with: Option<Posix>,
-}
-
-impl State {
-    fn touch(&mut self, layout: &PartLayout, range: Range<u64>) {
-        let last = layout.index_of(range.end.max(range.start + 1) - 1);
-        if self.versions.len() <= last {
-            self.versions.resize(last + 1, 0);
-            self.uploaded.resize(last + 1, None);
-            self.in_flight.resize(last + 1, false);
-        }
-        for index in layout.index_of(range.start)..=last {
-            self.versions[index] += 1;
-        }
-        self.dirty = true;
-        self.unsent = true;
-        self.mtime = SystemTime::now();
-        // A time set before is the time of a change no more.
-        self.posix.mtime = None;
-    }
-
-    fn is_clean(&self, index: usize) -> bool {
-        matches!(&self.uploaded[index], Some(sent) if sent.version == self.versions[index])
-    }
 }
 
 /// One file being written, shared by every handle open on it.
@@ -621,7 +548,7 @@ impl StagedFile {
 
     async fn upload_all(&self) -> StageResult<Uploaded> {
         if let Some(e) = self.state.lock().unwrap().failure.take() {
-            return Err(e.into());
+            return Err(e);
         }
         let (key, size, versions) = {
             let state = self.state.lock().unwrap();
