@@ -106,8 +106,37 @@ fn policy_refuses_bad_input_with_a_reason() {
             ][..],
             "external ID must be",
         ),
+        (
+            &["policy", "bkt", "--cse-kms-key-id", "alias/volumes"][..],
+            "by its ARN",
+        ),
+        (
+            &["policy", "bkt", "--cse-context", "tenant=a"][..],
+            "--cse-kms-key-id",
+        ),
     ] {
         let out = s3vol(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(phrase), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn client_side_encryption_options_are_checked_before_mounting() {
+    for (args, phrase) in [
+        (&["--cse-context", "tenant=a"][..], "--cse-kms-key-id"),
+        (&["--cse-allow-plaintext"][..], "--cse-kms-key-id"),
+        (
+            &["--cse-kms-key-id", "k", "--cse-context", "aws:x=1"][..],
+            "AWS's own",
+        ),
+        (
+            &["--cse-kms-key-id", "k", "--cse-context", "tenant"][..],
+            "not NAME=VALUE",
+        ),
+    ] {
+        let out = s3vol(&[&["mount", "bkt", "/tmp"][..], args].concat());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(phrase), "{args:?}: {err}");

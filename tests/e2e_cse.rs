@@ -368,6 +368,15 @@ async fn random_reads_and_changes_through_staging_stay_readable_everywhere() {
     );
     let (_, metadata) = setup.raw("renamed").await;
     assert!(metadata.contains_key("x-amz-3"), "{metadata:?}");
+    let info = common::s3vol()
+        .args(["info", mount.path().join("renamed").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains(r#"client-side    S3 Encryption Client format V3, context {"aws:x-amz-cek-alg":"115","volume":"test"}"#),
+        "{info}"
+    );
     assert!(std::fs::read(mount.path().join("renamed")).unwrap() == expected);
 
     // A part rewritten after it was sent is never sent again under the same

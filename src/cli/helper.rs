@@ -244,7 +244,8 @@ mod tests {
              file_mode=0640,dir_mode=0750,allow_other,cache_dir=/var/cache/x,\
              cache_size=2GiB,staging_size=3GiB,metadata_ttl=90s,part_size=16MiB,max_concurrency=4,\
              max_memory=48MiB,sse=aws:kms,sse_kms_key_id=alias/s3vol,io_timeout=2m,log_level=debug,\
-             log_file=/var/log/s3vol.log,noexec",
+             log_file=/var/log/s3vol.log,noexec,cse_kms_key_id=alias/volumes,\
+             cse_context=\"tenant=a,project=b\",cse_allow_plaintext",
         ])
         .unwrap();
         assert!(first.read_write && first.s3.force_path_style && first.allow_other);
@@ -288,6 +289,11 @@ mod tests {
             Some(Path::new("/var/log/s3vol.log"))
         );
         assert!(first.noexec && !first.foreground);
+        let cse = first.cse.options().unwrap();
+        assert_eq!(cse.key_id, "alias/volumes");
+        assert_eq!(cse.context.len(), 2);
+        assert_eq!(cse.context["project"], "b");
+        assert!(cse.allow_plaintext);
 
         let second = mount(&[
             "bkt",

@@ -183,6 +183,7 @@ fn render_info(facts: &Value) -> String {
         ("storage class", text("storage_class")),
         ("last modified", text("last_modified")),
         ("encryption", encryption),
+        ("client-side", text("client_side_encryption")),
         ("content type", text("content_type")),
         ("metadata", metadata),
     ]

@@ -76,6 +76,17 @@ impl Fs {
         let (key, _) = self.opened_key(ino, fh)?;
         let info = self.store.head_object(&key).await?;
         let headers = info.headers.unwrap_or_default();
+        let client_side = match crate::cse::envelope::Envelope::read(&headers.user) {
+            Ok(Some(envelope)) => Some(format!(
+                "S3 Encryption Client format {:?}, context {}",
+                envelope.format,
+                serde_json::to_string(&envelope.context).expect("strings serialize")
+            )),
+            Ok(None) => None,
+            Err(e) => Some(format!(
+                "S3 Encryption Client metadata that cannot be used: {e}"
+            )),
+        };
         Ok(json!({
             "bucket": self.store.bucket(),
             "key": info.key,
@@ -86,6 +97,7 @@ impl Fs {
             "last_modified": humantime::format_rfc3339_seconds(info.last_modified).to_string(),
             "sse": headers.sse,
             "sse_kms_key_id": headers.sse_kms_key_id,
+            "client_side_encryption": client_side,
             "content_type": headers.content_type,
             "metadata": headers.user,
         }))

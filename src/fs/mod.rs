@@ -475,13 +475,17 @@ impl Fs {
                 },
             }
         } else {
-            if node
+            // (An encrypted volume asks S3 below in any case.)
+            let expired = node
                 .remaining(self.config.metadata_ttl, Instant::now())
-                .is_none()
-            {
+                .is_none();
+            if expired && self.config.encryption.is_none() {
                 self.getattr(ino).await?;
                 node = self.node(ino)?;
             }
+            // Encrypted: a HEAD now, for the key of the version read.
+            let decryption;
+            (node, decryption) = self.open_encrypted(ino, node).await?;
             let same_version = self
                 .inodes
                 .lock()
@@ -496,8 +500,6 @@ impl Fs {
                     matches!(f, OpenFile::Object { ino: i, etag, .. }
                         if *i == ino && **etag != node.stat.etag)
                 });
-            let decryption;
-            (node, decryption) = self.open_encrypted(ino, node).await?;
             let etag: Arc<str> = node.stat.etag.as_str().into();
             let object = ObjectVersion {
                 store: self.store.clone(),

@@ -147,28 +147,39 @@ impl Fs {
         replace: Option<&ObjectHeaders>,
     ) -> FsResult<String> {
         let limit = self.writable()?.single_copy_limit;
+        // An encrypted object is its tag longer in S3 than the file shows.
+        let tag = match self.config.encryption {
+            Some(_) => crate::cse::gcm::TAG_LEN as u64,
+            None => 0,
+        };
+        if size + tag <= limit {
+            return Ok(self
+                .store
+                .copy_object(from, to, etag, size + tag, replace)
+                .await?);
+        }
+        // The size in S3, and the headers: a multipart copy carries nothing by
+        // itself, so they are set when the upload starts, from the source's
+        // own unless replaced.
+        let source = self.store.head_object(from).await?;
+        if let Some(expected) = etag.filter(|etag| *etag != source.etag) {
+            return Err(StoreError::Changed {
+                op: Operation::HeadObject,
+                key: from.to_string(),
+                expected_etag: expected.to_string(),
+            }
+            .into());
+        }
+        let size = source.size;
         if size <= limit {
             return Ok(self
                 .store
                 .copy_object(from, to, etag, size, replace)
                 .await?);
         }
-        // A multipart copy carries nothing by itself: the headers are set when
-        // the upload starts, from the source's own unless replaced.
         let headers = match replace {
             Some(headers) => headers.clone(),
-            None => {
-                let source = self.store.head_object(from).await?;
-                if let Some(expected) = etag.filter(|etag| *etag != source.etag) {
-                    return Err(StoreError::Changed {
-                        op: Operation::HeadObject,
-                        key: from.to_string(),
-                        expected_etag: expected.to_string(),
-                    }
-                    .into());
-                }
-                source.headers.unwrap_or_default()
-            }
+            None => source.headers.unwrap_or_default(),
         };
         let upload_id = self.store.create_multipart_upload(to, &headers).await?;
         let result = async {
