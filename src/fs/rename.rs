@@ -158,28 +158,31 @@ impl Fs {
                 .copy_object(from, to, etag, size + tag, replace)
                 .await?);
         }
-        // The size in S3, and the headers: a multipart copy carries nothing by
-        // itself, so they are set when the upload starts, from the source's
-        // own unless replaced.
-        let source = self.store.head_object(from).await?;
-        if let Some(expected) = etag.filter(|etag| *etag != source.etag) {
-            return Err(StoreError::Changed {
-                op: Operation::HeadObject,
-                key: from.to_string(),
-                expected_etag: expected.to_string(),
+        // A multipart copy carries nothing by itself: the headers are set when
+        // the upload starts, from the source's own unless replaced. Encrypted,
+        // the size in S3 is what a HEAD says (a plaintext object let through
+        // has no tag).
+        let (size, headers) = match replace {
+            Some(headers) if tag == 0 => (size, headers.clone()),
+            _ => {
+                let source = self.store.head_object(from).await?;
+                if let Some(expected) = etag.filter(|etag| *etag != source.etag) {
+                    return Err(StoreError::Changed {
+                        op: Operation::HeadObject,
+                        key: from.to_string(),
+                        expected_etag: expected.to_string(),
+                    }
+                    .into());
+                }
+                if source.size <= limit {
+                    return Ok(self
+                        .store
+                        .copy_object(from, to, etag, source.size, replace)
+                        .await?);
+                }
+                let headers = replace.cloned().or(source.headers).unwrap_or_default();
+                (source.size, headers)
             }
-            .into());
-        }
-        let size = source.size;
-        if size <= limit {
-            return Ok(self
-                .store
-                .copy_object(from, to, etag, size, replace)
-                .await?);
-        }
-        let headers = match replace {
-            Some(headers) => headers.clone(),
-            None => source.headers.unwrap_or_default(),
         };
         let upload_id = self.store.create_multipart_upload(to, &headers).await?;
         let result = async {
