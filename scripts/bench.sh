@@ -9,9 +9,12 @@
 #   RUNS=1 SYSTEMS=s3vol S3VOL_OPTIONS="--max-memory 96MiB" bash scripts/bench.sh
 #
 # Systems: s3vol with its defaults (block cache on), s3vol --no-cache (on the cold
-# read rows only, where the cache could cost something), s3fs-fuse and rclone mount
-# as their users run them, and for the data rows a raw parallel S3 client (the
-# ceiling). Every row says what it measures (see docs/BENCHMARK.md):
+# read rows only, where the cache could cost something), s3vol with client-side
+# encryption (--cse-kms-key-id, a KMS key of moto's on 127.0.0.1; on the cold
+# sequential read, the durable write and their CPU rows, over objects it wrote
+# itself), s3fs-fuse and rclone mount as their users run them, and for the data
+# rows a raw parallel S3 client (the ceiling). Every row says what it measures
+# (see docs/BENCHMARK.md):
 #
 # - cold rows start from a fresh mount and an empty page cache: 1 GiB sequential
 #   read, 4 readers of 4 different 256 MiB objects at once, 4 KiB random reads,
@@ -45,6 +48,7 @@ WARM_RANDOM_READS=${WARM_RANDOM_READS:-20000}
 ensure_rust
 ensure_fuse
 ensure_garage
+ensure_moto
 apt_install s3fs rclone python3
 [ "$(id -u)" -eq 0 ] || die "run as root: the benchmark drops the page cache between runs"
 
@@ -66,6 +70,13 @@ for i in 0 1 2 3; do "$S3BENCH" put bench "par/p$i.bin" 256 >/dev/null; done
 "$S3BENCH" put-many bench tree/ 10000 100
 "$S3BENCH" put-many bench small64/ 1000 10 65536
 
+# The encrypted volume's KMS: moto's (it takes Garage's keys as well).
+eval "$("$S3VOL_ROOT/scripts/moto.sh" start "$work/moto" | sed 's/^S3_ENDPOINT=/CSE_KMS_ENDPOINT=/')"
+trap 'garage_workspace_cleanup; "$S3VOL_ROOT/scripts/moto.sh" stop "$work/moto"' EXIT
+CSE_KEY=$("$MOTO_VENV/bin/python" -c "import boto3, sys
+print(boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1')
+      .create_key()['KeyMetadata']['KeyId'])" "$CSE_KMS_ENDPOINT")
+
 printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$work/s3fs.passwd"
 chmod 600 "$work/s3fs.passwd"
 
@@ -77,6 +88,12 @@ mount_system() {
     [ "$mode" = rw ] && rw=rw
     [ "$mode" = cached ] && cached=1
     case "$1" in
+    s3vol-cse)
+        # Under cse/, so its paths are those of the others.
+        AWS_ENDPOINT_URL_KMS=$CSE_KMS_ENDPOINT "$S3VOL" mount bench/cse "$mnt" \
+            --endpoint-url "$S3_ENDPOINT" --force-path-style --cse-kms-key-id "$CSE_KEY" \
+            --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
+            ${rw:+--read-write} ${S3VOL_OPTIONS:-} ;;
     s3vol | s3vol-nocache)
         "$S3VOL" mount bench "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
             --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
@@ -266,14 +283,16 @@ PY
 seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
     sync
     mount_system "$1" rw
-    local key t0 t1 pid cpu
+    local key t0 t1 pid cpu prefix= tag=0
+    # The encrypted volume's objects are under cse/, each its tag longer.
+    [ "$1" != s3vol-cse ] || { prefix=cse/; tag=16; }
     key="write/$1-$(date +%s%N).bin"
     mkdir -p "$mnt/write"
     cat "$work/src-1g.bin" >/dev/null
     sync
     pid=$(daemon_pid); cpu=$(cpu_ticks "$pid"); t0=$(now)
     dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none
-    "$S3BENCH" wait bench "$key" 1 $((1 << 30))
+    "$S3BENCH" wait bench "$prefix$key" 1 $(((1 << 30) + tag))
     t1=$(now); record_cpu cpu_write "$1" "$pid" "$cpu" 1; unmount_system "$1"
     speed "$t0" "$t1" 1024
 }
@@ -299,17 +318,27 @@ PY
 head -c 1G /dev/urandom >"$work/src-1g.bin"
 
 # SYSTEMS="s3vol s3fs" runs some of them (s3vol always: the table is its).
-read -ra SYSTEMS <<<"${SYSTEMS:-s3vol s3vol-nocache s3fs rclone}"
+read -ra SYSTEMS <<<"${SYSTEMS:-s3vol s3vol-nocache s3vol-cse s3fs rclone}"
 [[ " ${SYSTEMS[*]} " == *" s3vol "* ]] || die "SYSTEMS must include s3vol"
+if [[ " ${SYSTEMS[*]} " == *" s3vol-cse "* ]]; then
+    log "seeding the encrypted volume: a 1 GiB object written through it"
+    mount_system s3vol-cse rw
+    mkdir -p "$mnt/seq"
+    dd if="$work/src-1g.bin" of="$mnt/seq/1g.bin" bs=1M status=none
+    umount "$mnt"
+fi
 # The rows where s3vol's block cache could cost something; s3vol --no-cache runs
 # only these.
 NOCACHE_ROWS=" cold_read four_readers random_reads small_files first_byte "
+# The rows the encrypted volume runs: its data paths.
+CSE_ROWS=" cold_read seq_write "
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
 read -ra WORKLOADS <<<"${WORKLOADS:-cold_read four_readers random_reads warm_read warm_random disk_read disk_read_64m disk_random small_files first_byte ls_l find_tree idle_rss seq_write small_creates}"
 declare -A RESULT
 for WORKLOAD in "${WORKLOADS[@]}"; do
     for s in "${SYSTEMS[@]}"; do
         [ "$s" != s3vol-nocache ] || [[ "$NOCACHE_ROWS" == *" $WORKLOAD "* ]] || continue
+        [ "$s" != s3vol-cse ] || [[ "$CSE_ROWS" == *" $WORKLOAD "* ]] || continue
         log "$WORKLOAD on $s (one warm-up run, then $RUNS runs)"
         # The first run of a workload after start-up is slower whichever system
         # makes it (the server and the kernel warm up); it is not counted.
@@ -352,8 +381,9 @@ row() {
     local name=$1 unit=$2 better=$3 key=$4 raw=${5:-}
     [ -n "${RESULT[$key,s3vol]:-}" ] || return 0  # not among the WORKLOADS run
     local v=${RESULT[$key,s3vol]}
-    printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s |\n' "$name" "$unit" \
-        "$v" "${RESULT[$key,s3vol-nocache]:--}" "${RESULT[$key,s3fs]:--}" "${RESULT[$key,rclone]:--}" \
+    printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s | %8s |\n' "$name" "$unit" \
+        "$v" "${RESULT[$key,s3vol-nocache]:--}" "${RESULT[$key,s3vol-cse]:--}" \
+        "${RESULT[$key,s3fs]:--}" "${RESULT[$key,rclone]:--}" \
         "${raw:--}" "$(ratio "$better" "$v" "${RESULT[$key,s3fs]:-0}")" \
         "$(ratio "$better" "$v" "${RESULT[$key,rclone]:-0}")"
 }
@@ -376,10 +406,11 @@ echo
 echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, median of $RUNS runs"
 [ -z "${S3VOL_OPTIONS:-}" ] || echo "(s3vol mounted with $S3VOL_OPTIONS added)"
 echo "(s3vol, s3fs and rclone with their defaults and local caches as their users run them;"
+echo " --cse: s3vol with client-side encryption, KMS on 127.0.0.1;"
 echo " see docs/BENCHMARK.md for what each row measures)"
 echo
-printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s |\n' workload unit s3vol "--no-cache" s3fs rclone "raw S3" "vs s3fs" "vs rclone"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "---------" "----------" "------------" "----------" "----------" "----------" "----------" "----------"
+printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s | %8s |\n' workload unit s3vol "--no-cache" "--cse" s3fs rclone "raw S3" "vs s3fs" "vs rclone"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "---------" "----------" "------------" "----------" "----------" "----------" "----------" "----------" "----------"
 row "1 GiB sequential read, cold" "MiB/s" higher cold_read "$RAW_GET"
 row "4 readers of 256 MiB at once, cold" "MiB/s" higher four_readers "$RAW_GET4"
 row "4 KiB random reads, cold" "reads/s" higher random_reads
@@ -407,3 +438,8 @@ percent_of_raw() {
 percent_of_raw cold_read "$RAW_GET" "cold sequential read"
 percent_of_raw four_readers "$RAW_GET4" "4-reader read"
 percent_of_raw seq_write "$RAW_PUT" "durable sequential write"
+for key in cold_read seq_write; do
+    [ -n "${RESULT[$key,s3vol-cse]:-}" ] && [ -n "${RESULT[$key,s3vol]:-}" ] || continue
+    awk -v cse="${RESULT[$key,s3vol-cse]}" -v plain="${RESULT[$key,s3vol]}" -v what="$key" \
+        'BEGIN { printf "s3vol --cse %s is %.0f%% of s3vol without encryption\n", what, 100 * cse / plain }'
+done

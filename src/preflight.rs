@@ -54,7 +54,9 @@ pub async fn check_mount(
                     probe.action, probe.resource
                 )));
             }
-            Outcome::Skipped(_) if !source.prefix.is_root() && !read_write => {
+            Outcome::Skipped(_)
+                if probe.action == "s3:GetObject" && !source.prefix.is_root() && !read_write =>
+            {
                 return Err(PreflightError(format!(
                     "prefix '{}' does not exist in bucket '{}': no key starts with it. \
                      Check the spelling (keys are case-sensitive); a read-only volume of an \

@@ -63,9 +63,13 @@ impl Setup {
 
     /// A volume of the bucket with this KMS key, the test context and `extra`.
     fn mount(&self, extra: &[&str]) -> Mount {
+        self.mount_at(BUCKET, extra)
+    }
+
+    fn mount_at(&self, source: &str, extra: &[&str]) -> Mount {
         let mut args = vec!["--cse-kms-key-id", &self.key_id, "--cse-context", CONTEXT];
         args.extend_from_slice(extra);
-        Mount::with_env(&self.s3, BUCKET, &args, &self.env())
+        Mount::with_env(&self.s3, source, &args, &self.env())
     }
 
     /// Runs scripts/s3ec.py with `args`, `input` on its standard input.
@@ -302,18 +306,26 @@ async fn a_forged_byte_another_context_and_plaintext_are_refused() {
     );
     assert!(log.contains("--cse-allow-plaintext"), "{log}");
 
-    // For a bucket in migration, plaintext is read as it is.
-    let migrating = setup.mount(&["--cse-allow-plaintext"]);
-    assert_eq!(
-        std::fs::read(migrating.path().join("plain.txt")).unwrap(),
-        b"not encrypted\n"
-    );
-    assert_eq!(
-        std::fs::metadata(migrating.path().join("plain.txt"))
-            .unwrap()
-            .len(),
-        14
-    );
+    // For a bucket in migration, plaintext is read as it is (in a prefix
+    // whose first object is plaintext: no data key to probe at start-up).
+    setup
+        .s3
+        .put(BUCKET, "migrating/a-plain.txt", "not encrypted\n")
+        .await;
+    setup.official_put("migrating/b-encrypted", "v3", CONTEXT, b"encrypted\n");
+    let source = format!("{BUCKET}/migrating");
+    let migrating = setup.mount_at(&source, &["--cse-allow-plaintext"]);
+    for (name, content) in [
+        ("a-plain.txt", &b"not encrypted\n"[..]),
+        ("b-encrypted", b"encrypted\n"),
+    ] {
+        let path = migrating.path().join(name);
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            content.len() as u64
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
