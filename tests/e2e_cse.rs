@@ -277,6 +277,11 @@ async fn a_forged_byte_another_context_and_plaintext_are_refused() {
         body[MIB + 3] ^= 0x01;
         setup.put_raw(key, body, &metadata).await;
     }
+    // An empty file is its tag alone: one that is not its own is refused too.
+    setup.official_put("forged-empty", "v3", CONTEXT, b"");
+    let (mut tag, metadata) = setup.raw("forged-empty").await;
+    tag[0] ^= 0x01;
+    setup.put_raw("forged-empty", tag, &metadata).await;
 
     let mount = setup.mount(&[]);
     for key in ["forged", "forged-v2"] {
@@ -289,6 +294,10 @@ async fn a_forged_byte_another_context_and_plaintext_are_refused() {
         file.read_exact_at(&mut start, 2 * MIB as u64).unwrap();
         assert!(start == plain[2 * MIB..2 * MIB + 4096]);
     }
+    assert_eq!(
+        errno_of(std::fs::read(mount.path().join("forged-empty"))),
+        Some(libc::EIO)
+    );
     assert_eq!(
         errno_of(std::fs::read(mount.path().join("other-context"))),
         Some(libc::EACCES)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::inode::{Kind, Node, Stat};
+use super::read::ObjectVersion;
 use super::{Fs, FsError, FsResult};
 use crate::cse::reading::Decryption;
 use crate::cse::volume::Content;
@@ -50,9 +51,22 @@ impl Fs {
                 source: Box::new(source),
             })?;
         let decryption = match content {
-            Content::Encrypted(key) => Some(Arc::new(Decryption::new(key, node.stat.size))),
-            Content::Plain => None,
+            Content::Encrypted(key) => Arc::new(Decryption::new(key, node.stat.size)),
+            Content::Plain => return Ok((node, None)),
         };
-        Ok((node, decryption))
+        if node.stat.size == 0 {
+            // No read of an empty file reaches the end that checks the tag: it
+            // is checked now, so that a forged or truncated one is refused.
+            let object = ObjectVersion {
+                store: self.store.clone(),
+                cache: None,
+                key: node.key.as_str().into(),
+                etag: node.stat.etag.as_str().into(),
+                size: 0,
+                decryption: Some(decryption.clone()),
+            };
+            object.get(0..0).await?;
+        }
+        Ok((node, Some(decryption)))
     }
 }

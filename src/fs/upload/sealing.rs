@@ -54,8 +54,9 @@ impl StagedFile {
         let Some(content_key) = content_key else {
             return Ok((body, None));
         };
-        let mut sealed = Vec::with_capacity(body.len() + crate::cse::gcm::TAG_LEN);
-        sealed.extend_from_slice(&body);
+        // Encrypted in place: the staging file's bytes were read into a buffer
+        // of their own.
+        let mut sealed = Vec::from(body);
         content_key.apply(range.start, &mut sealed);
         let piece = content_key.hash(&sealed);
         if let Some(mut tagger) = tag {
