@@ -326,6 +326,7 @@ if [[ " ${SYSTEMS[*]} " == *" s3vol-cse "* ]]; then
     mkdir -p "$mnt/seq"
     dd if="$work/src-1g.bin" of="$mnt/seq/1g.bin" bs=1M status=none
     umount "$mnt"
+    "$S3BENCH" wait bench cse/seq/1g.bin 1 $(((1 << 30) + 16))
 fi
 # The rows where s3vol's block cache could cost something; s3vol --no-cache runs
 # only these.

@@ -19,7 +19,7 @@
 use aes::Aes256;
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use ghash::GHash;
-use ghash::universal_hash::{KeyInit as _, UniversalHash};
+use ghash::universal_hash::UniversalHash;
 use zeroize::Zeroizing;
 
 /// AES-GCM's tag, as S3 Encryption Clients write it.
@@ -244,7 +244,7 @@ impl Tagger {
 mod tests {
     use super::*;
     use aes_gcm::aead::{Aead, Payload};
-    use aes_gcm::{Aes256Gcm, Nonce};
+    use aes_gcm::{Aes256Gcm, KeyInit as _, Nonce};
 
     fn message(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
