@@ -23,12 +23,24 @@ use crate::cse::gcm::Cipher;
 
 /// How much of a gap is zero-filled per write.
 const FILL_CHUNK: u64 = 1 << 20;
+/// The largest write buffer kept between writes: the kernel's largest FUSE
+/// write is 1 MiB.
+const MAX_KEPT: usize = 1 << 20;
 
 pub(super) struct LocalFile {
     file: File,
-    /// The key of an encrypted staging file, and the file's length on disk:
-    /// held while a gap is filled, so no write lands in it meanwhile.
-    cipher: Option<(Cipher, Mutex<u64>)>,
+    /// The key of an encrypted staging file, and what its writes share.
+    cipher: Option<(Cipher, Mutex<Writing>)>,
+}
+
+/// Held by each write to an encrypted staging file.
+struct Writing {
+    /// The file's length on disk: a gap before a write is filled before it,
+    /// and no write lands in it meanwhile.
+    len: u64,
+    /// Where a write's bytes are encrypted: kept, so that writes of a large
+    /// file reuse one buffer instead of paging in a new one each time.
+    buffer: Vec<u8>,
 }
 
 impl LocalFile {
@@ -39,22 +51,31 @@ impl LocalFile {
             let mut iv = [0u8; 12];
             getrandom::fill(&mut key[..]).expect("the system's random source");
             getrandom::fill(&mut iv).expect("the system's random source");
-            (Cipher::new(key, iv, b""), Mutex::new(0))
+            let writing = Writing {
+                len: 0,
+                buffer: Vec::new(),
+            };
+            (Cipher::new(key, iv, b""), Mutex::new(writing))
         });
         LocalFile { file, cipher }
     }
 
     /// Writes `data` at `offset`.
     pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        let Some((cipher, len)) = &self.cipher else {
+        let Some((cipher, writing)) = &self.cipher else {
             return self.file.write_all_at(data, offset);
         };
-        let mut sealed = data.to_vec();
-        cipher.apply(offset, &mut sealed);
-        let mut len = len.lock().unwrap();
-        self.fill(cipher, *len..offset)?;
-        self.file.write_all_at(&sealed, offset)?;
+        let mut writing = writing.lock().unwrap();
+        self.fill(cipher, writing.len..offset)?;
+        let Writing { len, buffer } = &mut *writing;
+        buffer.clear();
+        buffer.extend_from_slice(data);
+        cipher.apply(offset, buffer);
+        self.file.write_all_at(buffer, offset)?;
         *len = (*len).max(offset + data.len() as u64);
+        if buffer.capacity() > MAX_KEPT {
+            *buffer = Vec::new();
+        }
         Ok(())
     }
 
@@ -80,15 +101,15 @@ impl LocalFile {
 
     /// Cuts or extends the file to `size` bytes, zero-filled.
     pub fn set_len(&self, size: u64) -> io::Result<()> {
-        let Some((cipher, len)) = &self.cipher else {
+        let Some((cipher, writing)) = &self.cipher else {
             return self.file.set_len(size);
         };
-        let mut len = len.lock().unwrap();
-        match size > *len {
-            true => self.fill(cipher, *len..size)?,
+        let mut writing = writing.lock().unwrap();
+        match size > writing.len {
+            true => self.fill(cipher, writing.len..size)?,
             false => self.file.set_len(size)?,
         }
-        *len = size;
+        writing.len = size;
         Ok(())
     }
 
