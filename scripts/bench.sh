@@ -7,6 +7,7 @@
 #   RUNS=3 bash scripts/bench.sh
 #   RUNS=1 WORKLOADS="seq_write small_creates" bash scripts/bench.sh
 #   RUNS=1 SYSTEMS=s3vol S3VOL_OPTIONS="--max-memory 96MiB" bash scripts/bench.sh
+#   SYSTEMS=s3vol S3VOL_BIN=/path/to/another/s3vol bash scripts/bench.sh
 #
 # Systems: s3vol with its defaults (block cache on), s3vol --no-cache (on the cold
 # read rows only, where the cache could cost something), s3vol with client-side
@@ -57,7 +58,9 @@ log "building s3vol and the raw client (release)"
 # binary too (see Cargo.toml).
 cargo build --release --quiet --bin s3vol
 cargo build --release --quiet --example s3bench
-S3VOL="$S3VOL_ROOT/target/release/s3vol"
+# S3VOL_BIN measures another build of s3vol (an older commit's, say) with the
+# same workloads; the table names it.
+S3VOL="${S3VOL_BIN:-$S3VOL_ROOT/target/release/s3vol}"
 S3BENCH="$S3VOL_ROOT/target/release/examples/s3bench"
 
 garage_workspace bench bench
@@ -406,6 +409,7 @@ awk '$1 == "s3vol" && $3 > m[$2] { m[$2] = $3 } END { for (w in m) printf "  %-1
 echo
 echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, median of $RUNS runs"
 [ -z "${S3VOL_OPTIONS:-}" ] || echo "(s3vol mounted with $S3VOL_OPTIONS added)"
+[ -z "${S3VOL_BIN:-}" ] || echo "(s3vol is $S3VOL_BIN, $("$S3VOL" --version))"
 echo "(s3vol, s3fs and rclone with their defaults and local caches as their users run them;"
 echo " --cse: s3vol with client-side encryption, KMS on 127.0.0.1;"
 echo " see docs/BENCHMARK.md for what each row measures)"
