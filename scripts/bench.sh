@@ -75,7 +75,8 @@ for i in 0 1 2 3; do "$S3BENCH" put bench "par/p$i.bin" 256 >/dev/null; done
 
 # The encrypted volume's KMS: moto's (it takes Garage's keys as well).
 eval "$("$S3VOL_ROOT/scripts/moto.sh" start "$work/moto" | sed 's/^S3_ENDPOINT=/CSE_KMS_ENDPOINT=/')"
-trap 'garage_workspace_cleanup; "$S3VOL_ROOT/scripts/moto.sh" stop "$work/moto"' EXIT
+# Everything goes at the end, the 1 GiB source file and the caches with it.
+trap 'garage_workspace_cleanup; "$S3VOL_ROOT/scripts/moto.sh" stop "$work/moto"; rm -rf "$work"' EXIT
 CSE_KEY=$("$MOTO_VENV/bin/python" -c "import boto3, sys
 print(boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1')
       .create_key()['KeyMetadata']['KeyId'])" "$CSE_KMS_ENDPOINT")
