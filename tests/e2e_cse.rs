@@ -407,8 +407,13 @@ async fn random_reads_and_changes_through_staging_stay_readable_everywhere() {
     {
         let mut file = std::fs::File::create(&rewritten).unwrap();
         file.write_all(&expected).unwrap();
-        // The first part went while the rest was written.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // The parts the writer moved past go while the file is open: wait
+        // until S3 holds one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while setup.s3.pending_parts(BUCKET, "rewritten").await == 0 {
+            assert!(std::time::Instant::now() < deadline, "no part was sent");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         file.write_all_at(b"rewritten", 100).unwrap();
         expected[100..109].copy_from_slice(b"rewritten");
     }
