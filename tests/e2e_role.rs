@@ -409,6 +409,94 @@ fn check_prints_what_the_role_may_do_and_fails_on_denials() {
 
 #[test]
 #[ignore = "needs moto; run scripts/test.sh"]
+fn an_encrypted_volume_calls_kms_with_the_role_and_its_renewed_sessions() {
+    let customer = Customer::new();
+    let key = customer.field("kms_key_arn");
+    // KMS is moto's too; only the writer role may use the key, neither the
+    // platform user's own keys nor the reader role.
+    let mut env = customer.env();
+    env.push((
+        "AWS_ENDPOINT_URL_KMS".into(),
+        customer.server.endpoint.clone(),
+    ));
+    let check = |role: &str| {
+        let mut args = customer.args(customer.id_file.path());
+        args[1] = customer.field(role);
+        s3vol()
+            .args([
+                "check",
+                "vol/scratch",
+                "--read-write",
+                "--cse-kms-key-id",
+                &key,
+            ])
+            .args(customer.server.endpoint_args())
+            .args(args)
+            .envs(env.clone())
+            .output()
+            .unwrap()
+    };
+    let denied = check("role_arn");
+    let table = String::from_utf8_lossy(&denied.stdout);
+    assert_eq!(
+        denied.status.code(),
+        Some(1),
+        "{table}{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("kms:GenerateDataKey") && l.contains("DENIED")),
+        "{table}{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let allowed = check("writer_arn");
+    let table = String::from_utf8_lossy(&allowed.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("kms:GenerateDataKey") && l.ends_with("allowed")),
+        "{table}{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+
+    // Sessions of 6 s, renewed with 2 s left: files written and read across
+    // renewals unwrap their keys with the session current at the time.
+    customer.server.sessions(json!({"lifetime": 6}));
+    let mut args = customer.args(customer.id_file.path());
+    args[1] = customer.field("writer_arn");
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend([
+        "--read-write",
+        "--renew-before",
+        "2",
+        "--cse-kms-key-id",
+        &key,
+    ]);
+    let mount = Mount::with_env(&customer.server, "vol/scratch", &args, &env);
+    let start = Instant::now();
+    let mut written = 0;
+    while start.elapsed() < Duration::from_secs(15) {
+        let name = format!("sealed-{written}.txt");
+        let content = format!("file {written} of an encrypted volume\n");
+        std::fs::write(mount.path().join(&name), &content).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(mount.path().join(&name)).unwrap(),
+            content
+        );
+        written += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let renewals = mount.stats()["credential_renewals"].as_u64().unwrap();
+    assert!(renewals >= 2, "{renewals} renewals");
+    let layer = customer.server.sessions(json!({}));
+    assert_eq!(layer["expired_answers"], 0, "expired credentials were sent");
+    eprintln!("{written} files written and read back across {renewals} renewals");
+}
+
+#[test]
+#[ignore = "needs moto; run scripts/test.sh"]
 fn the_deploy_guides_role_line_mounts_with_mount_a() {
     let customer = Customer::new();
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use aws_sdk_kms::config::http::HttpResponse;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use zeroize::Zeroizing;
 
 /// A KMS key and the client that reaches it with the volume's credentials.
@@ -71,13 +73,24 @@ impl Kms {
         }
     }
 
-    fn failed<E>(&self, operation: &'static str, e: &E) -> KmsError
+    /// What KMS answered. A refusal whose body cannot be read (a KMS-compatible
+    /// server answering in another format) is still a refusal: HTTP 403.
+    fn failed<E>(&self, operation: &'static str, e: &SdkError<E, HttpResponse>) -> KmsError
     where
-        E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
     {
+        let forbidden = e.raw_response().is_some_and(|r| r.status().as_u16() == 403);
+        let code = match e.code() {
+            Some(code) => Some(code.to_string()),
+            None => forbidden.then(|| "AccessDenied".to_string()),
+        };
+        let reason = match (e.code(), forbidden) {
+            (None, true) => "AccessDenied (HTTP 403)".to_string(),
+            _ => explain(e),
+        };
         KmsError {
-            code: e.code().map(str::to_string),
-            ..self.error(operation, explain(e))
+            code,
+            ..self.error(operation, reason)
         }
     }
 
@@ -151,7 +164,7 @@ fn to_hash_map(context: &BTreeMap<String, String>) -> HashMap<String, String> {
 /// the wrapped one).
 fn explain<E>(e: &E) -> String
 where
-    E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match (e.code(), e.message()) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
