@@ -330,19 +330,18 @@ async fn probe_kms(
     };
     let mut probes = Vec::new();
     if mode.read_write {
-        let made = encryption.generate_probe().await;
-        let (generated, unwrapped) = match made {
-            Ok(unwrapped) => (Ok(()), unwrapped),
-            Err(e) => (Err(e), Ok(())),
-        };
-        probes.push(judge("kms:GenerateDataKey", generated)?);
-        if probes[0].outcome == Outcome::Allowed {
-            probes.push(judge("kms:Decrypt", unwrapped)?);
-            return Ok(probes);
+        // Decrypt is probed on the key just made, when one could be.
+        match encryption.generate_probe().await {
+            Ok(unwrapped) => {
+                probes.push(judge("kms:GenerateDataKey", Ok(()))?);
+                probes.push(judge("kms:Decrypt", unwrapped)?);
+                return Ok(probes);
+            }
+            Err(e) => probes.push(judge("kms:GenerateDataKey", Err(e))?),
         }
     }
-    let read = match first.map(|headers| encryption.open_probe(headers)) {
-        Some(probe) => probe.await,
+    let read = match first {
+        Some(headers) => encryption.open_probe(headers).await,
         None => None,
     };
     probes.push(match read {

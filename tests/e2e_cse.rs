@@ -310,7 +310,7 @@ async fn a_forged_byte_another_context_and_plaintext_are_refused() {
     assert!(log.contains("GCM tag does not match"), "{log}");
     assert!(log.contains("forged"), "the log names the object: {log}");
     assert!(
-        log.contains("not this volume's [volume]") || log.contains("context"),
+        log.contains("with the context [volume=another], not this volume's [volume=test]"),
         "{log}"
     );
     assert!(log.contains("--cse-allow-plaintext"), "{log}");

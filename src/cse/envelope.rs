@@ -62,7 +62,7 @@ pub enum EnvelopeError {
         "it is encrypted with {0}, which s3vol does not read (it reads AES-GCM, formats V2 and V3)"
     )]
     Unsupported(String),
-    #[error("it was encrypted with the context keys [{stored}], not this volume's [{expected}]")]
+    #[error("it was encrypted with the context [{stored}], not this volume's [{expected}]")]
     Context { stored: String, expected: String },
     #[error(
         "its data key does not match the key commitment stored with it: the key or the metadata was changed"
@@ -140,6 +140,14 @@ impl Envelope {
                 )
             }
         }
+    }
+
+    /// Whether an object with this user metadata says it is encrypted (in any
+    /// version of the format), without reading the envelope.
+    pub fn marked(metadata: &BTreeMap<String, String>) -> bool {
+        ["x-amz-c", "x-amz-key-v2", "x-amz-key"]
+            .iter()
+            .any(|name| metadata.contains_key(*name))
     }
 
     /// The envelope of an object with this user metadata (names without
@@ -229,10 +237,17 @@ impl Envelope {
         if stored == *pairs {
             return Ok(());
         }
-        let names = |m: &BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>().join(",");
+        // Names and values: a context is no secret (S3 shows it with the
+        // object), and two contexts may differ only in a value.
+        let shown = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         Err(EnvelopeError::Context {
-            stored: names(&stored),
-            expected: names(pairs),
+            stored: shown(&stored),
+            expected: shown(pairs),
         })
     }
 
@@ -336,7 +351,7 @@ mod tests {
         let err = envelope.check_context(&BTreeMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "it was encrypted with the context keys [tenant], not this volume's []"
+            "it was encrypted with the context [tenant=a], not this volume's []"
         );
     }
 
@@ -386,5 +401,19 @@ mod tests {
         );
         let v1: BTreeMap<String, String> = [("x-amz-key".to_string(), "AAAA".to_string())].into();
         assert!(Envelope::read(&v1).unwrap_err().to_string().contains("V1"));
+        // Marked as encrypted exactly when read finds an envelope or a fault.
+        assert!(!Envelope::marked(&BTreeMap::new()));
+        assert!(Envelope::marked(&good) && Envelope::marked(&v1));
+        let v2 = as_map(
+            Envelope::seal(
+                Format::V2,
+                &[1u8; 32],
+                vec![9],
+                context_for(Format::V2, &BTreeMap::new()),
+            )
+            .0
+            .metadata(),
+        );
+        assert!(Envelope::marked(&v2));
     }
 }

@@ -72,16 +72,6 @@ pub struct Piece {
     len: u64,
 }
 
-impl Piece {
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 /// One object's content key and IV, and what follows from them.
 pub struct Cipher {
     key: Zeroizing<[u8; 32]>,
@@ -172,7 +162,8 @@ impl Cipher {
 
     /// Decrypts a whole message followed by its tag, in place: `None` when it
     /// is shorter than a tag or the tag does not match (and then nothing was
-    /// decrypted).
+    /// decrypted). (Volumes read in stretches: `super::reading`.)
+    #[cfg(test)]
     pub fn open(&self, mut data: Vec<u8>) -> Option<Vec<u8>> {
         let tag = data.split_off(data.len().checked_sub(TAG_LEN)?);
         let mut tagger = self.tagger();

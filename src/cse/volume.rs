@@ -92,7 +92,7 @@ impl VolumeEncryption {
     /// volume that keeps metadata makes).
     pub fn plain_size(&self, info: &ObjectInfo) -> u64 {
         let encrypted = match &info.headers {
-            Some(headers) => !matches!(Envelope::read(&headers.user), Ok(None)),
+            Some(headers) => Envelope::marked(&headers.user),
             None => true,
         };
         match encrypted {
@@ -143,13 +143,11 @@ impl VolumeEncryption {
     /// For `s3vol check`: the Decrypt of the data key of the object whose
     /// HEAD gave `headers`; `None` when it is not encrypted for this volume.
     pub async fn open_probe(&self, headers: &ObjectHeaders) -> Option<Result<(), KmsError>> {
-        let envelope = Envelope::read(&headers.user).ok()??;
-        envelope.check_context(&self.pairs).ok()?;
-        let unwrapped = self
-            .kms
-            .unwrap(&envelope.wrapped_key, &envelope.context)
-            .await;
-        Some(unwrapped.map(|_| ()))
+        match self.open(headers).await {
+            Ok(Content::Encrypted(_)) => Some(Ok(())),
+            Err(CseError::Kms(e)) => Some(Err(e)),
+            Ok(Content::Plain) | Err(_) => None,
+        }
     }
 }
 

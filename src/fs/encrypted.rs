@@ -23,6 +23,23 @@ impl Fs {
         stat
     }
 
+    /// The version of `node`'s object that it says, read without the block
+    /// cache (for reads that take it whole, once).
+    pub(super) fn uncached_version(
+        &self,
+        node: &Node,
+        decryption: Option<Arc<Decryption>>,
+    ) -> ObjectVersion {
+        ObjectVersion {
+            store: self.store.clone(),
+            cache: None,
+            key: node.key.as_str().into(),
+            etag: node.stat.etag.as_str().into(),
+            size: node.stat.size,
+            decryption,
+        }
+    }
+
     /// How a handle reads the object of `node` (file `ino`): with the content
     /// key of the version a HEAD finds now (one KMS Decrypt per open), or as it
     /// is (`None`) on a volume without encryption or for a plaintext object
@@ -57,15 +74,9 @@ impl Fs {
         if node.stat.size == 0 {
             // No read of an empty file reaches the end that checks the tag: it
             // is checked now, so that a forged or truncated one is refused.
-            let object = ObjectVersion {
-                store: self.store.clone(),
-                cache: None,
-                key: node.key.as_str().into(),
-                etag: node.stat.etag.as_str().into(),
-                size: 0,
-                decryption: Some(decryption.clone()),
-            };
-            object.get(0..0).await?;
+            self.uncached_version(&node, Some(decryption.clone()))
+                .get(0..0)
+                .await?;
         }
         Ok((node, Some(decryption)))
     }

@@ -14,7 +14,6 @@ use tracing::debug;
 
 use super::inode::{Kind, Stat};
 use super::posix::Posix;
-use super::read::ObjectVersion;
 use super::write::child_key;
 use super::{Entry, Fs, FsError, FsResult, Mutation};
 
@@ -97,15 +96,10 @@ impl Fs {
             return Err(FsError::Invalid("a link target longer than 4095 bytes"));
         }
         let (node, decryption) = self.open_encrypted(ino, node).await?;
-        let object = ObjectVersion {
-            store: self.store.clone(),
-            cache: None,
-            key: node.key.as_str().into(),
-            etag: node.stat.etag.as_str().into(),
-            size: node.stat.size,
-            decryption,
-        };
-        let pieces = object.get(0..node.stat.size).await?;
+        let pieces = self
+            .uncached_version(&node, decryption)
+            .get(0..node.stat.size)
+            .await?;
         Ok(pieces.concat().into())
     }
 }
