@@ -162,7 +162,7 @@ impl Cipher {
 
     /// Decrypts a whole message followed by its tag, in place: `None` when it
     /// is shorter than a tag or the tag does not match (and then nothing was
-    /// decrypted). (Volumes read in stretches: `super::reading`.)
+    /// decrypted). (Volumes read objects in stretches, in `cse::reading`.)
     #[cfg(test)]
     pub fn open(&self, mut data: Vec<u8>) -> Option<Vec<u8>> {
         let tag = data.split_off(data.len().checked_sub(TAG_LEN)?);
