@@ -7,7 +7,7 @@
 //! mount is visible. The same report is logged at unmount.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
@@ -32,6 +32,30 @@ pub struct MountStats {
     pub renewals: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     /// The audit log's counters (`--audit-log`).
     pub audit: Option<Arc<AuditStats>>,
+    /// Whether the daemon can tell its callers apart.
+    pub callers: CallerStats,
+}
+
+/// Whether the daemon sees who calls it: the kernel names each caller by PID
+/// in the daemon's PID namespace, and a caller outside it as PID 0. Which
+/// close publishes a file depends on who closes it (SEMANTICS.md).
+#[derive(Debug)]
+pub struct CallerStats {
+    /// The daemon runs in the host's PID namespace, where every process has a
+    /// PID it sees.
+    pub host_pid_namespace: bool,
+    /// Closes by processes the daemon could not see (PID 0).
+    pub unseen_closes: AtomicU64,
+}
+
+impl Default for CallerStats {
+    /// This process's namespace, no close counted.
+    fn default() -> Self {
+        Self {
+            host_pid_namespace: crate::procfs::in_host_pid_namespace(),
+            unseen_closes: AtomicU64::new(0),
+        }
+    }
 }
 
 impl std::fmt::Debug for MountStats {
@@ -108,6 +132,10 @@ impl MountStats {
                 "lines_written": audit.written.load(Ordering::Relaxed),
                 "lines_dropped": audit.dropped.load(Ordering::Relaxed),
             })),
+            "callers": {
+                "host_pid_namespace": self.callers.host_pid_namespace,
+                "unseen_closes": self.callers.unseen_closes.load(Ordering::Relaxed),
+            },
         })
     }
 }
@@ -196,6 +224,23 @@ pub fn render(mountpoint: &str, report: &Value) -> String {
         Some(n) => out += &format!("  credentials  {n} renewals\n"),
         None => out += "  credentials  static (never renewed)\n",
     }
+    let unseen = number(&["callers", "unseen_closes"]);
+    let host = report
+        .pointer("/callers/host_pid_namespace")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    if !host || unseen > 0 {
+        out += &format!(
+            "  callers      {}; {unseen} closes by processes it cannot see (PID 0), each \
+             of which publishes what was written through it\n",
+            if host {
+                "the daemon sees the host's PIDs"
+            } else {
+                "the daemon runs in a PID namespace of its own and cannot see processes \
+                 outside it"
+            }
+        );
+    }
     if report.get("audit").is_some_and(Value::is_object) {
         out += &format!(
             "  audit log    {} lines written, {} dropped\n",
@@ -258,6 +303,10 @@ mod tests {
             memory: None,
             renewals: Some(Arc::new(|| 3)),
             audit: None,
+            callers: CallerStats {
+                host_pid_namespace: false,
+                unseen_closes: AtomicU64::new(2),
+            },
         };
         let report = stats.report();
         assert_eq!(report["requests"]["GetObject"], 1);
@@ -274,5 +323,11 @@ mod tests {
         assert!(text.contains("5 B from S3, 5 B to S3"), "{text}");
         assert!(text.contains("cache        off"), "{text}");
         assert!(text.contains("3 renewals"), "{text}");
+        assert_eq!(report["callers"]["unseen_closes"], 2);
+        assert!(text.contains("PID namespace of its own"), "{text}");
+        assert!(
+            text.contains("2 closes by processes it cannot see"),
+            "{text}"
+        );
     }
 }

@@ -55,6 +55,7 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
         memory: None,
         renewals: None,
         audit: None,
+        callers: Default::default(),
     });
     let counted: Arc<dyn ObjectStore> = Arc::new(counted);
     let config = FsConfig {

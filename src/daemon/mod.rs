@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use nix::unistd::{ForkResult, fork, setsid};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::MountConfig;
 use crate::fuse::session;
@@ -201,6 +201,15 @@ fn serve(
         pid = std::process::id(),
         "mounted"
     );
+    if !volume.stats.callers.host_pid_namespace {
+        warn!(
+            "this daemon runs in a PID namespace of its own: a process outside it (another \
+             container's or pod's) that uses the volume shows as PID 0, so a close of its \
+             cannot be told from a forked child's exit or a duplicate descriptor's close, and \
+             every close after a write uploads the file. Run s3vol where it sees the processes \
+             that use the volume (on Kubernetes, the node plugin with hostPID: true)"
+        );
+    }
     if let Some(fd) = ready.take() {
         let _ = File::from(fd).write_all(READY);
     }

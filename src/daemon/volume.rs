@@ -122,6 +122,7 @@ impl Volume {
             memory: Some(memory.clone()),
             renewals: Some(stack.renewals),
             audit: audit.as_ref().map(|audit| audit.stats.clone()),
+            callers: Default::default(),
         });
         let fs_config = FsConfig {
             uid: config

@@ -266,6 +266,23 @@ impl Fs {
         self.upload(ino, &file).await
     }
 
+    /// Notes a close by a process the daemon cannot see (the kernel named it
+    /// PID 0: it runs outside the daemon's PID namespace). Such a close cannot
+    /// be told from its opener's, so it publishes as the opener's would; the
+    /// first is logged and each is counted for `s3vol stats`.
+    pub fn close_by_unseen_process(&self) {
+        let Some(stats) = &self.config.stats else {
+            return;
+        };
+        if stats.callers.unseen_closes.fetch_add(1, Ordering::Relaxed) == 0 {
+            warn!(
+                "a process outside this daemon's PID namespace closed a file on the volume (the \
+                 kernel names it PID 0); such closes publish what was written, as the writer's \
+                 own close would, since a forked child's exit cannot be told from it"
+            );
+        }
+    }
+
     /// fsync(2): the file's content as written so far, by any handle, is durable
     /// in S3 when this returns.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {

@@ -431,6 +431,9 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         let process = process_of(req);
+        if req.pid() == 0 {
+            fs.close_by_unseen_process();
+        }
         self.spawn_for(
             req,
             debug_span!("flush", ino = ino.0, fh = fh.0),

@@ -67,6 +67,7 @@ impl MemoryMount {
             memory: None,
             renewals: None,
             audit: config.audit.as_ref().map(|audit| audit.stats.clone()),
+            callers: Default::default(),
         }));
         let fs = Arc::new(Fs::new(Arc::new(counted), "root/", config));
         runtime.spawn(fs.clone().apply_metadata_as_due());
