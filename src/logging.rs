@@ -2,7 +2,7 @@
 //! how an error is shown in one line.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -25,7 +25,12 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,fuser=error,s3vol={level}")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match target {
-        LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),
+        // Colours only for a terminal: a log kept by a container runtime, a
+        // file or a pipe would carry their escape codes as text.
+        LogTarget::Stderr => builder
+            .with_ansi(io::stderr().is_terminal())
+            .with_writer(io::stderr)
+            .try_init(),
         LogTarget::File(path) => {
             let file = open_log_file(path)?;
             log_panics();
