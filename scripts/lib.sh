@@ -12,6 +12,7 @@ MOTO_VERSION=5.2.5
 PJDFSTEST_VERSION=0.2.2
 KUBERNETES_VALIDATE_VERSION=1.37.0
 S3EC_VERSION=4.0.0
+GRPCIO_VERSION=1.85.3
 GARAGE_BIN="$S3VOL_TOOLS/garage-$GARAGE_VERSION/bin/garage"
 PJDFSTEST_BIN="$S3VOL_TOOLS/pjdfstest-$PJDFSTEST_VERSION/bin/pjdfstest"
 MOTO_VENV="$S3VOL_TOOLS/moto-$MOTO_VERSION"
@@ -19,6 +20,7 @@ MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 SYSTEMD_ROOTFS="$S3VOL_TOOLS/debian-bookworm-systemd"
 KUBERNETES_VALIDATE_VENV="$S3VOL_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
 S3EC_VENV="$S3VOL_TOOLS/s3ec-$S3EC_VERSION"
+GRPCIO_VENV="$S3VOL_TOOLS/grpcio-$GRPCIO_VERSION"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 's3vol scripts: %s\n' "$*" >&2; exit 1; }
@@ -83,6 +85,16 @@ ensure_s3_encryption_client() {
     log "installing amazon-s3-encryption-client-python $S3EC_VERSION into $S3EC_VENV"
     python3 -m venv "$S3EC_VENV"
     "$S3EC_VENV/bin/pip" install -q "amazon-s3-encryption-client-python==$S3EC_VERSION"
+}
+
+# Python's gRPC (built on grpc-core), a client of the CSI socket other than
+# kubelet's, which names the socket's path as the calls' authority.
+ensure_grpcio() {
+    [ -x "$GRPCIO_VENV/bin/python" ] && "$GRPCIO_VENV/bin/python" -c "import grpc" 2>/dev/null && return 0
+    apt_install python3-venv
+    log "installing grpcio $GRPCIO_VERSION into $GRPCIO_VENV"
+    python3 -m venv "$GRPCIO_VENV"
+    "$GRPCIO_VENV/bin/pip" install -q "grpcio==$GRPCIO_VERSION"
 }
 
 ensure_pjdfstest() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (fuse3, moto in a venv, Garage, s3fs, rclone, a Debian rootfs with
-# systemd, a Kubernetes schema validator, AWS's S3 Encryption Client for Python) and runs every test:
-# formatting, lints, unit tests, filesystem tests on the memory store, the store
+# systemd, a Kubernetes schema validator, AWS's S3 Encryption Client and gRPC for Python) and runs
+# every test: formatting, lints, unit tests, filesystem tests on the memory store, the store
 # conformance suite and the end-to-end mounts against local servers.
 source "$(dirname "$0")/lib.sh"
 cd "$S3VOL_ROOT"
@@ -11,6 +11,7 @@ ensure_fuse
 ensure_test_tools
 ensure_moto
 ensure_kubernetes_validate
+ensure_grpcio
 ensure_s3_encryption_client
 ensure_garage
 ensure_pjdfstest

@@ -69,10 +69,13 @@ fn main() -> ExitCode {
                 Ok(path) => path,
                 Err(e) => return fail(&format!("cannot find the s3vol binary: {e}")),
             };
-            let config = s3vol::csi::CsiConfig {
+            let config = commands::csi::CsiOptions {
                 socket: args.endpoint,
                 node_id: args.node_id,
-                allow_driver_credentials: args.allow_driver_credentials,
+                rules: s3vol::csi::request::Rules {
+                    endpoints: args.allow_endpoints,
+                    allow_driver_credentials: args.allow_driver_credentials,
+                },
                 volumes: s3vol::csi::volumes::Settings {
                     program,
                     state_dir: args.state_dir,
@@ -80,6 +83,9 @@ fn main() -> ExitCode {
                     mount_timeout: args.mount_timeout,
                     stop_timeout: args.stop_timeout,
                 },
+                node_cache_size: args.node_cache_size,
+                node_staging_size: args.node_staging_size,
+                max_volumes: args.max_volumes,
             };
             commands::csi::run(config, &args.log_level)
         }

@@ -202,6 +202,57 @@ pub fn check_external_id(id: &str) -> Result<(), PolicyError> {
     }
 }
 
+/// Why an endpoint URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{0:?} is not a URL such as https://s3.example.com or http://127.0.0.1:3900")]
+    NotUrl(String),
+    #[error("{0:?} must start with http:// or https://")]
+    Scheme(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?} names a user (user@host); give the host alone, credentials never go in a URL")]
+    UserInfo(String),
+    #[error("{0:?} has a query or fragment; give the endpoint alone")]
+    Query(String),
+}
+
+/// An S3 or STS endpoint URL in one canonical form, so that two spellings of
+/// the same endpoint compare equal: `scheme://host[:port][/path]`, scheme and
+/// host in lower case, the scheme's own port and a trailing `/` left out.
+/// Refused: other schemes, no host, a user part, a query or fragment, and
+/// anything a URL cannot hold (spaces, control characters).
+pub fn endpoint_url(text: &str) -> Result<String, EndpointError> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| EndpointError::NotUrl(text.to_string()))?;
+    let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => "http",
+        Some("https") => "https",
+        _ => return Err(EndpointError::Scheme(text.to_string())),
+    };
+    let Some(authority) = uri.authority() else {
+        return Err(EndpointError::NoHost(text.to_string()));
+    };
+    if authority.as_str().contains('@') {
+        return Err(EndpointError::UserInfo(text.to_string()));
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(EndpointError::Query(text.to_string()));
+    }
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(EndpointError::NoHost(text.to_string()));
+    }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let port = match authority.port_u16() {
+        Some(port) if port != default_port => format!(":{port}"),
+        _ => String::new(),
+    };
+    let path = uri.path().trim_end_matches('/');
+    Ok(format!("{scheme}://{host}{port}{path}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +332,38 @@ mod tests {
         assert!(check_external_id("x").is_err());
         assert!(check_external_id("has space").is_err());
         assert!(check_external_id(&"a".repeat(1225)).is_err());
+    }
+
+    #[test]
+    fn endpoints_have_one_spelling_and_nothing_else() {
+        let same = [
+            ("https://s3.example.com", "https://s3.example.com"),
+            ("HTTPS://S3.Example.com:443/", "https://s3.example.com"),
+            ("http://127.0.0.1:3900/", "http://127.0.0.1:3900"),
+            ("http://127.0.0.1:80", "http://127.0.0.1"),
+            ("https://[::1]:9000/s3/", "https://[::1]:9000/s3"),
+        ];
+        for (text, canonical) in same {
+            assert_eq!(endpoint_url(text).as_deref(), Ok(canonical), "{text}");
+        }
+        // Each with the refusals that may name it (the URL parser takes some
+        // of them for no URL at all).
+        let refused: [(&str, &[&str]); 8] = [
+            ("s3.example.com", &["NotUrl", "Scheme"]),
+            ("ftp://s3.example.com", &["Scheme"]),
+            ("https://", &["NotUrl", "NoHost"]),
+            ("https://evil@127.0.0.1", &["UserInfo"]),
+            ("https://s3.example.com/?x=1", &["Query"]),
+            ("https://s3.example.com/#x", &["Query", "NotUrl"]),
+            ("https://s3.example.com\ncredential_process=x", &["NotUrl"]),
+            ("https://s3 .example.com", &["NotUrl"]),
+        ];
+        for (text, expected) in refused {
+            let error = format!("{:?}", endpoint_url(text).unwrap_err());
+            assert!(
+                expected.iter().any(|e| error.starts_with(&format!("{e}("))),
+                "{text:?}: {error}"
+            );
+        }
     }
 }

@@ -593,3 +593,138 @@ fn csi_refuses_an_endpoint_that_is_not_a_unix_socket() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
 }
+
+/// `s3vol check` against a port where nothing listens, with `args` and an
+/// environment of `env` alone (HOME in `home`; no metadata service).
+fn check_in(home: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["check", "bkt/root", "--endpoint-url", "http://127.0.0.1:9"])
+        .args(args)
+        .env_clear()
+        .env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn without_shared_config_no_profile_is_read_and_nothing_it_names_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[default]\ncredential_process = sh -c 'touch {}'\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let env = [
+        ("AWS_CONFIG_FILE", config),
+        ("AWS_SHARED_CREDENTIALS_FILE", config),
+    ];
+    // The profile is read, and its command run, by default: the check can fail.
+    check_in(dir.path(), &env, &[]);
+    assert!(
+        marker.exists(),
+        "the default chain did not read the profile"
+    );
+    std::fs::remove_file(&marker).unwrap();
+    let out = check_in(dir.path(), &env, &["--no-shared-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no usable AWS credentials"), "{err}");
+    assert!(!marker.exists(), "a profile's credential_process ran");
+    // --profile names a profile; with no profile files it means nothing.
+    let out = check_in(
+        dir.path(),
+        &env,
+        &["--no-shared-config", "--profile", "ops"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_credentials_file_is_read_as_data_and_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let keys = dir.path().join("keys.json");
+    let write = |text: &str, mode: u32| {
+        std::fs::write(&keys, text).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let check = |extra: &[&str]| {
+        let mut args = vec!["--credentials-file", keys.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        check_in(dir.path(), &[], &args)
+    };
+    // An AWS profile file in its place is refused, and what it names never runs.
+    write(
+        &format!(
+            "[default]\naws_access_key_id = AK\ncredential_process = sh -c 'touch {}'\n",
+            marker.display()
+        ),
+        0o600,
+    );
+    let out = check(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--credentials-file") && err.contains("not a JSON object"),
+        "{err}"
+    );
+    assert!(!marker.exists());
+    // Good keys, but others may read them.
+    let good = r#"{"Version": 1, "AccessKeyId": "AKIDEXAMPLE", "SecretAccessKey": "hush-hush"}"#;
+    write(good, 0o644);
+    let err = String::from_utf8_lossy(&check(&[]).stderr).into_owned();
+    assert!(err.contains("chmod 600"), "{err}");
+    // Private: the keys are taken, and the check goes on to the endpoint.
+    write(good, 0o600);
+    let out = check(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("no usable AWS credentials"), "{err}");
+    assert!(!err.contains("hush-hush"), "{err}");
+    // A profile cannot be named beside them.
+    assert_eq!(check(&["--profile", "ops"]).status.code(), Some(2));
+}
+
+#[test]
+fn csi_refuses_a_budget_that_leaves_a_volume_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = format!("unix://{}/csi.sock", dir.path().display());
+    let cache = dir.path().join("cache");
+    let run = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_s3vol"));
+        command
+            .args([
+                "csi",
+                "--node-id",
+                "n",
+                "--endpoint",
+                &socket,
+                "--cache-dir",
+            ])
+            .arg(&cache)
+            .args(extra);
+        answered_at_once(command)
+    };
+    let out = run(&["--node-staging-size=4MiB", "--max-volumes=8"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--node-staging-size 4.0 MiB shared by --max-volumes 8"),
+        "{err}"
+    );
+    let out = run(&["--max-volumes=0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["--allow-endpoint=https://user@s3.example.com"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("names a user"), "{err}");
+}

@@ -29,12 +29,53 @@ struct Driver {
     log: PathBuf,
 }
 
+/// How a test runs the driver: its environment and options beyond the ones
+/// every test gives, and a command to run it under (`unshare`).
+#[derive(Default)]
+struct DriverSetup {
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    wrapper: Vec<String>,
+}
+
+impl DriverSetup {
+    fn env(env: Vec<(String, String)>) -> Self {
+        Self {
+            env,
+            ..Self::default()
+        }
+    }
+
+    fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Lets volumes name `server`'s endpoint.
+    fn endpoint_of(self, server: &Server) -> Self {
+        let allow = format!("--allow-endpoint={}", server.endpoint);
+        self.args(&[&allow])
+    }
+
+    fn start(self) -> Driver {
+        Driver::start(self)
+    }
+}
+
 impl Driver {
-    fn start(env: &[(String, String)]) -> Driver {
+    fn start(setup: DriverSetup) -> Driver {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("driver.log");
         let socket = dir.path().join("plugin/csi.sock");
-        let child = Command::new(common::binary())
+        let mut command = match setup.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(common::binary());
+                command
+            }
+            None => Command::new(common::binary()),
+        };
+        let child = command
             .args(["csi", "--node-id", "node-1", "--stop-timeout", "20s"])
             .arg("--endpoint")
             .arg(format!("unix://{}", socket.display()))
@@ -42,9 +83,10 @@ impl Driver {
             .arg(dir.path().join("state"))
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
+            .args(&setup.args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap())
-            .envs(env.iter().cloned())
+            .envs(setup.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -128,6 +170,9 @@ impl Drop for Driver {
     }
 }
 
+/// A role ARN for requests that never reach STS.
+const ROLE: &str = "arn:aws:iam::123456789012:role/customer";
+
 /// volume_context or secrets, as written in a test.
 type Pairs<'a> = &'a [(&'a str, &'a str)];
 
@@ -192,14 +237,17 @@ impl Customers {
         self.setup[name].as_str().unwrap().to_string()
     }
 
-    /// The driver's own environment: the platform user's keys.
-    fn driver_env(&self) -> Vec<(String, String)> {
+    /// The driver as the platform runs it: its own identity is the platform
+    /// user's keys, which customers' roles trust, and volumes may name moto.
+    fn driver(&self) -> DriverSetup {
         let mut env = self.server.env();
         env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
         env.push(("AWS_ACCESS_KEY_ID".into(), self.field("access_key")));
         env.push(("AWS_SECRET_ACCESS_KEY".into(), self.field("secret_key")));
         env.push(("AWS_ENDPOINT_URL_STS".into(), self.server.endpoint.clone()));
-        env
+        DriverSetup::env(env)
+            .endpoint_of(&self.server)
+            .args(&["--allow-driver-credentials"])
     }
 
     fn context<'a>(&'a self, bucket: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -278,9 +326,11 @@ fn inherited_secrets(pid: i32) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+// On more than one thread: the client's connection must answer the driver's
+// goodbye while the driver is stopped at the end.
+#[tokio::test(flavor = "multi_thread")]
 async fn the_plugin_says_who_it_is_and_refuses_bad_publishes_by_field() {
-    let driver = Driver::start(&[]);
+    let driver = DriverSetup::default().start();
     let mut identity = IdentityClient::new(driver.channel().await);
     let info = identity
         .get_plugin_info(GetPluginInfoRequest {})
@@ -305,6 +355,8 @@ async fn the_plugin_says_who_it_is_and_refuses_bad_publishes_by_field() {
         .unwrap()
         .into_inner();
     assert_eq!(info.node_id, "node-1");
+    // The default most volumes, for the scheduler.
+    assert_eq!(info.max_volumes_per_node, 32);
     let capabilities = node
         .node_get_capabilities(NodeGetCapabilitiesRequest {})
         .await
@@ -322,7 +374,10 @@ async fn the_plugin_says_who_it_is_and_refuses_bad_publishes_by_field() {
         ),
         (
             &[("bucket", "vol"), ("metadata_ttl", "soon")],
-            &[],
+            &[
+                ("access_key_id", "AK"),
+                ("secret_access_key", "s3vol-secret-id"),
+            ],
             "--metadata-ttl",
         ),
         (
@@ -332,8 +387,45 @@ async fn the_plugin_says_who_it_is_and_refuses_bad_publishes_by_field() {
         ),
         (
             &[("bucket", "vol"), ("endpoint_url", "http://192.0.2.1:9000")],
+            &[
+                ("access_key_id", "AK"),
+                ("secret_access_key", "s3vol-secret-id"),
+            ],
+            "volume_context endpoint_url http://192.0.2.1:9000 is not an endpoint this \
+             driver may send credentials to; the operator lists those with s3vol csi \
+             --allow-endpoint",
+        ),
+        (
+            &[
+                ("bucket", "vol"),
+                ("sts_endpoint_url", "https://sts.attacker.example"),
+            ],
+            &[
+                ("role_arn", ROLE),
+                ("access_key_id", "AK"),
+                ("secret_access_key", "s3vol-secret-id"),
+            ],
+            "volume_context sts_endpoint_url",
+        ),
+        (
+            &[("bucket", "vol"), ("allow_http", "true")],
             &[],
-            "allow-http",
+            "--allow-endpoint",
+        ),
+        (
+            &[("bucket", "vol"), ("role_arn", ROLE)],
+            &[("external_id", "s3vol-secret-id")],
+            "put role_arn in the node-publish Secret",
+        ),
+        (
+            &[("bucket", "vol")],
+            &[("role_arn", ROLE), ("external_id", "s3vol-secret-id")],
+            "--allow-driver-credentials",
+        ),
+        (
+            &[("bucket", "vol")],
+            &[("role_arn", ROLE), ("external_id", "s3vol-secret-id\n")],
+            "the node-publish Secret's external_id holds a control character",
         ),
     ];
     for (context, secrets, expected) in cases {
@@ -394,7 +486,7 @@ async fn the_plugin_says_who_it_is_and_refuses_bad_publishes_by_field() {
 #[ignore = "needs moto; run scripts/test.sh"]
 async fn two_customers_volumes_with_their_own_roles_and_ids_on_one_node() {
     let customers = Customers::new();
-    let driver = Driver::start(&customers.driver_env());
+    let driver = customers.driver().start();
     let mut node = driver.node().await;
     let (reader, tenant_b) = (customers.field("role_arn"), customers.field("tenant_b_arn"));
     let (id_a, id_b) = (
@@ -526,7 +618,7 @@ async fn two_customers_volumes_with_their_own_roles_and_ids_on_one_node() {
 #[ignore = "needs moto; run scripts/test.sh"]
 async fn a_wrong_external_id_is_permission_denied_with_the_mounts_words() {
     let customers = Customers::new();
-    let driver = Driver::start(&customers.driver_env());
+    let driver = customers.driver().start();
     let mut node = driver.node().await;
     let target = driver.target("pod-a");
     let request = publish_request(
@@ -599,7 +691,7 @@ async fn a_wrong_external_id_is_permission_denied_with_the_mounts_words() {
 async fn a_pods_token_is_exchanged_and_a_republished_one_is_used_without_a_remount() {
     let customers = Customers::new();
     customers.server.sessions(json!({"lifetime": 6}));
-    let driver = Driver::start(&customers.driver_env());
+    let driver = customers.driver().start();
     let mut node = driver.node().await;
     let target = driver.target("pod-a");
     let tokens = |token: &str| {
@@ -700,16 +792,16 @@ impl Garage {
         ]
     }
 
-    /// The driver has no credentials of its own.
-    fn driver_env(&self) -> Vec<(String, String)> {
+    /// The driver has no credentials of its own; volumes may name Garage.
+    fn driver(&self) -> DriverSetup {
         let mut env = self.server.env();
         env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
-        env
+        DriverSetup::env(env).endpoint_of(&self.server)
     }
 
     /// A driver with the volume vol/data published read-write for `pod`.
     async fn published(&self, pod: &str) -> Published {
-        let driver = Driver::start(&self.driver_env());
+        let driver = self.driver().start();
         let mut node = driver.node().await;
         let target = driver.target(pod);
         let request = publish_request(
@@ -855,6 +947,435 @@ async fn a_stopping_driver_stops_its_volumes() {
     );
 }
 
+/// A shell command that makes `marker`, as a profile's credential_process or
+/// an injected line would run it.
+fn touch(marker: &Path) -> String {
+    format!("sh -c 'touch {}'", marker.display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn secrets_and_profiles_never_run_a_command() {
+    let garage = Garage::new().await;
+    let files = tempfile::tempdir().unwrap();
+    // The driver's container holds AWS profile files whose default profile
+    // runs a command; a daemon it starts must never read them.
+    let profile_marker = files.path().join("profile-ran");
+    let profile = format!(
+        "[default]\ncredential_process = {}\n",
+        touch(&profile_marker)
+    );
+    let (config, credentials) = (
+        files.path().join("config"),
+        files.path().join("credentials"),
+    );
+    std::fs::write(&config, &profile).unwrap();
+    std::fs::write(&credentials, &profile).unwrap();
+    let mut setup = garage.driver().args(&["--allow-driver-credentials"]);
+    setup.env.retain(|(k, _)| !k.ends_with("_FILE"));
+    setup
+        .env
+        .push(("AWS_CONFIG_FILE".into(), config.display().to_string()));
+    setup.env.push((
+        "AWS_SHARED_CREDENTIALS_FILE".into(),
+        credentials.display().to_string(),
+    ));
+    let driver = setup.start();
+    let mut node = driver.node().await;
+
+    // A line added to any of the Secret's keys is refused, naming the key.
+    let field_marker = files.path().join("field-ran");
+    let injected = format!("\ncredential_process = {}", touch(&field_marker));
+    for field in ["access_key_id", "secret_access_key", "session_token"] {
+        let target = driver.target(&format!("pod-{}", field.replace('_', "-")));
+        let mut secrets: Vec<(String, String)> = garage
+            .secrets()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("session_token".to_string(), "token".to_string())])
+            .collect();
+        for (name, value) in &mut secrets {
+            if name == field {
+                value.push_str(&injected);
+            }
+        }
+        let secrets: Vec<(&str, &str)> = secrets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let request = publish_request(
+            "data",
+            &target,
+            Mode::SingleNodeWriter,
+            &garage.context(),
+            &secrets,
+        );
+        let status = publish(&mut node, request).await.unwrap_err();
+        eprintln!(
+            "{field} with a line added: {:?} {}",
+            status.code(),
+            status.message()
+        );
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains(&format!(
+                "the node-publish Secret's {field} holds a control character"
+            )),
+            "{}",
+            status.message()
+        );
+        assert!(!target.exists());
+    }
+
+    // Keys from the Secret reach the daemon as data: the volume mounts with
+    // them, and no profile is read.
+    let target = driver.target("pod-keys");
+    let request = publish_request(
+        "data",
+        &target,
+        Mode::SingleNodeWriter,
+        &garage.context(),
+        &garage.secrets(),
+    );
+    publish(&mut node, request).await.unwrap();
+    assert_eq!(std::fs::read(target.join("seed.txt")).unwrap(), b"seed\n");
+    unpublish(&mut node, "data", &target).await;
+
+    // A volume that signs as the driver takes the driver's identity from its
+    // environment, web identity or metadata, never from a profile: here there
+    // is none, so the mount fails without running anything.
+    let target = driver.target("pod-driver");
+    let request = publish_request(
+        "data",
+        &target,
+        Mode::SingleNodeReaderOnly,
+        &garage.context(),
+        &[],
+    );
+    let status = publish(&mut node, request).await.unwrap_err();
+    eprintln!(
+        "a volume signing as the driver: {:?} {}",
+        status.code(),
+        status.message()
+    );
+    assert!(
+        status.message().contains("no usable AWS credentials"),
+        "{status:?}"
+    );
+    assert!(!common::is_mounted(&target));
+
+    assert!(!field_marker.exists(), "an injected line ran");
+    assert!(
+        !profile_marker.exists(),
+        "a profile's credential_process ran"
+    );
+    // The driver's log is plain text, with no terminal escape codes.
+    assert!(!driver.log_text().contains('\x1b'), "{}", driver.log_text());
+}
+
+/// The `--cache-size` and `--staging-size` each volume's daemon was started
+/// with, from their command lines.
+fn daemon_shares(targets: &[PathBuf]) -> Vec<(u64, u64)> {
+    targets
+        .iter()
+        .filter(|t| common::is_mounted(t))
+        .map(|target| {
+            let pids = common::daemon_pids(target);
+            assert_eq!(pids.len(), 1, "{}: {pids:?}", target.display());
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+            let value = |name: &str| {
+                cmdline
+                    .split(|b| *b == 0)
+                    .filter_map(|arg| std::str::from_utf8(arg).ok()?.strip_prefix(name))
+                    .map(|v| v.parse::<u64>().unwrap())
+                    .next_back()
+                    .unwrap_or(0)
+            };
+            (value("--cache-size="), value("--staging-size="))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn the_node_s_volumes_never_take_more_than_its_budget() {
+    const MIB: u64 = 1 << 20;
+    let garage = Garage::new().await;
+    let driver = garage
+        .driver()
+        .args(&[
+            "--node-cache-size=64MiB",
+            "--node-staging-size=40MiB",
+            "--max-volumes=4",
+        ])
+        .start();
+    let mut node = driver.node().await;
+    let info = node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.max_volumes_per_node, 4);
+
+    let mut targets = Vec::new();
+    let mut publish_one = async |pod: &str, mode: Mode, extra: &[(&str, &str)]| {
+        let target = driver.target(pod);
+        let mut context = garage.context();
+        context.extend_from_slice(extra);
+        let request = publish_request(pod, &target, mode, &context, &garage.secrets());
+        let result = publish(&mut node, request).await;
+        targets.push(target);
+        result
+    };
+    // Two volumes that ask for 24 MiB of cache each, and the default share of
+    // staging (40 MiB / 4).
+    publish_one("pod-1", Mode::SingleNodeWriter, &[("cache_size", "24MiB")])
+        .await
+        .unwrap();
+    publish_one("pod-2", Mode::SingleNodeWriter, &[("cache_size", "24MiB")])
+        .await
+        .unwrap();
+    // A third would bring the caches to 72 MiB.
+    let status = publish_one("pod-3", Mode::SingleNodeWriter, &[("cache_size", "24MiB")])
+        .await
+        .unwrap_err();
+    eprintln!("a third volume: {:?} {}", status.code(), status.message());
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("--node-cache-size 64.0 MiB"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("16.0 MiB left"),
+        "{}",
+        status.message()
+    );
+    // One that asks for more staging than is left.
+    let status = publish_one(
+        "pod-4",
+        Mode::SingleNodeWriter,
+        &[("staging_size", "30MiB"), ("no_cache", "true")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("--node-staging-size"),
+        "{}",
+        status.message()
+    );
+    // The default share fits: 16 MiB of cache, and a read-only volume
+    // without a cache takes nothing but a place.
+    publish_one("pod-5", Mode::SingleNodeWriter, &[])
+        .await
+        .unwrap();
+    publish_one("pod-6", Mode::MultiNodeReaderOnly, &[("no_cache", "true")])
+        .await
+        .unwrap();
+    let status = publish_one("pod-7", Mode::MultiNodeReaderOnly, &[("no_cache", "true")])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("--max-volumes"),
+        "{}",
+        status.message()
+    );
+
+    // What the daemons were given never passes the budget.
+    let shares = daemon_shares(&targets);
+    eprintln!("the daemons' (cache, staging): {shares:?}");
+    assert_eq!(shares.len(), 4);
+    assert!(shares.iter().map(|s| s.0).sum::<u64>() <= 64 * MIB);
+    assert!(shares.iter().map(|s| s.1).sum::<u64>() <= 40 * MIB);
+    assert!(shares.contains(&(16 * MIB, 10 * MIB)), "{shares:?}");
+    // A volume's cache keeps to its share: what it reads stays within it.
+    let big = common::pattern(40 << 20, 3);
+    garage.server.put("vol", "data/big.bin", big.clone()).await;
+    assert_eq!(std::fs::read(targets[0].join("big.bin")).unwrap(), big);
+    let stats = volume_stats(&targets[0]);
+    assert!(
+        stats["cache"]["disk_used"].as_u64().unwrap() <= 24 * MIB,
+        "{stats}"
+    );
+    assert_eq!(stats["cache"]["disk_capacity"], 24 * MIB);
+
+    // An unpublished volume gives its share back.
+    unpublish(&mut node, "pod-1", &targets[0]).await;
+    let again = driver.target("pod-8");
+    let request = publish_request(
+        "pod-8",
+        &again,
+        Mode::SingleNodeWriter,
+        &[garage.context(), vec![("cache_size", "40MiB")]].concat(),
+        &garage.secrets(),
+    );
+    let status = publish(&mut node, request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let mut fits = request;
+    fits.volume_context
+        .insert("cache_size".into(), "24MiB".into());
+    publish(&mut node, fits).await.unwrap();
+}
+
+/// `s3vol stats --json` of a mounted volume.
+fn volume_stats(target: &Path) -> serde_json::Value {
+    let out = common::s3vol()
+        .args(["stats", "--json"])
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(common::succeeded(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_pod_in_a_pid_namespace_of_its_own_is_seen_and_its_child_s_exit_publishes_nothing() {
+    let garage = Garage::new().await;
+    garage
+        .server
+        .put("vol", "data/d.txt", b"good v1\n".to_vec())
+        .await;
+    // The driver in the host's PID namespace, as node.yaml runs it (hostPID).
+    let Published { driver, target, .. } = garage.published("pod-p").await;
+    assert!(!driver.log_text().contains("PID namespace of its own"));
+    // The pod: a PID namespace of its own, with its own /proc, as a
+    // container's. The writer forks a child that exits while the file is
+    // open, then waits to be told to finish.
+    let writer = r#"
+import os, sys
+f = open(sys.argv[1], 'w')
+f.write('PARTIAL'); f.flush()
+child = os.fork()
+if child == 0:
+    os._exit(0)
+os.waitpid(child, 0)
+print('child-exited', os.getpid(), flush=True)
+sys.stdin.readline()
+f.write(' and the rest\n'); f.close()
+print('closed', flush=True)
+"#;
+    let mut pod = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "python3", "-c", writer])
+        .arg(target.join("d.txt"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(pod.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    eprintln!("the pod's writer: {first}");
+    // PID 1 in the pod's namespace: not the PID the daemon knows it by.
+    assert_eq!(first, "child-exited 1");
+    // The child's exit closed a descriptor of the file: S3 keeps what it had.
+    assert_eq!(
+        garage.server.get("vol", "data/d.txt").await.as_deref(),
+        Some(&b"good v1\n"[..])
+    );
+    writeln!(pod.stdin.as_mut().unwrap(), "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "closed");
+    assert!(pod.wait().unwrap().success());
+    assert_eq!(
+        garage.server.get("vol", "data/d.txt").await.as_deref(),
+        Some(&b"PARTIAL and the rest\n"[..])
+    );
+    let stats = volume_stats(&target);
+    assert_eq!(stats["callers"]["host_pid_namespace"], true, "{stats}");
+    assert_eq!(stats["callers"]["unseen_closes"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_driver_without_the_host_s_pids_says_it_cannot_see_its_callers() {
+    let garage = Garage::new().await;
+    // The driver in a PID namespace of its own, as a DaemonSet without
+    // hostPID runs it (the mounts stay in the host's mount namespace).
+    let mut setup = garage.driver();
+    setup.wrapper = ["unshare", "--pid", "--fork", "--kill-child=SIGTERM"]
+        .map(String::from)
+        .to_vec();
+    let driver = setup.start();
+    let mut node = driver.node().await;
+    let target = driver.target("pod-u");
+    let request = publish_request(
+        "data",
+        &target,
+        Mode::SingleNodeWriter,
+        &garage.context(),
+        &garage.secrets(),
+    );
+    publish(&mut node, request).await.unwrap();
+    assert!(
+        driver
+            .log_text()
+            .contains("this daemon runs in a PID namespace of its own"),
+        "{}",
+        driver.log_text()
+    );
+    // This test's process is outside the daemon's namespace: its close is
+    // PID 0 to the daemon, and is counted as one it cannot see.
+    std::fs::write(target.join("from-outside.txt"), b"x\n").unwrap();
+    let stats = volume_stats(&target);
+    eprintln!("callers: {}", stats["callers"]);
+    assert_eq!(stats["callers"]["host_pid_namespace"], false);
+    assert!(
+        stats["callers"]["unseen_closes"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    let out = common::s3vol().arg("stats").arg(&target).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cannot see processes outside it"), "{text}");
+    assert_eq!(
+        garage
+            .server
+            .get("vol", "data/from-outside.txt")
+            .await
+            .as_deref(),
+        Some(&b"x\n"[..])
+    );
+    unpublish(&mut node, "data", &target).await;
+}
+
+#[tokio::test]
+#[ignore = "needs gRPC for Python; run scripts/test.sh"]
+async fn a_grpc_core_client_is_served_whatever_authority_it_names() {
+    let driver = DriverSetup::default().start();
+    // grpc-core names the socket's path as the authority over a Unix socket;
+    // the calls' messages are passed as bytes and decoded here.
+    let client = r#"
+import sys, grpc
+channel = grpc.insecure_channel('unix:' + sys.argv[1])
+for method in sys.argv[2:]:
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    print(call(b'', timeout=10).hex(), flush=True)
+"#;
+    let python = common::tools_dir().join("grpcio-1.85.3/bin/python");
+    let out = Command::new(python)
+        .args(["-c", client])
+        .arg(driver.socket())
+        .args(["/csi.v1.Identity/GetPluginInfo", "/csi.v1.Node/NodeGetInfo"])
+        .env("GRPC_VERBOSITY", "ERROR")
+        .output()
+        .unwrap();
+    assert!(common::succeeded(&out), "{}", driver.log_text());
+    let answers: Vec<Vec<u8>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| hex::decode(line).unwrap())
+        .collect();
+    use prost::Message;
+    let info = GetPluginInfoResponse::decode(&answers[0][..]).unwrap();
+    assert_eq!(info.name, "csi.s3vol.io");
+    let node = NodeGetInfoResponse::decode(&answers[1][..]).unwrap();
+    assert_eq!(node.node_id, "node-1");
+    eprintln!(
+        "grpcio: {} {}, node {}",
+        info.name, info.vendor_version, node.node_id
+    );
+}
+
 /// The manifests in deploy/kubernetes, as JSON documents.
 fn manifests() -> (Vec<PathBuf>, Vec<serde_json::Value>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
@@ -932,9 +1453,32 @@ fn the_kubernetes_manifests_are_valid_and_fit_this_driver() {
     assert_eq!(driver.len(), 1);
     assert_eq!(driver[0]["metadata"]["name"], DRIVER_NAME);
     assert_eq!(driver[0]["spec"]["attachRequired"], false);
-    let daemonset = serde_json::to_string(&of_kind("DaemonSet")).unwrap();
+    let daemonsets = of_kind("DaemonSet");
+    let daemonset = serde_json::to_string(&daemonsets).unwrap();
     assert!(daemonset.contains(&format!("/var/lib/kubelet/plugins/{DRIVER_NAME}/csi.sock")));
     assert!(daemonset.contains("unix:///csi/csi.sock"));
+    // The volumes' daemons see the pods' processes.
+    assert_eq!(daemonsets[0]["spec"]["template"]["spec"]["hostPID"], true);
+    // What the driver's options allow the example volumes.
+    let driver_args: Vec<&str> = daemonsets[0]["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "s3vol")
+        .unwrap()["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let rules = s3vol::csi::request::Rules {
+        endpoints: driver_args
+            .iter()
+            .filter_map(|a| a.strip_prefix("--allow-endpoint="))
+            .map(|url| s3vol::names::endpoint_url(url).unwrap())
+            .collect(),
+        allow_driver_credentials: driver_args.contains(&"--allow-driver-credentials"),
+    };
 
     let volumes = of_kind("PersistentVolume");
     assert!(volumes.len() >= 2);
@@ -990,7 +1534,10 @@ fn the_kubernetes_manifests_are_valid_and_fit_this_driver() {
             secrets,
             ..Default::default()
         };
-        let publish = s3vol::csi::request::parse(&request, s3vol::cli::mount_option)
+        let mut publish = s3vol::csi::request::parse(&request, s3vol::cli::mount_option)
+            .unwrap_or_else(|e| panic!("{}: {}", pv["metadata"]["name"], e.0));
+        publish
+            .authorize(&rules)
             .unwrap_or_else(|e| panic!("{}: {}", pv["metadata"]["name"], e.0));
         s3vol::cli::check_mount_options(&publish.mount_options())
             .unwrap_or_else(|e| panic!("{}: {e}", pv["metadata"]["name"]));

@@ -4,6 +4,7 @@
 //! is given, [`StsSource`] assumes it through STS with the external ID, and
 //! [`renew::RenewingCredentials`] keeps the result fresh for the S3 client.
 
+pub mod keys;
 pub mod renew;
 pub mod secret;
 
@@ -17,6 +18,7 @@ use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
 
+pub use self::keys::{BaseCredentials, StaticKeys};
 pub use self::secret::{Secret, read_secret_file};
 use crate::logging::error_chain;
 
@@ -31,18 +33,33 @@ pub struct RoleOptions {
     pub sts_endpoint_url: Option<String>,
 }
 
-/// The AWS default configuration chain (environment, shared files, web identity,
-/// container and instance metadata), with `--region` and `--profile` applied.
+/// The AWS configuration a volume starts from, with `--region` applied: the
+/// default chain (environment, shared files, web identity, container and
+/// instance metadata), from a profile if one is named; without the shared files
+/// when `base` says so; or signing with static keys.
 pub async fn load_base_config(
     region: Option<&str>,
-    profile: Option<&str>,
+    base: &BaseCredentials,
 ) -> aws_config::SdkConfig {
+    use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = region {
         loader = loader.region(aws_config::Region::new(region.to_string()));
     }
-    if let Some(profile) = profile {
-        loader = loader.profile_name(profile);
+    if !base.reads_shared_files() {
+        // An empty file in place of ~/.aws/config and ~/.aws/credentials (and of
+        // AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE): nothing a profile says is
+        // read, and nothing it names is run.
+        loader = loader.profile_files(
+            EnvConfigFiles::builder()
+                .with_contents(EnvConfigFileKind::Config, "")
+                .build(),
+        );
+    }
+    match base {
+        BaseCredentials::Profile(profile) => loader = loader.profile_name(profile),
+        BaseCredentials::Keys(keys) => loader = loader.credentials_provider(keys.credentials()),
+        BaseCredentials::Chain | BaseCredentials::ChainWithoutSharedFiles => {}
     }
     loader.load().await
 }

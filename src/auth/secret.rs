@@ -41,6 +41,15 @@ const MAX_SECRET_FILE: u64 = 4096;
 /// is refused, with the `chown` or `chmod` that fixes it; `option` names the
 /// option that gave the path.
 pub fn read_secret_file(path: &Path, option: &str) -> Result<Secret, String> {
+    read_secret_file_up_to(path, option, MAX_SECRET_FILE)
+}
+
+/// [`read_secret_file`] for a file of at most `max` bytes.
+pub(super) fn read_secret_file_up_to(
+    path: &Path,
+    option: &str,
+    max: u64,
+) -> Result<Secret, String> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let shown = path.display();
@@ -76,13 +85,12 @@ pub fn read_secret_file(path: &Path, option: &str) -> Result<Secret, String> {
     }
     // A secret is short; a file of any size is not read whole into memory.
     let mut text = String::new();
-    file.take(MAX_SECRET_FILE + 1)
+    file.take(max + 1)
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read {option} {shown}: {e}"))?;
-    if text.len() as u64 > MAX_SECRET_FILE {
+    if text.len() as u64 > max {
         return Err(format!(
-            "{option} {shown} is larger than {MAX_SECRET_FILE} bytes; it should hold the \
-             secret alone"
+            "{option} {shown} is larger than {max} bytes; it should hold the secret alone"
         ));
     }
     Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))

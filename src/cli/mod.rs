@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 use self::cse::CseArgs;
 use self::parse::*;
-use crate::auth::{RoleOptions, Secret};
+use crate::auth::{BaseCredentials, RoleOptions, Secret, StaticKeys};
 use crate::config::MountConfig;
 use crate::names::Source;
 use crate::store::Encryption;
@@ -81,12 +81,32 @@ pub struct CsiArgs {
     /// written), a subdirectory per volume; as `s3vol mount --cache-dir`.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Let a volume that names no role, keys or pod identity sign with the
-    /// driver's own credentials (the node's instance profile, the driver's
-    /// service account). Off by default: every volume on the node could then
-    /// reach whatever the driver may.
+    /// Let volumes sign with the driver's own identity (the node's instance
+    /// profile, the driver's service account): to assume the role their
+    /// Secret names, when that Secret holds no keys, or as themselves when
+    /// they name nothing. Off by default: a volume's Secret must then bring
+    /// keys, or the volume the pod's identity.
     #[arg(long)]
     pub allow_driver_credentials: bool,
+    /// An S3 or STS endpoint volumes may name in endpoint_url or
+    /// sts_endpoint_url (repeat for each; an http:// one is then allowed in
+    /// clear). None: volumes use AWS's own endpoints only.
+    #[arg(long = "allow-endpoint", value_name = "URL", value_parser = parse_url)]
+    pub allow_endpoints: Vec<String>,
+    /// Disk space every volume's block cache may take together (default: an
+    /// eighth of the space free in --cache-dir when the driver starts).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub node_cache_size: Option<u64>,
+    /// Disk space every volume's files being written may take together
+    /// (default: an eighth of the space free in --cache-dir when the driver
+    /// starts).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub node_staging_size: Option<u64>,
+    /// The most volumes the node serves at once, reported to Kubernetes; a
+    /// volume's default share of the budget is the budget divided by it.
+    #[arg(long, value_name = "N", default_value = "32",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_volumes: u32,
     /// How long a publish waits for the volume to be mounted.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_ttl)]
     pub mount_timeout: Duration,
@@ -225,7 +245,7 @@ pub struct PolicyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct S3Args {
     /// AWS region of the bucket (default: from the AWS configuration, else us-east-1).
-    #[arg(long, value_name = "REGION")]
+    #[arg(long, value_name = "REGION", value_parser = parse_region)]
     pub region: Option<String>,
     /// S3 endpoint URL, for S3-compatible servers (e.g. http://127.0.0.1:3900).
     #[arg(long, value_name = "URL", value_parser = parse_url)]
@@ -235,8 +255,21 @@ pub struct S3Args {
     #[arg(long)]
     pub force_path_style: bool,
     /// Profile in the AWS shared config/credentials files to take credentials from.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["credentials_file", "no_shared_config"])]
     pub profile: Option<String>,
+    /// Sign with the keys in this file instead of the AWS credential chain: JSON
+    /// as `aws configure export-credentials --format process` writes it
+    /// (AccessKeyId, SecretAccessKey, optional SessionToken), mode 600, owned by
+    /// the user running s3vol or root. s3vol reads it itself: nothing in it runs.
+    /// A role (--role-arn) is assumed with these keys. Implies --no-shared-config.
+    #[arg(long, value_name = "PATH")]
+    pub credentials_file: Option<PathBuf>,
+    /// Read neither of AWS's shared files (~/.aws/config, ~/.aws/credentials,
+    /// AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE): no profile, and no
+    /// credential_process, SSO or source_profile it names. Credentials then come
+    /// from AWS_* variables, web identity, container or instance metadata.
+    #[arg(long)]
+    pub no_shared_config: bool,
     /// Server-side encryption to ask for on every upload and copy.
     #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256", "aws:kms"])]
     pub sse: Option<String>,
@@ -266,7 +299,7 @@ impl S3Args {
             region: self.region.clone(),
             endpoint_url: self.endpoint_url.clone(),
             force_path_style: self.force_path_style,
-            profile: self.profile.clone(),
+            base: self.base_credentials()?,
             encryption: self.encryption()?,
             io_timeout: self.io_timeout,
             role: role_options,
@@ -279,6 +312,18 @@ impl S3Args {
                     .iter()
                     .filter_map(|name| std::env::var(name).ok())
                     .any(|url| in_clear_beyond_this_host(&url)),
+        })
+    }
+
+    /// Where the base credentials come from; a keys file is read now.
+    fn base_credentials(&self) -> Result<BaseCredentials, String> {
+        Ok(match (&self.credentials_file, &self.profile) {
+            (Some(path), _) => {
+                BaseCredentials::Keys(StaticKeys::read_file(path, "--credentials-file")?)
+            }
+            (None, Some(profile)) => BaseCredentials::Profile(profile.clone()),
+            (None, None) if self.no_shared_config => BaseCredentials::ChainWithoutSharedFiles,
+            (None, None) => BaseCredentials::Chain,
         })
     }
 

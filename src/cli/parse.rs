@@ -7,7 +7,7 @@ use crate::auth::Secret;
 use crate::names::Source;
 
 /// A byte count with an optional binary unit: 8388608, 8MiB, 8M, 1GiB.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -36,7 +36,7 @@ pub(super) fn parse_part_size(text: &str) -> Result<u64, String> {
     }
 }
 
-pub(super) fn parse_cache_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_cache_size(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if size >= crate::cache::BLOCK_SIZE {
         Ok(size)
@@ -48,7 +48,7 @@ pub(super) fn parse_cache_size(text: &str) -> Result<u64, String> {
     }
 }
 
-pub(super) fn parse_staging_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_staging_size(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if size >= 1 << 20 {
         Ok(size)
@@ -76,13 +76,43 @@ pub(crate) fn parse_source(text: &str) -> Result<Source, String> {
         .map_err(|e: crate::names::SourceError| e.to_string())
 }
 
+/// A region name, which becomes part of AWS's host names: letters, digits, `-`
+/// and `_` (S3-compatible servers name theirs freely, but never with a dot or
+/// a slash that would change the host).
+pub(crate) fn parse_region(text: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a region name such as eu-west-1 (letters, digits, - and _)"
+        ))
+    }
+}
+
 pub(crate) fn parse_role_arn(text: &str) -> Result<String, String> {
     let parts: Vec<&str> = text.splitn(6, ':').collect();
+    // IAM's rules: a partition such as aws or aws-cn, a 12-digit account, and a
+    // role name (with its path) of letters, digits and +=,.@_-/.
     let ok = parts.len() == 6
         && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[1]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-')
         && parts[2] == "iam"
-        && parts[5].starts_with("role/")
-        && parts[5].len() > "role/".len();
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5].strip_prefix("role/").is_some_and(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+        });
     if ok {
         Ok(text.to_string())
     } else {
@@ -168,14 +198,7 @@ pub(super) fn parse_io_timeout(text: &str) -> Result<Duration, String> {
 }
 
 pub(super) fn parse_url(text: &str) -> Result<String, String> {
-    let rest = text
-        .strip_prefix("http://")
-        .or_else(|| text.strip_prefix("https://"))
-        .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("{text:?} has no host"));
-    }
-    Ok(text.trim_end_matches('/').to_string())
+    crate::names::endpoint_url(text).map_err(|e| e.to_string())
 }
 
 /// Whether requests to `url` would cross a network in clear: plain http to a
@@ -278,6 +301,21 @@ mod tests {
         assert!(parse_role_arn("arn:aws:iam::111122223333:role/reader").is_ok());
         assert!(parse_role_arn("arn:aws:iam::111122223333:user/alice").is_err());
         assert!(parse_role_arn("reader").is_err());
+        assert!(parse_role_arn("arn:aws-cn:iam::111122223333:role/path/to/r+w=1,x.y@z_").is_ok());
+        for bad in [
+            "arn:aws:iam::1111:role/r",
+            "arn:aws:iam::111122223333:role/",
+            "arn:aws:iam::111122223333:role/r\ncredential_process = id",
+            "arn:aws:iam::111122223333:role/a b",
+            "arn:aws:sts::111122223333:role/r",
+        ] {
+            assert!(parse_role_arn(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_region("eu-west-1").as_deref(), Ok("eu-west-1"));
+        assert_eq!(parse_region("garage").as_deref(), Ok("garage"));
+        for bad in ["", "eu.west", "x/y", "a\nb", &"r".repeat(65)] {
+            assert!(parse_region(bad).is_err(), "{bad:?}");
+        }
         assert!(parse_external_id("ext-123").is_ok());
         assert!(parse_external_id("with space").is_err());
         assert_eq!(parse_role_duration("1h"), Ok(Duration::from_secs(3600)));

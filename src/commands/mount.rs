@@ -116,7 +116,7 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
 /// /var/cache/s3vol, or ~/.cache/s3vol for users who cannot use that; created mode
 /// 0700, made absolute, and checked to be the running user's alone (see
 /// [`LocalDir`]).
-fn local_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
+pub(super) fn local_dir(cache_dir: Option<&Path>) -> Result<PathBuf, String> {
     let candidates: Vec<PathBuf> = match cache_dir {
         Some(dir) => vec![std::path::absolute(dir).map_err(|e| e.to_string())?],
         None => {

@@ -7,6 +7,8 @@
 //! `request` checks what a publish asks for; `volumes` runs the daemons;
 //! `service` answers the calls.
 
+mod authority;
+pub mod budget;
 pub mod request;
 pub mod service;
 pub mod volumes;
@@ -48,20 +50,26 @@ pub struct CsiConfig {
     /// The Unix socket to listen on.
     pub socket: PathBuf,
     pub node_id: String,
-    /// Volumes that name no credentials of their own may sign as the driver.
-    pub allow_driver_credentials: bool,
+    /// What the operator allows volumes.
+    pub rules: request::Rules,
     pub volumes: volumes::Settings,
+    /// The disk space and number of volumes the node gives its volumes.
+    pub budget: budget::NodeBudget,
 }
 
 /// Serves the plugin until SIGTERM or SIGINT, then stops every volume.
 pub async fn serve(config: CsiConfig) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
-    let volumes = Arc::new(volumes::Volumes::new(config.volumes.clone())?);
+    let volumes = Arc::new(volumes::Volumes::new(
+        config.volumes.clone(),
+        config.budget,
+    )?);
     let listener = listen(&config.socket)?;
     let plugin = Arc::new(service::Plugin {
         node_id: config.node_id.clone(),
         volumes: volumes.clone(),
-        allow_driver_credentials: config.allow_driver_credentials,
+        rules: config.rules.clone(),
+        max_volumes: config.budget.max_volumes,
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -74,19 +82,40 @@ pub async fn serve(config: CsiConfig) -> Result<(), String> {
     };
     info!(socket = %config.socket.display(), node = %config.node_id, driver = service::DRIVER_NAME,
           "serving CSI");
+    info!(
+        cache = %crate::stats::bytes(config.budget.cache),
+        staging = %crate::stats::bytes(config.budget.staging),
+        max_volumes = config.budget.max_volumes,
+        endpoints = ?config.rules.endpoints,
+        driver_credentials = config.rules.allow_driver_credentials,
+        "the node's volumes share this budget and may use these endpoints"
+    );
     let served = tonic::transport::Server::builder()
         .add_service(proto::identity_server::IdentityServer::new(plugin.clone()))
         .add_service(proto::node_server::NodeServer::new(plugin))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            stopping,
-        )
+        .serve_with_incoming_shutdown(connections(listener), stopping)
         .await;
     volumes.stop_all().await;
     let _ = std::fs::remove_file(&config.socket);
     served.map_err(|e| {
         error!("gRPC server failed: {e}");
         format!("the gRPC server failed: {e}")
+    })
+}
+
+/// The connections to the socket, each through a relay that lets any client
+/// name any `:authority` ([`authority`]).
+fn connections(
+    listener: tokio::net::UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::io::DuplexStream>> {
+    use tokio_stream::StreamExt;
+    /// Room for a frame or two each way; CSI calls are small.
+    const RELAY_BUFFER: usize = 64 << 10;
+    tokio_stream::wrappers::UnixListenerStream::new(listener).map(|accepted| {
+        let client = accepted?;
+        let (server, relayed) = tokio::io::duplex(RELAY_BUFFER);
+        tokio::spawn(authority::relay(client, relayed));
+        Ok(server)
     })
 }
 

@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use super::budget::Share;
 use super::proto::NodePublishVolumeRequest;
 use super::proto::volume_capability::AccessType;
 use super::proto::volume_capability::access_mode::Mode;
-use crate::auth::Secret;
+use crate::auth::{Secret, StaticKeys};
 use crate::cli::options;
 
 /// The volume_context key that names the bucket and prefix.
@@ -18,7 +19,8 @@ pub const BUCKET: &str = "bucket";
 pub const AUTHENTICATION_SOURCE: &str = "authentication_source";
 /// The audience of the pod's service-account token for `pod` authentication.
 pub const TOKEN_AUDIENCE: &str = "token_audience";
-/// The role a volume is reached through; also accepted in the Secret.
+/// The role a volume is reached through: in the Secret, or in volume_context
+/// for a pod's own identity.
 pub const ROLE_ARN: &str = "role_arn";
 /// The audience kubelet asks tokens for unless the volume names another.
 pub const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
@@ -39,7 +41,6 @@ const ALLOWED: &[&str] = &[
     "cse-context",
     "cse-allow-plaintext",
     "io-timeout",
-    "allow-http",
     "role-session-name",
     "role-duration",
     "renew-before",
@@ -75,6 +76,13 @@ fn refused_because(name: &str) -> Option<&'static str> {
         "cache-dir" | "log-file" | "audit-log" | "foreground" => {
             "the driver decides where local data and logs go"
         }
+        "allow-http" => {
+            "the driver decides which endpoints volumes may use: the operator lists them, \
+             http:// ones included, with s3vol csi --allow-endpoint"
+        }
+        "credentials-file" | "no-shared-config" => {
+            "credentials come from the node-publish Secret or the pod"
+        }
         _ => return None,
     })
 }
@@ -98,19 +106,13 @@ pub enum Credentials {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StaticKeys {
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
-    pub session_token: Option<Secret>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Role {
     pub arn: String,
     pub external_id: Option<Secret>,
 }
 
-/// One publish, ready to mount.
+/// One publish, ready to mount once [`Publish::authorize`] has checked it
+/// against what the driver's operator allows.
 #[derive(Clone, Debug)]
 pub struct Publish {
     pub volume_id: String,
@@ -119,20 +121,64 @@ pub struct Publish {
     pub source: String,
     pub read_write: bool,
     /// `s3vol mount` options (long names, with their values) from
-    /// volume_context and the mount flags, but for those of the role below.
+    /// volume_context and the mount flags, but for the endpoints and those of
+    /// the role below.
     pub options: Vec<(String, Option<String>)>,
+    /// Where S3 is, if the volume says (canonical, see [`crate::names::endpoint_url`]).
+    pub endpoint: Option<String>,
     /// Where STS is, if the volume says.
     pub sts_endpoint: Option<String>,
+    /// Plain http to the endpoints: set by [`Publish::authorize`] when the
+    /// operator listed them so.
+    allow_http: bool,
     pub session_name: String,
     pub credentials: Credentials,
 }
 
+/// What the driver's operator allows volumes (`s3vol csi` options).
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    /// The S3 and STS endpoints a volume may name, canonical; none: a volume
+    /// uses AWS's own.
+    pub endpoints: Vec<String>,
+    /// A volume may sign with the driver's own identity, or assume the role
+    /// in its Secret with it.
+    pub allow_driver_credentials: bool,
+}
+
 impl Publish {
-    /// The `s3vol mount` arguments of the volume, with those of its role (the
-    /// external ID's file aside); a pod's role is reached through the
-    /// environment instead.
+    /// The `s3vol mount` arguments of the volume, with its endpoints and those
+    /// of its role (the secrets aside, which go through files); a pod's role
+    /// is reached through the environment instead.
     pub fn mount_options(&self) -> Vec<OsString> {
-        let mut options = self.options.clone();
+        self.arguments(self.options.clone())
+    }
+
+    /// [`Publish::mount_options`] for the volume's daemon, with the sizes of
+    /// its local data those of its `share` of the node's budget.
+    pub fn daemon_options(&self, share: Share) -> Vec<OsString> {
+        const SIZES: [&str; 3] = ["cache-size", "staging-size", "no-cache"];
+        let mut options: Vec<_> = self
+            .options
+            .iter()
+            .filter(|(name, _)| !SIZES.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        options.push(match share.cache {
+            0 => ("no-cache".into(), None),
+            size => ("cache-size".into(), Some(size.to_string())),
+        });
+        if self.read_write {
+            options.push(("staging-size".into(), Some(share.staging.to_string())));
+        }
+        self.arguments(options)
+    }
+
+    /// `options` and the endpoints and role's options as arguments.
+    fn arguments(&self, mut options: Vec<(String, Option<String>)>) -> Vec<OsString> {
+        if let Some(url) = &self.endpoint {
+            options.push(("endpoint-url".into(), Some(url.clone())));
+        }
         if let Credentials::Secret { role, .. } = &self.credentials {
             if let Some(role) = role {
                 options.push(("role-arn".into(), Some(role.arn.clone())));
@@ -141,6 +187,9 @@ impl Publish {
             if let Some(url) = &self.sts_endpoint {
                 options.push(("sts-endpoint-url".into(), Some(url.clone())));
             }
+        }
+        if self.allow_http {
+            options.push(("allow-http".into(), None));
         }
         options
             .into_iter()
@@ -151,15 +200,64 @@ impl Publish {
             .collect()
     }
 
-    /// Whether the volume signs with nothing of its own: the driver's identity.
+    /// The value of option `name` (a long name), if the volume gives it.
+    pub fn option(&self, name: &str) -> Option<&Option<String>> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value)
+    }
+
+    /// Whether the volume signs with the driver's identity: directly, or to
+    /// assume the role its Secret names.
     pub fn uses_driver_credentials(&self) -> bool {
-        matches!(
-            self.credentials,
-            Credentials::Secret {
-                keys: None,
-                role: None
+        matches!(self.credentials, Credentials::Secret { keys: None, .. })
+    }
+
+    /// Checks what the operator decides: the endpoints (each must be one the
+    /// driver was given with --allow-endpoint; plain http is then allowed to
+    /// it) and the use of the driver's own identity.
+    pub fn authorize(&mut self, rules: &Rules) -> Result<(), Invalid> {
+        for (field, url) in [
+            ("endpoint_url", &self.endpoint),
+            ("sts_endpoint_url", &self.sts_endpoint),
+        ] {
+            let Some(url) = url else { continue };
+            if !rules.endpoints.contains(url) {
+                let listed = match rules.endpoints.as_slice() {
+                    [] => "none, so volumes use AWS's own endpoints".to_string(),
+                    list => list.join(", "),
+                };
+                return Err(Invalid(format!(
+                    "volume_context {field} {url} is not an endpoint this driver may send \
+                     credentials to; the operator lists those with s3vol csi \
+                     --allow-endpoint URL (listed: {listed})"
+                )));
             }
-        )
+        }
+        self.allow_http = [&self.endpoint, &self.sts_endpoint]
+            .into_iter()
+            .flatten()
+            .any(|url| url.starts_with("http://"));
+        if self.uses_driver_credentials() && !rules.allow_driver_credentials {
+            let what = match &self.credentials {
+                Credentials::Secret { role: Some(_), .. } => {
+                    "the Secret names a role but no keys, so the role would be assumed with \
+                     the driver's own identity (the node's); if customers' roles trust that \
+                     identity, start s3vol csi with --allow-driver-credentials, else put \
+                     access_key_id and secret_access_key in the Secret"
+                }
+                _ => {
+                    "the volume names no role_arn, keys or authentication_source pod, so it \
+                     would sign with the driver's own credentials, which every volume on the \
+                     node could then use; give it its own in the node-publish Secret, or start \
+                     s3vol csi with --allow-driver-credentials"
+                }
+            };
+            return Err(Invalid(what.into()));
+        }
+        Ok(())
     }
 
     /// What makes two publishes of a target the same volume: everything but the
@@ -174,8 +272,13 @@ impl Publish {
             Credentials::Pod { role_arn, .. } => format!("pod role={role_arn}"),
         };
         format!(
-            "{}\n{}\n{}\n{:?}\n{:?}\n{role}",
-            self.volume_id, self.source, self.read_write, self.options, self.sts_endpoint
+            "{}\n{}\n{}\n{:?}\n{:?}\n{:?}\n{role}",
+            self.volume_id,
+            self.source,
+            self.read_write,
+            self.options,
+            self.endpoint,
+            self.sts_endpoint
         )
     }
 }
@@ -187,6 +290,7 @@ pub fn parse(
     known: impl Fn(&str) -> Option<bool>,
 ) -> Result<Publish, Invalid> {
     let invalid = |message: String| Err(Invalid(message));
+    plain_text(request)?;
     if request.volume_id.is_empty() {
         return invalid("volume_id is missing".into());
     }
@@ -250,9 +354,11 @@ pub fn parse(
             }
         }
     }
-    // The role's own options go with the credentials they are for.
+    // The endpoints are checked against the operator's list; the role's own
+    // options go with the credentials they are for.
+    let endpoint = endpoint_option(&mut options, "endpoint-url")?;
+    let sts_endpoint = endpoint_option(&mut options, "sts-endpoint-url")?;
     let session_name = take_value(&mut options, "role-session-name");
-    let sts_endpoint = take_value(&mut options, "sts-endpoint-url");
 
     let credentials = credentials(context, &request.secrets)?;
     let session_name = session_name.unwrap_or_else(|| pod_session_name(context));
@@ -262,10 +368,79 @@ pub fn parse(
         source: source.clone(),
         read_write,
         options,
+        endpoint,
         sts_endpoint,
+        allow_http: false,
         session_name,
         credentials,
     })
+}
+
+/// Refuses a request that holds a control character in any field a PV, a
+/// Secret or kubelet fills: such a value is never meant, and a newline in one
+/// would be a line of its own to anything that reads it as text. The refusal
+/// names the field, never the value (it may be a secret).
+fn plain_text(request: &NodePublishVolumeRequest) -> Result<(), Invalid> {
+    let has_control = |text: &str| text.chars().any(char::is_control);
+    let refuse = |field: String| {
+        Err(Invalid(format!(
+            "{field} holds a control character (a newline or another); give the value alone"
+        )))
+    };
+    for (field, value) in [
+        ("volume_id", &request.volume_id),
+        ("target_path", &request.target_path),
+    ] {
+        if has_control(value) {
+            return refuse(field.into());
+        }
+    }
+    let mut context: Vec<_> = request.volume_context.iter().collect();
+    context.sort();
+    for (key, value) in context {
+        if has_control(key) {
+            return refuse(format!(
+                "a volume_context key {:?}",
+                key.escape_debug().to_string()
+            ));
+        }
+        if has_control(value) {
+            return refuse(format!("volume_context {key}"));
+        }
+    }
+    let mut secrets: Vec<_> = request.secrets.iter().collect();
+    secrets.sort();
+    for (key, value) in secrets {
+        if has_control(key) {
+            return refuse("a key of the node-publish Secret".into());
+        }
+        if has_control(value) {
+            return refuse(format!("the node-publish Secret's {key}"));
+        }
+    }
+    if let Some(AccessType::Mount(mount)) = request
+        .volume_capability
+        .as_ref()
+        .and_then(|c| c.access_type.as_ref())
+        && mount.mount_flags.iter().any(|flag| has_control(flag))
+    {
+        return refuse("volume_capability mount_flags".into());
+    }
+    Ok(())
+}
+
+/// Removes option `name` (an endpoint URL) from `options` and gives it in its
+/// canonical form.
+fn endpoint_option(
+    options: &mut Vec<(String, Option<String>)>,
+    name: &str,
+) -> Result<Option<String>, Invalid> {
+    take_value(options, name)
+        .map(|url| {
+            crate::names::endpoint_url(&url)
+                .map_err(|e| Invalid(format!("volume_context {}: {e}", name.replace('-', "_"))))
+        })
+        .transpose()
 }
 
 /// Removes option `name` from `options`, with the last value it was given.
@@ -390,6 +565,15 @@ fn credentials(
         )));
     }
     let secret = |key: &str| secrets.get(key).filter(|v| !v.is_empty());
+    let from_pod = context.get(AUTHENTICATION_SOURCE).map(String::as_str) == Some("pod");
+    if context.contains_key(ROLE_ARN) && !from_pod {
+        return Err(Invalid(format!(
+            "volume_context {ROLE_ARN} is for authentication_source pod, whose token the \
+             role's trust policy checks; with credentials from the Secret, put {ROLE_ARN} in \
+             the node-publish Secret, so that whoever writes PersistentVolumes cannot pick \
+             the role"
+        )));
+    }
     let role_arn = match (context.get(ROLE_ARN), secret(ROLE_ARN)) {
         (Some(a), Some(b)) if a != b => {
             return Err(Invalid(format!(
@@ -418,6 +602,13 @@ fn credentials(
                     secret_access_key: Secret::new(key.clone()),
                     session_token: secret("session_token").map(|t| Secret::new(t.clone())),
                 }),
+                (None, None) if secret("session_token").is_some() => {
+                    return Err(Invalid(
+                        "the Secret has a session_token but no access_key_id and \
+                         secret_access_key; give them with it"
+                            .into(),
+                    ));
+                }
                 (None, None) => None,
                 _ => {
                     return Err(Invalid(
@@ -472,18 +663,25 @@ fn pod_token(context: &HashMap<String, String>, audience: &str) -> Result<Secret
     };
     let parsed: serde_json::Value = serde_json::from_str(tokens)
         .map_err(|e| Invalid(format!("volume_context {TOKENS} is not JSON: {e}")))?;
-    parsed
+    let token = parsed
         .get(audience)
         .and_then(|t| t.get("token"))
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
-        .map(Secret::new)
         .ok_or_else(|| {
             Invalid(format!(
                 "volume_context {TOKENS} has no token for audience {audience:?}: add it to \
                  the CSIDriver's tokenRequests, or set {TOKEN_AUDIENCE}"
             ))
-        })
+        })?;
+    // A JSON string may hold an escaped newline that the text around it did not.
+    if token.chars().any(char::is_control) {
+        return Err(Invalid(format!(
+            "volume_context {TOKENS}: the token for audience {audience:?} holds a control \
+             character"
+        )));
+    }
+    Ok(Secret::new(token))
 }
 
 /// `s3vol-NAMESPACE-POD` when kubelet says which pod (podInfoOnMount), so
@@ -681,9 +879,62 @@ mod tests {
                 "key \"password\"",
             ),
             (
+                &[("bucket", "vol")],
+                &[("session_token", "t0ken")],
+                "a session_token but no access_key_id",
+            ),
+            (
+                &[
+                    ("bucket", "vol"),
+                    ("authentication_source", "pod"),
+                    ("role_arn", ROLE),
+                    (
+                        "csi.storage.k8s.io/serviceAccount.tokens",
+                        r#"{"sts.amazonaws.com":{"token":"jwt\nx"}}"#,
+                    ),
+                ],
+                &[],
+                "holds a control character",
+            ),
+            (
                 &[("bucket", "vol"), ("role_arn", ROLE)],
+                &[("external_id", "id-1")],
+                "put role_arn in the node-publish Secret",
+            ),
+            (
+                &[
+                    ("bucket", "vol"),
+                    ("role_arn", ROLE),
+                    ("authentication_source", "pod"),
+                ],
                 &[("role_arn", "arn:aws:iam::123456789012:role/other")],
                 "different roles",
+            ),
+            (
+                &[("bucket", "vol"), ("allow_http", "true")],
+                &[],
+                "--allow-endpoint",
+            ),
+            (
+                &[
+                    ("bucket", "vol"),
+                    ("endpoint_url", "https://evil@s3.example.com"),
+                ],
+                &[],
+                "volume_context endpoint_url",
+            ),
+            (
+                &[
+                    ("bucket", "vol"),
+                    ("region", "eu-west-1\ncredential_process=id"),
+                ],
+                &[],
+                "volume_context region holds a control character",
+            ),
+            (
+                &[("bucket", "vol")],
+                &[("role_arn", ROLE), ("external_id", "id\u{1b}[2J")],
+                "the node-publish Secret's external_id holds a control character",
             ),
             (
                 &[("bucket", "vol"), ("authentication_source", "node")],
@@ -781,5 +1032,138 @@ mod tests {
         .unwrap();
         assert_eq!(pod.sts_endpoint.as_deref(), Some("http://127.0.0.1:4566"));
         assert!(pod.mount_options().is_empty(), "{:?}", pod.mount_options());
+    }
+
+    #[test]
+    fn a_control_character_in_any_key_field_is_refused_by_name() {
+        let injected = "\ncredential_process = sh -c 'touch /tmp/s3vol-marker'";
+        for field in ["access_key_id", "secret_access_key", "session_token"] {
+            let mut secrets = vec![
+                ("access_key_id", "AKIDEXAMPLE".to_string()),
+                ("secret_access_key", "hush-hush".to_string()),
+                ("session_token", "token".to_string()),
+            ];
+            for (name, value) in &mut secrets {
+                if *name == field {
+                    value.push_str(injected);
+                }
+            }
+            let secrets: Vec<(&str, &str)> =
+                secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let err = refusal(&request(
+                Mode::SingleNodeWriter,
+                &[("bucket", "vol")],
+                &secrets,
+            ));
+            assert!(
+                err.contains(&format!(
+                    "the node-publish Secret's {field} holds a control"
+                )),
+                "{field}: {err}"
+            );
+            assert!(
+                !err.contains("hush-hush") && !err.contains("touch"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_operator_decides_endpoints_and_the_driver_s_identity() {
+        let rules = |endpoints: &[&str], driver: bool| Rules {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            allow_driver_credentials: driver,
+        };
+        let keys = [("access_key_id", "AK"), ("secret_access_key", "hush-hush")];
+        let with = |context: &[(&str, &str)], secrets: &[(&str, &str)]| {
+            let mut all = vec![("bucket", "vol")];
+            all.extend_from_slice(context);
+            parsed(&request(Mode::SingleNodeWriter, &all, secrets)).unwrap()
+        };
+        // No endpoint named: AWS's own, whatever the list.
+        assert!(with(&[], &keys).authorize(&rules(&[], false)).is_ok());
+        // An endpoint the operator did not list, by field and option.
+        for field in ["endpoint_url", "sts_endpoint_url"] {
+            let mut publish = with(&[(field, "https://s3.attacker.example")], &keys);
+            let err = publish
+                .authorize(&rules(&["https://s3.internal.example"], true))
+                .unwrap_err()
+                .0;
+            assert!(err.contains(&format!("volume_context {field}")), "{err}");
+            assert!(err.contains("--allow-endpoint"), "{err}");
+        }
+        // A listed one, however spelt; plain http to it becomes allowed.
+        let mut publish = with(
+            &[
+                ("endpoint_url", "HTTP://Minio.internal:9000/"),
+                ("sts_endpoint_url", "https://sts.internal"),
+            ],
+            &[
+                ("access_key_id", "AK"),
+                ("secret_access_key", "hush-hush"),
+                ("role_arn", ROLE),
+            ],
+        );
+        assert!(
+            !publish
+                .mount_options()
+                .contains(&OsString::from("--allow-http"))
+        );
+        publish
+            .authorize(&rules(
+                &["http://minio.internal:9000", "https://sts.internal"],
+                false,
+            ))
+            .unwrap();
+        let options = publish.mount_options();
+        for expected in [
+            "--endpoint-url=http://minio.internal:9000",
+            "--sts-endpoint-url=https://sts.internal",
+            "--allow-http",
+        ] {
+            assert!(options.contains(&OsString::from(expected)), "{options:?}");
+        }
+        // A role assumed with the node's identity needs the operator's consent.
+        let mut node_role = with(&[], &[("role_arn", ROLE), ("external_id", "id-1")]);
+        let err = node_role.authorize(&rules(&[], false)).unwrap_err().0;
+        assert!(err.contains("--allow-driver-credentials"), "{err}");
+        assert!(node_role.authorize(&rules(&[], true)).is_ok());
+        let mut nothing = with(&[], &[]);
+        assert!(nothing.authorize(&rules(&[], false)).is_err());
+    }
+
+    #[test]
+    fn a_daemon_is_given_its_share_in_place_of_the_sizes_asked_for() {
+        let asked = |mode, context: &[(&str, &str)]| {
+            let mut all = vec![("bucket", "vol"), ("metadata_ttl", "1s")];
+            all.extend_from_slice(context);
+            parsed(&request(mode, &all, &[])).unwrap()
+        };
+        let share = Share {
+            cache: 3 << 20,
+            staging: 5 << 20,
+        };
+        let rw = asked(
+            Mode::SingleNodeWriter,
+            &[("cache_size", "1GiB"), ("staging_size", "2GiB")],
+        );
+        assert!(
+            rw.mount_options()
+                .contains(&OsString::from("--cache-size=1GiB"))
+        );
+        assert_eq!(
+            rw.daemon_options(share),
+            [
+                "--metadata-ttl=1s",
+                "--cache-size=3145728",
+                "--staging-size=5242880"
+            ]
+        );
+        let ro = asked(Mode::MultiNodeReaderOnly, &[("no_cache", "true")]);
+        let none = Share {
+            cache: 0,
+            staging: 0,
+        };
+        assert_eq!(ro.daemon_options(none), ["--metadata-ttl=1s", "--no-cache"]);
     }
 }

@@ -17,9 +17,10 @@ pub const DRIVER_NAME: &str = "csi.s3vol.io";
 pub struct Plugin {
     pub node_id: String,
     pub volumes: Arc<Volumes>,
-    /// Whether a volume that names no role, keys or pod identity may sign
-    /// with the driver's own credentials.
-    pub allow_driver_credentials: bool,
+    /// What the operator allows volumes: endpoints, the driver's identity.
+    pub rules: request::Rules,
+    /// The most volumes the node serves at once, for the scheduler.
+    pub max_volumes: u32,
 }
 
 #[tonic::async_trait]
@@ -56,20 +57,13 @@ impl Node for Arc<Plugin> {
         request: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let request = request.into_inner();
-        let publish = request::parse(&request, crate::cli::mount_option)
-            .map_err(|request::Invalid(why)| Status::invalid_argument(why))?;
+        let refused = |request::Invalid(why)| Status::invalid_argument(why);
+        let mut publish = request::parse(&request, crate::cli::mount_option).map_err(refused)?;
+        publish.authorize(&self.rules).map_err(refused)?;
         // The option values are checked by the mount's own parser, so a bad one
         // is refused here with its name rather than by the daemon.
         crate::cli::check_mount_options(&publish.mount_options())
             .map_err(Status::invalid_argument)?;
-        if publish.uses_driver_credentials() && !self.allow_driver_credentials {
-            return Err(Status::invalid_argument(
-                "the volume names no role_arn, keys or authentication_source pod, so it would \
-                 sign with the driver's own credentials, which every volume on the node could \
-                 then use; give it its own in the node-publish Secret, or start s3vol csi with \
-                 --allow-driver-credentials",
-            ));
-        }
         info!(volume = %publish.volume_id, target = %publish.target.display(),
               source = %publish.source, read_write = publish.read_write, "publish");
         let result = self.volumes.publish(publish).await;
@@ -110,7 +104,7 @@ impl Node for Arc<Plugin> {
     ) -> Result<Response<NodeGetInfoResponse>, Status> {
         Ok(Response::new(NodeGetInfoResponse {
             node_id: self.node_id.clone(),
-            max_volumes_per_node: 0,
+            max_volumes_per_node: i64::from(self.max_volumes),
             accessible_topology: None,
         }))
     }

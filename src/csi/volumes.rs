@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tonic::Status;
 use tracing::{info, warn};
 
+use super::budget::{Budget, NodeBudget, Share};
 use super::request::{Credentials, Publish, Role};
 use crate::auth::Secret;
 use crate::local_dir::LocalDir;
@@ -71,6 +72,7 @@ enum AtTarget {
 pub struct Volumes {
     settings: Settings,
     tokens: Tokens,
+    budget: Budget,
     /// One slot per target path: publishes and unpublishes of a target run one
     /// at a time, those of different targets side by side.
     targets: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Daemon>>>>>,
@@ -79,11 +81,12 @@ pub struct Volumes {
 impl Volumes {
     /// The volumes of a driver run with `settings`; the state directory is
     /// opened (and created) now.
-    pub fn new(settings: Settings) -> Result<Self, String> {
+    pub fn new(settings: Settings, budget: NodeBudget) -> Result<Self, String> {
         let tokens = LocalDir::open_or_create(&settings.state_dir)
             .map(Tokens)
             .map_err(|e| format!("--state-dir: {e}"))?;
         Ok(Self {
+            budget: Budget::new(budget),
             settings,
             tokens,
             targets: Mutex::new(HashMap::new()),
@@ -134,6 +137,7 @@ impl Volumes {
                     {
                         self.tokens.keep(target, token)?;
                     }
+                    self.budget.adopt(target, self.share(&publish));
                     return Ok(());
                 }
             },
@@ -152,6 +156,38 @@ impl Volumes {
         if let Some(old) = daemon.take() {
             stop(&old, self.settings.stop_timeout).await;
         }
+        let share = self.share(&publish);
+        self.budget.reserve(target, share)?;
+        let started = self.start_at(&publish, share).await;
+        if started.is_err() {
+            self.budget.release(target);
+            self.tokens.forget(target);
+        }
+        *daemon = Some(started?);
+        Ok(())
+    }
+
+    /// What `publish` takes of the node's budget.
+    fn share(&self, publish: &Publish) -> Share {
+        // The sizes were checked with the mount's own parser before.
+        let size = |name: &str, parse: fn(&str) -> Result<u64, String>| {
+            publish
+                .option(name)
+                .and_then(|value| value.as_deref())
+                .and_then(|text| parse(text).ok())
+        };
+        Share::of(
+            self.budget.limits(),
+            size("cache-size", crate::cli::parse::parse_cache_size),
+            size("staging-size", crate::cli::parse::parse_staging_size),
+            publish.option("no-cache").is_some(),
+            publish.read_write,
+        )
+    }
+
+    /// Makes the target and starts its daemon with `share`.
+    async fn start_at(&self, publish: &Publish, share: Share) -> Result<Daemon, Status> {
+        let target = &publish.target;
         match std::fs::create_dir(target) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && target.is_dir() => {}
@@ -162,14 +198,7 @@ impl Volumes {
                 )));
             }
         }
-        match self.start(&publish).await {
-            Ok(started) => *daemon = Some(started),
-            Err(status) => {
-                self.tokens.forget(target);
-                return Err(status);
-            }
-        }
-        Ok(())
+        self.start(publish, share).await
     }
 
     /// Unmounts the target and removes it; a target with nothing mounted is
@@ -181,6 +210,7 @@ impl Volumes {
             stop(&running, self.settings.stop_timeout).await;
         }
         self.tokens.forget(target);
+        self.budget.release(target);
         match at_target(target).await {
             AtTarget::Nothing => {}
             AtTarget::Live => {
@@ -230,8 +260,8 @@ impl Volumes {
     }
 
     /// Starts the daemon for `publish` and waits until its volume is mounted.
-    async fn start(&self, publish: &Publish) -> Result<Daemon, Status> {
-        let mut launch = Launch::new(&self.settings, &self.tokens, publish)?;
+    async fn start(&self, publish: &Publish, share: Share) -> Result<Daemon, Status> {
+        let mut launch = Launch::new(&self.settings, &self.tokens, publish, share)?;
         let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Status::internal(format!("cannot create a pipe: {e}")))?;
         launch.pass(ready_write, "--ready-fd");
@@ -245,7 +275,9 @@ impl Volumes {
             tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    info!(volume = %volume, "{line}");
+                    // The daemon's words may quote what a bucket holds (names
+                    // of keys): shown, never obeyed by a terminal.
+                    info!(volume = %volume, "{}", without_controls(&line));
                 }
             });
         }
@@ -300,6 +332,16 @@ impl Volumes {
             message
         }))
     }
+}
+
+/// `line` with each control character written as its escape (`\u{1b}`).
+fn without_controls(line: &str) -> String {
+    line.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// The gRPC answer to a mount's failure: a refusal of the credentials is
@@ -400,7 +442,12 @@ const CREDENTIAL_VARIABLES: &[&str] = &[
 ];
 
 impl Launch {
-    fn new(settings: &Settings, tokens: &Tokens, publish: &Publish) -> Result<Self, Status> {
+    fn new(
+        settings: &Settings,
+        tokens: &Tokens,
+        publish: &Publish,
+        share: Share,
+    ) -> Result<Self, Status> {
         let mut launch = Launch {
             program: settings.program.clone(),
             args: vec![
@@ -410,6 +457,9 @@ impl Launch {
                 "--foreground".into(),
                 // The pod's users are not the driver's.
                 "--allow-other".into(),
+                // Whatever profile files the driver's container holds, a
+                // volume neither reads them nor runs what they name.
+                "--no-shared-config".into(),
             ],
             env: Vec::new(),
             clear_credentials: false,
@@ -422,22 +472,14 @@ impl Launch {
             launch.args.push("--cache-dir".into());
             launch.args.push(dir.clone().into());
         }
-        launch.args.extend(publish.mount_options());
+        launch.args.extend(publish.daemon_options(share));
         match &publish.credentials {
             Credentials::Secret { keys, role } => {
                 if let Some(keys) = keys {
-                    let mut file = format!(
-                        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-                        keys.access_key_id,
-                        keys.secret_access_key.expose()
-                    );
-                    if let Some(token) = &keys.session_token {
-                        file.push_str(&format!("aws_session_token = {}\n", token.expose()));
-                    }
-                    let fd = launch.pass_secret(&Secret::new(file))?;
+                    let fd = launch.pass_secret(&keys.to_file_text())?;
                     launch.clear_credentials = true;
-                    launch.env.push(("AWS_SHARED_CREDENTIALS_FILE", fd.into()));
-                    launch.env.push(("AWS_CONFIG_FILE", "/dev/null".into()));
+                    launch.args.push("--credentials-file".into());
+                    launch.args.push(fd.into());
                 }
                 if let Some(Role {
                     external_id: Some(id),
@@ -459,10 +501,6 @@ impl Launch {
                 launch
                     .env
                     .push(("AWS_WEB_IDENTITY_TOKEN_FILE", file.clone().into()));
-                launch.env.push(("AWS_CONFIG_FILE", "/dev/null".into()));
-                launch
-                    .env
-                    .push(("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()));
                 if let Some(url) = &publish.sts_endpoint {
                     launch.env.push(("AWS_ENDPOINT_URL_STS", url.into()));
                 }
@@ -610,6 +648,14 @@ mod tests {
         for (message, code) in cases {
             assert_eq!(failure_status(message.into()).code(), code, "{message}");
         }
+    }
+
+    #[test]
+    fn a_daemon_s_line_reaches_the_log_without_its_control_characters() {
+        assert_eq!(
+            without_controls("key \u{1b}[2Jname\r\tdone é"),
+            "key \\u{1b}[2Jname\\r\\tdone é"
+        );
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub struct Connection {
     /// An S3-compatible endpoint instead of AWS's.
     pub endpoint_url: Option<String>,
     pub force_path_style: bool,
-    /// The profile in the AWS shared files to start from.
-    pub profile: Option<String>,
+    /// Where the base credentials come from (a role is assumed with them).
+    pub base: auth::BaseCredentials,
     /// Server-side encryption asked for on every upload and copy.
     pub encryption: Option<Encryption>,
     /// How long a failing or silent request is retried before it fails.
@@ -90,7 +90,7 @@ impl Connection {
     /// runtime, and retrying a request once with new ones when S3 calls them
     /// expired. The error says what to check.
     async fn connect(&self, bucket: &str) -> Result<Connected, String> {
-        let base = auth::load_base_config(self.region.as_deref(), self.profile.as_deref()).await;
+        let base = auth::load_base_config(self.region.as_deref(), &self.base).await;
         let credentials =
             auth::volume_credentials(self.role.as_ref(), self.renew_before, &base).await?;
         let shared = SharedCredentialsProvider::new(credentials.clone());
