@@ -22,7 +22,10 @@ KUBERNETES_VALIDATE_VENV="$S3VOL_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_
 S3EC_VENV="$S3VOL_TOOLS/s3ec-$S3EC_VERSION"
 GRPCIO_VENV="$S3VOL_TOOLS/grpcio-$GRPCIO_VERSION"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Bold only on a terminal: CI keeps the output as text.
+log() {
+    if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi
+}
 die() { printf 's3vol scripts: %s\n' "$*" >&2; exit 1; }
 
 apt_install() {

@@ -245,7 +245,17 @@ pub fn endpoint_url(text: &str) -> Result<String, EndpointError> {
         return Err(EndpointError::NoHost(text.to_string()));
     }
     let default_port = if scheme == "https" { 443 } else { 80 };
-    let port = match authority.port_u16() {
+    // What follows the host is a port number, or nothing: an empty port or one
+    // that is no port number (`:99999`) is refused rather than read as the
+    // scheme's own.
+    let port = match authority.as_str()[authority.host().len()..].strip_prefix(':') {
+        None => None,
+        Some(digits) => match digits.parse::<u16>() {
+            Ok(port) => Some(port),
+            Err(_) => return Err(EndpointError::NotUrl(text.to_string())),
+        },
+    };
+    let port = match port {
         Some(port) if port != default_port => format!(":{port}"),
         _ => String::new(),
     };
@@ -348,7 +358,10 @@ mod tests {
         }
         // Each with the refusals that may name it (the URL parser takes some
         // of them for no URL at all).
-        let refused: [(&str, &[&str]); 8] = [
+        let refused: [(&str, &[&str]); 11] = [
+            ("https://s3.example.com:99999", &["NotUrl"]),
+            ("https://s3.example.com:", &["NotUrl"]),
+            ("http://s3.example.com:8o", &["NotUrl"]),
             ("s3.example.com", &["NotUrl", "Scheme"]),
             ("ftp://s3.example.com", &["Scheme"]),
             ("https://", &["NotUrl", "NoHost"]),

@@ -1219,6 +1219,73 @@ async fn the_node_s_volumes_never_take_more_than_its_budget() {
     publish(&mut node, fits).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_publish_its_caller_gave_up_on_gives_its_share_back() {
+    let garage = Garage::new().await;
+    let silent = common::procs::silent_endpoint();
+    let driver = garage
+        .driver()
+        .args(&[
+            "--max-volumes=1",
+            "--mount-timeout=3s",
+            &format!("--allow-endpoint={silent}"),
+        ])
+        .start();
+    let mut node = driver.node().await;
+    // A volume whose endpoint never answers, asked for by a caller that gives
+    // up after a second (kubelet's deadline, shorter).
+    let stuck = driver.target("pod-stuck");
+    let mut context = garage.context();
+    context[1] = ("endpoint_url", &silent);
+    let request = publish_request(
+        "stuck",
+        &stuck,
+        Mode::SingleNodeWriter,
+        &context,
+        &garage.secrets(),
+    );
+    let mut call = tonic::Request::new(request);
+    call.set_timeout(Duration::from_secs(1));
+    let status = node.node_publish_volume(call).await.unwrap_err();
+    eprintln!("the caller gave up: {:?}", status.code());
+    // The publish runs to its end (the mount's deadline) and gives the only
+    // place on the node back, so another volume is published.
+    let target = driver.target("pod-next");
+    let request = publish_request(
+        "next",
+        &target,
+        Mode::SingleNodeWriter,
+        &garage.context(),
+        &garage.secrets(),
+    );
+    let started = Instant::now();
+    let published = loop {
+        match publish(&mut node, request.clone()).await {
+            Ok(()) => break true,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    };
+    assert!(
+        published,
+        "the given-up publish kept its share: {}",
+        driver.log_text()
+    );
+    eprintln!(
+        "the next volume was published {:?} later",
+        started.elapsed()
+    );
+    assert!(!common::is_mounted(&stuck));
+    assert!(common::daemon_pids(&stuck).is_empty());
+    assert_eq!(std::fs::read(target.join("seed.txt")).unwrap(), b"seed\n");
+}
+
 /// `s3vol stats --json` of a mounted volume.
 fn volume_stats(target: &Path) -> serde_json::Value {
     let out = common::s3vol()

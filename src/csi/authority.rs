@@ -23,8 +23,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 /// The largest frame every HTTP/2 peer accepts (SETTINGS_MAX_FRAME_SIZE's
-/// least value): re-encoded blocks are cut into frames of at most this.
+/// least value, and the server's, which never raises it): a longer frame from
+/// the client ends the connection, and re-encoded blocks are cut into frames
+/// of at most this.
 const MAX_FRAME: usize = 16_384;
+/// The most a client's header block may take, encoded and decoded (each header
+/// counted as its name, its value and 32 bytes, as HTTP/2 counts them). A CSI
+/// call's headers are a few hundred bytes; the bounds keep a client from
+/// making the relay hold more than this per connection.
+const MAX_BLOCK: usize = 64 << 10;
+const MAX_HEADER_LIST: usize = 64 << 10;
+/// The table size the server's decoder advertises (HTTP/2's default, which
+/// tonic keeps): a client may not ask the relay's decoder for more.
+const MAX_TABLE: usize = 4096;
 
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -44,9 +55,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (client_read, mut client_write) = tokio::io::split(client);
-    let (mut server_read, server_write) = tokio::io::split(server);
+    let (mut server_read, mut server_write) = tokio::io::split(server);
     let upstream = async {
-        let mut server_write = server_write;
         let result = forward(client_read, &mut server_write).await;
         let _ = server_write.shutdown().await;
         result
@@ -54,11 +64,17 @@ where
     let downstream = async {
         let result = tokio::io::copy(&mut server_read, &mut client_write).await;
         let _ = client_write.shutdown().await;
-        result
+        result.map(drop)
     };
-    let (up, down) = tokio::join!(upstream, downstream);
-    for result in [up.err(), down.err()].into_iter().flatten() {
-        tracing::debug!("CSI connection ended: {result}");
+    tokio::pin!(upstream, downstream);
+    // The client may finish sending and wait for its answers; once the server
+    // has said all it will, nothing more the client sends matters.
+    let ended = tokio::select! {
+        up = &mut upstream => up.and(downstream.await),
+        down = &mut downstream => down,
+    };
+    if let Err(e) = ended {
+        tracing::debug!("CSI connection ended: {e}");
     }
 }
 
@@ -85,6 +101,9 @@ where
             Err(e) => return Err(e),
         }
         let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        if length > MAX_FRAME {
+            return Err(invalid("a frame longer than the server accepts"));
+        }
         let mut payload = vec![0u8; length];
         client.read_exact(&mut payload).await?;
         let out = blocks.frame(header, payload)?;
@@ -118,8 +137,10 @@ impl Default for Blocks {
         // An encoder whose table holds nothing only ever refers to the static
         // table, which every peer shares.
         encoder.set_max_table_size(0);
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(MAX_TABLE);
         Self {
-            decoder: loona_hpack::Decoder::new(),
+            decoder,
             encoder,
             open: None,
         }
@@ -155,6 +176,9 @@ impl Blocks {
                 return Ok(out);
             }
         };
+        if open.block.len() > MAX_BLOCK {
+            return Err(invalid("a header block longer than a CSI call needs"));
+        }
         if flags & END_HEADERS == 0 {
             self.open = Some(open);
             return Ok(Vec::new());
@@ -167,8 +191,15 @@ impl Blocks {
     /// made acceptable.
     fn reencode(&mut self, block: &[u8]) -> io::Result<Vec<u8>> {
         let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // Counted before anything is copied: a byte of the block may stand
+        // for a whole entry of the table.
+        let mut size = 0;
         self.decoder
             .decode_with_cb(block, |name, value| {
+                size += name.len() + value.len() + 32;
+                if size > MAX_HEADER_LIST {
+                    return;
+                }
                 let value = match (&*name, &value) {
                     (b":authority", value) if !acceptable(value) => Cow::Borrowed(LOCALHOST),
                     _ => value,
@@ -176,6 +207,9 @@ impl Blocks {
                 headers.push((name.into_owned(), value.into_owned()));
             })
             .map_err(|e| invalid(&format!("a header block cannot be decoded: {e:?}")))?;
+        if size > MAX_HEADER_LIST {
+            return Err(invalid("headers longer than a CSI call needs"));
+        }
         Ok(self
             .encoder
             .encode(headers.iter().map(|(n, v)| (&n[..], &v[..]))))
@@ -383,5 +417,53 @@ mod tests {
         assert!(blocks.frame(header, bad[9..].to_vec()).is_err());
         assert!(acceptable(b"localhost") && acceptable(b"127.0.0.1:10000"));
         assert!(!acceptable(b"/run/csi/csi.sock") && !acceptable(b"%2Frun%2Fcsi.sock"));
+    }
+
+    #[tokio::test]
+    async fn a_client_cannot_make_the_relay_hold_more_than_a_call_needs() {
+        // A frame longer than the server takes ends the connection unread.
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(0x0, 0, 1, &vec![0; MAX_FRAME + 1]));
+        assert_eq!(relayed(bytes).await, PREFACE);
+
+        let header =
+            |kind, flags| -> [u8; 9] { frame(kind, flags, 1, &[])[..9].try_into().unwrap() };
+        // A block that never ends.
+        let mut blocks = Blocks::default();
+        assert!(
+            blocks
+                .frame(header(HEADERS, 0), vec![0x82])
+                .unwrap()
+                .is_empty()
+        );
+        let flood = (0..)
+            .map(|_| blocks.frame(header(CONTINUATION, 0), vec![0x82; MAX_FRAME]))
+            .take(MAX_BLOCK / MAX_FRAME + 2)
+            .find_map(Result::err);
+        assert!(flood.is_some(), "an endless header block was held");
+
+        // A table larger than the server's.
+        let mut grow = vec![0x3f];
+        grow.extend(loona_hpack::encoder::encode_integer(1 << 20, 5));
+        grow.push(0x82);
+        let mut blocks = Blocks::default();
+        assert!(blocks.frame(header(HEADERS, END_HEADERS), grow).is_err());
+
+        // One large entry referred to again and again: each reference is a
+        // byte of the block, and would be a copy of the entry.
+        let mut client = loona_hpack::Encoder::new();
+        let big = vec![b'a'; 3000];
+        let mut bomb = client.encode([(&b"x-big"[..], &big[..])]);
+        let reference = client.encode([(&b"x-big"[..], &big[..])]);
+        assert_eq!(reference.len(), 1);
+        bomb.extend(std::iter::repeat_n(reference[0], 1000));
+        let mut blocks = Blocks::default();
+        let error = blocks
+            .frame(header(HEADERS, END_HEADERS), bomb)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("longer than a CSI call needs"),
+            "{error}"
+        );
     }
 }

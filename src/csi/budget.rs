@@ -128,31 +128,38 @@ impl Budget {
         let mut held = self.held.lock().unwrap();
         let others = || held.iter().filter(|(t, _)| t.as_path() != target);
         let volumes = others().count() + 1;
-        let cache: u64 = others().map(|(_, s)| s.cache).sum::<u64>() + share.cache;
-        let staging: u64 = others().map(|(_, s)| s.staging).sum::<u64>() + share.staging;
+        // Summed wide: a share may be asked for as any number of bytes.
+        let total = |part: fn(&Share) -> u64| -> u128 {
+            others().map(|(_, s)| u128::from(part(s))).sum::<u128>() + u128::from(part(&share))
+        };
+        let (cache, staging) = (total(|s| s.cache), total(|s| s.staging));
         let limits = &self.limits;
         let over = if volumes > limits.max_volumes as usize {
             Some(format!(
                 "the node already serves {} volumes, the most s3vol csi --max-volumes allows",
                 volumes - 1
             ))
-        } else if cache > limits.cache {
+        } else if cache > u128::from(limits.cache) {
             Some(format!(
                 "its cache of {} would bring the node's volumes to {} of block cache, past \
                  s3vol csi --node-cache-size {} ({} left)",
                 bytes(share.cache),
-                bytes(cache),
+                wide_bytes(cache),
                 bytes(limits.cache),
-                bytes(limits.cache.saturating_sub(cache - share.cache))
+                wide_bytes(
+                    u128::from(limits.cache).saturating_sub(cache - u128::from(share.cache))
+                )
             ))
-        } else if staging > limits.staging {
+        } else if staging > u128::from(limits.staging) {
             Some(format!(
                 "its {} for files being written would bring the node's volumes to {}, past \
                  s3vol csi --node-staging-size {} ({} left)",
                 bytes(share.staging),
-                bytes(staging),
+                wide_bytes(staging),
                 bytes(limits.staging),
-                bytes(limits.staging.saturating_sub(staging - share.staging))
+                wide_bytes(
+                    u128::from(limits.staging).saturating_sub(staging - u128::from(share.staging))
+                )
             ))
         } else {
             None
@@ -185,11 +192,16 @@ impl Budget {
     pub fn in_use(&self) -> (Share, usize) {
         let held = self.held.lock().unwrap();
         let total = held.values().fold(Share::default(), |sum, s| Share {
-            cache: sum.cache + s.cache,
-            staging: sum.staging + s.staging,
+            cache: sum.cache.saturating_add(s.cache),
+            staging: sum.staging.saturating_add(s.staging),
         });
         (total, held.len())
     }
+}
+
+/// [`bytes`] of a sum of shares, which may pass what a u64 holds.
+fn wide_bytes(n: u128) -> String {
+    bytes(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -256,6 +268,13 @@ mod tests {
             )
         );
         budget.release(&target(1));
+        // A share asked for as the most bytes there are passes no sum.
+        let endless = Share {
+            cache: u64::MAX,
+            staging: u64::MAX,
+        };
+        let refused = budget.reserve(&target(4), endless).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         budget.reserve(&target(4), share(60)).unwrap();
         let (total, count) = budget.in_use();
         assert!(total.cache <= 100 * MIB && count == 3);

@@ -7,9 +7,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::budget::Share;
-use super::proto::NodePublishVolumeRequest;
 use super::proto::volume_capability::AccessType;
 use super::proto::volume_capability::access_mode::Mode;
+use super::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest};
 use crate::auth::{Secret, StaticKeys};
 use crate::cli::options;
 
@@ -376,6 +376,29 @@ pub fn parse(
     })
 }
 
+/// The target path of an unpublish, checked as a publish's is.
+pub fn unpublish_target(request: &NodeUnpublishVolumeRequest) -> Result<PathBuf, Invalid> {
+    for (field, value) in [
+        ("volume_id", &request.volume_id),
+        ("target_path", &request.target_path),
+    ] {
+        if value.is_empty() {
+            return Err(Invalid(format!("{field} is missing")));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(Invalid(format!("{field} holds a control character")));
+        }
+    }
+    let target = PathBuf::from(&request.target_path);
+    if !target.is_absolute() {
+        return Err(Invalid(format!(
+            "target_path {:?} is not an absolute path",
+            request.target_path
+        )));
+    }
+    Ok(target)
+}
+
 /// Refuses a request that holds a control character in any field a PV, a
 /// Secret or kubelet fills: such a value is never meant, and a newline in one
 /// would be a line of its own to anything that reads it as text. The refusal
@@ -399,10 +422,7 @@ fn plain_text(request: &NodePublishVolumeRequest) -> Result<(), Invalid> {
     context.sort();
     for (key, value) in context {
         if has_control(key) {
-            return refuse(format!(
-                "a volume_context key {:?}",
-                key.escape_debug().to_string()
-            ));
+            return refuse(format!("a volume_context key {key:?}"));
         }
         if has_control(value) {
             return refuse(format!("volume_context {key}"));

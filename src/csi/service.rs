@@ -50,6 +50,17 @@ impl Identity for Arc<Plugin> {
     }
 }
 
+/// Runs `work` to its end even if the call that asked for it is given up (its
+/// deadline passes, or the client goes): a publish half done would hold a
+/// share of the node's budget, and a daemon no one supervises.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(Status::internal(format!("the call failed: {e}"))))
+}
+
 #[tonic::async_trait]
 impl Node for Arc<Plugin> {
     async fn node_publish_volume(
@@ -66,7 +77,8 @@ impl Node for Arc<Plugin> {
             .map_err(Status::invalid_argument)?;
         info!(volume = %publish.volume_id, target = %publish.target.display(),
               source = %publish.source, read_write = publish.read_write, "publish");
-        let result = self.volumes.publish(publish).await;
+        let volumes = self.volumes.clone();
+        let result = to_the_end(async move { volumes.publish(publish).await }).await;
         if let Err(status) = &result {
             warn!(volume = %request.volume_id, code = ?status.code(), "publish failed: {}",
                   status.message());
@@ -79,15 +91,11 @@ impl Node for Arc<Plugin> {
         request: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let request = request.into_inner();
-        if request.volume_id.is_empty() {
-            return Err(Status::invalid_argument("volume_id is missing"));
-        }
-        if request.target_path.is_empty() {
-            return Err(Status::invalid_argument("target_path is missing"));
-        }
-        let target = std::path::PathBuf::from(&request.target_path);
+        let target = request::unpublish_target(&request)
+            .map_err(|request::Invalid(why)| Status::invalid_argument(why))?;
         info!(volume = %request.volume_id, target = %target.display(), "unpublish");
-        self.volumes.unpublish(&target).await?;
+        let volumes = self.volumes.clone();
+        to_the_end(async move { volumes.unpublish(&target).await }).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 

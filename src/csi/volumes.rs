@@ -26,6 +26,7 @@ use super::budget::{Budget, NodeBudget, Share};
 use super::request::{Credentials, Publish, Role};
 use crate::auth::Secret;
 use crate::local_dir::LocalDir;
+use crate::stats::bytes;
 
 /// How the driver runs its volumes.
 #[derive(Clone, Debug)]
@@ -157,7 +158,11 @@ impl Volumes {
             stop(&old, self.settings.stop_timeout).await;
         }
         let share = self.share(&publish);
-        self.budget.reserve(target, share)?;
+        if let Err(refused) = self.budget.reserve(target, share) {
+            // Nothing runs at the target any more (a dead daemon's share goes).
+            self.budget.release(target);
+            return Err(refused);
+        }
         let started = self.start_at(&publish, share).await;
         if started.is_err() {
             self.budget.release(target);
@@ -320,11 +325,16 @@ impl Volumes {
             }
         };
         if answer == b"ready\n" {
+            let (held, volumes) = self.budget.in_use();
             info!(volume = %daemon.volume_id, target = %publish.target.display(), pid = %pid,
-                  read_write = publish.read_write, "published");
+                  read_write = publish.read_write, cache = %bytes(share.cache),
+                  staging = %bytes(share.staging), node_volumes = volumes,
+                  node_cache = %bytes(held.cache), node_staging = %bytes(held.staging),
+                  "published");
             return Ok(daemon);
         }
-        let message = String::from_utf8_lossy(&answer).trim().to_string();
+        // The daemon's words, which may quote what an endpoint answered.
+        let message = without_controls(String::from_utf8_lossy(&answer).trim());
         Err(failure_status(if message.is_empty() {
             "the volume's daemon exited before the volume was mounted; see the driver's log"
                 .to_string()

@@ -203,11 +203,12 @@ fn serve(
     );
     if !volume.stats.callers.host_pid_namespace {
         warn!(
-            "this daemon runs in a PID namespace of its own: a process outside it (another \
-             container's or pod's) that uses the volume shows as PID 0, so a close of its \
-             cannot be told from a forked child's exit or a duplicate descriptor's close, and \
-             every close after a write uploads the file. Run s3vol where it sees the processes \
-             that use the volume (on Kubernetes, the node plugin with hostPID: true)"
+            "this daemon runs in a PID namespace of its own (not the host's first): a process \
+             outside it (another container's or pod's) that uses the volume shows as PID 0, so \
+             its close cannot be told from a forked child's exit or a duplicate descriptor's \
+             close, and every close after a write uploads the file. Run s3vol where it sees the \
+             processes that use the volume (on Kubernetes, the node plugin with hostPID: true); \
+             s3vol stats counts the closes it could not see"
         );
     }
     if let Some(fd) = ready.take() {
