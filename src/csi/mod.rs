@@ -4,11 +4,14 @@
 //! pod's own token) gives, one supervised daemon per target, and stops that
 //! daemon when the pod goes.
 //!
-//! `request` checks what a publish asks for; `volumes` runs the daemons;
-//! `service` answers the calls.
+//! `request` checks what a publish asks for, `credentials` where its
+//! credentials come from, and `budget` what of the node's disk it may take;
+//! `volumes` runs the daemons; `service` answers the calls; `authority`
+//! relays each connection to them.
 
 mod authority;
 pub mod budget;
+pub mod credentials;
 pub mod request;
 pub mod service;
 pub mod volumes;
