@@ -55,7 +55,7 @@ fn main() -> ExitCode {
                 .map(|key_id| CseOptions {
                     key_id,
                     context: args.cse_context.unwrap_or_default(),
-                    allow_plaintext: false,
+                    ..Default::default()
                 })
                 .as_ref(),
         ),

@@ -237,7 +237,7 @@ async fn a_volume_reads_what_the_official_client_writes_in_both_formats() {
     let (envelope, content) =
         Envelope::seal(Format::V2, &data_key.plaintext, data_key.wrapped, context);
     let mut body = plain.clone();
-    content.seal(&mut body);
+    content.seal(&mut body).unwrap();
     setup
         .put_raw(
             "v2-sealed-by-s3vol",
@@ -248,7 +248,9 @@ async fn a_volume_reads_what_the_official_client_writes_in_both_formats() {
     assert!(setup.official_get("v2-sealed-by-s3vol") == plain);
     expected.push(("v2-sealed-by-s3vol".into(), plain));
 
-    let mount = setup.mount(&[]);
+    // V2 objects, whose data key does not commit to the content key, only
+    // where the volume allows them, as the official clients do.
+    let mount = setup.mount(&["--cse-commitment", "allow-v2"]);
     for (key, plain) in &expected {
         let path = mount.path().join(key);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), plain.len() as u64);
@@ -261,6 +263,15 @@ async fn a_volume_reads_what_the_official_client_writes_in_both_formats() {
             plain.len()
         );
     }
+    let strict = setup.mount(&[]);
+    for (key, plain) in &expected {
+        let read = std::fs::read(strict.path().join(key));
+        match key.starts_with("v3") {
+            true => assert!(read.unwrap() == *plain, "{key}"),
+            false => assert_eq!(errno_of(read), Some(libc::EACCES), "{key}"),
+        }
+    }
+    assert!(strict.log_text().contains("--cse-commitment allow-v2"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -283,17 +294,52 @@ async fn a_forged_byte_another_context_and_plaintext_are_refused() {
     tag[0] ^= 0x01;
     setup.put_raw("forged-empty", tag, &metadata).await;
 
+    // Authenticated before released: a forged file fails its open, every
+    // time, and nothing of it is ever read.
     let mount = setup.mount(&[]);
-    for key in ["forged", "forged-v2"] {
-        let path = mount.path().join(key);
-        // A whole read fails before its end; a range away from the change
-        // decrypts (unauthenticated, as docs/SECURITY.md says).
-        assert_eq!(errno_of(std::fs::read(&path)), Some(libc::EIO), "{key}");
-        let file = std::fs::File::open(&path).unwrap();
-        let mut start = vec![0u8; 4096];
-        file.read_exact_at(&mut start, 2 * MIB as u64).unwrap();
-        assert!(start == plain[2 * MIB..2 * MIB + 4096]);
+    for _ in 0..2 {
+        let path = mount.path().join("forged");
+        assert_eq!(errno_of(std::fs::read(&path)), Some(libc::EIO));
+        assert_eq!(
+            std::fs::File::open(&path).unwrap_err().raw_os_error(),
+            Some(libc::EIO)
+        );
     }
+    assert_eq!(
+        errno_of(std::fs::read(mount.path().join("forged-v2"))),
+        Some(libc::EACCES),
+        "a V2 object on a volume that requires key commitment"
+    );
+    // With --cse-unauthenticated-ranges, as before: a whole read fails
+    // before its end, a range away from the change decrypts.
+    let ranges = setup.mount(&[
+        "--cse-unauthenticated-ranges",
+        "--cse-commitment",
+        "allow-v2",
+    ]);
+    for key in ["forged", "forged-v2"] {
+        let path = ranges.path().join(key);
+        assert_eq!(errno_of(std::fs::read(&path)), Some(libc::EIO), "{key}");
+        assert_eq!(
+            errno_of(std::fs::read(&path)),
+            Some(libc::EIO),
+            "{key} again"
+        );
+    }
+    let file = std::fs::File::open(ranges.path().join("forged")).unwrap_err();
+    assert_eq!(
+        file.raw_os_error(),
+        Some(libc::EIO),
+        "a version found forged stays so"
+    );
+    setup.official_put("forged-later", "v3", CONTEXT, &plain);
+    let (mut body, metadata) = setup.raw("forged-later").await;
+    body[MIB + 3] ^= 0x01;
+    setup.put_raw("forged-later", body, &metadata).await;
+    let file = std::fs::File::open(ranges.path().join("forged-later")).unwrap();
+    let mut start = vec![0u8; 4096];
+    file.read_exact_at(&mut start, 2 * MIB as u64).unwrap();
+    assert!(start == plain[2 * MIB..2 * MIB + 4096]);
     assert_eq!(
         errno_of(std::fs::read(mount.path().join("forged-empty"))),
         Some(libc::EIO)
@@ -335,6 +381,116 @@ async fn a_forged_byte_another_context_and_plaintext_are_refused() {
             content.len() as u64
         );
     }
+}
+
+/// Bytes the daemon has served: from S3 and from its cache.
+fn served(mount: &Mount) -> u64 {
+    let stats = mount.stats();
+    stats["bytes_from_s3"].as_u64().unwrap() + stats["cache"]["bytes_from_cache"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage, moto and the S3 Encryption Client; run scripts/test.sh"]
+async fn a_large_file_streams_its_start_and_never_ends_or_jumps_unchecked() {
+    let setup = Setup::new().await;
+    // Larger than what is checked whole at open.
+    let size = 40 * MIB + 5;
+    let plain = common::pattern(size, 21);
+    for key in ["large", "large-forged", "large-forged-2"] {
+        setup.official_put(key, "v3", CONTEXT, &plain);
+    }
+    for key in ["large-forged", "large-forged-2"] {
+        let (mut body, metadata) = setup.raw(key).await;
+        body[size - 100] ^= 0x01;
+        setup.put_raw(key, body, &metadata).await;
+    }
+    let mount = setup.mount(&[]);
+
+    // A whole read streams, and the authentic file reads back.
+    let started = std::time::Instant::now();
+    assert!(std::fs::read(mount.path().join("large")).unwrap() == plain);
+    eprintln!(
+        "40 MiB read whole, checked at its end: {:?}",
+        started.elapsed()
+    );
+    // The forged one fails at its end, and at every open after.
+    let forged = mount.path().join("large-forged");
+    assert_eq!(errno_of(std::fs::read(&forged)), Some(libc::EIO));
+    assert_eq!(
+        std::fs::File::open(&forged).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    // A read that jumps is answered only after the whole is checked: here,
+    // never, though the change is 40 MiB away from the bytes asked for.
+    let file = std::fs::File::open(mount.path().join("large-forged-2")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let jump = file.read_exact_at(&mut buf, 20 * MIB as u64).unwrap_err();
+    assert_eq!(jump.raw_os_error(), Some(libc::EIO));
+    drop(file);
+    // The same jump into the authentic file is answered, once checked.
+    let fresh = setup.mount(&[]);
+    let file = std::fs::File::open(fresh.path().join("large")).unwrap();
+    file.read_exact_at(&mut buf, 20 * MIB as u64).unwrap();
+    assert!(buf == plain[20 * MIB..20 * MIB + 4096]);
+    drop(file);
+
+    // The kernel keeps no page of a version not yet checked: a second handle
+    // reading what the first read streams gets it from the daemon again.
+    let unchecked = setup.mount(&[]);
+    let path = unchecked.path().join("large");
+    let mut first = std::fs::File::open(&path).unwrap();
+    let mut head = vec![0u8; 4 * MIB];
+    std::io::Read::read_exact(&mut first, &mut head).unwrap();
+    assert!(head == plain[..4 * MIB]);
+    let before = served(&unchecked);
+    let mut second = std::fs::File::open(&path).unwrap();
+    std::io::Read::read_exact(&mut second, &mut head).unwrap();
+    assert!(head == plain[..4 * MIB]);
+    let again = served(&unchecked) - before;
+    assert!(
+        again >= 4 * MIB as u64,
+        "the second handle's reads reached the daemon for {again} B"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage, moto and the S3 Encryption Client; run scripts/test.sh"]
+async fn a_size_the_kernel_kept_is_corrected_and_never_ends_a_read_early() {
+    let setup = Setup::new().await;
+    setup.official_put("policy", "v3", CONTEXT, b"allow=no\n");
+    setup.official_put("growing", "v3", CONTEXT, b"ten bytes\n");
+    let mount = setup.mount(&["--metadata-ttl", "1h"]);
+    let policy = mount.path().join("policy");
+    let growing = mount.path().join("growing");
+    // The kernel learns the sizes and keeps them (for the metadata TTL).
+    assert_eq!(std::fs::metadata(&policy).unwrap().len(), 9);
+    assert_eq!(std::fs::metadata(&growing).unwrap().len(), 10);
+
+    // Someone who may write to the bucket, but not use the key, turns
+    // "allow=no" into "allow=ok" (counter mode is malleable) and appends
+    // 2 MiB, so that the tag lies past the size the kernel knows.
+    let (mut body, metadata) = setup.raw("policy").await;
+    body[6] ^= b'n' ^ b'o';
+    body[7] ^= b'o' ^ b'k';
+    body.extend(common::pattern(2 * MIB, 5));
+    setup.put_raw("policy", body, &metadata).await;
+    let read = std::fs::read(&policy);
+    assert_eq!(errno_of(read), Some(libc::EIO), "a changed file was read");
+
+    // An authentic new version, longer than the kernel thinks, is read whole.
+    let longer = common::pattern(5 * MIB, 8);
+    setup.official_put("growing", "v3", CONTEXT, &longer);
+    let got = std::fs::read(&growing).unwrap();
+    assert_eq!(
+        got.len(),
+        longer.len(),
+        "a prefix was taken for the whole file"
+    );
+    assert!(got == longer);
+    assert_eq!(
+        std::fs::metadata(&growing).unwrap().len(),
+        longer.len() as u64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

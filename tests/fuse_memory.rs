@@ -519,3 +519,26 @@ fn the_audit_log_names_every_read_and_change_with_its_caller() {
     assert_eq!(report["audit"]["lines_written"], 12);
     assert_eq!(report["audit"]["lines_dropped"], 0);
 }
+
+#[test]
+fn a_request_that_panics_is_answered_eio_and_the_volume_goes_on() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    memory.put("root/f", pattern(3 * MIB, 4));
+    memory.put("root/g", "g");
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let vol = MemoryMount::read_only(store, fresh());
+    // Every GetObject panics, as a bug in the code that sends it would.
+    faulty.fail_all(Operation::GetObject, Fault::Panic);
+    faulty.fail_all(Operation::HeadObject, Fault::Panic);
+    for _ in 0..3 {
+        assert_eq!(errno(fs::read(vol.join("f")).unwrap_err()), libc::EIO);
+    }
+    faulty.clear();
+    // The volume answers as before, on every thread.
+    for _ in 0..8 {
+        assert_eq!(fs::read(vol.join("f")).unwrap(), pattern(3 * MIB, 4));
+        assert_eq!(fs::read(vol.join("g")).unwrap(), b"g");
+    }
+    assert_eq!(sorted_names(vol.path()), ["f", "g"]);
+}

@@ -240,6 +240,10 @@ impl Tier for DiskTier {
         self.capacity
     }
 
+    fn remove(&self, span: &Span) {
+        self.forget(&span.name);
+    }
+
     /// Forgets every file; the directory itself is the mount's to remove.
     fn clear(&self) {
         self.open_files.lock().unwrap().clear();

@@ -70,6 +70,13 @@ impl Tier for MemoryTier {
         self.capacity
     }
 
+    fn remove(&self, span: &Span) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(old) = state.blocks.pop(&span.id) {
+            state.used -= old.len() as u64;
+        }
+    }
+
     fn clear(&self) {
         let mut state = self.state.lock().unwrap();
         state.blocks.clear();

@@ -363,6 +363,18 @@ impl BlockCache {
 
     /// Whether the cache holds the block of `size`-byte object `key` at version
     /// `etag` that byte `offset` lies in, in memory or on disk.
+    /// Drops every block of the version `etag` of `key` (`size` bytes long):
+    /// it was found forged, and none of it is to be read again.
+    pub fn remove_version(&self, key: &str, etag: &str, size: u64) {
+        let all = 0..size;
+        for index in 0..size.div_ceil(BLOCK_SIZE) {
+            let span = Span::new(key, etag, size, index, &all).whole();
+            self.memory.remove(&span);
+            self.disk.remove(&span);
+            self.writing.lock().unwrap().remove(&span.id);
+        }
+    }
+
     pub fn holds(&self, key: &str, etag: &str, size: u64, offset: u64) -> bool {
         if offset >= size {
             return false;

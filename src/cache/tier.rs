@@ -30,6 +30,9 @@ pub trait Tier: Send + Sync {
     /// The most bytes the tier holds.
     fn capacity(&self) -> u64;
 
+    /// Drops the block, if held.
+    fn remove(&self, span: &Span);
+
     /// Drops every block.
     fn clear(&self);
 }
@@ -91,6 +94,12 @@ pub(super) mod conformance {
             len,
         );
         assert!(tier.get(&other).is_none());
+        // A block removed is gone; put back, it is there again.
+        tier.remove(&span);
+        assert!(!tier.holds(&span) && tier.get(&span).is_none());
+        assert_eq!(tier.used(), 0);
+        tier.put(&span, &block(0, len));
+        assert!(tier.holds(&span));
 
         // Filling it twice over keeps it within its bound, newest blocks in.
         for index in 1..16 {

@@ -211,7 +211,7 @@ mod tests {
         let cse = CseOptions {
             key_id: key.into(),
             context: [("tenant".to_string(), "a".to_string())].into(),
-            allow_plaintext: false,
+            ..Default::default()
         };
         let read = kms_statement(&cse, false).unwrap();
         assert_eq!(read["Action"], json!(["kms:Decrypt"]));

@@ -330,7 +330,7 @@ mod tests {
                 .unwrap();
             assert_eq!(read, envelope);
             let mut data = b"some content".to_vec();
-            key.seal(&mut data);
+            key.seal(&mut data).unwrap();
             let again = read.content_key(&data_key).unwrap();
             assert_eq!(again.open(data).unwrap(), b"some content");
         }

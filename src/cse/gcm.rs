@@ -24,6 +24,15 @@ use zeroize::Zeroizing;
 
 /// AES-GCM's tag, as S3 Encryption Clients write it.
 pub const TAG_LEN: usize = 16;
+/// The most content one GCM message may hold (NIST SP 800-38D: 2^39 - 256
+/// bits): past it the 32-bit block counter would wrap round onto the tag's
+/// mask and the first blocks' keystream.
+pub const MAX_CONTENT: u64 = (1 << 36) - 32;
+
+/// Content past [`MAX_CONTENT`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("past the {MAX_CONTENT} bytes one AES-GCM message may hold")]
+pub struct TooLong;
 const BLOCK: usize = 16;
 
 type Ctr = ctr::Ctr32BE<Aes256>;
@@ -112,11 +121,19 @@ impl Cipher {
     }
 
     /// Encrypts or decrypts, in place, the bytes at `offset` of the content.
-    /// (Decrypted alone, they are not authenticated.)
-    pub fn apply(&self, offset: u64, data: &mut [u8]) {
+    /// (Decrypted alone, they are not authenticated.) Bytes past
+    /// [`MAX_CONTENT`] are refused, never wrapped.
+    pub fn apply(&self, offset: u64, data: &mut [u8]) -> Result<(), TooLong> {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > MAX_CONTENT)
+        {
+            return Err(TooLong);
+        }
         let mut ctr = Ctr::new((&*self.key).into(), &counter(&self.iv, 2).into());
         ctr.seek(offset);
         ctr.apply_keystream(data);
+        Ok(())
     }
 
     /// The hash of `ciphertext`, a stretch of the content: to be given to a
@@ -152,12 +169,14 @@ impl Cipher {
         }
     }
 
-    /// Encrypts a whole message in place and appends its tag.
-    pub fn seal(&self, data: &mut Vec<u8>) {
-        self.apply(0, data);
+    /// Encrypts a whole message in place and appends its tag. (Volumes
+    /// write objects in parts, in `fs::upload::sealing`.)
+    pub fn seal(&self, data: &mut Vec<u8>) -> Result<(), TooLong> {
+        self.apply(0, data)?;
         let mut tagger = self.tagger();
-        tagger.push(self.hash(data)).expect("one piece");
+        tagger.push(self.hash(data)).map_err(|_| TooLong)?;
         data.extend_from_slice(&tagger.tag());
+        Ok(())
     }
 
     /// Decrypts a whole message followed by its tag, in place: `None` when it
@@ -171,7 +190,7 @@ impl Cipher {
         if !tagger.verify(&tag) {
             return None;
         }
-        self.apply(0, &mut data);
+        self.apply(0, &mut data).ok()?;
         Some(data)
     }
 }
@@ -263,7 +282,7 @@ mod tests {
                     // Encrypted last stretch first, as parts of an upload may be.
                     let mut pieces = Vec::new();
                     for (index, chunk) in out.chunks_mut(stretch).enumerate().rev() {
-                        cipher.apply((index * stretch) as u64, chunk);
+                        cipher.apply((index * stretch) as u64, chunk).unwrap();
                         pieces.push(cipher.hash(chunk));
                     }
                     let mut tagger = cipher.tagger();
@@ -274,7 +293,7 @@ mod tests {
                     assert_eq!(out, expected, "len {len} stretch {stretch} aad {aad:?}");
                 }
                 let mut whole = plain.clone();
-                cipher.seal(&mut whole);
+                cipher.seal(&mut whole).unwrap();
                 assert_eq!(whole, expected);
                 assert_eq!(cipher.open(whole), Some(plain));
             }
@@ -305,7 +324,7 @@ mod tests {
             (49_999, 1),
         ] {
             let mut range = body[offset..offset + len].to_vec();
-            cipher.apply(offset as u64, &mut range);
+            cipher.apply(offset as u64, &mut range).unwrap();
             assert_eq!(range, plain[offset..offset + len], "{offset}+{len}");
         }
     }
@@ -317,5 +336,76 @@ mod tests {
         tagger.push(cipher.hash(&[0u8; 17])).unwrap();
         assert_eq!(tagger.push(cipher.hash(&[0u8; 16])), Err(Misaligned));
         assert_eq!(tagger.len(), 17);
+    }
+
+    #[test]
+    fn content_past_gcm_s_limit_is_refused_not_wrapped() {
+        let cipher = Cipher::new(Zeroizing::new([1u8; 32]), [2u8; 12], b"");
+        let mut last = [0u8; 32];
+        assert_eq!(cipher.apply(MAX_CONTENT - 32, &mut last), Ok(()));
+        assert_eq!(cipher.apply(MAX_CONTENT - 31, &mut last), Err(TooLong));
+        assert_eq!(cipher.apply(1 << 36, &mut [0u8; 1]), Err(TooLong));
+        assert_eq!(cipher.apply(u64::MAX, &mut [0u8; 1]), Err(TooLong));
+    }
+
+    /// The AES-256 cases of the GCM specification's test vectors (McGrew and
+    /// Viega, "The Galois/Counter Mode of Operation", test cases 13 to 16),
+    /// through the split cipher: each message in stretches of one block.
+    #[test]
+    fn the_published_aes_256_gcm_vectors_come_out() {
+        let key15 = "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308";
+        let plain15 = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                       1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255";
+        let cipher15 = "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+                        8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad";
+        let cases = [
+            // (key, iv, aad, plaintext, ciphertext, tag)
+            (
+                "00".repeat(32),
+                "00".repeat(12),
+                String::new(),
+                String::new(),
+                String::new(),
+                "530f8afbc74536b9a963b4f1c4cb738b",
+            ),
+            (
+                "00".repeat(32),
+                "00".repeat(12),
+                String::new(),
+                "00".repeat(16),
+                "cea7403d4d606b6e074ec5d3baf39d18".to_string(),
+                "d0d1c8a799996bf0265b98b5d48ab919",
+            ),
+            (
+                key15.to_string(),
+                "cafebabefacedbaddecaf888".to_string(),
+                String::new(),
+                plain15.to_string(),
+                cipher15.to_string(),
+                "b094dac5d93471bdec1a502270e3cc6c",
+            ),
+            (
+                key15.to_string(),
+                "cafebabefacedbaddecaf888".to_string(),
+                "feedfacedeadbeeffeedfacedeadbeefabaddad2".to_string(),
+                plain15[..120].to_string(),
+                cipher15[..120].to_string(),
+                "76fc6ece0f4e1768cddf8853bb2d551b",
+            ),
+        ];
+        for (n, (key, iv, aad, plain, expected, tag)) in cases.iter().enumerate() {
+            let hex = |text: &str| hex::decode(text).unwrap();
+            let key: [u8; 32] = hex(key).try_into().unwrap();
+            let iv: [u8; 12] = hex(iv).try_into().unwrap();
+            let cipher = Cipher::new(Zeroizing::new(key), iv, &hex(aad));
+            let mut out = hex(plain);
+            let mut tagger = cipher.tagger();
+            for (index, block) in out.chunks_mut(BLOCK).enumerate() {
+                cipher.apply((index * BLOCK) as u64, block).unwrap();
+                tagger.push(cipher.hash(block)).unwrap();
+            }
+            assert_eq!(hex::encode(&out), *expected, "test case {}", n + 13);
+            assert_eq!(hex::encode(tagger.tag()), *tag, "test case {}", n + 13);
+        }
     }
 }

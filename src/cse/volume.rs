@@ -2,28 +2,61 @@
 //! new object gets, and the size a file shows.
 //!
 //! Every object written gets a data key of its own from KMS, bound to the
-//! volume's encryption context, in the current format (V3). Reading takes
-//! either format, from any S3 Encryption Client, whose stored context is the
+//! volume's encryption context, in the current format (V3). Reading takes V3,
+//! and V2 (without key commitment) only where the volume's commitment policy
+//! allows it, from any S3 Encryption Client, whose stored context is the
 //! volume's. The context names neither the object's key nor the volume's
 //! prefix, so a renamed object (a server-side copy, metadata and all) stays
 //! readable: what the context binds is who may unwrap, not where the bytes
 //! live.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::envelope::{ContentKey, Envelope, EnvelopeError, Format, context_for};
 use super::gcm::TAG_LEN;
 use super::kms::{Kms, KmsError};
+use super::reading::{Decryption, Verdicts, VersionId};
 use crate::store::{ObjectHeaders, ObjectInfo};
 
 /// How a volume encrypts: `--cse-kms-key-id`, `--cse-context` and
 /// `--cse-allow-plaintext`.
-#[derive(Debug)]
 pub struct VolumeEncryption {
     kms: Kms,
     /// The volume's own pairs of the encryption context.
     pairs: BTreeMap<String, String>,
     allow_plaintext: bool,
+    commitment: Commitment,
+    /// Release bytes of a version before it is authenticated, to any read.
+    unauthenticated_ranges: bool,
+    /// The versions the volume has checked, authentic or forged.
+    verdicts: Arc<Verdicts>,
+}
+
+impl std::fmt::Debug for VolumeEncryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeEncryption")
+            .field("kms", &self.kms)
+            .field("pairs", &self.pairs)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .field("commitment", &self.commitment)
+            .field("unauthenticated_ranges", &self.unauthenticated_ranges)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which objects a volume decrypts, by whether their data key commits to the
+/// content key (`--cse-commitment`), as the S3 Encryption Clients' commitment
+/// policies say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Commitment {
+    /// Only V3 objects, whose data key commits: the official clients' default
+    /// (REQUIRE_ENCRYPT_REQUIRE_DECRYPT).
+    #[default]
+    Require,
+    /// V2 objects too (REQUIRE_ENCRYPT_ALLOW_DECRYPT), for buckets older
+    /// clients wrote. New objects are V3 either way.
+    AllowV2,
 }
 
 /// Why an object cannot be read or written encrypted.
@@ -34,6 +67,12 @@ pub enum CseError {
          (--cse-allow-plaintext reads both)"
     )]
     Plaintext,
+    #[error(
+        "it is in the S3 Encryption Client's V2 format, whose data key does not commit \
+         to its content key, and this volume reads only V3 objects, as the official \
+         clients do by default (--cse-commitment allow-v2 reads both)"
+    )]
+    Uncommitted,
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
     #[error(transparent)]
@@ -46,7 +85,7 @@ impl CseError {
     /// not use.
     pub fn is_refusal(&self) -> bool {
         match self {
-            CseError::Plaintext => true,
+            CseError::Plaintext | CseError::Uncommitted => true,
             CseError::Envelope(e) => matches!(e, EnvelopeError::Context { .. }),
             CseError::Kms(e) => e.refuses_key(),
         }
@@ -62,11 +101,14 @@ pub enum Content {
 }
 
 impl VolumeEncryption {
-    pub fn new(kms: Kms, pairs: BTreeMap<String, String>, allow_plaintext: bool) -> Self {
+    pub fn new(kms: Kms, options: &CseOptions) -> Self {
         VolumeEncryption {
             kms,
-            pairs,
-            allow_plaintext,
+            pairs: options.context.clone(),
+            allow_plaintext: options.allow_plaintext,
+            commitment: options.commitment,
+            unauthenticated_ranges: options.unauthenticated_ranges,
+            verdicts: Arc::default(),
         }
     }
 
@@ -74,7 +116,25 @@ impl VolumeEncryption {
     /// volume's credentials; `AWS_ENDPOINT_URL_KMS`, if set, names KMS).
     pub fn connect(options: &CseOptions, sdk: &aws_config::SdkConfig) -> Self {
         let kms = Kms::new(aws_sdk_kms::Client::new(sdk), &options.key_id);
-        VolumeEncryption::new(kms, options.context.clone(), options.allow_plaintext)
+        VolumeEncryption::new(kms, options)
+    }
+
+    /// Whether bytes of a version are released only once it is authenticated
+    /// (but to a sequential read from its start); not with
+    /// `--cse-unauthenticated-ranges`.
+    pub fn authenticates_first(&self) -> bool {
+        !self.unauthenticated_ranges
+    }
+
+    /// The decryption of `version` of `plain_size` bytes with `key`, sharing
+    /// the volume's verdicts; refused past what one GCM message holds.
+    pub fn decryption(
+        &self,
+        key: ContentKey,
+        plain_size: u64,
+        version: VersionId,
+    ) -> Result<Decryption, super::gcm::TooLong> {
+        Decryption::new(key, plain_size, version, self.verdicts.clone())
     }
 
     pub fn key_id(&self) -> &str {
@@ -110,6 +170,9 @@ impl VolumeEncryption {
                 false => Err(CseError::Plaintext),
             };
         };
+        if envelope.format == Format::V2 && self.commitment == Commitment::Require {
+            return Err(CseError::Uncommitted);
+        }
         envelope.check_context(&self.pairs)?;
         let data_key = self
             .kms
@@ -160,13 +223,16 @@ pub fn with_envelope(mut headers: ObjectHeaders, metadata: &[(String, String)]) 
 
 /// What `--cse-kms-key-id`, `--cse-context` and `--cse-allow-plaintext` ask
 /// for, as plain values.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CseOptions {
     /// The KMS key: an ID, an ARN or an alias.
     pub key_id: String,
     /// The volume's pairs of the encryption context.
     pub context: BTreeMap<String, String>,
     pub allow_plaintext: bool,
+    pub commitment: Commitment,
+    /// `--cse-unauthenticated-ranges`.
+    pub unauthenticated_ranges: bool,
 }
 
 /// Parses `--cse-context`: `name=value` pairs separated by commas.

@@ -222,7 +222,9 @@ mod tests {
             }
             FsError::CrossDevice(_) => "rename of a directory holding more than 1000 objects",
             FsError::Stage(e) => match &**e {
-                StageError::TooLarge => "file larger than S3's 5 TiB",
+                StageError::TooLarge => {
+                    "file larger than S3's 5 TiB (or, encrypted, AES-GCM's 64 GiB)"
+                }
                 StageError::StagingFull { .. } => {
                     "local staging disk full, or `--staging-size` reached"
                 }

@@ -18,6 +18,7 @@ mod dir;
 mod encrypted;
 pub mod error;
 pub mod inode;
+pub mod kernel;
 mod lookup;
 mod meta;
 pub mod posix;
@@ -31,7 +32,7 @@ mod writer;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -45,7 +46,7 @@ use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
 pub use self::lookup::LOOKUP_BYTES;
 pub use self::read::ReadConfig;
-use self::read::{ObjectVersion, Reader};
+use self::read::Reader;
 pub use self::upload::WriteConfig;
 use self::upload::{StagedFile, StagingBudget};
 use self::writer::Writer;
@@ -166,6 +167,9 @@ pub struct Opened {
     pub fh: u64,
     /// The kernel's cached pages of the file are of the version opened.
     pub keep_cache: bool,
+    /// The kernel is to keep no page of what the handle reads (an encrypted
+    /// version not yet authenticated): every read comes here.
+    pub direct_io: bool,
 }
 
 /// An open file handle.
@@ -218,6 +222,8 @@ pub struct Fs {
     /// Changes of closed files' modes, owners and times waiting to be copied
     /// onto their objects, by inode.
     pending_posix: Mutex<HashMap<u64, meta::Pending>>,
+    /// The kernel's caches, once the volume is mounted.
+    kernel: OnceLock<Arc<dyn kernel::KernelCache>>,
 }
 
 impl Fs {
@@ -250,7 +256,13 @@ impl Fs {
             stopped: AtomicBool::new(false),
             pending_posix: Mutex::new(HashMap::new()),
             ahead: ahead::Windows::default(),
+            kernel: OnceLock::new(),
         }
+    }
+
+    /// Gives the filesystem the kernel's caches to correct (once mounted).
+    pub fn set_kernel_cache(&self, kernel: Arc<dyn kernel::KernelCache>) {
+        let _ = self.kernel.set(kernel);
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {
@@ -462,6 +474,7 @@ impl Fs {
             return Err(FsError::IsADirectory);
         }
         let mut keep_cache = false;
+        let mut direct_io = false;
         let handle = if flags.write || self.staged_file(ino).is_some() {
             let file = self.stage(ino, flags).await?;
             self.inodes.lock().unwrap().note_open(ino, None);
@@ -481,11 +494,17 @@ impl Fs {
                 .is_none();
             if expired && self.config.encryption.is_none() {
                 self.getattr(ino).await?;
+                let before = node.stat.size;
                 node = self.node(ino)?;
+                // The kernel's size may be another version's.
+                if node.stat.size != before {
+                    self.kernel_attributes_changed(ino);
+                }
             }
             // Encrypted: a HEAD now, for the key of the version read.
-            let decryption;
-            (node, decryption) = self.open_encrypted(ino, node).await?;
+            let opening = self.open_encrypted(ino, node).await?;
+            node = opening.node;
+            direct_io = opening.unchecked;
             let same_version = self
                 .inodes
                 .lock()
@@ -495,20 +514,14 @@ impl Fs {
             // handle still open on it: then the cache is not kept. With an audit
             // log it never is, so that every open's first read reaches us.
             keep_cache = same_version
+                && !opening.unchecked
                 && self.config.audit.is_none()
                 && !self.files.lock().unwrap().values().any(|f| {
                     matches!(f, OpenFile::Object { ino: i, etag, .. }
                         if *i == ino && **etag != node.stat.etag)
                 });
             let etag: Arc<str> = node.stat.etag.as_str().into();
-            let object = ObjectVersion {
-                store: self.store.clone(),
-                cache: self.config.cache.clone(),
-                key: node.key.as_str().into(),
-                etag: etag.clone(),
-                size: node.stat.size,
-                decryption,
-            };
+            let object = self.object_version(&node, opening.decryption);
             let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
             OpenFile::Object {
                 ino,
@@ -519,8 +532,20 @@ impl Fs {
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(fh, handle);
-        debug!(ino, fh, key = node.key, ?flags, keep_cache, "opened");
-        Ok(Opened { fh, keep_cache })
+        debug!(
+            ino,
+            fh,
+            key = node.key,
+            ?flags,
+            keep_cache,
+            direct_io,
+            "opened"
+        );
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io,
+        })
     }
 
     fn handle(&self, fh: u64) -> FsResult<OpenFile> {
@@ -546,7 +571,11 @@ impl Fs {
             OpenFile::Staged { file, .. } => return Ok(file.read(offset, size).await?),
         };
         let mut reader = reader.lock().await;
-        reader.read(offset, size).await.map_err(|e| match e {
+        let result = reader.read(offset, size).await;
+        if result.is_err() && reader.object().is_forged() {
+            self.forget_forged(ino, reader.object());
+        }
+        result.map_err(|e| match e {
             StoreError::NotFound { ref key, .. }
             | StoreError::Changed { ref key, .. }
             | StoreError::ShortBody { ref key, .. }

@@ -12,6 +12,12 @@
 //! Every GET is pinned to the ETag seen at open, so an object replaced while it is
 //! read fails the read (ESTALE) instead of returning a mix of two versions.
 //!
+//! On an encrypted volume, bytes of a version not yet authenticated are released
+//! only to a sequential read from its start; the read that reaches the end waits
+//! for the tag, and any other read checks the whole version first
+//! ([`ObjectVersion::authenticate`]), unless the volume was mounted with
+//! `--cse-unauthenticated-ranges`.
+//!
 //! With a block cache, every fetch goes through it: blocks it holds come from
 //! memory or disk, the rest from S3 in whole blocks (a random read then fetches
 //! the 1 MiB block it touches, which the next read nearby finds cached). Where
@@ -28,6 +34,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
@@ -123,7 +130,15 @@ pub struct ObjectVersion {
     /// The object's content key, on a volume with client-side encryption. The
     /// cache holds what S3 holds: ciphertext, at the same offsets.
     pub decryption: Option<Arc<Decryption>>,
+    /// Bytes of an encrypted version are released only once it is
+    /// authenticated, but to a sequential read from its start (whose end
+    /// waits for the tag). Off with `--cse-unauthenticated-ranges`.
+    pub authenticate_first: bool,
 }
+
+/// The parts a whole check fetches, two at a time: S3's advice for ranged
+/// reads, and few enough to keep the check's memory at 16 MiB.
+const CHECK_PART: u64 = 8 << 20;
 
 impl ObjectVersion {
     /// Bytes `range`, in pieces, from the cache or from S3; decrypted.
@@ -151,10 +166,63 @@ impl ObjectVersion {
                 got: data.len() as u64,
             });
         }
-        match decryption.decrypt(&self.key, range.start, data) {
+        match decryption.decrypt(range.start, data) {
             Some(plain) => Ok(vec![plain]),
             None => Err(self.forged()),
         }
+    }
+
+    /// Checks the whole version, unless that is done: hashes all of it in
+    /// order (from the cache where it holds the blocks, which keeps what it
+    /// fetches) and compares the tag. A forged version is an error here and
+    /// for every later read of it on the volume.
+    pub(crate) async fn authenticate(&self) -> StoreResult<()> {
+        let Some(decryption) = &self.decryption else {
+            return Ok(());
+        };
+        match decryption.verdict() {
+            Verdict::Authentic => return Ok(()),
+            Verdict::Forged => return Err(self.forged()),
+            Verdict::Pending | Verdict::Unchecked => {}
+        }
+        let stored = decryption.stored_size();
+        let mut check = decryption.whole_check();
+        let parts = (0..stored.div_ceil(CHECK_PART)).map(|index| {
+            let range = index * CHECK_PART..((index + 1) * CHECK_PART).min(stored);
+            async move { (range.end - range.start, self.get_stored(range).await) }
+        });
+        let mut fetched = futures::stream::iter(parts).buffered(2);
+        while let Some((len, pieces)) = fetched.next().await {
+            let pieces = pieces?;
+            let got: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+            if got != len {
+                return Err(StoreError::ShortBody {
+                    op: Operation::GetObject,
+                    key: self.key.to_string(),
+                    expected: len,
+                    got,
+                });
+            }
+            for piece in &pieces {
+                check.push(piece).map_err(|e| StoreError::Internal {
+                    op: Operation::GetObject,
+                    detail: e.to_string(),
+                })?;
+            }
+        }
+        match check.finish() {
+            Verdict::Authentic => Ok(()),
+            _ => Err(self.forged()),
+        }
+    }
+
+    /// Whether bytes of this version would be released unauthenticated.
+    fn unchecked(&self) -> bool {
+        self.authenticate_first
+            && self
+                .decryption
+                .as_ref()
+                .is_some_and(|d| d.verdict() != Verdict::Authentic)
     }
 
     /// Stored bytes `range`, in pieces. (The cache checks that each fetch
@@ -172,7 +240,7 @@ impl ObjectVersion {
         }
     }
 
-    fn forged(&self) -> StoreError {
+    pub(crate) fn forged(&self) -> StoreError {
         StoreError::BadAnswer {
             op: Operation::GetObject,
             key: self.key.to_string(),
@@ -190,7 +258,7 @@ impl ObjectVersion {
     }
 
     /// The object was found forged: nothing more of it is returned.
-    fn is_forged(&self) -> bool {
+    pub(crate) fn is_forged(&self) -> bool {
         self.decryption
             .as_ref()
             .is_some_and(|d| d.verdict() == Verdict::Forged)
@@ -207,6 +275,8 @@ pub struct Reader {
     window: u64,
     /// Contiguous parts, in order, starting at or before `next_offset`.
     parts: VecDeque<Part>,
+    /// Every read so far continued the one before it, from offset 0.
+    from_start: bool,
 }
 
 impl Reader {
@@ -219,7 +289,13 @@ impl Reader {
             next_offset: 0,
             window,
             parts: VecDeque::new(),
+            from_start: true,
         }
+    }
+
+    /// The version read.
+    pub fn object(&self) -> &ObjectVersion {
+        &self.object
     }
 
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
@@ -228,15 +304,26 @@ impl Reader {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let result = if self.is_sequential(offset) {
-            self.read_sequential(offset, end).await
-        } else {
-            self.read_random(offset, end).await
+        // Only a read that continues the ones before it from the start may be
+        // answered before the version is authenticated.
+        self.from_start &= offset <= self.next_offset;
+        let result = match self.object.unchecked() && !self.from_start {
+            true => self.object.authenticate().await,
+            false => Ok(()),
+        };
+        let result = match result {
+            Ok(()) if self.is_sequential(offset) => self.read_sequential(offset, end).await,
+            Ok(()) => self.read_random(offset, end).await,
+            Err(e) => Err(e),
         };
         // A part fetched in the background may have found the object forged
-        // since: then not even bytes that came before are returned.
+        // since: then not even bytes that came before are returned. The read
+        // that reaches the end waits for the tag.
         let result = match result {
             Ok(_) if self.object.is_forged() => Err(self.object.forged()),
+            Ok(data) if end == self.object.size && self.object.unchecked() => {
+                self.object.authenticate().await.map(|()| data)
+            }
             other => other,
         };
         if result.is_err() {
@@ -257,7 +344,7 @@ impl Reader {
             return None;
         }
         let object = &self.object;
-        if object.is_forged() {
+        if object.is_forged() || object.unchecked() {
             return None;
         }
         let pieces =
@@ -269,7 +356,7 @@ impl Reader {
         Some(match &self.object.decryption {
             Some(decryption) => {
                 let mut plain = data.to_vec();
-                decryption.decrypt_unchecked(offset, &mut plain);
+                decryption.decrypt_unchecked(offset, &mut plain).ok()?;
                 Bytes::from(plain)
             }
             None => data,

@@ -95,11 +95,11 @@ impl Fs {
         if size > MAX_TARGET as u64 {
             return Err(FsError::Invalid("a link target longer than 4095 bytes"));
         }
-        let (node, decryption) = self.open_encrypted(ino, node).await?;
-        let pieces = self
-            .uncached_version(&node, decryption)
-            .get(0..node.stat.size)
-            .await?;
+        let opening = self.open_encrypted(ino, node).await?;
+        let object = self.uncached_version(&opening.node, opening.decryption);
+        // A link's target is read whole, and checked whole before it is used.
+        let pieces = object.get(0..opening.node.stat.size).await?;
+        object.authenticate().await?;
         Ok(pieces.concat().into())
     }
 }

@@ -5,6 +5,7 @@
 //! waits on the network. Every error, the refusals of what S3 cannot express
 //! included, comes from [`Fs`] as an [`FsError`], whose one match chooses the errno.
 
+mod reply;
 mod request;
 pub mod session;
 
@@ -15,19 +16,20 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, debug_span};
 
+use self::reply::{errno, file_attr, file_type, log_panic, on_this_thread, refuse};
 use self::request::{caller, created, open_flags, process_of};
 use crate::fs::posix::{PERM_BITS, Posix};
-use crate::fs::{Attr, Fs, FsError, Kind, Mutation};
+use crate::fs::{Fs, Mutation};
 
 pub struct FuseAdapter {
-    fs: Arc<Fs>,
+    pub(super) fs: Arc<Fs>,
     runtime: tokio::runtime::Handle,
     /// Whether the volume keeps an audit log, which needs each request's caller.
     audited: bool,
@@ -42,11 +44,20 @@ impl FuseAdapter {
         }
     }
 
-    /// Runs `work` on the runtime inside `span`.
+    /// Runs `work` on the runtime inside `span`. A panic in it (a bug) is
+    /// logged; the reply it held is dropped with it, which answers EIO.
     fn spawn<F>(&self, span: tracing::Span, work: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        use futures::FutureExt;
+        let work = std::panic::AssertUnwindSafe(work)
+            .catch_unwind()
+            .map(|done| {
+                if let Err(panic) = done {
+                    log_panic(&panic);
+                }
+            });
         self.runtime.spawn(work.instrument(span));
     }
 
@@ -61,50 +72,6 @@ impl FuseAdapter {
         } else {
             self.spawn(span, work);
         }
-    }
-}
-
-/// Logs a failed operation once and returns its errno. Expected outcomes such as
-/// ENOENT from a lookup are logged at DEBUG only.
-fn errno(op: &str, err: &FsError) -> Errno {
-    let code = err.errno();
-    if err.is_expected() {
-        debug!(op, errno = code, "{err:#}");
-    } else {
-        warn!(op, errno = code, "{err:#}");
-    }
-    Errno::from_i32(code)
-}
-
-fn file_attr(attr: &Attr) -> FileAttr {
-    let kind = match attr.kind {
-        Kind::File if attr.symlink => FileType::Symlink,
-        Kind::File => FileType::RegularFile,
-        Kind::Directory => FileType::Directory,
-    };
-    FileAttr {
-        ino: INodeNo(attr.ino),
-        size: attr.size,
-        blocks: attr.size.div_ceil(512),
-        atime: attr.mtime,
-        mtime: attr.mtime,
-        ctime: attr.mtime,
-        crtime: attr.mtime,
-        kind,
-        perm: attr.perm,
-        nlink: attr.nlink,
-        uid: attr.uid,
-        gid: attr.gid,
-        rdev: 0,
-        blksize: 1024 * 1024,
-        flags: 0,
-    }
-}
-
-fn file_type(kind: Kind) -> FileType {
-    match kind {
-        Kind::File => FileType::RegularFile,
-        Kind::Directory => FileType::Directory,
     }
 }
 
@@ -131,7 +98,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        on_this_thread(|| self.fs.forget(ino.0, nlookup));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -333,10 +300,9 @@ impl Filesystem for FuseAdapter {
         self.spawn(debug_span!("open", ino = ino.0), async move {
             match fs.open_file(ino.0, flags).await {
                 Ok(opened) => {
-                    let flags = match opened.keep_cache {
-                        true => FopenFlags::FOPEN_KEEP_CACHE,
-                        false => FopenFlags::empty(),
-                    };
+                    let mut flags = FopenFlags::empty();
+                    flags.set(FopenFlags::FOPEN_KEEP_CACHE, opened.keep_cache);
+                    flags.set(FopenFlags::FOPEN_DIRECT_IO, opened.direct_io);
                     reply.opened(FileHandle(opened.fh), flags)
                 }
                 Err(e) => reply.error(errno("open", &e)),
@@ -365,9 +331,10 @@ impl Filesystem for FuseAdapter {
                 false => read(),
             }
         };
-        if let Some(data) = span.in_scope(read_now) {
-            reply.data(&data);
-            return;
+        match on_this_thread(|| span.in_scope(read_now)) {
+            Some(Some(data)) => return reply.data(&data),
+            Some(None) => {}
+            None => return reply.error(Errno::EIO),
         }
         let fs = self.fs.clone();
         self.spawn_for(req, span, async move {
@@ -399,9 +366,12 @@ impl Filesystem for FuseAdapter {
             // The audit log names who last changed a file whose upload waits
             // for its last release.
             let write_now = || self.fs.write_now(fh.0, offset, data);
-            let written = match self.audited {
+            let written = on_this_thread(|| match self.audited {
                 true => crate::audit::now_as_caller(caller(req), write_now),
                 false => write_now(),
+            });
+            let Some(written) = written else {
+                return reply.error(Errno::EIO);
             };
             if let Some(result) = written {
                 match result {
@@ -506,7 +476,10 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
+        let Some(listed) = on_this_thread(|| self.fs.readdir(fh.0, offset)) else {
+            return reply.error(Errno::EIO);
+        };
+        match listed {
             Ok(entries) => {
                 for entry in entries {
                     let full = reply.add(
@@ -533,7 +506,10 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdirplus(fh.0, offset) {
+        let Some(listed) = on_this_thread(|| self.fs.readdirplus(fh.0, offset)) else {
+            return reply.error(Errno::EIO);
+        };
+        match listed {
             Ok(entries) => {
                 for (entry, e) in entries {
                     let full = reply.add(
@@ -566,12 +542,14 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
+        on_this_thread(|| self.fs.releasedir(fh.0));
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.fs.statfs();
+        let Some(s) = on_this_thread(|| self.fs.statfs()) else {
+            return reply.error(Errno::EIO);
+        };
         reply.statfs(
             s.blocks,
             s.bfree,
@@ -672,9 +650,4 @@ impl Filesystem for FuseAdapter {
             },
         );
     }
-}
-
-/// The errno for a change the filesystem refuses.
-fn refuse(fs: &Fs, op: Mutation) -> Errno {
-    errno("mutate", &fs.mutate(op))
 }

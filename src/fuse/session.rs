@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use fuser::{Config, Session, SessionACL};
 use nix::errno::Errno;
@@ -50,6 +51,31 @@ pub struct MountPlan {
     pub read_only: bool,
     pub noexec: bool,
     pub access: Access,
+}
+
+/// The kernel's caches of a volume, corrected through FUSE notifications.
+struct KernelNotifier(fuser::Notifier);
+
+impl crate::fs::kernel::KernelCache for KernelNotifier {
+    fn attributes_changed(&self, ino: u64) {
+        // A negative offset invalidates the attributes alone.
+        if let Err(e) = self.0.inval_inode(fuser::INodeNo(ino), -1, 0) {
+            debug!(
+                ino,
+                "the kernel did not take the invalidation of attributes: {e}"
+            );
+        }
+    }
+
+    fn drop_pages(&self, ino: u64) {
+        // Offset 0, length 0: every page of the file.
+        if let Err(e) = self.0.inval_inode(fuser::INodeNo(ino), 0, 0) {
+            debug!(
+                ino,
+                "the kernel did not take the invalidation of pages: {e}"
+            );
+        }
+    }
 }
 
 /// A mounted volume, ready to serve.
@@ -88,9 +114,11 @@ pub fn mount(adapter: FuseAdapter, mountpoint: &Path, plan: &MountPlan) -> io::R
         mountpoint: mountpoint.to_path_buf(),
         device: crate::mountinfo::device(mountpoint),
     };
+    let fs = adapter.fs.clone();
     let session = Session::from_fd(adapter, fd, acl, config).inspect_err(|_| {
         let _ = handle.detach();
     })?;
+    fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
     handle.tune_kernel_readahead();
     Ok(Volume { session, handle })
 }

@@ -35,6 +35,8 @@ pub enum Fault {
     LostAnswer,
     /// Wait this long, then make the call.
     Delay(Duration),
+    /// Panic, as a bug in the code that makes the call would.
+    Panic,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +140,7 @@ impl FaultyStore {
                     });
                 }
                 Fault::Delay(d) => tokio::time::sleep(d).await,
+                Fault::Panic => panic!("a panic injected into {op} {key}"),
                 Fault::AccessDenied => {
                     return Err(StoreError::AccessDenied {
                         op,

@@ -85,7 +85,10 @@ pub enum StageError {
         #[source]
         source: io::Error,
     },
-    #[error("file would exceed S3's 5 TiB object limit")]
+    #[error(
+        "file would exceed S3's 5 TiB object limit (on an encrypted volume, the 64 GiB \
+         one AES-GCM message holds)"
+    )]
     TooLarge,
     /// The files being written would take more local disk than allowed.
     #[error(
@@ -331,12 +334,25 @@ impl StagedFile {
             }
             offset = at;
         }
+        // Read whole from its start, the object was checked as it came; a
+        // check that could not chain is made whole now.
+        object.authenticate().await?;
         let mut state = self.state.lock().unwrap();
         state.base = None;
         let size = state.size;
         state.touch(&self.layout, 0..size);
         debug!(key, size = base.size, "downloaded the object to change it");
         Ok(())
+    }
+
+    /// The largest the file may grow: S3's largest object, and on an
+    /// encrypted volume the most one AES-GCM message holds (64 GiB).
+    fn max_size(&self) -> u64 {
+        let largest = self.layout.max_size();
+        match self.shares.encryption {
+            Some(_) => largest.min(crate::cse::gcm::MAX_CONTENT),
+            None => largest,
+        }
     }
 
     /// Writes `data` at `offset`; starts uploads of the parts an appending writer
@@ -358,7 +374,7 @@ impl StagedFile {
 
     fn write_local(self: &Arc<Self>, offset: u64, data: &[u8]) -> StageResult<()> {
         let end = offset + data.len() as u64;
-        if end > self.layout.max_size() {
+        if end > self.max_size() {
             return Err(StageError::TooLarge);
         }
         self.take_to(&mut self.state.lock().unwrap(), end)?;
@@ -487,7 +503,7 @@ impl StagedFile {
 
     /// Sets the file's size, zero-filling when it grows.
     pub async fn truncate(&self, size: u64) -> StageResult<()> {
-        if size > self.layout.max_size() {
+        if size > self.max_size() {
             return Err(StageError::TooLarge);
         }
         if size == 0 {

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use super::{Base, Sent, StageError, StageResult, StagedFile};
 use crate::cse::envelope::ContentKey;
 use crate::cse::gcm::{Piece, Tagger};
-use crate::cse::reading::Decryption;
 use crate::cse::volume::{Content, CseError, with_envelope};
 use crate::fs::read::ObjectVersion;
 use crate::store::{ObjectHeaders, Operation, StoreError};
@@ -57,7 +56,9 @@ impl StagedFile {
         // Encrypted in place: the staging file's bytes were read into a buffer
         // of their own.
         let mut sealed = Vec::from(body);
-        content_key.apply(range.start, &mut sealed);
+        content_key
+            .apply(range.start, &mut sealed)
+            .map_err(|_| StageError::TooLarge)?;
         let piece = content_key.hash(&sealed);
         if let Some(mut tagger) = tag {
             tagger
@@ -104,7 +105,8 @@ impl StagedFile {
     }
 
     /// The object a file was opened on, to be read into the staging file:
-    /// decrypted on an encrypted volume (its tag checked as it is read whole).
+    /// decrypted on an encrypted volume (its tag checked as it is read whole,
+    /// which the caller confirms with [`ObjectVersion::authenticate`]).
     pub(super) async fn base_object(&self, key: &str, base: &Base) -> StageResult<ObjectVersion> {
         let mut object = ObjectVersion {
             store: self.store.clone(),
@@ -113,6 +115,7 @@ impl StagedFile {
             etag: base.etag.as_str().into(),
             size: base.size,
             decryption: None,
+            authenticate_first: true,
         };
         let Some(encryption) = &self.shares.encryption else {
             return Ok(object);
@@ -133,7 +136,11 @@ impl StagedFile {
             .await
             .map_err(|e| self.encryption_error(key, e))?;
         if let Content::Encrypted(content_key) = content {
-            object.decryption = Some(Arc::new(Decryption::new(content_key, object.size)));
+            let version = (object.key.clone(), object.etag.clone());
+            let decryption = encryption
+                .decryption(content_key, object.size, version)
+                .map_err(|e| self.internal(format!("{key}: {e}")))?;
+            object.decryption = Some(Arc::new(decryption));
         }
         Ok(object)
     }

@@ -1,0 +1,74 @@
+//! What goes back to the kernel: a file's attributes, the errno of a failure
+//! (logged once), and the answer to a request that panicked.
+
+use fuser::{Errno, FileAttr, FileType, INodeNo};
+use tracing::{debug, error, warn};
+
+use crate::fs::{Attr, Fs, FsError, Kind, Mutation};
+
+/// Runs the part of a request answered on a FUSE thread. A panic in it (a
+/// bug) is logged and answered EIO by the reply it dropped (`None`), and the
+/// thread goes on serving.
+pub(super) fn on_this_thread<T>(work: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .inspect_err(log_panic)
+        .ok()
+}
+
+pub(super) fn log_panic(panic: &Box<dyn std::any::Any + Send>) {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    error!("a request panicked, which is a bug; it was answered EIO: {what}");
+}
+
+/// Logs a failed operation once and returns its errno. Expected outcomes such as
+/// ENOENT from a lookup are logged at DEBUG only.
+pub(super) fn errno(op: &str, err: &FsError) -> Errno {
+    let code = err.errno();
+    if err.is_expected() {
+        debug!(op, errno = code, "{err:#}");
+    } else {
+        warn!(op, errno = code, "{err:#}");
+    }
+    Errno::from_i32(code)
+}
+
+pub(super) fn file_attr(attr: &Attr) -> FileAttr {
+    let kind = match attr.kind {
+        Kind::File if attr.symlink => FileType::Symlink,
+        Kind::File => FileType::RegularFile,
+        Kind::Directory => FileType::Directory,
+    };
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.mtime,
+        mtime: attr.mtime,
+        ctime: attr.mtime,
+        crtime: attr.mtime,
+        kind,
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: 1024 * 1024,
+        flags: 0,
+    }
+}
+
+pub(super) fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Directory => FileType::Directory,
+    }
+}
+
+/// The errno for a change the filesystem refuses.
+pub(super) fn refuse(fs: &Fs, op: Mutation) -> Errno {
+    errno("mutate", &fs.mutate(op))
+}
