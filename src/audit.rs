@@ -10,12 +10,13 @@
 //! failure. The file is opened as the log file is (`crate::logging`): appended
 //! to, never through a symbolic link, a regular file of mode 0600.
 
+use parking_lot::Mutex;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde_json::json;
@@ -169,7 +170,7 @@ impl AuditLog {
         event.caller.pid = process.unwrap_or(event.caller.pid);
         let command = process.and_then(crate::procfs::command_name);
         let line = line(&event, SystemTime::now(), command);
-        let sent = match &*self.sender.lock().unwrap() {
+        let sent = match &*self.sender.lock() {
             Some(sender) => sender.try_send(line),
             None => return,
         };
@@ -191,8 +192,8 @@ impl AuditLog {
 
     /// Writes out what is queued and stops the writer (at unmount).
     pub fn close(&self) {
-        self.sender.lock().unwrap().take();
-        if let Some(writer) = self.writer.lock().unwrap().take() {
+        self.sender.lock().take();
+        if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
     }

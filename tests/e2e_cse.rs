@@ -493,6 +493,189 @@ async fn a_size_the_kernel_kept_is_corrected_and_never_ends_a_read_early() {
     );
 }
 
+/// Replaces `key`'s metadata with `from`'s (its envelope, same context) by a
+/// copy onto itself: the bytes, and so the ETag, stay.
+async fn swap_envelope(setup: &Setup, key: &str, from: &str) {
+    let (_, metadata) = setup.raw(from).await;
+    let mut copy = setup
+        .s3
+        .client()
+        .copy_object()
+        .bucket(BUCKET)
+        .key(key)
+        .copy_source(format!("{BUCKET}/{key}"))
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace);
+    for (name, value) in &metadata {
+        copy = copy.metadata(name, value);
+    }
+    copy.send().await.unwrap();
+}
+
+async fn etag(setup: &Setup, key: &str) -> String {
+    let head = setup.s3.client().head_object().bucket(BUCKET).key(key);
+    head.send().await.unwrap().e_tag().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage, moto and the S3 Encryption Client; run scripts/test.sh"]
+async fn an_envelope_swapped_under_the_same_etag_is_checked_again() {
+    let setup = Setup::new().await;
+    let mount = setup.mount(&["--read-write"]);
+    for size in [200 * 1024, 40 * MIB] {
+        let (victim, donor) = (format!("victim-{size}"), format!("donor-{size}"));
+        let plain = common::pattern(size, 30);
+        setup.official_put(&victim, "v3", CONTEXT, &plain);
+        setup.official_put(&donor, "v3", CONTEXT, &common::pattern(size, 31));
+        let path = mount.path().join(&victim);
+        // Read once: that version is authentic.
+        assert!(std::fs::read(&path).unwrap() == plain);
+        let before = etag(&setup, &victim).await;
+        swap_envelope(&setup, &victim, &donor).await;
+        assert_eq!(etag(&setup, &victim).await, before, "the bytes stayed");
+        // Another envelope is another version to check: it fails.
+        assert_eq!(errno_of(std::fs::read(&path)), Some(libc::EIO), "{victim}");
+    }
+    // A write to the file loads it first, checked: it fails, and S3 keeps
+    // what it had (the official client still finds it forged).
+    let path = mount.path().join(format!("victim-{}", 200 * 1024));
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(b"appended\n"));
+    assert!(appended.is_err(), "a forged file was loaded to be changed");
+    let official = setup.official(&["get", BUCKET, "victim-204800", CONTEXT], b"");
+    assert!(!official.status.success());
+}
+
+/// Reads `path` whole with Linux AIO (io_submit), as io_uring and AIO readers
+/// do: the kernel answers these from the size it keeps, without asking.
+fn aio_read_all(path: &Path) -> Result<Vec<u8>, i32> {
+    use std::os::fd::AsRawFd;
+    /// `struct iocb` (linux/aio_abi.h), on a little-endian machine.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Iocb {
+        data: u64,
+        key: u32,
+        rw_flags: i32,
+        opcode: u16,
+        reqprio: i16,
+        fildes: u32,
+        buf: u64,
+        nbytes: u64,
+        offset: i64,
+        reserved2: u64,
+        flags: u32,
+        resfd: u32,
+    }
+    /// `struct io_event`.
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Event {
+        data: u64,
+        obj: u64,
+        res: i64,
+        res2: i64,
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.raw_os_error().unwrap())?;
+    let mut context: u64 = 0;
+    // SAFETY: io_setup writes the new context into the u64 given.
+    assert_eq!(
+        unsafe { libc::syscall(libc::SYS_io_setup, 1, &mut context) },
+        0
+    );
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let result = loop {
+        let mut iocb = Iocb {
+            fildes: file.as_raw_fd() as u32,
+            buf: buf.as_mut_ptr() as u64,
+            nbytes: buf.len() as u64,
+            offset: out.len() as i64,
+            ..Default::default()
+        };
+        let mut list = [&mut iocb as *mut Iocb];
+        let mut event = [Event::default()];
+        // SAFETY: the iocb, its buffer and the event outlive the calls, which
+        // complete the one request before the loop goes on.
+        let done = unsafe {
+            libc::syscall(libc::SYS_io_submit, context, 1, list.as_mut_ptr()) == 1
+                && libc::syscall(
+                    libc::SYS_io_getevents,
+                    context,
+                    1,
+                    1,
+                    event.as_mut_ptr(),
+                    std::ptr::null::<libc::timespec>(),
+                ) == 1
+        };
+        assert!(done, "{}", std::io::Error::last_os_error());
+        match event[0].res {
+            0 => break Ok(out),
+            n if n < 0 => break Err(-n as i32),
+            n => out.extend_from_slice(&buf[..n as usize]),
+        }
+    };
+    // SAFETY: the context was made by io_setup above and is used no more.
+    unsafe { libc::syscall(libc::SYS_io_destroy, context) };
+    result
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage, moto and the S3 Encryption Client; run scripts/test.sh"]
+async fn an_aio_reader_gets_the_size_s3_has_not_the_one_the_kernel_kept() {
+    let setup = Setup::new().await;
+    setup.official_put("policy", "v3", CONTEXT, b"allow=no\n");
+    setup.official_put("log", "v3", CONTEXT, b"short\n");
+    let mount = setup.mount(&["--metadata-ttl", "1h"]);
+    let (policy, log) = (mount.path().join("policy"), mount.path().join("log"));
+    assert_eq!(std::fs::metadata(&policy).unwrap().len(), 9);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 6);
+    // Changed and lengthened past what is checked at open, by someone
+    // without the key.
+    let (mut body, metadata) = setup.raw("policy").await;
+    body[6] ^= b'n' ^ b'o';
+    body[7] ^= b'o' ^ b'k';
+    body.extend(common::pattern(33 * MIB, 5));
+    setup.put_raw("policy", body, &metadata).await;
+    assert_eq!(aio_read_all(&policy).map(|d| d.len()), Err(libc::EIO));
+    // An authentic longer version: read whole.
+    let longer = common::pattern(35 * MIB, 6);
+    setup.official_put("log", "v3", CONTEXT, &longer);
+    let got = aio_read_all(&log).unwrap();
+    assert_eq!(got.len(), longer.len(), "the kernel's size ended the read");
+    assert!(got == longer);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage, moto and the S3 Encryption Client; run scripts/test.sh"]
+async fn checks_of_many_files_at_once_keep_within_the_memory_limit() {
+    let setup = Setup::new().await;
+    let plain = common::pattern(31 * MIB, 9);
+    const FILES: usize = 16;
+    {
+        let writer = setup.mount(&["--read-write"]);
+        std::fs::create_dir(writer.path().join("many")).unwrap();
+        for n in 0..FILES {
+            std::fs::write(writer.path().join(format!("many/{n}")), &plain).unwrap();
+        }
+    }
+    let mount = setup.mount(&["--max-memory", "64MiB", "--no-cache"]);
+    // Each open checks its file whole before it returns, all at once.
+    let threads: Vec<_> = (0..FILES)
+        .map(|n| {
+            let path = mount.path().join(format!("many/{n}"));
+            std::thread::spawn(move || std::fs::File::open(path).map(drop))
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap().unwrap();
+    }
+    let peak = common::peak_rss_mib(mount.path());
+    eprintln!("{FILES} files of 31 MiB checked at once: peak RSS {peak} MiB");
+    assert!(peak < 160, "peak RSS {peak} MiB");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Garage, moto and the S3 Encryption Client; run scripts/test.sh"]
 async fn random_reads_and_changes_through_staging_stay_readable_everywhere() {

@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::proxy::{FaultProxy, Lie};
-use common::{Mount, Server, ServerKind, daemon_pids, pattern};
+use common::{Mount, Server, ServerKind, pattern};
 use futures::StreamExt;
 
 const BUCKET: &str = "vol";
@@ -25,18 +24,6 @@ async fn server_and_proxy() -> (Server, FaultProxy) {
     server.create_bucket(BUCKET).await;
     let proxy = FaultProxy::start(&server.endpoint);
     (server, proxy)
-}
-
-/// The peak resident memory of the daemon serving `mountpoint`, in MiB.
-fn peak_rss_mib(mountpoint: &Path) -> u64 {
-    let pid = daemon_pids(mountpoint)[0];
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024
 }
 
 fn errno(result: std::io::Result<impl Sized>) -> Option<i32> {
@@ -88,7 +75,7 @@ async fn lies_about_a_read_end_in_eio_never_in_wrong_bytes() {
         );
     }
     assert!(mount.log_text().contains("cannot be right"));
-    let rss = peak_rss_mib(mount.path());
+    let rss = common::peak_rss_mib(mount.path());
     assert!(rss < RSS_LIMIT_MIB, "peak RSS {rss} MiB");
 }
 
@@ -154,7 +141,7 @@ async fn lies_in_listings_end_in_eio_and_lead_nowhere_outside_the_prefix() {
         "only the volume's own keys moved"
     );
     assert!(mount.log_text().contains("outside the prefix"));
-    let rss = peak_rss_mib(mount.path());
+    let rss = common::peak_rss_mib(mount.path());
     assert!(rss < RSS_LIMIT_MIB, "peak RSS {rss} MiB");
 }
 
@@ -219,7 +206,7 @@ sys.stdin.read()
         }
         openers.push(opener);
     }
-    let rss = peak_rss_mib(mount.path());
+    let rss = common::peak_rss_mib(mount.path());
     for mut opener in openers {
         drop(opener.stdin.take());
         assert!(opener.wait().unwrap().success());

@@ -5,24 +5,12 @@ mod common;
 
 use std::io::{Read, Write};
 
-use common::{Mount, Server, ServerKind, daemon_pids, pattern};
+use common::{Mount, Server, ServerKind, pattern};
 
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
 const OBJECTS: usize = 8;
 const SIZE: usize = 24 * MIB + 4321;
-
-/// The daemon's peak resident memory, in MiB.
-fn peak_rss_mib(mount: &Mount) -> u64 {
-    let pid = daemon_pids(mount.path())[0];
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kib / 1024
-}
 
 #[tokio::test]
 #[ignore = "needs Garage (scripts/test.sh)"]
@@ -103,7 +91,7 @@ async fn thirty_two_readers_and_eight_writers_slow_down_within_the_limit_and_nev
     // What the daemon holds besides the limit is its own (about 30 MiB) and the
     // reads the kernel has in flight, each fetched at its own size. Here this
     // load peaked at 68 MiB; with the default limit of 128MiB, near 100 MiB.
-    let peak = peak_rss_mib(&mount);
+    let peak = common::peak_rss_mib(mount.path());
     assert!(peak <= 90, "peak RSS {peak} MiB with --max-memory 32MiB");
 
     let text = common::s3vol()

@@ -16,8 +16,9 @@
 //! session, a skewed clock), [`RenewingCredentials::renew_now`] renews at once. Only
 //! one renewal runs at a time, and requests that were refused together share it.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -144,8 +145,8 @@ impl Shared {
         match fetch_within(self.source.as_ref(), self.fetch_timeout).await {
             Ok(fresh) => {
                 let new_expiry = fresh.expiry();
-                *self.current.lock().unwrap() = fresh;
-                *self.last_error.lock().unwrap() = None;
+                *self.current.lock() = fresh;
+                *self.last_error.lock() = None;
                 let n = self.renewals.fetch_add(1, Ordering::Relaxed) + 1;
                 info!(
                     credentials = self.label,
@@ -157,7 +158,7 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                *self.last_error.lock().unwrap() = Some(e.message.clone());
+                *self.last_error.lock() = Some(e.message.clone());
                 Err(e.message)
             }
         }
@@ -216,14 +217,13 @@ impl RenewingCredentials {
 
     /// The current credentials, or an error if they have expired.
     pub fn current(&self) -> Result<Credentials, CredentialsError> {
-        let creds = self.shared.current.lock().unwrap().clone();
+        let creds = self.shared.current.lock().clone();
         match creds.expiry() {
             Some(expiry) if expiry <= self.shared.clock.now() + EXPIRY_MARGIN => {
                 let cause = self
                     .shared
                     .last_error
                     .lock()
-                    .unwrap()
                     .clone()
                     .unwrap_or_else(|| "no renewal has completed yet".into());
                 Err(CredentialsError::provider_error(format!(
@@ -290,7 +290,7 @@ pub fn renewal_delay(expiry: SystemTime, now: SystemTime, renew_before: Duration
 
 async fn renew_loop(shared: Arc<Shared>, config: RenewConfig) {
     loop {
-        let expiry = shared.current.lock().unwrap().expiry();
+        let expiry = shared.current.lock().expiry();
         // Credentials without an expiry (static keys) never need renewing.
         let Some(expiry) = expiry else { return };
         let seen = shared.renewals.load(Ordering::Relaxed);
@@ -362,20 +362,20 @@ mod tests {
     impl CredentialSource for ScriptedSource {
         async fn fetch(&self) -> Result<Credentials, FetchError> {
             let now = self.clock.now();
-            self.fetches.lock().unwrap().push(now);
+            self.fetches.lock().push(now);
             let hang = {
-                let mut hangs = self.hangs.lock().unwrap();
-                let hang = *hangs > 0 && self.fetches.lock().unwrap().len() > 1;
+                let mut hangs = self.hangs.lock();
+                let hang = *hangs > 0 && self.fetches.lock().len() > 1;
                 *hangs -= u32::from(hang);
                 hang
             };
             if hang {
                 std::future::pending::<()>().await;
             }
-            if self.script.lock().unwrap().pop_front() == Some(false) {
+            if self.script.lock().pop_front() == Some(false) {
                 return Err("STS unreachable (scripted)".into());
             }
-            let n = self.fetches.lock().unwrap().len();
+            let n = self.fetches.lock().len();
             Ok(Credentials::new(
                 format!("AKIA{n}"),
                 "secret",
@@ -438,7 +438,7 @@ mod tests {
         }
         // A renewal every 3300 s (3600 s sessions renewed 300 s early).
         assert_eq!(creds.renewals(), 3 * 24 * 3600 / 3300);
-        let fetches = source.fetches.lock().unwrap().clone();
+        let fetches = source.fetches.lock().clone();
         for pair in fetches.windows(2) {
             let gap = pair[1].duration_since(pair[0]).unwrap();
             assert_eq!(
@@ -465,7 +465,7 @@ mod tests {
             first.access_key_id()
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let fetches = source.fetches.lock().unwrap().clone();
+        let fetches = source.fetches.lock().clone();
         let gaps: Vec<u64> = fetches
             .windows(2)
             .map(|p| p[1].duration_since(p[0]).unwrap().as_secs())
@@ -483,7 +483,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_renewal_that_never_answers_times_out_and_is_retried() {
         let (clock, source) = setup(Duration::from_secs(3600), &[]);
-        *source.hangs.lock().unwrap() = 2;
+        *source.hangs.lock() = 2;
         let (creds, task) =
             RenewingCredentials::start(source.clone(), config(300), clock.clone(), "role".into())
                 .await
@@ -492,7 +492,7 @@ mod tests {
         // 2 s of backoff after them, and the third answers.
         tokio::time::sleep(Duration::from_secs(3300 + 30 + 1 + 30 + 2 + 1)).await;
         assert_eq!(creds.renewals(), 1);
-        let fetches = source.fetches.lock().unwrap().clone();
+        let fetches = source.fetches.lock().clone();
         let gaps: Vec<u64> = fetches
             .windows(2)
             .map(|p| p[1].duration_since(p[0]).unwrap().as_secs())
@@ -542,14 +542,14 @@ mod tests {
         a.unwrap();
         b.unwrap();
         // The first fetch at start, then exactly one forced renewal.
-        assert_eq!(source.fetches.lock().unwrap().len(), 2);
+        assert_eq!(source.fetches.lock().len(), 2);
         assert_eq!(creds.renewals(), seen + 1);
         // A request signed before that renewal is simply retried.
         creds
             .renew_since(seen, "late refusal (test)")
             .await
             .unwrap();
-        assert_eq!(source.fetches.lock().unwrap().len(), 2);
+        assert_eq!(source.fetches.lock().len(), 2);
         task.abort();
     }
 
@@ -566,7 +566,7 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_secs(400)).await;
-        let fetches = source.fetches.lock().unwrap().clone();
+        let fetches = source.fetches.lock().clone();
         let at: Vec<u64> = fetches
             .iter()
             .map(|t| t.duration_since(fetches[0]).unwrap().as_secs())

@@ -8,8 +8,9 @@
 //! are kept open with their checked headers (see `super::block_file`), so a
 //! small read costs one read of its chunk: no path lookup, no header read.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -75,7 +76,7 @@ impl DiskTier {
             return false;
         }
         let evicted = {
-            let mut files = self.files.lock().unwrap();
+            let mut files = self.files.lock();
             let entry = Entry {
                 size,
                 written: false,
@@ -96,7 +97,7 @@ impl DiskTier {
         };
         {
             // An open descriptor would keep an evicted file's space in use.
-            let mut open = self.open_files.lock().unwrap();
+            let mut open = self.open_files.lock();
             for victim in evicted.iter().map(String::as_str).chain([name]) {
                 open.pop(victim);
             }
@@ -116,7 +117,7 @@ impl DiskTier {
         let (id, name) = (&span.id, span.name.as_str());
         let temporary = format!("{name}.tmp-{:x}", next_temporary());
         let written = block_file::write_block(&self.dir, &temporary, id, data, &self.key);
-        let mut files = self.files.lock().unwrap();
+        let mut files = self.files.lock();
         let placed = match (written, files.entries.peek_mut(name)) {
             (Ok(block), Some(entry)) if !entry.written => {
                 let renamed = self.dir.rename(&temporary, name);
@@ -150,17 +151,16 @@ impl DiskTier {
     fn keep_open(&self, name: &str, block: OpenBlock) {
         self.open_files
             .lock()
-            .unwrap()
             .put(name.to_string(), Arc::new(block));
-        if !self.files.lock().unwrap().entries.contains(name) {
-            self.open_files.lock().unwrap().pop(name);
+        if !self.files.lock().entries.contains(name) {
+            self.open_files.lock().pop(name);
         }
     }
 
     /// Drops a file that is gone or damaged.
     fn forget(&self, name: &str) {
-        self.open_files.lock().unwrap().pop(name);
-        let mut files = self.files.lock().unwrap();
+        self.open_files.lock().pop(name);
+        let mut files = self.files.lock();
         if files.entries.peek(name).is_some_and(|e| e.written)
             && let Some(entry) = files.entries.pop(name)
         {
@@ -178,14 +178,13 @@ impl Tier for DiskTier {
         let usable = self
             .files
             .lock()
-            .unwrap()
             .entries
             .get(name)
             .is_some_and(|e| e.written);
         if !usable {
             return None;
         }
-        let opened = self.open_files.lock().unwrap().get(name).cloned();
+        let opened = self.open_files.lock().get(name).cloned();
         let read = match opened {
             Some(block) => block.read(span.want.clone()),
             None => {
@@ -220,7 +219,6 @@ impl Tier for DiskTier {
     fn holds(&self, span: &Span) -> bool {
         self.files
             .lock()
-            .unwrap()
             .entries
             .peek(&span.name)
             .is_some_and(|e| e.written)
@@ -233,7 +231,7 @@ impl Tier for DiskTier {
     }
 
     fn used(&self) -> u64 {
-        self.files.lock().unwrap().used
+        self.files.lock().used
     }
 
     fn capacity(&self) -> u64 {
@@ -246,8 +244,8 @@ impl Tier for DiskTier {
 
     /// Forgets every file; the directory itself is the mount's to remove.
     fn clear(&self) {
-        self.open_files.lock().unwrap().clear();
-        let mut files = self.files.lock().unwrap();
+        self.open_files.lock().clear();
+        let mut files = self.files.lock();
         for (name, _) in files.entries.iter() {
             let _ = self.dir.remove_file(name);
         }

@@ -5,9 +5,10 @@
 //! If that fetch fails, the claim is dropped unfinished and each waiter fetches
 //! for itself.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
@@ -33,7 +34,7 @@ pub(super) enum Flight {
 impl Flights {
     /// Claims block `id`, or joins the reader that already has.
     pub(super) fn join(self: &Arc<Self>, id: &BlockId) -> Flight {
-        let mut fetching = self.fetching.lock().unwrap();
+        let mut fetching = self.fetching.lock();
         match fetching.get(id) {
             Some(sender) => Flight::Waiting(sender.subscribe()),
             None => {
@@ -49,7 +50,7 @@ impl Flights {
     /// No block is being fetched.
     #[cfg(test)]
     pub(super) fn is_idle(&self) -> bool {
-        self.fetching.lock().unwrap().is_empty()
+        self.fetching.lock().is_empty()
     }
 }
 
@@ -62,7 +63,7 @@ pub(super) struct Claim {
 
 impl Claim {
     pub(super) fn complete(self, data: &Bytes) {
-        if let Some(sender) = self.flights.fetching.lock().unwrap().remove(&self.id) {
+        if let Some(sender) = self.flights.fetching.lock().remove(&self.id) {
             let _ = sender.send(data.clone());
         }
     }
@@ -71,7 +72,7 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         // After complete() the entry is gone already; removing it again is a no-op.
-        self.flights.fetching.lock().unwrap().remove(&self.id);
+        self.flights.fetching.lock().remove(&self.id);
     }
 }
 

@@ -4,7 +4,7 @@
 //! disk, a single-block fetch), so it never pins a larger fetched buffer and
 //! never costs a copy.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -36,12 +36,12 @@ impl MemoryTier {
 
 impl Tier for MemoryTier {
     fn get(&self, span: &Span) -> Option<Bytes> {
-        let block = self.state.lock().unwrap().blocks.get(&span.id).cloned()?;
+        let block = self.state.lock().blocks.get(&span.id).cloned()?;
         (block.len() == span.len).then(|| block.slice(span.want.clone()))
     }
 
     fn holds(&self, span: &Span) -> bool {
-        self.state.lock().unwrap().blocks.contains(&span.id)
+        self.state.lock().blocks.contains(&span.id)
     }
 
     fn put(&self, span: &Span, block: &Bytes) {
@@ -49,7 +49,7 @@ impl Tier for MemoryTier {
         if size > self.capacity {
             return;
         }
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         if let Some(old) = state.blocks.put(span.id.clone(), block.clone()) {
             state.used -= old.len() as u64;
         }
@@ -63,7 +63,7 @@ impl Tier for MemoryTier {
     }
 
     fn used(&self) -> u64 {
-        self.state.lock().unwrap().used
+        self.state.lock().used
     }
 
     fn capacity(&self) -> u64 {
@@ -71,14 +71,14 @@ impl Tier for MemoryTier {
     }
 
     fn remove(&self, span: &Span) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         if let Some(old) = state.blocks.pop(&span.id) {
             state.used -= old.len() as u64;
         }
     }
 
     fn clear(&self) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         state.blocks.clear();
         state.used = 0;
     }

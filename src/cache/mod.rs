@@ -28,14 +28,15 @@ mod fetch;
 mod memory;
 mod tier;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, broadcast};
@@ -371,7 +372,7 @@ impl BlockCache {
             let span = Span::new(key, etag, size, index, &all).whole();
             self.memory.remove(&span);
             self.disk.remove(&span);
-            self.writing.lock().unwrap().remove(&span.id);
+            self.writing.lock().remove(&span.id);
         }
     }
 
@@ -388,7 +389,7 @@ impl BlockCache {
     /// still being written.
     fn memory_get(&self, span: &Span) -> Option<Bytes> {
         let data = self.memory.get(span).or_else(|| {
-            let writing = self.writing.lock().unwrap().get(&span.id).cloned()?;
+            let writing = self.writing.lock().get(&span.id).cloned()?;
             (writing.len() == span.len).then(|| writing.slice(span.want.clone()))
         })?;
         self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
@@ -436,19 +437,16 @@ impl BlockCache {
             return;
         }
         // Served from here until its file is in place, so nobody fetches it again.
-        self.writing
-            .lock()
-            .unwrap()
-            .insert(span.id.clone(), data.clone());
+        self.writing.lock().insert(span.id.clone(), data.clone());
         let permits = (data.len() as u64).clamp(1, self.config.write_backlog.max(1)) as u32;
         let Ok(permit) = self.write_backlog.clone().acquire_many_owned(permits).await else {
-            self.writing.lock().unwrap().remove(&span.id);
+            self.writing.lock().remove(&span.id);
             return;
         };
         let (cache, span, data) = (self.clone(), span.clone(), data.clone());
         tokio::task::spawn_blocking(move || {
             cache.disk.write_reserved(&span, &data);
-            cache.writing.lock().unwrap().remove(&span.id);
+            cache.writing.lock().remove(&span.id);
             drop(permit);
         });
     }

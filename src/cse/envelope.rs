@@ -86,6 +86,28 @@ pub struct Envelope {
 /// The key and IV an object's content is encrypted with.
 pub type ContentKey = gcm::Cipher;
 
+impl Envelope {
+    /// What names this envelope among all others: a hash of everything the
+    /// content key and IV are made from (the wrapped key, the context, the
+    /// IV or message ID, the commitment). Two objects with the same bytes
+    /// (and so, on S3, the same ETag) but other envelopes decrypt differently.
+    pub fn identity(&self) -> [u8; 32] {
+        let mut hash = blake3::Hasher::new();
+        hash.update(&[self.format as u8]);
+        for part in [&self.wrapped_key, &self.nonce, &self.commitment] {
+            hash.update(&(part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        for (name, value) in &self.context {
+            for text in [name, value] {
+                hash.update(&(text.len() as u64).to_be_bytes());
+                hash.update(text.as_bytes());
+            }
+        }
+        hash.finalize().into()
+    }
+}
+
 /// The context KMS is asked to bind a new data key to in `format`: the
 /// volume's own pairs and the content algorithm.
 pub fn context_for(format: Format, pairs: &BTreeMap<String, String>) -> BTreeMap<String, String> {

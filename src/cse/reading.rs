@@ -14,9 +14,10 @@
 //! later open, and one found authentic needs no second check
 //! (docs/ENCRYPTION.md says what is released when).
 
-use std::collections::BTreeMap;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use tracing::error;
@@ -33,25 +34,39 @@ const MAX_WAITING: usize = 1024;
 /// least recently checked go first (and are checked again if read again).
 const MAX_VERDICTS: usize = 100_000;
 
-/// An object version: its key and ETag.
-pub type VersionId = (Arc<str>, Arc<str>);
+/// An object version as a volume decrypts it: its key, its ETag (S3 never
+/// changes a version's bytes) and its envelope's identity (metadata can be
+/// replaced while the bytes, and so the ETag, stay).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VersionId {
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
+    pub envelope: [u8; 32],
+}
 
-/// The verdicts of the versions a volume has checked.
-pub struct Verdicts(Mutex<lru::LruCache<VersionId, Verdict>>);
+/// The verdicts of the versions a volume has checked, and the checks under
+/// way.
+pub struct Verdicts {
+    known: Mutex<lru::LruCache<VersionId, Verdict>>,
+    /// One whole check of a version at a time: the others wait for its verdict.
+    checking: Mutex<HashMap<VersionId, Weak<tokio::sync::Mutex<()>>>>,
+}
 
 impl Default for Verdicts {
     fn default() -> Self {
         let bound = NonZeroUsize::new(MAX_VERDICTS).expect("not zero");
-        Verdicts(Mutex::new(lru::LruCache::new(bound)))
+        Verdicts {
+            known: Mutex::new(lru::LruCache::new(bound)),
+            checking: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 impl Verdicts {
     /// What is known of `version`: [`Verdict::Pending`] when nothing is.
     pub fn of(&self, version: &VersionId) -> Verdict {
-        self.0
+        self.known
             .lock()
-            .unwrap()
             .get(version)
             .copied()
             .unwrap_or(Verdict::Pending)
@@ -60,8 +75,25 @@ impl Verdicts {
     /// Keeps a final verdict (authentic or forged) of `version`.
     fn record(&self, version: &VersionId, verdict: Verdict) {
         if matches!(verdict, Verdict::Authentic | Verdict::Forged) {
-            self.0.lock().unwrap().put(version.clone(), verdict);
+            self.known.lock().put(version.clone(), verdict);
         }
+    }
+
+    /// The turn to check `version` whole: held by one check at a time.
+    async fn turn(&self, version: &VersionId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut checking = self.checking.lock();
+            checking.retain(|_, turn| turn.strong_count() > 0);
+            match checking.get(version).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    checking.insert(version.clone(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 }
 
@@ -147,7 +179,7 @@ impl Decryption {
         });
         // A stretch that overlaps the chain's end (a random read's block,
         // then a sequential read through it) is hashed from there.
-        let chained = self.check.lock().unwrap().tagger.len();
+        let chained = self.check.lock().tagger.len();
         let from = match chained.checked_sub(start) {
             Some(skip) if skip % 16 == 0 && skip < data.len() as u64 => skip,
             _ => 0,
@@ -171,7 +203,7 @@ impl Decryption {
     /// The check's state: this handle's, or the volume's when another handle
     /// of the same version has reached one.
     pub fn verdict(&self) -> Verdict {
-        let mut check = self.check.lock().unwrap();
+        let mut check = self.check.lock();
         if matches!(check.verdict, Verdict::Pending | Verdict::Unchecked) {
             let known = self.verdicts.of(&self.version);
             if known != Verdict::Pending {
@@ -179,6 +211,12 @@ impl Decryption {
             }
         }
         check.verdict
+    }
+
+    /// The turn to check the whole object: one check of a version at a time
+    /// on the volume; whoever waited reads the verdict the first one reached.
+    pub async fn check_turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.verdicts.turn(&self.version).await
     }
 
     /// A check of the whole object, fed its stored bytes in order, from the
@@ -193,7 +231,7 @@ impl Decryption {
 
     /// Settles the verdict of the object as `verdict` (from a whole check).
     fn settle(&self, verdict: Verdict) -> Verdict {
-        let mut check = self.check.lock().unwrap();
+        let mut check = self.check.lock();
         if check.verdict != Verdict::Forged {
             check.verdict = verdict;
         }
@@ -206,14 +244,14 @@ impl Decryption {
 
     fn log_forged(&self) {
         error!(
-            key = &*self.version.0,
+            key = &*self.version.key,
             "the object's GCM tag does not match its content: it was changed by someone \
              without its key, or damaged; every read of this version fails with EIO"
         );
     }
 
     fn note(&self, start: u64, piece: Piece, tag: Option<[u8; 16]>) -> Verdict {
-        let mut guard = self.check.lock().unwrap();
+        let mut guard = self.check.lock();
         let check = &mut *guard;
         if check.verdict != Verdict::Pending {
             return check.verdict;
@@ -305,7 +343,11 @@ mod tests {
     }
 
     fn reopen(len: usize) -> Decryption {
-        let version = ("k".into(), "\"etag\"".into());
+        let version = VersionId {
+            key: "k".into(),
+            etag: "\"etag\"".into(),
+            envelope: [0; 32],
+        };
         Decryption::new(key(), len as u64, version, Arc::default()).unwrap()
     }
 
@@ -374,7 +416,11 @@ mod tests {
         stored[100] ^= 1;
         let verdicts: Arc<Verdicts> = Arc::default();
         let open = |etag: &str| {
-            let version = ("k".into(), etag.into());
+            let version = VersionId {
+                key: "k".into(),
+                etag: etag.into(),
+                envelope: [0; 32],
+            };
             Decryption::new(key(), plain.len() as u64, version, verdicts.clone()).unwrap()
         };
         let first = open("v1");

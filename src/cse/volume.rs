@@ -94,8 +94,8 @@ impl CseError {
 
 /// What an object holds, as far as this volume is concerned.
 pub enum Content {
-    /// Encrypted: decrypt with this key.
-    Encrypted(ContentKey),
+    /// Encrypted: decrypt with this key, made from the envelope named.
+    Encrypted { key: ContentKey, envelope: [u8; 32] },
     /// Not encrypted, and the volume reads such objects as they are.
     Plain,
 }
@@ -178,7 +178,10 @@ impl VolumeEncryption {
             .kms
             .unwrap(&envelope.wrapped_key, &envelope.context)
             .await?;
-        Ok(Content::Encrypted(envelope.content_key(&data_key)?))
+        Ok(Content::Encrypted {
+            key: envelope.content_key(&data_key)?,
+            envelope: envelope.identity(),
+        })
     }
 
     /// A new object's key: the metadata to store it with, and its content key.
@@ -207,7 +210,7 @@ impl VolumeEncryption {
     /// HEAD gave `headers`; `None` when it is not encrypted for this volume.
     pub async fn open_probe(&self, headers: &ObjectHeaders) -> Option<Result<(), KmsError>> {
         match self.open(headers).await {
-            Ok(Content::Encrypted(_)) => Some(Ok(())),
+            Ok(Content::Encrypted { .. }) => Some(Ok(())),
             Err(CseError::Kms(e)) => Some(Err(e)),
             Ok(Content::Plain) | Err(_) => None,
         }

@@ -9,9 +9,9 @@
 //! daemon is always told its share, so it never sizes itself from the free
 //! space it finds (which every volume on the node would find the same).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use tonic::Status;
 
@@ -125,7 +125,7 @@ impl Budget {
     /// node's volumes would then hold more than its budget. A target that held
     /// a share gives it up first.
     pub fn reserve(&self, target: &Path, share: Share) -> Result<(), Status> {
-        let mut held = self.held.lock().unwrap();
+        let mut held = self.held.lock();
         let others = || held.iter().filter(|(t, _)| t.as_path() != target);
         let volumes = others().count() + 1;
         // Summed wide: a share may be asked for as any number of bytes.
@@ -177,20 +177,17 @@ impl Budget {
     /// Takes `share` for a target found mounted (by a driver that ran before
     /// this one): it runs already, so it counts even past the budget.
     pub fn adopt(&self, target: &Path, share: Share) {
-        self.held
-            .lock()
-            .unwrap()
-            .insert(target.to_path_buf(), share);
+        self.held.lock().insert(target.to_path_buf(), share);
     }
 
     /// Gives up what `target` held.
     pub fn release(&self, target: &Path) {
-        self.held.lock().unwrap().remove(target);
+        self.held.lock().remove(target);
     }
 
     /// What the published targets hold together, and how many they are.
     pub fn in_use(&self) -> (Share, usize) {
-        let held = self.held.lock().unwrap();
+        let held = self.held.lock();
         let total = held.values().fold(Share::default(), |sum, s| Share {
             cache: sum.cache.saturating_add(s.cache),
             staging: sum.staging.saturating_add(s.staging),

@@ -9,12 +9,13 @@
 //! of the state directory (root's alone), which the daemon re-reads at each
 //! renewal.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
@@ -97,7 +98,6 @@ impl Volumes {
     fn slot(&self, target: &Path) -> Arc<tokio::sync::Mutex<Option<Daemon>>> {
         self.targets
             .lock()
-            .unwrap()
             .entry(target.to_path_buf())
             .or_default()
             .clone()
@@ -246,7 +246,7 @@ impl Volumes {
         drop(daemon);
         // Forgotten unless another call for the target holds it (it took the
         // slot from the map, under the map's lock, so this count is exact).
-        let mut targets = self.targets.lock().unwrap();
+        let mut targets = self.targets.lock();
         if Arc::strong_count(&slot) == 2 {
             targets.remove(target);
         }
@@ -255,7 +255,7 @@ impl Volumes {
 
     /// Stops every volume (the driver is stopping).
     pub async fn stop_all(&self) {
-        let slots: Vec<_> = self.targets.lock().unwrap().values().cloned().collect();
+        let slots: Vec<_> = self.targets.lock().values().cloned().collect();
         let stops = slots.into_iter().map(|slot| async move {
             if let Some(daemon) = slot.lock().await.take() {
                 stop(&daemon, self.settings.stop_timeout).await;

@@ -3,8 +3,9 @@
 //! connection; SIGHUP is only logged. Whatever ends the session, the mount's
 //! statistics are logged and its block cache removed, once.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -159,13 +160,13 @@ impl Finish {
                 "changes to these files were never uploaded: their uploads were aborted, and \
                  S3 keeps the previous versions"
             );
-            self.lost.lock().unwrap().extend(lost);
+            self.lost.lock().extend(lost);
         }
     }
 
     /// Why the mount did not end well: the files whose changes were lost.
     pub(super) fn failure(&self) -> Option<String> {
-        let lost = self.lost.lock().unwrap();
+        let lost = self.lost.lock();
         (!lost.is_empty()).then(|| {
             format!(
                 "the changes to {} file(s) were not in S3 when the volume stopped (S3 \

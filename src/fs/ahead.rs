@@ -7,8 +7,8 @@
 //! while lookups keep to it, so a directory of N entries costs N HEADs in about
 //! N / 32 round trips instead of N.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use futures::StreamExt;
@@ -76,7 +76,7 @@ impl Fs {
         {
             // What the window found is kept as if looked up; what failed or is
             // gone is asked for again when its own lookup comes.
-            let mut table = self.inodes.lock().unwrap();
+            let mut table = self.inodes.lock();
             let now = Instant::now();
             for (entry, stat) in others {
                 if let Ok(Some(stat)) = stat {
@@ -99,7 +99,7 @@ impl Fs {
             return Vec::new();
         };
         let size = {
-            let mut windows = self.ahead.0.lock().unwrap();
+            let mut windows = self.ahead.0.lock();
             let size = match windows.get(&parent) {
                 Some((next, size)) if next == name => (size * 2).min(MAX_WINDOW),
                 _ => FIRST_WINDOW,
@@ -110,7 +110,7 @@ impl Fs {
             windows.insert(parent, (next, size));
             size
         };
-        let table = self.inodes.lock().unwrap();
+        let table = self.inodes.lock();
         let now = Instant::now();
         names[at + 1..names.len().min(at + size)]
             .iter()

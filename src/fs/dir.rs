@@ -45,7 +45,7 @@ impl Fs {
         }
         let ttl = self.config.metadata_ttl;
         let (mut version, cached) = {
-            let table = self.inodes.lock().unwrap();
+            let table = self.inodes.lock();
             let now = Instant::now();
             let version = table
                 .fresh_listing(ino, ttl, now)
@@ -67,7 +67,7 @@ impl Fs {
             None => {
                 let listed = self.list_dir(&node.key).await?;
                 let now = Instant::now();
-                let mut table = self.inodes.lock().unwrap();
+                let mut table = self.inodes.lock();
                 for (name, (kind, stat)) in listed {
                     let child = table.upsert(ino, &name, kind, stat, now);
                     entries.push((child, kind, name));
@@ -89,7 +89,7 @@ impl Fs {
                 .collect(),
         );
         if let Some((listed, changes)) = version {
-            let mut snapshots = self.dir_snapshots.lock().unwrap();
+            let mut snapshots = self.dir_snapshots.lock();
             // Only snapshots some handle still holds are worth keeping.
             snapshots.retain(|_, s| s.entries.strong_count() > 0);
             snapshots.insert(
@@ -111,7 +111,7 @@ impl Fs {
         ino: u64,
         (listed, changes): (Instant, u64),
     ) -> Option<Arc<Vec<DirEntry>>> {
-        let snapshots = self.dir_snapshots.lock().unwrap();
+        let snapshots = self.dir_snapshots.lock();
         let snapshot = snapshots.get(&ino)?;
         if snapshot.listed != listed || snapshot.changes != changes {
             return None;
@@ -121,17 +121,12 @@ impl Fs {
 
     /// `ino`'s listing as a handle open on it holds it, if one does.
     pub(super) fn shared_listing(&self, ino: u64) -> Option<Arc<Vec<DirEntry>>> {
-        self.dir_snapshots
-            .lock()
-            .unwrap()
-            .get(&ino)?
-            .entries
-            .upgrade()
+        self.dir_snapshots.lock().get(&ino)?.entries.upgrade()
     }
 
     fn open_snapshot(&self, entries: Arc<Vec<DirEntry>>) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, entries);
+        self.dirs.lock().insert(fh, entries);
         fh
     }
 
@@ -140,7 +135,6 @@ impl Fs {
         let entries = self
             .dirs
             .lock()
-            .unwrap()
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle(fh))?;
@@ -152,7 +146,7 @@ impl Fs {
     /// [`Fs::remember`], because each one counts as a lookup.
     pub fn readdirplus(&self, fh: u64, offset: u64) -> FsResult<Vec<(DirEntry, Entry)>> {
         let entries = self.readdir(fh, offset)?;
-        let table = self.inodes.lock().unwrap();
+        let table = self.inodes.lock();
         let now = Instant::now();
         Ok(entries
             .into_iter()
@@ -172,11 +166,11 @@ impl Fs {
 
     /// The kernel now holds a reference to `ino` (from READDIRPLUS).
     pub fn remember(&self, ino: u64) {
-        self.inodes.lock().unwrap().add_lookup(ino);
+        self.inodes.lock().add_lookup(ino);
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
+        self.dirs.lock().remove(&fh);
     }
 
     /// Every valid name directly under `dir_key`, directories shadowing files.

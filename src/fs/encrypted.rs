@@ -18,7 +18,7 @@ use tracing::error;
 use super::inode::{Kind, Node, Stat};
 use super::read::ObjectVersion;
 use super::{Fs, FsError, FsResult};
-use crate::cse::reading::{Decryption, Verdict};
+use crate::cse::reading::{Decryption, Verdict, VersionId};
 use crate::cse::volume::Content;
 use crate::store::{ObjectInfo, Operation, StoreError};
 
@@ -79,6 +79,7 @@ impl Fs {
                 .encryption
                 .as_ref()
                 .is_some_and(|e| e.authenticates_first()),
+            memory: self.config.memory.clone(),
         }
     }
 
@@ -98,13 +99,10 @@ impl Fs {
         let headers = info.headers.clone().unwrap_or_default();
         let stat = self.file_stat(info);
         let node = {
-            let mut table = self.inodes.lock().unwrap();
+            let mut table = self.inodes.lock();
             table.upsert(node.parent, &node.name, Kind::File, stat, Instant::now());
             table.get(ino).cloned().ok_or(FsError::NotFound)?
         };
-        // The size the kernel has may be another version's: it asks again
-        // before it takes any read to be the whole file.
-        self.kernel_attributes_changed(ino);
         let content = encryption
             .open(&headers)
             .await
@@ -112,8 +110,8 @@ impl Fs {
                 key: node.key.clone(),
                 source: Box::new(source),
             })?;
-        let key = match content {
-            Content::Encrypted(key) => key,
+        let (key, envelope) = match content {
+            Content::Encrypted { key, envelope } => (key, envelope),
             Content::Plain => {
                 return Ok(Opening {
                     node,
@@ -122,7 +120,11 @@ impl Fs {
                 });
             }
         };
-        let version = (node.key.as_str().into(), node.stat.etag.as_str().into());
+        let version = VersionId {
+            key: node.key.as_str().into(),
+            etag: node.stat.etag.as_str().into(),
+            envelope,
+        };
         let decryption = encryption
             .decryption(key, node.stat.size, version)
             .map_err(|e| {
@@ -144,7 +146,13 @@ impl Fs {
                 self.forget_forged(ino, &object);
                 return Err(object.forged().into());
             }
-            Verdict::Pending | Verdict::Unchecked if !object.authenticate_first => false,
+            // An empty file is its tag alone, which no read reaches: checked
+            // now whatever the volume releases.
+            Verdict::Pending | Verdict::Unchecked
+                if !object.authenticate_first && node.stat.size > 0 =>
+            {
+                false
+            }
             Verdict::Pending | Verdict::Unchecked => {
                 if decryption.stored_size() > WHOLE_BEFORE_RELEASE {
                     false

@@ -32,6 +32,12 @@ pub enum FsError {
     /// Writing: the staging file, the 5 TiB limit, or the upload.
     #[error(transparent)]
     Stage(Box<StageError>),
+    /// An open found the object's size other than the one the kernel was
+    /// given: the kernel is told, and opens the file again with a fresh
+    /// lookup (it does so once at ESTALE), so that no read takes the old
+    /// size's prefix for the whole file.
+    #[error("object {key} is {now} bytes, not the {was} the kernel was told; opened again")]
+    Resized { key: String, was: u64, now: u64 },
     /// An open file's object was replaced or deleted by another client.
     #[error("object {key} changed or disappeared while open: {source}")]
     Stale {
@@ -117,7 +123,7 @@ impl FsError {
                 StageError::Store(e) => store_errno(e),
             },
             // ESTALE is what NFS users know for "the file changed under your handle".
-            FsError::Stale { .. } => libc::ESTALE,
+            FsError::Stale { .. } | FsError::Resized { .. } => libc::ESTALE,
             // Not EOPNOTSUPP: ENOSYS makes the kernel stop asking (it answers
             // EOPNOTSUPP itself from then on), which spares `ls -l` two round trips
             // per file; tools such as cp -a take that as "no xattrs".
@@ -149,6 +155,7 @@ impl FsError {
                 | FsError::CrossDevice(_)
                 | FsError::NoXattrs
                 | FsError::UnknownIoctl(_)
+                | FsError::Resized { .. }
         )
     }
 }
@@ -243,6 +250,10 @@ mod tests {
             },
             FsError::Encryption { source, .. } => cse_row(source),
             FsError::Stale { .. } => "object replaced, deleted or shrunk under an open handle",
+            FsError::Resized { .. } => {
+                "an open that finds the object's size changed since the kernel was told, \
+                 twice in a row (the kernel opens again at once after the first)"
+            }
             FsError::Stopped => STOPPED_ROW,
             FsError::NoXattrs => "extended attributes (getxattr, listxattr)",
             FsError::UnknownIoctl(_) => {
@@ -388,6 +399,11 @@ mod tests {
                     key: key(),
                     expected_etag: key(),
                 }),
+            },
+            FsError::Resized {
+                key: key(),
+                was: 1,
+                now: 2,
             },
             FsError::Stopped,
             FsError::NoXattrs,

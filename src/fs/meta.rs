@@ -42,7 +42,7 @@ impl Fs {
             file.set_posix(change);
         }
         self.merge_pending_posix(ino, |waiting| waiting.updated(change));
-        let mut table = self.inodes.lock().unwrap();
+        let mut table = self.inodes.lock();
         table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(change));
         Ok(())
     }
@@ -50,7 +50,7 @@ impl Fs {
     /// An upload of `ino` carried `sent`: what waited and is in it waits no
     /// more.
     pub(super) fn settle_pending_posix(&self, ino: u64, sent: Posix) {
-        let mut pending = self.pending_posix.lock().unwrap();
+        let mut pending = self.pending_posix.lock();
         if pending
             .get(&ino)
             .is_some_and(|waiting| sent.updated(waiting.posix) == sent)
@@ -66,7 +66,7 @@ impl Fs {
     }
 
     fn merge_pending_posix(&self, ino: u64, merge: impl FnOnce(Posix) -> Posix) {
-        let mut pending = self.pending_posix.lock().unwrap();
+        let mut pending = self.pending_posix.lock();
         let entry = pending.entry(ino).or_insert(Pending {
             posix: Posix::default(),
             since: Instant::now(),
@@ -77,7 +77,7 @@ impl Fs {
     /// The mode, owner and time `ino` shows: what S3 said, with what is not in
     /// S3 yet.
     pub(super) fn shown_posix(&self, ino: u64, known: Option<Posix>) -> Option<Posix> {
-        match self.pending_posix.lock().unwrap().get(&ino) {
+        match self.pending_posix.lock().get(&ino) {
             Some(pending) => Some(known.unwrap_or_default().updated(pending.posix)),
             None => known,
         }
@@ -85,11 +85,7 @@ impl Fs {
 
     /// The change waiting for `ino`, taken: whoever takes it puts it in S3.
     pub(super) fn take_pending_posix(&self, ino: u64) -> Option<Posix> {
-        self.pending_posix
-            .lock()
-            .unwrap()
-            .remove(&ino)
-            .map(|p| p.posix)
+        self.pending_posix.lock().remove(&ino).map(|p| p.posix)
     }
 
     /// The headers `key` (of `ino`) must carry with `change`: built from the
@@ -153,7 +149,7 @@ impl Fs {
             ?change,
             "mode, owner or time changed in place"
         );
-        let mut table = self.inodes.lock().unwrap();
+        let mut table = self.inodes.lock();
         table.set_etag(ino, copied);
         // What the object carries now, whatever a refresh learnt meanwhile.
         table.set_posix(ino, Posix::read(&headers.user, node.kind));
@@ -173,7 +169,7 @@ impl Fs {
             ?change,
             "directory marker made for its mode, owner or time"
         );
-        let mut table = self.inodes.lock().unwrap();
+        let mut table = self.inodes.lock();
         table.set_etag(ino, etag);
         table.set_posix(ino, change);
         Ok(())
@@ -183,7 +179,7 @@ impl Fs {
     /// could not be.
     pub async fn apply_metadata(&self, delay: Duration) -> Vec<String> {
         let due: Vec<u64> = {
-            let pending = self.pending_posix.lock().unwrap();
+            let pending = self.pending_posix.lock();
             pending
                 .iter()
                 .filter(|(_, p)| p.since.elapsed() >= delay)

@@ -29,10 +29,11 @@ pub mod upload;
 mod write;
 mod writer;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -224,6 +225,8 @@ pub struct Fs {
     pending_posix: Mutex<HashMap<u64, meta::Pending>>,
     /// The kernel's caches, once the volume is mounted.
     kernel: OnceLock<Arc<dyn kernel::KernelCache>>,
+    /// The size of each file last given to the kernel, by inode.
+    kernel_sizes: Mutex<HashMap<u64, u64>>,
 }
 
 impl Fs {
@@ -257,6 +260,7 @@ impl Fs {
             pending_posix: Mutex::new(HashMap::new()),
             ahead: ahead::Windows::default(),
             kernel: OnceLock::new(),
+            kernel_sizes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -268,18 +272,13 @@ impl Fs {
     fn node(&self, ino: u64) -> FsResult<Node> {
         self.inodes
             .lock()
-            .unwrap()
             .get(ino)
             .cloned()
             .ok_or(FsError::NotFound)
     }
 
     fn staged_file(&self, ino: u64) -> Option<Arc<StagedFile>> {
-        self.staged
-            .lock()
-            .unwrap()
-            .get(&ino)
-            .map(|s| s.file.clone())
+        self.staged.lock().get(&ino).map(|s| s.file.clone())
     }
 
     fn attr(&self, ino: u64, node: &Node) -> Attr {
@@ -308,6 +307,9 @@ impl Fs {
                 nlink = 0;
             }
         }
+        if node.kind == Kind::File {
+            self.kernel_sizes.lock().insert(ino, size);
+        }
         Attr {
             ino,
             kind: node.kind,
@@ -331,7 +333,7 @@ impl Fs {
     /// The entry for `ino` if what we know of it is still fresh and whole (a
     /// file being written here always is).
     fn fresh_entry(&self, ino: u64, node: &Node) -> Option<Entry> {
-        if self.staged.lock().unwrap().contains_key(&ino) {
+        if self.staged.lock().contains_key(&ino) {
             return Some(Entry {
                 attr: self.attr(ino, node),
                 ttl: self.config.metadata_ttl,
@@ -361,7 +363,7 @@ impl Fs {
             Err(_) => return Err(FsError::NotFound),
         }
         let cached = {
-            let mut table = self.inodes.lock().unwrap();
+            let mut table = self.inodes.lock();
             if table.known_absent(parent, name, self.config.metadata_ttl, Instant::now()) {
                 return Err(FsError::NotFound);
             }
@@ -373,16 +375,16 @@ impl Fs {
             Some(entry) => entry,
             None => self.refresh_child(parent, &parent_node.key, name).await?,
         };
-        self.inodes.lock().unwrap().add_lookup(entry.attr.ino);
+        self.inodes.lock().add_lookup(entry.attr.ino);
         Ok(entry)
     }
 
     async fn refresh_child(&self, parent: u64, parent_key: &str, name: &str) -> FsResult<Entry> {
         let staged = {
-            let table = self.inodes.lock().unwrap();
+            let table = self.inodes.lock();
             table
                 .child(parent, name)
-                .filter(|(ino, _)| self.staged.lock().unwrap().contains_key(ino))
+                .filter(|(ino, _)| self.staged.lock().contains_key(ino))
                 .map(|(ino, node)| Entry {
                     attr: self.attr(ino, node),
                     ttl: self.config.metadata_ttl,
@@ -394,7 +396,7 @@ impl Fs {
         // What a fresh listing showed lacks only its metadata: a HEAD of the
         // file, or of the directory's marker, brings it.
         let listed = {
-            let table = self.inodes.lock().unwrap();
+            let table = self.inodes.lock();
             table
                 .child(parent, name)
                 .filter(|(_, node)| {
@@ -419,7 +421,7 @@ impl Fs {
             }
             None => self.stat_name(parent_key, name).await?,
         };
-        let mut table = self.inodes.lock().unwrap();
+        let mut table = self.inodes.lock();
         match found {
             Some((kind, stat)) => {
                 let ino = table.upsert(parent, name, kind, stat, Instant::now());
@@ -453,7 +455,11 @@ impl Fs {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.lock().unwrap().forget(ino, n);
+        let mut table = self.inodes.lock();
+        table.forget(ino, n);
+        if table.get(ino).is_none() {
+            self.kernel_sizes.lock().remove(&ino);
+        }
     }
 
     /// Opens file `ino`: for reading from S3, or through its staged copy when it
@@ -477,7 +483,7 @@ impl Fs {
         let mut direct_io = false;
         let handle = if flags.write || self.staged_file(ino).is_some() {
             let file = self.stage(ino, flags).await?;
-            self.inodes.lock().unwrap().note_open(ino, None);
+            self.inodes.lock().note_open(ino, None);
             OpenFile::Staged {
                 ino,
                 file,
@@ -488,35 +494,40 @@ impl Fs {
                 },
             }
         } else {
+            // The size the kernel has: an open that finds another has it ask
+            // again before it reads.
+            let told = match self.kernel.get() {
+                Some(_) => self.kernel_sizes.lock().get(&ino).copied(),
+                None => None,
+            };
             // (An encrypted volume asks S3 below in any case.)
             let expired = node
                 .remaining(self.config.metadata_ttl, Instant::now())
                 .is_none();
             if expired && self.config.encryption.is_none() {
                 self.getattr(ino).await?;
-                let before = node.stat.size;
                 node = self.node(ino)?;
-                // The kernel's size may be another version's.
-                if node.stat.size != before {
-                    self.kernel_attributes_changed(ino);
-                }
             }
             // Encrypted: a HEAD now, for the key of the version read.
             let opening = self.open_encrypted(ino, node).await?;
             node = opening.node;
+            if let Some(was) = told.filter(|&was| was != node.stat.size) {
+                self.kernel_attributes_changed(ino);
+                return Err(FsError::Resized {
+                    key: node.key,
+                    was,
+                    now: node.stat.size,
+                });
+            }
             direct_io = opening.unchecked;
-            let same_version = self
-                .inodes
-                .lock()
-                .unwrap()
-                .note_open(ino, Some(&node.stat.etag));
+            let same_version = self.inodes.lock().note_open(ino, Some(&node.stat.etag));
             // Pages of another version may enter the kernel's cache through a
             // handle still open on it: then the cache is not kept. With an audit
             // log it never is, so that every open's first read reaches us.
             keep_cache = same_version
                 && !opening.unchecked
                 && self.config.audit.is_none()
-                && !self.files.lock().unwrap().values().any(|f| {
+                && !self.files.lock().values().any(|f| {
                     matches!(f, OpenFile::Object { ino: i, etag, .. }
                         if *i == ino && **etag != node.stat.etag)
                 });
@@ -531,7 +542,7 @@ impl Fs {
             }
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(fh, handle);
+        self.files.lock().insert(fh, handle);
         debug!(
             ino,
             fh,
@@ -551,7 +562,6 @@ impl Fs {
     fn handle(&self, fh: u64) -> FsResult<OpenFile> {
         self.files
             .lock()
-            .unwrap()
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle(fh))
@@ -582,7 +592,7 @@ impl Fs {
             | StoreError::InvalidRange { ref key, .. } => {
                 // What we know of the object is wrong: the next open asks S3 again
                 // and gets the new version.
-                self.inodes.lock().unwrap().expire(ino);
+                self.inodes.lock().expire(ino);
                 FsError::Stale {
                     key: key.clone(),
                     source: Box::new(e),
@@ -628,13 +638,13 @@ impl Fs {
     /// the upload. The last handle on a staged file frees the staging file; changes
     /// whose upload failed (the application was told at close) are not retried.
     pub async fn release(&self, fh: u64) {
-        let handle = self.files.lock().unwrap().remove(&fh);
+        let handle = self.files.lock().remove(&fh);
         match handle {
             Some(OpenFile::Staged { ino, writer, .. }) => self.release_staged(ino, writer).await,
             Some(OpenFile::Object { ino, etag, .. }) => {
                 // Whatever it read is in the kernel's cache; unless that is the
                 // version the cache is known to hold, the cache is mixed.
-                self.inodes.lock().unwrap().note_closed(ino, &etag);
+                self.inodes.lock().note_closed(ino, &etag);
             }
             None => {}
         }

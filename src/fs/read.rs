@@ -134,11 +134,15 @@ pub struct ObjectVersion {
     /// authenticated, but to a sequential read from its start (whose end
     /// waits for the tag). Off with `--cse-unauthenticated-ranges`.
     pub authenticate_first: bool,
+    /// Where a whole check takes its memory from.
+    pub memory: Arc<MemoryBudget>,
 }
 
-/// The parts a whole check fetches, two at a time: S3's advice for ranged
-/// reads, and few enough to keep the check's memory at 16 MiB.
+/// The parts a whole check fetches, two at a time, when the memory pool has
+/// room for them: S3's advice for ranged reads. Without room, a check takes
+/// [`CHECK_PART_WITHOUT_ROOM`] at a time, outside the pool.
 const CHECK_PART: u64 = 8 << 20;
+const CHECK_PART_WITHOUT_ROOM: u64 = 1 << 20;
 
 impl ObjectVersion {
     /// Bytes `range`, in pieces, from the cache or from S3; decrypted.
@@ -180,18 +184,28 @@ impl ObjectVersion {
         let Some(decryption) = &self.decryption else {
             return Ok(());
         };
+        // Whoever checks the version first, the others wait for its verdict.
+        let _turn = decryption.check_turn().await;
         match decryption.verdict() {
             Verdict::Authentic => return Ok(()),
             Verdict::Forged => return Err(self.forged()),
             Verdict::Pending | Verdict::Unchecked => {}
         }
         let stored = decryption.stored_size();
+        let room = self.memory.try_read_ahead(2 * CHECK_PART);
+        let (part, at_once) = match room {
+            Some(_) => (CHECK_PART, 2),
+            None => {
+                self.memory.read_without_room();
+                (CHECK_PART_WITHOUT_ROOM, 1)
+            }
+        };
         let mut check = decryption.whole_check();
-        let parts = (0..stored.div_ceil(CHECK_PART)).map(|index| {
-            let range = index * CHECK_PART..((index + 1) * CHECK_PART).min(stored);
+        let parts = (0..stored.div_ceil(part)).map(|index| {
+            let range = index * part..((index + 1) * part).min(stored);
             async move { (range.end - range.start, self.get_stored(range).await) }
         });
-        let mut fetched = futures::stream::iter(parts).buffered(2);
+        let mut fetched = futures::stream::iter(parts).buffered(at_once);
         while let Some((len, pieces)) = fetched.next().await {
             let pieces = pieces?;
             let got: u64 = pieces.iter().map(|p| p.len() as u64).sum();

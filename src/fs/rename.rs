@@ -78,7 +78,7 @@ impl Fs {
             }
         };
         let moved = {
-            let mut table = self.inodes.lock().unwrap();
+            let mut table = self.inodes.lock();
             let moved = table.rename(ino, new_parent, new_name);
             // The copy is a new object: a copy of a multipart object has an ETag
             // of its own, which reads of the new name must pin to.
@@ -88,8 +88,8 @@ impl Fs {
             moved
         };
         // Files open for writing under the new name upload there.
-        let table = self.inodes.lock().unwrap();
-        let staged = self.staged.lock().unwrap();
+        let table = self.inodes.lock();
+        let staged = self.staged.lock();
         for moved_ino in moved {
             if let (Some(entry), Some(node)) = (staged.get(&moved_ino), table.get(moved_ino)) {
                 entry.file.set_key(&node.key);
@@ -212,8 +212,8 @@ impl Fs {
     async fn rename_directory(&self, from: &str, to: &str) -> FsResult<()> {
         // Files being written inside are uploaded first, so they are copied too.
         let staged: Vec<u64> = {
-            let table = self.inodes.lock().unwrap();
-            let staged = self.staged.lock().unwrap();
+            let table = self.inodes.lock();
+            let staged = self.staged.lock();
             staged
                 .keys()
                 .copied()

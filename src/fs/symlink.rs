@@ -72,7 +72,7 @@ impl Fs {
             own_headers: true,
         };
         let ino = {
-            let mut table = self.inodes.lock().unwrap();
+            let mut table = self.inodes.lock();
             let ino = table.upsert(parent, name, Kind::File, stat, Instant::now());
             table.add_lookup(ino);
             ino

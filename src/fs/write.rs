@@ -101,7 +101,7 @@ impl Fs {
                 ..posix
             });
         }
-        let mut staged = self.staged.lock().unwrap();
+        let mut staged = self.staged.lock();
         self.running()?;
         // Another open may have staged it meanwhile: share that one.
         let entry = staged.entry(ino).or_insert(Staging { file, handles: 0 });
@@ -129,16 +129,12 @@ impl Fs {
 
     /// How many handles hold staged file `ino`.
     fn handles(&self, ino: u64) -> usize {
-        self.staged
-            .lock()
-            .unwrap()
-            .get(&ino)
-            .map_or(0, |e| e.handles)
+        self.staged.lock().get(&ino).map_or(0, |e| e.handles)
     }
 
     /// One more handle on an already staged file.
     fn attach(&self, ino: u64) -> Option<Arc<StagedFile>> {
-        let mut staged = self.staged.lock().unwrap();
+        let mut staged = self.staged.lock();
         let entry = staged.get_mut(&ino)?;
         entry.handles += 1;
         Some(entry.file.clone())
@@ -168,8 +164,8 @@ impl Fs {
         file.set_posix(posix);
         let now = SystemTime::now();
         let ino = {
-            let mut table = self.inodes.lock().unwrap();
-            let mut staged = self.staged.lock().unwrap();
+            let mut table = self.inodes.lock();
+            let mut staged = self.staged.lock();
             self.running()?;
             let stat = Stat {
                 size: 0,
@@ -192,7 +188,7 @@ impl Fs {
         let fh = self
             .next_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.files.lock().unwrap().insert(
+        self.files.lock().insert(
             fh,
             OpenFile::Staged {
                 ino,
@@ -345,7 +341,7 @@ impl Fs {
         }
         self.settle_pending_posix(ino, uploaded.posix);
         let done = (uploaded.size, uploaded.etag.clone());
-        let mut table = self.inodes.lock().unwrap();
+        let mut table = self.inodes.lock();
         if let Some(node) = table.get(ino).cloned() {
             let stat = Stat {
                 size: uploaded.size,
@@ -422,7 +418,7 @@ impl Fs {
     /// at a close that reported it are not retried.
     pub(super) async fn unstage(&self, ino: u64) {
         let file = {
-            let mut staged = self.staged.lock().unwrap();
+            let mut staged = self.staged.lock();
             let Some(entry) = staged.get_mut(&ino) else {
                 return;
             };
@@ -449,7 +445,7 @@ impl Fs {
             );
         }
         let last = {
-            let mut staged = self.staged.lock().unwrap();
+            let mut staged = self.staged.lock();
             let unused = staged
                 .get(&ino)
                 .is_some_and(|e| e.handles == 0 && Arc::ptr_eq(&e.file, &file));
@@ -468,7 +464,7 @@ impl Fs {
     /// uploaded.
     pub async fn finish(&self, within: Duration) -> Vec<String> {
         let files: Vec<(u64, Arc<StagedFile>)> = {
-            let staged = self.staged.lock().unwrap();
+            let staged = self.staged.lock();
             staged
                 .iter()
                 .map(|(ino, e)| (*ino, e.file.clone()))
@@ -500,7 +496,7 @@ impl Fs {
             .await
             .unwrap_or_default();
         let files: Vec<Arc<StagedFile>> = {
-            let mut staged = self.staged.lock().unwrap();
+            let mut staged = self.staged.lock();
             self.stopped.store(true, Ordering::SeqCst);
             staged.drain().map(|(_, entry)| entry.file).collect()
         };
@@ -508,7 +504,6 @@ impl Fs {
         let waiting: Vec<u64> = self
             .pending_posix
             .lock()
-            .unwrap()
             .drain()
             .map(|(ino, _)| ino)
             .collect();
@@ -565,10 +560,10 @@ impl Fs {
             ..Stat::directory(now)
         };
         let ino = {
-            let mut table = self.inodes.lock().unwrap();
+            let mut table = self.inodes.lock();
             table.upsert(parent, name, Kind::Directory, stat, Instant::now())
         };
-        self.inodes.lock().unwrap().add_lookup(ino);
+        self.inodes.lock().add_lookup(ino);
         debug!(key, "directory created");
         self.getattr(ino).await
     }
@@ -576,7 +571,7 @@ impl Fs {
     /// The inode and kind of `parent/name`, from the table or S3.
     pub(super) async fn existing(&self, parent: u64, name: &str) -> FsResult<Option<(u64, Kind)>> {
         let known = {
-            let table = self.inodes.lock().unwrap();
+            let table = self.inodes.lock();
             table
                 .child(parent, name)
                 .map(|(ino, node)| (ino, node.kind))
@@ -624,7 +619,7 @@ impl Fs {
         self.take_pending_posix(ino);
         let key = format!("{}{name}", parent_node.key);
         self.store.delete_object(&key).await?;
-        self.inodes.lock().unwrap().remove_child(parent, name);
+        self.inodes.lock().remove_child(parent, name);
         debug!(key, "deleted");
         Ok(())
     }
@@ -632,8 +627,8 @@ impl Fs {
     /// Whether anything lies under directory `key`, in S3 or staged here.
     pub(super) async fn has_children(&self, ino: u64, key: &str) -> FsResult<bool> {
         let staged_inside = {
-            let table = self.inodes.lock().unwrap();
-            let staged = self.staged.lock().unwrap();
+            let table = self.inodes.lock();
+            let staged = self.staged.lock();
             table
                 .children_of(ino)
                 .iter()
@@ -666,7 +661,7 @@ impl Fs {
         }
         self.take_pending_posix(ino);
         self.store.delete_object(&key).await?;
-        self.inodes.lock().unwrap().remove_child(parent, name);
+        self.inodes.lock().remove_child(parent, name);
         debug!(key, "directory removed");
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! A handle open for writing: who opened it, whether and by whom it changed
 //! the file, and its release, which may upload what no close did.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use super::Fs;
 
@@ -39,7 +40,7 @@ impl Writer {
         if audited {
             let caller = crate::audit::current_caller();
             if caller.pid != 0 {
-                *self.changed_by.lock().unwrap() = Some(caller);
+                *self.changed_by.lock() = Some(caller);
             }
         }
     }
@@ -50,7 +51,7 @@ impl Fs {
     /// what it uploads is recorded as changed by whoever last wrote through
     /// the handle.
     pub(super) async fn release_staged(&self, ino: u64, writer: Option<Arc<Writer>>) {
-        let writer = writer.and_then(|w| *w.changed_by.lock().unwrap());
+        let writer = writer.and_then(|w| *w.changed_by.lock());
         match writer {
             Some(caller) if crate::audit::current_caller().pid == 0 => {
                 crate::audit::as_caller(caller, self.unstage(ino)).await

@@ -525,7 +525,7 @@ impl Filesystem for FuseAdapter {
                     }
                     // The kernel takes a reference to every entry but "." and "..".
                     if entry.name != "." && entry.name != ".." {
-                        self.fs.remember(entry.ino);
+                        on_this_thread(|| self.fs.remember(entry.ino));
                     }
                 }
                 reply.ok();
@@ -583,7 +583,7 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(errno("getxattr", &self.fs.xattr()));
+        reply.error(on_this_thread(|| errno("getxattr", &self.fs.xattr())).unwrap_or(Errno::EIO));
     }
 
     fn ioctl(
@@ -616,7 +616,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(errno("listxattr", &self.fs.xattr()));
+        reply.error(on_this_thread(|| errno("listxattr", &self.fs.xattr())).unwrap_or(Errno::EIO));
     }
 
     fn create(

@@ -70,5 +70,5 @@ pub(super) fn file_type(kind: Kind) -> FileType {
 
 /// The errno for a change the filesystem refuses.
 pub(super) fn refuse(fs: &Fs, op: Mutation) -> Errno {
-    errno("mutate", &fs.mutate(op))
+    on_this_thread(|| errno("mutate", &fs.mutate(op))).unwrap_or(Errno::EIO)
 }

@@ -225,7 +225,7 @@ mod tests {
     use crate::store::Operation;
     use crate::store::faulty::{Fault, FaultyStore};
     use crate::store::memory::MemoryStore;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     /// Records each forced renewal; fails them while `fail` is set.
     #[derive(Default)]
@@ -237,12 +237,12 @@ mod tests {
     #[async_trait]
     impl RenewCredentials for Renewals {
         fn generation(&self) -> u64 {
-            self.reasons.lock().unwrap().len() as u64
+            self.reasons.lock().len() as u64
         }
 
         async fn renew_since(&self, _seen: u64, why: &str) -> Result<(), String> {
-            self.reasons.lock().unwrap().push(why.to_string());
-            if *self.fail.lock().unwrap() {
+            self.reasons.lock().push(why.to_string());
+            if *self.fail.lock() {
                 return Err("STS unreachable (test)".into());
             }
             Ok(())
@@ -269,7 +269,7 @@ mod tests {
         faulty.fail_nth(Operation::GetObject, 1, Fault::ExpiredToken);
         let data = store.get_range("k", 0..5, None).await.unwrap();
         assert_eq!(&data[..], b"hello");
-        let reasons = renewals.reasons.lock().unwrap().clone();
+        let reasons = renewals.reasons.lock().clone();
         assert_eq!(reasons.len(), 1);
         assert!(reasons[0].contains("ExpiredToken"), "{reasons:?}");
         // The first call was refused before reaching the bucket; the retry read it.
@@ -282,13 +282,13 @@ mod tests {
         faulty.fail_all(Operation::HeadObject, Fault::ExpiredToken);
         let err = store.head_object("k").await.unwrap_err();
         assert!(matches!(err, StoreError::ExpiredToken { .. }), "{err}");
-        assert_eq!(renewals.reasons.lock().unwrap().len(), 1, "renewed once");
+        assert_eq!(renewals.reasons.lock().len(), 1, "renewed once");
     }
 
     #[tokio::test]
     async fn a_failed_renewal_is_not_retried() {
         let (memory, faulty, renewals, store) = setup();
-        *renewals.fail.lock().unwrap() = true;
+        *renewals.fail.lock() = true;
         faulty.fail_nth(Operation::ListObjectsV2, 1, Fault::ExpiredToken);
         let req = ListRequest {
             prefix: "",
@@ -305,6 +305,6 @@ mod tests {
         faulty.fail_nth(Operation::HeadObject, 1, Fault::AccessDenied);
         let err = store.head_object("k").await.unwrap_err();
         assert!(matches!(err, StoreError::AccessDenied { .. }), "{err}");
-        assert!(renewals.reasons.lock().unwrap().is_empty());
+        assert!(renewals.reasons.lock().is_empty());
     }
 }

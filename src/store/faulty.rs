@@ -3,9 +3,10 @@
 //! Tests use it to drive error paths without a network: "the 3rd GetObject answers
 //! AccessDenied", "every HeadObject takes 200 ms".
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -65,7 +66,7 @@ impl FaultyStore {
     /// Applies `fault` to the `nth` call (1-based, counted from now on) of `op`.
     pub fn fail_nth(&self, op: Operation, nth: usize, fault: Fault) {
         let already = self.count(op);
-        self.rules.lock().unwrap().push(Rule {
+        self.rules.lock().push(Rule {
             op,
             nth: Some(already + nth),
             fault,
@@ -74,7 +75,7 @@ impl FaultyStore {
 
     /// Applies `fault` to every call of `op` until [`FaultyStore::clear`].
     pub fn fail_all(&self, op: Operation, fault: Fault) {
-        self.rules.lock().unwrap().push(Rule {
+        self.rules.lock().push(Rule {
             op,
             nth: None,
             fault,
@@ -82,11 +83,11 @@ impl FaultyStore {
     }
 
     pub fn clear(&self) {
-        self.rules.lock().unwrap().clear();
+        self.rules.lock().clear();
     }
 
     fn count(&self, op: Operation) -> usize {
-        *self.counts.lock().unwrap().get(&op).unwrap_or(&0)
+        *self.counts.lock().get(&op).unwrap_or(&0)
     }
 
     /// Runs `call` with the faults that apply to this call of `op`.
@@ -111,7 +112,7 @@ impl FaultyStore {
     /// whether the answer is to be lost.
     async fn before(&self, op: Operation, key: &str) -> StoreResult<bool> {
         let n = {
-            let mut counts = self.counts.lock().unwrap();
+            let mut counts = self.counts.lock();
             let n = counts.entry(op).or_insert(0);
             *n += 1;
             *n
@@ -119,7 +120,6 @@ impl FaultyStore {
         let hits: Vec<Fault> = self
             .rules
             .lock()
-            .unwrap()
             .iter()
             .filter(|r| r.op == op && r.nth.is_none_or(|nth| nth == n))
             .map(|r| r.fault.clone())

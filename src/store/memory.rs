@@ -4,9 +4,9 @@
 //! assert what was (or was not) sent, e.g. that a write on a read-only mount sends
 //! nothing, or that a random read fetches only the bytes it touches.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ops::{Bound, Range};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -147,38 +147,37 @@ impl MemoryStore {
 
     /// Like [`MemoryStore::put`], with the object carrying `headers`.
     pub fn put_with(&self, key: &str, data: impl Into<Bytes>, headers: ObjectHeaders) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         let etag = state.next_etag("");
         state.store(key, data.into(), etag, headers);
     }
 
     /// What the object carries besides its bytes, if it exists.
     pub fn headers(&self, key: &str) -> Option<ObjectHeaders> {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock();
         state.objects.get(key).map(|o| o.headers.clone())
     }
 
     /// The object's ETag, if it exists.
     pub fn etag(&self, key: &str) -> Option<String> {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock();
         state.objects.get(key).map(|o| o.etag.clone())
     }
 
     /// The object's bytes, if it exists.
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock();
         state.objects.get(key).map(|o| o.data.clone())
     }
 
     pub fn remove(&self, key: &str) {
-        self.state.lock().unwrap().objects.remove(key);
+        self.state.lock().objects.remove(key);
     }
 
     /// Keys with a multipart upload in progress.
     pub fn pending_uploads(&self) -> Vec<String> {
         self.state
             .lock()
-            .unwrap()
             .uploads
             .values()
             .map(|u| u.key.clone())
@@ -186,22 +185,21 @@ impl MemoryStore {
     }
 
     pub fn keys(&self) -> Vec<String> {
-        self.state.lock().unwrap().objects.keys().cloned().collect()
+        self.state.lock().objects.keys().cloned().collect()
     }
 
     /// Every call received so far, oldest first.
     pub fn calls(&self) -> Vec<RecordedCall> {
-        self.state.lock().unwrap().calls.clone()
+        self.state.lock().calls.clone()
     }
 
     pub fn clear_calls(&self) {
-        self.state.lock().unwrap().calls.clear();
+        self.state.lock().calls.clear();
     }
 
     pub fn count_calls(&self, op: Operation) -> usize {
         self.state
             .lock()
-            .unwrap()
             .calls
             .iter()
             .filter(|c| c.op == op)
@@ -294,7 +292,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::HeadObject, key, None);
         state
             .objects
@@ -310,13 +308,13 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::ListObjectsV2, req.prefix, None);
         Ok(list_page(&state.objects, &req))
     }
 
     async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::GetObject, key, Some(0..len));
         let object = state.objects.get(key).ok_or_else(|| StoreError::NotFound {
             op: Operation::GetObject,
@@ -342,7 +340,7 @@ impl ObjectStore for MemoryStore {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::GetObject, key, Some(range.clone()));
         let op = Operation::GetObject;
         let data = state.source(op, key, if_match)?.data.clone();
@@ -363,7 +361,7 @@ impl ObjectStore for MemoryStore {
         body: Bytes,
         headers: &ObjectHeaders,
     ) -> StoreResult<String> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::PutObject, key, None);
         let etag = state.next_etag("");
         state.store(key, body, etag.clone(), headers.clone());
@@ -375,7 +373,7 @@ impl ObjectStore for MemoryStore {
         key: &str,
         headers: &ObjectHeaders,
     ) -> StoreResult<String> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::CreateMultipartUpload, key, None);
         state.version += 1;
         let id = format!("upload-{}", state.version);
@@ -397,7 +395,7 @@ impl ObjectStore for MemoryStore {
         body: Bytes,
     ) -> StoreResult<String> {
         let op = Operation::UploadPart;
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, op, key, None);
         if !(1..=10_000).contains(&number) {
             return Err(service(
@@ -422,7 +420,7 @@ impl ObjectStore for MemoryStore {
         parts: &[UploadedPart],
     ) -> StoreResult<String> {
         let op = Operation::CompleteMultipartUpload;
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, op, key, None);
         let upload = state.upload(op, key, upload_id)?;
         if parts.is_empty() {
@@ -469,7 +467,7 @@ impl ObjectStore for MemoryStore {
 
     async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         let op = Operation::AbortMultipartUpload;
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, op, key, None);
         state.upload(op, key, upload_id)?;
         state.uploads.remove(upload_id);
@@ -477,7 +475,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::ListMultipartUploads, prefix, None);
         let mut pending: Vec<PendingUpload> = state
             .uploads
@@ -502,7 +500,7 @@ impl ObjectStore for MemoryStore {
         replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String> {
         let op = Operation::CopyObject;
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, op, to, None);
         let source = state.source(op, from, if_match)?;
         let (data, carried, source_etag) = (
@@ -547,7 +545,7 @@ impl ObjectStore for MemoryStore {
         if_match: Option<&str>,
     ) -> StoreResult<String> {
         let op = Operation::UploadPartCopy;
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, op, to, Some(range.clone()));
         let data = state.source(op, from, if_match)?.data.clone();
         if range.start >= range.end || range.end > data.len() as u64 {
@@ -566,7 +564,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::DeleteObject, key, None);
         state.objects.remove(key);
         Ok(())
@@ -575,13 +573,13 @@ impl ObjectStore for MemoryStore {
     /// The memory store keeps no versions, as a bucket that never had
     /// versioning on: each object is its one version, `null`.
     async fn bucket_versioning(&self) -> StoreResult<Versioning> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::GetBucketVersioning, "", None);
         Ok(Versioning::Never)
     }
 
     async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         Self::record(&mut state, Operation::ListObjectVersions, req.prefix, None);
         let listing = ListRequest {
             prefix: req.prefix,

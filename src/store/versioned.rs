@@ -11,9 +11,10 @@
 //! Directories come from the listing's common prefixes, as they are now: a
 //! directory whose objects all came later shows, empty.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -80,7 +81,7 @@ impl VersionedView {
     /// moment; remembered for the reads that follow.
     fn visible(&self, versions: &[VersionEntry]) -> Vec<ObjectInfo> {
         let mut shown = Vec::new();
-        let mut remembered = self.shown.lock().unwrap();
+        let mut remembered = self.shown.lock();
         let mut last_key: Option<&str> = None;
         for version in versions {
             if last_key == Some(version.key.as_str()) || version.last_modified > self.at {
@@ -107,7 +108,7 @@ impl VersionedView {
 
     /// The version `key` shows, found now if no listing has said.
     async fn version_of(&self, key: &str, op: Operation) -> StoreResult<String> {
-        if let Some(version) = self.shown.lock().unwrap().get(key) {
+        if let Some(version) = self.shown.lock().get(key) {
             return Ok(version.clone());
         }
         // With the delimiter, whatever lies under `key/` folds into one prefix.

@@ -523,6 +523,18 @@ pub fn daemon_pids(mountpoint: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The peak resident memory (VmHWM) of the daemon serving `mountpoint`, in MiB.
+pub fn peak_rss_mib(mountpoint: &Path) -> u64 {
+    let pid = daemon_pids(mountpoint)[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib / 1024
+}
+
 /// Waits until no s3vol process serves `mountpoint` any more; panics with
 /// `what` if one is still there after 20 s.
 pub fn assert_daemon_exits(mountpoint: &Path, what: &str) {

@@ -1,7 +1,8 @@
 //! The staging space of a mount: the files being written take local disk, and
 //! all of them together at most `--staging-size`.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use super::{StageError, StageResult};
 
@@ -22,7 +23,7 @@ impl StagingBudget {
 
     /// Takes `bytes` more, unless that would pass the bound.
     pub(super) fn take(&self, bytes: u64) -> StageResult<()> {
-        let mut used = self.used.lock().unwrap();
+        let mut used = self.used.lock();
         match used.checked_add(bytes).filter(|total| *total <= self.limit) {
             Some(total) => {
                 *used = total;
@@ -33,12 +34,12 @@ impl StagingBudget {
     }
 
     pub(super) fn give_back(&self, bytes: u64) {
-        let mut used = self.used.lock().unwrap();
+        let mut used = self.used.lock();
         *used = used.saturating_sub(bytes);
     }
 
     /// Bytes taken now.
     pub fn used(&self) -> u64 {
-        *self.used.lock().unwrap()
+        *self.used.lock()
     }
 }

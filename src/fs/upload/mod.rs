@@ -33,9 +33,10 @@ mod local;
 mod sealing;
 mod state;
 
+use parking_lot::Mutex;
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -145,7 +146,7 @@ pub struct StagedFile {
 impl Drop for StagedFile {
     fn drop(&mut self) {
         // The staging file goes with it (it has no name).
-        let taken = self.state.get_mut().map_or(0, |state| state.taken);
+        let taken = self.state.get_mut().taken;
         self.shares.staging.give_back(taken);
     }
 }
@@ -230,55 +231,55 @@ impl StagedFile {
     }
 
     pub fn size(&self) -> u64 {
-        self.state.lock().unwrap().size
+        self.state.lock().size
     }
 
     /// The time of the last change, or the one set since.
     pub fn mtime(&self) -> SystemTime {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock();
         state.posix.mtime.unwrap_or(state.mtime)
     }
 
     /// Sets what `posix` sets of the mode, owner and time the object keeps.
     pub fn set_posix(&self, posix: Posix) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         state.posix = state.posix.updated(posix);
     }
 
     /// The mode, owner and time the object will keep.
     pub fn posix(&self) -> Posix {
-        self.state.lock().unwrap().posix
+        self.state.lock().posix
     }
 
     pub fn key(&self) -> String {
-        self.state.lock().unwrap().key.clone()
+        self.state.lock().key.clone()
     }
 
     pub fn is_dirty(&self) -> bool {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock();
         state.dirty && !state.deleted
     }
 
     /// Changed since an upload was last tried, and still to be uploaded.
     pub fn has_unsent_changes(&self) -> bool {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock();
         state.dirty && state.unsent && !state.deleted && !state.abandoned
     }
 
     /// Unlinked while open.
     pub fn is_deleted(&self) -> bool {
-        self.state.lock().unwrap().deleted
+        self.state.lock().deleted
     }
 
     /// The file was renamed: later uploads go to `key`.
     pub fn set_key(&self, key: &str) {
-        self.state.lock().unwrap().key = key.to_string();
+        self.state.lock().key = key.to_string();
     }
 
     /// The file was unlinked: nothing more is uploaded, and any upload under way
     /// is abandoned.
     pub async fn discard(&self) {
-        self.state.lock().unwrap().deleted = true;
+        self.state.lock().deleted = true;
         self.close().await;
     }
 
@@ -287,12 +288,12 @@ impl StagedFile {
     /// (those of a file unlinked while open do not count).
     pub async fn abandon(&self) -> bool {
         let unlinked = {
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.lock();
             state.abandoned = true;
             state.deleted
         };
         self.discard().await;
-        !unlinked && self.state.lock().unwrap().dirty
+        !unlinked && self.state.lock().dirty
     }
 
     /// The last handle is gone: waits for background part uploads (cancelling one
@@ -300,7 +301,7 @@ impl StagedFile {
     /// upload that was not completed.
     pub async fn close(&self) {
         let _exclusive = self.exclusive.lock().await;
-        let tasks = std::mem::take(&mut self.state.lock().unwrap().tasks);
+        let tasks = std::mem::take(&mut self.state.lock().tasks);
         for task in tasks {
             let _ = task.await;
         }
@@ -310,14 +311,14 @@ impl StagedFile {
     /// Copies the object the file was opened on into the staging file, once,
     /// before its first change.
     async fn load_base(&self) -> StageResult<()> {
-        let Some(base) = self.state.lock().unwrap().base.clone() else {
+        let Some(base) = self.state.lock().base.clone() else {
             return Ok(());
         };
         let _exclusive = self.exclusive.lock().await;
-        if self.state.lock().unwrap().base.is_none() {
+        if self.state.lock().base.is_none() {
             return Ok(()); // loaded while we waited
         }
-        self.take_to(&mut self.state.lock().unwrap(), base.size)?;
+        self.take_to(&mut self.state.lock(), base.size)?;
         let key = self.key();
         let object = self.base_object(&key, &base).await?;
         let chunk = self.layout.first_size();
@@ -337,7 +338,7 @@ impl StagedFile {
         // Read whole from its start, the object was checked as it came; a
         // check that could not chain is made whole now.
         object.authenticate().await?;
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         state.base = None;
         let size = state.size;
         state.touch(&self.layout, 0..size);
@@ -366,7 +367,7 @@ impl StagedFile {
     /// the object must be downloaded first. Part uploads are spawned on the
     /// current tokio runtime.
     pub fn write_now(self: &Arc<Self>, offset: u64, data: &[u8]) -> Option<StageResult<()>> {
-        if self.state.lock().unwrap().base.is_some() {
+        if self.state.lock().base.is_some() {
             return None;
         }
         Some(self.write_local(offset, data))
@@ -377,11 +378,11 @@ impl StagedFile {
         if end > self.max_size() {
             return Err(StageError::TooLarge);
         }
-        self.take_to(&mut self.state.lock().unwrap(), end)?;
+        self.take_to(&mut self.state.lock(), end)?;
         self.file
             .write_at(data, offset)
             .map_err(|e| self.local(e))?;
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         let appending = end >= state.size;
         state.size = state.size.max(end);
         state.touch(&self.layout, offset..end);
@@ -412,7 +413,7 @@ impl StagedFile {
         let this = self.clone();
         let task = tokio::spawn(async move {
             let result = this.upload_part(index, None).await;
-            let mut state = this.state.lock().unwrap();
+            let mut state = this.state.lock();
             if index < state.in_flight.len() {
                 state.in_flight[index] = false;
             }
@@ -438,7 +439,7 @@ impl StagedFile {
         let _permit = self.shares.permits.acquire().await.expect("never closed");
         let upload = self.upload().await?;
         let (version, key, range) = {
-            let state = self.state.lock().unwrap();
+            let state = self.state.lock();
             let range = self.layout.range(index);
             // Truncated away since it was scheduled.
             let Some(&version) = state.versions.get(index) else {
@@ -476,7 +477,7 @@ impl StagedFile {
             .new_object_headers(&key, posix.headers(Kind::File))
             .await?;
         let id = self.store.create_multipart_upload(&key, &headers).await?;
-        self.state.lock().unwrap().started_with = Some(posix);
+        self.state.lock().started_with = Some(posix);
         debug!(key, upload_id = id, "multipart upload started");
         let started = Upload {
             id,
@@ -508,13 +509,13 @@ impl StagedFile {
         }
         if size == 0 {
             // Nothing of the old content survives: no need to download it.
-            self.state.lock().unwrap().base = None;
+            self.state.lock().base = None;
         } else {
             self.load_base().await?;
         }
-        self.take_to(&mut self.state.lock().unwrap(), size)?;
+        self.take_to(&mut self.state.lock(), size)?;
         self.file.set_len(size).map_err(|e| self.local(e))?;
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         self.give_back_to(&mut state, size);
         let old = state.size;
         state.size = size;
@@ -537,7 +538,7 @@ impl StagedFile {
     pub async fn flush(&self) -> StageResult<Option<Uploaded>> {
         let _exclusive = self.exclusive.lock().await;
         let tasks = {
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.lock();
             // Checked once the upload may start: a stop that came while this
             // waited must fail it, never let it answer "done" for nothing.
             if state.abandoned && state.dirty {
@@ -556,18 +557,18 @@ impl StagedFile {
         if let Err(e) = &result {
             warn!(key = self.key(), error = %e, "upload failed; aborting it");
             self.abort_upload().await;
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.lock();
             state.uploaded.iter_mut().for_each(|u| *u = None);
         }
         result.map(Some)
     }
 
     async fn upload_all(&self) -> StageResult<Uploaded> {
-        if let Some(e) = self.state.lock().unwrap().failure.take() {
+        if let Some(e) = self.state.lock().failure.take() {
             return Err(e);
         }
         let (key, size, versions) = {
-            let state = self.state.lock().unwrap();
+            let state = self.state.lock();
             (state.key.clone(), state.size, state.versions.clone())
         };
         let mut headers_behind = false;
@@ -593,12 +594,12 @@ impl StagedFile {
             // A multipart upload's were set when it began, before the last
             // change: its time is the completion's, S3's own.
             let etag = self.complete(&key, size).await?;
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.lock();
             let started_with = state.started_with.take().unwrap_or_default();
             headers_behind = started_with != state.posix;
             (etag, started_with)
         };
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         // Clean unless written again while uploading.
         if state.versions == versions {
             state.dirty = false;
@@ -619,7 +620,7 @@ impl StagedFile {
             // A part is never sent twice under one key with other bytes (S3
             // would see two plaintexts under one keystream): start over.
             self.abort_upload().await;
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.lock();
             state.uploaded.iter_mut().for_each(|u| *u = None);
         }
         // Created before the parts, so no part upload cut short by a sibling's
@@ -627,7 +628,7 @@ impl StagedFile {
         let upload = self.upload().await?;
         let count = self.layout.count(size);
         let clean: Vec<Option<Sent>> = {
-            let state = self.state.lock().unwrap();
+            let state = self.state.lock();
             (0..count)
                 .map(|index| {
                     let clean = index < state.versions.len() && state.is_clean(index);

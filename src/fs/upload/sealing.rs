@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::{Base, Sent, StageError, StageResult, StagedFile};
 use crate::cse::envelope::ContentKey;
 use crate::cse::gcm::{Piece, Tagger};
+use crate::cse::reading::VersionId;
 use crate::cse::volume::{Content, CseError, with_envelope};
 use crate::fs::read::ObjectVersion;
 use crate::store::{ObjectHeaders, Operation, StoreError};
@@ -96,7 +97,7 @@ impl StagedFile {
 
     /// Whether a part sent in the current upload has changed since.
     pub(super) fn resent_changed(&self) -> bool {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock();
         state
             .uploaded
             .iter()
@@ -116,6 +117,7 @@ impl StagedFile {
             size: base.size,
             decryption: None,
             authenticate_first: true,
+            memory: self.shares.memory.clone(),
         };
         let Some(encryption) = &self.shares.encryption else {
             return Ok(object);
@@ -135,8 +137,16 @@ impl StagedFile {
             .open(&headers)
             .await
             .map_err(|e| self.encryption_error(key, e))?;
-        if let Content::Encrypted(content_key) = content {
-            let version = (object.key.clone(), object.etag.clone());
+        if let Content::Encrypted {
+            key: content_key,
+            envelope,
+        } = content
+        {
+            let version = VersionId {
+                key: object.key.clone(),
+                etag: object.etag.clone(),
+                envelope,
+            };
             let decryption = encryption
                 .decryption(content_key, object.size, version)
                 .map_err(|e| self.internal(format!("{key}: {e}")))?;

@@ -9,7 +9,8 @@
 //! own and kept, up to [`KEEP`] of them, for the next GET: reused pages cost no
 //! fault, and the heap never holds them.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use memmap2::MmapMut;
@@ -44,9 +45,7 @@ impl Buffers {
         if len <= POOLED_ABOVE {
             return Body::Heap(Vec::with_capacity(len));
         }
-        let reused = (len <= self.size)
-            .then(|| self.free.lock().unwrap().pop())
-            .flatten();
+        let reused = (len <= self.size).then(|| self.free.lock().pop()).flatten();
         let map = match reused {
             Some(map) => Some(map),
             None => MmapMut::map_anon(len.max(self.size)).ok(),
@@ -64,7 +63,7 @@ impl Buffers {
 
     fn give_back(&self, map: MmapMut) {
         if map.len() == self.size {
-            let mut free = self.free.lock().unwrap();
+            let mut free = self.free.lock();
             if free.len() < KEEP {
                 free.push(map);
             }
@@ -151,15 +150,12 @@ mod tests {
         let bytes = body.freeze();
         let slice = bytes.slice(10..20);
         drop(bytes);
-        assert!(
-            pool.free.lock().unwrap().is_empty(),
-            "a slice still uses it"
-        );
+        assert!(pool.free.lock().is_empty(), "a slice still uses it");
         assert_eq!(&slice[..], &[7u8; 10]);
         drop(slice);
-        assert_eq!(pool.free.lock().unwrap().len(), 1);
+        assert_eq!(pool.free.lock().len(), 1);
         let again = pool.take(2 * MIB);
-        assert!(pool.free.lock().unwrap().is_empty(), "not reused");
+        assert!(pool.free.lock().is_empty(), "not reused");
         assert_eq!(again.len(), 0, "a reused buffer starts empty");
     }
 
@@ -178,6 +174,6 @@ mod tests {
         let pool = Buffers::new(2 * MIB);
         let bodies: Vec<Bytes> = (0..KEEP + 3).map(|_| pool.take(2 * MIB).freeze()).collect();
         drop(bodies);
-        assert_eq!(pool.free.lock().unwrap().len(), KEEP);
+        assert_eq!(pool.free.lock().len(), KEEP);
     }
 }
