@@ -10,7 +10,6 @@
 //! failure. The file is opened as the log file is (`crate::logging`): appended
 //! to, never through a symbolic link, a regular file of mode 0600.
 
-use parking_lot::Mutex;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
@@ -19,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
 use serde_json::json;
 use tracing::warn;
 

@@ -16,7 +16,6 @@
 //! session, a skewed clock), [`RenewingCredentials::renew_now`] renews at once. Only
 //! one renewal runs at a time, and requests that were refused together share it.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -24,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use tokio::task::JoinHandle;

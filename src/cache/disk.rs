@@ -8,12 +8,12 @@
 //! are kept open with their checked headers (see `super::block_file`), so a
 //! small read costs one read of its chunk: no path lookup, no header read.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use lru::LruCache;
+use parking_lot::Mutex;
 use tracing::{debug, warn};
 
 use super::block_file::{self, BlockKey, OpenBlock, ReadFailure};

@@ -5,12 +5,12 @@
 //! If that fetch fails, the claim is dropped unfinished and each waiter fetches
 //! for itself.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use super::BlockId;

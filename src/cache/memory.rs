@@ -4,10 +4,9 @@
 //! disk, a single-block fetch), so it never pins a larger fetched buffer and
 //! never costs a copy.
 
-use parking_lot::Mutex;
-
 use bytes::Bytes;
 use lru::LruCache;
+use parking_lot::Mutex;
 
 use super::tier::Tier;
 use super::{BlockId, Span};

@@ -28,7 +28,6 @@ mod fetch;
 mod memory;
 mod tier;
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -39,6 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::{Semaphore, broadcast};
 
 use self::dir::MountDir;

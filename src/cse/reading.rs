@@ -14,12 +14,12 @@
 //! later open, and one found authentic needs no second check
 //! (docs/ENCRYPTION.md says what is released when).
 
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tracing::error;
 
 use super::envelope::ContentKey;

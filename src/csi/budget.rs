@@ -9,10 +9,10 @@
 //! daemon is always told its share, so it never sizes itself from the free
 //! space it finds (which every volume on the node would find the same).
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use parking_lot::Mutex;
 use tonic::Status;
 
 use crate::stats::bytes;

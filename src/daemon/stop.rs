@@ -3,11 +3,11 @@
 //! connection; SIGHUP is only logged. Whatever ends the session, the mount's
 //! statistics are logged and its block cache removed, once.
 
-use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 

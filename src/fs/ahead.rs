@@ -7,11 +7,11 @@
 //! while lookups keep to it, so a directory of N entries costs N HEADs in about
 //! N / 32 round trips instead of N.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 
 use super::inode::{Kind, Stat};
 use super::{Fs, FsResult};

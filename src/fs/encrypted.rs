@@ -180,15 +180,6 @@ impl Fs {
         if let (Some(cache), Some(decryption)) = (&self.config.cache, &object.decryption) {
             cache.remove_version(&object.key, &object.etag, decryption.stored_size());
         }
-        if let Some(kernel) = self.kernel.get().cloned() {
-            tokio::task::spawn_blocking(move || kernel.drop_pages(ino));
-        }
-    }
-
-    /// Tells the kernel that its attributes of `ino` may be stale.
-    pub(super) fn kernel_attributes_changed(&self, ino: u64) {
-        if let Some(kernel) = self.kernel.get() {
-            kernel.attributes_changed(ino);
-        }
+        self.kernel.drop_pages(ino);
     }
 }

@@ -29,14 +29,14 @@ pub mod upload;
 mod write;
 mod writer;
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
@@ -224,9 +224,7 @@ pub struct Fs {
     /// onto their objects, by inode.
     pending_posix: Mutex<HashMap<u64, meta::Pending>>,
     /// The kernel's caches, once the volume is mounted.
-    kernel: OnceLock<Arc<dyn kernel::KernelCache>>,
-    /// The size of each file last given to the kernel, by inode.
-    kernel_sizes: Mutex<HashMap<u64, u64>>,
+    kernel: kernel::Kernel,
 }
 
 impl Fs {
@@ -259,14 +257,13 @@ impl Fs {
             stopped: AtomicBool::new(false),
             pending_posix: Mutex::new(HashMap::new()),
             ahead: ahead::Windows::default(),
-            kernel: OnceLock::new(),
-            kernel_sizes: Mutex::new(HashMap::new()),
+            kernel: kernel::Kernel::default(),
         }
     }
 
     /// Gives the filesystem the kernel's caches to correct (once mounted).
     pub fn set_kernel_cache(&self, kernel: Arc<dyn kernel::KernelCache>) {
-        let _ = self.kernel.set(kernel);
+        self.kernel.attach(kernel);
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {
@@ -308,7 +305,7 @@ impl Fs {
             }
         }
         if node.kind == Kind::File {
-            self.kernel_sizes.lock().insert(ino, size);
+            self.kernel.shown(ino, size);
         }
         Attr {
             ino,
@@ -458,7 +455,7 @@ impl Fs {
         let mut table = self.inodes.lock();
         table.forget(ino, n);
         if table.get(ino).is_none() {
-            self.kernel_sizes.lock().remove(&ino);
+            self.kernel.forgotten(ino);
         }
     }
 
@@ -496,10 +493,7 @@ impl Fs {
         } else {
             // The size the kernel has: an open that finds another has it ask
             // again before it reads.
-            let told = match self.kernel.get() {
-                Some(_) => self.kernel_sizes.lock().get(&ino).copied(),
-                None => None,
-            };
+            let told = self.kernel.size_shown(ino);
             // (An encrypted volume asks S3 below in any case.)
             let expired = node
                 .remaining(self.config.metadata_ttl, Instant::now())
@@ -512,7 +506,7 @@ impl Fs {
             let opening = self.open_encrypted(ino, node).await?;
             node = opening.node;
             if let Some(was) = told.filter(|&was| was != node.stat.size) {
-                self.kernel_attributes_changed(ino);
+                self.kernel.attributes_changed(ino);
                 return Err(FsError::Resized {
                     key: node.key,
                     was,

@@ -1,9 +1,10 @@
 //! A handle open for writing: who opened it, whether and by whom it changed
 //! the file, and its release, which may upload what no close did.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
 
 use super::Fs;
 

@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -3,7 +3,6 @@
 //! Tests use it to drive error paths without a network: "the 3rd GetObject answers
 //! AccessDenied", "every HeadObject takes 200 ms".
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -11,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,

@@ -4,13 +4,13 @@
 //! assert what was (or was not) sent, e.g. that a write on a read-only mount sends
 //! nothing, or that a random read fetches only the bytes it touches.
 
-use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ops::{Bound, Range};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::{
     ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo, ObjectStore, Operation,

@@ -11,7 +11,6 @@
 //! Directories come from the listing's common prefixes, as they are now: a
 //! directory whose objects all came later shows, empty.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, Pagination,

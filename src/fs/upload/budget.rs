@@ -1,8 +1,9 @@
 //! The staging space of a mount: the files being written take local disk, and
 //! all of them together at most `--staging-size`.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::{StageError, StageResult};
 

@@ -14,7 +14,6 @@
 //! were rewritten. Counter mode turns a hole (a sparse region) into noise, so a
 //! file that grows past its end has the gap written as encrypted zeros.
 
-use parking_lot::Mutex;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -23,6 +22,7 @@ use std::os::unix::fs::FileExt;
 use aes::Aes256;
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
 use bytes::Bytes;
+use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
 /// The unit of encryption of a staging file. Small enough that rewriting a

@@ -33,13 +33,13 @@ mod local;
 mod sealing;
 mod state;
 
-use parking_lot::Mutex;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 

@@ -9,11 +9,11 @@
 //! own and kept, up to [`KEEP`] of them, for the next GET: reused pages cost no
 //! fault, and the heap never holds them.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use memmap2::MmapMut;
+use parking_lot::Mutex;
 
 /// Bodies larger than this use pooled buffers, the others the heap: a block of
 /// the cache (1 MiB) fetched alone is kept in its memory tier, and must not keep
