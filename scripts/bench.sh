@@ -65,9 +65,10 @@ S3BENCH="$S3VOL_ROOT/target/release/examples/s3bench"
 
 garage_workspace bench bench
 
-log "seeding: objects of 1 GiB, 64 MiB and 4 of 256 MiB, 10,000 objects in one directory, 10,000 in 100 directories, 1,000 of 64 KiB in 10"
+log "seeding: objects of 1 GiB, 64 MiB, 32 MiB and 4 of 256 MiB, 10,000 objects in one directory, 10,000 in 100 directories, 1,000 of 64 KiB in 10"
 "$S3BENCH" put bench seq/1g.bin 1024 >/dev/null
 "$S3BENCH" put bench seq/64m.bin 64 >/dev/null
+"$S3BENCH" put bench seq/32m.bin 32 >/dev/null
 for i in 0 1 2 3; do "$S3BENCH" put bench "par/p$i.bin" 256 >/dev/null; done
 "$S3BENCH" put-many bench flat/ 10000 1
 "$S3BENCH" put-many bench tree/ 10000 100
@@ -267,6 +268,17 @@ small_files() {  # files/s: 1,000 files of 64 KiB in 10 directories, 8 cats at o
     [ "$bytes" -eq $((1000 * 65536)) ] || die "$1: read $bytes bytes of the small files, not 64 KiB each"
     speed "$t0" "$t1" 1000
 }
+first_of_32m() {  # ms: open a 32 MiB object and read its first 4 KiB, cold
+    drop_caches; mount_system "$1"
+    python3 - "$mnt/seq/32m.bin" <<'PY'
+import sys, time
+t = time.time()
+with open(sys.argv[1], "rb") as f:
+    assert len(f.read(4096)) == 4096
+print(f"{(time.time() - t) * 1000:.0f}")
+PY
+    unmount_system "$1"
+}
 first_byte() {  # ms per file: open and read 4 KiB of 100 objects one after another, cold
     drop_caches; mount_system "$1"
     python3 - "$mnt/small64" <<'PY'
@@ -329,16 +341,20 @@ if [[ " ${SYSTEMS[*]} " == *" s3vol-cse "* ]]; then
     mount_system s3vol-cse rw
     mkdir -p "$mnt/seq"
     dd if="$work/src-1g.bin" of="$mnt/seq/1g.bin" bs=1M status=none
+    head -c 32M "$work/src-1g.bin" >"$mnt/seq/32m.bin"
     umount "$mnt"
     "$S3BENCH" wait bench cse/seq/1g.bin 1 $(((1 << 30) + 16))
+    "$S3BENCH" wait bench cse/seq/32m.bin 1 $(((32 << 20) + 16))
 fi
 # The rows where s3vol's block cache could cost something; s3vol --no-cache runs
 # only these.
 NOCACHE_ROWS=" cold_read four_readers random_reads small_files first_byte "
-# The rows the encrypted volume runs: its data paths.
-CSE_ROWS=" cold_read seq_write "
+# The rows the encrypted volume runs: its data paths, and the reads that wait for
+# a whole object's check (a random read of an unchecked 1 GiB, the first bytes of a
+# 32 MiB file, which is checked whole at open).
+CSE_ROWS=" cold_read random_reads first_of_32m seq_write "
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
-read -ra WORKLOADS <<<"${WORKLOADS:-cold_read four_readers random_reads warm_read warm_random disk_read disk_read_64m disk_random small_files first_byte ls_l find_tree idle_rss seq_write small_creates}"
+read -ra WORKLOADS <<<"${WORKLOADS:-cold_read four_readers random_reads warm_read warm_random disk_read disk_read_64m disk_random small_files first_byte first_of_32m ls_l find_tree idle_rss seq_write small_creates}"
 declare -A RESULT
 for WORKLOAD in "${WORKLOADS[@]}"; do
     for s in "${SYSTEMS[@]}"; do
@@ -422,6 +438,7 @@ row "4 readers of 256 MiB at once, cold" "MiB/s" higher four_readers "$RAW_GET4"
 row "4 KiB random reads, cold" "reads/s" higher random_reads
 row "64 KiB files, 8 cats at once, cold" "files/s" higher small_files
 row "open + 4 KiB read, cold, 1 by 1" "ms/file" lower first_byte
+row "open + first 4 KiB of 32 MiB, cold" "ms" lower first_of_32m
 row "1 GiB re-read, page cache (s3vol)" "MiB/s" higher warm_read
 row "4 KiB random re-reads, page cache" "reads/s" higher warm_random
 row "1 GiB re-read, local disk cache" "MiB/s" higher disk_read
@@ -444,7 +461,7 @@ percent_of_raw() {
 percent_of_raw cold_read "$RAW_GET" "cold sequential read"
 percent_of_raw four_readers "$RAW_GET4" "4-reader read"
 percent_of_raw seq_write "$RAW_PUT" "durable sequential write"
-for key in cold_read seq_write; do
+for key in cold_read random_reads seq_write; do
     [ -n "${RESULT[$key,s3vol-cse]:-}" ] && [ -n "${RESULT[$key,s3vol]:-}" ] || continue
     awk -v cse="${RESULT[$key,s3vol-cse]}" -v plain="${RESULT[$key,s3vol]}" -v what="$key" \
         'BEGIN { printf "s3vol --cse %s is %.0f%% of s3vol without encryption\n", what, 100 * cse / plain }'
