@@ -104,12 +104,12 @@ mount_system() {
             --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
             ${rw:+--read-write} $([ "$1" = s3vol ] || echo --no-cache) ${S3VOL_OPTIONS:-} ;;
     s3fs)
-        s3fs bench "$mnt" -o "${rw:-ro},url=$S3_ENDPOINT,use_path_request_style,endpoint=garage" \
+        s3fs bench "$mnt" -o "${rw:-ro},url=$S3_ENDPOINT,use_path_request_style,endpoint=$AWS_REGION" \
             -o passwd_file="$work/s3fs.passwd" ${cached:+-o use_cache="$work/s3fs-cache"} ;;
     rclone)
         # rclone refuses to start with AWS_CA_BUNDLE pointing at a bundle it cannot use.
         env -u AWS_CA_BUNDLE RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other \
-            RCLONE_CONFIG_G_ENDPOINT="$S3_ENDPOINT" RCLONE_CONFIG_G_REGION=garage \
+            RCLONE_CONFIG_G_ENDPOINT="$S3_ENDPOINT" RCLONE_CONFIG_G_REGION="$AWS_REGION" \
             RCLONE_CONFIG_G_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
             RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
             rclone mount g:bench "$mnt" --daemon --log-file "$work/rclone.log" \
