@@ -799,18 +799,24 @@ impl Garage {
         DriverSetup::env(env).endpoint_of(&self.server)
     }
 
+    /// A read-write publish of volume `id` (vol/data) at `target`, with the
+    /// Secret's keys.
+    fn request(&self, id: &str, target: &Path) -> NodePublishVolumeRequest {
+        publish_request(
+            id,
+            target,
+            Mode::SingleNodeWriter,
+            &self.context(),
+            &self.secrets(),
+        )
+    }
+
     /// A driver with the volume vol/data published read-write for `pod`.
     async fn published(&self, pod: &str) -> Published {
         let driver = self.driver().start();
         let mut node = driver.node().await;
         let target = driver.target(pod);
-        let request = publish_request(
-            "data",
-            &target,
-            Mode::SingleNodeWriter,
-            &self.context(),
-            &self.secrets(),
-        );
+        let request = self.request("data", &target);
         publish(&mut node, request.clone()).await.unwrap();
         Published {
             driver,
@@ -1030,13 +1036,7 @@ async fn secrets_and_profiles_never_run_a_command() {
     // Keys from the Secret reach the daemon as data: the volume mounts with
     // them, and no profile is read.
     let target = driver.target("pod-keys");
-    let request = publish_request(
-        "data",
-        &target,
-        Mode::SingleNodeWriter,
-        &garage.context(),
-        &garage.secrets(),
-    );
+    let request = garage.request("data", &target);
     publish(&mut node, request).await.unwrap();
     assert_eq!(std::fs::read(target.join("seed.txt")).unwrap(), b"seed\n");
     unpublish(&mut node, "data", &target).await;
@@ -1252,13 +1252,7 @@ async fn a_publish_its_caller_gave_up_on_gives_its_share_back() {
     // The publish runs to its end (the mount's deadline) and gives the only
     // place on the node back, so another volume is published.
     let target = driver.target("pod-next");
-    let request = publish_request(
-        "next",
-        &target,
-        Mode::SingleNodeWriter,
-        &garage.context(),
-        &garage.secrets(),
-    );
+    let request = garage.request("next", &target);
     let started = Instant::now();
     let published = loop {
         match publish(&mut node, request.clone()).await {
@@ -1366,13 +1360,7 @@ async fn a_driver_without_the_host_s_pids_says_it_cannot_see_its_callers() {
     let driver = setup.start();
     let mut node = driver.node().await;
     let target = driver.target("pod-u");
-    let request = publish_request(
-        "data",
-        &target,
-        Mode::SingleNodeWriter,
-        &garage.context(),
-        &garage.secrets(),
-    );
+    let request = garage.request("data", &target);
     publish(&mut node, request).await.unwrap();
     assert!(
         driver

@@ -132,37 +132,43 @@ impl Budget {
         let total = |part: fn(&Share) -> u64| -> u128 {
             others().map(|(_, s)| u128::from(part(s))).sum::<u128>() + u128::from(part(&share))
         };
-        let (cache, staging) = (total(|s| s.cache), total(|s| s.staging));
         let limits = &self.limits;
+        // The sentence for a size `total` would pass `limit` with `ask`.
+        let past = |what: &str, ask: u64, total: u128, option: &str, limit: u64| {
+            let limit_wide = u128::from(limit);
+            (total > limit_wide).then(|| {
+                format!(
+                    "its {what} of {} would bring the node's volumes to {}, past s3vol csi \
+                     {option} {} ({} left)",
+                    bytes(ask),
+                    wide_bytes(total),
+                    bytes(limit),
+                    wide_bytes(limit_wide.saturating_sub(total - u128::from(ask)))
+                )
+            })
+        };
         let over = if volumes > limits.max_volumes as usize {
             Some(format!(
                 "the node already serves {} volumes, the most s3vol csi --max-volumes allows",
                 volumes - 1
             ))
-        } else if cache > u128::from(limits.cache) {
-            Some(format!(
-                "its cache of {} would bring the node's volumes to {} of block cache, past \
-                 s3vol csi --node-cache-size {} ({} left)",
-                bytes(share.cache),
-                wide_bytes(cache),
-                bytes(limits.cache),
-                wide_bytes(
-                    u128::from(limits.cache).saturating_sub(cache - u128::from(share.cache))
-                )
-            ))
-        } else if staging > u128::from(limits.staging) {
-            Some(format!(
-                "its {} for files being written would bring the node's volumes to {}, past \
-                 s3vol csi --node-staging-size {} ({} left)",
-                bytes(share.staging),
-                wide_bytes(staging),
-                bytes(limits.staging),
-                wide_bytes(
-                    u128::from(limits.staging).saturating_sub(staging - u128::from(share.staging))
-                )
-            ))
         } else {
-            None
+            past(
+                "block cache",
+                share.cache,
+                total(|s| s.cache),
+                "--node-cache-size",
+                limits.cache,
+            )
+            .or_else(|| {
+                past(
+                    "room for files being written",
+                    share.staging,
+                    total(|s| s.staging),
+                    "--node-staging-size",
+                    limits.staging,
+                )
+            })
         };
         if let Some(why) = over {
             return Err(Status::resource_exhausted(format!(
