@@ -174,6 +174,86 @@ async fn cp_rsync_tar_git_and_editors_work(kind: ServerKind) {
     same_tree(&src, &again.path().join("tar"));
 }
 
+/// The commands users run, each leaving in S3 what it meant to: a writer
+/// killed by SIGKILL leaves the previous version; a descriptor open on a file
+/// that `mv` replaced does not undo the rename; a read through a read-write
+/// descriptor (as SQLite and Python's `r+b` open files) fetches what it reads
+/// and uploads nothing.
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn what_ordinary_programs_leave_in_s3_is_what_they_meant() {
+    let (server, mount) = rw_volume(ServerKind::Garage, &[]).await;
+    let dir = mount.path();
+    std::fs::write(dir.join("d.txt"), "good v1").unwrap();
+    let killed = Command::new("python3")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "import os; f=open('d.txt','w'); f.write('PARTIAL'); f.flush(); \
+             os.kill(os.getpid(), 9)",
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed),
+        Some(9)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        server.get(BUCKET, "root/d.txt").await.unwrap(),
+        b"good v1",
+        "the killed writer's partial output replaced the file"
+    );
+
+    std::fs::write(dir.join("cfg"), "old\n").unwrap();
+    std::fs::write(dir.join("cfg.tmp"), "new\n").unwrap();
+    run(Command::new("chmod").arg("600").arg(dir.join("cfg.tmp")));
+    run(Command::new("sh").current_dir(dir).args([
+        "-c",
+        "exec 3>>cfg; echo stale >&3; mv cfg.tmp cfg; exec 3>&-",
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(server.get(BUCKET, "root/cfg").await.unwrap(), b"new\n");
+    let head = server
+        .client()
+        .head_object()
+        .bucket(BUCKET)
+        .key("root/cfg")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.metadata().unwrap()["mode"], "0100600");
+
+    let big = pattern(40 * MIB, 9);
+    server.put(BUCKET, "root/db.bin", big.clone()).await;
+    let before = mount.stats();
+    let out = Command::new("python3")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "import sys; sys.stdout.buffer.write(open('db.bin', 'r+b').read(10))",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, big[..10]);
+    let after = mount.stats();
+    let fetched =
+        after["bytes_from_s3"].as_u64().unwrap() - before["bytes_from_s3"].as_u64().unwrap();
+    assert!(
+        fetched < 4 * MIB as u64,
+        "10 bytes read through r+b fetched {fetched} bytes"
+    );
+    assert_eq!(
+        after["bytes_to_s3"], before["bytes_to_s3"],
+        "a handle that changed nothing uploaded"
+    );
+    assert_eq!(
+        after["requests"]["CreateMultipartUpload"],
+        before["requests"]["CreateMultipartUpload"]
+    );
+}
+
 async fn unlink_rmdir_and_rename_reach_s3(kind: ServerKind) {
     let (server, mount) = rw_volume(kind, &[]).await;
     let vol = mount.path();

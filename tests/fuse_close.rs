@@ -173,3 +173,270 @@ fn a_forked_child_that_exits_publishes_nothing() {
 fn a_forked_child_that_execs_publishes_nothing() {
     child_closes_publish_nothing(true);
 }
+
+/// How a writer that opened a file, wrote and never closed it ends.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// Killed by this signal (as the OOM killer or a crash kills).
+    Signal(nix::sys::signal::Signal),
+    /// `_exit(0)`: a normal exit, which closes the file as it goes.
+    Exit,
+}
+
+/// Forks a writer that opens `path` (truncating it), writes `data` through
+/// to the volume and ends as `ending` says, without closing the file; waits
+/// for it and checks it ended so.
+fn writer_that_ends(path: &std::path::Path, data: &[u8], ending: Ending) {
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: the child only makes system calls (open, write, prctl,
+    // setrlimit, kill, _exit) on memory allocated before the fork.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => unsafe {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                0o644,
+            );
+            if fd < 0 || libc::write(fd, data.as_ptr().cast(), data.len()) != data.len() as isize {
+                libc::_exit(3);
+            }
+            if let Ending::Signal(signal) = ending {
+                // The signal's own action (this process's handlers, such as
+                // Rust's for SIGSEGV, are inherited), and no core dump of the
+                // test binary.
+                libc::signal(signal as i32, libc::SIG_DFL);
+                libc::prctl(libc::PR_SET_DUMPABLE, 0);
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                libc::kill(libc::getpid(), signal as i32);
+            }
+            libc::_exit(0)
+        },
+        ForkResult::Parent { child } => {
+            let status = waitpid(child, None).unwrap();
+            match ending {
+                Ending::Signal(signal) => {
+                    assert_eq!(status, WaitStatus::Signaled(child, signal, false))
+                }
+                Ending::Exit => assert_eq!(status, WaitStatus::Exited(child, 0)),
+            }
+        }
+    }
+}
+
+fn a_writer_killed_by(signal: nix::sys::signal::Signal) {
+    let (store, vol) = volume();
+    store.put("root/d.txt", "good v1\n");
+    store.put("root/emptied.txt", "kept\n");
+    let big = pattern(3 * common::fuse::PART as usize, 4);
+    writer_that_ends(&vol.join("d.txt"), b"PARTIAL", Ending::Signal(signal));
+    // Killed between its truncating open and its first write.
+    writer_that_ends(&vol.join("emptied.txt"), b"", Ending::Signal(signal));
+    // One that had parts of a multipart upload in S3 when it died, and one
+    // that created its file.
+    writer_that_ends(&vol.join("existing.bin"), &big, Ending::Signal(signal));
+    writer_that_ends(&vol.join("new.txt"), b"half", Ending::Signal(signal));
+    // The last release comes after the close: give it the time to publish
+    // anything it would.
+    assert!(
+        !wait_until(Duration::from_secs(2), || {
+            !holds(&store, "root/d.txt", b"good v1\n")
+                || !holds(&store, "root/emptied.txt", b"kept\n")
+                || !holds(&store, "root/existing.bin", &pattern(1_000_000, 1))
+                || held(&store, "root/new.txt").is_some()
+        }),
+        "a writer killed by {signal} published what it wrote: d.txt {:?}, emptied.txt {:?}, \
+         existing.bin {:?}, new.txt {:?} bytes",
+        held(&store, "root/d.txt"),
+        held(&store, "root/emptied.txt"),
+        held(&store, "root/existing.bin"),
+        held(&store, "root/new.txt"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || store
+            .pending_uploads()
+            .is_empty()),
+        "the killed writer's multipart upload was left: {:?}",
+        store.pending_uploads()
+    );
+    // The volume shows what S3 holds again.
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read(vol.join("d.txt")).is_ok_and(|d| d == b"good v1\n")
+    }));
+    // A writer that is not killed publishes as ever.
+    writer_that_ends(&vol.join("d.txt"), b"good v2\n", Ending::Exit);
+    assert!(holds(&store, "root/d.txt", b"good v2\n"));
+}
+
+#[test]
+fn a_writer_killed_by_sigkill_publishes_nothing() {
+    a_writer_killed_by(nix::sys::signal::Signal::SIGKILL);
+}
+
+#[test]
+fn a_writer_that_crashes_publishes_nothing() {
+    a_writer_killed_by(nix::sys::signal::Signal::SIGSEGV);
+}
+
+#[test]
+fn a_writer_that_exits_without_closing_publishes() {
+    let (store, vol) = volume();
+    store.put("root/d.txt", "good v1\n");
+    writer_that_ends(&vol.join("d.txt"), b"complete\n", Ending::Exit);
+    // Its exit closed the file, and that close made it durable.
+    assert!(holds(&store, "root/d.txt", b"complete\n"));
+    writer_that_ends(&vol.join("made.txt"), b"made\n", Ending::Exit);
+    assert!(holds(&store, "root/made.txt", b"made\n"));
+}
+
+/// The permission bits the object at `key` keeps in its metadata.
+fn kept_mode(store: &MemoryStore, key: &str) -> Option<u32> {
+    let headers = store.headers(key)?;
+    let mode = headers.user.get("mode")?;
+    Some(u32::from_str_radix(mode, 8).ok()? & 0o7777)
+}
+
+#[test]
+fn a_rename_over_a_file_open_for_writing_is_not_undone_by_its_descriptor() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (store, vol) = volume();
+    std::fs::write(vol.join("cfg"), "old\n").unwrap();
+    // As a shell runs `exec 3>>cfg; echo stale >&3; mv cfg.tmp cfg; exec 3>&-`.
+    let mut old = OpenOptions::new()
+        .append(true)
+        .open(vol.join("cfg"))
+        .unwrap();
+    old.write_all(b"stale\n").unwrap();
+    std::fs::write(vol.join("cfg.tmp"), "new\n").unwrap();
+    std::fs::set_permissions(vol.join("cfg.tmp"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(vol.join("cfg.tmp"), vol.join("cfg")).unwrap();
+    // The old descriptor now names an unlinked file.
+    assert_eq!(old.metadata().unwrap().nlink(), 0);
+    old.write_all(b"later\n").unwrap();
+    old.sync_all().unwrap();
+    drop(old);
+    assert!(
+        !wait_until(Duration::from_secs(1), || !holds(
+            &store, "root/cfg", b"new\n"
+        )),
+        "the old descriptor changed the renamed file: S3 holds {:?}",
+        store.get("root/cfg")
+    );
+    assert_eq!(kept_mode(&store, "root/cfg"), Some(0o600));
+    assert_eq!(store.get("root/cfg.tmp"), None);
+    assert!(store.pending_uploads().is_empty());
+    assert_eq!(std::fs::read(vol.join("cfg")).unwrap(), b"new\n");
+}
+
+#[test]
+fn reading_through_a_read_write_descriptor_costs_what_a_read_only_one_does() {
+    use s3vol::store::Operation;
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let (store, vol) = volume();
+    let data = pattern(12 << 20, 7);
+    store.put("root/db.sqlite", data.clone());
+    let etag = store.etag("root/db.sqlite");
+    // The time it shows is the object's, before and while it is open.
+    std::thread::sleep(Duration::from_millis(1100));
+    let shown = std::fs::metadata(vol.join("db.sqlite"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    store.clear_calls();
+    // As Python's open(..., 'r+b') and SQLite open a file.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(vol.join("db.sqlite"))
+        .unwrap();
+    let mut head = [0u8; 10];
+    file.read_exact(&mut head).unwrap();
+    assert_eq!(head, data[..10]);
+    let mut far = [0u8; 100];
+    file.read_exact_at(&mut far, 9 << 20).unwrap();
+    assert_eq!(far, data[9 << 20..(9 << 20) + 100]);
+    assert_eq!(file.metadata().unwrap().modified().unwrap(), shown);
+    drop(file);
+    let fetched: u64 = store
+        .calls()
+        .iter()
+        .filter_map(|c| c.range.as_ref().map(|r| r.end - r.start))
+        .sum();
+    assert!(
+        fetched <= 3 << 20,
+        "reading 110 bytes through a read-write descriptor fetched {fetched} bytes"
+    );
+    for op in [
+        Operation::PutObject,
+        Operation::CreateMultipartUpload,
+        Operation::UploadPart,
+        Operation::CopyObject,
+    ] {
+        assert_eq!(
+            store.count_calls(op),
+            0,
+            "a handle that changed nothing made a {op:?}"
+        );
+    }
+    assert_eq!(store.etag("root/db.sqlite"), etag);
+    // Its first write stages it: the change is published whole.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(vol.join("db.sqlite"))
+        .unwrap();
+    let mut head = [0u8; 10];
+    file.read_exact(&mut head).unwrap();
+    file.write_all_at(b"CHANGED", 5 << 20).unwrap();
+    let mut back = [0u8; 7];
+    file.read_exact_at(&mut back, 5 << 20).unwrap();
+    assert_eq!(&back, b"CHANGED");
+    drop(file);
+    let mut changed = data;
+    changed[5 << 20..(5 << 20) + 7].copy_from_slice(b"CHANGED");
+    assert!(holds(&store, "root/db.sqlite", &changed));
+}
+
+#[test]
+fn an_open_after_another_client_replaced_the_file_reads_the_new_version() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let config = FsConfig {
+        metadata_ttl: Duration::from_secs(60),
+        ..FsConfig::default()
+    };
+    let vol = MemoryMount::read_write(store.clone(), config);
+    std::fs::write(vol.join("grows.txt"), "v1").unwrap();
+    std::fs::write(vol.join("shrinks.txt"), "a longer version one").unwrap();
+    assert_eq!(std::fs::metadata(vol.join("grows.txt")).unwrap().len(), 2);
+    assert_eq!(
+        std::fs::metadata(vol.join("shrinks.txt")).unwrap().len(),
+        20
+    );
+    // Another client replaces them, within the metadata TTL: a fresh open
+    // reads what S3 holds, longer or shorter than the size the kernel kept.
+    store.put("root/grows.txt", "version two");
+    store.put("root/shrinks.txt", "v2");
+    assert_eq!(
+        std::fs::read(vol.join("grows.txt")).unwrap(),
+        b"version two"
+    );
+    assert_eq!(std::fs::read(vol.join("shrinks.txt")).unwrap(), b"v2");
+    assert_eq!(std::fs::metadata(vol.join("grows.txt")).unwrap().len(), 11);
+    // A handle that already returned bytes of a version fails (ESTALE)
+    // rather than mix two.
+    use std::os::unix::fs::FileExt;
+    let big = pattern(16 << 20, 3);
+    store.put("root/big.bin", big.clone());
+    let file = File::open(vol.join("big.bin")).unwrap();
+    let mut first = vec![0u8; 4096];
+    file.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(first, big[..4096]);
+    store.put("root/big.bin", pattern(16 << 20, 9));
+    let mut far = vec![0u8; 4096];
+    let err = file.read_exact_at(&mut far, 12 << 20).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+}

@@ -17,6 +17,7 @@ mod control;
 mod dir;
 mod encrypted;
 pub mod error;
+mod handles;
 pub mod inode;
 pub mod kernel;
 mod lookup;
@@ -35,7 +36,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tracing::debug;
@@ -55,7 +55,7 @@ use crate::cache::BlockCache;
 use crate::memory::{DEFAULT_MAX_MEMORY, MemoryBudget};
 use crate::names::{NameProblem, check_name};
 use crate::stats::MountStats;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::ObjectStore;
 
 /// What the kernel is told about ownership and modes, and how long metadata lives.
 #[derive(Clone, Debug)]
@@ -83,6 +83,9 @@ pub struct FsConfig {
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// Client-side encryption (`--cse-kms-key-id`).
     pub encryption: Option<Arc<crate::cse::volume::VolumeEncryption>>,
+    /// How long a listing may bring nothing, page after page
+    /// (`--io-timeout`).
+    pub io_timeout: Duration,
 }
 
 impl Default for FsConfig {
@@ -101,6 +104,7 @@ impl Default for FsConfig {
             stats: None,
             audit: None,
             encryption: None,
+            io_timeout: crate::store::LISTING_PATIENCE,
         }
     }
 }
@@ -184,6 +188,8 @@ enum OpenFile {
         reader: Arc<tokio::sync::Mutex<Reader>>,
         /// Set at the first read through the handle, which the audit log records.
         read_once: Arc<AtomicBool>,
+        /// The open let the kernel keep the pages it held of the file.
+        kernel_kept: bool,
     },
     /// The file is being written in this mount: reads and writes go to its
     /// staged copy.
@@ -192,6 +198,10 @@ enum OpenFile {
         file: Arc<StagedFile>,
         /// `None` for a handle open for reading only.
         writer: Option<Arc<Writer>>,
+        /// Reads the object the file was opened on while no one changed it.
+        base_reader: handles::BaseReader,
+        /// Set at the first read through the handle, which the audit log records.
+        read_once: Arc<AtomicBool>,
     },
 }
 
@@ -291,15 +301,13 @@ impl Fs {
         // Set-user-ID and set-group-ID bits are kept but never shown: whoever
         // can write to the bucket could otherwise hand a root-owned setuid
         // program to anyone who copies it off the volume with `cp -a`.
-        let perm = match node.kind {
-            Kind::File => posix.perm.map_or(perm, |p| p & !SETID_BITS),
-            Kind::Directory => posix.perm.unwrap_or(perm),
-        };
+        // Nor those of --file-mode and --dir-mode.
+        let perm = posix.perm.unwrap_or(perm) & !SETID_BITS;
         mtime = posix.mtime.unwrap_or(mtime);
         // A file being written here is what this mount shows, whatever S3 holds.
         if let Some(file) = self.staged_file(ino) {
             size = file.size();
-            mtime = file.mtime();
+            mtime = file.changed_mtime().unwrap_or(mtime);
             if file.is_deleted() {
                 nlink = 0;
             }
@@ -456,191 +464,6 @@ impl Fs {
         table.forget(ino, n);
         if table.get(ino).is_none() {
             self.kernel.forgotten(ino);
-        }
-    }
-
-    /// Opens file `ino`: for reading from S3, or through its staged copy when it
-    /// is being written here or `flags.write` asks to write it.
-    pub async fn open(&self, ino: u64, flags: OpenFlags) -> FsResult<u64> {
-        self.open_file(ino, flags).await.map(|opened| opened.fh)
-    }
-
-    /// Like [`Fs::open`], and says whether the kernel may keep its page cache of
-    /// the file: when this open reads the same version as the last one did, so a
-    /// re-read of an unchanged file is served by the kernel without a request.
-    pub async fn open_file(&self, ino: u64, flags: OpenFlags) -> FsResult<Opened> {
-        if flags.write {
-            self.writable()?;
-        }
-        let mut node = self.node(ino)?;
-        if node.kind != Kind::File {
-            return Err(FsError::IsADirectory);
-        }
-        let mut keep_cache = false;
-        let mut direct_io = false;
-        let handle = if flags.write || self.staged_file(ino).is_some() {
-            let file = self.stage(ino, flags).await?;
-            self.inodes.lock().note_open(ino, None);
-            OpenFile::Staged {
-                ino,
-                file,
-                writer: if flags.write {
-                    Writer::new(flags.process, false)
-                } else {
-                    None
-                },
-            }
-        } else {
-            // The size the kernel has: an open that finds another has it ask
-            // again before it reads.
-            let told = self.kernel.size_shown(ino);
-            // (An encrypted volume asks S3 below in any case.)
-            let expired = node
-                .remaining(self.config.metadata_ttl, Instant::now())
-                .is_none();
-            if expired && self.config.encryption.is_none() {
-                self.getattr(ino).await?;
-                node = self.node(ino)?;
-            }
-            // Encrypted: a HEAD now, for the key of the version read.
-            let opening = self.open_encrypted(ino, node).await?;
-            node = opening.node;
-            if let Some(was) = told.filter(|&was| was != node.stat.size) {
-                self.kernel.attributes_changed(ino);
-                return Err(FsError::Resized {
-                    key: node.key,
-                    was,
-                    now: node.stat.size,
-                });
-            }
-            direct_io = opening.unchecked;
-            let same_version = self.inodes.lock().note_open(ino, Some(&node.stat.etag));
-            // Pages of another version may enter the kernel's cache through a
-            // handle still open on it: then the cache is not kept. With an audit
-            // log it never is, so that every open's first read reaches us.
-            keep_cache = same_version
-                && !opening.unchecked
-                && self.config.audit.is_none()
-                && !self.files.lock().values().any(|f| {
-                    matches!(f, OpenFile::Object { ino: i, etag, .. }
-                        if *i == ino && **etag != node.stat.etag)
-                });
-            let etag: Arc<str> = node.stat.etag.as_str().into();
-            let object = self.object_version(&node, opening.decryption);
-            let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
-            OpenFile::Object {
-                ino,
-                etag,
-                reader: Arc::new(tokio::sync::Mutex::new(reader)),
-                read_once: Arc::default(),
-            }
-        };
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().insert(fh, handle);
-        debug!(
-            ino,
-            fh,
-            key = node.key,
-            ?flags,
-            keep_cache,
-            direct_io,
-            "opened"
-        );
-        Ok(Opened {
-            fh,
-            keep_cache,
-            direct_io,
-        })
-    }
-
-    fn handle(&self, fh: u64) -> FsResult<OpenFile> {
-        self.files
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle(fh))
-    }
-
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let (ino, reader) = match self.handle(fh)? {
-            OpenFile::Object {
-                ino,
-                etag,
-                reader,
-                read_once,
-            } => {
-                self.first_read(ino, &etag, &read_once);
-                (ino, reader)
-            }
-            OpenFile::Staged { file, .. } => return Ok(file.read(offset, size).await?),
-        };
-        let mut reader = reader.lock().await;
-        let result = reader.read(offset, size).await;
-        if result.is_err() && reader.object().is_forged() {
-            self.forget_forged(ino, reader.object());
-        }
-        result.map_err(|e| match e {
-            StoreError::NotFound { ref key, .. }
-            | StoreError::Changed { ref key, .. }
-            | StoreError::ShortBody { ref key, .. }
-            | StoreError::InvalidRange { ref key, .. } => {
-                // What we know of the object is wrong: the next open asks S3 again
-                // and gets the new version.
-                self.inodes.lock().expire(ino);
-                FsError::Stale {
-                    key: key.clone(),
-                    source: Box::new(e),
-                }
-            }
-            other => other.into(),
-        })
-    }
-
-    /// A read answered without waiting on the network, when the data is in the
-    /// block cache; `None` when it needs the asynchronous path.
-    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
-        let OpenFile::Object {
-            ino,
-            etag,
-            reader,
-            read_once,
-        } = self.handle(fh).ok()?
-        else {
-            return None;
-        };
-        // A reader busy with another request takes the asynchronous path.
-        let mut reader = reader.try_lock().ok()?;
-        let data = reader.read_cached(offset, size)?;
-        self.first_read(ino, &etag, &read_once);
-        Some(data)
-    }
-
-    /// Records the first read through a handle of version `etag` of `ino`.
-    fn first_read(&self, ino: u64, etag: &str, read_once: &AtomicBool) {
-        if self.config.audit.is_none() || read_once.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let Ok(node) = self.node(ino) else { return };
-        self.audit(|| crate::audit::Event {
-            size: Some(node.stat.size),
-            etag: Some(etag.to_string()),
-            ..crate::audit::Event::new(crate::audit::Op::Read, node.key)
-        });
-    }
-
-    /// The handle is closed for good, after the flush that reported the outcome of
-    /// the upload. The last handle on a staged file frees the staging file; changes
-    /// whose upload failed (the application was told at close) are not retried.
-    pub async fn release(&self, fh: u64) {
-        let handle = self.files.lock().remove(&fh);
-        match handle {
-            Some(OpenFile::Staged { ino, writer, .. }) => self.release_staged(ino, writer).await,
-            Some(OpenFile::Object { ino, etag, .. }) => {
-                // Whatever it read is in the kernel's cache; unless that is the
-                // version the cache is known to hold, the cache is mixed.
-                self.inodes.lock().note_closed(ino, &etag);
-            }
-            None => {}
         }
     }
 

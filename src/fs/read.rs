@@ -291,6 +291,10 @@ pub struct Reader {
     parts: VecDeque<Part>,
     /// Every read so far continued the one before it, from offset 0.
     from_start: bool,
+    /// Bytes were returned: the version read is the one the application saw.
+    served: bool,
+    /// [`Reader::switch_to`] was called (it may be, once).
+    switched: bool,
 }
 
 impl Reader {
@@ -304,12 +308,29 @@ impl Reader {
             window,
             parts: VecDeque::new(),
             from_start: true,
+            served: false,
+            switched: false,
         }
     }
 
     /// The version read.
     pub fn object(&self) -> &ObjectVersion {
         &self.object
+    }
+
+    /// Whether the reader may still read another version than the one it
+    /// was opened on: it returned no byte yet, and did not switch before.
+    pub fn may_switch(&self) -> bool {
+        !self.served && !self.switched
+    }
+
+    /// Reads `object` from now on (see [`Reader::may_switch`]).
+    pub fn switch_to(&mut self, object: ObjectVersion) {
+        let (config, budget) = (self.config.clone(), self.budget.clone());
+        *self = Self {
+            switched: true,
+            ..Self::new(object, config, budget)
+        };
     }
 
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
@@ -340,10 +361,14 @@ impl Reader {
             }
             other => other,
         };
-        if result.is_err() {
-            // Whatever failed, the parts in flight may be just as stale or broken.
-            self.parts.clear();
-            self.window = self.config.initial_window;
+        match &result {
+            Ok(data) => self.served |= !data.is_empty(),
+            Err(_) => {
+                // Whatever failed, the parts in flight may be just as stale or
+                // broken.
+                self.parts.clear();
+                self.window = self.config.initial_window;
+            }
         }
         result
     }
@@ -365,16 +390,18 @@ impl Reader {
             cache.read_cached(&object.key, &object.etag, object.stored_size(), offset..end)?;
         let mut out = Gather::new(&(offset..end));
         out.take(&object.key, &pieces, offset, offset..end).ok()?;
-        self.after_random_read(offset, end);
         let data = out.finish();
-        Some(match &self.object.decryption {
+        let data = match &self.object.decryption {
             Some(decryption) => {
                 let mut plain = data.to_vec();
                 decryption.decrypt_unchecked(offset, &mut plain).ok()?;
                 Bytes::from(plain)
             }
             None => data,
-        })
+        };
+        self.after_random_read(offset, end);
+        self.served = true;
+        Some(data)
     }
 
     /// A random read that jumped farther than the largest window ends the

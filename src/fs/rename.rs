@@ -67,6 +67,18 @@ impl Fs {
         }
         let from = child_key(&from_dir.key, name, kind)?;
         let to = child_key(&to_dir.key, new_name, kind)?;
+        // A file the rename replaces that is still open for writing is, for
+        // its descriptors, an unlinked file from now on: nothing they do may
+        // change the object under the name. Its uploads wait (the one under
+        // way ends first) and are given up once the name is the new file's.
+        let replaced_file = match target {
+            Some((replaced, Kind::File)) => self.staged_file(replaced),
+            _ => None,
+        };
+        let paused = match &replaced_file {
+            Some(file) => Some(file.pause().await),
+            None => None,
+        };
         let copied_etag = match kind {
             Kind::File => Some(self.rename_file(ino, &from, &to).await?),
             Kind::Directory => {
@@ -77,6 +89,9 @@ impl Fs {
                 None
             }
         };
+        if let (Some(file), Some(paused)) = (&replaced_file, paused) {
+            file.discard_paused(paused).await;
+        }
         let moved = {
             let mut table = self.inodes.lock();
             let moved = table.rename(ino, new_parent, new_name);
@@ -225,7 +240,7 @@ impl Fs {
         }
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
-        let mut pages = Pagination::new(Operation::ListObjectsV2, from);
+        let mut pages = Pagination::new(Operation::ListObjectsV2, from, self.config.io_timeout);
         loop {
             let page = self
                 .store

@@ -193,7 +193,9 @@ impl Fs {
             OpenFile::Staged {
                 ino,
                 file,
-                writer: Writer::new(process, true),
+                writer: Writer::new(process, true, false),
+                base_reader: Default::default(),
+                read_once: Default::default(),
             },
         );
         debug!(ino, fh, key, "created");
@@ -250,6 +252,7 @@ impl Fs {
             ino,
             file,
             writer: Some(writer),
+            ..
         } = self.handle(fh)?
         else {
             return Ok(());
@@ -260,6 +263,36 @@ impl Fs {
             return Ok(());
         }
         self.upload(ino, &file).await
+    }
+
+    /// close(2) by a process that is exiting because signal `signal` killed it
+    /// (SIGKILL, the OOM killer, a crash), as the kernel closes the files of
+    /// a dying process. Where [`Fs::flush`] would publish (the opener's close
+    /// after a change), this publishes nothing, and neither does the last
+    /// release: S3 keeps the previous version, as it keeps it for a writer
+    /// killed before its close. A later change through another handle
+    /// publishes as usual.
+    pub fn close_by_killed_process(&self, fh: u64, process: Option<u32>, signal: i32) {
+        let Ok(OpenFile::Staged {
+            file,
+            writer: Some(writer),
+            ..
+        }) = self.handle(fh)
+        else {
+            return;
+        };
+        let other_process = matches!((writer.opener, process), (Some(a), Some(b)) if a != b);
+        if other_process || !(writer.wrote.load(Ordering::SeqCst) || writer.truncated) {
+            return;
+        }
+        file.hold_back(signal);
+        warn!(
+            key = file.key(),
+            pid = process,
+            signal,
+            "the process writing the file was killed by signal {signal}: what it wrote is not \
+             published, and S3 keeps the previous version"
+        );
     }
 
     /// Notes a close by a process the daemon cannot see (the kernel named it
@@ -362,7 +395,7 @@ impl Fs {
     /// object's metadata, a directory's in its marker's (see
     /// [`Fs::change_posix`]; accepted and not kept with `--no-metadata`, and
     /// for the volume root).
-    pub async fn setattr(
+    pub(super) async fn set_attributes(
         &self,
         ino: u64,
         size: Option<u64>,
@@ -430,6 +463,7 @@ impl Fs {
             // open meanwhile shares it.
             entry.file.clone()
         };
+        let held_back = file.held_back().is_some();
         if file.has_unsent_changes() {
             if let Err(e) = self.upload(ino, &file).await {
                 warn!(
@@ -438,7 +472,7 @@ impl Fs {
                      ({e:#}); S3 keeps the previous version"
                 );
             }
-        } else if file.is_dirty() {
+        } else if file.is_dirty() && !held_back {
             warn!(
                 key = file.key(),
                 "closed with changes whose upload failed; S3 keeps the previous version"
@@ -455,6 +489,12 @@ impl Fs {
         // stop (which closes it).
         if last {
             file.close().await;
+            if held_back {
+                // The file is what S3 holds again (nothing, if it was created
+                // here): the next look asks.
+                self.inodes.lock().expire(ino);
+                self.kernel.attributes_changed(ino);
+            }
         }
     }
 

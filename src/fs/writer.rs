@@ -16,6 +16,9 @@ pub(super) struct Writer {
     pub(super) opener: Option<u32>,
     /// Created, written or truncated through this handle since it was opened.
     pub(super) wrote: AtomicBool,
+    /// Opened with O_TRUNC: a change, though not one its opener's close
+    /// publishes by itself (see `Fs::flush`).
+    pub(super) truncated: bool,
     /// Who last changed the file through this handle, on a volume with an
     /// audit log: the upload at the last release, whose request names no
     /// caller, is recorded as theirs.
@@ -26,10 +29,11 @@ impl Writer {
     /// A handle opened by `opener`; `created` when the open created the file,
     /// which is a change of its own (a new empty file is published at its
     /// creator's close, as it loses nothing).
-    pub(super) fn new(opener: Option<u32>, created: bool) -> Option<Arc<Self>> {
+    pub(super) fn new(opener: Option<u32>, created: bool, truncated: bool) -> Option<Arc<Self>> {
         Some(Arc::new(Self {
             opener,
             wrote: AtomicBool::new(created),
+            truncated,
             changed_by: Mutex::new(None),
         }))
     }

@@ -82,6 +82,10 @@ impl Filesystem for FuseAdapter {
         // A listing already carries every entry's size and time, so hand them over
         // with the names: `ls -l` then needs no lookup per file.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // An open with O_TRUNC says so itself, rather than as a truncation
+        // that follows it: the handle is then known to have emptied the file
+        // (which matters when its writer is killed before it writes).
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
@@ -235,7 +239,7 @@ impl Filesystem for FuseAdapter {
             ..Posix::default()
         };
         let span = debug_span!("symlink", parent = parent.0, ?name);
-        self.spawn(span, async move {
+        self.spawn_for(req, span, async move {
             match fs.symlink(parent.0, &name, &target, owner).await {
                 Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
                 Err(e) => reply.error(errno("symlink", &e)),
@@ -243,9 +247,9 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.spawn(debug_span!("readlink", ino = ino.0), async move {
+        self.spawn_for(req, debug_span!("readlink", ino = ino.0), async move {
             match fs.readlink(ino.0).await {
                 Ok(target) => reply.data(&target),
                 Err(e) => reply.error(errno("readlink", &e)),
@@ -400,9 +404,20 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        let process = process_of(req);
+        let caller = crate::procfs::thread(req.pid());
+        let process = caller.map(|thread| thread.process);
         if req.pid() == 0 {
             fs.close_by_unseen_process();
+        }
+        // Read while the close is in flight, before the dying process is gone;
+        // only of a thread that is exiting (see procfs::fatal_signal).
+        let killed = caller
+            .filter(|thread| thread.exiting)
+            .and_then(|_| crate::procfs::fatal_signal(req.pid()));
+        if let Some(signal) = killed {
+            fs.close_by_killed_process(fh.0, process, signal);
+            reply.ok();
+            return;
         }
         self.spawn_for(
             req,
@@ -458,9 +473,9 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.spawn(debug_span!("opendir", ino = ino.0), async move {
+        self.spawn_for(req, debug_span!("opendir", ino = ino.0), async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("opendir", &e)),
@@ -607,7 +622,7 @@ impl Filesystem for FuseAdapter {
             uid = req.uid(),
             pid = req.pid()
         );
-        self.spawn(span, async move {
+        self.spawn_for(req, span, async move {
             match fs.ioctl(ino.0, fh.0, cmd, &input, out_size).await {
                 Ok(answer) => reply.ioctl(answer.len() as i32, &answer),
                 Err(e) => reply.error(errno("ioctl", &e)),

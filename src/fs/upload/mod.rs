@@ -50,6 +50,7 @@ use self::local::LocalFile;
 use self::state::{Sent, State, Upload};
 use super::inode::Kind;
 use super::posix::Posix;
+use super::read::ObjectVersion;
 use crate::cse::gcm::Tagger;
 use crate::cse::volume::{CseError, VolumeEncryption};
 use crate::memory::MemoryBudget;
@@ -113,6 +114,11 @@ pub enum StageError {
 
 pub type StageResult<T> = Result<T, StageError>;
 
+/// A staged file's uploads held off ([`StagedFile::pause`]).
+pub struct Paused<'a> {
+    _uploads: tokio::sync::MutexGuard<'a, ()>,
+}
+
 /// What a successful upload left in S3.
 #[derive(Clone, Debug)]
 pub struct Uploaded {
@@ -172,7 +178,6 @@ impl StagedFile {
                 source,
             })?;
         let size = base.as_ref().map_or(0, |b| b.size);
-        let base = base.filter(|b| b.size > 0);
         Ok(Arc::new(Self {
             file: LocalFile::new(file, shares.encryption.is_some()),
             staging_dir,
@@ -195,6 +200,7 @@ impl StagedFile {
                 failure: None,
                 deleted: false,
                 abandoned: false,
+                held_back: None,
                 taken: 0,
                 mtime: SystemTime::now(),
                 posix: Posix::default(),
@@ -240,6 +246,30 @@ impl StagedFile {
         state.posix.mtime.unwrap_or(state.mtime)
     }
 
+    /// [`StagedFile::mtime`] once the file differs from the object it was
+    /// opened on (or a time was set on it); `None` while it is that object,
+    /// whose own time it shows.
+    pub fn changed_mtime(&self) -> Option<SystemTime> {
+        let state = self.state.lock();
+        match (state.posix.mtime, &state.base) {
+            (Some(set), _) => Some(set),
+            (None, Some(_)) => None,
+            (None, None) => Some(state.mtime),
+        }
+    }
+
+    /// The object the file was opened on, as long as nothing changed it: its
+    /// reads then cost what a read-only handle's do, and nothing is staged.
+    pub fn unchanged_base(&self) -> Option<Base> {
+        self.state.lock().base.clone()
+    }
+
+    /// The version of the object the file was opened on, for reading (`base`,
+    /// from [`StagedFile::unchanged_base`]).
+    pub async fn base_version(&self, base: &Base) -> StageResult<ObjectVersion> {
+        self.base_object(&self.key(), base).await
+    }
+
     /// Sets what `posix` sets of the mode, owner and time the object keeps.
     pub fn set_posix(&self, posix: Posix) {
         let mut state = self.state.lock();
@@ -266,6 +296,27 @@ impl StagedFile {
         state.dirty && state.unsent && !state.deleted && !state.abandoned
     }
 
+    /// The process that changed the file was killed by `signal` (SIGKILL, the
+    /// OOM killer, a crash) and closed it as it died: what it wrote is not
+    /// uploaded, unless the file changes again. A multipart upload under way
+    /// is aborted when the last handle goes ([`StagedFile::close`]).
+    pub fn hold_back(&self, signal: i32) {
+        let mut state = self.state.lock();
+        if state.dirty && !state.deleted {
+            state.unsent = false;
+            state.held_back = Some(signal);
+        }
+    }
+
+    /// The signal that killed the process whose changes are held back, while
+    /// nothing changed the file since ([`StagedFile::hold_back`]).
+    pub fn held_back(&self) -> Option<i32> {
+        let state = self.state.lock();
+        state
+            .held_back
+            .filter(|_| state.dirty && !state.unsent && !state.deleted)
+    }
+
     /// Unlinked while open.
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
@@ -280,6 +331,23 @@ impl StagedFile {
     /// is abandoned.
     pub async fn discard(&self) {
         self.state.lock().deleted = true;
+        self.close().await;
+    }
+
+    /// Holds off the file's uploads, once the one under way (if any) is
+    /// done, until the pause is dropped or given to
+    /// [`StagedFile::discard_paused`].
+    pub async fn pause(&self) -> Paused<'_> {
+        Paused {
+            _uploads: self.exclusive.lock().await,
+        }
+    }
+
+    /// [`StagedFile::discard`], for a file whose uploads were paused: no
+    /// upload starts in between.
+    pub async fn discard_paused(&self, paused: Paused<'_>) {
+        self.state.lock().deleted = true;
+        drop(paused);
         self.close().await;
     }
 

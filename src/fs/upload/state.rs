@@ -53,6 +53,9 @@ pub(super) struct State {
     /// Abandoned by a stopping volume: nothing is uploaded any more, and whoever
     /// asks for an upload is told so.
     pub(super) abandoned: bool,
+    /// The signal that killed the process whose changes are not to be
+    /// uploaded (`StagedFile::hold_back`).
+    pub(super) held_back: Option<i32>,
     /// Staging bytes taken from the mount's budget for this file: the largest
     /// it has been since it last shrank.
     pub(super) taken: u64,
@@ -76,6 +79,7 @@ impl State {
         }
         self.dirty = true;
         self.unsent = true;
+        self.held_back = None;
         self.mtime = SystemTime::now();
         // A time set before is the time of a change no more.
         self.posix.mtime = None;

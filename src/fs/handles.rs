@@ -1,0 +1,364 @@
+//! Open file handles: the open that decides what a handle reads (the object in
+//! S3, or the file's staged copy while it is being written here), its reads,
+//! and its release.
+//!
+//! A handle open for writing reads the object it was opened on, through the
+//! block cache as a read-only handle does, for as long as nothing changed the
+//! file: the staged copy is made at the first change, never for a read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::inode::Kind;
+use super::read::{ObjectVersion, Reader};
+use super::upload::{Base, StagedFile};
+use super::writer::Writer;
+use super::{Fs, FsError, FsResult, OpenFile, OpenFlags, Opened};
+use crate::store::{StoreError, StoreResult};
+
+/// The reader of the object a staged file was opened on, made at the first
+/// read through a handle on it.
+pub(super) type BaseReader = Arc<tokio::sync::Mutex<Option<Reader>>>;
+
+impl Fs {
+    /// Opens file `ino`: for reading from S3, or through its staged copy when it
+    /// is being written here or `flags.write` asks to write it.
+    pub async fn open(&self, ino: u64, flags: OpenFlags) -> FsResult<u64> {
+        self.open_file(ino, flags).await.map(|opened| opened.fh)
+    }
+
+    /// Like [`Fs::open`], and says whether the kernel may keep its page cache of
+    /// the file: when this open reads the same version as the last one did, so a
+    /// re-read of an unchanged file is served by the kernel without a request.
+    pub async fn open_file(&self, ino: u64, flags: OpenFlags) -> FsResult<Opened> {
+        if flags.write {
+            self.writable()?;
+        }
+        let mut node = self.node(ino)?;
+        if node.kind != Kind::File {
+            return Err(FsError::IsADirectory);
+        }
+        let mut keep_cache = false;
+        let mut direct_io = false;
+        let handle = if flags.write || self.staged_file(ino).is_some() {
+            let file = self.stage(ino, flags).await?;
+            self.inodes.lock().note_open(ino, None);
+            OpenFile::Staged {
+                ino,
+                file,
+                writer: if flags.write {
+                    Writer::new(flags.process, false, flags.truncate)
+                } else {
+                    None
+                },
+                base_reader: BaseReader::default(),
+                read_once: Arc::default(),
+            }
+        } else {
+            // The size the kernel has: an open that finds another has it ask
+            // again before it reads.
+            let told = self.kernel.size_shown(ino);
+            // (An encrypted volume asks S3 below in any case.)
+            let expired = node
+                .remaining(self.config.metadata_ttl, Instant::now())
+                .is_none();
+            if expired && self.config.encryption.is_none() {
+                self.getattr(ino).await?;
+                node = self.node(ino)?;
+            }
+            // Encrypted: a HEAD now, for the key of the version read.
+            let opening = self.open_encrypted(ino, node).await?;
+            node = opening.node;
+            if let Some(was) = told.filter(|&was| was != node.stat.size) {
+                self.kernel.attributes_changed(ino);
+                return Err(FsError::Resized {
+                    key: node.key,
+                    was,
+                    now: node.stat.size,
+                });
+            }
+            direct_io = opening.unchecked;
+            let same_version = self.inodes.lock().note_open(ino, Some(&node.stat.etag));
+            // Pages of another version may enter the kernel's cache through a
+            // handle still open on it: then the cache is not kept. With an audit
+            // log it never is, so that every open's first read reaches us.
+            keep_cache = same_version
+                && !opening.unchecked
+                && self.config.audit.is_none()
+                && !self.files.lock().values().any(|f| {
+                    matches!(f, OpenFile::Object { ino: i, etag, .. }
+                        if *i == ino && **etag != node.stat.etag)
+                });
+            let etag: Arc<str> = node.stat.etag.as_str().into();
+            let object = self.object_version(&node, opening.decryption);
+            let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
+            OpenFile::Object {
+                ino,
+                etag,
+                reader: Arc::new(tokio::sync::Mutex::new(reader)),
+                read_once: Arc::default(),
+                kernel_kept: keep_cache,
+            }
+        };
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().insert(fh, handle);
+        debug!(
+            ino,
+            fh,
+            key = node.key,
+            ?flags,
+            keep_cache,
+            direct_io,
+            "opened"
+        );
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io,
+        })
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> FsResult<OpenFile> {
+        self.files
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        match self.handle(fh)? {
+            OpenFile::Object {
+                ino,
+                etag,
+                reader,
+                read_once,
+                ..
+            } => {
+                self.first_read(ino, Some(&etag), &read_once);
+                self.read_object(fh, ino, &reader, offset, size).await
+            }
+            OpenFile::Staged {
+                ino,
+                file,
+                base_reader,
+                read_once,
+                ..
+            } => match file.unchanged_base() {
+                Some(base) => {
+                    self.first_read(ino, Some(&base.etag), &read_once);
+                    self.read_base(ino, &file, &base, &base_reader, offset, size)
+                        .await
+                }
+                None => {
+                    self.first_read(ino, None, &read_once);
+                    Ok(file.read(offset, size).await?)
+                }
+            },
+        }
+    }
+
+    /// A read through handle `fh` of the object it was opened on. A handle
+    /// that finds the version it opened replaced before it returned any byte
+    /// reads the new one instead, once (see [`Fs::replacement`]).
+    async fn read_object(
+        &self,
+        fh: u64,
+        ino: u64,
+        reader: &tokio::sync::Mutex<Reader>,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
+        let mut reader = reader.lock().await;
+        let mut result = reader.read(offset, size).await;
+        if matches!(result, Err(StoreError::Changed { .. })) && reader.may_switch() {
+            let etag = reader.object().etag.clone();
+            if let Some(object) = self.replacement(fh, ino, &etag).await {
+                reader.switch_to(object);
+                result = reader.read(offset, size).await;
+            }
+        }
+        self.read_outcome(ino, &reader, result)
+    }
+
+    /// A read through a handle open for writing on a file no one has
+    /// changed: from the object it was opened on, as a read-only handle reads
+    /// it. Its pages stay in the kernel's cache, so on an encrypted volume the
+    /// version is authenticated whole before its first byte is returned.
+    async fn read_base(
+        &self,
+        ino: u64,
+        file: &StagedFile,
+        base: &Base,
+        slot: &tokio::sync::Mutex<Option<Reader>>,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
+        let mut slot = slot.lock().await;
+        if slot
+            .as_ref()
+            .is_none_or(|reader| *reader.object().etag != *base.etag)
+        {
+            let object = ObjectVersion {
+                cache: self.config.cache.clone(),
+                ..file.base_version(base).await?
+            };
+            let checked = object.authenticate().await;
+            if checked.is_err() && object.is_forged() {
+                self.forget_forged(ino, &object);
+            }
+            checked.map_err(|e| self.stale(ino, e))?;
+            *slot = Some(Reader::new(
+                object,
+                self.config.read.clone(),
+                self.config.memory.clone(),
+            ));
+        }
+        let reader = slot.as_mut().expect("made above");
+        let result = reader.read(offset, size).await;
+        self.read_outcome(ino, reader, result)
+    }
+
+    /// What a read through `reader` of file `ino` answers.
+    fn read_outcome(
+        &self,
+        ino: u64,
+        reader: &Reader,
+        result: StoreResult<Bytes>,
+    ) -> FsResult<Bytes> {
+        if result.is_err() && reader.object().is_forged() {
+            self.forget_forged(ino, reader.object());
+        }
+        result.map_err(|e| self.stale(ino, e))
+    }
+
+    /// A read of file `ino` failed with `e`: where what we know of the object
+    /// is wrong (changed, gone, shorter), ESTALE, and the next open asks S3
+    /// again and gets the new version.
+    fn stale(&self, ino: u64, e: StoreError) -> FsError {
+        match e {
+            StoreError::NotFound { ref key, .. }
+            | StoreError::Changed { ref key, .. }
+            | StoreError::ShortBody { ref key, .. }
+            | StoreError::InvalidRange { ref key, .. } => {
+                self.inodes.lock().expire(ino);
+                FsError::Stale {
+                    key: key.clone(),
+                    source: Box::new(e),
+                }
+            }
+            other => other.into(),
+        }
+    }
+
+    /// The version of file `ino` that S3 holds now, for handle `fh`, which
+    /// found the version it opened (`etag`) replaced before it returned a byte.
+    /// `None` where the handle must fail instead: the kernel may hold pages of
+    /// the old version (the open kept its cache, or another handle is open on
+    /// the file), or the new version could not be read through this handle
+    /// (on an encrypted volume, one not yet authenticated, whose pages the
+    /// kernel would keep).
+    async fn replacement(&self, fh: u64, ino: u64, etag: &str) -> Option<ObjectVersion> {
+        let alone = {
+            let files = self.files.lock();
+            let ino_of = |f: &OpenFile| match f {
+                OpenFile::Object { ino, .. } | OpenFile::Staged { ino, .. } => *ino,
+            };
+            let kept = matches!(
+                files.get(&fh),
+                Some(OpenFile::Object {
+                    kernel_kept: true,
+                    ..
+                })
+            );
+            !kept && !files.iter().any(|(h, f)| *h != fh && ino_of(f) == ino)
+        };
+        if !alone {
+            return None;
+        }
+        let told = self.kernel.size_shown(ino);
+        self.inodes.lock().expire(ino);
+        self.getattr(ino).await.ok()?;
+        let opening = self.open_encrypted(ino, self.node(ino).ok()?).await.ok()?;
+        let node = opening.node;
+        if opening.unchecked || node.stat.etag == etag {
+            return None;
+        }
+        // Longer: the kernel is to ask for the new size before it reads past
+        // the old one. (Shorter, it learns the size from the short read, which
+        // a notification now would keep it from believing.)
+        if told.is_some_and(|told| told < node.stat.size) {
+            self.kernel.attributes_changed(ino);
+        }
+        let new_etag: Arc<str> = node.stat.etag.as_str().into();
+        if let Some(OpenFile::Object { etag, .. }) = self.files.lock().get_mut(&fh) {
+            *etag = new_etag;
+        }
+        self.inodes.lock().note_open(ino, Some(&node.stat.etag));
+        debug!(
+            fh,
+            key = node.key,
+            etag = node.stat.etag,
+            "reads the version replacing the one opened"
+        );
+        Some(self.object_version(&node, opening.decryption))
+    }
+
+    /// A read answered without waiting on the network, when the data is in the
+    /// block cache; `None` when it needs the asynchronous path.
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
+        let OpenFile::Object {
+            ino,
+            etag,
+            reader,
+            read_once,
+            ..
+        } = self.handle(fh).ok()?
+        else {
+            return None;
+        };
+        // A reader busy with another request takes the asynchronous path.
+        let mut reader = reader.try_lock().ok()?;
+        let data = reader.read_cached(offset, size)?;
+        self.first_read(ino, Some(&etag), &read_once);
+        Some(data)
+    }
+
+    /// Records the first read through a handle, of version `etag` of `ino`
+    /// (`None`: of the file as this mount changed it).
+    fn first_read(&self, ino: u64, etag: Option<&str>, read_once: &AtomicBool) {
+        if self.config.audit.is_none() || read_once.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(node) = self.node(ino) else { return };
+        let size = match self.staged_file(ino) {
+            Some(file) => file.size(),
+            None => node.stat.size,
+        };
+        self.audit(|| crate::audit::Event {
+            size: Some(size),
+            etag: etag.map(str::to_string),
+            ..crate::audit::Event::new(crate::audit::Op::Read, node.key)
+        });
+    }
+
+    /// The handle is closed for good, after the flush that reported the outcome of
+    /// the upload. The last handle on a staged file frees the staging file; changes
+    /// whose upload failed (the application was told at close) are not retried.
+    pub async fn release(&self, fh: u64) {
+        let handle = self.files.lock().remove(&fh);
+        match handle {
+            Some(OpenFile::Staged { ino, writer, .. }) => self.release_staged(ino, writer).await,
+            Some(OpenFile::Object { ino, etag, .. }) => {
+                // Whatever it read is in the kernel's cache; unless that is the
+                // version the cache is known to hold, the cache is mixed.
+                self.inodes.lock().note_closed(ino, &etag);
+            }
+            None => {}
+        }
+    }
+}
