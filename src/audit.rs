@@ -1,7 +1,10 @@
-//! `--audit-log PATH`: one JSON line for every object a handle reads for the
-//! first time and for every change (create, the close that made an object,
-//! rename, unlink, mkdir, rmdir), saying who asked (uid, gid, pid and command
-//! name), on which key, and what came of it (`errno`, 0 for success).
+//! `--audit-log PATH`: one JSON line for every operation that reads or changes
+//! the bucket or hands out access to it: the first read through a handle, a
+//! directory listed, a link's target read, every change (create, the close
+//! that made an object, rename, unlink, mkdir, rmdir, symlink, chmod, chown,
+//! utimens), and `s3vol info` and `s3vol url`; saying who asked (uid, gid,
+//! pid and command name), on which key, and what came of it (`errno`, 0 for
+//! success).
 //!
 //! The log never slows the filesystem down or stops it: lines go into a bounded
 //! queue that a thread of its own appends to the file. A line that finds the
@@ -67,6 +70,19 @@ pub enum Op {
     Unlink,
     Mkdir,
     Rmdir,
+    /// A directory opened to be listed.
+    List,
+    Symlink,
+    /// A symbolic link's target read.
+    Readlink,
+    /// A mode set (chmod), an owner (chown), a time (touch, utime).
+    Chmod,
+    Chown,
+    Utimens,
+    /// `s3vol info`: what S3 holds for a file.
+    Info,
+    /// `s3vol url`: a presigned URL handed out.
+    Url,
 }
 
 impl Op {
@@ -79,6 +95,14 @@ impl Op {
             Op::Unlink => "unlink",
             Op::Mkdir => "mkdir",
             Op::Rmdir => "rmdir",
+            Op::List => "list",
+            Op::Symlink => "symlink",
+            Op::Readlink => "readlink",
+            Op::Chmod => "chmod",
+            Op::Chown => "chown",
+            Op::Utimens => "utimens",
+            Op::Info => "info",
+            Op::Url => "url",
         }
     }
 }
@@ -99,6 +123,22 @@ pub struct Event {
     pub etag: Option<String>,
     /// 0, or the errno the caller was answered.
     pub errno: i32,
+    /// What a chmod or chown set, or a URL's method and expiry.
+    pub detail: Option<Detail>,
+}
+
+/// What an event set or handed out, besides its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// The permission bits a chmod set.
+    Mode(u16),
+    /// The owner and group a chown set (`None`: left as they were).
+    Owner { uid: Option<u32>, gid: Option<u32> },
+    /// A presigned URL: its method, and until when it works.
+    Url {
+        method: &'static str,
+        expires: SystemTime,
+    },
 }
 
 impl Event {
@@ -112,6 +152,7 @@ impl Event {
             size: None,
             etag: None,
             errno: 0,
+            detail: None,
         }
     }
 }
@@ -241,6 +282,21 @@ fn line(event: &Event, time: SystemTime, command: Option<String>) -> Vec<u8> {
     if let Some(etag) = &event.etag {
         object.insert("etag".into(), json!(etag));
     }
+    match &event.detail {
+        Some(Detail::Mode(mode)) => {
+            object.insert("mode".into(), json!(format!("{mode:04o}")));
+        }
+        Some(Detail::Owner { uid, gid }) => {
+            object.insert("owner_uid".into(), json!(uid));
+            object.insert("owner_gid".into(), json!(gid));
+        }
+        Some(Detail::Url { method, expires }) => {
+            object.insert("method".into(), json!(method));
+            let expires = humantime::format_rfc3339_seconds(*expires).to_string();
+            object.insert("expires".into(), json!(expires));
+        }
+        None => {}
+    }
     let mut line = value.to_string().into_bytes();
     line.push(b'\n');
     line
@@ -264,6 +320,7 @@ mod tests {
             size: Some(5),
             etag: Some("\"e\"".into()),
             errno: 0,
+            detail: None,
         }
     }
 

@@ -59,7 +59,7 @@ pub fn init(level: &str, target: LogTarget<'_>) -> io::Result<()> {
 /// at a file of theirs, or at a file the daemon may write), never a device or a
 /// pipe, mode 0600 (the log names keys and paths).
 pub fn open_log_file(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let shown = path.display();
     let file = OpenOptions::new()
         .create(true)
@@ -79,6 +79,24 @@ pub fn open_log_file(path: &Path) -> io::Result<File> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::other(format!("{shown} is not a regular file")));
+    }
+    // Someone else's file, or another name of a file (a hard link to one
+    // the daemon may write, such as /etc/shadow), is never appended to nor
+    // made 600.
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "{shown} belongs to uid {}, not to the user s3vol runs as (uid {me}); remove it or \
+             give a path of this user's own",
+            meta.uid()
+        )));
+    }
+    if meta.nlink() > 1 {
+        return Err(io::Error::other(format!(
+            "{shown} has {} hard links; a log file must have a name of its own (remove the \
+             other names, or give another path)",
+            meta.nlink()
+        )));
     }
     if meta.permissions().mode() & 0o077 != 0 {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
@@ -214,5 +232,35 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert!(open_log_file(&fifo).is_err(), "a FIFO is no log file");
         assert!(open_log_file(Path::new("/dev/null")).is_err());
+    }
+
+    #[test]
+    fn a_log_file_of_another_user_or_with_another_name_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A hard link to a file the daemon may write: neither appended to nor
+        // made 600.
+        let precious = dir.path().join("precious");
+        std::fs::write(&precious, "keep\n").unwrap();
+        std::fs::set_permissions(&precious, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let linked = dir.path().join("linked.log");
+        std::fs::hard_link(&precious, &linked).unwrap();
+        let error = open_log_file(&linked).unwrap_err().to_string();
+        assert!(error.contains("2 hard links"), "{error}");
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep\n");
+        assert_eq!(mode(&precious), 0o644);
+
+        // A file another user made where the log is to go (only root can
+        // give it away).
+        if nix::unistd::geteuid().is_root() {
+            let theirs = dir.path().join("theirs.log");
+            std::fs::write(&theirs, "").unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let error = open_log_file(&theirs).unwrap_err().to_string();
+            assert!(error.contains("belongs to uid 65534"), "{error}");
+            assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 65534);
+            assert_eq!(mode(&theirs), 0o644);
+        }
     }
 }

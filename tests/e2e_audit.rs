@@ -111,6 +111,101 @@ async fn each_operation_is_a_line_naming_the_command_that_asked() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// Every operation that reads or changes the bucket, or hands out access to
+/// it, leaves exactly one line, whichever command makes it: the first read
+/// through a read-write descriptor, a listing, a link made and read, a mode,
+/// an owner and a time set, `s3vol info` and `s3vol url`.
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn every_operation_on_the_bucket_is_exactly_one_line() {
+    let (_server, vol, _dir, log) = audited_volume("data/in.txt", b"input").await;
+    let at = |name: &str| vol.path().join(name);
+    let steps: &[(&str, &[&str])] = &[
+        ("cat", &["in.txt"]),
+        ("ls", &["."]),
+        ("ln", &["-s", "in.txt", "link"]),
+        ("readlink", &["link"]),
+        ("chmod", &["600", "in.txt"]),
+        ("chown", &["1000:1000", "in.txt"]),
+        ("touch", &["-m", "-d", "@1700000000", "in.txt"]),
+        ("python3", &["-c", "open('in.txt', 'r+b').read(3)"]),
+        ("mkdir", &["d"]),
+        ("rmdir", &["d"]),
+        ("cp", &["in.txt", "copy.txt"]),
+        ("mv", &["copy.txt", "moved.txt"]),
+        ("rm", &["moved.txt"]),
+    ];
+    for (program, args) in steps {
+        let status = Command::new(program)
+            .args(*args)
+            .current_dir(vol.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{program} {args:?}");
+    }
+    for args in [&["info"][..], &["url"], &["url", "--method", "put"]] {
+        let out = common::s3vol()
+            .args(args)
+            .arg(at("in.txt"))
+            .output()
+            .unwrap();
+        assert!(common::succeeded(&out), "s3vol {args:?}");
+    }
+    common::unmount(vol.path());
+
+    let mut seen: Vec<(String, String, String)> = lines(&log)
+        .iter()
+        .map(|l| {
+            assert_eq!(l["errno"], 0, "{l}");
+            let text = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (text("command"), text("op"), text("key"))
+        })
+        .collect();
+    seen.sort();
+    let mut wanted: Vec<(String, String, String)> = [
+        ("cat", "read", "data/in.txt"),
+        ("ls", "list", "data/"),
+        ("ln", "symlink", "data/link"),
+        ("readlink", "readlink", "data/link"),
+        ("chmod", "chmod", "data/in.txt"),
+        ("chown", "chown", "data/in.txt"),
+        ("touch", "utimens", "data/in.txt"),
+        ("python3", "read", "data/in.txt"),
+        ("mkdir", "mkdir", "data/d/"),
+        ("rmdir", "rmdir", "data/d/"),
+        ("cp", "read", "data/in.txt"),
+        ("cp", "create", "data/copy.txt"),
+        ("cp", "write", "data/copy.txt"),
+        ("mv", "rename", "data/copy.txt"),
+        ("rm", "unlink", "data/moved.txt"),
+        ("s3vol", "info", "data/in.txt"),
+        ("s3vol", "url", "data/in.txt"),
+        ("s3vol", "url", "data/in.txt"),
+    ]
+    .iter()
+    .map(|(c, o, k)| (c.to_string(), o.to_string(), k.to_string()))
+    .collect();
+    wanted.sort();
+    assert_eq!(seen, wanted);
+    let lines = lines(&log);
+    let chmod = lines.iter().find(|l| l["op"] == "chmod").unwrap();
+    assert_eq!(chmod["mode"], "0600");
+    let chown = lines.iter().find(|l| l["op"] == "chown").unwrap();
+    assert_eq!(
+        (chown["owner_uid"].as_u64(), chown["owner_gid"].as_u64()),
+        (Some(1000), Some(1000))
+    );
+    let methods: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["op"] == "url")
+        .map(|l| {
+            assert!(l["expires"].as_str().unwrap().ends_with('Z'), "{l}");
+            l["method"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(methods, ["GET", "PUT"]);
+}
+
 /// A change uploaded at the file's last release (its opener closed before the
 /// change was made, by a child it forked, whose close publishes nothing) is
 /// recorded as the writer's: the release carries no caller of its own.

@@ -31,6 +31,15 @@ fn stderr(out: &Output) -> String {
 
 /// curl's HTTP status and body for `url`, uploading `upload` with a PUT if given.
 fn curl(url: &str, upload: Option<&Path>) -> (u32, Vec<u8>) {
+    curl_with(url, upload, &serde_json::Map::new())
+}
+
+/// [`curl`], sending `headers` (as `s3vol url --json` lists them).
+fn curl_with(
+    url: &str,
+    upload: Option<&Path>,
+    headers: &serde_json::Map<String, serde_json::Value>,
+) -> (u32, Vec<u8>) {
     let body = tempfile::NamedTempFile::new().unwrap();
     let mut command = Command::new("curl");
     command.args(["--silent", "--show-error", "--output"]);
@@ -38,6 +47,11 @@ fn curl(url: &str, upload: Option<&Path>) -> (u32, Vec<u8>) {
     command.args(["--write-out", "%{http_code}", "--max-time", "30"]);
     if let Some(file) = upload {
         command.arg("--upload-file").arg(file);
+    }
+    for (name, value) in headers {
+        command
+            .arg("--header")
+            .arg(format!("{name}: {}", value.as_str().unwrap()));
     }
     let out = command.arg(url).output().expect("run curl");
     assert!(out.status.success(), "curl: {}", stderr(&out));
@@ -96,6 +110,43 @@ async fn get_and_put_urls_work_with_plain_http(kind: ServerKind) {
         server.get(BUCKET, "data/set/part-0.bin").await.unwrap(),
         b"replaced through a presigned PUT"
     );
+
+    // A PUT URL of a file whose mode was set carries that mode, signed in:
+    // the upload must send it, and the object keeps it, as the mount's own
+    // upload would.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let out = s3vol_on(&["url", "--method", "put", "--json", path_arg(&file)]);
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let headers = answer["headers"].as_object().unwrap().clone();
+    assert_eq!(headers["x-amz-meta-mode"], "0100640", "{answer}");
+    let text = stderr(&s3vol_on(&["url", "--method", "put", path_arg(&file)]));
+    assert!(text.contains("-H 'x-amz-meta-mode: 0100640'"), "{text}");
+    std::fs::write(upload.path(), b"uploaded with its mode").unwrap();
+    let url = answer["url"].as_str().unwrap();
+    if kind == ServerKind::Garage {
+        // (moto checks no signature.)
+        let (status, body) = curl(url, Some(upload.path()));
+        assert!(
+            (400..500).contains(&status),
+            "a PUT without the signed headers: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            server.get(BUCKET, "data/set/part-0.bin").await.unwrap(),
+            b"replaced through a presigned PUT"
+        );
+    }
+    let (status, body) = curl_with(url, Some(upload.path()), &headers);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let head = server
+        .client()
+        .head_object()
+        .bucket(BUCKET)
+        .key("data/set/part-0.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.metadata().unwrap()["mode"], "0100640");
 
     // An expired URL is refused by the server. (moto checks no signature until
     // authentication is switched on: e2e_role checks expiry there.)
@@ -190,4 +241,45 @@ async fn info_and_a_read_only_volume_on_garage() {
 #[ignore = "needs moto; run scripts/test.sh"]
 async fn info_and_a_read_only_volume_on_moto() {
     info_and_a_read_only_volume(ServerKind::Moto).await;
+}
+
+/// On a volume with `--sse`, a PUT URL asks for it: the upload sends the
+/// header it was signed with, and the object is stored encrypted. (moto keeps
+/// server-side encryption; Garage has none.)
+#[tokio::test]
+#[ignore = "needs moto; run scripts/test.sh"]
+async fn a_put_url_carries_the_volume_s_server_side_encryption() {
+    let server = Server::start(ServerKind::Moto);
+    server.create_bucket(BUCKET).await;
+    server.put(BUCKET, "f.txt", b"before".to_vec()).await;
+    let vol = Mount::new(&server, BUCKET, &["--read-write", "--sse", "AES256"]);
+    let file = vol.path().join("f.txt");
+    let out = s3vol_on(&["url", "--method", "put", "--json", path_arg(&file)]);
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let headers = answer["headers"].as_object().unwrap().clone();
+    assert_eq!(
+        headers["x-amz-server-side-encryption"], "AES256",
+        "{answer}"
+    );
+    let upload = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(upload.path(), b"after").unwrap();
+    let (status, body) = curl_with(
+        answer["url"].as_str().unwrap(),
+        Some(upload.path()),
+        &headers,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let head = server
+        .client()
+        .head_object()
+        .bucket(BUCKET)
+        .key("f.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption().map(|s| s.as_str()),
+        Some("AES256")
+    );
+    assert_eq!(server.get(BUCKET, "f.txt").await.unwrap(), b"after");
 }

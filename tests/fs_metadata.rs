@@ -602,6 +602,32 @@ async fn set_id_bits_are_kept_but_never_shown() {
         "0104711"
     );
     assert_eq!(vol.fs.getattr(ino).await.unwrap().attr.perm, 0o711);
+    // A directory's set-group-ID bit, from its marker, is not shown either.
+    store.put_with("root/dir/", "", user(&[("mode", "042775")]));
+    let dir = vol.fs.lookup(ROOT_INO, OsStr::new("dir")).await.unwrap();
+    assert_eq!(dir.attr.perm, 0o775);
+}
+
+#[tokio::test]
+async fn the_modes_of_the_options_never_show_set_id_bits() {
+    // --file-mode 4755 --dir-mode 2775: objects without metadata of their own.
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/plain", "x");
+    store.put("root/sub/plain", "y");
+    let fs = Fs::new(
+        store.clone(),
+        "root/",
+        FsConfig {
+            file_mode: 0o4755,
+            dir_mode: 0o2775,
+            ..FsConfig::default()
+        },
+    );
+    let file = fs.lookup(ROOT_INO, OsStr::new("plain")).await.unwrap();
+    assert_eq!(file.attr.perm, 0o755);
+    let dir = fs.lookup(ROOT_INO, OsStr::new("sub")).await.unwrap();
+    assert_eq!(dir.attr.perm, 0o775);
+    assert_eq!(fs.getattr(ROOT_INO).await.unwrap().attr.perm, 0o775);
 }
 
 /// Above the single-copy limit (5 GiB on S3; 10 MiB here), the copy in place is

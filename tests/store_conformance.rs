@@ -843,7 +843,7 @@ async fn a_view_of_the_past_on_moto() {
     s.store.delete_object("past/gone").await.unwrap();
     s.put("past/new", b"written later").await;
 
-    let view = VersionedView::new(s.store.clone(), moment);
+    let view = VersionedView::new(s.store.clone(), moment, s3vol::store::LISTING_PATIENCE);
     let page = view
         .list_objects(ListRequest {
             prefix: "past/",
@@ -864,7 +864,7 @@ async fn a_view_of_the_past_on_moto() {
     let data = view.get_range("past/gone", 0..13, None).await.unwrap();
     assert_eq!(&data[..], b"deleted later");
     // Asked for by name, without a listing first.
-    let fresh = VersionedView::new(s.store.clone(), moment);
+    let fresh = VersionedView::new(s.store.clone(), moment, s3vol::store::LISTING_PATIENCE);
     let head = fresh.head_object("past/kept").await.unwrap();
     assert_eq!(head.size, 19);
     let (info, start) = fresh.get_start("past/dir/inner", 4).await.unwrap();

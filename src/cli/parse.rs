@@ -205,16 +205,28 @@ pub(super) fn parse_url(text: &str) -> Result<String, String> {
 /// host other than this one's loopback (127.0.0.0/8, ::1, localhost). A name
 /// other than localhost counts as remote: it may resolve anywhere.
 pub(super) fn in_clear_beyond_this_host(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let url = url.trim();
+    let plain = url
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+    // Schemes and host names are read without regard to case, as the SDK
+    // reads them.
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        // Not a URL s3vol can read: plain http is taken at its word.
+        return plain;
+    };
+    if !uri
+        .scheme_str()
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"))
+    {
         return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_port.strip_prefix('[') {
-        // [::1]:9000
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
-    };
+    }
+    let host = uri.host().unwrap_or_default();
+    // [::1]
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.eq_ignore_ascii_case("localhost") {
         return false;
     }
@@ -343,6 +355,11 @@ mod tests {
             "http://192.0.2.1",
             "http://user@minio:9000/x",
             "http://[2001:db8::1]:9000",
+            // A scheme in capitals is plain http all the same.
+            "HTTP://10.0.0.5:9000",
+            "Http://s3.example.com",
+            " http://10.0.0.5",
+            "http://user@10.0.0.5",
         ] {
             assert!(in_clear_beyond_this_host(url), "{url}");
         }
@@ -353,7 +370,9 @@ mod tests {
             "http://localhost:9000",
             "http://LOCALHOST",
             "http://[::1]:9000",
+            "HTTP://127.0.0.1:3900",
             "https://s3.amazonaws.com",
+            "HTTPS://s3.amazonaws.com",
         ] {
             assert!(!in_clear_beyond_this_host(url), "{url}");
         }

@@ -32,7 +32,8 @@ pub fn info(path: &Path, json: bool) -> ExitCode {
 }
 
 /// `s3vol url PATH`: the URL on standard output (alone, so that
-/// `curl "$(s3vol url PATH)"` works), its expiry on standard error.
+/// `curl "$(s3vol url PATH)"` works), its expiry on standard error, with the
+/// headers a PUT must send.
 pub fn url(path: &Path, method: UrlMethod, valid_for: Duration, json: bool) -> ExitCode {
     let request = UrlRequest { method, valid_for };
     let answer = match ask(path, control::URL, Some(request)) {
@@ -59,6 +60,18 @@ pub fn url(path: &Path, method: UrlMethod, valid_for: Duration, json: bool) -> E
         text("expires"),
         humantime::format_duration(left)
     );
+    let headers = answer["headers"].as_object().cloned().unwrap_or_default();
+    if !headers.is_empty() {
+        let flags: Vec<String> = headers
+            .iter()
+            .map(|(name, value)| format!("-H '{name}: {}'", value.as_str().unwrap_or_default()))
+            .collect();
+        eprintln!(
+            "the upload must send these headers, as they were signed (S3 refuses it \
+             otherwise): curl -T FILE {} URL",
+            flags.join(" ")
+        );
+    }
     ExitCode::SUCCESS
 }
 

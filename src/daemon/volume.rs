@@ -63,7 +63,8 @@ impl Volume {
                     &connection.endpoint(),
                 )
                 .await?;
-                Arc::new(VersionedView::new(stack.store, at)) as Arc<dyn ObjectStore>
+                Arc::new(VersionedView::new(stack.store, at, connection.io_timeout))
+                    as Arc<dyn ObjectStore>
             }
             None => stack.store,
         };
@@ -141,6 +142,7 @@ impl Volume {
             stats: Some(stats.clone()),
             audit,
             encryption,
+            io_timeout: connection.io_timeout,
             ..FsConfig::default()
         };
         let fs = Arc::new(Fs::new(store, config.source.prefix.as_str(), fs_config));

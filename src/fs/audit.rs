@@ -1,16 +1,20 @@
 //! The operations the audit log records (`crate::audit`), each the one entry
-//! point of its operation: the change itself, then its line with the outcome.
-//! The first read through a handle and the close that makes an object are
-//! recorded where they happen (`Fs::read`, `Fs::upload`).
+//! point of its operation: the operation itself, then its line with the
+//! outcome. The first read through a handle, the close that makes an object
+//! and the ioctls of `s3vol info` and `s3vol url` are recorded where they
+//! happen (`Fs::read`, `Fs::upload`, `Fs::ioctl`).
 
 use std::ffi::OsStr;
+use std::path::Path;
+
+use bytes::Bytes;
 
 use super::{Entry, Fs, FsResult, Kind};
-use crate::audit::{Event, Op};
+use crate::audit::{Detail, Event, Op};
 use crate::fs::posix::Posix;
 
 /// 0, or the errno `result` answers the caller.
-fn errno_of<T>(result: &FsResult<T>) -> i32 {
+pub(super) fn errno_of<T>(result: &FsResult<T>) -> i32 {
     result.as_ref().err().map_or(0, |e| e.errno())
 }
 
@@ -43,6 +47,11 @@ impl Fs {
             Kind::File => format!("{parent}{name}"),
             Kind::Directory => format!("{parent}{name}/"),
         }
+    }
+
+    /// The key of `ino`, for the log only (empty once it is forgotten).
+    pub(super) fn key_of(&self, ino: u64) -> String {
+        self.node(ino).map(|node| node.key).unwrap_or_default()
     }
 
     fn audit_change<T>(&self, op: Op, parent: u64, name: &OsStr, kind: Kind, result: &FsResult<T>) {
@@ -107,6 +116,70 @@ impl Fs {
             errno: errno_of(&result),
             ..Event::new(Op::Rename, from)
         });
+        result
+    }
+
+    /// [`Fs::make_symlink`], recorded.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        owner: Posix,
+    ) -> FsResult<Entry> {
+        let result = self.make_symlink(parent, name, target, owner).await;
+        self.audit_change(Op::Symlink, parent, name, Kind::File, &result);
+        result
+    }
+
+    /// [`Fs::read_link`], recorded.
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let result = self.read_link(ino).await;
+        self.audit(|| Event {
+            errno: errno_of(&result),
+            ..Event::new(Op::Readlink, self.key_of(ino))
+        });
+        result
+    }
+
+    /// [`Fs::open_dir`], recorded: a listing of the directory.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let result = self.open_dir(ino).await;
+        self.audit(|| Event {
+            errno: errno_of(&result),
+            ..Event::new(Op::List, self.key_of(ino))
+        });
+        result
+    }
+
+    /// [`Fs::set_attributes`], recorded when it sets a mode, an owner or a
+    /// time (in that order of precedence, one line; a change of size is
+    /// recorded by the upload that makes it, as a `write`).
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        change: Posix,
+        fh: Option<u64>,
+    ) -> FsResult<Entry> {
+        let result = self.set_attributes(ino, size, change, fh).await;
+        let what = match change {
+            Posix {
+                perm: Some(mode), ..
+            } => Some((Op::Chmod, Some(Detail::Mode(mode)))),
+            Posix { uid, gid, .. } if uid.is_some() || gid.is_some() => {
+                Some((Op::Chown, Some(Detail::Owner { uid, gid })))
+            }
+            Posix { mtime: Some(_), .. } => Some((Op::Utimens, None)),
+            _ => None,
+        };
+        if let Some((op, detail)) = what {
+            self.audit(|| Event {
+                errno: errno_of(&result),
+                detail,
+                ..Event::new(op, self.key_of(ino))
+            });
+        }
         result
     }
 }

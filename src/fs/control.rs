@@ -14,9 +14,12 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use super::audit::errno_of;
 use super::{Fs, FsError, FsResult, Kind, OpenFile, ROOT_INO};
+use crate::audit::{Detail, Event, Op};
 use crate::control::{self, UrlRequest};
-use crate::store::UrlMethod;
+use crate::fs::posix::Posix;
+use crate::store::{ObjectHeaders, Presign, UrlMethod};
 
 impl Fs {
     /// ioctl(2) with request `cmd` on `ino` (through handle `fh`, for a file),
@@ -34,12 +37,28 @@ impl Fs {
                 Some(stats) => stats.report(),
                 None => return Err(FsError::UnknownIoctl(cmd)),
             },
-            control::INFO => self.object_facts(ino, fh).await?,
+            control::INFO => {
+                let facts = self.object_facts(ino, fh).await;
+                self.audit(|| Event {
+                    errno: errno_of(&facts),
+                    ..Event::new(Op::Info, self.key_of(ino))
+                });
+                facts?
+            }
             control::URL => {
                 let request = UrlRequest::parse(input).ok_or(FsError::Invalid(
                     "a URL request that s3vol url did not send",
                 ))?;
-                self.presigned_url(ino, fh, request).await?
+                let url = self.presigned_url(ino, fh, request).await;
+                self.audit(|| Event {
+                    errno: errno_of(&url),
+                    detail: url.as_ref().ok().map(|(_, expires)| Detail::Url {
+                        method: request.method.as_str(),
+                        expires: *expires,
+                    }),
+                    ..Event::new(Op::Url, self.key_of(ino))
+                });
+                url?.0
             }
             _ => return Err(FsError::UnknownIoctl(cmd)),
         };
@@ -103,8 +122,14 @@ impl Fs {
         }))
     }
 
-    /// `s3vol url`: a presigned URL of the file's object.
-    async fn presigned_url(&self, ino: u64, fh: u64, request: UrlRequest) -> FsResult<Value> {
+    /// `s3vol url`: a presigned URL of the file's object, and until when it
+    /// works.
+    async fn presigned_url(
+        &self,
+        ino: u64,
+        fh: u64,
+        request: UrlRequest,
+    ) -> FsResult<(Value, SystemTime)> {
         let (key, writing) = self.opened_key(ino, fh)?;
         if self.config.encryption.is_some() {
             // A URL's holder would get ciphertext, or put plaintext.
@@ -112,21 +137,39 @@ impl Fs {
                 "a presigned URL of a file on a volume with client-side encryption",
             ));
         }
-        if request.method == UrlMethod::Put {
-            self.writable()?;
-            if !writing {
-                return Err(FsError::BadHandle(fh));
+        // A PUT stores what the mount's own upload would: the file's mode and
+        // owner (its time is the upload's, S3's own), and the volume's
+        // server-side encryption, which the store adds.
+        let headers = match request.method {
+            UrlMethod::Get => ObjectHeaders::default(),
+            UrlMethod::Put => {
+                self.writable()?;
+                if !writing {
+                    return Err(FsError::BadHandle(fh));
+                }
+                let posix = self.node(ino)?.stat.posix.filter(|_| self.config.metadata);
+                match self.shown_posix(ino, posix) {
+                    Some(posix) => Posix {
+                        mtime: None,
+                        ..posix
+                    }
+                    .headers(Kind::File),
+                    None => ObjectHeaders::default(),
+                }
             }
-        }
-        let url = self
-            .store
-            .presign(&key, None, request.method, request.valid_for)
-            .await?;
+        };
+        let presign = Presign {
+            method: request.method,
+            valid_for: request.valid_for,
+            version_id: None,
+            headers,
+        };
+        let url = self.store.presign(&key, &presign).await?;
         let left = url
             .expires
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        Ok(json!({
+        let answer = json!({
             "url": url.url,
             "method": request.method.as_str(),
             "bucket": self.store.bucket(),
@@ -134,6 +177,12 @@ impl Fs {
             "expires": humantime::format_rfc3339_seconds(url.expires).to_string(),
             "expires_in_secs": left.as_secs(),
             "cut_by_session": url.cut_by_session,
-        }))
+            "headers": url
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name, Value::String(value)))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+        Ok((answer, url.expires))
     }
 }

@@ -38,7 +38,7 @@ impl Fs {
     /// handle's readdir calls. Handles opened on an unchanged, fresh listing share
     /// one snapshot: a hundred thousand open handles of a large directory cost
     /// one copy of its names, not a hundred thousand.
-    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+    pub(super) async fn open_dir(&self, ino: u64) -> FsResult<u64> {
         let node = self.node(ino)?;
         if node.kind != Kind::Directory {
             return Err(FsError::NotADirectory);
@@ -179,7 +179,7 @@ impl Fs {
         let mut skipped = 0usize;
         let mut example: Option<(String, NameProblem)> = None;
         let mut token: Option<String> = None;
-        let mut pages = Pagination::new(Operation::ListObjectsV2, dir_key);
+        let mut pages = Pagination::new(Operation::ListObjectsV2, dir_key, self.config.io_timeout);
         loop {
             let page = self
                 .store

@@ -22,11 +22,11 @@ use crate::cse::reading::{Decryption, Verdict, VersionId};
 use crate::cse::volume::Content;
 use crate::store::{ObjectInfo, Operation, StoreError};
 
-/// The largest object (ciphertext and tag) checked whole before the open that
-/// reads it returns. A file up to this size is never released before it is
-/// authenticated; the open costs reading it all first, which the block cache
-/// then serves (32 MiB took 0.11 s from the benchmark's Garage). Past it, a
-/// sequential read streams (docs/ENCRYPTION.md).
+/// The largest file (its size as shown, the plaintext's) checked whole before
+/// the open that reads it returns. A file up to this size is never released
+/// before it is authenticated; the open costs reading it all first, which the
+/// block cache then serves (docs/BENCHMARK.md measures it on a file of this
+/// size). Past it, a sequential read streams (docs/ENCRYPTION.md).
 pub const WHOLE_BEFORE_RELEASE: u64 = 32 << 20;
 
 /// How a handle may read an encrypted version.
@@ -154,7 +154,7 @@ impl Fs {
                 false
             }
             Verdict::Pending | Verdict::Unchecked => {
-                if decryption.stored_size() > WHOLE_BEFORE_RELEASE {
+                if node.stat.size > WHOLE_BEFORE_RELEASE {
                     false
                 } else {
                     if let Err(e) = object.authenticate().await {

@@ -23,7 +23,7 @@ const MAX_TARGET: usize = 4095;
 impl Fs {
     /// symlink(2): `name` in `parent`, pointing at `target`, owned as `owner`
     /// says. In S3 as soon as this returns.
-    pub async fn symlink(
+    pub(super) async fn make_symlink(
         &self,
         parent: u64,
         name: &OsStr,
@@ -82,7 +82,7 @@ impl Fs {
 
     /// readlink(2): the target, read from the object's body (pinned to the
     /// version whose metadata said "link").
-    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+    pub(super) async fn read_link(&self, ino: u64) -> FsResult<Bytes> {
         let node = self.node(ino)?;
         let is_link = self.config.metadata && node.stat.posix.is_some_and(|p| p.symlink);
         if !is_link {

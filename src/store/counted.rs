@@ -6,14 +6,12 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod, Versioning, VersionsPage,
+    Presign, PresignedUrl, StoreError, StoreResult, UploadedPart, Versioning, VersionsPage,
     VersionsRequest,
 };
 
@@ -311,14 +309,8 @@ impl ObjectStore for CountedStore {
         Ok(data)
     }
 
-    async fn presign(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl> {
-        self.inner.presign(key, version_id, method, valid_for).await
+    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
+        self.inner.presign(key, request).await
     }
 }
 

@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,8 +18,8 @@ use tracing::warn;
 use crate::auth::renew::RenewingCredentials;
 
 use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, PendingUpload, PresignedUrl,
-    StoreError, StoreResult, UploadedPart, UrlMethod, Versioning, VersionsPage, VersionsRequest,
+    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, PendingUpload, Presign,
+    PresignedUrl, StoreError, StoreResult, UploadedPart, Versioning, VersionsPage, VersionsRequest,
 };
 
 /// What can replace the credentials a store signs with.
@@ -207,14 +206,8 @@ impl ObjectStore for RenewOnExpiry {
             .await
     }
 
-    async fn presign(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl> {
-        self.inner.presign(key, version_id, method, valid_for).await
+    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
+        self.inner.presign(key, request).await
     }
 }
 

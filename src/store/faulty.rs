@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, UrlMethod, Versioning,
+    Presign, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, Versioning,
     VersionsPage, VersionsRequest,
 };
 
@@ -365,13 +365,7 @@ impl ObjectStore for FaultyStore {
         self.around(Operation::GetObjectVersion, key, get).await
     }
 
-    async fn presign(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl> {
-        self.inner.presign(key, version_id, method, valid_for).await
+    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
+        self.inner.presign(key, request).await
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, Range};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use super::{
     ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
-    PendingUpload, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, UrlMethod,
+    PendingUpload, Presign, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart,
     VersionEntry, Versioning, VersionsPage, VersionsRequest, multipart_etag,
 };
 
@@ -634,14 +634,14 @@ impl ObjectStore for MemoryStore {
 
     /// A `memory://` URL that names what a real one would allow, for tests of
     /// the way there; nothing can fetch it.
-    async fn presign(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl> {
-        let valid_for = valid_for.min(MAX_URL_VALIDITY);
+    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
+        let Presign {
+            method,
+            valid_for,
+            version_id,
+            headers,
+        } = request;
+        let valid_for = (*valid_for).min(MAX_URL_VALIDITY);
         let expires = SystemTime::now() + valid_for;
         let at = expires
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -652,10 +652,17 @@ impl ObjectStore for MemoryStore {
                 self.bucket,
                 method.as_str(),
                 at.as_secs(),
-                version_id.map_or(String::new(), |v| format!("&versionId={v}"))
+                version_id
+                    .as_ref()
+                    .map_or(String::new(), |v| format!("&versionId={v}"))
             ),
             expires,
             cut_by_session: false,
+            headers: headers
+                .user
+                .iter()
+                .map(|(name, value)| (format!("x-amz-meta-{name}"), value.clone()))
+                .collect(),
         })
     }
 }

@@ -101,6 +101,22 @@ pub struct PresignedUrl {
     pub expires: SystemTime,
     /// Whether the expiry was cut short by the end of the credentials' session.
     pub cut_by_session: bool,
+    /// The headers the request must carry, as signed (a PUT's metadata and
+    /// server-side encryption, which S3 takes only as headers): a request
+    /// without them is refused.
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a presigned URL is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presign {
+    pub method: UrlMethod,
+    pub valid_for: Duration,
+    /// The version a GET reads; the current one when `None`.
+    pub version_id: Option<String>,
+    /// What a PUT stores with the object (its user metadata); the store's
+    /// server-side encryption is added.
+    pub headers: ObjectHeaders,
 }
 
 /// The longest a presigned URL may be valid: SigV4's limit.
@@ -198,23 +214,41 @@ pub struct ListRequest<'a> {
 /// never ends costs at most some 85 MiB before the listing fails (EIO).
 pub const MAX_LISTING_ENTRIES: usize = 500_000;
 
+/// The most pages s3vol asks for in one listing: twenty times what
+/// [`MAX_LISTING_ENTRIES`] takes at S3's 1,000 entries a page.
+pub const MAX_LISTING_PAGES: usize = 10_000;
+
+/// How long a listing may go on bringing no entry, page after page, when no
+/// `--io-timeout` says otherwise.
+pub const LISTING_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Keeps a paginated listing honest: a continuation seen before (the listing
-/// would go round forever), or more than [`MAX_LISTING_ENTRIES`] entries, is the
-/// server's fault and ends it with [`StoreError::BadAnswer`].
+/// would go round forever), more than [`MAX_LISTING_ENTRIES`] entries or
+/// [`MAX_LISTING_PAGES`] pages, or pages that bring no entry for longer than
+/// its patience (`--io-timeout`: a server answering with endless empty pages,
+/// each with a new continuation) is the server's fault and ends it with
+/// [`StoreError::BadAnswer`].
 pub struct Pagination {
     op: Operation,
     prefix: String,
     seen: std::collections::HashSet<String>,
     entries: usize,
+    pages: usize,
+    patience: Duration,
+    /// When the last entry came (or the listing began).
+    progress: std::time::Instant,
 }
 
 impl Pagination {
-    pub fn new(op: Operation, prefix: &str) -> Self {
+    pub fn new(op: Operation, prefix: &str, patience: Duration) -> Self {
         Self {
             op,
             prefix: prefix.to_string(),
             seen: std::collections::HashSet::new(),
             entries: 0,
+            pages: 0,
+            patience,
+            progress: std::time::Instant::now(),
         }
     }
 
@@ -222,6 +256,7 @@ impl Pagination {
     /// to ask for, or `None` at the end.
     pub fn next(&mut self, entries: usize, next: Option<String>) -> StoreResult<Option<String>> {
         self.entries += entries;
+        self.pages += 1;
         let bad = |detail: String| StoreError::BadAnswer {
             op: self.op,
             key: self.prefix.clone(),
@@ -231,6 +266,27 @@ impl Pagination {
             return Err(bad(format!(
                 "the listing did not end after {MAX_LISTING_ENTRIES} entries, the most \
                  s3vol takes from one listing (mount a prefix below this one)"
+            )));
+        }
+        if next.is_none() {
+            return Ok(None);
+        }
+        if self.pages >= MAX_LISTING_PAGES {
+            return Err(bad(format!(
+                "the listing did not end after {} pages ({} entries), the most s3vol asks \
+                 for in one listing",
+                self.pages, self.entries
+            )));
+        }
+        if entries > 0 {
+            self.progress = std::time::Instant::now();
+        } else if self.progress.elapsed() > self.patience {
+            return Err(bad(format!(
+                "the listing went on for {} with pages that bring no entry ({} pages so \
+                 far), longer than --io-timeout {}",
+                humantime::format_duration(Duration::from_secs(self.progress.elapsed().as_secs())),
+                self.pages,
+                humantime::format_duration(self.patience)
             )));
         }
         match next {
@@ -579,18 +635,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
     ) -> StoreResult<Bytes>;
 
-    /// A URL that lets whoever holds it GET (version `version_id`, if given) or
-    /// PUT `key` with no credentials of
-    /// their own, signed with this store's: valid for `valid_for` (at most
-    /// [`MAX_URL_VALIDITY`]), or until the session of the credentials ends if
-    /// that comes first. Sends no request to S3.
-    async fn presign(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl>;
+    /// A URL that lets whoever holds it GET or PUT `key` as `request` says,
+    /// with no credentials of their own, signed with this store's: valid for
+    /// `request.valid_for` (at most [`MAX_URL_VALIDITY`]), or until the session
+    /// of the credentials ends if that comes first. Sends no request to S3.
+    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl>;
 }
 
 /// The ARN of an object or of every key under a prefix, as IAM policies name them.

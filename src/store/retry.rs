@@ -38,7 +38,7 @@ use tracing::{debug, warn};
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod, Versioning, VersionsPage,
+    Presign, PresignedUrl, StoreError, StoreResult, UploadedPart, Versioning, VersionsPage,
     VersionsRequest, copy_allowance, multipart_etag, transfer_allowance,
 };
 
@@ -369,14 +369,8 @@ impl ObjectStore for RetryingStore {
         .await
     }
 
-    async fn presign(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl> {
-        self.inner.presign(key, version_id, method, valid_for).await
+    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
+        self.inner.presign(key, request).await
     }
 }
 

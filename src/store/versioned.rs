@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 
 use super::{
     ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, Pagination,
-    PendingUpload, PresignedUrl, StoreError, StoreResult, UploadedPart, UrlMethod, VersionEntry,
+    PendingUpload, Presign, PresignedUrl, StoreError, StoreResult, UploadedPart, VersionEntry,
     Versioning, VersionsPage, VersionsRequest,
 };
 
@@ -31,15 +31,19 @@ pub struct VersionedView {
     at: SystemTime,
     /// The version each key shows, as the listing or HEAD that found it said.
     shown: Mutex<HashMap<String, String>>,
+    /// How long a listing may bring nothing (`--io-timeout`).
+    patience: Duration,
 }
 
 impl VersionedView {
-    /// The bucket of `inner` as it was at `at`.
-    pub fn new(inner: Arc<dyn ObjectStore>, at: SystemTime) -> Self {
+    /// The bucket of `inner` as it was at `at`; a listing that brings nothing
+    /// for `patience` fails.
+    pub fn new(inner: Arc<dyn ObjectStore>, at: SystemTime, patience: Duration) -> Self {
         Self {
             inner,
             at,
             shown: Mutex::new(HashMap::new()),
+            patience,
         }
     }
 
@@ -50,7 +54,7 @@ impl VersionedView {
         prefix: &str,
         delimiter: Option<&str>,
     ) -> StoreResult<(Vec<VersionEntry>, Vec<String>)> {
-        let mut pagination = Pagination::new(Operation::ListObjectVersions, prefix);
+        let mut pagination = Pagination::new(Operation::ListObjectVersions, prefix, self.patience);
         let (mut versions, mut prefixes) = (Vec::new(), Vec::new());
         let mut after: Option<(String, String)> = None;
         loop {
@@ -266,16 +270,12 @@ impl ObjectStore for VersionedView {
 
     /// A URL of the version the key shows (the view is read-only: a PUT URL
     /// never gets here).
-    async fn presign(
-        &self,
-        key: &str,
-        _: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl> {
+    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
         let version = self.version_of(key, Operation::GetObjectVersion).await?;
-        self.inner
-            .presign(key, Some(&version), method, valid_for)
-            .await
+        let request = Presign {
+            version_id: Some(version),
+            ..request.clone()
+        };
+        self.inner.presign(key, &request).await
     }
 }

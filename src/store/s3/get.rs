@@ -201,17 +201,39 @@ impl S3Store {
         into: &mut Body,
     ) -> StoreResult<Option<String>> {
         let mut received = 0u64;
+        let stall = self.stall_limit();
+        // Each stall period must bring the least a body may come at (or the
+        // rest of it): a server that drips a byte now and then, never silent
+        // for long, is cut off all the same.
+        let least = MIN_BODY_RATE.saturating_mul(stall.as_secs().max(1));
+        let mut window = (tokio::time::Instant::now(), 0u64);
         loop {
-            let stall = self.stall_limit();
-            let Ok(next) = tokio::time::timeout(stall, body.next()).await else {
-                return Ok(Some(format!(
-                    "no data for {}",
-                    humantime::format_duration(stall)
-                )));
+            let next = match window.0.checked_add(stall) {
+                Some(end) => tokio::time::timeout_at(end, body.next()).await,
+                None => Ok(body.next().await),
+            };
+            let Ok(next) = next else {
+                let shown = humantime::format_duration(stall);
+                if window.1 == 0 {
+                    return Ok(Some(format!("no data for {shown}")));
+                }
+                return Err(StoreError::Unreachable {
+                    op: Operation::GetObject,
+                    detail: format!(
+                        "the body of {key} brought {} bytes in {shown}, slower than the {} \
+                         KiB/s s3vol waits for",
+                        window.1,
+                        MIN_BODY_RATE / 1024
+                    ),
+                });
             };
             match next {
                 Some(Ok(chunk)) => {
                     received += chunk.len() as u64;
+                    window.1 += chunk.len() as u64;
+                    if window.1 >= least.min(expected.saturating_sub(received - window.1)) {
+                        window = (tokio::time::Instant::now(), 0);
+                    }
                     // Checked before keeping it: an endless body must not be
                     // held in memory.
                     if received > expected {
@@ -236,6 +258,10 @@ impl S3Store {
         }
     }
 }
+
+/// The slowest a GET body may come, in bytes per second, measured over each
+/// stall period (a third of `--io-timeout`).
+const MIN_BODY_RATE: u64 = 16 * 1024;
 
 /// A GET answer that cannot be right.
 fn bad_get(key: &str, detail: String) -> StoreError {

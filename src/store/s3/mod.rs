@@ -33,7 +33,6 @@ macro_rules! object_headers {
 mod answer;
 mod buffers;
 mod get;
-mod presign;
 mod versions;
 
 use std::ops::Range;
@@ -58,8 +57,8 @@ use self::answer::{decoder, to_system_time};
 use self::buffers::Buffers;
 use super::{
     Encryption, ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
-    Pagination, PendingUpload, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart,
-    UrlMethod, Versioning, VersionsPage, VersionsRequest, copy_allowance, transfer_allowance,
+    Pagination, PendingUpload, Presign, PresignedUrl, ServiceInfo, StoreError, StoreResult,
+    UploadedPart, Versioning, VersionsPage, VersionsRequest, copy_allowance, transfer_allowance,
 };
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
@@ -137,6 +136,9 @@ macro_rules! with_headers {
             .set_ssekms_key_id(kms_key)
     }};
 }
+
+// After the macro, which it uses.
+mod presign;
 
 /// Characters of a key that must be escaped in `x-amz-copy-source`: everything but
 /// unreserved characters and `/`.
@@ -442,7 +444,11 @@ impl ObjectStore for S3Store {
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
         let mut pending = Vec::new();
         let (mut key_marker, mut id_marker) = (None, None);
-        let mut pages = Pagination::new(Operation::ListMultipartUploads, prefix);
+        let mut pages = Pagination::new(
+            Operation::ListMultipartUploads,
+            prefix,
+            self.stall_limit().saturating_mul(3),
+        );
         loop {
             let request = self
                 .client
@@ -640,14 +646,8 @@ impl ObjectStore for S3Store {
             .await
     }
 
-    async fn presign(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl> {
-        self.sign_url(key, version_id, method, valid_for).await
+    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
+        self.sign_url(key, request).await
     }
 }
 

@@ -5,9 +5,13 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
 
-use super::S3Store;
-use crate::store::{MAX_URL_VALIDITY, Operation, PresignedUrl, StoreError, StoreResult, UrlMethod};
+use super::{S3Store, sse_headers};
+use crate::store::{
+    MAX_URL_VALIDITY, ObjectHeaders, Operation, Presign, PresignedUrl, StoreError, StoreResult,
+    UrlMethod,
+};
 
 impl S3Store {
     /// When the credentials this store signs with stop working; `None` for
@@ -27,17 +31,12 @@ impl S3Store {
     }
 
     /// [`crate::store::ObjectStore::presign`]: a URL signed here, with no request.
-    pub(super) async fn sign_url(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        method: UrlMethod,
-        valid_for: Duration,
-    ) -> StoreResult<PresignedUrl> {
+    pub(super) async fn sign_url(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
+        let method = request.method;
         let now = SystemTime::now();
         let session_end = self.session_end().await?;
         let left = session_end.map(|end| end.duration_since(now).unwrap_or_default());
-        let valid_for = valid_for.min(MAX_URL_VALIDITY);
+        let valid_for = request.valid_for.min(MAX_URL_VALIDITY);
         let (valid_for, cut_by_session) = match left {
             Some(left) if left < valid_for => (left, true),
             _ => (valid_for, false),
@@ -73,18 +72,27 @@ impl S3Store {
                     .get_object()
                     .bucket(&self.bucket)
                     .key(key)
-                    .set_version_id(version_id.map(str::to_string));
+                    .set_version_id(request.version_id.clone());
                 request.presigned(config).await.map_err(|e| unsigned(&e))?
             }
             UrlMethod::Put => {
-                let request = self.client.put_object().bucket(&self.bucket).key(key);
-                request.presigned(config).await.map_err(|e| unsigned(&e))?
+                // The object's metadata and the volume's encryption are signed
+                // in: whoever uploads with the URL must send them as they are.
+                let put = self.client.put_object().bucket(&self.bucket).key(key);
+                let put = with_headers!(put, &request.headers, self.encryption.as_ref());
+                put.presigned(config).await.map_err(|e| unsigned(&e))?
             }
         };
+        let headers = presigned
+            .headers()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+            .collect();
         Ok(PresignedUrl {
             url: presigned.uri().to_string(),
             expires: now + valid_for,
             cut_by_session,
+            headers,
         })
     }
 }

@@ -16,6 +16,9 @@ pub enum Lie {
     LongBody,
     /// Ranged GETs: the body never ends.
     EndlessBody,
+    /// Ranged GETs: the body comes a byte at a time, each just before the
+    /// stall limit of `--io-timeout 3s` (a second) would cut it.
+    DrippingBody,
     /// Ranged GETs: 200 with no Content-Range, as for the whole object.
     WholeObject,
     /// Ranged GETs: a Content-Range a byte later than asked.
@@ -26,6 +29,9 @@ pub enum Lie {
     RepeatingListing,
     /// Listings: made-up keys, a thousand a page, page after page.
     EndlessListing,
+    /// Listings: the first page as the server has it, but for a continuation;
+    /// then empty pages, each with a new continuation, page after page.
+    EmptyListing,
     /// Listings: keys outside the prefix asked for, besides the real ones.
     ForeignKeys,
 }
@@ -46,10 +52,11 @@ impl Lie {
         match self {
             Lie::LongBody
             | Lie::EndlessBody
+            | Lie::DrippingBody
             | Lie::WholeObject
             | Lie::WrongRange
             | Lie::WrongEtag => get && request.header("range").is_some(),
-            Lie::RepeatingListing | Lie::EndlessListing | Lie::ForeignKeys => {
+            Lie::RepeatingListing | Lie::EndlessListing | Lie::EmptyListing | Lie::ForeignKeys => {
                 get && request.start.contains("list-type=2")
             }
         }
@@ -72,6 +79,14 @@ pub(super) async fn tell(
             .map(|i| contents(&format!("{prefix}endless-{page:06}-{i:04}")))
             .collect();
         let body = listing(&prefix, &keys, Some(&format!("page-{}", page + 1)));
+        return answer(client, "200 OK", XML, body.as_bytes()).await;
+    }
+    if let Some(page) = query(request, "continuation-token")
+        .and_then(|t| t.strip_prefix("empty-")?.parse::<u64>().ok())
+        .filter(|_| lie == Lie::EmptyListing)
+    {
+        let prefix = query(request, "prefix").unwrap_or_default();
+        let body = listing(&prefix, "", Some(&format!("empty-{}", page + 1)));
         return answer(client, "200 OK", XML, body.as_bytes()).await;
     }
     if lie == Lie::RepeatingListing && query(request, "continuation-token").is_some() {
@@ -115,6 +130,23 @@ pub(super) async fn tell(
             let _ = tokio::time::timeout(Duration::from_secs(120), endless).await;
             return false;
         }
+        Lie::DrippingBody => {
+            headers.push(("Content-Length".into(), body.len().to_string()));
+            let head = encode(&status, &headers, None);
+            if client.write_all(&head).await.is_err() {
+                return false;
+            }
+            let drip = async {
+                for byte in &body {
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    if client.write_all(&[*byte]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(120), drip).await;
+            return false;
+        }
         Lie::WholeObject => {
             status = "200 OK".into();
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-range"));
@@ -133,23 +165,8 @@ pub(super) async fn tell(
                 }
             }
         }
-        Lie::RepeatingListing => {
-            let text = String::from_utf8_lossy(&body).replace(
-                "<IsTruncated>false</IsTruncated>",
-                "<IsTruncated>true</IsTruncated>",
-            );
-            let text = match text.find("<NextContinuationToken>") {
-                Some(_) => text,
-                None => text.replacen(
-                    "<IsTruncated>true</IsTruncated>",
-                    &format!(
-                        "<IsTruncated>true</IsTruncated><NextContinuationToken>{SAME_TOKEN}</NextContinuationToken>"
-                    ),
-                    1,
-                ),
-            };
-            body = replace_token(&text).into_bytes();
-        }
+        Lie::RepeatingListing => body = truncated(&body, SAME_TOKEN).into_bytes(),
+        Lie::EmptyListing => body = truncated(&body, "empty-1").into_bytes(),
         Lie::ForeignKeys => {
             let foreign: String = (0..3)
                 .map(|i| contents(&format!("{FOREIGN}foreign-{i}")))
@@ -234,15 +251,28 @@ fn query(request: &Head, name: &str) -> Option<String> {
 }
 
 /// A listing's continuation token replaced by the one that never changes.
-fn replace_token(text: &str) -> String {
+/// A listing page `body` as if more followed, at continuation `token`.
+fn truncated(body: &[u8], token: &str) -> String {
+    let text = String::from_utf8_lossy(body).replace(
+        "<IsTruncated>false</IsTruncated>",
+        "<IsTruncated>true</IsTruncated>",
+    );
+    let text = match text.find("<NextContinuationToken>") {
+        Some(_) => text,
+        None => text.replacen(
+            "<IsTruncated>true</IsTruncated>",
+            "<IsTruncated>true</IsTruncated><NextContinuationToken></NextContinuationToken>",
+            1,
+        ),
+    };
     let (Some(start), Some(end)) = (
         text.find("<NextContinuationToken>"),
         text.find("</NextContinuationToken>"),
     ) else {
-        return text.to_string();
+        return text;
     };
     let from = start + "<NextContinuationToken>".len();
-    format!("{}{SAME_TOKEN}{}", &text[..from], &text[end..])
+    format!("{}{token}{}", &text[..from], &text[end..])
 }
 
 /// `bytes a-b/t` as `bytes (a+1)-(b+1)/t`.
