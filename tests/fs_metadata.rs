@@ -602,10 +602,6 @@ async fn set_id_bits_are_kept_but_never_shown() {
         "0104711"
     );
     assert_eq!(vol.fs.getattr(ino).await.unwrap().attr.perm, 0o711);
-    // A directory's set-group-ID bit, from its marker, is not shown either.
-    store.put_with("root/dir/", "", user(&[("mode", "042775")]));
-    let dir = vol.fs.lookup(ROOT_INO, OsStr::new("dir")).await.unwrap();
-    assert_eq!(dir.attr.perm, 0o775);
 }
 
 #[tokio::test]

@@ -301,8 +301,12 @@ impl Fs {
         // Set-user-ID and set-group-ID bits are kept but never shown: whoever
         // can write to the bucket could otherwise hand a root-owned setuid
         // program to anyone who copies it off the volume with `cp -a`.
-        // Nor those of --file-mode and --dir-mode.
-        let perm = posix.perm.unwrap_or(perm) & !SETID_BITS;
+        // Nor those of --file-mode and --dir-mode. (A directory's set-group-ID
+        // bit from its marker, as s3fs's `chmod 2750 d` keeps it, runs nothing.)
+        let perm = match (node.kind, posix.perm) {
+            (Kind::Directory, Some(kept)) => kept,
+            (_, kept) => kept.unwrap_or(perm) & !SETID_BITS,
+        };
         mtime = posix.mtime.unwrap_or(mtime);
         // A file being written here is what this mount shows, whatever S3 holds.
         if let Some(file) = self.staged_file(ino) {

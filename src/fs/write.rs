@@ -265,53 +265,6 @@ impl Fs {
         self.upload(ino, &file).await
     }
 
-    /// close(2) by a process that is exiting because signal `signal` killed it
-    /// (SIGKILL, the OOM killer, a crash), as the kernel closes the files of
-    /// a dying process. Where [`Fs::flush`] would publish (the opener's close
-    /// after a change), this publishes nothing, and neither does the last
-    /// release: S3 keeps the previous version, as it keeps it for a writer
-    /// killed before its close. A later change through another handle
-    /// publishes as usual.
-    pub fn close_by_killed_process(&self, fh: u64, process: Option<u32>, signal: i32) {
-        let Ok(OpenFile::Staged {
-            file,
-            writer: Some(writer),
-            ..
-        }) = self.handle(fh)
-        else {
-            return;
-        };
-        let other_process = matches!((writer.opener, process), (Some(a), Some(b)) if a != b);
-        if other_process || !(writer.wrote.load(Ordering::SeqCst) || writer.truncated) {
-            return;
-        }
-        file.hold_back(signal);
-        warn!(
-            key = file.key(),
-            pid = process,
-            signal,
-            "the process writing the file was killed by signal {signal}: what it wrote is not \
-             published, and S3 keeps the previous version"
-        );
-    }
-
-    /// Notes a close by a process the daemon cannot see (the kernel named it
-    /// PID 0: it runs outside the daemon's PID namespace). Such a close cannot
-    /// be told from its opener's, so it publishes as the opener's would; the
-    /// first is logged and each is counted for `s3vol stats`.
-    pub fn close_by_unseen_process(&self) {
-        let Some(stats) = &self.config.stats else {
-            return;
-        };
-        if stats.callers.unseen_closes.fetch_add(1, Ordering::Relaxed) == 0 {
-            warn!(
-                "a process outside this daemon's PID namespace closed a file on the volume (the \
-                 kernel names it PID 0); such closes publish what was written, as the writer's \
-                 own close would, since a forked child's exit cannot be told from it"
-            );
-        }
-    }
-
     /// fsync(2): the file's content as written so far, by any handle, is durable
     /// in S3 when this returns.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
