@@ -356,13 +356,16 @@ impl StagedFile {
     /// under way has finished. Returns whether changes were left not uploaded
     /// (those of a file unlinked while open do not count).
     pub async fn abandon(&self) -> bool {
+        // What a killed writer left, and nothing since, was never to be
+        // uploaded: not lost either.
         let unlinked = {
             let mut state = self.state.lock();
             state.abandoned = true;
             state.deleted
         };
+        let held_back = self.held_back().is_some();
         self.discard().await;
-        !unlinked && self.state.lock().dirty
+        !unlinked && !held_back && self.state.lock().dirty
     }
 
     /// The last handle is gone: waits for background part uploads (cancelling one

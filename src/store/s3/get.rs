@@ -205,7 +205,7 @@ impl S3Store {
         // Each stall period must bring the least a body may come at (or the
         // rest of it): a server that drips a byte now and then, never silent
         // for long, is cut off all the same.
-        let least = MIN_BODY_RATE.saturating_mul(stall.as_secs().max(1));
+        let least = (MIN_BODY_RATE as f64 * stall.as_secs_f64()) as u64;
         let mut window = (tokio::time::Instant::now(), 0u64);
         loop {
             let next = match window.0.checked_add(stall) {
