@@ -59,6 +59,18 @@ fn curl_with(
     (status, std::fs::read(body.path()).unwrap())
 }
 
+/// What a HEAD of `key` in the bucket says.
+async fn head(server: &Server, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+    server
+        .client()
+        .head_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn path_arg(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -138,14 +150,7 @@ async fn get_and_put_urls_work_with_plain_http(kind: ServerKind) {
     }
     let (status, body) = curl_with(url, Some(upload.path()), &headers);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let head = server
-        .client()
-        .head_object()
-        .bucket(BUCKET)
-        .key("data/set/part-0.bin")
-        .send()
-        .await
-        .unwrap();
+    let head = head(&server, "data/set/part-0.bin").await;
     assert_eq!(head.metadata().unwrap()["mode"], "0100640");
 
     // An expired URL is refused by the server. (moto checks no signature until
@@ -201,14 +206,7 @@ async fn info_and_a_read_only_volume(kind: ServerKind) {
 
     let out = s3vol_on(&["info", "--json", path_arg(&file)]);
     let facts: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let head = server
-        .client()
-        .head_object()
-        .bucket(BUCKET)
-        .key("f.txt")
-        .send()
-        .await
-        .unwrap();
+    let head = head(&server, "f.txt").await;
     assert_eq!(facts["bucket"], BUCKET);
     assert_eq!(facts["key"], "f.txt");
     assert_eq!(facts["size"], 5);
@@ -269,14 +267,7 @@ async fn a_put_url_carries_the_volume_s_server_side_encryption() {
         &headers,
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let head = server
-        .client()
-        .head_object()
-        .bucket(BUCKET)
-        .key("f.txt")
-        .send()
-        .await
-        .unwrap();
+    let head = head(&server, "f.txt").await;
     assert_eq!(
         head.server_side_encryption().map(|s| s.as_str()),
         Some("AES256")

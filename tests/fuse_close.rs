@@ -331,6 +331,16 @@ fn a_rename_over_a_file_open_for_writing_is_not_undone_by_its_descriptor() {
     assert_eq!(std::fs::read(vol.join("cfg")).unwrap(), b"new\n");
 }
 
+/// `path` opened for reading and writing, as Python's `open(..., 'r+b')` and
+/// SQLite open a file.
+fn read_write(path: &std::path::Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
 #[test]
 fn reading_through_a_read_write_descriptor_costs_what_a_read_only_one_does() {
     use s3vol::store::Operation;
@@ -348,11 +358,7 @@ fn reading_through_a_read_write_descriptor_costs_what_a_read_only_one_does() {
         .unwrap();
     store.clear_calls();
     // As Python's open(..., 'r+b') and SQLite open a file.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(vol.join("db.sqlite"))
-        .unwrap();
+    let mut file = read_write(&vol.join("db.sqlite"));
     let mut head = [0u8; 10];
     file.read_exact(&mut head).unwrap();
     assert_eq!(head, data[..10]);
@@ -384,11 +390,7 @@ fn reading_through_a_read_write_descriptor_costs_what_a_read_only_one_does() {
     }
     assert_eq!(store.etag("root/db.sqlite"), etag);
     // Its first write stages it: the change is published whole.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(vol.join("db.sqlite"))
-        .unwrap();
+    let mut file = read_write(&vol.join("db.sqlite"));
     let mut head = [0u8; 10];
     file.read_exact(&mut head).unwrap();
     file.write_all_at(b"CHANGED", 5 << 20).unwrap();
