@@ -21,6 +21,7 @@ pub mod versioned;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
@@ -218,6 +219,11 @@ pub const MAX_LISTING_ENTRIES: usize = 500_000;
 /// [`MAX_LISTING_ENTRIES`] takes at S3's 1,000 entries a page.
 pub const MAX_LISTING_PAGES: usize = 10_000;
 
+/// The longest continuation token s3vol sends back. S3's are a few hundred
+/// bytes; servers that put the last key in theirs need at most a key's 1,024
+/// bytes, base64-encoded.
+pub const MAX_CONTINUATION_LEN: usize = 4096;
+
 /// How long a listing may go on bringing no entry, page after page, when no
 /// `--io-timeout` says otherwise.
 pub const LISTING_PATIENCE: Duration = Duration::from_secs(30);
@@ -231,7 +237,8 @@ pub const LISTING_PATIENCE: Duration = Duration::from_secs(30);
 pub struct Pagination {
     op: Operation,
     prefix: String,
-    seen: std::collections::HashSet<String>,
+    seen: std::collections::HashSet<u64>,
+    hasher: std::collections::hash_map::RandomState,
     entries: usize,
     pages: usize,
     patience: Duration,
@@ -245,6 +252,7 @@ impl Pagination {
             op,
             prefix: prefix.to_string(),
             seen: std::collections::HashSet::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
             entries: 0,
             pages: 0,
             patience,
@@ -289,12 +297,21 @@ impl Pagination {
                 humantime::format_duration(self.patience)
             )));
         }
-        match next {
-            Some(token) if !self.seen.insert(token.clone()) => Err(bad(format!(
-                "the listing came back to continuation {token:?}, and would go round forever"
-            ))),
-            next => Ok(next),
+        let Some(token) = next else { return Ok(None) };
+        if token.len() > MAX_CONTINUATION_LEN {
+            return Err(bad(format!(
+                "the listing's continuation is {} bytes long, more than the {MAX_CONTINUATION_LEN} \
+                 s3vol sends back",
+                token.len()
+            )));
         }
+        // Kept as hashes: 10,000 of them take 80 KB, whatever the tokens.
+        if !self.seen.insert(self.hasher.hash_one(&token)) {
+            return Err(bad(format!(
+                "the listing came back to continuation {token:?}, and would go round forever"
+            )));
+        }
+        Ok(Some(token))
     }
 }
 
@@ -650,4 +667,76 @@ pub fn object_arn(bucket: &str, key: &str) -> String {
 /// The ARN of a bucket (what s3:ListBucket is granted on).
 pub fn bucket_arn(bucket: &str) -> String {
     format!("arn:aws:s3:::{bucket}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pages() -> Pagination {
+        Pagination::new(Operation::ListObjectsV2, "p/", Duration::from_secs(60))
+    }
+
+    fn refused(result: StoreResult<Option<String>>, what: &str) -> String {
+        match result {
+            Err(StoreError::BadAnswer { detail, .. }) => detail,
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_listing_ends_after_its_last_page_or_at_its_bounds() {
+        let mut listing = pages();
+        assert_eq!(
+            listing.next(1000, Some("a".into())).unwrap(),
+            Some("a".into())
+        );
+        assert_eq!(listing.next(1000, None).unwrap(), None);
+
+        // One entry a page, each with a new continuation: bounded by pages.
+        let mut listing = pages();
+        for page in 1..MAX_LISTING_PAGES {
+            assert!(listing.next(1, Some(format!("t{page}"))).is_ok());
+        }
+        let detail = refused(listing.next(1, Some("last".into())), "page 10,000");
+        assert!(detail.contains("10000 pages"), "{detail}");
+        // A last page is taken at the bound.
+        let mut listing = pages();
+        for page in 1..MAX_LISTING_PAGES {
+            listing.next(1, Some(format!("t{page}"))).unwrap();
+        }
+        assert_eq!(listing.next(1, None).unwrap(), None);
+    }
+
+    #[test]
+    fn a_listing_that_comes_back_to_a_continuation_or_sends_a_huge_one_is_refused() {
+        let mut listing = pages();
+        listing.next(1, Some("a".into())).unwrap();
+        listing.next(1, Some("b".into())).unwrap();
+        let detail = refused(listing.next(1, Some("a".into())), "a token seen before");
+        assert!(detail.contains("go round forever"), "{detail}");
+
+        let mut listing = pages();
+        let longest = "k".repeat(MAX_CONTINUATION_LEN);
+        assert_eq!(
+            listing.next(1, Some(longest.clone())).unwrap(),
+            Some(longest)
+        );
+        let detail = refused(
+            listing.next(1, Some("k".repeat(MAX_CONTINUATION_LEN + 1))),
+            "a token over the bound",
+        );
+        assert!(detail.contains("4097 bytes"), "{detail}");
+    }
+
+    #[test]
+    fn a_listing_of_empty_pages_is_bounded_by_its_patience() {
+        let mut listing = Pagination::new(Operation::ListObjectsV2, "p/", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        // A page with entries resets the clock; an empty one past it ends it.
+        assert!(listing.next(1, Some("a".into())).is_ok());
+        std::thread::sleep(Duration::from_millis(5));
+        let detail = refused(listing.next(0, Some("b".into())), "an empty page");
+        assert!(detail.contains("bring no entry"), "{detail}");
+    }
 }
