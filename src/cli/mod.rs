@@ -554,9 +554,10 @@ pub struct MountArgs {
     /// syslog when daemonized).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
-    /// Append one JSON line per first read of an object through a handle and
-    /// per change (create, write-close, rename, unlink, mkdir, rmdir) to this
-    /// file, naming the caller (uid, gid, pid, command) and the outcome.
+    /// Append one JSON line per operation that reads or changes the bucket or
+    /// hands out access to it (the first read through a handle, a listing, a
+    /// link read, every change, `s3vol info` and `s3vol url`) to this file,
+    /// naming the caller (uid, gid, pid, command) and the outcome.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
 }
