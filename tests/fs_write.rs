@@ -535,13 +535,13 @@ async fn writes_that_need_no_download_complete_without_waiting() {
         .create(ROOT_INO, OsStr::new("new"), None, Posix::default())
         .await
         .unwrap();
-    assert_eq!(vol.fs.write_now(fh, 0, b"now").unwrap().unwrap(), 3);
+    assert_eq!(vol.fs.write_now(fh, 0, b"now", 0).unwrap().unwrap(), 3);
     // An existing object must be downloaded before it is changed: not now.
     let old = lookup_path(&vol.fs, "old").await.unwrap();
     let fh2 = vol.fs.open(old, WRITE).await.unwrap();
-    assert!(vol.fs.write_now(fh2, 0, b"x").is_none());
+    assert!(vol.fs.write_now(fh2, 0, b"x", 0).is_none());
     vol.fs.write(fh2, 0, b"O").await.unwrap();
-    assert_eq!(vol.fs.write_now(fh2, 1, b"LD").unwrap().unwrap(), 2);
+    assert_eq!(vol.fs.write_now(fh2, 1, b"LD", 0).unwrap().unwrap(), 2);
     for fh in [fh, fh2] {
         vol.fs.flush(fh, None).await.unwrap();
         vol.fs.release(fh).await;

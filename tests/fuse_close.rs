@@ -188,15 +188,26 @@ enum Ending {
 /// for it and checks it ended so.
 fn writer_that_ends(path: &std::path::Path, data: &[u8], ending: Ending) {
     let path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: open(2) of a path allocated before the fork.
+    let open = || unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o644,
+        )
+    };
+    child_that_writes(open, data, ending);
+}
+
+/// Forks a child that writes `data` to the descriptor `open` gives it (one
+/// it opens, or one it inherited) and ends as `ending` says, without closing
+/// it; waits for it and checks it ended so.
+fn child_that_writes(open: impl FnOnce() -> libc::c_int, data: &[u8], ending: Ending) {
     // SAFETY: the child only makes system calls (open, write, prctl,
     // setrlimit, kill, _exit) on memory allocated before the fork.
     match unsafe { fork() }.unwrap() {
         ForkResult::Child => unsafe {
-            let fd = libc::open(
-                path.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-                0o644,
-            );
+            let fd = open();
             if fd < 0 || libc::write(fd, data.as_ptr().cast(), data.len()) != data.len() as isize {
                 libc::_exit(3);
             }
@@ -282,6 +293,11 @@ fn a_writer_that_crashes_publishes_nothing() {
 }
 
 #[test]
+fn a_writer_stopped_by_sigterm_publishes_nothing() {
+    a_writer_killed_by(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
 fn a_writer_that_exits_without_closing_publishes() {
     let (store, vol) = volume();
     store.put("root/d.txt", "good v1\n");
@@ -290,6 +306,57 @@ fn a_writer_that_exits_without_closing_publishes() {
     assert!(holds(&store, "root/d.txt", b"complete\n"));
     writer_that_ends(&vol.join("made.txt"), b"made\n", Ending::Exit);
     assert!(holds(&store, "root/made.txt", b"made\n"));
+}
+
+#[test]
+fn a_killed_writer_that_inherited_the_descriptor_publishes_nothing() {
+    use nix::sys::signal::Signal::SIGKILL;
+    let (store, vol) = volume();
+    store.put("root/d.txt", "good v1\n");
+    store.put("root/e.txt", "good v1\n");
+    // As a shell runs `exec 3>d.txt; cmd >&3; exec 3>&-` where cmd is killed
+    // half-way: the shell opened the file, the command wrote and died.
+    let shell = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(vol.join("d.txt"))
+        .unwrap();
+    child_that_writes(|| shell.as_raw_fd(), b"PARTIAL", Ending::Signal(SIGKILL));
+    drop(shell);
+    // And where another descriptor on the file asks for it to be durable:
+    // what the killed process left is not what anyone meant to keep, and
+    // fsync says so.
+    let writer = OpenOptions::new()
+        .write(true)
+        .open(vol.join("e.txt"))
+        .unwrap();
+    let other = OpenOptions::new()
+        .write(true)
+        .open(vol.join("e.txt"))
+        .unwrap();
+    child_that_writes(|| writer.as_raw_fd(), b"PART", Ending::Signal(SIGKILL));
+    drop(writer);
+    let fsync = other.sync_all().map_err(|e| e.raw_os_error());
+    drop(other);
+    assert!(
+        !wait_until(Duration::from_secs(2), || {
+            !holds(&store, "root/d.txt", b"good v1\n") || !holds(&store, "root/e.txt", b"good v1\n")
+        }),
+        "what a killed process wrote through an inherited descriptor was published: d.txt {:?}, \
+         e.txt {:?}",
+        store.get("root/d.txt"),
+        store.get("root/e.txt"),
+    );
+    assert_eq!(fsync, Err(Some(libc::EIO)));
+    // A command that is not killed publishes through the shell's close as ever.
+    let shell = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(vol.join("d.txt"))
+        .unwrap();
+    child_that_writes(|| shell.as_raw_fd(), b"good v2\n", Ending::Exit);
+    drop(shell);
+    assert!(holds(&store, "root/d.txt", b"good v2\n"));
 }
 
 /// The permission bits the object at `key` keeps in its metadata.
@@ -301,6 +368,8 @@ fn kept_mode(store: &MemoryStore, key: &str) -> Option<u32> {
 
 #[test]
 fn a_rename_over_a_file_open_for_writing_is_not_undone_by_its_descriptor() {
+    use s3vol::control::{self, INFO, URL, UrlRequest};
+    use s3vol::store::UrlMethod;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let (store, vol) = volume();
     std::fs::write(vol.join("cfg"), "old\n").unwrap();
@@ -309,15 +378,48 @@ fn a_rename_over_a_file_open_for_writing_is_not_undone_by_its_descriptor() {
         .append(true)
         .open(vol.join("cfg"))
         .unwrap();
+    let old_reader = File::open(vol.join("cfg")).unwrap();
+    let get = UrlRequest {
+        method: UrlMethod::Get,
+        valid_for: Duration::from_secs(60),
+    };
+    let put = UrlRequest {
+        method: UrlMethod::Put,
+        ..get
+    };
     old.write_all(b"stale\n").unwrap();
     std::fs::write(vol.join("cfg.tmp"), "new\n").unwrap();
     std::fs::set_permissions(vol.join("cfg.tmp"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::rename(vol.join("cfg.tmp"), vol.join("cfg")).unwrap();
-    // The old descriptor now names an unlinked file.
+    // The old descriptors now name an unlinked file, for writing and for
+    // reading alike.
     assert_eq!(old.metadata().unwrap().nlink(), 0);
+    assert_eq!(old_reader.metadata().unwrap().nlink(), 0);
     old.write_all(b"later\n").unwrap();
+    // Its mode and time are its own: they change nothing in S3.
+    old.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    old.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
+    assert_eq!(old.metadata().unwrap().mode() & 0o7777, 0o644);
+    // Nor can it tell of, or hand out, the object that has the name now.
+    for (file, request, url) in [
+        (&old, INFO, None),
+        (&old_reader, INFO, None),
+        (&old_reader, URL, Some(get)),
+        (&old, URL, Some(put)),
+    ] {
+        assert_eq!(
+            control::ask(file, request, url).unwrap_err(),
+            nix::errno::Errno::ESTALE,
+            "ioctl {request:#x} on a descriptor of the replaced file"
+        );
+    }
     old.sync_all().unwrap();
     drop(old);
+    drop(old_reader);
+    // A change of mode waits a moment before it is copied in place.
+    std::thread::sleep(s3vol::fs::METADATA_DELAY * 2);
     assert!(
         !wait_until(Duration::from_secs(1), || !holds(
             &store, "root/cfg", b"new\n"
@@ -441,4 +543,85 @@ fn an_open_after_another_client_replaced_the_file_reads_the_new_version() {
     let mut far = vec![0u8; 4096];
     let err = file.read_exact_at(&mut far, 12 << 20).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+}
+
+#[test]
+fn a_change_of_mode_leaves_the_descriptors_open_on_the_file_reading_and_writing() {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    let (store, vol) = volume();
+    // A multipart object: a copy of it in place has an ETag of its own.
+    let data = pattern(3 * common::fuse::PART as usize, 6);
+    std::fs::write(vol.join("big.bin"), &data).unwrap();
+    let etag = store.etag("root/big.bin").unwrap();
+    assert!(etag.contains('-'), "{etag}");
+    let reader = File::open(vol.join("big.bin")).unwrap();
+    let writer = read_write(&vol.join("big.bin"));
+    let mut first = vec![0u8; 4096];
+    reader.read_exact_at(&mut first, 0).unwrap();
+    writer.read_exact_at(&mut first, 0).unwrap();
+    std::fs::set_permissions(vol.join("big.bin"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || store
+            .etag("root/big.bin")
+            .unwrap()
+            != etag),
+        "the change of mode was not copied in place"
+    );
+    // Same bytes under a new ETag: the reads go on, far from what was read.
+    let mut far = vec![0u8; 4096];
+    let at = 2 * common::fuse::PART as usize + 4096;
+    reader.read_exact_at(&mut far, at as u64).unwrap();
+    assert_eq!(far, data[at..at + 4096]);
+    writer.write_all_at(b"CHANGED", 8).unwrap();
+    drop(writer);
+    let mut changed = data;
+    changed[8..15].copy_from_slice(b"CHANGED");
+    assert!(holds(&store, "root/big.bin", &changed));
+    assert_eq!(kept_mode(&store, "root/big.bin"), Some(0o600));
+}
+
+#[test]
+fn a_rename_or_unlink_that_s3_refuses_to_finish_leaves_each_name_its_own_content() {
+    use s3vol::store::Operation::DeleteObject;
+    use s3vol::store::faulty::{Fault, FaultyStore};
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let config = FsConfig {
+        metadata_ttl: Duration::ZERO,
+        ..FsConfig::default()
+    };
+    let vol = MemoryMount::read_write(faulty.clone(), config);
+    std::fs::write(vol.join("cfg"), "old\n").unwrap();
+    std::fs::write(vol.join("cfg.tmp"), "new\n").unwrap();
+    let mut old = OpenOptions::new()
+        .append(true)
+        .open(vol.join("cfg"))
+        .unwrap();
+    old.write_all(b"stale\n").unwrap();
+    let mut kept = File::create(vol.join("kept")).unwrap();
+    kept.write_all(b"first\n").unwrap();
+    // A policy without s3:DeleteObject: the copy is made, the source stays.
+    faulty.fail_all(DeleteObject, Fault::AccessDenied);
+    let refused = std::fs::rename(vol.join("cfg.tmp"), vol.join("cfg")).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EACCES), "{refused}");
+    let refused = std::fs::remove_file(vol.join("kept")).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EACCES), "{refused}");
+    faulty.clear();
+    // The name `cfg` is the copy's now: the old descriptor changes nothing
+    // under it. The file that could not be unlinked is still written.
+    old.write_all(b"later\n").unwrap();
+    drop(old);
+    kept.write_all(b"second\n").unwrap();
+    drop(kept);
+    assert!(
+        !wait_until(Duration::from_secs(1), || !holds(
+            &memory, "root/cfg", b"new\n"
+        )),
+        "the replaced file's descriptor changed the name: {:?}",
+        memory.get("root/cfg")
+    );
+    assert!(holds(&memory, "root/cfg.tmp", b"new\n"));
+    assert!(holds(&memory, "root/kept", b"first\nsecond\n"));
+    assert_eq!(std::fs::read(vol.join("cfg")).unwrap(), b"new\n");
+    assert_eq!(std::fs::read(vol.join("cfg.tmp")).unwrap(), b"new\n");
 }

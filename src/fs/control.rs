@@ -75,7 +75,7 @@ impl Fs {
     /// The object key of the file `fh` is open on, which must be `ino`; and
     /// whether the handle is open for writing.
     fn opened_key(&self, ino: u64, fh: u64) -> FsResult<(String, bool)> {
-        let node = self.node(ino)?;
+        let node = self.named_node(ino)?;
         if node.kind != Kind::File {
             return Err(FsError::IsADirectory);
         }

@@ -80,6 +80,7 @@ impl Fs {
                 .as_ref()
                 .is_some_and(|e| e.authenticates_first()),
             memory: self.config.memory.clone(),
+            copies: self.uploads.copies.clone(),
         }
     }
 

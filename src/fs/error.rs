@@ -45,6 +45,11 @@ pub enum FsError {
         #[source]
         source: Box<StoreError>,
     },
+    /// The file a descriptor is open on has no name any more (unlinked, or
+    /// replaced by a rename): what would reach its object would reach
+    /// another's.
+    #[error("{key} was unlinked or replaced since this descriptor was opened")]
+    Unlinked { key: String },
     /// The volume is being unmounted and gave up waiting for the files still
     /// open: what was written through them was not uploaded, and nothing more
     /// is changed.
@@ -119,11 +124,15 @@ impl FsError {
                 StageError::Local { .. } => libc::EIO,
                 // As for a file that outlived the grace of a stop.
                 StageError::Abandoned => libc::ENOTCONN,
+                // The fsync's data was not made durable; nothing failed to send.
+                StageError::HeldBack { .. } => libc::EIO,
                 StageError::Encryption { source, .. } => cse_errno(source),
                 StageError::Store(e) => store_errno(e),
             },
             // ESTALE is what NFS users know for "the file changed under your handle".
-            FsError::Stale { .. } | FsError::Resized { .. } => libc::ESTALE,
+            FsError::Stale { .. } | FsError::Resized { .. } | FsError::Unlinked { .. } => {
+                libc::ESTALE
+            }
             // Not EOPNOTSUPP: ENOSYS makes the kernel stop asking (it answers
             // EOPNOTSUPP itself from then on), which spares `ls -l` two round trips
             // per file; tools such as cp -a take that as "no xattrs".
@@ -245,11 +254,19 @@ mod tests {
                      read or written"
                 }
                 StageError::Abandoned => STOPPED_ROW,
+                StageError::HeldBack { .. } => {
+                    "fsync of a file whose last change was made by a process killed by a signal \
+                     (what it wrote is not published)"
+                }
                 StageError::Encryption { source, .. } => cse_row(source),
                 StageError::Store(e) => store_row(e),
             },
             FsError::Encryption { source, .. } => cse_row(source),
             FsError::Stale { .. } => "object replaced, deleted or shrunk under an open handle",
+            FsError::Unlinked { .. } => {
+                "`s3vol info`, `s3vol url` or a new open (of `/proc/self/fd/N`) through a \
+                 descriptor of a file unlinked, or replaced by a rename, since it was opened"
+            }
             FsError::Resized { .. } => {
                 "an open that finds the object's size changed since the kernel was told, \
                  twice in a row (the kernel opens again at once after the first)"
@@ -378,6 +395,8 @@ mod tests {
             FsError::Stage(Box::new(local(libc::EDQUOT))),
             FsError::Stage(Box::new(local(libc::EIO))),
             FsError::Stage(Box::new(StageError::Abandoned)),
+            FsError::Stage(Box::new(StageError::HeldBack { signal: 9 })),
+            FsError::Unlinked { key: key() },
             FsError::Stage(Box::new(StageError::Encryption {
                 key: key(),
                 source: CseError::Plaintext,

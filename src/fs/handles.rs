@@ -38,7 +38,7 @@ impl Fs {
         if flags.write {
             self.writable()?;
         }
-        let mut node = self.node(ino)?;
+        let mut node = self.named_node(ino)?;
         if node.kind != Kind::File {
             return Err(FsError::IsADirectory);
         }

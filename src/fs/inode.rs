@@ -82,6 +82,10 @@ pub struct Node {
     /// Files: the ETag of the version whose pages the kernel may hold in its
     /// page cache, set when a reader opened that version.
     pub kernel_cached: Option<String>,
+    /// Its name is gone (unlinked, replaced by a rename, or found gone from
+    /// S3) while the kernel still holds it, for a descriptor open on it: its
+    /// key is another's now, or no one's.
+    pub unlinked: bool,
 }
 
 impl Node {
@@ -133,6 +137,7 @@ impl InodeTable {
             expired: false,
             listed: None,
             kernel_cached: None,
+            unlinked: false,
         };
         Self {
             nodes: HashMap::from([(ROOT_INO, root)]),
@@ -222,13 +227,25 @@ impl InodeTable {
                 expired: false,
                 listed: None,
                 kernel_cached: None,
+                unlinked: false,
             },
         );
         if let Some(old) = self.children.insert(slot, ino) {
-            self.drop_if_unreferenced(old);
+            self.unlink(old);
         }
         self.changes += 1;
         ino
+    }
+
+    /// What S3 now holds for `ino`, while it has its name.
+    pub fn learnt(&mut self, ino: u64, stat: Stat, now: Instant) {
+        if let Some(node) = self.nodes.get_mut(&ino)
+            && !node.unlinked
+        {
+            node.stat = stat;
+            node.fetched = Some(now);
+            node.expired = false;
+        }
     }
 
     /// How many times names were added, removed or moved so far.
@@ -295,6 +312,14 @@ impl InodeTable {
             .is_some_and(|at| fresh(at, ttl, now))
     }
 
+    /// `dir`'s listing no longer tells every name in it: the next look at a
+    /// name the table lacks asks S3.
+    pub fn unlist(&mut self, dir: u64) {
+        if let Some(node) = self.nodes.get_mut(&dir) {
+            node.listed = None;
+        }
+    }
+
     /// S3 said `parent/name` does not exist.
     pub fn note_absent(&mut self, parent: u64, name: &str, now: Instant) {
         self.remove_child(parent, name);
@@ -304,7 +329,7 @@ impl InodeTable {
     /// Forgets that `parent/name` exists (S3 said it does not).
     pub fn remove_child(&mut self, parent: u64, name: &str) {
         if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
-            self.drop_if_unreferenced(ino);
+            self.unlink(ino);
             self.changes += 1;
         }
     }
@@ -389,9 +414,14 @@ impl InodeTable {
         }
     }
 
-    fn drop_if_unreferenced(&mut self, ino: u64) {
-        if self.nodes.get(&ino).is_some_and(|n| n.lookups == 0) {
-            self.nodes.remove(&ino);
+    /// `ino` lost its name: forgotten, unless the kernel still holds it.
+    fn unlink(&mut self, ino: u64) {
+        match self.nodes.get_mut(&ino) {
+            Some(node) if node.lookups == 0 => {
+                self.nodes.remove(&ino);
+            }
+            Some(node) => node.unlinked = true,
+            None => {}
         }
     }
 
@@ -440,6 +470,38 @@ mod tests {
         table.forget(a, 1);
         assert!(table.get(a).is_none());
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_held_node_that_loses_its_name_is_unlinked_and_learns_nothing_more() {
+        let now = Instant::now();
+        let mut table = InodeTable::new("", SystemTime::UNIX_EPOCH);
+        let stat = Stat::directory(SystemTime::UNIX_EPOCH);
+        let held = |table: &mut InodeTable, name| {
+            let ino = table.upsert(ROOT_INO, name, Kind::File, stat.clone(), now);
+            table.add_lookup(ino);
+            ino
+        };
+        // Replaced by a rename, removed, and replaced by a directory.
+        let (old, new) = (held(&mut table, "cfg"), held(&mut table, "cfg.tmp"));
+        let (removed, retyped) = (held(&mut table, "rm"), held(&mut table, "t"));
+        table.rename(new, ROOT_INO, "cfg");
+        table.remove_child(ROOT_INO, "rm");
+        table.upsert(ROOT_INO, "t", Kind::Directory, stat.clone(), now);
+        for ino in [old, removed, retyped] {
+            assert!(table.get(ino).unwrap().unlinked, "{ino}");
+        }
+        assert!(!table.get(new).unwrap().unlinked);
+        // What an upload of the old file learns is not the name's.
+        let uploaded = Stat {
+            size: 99,
+            ..stat.clone()
+        };
+        table.learnt(old, uploaded.clone(), now);
+        assert_eq!(table.get(old).unwrap().stat.size, 0);
+        assert_eq!(table.child(ROOT_INO, "cfg").unwrap().0, new);
+        table.learnt(new, uploaded, now);
+        assert_eq!(table.get(new).unwrap().stat.size, 99);
     }
 
     #[test]

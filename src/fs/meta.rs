@@ -34,6 +34,13 @@ impl Fs {
         if !self.config.metadata || ino == ROOT_INO || change == Posix::default() {
             return Ok(());
         }
+        // A file open with its name gone keeps its change to itself, as an
+        // unlinked file does: the object under the name is another's.
+        if node.unlinked {
+            let mut table = self.inodes.lock();
+            table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(change));
+            return Ok(());
+        }
         // A file being written carries it in its next upload; it also waits
         // for a copy in place, which that upload makes moot (see
         // [`Fs::settle_pending_posix`]), and which is all there is for a file
@@ -126,8 +133,8 @@ impl Fs {
         let Some(change) = self.take_pending_posix(ino) else {
             return Ok(());
         };
-        let Ok(node) = self.node(ino) else {
-            return Ok(()); // forgotten: unlinked since
+        let Ok(node) = self.named_node(ino) else {
+            return Ok(()); // unlinked or replaced since: the name is not its own
         };
         // Written again since: the upload carries it.
         if self.staged_file(ino).is_some_and(|file| file.is_dirty()) {
@@ -144,6 +151,8 @@ impl Fs {
         let copied = self
             .copy(&node.key, &node.key, size, Some(&etag), Some(&headers))
             .await?;
+        // Reads pinned to the version before read the copy.
+        self.uploads.copies.note(&node.key, &etag, &copied);
         debug!(
             key = node.key,
             ?change,

@@ -14,6 +14,7 @@
 mod ahead;
 mod audit;
 mod control;
+mod copies;
 mod dir;
 mod encrypted;
 pub mod error;
@@ -46,6 +47,7 @@ pub use self::error::{FsError, FsResult};
 use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
 pub use self::lookup::LOOKUP_BYTES;
+pub use self::meta::METADATA_DELAY;
 pub use self::read::ReadConfig;
 use self::read::Reader;
 pub use self::upload::WriteConfig;
@@ -249,6 +251,7 @@ impl Fs {
                 staging: StagingBudget::new(0),
                 memory: config.memory.clone(),
                 encryption: None,
+                copies: Arc::default(),
             },
         };
         uploads.encryption = config.encryption.clone();
@@ -284,6 +287,16 @@ impl Fs {
             .ok_or(FsError::NotFound)
     }
 
+    /// [`Fs::node`], for what reaches its object by its key: ESTALE once the
+    /// name is gone (the key is another file's now, or no one's).
+    fn named_node(&self, ino: u64) -> FsResult<Node> {
+        let node = self.node(ino)?;
+        if node.unlinked {
+            return Err(FsError::Unlinked { key: node.key });
+        }
+        Ok(node)
+    }
+
     fn staged_file(&self, ino: u64) -> Option<Arc<StagedFile>> {
         self.staged.lock().get(&ino).map(|s| s.file.clone())
     }
@@ -308,6 +321,9 @@ impl Fs {
             (_, kept) => kept.unwrap_or(perm) & !SETID_BITS,
         };
         mtime = posix.mtime.unwrap_or(mtime);
+        if node.unlinked {
+            nlink = 0;
+        }
         // A file being written here is what this mount shows, whatever S3 holds.
         if let Some(file) = self.staged_file(ino) {
             size = file.size();
@@ -451,6 +467,14 @@ impl Fs {
         let node = self.node(ino)?;
         if let Some(entry) = self.fresh_entry(ino, &node) {
             return Ok(entry);
+        }
+        // Open, with its name gone: it is what it was (its name, if it is
+        // still there, is another file's).
+        if node.unlinked {
+            return Ok(Entry {
+                attr: self.attr(ino, &node),
+                ttl: self.config.metadata_ttl,
+            });
         }
         let parent = self.node(node.parent)?;
         let entry = self

@@ -136,6 +136,9 @@ pub struct ObjectVersion {
     pub authenticate_first: bool,
     /// Where a whole check takes its memory from.
     pub memory: Arc<MemoryBudget>,
+    /// The volume's copies in place: a GET that finds this version copied onto
+    /// itself (same bytes, new ETag) reads the copy.
+    pub(crate) copies: Arc<super::copies::CopiesInPlace>,
 }
 
 /// The parts a whole check fetches, two at a time, when the memory pool has
@@ -243,7 +246,19 @@ impl ObjectVersion {
     /// returned the whole range; without it, [`Gather::take`] finds a short
     /// answer.)
     async fn get_stored(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
-        let fetch = |range| self.store.get_range(&self.key, range, Some(&self.etag));
+        let fetch = |range: Range<u64>| async move {
+            let got = self
+                .store
+                .get_range(&self.key, range.clone(), Some(&self.etag))
+                .await;
+            match got {
+                Err(StoreError::Changed { .. }) => match self.copies.now(&self.key, &self.etag) {
+                    Some(now) => self.store.get_range(&self.key, range, Some(&now)).await,
+                    None => got,
+                },
+                got => got,
+            }
+        };
         match &self.cache {
             Some(cache) => {
                 cache

@@ -80,7 +80,24 @@ impl Fs {
             None => None,
         };
         let copied_etag = match kind {
-            Kind::File => Some(self.rename_file(ino, &from, &to).await?),
+            Kind::File => {
+                let copied = self.copy_file(ino, &from, &to).await;
+                // From the copy on, the name is the new file's.
+                if let (Ok(_), Some(file), Some(paused)) = (&copied, &replaced_file, paused) {
+                    file.discard_paused(paused).await;
+                }
+                let copied = copied?;
+                if let Err(e) = self.store.delete_object(&from).await {
+                    // The file is under both names now, and the rename fails:
+                    // the new name is S3's to tell on its next look.
+                    let mut table = self.inodes.lock();
+                    table.remove_child(new_parent, new_name);
+                    table.unlist(new_parent);
+                    return Err(e.into());
+                }
+                debug!(from, to, "renamed");
+                Some(copied)
+            }
             Kind::Directory => {
                 if to.starts_with(&from) {
                     return Err(FsError::Invalid("cannot move a directory into itself"));
@@ -89,9 +106,6 @@ impl Fs {
                 None
             }
         };
-        if let (Some(file), Some(paused)) = (&replaced_file, paused) {
-            file.discard_paused(paused).await;
-        }
         let moved = {
             let mut table = self.inodes.lock();
             let moved = table.rename(ino, new_parent, new_name);
@@ -114,9 +128,12 @@ impl Fs {
     }
 
     /// Makes a file being written here durable under its current name first, so
-    /// the copy carries what the application wrote.
+    /// the copy carries what the application wrote (not what a process killed
+    /// by a signal left: the copy is of what S3 holds).
     async fn settle(&self, ino: u64) -> FsResult<Option<String>> {
-        if let Some(file) = self.staged_file(ino) {
+        if let Some(file) = self.staged_file(ino)
+            && file.held_back().is_none()
+        {
             self.upload(ino, &file).await?;
         }
         Ok(self
@@ -126,9 +143,10 @@ impl Fs {
             .filter(|etag| !etag.is_empty()))
     }
 
-    /// Moves one object; returns the ETag of its copy.
-    /// A change of its mode, owner or time still waiting goes into the copy.
-    async fn rename_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
+    /// Copies a file's object to its new name (the source is the caller's to
+    /// delete); returns the ETag of the copy. A change of its mode, owner or
+    /// time still waiting goes into the copy.
+    async fn copy_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
         let etag = self.settle(ino).await?;
         let size = self.node(ino)?.stat.size;
         let copied = match self.take_pending_posix(ino) {
@@ -145,8 +163,6 @@ impl Fs {
                 copied?
             }
         };
-        self.store.delete_object(from).await?;
-        debug!(from, to, "renamed");
         Ok(copied)
     }
 

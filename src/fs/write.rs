@@ -80,7 +80,7 @@ impl Fs {
             return Ok(file);
         }
         let config = self.writable()?;
-        let mut node = self.node(ino)?;
+        let mut node = self.named_node(ino)?;
         if !flags.truncate
             && node
                 .remaining(self.config.metadata_ttl, Instant::now())
@@ -204,13 +204,18 @@ impl Fs {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_by(fh, offset, data, 0).await
+    }
+
+    /// [`Fs::write`] asked by thread `thread` (0: not known).
+    pub async fn write_by(&self, fh: u64, offset: u64, data: &[u8], thread: u32) -> FsResult<u32> {
         match self.handle(fh)? {
             OpenFile::Staged {
                 file,
                 writer: Some(writer),
                 ..
             } => {
-                writer.changed(self.config.audit.is_some());
+                writer.wrote_through(thread, self.config.audit.is_some());
                 file.write(offset, data).await?;
                 Ok(data.len() as u32)
             }
@@ -221,7 +226,13 @@ impl Fs {
     /// [`Fs::write`] without waiting, for the FUSE thread, which can then write
     /// straight from the kernel's buffer: `None` when the write has to wait (the
     /// object must be downloaded first), and [`Fs::write`] is the way.
-    pub fn write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<FsResult<u32>> {
+    pub fn write_now(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        thread: u32,
+    ) -> Option<FsResult<u32>> {
         match self.handle(fh) {
             Ok(OpenFile::Staged {
                 file,
@@ -229,7 +240,7 @@ impl Fs {
                 ..
             }) => {
                 let result = file.write_now(offset, data)?;
-                writer.changed(self.config.audit.is_some());
+                writer.wrote_through(thread, self.config.audit.is_some());
                 Some(result.map(|()| data.len() as u32).map_err(FsError::from))
             }
             Ok(_) => Some(Err(FsError::BadHandle(fh))),
@@ -260,6 +271,11 @@ impl Fs {
         let other_process = matches!((writer.opener, process), (Some(a), Some(b)) if a != b);
         if other_process || !writer.wrote.load(Ordering::SeqCst) {
             debug!(fh, ?process, opener = ?writer.opener, "flush without upload");
+            return Ok(());
+        }
+        if let Some(signal) = file.held_back() {
+            // What a killed process left is not what anyone meant to keep.
+            debug!(fh, signal, "close of a held-back file: nothing published");
             return Ok(());
         }
         self.upload(ino, &file).await
@@ -327,19 +343,18 @@ impl Fs {
         }
         self.settle_pending_posix(ino, uploaded.posix);
         let done = (uploaded.size, uploaded.etag.clone());
-        let mut table = self.inodes.lock();
-        if let Some(node) = table.get(ino).cloned() {
-            let stat = Stat {
-                size: uploaded.size,
-                etag: uploaded.etag,
-                // The time of the last change, as shown while the file was open, so
-                // closing it does not move the time.
-                mtime: file.mtime(),
-                posix: Some(uploaded.posix),
-                own_headers: true,
-            };
-            table.upsert(node.parent, &node.name, Kind::File, stat, Instant::now());
-        }
+        let stat = Stat {
+            size: uploaded.size,
+            etag: uploaded.etag,
+            // The time of the last change, as shown while the file was open, so
+            // closing it does not move the time.
+            mtime: file.mtime(),
+            posix: Some(uploaded.posix),
+            own_headers: true,
+        };
+        // Of this inode while it has its name: one that lost it meanwhile
+        // must not give its object to the file that has the name now.
+        self.inodes.lock().learnt(ino, stat, Instant::now());
         Ok(Some(done))
     }
 
@@ -606,12 +621,19 @@ impl Fs {
         if kind == Kind::Directory {
             return Err(FsError::IsADirectory);
         }
-        if let Some(file) = self.staged_file(ino) {
-            file.discard().await;
-        }
-        self.take_pending_posix(ino);
+        // Its uploads wait (the one under way ends first) and are given up
+        // once the object is gone; if it cannot be deleted, they go on.
+        let open_file = self.staged_file(ino);
+        let paused = match &open_file {
+            Some(file) => Some(file.pause().await),
+            None => None,
+        };
         let key = format!("{}{name}", parent_node.key);
         self.store.delete_object(&key).await?;
+        if let (Some(file), Some(paused)) = (&open_file, paused) {
+            file.discard_paused(paused).await;
+        }
+        self.take_pending_posix(ino);
         self.inodes.lock().remove_child(parent, name);
         debug!(key, "deleted");
         Ok(())

@@ -12,6 +12,10 @@ use tracing::warn;
 
 use super::{Fs, OpenFile};
 
+/// The writing threads a handle remembers: a process killed by a signal
+/// after it wrote is told by them (see [`Fs::close_by_killed_process`]).
+const WRITING_THREADS: usize = 64;
+
 /// A handle open for writing: who opened it, and whether it changed the file.
 /// Only a close by the opener after a change publishes the file (see
 /// [`Fs::flush`]).
@@ -23,6 +27,9 @@ pub(super) struct Writer {
     /// Opened with O_TRUNC: a change, though not one its opener's close
     /// publishes by itself (see `Fs::flush`).
     pub(super) truncated: bool,
+    /// The threads that wrote through this handle, each with its process
+    /// (read once per thread), as many as [`WRITING_THREADS`].
+    wrote_by: Mutex<Vec<(u32, Option<u32>)>>,
     /// Who last changed the file through this handle, on a volume with an
     /// audit log: the upload at the last release, whose request names no
     /// caller, is recorded as theirs.
@@ -38,8 +45,30 @@ impl Writer {
             opener,
             wrote: AtomicBool::new(created),
             truncated,
+            wrote_by: Mutex::new(Vec::new()),
             changed_by: Mutex::new(None),
         }))
+    }
+
+    /// Notes a write through this handle by `thread` (0: not known).
+    pub(super) fn wrote_through(&self, thread: u32, audited: bool) {
+        if thread != 0 {
+            let mut wrote_by = self.wrote_by.lock();
+            if wrote_by.len() < WRITING_THREADS && !wrote_by.iter().any(|(t, _)| *t == thread) {
+                wrote_by.push((thread, crate::procfs::thread_group(thread)));
+            }
+        }
+        self.changed(audited);
+    }
+
+    /// Whether `process` wrote through this handle; `None` when no write
+    /// was made through it by a thread it knows.
+    fn written_by(&self, process: u32) -> Option<bool> {
+        let wrote_by = self.wrote_by.lock();
+        if wrote_by.is_empty() {
+            return None;
+        }
+        Some(wrote_by.iter().any(|(_, p)| *p == Some(process)))
     }
 
     /// Notes a change through this handle by the caller of the request being
@@ -58,11 +87,13 @@ impl Writer {
 impl Fs {
     /// close(2) by a process that is exiting because signal `signal` killed it
     /// (SIGKILL, the OOM killer, a crash), as the kernel closes the files of
-    /// a dying process. Where [`Fs::flush`] would publish (the opener's close
-    /// after a change), this publishes nothing, and neither does the last
-    /// release: S3 keeps the previous version, as it keeps it for a writer
-    /// killed before its close. A later change through another handle
-    /// publishes as usual.
+    /// a dying process. When that process wrote through the handle (or opened
+    /// it, and no thread the handle knows wrote through it: the change is the
+    /// open's creation or truncation, or came from a caller the daemon cannot
+    /// see), the file is held back: no close publishes it, nor the
+    /// last release, and fsync fails; S3 keeps the previous version, as it
+    /// keeps it for a writer killed before its close. A later write through
+    /// any handle makes the file what it publishes again.
     pub fn close_by_killed_process(&self, fh: u64, process: Option<u32>, signal: i32) {
         let Ok(OpenFile::Staged {
             file,
@@ -72,8 +103,15 @@ impl Fs {
         else {
             return;
         };
-        let other_process = matches!((writer.opener, process), (Some(a), Some(b)) if a != b);
-        if other_process || !(writer.wrote.load(Ordering::SeqCst) || writer.truncated) {
+        let Some(process) = process else { return };
+        let changed_it = match writer.written_by(process) {
+            Some(wrote) => wrote,
+            None => {
+                writer.opener == Some(process)
+                    && (writer.wrote.load(Ordering::SeqCst) || writer.truncated)
+            }
+        };
+        if !changed_it {
             return;
         }
         file.hold_back(signal);

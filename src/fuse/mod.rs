@@ -369,7 +369,7 @@ impl Filesystem for FuseAdapter {
             let _runtime = self.runtime.enter();
             // The audit log names who last changed a file whose upload waits
             // for its last release.
-            let write_now = || self.fs.write_now(fh.0, offset, data);
+            let write_now = || self.fs.write_now(fh.0, offset, data, req.pid());
             let written = on_this_thread(|| match self.audited {
                 true => crate::audit::now_as_caller(caller(req), write_now),
                 false => write_now(),
@@ -387,8 +387,9 @@ impl Filesystem for FuseAdapter {
         }
         let fs = self.fs.clone();
         let data = data.to_vec();
+        let thread = req.pid();
         self.spawn_for(req, span, async move {
-            match fs.write(fh.0, offset, &data).await {
+            match fs.write_by(fh.0, offset, &data, thread).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno("write", &e)),
             }

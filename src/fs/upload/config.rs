@@ -45,6 +45,7 @@ impl WriteConfig {
             staging: StagingBudget::new(self.staging_limit),
             memory,
             encryption: None,
+            copies: Arc::default(),
         }
     }
 }

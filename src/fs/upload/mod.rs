@@ -68,6 +68,8 @@ pub struct Shares {
     pub memory: Arc<MemoryBudget>,
     /// Client-side encryption: of uploads, and of the staging files.
     pub encryption: Option<Arc<VolumeEncryption>>,
+    /// The volume's copies in place, which reads of a base follow.
+    pub(crate) copies: Arc<super::copies::CopiesInPlace>,
 }
 
 /// The object a staged file was opened on, not yet copied into the staging file:
@@ -102,6 +104,13 @@ pub enum StageError {
     /// The volume is stopping and gave up on the file: nothing of it is uploaded.
     #[error("the volume is being unmounted; the file's changes were not uploaded")]
     Abandoned,
+    /// The file's last change was made by a process that signal `signal`
+    /// killed: it is not published (see [`StagedFile::hold_back`]).
+    #[error(
+        "the file was last changed by a process killed by signal {signal}; what it wrote is \
+         not published, and S3 keeps the previous version until the file is written again"
+    )]
+    HeldBack { signal: i32 },
     /// The object's encryption: its key cannot be had or made.
     #[error("{key}: {source}")]
     Encryption {

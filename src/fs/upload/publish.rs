@@ -26,6 +26,9 @@ impl StagedFile {
             if !state.dirty || state.deleted {
                 return Ok(None);
             }
+            if let Some(signal) = state.held_back {
+                return Err(StageError::HeldBack { signal });
+            }
             state.unsent = false;
             std::mem::take(&mut state.tasks)
         };

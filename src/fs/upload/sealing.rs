@@ -118,12 +118,14 @@ impl StagedFile {
             decryption: None,
             authenticate_first: true,
             memory: self.shares.memory.clone(),
+            copies: self.shares.copies.clone(),
         };
         let Some(encryption) = &self.shares.encryption else {
             return Ok(object);
         };
         let info = self.store.head_object(key).await?;
-        if info.etag != base.etag {
+        let copied = self.shares.copies.now(key, &base.etag);
+        if info.etag != base.etag && copied.as_deref() != Some(&info.etag) {
             return Err(StoreError::Changed {
                 op: Operation::HeadObject,
                 key: key.to_string(),
