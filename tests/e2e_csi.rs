@@ -97,6 +97,11 @@ impl Driver {
             "the plugin did not listen: {}",
             driver.log_text()
         );
+        // Once it is there, it takes connections, from root only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        std::os::unix::net::UnixStream::connect(&socket).unwrap();
         driver
     }
 

@@ -124,7 +124,7 @@ fn connections(
 
 /// The socket, replacing one a previous run left behind (but no other file).
 fn listen(socket: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     let shown = socket.display();
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent)
@@ -141,10 +141,26 @@ fn listen(socket: &std::path::Path) -> Result<tokio::net::UnixListener, String> 
         }
         Err(_) => {}
     }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .map_err(|e| format!("cannot listen on {shown}: {e}"))?;
-    // Only root (kubelet, the sidecars) may ask for mounts.
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {shown}: {e}"))?;
-    Ok(listener)
+    // Made listening and private in a directory of its own, then put in
+    // place: whoever finds the socket can connect (no refusal while it is
+    // being set up), and only root (kubelet, the sidecars) ever can.
+    let parent = socket.parent().unwrap_or(std::path::Path::new("."));
+    let private = parent.join(format!(".s3vol-csi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    let made = private.join("csi.sock");
+    let listened = tokio::net::UnixListener::bind(&made)
+        .map_err(|e| format!("cannot listen on {shown}: {e}"))
+        .and_then(|listener| {
+            std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot restrict {shown}: {e}"))?;
+            std::fs::rename(&made, socket)
+                .map_err(|e| format!("cannot put the socket at {shown}: {e}"))?;
+            Ok(listener)
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    listened
 }
