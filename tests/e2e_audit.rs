@@ -132,6 +132,8 @@ async fn every_operation_on_the_bucket_is_exactly_one_line() {
         ("mkdir", &["d"]),
         ("rmdir", &["d"]),
         ("cp", &["in.txt", "copy.txt"]),
+        // truncate(2) by name: the kernel sends the time with the size.
+        ("python3", &["-c", "import os; os.truncate('copy.txt', 2)"]),
         ("mv", &["copy.txt", "moved.txt"]),
         ("rm", &["moved.txt"]),
     ];
@@ -176,6 +178,7 @@ async fn every_operation_on_the_bucket_is_exactly_one_line() {
         ("cp", "read", "data/in.txt"),
         ("cp", "create", "data/copy.txt"),
         ("cp", "write", "data/copy.txt"),
+        ("python3", "write", "data/copy.txt"),
         ("mv", "rename", "data/copy.txt"),
         ("rm", "unlink", "data/moved.txt"),
         ("s3vol", "info", "data/in.txt"),

@@ -359,6 +359,49 @@ fn a_killed_writer_that_inherited_the_descriptor_publishes_nothing() {
     assert!(holds(&store, "root/d.txt", b"good v2\n"));
 }
 
+#[test]
+fn a_killed_process_holds_back_only_a_file_whose_last_change_was_its_own() {
+    use nix::sys::signal::Signal::SIGKILL;
+    let (store, vol) = volume();
+    store.put("root/log", "start\n");
+    let mut shell = OpenOptions::new()
+        .append(true)
+        .open(vol.join("log"))
+        .unwrap();
+    let (wait, go) = nix::unistd::pipe().unwrap();
+    // SAFETY: the child only makes system calls (write, read, kill, _exit)
+    // on memory allocated before the fork.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => unsafe {
+            // Writes through the inherited descriptor, waits, and is killed.
+            let line = b"child\n";
+            libc::write(shell.as_raw_fd(), line.as_ptr().cast(), line.len());
+            let mut byte = 0u8;
+            libc::read(wait.as_raw_fd(), (&raw mut byte).cast(), 1);
+            libc::kill(libc::getpid(), libc::SIGKILL);
+            libc::_exit(0)
+        },
+        ForkResult::Parent { child } => {
+            // The last change is the shell's own, after the child's.
+            wait_until(Duration::from_secs(5), || {
+                std::fs::metadata(vol.join("log")).is_ok_and(|m| m.len() == 12)
+            });
+            shell.write_all(b"shell\n").unwrap();
+            nix::unistd::write(&go, b"x").unwrap();
+            assert_eq!(
+                waitpid(child, None).unwrap(),
+                WaitStatus::Signaled(child, SIGKILL, false)
+            );
+        }
+    }
+    drop(shell);
+    assert!(
+        holds(&store, "root/log", b"start\nchild\nshell\n"),
+        "a live writer's last change was held back: {:?}",
+        store.get("root/log")
+    );
+}
+
 /// The permission bits the object at `key` keeps in its metadata.
 fn kept_mode(store: &MemoryStore, key: &str) -> Option<u32> {
     let headers = store.headers(key)?;
@@ -530,6 +573,20 @@ fn an_open_after_another_client_replaced_the_file_reads_the_new_version() {
     );
     assert_eq!(std::fs::read(vol.join("shrinks.txt")).unwrap(), b"v2");
     assert_eq!(std::fs::metadata(vol.join("grows.txt")).unwrap().len(), 11);
+    // So does a descriptor open for reading and writing (as SQLite opens a
+    // database), and what it writes goes on from the new version.
+    store.put("root/grows.txt", "version three");
+    let mut rw = read_write(&vol.join("grows.txt"));
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut rw, &mut text).unwrap();
+    assert_eq!(text, "version three");
+    rw.write_all(b"+").unwrap();
+    drop(rw);
+    assert!(
+        holds(&store, "root/grows.txt", b"version three+"),
+        "{:?}",
+        store.get("root/grows.txt")
+    );
     // A handle that already returned bytes of a version fails (ESTALE)
     // rather than mix two.
     use std::os::unix::fs::FileExt;
@@ -545,11 +602,12 @@ fn an_open_after_another_client_replaced_the_file_reads_the_new_version() {
     assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
 }
 
-#[test]
-fn a_change_of_mode_leaves_the_descriptors_open_on_the_file_reading_and_writing() {
-    use std::os::unix::fs::{FileExt, PermissionsExt};
+/// Reads and a first write through descriptors opened on a multipart object
+/// (whose copies get ETags of their own) before `change` copies it to `key`
+/// (`root/KEY` in the bucket): they read on, and the write lands there.
+fn descriptors_read_on_after(change: impl FnOnce(&MemoryMount), key: &str) {
+    use std::os::unix::fs::FileExt;
     let (store, vol) = volume();
-    // A multipart object: a copy of it in place has an ETag of its own.
     let data = pattern(3 * common::fuse::PART as usize, 6);
     std::fs::write(vol.join("big.bin"), &data).unwrap();
     let etag = store.etag("root/big.bin").unwrap();
@@ -559,13 +617,13 @@ fn a_change_of_mode_leaves_the_descriptors_open_on_the_file_reading_and_writing(
     let mut first = vec![0u8; 4096];
     reader.read_exact_at(&mut first, 0).unwrap();
     writer.read_exact_at(&mut first, 0).unwrap();
-    std::fs::set_permissions(vol.join("big.bin"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    change(&vol);
+    let stored = format!("root/{key}");
     assert!(
         wait_until(Duration::from_secs(5), || store
-            .etag("root/big.bin")
-            .unwrap()
-            != etag),
-        "the change of mode was not copied in place"
+            .etag(&stored)
+            .is_some_and(|now| now != etag)),
+        "the object was not copied"
     );
     // Same bytes under a new ETag: the reads go on, far from what was read.
     let mut far = vec![0u8; 4096];
@@ -576,8 +634,25 @@ fn a_change_of_mode_leaves_the_descriptors_open_on_the_file_reading_and_writing(
     drop(writer);
     let mut changed = data;
     changed[8..15].copy_from_slice(b"CHANGED");
-    assert!(holds(&store, "root/big.bin", &changed));
-    assert_eq!(kept_mode(&store, "root/big.bin"), Some(0o600));
+    assert!(holds(&store, &stored, &changed));
+}
+
+#[test]
+fn a_change_of_mode_leaves_the_descriptors_open_on_the_file_reading_and_writing() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode(0o600);
+    descriptors_read_on_after(
+        |vol| std::fs::set_permissions(vol.join("big.bin"), mode).unwrap(),
+        "big.bin",
+    );
+}
+
+#[test]
+fn a_rename_leaves_the_descriptors_open_on_the_file_reading_and_writing() {
+    descriptors_read_on_after(
+        |vol| std::fs::rename(vol.join("big.bin"), vol.join("moved.bin")).unwrap(),
+        "moved.bin",
+    );
 }
 
 #[test]

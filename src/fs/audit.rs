@@ -153,8 +153,9 @@ impl Fs {
     }
 
     /// [`Fs::set_attributes`], recorded when it sets a mode, an owner or a
-    /// time (in that order of precedence, one line; a change of size is
-    /// recorded by the upload that makes it, as a `write`).
+    /// time (in that order of precedence, one line; a change of size, and the
+    /// time that comes with it, is recorded by the upload that makes it, as a
+    /// `write`).
     pub async fn setattr(
         &self,
         ino: u64,
@@ -170,7 +171,9 @@ impl Fs {
             Posix { uid, gid, .. } if uid.is_some() || gid.is_some() => {
                 Some((Op::Chown, Some(Detail::Owner { uid, gid })))
             }
-            Posix { mtime: Some(_), .. } => Some((Op::Utimens, None)),
+            // The time a truncation sets comes with it: the upload's `write`
+            // records both.
+            Posix { mtime: Some(_), .. } if size.is_none() => Some((Op::Utimens, None)),
             _ => None,
         };
         if let Some((op, detail)) = what {

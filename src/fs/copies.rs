@@ -1,8 +1,10 @@
-//! The copies in place this mount made: a change of mode, owner or time copies
-//! an object onto itself, with the same bytes, and S3 may give the copy an
-//! ETag of its own (a copy of a multipart object always has one). A read
-//! pinned to the ETag before the copy follows it, rather than failing as if
-//! another client had replaced the object.
+//! The copies of objects this mount made that left the bytes a descriptor
+//! reads somewhere else: a rename copies an object to its new key and deletes
+//! the old one, and a change of mode, owner or time copies an object onto
+//! itself, where S3 may give it an ETag of its own (a copy of a multipart
+//! object always has one). A descriptor opened before, finding its version
+//! gone, reads the copy, as it would read on on a local disk, rather than
+//! failing as if another client had replaced or deleted the object.
 
 use parking_lot::Mutex;
 
@@ -13,13 +15,16 @@ const REMEMBERED: usize = 4096;
 /// The most copies one after another that a read follows.
 const MOST_IN_A_ROW: usize = 16;
 
+/// A version of an object: its key and ETag.
+pub type Version = (String, String);
+
 #[derive(Debug)]
-pub struct CopiesInPlace {
-    /// (key, ETag before) -> ETag after.
-    copies: Mutex<lru::LruCache<(String, String), String>>,
+pub struct Copies {
+    /// Version copied -> its copy.
+    copies: Mutex<lru::LruCache<Version, Version>>,
 }
 
-impl Default for CopiesInPlace {
+impl Default for Copies {
     fn default() -> Self {
         Self {
             copies: Mutex::new(lru::LruCache::new(
@@ -29,29 +34,33 @@ impl Default for CopiesInPlace {
     }
 }
 
-impl CopiesInPlace {
-    /// `key` was copied onto itself: version `before` is now `after`.
-    pub fn note(&self, key: &str, before: &str, after: &str) {
-        if before != after {
-            self.copies
-                .lock()
-                .put((key.to_string(), before.to_string()), after.to_string());
+impl Copies {
+    /// Version `etag` of `key` was copied to `to_key`, whose copy has ETag
+    /// `to_etag`, with the same bytes.
+    pub fn note(&self, key: &str, etag: &str, to_key: &str, to_etag: &str) {
+        if (key, etag) != (to_key, to_etag) {
+            self.copies.lock().put(
+                (key.to_string(), etag.to_string()),
+                (to_key.to_string(), to_etag.to_string()),
+            );
         }
     }
 
-    /// The ETag that version `etag` of `key` has now, if this mount copied it
-    /// in place since.
-    pub fn now(&self, key: &str, etag: &str) -> Option<String> {
+    /// Where the bytes of version `etag` of `key` are now, if this mount
+    /// copied them since: its last copy of them. Asked only once the version
+    /// is found gone from its key: an object made there later with the same
+    /// bytes has the same ETag, and is read as itself.
+    pub fn latest(&self, key: &str, etag: &str) -> Option<Version> {
         let mut copies = self.copies.lock();
-        let mut now: Option<String> = None;
+        let mut now = (key.to_string(), etag.to_string());
+        let mut moved = false;
         for _ in 0..MOST_IN_A_ROW {
-            let before = now.as_deref().unwrap_or(etag).to_string();
-            match copies.get(&(key.to_string(), before)) {
-                Some(after) => now = Some(after.clone()),
+            match copies.get(&now) {
+                Some(copy) => (now, moved) = (copy.clone(), true),
                 None => break,
             }
         }
-        now
+        moved.then_some(now)
     }
 }
 
@@ -59,19 +68,25 @@ impl CopiesInPlace {
 mod tests {
     use super::*;
 
+    fn version(key: &str, etag: &str) -> Version {
+        (key.to_string(), etag.to_string())
+    }
+
     #[test]
-    fn a_version_copied_in_place_is_followed_to_its_latest_copy() {
-        let copies = CopiesInPlace::default();
-        assert_eq!(copies.now("k", "\"a\""), None);
-        copies.note("k", "\"a\"", "\"a\"");
-        assert_eq!(copies.now("k", "\"a\""), None, "a copy that kept its ETag");
-        copies.note("k", "\"a-2\"", "\"b\"");
-        copies.note("k", "\"b\"", "\"c\"");
-        assert_eq!(copies.now("k", "\"a-2\"").as_deref(), Some("\"c\""));
-        assert_eq!(copies.now("k", "\"b\"").as_deref(), Some("\"c\""));
-        assert_eq!(copies.now("other", "\"a-2\""), None);
-        // A loop (a copy back to an earlier ETag) ends.
-        copies.note("k", "\"c\"", "\"a-2\"");
-        assert!(copies.now("k", "\"b\"").is_some());
+    fn a_version_copied_in_place_or_renamed_is_followed_to_its_last_copy() {
+        let copies = Copies::default();
+        assert_eq!(copies.latest("k", "a"), None);
+        copies.note("k", "a", "k", "a");
+        assert_eq!(copies.latest("k", "a"), None);
+        // A change of mode, then a rename, then another change of mode.
+        copies.note("k", "a-2", "k", "b");
+        copies.note("k", "b", "moved", "b");
+        copies.note("moved", "b", "moved", "c");
+        assert_eq!(copies.latest("k", "a-2"), Some(version("moved", "c")));
+        assert_eq!(copies.latest("k", "b"), Some(version("moved", "c")));
+        assert_eq!(copies.latest("other", "a-2"), None);
+        // A loop (a copy back to an earlier version) ends.
+        copies.note("moved", "c", "k", "a-2");
+        copies.latest("k", "b");
     }
 }

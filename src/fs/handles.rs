@@ -45,6 +45,11 @@ impl Fs {
         let mut keep_cache = false;
         let mut direct_io = false;
         let handle = if flags.write || self.staged_file(ino).is_some() {
+            if flags.write && !flags.truncate && self.staged_file(ino).is_none() {
+                // A file opened to be changed is changed from what S3 holds
+                // now (a HEAD), at the size the kernel is to write at.
+                self.ask_again(ino).await?;
+            }
             let file = self.stage(ino, flags).await?;
             self.inodes.lock().note_open(ino, None);
             OpenFile::Staged {
@@ -120,6 +125,29 @@ impl Fs {
             keep_cache,
             direct_io,
         })
+    }
+
+    /// What S3 holds for file `ino` now, asked whatever the metadata TTL
+    /// says; `Resized` (ESTALE) when its size is not the one the kernel has,
+    /// which then looks it up again and opens it once more.
+    async fn ask_again(&self, ino: u64) -> FsResult<()> {
+        let told = self.kernel.size_shown(ino);
+        self.inodes.lock().expire(ino);
+        let entry = self.getattr(ino).await?;
+        if entry.attr.ino != ino {
+            return Err(FsError::NotFound);
+        }
+        match told.filter(|&was| was != entry.attr.size) {
+            Some(was) => {
+                self.kernel.attributes_changed(ino);
+                Err(FsError::Resized {
+                    key: self.node(ino)?.key,
+                    was,
+                    now: entry.attr.size,
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     pub(super) fn handle(&self, fh: u64) -> FsResult<OpenFile> {
@@ -199,10 +227,8 @@ impl Fs {
         size: u32,
     ) -> FsResult<Bytes> {
         let mut slot = slot.lock().await;
-        if slot
-            .as_ref()
-            .is_none_or(|reader| *reader.object().etag != *base.etag)
-        {
+        // (A file's base stays what it was opened on until its first change.)
+        if slot.is_none() {
             let object = ObjectVersion {
                 cache: self.config.cache.clone(),
                 ..file.base_version(base).await?

@@ -136,8 +136,12 @@ impl Fs {
         let Ok(node) = self.named_node(ino) else {
             return Ok(()); // unlinked or replaced since: the name is not its own
         };
-        // Written again since: the upload carries it.
-        if self.staged_file(ino).is_some_and(|file| file.is_dirty()) {
+        // Written again since: the upload carries it (none comes for what a
+        // killed process left, so the object in S3 gets it now).
+        if self
+            .staged_file(ino)
+            .is_some_and(|file| file.is_dirty() && file.held_back().is_none())
+        {
             return Ok(());
         }
         let (headers, etag, size) = match self.headers_with(ino, &node.key, change).await {
@@ -152,7 +156,9 @@ impl Fs {
             .copy(&node.key, &node.key, size, Some(&etag), Some(&headers))
             .await?;
         // Reads pinned to the version before read the copy.
-        self.uploads.copies.note(&node.key, &etag, &copied);
+        self.uploads
+            .copies
+            .note(&node.key, &etag, &node.key, &copied);
         debug!(
             key = node.key,
             ?change,

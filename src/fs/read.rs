@@ -136,9 +136,9 @@ pub struct ObjectVersion {
     pub authenticate_first: bool,
     /// Where a whole check takes its memory from.
     pub memory: Arc<MemoryBudget>,
-    /// The volume's copies in place: a GET that finds this version copied onto
-    /// itself (same bytes, new ETag) reads the copy.
-    pub(crate) copies: Arc<super::copies::CopiesInPlace>,
+    /// The copies this mount made of objects: a version renamed or copied in
+    /// place since is read from its copy.
+    pub(crate) copies: Arc<super::copies::Copies>,
 }
 
 /// The parts a whole check fetches, two at a time, when the memory pool has
@@ -252,10 +252,14 @@ impl ObjectVersion {
                 .get_range(&self.key, range.clone(), Some(&self.etag))
                 .await;
             match got {
-                Err(StoreError::Changed { .. }) => match self.copies.now(&self.key, &self.etag) {
-                    Some(now) => self.store.get_range(&self.key, range, Some(&now)).await,
-                    None => got,
-                },
+                // Gone from its key: renamed or copied in place here since it
+                // was opened? Then the copy.
+                Err(StoreError::Changed { .. } | StoreError::NotFound { .. }) => {
+                    match self.copies.latest(&self.key, &self.etag) {
+                        Some((key, etag)) => self.store.get_range(&key, range, Some(&etag)).await,
+                        None => got,
+                    }
+                }
                 got => got,
             }
         };

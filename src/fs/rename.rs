@@ -117,12 +117,17 @@ impl Fs {
             moved
         };
         // Files open for writing under the new name upload there.
-        let table = self.inodes.lock();
-        let staged = self.staged.lock();
-        for moved_ino in moved {
-            if let (Some(entry), Some(node)) = (staged.get(&moved_ino), table.get(moved_ino)) {
-                entry.file.set_key(&node.key);
+        {
+            let table = self.inodes.lock();
+            let staged = self.staged.lock();
+            for moved_ino in moved {
+                if let (Some(entry), Some(node)) = (staged.get(&moved_ino), table.get(moved_ino)) {
+                    entry.file.set_key(&node.key);
+                }
             }
+        }
+        if let Some((replaced, Kind::File)) = target {
+            self.discard_unlinked(replaced).await;
         }
         Ok(())
     }
@@ -149,12 +154,18 @@ impl Fs {
     async fn copy_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
         let etag = self.settle(ino).await?;
         let size = self.node(ino)?.stat.size;
-        let copied = match self.take_pending_posix(ino) {
-            None => self.copy(from, to, size, etag.as_deref(), None).await?,
+        let (source, copied) = match self.take_pending_posix(ino) {
+            None => (
+                etag.clone(),
+                self.copy(from, to, size, etag.as_deref(), None).await?,
+            ),
             Some(change) => {
                 let copied = async {
                     let (headers, etag, size) = self.headers_with(ino, from, change).await?;
-                    self.copy(from, to, size, Some(&etag), Some(&headers)).await
+                    let copied = self
+                        .copy(from, to, size, Some(&etag), Some(&headers))
+                        .await?;
+                    Ok::<_, FsError>((Some(etag), copied))
                 }
                 .await;
                 if copied.is_err() {
@@ -163,6 +174,10 @@ impl Fs {
                 copied?
             }
         };
+        // Descriptors open on the file read on from the copy.
+        if let Some(source) = source {
+            self.uploads.copies.note(from, &source, to, &copied);
+        }
         Ok(copied)
     }
 
@@ -297,7 +312,11 @@ impl Fs {
                 result?;
             }
             let target = format!("{to}{}", &key[from.len()..]);
-            copies.push(async move { self.copy(key, &target, *size, Some(etag), None).await });
+            copies.push(async move {
+                let copied = self.copy(key, &target, *size, Some(etag), None).await?;
+                self.uploads.copies.note(key, etag, &target, &copied);
+                Ok::<_, FsError>(())
+            });
         }
         while let Some(result) = copies.next().await {
             result?;

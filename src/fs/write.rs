@@ -90,6 +90,7 @@ impl Fs {
             node = self.node(ino)?;
         }
         let base = (!flags.truncate).then(|| Base {
+            key: node.key.clone(),
             etag: node.stat.etag.clone(),
             size: node.stat.size,
         });
@@ -215,8 +216,9 @@ impl Fs {
                 writer: Some(writer),
                 ..
             } => {
-                writer.wrote_through(thread, self.config.audit.is_some());
+                let process = writer.wrote_through(thread, self.config.audit.is_some());
                 file.write(offset, data).await?;
+                file.written_by(process);
                 Ok(data.len() as u32)
             }
             _ => Err(FsError::BadHandle(fh)),
@@ -240,7 +242,10 @@ impl Fs {
                 ..
             }) => {
                 let result = file.write_now(offset, data)?;
-                writer.wrote_through(thread, self.config.audit.is_some());
+                let process = writer.wrote_through(thread, self.config.audit.is_some());
+                if result.is_ok() {
+                    file.written_by(process);
+                }
                 Some(result.map(|()| data.len() as u32).map_err(FsError::from))
             }
             Ok(_) => Some(Err(FsError::BadHandle(fh))),
@@ -367,10 +372,15 @@ impl Fs {
         &self,
         ino: u64,
         size: Option<u64>,
-        change: Posix,
+        mut change: Posix,
         fh: Option<u64>,
     ) -> FsResult<Entry> {
         self.writable()?;
+        if size.is_some() {
+            // The time the kernel sends with a truncation by name is the
+            // truncation's own, which its upload carries.
+            change.mtime = None;
+        }
         let node = self.node(ino)?;
         if let Some(size) = size {
             if node.kind != Kind::File {
@@ -635,8 +645,21 @@ impl Fs {
         }
         self.take_pending_posix(ino);
         self.inodes.lock().remove_child(parent, name);
+        self.discard_unlinked(ino).await;
         debug!(key, "deleted");
         Ok(())
+    }
+
+    /// `ino` lost its name here: a staged file an open made of it while the
+    /// name was being removed or replaced (after the pause that the one
+    /// before got) is given up too. Nothing of it reaches S3, as nothing of
+    /// an unlinked file would.
+    pub(super) async fn discard_unlinked(&self, ino: u64) {
+        if let Some(file) = self.staged_file(ino)
+            && !file.is_deleted()
+        {
+            file.discard().await;
+        }
     }
 
     /// Whether anything lies under directory `key`, in S3 or staged here.

@@ -12,8 +12,8 @@ use tracing::warn;
 
 use super::{Fs, OpenFile};
 
-/// The writing threads a handle remembers: a process killed by a signal
-/// after it wrote is told by them (see [`Fs::close_by_killed_process`]).
+/// The writing threads a handle remembers the processes of; past them, a
+/// writing thread's process is read from `/proc` at each write.
 const WRITING_THREADS: usize = 64;
 
 /// A handle open for writing: who opened it, and whether it changed the file.
@@ -29,7 +29,7 @@ pub(super) struct Writer {
     pub(super) truncated: bool,
     /// The threads that wrote through this handle, each with its process
     /// (read once per thread), as many as [`WRITING_THREADS`].
-    wrote_by: Mutex<Vec<(u32, Option<u32>)>>,
+    threads: Mutex<Vec<(u32, Option<u32>)>>,
     /// Who last changed the file through this handle, on a volume with an
     /// audit log: the upload at the last release, whose request names no
     /// caller, is recorded as theirs.
@@ -45,30 +45,27 @@ impl Writer {
             opener,
             wrote: AtomicBool::new(created),
             truncated,
-            wrote_by: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
             changed_by: Mutex::new(None),
         }))
     }
 
-    /// Notes a write through this handle by `thread` (0: not known).
-    pub(super) fn wrote_through(&self, thread: u32, audited: bool) {
-        if thread != 0 {
-            let mut wrote_by = self.wrote_by.lock();
-            if wrote_by.len() < WRITING_THREADS && !wrote_by.iter().any(|(t, _)| *t == thread) {
-                wrote_by.push((thread, crate::procfs::thread_group(thread)));
-            }
-        }
+    /// Notes a write through this handle by `thread` (0: not known); the
+    /// thread's process, where it can be told.
+    pub(super) fn wrote_through(&self, thread: u32, audited: bool) -> Option<u32> {
         self.changed(audited);
-    }
-
-    /// Whether `process` wrote through this handle; `None` when no write
-    /// was made through it by a thread it knows.
-    fn written_by(&self, process: u32) -> Option<bool> {
-        let wrote_by = self.wrote_by.lock();
-        if wrote_by.is_empty() {
+        if thread == 0 {
             return None;
         }
-        Some(wrote_by.iter().any(|(_, p)| *p == Some(process)))
+        let mut threads = self.threads.lock();
+        if let Some((_, process)) = threads.iter().find(|(t, _)| *t == thread) {
+            return *process;
+        }
+        let process = crate::procfs::thread_group(thread);
+        if threads.len() < WRITING_THREADS {
+            threads.push((thread, process));
+        }
+        process
     }
 
     /// Notes a change through this handle by the caller of the request being
@@ -87,10 +84,10 @@ impl Writer {
 impl Fs {
     /// close(2) by a process that is exiting because signal `signal` killed it
     /// (SIGKILL, the OOM killer, a crash), as the kernel closes the files of
-    /// a dying process. When that process wrote through the handle (or opened
-    /// it, and no thread the handle knows wrote through it: the change is the
-    /// open's creation or truncation, or came from a caller the daemon cannot
-    /// see), the file is held back: no close publishes it, nor the
+    /// a dying process. When that process made the file's last change, by a
+    /// write through any descriptor (or opened this handle, and no write the
+    /// daemon could attribute came since: the change is the open's creation or
+    /// truncation, or a write by a caller it cannot see), the file is held back: no close publishes it, nor the
     /// last release, and fsync fails; S3 keeps the previous version, as it
     /// keeps it for a writer killed before its close. A later write through
     /// any handle makes the file what it publishes again.
@@ -104,8 +101,8 @@ impl Fs {
             return;
         };
         let Some(process) = process else { return };
-        let changed_it = match writer.written_by(process) {
-            Some(wrote) => wrote,
+        let changed_it = match file.last_writer() {
+            Some(last) => last == process,
             None => {
                 writer.opener == Some(process)
                     && (writer.wrote.load(Ordering::SeqCst) || writer.truncated)

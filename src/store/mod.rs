@@ -219,6 +219,10 @@ pub const MAX_LISTING_ENTRIES: usize = 500_000;
 /// [`MAX_LISTING_ENTRIES`] takes at S3's 1,000 entries a page.
 pub const MAX_LISTING_PAGES: usize = 10_000;
 
+/// The entries a listing is given its patience (`--io-timeout`) for, beyond
+/// its first: S3's page.
+pub const ENTRIES_PER_PATIENCE: usize = 1000;
+
 /// The longest continuation token s3vol sends back. S3's are a few hundred
 /// bytes; servers that put the last key in theirs need at most a key's 1,024
 /// bytes, base64-encoded.
@@ -244,6 +248,7 @@ pub struct Pagination {
     patience: Duration,
     /// When the last entry came (or the listing began).
     progress: std::time::Instant,
+    started: std::time::Instant,
 }
 
 impl Pagination {
@@ -257,6 +262,7 @@ impl Pagination {
             pages: 0,
             patience,
             progress: std::time::Instant::now(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -293,6 +299,22 @@ impl Pagination {
                 "the listing went on for {} with pages that bring no entry ({} pages so \
                  far), longer than --io-timeout {}",
                 humantime::format_duration(Duration::from_secs(self.progress.elapsed().as_secs())),
+                self.pages,
+                humantime::format_duration(self.patience)
+            )));
+        }
+        // However many entries a server drips page by page, the listing has
+        // its patience for each 1,000 (S3's page), and once more. (Empty
+        // pages are bounded above, from the last entry.)
+        let allowed = self
+            .patience
+            .saturating_mul(1 + (self.entries / ENTRIES_PER_PATIENCE) as u32);
+        if entries > 0 && self.started.elapsed() > allowed {
+            return Err(bad(format!(
+                "the listing went on for {} for {} entries in {} pages, longer than \
+                 --io-timeout {} for each {ENTRIES_PER_PATIENCE}",
+                humantime::format_duration(Duration::from_secs(self.started.elapsed().as_secs())),
+                self.entries,
                 self.pages,
                 humantime::format_duration(self.patience)
             )));
@@ -730,12 +752,38 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_that_drips_entries_is_bounded_by_its_patience_per_thousand() {
+        let mut listing =
+            Pagination::new(Operation::ListObjectsV2, "p/", Duration::from_millis(20));
+        // One entry a page, each in time to keep the empty-page rule quiet.
+        let mut pages = 0;
+        let refused = loop {
+            std::thread::sleep(Duration::from_millis(5));
+            pages += 1;
+            match listing.next(1, Some(format!("t{pages}"))) {
+                Ok(_) => assert!(pages < 100, "not bounded after {pages} pages"),
+                Err(StoreError::BadAnswer { detail, .. }) => break detail,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(refused.contains("for each 1000"), "{refused}");
+        // A page of 1,000 entries buys the listing its patience once more.
+        let mut listing =
+            Pagination::new(Operation::ListObjectsV2, "p/", Duration::from_millis(50));
+        listing.next(1000, Some("a".into())).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(listing.next(1000, Some("b".into())).is_ok());
+    }
+
+    #[test]
     fn a_listing_of_empty_pages_is_bounded_by_its_patience() {
-        let mut listing = Pagination::new(Operation::ListObjectsV2, "p/", Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(5));
-        // A page with entries resets the clock; an empty one past it ends it.
-        assert!(listing.next(1, Some("a".into())).is_ok());
-        std::thread::sleep(Duration::from_millis(5));
+        let mut listing =
+            Pagination::new(Operation::ListObjectsV2, "p/", Duration::from_millis(100));
+        // A page with entries resets the clock (and its 1,000 entries buy
+        // the listing time); an empty one past the patience ends it.
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(listing.next(1000, Some("a".into())).is_ok());
+        std::thread::sleep(Duration::from_millis(120));
         let detail = refused(listing.next(0, Some("b".into())), "an empty page");
         assert!(detail.contains("bring no entry"), "{detail}");
     }

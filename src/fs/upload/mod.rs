@@ -68,8 +68,8 @@ pub struct Shares {
     pub memory: Arc<MemoryBudget>,
     /// Client-side encryption: of uploads, and of the staging files.
     pub encryption: Option<Arc<VolumeEncryption>>,
-    /// The volume's copies in place, which reads of a base follow.
-    pub(crate) copies: Arc<super::copies::CopiesInPlace>,
+    /// The copies this mount made of objects, which reads of a base follow.
+    pub(crate) copies: Arc<super::copies::Copies>,
 }
 
 /// The object a staged file was opened on, not yet copied into the staging file:
@@ -77,6 +77,8 @@ pub struct Shares {
 /// being truncated to nothing.
 #[derive(Clone, Debug)]
 pub struct Base {
+    /// The key it had then (a rename since leaves its bytes at a copy).
+    pub key: String,
     pub etag: String,
     pub size: u64,
 }
@@ -211,6 +213,7 @@ impl StagedFile {
                 deleted: false,
                 abandoned: false,
                 held_back: None,
+                last_writer: None,
                 taken: 0,
                 mtime: SystemTime::now(),
                 posix: Posix::default(),
@@ -277,7 +280,7 @@ impl StagedFile {
     /// The version of the object the file was opened on, for reading (`base`,
     /// from [`StagedFile::unchanged_base`]).
     pub async fn base_version(&self, base: &Base) -> StageResult<ObjectVersion> {
-        self.base_object(&self.key(), base).await
+        self.base_object(base).await
     }
 
     /// Sets what `posix` sets of the mode, owner and time the object keeps.
@@ -316,6 +319,16 @@ impl StagedFile {
             state.unsent = false;
             state.held_back = Some(signal);
         }
+    }
+
+    /// The write just made was `process`'s (`None`: a caller not known).
+    pub fn written_by(&self, process: Option<u32>) {
+        self.state.lock().last_writer = process;
+    }
+
+    /// The process whose write was the file's last change, where known.
+    pub fn last_writer(&self) -> Option<u32> {
+        self.state.lock().last_writer
     }
 
     /// The signal that killed the process whose changes are held back, while
@@ -401,7 +414,7 @@ impl StagedFile {
         }
         self.take_to(&mut self.state.lock(), base.size)?;
         let key = self.key();
-        let object = self.base_object(&key, &base).await?;
+        let object = self.base_object(&base).await?;
         let chunk = self.layout.first_size();
         let mut offset = 0;
         while offset < base.size {

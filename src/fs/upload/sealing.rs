@@ -108,11 +108,11 @@ impl StagedFile {
     /// The object a file was opened on, to be read into the staging file:
     /// decrypted on an encrypted volume (its tag checked as it is read whole,
     /// which the caller confirms with [`ObjectVersion::authenticate`]).
-    pub(super) async fn base_object(&self, key: &str, base: &Base) -> StageResult<ObjectVersion> {
+    pub(super) async fn base_object(&self, base: &Base) -> StageResult<ObjectVersion> {
         let mut object = ObjectVersion {
             store: self.store.clone(),
             cache: None,
-            key: key.into(),
+            key: base.key.as_str().into(),
             etag: base.etag.as_str().into(),
             size: base.size,
             decryption: None,
@@ -123,13 +123,22 @@ impl StagedFile {
         let Some(encryption) = &self.shares.encryption else {
             return Ok(object);
         };
-        let info = self.store.head_object(key).await?;
-        let copied = self.shares.copies.now(key, &base.etag);
-        if info.etag != base.etag && copied.as_deref() != Some(&info.etag) {
+        let mut info = self.store.head_object(&base.key).await;
+        if !info.as_ref().is_ok_and(|info| info.etag == base.etag)
+            && let Some((key, etag)) = self.shares.copies.latest(&base.key, &base.etag)
+        {
+            // Renamed or copied in place here since it was opened: the copy
+            // (whose envelope is the original's).
+            info = self.store.head_object(&key).await;
+            (object.key, object.etag) = (key.as_str().into(), etag.as_str().into());
+        }
+        let info = info?;
+        let key = &*object.key;
+        if info.etag != *object.etag {
             return Err(StoreError::Changed {
                 op: Operation::HeadObject,
                 key: key.to_string(),
-                expected_etag: base.etag.clone(),
+                expected_etag: object.etag.to_string(),
             }
             .into());
         }

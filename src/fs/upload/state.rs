@@ -53,6 +53,9 @@ pub(super) struct State {
     /// Abandoned by a stopping volume: nothing is uploaded any more, and whoever
     /// asks for an upload is told so.
     pub(super) abandoned: bool,
+    /// The process whose write was the file's last change, where the kernel
+    /// named it (a change it did not name, such as a truncation, clears it).
+    pub(super) last_writer: Option<u32>,
     /// The signal that killed the process whose changes are not to be
     /// uploaded (`StagedFile::hold_back`).
     pub(super) held_back: Option<i32>,
@@ -80,6 +83,7 @@ impl State {
         self.dirty = true;
         self.unsent = true;
         self.held_back = None;
+        self.last_writer = None;
         self.mtime = SystemTime::now();
         // A time set before is the time of a change no more.
         self.posix.mtime = None;
