@@ -348,6 +348,35 @@ fn a_killed_writer_that_inherited_the_descriptor_publishes_nothing() {
         store.get("root/e.txt"),
     );
     assert_eq!(fsync, Err(Some(libc::EIO)));
+    // A rewrite that ends with ftruncate (`f.write(); f.truncate()`), by a
+    // process killed right after, through a descriptor it inherited.
+    store.put("root/f.txt", "good v1, longer\n");
+    let opened = read_write(&vol.join("f.txt"));
+    // SAFETY: the child only makes system calls on memory allocated before
+    // the fork.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => unsafe {
+            let fd = opened.as_raw_fd();
+            libc::pwrite(fd, b"PARTIAL".as_ptr().cast(), 7, 0);
+            libc::ftruncate(fd, 7);
+            libc::kill(libc::getpid(), libc::SIGKILL);
+            libc::_exit(0)
+        },
+        ForkResult::Parent { child } => {
+            let status = waitpid(child, None).unwrap();
+            assert_eq!(status, WaitStatus::Signaled(child, SIGKILL, false));
+        }
+    }
+    drop(opened);
+    assert!(
+        !wait_until(Duration::from_secs(1), || !holds(
+            &store,
+            "root/f.txt",
+            b"good v1, longer\n"
+        )),
+        "a killed process's truncation was published: {:?}",
+        store.get("root/f.txt")
+    );
     // A command that is not killed publishes through the shell's close as ever.
     let shell = OpenOptions::new()
         .write(true)

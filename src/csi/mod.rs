@@ -131,9 +131,8 @@ fn listen(socket: &std::path::Path) -> Result<tokio::net::UnixListener, String> 
             .map_err(|e| format!("cannot create the socket's directory for {shown}: {e}"))?;
     }
     match std::fs::symlink_metadata(socket) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(socket).map_err(|e| format!("cannot replace {shown}: {e}"))?
-        }
+        // Replaced below, at once: never a moment without one.
+        Ok(meta) if meta.file_type().is_socket() => {}
         Ok(_) => {
             return Err(format!(
                 "{shown} exists and is not a socket; give --endpoint a path of its own"
@@ -151,9 +150,14 @@ fn listen(socket: &std::path::Path) -> Result<tokio::net::UnixListener, String> 
         .mode(0o700)
         .create(&private)
         .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
-    let made = private.join("csi.sock");
+    let made = private.join("s");
     let listened = tokio::net::UnixListener::bind(&made)
-        .map_err(|e| format!("cannot listen on {shown}: {e}"))
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} (made there, then put at {shown}): {e}",
+                made.display()
+            )
+        })
         .and_then(|listener| {
             std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| format!("cannot restrict {shown}: {e}"))?;

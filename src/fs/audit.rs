@@ -163,7 +163,20 @@ impl Fs {
         change: Posix,
         fh: Option<u64>,
     ) -> FsResult<Entry> {
-        let result = self.set_attributes(ino, size, change, fh).await;
+        self.setattr_by(ino, size, change, fh, None).await
+    }
+
+    /// [`Fs::setattr`] asked by process `by` (`None`: not known), who is
+    /// then the author of a change of size.
+    pub async fn setattr_by(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        change: Posix,
+        fh: Option<u64>,
+        by: Option<u32>,
+    ) -> FsResult<Entry> {
+        let result = self.set_attributes(ino, size, change, fh, by).await;
         let what = match change {
             Posix {
                 perm: Some(mode), ..

@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::debug;
 
-use super::inode::Kind;
+use super::inode::{Kind, Node};
 use super::read::{ObjectVersion, Reader};
 use super::upload::{Base, StagedFile};
 use super::writer::Writer;
@@ -45,11 +45,6 @@ impl Fs {
         let mut keep_cache = false;
         let mut direct_io = false;
         let handle = if flags.write || self.staged_file(ino).is_some() {
-            if flags.write && !flags.truncate && self.staged_file(ino).is_none() {
-                // A file opened to be changed is changed from what S3 holds
-                // now (a HEAD), at the size the kernel is to write at.
-                self.ask_again(ino).await?;
-            }
             let file = self.stage(ino, flags).await?;
             self.inodes.lock().note_open(ino, None);
             OpenFile::Staged {
@@ -127,27 +122,35 @@ impl Fs {
         })
     }
 
-    /// What S3 holds for file `ino` now, asked whatever the metadata TTL
-    /// says; `Resized` (ESTALE) when its size is not the one the kernel has,
-    /// which then looks it up again and opens it once more.
-    async fn ask_again(&self, ino: u64) -> FsResult<()> {
+    /// What S3 holds for file `ino` now (a HEAD, whatever the metadata TTL
+    /// says), learnt; `Resized` (ESTALE) when its size is not the one the
+    /// kernel has, which then looks it up again and asks once more.
+    pub(super) async fn ask_again(&self, ino: u64) -> FsResult<Node> {
         let told = self.kernel.size_shown(ino);
-        self.inodes.lock().expire(ino);
-        let entry = self.getattr(ino).await?;
-        if entry.attr.ino != ino {
-            return Err(FsError::NotFound);
-        }
-        match told.filter(|&was| was != entry.attr.size) {
-            Some(was) => {
+        let node = self.named_node(ino)?;
+        let info = match self.store.head_object(&node.key).await {
+            Ok(info) => info,
+            Err(e @ StoreError::NotFound { .. }) => {
+                self.inodes
+                    .lock()
+                    .note_absent(node.parent, &node.name, Instant::now());
                 self.kernel.attributes_changed(ino);
-                Err(FsError::Resized {
-                    key: self.node(ino)?.key,
-                    was,
-                    now: entry.attr.size,
-                })
+                return Err(e.into());
             }
-            None => Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let stat = self.file_stat(info);
+        let size = stat.size;
+        self.inodes.lock().learnt(ino, stat, Instant::now());
+        if let Some(was) = told.filter(|&was| was != size) {
+            self.kernel.attributes_changed(ino);
+            return Err(FsError::Resized {
+                key: node.key,
+                was,
+                now: size,
+            });
         }
+        self.named_node(ino)
     }
 
     pub(super) fn handle(&self, fh: u64) -> FsResult<OpenFile> {

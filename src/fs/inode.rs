@@ -353,6 +353,8 @@ impl InodeTable {
         let node = self.nodes.get_mut(&ino).expect("checked above");
         node.parent = new_parent;
         node.name = new_name.to_string();
+        // Named again, whatever a look at its old name found meanwhile.
+        node.unlinked = false;
         let mut moved = Vec::new();
         let mut queue = vec![ino];
         while let Some(current) = queue.pop() {

@@ -25,6 +25,7 @@ mod lookup;
 mod meta;
 pub mod posix;
 pub mod read;
+mod remove;
 mod rename;
 mod symlink;
 pub mod upload;

@@ -1,6 +1,6 @@
 //! The changes a read-write volume makes: creating and writing files (through
-//! [`upload`](super::upload)), truncation, directories and unlink; renames are
-//! in the sibling module `rename`.
+//! [`upload`](super::upload)), truncation and directories; renames are in the
+//! sibling module `rename`, unlink and rmdir in `remove`.
 //!
 //! Every method starts with [`Fs::writable`], so a read-only volume refuses each
 //! change with EROFS before any request is sent.
@@ -20,7 +20,7 @@ use super::writer::Writer;
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging};
 use crate::audit::{Event, Op};
 use crate::names::{NameProblem, check_name};
-use crate::store::{ListRequest, ObjectHeaders};
+use crate::store::ObjectHeaders;
 
 /// S3's longest key, in bytes.
 pub(super) const MAX_KEY_LEN: usize = 1024;
@@ -75,20 +75,17 @@ impl Fs {
     pub(super) async fn stage(&self, ino: u64, flags: OpenFlags) -> FsResult<Arc<StagedFile>> {
         if let Some(file) = self.attach(ino) {
             if flags.truncate {
-                file.truncate(0).await?;
+                file.truncate(0, flags.process).await?;
             }
             return Ok(file);
         }
         let config = self.writable()?;
-        let mut node = self.named_node(ino)?;
-        if !flags.truncate
-            && node
-                .remaining(self.config.metadata_ttl, Instant::now())
-                .is_none()
-        {
-            self.getattr(ino).await?;
-            node = self.node(ino)?;
-        }
+        // A file changed is changed from what S3 holds now, at the size the
+        // kernel is to write at.
+        let node = match flags.truncate {
+            true => self.named_node(ino)?,
+            false => self.ask_again(ino).await?,
+        };
         let base = (!flags.truncate).then(|| Base {
             key: node.key.clone(),
             etag: node.stat.etag.clone(),
@@ -217,8 +214,7 @@ impl Fs {
                 ..
             } => {
                 let process = writer.wrote_through(thread, self.config.audit.is_some());
-                file.write(offset, data).await?;
-                file.written_by(process);
+                file.write(offset, data, process).await?;
                 Ok(data.len() as u32)
             }
             _ => Err(FsError::BadHandle(fh)),
@@ -241,11 +237,8 @@ impl Fs {
                 writer: Some(writer),
                 ..
             }) => {
-                let result = file.write_now(offset, data)?;
                 let process = writer.wrote_through(thread, self.config.audit.is_some());
-                if result.is_ok() {
-                    file.written_by(process);
-                }
+                let result = file.write_now(offset, data, process)?;
                 Some(result.map(|()| data.len() as u32).map_err(FsError::from))
             }
             Ok(_) => Some(Err(FsError::BadHandle(fh))),
@@ -360,6 +353,8 @@ impl Fs {
         // Of this inode while it has its name: one that lost it meanwhile
         // must not give its object to the file that has the name now.
         self.inodes.lock().learnt(ino, stat, Instant::now());
+        // The kernel followed the writes: it has this size.
+        self.kernel.shown(ino, done.0);
         Ok(Some(done))
     }
 
@@ -374,6 +369,7 @@ impl Fs {
         size: Option<u64>,
         mut change: Posix,
         fh: Option<u64>,
+        by: Option<u32>,
     ) -> FsResult<Entry> {
         self.writable()?;
         if size.is_some() {
@@ -407,7 +403,7 @@ impl Fs {
                 )
                 .await?;
             let result = async {
-                file.truncate(size).await?;
+                file.truncate(size, by).await?;
                 // truncate(1) of a file no one has open is uploaded now; an open
                 // file's change goes with its close.
                 if self.handles(ino) == 1 {
@@ -622,85 +618,5 @@ impl Fs {
             .await?
             .ok_or(FsError::NotFound)?;
         Ok((parent_node, name, ino, kind))
-    }
-
-    /// unlink(2): DeleteObject. A file still open here is not uploaded any more.
-    pub(super) async fn remove_file(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        self.writable()?;
-        let (parent_node, name, ino, kind) = self.existing_child(parent, name).await?;
-        if kind == Kind::Directory {
-            return Err(FsError::IsADirectory);
-        }
-        // Its uploads wait (the one under way ends first) and are given up
-        // once the object is gone; if it cannot be deleted, they go on.
-        let open_file = self.staged_file(ino);
-        let paused = match &open_file {
-            Some(file) => Some(file.pause().await),
-            None => None,
-        };
-        let key = format!("{}{name}", parent_node.key);
-        self.store.delete_object(&key).await?;
-        if let (Some(file), Some(paused)) = (&open_file, paused) {
-            file.discard_paused(paused).await;
-        }
-        self.take_pending_posix(ino);
-        self.inodes.lock().remove_child(parent, name);
-        self.discard_unlinked(ino).await;
-        debug!(key, "deleted");
-        Ok(())
-    }
-
-    /// `ino` lost its name here: a staged file an open made of it while the
-    /// name was being removed or replaced (after the pause that the one
-    /// before got) is given up too. Nothing of it reaches S3, as nothing of
-    /// an unlinked file would.
-    pub(super) async fn discard_unlinked(&self, ino: u64) {
-        if let Some(file) = self.staged_file(ino)
-            && !file.is_deleted()
-        {
-            file.discard().await;
-        }
-    }
-
-    /// Whether anything lies under directory `key`, in S3 or staged here.
-    pub(super) async fn has_children(&self, ino: u64, key: &str) -> FsResult<bool> {
-        let staged_inside = {
-            let table = self.inodes.lock();
-            let staged = self.staged.lock();
-            table
-                .children_of(ino)
-                .iter()
-                .any(|c| staged.contains_key(c))
-        };
-        if staged_inside {
-            return Ok(true);
-        }
-        let page = self
-            .store
-            .list_objects(ListRequest {
-                prefix: key,
-                max_keys: Some(2),
-                ..ListRequest::default()
-            })
-            .await?;
-        Ok(page.objects.iter().any(|o| o.key != key) || !page.common_prefixes.is_empty())
-    }
-
-    /// rmdir(2): only when empty; deletes the marker if there is one.
-    pub(super) async fn remove_dir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        self.writable()?;
-        let (parent_node, name, ino, kind) = self.existing_child(parent, name).await?;
-        if kind != Kind::Directory {
-            return Err(FsError::NotADirectory);
-        }
-        let key = format!("{}{name}/", parent_node.key);
-        if self.has_children(ino, &key).await? {
-            return Err(FsError::NotEmpty);
-        }
-        self.take_pending_posix(ino);
-        self.store.delete_object(&key).await?;
-        self.inodes.lock().remove_child(parent, name);
-        debug!(key, "directory removed");
-        Ok(())
     }
 }

@@ -101,17 +101,11 @@ impl Fs {
             return;
         };
         let Some(process) = process else { return };
-        let changed_it = match file.last_writer() {
-            Some(last) => last == process,
-            None => {
-                writer.opener == Some(process)
-                    && (writer.wrote.load(Ordering::SeqCst) || writer.truncated)
-            }
-        };
-        if !changed_it {
+        let opened_it = writer.opener == Some(process)
+            && (writer.wrote.load(Ordering::SeqCst) || writer.truncated);
+        if !file.hold_back_for(signal, process, opened_it) {
             return;
         }
-        file.hold_back(signal);
         warn!(
             key = file.key(),
             pid = process,

@@ -146,10 +146,15 @@ impl Filesystem for FuseAdapter {
             symlink: false,
         };
         let span = debug_span!("setattr", ino = ino.0, ?size, ?change);
+        // Who truncates a file is its last writer (see Fs::close_by_killed_process).
+        let by = size.and_then(|_| process_of(req));
         // A truncate of a file no one has open uploads it: the audit log names
         // who asked.
         self.spawn_for(req, span, async move {
-            match fs.setattr(ino.0, size, change, fh.map(|fh| fh.0)).await {
+            match fs
+                .setattr_by(ino.0, size, change, fh.map(|fh| fh.0), by)
+                .await
+            {
                 Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
                 Err(e) => reply.error(errno("setattr", &e)),
             }

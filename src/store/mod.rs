@@ -220,8 +220,10 @@ pub const MAX_LISTING_ENTRIES: usize = 500_000;
 pub const MAX_LISTING_PAGES: usize = 10_000;
 
 /// The entries a listing is given its patience (`--io-timeout`) for, beyond
-/// its first: S3's page.
-pub const ENTRIES_PER_PATIENCE: usize = 1000;
+/// its first: five of S3's pages, which S3 sends in about half a second. A
+/// server that drips entries keeps a listing at most 101 times its patience
+/// (at [`MAX_LISTING_ENTRIES`]).
+pub const ENTRIES_PER_PATIENCE: usize = 5000;
 
 /// The longest continuation token s3vol sends back. S3's are a few hundred
 /// bytes; servers that put the last key in theirs need at most a key's 1,024
@@ -304,7 +306,7 @@ impl Pagination {
             )));
         }
         // However many entries a server drips page by page, the listing has
-        // its patience for each 1,000 (S3's page), and once more. (Empty
+        // its patience for each ENTRIES_PER_PATIENCE, and once more. (Empty
         // pages are bounded above, from the last entry.)
         let allowed = self
             .patience
@@ -766,11 +768,11 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         };
-        assert!(refused.contains("for each 1000"), "{refused}");
-        // A page of 1,000 entries buys the listing its patience once more.
+        assert!(refused.contains("for each 5000"), "{refused}");
+        // 5,000 entries buy the listing its patience once more.
         let mut listing =
             Pagination::new(Operation::ListObjectsV2, "p/", Duration::from_millis(50));
-        listing.next(1000, Some("a".into())).unwrap();
+        listing.next(5000, Some("a".into())).unwrap();
         std::thread::sleep(Duration::from_millis(60));
         assert!(listing.next(1000, Some("b".into())).is_ok());
     }
@@ -779,10 +781,10 @@ mod tests {
     fn a_listing_of_empty_pages_is_bounded_by_its_patience() {
         let mut listing =
             Pagination::new(Operation::ListObjectsV2, "p/", Duration::from_millis(100));
-        // A page with entries resets the clock (and its 1,000 entries buy
+        // A page with entries resets the clock (and its 5,000 entries buy
         // the listing time); an empty one past the patience ends it.
         std::thread::sleep(Duration::from_millis(10));
-        assert!(listing.next(1000, Some("a".into())).is_ok());
+        assert!(listing.next(5000, Some("a".into())).is_ok());
         std::thread::sleep(Duration::from_millis(120));
         let detail = refused(listing.next(0, Some("b".into())), "an empty page");
         assert!(detail.contains("bring no entry"), "{detail}");

@@ -310,25 +310,25 @@ impl StagedFile {
     }
 
     /// The process that changed the file was killed by `signal` (SIGKILL, the
-    /// OOM killer, a crash) and closed it as it died: what it wrote is not
-    /// uploaded, unless the file changes again. A multipart upload under way
-    /// is aborted when the last handle goes ([`StagedFile::close`]).
-    pub fn hold_back(&self, signal: i32) {
+    /// OOM killer, a crash) and closed it as it died: when the file's last
+    /// change was that `process`'s (or, where the last change was not told to
+    /// be anyone's, when `opened_it`: it opened the handle whose change that
+    /// was), what it wrote is not uploaded, unless the file changes again. A
+    /// multipart upload under way is aborted when the last handle goes
+    /// ([`StagedFile::close`]). Decided under the lock every change takes, so
+    /// a change another process makes meanwhile is never held back. Returns
+    /// whether the file is held back.
+    pub fn hold_back_for(&self, signal: i32, process: u32, opened_it: bool) -> bool {
         let mut state = self.state.lock();
-        if state.dirty && !state.deleted {
+        let changed_it = match state.last_writer {
+            Some(last) => last == process,
+            None => opened_it,
+        };
+        if changed_it && state.dirty && !state.deleted {
             state.unsent = false;
             state.held_back = Some(signal);
         }
-    }
-
-    /// The write just made was `process`'s (`None`: a caller not known).
-    pub fn written_by(&self, process: Option<u32>) {
-        self.state.lock().last_writer = process;
-    }
-
-    /// The process whose write was the file's last change, where known.
-    pub fn last_writer(&self) -> Option<u32> {
-        self.state.lock().last_writer
+        state.held_back.is_some()
     }
 
     /// The signal that killed the process whose changes are held back, while
@@ -435,7 +435,7 @@ impl StagedFile {
         let mut state = self.state.lock();
         state.base = None;
         let size = state.size;
-        state.touch(&self.layout, 0..size);
+        state.touch(&self.layout, 0..size, None);
         debug!(key, size = base.size, "downloaded the object to change it");
         Ok(())
     }
@@ -452,22 +452,32 @@ impl StagedFile {
 
     /// Writes `data` at `offset`; starts uploads of the parts an appending writer
     /// has moved past.
-    pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> StageResult<()> {
+    pub async fn write(
+        self: &Arc<Self>,
+        offset: u64,
+        data: &[u8],
+        by: Option<u32>,
+    ) -> StageResult<()> {
         self.load_base().await?;
-        self.write_local(offset, data)
+        self.write_local(offset, data, by)
     }
 
     /// [`StagedFile::write`] without waiting, for callers that cannot: `None` when
     /// the object must be downloaded first. Part uploads are spawned on the
     /// current tokio runtime.
-    pub fn write_now(self: &Arc<Self>, offset: u64, data: &[u8]) -> Option<StageResult<()>> {
+    pub fn write_now(
+        self: &Arc<Self>,
+        offset: u64,
+        data: &[u8],
+        by: Option<u32>,
+    ) -> Option<StageResult<()>> {
         if self.state.lock().base.is_some() {
             return None;
         }
-        Some(self.write_local(offset, data))
+        Some(self.write_local(offset, data, by))
     }
 
-    fn write_local(self: &Arc<Self>, offset: u64, data: &[u8]) -> StageResult<()> {
+    fn write_local(self: &Arc<Self>, offset: u64, data: &[u8], by: Option<u32>) -> StageResult<()> {
         let end = offset + data.len() as u64;
         if end > self.max_size() {
             return Err(StageError::TooLarge);
@@ -479,7 +489,7 @@ impl StagedFile {
         let mut state = self.state.lock();
         let appending = end >= state.size;
         state.size = state.size.max(end);
-        state.touch(&self.layout, offset..end);
+        state.touch(&self.layout, offset..end, by);
         // While a flush runs, it uploads what it needs itself; a part started now
         // could create an upload after the flush completed its own.
         let flushing = self.exclusive.try_lock().is_err();
@@ -597,7 +607,7 @@ impl StagedFile {
     }
 
     /// Sets the file's size, zero-filling when it grows.
-    pub async fn truncate(&self, size: u64) -> StageResult<()> {
+    pub async fn truncate(&self, size: u64, by: Option<u32>) -> StageResult<()> {
         if size > self.max_size() {
             return Err(StageError::TooLarge);
         }
@@ -619,9 +629,9 @@ impl StagedFile {
             state.uploaded.truncate(count);
             state.in_flight.truncate(count);
             // The part that now ends the file lost its tail.
-            state.touch(&self.layout, size.saturating_sub(1)..size.max(1));
+            state.touch(&self.layout, size.saturating_sub(1)..size.max(1), by);
         } else {
-            state.touch(&self.layout, old..size);
+            state.touch(&self.layout, old..size, by);
         }
         Ok(())
     }

@@ -53,8 +53,8 @@ pub(super) struct State {
     /// Abandoned by a stopping volume: nothing is uploaded any more, and whoever
     /// asks for an upload is told so.
     pub(super) abandoned: bool,
-    /// The process whose write was the file's last change, where the kernel
-    /// named it (a change it did not name, such as a truncation, clears it).
+    /// The process that made the file's last change (a write, a truncation),
+    /// where the kernel named it.
     pub(super) last_writer: Option<u32>,
     /// The signal that killed the process whose changes are not to be
     /// uploaded (`StagedFile::hold_back`).
@@ -70,7 +70,8 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn touch(&mut self, layout: &PartLayout, range: Range<u64>) {
+    /// Bytes `range` changed, by process `by` where the kernel named it.
+    pub(super) fn touch(&mut self, layout: &PartLayout, range: Range<u64>, by: Option<u32>) {
         let last = layout.index_of(range.end.max(range.start + 1) - 1);
         if self.versions.len() <= last {
             self.versions.resize(last + 1, 0);
@@ -83,7 +84,7 @@ impl State {
         self.dirty = true;
         self.unsent = true;
         self.held_back = None;
-        self.last_writer = None;
+        self.last_writer = by;
         self.mtime = SystemTime::now();
         // A time set before is the time of a change no more.
         self.posix.mtime = None;

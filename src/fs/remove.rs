@@ -1,0 +1,92 @@
+//! unlink(2) and rmdir(2): a file or a directory's marker deleted, and what
+//! was open on it let go.
+
+use std::ffi::OsStr;
+
+use tracing::debug;
+
+use super::inode::Kind;
+use super::{Fs, FsError, FsResult};
+use crate::store::ListRequest;
+
+impl Fs {
+    /// unlink(2): DeleteObject. A file still open here is not uploaded any more.
+    pub(super) async fn remove_file(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        let (parent_node, name, ino, kind) = self.existing_child(parent, name).await?;
+        if kind == Kind::Directory {
+            return Err(FsError::IsADirectory);
+        }
+        // Its uploads wait (the one under way ends first) and are given up
+        // once the object is gone; if it cannot be deleted, they go on.
+        let open_file = self.staged_file(ino);
+        let paused = match &open_file {
+            Some(file) => Some(file.pause().await),
+            None => None,
+        };
+        let key = format!("{}{name}", parent_node.key);
+        self.store.delete_object(&key).await?;
+        if let (Some(file), Some(paused)) = (&open_file, paused) {
+            file.discard_paused(paused).await;
+        }
+        self.take_pending_posix(ino);
+        self.inodes.lock().remove_child(parent, name);
+        self.discard_unlinked(ino).await;
+        debug!(key, "deleted");
+        Ok(())
+    }
+
+    /// `ino` lost its name here: a staged file an open made of it while the
+    /// name was being removed or replaced (after the pause that the one
+    /// before got) is given up too. Nothing of it reaches S3, as nothing of
+    /// an unlinked file would.
+    pub(super) async fn discard_unlinked(&self, ino: u64) {
+        if let Some(file) = self.staged_file(ino)
+            && !file.is_deleted()
+        {
+            file.discard().await;
+        }
+    }
+
+    /// Whether anything lies under directory `key`, in S3 or staged here.
+    pub(super) async fn has_children(&self, ino: u64, key: &str) -> FsResult<bool> {
+        let staged_inside = {
+            let table = self.inodes.lock();
+            let staged = self.staged.lock();
+            table
+                .children_of(ino)
+                .iter()
+                .any(|c| staged.contains_key(c))
+        };
+        if staged_inside {
+            return Ok(true);
+        }
+        let page = self
+            .store
+            .list_objects(ListRequest {
+                prefix: key,
+                max_keys: Some(2),
+                ..ListRequest::default()
+            })
+            .await?;
+        Ok(page.objects.iter().any(|o| o.key != key) || !page.common_prefixes.is_empty())
+    }
+
+    /// rmdir(2): only when empty; deletes the marker if there is one.
+    pub(super) async fn remove_dir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        let (parent_node, name, ino, kind) = self.existing_child(parent, name).await?;
+        if kind != Kind::Directory {
+            return Err(FsError::NotADirectory);
+        }
+        let key = format!("{}{name}/", parent_node.key);
+        if self.has_children(ino, &key).await? {
+            return Err(FsError::NotEmpty);
+        }
+        self.take_pending_posix(ino);
+        self.store.delete_object(&key).await?;
+        self.inodes.lock().remove_child(parent, name);
+        debug!(key, "directory removed");
+        Ok(())
+    }
+}
