@@ -84,13 +84,14 @@ impl Writer {
 impl Fs {
     /// close(2) by a process that is exiting because signal `signal` killed it
     /// (SIGKILL, the OOM killer, a crash), as the kernel closes the files of
-    /// a dying process. When that process made the file's last change, by a
-    /// write through any descriptor (or opened this handle, and no write the
-    /// daemon could attribute came since: the change is the open's creation or
-    /// truncation, or a write by a caller it cannot see), the file is held back: no close publishes it, nor the
-    /// last release, and fsync fails; S3 keeps the previous version, as it
-    /// keeps it for a writer killed before its close. A later write through
-    /// any handle makes the file what it publishes again.
+    /// a dying process. When that process made the file's last change (a
+    /// write or a truncation through any descriptor; or, where the last
+    /// change was not told to be anyone's, such as the open's own creation or
+    /// truncation, when it opened this handle), the file is held back: no
+    /// close publishes it, nor the last release, and fsync fails; S3 keeps
+    /// the previous version, as it keeps it for a writer killed before its
+    /// close. A later change through any handle makes the file what it
+    /// publishes again.
     pub fn close_by_killed_process(&self, fh: u64, process: Option<u32>, signal: i32) {
         let Ok(OpenFile::Staged {
             file,

@@ -317,7 +317,7 @@ impl StagedFile {
     /// multipart upload under way is aborted when the last handle goes
     /// ([`StagedFile::close`]). Decided under the lock every change takes, so
     /// a change another process makes meanwhile is never held back. Returns
-    /// whether the file is held back.
+    /// whether the change was `process`'s and is held back.
     pub fn hold_back_for(&self, signal: i32, process: u32, opened_it: bool) -> bool {
         let mut state = self.state.lock();
         let changed_it = match state.last_writer {
@@ -327,8 +327,9 @@ impl StagedFile {
         if changed_it && state.dirty && !state.deleted {
             state.unsent = false;
             state.held_back = Some(signal);
+            return true;
         }
-        state.held_back.is_some()
+        false
     }
 
     /// The signal that killed the process whose changes are held back, while
