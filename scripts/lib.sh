@@ -53,8 +53,8 @@ ensure_fuse() {
 ensure_test_tools() {
     local missing=()
     # make, s3fs and rclone for the tests of what other tools make of the volume;
-    # curl for the tests of presigned URLs.
-    for tool in rsync git tar make s3fs rclone curl; do
+    # curl for the tests of presigned URLs; dbench for a file server's load.
+    for tool in rsync git tar make s3fs rclone curl dbench; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     # The deploy guide's systemd units are checked with systemd-analyze.

@@ -254,6 +254,27 @@ async fn what_ordinary_programs_leave_in_s3_is_what_they_meant() {
     );
 }
 
+#[tokio::test]
+#[ignore = "needs Garage and dbench; run scripts/test.sh"]
+async fn a_file_servers_load_loses_nothing_and_warns_of_nothing() {
+    let (_server, mount) = rw_volume(ServerKind::Garage, &[]).await;
+    // dbench plays a Windows file server's clients: opens for reading and
+    // writing, writes, reads, flushes, renames and deletes, two at once.
+    let out = Command::new("dbench")
+        .args(["-t", "10", "-D"])
+        .arg(mount.path())
+        .arg("2")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("Throughput"), "{report}");
+    // s3vol's warnings say something was lost; nothing was.
+    let log = mount.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN s3vol::")).collect();
+    assert!(warnings.is_empty(), "{}", warnings.join("\n"));
+}
+
 async fn unlink_rmdir_and_rename_reach_s3(kind: ServerKind) {
     let (server, mount) = rw_volume(kind, &[]).await;
     let vol = mount.path();
