@@ -30,6 +30,8 @@ pub struct MountConfig {
     pub metadata_ttl: Duration,
     /// Modes, owners and times are not read from or kept in user metadata.
     pub no_metadata: bool,
+    /// Uploads and copies carry no Content-Type of their own.
+    pub no_content_type: bool,
     /// Size of the first 1000 parts of a multipart upload.
     pub part_size: u64,
     /// Part uploads in flight at once, across the volume.

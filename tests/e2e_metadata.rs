@@ -496,3 +496,97 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
             .env("TZ", "UTC"))
     );
 }
+
+/// The Content-Type S3 gives for `key`.
+async fn content_type(server: &Server, key: &str) -> Option<String> {
+    let head = server
+        .client()
+        .head_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("HEAD {key}: {e:?}"));
+    head.content_type().map(str::to_string)
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn objects_get_the_type_of_their_extension_and_keep_one_given_elsewhere() {
+    let server = garage().await;
+    let mount = Mount::new(&server, "vol/t", &["--read-write", "--part-size", "5MiB"]);
+    let dir = mount.path();
+    std::fs::write(dir.join("page.html"), "<p>hi</p>").unwrap();
+    std::fs::write(dir.join("data.json"), "{}").unwrap();
+    // A multipart upload, which Garage stores no type for unless asked.
+    std::fs::write(dir.join("big.png"), common::pattern(12 << 20, 1)).unwrap();
+    std::fs::write(dir.join("tool"), "#!/bin/sh\n").unwrap();
+    std::fs::create_dir(dir.join("d")).unwrap();
+    // An object another tool wrote with a type of its own.
+    server
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key("t/report.bin")
+        .content_type("text/x-report")
+        .body(b"report".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let wanted = [
+        ("t/page.html", "text/html"),
+        ("t/data.json", "application/json"),
+        ("t/big.png", "image/png"),
+        ("t/tool", "application/octet-stream"),
+        ("t/d/", "application/x-directory"),
+    ];
+    for (key, kind) in wanted {
+        assert_eq!(
+            content_type(&server, key).await.as_deref(),
+            Some(kind),
+            "{key}"
+        );
+    }
+    // chmod and touch copy in place, a rename with the same extension copies:
+    // the type stays; a new extension brings its own.
+    run(Command::new("chmod").arg("600").arg(dir.join("report.bin")));
+    run(Command::new("touch").arg(dir.join("data.json")));
+    std::fs::rename(dir.join("report.bin"), dir.join("report2.bin")).unwrap();
+    std::fs::rename(dir.join("page.html"), dir.join("page.txt")).unwrap();
+    std::fs::rename(dir.join("big.png"), dir.join("big2.png")).unwrap();
+    // A presigned URL serves the type too (a GET: the URL is signed for one).
+    let url = run(common::s3vol().args(["url"]).arg(dir.join("data.json")));
+    let headers = run(Command::new("curl").args(["-sS", "-D", "-", "-o", "/dev/null", url.trim()]));
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{headers}"
+    );
+    stop(mount);
+    assert_eq!(
+        content_type(&server, "t/report2.bin").await.as_deref(),
+        Some("text/x-report")
+    );
+    assert_eq!(
+        content_type(&server, "t/data.json").await.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        content_type(&server, "t/page.txt").await.as_deref(),
+        Some("text/plain")
+    );
+    assert_eq!(
+        content_type(&server, "t/big2.png").await.as_deref(),
+        Some("image/png")
+    );
+
+    // --no-content-type: uploads carry none (S3's default is the server's).
+    let mount = Mount::new(&server, "vol/n", &["--read-write", "--no-content-type"]);
+    std::fs::write(mount.path().join("page.html"), "<p>hi</p>").unwrap();
+    stop(mount);
+    assert_ne!(
+        content_type(&server, "n/page.html").await.as_deref(),
+        Some("text/html")
+    );
+}

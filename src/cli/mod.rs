@@ -503,6 +503,10 @@ pub struct MountArgs {
     /// and nothing sends a HEAD for them or copies an object to change them.
     #[arg(long)]
     pub no_metadata: bool,
+    /// Upload and copy objects without a Content-Type from the file's
+    /// extension (S3 then says application/octet-stream, or Garage nothing).
+    #[arg(long)]
+    pub no_content_type: bool,
 
     /// Size of the first 1000 parts of a multipart upload (5MiB to 5GiB; later parts
     /// grow so a file never needs more than 10,000).
@@ -586,6 +590,7 @@ impl MountArgs {
             noexec: self.noexec,
             metadata_ttl: self.metadata_ttl,
             no_metadata: self.no_metadata,
+            no_content_type: self.no_content_type,
             part_size: self.part_size,
             max_concurrency: self.max_concurrency,
             cache_dir: self.cache_dir,

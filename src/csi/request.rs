@@ -47,6 +47,7 @@ const ALLOWED: &[&str] = &[
     "noexec",
     "metadata-ttl",
     "no-metadata",
+    "no-content-type",
     "part-size",
     "max-concurrency",
     "cache-size",

@@ -136,6 +136,7 @@ impl Volume {
             dir_mode: config.dir_mode,
             metadata_ttl: config.metadata_ttl,
             metadata: !config.no_metadata,
+            content_types: !config.no_content_type,
             cache: cache.clone(),
             memory,
             write,

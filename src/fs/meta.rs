@@ -95,9 +95,26 @@ impl Fs {
         self.pending_posix.lock().remove(&ino).map(|p| p.posix)
     }
 
+    /// The headers an object this mount makes carries: `posix` in its user
+    /// metadata and, unless `--no-content-type`, the type of `key`'s
+    /// extension (a directory marker's, s3fs's).
+    pub(super) fn own_headers(&self, key: &str, posix: Posix, kind: Kind) -> ObjectHeaders {
+        let mut headers = posix.headers(kind);
+        if self.config.content_types {
+            headers.content_type = Some(
+                match kind {
+                    Kind::File => super::content_type::of_file(key),
+                    Kind::Directory => super::content_type::DIRECTORY,
+                }
+                .to_string(),
+            );
+        }
+        headers
+    }
+
     /// The headers `key` (of `ino`) must carry with `change`: built from the
     /// mode, owner and time alone when this mount uploaded the object (they are
-    /// all it carries), else from a HEAD. With the version they apply to: its
+    /// all it carries, with its type), else from a HEAD. With the version they apply to: its
     /// ETag and size.
     pub(super) async fn headers_with(
         &self,
@@ -111,7 +128,7 @@ impl Fs {
         let own = node.stat.own_headers && self.config.encryption.is_none();
         let (mut headers, posix, etag, size) = match node.stat.posix.filter(|_| own) {
             Some(own) => (
-                ObjectHeaders::default(),
+                self.own_headers(key, Posix::default(), kind),
                 own,
                 node.stat.etag.clone(),
                 node.stat.size,
@@ -177,7 +194,7 @@ impl Fs {
 
     /// A directory with no marker object gets one, carrying `change`.
     async fn make_marker(&self, ino: u64, key: &str, change: Posix) -> FsResult<()> {
-        let headers = change.headers(Kind::Directory);
+        let headers = self.own_headers(key, change, Kind::Directory);
         let etag = self.store.put_object(key, Bytes::new(), &headers).await?;
         debug!(
             key,

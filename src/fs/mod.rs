@@ -13,6 +13,7 @@
 
 mod ahead;
 mod audit;
+pub mod content_type;
 mod control;
 mod copies;
 mod dir;
@@ -72,6 +73,9 @@ pub struct FsConfig {
     /// Modes, owners and times are read from and kept in the objects' user
     /// metadata (`--no-metadata` turns it off).
     pub metadata: bool,
+    /// Uploads, copies and directory markers carry a Content-Type from the
+    /// file's extension (`--no-content-type` turns it off).
+    pub content_types: bool,
     pub read: ReadConfig,
     /// The memory read-ahead and uploads may hold (`--max-memory`).
     pub memory: Arc<MemoryBudget>,
@@ -100,6 +104,7 @@ impl Default for FsConfig {
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(5),
             metadata: true,
+            content_types: true,
             read: ReadConfig::default(),
             memory: MemoryBudget::new(DEFAULT_MAX_MEMORY, false, None),
             cache: None,
@@ -253,9 +258,11 @@ impl Fs {
                 memory: config.memory.clone(),
                 encryption: None,
                 copies: Arc::default(),
+                content_types: false,
             },
         };
         uploads.encryption = config.encryption.clone();
+        uploads.content_types = config.content_types;
         let mount_time = SystemTime::now();
         Self {
             store,

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::{debug, info};
 
+use super::content_type;
 use super::inode::Kind;
 use super::write::{MAX_KEY_LEN, child_key};
 use super::{Fs, FsError, FsResult};
@@ -150,25 +151,34 @@ impl Fs {
 
     /// Copies a file's object to its new name (the source is the caller's to
     /// delete); returns the ETag of the copy. A change of its mode, owner or
-    /// time still waiting goes into the copy.
+    /// time still waiting goes into the copy, and so does the type of a new
+    /// extension.
     async fn copy_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
         let etag = self.settle(ino).await?;
         let size = self.node(ino)?.stat.size;
+        // A new extension brings its type; any other rename keeps the
+        // object's own.
+        let retype = self.config.content_types && content_type::changes_on_rename(from, to);
         let (source, copied) = match self.take_pending_posix(ino) {
-            None => (
+            None if !retype => (
                 etag.clone(),
                 self.copy(from, to, size, etag.as_deref(), None).await?,
             ),
-            Some(change) => {
+            change => {
                 let copied = async {
-                    let (headers, etag, size) = self.headers_with(ino, from, change).await?;
+                    let (mut headers, etag, size) = self
+                        .headers_with(ino, from, change.unwrap_or_default())
+                        .await?;
+                    if retype {
+                        headers.content_type = Some(content_type::of_file(to).to_string());
+                    }
                     let copied = self
                         .copy(from, to, size, Some(&etag), Some(&headers))
                         .await?;
                     Ok::<_, FsError>((Some(etag), copied))
                 }
                 .await;
-                if copied.is_err() {
+                if let (Err(_), Some(change)) = (&copied, change) {
                     self.restore_pending_posix(ino, change);
                 }
                 copied?

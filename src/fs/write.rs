@@ -20,7 +20,6 @@ use super::writer::Writer;
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging};
 use crate::audit::{Event, Op};
 use crate::names::{NameProblem, check_name};
-use crate::store::ObjectHeaders;
 
 /// S3's longest key, in bytes.
 pub(super) const MAX_KEY_LEN: usize = 1024;
@@ -326,7 +325,7 @@ impl Fs {
             let posix = file.posix();
             let headers = match self.config.encryption {
                 Some(_) => self.headers_with(ino, &key, posix).await?.0,
-                None => posix.headers(Kind::File),
+                None => self.own_headers(&key, posix, Kind::File),
             };
             uploaded.etag = self
                 .copy(
@@ -563,9 +562,10 @@ impl Fs {
             ..posix
         };
         let headers = match self.config.metadata {
-            true => posix.headers(Kind::Directory),
-            false => ObjectHeaders::default(),
+            true => posix,
+            false => Posix::default(),
         };
+        let headers = self.own_headers(&key, headers, Kind::Directory);
         let etag = self.store.put_object(&key, Bytes::new(), &headers).await?;
         let stat = Stat {
             etag,

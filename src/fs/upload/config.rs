@@ -46,6 +46,7 @@ impl WriteConfig {
             memory,
             encryption: None,
             copies: Arc::default(),
+            content_types: false,
         }
     }
 }

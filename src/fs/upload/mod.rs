@@ -70,6 +70,8 @@ pub struct Shares {
     pub encryption: Option<Arc<VolumeEncryption>>,
     /// The copies this mount made of objects, which reads of a base follow.
     pub(crate) copies: Arc<super::copies::Copies>,
+    /// Uploads carry a Content-Type from the file's extension.
+    pub content_types: bool,
 }
 
 /// The object a staged file was opened on, not yet copied into the staging file:

@@ -24,13 +24,17 @@ impl StagedFile {
         }
     }
 
-    /// The headers of a new object of `key` carrying `headers`, and, on an
-    /// encrypted volume, the content key of a data key KMS makes for it.
+    /// The headers of a new object of `key` carrying `headers` (and the type
+    /// of its extension), and, on an encrypted volume, the content key of a
+    /// data key KMS makes for it.
     pub(super) async fn new_object_headers(
         &self,
         key: &str,
-        headers: ObjectHeaders,
+        mut headers: ObjectHeaders,
     ) -> StageResult<(ObjectHeaders, Option<ContentKey>)> {
+        if self.shares.content_types {
+            headers.content_type = Some(crate::fs::content_type::of_file(key).to_string());
+        }
         let Some(encryption) = &self.shares.encryption else {
             return Ok((headers, None));
         };
