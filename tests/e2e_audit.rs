@@ -317,3 +317,62 @@ async fn a_full_disk_drops_lines_and_never_the_operations() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn a_read_line_names_the_version_read_and_how_the_read_ended() {
+    use std::io::Read;
+    // Larger than what a lookup reads of a file (and caches whole).
+    let one = common::pattern(200 << 10, 1);
+    let two = common::pattern(300 << 10, 2);
+    let (server, vol, _dir, log) = audited_volume("data/a.txt", &one).await;
+    server.put(BUCKET, "data/gone.txt", one.clone()).await;
+    // Opened on one version, replaced before its first read: the handle reads
+    // the new one, and the line says so.
+    let mut replaced = std::fs::File::open(vol.path().join("a.txt")).unwrap();
+    let mut gone = std::fs::File::open(vol.path().join("gone.txt")).unwrap();
+    server.put(BUCKET, "data/a.txt", two.clone()).await;
+    let mut read = Vec::new();
+    replaced.read_to_end(&mut read).unwrap();
+    assert!(
+        read == two,
+        "read {} bytes, not the new version",
+        read.len()
+    );
+    // Deleted before its first read: the read fails, and the line says how.
+    server
+        .client()
+        .delete_object()
+        .bucket(BUCKET)
+        .key("data/gone.txt")
+        .send()
+        .await
+        .unwrap();
+    let failed = gone.read_to_end(&mut read).unwrap_err();
+    drop((replaced, gone));
+    common::unmount(vol.path());
+    let new_etag = server
+        .client()
+        .head_object()
+        .bucket(BUCKET)
+        .key("data/a.txt")
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_string();
+    let lines = lines(&log);
+    let read = |key: &str| {
+        lines
+            .iter()
+            .find(|l| l["op"] == "read" && l["key"] == key)
+            .unwrap_or_else(|| panic!("no read of {key}: {lines:#?}"))
+            .clone()
+    };
+    let a = read("data/a.txt");
+    assert_eq!(a["etag"], new_etag.as_str(), "{a}");
+    assert_eq!(a["errno"], 0, "{a}");
+    let g = read("data/gone.txt");
+    assert_eq!(g["errno"], failed.raw_os_error().unwrap(), "{g}");
+}

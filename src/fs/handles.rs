@@ -13,6 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::debug;
 
+use super::audit::errno_of;
 use super::inode::{Kind, Node};
 use super::read::{ObjectVersion, Reader};
 use super::upload::{Base, StagedFile};
@@ -165,13 +166,12 @@ impl Fs {
         match self.handle(fh)? {
             OpenFile::Object {
                 ino,
-                etag,
                 reader,
                 read_once,
                 ..
             } => {
-                self.first_read(ino, Some(&etag), &read_once);
-                self.read_object(fh, ino, &reader, offset, size).await
+                self.read_object(fh, ino, &reader, &read_once, offset, size)
+                    .await
             }
             OpenFile::Staged {
                 ino,
@@ -181,13 +181,16 @@ impl Fs {
                 ..
             } => match file.unchanged_base() {
                 Some(base) => {
-                    self.first_read(ino, Some(&base.etag), &read_once);
-                    self.read_base(ino, &file, &base, &base_reader, offset, size)
-                        .await
+                    let read = self
+                        .read_base(ino, &file, &base, &base_reader, offset, size)
+                        .await;
+                    self.first_read(ino, Some(&base.etag), &read_once, errno_of(&read));
+                    read
                 }
                 None => {
-                    self.first_read(ino, None, &read_once);
-                    Ok(file.read(offset, size).await?)
+                    let read = file.read(offset, size).await.map_err(FsError::from);
+                    self.first_read(ino, None, &read_once, errno_of(&read));
+                    read
                 }
             },
         }
@@ -201,6 +204,7 @@ impl Fs {
         fh: u64,
         ino: u64,
         reader: &tokio::sync::Mutex<Reader>,
+        read_once: &AtomicBool,
         offset: u64,
         size: u32,
     ) -> FsResult<Bytes> {
@@ -213,7 +217,10 @@ impl Fs {
                 result = reader.read(offset, size).await;
             }
         }
-        self.read_outcome(ino, &reader, result)
+        let read = self.read_outcome(ino, &reader, result);
+        // Of the version read, which a switch may have made another.
+        self.first_read(ino, Some(&reader.object().etag), read_once, errno_of(&read));
+        read
     }
 
     /// A read through a handle open for writing on a file no one has
@@ -353,13 +360,13 @@ impl Fs {
         // A reader busy with another request takes the asynchronous path.
         let mut reader = reader.try_lock().ok()?;
         let data = reader.read_cached(offset, size)?;
-        self.first_read(ino, Some(&etag), &read_once);
+        self.first_read(ino, Some(&etag), &read_once, 0);
         Some(data)
     }
 
     /// Records the first read through a handle, of version `etag` of `ino`
-    /// (`None`: of the file as this mount changed it).
-    fn first_read(&self, ino: u64, etag: Option<&str>, read_once: &AtomicBool) {
+    /// (`None`: of the file as this mount changed it), and its outcome.
+    fn first_read(&self, ino: u64, etag: Option<&str>, read_once: &AtomicBool, errno: i32) {
         if self.config.audit.is_none() || read_once.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -371,6 +378,7 @@ impl Fs {
         self.audit(|| crate::audit::Event {
             size: Some(size),
             etag: etag.map(str::to_string),
+            errno,
             ..crate::audit::Event::new(crate::audit::Op::Read, node.key)
         });
     }
