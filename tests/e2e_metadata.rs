@@ -451,14 +451,7 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
     // What s3fs stored. Under load, s3fs 1.90 has been seen to lose the chown:
     // the touch after it rewrote the metadata from s3fs's own stale copy. s3vol
     // must show what the object carries, whatever that is.
-    let head = server
-        .client()
-        .head_object()
-        .bucket("vol")
-        .key("from-s3fs")
-        .send()
-        .await
-        .unwrap();
+    let head = server.head("vol", "from-s3fs").await;
     let stored = head.metadata().cloned().unwrap_or_default();
     let number = |name: &str, default: u32| -> u32 {
         stored.get(name).map_or(default, |v| v.parse().unwrap())
@@ -499,15 +492,11 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
 
 /// The Content-Type S3 gives for `key`.
 async fn content_type(server: &Server, key: &str) -> Option<String> {
-    let head = server
-        .client()
-        .head_object()
-        .bucket(BUCKET)
-        .key(key)
-        .send()
+    server
+        .head(BUCKET, key)
         .await
-        .unwrap_or_else(|e| panic!("HEAD {key}: {e:?}"));
-    head.content_type().map(str::to_string)
+        .content_type()
+        .map(str::to_string)
 }
 
 #[tokio::test]

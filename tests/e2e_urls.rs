@@ -61,14 +61,7 @@ fn curl_with(
 
 /// What a HEAD of `key` in the bucket says.
 async fn head(server: &Server, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
-    server
-        .client()
-        .head_object()
-        .bucket(BUCKET)
-        .key(key)
-        .send()
-        .await
-        .unwrap()
+    server.head(BUCKET, key).await
 }
 
 fn path_arg(path: &Path) -> &str {

@@ -214,14 +214,7 @@ async fn what_ordinary_programs_leave_in_s3_is_what_they_meant() {
     ]));
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(server.get(BUCKET, "root/cfg").await.unwrap(), b"new\n");
-    let head = server
-        .client()
-        .head_object()
-        .bucket(BUCKET)
-        .key("root/cfg")
-        .send()
-        .await
-        .unwrap();
+    let head = server.head(BUCKET, "root/cfg").await;
     assert_eq!(head.metadata().unwrap()["mode"], "0100600");
 
     let big = pattern(40 * MIB, 9);

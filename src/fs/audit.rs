@@ -54,6 +54,21 @@ impl Fs {
         self.node(ino).map(|node| node.key).unwrap_or_default()
     }
 
+    /// Records `op` on `ino` (with `detail`) and how it ended.
+    pub(super) fn audit_on<T>(
+        &self,
+        op: Op,
+        ino: u64,
+        result: &FsResult<T>,
+        detail: Option<Detail>,
+    ) {
+        self.audit(|| Event {
+            errno: errno_of(result),
+            detail,
+            ..Event::new(op, self.key_of(ino))
+        });
+    }
+
     fn audit_change<T>(&self, op: Op, parent: u64, name: &OsStr, kind: Kind, result: &FsResult<T>) {
         self.audit(|| Event {
             errno: errno_of(result),
@@ -135,20 +150,14 @@ impl Fs {
     /// [`Fs::read_link`], recorded.
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
         let result = self.read_link(ino).await;
-        self.audit(|| Event {
-            errno: errno_of(&result),
-            ..Event::new(Op::Readlink, self.key_of(ino))
-        });
+        self.audit_on(Op::Readlink, ino, &result, None);
         result
     }
 
     /// [`Fs::open_dir`], recorded: a listing of the directory.
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let result = self.open_dir(ino).await;
-        self.audit(|| Event {
-            errno: errno_of(&result),
-            ..Event::new(Op::List, self.key_of(ino))
-        });
+        self.audit_on(Op::List, ino, &result, None);
         result
     }
 
@@ -190,11 +199,7 @@ impl Fs {
             _ => None,
         };
         if let Some((op, detail)) = what {
-            self.audit(|| Event {
-                errno: errno_of(&result),
-                detail,
-                ..Event::new(op, self.key_of(ino))
-            });
+            self.audit_on(op, ino, &result, detail);
         }
         result
     }

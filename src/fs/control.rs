@@ -14,9 +14,8 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use super::audit::errno_of;
 use super::{Fs, FsError, FsResult, Kind, OpenFile, ROOT_INO};
-use crate::audit::{Detail, Event, Op};
+use crate::audit::{Detail, Op};
 use crate::control::{self, UrlRequest};
 use crate::fs::posix::Posix;
 use crate::store::{ObjectHeaders, Presign, UrlMethod};
@@ -39,10 +38,7 @@ impl Fs {
             },
             control::INFO => {
                 let facts = self.object_facts(ino, fh).await;
-                self.audit(|| Event {
-                    errno: errno_of(&facts),
-                    ..Event::new(Op::Info, self.key_of(ino))
-                });
+                self.audit_on(Op::Info, ino, &facts, None);
                 facts?
             }
             control::URL => {
@@ -50,14 +46,11 @@ impl Fs {
                     "a URL request that s3vol url did not send",
                 ))?;
                 let url = self.presigned_url(ino, fh, request).await;
-                self.audit(|| Event {
-                    errno: errno_of(&url),
-                    detail: url.as_ref().ok().map(|(_, expires)| Detail::Url {
-                        method: request.method.as_str(),
-                        expires: *expires,
-                    }),
-                    ..Event::new(Op::Url, self.key_of(ino))
+                let detail = url.as_ref().ok().map(|(_, expires)| Detail::Url {
+                    method: request.method.as_str(),
+                    expires: *expires,
                 });
+                self.audit_on(Op::Url, ino, &url, detail);
                 url?.0
             }
             _ => return Err(FsError::UnknownIoctl(cmd)),

@@ -179,6 +179,21 @@ impl Server {
     }
 
     /// The object's bytes as the S3 API returns them, or `None` if it is missing.
+    /// What a HEAD of `bucket`/`key` says.
+    pub async fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        self.client()
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {bucket}/{key}: {e:?}"))
+    }
+
     pub async fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         match self
             .client()
