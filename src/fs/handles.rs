@@ -366,8 +366,13 @@ impl Fs {
 
     /// Records the first read through a handle, of version `etag` of `ino`
     /// (`None`: of the file as this mount changed it), and its outcome.
+    /// A failed read is recorded and leaves the handle's first read to come:
+    /// a read that succeeds after it has a line of its own.
     fn first_read(&self, ino: u64, etag: Option<&str>, read_once: &AtomicBool, errno: i32) {
-        if self.config.audit.is_none() || read_once.swap(true, Ordering::Relaxed) {
+        if self.config.audit.is_none() || read_once.load(Ordering::Relaxed) {
+            return;
+        }
+        if errno == 0 && read_once.swap(true, Ordering::Relaxed) {
             return;
         }
         let Ok(node) = self.node(ino) else { return };
