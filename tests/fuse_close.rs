@@ -348,6 +348,26 @@ fn a_killed_writer_that_inherited_the_descriptor_publishes_nothing() {
         store.get("root/e.txt"),
     );
     assert_eq!(fsync, Err(Some(libc::EIO)));
+    // A chmod of a held-back file goes onto what S3 keeps, with no upload to
+    // carry it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        store.put("root/m.txt", "good v1\n");
+        let shell = OpenOptions::new()
+            .write(true)
+            .open(vol.join("m.txt"))
+            .unwrap();
+        child_that_writes(|| shell.as_raw_fd(), b"PART", Ending::Signal(SIGKILL));
+        std::fs::set_permissions(vol.join("m.txt"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || kept_mode(&store, "root/m.txt")
+                == Some(0o600)),
+            "the change of mode of a held-back file was lost"
+        );
+        drop(shell);
+        assert!(holds(&store, "root/m.txt", b"good v1\n"));
+    }
     // A rewrite that ends with ftruncate (`f.write(); f.truncate()`), by a
     // process killed right after, through a descriptor it inherited.
     store.put("root/f.txt", "good v1, longer\n");

@@ -504,6 +504,13 @@ mod tests {
         assert_eq!(table.child(ROOT_INO, "cfg").unwrap().0, new);
         table.learnt(new, uploaded, now);
         assert_eq!(table.get(new).unwrap().stat.size, 99);
+        // A file being renamed whose old name a lookup found gone (the source
+        // deleted before the table moved it) has a name again once moved.
+        let moving = held(&mut table, "a");
+        table.note_absent(ROOT_INO, "a", now);
+        assert!(table.get(moving).unwrap().unlinked);
+        table.rename(moving, ROOT_INO, "b");
+        assert!(!table.get(moving).unwrap().unlinked);
     }
 
     #[test]
