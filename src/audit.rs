@@ -79,6 +79,9 @@ pub enum Op {
     Chmod,
     Chown,
     Utimens,
+    /// An extended attribute set (setfattr) or removed (setfattr -x).
+    Setxattr,
+    Removexattr,
     /// `s3vol info`: what S3 holds for a file.
     Info,
     /// `s3vol url`: a presigned URL handed out.
@@ -101,6 +104,8 @@ impl Op {
             Op::Chmod => "chmod",
             Op::Chown => "chown",
             Op::Utimens => "utimens",
+            Op::Setxattr => "setxattr",
+            Op::Removexattr => "removexattr",
             Op::Info => "info",
             Op::Url => "url",
         }
@@ -134,6 +139,8 @@ pub enum Detail {
     Mode(u16),
     /// The owner and group a chown set (`None`: left as they were).
     Owner { uid: Option<u32>, gid: Option<u32> },
+    /// The name of the extended attribute set or removed.
+    Xattr(String),
     /// A presigned URL: its method, and until when it works.
     Url {
         method: &'static str,
@@ -289,6 +296,9 @@ fn line(event: &Event, time: SystemTime, command: Option<String>) -> Vec<u8> {
         Some(Detail::Owner { uid, gid }) => {
             object.insert("owner_uid".into(), json!(uid));
             object.insert("owner_gid".into(), json!(gid));
+        }
+        Some(Detail::Xattr(name)) => {
+            object.insert("xattr".into(), json!(name));
         }
         Some(Detail::Url { method, expires }) => {
             object.insert("method".into(), json!(method));

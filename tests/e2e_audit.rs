@@ -121,6 +121,9 @@ async fn every_operation_on_the_bucket_is_exactly_one_line() {
         ("chmod", &["600", "in.txt"]),
         ("chown", &["1000:1000", "in.txt"]),
         ("touch", &["-m", "-d", "@1700000000", "in.txt"]),
+        ("setfattr", &["-n", "user.tag", "-v", "x", "in.txt"]),
+        ("getfattr", &["-d", "in.txt"]),
+        ("setfattr", &["-x", "user.tag", "in.txt"]),
         ("python3", &["-c", "open('in.txt', 'r+b').read(3)"]),
         ("mkdir", &["d"]),
         ("rmdir", &["d"]),
@@ -165,6 +168,8 @@ async fn every_operation_on_the_bucket_is_exactly_one_line() {
         ("chmod", "chmod", "data/in.txt"),
         ("chown", "chown", "data/in.txt"),
         ("touch", "utimens", "data/in.txt"),
+        ("setfattr", "setxattr", "data/in.txt"),
+        ("setfattr", "removexattr", "data/in.txt"),
         ("python3", "read", "data/in.txt"),
         ("mkdir", "mkdir", "data/d/"),
         ("rmdir", "rmdir", "data/d/"),
@@ -191,6 +196,12 @@ async fn every_operation_on_the_bucket_is_exactly_one_line() {
         (chown["owner_uid"].as_u64(), chown["owner_gid"].as_u64()),
         (Some(1000), Some(1000))
     );
+    let names: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["op"].as_str().unwrap().ends_with("xattr"))
+        .map(|l| l["xattr"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["user.tag", "user.tag"]);
     let methods: Vec<&str> = lines
         .iter()
         .filter(|l| l["op"] == "url")

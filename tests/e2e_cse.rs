@@ -773,9 +773,55 @@ async fn random_reads_and_changes_through_staging_stay_readable_everywhere() {
     let (_, second) = setup.raw("small").await;
     assert_ne!(first["x-amz-3"], second["x-amz-3"]);
     assert_eq!(setup.official_get("small"), b"second");
-    // No link: its target would be stored in clear.
+    // No link: its target would be stored in clear. Nor an extended
+    // attribute, for the same reason.
     let err = std::os::unix::fs::symlink("small", mount.path().join("link")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTSUP));
+    let refused = Command::new("setfattr")
+        .args(["-n", "user.tag", "-v", "secret"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("Operation not supported"),
+        "{stderr}"
+    );
+    drop(mount);
+    // One another writer stored beside the envelope is shown, and the file
+    // still reads.
+    let (_, mut metadata) = setup.raw("small").await;
+    assert!(!metadata.contains_key("xattr"));
+    let found = s3vol::fs::xattrs::Xattrs::default().with("user.found", b"yes");
+    metadata.insert("xattr".into(), found.encode());
+    setup
+        .s3
+        .client()
+        .copy_object()
+        .bucket(BUCKET)
+        .key("small")
+        .copy_source(format!("{BUCKET}/small"))
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .set_metadata(Some(metadata.into_iter().collect()))
+        .send()
+        .await
+        .unwrap();
+    let mount = setup.mount(&[]);
+    let shown = Command::new("getfattr")
+        .args(["--only-values", "-n", "user.found"])
+        .arg(mount.path().join("small"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        shown.stdout,
+        b"yes",
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert_eq!(
+        std::fs::read(mount.path().join("small")).unwrap(),
+        b"second"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -349,7 +349,8 @@ impl S3fs {
             .arg(dir.path())
             .arg("-o")
             .arg(format!(
-                "url={},use_path_request_style,endpoint={},passwd_file={}",
+                // use_xattr: s3fs's extended attributes are off by default.
+                "url={},use_path_request_style,use_xattr,endpoint={},passwd_file={}",
                 server.endpoint,
                 server.region,
                 passwd.path().display()
@@ -401,16 +402,40 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
         .arg("-a")
         .arg(format!("{}/.", source.path().display()))
         .arg(mount.path()));
+    let tagged = mount.path().join("private");
+    run(Command::new("setfattr")
+        .args(["-n", "user.tag", "-v", "by-s3vol"])
+        .arg(&tagged));
+    run(Command::new("chmod").arg("640").arg(&tagged));
+    let changed = std::fs::metadata(&tagged).unwrap().ctime();
+    std::fs::write(mount.path().join("notes.json"), "{}\n").unwrap();
     stop(mount);
 
-    // s3fs shows modes, times and the link.
+    // s3fs shows modes, times, the link, the attribute and the change time.
     {
         let s3fs = S3fs::mount(&server);
+        let root = s3fs.dir.path().join("root");
+        let mut theirs = describe(&root);
+        theirs.retain(|entry| !entry.starts_with("notes.json "));
+        let mut ours = describe(source.path());
+        for entry in &mut ours {
+            if entry.starts_with("private ") {
+                *entry = entry.replacen("-rw-------", "-rw-r-----", 1);
+            }
+        }
+        assert_eq!(ours, theirs);
+        assert_eq!(getfattr(&root.join("private"), "user.tag"), "by-s3vol");
         assert_eq!(
-            describe(source.path()),
-            describe(&s3fs.dir.path().join("root"))
+            std::fs::metadata(root.join("private")).unwrap().ctime(),
+            changed
         );
     }
+    // rclone sees the type s3vol gave.
+    let listed = run(rclone(&server).args(["lsjson", "g:vol/root/notes.json"]));
+    assert!(
+        listed.contains("\"MimeType\":\"application/json\""),
+        "{listed}"
+    );
     // rclone restores modes and times to a local copy.
     let restored = tempfile::tempdir().unwrap();
     run(rclone(&server)
@@ -435,6 +460,9 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
             .env("TZ", "UTC")
             .arg(&theirs));
         std::os::unix::fs::symlink("from-s3fs", s3fs.dir.path().join("s3fs-link")).unwrap();
+        run(Command::new("setfattr")
+            .args(["-n", "user.tag", "-v", "by-s3fs"])
+            .arg(&theirs));
     }
     let local = tempfile::tempdir().unwrap();
     let file = local.path().join("from-rclone");
@@ -447,6 +475,9 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
         .args(["copy", "--metadata"])
         .arg(&file)
         .arg("g:vol/"));
+    let page = local.path().join("page.html");
+    std::fs::write(&page, "<p>rclone</p>\n").unwrap();
+    run(rclone(&server).args(["copy"]).arg(&page).arg("g:vol/"));
 
     // What s3fs stored. Under load, s3fs 1.90 has been seen to lose the chown:
     // the touch after it rewrote the metadata from s3fs's own stale copy. s3vol
@@ -461,6 +492,7 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
         eprintln!("s3fs stored no chown this time: {stored:?}");
     }
     assert_eq!(number("mode", 0), 0o100604, "{stored:?}");
+    eprintln!("s3fs stored {stored:?}");
 
     let mount = Mount::new(&server, "vol", &[]);
     let s3fs = std::fs::symlink_metadata(mount.path().join("from-s3fs")).unwrap();
@@ -472,6 +504,13 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
         std::fs::read_link(mount.path().join("s3fs-link")).unwrap(),
         Path::new("from-s3fs")
     );
+    // Its attribute, and its change time to the second it keeps.
+    assert_eq!(
+        getfattr(&mount.path().join("from-s3fs"), "user.tag"),
+        "by-s3fs"
+    );
+    let kept: f64 = stored["ctime"].parse().unwrap();
+    assert_eq!(s3fs.ctime(), kept as i64);
     let rclone = std::fs::symlink_metadata(mount.path().join("from-rclone")).unwrap();
     let local = std::fs::metadata(&file).unwrap();
     assert_eq!(rclone.mode(), 0o100610);
@@ -487,6 +526,21 @@ async fn s3fs_and_rclone_read_what_s3vol_writes_and_the_other_way_round() {
         run(Command::new("date")
             .args(["-u", "-d", "2019-09-09 09:09:09", "+%F %T"])
             .env("TZ", "UTC"))
+    );
+    drop(mount);
+    // rclone's type for the page stays through a chmod here.
+    assert_eq!(
+        content_type(&server, "page.html").await.as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    let mount = Mount::new(&server, "vol", &["--read-write"]);
+    run(Command::new("chmod")
+        .arg("600")
+        .arg(mount.path().join("page.html")));
+    stop(mount);
+    assert_eq!(
+        content_type(&server, "page.html").await.as_deref(),
+        Some("text/html; charset=utf-8")
     );
 }
 
@@ -506,7 +560,7 @@ async fn objects_get_the_type_of_their_extension_and_keep_one_given_elsewhere() 
     let mount = Mount::new(&server, "vol/t", &["--read-write", "--part-size", "5MiB"]);
     let dir = mount.path();
     std::fs::write(dir.join("page.html"), "<p>hi</p>").unwrap();
-    std::fs::write(dir.join("data.json"), "{}").unwrap();
+    std::fs::write(dir.join("data.json"), "{\"a\": [1, 2]}\n").unwrap();
     // A multipart upload, which Garage stores no type for unless asked.
     std::fs::write(dir.join("big.png"), common::pattern(12 << 20, 1)).unwrap();
     std::fs::write(dir.join("tool"), "#!/bin/sh\n").unwrap();
@@ -543,15 +597,35 @@ async fn objects_get_the_type_of_their_extension_and_keep_one_given_elsewhere() 
     std::fs::rename(dir.join("report.bin"), dir.join("report2.bin")).unwrap();
     std::fs::rename(dir.join("page.html"), dir.join("page.txt")).unwrap();
     std::fs::rename(dir.join("big.png"), dir.join("big2.png")).unwrap();
-    // A presigned URL serves the type too (a GET: the URL is signed for one).
-    let url = run(common::s3vol().args(["url"]).arg(dir.join("data.json")));
-    let headers = run(Command::new("curl").args(["-sS", "-D", "-", "-o", "/dev/null", url.trim()]));
-    assert!(
-        headers
-            .to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{headers}"
-    );
+    // A presigned URL serves the type too (a GET: the URL is signed for one),
+    // the one `file` finds in what it downloads.
+    std::fs::write(
+        dir.join("doc.html"),
+        "<!DOCTYPE html>\n<html><body>hi</body></html>\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("pic.png"), common::png()).unwrap();
+    let download = tempfile::tempdir().unwrap();
+    for (name, kind) in [
+        ("data.json", "application/json"),
+        ("doc.html", "text/html"),
+        ("pic.png", "image/png"),
+    ] {
+        let url = run(common::s3vol().args(["url"]).arg(dir.join(name)));
+        let body = download.path().join(name);
+        let headers = run(Command::new("curl")
+            .args(["-sS", "-D", "-", "-o"])
+            .arg(&body)
+            .arg(url.trim()));
+        assert!(
+            headers
+                .to_ascii_lowercase()
+                .contains(&format!("content-type: {kind}")),
+            "{name}: {headers}"
+        );
+        let found = run(Command::new("file").args(["-b", "--mime-type"]).arg(&body));
+        assert_eq!(found.trim(), kind, "{name}");
+    }
     stop(mount);
     assert_eq!(
         content_type(&server, "t/report2.bin").await.as_deref(),
@@ -578,4 +652,136 @@ async fn objects_get_the_type_of_their_extension_and_keep_one_given_elsewhere() 
         content_type(&server, "n/page.html").await.as_deref(),
         Some("text/html")
     );
+}
+
+/// `stat`'s change time, to the nanosecond.
+fn ctime(path: &Path) -> (i64, i64) {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    (meta.ctime(), meta.ctime_nsec())
+}
+
+fn getfattr(path: &Path, name: &str) -> String {
+    run(Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(path))
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn extended_attributes_and_change_times_work_with_the_usual_tools() {
+    let server = garage().await;
+    let mount = Mount::new(&server, "vol/x", &["--read-write"]);
+    let dir = mount.path().to_path_buf();
+    let file = dir.join("f.txt");
+    std::fs::write(&file, "hello\n").unwrap();
+    run(Command::new("setfattr")
+        .args(["-n", "user.tag", "-v", "blue"])
+        .arg(&file));
+    run(Command::new("setfattr")
+        .args(["-n", "user.bin", "-v", "0x00ff0a"])
+        .arg(&file));
+    let dump = run(Command::new("getfattr")
+        .args(["-d", "-e", "hex", "--absolute-names"])
+        .arg(&file));
+    assert!(dump.contains("user.bin=0x00ff0a"), "{dump}");
+    assert!(dump.contains("user.tag=0x626c7565"), "{dump}");
+    // Refused with the errnos Linux filesystems use, keeping what was there.
+    let refused = |args: &[&str], message: &str| {
+        let out = Command::new("setfattr")
+            .args(args)
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(message),
+            "{args:?}: {stderr}"
+        );
+    };
+    refused(&["-n", "trusted.x", "-v", "1"], "Operation not supported");
+    refused(
+        &["-n", "user.big", "-v", &"x".repeat(1500)],
+        "Argument list too long",
+    );
+    let fill = "y".repeat(700);
+    run(Command::new("setfattr")
+        .args(["-n", "user.fill", "-v", &fill])
+        .arg(&file));
+    refused(&["-n", "user.more", "-v", &fill], "No space left on device");
+    run(Command::new("setfattr")
+        .args(["-x", "user.fill"])
+        .arg(&file));
+    refused(&["-x", "user.none"], "No such attribute");
+    assert_eq!(getfattr(&file, "user.tag"), "blue");
+
+    // The change time: chmod, a rename and setfattr move it; a read does not.
+    let before = ctime(&file);
+    let mtime = std::fs::metadata(&file).unwrap().mtime_nsec();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    run(Command::new("chmod").arg("600").arg(&file));
+    let chmodded = ctime(&file);
+    assert!(chmodded > before, "{chmodded:?} after {before:?}");
+    assert_eq!(std::fs::metadata(&file).unwrap().mtime_nsec(), mtime);
+    run(Command::new("cat").arg(&file));
+    assert_eq!(ctime(&file), chmodded);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let renamed = dir.join("g.txt");
+    std::fs::rename(&file, &renamed).unwrap();
+    let moved = ctime(&renamed);
+    assert!(moved > chmodded, "{moved:?} after {chmodded:?}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    run(Command::new("setfattr")
+        .args(["-n", "user.tag", "-v", "green"])
+        .arg(&renamed));
+    let tagged = ctime(&renamed);
+    assert!(tagged > moved, "{tagged:?} after {moved:?}");
+    let found = run(Command::new("find")
+        .arg(&dir)
+        .args(["-cmin", "-1", "-name", "g.txt"]));
+    assert_eq!(found.trim(), renamed.to_str().unwrap());
+
+    // cp -a and rsync -aX carry them in and out; a second rsync sends nothing.
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("in");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::write(source.join("a.txt"), "a\n").unwrap();
+    run(Command::new("setfattr")
+        .args(["-n", "user.origin", "-v", "local"])
+        .arg(source.join("a.txt")));
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(source.join("a.txt"))
+        .arg(dir.join("a.txt")));
+    assert_eq!(getfattr(&dir.join("a.txt"), "user.origin"), "local");
+    let from = format!("{}/", source.display());
+    let to = format!("{}/", dir.join("synced").display());
+    run(Command::new("rsync").args(["-aX", &from, &to]));
+    assert_eq!(getfattr(&dir.join("synced/a.txt"), "user.origin"), "local");
+    let again = run(Command::new("rsync").args(["-aXi", &from, &to]));
+    assert!(
+        again.lines().all(|l| l.starts_with(".d")),
+        "sent again: {again}"
+    );
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&renamed)
+        .arg(local.path().join("back.txt")));
+    assert_eq!(
+        getfattr(&local.path().join("back.txt"), "user.tag"),
+        "green"
+    );
+    stop(mount);
+
+    // What S3 holds: s3fs's encoding and the change time, which a fresh
+    // mount shows as they were.
+    let head = server.head(BUCKET, "x/g.txt").await;
+    let stored = head.metadata().cloned().unwrap_or_default();
+    let xattrs = s3vol::fs::xattrs::Xattrs::decode(&stored["xattr"]);
+    assert_eq!(xattrs.get("user.tag"), Some(&b"green"[..]));
+    assert_eq!(xattrs.get("user.bin"), Some(&[0, 0xff, b'\n'][..]));
+    assert!(stored.contains_key("ctime"), "{stored:?}");
+    let fresh = Mount::new(&server, "vol/x", &[]);
+    let shown = fresh.path().join("g.txt");
+    assert_eq!(getfattr(&shown, "user.tag"), "green");
+    assert_eq!(ctime(&shown), tagged);
 }

@@ -334,12 +334,7 @@ async fn every_change_is_refused_without_a_request() {
     let fs = fs_on(store.clone(), "");
     let ino = lookup_path(&fs, "f").await.unwrap();
     store.clear_calls();
-    for op in [
-        Mutation::SetXattr,
-        Mutation::Symlink,
-        Mutation::Link,
-        Mutation::Mknod,
-    ] {
+    for op in [Mutation::Symlink, Mutation::Link, Mutation::Mknod] {
         assert_eq!(fs.mutate(op).errno(), libc::EROFS, "{op:?}");
     }
     let name = OsStr::new("f");
@@ -363,6 +358,9 @@ async fn every_change_is_refused_without_a_request() {
     );
     assert_eq!(erofs(fs.unlink(ROOT_INO, name).await), libc::EROFS);
     assert_eq!(erofs(fs.rmdir(ROOT_INO, name).await), libc::EROFS);
+    let tag = OsStr::new("user.tag");
+    assert_eq!(erofs(fs.setxattr(ino, tag, b"v", 0).await), libc::EROFS);
+    assert_eq!(erofs(fs.removexattr(ino, tag).await), libc::EROFS);
     assert_eq!(
         erofs(
             fs.rename(ROOT_INO, name, ROOT_INO, OsStr::new("g"), 0)

@@ -10,6 +10,7 @@ mod common;
 
 use common::fs::{TRUNCATE, WRITE, lookup_path, rename_in_root};
 use s3vol::fs::posix::Posix;
+use s3vol::fs::xattrs::Xattrs;
 use s3vol::fs::{Fs, FsConfig, ROOT_INO, WriteConfig};
 use s3vol::local_dir::LocalDir;
 use s3vol::store::memory::MemoryStore;
@@ -189,12 +190,15 @@ async fn a_created_file_keeps_its_mode_and_owner_and_a_rewrite_keeps_them_too() 
     vol.fs.flush(fh, None).await.unwrap();
     vol.fs.release(fh).await;
     // Mode and owner, and the time of the last write to the nanosecond (S3's
-    // own is the upload's, to the second).
+    // own is the upload's, to the second), as modification and change time.
     async fn kept(store: &MemoryStore, vol: &Volume) -> BTreeMap<String, String> {
         let mut user = store.headers("root/new").unwrap().user;
         let mtime = user.remove("mtime").expect("a time");
+        let ctime = user.remove("ctime").expect("a change time");
         let shown = vol.fs.lookup(ROOT_INO, OsStr::new("new")).await.unwrap();
         assert_eq!(mtime, s3vol::fs::posix::format_time(shown.attr.mtime));
+        assert_eq!(ctime, mtime);
+        assert_eq!(shown.attr.ctime, shown.attr.mtime);
         user
     }
     let expected: BTreeMap<String, String> = [("mode", "0100600"), ("uid", "1000"), ("gid", "100")]
@@ -245,6 +249,8 @@ const CREATOR: Posix = Posix {
     uid: Some(1000),
     gid: Some(100),
     mtime: None,
+    ctime: None,
+    xattrs: None,
     symlink: false,
 };
 
@@ -515,7 +521,12 @@ async fn symbolic_links_are_objects_holding_their_target_as_s3fs_makes_them() {
     };
     let made = vol
         .fs
-        .symlink(ROOT_INO, OsStr::new("ours"), "../elsewhere".as_ref(), owner)
+        .symlink(
+            ROOT_INO,
+            OsStr::new("ours"),
+            "../elsewhere".as_ref(),
+            owner.clone(),
+        )
         .await
         .unwrap();
     assert!(made.attr.symlink);
@@ -544,7 +555,7 @@ async fn symbolic_links_are_objects_holding_their_target_as_s3fs_makes_them() {
     // A name taken, a file that is no link.
     assert_eq!(
         vol.fs
-            .symlink(ROOT_INO, OsStr::new("theirs"), "x".as_ref(), owner)
+            .symlink(ROOT_INO, OsStr::new("theirs"), "x".as_ref(), owner.clone())
             .await
             .unwrap_err()
             .errno(),
@@ -855,6 +866,291 @@ async fn a_rename_in_parts_carries_every_header() {
     lookup_path(&fs, "big").await.unwrap();
     rename_in_root(&fs, "big", "moved").await;
     assert!(ops(&store).contains(&Operation::UploadPartCopy));
-    assert_eq!(store.headers("root/moved"), Some(headers));
+    // With the rename's change time.
+    let mut moved = store.headers("root/moved").unwrap();
+    assert!(moved.user.remove("ctime").is_some());
+    assert_eq!(moved, headers);
     assert_eq!(store.get("root/moved").as_deref(), Some(&data[..]));
+}
+
+fn errno<T: std::fmt::Debug>(result: Result<T, s3vol::fs::FsError>) -> i32 {
+    result.unwrap_err().errno()
+}
+
+/// The attributes `key`'s object keeps, as s3fs reads them.
+fn kept_xattrs(store: &MemoryStore, key: &str) -> Xattrs {
+    Xattrs::decode(&store.headers(key).unwrap().user["xattr"])
+}
+
+#[tokio::test]
+async fn extended_attributes_are_kept_as_s3fs_keeps_them_within_s3_s_bound() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put_with("root/f", "data", user(&[("color", "blue")]));
+    let vol = volume(&store, true);
+    let fs = &vol.fs;
+    let ino = lookup_path(fs, "f").await.unwrap();
+    let tag = OsStr::new("user.tag");
+    assert_eq!(errno(fs.getxattr(ino, tag).await), libc::ENODATA);
+    assert_eq!(fs.listxattr(ino).await.unwrap(), b"");
+    fs.setxattr(ino, tag, b"v1", 0).await.unwrap();
+    assert_eq!(
+        errno(fs.setxattr(ino, tag, b"v2", libc::XATTR_CREATE).await),
+        libc::EEXIST
+    );
+    let other = OsStr::new("user.other");
+    assert_eq!(
+        errno(fs.setxattr(ino, other, b"x", libc::XATTR_REPLACE).await),
+        libc::ENODATA
+    );
+    fs.setxattr(ino, OsStr::new("user.bin"), &[0, 255, b'\n'], 0)
+        .await
+        .unwrap();
+    assert_eq!(fs.getxattr(ino, tag).await.unwrap(), b"v1");
+    assert_eq!(fs.listxattr(ino).await.unwrap(), b"user.bin\0user.tag\0");
+    // Other namespaces are not kept, with the errno Linux filesystems use.
+    for name in [
+        "security.capability",
+        "trusted.x",
+        "system.posix_acl_access",
+    ] {
+        let name = OsStr::new(name);
+        assert_eq!(
+            errno(fs.setxattr(ino, name, b"x", 0).await),
+            libc::EOPNOTSUPP
+        );
+        assert_eq!(errno(fs.getxattr(ino, name).await), libc::EOPNOTSUPP);
+        assert_eq!(errno(fs.removexattr(ino, name).await), libc::EOPNOTSUPP);
+    }
+    // Names s3fs could not read back.
+    for name in ["user.", "user.a:b", "user.a,b", "user.\"q\""] {
+        let name = OsStr::new(name);
+        assert_eq!(errno(fs.setxattr(ino, name, b"x", 0).await), libc::EINVAL);
+    }
+    // One copy for them all, keeping the rest.
+    assert!(!store.headers("root/f").unwrap().user.contains_key("xattr"));
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    let kept = store.headers("root/f").unwrap().user;
+    assert_eq!(kept["color"], "blue");
+    assert!(kept.contains_key("ctime"));
+    let xattrs = kept_xattrs(&store, "root/f");
+    assert_eq!(xattrs.get("user.bin"), Some(&[0, 255, b'\n'][..]));
+    assert_eq!(xattrs.get("user.tag"), Some(&b"v1"[..]));
+
+    // One value too large for S3's 2 KB by itself: E2BIG; one that fits but
+    // not beside the others: ENOSPC. Neither changes what is kept.
+    assert_eq!(
+        errno(
+            fs.setxattr(ino, OsStr::new("user.big"), &[7; 1500], 0)
+                .await
+        ),
+        libc::E2BIG
+    );
+    fs.setxattr(ino, OsStr::new("user.m1"), &[1; 700], 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        errno(fs.setxattr(ino, OsStr::new("user.m2"), &[2; 700], 0).await),
+        libc::ENOSPC
+    );
+    assert_eq!(
+        fs.listxattr(ino).await.unwrap(),
+        b"user.bin\0user.m1\0user.tag\0"
+    );
+    fs.removexattr(ino, tag).await.unwrap();
+    assert_eq!(errno(fs.removexattr(ino, tag).await), libc::ENODATA);
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    let fresh = volume(&store, true);
+    let ino = lookup_path(&fresh.fs, "f").await.unwrap();
+    assert_eq!(
+        fresh.fs.listxattr(ino).await.unwrap(),
+        b"user.bin\0user.m1\0"
+    );
+    assert_eq!(
+        fresh.fs.getxattr(ino, OsStr::new("user.m1")).await.unwrap(),
+        [1; 700]
+    );
+    // The last one removed removes the entry.
+    for name in ["user.bin", "user.m1"] {
+        fresh.fs.removexattr(ino, OsStr::new(name)).await.unwrap();
+    }
+    assert!(fresh.fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert!(!store.headers("root/f").unwrap().user.contains_key("xattr"));
+}
+
+#[tokio::test]
+async fn attributes_of_other_namespaces_in_the_bucket_are_never_shown_and_never_lost() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let planted = Xattrs::default()
+        .with("security.capability", &[1, 0, 0, 2, 0xff, 0xff, 0xff, 0xff])
+        .with("trusted.t", b"t")
+        .with("user.a", b"a");
+    store.put_with("root/f", "x", user(&[("xattr", &planted.encode())]));
+    store.put_with(
+        "root/damaged",
+        "x",
+        user(&[("xattr", "%7B%22user.a%22%3A%22%21%21%22%7D")]),
+    );
+    let vol = volume(&store, true);
+    let fs = &vol.fs;
+    let ino = lookup_path(fs, "f").await.unwrap();
+    assert_eq!(fs.listxattr(ino).await.unwrap(), b"user.a\0");
+    assert_eq!(
+        errno(fs.getxattr(ino, OsStr::new("security.capability")).await),
+        libc::EOPNOTSUPP
+    );
+    fs.setxattr(ino, OsStr::new("user.b"), b"b", 0)
+        .await
+        .unwrap();
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(kept_xattrs(&store, "root/f"), planted.with("user.b", b"b"));
+    // A value that cannot be read is left as it is: no change is made on it.
+    let damaged = lookup_path(fs, "damaged").await.unwrap();
+    assert_eq!(
+        errno(fs.setxattr(damaged, OsStr::new("user.b"), b"b", 0).await),
+        libc::EIO
+    );
+    assert_eq!(
+        errno(fs.removexattr(damaged, OsStr::new("user.a")).await),
+        libc::EIO
+    );
+    fs.setattr(damaged, None, chmod(0o600), None).await.unwrap();
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    let kept = store.headers("root/damaged").unwrap().user;
+    assert_eq!(kept["xattr"], "%7B%22user.a%22%3A%22%21%21%22%7D");
+    assert_eq!(kept["mode"], "0100600");
+}
+
+#[tokio::test]
+async fn extended_attributes_of_a_file_being_written_go_into_its_upload() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(&store, true);
+    let fs = &vol.fs;
+    let (entry, fh) = fs
+        .create(ROOT_INO, OsStr::new("new.txt"), None, CREATOR)
+        .await
+        .unwrap();
+    let ino = entry.attr.ino;
+    fs.write(fh, 0, b"hello").await.unwrap();
+    fs.setxattr(ino, OsStr::new("user.origin"), b"here", 0)
+        .await
+        .unwrap();
+    assert_eq!(fs.listxattr(ino).await.unwrap(), b"user.origin\0");
+    store.clear_calls();
+    fs.flush(fh, None).await.unwrap();
+    fs.release(fh).await;
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(ops(&store), [Operation::PutObject]);
+    assert_eq!(
+        kept_xattrs(&store, "root/new.txt").get("user.origin"),
+        Some(&b"here"[..])
+    );
+    // A directory's go onto its marker, made if it has none.
+    store.put("root/d/inside", "x");
+    let dir = lookup_path(fs, "d").await.unwrap();
+    fs.setxattr(dir, OsStr::new("user.d"), b"dir", 0)
+        .await
+        .unwrap();
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(
+        kept_xattrs(&store, "root/d/").get("user.d"),
+        Some(&b"dir"[..])
+    );
+    // The root keeps none; a volume without metadata none at all.
+    assert_eq!(
+        errno(fs.setxattr(ROOT_INO, OsStr::new("user.r"), b"r", 0).await),
+        libc::ENOTSUP
+    );
+    let bare = volume(&store, false);
+    let ino = lookup_path(&bare.fs, "new.txt").await.unwrap();
+    assert_eq!(bare.fs.listxattr(ino).await.unwrap(), b"");
+    assert_eq!(
+        errno(bare.fs.setxattr(ino, OsStr::new("user.x"), b"x", 0).await),
+        libc::ENOTSUP
+    );
+}
+
+/// ctime as POSIX has it: moved by every change of the file and of what is
+/// kept of it (chmod, chown, touch, a rename, a write, an attribute), never
+/// by a read; kept in `x-amz-meta-ctime` as s3fs keeps it.
+#[tokio::test]
+async fn the_change_time_moves_with_every_change_and_is_kept() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put_with("root/f", "data", user(&[("mtime", "1500000000")]));
+    let vol = volume(&store, true);
+    let fs = &vol.fs;
+    let ino = lookup_path(fs, "f").await.unwrap();
+    let ctime = || async { fs.getattr(ino).await.unwrap().attr };
+    let last = std::cell::Cell::new(ctime().await.ctime);
+    let moved = |attr: s3vol::fs::Attr, what: &str| {
+        let before = last.replace(attr.ctime);
+        assert!(
+            attr.ctime > before,
+            "{what}: {:?} after {before:?}",
+            attr.ctime
+        );
+        attr
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let attr = moved(
+        fs.setattr(ino, None, chmod(0o600), None)
+            .await
+            .unwrap()
+            .attr,
+        "chmod",
+    );
+    assert_eq!(attr.mtime, at(1_500_000_000, 0), "a chmod leaves mtime");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let owner = Posix {
+        uid: Some(7),
+        ..Posix::default()
+    };
+    moved(
+        fs.setattr(ino, None, owner, None).await.unwrap().attr,
+        "chown",
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let attr = moved(
+        fs.setattr(ino, None, touch(at(1_000_000_000, 0)), None)
+            .await
+            .unwrap()
+            .attr,
+        "touch",
+    );
+    assert_eq!(attr.mtime, at(1_000_000_000, 0));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    fs.setxattr(ino, OsStr::new("user.a"), b"a", 0)
+        .await
+        .unwrap();
+    moved(ctime().await, "setxattr");
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    let kept = store.headers("root/f").unwrap().user;
+    assert_eq!(
+        kept["ctime"],
+        s3vol::fs::posix::format_time(last.get()),
+        "kept to the nanosecond"
+    );
+    // A read changes nothing.
+    let fh = fs.open(ino, common::fs::READ).await.unwrap();
+    fs.read(fh, 0, 4).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(ctime().await.ctime, last.get());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    rename_in_root(fs, "f", "g").await;
+    moved(ctime().await, "rename");
+    assert_eq!(
+        store.headers("root/g").unwrap().user["ctime"],
+        s3vol::fs::posix::format_time(last.get())
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let fh = fs.open(ino, WRITE).await.unwrap();
+    fs.write(fh, 0, b"DATA").await.unwrap();
+    let attr = moved(ctime().await, "write");
+    fs.flush(fh, None).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(ctime().await.ctime, attr.ctime, "the close moves nothing");
+    // A fresh mount shows what was kept.
+    let fresh = volume(&store, true);
+    let g = lookup_path(&fresh.fs, "g").await.unwrap();
+    let shown = fresh.fs.getattr(g).await.unwrap().attr;
+    assert_eq!(shown.ctime, attr.ctime);
 }

@@ -269,26 +269,65 @@ fn errors_reach_the_application_with_their_errno() {
         errno(fs::hard_link(vol.join("f"), vol.join("h")).unwrap_err()),
         libc::EOPNOTSUPP
     );
-    // Extended attributes: the kernel learns ENOSYS once and answers itself.
-    for _ in 0..2 {
-        let path = CString::new(vol.join("f").as_os_str().as_bytes()).unwrap();
-        let mut value = [0u8; 64];
+    // Extended attributes through the kernel: user.* kept, other namespaces
+    // refused with EOPNOTSUPP, sizes asked for and buffers too small as
+    // getxattr(2) and listxattr(2) say.
+    let path = CString::new(vol.join("f").as_os_str().as_bytes()).unwrap();
+    let get = |name: &std::ffi::CStr, size: usize| -> Result<Vec<u8>, i32> {
+        let mut value = vec![0u8; size];
         // SAFETY: both strings are NUL-terminated and outlive the call, and the
-        // buffer is valid for the length given.
+        // buffer is valid for the length given (a null pointer for 0).
         let n = unsafe {
             libc::getxattr(
                 path.as_ptr(),
-                c"user.x".as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
+                name.as_ptr(),
+                if size == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    value.as_mut_ptr().cast()
+                },
+                size,
             )
         };
-        assert_eq!(n, -1);
-        assert_eq!(
-            std::io::Error::last_os_error().raw_os_error(),
-            Some(libc::EOPNOTSUPP)
-        );
+        match n {
+            -1 => Err(std::io::Error::last_os_error().raw_os_error().unwrap()),
+            n if size == 0 => Ok(vec![0; n as usize]),
+            n => Ok(value[..n as usize].to_vec()),
+        }
+    };
+    let set = |name: &std::ffi::CStr, value: &[u8]| -> Result<(), i32> {
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        match n {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap()),
+        }
+    };
+    assert_eq!(get(c"user.x", 64), Err(libc::ENODATA));
+    set(c"user.x", b"xy").unwrap();
+    assert_eq!(get(c"user.x", 64).as_deref(), Ok(&b"xy"[..]));
+    assert_eq!(get(c"user.x", 0).map(|v| v.len()), Ok(2));
+    assert_eq!(get(c"user.x", 1), Err(libc::ERANGE));
+    let mut names = [0u8; 64];
+    // SAFETY: as above.
+    let n = unsafe { libc::listxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert_eq!(&names[..n as usize], b"user.x\0");
+    for name in [
+        c"trusted.x",
+        c"security.capability",
+        c"system.posix_acl_access",
+    ] {
+        assert_eq!(get(name, 64), Err(libc::EOPNOTSUPP), "{name:?}");
     }
+    assert_eq!(set(c"trusted.x", b"1"), Err(libc::EOPNOTSUPP));
 
     // S3 refuses: EACCES, not EIO.
     faulty.fail_all(Operation::GetObject, Fault::AccessDenied);

@@ -498,9 +498,10 @@ pub struct MountArgs {
     /// (e.g. 5s, 1m, 0 to always ask, or "indefinite" for buckets nobody else changes).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_ttl)]
     pub metadata_ttl: Duration,
-    /// Neither read nor keep modes, owners and times in the objects' user
-    /// metadata: every file shows --file-mode, --uid, --gid and S3's LastModified,
-    /// and nothing sends a HEAD for them or copies an object to change them.
+    /// Neither read nor keep modes, owners, times and extended attributes in the
+    /// objects' user metadata: every file shows --file-mode, --uid, --gid and S3's
+    /// LastModified, and nothing sends a HEAD for them or copies an object to
+    /// change them.
     #[arg(long)]
     pub no_metadata: bool,
     /// Upload and copy objects without a Content-Type from the file's

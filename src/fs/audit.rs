@@ -161,6 +161,22 @@ impl Fs {
         result
     }
 
+    /// [`Fs::change_xattr`] setting `name` to `value`, recorded.
+    pub async fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        let result = self.change_xattr(ino, name, Some(value), flags).await;
+        let detail = Detail::Xattr(name.to_string_lossy().into_owned());
+        self.audit_on(Op::Setxattr, ino, &result, Some(detail));
+        result
+    }
+
+    /// [`Fs::change_xattr`] removing `name`, recorded.
+    pub async fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
+        let result = self.change_xattr(ino, name, None, 0).await;
+        let detail = Detail::Xattr(name.to_string_lossy().into_owned());
+        self.audit_on(Op::Removexattr, ino, &result, Some(detail));
+        result
+    }
+
     /// [`Fs::set_attributes`], recorded when it sets a mode, an owner or a
     /// time (in that order of precedence, one line; a change of size, and the
     /// time that comes with it, is recorded by the upload that makes it, as a
@@ -185,19 +201,23 @@ impl Fs {
         fh: Option<u64>,
         by: Option<u32>,
     ) -> FsResult<Entry> {
-        let result = self.set_attributes(ino, size, change, fh, by).await;
-        let what = match change {
+        let what = match &change {
             Posix {
                 perm: Some(mode), ..
-            } => Some((Op::Chmod, Some(Detail::Mode(mode)))),
-            Posix { uid, gid, .. } if uid.is_some() || gid.is_some() => {
-                Some((Op::Chown, Some(Detail::Owner { uid, gid })))
-            }
+            } => Some((Op::Chmod, Some(Detail::Mode(*mode)))),
+            Posix { uid, gid, .. } if uid.is_some() || gid.is_some() => Some((
+                Op::Chown,
+                Some(Detail::Owner {
+                    uid: *uid,
+                    gid: *gid,
+                }),
+            )),
             // The time a truncation sets comes with it: the upload's `write`
             // records both.
             Posix { mtime: Some(_), .. } if size.is_none() => Some((Op::Utimens, None)),
             _ => None,
         };
+        let result = self.set_attributes(ino, size, change, fh, by).await;
         if let Some((op, detail)) = what {
             self.audit_on(op, ino, &result, detail);
         }

@@ -141,9 +141,11 @@ impl Fs {
                     return Err(FsError::BadHandle(fh));
                 }
                 let posix = self.node(ino)?.stat.posix.filter(|_| self.config.metadata);
-                match self.shown_posix(ino, posix) {
+                // The times are the upload's own, S3's.
+                match self.shown_posix(ino, posix.as_ref()) {
                     Some(posix) => Posix {
                         mtime: None,
+                        ctime: None,
                         ..posix
                     }
                     .headers(Kind::File),

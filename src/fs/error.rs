@@ -55,10 +55,28 @@ pub enum FsError {
     /// is changed.
     #[error("the volume is being unmounted; changes are no longer uploaded")]
     Stopped,
-    /// getxattr or listxattr: S3 user metadata is not shown as extended
-    /// attributes.
-    #[error("extended attributes are not supported on an S3 volume")]
-    NoXattrs,
+    /// An extended attribute outside the `user.` namespace: not kept.
+    #[error("only user.* extended attributes are kept on an S3 volume")]
+    XattrNamespace,
+    /// The extended attribute is not set.
+    #[error("no such extended attribute")]
+    NoXattr,
+    /// The extended attributes would not fit S3's 2 KB of user metadata
+    /// beside what else the object keeps; `alone`: nor would this one by
+    /// itself.
+    #[error(
+        "{key}: the extended attributes would take {needed} bytes of S3's 2048 bytes of \
+         user metadata"
+    )]
+    XattrsFull {
+        key: String,
+        needed: usize,
+        alone: bool,
+    },
+    /// The object's extended attributes are not in the encoding s3vol and
+    /// s3fs read: changing them would lose what cannot be read.
+    #[error("{key}: its extended attributes in S3 cannot be read; left as they are")]
+    XattrsUnreadable { key: String },
     /// An ioctl request s3vol does not serve (see `crate::control`).
     #[error("ioctl request {0:#x} is not served here")]
     UnknownIoctl(u32),
@@ -133,10 +151,15 @@ impl FsError {
             FsError::Stale { .. } | FsError::Resized { .. } | FsError::Unlinked { .. } => {
                 libc::ESTALE
             }
-            // Not EOPNOTSUPP: ENOSYS makes the kernel stop asking (it answers
-            // EOPNOTSUPP itself from then on), which spares `ls -l` two round trips
-            // per file; tools such as cp -a take that as "no xattrs".
-            FsError::NoXattrs => libc::ENOSYS,
+            // What Linux filesystems answer for a namespace they do not
+            // support; `ls` and `cp -a` take it as "none".
+            FsError::XattrNamespace => libc::EOPNOTSUPP,
+            FsError::NoXattr => libc::ENODATA,
+            // setxattr(2): E2BIG for a value no file could hold, ENOSPC when
+            // the file's room is taken.
+            FsError::XattrsFull { alone: true, .. } => libc::E2BIG,
+            FsError::XattrsFull { alone: false, .. } => libc::ENOSPC,
+            FsError::XattrsUnreadable { .. } => libc::EIO,
             // What ioctl(2) answers for a request the file does not know.
             FsError::UnknownIoctl(_) => libc::ENOTTY,
             // As getxattr(2) does when the value does not fit.
@@ -162,7 +185,9 @@ impl FsError {
                 | FsError::NotEmpty
                 | FsError::Exists
                 | FsError::CrossDevice(_)
-                | FsError::NoXattrs
+                | FsError::XattrNamespace
+                | FsError::NoXattr
+                | FsError::XattrsFull { .. }
                 | FsError::UnknownIoctl(_)
                 | FsError::Resized { .. }
         )
@@ -223,18 +248,24 @@ mod tests {
             }
             FsError::ReadOnly => "any write on a read-only volume",
             FsError::NotSupported(_) => {
-                "hard link, device node, FIFO, setxattr, symlink with `--no-metadata`"
+                "hard link, device node, FIFO; symlink or setxattr with `--no-metadata` or on \
+                 an encrypted volume; setxattr on the volume's root"
             }
             FsError::BadHandle(_) => {
                 "a handle the volume does not know, or a write (or a PUT URL) through a handle \
                  opened for reading"
             }
             FsError::NotEmpty => "rmdir of a non-empty directory, or a directory renamed over one",
-            FsError::Exists => "rename with `RENAME_NOREPLACE` onto a name that exists",
+            FsError::Exists => {
+                "rename with `RENAME_NOREPLACE` onto a name that exists, setxattr with \
+                 `XATTR_CREATE` of an attribute that is set"
+            }
             FsError::Invalid(_) => {
                 "a name S3 cannot hold (not UTF-8, or a control character S3's XML cannot \
                  carry), `RENAME_EXCHANGE`, a directory moved into itself, readlink of a \
-                 file that is no link, an ioctl request that `s3vol url` did not send"
+                 file that is no link, an ioctl request that `s3vol url` did not send, an \
+                 extended attribute name s3fs could not read back (empty, not UTF-8, or with \
+                 `\"`, `,`, `:` or a control character)"
             }
             FsError::CrossDevice(_) => "rename of a directory holding more than 1000 objects",
             FsError::Stage(e) => match &**e {
@@ -272,7 +303,22 @@ mod tests {
                  twice in a row (the kernel opens again at once after the first)"
             }
             FsError::Stopped => STOPPED_ROW,
-            FsError::NoXattrs => "extended attributes (getxattr, listxattr)",
+            FsError::XattrNamespace => {
+                "an extended attribute outside the `user.` namespace (`security.`, `system.`, \
+                 `trusted.`)"
+            }
+            FsError::NoXattr => "getxattr or removexattr of an extended attribute that is not set",
+            FsError::XattrsFull { alone: true, .. } => {
+                "setxattr of one attribute too large for S3's 2 KB of user metadata by itself"
+            }
+            FsError::XattrsFull { alone: false, .. } => {
+                "setxattr that would take the file's extended attributes past S3's 2 KB of user \
+                 metadata"
+            }
+            FsError::XattrsUnreadable { .. } => {
+                "setxattr or removexattr on an object whose `x-amz-meta-xattr` cannot be read \
+                 (not in s3fs's encoding)"
+            }
             FsError::UnknownIoctl(_) => {
                 "an ioctl other than s3vol's own (`s3vol stats` on the volume's root, `s3vol \
                  info` and `s3vol url` on a file)"
@@ -425,7 +471,19 @@ mod tests {
                 now: 2,
             },
             FsError::Stopped,
-            FsError::NoXattrs,
+            FsError::XattrNamespace,
+            FsError::NoXattr,
+            FsError::XattrsFull {
+                key: key(),
+                needed: 3000,
+                alone: true,
+            },
+            FsError::XattrsFull {
+                key: key(),
+                needed: 3000,
+                alone: false,
+            },
+            FsError::XattrsUnreadable { key: key() },
             FsError::UnknownIoctl(1),
             FsError::BufferTooSmall {
                 needed: 2,

@@ -1,25 +1,34 @@
-//! chmod, chown and utimens: a change of a file's mode, owner or time goes into
+//! chmod, chown, utimens and extended attributes: a change of a file's mode,
+//! owner, time or extended attributes goes into
 //! the upload of a file being written; on a file already in S3 it waits
 //! [`METADATA_DELAY`] for the next one, so that `rsync -a`'s chmod, utimens and
 //! rename cost one copy, and is then copied onto the object in place (same
 //! bytes, same ETag, every other header kept). A directory's go the same way
 //! onto its marker object, which is made if the directory has none.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::inode::{Kind, ROOT_INO};
 use super::posix::Posix;
+use super::xattrs::{self, BadName, METADATA_LIMIT, Xattrs};
 use super::{Fs, FsError, FsResult};
 use crate::store::{ObjectHeaders, StoreError};
 
 /// How long a change of a closed file's mode, owner or time waits for more.
 pub const METADATA_DELAY: Duration = Duration::from_millis(500);
 
+/// setxattr(2)'s flags.
+const XATTR_CREATE: i32 = libc::XATTR_CREATE;
+const XATTR_REPLACE: i32 = libc::XATTR_REPLACE;
+
 /// A change of mode, owner or time not yet in S3.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Pending {
     posix: Posix,
     since: Instant,
@@ -29,16 +38,18 @@ impl Fs {
     /// Sets what `change` sets of `ino`'s mode, owner and time: a file's in
     /// its object, a directory's in its marker object (made if it has none).
     /// The volume root's are not kept.
-    pub(super) fn change_posix(&self, ino: u64, change: Posix) -> FsResult<()> {
+    pub(super) fn change_posix(&self, ino: u64, mut change: Posix) -> FsResult<()> {
         let node = self.node(ino)?;
         if !self.config.metadata || ino == ROOT_INO || change == Posix::default() {
             return Ok(());
         }
+        // Any change is one of the file's: its change time is now.
+        change.ctime = Some(SystemTime::now());
         // A file open with its name gone keeps its change to itself, as an
         // unlinked file does: the object under the name is another's.
         if node.unlinked {
             let mut table = self.inodes.lock();
-            table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(change));
+            table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(&change));
             return Ok(());
         }
         // A file being written carries it in its next upload; it also waits
@@ -46,22 +57,25 @@ impl Fs {
         // [`Fs::settle_pending_posix`]), and which is all there is for a file
         // whose content is in S3 already.
         if let Some(file) = self.staged_file(ino) {
-            file.set_posix(change);
+            file.set_posix(&change);
         }
-        self.merge_pending_posix(ino, |waiting| waiting.updated(change));
+        self.merge_pending_posix(ino, |waiting| waiting.updated(&change));
         let mut table = self.inodes.lock();
-        table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(change));
+        table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(&change));
         Ok(())
     }
 
     /// An upload of `ino` carried `sent`: what waited and is in it waits no
-    /// more.
-    pub(super) fn settle_pending_posix(&self, ino: u64, sent: Posix) {
+    /// more. (Its change time is the upload's own, or S3's: a later change.)
+    pub(super) fn settle_pending_posix(&self, ino: u64, sent: &Posix) {
         let mut pending = self.pending_posix.lock();
-        if pending
-            .get(&ino)
-            .is_some_and(|waiting| sent.updated(waiting.posix) == sent)
-        {
+        if pending.get(&ino).is_some_and(|waiting| {
+            let waiting = Posix {
+                ctime: None,
+                ..waiting.posix.clone()
+            };
+            sent.updated(&waiting) == *sent
+        }) {
             pending.remove(&ino);
         }
     }
@@ -69,7 +83,7 @@ impl Fs {
     /// `change`, taken and not put in S3, waits for `ino` again, under what
     /// came since.
     pub(super) fn restore_pending_posix(&self, ino: u64, change: Posix) {
-        self.merge_pending_posix(ino, |since| change.updated(since));
+        self.merge_pending_posix(ino, |since| change.updated(&since));
     }
 
     fn merge_pending_posix(&self, ino: u64, merge: impl FnOnce(Posix) -> Posix) {
@@ -78,15 +92,15 @@ impl Fs {
             posix: Posix::default(),
             since: Instant::now(),
         });
-        entry.posix = merge(entry.posix);
+        entry.posix = merge(std::mem::take(&mut entry.posix));
     }
 
     /// The mode, owner and time `ino` shows: what S3 said, with what is not in
     /// S3 yet.
-    pub(super) fn shown_posix(&self, ino: u64, known: Option<Posix>) -> Option<Posix> {
+    pub(super) fn shown_posix(&self, ino: u64, known: Option<&Posix>) -> Option<Posix> {
         match self.pending_posix.lock().get(&ino) {
-            Some(pending) => Some(known.unwrap_or_default().updated(pending.posix)),
-            None => known,
+            Some(pending) => Some(known.cloned().unwrap_or_default().updated(&pending.posix)),
+            None => known.cloned(),
         }
     }
 
@@ -98,7 +112,7 @@ impl Fs {
     /// The headers an object this mount makes carries: `posix` in its user
     /// metadata and, unless `--no-content-type`, the type of `key`'s
     /// extension (a directory marker's, s3fs's).
-    pub(super) fn own_headers(&self, key: &str, posix: Posix, kind: Kind) -> ObjectHeaders {
+    pub(super) fn own_headers(&self, key: &str, posix: &Posix, kind: Kind) -> ObjectHeaders {
         let mut headers = posix.headers(kind);
         if self.config.content_types {
             headers.content_type = Some(
@@ -120,7 +134,7 @@ impl Fs {
         &self,
         ino: u64,
         key: &str,
-        change: Posix,
+        change: &Posix,
     ) -> FsResult<(ObjectHeaders, String, u64)> {
         let node = self.node(ino)?;
         let kind = node.kind;
@@ -128,7 +142,7 @@ impl Fs {
         let own = node.stat.own_headers && self.config.encryption.is_none();
         let (mut headers, posix, etag, size) = match node.stat.posix.filter(|_| own) {
             Some(own) => (
-                self.own_headers(key, Posix::default(), kind),
+                self.own_headers(key, &Posix::default(), kind),
                 own,
                 node.stat.etag.clone(),
                 node.stat.size,
@@ -161,7 +175,7 @@ impl Fs {
         {
             return Ok(());
         }
-        let (headers, etag, size) = match self.headers_with(ino, &node.key, change).await {
+        let (headers, etag, size) = match self.headers_with(ino, &node.key, &change).await {
             Err(FsError::Store(e))
                 if node.kind == Kind::Directory && matches!(*e, StoreError::NotFound { .. }) =>
             {
@@ -194,7 +208,7 @@ impl Fs {
 
     /// A directory with no marker object gets one, carrying `change`.
     async fn make_marker(&self, ino: u64, key: &str, change: Posix) -> FsResult<()> {
-        let headers = self.own_headers(key, change, Kind::Directory);
+        let headers = self.own_headers(key, &change, Kind::Directory);
         let etag = self.store.put_object(key, Bytes::new(), &headers).await?;
         debug!(
             key,
@@ -240,5 +254,156 @@ impl Fs {
             }
             self.apply_metadata(METADATA_DELAY).await;
         }
+    }
+}
+
+/// The name an application asks for, if it is one this volume keeps.
+pub fn xattr_name(name: &OsStr) -> FsResult<&str> {
+    let name = name.to_str().ok_or(FsError::Invalid(
+        "an extended attribute name that is not UTF-8",
+    ))?;
+    match xattrs::check_name(name) {
+        Ok(()) => Ok(name),
+        Err(BadName::Namespace) => Err(FsError::XattrNamespace),
+        Err(BadName::Unreadable) => Err(FsError::Invalid(
+            "an extended attribute name s3fs could not read back (empty, or with a quote, comma, \
+             colon or control character)",
+        )),
+    }
+}
+
+impl Fs {
+    /// The extended attributes `ino` has, as fresh as its attributes: its
+    /// object's (a directory's marker's), with a change not yet in S3. None
+    /// on the root, or with `--no-metadata`.
+    async fn xattrs_of(&self, ino: u64) -> FsResult<Arc<Xattrs>> {
+        self.getattr(ino).await?;
+        if !self.config.metadata || ino == ROOT_INO {
+            return Ok(Arc::default());
+        }
+        let node = self.node(ino)?;
+        Ok(self
+            .shown_posix(ino, node.stat.posix.as_ref())
+            .and_then(|posix| posix.xattrs)
+            .unwrap_or_default())
+    }
+
+    /// getxattr(2): the value of `name`.
+    pub async fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        let name = xattr_name(name)?;
+        let xattrs = self.xattrs_of(ino).await?;
+        xattrs.get(name).map(<[u8]>::to_vec).ok_or(FsError::NoXattr)
+    }
+
+    /// listxattr(2): the names set, each ended by a NUL.
+    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let xattrs = self.xattrs_of(ino).await?;
+        let mut names = Vec::new();
+        for name in xattrs.names() {
+            names.extend_from_slice(name.as_bytes());
+            names.push(0);
+        }
+        Ok(names)
+    }
+
+    /// setxattr(2) (`value` given) and removexattr(2): kept like a change of
+    /// mode ([`Fs::change_posix`]), once the set is known to fit S3's bound.
+    pub(super) async fn change_xattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: Option<&[u8]>,
+        flags: i32,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let name = xattr_name(name)?;
+        if !self.config.metadata {
+            return Err(FsError::NotSupported(
+                "an extended attribute on a volume mounted with --no-metadata",
+            ));
+        }
+        if ino == ROOT_INO {
+            return Err(FsError::NotSupported(
+                "an extended attribute on the volume's root",
+            ));
+        }
+        // Its value would be the one thing of the file stored in clear (as a
+        // link's target would); those another writer stored are shown.
+        if self.config.encryption.is_some() {
+            return Err(FsError::NotSupported(
+                "an extended attribute on an encrypted volume (it would be stored unencrypted)",
+            ));
+        }
+        // One change at a time, each made on the last.
+        let _turn = self.xattr_changes.lock().await;
+        let xattrs = self.xattrs_of(ino).await?;
+        if xattrs.is_unreadable() {
+            return Err(FsError::XattrsUnreadable {
+                key: self.key_of(ino),
+            });
+        }
+        let set = xattrs.get(name).is_some();
+        let changed = match value {
+            Some(_) if set && flags & XATTR_CREATE != 0 => return Err(FsError::Exists),
+            Some(_) if !set && flags & XATTR_REPLACE != 0 => return Err(FsError::NoXattr),
+            None if !set => return Err(FsError::NoXattr),
+            Some(value) => {
+                let changed = xattrs.with(name, value);
+                self.check_room(ino, &changed, &Xattrs::default().with(name, value))
+                    .await?;
+                changed
+            }
+            None => xattrs.without(name),
+        };
+        self.change_posix(
+            ino,
+            Posix {
+                xattrs: Some(Arc::new(changed)),
+                ..Posix::default()
+            },
+        )
+    }
+
+    /// Whether `xattrs` fit in `ino`'s object beside what else it keeps
+    /// (counted at its widest: any mode, owner and times) under S3's bound;
+    /// `alone` is the attribute being set, by itself.
+    async fn check_room(&self, ino: u64, xattrs: &Xattrs, alone: &Xattrs) -> FsResult<()> {
+        let node = self.node(ino)?;
+        // An object this mount made keeps only what it sets; another's, what a
+        // HEAD says.
+        let mut others = BTreeMap::new();
+        if !node.stat.own_headers {
+            match self.store.head_object(&node.key).await {
+                Ok(info) => others = info.headers.unwrap_or_default().user,
+                // Not uploaded yet (a directory without a marker, a file being
+                // written): what the upload brings.
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let widest = UNIX_EPOCH + Duration::new(9_999_999_999, 999_999_999);
+        let needed = |others: &BTreeMap<String, String>, xattrs: &Xattrs| {
+            let mut user = others.clone();
+            Posix {
+                perm: Some(0o7777),
+                uid: Some(u32::MAX),
+                gid: Some(u32::MAX),
+                mtime: Some(widest),
+                ctime: Some(widest),
+                xattrs: Some(Arc::new(xattrs.clone())),
+                symlink: false,
+            }
+            .write(&mut user, node.kind);
+            xattrs::metadata_bytes(&user)
+        };
+        let needed_now = needed(&others, xattrs);
+        if needed_now <= METADATA_LIMIT {
+            return Ok(());
+        }
+        Err(FsError::XattrsFull {
+            key: node.key,
+            needed: needed_now,
+            alone: needed(&BTreeMap::new(), alone) > METADATA_LIMIT,
+        })
     }
 }

@@ -25,6 +25,9 @@ pub mod kernel;
 mod lookup;
 mod meta;
 pub mod posix;
+pub mod xattrs;
+
+pub use meta::xattr_name;
 pub mod read;
 mod remove;
 mod rename;
@@ -127,6 +130,8 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// The last change of the file, its content or anything kept of it.
+    pub ctime: SystemTime,
     pub perm: u16,
     /// A file that is a symbolic link (its object's metadata says so).
     pub symlink: bool,
@@ -158,7 +163,6 @@ pub struct StatFs {
 /// The changes S3 has no way to express.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mutation {
-    SetXattr,
     Symlink,
     Link,
     Mknod,
@@ -241,6 +245,8 @@ pub struct Fs {
     /// Changes of closed files' modes, owners and times waiting to be copied
     /// onto their objects, by inode.
     pending_posix: Mutex<HashMap<u64, meta::Pending>>,
+    /// Held by a change of extended attributes, each made on the last.
+    xattr_changes: tokio::sync::Mutex<()>,
     /// The kernel's caches, once the volume is mounted.
     kernel: kernel::Kernel,
 }
@@ -277,6 +283,7 @@ impl Fs {
             config,
             stopped: AtomicBool::new(false),
             pending_posix: Mutex::new(HashMap::new()),
+            xattr_changes: tokio::sync::Mutex::new(()),
             ahead: ahead::Windows::default(),
             kernel: kernel::Kernel::default(),
         }
@@ -316,7 +323,7 @@ impl Fs {
         };
         // What the object's metadata says, where it says it.
         let posix = self
-            .shown_posix(ino, node.stat.posix)
+            .shown_posix(ino, node.stat.posix.as_ref())
             .filter(|_| self.config.metadata)
             .unwrap_or_default();
         // Set-user-ID and set-group-ID bits are kept but never shown: whoever
@@ -329,6 +336,8 @@ impl Fs {
             (_, kept) => kept.unwrap_or(perm) & !SETID_BITS,
         };
         mtime = posix.mtime.unwrap_or(mtime);
+        // The change time kept (s3fs's), else S3's last change of the object.
+        let mut ctime = posix.ctime.unwrap_or(node.stat.mtime);
         if node.unlinked {
             nlink = 0;
         }
@@ -336,6 +345,7 @@ impl Fs {
         if let Some(file) = self.staged_file(ino) {
             size = file.size();
             mtime = file.changed_mtime().unwrap_or(mtime);
+            ctime = file.changed_ctime().unwrap_or(ctime);
             if file.is_deleted() {
                 nlink = 0;
             }
@@ -349,6 +359,7 @@ impl Fs {
             symlink: posix.symlink,
             size,
             mtime,
+            ctime,
             perm,
             nlink,
             uid: posix.uid.unwrap_or(self.config.uid),
@@ -517,12 +528,6 @@ impl Fs {
         }
     }
 
-    /// getxattr(2) and listxattr(2): S3 user metadata is not shown as extended
-    /// attributes.
-    pub fn xattr(&self) -> FsError {
-        FsError::NoXattrs
-    }
-
     /// A change S3 cannot express: refused with EROFS on a read-only volume
     /// (before any request), with ENOTSUP otherwise.
     pub fn mutate(&self, op: Mutation) -> FsError {
@@ -534,7 +539,6 @@ impl Fs {
             Mutation::Symlink => "a symbolic link",
             Mutation::Link => "a hard link",
             Mutation::Mknod => "a device node or FIFO",
-            Mutation::SetXattr => "an extended attribute",
         })
     }
 

@@ -1,12 +1,15 @@
-//! A file's mode, owner and modification time, kept in its object's user
-//! metadata the way s3fs-fuse and rclone keep them, so that a bucket written by
-//! either shows its files' modes and times here, and the other way round.
+//! A file's mode, owner, modification and change times and extended
+//! attributes, kept in its object's user metadata the way s3fs-fuse and rclone
+//! keep them, so that a bucket written by either shows its files' modes and
+//! times here, and the other way round.
 //!
 //! | header | written | read |
 //! | --- | --- | --- |
 //! | `x-amz-meta-mode` | `0` and the octal `st_mode`, file type included (`0100640`): s3fs reads it with C's base 0 (a leading 0 means octal), rclone as octal | s3fs's decimal (`33184`), rclone's octal without the 0 (`100640`), or either with a leading 0 |
 //! | `x-amz-meta-uid`, `x-amz-meta-gid` | decimal | decimal |
 //! | `x-amz-meta-mtime` | seconds since the epoch, with 9 digits of nanoseconds when there are any (`1557126489.987654321`), as s3fs writes and rclone's S3 backend reads | that, any number of fraction digits, or RFC 3339 |
+//! | `x-amz-meta-ctime` | as `mtime`, as s3fs writes it | as `mtime` |
+//! | `x-amz-meta-xattr` | s3fs's encoding (see [`super::xattrs`]) | the same |
 //!
 //! The two tools write the mode differently under one name: s3fs in decimal,
 //! rclone in octal without a leading 0. Which one a value is follows from the
@@ -16,14 +19,17 @@
 //! no reading is ignored, and the mount's default shows.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::xattrs::{XATTR, Xattrs};
 use crate::store::ObjectHeaders;
 
 pub const MODE: &str = "mode";
 pub const UID: &str = "uid";
 pub const GID: &str = "gid";
 pub const MTIME: &str = "mtime";
+pub const CTIME: &str = "ctime";
 
 const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
@@ -42,13 +48,17 @@ pub enum Kind {
 
 /// What an object's metadata says of the file it stands for; `None` where it
 /// says nothing, and the mount's defaults show.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Posix {
     /// Permission bits, setuid, setgid and sticky included.
     pub perm: Option<u16>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mtime: Option<SystemTime>,
+    /// The time of the last change of the file or of anything kept here.
+    pub ctime: Option<SystemTime>,
+    /// The extended attributes, every one of them (a change sets them all).
+    pub xattrs: Option<Arc<Xattrs>>,
     /// The object is a symbolic link whose body is its target.
     pub symlink: bool,
 }
@@ -66,6 +76,12 @@ impl Posix {
             uid: user.get(UID).and_then(|v| v.trim().parse().ok()),
             gid: user.get(GID).and_then(|v| v.trim().parse().ok()),
             mtime: user.get(MTIME).and_then(|v| parse_time(v)),
+            ctime: user.get(CTIME).and_then(|v| parse_time(v)),
+            xattrs: Some(Arc::new(
+                user.get(XATTR)
+                    .map(|v| Xattrs::decode(v))
+                    .unwrap_or_default(),
+            )),
             symlink,
         }
     }
@@ -89,6 +105,12 @@ impl Posix {
         if let Some(mtime) = self.mtime {
             user.insert(MTIME.into(), format_time(mtime));
         }
+        if let Some(ctime) = self.ctime {
+            user.insert(CTIME.into(), format_time(ctime));
+        }
+        if let Some(xattrs) = &self.xattrs {
+            xattrs.write(user);
+        }
     }
 
     /// The headers of an object of `kind` that carries these and nothing else.
@@ -99,12 +121,14 @@ impl Posix {
     }
 
     /// These values, with those `newer` sets taking their place.
-    pub fn updated(self, newer: Posix) -> Posix {
+    pub fn updated(&self, newer: &Posix) -> Posix {
         Posix {
             perm: newer.perm.or(self.perm),
             uid: newer.uid.or(self.uid),
             gid: newer.gid.or(self.gid),
             mtime: newer.mtime.or(self.mtime),
+            ctime: newer.ctime.or(self.ctime),
+            xattrs: newer.xattrs.clone().or_else(|| self.xattrs.clone()),
             symlink: self.symlink || newer.symlink,
         }
     }
@@ -215,6 +239,8 @@ mod tests {
                 uid: Some(1234),
                 gid: Some(5678),
                 mtime: Some(at(1577934245, 123456789)),
+                ctime: Some(at(1796083096, 0)),
+                xattrs: Some(Arc::default()),
                 symlink: false,
             }
         );
@@ -247,6 +273,8 @@ mod tests {
                 uid: Some(42),
                 gid: Some(43),
                 mtime: Some(at(1557126489, 987654321)),
+                ctime: None,
+                xattrs: Some(Arc::default()),
                 symlink: false,
             }
         );
@@ -284,6 +312,8 @@ mod tests {
             uid: Some(1000),
             gid: Some(100),
             mtime: Some(at(1557126489, 987654321)),
+            ctime: Some(at(1557126490, 5)),
+            xattrs: Some(Arc::new(Xattrs::default().with("user.a", b"1"))),
             symlink: false,
         };
         let mut written = user(&[("atime", "1"), ("other", "kept")]);
@@ -292,6 +322,8 @@ mod tests {
         assert_eq!(written["uid"], "1000");
         assert_eq!(written["gid"], "100");
         assert_eq!(written["mtime"], "1557126489.987654321");
+        assert_eq!(written["ctime"], "1557126490.000000005");
+        assert_eq!(written["xattr"], "%7B%22user.a%22%3A%22MQ%3D%3D%22%7D");
         assert_eq!(written["other"], "kept");
         assert_eq!(written["atime"], "1");
         assert_eq!(Posix::read(&written, Kind::File), posix);
@@ -323,7 +355,13 @@ mod tests {
         assert_eq!(parse_mode("420", Kind::File), Some(0o100644));
         assert_eq!(parse_mode("0644", Kind::File), Some(0o100644));
         let odd = user(&[("uid", "x"), ("gid", "-5"), ("mtime", "yesterday")]);
-        assert_eq!(Posix::read(&odd, Kind::File), Posix::default());
+        assert_eq!(
+            Posix::read(&odd, Kind::File),
+            Posix {
+                xattrs: Some(Arc::default()),
+                ..Posix::default()
+            }
+        );
         assert_eq!(
             parse_time("2019-05-06T08:08:09.5+01:00"),
             Some(at(1557126489, 500_000_000))

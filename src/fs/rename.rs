@@ -3,6 +3,7 @@
 //! then deleted. Not atomic, and a directory's rename is bounded.
 
 use std::ffi::OsStr;
+use std::time::SystemTime;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -10,6 +11,7 @@ use tracing::{debug, info};
 
 use super::content_type;
 use super::inode::Kind;
+use super::posix::Posix;
 use super::write::{MAX_KEY_LEN, child_key};
 use super::{Fs, FsError, FsResult};
 use crate::store::{ListRequest, ObjectHeaders, Operation, Pagination, StoreError, UploadedPart};
@@ -150,39 +152,46 @@ impl Fs {
     }
 
     /// Copies a file's object to its new name (the source is the caller's to
-    /// delete); returns the ETag of the copy. A change of its mode, owner or
-    /// time still waiting goes into the copy, and so does the type of a new
-    /// extension.
+    /// delete); returns the ETag of the copy. The copy carries the rename's
+    /// change time (unless the volume keeps no metadata), a change of its mode,
+    /// owner or time still waiting, and the type of a new extension.
     async fn copy_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
         let etag = self.settle(ino).await?;
         let size = self.node(ino)?.stat.size;
         // A new extension brings its type; any other rename keeps the
         // object's own.
         let retype = self.config.content_types && content_type::changes_on_rename(from, to);
-        let (source, copied) = match self.take_pending_posix(ino) {
-            None if !retype => (
+        let pending = self.take_pending_posix(ino);
+        let (source, copied) = if !self.config.metadata && !retype {
+            (
                 etag.clone(),
                 self.copy(from, to, size, etag.as_deref(), None).await?,
-            ),
-            change => {
-                let copied = async {
-                    let (mut headers, etag, size) = self
-                        .headers_with(ino, from, change.unwrap_or_default())
-                        .await?;
-                    if retype {
-                        headers.content_type = Some(content_type::of_file(to).to_string());
-                    }
-                    let copied = self
-                        .copy(from, to, size, Some(&etag), Some(&headers))
-                        .await?;
-                    Ok::<_, FsError>((Some(etag), copied))
+            )
+        } else {
+            let change = Posix {
+                ctime: self.config.metadata.then(SystemTime::now),
+                ..pending.clone().unwrap_or_default()
+            };
+            let copied = async {
+                let (mut headers, etag, size) = self.headers_with(ino, from, &change).await?;
+                if retype {
+                    headers.content_type = Some(content_type::of_file(to).to_string());
                 }
-                .await;
-                if let (Err(_), Some(change)) = (&copied, change) {
-                    self.restore_pending_posix(ino, change);
+                let copied = self
+                    .copy(from, to, size, Some(&etag), Some(&headers))
+                    .await?;
+                if self.config.metadata {
+                    self.inodes
+                        .lock()
+                        .set_posix(ino, Posix::read(&headers.user, Kind::File));
                 }
-                copied?
+                Ok::<_, FsError>((Some(etag), copied))
             }
+            .await;
+            if let (Err(_), Some(change)) = (&copied, pending) {
+                self.restore_pending_posix(ino, change);
+            }
+            copied?
         };
         // Descriptors open on the file read on from the copy.
         if let Some(source) = source {

@@ -84,7 +84,7 @@ impl Fs {
     /// version whose metadata said "link").
     pub(super) async fn read_link(&self, ino: u64) -> FsResult<Bytes> {
         let node = self.node(ino)?;
-        let is_link = self.config.metadata && node.stat.posix.is_some_and(|p| p.symlink);
+        let is_link = self.config.metadata && node.stat.posix.as_ref().is_some_and(|p| p.symlink);
         if !is_link {
             return Err(FsError::Invalid("not a symbolic link"));
         }

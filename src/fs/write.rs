@@ -93,7 +93,7 @@ impl Fs {
         let file = self.new_staged(&node.key, base, config)?;
         // Rewritten, a file keeps its mode and owner; its time is the new one.
         if let Some(posix) = node.stat.posix.filter(|_| self.config.metadata) {
-            file.set_posix(Posix {
+            file.set_posix(&Posix {
                 mtime: None,
                 ..posix
             });
@@ -158,7 +158,7 @@ impl Fs {
         } else {
             Posix::default()
         };
-        file.set_posix(posix);
+        file.set_posix(&posix);
         let now = SystemTime::now();
         let ino = {
             let mut table = self.inodes.lock();
@@ -324,8 +324,8 @@ impl Fs {
             let key = file.key();
             let posix = file.posix();
             let headers = match self.config.encryption {
-                Some(_) => self.headers_with(ino, &key, posix).await?.0,
-                None => self.own_headers(&key, posix, Kind::File),
+                Some(_) => self.headers_with(ino, &key, &posix).await?.0,
+                None => self.own_headers(&key, &posix, Kind::File),
             };
             uploaded.etag = self
                 .copy(
@@ -338,7 +338,7 @@ impl Fs {
                 .await?;
             uploaded.posix = posix;
         }
-        self.settle_pending_posix(ino, uploaded.posix);
+        self.settle_pending_posix(ino, &uploaded.posix);
         let done = (uploaded.size, uploaded.etag.clone());
         let stat = Stat {
             size: uploaded.size,
@@ -559,13 +559,14 @@ impl Fs {
         let now = SystemTime::now();
         let posix = Posix {
             mtime: Some(now),
+            ctime: Some(now),
             ..posix
         };
         let headers = match self.config.metadata {
-            true => posix,
+            true => posix.clone(),
             false => Posix::default(),
         };
-        let headers = self.own_headers(&key, headers, Kind::Directory);
+        let headers = self.own_headers(&key, &headers, Kind::Directory);
         let etag = self.store.put_object(&key, Bytes::new(), &headers).await?;
         let stat = Stat {
             etag,

@@ -23,10 +23,10 @@ use fuser::{
 };
 use tracing::{Instrument, debug_span};
 
-use self::reply::{errno, file_attr, file_type, log_panic, on_this_thread, refuse};
+use self::reply::{errno, file_attr, file_type, log_panic, on_this_thread, refuse, reply_xattr};
 use self::request::{caller, created, open_flags, process_of};
 use crate::fs::posix::{PERM_BITS, Posix};
-use crate::fs::{Fs, Mutation};
+use crate::fs::{Fs, Mutation, xattr_name};
 
 pub struct FuseAdapter {
     pub(super) fs: Arc<Fs>,
@@ -86,6 +86,10 @@ impl Filesystem for FuseAdapter {
         // that follows it: the handle is then known to have emptied the file
         // (which matters when its writer is killed before it writes).
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Set-ID bits and file capabilities are never shown (see Fs::attr), so
+        // there is nothing for a write to strip: saying so (SB_NOSEC) spares
+        // every write(2) a getxattr of `security.capability` first.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
@@ -143,7 +147,7 @@ impl Filesystem for FuseAdapter {
                 TimeOrNow::SpecificTime(t) => t,
                 TimeOrNow::Now => SystemTime::now(),
             }),
-            symlink: false,
+            ..Posix::default()
         };
         let span = debug_span!("setattr", ino = ino.0, ?size, ?change);
         // Who truncates a file is its last writer (see Fs::close_by_killed_process).
@@ -585,26 +589,64 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(refuse(&self.fs, Mutation::SetXattr));
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        let value = value.to_vec();
+        let span = debug_span!("setxattr", ino = ino.0, ?name, size = value.len(), flags);
+        self.spawn_for(req, span, async move {
+            match fs.setxattr(ino.0, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("setxattr", &e)),
+            }
+        });
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(on_this_thread(|| errno("getxattr", &self.fs.xattr())).unwrap_or(Errno::EIO));
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Other namespaces are answered here: the kernel asks for
+        // `security.capability` before writes and `ls` for ACLs.
+        if let Err(e) = xattr_name(name) {
+            return reply.error(errno("getxattr", &e));
+        }
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        let span = debug_span!("getxattr", ino = ino.0, ?name, size);
+        self.spawn_for(req, span, async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(e) => reply.error(errno("getxattr", &e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let fs = self.fs.clone();
+        let span = debug_span!("listxattr", ino = ino.0, size);
+        self.spawn_for(req, span, async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => reply_xattr(reply, size, &names),
+                Err(e) => reply.error(errno("listxattr", &e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        let span = debug_span!("removexattr", ino = ino.0, ?name);
+        self.spawn_for(req, span, async move {
+            match fs.removexattr(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("removexattr", &e)),
+            }
+        });
     }
 
     fn ioctl(
@@ -634,10 +676,6 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(errno("ioctl", &e)),
             }
         });
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(on_this_thread(|| errno("listxattr", &self.fs.xattr())).unwrap_or(Errno::EIO));
     }
 
     fn create(

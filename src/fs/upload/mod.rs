@@ -261,6 +261,22 @@ impl StagedFile {
         state.posix.mtime.unwrap_or(state.mtime)
     }
 
+    /// The time of the last change of the file or of anything it keeps.
+    pub fn ctime(&self) -> SystemTime {
+        let state = self.state.lock();
+        state
+            .posix
+            .ctime
+            .map_or(state.mtime, |set| set.max(state.mtime))
+    }
+
+    /// [`StagedFile::ctime`] once the file differs from the object it was
+    /// opened on: the change time its upload will carry.
+    pub fn changed_ctime(&self) -> Option<SystemTime> {
+        let unchanged = self.state.lock().base.is_some();
+        (!unchanged).then(|| self.ctime())
+    }
+
     /// [`StagedFile::mtime`] once the file differs from the object it was
     /// opened on (or a time was set on it); `None` while it is that object,
     /// whose own time it shows.
@@ -286,14 +302,14 @@ impl StagedFile {
     }
 
     /// Sets what `posix` sets of the mode, owner and time the object keeps.
-    pub fn set_posix(&self, posix: Posix) {
+    pub fn set_posix(&self, posix: &Posix) {
         let mut state = self.state.lock();
         state.posix = state.posix.updated(posix);
     }
 
     /// The mode, owner and time the object will keep.
     pub fn posix(&self) -> Posix {
-        self.state.lock().posix
+        self.state.lock().posix.clone()
     }
 
     pub fn key(&self) -> String {
@@ -580,8 +596,13 @@ impl StagedFile {
         }
         let key = self.key();
         let posix = self.posix();
+        // Its times are S3's, the completion's (not those of what it replaces).
+        let sent = Posix {
+            ctime: None,
+            ..posix.clone()
+        };
         let (headers, content_key) = self
-            .new_object_headers(&key, posix.headers(Kind::File))
+            .new_object_headers(&key, sent.headers(Kind::File))
             .await?;
         let id = self.store.create_multipart_upload(&key, &headers).await?;
         self.state.lock().started_with = Some(posix);

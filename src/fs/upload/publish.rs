@@ -63,6 +63,7 @@ impl StagedFile {
             let _room = self.shares.memory.upload(size).await;
             let posix = Posix {
                 mtime: self.keep_metadata.then(|| self.mtime()),
+                ctime: self.keep_metadata.then(|| self.ctime()),
                 ..self.posix()
             };
             let (headers, content_key) = self
@@ -79,7 +80,13 @@ impl StagedFile {
             let mut state = self.state.lock();
             let started_with = state.started_with.take().unwrap_or_default();
             headers_behind = started_with != state.posix;
-            (etag, started_with)
+            (
+                etag,
+                Posix {
+                    ctime: None,
+                    ..started_with
+                },
+            )
         };
         let mut state = self.state.lock();
         // Clean unless written again while uploading.
