@@ -59,6 +59,9 @@ ensure_test_tools() {
     done
     # The deploy guide's systemd units are checked with systemd-analyze.
     command -v systemd-analyze >/dev/null || missing+=(systemd)
+    # setfattr and getfattr for extended attributes; file for content types.
+    command -v setfattr >/dev/null || missing+=(attr)
+    command -v file >/dev/null || missing+=(file)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 
