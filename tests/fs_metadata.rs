@@ -1154,3 +1154,103 @@ async fn the_change_time_moves_with_every_change_and_is_kept() {
     let shown = fresh.fs.getattr(g).await.unwrap().attr;
     assert_eq!(shown.ctime, attr.ctime);
 }
+
+/// A change still waiting when the file is opened for writing goes with the
+/// upload that the writes make, which the waiting copy then leaves to it.
+#[tokio::test]
+async fn a_change_waiting_when_the_file_is_opened_for_writing_goes_into_its_upload() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put_with("root/f", "data", user(&[("mode", "33188")]));
+    let vol = volume(&store, true);
+    let fs = &vol.fs;
+    let ino = lookup_path(fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    fs.setxattr(ino, OsStr::new("user.a"), b"1", 0)
+        .await
+        .unwrap();
+    let fh = fs.open(ino, WRITE).await.unwrap();
+    fs.write(fh, 4, b"more").await.unwrap();
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    fs.flush(fh, None).await.unwrap();
+    fs.release(fh).await;
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(store.get("root/f").as_deref(), Some(&b"datamore"[..]));
+    let kept = store.headers("root/f").unwrap().user;
+    assert_eq!(kept["mode"], "0100600");
+    assert_eq!(kept_xattrs(&store, "root/f").get("user.a"), Some(&b"1"[..]));
+}
+
+/// A change of attributes is what it set and removed, applied to the set S3
+/// holds when it is sent: another client's attribute set meanwhile stays.
+#[tokio::test]
+async fn an_attribute_another_client_set_meanwhile_is_kept() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let stored = Xattrs::default().with("user.a", b"1");
+    store.put_with("root/f", "x", user(&[("xattr", &stored.encode())]));
+    let vol = volume(&store, true);
+    let fs = &vol.fs;
+    let ino = lookup_path(fs, "f").await.unwrap();
+    fs.setxattr(ino, OsStr::new("user.b"), b"2", 0)
+        .await
+        .unwrap();
+    fs.removexattr(ino, OsStr::new("user.a")).await.unwrap();
+    let theirs = stored.with("user.c", b"3");
+    store.put_with("root/f", "x", user(&[("xattr", &theirs.encode())]));
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    let kept = kept_xattrs(&store, "root/f");
+    assert_eq!(kept.names().collect::<Vec<_>>(), ["user.b", "user.c"]);
+}
+
+/// The room S3 leaves is counted with what the object keeps as it is (a value
+/// that is not read as a mode, an owner or a time) at its own width; and a
+/// rename never fails for the change time it would add to a full object.
+#[tokio::test]
+async fn the_room_counts_what_is_kept_as_it_is_and_a_rename_fits_a_full_object() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let junk = "x".repeat(1000);
+    store.put_with("root/f", "x", user(&[("uid", &junk)]));
+    let vol = volume(&store, true);
+    let fs = &vol.fs;
+    let ino = lookup_path(fs, "f").await.unwrap();
+    assert_eq!(
+        errno(fs.setxattr(ino, OsStr::new("user.a"), &[1; 700], 0).await),
+        libc::ENOSPC
+    );
+    let note = "n".repeat(2000);
+    let full = user(&[("note", &note)]);
+    store.put_with("root/full", "x", full.clone());
+    lookup_path(fs, "full").await.unwrap();
+    rename_in_root(fs, "full", "moved").await;
+    assert_eq!(store.headers("root/moved"), Some(full));
+}
+
+/// A write takes away what would run the file with other privileges, as on
+/// any Linux filesystem: set-ID bits and the file capability; the rest of
+/// what the object kept stays, an attribute set that cannot be read included.
+#[tokio::test]
+async fn a_rewrite_drops_set_id_bits_and_the_capability_and_keeps_the_rest() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let xattrs = Xattrs::default()
+        .with("security.capability", &[1, 0, 0, 2])
+        .with("user.a", b"1");
+    store.put_with(
+        "root/tool",
+        "#!/bin/sh\n",
+        user(&[("mode", "0104755"), ("xattr", &xattrs.encode())]),
+    );
+    store.put_with("root/odd", "x", user(&[("xattr", "garbage")]));
+    let vol = volume(&store, true);
+    let fs = &vol.fs;
+    for name in ["tool", "odd"] {
+        let ino = lookup_path(fs, name).await.unwrap();
+        let fh = fs.open(ino, WRITE).await.unwrap();
+        fs.write(fh, 0, b"#").await.unwrap();
+        fs.flush(fh, None).await.unwrap();
+        fs.release(fh).await;
+    }
+    let kept = store.headers("root/tool").unwrap().user;
+    assert_eq!(kept["mode"], "0100755");
+    let kept = kept_xattrs(&store, "root/tool");
+    assert_eq!(kept, Xattrs::default().with("user.a", b"1"));
+    assert_eq!(store.headers("root/odd").unwrap().user["xattr"], "garbage");
+}

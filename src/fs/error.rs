@@ -65,8 +65,8 @@ pub enum FsError {
     /// beside what else the object keeps; `alone`: nor would this one by
     /// itself.
     #[error(
-        "{key}: the extended attributes would take {needed} bytes of S3's 2048 bytes of \
-         user metadata"
+        "{key}: its user metadata would take {needed} bytes, more than S3's 2048 with the \
+         extended attributes asked for"
     )]
     XattrsFull {
         key: String,

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::inode::{Kind, ROOT_INO};
-use super::posix::Posix;
+use super::posix::{self, Posix};
 use super::xattrs::{self, BadName, METADATA_LIMIT, Xattrs};
 use super::{Fs, FsError, FsResult};
 use crate::store::{ObjectHeaders, StoreError};
@@ -48,8 +48,7 @@ impl Fs {
         // A file open with its name gone keeps its change to itself, as an
         // unlinked file does: the object under the name is another's.
         if node.unlinked {
-            let mut table = self.inodes.lock();
-            table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(&change));
+            self.show_change(ino, &change);
             return Ok(());
         }
         // A file being written carries it in its next upload; it also waits
@@ -60,9 +59,18 @@ impl Fs {
             file.set_posix(&change);
         }
         self.merge_pending_posix(ino, |waiting| waiting.updated(&change));
-        let mut table = self.inodes.lock();
-        table.set_posix(ino, node.stat.posix.unwrap_or_default().updated(&change));
+        self.show_change(ino, &change);
         Ok(())
+    }
+
+    /// `change` on what `ino` shows, if its metadata is known: if it is not
+    /// (a listing came meanwhile), the lookup that brings it shows the change
+    /// over it, and a partial one would show defaults for the rest.
+    fn show_change(&self, ino: u64, change: &Posix) {
+        let mut table = self.inodes.lock();
+        if let Some(known) = table.get(ino).and_then(|node| node.stat.posix.clone()) {
+            table.set_posix(ino, known.updated(change));
+        }
     }
 
     /// An upload of `ino` carried `sent`: what waited and is in it waits no
@@ -154,7 +162,25 @@ impl Fs {
                 (headers, posix, info.etag, info.size)
             }
         };
-        posix.updated(change).write(&mut headers.user, kind);
+        let updated = posix.updated(change);
+        updated.write(&mut headers.user, kind);
+        // Attributes changed here meet the set as it is now: one that cannot
+        // be read is left as it is, and one that no longer fits is not sent.
+        if change.xattrs.as_ref().is_some_and(|x| x.is_edited()) {
+            if updated.xattrs.as_ref().is_some_and(|x| x.is_unreadable()) {
+                return Err(FsError::XattrsUnreadable {
+                    key: key.to_string(),
+                });
+            }
+            let needed = xattrs::metadata_bytes(&headers.user);
+            if needed > METADATA_LIMIT {
+                return Err(FsError::XattrsFull {
+                    key: key.to_string(),
+                    needed,
+                    alone: false,
+                });
+            }
+        }
         Ok((headers, etag, size))
     }
 
@@ -381,19 +407,27 @@ impl Fs {
                 Err(e) => return Err(e.into()),
             }
         }
-        let widest = UNIX_EPOCH + Duration::new(9_999_999_999, 999_999_999);
         let needed = |others: &BTreeMap<String, String>, xattrs: &Xattrs| {
             let mut user = others.clone();
             Posix {
                 perm: Some(0o7777),
                 uid: Some(u32::MAX),
                 gid: Some(u32::MAX),
-                mtime: Some(widest),
-                ctime: Some(widest),
                 xattrs: Some(Arc::new(xattrs.clone())),
-                symlink: false,
+                ..Posix::default()
             }
             .write(&mut user, node.kind);
+            // The widest time utimensat can set.
+            for time in [posix::MTIME, posix::CTIME] {
+                user.insert(time.into(), format!("{}.999999999", i64::MAX));
+            }
+            // A value kept as it is (one that is not read as a mode, an owner
+            // or a time) may be wider still.
+            for (key, value) in others {
+                if user.get(key).is_some_and(|ours| ours.len() < value.len()) {
+                    user.insert(key.clone(), value.clone());
+                }
+            }
             xattrs::metadata_bytes(&user)
         };
         let needed_now = needed(&others, xattrs);

@@ -120,7 +120,8 @@ impl Posix {
         headers
     }
 
-    /// These values, with those `newer` sets taking their place.
+    /// These values, with those `newer` sets taking their place (and the
+    /// extended attributes it set or removed set or removed).
     pub fn updated(&self, newer: &Posix) -> Posix {
         Posix {
             perm: newer.perm.or(self.perm),
@@ -128,7 +129,10 @@ impl Posix {
             gid: newer.gid.or(self.gid),
             mtime: newer.mtime.or(self.mtime),
             ctime: newer.ctime.or(self.ctime),
-            xattrs: newer.xattrs.clone().or_else(|| self.xattrs.clone()),
+            xattrs: match (&self.xattrs, &newer.xattrs) {
+                (Some(these), Some(newer)) => Some(Arc::new(these.merged(newer))),
+                (these, newer) => newer.clone().or_else(|| these.clone()),
+            },
             symlink: self.symlink || newer.symlink,
         }
     }

@@ -13,6 +13,7 @@ use super::content_type;
 use super::inode::Kind;
 use super::posix::Posix;
 use super::write::{MAX_KEY_LEN, child_key};
+use super::xattrs::{self, METADATA_LIMIT};
 use super::{Fs, FsError, FsResult};
 use crate::store::{ListRequest, ObjectHeaders, Operation, Pagination, StoreError, UploadedPart};
 
@@ -177,10 +178,12 @@ impl Fs {
                 if retype {
                     headers.content_type = Some(content_type::of_file(to).to_string());
                 }
-                let copied = self
-                    .copy(from, to, size, Some(&etag), Some(&headers))
-                    .await?;
-                if self.config.metadata {
+                // The change time alone never makes an object's metadata too
+                // large for S3: without it, the copy keeps the object's own.
+                let full = xattrs::metadata_bytes(&headers.user) > METADATA_LIMIT;
+                let replace = (pending.is_some() || retype || !full).then_some(&headers);
+                let copied = self.copy(from, to, size, Some(&etag), replace).await?;
+                if self.config.metadata && replace.is_some() {
                     self.inodes
                         .lock()
                         .set_posix(ino, Posix::read(&headers.user, Kind::File));

@@ -17,7 +17,7 @@ use super::inode::{Kind, Node, Stat};
 use super::posix::Posix;
 use super::upload::{Base, StagedFile, WriteConfig};
 use super::writer::Writer;
-use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, Staging};
+use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, SETID_BITS, Staging};
 use crate::audit::{Event, Op};
 use crate::names::{NameProblem, check_name};
 
@@ -91,10 +91,19 @@ impl Fs {
             size: node.stat.size,
         });
         let file = self.new_staged(&node.key, base, config)?;
-        // Rewritten, a file keeps its mode and owner; its time is the new one.
-        if let Some(posix) = node.stat.posix.filter(|_| self.config.metadata) {
+        // Rewritten, a file keeps its mode, owner and a change of them still
+        // waiting (which its upload then carries); its time is the new one.
+        // As on any Linux filesystem, a write takes away what would run the
+        // file with other privileges: its set-ID bits and file capability.
+        let shown = self.shown_posix(ino, node.stat.posix.as_ref());
+        if let Some(posix) = shown.filter(|_| self.config.metadata) {
             file.set_posix(&Posix {
                 mtime: None,
+                perm: posix.perm.map(|perm| perm & !SETID_BITS),
+                xattrs: posix
+                    .xattrs
+                    .as_ref()
+                    .map(|xattrs| Arc::new(xattrs.without_privileges())),
                 ..posix
             });
         }
@@ -322,7 +331,10 @@ impl Fs {
             // Changed after the multipart upload set them: copied in place
             // (with the encryption envelope, which a HEAD gives).
             let key = file.key();
-            let posix = file.posix();
+            let posix = Posix {
+                ctime: self.config.metadata.then(|| file.ctime()),
+                ..file.posix()
+            };
             let headers = match self.config.encryption {
                 Some(_) => self.headers_with(ino, &key, &posix).await?.0,
                 None => self.own_headers(&key, &posix, Kind::File),

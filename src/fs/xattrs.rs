@@ -31,38 +31,75 @@ const KEPT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// The file capability, which a write takes away.
+const CAPABILITY: &str = "security.capability";
+
 /// The attributes one object keeps, every namespace's (another tool may have
 /// stored `security.` or `trusted.` ones: they are kept, never shown).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Xattrs {
     values: BTreeMap<String, Vec<u8>>,
+    /// The names set (`Some`) or removed (`None`) here since the values were
+    /// read: what a change does to whatever set it is applied to.
+    edits: BTreeMap<String, Option<Vec<u8>>>,
     /// Entries of the stored value that could not be read: a set rewritten
     /// from this one would lose them, so none is.
     unreadable: usize,
+    /// The stored value, kept as it was when not all of it could be read.
+    stored: Option<String>,
+}
+
+/// Two sets are equal when they hold the same: how each came to is no part
+/// of it.
+impl PartialEq for Xattrs {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.values, self.unreadable, &self.stored)
+            == (&other.values, other.unreadable, &other.stored)
+    }
+}
+
+impl Eq for Xattrs {}
+
+/// Names and sizes only: values may be anything an application keeps.
+impl std::fmt::Debug for Xattrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<String> = self
+            .values
+            .iter()
+            .map(|(name, value)| format!("{name} ({} bytes)", value.len()))
+            .collect();
+        let edited: Vec<&String> = self.edits.keys().collect();
+        f.debug_struct("Xattrs")
+            .field("values", &sizes)
+            .field("edited", &edited)
+            .field("unreadable", &self.unreadable)
+            .finish()
+    }
 }
 
 impl Xattrs {
     /// The attributes an `x-amz-meta-xattr` value holds.
     pub fn decode(stored: &str) -> Xattrs {
         let mut xattrs = Xattrs::default();
-        let Ok(json) = percent_decode_str(stored.trim()).decode_utf8() else {
-            xattrs.unreadable = 1;
-            return xattrs;
-        };
-        let inner = match (json.find('{'), json.rfind('}')) {
-            (Some(start), Some(end)) if start < end => &json[start + 1..end],
-            _ => {
-                xattrs.unreadable = usize::from(!json.trim().is_empty());
-                return xattrs;
-            }
-        };
-        for pair in inner.split(',').filter(|p| !p.trim().is_empty()) {
-            match decode_pair(pair) {
-                Some((name, value)) => {
-                    xattrs.values.insert(name, value);
+        match percent_decode_str(stored.trim()).decode_utf8() {
+            Err(_) => xattrs.unreadable = 1,
+            Ok(json) => match (json.find('{'), json.rfind('}')) {
+                (Some(start), Some(end)) if start < end => {
+                    let pairs = json[start + 1..end].split(',');
+                    for pair in pairs.filter(|p| !p.trim().is_empty()) {
+                        match decode_pair(pair) {
+                            Some((name, value)) => {
+                                xattrs.values.insert(name, value);
+                            }
+                            None => xattrs.unreadable += 1,
+                        }
+                    }
                 }
-                None => xattrs.unreadable += 1,
-            }
+                _ => xattrs.unreadable = usize::from(!json.trim().is_empty()),
+            },
+        }
+        if xattrs.is_unreadable() {
+            xattrs.stored = Some(stored.to_string());
         }
         xattrs
     }
@@ -83,6 +120,11 @@ impl Xattrs {
         self.unreadable > 0
     }
 
+    /// Whether names were set or removed here since the values were read.
+    pub fn is_edited(&self) -> bool {
+        !self.edits.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
@@ -95,32 +137,62 @@ impl Xattrs {
             .map(Vec::as_slice)
     }
 
-    /// The names shown: the `user.` ones.
+    /// The names shown: the `user.` ones that can be asked for (another tool
+    /// may have stored names no application could ask for by name).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.values
             .keys()
             .map(String::as_str)
-            .filter(|name| name.starts_with(USER_NAMESPACE))
+            .filter(|name| check_name(name).is_ok())
     }
 
     /// These attributes with `name` set to `value`.
     pub fn with(&self, name: &str, value: &[u8]) -> Xattrs {
-        let mut changed = self.clone();
-        changed.values.insert(name.to_string(), value.to_vec());
-        changed
+        self.edited(name, Some(value.to_vec()))
     }
 
     /// These attributes without `name`.
     pub fn without(&self, name: &str) -> Xattrs {
+        self.edited(name, None)
+    }
+
+    fn edited(&self, name: &str, value: Option<Vec<u8>>) -> Xattrs {
         let mut changed = self.clone();
-        changed.values.remove(name);
+        match &value {
+            Some(value) => changed.values.insert(name.to_string(), value.clone()),
+            None => changed.values.remove(name),
+        };
+        changed.edits.insert(name.to_string(), value);
         changed
+    }
+
+    /// These attributes as a write leaves them: without the file capability
+    /// (as Linux takes it away when a file is written).
+    pub fn without_privileges(&self) -> Xattrs {
+        match self.values.contains_key(CAPABILITY) {
+            true => self.without(CAPABILITY),
+            false => self.clone(),
+        }
+    }
+
+    /// `newer` made on these: its edits applied to these values, or, when it
+    /// has none (a set read whole), `newer` itself.
+    pub fn merged(&self, newer: &Xattrs) -> Xattrs {
+        if !newer.is_edited() {
+            return newer.clone();
+        }
+        let mut merged = self.clone();
+        for (name, value) in &newer.edits {
+            merged = merged.edited(name, value.clone());
+        }
+        merged
     }
 
     /// Writes these attributes into `user`: the entry, or none when there are
     /// none. A set with unreadable entries leaves what is stored as it is.
     pub fn write(&self, user: &mut BTreeMap<String, String>) {
-        if self.is_unreadable() {
+        if let Some(stored) = self.stored.as_ref().filter(|_| self.is_unreadable()) {
+            user.insert(XATTR.to_string(), stored.clone());
             return;
         }
         match self.is_empty() {
@@ -228,13 +300,17 @@ mod tests {
         assert_eq!(xattrs.names().collect::<Vec<_>>(), ["user.a"]);
         assert_eq!(xattrs.get("security.capability"), None);
         assert_eq!(xattrs.get("trusted.x"), None);
-        // Rewritten, they stay.
+        // Rewritten, they stay; a write takes the capability away.
         assert_eq!(
             Xattrs::decode(&xattrs.with("user.b", b"b").encode())
                 .values
                 .len(),
             4
         );
+        let written = xattrs.without_privileges();
+        assert_eq!(written.get("user.a"), Some(&b"a"[..]));
+        assert!(!written.encode().contains("security.capability"));
+        assert!(written.values.contains_key("trusted.x"));
     }
 
     #[test]
@@ -246,12 +322,34 @@ mod tests {
             xattrs.with("user.b", b"b").write(&mut user);
             assert_eq!(user[XATTR], stored);
         }
+        // Into a fresh set of headers (an upload), as it was.
+        let mut fresh = BTreeMap::new();
+        Xattrs::decode("garbage").write(&mut fresh);
+        assert_eq!(fresh[XATTR], "garbage");
         // One bad pair among good ones: the good ones show.
         let mixed = Xattrs::decode("{\"user.a\":\"YQ==\",\"user.b\"}");
         assert_eq!(mixed.get("user.a"), Some(&b"a"[..]));
         assert!(mixed.is_unreadable());
         assert!(!Xattrs::decode("").is_unreadable());
         assert!(!Xattrs::decode("%7B%7D").is_unreadable());
+    }
+
+    #[test]
+    fn a_change_applies_its_own_edits_to_whatever_set_it_meets() {
+        let read = Xattrs::decode(&Xattrs::default().with("user.a", b"1").encode());
+        let change = read.with("user.b", b"2").without("user.a");
+        // Another client set user.c meanwhile: the change keeps it.
+        let now = Xattrs::decode(&read.with("user.c", b"3").encode());
+        let merged = now.merged(&change);
+        assert_eq!(merged.names().collect::<Vec<_>>(), ["user.b", "user.c"]);
+        // A set read whole replaces.
+        assert_eq!(change.merged(&now), now);
+        // Values never reach a log.
+        assert!(!format!("{change:?}").contains('2'));
+        assert!(format!("{change:?}").contains("user.b (1 bytes)"));
+        // Names no application could ask for are not listed.
+        let odd = Xattrs::decode(&Xattrs::default().with("user.a\nb", b"x").encode());
+        assert_eq!(odd.names().count(), 0);
     }
 
     #[test]

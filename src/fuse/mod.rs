@@ -86,9 +86,10 @@ impl Filesystem for FuseAdapter {
         // that follows it: the handle is then known to have emptied the file
         // (which matters when its writer is killed before it writes).
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
-        // Set-ID bits and file capabilities are never shown (see Fs::attr), so
-        // there is nothing for a write to strip: saying so (SB_NOSEC) spares
-        // every write(2) a getxattr of `security.capability` first.
+        // The daemon takes away what a write must (set-ID bits and the file
+        // capability, which it never shows anyway: see Fs::attr) when the
+        // file is rewritten; saying so (SB_NOSEC) spares every write(2) a
+        // getxattr of `security.capability` first.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
