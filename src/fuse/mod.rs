@@ -8,6 +8,7 @@
 mod reply;
 mod request;
 pub mod session;
+mod xattr;
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -23,10 +24,10 @@ use fuser::{
 };
 use tracing::{Instrument, debug_span};
 
-use self::reply::{errno, file_attr, file_type, log_panic, on_this_thread, refuse, reply_xattr};
+use self::reply::{errno, file_attr, file_type, log_panic, on_this_thread, refuse};
 use self::request::{caller, created, open_flags, process_of};
 use crate::fs::posix::{PERM_BITS, Posix};
-use crate::fs::{Fs, Mutation, xattr_name};
+use crate::fs::{Fs, Mutation};
 
 pub struct FuseAdapter {
     pub(super) fs: Arc<Fs>,
@@ -598,56 +599,19 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let fs = self.fs.clone();
-        let name = name.to_os_string();
-        let value = value.to_vec();
-        let span = debug_span!("setxattr", ino = ino.0, ?name, size = value.len(), flags);
-        self.spawn_for(req, span, async move {
-            match fs.setxattr(ino.0, &name, &value, flags).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("setxattr", &e)),
-            }
-        });
+        xattr::set(self, req, ino, name, value, flags, reply);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // Other namespaces are answered here: the kernel asks for
-        // `security.capability` before writes and `ls` for ACLs.
-        if let Err(e) = xattr_name(name) {
-            return reply.error(errno("getxattr", &e));
-        }
-        let fs = self.fs.clone();
-        let name = name.to_os_string();
-        let span = debug_span!("getxattr", ino = ino.0, ?name, size);
-        self.spawn_for(req, span, async move {
-            match fs.getxattr(ino.0, &name).await {
-                Ok(value) => reply_xattr(reply, size, &value),
-                Err(e) => reply.error(errno("getxattr", &e)),
-            }
-        });
+        xattr::get(self, req, ino, name, size, reply);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let fs = self.fs.clone();
-        let span = debug_span!("listxattr", ino = ino.0, size);
-        self.spawn_for(req, span, async move {
-            match fs.listxattr(ino.0).await {
-                Ok(names) => reply_xattr(reply, size, &names),
-                Err(e) => reply.error(errno("listxattr", &e)),
-            }
-        });
+        xattr::list(self, req, ino, size, reply);
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let fs = self.fs.clone();
-        let name = name.to_os_string();
-        let span = debug_span!("removexattr", ino = ino.0, ?name);
-        self.spawn_for(req, span, async move {
-            match fs.removexattr(ino.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("removexattr", &e)),
-            }
-        });
+        xattr::remove(self, req, ino, name, reply);
     }
 
     fn ioctl(

@@ -1,7 +1,7 @@
 //! What goes back to the kernel: a file's attributes, the errno of a failure
 //! (logged once), and the answer to a request that panicked.
 
-use fuser::{Errno, FileAttr, FileType, INodeNo, ReplyXattr};
+use fuser::{Errno, FileAttr, FileType, INodeNo};
 use tracing::{debug, error, warn};
 
 use crate::fs::{Attr, Fs, FsError, Kind, Mutation};
@@ -71,15 +71,4 @@ pub(super) fn file_type(kind: Kind) -> FileType {
 /// The errno for a change the filesystem refuses.
 pub(super) fn refuse(fs: &Fs, op: Mutation) -> Errno {
     on_this_thread(|| errno("mutate", &fs.mutate(op))).unwrap_or(Errno::EIO)
-}
-
-/// An extended attribute's value or the list of names, as getxattr(2) and
-/// listxattr(2) ask: its size alone for a `size` of 0, ERANGE when it does not
-/// fit `size`.
-pub(super) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
-    match size {
-        0 => reply.size(data.len() as u32),
-        size if data.len() > size as usize => reply.error(Errno::ERANGE),
-        _ => reply.data(data),
-    }
 }
