@@ -8,7 +8,8 @@
 //! layers around it (retries, counting, credential renewal).
 //!
 //! The control plane, on top: the binary's `main` dispatches to [`commands`] (one
-//! module per command) with plain values that [`cli`] parses; `s3vol mount` hands a
+//! module per command) with plain values that [`cli`] parses (with the value
+//! parsers of [`values`], which [`csi`] shares); `s3vol mount` hands a
 //! [`config::MountConfig`] to the [`daemon`], which assembles a volume and serves it
 //! until it stops. [`auth`] (credentials, renewal) is a leaf. [`csi`] is the
 //! Kubernetes node plugin, which runs one such daemon per published volume.
@@ -32,5 +33,7 @@ pub mod mountinfo;
 pub mod names;
 pub mod preflight;
 pub mod procfs;
+pub mod startup;
 pub mod stats;
 pub mod store;
+pub mod values;

@@ -5,15 +5,14 @@
 use crate::cse::kms::KmsError;
 use crate::cse::volume::VolumeEncryption;
 use crate::names::Source;
+use crate::startup::{Kind, StartError};
 use crate::store::{
     ListRequest, ObjectHeaders, ObjectStore, ServiceInfo, StoreError, Versioning, VersionsRequest,
     bucket_arn,
 };
 
 /// Why a volume cannot be mounted, as the user should read it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PreflightError(pub String);
+pub type PreflightError = StartError;
 
 /// The mount's start-up check: the probes of `s3vol check` for the mode (a one-key
 /// listing under the prefix and HeadObject of the first object, exactly where the
@@ -47,22 +46,28 @@ pub async fn check_mount(
                 } else {
                     String::new()
                 };
-                return Err(PreflightError(format!(
-                    "AccessDenied: {} on {} ({info}). The credentials in use are not \
+                return Err(StartError::new(
+                    Kind::Denied,
+                    format!(
+                        "AccessDenied: {} on {} ({info}). The credentials in use are not \
                      allowed to do this: {fix} in the IAM policy, or check which credentials \
                      are in use (--profile, --role-arn, AWS_* variables){tls}",
-                    probe.action, probe.resource
-                )));
+                        probe.action, probe.resource
+                    ),
+                ));
             }
             Outcome::Skipped(_)
                 if probe.action == "s3:GetObject" && !source.prefix.is_root() && !read_write =>
             {
-                return Err(PreflightError(format!(
-                    "prefix '{}' does not exist in bucket '{}': no key starts with it. \
+                return Err(StartError::new(
+                    Kind::NotFound,
+                    format!(
+                        "prefix '{}' does not exist in bucket '{}': no key starts with it. \
                      Check the spelling (keys are case-sensitive); a read-only volume of an \
                      empty prefix would show nothing",
-                    source.prefix, source.bucket
-                )));
+                        source.prefix, source.bucket
+                    ),
+                ));
             }
             _ => {}
         }
@@ -79,16 +84,19 @@ pub async fn check_versions(
 ) -> Result<(), PreflightError> {
     let bucket = &source.bucket;
     let denied = |action: &str, resource: String, info: &ServiceInfo| {
-        PreflightError(format!(
-            "AccessDenied: {action} on {resource} ({info}). A view of the past (--version-at) \
+        StartError::new(
+            Kind::Denied,
+            format!(
+                "AccessDenied: {action} on {resource} ({info}). A view of the past (--version-at) \
              needs s3:GetBucketVersioning, s3:ListBucketVersions and s3:GetObjectVersion \
              besides what a read-only volume needs: `s3vol policy {source} --version-at 1d` \
              prints them"
-        ))
+            ),
+        )
     };
     match store.bucket_versioning().await {
         Ok(Versioning::Never) => {
-            return Err(PreflightError(format!(
+            return Err(StartError::other(format!(
                 "bucket '{bucket}' does not keep versions (versioning was never turned on), \
                  so it cannot be shown as it was: --version-at needs versioning, which keeps \
                  what is overwritten and deleted from then on (aws s3api \
@@ -121,28 +129,47 @@ pub async fn check_versions(
 fn explain(err: StoreError, source: &Source, endpoint: &str) -> PreflightError {
     let bucket = &source.bucket;
     let prefix = source.prefix.as_str();
-    let text = match &err {
-        StoreError::NoSuchBucket { info, .. } => format!(
-            "bucket '{bucket}' does not exist at {endpoint} ({info}). Check the bucket name, \
+    let (kind, text) = match &err {
+        StoreError::NoSuchBucket { info, .. } => (
+            Kind::NotFound,
+            format!(
+                "bucket '{bucket}' does not exist at {endpoint} ({info}). Check the bucket name, \
              --region and --endpoint-url (some servers also answer this when the \
              credentials in use have no access to the bucket)"
+            ),
         ),
-        StoreError::Unreachable { detail, .. } => format!(
-            "cannot reach S3 at {endpoint}: {detail}. Check --endpoint-url, that the \
+        StoreError::Unreachable { detail, .. } => (
+            Kind::Unreachable,
+            format!(
+                "cannot reach S3 at {endpoint}: {detail}. Check --endpoint-url, that the \
              server is running, and the network between here and it"
+            ),
         ),
-        StoreError::Credentials { detail } => format!(
-            "no usable AWS credentials: {detail}. Set AWS_ACCESS_KEY_ID and \
+        StoreError::Credentials { detail } => (
+            Kind::Denied,
+            format!(
+                "no usable AWS credentials: {detail}. Set AWS_ACCESS_KEY_ID and \
              AWS_SECRET_ACCESS_KEY, pick a profile with --profile, or run where instance or \
              container credentials are available"
+            ),
         ),
-        StoreError::ExpiredToken { info, .. } => format!(
-            "S3 at {endpoint} refuses freshly issued credentials as expired ({info}). Check \
+        StoreError::ExpiredToken { info, .. } => (
+            Kind::Denied,
+            format!(
+                "S3 at {endpoint} refuses freshly issued credentials as expired ({info}). Check \
              this machine's clock (timedatectl) and that the role session was not revoked"
+            ),
         ),
-        other => format!("cannot read s3://{bucket}/{prefix} at {endpoint}: {other}"),
+        StoreError::AccessDenied { .. } => (
+            Kind::Denied,
+            format!("cannot read s3://{bucket}/{prefix} at {endpoint}: {err}"),
+        ),
+        other => (
+            Kind::Other,
+            format!("cannot read s3://{bucket}/{prefix} at {endpoint}: {other}"),
+        ),
     };
-    PreflightError(text)
+    StartError::new(kind, text)
 }
 
 /// One probed permission and what S3 answered.
@@ -316,7 +343,7 @@ async fn probe_kms(
                 info: e.to_string(),
             },
             Err(e) => {
-                return Err(PreflightError(format!(
+                return Err(StartError::other(format!(
                     "{e}. Check --cse-kms-key-id and that KMS can be reached \
                      (AWS_ENDPOINT_URL_KMS for a KMS of your own)"
                 )));
@@ -471,6 +498,7 @@ mod tests {
         let err = probe_access(&faulty, &source(), mode, "http://x", None)
             .await
             .unwrap_err();
-        assert!(err.0.contains("cannot reach S3 at http://x"), "{err}");
+        assert!(err.message.contains("cannot reach S3 at http://x"), "{err}");
+        assert_eq!(err.kind, Kind::Unreachable);
     }
 }

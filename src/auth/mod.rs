@@ -21,6 +21,7 @@ use aws_credential_types::provider::error::CredentialsError;
 pub use self::keys::{BaseCredentials, StaticKeys};
 pub use self::secret::{Secret, read_secret_file};
 use crate::logging::error_chain;
+use crate::startup::{Kind, StartError};
 
 /// The role a volume is reached through.
 #[derive(Clone, Debug)]
@@ -73,16 +74,16 @@ pub async fn volume_credentials(
     role: Option<&RoleOptions>,
     renew_before: Duration,
     base: &aws_config::SdkConfig,
-) -> Result<renew::RenewingCredentials, String> {
+) -> Result<renew::RenewingCredentials, StartError> {
     let config = renew::RenewConfig {
         renew_before,
         ..renew::RenewConfig::default()
     };
     let clock = Arc::new(renew::SystemClock);
     let Some(role) = role else {
-        let chain = base
-            .credentials_provider()
-            .ok_or("no AWS credential provider is configured")?;
+        let chain = base.credentials_provider().ok_or_else(|| {
+            StartError::new(Kind::Denied, "no AWS credential provider is configured")
+        })?;
         let (credentials, _task) = renew::RenewingCredentials::start(
             Arc::new(ProviderSource(chain)),
             config,
@@ -91,10 +92,13 @@ pub async fn volume_credentials(
         )
         .await
         .map_err(|cause| {
-            format!(
-                "no usable AWS credentials: {cause}. Set AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY, pick a profile with --profile, or run where instance \
-                 or container credentials are available"
+            StartError::new(
+                Kind::Denied,
+                format!(
+                    "no usable AWS credentials: {cause}. Set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, pick a profile with --profile, or run where \
+                     instance or container credentials are available"
+                ),
             )
         })?;
         return Ok(credentials);
@@ -130,19 +134,20 @@ pub async fn volume_credentials(
 
 /// Why the role could not be assumed, as the user should read it: only a
 /// refusal from STS is about the external ID or the trust policy.
-fn explain_role_failure(role: &RoleOptions, e: &renew::FetchError) -> String {
+fn explain_role_failure(role: &RoleOptions, e: &renew::FetchError) -> StartError {
     let arn = &role.role_arn;
-    match e.cause {
+    let (kind, message) = match e.cause {
         renew::FetchCause::Unreachable => {
             let sts = role
                 .sts_endpoint_url
                 .as_deref()
                 .unwrap_or("the AWS STS endpoint");
-            format!(
+            let message = format!(
                 "cannot reach STS at {sts} to assume role {arn}: {e}. Check \
                  --sts-endpoint-url (or AWS_ENDPOINT_URL_STS), that the endpoint is up, and \
                  the network between here and it"
-            )
+            );
+            (Kind::Unreachable, message)
         }
         renew::FetchCause::Denied => {
             let hint = if role.external_id.is_some() {
@@ -153,13 +158,19 @@ fn explain_role_failure(role: &RoleOptions, e: &renew::FetchError) -> String {
                  --external-id-file (or --external-id); check that the trust policy names \
                  the principal s3vol runs as"
             };
-            format!("STS refused to let these credentials assume role {arn}: {e}. {hint}")
+            let message =
+                format!("STS refused to let these credentials assume role {arn}: {e}. {hint}");
+            (Kind::Denied, message)
         }
-        renew::FetchCause::Other => format!(
-            "cannot assume role {arn}: {e}. Check the role ARN, --region and the base \
-             credentials (--profile, AWS_* variables)"
+        renew::FetchCause::Other => (
+            Kind::Other,
+            format!(
+                "cannot assume role {arn}: {e}. Check the role ARN, --region and the base \
+                 credentials (--profile, AWS_* variables)"
+            ),
         ),
-    }
+    };
+    StartError::new(kind, message)
 }
 
 /// A session name that says who is reading: `s3vol-HOSTNAME`.

@@ -9,7 +9,6 @@
 pub mod cse;
 pub mod helper;
 pub mod options;
-pub(crate) mod parse;
 pub mod scrub;
 
 use std::ffi::OsString;
@@ -19,12 +18,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use self::cse::CseArgs;
-use self::parse::*;
 use crate::auth::{BaseCredentials, RoleOptions, Secret, StaticKeys};
 use crate::config::MountConfig;
 use crate::names::Source;
 use crate::store::Encryption;
 use crate::store::stack::Connection;
+use crate::values::*;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -81,12 +81,12 @@ pub(super) fn parse(
         (None, None) => None,
     };
     if let Some(arn) = &role_arn {
-        crate::cli::parse::parse_role_arn(arn)
+        crate::values::parse_role_arn(arn)
             .map_err(|e| Invalid(format!("{ROLE_ARN} {arn:?}: {e}")))?;
     }
     let external_id = secret("external_id")
         .map(|id| {
-            crate::cli::parse::parse_external_id(id)
+            crate::values::parse_external_id(id)
                 .map_err(|e| Invalid(format!("the Secret's external_id: {e}")))
         })
         .transpose()?;

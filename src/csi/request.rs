@@ -283,7 +283,7 @@ pub fn parse(
              BUCKET/PREFIX"
         ));
     };
-    crate::cli::parse::parse_source(source)
+    crate::values::parse_source(source)
         .map_err(|e| Invalid(format!("volume_context {BUCKET} {source:?}: {e}")))?;
 
     // Options: volume_context first, then the PV's mountOptions.

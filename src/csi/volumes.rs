@@ -27,6 +27,7 @@ use super::budget::{Budget, NodeBudget, Share};
 use super::request::{Credentials, Publish, Role};
 use crate::auth::Secret;
 use crate::local_dir::LocalDir;
+use crate::startup::{Kind, StartError};
 use crate::stats::bytes;
 
 /// How the driver runs its volumes.
@@ -183,8 +184,8 @@ impl Volumes {
         };
         Share::of(
             self.budget.limits(),
-            size("cache-size", crate::cli::parse::parse_cache_size),
-            size("staging-size", crate::cli::parse::parse_staging_size),
+            size("cache-size", crate::values::parse_cache_size),
+            size("staging-size", crate::values::parse_staging_size),
             publish.option("no-cache").is_some(),
             publish.read_write,
         )
@@ -333,14 +334,14 @@ impl Volumes {
                   "published");
             return Ok(daemon);
         }
-        // The daemon's words, which may quote what an endpoint answered.
-        let message = without_controls(String::from_utf8_lossy(&answer).trim());
-        Err(failure_status(if message.is_empty() {
-            "the volume's daemon exited before the volume was mounted; see the driver's log"
-                .to_string()
-        } else {
-            message
-        }))
+        if answer.is_empty() {
+            return Err(Status::internal(
+                "the volume's daemon exited before the volume was mounted; see the driver's log",
+            ));
+        }
+        Err(failure_status(StartError::from_report(
+            &String::from_utf8_lossy(&answer),
+        )))
     }
 }
 
@@ -354,26 +355,18 @@ fn without_controls(line: &str) -> String {
         .collect()
 }
 
-/// The gRPC answer to a mount's failure: a refusal of the credentials is
-/// PermissionDenied, a missing bucket NotFound, an unreachable endpoint
-/// Unavailable; the message is the one `s3vol mount` prints.
-fn failure_status(message: String) -> Status {
-    const DENIED: &[&str] = &[
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidClientTokenId",
-        "STS refused",
-    ];
-    if DENIED.iter().any(|code| message.contains(code)) {
-        Status::permission_denied(message)
-    } else if message.contains("NoSuchBucket") || message.contains("does not exist") {
-        Status::not_found(message)
-    } else if message.contains("cannot reach") {
-        Status::unavailable(message)
-    } else {
-        Status::internal(message)
+/// The gRPC answer to a mount's failure, by its kind: a refusal of the
+/// credentials is PermissionDenied, a missing bucket or prefix NotFound, an
+/// unreachable endpoint Unavailable; the message is the one `s3vol mount`
+/// prints (the daemon's words, which may quote what an endpoint answered,
+/// without their control characters).
+fn failure_status(failure: StartError) -> Status {
+    let message = without_controls(failure.message.trim());
+    match failure.kind {
+        Kind::Denied => Status::permission_denied(message),
+        Kind::NotFound => Status::not_found(message),
+        Kind::Unreachable => Status::unavailable(message),
+        Kind::Other => Status::internal(message),
     }
 }
 
@@ -637,27 +630,39 @@ impl Tokens {
 mod tests {
     use super::*;
 
+    /// By the kind the daemon reports, whatever its words say: a key or a
+    /// bucket named like an S3 error code changes nothing.
     #[test]
     fn a_refusal_of_the_credentials_is_permission_denied() {
         let cases = [
             (
-                "AccessDenied: s3:ListBucket on vol",
+                Kind::Denied,
+                "STS refused to let these credentials assume role r",
                 tonic::Code::PermissionDenied,
             ),
             (
-                "STS refused to let these credentials assume role arn:aws:iam::1:role/r",
-                tonic::Code::PermissionDenied,
-            ),
-            (
-                "NoSuchBucket: the bucket vol does not exist",
+                Kind::NotFound,
+                "bucket 'accessdenied' does not exist",
                 tonic::Code::NotFound,
             ),
-            ("cannot reach S3 at http://x", tonic::Code::Unavailable),
-            ("cannot mount at /t: busy", tonic::Code::Internal),
+            (
+                Kind::Unreachable,
+                "cannot reach S3 at http://x",
+                tonic::Code::Unavailable,
+            ),
+            (
+                Kind::Other,
+                "cannot mount at /AccessDenied: busy",
+                tonic::Code::Internal,
+            ),
         ];
-        for (message, code) in cases {
-            assert_eq!(failure_status(message.into()).code(), code, "{message}");
+        for (kind, message, code) in cases {
+            let report = StartError::new(kind, message).report();
+            let status = failure_status(StartError::from_report(&report));
+            assert_eq!((status.code(), status.message()), (code, message));
         }
+        let status = failure_status(StartError::other("a \u{1b}[2J line"));
+        assert_eq!(status.message(), "a \\u{1b}[2J line");
     }
 
     #[test]

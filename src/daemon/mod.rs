@@ -27,11 +27,14 @@ use tracing::{error, info, warn};
 use crate::config::MountConfig;
 use crate::fuse::session;
 use crate::logging::{self, LogTarget};
+use crate::startup::StartError;
 
 /// What the child tells the parent when the mount is serving.
 const READY: &[u8] = b"ready\n";
 
-/// A failure to report to the user; the command exits 1 with this message.
+/// A failure of a command to report to the user; the command exits 1 with this
+/// message. (A volume that cannot start says why with a
+/// [`StartError`], whose kind the CSI driver reads.)
 #[derive(Debug)]
 pub struct Failure(pub String);
 
@@ -59,7 +62,7 @@ pub fn run_in_foreground(config: &MountConfig, mountpoint: &Path) -> ExitCode {
     });
     match serve_and_report(config, mountpoint, ready) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(message)) => {
+        Err(StartError { message, .. }) => {
             if config.log_file.is_some() {
                 error!("{message}");
             }
@@ -70,16 +73,16 @@ pub fn run_in_foreground(config: &MountConfig, mountpoint: &Path) -> ExitCode {
 }
 
 /// Serves the volume, telling the waiting side of `ready` (if any) that it is
-/// mounted, or why it could not be.
+/// mounted, or why it could not be (a [`StartError::report`]).
 fn serve_and_report(
     config: &MountConfig,
     mountpoint: &Path,
     ready: Option<OwnedFd>,
-) -> Result<(), Failure> {
+) -> Result<(), StartError> {
     let mut pipe = ready;
     let result = serve(config, mountpoint, &mut pipe);
-    if let (Err(Failure(message)), Some(fd)) = (&result, pipe.take()) {
-        let _ = File::from(fd).write_all(message.as_bytes());
+    if let (Err(failure), Some(fd)) = (&result, pipe.take()) {
+        let _ = File::from(fd).write_all(failure.report().as_bytes());
     }
     result
 }
@@ -119,7 +122,8 @@ pub fn daemonize(config: &MountConfig, mountpoint: &Path) -> ExitCode {
                 );
                 ExitCode::FAILURE
             } else {
-                eprintln!("s3vol: {}", String::from_utf8_lossy(&answer).trim_end());
+                let failure = StartError::from_report(&String::from_utf8_lossy(&answer));
+                eprintln!("s3vol: {}", failure.message);
                 ExitCode::FAILURE
             }
         }
@@ -135,7 +139,7 @@ pub fn daemonize(config: &MountConfig, mountpoint: &Path) -> ExitCode {
             process::detach_stdio();
             match serve_and_report(config, mountpoint, Some(write_end)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(Failure(message)) => {
+                Err(StartError { message, .. }) => {
                     error!("{message}");
                     ExitCode::FAILURE
                 }
@@ -150,7 +154,7 @@ fn serve(
     config: &MountConfig,
     mountpoint: &Path,
     ready: &mut Option<OwnedFd>,
-) -> Result<(), Failure> {
+) -> Result<(), StartError> {
     process::tune_allocator();
     process::raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -175,7 +179,7 @@ fn serve(
             }
             _ => "",
         };
-        Failure(format!(
+        StartError::other(format!(
             "cannot mount at {}: {e}{hint}",
             mountpoint.display()
         ))
@@ -236,10 +240,10 @@ fn serve(
     };
     finish.run();
     runtime.shutdown_background();
-    result.map_err(|e| Failure(format!("FUSE session ended with an error: {e}")))?;
+    result.map_err(|e| StartError::other(format!("FUSE session ended with an error: {e}")))?;
     // Exit non-zero when writes were lost, so systemd and scripts see it.
     match finish.failure() {
-        Some(why) => Err(Failure(why)),
+        Some(why) => Err(StartError::other(why)),
         None => Ok(()),
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::Failure;
 use crate::cache::{BlockCache, CacheConfig};
 use crate::config::MountConfig;
 use crate::cse::volume::VolumeEncryption;
@@ -16,6 +15,7 @@ use crate::fuse::session::{Access, MountPlan};
 use crate::local_dir::LocalDir;
 use crate::memory::MemoryBudget;
 use crate::preflight;
+use crate::startup::StartError;
 use crate::stats::{MountStats, bytes};
 use crate::store::ObjectStore;
 use crate::store::versioned::VersionedView;
@@ -36,12 +36,9 @@ impl Volume {
     pub(super) async fn assemble(
         config: &MountConfig,
         runtime: &tokio::runtime::Handle,
-    ) -> Result<Self, Failure> {
+    ) -> Result<Self, StartError> {
         let connection = &config.connection;
-        let stack = connection
-            .volume_stack(&config.source.bucket)
-            .await
-            .map_err(Failure)?;
+        let stack = connection.volume_stack(&config.source.bucket).await?;
         let encryption = config
             .cse
             .as_ref()
@@ -71,7 +68,7 @@ impl Volume {
 
         // Opened again here, after the fork, with the same checks as before it.
         let local = match &config.cache_dir {
-            Some(path) => Some(LocalDir::open_or_create(path).map_err(Failure)?),
+            Some(path) => Some(LocalDir::open_or_create(path).map_err(StartError::other)?),
             None => None,
         };
         let shares = match &local {
@@ -95,18 +92,17 @@ impl Volume {
                 part_size: config.part_size,
                 max_in_flight: usize::from(config.max_concurrency),
                 staging_limit: shares.staging,
-                ..WriteConfig::new(local.subdir("staging").map_err(Failure)?)
+                ..WriteConfig::new(local.subdir("staging").map_err(StartError::other)?)
             }),
             _ => None,
         };
         // Opened again here, after the fork, with the same checks as before it.
-        let audit =
-            match &config.audit_log {
-                Some(path) => Some(crate::audit::AuditLog::open(path).map_err(|e| {
-                    Failure(format!("cannot open audit log {}: {e}", path.display()))
-                })?),
-                None => None,
-            };
+        let audit = match &config.audit_log {
+            Some(path) => Some(crate::audit::AuditLog::open(path).map_err(|e| {
+                StartError::other(format!("cannot open audit log {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
         let stats = Arc::new(MountStats {
             source: match config.version_at {
                 Some(at) => format!(
@@ -179,7 +175,7 @@ struct LocalShares {
 }
 
 impl LocalShares {
-    fn of(local: &LocalDir, config: &MountConfig) -> Result<Self, Failure> {
+    fn of(local: &LocalDir, config: &MountConfig) -> Result<Self, StartError> {
         let given = (config.cache_size, config.staging_size);
         let free = match given {
             // Both given: the free space does not matter.
@@ -187,7 +183,7 @@ impl LocalShares {
             _ => nix::sys::statvfs::fstatvfs(local)
                 .map(|s| s.blocks_available() * s.fragment_size())
                 .map_err(|e| {
-                    Failure(format!(
+                    StartError::other(format!(
                         "cannot see the free space in {}: {e}",
                         local.path().display()
                     ))
@@ -229,8 +225,8 @@ fn open_cache(
     local: &LocalDir,
     disk_bytes: u64,
     memory: &MemoryBudget,
-) -> Result<BlockCache, Failure> {
-    let dir = local.subdir("blocks").map_err(Failure)?;
+) -> Result<BlockCache, StartError> {
+    let dir = local.subdir("blocks").map_err(StartError::other)?;
     let shown = dir.path().display().to_string();
     info!(dir = shown, size = %bytes(disk_bytes), "block cache");
     BlockCache::open(CacheConfig {
@@ -240,7 +236,7 @@ fn open_cache(
         write_backlog: memory.write_backlog(),
     })
     .map_err(|e| {
-        Failure(format!(
+        StartError::other(format!(
             "cannot use {shown} for the block cache: {e}; choose another --cache-dir, or \
              turn the cache off with --no-cache"
         ))

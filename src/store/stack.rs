@@ -20,6 +20,7 @@ use super::retry::{RetryPolicy, RetryingStore};
 use super::s3::{S3Options, S3Store};
 use super::{Encryption, ObjectStore};
 use crate::auth::{self, RoleOptions};
+use crate::startup::StartError;
 
 /// Where S3 is, and the credentials to reach it with.
 #[derive(Clone, Debug)]
@@ -89,7 +90,7 @@ impl Connection {
     /// credentials, renewed ahead of expiry by a task that lives as long as the
     /// runtime, and retrying a request once with new ones when S3 calls them
     /// expired. The error says what to check.
-    async fn connect(&self, bucket: &str) -> Result<Connected, String> {
+    async fn connect(&self, bucket: &str) -> Result<Connected, StartError> {
         let base = auth::load_base_config(self.region.as_deref(), &self.base).await;
         let credentials =
             auth::volume_credentials(self.role.as_ref(), self.renew_before, &base).await?;
@@ -125,12 +126,12 @@ impl Connection {
         &self,
         bucket: &str,
     ) -> Result<(Arc<dyn ObjectStore>, aws_config::SdkConfig), String> {
-        let connected = self.connect(bucket).await?;
+        let connected = self.connect(bucket).await.map_err(|e| e.message)?;
         Ok((self.retrying(connected.store), connected.sdk))
     }
 
     /// The stores of a volume on `bucket`.
-    pub async fn volume_stack(&self, bucket: &str) -> Result<VolumeStack, String> {
+    pub async fn volume_stack(&self, bucket: &str) -> Result<VolumeStack, StartError> {
         let Connected {
             store,
             renewals,

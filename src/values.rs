@@ -1,5 +1,6 @@
-//! Parsers of option values: sizes, durations, modes, URLs and AWS names, each
-//! refusing bad input with a sentence that shows a good one.
+//! Parsers of option values (sizes, durations, modes, URLs and AWS names), for
+//! the command line and the CSI driver alike: each refuses bad input with a
+//! sentence that shows a good one.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use crate::auth::Secret;
 use crate::names::Source;
 
 /// A byte count with an optional binary unit: 8388608, 8MiB, 8M, 1GiB.
-pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -27,7 +28,7 @@ pub(super) fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size such as 8MiB or 1GiB"))
 }
 
-pub(super) fn parse_part_size(text: &str) -> Result<u64, String> {
+pub fn parse_part_size(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if (5 << 20..=5 << 30).contains(&size) {
         Ok(size)
@@ -36,7 +37,7 @@ pub(super) fn parse_part_size(text: &str) -> Result<u64, String> {
     }
 }
 
-pub(crate) fn parse_cache_size(text: &str) -> Result<u64, String> {
+pub fn parse_cache_size(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if size >= crate::cache::BLOCK_SIZE {
         Ok(size)
@@ -48,7 +49,7 @@ pub(crate) fn parse_cache_size(text: &str) -> Result<u64, String> {
     }
 }
 
-pub(crate) fn parse_staging_size(text: &str) -> Result<u64, String> {
+pub fn parse_staging_size(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if size >= 1 << 20 {
         Ok(size)
@@ -59,7 +60,7 @@ pub(crate) fn parse_staging_size(text: &str) -> Result<u64, String> {
     }
 }
 
-pub(super) fn parse_max_memory(text: &str) -> Result<u64, String> {
+pub fn parse_max_memory(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if size >= crate::memory::MIN_MAX_MEMORY {
         Ok(size)
@@ -71,7 +72,7 @@ pub(super) fn parse_max_memory(text: &str) -> Result<u64, String> {
     }
 }
 
-pub(crate) fn parse_source(text: &str) -> Result<Source, String> {
+pub fn parse_source(text: &str) -> Result<Source, String> {
     text.parse()
         .map_err(|e: crate::names::SourceError| e.to_string())
 }
@@ -79,7 +80,7 @@ pub(crate) fn parse_source(text: &str) -> Result<Source, String> {
 /// A region name, which becomes part of AWS's host names: letters, digits, `-`
 /// and `_` (S3-compatible servers name theirs freely, but never with a dot or
 /// a slash that would change the host).
-pub(crate) fn parse_region(text: &str) -> Result<String, String> {
+pub fn parse_region(text: &str) -> Result<String, String> {
     let ok = (1..=64).contains(&text.len())
         && text
             .chars()
@@ -93,7 +94,7 @@ pub(crate) fn parse_region(text: &str) -> Result<String, String> {
     }
 }
 
-pub(crate) fn parse_role_arn(text: &str) -> Result<String, String> {
+pub fn parse_role_arn(text: &str) -> Result<String, String> {
     let parts: Vec<&str> = text.splitn(6, ':').collect();
     // IAM's rules: a partition such as aws or aws-cn, a 12-digit account, and a
     // role name (with its path) of letters, digits and +=,.@_-/.
@@ -122,13 +123,13 @@ pub(crate) fn parse_role_arn(text: &str) -> Result<String, String> {
     }
 }
 
-pub(crate) fn parse_external_id(text: &str) -> Result<Secret, String> {
+pub fn parse_external_id(text: &str) -> Result<Secret, String> {
     crate::names::check_external_id(text)
         .map(|()| Secret::new(text))
         .map_err(|e| e.to_string())
 }
 
-pub(super) fn parse_session_name(text: &str) -> Result<String, String> {
+pub fn parse_session_name(text: &str) -> Result<String, String> {
     let ok = (2..=64).contains(&text.len())
         && text
             .chars()
@@ -140,7 +141,7 @@ pub(super) fn parse_session_name(text: &str) -> Result<String, String> {
     }
 }
 
-pub(super) fn parse_role_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_role_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_ttl(text)?;
     if (900..=43200).contains(&duration.as_secs()) {
         Ok(duration)
@@ -153,7 +154,7 @@ pub(super) fn parse_role_duration(text: &str) -> Result<Duration, String> {
 
 /// A moment in the past: a time (RFC 3339, `2026-11-30T12:00:00Z`; without a
 /// zone, UTC) or how long before now (`2d`, `90m`).
-pub(super) fn parse_version_at(text: &str) -> Result<std::time::SystemTime, String> {
+pub fn parse_version_at(text: &str) -> Result<std::time::SystemTime, String> {
     let now = std::time::SystemTime::now();
     let at = match humantime::parse_rfc3339_weak(text) {
         Ok(at) => at,
@@ -176,7 +177,7 @@ pub(super) fn parse_version_at(text: &str) -> Result<std::time::SystemTime, Stri
     Ok(at)
 }
 
-pub(super) fn parse_url_validity(text: &str) -> Result<Duration, String> {
+pub fn parse_url_validity(text: &str) -> Result<Duration, String> {
     let duration = parse_ttl(text)?;
     if (1..=crate::store::MAX_URL_VALIDITY.as_secs()).contains(&duration.as_secs()) {
         Ok(duration)
@@ -187,7 +188,7 @@ pub(super) fn parse_url_validity(text: &str) -> Result<Duration, String> {
     }
 }
 
-pub(super) fn parse_io_timeout(text: &str) -> Result<Duration, String> {
+pub fn parse_io_timeout(text: &str) -> Result<Duration, String> {
     let duration = parse_ttl(text)?;
     // Below a second, one slow answer would already fail the operation.
     if (1..=3600).contains(&duration.as_secs()) {
@@ -197,14 +198,14 @@ pub(super) fn parse_io_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-pub(super) fn parse_url(text: &str) -> Result<String, String> {
+pub fn parse_url(text: &str) -> Result<String, String> {
     crate::names::endpoint_url(text).map_err(|e| e.to_string())
 }
 
 /// Whether requests to `url` would cross a network in clear: plain http to a
 /// host other than this one's loopback (127.0.0.0/8, ::1, localhost). A name
 /// other than localhost counts as remote: it may resolve anywhere.
-pub(super) fn in_clear_beyond_this_host(url: &str) -> bool {
+pub fn in_clear_beyond_this_host(url: &str) -> bool {
     let url = url.trim();
     let plain = url
         .get(..7)
@@ -235,7 +236,7 @@ pub(super) fn in_clear_beyond_this_host(url: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
-pub(super) fn parse_mode(text: &str) -> Result<u16, String> {
+pub fn parse_mode(text: &str) -> Result<u16, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
     match u16::from_str_radix(digits, 8) {
         Ok(mode) if mode <= 0o7777 => Ok(mode),
@@ -247,9 +248,9 @@ pub(super) fn parse_mode(text: &str) -> Result<u16, String> {
 
 /// The longest TTL the kernel accepts without overflow in its own arithmetic; used
 /// for "indefinite".
-pub(super) const INDEFINITE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub const INDEFINITE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-pub(super) fn parse_ttl(text: &str) -> Result<Duration, String> {
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     if text == "indefinite" {
         return Ok(INDEFINITE);
     }
@@ -261,7 +262,7 @@ pub(super) fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 /// `unix:///PATH` (or a bare absolute path): the CSI plugin's socket.
-pub(super) fn parse_csi_endpoint(text: &str) -> Result<std::path::PathBuf, String> {
+pub fn parse_csi_endpoint(text: &str) -> Result<std::path::PathBuf, String> {
     let path = text.strip_prefix("unix://").unwrap_or(text);
     if !path.starts_with('/') || path.contains("://") {
         return Err(format!(
