@@ -547,7 +547,8 @@ pub struct MountArgs {
     pub foreground: bool,
     /// For a supervisor that runs the volume in the foreground (`s3vol csi`):
     /// an inherited pipe on which the volume writes `ready` once it is mounted,
-    /// or why it could not be.
+    /// or why it could not be (the kind of failure on a line, then the reason:
+    /// `startup::StartError::report`).
     #[arg(long, value_name = "FD", hide = true, requires = "foreground")]
     pub ready_fd: Option<i32>,
     /// Least severe messages to log.

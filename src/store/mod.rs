@@ -5,7 +5,7 @@
 //! filesystem on `memory::MemoryStore`, optionally wrapped in
 //! `faulty::FaultyStore` to fail or delay chosen calls; both exist only in test
 //! builds (`cfg(test)` and the `testing` feature), never in the release binary. The conformance suite in
-//! `tests/store_conformance.rs` runs the same checks against the memory store and the
+//! `tests/e2e/store_conformance.rs` runs the same checks against the memory store and the
 //! S3 store pointed at a local server, so the fake cannot drift from S3.
 
 pub mod counted;

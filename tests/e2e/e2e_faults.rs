@@ -3,7 +3,7 @@
 //! cuts answers mid-body and answers 500 or 503 SlowDown for a share of requests,
 //! or takes the whole server away for a while.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::path::Path;

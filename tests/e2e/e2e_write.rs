@@ -1,7 +1,7 @@
 //! End to end: the real s3vol binary mounted read-write against Garage and moto.
 //! Each test body is written once and run on both servers.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

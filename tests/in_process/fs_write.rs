@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod common;
+use crate::common;
 
 use common::fs::{READ, TRUNCATE, WRITE, lookup_path, read_all};
 use common::pattern;

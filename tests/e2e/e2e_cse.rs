@@ -3,7 +3,7 @@
 //! client reads, and the other way round, in both formats; with Garage as S3
 //! and moto as KMS.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

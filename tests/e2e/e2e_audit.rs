@@ -1,7 +1,7 @@
 //! End to end: `--audit-log` on a read-write volume over Garage, driven by the
 //! tools people use, and on a disk that fills up.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! End to end: the block cache and `s3vol stats` on the real binary against Garage.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! stays under 256 MiB). And a local user with many handles open on a large
 //! directory must not take the daemon's memory either.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

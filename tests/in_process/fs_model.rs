@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod common;
+use crate::common;
 
 use common::pattern;
 use proptest::prelude::*;

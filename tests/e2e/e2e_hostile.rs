@@ -4,7 +4,7 @@
 //! are read. The real binary against Garage; docs/SEMANTICS.md says what each
 //! case looks like, and these tests hold it to that.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;

@@ -8,7 +8,7 @@
 //! and powers the container off. Automount units cannot run in a container
 //! (autofs is the host kernel's), so only the mount unit is run.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! objects' metadata, as rsync, cp, tar and make use them, as other users see
 //! them, and as s3fs-fuse and rclone write and read them.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

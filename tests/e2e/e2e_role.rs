@@ -1,7 +1,7 @@
 //! End to end: mounting through an assumed role with an external ID, against moto
 //! with authentication and IAM enforcement on.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

@@ -13,7 +13,7 @@
 //! stays quick; run 200 or more to look for rare races) and `S3VOL_STORM_SEED`
 //! replays a storm: each round prints its seed.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};

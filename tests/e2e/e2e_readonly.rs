@@ -1,7 +1,7 @@
 //! End to end: the real s3vol binary mounted read-only against Garage and moto.
 //! Each test body is written once and run on both servers.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! End to end: `--version-at`, a read-only view of the prefix as it was, on
 //! moto (which keeps versions) and Garage (which keeps none).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

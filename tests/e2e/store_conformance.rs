@@ -1,7 +1,7 @@
 //! One suite of store checks, run on the memory store and on the S3 store against
 //! Garage and moto, so the fake the filesystem tests rely on cannot drift from S3.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 //! `umount -l` keeps serving files that are open; SIGHUP changes nothing; a killed
 //! daemon leaves a mountpoint that `umount` cleans.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::Read;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-mod common;
+use crate::common;
 
 use common::fs::{READ, lookup_path, read_all};
 use common::pattern;

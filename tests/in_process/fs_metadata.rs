@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-mod common;
+use crate::common;
 
 use common::fs::{TRUNCATE, WRITE, lookup_path, rename_in_root};
 use s3vol::fs::posix::Posix;

@@ -2,7 +2,7 @@
 //! kubelet drives it, against moto (roles with external IDs, pod tokens) and
 //! Garage (static keys from the Secret).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Write;

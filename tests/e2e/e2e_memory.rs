@@ -1,7 +1,7 @@
 //! End to end: the memory limit (`--max-memory`) on the real binary against
 //! Garage, with more readers and writers at once than it has room for.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 

@@ -2,7 +2,7 @@
 //! `mount -a -T FSTAB` with the binary under test as /sbin/mount.s3vol, against
 //! Garage.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

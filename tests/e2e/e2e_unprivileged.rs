@@ -4,7 +4,7 @@
 //! with `--allow-other`, against Garage. `nobody` stands in for the user, and
 //! `daemon` for the container's other users.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

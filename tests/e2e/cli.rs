@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 use common::procs::{seen_by_others_while_it_waits, silent_endpoint};
 

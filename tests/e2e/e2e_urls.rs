@@ -2,7 +2,7 @@
 //! and moto, with the URLs fetched by curl, a plain HTTP client with no
 //! credentials. (Role sessions: see e2e_role.rs.)
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
