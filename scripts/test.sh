@@ -8,7 +8,6 @@ source "$(dirname "$0")/lib.sh"
 cd "$S3VOL_ROOT"
 
 ensure_rust
-ensure_fuse
 # A fresh clone builds everything once: incremental state would only add a few GB
 # to the build directory.
 export CARGO_INCREMENTAL=0
@@ -31,6 +30,7 @@ if [ "$status" -ne 0 ]; then
     die "the fast tier failed; the end-to-end tier was not run"
 fi
 
+ensure_fuse
 ensure_test_tools
 ensure_moto
 ensure_kubernetes_validate

@@ -343,10 +343,13 @@ async fn probe_kms(
                 info: e.to_string(),
             },
             Err(e) => {
-                return Err(StartError::other(format!(
-                    "{e}. Check --cse-kms-key-id and that KMS can be reached \
-                     (AWS_ENDPOINT_URL_KMS for a KMS of your own)"
-                )));
+                return Err(StartError::new(
+                    e.start_kind(),
+                    format!(
+                        "{e}. Check --cse-kms-key-id and that KMS can be reached \
+                         (AWS_ENDPOINT_URL_KMS for a KMS of your own)"
+                    ),
+                ));
             }
         };
         Ok(Probe {

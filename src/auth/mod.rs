@@ -92,8 +92,14 @@ pub async fn volume_credentials(
         )
         .await
         .map_err(|cause| {
+            // Instance or container credentials that never answered are an
+            // endpoint to reach; anything else, credentials to give.
+            let kind = match cause.cause {
+                renew::FetchCause::Unreachable => Kind::Unreachable,
+                _ => Kind::Denied,
+            };
             StartError::new(
-                Kind::Denied,
+                kind,
                 format!(
                     "no usable AWS credentials: {cause}. Set AWS_ACCESS_KEY_ID and \
                      AWS_SECRET_ACCESS_KEY, pick a profile with --profile, or run where \
@@ -227,13 +233,18 @@ fn cause_of(e: &CredentialsError) -> renew::FetchCause {
     while let Some(cause) = source {
         if let Some(sdk) = cause.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
             return match sdk {
-                SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                SdkError::TimeoutError(_) => renew::FetchCause::Unreachable,
+                SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
                     renew::FetchCause::Unreachable
                 }
+                // Not sent for another reason: the base credentials the
+                // request is signed with failed (a web identity or a profile
+                // refused). What they met says more.
+                SdkError::DispatchFailure(_) => base_cause(cause),
                 // Some STS-compatible servers send an error body the SDK cannot
                 // read; a 403 says "refused" all the same.
                 SdkError::ServiceError(context)
-                    if context.err().code() == Some("AccessDenied")
+                    if context.err().code().is_some_and(refuses_credentials)
                         || context.raw().status().as_u16() == 403 =>
                 {
                     renew::FetchCause::Denied
@@ -244,4 +255,74 @@ fn cause_of(e: &CredentialsError) -> renew::FetchCause {
         source = cause.source();
     }
     renew::FetchCause::Other
+}
+
+/// The cause the base credentials' own failure under `e` gives, if they failed.
+fn base_cause(e: &(dyn std::error::Error + 'static)) -> renew::FetchCause {
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if let Some(base) = cause.downcast_ref::<CredentialsError>() {
+            return match cause_of(base) {
+                renew::FetchCause::Other => renew::FetchCause::Denied,
+                known => known,
+            };
+        }
+        source = cause.source();
+    }
+    renew::FetchCause::Other
+}
+
+/// STS's codes for credentials it will not take: refused, unknown, expired or
+/// badly signed.
+fn refuses_credentials(code: &str) -> bool {
+    matches!(
+        code,
+        "AccessDenied"
+            | "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "InvalidAccessKeyId"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::client::result::SdkError;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn sts_answer(status: u16, code: &str) -> CredentialsError {
+        let error = AssumeRoleError::generic(ErrorMetadata::builder().code(code).build());
+        let response = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        CredentialsError::provider_error(SdkError::service_error(error, response))
+    }
+
+    /// STS's refusals of the credentials themselves, at whatever status, are
+    /// refusals: a volume that cannot start for them says PermissionDenied.
+    #[test]
+    fn sts_refusing_the_credentials_is_a_refusal_whatever_the_status() {
+        for code in [
+            "AccessDenied",
+            "ExpiredTokenException",
+            "InvalidClientTokenId",
+            "SignatureDoesNotMatch",
+        ] {
+            assert_eq!(
+                cause_of(&sts_answer(400, code)),
+                renew::FetchCause::Denied,
+                "{code}"
+            );
+        }
+        assert_eq!(cause_of(&sts_answer(403, "Odd")), renew::FetchCause::Denied);
+        assert_eq!(
+            cause_of(&sts_answer(400, "MalformedPolicyDocument")),
+            renew::FetchCause::Other
+        );
+        let unreached = CredentialsError::provider_timed_out(Duration::from_secs(5));
+        assert_eq!(cause_of(&unreached), renew::FetchCause::Unreachable);
+    }
 }

@@ -335,6 +335,23 @@ fn derive(data_key: &[u8; 32], message_id: &[u8]) -> (Zeroizing<[u8; 32]>, [u8; 
 mod tests {
     use super::*;
 
+    /// HKDF-SHA512 (RFC 5869) of a data key with a message ID as salt, as an
+    /// independent implementation (Python's hmac and hashlib) computes it.
+    #[test]
+    fn the_v3_keys_are_hkdf_sha512_of_the_data_key() {
+        let data_key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let message_id: Vec<u8> = (100..128).collect();
+        let (key, commitment) = derive(&data_key, &message_id);
+        assert_eq!(
+            hex::encode(&key[..]),
+            "95e0b2ff3f50200a0e3015f67f680fa0e4bce4c2e63c817f1ff465eb4b974f85"
+        );
+        assert_eq!(
+            hex::encode(commitment),
+            "2d59a480d136f5982791c93a93d760ceade5011ccf465dbfc303c597"
+        );
+    }
+
     fn as_map(pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
         pairs.into_iter().collect()
     }

@@ -29,6 +29,8 @@ pub struct KmsError {
     pub key_id: String,
     /// KMS's error code, when it answered with one.
     pub code: Option<String>,
+    /// KMS never answered (not reached, or timed out).
+    pub unanswered: bool,
     pub reason: String,
 }
 
@@ -39,6 +41,29 @@ impl KmsError {
             self.code.as_deref(),
             Some("AccessDeniedException" | "AccessDenied")
         )
+    }
+
+    /// What a start-up refused for this error is: a key that is not there, a
+    /// KMS that never answered, credentials or a key refused.
+    pub fn start_kind(&self) -> crate::startup::Kind {
+        use crate::startup::Kind;
+        if self.unanswered {
+            return Kind::Unreachable;
+        }
+        match self.code.as_deref() {
+            None => Kind::Other,
+            Some("NotFoundException") => Kind::NotFound,
+            Some(
+                "ExpiredToken"
+                | "ExpiredTokenException"
+                | "InvalidClientTokenId"
+                | "UnrecognizedClientException"
+                | "IncompleteSignature"
+                | "InvalidSignatureException",
+            ) => Kind::Denied,
+            Some(_) if self.refuses_key() => Kind::Denied,
+            Some(_) => Kind::Other,
+        }
     }
 
     /// The key cannot be used for this, by these credentials or at all
@@ -69,6 +94,7 @@ impl Kms {
             operation,
             key_id: self.key_id.clone(),
             code: None,
+            unanswered: false,
             reason,
         }
     }
@@ -90,6 +116,7 @@ impl Kms {
         };
         KmsError {
             code,
+            unanswered: matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)),
             ..self.error(operation, reason)
         }
     }
@@ -170,5 +197,37 @@ where
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_string(),
         _ => crate::logging::error_chain(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::startup::Kind;
+
+    fn answered(code: Option<&str>, unanswered: bool) -> KmsError {
+        KmsError {
+            operation: "GenerateDataKey",
+            key_id: "k".into(),
+            code: code.map(str::to_string),
+            unanswered,
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn a_start_up_failure_on_kms_is_of_the_kind_kms_answered() {
+        let cases = [
+            (None, true, Kind::Unreachable),
+            (Some("NotFoundException"), false, Kind::NotFound),
+            (Some("AccessDeniedException"), false, Kind::Denied),
+            (Some("DisabledException"), false, Kind::Denied),
+            (Some("ExpiredTokenException"), false, Kind::Denied),
+            (Some("KMSInternalException"), false, Kind::Other),
+            (None, false, Kind::Other),
+        ];
+        for (code, unanswered, kind) in cases {
+            assert_eq!(answered(code, unanswered).start_kind(), kind, "{code:?}");
+        }
     }
 }

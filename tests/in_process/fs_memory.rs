@@ -108,7 +108,7 @@ async fn listings_cover_every_page() {
     for i in 0..1200 {
         store.put(&format!("big/d{i:05}/x"), "y");
     }
-    // Metadata off: with it, each entry's costs a HEAD (tests/fs_metadata.rs).
+    // Metadata off: with it, each entry's costs a HEAD (fs_metadata.rs).
     let config = FsConfig {
         metadata: false,
         ..FsConfig::default()
@@ -487,7 +487,7 @@ async fn listings_and_absent_names_are_trusted_for_the_ttl() {
         FsConfig {
             metadata_ttl: Duration::from_millis(300),
             // What a listing alone answers (with metadata, each file's costs a
-            // HEAD once: tests/fs_metadata.rs).
+            // HEAD once: fs_metadata.rs).
             metadata: false,
             ..FsConfig::default()
         },
