@@ -207,11 +207,16 @@ impl Fs {
             {
                 return self.make_marker(ino, &node.key, change).await;
             }
-            found => found?,
+            Err(e) => return self.name_moved_or_gone(ino, &node.key, change, e),
+            Ok(found) => found,
         };
-        let copied = self
+        let copied = match self
             .copy(&node.key, &node.key, size, Some(&etag), Some(&headers))
-            .await?;
+            .await
+        {
+            Ok(copied) => copied,
+            Err(e) => return self.name_moved_or_gone(ino, &node.key, change, e),
+        };
         // Reads pinned to the version before read the copy.
         self.uploads
             .copies
@@ -230,6 +235,27 @@ impl Fs {
             table.expire(ino);
         }
         Ok(())
+    }
+
+    /// `error`, met putting `change` on `key`, unless the file lost that name
+    /// meanwhile (a rename or an unlink, which took no change: this one had
+    /// been taken): renamed, the change waits for the next turn, under its new
+    /// name; unlinked, it is moot.
+    fn name_moved_or_gone(
+        &self,
+        ino: u64,
+        key: &str,
+        change: Posix,
+        error: FsError,
+    ) -> FsResult<()> {
+        match self.named_node(ino) {
+            Err(_) => Ok(()),
+            Ok(node) if node.key != key => {
+                self.restore_pending_posix(ino, change);
+                Ok(())
+            }
+            Ok(_) => Err(error),
+        }
     }
 
     /// A directory with no marker object gets one, carrying `change`.

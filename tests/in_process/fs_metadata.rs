@@ -1254,3 +1254,46 @@ async fn a_rewrite_drops_set_id_bits_and_the_capability_and_keeps_the_rest() {
     assert_eq!(kept, Xattrs::default().with("user.a", b"1"));
     assert_eq!(store.headers("root/odd").unwrap().user["xattr"], "garbage");
 }
+
+/// A change being copied in place when the file is renamed or unlinked: its
+/// copy finds the old name gone. Renamed, the change goes to the new name at
+/// the next turn; unlinked, it is moot. Neither is a change lost.
+#[tokio::test]
+async fn a_change_whose_copy_finds_the_name_moved_or_gone_is_not_lost() {
+    use s3vol::store::faulty::{Fault, FaultyStore};
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/moved", "m");
+    store.put("root/gone", "g");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig::new(
+            LocalDir::open_or_create(staging.path()).unwrap(),
+        )),
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
+    for (name, then) in [("moved", "renamed"), ("gone", "unlinked")] {
+        let ino = lookup_path(&fs, name).await.unwrap();
+        fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+        // The copy in place waits; the name changes meanwhile.
+        faulty.fail_all(
+            Operation::CopyObject,
+            Fault::Delay(Duration::from_millis(300)),
+        );
+        let applying = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.apply_metadata(Duration::ZERO).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        faulty.clear();
+        match then {
+            "renamed" => rename_in_root(&fs, name, "new").await,
+            _ => fs.unlink(ROOT_INO, OsStr::new(name)).await.unwrap(),
+        }
+        assert!(applying.await.unwrap().is_empty(), "{then}: a change lost");
+    }
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(store.keys(), ["root/new"]);
+    assert_eq!(store.headers("root/new").unwrap().user["mode"], "0100600");
+}
