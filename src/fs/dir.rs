@@ -11,6 +11,7 @@ use tracing::warn;
 
 use super::inode::{Kind, Stat};
 use super::{Entry, Fs, FsError, FsResult};
+use crate::audit::Op;
 use crate::names::{NameProblem, check_name};
 use crate::store::{ListRequest, Operation, Pagination};
 
@@ -242,5 +243,15 @@ impl Fs {
             );
         }
         Ok(names)
+    }
+}
+
+// The entry points the audit log records (see `super::audit`).
+impl Fs {
+    /// [`Fs::open_dir`], recorded: a listing of the directory.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let result = self.open_dir(ino).await;
+        self.audit_on(Op::List, ino, &result, None);
+        result
     }
 }

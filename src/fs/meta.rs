@@ -17,7 +17,8 @@ use tracing::{debug, warn};
 use super::inode::{Kind, ROOT_INO};
 use super::posix::{self, Posix};
 use super::xattrs::{self, BadName, METADATA_LIMIT, Xattrs};
-use super::{Fs, FsError, FsResult};
+use super::{Entry, Fs, FsError, FsResult};
+use crate::audit::{Detail, Op};
 use crate::store::{ObjectHeaders, StoreError};
 
 /// How long a change of a closed file's mode, owner or time waits for more.
@@ -465,5 +466,71 @@ impl Fs {
             needed: needed_now,
             alone: needed(&BTreeMap::new(), alone) > METADATA_LIMIT,
         })
+    }
+}
+
+// The entry points the audit log records (see `super::audit`).
+impl Fs {
+    /// [`Fs::change_xattr`] setting `name` to `value`, recorded.
+    pub async fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        let result = self.change_xattr(ino, name, Some(value), flags).await;
+        let detail = Detail::Xattr(name.to_string_lossy().into_owned());
+        self.audit_on(Op::Setxattr, ino, &result, Some(detail));
+        result
+    }
+
+    /// [`Fs::change_xattr`] removing `name`, recorded.
+    pub async fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
+        let result = self.change_xattr(ino, name, None, 0).await;
+        let detail = Detail::Xattr(name.to_string_lossy().into_owned());
+        self.audit_on(Op::Removexattr, ino, &result, Some(detail));
+        result
+    }
+
+    /// [`Fs::set_attributes`], recorded when it sets a mode, an owner or a
+    /// time (in that order of precedence, one line; a change of size, and the
+    /// time that comes with it, is recorded by the upload that makes it, as a
+    /// `write`).
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        change: Posix,
+        fh: Option<u64>,
+    ) -> FsResult<Entry> {
+        self.setattr_by(ino, size, change, fh, None).await
+    }
+
+    /// [`Fs::setattr`] asked by process `by` (`None`: not known), who is
+    /// then the author of a change of size.
+    pub async fn setattr_by(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        change: Posix,
+        fh: Option<u64>,
+        by: Option<u32>,
+    ) -> FsResult<Entry> {
+        let what = match &change {
+            Posix {
+                perm: Some(mode), ..
+            } => Some((Op::Chmod, Some(Detail::Mode(*mode)))),
+            Posix { uid, gid, .. } if uid.is_some() || gid.is_some() => Some((
+                Op::Chown,
+                Some(Detail::Owner {
+                    uid: *uid,
+                    gid: *gid,
+                }),
+            )),
+            // The time a truncation sets comes with it: the upload's `write`
+            // records both.
+            Posix { mtime: Some(_), .. } if size.is_none() => Some((Op::Utimens, None)),
+            _ => None,
+        };
+        let result = self.set_attributes(ino, size, change, fh, by).await;
+        if let Some((op, detail)) = what {
+            self.audit_on(op, ino, &result, detail);
+        }
+        result
     }
 }

@@ -7,6 +7,7 @@ use tracing::debug;
 
 use super::inode::Kind;
 use super::{Fs, FsError, FsResult};
+use crate::audit::Op;
 use crate::store::ListRequest;
 
 impl Fs {
@@ -88,5 +89,22 @@ impl Fs {
         self.inodes.lock().remove_child(parent, name);
         debug!(key, "directory removed");
         Ok(())
+    }
+}
+
+// The entry points the audit log records (see `super::audit`).
+impl Fs {
+    /// [`Fs::remove_file`], recorded.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let result = self.remove_file(parent, name).await;
+        self.audit_change(Op::Unlink, parent, name, Kind::File, &result);
+        result
+    }
+
+    /// [`Fs::remove_dir`], recorded.
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let result = self.remove_dir(parent, name).await;
+        self.audit_change(Op::Rmdir, parent, name, Kind::Directory, &result);
+        result
     }
 }

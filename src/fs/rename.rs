@@ -9,12 +9,14 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::{debug, info};
 
+use super::audit::errno_of;
 use super::content_type;
 use super::inode::Kind;
 use super::posix::Posix;
 use super::write::{MAX_KEY_LEN, child_key};
 use super::xattrs::{self, METADATA_LIMIT};
 use super::{Fs, FsError, FsResult};
+use crate::audit::{Event, Op};
 use crate::store::{ListRequest, ObjectHeaders, Operation, Pagination, StoreError, UploadedPart};
 
 /// A directory rename copies every key under it; beyond this many it answers
@@ -357,5 +359,32 @@ impl Fs {
         }
         info!(from, to, objects = keys.len(), "directory renamed");
         Ok(())
+    }
+}
+
+// The entry points the audit log records (see `super::audit`).
+impl Fs {
+    /// [`Fs::move_entry`], recorded (with the keys as a file's, without a
+    /// directory's `/`: a rename names either).
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        // The keys before the rename moves them.
+        let from = self.key_of_name(parent, name, Kind::File);
+        let to = self.key_of_name(new_parent, new_name, Kind::File);
+        let result = self
+            .move_entry(parent, name, new_parent, new_name, flags)
+            .await;
+        self.audit(|| Event {
+            to: Some(to),
+            errno: errno_of(&result),
+            ..Event::new(Op::Rename, from)
+        });
+        result
     }
 }

@@ -16,6 +16,7 @@ use super::inode::{Kind, Stat};
 use super::posix::Posix;
 use super::write::child_key;
 use super::{Entry, Fs, FsError, FsResult, Mutation};
+use crate::audit::Op;
 
 /// The longest target a link may have: PATH_MAX less its terminating NUL.
 const MAX_TARGET: usize = 4095;
@@ -101,5 +102,28 @@ impl Fs {
         let pieces = object.get(0..opening.node.stat.size).await?;
         object.authenticate().await?;
         Ok(pieces.concat().into())
+    }
+}
+
+// The entry points the audit log records (see `super::audit`).
+impl Fs {
+    /// [`Fs::make_symlink`], recorded.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        owner: Posix,
+    ) -> FsResult<Entry> {
+        let result = self.make_symlink(parent, name, target, owner).await;
+        self.audit_change(Op::Symlink, parent, name, Kind::File, &result);
+        result
+    }
+
+    /// [`Fs::read_link`], recorded.
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let result = self.read_link(ino).await;
+        self.audit_on(Op::Readlink, ino, &result, None);
+        result
     }
 }

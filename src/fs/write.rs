@@ -633,3 +633,26 @@ impl Fs {
         Ok((parent_node, name, ino, kind))
     }
 }
+
+// The entry points the audit log records (see `super::audit`).
+impl Fs {
+    /// [`Fs::create_file`], recorded.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        process: Option<u32>,
+        posix: Posix,
+    ) -> FsResult<(Entry, u64)> {
+        let result = self.create_file(parent, name, process, posix).await;
+        self.audit_change(Op::Create, parent, name, Kind::File, &result);
+        result
+    }
+
+    /// [`Fs::make_dir`], recorded.
+    pub async fn mkdir(&self, parent: u64, name: &OsStr, posix: Posix) -> FsResult<Entry> {
+        let result = self.make_dir(parent, name, posix).await;
+        self.audit_change(Op::Mkdir, parent, name, Kind::Directory, &result);
+        result
+    }
+}
