@@ -158,12 +158,16 @@ impl Xattrs {
 
     fn edited(&self, name: &str, value: Option<Vec<u8>>) -> Xattrs {
         let mut changed = self.clone();
-        match &value {
-            Some(value) => changed.values.insert(name.to_string(), value.clone()),
-            None => changed.values.remove(name),
-        };
-        changed.edits.insert(name.to_string(), value);
+        changed.edit(name, value);
         changed
+    }
+
+    fn edit(&mut self, name: &str, value: Option<Vec<u8>>) {
+        match &value {
+            Some(value) => self.values.insert(name.to_string(), value.clone()),
+            None => self.values.remove(name),
+        };
+        self.edits.insert(name.to_string(), value);
     }
 
     /// These attributes as a write leaves them: without the file capability
@@ -183,7 +187,7 @@ impl Xattrs {
         }
         let mut merged = self.clone();
         for (name, value) in &newer.edits {
-            merged = merged.edited(name, value.clone());
+            merged.edit(name, value.clone());
         }
         merged
     }

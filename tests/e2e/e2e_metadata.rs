@@ -203,6 +203,37 @@ async fn a_file_made_private_is_refused_to_other_users_of_an_allow_other_mount()
         "{refused:?}"
     );
     assert_eq!(cat_as_nobody(&shared).stdout, b"open\n");
+    // Its extended attributes likewise: not read through a file that may not
+    // be read, not set on one that may not be written (the shared one is
+    // root's 0644), and nothing of them reaches S3.
+    run(Command::new("setfattr")
+        .args(["-n", "user.tag", "-v", "mine"])
+        .arg(&private));
+    let as_nobody = |args: &[&str], path: &Path| {
+        let program = args[0];
+        common::host::as_user(common::host::NOBODY, program)
+            .args(&args[1..])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    for (args, path) in [
+        (&["getfattr", "-n", "user.tag"][..], &private),
+        (
+            &["setfattr", "-n", "user.tag", "-v", "theirs"][..],
+            &private,
+        ),
+        (&["setfattr", "-n", "user.tag", "-v", "theirs"][..], &shared),
+        (&["setfattr", "-x", "user.tag"][..], &private),
+    ] {
+        let out = as_nobody(args, path);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{args:?} {path:?}: {out:?}"
+        );
+    }
+    assert_eq!(getfattr(&private, "user.tag"), "mine");
     // Kept in S3: a new mount refuses it too.
     stop(mount);
     let fresh = Mount::new(&server, "vol/root", &["--allow-other"]);

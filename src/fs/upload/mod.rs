@@ -263,18 +263,14 @@ impl StagedFile {
 
     /// The time of the last change of the file or of anything it keeps.
     pub fn ctime(&self) -> SystemTime {
-        let state = self.state.lock();
-        state
-            .posix
-            .ctime
-            .map_or(state.mtime, |set| set.max(state.mtime))
+        self.state.lock().ctime()
     }
 
     /// [`StagedFile::ctime`] once the file differs from the object it was
     /// opened on: the change time its upload will carry.
     pub fn changed_ctime(&self) -> Option<SystemTime> {
-        let unchanged = self.state.lock().base.is_some();
-        (!unchanged).then(|| self.ctime())
+        let state = self.state.lock();
+        state.base.is_none().then(|| state.ctime())
     }
 
     /// [`StagedFile::mtime`] once the file differs from the object it was

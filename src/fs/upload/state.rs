@@ -90,6 +90,13 @@ impl State {
         self.posix.mtime = None;
     }
 
+    /// The time of the last change of the content or of anything kept.
+    pub(super) fn ctime(&self) -> SystemTime {
+        self.posix
+            .ctime
+            .map_or(self.mtime, |set| set.max(self.mtime))
+    }
+
     pub(super) fn is_clean(&self, index: usize) -> bool {
         matches!(&self.uploaded[index], Some(sent) if sent.version == self.versions[index])
     }
