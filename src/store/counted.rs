@@ -2,17 +2,13 @@
 //! each way: what `s3vol stats` shows of the traffic to S3.
 
 use std::future::Future;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    Presign, PresignedUrl, StoreError, StoreResult, UploadedPart, Versioning, VersionsPage,
-    VersionsRequest,
+    ObjectStore, Operation, Presign, PresignedUrl, Request, Response, StoreError, StoreResult,
 };
 
 /// Counters of the requests a store has sent.
@@ -89,7 +85,7 @@ impl CountedStore {
     async fn count<T>(
         &self,
         op: Operation,
-        uploaded: usize,
+        uploaded: u64,
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
         let index = RequestStats::index(op);
@@ -100,7 +96,7 @@ impl CountedStore {
                 self.stats.succeeded[index].fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .bytes_uploaded
-                    .fetch_add(uploaded as u64, Ordering::Relaxed);
+                    .fetch_add(uploaded, Ordering::Relaxed);
             }
             // "No such key" is an answer (a lookup of a name that is not there),
             // not a failure.
@@ -119,194 +115,15 @@ impl ObjectStore for CountedStore {
         self.inner.bucket()
     }
 
-    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.count(Operation::HeadObject, 0, self.inner.head_object(key))
-            .await
-    }
-
-    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
-        self.count(Operation::ListObjectsV2, 0, self.inner.list_objects(req))
-            .await
-    }
-
-    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
-        let (info, data) = self
-            .count(Operation::GetObject, 0, self.inner.get_start(key, len))
-            .await?;
-        self.stats
-            .bytes_downloaded
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok((info, data))
-    }
-
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        let data = self
-            .count(
-                Operation::GetObject,
-                0,
-                self.inner.get_range(key, range, if_match),
-            )
-            .await?;
-        self.stats
-            .bytes_downloaded
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(data)
-    }
-
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
-        let len = body.len();
-        self.count(
-            Operation::PutObject,
-            len,
-            self.inner.put_object(key, body, headers),
-        )
-        .await
-    }
-
-    async fn create_multipart_upload(
-        &self,
-        key: &str,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
-        self.count(
-            Operation::CreateMultipartUpload,
-            0,
-            self.inner.create_multipart_upload(key, headers),
-        )
-        .await
-    }
-
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<String> {
-        let len = body.len();
-        self.count(
-            Operation::UploadPart,
-            len,
-            self.inner.upload_part(key, upload_id, number, body),
-        )
-        .await
-    }
-
-    async fn complete_multipart_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> StoreResult<String> {
-        self.count(
-            Operation::CompleteMultipartUpload,
-            0,
-            self.inner.complete_multipart_upload(key, upload_id, parts),
-        )
-        .await
-    }
-
-    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.count(
-            Operation::AbortMultipartUpload,
-            0,
-            self.inner.abort_multipart_upload(key, upload_id),
-        )
-        .await
-    }
-
-    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.count(
-            Operation::ListMultipartUploads,
-            0,
-            self.inner.list_multipart_uploads(prefix),
-        )
-        .await
-    }
-
-    async fn copy_object(
-        &self,
-        from: &str,
-        to: &str,
-        if_match: Option<&str>,
-        size: u64,
-        replace: Option<&ObjectHeaders>,
-    ) -> StoreResult<String> {
-        self.count(
-            Operation::CopyObject,
-            0,
-            self.inner.copy_object(from, to, if_match, size, replace),
-        )
-        .await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        from: &str,
-        to: &str,
-        upload_id: &str,
-        number: i32,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<String> {
-        self.count(
-            Operation::UploadPartCopy,
-            0,
-            self.inner
-                .upload_part_copy(from, to, upload_id, number, range, if_match),
-        )
-        .await
-    }
-
-    async fn delete_object(&self, key: &str) -> StoreResult<()> {
-        self.count(Operation::DeleteObject, 0, self.inner.delete_object(key))
-            .await
-    }
-    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
-        self.count(
-            Operation::GetBucketVersioning,
-            0,
-            self.inner.bucket_versioning(),
-        )
-        .await
-    }
-
-    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
-        self.count(
-            Operation::ListObjectVersions,
-            0,
-            self.inner.list_versions(req),
-        )
-        .await
-    }
-
-    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
-        let head = self.inner.head_version(key, version_id);
-        self.count(Operation::GetObjectVersion, 0, head).await
-    }
-
-    async fn get_version_range(
-        &self,
-        key: &str,
-        version_id: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Bytes> {
-        let get = self.inner.get_version_range(key, version_id, range);
-        let data = self.count(Operation::GetObjectVersion, 0, get).await?;
-        self.stats
-            .bytes_downloaded
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(data)
+    async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
+        let (op, uploaded) = (request.operation(), request.body_len());
+        let answer = self.count(op, uploaded, self.inner.send(request)).await?;
+        if let Response::Object(got) = &answer {
+            self.stats
+                .bytes_downloaded
+                .fetch_add(got.data.len() as u64, Ordering::Relaxed);
+        }
+        Ok(answer)
     }
 
     async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
@@ -319,6 +136,7 @@ mod tests {
     use super::*;
     use crate::store::faulty::{Fault, FaultyStore};
     use crate::store::memory::MemoryStore;
+    use bytes::Bytes;
 
     #[tokio::test]
     async fn counts_requests_failures_and_bytes() {

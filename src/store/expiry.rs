@@ -8,19 +8,14 @@
 //! the error stands (the filesystem answers EACCES) and the log says why.
 
 use std::future::Future;
-use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tracing::warn;
 
 use crate::auth::renew::RenewingCredentials;
 
-use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, PendingUpload, Presign,
-    PresignedUrl, StoreError, StoreResult, UploadedPart, Versioning, VersionsPage, VersionsRequest,
-};
+use super::{ObjectStore, Presign, PresignedUrl, Request, Response, StoreError, StoreResult};
 
 /// What can replace the credentials a store signs with.
 #[async_trait]
@@ -81,129 +76,8 @@ impl ObjectStore for RenewOnExpiry {
         self.inner.bucket()
     }
 
-    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.call(|| self.inner.head_object(key)).await
-    }
-
-    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
-        self.call(|| self.inner.list_objects(req.clone())).await
-    }
-
-    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
-        self.call(|| self.inner.get_start(key, len)).await
-    }
-
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        self.call(|| self.inner.get_range(key, range.clone(), if_match))
-            .await
-    }
-
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
-        self.call(|| self.inner.put_object(key, body.clone(), headers))
-            .await
-    }
-
-    async fn create_multipart_upload(
-        &self,
-        key: &str,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
-        self.call(|| self.inner.create_multipart_upload(key, headers))
-            .await
-    }
-
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<String> {
-        self.call(|| self.inner.upload_part(key, upload_id, number, body.clone()))
-            .await
-    }
-
-    async fn complete_multipart_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> StoreResult<String> {
-        self.call(|| self.inner.complete_multipart_upload(key, upload_id, parts))
-            .await
-    }
-
-    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.call(|| self.inner.abort_multipart_upload(key, upload_id))
-            .await
-    }
-
-    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.call(|| self.inner.list_multipart_uploads(prefix))
-            .await
-    }
-
-    async fn copy_object(
-        &self,
-        from: &str,
-        to: &str,
-        if_match: Option<&str>,
-        size: u64,
-        replace: Option<&ObjectHeaders>,
-    ) -> StoreResult<String> {
-        self.call(|| self.inner.copy_object(from, to, if_match, size, replace))
-            .await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        from: &str,
-        to: &str,
-        upload_id: &str,
-        number: i32,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<String> {
-        self.call(|| {
-            self.inner
-                .upload_part_copy(from, to, upload_id, number, range.clone(), if_match)
-        })
-        .await
-    }
-
-    async fn delete_object(&self, key: &str) -> StoreResult<()> {
-        self.call(|| self.inner.delete_object(key)).await
-    }
-    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
-        self.call(|| self.inner.bucket_versioning()).await
-    }
-
-    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
-        self.call(|| self.inner.list_versions(req.clone())).await
-    }
-
-    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
-        self.call(|| self.inner.head_version(key, version_id)).await
-    }
-
-    async fn get_version_range(
-        &self,
-        key: &str,
-        version_id: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Bytes> {
-        self.call(|| self.inner.get_version_range(key, version_id, range.clone()))
-            .await
+    async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
+        self.call(|| self.inner.send(request.clone())).await
     }
 
     async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
@@ -214,9 +88,9 @@ impl ObjectStore for RenewOnExpiry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Operation;
     use crate::store::faulty::{Fault, FaultyStore};
     use crate::store::memory::MemoryStore;
+    use crate::store::{ListRequest, Operation};
     use parking_lot::Mutex;
 
     /// Records each forced renewal; fails them while `fail` is set.

@@ -4,18 +4,15 @@
 //! AccessDenied", "every HeadObject takes 200 ms".
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    Presign, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart, Versioning,
-    VersionsPage, VersionsRequest,
+    ObjectStore, Operation, Presign, PresignedUrl, Request, Response, ServiceInfo, StoreError,
+    StoreResult,
 };
 
 /// What an injected fault does to the call.
@@ -186,183 +183,9 @@ impl ObjectStore for FaultyStore {
         self.inner.bucket()
     }
 
-    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.around(Operation::HeadObject, key, self.inner.head_object(key))
-            .await
-    }
-
-    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
-        self.around(
-            Operation::ListObjectsV2,
-            req.prefix,
-            self.inner.list_objects(req),
-        )
-        .await
-    }
-
-    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
-        self.around(Operation::GetObject, key, self.inner.get_start(key, len))
-            .await
-    }
-
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        self.around(
-            Operation::GetObject,
-            key,
-            self.inner.get_range(key, range, if_match),
-        )
-        .await
-    }
-
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
-        self.around(
-            Operation::PutObject,
-            key,
-            self.inner.put_object(key, body, headers),
-        )
-        .await
-    }
-
-    async fn create_multipart_upload(
-        &self,
-        key: &str,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
-        self.around(
-            Operation::CreateMultipartUpload,
-            key,
-            self.inner.create_multipart_upload(key, headers),
-        )
-        .await
-    }
-
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<String> {
-        self.around(
-            Operation::UploadPart,
-            key,
-            self.inner.upload_part(key, upload_id, number, body),
-        )
-        .await
-    }
-
-    async fn complete_multipart_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> StoreResult<String> {
-        self.around(
-            Operation::CompleteMultipartUpload,
-            key,
-            self.inner.complete_multipart_upload(key, upload_id, parts),
-        )
-        .await
-    }
-
-    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.around(
-            Operation::AbortMultipartUpload,
-            key,
-            self.inner.abort_multipart_upload(key, upload_id),
-        )
-        .await
-    }
-
-    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.around(
-            Operation::ListMultipartUploads,
-            prefix,
-            self.inner.list_multipart_uploads(prefix),
-        )
-        .await
-    }
-
-    async fn copy_object(
-        &self,
-        from: &str,
-        to: &str,
-        if_match: Option<&str>,
-        size: u64,
-        replace: Option<&ObjectHeaders>,
-    ) -> StoreResult<String> {
-        self.around(
-            Operation::CopyObject,
-            to,
-            self.inner.copy_object(from, to, if_match, size, replace),
-        )
-        .await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        from: &str,
-        to: &str,
-        upload_id: &str,
-        number: i32,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<String> {
-        self.around(
-            Operation::UploadPartCopy,
-            to,
-            self.inner
-                .upload_part_copy(from, to, upload_id, number, range, if_match),
-        )
-        .await
-    }
-
-    async fn delete_object(&self, key: &str) -> StoreResult<()> {
-        self.around(Operation::DeleteObject, key, self.inner.delete_object(key))
-            .await
-    }
-    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
-        let bucket = self.inner.bucket().to_string();
-        self.around(
-            Operation::GetBucketVersioning,
-            &bucket,
-            self.inner.bucket_versioning(),
-        )
-        .await
-    }
-
-    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
-        self.around(
-            Operation::ListObjectVersions,
-            req.prefix,
-            self.inner.list_versions(req.clone()),
-        )
-        .await
-    }
-
-    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
-        let head = self.inner.head_version(key, version_id);
-        self.around(Operation::GetObjectVersion, key, head).await
-    }
-
-    async fn get_version_range(
-        &self,
-        key: &str,
-        version_id: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Bytes> {
-        let get = self.inner.get_version_range(key, version_id, range);
-        self.around(Operation::GetObjectVersion, key, get).await
+    async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
+        let (op, key) = (request.operation(), request.key());
+        self.around(op, key, self.inner.send(request)).await
     }
 
     async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {

@@ -13,9 +13,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{
-    ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
-    PendingUpload, Presign, PresignedUrl, ServiceInfo, StoreError, StoreResult, UploadedPart,
-    VersionEntry, Versioning, VersionsPage, VersionsRequest, multipart_etag,
+    GetOptions, GetResult, ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo,
+    ObjectStore, Operation, PendingUpload, Pin, Presign, PresignedUrl, Read, Request, Response,
+    ServiceInfo, StoreError, StoreResult, UploadedPart, VersionEntry, Versioning, VersionsPage,
+    VersionsRequest, multipart_etag,
 };
 
 /// S3's page size when the caller does not ask for one.
@@ -285,82 +286,65 @@ fn info(key: &str, object: &StoredObject) -> ObjectInfo {
     }
 }
 
-#[async_trait]
-impl ObjectStore for MemoryStore {
-    fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
+impl MemoryStore {
+    /// A GET or HEAD (the memory store keeps one version of each object,
+    /// `null`).
+    fn read(&self, key: &str, options: GetOptions<'_>) -> StoreResult<GetResult> {
+        let op = options.operation();
         let mut state = self.state.lock();
-        Self::record(&mut state, Operation::HeadObject, key, None);
-        state
-            .objects
-            .get(key)
-            .map(|o| ObjectInfo {
-                headers: Some(o.headers.clone()),
-                ..info(key, o)
-            })
-            .ok_or_else(|| StoreError::NotFound {
-                op: Operation::HeadObject,
-                key: key.to_string(),
-            })
+        let recorded = match &options.read {
+            Read::Head => None,
+            Read::Range(range) => Some(range.clone()),
+            Read::Start(len) => Some(0..*len),
+        };
+        Self::record(&mut state, op, key, recorded);
+        let if_match = match options.pin {
+            Pin::Current(etag) => etag,
+            Pin::Version("null") => None,
+            Pin::Version(_) => {
+                return Err(StoreError::NotFound {
+                    op,
+                    key: key.to_string(),
+                });
+            }
+        };
+        let object = state.source(op, key, if_match)?;
+        let len = object.data.len() as u64;
+        let invalid = || StoreError::InvalidRange {
+            op,
+            key: key.to_string(),
+        };
+        let headers = || ObjectInfo {
+            headers: Some(object.headers.clone()),
+            ..info(key, object)
+        };
+        Ok(match options.read {
+            Read::Head => GetResult {
+                info: Some(headers()),
+                data: Bytes::new(),
+            },
+            Read::Range(range) if range.start >= len => return Err(invalid()),
+            Read::Range(range) => GetResult {
+                info: None,
+                data: object
+                    .data
+                    .slice(range.start as usize..range.end.min(len) as usize),
+            },
+            Read::Start(_) if len == 0 => return Err(invalid()),
+            Read::Start(wanted) => GetResult {
+                info: Some(headers()),
+                data: object.data.slice(..wanted.min(len) as usize),
+            },
+        })
     }
 
-    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
+    fn list(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
         let mut state = self.state.lock();
         Self::record(&mut state, Operation::ListObjectsV2, req.prefix, None);
         Ok(list_page(&state.objects, &req))
     }
 
-    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
-        let mut state = self.state.lock();
-        Self::record(&mut state, Operation::GetObject, key, Some(0..len));
-        let object = state.objects.get(key).ok_or_else(|| StoreError::NotFound {
-            op: Operation::GetObject,
-            key: key.to_string(),
-        })?;
-        if object.data.is_empty() {
-            return Err(StoreError::InvalidRange {
-                op: Operation::GetObject,
-                key: key.to_string(),
-            });
-        }
-        let found = ObjectInfo {
-            headers: Some(object.headers.clone()),
-            ..info(key, object)
-        };
-        let data = object.data.slice(..(len as usize).min(object.data.len()));
-        Ok((found, data))
-    }
-
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        let mut state = self.state.lock();
-        Self::record(&mut state, Operation::GetObject, key, Some(range.clone()));
-        let op = Operation::GetObject;
-        let data = state.source(op, key, if_match)?.data.clone();
-        let len = data.len() as u64;
-        if range.start >= len {
-            return Err(StoreError::InvalidRange {
-                op,
-                key: key.to_string(),
-            });
-        }
-        let end = range.end.min(len);
-        Ok(data.slice(range.start as usize..end as usize))
-    }
-
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
+    fn put_object(&self, key: &str, body: Bytes, headers: &ObjectHeaders) -> StoreResult<String> {
         let mut state = self.state.lock();
         Self::record(&mut state, Operation::PutObject, key, None);
         let etag = state.next_etag("");
@@ -368,11 +352,7 @@ impl ObjectStore for MemoryStore {
         Ok(etag)
     }
 
-    async fn create_multipart_upload(
-        &self,
-        key: &str,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
+    fn create_upload(&self, key: &str, headers: &ObjectHeaders) -> StoreResult<String> {
         let mut state = self.state.lock();
         Self::record(&mut state, Operation::CreateMultipartUpload, key, None);
         state.version += 1;
@@ -387,13 +367,7 @@ impl ObjectStore for MemoryStore {
         Ok(id)
     }
 
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<String> {
+    fn part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<String> {
         let op = Operation::UploadPart;
         let mut state = self.state.lock();
         Self::record(&mut state, op, key, None);
@@ -413,12 +387,7 @@ impl ObjectStore for MemoryStore {
         Ok(etag)
     }
 
-    async fn complete_multipart_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> StoreResult<String> {
+    fn complete(&self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> StoreResult<String> {
         let op = Operation::CompleteMultipartUpload;
         let mut state = self.state.lock();
         Self::record(&mut state, op, key, None);
@@ -465,7 +434,7 @@ impl ObjectStore for MemoryStore {
         Ok(etag)
     }
 
-    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+    fn abort(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         let op = Operation::AbortMultipartUpload;
         let mut state = self.state.lock();
         Self::record(&mut state, op, key, None);
@@ -474,7 +443,7 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+    fn uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
         let mut state = self.state.lock();
         Self::record(&mut state, Operation::ListMultipartUploads, prefix, None);
         let mut pending: Vec<PendingUpload> = state
@@ -491,12 +460,11 @@ impl ObjectStore for MemoryStore {
         Ok(pending)
     }
 
-    async fn copy_object(
+    fn copy(
         &self,
         from: &str,
         to: &str,
         if_match: Option<&str>,
-        _size: u64,
         replace: Option<&ObjectHeaders>,
     ) -> StoreResult<String> {
         let op = Operation::CopyObject;
@@ -535,7 +503,7 @@ impl ObjectStore for MemoryStore {
         Ok(etag)
     }
 
-    async fn upload_part_copy(
+    fn copy_part(
         &self,
         from: &str,
         to: &str,
@@ -563,7 +531,7 @@ impl ObjectStore for MemoryStore {
         Ok(etag)
     }
 
-    async fn delete_object(&self, key: &str) -> StoreResult<()> {
+    fn delete(&self, key: &str) -> StoreResult<()> {
         let mut state = self.state.lock();
         Self::record(&mut state, Operation::DeleteObject, key, None);
         state.objects.remove(key);
@@ -572,13 +540,13 @@ impl ObjectStore for MemoryStore {
 
     /// The memory store keeps no versions, as a bucket that never had
     /// versioning on: each object is its one version, `null`.
-    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
+    fn versioning(&self) -> StoreResult<Versioning> {
         let mut state = self.state.lock();
         Self::record(&mut state, Operation::GetBucketVersioning, "", None);
         Ok(Versioning::Never)
     }
 
-    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
+    fn versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
         let mut state = self.state.lock();
         Self::record(&mut state, Operation::ListObjectVersions, req.prefix, None);
         let listing = ListRequest {
@@ -606,30 +574,62 @@ impl ObjectStore for MemoryStore {
             next: page.next_token.map(|key| (key, "null".into())),
         })
     }
+}
 
-    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
-        match version_id {
-            "null" => self.head_object(key).await,
-            _ => Err(StoreError::NotFound {
-                op: Operation::GetObjectVersion,
-                key: key.to_string(),
-            }),
-        }
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    fn bucket(&self) -> &str {
+        &self.bucket
     }
 
-    async fn get_version_range(
-        &self,
-        key: &str,
-        version_id: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Bytes> {
-        match version_id {
-            "null" => self.get_range(key, range, None).await,
-            _ => Err(StoreError::NotFound {
-                op: Operation::GetObjectVersion,
-                key: key.to_string(),
-            }),
-        }
+    async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
+        Ok(match request {
+            Request::Get { key, options } => Response::Object(self.read(key, options)?),
+            Request::List(req) => Response::Listed(self.list(req)?),
+            Request::Put { key, body, headers } => {
+                Response::ETag(self.put_object(key, body, headers)?)
+            }
+            Request::CreateUpload { key, headers } => {
+                Response::UploadId(self.create_upload(key, headers)?)
+            }
+            Request::UploadPart {
+                key,
+                upload_id,
+                number,
+                body,
+            } => Response::ETag(self.part(key, upload_id, number, body)?),
+            Request::CompleteUpload {
+                key,
+                upload_id,
+                parts,
+            } => Response::ETag(self.complete(key, upload_id, parts)?),
+            Request::AbortUpload { key, upload_id } => {
+                self.abort(key, upload_id)?;
+                Response::Done
+            }
+            Request::ListUploads { prefix } => Response::Uploads(self.uploads(prefix)?),
+            Request::Copy {
+                from,
+                to,
+                if_match,
+                replace,
+                ..
+            } => Response::ETag(self.copy(from, to, if_match, replace)?),
+            Request::CopyPart {
+                from,
+                to,
+                upload_id,
+                number,
+                range,
+                if_match,
+            } => Response::ETag(self.copy_part(from, to, upload_id, number, range, if_match)?),
+            Request::Delete { key } => {
+                self.delete(key)?;
+                Response::Done
+            }
+            Request::BucketVersioning => Response::Versioning(self.versioning()?),
+            Request::ListVersions(req) => Response::Versions(self.versions(req)?),
+        })
     }
 
     /// A `memory://` URL that names what a real one would allow, for tests of

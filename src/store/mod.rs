@@ -1,4 +1,5 @@
-//! The object store boundary: one method per S3 call that s3vol makes.
+//! The object store boundary: one request type for the S3 calls s3vol makes
+//! ([`Request`]), sent through [`ObjectStore`].
 //!
 //! Everything above this module speaks in terms of [`ObjectStore`]; the only
 //! implementation that talks to the network is [`s3::S3Store`]. Tests run the
@@ -14,19 +15,19 @@ pub mod expiry;
 pub mod faulty;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
+pub mod request;
 pub mod retry;
 pub mod s3;
 pub mod stack;
 pub mod versioned;
 
+pub use request::{GetOptions, GetResult, ObjectStore, Pin, Read, Request, Response};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use md5::{Digest, Md5};
 
 /// The slowest transfer s3vol waits for before calling a request stalled, in bytes
@@ -560,127 +561,6 @@ impl StoreError {
             _ => false,
         }
     }
-}
-
-/// The calls s3vol makes to S3. Keys are full object keys (prefix included).
-#[async_trait]
-pub trait ObjectStore: Send + Sync + 'static {
-    /// The bucket this store reads, for messages and ARNs.
-    fn bucket(&self) -> &str;
-
-    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo>;
-
-    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage>;
-
-    /// Bytes `range` of `key`. With `if_match`, fails with [`StoreError::Changed`]
-    /// when the object's ETag is no longer that value. A range running past the end
-    /// is cut at the end; a range starting at or past the end is `InvalidRange`.
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes>;
-
-    /// What [`ObjectStore::head_object`] says of `key`, with the object's first
-    /// `len` bytes (all of it when it is that small): one ranged GET, whose answer
-    /// carries the same headers as a HEAD. An empty object has no first byte:
-    /// `InvalidRange`, as S3 answers.
-    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)>;
-
-    /// Stores `body` as `key` in one request, carrying `headers`; returns the new
-    /// ETag.
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String>;
-
-    /// Starts a multipart upload of `key`, whose object will carry `headers`;
-    /// returns its upload ID.
-    async fn create_multipart_upload(
-        &self,
-        key: &str,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String>;
-
-    /// Uploads part `number` (1-based) of an upload; returns the part's ETag. A
-    /// part uploaded again under the same number replaces the earlier one.
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<String>;
-
-    /// Assembles the listed parts, in order, into the object; returns its ETag.
-    /// Every part but the last must be at least 5 MiB.
-    async fn complete_multipart_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> StoreResult<String>;
-
-    /// Abandons a multipart upload; its parts are deleted.
-    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()>;
-
-    /// Multipart uploads in progress under `prefix`.
-    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>>;
-
-    /// Copies object `from` (up to 5 GiB, `size` bytes) to `to`; with `if_match`,
-    /// only if `from` still has that ETag. The copy carries `from`'s metadata and
-    /// content type, or with `replace` those headers instead (`from` and `to` may
-    /// then be the same key: a change of metadata in place). Returns the new ETag.
-    async fn copy_object(
-        &self,
-        from: &str,
-        to: &str,
-        if_match: Option<&str>,
-        size: u64,
-        replace: Option<&ObjectHeaders>,
-    ) -> StoreResult<String>;
-
-    /// Copies bytes `range` of `from` into part `number` of an upload of `to`.
-    async fn upload_part_copy(
-        &self,
-        from: &str,
-        to: &str,
-        upload_id: &str,
-        number: i32,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<String>;
-
-    /// Deletes `key` (succeeds if it does not exist, as S3 does).
-    async fn delete_object(&self, key: &str) -> StoreResult<()>;
-
-    /// Whether the bucket keeps versions (GetBucketVersioning).
-    async fn bucket_versioning(&self) -> StoreResult<Versioning>;
-
-    /// One page of the versions and delete markers under a prefix
-    /// (ListObjectVersions).
-    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage>;
-
-    /// What a HEAD of version `version_id` of `key` says.
-    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo>;
-
-    /// Bytes `range` of version `version_id` of `key` (cut at its end, as
-    /// [`ObjectStore::get_range`]). A version never changes, so nothing is pinned.
-    async fn get_version_range(
-        &self,
-        key: &str,
-        version_id: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Bytes>;
-
-    /// A URL that lets whoever holds it GET or PUT `key` as `request` says,
-    /// with no credentials of their own, signed with this store's: valid for
-    /// `request.valid_for` (at most [`MAX_URL_VALIDITY`]), or until the session
-    /// of the credentials ends if that comes first. Sends no request to S3.
-    async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl>;
 }
 
 /// The ARN of an object or of every key under a prefix, as IAM policies name them.

@@ -27,19 +27,16 @@
 //! answers only 408/RequestTimeout and 429 mean "try again".
 
 use std::future::Future;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, PendingUpload,
-    Presign, PresignedUrl, StoreError, StoreResult, UploadedPart, Versioning, VersionsPage,
-    VersionsRequest, copy_allowance, multipart_etag, transfer_allowance,
+    ObjectStore, Operation, Presign, PresignedUrl, Request, Response, StoreError, StoreResult,
+    multipart_etag,
 };
 
 /// How long and how often a failing request is retried.
@@ -151,21 +148,36 @@ impl RetryingStore {
             tokio::time::sleep(wait).await;
         }
     }
+}
 
-    /// Runs `call` with no answer to reconsider on a repeat.
-    async fn plain<'a, T, F, Fut>(
-        &'a self,
-        op: Operation,
-        transfer: Duration,
-        call: F,
-    ) -> StoreResult<T>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = StoreResult<T>> + 'a,
-        T: 'a,
-    {
-        self.call(op, transfer, call, |err| async { Err(err) })
-            .await
+/// The answer to a repeated `request` whose repeat failed with `err`, when an
+/// earlier attempt had already carried it out and only its answer was lost.
+async fn settle(
+    inner: &dyn ObjectStore,
+    request: &Request<'_>,
+    err: StoreError,
+) -> StoreResult<Response> {
+    // Only a lost answer explains a missing upload on a repeat.
+    if !matches!(err, StoreError::NotFound { .. }) {
+        return Err(err);
+    }
+    match request {
+        Request::AbortUpload { .. } => Ok(Response::Done),
+        Request::CompleteUpload {
+            key,
+            upload_id,
+            parts,
+        } => {
+            let expected = multipart_etag(parts);
+            match inner.head_object(key).await {
+                Ok(info) if Some(&info.etag) == expected.as_ref() => {
+                    debug!(key, upload_id, "an earlier attempt completed the upload");
+                    Ok(Response::ETag(info.etag))
+                }
+                _ => Err(err),
+            }
+        }
+        _ => Err(err),
     }
 }
 
@@ -175,197 +187,14 @@ impl ObjectStore for RetryingStore {
         self.inner.bucket()
     }
 
-    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.plain(Operation::HeadObject, Duration::ZERO, || {
-            self.inner.head_object(key)
-        })
-        .await
-    }
-
-    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
-        self.plain(Operation::ListObjectsV2, Duration::ZERO, || {
-            self.inner.list_objects(req.clone())
-        })
-        .await
-    }
-
-    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
-        self.plain(Operation::GetObject, Duration::ZERO, || {
-            self.inner.get_start(key, len)
-        })
-        .await
-    }
-
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        self.plain(Operation::GetObject, Duration::ZERO, || {
-            self.inner.get_range(key, range.clone(), if_match)
-        })
-        .await
-    }
-
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
-        self.plain(
-            Operation::PutObject,
-            transfer_allowance(body.len() as u64),
-            || self.inner.put_object(key, body.clone(), headers),
-        )
-        .await
-    }
-
-    async fn create_multipart_upload(
-        &self,
-        key: &str,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
-        self.plain(Operation::CreateMultipartUpload, Duration::ZERO, || {
-            self.inner.create_multipart_upload(key, headers)
-        })
-        .await
-    }
-
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<String> {
-        self.plain(
-            Operation::UploadPart,
-            transfer_allowance(body.len() as u64),
-            || self.inner.upload_part(key, upload_id, number, body.clone()),
-        )
-        .await
-    }
-
-    async fn complete_multipart_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> StoreResult<String> {
-        let op = Operation::CompleteMultipartUpload;
+    async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
+        let (op, transfer) = (request.operation(), request.transfer_allowance());
         self.call(
             op,
-            Duration::ZERO,
-            || self.inner.complete_multipart_upload(key, upload_id, parts),
-            |err| async move {
-                // Only a lost answer explains a missing upload on a repeat.
-                if !matches!(err, StoreError::NotFound { .. }) {
-                    return Err(err);
-                }
-                let expected = multipart_etag(parts);
-                match self.inner.head_object(key).await {
-                    Ok(info) if Some(&info.etag) == expected.as_ref() => {
-                        debug!(key, upload_id, "an earlier attempt completed the upload");
-                        Ok(info.etag)
-                    }
-                    _ => Err(err),
-                }
-            },
+            transfer,
+            || self.inner.send(request.clone()),
+            |err| settle(self.inner.as_ref(), &request, err),
         )
-        .await
-    }
-
-    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.call(
-            Operation::AbortMultipartUpload,
-            Duration::ZERO,
-            || self.inner.abort_multipart_upload(key, upload_id),
-            |err| async move {
-                match err {
-                    StoreError::NotFound { .. } => Ok(()),
-                    other => Err(other),
-                }
-            },
-        )
-        .await
-    }
-
-    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.plain(Operation::ListMultipartUploads, Duration::ZERO, || {
-            self.inner.list_multipart_uploads(prefix)
-        })
-        .await
-    }
-
-    async fn copy_object(
-        &self,
-        from: &str,
-        to: &str,
-        if_match: Option<&str>,
-        size: u64,
-        replace: Option<&ObjectHeaders>,
-    ) -> StoreResult<String> {
-        self.plain(Operation::CopyObject, copy_allowance(size), || {
-            self.inner.copy_object(from, to, if_match, size, replace)
-        })
-        .await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        from: &str,
-        to: &str,
-        upload_id: &str,
-        number: i32,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<String> {
-        let bytes = range.end - range.start;
-        self.plain(Operation::UploadPartCopy, copy_allowance(bytes), || {
-            self.inner
-                .upload_part_copy(from, to, upload_id, number, range.clone(), if_match)
-        })
-        .await
-    }
-
-    async fn delete_object(&self, key: &str) -> StoreResult<()> {
-        self.plain(Operation::DeleteObject, Duration::ZERO, || {
-            self.inner.delete_object(key)
-        })
-        .await
-    }
-    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
-        self.plain(Operation::GetBucketVersioning, Duration::ZERO, || {
-            self.inner.bucket_versioning()
-        })
-        .await
-    }
-
-    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
-        self.plain(Operation::ListObjectVersions, Duration::ZERO, || {
-            self.inner.list_versions(req.clone())
-        })
-        .await
-    }
-
-    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
-        self.plain(Operation::GetObjectVersion, Duration::ZERO, || {
-            self.inner.head_version(key, version_id)
-        })
-        .await
-    }
-
-    async fn get_version_range(
-        &self,
-        key: &str,
-        version_id: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Bytes> {
-        self.plain(Operation::GetObjectVersion, Duration::ZERO, || {
-            self.inner.get_version_range(key, version_id, range.clone())
-        })
         .await
     }
 
@@ -379,6 +208,8 @@ mod tests {
     use super::*;
     use crate::store::faulty::{Fault, FaultyStore};
     use crate::store::memory::MemoryStore;
+    use crate::store::{UploadedPart, transfer_allowance};
+    use bytes::Bytes;
 
     const DEADLINE: Duration = Duration::from_secs(10);
 

@@ -12,18 +12,16 @@
 //! directory whose objects all came later shows, empty.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation, Pagination,
-    PendingUpload, Presign, PresignedUrl, StoreError, StoreResult, UploadedPart, VersionEntry,
-    Versioning, VersionsPage, VersionsRequest,
+    GetOptions, GetResult, ListPage, ListRequest, ObjectInfo, ObjectStore, Operation, Pagination,
+    Pin, Presign, PresignedUrl, Read, Request, Response, StoreError, StoreResult, VersionEntry,
+    VersionsRequest,
 };
 
 pub struct VersionedView {
@@ -137,20 +135,46 @@ fn read_only(op: Operation) -> StoreError {
     }
 }
 
-#[async_trait]
-impl ObjectStore for VersionedView {
-    fn bucket(&self) -> &str {
-        self.inner.bucket()
-    }
-
-    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        let version = self.version_of(key, Operation::HeadObject).await?;
-        self.inner.head_version(key, &version).await
+impl VersionedView {
+    /// A read of what `key` shows: the version the view found for it.
+    async fn read(&self, key: &str, read: Read) -> StoreResult<GetResult> {
+        let shown = |version| GetOptions {
+            pin: Pin::Version(version),
+            read: read.clone(),
+        };
+        match read {
+            Read::Head | Read::Range(_) => {
+                let op = match read {
+                    Read::Head => Operation::HeadObject,
+                    _ => Operation::GetObject,
+                };
+                let version = self.version_of(key, op).await?;
+                self.inner.get(key, shown(&version)).await
+            }
+            Read::Start(len) => {
+                let info = self.head_object(key).await?;
+                if info.size == 0 {
+                    return Err(StoreError::InvalidRange {
+                        op: Operation::GetObject,
+                        key: key.to_string(),
+                    });
+                }
+                let version = info.version_id.clone().unwrap_or_default();
+                let data = self
+                    .inner
+                    .get_version_range(key, &version, 0..len.min(info.size))
+                    .await?;
+                Ok(GetResult {
+                    info: Some(info),
+                    data,
+                })
+            }
+        }
     }
 
     /// The whole listing in one page: what shows of a key depends on all its
     /// versions, which S3 may split over pages.
-    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
+    async fn list(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
         let (versions, mut common_prefixes) = self.all_versions(req.prefix, req.delimiter).await?;
         let mut objects = self.visible(&versions);
         common_prefixes.dedup();
@@ -163,109 +187,33 @@ impl ObjectStore for VersionedView {
             next_token: None,
         })
     }
+}
 
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        _if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        // A version never changes: the pin is the version itself.
-        let version = self.version_of(key, Operation::GetObject).await?;
-        self.inner.get_version_range(key, &version, range).await
+#[async_trait]
+impl ObjectStore for VersionedView {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
     }
 
-    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
-        let info = self.head_object(key).await?;
-        if info.size == 0 {
-            return Err(StoreError::InvalidRange {
-                op: Operation::GetObject,
-                key: key.to_string(),
-            });
+    async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
+        match request {
+            // The current object is the version the view shows; a version
+            // never changes, so an ETag pin adds nothing.
+            Request::Get {
+                key,
+                options:
+                    GetOptions {
+                        pin: Pin::Current(_),
+                        read,
+                    },
+            } => Ok(Response::Object(self.read(key, read).await?)),
+            Request::List(req) => Ok(Response::Listed(self.list(req).await?)),
+            Request::ListUploads { .. } => Ok(Response::Uploads(Vec::new())),
+            Request::Get { .. } | Request::BucketVersioning | Request::ListVersions(_) => {
+                self.inner.send(request).await
+            }
+            change => Err(read_only(change.operation())),
         }
-        let version = info.version_id.clone().unwrap_or_default();
-        let data = self
-            .inner
-            .get_version_range(key, &version, 0..len.min(info.size))
-            .await?;
-        Ok((info, data))
-    }
-
-    async fn put_object(&self, _: &str, _: Bytes, _: &ObjectHeaders) -> StoreResult<String> {
-        Err(read_only(Operation::PutObject))
-    }
-
-    async fn create_multipart_upload(&self, _: &str, _: &ObjectHeaders) -> StoreResult<String> {
-        Err(read_only(Operation::CreateMultipartUpload))
-    }
-
-    async fn upload_part(&self, _: &str, _: &str, _: i32, _: Bytes) -> StoreResult<String> {
-        Err(read_only(Operation::UploadPart))
-    }
-
-    async fn complete_multipart_upload(
-        &self,
-        _: &str,
-        _: &str,
-        _: &[UploadedPart],
-    ) -> StoreResult<String> {
-        Err(read_only(Operation::CompleteMultipartUpload))
-    }
-
-    async fn abort_multipart_upload(&self, _: &str, _: &str) -> StoreResult<()> {
-        Err(read_only(Operation::AbortMultipartUpload))
-    }
-
-    async fn list_multipart_uploads(&self, _: &str) -> StoreResult<Vec<PendingUpload>> {
-        Ok(Vec::new())
-    }
-
-    async fn copy_object(
-        &self,
-        _: &str,
-        _: &str,
-        _: Option<&str>,
-        _: u64,
-        _: Option<&ObjectHeaders>,
-    ) -> StoreResult<String> {
-        Err(read_only(Operation::CopyObject))
-    }
-
-    async fn upload_part_copy(
-        &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: i32,
-        _: Range<u64>,
-        _: Option<&str>,
-    ) -> StoreResult<String> {
-        Err(read_only(Operation::UploadPartCopy))
-    }
-
-    async fn delete_object(&self, _: &str) -> StoreResult<()> {
-        Err(read_only(Operation::DeleteObject))
-    }
-
-    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
-        self.inner.bucket_versioning().await
-    }
-
-    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
-        self.inner.list_versions(req).await
-    }
-
-    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
-        self.inner.head_version(key, version_id).await
-    }
-
-    async fn get_version_range(
-        &self,
-        key: &str,
-        version_id: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Bytes> {
-        self.inner.get_version_range(key, version_id, range).await
     }
 
     /// A URL of the version the key shows (the view is read-only: a PUT URL

@@ -9,8 +9,8 @@ use common::{Server, ServerKind, pattern};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::s3::{S3Options, S3Store};
 use s3vol::store::{
-    ListRequest, ObjectHeaders, ObjectStore, StoreError, UploadedPart, Versioning, VersionsRequest,
-    multipart_etag,
+    GetOptions, ListRequest, ObjectHeaders, ObjectStore, Pin, Read, StoreError, UploadedPart,
+    Versioning, VersionsRequest, multipart_etag,
 };
 
 /// A store under test plus a way to put objects into it behind its back.
@@ -158,6 +158,34 @@ async fn head_and_get(s: &Subject) {
             .await,
         Err(StoreError::Changed { .. })
     ));
+    // Every read of the one GET may be pinned to an ETag; the headers come
+    // with a HEAD and with the start of an object, never with a range.
+    for read in [Read::Head, Read::Range(0..10), Read::Start(10)] {
+        let options = |etag| GetOptions {
+            pin: Pin::Current(Some(etag)),
+            read: read.clone(),
+        };
+        let stale = s.store.get("obj/a.bin", options(&info.etag)).await;
+        assert!(
+            matches!(stale, Err(StoreError::Changed { .. })),
+            "{read:?}: {stale:?}"
+        );
+        let got = s
+            .store
+            .get("obj/a.bin", options(&replaced.etag))
+            .await
+            .unwrap();
+        let wanted = pattern(100_000, 2);
+        match read {
+            Read::Head => assert!(got.data.is_empty()),
+            _ => assert_eq!(&got.data[..], &wanted[..10], "{read:?}"),
+        }
+        let etag = got.info.map(|info| info.etag);
+        match read {
+            Read::Range(_) => assert_eq!(etag, None),
+            _ => assert_eq!(etag.as_ref(), Some(&replaced.etag), "{read:?}"),
+        }
+    }
 }
 
 async fn list_with_delimiter_and_pages(s: &Subject) {

@@ -13,35 +13,26 @@ use super::answer::{answered_range, range_total, to_system_time};
 use super::buffers::Body;
 use super::{MAX_BODY_RESUMES, S3Store};
 use crate::logging::error_chain;
-use crate::store::{ObjectHeaders, ObjectInfo, Operation, StoreError, StoreResult};
+use crate::store::{ObjectHeaders, ObjectInfo, Operation, Pin, StoreError, StoreResult};
 
-/// What a ranged GET reads: the object as it is, pinned to an ETag (the first
-/// answer's when none is given, so that a resumed body continues the same
-/// version), or one version by its ID.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Pin<'a> {
-    ETag(Option<&'a str>),
-    Version(&'a str),
-}
-
-impl Pin<'_> {
-    fn op(self) -> Operation {
-        match self {
-            Pin::ETag(_) => Operation::GetObject,
-            Pin::Version(_) => Operation::GetObjectVersion,
-        }
+/// The operation a GET of `pin` is counted and refused as.
+fn operation(pin: Pin<'_>) -> Operation {
+    match pin {
+        Pin::Current(_) => Operation::GetObject,
+        Pin::Version(_) => Operation::GetObjectVersion,
     }
 }
 
 impl S3Store {
-    /// [`crate::store::ObjectStore::get_start`]: one ranged GET.
+    /// [`Read::Start`](crate::store::Read::Start): one ranged GET.
     pub(super) async fn fetch_start(
         &self,
         key: &str,
         len: u64,
+        pin: Pin<'_>,
     ) -> StoreResult<(ObjectInfo, Bytes)> {
         let range = 0..len.max(1);
-        let response = self.send_get(key, &range, Pin::ETag(None)).await?;
+        let response = self.send_get(key, &range, pin).await?;
         let bad = |detail: String| bad_get(key, detail);
         let expected = answered_range(response.content_range(), &range).map_err(bad)?;
         let size = range_total(response.content_range())
@@ -66,7 +57,7 @@ impl S3Store {
             .await?
         {
             return Err(StoreError::Unreachable {
-                op: Operation::GetObject,
+                op: operation(pin),
                 detail: format!("body of {key} broke: {cause}"),
             });
         }
@@ -79,9 +70,9 @@ impl S3Store {
         Ok((info, data.freeze()))
     }
 
-    /// [`crate::store::ObjectStore::get_range`] and
-    /// [`crate::store::ObjectStore::get_version_range`], resuming a body that
-    /// breaks.
+    /// [`Read::Range`](crate::store::Read::Range), resuming a body that breaks:
+    /// an object read as it is is pinned to the first answer's ETag, so that a
+    /// resumed body continues the same version.
     pub(super) async fn fetch_range(
         &self,
         key: &str,
@@ -90,14 +81,14 @@ impl S3Store {
     ) -> StoreResult<Bytes> {
         let mut data = self.buffers.take((range.end - range.start) as usize);
         let mut pinned = match pin {
-            Pin::ETag(etag) => etag.map(str::to_string),
+            Pin::Current(etag) => etag.map(str::to_string),
             Pin::Version(_) => None,
         };
         let mut resumes = 0;
         loop {
             let from = range.start + data.len() as u64;
             let this = match pin {
-                Pin::ETag(_) => Pin::ETag(pinned.as_deref()),
+                Pin::Current(_) => Pin::Current(pinned.as_deref()),
                 version => version,
             };
             let (etag, broken) = self.get_once(key, from..range.end, this, &mut data).await?;
@@ -111,7 +102,7 @@ impl S3Store {
             resumes += 1;
             if resumes > MAX_BODY_RESUMES {
                 return Err(StoreError::Unreachable {
-                    op: pin.op(),
+                    op: operation(pin),
                     detail: format!("body of {key} broke {resumes} times; last: {cause}"),
                 });
             }
@@ -132,7 +123,7 @@ impl S3Store {
         pin: Pin<'_>,
     ) -> StoreResult<GetObjectOutput> {
         let (if_match, version_id) = match pin {
-            Pin::ETag(etag) => (etag, None),
+            Pin::Current(etag) => (etag, None),
             Pin::Version(id) => (None, Some(id)),
         };
         let request = self
@@ -144,7 +135,7 @@ impl S3Store {
             .set_if_match(if_match.map(str::to_string))
             .set_version_id(version_id.map(str::to_string))
             .send();
-        self.answer(pin.op(), key, Duration::ZERO, request)
+        self.answer(operation(pin), key, Duration::ZERO, request)
             .await
             .map_err(|e| match e {
                 StoreError::Changed { op, key, .. } => StoreError::Changed {
@@ -169,7 +160,7 @@ impl S3Store {
         let etag = response.e_tag().unwrap_or_default().to_string();
         let bad = |detail: String| bad_get(key, detail);
         match pin {
-            Pin::ETag(Some(pinned)) if !etag.is_empty() && etag != pinned => {
+            Pin::Current(Some(pinned)) if !etag.is_empty() && etag != pinned => {
                 return Err(bad(format!(
                     "it sent ETag {etag} for a GET pinned to ETag {pinned} (If-Match ignored)"
                 )));

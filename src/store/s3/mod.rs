@@ -56,9 +56,10 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use self::answer::{decoder, to_system_time};
 use self::buffers::Buffers;
 use super::{
-    Encryption, ListPage, ListRequest, ObjectHeaders, ObjectInfo, ObjectStore, Operation,
-    Pagination, PendingUpload, Presign, PresignedUrl, ServiceInfo, StoreError, StoreResult,
-    UploadedPart, Versioning, VersionsPage, VersionsRequest, copy_allowance, transfer_allowance,
+    Encryption, GetOptions, GetResult, ListPage, ListRequest, ObjectHeaders, ObjectInfo,
+    ObjectStore, Operation, Pagination, PendingUpload, Pin, Presign, PresignedUrl, Read, Request,
+    Response, ServiceInfo, StoreError, StoreResult, UploadedPart, copy_allowance,
+    transfer_allowance,
 };
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
@@ -151,16 +152,17 @@ const COPY_SOURCE_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
 
 impl S3Store {
     /// A HEAD of `key`, or of one version of it.
-    async fn head(&self, key: &str, version_id: Option<&str>) -> StoreResult<ObjectInfo> {
-        let op = match version_id {
-            None => Operation::HeadObject,
-            Some(_) => Operation::GetObjectVersion,
+    async fn head(&self, key: &str, pin: Pin<'_>) -> StoreResult<ObjectInfo> {
+        let (op, if_match, version_id) = match pin {
+            Pin::Current(etag) => (Operation::HeadObject, etag, None),
+            Pin::Version(id) => (Operation::GetObjectVersion, None, Some(id)),
         };
         let request = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_if_match(if_match.map(str::to_string))
             .set_version_id(version_id.map(str::to_string))
             .send();
         let out = self.answer(op, key, Duration::ZERO, request).await?;
@@ -258,30 +260,8 @@ impl S3Store {
     }
 }
 
-#[async_trait]
-impl ObjectStore for S3Store {
-    fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    async fn head_object(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.head(key, None).await
-    }
-
-    async fn get_start(&self, key: &str, len: u64) -> StoreResult<(ObjectInfo, Bytes)> {
-        self.fetch_start(key, len).await
-    }
-
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        self.fetch_range(key, range, get::Pin::ETag(if_match)).await
-    }
-
-    async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
+impl S3Store {
+    async fn list(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
         let request = self
             .client
             .list_objects_v2()
@@ -354,12 +334,7 @@ impl ObjectStore for S3Store {
     /// fifth of the daemon's CPU when writing. Over plain http beyond this host
     /// (`--allow-http`) nothing else would keep the bytes from being changed on
     /// the way, so there every chunk is signed.
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
+    async fn put(&self, key: &str, body: Bytes, headers: &ObjectHeaders) -> StoreResult<String> {
         let op = Operation::PutObject;
         let transfer = transfer_allowance(body.len() as u64);
         let request = self
@@ -394,7 +369,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(number)
             .body(body.into())
-            // See put_object: no SHA-256 of the body unless in clear.
+            // See `put`: no SHA-256 of the body unless in clear.
             .customize();
         let request = if self.sign_payloads {
             request.send()
@@ -407,7 +382,7 @@ impl ObjectStore for S3Store {
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
-    async fn complete_multipart_upload(
+    async fn complete(
         &self,
         key: &str,
         upload_id: &str,
@@ -441,7 +416,7 @@ impl ObjectStore for S3Store {
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
-    async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
         let mut pending = Vec::new();
         let (mut key_marker, mut id_marker) = (None, None);
         let mut pages = Pagination::new(
@@ -497,7 +472,7 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn copy_object(
+    async fn copy(
         &self,
         from: &str,
         to: &str,
@@ -538,7 +513,7 @@ impl ObjectStore for S3Store {
             .to_string())
     }
 
-    async fn upload_part_copy(
+    async fn copy_part(
         &self,
         from: &str,
         to: &str,
@@ -569,11 +544,7 @@ impl ObjectStore for S3Store {
             .to_string())
     }
 
-    async fn create_multipart_upload(
-        &self,
-        key: &str,
-        headers: &ObjectHeaders,
-    ) -> StoreResult<String> {
+    async fn create_upload(&self, key: &str, headers: &ObjectHeaders) -> StoreResult<String> {
         let op = Operation::CreateMultipartUpload;
         let request = self
             .client
@@ -594,7 +565,7 @@ impl ObjectStore for S3Store {
             })
     }
 
-    async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+    async fn abort(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         let request = self
             .client
             .abort_multipart_upload()
@@ -612,7 +583,7 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn delete_object(&self, key: &str) -> StoreResult<()> {
+    async fn delete(&self, key: &str) -> StoreResult<()> {
         let request = self
             .client
             .delete_object()
@@ -623,27 +594,84 @@ impl ObjectStore for S3Store {
             .await?;
         Ok(())
     }
+}
 
-    async fn bucket_versioning(&self) -> StoreResult<Versioning> {
-        self.fetch_versioning().await
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn bucket(&self) -> &str {
+        &self.bucket
     }
 
-    async fn list_versions(&self, req: VersionsRequest<'_>) -> StoreResult<VersionsPage> {
-        self.fetch_versions(req).await
-    }
-
-    async fn head_version(&self, key: &str, version_id: &str) -> StoreResult<ObjectInfo> {
-        self.head(key, Some(version_id)).await
-    }
-
-    async fn get_version_range(
-        &self,
-        key: &str,
-        version_id: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Bytes> {
-        self.fetch_range(key, range, get::Pin::Version(version_id))
-            .await
+    async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
+        Ok(match request {
+            Request::Get { key, options } => {
+                let GetOptions { pin, read } = options;
+                Response::Object(match read {
+                    Read::Head => GetResult {
+                        info: Some(self.head(key, pin).await?),
+                        data: Bytes::new(),
+                    },
+                    Read::Range(range) => GetResult {
+                        info: None,
+                        data: self.fetch_range(key, range, pin).await?,
+                    },
+                    Read::Start(len) => {
+                        let (info, data) = self.fetch_start(key, len, pin).await?;
+                        GetResult {
+                            info: Some(info),
+                            data,
+                        }
+                    }
+                })
+            }
+            Request::List(req) => Response::Listed(self.list(req).await?),
+            Request::Put { key, body, headers } => {
+                Response::ETag(self.put(key, body, headers).await?)
+            }
+            Request::CreateUpload { key, headers } => {
+                Response::UploadId(self.create_upload(key, headers).await?)
+            }
+            Request::UploadPart {
+                key,
+                upload_id,
+                number,
+                body,
+            } => Response::ETag(self.upload_part(key, upload_id, number, body).await?),
+            Request::CompleteUpload {
+                key,
+                upload_id,
+                parts,
+            } => Response::ETag(self.complete(key, upload_id, parts).await?),
+            Request::AbortUpload { key, upload_id } => {
+                self.abort(key, upload_id).await?;
+                Response::Done
+            }
+            Request::ListUploads { prefix } => Response::Uploads(self.list_uploads(prefix).await?),
+            Request::Copy {
+                from,
+                to,
+                if_match,
+                size,
+                replace,
+            } => Response::ETag(self.copy(from, to, if_match, size, replace).await?),
+            Request::CopyPart {
+                from,
+                to,
+                upload_id,
+                number,
+                range,
+                if_match,
+            } => Response::ETag(
+                self.copy_part(from, to, upload_id, number, range, if_match)
+                    .await?,
+            ),
+            Request::Delete { key } => {
+                self.delete(key).await?;
+                Response::Done
+            }
+            Request::BucketVersioning => Response::Versioning(self.fetch_versioning().await?),
+            Request::ListVersions(req) => Response::Versions(self.fetch_versions(req).await?),
+        })
     }
 
     async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {
