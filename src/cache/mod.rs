@@ -26,10 +26,12 @@ mod dir;
 mod disk;
 mod fetch;
 mod memory;
+mod source;
 mod tier;
 
+pub use self::source::{CachedSource, RangeSource};
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::ops::Range;
@@ -208,21 +210,24 @@ impl BlockCache {
 
     /// Bytes `range` of `size`-byte object `key` at version `etag`, in pieces
     /// whose concatenation is the range: from memory or disk where the cache has
-    /// the blocks, else from `fetch`. `fetch` is asked for whole blocks, several
-    /// neighbouring ones in one call, and must return exactly the bytes asked for;
-    /// what it returns is cached.
-    pub async fn read<F, Fut>(
+    /// the blocks, else from `behind`. `behind` is asked for whole blocks,
+    /// several neighbouring ones in one call, and must return exactly the bytes
+    /// asked for; what it returns is cached.
+    pub async fn read(
         self: &Arc<Self>,
         key: &str,
         etag: &str,
         size: u64,
         range: Range<u64>,
-        fetch: F,
-    ) -> StoreResult<Vec<Bytes>>
-    where
-        F: Fn(Range<u64>) -> Fut,
-        Fut: Future<Output = StoreResult<Bytes>>,
-    {
+        behind: &dyn RangeSource,
+    ) -> StoreResult<Vec<Bytes>> {
+        let fetch = |bytes: Range<u64>| async move {
+            let mut pieces = behind.get(bytes).await?;
+            Ok::<_, StoreError>(match pieces.len() {
+                1 => pieces.pop().expect("one piece"),
+                _ => pieces.concat().into(),
+            })
+        };
         let range = range.start..range.end.min(size);
         if range.is_empty() {
             return Ok(Vec::new());
@@ -465,6 +470,7 @@ impl BlockCache {
 mod tests {
     use super::*;
     use std::fs;
+    use std::future::Future;
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
     use std::sync::atomic::AtomicUsize;
@@ -515,7 +521,9 @@ mod tests {
         object: Bytes,
         calls: Arc<AtomicUsize>,
     ) -> impl Fn(Range<u64>) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<Bytes>> + Send>>
-    {
+    + Send
+    + Sync
+    + 'static {
         move |range| {
             let object = object.clone();
             let calls = calls.clone();
@@ -683,7 +691,7 @@ mod tests {
                 "\"old\"",
                 1000,
                 0..1000,
-                fetcher(old.clone(), calls.clone()),
+                &fetcher(old.clone(), calls.clone()),
             )
             .await
             .unwrap();
@@ -694,7 +702,7 @@ mod tests {
                 "\"new\"",
                 1000,
                 0..1000,
-                fetcher(new.clone(), calls.clone()),
+                &fetcher(new.clone(), calls.clone()),
             )
             .await
             .unwrap();
@@ -770,7 +778,7 @@ mod tests {
                 let (cache, fetch) = (cache.clone(), fetcher(object.clone(), calls.clone()));
                 tokio::spawn(async move {
                     let range = n * 100..n * 100 + 100;
-                    let got = cache.read("k", "\"e\"", 1000, range, fetch).await;
+                    let got = cache.read("k", "\"e\"", 1000, range, &fetch).await;
                     concat(got.unwrap())
                 })
             })
@@ -808,7 +816,7 @@ mod tests {
             };
             tokio::spawn(async move {
                 cache
-                    .read("k", "\"e\"", size, BLOCK_SIZE..size, fetch)
+                    .read("k", "\"e\"", size, BLOCK_SIZE..size, &fetch)
                     .await
             })
         };
@@ -846,7 +854,7 @@ mod tests {
         };
         let first = {
             let (cache, failing) = (cache.clone(), failing.clone());
-            tokio::spawn(async move { cache.read("k", "\"e\"", 10, 0..10, failing).await })
+            tokio::spawn(async move { cache.read("k", "\"e\"", 10, 0..10, &failing).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let object = data(6, 10);
@@ -856,7 +864,7 @@ mod tests {
                 "\"e\"",
                 10,
                 0..10,
-                fetcher(object.clone(), calls.clone()),
+                &fetcher(object.clone(), calls.clone()),
             )
             .await;
         assert!(first.await.unwrap().is_err());

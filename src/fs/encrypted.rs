@@ -16,7 +16,7 @@ use std::time::Instant;
 use tracing::error;
 
 use super::inode::{Kind, Node, Stat};
-use super::read::ObjectVersion;
+use super::read::{ObjectVersion, StoreSource};
 use super::{Fs, FsError, FsResult};
 use crate::cse::reading::{Decryption, Verdict, VersionId};
 use crate::cse::volume::Content;
@@ -55,10 +55,20 @@ impl Fs {
         node: &Node,
         decryption: Option<Arc<Decryption>>,
     ) -> ObjectVersion {
-        ObjectVersion {
-            cache: None,
-            ..self.object_version(node, decryption)
-        }
+        let from = StoreSource {
+            store: self.store.clone(),
+            key: node.key.as_str().into(),
+            etag: node.stat.etag.as_str().into(),
+            copies: self.uploads.copies.clone(),
+        };
+        let mut object =
+            ObjectVersion::new(from, node.stat.size, decryption, self.config.memory.clone());
+        object.authenticate_first = self
+            .config
+            .encryption
+            .as_ref()
+            .is_some_and(|e| e.authenticates_first());
+        object
     }
 
     /// The version of `node`'s object that it says, read through the cache.
@@ -67,21 +77,8 @@ impl Fs {
         node: &Node,
         decryption: Option<Arc<Decryption>>,
     ) -> ObjectVersion {
-        ObjectVersion {
-            store: self.store.clone(),
-            cache: self.config.cache.clone(),
-            key: node.key.as_str().into(),
-            etag: node.stat.etag.as_str().into(),
-            size: node.stat.size,
-            decryption,
-            authenticate_first: self
-                .config
-                .encryption
-                .as_ref()
-                .is_some_and(|e| e.authenticates_first()),
-            memory: self.config.memory.clone(),
-            copies: self.uploads.copies.clone(),
-        }
+        self.uncached_version(node, decryption)
+            .cached(self.config.cache.as_ref())
     }
 
     /// How a handle reads the object of `node` (file `ino`): with the content

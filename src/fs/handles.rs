@@ -6,6 +6,8 @@
 //! block cache as a read-only handle does, for as long as nothing changed the
 //! file: the staged copy is made at the first change, never for a read.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -24,6 +26,12 @@ use crate::store::{StoreError, StoreResult};
 /// The reader of the object a staged file was opened on, made at the first
 /// read through a handle on it.
 pub(super) type BaseReader = Arc<tokio::sync::Mutex<Option<Reader>>>;
+
+/// What a request is answered with: at once, or by a future that waits on S3.
+pub enum Answer<T> {
+    Now(T),
+    Later(Pin<Box<dyn Future<Output = FsResult<T>> + Send>>),
+}
 
 impl Fs {
     /// Opens file `ino`: for reading from S3, or through its staged copy when it
@@ -239,10 +247,10 @@ impl Fs {
         let mut slot = slot.lock().await;
         // (A file's base stays what it was opened on until its first change.)
         if slot.is_none() {
-            let object = ObjectVersion {
-                cache: self.config.cache.clone(),
-                ..file.base_version(base).await?
-            };
+            let object = file
+                .base_version(base)
+                .await?
+                .cached(self.config.cache.as_ref());
             let checked = object.authenticate().await;
             if checked.is_err() && object.is_forged() {
                 self.forget_forged(ino, &object);
@@ -344,9 +352,21 @@ impl Fs {
         Some(self.object_version(&node, opening.decryption))
     }
 
+    /// The one entry of a read through handle `fh`: answered at once when it
+    /// needs no request (a random read of what the block cache holds, blocking
+    /// at most on local disk, as a local file would), else by a future that
+    /// waits on S3.
+    pub fn read_at(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> Answer<Bytes> {
+        if let Some(data) = self.read_now(fh, offset, size) {
+            return Answer::Now(data);
+        }
+        let fs = self.clone();
+        Answer::Later(Box::pin(async move { fs.read(fh, offset, size).await }))
+    }
+
     /// A read answered without waiting on the network, when the data is in the
     /// block cache; `None` when it needs the asynchronous path.
-    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
+    fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
         let OpenFile::Object {
             ino,
             etag,

@@ -49,6 +49,7 @@ use tracing::debug;
 use self::ahead::Listed;
 pub use self::dir::DirEntry;
 pub use self::error::{FsError, FsResult};
+pub use self::handles::Answer;
 use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
 pub use self::lookup::LOOKUP_BYTES;

@@ -33,12 +33,13 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
-use crate::cache::BlockCache;
+use crate::cache::{BlockCache, CachedSource, RangeSource};
 use crate::cse::reading::{Decryption, Verdict};
 use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, Operation, StoreError, StoreResult};
@@ -121,14 +122,14 @@ impl Drop for Part {
 /// The version of an object a handle reads, and where its bytes come from.
 #[derive(Clone)]
 pub struct ObjectVersion {
-    pub store: Arc<dyn ObjectStore>,
-    pub cache: Option<Arc<BlockCache>>,
+    /// Its stored bytes: the block cache in front of the store, or the store.
+    /// The cache holds what S3 holds: ciphertext, at the same offsets.
+    pub source: Arc<dyn RangeSource>,
     pub key: Arc<str>,
     pub etag: Arc<str>,
     /// The size the file shows: of the plaintext, when it is encrypted.
     pub size: u64,
-    /// The object's content key, on a volume with client-side encryption. The
-    /// cache holds what S3 holds: ciphertext, at the same offsets.
+    /// The object's content key, on a volume with client-side encryption.
     pub decryption: Option<Arc<Decryption>>,
     /// Bytes of an encrypted version are released only once it is
     /// authenticated, but to a sequential read from its start (whose end
@@ -136,9 +137,76 @@ pub struct ObjectVersion {
     pub authenticate_first: bool,
     /// Where a whole check takes its memory from.
     pub memory: Arc<MemoryBudget>,
+}
+
+/// A version of an object as the store holds it: the source behind the cache.
+pub(crate) struct StoreSource {
+    pub store: Arc<dyn ObjectStore>,
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
     /// The copies this mount made of objects: a version renamed or copied in
     /// place since is read from its copy.
-    pub(crate) copies: Arc<super::copies::Copies>,
+    pub copies: Arc<super::copies::Copies>,
+}
+
+#[async_trait]
+impl RangeSource for StoreSource {
+    /// One ranged GET pinned to the version. (The cache checks that each
+    /// fetch returned the whole range; without it, [`Gather::take`] finds a
+    /// short answer.)
+    async fn get(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
+        let got = self
+            .store
+            .get_range(&self.key, range.clone(), Some(&self.etag))
+            .await;
+        let got = match got {
+            // Gone from its key: renamed or copied in place here since it
+            // was opened? Then the copy.
+            Err(StoreError::Changed { .. } | StoreError::NotFound { .. }) => {
+                match self.copies.latest(&self.key, &self.etag) {
+                    Some((key, etag)) => self.store.get_range(&key, range, Some(&etag)).await,
+                    None => got,
+                }
+            }
+            got => got,
+        };
+        Ok(vec![got?])
+    }
+}
+
+impl ObjectVersion {
+    /// The version `from` names, `size` bytes as the file shows them, read
+    /// from the store alone and authenticated before release where encrypted.
+    pub(crate) fn new(
+        from: StoreSource,
+        size: u64,
+        decryption: Option<Arc<Decryption>>,
+        memory: Arc<MemoryBudget>,
+    ) -> Self {
+        Self {
+            key: from.key.clone(),
+            etag: from.etag.clone(),
+            source: Arc::new(from),
+            size,
+            decryption,
+            authenticate_first: true,
+            memory,
+        }
+    }
+
+    /// The same version, read through `cache` when there is one.
+    pub(crate) fn cached(mut self, cache: Option<&Arc<BlockCache>>) -> Self {
+        if let Some(cache) = cache {
+            self.source = Arc::new(CachedSource::new(
+                cache.clone(),
+                self.key.clone(),
+                self.etag.clone(),
+                self.stored_size(),
+                self.source,
+            ));
+        }
+        self
+    }
 }
 
 /// The parts a whole check fetches, two at a time, when the memory pool has
@@ -242,35 +310,9 @@ impl ObjectVersion {
                 .is_some_and(|d| d.verdict() != Verdict::Authentic)
     }
 
-    /// Stored bytes `range`, in pieces. (The cache checks that each fetch
-    /// returned the whole range; without it, [`Gather::take`] finds a short
-    /// answer.)
+    /// Stored bytes `range`, in pieces.
     async fn get_stored(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
-        let fetch = |range: Range<u64>| async move {
-            let got = self
-                .store
-                .get_range(&self.key, range.clone(), Some(&self.etag))
-                .await;
-            match got {
-                // Gone from its key: renamed or copied in place here since it
-                // was opened? Then the copy.
-                Err(StoreError::Changed { .. } | StoreError::NotFound { .. }) => {
-                    match self.copies.latest(&self.key, &self.etag) {
-                        Some((key, etag)) => self.store.get_range(&key, range, Some(&etag)).await,
-                        None => got,
-                    }
-                }
-                got => got,
-            }
-        };
-        match &self.cache {
-            Some(cache) => {
-                cache
-                    .read(&self.key, &self.etag, self.stored_size(), range, fetch)
-                    .await
-            }
-            None => Ok(vec![fetch(range).await?]),
-        }
+        self.source.get(range).await
     }
 
     pub(crate) fn forged(&self) -> StoreError {
@@ -396,7 +438,6 @@ impl Reader {
     /// at most; `None` when the read needs S3 (or belongs to a sequential run,
     /// whose read-ahead reads the cache in parallel).
     pub fn read_cached(&mut self, offset: u64, len: u32) -> Option<Bytes> {
-        let cache = self.object.cache.as_ref()?;
         let end = offset.saturating_add(u64::from(len)).min(self.object.size);
         if offset >= end || self.is_sequential(offset) {
             return None;
@@ -405,8 +446,7 @@ impl Reader {
         if object.is_forged() || object.unchecked() {
             return None;
         }
-        let pieces =
-            cache.read_cached(&object.key, &object.etag, object.stored_size(), offset..end)?;
+        let pieces = object.source.get_now(offset..end)?;
         let mut out = Gather::new(&(offset..end));
         out.take(&object.key, &pieces, offset, offset..end).ok()?;
         let data = out.finish();
@@ -447,9 +487,9 @@ impl Reader {
     async fn read_random(&mut self, offset: u64, end: u64) -> StoreResult<Bytes> {
         // The cache fetches whole blocks itself; without it, fetch aligned blocks
         // of the configured size.
-        let block = match self.object.cache {
-            Some(_) => 1,
-            None => self.config.random_block.max(1),
+        let block = match self.object.source.fetches_blocks() {
+            true => 1,
+            false => self.config.random_block.max(1),
         };
         let fetch_start = offset / block * block;
         let fetch_end = end
@@ -503,15 +543,7 @@ impl Reader {
     /// another.
     fn fill_window(&mut self, offset: u64, needed_end: u64) {
         let mut next = self.parts.back().map_or(offset, |p| p.range.end);
-        if self.window < self.config.max_window
-            && let Some(cache) = &self.object.cache
-            && cache.holds(
-                &self.object.key,
-                &self.object.etag,
-                self.object.stored_size(),
-                next,
-            )
-        {
+        if self.window < self.config.max_window && self.object.source.holds(next) {
             self.window = self.config.max_window;
         }
         let target = offset

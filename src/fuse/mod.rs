@@ -27,7 +27,7 @@ use tracing::{Instrument, debug_span};
 use self::reply::{errno, file_attr, file_type, log_panic, on_this_thread, refuse};
 use self::request::{caller, created, open_flags, process_of};
 use crate::fs::posix::{PERM_BITS, Posix};
-use crate::fs::{Fs, Mutation};
+use crate::fs::{Answer, Fs, Mutation};
 
 pub struct FuseAdapter {
     pub(super) fs: Arc<Fs>,
@@ -339,25 +339,23 @@ impl Filesystem for FuseAdapter {
         let span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
         // A random read of cached data is answered here, as from a local file:
         // handing it to the runtime would cost more than the read itself.
-        let read_now = || {
-            let read = || self.fs.read_now(fh.0, offset, size);
+        let read = || {
+            let read = || self.fs.read_at(fh.0, offset, size);
             match self.audited {
                 true => crate::audit::now_as_caller(caller(req), read),
                 false => read(),
             }
         };
-        match on_this_thread(|| span.in_scope(read_now)) {
-            Some(Some(data)) => return reply.data(&data),
-            Some(None) => {}
-            None => return reply.error(Errno::EIO),
+        match on_this_thread(|| span.in_scope(read)) {
+            Some(Answer::Now(data)) => reply.data(&data),
+            Some(Answer::Later(read)) => self.spawn_for(req, span, async move {
+                match read.await {
+                    Ok(data) => reply.data(&data),
+                    Err(e) => reply.error(errno("read", &e)),
+                }
+            }),
+            None => reply.error(Errno::EIO),
         }
-        let fs = self.fs.clone();
-        self.spawn_for(req, span, async move {
-            match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno("read", &e)),
-            }
-        });
     }
 
     fn write(

@@ -13,7 +13,7 @@ use crate::cse::envelope::ContentKey;
 use crate::cse::gcm::{Piece, Tagger};
 use crate::cse::reading::VersionId;
 use crate::cse::volume::{Content, CseError, with_envelope};
-use crate::fs::read::ObjectVersion;
+use crate::fs::read::{ObjectVersion, StoreSource};
 use crate::store::{ObjectHeaders, Operation, StoreError};
 
 impl StagedFile {
@@ -113,60 +113,61 @@ impl StagedFile {
     /// decrypted on an encrypted volume (its tag checked as it is read whole,
     /// which the caller confirms with [`ObjectVersion::authenticate`]).
     pub(super) async fn base_object(&self, base: &Base) -> StageResult<ObjectVersion> {
-        let mut object = ObjectVersion {
-            store: self.store.clone(),
-            cache: None,
-            key: base.key.as_str().into(),
-            etag: base.etag.as_str().into(),
-            size: base.size,
-            decryption: None,
-            authenticate_first: true,
-            memory: self.shares.memory.clone(),
-            copies: self.shares.copies.clone(),
+        let version = |key: Arc<str>, etag: Arc<str>, size, decryption| {
+            let from = StoreSource {
+                store: self.store.clone(),
+                key,
+                etag,
+                copies: self.shares.copies.clone(),
+            };
+            ObjectVersion::new(from, size, decryption, self.shares.memory.clone())
         };
+        let (mut key, mut etag): (Arc<str>, Arc<str>) =
+            (base.key.as_str().into(), base.etag.as_str().into());
         let Some(encryption) = &self.shares.encryption else {
-            return Ok(object);
+            return Ok(version(key, etag, base.size, None));
         };
         let mut info = self.store.head_object(&base.key).await;
         if !info.as_ref().is_ok_and(|info| info.etag == base.etag)
-            && let Some((key, etag)) = self.shares.copies.latest(&base.key, &base.etag)
+            && let Some((copy, copy_etag)) = self.shares.copies.latest(&base.key, &base.etag)
         {
             // Renamed or copied in place here since it was opened: the copy
             // (whose envelope is the original's).
-            info = self.store.head_object(&key).await;
-            (object.key, object.etag) = (key.as_str().into(), etag.as_str().into());
+            info = self.store.head_object(&copy).await;
+            (key, etag) = (copy.as_str().into(), copy_etag.as_str().into());
         }
         let info = info?;
-        let key = &*object.key;
-        if info.etag != *object.etag {
+        if info.etag != *etag {
             return Err(StoreError::Changed {
                 op: Operation::HeadObject,
                 key: key.to_string(),
-                expected_etag: object.etag.to_string(),
+                expected_etag: etag.to_string(),
             }
             .into());
         }
         let headers = info.headers.clone().unwrap_or_default();
-        object.size = encryption.plain_size(&info);
+        let size = encryption.plain_size(&info);
         let content = encryption
             .open(&headers)
             .await
-            .map_err(|e| self.encryption_error(key, e))?;
-        if let Content::Encrypted {
-            key: content_key,
-            envelope,
-        } = content
-        {
-            let version = VersionId {
-                key: object.key.clone(),
-                etag: object.etag.clone(),
+            .map_err(|e| self.encryption_error(&key, e))?;
+        let decryption = match content {
+            Content::Encrypted {
+                key: content_key,
                 envelope,
-            };
-            let decryption = encryption
-                .decryption(content_key, object.size, version)
-                .map_err(|e| self.internal(format!("{key}: {e}")))?;
-            object.decryption = Some(Arc::new(decryption));
-        }
-        Ok(object)
+            } => {
+                let id = VersionId {
+                    key: key.clone(),
+                    etag: etag.clone(),
+                    envelope,
+                };
+                let decryption = encryption
+                    .decryption(content_key, size, id)
+                    .map_err(|e| self.internal(format!("{key}: {e}")))?;
+                Some(Arc::new(decryption))
+            }
+            Content::Plain => None,
+        };
+        Ok(version(key, etag, size, decryption))
     }
 }
