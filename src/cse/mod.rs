@@ -5,6 +5,7 @@
 //! keeps in an object's metadata and derives the content key; `kms` wraps and
 //! unwraps data keys.
 
+pub mod codec;
 pub mod envelope;
 pub mod gcm;
 pub mod kms;

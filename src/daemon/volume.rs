@@ -8,6 +8,7 @@ use tracing::info;
 
 use crate::cache::{BlockCache, CacheConfig};
 use crate::config::MountConfig;
+use crate::cse::codec::Plain;
 use crate::cse::volume::VolumeEncryption;
 use crate::fs::{Fs, FsConfig, WriteConfig};
 use crate::fuse::FuseAdapter;
@@ -138,7 +139,10 @@ impl Volume {
             write,
             stats: Some(stats.clone()),
             audit,
-            encryption,
+            codec: match encryption {
+                Some(encryption) => encryption,
+                None => Arc::new(Plain),
+            },
             io_timeout: connection.io_timeout,
             ..FsConfig::default()
         };

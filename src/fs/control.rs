@@ -88,17 +88,7 @@ impl Fs {
         let (key, _) = self.opened_key(ino, fh)?;
         let info = self.store.head_object(&key).await?;
         let headers = info.headers.unwrap_or_default();
-        let client_side = match crate::cse::envelope::Envelope::read(&headers.user) {
-            Ok(Some(envelope)) => Some(format!(
-                "S3 Encryption Client format {:?}, context {}",
-                envelope.format,
-                serde_json::to_string(&envelope.context).expect("strings serialize")
-            )),
-            Ok(None) => None,
-            Err(e) => Some(format!(
-                "S3 Encryption Client metadata that cannot be used: {e}"
-            )),
-        };
+        let client_side = self.config.codec.describe(&headers.user);
         Ok(json!({
             "bucket": self.store.bucket(),
             "key": info.key,
@@ -124,7 +114,7 @@ impl Fs {
         request: UrlRequest,
     ) -> FsResult<(Value, SystemTime)> {
         let (key, writing) = self.opened_key(ino, fh)?;
-        if self.config.encryption.is_some() {
+        if self.config.codec.encrypts() {
             // A URL's holder would get ciphertext, or put plaintext.
             return Err(FsError::NotSupported(
                 "a presigned URL of a file on a volume with client-side encryption",

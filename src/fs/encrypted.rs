@@ -17,9 +17,7 @@ use tracing::error;
 
 use super::inode::{Kind, Node, Stat};
 use super::read::{ObjectVersion, StoreSource};
-use super::{Fs, FsError, FsResult};
-use crate::cse::reading::{Decryption, Verdict, VersionId};
-use crate::cse::volume::Content;
+use super::{Decryption, Fs, FsError, FsResult, OpenError, Verdict, Version};
 use crate::store::{ObjectInfo, Operation, StoreError};
 
 /// The largest file (its size as shown, the plaintext's) checked whole before
@@ -40,12 +38,11 @@ pub(super) struct Opening {
 impl Fs {
     /// What a HEAD or a listing said of a file's object, as the file shows it.
     pub(super) fn file_stat(&self, info: ObjectInfo) -> Stat {
-        let size = self.config.encryption.as_ref().map(|e| e.plain_size(&info));
-        let mut stat = Stat::of_file(info);
-        if let Some(size) = size {
-            stat.size = size;
+        let size = self.config.codec.shown_size(&info);
+        Stat {
+            size,
+            ..Stat::of_file(info)
         }
-        stat
     }
 
     /// The version of `node`'s object that it says, read without the block
@@ -63,11 +60,7 @@ impl Fs {
         };
         let mut object =
             ObjectVersion::new(from, node.stat.size, decryption, self.config.memory.clone());
-        object.authenticate_first = self
-            .config
-            .encryption
-            .as_ref()
-            .is_some_and(|e| e.authenticates_first());
+        object.authenticate_first = self.config.codec.authenticates_first();
         object
     }
 
@@ -86,13 +79,14 @@ impl Fs {
     /// is (`None`) on a volume without encryption or for a plaintext object
     /// `--cse-allow-plaintext` lets through. The node, updated by the HEAD.
     pub(super) async fn open_encrypted(&self, ino: u64, node: Node) -> FsResult<Opening> {
-        let Some(encryption) = &self.config.encryption else {
-            return Ok(Opening {
-                node,
-                decryption: None,
-                unchecked: false,
-            });
+        let plain = |node| Opening {
+            node,
+            decryption: None,
+            unchecked: false,
         };
+        if !self.config.codec.encrypts() {
+            return Ok(plain(node));
+        }
         let info = self.store.head_object(&node.key).await?;
         let headers = info.headers.clone().unwrap_or_default();
         let stat = self.file_stat(info);
@@ -101,41 +95,32 @@ impl Fs {
             table.upsert(node.parent, &node.name, Kind::File, stat, Instant::now());
             table.get(ino).cloned().ok_or(FsError::NotFound)?
         };
-        let content = encryption
-            .open(&headers)
-            .await
-            .map_err(|source| FsError::Encryption {
-                key: node.key.clone(),
-                source: Box::new(source),
-            })?;
-        let (key, envelope) = match content {
-            Content::Encrypted { key, envelope } => (key, envelope),
-            Content::Plain => {
-                return Ok(Opening {
-                    node,
-                    decryption: None,
-                    unchecked: false,
+        let version = Version {
+            key: &node.key,
+            etag: &node.stat.etag,
+            size: node.stat.size,
+        };
+        let decryption = match self.config.codec.open(version, &headers).await {
+            Ok(Some(decryption)) => decryption,
+            Ok(None) => return Ok(plain(node)),
+            Err(OpenError::Refused(source)) => {
+                return Err(FsError::Encryption {
+                    key: node.key.clone(),
+                    source: Box::new(source),
                 });
             }
-        };
-        let version = VersionId {
-            key: node.key.as_str().into(),
-            etag: node.stat.etag.as_str().into(),
-            envelope,
-        };
-        let decryption = encryption
-            .decryption(key, node.stat.size, version)
-            .map_err(|e| {
+            Err(OpenError::Impossible(detail)) => {
                 error!(
                     key = node.key,
-                    "{e}: it cannot be an encrypted object; read fails"
+                    "{detail}: it cannot be an encrypted object; read fails"
                 );
-                FsError::from(StoreError::BadAnswer {
+                return Err(FsError::from(StoreError::BadAnswer {
                     op: Operation::HeadObject,
                     key: node.key.clone(),
-                    detail: e.to_string(),
-                })
-            })?;
+                    detail,
+                }));
+            }
+        };
         let decryption = Arc::new(decryption);
         let object = self.object_version(&node, Some(decryption.clone()));
         let checked = match decryption.verdict() {

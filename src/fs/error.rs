@@ -1,7 +1,7 @@
 //! Filesystem errors and the one place that turns them into errnos.
 
+use super::CseError;
 use super::upload::StageError;
-use crate::cse::volume::CseError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

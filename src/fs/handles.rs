@@ -75,7 +75,7 @@ impl Fs {
             let expired = node
                 .remaining(self.config.metadata_ttl, Instant::now())
                 .is_none();
-            if expired && self.config.encryption.is_none() {
+            if expired && !self.config.codec.encrypts() {
                 self.getattr(ino).await?;
                 node = self.node(ino)?;
             }

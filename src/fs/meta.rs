@@ -148,7 +148,7 @@ impl Fs {
         let node = self.node(ino)?;
         let kind = node.kind;
         // An encrypted object carries its envelope too: always asked for.
-        let own = node.stat.own_headers && self.config.encryption.is_none();
+        let own = node.stat.own_headers && !self.config.codec.encrypts();
         let (mut headers, posix, etag, size) = match node.stat.posix.filter(|_| own) {
             Some(own) => (
                 self.own_headers(key, &Posix::default(), kind),
@@ -382,7 +382,7 @@ impl Fs {
         }
         // Its value would be the one thing of the file stored in clear (as a
         // link's target would); those another writer stored are shown.
-        if self.config.encryption.is_some() {
+        if self.config.codec.encrypts() {
             return Err(FsError::NotSupported(
                 "an extended attribute on an encrypted volume (it would be stored unencrypted)",
             ));

@@ -60,6 +60,11 @@ pub use self::upload::WriteConfig;
 use self::upload::{StagedFile, StagingBudget};
 use self::writer::Writer;
 use crate::cache::BlockCache;
+// The one place the filesystem names encryption: its codec, and what the
+// codec's decryptions and sealing keys are made of.
+pub(crate) use crate::cse::codec::{
+    Codec, ContentKey, CseError, Decryption, OpenError, Piece, Plain, Tagger, Verdict, Version,
+};
 use crate::memory::{DEFAULT_MAX_MEMORY, MemoryBudget};
 use crate::names::{NameProblem, check_name};
 use crate::stats::MountStats;
@@ -92,8 +97,9 @@ pub struct FsConfig {
     pub stats: Option<Arc<MountStats>>,
     /// Where reads and changes are recorded (`--audit-log`).
     pub audit: Option<Arc<crate::audit::AuditLog>>,
-    /// Client-side encryption (`--cse-kms-key-id`).
-    pub encryption: Option<Arc<crate::cse::volume::VolumeEncryption>>,
+    /// How file content is kept in objects: as it is, or encrypted
+    /// (`--cse-kms-key-id`).
+    pub codec: Arc<dyn Codec>,
     /// How long a listing may bring nothing, page after page
     /// (`--io-timeout`).
     pub io_timeout: Duration,
@@ -115,7 +121,7 @@ impl Default for FsConfig {
             write: None,
             stats: None,
             audit: None,
-            encryption: None,
+            codec: Arc::new(Plain),
             io_timeout: crate::store::LISTING_PATIENCE,
         }
     }
@@ -263,12 +269,12 @@ impl Fs {
                 permits: Arc::new(Semaphore::new(0)),
                 staging: StagingBudget::new(0),
                 memory: config.memory.clone(),
-                encryption: None,
+                codec: Arc::new(Plain),
                 copies: Arc::default(),
                 content_types: false,
             },
         };
-        uploads.encryption = config.encryption.clone();
+        uploads.codec = config.codec.clone();
         uploads.content_types = config.content_types;
         let mount_time = SystemTime::now();
         Self {

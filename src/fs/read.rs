@@ -40,7 +40,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use crate::cache::{BlockCache, CachedSource, RangeSource};
-use crate::cse::reading::{Decryption, Verdict};
+use crate::fs::{Decryption, Verdict};
 use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, Operation, StoreError, StoreResult};
 

@@ -218,14 +218,11 @@ impl Fs {
     ) -> FsResult<String> {
         let limit = self.writable()?.single_copy_limit;
         // An encrypted object is its tag longer in S3 than the file shows.
-        let tag = match self.config.encryption {
-            Some(_) => crate::cse::gcm::TAG_LEN as u64,
-            None => 0,
-        };
-        if size + tag <= limit {
+        let stored = self.config.codec.stored_size(size);
+        if stored <= limit {
             return Ok(self
                 .store
-                .copy_object(from, to, etag, size + tag, replace)
+                .copy_object(from, to, etag, stored, replace)
                 .await?);
         }
         // A multipart copy carries nothing by itself: the headers are set when
@@ -233,7 +230,7 @@ impl Fs {
         // the size in S3 is what a HEAD says (a plaintext object let through
         // has no tag).
         let (size, headers) = match replace {
-            Some(headers) if tag == 0 => (size, headers.clone()),
+            Some(headers) if !self.config.codec.encrypts() => (size, headers.clone()),
             _ => {
                 let source = self.store.head_object(from).await?;
                 if let Some(expected) = etag.filter(|etag| *etag != source.etag) {

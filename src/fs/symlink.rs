@@ -34,7 +34,7 @@ impl Fs {
         self.writable()?;
         // Without metadata a link cannot be told from a file; encrypted, its
         // target would be the one thing on the volume stored in clear.
-        if !self.config.metadata || self.config.encryption.is_some() {
+        if !self.config.metadata || self.config.codec.encrypts() {
             return Err(self.mutate(Mutation::Symlink));
         }
         let name = self.valid_name(name)?;

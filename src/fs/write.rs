@@ -335,9 +335,9 @@ impl Fs {
                 ctime: self.config.metadata.then(|| file.ctime()),
                 ..file.posix()
             };
-            let headers = match self.config.encryption {
-                Some(_) => self.headers_with(ino, &key, &posix).await?.0,
-                None => self.own_headers(&key, &posix, Kind::File),
+            let headers = match self.config.codec.encrypts() {
+                true => self.headers_with(ino, &key, &posix).await?.0,
+                false => self.own_headers(&key, &posix, Kind::File),
             };
             uploaded.etag = self
                 .copy(

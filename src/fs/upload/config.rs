@@ -44,7 +44,7 @@ impl WriteConfig {
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
             staging: StagingBudget::new(self.staging_limit),
             memory,
-            encryption: None,
+            codec: Arc::new(crate::fs::Plain),
             copies: Arc::default(),
             content_types: false,
         }

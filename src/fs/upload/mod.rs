@@ -52,8 +52,7 @@ use self::state::{Sent, State, Upload};
 use super::inode::Kind;
 use super::posix::Posix;
 use super::read::ObjectVersion;
-use crate::cse::gcm::Tagger;
-use crate::cse::volume::{CseError, VolumeEncryption};
+use crate::fs::{Codec, CseError, Tagger};
 use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, StoreError};
 
@@ -66,8 +65,9 @@ pub struct Shares {
     pub staging: Arc<StagingBudget>,
     /// The memory the parts being uploaded take.
     pub memory: Arc<MemoryBudget>,
-    /// Client-side encryption: of uploads, and of the staging files.
-    pub encryption: Option<Arc<VolumeEncryption>>,
+    /// How content is kept in objects: encrypted, with client-side
+    /// encryption, in uploads and in the staging files.
+    pub codec: Arc<dyn Codec>,
     /// The copies this mount made of objects, which reads of a base follow.
     pub(crate) copies: Arc<super::copies::Copies>,
     /// Uploads carry a Content-Type from the file's extension.
@@ -193,7 +193,7 @@ impl StagedFile {
             })?;
         let size = base.as_ref().map_or(0, |b| b.size);
         Ok(Arc::new(Self {
-            file: LocalFile::new(file, shares.encryption.is_some()),
+            file: LocalFile::new(file, shares.codec.encrypts()),
             staging_dir,
             store,
             layout: PartLayout::new(config.part_size),
@@ -458,11 +458,7 @@ impl StagedFile {
     /// The largest the file may grow: S3's largest object, and on an
     /// encrypted volume the most one AES-GCM message holds (64 GiB).
     fn max_size(&self) -> u64 {
-        let largest = self.layout.max_size();
-        match self.shares.encryption {
-            Some(_) => largest.min(crate::cse::gcm::MAX_CONTENT),
-            None => largest,
-        }
+        self.layout.max_size().min(self.shares.codec.max_content())
     }
 
     /// Writes `data` at `offset`; starts uploads of the parts an appending writer
@@ -516,7 +512,7 @@ impl StagedFile {
             let behind = self.layout.index_of(end).min(state.versions.len());
             // Encrypted, a part sent before is sent again only by the flush,
             // under a new key.
-            let encrypted = self.shares.encryption.is_some();
+            let encrypted = self.shares.codec.encrypts();
             for index in self.layout.index_of(offset)..behind {
                 let resend = encrypted && state.uploaded[index].is_some();
                 if !state.in_flight[index] && !state.is_clean(index) && !resend {

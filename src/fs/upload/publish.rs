@@ -105,7 +105,7 @@ impl StagedFile {
 
     /// Uploads every part not yet uploaded as it is now, then completes.
     async fn complete(&self, key: &str, size: u64) -> StageResult<String> {
-        if self.shares.encryption.is_some() && self.resent_changed() {
+        if self.shares.codec.encrypts() && self.resent_changed() {
             // A part is never sent twice under one key with other bytes (S3
             // would see two plaintexts under one keystream): start over.
             self.abort_upload().await;

@@ -9,11 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Base, Sent, StageError, StageResult, StagedFile};
-use crate::cse::envelope::ContentKey;
-use crate::cse::gcm::{Piece, Tagger};
-use crate::cse::reading::VersionId;
-use crate::cse::volume::{Content, CseError, with_envelope};
 use crate::fs::read::{ObjectVersion, StoreSource};
+use crate::fs::{ContentKey, CseError, OpenError, Piece, Tagger, Version};
 use crate::store::{ObjectHeaders, Operation, StoreError};
 
 impl StagedFile {
@@ -35,14 +32,11 @@ impl StagedFile {
         if self.shares.content_types {
             headers.content_type = Some(crate::fs::content_type::of_file(key).to_string());
         }
-        let Some(encryption) = &self.shares.encryption else {
-            return Ok((headers, None));
-        };
-        let (metadata, content_key) = encryption
-            .seal()
+        self.shares
+            .codec
+            .seal(headers)
             .await
-            .map_err(|e| self.encryption_error(key, e))?;
-        Ok((with_envelope(headers, &metadata), Some(content_key)))
+            .map_err(|e| self.encryption_error(key, e))
     }
 
     /// Bytes `range` of the staging file as they are sent: encrypted with
@@ -124,9 +118,10 @@ impl StagedFile {
         };
         let (mut key, mut etag): (Arc<str>, Arc<str>) =
             (base.key.as_str().into(), base.etag.as_str().into());
-        let Some(encryption) = &self.shares.encryption else {
+        let codec = &self.shares.codec;
+        if !codec.encrypts() {
             return Ok(version(key, etag, base.size, None));
-        };
+        }
         let mut info = self.store.head_object(&base.key).await;
         if !info.as_ref().is_ok_and(|info| info.etag == base.etag)
             && let Some((copy, copy_etag)) = self.shares.copies.latest(&base.key, &base.etag)
@@ -146,27 +141,16 @@ impl StagedFile {
             .into());
         }
         let headers = info.headers.clone().unwrap_or_default();
-        let size = encryption.plain_size(&info);
-        let content = encryption
-            .open(&headers)
-            .await
-            .map_err(|e| self.encryption_error(&key, e))?;
-        let decryption = match content {
-            Content::Encrypted {
-                key: content_key,
-                envelope,
-            } => {
-                let id = VersionId {
-                    key: key.clone(),
-                    etag: etag.clone(),
-                    envelope,
-                };
-                let decryption = encryption
-                    .decryption(content_key, size, id)
-                    .map_err(|e| self.internal(format!("{key}: {e}")))?;
-                Some(Arc::new(decryption))
-            }
-            Content::Plain => None,
+        let size = codec.shown_size(&info);
+        let opened = Version {
+            key: &key,
+            etag: &etag,
+            size,
+        };
+        let decryption = match codec.open(opened, &headers).await {
+            Ok(decryption) => decryption.map(Arc::new),
+            Err(OpenError::Refused(e)) => return Err(self.encryption_error(&key, e)),
+            Err(OpenError::Impossible(e)) => return Err(self.internal(format!("{key}: {e}"))),
         };
         Ok(version(key, etag, size, decryption))
     }

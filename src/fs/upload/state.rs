@@ -9,9 +9,8 @@ use tokio::task::JoinHandle;
 
 use super::layout::PartLayout;
 use super::{Base, StageError};
-use crate::cse::envelope::ContentKey;
-use crate::cse::gcm::Piece;
 use crate::fs::posix::Posix;
+use crate::fs::{ContentKey, Piece};
 
 /// A part as uploaded.
 #[derive(Clone, Debug)]
