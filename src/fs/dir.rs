@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -126,19 +125,12 @@ impl Fs {
     }
 
     fn open_snapshot(&self, entries: Arc<Vec<DirEntry>>) -> u64 {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().insert(fh, entries);
-        fh
+        self.handles.open_dir(entries)
     }
 
     /// Entries of an open directory from position `offset` on.
     pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let entries = self
-            .dirs
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle(fh))?;
+        let entries = self.handles.dir(fh).ok_or(FsError::BadHandle(fh))?;
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 
@@ -171,7 +163,7 @@ impl Fs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().remove(&fh);
+        self.handles.close_dir(fh);
     }
 
     /// Every valid name directly under `dir_key`, directories shadowing files.

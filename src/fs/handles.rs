@@ -16,16 +16,13 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::audit::errno_of;
+use super::handle_table::BaseReader;
 use super::inode::{Kind, Node};
 use super::read::{ObjectVersion, Reader};
 use super::upload::{Base, StagedFile};
 use super::writer::Writer;
 use super::{Fs, FsError, FsResult, OpenFile, OpenFlags, Opened};
 use crate::store::{StoreError, StoreResult};
-
-/// The reader of the object a staged file was opened on, made at the first
-/// read through a handle on it.
-pub(super) type BaseReader = Arc<tokio::sync::Mutex<Option<Reader>>>;
 
 /// What a request is answered with: at once, or by a future that waits on S3.
 pub enum Answer<T> {
@@ -53,7 +50,7 @@ impl Fs {
         }
         let mut keep_cache = false;
         let mut direct_io = false;
-        let handle = if flags.write || self.staged_file(ino).is_some() {
+        let handle = if flags.write || self.staging.file(ino).is_some() {
             let file = self.stage(ino, flags).await?;
             self.inodes.lock().note_open(ino, None);
             OpenFile::Staged {
@@ -98,7 +95,7 @@ impl Fs {
             keep_cache = same_version
                 && !opening.unchecked
                 && self.config.audit.is_none()
-                && !self.files.lock().values().any(|f| {
+                && !self.handles.any(|_, f| {
                     matches!(f, OpenFile::Object { ino: i, etag, .. }
                         if *i == ino && **etag != node.stat.etag)
                 });
@@ -113,8 +110,7 @@ impl Fs {
                 kernel_kept: keep_cache,
             }
         };
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().insert(fh, handle);
+        let fh = self.handles.open(handle);
         debug!(
             ino,
             fh,
@@ -163,11 +159,7 @@ impl Fs {
     }
 
     pub(super) fn handle(&self, fh: u64) -> FsResult<OpenFile> {
-        self.files
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle(fh))
+        self.handles.get(fh).ok_or(FsError::BadHandle(fh))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
@@ -307,20 +299,14 @@ impl Fs {
     /// (on an encrypted volume, one not yet authenticated, whose pages the
     /// kernel would keep).
     async fn replacement(&self, fh: u64, ino: u64, etag: &str) -> Option<ObjectVersion> {
-        let alone = {
-            let files = self.files.lock();
-            let ino_of = |f: &OpenFile| match f {
-                OpenFile::Object { ino, .. } | OpenFile::Staged { ino, .. } => *ino,
-            };
-            let kept = matches!(
-                files.get(&fh),
-                Some(OpenFile::Object {
-                    kernel_kept: true,
-                    ..
-                })
-            );
-            !kept && !files.iter().any(|(h, f)| *h != fh && ino_of(f) == ino)
-        };
+        let kept = matches!(
+            self.handles.get(fh),
+            Some(OpenFile::Object {
+                kernel_kept: true,
+                ..
+            })
+        );
+        let alone = !kept && !self.handles.any(|h, f| h != fh && f.ino() == ino);
         if !alone {
             return None;
         }
@@ -339,9 +325,11 @@ impl Fs {
             self.kernel.attributes_changed(ino);
         }
         let new_etag: Arc<str> = node.stat.etag.as_str().into();
-        if let Some(OpenFile::Object { etag, .. }) = self.files.lock().get_mut(&fh) {
-            *etag = new_etag;
-        }
+        self.handles.update(fh, |handle| {
+            if let OpenFile::Object { etag, .. } = handle {
+                *etag = new_etag;
+            }
+        });
         self.inodes.lock().note_open(ino, Some(&node.stat.etag));
         debug!(
             fh,
@@ -396,7 +384,7 @@ impl Fs {
             return;
         }
         let Ok(node) = self.node(ino) else { return };
-        let size = match self.staged_file(ino) {
+        let size = match self.staging.file(ino) {
             Some(file) => file.size(),
             None => node.stat.size,
         };
@@ -412,7 +400,7 @@ impl Fs {
     /// the upload. The last handle on a staged file frees the staging file; changes
     /// whose upload failed (the application was told at close) are not retried.
     pub async fn release(&self, fh: u64) {
-        let handle = self.files.lock().remove(&fh);
+        let handle = self.handles.close(fh);
         match handle {
             Some(OpenFile::Staged { ino, writer, .. }) => self.release_staged(ino, writer).await,
             Some(OpenFile::Object { ino, etag, .. }) => {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tracing::{debug, warn};
@@ -27,13 +27,6 @@ pub const METADATA_DELAY: Duration = Duration::from_millis(500);
 /// setxattr(2)'s flags.
 const XATTR_CREATE: i32 = libc::XATTR_CREATE;
 const XATTR_REPLACE: i32 = libc::XATTR_REPLACE;
-
-/// A change of mode, owner or time not yet in S3.
-#[derive(Clone, Debug)]
-pub(super) struct Pending {
-    posix: Posix,
-    since: Instant,
-}
 
 impl Fs {
     /// Sets what `change` sets of `ino`'s mode, owner and time: a file's in
@@ -54,12 +47,13 @@ impl Fs {
         }
         // A file being written carries it in its next upload; it also waits
         // for a copy in place, which that upload makes moot (see
-        // [`Fs::settle_pending_posix`]), and which is all there is for a file
+        // [`StagingRegistry::settle_pending`](super::staging::StagingRegistry::settle_pending)), and which is all there is for a file
         // whose content is in S3 already.
-        if let Some(file) = self.staged_file(ino) {
+        if let Some(file) = self.staging.file(ino) {
             file.set_posix(&change);
         }
-        self.merge_pending_posix(ino, |waiting| waiting.updated(&change));
+        self.staging
+            .merge_pending(ino, |waiting| waiting.updated(&change));
         self.show_change(ino, &change);
         Ok(())
     }
@@ -74,48 +68,11 @@ impl Fs {
         }
     }
 
-    /// An upload of `ino` carried `sent`: what waited and is in it waits no
-    /// more. (Its change time is the upload's own, or S3's: a later change.)
-    pub(super) fn settle_pending_posix(&self, ino: u64, sent: &Posix) {
-        let mut pending = self.pending_posix.lock();
-        if pending.get(&ino).is_some_and(|waiting| {
-            let waiting = Posix {
-                ctime: None,
-                ..waiting.posix.clone()
-            };
-            sent.updated(&waiting) == *sent
-        }) {
-            pending.remove(&ino);
-        }
-    }
-
     /// `change`, taken and not put in S3, waits for `ino` again, under what
     /// came since.
     pub(super) fn restore_pending_posix(&self, ino: u64, change: Posix) {
-        self.merge_pending_posix(ino, |since| change.updated(&since));
-    }
-
-    fn merge_pending_posix(&self, ino: u64, merge: impl FnOnce(Posix) -> Posix) {
-        let mut pending = self.pending_posix.lock();
-        let entry = pending.entry(ino).or_insert(Pending {
-            posix: Posix::default(),
-            since: Instant::now(),
-        });
-        entry.posix = merge(std::mem::take(&mut entry.posix));
-    }
-
-    /// The mode, owner and time `ino` shows: what S3 said, with what is not in
-    /// S3 yet.
-    pub(super) fn shown_posix(&self, ino: u64, known: Option<&Posix>) -> Option<Posix> {
-        match self.pending_posix.lock().get(&ino) {
-            Some(pending) => Some(known.cloned().unwrap_or_default().updated(&pending.posix)),
-            None => known.cloned(),
-        }
-    }
-
-    /// The change waiting for `ino`, taken: whoever takes it puts it in S3.
-    pub(super) fn take_pending_posix(&self, ino: u64) -> Option<Posix> {
-        self.pending_posix.lock().remove(&ino).map(|p| p.posix)
+        self.staging
+            .merge_pending(ino, |since| change.updated(&since));
     }
 
     /// The headers an object this mount makes carries: `posix` in its user
@@ -188,7 +145,7 @@ impl Fs {
     /// Puts the change waiting for `ino` in S3, if one is: a copy of the object
     /// onto itself with the new metadata, pinned to the ETag it was read at.
     pub(super) async fn apply_pending_posix(&self, ino: u64) -> FsResult<()> {
-        let Some(change) = self.take_pending_posix(ino) else {
+        let Some(change) = self.staging.take_pending(ino) else {
             return Ok(());
         };
         let Ok(node) = self.named_node(ino) else {
@@ -197,7 +154,8 @@ impl Fs {
         // Written again since: the upload carries it (none comes for what a
         // killed process left, so the object in S3 gets it now).
         if self
-            .staged_file(ino)
+            .staging
+            .file(ino)
             .is_some_and(|file| file.is_dirty() && file.held_back().is_none())
         {
             return Ok(());
@@ -277,14 +235,7 @@ impl Fs {
     /// Puts every change that has waited `delay` in S3; the keys of those that
     /// could not be.
     pub async fn apply_metadata(&self, delay: Duration) -> Vec<String> {
-        let due: Vec<u64> = {
-            let pending = self.pending_posix.lock();
-            pending
-                .iter()
-                .filter(|(_, p)| p.since.elapsed() >= delay)
-                .map(|(ino, _)| *ino)
-                .collect()
-        };
+        let due = self.staging.due(delay);
         let mut failed = Vec::new();
         for ino in due {
             if let Err(e) = self.apply_pending_posix(ino).await {
@@ -302,7 +253,7 @@ impl Fs {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if self.running().is_err() {
+            if self.staging.running().is_err() {
                 return;
             }
             self.apply_metadata(METADATA_DELAY).await;
@@ -336,7 +287,8 @@ impl Fs {
         }
         let node = self.node(ino)?;
         Ok(self
-            .shown_posix(ino, node.stat.posix.as_ref())
+            .staging
+            .shown(ino, node.stat.posix.as_ref())
             .and_then(|posix| posix.xattrs)
             .unwrap_or_default())
     }

@@ -19,6 +19,7 @@ mod copies;
 mod dir;
 mod encrypted;
 pub mod error;
+mod handle_table;
 mod handles;
 pub mod inode;
 pub mod kernel;
@@ -31,6 +32,7 @@ pub use meta::xattr_name;
 pub mod read;
 mod remove;
 mod rename;
+mod staging;
 mod symlink;
 pub mod upload;
 mod write;
@@ -39,7 +41,6 @@ mod writer;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -49,16 +50,16 @@ use tracing::debug;
 use self::ahead::Listed;
 pub use self::dir::DirEntry;
 pub use self::error::{FsError, FsResult};
+use self::handle_table::{HandleTable, OpenFile};
 pub use self::handles::Answer;
 use self::inode::{InodeTable, Node};
 pub use self::inode::{Kind, ROOT_INO, Stat};
 pub use self::lookup::LOOKUP_BYTES;
 pub use self::meta::METADATA_DELAY;
 pub use self::read::ReadConfig;
-use self::read::Reader;
+use self::staging::StagingRegistry;
+use self::upload::StagingBudget;
 pub use self::upload::WriteConfig;
-use self::upload::{StagedFile, StagingBudget};
-use self::writer::Writer;
 use crate::cache::BlockCache;
 // The one place the filesystem names encryption: its codec, and what the
 // codec's decryptions and sealing keys are made of.
@@ -196,62 +197,22 @@ pub struct Opened {
     pub direct_io: bool,
 }
 
-/// An open file handle.
-#[derive(Clone)]
-enum OpenFile {
-    /// Reads the object in S3 as it was at open.
-    Object {
-        ino: u64,
-        /// The version the handle reads.
-        etag: Arc<str>,
-        reader: Arc<tokio::sync::Mutex<Reader>>,
-        /// Set at the first read through the handle, which the audit log records.
-        read_once: Arc<AtomicBool>,
-        /// The open let the kernel keep the pages it held of the file.
-        kernel_kept: bool,
-    },
-    /// The file is being written in this mount: reads and writes go to its
-    /// staged copy.
-    Staged {
-        ino: u64,
-        file: Arc<StagedFile>,
-        /// `None` for a handle open for reading only.
-        writer: Option<Arc<Writer>>,
-        /// Reads the object the file was opened on while no one changed it.
-        base_reader: handles::BaseReader,
-        /// Set at the first read through the handle, which the audit log records.
-        read_once: Arc<AtomicBool>,
-    },
-}
-
-/// A file being written, and how many handles are open on it.
-struct Staging {
-    file: Arc<StagedFile>,
-    handles: usize,
-}
-
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     config: FsConfig,
     inodes: Mutex<InodeTable>,
-    files: Mutex<HashMap<u64, OpenFile>>,
-    /// Files being written, by inode.
-    staged: Mutex<HashMap<u64, Staging>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Files being written, and changes waiting to be put in S3.
+    staging: StagingRegistry,
     /// The latest snapshot of each directory's listing, shared by its handles.
     dir_snapshots: Mutex<HashMap<u64, dir::Snapshot>>,
-    next_handle: AtomicU64,
+    /// Every open file and directory handle.
+    handles: HandleTable,
     /// Upload permits, staging space and memory of the files being written.
     uploads: upload::Shares,
     /// The time shown for directories that have no marker object of their own.
     mount_time: SystemTime,
-    /// Set by [`Fs::stop`]: nothing more is changed or uploaded.
-    stopped: AtomicBool,
     /// How far metadata is read ahead in each directory.
     ahead: ahead::Windows,
-    /// Changes of closed files' modes, owners and times waiting to be copied
-    /// onto their objects, by inode.
-    pending_posix: Mutex<HashMap<u64, meta::Pending>>,
     /// Held by a change of extended attributes, each made on the last.
     xattr_changes: tokio::sync::Mutex<()>,
     /// The kernel's caches, once the volume is mounted.
@@ -281,15 +242,11 @@ impl Fs {
             store,
             inodes: Mutex::new(InodeTable::new(root_key, mount_time)),
             mount_time,
-            files: Mutex::new(HashMap::new()),
-            staged: Mutex::new(HashMap::new()),
+            staging: StagingRegistry::default(),
             uploads,
-            dirs: Mutex::new(HashMap::new()),
             dir_snapshots: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            handles: HandleTable::default(),
             config,
-            stopped: AtomicBool::new(false),
-            pending_posix: Mutex::new(HashMap::new()),
             xattr_changes: tokio::sync::Mutex::new(()),
             ahead: ahead::Windows::default(),
             kernel: kernel::Kernel::default(),
@@ -319,10 +276,6 @@ impl Fs {
         Ok(node)
     }
 
-    fn staged_file(&self, ino: u64) -> Option<Arc<StagedFile>> {
-        self.staged.lock().get(&ino).map(|s| s.file.clone())
-    }
-
     fn attr(&self, ino: u64, node: &Node) -> Attr {
         let (perm, mut size, mut mtime, mut nlink) = match node.kind {
             Kind::File => (self.config.file_mode, node.stat.size, node.stat.mtime, 1),
@@ -330,7 +283,8 @@ impl Fs {
         };
         // What the object's metadata says, where it says it.
         let posix = self
-            .shown_posix(ino, node.stat.posix.as_ref())
+            .staging
+            .shown(ino, node.stat.posix.as_ref())
             .filter(|_| self.config.metadata)
             .unwrap_or_default();
         // Set-user-ID and set-group-ID bits are kept but never shown: whoever
@@ -349,7 +303,7 @@ impl Fs {
             nlink = 0;
         }
         // A file being written here is what this mount shows, whatever S3 holds.
-        if let Some(file) = self.staged_file(ino) {
+        if let Some(file) = self.staging.file(ino) {
             size = file.size();
             mtime = file.changed_mtime().unwrap_or(mtime);
             ctime = file.changed_ctime().unwrap_or(ctime);
@@ -384,7 +338,7 @@ impl Fs {
     /// The entry for `ino` if what we know of it is still fresh and whole (a
     /// file being written here always is).
     fn fresh_entry(&self, ino: u64, node: &Node) -> Option<Entry> {
-        if self.staged.lock().contains_key(&ino) {
+        if self.staging.contains(ino) {
             return Some(Entry {
                 attr: self.attr(ino, node),
                 ttl: self.config.metadata_ttl,
@@ -435,7 +389,7 @@ impl Fs {
             let table = self.inodes.lock();
             table
                 .child(parent, name)
-                .filter(|(ino, _)| self.staged.lock().contains_key(ino))
+                .filter(|(ino, _)| self.staging.contains(*ino))
                 .map(|(ino, node)| Entry {
                     attr: self.attr(ino, node),
                     ttl: self.config.metadata_ttl,
@@ -553,17 +507,7 @@ impl Fs {
     /// refused before any request.
     fn writable(&self) -> FsResult<&WriteConfig> {
         let config = self.config.write.as_ref().ok_or(FsError::ReadOnly)?;
-        self.running()?;
+        self.staging.running()?;
         Ok(config)
-    }
-
-    /// ENOTCONN once [`Fs::stop`] ran. A file is staged only under the lock of
-    /// `staged` with this checked, and the stop sets it under that lock: every
-    /// staged file is either abandoned by the stop or never staged.
-    fn running(&self) -> FsResult<()> {
-        match self.stopped.load(Ordering::SeqCst) {
-            true => Err(FsError::Stopped),
-            false => Ok(()),
-        }
     }
 }

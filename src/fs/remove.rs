@@ -20,7 +20,7 @@ impl Fs {
         }
         // Its uploads wait (the one under way ends first) and are given up
         // once the object is gone; if it cannot be deleted, they go on.
-        let open_file = self.staged_file(ino);
+        let open_file = self.staging.file(ino);
         let paused = match &open_file {
             Some(file) => Some(file.pause().await),
             None => None,
@@ -30,7 +30,7 @@ impl Fs {
         if let (Some(file), Some(paused)) = (&open_file, paused) {
             file.discard_paused(paused).await;
         }
-        self.take_pending_posix(ino);
+        self.staging.take_pending(ino);
         self.inodes.lock().remove_child(parent, name);
         self.discard_unlinked(ino).await;
         debug!(key, "deleted");
@@ -42,7 +42,7 @@ impl Fs {
     /// before got) is given up too. Nothing of it reaches S3, as nothing of
     /// an unlinked file would.
     pub(super) async fn discard_unlinked(&self, ino: u64) {
-        if let Some(file) = self.staged_file(ino)
+        if let Some(file) = self.staging.file(ino)
             && !file.is_deleted()
         {
             file.discard().await;
@@ -53,11 +53,10 @@ impl Fs {
     pub(super) async fn has_children(&self, ino: u64, key: &str) -> FsResult<bool> {
         let staged_inside = {
             let table = self.inodes.lock();
-            let staged = self.staged.lock();
             table
                 .children_of(ino)
                 .iter()
-                .any(|c| staged.contains_key(c))
+                .any(|c| self.staging.contains(*c))
         };
         if staged_inside {
             return Ok(true);
@@ -84,7 +83,7 @@ impl Fs {
         if self.has_children(ino, &key).await? {
             return Err(FsError::NotEmpty);
         }
-        self.take_pending_posix(ino);
+        self.staging.take_pending(ino);
         self.store.delete_object(&key).await?;
         self.inodes.lock().remove_child(parent, name);
         debug!(key, "directory removed");

@@ -58,7 +58,7 @@ impl Fs {
         }
         if let Some((replaced, _)) = target {
             // What waited for the file the rename replaces is moot.
-            self.take_pending_posix(replaced);
+            self.staging.take_pending(replaced);
         }
         match (kind, target) {
             (Kind::File, Some((_, Kind::Directory))) => return Err(FsError::IsADirectory),
@@ -78,7 +78,7 @@ impl Fs {
         // change the object under the name. Its uploads wait (the one under
         // way ends first) and are given up once the name is the new file's.
         let replaced_file = match target {
-            Some((replaced, Kind::File)) => self.staged_file(replaced),
+            Some((replaced, Kind::File)) => self.staging.file(replaced),
             _ => None,
         };
         let paused = match &replaced_file {
@@ -125,10 +125,11 @@ impl Fs {
         // Files open for writing under the new name upload there.
         {
             let table = self.inodes.lock();
-            let staged = self.staged.lock();
             for moved_ino in moved {
-                if let (Some(entry), Some(node)) = (staged.get(&moved_ino), table.get(moved_ino)) {
-                    entry.file.set_key(&node.key);
+                if let (Some(file), Some(node)) =
+                    (self.staging.file(moved_ino), table.get(moved_ino))
+                {
+                    file.set_key(&node.key);
                 }
             }
         }
@@ -142,7 +143,7 @@ impl Fs {
     /// the copy carries what the application wrote (not what a process killed
     /// by a signal left: the copy is of what S3 holds).
     async fn settle(&self, ino: u64) -> FsResult<Option<String>> {
-        if let Some(file) = self.staged_file(ino)
+        if let Some(file) = self.staging.file(ino)
             && file.held_back().is_none()
         {
             self.upload(ino, &file).await?;
@@ -164,7 +165,7 @@ impl Fs {
         // A new extension brings its type; any other rename keeps the
         // object's own.
         let retype = self.config.content_types && content_type::changes_on_rename(from, to);
-        let pending = self.take_pending_posix(ino);
+        let pending = self.staging.take_pending(ino);
         let (source, copied) = if !self.config.metadata && !retype {
             (
                 etag.clone(),
@@ -279,11 +280,11 @@ impl Fs {
     async fn rename_directory(&self, from: &str, to: &str) -> FsResult<()> {
         // Files being written inside are uploaded first, so they are copied too.
         let staged: Vec<u64> = {
+            let inside = self.staging.all();
             let table = self.inodes.lock();
-            let staged = self.staged.lock();
-            staged
-                .keys()
-                .copied()
+            inside
+                .into_iter()
+                .map(|(ino, _)| ino)
                 .filter(|s| table.get(*s).is_some_and(|n| n.key.starts_with(from)))
                 .collect()
         };

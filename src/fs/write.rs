@@ -17,7 +17,7 @@ use super::inode::{Kind, Node, Stat};
 use super::posix::Posix;
 use super::upload::{Base, StagedFile, WriteConfig};
 use super::writer::Writer;
-use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, SETID_BITS, Staging};
+use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, SETID_BITS};
 use crate::audit::{Event, Op};
 use crate::names::{NameProblem, check_name};
 
@@ -72,7 +72,7 @@ impl Fs {
     /// The staged copy of `ino`, shared by every handle open on it; created by the
     /// first handle (empty for O_TRUNC, else standing for the object in S3).
     pub(super) async fn stage(&self, ino: u64, flags: OpenFlags) -> FsResult<Arc<StagedFile>> {
-        if let Some(file) = self.attach(ino) {
+        if let Some(file) = self.staging.attach(ino) {
             if flags.truncate {
                 file.truncate(0, flags.process).await?;
             }
@@ -95,7 +95,7 @@ impl Fs {
         // waiting (which its upload then carries); its time is the new one.
         // As on any Linux filesystem, a write takes away what would run the
         // file with other privileges: its set-ID bits and file capability.
-        let shown = self.shown_posix(ino, node.stat.posix.as_ref());
+        let shown = self.staging.shown(ino, node.stat.posix.as_ref());
         if let Some(posix) = shown.filter(|_| self.config.metadata) {
             file.set_posix(&Posix {
                 mtime: None,
@@ -107,12 +107,8 @@ impl Fs {
                 ..posix
             });
         }
-        let mut staged = self.staged.lock();
-        self.running()?;
         // Another open may have staged it meanwhile: share that one.
-        let entry = staged.entry(ino).or_insert(Staging { file, handles: 0 });
-        entry.handles += 1;
-        Ok(entry.file.clone())
+        self.staging.stage(ino, file)
     }
 
     /// A staged file for `key` that uploads with the mount's permits and memory
@@ -131,19 +127,6 @@ impl Fs {
             self.uploads.clone(),
             self.config.metadata,
         )?)
-    }
-
-    /// How many handles hold staged file `ino`.
-    fn handles(&self, ino: u64) -> usize {
-        self.staged.lock().get(&ino).map_or(0, |e| e.handles)
-    }
-
-    /// One more handle on an already staged file.
-    fn attach(&self, ino: u64) -> Option<Arc<StagedFile>> {
-        let mut staged = self.staged.lock();
-        let entry = staged.get_mut(&ino)?;
-        entry.handles += 1;
-        Some(entry.file.clone())
     }
 
     /// Creates `name` in `parent`, empty and open for writing by `process`, with
@@ -171,39 +154,26 @@ impl Fs {
         let now = SystemTime::now();
         let ino = {
             let mut table = self.inodes.lock();
-            let mut staged = self.staged.lock();
-            self.running()?;
-            let stat = Stat {
-                size: 0,
-                etag: String::new(),
-                mtime: now,
-                posix: Some(posix),
-                own_headers: true,
-            };
-            let ino = table.upsert(parent, name, Kind::File, stat, Instant::now());
-            table.add_lookup(ino);
-            staged.insert(
-                ino,
-                Staging {
-                    file: file.clone(),
-                    handles: 1,
-                },
-            );
-            ino
+            self.staging.stage_new(file.clone(), || {
+                let stat = Stat {
+                    size: 0,
+                    etag: String::new(),
+                    mtime: now,
+                    posix: Some(posix),
+                    own_headers: true,
+                };
+                let ino = table.upsert(parent, name, Kind::File, stat, Instant::now());
+                table.add_lookup(ino);
+                ino
+            })?
         };
-        let fh = self
-            .next_handle
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.files.lock().insert(
-            fh,
-            OpenFile::Staged {
-                ino,
-                file,
-                writer: Writer::new(process, true, false),
-                base_reader: Default::default(),
-                read_once: Default::default(),
-            },
-        );
+        let fh = self.handles.open(OpenFile::Staged {
+            ino,
+            file,
+            writer: Writer::new(process, true, false),
+            base_reader: Default::default(),
+            read_once: Default::default(),
+        });
         debug!(ino, fh, key, "created");
         let entry = self.getattr(ino).await?;
         Ok((entry, fh))
@@ -323,7 +293,7 @@ impl Fs {
     /// [`Fs::upload`]'s work: the size and ETag of the object made, `None` when
     /// the file had not changed.
     async fn publish(&self, ino: u64, file: &StagedFile) -> FsResult<Option<(u64, String)>> {
-        self.running()?;
+        self.staging.running()?;
         let Some(mut uploaded) = file.flush().await? else {
             return Ok(None);
         };
@@ -350,7 +320,7 @@ impl Fs {
                 .await?;
             uploaded.posix = posix;
         }
-        self.settle_pending_posix(ino, &uploaded.posix);
+        self.staging.settle_pending(ino, &uploaded.posix);
         let done = (uploaded.size, uploaded.etag.clone());
         let stat = Stat {
             size: uploaded.size,
@@ -417,7 +387,7 @@ impl Fs {
                 file.truncate(size, by).await?;
                 // truncate(1) of a file no one has open is uploaded now; an open
                 // file's change goes with its close.
-                if self.handles(ino) == 1 {
+                if self.staging.handles(ino) == 1 {
                     self.upload(ino, &file).await?;
                 }
                 Ok::<_, FsError>(())
@@ -435,18 +405,8 @@ impl Fs {
     /// [`Fs::flush`]), then frees the staging file. Changes whose upload failed
     /// at a close that reported it are not retried.
     pub(super) async fn unstage(&self, ino: u64) {
-        let file = {
-            let mut staged = self.staged.lock();
-            let Some(entry) = staged.get_mut(&ino) else {
-                return;
-            };
-            entry.handles -= 1;
-            if entry.handles > 0 {
-                return;
-            }
-            // Kept in the table while it uploads, so a stop waits for it and an
-            // open meanwhile shares it.
-            entry.file.clone()
+        let Some(file) = self.staging.detach(ino) else {
+            return;
         };
         let held_back = file.held_back().is_some();
         if file.has_unsent_changes() {
@@ -463,16 +423,9 @@ impl Fs {
                 "closed with changes whose upload failed; S3 keeps the previous version"
             );
         }
-        let last = {
-            let mut staged = self.staged.lock();
-            let unused = staged
-                .get(&ino)
-                .is_some_and(|e| e.handles == 0 && Arc::ptr_eq(&e.file, &file));
-            unused && staged.remove(&ino).is_some()
-        };
         // Opened again meanwhile (the new handle has it now), or abandoned by a
         // stop (which closes it).
-        if last {
+        if self.staging.unstage(ino, &file) {
             file.close().await;
             if held_back {
                 // The file is what S3 holds again (nothing, if it was created
@@ -488,14 +441,7 @@ impl Fs {
     /// uploaded now; then [`Fs::stop`]. Returns the keys whose changes were not
     /// uploaded.
     pub async fn finish(&self, within: Duration) -> Vec<String> {
-        let files: Vec<(u64, Arc<StagedFile>)> = {
-            let staged = self.staged.lock();
-            staged
-                .iter()
-                .map(|(ino, e)| (*ino, e.file.clone()))
-                .collect()
-        };
-        for (ino, file) in files {
+        for (ino, file) in self.staging.all() {
             if file.has_unsent_changes()
                 && let Err(e) = self.upload(ino, &file).await
             {
@@ -520,18 +466,8 @@ impl Fs {
         let mut lost = tokio::time::timeout_at(deadline, self.apply_metadata(Duration::ZERO))
             .await
             .unwrap_or_default();
-        let files: Vec<Arc<StagedFile>> = {
-            let mut staged = self.staged.lock();
-            self.stopped.store(true, Ordering::SeqCst);
-            staged.drain().map(|(_, entry)| entry.file).collect()
-        };
+        let (files, waiting) = self.staging.stop();
         // What no copy put in S3 (out of time, or changed since).
-        let waiting: Vec<u64> = self
-            .pending_posix
-            .lock()
-            .drain()
-            .map(|(ino, _)| ino)
-            .collect();
         for ino in waiting {
             if let Ok(node) = self.node(ino) {
                 warn!(

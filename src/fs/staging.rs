@@ -1,0 +1,265 @@
+//! The staging registry: the files being written in this mount, by inode,
+//! with the handles that hold each, and the changes of closed files' modes,
+//! owners and times that wait to be copied onto their objects.
+//!
+//! A file is staged by the first handle that writes it (or by its creation),
+//! each further handle attaches to it, and the last one to let go publishes
+//! its changes and unstages it. A stop abandons every staged file at once:
+//! a file is staged only under the registry's lock with the stop checked,
+//! and the stop is marked under that lock, so every staged file is either
+//! abandoned by the stop or never staged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::posix::Posix;
+use super::upload::StagedFile;
+use super::{FsError, FsResult};
+
+/// A file being written, and how many handles are open on it.
+struct Staged {
+    file: Arc<StagedFile>,
+    handles: usize,
+}
+
+/// A change of mode, owner or time not yet in S3.
+struct Pending {
+    posix: Posix,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct StagingRegistry {
+    files: Mutex<HashMap<u64, Staged>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    stopped: AtomicBool,
+}
+
+impl StagingRegistry {
+    /// ENOTCONN once [`StagingRegistry::stop`] ran.
+    pub(super) fn running(&self) -> FsResult<()> {
+        match self.stopped.load(Ordering::SeqCst) {
+            true => Err(FsError::Stopped),
+            false => Ok(()),
+        }
+    }
+
+    /// The staged file of `ino`, if it is being written.
+    pub(super) fn file(&self, ino: u64) -> Option<Arc<StagedFile>> {
+        self.files.lock().get(&ino).map(|s| s.file.clone())
+    }
+
+    pub(super) fn contains(&self, ino: u64) -> bool {
+        self.files.lock().contains_key(&ino)
+    }
+
+    /// How many handles hold the staged file of `ino`.
+    pub(super) fn handles(&self, ino: u64) -> usize {
+        self.files.lock().get(&ino).map_or(0, |s| s.handles)
+    }
+
+    /// Every file staged now.
+    pub(super) fn all(&self) -> Vec<(u64, Arc<StagedFile>)> {
+        let files = self.files.lock();
+        files
+            .iter()
+            .map(|(ino, s)| (*ino, s.file.clone()))
+            .collect()
+    }
+
+    /// One more handle on the staged file of `ino`, if there is one.
+    pub(super) fn attach(&self, ino: u64) -> Option<Arc<StagedFile>> {
+        let mut files = self.files.lock();
+        let staged = files.get_mut(&ino)?;
+        staged.handles += 1;
+        Some(staged.file.clone())
+    }
+
+    /// Stages `file` for `ino` with one handle on it, or attaches to the one
+    /// another open staged meanwhile.
+    pub(super) fn stage(&self, ino: u64, file: Arc<StagedFile>) -> FsResult<Arc<StagedFile>> {
+        let mut files = self.files.lock();
+        self.running()?;
+        let staged = files.entry(ino).or_insert(Staged { file, handles: 0 });
+        staged.handles += 1;
+        Ok(staged.file.clone())
+    }
+
+    /// Stages `file`, a new file, with one handle on it, for the inode
+    /// `number` gives it (called under this registry's lock, after the stop
+    /// was checked).
+    pub(super) fn stage_new(
+        &self,
+        file: Arc<StagedFile>,
+        number: impl FnOnce() -> u64,
+    ) -> FsResult<u64> {
+        let mut files = self.files.lock();
+        self.running()?;
+        let ino = number();
+        files.insert(ino, Staged { file, handles: 1 });
+        Ok(ino)
+    }
+
+    /// One handle fewer on the staged file of `ino`: the file, when that was
+    /// the last. It stays staged while it uploads, so that a stop waits for
+    /// it and an open meanwhile shares it.
+    pub(super) fn detach(&self, ino: u64) -> Option<Arc<StagedFile>> {
+        let mut files = self.files.lock();
+        let staged = files.get_mut(&ino)?;
+        staged.handles -= 1;
+        (staged.handles == 0).then(|| staged.file.clone())
+    }
+
+    /// Unstages `file` if no handle took it again since it was detached;
+    /// whether it did (a stop meanwhile abandoned it, or an open holds it).
+    pub(super) fn unstage(&self, ino: u64, file: &Arc<StagedFile>) -> bool {
+        let mut files = self.files.lock();
+        let unused = files
+            .get(&ino)
+            .is_some_and(|s| s.handles == 0 && Arc::ptr_eq(&s.file, file));
+        unused && files.remove(&ino).is_some()
+    }
+
+    /// Marks the stop and takes every staged file and every inode whose
+    /// change of mode, owner or time still waits.
+    pub(super) fn stop(&self) -> (Vec<Arc<StagedFile>>, Vec<u64>) {
+        let files: Vec<Arc<StagedFile>> = {
+            let mut files = self.files.lock();
+            self.stopped.store(true, Ordering::SeqCst);
+            files.drain().map(|(_, s)| s.file).collect()
+        };
+        let waiting = self.pending.lock().drain().map(|(ino, _)| ino).collect();
+        (files, waiting)
+    }
+
+    /// Merges a change into what waits for `ino` (from the time the first
+    /// began waiting).
+    pub(super) fn merge_pending(&self, ino: u64, merge: impl FnOnce(Posix) -> Posix) {
+        let mut pending = self.pending.lock();
+        let entry = pending.entry(ino).or_insert(Pending {
+            posix: Posix::default(),
+            since: Instant::now(),
+        });
+        entry.posix = merge(std::mem::take(&mut entry.posix));
+    }
+
+    /// An upload of `ino` carried `sent`: what waited and is in it waits no
+    /// more. (Its change time is the upload's own, or S3's: a later change.)
+    pub(super) fn settle_pending(&self, ino: u64, sent: &Posix) {
+        let mut pending = self.pending.lock();
+        if pending.get(&ino).is_some_and(|waiting| {
+            let waiting = Posix {
+                ctime: None,
+                ..waiting.posix.clone()
+            };
+            sent.updated(&waiting) == *sent
+        }) {
+            pending.remove(&ino);
+        }
+    }
+
+    /// `known` with what waits for `ino` over it.
+    pub(super) fn shown(&self, ino: u64, known: Option<&Posix>) -> Option<Posix> {
+        match self.pending.lock().get(&ino) {
+            Some(pending) => Some(known.cloned().unwrap_or_default().updated(&pending.posix)),
+            None => known.cloned(),
+        }
+    }
+
+    /// The change waiting for `ino`, taken: whoever takes it puts it in S3.
+    pub(super) fn take_pending(&self, ino: u64) -> Option<Posix> {
+        self.pending.lock().remove(&ino).map(|p| p.posix)
+    }
+
+    /// The inodes whose change has waited `delay`.
+    pub(super) fn due(&self, delay: Duration) -> Vec<u64> {
+        let pending = self.pending.lock();
+        pending
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= delay)
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::upload::WriteConfig;
+    use crate::local_dir::LocalDir;
+    use crate::memory::MemoryBudget;
+    use crate::store::memory::MemoryStore;
+
+    fn file(dir: &tempfile::TempDir, key: &str) -> Arc<StagedFile> {
+        let config = WriteConfig::new(LocalDir::open_or_create(dir.path()).unwrap());
+        let shares = config.shares(MemoryBudget::new(1 << 30, false, None));
+        let store = Arc::new(MemoryStore::new("bkt"));
+        StagedFile::new(key, None, store, &config, shares, true).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_last_handle_unstages_unless_another_took_the_file_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = StagingRegistry::default();
+        let first = file(&dir, "a");
+        let staged = registry.stage(1, first.clone()).unwrap();
+        // A second open shares what the first staged, not its own file.
+        let shared = registry.stage(1, file(&dir, "a")).unwrap();
+        assert!(Arc::ptr_eq(&staged, &first) && Arc::ptr_eq(&shared, &first));
+        assert_eq!(registry.handles(1), 2);
+        assert!(registry.detach(1).is_none(), "one handle still holds it");
+        let last = registry.detach(1).expect("the last handle let go");
+        // Opened again while it uploaded: it stays staged.
+        assert!(registry.attach(1).is_some());
+        assert!(!registry.unstage(1, &last));
+        assert!(registry.contains(1));
+        let last = registry.detach(1).unwrap();
+        assert!(registry.unstage(1, &last));
+        assert!(!registry.contains(1) && registry.file(1).is_none());
+    }
+
+    #[tokio::test]
+    async fn after_a_stop_nothing_is_staged_and_everything_staged_was_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = StagingRegistry::default();
+        registry.stage(1, file(&dir, "a")).unwrap();
+        registry.stage_new(file(&dir, "b"), || 2).unwrap();
+        registry.merge_pending(3, |posix| posix);
+        let (files, waiting) = registry.stop();
+        assert_eq!(files.len(), 2);
+        assert_eq!(waiting, [3]);
+        assert!(matches!(registry.running(), Err(FsError::Stopped)));
+        let refused = registry.stage(4, file(&dir, "c"));
+        assert!(matches!(refused, Err(FsError::Stopped)));
+        let mut numbered = false;
+        let refused = registry.stage_new(file(&dir, "d"), || {
+            numbered = true;
+            5
+        });
+        assert!(matches!(refused, Err(FsError::Stopped)) && !numbered);
+        assert!(registry.all().is_empty());
+    }
+
+    #[test]
+    fn a_change_waits_until_an_upload_carries_it() {
+        let registry = StagingRegistry::default();
+        let chmod = Posix {
+            perm: Some(0o600),
+            ..Posix::default()
+        };
+        registry.merge_pending(7, |waiting| waiting.updated(&chmod));
+        assert_eq!(registry.shown(7, None).unwrap().perm, Some(0o600));
+        assert_eq!(registry.due(Duration::ZERO), [7]);
+        assert!(registry.due(Duration::from_secs(3600)).is_empty());
+        // An upload that carried another mode leaves it waiting.
+        registry.settle_pending(7, &Posix::default());
+        assert!(registry.shown(7, None).is_some());
+        registry.settle_pending(7, &chmod);
+        assert_eq!(registry.take_pending(7), None);
+        assert_eq!(registry.shown(7, None), None);
+    }
+}
