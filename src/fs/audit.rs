@@ -3,7 +3,7 @@
 //! points (`Fs::create`, `Fs::unlink`, `Fs::rename`, `Fs::setattr` and the
 //! rest) sit beside what they wrap; the first read through a handle, the close
 //! that makes an object and the ioctls of `s3vol info` and `s3vol url` are
-//! recorded where they happen (`Fs::read`, `Fs::upload`, `Fs::ioctl`).
+//! recorded where they happen (`Fs::read`, `Fs::publish`, `Fs::ioctl`).
 
 use std::ffi::OsStr;
 

@@ -146,7 +146,7 @@ impl Fs {
         if let Some(file) = self.staging.file(ino)
             && file.held_back().is_none()
         {
-            self.upload(ino, &file).await?;
+            self.publish(ino, &file).await?;
         }
         Ok(self
             .node(ino)

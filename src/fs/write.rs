@@ -254,7 +254,7 @@ impl Fs {
             debug!(fh, signal, "close of a held-back file: nothing published");
             return Ok(());
         }
-        self.upload(ino, &file).await
+        self.publish(ino, &file).await
     }
 
     /// fsync(2): the file's content as written so far, by any handle, is durable
@@ -262,7 +262,7 @@ impl Fs {
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let ino = match self.handle(fh)? {
             OpenFile::Staged { ino, file, .. } => {
-                self.upload(ino, &file).await?;
+                self.publish(ino, &file).await?;
                 ino
             }
             OpenFile::Object { ino, .. } => ino,
@@ -271,10 +271,11 @@ impl Fs {
         self.apply_pending_posix(ino).await
     }
 
-    /// Uploads a staged file if it changed and records what S3 now holds (and,
-    /// in the audit log, the object made or the failure to make it).
-    pub(super) async fn upload(&self, ino: u64, file: &StagedFile) -> FsResult<()> {
-        let result = self.publish(ino, file).await;
+    /// Makes a staged file the object in S3 if it changed, and records what S3
+    /// now holds (and, in the audit log, the object made or the failure to
+    /// make it).
+    pub(super) async fn publish(&self, ino: u64, file: &StagedFile) -> FsResult<()> {
+        let result = self.make_object(ino, file).await;
         match &result {
             Ok(None) => {}
             Ok(Some((size, etag))) => self.audit(|| Event {
@@ -290,11 +291,11 @@ impl Fs {
         result.map(|_| ())
     }
 
-    /// [`Fs::upload`]'s work: the size and ETag of the object made, `None` when
-    /// the file had not changed.
-    async fn publish(&self, ino: u64, file: &StagedFile) -> FsResult<Option<(u64, String)>> {
+    /// [`Fs::publish`]'s work: the size and ETag of the object made, `None`
+    /// when the file had not changed.
+    async fn make_object(&self, ino: u64, file: &StagedFile) -> FsResult<Option<(u64, String)>> {
         self.staging.running()?;
-        let Some(mut uploaded) = file.flush().await? else {
+        let Some(mut uploaded) = file.publish().await? else {
             return Ok(None);
         };
         if uploaded.headers_behind {
@@ -388,7 +389,7 @@ impl Fs {
                 // truncate(1) of a file no one has open is uploaded now; an open
                 // file's change goes with its close.
                 if self.staging.handles(ino) == 1 {
-                    self.upload(ino, &file).await?;
+                    self.publish(ino, &file).await?;
                 }
                 Ok::<_, FsError>(())
             }
@@ -410,7 +411,7 @@ impl Fs {
         };
         let held_back = file.held_back().is_some();
         if file.has_unsent_changes() {
-            if let Err(e) = self.upload(ino, &file).await {
+            if let Err(e) = self.publish(ino, &file).await {
                 warn!(
                     key = file.key(),
                     "the changes left at the last close of the file were not uploaded \
@@ -443,7 +444,7 @@ impl Fs {
     pub async fn finish(&self, within: Duration) -> Vec<String> {
         for (ino, file) in self.staging.all() {
             if file.has_unsent_changes()
-                && let Err(e) = self.upload(ino, &file).await
+                && let Err(e) = self.publish(ino, &file).await
             {
                 warn!(key = file.key(), "cannot upload at unmount: {e:#}");
             }

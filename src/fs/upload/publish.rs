@@ -13,8 +13,8 @@ use crate::store::UploadedPart;
 impl StagedFile {
     /// Makes the staged content the object in S3, if it changed. Returns what was
     /// uploaded, or `None` when there was nothing to do. On failure the multipart
-    /// upload is aborted and the content stays staged (a later flush retries).
-    pub async fn flush(&self) -> StageResult<Option<Uploaded>> {
+    /// upload is aborted and the content stays staged (a later close retries).
+    pub async fn publish(&self) -> StageResult<Option<Uploaded>> {
         let _exclusive = self.exclusive.lock().await;
         let tasks = {
             let mut state = self.state.lock();
@@ -35,7 +35,7 @@ impl StagedFile {
         for task in tasks {
             let _ = task.await;
         }
-        let result = self.upload_all().await;
+        let result = self.send().await;
         if let Err(e) = &result {
             warn!(key = self.key(), error = %e, "upload failed; aborting it");
             self.abort_upload().await;
@@ -45,7 +45,8 @@ impl StagedFile {
         result.map(Some)
     }
 
-    async fn upload_all(&self) -> StageResult<Uploaded> {
+    /// One PutObject, or the parts not yet sent and the completion.
+    async fn send(&self) -> StageResult<Uploaded> {
         if let Some(e) = self.state.lock().failure.take() {
             return Err(e);
         }
