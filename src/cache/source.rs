@@ -16,8 +16,9 @@ use crate::store::StoreResult;
 /// The stored bytes of one version of one object.
 #[async_trait]
 pub trait RangeSource: Send + Sync + 'static {
-    /// Bytes `range`, in pieces whose concatenation is the range (shorter only
-    /// when the object is).
+    /// Bytes `range`, in pieces whose concatenation is the range, or less
+    /// where the object ends before the range does (a caller that knows the
+    /// object's size takes that for a short answer: the object changed).
     async fn get(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>>;
 
     /// Bytes `range` if the source holds all of them here, blocking at most on

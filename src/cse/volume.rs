@@ -217,13 +217,6 @@ impl VolumeEncryption {
     }
 }
 
-/// The headers of an object written with `metadata` (from
-/// [`VolumeEncryption::seal`]) besides `headers`.
-pub fn with_envelope(mut headers: ObjectHeaders, metadata: &[(String, String)]) -> ObjectHeaders {
-    headers.user.extend(metadata.iter().cloned());
-    headers
-}
-
 /// What `--cse-kms-key-id`, `--cse-context` and `--cse-allow-plaintext` ask
 /// for, as plain values.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

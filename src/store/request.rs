@@ -168,7 +168,7 @@ impl<'a> Request<'a> {
     }
 
     /// The key the request changes or reads (a copy's destination), or the
-    /// prefix it lists: what a refusal of it names.
+    /// prefix it lists (for the wrappers that act on requests by key).
     pub fn key(&self) -> &'a str {
         match self {
             Request::Get { key, .. }
@@ -288,7 +288,7 @@ pub trait ObjectStore: Send + Sync + 'static {
             pin: Pin::Current(None),
             read: Read::Head,
         };
-        headers_of(key, self.get(key, options).await?)
+        headers_of(Operation::HeadObject, key, self.get(key, options).await?)
     }
 
     async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
@@ -320,7 +320,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         };
         let got = self.get(key, options).await?;
         let data = got.data.clone();
-        Ok((headers_of(key, got)?, data))
+        Ok((headers_of(Operation::GetObject, key, got)?, data))
     }
 
     /// Stores `body` as `key`; returns the new ETag.
@@ -440,7 +440,11 @@ pub trait ObjectStore: Send + Sync + 'static {
             pin: Pin::Version(version_id),
             read: Read::Head,
         };
-        headers_of(key, self.get(key, options).await?)
+        headers_of(
+            Operation::GetObjectVersion,
+            key,
+            self.get(key, options).await?,
+        )
     }
 
     /// Bytes `range` of version `version_id` of `key`.
@@ -459,9 +463,9 @@ pub trait ObjectStore: Send + Sync + 'static {
 }
 
 /// The headers a read that asks for them brought.
-fn headers_of(key: &str, got: GetResult) -> StoreResult<ObjectInfo> {
+fn headers_of(op: Operation, key: &str, got: GetResult) -> StoreResult<ObjectInfo> {
     got.info.ok_or_else(|| StoreError::Internal {
-        op: Operation::HeadObject,
+        op,
         detail: format!("the store answered a read of {key} without its headers"),
     })
 }

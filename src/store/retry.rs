@@ -43,7 +43,7 @@ use super::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// No new attempt starts later than this after the first, not counting the
-    /// time attempts spent sending data (up to [`transfer_allowance`] each).
+    /// time attempts spent sending data (up to [`transfer_allowance`](super::transfer_allowance) each).
     pub deadline: Duration,
     /// The backoff cap of the first retry; it doubles with each retry.
     pub first_backoff: Duration,

@@ -33,6 +33,8 @@ impl S3Store {
     ) -> StoreResult<(ObjectInfo, Bytes)> {
         let range = 0..len.max(1);
         let response = self.send_get(key, &range, pin).await?;
+        let etag = response.e_tag().unwrap_or_default();
+        check_pin(operation(pin), key, pin, etag, response.version_id())?;
         let bad = |detail: String| bad_get(key, detail);
         let expected = answered_range(response.content_range(), &range).map_err(bad)?;
         let size = range_total(response.content_range())
@@ -158,21 +160,8 @@ impl S3Store {
     ) -> StoreResult<(String, Option<String>)> {
         let response = self.send_get(key, &range, pin).await?;
         let etag = response.e_tag().unwrap_or_default().to_string();
+        check_pin(operation(pin), key, pin, &etag, response.version_id())?;
         let bad = |detail: String| bad_get(key, detail);
-        match pin {
-            Pin::Current(Some(pinned)) if !etag.is_empty() && etag != pinned => {
-                return Err(bad(format!(
-                    "it sent ETag {etag} for a GET pinned to ETag {pinned} (If-Match ignored)"
-                )));
-            }
-            Pin::Version(wanted) if response.version_id().is_some_and(|got| got != wanted) => {
-                return Err(bad(format!(
-                    "it sent version {} for a GET of version {wanted}",
-                    response.version_id().unwrap_or_default()
-                )));
-            }
-            _ => {}
-        }
         let expected = answered_range(response.content_range(), &range).map_err(bad)?;
         let broken = self
             .read_body(key, response.body, expected, range.end - range.start, into)
@@ -253,6 +242,32 @@ impl S3Store {
 /// The slowest a GET body may come, in bytes per second, measured over each
 /// stall period (a third of `--io-timeout`).
 const MIN_BODY_RATE: u64 = 16 * 1024;
+
+/// Refuses an answer about another object than `pin` asked for: a server
+/// that ignored If-Match, or sent another version.
+pub(super) fn check_pin(
+    op: Operation,
+    key: &str,
+    pin: Pin<'_>,
+    etag: &str,
+    version: Option<&str>,
+) -> StoreResult<()> {
+    let detail = match pin {
+        Pin::Current(Some(pinned)) if !etag.is_empty() && etag != pinned => {
+            format!("it sent ETag {etag} for a request pinned to ETag {pinned} (If-Match ignored)")
+        }
+        Pin::Version(wanted) if version.is_some_and(|got| got != wanted) => format!(
+            "it sent version {} for a request of version {wanted}",
+            version.unwrap_or_default()
+        ),
+        _ => return Ok(()),
+    };
+    Err(StoreError::BadAnswer {
+        op,
+        key: key.to_string(),
+        detail,
+    })
+}
 
 /// A GET answer that cannot be right.
 fn bad_get(key: &str, detail: String) -> StoreError {

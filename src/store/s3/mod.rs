@@ -165,7 +165,19 @@ impl S3Store {
             .set_if_match(if_match.map(str::to_string))
             .set_version_id(version_id.map(str::to_string))
             .send();
-        let out = self.answer(op, key, Duration::ZERO, request).await?;
+        let out = self
+            .answer(op, key, Duration::ZERO, request)
+            .await
+            .map_err(|e| match e {
+                StoreError::Changed { op, key, .. } => StoreError::Changed {
+                    op,
+                    key,
+                    expected_etag: if_match.unwrap_or_default().to_string(),
+                },
+                other => other,
+            })?;
+        let etag = out.e_tag().unwrap_or_default();
+        get::check_pin(op, key, pin, etag, out.version_id())?;
         let headers = object_headers!(out);
         Ok(ObjectInfo {
             key: key.to_string(),
