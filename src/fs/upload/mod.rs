@@ -51,7 +51,6 @@ use self::local::LocalFile;
 use self::state::{Sent, State, Upload};
 use super::inode::Kind;
 use super::posix::Posix;
-use super::read::ObjectVersion;
 use crate::fs::{Codec, CseError, Tagger};
 use crate::memory::MemoryBudget;
 use crate::store::{ObjectStore, StoreError};
@@ -291,12 +290,6 @@ impl StagedFile {
         self.state.lock().base.clone()
     }
 
-    /// The version of the object the file was opened on, for reading (`base`,
-    /// from [`StagedFile::unchanged_base`]).
-    pub async fn base_version(&self, base: &Base) -> StageResult<ObjectVersion> {
-        self.base_object(base).await
-    }
-
     /// Sets what `posix` sets of the mode, owner and time the object keeps.
     pub fn set_posix(&self, posix: &Posix) {
         let mut state = self.state.lock();
@@ -429,7 +422,7 @@ impl StagedFile {
         }
         self.take_to(&mut self.state.lock(), base.size)?;
         let key = self.key();
-        let object = self.base_object(&base).await?;
+        let object = self.base_version(&base).await?;
         let chunk = self.layout.first_size();
         let mut offset = 0;
         while offset < base.size {

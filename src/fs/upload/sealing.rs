@@ -103,10 +103,12 @@ impl StagedFile {
             .any(|(sent, version)| sent.as_ref().is_some_and(|s| s.version != *version))
     }
 
-    /// The object a file was opened on, to be read into the staging file:
-    /// decrypted on an encrypted volume (its tag checked as it is read whole,
-    /// which the caller confirms with [`ObjectVersion::authenticate`]).
-    pub(super) async fn base_object(&self, base: &Base) -> StageResult<ObjectVersion> {
+    /// The version of the object a file was opened on (`base`, from
+    /// [`StagedFile::unchanged_base`]), for reading it or copying it into the
+    /// staging file: decrypted on an encrypted volume (its tag checked as it is
+    /// read whole, which the caller confirms with
+    /// [`ObjectVersion::authenticate`]).
+    pub async fn base_version(&self, base: &Base) -> StageResult<ObjectVersion> {
         let version = |key: Arc<str>, etag: Arc<str>, size, decryption| {
             let from = StoreSource {
                 store: self.store.clone(),

@@ -139,14 +139,7 @@ impl S3Store {
             .send();
         self.answer(operation(pin), key, Duration::ZERO, request)
             .await
-            .map_err(|e| match e {
-                StoreError::Changed { op, key, .. } => StoreError::Changed {
-                    op,
-                    key,
-                    expected_etag: if_match.unwrap_or_default().to_string(),
-                },
-                other => other,
-            })
+            .map_err(|e| naming_etag(e, if_match))
     }
 
     /// One ranged GET, reading the body to the end or to the first error. Returns the
@@ -242,6 +235,19 @@ impl S3Store {
 /// The slowest a GET body may come, in bytes per second, measured over each
 /// stall period (a third of `--io-timeout`).
 const MIN_BODY_RATE: u64 = 16 * 1024;
+
+/// A [`StoreError::Changed`] that names the ETag a request was pinned to (an
+/// answer of 412 does not).
+pub(super) fn naming_etag(error: StoreError, if_match: Option<&str>) -> StoreError {
+    match error {
+        StoreError::Changed { op, key, .. } => StoreError::Changed {
+            op,
+            key,
+            expected_etag: if_match.unwrap_or_default().to_string(),
+        },
+        other => other,
+    }
+}
 
 /// Refuses an answer about another object than `pin` asked for: a server
 /// that ignored If-Match, or sent another version.

@@ -168,14 +168,7 @@ impl S3Store {
         let out = self
             .answer(op, key, Duration::ZERO, request)
             .await
-            .map_err(|e| match e {
-                StoreError::Changed { op, key, .. } => StoreError::Changed {
-                    op,
-                    key,
-                    expected_etag: if_match.unwrap_or_default().to_string(),
-                },
-                other => other,
-            })?;
+            .map_err(|e| get::naming_etag(e, if_match))?;
         let etag = out.e_tag().unwrap_or_default();
         get::check_pin(op, key, pin, etag, out.version_id())?;
         let headers = object_headers!(out);
