@@ -288,7 +288,11 @@ pub trait ObjectStore: Send + Sync + 'static {
             pin: Pin::Current(None),
             read: Read::Head,
         };
-        headers_of(Operation::HeadObject, key, self.get(key, options).await?)
+        headers_of(
+            Operation::HeadObject,
+            key,
+            self.get(key, options).await?.info,
+        )
     }
 
     async fn list_objects(&self, req: ListRequest<'_>) -> StoreResult<ListPage> {
@@ -318,9 +322,8 @@ pub trait ObjectStore: Send + Sync + 'static {
             pin: Pin::Current(None),
             read: Read::Start(len),
         };
-        let got = self.get(key, options).await?;
-        let data = got.data.clone();
-        Ok((headers_of(Operation::GetObject, key, got)?, data))
+        let GetResult { info, data } = self.get(key, options).await?;
+        Ok((headers_of(Operation::GetObject, key, info)?, data))
     }
 
     /// Stores `body` as `key`; returns the new ETag.
@@ -443,7 +446,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         headers_of(
             Operation::GetObjectVersion,
             key,
-            self.get(key, options).await?,
+            self.get(key, options).await?.info,
         )
     }
 
@@ -463,8 +466,8 @@ pub trait ObjectStore: Send + Sync + 'static {
 }
 
 /// The headers a read that asks for them brought.
-fn headers_of(op: Operation, key: &str, got: GetResult) -> StoreResult<ObjectInfo> {
-    got.info.ok_or_else(|| StoreError::Internal {
+fn headers_of(op: Operation, key: &str, info: Option<ObjectInfo>) -> StoreResult<ObjectInfo> {
+    info.ok_or_else(|| StoreError::Internal {
         op,
         detail: format!("the store answered a read of {key} without its headers"),
     })

@@ -227,3 +227,78 @@ impl ObjectStore for VersionedView {
         self.inner.presign(key, &request).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{ObjectHeaders, UploadedPart};
+    use bytes::Bytes;
+
+    /// Every change, whatever its kind, is refused before it reaches the
+    /// bucket: the view shows the past and never writes.
+    #[tokio::test]
+    async fn every_change_is_refused_and_nothing_reaches_the_bucket() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        memory.put("k", "now");
+        let view = VersionedView::new(memory.clone(), SystemTime::now(), Duration::from_secs(5));
+        let headers = ObjectHeaders::default();
+        let parts = [UploadedPart {
+            number: 1,
+            etag: "\"e\"".into(),
+        }];
+        let changes = [
+            Request::Put {
+                key: "k",
+                body: Bytes::from_static(b"x"),
+                headers: &headers,
+            },
+            Request::CreateUpload {
+                key: "k",
+                headers: &headers,
+            },
+            Request::UploadPart {
+                key: "k",
+                upload_id: "u",
+                number: 1,
+                body: Bytes::from_static(b"x"),
+            },
+            Request::CompleteUpload {
+                key: "k",
+                upload_id: "u",
+                parts: &parts,
+            },
+            Request::AbortUpload {
+                key: "k",
+                upload_id: "u",
+            },
+            Request::Copy {
+                from: "k",
+                to: "k2",
+                if_match: None,
+                size: 3,
+                replace: None,
+            },
+            Request::CopyPart {
+                from: "k",
+                to: "k2",
+                upload_id: "u",
+                number: 1,
+                range: 0..3,
+                if_match: None,
+            },
+            Request::Delete { key: "k" },
+        ];
+        for change in changes {
+            let op = change.operation();
+            assert!(op.mutates(), "{op}");
+            let refused = view.send(change).await;
+            assert!(
+                matches!(refused, Err(StoreError::Internal { op: o, .. }) if o == op),
+                "{op}: {refused:?}"
+            );
+        }
+        assert!(memory.calls().is_empty(), "{:?}", memory.calls());
+        assert_eq!(memory.get("k").unwrap(), "now");
+    }
+}
