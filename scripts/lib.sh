@@ -13,6 +13,7 @@ PJDFSTEST_VERSION=0.2.2
 KUBERNETES_VALIDATE_VERSION=1.37.0
 S3EC_VERSION=4.0.0
 GRPCIO_VERSION=1.85.3
+PROMETHEUS_CLIENT_VERSION=0.26.0
 GARAGE_BIN="$S3VOL_TOOLS/garage-$GARAGE_VERSION/bin/garage"
 PJDFSTEST_BIN="$S3VOL_TOOLS/pjdfstest-$PJDFSTEST_VERSION/bin/pjdfstest"
 MOTO_VENV="$S3VOL_TOOLS/moto-$MOTO_VERSION"
@@ -21,6 +22,7 @@ SYSTEMD_ROOTFS="$S3VOL_TOOLS/debian-bookworm-systemd"
 KUBERNETES_VALIDATE_VENV="$S3VOL_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
 S3EC_VENV="$S3VOL_TOOLS/s3ec-$S3EC_VERSION"
 GRPCIO_VENV="$S3VOL_TOOLS/grpcio-$GRPCIO_VERSION"
+PROMETHEUS_CLIENT_VENV="$S3VOL_TOOLS/prometheus-client-$PROMETHEUS_CLIENT_VERSION"
 
 # Bold only on a terminal: CI keeps the output as text.
 log() {
@@ -101,6 +103,17 @@ ensure_grpcio() {
     log "installing grpcio $GRPCIO_VERSION into $GRPCIO_VENV"
     python3 -m venv "$GRPCIO_VENV"
     "$GRPCIO_VENV/bin/pip" install -q "grpcio==$GRPCIO_VERSION"
+}
+
+# Prometheus's own Python client, whose parser reads what the metrics
+# endpoints serve as Prometheus would.
+ensure_prometheus_client() {
+    [ -x "$PROMETHEUS_CLIENT_VENV/bin/python" ] &&
+        "$PROMETHEUS_CLIENT_VENV/bin/python" -c "import prometheus_client" 2>/dev/null && return 0
+    apt_install python3-venv
+    log "installing prometheus_client $PROMETHEUS_CLIENT_VERSION into $PROMETHEUS_CLIENT_VENV"
+    python3 -m venv "$PROMETHEUS_CLIENT_VENV"
+    "$PROMETHEUS_CLIENT_VENV/bin/pip" install -q "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 }
 
 ensure_pjdfstest() {

@@ -35,6 +35,7 @@ ensure_test_tools
 ensure_moto
 ensure_kubernetes_validate
 ensure_grpcio
+ensure_prometheus_client
 ensure_s3_encryption_client
 ensure_garage
 ensure_pjdfstest

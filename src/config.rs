@@ -52,6 +52,8 @@ pub struct MountConfig {
     pub log_file: Option<PathBuf>,
     /// Where reads and changes are recorded (`crate::audit`).
     pub audit_log: Option<PathBuf>,
+    /// Where Prometheus metrics are served (`crate::metrics`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Show the bucket as it was at this moment (`crate::store::versioned`).
     pub version_at: Option<std::time::SystemTime>,
     /// Client-side encryption (`crate::cse`).

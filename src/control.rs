@@ -1,5 +1,5 @@
 //! What a volume's daemon answers through ioctls on the volume's own files: its
-//! statistics (on the root), what S3 holds for a file, and presigned URLs.
+//! report (on the root), what S3 holds for a file, and presigned URLs.
 //!
 //! An ioctl needs no socket to find (it works wherever the mount is visible, in
 //! containers too) and reaches the daemon only through a descriptor the caller
@@ -27,8 +27,16 @@ pub const BUF: usize = 8192;
 /// The ioctls' type: `'S'`.
 const TYPE: u8 = b'S';
 
-/// `s3vol stats`, on the volume's root: `_IOR('S', 1, [u8; BUF])`.
+/// The report, on the volume's root, as versions before [`REPORT`] asked for
+/// it: `_IOR('S', 1, [u8; BUF])`. Answered while the report fits.
 pub const STATS: u32 = nix::request_code_read!(TYPE, 1, BUF) as u32;
+
+/// The room for [`REPORT`]'s answer: the most an ioctl number can name.
+pub const REPORT_BUF: usize = (1 << 14) - 1;
+
+/// `s3vol stats`, the metrics of the CSI driver and its volume health, on the
+/// volume's root: `_IOR('S', 4, [u8; REPORT_BUF])`.
+pub const REPORT: u32 = nix::request_code_read!(TYPE, 4, REPORT_BUF) as u32;
 
 /// `s3vol info`, on a file open for reading: `_IOR('S', 2, [u8; BUF])`.
 pub const INFO: u32 = nix::request_code_read!(TYPE, 2, BUF) as u32;
@@ -38,6 +46,7 @@ pub const INFO: u32 = nix::request_code_read!(TYPE, 2, BUF) as u32;
 pub const URL: u32 = nix::request_code_readwrite!(TYPE, 3, BUF) as u32;
 
 nix::ioctl_read_buf!(stats_ioctl, TYPE, 1, u8);
+nix::ioctl_read_buf!(report_ioctl, TYPE, 4, u8);
 nix::ioctl_read_buf!(info_ioctl, TYPE, 2, u8);
 nix::ioctl_readwrite_buf!(url_ioctl, TYPE, 3, u8);
 
@@ -71,17 +80,20 @@ impl UrlRequest {
     }
 }
 
-/// Asks the daemon: `request` (one of [`STATS`], [`INFO`], [`URL`]) on `file`,
-/// which must be open on a file of an s3vol volume (the caller checks that: on
-/// another filesystem the number may mean something else). Returns the answer.
+/// Asks the daemon: `request` (one of [`STATS`], [`REPORT`], [`INFO`], [`URL`])
+/// on `file`, which must be open on a file of an s3vol volume (the caller checks
+/// that: on another filesystem the number may mean something else). Returns the
+/// answer.
 pub fn ask(file: &File, request: u32, url: Option<UrlRequest>) -> nix::Result<Vec<u8>> {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; if request == REPORT { REPORT_BUF } else { BUF }];
     let fd = file.as_raw_fd();
-    // SAFETY: each request's size field is `buf.len()` (BUF), the kernel copies at
-    // most that many bytes each way, and the descriptor stays open for the call.
+    // SAFETY: each request's size field is `buf.len()` (BUF, or REPORT_BUF for
+    // REPORT), the kernel copies at most that many bytes each way, and the
+    // descriptor stays open for the call.
     let len = unsafe {
         match request {
             STATS => stats_ioctl(fd, &mut buf),
+            REPORT => report_ioctl(fd, &mut buf),
             INFO => info_ioctl(fd, &mut buf),
             URL => {
                 let question = url.ok_or(nix::errno::Errno::EINVAL)?.to_json().to_string();
@@ -95,6 +107,19 @@ pub fn ask(file: &File, request: u32, url: Option<UrlRequest>) -> nix::Result<Ve
     Ok(buf)
 }
 
+/// The report of the volume whose root `root` is open on: asked with
+/// [`REPORT`], and with [`STATS`] of a daemon of a version that does not know
+/// it.
+pub fn report(root: &File) -> nix::Result<Vec<u8>> {
+    use nix::errno::Errno;
+    match ask(root, REPORT, None) {
+        Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL | Errno::EOPNOTSUPP) => {
+            ask(root, STATS, None)
+        }
+        answer => answer,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +131,7 @@ mod tests {
         // with these numbers.
         let s = u32::from(b'S') << 8;
         assert_eq!(STATS, (2 << 30) | (8192 << 16) | s | 1);
+        assert_eq!(REPORT, (2 << 30) | (16383 << 16) | s | 4);
         assert_eq!(INFO, (2 << 30) | (8192 << 16) | s | 2);
         assert_eq!(URL, (3 << 30) | (8192 << 16) | s | 3);
     }

@@ -29,6 +29,7 @@ pub mod fuse;
 pub mod local_dir;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod mountinfo;
 pub mod names;
 pub mod preflight;
@@ -37,3 +38,12 @@ pub mod startup;
 pub mod stats;
 pub mod store;
 pub mod values;
+
+/// What `s3vol --version` says: the crate's version and the commit it was
+/// built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("S3VOL_COMMIT"),
+    ")"
+);

@@ -1,22 +1,26 @@
-//! What a mount has done: requests to S3 by operation, bytes each way, the block
-//! cache's hits and misses, memory held and waited for, uploads and credential
-//! renewals.
+//! What a mount has done: requests to S3 by operation and outcome and how long
+//! they took, bytes each way, the block cache's hits and misses, memory held
+//! and waited for, uploads, credential renewals and errors by errno; and what
+//! is wrong with the volume, if anything is ([`trouble`]).
 //!
-//! The daemon answers the ioctl [`crate::control::STATS`] on the volume's root
+//! The daemon answers the ioctl [`crate::control::REPORT`] on the volume's root
 //! directory with a JSON report, so `s3vol stats MOUNTPOINT` works wherever the
-//! mount is visible. The same report is logged at unmount.
+//! mount is visible. The same report is logged at unmount, and the metrics
+//! endpoint serves it in Prometheus's format.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
 use crate::audit::AuditStats;
+use crate::auth::CredentialStatus;
 use crate::cache::BlockCache;
 use crate::memory::MemoryBudget;
-use crate::store::Operation;
+use crate::metrics::histogram::BOUNDS;
 use crate::store::counted::RequestStats;
+use crate::store::{OUTCOMES, Operation};
 
 /// Where a mount's counters live.
 pub struct MountStats {
@@ -28,12 +32,51 @@ pub struct MountStats {
     pub cache: Option<Arc<BlockCache>>,
     /// The memory budget (`--max-memory`).
     pub memory: Option<Arc<MemoryBudget>>,
-    /// Credential renewals so far, when the credentials are renewed at all.
-    pub renewals: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// How the volume's credentials stand.
+    pub credentials: Option<Arc<dyn Fn() -> CredentialStatus + Send + Sync>>,
     /// The audit log's counters (`--audit-log`).
     pub audit: Option<Arc<AuditStats>>,
     /// Whether the daemon can tell its callers apart.
     pub callers: CallerStats,
+    /// Filesystem calls answered with an error.
+    pub errors: ErrnoStats,
+    /// `--io-timeout`: how long the endpoint may fail every request before
+    /// the volume is reported sick.
+    pub io_timeout: Duration,
+}
+
+/// Filesystem calls answered with an error, by errno.
+#[derive(Debug)]
+pub struct ErrnoStats([AtomicU64; ERRNOS]);
+
+/// Linux's errnos are below this.
+const ERRNOS: usize = 134;
+
+impl Default for ErrnoStats {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl ErrnoStats {
+    pub fn record(&self, errno: i32) {
+        let slot = usize::try_from(errno).unwrap_or(0).min(ERRNOS - 1);
+        self.0[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `{"ENOENT": 3, ...}`, the errnos seen.
+    fn to_json(&self) -> Value {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(errno, n)| {
+                let n = n.load(Ordering::Relaxed);
+                let name = format!("{:?}", nix::errno::Errno::from_raw(errno as i32));
+                (n > 0).then(|| (name, json!(n)))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
 }
 
 /// Whether the daemon sees who calls it: the kernel names each caller by PID
@@ -87,6 +130,8 @@ impl MountStats {
                     "disk_hits": load(&stats.disk_hits),
                     "misses": load(&stats.misses),
                     "bytes_from_cache": load(&stats.bytes_from_cache),
+                    "memory_hit_bytes": load(&stats.memory_hit_bytes),
+                    "disk_hit_bytes": load(&stats.disk_hit_bytes),
                     "evictions": load(&stats.evictions),
                     "damaged_blocks": load(&stats.corrupt),
                     "disk_used": cache.disk_used(),
@@ -110,11 +155,18 @@ impl MountStats {
             .duration_since(self.started)
             .unwrap_or_default()
             .as_secs();
+        let begun = done(Operation::CreateMultipartUpload);
+        let ended = done(Operation::CompleteMultipartUpload)
+            .saturating_add(done(Operation::AbortMultipartUpload));
+        let credentials = self.credentials.as_ref().map(|state| state());
         json!({
+            "version": crate::VERSION,
             "source": self.source,
             "mode": if self.read_write { "read-write" } else { "read-only" },
             "uptime_seconds": uptime,
             "requests": by_operation,
+            "requests_by_outcome": self.outcomes(),
+            "latency": self.latency(),
             "request_errors": requests.errors(),
             "bytes_from_s3": requests.bytes_downloaded(),
             "bytes_to_s3": requests.bytes_uploaded(),
@@ -122,12 +174,29 @@ impl MountStats {
             "memory": memory,
             "uploads": {
                 "objects": done(Operation::PutObject)
-                    + done(Operation::CompleteMultipartUpload)
-                    + done(Operation::CopyObject),
-                "parts": done(Operation::UploadPart) + done(Operation::UploadPartCopy),
+                    .saturating_add(done(Operation::CompleteMultipartUpload))
+                    .saturating_add(done(Operation::CopyObject)),
+                "parts": done(Operation::UploadPart).saturating_add(done(Operation::UploadPartCopy)),
                 "aborted": done(Operation::AbortMultipartUpload),
+                "in_flight": begun.saturating_sub(ended),
             },
-            "credential_renewals": self.renewals.as_ref().map(|renewals| renewals()),
+            "credential_renewals": credentials.as_ref().map(|c| c.renewals),
+            "credentials": credentials.map(|c| json!({
+                "renewals": c.renewals,
+                "failed_renewals": c.failed_renewals,
+                "expires_in_seconds": c.expires.map(|at| {
+                    at.duration_since(SystemTime::now()).unwrap_or_default().as_secs()
+                }),
+                "renewal_failing": c.renewal_failing,
+            })),
+            "endpoint": {
+                "failing_for_seconds": requests.failing().map(|f| {
+                    SystemTime::now().duration_since(f.since).unwrap_or_default().as_secs()
+                }),
+                "last_failure": requests.failing().map(|f| f.last),
+                "io_timeout_seconds": self.io_timeout.as_secs(),
+            },
+            "errors_by_errno": self.errors.to_json(),
             "audit": self.audit.as_ref().map(|audit| json!({
                 "lines_written": audit.written.load(Ordering::Relaxed),
                 "lines_dropped": audit.dropped.load(Ordering::Relaxed),
@@ -138,6 +207,110 @@ impl MountStats {
             },
         })
     }
+}
+
+impl MountStats {
+    /// `{"GetObject": {"ok": 10, "changed": 1}, ...}`: the requests of each
+    /// operation used, by outcome.
+    fn outcomes(&self) -> Value {
+        let mut ops = serde_json::Map::new();
+        for op in Operation::ALL {
+            let outcomes: serde_json::Map<String, Value> = OUTCOMES
+                .iter()
+                .map(|outcome| (outcome.to_string(), self.requests.outcome(op, outcome)))
+                .filter(|(_, n)| *n > 0)
+                .map(|(outcome, n)| (outcome, json!(n)))
+                .collect();
+            if !outcomes.is_empty() {
+                ops.insert(op.to_string(), outcomes.into());
+            }
+        }
+        ops.into()
+    }
+
+    /// The time histograms of each operation used, whole and to the first
+    /// byte, with their buckets' bounds.
+    fn latency(&self) -> Value {
+        let of = |first_byte: bool| -> serde_json::Map<String, Value> {
+            Operation::ALL
+                .iter()
+                .map(|op| (op, self.requests.latency(*op, first_byte)))
+                .filter(|(_, histogram)| histogram.count() > 0)
+                .map(|(op, histogram)| (op.to_string(), histogram.to_json()))
+                .collect()
+        };
+        json!({ "bounds": BOUNDS, "total": of(false), "first_byte": of(true) })
+    }
+
+    /// The report in at most `room` bytes of JSON: without the latency
+    /// histograms if it must (the ioctl's buffer is bounded); `None` if even
+    /// that does not fit.
+    pub fn report_within(&self, room: usize) -> Option<Vec<u8>> {
+        let mut report = self.report();
+        let text = report.to_string();
+        if text.len() <= room {
+            return Some(text.into_bytes());
+        }
+        report["latency"] = json!({ "omitted": "the report was too large with them" });
+        let text = report.to_string();
+        (text.len() <= room).then(|| text.into_bytes())
+    }
+}
+
+/// A mount's own metrics endpoint serves its report.
+impl crate::metrics::Scrape for MountStats {
+    fn scrape(&self) -> futures::future::BoxFuture<'_, String> {
+        let mut text = crate::metrics::Exposition::default();
+        text.add_report(&Vec::new(), &self.report());
+        Box::pin(std::future::ready(text.render()))
+    }
+}
+
+/// What is wrong with a volume by its `report`, in words that say what to do;
+/// `None` when nothing is.
+pub fn trouble(report: &Value) -> Option<String> {
+    if let Some(why) = report
+        .pointer("/credentials/renewal_failing")
+        .and_then(Value::as_str)
+    {
+        let left = match report
+            .pointer("/credentials/expires_in_seconds")
+            .and_then(Value::as_u64)
+        {
+            Some(0) => "they have expired, and every request fails".to_string(),
+            Some(secs) => format!(
+                "the current ones expire in {}",
+                humantime::format_duration(Duration::from_secs(secs))
+            ),
+            None => "the current ones stay usable".to_string(),
+        };
+        return Some(format!(
+            "the volume's credentials cannot be renewed ({why}); {left}. Check the role's \
+             trust policy and the external ID, or the keys, that the volume's Secret gives"
+        ));
+    }
+    let failing = report
+        .pointer("/endpoint/failing_for_seconds")
+        .and_then(Value::as_u64);
+    let limit = report
+        .pointer("/endpoint/io_timeout_seconds")
+        .and_then(Value::as_u64);
+    if let (Some(failing), Some(limit)) = (failing, limit)
+        && failing > limit
+    {
+        let last = report
+            .pointer("/endpoint/last_failure")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        return Some(format!(
+            "every request to S3 has failed for {} (the last: {last}), longer than the \
+             volume's --io-timeout of {}; check that the endpoint is up and reachable from \
+             this node, and the daemon's log",
+            humantime::format_duration(Duration::from_secs(failing)),
+            humantime::format_duration(Duration::from_secs(limit))
+        ));
+    }
+    None
 }
 
 /// The report as people read it: one line per subject.
@@ -221,9 +394,30 @@ pub fn render(mountpoint: &str, report: &Value) -> String {
         number(&["uploads", "aborted"])
     );
     match report.get("credential_renewals").and_then(Value::as_u64) {
-        Some(n) => out += &format!("  credentials  {n} renewals\n"),
+        Some(n) => {
+            let expires = report
+                .pointer("/credentials/expires_in_seconds")
+                .and_then(Value::as_u64)
+                .map(|secs| {
+                    let left = humantime::format_duration(Duration::from_secs(secs));
+                    format!(", the current ones expire in {left}")
+                })
+                .unwrap_or_default();
+            let failed = number(&["credentials", "failed_renewals"]);
+            out += &format!("  credentials  {n} renewals, {failed} failed{expires}\n");
+        }
         None => out += "  credentials  static (never renewed)\n",
     }
+    if let Some(errnos) = report.get("errors_by_errno").and_then(Value::as_object)
+        && !errnos.is_empty()
+    {
+        let shown: Vec<String> = errnos.iter().map(|(e, n)| format!("{e} {n}")).collect();
+        out += &format!("  errors       {}\n", shown.join(", "));
+    }
+    out += &format!(
+        "  health       {}\n",
+        trouble(report).unwrap_or_else(|| "ok".to_string())
+    );
     let unseen = number(&["callers", "unseen_closes"]);
     let host = report
         .pointer("/callers/host_pid_namespace")
@@ -282,6 +476,48 @@ mod tests {
         assert_eq!(bytes(1 << 30), "1.0 GiB");
     }
 
+    fn stats_of(requests: Arc<RequestStats>) -> MountStats {
+        MountStats {
+            source: "b".repeat(1024),
+            read_write: true,
+            started: SystemTime::now(),
+            requests,
+            cache: None,
+            memory: None,
+            credentials: Some(Arc::new(|| CredentialStatus {
+                renewal_failing: Some("x".repeat(1024)),
+                ..Default::default()
+            })),
+            audit: None,
+            callers: CallerStats::default(),
+            errors: ErrnoStats::default(),
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn the_largest_report_fits_the_ioctl_and_a_smaller_room_drops_the_histograms() {
+        let requests = Arc::new(RequestStats::default());
+        requests.fill(u64::MAX / 2);
+        let stats = stats_of(requests);
+        (0..ERRNOS as i32).for_each(|errno| stats.errors.record(errno));
+        let full = stats
+            .report_within(crate::control::REPORT_BUF)
+            .expect("fits");
+        let room = full.len() - 1;
+        let full: Value = serde_json::from_slice(&full).unwrap();
+        assert_eq!(
+            full["latency"]["total"].as_object().unwrap().len(),
+            Operation::ALL.len()
+        );
+        // A smaller room (the older ioctl's) gets what fits.
+        let small = stats.report_within(room).expect("fits without histograms");
+        let small: Value = serde_json::from_slice(&small).unwrap();
+        assert!(small["latency"]["omitted"].is_string(), "{small}");
+        assert_eq!(small["requests"], full["requests"]);
+        assert_eq!(stats.report_within(100), None);
+    }
+
     #[tokio::test]
     async fn the_report_counts_what_the_store_did() {
         let store = CountedStore::new(Arc::new(MemoryStore::new("bkt")));
@@ -301,13 +537,20 @@ mod tests {
             requests: store.stats(),
             cache: None,
             memory: None,
-            renewals: Some(Arc::new(|| 3)),
+            credentials: Some(Arc::new(|| CredentialStatus {
+                renewals: 3,
+                ..Default::default()
+            })),
             audit: None,
             callers: CallerStats {
                 host_pid_namespace: false,
                 unseen_closes: AtomicU64::new(2),
             },
+            errors: ErrnoStats::default(),
+            io_timeout: Duration::from_secs(30),
         };
+        stats.errors.record(libc::ENOENT);
+        stats.errors.record(libc::ENOENT);
         let report = stats.report();
         assert_eq!(report["requests"]["GetObject"], 1);
         assert_eq!(report["requests"]["PutObject"], 1);
@@ -322,7 +565,18 @@ mod tests {
         );
         assert!(text.contains("5 B from S3, 5 B to S3"), "{text}");
         assert!(text.contains("cache        off"), "{text}");
-        assert!(text.contains("3 renewals"), "{text}");
+        assert!(text.contains("3 renewals, 0 failed"), "{text}");
+        assert_eq!(report["errors_by_errno"], json!({"ENOENT": 2}));
+        assert!(text.contains("errors       ENOENT 2"), "{text}");
+        assert_eq!(report["requests_by_outcome"]["GetObject"], json!({"ok": 1}));
+        assert_eq!(
+            report["latency"]["total"]["GetObject"]["counts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            15
+        );
+        assert!(text.contains("health       ok"), "{text}");
         assert_eq!(report["callers"]["unseen_closes"], 2);
         assert!(text.contains("PID namespace of its own"), "{text}");
         assert!(

@@ -261,6 +261,26 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 5s, 1m, 0 or indefinite"))
 }
 
+/// `--metrics-listen`: `PORT` (on 127.0.0.1), or `IP:PORT` (`[IPv6]:PORT`) to
+/// listen elsewhere.
+pub fn parse_metrics_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let addr = match text.parse::<u16>() {
+        Ok(port) => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => text.parse().map_err(|_| {
+            format!(
+                "{text:?} is not a port or an IP address and port; give e.g. 9464 (on \
+                 127.0.0.1), 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464"
+            )
+        })?,
+    };
+    if addr.port() == 0 {
+        return Err(format!(
+            "{text:?} names no port; give the port Prometheus will scrape, e.g. 9464"
+        ));
+    }
+    Ok(addr)
+}
+
 /// `unix:///PATH` (or a bare absolute path): the CSI plugin's socket.
 pub fn parse_csi_endpoint(text: &str) -> Result<std::path::PathBuf, String> {
     let path = text.strip_prefix("unix://").unwrap_or(text);
@@ -276,6 +296,25 @@ pub fn parse_csi_endpoint(text: &str) -> Result<std::path::PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metrics_address_is_loopback_unless_named() {
+        assert_eq!(
+            parse_metrics_listen("9464").unwrap().to_string(),
+            "127.0.0.1:9464"
+        );
+        assert_eq!(
+            parse_metrics_listen("0.0.0.0:9100").unwrap().to_string(),
+            "0.0.0.0:9100"
+        );
+        assert_eq!(
+            parse_metrics_listen("[::1]:9100").unwrap().to_string(),
+            "[::1]:9100"
+        );
+        for bad in ["0", "localhost:9100", "127.0.0.1:0", "99999", ""] {
+            assert!(parse_metrics_listen(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn modes_and_ttls_parse_or_explain() {

@@ -19,6 +19,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
 
 pub use self::keys::{BaseCredentials, StaticKeys};
+pub use self::renew::CredentialStatus;
 pub use self::secret::{Secret, read_secret_file};
 use crate::logging::error_chain;
 use crate::startup::{Kind, StartError};

@@ -113,6 +113,7 @@ struct Shared {
     current: Mutex<Credentials>,
     last_error: Mutex<Option<String>>,
     renewals: AtomicU64,
+    failed_renewals: AtomicU64,
     clock: Arc<dyn Clock>,
     source: Arc<dyn CredentialSource>,
     /// Held for the length of a renewal, scheduled or forced, so only one runs.
@@ -159,6 +160,7 @@ impl Shared {
             }
             Err(e) => {
                 *self.last_error.lock() = Some(e.message.clone());
+                self.failed_renewals.fetch_add(1, Ordering::Relaxed);
                 Err(e.message)
             }
         }
@@ -204,6 +206,7 @@ impl RenewingCredentials {
             current: Mutex::new(first),
             last_error: Mutex::new(None),
             renewals: AtomicU64::new(0),
+            failed_renewals: AtomicU64::new(0),
             clock,
             source,
             renewing: tokio::sync::Mutex::new(()),
@@ -240,6 +243,29 @@ impl RenewingCredentials {
     pub fn renewals(&self) -> u64 {
         self.shared.renewals.load(Ordering::Relaxed)
     }
+
+    /// How the credentials stand: for the statistics and the volume's health.
+    pub fn status(&self) -> CredentialStatus {
+        CredentialStatus {
+            renewals: self.renewals(),
+            failed_renewals: self.shared.failed_renewals.load(Ordering::Relaxed),
+            expires: self.shared.current.lock().expiry(),
+            renewal_failing: self.shared.last_error.lock().clone(),
+        }
+    }
+}
+
+/// What [`RenewingCredentials::status`] says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CredentialStatus {
+    /// Successful renewals so far.
+    pub renewals: u64,
+    /// Attempts that failed (each is retried).
+    pub failed_renewals: u64,
+    /// When the current credentials expire; `None` for keys that do not.
+    pub expires: Option<SystemTime>,
+    /// Why the last attempt failed, while none has succeeded since.
+    pub renewal_failing: Option<String>,
 }
 
 impl RenewingCredentials {

@@ -84,6 +84,10 @@ pub struct CacheStats {
     pub misses: AtomicU64,
     /// Bytes delivered from either tier.
     pub bytes_from_cache: AtomicU64,
+    /// Bytes delivered from memory.
+    pub memory_hit_bytes: AtomicU64,
+    /// Bytes delivered from disk.
+    pub disk_hit_bytes: AtomicU64,
     /// Block files removed to stay within the size bound.
     pub evictions: AtomicU64,
     /// Block files found damaged and removed.
@@ -399,6 +403,9 @@ impl BlockCache {
         })?;
         self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
         self.stats
+            .memory_hit_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats
             .bytes_from_cache
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Some(data)
@@ -409,6 +416,9 @@ impl BlockCache {
     fn disk_get(&self, span: &Span) -> Option<Bytes> {
         let data = self.disk.get(span)?;
         self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .disk_hit_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.stats
             .bytes_from_cache
             .fetch_add(data.len() as u64, Ordering::Relaxed);

@@ -28,7 +28,7 @@ use crate::values::*;
 #[derive(Debug, Parser)]
 #[command(
     name = "s3vol",
-    version,
+    version = crate::VERSION,
     about = "Attach an S3 bucket prefix to a directory as a filesystem"
 )]
 pub struct Cli {
@@ -565,6 +565,10 @@ pub struct MountArgs {
     /// naming the caller (uid, gid, pid, command) and the outcome.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics: a PORT (on 127.0.0.1),
+    /// or IP:PORT to listen elsewhere (0.0.0.0:PORT for every address).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl MountArgs {
@@ -604,6 +608,7 @@ impl MountArgs {
             log_level: self.log_level,
             log_file: self.log_file,
             audit_log: self.audit_log,
+            metrics_listen: self.metrics_listen,
             version_at: self.version_at,
         })
     }

@@ -59,7 +59,7 @@ fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
     if !mounted_at(&path).is_some_and(|fstype| fstype.starts_with("fuse")) {
         return Err(not_a_volume());
     }
-    let buf = match crate::control::ask(&root, crate::control::STATS, None) {
+    let buf = match crate::control::report(&root) {
         Ok(buf) => buf,
         Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL | Errno::EOPNOTSUPP) => {
             return Err(not_a_volume());

@@ -71,6 +71,9 @@ fn refused_because(name: &str) -> Option<&'static str> {
         "cache-dir" | "log-file" | "audit-log" | "foreground" => {
             "the driver decides where local data and logs go"
         }
+        "metrics-listen" => {
+            "the driver serves every volume's metrics on its own s3vol csi --metrics-listen"
+        }
         "allow-http" => {
             "the driver decides which endpoints volumes may use: the operator lists them, \
              http:// ones included, with s3vol csi --allow-endpoint"

@@ -162,6 +162,11 @@ fn serve(
         .thread_name("s3vol-io")
         .build()?;
     let volume = runtime.block_on(volume::Volume::assemble(config, runtime.handle()))?;
+    // Bound before the mount shows: a port that is taken fails the start.
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).map_err(StartError::other)?),
+        None => None,
+    };
 
     // Registered before the kernel shows the mount: a SIGTERM or SIGINT sent the
     // moment it appears must unmount, not kill the process.
@@ -192,6 +197,9 @@ fn serve(
     ));
     runtime.spawn(volume.fs.clone().apply_metadata_as_due());
     runtime.spawn(process::trim_when_idle(volume.stats.requests.clone()));
+    if let Some(listener) = metrics {
+        runtime.spawn(crate::metrics::serve(listener, volume.stats.clone()));
+    }
     runtime.spawn(stop::stop_on_signal(
         stop_signals,
         mounted.handle(),

@@ -118,9 +118,11 @@ impl Volume {
             requests: stack.requests,
             cache: cache.clone(),
             memory: Some(memory.clone()),
-            renewals: Some(stack.renewals),
+            credentials: Some(stack.credentials),
             audit: audit.as_ref().map(|audit| audit.stats.clone()),
             callers: Default::default(),
+            errors: Default::default(),
+            io_timeout: config.connection.io_timeout,
         });
         let fs_config = FsConfig {
             uid: config

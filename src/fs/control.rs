@@ -32,10 +32,16 @@ impl Fs {
         out_size: u32,
     ) -> FsResult<Vec<u8>> {
         let answer = match cmd {
-            control::STATS if ino == ROOT_INO => match &self.config.stats {
-                Some(stats) => stats.report(),
-                None => return Err(FsError::UnknownIoctl(cmd)),
-            },
+            control::STATS | control::REPORT if ino == ROOT_INO => {
+                let Some(stats) = &self.config.stats else {
+                    return Err(FsError::UnknownIoctl(cmd));
+                };
+                let room = out_size as usize;
+                return stats.report_within(room).ok_or(FsError::BufferTooSmall {
+                    needed: stats.report().to_string().len(),
+                    given: room,
+                });
+            }
             control::INFO => {
                 let facts = self.object_facts(ino, fh).await;
                 self.audit_on(Op::Info, ino, &facts, None);

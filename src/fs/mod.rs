@@ -220,6 +220,13 @@ pub struct Fs {
 }
 
 impl Fs {
+    /// Counts a call answered with `errno`, for the statistics.
+    pub fn count_error(&self, errno: i32) {
+        if let Some(stats) = &self.config.stats {
+            stats.errors.record(errno);
+        }
+    }
+
     /// A filesystem whose root directory is the key prefix `root_key` (empty, or
     /// ending in `/`).
     pub fn new(store: Arc<dyn ObjectStore>, root_key: &str, config: FsConfig) -> Self {

@@ -102,7 +102,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(span, async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-                Err(e) => reply.error(errno("lookup", &e)),
+                Err(e) => reply.error(errno(&fs, "lookup", &e)),
             }
         });
     }
@@ -116,7 +116,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(debug_span!("getattr", ino = ino.0), async move {
             match fs.getattr(ino.0).await {
                 Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
-                Err(e) => reply.error(errno("getattr", &e)),
+                Err(e) => reply.error(errno(&fs, "getattr", &e)),
             }
         });
     }
@@ -162,7 +162,7 @@ impl Filesystem for FuseAdapter {
                 .await
             {
                 Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
-                Err(e) => reply.error(errno("setattr", &e)),
+                Err(e) => reply.error(errno(&fs, "setattr", &e)),
             }
         });
     }
@@ -198,7 +198,7 @@ impl Filesystem for FuseAdapter {
             async move {
                 match fs.mkdir(parent.0, &name, posix).await {
                     Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-                    Err(e) => reply.error(errno("mkdir", &e)),
+                    Err(e) => reply.error(errno(&fs, "mkdir", &e)),
                 }
             },
         );
@@ -213,7 +213,7 @@ impl Filesystem for FuseAdapter {
             async move {
                 match fs.unlink(parent.0, &name).await {
                     Ok(()) => reply.ok(),
-                    Err(e) => reply.error(errno("unlink", &e)),
+                    Err(e) => reply.error(errno(&fs, "unlink", &e)),
                 }
             },
         );
@@ -228,7 +228,7 @@ impl Filesystem for FuseAdapter {
             async move {
                 match fs.rmdir(parent.0, &name).await {
                     Ok(()) => reply.ok(),
-                    Err(e) => reply.error(errno("rmdir", &e)),
+                    Err(e) => reply.error(errno(&fs, "rmdir", &e)),
                 }
             },
         );
@@ -253,7 +253,7 @@ impl Filesystem for FuseAdapter {
         self.spawn_for(req, span, async move {
             match fs.symlink(parent.0, &name, &target, owner).await {
                 Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-                Err(e) => reply.error(errno("symlink", &e)),
+                Err(e) => reply.error(errno(&fs, "symlink", &e)),
             }
         });
     }
@@ -263,7 +263,7 @@ impl Filesystem for FuseAdapter {
         self.spawn_for(req, debug_span!("readlink", ino = ino.0), async move {
             match fs.readlink(ino.0).await {
                 Ok(target) => reply.data(&target),
-                Err(e) => reply.error(errno("readlink", &e)),
+                Err(e) => reply.error(errno(&fs, "readlink", &e)),
             }
         });
     }
@@ -293,7 +293,7 @@ impl Filesystem for FuseAdapter {
                 .await
             {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rename", &e)),
+                Err(e) => reply.error(errno(&fs, "rename", &e)),
             }
         });
     }
@@ -320,7 +320,7 @@ impl Filesystem for FuseAdapter {
                     flags.set(FopenFlags::FOPEN_DIRECT_IO, opened.direct_io);
                     reply.opened(FileHandle(opened.fh), flags)
                 }
-                Err(e) => reply.error(errno("open", &e)),
+                Err(e) => reply.error(errno(&fs, "open", &e)),
             }
         });
     }
@@ -348,12 +348,15 @@ impl Filesystem for FuseAdapter {
         };
         match on_this_thread(|| span.in_scope(read)) {
             Some(Answer::Now(data)) => reply.data(&data),
-            Some(Answer::Later(read)) => self.spawn_for(req, span, async move {
-                match read.await {
-                    Ok(data) => reply.data(&data),
-                    Err(e) => reply.error(errno("read", &e)),
-                }
-            }),
+            Some(Answer::Later(read)) => {
+                let fs = self.fs.clone();
+                self.spawn_for(req, span, async move {
+                    match read.await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => reply.error(errno(&fs, "read", &e)),
+                    }
+                })
+            }
             None => reply.error(Errno::EIO),
         }
     }
@@ -389,7 +392,7 @@ impl Filesystem for FuseAdapter {
             if let Some(result) = written {
                 match result {
                     Ok(n) => reply.written(n),
-                    Err(e) => reply.error(errno("write", &e)),
+                    Err(e) => reply.error(errno(&self.fs, "write", &e)),
                 }
                 return;
             }
@@ -400,7 +403,7 @@ impl Filesystem for FuseAdapter {
         self.spawn_for(req, span, async move {
             match fs.write_by(fh.0, offset, &data, thread).await {
                 Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno("write", &e)),
+                Err(e) => reply.error(errno(&fs, "write", &e)),
             }
         });
     }
@@ -435,7 +438,7 @@ impl Filesystem for FuseAdapter {
             async move {
                 match fs.flush(fh.0, process).await {
                     Ok(()) => reply.ok(),
-                    Err(e) => reply.error(errno("flush", &e)),
+                    Err(e) => reply.error(errno(&fs, "flush", &e)),
                 }
             },
         );
@@ -477,7 +480,7 @@ impl Filesystem for FuseAdapter {
             async move {
                 match fs.fsync(fh.0).await {
                     Ok(()) => reply.ok(),
-                    Err(e) => reply.error(errno("fsync", &e)),
+                    Err(e) => reply.error(errno(&fs, "fsync", &e)),
                 }
             },
         );
@@ -488,7 +491,7 @@ impl Filesystem for FuseAdapter {
         self.spawn_for(req, debug_span!("opendir", ino = ino.0), async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno("opendir", &e)),
+                Err(e) => reply.error(errno(&fs, "opendir", &e)),
             }
         });
     }
@@ -519,7 +522,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno("readdir", &e)),
+            Err(e) => reply.error(errno(&self.fs, "readdir", &e)),
         }
     }
 
@@ -555,7 +558,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno("readdirplus", &e)),
+            Err(e) => reply.error(errno(&self.fs, "readdirplus", &e)),
         }
     }
 
@@ -636,7 +639,7 @@ impl Filesystem for FuseAdapter {
         self.spawn_for(req, span, async move {
             match fs.ioctl(ino.0, fh.0, cmd, &input, out_size).await {
                 Ok(answer) => reply.ioctl(answer.len() as i32, &answer),
-                Err(e) => reply.error(errno("ioctl", &e)),
+                Err(e) => reply.error(errno(&fs, "ioctl", &e)),
             }
         });
     }
@@ -667,7 +670,7 @@ impl Filesystem for FuseAdapter {
                         FileHandle(fh),
                         FopenFlags::empty(),
                     ),
-                    Err(e) => reply.error(errno("create", &e)),
+                    Err(e) => reply.error(errno(&fs, "create", &e)),
                 }
             },
         );

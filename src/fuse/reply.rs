@@ -24,10 +24,12 @@ pub(super) fn log_panic(panic: &Box<dyn std::any::Any + Send>) {
     error!("a request panicked, which is a bug; it was answered EIO: {what}");
 }
 
-/// Logs a failed operation once and returns its errno. Expected outcomes such as
-/// ENOENT from a lookup are logged at DEBUG only.
-pub(super) fn errno(op: &str, err: &FsError) -> Errno {
+/// Logs a failed operation once, counts it in the volume's statistics and
+/// returns its errno. Expected outcomes such as ENOENT from a lookup are logged
+/// at DEBUG only.
+pub(super) fn errno(fs: &Fs, op: &str, err: &FsError) -> Errno {
     let code = err.errno();
+    fs.count_error(code);
     if err.is_expected() {
         debug!(op, errno = code, "{err:#}");
     } else {
@@ -70,5 +72,5 @@ pub(super) fn file_type(kind: Kind) -> FileType {
 
 /// The errno for a change the filesystem refuses.
 pub(super) fn refuse(fs: &Fs, op: Mutation) -> Errno {
-    on_this_thread(|| errno("mutate", &fs.mutate(op))).unwrap_or(Errno::EIO)
+    on_this_thread(|| errno(fs, "mutate", &fs.mutate(op))).unwrap_or(Errno::EIO)
 }

@@ -27,7 +27,7 @@ pub(super) fn set(
     adapter.spawn_for(req, span, async move {
         match fs.setxattr(ino.0, &name, &value, flags).await {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("setxattr", &e)),
+            Err(e) => reply.error(errno(&fs, "setxattr", &e)),
         }
     });
 }
@@ -43,7 +43,7 @@ pub(super) fn get(
     // Other namespaces are answered here: the kernel asks for
     // `security.capability` before writes and `ls` for ACLs.
     if let Err(e) = xattr_name(name) {
-        return reply.error(errno("getxattr", &e));
+        return reply.error(errno(&adapter.fs, "getxattr", &e));
     }
     let fs = adapter.fs.clone();
     let name = name.to_os_string();
@@ -51,7 +51,7 @@ pub(super) fn get(
     adapter.spawn_for(req, span, async move {
         match fs.getxattr(ino.0, &name).await {
             Ok(value) => reply_xattr(reply, size, &value),
-            Err(e) => reply.error(errno("getxattr", &e)),
+            Err(e) => reply.error(errno(&fs, "getxattr", &e)),
         }
     });
 }
@@ -68,7 +68,7 @@ pub(super) fn list(
     adapter.spawn_for(req, span, async move {
         match fs.listxattr(ino.0).await {
             Ok(names) => reply_xattr(reply, size, &names),
-            Err(e) => reply.error(errno("listxattr", &e)),
+            Err(e) => reply.error(errno(&fs, "listxattr", &e)),
         }
     });
 }
@@ -86,7 +86,7 @@ pub(super) fn remove(
     adapter.spawn_for(req, span, async move {
         match fs.removexattr(ino.0, &name).await {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("removexattr", &e)),
+            Err(e) => reply.error(errno(&fs, "removexattr", &e)),
         }
     });
 }

@@ -1,26 +1,51 @@
-//! A wrapper that counts every request by operation, the failures, and the bytes
-//! each way: what `s3vol stats` shows of the traffic to S3.
+//! A wrapper that counts every request by operation and outcome, times it,
+//! and counts the bytes each way: what `s3vol stats` and the metrics show of
+//! the traffic to S3.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
 use super::{
-    ObjectStore, Operation, Presign, PresignedUrl, Request, Response, StoreError, StoreResult,
+    OUTCOMES, ObjectStore, Operation, Presign, PresignedUrl, Request, Response, StoreError,
+    StoreResult,
 };
+use crate::metrics::histogram::Histogram;
+
+const OPS: usize = Operation::ALL.len();
 
 /// Counters of the requests a store has sent.
 #[derive(Debug, Default)]
 pub struct RequestStats {
     /// Indexed like [`Operation::ALL`].
-    requests: [AtomicU64; Operation::ALL.len()],
+    requests: [AtomicU64; OPS],
     /// Requests that succeeded, indexed the same way.
-    succeeded: [AtomicU64; Operation::ALL.len()],
+    succeeded: [AtomicU64; OPS],
+    /// By operation, then by outcome (indexed like [`OUTCOMES`]).
+    outcomes: [[AtomicU64; OUTCOMES.len()]; OPS],
+    /// From sending a request to its whole answer, by operation.
+    latency: [Histogram; OPS],
+    /// From sending a GET to the start of its answer, by operation.
+    first_byte: [Histogram; OPS],
     errors: AtomicU64,
     bytes_downloaded: AtomicU64,
     bytes_uploaded: AtomicU64,
+    /// When requests began to fail (Unix milliseconds of the first failure
+    /// since the last answer; 0 while the endpoint answers).
+    failing_since: AtomicU64,
+    /// The outcome of the last failure (an index into [`OUTCOMES`]).
+    last_failure: AtomicU64,
+}
+
+/// How the endpoint has been doing: since when every request has failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failing {
+    pub since: SystemTime,
+    /// The last failure's outcome (one of [`OUTCOMES`]).
+    pub last: &'static str,
 }
 
 impl RequestStats {
@@ -29,6 +54,81 @@ impl RequestStats {
             .iter()
             .position(|o| *o == op)
             .expect("listed")
+    }
+
+    /// Requests of `op` that came to `outcome` (one of [`OUTCOMES`]).
+    pub fn outcome(&self, op: Operation, outcome: &str) -> u64 {
+        OUTCOMES.iter().position(|o| *o == outcome).map_or(0, |i| {
+            self.outcomes[Self::index(op)][i].load(Ordering::Relaxed)
+        })
+    }
+
+    /// The time histogram of `op`'s requests, whole (`first_byte` false) or to
+    /// their first byte.
+    pub fn latency(&self, op: Operation, first_byte: bool) -> &Histogram {
+        let index = Self::index(op);
+        if first_byte {
+            &self.first_byte[index]
+        } else {
+            &self.latency[index]
+        }
+    }
+
+    /// Since when every request has failed, if the last one did.
+    pub fn failing(&self) -> Option<Failing> {
+        let since = self.failing_since.load(Ordering::Relaxed);
+        (since != 0).then(|| Failing {
+            since: SystemTime::UNIX_EPOCH + Duration::from_millis(since),
+            last: OUTCOMES[self.last_failure.load(Ordering::Relaxed) as usize],
+        })
+    }
+
+    /// Every counter of every operation and outcome at `n`, every histogram
+    /// bucket touched: the largest report a volume can give.
+    #[cfg(test)]
+    pub(crate) fn fill(&self, n: u64) {
+        let all =
+            |counters: &[AtomicU64]| counters.iter().for_each(|c| c.store(n, Ordering::Relaxed));
+        all(&self.requests);
+        all(&self.succeeded);
+        self.outcomes.iter().for_each(|by_outcome| all(by_outcome));
+        for histogram in self.latency.iter().chain(&self.first_byte) {
+            for bound in crate::metrics::histogram::BOUNDS.iter().chain(&[1e6]) {
+                histogram.record(Duration::from_secs_f64(*bound));
+            }
+        }
+        self.failing_since.store(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request of `op` that came to `outcome` after `took`.
+    fn record(&self, op: Operation, outcome: Result<(), &StoreError>, took: Duration) {
+        let index = Self::index(op);
+        let name = outcome.err().map_or("ok", StoreError::outcome);
+        let at = OUTCOMES.iter().position(|o| *o == name).expect("listed");
+        self.outcomes[index][at].fetch_add(1, Ordering::Relaxed);
+        self.latency[index].record(took);
+        match outcome {
+            Ok(()) => {
+                self.succeeded[index].fetch_add(1, Ordering::Relaxed);
+                self.failing_since.store(0, Ordering::Relaxed);
+            }
+            Err(e) if e.is_answer() => {
+                self.failing_since.store(0, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.last_failure.store(at as u64, Ordering::Relaxed);
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(1, |t| t.as_millis() as u64);
+                let _ = self.failing_since.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
     }
 
     /// Requests of `op` sent, every retry included.
@@ -49,7 +149,8 @@ impl RequestStats {
             .sum()
     }
 
-    /// Requests that failed (a missing key is an answer, not a failure).
+    /// Requests that failed (a missing key, an object changed or a range past
+    /// the end is an answer, not a failure).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
@@ -88,22 +189,15 @@ impl CountedStore {
         uploaded: u64,
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        let index = RequestStats::index(op);
-        self.stats.requests[index].fetch_add(1, Ordering::Relaxed);
+        self.stats.requests[RequestStats::index(op)].fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = call.await;
-        match &result {
-            Ok(_) => {
-                self.stats.succeeded[index].fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .bytes_uploaded
-                    .fetch_add(uploaded, Ordering::Relaxed);
-            }
-            // "No such key" is an answer (a lookup of a name that is not there),
-            // not a failure.
-            Err(StoreError::NotFound { .. }) => {}
-            Err(_) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
+        self.stats
+            .record(op, result.as_ref().map(drop), started.elapsed());
+        if result.is_ok() {
+            self.stats
+                .bytes_uploaded
+                .fetch_add(uploaded, Ordering::Relaxed);
         }
         result
     }
@@ -122,6 +216,9 @@ impl ObjectStore for CountedStore {
             self.stats
                 .bytes_downloaded
                 .fetch_add(got.data.len() as u64, Ordering::Relaxed);
+            if let Some(first_byte) = got.first_byte {
+                self.stats.first_byte[RequestStats::index(op)].record(first_byte);
+            }
         }
         Ok(answer)
     }
@@ -161,5 +258,33 @@ mod tests {
         assert_eq!(stats.errors(), 1, "a missing key is no failure");
         assert_eq!(stats.bytes_uploaded(), 5);
         assert_eq!(stats.bytes_downloaded(), 3);
+        assert_eq!(stats.outcome(Operation::GetObject, "ok"), 1);
+        assert_eq!(stats.outcome(Operation::GetObject, "access_denied"), 1);
+        assert_eq!(stats.outcome(Operation::HeadObject, "not_found"), 1);
+        assert_eq!(stats.latency(Operation::GetObject, false).count(), 2);
+        assert_eq!(stats.latency(Operation::PutObject, false).count(), 1);
+        assert_eq!(stats.failing(), None, "the last request had an answer");
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_is_failing_from_its_first_failure_until_an_answer() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        let faulty = Arc::new(FaultyStore::new(memory.clone()));
+        let store = CountedStore::new(faulty.clone());
+        let stats = store.stats();
+        let before = SystemTime::now() - Duration::from_millis(1);
+        faulty.fail_nth(Operation::HeadObject, 1, Fault::AccessDenied);
+        faulty.fail_nth(Operation::HeadObject, 2, Fault::AccessDenied);
+        store.head_object("a").await.unwrap_err();
+        let failing = stats.failing().expect("failing");
+        assert!(failing.since >= before, "{failing:?}");
+        assert_eq!(failing.last, "access_denied");
+        // A second failure keeps the time of the first.
+        std::thread::sleep(Duration::from_millis(5));
+        store.head_object("a").await.unwrap_err();
+        assert_eq!(stats.failing().unwrap().since, failing.since);
+        // A key that is not there is an answer: the endpoint works.
+        store.head_object("a").await.unwrap_err();
+        assert_eq!(stats.failing(), None);
     }
 }

@@ -322,6 +322,7 @@ impl MemoryStore {
             Read::Head => GetResult {
                 info: Some(headers()),
                 data: Bytes::new(),
+                first_byte: None,
             },
             Read::Range(range) if range.start >= len => return Err(invalid()),
             Read::Range(range) => GetResult {
@@ -329,11 +330,13 @@ impl MemoryStore {
                 data: object
                     .data
                     .slice(range.start as usize..range.end.min(len) as usize),
+                first_byte: None,
             },
             Read::Start(_) if len == 0 => return Err(invalid()),
             Read::Start(wanted) => GetResult {
                 info: Some(headers()),
                 data: object.data.slice(..wanted.min(len) as usize),
+                first_byte: None,
             },
         })
     }

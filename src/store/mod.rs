@@ -561,7 +561,55 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// The outcome a request that failed so is counted under (one of
+    /// [`OUTCOMES`]).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::NoSuchBucket { .. } => "no_such_bucket",
+            StoreError::AccessDenied { .. } => "access_denied",
+            StoreError::Changed { .. } => "changed",
+            StoreError::InvalidRange { .. } => "invalid_range",
+            StoreError::Unreachable { .. } => "unreachable",
+            StoreError::Service { .. } => "service_error",
+            StoreError::ExpiredToken { .. } => "expired_token",
+            StoreError::Credentials { .. } => "no_credentials",
+            StoreError::ShortBody { .. } | StoreError::BadAnswer { .. } => "bad_answer",
+            StoreError::Internal { .. } => "internal",
+            #[cfg(any(test, feature = "testing"))]
+            StoreError::Injected { .. } => "internal",
+        }
+    }
+
+    /// Whether the endpoint answered as it should (a key that is not there, an
+    /// object that changed, a range past the end): the endpoint works.
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotFound { .. }
+                | StoreError::Changed { .. }
+                | StoreError::InvalidRange { .. }
+        )
+    }
 }
+
+/// What a request to S3 can come to, as the statistics count them: `ok`, or the
+/// kind of error ([`StoreError::outcome`]).
+pub const OUTCOMES: [&str; 12] = [
+    "ok",
+    "not_found",
+    "no_such_bucket",
+    "access_denied",
+    "changed",
+    "invalid_range",
+    "unreachable",
+    "service_error",
+    "expired_token",
+    "no_credentials",
+    "bad_answer",
+    "internal",
+];
 
 /// The ARN of an object or of every key under a prefix, as IAM policies name them.
 pub fn object_arn(bucket: &str, key: &str) -> String {

@@ -14,6 +14,7 @@
 //! with its headers).
 
 use std::ops::Range;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -72,6 +73,9 @@ impl GetOptions<'_> {
 pub struct GetResult {
     pub info: Option<ObjectInfo>,
     pub data: Bytes,
+    /// How long the answer took to start (the time to its first byte), where
+    /// the store can tell: for the statistics.
+    pub first_byte: Option<Duration>,
 }
 
 /// One call to S3. Keys are full object keys (prefix included).
@@ -322,7 +326,7 @@ pub trait ObjectStore: Send + Sync + 'static {
             pin: Pin::Current(None),
             read: Read::Start(len),
         };
-        let GetResult { info, data } = self.get(key, options).await?;
+        let GetResult { info, data, .. } = self.get(key, options).await?;
         Ok((headers_of(Operation::GetObject, key, info)?, data))
     }
 

@@ -45,8 +45,8 @@ pub struct Connection {
     pub sign_payloads: bool,
 }
 
-/// Counts the credential renewals of a store's credentials.
-pub type Renewals = Arc<dyn Fn() -> u64 + Send + Sync>;
+/// How a store's credentials stand: renewals, expiry, a failing renewal.
+pub type CredentialState = Arc<dyn Fn() -> auth::CredentialStatus + Send + Sync>;
 
 /// The stores of a mounted volume.
 pub struct VolumeStack {
@@ -56,7 +56,7 @@ pub struct VolumeStack {
     pub store: Arc<dyn ObjectStore>,
     /// What `store` has sent.
     pub requests: Arc<RequestStats>,
-    pub renewals: Renewals,
+    pub credentials: CredentialState,
     /// The AWS configuration with the volume's renewed credentials, for the
     /// other services a volume uses (KMS, for client-side encryption).
     pub sdk: aws_config::SdkConfig,
@@ -66,7 +66,7 @@ pub struct VolumeStack {
 /// shares them.
 struct Connected {
     store: Arc<dyn ObjectStore>,
-    renewals: Renewals,
+    credentials: CredentialState,
     sdk: aws_config::SdkConfig,
 }
 
@@ -109,13 +109,13 @@ impl Connection {
         };
         let s3 = Arc::new(S3Store::from_sdk_config(bucket, &base, &options));
         let credentials = Arc::new(credentials);
-        let renewals: Renewals = {
+        let state: CredentialState = {
             let credentials = credentials.clone();
-            Arc::new(move || credentials.renewals())
+            Arc::new(move || credentials.status())
         };
         Ok(Connected {
             store: Arc::new(RenewOnExpiry::new(s3, credentials)),
-            renewals,
+            credentials: state,
             sdk,
         })
     }
@@ -134,7 +134,7 @@ impl Connection {
     pub async fn volume_stack(&self, bucket: &str) -> Result<VolumeStack, StartError> {
         let Connected {
             store,
-            renewals,
+            credentials,
             sdk,
         } = self.connect(bucket).await?;
         let probe = self.retrying(store.clone());
@@ -145,7 +145,7 @@ impl Connection {
             probe,
             store: self.retrying(Arc::new(counted)),
             requests,
-            renewals,
+            credentials,
             sdk,
         })
     }

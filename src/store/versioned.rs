@@ -167,6 +167,7 @@ impl VersionedView {
                 Ok(GetResult {
                     info: Some(info),
                     data,
+                    first_byte: None,
                 })
             }
         }

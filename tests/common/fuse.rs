@@ -65,7 +65,9 @@ impl MemoryMount {
             requests: counted.stats(),
             cache: config.cache.clone(),
             memory: None,
-            renewals: None,
+            credentials: None,
+            errors: Default::default(),
+            io_timeout: std::time::Duration::from_secs(30),
             audit: config.audit.as_ref().map(|audit| audit.stats.clone()),
             callers: Default::default(),
         }));

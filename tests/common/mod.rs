@@ -12,6 +12,7 @@ pub mod foreground;
 pub mod fs;
 pub mod fuse;
 pub mod host;
+pub mod metrics;
 pub mod procs;
 pub mod proxy;
 pub mod writer;

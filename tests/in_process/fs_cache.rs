@@ -53,7 +53,9 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
         requests: counted.stats(),
         cache: Some(cache.clone()),
         memory: None,
-        renewals: None,
+        credentials: None,
+        errors: Default::default(),
+        io_timeout: std::time::Duration::from_secs(30),
         audit: None,
         callers: Default::default(),
     });

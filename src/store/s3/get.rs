@@ -30,9 +30,9 @@ impl S3Store {
         key: &str,
         len: u64,
         pin: Pin<'_>,
-    ) -> StoreResult<(ObjectInfo, Bytes)> {
+    ) -> StoreResult<(ObjectInfo, Bytes, Duration)> {
         let range = 0..len.max(1);
-        let response = self.send_get(key, &range, pin).await?;
+        let (response, first_byte) = self.send_get(key, &range, pin).await?;
         let etag = response.e_tag().unwrap_or_default();
         check_pin(operation(pin), key, pin, etag, response.version_id())?;
         let bad = |detail: String| bad_get(key, detail);
@@ -69,37 +69,41 @@ impl S3Store {
                 data.len()
             )));
         }
-        Ok((info, data.freeze()))
+        Ok((info, data.freeze(), first_byte))
     }
 
     /// [`Read::Range`](crate::store::Read::Range), resuming a body that breaks:
     /// an object read as it is is pinned to the first answer's ETag, so that a
-    /// resumed body continues the same version.
+    /// resumed body continues the same version. Returns the bytes and how long
+    /// the first answer took to start.
     pub(super) async fn fetch_range(
         &self,
         key: &str,
         range: Range<u64>,
         pin: Pin<'_>,
-    ) -> StoreResult<Bytes> {
+    ) -> StoreResult<(Bytes, Duration)> {
         let mut data = self.buffers.take((range.end - range.start) as usize);
         let mut pinned = match pin {
             Pin::Current(etag) => etag.map(str::to_string),
             Pin::Version(_) => None,
         };
         let mut resumes = 0;
+        let mut first_byte = None;
         loop {
             let from = range.start + data.len() as u64;
             let this = match pin {
                 Pin::Current(_) => Pin::Current(pinned.as_deref()),
                 version => version,
             };
-            let (etag, broken) = self.get_once(key, from..range.end, this, &mut data).await?;
+            let (etag, broken, started) =
+                self.get_once(key, from..range.end, this, &mut data).await?;
+            let first_byte = *first_byte.get_or_insert(started);
             if pinned.is_none() && !etag.is_empty() {
                 pinned = Some(etag);
             }
             let Some(cause) = broken else {
                 debug!(key, start = range.start, len = data.len(), "GET done");
-                return Ok(data.freeze());
+                return Ok((data.freeze(), first_byte));
             };
             resumes += 1;
             if resumes > MAX_BODY_RESUMES {
@@ -117,13 +121,15 @@ impl S3Store {
         }
     }
 
-    /// Sends a ranged GET and returns the answer, its body unread.
+    /// Sends a ranged GET and returns the answer, its body unread, and how long
+    /// it took to start.
     async fn send_get(
         &self,
         key: &str,
         range: &Range<u64>,
         pin: Pin<'_>,
-    ) -> StoreResult<GetObjectOutput> {
+    ) -> StoreResult<(GetObjectOutput, Duration)> {
+        let started = std::time::Instant::now();
         let (if_match, version_id) = match pin {
             Pin::Current(etag) => (etag, None),
             Pin::Version(id) => (None, Some(id)),
@@ -137,21 +143,24 @@ impl S3Store {
             .set_if_match(if_match.map(str::to_string))
             .set_version_id(version_id.map(str::to_string))
             .send();
-        self.answer(operation(pin), key, Duration::ZERO, request)
+        let response = self
+            .answer(operation(pin), key, Duration::ZERO, request)
             .await
-            .map_err(|e| naming_etag(e, if_match))
+            .map_err(|e| naming_etag(e, if_match))?;
+        Ok((response, started.elapsed()))
     }
 
     /// One ranged GET, reading the body to the end or to the first error. Returns the
-    /// bytes received, the object's ETag and the error that cut the body short.
+    /// object's ETag, the error that cut the body short and how long the answer
+    /// took to start.
     async fn get_once(
         &self,
         key: &str,
         range: Range<u64>,
         pin: Pin<'_>,
         into: &mut Body,
-    ) -> StoreResult<(String, Option<String>)> {
-        let response = self.send_get(key, &range, pin).await?;
+    ) -> StoreResult<(String, Option<String>, Duration)> {
+        let (response, first_byte) = self.send_get(key, &range, pin).await?;
         let etag = response.e_tag().unwrap_or_default().to_string();
         check_pin(operation(pin), key, pin, &etag, response.version_id())?;
         let bad = |detail: String| bad_get(key, detail);
@@ -159,7 +168,7 @@ impl S3Store {
         let broken = self
             .read_body(key, response.body, expected, range.end - range.start, into)
             .await?;
-        Ok((etag, broken))
+        Ok((etag, broken, first_byte))
     }
 
     /// Reads a GET body of `expected` bytes (as its Content-Range announced)

@@ -615,16 +615,22 @@ impl ObjectStore for S3Store {
                     Read::Head => GetResult {
                         info: Some(self.head(key, pin).await?),
                         data: Bytes::new(),
+                        first_byte: None,
                     },
-                    Read::Range(range) => GetResult {
-                        info: None,
-                        data: self.fetch_range(key, range, pin).await?,
-                    },
+                    Read::Range(range) => {
+                        let (data, first_byte) = self.fetch_range(key, range, pin).await?;
+                        GetResult {
+                            info: None,
+                            data,
+                            first_byte: Some(first_byte),
+                        }
+                    }
                     Read::Start(len) => {
-                        let (info, data) = self.fetch_start(key, len, pin).await?;
+                        let (info, data, first_byte) = self.fetch_start(key, len, pin).await?;
                         GetResult {
                             info: Some(info),
                             data,
+                            first_byte: Some(first_byte),
                         }
                     }
                 })

@@ -1,0 +1,182 @@
+//! The `--metrics-listen` endpoint: HTTP/1.1 on a TCP address, where `GET
+//! /metrics` answers the Prometheus text and nothing else is served.
+//!
+//! The listener is bound before the volume is mounted (a taken port fails the
+//! start, not the scrape), takes a bounded number of connections, and gives
+//! each a bounded time: a client that connects and says nothing cannot hold the
+//! endpoint or the daemon's memory.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, StatusCode};
+use tracing::{info, warn};
+
+/// What answers a scrape: the text of every series, gathered now.
+pub trait Scrape: Send + Sync + 'static {
+    fn scrape(&self) -> BoxFuture<'_, String>;
+}
+
+/// The most connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 16;
+/// How long a client has to send its request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection stays open.
+const CONNECTION_LIFE: Duration = Duration::from_secs(120);
+
+/// The media type of the text format.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Binds `addr` now, so a mount or a driver that cannot serve its metrics says
+/// so at start.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        format!("--metrics-listen {addr}: cannot listen there: {e}; pick a free port")
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+    Ok(listener)
+}
+
+/// Serves `source` on `listener` for as long as the runtime runs.
+pub async fn serve(listener: std::net::TcpListener, source: Arc<dyn Scrape>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!("cannot serve metrics: {e}");
+            return;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving Prometheus metrics at http://{addr}/metrics");
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                warn!("metrics endpoint: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // dropped: closed at once
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(answer(source.as_ref(), request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFE, connection).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(source: &dyn Scrape, request: hyper::Request<Incoming>) -> Response {
+    let path = request.uri().path();
+    if path != "/metrics" && path != "/" {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "not found; the metrics are at /metrics\n",
+        );
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut refused = respond(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        refused
+            .headers_mut()
+            .insert(hyper::header::ALLOW, "GET, HEAD".parse().expect("a header"));
+        return refused;
+    }
+    if path == "/" {
+        return respond(StatusCode::OK, "s3vol: the metrics are at /metrics\n");
+    }
+    let mut response = hyper::Response::new(Full::new(Bytes::from(source.scrape().await)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        TEXT_FORMAT.parse().expect("a header"),
+    );
+    response
+}
+
+type Response = hyper::Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, text: &'static str) -> Response {
+    let mut response = hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    struct Fixed;
+    impl Scrape for Fixed {
+        fn scrape(&self) -> BoxFuture<'_, String> {
+            Box::pin(async { "s3vol_up 1\n".to_string() })
+        }
+    }
+
+    /// Sends `request` and returns the whole answer (the server closes after
+    /// `Connection: close`).
+    fn ask(addr: SocketAddr, request: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_the_text_at_metrics_and_nothing_else() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(Fixed)));
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answers = tokio::task::spawn_blocking(move || {
+            (
+                ask(addr, &get("/metrics")),
+                ask(addr, &get("/secret")),
+                ask(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(answers.0.starts_with("HTTP/1.1 200"), "{}", answers.0);
+        assert!(
+            answers
+                .0
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{}",
+            answers.0
+        );
+        assert!(answers.0.ends_with("\r\n\r\ns3vol_up 1\n"), "{}", answers.0);
+        assert!(answers.1.starts_with("HTTP/1.1 404"), "{}", answers.1);
+        assert!(answers.2.starts_with("HTTP/1.1 405"), "{}", answers.2);
+    }
+
+    #[test]
+    fn a_taken_port_is_refused_with_the_option_named() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = first.local_addr().unwrap();
+        let e = bind(taken).unwrap_err();
+        assert!(e.starts_with(&format!("--metrics-listen {taken}")), "{e}");
+    }
+}
