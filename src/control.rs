@@ -107,6 +107,40 @@ pub fn ask(file: &File, request: u32, url: Option<UrlRequest>) -> nix::Result<Ve
     Ok(buf)
 }
 
+/// The root's extended attribute that holds the volume's report. The kernel
+/// lets only root read `trusted.` attributes; reading one needs no open of the
+/// root, and so no listing of it from S3 (an opendir lists the directory): the
+/// CSI driver asks this way, and `s3vol stats` when run by root.
+pub const REPORT_XATTR: &str = "trusted.s3vol.report";
+
+/// The most the report takes as an attribute (the kernel's bound on a value).
+pub const REPORT_XATTR_MAX: usize = 65536;
+
+/// The report of the volume mounted at `root`, through [`REPORT_XATTR`].
+/// ENODATA from a daemon of a version that does not serve it (or for a caller
+/// who is not root).
+pub fn report_attribute(root: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
+    let name = std::ffi::CString::new(REPORT_XATTR).expect("no NUL");
+    let mut buf = vec![0u8; REPORT_XATTR_MAX];
+    // SAFETY: both strings are NUL-terminated and live for the call; the kernel
+    // writes at most `buf.len()` bytes into `buf`.
+    let len = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
 /// The report of the volume whose root `root` is open on: asked with
 /// [`REPORT`], and with [`STATS`] of a daemon of a version that does not know
 /// it.

@@ -86,6 +86,7 @@ fn main() -> ExitCode {
                 node_cache_size: args.node_cache_size,
                 node_staging_size: args.node_staging_size,
                 max_volumes: args.max_volumes,
+                metrics_listen: args.metrics_listen,
             };
             commands::csi::run(config, &args.log_level)
         }

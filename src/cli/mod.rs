@@ -113,6 +113,10 @@ pub struct CsiArgs {
     /// get 5 s to be closed and uploaded, then their uploads are aborted.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_ttl)]
     pub stop_timeout: Duration,
+    /// Serve every volume's Prometheus metrics, each series labelled with its
+    /// volume, at http://ADDR/metrics: a PORT (on 127.0.0.1), or IP:PORT.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Least severe messages to log.
     #[arg(long, value_name = "LEVEL", default_value = "info",
           value_parser = ["error", "warn", "info", "debug", "trace"])]

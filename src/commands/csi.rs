@@ -25,6 +25,7 @@ pub struct CsiOptions {
     pub node_cache_size: Option<u64>,
     pub node_staging_size: Option<u64>,
     pub max_volumes: u32,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(options: CsiOptions, log_level: &str) -> ExitCode {
@@ -78,5 +79,6 @@ fn settle(mut options: CsiOptions) -> Result<CsiConfig, String> {
         rules: options.rules,
         volumes: options.volumes,
         budget,
+        metrics_listen: options.metrics_listen,
     })
 }

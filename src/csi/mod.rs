@@ -6,14 +6,17 @@
 //!
 //! `request` checks what a publish asks for, `credentials` where its
 //! credentials come from, and `budget` what of the node's disk it may take;
-//! `volumes` runs the daemons; `service` answers the calls; `authority`
-//! relays each connection to them.
+//! `volumes` runs the daemons (`tokens` keeps the pods' tokens for them);
+//! `health` asks them how they are, for NodeGetVolumeStats and the metrics;
+//! `service` answers the calls; `authority` relays each connection to them.
 
 mod authority;
 pub mod budget;
 pub mod credentials;
+pub mod health;
 pub mod request;
 pub mod service;
+mod tokens;
 pub mod volumes;
 
 /// The messages and services of `csi.proto` (CSI spec v1.9, the calls s3vol
@@ -58,6 +61,8 @@ pub struct CsiConfig {
     pub volumes: volumes::Settings,
     /// The disk space and number of volumes the node gives its volumes.
     pub budget: budget::NodeBudget,
+    /// Where every volume's metrics are served (`--metrics-listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Serves the plugin until SIGTERM or SIGINT, then stops every volume.
@@ -67,13 +72,26 @@ pub async fn serve(config: CsiConfig) -> Result<(), String> {
         config.volumes.clone(),
         config.budget,
     )?);
+    let metrics = config
+        .metrics_listen
+        .map(crate::metrics::bind)
+        .transpose()?;
     let listener = listen(&config.socket)?;
+    let prober = Arc::new(health::Prober::default());
     let plugin = Arc::new(service::Plugin {
         node_id: config.node_id.clone(),
         volumes: volumes.clone(),
         rules: config.rules.clone(),
         max_volumes: config.budget.max_volumes,
+        prober: prober.clone(),
     });
+    if let Some(metrics) = metrics {
+        let scrape = Arc::new(health::DriverMetrics {
+            volumes: volumes.clone(),
+            prober,
+        });
+        tokio::spawn(crate::metrics::serve(metrics, scrape));
+    }
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let stopping = async move {

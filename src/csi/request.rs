@@ -12,7 +12,9 @@ pub use super::credentials::{
 };
 use super::proto::volume_capability::AccessType;
 use super::proto::volume_capability::access_mode::Mode;
-use super::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest};
+use super::proto::{
+    NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
+};
 use crate::cli::options;
 
 /// The volume_context key that names the bucket and prefix.
@@ -353,10 +355,18 @@ pub fn parse(
 
 /// The target path of an unpublish, checked as a publish's is.
 pub fn unpublish_target(request: &NodeUnpublishVolumeRequest) -> Result<PathBuf, Invalid> {
-    for (field, value) in [
-        ("volume_id", &request.volume_id),
-        ("target_path", &request.target_path),
-    ] {
+    checked_path(&request.volume_id, "target_path", &request.target_path)
+}
+
+/// The volume path NodeGetVolumeStats asks about, checked as a target path is.
+pub fn stats_path(request: &NodeGetVolumeStatsRequest) -> Result<PathBuf, Invalid> {
+    checked_path(&request.volume_id, "volume_path", &request.volume_path)
+}
+
+/// `path` (the request's field `field`) as an absolute path, with the request's
+/// `volume_id`: both there, without a control character.
+fn checked_path(volume_id: &str, field: &str, path: &str) -> Result<PathBuf, Invalid> {
+    for (field, value) in [("volume_id", volume_id), (field, path)] {
         if value.is_empty() {
             return Err(Invalid(format!("{field} is missing")));
         }
@@ -364,12 +374,9 @@ pub fn unpublish_target(request: &NodeUnpublishVolumeRequest) -> Result<PathBuf,
             return Err(Invalid(format!("{field} holds a control character")));
         }
     }
-    let target = PathBuf::from(&request.target_path);
+    let target = PathBuf::from(path);
     if !target.is_absolute() {
-        return Err(Invalid(format!(
-            "target_path {:?} is not an absolute path",
-            request.target_path
-        )));
+        return Err(Invalid(format!("{field} {path:?} is not an absolute path")));
     }
     Ok(target)
 }

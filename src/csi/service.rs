@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use super::health::Prober;
 use super::proto::identity_server::Identity;
 use super::proto::node_server::Node;
 use super::proto::*;
@@ -21,6 +22,8 @@ pub struct Plugin {
     pub rules: request::Rules,
     /// The most volumes the node serves at once, for the scheduler.
     pub max_volumes: u32,
+    /// Asks the volumes how they are.
+    pub prober: Arc<Prober>,
 }
 
 #[tonic::async_trait]
@@ -99,11 +102,70 @@ impl Node for Arc<Plugin> {
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
+    /// The volume's condition; kubelet shows it on the pod's events and in
+    /// its metrics.
     async fn node_get_capabilities(
         &self,
         _: Request<NodeGetCapabilitiesRequest>,
     ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
-        Ok(Response::new(NodeGetCapabilitiesResponse::default()))
+        use node_service_capability::rpc::Type;
+        let capability = |kind: Type| NodeServiceCapability {
+            r#type: Some(node_service_capability::Type::Rpc(
+                node_service_capability::Rpc {
+                    r#type: kind as i32,
+                },
+            )),
+        };
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                capability(Type::GetVolumeStats),
+                capability(Type::VolumeCondition),
+            ],
+        }))
+    }
+
+    /// Whether the volume is well (see `health`). S3 has no capacity and
+    /// s3vol does not count a prefix's bytes, so the usage is all zeros: there
+    /// because kubelet requires one, and zero because nothing is known.
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let request = request.into_inner();
+        let path = request::stats_path(&request)
+            .map_err(|request::Invalid(why)| Status::invalid_argument(why))?;
+        let volume = match self.volumes.published_at(&path) {
+            Some(volume) if volume.volume_id == request.volume_id => volume,
+            Some(volume) => {
+                return Err(Status::not_found(format!(
+                    "volume_path {} has volume {} published, not {}",
+                    path.display(),
+                    volume.volume_id,
+                    request.volume_id
+                )));
+            }
+            None => {
+                return Err(Status::not_found(format!(
+                    "volume {} is not published at volume_path {} on this node",
+                    request.volume_id,
+                    path.display()
+                )));
+            }
+        };
+        let (trouble, _) = self.prober.condition(&volume).await;
+        if let Some(why) = &trouble {
+            warn!(volume = %volume.volume_id, target = %path.display(), "abnormal: {why}");
+        }
+        Ok(Response::new(NodeGetVolumeStatsResponse {
+            usage: vec![VolumeUsage {
+                unit: volume_usage::Unit::Bytes as i32,
+                ..Default::default()
+            }],
+            volume_condition: Some(VolumeCondition {
+                abnormal: trouble.is_some(),
+                message: trouble.unwrap_or_else(|| "the volume answers and reaches S3".into()),
+            }),
+        }))
     }
 
     async fn node_get_info(

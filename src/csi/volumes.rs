@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use super::budget::{Budget, NodeBudget, Share};
 use super::request::{Credentials, Publish, Role};
+use super::tokens::Tokens;
 use crate::auth::Secret;
 use crate::local_dir::LocalDir;
 use crate::startup::{Kind, StartError};
@@ -79,6 +80,25 @@ pub struct Volumes {
     /// One slot per target path: publishes and unpublishes of a target run one
     /// at a time, those of different targets side by side.
     targets: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Daemon>>>>>,
+    /// What is published where, for the volumes' health and metrics.
+    published: Mutex<HashMap<PathBuf, Published>>,
+}
+
+/// A volume published at a target.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub volume_id: String,
+    pub target: PathBuf,
+    /// Whether its daemon has exited; `None` for one a driver that ran before
+    /// started.
+    exited: Option<watch::Receiver<bool>>,
+}
+
+impl Published {
+    /// Whether the daemon this driver started for the volume has exited.
+    pub fn daemon_exited(&self) -> bool {
+        self.exited.as_ref().is_some_and(|exited| *exited.borrow())
+    }
 }
 
 impl Volumes {
@@ -93,7 +113,29 @@ impl Volumes {
             settings,
             tokens,
             targets: Mutex::new(HashMap::new()),
+            published: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The volumes published now.
+    pub fn published(&self) -> Vec<Published> {
+        self.published.lock().values().cloned().collect()
+    }
+
+    /// The volume published at `target`, if one is.
+    pub fn published_at(&self, target: &Path) -> Option<Published> {
+        self.published.lock().get(target).cloned()
+    }
+
+    fn record(&self, publish: &Publish, daemon: Option<&Daemon>) {
+        let published = Published {
+            volume_id: publish.volume_id.clone(),
+            target: publish.target.clone(),
+            exited: daemon.map(|d| d.exited.clone()),
+        };
+        self.published
+            .lock()
+            .insert(publish.target.clone(), published);
     }
 
     fn slot(&self, target: &Path) -> Arc<tokio::sync::Mutex<Option<Daemon>>> {
@@ -140,6 +182,7 @@ impl Volumes {
                         self.tokens.keep(target, token)?;
                     }
                     self.budget.adopt(target, self.share(&publish));
+                    self.record(&publish, None);
                     return Ok(());
                 }
             },
@@ -169,7 +212,9 @@ impl Volumes {
             self.budget.release(target);
             self.tokens.forget(target);
         }
-        *daemon = Some(started?);
+        let started = started?;
+        self.record(&publish, Some(&started));
+        *daemon = Some(started);
         Ok(())
     }
 
@@ -217,6 +262,7 @@ impl Volumes {
         }
         self.tokens.forget(target);
         self.budget.release(target);
+        self.published.lock().remove(target);
         match at_target(target).await {
             AtTarget::Nothing => {}
             AtTarget::Live => {
@@ -581,48 +627,6 @@ impl Launch {
         })?;
         drop(moves);
         Ok(child)
-    }
-}
-
-/// Pods' tokens while their volumes are mounted: a file per target in root's
-/// state directory, used through its descriptor.
-struct Tokens(LocalDir);
-
-impl Tokens {
-    /// The file's name for the volume published at `target`.
-    fn name(target: &Path) -> String {
-        let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
-        format!("{}.token", &hash.to_hex()[..32])
-    }
-
-    fn has(&self, target: &Path) -> bool {
-        self.0.open_file(&Self::name(target)).is_ok()
-    }
-
-    /// Replaces the token of `target`'s volume, atomically: the daemon reading
-    /// it at a renewal sees the old token or the new one, never half. Returns
-    /// the file's path, for the daemon.
-    fn keep(&self, target: &Path, token: &Secret) -> Result<PathBuf, Status> {
-        let name = Self::name(target);
-        let partial = format!("{name}.partial");
-        let written = self.0.open_read_write(&partial, true).and_then(|mut file| {
-            file.set_len(0)?;
-            file.write_all(token.expose().as_bytes())?;
-            file.sync_all()?;
-            self.0.rename(&partial, &name)
-        });
-        let path = self.0.path().join(&name);
-        written.map_err(|e| {
-            Status::internal(format!(
-                "cannot keep the pod's token in {}: {e}",
-                path.display()
-            ))
-        })?;
-        Ok(path)
-    }
-
-    fn forget(&self, target: &Path) {
-        let _ = self.0.remove_file(&Self::name(target));
     }
 }
 

@@ -1,6 +1,7 @@
-//! The ioctls a volume answers (see `crate::control`): its statistics on the
-//! root, and for a file open through the volume, what S3 holds for it and a
-//! presigned URL of it.
+//! The ioctls a volume answers (see `crate::control`): its report on the
+//! root (also the root's attribute `trusted.s3vol.report`, for root), and for
+//! a file open through the volume, what S3 holds for it and a presigned URL of
+//! it.
 //!
 //! Both file requests act with the volume's credentials for a caller who holds
 //! a descriptor of the file: the kernel checked the file's modes when it was
@@ -21,6 +22,16 @@ use crate::fs::posix::Posix;
 use crate::store::{ObjectHeaders, Presign, UrlMethod};
 
 impl Fs {
+    /// The volume's report (`crate::stats`) in at most `room` bytes of JSON;
+    /// `None` for a filesystem that keeps no statistics.
+    pub fn report(&self, room: usize) -> Option<FsResult<Vec<u8>>> {
+        let stats = self.config.stats.as_ref()?;
+        Some(stats.report_within(room).ok_or(FsError::BufferTooSmall {
+            needed: stats.report().to_string().len(),
+            given: room,
+        }))
+    }
+
     /// ioctl(2) with request `cmd` on `ino` (through handle `fh`, for a file),
     /// carrying `input`, answered into at most `out_size` bytes.
     pub async fn ioctl(
@@ -33,14 +44,9 @@ impl Fs {
     ) -> FsResult<Vec<u8>> {
         let answer = match cmd {
             control::STATS | control::REPORT if ino == ROOT_INO => {
-                let Some(stats) = &self.config.stats else {
-                    return Err(FsError::UnknownIoctl(cmd));
-                };
-                let room = out_size as usize;
-                return stats.report_within(room).ok_or(FsError::BufferTooSmall {
-                    needed: stats.report().to_string().len(),
-                    given: room,
-                });
+                return self
+                    .report(out_size as usize)
+                    .ok_or(FsError::UnknownIoctl(cmd))?;
             }
             control::INFO => {
                 let facts = self.object_facts(ino, fh).await;

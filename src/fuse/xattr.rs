@@ -1,6 +1,8 @@
 //! Extended attributes: the `user.` namespace of the file's metadata
 //! (`Fs::getxattr` and the rest); any other namespace is answered on the
-//! kernel's thread, without a task.
+//! kernel's thread, without a task. The root's `trusted.s3vol.report` (which
+//! the kernel lets only root read) is the volume's report, asked this way
+//! because it needs no open, and so no listing of the root.
 
 use std::ffi::OsStr;
 
@@ -40,6 +42,14 @@ pub(super) fn get(
     size: u32,
     reply: ReplyXattr,
 ) {
+    if ino.0 == crate::fs::ROOT_INO && name == crate::control::REPORT_XATTR {
+        let room = crate::control::REPORT_XATTR_MAX;
+        return match adapter.fs.report(room) {
+            Some(Ok(report)) => reply_xattr(reply, size, &report),
+            Some(Err(e)) => reply.error(errno(&adapter.fs, "getxattr", &e)),
+            None => reply.error(Errno::ENODATA),
+        };
+    }
     // Other namespaces are answered here: the kernel asks for
     // `security.capability` before writes and `ls` for ACLs.
     if let Err(e) = xattr_name(name) {

@@ -23,16 +23,16 @@ use tonic::transport::Channel;
 /// A running `s3vol csi`, with a directory for its socket, state and the
 /// pods' target paths. Dropping it stops it (which stops its volumes) and
 /// unmounts whatever a test left.
-struct Driver {
-    child: Child,
-    dir: tempfile::TempDir,
+pub(crate) struct Driver {
+    pub(crate) child: Child,
+    pub(crate) dir: tempfile::TempDir,
     log: PathBuf,
 }
 
 /// How a test runs the driver: its environment and options beyond the ones
 /// every test gives, and a command to run it under (`unshare`).
 #[derive(Default)]
-struct DriverSetup {
+pub(crate) struct DriverSetup {
     env: Vec<(String, String)>,
     args: Vec<String>,
     wrapper: Vec<String>,
@@ -46,18 +46,18 @@ impl DriverSetup {
         }
     }
 
-    fn args(mut self, args: &[&str]) -> Self {
+    pub(crate) fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
     /// Lets volumes name `server`'s endpoint.
-    fn endpoint_of(self, server: &Server) -> Self {
+    pub(crate) fn endpoint_of(self, server: &Server) -> Self {
         let allow = format!("--allow-endpoint={}", server.endpoint);
         self.args(&[&allow])
     }
 
-    fn start(self) -> Driver {
+    pub(crate) fn start(self) -> Driver {
         Driver::start(self)
     }
 }
@@ -109,7 +109,7 @@ impl Driver {
         self.dir.path().join("plugin/csi.sock")
     }
 
-    async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         let socket = self.socket();
         tonic::transport::Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_| {
@@ -123,18 +123,18 @@ impl Driver {
             .unwrap()
     }
 
-    async fn node(&self) -> NodeClient<Channel> {
+    pub(crate) async fn node(&self) -> NodeClient<Channel> {
         NodeClient::new(self.channel().await)
     }
 
     /// A pod's target path; its parent exists, as kubelet makes it.
-    fn target(&self, pod: &str) -> PathBuf {
+    pub(crate) fn target(&self, pod: &str) -> PathBuf {
         let parent = self.dir.path().join("pods").join(pod);
         std::fs::create_dir_all(&parent).unwrap();
         parent.join("mount")
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -188,7 +188,7 @@ fn strings(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-fn publish_request(
+pub(crate) fn publish_request(
     volume_id: &str,
     target: &Path,
     mode: Mode,
@@ -208,14 +208,14 @@ fn publish_request(
     }
 }
 
-async fn publish(
+pub(crate) async fn publish(
     node: &mut NodeClient<Channel>,
     request: NodePublishVolumeRequest,
 ) -> Result<(), tonic::Status> {
     node.node_publish_volume(request).await.map(drop)
 }
 
-async fn unpublish(node: &mut NodeClient<Channel>, volume_id: &str, target: &Path) {
+pub(crate) async fn unpublish(node: &mut NodeClient<Channel>, volume_id: &str, target: &Path) {
     node.node_unpublish_volume(NodeUnpublishVolumeRequest {
         volume_id: volume_id.into(),
         target_path: target.to_str().unwrap().into(),
@@ -226,25 +226,25 @@ async fn unpublish(node: &mut NodeClient<Channel>, volume_id: &str, target: &Pat
 
 /// The customer's moto, as `scripts/moto_roles.py` sets it up, and the driver
 /// running as the platform's user.
-struct Customers {
-    server: Server,
+pub(crate) struct Customers {
+    pub(crate) server: Server,
     setup: serde_json::Value,
 }
 
 impl Customers {
-    fn new() -> Customers {
+    pub(crate) fn new() -> Customers {
         let server = Server::start(ServerKind::Moto);
         let setup = server.setup_roles();
         Customers { server, setup }
     }
 
-    fn field(&self, name: &str) -> String {
+    pub(crate) fn field(&self, name: &str) -> String {
         self.setup[name].as_str().unwrap().to_string()
     }
 
     /// The driver as the platform runs it: its own identity is the platform
     /// user's keys, which customers' roles trust, and volumes may name moto.
-    fn driver(&self) -> DriverSetup {
+    pub(crate) fn driver(&self) -> DriverSetup {
         let mut env = self.server.env();
         env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
         env.push(("AWS_ACCESS_KEY_ID".into(), self.field("access_key")));
@@ -255,7 +255,7 @@ impl Customers {
             .args(&["--allow-driver-credentials"])
     }
 
-    fn context<'a>(&'a self, bucket: &'a str) -> Vec<(&'a str, &'a str)> {
+    pub(crate) fn context<'a>(&'a self, bucket: &'a str) -> Vec<(&'a str, &'a str)> {
         vec![
             ("bucket", bucket),
             ("endpoint_url", &self.server.endpoint),
@@ -768,19 +768,19 @@ async fn a_pods_token_is_exchanged_and_a_republished_one_is_used_without_a_remou
 
 /// Garage, with the keys in the Secret (no role): the volume's daemon signs
 /// with those keys, not with the driver's.
-struct Garage {
-    server: Server,
+pub(crate) struct Garage {
+    pub(crate) server: Server,
 }
 
 impl Garage {
-    async fn new() -> Garage {
+    pub(crate) async fn new() -> Garage {
         let server = Server::start(ServerKind::Garage);
         server.create_bucket("vol").await;
         server.put("vol", "data/seed.txt", b"seed\n".to_vec()).await;
         Garage { server }
     }
 
-    fn context(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn context(&self) -> Vec<(&str, &str)> {
         vec![
             ("bucket", "vol/data"),
             ("endpoint_url", &self.server.endpoint),
@@ -790,7 +790,7 @@ impl Garage {
         ]
     }
 
-    fn secrets(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn secrets(&self) -> Vec<(&str, &str)> {
         vec![
             ("access_key_id", &self.server.access_key),
             ("secret_access_key", &self.server.secret_key),
@@ -798,7 +798,7 @@ impl Garage {
     }
 
     /// The driver has no credentials of its own; volumes may name Garage.
-    fn driver(&self) -> DriverSetup {
+    pub(crate) fn driver(&self) -> DriverSetup {
         let mut env = self.server.env();
         env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
         DriverSetup::env(env).endpoint_of(&self.server)
@@ -1286,7 +1286,7 @@ async fn a_publish_its_caller_gave_up_on_gives_its_share_back() {
 }
 
 /// `s3vol stats --json` of a mounted volume.
-fn volume_stats(target: &Path) -> serde_json::Value {
+pub(crate) fn volume_stats(target: &Path) -> serde_json::Value {
     let out = common::s3vol()
         .args(["stats", "--json"])
         .arg(target)

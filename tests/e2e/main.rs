@@ -11,6 +11,7 @@ mod e2e_audit;
 mod e2e_cache;
 mod e2e_cse;
 mod e2e_csi;
+mod e2e_csi_health;
 mod e2e_faults;
 mod e2e_hostile;
 mod e2e_lies;
