@@ -14,6 +14,7 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 S3EC_VERSION=4.0.0
 GRPCIO_VERSION=1.85.3
 PROMETHEUS_CLIENT_VERSION=0.26.0
+CARGO_DEB_VERSION=3.8.0
 GARAGE_BIN="$S3VOL_TOOLS/garage-$GARAGE_VERSION/bin/garage"
 PJDFSTEST_BIN="$S3VOL_TOOLS/pjdfstest-$PJDFSTEST_VERSION/bin/pjdfstest"
 MOTO_VENV="$S3VOL_TOOLS/moto-$MOTO_VERSION"
@@ -23,6 +24,7 @@ KUBERNETES_VALIDATE_VENV="$S3VOL_TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_
 S3EC_VENV="$S3VOL_TOOLS/s3ec-$S3EC_VERSION"
 GRPCIO_VENV="$S3VOL_TOOLS/grpcio-$GRPCIO_VERSION"
 PROMETHEUS_CLIENT_VENV="$S3VOL_TOOLS/prometheus-client-$PROMETHEUS_CLIENT_VERSION"
+CARGO_DEB_BIN="$S3VOL_TOOLS/cargo-deb-$CARGO_DEB_VERSION/bin/cargo-deb"
 
 # Bold only on a terminal: CI keeps the output as text.
 log() {
@@ -43,7 +45,7 @@ apt_install() {
 }
 
 ensure_rust() {
-    command -v cargo >/dev/null || die "cargo is not installed; install a Rust toolchain (rustup, Rust 1.85 or newer) and run this again"
+    command -v cargo >/dev/null || die "cargo is not installed; install a Rust toolchain (rustup, Rust 1.94.1 or newer) and run this again"
 }
 
 ensure_fuse() {
@@ -114,6 +116,17 @@ ensure_prometheus_client() {
     log "installing prometheus_client $PROMETHEUS_CLIENT_VERSION into $PROMETHEUS_CLIENT_VENV"
     python3 -m venv "$PROMETHEUS_CLIENT_VENV"
     "$PROMETHEUS_CLIENT_VENV/bin/pip" install -q "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+}
+
+# cargo-deb, which builds the Debian package (scripts/package.sh), and what it
+# and the package's check need: dpkg-shlibdeps for the library dependencies,
+# lintian for Debian's rules.
+ensure_packaging() {
+    apt_install dpkg-dev lintian
+    [ -x "$CARGO_DEB_BIN" ] && return 0
+    ensure_rust
+    log "building cargo-deb $CARGO_DEB_VERSION (a few minutes the first time; cached in $S3VOL_TOOLS)"
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --root "$S3VOL_TOOLS/cargo-deb-$CARGO_DEB_VERSION" --quiet
 }
 
 ensure_pjdfstest() {

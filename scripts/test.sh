@@ -36,6 +36,7 @@ ensure_moto
 ensure_kubernetes_validate
 ensure_grpcio
 ensure_prometheus_client
+ensure_packaging
 ensure_s3_encryption_client
 ensure_garage
 ensure_pjdfstest

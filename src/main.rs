@@ -90,6 +90,10 @@ fn main() -> ExitCode {
             };
             commands::csi::run(config, &args.log_level)
         }
+        Command::GenerateAssets { dir } => match cli::manual::generate(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("cannot write into {}: {e}", dir.display())),
+        },
         Command::Cleanup(args) => match args.s3.connection(&args.role) {
             Ok(connection) => {
                 commands::cleanup::run(&args.source, args.older_than, args.abort, &connection)

@@ -8,6 +8,7 @@
 
 pub mod cse;
 pub mod helper;
+pub mod manual;
 pub mod options;
 pub mod scrub;
 
@@ -62,6 +63,12 @@ pub enum Command {
     /// Serve the CSI node plugin for Kubernetes: mount each volume a pod uses
     /// at the pod's target path, with the volume's own role and external ID.
     Csi(CsiArgs),
+    /// Write the manual pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write man/ and completions/.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
