@@ -56,8 +56,8 @@ apt_install s3fs rclone python3
 log "building s3vol and the raw client (release)"
 # Built one after the other: the example would turn the test doubles on for the
 # binary too (see Cargo.toml).
-cargo build --release --quiet --bin s3vol
-cargo build --release --quiet --example s3bench
+cargo build --release --locked --quiet --bin s3vol
+cargo build --release --locked --quiet --example s3bench
 # S3VOL_BIN measures another build of s3vol (an older commit's, say) with the
 # same workloads; the table names it.
 S3VOL="${S3VOL_BIN:-$S3VOL_ROOT/target/release/s3vol}"

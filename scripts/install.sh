@@ -17,7 +17,7 @@ ensure_rust
 ensure_fuse
 
 log "building s3vol (release)"
-cargo build --release --quiet
+cargo build --release --locked --quiet
 install -D -m 0755 target/release/s3vol "$PREFIX/bin/s3vol"
 for helper in mount.s3vol mount.fuse.s3vol; do
     ln -sfn "$PREFIX/bin/s3vol" "/sbin/$helper"

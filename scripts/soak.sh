@@ -27,7 +27,7 @@ ensure_moto
 export S3VOL_TOOLS
 
 log "building the release binary"
-cargo build --release --quiet
+cargo build --release --locked --quiet
 export S3VOL_BIN="$S3VOL_ROOT/target/release/s3vol"
 log "soaking for ${S3VOL_SOAK_SECONDS}s with ${S3VOL_SOAK_FAULTS} of requests failing"
 cargo test --quiet --test e2e -- --ignored --exact e2e_role::soak --nocapture

@@ -706,6 +706,11 @@ mod tests {
                 "driver decides",
             ),
             (
+                &[("bucket", "vol"), ("metrics_listen", "0.0.0.0:9100")],
+                &[],
+                "driver serves every volume's metrics",
+            ),
+            (
                 &[("bucket", "vol"), ("metadata_ttl", "")],
                 &[],
                 "needs a value",

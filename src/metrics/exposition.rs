@@ -434,6 +434,11 @@ mod tests {
         let mut text = Exposition::default();
         text.add_report(&vec![("volume", "a".into())], &report("b/p\"x"));
         text.add_report(&vec![("volume", "b".into())], &report("c"));
+        // A name cannot end a line or a value and start a series of its own.
+        text.add_report(
+            &vec![("volume", "x\"} 1\ns3vol_forged 1\\".into())],
+            &report("d"),
+        );
         let text = text.render();
         assert_eq!(
             text.matches("# TYPE s3vol_requests_total counter").count(),
@@ -447,6 +452,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"source="b/p\"x""#), "{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("s3vol_forged")),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"volume="x\"} 1\ns3vol_forged 1\\""#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"s3vol_request_duration_seconds_bucket{volume="b",operation="GetObject",le="0.01"} 3"#),
             "{text}"

@@ -23,12 +23,22 @@ pub trait Scrape: Send + Sync + 'static {
     fn scrape(&self) -> BoxFuture<'_, String>;
 }
 
-/// The most connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 16;
-/// How long a client has to send its request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a connection stays open.
-const CONNECTION_LIFE: Duration = Duration::from_secs(120);
+/// What one client may take of the endpoint.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// The most connections served at once; more are closed at once.
+    connections: usize,
+    /// How long a client has to send its request's headers.
+    header_timeout: Duration,
+    /// The longest a connection stays open.
+    connection_life: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    connections: 16,
+    header_timeout: Duration::from_secs(10),
+    connection_life: Duration::from_secs(120),
+};
 
 /// The media type of the text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -47,6 +57,10 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
 
 /// Serves `source` on `listener` for as long as the runtime runs.
 pub async fn serve(listener: std::net::TcpListener, source: Arc<dyn Scrape>) {
+    serve_within(listener, source, LIMITS).await
+}
+
+async fn serve_within(listener: std::net::TcpListener, source: Arc<dyn Scrape>, limits: Limits) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -57,7 +71,7 @@ pub async fn serve(listener: std::net::TcpListener, source: Arc<dyn Scrape>) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving Prometheus metrics at http://{addr}/metrics");
     }
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -79,9 +93,9 @@ pub async fn serve(listener: std::net::TcpListener, source: Arc<dyn Scrape>) {
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFE, connection).await;
+            let _ = tokio::time::timeout(limits.connection_life, connection).await;
             drop(slot);
         });
     }
@@ -170,6 +184,55 @@ mod tests {
         assert!(answers.0.ends_with("\r\n\r\ns3vol_up 1\n"), "{}", answers.0);
         assert!(answers.1.starts_with("HTTP/1.1 404"), "{}", answers.1);
         assert!(answers.2.starts_with("HTTP/1.1 405"), "{}", answers.2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_clients_hold_a_bounded_number_of_connections_for_a_bounded_time() {
+        let limits = Limits {
+            connections: 4,
+            header_timeout: Duration::from_millis(1500),
+            connection_life: Duration::from_secs(5),
+        };
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_within(listener, Arc::new(Fixed), limits));
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::time::Instant;
+            // Clients that connect and say nothing: past the bound, each is
+            // closed at once.
+            let idle: Vec<_> = (0..10)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect();
+            std::thread::sleep(Duration::from_millis(100));
+            let closed_at_once = idle
+                .iter()
+                .filter(|stream| {
+                    let mut stream = *stream;
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(20)))
+                        .unwrap();
+                    matches!(stream.read(&mut [0u8; 1]), Ok(0))
+                })
+                .count();
+            // Those served are closed once their time to speak is over, and
+            // a scrape is answered again.
+            let started = Instant::now();
+            let get = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            let answer = loop {
+                let answer = std::panic::catch_unwind(|| ask(addr, get)).unwrap_or_default();
+                if answer.starts_with("HTTP/1.1 200") || started.elapsed() > Duration::from_secs(5)
+                {
+                    break answer;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            (closed_at_once, answer, started.elapsed())
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer.0, 6, "the connections past the bound");
+        assert!(answer.1.starts_with("HTTP/1.1 200"), "{}", answer.1);
+        assert!(answer.2 < Duration::from_secs(3), "{:?}", answer.2);
     }
 
     #[test]
