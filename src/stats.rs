@@ -59,9 +59,13 @@ impl Default for ErrnoStats {
 }
 
 impl ErrnoStats {
+    /// Counts an answer of `errno` (one above Linux's last is counted with it).
     pub fn record(&self, errno: i32) {
-        let slot = usize::try_from(errno).unwrap_or(0).min(ERRNOS - 1);
-        self.0[slot].fetch_add(1, Ordering::Relaxed);
+        if let Ok(slot) = usize::try_from(errno)
+            && slot > 0
+        {
+            self.0[slot.min(ERRNOS - 1)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// `{"ENOENT": 3, ...}`, the errnos seen.
@@ -155,9 +159,9 @@ impl MountStats {
             .duration_since(self.started)
             .unwrap_or_default()
             .as_secs();
-        let begun = done(Operation::CreateMultipartUpload);
-        let ended = done(Operation::CompleteMultipartUpload)
-            .saturating_add(done(Operation::AbortMultipartUpload));
+        let failing_for = requests
+            .failing()
+            .map_or(Duration::ZERO, |run| run.lasted(self.io_timeout));
         let credentials = self.credentials.as_ref().map(|state| state());
         json!({
             "version": crate::VERSION,
@@ -178,7 +182,7 @@ impl MountStats {
                     .saturating_add(done(Operation::CopyObject)),
                 "parts": done(Operation::UploadPart).saturating_add(done(Operation::UploadPartCopy)),
                 "aborted": done(Operation::AbortMultipartUpload),
-                "in_flight": begun.saturating_sub(ended),
+                "in_flight": requests.uploads_in_flight(),
             },
             "credential_renewals": credentials.as_ref().map(|c| c.renewals),
             "credentials": credentials.map(|c| json!({
@@ -187,14 +191,12 @@ impl MountStats {
                 "expires_in_seconds": c.expires.map(|at| {
                     at.duration_since(SystemTime::now()).unwrap_or_default().as_secs()
                 }),
-                "renewal_failing": c.renewal_failing,
+                "renewal_failing": c.renewal_failing.map(|cause| cause.word()),
             })),
             "endpoint": {
-                "failing_for_seconds": requests.failing().map(|f| {
-                    SystemTime::now().duration_since(f.since).unwrap_or_default().as_secs()
-                }),
-                "last_failure": requests.failing().map(|f| f.last),
-                "io_timeout_seconds": self.io_timeout.as_secs(),
+                "failing_for_seconds": (failing_for.as_secs_f64() * 10.0).round() / 10.0,
+                "last_failure": requests.failing().map(|run| run.outcome),
+                "io_timeout_seconds": self.io_timeout.as_secs_f64(),
             },
             "errors_by_errno": self.errors.to_json(),
             "audit": self.audit.as_ref().map(|audit| json!({
@@ -266,38 +268,56 @@ impl crate::metrics::Scrape for MountStats {
     }
 }
 
+/// Credentials that expire within this long, and cannot be renewed, make a
+/// volume sick even when STS is only unreachable (a refusal does at once).
+const CREDENTIALS_LOW: Duration = Duration::from_secs(120);
+
 /// What is wrong with a volume by its `report`, in words that say what to do;
 /// `None` when nothing is.
 pub fn trouble(report: &Value) -> Option<String> {
-    if let Some(why) = report
+    let renewal = report
         .pointer("/credentials/renewal_failing")
-        .and_then(Value::as_str)
+        .and_then(Value::as_str);
+    let left = report
+        .pointer("/credentials/expires_in_seconds")
+        .and_then(Value::as_u64)
+        .map(Duration::from_secs);
+    let low = left.is_some_and(|left| left < CREDENTIALS_LOW);
+    if let Some(how) = renewal
+        && (how == "refused" || low)
     {
-        let left = match report
-            .pointer("/credentials/expires_in_seconds")
-            .and_then(Value::as_u64)
-        {
-            Some(0) => "they have expired, and every request fails".to_string(),
-            Some(secs) => format!(
+        let left = match left {
+            Some(Duration::ZERO) => "they have expired, and every request fails".to_string(),
+            Some(left) => format!(
                 "the current ones expire in {}",
-                humantime::format_duration(Duration::from_secs(secs))
+                humantime::format_duration(left)
             ),
             None => "the current ones stay usable".to_string(),
         };
+        let what = match how {
+            "refused" => "STS refused the renewal",
+            "unreachable" => "STS could not be reached",
+            _ => "the renewal failed",
+        };
         return Some(format!(
-            "the volume's credentials cannot be renewed ({why}); {left}. Check the role's \
-             trust policy and the external ID, or the keys, that the volume's Secret gives"
+            "the volume's credentials cannot be renewed: {what} (the driver's log has its \
+             answer); {left}. Check the role's trust policy and the external ID, or the \
+             keys, that the volume's Secret gives, and that STS is reachable from the node"
         ));
     }
     let failing = report
         .pointer("/endpoint/failing_for_seconds")
-        .and_then(Value::as_u64);
+        .and_then(Value::as_f64);
     let limit = report
         .pointer("/endpoint/io_timeout_seconds")
-        .and_then(Value::as_u64);
+        .and_then(Value::as_f64);
     if let (Some(failing), Some(limit)) = (failing, limit)
         && failing > limit
     {
+        let (failing, limit) = (
+            Duration::from_secs_f64(failing),
+            Duration::from_secs_f64(limit),
+        );
         let last = report
             .pointer("/endpoint/last_failure")
             .and_then(Value::as_str)
@@ -306,8 +326,8 @@ pub fn trouble(report: &Value) -> Option<String> {
             "every request to S3 has failed for {} (the last: {last}), longer than the \
              volume's --io-timeout of {}; check that the endpoint is up and reachable from \
              this node, and the daemon's log",
-            humantime::format_duration(Duration::from_secs(failing)),
-            humantime::format_duration(Duration::from_secs(limit))
+            humantime::format_duration(Duration::from_secs(failing.as_secs())),
+            humantime::format_duration(limit)
         ));
     }
     None
@@ -485,7 +505,7 @@ mod tests {
             cache: None,
             memory: None,
             credentials: Some(Arc::new(|| CredentialStatus {
-                renewal_failing: Some("x".repeat(1024)),
+                renewal_failing: Some(crate::auth::renew::FetchCause::Denied),
                 ..Default::default()
             })),
             audit: None,
@@ -516,6 +536,37 @@ mod tests {
         assert!(small["latency"]["omitted"].is_string(), "{small}");
         assert_eq!(small["requests"], full["requests"]);
         assert_eq!(stats.report_within(100), None);
+    }
+
+    #[test]
+    fn a_volume_is_sick_when_renewal_is_refused_or_time_runs_out_or_the_endpoint_fails() {
+        let report = |renewal: Option<&str>, left: Option<u64>, failing: f64| {
+            json!({
+                "credentials": {"renewal_failing": renewal, "expires_in_seconds": left},
+                "endpoint": {"failing_for_seconds": failing, "io_timeout_seconds": 2.0,
+                             "last_failure": "unreachable"},
+            })
+        };
+        assert_eq!(trouble(&report(None, Some(3600), 0.0)), None);
+        let refused = trouble(&report(Some("refused"), Some(3600), 0.0)).unwrap();
+        assert!(refused.contains("STS refused the renewal"), "{refused}");
+        assert!(refused.contains("expire in 1h"), "{refused}");
+        // STS out of reach for a moment, with an hour left: not yet.
+        assert_eq!(trouble(&report(Some("unreachable"), Some(3600), 0.0)), None);
+        let low = trouble(&report(Some("unreachable"), Some(60), 0.0)).unwrap();
+        assert!(low.contains("could not be reached"), "{low}");
+        let expired = trouble(&report(Some("unreachable"), Some(0), 0.0)).unwrap();
+        assert!(expired.contains("have expired"), "{expired}");
+        assert_eq!(
+            trouble(&report(None, None, 2.0)),
+            None,
+            "not longer than the timeout"
+        );
+        let failing = trouble(&report(None, None, 3.5)).unwrap();
+        assert!(
+            failing.contains("failed for 3s (the last: unreachable)"),
+            "{failing}"
+        );
     }
 
     #[tokio::test]

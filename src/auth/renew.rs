@@ -111,7 +111,8 @@ impl Default for RenewConfig {
 
 struct Shared {
     current: Mutex<Credentials>,
-    last_error: Mutex<Option<String>>,
+    /// Why the last renewal failed, while none has succeeded since.
+    last_error: Mutex<Option<FetchError>>,
     renewals: AtomicU64,
     failed_renewals: AtomicU64,
     clock: Arc<dyn Clock>,
@@ -159,7 +160,7 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                *self.last_error.lock() = Some(e.message.clone());
+                *self.last_error.lock() = Some(e.clone());
                 self.failed_renewals.fetch_add(1, Ordering::Relaxed);
                 Err(e.message)
             }
@@ -223,12 +224,10 @@ impl RenewingCredentials {
         let creds = self.shared.current.lock().clone();
         match creds.expiry() {
             Some(expiry) if expiry <= self.shared.clock.now() + EXPIRY_MARGIN => {
-                let cause = self
-                    .shared
-                    .last_error
-                    .lock()
-                    .clone()
-                    .unwrap_or_else(|| "no renewal has completed yet".into());
+                let cause = self.shared.last_error.lock().as_ref().map_or_else(
+                    || "no renewal has completed yet".into(),
+                    |e| e.message.clone(),
+                );
                 Err(CredentialsError::provider_error(format!(
                     "credentials for {} expired at {} and renewal is failing: {cause}",
                     self.shared.label,
@@ -250,7 +249,7 @@ impl RenewingCredentials {
             renewals: self.renewals(),
             failed_renewals: self.shared.failed_renewals.load(Ordering::Relaxed),
             expires: self.shared.current.lock().expiry(),
-            renewal_failing: self.shared.last_error.lock().clone(),
+            renewal_failing: self.shared.last_error.lock().as_ref().map(|e| e.cause),
         }
     }
 }
@@ -264,8 +263,20 @@ pub struct CredentialStatus {
     pub failed_renewals: u64,
     /// When the current credentials expire; `None` for keys that do not.
     pub expires: Option<SystemTime>,
-    /// Why the last attempt failed, while none has succeeded since.
-    pub renewal_failing: Option<String>,
+    /// How the last attempt failed, while none has succeeded since (STS's
+    /// words are in the log only: they may name the node's own identity).
+    pub renewal_failing: Option<FetchCause>,
+}
+
+impl FetchCause {
+    /// The word the report says it with.
+    pub fn word(self) -> &'static str {
+        match self {
+            FetchCause::Unreachable => "unreachable",
+            FetchCause::Denied => "refused",
+            FetchCause::Other => "failed",
+        }
+    }
 }
 
 impl RenewingCredentials {

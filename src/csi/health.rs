@@ -1,70 +1,111 @@
 //! How the node's volumes are: each daemon is asked for its report through the
-//! volume's own root (the ioctl `s3vol stats` uses), off the runtime and for a
-//! bounded time. NodeGetVolumeStats turns the answer into a volume condition,
-//! and the driver's metrics endpoint serves every report, labelled with its
-//! volume.
+//! volume's own root (its `trusted.s3vol.report` attribute), off the runtime
+//! and for a bounded time. NodeGetVolumeStats turns the answer into a volume
+//! condition, and the driver's metrics endpoint (`service::DriverMetrics`)
+//! serves every report, labelled with its volume.
 //!
 //! A volume is abnormal when its daemon is gone, when its mount does not
 //! answer within [`PROBE_TIMEOUT`], when its credentials cannot be renewed, or
 //! when its endpoint has failed every request for longer than its
 //! `--io-timeout` ([`crate::stats::trouble`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 use serde_json::Value;
+use tokio::sync::watch;
 
-use super::volumes::{Published, Volumes};
-use crate::metrics::{Exposition, Scrape};
+/// A volume published at a target.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub volume_id: String,
+    pub target: PathBuf,
+    /// Whether its daemon has exited; `None` for one this driver did not start.
+    exited: Option<watch::Receiver<bool>>,
+}
+
+impl Published {
+    pub fn new(volume_id: &str, target: &Path, exited: Option<watch::Receiver<bool>>) -> Self {
+        Self {
+            volume_id: volume_id.to_string(),
+            target: target.to_path_buf(),
+            exited,
+        }
+    }
+
+    /// Whether the daemon this driver started for the volume has exited.
+    pub fn daemon_exited(&self) -> bool {
+        self.exited.as_ref().is_some_and(|exited| *exited.borrow())
+    }
+}
 
 /// How long a volume has to answer before it is reported as not answering.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What asking a volume came to.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Probe {
     /// Its report.
     Answered(Value),
     /// The mount is there, its daemon is not ("Transport endpoint is not
     /// connected"), or nothing is mounted any more.
     Gone(String),
-    /// No answer within [`PROBE_TIMEOUT`] (or a question asked before is still
-    /// unanswered).
+    /// No answer within [`PROBE_TIMEOUT`] of the question.
     Silent,
     /// An answer that is not a report.
     Failed(String),
 }
 
-/// Asks volumes how they are, one question per volume at a time: a daemon that
-/// hangs holds one blocked thread, not one per scrape.
+/// Asks volumes how they are, one question per volume at a time: callers
+/// that ask while a question is out share its answer, and a daemon that hangs
+/// holds one blocked thread, not one per caller.
 #[derive(Default)]
 pub struct Prober {
-    asking: Arc<Mutex<HashSet<PathBuf>>>,
+    asking: Arc<Mutex<HashMap<PathBuf, Question>>>,
+}
+
+/// A question out to a volume: when it was asked, and its answer to come.
+struct Question {
+    asked: Instant,
+    answer: Shared<BoxFuture<'static, Probe>>,
 }
 
 impl Prober {
-    /// Asks the volume mounted at `target` for its report.
+    /// Asks the volume mounted at `target` for its report, or shares the
+    /// answer to the question already out; `Silent` once the question is
+    /// [`PROBE_TIMEOUT`] old.
     pub async fn probe(&self, target: &Path) -> Probe {
-        if !self.asking.lock().insert(target.to_path_buf()) {
-            return Probe::Silent;
-        }
-        let asking = self.asking.clone();
-        let path = target.to_path_buf();
-        let question = tokio::task::spawn_blocking(move || {
-            let answer = ask(&path);
-            asking.lock().remove(&path);
-            answer
-        });
-        match tokio::time::timeout(PROBE_TIMEOUT, question).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => Probe::Failed(format!("the question failed: {e}")),
-            Err(_) => Probe::Silent,
-        }
+        let (asked, answer) = {
+            let mut asking = self.asking.lock();
+            let question = asking.entry(target.to_path_buf()).or_insert_with(|| {
+                let (asking, path) = (self.asking.clone(), target.to_path_buf());
+                let blocking = tokio::task::spawn_blocking(move || {
+                    let answer = ask(&path);
+                    asking.lock().remove(&path);
+                    answer
+                });
+                let answer = async move {
+                    blocking
+                        .await
+                        .unwrap_or_else(|e| Probe::Failed(format!("the question failed: {e}")))
+                };
+                Question {
+                    asked: Instant::now(),
+                    answer: answer.boxed().shared(),
+                }
+            });
+            (question.asked, question.answer.clone())
+        };
+        let left = PROBE_TIMEOUT.saturating_sub(asked.elapsed());
+        tokio::time::timeout(left, answer)
+            .await
+            .unwrap_or(Probe::Silent)
     }
 
     /// The volume's condition: `None` when it is normal, else what is wrong
@@ -116,7 +157,16 @@ fn ask(target: &Path) -> Probe {
                 .read(true)
                 .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
                 .open(target)
-                .and_then(|root| crate::control::report(&root).map_err(std::io::Error::from))
+                .and_then(|root| {
+                    // Unmounted since mountinfo was read: the directory below
+                    // is not asked s3vol's questions.
+                    let fuse = nix::sys::statfs::fstatfs(&root)
+                        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC);
+                    if !fuse {
+                        return Err(std::io::Error::from_raw_os_error(libc::ENOTCONN));
+                    }
+                    crate::control::report(&root).map_err(std::io::Error::from)
+                })
         }
         answer => answer,
     };
@@ -125,55 +175,11 @@ fn ask(target: &Path) -> Probe {
             Ok(report) => Probe::Answered(report),
             Err(e) => Probe::Failed(format!("its report is not JSON: {e}")),
         },
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        // ECONNABORTED while the kernel ends the connection of a daemon that
+        // has just died, ENOTCONN after.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
             Probe::Gone("the transport endpoint is not connected".into())
         }
         Err(e) => Probe::Failed(e.to_string()),
-    }
-}
-
-/// The driver's metrics endpoint: every published volume's report, each
-/// series labelled with the volume and its target, and whether each answers.
-pub struct DriverMetrics {
-    pub volumes: Arc<Volumes>,
-    pub prober: Arc<Prober>,
-}
-
-impl Scrape for DriverMetrics {
-    fn scrape(&self) -> BoxFuture<'_, String> {
-        Box::pin(async move {
-            let published = self.volumes.published();
-            let conditions = published.iter().map(|volume| self.prober.condition(volume));
-            let conditions = futures::future::join_all(conditions).await;
-            let mut text = Exposition::default();
-            text.gauge(
-                "s3vol_csi_volumes",
-                "Volumes this node plugin has published.",
-                Vec::new(),
-                published.len() as f64,
-            );
-            for (volume, (trouble, report)) in published.iter().zip(conditions) {
-                let labels = vec![
-                    ("volume", volume.volume_id.clone()),
-                    ("target", volume.target.display().to_string()),
-                ];
-                text.gauge(
-                    "s3vol_volume_up",
-                    "Whether the volume's daemon answered the scrape (1) or not (0).",
-                    labels.clone(),
-                    if report.is_some() { 1.0 } else { 0.0 },
-                );
-                text.gauge(
-                    "s3vol_volume_abnormal",
-                    "Whether NodeGetVolumeStats reports the volume abnormal (1) or not (0).",
-                    labels.clone(),
-                    if trouble.is_some() { 1.0 } else { 0.0 },
-                );
-                if let Some(report) = report {
-                    text.add_report(&labels, &report);
-                }
-            }
-            text.render()
-        })
     }
 }

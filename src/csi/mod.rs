@@ -86,7 +86,7 @@ pub async fn serve(config: CsiConfig) -> Result<(), String> {
         prober: prober.clone(),
     });
     if let Some(metrics) = metrics {
-        let scrape = Arc::new(health::DriverMetrics {
+        let scrape = Arc::new(service::DriverMetrics {
             volumes: volumes.clone(),
             prober,
         });

@@ -270,6 +270,7 @@ pub fn parse(
     if request.volume_id.is_empty() {
         return invalid("volume_id is missing".into());
     }
+    too_long(&request.volume_id)?;
     if request.target_path.is_empty() {
         return invalid("target_path is missing".into());
     }
@@ -363,6 +364,20 @@ pub fn stats_path(request: &NodeGetVolumeStatsRequest) -> Result<PathBuf, Invali
     checked_path(&request.volume_id, "volume_path", &request.volume_path)
 }
 
+/// The longest volume ID taken: the CSI spec's bound on IDs. Each of a volume's
+/// metric series carries it.
+const MAX_VOLUME_ID: usize = 128;
+
+fn too_long(volume_id: &str) -> Result<(), Invalid> {
+    if volume_id.len() > MAX_VOLUME_ID {
+        return Err(Invalid(format!(
+            "volume_id is {} bytes long, more than the {MAX_VOLUME_ID} CSI allows",
+            volume_id.len()
+        )));
+    }
+    Ok(())
+}
+
 /// `path` (the request's field `field`) as an absolute path, with the request's
 /// `volume_id`: both there, without a control character.
 fn checked_path(volume_id: &str, field: &str, path: &str) -> Result<PathBuf, Invalid> {
@@ -374,6 +389,7 @@ fn checked_path(volume_id: &str, field: &str, path: &str) -> Result<PathBuf, Inv
             return Err(Invalid(format!("{field} holds a control character")));
         }
     }
+    too_long(volume_id)?;
     let target = PathBuf::from(path);
     if !target.is_absolute() {
         return Err(Invalid(format!("{field} {path:?} is not an absolute path")));
@@ -827,6 +843,15 @@ mod tests {
         block.volume_capability.as_mut().unwrap().access_type =
             Some(AccessType::Block(Default::default()));
         assert!(refusal(&block).contains("volumeMode: Filesystem"));
+        let mut long = request(Mode::SingleNodeWriter, &[("bucket", "vol")], &[]);
+        long.volume_id = "v".repeat(129);
+        assert!(refusal(&long).contains("volume_id is 129 bytes long"));
+        let stats = NodeGetVolumeStatsRequest {
+            volume_id: "v".repeat(129),
+            volume_path: "/pods/a".into(),
+            ..Default::default()
+        };
+        assert!(stats_path(&stats).unwrap_err().0.contains("volume_id"));
     }
 
     #[test]

@@ -5,12 +5,15 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::health::Prober;
+use futures::future::BoxFuture;
+
+use super::health::{Prober, Published};
 use super::proto::identity_server::Identity;
 use super::proto::node_server::Node;
 use super::proto::*;
 use super::request;
 use super::volumes::Volumes;
+use crate::metrics::{Exposition, Scrape};
 
 /// The driver's name: the CSIDriver object and the PVs' `csi.driver` say it.
 pub const DRIVER_NAME: &str = "csi.s3vol.io";
@@ -102,8 +105,8 @@ impl Node for Arc<Plugin> {
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
-    /// The volume's condition; kubelet shows it on the pod's events and in
-    /// its metrics.
+    /// Volume stats, with the volume's condition: kubelet shows it on the
+    /// pod's events and in its metrics.
     async fn node_get_capabilities(
         &self,
         _: Request<NodeGetCapabilitiesRequest>,
@@ -144,6 +147,12 @@ impl Node for Arc<Plugin> {
                     request.volume_id
                 )));
             }
+            // Published by a driver that ran before this one (its daemon may
+            // have died with it): asked as it is, until the next republish
+            // records it.
+            None if crate::mountinfo::mounted_at(&path).as_deref() == Some("fuse.s3vol") => {
+                Published::new(&request.volume_id, &path, None)
+            }
             None => {
                 return Err(Status::not_found(format!(
                     "volume {} is not published at volume_path {} on this node",
@@ -177,5 +186,51 @@ impl Node for Arc<Plugin> {
             max_volumes_per_node: i64::from(self.max_volumes),
             accessible_topology: None,
         }))
+    }
+}
+
+/// The driver's metrics endpoint: every published volume's report, each
+/// series labelled with the volume and its target, and whether each answers.
+pub struct DriverMetrics {
+    pub volumes: Arc<Volumes>,
+    pub prober: Arc<Prober>,
+}
+
+impl Scrape for DriverMetrics {
+    fn scrape(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move {
+            let published = self.volumes.published();
+            let conditions = published.iter().map(|volume| self.prober.condition(volume));
+            let conditions = futures::future::join_all(conditions).await;
+            let mut text = Exposition::default();
+            text.gauge(
+                "s3vol_csi_volumes",
+                "Volumes this node plugin has published.",
+                Vec::new(),
+                published.len() as f64,
+            );
+            for (volume, (trouble, report)) in published.iter().zip(conditions) {
+                let labels = vec![
+                    ("volume", volume.volume_id.clone()),
+                    ("target", volume.target.display().to_string()),
+                ];
+                text.gauge(
+                    "s3vol_volume_up",
+                    "Whether the volume's daemon answered the scrape (1) or not (0).",
+                    labels.clone(),
+                    if report.is_some() { 1.0 } else { 0.0 },
+                );
+                text.gauge(
+                    "s3vol_volume_abnormal",
+                    "Whether NodeGetVolumeStats reports the volume abnormal (1) or not (0).",
+                    labels.clone(),
+                    if trouble.is_some() { 1.0 } else { 0.0 },
+                );
+                if let Some(report) = report {
+                    text.add_report(&labels, &report);
+                }
+            }
+            text.render()
+        })
     }
 }

@@ -24,6 +24,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use super::budget::{Budget, NodeBudget, Share};
+use super::health::Published;
 use super::request::{Credentials, Publish, Role};
 use super::tokens::Tokens;
 use crate::auth::Secret;
@@ -84,23 +85,6 @@ pub struct Volumes {
     published: Mutex<HashMap<PathBuf, Published>>,
 }
 
-/// A volume published at a target.
-#[derive(Clone, Debug)]
-pub struct Published {
-    pub volume_id: String,
-    pub target: PathBuf,
-    /// Whether its daemon has exited; `None` for one a driver that ran before
-    /// started.
-    exited: Option<watch::Receiver<bool>>,
-}
-
-impl Published {
-    /// Whether the daemon this driver started for the volume has exited.
-    pub fn daemon_exited(&self) -> bool {
-        self.exited.as_ref().is_some_and(|exited| *exited.borrow())
-    }
-}
-
 impl Volumes {
     /// The volumes of a driver run with `settings`; the state directory is
     /// opened (and created) now.
@@ -128,11 +112,11 @@ impl Volumes {
     }
 
     fn record(&self, publish: &Publish, daemon: Option<&Daemon>) {
-        let published = Published {
-            volume_id: publish.volume_id.clone(),
-            target: publish.target.clone(),
-            exited: daemon.map(|d| d.exited.clone()),
-        };
+        let published = Published::new(
+            &publish.volume_id,
+            &publish.target,
+            daemon.map(|d| d.exited.clone()),
+        );
         self.published
             .lock()
             .insert(publish.target.clone(), published);

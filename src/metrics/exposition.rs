@@ -110,12 +110,18 @@ impl Exposition {
                 }
             }
         }
+        // The bounds the volume's daemon counted with (another version's may
+        // differ).
+        let bounds: Vec<f64> = match report["latency"]["bounds"].as_array() {
+            Some(bounds) => bounds.iter().filter_map(Value::as_f64).collect(),
+            None => BOUNDS.to_vec(),
+        };
         for (key, metric) in [("total", DURATION), ("first_byte", FIRST_BYTE)] {
             let Some(ops) = report["latency"][key].as_object() else {
                 continue;
             };
             for (op, histogram) in ops {
-                self.histogram(metric, with(&[("operation", op)]), histogram);
+                self.histogram(metric, with(&[("operation", op)]), &bounds, histogram);
             }
         }
         put(
@@ -181,12 +187,13 @@ impl Exposition {
         put(self, UNSEEN_CLOSES, "/callers/unseen_closes", &[]);
     }
 
-    /// A histogram from the report's `{"counts": [...], "sum": s}`, with the
-    /// cumulative buckets Prometheus reads.
+    /// A histogram from the report's `{"counts": [...], "sum": s}` over
+    /// buckets `bounds`, with the cumulative buckets Prometheus reads.
     fn histogram(
         &mut self,
         (name, help, _): (&'static str, &'static str, Type),
         labels: Labels,
+        bounds: &[f64],
         histogram: &Value,
     ) {
         let counts: Vec<f64> = histogram["counts"]
@@ -195,14 +202,14 @@ impl Exposition {
             .flatten()
             .map(|n| n.as_f64().unwrap_or(0.0))
             .collect();
-        if counts.len() != BOUNDS.len() + 1 {
-            return; // another version's buckets: not shown rather than shown wrong
+        if counts.len() != bounds.len() + 1 {
+            return; // not shown rather than shown wrong
         }
         let family = self.family(name, help, Type::Histogram);
         let mut total = 0.0;
         for (i, n) in counts.iter().enumerate() {
             total += n;
-            let le = BOUNDS.get(i).map_or("+Inf".to_string(), f64::to_string);
+            let le = bounds.get(i).map_or("+Inf".to_string(), f64::to_string);
             let mut bucket = labels.clone();
             bucket.push(("le", le));
             family.samples.push(("_bucket", bucket, total));

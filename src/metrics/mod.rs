@@ -11,4 +11,4 @@ pub mod histogram;
 pub mod server;
 
 pub use exposition::{Exposition, Labels};
-pub use server::{Scrape, bind, serve};
+pub use server::{Listener, Scrape, bind, serve};

@@ -1,10 +1,12 @@
 //! The `--metrics-listen` endpoint: HTTP/1.1 on a TCP address, where `GET
 //! /metrics` answers the Prometheus text and nothing else is served.
 //!
-//! The listener is bound before the volume is mounted (a taken port fails the
-//! start, not the scrape), takes a bounded number of connections, and gives
-//! each a bounded time: a client that connects and says nothing cannot hold the
-//! endpoint or the daemon's memory.
+//! The listener is bound before the volume is mounted: an address that cannot
+//! be listened on fails the start, and a port another process holds is taken
+//! as soon as it is free (a volume does not fail because its metrics cannot be
+//! served yet). It serves one request per connection, a bounded number of
+//! connections at once, each for a bounded time: a client that connects and
+//! says nothing cannot hold the daemon's memory or threads.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,31 +38,75 @@ struct Limits {
 
 const LIMITS: Limits = Limits {
     connections: 16,
-    header_timeout: Duration::from_secs(10),
-    connection_life: Duration::from_secs(120),
+    header_timeout: Duration::from_secs(5),
+    connection_life: Duration::from_secs(30),
 };
+
+/// How often a port another process holds is tried again.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// Where the endpoint listens: bound, or waiting for its port.
+#[derive(Debug)]
+pub enum Listener {
+    Bound(std::net::TcpListener),
+    /// Another process holds the port; it is tried every [`RETRY`].
+    Waiting(SocketAddr),
+}
+
+fn bind_now(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
 
 /// The media type of the text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Binds `addr` now, so a mount or a driver that cannot serve its metrics says
-/// so at start.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
-        format!("--metrics-listen {addr}: cannot listen there: {e}; pick a free port")
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
-    Ok(listener)
+/// Binds `addr` now: an address this host cannot listen on is an error to
+/// report at start; a port in use is waited for.
+pub fn bind(addr: SocketAddr) -> Result<Listener, String> {
+    match bind_now(addr) {
+        Ok(listener) => Ok(Listener::Bound(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            warn!(
+                %addr,
+                "--metrics-listen {addr}: another process holds the port; the metrics are \
+                 served there once it is free (ports below 1024 are root's alone)"
+            );
+            Ok(Listener::Waiting(addr))
+        }
+        Err(e) => Err(format!(
+            "--metrics-listen {addr}: cannot listen there: {e}; give an address of this \
+             host and a port that is free"
+        )),
+    }
 }
 
 /// Serves `source` on `listener` for as long as the runtime runs.
-pub async fn serve(listener: std::net::TcpListener, source: Arc<dyn Scrape>) {
-    serve_within(listener, source, LIMITS).await
+pub async fn serve(listener: Listener, source: Arc<dyn Scrape>) {
+    serve_within(listener, source, LIMITS, RETRY).await
 }
 
-async fn serve_within(listener: std::net::TcpListener, source: Arc<dyn Scrape>, limits: Limits) {
+async fn serve_within(
+    listener: Listener,
+    source: Arc<dyn Scrape>,
+    limits: Limits,
+    retry: Duration,
+) {
+    let listener = match listener {
+        Listener::Bound(listener) => listener,
+        Listener::Waiting(addr) => loop {
+            tokio::time::sleep(retry).await;
+            match bind_now(addr) {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => {
+                    warn!(%addr, "cannot serve metrics: {e}");
+                    return;
+                }
+            }
+        },
+    };
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -93,6 +139,7 @@ async fn serve_within(listener: std::net::TcpListener, source: Arc<dyn Scrape>, 
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive(false)
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = tokio::time::timeout(limits.connection_life, connection).await;
@@ -159,9 +206,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serves_the_text_at_metrics_and_nothing_else() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = bind_now("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Arc::new(Fixed)));
+        tokio::spawn(serve(Listener::Bound(listener), Arc::new(Fixed)));
         let get =
             |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let answers = tokio::task::spawn_blocking(move || {
@@ -193,9 +240,14 @@ mod tests {
             header_timeout: Duration::from_millis(1500),
             connection_life: Duration::from_secs(5),
         };
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = bind_now("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_within(listener, Arc::new(Fixed), limits));
+        tokio::spawn(serve_within(
+            Listener::Bound(listener),
+            Arc::new(Fixed),
+            limits,
+            RETRY,
+        ));
         let answer = tokio::task::spawn_blocking(move || {
             use std::time::Instant;
             // Clients that connect and say nothing: past the bound, each is
@@ -235,11 +287,37 @@ mod tests {
         assert!(answer.2 < Duration::from_secs(3), "{:?}", answer.2);
     }
 
-    #[test]
-    fn a_taken_port_is_refused_with_the_option_named() {
-        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let taken = first.local_addr().unwrap();
-        let e = bind(taken).unwrap_err();
-        assert!(e.starts_with(&format!("--metrics-listen {taken}")), "{e}");
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_taken_port_is_served_once_free_and_a_foreign_address_is_refused() {
+        let holder = bind_now("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = holder.local_addr().unwrap();
+        let waiting = bind(taken).unwrap();
+        assert!(matches!(waiting, Listener::Waiting(addr) if addr == taken));
+        tokio::spawn(serve_within(
+            waiting,
+            Arc::new(Fixed),
+            LIMITS,
+            Duration::from_millis(100),
+        ));
+        drop(holder);
+        let get = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let answer = tokio::task::spawn_blocking(move || {
+            for _ in 0..50 {
+                std::thread::sleep(Duration::from_millis(100));
+                if let Ok(answer) = std::panic::catch_unwind(|| ask(taken, get)) {
+                    return answer;
+                }
+            }
+            String::new()
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // An address of no interface here (TEST-NET-1) is refused at once.
+        let e = bind("192.0.2.1:9464".parse().unwrap()).unwrap_err();
+        assert!(
+            e.starts_with("--metrics-listen 192.0.2.1:9464: cannot listen"),
+            "{e}"
+        );
     }
 }

@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 
@@ -33,19 +35,32 @@ pub struct RequestStats {
     errors: AtomicU64,
     bytes_downloaded: AtomicU64,
     bytes_uploaded: AtomicU64,
-    /// When requests began to fail (Unix milliseconds of the first failure
-    /// since the last answer; 0 while the endpoint answers).
-    failing_since: AtomicU64,
-    /// The outcome of the last failure (an index into [`OUTCOMES`]).
-    last_failure: AtomicU64,
+    /// The failures of the endpoint since its last answer.
+    failing: Mutex<Option<Failing>>,
+    /// The multipart uploads begun and not yet completed or aborted.
+    open_uploads: Mutex<std::collections::HashSet<String>>,
 }
 
-/// How the endpoint has been doing: since when every request has failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A run of requests the endpoint failed (no answer, a server error, a
+/// broken answer), with no answer between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Failing {
-    pub since: SystemTime,
+    pub first: Instant,
+    pub last: Instant,
     /// The last failure's outcome (one of [`OUTCOMES`]).
-    pub last: &'static str,
+    pub outcome: &'static str,
+}
+
+impl Failing {
+    /// How long every request has failed: from the run's first failure to its
+    /// last, while the last is no older than `window` (a run that stopped
+    /// because nothing was asked says nothing about now); zero otherwise.
+    pub fn lasted(&self, window: Duration) -> Duration {
+        if self.last.elapsed() > window {
+            return Duration::ZERO;
+        }
+        self.last.duration_since(self.first)
+    }
 }
 
 impl RequestStats {
@@ -74,13 +89,16 @@ impl RequestStats {
         }
     }
 
-    /// Since when every request has failed, if the last one did.
+    /// The run of failures since the endpoint's last answer, if the last
+    /// request failed.
     pub fn failing(&self) -> Option<Failing> {
-        let since = self.failing_since.load(Ordering::Relaxed);
-        (since != 0).then(|| Failing {
-            since: SystemTime::UNIX_EPOCH + Duration::from_millis(since),
-            last: OUTCOMES[self.last_failure.load(Ordering::Relaxed) as usize],
-        })
+        *self.failing.lock()
+    }
+
+    /// Multipart uploads begun and not yet completed or aborted (one whose
+    /// completion and abort both failed stays: S3 still holds it).
+    pub fn uploads_in_flight(&self) -> usize {
+        self.open_uploads.lock().len()
     }
 
     /// Every counter of every operation and outcome at `n`, every histogram
@@ -92,12 +110,19 @@ impl RequestStats {
         all(&self.requests);
         all(&self.succeeded);
         self.outcomes.iter().for_each(|by_outcome| all(by_outcome));
+        let mut uploads = self.open_uploads.lock();
+        uploads.extend((0..1000).map(|n| format!("upload-{n}")));
         for histogram in self.latency.iter().chain(&self.first_byte) {
             for bound in crate::metrics::histogram::BOUNDS.iter().chain(&[1e6]) {
                 histogram.record(Duration::from_secs_f64(*bound));
             }
         }
-        self.failing_since.store(1, Ordering::Relaxed);
+        let now = Instant::now();
+        *self.failing.lock() = Some(Failing {
+            first: now,
+            last: now,
+            outcome: "unreachable",
+        });
     }
 
     /// Counts a request of `op` that came to `outcome` after `took`.
@@ -110,24 +135,44 @@ impl RequestStats {
         match outcome {
             Ok(()) => {
                 self.succeeded[index].fetch_add(1, Ordering::Relaxed);
-                self.failing_since.store(0, Ordering::Relaxed);
             }
-            Err(e) if e.is_answer() => {
-                self.failing_since.store(0, Ordering::Relaxed);
-            }
+            // "No such key" is an answer (a lookup of a name that is not
+            // there), not a failure.
+            Err(StoreError::NotFound { .. }) => {}
             Err(_) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
-                self.last_failure.store(at as u64, Ordering::Relaxed);
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(1, |t| t.as_millis() as u64);
-                let _ = self.failing_since.compare_exchange(
-                    0,
-                    now,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
             }
+        }
+        let mut failing = self.failing.lock();
+        match outcome {
+            Err(e) if e.is_endpoint_failure() => {
+                let now = Instant::now();
+                let first = failing.map_or(now, |run| run.first);
+                *failing = Some(Failing {
+                    first,
+                    last: now,
+                    outcome: name,
+                });
+            }
+            _ => *failing = None,
+        }
+    }
+
+    /// Follows the multipart uploads' lives: begun by `request` when it
+    /// succeeded (`created` is the new upload's ID), ended by a completion or
+    /// an abort that succeeded or found it gone.
+    fn follow_upload(&self, request: &Request<'_>, result: &StoreResult<Response>) {
+        match (request, result) {
+            (Request::CreateUpload { .. }, Ok(Response::UploadId(id))) => {
+                self.open_uploads.lock().insert(id.clone());
+            }
+            (
+                Request::CompleteUpload { upload_id, .. } | Request::AbortUpload { upload_id, .. },
+                Ok(_) | Err(StoreError::NotFound { .. }),
+            ) => {
+                self.open_uploads.lock().remove(*upload_id);
+            }
+            _ => {}
         }
     }
 
@@ -211,7 +256,11 @@ impl ObjectStore for CountedStore {
 
     async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
         let (op, uploaded) = (request.operation(), request.body_len());
-        let answer = self.count(op, uploaded, self.inner.send(request)).await?;
+        let answer = self
+            .count(op, uploaded, self.inner.send(request.clone()))
+            .await;
+        self.stats.follow_upload(&request, &answer);
+        let answer = answer?;
         if let Response::Object(got) = &answer {
             self.stats
                 .bytes_downloaded
@@ -272,18 +321,25 @@ mod tests {
         let faulty = Arc::new(FaultyStore::new(memory.clone()));
         let store = CountedStore::new(faulty.clone());
         let stats = store.stats();
-        let before = SystemTime::now() - Duration::from_millis(1);
-        faulty.fail_nth(Operation::HeadObject, 1, Fault::AccessDenied);
-        faulty.fail_nth(Operation::HeadObject, 2, Fault::AccessDenied);
+        faulty.fail_nth(Operation::HeadObject, 1, Fault::Unreachable);
+        faulty.fail_nth(Operation::HeadObject, 2, Fault::Unreachable);
+        faulty.fail_nth(Operation::HeadObject, 4, Fault::AccessDenied);
         store.head_object("a").await.unwrap_err();
         let failing = stats.failing().expect("failing");
-        assert!(failing.since >= before, "{failing:?}");
-        assert_eq!(failing.last, "access_denied");
+        assert_eq!(failing.outcome, "unreachable");
+        assert_eq!(failing.lasted(Duration::from_secs(30)), Duration::ZERO);
         // A second failure keeps the time of the first.
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(20));
         store.head_object("a").await.unwrap_err();
-        assert_eq!(stats.failing().unwrap().since, failing.since);
-        // A key that is not there is an answer: the endpoint works.
+        let failing = stats.failing().unwrap();
+        assert!(failing.lasted(Duration::from_secs(30)) >= Duration::from_millis(20));
+        // A run whose last failure is older than the window says nothing.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(failing.lasted(Duration::from_millis(1)), Duration::ZERO);
+        // A key that is not there is an answer: the endpoint works; so is a
+        // refusal.
+        store.head_object("a").await.unwrap_err();
+        assert_eq!(stats.failing(), None);
         store.head_object("a").await.unwrap_err();
         assert_eq!(stats.failing(), None);
     }

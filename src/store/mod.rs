@@ -582,14 +582,16 @@ impl StoreError {
         }
     }
 
-    /// Whether the endpoint answered as it should (a key that is not there, an
-    /// object that changed, a range past the end): the endpoint works.
-    pub fn is_answer(&self) -> bool {
+    /// Whether the endpoint failed the request (no answer, a server error, an
+    /// answer that cannot be right), rather than answering it, even with a
+    /// refusal.
+    pub fn is_endpoint_failure(&self) -> bool {
         matches!(
             self,
-            StoreError::NotFound { .. }
-                | StoreError::Changed { .. }
-                | StoreError::InvalidRange { .. }
+            StoreError::Unreachable { .. }
+                | StoreError::Service { .. }
+                | StoreError::ShortBody { .. }
+                | StoreError::BadAnswer { .. }
         )
     }
 }

@@ -362,12 +362,13 @@ async fn the_plugin_says_who_it_is_and_refuses_bad_publishes_by_field() {
     assert_eq!(info.node_id, "node-1");
     // The default most volumes, for the scheduler.
     assert_eq!(info.max_volumes_per_node, 32);
+    // Volume stats with the volume's condition (e2e_csi_health), nothing else.
     let capabilities = node
         .node_get_capabilities(NodeGetCapabilitiesRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert!(capabilities.capabilities.is_empty(), "{capabilities:?}");
+    assert_eq!(capabilities.capabilities.len(), 2, "{capabilities:?}");
 
     let target = driver.target("pod-a");
     let cases: &[(Pairs, Pairs, &str)] = &[

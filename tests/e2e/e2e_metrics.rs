@@ -194,13 +194,11 @@ async fn a_scrape_during_a_workload_agrees_with_stats_and_shows_no_secret() {
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Garage; run scripts/test.sh"]
-async fn a_metrics_address_that_is_taken_or_bad_fails_the_mount_with_its_name() {
+async fn a_metrics_address_that_is_bad_fails_the_mount_and_a_taken_port_is_served_once_free() {
     let server = Server::start(ServerKind::Garage);
     server.create_bucket("met").await;
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken = taken.local_addr().unwrap().to_string();
     for (value, says) in [
-        (taken.as_str(), "cannot listen there"),
+        ("192.0.2.1:9464", "cannot listen there"),
         ("localhost:9464", "is not a port or an IP address and port"),
         ("0", "names no port"),
     ] {
@@ -224,4 +222,24 @@ async fn a_metrics_address_that_is_taken_or_bad_fails_the_mount_with_its_name() 
         assert!(stderr.contains(says), "{value}: {stderr}");
         assert!(!common::is_mounted(dir.path()), "{value}");
     }
+
+    // A port another process holds (a local user, say) does not keep the
+    // volume from mounting: it says so, and serves there once the port is free.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let port = addr.port().to_string();
+    let mount = Mount::new(&server, "met", &["--metrics-listen", &port]);
+    assert!(std::fs::read_dir(mount.path()).is_ok());
+    assert!(
+        mount.log_text().contains("another process holds the port"),
+        "{}",
+        mount.log_text()
+    );
+    drop(holder);
+    let served = common::wait_until(Duration::from_secs(30), || {
+        std::panic::catch_unwind(|| scrape(addr)).is_ok_and(|(status, body)| {
+            status.starts_with("HTTP/1.1 200") && body.contains("s3vol_info")
+        })
+    });
+    assert!(served, "{}", mount.log_text());
 }
