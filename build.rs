@@ -63,10 +63,19 @@ fn commit() -> String {
     for source in SOURCES {
         println!("cargo:rerun-if-changed={source}");
     }
-    let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+    // Without the index lock a status may take: the builder's own Git
+    // commands never meet it.
+    let mut status = vec![
+        "--no-optional-locks",
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+    ];
     status.extend(SOURCES);
     match git(&status) {
         Some(changes) if changes.is_empty() => head,
-        _ => format!("{head}-modified"),
+        Some(_) => format!("{head}-modified"),
+        None => "unknown".into(),
     }
 }

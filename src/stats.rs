@@ -159,9 +159,9 @@ impl MountStats {
             .duration_since(self.started)
             .unwrap_or_default()
             .as_secs();
-        let failing_for = requests
-            .failing()
-            .map_or(Duration::ZERO, |run| run.lasted(self.io_timeout));
+        let failing_for = requests.failing().map_or(Duration::ZERO, |run| {
+            run.lasted(failure_window(self.io_timeout))
+        });
         let credentials = self.credentials.as_ref().map(|state| state());
         json!({
             "version": crate::VERSION,
@@ -266,6 +266,13 @@ impl crate::metrics::Scrape for MountStats {
         text.add_report(&Vec::new(), &self.report());
         Box::pin(std::future::ready(text.render()))
     }
+}
+
+/// How recent a run of failures' last must be to count: a retried request's
+/// failures come a stall period or a backoff apart, so a window of
+/// `--io-timeout` alone would flap while the endpoint stays down.
+fn failure_window(io_timeout: Duration) -> Duration {
+    (io_timeout * 2).max(Duration::from_secs(10))
 }
 
 /// Credentials that expire within this long, and cannot be renewed, make a

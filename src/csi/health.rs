@@ -70,6 +70,15 @@ pub struct Prober {
     asking: Arc<Mutex<HashMap<PathBuf, Question>>>,
 }
 
+/// Forgets the question about a target when dropped.
+struct Over(Arc<Mutex<HashMap<PathBuf, Question>>>, PathBuf);
+
+impl Drop for Over {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
 /// A question out to a volume: when it was asked, and its answer to come.
 struct Question {
     asked: Instant,
@@ -86,9 +95,10 @@ impl Prober {
             let question = asking.entry(target.to_path_buf()).or_insert_with(|| {
                 let (asking, path) = (self.asking.clone(), target.to_path_buf());
                 let blocking = tokio::task::spawn_blocking(move || {
-                    let answer = ask(&path);
-                    asking.lock().remove(&path);
-                    answer
+                    // The question is over however `ask` ends (a panic too):
+                    // the next caller asks again.
+                    let _over = Over(asking, path.clone());
+                    ask(&path)
                 });
                 let answer = async move {
                     blocking
@@ -142,6 +152,16 @@ fn gone(why: &str) -> String {
     )
 }
 
+/// Whether `root` is on the device mountinfo shows mounted at `target`.
+fn is_device(root: &std::fs::File, target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = root.metadata() else {
+        return false;
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    crate::mountinfo::device(target) == Some(format!("{major}:{minor}"))
+}
+
 /// Asks the volume at `target` for its report (blocking): through the root's
 /// attribute, which needs no S3 request; a daemon of a version that does not
 /// serve it is asked through an open of the root (which lists it).
@@ -158,11 +178,9 @@ fn ask(target: &Path) -> Probe {
                 .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
                 .open(target)
                 .and_then(|root| {
-                    // Unmounted since mountinfo was read: the directory below
-                    // is not asked s3vol's questions.
-                    let fuse = nix::sys::statfs::fstatfs(&root)
-                        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC);
-                    if !fuse {
+                    // Unmounted (or mounted over) since mountinfo was read:
+                    // only the volume's own root is asked s3vol's questions.
+                    if !is_device(&root, target) {
                         return Err(std::io::Error::from_raw_os_error(libc::ENOTCONN));
                     }
                     crate::control::report(&root).map_err(std::io::Error::from)

@@ -361,11 +361,13 @@ pub fn unpublish_target(request: &NodeUnpublishVolumeRequest) -> Result<PathBuf,
 
 /// The volume path NodeGetVolumeStats asks about, checked as a target path is.
 pub fn stats_path(request: &NodeGetVolumeStatsRequest) -> Result<PathBuf, Invalid> {
+    too_long(&request.volume_id)?;
     checked_path(&request.volume_id, "volume_path", &request.volume_path)
 }
 
-/// The longest volume ID taken: the CSI spec's bound on IDs. Each of a volume's
-/// metric series carries it.
+/// The longest volume ID published: the CSI spec's bound on IDs. Each of a
+/// volume's metric series carries it. (An unpublish takes any: a volume an
+/// older driver published must be unpublished all the same.)
 const MAX_VOLUME_ID: usize = 128;
 
 fn too_long(volume_id: &str) -> Result<(), Invalid> {
@@ -389,7 +391,6 @@ fn checked_path(volume_id: &str, field: &str, path: &str) -> Result<PathBuf, Inv
             return Err(Invalid(format!("{field} holds a control character")));
         }
     }
-    too_long(volume_id)?;
     let target = PathBuf::from(path);
     if !target.is_absolute() {
         return Err(Invalid(format!("{field} {path:?} is not an absolute path")));

@@ -162,7 +162,8 @@ fn serve(
         .thread_name("s3vol-io")
         .build()?;
     let volume = runtime.block_on(volume::Volume::assemble(config, runtime.handle()))?;
-    // Bound before the mount shows: a port that is taken fails the start.
+    // Bound before the mount shows: an address this host cannot listen on
+    // fails the start (a port another process holds is waited for).
     let metrics = match config.metrics_listen {
         Some(addr) => Some(crate::metrics::bind(addr).map_err(StartError::other)?),
         None => None,

@@ -231,6 +231,15 @@ mod tests {
         assert!(answers.0.ends_with("\r\n\r\ns3vol_up 1\n"), "{}", answers.0);
         assert!(answers.1.starts_with("HTTP/1.1 404"), "{}", answers.1);
         assert!(answers.2.starts_with("HTTP/1.1 405"), "{}", answers.2);
+        // One request per connection: a second one on it is not served.
+        let twice = format!(
+            "{}{}",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let answer = tokio::task::spawn_blocking(move || ask(addr, &twice))
+            .await
+            .unwrap();
+        assert_eq!(answer.matches("HTTP/1.1 200").count(), 1, "{answer}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

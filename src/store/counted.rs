@@ -158,19 +158,16 @@ impl RequestStats {
         }
     }
 
-    /// Follows the multipart uploads' lives: begun by `request` when it
-    /// succeeded (`created` is the new upload's ID), ended by a completion or
-    /// an abort that succeeded or found it gone.
-    fn follow_upload(&self, request: &Request<'_>, result: &StoreResult<Response>) {
-        match (request, result) {
-            (Request::CreateUpload { .. }, Ok(Response::UploadId(id))) => {
+    /// Follows the multipart uploads' lives: one begins with a creation that
+    /// succeeded (its answer is the upload's ID), and ends (`ending`, its ID)
+    /// with a completion or an abort that succeeded or found it gone.
+    fn follow_upload(&self, ending: Option<&str>, result: &StoreResult<Response>) {
+        match (ending, result) {
+            (None, Ok(Response::UploadId(id))) => {
                 self.open_uploads.lock().insert(id.clone());
             }
-            (
-                Request::CompleteUpload { upload_id, .. } | Request::AbortUpload { upload_id, .. },
-                Ok(_) | Err(StoreError::NotFound { .. }),
-            ) => {
-                self.open_uploads.lock().remove(*upload_id);
+            (Some(id), Ok(_) | Err(StoreError::NotFound { .. })) => {
+                self.open_uploads.lock().remove(id);
             }
             _ => {}
         }
@@ -256,10 +253,14 @@ impl ObjectStore for CountedStore {
 
     async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
         let (op, uploaded) = (request.operation(), request.body_len());
-        let answer = self
-            .count(op, uploaded, self.inner.send(request.clone()))
-            .await;
-        self.stats.follow_upload(&request, &answer);
+        let ending = match &request {
+            Request::CompleteUpload { upload_id, .. } | Request::AbortUpload { upload_id, .. } => {
+                Some(upload_id.to_string())
+            }
+            _ => None,
+        };
+        let answer = self.count(op, uploaded, self.inner.send(request)).await;
+        self.stats.follow_upload(ending.as_deref(), &answer);
         let answer = answer?;
         if let Response::Object(got) = &answer {
             self.stats

@@ -582,17 +582,15 @@ impl StoreError {
         }
     }
 
-    /// Whether the endpoint failed the request (no answer, a server error, an
-    /// answer that cannot be right), rather than answering it, even with a
-    /// refusal.
+    /// Whether the endpoint failed the request (no answer, a server error or
+    /// "slow down", an answer that cannot be right), rather than answering it,
+    /// even with a refusal.
     pub fn is_endpoint_failure(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unreachable { .. }
-                | StoreError::Service { .. }
-                | StoreError::ShortBody { .. }
-                | StoreError::BadAnswer { .. }
-        )
+        self.is_transient()
+            || matches!(
+                self,
+                StoreError::ShortBody { .. } | StoreError::BadAnswer { .. }
+            )
     }
 }
 

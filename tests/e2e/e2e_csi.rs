@@ -66,7 +66,25 @@ impl Driver {
     fn start(setup: DriverSetup) -> Driver {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("driver.log");
-        let socket = dir.path().join("plugin/csi.sock");
+        let child = Driver::launch(dir.path(), &log, setup);
+        let driver = Driver { child, dir, log };
+        driver.wait_for_socket();
+        driver
+    }
+
+    /// Kills the driver (SIGKILL: its volumes' daemons stay) and starts another
+    /// with `setup` on the same socket and state directory, as a restarted
+    /// DaemonSet pod would.
+    pub(crate) fn restart(&mut self, setup: DriverSetup) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.socket());
+        self.child = Driver::launch(self.dir.path(), &self.log, setup);
+        self.wait_for_socket();
+    }
+
+    fn launch(dir: &Path, log: &Path, setup: DriverSetup) -> Child {
+        let socket = dir.join("plugin/csi.sock");
         let mut command = match setup.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -75,34 +93,41 @@ impl Driver {
             }
             None => Command::new(common::binary()),
         };
-        let child = command
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        command
             .args(["csi", "--node-id", "node-1", "--stop-timeout", "20s"])
             .arg("--endpoint")
             .arg(format!("unix://{}", socket.display()))
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"))
             .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
+            .arg(dir.join("cache"))
             .args(&setup.args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap())
             .envs(setup.env.iter().cloned())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(log)
             .spawn()
-            .unwrap();
-        let driver = Driver { child, dir, log };
+            .unwrap()
+    }
+
+    fn wait_for_socket(&self) {
+        let socket = self.socket();
         assert!(
             wait_until(Duration::from_secs(10), || socket.exists()),
             "the plugin did not listen: {}",
-            driver.log_text()
+            self.log_text()
         );
         // Once it is there, it takes connections, from root only.
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         std::os::unix::net::UnixStream::connect(&socket).unwrap();
-        driver
     }
 
     fn socket(&self) -> PathBuf {
@@ -807,7 +832,7 @@ impl Garage {
 
     /// A read-write publish of volume `id` (vol/data) at `target`, with the
     /// Secret's keys.
-    fn request(&self, id: &str, target: &Path) -> NodePublishVolumeRequest {
+    pub(crate) fn request(&self, id: &str, target: &Path) -> NodePublishVolumeRequest {
         publish_request(
             id,
             target,

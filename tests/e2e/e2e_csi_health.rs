@@ -341,3 +341,29 @@ async fn a_volume_whose_credentials_cannot_be_renewed_is_abnormal_until_they_can
     .await;
     unpublish(&mut node, "customer-a", &target).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn after_a_driver_restart_its_volumes_are_still_reported() {
+    let garage = Garage::new().await;
+    let mut driver = garage.driver().start();
+    let mut node = driver.node().await;
+    let target = driver.target("pod-r");
+    let request = garage.request("data", &target);
+    publish(&mut node, request.clone()).await.unwrap();
+
+    // A new driver has not published the volume itself: it finds it mounted
+    // and asks it, rather than calling it unknown.
+    driver.restart(garage.driver());
+    let mut node = driver.node().await;
+    let (abnormal, message) = condition(&mut node, "data", &target).await;
+    assert!(!abnormal, "{message}");
+    signal(&target, libc::SIGKILL);
+    let message =
+        condition_becomes(&mut node, "data", &target, true, Duration::from_secs(10)).await;
+    assert!(message.contains("daemon is gone"), "{message}");
+    // kubelet's next republish mounts it again.
+    publish(&mut node, request).await.unwrap();
+    condition_becomes(&mut node, "data", &target, false, Duration::from_secs(10)).await;
+    unpublish(&mut node, "data", &target).await;
+}
