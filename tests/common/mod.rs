@@ -13,6 +13,7 @@ pub mod fs;
 pub mod fuse;
 pub mod host;
 pub mod metrics;
+pub mod nspawn;
 pub mod procs;
 pub mod proxy;
 pub mod writer;

@@ -6,12 +6,11 @@
 
 use crate::common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use common::{Server, ServerKind, tools_dir, wait_until};
+use common::nspawn::{self, write};
+use common::{Server, ServerKind};
 
 /// What runs in the booted container, once the network and remote filesystems
 /// are up; each result goes to /out/report as `name=value`.
@@ -57,13 +56,6 @@ ExecStart=/check/run
 ExecStopPost=/usr/bin/systemctl poweroff --no-block
 ";
 
-fn write(path: &Path, content: &str, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// An overlay over the cached rootfs, so the package's install survives from
 /// one container run to the next; unmounted when dropped.
 struct Overlay(std::path::PathBuf);
@@ -77,11 +69,7 @@ impl Drop for Overlay {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Garage, cargo-deb and systemd-nspawn; run scripts/test.sh"]
 async fn the_package_installs_mounts_an_fstab_line_at_boot_and_removes_cleanly() {
-    let rootfs = tools_dir().join("debian-bookworm-systemd");
-    assert!(
-        rootfs.join(".complete").exists(),
-        "scripts/test.sh builds the rootfs"
-    );
+    let rootfs = nspawn::rootfs();
     let package = || {
         let out = Command::new("bash")
             .arg(common::script("package.sh"))
@@ -171,37 +159,16 @@ async fn the_package_installs_mounts_an_fstab_line_at_boot_and_removes_cleanly()
         0o644,
     );
 
-    let console = std::fs::File::create(at("console")).unwrap();
-    let mut container = Command::new("systemd-nspawn")
-        .args([
-            "--quiet",
-            "--register=no",
-            "--keep-unit",
-            "--boot",
-            "--directory",
-        ])
-        .arg(&root)
-        .arg(format!("--bind={}:/out", at("out").display()))
-        .args(["--bind=/dev/fuse", "--property=DeviceAllow=/dev/fuse rwm"])
-        .arg("systemd.wants=s3vol-check.service")
-        .stdin(Stdio::null())
-        .stdout(console.try_clone().unwrap())
-        .stderr(console)
-        .spawn()
-        .unwrap();
-    let powered_off = wait_until(Duration::from_secs(120), || {
-        container.try_wait().unwrap().is_some()
-    });
-    if !powered_off {
-        let _ = container.kill();
-        let _ = container.wait();
-    }
+    let powered_off = nspawn::boot(
+        &[
+            format!("--directory={}", root.display()),
+            nspawn::bind("bind", &at("out"), "/out"),
+            "systemd.wants=s3vol-check.service".into(),
+        ],
+        &at("console"),
+    );
     let read = |name: &str| std::fs::read_to_string(at(name)).unwrap_or_default();
-    let report: HashMap<String, String> = read("out/report")
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let report = nspawn::report(&at("out/report"));
     let said = format!(
         "report:\n{}\ntrace:\n{}\nremove:\n{}\nconsole:\n{}",
         read("out/report"),
@@ -210,6 +177,7 @@ async fn the_package_installs_mounts_an_fstab_line_at_boot_and_removes_cleanly()
         read("console")
     );
     let field = |name: &str| report.get(name).map(String::as_str).unwrap_or("");
+    assert!(powered_off, "the container did not power off: {said}");
     assert_eq!(field("done"), "yes", "{said}");
     assert_eq!(
         field("mounted"),

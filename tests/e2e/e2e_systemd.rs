@@ -10,12 +10,10 @@
 
 use crate::common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::{Server, ServerKind, deploy_guide, tools_dir, wait_until};
+use common::nspawn::{self, bind, write};
+use common::{Server, ServerKind, deploy_guide};
 
 /// The ```ini block that follows the line naming `unit` in the deploy guide.
 fn guide_unit(unit: &str) -> String {
@@ -115,36 +113,10 @@ ExecStart=/check/run
 ExecStopPost=/usr/bin/systemctl poweroff --no-block
 ";
 
-/// A booted container, killed when dropped if it has not powered off.
-struct Container(Child);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn write(path: &Path, content: &str, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn bind(flag: &str, host: &Path, inside: &str) -> String {
-    format!("--{flag}={}:{inside}", host.display())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Garage and systemd-nspawn; run scripts/test.sh"]
 async fn the_deploy_guides_mount_unit_runs_under_systemd() {
-    let rootfs: PathBuf = tools_dir().join("debian-bookworm-systemd");
-    assert!(
-        rootfs.join(".complete").exists(),
-        "no systemd rootfs in {}; scripts/test.sh builds it",
-        rootfs.display()
-    );
+    let rootfs = nspawn::rootfs();
     let server = Server::start(ServerKind::Garage);
     server.create_bucket("platform-scratch").await;
     server
@@ -184,35 +156,21 @@ async fn the_deploy_guides_mount_unit_runs_under_systemd() {
     write(&at("check/run"), CHECK_SCRIPT, 0o755);
     std::fs::create_dir(at("out")).unwrap();
 
-    let console = std::fs::File::create(at("console")).unwrap();
-    let mut container = Container(
-        Command::new("systemd-nspawn")
-            .args(["--quiet", "--register=no", "--keep-unit", "--boot"])
+    let powered_off = nspawn::boot(
+        &[
             // A writable layer over the cached rootfs, thrown away at the end.
-            .arg("--volatile=overlay")
-            .arg("--directory")
-            .arg(&rootfs)
-            .arg(bind("bind-ro", &common::binary(), "/usr/local/bin/s3vol"))
-            .arg(bind(
-                "bind-ro",
-                &at("units"),
-                "/usr/local/lib/systemd/system",
-            ))
-            .arg(bind("bind-ro", &at("etc"), "/etc/s3vol"))
-            .arg(bind("bind-ro", &at("check"), "/check"))
-            .arg(bind("bind", &at("out"), "/out"))
-            .args(["--bind=/dev/fuse", "--property=DeviceAllow=/dev/fuse rwm"])
+            "--volatile=overlay".into(),
+            format!("--directory={}", rootfs.display()),
+            bind("bind-ro", &common::binary(), "/usr/local/bin/s3vol"),
+            bind("bind-ro", &at("units"), "/usr/local/lib/systemd/system"),
+            bind("bind-ro", &at("etc"), "/etc/s3vol"),
+            bind("bind-ro", &at("check"), "/check"),
+            bind("bind", &at("out"), "/out"),
             // To systemd in the container, as on a kernel command line.
-            .arg("systemd.wants=s3vol-check.service")
-            .stdin(Stdio::null())
-            .stdout(console.try_clone().unwrap())
-            .stderr(console)
-            .spawn()
-            .expect("run systemd-nspawn"),
+            "systemd.wants=s3vol-check.service".into(),
+        ],
+        &at("console"),
     );
-    let powered_off = wait_until(Duration::from_secs(120), || {
-        container.0.try_wait().unwrap().is_some()
-    });
     let read = |name: &str| std::fs::read_to_string(at(name)).unwrap_or_default();
     assert!(
         powered_off,
@@ -220,11 +178,7 @@ async fn the_deploy_guides_mount_unit_runs_under_systemd() {
         read("out/report"),
         read("console")
     );
-    let report: HashMap<String, String> = read("out/report")
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let report = nspawn::report(&at("out/report"));
     let said = format!(
         "report:\n{}\nthe unit's journal:\n{}\ntrace:\n{}",
         read("out/report"),
