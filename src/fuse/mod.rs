@@ -52,14 +52,24 @@ impl FuseAdapter {
         F: Future<Output = ()> + Send + 'static,
     {
         use futures::FutureExt;
+        let fs = self.fs.clone();
         let work = std::panic::AssertUnwindSafe(work)
             .catch_unwind()
-            .map(|done| {
+            .map(move |done| {
                 if let Err(panic) = done {
                     log_panic(&panic);
+                    // The reply it dropped answers EIO.
+                    fs.count_error(libc::EIO);
                 }
             });
         self.runtime.spawn(work.instrument(span));
+    }
+
+    /// The errno for a request that panicked on the kernel's thread (logged
+    /// already): EIO, counted.
+    fn panicked(&self) -> Errno {
+        self.fs.count_error(libc::EIO);
+        Errno::EIO
     }
 
     /// Like [`FuseAdapter::spawn`], on behalf of the caller of `req`, whom the
@@ -357,7 +367,7 @@ impl Filesystem for FuseAdapter {
                     }
                 })
             }
-            None => reply.error(Errno::EIO),
+            None => reply.error(self.panicked()),
         }
     }
 
@@ -387,7 +397,7 @@ impl Filesystem for FuseAdapter {
                 false => write_now(),
             });
             let Some(written) = written else {
-                return reply.error(Errno::EIO);
+                return reply.error(self.panicked());
             };
             if let Some(result) = written {
                 match result {
@@ -505,7 +515,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let Some(listed) = on_this_thread(|| self.fs.readdir(fh.0, offset)) else {
-            return reply.error(Errno::EIO);
+            return reply.error(self.panicked());
         };
         match listed {
             Ok(entries) => {
@@ -535,7 +545,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let Some(listed) = on_this_thread(|| self.fs.readdirplus(fh.0, offset)) else {
-            return reply.error(Errno::EIO);
+            return reply.error(self.panicked());
         };
         match listed {
             Ok(entries) => {
@@ -576,7 +586,7 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let Some(s) = on_this_thread(|| self.fs.statfs()) else {
-            return reply.error(Errno::EIO);
+            return reply.error(self.panicked());
         };
         reply.statfs(
             s.blocks,

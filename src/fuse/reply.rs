@@ -72,5 +72,8 @@ pub(super) fn file_type(kind: Kind) -> FileType {
 
 /// The errno for a change the filesystem refuses.
 pub(super) fn refuse(fs: &Fs, op: Mutation) -> Errno {
-    on_this_thread(|| errno(fs, "mutate", &fs.mutate(op))).unwrap_or(Errno::EIO)
+    on_this_thread(|| errno(fs, "mutate", &fs.mutate(op))).unwrap_or_else(|| {
+        fs.count_error(libc::EIO);
+        Errno::EIO
+    })
 }

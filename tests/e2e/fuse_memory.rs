@@ -573,6 +573,14 @@ fn a_request_that_panics_is_answered_eio_and_the_volume_goes_on() {
     for _ in 0..3 {
         assert_eq!(errno(fs::read(vol.join("f")).unwrap_err()), libc::EIO);
     }
+    // Each is counted as an EIO answered.
+    let root = fs::File::open(vol.path()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&s3vol::control::report(&root).unwrap()).unwrap();
+    assert!(
+        report["errors_by_errno"]["EIO"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
     faulty.clear();
     // The volume answers as before, on every thread.
     for _ in 0..8 {
