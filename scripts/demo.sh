@@ -32,7 +32,8 @@ PY
 
 # mount(8) runs /sbin/mount.s3vol, which takes every s3vol option as -o name=value;
 # the credentials come from the environment, as for any AWS tool.
-options="endpoint_url=$S3_ENDPOINT,force_path_style,cache_dir=$work/cache,log_file=$work/s3vol.log"
+metrics_port=$(free_port)
+options="endpoint_url=$S3_ENDPOINT,force_path_style,cache_dir=$work/cache,log_file=$work/s3vol.log,metrics_listen=$metrics_port"
 log "mount -t s3vol demo/datasets $mnt -o $options"
 mount -t s3vol demo/datasets "$mnt" -o "$options"
 findmnt "$mnt"
@@ -72,6 +73,14 @@ again_sum=$(sha256sum "$mnt/images/random.bin" | cut -d' ' -f1)
 awk -v a="$time_start" -v b="$time_end" 'BEGIN { printf "re-read 64 MiB in %.2f s (%.0f MiB/s)\n", b - a, 64 / (b - a) }'
 log "s3vol stats $mnt"
 "$S3VOL" stats "$mnt"
+
+# The same numbers for Prometheus, on 127.0.0.1 (metrics_listen=PORT).
+log "GET http://127.0.0.1:$metrics_port/metrics (the GetObject requests and the cache hits)"
+exec 3<>"/dev/tcp/127.0.0.1/$metrics_port"
+printf 'GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+grep -E '^s3vol_(requests_total\{operation="GetObject"|cache_hits_total)' <&3 ||
+    die "the metrics endpoint did not answer"
+exec 3<&-
 
 log "writes are refused on a read-only volume"
 if touch "$mnt/new-file" 2>"$work/err"; then die "a write succeeded on a read-only mount"; fi
