@@ -209,9 +209,7 @@ impl MountStats {
             },
         })
     }
-}
 
-impl MountStats {
     /// `{"GetObject": {"ok": 10, "changed": 1}, ...}`: the requests of each
     /// operation used, by outcome.
     fn outcomes(&self) -> Value {
