@@ -243,17 +243,21 @@ impl MountStats {
     }
 
     /// The report in at most `room` bytes of JSON: without the latency
-    /// histograms if it must (the ioctl's buffer is bounded); `None` if even
-    /// that does not fit.
-    pub fn report_within(&self, room: usize) -> Option<Vec<u8>> {
+    /// histograms if it must (the ioctl's buffer is bounded); the length it
+    /// needs if even that does not fit.
+    pub fn report_within(&self, room: usize) -> Result<Vec<u8>, usize> {
         let mut report = self.report();
         let text = report.to_string();
         if text.len() <= room {
-            return Some(text.into_bytes());
+            return Ok(text.into_bytes());
         }
         report["latency"] = json!({ "omitted": "the report was too large with them" });
         let text = report.to_string();
-        (text.len() <= room).then(|| text.into_bytes())
+        if text.len() <= room {
+            Ok(text.into_bytes())
+        } else {
+            Err(text.len())
+        }
     }
 }
 
@@ -540,7 +544,7 @@ mod tests {
         let small: Value = serde_json::from_slice(&small).unwrap();
         assert!(small["latency"]["omitted"].is_string(), "{small}");
         assert_eq!(small["requests"], full["requests"]);
-        assert_eq!(stats.report_within(100), None);
+        assert!(matches!(stats.report_within(100), Err(needed) if needed > 100));
     }
 
     #[test]

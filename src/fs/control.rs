@@ -26,10 +26,14 @@ impl Fs {
     /// `None` for a filesystem that keeps no statistics.
     pub fn report(&self, room: usize) -> Option<FsResult<Vec<u8>>> {
         let stats = self.config.stats.as_ref()?;
-        Some(stats.report_within(room).ok_or(FsError::BufferTooSmall {
-            needed: stats.report().to_string().len(),
-            given: room,
-        }))
+        Some(
+            stats
+                .report_within(room)
+                .map_err(|needed| FsError::BufferTooSmall {
+                    needed,
+                    given: room,
+                }),
+        )
     }
 
     /// ioctl(2) with request `cmd` on `ino` (through handle `fh`, for a file),

@@ -37,6 +37,9 @@ pub struct RequestStats {
     bytes_uploaded: AtomicU64,
     /// The failures of the endpoint since its last answer.
     failing: Mutex<Option<Failing>>,
+    /// Whether `failing` holds a run: an answer, the common case, then needs
+    /// no lock.
+    in_run: std::sync::atomic::AtomicBool,
     /// The multipart uploads begun and not yet completed or aborted.
     open_uploads: Mutex<std::collections::HashSet<String>>,
 }
@@ -123,6 +126,7 @@ impl RequestStats {
             last: now,
             outcome: "unreachable",
         });
+        self.in_run.store(true, Ordering::Relaxed);
     }
 
     /// Counts a request of `op` that came to `outcome` after `took`.
@@ -143,19 +147,20 @@ impl RequestStats {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let mut failing = self.failing.lock();
-        match outcome {
-            Err(e) if e.is_endpoint_failure() => {
-                let now = Instant::now();
-                let first = failing.map_or(now, |run| run.first);
-                *failing = Some(Failing {
-                    first,
-                    last: now,
-                    outcome: name,
-                });
-            }
-            _ => *failing = None,
+        let failed = outcome.is_err_and(StoreError::is_endpoint_failure);
+        if !failed && !self.in_run.load(Ordering::Relaxed) {
+            return;
         }
+        let mut failing = self.failing.lock();
+        *failing = failed.then(|| {
+            let now = Instant::now();
+            Failing {
+                first: failing.map_or(now, |run| run.first),
+                last: now,
+                outcome: name,
+            }
+        });
+        self.in_run.store(failed, Ordering::Relaxed);
     }
 
     /// Follows the multipart uploads' lives: one begins with a creation that

@@ -243,3 +243,32 @@ async fn a_metrics_address_that_is_bad_fails_the_mount_and_a_taken_port_is_serve
     });
     assert!(served, "{}", mount.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn the_report_attribute_is_root_s_alone() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket("met").await;
+    let mount = Mount::new(&server, "met", &["--allow-other"]);
+    let root = mount.path().to_str().unwrap().to_string();
+    let getfattr = |command: &mut std::process::Command| {
+        command
+            .args(["-n", "trusted.s3vol.report", "--only-values", &root])
+            .output()
+            .unwrap()
+    };
+    let as_root = getfattr(&mut std::process::Command::new("getfattr"));
+    assert!(as_root.status.success(), "{as_root:?}");
+    let report: serde_json::Value = serde_json::from_slice(&as_root.stdout).unwrap();
+    assert_eq!(report["source"], "met");
+    // Another user reaches the volume (allow_other), not its report.
+    let nobody = (65534, 65534);
+    let listed = common::host::as_user(nobody, "ls")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let refused = getfattr(&mut common::host::as_user(nobody, "getfattr"));
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+}
