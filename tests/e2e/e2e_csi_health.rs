@@ -67,6 +67,22 @@ fn signal(target: &Path, signal: i32) {
     assert_eq!(pids.len(), 1, "{pids:?}");
     // SAFETY: kill(2) on the volume's daemon, found by its command line.
     unsafe { libc::kill(pids[0], signal) };
+    if signal == libc::SIGSTOP {
+        // kill(2) returns before every thread has stopped: one that had read
+        // a request could still answer it. Stopped is when all say so.
+        let stopped = || {
+            std::fs::read_dir(format!("/proc/{}/task", pids[0]))
+                .unwrap()
+                .flatten()
+                .all(|task| {
+                    let stat =
+                        std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+        };
+        assert!(common::wait_until(Duration::from_secs(5), stopped));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
