@@ -8,7 +8,13 @@ fn main() {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .skip_debug(["csi.v1.NodePublishVolumeRequest"])
+        .skip_debug([
+            "csi.v1.NodePublishVolumeRequest",
+            "csi.v1.CreateVolumeRequest",
+            "csi.v1.DeleteVolumeRequest",
+            "csi.v1.ValidateVolumeCapabilitiesRequest",
+            "csi.v1.CreateSnapshotRequest",
+        ])
         .compile_fds(descriptors)
         .expect("generate the CSI bindings");
     println!("cargo:rustc-env=S3VOL_COMMIT={}", commit());

@@ -64,6 +64,14 @@ fn main() -> ExitCode {
         Command::Url(args) => {
             commands::object::url(&args.path, args.method.into(), args.expires, args.json)
         }
+        Command::Csi(args) if args.controller => commands::csi::run_controller(
+            args.endpoint,
+            s3vol::csi::request::Rules {
+                endpoints: args.allow_endpoints,
+                allow_driver_credentials: args.allow_driver_credentials,
+            },
+            &args.log_level,
+        ),
         Command::Csi(args) => {
             let program = match std::env::current_exe() {
                 Ok(path) => path,
@@ -71,7 +79,7 @@ fn main() -> ExitCode {
             };
             let config = commands::csi::CsiOptions {
                 socket: args.endpoint,
-                node_id: args.node_id,
+                node_id: args.node_id.unwrap_or_default(),
                 rules: s3vol::csi::request::Rules {
                     endpoints: args.allow_endpoints,
                     allow_driver_credentials: args.allow_driver_credentials,

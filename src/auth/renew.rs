@@ -172,6 +172,18 @@ impl Shared {
 #[derive(Clone)]
 pub struct RenewingCredentials {
     shared: Arc<Shared>,
+    /// Ends the renewal task once no one holds the credentials: a store made
+    /// for one call (the CSI controller's) leaves no task renewing behind it.
+    _renewal: Arc<AbortOnDrop>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for RenewingCredentials {
@@ -188,7 +200,8 @@ fn show_time(t: SystemTime) -> String {
 
 impl RenewingCredentials {
     /// Fetches the first credentials (an error here fails the mount) and starts the
-    /// renewal task, which runs until the returned handle is aborted.
+    /// renewal task, which runs until the returned handle is aborted or the
+    /// last clone of the credentials is dropped.
     pub async fn start(
         source: Arc<dyn CredentialSource>,
         config: RenewConfig,
@@ -216,7 +229,14 @@ impl RenewingCredentials {
             fetch_timeout: config.fetch_timeout,
         });
         let task = tokio::spawn(renew_loop(shared.clone(), config));
-        Ok((Self { shared }, task))
+        let renewal = Arc::new(AbortOnDrop(task.abort_handle()));
+        Ok((
+            Self {
+                shared,
+                _renewal: renewal,
+            },
+            task,
+        ))
     }
 
     /// The current credentials, or an error if they have expired.
@@ -485,6 +505,25 @@ mod tests {
             );
         }
         task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewal_ends_when_the_last_clone_of_the_credentials_goes() {
+        let (clock, source) = setup(Duration::from_secs(3600), &[]);
+        let (creds, task) =
+            RenewingCredentials::start(source.clone(), config(300), clock, "role".into())
+                .await
+                .unwrap();
+        let clone = creds.clone();
+        drop(creds);
+        tokio::time::sleep(Duration::from_secs(3400)).await;
+        assert_eq!(clone.renewals(), 1, "renewing while a clone is held");
+        drop(clone);
+        let ended = tokio::time::timeout(Duration::from_secs(1), task).await;
+        assert!(ended.expect("the task ended").unwrap_err().is_cancelled());
+        let fetches = source.fetches.lock().len();
+        tokio::time::sleep(Duration::from_secs(10 * 3600)).await;
+        assert_eq!(source.fetches.lock().len(), fetches, "no renewal after");
     }
 
     #[tokio::test(start_paused = true)]

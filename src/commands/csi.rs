@@ -1,5 +1,6 @@
-//! `s3vol csi`: serve the CSI node plugin (see `crate::csi`), logging to
-//! standard error, which the container runtime keeps. The node's budget for
+//! `s3vol csi`: serve the CSI node plugin or, with `--controller`, the
+//! controller (see `crate::csi`), logging to standard error, which the
+//! container runtime keeps. The node's budget for
 //! its volumes' local data is settled here, once, from the options or the
 //! space free in the cache directory at start.
 
@@ -35,10 +36,22 @@ pub fn run(options: CsiOptions, log_level: &str) -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
         return fail("the CSI plugin mounts volumes for every pod on the node: run it as root");
     }
-    let config = match settle(options) {
-        Ok(config) => config,
-        Err(message) => return fail(&message),
-    };
+    match settle(options) {
+        Ok(config) => serve(crate::csi::serve(config)),
+        Err(message) => fail(&message),
+    }
+}
+
+/// `s3vol csi --controller`: serve the Controller service, as any user.
+pub fn run_controller(socket: PathBuf, rules: Rules, log_level: &str) -> ExitCode {
+    if let Err(e) = logging::init(log_level, LogTarget::Stderr) {
+        return fail(&format!("cannot start logging: {e}"));
+    }
+    serve(crate::csi::serve_controller(socket, rules))
+}
+
+/// Runs `service` to its end on a runtime of its own.
+fn serve(service: impl Future<Output = Result<(), String>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3vol-csi")
@@ -47,7 +60,7 @@ pub fn run(options: CsiOptions, log_level: &str) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start: {e}")),
     };
-    match runtime.block_on(crate::csi::serve(config)) {
+    match runtime.block_on(service) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }

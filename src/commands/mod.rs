@@ -42,7 +42,10 @@ fn one_shot<T>(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (store, sdk) = connection.command_store(bucket).await.map_err(Failure)?;
+        let (store, sdk) = connection
+            .command_store(bucket)
+            .await
+            .map_err(|e| Failure(e.message))?;
         let encryption = cse.map(|cse| Arc::new(VolumeEncryption::connect(cse, &sdk)));
         body(store, encryption).await
     })

@@ -15,7 +15,8 @@ pub const TOKEN_AUDIENCE: &str = "token_audience";
 pub const ROLE_ARN: &str = "role_arn";
 /// The audience kubelet asks tokens for unless the volume names another.
 pub const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
-const TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+/// Where kubelet puts the pods' tokens in volume_context.
+pub(super) const TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
 
 /// A refused request: the gRPC status to answer with.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,11 +42,12 @@ pub struct Role {
     pub external_id: Option<Secret>,
 }
 
-/// The credentials `context` (volume_context) and `secrets` (the
-/// node-publish Secret) give.
+/// The credentials `context` (volume_context) and `secrets` (the Secret
+/// `which`: node-publish or provisioner) give.
 pub(super) fn parse(
     context: &HashMap<String, String>,
     secrets: &HashMap<String, String>,
+    which: &str,
 ) -> Result<Credentials, Invalid> {
     const KNOWN: &[&str] = &[
         ROLE_ARN,
@@ -56,7 +58,7 @@ pub(super) fn parse(
     ];
     if let Some(unknown) = secrets.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(Invalid(format!(
-            "the node-publish Secret has a key {unknown:?} s3vol does not use; its keys are {}",
+            "the {which} Secret has a key {unknown:?} s3vol does not use; its keys are {}",
             KNOWN.join(", ")
         )));
     }

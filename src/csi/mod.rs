@@ -12,11 +12,15 @@
 
 mod authority;
 pub mod budget;
+pub mod controller;
 pub mod credentials;
 pub mod health;
+pub mod lifecycle;
+pub mod provision;
 pub mod request;
 pub mod service;
 mod tokens;
+pub mod volume_id;
 pub mod volumes;
 
 /// The messages and services of `csi.proto` (CSI spec v1.9, the calls s3vol
@@ -24,6 +28,45 @@ pub mod volumes;
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("csi.v1");
+
+    /// Debug for a request that carries a Secret: its fields, the secrets
+    /// but for their keys.
+    macro_rules! debug_without_secrets {
+        ($message:ident { $($field:ident),* }) => {
+            impl std::fmt::Debug for $message {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    let mut secrets: Vec<&String> = self.secrets.keys().collect();
+                    secrets.sort();
+                    f.debug_struct(stringify!($message))
+                        $(.field(stringify!($field), &self.$field))*
+                        .field("secrets", &secrets)
+                        .finish()
+                }
+            }
+        };
+    }
+
+    debug_without_secrets!(CreateVolumeRequest {
+        name,
+        capacity_range,
+        volume_capabilities,
+        parameters,
+        volume_content_source,
+        accessibility_requirements,
+        mutable_parameters
+    });
+    debug_without_secrets!(DeleteVolumeRequest { volume_id });
+    debug_without_secrets!(ValidateVolumeCapabilitiesRequest {
+        volume_id,
+        volume_context,
+        volume_capabilities,
+        parameters,
+        mutable_parameters
+    });
+    debug_without_secrets!(CreateSnapshotRequest {
+        source_volume_id,
+        name
+    });
 
     impl std::fmt::Debug for NodePublishVolumeRequest {
         /// Everything but the secrets, which only their keys stand for.
@@ -67,7 +110,6 @@ pub struct CsiConfig {
 
 /// Serves the plugin until SIGTERM or SIGINT, then stops every volume.
 pub async fn serve(config: CsiConfig) -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
     let volumes = Arc::new(volumes::Volumes::new(
         config.volumes.clone(),
         config.budget,
@@ -92,15 +134,7 @@ pub async fn serve(config: CsiConfig) -> Result<(), String> {
         });
         tokio::spawn(crate::metrics::serve(metrics, scrape));
     }
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let stopping = async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        info!("signal received; stopping the volumes and the plugin");
-    };
+    let stopping = stopping()?;
     info!(socket = %config.socket.display(), node = %config.node_id, driver = service::DRIVER_NAME,
           "serving CSI");
     info!(
@@ -111,8 +145,9 @@ pub async fn serve(config: CsiConfig) -> Result<(), String> {
         driver_credentials = config.rules.allow_driver_credentials,
         "the node's volumes share this budget and may use these endpoints"
     );
+    let identity = service::PluginIdentity { controller: false };
     let served = tonic::transport::Server::builder()
-        .add_service(proto::identity_server::IdentityServer::new(plugin.clone()))
+        .add_service(proto::identity_server::IdentityServer::new(identity))
         .add_service(proto::node_server::NodeServer::new(plugin))
         .serve_with_incoming_shutdown(connections(listener), stopping)
         .await;
@@ -121,6 +156,46 @@ pub async fn serve(config: CsiConfig) -> Result<(), String> {
     served.map_err(|e| {
         error!("gRPC server failed: {e}");
         format!("the gRPC server failed: {e}")
+    })
+}
+
+/// Serves the Controller service (`s3vol csi --controller`) until SIGTERM or
+/// SIGINT; a deletion under way is cut short, and finished by the call that
+/// the provisioner sends again to the next controller.
+pub async fn serve_controller(socket: PathBuf, rules: request::Rules) -> Result<(), String> {
+    let stopping = stopping()?;
+    let listener = listen(&socket)?;
+    info!(socket = %socket.display(), driver = service::DRIVER_NAME,
+          endpoints = ?rules.endpoints, driver_credentials = rules.allow_driver_credentials,
+          "serving the CSI controller");
+    let controller = Arc::new(controller::Provisioner::new(rules));
+    let identity = service::PluginIdentity { controller: true };
+    let served = tonic::transport::Server::builder()
+        .add_service(proto::identity_server::IdentityServer::new(identity))
+        .add_service(proto::controller_server::ControllerServer::new(controller))
+        .serve_with_incoming_shutdown(connections(listener), stopping)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    served.map_err(|e| {
+        error!("gRPC server failed: {e}");
+        format!("the gRPC server failed: {e}")
+    })
+}
+
+/// What resolves at SIGTERM or SIGINT.
+fn stopping() -> Result<impl Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let watch = |kind| signal(kind).map_err(|e| format!("cannot watch for stop signals: {e}"));
+    let (mut terminate, mut interrupt) = (
+        watch(SignalKind::terminate())?,
+        watch(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        info!("signal received; stopping");
     })
 }
 

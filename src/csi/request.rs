@@ -14,6 +14,7 @@ use super::proto::volume_capability::AccessType;
 use super::proto::volume_capability::access_mode::Mode;
 use super::proto::{
     NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
+    VolumeCapability,
 };
 use crate::cli::options;
 
@@ -337,7 +338,7 @@ pub fn parse(
     let sts_endpoint = endpoint_option(&mut options, "sts-endpoint-url")?;
     let session_name = take_value(&mut options, "role-session-name");
 
-    let credentials = super::credentials::parse(context, &request.secrets)?;
+    let credentials = super::credentials::parse(context, &request.secrets, "node-publish")?;
     let session_name =
         session_name.unwrap_or_else(|| super::credentials::pod_session_name(context));
     Ok(Publish {
@@ -365,12 +366,11 @@ pub fn stats_path(request: &NodeGetVolumeStatsRequest) -> Result<PathBuf, Invali
     checked_path(&request.volume_id, "volume_path", &request.volume_path)
 }
 
-/// The longest volume ID published: the CSI spec's bound on IDs. Each of a
-/// volume's metric series carries it. (An unpublish takes any: a volume an
-/// older driver published must be unpublished all the same.)
-const MAX_VOLUME_ID: usize = 128;
-
+/// Refuses a volume ID over the CSI spec's bound: each of a volume's metric
+/// series carries it. (An unpublish takes any: a volume an older driver
+/// published must be unpublished all the same.)
 fn too_long(volume_id: &str) -> Result<(), Invalid> {
+    use super::volume_id::MAX_VOLUME_ID;
     if volume_id.len() > MAX_VOLUME_ID {
         return Err(Invalid(format!(
             "volume_id is {} bytes long, more than the {MAX_VOLUME_ID} CSI allows",
@@ -523,47 +523,48 @@ fn option(
 
 /// Read-write for the writer access modes, unless the publish is read-only.
 fn read_write(request: &NodePublishVolumeRequest) -> Result<bool, Invalid> {
-    let Some(capability) = &request.volume_capability else {
-        return Err(Invalid("volume_capability is missing".into()));
+    let writer = writer(request.volume_capability.as_ref(), "volume_capability")?;
+    Ok(writer && !request.readonly)
+}
+
+/// Whether `capability` (the request's field `field`) is one an s3vol volume
+/// serves, a filesystem of any access mode; and whether its mode writes.
+pub(super) fn writer(capability: Option<&VolumeCapability>, field: &str) -> Result<bool, Invalid> {
+    let Some(capability) = capability else {
+        return Err(Invalid(format!("{field} is missing")));
     };
     match &capability.access_type {
         Some(AccessType::Mount(mount)) => {
             if !matches!(mount.fs_type.as_str(), "" | "s3vol" | "fuse.s3vol") {
                 return Err(Invalid(format!(
-                    "volume_capability fs_type {:?}: s3vol volumes are s3vol filesystems; \
-                     leave fsType out",
+                    "{field} fs_type {:?}: s3vol volumes are s3vol filesystems; leave fsType out",
                     mount.fs_type
                 )));
             }
         }
         Some(AccessType::Block(_)) => {
-            return Err(Invalid(
-                "volume_capability block: an s3vol volume is a filesystem; use volumeMode: \
-                 Filesystem"
-                    .into(),
-            ));
+            return Err(Invalid(format!(
+                "{field} block: an s3vol volume is a filesystem; use volumeMode: Filesystem"
+            )));
         }
-        None => return Err(Invalid("volume_capability access_type is missing".into())),
+        None => return Err(Invalid(format!("{field} access_type is missing"))),
     }
     let mode = capability
         .access_mode
         .as_ref()
         .and_then(|m| Mode::try_from(m.mode).ok())
         .unwrap_or(Mode::Unknown);
-    let writer = match mode {
-        Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly => false,
+    match mode {
+        Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly => Ok(false),
         Mode::SingleNodeWriter
         | Mode::SingleNodeSingleWriter
         | Mode::SingleNodeMultiWriter
         | Mode::MultiNodeSingleWriter
-        | Mode::MultiNodeMultiWriter => true,
-        Mode::Unknown => {
-            return Err(Invalid(
-                "volume_capability access_mode is missing or unknown".into(),
-            ));
-        }
-    };
-    Ok(writer && !request.readonly)
+        | Mode::MultiNodeMultiWriter => Ok(true),
+        Mode::Unknown => Err(Invalid(format!(
+            "{field} access_mode is missing or unknown"
+        ))),
+    }
 }
 
 #[cfg(test)]

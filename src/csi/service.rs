@@ -29,8 +29,14 @@ pub struct Plugin {
     pub prober: Arc<Prober>,
 }
 
+/// The Identity service: the driver's name, and whether it serves the
+/// Controller service (`s3vol csi --controller`) or the Node service.
+pub struct PluginIdentity {
+    pub controller: bool,
+}
+
 #[tonic::async_trait]
-impl Identity for Arc<Plugin> {
+impl Identity for PluginIdentity {
     async fn get_plugin_info(
         &self,
         _: Request<GetPluginInfoRequest>,
@@ -42,13 +48,24 @@ impl Identity for Arc<Plugin> {
         }))
     }
 
-    /// No controller service: volumes are buckets that exist already, named by
-    /// static PersistentVolumes.
     async fn get_plugin_capabilities(
         &self,
         _: Request<GetPluginCapabilitiesRequest>,
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
-        Ok(Response::new(GetPluginCapabilitiesResponse::default()))
+        use plugin_capability::service::Type;
+        let capabilities = match self.controller {
+            true => vec![PluginCapability {
+                r#type: Some(plugin_capability::Type::Service(
+                    plugin_capability::Service {
+                        r#type: Type::ControllerService as i32,
+                    },
+                )),
+            }],
+            false => Vec::new(),
+        };
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
@@ -59,7 +76,7 @@ impl Identity for Arc<Plugin> {
 /// Runs `work` to its end even if the call that asked for it is given up (its
 /// deadline passes, or the client goes): a publish half done would hold a
 /// share of the node's budget, and a daemon no one supervises.
-async fn to_the_end<T: Send + 'static>(
+pub(super) async fn to_the_end<T: Send + 'static>(
     work: impl Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::spawn(work)

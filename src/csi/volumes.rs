@@ -390,7 +390,7 @@ fn without_controls(line: &str) -> String {
 /// unreachable endpoint Unavailable; the message is the one `s3vol mount`
 /// prints (the daemon's words, which may quote what an endpoint answered,
 /// without their control characters).
-fn failure_status(failure: StartError) -> Status {
+pub(super) fn failure_status(failure: StartError) -> Status {
     let message = without_controls(failure.message.trim());
     match failure.kind {
         Kind::Denied => Status::permission_denied(message),

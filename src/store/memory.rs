@@ -13,10 +13,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{
-    GetOptions, GetResult, ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders, ObjectInfo,
-    ObjectStore, Operation, PendingUpload, Pin, Presign, PresignedUrl, Read, Request, Response,
-    ServiceInfo, StoreError, StoreResult, UploadedPart, VersionEntry, Versioning, VersionsPage,
-    VersionsRequest, multipart_etag,
+    Deletion, GetOptions, GetResult, ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders,
+    ObjectInfo, ObjectStore, Operation, PendingUpload, Pin, Presign, PresignedUrl, Read, Request,
+    Response, ServiceInfo, StoreError, StoreResult, UploadedPart, VersionEntry, Versioning,
+    VersionsPage, VersionsRequest, multipart_etag,
 };
 
 /// S3's page size when the caller does not ask for one.
@@ -541,6 +541,20 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// Deletes each of `objects`; a version other than `null` (the one each
+    /// object has here) is not there, and so already deleted.
+    fn delete_batch(&self, op: Operation, objects: &[Deletion]) -> StoreResult<()> {
+        let mut state = self.state.lock();
+        let first = objects.first().map_or("", |o| o.key.as_str());
+        Self::record(&mut state, op, first, None);
+        for object in objects {
+            if object.version_id.as_deref().is_none_or(|v| v == "null") {
+                state.objects.remove(&object.key);
+            }
+        }
+        Ok(())
+    }
+
     /// The memory store keeps no versions, as a bucket that never had
     /// versioning on: each object is its one version, `null`.
     fn versioning(&self) -> StoreResult<Versioning> {
@@ -586,6 +600,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
+        let op = request.operation();
         Ok(match request {
             Request::Get { key, options } => Response::Object(self.read(key, options)?),
             Request::List(req) => Response::Listed(self.list(req)?),
@@ -628,6 +643,10 @@ impl ObjectStore for MemoryStore {
             } => Response::ETag(self.copy_part(from, to, upload_id, number, range, if_match)?),
             Request::Delete { key } => {
                 self.delete(key)?;
+                Response::Done
+            }
+            Request::DeleteBatch { objects } => {
+                self.delete_batch(op, objects)?;
                 Response::Done
             }
             Request::BucketVersioning => Response::Versioning(self.versioning()?),

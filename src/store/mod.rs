@@ -192,6 +192,18 @@ pub struct VersionsRequest<'a> {
     pub max_keys: Option<i32>,
 }
 
+/// An object, or one version of it, for [`ObjectStore::delete_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    pub key: String,
+    /// The version deleted for good; `None` deletes the object as a DELETE
+    /// does (on a bucket that keeps versions, a delete marker hides it).
+    pub version_id: Option<String>,
+}
+
+/// The most objects one DeleteObjects request may name (S3's bound).
+pub const MAX_DELETE_BATCH: usize = 1000;
+
 /// One page of a ListObjectsV2 answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListPage {
@@ -409,11 +421,15 @@ pub enum Operation {
     ListObjectVersions,
     /// A HEAD or GET of one version of an object, by its version ID.
     GetObjectVersion,
+    /// DeleteObjects: many objects in one request.
+    DeleteObjects,
+    /// DeleteObjects naming versions: each version is deleted for good.
+    DeleteObjectVersions,
 }
 
 impl Operation {
     /// Every operation, in a fixed order (for per-operation counters).
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 17] = [
         Operation::HeadObject,
         Operation::GetObject,
         Operation::ListObjectsV2,
@@ -429,6 +445,8 @@ impl Operation {
         Operation::GetBucketVersioning,
         Operation::ListObjectVersions,
         Operation::GetObjectVersion,
+        Operation::DeleteObjects,
+        Operation::DeleteObjectVersions,
     ];
 
     /// The IAM action that authorises this operation. (A copy also needs
@@ -445,7 +463,8 @@ impl Operation {
             | Operation::UploadPartCopy => "s3:PutObject",
             Operation::AbortMultipartUpload => "s3:AbortMultipartUpload",
             Operation::ListMultipartUploads => "s3:ListBucketMultipartUploads",
-            Operation::DeleteObject => "s3:DeleteObject",
+            Operation::DeleteObject | Operation::DeleteObjects => "s3:DeleteObject",
+            Operation::DeleteObjectVersions => "s3:DeleteObjectVersion",
             Operation::GetBucketVersioning => "s3:GetBucketVersioning",
             Operation::ListObjectVersions => "s3:ListBucketVersions",
             Operation::GetObjectVersion => "s3:GetObjectVersion",

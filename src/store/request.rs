@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ListPage, ListRequest, ObjectHeaders, ObjectInfo, Operation, PendingUpload, Presign,
+    Deletion, ListPage, ListRequest, ObjectHeaders, ObjectInfo, Operation, PendingUpload, Presign,
     PresignedUrl, StoreError, StoreResult, UploadedPart, Versioning, VersionsPage, VersionsRequest,
     copy_allowance, transfer_allowance,
 };
@@ -146,6 +146,12 @@ pub enum Request<'a> {
     Delete {
         key: &'a str,
     },
+    /// Deletes up to [`super::MAX_DELETE_BATCH`] objects or versions in one
+    /// request (DeleteObjects); one that is not there counts as deleted. The
+    /// first that could not be deleted fails the request.
+    DeleteBatch {
+        objects: &'a [Deletion],
+    },
     /// Whether the bucket keeps versions (GetBucketVersioning).
     BucketVersioning,
     /// One page of the versions and delete markers under a prefix.
@@ -166,6 +172,10 @@ impl<'a> Request<'a> {
             Request::Copy { .. } => Operation::CopyObject,
             Request::CopyPart { .. } => Operation::UploadPartCopy,
             Request::Delete { .. } => Operation::DeleteObject,
+            Request::DeleteBatch { objects } if objects.iter().any(|o| o.version_id.is_some()) => {
+                Operation::DeleteObjectVersions
+            }
+            Request::DeleteBatch { .. } => Operation::DeleteObjects,
             Request::BucketVersioning => Operation::GetBucketVersioning,
             Request::ListVersions(_) => Operation::ListObjectVersions,
         }
@@ -186,6 +196,7 @@ impl<'a> Request<'a> {
             Request::List(req) => req.prefix,
             Request::ListVersions(req) => req.prefix,
             Request::ListUploads { prefix } => prefix,
+            Request::DeleteBatch { objects } => objects.first().map_or("", |o| o.key.as_str()),
             Request::BucketVersioning => "",
         }
     }
@@ -431,6 +442,11 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
         answer!(self, Request::Delete { key }, Done)
+    }
+
+    /// Deletes `objects` (at most [`super::MAX_DELETE_BATCH`]) in one request.
+    async fn delete_batch(&self, objects: &[Deletion]) -> StoreResult<()> {
+        answer!(self, Request::DeleteBatch { objects }, Done)
     }
 
     async fn bucket_versioning(&self) -> StoreResult<Versioning> {

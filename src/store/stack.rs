@@ -120,13 +120,14 @@ impl Connection {
         })
     }
 
-    /// The store of a one-shot command (`check`, `cleanup`): retried, not
-    /// counted; and the AWS configuration with the same credentials.
+    /// The store of a one-shot command (`check`, `cleanup`, a CSI controller
+    /// call): retried, not counted; and the AWS configuration with the same
+    /// credentials, renewed for as long as either is held.
     pub async fn command_store(
         &self,
         bucket: &str,
-    ) -> Result<(Arc<dyn ObjectStore>, aws_config::SdkConfig), String> {
-        let connected = self.connect(bucket).await.map_err(|e| e.message)?;
+    ) -> Result<(Arc<dyn ObjectStore>, aws_config::SdkConfig), StartError> {
+        let connected = self.connect(bucket).await?;
         Ok((self.retrying(connected.store), connected.sdk))
     }
 

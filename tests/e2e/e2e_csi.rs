@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Server, ServerKind, wait_until};
+use s3vol::csi::proto::controller_client::ControllerClient;
 use s3vol::csi::proto::identity_client::IdentityClient;
 use s3vol::csi::proto::node_client::NodeClient;
 use s3vol::csi::proto::volume_capability::access_mode::Mode;
@@ -36,6 +37,8 @@ pub(crate) struct DriverSetup {
     env: Vec<(String, String)>,
     args: Vec<String>,
     wrapper: Vec<String>,
+    /// `s3vol csi --controller` rather than the node plugin.
+    controller: bool,
 }
 
 impl DriverSetup {
@@ -55,6 +58,12 @@ impl DriverSetup {
     pub(crate) fn endpoint_of(self, server: &Server) -> Self {
         let allow = format!("--allow-endpoint={}", server.endpoint);
         self.args(&[&allow])
+    }
+
+    /// The controller (`--controller`) rather than the node plugin.
+    pub(crate) fn controller(mut self) -> Self {
+        self.controller = true;
+        self
     }
 
     pub(crate) fn start(self) -> Driver {
@@ -99,13 +108,20 @@ impl Driver {
             .open(log)
             .unwrap();
         command
-            .args(["csi", "--node-id", "node-1", "--stop-timeout", "20s"])
+            .arg("csi")
             .arg("--endpoint")
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--cache-dir")
-            .arg(dir.join("cache"))
+            .arg(format!("unix://{}", socket.display()));
+        if setup.controller {
+            command.arg("--controller");
+        } else {
+            command
+                .args(["--node-id", "node-1", "--stop-timeout", "20s"])
+                .arg("--state-dir")
+                .arg(dir.join("state"))
+                .arg("--cache-dir")
+                .arg(dir.join("cache"));
+        }
+        command
             .args(&setup.args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap())
@@ -150,6 +166,10 @@ impl Driver {
 
     pub(crate) async fn node(&self) -> NodeClient<Channel> {
         NodeClient::new(self.channel().await)
+    }
+
+    pub(crate) async fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel().await)
     }
 
     /// A pod's target path; its parent exists, as kubelet makes it.

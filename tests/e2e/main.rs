@@ -20,6 +20,7 @@ mod e2e_memory;
 mod e2e_metadata;
 mod e2e_metrics;
 mod e2e_package;
+mod e2e_provision;
 mod e2e_readonly;
 mod e2e_role;
 mod e2e_storm;

@@ -32,6 +32,7 @@ macro_rules! object_headers {
 
 mod answer;
 mod buffers;
+mod delete;
 mod get;
 mod versions;
 
@@ -587,18 +588,6 @@ impl S3Store {
         .await?;
         Ok(())
     }
-
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        let request = self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send();
-        self.answer(Operation::DeleteObject, key, Duration::ZERO, request)
-            .await?;
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -678,6 +667,11 @@ impl ObjectStore for S3Store {
             ),
             Request::Delete { key } => {
                 self.delete(key).await?;
+                Response::Done
+            }
+            Request::DeleteBatch { objects } => {
+                let op = Request::DeleteBatch { objects }.operation();
+                self.delete_many(op, objects).await?;
                 Response::Done
             }
             Request::BucketVersioning => Response::Versioning(self.fetch_versioning().await?),

@@ -139,6 +139,8 @@ struct Shared {
     counts: Arc<ProxyCounts>,
     /// The lie told to every request it fits, if any.
     lie: Mutex<Option<Lie>>,
+    /// How long every request waits before it is forwarded.
+    delay: Mutex<Duration>,
 }
 
 pub struct FaultProxy {
@@ -162,6 +164,7 @@ impl FaultProxy {
             upstream,
             plan: Mutex::new(Plan::default()),
             lie: Mutex::new(None),
+            delay: Mutex::new(Duration::ZERO),
             counts: Arc::default(),
         });
         let (outage, watcher) = watch::channel(Outage::None);
@@ -221,6 +224,12 @@ impl FaultProxy {
     /// Tells `lie` to every request it fits from now on (`None`: the truth).
     pub fn lie(&self, lie: Option<Lie>) {
         *self.shared.lie.lock().unwrap() = lie;
+    }
+
+    /// Makes every request wait `delay` before it is forwarded: a slow
+    /// endpoint, to catch a long job part-way.
+    pub fn delay(&self, delay: Duration) {
+        *self.shared.delay.lock().unwrap() = delay;
     }
 
     pub fn set_outage(&self, outage: Outage) {
@@ -423,6 +432,10 @@ async fn serve(mut client: TcpStream, shared: &Shared) {
                 .write_all(&error_answer(501, "NotImplemented", n, "chunked requests"))
                 .await;
             return;
+        }
+        let delay = *shared.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         let ranged = request.header("range").is_some();
         let lie = *shared.lie.lock().unwrap();

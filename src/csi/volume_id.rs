@@ -1,0 +1,212 @@
+//! The ID of a volume the controller provisioned: all DeleteVolume will have
+//! to find the volume again, since Kubernetes gives it nothing else (no
+//! StorageClass parameters, only the ID and the provisioner Secret), in at
+//! most the 128 bytes CSI allows an ID.
+//!
+//! `s3vol1:REGION:S3:STS:STYLE:BUCKET/PREFIX`: REGION is the StorageClass's
+//! `region` (`-`: the controller's default); S3 and STS name the endpoints by
+//! the first 8 hex digits of the SHA-256 of their canonical URL (`-`: AWS's
+//! own), found again among the operator's `--allow-endpoint` list, which must
+//! still allow them; STYLE is `p` for path-style addressing, `v` for
+//! virtual-hosted; PREFIX is the volume's prefix in the bucket.
+
+use sha2::Digest;
+
+use super::credentials::Invalid;
+use crate::names::{Prefix, Source};
+
+/// The start of every ID this driver makes (the format's version).
+const FORMAT: &str = "s3vol1";
+
+/// The longest ID CSI lets a plugin make.
+pub const MAX_VOLUME_ID: usize = 128;
+
+/// Where a provisioned volume is: everything a store for it needs but the
+/// credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub region: Option<String>,
+    /// Canonical (see [`crate::names::endpoint_url`]); `None`: AWS's own.
+    pub endpoint: Option<String>,
+    pub sts_endpoint: Option<String>,
+    pub path_style: bool,
+    /// The bucket, and the volume's prefix in it (never the whole bucket).
+    pub source: Source,
+}
+
+/// Why an ID of this driver's format cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unusable {
+    /// Not well formed: no volume of this driver has it.
+    Malformed(String),
+    /// It names an endpoint the operator no longer allows.
+    Endpoint(String),
+}
+
+impl Location {
+    /// The volume's ID.
+    pub fn volume_id(&self) -> String {
+        let tag = |url: &Option<String>| url.as_deref().map_or("-".into(), endpoint_tag);
+        format!(
+            "{FORMAT}:{}:{}:{}:{}:{}/{}",
+            self.region.as_deref().unwrap_or("-"),
+            tag(&self.endpoint),
+            tag(&self.sts_endpoint),
+            if self.path_style { "p" } else { "v" },
+            self.source.bucket,
+            self.source.prefix.as_str().trim_end_matches('/'),
+        )
+    }
+
+    /// The location `id` names, its endpoints found among `endpoints` (the
+    /// operator's, canonical); `Ok(None)` for an ID this driver does not make
+    /// (a volume written by hand, or another driver's).
+    pub fn parse(id: &str, endpoints: &[String]) -> Result<Option<Location>, Unusable> {
+        let Some(rest) = id.strip_prefix(FORMAT).and_then(|r| r.strip_prefix(':')) else {
+            return Ok(None);
+        };
+        let malformed = |why: &str| Unusable::Malformed(format!("volume_id {id:?} {why}"));
+        let fields: Vec<&str> = rest.splitn(5, ':').collect();
+        let [region, s3, sts, style, path] = fields[..] else {
+            return Err(malformed("has too few fields"));
+        };
+        let region = match region {
+            "-" => None,
+            region => Some(
+                crate::values::parse_region(region).map_err(|_| malformed("names no region"))?,
+            ),
+        };
+        let find = |tag: &str, which: &str| -> Result<Option<String>, Unusable> {
+            if tag == "-" {
+                return Ok(None);
+            }
+            endpoints
+                .iter()
+                .find(|url| endpoint_tag(url) == tag)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| {
+                    Unusable::Endpoint(format!(
+                        "volume_id {id:?} was made for an {which} endpoint (tag {tag}) that \
+                         this controller is not given with --allow-endpoint: list that \
+                         endpoint again to reach the volume"
+                    ))
+                })
+        };
+        let path_style = match style {
+            "p" => true,
+            "v" => false,
+            _ => return Err(malformed("names no addressing style")),
+        };
+        let (bucket, prefix) = path
+            .split_once('/')
+            .ok_or_else(|| malformed("names no prefix"))?;
+        let source: Source = format!("{bucket}/{prefix}")
+            .parse()
+            .map_err(|_| malformed("names no usable bucket and prefix"))?;
+        if source.prefix.is_root() || Prefix::parse(prefix).is_err() {
+            return Err(malformed("names no usable prefix"));
+        }
+        Ok(Some(Location {
+            region,
+            endpoint: find(s3, "S3")?,
+            sts_endpoint: find(sts, "STS")?,
+            path_style,
+            source,
+        }))
+    }
+
+    /// The key of the volume's marker: its root's directory marker.
+    pub fn marker_key(&self) -> &str {
+        self.source.prefix.as_str()
+    }
+}
+
+/// How an ID names an endpoint.
+fn endpoint_tag(url: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(url.as_bytes())[..4])
+}
+
+/// Refuses an ID over [`MAX_VOLUME_ID`] bytes, naming `what` makes it long.
+pub fn fits(id: &str, what: &str) -> Result<(), Invalid> {
+    if id.len() > MAX_VOLUME_ID {
+        return Err(Invalid(format!(
+            "the volume's ID {id:?} would be {} bytes, more than the {MAX_VOLUME_ID} CSI \
+             allows: {what}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(endpoint: Option<&str>) -> Location {
+        Location {
+            region: Some("eu-west-1".into()),
+            endpoint: endpoint.map(str::to_string),
+            sts_endpoint: None,
+            path_style: true,
+            source: "tenant-bucket/volumes/team-a/data".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_id_names_its_location_and_its_endpoints_by_tag() {
+        let url = "https://minio.storage.svc:9000".to_string();
+        let at = location(Some(&url));
+        let id = at.volume_id();
+        assert!(id.starts_with("s3vol1:eu-west-1:"), "{id}");
+        assert!(
+            id.ends_with(":-:p:tenant-bucket/volumes/team-a/data"),
+            "{id}"
+        );
+        assert!(!id.contains("minio"), "{id}");
+        let other = "http://127.0.0.1:9000".to_string();
+        assert_eq!(
+            Location::parse(&id, &[other.clone(), url.clone()]),
+            Ok(Some(at.clone()))
+        );
+        assert_eq!(at.marker_key(), "volumes/team-a/data/");
+        // AWS's own endpoints need no list.
+        let aws = location(None);
+        assert_eq!(Location::parse(&aws.volume_id(), &[]), Ok(Some(aws)));
+        // An endpoint no longer allowed is named as such.
+        let Err(Unusable::Endpoint(why)) = Location::parse(&id, &[other]) else {
+            panic!()
+        };
+        assert!(why.contains("--allow-endpoint"), "{why}");
+    }
+
+    #[test]
+    fn ids_of_other_drivers_are_not_ours_and_bad_ones_are_refused() {
+        for id in ["customer-a", "pvc-1234", "s3vol2:x", "s3vol1"] {
+            assert_eq!(Location::parse(id, &[]), Ok(None), "{id}");
+        }
+        for id in [
+            "s3vol1:",
+            "s3vol1:eu-west-1:-:-:p",
+            "s3vol1:eu/west:-:-:p:b/x",
+            "s3vol1:-:-:-:q:bucket/x",
+            "s3vol1:-:-:-:p:bucket",
+            "s3vol1:-:-:-:p:bucket/",
+            "s3vol1:-:-:-:p:Bucket/x",
+            "s3vol1:-:-:-:p:bucket/a/../b",
+            "s3vol1:-:-:-:p:bucket/a//b",
+        ] {
+            assert!(
+                matches!(Location::parse(id, &[]), Err(Unusable::Malformed(_))),
+                "{id}"
+            );
+        }
+        assert!(fits(&"x".repeat(128), "").is_ok());
+        assert!(
+            fits(&"x".repeat(129), "shorten it")
+                .unwrap_err()
+                .0
+                .contains("shorten it")
+        );
+    }
+}
