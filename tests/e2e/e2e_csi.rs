@@ -1483,7 +1483,7 @@ for method in sys.argv[2:]:
 }
 
 /// The manifests in deploy/kubernetes, as JSON documents.
-fn manifests() -> (Vec<PathBuf>, Vec<serde_json::Value>) {
+pub(crate) fn manifests() -> (Vec<PathBuf>, Vec<serde_json::Value>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

@@ -715,3 +715,140 @@ async fn the_controller_refuses_what_it_cannot_do_by_field() {
         .await
         .unwrap();
 }
+
+/// The controller's manifests (validated against the API's schemas with the
+/// others by `e2e_csi`) against the controller itself: its socket, its
+/// options, the least its containers hold, and the example StorageClass and
+/// claim as CreateVolume takes them.
+#[test]
+#[ignore = "needs kubernetes-validate; run scripts/test.sh"]
+fn the_controller_manifests_fit_the_controller_and_the_example_claim_provisions() {
+    use s3vol::csi::service::DRIVER_NAME;
+    let (_, documents) = crate::e2e_csi::manifests();
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        documents.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    let strings_of = |value: &serde_json::Value| -> Vec<String> {
+        value
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let deployment = of_kind("Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "s3vol-csi-controller")
+        .expect("a controller Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = |name: &str| {
+        pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+    };
+    let s3vol_args = strings_of(&container("s3vol")["args"]);
+    let provisioner_args = strings_of(&container("csi-provisioner")["args"]);
+    assert!(
+        s3vol_args.contains(&"--controller".to_string()),
+        "{s3vol_args:?}"
+    );
+    assert!(s3vol_args.contains(&"--endpoint=unix:///csi/csi.sock".to_string()));
+    assert!(provisioner_args.contains(&"--csi-address=/csi/csi.sock".to_string()));
+    assert!(provisioner_args.contains(&"--extra-create-metadata".to_string()));
+    // No API token for s3vol; not root; nothing privileged.
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let s3vol_mounts = container("s3vol")["volumeMounts"].to_string();
+    assert!(!s3vol_mounts.contains("serviceaccount"), "{s3vol_mounts}");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(pod["hostPID"].is_null() && pod["hostNetwork"].is_null());
+    // The provisioner gets Secrets by name only.
+    let roles = of_kind("ClusterRole");
+    let provisioner = roles
+        .iter()
+        .find(|r| r["metadata"]["name"] == "s3vol-csi-provisioner")
+        .unwrap();
+    for rule in provisioner["rules"].as_array().unwrap() {
+        if strings_of(&rule["resources"]).contains(&"secrets".to_string()) {
+            assert_eq!(strings_of(&rule["verbs"]), ["get"]);
+        }
+    }
+
+    // The example StorageClass and claim, as the provisioner would call with
+    // them: its Secret parameters resolved (and taken out), the claim's name
+    // added.
+    let rules = s3vol::csi::request::Rules {
+        endpoints: s3vol_args
+            .iter()
+            .filter_map(|a| a.strip_prefix("--allow-endpoint="))
+            .map(|url| s3vol::names::endpoint_url(url).unwrap())
+            .collect(),
+        allow_driver_credentials: s3vol_args.contains(&"--allow-driver-credentials".to_string()),
+    };
+    let classes: Vec<_> = of_kind("StorageClass")
+        .into_iter()
+        .filter(|c| c["provisioner"] == DRIVER_NAME)
+        .collect();
+    assert!(!classes.is_empty());
+    let claims = of_kind("PersistentVolumeClaim");
+    for class in classes {
+        let name = class["metadata"]["name"].as_str().unwrap();
+        let claim = claims
+            .iter()
+            .find(|c| c["spec"]["storageClassName"] == name)
+            .unwrap_or_else(|| panic!("no claim of {name}"));
+        let namespace = claim["metadata"]["namespace"].as_str().unwrap();
+        let parameters = class["parameters"].as_object().unwrap();
+        let secret_name = parameters["csi.storage.k8s.io/provisioner-secret-name"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            parameters["csi.storage.k8s.io/provisioner-secret-namespace"],
+            "${pvc.namespace}"
+        );
+        let secret = of_kind("Secret")
+            .into_iter()
+            .find(|s| {
+                s["metadata"]["name"] == secret_name && s["metadata"]["namespace"] == namespace
+            })
+            .unwrap_or_else(|| panic!("no Secret {secret_name} in {namespace}"));
+        let mut passed: HashMap<String, String> = parameters
+            .iter()
+            .filter(|(k, _)| !k.contains("-secret-"))
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        passed.insert("csi.storage.k8s.io/pvc/namespace".into(), namespace.into());
+        passed.insert(
+            "csi.storage.k8s.io/pvc/name".into(),
+            claim["metadata"]["name"].as_str().unwrap().into(),
+        );
+        passed.insert("csi.storage.k8s.io/pv/name".into(), "pvc-4b0e".into());
+        let mode = match claim["spec"]["accessModes"][0].as_str().unwrap() {
+            "ReadOnlyMany" => Mode::MultiNodeReaderOnly,
+            "ReadWriteMany" => Mode::MultiNodeMultiWriter,
+            _ => Mode::SingleNodeWriter,
+        };
+        let mut capability = capability(mode);
+        if let Some(AccessType::Mount(mount)) = capability.access_type.as_mut() {
+            mount.mount_flags = strings_of(&class["mountOptions"]);
+        }
+        let request = CreateVolumeRequest {
+            name: "pvc-4b0e".into(),
+            volume_capabilities: vec![capability],
+            parameters: passed,
+            secrets: secret["stringData"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let plan = s3vol::csi::provision::plan(&request, &rules)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.0));
+        eprintln!(
+            "{name}: claim {namespace}/{} is volume {}",
+            claim["metadata"]["name"], plan.volume_id
+        );
+    }
+}
