@@ -25,7 +25,10 @@ pub struct CsiArgs {
     /// volume (a prefix of the StorageClass's bucket) for each claim, and
     /// delete it with the claim, with the provisioner Secret's credentials.
     /// Needs no root and mounts nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = [
+        "node_id", "state_dir", "cache_dir", "node_cache_size", "node_staging_size",
+        "max_volumes", "mount_timeout", "stop_timeout", "metrics_listen",
+    ])]
     pub controller: bool,
     /// Root's directory for what a published volume keeps (the pod's token).
     #[arg(long, value_name = "DIR", default_value = "/run/s3vol-csi")]

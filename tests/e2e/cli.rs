@@ -594,6 +594,37 @@ fn csi_refuses_an_endpoint_that_is_not_a_unix_socket() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
 }
 
+/// `s3vol csi --controller` needs no node ID, and refuses the node plugin's
+/// options rather than ignore them.
+#[test]
+fn csi_controller_refuses_the_node_plugin_s_options() {
+    for option in [
+        "--node-id=n",
+        "--node-cache-size=1G",
+        "--cache-dir=/tmp",
+        "--max-volumes=3",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+            .args([
+                "csi",
+                "--controller",
+                "--endpoint",
+                "unix:///tmp/none.sock",
+                option,
+            ])
+            .env_remove("CSI_NODE_ID")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{option}: {err}");
+        let name = option.split('=').next().unwrap();
+        assert!(
+            err.contains("'--controller' cannot be used with") && err.contains(name),
+            "{err}"
+        );
+    }
+}
+
 /// `s3vol check` against a port where nothing listens, with `args` and an
 /// environment of `env` alone (HOME in `home`; no metadata service).
 fn check_in(home: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {

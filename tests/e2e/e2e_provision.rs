@@ -852,3 +852,51 @@ fn the_controller_manifests_fit_the_controller_and_the_example_claim_provisions(
         );
     }
 }
+
+/// The controller needs no root: as `nobody` it serves, and on SIGTERM it
+/// stops and takes its socket with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_runs_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("plugin");
+    std::fs::create_dir(&plugin).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    nix::unistd::chown(&plugin, Some(65534.into()), Some(65534.into())).unwrap();
+    let socket = plugin.join("csi.sock");
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::binary())
+        .args(["csi", "--controller", "--endpoint"])
+        .arg(format!("unix://{}", socket.display()))
+        .env_clear()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut controller = ControllerClient::new(channel);
+    let rpcs = controller
+        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap();
+    assert_eq!(rpcs.into_inner().capabilities.len(), 1);
+    // SAFETY: kill(2) on the child this test started, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!plugin.join("csi.sock").exists());
+}
