@@ -13,10 +13,11 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::credentials::{Credentials, Invalid};
-use super::lifecycle::{self, MakeError, Marker, Progress, Volume};
+use super::lifecycle::{self, MakeError, Marker, Volume};
 use super::proto::controller_server::Controller;
 use super::proto::*;
 use super::provision::{self, Plan};
+use super::purge::{self, Progress};
 use super::request::{self, Rules};
 use super::service::to_the_end;
 use super::volume_id::{Location, Unusable};
@@ -96,18 +97,62 @@ async fn store(
 }
 
 /// The gRPC answer to a request S3 failed: a refusal names the IAM action the
-/// provisioner Secret's credentials lack.
+/// provisioner Secret's credentials lack. What the endpoint said is quoted
+/// without its control characters, and cut short.
 fn store_status(e: StoreError) -> Status {
-    match &e {
-        StoreError::AccessDenied { op, resource, info } => Status::permission_denied(format!(
-            "AccessDenied: {} on {resource} ({info}): the provisioner Secret's credentials \
-             may not do this; allow it in the policy of the role or user they are for",
-            op.iam_action()
-        )),
-        StoreError::NoSuchBucket { .. } => Status::not_found(e.to_string()),
-        e if e.is_endpoint_failure() => Status::unavailable(e.to_string()),
-        e => Status::internal(e.to_string()),
+    let (code, text) = match &e {
+        StoreError::AccessDenied { op, resource, info } => (
+            tonic::Code::PermissionDenied,
+            format!(
+                "AccessDenied: {} on {resource} ({info}): the provisioner Secret's \
+                 credentials may not do this; allow it in the policy of the role or user \
+                 they are for",
+                op.iam_action()
+            ),
+        ),
+        StoreError::NoSuchBucket { .. } => (tonic::Code::NotFound, e.to_string()),
+        e if e.is_endpoint_failure() => (tonic::Code::Unavailable, e.to_string()),
+        e => (tonic::Code::Internal, e.to_string()),
+    };
+    Status::new(code, quoted(&text))
+}
+
+/// `text` from an endpoint, fit for a status and a claim's events.
+fn quoted(text: &str) -> String {
+    /// Enough for any message S3 gives.
+    const LONGEST: usize = 1000;
+    let mut text = super::volumes::without_controls(text);
+    if text.len() > LONGEST {
+        let mut end = LONGEST;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
     }
+    text
+}
+
+/// Checks, without changing anything, that the provisioner's credentials may
+/// list what deleting the volume will list: its unfinished uploads and, when
+/// its versions go with it, the bucket's versioning and versions. (Deleting
+/// itself cannot be tried without leaving a trace on a versioned bucket.)
+async fn probe_deletion(store: &dyn ObjectStore, location: &Location) -> Result<(), Status> {
+    let prefix = location.marker_key();
+    store
+        .first_multipart_uploads(prefix, 1)
+        .await
+        .map_err(store_status)?;
+    if location.delete_versions {
+        store.bucket_versioning().await.map_err(store_status)?;
+        let listing = crate::store::VersionsRequest {
+            prefix,
+            max_keys: Some(1),
+            ..Default::default()
+        };
+        store.list_versions(listing).await.map_err(store_status)?;
+    }
+    Ok(())
 }
 
 /// The session name the controller's calls appear under in CloudTrail.
@@ -148,23 +193,25 @@ impl Provisioner {
             .map_err(super::volumes::failure_status)?;
         for probe in probes {
             if let Outcome::Denied { fix, info } = probe.outcome {
-                return Err(Status::permission_denied(format!(
+                return Err(Status::permission_denied(quoted(&format!(
                     "AccessDenied: {} on {} ({info}): the provisioner Secret's credentials \
                      cannot make a read-write volume there: {fix} in their policy",
                     probe.action, probe.resource
-                )));
+                ))));
             }
         }
+        probe_deletion(store.as_ref(), &plan.location).await?;
         let volume = Volume {
             name: plan.name.clone(),
             volume_id: plan.volume_id.clone(),
-            delete_versions: plan.delete_versions,
         };
         lifecycle::make(store.as_ref(), &plan.location, &volume)
             .await
             .map_err(|e| match e {
                 MakeError::Store(e) => store_status(e),
-                e @ MakeError::Taken { .. } => Status::already_exists(e.to_string()),
+                e @ (MakeError::Taken { .. } | MakeError::Changed { .. }) => {
+                    Status::already_exists(e.to_string())
+                }
                 e @ MakeError::NotEmpty { .. } => Status::failed_precondition(e.to_string()),
             })?;
         Ok(volume)
@@ -207,12 +254,15 @@ impl Provisioner {
             deleting.insert(volume_id.to_string(), progress.clone());
             progress
         };
-        let this = self.clone();
-        let id = volume_id.to_string();
+        let done = Done {
+            provisioner: self.clone(),
+            volume_id: volume_id.to_string(),
+        };
         to_the_end(async move {
-            let result = this.purge(&id, &location, &credentials, &progress).await;
-            this.deleting.lock().remove(&id);
-            result
+            let id = &done.volume_id;
+            done.provisioner
+                .purge(id, &location, &credentials, &progress)
+                .await
         })
         .await
     }
@@ -237,28 +287,57 @@ impl Provisioner {
             .await
             .map_err(store_status)?
         {
-            Marker::Absent => {
-                info!(volume = volume_id, "no volume at {prefix}: already deleted");
+            Marker::Volume(volume) if volume.volume_id == volume_id => volume,
+            Marker::Volume(other) => {
+                // This volume is gone, and its prefix made another's since.
+                info!(
+                    volume = volume_id,
+                    other = other.volume_id,
+                    "{prefix} is another volume now; nothing deleted"
+                );
                 return Ok(());
             }
-            Marker::Volume(volume) if volume.volume_id == volume_id => volume,
-            Marker::Volume(_) | Marker::Foreign => {
-                return Err(Status::failed_precondition(format!(
-                    "{prefix} in bucket {} is not volume {volume_id} of this driver (its \
-                     marker says otherwise); nothing was deleted",
-                    location.source.bucket
-                )));
+            Marker::Absent | Marker::Foreign => {
+                // Gone, unless its marker alone was removed (by whoever may
+                // write there): then what is left is not known to be the
+                // volume's, and stays, but not unsaid.
+                if lifecycle::holds_data(store.as_ref(), location)
+                    .await
+                    .map_err(store_status)?
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "{prefix} in bucket {} holds objects but no marker of volume \
+                         {volume_id}, so they are not known to be the volume's: nothing was \
+                         deleted; delete them by hand, or leave them and delete the \
+                         PersistentVolume",
+                        location.source.bucket
+                    )));
+                }
+                info!(volume = volume_id, "no volume at {prefix}: already deleted");
+                return Ok(());
             }
         };
         info!(
             volume = volume_id,
             name = volume.name,
-            versions = volume.delete_versions,
+            versions = location.delete_versions,
             "deleting every object under {prefix}"
         );
-        lifecycle::purge(store.as_ref(), location, volume.delete_versions, progress)
+        purge::purge(store.as_ref(), location, progress)
             .await
             .map_err(store_status)
+    }
+}
+
+/// Ends a deletion's record when the deletion ends, even by a panic.
+struct Done {
+    provisioner: Arc<Provisioner>,
+    volume_id: String,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.provisioner.deleting.lock().remove(&self.volume_id);
     }
 }
 

@@ -1,29 +1,23 @@
-//! A provisioned volume's life in its bucket: made, found again, deleted.
+//! A provisioned volume's life in its bucket: made, and found again.
 //!
 //! A volume is a prefix with a marker: the directory marker of its root (the
 //! key `PREFIX/`, empty, which a mount shows as the root itself), carrying
-//! metadata that names this driver, the volume and how it is deleted. Only a
-//! prefix with that marker is ever deleted, and the marker goes last, so a
-//! deletion cut short (a crash, a lost call) is found and finished by the
-//! next. A prefix that holds anything else is never made a volume: its data
-//! would be deleted with it.
+//! metadata that names this driver, the volume and its ID. Only a prefix whose
+//! marker names the very volume ID a DeleteVolume gives is ever deleted
+//! (`purge`), and the marker goes last, so a deletion cut short is found and
+//! finished by the next. A prefix that holds anything, or lies inside another
+//! volume, is never made a volume: its data would be deleted with it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::service::DRIVER_NAME;
 use super::volume_id::Location;
-use crate::store::{
-    Deletion, ListRequest, MAX_DELETE_BATCH, ObjectHeaders, ObjectStore, Operation, StoreError,
-    StoreResult, Versioning, VersionsRequest,
-};
+use crate::store::{ListRequest, ObjectHeaders, ObjectStore, StoreError, StoreResult};
 
 /// The marker's user metadata (`x-amz-meta-…`), in S3's lower case.
 const DRIVER: &str = "s3vol-csi-driver";
 const VOLUME: &str = "s3vol-csi-volume";
 const VOLUME_ID: &str = "s3vol-csi-volume-id";
-const VERSIONS: &str = "s3vol-csi-delete-versions";
 
 /// What the volume's marker says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,33 +36,39 @@ pub struct Volume {
     /// The CreateVolume name it was made for.
     pub name: String,
     pub volume_id: String,
-    /// Whether deleting it deletes every version under it.
-    pub delete_versions: bool,
 }
 
-/// Why a volume cannot be made.
+/// Why a volume cannot be made. The messages go to the claim's events, which
+/// its namespace reads: they name no other claim's volume or object (the log
+/// does).
 #[derive(Debug, thiserror::Error)]
 pub enum MakeError {
     #[error(
-        "the prefix {prefix} is already volume {other}; a claim whose name makes the same \
-         prefix cannot have it too (the volume may be on its way out, or kept by the \
-         reclaim policy Retain): give the claim another name, or the StorageClass a \
+        "the prefix {prefix} is already another claim's volume; a claim whose name makes \
+         the same prefix cannot have it too (that volume may be on its way out, or kept by \
+         the reclaim policy Retain): give the claim another name, or the StorageClass a \
          volume_name rule with ${{pv.name}}"
     )]
-    Taken { prefix: String, other: String },
+    Taken { prefix: String },
     #[error(
-        "the prefix {prefix} holds {what} that this driver did not make; a volume is never \
-         made of existing data, which deleting the volume would delete: mount existing data \
-         with a static PersistentVolume, or choose another prefix or volume_name rule"
+        "the prefix {prefix} is this volume already, made with other StorageClass settings; \
+         a volume's settings cannot change: delete the claim, or give the StorageClass its \
+         settings back"
     )]
-    NotEmpty { prefix: String, what: String },
+    Changed { prefix: String },
+    #[error(
+        "the prefix {prefix} {what}; a volume is never made of existing data, which deleting \
+         the volume would delete: mount existing data with a static PersistentVolume, or \
+         choose another prefix or volume_name rule"
+    )]
+    NotEmpty { prefix: String, what: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// What the marker at `location` says.
-pub async fn marker(store: &dyn ObjectStore, location: &Location) -> StoreResult<Marker> {
-    let info = match store.head_object(location.marker_key()).await {
+/// What the marker at `key` says.
+async fn marker_at(store: &dyn ObjectStore, key: &str) -> StoreResult<Marker> {
+    let info = match store.head_object(key).await {
         Ok(info) => info,
         Err(StoreError::NotFound { .. }) => return Ok(Marker::Absent),
         Err(e) => return Err(e),
@@ -80,12 +80,29 @@ pub async fn marker(store: &dyn ObjectStore, location: &Location) -> StoreResult
     Ok(Marker::Volume(Volume {
         name: user.get(VOLUME).cloned().unwrap_or_default(),
         volume_id: user.get(VOLUME_ID).cloned().unwrap_or_default(),
-        delete_versions: user.get(VERSIONS).map(String::as_str) == Some("true"),
     }))
 }
 
+/// What the marker at `location` says.
+pub async fn marker(store: &dyn ObjectStore, location: &Location) -> StoreResult<Marker> {
+    marker_at(store, location.marker_key()).await
+}
+
+/// Whether anything is under the volume's prefix (its marker aside).
+pub async fn holds_data(store: &dyn ObjectStore, location: &Location) -> StoreResult<bool> {
+    let prefix = location.marker_key();
+    let listing = ListRequest {
+        prefix,
+        max_keys: Some(2),
+        ..ListRequest::default()
+    };
+    let page = store.list_objects(listing).await?;
+    Ok(page.objects.iter().any(|o| o.key != prefix))
+}
+
 /// Makes `volume` at `location`, or finds it made by an earlier call for the
-/// same name; refuses a prefix that is another volume or holds anything.
+/// same name and settings; refuses a prefix that is another volume, lies in
+/// one, or holds anything.
 pub async fn make(
     store: &dyn ObjectStore,
     location: &Location,
@@ -93,20 +110,30 @@ pub async fn make(
 ) -> Result<(), MakeError> {
     let prefix = location.marker_key().to_string();
     match marker(store, location).await? {
-        Marker::Volume(found) if found.name == volume.name => return Ok(()),
-        Marker::Volume(found) => {
-            return Err(MakeError::Taken {
-                prefix,
-                other: found.name,
-            });
-        }
+        Marker::Volume(found) => return same(&prefix, &found, volume),
         Marker::Foreign => {
             return Err(MakeError::NotEmpty {
                 prefix,
-                what: "a directory marker".into(),
+                what: "has a directory marker",
             });
         }
         Marker::Absent => {}
+    }
+    // A volume inside another would be deleted with it.
+    let mut end = 0;
+    while let Some(slash) = prefix[end..prefix.len() - 1].find('/') {
+        end += slash + 1;
+        if let Marker::Volume(outer) = marker_at(store, &prefix[..end]).await? {
+            warn!(
+                prefix,
+                outer = outer.volume_id,
+                "refused: inside another volume"
+            );
+            return Err(MakeError::NotEmpty {
+                prefix,
+                what: "lies inside another volume",
+            });
+        }
     }
     let listing = ListRequest {
         prefix: &prefix,
@@ -114,9 +141,10 @@ pub async fn make(
         ..ListRequest::default()
     };
     if let Some(object) = store.list_objects(listing).await?.objects.first() {
+        info!(prefix, key = object.key, "refused: the prefix holds data");
         return Err(MakeError::NotEmpty {
             prefix,
-            what: format!("objects (such as {})", object.key),
+            what: "holds objects",
         });
     }
     let mut headers = ObjectHeaders::default();
@@ -124,304 +152,73 @@ pub async fn make(
         (DRIVER, DRIVER_NAME),
         (VOLUME, &volume.name),
         (VOLUME_ID, &volume.volume_id),
-        (
-            VERSIONS,
-            if volume.delete_versions {
-                "true"
-            } else {
-                "false"
-            },
-        ),
     ] {
         headers.user.insert(key.into(), value.to_string());
     }
-    store
-        .put_object(&prefix, bytes::Bytes::new(), &headers)
-        .await?;
-    // Two claims racing for one prefix: the marker that stayed decides.
+    // Only where no marker is: of two claims racing for one prefix, one makes
+    // it (on servers that keep If-None-Match; on others, the marker that
+    // stayed decides below).
+    match store
+        .put_new_object(&prefix, bytes::Bytes::new(), &headers)
+        .await
+    {
+        Ok(_) | Err(StoreError::Changed { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     match marker(store, location).await? {
-        Marker::Volume(found) if found.name == volume.name => Ok(()),
-        Marker::Volume(found) => Err(MakeError::Taken {
-            prefix,
-            other: found.name,
-        }),
+        Marker::Volume(found) => same(&prefix, &found, volume),
         _ => Err(MakeError::NotEmpty {
             prefix,
-            what: "a marker that changed as it was made".into(),
+            what: "has a marker that changed as it was made",
         }),
     }
 }
 
-/// How far a deletion has come, for the log and for a second call that finds
-/// it under way.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub objects: AtomicU64,
-    pub uploads: AtomicU64,
-}
-
-impl Progress {
-    pub fn deleted(&self) -> u64 {
-        self.objects.load(Ordering::Relaxed)
-    }
-}
-
-/// Deletes everything under the volume's prefix, then its marker: every
-/// object, or with `versions` every version and delete marker, and every
-/// unfinished upload; never a key outside the prefix, whatever a listing
-/// says. Each round lists one page (at most [`MAX_DELETE_BATCH`] keys) and
-/// deletes it in one request, so memory stays bounded and a deletion cut
-/// short is taken up where it stopped by the next.
-pub async fn purge(
-    store: &dyn ObjectStore,
-    location: &Location,
-    versions: bool,
-    progress: &Progress,
-) -> StoreResult<()> {
-    let prefix = location.marker_key();
-    let versions = versions && store.bucket_versioning().await? != Versioning::Never;
-    let mut last_round: Vec<Deletion> = Vec::new();
-    loop {
-        let batch = if versions {
-            version_batch(store, prefix).await?
-        } else {
-            object_batch(store, prefix).await?
-        };
-        if batch.is_empty() {
-            break;
-        }
-        // A server that keeps listing what it said it deleted would keep
-        // this going for ever.
-        if batch == last_round {
-            return Err(StoreError::BadAnswer {
-                op: Operation::ListObjectsV2,
-                key: prefix.to_string(),
-                detail: "keys it had deleted are listed again".into(),
-            });
-        }
-        delete(store, &batch).await?;
-        let total = progress
-            .objects
-            .fetch_add(batch.len() as u64, Ordering::Relaxed)
-            + batch.len() as u64;
-        debug!(prefix, deleted = total, "deleted a batch");
-        last_round = batch;
-    }
-    for upload in store.list_multipart_uploads(prefix).await? {
-        if !upload.key.starts_with(prefix) {
-            warn!(
-                prefix,
-                key = upload.key,
-                "the endpoint listed an upload outside the prefix"
-            );
-            continue;
-        }
-        store
-            .abort_multipart_upload(&upload.key, &upload.upload_id)
-            .await?;
-        progress.uploads.fetch_add(1, Ordering::Relaxed);
-    }
-    // The marker last: until it goes, the volume is there to be deleted.
-    if versions {
-        let marker_versions = store
-            .list_versions(VersionsRequest {
-                prefix,
-                delimiter: Some("/"),
-                max_keys: Some(MAX_DELETE_BATCH as i32),
-                ..VersionsRequest::default()
-            })
-            .await?
-            .versions
-            .into_iter()
-            .filter(|v| v.key == prefix)
-            .map(|v| Deletion {
-                key: v.key,
-                version_id: Some(v.version_id),
-            })
-            .collect::<Vec<_>>();
-        if !marker_versions.is_empty() {
-            store.delete_batch(&marker_versions).await?;
-        }
-    } else {
-        store.delete_object(prefix).await?;
-    }
-    info!(
-        prefix,
-        objects = progress.deleted(),
-        uploads = progress.uploads.load(Ordering::Relaxed),
-        "volume deleted"
-    );
-    Ok(())
-}
-
-/// Deletes `batch` in one request; where that request is refused or not
-/// served (some S3-compatible servers check a DeleteObjects against the
-/// bucket, or lack it), objects are deleted one by one, so that a denial is
-/// the key's own.
-async fn delete(store: &dyn ObjectStore, batch: &[Deletion]) -> StoreResult<()> {
-    /// Deletes of one object at a time in flight.
-    const ONE_BY_ONE: usize = 16;
-    let err = match store.delete_batch(batch).await {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
-    };
-    let refused = match &err {
-        StoreError::AccessDenied { .. } => true,
-        StoreError::Service { info, .. } => info.code == "NotImplemented",
-        _ => false,
-    };
-    if !refused || batch.iter().any(|d| d.version_id.is_some()) {
-        return Err(err);
-    }
-    debug!(
-        objects = batch.len(),
-        "DeleteObjects refused ({err}); deleting one by one"
-    );
-    for chunk in batch.chunks(ONE_BY_ONE) {
-        let deletes = chunk.iter().map(|d| store.delete_object(&d.key));
-        for result in futures::future::join_all(deletes).await {
-            result?;
-        }
-    }
-    Ok(())
-}
-
-/// The next objects to delete: the first page under `prefix` that holds any
-/// but the marker.
-async fn object_batch(store: &dyn ObjectStore, prefix: &str) -> StoreResult<Vec<Deletion>> {
-    let mut continuation: Option<String> = None;
-    let mut pages = crate::store::Pagination::new(
-        Operation::ListObjectsV2,
-        prefix,
-        crate::store::LISTING_PATIENCE,
-    );
-    loop {
-        let page = store
-            .list_objects(ListRequest {
-                prefix,
-                continuation: continuation.as_deref(),
-                max_keys: Some(MAX_DELETE_BATCH as i32),
-                ..ListRequest::default()
-            })
-            .await?;
-        let entries = page.objects.len();
-        let batch: Vec<Deletion> = page
-            .objects
-            .into_iter()
-            .filter(|o| inside(prefix, &o.key))
-            .map(|o| Deletion {
-                key: o.key,
-                version_id: None,
-            })
-            .take(MAX_DELETE_BATCH)
-            .collect();
-        if !batch.is_empty() {
-            return Ok(batch);
-        }
-        match pages.next(entries, page.next_token)? {
-            Some(next) => continuation = Some(next),
-            None => return Ok(Vec::new()),
-        }
-    }
-}
-
-/// The next versions and delete markers to delete, as [`object_batch`].
-async fn version_batch(store: &dyn ObjectStore, prefix: &str) -> StoreResult<Vec<Deletion>> {
-    let mut after: Option<(String, String)> = None;
-    let mut pages = crate::store::Pagination::new(
-        Operation::ListObjectVersions,
-        prefix,
-        crate::store::LISTING_PATIENCE,
-    );
-    loop {
-        let page = store
-            .list_versions(VersionsRequest {
-                prefix,
-                after: after.as_ref().map(|(k, v)| (k.as_str(), v.as_str())),
-                max_keys: Some(MAX_DELETE_BATCH as i32),
-                ..VersionsRequest::default()
-            })
-            .await?;
-        let entries = page.versions.len();
-        let next = page.next.clone();
-        let batch: Vec<Deletion> = page
-            .versions
-            .into_iter()
-            .filter(|v| inside(prefix, &v.key))
-            .map(|v| Deletion {
-                key: v.key,
-                version_id: Some(v.version_id),
-            })
-            .take(MAX_DELETE_BATCH)
-            .collect();
-        if !batch.is_empty() {
-            return Ok(batch);
-        }
-        // The markers stand for a continuation token, to be held to its rules.
-        let token = next.as_ref().map(|(k, v)| format!("{k}\n{v}"));
-        match pages.next(entries, token)? {
-            Some(_) => after = next,
-            None => return Ok(Vec::new()),
-        }
-    }
-}
-
-/// Whether `key` is one the deletion of the volume at `prefix` may delete:
-/// under it, and not its marker (which goes last).
-fn inside(prefix: &str, key: &str) -> bool {
-    if key.len() > prefix.len() && key.starts_with(prefix) {
-        return true;
-    }
-    if key != prefix {
-        warn!(
+/// Whether the volume `found` at `prefix` is `volume`.
+fn same(prefix: &str, found: &Volume, volume: &Volume) -> Result<(), MakeError> {
+    let prefix = prefix.to_string();
+    if found == volume {
+        Ok(())
+    } else if found.name == volume.name {
+        info!(
             prefix,
-            key, "the endpoint listed a key outside the volume; left alone"
+            found = found.volume_id,
+            "refused: made with other settings"
         );
+        Err(MakeError::Changed { prefix })
+    } else {
+        info!(
+            prefix,
+            other = found.name,
+            "refused: another claim's volume"
+        );
+        Err(MakeError::Taken { prefix })
     }
-    false
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::store::faulty::{Fault, FaultyStore};
     use crate::store::memory::MemoryStore;
-    use crate::store::{PresignedUrl, Request, Response};
-    use std::sync::Arc;
 
-    fn location(prefix: &str) -> Location {
+    pub(in crate::csi) fn location(prefix: &str) -> Location {
         Location {
             region: None,
             endpoint: None,
             sts_endpoint: None,
             path_style: true,
             source: format!("bkt/{prefix}").parse().unwrap(),
+            delete_versions: false,
+            name_tag: "000000000000".into(),
         }
     }
 
-    fn volume(name: &str) -> Volume {
+    pub(in crate::csi) fn volume(name: &str) -> Volume {
         Volume {
             name: name.into(),
             volume_id: format!("id-of-{name}"),
-            delete_versions: false,
         }
     }
-
-    /// A volume of `files` objects at `vols/a/`, beside what must outlive it.
-    async fn filled(files: usize) -> (Arc<MemoryStore>, Location) {
-        let store = Arc::new(MemoryStore::new("bkt"));
-        let at = location("vols/a");
-        make(store.as_ref(), &at, &volume("pvc-a")).await.unwrap();
-        for i in 0..files {
-            store.put(&format!("vols/a/d{}/f{i}", i % 7), "x");
-        }
-        for key in ["vols/a", "vols/a-b/f", "vols/ab", "vols/b/f", "top"] {
-            store.put(key, "keep");
-        }
-        (store, at)
-    }
-
-    const OUTSIDE: [&str; 5] = ["top", "vols/a", "vols/a-b/f", "vols/ab", "vols/b/f"];
 
     #[tokio::test]
     async fn a_volume_is_made_once_by_name_and_never_of_a_prefix_in_use() {
@@ -436,20 +233,25 @@ mod tests {
             marker(&store, &at).await.unwrap(),
             Marker::Volume(volume("pvc-a"))
         );
+        assert!(!holds_data(&store, &at).await.unwrap());
         // Again for the same name: the same volume.
         make(&store, &at, &volume("pvc-a")).await.unwrap();
-        // Another name for the prefix is refused, with the volume named.
+        // The same name with other settings (another ID) is not the same volume.
+        let mut changed = volume("pvc-a");
+        changed.volume_id = "id-with-other-settings".into();
+        let err = make(&store, &at, &changed).await.unwrap_err();
+        assert!(matches!(err, MakeError::Changed { .. }), "{err}");
+        // Another name for the prefix is refused, without naming the volume.
         let taken = make(&store, &at, &volume("pvc-b")).await.unwrap_err();
-        assert!(
-            matches!(&taken, MakeError::Taken { other, .. } if other == "pvc-a"),
-            "{taken}"
-        );
+        assert!(matches!(taken, MakeError::Taken { .. }), "{taken}");
+        assert!(!taken.to_string().contains("pvc-a"), "{taken}");
         // A prefix with data, or a marker of someone else's, is never made a volume.
         store.put("vols/data/report.csv", "1,2");
         let busy = make(&store, &location("vols/data"), &volume("pvc-c"))
             .await
             .unwrap_err();
-        assert!(busy.to_string().contains("vols/data/report.csv"), "{busy}");
+        assert!(matches!(busy, MakeError::NotEmpty { .. }), "{busy}");
+        assert!(!busy.to_string().contains("report.csv"), "{busy}");
         store.put("vols/console/", "");
         let foreign = make(&store, &location("vols/console"), &volume("pvc-d"))
             .await
@@ -460,140 +262,44 @@ mod tests {
             Marker::Foreign
         );
         assert!(store.headers("vols/data/").is_none());
-    }
-
-    #[tokio::test]
-    async fn a_purge_deletes_the_volume_in_bounded_batches_and_nothing_beside_it() {
-        let (store, at) = filled(2500).await;
-        store.clear_calls();
-        let progress = Progress::default();
-        purge(store.as_ref(), &at, false, &progress).await.unwrap();
-        assert_eq!(store.keys(), OUTSIDE);
-        assert_eq!(progress.deleted(), 2500);
-        // Three batches of at most a thousand, and the marker on its own, last.
-        assert_eq!(store.count_calls(Operation::DeleteObjects), 3);
-        let calls = store.calls();
-        let last = calls.last().unwrap();
-        assert_eq!(
-            (last.op, last.key.as_str()),
-            (Operation::DeleteObject, "vols/a/")
-        );
-        // Once deleted, the volume is not there: nothing more to do.
-        assert_eq!(marker(store.as_ref(), &at).await.unwrap(), Marker::Absent);
-    }
-
-    #[tokio::test]
-    async fn a_purge_cut_short_keeps_the_marker_and_the_next_one_finishes() {
-        let (memory, at) = filled(2500).await;
-        let store = FaultyStore::new(memory.clone());
-        store.fail_nth(Operation::DeleteObjects, 2, Fault::Error);
-        let progress = Progress::default();
-        purge(&store, &at, false, &progress).await.unwrap_err();
-        // The first page: a thousand keys, the marker among them.
-        assert_eq!(progress.deleted(), 999);
-        assert!(memory.keys().len() > OUTSIDE.len() + 1);
-        assert!(matches!(
-            marker(&store, &at).await.unwrap(),
-            Marker::Volume(_)
-        ));
-        purge(&store, &at, false, &Progress::default())
-            .await
-            .unwrap();
-        assert_eq!(memory.keys(), OUTSIDE);
-    }
-
-    #[tokio::test]
-    async fn where_deleteobjects_is_refused_objects_go_one_by_one_or_the_denial_is_named() {
-        let (memory, at) = filled(40).await;
-        let store = FaultyStore::new(memory.clone());
-        store.fail_all(Operation::DeleteObjects, Fault::AccessDenied);
-        store.fail_nth(Operation::DeleteObject, 3, Fault::AccessDenied);
-        let denied = purge(&store, &at, false, &Progress::default())
+        // Nor inside another volume, which would delete it with its own.
+        let inner = make(&store, &location("vols/a/inner"), &volume("pvc-e"))
             .await
             .unwrap_err();
         assert!(
-            matches!(
-                denied,
-                StoreError::AccessDenied {
-                    op: Operation::DeleteObject,
-                    ..
-                }
-            ),
-            "{denied}"
+            inner.to_string().contains("inside another volume"),
+            "{inner}"
         );
-        assert!(matches!(
-            marker(&store, &at).await.unwrap(),
-            Marker::Volume(_)
-        ));
-        purge(&store, &at, false, &Progress::default())
-            .await
-            .unwrap();
-        assert_eq!(memory.keys(), OUTSIDE);
-        assert!(memory.count_calls(Operation::DeleteObject) >= 40);
-    }
-
-    /// A store whose listings also name keys outside what was asked for.
-    struct Lying(Arc<MemoryStore>);
-
-    #[async_trait::async_trait]
-    impl ObjectStore for Lying {
-        fn bucket(&self) -> &str {
-            self.0.bucket()
-        }
-
-        async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
-            let answer = self.0.send(request).await?;
-            Ok(match answer {
-                Response::Listed(mut page) => {
-                    for key in OUTSIDE {
-                        let mut info = page.objects.first().cloned().unwrap_or_else(|| {
-                            crate::store::ObjectInfo {
-                                key: String::new(),
-                                size: 0,
-                                etag: String::new(),
-                                last_modified: std::time::SystemTime::now(),
-                                version_id: None,
-                                headers: None,
-                            }
-                        });
-                        info.key = key.into();
-                        page.objects.push(info);
-                    }
-                    Response::Listed(page)
-                }
-                Response::Uploads(mut uploads) => {
-                    uploads.push(crate::store::PendingUpload {
-                        key: "top".into(),
-                        upload_id: "u".into(),
-                        initiated: std::time::SystemTime::now(),
-                    });
-                    Response::Uploads(uploads)
-                }
-                other => other,
-            })
-        }
-
-        async fn presign(
-            &self,
-            key: &str,
-            request: &crate::store::Presign,
-        ) -> StoreResult<PresignedUrl> {
-            self.0.presign(key, request).await
-        }
+        assert!(store.headers("vols/a/inner/").is_none());
     }
 
     #[tokio::test]
-    async fn keys_a_lying_endpoint_lists_outside_the_volume_are_never_deleted() {
-        let (memory, at) = filled(1500).await;
-        let store = Lying(memory.clone());
-        purge(&store, &at, false, &Progress::default())
-            .await
-            .unwrap();
-        assert_eq!(memory.keys(), OUTSIDE);
-        for call in memory.calls() {
-            if call.op.mutates() {
-                assert!(call.key.starts_with("vols/a/"), "{call:?}");
+    async fn of_two_claims_racing_for_a_prefix_one_has_it() {
+        let store = MemoryStore::new("bkt");
+        let at = location("vols/race");
+        let (one, two) = (volume("pvc-a"), volume("pvc-b"));
+        let (a, b) = tokio::join!(make(&store, &at, &one), make(&store, &at, &two));
+        assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+        // Even when the second has seen no marker before it writes its own.
+        let other = location("vols/late");
+        store.put_with("vols/late/", "", {
+            let mut headers = ObjectHeaders::default();
+            for (k, v) in [
+                (DRIVER, DRIVER_NAME),
+                (VOLUME, "pvc-a"),
+                (VOLUME_ID, "id-of-pvc-a"),
+            ] {
+                headers.user.insert(k.into(), v.into());
             }
-        }
+            headers
+        });
+        let late = store
+            .put_new_object("vols/late/", bytes::Bytes::new(), &ObjectHeaders::default())
+            .await;
+        assert!(matches!(late, Err(StoreError::Changed { .. })), "{late:?}");
+        assert_eq!(
+            marker(&store, &other).await.unwrap(),
+            Marker::Volume(volume("pvc-a"))
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod health;
 pub mod lifecycle;
 pub mod provision;
+pub mod purge;
 pub mod request;
 pub mod service;
 mod tokens;

@@ -121,6 +121,7 @@ pub fn plan(request: &CreateVolumeRequest, rules: &Rules) -> Result<Plan, Invali
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     context.insert(BUCKET.into(), source.to_string());
+    context.insert(request::PROVISIONED.into(), "true".into());
     let publish = node_view(&request.volume_capabilities, &context, rules)?;
     let location = Location {
         region: publish.option("region").cloned().flatten(),
@@ -128,6 +129,8 @@ pub fn plan(request: &CreateVolumeRequest, rules: &Rules) -> Result<Plan, Invali
         sts_endpoint: publish.sts_endpoint.clone(),
         path_style: publish.option("force-path-style").is_some(),
         source,
+        delete_versions,
+        name_tag: volume_id::name_tag(&request.name),
     };
     let volume_id = location.volume_id();
     volume_id::fits(
@@ -446,6 +449,7 @@ mod tests {
                 (&"endpoint_url".into(), &MINIO.to_string()),
                 (&"force_path_style".into(), &"true".into()),
                 (&"metadata_ttl".into(), &"10s".into()),
+                (&"provisioned".into(), &"true".into()),
                 (&"region".into(), &"eu-west-1".into()),
             ]
         );
@@ -584,6 +588,17 @@ mod tests {
                     r.secrets.insert("token".into(), "t".into());
                 }),
                 "the provisioner Secret has a key \"token\"",
+            ),
+            (
+                refusal(
+                    &[
+                        ("bucket", "bkt"),
+                        ("authentication_source", "pod"),
+                        ("role_arn", "arn:aws:iam::123456789012:role/pods"),
+                    ],
+                    |_| {},
+                ),
+                "credentials come from its node-publish Secret",
             ),
             (
                 refusal(&bucket, |r| r.secrets.clear()),

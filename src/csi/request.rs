@@ -20,6 +20,11 @@ use crate::cli::options;
 
 /// The volume_context key that names the bucket and prefix.
 pub const BUCKET: &str = "bucket";
+/// The volume_context key the controller sets on the volumes it makes: their
+/// credentials come from the node-publish Secret only (never the driver's
+/// own identity alone, nor the pod's), as the StorageClass's provisioning
+/// was checked with a Secret.
+pub const PROVISIONED: &str = "provisioned";
 /// Kubernetes' prefix for what it adds to volume_context itself.
 const KUBERNETES_PREFIX: &str = "csi.storage.k8s.io/";
 
@@ -295,7 +300,13 @@ pub fn parse(
 
     // Options: volume_context first, then the PV's mountOptions.
     let mut options = Vec::new();
-    let reserved = [BUCKET, AUTHENTICATION_SOURCE, TOKEN_AUDIENCE, ROLE_ARN];
+    let reserved = [
+        BUCKET,
+        AUTHENTICATION_SOURCE,
+        TOKEN_AUDIENCE,
+        ROLE_ARN,
+        PROVISIONED,
+    ];
     let sorted: BTreeMap<&String, &String> = context.iter().collect();
     for (key, value) in sorted {
         if reserved.contains(&key.as_str()) || key.starts_with(KUBERNETES_PREFIX) {
@@ -339,6 +350,29 @@ pub fn parse(
     let session_name = take_value(&mut options, "role-session-name");
 
     let credentials = super::credentials::parse(context, &request.secrets, "node-publish")?;
+    match context.get(PROVISIONED).map(String::as_str) {
+        None => {}
+        Some("true") => match &credentials {
+            Credentials::Secret {
+                keys: None,
+                role: None,
+            }
+            | Credentials::Pod { .. } => {
+                return invalid(
+                    "a provisioned volume's credentials come from its node-publish Secret: set \
+                     csi.storage.k8s.io/node-publish-secret-name (and -namespace) in the \
+                     StorageClass, to a Secret with a role_arn or keys"
+                        .into(),
+                );
+            }
+            Credentials::Secret { .. } => {}
+        },
+        Some(other) => {
+            return invalid(format!(
+                "volume_context {PROVISIONED} {other:?}: only the controller sets it, to \"true\""
+            ));
+        }
+    }
     let session_name =
         session_name.unwrap_or_else(|| super::credentials::pod_session_name(context));
     Ok(Publish {
@@ -695,6 +729,32 @@ mod tests {
             parsed(&req).unwrap().mount_options(),
             ["--uid=1000", "--gid=1000"]
         );
+    }
+
+    #[test]
+    fn a_provisioned_volume_takes_its_credentials_from_the_node_publish_secret_only() {
+        let context = [("bucket", "vol/claims/ns/c"), ("provisioned", "true")];
+        let secret = [("role_arn", ROLE), ("external_id", "id-1")];
+        assert!(parsed(&request(Mode::SingleNodeWriter, &context, &secret)).is_ok());
+        let keys = [("access_key_id", "AKIA1"), ("secret_access_key", "k")];
+        assert!(parsed(&request(Mode::SingleNodeWriter, &context, &keys)).is_ok());
+        // No Secret: the driver's own identity, which a static volume may use.
+        let err = refusal(&request(Mode::SingleNodeWriter, &context, &[]));
+        assert!(err.contains("node-publish-secret-name"), "{err}");
+        assert!(parsed(&request(Mode::SingleNodeWriter, &context[..1], &[])).is_ok());
+        let tokens = r#"{"sts.amazonaws.com":{"token":"jwt"}}"#;
+        let pod = [
+            ("bucket", "vol/claims/ns/c"),
+            ("provisioned", "true"),
+            ("authentication_source", "pod"),
+            ("role_arn", ROLE),
+            ("csi.storage.k8s.io/serviceAccount.tokens", tokens),
+        ];
+        let err = refusal(&request(Mode::SingleNodeWriter, &pod, &[]));
+        assert!(err.contains("node-publish Secret"), "{err}");
+        let forged = [("bucket", "vol"), ("provisioned", "no")];
+        let err = refusal(&request(Mode::SingleNodeWriter, &forged, &secret));
+        assert!(err.contains("volume_context provisioned"), "{err}");
     }
 
     #[test]

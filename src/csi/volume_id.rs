@@ -3,12 +3,18 @@
 //! StorageClass parameters, only the ID and the provisioner Secret), in at
 //! most the 128 bytes CSI allows an ID.
 //!
-//! `s3vol1:REGION:S3:STS:STYLE:BUCKET/PREFIX`: REGION is the StorageClass's
-//! `region` (`-`: the controller's default); S3 and STS name the endpoints by
-//! the first 8 hex digits of the SHA-256 of their canonical URL (`-`: AWS's
-//! own), found again among the operator's `--allow-endpoint` list, which must
-//! still allow them; STYLE is `p` for path-style addressing, `v` for
-//! virtual-hosted; PREFIX is the volume's prefix in the bucket.
+//! `s3vol1:REGION:S3:STS:FLAGS:NAME:BUCKET/PREFIX`: REGION is the
+//! StorageClass's `region` (`-`: the controller's default); S3 and STS name the
+//! endpoints by the first 8 hex digits of the SHA-256 of their canonical URL
+//! (`-`: AWS's own), found again among the operator's `--allow-endpoint` list,
+//! which must still allow them; FLAGS is `p` for path-style addressing or `v`
+//! for virtual-hosted, then `d` when deleting the volume deletes every version
+//! or `k` when it keeps them; NAME is the first 12 hex digits of the SHA-256 of
+//! the CreateVolume name, so that a volume made again at the same prefix for
+//! another PersistentVolume has another ID (a late DeleteVolume of the old one
+//! must not find the new one); PREFIX is the volume's prefix in the bucket.
+//! Nothing in the bucket decides what a deletion does: only the ID, which
+//! nobody who writes to the bucket can change.
 
 use sha2::Digest;
 
@@ -32,6 +38,15 @@ pub struct Location {
     pub path_style: bool,
     /// The bucket, and the volume's prefix in it (never the whole bucket).
     pub source: Source,
+    /// Deleting the volume deletes every version under it.
+    pub delete_versions: bool,
+    /// Which CreateVolume made it: the tag of its name ([`name_tag`]).
+    pub name_tag: String,
+}
+
+/// The tag a volume ID carries of the CreateVolume name.
+pub fn name_tag(name: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(name.as_bytes())[..6])
 }
 
 /// Why an ID of this driver's format cannot be used.
@@ -48,11 +63,13 @@ impl Location {
     pub fn volume_id(&self) -> String {
         let tag = |url: &Option<String>| url.as_deref().map_or("-".into(), endpoint_tag);
         format!(
-            "{FORMAT}:{}:{}:{}:{}:{}/{}",
+            "{FORMAT}:{}:{}:{}:{}{}:{}:{}/{}",
             self.region.as_deref().unwrap_or("-"),
             tag(&self.endpoint),
             tag(&self.sts_endpoint),
             if self.path_style { "p" } else { "v" },
+            if self.delete_versions { "d" } else { "k" },
+            self.name_tag,
             self.source.bucket,
             self.source.prefix.as_str().trim_end_matches('/'),
         )
@@ -66,8 +83,8 @@ impl Location {
             return Ok(None);
         };
         let malformed = |why: &str| Unusable::Malformed(format!("volume_id {id:?} {why}"));
-        let fields: Vec<&str> = rest.splitn(5, ':').collect();
-        let [region, s3, sts, style, path] = fields[..] else {
+        let fields: Vec<&str> = rest.splitn(6, ':').collect();
+        let [region, s3, sts, flags, name_tag, path] = fields[..] else {
             return Err(malformed("has too few fields"));
         };
         let region = match region {
@@ -93,11 +110,17 @@ impl Location {
                     ))
                 })
         };
-        let path_style = match style {
-            "p" => true,
-            "v" => false,
-            _ => return Err(malformed("names no addressing style")),
+        let (path_style, delete_versions) = match flags {
+            "pk" => (true, false),
+            "pd" => (true, true),
+            "vk" => (false, false),
+            "vd" => (false, true),
+            _ => return Err(malformed("has no flags")),
         };
+        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+        if name_tag.len() != 12 || !name_tag.chars().all(hex) {
+            return Err(malformed("names no CreateVolume"));
+        }
         let (bucket, prefix) = path
             .split_once('/')
             .ok_or_else(|| malformed("names no prefix"))?;
@@ -113,6 +136,8 @@ impl Location {
             sts_endpoint: find(sts, "STS")?,
             path_style,
             source,
+            delete_versions,
+            name_tag: name_tag.to_string(),
         }))
     }
 
@@ -150,6 +175,8 @@ mod tests {
             sts_endpoint: None,
             path_style: true,
             source: "tenant-bucket/volumes/team-a/data".parse().unwrap(),
+            delete_versions: false,
+            name_tag: name_tag("pvc-1"),
         }
     }
 
@@ -159,10 +186,11 @@ mod tests {
         let at = location(Some(&url));
         let id = at.volume_id();
         assert!(id.starts_with("s3vol1:eu-west-1:"), "{id}");
-        assert!(
-            id.ends_with(":-:p:tenant-bucket/volumes/team-a/data"),
-            "{id}"
+        let tail = format!(
+            ":-:pk:{}:tenant-bucket/volumes/team-a/data",
+            name_tag("pvc-1")
         );
+        assert!(id.ends_with(&tail), "{id}");
         assert!(!id.contains("minio"), "{id}");
         let other = "http://127.0.0.1:9000".to_string();
         assert_eq!(
@@ -170,6 +198,21 @@ mod tests {
             Ok(Some(at.clone()))
         );
         assert_eq!(at.marker_key(), "volumes/team-a/data/");
+        // Made again for another PersistentVolume, or deleting versions: another ID.
+        let again = Location {
+            name_tag: name_tag("pvc-2"),
+            ..at.clone()
+        };
+        assert_ne!(again.volume_id(), id);
+        let versions = Location {
+            delete_versions: true,
+            ..at.clone()
+        };
+        assert_ne!(versions.volume_id(), id);
+        assert_eq!(
+            Location::parse(&versions.volume_id(), std::slice::from_ref(&url)),
+            Ok(Some(versions))
+        );
         // AWS's own endpoints need no list.
         let aws = location(None);
         assert_eq!(Location::parse(&aws.volume_id(), &[]), Ok(Some(aws)));
@@ -185,19 +228,25 @@ mod tests {
         for id in ["customer-a", "pvc-1234", "s3vol2:x", "s3vol1"] {
             assert_eq!(Location::parse(id, &[]), Ok(None), "{id}");
         }
+        let tag = name_tag("pvc-1");
+        let good = format!("s3vol1:-:-:-:pk:{tag}:bucket/x");
+        assert!(matches!(Location::parse(&good, &[]), Ok(Some(_))));
         for id in [
-            "s3vol1:",
-            "s3vol1:eu-west-1:-:-:p",
-            "s3vol1:eu/west:-:-:p:b/x",
-            "s3vol1:-:-:-:q:bucket/x",
-            "s3vol1:-:-:-:p:bucket",
-            "s3vol1:-:-:-:p:bucket/",
-            "s3vol1:-:-:-:p:Bucket/x",
-            "s3vol1:-:-:-:p:bucket/a/../b",
-            "s3vol1:-:-:-:p:bucket/a//b",
+            "s3vol1:".to_string(),
+            "s3vol1:eu-west-1:-:-:pk".to_string(),
+            format!("s3vol1:eu/west:-:-:pk:{tag}:b/x"),
+            format!("s3vol1:-:-:-:qk:{tag}:bucket/x"),
+            format!("s3vol1:-:-:-:p:{tag}:bucket/x"),
+            "s3vol1:-:-:-:pk:abc:bucket/x".to_string(),
+            "s3vol1:-:-:-:pk:ABCDEF012345:bucket/x".to_string(),
+            format!("s3vol1:-:-:-:pk:{tag}:bucket"),
+            format!("s3vol1:-:-:-:pk:{tag}:bucket/"),
+            format!("s3vol1:-:-:-:pk:{tag}:Bucket/x"),
+            format!("s3vol1:-:-:-:pk:{tag}:bucket/a/../b"),
+            format!("s3vol1:-:-:-:pk:{tag}:bucket/a//b"),
         ] {
             assert!(
-                matches!(Location::parse(id, &[]), Err(Unusable::Malformed(_))),
+                matches!(Location::parse(&id, &[]), Err(Unusable::Malformed(_))),
                 "{id}"
             );
         }

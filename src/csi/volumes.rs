@@ -376,7 +376,7 @@ impl Volumes {
 }
 
 /// `line` with each control character written as its escape (`\u{1b}`).
-fn without_controls(line: &str) -> String {
+pub(super) fn without_controls(line: &str) -> String {
     line.chars()
         .map(|c| match c.is_control() {
             true => c.escape_default().to_string(),

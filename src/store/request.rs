@@ -92,6 +92,13 @@ pub enum Request<'a> {
         body: Bytes,
         headers: &'a ObjectHeaders,
     },
+    /// [`Request::Put`] only where no object has the key (`If-None-Match: *`):
+    /// [`StoreError::Changed`] where one does.
+    PutNew {
+        key: &'a str,
+        body: Bytes,
+        headers: &'a ObjectHeaders,
+    },
     /// Starts a multipart upload of `key`, whose object will carry `headers`.
     CreateUpload {
         key: &'a str,
@@ -117,9 +124,12 @@ pub enum Request<'a> {
         key: &'a str,
         upload_id: &'a str,
     },
-    /// The multipart uploads in progress under `prefix`.
+    /// The multipart uploads in progress under `prefix`; with `limit`, the
+    /// first pages only, up to at least that many (for work done a page at a
+    /// time).
     ListUploads {
         prefix: &'a str,
+        limit: Option<usize>,
     },
     /// Copies object `from` (up to 5 GiB, `size` bytes) to `to`; with
     /// `if_match`, only if `from` still has that ETag. The copy carries
@@ -163,7 +173,7 @@ impl<'a> Request<'a> {
         match self {
             Request::Get { options, .. } => options.operation(),
             Request::List(_) => Operation::ListObjectsV2,
-            Request::Put { .. } => Operation::PutObject,
+            Request::Put { .. } | Request::PutNew { .. } => Operation::PutObject,
             Request::CreateUpload { .. } => Operation::CreateMultipartUpload,
             Request::UploadPart { .. } => Operation::UploadPart,
             Request::CompleteUpload { .. } => Operation::CompleteMultipartUpload,
@@ -187,6 +197,7 @@ impl<'a> Request<'a> {
         match self {
             Request::Get { key, .. }
             | Request::Put { key, .. }
+            | Request::PutNew { key, .. }
             | Request::CreateUpload { key, .. }
             | Request::UploadPart { key, .. }
             | Request::CompleteUpload { key, .. }
@@ -195,7 +206,7 @@ impl<'a> Request<'a> {
             Request::Copy { to, .. } | Request::CopyPart { to, .. } => to,
             Request::List(req) => req.prefix,
             Request::ListVersions(req) => req.prefix,
-            Request::ListUploads { prefix } => prefix,
+            Request::ListUploads { prefix, .. } => prefix,
             Request::DeleteBatch { objects } => objects.first().map_or("", |o| o.key.as_str()),
             Request::BucketVersioning => "",
         }
@@ -204,7 +215,9 @@ impl<'a> Request<'a> {
     /// The object bytes the request sends.
     pub fn body_len(&self) -> u64 {
         match self {
-            Request::Put { body, .. } | Request::UploadPart { body, .. } => body.len() as u64,
+            Request::Put { body, .. }
+            | Request::PutNew { body, .. }
+            | Request::UploadPart { body, .. } => body.len() as u64,
             _ => 0,
         }
     }
@@ -351,6 +364,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         answer!(self, Request::Put { key, body, headers }, ETag)
     }
 
+    /// Stores `body` as `key` only if no object has that key yet.
+    async fn put_new_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+    ) -> StoreResult<String> {
+        answer!(self, Request::PutNew { key, body, headers }, ETag)
+    }
+
     /// Starts a multipart upload; returns its upload ID.
     async fn create_multipart_upload(
         &self,
@@ -397,7 +420,25 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        answer!(self, Request::ListUploads { prefix }, Uploads)
+        let request = Request::ListUploads {
+            prefix,
+            limit: None,
+        };
+        answer!(self, request, Uploads)
+    }
+
+    /// The first of the multipart uploads in progress under `prefix`: at most
+    /// about `limit` (a page or two).
+    async fn first_multipart_uploads(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingUpload>> {
+        let request = Request::ListUploads {
+            prefix,
+            limit: Some(limit),
+        };
+        answer!(self, request, Uploads)
     }
 
     /// See [`Request::Copy`]; returns the new ETag.

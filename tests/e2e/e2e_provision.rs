@@ -168,15 +168,18 @@ async fn a_claim_is_made_published_written_and_deleted_and_nothing_beside_it_is_
     let twin = claim("pvc-0002", "team-a", "data", &class, &secrets);
     let status = controller.create_volume(twin).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
-    assert!(status.message().contains("pvc-0001"), "{status:?}");
+    // Said to the claim's namespace without naming the other claim's volume.
+    assert!(
+        status.message().contains("another claim's volume"),
+        "{status:?}"
+    );
+    assert!(!status.message().contains("pvc-0001"), "{status:?}");
     // A claim whose prefix holds data that is no volume is refused.
     let occupied = claim("pvc-0003", "team-b", "data", &class, &secrets);
     let status = controller.create_volume(occupied).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    assert!(
-        status.message().contains("claims/team-b/data/keep.txt"),
-        "{status:?}"
-    );
+    assert!(status.message().contains("holds objects"), "{status:?}");
+    assert!(!status.message().contains("keep.txt"), "{status:?}");
 
     // The node publishes it as kubelet would, with what CreateVolume returned.
     let context: Vec<(&str, &str)> = made
@@ -242,14 +245,23 @@ async fn a_claim_is_made_published_written_and_deleted_and_nothing_beside_it_is_
     delete(&mut controller, "customer-a", &secrets)
         .await
         .unwrap();
-    // Once deleted, the claim's name may have its prefix again.
+    // Once deleted, the claim's name may have its prefix again, as another
+    // volume: a late DeleteVolume of the old one (the provisioner asking
+    // again) deletes nothing of it.
     let twin = claim("pvc-0002", "team-a", "data", &class, &secrets);
     let remade = controller.create_volume(twin).await.unwrap().into_inner();
     let remade = remade.volume.unwrap();
-    assert_eq!(remade.volume_id, made.volume_id);
+    assert_ne!(remade.volume_id, made.volume_id);
+    let new_file = "claims/team-a/data/new.txt";
+    garage.server.put("vol", new_file, b"new\n".to_vec()).await;
+    delete(&mut controller, &made.volume_id, &secrets)
+        .await
+        .unwrap();
+    assert!(garage.server.get("vol", new_file).await.is_some());
     delete(&mut controller, &remade.volume_id, &secrets)
         .await
         .unwrap();
+    assert!(garage.server.get("vol", new_file).await.is_none());
     assert_neighbours(&garage.server).await;
 }
 
@@ -703,7 +715,10 @@ async fn the_controller_refuses_what_it_cannot_do_by_field() {
     // A volume whose marker is not this one's is never deleted: here, the ID
     // of a volume made at another prefix, pointed at this one's.
     let forged = made.volume_id.replace("claims/ns/c", "data");
-    delete(&mut controller, &forged, &secrets).await.unwrap();
+    let status = delete(&mut controller, &forged, &secrets)
+        .await
+        .unwrap_err();
+    refused(status, Code::FailedPrecondition, "nothing was deleted");
     assert!(garage.server.get("vol", "data/seed.txt").await.is_some());
     garage.server.put("vol", "data/", b"".to_vec()).await;
     let status = delete(&mut controller, &forged, &secrets)
@@ -711,6 +726,38 @@ async fn the_controller_refuses_what_it_cannot_do_by_field() {
         .unwrap_err();
     refused(status, Code::FailedPrecondition, "nothing was deleted");
     assert!(garage.server.get("vol", "data/seed.txt").await.is_some());
+    // A volume whose marker was removed: what is left stays, and is said.
+    let marked = claim("pvc-2", "ns", "d", &class, &secrets);
+    let marked = controller.create_volume(marked).await.unwrap().into_inner();
+    let marked = marked.volume.unwrap();
+    garage
+        .server
+        .put("vol", "claims/ns/d/kept.txt", b"k".to_vec())
+        .await;
+    garage
+        .server
+        .client()
+        .delete_object()
+        .bucket("vol")
+        .key("claims/ns/d/")
+        .send()
+        .await
+        .unwrap();
+    let status = delete(&mut controller, &marked.volume_id, &secrets)
+        .await
+        .unwrap_err();
+    refused(
+        status,
+        Code::FailedPrecondition,
+        "holds objects but no marker",
+    );
+    assert!(
+        garage
+            .server
+            .get("vol", "claims/ns/d/kept.txt")
+            .await
+            .is_some()
+    );
     delete(&mut controller, &made.volume_id, &secrets)
         .await
         .unwrap();
@@ -762,15 +809,23 @@ fn the_controller_manifests_fit_the_controller_and_the_example_claim_provisions(
     assert!(!s3vol_mounts.contains("serviceaccount"), "{s3vol_mounts}");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert!(pod["hostPID"].is_null() && pod["hostNetwork"].is_null());
-    // The provisioner gets Secrets by name only.
-    let roles = of_kind("ClusterRole");
-    let provisioner = roles
-        .iter()
-        .find(|r| r["metadata"]["name"] == "s3vol-csi-provisioner")
-        .unwrap();
-    for rule in provisioner["rules"].as_array().unwrap() {
-        if strings_of(&rule["resources"]).contains(&"secrets".to_string()) {
-            assert_eq!(strings_of(&rule["verbs"]), ["get"]);
+    // The provisioner gets Secrets by name only, and only where a Role bound
+    // to it in the Secrets' namespace says.
+    let bound_roles: Vec<&str> = of_kind("ClusterRoleBinding")
+        .into_iter()
+        .chain(of_kind("RoleBinding"))
+        .filter(|b| b["subjects"][0]["name"] == "s3vol-csi-controller")
+        .map(|b| b["roleRef"]["name"].as_str().unwrap())
+        .collect();
+    for role in of_kind("ClusterRole").into_iter().chain(of_kind("Role")) {
+        if !bound_roles.contains(&role["metadata"]["name"].as_str().unwrap()) {
+            continue;
+        }
+        for rule in role["rules"].as_array().unwrap() {
+            if strings_of(&rule["resources"]).contains(&"secrets".to_string()) {
+                assert_eq!(role["kind"], "Role", "{role}");
+                assert_eq!(strings_of(&rule["verbs"]), ["get"], "{role}");
+            }
         }
     }
 
@@ -799,19 +854,34 @@ fn the_controller_manifests_fit_the_controller_and_the_example_claim_provisions(
             .unwrap_or_else(|| panic!("no claim of {name}"));
         let namespace = claim["metadata"]["namespace"].as_str().unwrap();
         let parameters = class["parameters"].as_object().unwrap();
-        let secret_name = parameters["csi.storage.k8s.io/provisioner-secret-name"]
-            .as_str()
-            .unwrap();
-        assert_eq!(
-            parameters["csi.storage.k8s.io/provisioner-secret-namespace"],
-            "${pvc.namespace}"
+        // The templates as Kubernetes resolves them for this claim.
+        let resolve = |key: &str| {
+            parameters[key]
+                .as_str()
+                .unwrap()
+                .replace("${pvc.namespace}", namespace)
+                .replace("${pvc.name}", claim["metadata"]["name"].as_str().unwrap())
+        };
+        let (secret_name, secret_namespace) = (
+            resolve("csi.storage.k8s.io/provisioner-secret-name"),
+            resolve("csi.storage.k8s.io/provisioner-secret-namespace"),
         );
+        // Kept where tenants cannot write, and one per tenant namespace.
+        assert_ne!(secret_namespace, namespace);
+        assert_eq!(secret_name, namespace);
         let secret = of_kind("Secret")
             .into_iter()
             .find(|s| {
-                s["metadata"]["name"] == secret_name && s["metadata"]["namespace"] == namespace
+                s["metadata"]["name"] == secret_name.as_str()
+                    && s["metadata"]["namespace"] == secret_namespace.as_str()
             })
-            .unwrap_or_else(|| panic!("no Secret {secret_name} in {namespace}"));
+            .unwrap_or_else(|| panic!("no Secret {secret_name} in {secret_namespace}"));
+        let readers = of_kind("RoleBinding")
+            .into_iter()
+            .filter(|b| b["metadata"]["namespace"] == secret_namespace.as_str())
+            .map(|b| b["subjects"][0]["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        assert_eq!(readers, ["s3vol-csi-controller"]);
         let mut passed: HashMap<String, String> = parameters
             .iter()
             .filter(|(k, _)| !k.contains("-secret-"))

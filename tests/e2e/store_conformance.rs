@@ -9,8 +9,8 @@ use common::{Server, ServerKind, pattern};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::s3::{S3Options, S3Store};
 use s3vol::store::{
-    GetOptions, ListRequest, ObjectHeaders, ObjectStore, Pin, Read, StoreError, UploadedPart,
-    Versioning, VersionsRequest, multipart_etag,
+    Deletion, GetOptions, ListRequest, ObjectHeaders, ObjectStore, Pin, Read, StoreError,
+    UploadedPart, Versioning, VersionsRequest, multipart_etag,
 };
 
 /// A store under test plus a way to put objects into it behind its back.
@@ -29,7 +29,11 @@ impl Subject {
             (kind, check),
             (
                 Some(ServerKind::Garage),
-                Check::MinPartSize | Check::SelfCopyChanges | Check::Encryption | Check::Versions
+                Check::MinPartSize
+                    | Check::SelfCopyChanges
+                    | Check::Encryption
+                    | Check::Versions
+                    | Check::IfNoneMatch
             ) | (
                 Some(ServerKind::Moto),
                 Check::CopyIfMatch | Check::ControlCharacters | Check::NullVersion
@@ -67,6 +71,9 @@ enum Check {
     /// Reads of the version `null` of an object written without versioning
     /// (moto answers 400).
     NullVersion,
+    /// A PUT with If-None-Match: * where the key exists is refused (Garage
+    /// writes regardless).
+    IfNoneMatch,
 }
 
 fn memory() -> Subject {
@@ -364,6 +371,72 @@ async fn uploads_abort_and_deletes(s: &Subject) {
     ));
     // Deleting what is not there succeeds, as on S3.
     s.store.delete_object("del/never").await.unwrap();
+}
+
+/// DeleteObjects of what is there and what is not; the first uploads of a
+/// listing; a write only where nothing is (If-None-Match).
+async fn batch_deletes_first_uploads_and_writes_only_where_nothing_is(s: &Subject) {
+    for i in 0..3 {
+        s.put(&format!("batch/{i}"), b"x").await;
+    }
+    s.put("batch-kept", b"x").await;
+    let batch: Vec<Deletion> = (0..4)
+        .map(|i| Deletion {
+            key: format!("batch/{i}"),
+            version_id: None,
+        })
+        .collect();
+    s.store.delete_batch(&batch).await.unwrap();
+    let listing = ListRequest {
+        prefix: "batch",
+        ..ListRequest::default()
+    };
+    let left: Vec<String> = s
+        .store
+        .list_objects(listing)
+        .await
+        .unwrap()
+        .objects
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(left, ["batch-kept"]);
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let key = format!("ups/{i}");
+        ids.push((
+            key.clone(),
+            s.store
+                .create_multipart_upload(&key, &ObjectHeaders::default())
+                .await
+                .unwrap(),
+        ));
+    }
+    let first = s.store.first_multipart_uploads("ups/", 2).await.unwrap();
+    assert!((2..=3).contains(&first.len()), "{first:?}");
+    assert!(first.iter().all(|u| u.key.starts_with("ups/")), "{first:?}");
+    for (key, id) in ids {
+        s.store.abort_multipart_upload(&key, &id).await.unwrap();
+    }
+
+    let headers = ObjectHeaders::default();
+    s.store
+        .put_new_object("new/a", bytes::Bytes::from_static(b"1"), &headers)
+        .await
+        .unwrap();
+    if s.checks(Check::IfNoneMatch) {
+        let again = s
+            .store
+            .put_new_object("new/a", bytes::Bytes::from_static(b"2"), &headers)
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::Changed { .. })),
+            "{again:?}"
+        );
+        let info = s.store.head_object("new/a").await.unwrap();
+        assert_eq!(info.size, 1);
+    }
 }
 
 const MIB: usize = 1024 * 1024;
@@ -764,6 +837,7 @@ async fn suite(s: Subject) {
     head_and_get(&s).await;
     start_of_objects(&s).await;
     uploads_abort_and_deletes(&s).await;
+    batch_deletes_first_uploads_and_writes_only_where_nothing_is(&s).await;
     puts_multipart_uploads_and_copies(&s).await;
     list_with_delimiter_and_pages(&s).await;
     file_beside_directory(&s).await;

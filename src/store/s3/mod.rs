@@ -34,6 +34,7 @@ mod answer;
 mod buffers;
 mod delete;
 mod get;
+mod uploads;
 mod versions;
 
 use std::ops::Range;
@@ -58,9 +59,8 @@ use self::answer::{decoder, to_system_time};
 use self::buffers::Buffers;
 use super::{
     Encryption, GetOptions, GetResult, ListPage, ListRequest, ObjectHeaders, ObjectInfo,
-    ObjectStore, Operation, Pagination, PendingUpload, Pin, Presign, PresignedUrl, Read, Request,
-    Response, ServiceInfo, StoreError, StoreResult, UploadedPart, copy_allowance,
-    transfer_allowance,
+    ObjectStore, Operation, Pin, Presign, PresignedUrl, Read, Request, Response, ServiceInfo,
+    StoreError, StoreResult, UploadedPart, copy_allowance, transfer_allowance,
 };
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
@@ -340,7 +340,14 @@ impl S3Store {
     /// fifth of the daemon's CPU when writing. Over plain http beyond this host
     /// (`--allow-http`) nothing else would keep the bytes from being changed on
     /// the way, so there every chunk is signed.
-    async fn put(&self, key: &str, body: Bytes, headers: &ObjectHeaders) -> StoreResult<String> {
+    /// PutObject; with `only_new`, `If-None-Match: *`.
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+        only_new: bool,
+    ) -> StoreResult<String> {
         let op = Operation::PutObject;
         let transfer = transfer_allowance(body.len() as u64);
         let request = self
@@ -348,6 +355,7 @@ impl S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_if_none_match(only_new.then(|| "*".to_string()))
             .body(body.into());
         let request = with_headers!(request, headers, self.encryption.as_ref()).customize();
         let request = if self.sign_payloads {
@@ -420,62 +428,6 @@ impl S3Store {
         let op = Operation::CompleteMultipartUpload;
         let out = self.answer(op, key, Duration::ZERO, request).await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
-    }
-
-    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        let mut pending = Vec::new();
-        let (mut key_marker, mut id_marker) = (None, None);
-        let mut pages = Pagination::new(
-            Operation::ListMultipartUploads,
-            prefix,
-            self.stall_limit().saturating_mul(3),
-        );
-        loop {
-            let request = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .encoding_type(EncodingType::Url)
-                .set_key_marker(key_marker)
-                .set_upload_id_marker(id_marker)
-                .send();
-            let out = self
-                .answer(
-                    Operation::ListMultipartUploads,
-                    prefix,
-                    Duration::ZERO,
-                    request,
-                )
-                .await?;
-            let decode = decoder(out.encoding_type());
-            let uploads = out.uploads();
-            // Only those under the prefix: nothing else may be aborted.
-            pending.extend(
-                uploads
-                    .iter()
-                    .map(|u| PendingUpload {
-                        key: decode(u.key().unwrap_or_default()),
-                        upload_id: u.upload_id().unwrap_or_default().to_string(),
-                        initiated: to_system_time(u.initiated()),
-                    })
-                    .filter(|u| u.key.starts_with(prefix)),
-            );
-            if out.is_truncated() != Some(true) {
-                return Ok(pending);
-            }
-            key_marker = out.next_key_marker().map(decode);
-            id_marker = out.next_upload_id_marker().map(str::to_string);
-            if key_marker.is_none() && id_marker.is_none() {
-                return Ok(pending);
-            }
-            let marker = format!(
-                "{}/{}",
-                key_marker.as_deref().unwrap_or_default(),
-                id_marker.as_deref().unwrap_or_default()
-            );
-            pages.next(uploads.len(), Some(marker))?;
-        }
     }
 
     async fn copy(
@@ -626,7 +578,10 @@ impl ObjectStore for S3Store {
             }
             Request::List(req) => Response::Listed(self.list(req).await?),
             Request::Put { key, body, headers } => {
-                Response::ETag(self.put(key, body, headers).await?)
+                Response::ETag(self.put(key, body, headers, false).await?)
+            }
+            Request::PutNew { key, body, headers } => {
+                Response::ETag(self.put(key, body, headers, true).await?)
             }
             Request::CreateUpload { key, headers } => {
                 Response::UploadId(self.create_upload(key, headers).await?)
@@ -646,7 +601,9 @@ impl ObjectStore for S3Store {
                 self.abort(key, upload_id).await?;
                 Response::Done
             }
-            Request::ListUploads { prefix } => Response::Uploads(self.list_uploads(prefix).await?),
+            Request::ListUploads { prefix, limit } => {
+                Response::Uploads(self.list_uploads(prefix, limit).await?)
+            }
             Request::Copy {
                 from,
                 to,

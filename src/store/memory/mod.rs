@@ -5,13 +5,16 @@
 //! nothing, or that a random read fetches only the bytes it touches.
 
 use std::collections::BTreeMap;
-use std::ops::{Bound, Range};
+use std::ops::Range;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+mod listing;
+
+use self::listing::{info, list_page};
 use super::{
     Deletion, GetOptions, GetResult, ListPage, ListRequest, MAX_URL_VALIDITY, ObjectHeaders,
     ObjectInfo, ObjectStore, Operation, PendingUpload, Pin, Presign, PresignedUrl, Read, Request,
@@ -216,76 +219,6 @@ impl MemoryStore {
     }
 }
 
-/// One page of a ListObjectsV2 of `objects`, as S3 pages it.
-fn list_page(objects: &BTreeMap<String, StoredObject>, req: &ListRequest<'_>) -> ListPage {
-    let max_keys = req
-        .max_keys
-        .map_or(DEFAULT_MAX_KEYS, |m| m.clamp(0, 1000) as usize);
-    // The continuation token is the last key or common prefix already returned;
-    // everything at or below it (in key order) was covered by earlier pages.
-    let start = match req.continuation {
-        Some(token) => Bound::Excluded(token.to_string()),
-        None => Bound::Included(req.prefix.to_string()),
-    };
-    let mut page = ListPage::default();
-    // The last item returned, and whether it was a common prefix.
-    let mut last_returned: Option<(String, bool)> = None;
-    let mut truncated = false;
-    for (key, object) in objects.range((start, Bound::Unbounded)) {
-        if !key.starts_with(req.prefix) {
-            break;
-        }
-        let common = req.delimiter.and_then(|d| {
-            let rest = &key[req.prefix.len()..];
-            rest.find(d)
-                .map(|i| key[..req.prefix.len() + i + d.len()].to_string())
-        });
-        if let (Some(common), Some((last, true))) = (&common, &last_returned)
-            && common == last
-        {
-            // Keys under a common prefix already returned fold into it.
-            continue;
-        }
-        if page.objects.len() + page.common_prefixes.len() == max_keys {
-            truncated = true;
-            break;
-        }
-        match common {
-            Some(common) => {
-                page.common_prefixes.push(common.clone());
-                last_returned = Some((common, true));
-            }
-            None => {
-                page.objects.push(info(key, object));
-                last_returned = Some((key.clone(), false));
-            }
-        }
-    }
-    if truncated {
-        // After a common prefix, resume past every key that folds into it: no
-        // key under it sorts after the prefix followed by the largest char.
-        page.next_token = last_returned.map(|(last, is_prefix)| {
-            if is_prefix {
-                format!("{last}\u{10FFFF}")
-            } else {
-                last
-            }
-        });
-    }
-    page
-}
-
-fn info(key: &str, object: &StoredObject) -> ObjectInfo {
-    ObjectInfo {
-        key: key.to_string(),
-        size: object.data.len() as u64,
-        etag: object.etag.clone(),
-        last_modified: object.last_modified,
-        version_id: None,
-        headers: None,
-    }
-}
-
 impl MemoryStore {
     /// A GET or HEAD (the memory store keeps one version of each object,
     /// `null`).
@@ -347,9 +280,24 @@ impl MemoryStore {
         Ok(list_page(&state.objects, &req))
     }
 
-    fn put_object(&self, key: &str, body: Bytes, headers: &ObjectHeaders) -> StoreResult<String> {
+    /// Stores `body` as `key`; with `only_new`, only where no object has it.
+    fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        headers: &ObjectHeaders,
+        only_new: bool,
+    ) -> StoreResult<String> {
         let mut state = self.state.lock();
         Self::record(&mut state, Operation::PutObject, key, None);
+        if only_new && state.objects.contains_key(key) {
+            let (op, key) = (Operation::PutObject, key.to_string());
+            return Err(StoreError::Changed {
+                op,
+                key,
+                expected_etag: String::new(),
+            });
+        }
         let etag = state.next_etag("");
         state.store(key, body, etag.clone(), headers.clone());
         Ok(etag)
@@ -605,7 +553,10 @@ impl ObjectStore for MemoryStore {
             Request::Get { key, options } => Response::Object(self.read(key, options)?),
             Request::List(req) => Response::Listed(self.list(req)?),
             Request::Put { key, body, headers } => {
-                Response::ETag(self.put_object(key, body, headers)?)
+                Response::ETag(self.put_object(key, body, headers, false)?)
+            }
+            Request::PutNew { key, body, headers } => {
+                Response::ETag(self.put_object(key, body, headers, true)?)
             }
             Request::CreateUpload { key, headers } => {
                 Response::UploadId(self.create_upload(key, headers)?)
@@ -625,7 +576,11 @@ impl ObjectStore for MemoryStore {
                 self.abort(key, upload_id)?;
                 Response::Done
             }
-            Request::ListUploads { prefix } => Response::Uploads(self.uploads(prefix)?),
+            Request::ListUploads { prefix, limit } => {
+                let mut uploads = self.uploads(prefix)?;
+                uploads.truncate(limit.unwrap_or(usize::MAX));
+                Response::Uploads(uploads)
+            }
             Request::Copy {
                 from,
                 to,
