@@ -151,17 +151,7 @@ impl Driver {
     }
 
     pub(crate) async fn channel(&self) -> Channel {
-        let socket = self.socket();
-        tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .unwrap()
+        socket_channel(self.socket()).await
     }
 
     pub(crate) async fn node(&self) -> NodeClient<Channel> {
@@ -218,6 +208,20 @@ impl Drop for Driver {
             }
         }
     }
+}
+
+/// A gRPC channel to the plugin listening on `socket`.
+pub(crate) async fn socket_channel(socket: PathBuf) -> Channel {
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap()
 }
 
 /// A role ARN for requests that never reach STS.

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use common::proxy::FaultProxy;
 use common::{Server, ServerKind};
 use s3vol::csi::proto::controller_client::ControllerClient;
+use s3vol::csi::proto::node_client::NodeClient;
 use s3vol::csi::proto::volume_capability::access_mode::Mode;
 use s3vol::csi::proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use s3vol::csi::proto::*;
@@ -61,6 +62,29 @@ fn claim(
         secrets: strings(secrets),
         ..Default::default()
     }
+}
+
+/// Publishes `made` at `target` as kubelet does, with what CreateVolume
+/// returned and the node-publish Secret.
+async fn publish_made(
+    node: &mut NodeClient<Channel>,
+    made: &s3vol::csi::proto::Volume,
+    target: &std::path::Path,
+    secrets: &[(&str, &str)],
+) {
+    let context: Vec<(&str, &str)> = made
+        .volume_context
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let request = publish_request(
+        &made.volume_id,
+        target,
+        Mode::SingleNodeWriter,
+        &context,
+        secrets,
+    );
+    publish(node, request).await.unwrap();
 }
 
 async fn delete(
@@ -182,20 +206,8 @@ async fn a_claim_is_made_published_written_and_deleted_and_nothing_beside_it_is_
     assert!(!status.message().contains("keep.txt"), "{status:?}");
 
     // The node publishes it as kubelet would, with what CreateVolume returned.
-    let context: Vec<(&str, &str)> = made
-        .volume_context
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let target = node_driver.target("pod-a");
-    let publish_one = publish_request(
-        &made.volume_id,
-        &target,
-        Mode::SingleNodeWriter,
-        &context,
-        &secrets,
-    );
-    publish(&mut node, publish_one).await.unwrap();
+    publish_made(&mut node, &made, &target, &secrets).await;
     assert_eq!(
         std::fs::read_dir(&target).unwrap().count(),
         0,
@@ -407,20 +419,8 @@ async fn a_tenant_s_role_and_external_id_make_publish_and_delete_its_claim() {
     assert!(assumed.contains("s3vol-provisioner-pvc-00b1"), "{assumed}");
     assert!(assumed.contains(&external_id), "{assumed}");
 
-    let context: Vec<(&str, &str)> = made
-        .volume_context
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let target = node_driver.target("pod-b");
-    let request = publish_request(
-        &made.volume_id,
-        &target,
-        Mode::SingleNodeWriter,
-        &context,
-        &secret,
-    );
-    publish(&mut node, request).await.unwrap();
+    publish_made(&mut node, &made, &target, &secret).await;
     std::fs::write(target.join("out.txt"), b"by the tenant's pod\n").unwrap();
     assert_eq!(
         std::fs::read(target.join("out.txt")).unwrap(),
@@ -948,16 +948,7 @@ async fn the_controller_runs_as_an_unprivileged_user() {
         assert!(std::time::Instant::now() < deadline, "no socket");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
+    let channel = crate::e2e_csi::socket_channel(socket).await;
     let mut controller = ControllerClient::new(channel);
     let rpcs = controller
         .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
