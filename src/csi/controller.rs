@@ -17,7 +17,7 @@ use super::lifecycle::{self, MakeError, Marker, Volume};
 use super::proto::controller_server::Controller;
 use super::proto::*;
 use super::provision::{self, Plan};
-use super::purge::{self, Progress};
+use super::purge::{self, Progress, Purged};
 use super::request::{self, Rules};
 use super::service::to_the_end;
 use super::volume_id::{Location, Unusable};
@@ -92,7 +92,7 @@ async fn store(
     let (store, _) = connection
         .command_store(&location.source.bucket)
         .await
-        .map_err(super::volumes::failure_status)?;
+        .map_err(failure_status)?;
     Ok(store)
 }
 
@@ -115,6 +115,12 @@ fn store_status(e: StoreError) -> Status {
         e => (tonic::Code::Internal, e.to_string()),
     };
     Status::new(code, quoted(&text))
+}
+
+/// [`super::volumes::failure_status`], its words quoted.
+fn failure_status(failure: crate::startup::StartError) -> Status {
+    let status = super::volumes::failure_status(failure);
+    Status::new(status.code(), quoted(status.message()))
 }
 
 /// `text` from an endpoint, fit for a status and a claim's events.
@@ -190,7 +196,7 @@ impl Provisioner {
         };
         let probes = preflight::probe_access(store.as_ref(), source, mode, &endpoint, None)
             .await
-            .map_err(super::volumes::failure_status)?;
+            .map_err(failure_status)?;
         for probe in probes {
             if let Outcome::Denied { fix, info } = probe.outcome {
                 return Err(Status::permission_denied(quoted(&format!(
@@ -323,9 +329,16 @@ impl Provisioner {
             versions = location.delete_versions,
             "deleting every object under {prefix}"
         );
-        purge::purge(store.as_ref(), location, progress)
-            .await
-            .map_err(store_status)
+        let until = std::time::Instant::now() + purge::ONE_CALL;
+        match purge::purge(store.as_ref(), location, progress, until).await {
+            Ok(Purged::Done) => Ok(()),
+            Ok(Purged::Paused) => Err(Status::unavailable(format!(
+                "{} objects of volume {volume_id} deleted so far; the deletion goes on at the \
+                 next call",
+                progress.deleted()
+            ))),
+            Err(e) => Err(store_status(e)),
+        }
     }
 }
 

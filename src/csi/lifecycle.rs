@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::service::DRIVER_NAME;
 use super::volume_id::Location;
-use crate::store::{ListRequest, ObjectHeaders, ObjectStore, StoreError, StoreResult};
+use crate::store::{ListRequest, ObjectHeaders, ObjectStore, StoreError, StoreResult, Versioning};
 
 /// The marker's user metadata (`x-amz-meta-…`), in S3's lower case.
 const DRIVER: &str = "s3vol-csi-driver";
@@ -119,11 +119,17 @@ pub async fn make(
         }
         Marker::Absent => {}
     }
-    // A volume inside another would be deleted with it.
+    // A volume inside another would be deleted with it. (Where the
+    // credentials may not read a parent, as a policy scoped to the prefix
+    // allows, that parent is not theirs to have made a volume of.)
     let mut end = 0;
     while let Some(slash) = prefix[end..prefix.len() - 1].find('/') {
         end += slash + 1;
-        if let Marker::Volume(outer) = marker_at(store, &prefix[..end]).await? {
+        let parent = match marker_at(store, &prefix[..end]).await {
+            Err(StoreError::AccessDenied { .. }) => continue,
+            parent => parent?,
+        };
+        if let Marker::Volume(outer) = parent {
             warn!(
                 prefix,
                 outer = outer.volume_id,
@@ -147,6 +153,17 @@ pub async fn make(
             what: "holds objects",
         });
     }
+    // Versions kept of what was there before are data too, when deleting the
+    // volume will delete every version.
+    if location.delete_versions && store.bucket_versioning().await? != Versioning::Never {
+        if super::purge::holds_versions(store, &prefix).await? {
+            info!(prefix, "refused: the prefix holds versions");
+            return Err(MakeError::NotEmpty {
+                prefix,
+                what: "holds versions of objects deleted before",
+            });
+        }
+    }
     let mut headers = ObjectHeaders::default();
     for (key, value) in [
         (DRIVER, DRIVER_NAME),
@@ -163,6 +180,14 @@ pub async fn make(
         .await
     {
         Ok(_) | Err(StoreError::Changed { .. }) => {}
+        // A server that does not take the condition: a plain write.
+        Err(StoreError::Service { info, .. })
+            if info.code == "NotImplemented" || info.code == "HTTP 501" =>
+        {
+            store
+                .put_object(&prefix, bytes::Bytes::new(), &headers)
+                .await?;
+        }
         Err(e) => return Err(e.into()),
     }
     match marker(store, location).await? {

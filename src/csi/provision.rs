@@ -94,6 +94,14 @@ pub fn plan(request: &CreateVolumeRequest, rules: &Rules) -> Result<Plan, Invali
             ))
         })?;
     let prefix = params.get(PREFIX).map_or("", String::as_str);
+    // The volume's ID, which holds the prefix, travels in the marker's
+    // metadata: an HTTP header, which carries ASCII alone.
+    if !prefix.is_ascii() {
+        return invalid(format!(
+            "parameter {PREFIX} {prefix:?} holds a character that is not ASCII; a \
+             provisioned volume's prefix is ASCII"
+        ));
+    }
     let prefix = Prefix::parse(prefix)
         .map_err(|e| Invalid(format!("parameter {PREFIX} {prefix:?}: {e}")))?;
     let delete_versions = match params.get(DELETE_VERSIONS).map(String::as_str) {
@@ -551,6 +559,10 @@ mod tests {
             (
                 refusal(&[("bucket", "bkt/pre")], |_| {}),
                 "parameter bucket",
+            ),
+            (
+                refusal(&[("bucket", "bkt"), ("prefix", "données")], |_| {}),
+                "not ASCII",
             ),
             (
                 refusal(&[("bucket", "bkt"), ("prefix", "a//b")], |_| {}),

@@ -350,9 +350,19 @@ pub fn parse(
     let session_name = take_value(&mut options, "role-session-name");
 
     let credentials = super::credentials::parse(context, &request.secrets, "node-publish")?;
-    match context.get(PROVISIONED).map(String::as_str) {
-        None => {}
-        Some("true") => match &credentials {
+    // A volume ID of the controller's makes the volume a provisioned one too,
+    // whatever its volume_context says.
+    let provisioned = match context.get(PROVISIONED).map(String::as_str) {
+        None => super::volume_id::is_provisioned(&request.volume_id),
+        Some("true") => true,
+        Some(other) => {
+            return invalid(format!(
+                "volume_context {PROVISIONED} {other:?}: only the controller sets it, to \"true\""
+            ));
+        }
+    };
+    if provisioned {
+        match &credentials {
             Credentials::Secret {
                 keys: None,
                 role: None,
@@ -366,11 +376,6 @@ pub fn parse(
                 );
             }
             Credentials::Secret { .. } => {}
-        },
-        Some(other) => {
-            return invalid(format!(
-                "volume_context {PROVISIONED} {other:?}: only the controller sets it, to \"true\""
-            ));
         }
     }
     let session_name =
@@ -752,6 +757,10 @@ mod tests {
         ];
         let err = refusal(&request(Mode::SingleNodeWriter, &pod, &[]));
         assert!(err.contains("node-publish Secret"), "{err}");
+        // An ID of the controller's is a provisioned volume, said or not.
+        let mut unsaid = request(Mode::SingleNodeWriter, &context[..1], &[]);
+        unsaid.volume_id = "s3vol1:-:-:-:pk:0123456789ab:vol/claims/ns/c".into();
+        assert!(refusal(&unsaid).contains("node-publish-secret-name"));
         let forged = [("bucket", "vol"), ("provisioned", "no")];
         let err = refusal(&request(Mode::SingleNodeWriter, &forged, &secret));
         assert!(err.contains("volume_context provisioned"), "{err}");

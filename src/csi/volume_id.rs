@@ -152,6 +152,11 @@ fn endpoint_tag(url: &str) -> String {
     hex::encode(&sha2::Sha256::digest(url.as_bytes())[..4])
 }
 
+/// Whether `id` is in the format of the IDs the controller makes.
+pub fn is_provisioned(id: &str) -> bool {
+    id.strip_prefix(FORMAT).is_some_and(|r| r.starts_with(':'))
+}
+
 /// Refuses an ID over [`MAX_VOLUME_ID`] bytes, naming `what` makes it long.
 pub fn fits(id: &str, what: &str) -> Result<(), Invalid> {
     if id.len() > MAX_VOLUME_ID {

@@ -607,6 +607,17 @@ async fn a_volume_of_a_versioned_bucket_is_deleted_version_by_version_when_asked
         } else {
             // Deleted as a DELETE deletes: the versions stay, hidden.
             assert!(versions.versions().len() >= 5, "{versions:?}");
+            // They are data: a volume whose deletion would delete every
+            // version is never made where they are.
+            let mut class = class.to_vec();
+            class.retain(|(k, _)| *k != "delete_versions");
+            class.push(("delete_versions", "true"));
+            let status = controller
+                .create_volume(claim(pv, "ns", "c", &class, &secrets))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert!(status.message().contains("holds versions"), "{status:?}");
         }
     }
 }
