@@ -155,14 +155,15 @@ pub async fn make(
     }
     // Versions kept of what was there before are data too, when deleting the
     // volume will delete every version.
-    if location.delete_versions && store.bucket_versioning().await? != Versioning::Never {
-        if super::purge::holds_versions(store, &prefix).await? {
-            info!(prefix, "refused: the prefix holds versions");
-            return Err(MakeError::NotEmpty {
-                prefix,
-                what: "holds versions of objects deleted before",
-            });
-        }
+    if location.delete_versions
+        && store.bucket_versioning().await? != Versioning::Never
+        && super::purge::holds_versions(store, &prefix).await?
+    {
+        info!(prefix, "refused: the prefix holds versions");
+        return Err(MakeError::NotEmpty {
+            prefix,
+            what: "holds versions of objects deleted before",
+        });
     }
     let mut headers = ObjectHeaders::default();
     for (key, value) in [
