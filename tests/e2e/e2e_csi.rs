@@ -1417,13 +1417,14 @@ async fn a_driver_without_the_host_s_pids_says_it_cannot_see_its_callers() {
     let target = driver.target("pod-u");
     let request = garage.request("data", &target);
     publish(&mut node, request).await.unwrap();
-    assert!(
+    // The daemon says so before it is ready; the driver relays its lines
+    // as they come, which may be a moment after the publish returns.
+    let said = wait_until(Duration::from_secs(5), || {
         driver
             .log_text()
-            .contains("this daemon runs in a PID namespace of its own"),
-        "{}",
-        driver.log_text()
-    );
+            .contains("this daemon runs in a PID namespace of its own")
+    });
+    assert!(said, "{}", driver.log_text());
     // This test's process is outside the daemon's namespace: its close is
     // PID 0 to the daemon, and is counted as one it cannot see.
     std::fs::write(target.join("from-outside.txt"), b"x\n").unwrap();
