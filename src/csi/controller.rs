@@ -1,8 +1,8 @@
 //! The CSI Controller service (`s3vol csi --controller`): CreateVolume makes
 //! a volume as a prefix of the StorageClass's bucket ([`provision`] checks
-//! the call, [`lifecycle`] does the work in S3), DeleteVolume deletes it, each
-//! with the provisioner Secret's credentials and nothing of the controller's
-//! own unless the operator allows it.
+//! the call, [`lifecycle`] makes it in S3), DeleteVolume deletes it
+//! ([`purge`]), each with the provisioner Secret's credentials and nothing of
+//! the controller's own unless the operator allows it.
 
 use std::collections::HashMap;
 use std::sync::Arc;

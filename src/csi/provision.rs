@@ -42,7 +42,6 @@ pub struct Plan {
     /// What the node's publish gets: `bucket` and the volume options.
     pub context: HashMap<String, String>,
     pub capacity_bytes: i64,
-    pub delete_versions: bool,
     /// The volume as the node will read its context (its mount options).
     pub publish: Publish,
     /// The provisioner Secret's credentials.
@@ -152,7 +151,6 @@ pub fn plan(request: &CreateVolumeRequest, rules: &Rules) -> Result<Plan, Invali
         volume_id,
         context,
         capacity_bytes,
-        delete_versions,
         publish,
         credentials,
     })
@@ -444,7 +442,7 @@ mod tests {
             Some(plan.location.clone())
         );
         assert_eq!(plan.capacity_bytes, 5 << 30);
-        assert!(plan.delete_versions);
+        assert!(plan.location.delete_versions);
         let mut context: Vec<_> = plan.context.iter().collect();
         context.sort();
         assert_eq!(
