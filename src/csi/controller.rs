@@ -140,24 +140,14 @@ fn quoted(text: &str) -> String {
 }
 
 /// Checks, without changing anything, that the provisioner's credentials may
-/// list what deleting the volume will list: its unfinished uploads and, when
-/// its versions go with it, the bucket's versioning and versions. (Deleting
-/// itself cannot be tried without leaving a trace on a versioned bucket.)
+/// list the unfinished uploads deleting the volume will abort. (What it lists
+/// of versions, `lifecycle::make` lists anyway; deleting itself cannot be
+/// tried without leaving a trace on a versioned bucket.)
 async fn probe_deletion(store: &dyn ObjectStore, location: &Location) -> Result<(), Status> {
-    let prefix = location.marker_key();
     store
-        .first_multipart_uploads(prefix, 1)
+        .first_multipart_uploads(location.marker_key(), 1)
         .await
         .map_err(store_status)?;
-    if location.delete_versions {
-        store.bucket_versioning().await.map_err(store_status)?;
-        let listing = crate::store::VersionsRequest {
-            prefix,
-            max_keys: Some(1),
-            ..Default::default()
-        };
-        store.list_versions(listing).await.map_err(store_status)?;
-    }
     Ok(())
 }
 
@@ -307,9 +297,10 @@ impl Provisioner {
                 // Gone, unless its marker alone was removed (by whoever may
                 // write there): then what is left is not known to be the
                 // volume's, and stays, but not unsaid.
-                if lifecycle::holds_data(store.as_ref(), location)
+                if lifecycle::first_object(store.as_ref(), location)
                     .await
                     .map_err(store_status)?
+                    .is_some()
                 {
                     return Err(Status::failed_precondition(format!(
                         "{prefix} in bucket {} holds objects but no marker of volume \
@@ -478,5 +469,37 @@ impl Controller for Arc<Provisioner> {
             "capacity_range: an s3vol volume has no size to expand (S3 sets no bound); its \
              capacity is a label",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csi::lifecycle::tests::location;
+    use crate::store::Operation;
+    use crate::store::faulty::{Fault, FaultyStore};
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn a_claim_whose_volume_could_not_be_deleted_is_refused_with_the_action_named() {
+        let store = FaultyStore::new(Arc::new(MemoryStore::new("bkt")));
+        probe_deletion(&store, &location("vols/a")).await.unwrap();
+        store.fail_all(Operation::ListMultipartUploads, Fault::AccessDenied);
+        let status = probe_deletion(&store, &location("vols/a"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains("s3:ListBucketMultipartUploads"),
+            "{status:?}"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_s_words_are_quoted_without_control_characters_and_cut_short() {
+        let said = quoted(&format!("AccessDenied\nforged line {}", "é".repeat(2000)));
+        assert!(!said.contains('\n'), "{said}");
+        assert!(said.len() <= 1000 + '…'.len_utf8(), "{}", said.len());
+        assert!(said.ends_with('…'));
     }
 }

@@ -88,8 +88,11 @@ pub async fn marker(store: &dyn ObjectStore, location: &Location) -> StoreResult
     marker_at(store, location.marker_key()).await
 }
 
-/// Whether anything is under the volume's prefix (its marker aside).
-pub async fn holds_data(store: &dyn ObjectStore, location: &Location) -> StoreResult<bool> {
+/// The first object under the volume's prefix (its marker aside), if any.
+pub async fn first_object(
+    store: &dyn ObjectStore,
+    location: &Location,
+) -> StoreResult<Option<String>> {
     let prefix = location.marker_key();
     let listing = ListRequest {
         prefix,
@@ -97,7 +100,11 @@ pub async fn holds_data(store: &dyn ObjectStore, location: &Location) -> StoreRe
         ..ListRequest::default()
     };
     let page = store.list_objects(listing).await?;
-    Ok(page.objects.iter().any(|o| o.key != prefix))
+    Ok(page
+        .objects
+        .into_iter()
+        .map(|o| o.key)
+        .find(|k| k != prefix))
 }
 
 /// Makes `volume` at `location`, or finds it made by an earlier call for the
@@ -141,13 +148,8 @@ pub async fn make(
             });
         }
     }
-    let listing = ListRequest {
-        prefix: &prefix,
-        max_keys: Some(1),
-        ..ListRequest::default()
-    };
-    if let Some(object) = store.list_objects(listing).await?.objects.first() {
-        info!(prefix, key = object.key, "refused: the prefix holds data");
+    if let Some(key) = first_object(store, location).await? {
+        info!(prefix, key, "refused: the prefix holds data");
         return Err(MakeError::NotEmpty {
             prefix,
             what: "holds objects",
@@ -259,7 +261,7 @@ pub(super) mod tests {
             marker(&store, &at).await.unwrap(),
             Marker::Volume(volume("pvc-a"))
         );
-        assert!(!holds_data(&store, &at).await.unwrap());
+        assert_eq!(first_object(&store, &at).await.unwrap(), None);
         // Again for the same name: the same volume.
         make(&store, &at, &volume("pvc-a")).await.unwrap();
         // The same name with other settings (another ID) is not the same volume.

@@ -9,6 +9,13 @@
 //! `volumes` runs the daemons (`tokens` keeps the pods' tokens for them);
 //! `health` asks them how they are, for NodeGetVolumeStats and the metrics;
 //! `service` answers the calls; `authority` relays each connection to them.
+//!
+//! With `--controller` it is the controller instead: for each claim of an
+//! s3vol StorageClass the external-provisioner asks it to make a volume, a
+//! prefix of the class's bucket, and later to delete it. `controller` answers
+//! those calls; `provision` checks what a CreateVolume asks for, `volume_id`
+//! is what a volume is known by, `lifecycle` makes it in its bucket and
+//! `purge` deletes it.
 
 mod authority;
 pub mod budget;
@@ -154,10 +161,7 @@ pub async fn serve(config: CsiConfig) -> Result<(), String> {
         .await;
     volumes.stop_all().await;
     let _ = std::fs::remove_file(&config.socket);
-    served.map_err(|e| {
-        error!("gRPC server failed: {e}");
-        format!("the gRPC server failed: {e}")
-    })
+    served.map_err(server_failed)
 }
 
 /// Serves the Controller service (`s3vol csi --controller`) until SIGTERM or
@@ -177,10 +181,13 @@ pub async fn serve_controller(socket: PathBuf, rules: request::Rules) -> Result<
         .serve_with_incoming_shutdown(connections(listener), stopping)
         .await;
     let _ = std::fs::remove_file(&socket);
-    served.map_err(|e| {
-        error!("gRPC server failed: {e}");
-        format!("the gRPC server failed: {e}")
-    })
+    served.map_err(server_failed)
+}
+
+/// The gRPC server's failure, logged and said.
+fn server_failed(e: tonic::transport::Error) -> String {
+    error!("gRPC server failed: {e}");
+    format!("the gRPC server failed: {e}")
 }
 
 /// What resolves at SIGTERM or SIGINT.

@@ -39,18 +39,6 @@ impl Progress {
     }
 }
 
-/// What one round found to delete, and where in the listing it was.
-struct Batch {
-    objects: Vec<Deletion>,
-}
-
-impl Batch {
-    /// The first and last entries, as (key, version) in listing order.
-    fn span(&self) -> Option<(&Deletion, &Deletion)> {
-        Some((self.objects.first()?, self.objects.last()?))
-    }
-}
-
 /// How long one call deletes before it hands over to the next: a prefix that
 /// is written while it is deleted (a writer that never stops) never keeps a
 /// deletion, and the volume's slot, for ever; what was deleted stays deleted,
@@ -79,17 +67,11 @@ pub async fn purge(
     let prefix = location.marker_key();
     let versions =
         location.delete_versions && store.bucket_versioning().await? != Versioning::Never;
-    let next_batch = || async {
-        if versions {
-            version_batch(store, prefix).await
-        } else {
-            object_batch(store, prefix).await
-        }
-    };
+    let under = |key: &str| inside(prefix, key);
     let mut previous: Option<Deletion> = None;
     loop {
-        let batch = next_batch().await?;
-        let Some((first, last)) = batch.span() else {
+        let batch = first_found(store, prefix, versions, &under).await?;
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             break;
         };
         if let Some(previous) = &previous
@@ -109,17 +91,20 @@ pub async fn purge(
             return Ok(Purged::Paused);
         }
         previous = Some(last.clone());
-        delete(store, &batch.objects).await?;
+        delete(store, &batch).await?;
         let total = progress
             .objects
-            .fetch_add(batch.objects.len() as u64, Ordering::Relaxed)
-            + batch.objects.len() as u64;
+            .fetch_add(batch.len() as u64, Ordering::Relaxed)
+            + batch.len() as u64;
         debug!(prefix, deleted = total, "deleted a batch");
     }
     abort_uploads(store, prefix, progress).await?;
     // An upload completed as it was aborted, a write since the last round:
     // the marker stays while anything is left.
-    if next_batch().await?.span().is_some() {
+    if !first_found(store, prefix, versions, &under)
+        .await?
+        .is_empty()
+    {
         return Err(StoreError::BadAnswer {
             op: Operation::ListObjectsV2,
             key: prefix.to_string(),
@@ -148,30 +133,13 @@ pub async fn purge(
 /// gone, is a version this pass never saw.
 async fn delete_marker_versions(store: &dyn ObjectStore, prefix: &str) -> StoreResult<()> {
     let mut found = Vec::new();
-    let mut after: Option<(String, String)> = None;
     let mut pages = Pagination::new(Operation::ListObjectVersions, prefix, LISTING_PATIENCE);
+    let mut after = None;
     loop {
-        let page = store
-            .list_versions(VersionsRequest {
-                prefix,
-                delimiter: Some("/"),
-                after: after.as_ref().map(|(k, v)| (k.as_str(), v.as_str())),
-                max_keys: Some(MAX_DELETE_BATCH as i32),
-            })
-            .await?;
-        let entries = page.versions.len();
-        found.extend(
-            page.versions
-                .into_iter()
-                .filter(|v| v.key == prefix)
-                .map(|v| Deletion {
-                    key: v.key,
-                    version_id: Some(v.version_id),
-                }),
-        );
-        let token = page.next.as_ref().map(|(k, v)| format!("{k}\n{v}"));
-        match pages.next(entries, token)? {
-            Some(_) => after = page.next,
+        let page = page_of(store, prefix, true, after.as_deref(), &|key| key == prefix).await?;
+        found.extend(page.found);
+        match pages.next(page.entries, page.next)? {
+            Some(next) => after = Some(next),
             None => break,
         }
     }
@@ -272,37 +240,94 @@ async fn delete(store: &dyn ObjectStore, batch: &[Deletion]) -> StoreResult<()> 
     Ok(())
 }
 
-/// The next objects to delete: the first page under `prefix` that holds any
-/// but the marker.
-async fn object_batch(store: &dyn ObjectStore, prefix: &str) -> StoreResult<Batch> {
-    let mut continuation: Option<String> = None;
-    let mut pages = Pagination::new(Operation::ListObjectsV2, prefix, LISTING_PATIENCE);
-    loop {
-        let page = store
-            .list_objects(ListRequest {
-                prefix,
-                continuation: continuation.as_deref(),
-                max_keys: Some(MAX_DELETE_BATCH as i32),
-                ..ListRequest::default()
-            })
-            .await?;
-        let entries = page.objects.len();
-        let objects: Vec<Deletion> = page
-            .objects
+/// One page of a listing under a prefix: how many entries it held, the
+/// objects (or versions and delete markers) of those that `wanted` keeps, and
+/// where the next page starts.
+struct Page {
+    entries: usize,
+    found: Vec<Deletion>,
+    next: Option<String>,
+}
+
+/// The page of ListObjectsV2 (or, with `versions`, ListObjectVersions) under
+/// `prefix` that starts `after` the previous one. A versions listing's key
+/// and version markers travel as one token, `KEY\nVERSION` (version IDs hold
+/// no newline), to be held to a continuation's rules.
+async fn page_of(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    versions: bool,
+    after: Option<&str>,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+) -> StoreResult<Page> {
+    let max_keys = Some(MAX_DELETE_BATCH as i32);
+    if !versions {
+        let listing = ListRequest {
+            prefix,
+            continuation: after,
+            max_keys,
+            ..ListRequest::default()
+        };
+        let page = store.list_objects(listing).await?;
+        return Ok(Page {
+            entries: page.objects.len(),
+            found: page
+                .objects
+                .into_iter()
+                .filter(|o| wanted(&o.key))
+                .map(|o| Deletion {
+                    key: o.key,
+                    version_id: None,
+                })
+                .collect(),
+            next: page.next_token,
+        });
+    }
+    let listing = VersionsRequest {
+        prefix,
+        after: after.and_then(|token| token.rsplit_once('\n')),
+        max_keys,
+        ..VersionsRequest::default()
+    };
+    let page = store.list_versions(listing).await?;
+    Ok(Page {
+        entries: page.versions.len(),
+        found: page
+            .versions
             .into_iter()
-            .filter(|o| inside(prefix, &o.key))
-            .map(|o| Deletion {
-                key: o.key,
-                version_id: None,
+            .filter(|v| wanted(&v.key))
+            .map(|v| Deletion {
+                key: v.key,
+                version_id: Some(v.version_id),
             })
-            .take(MAX_DELETE_BATCH)
-            .collect();
-        if !objects.is_empty() {
-            return Ok(Batch { objects });
+            .collect(),
+        next: page.next.map(|(key, version)| format!("{key}\n{version}")),
+    })
+}
+
+/// What to delete next: the entries `wanted` keeps of the first page under
+/// `prefix` that holds any (at most [`MAX_DELETE_BATCH`]); none when no page
+/// does.
+async fn first_found(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    versions: bool,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+) -> StoreResult<Vec<Deletion>> {
+    let op = match versions {
+        true => Operation::ListObjectVersions,
+        false => Operation::ListObjectsV2,
+    };
+    let mut pages = Pagination::new(op, prefix, LISTING_PATIENCE);
+    let mut after = None;
+    loop {
+        let page = page_of(store, prefix, versions, after.as_deref(), wanted).await?;
+        if !page.found.is_empty() {
+            return Ok(page.found);
         }
-        match pages.next(entries, page.next_token)? {
-            Some(next) => continuation = Some(next),
-            None => return Ok(Batch { objects }),
+        match pages.next(page.entries, page.next)? {
+            Some(next) => after = Some(next),
+            None => return Ok(Vec::new()),
         }
     }
 }
@@ -310,44 +335,8 @@ async fn object_batch(store: &dyn ObjectStore, prefix: &str) -> StoreResult<Batc
 /// Whether any version or delete marker is under `prefix`, its marker's
 /// aside.
 pub(super) async fn holds_versions(store: &dyn ObjectStore, prefix: &str) -> StoreResult<bool> {
-    Ok(version_batch(store, prefix).await?.span().is_some())
-}
-
-/// The next versions and delete markers to delete, as [`object_batch`].
-async fn version_batch(store: &dyn ObjectStore, prefix: &str) -> StoreResult<Batch> {
-    let mut after: Option<(String, String)> = None;
-    let mut pages = Pagination::new(Operation::ListObjectVersions, prefix, LISTING_PATIENCE);
-    loop {
-        let page = store
-            .list_versions(VersionsRequest {
-                prefix,
-                after: after.as_ref().map(|(k, v)| (k.as_str(), v.as_str())),
-                max_keys: Some(MAX_DELETE_BATCH as i32),
-                ..VersionsRequest::default()
-            })
-            .await?;
-        let entries = page.versions.len();
-        let next = page.next.clone();
-        let objects: Vec<Deletion> = page
-            .versions
-            .into_iter()
-            .filter(|v| inside(prefix, &v.key))
-            .map(|v| Deletion {
-                key: v.key,
-                version_id: Some(v.version_id),
-            })
-            .take(MAX_DELETE_BATCH)
-            .collect();
-        if !objects.is_empty() {
-            return Ok(Batch { objects });
-        }
-        // The markers stand for a continuation token, to be held to its rules.
-        let token = next.as_ref().map(|(k, v)| format!("{k}\n{v}"));
-        match pages.next(entries, token)? {
-            Some(_) => after = next,
-            None => return Ok(Batch { objects }),
-        }
-    }
+    let under = |key: &str| inside(prefix, key);
+    Ok(!first_found(store, prefix, true, &under).await?.is_empty())
 }
 
 /// Whether `key` is one the deletion of the volume at `prefix` may delete:

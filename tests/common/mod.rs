@@ -180,6 +180,30 @@ impl Server {
             .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
     }
 
+    /// Puts each of `objects` (key and bytes) into `bucket`, 32 at a time.
+    pub async fn put_many(
+        &self,
+        bucket: &str,
+        objects: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) {
+        use futures::StreamExt;
+        let client = self.client();
+        let puts = objects.into_iter().map(|(key, data)| {
+            let request = client.put_object().bucket(bucket).key(&key);
+            async move {
+                request
+                    .body(ByteStream::from(data))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+            }
+        });
+        futures::stream::iter(puts)
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
     /// The object's bytes as the S3 API returns them, or `None` if it is missing.
     /// What a HEAD of `bucket`/`key` says.
     pub async fn head(

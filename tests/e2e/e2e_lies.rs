@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{FaultProxy, Lie};
 use common::{Mount, Server, ServerKind, pattern};
-use futures::StreamExt;
 
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
@@ -157,24 +156,13 @@ async fn lies_in_listings_end_in_eio_and_lead_nowhere_outside_the_prefix() {
 async fn a_hundred_thousand_handles_of_one_directory_share_one_listing() {
     let server = Server::start(ServerKind::Garage);
     server.create_bucket(BUCKET).await;
-    let client = server.client();
-    let puts = (0..2000).map(|i| {
-        let client = client.clone();
-        async move {
-            client
-                .put_object()
-                .bucket(BUCKET)
-                .key(format!("root/big/file-{i:05}-with-a-name-of-some-length"))
-                .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
-                .send()
-                .await
-                .unwrap();
-        }
+    let objects = (0..2000).map(|i| {
+        (
+            format!("root/big/file-{i:05}-with-a-name-of-some-length"),
+            b"x".to_vec(),
+        )
     });
-    futures::stream::iter(puts)
-        .buffer_unordered(32)
-        .collect::<Vec<()>>()
-        .await;
+    server.put_many(BUCKET, objects).await;
     let mount = Mount::new(&server, "vol/root", &["--allow-other"]);
     let dir = mount.path().join("big");
     // Another local user opens the directory a hundred thousand times: ten

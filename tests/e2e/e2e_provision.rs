@@ -10,8 +10,6 @@ use crate::e2e_csi::{Customers, Garage, publish, publish_request, unpublish};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use common::proxy::FaultProxy;
 use common::{Server, ServerKind};
 use s3vol::csi::proto::controller_client::ControllerClient;
@@ -87,16 +85,44 @@ async fn publish_made(
     publish(node, request).await.unwrap();
 }
 
+/// What ControllerGetCapabilities answers.
+async fn controller_rpcs(
+    controller: &mut ControllerClient<Channel>,
+) -> Vec<ControllerServiceCapability> {
+    let answer = controller
+        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap();
+    answer.into_inner().capabilities
+}
+
+/// The one thing the controller does: create and delete volumes.
+fn create_delete() -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(controller_service_capability::Type::Rpc(
+            controller_service_capability::Rpc {
+                r#type: controller_service_capability::rpc::Type::CreateDeleteVolume as i32,
+            },
+        )),
+    }
+}
+
+/// The volume CreateVolume answers `request` with.
+async fn create(
+    controller: &mut ControllerClient<Channel>,
+    request: CreateVolumeRequest,
+) -> Result<s3vol::csi::proto::Volume, tonic::Status> {
+    let answer = controller.create_volume(request).await?.into_inner();
+    Ok(answer.volume.expect("CreateVolume answers with a volume"))
+}
+
 async fn delete(
     controller: &mut ControllerClient<Channel>,
     volume_id: &str,
     secrets: &[(&str, &str)],
 ) -> Result<(), tonic::Status> {
     controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: volume_id.into(),
-            secrets: strings(secrets),
-        })
+        .delete_volume(delete_volume_request(volume_id, secrets))
         .await
         .map(drop)
 }
@@ -160,22 +186,18 @@ async fn a_claim_is_made_published_written_and_deleted_and_nothing_beside_it_is_
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(capabilities.capabilities.len(), 1, "{capabilities:?}");
-    let rpcs = controller
-        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(rpcs.capabilities.len(), 1, "{rpcs:?}");
+    let controller_service = PluginCapability {
+        r#type: Some(plugin_capability::Type::Service(
+            plugin_capability::Service {
+                r#type: plugin_capability::service::Type::ControllerService as i32,
+            },
+        )),
+    };
+    assert_eq!(capabilities.capabilities, [controller_service]);
+    assert_eq!(controller_rpcs(&mut controller).await, [create_delete()]);
 
     let request = claim("pvc-0001", "team-a", "data", &class, &secrets);
-    let made = controller
-        .create_volume(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let made = create(&mut controller, request.clone()).await.unwrap();
     eprintln!("created {} with {:?}", made.volume_id, made.volume_context);
     assert_eq!(made.volume_context["bucket"], "vol/claims/team-a/data");
     assert!(!made.volume_context.contains_key("prefix"));
@@ -186,11 +208,11 @@ async fn a_claim_is_made_published_written_and_deleted_and_nothing_beside_it_is_
         ["claims/team-a/data/"]
     );
     // The same call again (the provisioner retries): the same volume.
-    let again = controller.create_volume(request.clone()).await.unwrap();
-    assert_eq!(again.into_inner().volume.unwrap(), made);
+    let again = create(&mut controller, request.clone()).await.unwrap();
+    assert_eq!(again, made);
     // Another PV for the same claim name cannot have the prefix too.
     let twin = claim("pvc-0002", "team-a", "data", &class, &secrets);
-    let status = controller.create_volume(twin).await.unwrap_err();
+    let status = create(&mut controller, twin).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     // Said to the claim's namespace without naming the other claim's volume.
     assert!(
@@ -200,7 +222,7 @@ async fn a_claim_is_made_published_written_and_deleted_and_nothing_beside_it_is_
     assert!(!status.message().contains("pvc-0001"), "{status:?}");
     // A claim whose prefix holds data that is no volume is refused.
     let occupied = claim("pvc-0003", "team-b", "data", &class, &secrets);
-    let status = controller.create_volume(occupied).await.unwrap_err();
+    let status = create(&mut controller, occupied).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("holds objects"), "{status:?}");
     assert!(!status.message().contains("keep.txt"), "{status:?}");
@@ -261,8 +283,7 @@ async fn a_claim_is_made_published_written_and_deleted_and_nothing_beside_it_is_
     // volume: a late DeleteVolume of the old one (the provisioner asking
     // again) deletes nothing of it.
     let twin = claim("pvc-0002", "team-a", "data", &class, &secrets);
-    let remade = controller.create_volume(twin).await.unwrap().into_inner();
-    let remade = remade.volume.unwrap();
+    let remade = create(&mut controller, twin).await.unwrap();
     assert_ne!(remade.volume_id, made.volume_id);
     let new_file = "claims/team-a/data/new.txt";
     garage.server.put("vol", new_file, b"new\n".to_vec()).await;
@@ -296,31 +317,19 @@ async fn a_deletion_cut_short_by_a_crash_is_finished_by_the_next_call() {
     let mut controller = driver.controller().await;
     let class = garage_class(&garage, &endpoint, "claims");
     let secrets = garage.secrets();
-    let made = controller
-        .create_volume(claim("pvc-0009", "team-a", "data", &class, &secrets))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    let client = garage.server.client();
-    let puts = (0..FILES).map(|i| {
-        let client = client.clone();
-        async move {
-            client
-                .put_object()
-                .bucket("vol")
-                .key(format!("claims/team-a/data/d{}/f{i:05}", i % 10))
-                .body(b"x".to_vec().into())
-                .send()
-                .await
-                .unwrap();
-        }
+    let made = create(
+        &mut controller,
+        claim("pvc-0009", "team-a", "data", &class, &secrets),
+    )
+    .await
+    .unwrap();
+    let objects = (0..FILES).map(|i| {
+        (
+            format!("claims/team-a/data/d{}/f{i:05}", i % 10),
+            b"x".to_vec(),
+        )
     });
-    futures::stream::iter(puts)
-        .buffer_unordered(32)
-        .collect::<Vec<()>>()
-        .await;
+    garage.server.put_many("vol", objects).await;
     let count = || async { garage.server.keys("vol", "claims/team-a/data/").await.len() };
     assert_eq!(count().await, FILES + 1);
 
@@ -408,13 +417,12 @@ async fn a_tenant_s_role_and_external_id_make_publish_and_delete_its_claim() {
         ("force_path_style", "true"),
         ("metadata_ttl", "0"),
     ];
-    let made = controller
-        .create_volume(claim("pvc-00b1", "team-b", "results", &class, &secret))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let made = create(
+        &mut controller,
+        claim("pvc-00b1", "team-b", "results", &class, &secret),
+    )
+    .await
+    .unwrap();
     let assumed = customers.server.moto_state()["sts"]["AssumedRole"].to_string();
     assert!(assumed.contains("s3vol-provisioner-pvc-00b1"), "{assumed}");
     assert!(assumed.contains(&external_id), "{assumed}");
@@ -463,10 +471,12 @@ async fn a_tenant_s_role_and_external_id_make_publish_and_delete_its_claim() {
     let mut class_outside = class.to_vec();
     class_outside.retain(|(k, _)| *k != "prefix");
     class_outside.extend(outside);
-    let status = controller
-        .create_volume(claim("pvc-00b2", "team-b", "x", &class_outside, &secret))
-        .await
-        .unwrap_err();
+    let status = create(
+        &mut controller,
+        claim("pvc-00b2", "team-b", "x", &class_outside, &secret),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("s3:PutObject"), "{status:?}");
     // The customer's reader role may list root/: nothing was made there.
@@ -489,10 +499,12 @@ async fn a_tenant_s_role_and_external_id_make_publish_and_delete_its_claim() {
         ("role_arn", role.as_str()),
         ("external_id", "someone-elses-id"),
     ];
-    let status = controller
-        .create_volume(claim("pvc-00b3", "team-b", "y", &class, &wrong))
-        .await
-        .unwrap_err();
+    let status = create(
+        &mut controller,
+        claim("pvc-00b3", "team-b", "y", &class, &wrong),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("external ID"), "{status:?}");
     assert!(!controller_driver.log_text().contains(&external_id));
@@ -565,12 +577,8 @@ async fn a_volume_of_a_versioned_bucket_is_deleted_version_by_version_when_asked
             ("volume_name", "${pv.name}"),
             ("delete_versions", versions),
         ];
-        let made = controller
-            .create_volume(claim(pv, "ns", "c", &class, &secrets))
+        let made = create(&mut controller, claim(pv, "ns", "c", &class, &secrets))
             .await
-            .unwrap()
-            .into_inner()
-            .volume
             .unwrap();
         let client = server.client();
         for round in 0..3 {
@@ -612,8 +620,7 @@ async fn a_volume_of_a_versioned_bucket_is_deleted_version_by_version_when_asked
             let mut class = class.to_vec();
             class.retain(|(k, _)| *k != "delete_versions");
             class.push(("delete_versions", "true"));
-            let status = controller
-                .create_volume(claim(pv, "ns", "c", &class, &secrets))
+            let status = create(&mut controller, claim(pv, "ns", "c", &class, &secrets))
                 .await
                 .unwrap_err();
             assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -638,7 +645,7 @@ async fn the_controller_refuses_what_it_cannot_do_by_field() {
 
     let mut block = claim("pvc-1", "ns", "c", &class, &secrets);
     block.volume_capabilities[0].access_type = Some(AccessType::Block(BlockVolume::default()));
-    let status = controller.create_volume(block).await.unwrap_err();
+    let status = create(&mut controller, block).await.unwrap_err();
     refused(status, Code::InvalidArgument, "volume_capabilities block");
     let mut clone = claim("pvc-1", "ns", "c", &class, &secrets);
     clone.volume_content_source = Some(VolumeContentSource {
@@ -648,17 +655,18 @@ async fn the_controller_refuses_what_it_cannot_do_by_field() {
             },
         )),
     });
-    let status = controller.create_volume(clone).await.unwrap_err();
+    let status = create(&mut controller, clone).await.unwrap_err();
     refused(status, Code::InvalidArgument, "volume_content_source");
     let mut elsewhere = class.clone();
     elsewhere.push(("endpoint_url", "http://127.0.0.1:1"));
-    let status = controller
-        .create_volume(claim("pvc-1", "ns", "c", &elsewhere, &secrets))
-        .await
-        .unwrap_err();
+    let status = create(
+        &mut controller,
+        claim("pvc-1", "ns", "c", &elsewhere, &secrets),
+    )
+    .await
+    .unwrap_err();
     refused(status, Code::InvalidArgument, "parameter endpoint_url");
-    let status = controller
-        .create_volume(claim("pvc-1", "ns", "c", &class, &[]))
+    let status = create(&mut controller, claim("pvc-1", "ns", "c", &class, &[]))
         .await
         .unwrap_err();
     refused(status, Code::InvalidArgument, "provisioner Secret");
@@ -678,12 +686,8 @@ async fn the_controller_refuses_what_it_cannot_do_by_field() {
     let status = delete(&mut controller, "", &secrets).await.unwrap_err();
     refused(status, Code::InvalidArgument, "volume_id");
     // The capabilities a FUSE volume serves: every filesystem mode, no block.
-    let made = controller
-        .create_volume(claim("pvc-1", "ns", "c", &class, &secrets))
+    let made = create(&mut controller, claim("pvc-1", "ns", "c", &class, &secrets))
         .await
-        .unwrap()
-        .into_inner()
-        .volume
         .unwrap();
     let validate = |capabilities: Vec<VolumeCapability>| ValidateVolumeCapabilitiesRequest {
         volume_id: made.volume_id.clone(),
@@ -739,8 +743,7 @@ async fn the_controller_refuses_what_it_cannot_do_by_field() {
     assert!(garage.server.get("vol", "data/seed.txt").await.is_some());
     // A volume whose marker was removed: what is left stays, and is said.
     let marked = claim("pvc-2", "ns", "d", &class, &secrets);
-    let marked = controller.create_volume(marked).await.unwrap().into_inner();
-    let marked = marked.volume.unwrap();
+    let marked = create(&mut controller, marked).await.unwrap();
     garage
         .server
         .put("vol", "claims/ns/d/kept.txt", b"k".to_vec())
@@ -961,11 +964,7 @@ async fn the_controller_runs_as_an_unprivileged_user() {
     }
     let channel = crate::e2e_csi::socket_channel(socket).await;
     let mut controller = ControllerClient::new(channel);
-    let rpcs = controller
-        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
-        .await
-        .unwrap();
-    assert_eq!(rpcs.into_inner().capabilities.len(), 1);
+    assert_eq!(controller_rpcs(&mut controller).await, [create_delete()]);
     // SAFETY: kill(2) on the child this test started, not yet reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();

@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::{
     Mount, Server, ServerKind, daemon_pids, is_mounted, pattern, run_s3vol, s3vol, wait_until,
 };
-use futures::StreamExt;
 
 const BUCKET: &str = "vol";
 
@@ -242,18 +241,8 @@ async fn garage_lists_ten_thousand_entries() {
     let server = Server::start(ServerKind::Garage);
     server.create_bucket(BUCKET).await;
     const N: usize = 10_050;
-    futures::stream::iter(0..N)
-        .map(|i| {
-            let server = &server;
-            async move {
-                server
-                    .put(BUCKET, &format!("many/f{i:05}"), vec![b'x'; i % 7])
-                    .await
-            }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
+    let objects = (0..N).map(|i| (format!("many/f{i:05}"), vec![b'x'; i % 7]));
+    server.put_many(BUCKET, objects).await;
     let mount = Mount::new(&server, "vol/many", &[]);
     let mut names: Vec<String> = std::fs::read_dir(mount.path())
         .unwrap()
