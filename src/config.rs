@@ -9,7 +9,7 @@ use crate::names::Source;
 use crate::store::stack::Connection;
 
 /// One volume to mount.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MountConfig {
     pub source: Source,
     /// An existing, empty directory.

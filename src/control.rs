@@ -45,6 +45,19 @@ pub const INFO: u32 = nix::request_code_read!(TYPE, 2, BUF) as u32;
 /// `_IOWR('S', 3, [u8; BUF])`.
 pub const URL: u32 = nix::request_code_readwrite!(TYPE, 3, BUF) as u32;
 
+/// `s3vol restart`, on the volume's root: `_IO('S', 5)`. Replaces the
+/// volume's worker with the installed binary.
+pub const RESTART: u32 = nix::request_code_none!(TYPE, 5) as u32;
+
+nix::ioctl_none!(restart_ioctl, TYPE, 5);
+
+/// Asks the daemon of the volume whose root `root` is open to replace its
+/// worker.
+pub fn restart(root: &File) -> nix::Result<()> {
+    // SAFETY: the request carries no data; the descriptor is open.
+    unsafe { restart_ioctl(root.as_raw_fd()) }.map(|_| ())
+}
+
 nix::ioctl_read_buf!(stats_ioctl, TYPE, 1, u8);
 nix::ioctl_read_buf!(report_ioctl, TYPE, 4, u8);
 nix::ioctl_read_buf!(info_ioctl, TYPE, 2, u8);

@@ -26,6 +26,7 @@ pub mod csi;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod journal;
 pub mod local_dir;
 pub mod logging;
 pub mod memory;

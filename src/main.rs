@@ -11,6 +11,11 @@ use s3vol::cse::volume::CseOptions;
 use s3vol::preflight::ProbeMode;
 
 fn main() -> ExitCode {
+    // A volume's worker, started by its supervisor: nothing on its command
+    // line but the mountpoint.
+    if let Some(code) = s3vol::daemon::worker::run_if_worker() {
+        return code;
+    }
     let args: Vec<OsString> = std::env::args_os().collect();
     // First, before anything can take long or fork: other users see the command
     // line in `ps`.
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
                 .as_ref(),
         ),
         Command::Stats(args) => commands::stats::run(&args.mountpoint, args.json),
+        Command::Restart(args) => commands::restart::run(&args.mountpoint),
         Command::Info(args) => commands::object::info(&args.path, args.json),
         Command::Url(args) => {
             commands::object::url(&args.path, args.method.into(), args.expires, args.json)

@@ -24,7 +24,7 @@ pub enum SourceError {
 
 /// A key prefix naming a directory: empty (the whole bucket) or `a/b/` with a
 /// trailing slash and no empty, `.` or `..` segments.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Prefix(String);
 
 impl Prefix {
@@ -64,7 +64,7 @@ impl fmt::Display for Prefix {
 }
 
 /// What a volume attaches: a bucket and a prefix inside it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     pub bucket: String,
     pub prefix: Prefix,

@@ -165,6 +165,9 @@ impl MountStats {
         let credentials = self.credentials.as_ref().map(|state| state());
         json!({
             "version": crate::VERSION,
+            // The worker's process, in its own PID namespace: `s3vol restart`
+            // sees it change.
+            "worker_pid": std::process::id(),
             "source": self.source,
             "mode": if self.read_write { "read-write" } else { "read-only" },
             "uptime_seconds": uptime,

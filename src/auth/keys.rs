@@ -16,7 +16,7 @@ use super::secret::{Secret, read_secret_file_up_to};
 
 /// Where a volume's base credentials come from (a role, if any, is assumed
 /// with them).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BaseCredentials {
     /// aws-config's default chain: the environment, the shared config and
     /// credentials files (from this profile), web identity, container and
@@ -40,7 +40,7 @@ impl BaseCredentials {
 }
 
 /// An access key, its secret and, for temporary keys, the session token.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StaticKeys {
     pub access_key_id: String,
     pub secret_access_key: Secret,

@@ -25,7 +25,7 @@ use crate::logging::error_chain;
 use crate::startup::{Kind, StartError};
 
 /// The role a volume is reached through.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RoleOptions {
     pub role_arn: String,
     pub external_id: Option<Secret>,

@@ -20,6 +20,21 @@ impl Secret {
     }
 }
 
+/// Secrets serialize as they are, for one use only: the configuration a
+/// volume's supervisor hands its worker through an anonymous in-memory file
+/// (`crate::daemon::supervisor`), which reads them as the command line did.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")

@@ -51,6 +51,10 @@ pub enum Command {
     /// Show what a mounted volume has done: requests to S3, bytes moved, cache
     /// hits and misses, uploads, credential renewals.
     Stats(StatsArgs),
+    /// Replace a mounted volume's worker with the installed binary, without
+    /// unmounting (after a package upgrade): the old worker finishes what it
+    /// has in flight, the new one serves the same files.
+    Restart(RestartArgs),
     /// Print what S3 holds for a file on a mounted volume: bucket, key, size,
     /// ETag, version, storage class, encryption, content type, user metadata.
     Info(InfoArgs),
@@ -102,6 +106,12 @@ pub struct StatsArgs {
     /// Print the report as JSON, for scripts and monitoring.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestartArgs {
+    /// Where an s3vol volume is mounted.
+    pub mountpoint: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,6 +9,7 @@ pub mod helper;
 pub mod mount;
 pub mod object;
 pub mod policy;
+pub mod restart;
 pub mod stats;
 
 use std::path::Path;

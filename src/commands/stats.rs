@@ -26,7 +26,7 @@ pub fn run(mountpoint: &Path, json: bool) -> ExitCode {
     }
 }
 
-fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
+pub(super) fn read_report(mountpoint: &Path) -> Result<serde_json::Value, Failure> {
     use nix::errno::Errno;
     let shown = mountpoint.display();
     // Root reads the report without opening the root (whose opendir lists it

@@ -48,7 +48,7 @@ impl std::fmt::Debug for VolumeEncryption {
 /// Which objects a volume decrypts, by whether their data key commits to the
 /// content key (`--cse-commitment`), as the S3 Encryption Clients' commitment
 /// policies say.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Commitment {
     /// Only V3 objects, whose data key commits: the official clients' default
     /// (REQUIRE_ENCRYPT_REQUIRE_DECRYPT).
@@ -219,7 +219,7 @@ impl VolumeEncryption {
 
 /// What `--cse-kms-key-id`, `--cse-context` and `--cse-allow-plaintext` ask
 /// for, as plain values.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CseOptions {
     /// The KMS key: an ID, an ARN or an alias.
     pub key_id: String,

@@ -10,9 +10,12 @@
 //! `volume` assembles what serves the volume (the store stack, the block cache,
 //! the filesystem); `stop` says how it ends; `process` tunes the process.
 
+mod link;
 mod process;
 mod stop;
+pub mod supervisor;
 mod volume;
+pub mod worker;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -26,6 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::config::MountConfig;
 use crate::fuse::session;
+use crate::journal::Journal;
 use crate::logging::{self, LogTarget};
 use crate::startup::StartError;
 
@@ -60,8 +64,8 @@ pub fn run_in_foreground(config: &MountConfig, mountpoint: &Path) -> ExitCode {
         // process inherited, and nothing else in it owns that descriptor.
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
-    match serve_and_report(config, mountpoint, ready) {
-        Ok(()) => ExitCode::SUCCESS,
+    match supervisor::supervise(config, mountpoint, ready) {
+        Ok(code) => code,
         Err(StartError { message, .. }) => {
             if config.log_file.is_some() {
                 error!("{message}");
@@ -78,9 +82,10 @@ fn serve_and_report(
     config: &MountConfig,
     mountpoint: &Path,
     ready: Option<OwnedFd>,
+    handed: Option<worker::Handed>,
 ) -> Result<(), StartError> {
     let mut pipe = ready;
-    let result = serve(config, mountpoint, &mut pipe);
+    let result = serve(config, mountpoint, &mut pipe, handed);
     if let (Err(failure), Some(fd)) = (&result, pipe.take()) {
         let _ = File::from(fd).write_all(failure.report().as_bytes());
     }
@@ -137,8 +142,8 @@ pub fn daemonize(config: &MountConfig, mountpoint: &Path) -> ExitCode {
             };
             let _ = logging::init(&config.log_level, target);
             process::detach_stdio();
-            match serve_and_report(config, mountpoint, Some(write_end)) {
-                Ok(()) => ExitCode::SUCCESS,
+            match supervisor::supervise(config, mountpoint, Some(write_end)) {
+                Ok(code) => code,
                 Err(StartError { message, .. }) => {
                     error!("{message}");
                     ExitCode::FAILURE
@@ -154,6 +159,7 @@ fn serve(
     config: &MountConfig,
     mountpoint: &Path,
     ready: &mut Option<OwnedFd>,
+    handed: Option<worker::Handed>,
 ) -> Result<(), StartError> {
     process::tune_allocator();
     process::raise_open_files_limit();
@@ -161,7 +167,25 @@ fn serve(
         .enable_all()
         .thread_name("s3vol-io")
         .build()?;
-    let volume = runtime.block_on(volume::Volume::assemble(config, runtime.handle()))?;
+    let (journal, carried) = match &handed {
+        Some(handed) => {
+            let fd = handed
+                .journal
+                .try_clone()
+                .map_err(|e| StartError::other(e.to_string()))?;
+            let (journal, carried) = Journal::open(fd)
+                .map_err(|e| StartError::other(format!("cannot read the volume's journal: {e}")))?;
+            (Some(Arc::new(journal)), Some(carried))
+        }
+        None => (None, None),
+    };
+    let taking_over = handed.as_ref().is_some_and(|h| h.fuse.is_some());
+    let volume = runtime.block_on(volume::Volume::assemble(
+        config,
+        runtime.handle(),
+        journal.clone(),
+        !taking_over,
+    ))?;
     // Bound before the mount shows: an address this host cannot listen on
     // fails the start (a port another process holds is waited for).
     let metrics = match config.metrics_listen {
@@ -173,23 +197,36 @@ fn serve(
     // moment it appears must unmount, not kill the process.
     let stop_signals = {
         let _runtime = runtime.enter();
-        stop::StopSignals::register()
+        let requests = handed.as_ref().map(|h| worker::listen(h.link.clone()));
+        stop::StopSignals::register(requests)
     };
-    let mounted = session::mount(volume.adapter, mountpoint, &volume.plan).map_err(|e| {
-        // fusermount3's own complaints say what to do; the kernel's errnos do not.
-        let hint = match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                ". Is /dev/fuse available (in a container: --device /dev/fuse --cap-add \
-                 SYS_ADMIN) and, for users other than root, fusermount3 installed (package \
-                 fuse3)?"
+    let (link, fuse) = match handed {
+        Some(handed) => (Some(handed.link), handed.fuse),
+        None => (None, None),
+    };
+    let mounted = match fuse {
+        Some(fuse) => {
+            if let Some(carried) = carried {
+                runtime.block_on(volume.fs.adopt(carried));
             }
-            _ => "",
-        };
-        StartError::other(format!(
-            "cannot mount at {}: {e}{hint}",
-            mountpoint.display()
-        ))
-    })?;
+            session::take_over(volume.adapter, fuse, mountpoint, &volume.plan)
+                .map_err(|e| StartError::other(format!("cannot take the volume over: {e}")))?
+        }
+        None => mount(volume.adapter, mountpoint, &volume.plan)?,
+    };
+    if let Some(link) = &link {
+        if taking_over {
+            worker::tell(link, link::FromWorker::Serving, None);
+        } else {
+            let connection =
+                session::connection(&mounted).map_err(|e| StartError::other(e.to_string()))?;
+            worker::tell(link, link::FromWorker::Mounted, Some(&connection));
+        }
+        let link = link.clone();
+        volume.fs.on_restart(Arc::new(move || {
+            link::tell_supervisor(&link, link::FromWorker::Restart, None)
+        }));
+    }
     let finish = Arc::new(stop::Finish::new(
         mountpoint,
         volume.fs.clone(),
@@ -242,6 +279,12 @@ fn serve(
             runtime.block_on(finish.abandon_open_files());
             Ok(())
         }
+        // A supervised worker whose session failed while the connection
+        // lives: the supervisor starts another on it.
+        Err(e) if link.is_some() => {
+            error!("FUSE session ended with an error: {e}; the supervisor starts a new worker");
+            std::process::exit(supervisor::SESSION_FAILED);
+        }
         Err(e) => {
             runtime.block_on(finish.abandon_open_files());
             Err(e)
@@ -255,4 +298,27 @@ fn serve(
         Some(why) => Err(StartError::other(why)),
         None => Ok(()),
     }
+}
+
+/// Mounts the volume, saying what to do where the kernel refuses.
+fn mount(
+    adapter: crate::fuse::FuseAdapter,
+    mountpoint: &Path,
+    plan: &session::MountPlan,
+) -> Result<session::Volume, StartError> {
+    session::mount(adapter, mountpoint, plan).map_err(|e| {
+        // fusermount3's own complaints say what to do; the kernel's errnos do not.
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                ". Is /dev/fuse available (in a container: --device /dev/fuse --cap-add \
+                 SYS_ADMIN) and, for users other than root, fusermount3 installed (package \
+                 fuse3)?"
+            }
+            _ => "",
+        };
+        StartError::other(format!(
+            "cannot mount at {}: {e}{hint}",
+            mountpoint.display()
+        ))
+    })
 }

@@ -11,6 +11,9 @@ use parking_lot::Mutex;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
+use super::link::ToWorker;
+use super::supervisor::RETIRED;
+use super::worker::Requests;
 use crate::cache::BlockCache;
 use crate::fs::Fs;
 use crate::fuse::session::VolumeHandle;
@@ -34,7 +37,12 @@ pub(super) async fn stop_on_signal(
     volume: VolumeHandle,
     finish: Arc<Finish>,
 ) {
-    signals.wait().await;
+    loop {
+        match signals.wait().await {
+            Asked::Stop => break,
+            Asked::Retire => retire(&finish).await,
+        }
+    }
     info!("signal received; unmounting");
     match volume.unmount() {
         // The session ends, and with it the daemon.
@@ -59,7 +67,7 @@ pub(super) async fn stop_on_signal(
     }
     tokio::select! {
         _ = tokio::time::sleep(STOP_GRACE) => {}
-        _ = signals.wait() => {}
+        _ = async { while signals.wait().await != Asked::Stop {} } => {}
     }
     warn!("stopping with files still open; the applications using them get ENOTCONN");
     finish.abandon_open_files().await;
@@ -77,35 +85,107 @@ pub(super) async fn stop_on_signal(
 /// SIGTERM and SIGINT, caught from registration on; and SIGHUP, which is only
 /// logged. SIGHUP's default would kill the daemon without unmounting: a closed
 /// terminal or a log rotation's `kill -HUP` must not take the volume down.
-pub(super) struct StopSignals(Option<[Signal; 3]>);
+///
+/// A supervised worker takes its stops from the supervisor instead (which
+/// systemd, a container runtime or Ctrl-C signal too: a signal to both must
+/// stop the volume once, not twice), and its retirements; the signals count
+/// again once the supervisor is gone.
+pub(super) struct StopSignals {
+    signals: Option<[Signal; 3]>,
+    supervisor: Option<Requests>,
+}
+
+/// What was asked of the volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Asked {
+    Stop,
+    /// Step aside for a new worker (from the supervisor only).
+    Retire,
+}
 
 impl StopSignals {
     /// Must run inside the tokio runtime.
-    pub(super) fn register() -> Self {
-        match (
+    pub(super) fn register(supervisor: Option<Requests>) -> Self {
+        let signals = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
         ) {
-            (Ok(term), Ok(int), Ok(hup)) => Self(Some([term, int, hup])),
-            _ => Self(None),
+            (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+            _ => None,
+        };
+        Self {
+            signals,
+            supervisor,
         }
     }
 
-    async fn wait(&mut self) {
-        let Some([term, int, hup]) = &mut self.0 else {
+    async fn wait(&mut self) -> Asked {
+        let Some([term, int, hup]) = &mut self.signals else {
             return std::future::pending().await;
         };
         loop {
+            let supervised = self.supervisor.is_some();
+            let supervisor = &mut self.supervisor;
+            let from_supervisor = async {
+                match supervisor {
+                    Some(requests) => requests.stop.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = term.recv() => return,
-                _ = int.recv() => return,
+                asked = from_supervisor => match asked {
+                    Some(Some(ToWorker::Stop)) => return Asked::Stop,
+                    Some(Some(ToWorker::Retire)) => return Asked::Retire,
+                    // The supervisor is gone: signals stop the volume again.
+                    Some(None) | None => self.supervisor = None,
+                },
+                _ = term.recv() => if !supervised { return Asked::Stop } else { ignored("SIGTERM") },
+                _ = int.recv() => if !supervised { return Asked::Stop } else { ignored("SIGINT") },
                 _ = hup.recv() => {
                     info!("SIGHUP ignored; stop the volume with umount or SIGTERM");
                 }
             }
         }
     }
+}
+
+fn ignored(signal: &str) {
+    info!(
+        "{signal} to the worker ignored: stop the volume with umount, or with SIGTERM to its \
+         supervisor (the worker's parent)"
+    );
+}
+
+/// How long a retiring worker waits for the files open for writing to be
+/// closed before it steps aside anyway (their writes then fail with EIO).
+const RETIRE_WAIT: Duration = Duration::from_secs(30);
+
+/// Steps aside for a new worker: once no file is open for writing (or after
+/// [`RETIRE_WAIT`]) and what is in flight had a moment to finish, exits with
+/// [`RETIRED`]. The kernel sends what is left unanswered to the next worker.
+async fn retire(finish: &Finish) -> ! {
+    info!("asked to step aside for a new worker");
+    let since = tokio::time::Instant::now();
+    loop {
+        let writing = finish.fs.files_open_for_writing();
+        if writing == 0 {
+            break;
+        }
+        if since.elapsed() > RETIRE_WAIT {
+            warn!(
+                writing,
+                "stepping aside with files still open for writing: their next write or close \
+                 fails with EIO, and their uploads are aborted"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    finish.fs.close_audit_log();
+    info!("stepped aside");
+    std::process::exit(RETIRED);
 }
 
 /// How long the files still open when a stop gives up on them may take to be

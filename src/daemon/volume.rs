@@ -13,12 +13,14 @@ use crate::cse::volume::VolumeEncryption;
 use crate::fs::{Fs, FsConfig, WriteConfig};
 use crate::fuse::FuseAdapter;
 use crate::fuse::session::{Access, MountPlan};
+use crate::journal::Journal;
 use crate::local_dir::LocalDir;
 use crate::memory::MemoryBudget;
 use crate::preflight;
 use crate::startup::StartError;
 use crate::stats::{MountStats, bytes};
 use crate::store::ObjectStore;
+use crate::store::journaled::JournaledStore;
 use crate::store::versioned::VersionedView;
 
 /// A volume ready to be mounted.
@@ -34,9 +36,16 @@ impl Volume {
     /// Connects to S3, checks that the credentials can do what the mode needs,
     /// and builds the filesystem on top. `config.cache_dir` is set (by the mount
     /// command) whenever the cache or staging needs it.
+    ///
+    /// With a `journal`, the filesystem records there what the kernel is
+    /// told, and the store the uploads under way. A worker taking a volume
+    /// over skips the access probes (`probe` false): the volume is mounted,
+    /// and every moment without a worker is a moment its applications wait.
     pub(super) async fn assemble(
         config: &MountConfig,
         runtime: &tokio::runtime::Handle,
+        journal: Option<Arc<Journal>>,
+        probe: bool,
     ) -> Result<Self, StartError> {
         let connection = &config.connection;
         let stack = connection.volume_stack(&config.source.bucket).await?;
@@ -44,15 +53,23 @@ impl Volume {
             .cse
             .as_ref()
             .map(|cse| Arc::new(VolumeEncryption::connect(cse, &stack.sdk)));
-        preflight::check_mount(
-            stack.probe.as_ref(),
-            &config.source,
-            config.read_write,
-            &connection.endpoint(),
-            encryption.as_deref(),
-        )
-        .await?;
+        if probe {
+            preflight::check_mount(
+                stack.probe.as_ref(),
+                &config.source,
+                config.read_write,
+                &connection.endpoint(),
+                encryption.as_deref(),
+            )
+            .await?;
+        }
 
+        let store = match &journal {
+            Some(journal) => {
+                Arc::new(JournaledStore::new(stack.store, journal.clone())) as Arc<dyn ObjectStore>
+            }
+            None => stack.store,
+        };
         let store = match config.version_at {
             Some(at) => {
                 preflight::check_versions(
@@ -61,10 +78,10 @@ impl Volume {
                     &connection.endpoint(),
                 )
                 .await?;
-                Arc::new(VersionedView::new(stack.store, at, connection.io_timeout))
+                Arc::new(VersionedView::new(store, at, connection.io_timeout))
                     as Arc<dyn ObjectStore>
             }
-            None => stack.store,
+            None => store,
         };
 
         // Opened again here, after the fork, with the same checks as before it.
@@ -149,6 +166,9 @@ impl Volume {
             ..FsConfig::default()
         };
         let fs = Arc::new(Fs::new(store, config.source.prefix.as_str(), fs_config));
+        if let Some(journal) = journal {
+            fs.keep_journal(journal);
+        }
         let plan = MountPlan {
             source: config.source.to_string(),
             read_only: !config.read_write,

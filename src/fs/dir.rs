@@ -54,7 +54,7 @@ impl Fs {
                 && let Some(shared) = self.shared_snapshot(ino, version)
             {
                 drop(table);
-                return Ok(self.open_snapshot(shared));
+                return Ok(self.open_snapshot(ino, shared));
             }
             (version, table.listing(ino, ttl, now))
         };
@@ -101,7 +101,7 @@ impl Fs {
                 },
             );
         }
-        Ok(self.open_snapshot(entries))
+        Ok(self.open_snapshot(ino, entries))
     }
 
     /// The snapshot of `ino` another handle holds, if it was taken of the same
@@ -124,13 +124,16 @@ impl Fs {
         self.dir_snapshots.lock().get(&ino)?.entries.upgrade()
     }
 
-    fn open_snapshot(&self, entries: Arc<Vec<DirEntry>>) -> u64 {
-        self.handles.open_dir(entries)
+    fn open_snapshot(&self, ino: u64, entries: Arc<Vec<DirEntry>>) -> u64 {
+        self.handles.open_dir(ino, entries)
     }
 
     /// Entries of an open directory from position `offset` on.
     pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let entries = self.handles.dir(fh).ok_or(FsError::BadHandle(fh))?;
+        let entries = self
+            .handles
+            .dir(fh)
+            .ok_or_else(|| self.unknown_handle(fh))?;
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 

@@ -20,6 +20,9 @@ pub enum FsError {
     NotSupported(&'static str),
     #[error("no such open file handle {0}")]
     BadHandle(u64),
+    /// Only root or the volume's owner may ask for it.
+    #[error("{0}")]
+    NotPermitted(&'static str),
     #[error("directory is not empty")]
     NotEmpty,
     #[error("already exists")]
@@ -55,6 +58,13 @@ pub enum FsError {
     /// is changed.
     #[error("the volume is being unmounted; changes are no longer uploaded")]
     Stopped,
+    /// The handle was open for writing when the volume's worker died: what
+    /// was written through it died with it, and its upload was aborted.
+    #[error(
+        "the volume's worker was replaced while this file was open for writing; its changes \
+         were not uploaded"
+    )]
+    Lost,
     /// An extended attribute outside the `user.` namespace: not kept.
     #[error("only user.* extended attributes are kept on an S3 volume")]
     XattrNamespace,
@@ -124,6 +134,7 @@ impl FsError {
             // like cp and tar to fall back rather than retry.
             FsError::NotSupported(_) => libc::ENOTSUP,
             FsError::BadHandle(_) => libc::EBADF,
+            FsError::NotPermitted(_) => libc::EPERM,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Exists => libc::EEXIST,
             FsError::Invalid(_) => libc::EINVAL,
@@ -166,6 +177,9 @@ impl FsError {
             FsError::BufferTooSmall { .. } => libc::ERANGE,
             // What the application sees once the daemon is gone, too.
             FsError::Stopped => libc::ENOTCONN,
+            // The volume goes on: only what was written through the handle
+            // is gone, as after a failed write-back.
+            FsError::Lost => libc::EIO,
             FsError::Encryption { source, .. } => cse_errno(source),
             FsError::Store(e) => store_errno(e),
         }
@@ -303,6 +317,13 @@ mod tests {
                  twice in a row (the kernel opens again at once after the first)"
             }
             FsError::Stopped => STOPPED_ROW,
+            FsError::NotPermitted(_) => {
+                "`s3vol restart` by a user other than root and the one who mounted the volume"
+            }
+            FsError::Lost => {
+                "write, fsync or close of a file that was open for writing when the volume's \
+                 worker died (see DEPLOY.md, \"When the daemon dies\")"
+            }
             FsError::XattrNamespace => {
                 "an extended attribute outside the `user.` namespace (`security.`, `system.`, \
                  `trusted.`)"
@@ -431,6 +452,8 @@ mod tests {
             FsError::ReadOnly,
             FsError::NotSupported("a symbolic link"),
             FsError::BadHandle(7),
+            FsError::Lost,
+            FsError::NotPermitted("restart"),
             FsError::NotEmpty,
             FsError::Exists,
             FsError::Invalid("a name"),

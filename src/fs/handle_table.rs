@@ -2,9 +2,9 @@
 //! number. Handles are numbered from one counter, files and directories
 //! alike, and never reused while the volume lives.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -12,6 +12,7 @@ use super::DirEntry;
 use super::read::Reader;
 use super::upload::StagedFile;
 use super::writer::Writer;
+use crate::journal::{Handle, Journal, Record};
 
 /// The reader of the object a staged file was opened on, made at the first
 /// read through a handle on it.
@@ -58,7 +59,12 @@ pub(super) struct HandleTable {
     files: Mutex<HashMap<u64, OpenFile>>,
     /// Open directories, each with the listing it reads.
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Handles a worker before this one opened on files being written: what
+    /// they wrote died with it.
+    lost: Mutex<HashSet<u64>>,
     next: AtomicU64,
+    /// Where open handles are recorded for a worker that replaces this one.
+    journal: OnceLock<Arc<Journal>>,
 }
 
 impl Default for HandleTable {
@@ -66,8 +72,10 @@ impl Default for HandleTable {
         Self {
             files: Mutex::default(),
             dirs: Mutex::default(),
+            lost: Mutex::default(),
             // 0 is no handle.
             next: AtomicU64::new(1),
+            journal: OnceLock::new(),
         }
     }
 }
@@ -77,11 +85,56 @@ impl HandleTable {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Records every handle opened and closed from now on.
+    pub(super) fn keep_journal(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    fn record(&self, record: Record) {
+        if let Some(journal) = self.journal.get() {
+            journal.record(&record);
+        }
+    }
+
+    /// Numbers handles after `last`, the highest a worker before this one
+    /// gave out.
+    pub(super) fn continue_after(&self, last: u64) {
+        self.next.fetch_max(last + 1, Ordering::Relaxed);
+    }
+
     /// Opens a file handle; its number.
     pub(super) fn open(&self, handle: OpenFile) -> u64 {
         let fh = self.number();
-        self.files.lock().insert(fh, handle);
+        self.insert(fh, handle);
         fh
+    }
+
+    /// Opens file handle `fh` (a number given out before).
+    pub(super) fn insert(&self, fh: u64, handle: OpenFile) {
+        let open = match &handle {
+            OpenFile::Object { etag, reader, .. } => Handle::Object {
+                etag: etag.to_string(),
+                // Not yet shared: no one else holds the lock.
+                size: reader.try_lock().map_or(0, |r| r.object().size),
+            },
+            OpenFile::Staged { .. } => Handle::Staged,
+        };
+        self.record(Record::Opened {
+            fh,
+            ino: handle.ino(),
+            open,
+        });
+        self.files.lock().insert(fh, handle);
+    }
+
+    /// Handle `fh`, opened by a worker before this one, is lost with it.
+    pub(super) fn lose(&self, fh: u64) {
+        self.lost.lock().insert(fh);
+    }
+
+    /// Whether handle `fh` was lost with the worker that opened it.
+    pub(super) fn is_lost(&self, fh: u64) -> bool {
+        self.lost.lock().contains(&fh)
     }
 
     pub(super) fn get(&self, fh: u64) -> Option<OpenFile> {
@@ -90,7 +143,11 @@ impl HandleTable {
 
     /// Closes a file handle; what it was.
     pub(super) fn close(&self, fh: u64) -> Option<OpenFile> {
-        self.files.lock().remove(&fh)
+        let handle = self.files.lock().remove(&fh);
+        if handle.is_some() || self.lost.lock().remove(&fh) {
+            self.record(Record::Closed { fh });
+        }
+        handle
     }
 
     /// Whether any file handle is `such`.
@@ -101,6 +158,15 @@ impl HandleTable {
             .any(|(fh, handle)| such(*fh, handle))
     }
 
+    /// How many file handles are `such`.
+    pub(super) fn count(&self, such: impl Fn(&OpenFile) -> bool) -> usize {
+        self.files
+            .lock()
+            .values()
+            .filter(|handle| such(handle))
+            .count()
+    }
+
     /// Changes handle `fh`, if it is open.
     pub(super) fn update(&self, fh: u64, change: impl FnOnce(&mut OpenFile)) {
         if let Some(handle) = self.files.lock().get_mut(&fh) {
@@ -108,11 +174,21 @@ impl HandleTable {
         }
     }
 
-    /// Opens a directory handle reading `entries`; its number.
-    pub(super) fn open_dir(&self, entries: Arc<Vec<DirEntry>>) -> u64 {
+    /// Opens a directory handle on `ino` reading `entries`; its number.
+    pub(super) fn open_dir(&self, ino: u64, entries: Arc<Vec<DirEntry>>) -> u64 {
         let fh = self.number();
-        self.dirs.lock().insert(fh, entries);
+        self.insert_dir(fh, ino, entries);
         fh
+    }
+
+    /// Opens directory handle `fh` (a number given out before).
+    pub(super) fn insert_dir(&self, fh: u64, ino: u64, entries: Arc<Vec<DirEntry>>) {
+        self.record(Record::Opened {
+            fh,
+            ino,
+            open: Handle::Directory,
+        });
+        self.dirs.lock().insert(fh, entries);
     }
 
     /// The listing directory handle `fh` reads.
@@ -120,7 +196,12 @@ impl HandleTable {
         self.dirs.lock().get(&fh).cloned()
     }
 
-    pub(super) fn close_dir(&self, fh: u64) {
-        self.dirs.lock().remove(&fh);
+    /// Closes directory handle `fh`; the listing it read.
+    pub(super) fn close_dir(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
+        let entries = self.dirs.lock().remove(&fh);
+        if entries.is_some() {
+            self.record(Record::Closed { fh });
+        }
+        entries
     }
 }

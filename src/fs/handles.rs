@@ -159,7 +159,17 @@ impl Fs {
     }
 
     pub(super) fn handle(&self, fh: u64) -> FsResult<OpenFile> {
-        self.handles.get(fh).ok_or(FsError::BadHandle(fh))
+        self.handles.get(fh).ok_or_else(|| self.unknown_handle(fh))
+    }
+
+    /// The error for handle `fh`, which this worker does not hold: lost with
+    /// the worker before it, or never opened.
+    pub(super) fn unknown_handle(&self, fh: u64) -> FsError {
+        if self.handles.is_lost(fh) {
+            FsError::Lost
+        } else {
+            FsError::BadHandle(fh)
+        }
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {

@@ -7,11 +7,13 @@
 //! (another client put `name/x` beside `name`), it gets a new inode, because the
 //! kernel must never see one inode change type.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use super::posix::Kind;
 use super::posix::Posix;
+use crate::journal::{CarriedNode, Journal, Record};
 use crate::store::ObjectInfo;
 
 pub const ROOT_INO: u64 = 1;
@@ -116,6 +118,9 @@ pub struct InodeTable {
     /// Bumped whenever a name is added, removed or moved: a listing snapshot
     /// taken at one count is still right at the same count.
     changes: u64,
+    /// Where the numbers the kernel is given are recorded for a worker that
+    /// replaces this one.
+    journal: Option<Arc<Journal>>,
 }
 
 /// Whether something learnt at `at` is still within `ttl` of `now`.
@@ -147,7 +152,95 @@ impl InodeTable {
             ),
             next_ino: ROOT_INO + 1,
             changes: 0,
+            journal: None,
         }
+    }
+
+    /// Records every number given out, renamed or dropped from now on.
+    pub fn keep_journal(&mut self, journal: Arc<Journal>) {
+        self.journal = Some(journal);
+    }
+
+    fn record(&self, record: Record) {
+        if let Some(journal) = &self.journal {
+            journal.record(&record);
+        }
+    }
+
+    fn record_named(&self, ino: u64) {
+        if let Some(node) = self.nodes.get(&ino) {
+            self.record(Record::Named {
+                ino,
+                parent: node.parent,
+                name: node.name.clone(),
+                dir: node.kind == Kind::Directory,
+            });
+        }
+    }
+
+    /// Takes over the inodes a worker before this one gave the kernel, with
+    /// the same numbers. What S3 holds for them is asked again at their next
+    /// use; each counts one lookup, so the kernel's forget of it (which
+    /// names all its lookups, older ones included) lets it go. Nodes whose
+    /// parent is gone are left out: the kernel cannot reach them by name.
+    pub fn adopt(&mut self, nodes: &BTreeMap<u64, CarriedNode>, last_ino: u64, now: Instant) {
+        self.next_ino = self.next_ino.max(last_ino + 1);
+        // Parents first, whatever their numbers: a directory renamed under
+        // a newer one has a higher number than its children.
+        let mut pending: Vec<u64> = nodes.keys().copied().filter(|&i| i != ROOT_INO).collect();
+        while !pending.is_empty() {
+            let before = pending.len();
+            pending.retain(|&ino| {
+                let carried = &nodes[&ino];
+                let Some(parent) = self.nodes.get(&carried.parent) else {
+                    return nodes.contains_key(&carried.parent);
+                };
+                let kind = if carried.dir {
+                    Kind::Directory
+                } else {
+                    Kind::File
+                };
+                let key = match kind {
+                    Kind::File => format!("{}{}", parent.key, carried.name),
+                    Kind::Directory => format!("{}{}/", parent.key, carried.name),
+                };
+                let stat = match kind {
+                    Kind::Directory => Stat::directory(SystemTime::UNIX_EPOCH),
+                    Kind::File => Stat {
+                        size: 0,
+                        etag: String::new(),
+                        mtime: SystemTime::UNIX_EPOCH,
+                        posix: None,
+                        own_headers: false,
+                    },
+                };
+                self.nodes.insert(
+                    ino,
+                    Node {
+                        parent: carried.parent,
+                        name: carried.name.clone(),
+                        kind,
+                        key,
+                        stat,
+                        fetched: Some(now),
+                        lookups: 1,
+                        expired: true,
+                        listed: None,
+                        kernel_cached: None,
+                        unlinked: carried.unlinked,
+                    },
+                );
+                if !carried.unlinked {
+                    self.children
+                        .insert((carried.parent, carried.name.clone()), ino);
+                }
+                false
+            });
+            if pending.len() == before {
+                break;
+            }
+        }
+        self.changes += 1;
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {
@@ -230,6 +323,7 @@ impl InodeTable {
                 unlinked: false,
             },
         );
+        self.record_named(ino);
         if let Some(old) = self.children.insert(slot, ino) {
             self.unlink(old);
         }
@@ -355,6 +449,7 @@ impl InodeTable {
         node.name = new_name.to_string();
         // Named again, whatever a look at its old name found meanwhile.
         node.unlinked = false;
+        self.record_named(ino);
         let mut moved = Vec::new();
         let mut queue = vec![ino];
         while let Some(current) = queue.pop() {
@@ -411,6 +506,7 @@ impl InodeTable {
                 // the listing cache answers later lookups from it.
                 if self.children.get(&slot) != Some(&ino) {
                     self.nodes.remove(&ino);
+                    self.record(Record::Dropped { ino });
                 }
             }
         }
@@ -421,8 +517,12 @@ impl InodeTable {
         match self.nodes.get_mut(&ino) {
             Some(node) if node.lookups == 0 => {
                 self.nodes.remove(&ino);
+                self.record(Record::Dropped { ino });
             }
-            Some(node) => node.unlinked = true,
+            Some(node) => {
+                node.unlinked = true;
+                self.record(Record::Unlinked { ino });
+            }
             None => {}
         }
     }

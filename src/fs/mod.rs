@@ -34,6 +34,7 @@ mod remove;
 mod rename;
 mod staging;
 mod symlink;
+mod takeover;
 pub mod upload;
 mod write;
 mod writer;
@@ -58,6 +59,7 @@ pub use self::lookup::LOOKUP_BYTES;
 pub use self::meta::METADATA_DELAY;
 pub use self::read::ReadConfig;
 use self::staging::StagingRegistry;
+pub use self::takeover::Adopted;
 use self::upload::StagingBudget;
 pub use self::upload::WriteConfig;
 use crate::cache::BlockCache;
@@ -217,6 +219,8 @@ pub struct Fs {
     xattr_changes: tokio::sync::Mutex<()>,
     /// The kernel's caches, once the volume is mounted.
     kernel: kernel::Kernel,
+    /// Asks the volume's supervisor for a new worker (`s3vol restart`).
+    restart: std::sync::OnceLock<Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>>,
 }
 
 impl Fs {
@@ -257,6 +261,7 @@ impl Fs {
             xattr_changes: tokio::sync::Mutex::new(()),
             ahead: ahead::Windows::default(),
             kernel: kernel::Kernel::default(),
+            restart: std::sync::OnceLock::new(),
         }
     }
 

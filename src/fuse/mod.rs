@@ -636,6 +636,13 @@ impl Filesystem for FuseAdapter {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
+        if cmd == crate::control::RESTART {
+            match self.fs.restart(ino.0, req.uid()) {
+                Ok(()) => reply.ioctl(0, &[]),
+                Err(e) => reply.error(errno(&self.fs, "ioctl", &e)),
+            }
+            return;
+        }
         let fs = self.fs.clone();
         let input = in_data.to_vec();
         let span = debug_span!(

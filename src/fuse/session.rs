@@ -30,7 +30,11 @@ use super::FuseAdapter;
 /// The filesystem type the kernel shows for a volume.
 pub const FSTYPE: &str = "fuse.s3vol";
 
-/// FUSE request threads. Each decodes a request and either answers it at once
+/// FUSE request threads. All read the one descriptor the volume's supervisor
+/// also holds, never clones of it: a request read through a clone dies with
+/// the clone's worker (the kernel fails it), while one read through the
+/// shared descriptor stays pending until a new worker asks the kernel to send
+/// it again ([`resend`]). Each decodes a request and either answers it at once
 /// (reads of cached data, writes into a staging file, directory listings already
 /// fetched) or hands it to tokio, so a few suffice; more than one keeps a slow
 /// answer from serializing the kernel.
@@ -95,14 +99,6 @@ pub struct VolumeHandle {
 /// Mounts `adapter` at `mountpoint` (an absolute, canonical path). The kernel has
 /// accepted the mount and the FUSE handshake is done when this returns.
 pub fn mount(adapter: FuseAdapter, mountpoint: &Path, plan: &MountPlan) -> io::Result<Volume> {
-    let acl = match plan.access {
-        Access::Owner => SessionACL::Owner,
-        Access::OwnerAndRoot => SessionACL::RootAndOwner,
-        Access::Everyone => SessionACL::All,
-    };
-    let mut config = Config::default();
-    config.n_threads = Some(FUSE_THREADS);
-    config.clone_fd = true;
     let fd = match mount_directly(mountpoint, plan)? {
         Some(fd) => fd,
         None => {
@@ -115,12 +111,135 @@ pub fn mount(adapter: FuseAdapter, mountpoint: &Path, plan: &MountPlan) -> io::R
         device: crate::mountinfo::device(mountpoint),
     };
     let fs = adapter.fs.clone();
-    let session = Session::from_fd(adapter, fd, acl, config).inspect_err(|_| {
-        let _ = handle.detach();
-    })?;
+    let session =
+        Session::from_fd(adapter, fd, session_acl(plan.access), config()).inspect_err(|_| {
+            let _ = handle.detach();
+        })?;
     fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
     handle.tune_kernel_readahead();
     Ok(Volume { session, handle })
+}
+
+fn session_acl(access: Access) -> SessionACL {
+    match access {
+        Access::Owner => SessionACL::Owner,
+        Access::OwnerAndRoot => SessionACL::RootAndOwner,
+        Access::Everyone => SessionACL::All,
+    }
+}
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = false;
+    config
+}
+
+/// The descriptor of a mounted volume's FUSE connection, for its supervisor
+/// to hold.
+pub fn connection(volume: &Volume) -> io::Result<OwnedFd> {
+    use std::os::fd::AsFd;
+    volume.session.as_fd().try_clone_to_owned()
+}
+
+/// Serves the volume at `mountpoint` whose FUSE connection is `fd`, which a
+/// worker before this one served: the kernel sent its INIT then, and sends
+/// none now.
+///
+/// fuser starts every session with the INIT exchange. So the session is
+/// begun on one end of a socket pair, whose other end plays the kernel's part
+/// of that exchange; then the connection takes the socket's place under the
+/// same descriptor number (dup2), and every read, reply and notification of
+/// the session goes to the kernel.
+pub fn take_over(
+    adapter: FuseAdapter,
+    fd: OwnedFd,
+    mountpoint: &Path,
+    plan: &MountPlan,
+) -> io::Result<Volume> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, kernel_part) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    nix::unistd::write(&kernel_part, &init_request())?;
+    let fs = adapter.fs.clone();
+    let session = Session::from_fd(adapter, ours, session_acl(plan.access), config())?;
+    {
+        use std::os::fd::{AsFd, AsRawFd};
+        let number = session.as_fd().as_raw_fd();
+        // SAFETY: dup2 closes the socket under the session's descriptor number
+        // and puts the connection there in one step; the session's File goes
+        // on owning that number, and no thread uses it yet.
+        if unsafe { libc::dup2(fd.as_raw_fd(), number) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    drop(kernel_part);
+    drop(fd);
+    fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
+    Ok(Volume {
+        session,
+        handle: VolumeHandle::new(mountpoint, crate::mountinfo::device(mountpoint)),
+    })
+}
+
+/// The FUSE INIT request a kernel sends first: protocol 7.31 (all that fuser
+/// needs to hear), no capabilities. The reply, which the kernel would take as
+/// the filesystem's settings, is never read: the kernel keeps those of the
+/// first INIT for the connection's life.
+fn init_request() -> Vec<u8> {
+    const FUSE_INIT: u32 = 26;
+    let header_len = 40;
+    let init_len = 64;
+    let mut request = Vec::with_capacity(header_len + init_len);
+    let mut put = |bytes: &[u8]| request.extend_from_slice(bytes);
+    put(&((header_len + init_len) as u32).to_ne_bytes()); // len
+    put(&FUSE_INIT.to_ne_bytes()); // opcode
+    put(&1u64.to_ne_bytes()); // unique
+    put(&0u64.to_ne_bytes()); // nodeid
+    put(&0u32.to_ne_bytes()); // uid
+    put(&0u32.to_ne_bytes()); // gid
+    put(&0u32.to_ne_bytes()); // pid
+    put(&0u32.to_ne_bytes()); // total_extlen, padding
+    put(&7u32.to_ne_bytes()); // major
+    put(&31u32.to_ne_bytes()); // minor
+    put(&(1u32 << 20).to_ne_bytes()); // max_readahead
+    put(&[0u8; 4 + 4 + 44]); // flags, flags2, unused
+    request
+}
+
+/// FUSE_NOTIFY_RESEND: the kernel puts every request read through `fd` and
+/// not yet answered back in the queue, to be read again (Linux 6.9 and
+/// later). Fails with EINVAL where the kernel cannot.
+pub fn resend(fd: &OwnedFd) -> io::Result<()> {
+    const FUSE_NOTIFY_RESEND: i32 = 7;
+    let mut header = Vec::with_capacity(16);
+    header.extend_from_slice(&16u32.to_ne_bytes());
+    header.extend_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+    header.extend_from_slice(&0u64.to_ne_bytes());
+    let written = nix::unistd::write(fd, &header)?;
+    if written != header.len() {
+        return Err(io::Error::other("short write of FUSE_NOTIFY_RESEND"));
+    }
+    Ok(())
+}
+
+/// Whether the running kernel can send a FUSE request again
+/// (FUSE_NOTIFY_RESEND, Linux 6.9): what a volume needs to outlive its
+/// worker.
+pub fn kernel_resends() -> bool {
+    let Ok(release) = nix::sys::utsname::uname() else {
+        return false;
+    };
+    let release = release.release().to_string_lossy().to_string();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (6, 9)
 }
 
 /// mount(2) of type fuse.s3vol on a new /dev/fuse connection. `None` when this
@@ -258,6 +377,15 @@ impl Volume {
 }
 
 impl VolumeHandle {
+    /// The volume mounted at `mountpoint` as the kernel's device `device`
+    /// (`MAJOR:MINOR`, from /proc/self/mountinfo).
+    pub fn new(mountpoint: &Path, device: Option<String>) -> Self {
+        Self {
+            mountpoint: mountpoint.to_path_buf(),
+            device,
+        }
+    }
+
     /// umount(8): fails with [`io::ErrorKind::ResourceBusy`] while files are open.
     pub fn unmount(&self) -> io::Result<()> {
         self.umount(false)

@@ -13,6 +13,7 @@ pub mod counted;
 pub mod expiry;
 #[cfg(any(test, feature = "testing"))]
 pub mod faulty;
+pub mod journaled;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod request;
@@ -394,7 +395,7 @@ pub struct PendingUpload {
 }
 
 /// Server-side encryption requested on every upload and copy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Encryption {
     /// SSE-S3: `x-amz-server-side-encryption: AES256`.
     Aes256,

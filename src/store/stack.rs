@@ -23,7 +23,7 @@ use crate::auth::{self, RoleOptions};
 use crate::startup::StartError;
 
 /// Where S3 is, and the credentials to reach it with.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Connection {
     /// The bucket's region (default: the AWS configuration's, else us-east-1).
     pub region: Option<String>,

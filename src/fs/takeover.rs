@@ -1,0 +1,167 @@
+//! A worker taking over a volume from one that died or was retired: the
+//! kernel still holds the old worker's inode and handle numbers, and resends
+//! the requests it had not answered. The journal says what they name.
+//!
+//! Inodes come back with their numbers and names; what S3 holds for them is
+//! asked again at their next use. Directory handles list their directory
+//! again, so a listing under way goes on from the offset it reached. Handles
+//! reading an object read the same version (its ETag pinned, as before); a
+//! handle on a file being written is lost with the staged data that died
+//! with its worker: its writes, fsync and close fail with EIO. The uploads
+//! that worker had under way are aborted, so no part of a file half written
+//! stays in S3, and no object is made of it.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use futures::future::join_all;
+use tracing::{info, warn};
+
+use super::handle_table::OpenFile;
+use super::read::Reader;
+use super::{Fs, FsError, FsResult};
+use crate::journal::{Carried, Handle, Journal};
+
+/// What a takeover found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    pub inodes: usize,
+    pub handles: usize,
+    /// Handles of files being written, now failing with EIO.
+    pub lost: usize,
+    pub uploads_aborted: usize,
+}
+
+impl Fs {
+    /// Records the numbers given to the kernel from now on in `journal`.
+    pub fn keep_journal(&self, journal: Arc<Journal>) {
+        self.inodes.lock().keep_journal(journal.clone());
+        self.handles.keep_journal(journal);
+    }
+
+    /// Lets [`Fs::restart`] ask for a new worker through `ask`.
+    pub fn on_restart(&self, ask: Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>) {
+        let _ = self.restart.set(ask);
+    }
+
+    /// `s3vol restart`: asks the supervisor for a new worker, for root and
+    /// the user the volume's daemon runs as (`uid`: the caller's).
+    pub fn restart(&self, ino: u64, uid: u32) -> FsResult<()> {
+        if ino != super::ROOT_INO {
+            return Err(FsError::UnknownIoctl(crate::control::RESTART));
+        }
+        if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+            return Err(FsError::NotPermitted(
+                "only root and the user who mounted the volume may restart it",
+            ));
+        }
+        let ask = self.restart.get().ok_or(FsError::NotSupported(
+            "a restart of a volume with no supervisor",
+        ))?;
+        ask().map_err(|_| FsError::NotSupported("a restart: the supervisor is gone"))
+    }
+
+    /// How many handles are open for writing.
+    pub fn files_open_for_writing(&self) -> usize {
+        self.handles.count(|f| {
+            matches!(
+                f,
+                OpenFile::Staged {
+                    writer: Some(_),
+                    ..
+                }
+            )
+        })
+    }
+
+    /// Takes over what `carried` says the kernel holds (see the module).
+    /// Call before serving a request.
+    pub async fn adopt(&self, carried: Carried) -> Adopted {
+        self.inodes
+            .lock()
+            .adopt(&carried.nodes, carried.last_ino, Instant::now());
+        self.handles.continue_after(carried.last_fh);
+        let mut adopted = Adopted {
+            inodes: carried.nodes.len(),
+            ..Adopted::default()
+        };
+        for (fh, (ino, open)) in carried.handles {
+            let reopened = match open {
+                Handle::Directory => self.reopen_dir(fh, ino).await,
+                Handle::Object { etag, size } => self.reopen_object(fh, ino, etag, size).await,
+                Handle::Staged => Ok(false),
+            };
+            match reopened {
+                Ok(true) => adopted.handles += 1,
+                Ok(false) | Err(_) => {
+                    if let Err(e) = reopened {
+                        warn!(fh, ino, "a handle could not be opened again: {e:#}");
+                    }
+                    self.handles.lose(fh);
+                    adopted.lost += 1;
+                }
+            }
+        }
+        let aborts = carried.uploads.iter().map(|(id, key)| async move {
+            match self.store.abort_multipart_upload(key, id).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(
+                        key,
+                        upload = id,
+                        "cannot abort the upload the worker before left: {e:#}"
+                    );
+                    false
+                }
+            }
+        });
+        adopted.uploads_aborted = join_all(aborts).await.into_iter().filter(|&a| a).count();
+        info!(
+            inodes = adopted.inodes,
+            handles = adopted.handles,
+            lost = adopted.lost,
+            uploads_aborted = adopted.uploads_aborted,
+            "took over from the worker before"
+        );
+        adopted
+    }
+
+    /// Opens directory `ino` again as handle `fh`.
+    async fn reopen_dir(&self, fh: u64, ino: u64) -> FsResult<bool> {
+        let opened = self.open_dir(ino).await?;
+        let Some(entries) = self.handles.close_dir(opened) else {
+            return Ok(false);
+        };
+        self.handles.insert_dir(fh, ino, entries);
+        Ok(true)
+    }
+
+    /// Opens file `ino` again as handle `fh`, reading version `etag`; `false`
+    /// where that version cannot be read the same way.
+    async fn reopen_object(&self, fh: u64, ino: u64, etag: String, size: u64) -> FsResult<bool> {
+        let mut node = self.named_node(ino)?;
+        node.stat.etag = etag.clone();
+        node.stat.size = size;
+        // Encrypted: the content key of the version found now, which must be
+        // the one the handle read.
+        let opening = self.open_encrypted(ino, node).await?;
+        if opening.node.stat.etag != etag || opening.unchecked {
+            return Ok(false);
+        }
+        let object = self.object_version(&opening.node, opening.decryption);
+        let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
+        self.handles.insert(
+            fh,
+            OpenFile::Object {
+                ino,
+                etag: etag.as_str().into(),
+                reader: Arc::new(tokio::sync::Mutex::new(reader)),
+                // The audit log has the first read already.
+                read_once: Arc::new(AtomicBool::new(true)),
+                kernel_kept: false,
+            },
+        );
+        Ok(true)
+    }
+}
