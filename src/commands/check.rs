@@ -10,6 +10,17 @@ use crate::names::Source;
 use crate::preflight::{self, ProbeMode};
 use crate::store::stack::Connection;
 
+/// What a worker's death does to a volume on this kernel.
+fn healing() -> &'static str {
+    if crate::fuse::session::kernel_resends() {
+        "kernel: heals (FUSE_NOTIFY_RESEND): if a volume's worker dies, a new one takes \
+         the mount over"
+    } else {
+        "kernel: does not heal (Linux 6.9 or later sends FUSE requests again): if a volume's \
+         worker dies, the volume ends and its applications get ENOTCONN"
+    }
+}
+
 /// `s3vol check`: probes what the mode needs and prints the table; exit 1 when
 /// anything needed is denied or S3 cannot be reached.
 pub fn run(
@@ -32,6 +43,7 @@ pub fn run(
             )
             .await?;
             print!("{}", preflight::render(&probes));
+            println!("{}", healing());
             Ok(probes
                 .iter()
                 .all(|p| !matches!(p.outcome, preflight::Outcome::Denied { .. })))

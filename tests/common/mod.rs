@@ -545,28 +545,69 @@ pub fn unmount(path: &Path) {
     wait_until(Duration::from_secs(10), || !is_mounted(path));
 }
 
-/// The live s3vol processes (the daemon, or a mount.s3vol helper turned daemon)
-/// whose command line names `mountpoint`.
-pub fn daemon_pids(mountpoint: &Path) -> Vec<i32> {
+/// The live s3vol processes whose command line names `mountpoint`, with
+/// whether each is a volume's worker (`s3vol worker MOUNTPOINT`).
+fn volume_processes(mountpoint: &Path) -> Vec<(i32, bool)> {
     let wanted = mountpoint.to_str().unwrap();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
+        .filter_map(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let zombie = stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            !zombie
+            (!zombie
                 && args.first().is_some_and(|a| a.ends_with(b"s3vol"))
-                && args.contains(&wanted.as_bytes())
+                && args.contains(&wanted.as_bytes()))
+            .then(|| (pid, args.get(1) == Some(&&b"worker"[..])))
         })
+        .collect()
+}
+
+/// The daemon of the volume at `mountpoint`: its supervisor (the process
+/// `s3vol mount` or mount.s3vol became), which users and systemd signal.
+pub fn daemon_pids(mountpoint: &Path) -> Vec<i32> {
+    volume_processes(mountpoint)
+        .into_iter()
+        .filter(|(_, worker)| !worker)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Kills the whole daemon of the volume at `mountpoint` with SIGKILL: its
+/// supervisor first (which would start a new worker), then its worker; the
+/// mount is left dead, as a crash of both leaves it.
+pub fn kill_volume(mountpoint: &Path) {
+    let processes = volume_processes(mountpoint);
+    assert!(
+        !processes.is_empty(),
+        "no daemon serves {}",
+        mountpoint.display()
+    );
+    for (pid, _) in processes.iter().filter(|(_, worker)| !worker) {
+        // SAFETY: kill(2) on a process found by its command line.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    for (pid, _) in processes.iter().filter(|(_, worker)| *worker) {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+}
+
+/// The worker serving the volume at `mountpoint`: the process that talks to
+/// S3 and answers the kernel.
+pub fn worker_pids(mountpoint: &Path) -> Vec<i32> {
+    volume_processes(mountpoint)
+        .into_iter()
+        .filter(|(_, worker)| *worker)
+        .map(|(pid, _)| pid)
         .collect()
 }
 
 /// The peak resident memory (VmHWM) of the daemon serving `mountpoint`, in MiB.
 pub fn peak_rss_mib(mountpoint: &Path) -> u64 {
-    let pid = daemon_pids(mountpoint)[0];
+    let pid = worker_pids(mountpoint)[0];
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()
@@ -580,7 +621,7 @@ pub fn peak_rss_mib(mountpoint: &Path) -> u64 {
 /// `what` if one is still there after 20 s.
 pub fn assert_daemon_exits(mountpoint: &Path, what: &str) {
     assert!(
-        wait_until(Duration::from_secs(20), || daemon_pids(mountpoint)
+        wait_until(Duration::from_secs(20), || volume_processes(mountpoint)
             .is_empty()),
         "the daemon of {} {what}",
         mountpoint.display()

@@ -943,8 +943,7 @@ async fn a_daemon_killed_between_publish_and_unpublish_is_cleaned_and_remounted(
     let kill = |target: &Path| {
         let pids = common::daemon_pids(target);
         assert_eq!(pids.len(), 1, "{pids:?}");
-        // SAFETY: kill(2) on the volume's daemon, found by its command line.
-        unsafe { libc::kill(pids[0], libc::SIGKILL) };
+        common::kill_volume(target);
         assert!(wait_until(Duration::from_secs(10), || {
             std::fs::metadata(target)
                 .err()

@@ -63,7 +63,12 @@ async fn condition_becomes(
 }
 
 fn signal(target: &Path, signal: i32) {
-    let pids = common::daemon_pids(target);
+    if signal == libc::SIGKILL {
+        common::kill_volume(target);
+        return;
+    }
+    // The worker answers the kernel: stopping it hangs the volume.
+    let pids = common::worker_pids(target);
     assert_eq!(pids.len(), 1, "{pids:?}");
     // SAFETY: kill(2) on the volume's daemon, found by its command line.
     unsafe { libc::kill(pids[0], signal) };

@@ -196,7 +196,7 @@ async fn umount_cleans_up_after_a_killed_daemon() {
     server.create_bucket(BUCKET).await;
     server.put(BUCKET, "root/one", b"1".to_vec()).await;
     let mount = Mount::new(&server, "vol/root", &[]);
-    signal(the_daemon(mount.path()), libc::SIGKILL);
+    common::kill_volume(mount.path());
     wait_for_exit(mount.path());
 
     // ECONNABORTED when the kernel had a request under way as the daemon died.
@@ -281,7 +281,7 @@ async fn a_write_killed_midway_leaves_no_object_and_cleanup_aborts_its_upload() 
         assert!(waited < 200, "no upload under way");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    signal(the_daemon(mount.path()), libc::SIGKILL);
+    common::kill_volume(mount.path());
     wait_for_exit(mount.path());
     assert!(writer.step("close").is_err());
     assert_eq!(

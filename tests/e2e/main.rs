@@ -25,6 +25,7 @@ mod e2e_readonly;
 mod e2e_role;
 mod e2e_storm;
 mod e2e_systemd;
+mod e2e_takeover;
 mod e2e_unprivileged;
 mod e2e_urls;
 mod e2e_version_at;
