@@ -8,4 +8,5 @@ mod fs_cache;
 mod fs_memory;
 mod fs_metadata;
 mod fs_model;
+mod fs_takeover;
 mod fs_write;

@@ -1,0 +1,146 @@
+//! A worker taking over from one that died, on the in-memory store: the
+//! second filesystem reads the first one's journal and answers for the same
+//! inode and handle numbers.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use crate::common;
+
+use common::fs::{READ, lookup_path};
+use common::pattern;
+use s3vol::fs::posix::Posix;
+use s3vol::fs::{Fs, FsConfig, ROOT_INO, WriteConfig};
+use s3vol::journal::{self, Journal};
+use s3vol::local_dir::LocalDir;
+use s3vol::store::ObjectStore;
+use s3vol::store::journaled::JournaledStore;
+use s3vol::store::memory::MemoryStore;
+
+const MIB: usize = 1024 * 1024;
+
+/// A read-write volume at `root/` of `store` that keeps the journal in `fd`;
+/// what the journal held when it was opened.
+fn worker(
+    store: &Arc<MemoryStore>,
+    fd: &std::os::fd::OwnedFd,
+    staging: &tempfile::TempDir,
+) -> (Fs, journal::Carried) {
+    let (journal, carried) = Journal::open(fd.try_clone().unwrap()).unwrap();
+    let journal = Arc::new(journal);
+    let store: Arc<dyn ObjectStore> = Arc::new(JournaledStore::new(store.clone(), journal.clone()));
+    let config = FsConfig {
+        write: Some(WriteConfig {
+            part_size: 5 * MIB as u64,
+            ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
+        }),
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(store, "root/", config);
+    fs.keep_journal(journal);
+    (fs, carried)
+}
+
+#[tokio::test]
+async fn a_new_worker_answers_for_the_numbers_the_dead_one_gave() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let content = pattern(3 * MIB, 7);
+    store.put("root/a/file", content.clone());
+    for i in 0..20 {
+        store.put(&format!("root/a/n{i:02}"), "x");
+    }
+    let fd = journal::create().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let (first, carried) = worker(&store, &fd, &staging);
+    assert_eq!(carried, journal::Carried::default());
+
+    // What the kernel learns from the first worker.
+    let dir = lookup_path(&first, "a").await.unwrap();
+    let file = lookup_path(&first, "a/file").await.unwrap();
+    let listing = first.opendir(dir).await.unwrap();
+    let seen = first.readdir(listing, 0).unwrap();
+    let reader = first.open(file, READ).await.unwrap();
+    let head = first.read(reader, 0, MIB as u32).await.unwrap();
+    assert_eq!(&head[..], &content[..MIB]);
+    let (created, writer) = first
+        .create(dir, OsStr::new("new"), None, Posix::default())
+        .await
+        .unwrap();
+    // More than a part: a multipart upload is under way.
+    for (i, chunk) in pattern(7 * MIB, 8).chunks(MIB).enumerate() {
+        first.write(writer, (i * MIB) as u64, chunk).await.unwrap();
+    }
+    let uploads = || store.pending_uploads();
+    for _ in 0..100 {
+        if !uploads().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(uploads(), ["root/a/new"]);
+    // The first worker dies: nothing of it is used again.
+    std::mem::forget(first);
+
+    let (second, carried) = worker(&store, &fd, &staging);
+    let adopted = second.adopt(carried).await;
+    assert_eq!(adopted.handles, 2, "{adopted:?}");
+    assert_eq!(adopted.lost, 1, "{adopted:?}");
+    assert_eq!(adopted.uploads_aborted, 1, "{adopted:?}");
+    assert!(uploads().is_empty(), "the dead worker's upload was aborted");
+
+    // The same numbers name the same things.
+    assert_eq!(
+        second.getattr(file).await.unwrap().attr.size,
+        content.len() as u64
+    );
+    assert_eq!(lookup_path(&second, "a/file").await.unwrap(), file);
+    assert_eq!(lookup_path(&second, "a").await.unwrap(), dir);
+    // The listing goes on from where it was, with the same entries.
+    let rest = second.readdir(listing, 5).unwrap();
+    assert_eq!(
+        rest.iter().map(|e| (&e.name, e.ino)).collect::<Vec<_>>(),
+        seen[5..]
+            .iter()
+            .map(|e| (&e.name, e.ino))
+            .collect::<Vec<_>>()
+    );
+    // The read goes on, pinned to the same version.
+    let tail = second
+        .read(reader, MIB as u64, 2 * MIB as u32)
+        .await
+        .unwrap();
+    assert_eq!(&tail[..], &content[MIB..]);
+    // The file being written is lost: EIO, and nothing in S3.
+    let errno = |e: s3vol::fs::FsError| e.errno();
+    assert_eq!(
+        second.write(writer, 0, b"more").await.map_err(errno),
+        Err(libc::EIO)
+    );
+    assert_eq!(
+        second.flush(writer, None).await.map_err(errno),
+        Err(libc::EIO)
+    );
+    second.release(writer).await;
+    assert!(store.get("root/a/new").is_none());
+    assert_eq!(lookup_path(&second, "a/new").await, Err(libc::ENOENT));
+    let _ = created;
+    // Numbers given out from now on are new ones.
+    let (entry, fh) = second
+        .create(ROOT_INO, OsStr::new("later"), None, Posix::default())
+        .await
+        .unwrap();
+    assert!(entry.attr.ino > file && entry.attr.ino > dir);
+    assert!(fh > writer && fh > reader && fh > listing);
+
+    // A third worker sees what the second changed.
+    second.release(reader).await;
+    second.releasedir(listing);
+    std::mem::forget(second);
+    let (third, carried) = worker(&store, &fd, &staging);
+    let adopted = third.adopt(carried).await;
+    assert_eq!((adopted.handles, adopted.lost), (0, 1), "{adopted:?}");
+    assert_eq!(
+        third.write(fh, 0, b"x").await.map_err(errno),
+        Err(libc::EIO)
+    );
+}
