@@ -204,10 +204,11 @@ fn serve(
         Some(handed) => (Some(handed.link), handed.fuse),
         None => (None, None),
     };
+    let mut lost_with_worker = Vec::new();
     let mounted = match fuse {
         Some(fuse) => {
             if let Some(carried) = carried {
-                runtime.block_on(volume.fs.adopt(carried));
+                lost_with_worker = runtime.block_on(volume.fs.adopt(carried)).lost_keys;
             }
             session::take_over(volume.adapter, fuse, mountpoint, &volume.plan)
                 .map_err(|e| StartError::other(format!("cannot take the volume over: {e}")))?
@@ -233,6 +234,7 @@ fn serve(
         volume.stats.clone(),
         volume.cache.clone(),
     ));
+    finish.lost_with_worker(lost_with_worker);
     runtime.spawn(volume.fs.clone().apply_metadata_as_due());
     runtime.spawn(process::trim_when_idle(volume.stats.requests.clone()));
     if let Some(listener) = metrics {

@@ -228,6 +228,12 @@ impl Finish {
         self.record(self.fs.stop(ABANDON_WITHIN).await);
     }
 
+    /// The files the worker before this one had open for writing when it
+    /// died: their changes are lost (their writers were told, with EIO).
+    pub(super) fn lost_with_worker(&self, keys: Vec<String>) {
+        self.record(keys);
+    }
+
     /// Uploads what closed files left to upload, then stops.
     pub(super) async fn finish_closed_files(&self) {
         self.record(self.fs.finish(ABANDON_WITHIN).await);

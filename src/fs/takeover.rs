@@ -24,12 +24,14 @@ use super::{Fs, FsError, FsResult};
 use crate::journal::{Carried, Handle, Journal};
 
 /// What a takeover found and did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Adopted {
     pub inodes: usize,
     pub handles: usize,
     /// Handles of files being written, now failing with EIO.
     pub lost: usize,
+    /// The keys of the files those handles were open on.
+    pub lost_keys: Vec<String>,
     pub uploads_aborted: usize,
 }
 
@@ -90,7 +92,12 @@ impl Fs {
             let reopened = match open {
                 Handle::Directory => self.reopen_dir(fh, ino).await,
                 Handle::Object { etag, size } => self.reopen_object(fh, ino, etag, size).await,
-                Handle::Staged => Ok(false),
+                Handle::Staged => {
+                    if let Ok(node) = self.node(ino) {
+                        adopted.lost_keys.push(node.key);
+                    }
+                    Ok(false)
+                }
             };
             match reopened {
                 Ok(true) => adopted.handles += 1,

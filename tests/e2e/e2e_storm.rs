@@ -1,8 +1,12 @@
 //! End to end: a stop storm. Round after round, writers create and overwrite
 //! files of 0 B to 40 MiB on a read-write volume over Garage while the daemon
-//! gets SIGTERM (sometimes twice) at a random moment. After each round:
+//! gets SIGTERM (sometimes twice) at a random moment, and in half the rounds
+//! its worker is killed with SIGKILL before that (a new one takes over; the
+//! files open for writing then fail with EIO). After each round:
 //!
-//! - every file whose close returned 0 is in S3, byte for byte;
+//! - every file whose close returned 0 is in S3, byte for byte (one whose
+//!   close failed with EIO as its worker died may be too: the dead worker may
+//!   have finished it before it could say so);
 //! - no other object appears, and an overwrite that did not close well left the
 //!   previous version whole;
 //! - no multipart upload is left once the daemon has exited;
@@ -97,6 +101,9 @@ struct Round {
     /// overwrite `old{w}`.
     existing: BTreeMap<String, Vec<u8>>,
     writers: Vec<Vec<Planned>>,
+    /// Milliseconds from the writers' start to a SIGKILL of the worker (which
+    /// comes before the stop: the SIGTERM waits for the new worker).
+    worker_kill_ms: Option<u64>,
     /// Milliseconds from the writers' start to the SIGTERM, and to a second one.
     sigterm_ms: u64,
     second_sigterm_ms: Option<u64>,
@@ -137,12 +144,14 @@ impl Round {
                     .collect()
             })
             .collect();
+        let worker_kill_ms = rng.bool().then(|| rng.u64(0..1200));
         let sigterm_ms = rng.u64(0..1500);
         let second_sigterm_ms = (rng.u8(0..5) == 0).then(|| sigterm_ms + rng.u64(0..2000));
         Round {
             prefix,
             existing,
             writers,
+            worker_kill_ms,
             sigterm_ms,
             second_sigterm_ms,
         }
@@ -204,7 +213,25 @@ async fn run_round(
         .collect();
 
     let pid = nix::unistd::Pid::from_raw(mount.pid());
-    tokio::time::sleep(Duration::from_millis(round.sigterm_ms)).await;
+    let started = tokio::time::Instant::now();
+    if let Some(at) = round.worker_kill_ms {
+        tokio::time::sleep(Duration::from_millis(at)).await;
+        let old = common::worker_pids(mount.path());
+        for worker in &old {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*worker),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // The stop comes once the new worker serves.
+        let serving = || mount.log_text().contains("told the supervisor Serving");
+        assert!(
+            common::wait_until(Duration::from_secs(10), serving),
+            "no new worker served"
+        );
+    }
+    let sigterm_at = started + Duration::from_millis(round.sigterm_ms);
+    tokio::time::sleep_until(sigterm_at).await;
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     if let Some(at) = round.second_sigterm_ms {
         tokio::time::sleep(Duration::from_millis(at - round.sigterm_ms)).await;
@@ -239,6 +266,14 @@ async fn run_round(
     let mut problems = Vec::new();
     let mut expected: BTreeMap<String, Vec<u8>> = round.existing.clone();
     let mut lost: BTreeSet<String> = BTreeSet::new();
+    // Names whose close failed with EIO as the worker died, with the bytes
+    // the dead worker may have finished uploading.
+    let mut maybe: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let allowed = if round.worker_kill_ms.is_some() {
+        &[libc::ENOTCONN, libc::ECONNABORTED, libc::EIO][..]
+    } else {
+        &[libc::ENOTCONN, libc::ECONNABORTED][..]
+    };
     for (planned, outcome) in &outcomes {
         match outcome {
             Outcome::Closed => {
@@ -254,7 +289,11 @@ async fn run_round(
                     lost.insert(planned.name.clone());
                     tally.lost += 1;
                 }
-                if ![libc::ENOTCONN, libc::ECONNABORTED].contains(errno) {
+                if stage == "close" && *errno == libc::EIO {
+                    let data = &source.bytes[planned.offset..planned.offset + planned.size];
+                    maybe.insert(planned.name.clone(), data.to_vec());
+                }
+                if !allowed.contains(errno) {
                     problems.push(format!(
                         "{} failed at {stage} with errno {errno}",
                         planned.name
@@ -270,6 +309,9 @@ async fn run_round(
     for key in &keys {
         let name = &key[round.prefix.len() + 1..];
         let held = server.get(BUCKET, key).await.unwrap();
+        if maybe.get(name) == Some(&held) {
+            continue;
+        }
         match expected.get(name) {
             None => problems.push(format!(
                 "{key} ({} bytes) appeared, though no close of it returned 0",

@@ -94,7 +94,7 @@ async fn a_gib_read_and_new_opens_carry_on_when_the_worker_is_killed() {
 
     // cmp reads the volume's copy from its first byte to its last, and says
     // whether it is the local one.
-    let mut cmp = Command::new("cmp")
+    let cmp = Command::new("cmp")
         .arg(&source)
         .arg(mount.path().join("big"))
         .stdout(Stdio::piped())
