@@ -21,8 +21,8 @@ impl Secret {
 }
 
 /// Secrets serialize as they are, for one use only: the configuration a
-/// volume's supervisor hands its worker through an anonymous in-memory file
-/// (`crate::daemon::supervisor`), which reads them as the command line did.
+/// volume's supervisor hands its worker through an anonymous in-memory file,
+/// which the worker reads as the command line was read.
 impl serde::Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.0)

@@ -322,7 +322,7 @@ mod tests {
             }
             FsError::Lost => {
                 "write, fsync or close of a file that was open for writing when the volume's \
-                 worker died (see DEPLOY.md, \"When the daemon dies\")"
+                 worker died (see DEPLOY.md, \"When the worker dies\")"
             }
             FsError::XattrNamespace => {
                 "an extended attribute outside the `user.` namespace (`security.`, `system.`, \
