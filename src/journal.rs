@@ -29,6 +29,10 @@ use tracing::warn;
 /// Where the lines start: after the header's offset.
 const HEADER: u64 = 8;
 
+/// The header of a journal that stopped being kept: the numbers given out
+/// since are unknown, so no worker may take the volume over from it.
+const ABANDONED: u64 = u64::MAX;
+
 /// Lines beyond this many bytes since the last snapshot are folded into a new
 /// one (when they are also more than twice its size): 10,000 names take about
 /// 600 KB.
@@ -83,9 +87,11 @@ pub enum Handle {
         etag: String,
         size: u64,
     },
-    /// Anything else: a file being written (or read through its staged copy),
-    /// whose state lived in the worker alone.
-    Staged,
+    /// A file being written (`writing`: through this handle), or read
+    /// through its staged copy: its state lived in the worker alone.
+    Staged {
+        writing: bool,
+    },
 }
 
 /// An inode the kernel holds.
@@ -190,7 +196,7 @@ impl Carried {
             records.push(Record::Opened {
                 fh: self.last_fh,
                 ino: 0,
-                open: Handle::Staged,
+                open: Handle::Staged { writing: false },
             });
             records.push(Record::Closed { fh: self.last_fh });
         }
@@ -259,9 +265,12 @@ impl Journal {
         }
         if let Err(e) = appending.append(&line) {
             appending.failed = true;
+            // A worker replacing this one would hand out numbers the kernel
+            // holds for other names: better no takeover at all.
+            let _ = appending.file.write_all_at(&ABANDONED.to_le_bytes(), 0);
             warn!(
-                "cannot keep the volume's journal ({e}): a worker that replaces this one will \
-                 not know the files open now"
+                "cannot keep the volume's journal ({e}): if this worker dies, the volume ends \
+                 rather than be taken over"
             );
         }
     }
@@ -322,6 +331,11 @@ fn read(file: &File) -> io::Result<(u64, u64, Carried)> {
     let mut header = [0u8; 8];
     file.read_exact_at(&mut header, 0)?;
     let start = u64::from_le_bytes(header);
+    if start == ABANDONED {
+        return Err(io::Error::other(
+            "the worker before this one stopped keeping the journal",
+        ));
+    }
     let size = file.metadata()?.len();
     if start < HEADER || start > size {
         return Err(io::Error::new(
@@ -337,9 +351,14 @@ fn read(file: &File) -> io::Result<(u64, u64, Carried)> {
         let Some(complete) = line.strip_suffix(b"\n") else {
             break;
         };
-        let Ok(record) = serde_json::from_slice::<Record>(complete) else {
-            break;
-        };
+        // A whole line that does not read (a build that writes what this
+        // one does not know) must not be skipped: what it said is lost.
+        let record = serde_json::from_slice::<Record>(complete).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a line of the journal does not read: {e}"),
+            )
+        })?;
         carried.apply(record);
         end += line.len() as u64;
     }
@@ -413,6 +432,21 @@ mod tests {
         again.record(&named(4, 1, "c"));
         let carried = reopen(&again);
         assert_eq!(carried.nodes.keys().collect::<Vec<_>>(), [&2, &4]);
+    }
+
+    #[test]
+    fn a_journal_that_could_not_be_kept_or_does_not_read_refuses_a_takeover() {
+        let fd = create().unwrap();
+        let (journal, _) = Journal::open(fd.try_clone().unwrap()).unwrap();
+        journal.record(&named(2, 1, "a"));
+        let file = File::from(fd);
+        let end = file.metadata().unwrap().len();
+        file.write_all_at(b"{\"r\":\"from_a_later_build\"}\n", end)
+            .unwrap();
+        assert!(Journal::open(journal.fd().unwrap()).is_err());
+        file.write_all_at(&ABANDONED.to_le_bytes(), 0).unwrap();
+        let refused = Journal::open(journal.fd().unwrap()).err().unwrap();
+        assert!(refused.to_string().contains("stopped keeping"), "{refused}");
     }
 
     #[test]

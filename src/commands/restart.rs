@@ -59,7 +59,11 @@ fn restart(mountpoint: &Path) -> Result<u64, Failure> {
                 "the daemon of {shown} is older than restarts in place; unmount the volume and \
                  mount it again to run the installed version"
             ),
-            Errno::ENOTSUP => format!("{shown} has no supervisor to start a new worker"),
+            Errno::ENOTSUP => format!(
+                "the worker of {shown} cannot be replaced in place: this kernel cannot send \
+                 FUSE requests again (Linux 6.9 or later can); unmount the volume and mount it \
+                 again to run the installed version"
+            ),
             e => format!("cannot restart the worker of {shown}: {e}"),
         })
     })?;

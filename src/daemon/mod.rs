@@ -62,7 +62,13 @@ pub fn run_in_foreground(config: &MountConfig, mountpoint: &Path) -> ExitCode {
     let ready = config.ready_fd.map(|fd| {
         // SAFETY: the mount command checked that `fd` is an open pipe this
         // process inherited, and nothing else in it owns that descriptor.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Only the first worker gets it, at a number of its own.
+        let _ = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        fd
     });
     match supervisor::supervise(config, mountpoint, ready) {
         Ok(code) => code,
@@ -96,7 +102,9 @@ fn serve_and_report(
 /// returns once it is mounted (exit 0) or could not be (exit 1, the reason on
 /// standard error).
 pub fn daemonize(config: &MountConfig, mountpoint: &Path) -> ExitCode {
-    let (read_end, write_end) = match nix::unistd::pipe() {
+    // Close-on-exec: only the first worker gets the write end, at a number
+    // of its own; no other child may hold it (the parent waits for its end).
+    let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(pair) => pair,
         Err(e) => {
             eprintln!("s3vol: cannot create a pipe to the daemon: {e}");
@@ -200,9 +208,9 @@ fn serve(
         let requests = handed.as_ref().map(|h| worker::listen(h.link.clone()));
         stop::StopSignals::register(requests)
     };
-    let (link, fuse) = match handed {
-        Some(handed) => (Some(handed.link), handed.fuse),
-        None => (None, None),
+    let (link, fuse, handed_device) = match handed {
+        Some(handed) => (Some(handed.link), handed.fuse, handed.device),
+        None => (None, None, None),
     };
     let mut lost_with_worker = Vec::new();
     let mounted = match fuse {
@@ -210,7 +218,8 @@ fn serve(
             if let Some(carried) = carried {
                 lost_with_worker = runtime.block_on(volume.fs.adopt(carried)).lost_keys;
             }
-            session::take_over(volume.adapter, fuse, mountpoint, &volume.plan)
+            let device = handed_device.clone();
+            session::take_over(volume.adapter, fuse, mountpoint, &volume.plan, device)
                 .map_err(|e| StartError::other(format!("cannot take the volume over: {e}")))?
         }
         None => mount(volume.adapter, mountpoint, &volume.plan)?,
@@ -225,6 +234,12 @@ fn serve(
         }
         let link = link.clone();
         volume.fs.on_restart(Arc::new(move || {
+            // Without a resend, the requests in flight when this worker
+            // steps aside would wait forever: the supervisor would end the
+            // volume instead.
+            if !session::kernel_resends() {
+                return Err(std::io::ErrorKind::Unsupported.into());
+            }
             link::tell_supervisor(&link, link::FromWorker::Restart, None)
         }));
     }

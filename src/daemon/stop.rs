@@ -37,10 +37,11 @@ pub(super) async fn stop_on_signal(
     volume: VolumeHandle,
     finish: Arc<Finish>,
 ) {
-    loop {
-        match signals.wait().await {
-            Asked::Stop => break,
-            Asked::Retire => retire(&finish).await,
+    if signals.wait().await == Asked::Retire {
+        // A stop while stepping aside wins: the volume ends as asked.
+        tokio::select! {
+            never = retire(&finish) => match never {},
+            () = async { while signals.wait().await != Asked::Stop {} } => {}
         }
     }
     info!("signal received; unmounting");
@@ -137,8 +138,13 @@ impl StopSignals {
                 asked = from_supervisor => match asked {
                     Some(Some(ToWorker::Stop)) => return Asked::Stop,
                     Some(Some(ToWorker::Retire)) => return Asked::Retire,
-                    // The supervisor is gone: signals stop the volume again.
-                    Some(None) | None => self.supervisor = None,
+                    // The supervisor is gone (killed: by the CSI driver's
+                    // last resort, say): nothing would replace this worker,
+                    // so the volume stops as at SIGTERM.
+                    Some(None) | None => {
+                        self.supervisor = None;
+                        return Asked::Stop;
+                    }
                 },
                 _ = term.recv() => if !supervised { return Asked::Stop } else { ignored("SIGTERM") },
                 _ = int.recv() => if !supervised { return Asked::Stop } else { ignored("SIGINT") },
@@ -161,22 +167,18 @@ fn ignored(signal: &str) {
 /// closed before it steps aside anyway (their writes then fail with EIO).
 const RETIRE_WAIT: Duration = Duration::from_secs(30);
 
-/// Steps aside for a new worker: once no file is open for writing (or after
-/// [`RETIRE_WAIT`]) and what is in flight had a moment to finish, exits with
-/// [`RETIRED`]. The kernel sends what is left unanswered to the next worker.
+/// Steps aside for a new worker: once no file is open for writing or being
+/// uploaded (or after [`RETIRE_WAIT`]) and what is in flight had a moment to
+/// finish, exits with [`RETIRED`]. The kernel sends what is left unanswered
+/// to the next worker.
 async fn retire(finish: &Finish) -> ! {
     info!("asked to step aside for a new worker");
     let since = tokio::time::Instant::now();
-    loop {
-        let writing = finish.fs.files_open_for_writing();
-        if writing == 0 {
-            break;
-        }
+    while !finish.fs.ready_to_retire().await {
         if since.elapsed() > RETIRE_WAIT {
             warn!(
-                writing,
-                "stepping aside with files still open for writing: their next write or close \
-                 fails with EIO, and their uploads are aborted"
+                "stepping aside with files still open for writing or being uploaded: their \
+                 next write or close fails with EIO, and their uploads are aborted"
             );
             break;
         }

@@ -117,16 +117,8 @@ impl Supervisor {
                 .to_string(),
         );
         let text = serde_json::to_vec(config).map_err(|e| StartError::other(e.to_string()))?;
-        let memfd =
-            nix::sys::memfd::memfd_create(c"s3vol-config", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-                .map_err(|e| StartError::other(format!("cannot keep the configuration: {e}")))?;
-        File::from(
-            memfd
-                .try_clone()
-                .map_err(|e| StartError::other(e.to_string()))?,
-        )
-        .write_all(&text)
-        .map_err(|e| StartError::other(e.to_string()))?;
+        let memfd = sealed_file(&text)
+            .map_err(|e| StartError::other(format!("cannot keep the configuration: {e}")))?;
         let journal = journal::create()
             .map_err(|e| StartError::other(format!("cannot make the volume's journal: {e}")))?;
         let mut mask = SigSet::empty();
@@ -190,10 +182,10 @@ impl Supervisor {
             .arg(&self.mountpoint)
             .env(
                 WORKER_ENV,
-                if self.fuse.is_some() {
-                    "takeover"
-                } else {
-                    "first"
+                match (&self.fuse, self.volume.as_ref().and_then(|v| v.device())) {
+                    (Some(_), Some(device)) => format!("takeover {device}"),
+                    (Some(_), None) => "takeover".to_string(),
+                    (None, _) => "first".to_string(),
                 },
             )
             .current_dir("/");
@@ -248,6 +240,10 @@ impl Supervisor {
         // An end of the stream (the worker gone) is seen with SIGCHLD.
         while let Ok(Some((message, fd))) = link::receive(&worker.link) {
             match message {
+                // Once: the connection is the first worker's to hand over.
+                FromWorker::Mounted if self.fuse.is_some() => {
+                    warn!("a worker said again that it mounted; ignored");
+                }
                 FromWorker::Mounted => {
                     if let Some(fd) = fd {
                         self.volume = Some(VolumeHandle::new(
@@ -282,6 +278,14 @@ impl Supervisor {
                     }
                     None => return Ok(Some(self.give_up("stopped by a signal"))),
                 }
+                Ok(None)
+            }
+            Ok(Signal::SIGUSR2) if !session::kernel_resends() => {
+                warn!(
+                    "SIGUSR2 ignored: this kernel cannot send FUSE requests again (Linux 6.9), \
+                     so the worker cannot be replaced without ending the volume; unmount and \
+                     mount again instead"
+                );
                 Ok(None)
             }
             Ok(Signal::SIGUSR2) => {
@@ -325,7 +329,8 @@ impl Supervisor {
                 _ => ExitCode::FAILURE,
             }));
         }
-        let retired = status.code() == Some(RETIRED);
+        // Stepped aside when asked: no crash. Unasked, it is one.
+        let retired = status.code() == Some(RETIRED) && worker.retiring;
         if !retired {
             warn!(worker = worker.child.id(), status = %describe(status), lived = ?lived, "the volume's worker died");
             let now = Instant::now();
@@ -359,7 +364,9 @@ impl Supervisor {
         if !retired && lived < QUICK_DEATH {
             std::thread::sleep(BACKOFF);
         }
-        self.start_worker(None)?;
+        if let Err(e) = self.start_worker(None) {
+            return Ok(Some(self.give_up(&e.message)));
+        }
         Ok(None)
     }
 
@@ -373,6 +380,29 @@ impl Supervisor {
         self.fuse = None;
         ExitCode::FAILURE
     }
+}
+
+/// An anonymous in-memory file holding `text`, readable by this user alone
+/// and sealed: no worker can change what the next one reads.
+fn sealed_file(text: &[u8]) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let memfd = memfd_create(
+        c"s3vol-config",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    nix::sys::stat::fchmod(&memfd, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    File::from(memfd.try_clone()?).write_all(text)?;
+    fcntl(
+        &memfd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE,
+        ),
+    )?;
+    Ok(memfd)
 }
 
 /// Asks `worker` to step aside once what it has in flight is done.
@@ -418,6 +448,9 @@ fn spawn_with(command: &mut Command, passed: &[(&OwnedFd, RawFd)]) -> std::io::R
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // Nothing else of the supervisor's: numbers above the passed ones
+            // close (what the supervisor itself inherited included).
+            libc::syscall(libc::SYS_close_range, 8u32, u32::MAX, 0u32);
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1 {

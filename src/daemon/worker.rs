@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use nix::sys::signal::{SigHandler, Signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -25,6 +26,8 @@ pub(super) struct Handed {
     pub journal: OwnedFd,
     /// The connection to take over; `None` for the first worker, which mounts.
     pub fuse: Option<OwnedFd>,
+    /// The mount's `MAJOR:MINOR`, as the supervisor learnt it at the mount.
+    pub device: Option<String>,
 }
 
 /// Runs as a worker if this process was started as one; `None` otherwise.
@@ -35,12 +38,13 @@ pub fn run_if_worker() -> Option<ExitCode> {
     Some(run(&role))
 }
 
-/// A descriptor the supervisor passed at `number`, if it did.
+/// A descriptor the supervisor passed at `number`, if it did; close-on-exec
+/// from now on, so that nothing this worker runs inherits it.
 fn handed(number: RawFd) -> Option<OwnedFd> {
     nix::fcntl::fcntl(
-        // SAFETY: only asks whether the number is open.
+        // SAFETY: only changes the flags of the number, if it is open.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(number) },
-        nix::fcntl::FcntlArg::F_GETFD,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .ok()?;
     // SAFETY: the supervisor put this descriptor at this number for this
@@ -49,6 +53,18 @@ fn handed(number: RawFd) -> Option<OwnedFd> {
 }
 
 fn run(role: &str) -> ExitCode {
+    // Stops come from the supervisor (signals are handled once the runtime
+    // runs); a SIGUSR2 meant for the supervisor (`systemctl kill -s USR2`
+    // reaches every process of the unit) must not kill the worker.
+    for signal in [
+        Signal::SIGUSR2,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        // SAFETY: setting a disposition to SIG_IGN runs no code of ours.
+        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
+    }
     let (Some(config_fd), Some(link), Some(journal)) =
         (handed(CONFIG_FD), handed(CONTROL_FD), handed(JOURNAL_FD))
     else {
@@ -83,6 +99,10 @@ fn run(role: &str) -> ExitCode {
         (None, false) => LogTarget::Syslog,
     };
     let _ = logging::init(&config.log_level, target);
+    let (role, device) = match role.split_once(' ') {
+        Some((role, device)) => (role, Some(device.to_string())),
+        None => (role, None),
+    };
     let fuse = if role == "takeover" {
         match handed(FUSE_FD) {
             Some(fd) => Some(fd),
@@ -103,6 +123,7 @@ fn run(role: &str) -> ExitCode {
         link: Arc::new(link),
         journal,
         fuse,
+        device,
     };
     match super::serve_and_report(&config, &mountpoint, ready, Some(handed)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,10 +157,7 @@ pub(super) fn listen(link: Arc<OwnedFd>) -> Requests {
                         }
                     }
                     Ok(None) | Err(_) => {
-                        warn!(
-                            "the volume's supervisor is gone: this worker serves on alone, and \
-                             its death would end the volume"
-                        );
+                        warn!("the volume's supervisor is gone: stopping the volume");
                         let _ = tx.send(None);
                         return;
                     }

@@ -117,7 +117,9 @@ impl HandleTable {
                 // Not yet shared: no one else holds the lock.
                 size: reader.try_lock().map_or(0, |r| r.object().size),
             },
-            OpenFile::Staged { .. } => Handle::Staged,
+            OpenFile::Staged { writer, .. } => Handle::Staged {
+                writing: writer.is_some(),
+            },
         };
         self.record(Record::Opened {
             fh,

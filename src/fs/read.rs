@@ -374,6 +374,14 @@ impl Reader {
         }
     }
 
+    /// A reader taking over a handle that may have returned bytes already
+    /// (a worker before this one served it): it never switches to another
+    /// version.
+    pub fn already_served(mut self) -> Self {
+        self.served = true;
+        self
+    }
+
     /// The version read.
     pub fn object(&self) -> &ObjectVersion {
         &self.object

@@ -61,12 +61,19 @@ impl Fs {
         let ask = self.restart.get().ok_or(FsError::NotSupported(
             "a restart of a volume with no supervisor",
         ))?;
-        ask().map_err(|_| FsError::NotSupported("a restart: the supervisor is gone"))
+        ask().map_err(|_| {
+            FsError::NotSupported(
+                "a restart in place here: the kernel cannot send FUSE requests again (Linux \
+                 6.9), or the volume's supervisor is gone",
+            )
+        })
     }
 
-    /// How many handles are open for writing.
-    pub fn files_open_for_writing(&self) -> usize {
-        self.handles.count(|f| {
+    /// Whether this worker may step aside for a new one without losing a
+    /// change: no file open for writing, none being uploaded or waiting to
+    /// be; changes of modes, owners and times waiting are put in S3 now.
+    pub async fn ready_to_retire(&self) -> bool {
+        let writing = self.handles.count(|f| {
             matches!(
                 f,
                 OpenFile::Staged {
@@ -74,7 +81,12 @@ impl Fs {
                     ..
                 }
             )
-        })
+        });
+        if writing > 0 || !self.staging.all().is_empty() {
+            return false;
+        }
+        self.apply_metadata(std::time::Duration::ZERO).await;
+        true
     }
 
     /// Takes over what `carried` says the kernel holds (see the module).
@@ -92,8 +104,11 @@ impl Fs {
             let reopened = match open {
                 Handle::Directory => self.reopen_dir(fh, ino).await,
                 Handle::Object { etag, size } => self.reopen_object(fh, ino, etag, size).await,
-                Handle::Staged => {
-                    if let Ok(node) = self.node(ino) {
+                Handle::Staged { writing } => {
+                    if writing
+                        && let Ok(node) = self.node(ino)
+                        && !adopted.lost_keys.contains(&node.key)
+                    {
                         adopted.lost_keys.push(node.key);
                     }
                     Ok(false)
@@ -157,7 +172,10 @@ impl Fs {
             return Ok(false);
         }
         let object = self.object_version(&opening.node, opening.decryption);
-        let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
+        // The handle may have read some of this version already: never
+        // another one now.
+        let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone())
+            .already_served();
         self.handles.insert(
             fh,
             OpenFile::Object {

@@ -151,11 +151,16 @@ pub fn connection(volume: &Volume) -> io::Result<OwnedFd> {
 /// of that exchange; then the connection takes the socket's place under the
 /// same descriptor number (dup2), and every read, reply and notification of
 /// the session goes to the kernel.
+///
+/// `device` is the mount's `MAJOR:MINOR` as the first worker found it: the
+/// mountpoint may hold another mount by now (the volume detached with `umount
+/// -l`), which this volume's stop must never touch.
 pub fn take_over(
     adapter: FuseAdapter,
     fd: OwnedFd,
     mountpoint: &Path,
     plan: &MountPlan,
+    device: Option<String>,
 ) -> io::Result<Volume> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let (ours, kernel_part) = socketpair(
@@ -170,10 +175,10 @@ pub fn take_over(
     {
         use std::os::fd::{AsFd, AsRawFd};
         let number = session.as_fd().as_raw_fd();
-        // SAFETY: dup2 closes the socket under the session's descriptor number
-        // and puts the connection there in one step; the session's File goes
-        // on owning that number, and no thread uses it yet.
-        if unsafe { libc::dup2(fd.as_raw_fd(), number) } == -1 {
+        // SAFETY: dup3 closes the socket under the session's descriptor number
+        // and puts the connection there (close-on-exec) in one step; the
+        // session's File goes on owning that number, and no thread uses it yet.
+        if unsafe { libc::dup3(fd.as_raw_fd(), number, libc::O_CLOEXEC) } == -1 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -182,7 +187,7 @@ pub fn take_over(
     fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
     Ok(Volume {
         session,
-        handle: VolumeHandle::new(mountpoint, crate::mountinfo::device(mountpoint)),
+        handle: VolumeHandle::new(mountpoint, device),
     })
 }
 
@@ -377,6 +382,11 @@ impl Volume {
 }
 
 impl VolumeHandle {
+    /// The mount's `MAJOR:MINOR`, if known.
+    pub fn device(&self) -> Option<&str> {
+        self.device.as_deref()
+    }
+
     /// The volume mounted at `mountpoint` as the kernel's device `device`
     /// (`MAJOR:MINOR`, from /proc/self/mountinfo).
     pub fn new(mountpoint: &Path, device: Option<String>) -> Self {

@@ -327,7 +327,7 @@ async fn a_volume_without_a_log_file_logs_to_syslog() {
         dir.path().join("cache").display()
     );
 
-    let (pid, messages) = in_helper_namespace(|| {
+    let (pids, messages) = in_helper_namespace(|| {
         let syslog = SyslogListener::at_dev_log();
         let _mnt = Unmount(&mnt);
         let mnt_arg = mnt.to_str().unwrap();
@@ -336,17 +336,20 @@ async fn a_volume_without_a_log_file_logs_to_syslog() {
             &["-t", "s3vol", "vol/root", mnt_arg, "-o", &options],
         );
         assert!(succeeded(&out));
-        let pid = daemon_pids(&mnt)[0];
+        let pids = [daemon_pids(&mnt)[0], common::worker_pids(&mnt)[0]];
         assert_eq!(std::fs::read_dir(mnt.join("a")).unwrap().count(), 0);
         assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
         common::assert_daemon_exits(&mnt, "outlived umount");
-        (pid, syslog.messages())
+        (pids, syslog.messages())
     });
-    let tag = format!(" s3vol[{pid}]: ");
+    // The supervisor's lines and its worker's.
+    let tags = pids.map(|pid| format!(" s3vol[{pid}]: "));
     assert!(!messages.is_empty(), "nothing reached syslog");
     assert!(
-        messages.iter().all(|m| m.contains(&tag)),
-        "not all tagged {tag:?}: {messages:#?}"
+        messages
+            .iter()
+            .all(|m| tags.iter().any(|tag| m.contains(tag))),
+        "not all tagged {tags:?}: {messages:#?}"
     );
     // Facility daemon (3 << 3) with info (6) and warning (4).
     let sent = |priority: &str, text: &str| {
