@@ -49,6 +49,8 @@ pub const CONTROL_FD: RawFd = 4;
 pub const JOURNAL_FD: RawFd = 5;
 pub const FUSE_FD: RawFd = 6;
 pub const READY_FD: RawFd = 7;
+/// The running build's own binary, for a worker started from it.
+const OWN_BINARY_FD: RawFd = 8;
 
 /// The exit status of a worker that stepped aside for a new one.
 pub const RETIRED: i32 = 75;
@@ -60,6 +62,11 @@ pub const SESSION_FAILED: i32 = 70;
 /// A crash loop: this many workers dead within [`CRASH_WINDOW`] end the volume.
 const CRASHES: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// A worker taking the volume over that does not serve within this long is
+/// killed, and counts as a death: the volume's applications wait meanwhile
+/// (an endpoint or STS that does not answer, say).
+const TAKEOVER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A worker that dies this soon after it started is started again only after
 /// [`BACKOFF`], so that a loop does not spin.
@@ -88,10 +95,18 @@ struct Worker {
     serving: bool,
     /// It was asked to step aside.
     retiring: bool,
+    /// It runs the binary installed at the volume's path (not this build).
+    installed: bool,
 }
 
 struct Supervisor {
     program: PathBuf,
+    /// This build's binary, open: what a worker runs when the installed one
+    /// could not take the volume over (an upgrade that cannot read this
+    /// volume's configuration, say).
+    own_binary: File,
+    /// The next worker runs `own_binary`.
+    fall_back: bool,
     mountpoint: PathBuf,
     config: OwnedFd,
     journal: OwnedFd,
@@ -146,8 +161,13 @@ impl Supervisor {
                  if the worker dies, the volume ends and its applications get ENOTCONN"
             );
         }
+        let own_binary = File::open("/proc/self/exe").map_err(|e| {
+            StartError::other(format!("cannot open this program's own binary: {e}"))
+        })?;
         Ok(Self {
             program,
+            own_binary,
+            fall_back: false,
             mountpoint: mountpoint.to_path_buf(),
             config: memfd,
             journal,
@@ -175,7 +195,17 @@ impl Supervisor {
         if let Some(ready) = &ready {
             passed.push((ready, READY_FD));
         }
-        let mut command = Command::new(&self.program);
+        let own: OwnedFd = self
+            .own_binary
+            .try_clone()
+            .map_err(|e| StartError::other(e.to_string()))?
+            .into();
+        let mut command = if self.fall_back {
+            passed.push((&own, OWN_BINARY_FD));
+            Command::new(format!("/proc/self/fd/{OWN_BINARY_FD}"))
+        } else {
+            Command::new(&self.program)
+        };
         command
             .arg0("s3vol")
             .arg("worker")
@@ -191,13 +221,18 @@ impl Supervisor {
             .current_dir("/");
         let child = spawn_with(&mut command, &passed)
             .map_err(|e| StartError::other(format!("cannot start the volume's worker: {e}")))?;
-        info!(worker = child.id(), program = %self.program.display(), "worker started");
+        info!(
+            worker = child.id(),
+            program = %if self.fall_back { "this build".into() } else { self.program.display().to_string() },
+            "worker started"
+        );
         self.worker = Some(Worker {
             child,
             started: Instant::now(),
             link: ours,
             serving: false,
             retiring: false,
+            installed: !self.fall_back,
         });
         Ok(())
     }
@@ -205,20 +240,33 @@ impl Supervisor {
     fn run(&mut self) -> Result<ExitCode, StartError> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         loop {
-            let link = self.worker.as_ref().map(|w| w.link.try_clone()).transpose();
-            let link = link.map_err(|e| StartError::other(e.to_string()))?;
             let (signal_ready, link_ready) = {
                 let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-                if let Some(link) = &link {
-                    fds.push(PollFd::new(link.as_fd(), PollFlags::POLLIN));
+                if let Some(worker) = &self.worker {
+                    fds.push(PollFd::new(worker.link.as_fd(), PollFlags::POLLIN));
                 }
-                match poll(&mut fds, PollTimeout::NONE) {
+                let timeout = match self.takeover_left() {
+                    Some(left) => PollTimeout::try_from(left.as_millis().min(60_000) as u16 + 1)
+                        .unwrap_or(PollTimeout::MAX),
+                    None => PollTimeout::NONE,
+                };
+                match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(StartError::other(format!("poll: {e}"))),
+                    Err(e) => return Ok(self.give_up(&format!("poll: {e}"))),
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 (ready(&fds[0]), fds.get(1).is_some_and(ready))
             };
+            if self.takeover_left() == Some(Duration::ZERO)
+                && let Some(worker) = &mut self.worker
+            {
+                warn!(
+                    worker = worker.child.id(),
+                    "the new worker did not take the volume over within {TAKEOVER_DEADLINE:?}; \
+                     killing it"
+                );
+                let _ = worker.child.kill();
+            }
             if link_ready {
                 self.hear_worker();
             }
@@ -230,6 +278,13 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// How long a worker taking the volume over has left to serve it.
+    fn takeover_left(&self) -> Option<Duration> {
+        let worker = self.worker.as_ref()?;
+        (self.fuse.is_some() && !worker.serving)
+            .then(|| TAKEOVER_DEADLINE.saturating_sub(worker.started.elapsed()))
     }
 
     /// Reads what the worker said.
@@ -258,7 +313,7 @@ impl Supervisor {
                 FromWorker::Restart => {
                     info!("restart asked for through the volume");
                     if let Some(worker) = &mut self.worker {
-                        retire(worker);
+                        retire(worker, &mut self.fall_back);
                     }
                     return;
                 }
@@ -291,7 +346,7 @@ impl Supervisor {
             Ok(Signal::SIGUSR2) => {
                 info!("SIGUSR2: replacing the worker with the installed binary");
                 if let Some(worker) = &mut self.worker {
-                    retire(worker);
+                    retire(worker, &mut self.fall_back);
                 }
                 Ok(None)
             }
@@ -361,6 +416,14 @@ impl Supervisor {
                  later can)"
             ))));
         }
+        if !retired && !worker.serving && worker.installed {
+            warn!(
+                program = %self.program.display(),
+                "the installed binary could not take the volume over; the next worker runs \
+                 this build"
+            );
+            self.fall_back = true;
+        }
         if !retired && lived < QUICK_DEATH {
             std::thread::sleep(BACKOFF);
         }
@@ -406,7 +469,9 @@ fn sealed_file(text: &[u8]) -> std::io::Result<OwnedFd> {
 }
 
 /// Asks `worker` to step aside once what it has in flight is done.
-fn retire(worker: &mut Worker) {
+fn retire(worker: &mut Worker, fall_back: &mut bool) {
+    // A restart is for the installed binary.
+    *fall_back = false;
     if !worker.retiring {
         worker.retiring = true;
         let _ = link::send(&worker.link, ToWorker::Retire);
@@ -450,7 +515,12 @@ fn spawn_with(command: &mut Command, passed: &[(&OwnedFd, RawFd)]) -> std::io::R
             }
             // Nothing else of the supervisor's: numbers above the passed ones
             // close (what the supervisor itself inherited included).
-            libc::syscall(libc::SYS_close_range, 8u32, u32::MAX, 0u32);
+            libc::syscall(
+                libc::SYS_close_range,
+                OWN_BINARY_FD as u32 + 1,
+                u32::MAX,
+                0u32,
+            );
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1 {

@@ -575,9 +575,11 @@ pub fn daemon_pids(mountpoint: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// Kills the whole daemon of the volume at `mountpoint` with SIGKILL: its
-/// supervisor first (which would start a new worker), then its worker; the
-/// mount is left dead, as a crash of both leaves it.
+/// Kills the whole daemon of the volume at `mountpoint` with SIGKILL, as a
+/// crash of both its processes would: the supervisor is stopped first (it
+/// would start a new worker), then the worker killed (which would stop the
+/// volume once its supervisor is gone), then the supervisor. The mount is
+/// left dead.
 pub fn kill_volume(mountpoint: &Path) {
     let processes = volume_processes(mountpoint);
     assert!(
@@ -585,14 +587,25 @@ pub fn kill_volume(mountpoint: &Path) {
         "no daemon serves {}",
         mountpoint.display()
     );
-    for (pid, _) in processes.iter().filter(|(_, worker)| !worker) {
-        // SAFETY: kill(2) on a process found by its command line.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
-    for (pid, _) in processes.iter().filter(|(_, worker)| *worker) {
-        // SAFETY: as above.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
+    let signal = |worker: bool, signal: i32| {
+        for (pid, _) in processes.iter().filter(|(_, w)| *w == worker) {
+            // SAFETY: kill(2) on a process found by its command line.
+            unsafe { libc::kill(*pid, signal) };
+        }
+    };
+    signal(false, libc::SIGSTOP);
+    let stopped = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split(") ").nth(1).is_some_and(|s| s.starts_with('T')))
+    };
+    wait_until(Duration::from_secs(2), || {
+        processes
+            .iter()
+            .filter(|(_, w)| !w)
+            .all(|(pid, _)| stopped(pid))
+    });
+    signal(true, libc::SIGKILL);
+    signal(false, libc::SIGKILL);
 }
 
 /// The worker serving the volume at `mountpoint`: the process that talks to

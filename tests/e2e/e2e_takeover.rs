@@ -402,7 +402,69 @@ async fn a_restart_swaps_in_another_build_during_a_read() {
     );
     reader.read_to_end(&mut read).unwrap();
     assert!(read == std::fs::read(&source).unwrap(), "the read differs");
+    // SIGUSR2 to the supervisor does the same.
+    let supervisor = daemon_pids(mountpoint.path())[0];
+    // SAFETY: kill(2) on the supervisor this test started.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGUSR2) }, 0);
+    assert!(
+        wait_until(Duration::from_secs(20), || worker_pids(mountpoint.path())
+            .iter()
+            .any(|&p| p != new)),
+        "SIGUSR2 did not replace the worker"
+    );
+    assert_eq!(
+        std::fs::read(mountpoint.path().join("big")).unwrap().len(),
+        256 * MIB
+    );
     let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.contains("stepped aside"), "{log}");
+    assert_eq!(log.matches("stepped aside").count(), 2, "{log}");
     assert!(!log.contains("died"), "{log}");
+}
+
+/// An upgrade whose binary cannot take the volume over (here, one that exits
+/// at once) does not end the volume: the running build serves on.
+#[tokio::test]
+#[ignore = "needs Garage; run by scripts/test.sh"]
+async fn a_broken_upgrade_leaves_the_running_build_serving() {
+    let server = garage().await;
+    server.put(BUCKET, "root/a", b"a".to_vec()).await;
+    let local = tempfile::tempdir().unwrap();
+    let installed = local.path().join("s3vol");
+    std::fs::copy(common::binary(), &installed).unwrap();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let log = local.path().join("log");
+    let out = Command::new(&installed)
+        .args(["mount", "vol/root"])
+        .arg(mountpoint.path())
+        .arg("--log-file")
+        .arg(&log)
+        .args(server.endpoint_args())
+        .envs(server.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _unmount = common::Unmount(mountpoint.path());
+    let broken = local.path().join("s3vol.new");
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &installed).unwrap();
+
+    kill_worker(mountpoint.path());
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("took over from the worker before")),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(std::fs::read(mountpoint.path().join("a")).unwrap(), b"a");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("the installed binary could not take the volume over"),
+        "{log}"
+    );
 }
