@@ -246,8 +246,8 @@ impl Supervisor {
                     fds.push(PollFd::new(worker.link.as_fd(), PollFlags::POLLIN));
                 }
                 let timeout = match self.takeover_left() {
-                    Some(left) => PollTimeout::try_from(left.as_millis().min(60_000) as u16 + 1)
-                        .unwrap_or(PollTimeout::MAX),
+                    // Whole milliseconds, rounded up; the deadline is a minute.
+                    Some(left) => PollTimeout::from(left.as_millis().min(60_000) as u16 + 1),
                     None => PollTimeout::NONE,
                 };
                 match poll(&mut fds, timeout) {
