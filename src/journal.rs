@@ -66,6 +66,13 @@ pub enum Record {
     Closed {
         fh: u64,
     },
+    /// A multipart upload of `key` is being asked for, at `at` (seconds since
+    /// the epoch): a worker killed before it hears the answer leaves an upload
+    /// whose ID no one knows.
+    UploadStarting {
+        key: String,
+        at: u64,
+    },
     /// A multipart upload of `key` began.
     UploadStarted {
         key: String,
@@ -112,6 +119,9 @@ pub struct Carried {
     pub handles: BTreeMap<u64, (u64, Handle)>,
     /// Uploads under way: upload ID to key.
     pub uploads: BTreeMap<String, String>,
+    /// Keys whose upload was asked for with no answer recorded, and since
+    /// when.
+    pub starting: BTreeMap<String, u64>,
     /// The highest inode and handle numbers ever given out.
     pub last_ino: u64,
     pub last_fh: u64,
@@ -152,7 +162,11 @@ impl Carried {
             Record::Closed { fh } => {
                 self.handles.remove(&fh);
             }
+            Record::UploadStarting { key, at } => {
+                self.starting.entry(key).or_insert(at);
+            }
             Record::UploadStarted { key, id } => {
+                self.starting.remove(&key);
                 self.uploads.insert(id, key);
             }
             Record::UploadEnded { id } => {
@@ -204,6 +218,12 @@ impl Carried {
             records.push(Record::UploadStarted {
                 key: key.clone(),
                 id: id.clone(),
+            });
+        }
+        for (key, at) in &self.starting {
+            records.push(Record::UploadStarting {
+                key: key.clone(),
+                at: *at,
             });
         }
         records

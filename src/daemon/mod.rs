@@ -219,8 +219,11 @@ fn serve(
                 lost_with_worker = runtime.block_on(volume.fs.adopt(carried)).lost_keys;
             }
             let device = handed_device.clone();
-            session::take_over(volume.adapter, fuse, mountpoint, &volume.plan, device)
-                .map_err(|e| StartError::other(format!("cannot take the volume over: {e}")))?
+            let mounted =
+                session::take_over(volume.adapter, fuse, mountpoint, &volume.plan, device)
+                    .map_err(|e| StartError::other(format!("cannot take the volume over: {e}")))?;
+            volume.fs.distrust_kernel_attributes();
+            mounted
         }
         None => mount(volume.adapter, mountpoint, &volume.plan)?,
     };

@@ -527,6 +527,11 @@ impl InodeTable {
         }
     }
 
+    /// Every inode number in the table.
+    pub fn numbers(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

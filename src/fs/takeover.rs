@@ -91,7 +91,7 @@ impl Fs {
 
     /// Takes over what `carried` says the kernel holds (see the module).
     /// Call before serving a request.
-    pub async fn adopt(&self, carried: Carried) -> Adopted {
+    pub async fn adopt(&self, mut carried: Carried) -> Adopted {
         self.inodes
             .lock()
             .adopt(&carried.nodes, carried.last_ino, Instant::now());
@@ -100,7 +100,7 @@ impl Fs {
             inodes: carried.nodes.len(),
             ..Adopted::default()
         };
-        for (fh, (ino, open)) in carried.handles {
+        for (fh, (ino, open)) in std::mem::take(&mut carried.handles) {
             let reopened = match open {
                 Handle::Directory => self.reopen_dir(fh, ino).await,
                 Handle::Object { etag, size } => self.reopen_object(fh, ino, etag, size).await,
@@ -139,6 +139,7 @@ impl Fs {
             }
         });
         adopted.uploads_aborted = join_all(aborts).await.into_iter().filter(|&a| a).count();
+        adopted.uploads_aborted += self.abort_unanswered(&carried).await;
         info!(
             inodes = adopted.inodes,
             handles = adopted.handles,
@@ -147,6 +148,55 @@ impl Fs {
             "took over from the worker before"
         );
         adopted
+    }
+
+    /// Tells the kernel that the attributes the worker before this one gave
+    /// it may be stale (an object may have been replaced while no worker
+    /// served): it asks again before it relies on a size. Call once the
+    /// kernel's caches are attached.
+    pub fn distrust_kernel_attributes(&self) {
+        let numbers = self.inodes.lock().numbers();
+        for ino in numbers {
+            self.kernel.attributes_changed(ino);
+        }
+    }
+
+    /// Aborts the uploads the worker before this one asked for and never
+    /// heard the answer to: those of the same key S3 began since (a minute's
+    /// leeway for the clocks), which only it can have asked for. How many.
+    async fn abort_unanswered(&self, carried: &Carried) -> usize {
+        let mut aborted = 0;
+        for (key, at) in &carried.starting {
+            let since =
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(at.saturating_sub(60));
+            let pending = match self.store.list_multipart_uploads(key).await {
+                Ok(pending) => pending,
+                Err(e) => {
+                    warn!(
+                        key,
+                        "cannot list the uploads the worker before may have left: {e:#}"
+                    );
+                    continue;
+                }
+            };
+            for upload in pending {
+                if upload.key != *key
+                    || upload.initiated < since
+                    || carried.uploads.contains_key(&upload.upload_id)
+                {
+                    continue;
+                }
+                match self
+                    .store
+                    .abort_multipart_upload(key, &upload.upload_id)
+                    .await
+                {
+                    Ok(()) => aborted += 1,
+                    Err(e) => warn!(key, "cannot abort an upload the worker before left: {e:#}"),
+                }
+            }
+        }
+        aborted
     }
 
     /// Opens directory `ino` again as handle `fh`.

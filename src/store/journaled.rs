@@ -1,6 +1,9 @@
 //! A wrapper that records in the volume's journal each multipart upload it
 //! begins and ends, so that a worker replacing one that died aborts the
-//! uploads it left: no parts of a file half written stay behind in S3.
+//! uploads it left: no parts of a file half written stay behind in S3. The
+//! request for an upload is recorded before it is sent: a worker killed
+//! before it heard the answer leaves an upload only S3 knows the ID of, which
+//! the next worker finds by its key.
 
 use std::sync::Arc;
 
@@ -29,6 +32,13 @@ impl ObjectStore for JournaledStore {
     async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
         match request {
             Request::CreateUpload { key, .. } => {
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.journal.record(&Record::UploadStarting {
+                    key: key.to_string(),
+                    at,
+                });
                 let answer = self.inner.send(request).await;
                 if let Ok(Response::UploadId(id)) = &answer {
                     self.journal.record(&Record::UploadStarted {
@@ -77,6 +87,17 @@ mod tests {
         assert_eq!(
             carried.uploads.into_iter().collect::<Vec<_>>(),
             [(kept, "a".to_string())]
+        );
+        assert!(carried.starting.is_empty(), "{:?}", carried.starting);
+        // Asked for, never answered (the worker killed meanwhile).
+        journal.record(&Record::UploadStarting {
+            key: "c".into(),
+            at: 5,
+        });
+        let (_, carried) = Journal::open(journal.fd().unwrap()).unwrap();
+        assert_eq!(
+            carried.starting.into_iter().collect::<Vec<_>>(),
+            [("c".to_string(), 5)]
         );
     }
 }
