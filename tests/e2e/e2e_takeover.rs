@@ -80,6 +80,26 @@ async fn random_object(server: &Server, dir: &Path, key: &str, size: usize) -> P
     source
 }
 
+/// Mounts the volume with the binary at `program` (a copy that a test then
+/// replaces, as an upgrade does), logging to `log`.
+fn mount_with(program: &Path, server: &Server, mountpoint: &Path, log: &Path, extra: &[&str]) {
+    let out = Command::new(program)
+        .args(["mount", "vol/root"])
+        .arg(mountpoint)
+        .arg("--log-file")
+        .arg(log)
+        .args(extra)
+        .args(server.endpoint_args())
+        .envs(server.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs Garage; run by scripts/test.sh"]
 async fn a_gib_read_and_new_opens_carry_on_when_the_worker_is_killed() {
@@ -328,21 +348,13 @@ async fn a_restart_swaps_in_another_build_during_a_read() {
     std::fs::copy(common::binary(), &installed).unwrap();
     let mountpoint = tempfile::tempdir().unwrap();
     let log = local.path().join("log");
-    let out = Command::new(&installed)
-        .args(["mount", "vol/root"])
-        .arg(mountpoint.path())
-        .arg("--log-file")
-        .arg(&log)
-        // Other users may use the volume, not restart it.
-        .arg("--allow-other")
-        .args(server.endpoint_args())
-        .envs(server.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Other users may use the volume, not restart it.
+    mount_with(
+        &installed,
+        &server,
+        mountpoint.path(),
+        &log,
+        &["--allow-other"],
     );
     let _unmount = common::Unmount(mountpoint.path());
     let old = the_worker(mountpoint.path());
@@ -433,20 +445,7 @@ async fn a_broken_upgrade_leaves_the_running_build_serving() {
     std::fs::copy(common::binary(), &installed).unwrap();
     let mountpoint = tempfile::tempdir().unwrap();
     let log = local.path().join("log");
-    let out = Command::new(&installed)
-        .args(["mount", "vol/root"])
-        .arg(mountpoint.path())
-        .arg("--log-file")
-        .arg(&log)
-        .args(server.endpoint_args())
-        .envs(server.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount_with(&installed, &server, mountpoint.path(), &log, &[]);
     let _unmount = common::Unmount(mountpoint.path());
     let broken = local.path().join("s3vol.new");
     std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
