@@ -73,6 +73,11 @@ pub enum Record {
         key: String,
         at: u64,
     },
+    /// No upload of `key` is waiting for an answer any more: the request
+    /// failed, or the next worker looked for what it left.
+    UploadUnasked {
+        key: String,
+    },
     /// A multipart upload of `key` began.
     UploadStarted {
         key: String,
@@ -164,6 +169,9 @@ impl Carried {
             }
             Record::UploadStarting { key, at } => {
                 self.starting.entry(key).or_insert(at);
+            }
+            Record::UploadUnasked { key } => {
+                self.starting.remove(&key);
             }
             Record::UploadStarted { key, id } => {
                 self.starting.remove(&key);
@@ -293,6 +301,11 @@ impl Journal {
                  rather than be taken over"
             );
         }
+    }
+
+    /// Whether every change so far is in the journal.
+    pub fn kept(&self) -> bool {
+        !self.file.lock().failed
     }
 
     /// The descriptor, for a worker to be handed.

@@ -236,11 +236,13 @@ fn serve(
             worker::tell(link, link::FromWorker::Mounted, Some(&connection));
         }
         let link = link.clone();
+        let journal = journal.clone();
         volume.fs.on_restart(Arc::new(move || {
             // Without a resend, the requests in flight when this worker
-            // steps aside would wait forever: the supervisor would end the
-            // volume instead.
-            if !session::kernel_resends() {
+            // steps aside would wait forever; without the whole journal, no
+            // worker could take over: either way the volume would end.
+            let kept = journal.as_ref().is_none_or(|j| j.kept());
+            if !session::kernel_resends() || !kept {
                 return Err(std::io::ErrorKind::Unsupported.into());
             }
             link::tell_supervisor(&link, link::FromWorker::Restart, None)

@@ -50,7 +50,7 @@ pub const JOURNAL_FD: RawFd = 5;
 pub const FUSE_FD: RawFd = 6;
 pub const READY_FD: RawFd = 7;
 /// The running build's own binary, for a worker started from it.
-const OWN_BINARY_FD: RawFd = 8;
+pub const OWN_BINARY_FD: RawFd = 8;
 
 /// The exit status of a worker that stepped aside for a new one.
 pub const RETIRED: i32 = 75;
@@ -97,6 +97,8 @@ struct Worker {
     retiring: bool,
     /// It runs the binary installed at the volume's path (not this build).
     installed: bool,
+    /// It missed the takeover deadline and was killed.
+    killed: bool,
 }
 
 struct Supervisor {
@@ -107,6 +109,8 @@ struct Supervisor {
     own_binary: File,
     /// The next worker runs `own_binary`.
     fall_back: bool,
+    /// Workers of the installed binary that died before serving, in a row.
+    installed_failures: u32,
     mountpoint: PathBuf,
     config: OwnedFd,
     journal: OwnedFd,
@@ -168,6 +172,7 @@ impl Supervisor {
             program,
             own_binary,
             fall_back: false,
+            installed_failures: 0,
             mountpoint: mountpoint.to_path_buf(),
             config: memfd,
             journal,
@@ -233,6 +238,7 @@ impl Supervisor {
             serving: false,
             retiring: false,
             installed: !self.fall_back,
+            killed: false,
         });
         Ok(())
     }
@@ -266,6 +272,7 @@ impl Supervisor {
                      killing it"
                 );
                 let _ = worker.child.kill();
+                worker.killed = true;
             }
             if link_ready {
                 self.hear_worker();
@@ -283,7 +290,7 @@ impl Supervisor {
     /// How long a worker taking the volume over has left to serve it.
     fn takeover_left(&self) -> Option<Duration> {
         let worker = self.worker.as_ref()?;
-        (self.fuse.is_some() && !worker.serving)
+        (self.fuse.is_some() && !worker.serving && !worker.killed)
             .then(|| TAKEOVER_DEADLINE.saturating_sub(worker.started.elapsed()))
     }
 
@@ -416,13 +423,19 @@ impl Supervisor {
                  later can)"
             ))));
         }
-        if !retired && !worker.serving && worker.installed {
-            warn!(
-                program = %self.program.display(),
-                "the installed binary could not take the volume over; the next worker runs \
-                 this build"
-            );
-            self.fall_back = true;
+        if worker.serving {
+            self.installed_failures = 0;
+        } else if !retired && worker.installed {
+            // Twice in a row: once may be the endpoint's doing, not the binary's.
+            self.installed_failures += 1;
+            if self.installed_failures >= 2 {
+                warn!(
+                    program = %self.program.display(),
+                    "the installed binary could not take the volume over; the next worker runs \
+                     the build the volume was mounted with"
+                );
+                self.fall_back = true;
+            }
         }
         if !retired && lived < QUICK_DEATH {
             std::thread::sleep(BACKOFF);
@@ -508,19 +521,26 @@ fn spawn_with(command: &mut Command, passed: &[(&OwnedFd, RawFd)]) -> std::io::R
     // without close-on-exec.
     unsafe {
         command.pre_exec(move || {
+            // Nothing else of the supervisor's crosses the exec (what it
+            // inherited included): every descriptor from 3 on is marked
+            // close-on-exec, and dup2 clears the mark on those passed. (Closing
+            // them now would close std's own pipe that reports a failed exec.)
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             for (fd, number) in &raw {
                 if libc::dup2(*fd, *number) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            // Nothing else of the supervisor's: numbers above the passed ones
-            // close (what the supervisor itself inherited included).
-            libc::syscall(
-                libc::SYS_close_range,
-                OWN_BINARY_FD as u32 + 1,
-                u32::MAX,
-                0u32,
-            );
+            // A SIGUSR2 meant for the supervisor (`systemctl kill -s USR2`
+            // reaches the whole unit) must not kill the worker before it
+            // sets its own dispositions; an ignored signal stays ignored
+            // across exec.
+            libc::signal(libc::SIGUSR2, libc::SIG_IGN);
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1 {

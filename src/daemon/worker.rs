@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::link::{self, FromWorker, ToWorker};
-use super::supervisor::{CONFIG_FD, CONTROL_FD, FUSE_FD, JOURNAL_FD, READY_FD, WORKER_ENV};
+use super::supervisor::{
+    CONFIG_FD, CONTROL_FD, FUSE_FD, JOURNAL_FD, OWN_BINARY_FD, READY_FD, WORKER_ENV,
+};
 use crate::config::MountConfig;
 use crate::logging::{self, LogTarget};
 
@@ -65,6 +67,9 @@ fn run(role: &str) -> ExitCode {
         // SAFETY: setting a disposition to SIG_IGN runs no code of ours.
         let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
     }
+    // The binary this worker was started from, if it came through a
+    // descriptor: not needed once running.
+    drop(handed(OWN_BINARY_FD));
     let (Some(config_fd), Some(link), Some(journal)) =
         (handed(CONFIG_FD), handed(CONTROL_FD), handed(JOURNAL_FD))
     else {

@@ -90,7 +90,8 @@ impl HandleTable {
         let _ = self.journal.set(journal);
     }
 
-    fn record(&self, record: Record) {
+    /// Records `record` in the journal the handles are kept in, if any.
+    pub(super) fn record(&self, record: Record) {
         if let Some(journal) = self.journal.get() {
             journal.record(&record);
         }

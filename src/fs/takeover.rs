@@ -21,7 +21,12 @@ use tracing::{info, warn};
 use super::handle_table::OpenFile;
 use super::read::Reader;
 use super::{Fs, FsError, FsResult};
-use crate::journal::{Carried, Handle, Journal};
+use crate::journal::{Carried, Handle, Journal, Record};
+
+/// How long after a worker asked for an upload S3 may have begun it: the
+/// minute's leeway for clocks before, and the retries of a request
+/// (`--io-timeout` is far shorter) after.
+const ASKED_WITHIN: std::time::Duration = std::time::Duration::from_secs(60 + 600);
 
 /// What a takeover found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -179,9 +184,12 @@ impl Fs {
                     continue;
                 }
             };
+            // No request of that worker outlived it by much.
+            let until = since + ASKED_WITHIN;
             for upload in pending {
                 if upload.key != *key
                     || upload.initiated < since
+                    || upload.initiated > until
                     || carried.uploads.contains_key(&upload.upload_id)
                 {
                     continue;
@@ -195,6 +203,9 @@ impl Fs {
                     Err(e) => warn!(key, "cannot abort an upload the worker before left: {e:#}"),
                 }
             }
+            // Looked for: the next worker does not look again.
+            self.handles
+                .record(Record::UploadUnasked { key: key.clone() });
         }
         aborted
     }

@@ -40,12 +40,19 @@ impl ObjectStore for JournaledStore {
                     at,
                 });
                 let answer = self.inner.send(request).await;
-                if let Ok(Response::UploadId(id)) = &answer {
-                    self.journal.record(&Record::UploadStarted {
+                let record = match &answer {
+                    Ok(Response::UploadId(id)) => Record::UploadStarted {
                         key: key.to_string(),
                         id: id.clone(),
-                    });
-                }
+                    },
+                    // The retries behind this store gave up: an upload S3
+                    // began meanwhile is aborted by the caller's failure
+                    // path, or found by the key by whoever takes over.
+                    _ => Record::UploadUnasked {
+                        key: key.to_string(),
+                    },
+                };
+                self.journal.record(&record);
                 answer
             }
             Request::CompleteUpload { upload_id, .. } | Request::AbortUpload { upload_id, .. } => {
