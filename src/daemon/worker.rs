@@ -83,7 +83,7 @@ fn run(role: &str) -> ExitCode {
         .seek(SeekFrom::Start(0))
         .and_then(|_| file.read_to_end(&mut text))
         .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_slice::<MountConfig>(&text).map_err(|e| e.to_string()));
+        .and_then(|_| parse_config(&text));
     let mut config = match config {
         Ok(config) => config,
         Err(e) => {
@@ -142,6 +142,20 @@ fn run(role: &str) -> ExitCode {
     }
 }
 
+/// The configuration the supervisor wrote. A failure says where, not what:
+/// the text holds secrets, and serde's message can quote the value it could
+/// not take.
+fn parse_config(text: &[u8]) -> Result<MountConfig, String> {
+    serde_json::from_slice::<MountConfig>(text).map_err(|e| {
+        format!(
+            "{:?} error at line {} column {} (a build that writes another format?)",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
 /// What the supervisor asks of a running worker.
 pub(super) struct Requests {
     pub stop: mpsc::UnboundedReceiver<Option<ToWorker>>,
@@ -179,5 +193,25 @@ pub(super) fn tell(link: &OwnedFd, message: FromWorker, fd: Option<&OwnedFd>) {
         warn!("cannot tell the volume's supervisor {message:?}: {e}");
     } else {
         info!(?message, "told the supervisor");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_that_does_not_read_is_not_quoted() {
+        // A value of the wrong type where serde would name what it found.
+        let text = br#"{"source": "the-external-id-secret"}"#;
+        let refused = parse_config(text).err().unwrap();
+        assert!(!refused.contains("the-external-id-secret"), "{refused}");
+        assert!(refused.contains("line 1"), "{refused}");
+        // What serde itself says quotes it: the reason for the above.
+        let quoted = serde_json::from_slice::<MountConfig>(text).err().unwrap();
+        assert!(
+            quoted.to_string().contains("the-external-id-secret"),
+            "{quoted}"
+        );
     }
 }

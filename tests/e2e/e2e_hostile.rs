@@ -14,15 +14,13 @@ use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use common::{Mount, Server, ServerKind, pattern};
+use common::{Mount, Server, pattern};
 
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
 
 async fn garage() -> Server {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
-    server
+    Server::garage_with(BUCKET).await
 }
 
 fn names_in(dir: &std::path::Path) -> BTreeSet<Vec<u8>> {

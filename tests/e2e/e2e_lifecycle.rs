@@ -15,16 +15,14 @@ use std::time::Duration;
 
 use common::foreground::Foreground;
 use common::writer::Writer;
-use common::{Mount, Server, ServerKind, daemon_pids, is_mounted, pattern, s3vol, wait_until};
+use common::{Mount, Server, daemon_pids, is_mounted, pattern, s3vol, wait_until};
 use tokio::runtime::Handle;
 
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
 
 async fn garage() -> Server {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
-    server
+    Server::garage_with(BUCKET).await
 }
 
 fn the_daemon(mountpoint: &Path) -> i32 {
@@ -167,8 +165,7 @@ async fn a_second_sigterm_ends_the_connection_through_fusectl() {
 #[tokio::test]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn a_lazy_unmount_serves_open_files_until_they_are_closed() {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
+    let server = garage().await;
     let data = pattern(3 * MIB, 63);
     server.put(BUCKET, "root/data.bin", data.clone()).await;
     let mount = Mount::new(&server, "vol/root", &[]);
@@ -192,8 +189,7 @@ async fn a_lazy_unmount_serves_open_files_until_they_are_closed() {
 #[tokio::test]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn umount_cleans_up_after_a_killed_daemon() {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
+    let server = garage().await;
     server.put(BUCKET, "root/one", b"1".to_vec()).await;
     let mount = Mount::new(&server, "vol/root", &[]);
     common::kill_volume(mount.path());
@@ -241,8 +237,7 @@ async fn umount_cleans_up_after_a_killed_daemon() {
 #[tokio::test]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn sighup_leaves_the_volume_mounted() {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
+    let server = garage().await;
     server.put(BUCKET, "root/one", b"1".to_vec()).await;
     let mount = Mount::new(&server, "vol/root", &[]);
     signal(the_daemon(mount.path()), libc::SIGHUP);

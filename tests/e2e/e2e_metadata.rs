@@ -8,14 +8,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{Mount, Server, ServerKind};
+use common::{Mount, Server};
 
 const BUCKET: &str = "vol";
 
 async fn garage() -> Server {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
-    server
+    Server::garage_with(BUCKET).await
 }
 
 /// Unmounts and waits for the daemon to exit: by then every change of mode,

@@ -395,6 +395,13 @@ fn check_prints_what_the_role_may_do_and_fails_on_denials() {
     assert!(table.contains("s3:ListBucket"), "{table}");
     assert!(table.contains("s3:GetObject"), "{table}");
     assert!(!table.contains("DENIED"), "{table}");
+    // Whether a volume here outlives its worker, as the kernel allows.
+    let heals = if s3vol::fuse::session::kernel_resends() {
+        "kernel: heals (FUSE_NOTIFY_RESEND)"
+    } else {
+        "kernel: does not heal"
+    };
+    assert!(table.contains(heals), "{table}");
 
     // The role's policy is read-only: uploads are denied, with the fix.
     let read_write = run(&["--read-write"]);

@@ -14,15 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Mount, Server, ServerKind, daemon_pids, is_mounted, wait_until, worker_pids};
+use common::{Mount, Server, daemon_pids, is_mounted, wait_until, worker_pids};
 
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
 
 async fn garage() -> Server {
-    let server = Server::start(ServerKind::Garage);
-    server.create_bucket(BUCKET).await;
-    server
+    Server::garage_with(BUCKET).await
 }
 
 fn the_worker(mountpoint: &Path) -> i32 {
@@ -131,13 +129,10 @@ async fn a_gib_read_and_new_opens_carry_on_when_the_worker_is_killed() {
         String::from_utf8_lossy(&out.stderr),
         mount.log_text()
     );
-    assert!(
-        mount
-            .log_text()
-            .contains("took over from the worker before"),
-        "{}",
-        mount.log_text()
-    );
+    let log = mount.log_text();
+    assert!(log.contains("took over from the worker before"), "{log}");
+    // The start-up log said the kernel heals.
+    assert!(log.contains("heals=true"), "{log}");
 
     // The same mount, the same inode for the same name, new opens work.
     assert!(is_mounted(mount.path()));

@@ -62,7 +62,7 @@ async fn a_new_worker_answers_for_the_numbers_the_dead_one_gave() {
     let reader = first.open(file, READ).await.unwrap();
     let head = first.read(reader, 0, MIB as u32).await.unwrap();
     assert_eq!(&head[..], &content[..MIB]);
-    let (created, writer) = first
+    let (_, writer) = first
         .create(dir, OsStr::new("new"), None, Posix::default())
         .await
         .unwrap();
@@ -123,7 +123,6 @@ async fn a_new_worker_answers_for_the_numbers_the_dead_one_gave() {
     second.release(writer).await;
     assert!(store.get("root/a/new").is_none());
     assert_eq!(lookup_path(&second, "a/new").await, Err(libc::ENOENT));
-    let _ = created;
     // Numbers given out from now on are new ones.
     let (entry, fh) = second
         .create(ROOT_INO, OsStr::new("later"), None, Posix::default())
