@@ -109,6 +109,21 @@ impl MemoryMount {
     pub fn join(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Waits (up to 10 s) until the kernel's releases of closed files have
+    /// been answered: the kernel sends a release after close(2) has returned,
+    /// and until it is answered a new open reads the file's staged copy.
+    pub fn settle(&self) {
+        let runtime = self.runtime.as_ref().expect("mounted");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !runtime.block_on(self.fs.ready_to_retire()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "files closed 10 s ago are still staged"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for MemoryMount {

@@ -38,6 +38,9 @@ async fn lies_about_a_read_end_in_eio_never_in_wrong_bytes() {
         (Lie::LongBody, "ran past"),
         (Lie::EndlessBody, "ran past"),
         (Lie::DrippingBody, "slower than the 16 KiB/s"),
+        // A stall after a few bytes is a stall (asked again from where it
+        // stopped), not a slow body.
+        (Lie::StallingBody, "no data for 1s"),
         (Lie::WholeObject, "without a Content-Range"),
         (Lie::WrongRange, "with Content-Range"),
         (Lie::WrongEtag, "If-Match ignored"),

@@ -613,7 +613,10 @@ fn an_open_after_another_client_replaced_the_file_reads_the_new_version() {
         20
     );
     // Another client replaces them, within the metadata TTL: a fresh open
-    // reads what S3 holds, longer or shorter than the size the kernel kept.
+    // reads what S3 holds, longer or shorter than the size the kernel kept
+    // (once the writes' handles are released: until then an open reads the
+    // staged copy, the version this mount wrote, trusted for the TTL).
+    vol.settle();
     store.put("root/grows.txt", "version two");
     store.put("root/shrinks.txt", "v2");
     assert_eq!(

@@ -184,37 +184,39 @@ impl S3Store {
     ) -> StoreResult<Option<String>> {
         let mut received = 0u64;
         let stall = self.stall_limit();
-        // Each stall period must bring the least a body may come at (or the
-        // rest of it): a server that drips a byte now and then, never silent
-        // for long, is cut off all the same.
+        let shown = humantime::format_duration(stall);
+        // A body silent for a stall period has stalled: it is asked again from
+        // the byte it stopped at. And each stall period must bring the least a
+        // body may come at (or the rest of it): a server that drips a byte now
+        // and then, never silent for long, is cut off all the same.
         let least = (MIN_BODY_RATE as f64 * stall.as_secs_f64()) as u64;
         let mut window = (tokio::time::Instant::now(), 0u64);
+        let mut last = window.0;
         loop {
-            let next = match window.0.checked_add(stall) {
+            let next = match last.checked_add(stall) {
                 Some(end) => tokio::time::timeout_at(end, body.next()).await,
                 None => Ok(body.next().await),
             };
             let Ok(next) = next else {
-                let shown = humantime::format_duration(stall);
-                if window.1 == 0 {
-                    return Ok(Some(format!("no data for {shown}")));
-                }
-                return Err(StoreError::Unreachable {
-                    op: Operation::GetObject,
-                    detail: format!(
-                        "the body of {key} brought {} bytes in {shown}, slower than the {} \
-                         KiB/s s3vol waits for",
-                        window.1,
-                        MIN_BODY_RATE / 1024
-                    ),
-                });
+                return Ok(Some(format!("no data for {shown}")));
             };
             match next {
                 Some(Ok(chunk)) => {
                     received += chunk.len() as u64;
                     window.1 += chunk.len() as u64;
+                    last = tokio::time::Instant::now();
                     if window.1 >= least.min(expected.saturating_sub(received - window.1)) {
-                        window = (tokio::time::Instant::now(), 0);
+                        window = (last, 0);
+                    } else if last.duration_since(window.0) >= stall {
+                        return Err(StoreError::Unreachable {
+                            op: Operation::GetObject,
+                            detail: format!(
+                                "the body of {key} brought {} bytes in {shown}, slower than the \
+                                 {} KiB/s s3vol waits for",
+                                window.1,
+                                MIN_BODY_RATE / 1024
+                            ),
+                        });
                     }
                     // Checked before keeping it: an endless body must not be
                     // held in memory.

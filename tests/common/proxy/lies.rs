@@ -19,6 +19,8 @@ pub enum Lie {
     /// Ranged GETs: the body comes a byte at a time, each just before the
     /// stall limit of `--io-timeout 3s` (a second) would cut it.
     DrippingBody,
+    /// Ranged GETs: the first hundred bytes of the body, then silence.
+    StallingBody,
     /// Ranged GETs: 200 with no Content-Range, as for the whole object.
     WholeObject,
     /// Ranged GETs: a Content-Range a byte later than asked.
@@ -53,6 +55,7 @@ impl Lie {
             Lie::LongBody
             | Lie::EndlessBody
             | Lie::DrippingBody
+            | Lie::StallingBody
             | Lie::WholeObject
             | Lie::WrongRange
             | Lie::WrongEtag => get && request.header("range").is_some(),
@@ -145,6 +148,18 @@ pub(super) async fn tell(
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(120), drip).await;
+            return false;
+        }
+        Lie::StallingBody => {
+            headers.push(("Content-Length".into(), body.len().to_string()));
+            let head = encode(&status, &headers, None);
+            let start = &body[..body.len().min(100)];
+            if client.write_all(&head).await.is_err() || client.write_all(start).await.is_err() {
+                return false;
+            }
+            // Silent until the client gives up.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(120), client.read(&mut [0u8; 1])).await;
             return false;
         }
         Lie::WholeObject => {
