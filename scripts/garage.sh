@@ -20,9 +20,10 @@ start)
     ensure_garage
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
-    # A server that lost a port to another started at the same moment exits (or,
-    # for its admin port, which nothing here uses, goes on without it); start
-    # again on others.
+    # A server that lost a port to another started at the same moment exits, or
+    # goes on without it, or exits later: each of its three ports must be its
+    # own (a port it let go of is another server's to take, and requests meant
+    # for this one reach that one); start again on others.
     for attempt in 1 2 3 4 5; do
         s3_port=$(free_port); rpc_port=$(free_port); admin_port=$(free_port)
         cat >"$dir/garage.toml" <<TOML
@@ -46,7 +47,7 @@ api_bind_addr = "127.0.0.1:$admin_port"
 TOML
         RUST_LOG=warn setsid "$GARAGE_BIN" -c "$dir/garage.toml" server >"$dir/garage.log" 2>&1 &
         echo $! >"$dir/pid"
-        wait_for_ports "$(cat "$dir/pid")" Garage "$s3_port" "$rpc_port" && break
+        wait_for_ports "$(cat "$dir/pid")" Garage "$s3_port" "$rpc_port" "$admin_port" && break
         [ "$attempt" = 5 ] && die "Garage did not start; see $dir/garage.log"
     done
     g() { "$GARAGE_BIN" -c "$dir/garage.toml" "$@"; }
@@ -69,6 +70,7 @@ TOML
         g bucket create "$bucket" >/dev/null
         g bucket allow --read --write --owner "$bucket" --key "$key_id" >/dev/null
     done
+    listens_on "$(cat "$dir/pid")" "$s3_port" || die "Garage stopped serving while being set up; see $dir/garage.log"
     cat <<OUT
 S3_ENDPOINT=http://127.0.0.1:$s3_port
 AWS_ACCESS_KEY_ID=$key_id

@@ -111,8 +111,6 @@ impl Server {
         }
     }
 
-    /// An SDK client with the server's credentials, for setting up and checking
-    /// bucket contents independently of s3vol.
     /// Garage with `bucket` created.
     pub async fn garage_with(bucket: &str) -> Server {
         let server = Server::start(ServerKind::Garage);
@@ -120,6 +118,8 @@ impl Server {
         server
     }
 
+    /// An SDK client with the server's credentials, for setting up and checking
+    /// bucket contents independently of s3vol.
     pub fn client(&self) -> aws_sdk_s3::Client {
         self.client_with(&self.access_key, &self.secret_key)
     }
