@@ -38,8 +38,12 @@
 # - resources: each daemon's CPU seconds per GiB in the cold read and the durable
 #   write (utime + stime from /proc/PID/stat over the timed part), the RSS of an
 #   idle mount after `ls -l` of 10,000 objects, and the highest peak RSS (VmHWM) of
-#   any row.
+#   any row; for s3vol, over both its processes (the supervisor and the worker).
+#
+# Each system is mounted by scripts/systems.sh, with the settings its users would
+# give; e2e_bench mounts each of them the same way against the test servers.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/systems.sh"
 cd "$S3VOL_ROOT"
 
 RUNS=${RUNS:-3}
@@ -82,72 +86,34 @@ CSE_KEY=$("$MOTO_VENV/bin/python" -c "import boto3, sys
 print(boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1')
       .create_key()['KeyMetadata']['KeyId'])" "$CSE_KMS_ENDPOINT")
 
-printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$work/s3fs.passwd"
-chmod 600 "$work/s3fs.passwd"
-
-# mount_system SYSTEM [rw|cached]: read-only unless asked, each system as users
-# run it (rclone writes need its write cache). "cached" turns on the peers' local
-# data caches; s3vol's block cache is on by default.
-mount_system() {
-    local mode=${2:-} rw= cached=
-    [ "$mode" = rw ] && rw=rw
-    [ "$mode" = cached ] && cached=1
-    case "$1" in
-    s3vol-cse)
-        # Under cse/, so its paths are those of the others.
-        AWS_ENDPOINT_URL_KMS=$CSE_KMS_ENDPOINT "$S3VOL" mount bench/cse "$mnt" \
-            --endpoint-url "$S3_ENDPOINT" --force-path-style --cse-kms-key-id "$CSE_KEY" \
-            --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
-            ${rw:+--read-write} ${S3VOL_OPTIONS:-} ;;
-    s3vol | s3vol-nocache)
-        "$S3VOL" mount bench "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
-            --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
-            ${rw:+--read-write} $([ "$1" = s3vol ] || echo --no-cache) ${S3VOL_OPTIONS:-} ;;
-    s3fs)
-        s3fs bench "$mnt" -o "${rw:-ro},url=$S3_ENDPOINT,use_path_request_style,endpoint=$AWS_REGION" \
-            -o passwd_file="$work/s3fs.passwd" ${cached:+-o use_cache="$work/s3fs-cache"} ;;
-    rclone)
-        # rclone refuses to start with AWS_CA_BUNDLE pointing at a bundle it cannot use.
-        env -u AWS_CA_BUNDLE RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other \
-            RCLONE_CONFIG_G_ENDPOINT="$S3_ENDPOINT" RCLONE_CONFIG_G_REGION="$AWS_REGION" \
-            RCLONE_CONFIG_G_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
-            RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
-            rclone mount g:bench "$mnt" --daemon --log-file "$work/rclone.log" \
-            $([ -n "$rw" ] || echo --read-only) --cache-dir "$work/rclone-cache" \
-            ${rw:+--vfs-cache-mode writes --vfs-write-back 0s} \
-            ${cached:+--vfs-cache-mode full} ;;
-    esac
-    for _ in $(seq 1 100); do mountpoint -q "$mnt" && return 0; sleep 0.1; done
-    die "$1 did not mount"
-}
-
-daemon_pid() {
-    local pid
-    for pid in $(pgrep -f "$mnt"); do
-        [ "$pid" != "$$" ] && grep -qE 's3vol|s3fs|rclone' "/proc/$pid/comm" && { echo "$pid"; return; }
-    done
-}
+prepare_systems
 
 # Workloads run in command substitutions (subshells), so peak RSS readings go to a
 # file: one "system workload KiB" line per unmount.
 unmount_system() {
+    echo "$1 $WORKLOAD $(memory_kib VmHWM)" >>"$work/rss"
+    release_system
+}
+# memory_kib FIELD: the daemon's VmHWM or VmRSS in KiB, over its processes.
+memory_kib() {
     local pid
-    pid=$(daemon_pid)
-    [ -n "$pid" ] && echo "$1 $WORKLOAD $(awk '/VmHWM/ {print $2}' "/proc/$pid/status")" >>"$work/rss"
-    umount "$mnt"
-    for _ in $(seq 1 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    # Each mount starts with an empty local cache.
-    rm -rf "$work/s3fs-cache" "$work/rclone-cache"
+    for pid in $(daemon_pids); do awk -v f="$1:" '$1 == f {print $2}' "/proc/$pid/status"; done |
+        awk '{ s += $1 } END { print s + 0 }'
 }
 
 now() { date +%s.%N; }
-# The CPU time a process has used, in clock ticks (utime + stime, all threads).
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# record_cpu NAME SYSTEM PID TICKS_BEFORE GIB: appends the CPU seconds per GiB the
+# The CPU time the daemon has used, in clock ticks (utime + stime, all threads of
+# all its processes).
+cpu_ticks() {
+    local pid
+    for pid in $(daemon_pids); do awk '{ print $14 + $15 }' "/proc/$pid/stat"; done |
+        awk '{ s += $1 } END { print s + 0 }'
+}
+# record_cpu NAME SYSTEM TICKS_BEFORE GIB: appends the CPU seconds per GiB the
 # daemon spent since TICKS_BEFORE (not for warm-up runs).
 record_cpu() {
     [ -z "${WARMUP:-}" ] || return 0
-    awk -v n="$1" -v s="$2" -v a="$4" -v b="$(cpu_ticks "$3")" -v hz="$(getconf CLK_TCK)" -v g="$5" \
+    awk -v n="$1" -v s="$2" -v a="$3" -v b="$(cpu_ticks)" -v hz="$(getconf CLK_TCK)" -v g="$4" \
         'BEGIN { printf "%s %s %.2f\n", n, s, (b - a) / hz / g }' >>"$work/cpu"
 }
 speed() { awk -v a="$1" -v b="$2" -v mib="$3" 'BEGIN { printf "%.0f\n", mib / (b - a) }'; }
@@ -157,9 +123,9 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # Each function mounts fresh (cold metadata and data), measures once, unmounts.
 cold_read() {  # MiB/s; records CPU s/GiB as cpu_read
     drop_caches; mount_system "$1"
-    local t0 t1 pid cpu; pid=$(daemon_pid); cpu=$(cpu_ticks "$pid"); t0=$(now)
+    local t0 t1 cpu; cpu=$(cpu_ticks); t0=$(now)
     dd if="$mnt/seq/1g.bin" of=/dev/null bs=1M status=none
-    t1=$(now); record_cpu cpu_read "$1" "$pid" "$cpu" 1; unmount_system "$1"
+    t1=$(now); record_cpu cpu_read "$1" "$cpu" 1; unmount_system "$1"
     speed "$t0" "$t1" 1024
 }
 four_readers() {  # MiB/s of 4 readers of 4 different 256 MiB objects at once
@@ -256,10 +222,10 @@ find_tree() {  # seconds
 
 idle_rss() {  # MiB of resident memory of a mount left idle after ls -l of 10,000 objects
     drop_caches; mount_system "$1"
-    local pid rss; pid=$(daemon_pid)
+    local rss
     ls -l "$mnt/flat" >/dev/null
     sleep 2
-    rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    rss=$(memory_kib VmRSS)
     unmount_system "$1"
     awk -v k="$rss" 'BEGIN { printf "%.1f\n", k / 1024 }'
 }
@@ -303,17 +269,17 @@ PY
 seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
     sync
     mount_system "$1" rw
-    local key t0 t1 pid cpu prefix= tag=0
+    local key t0 t1 cpu prefix= tag=0
     # The encrypted volume's objects are under cse/, each its tag longer.
     [ "$1" != s3vol-cse ] || { prefix=cse/; tag=16; }
     key="write/$1-$(date +%s%N).bin"
     mkdir -p "$mnt/write"
     cat "$work/src-1g.bin" >/dev/null
     sync
-    pid=$(daemon_pid); cpu=$(cpu_ticks "$pid"); t0=$(now)
+    cpu=$(cpu_ticks); t0=$(now)
     dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none
     "$S3BENCH" wait bench "$prefix$key" 1 $(((1 << 30) + tag))
-    t1=$(now); record_cpu cpu_write "$1" "$pid" "$cpu" 1; unmount_system "$1"
+    t1=$(now); record_cpu cpu_write "$1" "$cpu" 1; unmount_system "$1"
     speed "$t0" "$t1" 1024
 }
 small_creates() {  # files/s until all are in S3

@@ -8,6 +8,7 @@ mod common;
 
 mod cli;
 mod e2e_audit;
+mod e2e_bench;
 mod e2e_cache;
 mod e2e_cse;
 mod e2e_csi;
