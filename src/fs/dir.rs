@@ -23,6 +23,31 @@ pub(super) struct Snapshot {
     entries: std::sync::Weak<Vec<DirEntry>>,
 }
 
+/// Entries of a directory handle's listing, shared, not copied.
+pub struct Page {
+    entries: Arc<Vec<DirEntry>>,
+    range: std::ops::Range<usize>,
+}
+
+impl Page {
+    pub fn iter(&self) -> std::slice::Iter<'_, DirEntry> {
+        self.entries[self.range.clone()].iter()
+    }
+
+    fn to_vec(&self) -> Vec<DirEntry> {
+        self.entries[self.range.clone()].to_vec()
+    }
+
+    /// The first `most` of these entries.
+    pub(super) fn first(&self, most: usize) -> Page {
+        let end = self.range.start.saturating_add(most).min(self.range.end);
+        Page {
+            entries: self.entries.clone(),
+            range: self.range.start..end,
+        }
+    }
+}
+
 /// One directory entry; `next_offset` is the cookie of the entry after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
@@ -130,34 +155,50 @@ impl Fs {
 
     /// Entries of an open directory from position `offset` on.
     pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        Ok(self.readdir_page(fh, offset, usize::MAX)?.to_vec())
+    }
+
+    /// At most `most` entries of an open directory from position `offset` on
+    /// (what one reply to the kernel holds: copying the rest of a large
+    /// directory at each call would cost the square of its size).
+    pub fn readdir_page(&self, fh: u64, offset: u64, most: usize) -> FsResult<Page> {
         let entries = self
             .handles
             .dir(fh)
             .ok_or_else(|| self.unknown_handle(fh))?;
-        Ok(entries.iter().skip(offset as usize).cloned().collect())
+        let start = (offset as usize).min(entries.len());
+        let end = start.saturating_add(most).min(entries.len());
+        Ok(Page {
+            entries,
+            range: start..end,
+        })
     }
 
     /// Like [`Fs::readdir`], with each entry's attributes, as READDIRPLUS needs
     /// them. The caller reports which entries reached the kernel with
     /// [`Fs::remember`], because each one counts as a lookup.
     pub fn readdirplus(&self, fh: u64, offset: u64) -> FsResult<Vec<(DirEntry, Entry)>> {
-        let entries = self.readdir(fh, offset)?;
+        let page = self.readdir_page(fh, offset, usize::MAX)?;
+        Ok(self.with_attributes(&page))
+    }
+
+    /// The entries of `page` with their attributes: each with the time the
+    /// kernel may keep them, none for one whose metadata is not known yet (it
+    /// is looked up again at once, which asks for it).
+    pub(super) fn with_attributes(&self, page: &Page) -> Vec<(DirEntry, Entry)> {
         let table = self.inodes.lock();
         let now = Instant::now();
-        Ok(entries
-            .into_iter()
+        page.iter()
             .filter_map(|entry| {
                 let node = table.get(entry.ino)?;
-                // An entry whose metadata is not known yet is looked up again at
-                // once, which asks for it.
                 let ttl = node
                     .remaining(self.config.metadata_ttl, now)
                     .filter(|_| !self.metadata_unknown(entry.ino, node))
                     .unwrap_or(Duration::ZERO);
                 let attr = self.attr(entry.ino, node);
-                Some((entry, Entry { attr, ttl }))
+                Some((entry.clone(), Entry { attr, ttl }))
             })
-            .collect())
+            .collect()
     }
 
     /// The kernel now holds a reference to `ino` (from READDIRPLUS).

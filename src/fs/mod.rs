@@ -215,6 +215,8 @@ pub struct Fs {
     mount_time: SystemTime,
     /// How far metadata is read ahead in each directory.
     ahead: ahead::Windows,
+    /// Metadata asked for ahead of READDIRPLUS replies.
+    batches: ahead::Batches,
     /// Held by a change of extended attributes, each made on the last.
     xattr_changes: tokio::sync::Mutex<()>,
     /// The kernel's caches, once the volume is mounted.
@@ -260,6 +262,7 @@ impl Fs {
             config,
             xattr_changes: tokio::sync::Mutex::new(()),
             ahead: ahead::Windows::default(),
+            batches: ahead::Batches::default(),
             kernel: kernel::Kernel::default(),
             restart: std::sync::OnceLock::new(),
         }
@@ -379,16 +382,22 @@ impl Fs {
             Err(NameProblem::TooLong) => return Err(FsError::NameTooLong),
             Err(_) => return Err(FsError::NotFound),
         }
-        let cached = {
+        let look = || {
             let mut table = self.inodes.lock();
             if table.known_absent(parent, name, self.config.metadata_ttl, Instant::now()) {
                 return Err(FsError::NotFound);
             }
-            table
+            Ok(table
                 .child(parent, name)
-                .and_then(|(ino, node)| self.fresh_entry(ino, node))
+                .map(|(ino, node)| (ino, self.fresh_entry(ino, node))))
         };
-        let entry = match cached {
+        let mut cached = look()?;
+        // Metadata a listing's batch is asking for comes with it.
+        if let Some((ino, None)) = cached {
+            self.wait_for_batch(ino).await;
+            cached = look()?;
+        }
+        let entry = match cached.and_then(|(_, entry)| entry) {
             Some(entry) => entry,
             None => self.refresh_child(parent, &parent_node.key, name).await?,
         };

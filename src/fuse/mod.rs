@@ -24,7 +24,9 @@ use fuser::{
 };
 use tracing::{Instrument, debug_span};
 
-use self::reply::{errno, file_attr, file_type, log_panic, on_this_thread, refuse};
+use self::reply::{
+    errno, file_attr, fill_directory, fill_directory_plus, log_panic, on_this_thread, refuse,
+};
 use self::request::{caller, created, open_flags, process_of};
 use crate::fs::posix::{PERM_BITS, Posix};
 use crate::fs::{Answer, Fs, Mutation};
@@ -86,6 +88,11 @@ impl FuseAdapter {
     }
 }
 
+/// The most entries one READDIR or READDIRPLUS reply is given to fill: more
+/// than the kernel's largest buffer (128 KiB) holds of READDIRPLUS entries
+/// with short names; what does not fit is asked for in the next request.
+const REPLY_ENTRIES: usize = 1024;
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Let the kernel read ahead as far as it will; our own read-ahead sits behind it.
@@ -93,6 +100,10 @@ impl Filesystem for FuseAdapter {
         // A listing already carries every entry's size and time, so hand them over
         // with the names: `ls -l` then needs no lookup per file.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // Past the first reply, only while entries are being looked up (see
+        // fs::ahead): `find` then reads names alone, `ls -l` entries with
+        // their metadata.
+        let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
         // An open with O_TRUNC says so itself, rather than as a truncation
         // that follows it: the handle is then known to have emptied the file
         // (which matters when its writer is killed before it writes).
@@ -512,64 +523,37 @@ impl Filesystem for FuseAdapter {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let Some(listed) = on_this_thread(|| self.fs.readdir(fh.0, offset)) else {
+        let Some(listed) = on_this_thread(|| self.fs.readdir_page(fh.0, offset, REPLY_ENTRIES))
+        else {
             return reply.error(self.panicked());
         };
         match listed {
-            Ok(entries) => {
-                for entry in entries {
-                    let full = reply.add(
-                        INodeNo(entry.ino),
-                        entry.next_offset,
-                        file_type(entry.kind),
-                        &entry.name,
-                    );
-                    if full {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+            Ok(entries) => fill_directory(entries.iter(), reply),
             Err(e) => reply.error(errno(&self.fs, "readdir", &e)),
         }
     }
 
     fn readdirplus(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let Some(listed) = on_this_thread(|| self.fs.readdirplus(fh.0, offset)) else {
-            return reply.error(self.panicked());
-        };
-        match listed {
-            Ok(entries) => {
-                for (entry, e) in entries {
-                    let full = reply.add(
-                        INodeNo(entry.ino),
-                        entry.next_offset,
-                        &entry.name,
-                        &e.ttl,
-                        &file_attr(&e.attr),
-                        Generation(0),
-                    );
-                    if full {
-                        break;
-                    }
-                    // The kernel takes a reference to every entry but "." and "..".
-                    if entry.name != "." && entry.name != ".." {
-                        on_this_thread(|| self.fs.remember(entry.ino));
-                    }
-                }
-                reply.ok();
+        let fs = self.fs.clone();
+        let span = debug_span!("readdirplus", ino = ino.0, fh = fh.0, offset);
+        self.spawn_for(req, span, async move {
+            match fs
+                .readdirplus_page(ino.0, fh.0, offset, REPLY_ENTRIES)
+                .await
+            {
+                Ok(entries) => fill_directory_plus(&fs, entries, reply),
+                Err(e) => reply.error(errno(&fs, "readdirplus", &e)),
             }
-            Err(e) => reply.error(errno(&self.fs, "readdirplus", &e)),
-        }
+        });
     }
 
     fn releasedir(

@@ -1,10 +1,10 @@
 //! What goes back to the kernel: a file's attributes, the errno of a failure
 //! (logged once), and the answer to a request that panicked.
 
-use fuser::{Errno, FileAttr, FileType, INodeNo};
+use fuser::{Errno, FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 use tracing::{debug, error, warn};
 
-use crate::fs::{Attr, Fs, FsError, Kind, Mutation};
+use crate::fs::{Attr, DirEntry, Entry, Fs, FsError, Kind, Mutation};
 
 /// Runs the part of a request answered on a FUSE thread. A panic in it (a
 /// bug) is logged and answered EIO by the reply it dropped (`None`), and the
@@ -76,4 +76,50 @@ pub(super) fn refuse(fs: &Fs, op: Mutation) -> Errno {
         fs.count_error(libc::EIO);
         Errno::EIO
     })
+}
+
+/// Answers READDIR with as many of `entries` as the kernel's buffer holds.
+pub(super) fn fill_directory<'a>(
+    entries: impl Iterator<Item = &'a DirEntry>,
+    mut reply: ReplyDirectory,
+) {
+    for entry in entries {
+        let full = reply.add(
+            INodeNo(entry.ino),
+            entry.next_offset,
+            file_type(entry.kind),
+            &entry.name,
+        );
+        if full {
+            break;
+        }
+    }
+    reply.ok();
+}
+
+/// Answers READDIRPLUS with as many of `entries` as the kernel's buffer holds,
+/// and tells `fs` of the references the kernel took.
+pub(super) fn fill_directory_plus(
+    fs: &Fs,
+    entries: Vec<(DirEntry, Entry)>,
+    mut reply: ReplyDirectoryPlus,
+) {
+    for (entry, e) in entries {
+        let full = reply.add(
+            INodeNo(entry.ino),
+            entry.next_offset,
+            &entry.name,
+            &e.ttl,
+            &file_attr(&e.attr),
+            Generation(0),
+        );
+        if full {
+            break;
+        }
+        // The kernel takes a reference to every entry but "." and "..".
+        if entry.name != "." && entry.name != ".." {
+            fs.remember(entry.ino);
+        }
+    }
+    reply.ok();
 }

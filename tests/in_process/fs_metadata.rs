@@ -818,6 +818,80 @@ async fn ls_l_reads_metadata_ahead_in_growing_windows() {
     assert_eq!(ops(&store), [Operation::HeadObject]);
 }
 
+/// `ls -l` past the first READDIRPLUS reply (which the kernel sends only after
+/// a lookup in the directory): each reply carries its entries' metadata, with
+/// the time the kernel may keep it, so the kernel looks none of them up; the
+/// metadata of the entries after a reply is asked for meanwhile; and no entry's
+/// is asked for twice, however the replies and lookups meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_l_past_the_first_reply_gets_entries_with_their_metadata() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    for i in 0..1000 {
+        store.put_with(
+            &format!("root/f{i:04}"),
+            "x",
+            user(&[("mode", "33184"), ("uid", "7")]),
+        );
+    }
+    let fs = Arc::new(Fs::new(store.clone(), "root/", FsConfig::default()));
+    let fs = || &fs;
+    let heads = || store.count_calls(Operation::HeadObject);
+    let fh = fs().opendir(ROOT_INO).await.unwrap();
+    // The first reply, as `find` reads it too: names and sizes, no HEAD.
+    store.clear_calls();
+    let first = fs().readdirplus_page(ROOT_INO, fh, 0, 100).await.unwrap();
+    assert_eq!(first.len(), 100);
+    assert!(
+        first[2..].iter().all(|(_, e)| e.ttl.is_zero()),
+        "past . and .."
+    );
+    assert_eq!(heads(), 0);
+    // The next: its entries (as many as 32 KiB of them hold: 204 of these
+    // names) come with their metadata, kept by the kernel for the TTL.
+    let next = fs()
+        .readdirplus_page(ROOT_INO, fh, 100, 1000)
+        .await
+        .unwrap();
+    assert_eq!(next[0].0.name, "f0098");
+    let carried = next.iter().take_while(|(_, e)| !e.ttl.is_zero()).count();
+    assert!(carried >= 204, "{carried}");
+    assert!(
+        next[..carried]
+            .iter()
+            .all(|(_, e)| e.attr.uid == 7 && e.attr.perm == 0o640)
+    );
+    // The 128 after them are asked for meanwhile (the reply waits for its own
+    // alone), and no more.
+    common::wait_until(Duration::from_secs(10), || heads() >= 204 + 128);
+    assert_eq!(heads(), 204 + 128);
+    for i in 98..98 + 204 + 128 {
+        let name = format!("f{i:04}");
+        fs().lookup(ROOT_INO, OsStr::new(&name)).await.unwrap();
+    }
+    assert_eq!(
+        heads(),
+        204 + 128,
+        "the lookups were answered by the batches"
+    );
+    // The rest, replies and lookups mixed: each entry's metadata once.
+    let mut offset = 100 + 204 + 128;
+    while offset < 1002 {
+        let page = fs()
+            .readdirplus_page(ROOT_INO, fh, offset as u64, 1000)
+            .await
+            .unwrap();
+        let carried = page.iter().take_while(|(_, e)| !e.ttl.is_zero()).count();
+        offset += carried.clamp(1, 50);
+    }
+    for i in 0..1000 {
+        let name = format!("f{i:04}");
+        let entry = fs().lookup(ROOT_INO, OsStr::new(&name)).await.unwrap();
+        assert_eq!(entry.attr.uid, 7, "{name}");
+    }
+    assert_eq!(heads(), 1000, "each entry's metadata asked for once");
+    fs().releasedir(fh);
+}
+
 /// A refresh from S3 while a change waits does not bring the old mode back once
 /// the change is in S3.
 #[tokio::test]
