@@ -96,6 +96,9 @@ pub struct RenewConfig {
     /// A fetch with no answer for this long has failed: STS behind a connection
     /// that went silent must not stall renewal until the credentials expire.
     pub fetch_timeout: Duration,
+    /// Whether each renewal comes at a random moment up to half of
+    /// `renew_before` early (see [`renewal_delay`]).
+    pub spread: bool,
 }
 
 impl Default for RenewConfig {
@@ -105,6 +108,7 @@ impl Default for RenewConfig {
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             fetch_timeout: Duration::from_secs(30),
+            spread: true,
         }
     }
 }
@@ -333,13 +337,24 @@ impl ProvideCredentials for RenewingCredentials {
 }
 
 /// How long to wait before renewing credentials that expire at `expiry`: until
-/// `renew_before` is left, or half the remaining lifetime when less than
-/// `renew_before` is left already (so a short session is renewed in time, not in a
-/// busy loop).
-pub fn renewal_delay(expiry: SystemTime, now: SystemTime, renew_before: Duration) -> Duration {
+/// `renew_before` is left, less up to half of `renew_before` more by `spread`
+/// (from 0 to 1: a host that mounts a hundred volumes at once must not have
+/// them all renew in the same second, at every renewal); or half the
+/// remaining lifetime when less than `renew_before` is left already (so a
+/// short session is renewed in time, not in a busy loop).
+pub fn renewal_delay(
+    expiry: SystemTime,
+    now: SystemTime,
+    renew_before: Duration,
+    spread: f64,
+) -> Duration {
     let remaining = expiry.duration_since(now).unwrap_or(Duration::ZERO);
     if remaining > renew_before {
-        remaining - renew_before
+        let slack = remaining - renew_before;
+        slack
+            - (renew_before / 2)
+                .min(slack)
+                .mul_f64(spread.clamp(0.0, 1.0))
     } else {
         remaining / 2
     }
@@ -351,7 +366,12 @@ async fn renew_loop(shared: Arc<Shared>, config: RenewConfig) {
         // Credentials without an expiry (static keys) never need renewing.
         let Some(expiry) = expiry else { return };
         let seen = shared.renewals.load(Ordering::Relaxed);
-        let delay = renewal_delay(expiry, shared.clock.now(), config.renew_before);
+        let delay = renewal_delay(
+            expiry,
+            shared.clock.now(),
+            config.renew_before,
+            if config.spread { fastrand::f64() } else { 0.0 },
+        );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             // Replaced early: schedule from the new expiry.
@@ -458,9 +478,12 @@ mod tests {
         (clock, source)
     }
 
+    /// Renewals at the moment `renew_before` is left, so that tests can say
+    /// when they come.
     fn config(renew_before: u64) -> RenewConfig {
         RenewConfig {
             renew_before: Duration::from_secs(renew_before),
+            spread: false,
             ..RenewConfig::default()
         }
     }
@@ -469,14 +492,50 @@ mod tests {
     fn delay_leaves_renew_before_or_half_the_lifetime() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let secs = Duration::from_secs;
-        assert_eq!(renewal_delay(now + secs(3600), now, secs(300)), secs(3300));
-        assert_eq!(renewal_delay(now + secs(400), now, secs(300)), secs(100));
-        assert_eq!(renewal_delay(now + secs(900), now, secs(895)), secs(5));
-        assert_eq!(renewal_delay(now + secs(10), now, secs(300)), secs(5));
         assert_eq!(
-            renewal_delay(now - secs(10), now, secs(300)),
+            renewal_delay(now + secs(3600), now, secs(300), 0.0),
+            secs(3300)
+        );
+        assert_eq!(
+            renewal_delay(now + secs(400), now, secs(300), 0.0),
+            secs(100)
+        );
+        assert_eq!(renewal_delay(now + secs(900), now, secs(895), 0.0), secs(5));
+        assert_eq!(renewal_delay(now + secs(10), now, secs(300), 0.5), secs(5));
+        assert_eq!(
+            renewal_delay(now - secs(10), now, secs(300), 0.5),
             Duration::ZERO
         );
+        // Spread over up to half of renew_before more, never past the slack.
+        assert_eq!(
+            renewal_delay(now + secs(3600), now, secs(300), 1.0),
+            secs(3150)
+        );
+        assert_eq!(renewal_delay(now + secs(400), now, secs(300), 1.0), secs(0));
+        assert_eq!(
+            renewal_delay(now + secs(3600), now, secs(300), 7.0),
+            secs(3150)
+        );
+    }
+
+    /// A hundred volumes whose sessions were assumed in the same second renew
+    /// over two and a half minutes, not in the same second.
+    #[test]
+    fn a_hundred_volumes_renew_apart() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at: std::collections::BTreeSet<u64> = (0..100)
+            .map(|_| {
+                renewal_delay(
+                    now + Duration::from_secs(3600),
+                    now,
+                    Duration::from_secs(300),
+                    fastrand::f64(),
+                )
+                .as_secs()
+            })
+            .collect();
+        assert!(at.len() >= 40, "100 renewals fell in {} seconds", at.len());
+        assert!(at.iter().all(|&s| (3150..=3300).contains(&s)), "{at:?}");
     }
 
     #[tokio::test(start_paused = true)]
