@@ -301,6 +301,57 @@ PY
     speed "$t0" "$t1" 1000
 }
 
+# many_volumes SYSTEM: mounts $VOLUMES read-only volumes of the bucket, one after
+# another, as a host of many tenants does, and leaves them idle. Sets
+# RESULT[many_mount,SYSTEM] (the median milliseconds one mount took),
+# RESULT[many_rss,SYSTEM] (resident MiB per volume at rest, all of each one's
+# processes) and, for s3vol, RESULT[many_renew,s3vol]: the number of distinct
+# seconds their next credential renewals fall in. s3vol's volumes start from
+# expiring credentials (a profile's credential_process hands Garage's keys out
+# for an hour), as role sessions are, so that each schedules a renewal.
+VOLUMES=${VOLUMES:-100}
+many_volumes() {
+    local s=$1 i t0 t1 times=() kib=0 pid at renew=()
+    cat >"$work/credentials.sh" <<SH
+#!/bin/sh
+printf '{"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s", "Expiration": "%s"}\n' \
+    "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "\$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)"
+SH
+    chmod 700 "$work/credentials.sh"
+    printf '[profile many]\ncredential_process = %s\n' "$work/credentials.sh" >"$work/aws-config"
+    for i in $(seq 1 "$VOLUMES"); do
+        mkdir -p "$work/many/v$i"
+        t0=$(now)
+        if [ "$s" = s3vol ]; then
+            (unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+             AWS_CONFIG_FILE="$work/aws-config" AWS_PROFILE=many \
+                 mnt="$work/many/v$i" CACHE="$work/many/cache$i" mount_system "$s")
+        else
+            mnt="$work/many/v$i" CACHE="$work/many/cache$i" mount_system "$s"
+        fi
+        t1=$(now)
+        times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", (b - a) * 1000 }')")
+    done
+    sleep 2
+    for i in $(seq 1 "$VOLUMES"); do
+        kib=$((kib + $(mnt="$work/many/v$i" memory_kib VmRSS)))
+        if [ "$s" = s3vol ]; then
+            at=$("$S3VOL" stats --json "$work/many/v$i" | python3 -c \
+                'import json, sys, time; print(int(time.time()) + json.load(sys.stdin)["credentials"]["renews_in_seconds"])')
+            renew+=("$at")
+        fi
+    done
+    for i in $(seq 1 "$VOLUMES"); do mnt="$work/many/v$i" release_system; done
+    rm -rf "$work/many"
+    RESULT[many_mount,$s]=$(printf '%s\n' "${times[@]}" | median)
+    RESULT[many_rss,$s]=$(awk -v k="$kib" -v n="$VOLUMES" 'BEGIN { printf "%.1f\n", k / 1024 / n }')
+    if [ "$s" = s3vol ]; then
+        RESULT[many_renew,$s]=$(printf '%s\n' "${renew[@]}" | sort -u | wc -l)
+        log "  $VOLUMES volumes' renewals: ${RESULT[many_renew,$s]} distinct seconds over $(printf '%s\n' "${renew[@]}" | sort -n | sed -n '1p;$p' | paste -sd' ' | awk '{ print $2 - $1 }') s"
+    fi
+    log "  $s: ${RESULT[many_mount,$s]} ms per mount, ${RESULT[many_rss,$s]} MiB per volume at rest"
+}
+
 head -c 1G /dev/urandom >"$work/src-1g.bin"
 
 # SYSTEMS="s3vol s3fs" runs some of them (s3vol always: the table is its).
@@ -324,9 +375,19 @@ NOCACHE_ROWS=" cold_read four_readers random_reads small_files first_byte "
 # 32 MiB file, which is checked whole at open).
 CSE_ROWS=" cold_read random_reads first_of_32m seq_write "
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
-read -ra WORKLOADS <<<"${WORKLOADS:-cold_read four_readers random_reads warm_read warm_random disk_read disk_read_64m disk_random small_files first_byte first_of_32m ls_l find_tree idle_rss seq_write small_creates}"
+read -ra WORKLOADS <<<"${WORKLOADS:-cold_read four_readers random_reads warm_read warm_random disk_read disk_read_64m disk_random small_files first_byte first_of_32m ls_l find_tree idle_rss seq_write small_creates many_volumes}"
 declare -A RESULT
 for WORKLOAD in "${WORKLOADS[@]}"; do
+    if [ "$WORKLOAD" = many_volumes ]; then
+        # Once per system (s3vol with its defaults and the peers): $VOLUMES mounts
+        # are their own repetitions.
+        for s in "${SYSTEMS[@]}"; do
+            [[ " s3vol s3fs rclone " == *" $s "* ]] || continue
+            log "many_volumes on $s ($VOLUMES volumes)"
+            many_volumes "$s"
+        done
+        continue
+    fi
     for s in "${SYSTEMS[@]}"; do
         [ "$s" != s3vol-nocache ] || [[ "$NOCACHE_ROWS" == *" $WORKLOAD "* ]] || continue
         [ "$s" != s3vol-cse ] || [[ "$CSE_ROWS" == *" $WORKLOAD "* ]] || continue
@@ -421,6 +482,8 @@ row "1000 small-file creates, durable" "files/s" higher small_creates
 row "CPU per GiB, cold sequential read" "s/GiB" lower cpu_read
 row "CPU per GiB, durable write" "s/GiB" lower cpu_write
 row "idle RSS after ls -l of 10,000" "MiB" lower idle_rss
+row "$VOLUMES volumes: time to mount one" "ms" lower many_mount
+row "$VOLUMES volumes: RSS per volume at rest" "MiB" lower many_rss
 row "peak RSS, highest of all rows" "MiB" lower rss
 echo
 percent_of_raw() {
@@ -428,6 +491,8 @@ percent_of_raw() {
     awk -v us="${RESULT[$1,s3vol]}" -v raw="$2" -v what="$3" \
         'BEGIN { printf "s3vol %s is %.0f%% of the raw parallel %s\n", what, 100 * us / raw, (what ~ /read/) ? "GET client" : "multipart PUT" }'
 }
+[ -z "${RESULT[many_renew,s3vol]:-}" ] ||
+    echo "s3vol's $VOLUMES volumes renew their credentials in ${RESULT[many_renew,s3vol]} distinct seconds"
 percent_of_raw cold_read "$RAW_GET" "cold sequential read"
 percent_of_raw four_readers "$RAW_GET4" "4-reader read"
 percent_of_raw seq_write "$RAW_PUT" "durable sequential write"

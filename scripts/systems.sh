@@ -7,7 +7,8 @@
 #
 # Needs: $mnt (an empty mountpoint), $work (a directory for passwords, logs and
 # caches), $S3VOL (the s3vol binary); for s3vol-cse, CSE_KMS_ENDPOINT and CSE_KEY.
-# The bucket is $BUCKET (default: bench).
+# The bucket is $BUCKET (default: bench). A system's local cache is under
+# $work unless $CACHE names another directory (each of many mounts needs its own).
 
 # Writes what the systems need before the first mount.
 prepare_systems() {
@@ -27,11 +28,11 @@ mount_system() {
         # Under cse/, so its paths are those of the others.
         AWS_ENDPOINT_URL_KMS=$CSE_KMS_ENDPOINT "$S3VOL" mount "$bucket/cse" "$mnt" \
             --endpoint-url "$S3_ENDPOINT" --force-path-style --cse-kms-key-id "$CSE_KEY" \
-            --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
+            --log-file "$work/s3vol.log" --log-level warn --cache-dir "${CACHE:-$work/s3vol-cache}" \
             ${rw:+--read-write} ${S3VOL_OPTIONS:-} ;;
     s3vol | s3vol-nocache)
         "$S3VOL" mount "$bucket" "$mnt" --endpoint-url "$S3_ENDPOINT" --force-path-style \
-            --log-file "$work/s3vol.log" --log-level warn --cache-dir "$work/s3vol-cache" \
+            --log-file "$work/s3vol.log" --log-level warn --cache-dir "${CACHE:-$work/s3vol-cache}" \
             ${rw:+--read-write} $([ "$1" = s3vol ] || echo --no-cache) ${S3VOL_OPTIONS:-} ;;
     s3fs)
         # s3fs signs for the region its endpoint option names.
@@ -45,7 +46,7 @@ mount_system() {
             RCLONE_CONFIG_G_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
             RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
             rclone mount "g:$bucket" "$mnt" --daemon --log-file "$work/rclone.log" \
-            $([ -n "$rw" ] || echo --read-only) --cache-dir "$work/rclone-cache" \
+            $([ -n "$rw" ] || echo --read-only) --cache-dir "${CACHE:-$work/rclone-cache}" \
             ${rw:+--vfs-cache-mode writes --vfs-write-back 0s} \
             ${cached:+--vfs-cache-mode full} ;;
     *) die "no system named $1" ;;
@@ -59,7 +60,8 @@ mount_system() {
 # serves it); resources are counted over all of them.
 daemon_pids() {
     local pid
-    for pid in $(pgrep -f "$mnt"); do
+    # The mountpoint as a whole argument: v1 is not v10.
+    for pid in $(pgrep -f -- "$mnt( |\$)"); do
         [ "$pid" != "$$" ] && grep -qE 's3vol|s3fs|rclone' "/proc/$pid/comm" 2>/dev/null && echo "$pid"
     done
 }

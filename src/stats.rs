@@ -194,6 +194,9 @@ impl MountStats {
                 "expires_in_seconds": c.expires.map(|at| {
                     at.duration_since(SystemTime::now()).unwrap_or_default().as_secs()
                 }),
+                "renews_in_seconds": c.next_renewal.map(|at| {
+                    at.duration_since(SystemTime::now()).unwrap_or_default().as_secs()
+                }),
                 "renewal_failing": c.renewal_failing.map(|cause| cause.word()),
             })),
             "endpoint": {

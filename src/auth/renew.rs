@@ -128,6 +128,8 @@ struct Shared {
     /// What is renewed (role and session name), for logs and errors.
     label: String,
     fetch_timeout: Duration,
+    /// When the next scheduled renewal comes.
+    next_renewal: Mutex<Option<SystemTime>>,
 }
 
 /// Fetches from `source`, for at most `timeout`.
@@ -231,6 +233,7 @@ impl RenewingCredentials {
             forced: Notify::new(),
             label,
             fetch_timeout: config.fetch_timeout,
+            next_renewal: Mutex::new(None),
         });
         let task = tokio::spawn(renew_loop(shared.clone(), config));
         let renewal = Arc::new(AbortOnDrop(task.abort_handle()));
@@ -273,6 +276,7 @@ impl RenewingCredentials {
             renewals: self.renewals(),
             failed_renewals: self.shared.failed_renewals.load(Ordering::Relaxed),
             expires: self.shared.current.lock().expiry(),
+            next_renewal: *self.shared.next_renewal.lock(),
             renewal_failing: self.shared.last_error.lock().as_ref().map(|e| e.cause),
         }
     }
@@ -287,6 +291,8 @@ pub struct CredentialStatus {
     pub failed_renewals: u64,
     /// When the current credentials expire; `None` for keys that do not.
     pub expires: Option<SystemTime>,
+    /// When the next scheduled renewal comes, once one is scheduled.
+    pub next_renewal: Option<SystemTime>,
     /// How the last attempt failed, while none has succeeded since (STS's
     /// words are in the log only: they may name the node's own identity).
     pub renewal_failing: Option<FetchCause>,
@@ -372,6 +378,7 @@ async fn renew_loop(shared: Arc<Shared>, config: RenewConfig) {
             config.renew_before,
             if config.spread { fastrand::f64() } else { 0.0 },
         );
+        *shared.next_renewal.lock() = Some(shared.clock.now() + delay);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             // Replaced early: schedule from the new expiry.
@@ -562,6 +569,38 @@ mod tests {
                 Duration::from_secs(3300),
                 "renewed 300 s before expiry"
             );
+        }
+        // The report says when the next one comes: 300 s before expiry.
+        let status = creds.status();
+        assert_eq!(
+            status.next_renewal.unwrap(),
+            status.expires.unwrap() - Duration::from_secs(300)
+        );
+        task.abort();
+    }
+
+    /// Spread, the renewals of one volume still come before `renew_before` is
+    /// left, and no sooner than half of it more.
+    #[tokio::test(start_paused = true)]
+    async fn spread_renewals_keep_within_their_window() {
+        let (clock, source) = setup(Duration::from_secs(3600), &[]);
+        let config = RenewConfig {
+            spread: true,
+            ..config(300)
+        };
+        let (creds, task) =
+            RenewingCredentials::start(source.clone(), config, clock.clone(), "role".into())
+                .await
+                .unwrap();
+        for _ in 0..(24 * 12) {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            assert!(creds.current().unwrap().expiry().unwrap() > clock.now());
+        }
+        let fetches = source.fetches.lock().clone();
+        assert!(fetches.len() > 24, "{} renewals in a day", fetches.len());
+        for pair in fetches.windows(2) {
+            let gap = pair[1].duration_since(pair[0]).unwrap().as_secs();
+            assert!((3150..=3300).contains(&gap), "renewed after {gap} s");
         }
         task.abort();
     }
