@@ -94,10 +94,12 @@ unmount_system() {
     echo "$1 $WORKLOAD $(memory_kib VmHWM)" >>"$work/rss"
     release_system
 }
-# memory_kib FIELD: the daemon's VmHWM or VmRSS in KiB, over its processes.
+# memory_kib FIELD [FILE]: the daemon's VmHWM or VmRSS in KiB (or, with FILE
+# smaps_rollup, its Pss: resident memory with each page shared by N processes
+# counted 1/N in each), over its processes.
 memory_kib() {
     local pid
-    for pid in $(daemon_pids); do awk -v f="$1:" '$1 == f {print $2}' "/proc/$pid/status"; done |
+    for pid in $(daemon_pids); do awk -v f="$1:" '$1 == f {print $2}' "/proc/$pid/${2:-status}"; done |
         awk '{ s += $1 } END { print s + 0 }'
 }
 
@@ -304,14 +306,16 @@ PY
 # many_volumes SYSTEM: mounts $VOLUMES read-only volumes of the bucket, one after
 # another, as a host of many tenants does, and leaves them idle. Sets
 # RESULT[many_mount,SYSTEM] (the median milliseconds one mount took),
-# RESULT[many_rss,SYSTEM] (resident MiB per volume at rest, all of each one's
-# processes) and, for s3vol, RESULT[many_renew,s3vol]: the number of distinct
+# RESULT[many_rss,SYSTEM] and RESULT[many_pss,SYSTEM] (resident MiB per volume
+# at rest, over all of each one's processes: as `ps` shows it, and with the
+# pages the volumes share, such as the program's own, counted once in all) and,
+# for s3vol, RESULT[many_renew,s3vol]: the number of distinct
 # seconds their next credential renewals fall in. s3vol's volumes start from
 # expiring credentials (a profile's credential_process hands Garage's keys out
 # for an hour), as role sessions are, so that each schedules a renewal.
 VOLUMES=${VOLUMES:-100}
 many_volumes() {
-    local s=$1 i t0 t1 times=() kib=0 pid at renew=()
+    local s=$1 i t0 t1 times=() kib=0 pss=0 at renew=()
     cat >"$work/credentials.sh" <<SH
 #!/bin/sh
 printf '{"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s", "Expiration": "%s"}\n' \
@@ -335,6 +339,7 @@ SH
     sleep 2
     for i in $(seq 1 "$VOLUMES"); do
         kib=$((kib + $(mnt="$work/many/v$i" memory_kib VmRSS)))
+        pss=$((pss + $(mnt="$work/many/v$i" memory_kib Pss smaps_rollup)))
         if [ "$s" = s3vol ]; then
             at=$("$S3VOL" stats --json "$work/many/v$i" | python3 -c \
                 'import json, sys, time; print(int(time.time()) + json.load(sys.stdin)["credentials"]["renews_in_seconds"])')
@@ -345,14 +350,16 @@ SH
     rm -rf "$work/many"
     RESULT[many_mount,$s]=$(printf '%s\n' "${times[@]}" | median)
     RESULT[many_rss,$s]=$(awk -v k="$kib" -v n="$VOLUMES" 'BEGIN { printf "%.1f\n", k / 1024 / n }')
+    RESULT[many_pss,$s]=$(awk -v k="$pss" -v n="$VOLUMES" 'BEGIN { printf "%.1f\n", k / 1024 / n }')
     if [ "$s" = s3vol ]; then
         RESULT[many_renew,$s]=$(printf '%s\n' "${renew[@]}" | sort -u | wc -l)
         log "  $VOLUMES volumes' renewals: ${RESULT[many_renew,$s]} distinct seconds over $(printf '%s\n' "${renew[@]}" | sort -n | sed -n '1p;$p' | paste -sd' ' | awk '{ print $2 - $1 }') s"
     fi
-    log "  $s: ${RESULT[many_mount,$s]} ms per mount, ${RESULT[many_rss,$s]} MiB per volume at rest"
+    log "  $s: ${RESULT[many_mount,$s]} ms per mount; per volume at rest ${RESULT[many_rss,$s]} MiB RSS, ${RESULT[many_pss,$s]} MiB PSS"
 }
 
 head -c 1G /dev/urandom >"$work/src-1g.bin"
+: >"$work/rss"
 
 # SYSTEMS="s3vol s3fs" runs some of them (s3vol always: the table is its).
 read -ra SYSTEMS <<<"${SYSTEMS:-s3vol s3vol-nocache s3vol-cse s3fs rclone}"
@@ -484,6 +491,7 @@ row "CPU per GiB, durable write" "s/GiB" lower cpu_write
 row "idle RSS after ls -l of 10,000" "MiB" lower idle_rss
 row "$VOLUMES volumes: time to mount one" "ms" lower many_mount
 row "$VOLUMES volumes: RSS per volume at rest" "MiB" lower many_rss
+row "$VOLUMES volumes: PSS per volume at rest" "MiB" lower many_pss
 row "peak RSS, highest of all rows" "MiB" lower rss
 echo
 percent_of_raw() {
