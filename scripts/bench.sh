@@ -81,7 +81,10 @@ for i in 0 1 2 3; do "$S3BENCH" put bench "par/p$i.bin" 256 >/dev/null; done
 # The encrypted volume's KMS: moto's (it takes Garage's keys as well).
 eval "$("$S3VOL_ROOT/scripts/moto.sh" start "$work/moto" | sed 's/^S3_ENDPOINT=/CSE_KMS_ENDPOINT=/')"
 # Everything goes at the end, the 1 GiB source file and the caches with it.
-trap 'garage_workspace_cleanup; "$S3VOL_ROOT/scripts/moto.sh" stop "$work/moto"; rm -rf "$work"' EXIT
+# The many volumes' mounts, if a failure left them, go before anything under them.
+trap 'for v in "$work"/many/v*; do mountpoint -q "$v" && umount -l "$v"; done
+      garage_workspace_cleanup; "$S3VOL_ROOT/scripts/moto.sh" stop "$work/moto"
+      rm -rf --one-file-system "$work"' EXIT
 CSE_KEY=$("$MOTO_VENV/bin/python" -c "import boto3, sys
 print(boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1')
       .create_key()['KeyMetadata']['KeyId'])" "$CSE_KMS_ENDPOINT")
@@ -222,15 +225,19 @@ find_tree() {  # seconds
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", b - a }'
 }
 
-idle_rss() {  # MiB of resident memory of a mount left idle after ls -l of 10,000 objects
+# idle_memory SYSTEM FIELD [FILE]: MiB of memory of a mount left idle after ls -l
+# of 10,000 objects.
+idle_memory() {
     drop_caches; mount_system "$1"
-    local rss
+    local kib
     ls -l "$mnt/flat" >/dev/null
     sleep 2
-    rss=$(memory_kib VmRSS)
+    kib=$(memory_kib "$2" "${3:-status}")
     unmount_system "$1"
-    awk -v k="$rss" 'BEGIN { printf "%.1f\n", k / 1024 }'
+    awk -v k="$kib" 'BEGIN { printf "%.1f\n", k / 1024 }'
 }
+idle_rss() { idle_memory "$1" VmRSS; }
+idle_pss() { idle_memory "$1" Pss smaps_rollup; }
 
 small_files() {  # files/s: 1,000 files of 64 KiB in 10 directories, 8 cats at once, cold
     drop_caches; mount_system "$1"
@@ -315,7 +322,7 @@ PY
 # for an hour), as role sessions are, so that each schedules a renewal.
 VOLUMES=${VOLUMES:-100}
 many_volumes() {
-    local s=$1 i t0 t1 times=() kib=0 pss=0 at renew=()
+    local s=$1 i t0 t1 times=() kib=0 pss=0 at renew=() lead=()
     cat >"$work/credentials.sh" <<SH
 #!/bin/sh
 printf '{"Version": 1, "AccessKeyId": "%s", "SecretAccessKey": "%s", "Expiration": "%s"}\n' \
@@ -341,9 +348,12 @@ SH
         kib=$((kib + $(mnt="$work/many/v$i" memory_kib VmRSS)))
         pss=$((pss + $(mnt="$work/many/v$i" memory_kib Pss smaps_rollup)))
         if [ "$s" = s3vol ]; then
+            # When it renews, and how long before its credentials expire.
             at=$("$S3VOL" stats --json "$work/many/v$i" | python3 -c \
-                'import json, sys, time; print(int(time.time()) + json.load(sys.stdin)["credentials"]["renews_in_seconds"])')
-            renew+=("$at")
+                'import json, sys, time; c = json.load(sys.stdin)["credentials"]
+print(int(time.time()) + c["renews_in_seconds"], c["expires_in_seconds"] - c["renews_in_seconds"])')
+            renew+=("${at% *}")
+            lead+=("${at#* }")
         fi
     done
     for i in $(seq 1 "$VOLUMES"); do mnt="$work/many/v$i" release_system; done
@@ -353,7 +363,8 @@ SH
     RESULT[many_pss,$s]=$(awk -v k="$pss" -v n="$VOLUMES" 'BEGIN { printf "%.1f\n", k / 1024 / n }')
     if [ "$s" = s3vol ]; then
         RESULT[many_renew,$s]=$(printf '%s\n' "${renew[@]}" | sort -u | wc -l)
-        log "  $VOLUMES volumes' renewals: ${RESULT[many_renew,$s]} distinct seconds over $(printf '%s\n' "${renew[@]}" | sort -n | sed -n '1p;$p' | paste -sd' ' | awk '{ print $2 - $1 }') s"
+        RESULT[many_lead,$s]=$(printf '%s\n' "${lead[@]}" | sort -n | sed -n '1p;$p' | paste -sd' ')
+        log "  $VOLUMES volumes' renewals: ${RESULT[many_renew,$s]} distinct seconds; each renews between ${RESULT[many_lead,$s]/ / and } s before its credentials expire"
     fi
     log "  $s: ${RESULT[many_mount,$s]} ms per mount; per volume at rest ${RESULT[many_rss,$s]} MiB RSS, ${RESULT[many_pss,$s]} MiB PSS"
 }
@@ -382,7 +393,7 @@ NOCACHE_ROWS=" cold_read four_readers random_reads small_files first_byte "
 # 32 MiB file, which is checked whole at open).
 CSE_ROWS=" cold_read random_reads first_of_32m seq_write "
 # WORKLOADS="seq_write small_creates" bash scripts/bench.sh runs a subset.
-read -ra WORKLOADS <<<"${WORKLOADS:-cold_read four_readers random_reads warm_read warm_random disk_read disk_read_64m disk_random small_files first_byte first_of_32m ls_l find_tree idle_rss seq_write small_creates many_volumes}"
+read -ra WORKLOADS <<<"${WORKLOADS:-cold_read four_readers random_reads warm_read warm_random disk_read disk_read_64m disk_random small_files first_byte first_of_32m ls_l find_tree idle_rss idle_pss seq_write small_creates many_volumes}"
 declare -A RESULT
 for WORKLOAD in "${WORKLOADS[@]}"; do
     if [ "$WORKLOAD" = many_volumes ]; then
@@ -489,6 +500,7 @@ row "1000 small-file creates, durable" "files/s" higher small_creates
 row "CPU per GiB, cold sequential read" "s/GiB" lower cpu_read
 row "CPU per GiB, durable write" "s/GiB" lower cpu_write
 row "idle RSS after ls -l of 10,000" "MiB" lower idle_rss
+row "idle PSS after ls -l of 10,000" "MiB" lower idle_pss
 row "$VOLUMES volumes: time to mount one" "ms" lower many_mount
 row "$VOLUMES volumes: RSS per volume at rest" "MiB" lower many_rss
 row "$VOLUMES volumes: PSS per volume at rest" "MiB" lower many_pss
@@ -500,7 +512,7 @@ percent_of_raw() {
         'BEGIN { printf "s3vol %s is %.0f%% of the raw parallel %s\n", what, 100 * us / raw, (what ~ /read/) ? "GET client" : "multipart PUT" }'
 }
 [ -z "${RESULT[many_renew,s3vol]:-}" ] ||
-    echo "s3vol's $VOLUMES volumes renew their credentials in ${RESULT[many_renew,s3vol]} distinct seconds"
+    echo "s3vol's $VOLUMES volumes renew their credentials in ${RESULT[many_renew,s3vol]} distinct seconds, each between ${RESULT[many_lead,s3vol]/ / and } s before they expire"
 percent_of_raw cold_read "$RAW_GET" "cold sequential read"
 percent_of_raw four_readers "$RAW_GET4" "4-reader read"
 percent_of_raw seq_write "$RAW_PUT" "durable sequential write"

@@ -70,7 +70,10 @@ TOML
         g bucket create "$bucket" >/dev/null
         g bucket allow --read --write --owner "$bucket" --key "$key_id" >/dev/null
     done
-    listens_on "$(cat "$dir/pid")" "$s3_port" || die "Garage stopped serving while being set up; see $dir/garage.log"
+    if ! listens_on "$(cat "$dir/pid")" "$s3_port"; then
+        kill "$(cat "$dir/pid")" 2>/dev/null
+        die "Garage stopped serving while being set up; see $dir/garage.log"
+    fi
     cat <<OUT
 S3_ENDPOINT=http://127.0.0.1:$s3_port
 AWS_ACCESS_KEY_ID=$key_id

@@ -59,21 +59,28 @@ mount_system() {
 # s3vol (its supervisor, which holds the FUSE connection, and the worker that
 # serves it); resources are counted over all of them.
 daemon_pids() {
-    local pid
-    # The mountpoint as a whole argument: v1 is not v10.
-    for pid in $(pgrep -f -- "$mnt( |\$)"); do
-        [ "$pid" != "$$" ] && grep -qE 's3vol|s3fs|rclone' "/proc/$pid/comm" 2>/dev/null && echo "$pid"
+    local pid re argv0
+    # The mountpoint as a whole argument (v1 is not v10), its characters literal.
+    re=$(printf '%s' "$mnt" | sed 's/[][\.*^$+?(){}|]/\\&/g')
+    for pid in $(pgrep -f -- "$re( |\$)"); do
+        [ "$pid" != "$$" ] || continue
+        argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -1) || continue
+        case "${argv0##*/}" in s3vol | s3fs | rclone) echo "$pid" ;; esac
     done
+    return 0
 }
 
 # release_system: unmounts $mnt, waits for its daemon to exit and removes the
 # peers' caches, so that each mount starts with an empty one.
 release_system() {
-    local pids
+    local pids pid alive
     pids=$(daemon_pids)
     umount "$mnt"
+    # Until every one of them is gone (kill -0 of several fails when any is).
     for _ in $(seq 1 100); do
-        [ -n "$pids" ] && kill -0 $pids 2>/dev/null || break
+        alive=0
+        for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 1 ] || break
         sleep 0.1
     done
     rm -rf "$work/s3fs-cache" "$work/rclone-cache"

@@ -406,6 +406,7 @@ async fn renew_loop(shared: Arc<Shared>, config: RenewConfig) {
                     format!("keeping the current credentials until {}", show_time(expiry))
                 }
             );
+            *shared.next_renewal.lock() = Some(shared.clock.now() + backoff);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = shared.forced.notified() => break,

@@ -18,11 +18,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use futures::StreamExt;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{FutureExt, Shared};
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use super::dir::DirEntry;
 use super::inode::{InodeTable, Kind, Stat};
@@ -49,22 +51,57 @@ const AHEAD: usize = 128;
 #[derive(Default)]
 pub(super) struct Windows(Mutex<HashMap<u64, (String, usize)>>);
 
-/// HEADs of listed entries under way, in batches that run on their own: by the
-/// inode each is for, the batch asking for it.
+/// HEADs of listed entries under way in batches that run on their own: by the
+/// inode each is for, the number of the batch asking and what waits for its
+/// answer.
 #[derive(Default)]
-pub(super) struct Batches(Mutex<HashMap<u64, Batch>>);
+pub(super) struct Batches {
+    asking: Mutex<HashMap<u64, (u64, Answer)>>,
+    next: AtomicU64,
+}
 
-type Batch = Shared<BoxFuture<'static, ()>>;
+/// Ready once the HEAD of one entry is answered (or its batch is gone).
+type Answer = Shared<oneshot::Receiver<()>>;
 
 impl Batches {
-    /// The batch asking for `ino`'s metadata, if one is.
-    fn asking_for(&self, ino: u64) -> Option<Batch> {
-        self.0.lock().get(&ino).cloned()
+    /// What waits for `ino`'s metadata, if a batch is asking for it.
+    fn asking_for(&self, ino: u64) -> Option<Answer> {
+        self.asking
+            .lock()
+            .get(&ino)
+            .map(|(_, answer)| answer.clone())
+    }
+
+    /// Takes `ino` off, if batch `batch` still asks for it.
+    fn answered(&self, batch: u64, ino: u64) {
+        let mut asking = self.asking.lock();
+        if asking.get(&ino).is_some_and(|(by, _)| *by == batch) {
+            asking.remove(&ino);
+        }
+    }
+}
+
+/// Takes a batch's entries off when it ends, however it ends (done, a panic,
+/// the runtime going away): nobody waits for an answer that cannot come.
+struct Unregister {
+    fs: Arc<Fs>,
+    batch: u64,
+    inos: Vec<u64>,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        for &ino in &self.inos {
+            self.fs.batches.answered(self.batch, ino);
+        }
     }
 }
 
 /// An entry a listing showed, whose metadata is to be asked for.
 pub(super) struct Listed {
+    pub ino: u64,
+    /// The ETag the volume knew it by when it was asked for.
+    pub etag: String,
     pub name: String,
     pub kind: Kind,
     pub key: String,
@@ -93,15 +130,11 @@ impl Fs {
             .buffer_unordered(IN_FLIGHT)
             .collect::<Vec<_>>();
         let ((_, own), others) = tokio::join!(own, others);
-        {
-            // What the window found is kept as if looked up; what failed or is
-            // gone is asked for again when its own lookup comes.
-            let mut table = self.inodes.lock();
-            let now = Instant::now();
-            for (entry, stat) in others {
-                if let Ok(Some(stat)) = stat {
-                    table.upsert(parent, &entry.name, entry.kind, stat, now);
-                }
+        // What the window found is kept as if looked up; what failed or is
+        // gone is asked for again when its own lookup comes.
+        for (entry, stat) in others {
+            if let Ok(Some(stat)) = stat {
+                self.keep_answer(parent, &entry, stat);
             }
         }
         Ok(own?.map(|stat| (kind, stat)))
@@ -127,17 +160,42 @@ impl Fs {
         }
     }
 
-    /// Waits for the batch asking for the metadata of `ino`, if one is.
-    pub(super) async fn wait_for_batch(&self, ino: u64) {
-        if let Some(batch) = self.batches.asking_for(ino) {
-            batch.await;
+    /// Keeps what a HEAD asked for ahead of its lookup found of `entry`,
+    /// unless what the volume knows of the name changed meanwhile: the name
+    /// gone or another inode's (an unlink, a rename), the file being written
+    /// here, its metadata learnt since (a chmod, an upload of this mount's),
+    /// another version known. A late answer must never bring an older state
+    /// back.
+    fn keep_answer(&self, parent: u64, entry: &Listed, stat: Stat) {
+        let mut table = self.inodes.lock();
+        let unchanged = table.child(parent, &entry.name).is_some_and(|(ino, node)| {
+            ino == entry.ino
+                && !node.unlinked
+                && node.kind == entry.kind
+                && node.stat.etag == entry.etag
+                && self.metadata_unknown(ino, node)
+        });
+        if unchanged && !self.staging.contains(entry.ino) {
+            table.upsert(parent, &entry.name, entry.kind, stat, Instant::now());
         }
+    }
+
+    /// The entry of `name` in `parent` once a batch asking for its metadata
+    /// has its answer, if one is asking and the answer made it fresh.
+    pub(super) async fn answer_of_batch(&self, parent: u64, name: &str) -> Option<Entry> {
+        let ino = self.inodes.lock().child(parent, name)?.0;
+        let answer = self.batches.asking_for(ino)?;
+        let _ = answer.await;
+        let table = self.inodes.lock();
+        let (now, node) = table.child(parent, name)?;
+        (now == ino).then(|| self.fresh_entry(ino, node))?
     }
 
     /// READDIRPLUS of directory `parent` through handle `fh` from `offset`:
     /// at most `most` entries with their attributes. Past the first reply, the
-    /// entries that fit in one wait for their metadata, and the next
-    /// [`AHEAD`] entries' is asked for meanwhile (see the module).
+    /// entries that fit in one wait for their metadata (for `--io-timeout` at
+    /// most: those still unknown then are looked up by the kernel), and the
+    /// next [`AHEAD`] entries' is asked for meanwhile (see the module).
     pub async fn readdirplus_page(
         self: &Arc<Self>,
         parent: u64,
@@ -160,67 +218,73 @@ impl Fs {
             let ahead = self.wanted(rest.iter().skip(fits).take(AHEAD));
             self.ask_batch(parent, reply);
             self.ask_batch(parent, ahead);
-            for entry in rest.iter().take(fits) {
-                self.wait_for_batch(entry.ino).await;
-            }
+            let answers = rest
+                .iter()
+                .take(fits)
+                .filter_map(|entry| self.batches.asking_for(entry.ino));
+            let all = futures::future::join_all(answers);
+            let _ = tokio::time::timeout(self.config.io_timeout, all).await;
         }
-        Ok(self.with_attributes(&rest.first(most)))
+        Ok(self.with_attributes(&rest, most))
     }
 
     /// Those of `entries` whose metadata is wanted and not yet asked for.
-    fn wanted<'a>(&self, entries: impl Iterator<Item = &'a DirEntry>) -> Vec<(u64, Listed)> {
+    fn wanted<'a>(&self, entries: impl Iterator<Item = &'a DirEntry>) -> Vec<Listed> {
         let table = self.inodes.lock();
         let now = Instant::now();
         entries
+            .filter(|entry| entry.name != "." && entry.name != "..")
             .filter(|entry| self.batches.asking_for(entry.ino).is_none())
-            .filter_map(|entry| Some((entry.ino, self.listed(&table, entry, now)?)))
+            .filter_map(|entry| self.listed(&table, entry, now))
             .collect()
     }
 
     /// Asks for the metadata of `entries` of `parent` in a batch that runs on
-    /// its own and keeps each answer as it comes.
-    fn ask_batch(self: &Arc<Self>, parent: u64, entries: Vec<(u64, Listed)>) {
-        if entries.is_empty() {
+    /// its own, keeps each answer as it comes (see [`Fs::keep_answer`]) and
+    /// tells whoever waits for it.
+    fn ask_batch(self: &Arc<Self>, parent: u64, entries: Vec<Listed>) {
+        let batch = self.batches.next.fetch_add(1, Ordering::Relaxed);
+        let mut asked = Vec::with_capacity(entries.len());
+        {
+            let mut asking = self.batches.asking.lock();
+            for entry in entries {
+                // Asked for by another batch since it was found wanted.
+                if asking.contains_key(&entry.ino) {
+                    continue;
+                }
+                let (tell, answer) = oneshot::channel();
+                asking.insert(entry.ino, (batch, answer.shared()));
+                asked.push((entry, tell));
+            }
+        }
+        if asked.is_empty() {
             return;
         }
-        let inos: Vec<u64> = entries.iter().map(|(ino, _)| *ino).collect();
-        let registered = inos.clone();
-        let fs = self.clone();
-        let work = async move {
-            futures::stream::iter(entries)
-                .map(|(_, entry)| {
-                    let fs = &fs;
-                    async move {
-                        let stat = fs.stat_of(&entry, false).await;
-                        (entry, stat)
-                    }
+        let unregister = Unregister {
+            fs: self.clone(),
+            batch,
+            inos: asked.iter().map(|(entry, _)| entry.ino).collect(),
+        };
+        tokio::spawn(async move {
+            let fs = &unregister.fs;
+            futures::stream::iter(asked)
+                .map(|(entry, tell)| async move {
+                    let stat = fs.stat_of(&entry, false).await;
+                    (entry, tell, stat)
                 })
                 .buffer_unordered(IN_FLIGHT)
-                .for_each(|(entry, stat)| {
+                .for_each(|(entry, tell, stat)| {
                     // What failed or is gone is asked for again by its own lookup.
                     if let Ok(Some(stat)) = stat {
-                        let now = Instant::now();
-                        fs.inodes
-                            .lock()
-                            .upsert(parent, &entry.name, entry.kind, stat, now);
+                        fs.keep_answer(parent, &entry, stat);
                     }
+                    fs.batches.answered(batch, entry.ino);
+                    let _ = tell.send(());
                     async {}
                 })
                 .await;
-            let mut batches = fs.batches.0.lock();
-            for ino in &inos {
-                batches.remove(ino);
-            }
-        };
-        let batch: Batch = work.boxed().shared();
-        {
-            // Before it runs: it takes them off when it ends.
-            let mut batches = self.batches.0.lock();
-            for ino in registered {
-                batches.insert(ino, batch.clone());
-            }
-        }
-        tokio::spawn(batch);
+            drop(unregister);
+        });
     }
 
     /// Listed `entry`, if its metadata is wanted: not known, and what the
@@ -230,6 +294,8 @@ impl Fs {
         let wanted = self.metadata_unknown(entry.ino, node)
             && node.remaining(self.config.metadata_ttl, now).is_some();
         wanted.then(|| Listed {
+            ino: entry.ino,
+            etag: node.stat.etag.clone(),
             name: entry.name.clone(),
             kind: node.kind,
             key: node.key.clone(),

@@ -37,15 +37,6 @@ impl Page {
     fn to_vec(&self) -> Vec<DirEntry> {
         self.entries[self.range.clone()].to_vec()
     }
-
-    /// The first `most` of these entries.
-    pub(super) fn first(&self, most: usize) -> Page {
-        let end = self.range.start.saturating_add(most).min(self.range.end);
-        Page {
-            entries: self.entries.clone(),
-            range: self.range.start..end,
-        }
-    }
 }
 
 /// One directory entry; `next_offset` is the cookie of the entry after it.
@@ -179,13 +170,15 @@ impl Fs {
     /// [`Fs::remember`], because each one counts as a lookup.
     pub fn readdirplus(&self, fh: u64, offset: u64) -> FsResult<Vec<(DirEntry, Entry)>> {
         let page = self.readdir_page(fh, offset, usize::MAX)?;
-        Ok(self.with_attributes(&page))
+        Ok(self.with_attributes(&page, usize::MAX))
     }
 
-    /// The entries of `page` with their attributes: each with the time the
-    /// kernel may keep them, none for one whose metadata is not known yet (it
-    /// is looked up again at once, which asks for it).
-    pub(super) fn with_attributes(&self, page: &Page) -> Vec<(DirEntry, Entry)> {
+    /// The first `most` entries of `page` still known, with their attributes:
+    /// each with the time the kernel may keep them, none for one whose
+    /// metadata is not known yet (it is looked up again at once, which asks
+    /// for it). Entries gone since the listing are skipped, never counted: an
+    /// empty reply would end the kernel's reading of the directory.
+    pub(super) fn with_attributes(&self, page: &Page, most: usize) -> Vec<(DirEntry, Entry)> {
         let table = self.inodes.lock();
         let now = Instant::now();
         page.iter()
@@ -198,6 +191,7 @@ impl Fs {
                 let attr = self.attr(entry.ino, node);
                 Some((entry.clone(), Entry { attr, ttl }))
             })
+            .take(most)
             .collect()
     }
 

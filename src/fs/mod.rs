@@ -382,22 +382,16 @@ impl Fs {
             Err(NameProblem::TooLong) => return Err(FsError::NameTooLong),
             Err(_) => return Err(FsError::NotFound),
         }
-        let look = || {
+        let cached = {
             let mut table = self.inodes.lock();
             if table.known_absent(parent, name, self.config.metadata_ttl, Instant::now()) {
                 return Err(FsError::NotFound);
             }
-            Ok(table
+            table
                 .child(parent, name)
-                .map(|(ino, node)| (ino, self.fresh_entry(ino, node))))
+                .and_then(|(ino, node)| self.fresh_entry(ino, node))
         };
-        let mut cached = look()?;
-        // Metadata a listing's batch is asking for comes with it.
-        if let Some((ino, None)) = cached {
-            self.wait_for_batch(ino).await;
-            cached = look()?;
-        }
-        let entry = match cached.and_then(|(_, entry)| entry) {
+        let entry = match cached {
             Some(entry) => entry,
             None => self.refresh_child(parent, &parent_node.key, name).await?,
         };
@@ -406,6 +400,10 @@ impl Fs {
     }
 
     async fn refresh_child(&self, parent: u64, parent_key: &str, name: &str) -> FsResult<Entry> {
+        // Metadata a listing's batch is asking for comes with it.
+        if let Some(entry) = self.answer_of_batch(parent, name).await {
+            return Ok(entry);
+        }
         let staged = {
             let table = self.inodes.lock();
             table
@@ -429,7 +427,9 @@ impl Fs {
                     node.remaining(self.config.metadata_ttl, Instant::now())
                         .is_some()
                 })
-                .map(|(_, node)| Listed {
+                .map(|(ino, node)| Listed {
+                    ino,
+                    etag: node.stat.etag.clone(),
                     name: name.to_string(),
                     kind: node.kind,
                     key: node.key.clone(),

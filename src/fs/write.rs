@@ -525,7 +525,12 @@ impl Fs {
         };
         let ino = {
             let mut table = self.inodes.lock();
-            table.upsert(parent, name, Kind::Directory, stat, Instant::now())
+            let now = Instant::now();
+            let ino = table.upsert(parent, name, Kind::Directory, stat, now);
+            // Nothing was under it (its lookup found no name): what is created
+            // in it needs no lookup in S3 first, for the TTL, as after a listing.
+            table.mark_listed(ino, now);
+            ino
         };
         self.inodes.lock().add_lookup(ino);
         debug!(key, "directory created");

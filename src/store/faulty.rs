@@ -33,6 +33,9 @@ pub enum Fault {
     LostAnswer,
     /// Wait this long, then make the call.
     Delay(Duration),
+    /// Make the call, then wait this long before answering: an answer that
+    /// arrives after what it says has changed.
+    LateAnswer(Duration),
     /// Panic, as a bug in the code that makes the call would.
     Panic,
 }
@@ -94,8 +97,11 @@ impl FaultyStore {
         key: &str,
         call: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        let lose_answer = self.before(op, key).await?;
+        let (lose_answer, late) = self.before(op, key).await?;
         let answer = call.await;
+        if let Some(late) = late {
+            tokio::time::sleep(late).await;
+        }
         if lose_answer && answer.is_ok() {
             return Err(StoreError::Unreachable {
                 op,
@@ -106,8 +112,8 @@ impl FaultyStore {
     }
 
     /// Counts the call and returns the error to answer with, after any delay, or
-    /// whether the answer is to be lost.
-    async fn before(&self, op: Operation, key: &str) -> StoreResult<bool> {
+    /// whether the answer is to be lost, and how late it is to come.
+    async fn before(&self, op: Operation, key: &str) -> StoreResult<(bool, Option<Duration>)> {
         let n = {
             let mut counts = self.counts.lock();
             let n = counts.entry(op).or_insert(0);
@@ -121,10 +127,11 @@ impl FaultyStore {
             .filter(|r| r.op == op && r.nth.is_none_or(|nth| nth == n))
             .map(|r| r.fault.clone())
             .collect();
-        let mut lose_answer = false;
+        let (mut lose_answer, mut late) = (false, None);
         for fault in hits {
             match fault {
                 Fault::LostAnswer => lose_answer = true,
+                Fault::LateAnswer(d) => late = Some(d),
                 Fault::SlowDown => {
                     return Err(StoreError::Service {
                         op,
@@ -173,7 +180,7 @@ impl FaultyStore {
                 }
             }
         }
-        Ok(lose_answer)
+        Ok((lose_answer, late))
     }
 }
 

@@ -29,15 +29,17 @@ async fn every_benchmark_system_mounts_the_test_server_with_the_benchmarks_setti
     std::fs::create_dir(&mnt).unwrap();
     let _unmount = Unmount(mnt.clone());
 
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "source {lib}; source {systems}; prepare_systems; \
-             for s in {list}; do check_system \"$s\"; done",
-            lib = script("lib.sh").display(),
-            systems = script("systems.sh").display(),
-            list = SYSTEMS.join(" "),
-        ))
+    // Bounded: a system that hangs fails the test instead of the whole run.
+    let out = Command::new("timeout")
+        .args(["600", "bash", "-c"])
+        .arg(
+            r#"source "$1"; source "$2"; shift 2; prepare_systems
+               for s in "$@"; do check_system "$s"; done"#,
+        )
+        .arg("bash")
+        .arg(script("lib.sh"))
+        .arg(script("systems.sh"))
+        .args(SYSTEMS)
         .envs(server.env())
         .env("S3_ENDPOINT", &server.endpoint)
         .env("S3VOL", common::binary())

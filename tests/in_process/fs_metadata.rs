@@ -892,6 +892,63 @@ async fn ls_l_past_the_first_reply_gets_entries_with_their_metadata() {
     fs().releasedir(fh);
 }
 
+/// A HEAD a READDIRPLUS batch sent is answered after the name changed here:
+/// the answer must not bring back a file unlinked meanwhile, nor the mode a
+/// chmod replaced, nor an entry a reply dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_batch_answer_never_brings_an_older_state_back() {
+    use s3vol::store::faulty::{Fault, FaultyStore};
+    let store = Arc::new(MemoryStore::new("bkt"));
+    for i in 0..300 {
+        store.put_with(
+            &format!("root/f{i:03}"),
+            "x",
+            user(&[("mode", "33184"), ("uid", "7")]),
+        );
+    }
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    faulty.fail_all(
+        Operation::HeadObject,
+        Fault::LateAnswer(Duration::from_millis(500)),
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig::new(
+            LocalDir::open_or_create(staging.path()).unwrap(),
+        )),
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
+    let fh = fs.opendir(ROOT_INO).await.unwrap();
+    let first = fs.readdirplus_page(ROOT_INO, fh, 0, 100).await.unwrap();
+    let ino_of = |name: &str| first.iter().find(|(e, _)| e.name == name).unwrap().0.ino;
+    let chmodded = ino_of("f060");
+    // The next reply waits for its entries' HEADs (204 fit), 32 at a time,
+    // slowly: f050's and f060's are in the first 32.
+    let reply = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.readdirplus_page(ROOT_INO, fh, 50, 1000).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Meanwhile, with those HEADs in flight: an unlink and a chmod, whose
+    // own requests are answered at once.
+    faulty.clear();
+    fs.unlink(ROOT_INO, OsStr::new("f050")).await.unwrap();
+    fs.setattr(chmodded, None, chmod(0o600), None)
+        .await
+        .unwrap();
+    let entries = reply.await.unwrap();
+    assert!(!entries.is_empty());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let gone = fs.lookup(ROOT_INO, OsStr::new("f050")).await;
+    assert_eq!(gone.unwrap_err().errno(), libc::ENOENT, "f050 came back");
+    assert_eq!(fs.getattr(chmodded).await.unwrap().attr.perm, 0o600);
+    // Entries dropped from the table are skipped, never an empty reply mid-way.
+    let rest = fs.readdirplus_page(ROOT_INO, fh, 52, 1).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0.name, "f051", "f050 skipped");
+}
+
 /// A refresh from S3 while a change waits does not bring the old mode back once
 /// the change is in S3.
 #[tokio::test]

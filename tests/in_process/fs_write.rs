@@ -273,6 +273,41 @@ async fn a_file_unlinked_while_open_is_never_uploaded() {
     assert_eq!(lookup_path(&vol.fs, "tmp").await, Err(libc::ENOENT));
 }
 
+/// A directory this mount just made holds nothing: creating files in it
+/// costs their PUTs alone, with no lookup in S3 first, while the TTL lasts.
+#[tokio::test]
+async fn files_created_in_a_new_directory_cost_their_puts_alone() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let vol = volume(store.clone());
+    let dir = vol
+        .fs
+        .mkdir(ROOT_INO, OsStr::new("new"), Posix::default())
+        .await
+        .unwrap();
+    store.clear_calls();
+    for i in 0..10 {
+        let name = format!("f{i}");
+        // As open(O_CREAT) does: a lookup first, which finds nothing.
+        let missing = vol.fs.lookup(dir.attr.ino, OsStr::new(&name)).await;
+        assert_eq!(missing.unwrap_err().errno(), libc::ENOENT);
+        let (_, fh) = vol
+            .fs
+            .create(dir.attr.ino, OsStr::new(&name), None, Posix::default())
+            .await
+            .unwrap();
+        vol.fs.write(fh, 0, b"data").await.unwrap();
+        vol.fs.flush(fh, None).await.unwrap();
+        vol.fs.release(fh).await;
+    }
+    let ops: Vec<Operation> = store.calls().iter().map(|c| c.op).collect();
+    assert_eq!(ops, [Operation::PutObject; 10], "{ops:?}");
+    assert_eq!(store.get("root/new/f9").as_deref(), Some(&b"data"[..]));
+    // And its listing is what was made in it, with no request either.
+    let fh = vol.fs.opendir(dir.attr.ino).await.unwrap();
+    assert_eq!(vol.fs.readdir(fh, 0).unwrap().len(), 12);
+    assert_eq!(store.calls().len(), 10);
+}
+
 #[tokio::test]
 async fn directories_are_markers_and_rmdir_needs_them_empty() {
     let store = Arc::new(MemoryStore::new("bkt"));

@@ -202,12 +202,11 @@ impl S3Store {
             };
             match next {
                 Some(Ok(chunk)) => {
-                    received += chunk.len() as u64;
-                    window.1 += chunk.len() as u64;
                     last = tokio::time::Instant::now();
-                    if window.1 >= least.min(expected.saturating_sub(received - window.1)) {
-                        window = (last, 0);
-                    } else if last.duration_since(window.0) >= stall {
+                    // What the window's stall period had to bring: the least,
+                    // or the rest of the body as it stood when it began.
+                    let due = least.min(expected.saturating_sub(received - window.1));
+                    if last.duration_since(window.0) > stall && window.1 < due {
                         return Err(StoreError::Unreachable {
                             op: Operation::GetObject,
                             detail: format!(
@@ -217,6 +216,11 @@ impl S3Store {
                                 MIN_BODY_RATE / 1024
                             ),
                         });
+                    }
+                    received += chunk.len() as u64;
+                    window.1 += chunk.len() as u64;
+                    if window.1 >= due {
+                        window = (last, 0);
                     }
                     // Checked before keeping it: an endless body must not be
                     // held in memory.

@@ -200,7 +200,13 @@ impl S3Store {
             // The store above this one retries, bounded by --io-timeout; SDK
             // retries inside each of its attempts would multiply the attempts and
             // add backoffs of up to 20 s that no bound accounts for.
-            .retry_config(aws_config::retry::RetryConfig::disabled());
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            // Stalls are this store's to judge (`answer`, `get::read_body`),
+            // against --io-timeout; the SDK's own watch of every body costs a
+            // timer per chunk and an interceptor per request besides.
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
+            );
         if sdk_config.region().is_none() {
             // Custom endpoints (MinIO, Garage, ...) rarely care; AWS itself needs a
             // real region, which the default chain or --region provides.
