@@ -87,6 +87,15 @@ pub enum Record {
     UploadEnded {
         id: String,
     },
+    /// What is staged for inode `ino` is in S3, with no change since: a
+    /// handle writing it that a worker leaves behind loses nothing.
+    Published {
+        ino: u64,
+    },
+    /// What is staged for inode `ino` changed since it was last in S3.
+    Changed {
+        ino: u64,
+    },
 }
 
 /// What an open handle reads or writes.
@@ -127,6 +136,9 @@ pub struct Carried {
     /// Keys whose upload was asked for with no answer recorded, and since
     /// when.
     pub starting: BTreeMap<String, u64>,
+    /// Inodes whose staged content is in S3 with no change since (a file
+    /// staged and never recorded here has changes of its own).
+    pub published: std::collections::BTreeSet<u64>,
     /// The highest inode and handle numbers ever given out.
     pub last_ino: u64,
     pub last_fh: u64,
@@ -159,6 +171,7 @@ impl Carried {
             }
             Record::Dropped { ino } => {
                 self.nodes.remove(&ino);
+                self.published.remove(&ino);
             }
             Record::Opened { fh, ino, open } => {
                 self.last_fh = self.last_fh.max(fh);
@@ -179,6 +192,12 @@ impl Carried {
             }
             Record::UploadEnded { id } => {
                 self.uploads.remove(&id);
+            }
+            Record::Published { ino } => {
+                self.published.insert(ino);
+            }
+            Record::Changed { ino } => {
+                self.published.remove(&ino);
             }
         }
     }
@@ -233,6 +252,9 @@ impl Carried {
                 key: key.clone(),
                 at: *at,
             });
+        }
+        for &ino in &self.published {
+            records.push(Record::Published { ino });
         }
         records
     }
@@ -439,7 +461,18 @@ mod tests {
             id: "u2".into(),
         });
         journal.record(&Record::UploadEnded { id: "u1".into() });
+        // In S3 and unchanged: 2 was, changed since; 4 is; 3 is gone.
+        for record in [
+            Record::Published { ino: 2 },
+            Record::Published { ino: 3 },
+            Record::Published { ino: 4 },
+            Record::Changed { ino: 2 },
+            Record::Dropped { ino: 3 },
+        ] {
+            journal.record(&record);
+        }
         let carried = reopen(&journal);
+        assert_eq!(carried.published.iter().collect::<Vec<_>>(), [&4]);
         assert_eq!(carried.nodes.keys().collect::<Vec<_>>(), [&2]);
         assert_eq!(carried.last_ino, 3);
         assert_eq!(carried.last_fh, 7);

@@ -90,6 +90,11 @@ impl HandleTable {
         let _ = self.journal.set(journal);
     }
 
+    /// The journal the handles are kept in, if any.
+    pub(super) fn journal(&self) -> Option<Arc<Journal>> {
+        self.journal.get().cloned()
+    }
+
     /// Records `record` in the journal the handles are kept in, if any.
     pub(super) fn record(&self, record: Record) {
         if let Some(journal) = self.journal.get() {

@@ -110,7 +110,10 @@ impl Fs {
                 Handle::Directory => self.reopen_dir(fh, ino).await,
                 Handle::Object { etag, size } => self.reopen_object(fh, ino, etag, size).await,
                 Handle::Staged { writing } => {
+                    // Lost with its worker; its changes too, unless what was
+                    // staged was in S3 with none since.
                     if writing
+                        && !carried.published.contains(&ino)
                         && let Ok(node) = self.node(ino)
                         && !adopted.lost_keys.contains(&node.key)
                     {

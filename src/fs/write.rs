@@ -19,6 +19,7 @@ use super::upload::{Base, StagedFile, WriteConfig};
 use super::writer::Writer;
 use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, SETID_BITS};
 use crate::audit::{Event, Op};
+use crate::journal::Record;
 use crate::names::{NameProblem, check_name};
 
 /// S3's longest key, in bytes.
@@ -107,8 +108,24 @@ impl Fs {
                 ..posix
             });
         }
+        self.journal_staged(ino, &file);
         // Another open may have staged it meanwhile: share that one.
         self.staging.stage(ino, file)
+    }
+
+    /// Keeps in the journal whether what is staged for `ino` is in S3, now
+    /// and at each change of that: a handle writing it that a worker leaves
+    /// behind has lost changes only when it is not (see `super::takeover`).
+    fn journal_staged(&self, ino: u64, file: &StagedFile) {
+        let Some(journal) = self.handles.journal() else {
+            return;
+        };
+        file.on_published(move |published| {
+            journal.record(&match published {
+                true => Record::Published { ino },
+                false => Record::Changed { ino },
+            })
+        });
     }
 
     /// A staged file for `key` that uploads with the mount's permits and memory
@@ -167,6 +184,7 @@ impl Fs {
                 ino
             })?
         };
+        self.journal_staged(ino, &file);
         let fh = self.handles.open(OpenFile::Staged {
             ino,
             file,

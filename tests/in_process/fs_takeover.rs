@@ -143,3 +143,45 @@ async fn a_new_worker_answers_for_the_numbers_the_dead_one_gave() {
         Err(libc::EIO)
     );
 }
+
+/// A worker dies after a close made a file durable but before the kernel's
+/// release reached it: the handle is lost with the worker, its changes are
+/// not (they are in S3), so they are not reported lost. A handle that wrote
+/// after its last upload is.
+#[tokio::test]
+async fn a_handle_whose_changes_are_in_s3_loses_nothing_with_its_worker() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/old", "old content");
+    let fd = journal::create().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let (first, _) = worker(&store, &fd, &staging);
+    // Written and flushed (close), not released: in S3, and nothing after.
+    let (_, closed) = first
+        .create(ROOT_INO, OsStr::new("closed"), None, Posix::default())
+        .await
+        .unwrap();
+    first.write(closed, 0, b"durable").await.unwrap();
+    first.flush(closed, None).await.unwrap();
+    // Opened on an object and never written.
+    let old = lookup_path(&first, "old").await.unwrap();
+    let untouched = first.open(old, common::fs::WRITE).await.unwrap();
+    // Flushed, then written again: that change is lost.
+    let (_, rewritten) = first
+        .create(ROOT_INO, OsStr::new("rewritten"), None, Posix::default())
+        .await
+        .unwrap();
+    first.write(rewritten, 0, b"first").await.unwrap();
+    first.flush(rewritten, None).await.unwrap();
+    first.write(rewritten, 0, b"second").await.unwrap();
+    std::mem::forget(first);
+
+    let (second, carried) = worker(&store, &fd, &staging);
+    let adopted = second.adopt(carried).await;
+    assert_eq!(adopted.lost, 3, "{adopted:?}");
+    assert_eq!(adopted.lost_keys, ["root/rewritten"], "{adopted:?}");
+    assert_eq!(store.get("root/closed").as_deref(), Some(&b"durable"[..]));
+    assert_eq!(store.get("root/rewritten").as_deref(), Some(&b"first"[..]));
+    for fh in [closed, untouched, rewritten] {
+        second.release(fh).await;
+    }
+}

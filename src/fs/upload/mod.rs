@@ -160,6 +160,9 @@ pub struct StagedFile {
     upload: tokio::sync::Mutex<Option<Upload>>,
     /// Base download and flushes run one at a time.
     exclusive: tokio::sync::Mutex<()>,
+    /// Told, under the state lock, each time what is staged comes to be what
+    /// S3 holds (`true`) or stops being it (`false`).
+    published: std::sync::OnceLock<Box<dyn Fn(bool) + Send + Sync>>,
 }
 
 impl Drop for StagedFile {
@@ -222,6 +225,7 @@ impl StagedFile {
             }),
             upload: tokio::sync::Mutex::new(None),
             exclusive: tokio::sync::Mutex::new(()),
+            published: std::sync::OnceLock::new(),
         }))
     }
 
@@ -303,6 +307,35 @@ impl StagedFile {
 
     pub fn key(&self) -> String {
         self.state.lock().key.clone()
+    }
+
+    /// Tells `hook` whether what is staged is what S3 holds: now, and at
+    /// each change of that, in order (the journal keeps it, so that a worker
+    /// after this one knows whether a handle left to it had changes of its
+    /// own).
+    pub fn on_published(&self, hook: impl Fn(bool) + Send + Sync + 'static) {
+        let state = self.state.lock();
+        if self.published.set(Box::new(hook)).is_ok() {
+            self.tell_published(!state.dirty);
+        }
+    }
+
+    /// Tells the hook of [`StagedFile::on_published`]; call under the state
+    /// lock.
+    pub(super) fn tell_published(&self, published: bool) {
+        if let Some(hook) = self.published.get() {
+            hook(published);
+        }
+    }
+
+    /// Bytes `range` changed (see `State::touch`), and no longer what S3
+    /// holds.
+    fn touch(&self, state: &mut State, range: std::ops::Range<u64>, by: Option<u32>) {
+        let was_dirty = state.dirty;
+        state.touch(&self.layout, range, by);
+        if !was_dirty {
+            self.tell_published(false);
+        }
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -443,7 +476,7 @@ impl StagedFile {
         let mut state = self.state.lock();
         state.base = None;
         let size = state.size;
-        state.touch(&self.layout, 0..size, None);
+        self.touch(&mut state, 0..size, None);
         debug!(key, size = base.size, "downloaded the object to change it");
         Ok(())
     }
@@ -493,7 +526,7 @@ impl StagedFile {
         let mut state = self.state.lock();
         let appending = end >= state.size;
         state.size = state.size.max(end);
-        state.touch(&self.layout, offset..end, by);
+        self.touch(&mut state, offset..end, by);
         // While a flush runs, it uploads what it needs itself; a part started now
         // could create an upload after the flush completed its own.
         let flushing = self.exclusive.try_lock().is_err();
@@ -638,9 +671,9 @@ impl StagedFile {
             state.uploaded.truncate(count);
             state.in_flight.truncate(count);
             // The part that now ends the file lost its tail.
-            state.touch(&self.layout, size.saturating_sub(1)..size.max(1), by);
+            self.touch(&mut state, size.saturating_sub(1)..size.max(1), by);
         } else {
-            state.touch(&self.layout, old..size, by);
+            self.touch(&mut state, old..size, by);
         }
         Ok(())
     }

@@ -93,6 +93,7 @@ impl StagedFile {
         // Clean unless written again while uploading.
         if state.versions == versions {
             state.dirty = false;
+            self.tell_published(true);
         }
         state.uploaded.iter_mut().for_each(|u| *u = None);
         debug!(key, size, etag, "uploaded");
