@@ -770,18 +770,25 @@ async fn directories_keep_their_mode_owner_and_time_on_their_marker() {
     assert!(store.calls().is_empty(), "{:?}", store.calls());
 }
 
-/// `ls -l` of a listed directory: each entry's metadata is one HEAD, asked for
-/// in windows that double while the lookups follow the listing's order.
-#[tokio::test]
-async fn ls_l_reads_metadata_ahead_in_growing_windows() {
+/// A bucket of `count` one-byte files `root/fNNN` (`width` digits), each with
+/// mode 0640 and uid 7 in its metadata, as s3fs keeps them.
+fn files_kept_by_s3fs(count: usize, width: usize) -> Arc<MemoryStore> {
     let store = Arc::new(MemoryStore::new("bkt"));
-    for i in 0..100 {
+    for i in 0..count {
         store.put_with(
-            &format!("root/f{i:03}"),
+            &format!("root/f{i:0width$}"),
             "x",
             user(&[("mode", "33184"), ("uid", "7")]),
         );
     }
+    store
+}
+
+/// `ls -l` of a listed directory: each entry's metadata is one HEAD, asked for
+/// in windows that double while the lookups follow the listing's order.
+#[tokio::test]
+async fn ls_l_reads_metadata_ahead_in_growing_windows() {
+    let store = files_kept_by_s3fs(100, 3);
     let vol = volume(&store, true);
     let fh = vol.fs.opendir(ROOT_INO).await.unwrap();
     vol.fs.readdirplus(fh, 2).unwrap();
@@ -825,14 +832,7 @@ async fn ls_l_reads_metadata_ahead_in_growing_windows() {
 /// is asked for twice, however the replies and lookups meet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ls_l_past_the_first_reply_gets_entries_with_their_metadata() {
-    let store = Arc::new(MemoryStore::new("bkt"));
-    for i in 0..1000 {
-        store.put_with(
-            &format!("root/f{i:04}"),
-            "x",
-            user(&[("mode", "33184"), ("uid", "7")]),
-        );
-    }
+    let store = files_kept_by_s3fs(1000, 4);
     let fs = Arc::new(Fs::new(store.clone(), "root/", FsConfig::default()));
     let fs = || &fs;
     let heads = || store.count_calls(Operation::HeadObject);
@@ -898,14 +898,7 @@ async fn ls_l_past_the_first_reply_gets_entries_with_their_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_batch_answer_never_brings_an_older_state_back() {
     use s3vol::store::faulty::{Fault, FaultyStore};
-    let store = Arc::new(MemoryStore::new("bkt"));
-    for i in 0..300 {
-        store.put_with(
-            &format!("root/f{i:03}"),
-            "x",
-            user(&[("mode", "33184"), ("uid", "7")]),
-        );
-    }
+    let store = files_kept_by_s3fs(300, 3);
     let faulty = Arc::new(FaultyStore::new(store.clone()));
     faulty.fail_all(
         Operation::HeadObject,
