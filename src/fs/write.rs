@@ -74,6 +74,8 @@ impl Fs {
     /// first handle (empty for O_TRUNC, else standing for the object in S3).
     pub(super) async fn stage(&self, ino: u64, flags: OpenFlags) -> FsResult<Arc<StagedFile>> {
         if let Some(file) = self.staging.attach(ino) {
+            // Before this handle can change it (a no-op once recorded).
+            self.journal_staged(ino, &file);
             if flags.truncate {
                 file.truncate(0, flags.process).await?;
             }
@@ -108,9 +110,11 @@ impl Fs {
                 ..posix
             });
         }
+        // Another open may have staged it meanwhile: share that one (whose
+        // state the journal has already).
+        let file = self.staging.stage(ino, file)?;
         self.journal_staged(ino, &file);
-        // Another open may have staged it meanwhile: share that one.
-        self.staging.stage(ino, file)
+        Ok(file)
     }
 
     /// Keeps in the journal whether what is staged for `ino` is in S3, now

@@ -185,3 +185,50 @@ async fn a_handle_whose_changes_are_in_s3_loses_nothing_with_its_worker() {
         second.release(fh).await;
     }
 }
+
+/// Two opens for writing of one file at once: the second shares the first's
+/// staged file, and what the journal says of it is the shared file's state,
+/// never that of the one the second open made and dropped. A write through
+/// the first, acknowledged, is named lost when the worker dies.
+#[tokio::test]
+async fn opens_racing_to_stage_a_file_never_hide_a_write() {
+    use s3vol::store::Operation;
+    use s3vol::store::faulty::{Fault, FaultyStore};
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "old");
+    let fd = journal::create().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(fd.try_clone().unwrap()).unwrap();
+    let journal = Arc::new(journal);
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let inner: Arc<dyn ObjectStore> =
+        Arc::new(JournaledStore::new(faulty.clone(), journal.clone()));
+    let config = FsConfig {
+        write: Some(WriteConfig::new(
+            LocalDir::open_or_create(staging.path()).unwrap(),
+        )),
+        ..FsConfig::default()
+    };
+    let first = Fs::new(inner, "root/", config);
+    first.keep_journal(journal);
+    let ino = lookup_path(&first, "f").await.unwrap();
+    // Each open asks S3 what the file is now: the second's answer comes later.
+    let late = |ms| Fault::LateAnswer(std::time::Duration::from_millis(ms));
+    faulty.fail_nth(Operation::HeadObject, 1, late(50));
+    faulty.fail_nth(Operation::HeadObject, 2, late(300));
+    let (writer, other) = tokio::join!(
+        async {
+            let fh = first.open(ino, common::fs::WRITE).await.unwrap();
+            first.write(fh, 0, b"new").await.unwrap();
+            fh
+        },
+        first.open(ino, common::fs::WRITE),
+    );
+    other.unwrap();
+    let _ = writer;
+    std::mem::forget(first);
+
+    let (second, carried) = worker(&store, &fd, &staging);
+    let adopted = second.adopt(carried).await;
+    assert_eq!(adopted.lost_keys, ["root/f"], "{adopted:?}");
+}
