@@ -72,6 +72,11 @@ impl Batches {
             .map(|(_, answer)| answer.clone())
     }
 
+    /// Whether a batch is asking for `ino`'s metadata.
+    fn is_asking(&self, ino: u64) -> bool {
+        self.asking.lock().contains_key(&ino)
+    }
+
     /// Takes `ino` off, if batch `batch` still asks for it.
     fn answered(&self, batch: u64, ino: u64) {
         let mut asking = self.asking.lock();
@@ -234,7 +239,7 @@ impl Fs {
         let now = Instant::now();
         entries
             .filter(|entry| entry.name != "." && entry.name != "..")
-            .filter(|entry| self.batches.asking_for(entry.ino).is_none())
+            .filter(|entry| !self.batches.is_asking(entry.ino))
             .filter_map(|entry| self.listed(&table, entry, now))
             .collect()
     }
@@ -331,7 +336,7 @@ impl Fs {
         let now = Instant::now();
         names[at + 1..names.len().min(at + size)]
             .iter()
-            .filter(|entry| self.batches.asking_for(entry.ino).is_none())
+            .filter(|entry| !self.batches.is_asking(entry.ino))
             .filter_map(|entry| self.listed(&table, entry, now))
             .collect()
     }

@@ -770,6 +770,19 @@ async fn directories_keep_their_mode_owner_and_time_on_their_marker() {
     assert!(store.calls().is_empty(), "{:?}", store.calls());
 }
 
+/// A read-write volume at `root/` of `store`, shared between tasks, and its
+/// staging directory.
+fn shared_volume(store: Arc<dyn s3vol::store::ObjectStore>) -> (Arc<Fs>, TempDir) {
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig::new(
+            LocalDir::open_or_create(staging.path()).unwrap(),
+        )),
+        ..FsConfig::default()
+    };
+    (Arc::new(Fs::new(store, "root/", config)), staging)
+}
+
 /// A bucket of `count` one-byte files `root/fNNN` (`width` digits), each with
 /// mode 0640 and uid 7 in its metadata, as s3fs keeps them.
 fn files_kept_by_s3fs(count: usize, width: usize) -> Arc<MemoryStore> {
@@ -904,14 +917,7 @@ async fn a_late_batch_answer_never_brings_an_older_state_back() {
         Operation::HeadObject,
         Fault::LateAnswer(Duration::from_millis(500)),
     );
-    let staging = tempfile::tempdir().unwrap();
-    let config = FsConfig {
-        write: Some(WriteConfig::new(
-            LocalDir::open_or_create(staging.path()).unwrap(),
-        )),
-        ..FsConfig::default()
-    };
-    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
+    let (fs, _staging) = shared_volume(faulty.clone());
     let fh = fs.opendir(ROOT_INO).await.unwrap();
     let first = fs.readdirplus_page(ROOT_INO, fh, 0, 100).await.unwrap();
     let ino_of = |name: &str| first.iter().find(|(e, _)| e.name == name).unwrap().0.ino;
@@ -1389,14 +1395,7 @@ async fn a_change_whose_copy_finds_the_name_moved_or_gone_is_not_lost() {
     store.put("root/moved", "m");
     store.put("root/gone", "g");
     let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let staging = tempfile::tempdir().unwrap();
-    let config = FsConfig {
-        write: Some(WriteConfig::new(
-            LocalDir::open_or_create(staging.path()).unwrap(),
-        )),
-        ..FsConfig::default()
-    };
-    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
+    let (fs, _staging) = shared_volume(faulty.clone());
     for (name, then) in [("moved", "renamed"), ("gone", "unlinked")] {
         let ino = lookup_path(&fs, name).await.unwrap();
         fs.setattr(ino, None, chmod(0o600), None).await.unwrap();

@@ -26,9 +26,19 @@ fn worker(
     fd: &std::os::fd::OwnedFd,
     staging: &tempfile::TempDir,
 ) -> (Fs, journal::Carried) {
+    worker_on(store.clone(), fd, staging)
+}
+
+/// A worker on `store` (a wrapper of the bucket, say), keeping the journal in
+/// `fd`.
+fn worker_on(
+    store: Arc<dyn ObjectStore>,
+    fd: &std::os::fd::OwnedFd,
+    staging: &tempfile::TempDir,
+) -> (Fs, journal::Carried) {
     let (journal, carried) = Journal::open(fd.try_clone().unwrap()).unwrap();
     let journal = Arc::new(journal);
-    let store: Arc<dyn ObjectStore> = Arc::new(JournaledStore::new(store.clone(), journal.clone()));
+    let store: Arc<dyn ObjectStore> = Arc::new(JournaledStore::new(store, journal.clone()));
     let config = FsConfig {
         write: Some(WriteConfig {
             part_size: 5 * MIB as u64,
@@ -198,25 +208,14 @@ async fn opens_racing_to_stage_a_file_never_hide_a_write() {
     store.put("root/f", "old");
     let fd = journal::create().unwrap();
     let staging = tempfile::tempdir().unwrap();
-    let (journal, _) = Journal::open(fd.try_clone().unwrap()).unwrap();
-    let journal = Arc::new(journal);
     let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let inner: Arc<dyn ObjectStore> =
-        Arc::new(JournaledStore::new(faulty.clone(), journal.clone()));
-    let config = FsConfig {
-        write: Some(WriteConfig::new(
-            LocalDir::open_or_create(staging.path()).unwrap(),
-        )),
-        ..FsConfig::default()
-    };
-    let first = Fs::new(inner, "root/", config);
-    first.keep_journal(journal);
+    let (first, _) = worker_on(faulty.clone(), &fd, &staging);
     let ino = lookup_path(&first, "f").await.unwrap();
     // Each open asks S3 what the file is now: the second's answer comes later.
     let late = |ms| Fault::LateAnswer(std::time::Duration::from_millis(ms));
     faulty.fail_nth(Operation::HeadObject, 1, late(50));
     faulty.fail_nth(Operation::HeadObject, 2, late(300));
-    let (writer, other) = tokio::join!(
+    let (_writer, other) = tokio::join!(
         async {
             let fh = first.open(ino, common::fs::WRITE).await.unwrap();
             first.write(fh, 0, b"new").await.unwrap();
@@ -225,7 +224,6 @@ async fn opens_racing_to_stage_a_file_never_hide_a_write() {
         first.open(ino, common::fs::WRITE),
     );
     other.unwrap();
-    let _ = writer;
     std::mem::forget(first);
 
     let (second, carried) = worker(&store, &fd, &staging);
