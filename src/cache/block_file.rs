@@ -1,25 +1,32 @@
-//! The block file format: what one cached block looks like on disk.
+//! The block file format: how one cached block of an object version lies on
+//! disk.
 //!
-//! A header with the block's identity (magic, data length, index, key, ETag) and a
-//! CRC32C of every [`CHUNK`] of data, padded to a chunk boundary, then the data. A
-//! read checks the header once, when the file is opened, and then only the chunks
-//! it touches, so a 4 KiB random read costs one small read, not a whole block. A
-//! file that does not match (torn write, disk corruption, hash collision) is
-//! [`ReadFailure::Damaged`], never an error for the application.
+//! Every version has one data file, which holds each cached block at the
+//! block's own offset in the object (the rest is a hole), so that a version
+//! whole in the cache is a plain copy of the object: the kernel can read it
+//! directly (FUSE passthrough, see `crate::fs::passthrough`). Each block has a
+//! small header file of its own beside it: the block's identity (magic, data
+//! length, index, key, ETag) and a CRC32C of every [`CHUNK`] of its data. A read
+//! checks the header once, when the block is first read, and then only the
+//! chunks it touches, so a 4 KiB random read costs one small read, not a whole
+//! block. A block that does not match (torn write, disk corruption, hash
+//! collision) is [`ReadFailure::Damaged`], never an error for the application.
 //!
 //! The header ends with a tag over the identity and the CRCs, keyed with the
 //! mount's own random [`BlockKey`]. The key never leaves the daemon's memory, so a
-//! file this mount did not write (left by a crashed mount, copied from another, or
-//! forged) fails the tag and is a miss, never data. The chunks themselves carry
-//! CRC32C, which catches damage but not a deliberate edit that keeps the CRC: that
-//! takes write access to the mount's private directory, which only the daemon's
-//! own user and root have, and they can change the daemon itself. (A keyed hash of
-//! every chunk verifies about 1.1 GB/s per core here; CRC32C, 20 GB/s.)
+//! header this mount did not write (left by a crashed mount, copied from another,
+//! or forged) fails the tag and is a miss, never data. The chunks themselves
+//! carry CRC32C, which catches damage but not a deliberate edit that keeps the
+//! CRC: that takes write access to the mount's private directory, which only the
+//! daemon's own user and root have, and they can change the daemon itself. (A
+//! keyed hash of every chunk verifies about 1.1 GB/s per core here; CRC32C,
+//! 20 GB/s.)
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -31,8 +38,8 @@ use crate::local_dir::LocalDir;
 /// block's header, which the page cache soon holds), as from a plain file.
 pub(super) const CHUNK: usize = 4096;
 
-/// Identifies the first bytes of a block file: "s3vol block, format 3".
-const MAGIC: &[u8; 8] = b"S3VBLK03";
+/// Identifies the first bytes of a block's header: "s3vol block, format 4".
+const MAGIC: &[u8; 8] = b"S3VBLK04";
 
 /// The keyed tag's length: forging one is a 2^-128 guess.
 const TAG: usize = 16;
@@ -77,40 +84,39 @@ fn tag_start(id: &BlockId, len: usize) -> usize {
     MAGIC.len() + 24 + id.key.len() + id.etag.len() + 4 * chunks(len)
 }
 
-/// Where the data starts: after the identity, the CRCs and the tag, padded to a
-/// chunk boundary so that reading one chunk reads one page of the disk.
+/// The length of a block's header file.
 fn header_len(id: &BlockId, len: usize) -> usize {
-    (tag_start(id, len) + TAG).next_multiple_of(CHUNK)
+    tag_start(id, len) + TAG
 }
 
-/// The size of the file holding `len` bytes of block `id`.
+/// The disk space counted for `len` bytes of block `id`: its data, in whole
+/// pages, and its header file.
 pub(super) fn file_len(id: &BlockId, len: usize) -> u64 {
-    (header_len(id, len) + len) as u64
+    (len.next_multiple_of(CHUNK) + header_len(id, len).next_multiple_of(CHUNK)) as u64
 }
 
-/// Writes the block file (which must not exist), tagged with `key`, and returns
-/// it open for reading.
+/// Writes block `id` into the version's `data` file at `start` (its place in
+/// the object) and its header, tagged with `key`, as the file `header` (which
+/// must not exist); returns the block open for reading.
 pub(super) fn write_block(
     dir: &LocalDir,
-    name: &str,
+    header: &str,
+    data_file: &Arc<File>,
+    start: u64,
     id: &BlockId,
     data: &Bytes,
     key: &BlockKey,
 ) -> io::Result<OpenBlock> {
     let crcs: Vec<u32> = data.chunks(CHUNK).map(crc32c::crc32c).collect();
-    let header_len = header_len(id, data.len());
-    let mut header = identity(id, data.len());
+    let mut bytes = identity(id, data.len());
     for crc in &crcs {
-        header.extend_from_slice(&crc.to_le_bytes());
+        bytes.extend_from_slice(&crc.to_le_bytes());
     }
-    let tag = key.tag(&header);
-    header.extend_from_slice(&tag);
-    header.resize(header_len, 0);
-    let mut file = dir.create_file(name)?;
-    random_access(&file);
-    file.write_all(&header)?;
-    file.write_all(data)?;
-    Ok(OpenBlock::new(file, header_len, data.len(), crcs))
+    let tag = key.tag(&bytes);
+    bytes.extend_from_slice(&tag);
+    data_file.write_all_at(data, start)?;
+    dir.create_file(header)?.write_all(&bytes)?;
+    Ok(OpenBlock::new(data_file.clone(), start, data.len(), crcs))
 }
 
 /// Why a block file could not be read.
@@ -121,10 +127,11 @@ pub(super) enum ReadFailure {
     Damaged(String),
 }
 
-/// A block file open for reading, its header checked.
+/// A block open for reading, its header checked.
 pub(super) struct OpenBlock {
-    file: File,
-    /// Where the data starts in the file.
+    /// The version's data file.
+    file: Arc<File>,
+    /// Where the block starts in the file.
     data_start: u64,
     len: usize,
     /// The CRC32C of each chunk.
@@ -132,50 +139,50 @@ pub(super) struct OpenBlock {
 }
 
 impl OpenBlock {
-    /// Opens the file `name` in `dir` if it holds exactly this block of `len`
-    /// bytes, tagged with `key`.
+    /// Opens block `id` of `len` bytes at `start` in the version's data file,
+    /// if the header file `header` in `dir` is exactly this block's, tagged
+    /// with `key`.
     pub(super) fn open(
         dir: &LocalDir,
-        name: &str,
+        header: &str,
+        data_file: Arc<File>,
+        start: u64,
         id: &BlockId,
         len: usize,
         key: &BlockKey,
     ) -> Result<Self, ReadFailure> {
-        let file = match dir.open_file(name) {
+        let file = match dir.open_file(header) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::Missing),
             Err(e) => return Err(ReadFailure::Damaged(e.to_string())),
         };
-        random_access(&file);
         let header_len = header_len(id, len);
-        let file_len = file.metadata().map_err(damaged)?.len();
-        if file_len != (header_len + len) as u64 {
-            return Err(ReadFailure::Damaged("file has the wrong length".into()));
+        if file.metadata().map_err(damaged)?.len() != header_len as u64 {
+            return Err(ReadFailure::Damaged("header has the wrong length".into()));
         }
-        let mut header = vec![0u8; header_len];
-        file.read_exact_at(&mut header, 0).map_err(damaged)?;
+        let mut bytes = vec![0u8; header_len];
+        file.read_exact_at(&mut bytes, 0).map_err(damaged)?;
         let expected = identity(id, len);
-        if header[..expected.len()] != expected[..] {
-            return Err(ReadFailure::Damaged("file holds another block".into()));
+        if bytes[..expected.len()] != expected[..] {
+            return Err(ReadFailure::Damaged("header names another block".into()));
         }
         let tag_start = tag_start(id, len);
-        if header[tag_start..tag_start + TAG] != key.tag(&header[..tag_start]) {
+        if bytes[tag_start..] != key.tag(&bytes[..tag_start]) {
             return Err(ReadFailure::Damaged(
-                "file was not written by this mount (its tag does not match)".into(),
+                "header was not written by this mount (its tag does not match)".into(),
             ));
         }
-        let crcs = header[expected.len()..tag_start]
+        let crcs = bytes[expected.len()..tag_start]
             .chunks_exact(4)
-            .take(chunks(len))
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
-        Ok(Self::new(file, header_len, len, crcs))
+        Ok(Self::new(data_file, start, len, crcs))
     }
 
-    fn new(file: File, header_len: usize, len: usize, crcs: Vec<u32>) -> Self {
+    fn new(file: Arc<File>, start: u64, len: usize, crcs: Vec<u32>) -> Self {
         Self {
             file,
-            data_start: header_len as u64,
+            data_start: start,
             len,
             crcs,
         }
@@ -199,9 +206,11 @@ impl OpenBlock {
     }
 }
 
-/// Every read of a block file names its exact range; the kernel's read-ahead
-/// would only fetch pages nobody asked for (a 4 KiB read would cost 128 KiB).
-fn random_access(file: &File) {
+/// Every read of a block through the daemon names its exact range; the
+/// kernel's read-ahead would only fetch pages nobody asked for (a 4 KiB read
+/// would cost 128 KiB). The advice holds for this descriptor alone: the kernel
+/// reading a whole file (passthrough) opens its own.
+pub(super) fn random_access(file: &File) {
     use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
     // Only a hint: a file system that ignores it reads a little more.
     let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
@@ -224,21 +233,35 @@ mod tests {
         }
     }
 
+    fn data_file(dir: &LocalDir) -> Arc<File> {
+        Arc::new(dir.create_file("data").unwrap())
+    }
+
     #[test]
-    fn data_starts_on_a_chunk_boundary_and_round_trips() {
+    fn a_block_lies_at_its_place_in_the_data_file_and_round_trips() {
         let temp = tempfile::tempdir().unwrap();
         let dir = LocalDir::open_or_create(temp.path()).unwrap();
-        let path = temp.path().join("b");
         let key = BlockKey::random().unwrap();
+        let file = data_file(&dir);
         let data: Bytes = (0..3 * CHUNK + 17)
             .map(|i| i as u8)
             .collect::<Vec<_>>()
             .into();
-        write_block(&dir, "b", &id(), &data, &key).unwrap();
-        let len = fs::metadata(&path).unwrap().len();
-        assert_eq!(len, file_len(&id(), data.len()));
-        assert_eq!((len - data.len() as u64) % CHUNK as u64, 0);
-        let block = OpenBlock::open(&dir, "b", &id(), data.len(), &key)
+        let start = 5 * CHUNK as u64;
+        write_block(&dir, "h", &file, start, &id(), &data, &key).unwrap();
+        let raw = fs::read(temp.path().join("data")).unwrap();
+        assert_eq!(raw.len() as u64, start + data.len() as u64);
+        assert_eq!(
+            &raw[start as usize..],
+            &data[..],
+            "the data file is the object's bytes"
+        );
+        let header = fs::metadata(temp.path().join("h")).unwrap().len();
+        assert_eq!(
+            file_len(&id(), data.len()),
+            4 * CHUNK as u64 + header.next_multiple_of(CHUNK as u64)
+        );
+        let block = OpenBlock::open(&dir, "h", file.clone(), start, &id(), data.len(), &key)
             .ok()
             .unwrap();
         for want in [
@@ -249,52 +272,60 @@ mod tests {
         ] {
             assert_eq!(block.read(want.clone()).ok().unwrap(), data.slice(want));
         }
-        // The same file asked for as another block, or another length, is damaged.
+        // The same header asked for as another block, or another length, is damaged.
         let other = BlockId { index: 4, ..id() };
+        let open =
+            |id: &BlockId, len| OpenBlock::open(&dir, "h", file.clone(), start, id, len, &key);
         assert!(matches!(
-            OpenBlock::open(&dir, "b", &other, data.len(), &key),
+            open(&other, data.len()),
             Err(ReadFailure::Damaged(_))
         ));
         assert!(matches!(
-            OpenBlock::open(&dir, "b", &id(), data.len() - 1, &key),
+            open(&id(), data.len() - 1),
             Err(ReadFailure::Damaged(_))
         ));
         assert!(matches!(
-            OpenBlock::open(&dir, "none", &id(), 1, &key),
+            OpenBlock::open(&dir, "none", file.clone(), start, &id(), 1, &key),
             Err(ReadFailure::Missing)
         ));
+        // A chunk changed in the data file fails its CRC; the others still read.
+        file.write_all_at(b"x", start + CHUNK as u64).unwrap();
+        let block = open(&id(), data.len()).ok().unwrap();
+        assert!(matches!(
+            block.read(CHUNK..CHUNK + 1),
+            Err(ReadFailure::Damaged(_))
+        ));
+        assert_eq!(block.read(0..CHUNK).ok().unwrap(), data.slice(0..CHUNK));
     }
 
     #[test]
-    fn a_file_this_mount_did_not_write_is_never_data() {
+    fn a_header_this_mount_did_not_write_is_never_data() {
         let temp = tempfile::tempdir().unwrap();
         let dir = LocalDir::open_or_create(temp.path()).unwrap();
+        let file = data_file(&dir);
         let data: Bytes = (0..2 * CHUNK)
             .map(|i| (i * 7) as u8)
             .collect::<Vec<_>>()
             .into();
         let (ours, theirs) = (BlockKey::random().unwrap(), BlockKey::random().unwrap());
+        let open = |name| OpenBlock::open(&dir, name, file.clone(), 0, &id(), data.len(), &ours);
         // Left by another (or a crashed) mount: its own key.
-        write_block(&dir, "left", &id(), &data, &theirs).unwrap();
+        write_block(&dir, "left", &file, 0, &id(), &data, &theirs).unwrap();
         assert!(matches!(
-            OpenBlock::open(&dir, "left", &id(), data.len(), &ours),
+            open("left"),
             Err(ReadFailure::Damaged(why)) if why.contains("not written by this mount")
         ));
         // Forged: the right identity and CRCs, any tag.
-        let forged = temp.path().join("forged");
         let mut header = identity(&id(), data.len());
         for chunk in data.chunks(CHUNK) {
             header.extend_from_slice(&crc32c::crc32c(chunk).to_le_bytes());
         }
         header.resize(header_len(&id(), data.len()), 0);
-        header.extend_from_slice(&data);
-        fs::write(&forged, header).unwrap();
-        assert!(OpenBlock::open(&dir, "forged", &id(), data.len(), &ours).is_err());
+        fs::write(temp.path().join("forged"), header).unwrap();
+        assert!(open("forged").is_err());
         // What this mount wrote is read back.
-        write_block(&dir, "own", &id(), &data, &ours).unwrap();
-        let block = OpenBlock::open(&dir, "own", &id(), data.len(), &ours)
-            .ok()
-            .unwrap();
+        write_block(&dir, "own", &file, 0, &id(), &data, &ours).unwrap();
+        let block = open("own").ok().unwrap();
         assert_eq!(block.read(0..data.len()).ok().unwrap(), data);
     }
 }

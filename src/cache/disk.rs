@@ -1,13 +1,24 @@
-//! The disk tier: block files in this mount's directory, bounded in bytes with
+//! The disk tier: blocks in this mount's directory, bounded in bytes with
 //! least-recently-used eviction.
 //!
-//! A file is counted against the bound from the moment it is reserved, before
-//! a byte is written, so the files on disk never exceed the bound, not even
-//! while many are being written. Files are written under a temporary name and
-//! renamed into place, so a reader never sees half a block. Recently used files
-//! are kept open with their checked headers (see `super::block_file`), so a
-//! small read costs one read of its chunk: no path lookup, no header read.
+//! Each version of an object has one data file, its cached blocks at their
+//! places in the object and holes elsewhere, and each block a small header file
+//! (see `super::block_file`). A block is counted against the bound from the
+//! moment it is reserved, before a byte is written, so the files on disk never
+//! exceed the bound, not even while many are being written; an evicted block's
+//! range is punched out of its data file, and the file goes with its version's
+//! last block. A block is read only once its writer has marked it written, so a
+//! reader never sees half a block. Recently used blocks are kept open with
+//! their checked headers, so a small read costs one read of its chunk: no path
+//! lookup, no header read.
+//!
+//! A version whole on disk can be pinned ([`DiskTier::pin_whole`]): no block of
+//! it is evicted or punched until the pin is dropped, so the kernel can read
+//! its data file directly meanwhile.
 
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,28 +32,151 @@ use super::tier::Tier;
 use super::{CacheStats, Span};
 use crate::local_dir::LocalDir;
 
+/// One block counted against the bound.
 struct Entry {
     size: u64,
-    /// False while the file is being written: it is counted, but not read.
+    /// False while the block is being written: it is counted, but not read.
     written: bool,
+    version: String,
+    /// Which data file of the version the block is in (see [`Version::seq`]).
+    seq: u64,
+    /// The name of the block's header file.
+    header: String,
+    /// The block's place in the data file.
+    start: u64,
+    len: u64,
+}
+
+/// The data file of one version.
+struct Version {
+    /// Names the data file (`{seq:x}.data`): a version whose last block went
+    /// and that is cached again gets a new file, which no writer of the old
+    /// one can touch.
+    seq: u64,
+    /// Created by the first block written.
+    file: Option<Arc<File>>,
+    /// Its blocks counted in `Files::entries`, written or being written.
+    blocks: usize,
+    /// While any pin is held, none of its blocks is evicted or punched.
+    pins: usize,
 }
 
 struct Files {
-    /// Block file name -> its entry, least recently used first.
+    /// Block name -> its entry, least recently used first.
     entries: LruCache<String, Entry>,
+    /// Version name -> its data file.
+    versions: HashMap<String, Version>,
     used: u64,
+}
+
+impl Files {
+    /// Stops counting `entry`, which left `entries`: removes its header,
+    /// punches its range out of the data file, and removes the data file with
+    /// the version's last block. Done under the lock, so no block of the same
+    /// name can be reserved (and written) in between. Returns the blocks that
+    /// went with it: all of its version's when its range could not be punched
+    /// (the data file is then removed whole, to keep the bound).
+    fn release(&mut self, entry: Entry, dir: &LocalDir) -> Vec<String> {
+        self.used -= entry.size;
+        let _ = dir.remove_file(&entry.header);
+        let Some(version) = self.versions.get_mut(&entry.version) else {
+            return Vec::new();
+        };
+        if version.seq != entry.seq {
+            return Vec::new();
+        }
+        version.blocks -= 1;
+        if version.blocks == 0 {
+            self.versions.remove(&entry.version);
+            let _ = dir.remove_file(&data_name(entry.seq));
+            return Vec::new();
+        }
+        if version.pins > 0 {
+            // The kernel may be reading the file: its bytes stay until the
+            // version goes; a block cached again writes the same bytes.
+            return Vec::new();
+        }
+        let Some(file) = &version.file else {
+            return Vec::new();
+        };
+        match punch(file, entry.start, entry.len) {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                debug!(error = %e, "cannot punch a block out of its data file; dropping the version");
+                self.drop_version(&entry.version, dir)
+            }
+        }
+    }
+
+    /// Drops every block of `version` and its data file.
+    fn drop_version(&mut self, version: &str, dir: &LocalDir) -> Vec<String> {
+        let Some(gone) = self.versions.remove(version) else {
+            return Vec::new();
+        };
+        let names: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.version == version && e.seq == gone.seq)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &names {
+            if let Some(entry) = self.entries.pop(name) {
+                self.used -= entry.size;
+                let _ = dir.remove_file(&entry.header);
+            }
+        }
+        let _ = dir.remove_file(&data_name(gone.seq));
+        names
+    }
+}
+
+/// Frees the disk space of bytes `start..start + len` of `file`, which then
+/// read as zeros.
+fn punch(file: &File, start: u64, len: u64) -> std::io::Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(file, flags, start as i64, len as i64)?;
+    Ok(())
+}
+
+fn data_name(seq: u64) -> String {
+    format!("{seq:x}.data")
 }
 
 pub struct DiskTier {
     dir: LocalDir,
     capacity: u64,
-    files: Mutex<Files>,
-    /// Block files kept open, their headers checked.
+    files: Arc<Mutex<Files>>,
+    /// Blocks kept open, their headers checked.
     open_files: Mutex<LruCache<String, Arc<OpenBlock>>>,
     /// Where evictions and damaged files are counted.
     stats: Arc<CacheStats>,
-    /// Tags the files this tier writes; a file without its tag is never read.
+    /// Tags the headers this tier writes; a block without its tag is never read.
     key: BlockKey,
+}
+
+/// A version whole on disk, pinned: its data file, opened anew for the reader
+/// it is handed to, and the pin, which lets its blocks go when dropped.
+pub struct WholeFile {
+    pub file: File,
+    _pin: Pin,
+}
+
+struct Pin {
+    files: Arc<Mutex<Files>>,
+    version: String,
+    seq: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut files = self.files.lock();
+        if let Some(version) = files.versions.get_mut(&self.version)
+            && version.seq == self.seq
+        {
+            version.pins -= 1;
+        }
+    }
 }
 
 impl DiskTier {
@@ -52,101 +186,217 @@ impl DiskTier {
             key: BlockKey::random()?,
             dir,
             capacity,
-            files: Mutex::new(Files {
+            files: Arc::new(Mutex::new(Files {
                 entries: LruCache::unbounded(),
+                versions: HashMap::new(),
                 used: 0,
-            }),
+            })),
             open_files: Mutex::new(LruCache::new(open_files_limit())),
             stats,
         })
     }
 
-    /// Where a block file is, for tests that change it behind the tier's back.
+    /// Where a file of the tier is, for tests that change it behind the
+    /// tier's back: a block's header, or (`data`) its version's data file.
     #[cfg(test)]
-    pub(super) fn path(&self, name: &str) -> std::path::PathBuf {
+    pub(super) fn path(&self, span: &Span, data: bool) -> std::path::PathBuf {
+        let files = self.files.lock();
+        let entry = files.entries.peek(&span.name).expect("a block held");
+        let name = match data {
+            true => data_name(entry.seq),
+            false => entry.header.clone(),
+        };
         self.dir.path().join(name)
     }
 
-    /// Counts the file for `data` against the bound before it is written,
-    /// evicting files to make room. False when it can never fit.
+    /// Counts the block `span` of `data` against the bound before it is
+    /// written, evicting unpinned blocks to make room. False when it cannot
+    /// fit, or is held or being written already.
     pub(super) fn reserve(&self, span: &Span, data: &Bytes) -> bool {
         let name = span.name.as_str();
         let size = block_file::file_len(&span.id, data.len());
         if size > self.capacity {
             return false;
         }
-        let evicted = {
-            let mut files = self.files.lock();
-            let entry = Entry {
-                size,
-                written: false,
-            };
-            if let Some(old) = files.entries.put(name.to_string(), entry) {
-                files.used -= old.size;
-            }
-            files.used += size;
-            let mut evicted = Vec::new();
-            while files.used > self.capacity {
-                let Some((victim, entry)) = files.entries.pop_lru() else {
-                    break;
-                };
-                files.used -= entry.size;
-                evicted.push(victim);
-            }
-            evicted
+        let mut guard = self.files.lock();
+        if guard.entries.get(name).is_some() {
+            return false;
+        }
+        let files = &mut *guard;
+        let version = files
+            .versions
+            .entry(span.version.clone())
+            .or_insert_with(|| Version {
+                seq: next_name(),
+                file: None,
+                blocks: 0,
+                pins: 0,
+            });
+        version.blocks += 1;
+        let entry = Entry {
+            size,
+            written: false,
+            version: span.version.clone(),
+            seq: version.seq,
+            header: format!("{:x}.block", next_name()),
+            start: span.start,
+            len: data.len() as u64,
         };
-        {
-            // An open descriptor would keep an evicted file's space in use.
-            let mut open = self.open_files.lock();
-            for victim in evicted.iter().map(String::as_str).chain([name]) {
-                open.pop(victim);
+        files.entries.put(name.to_string(), entry);
+        files.used += size;
+        let mut gone = Vec::new();
+        let mut kept = Vec::new();
+        while files.used > self.capacity {
+            let Some((victim, entry)) = files.entries.pop_lru() else {
+                break;
+            };
+            let pinned = files
+                .versions
+                .get(&entry.version)
+                .is_some_and(|v| v.pins > 0);
+            if pinned || victim == name {
+                kept.push((victim, entry));
+                continue;
             }
-        }
-        for victim in evicted {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            // A file still being written is removed by its writer, which finds
-            // its entry gone.
-            let _ = self.dir.remove_file(&victim);
+            gone.extend(files.release(entry, &self.dir));
+            gone.push(victim);
         }
-        true
+        // Pinned blocks stay, in their order, as most recently used (a pinned
+        // version is being read); this block, the newest, stays newest.
+        for (victim, entry) in kept {
+            files.entries.put(victim, entry);
+        }
+        let fits = files.used <= self.capacity;
+        if !fits && let Some(entry) = files.entries.pop(name) {
+            gone.extend(files.release(entry, &self.dir));
+        }
+        drop(guard);
+        // An open descriptor would keep an evicted block's file in use.
+        let mut open = self.open_files.lock();
+        for victim in gone.iter().map(String::as_str).chain([name]) {
+            open.pop(victim);
+        }
+        fits
     }
 
-    /// Writes a reserved block file and puts it in place, unless it was evicted
-    /// (or the tier cleared) meanwhile. Blocking.
+    /// Writes a reserved block into its version's data file and its header,
+    /// unless it was evicted (or the tier cleared) meanwhile. Blocking.
     pub(super) fn write_reserved(&self, span: &Span, data: &Bytes) {
         let (id, name) = (&span.id, span.name.as_str());
-        let temporary = format!("{name}.tmp-{:x}", next_temporary());
-        let written = block_file::write_block(&self.dir, &temporary, id, data, &self.key);
+        let Some((file, seq, header)) = self.data_file(span) else {
+            return;
+        };
+        let written =
+            block_file::write_block(&self.dir, &header, &file, span.start, id, data, &self.key);
         let mut files = self.files.lock();
-        let placed = match (written, files.entries.peek_mut(name)) {
-            (Ok(block), Some(entry)) if !entry.written => {
-                let renamed = self.dir.rename(&temporary, name);
-                entry.written = renamed.is_ok();
-                renamed.ok().map(|()| block)
+        let ours = files
+            .entries
+            .peek(name)
+            .is_some_and(|e| !e.written && e.header == header);
+        let placed = match written {
+            Ok(block) if ours => {
+                files.entries.peek_mut(name).expect("held").written = true;
+                Some(block)
             }
-            // Evicted while written, or written twice at once (the other won).
-            (Ok(_), _) => None,
-            (Err(e), Some(entry)) if !entry.written => {
-                debug!(key = id.key, block = id.index, error = %e, "block not cached on disk");
-                let size = entry.size;
-                files.entries.pop(name);
-                files.used -= size;
+            Ok(_) => None,
+            Err(e) => {
+                if ours {
+                    debug!(key = id.key, block = id.index, error = %e, "block not cached on disk");
+                }
                 None
             }
-            (Err(_), _) => None,
         };
+        if placed.is_none() {
+            if ours {
+                let entry = files.entries.pop(name).expect("held");
+                let gone = files.release(entry, &self.dir);
+                drop(files);
+                self.close(&gone);
+                return;
+            }
+            // Evicted while written: what was written is taken back, unless
+            // the block was reserved again meanwhile (its new writer writes
+            // the same bytes) or the version's file is another by now.
+            let _ = self.dir.remove_file(&header);
+            let same_file = files
+                .versions
+                .get(&span.version)
+                .is_some_and(|v| v.seq == seq);
+            if same_file && !files.entries.contains(name) {
+                let _ = punch(&file, span.start, data.len() as u64);
+            }
+            return;
+        }
         drop(files);
-        match placed {
+        if let Some(block) = placed {
             // Kept open: the first read of a block just written needs no path
             // lookup and no header read.
-            Some(block) => self.keep_open(name, block),
-            None => {
-                let _ = self.dir.remove_file(&temporary);
-            }
+            self.keep_open(name, block);
         }
     }
 
-    /// Remembers an open block file, unless it was evicted meanwhile (its
+    /// The data file a reserved block goes into, created with the version's
+    /// first block, its version's seq and the block's header name; `None`
+    /// when the block is no longer reserved.
+    fn data_file(&self, span: &Span) -> Option<(Arc<File>, u64, String)> {
+        let mut files = self.files.lock();
+        let files = &mut *files;
+        let entry = files.entries.peek(&span.name).filter(|e| !e.written)?;
+        let header = entry.header.clone();
+        let version = files
+            .versions
+            .get_mut(&span.version)
+            .filter(|v| v.seq == entry.seq)?;
+        if version.file.is_none() {
+            match self.dir.create_file(&data_name(version.seq)) {
+                Ok(file) => {
+                    block_file::random_access(&file);
+                    version.file = Some(Arc::new(file));
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot create a data file");
+                    let entry = files.entries.pop(&span.name).expect("held");
+                    files.release(entry, &self.dir);
+                    return None;
+                }
+            }
+        }
+        Some((version.file.clone()?, version.seq, header))
+    }
+
+    /// Pins version `version` of `blocks` blocks if every one of them is
+    /// written, and opens its data file anew (the tier's own descriptor reads
+    /// without read-ahead), checked to be the same file and `size` bytes
+    /// long. Marks its blocks recently used.
+    pub(super) fn pin_whole(
+        &self,
+        version: &str,
+        blocks: &[String],
+        size: u64,
+    ) -> Option<WholeFile> {
+        let (seq, ours) = {
+            let mut files = self.files.lock();
+            let whole = blocks
+                .iter()
+                .all(|name| files.entries.get(name).is_some_and(|e| e.written));
+            let held = files.versions.get_mut(version).filter(|_| whole)?;
+            held.pins += 1;
+            (held.seq, held.file.clone())
+        };
+        let pin = Pin {
+            files: self.files.clone(),
+            version: version.to_string(),
+            seq,
+        };
+        let ours = ours?;
+        let file = self.dir.open_file(&data_name(seq)).ok()?;
+        let (theirs, ours) = (file.metadata().ok()?, ours.metadata().ok()?);
+        let same = (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) && ours.len() == size;
+        same.then_some(WholeFile { file, _pin: pin })
+    }
+
+    /// Remembers an open block, unless it was evicted meanwhile (its
     /// descriptor must not keep the space in use).
     fn keep_open(&self, name: &str, block: OpenBlock) {
         self.open_files
@@ -157,24 +407,60 @@ impl DiskTier {
         }
     }
 
-    /// Drops a file that is gone or damaged.
+    /// Closes the blocks `names` kept open.
+    pub(super) fn close(&self, names: &[String]) {
+        let mut open = self.open_files.lock();
+        for name in names {
+            open.pop(name);
+        }
+    }
+
+    /// Drops a block that is gone or damaged.
     fn forget(&self, name: &str) {
         self.open_files.lock().pop(name);
         let mut files = self.files.lock();
         if files.entries.peek(name).is_some_and(|e| e.written)
             && let Some(entry) = files.entries.pop(name)
         {
-            files.used -= entry.size;
-            let _ = self.dir.remove_file(name);
+            let gone = files.release(entry, &self.dir);
+            drop(files);
+            self.close(&gone);
         }
+    }
+
+    /// The block `span` open for reading: kept open, or its header read and
+    /// checked now.
+    fn open_block(&self, span: &Span) -> Result<Arc<OpenBlock>, ReadFailure> {
+        let name = span.name.as_str();
+        if let Some(block) = self.open_files.lock().get(name).cloned() {
+            return Ok(block);
+        }
+        let (header, file) = {
+            let files = self.files.lock();
+            let entry = files.entries.peek(name).filter(|e| e.written);
+            let found = entry.and_then(|e| {
+                let version = files.versions.get(&e.version).filter(|v| v.seq == e.seq)?;
+                Some((e.header.clone(), version.file.clone()?))
+            });
+            found.ok_or(ReadFailure::Missing)?
+        };
+        let block = OpenBlock::open(
+            &self.dir, &header, file, span.start, &span.id, span.len, &self.key,
+        )?;
+        let block = Arc::new(block);
+        self.open_files.lock().put(name.to_string(), block.clone());
+        if !self.files.lock().entries.contains(name) {
+            self.open_files.lock().pop(name);
+        }
+        Ok(block)
     }
 }
 
 impl Tier for DiskTier {
-    /// Reads the wanted part of a block from its file, checking the chunks read.
+    /// Reads the wanted part of a block, checking the chunks read.
     fn get(&self, span: &Span) -> Option<Bytes> {
         let name = span.name.as_str();
-        // Marks the file recently used; skips one being written or evicted.
+        // Marks the block recently used; skips one being written or evicted.
         let usable = self
             .files
             .lock()
@@ -184,18 +470,10 @@ impl Tier for DiskTier {
         if !usable {
             return None;
         }
-        let opened = self.open_files.lock().get(name).cloned();
-        let read = match opened {
-            Some(block) => block.read(span.want.clone()),
-            None => {
-                OpenBlock::open(&self.dir, name, &span.id, span.len, &self.key).and_then(|block| {
-                    let data = block.read(span.want.clone());
-                    self.keep_open(name, block);
-                    data
-                })
-            }
-        };
-        match read {
+        match self
+            .open_block(span)
+            .and_then(|block| block.read(span.want.clone()))
+        {
             Ok(data) => Some(data),
             Err(ReadFailure::Missing) => {
                 // Evicted between the check and the read.
@@ -242,14 +520,18 @@ impl Tier for DiskTier {
         self.forget(&span.name);
     }
 
-    /// Forgets every file; the directory itself is the mount's to remove.
+    /// Forgets every block; the directory itself is the mount's to remove.
     fn clear(&self) {
         self.open_files.lock().clear();
         let mut files = self.files.lock();
-        for (name, _) in files.entries.iter() {
-            let _ = self.dir.remove_file(name);
+        for (_, entry) in files.entries.iter() {
+            let _ = self.dir.remove_file(&entry.header);
+        }
+        for version in files.versions.values() {
+            let _ = self.dir.remove_file(&data_name(version.seq));
         }
         files.entries.clear();
+        files.versions.clear();
         files.used = 0;
     }
 }
@@ -263,14 +545,14 @@ impl std::fmt::Debug for DiskTier {
     }
 }
 
-/// Distinct temporary names for blocks written at once.
-fn next_temporary() -> u64 {
+/// Distinct names for the files of the tier.
+fn next_name() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// How many block files to keep open: plenty for the random reads of a large
-/// file, and never more than a quarter of the descriptors the process may have.
+/// How many blocks to keep open: plenty for the random reads of a large file,
+/// and never more than a quarter of the descriptors the process may have.
 fn open_files_limit() -> std::num::NonZeroUsize {
     use nix::sys::resource::{Resource, getrlimit};
     let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft as usize);

@@ -29,6 +29,7 @@ mod memory;
 mod source;
 mod tier;
 
+pub use self::disk::WholeFile;
 pub use self::source::{CachedSource, RangeSource};
 
 use std::collections::HashMap;
@@ -64,13 +65,24 @@ pub struct BlockId {
 }
 
 impl BlockId {
-    /// The block file's name: a hash of the identity (the header holds the full
-    /// identity, so a collision is caught as a mismatch).
+    /// The block's name in the disk tier: a hash of the identity (the header
+    /// holds the full identity, so a collision is caught as a mismatch).
     fn file_name(&self) -> String {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
+
+    /// The name of the version the block is of: a hash of key and ETag.
+    fn version_name(&self) -> String {
+        version_name(&self.key, &self.etag)
+    }
+}
+
+fn version_name(key: &str, etag: &str) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (key, etag).hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// What the cache has done, for `s3vol stats` and the log at unmount.
@@ -112,8 +124,10 @@ pub struct CacheConfig {
 #[derive(Clone, Debug)]
 pub struct Span {
     id: BlockId,
-    /// The block file's name, worked out once per read.
+    /// The block's name in the disk tier, worked out once per read.
     name: String,
+    /// The name of the block's version in the disk tier.
+    version: String,
     /// Where the block starts in the object.
     start: u64,
     /// The block's length (the last block of an object is short).
@@ -133,6 +147,7 @@ impl Span {
         };
         Self {
             name: id.file_name(),
+            version: id.version_name(),
             id,
             start,
             len: (end - start) as usize,
@@ -371,8 +386,21 @@ impl BlockCache {
         self.insert(&span, data, true).await;
     }
 
-    /// Whether the cache holds the block of `size`-byte object `key` at version
-    /// `etag` that byte `offset` lies in, in memory or on disk.
+    /// The data file of version `etag` of `key` (`size` bytes), if every
+    /// block of it is on disk: pinned there until the [`WholeFile`] is
+    /// dropped, and opened for a reader of its own (the kernel's, see
+    /// `crate::fs::passthrough`).
+    pub fn whole_file(&self, key: &str, etag: &str, size: u64) -> Option<WholeFile> {
+        if size == 0 {
+            return None;
+        }
+        let all = 0..size;
+        let blocks: Vec<String> = (0..size.div_ceil(BLOCK_SIZE))
+            .map(|index| Span::new(key, etag, size, index, &all).name)
+            .collect();
+        self.disk.pin_whole(&version_name(key, etag), &blocks, size)
+    }
+
     /// Drops every block of the version `etag` of `key` (`size` bytes long):
     /// it was found forged, and none of it is to be read again.
     pub fn remove_version(&self, key: &str, etag: &str, size: u64) {
@@ -385,6 +413,8 @@ impl BlockCache {
         }
     }
 
+    /// Whether the cache holds the block of `size`-byte object `key` at version
+    /// `etag` that byte `offset` lies in, in memory or on disk.
     pub fn holds(&self, key: &str, etag: &str, size: u64, offset: u64) -> bool {
         if offset >= size {
             return false;
@@ -527,6 +557,12 @@ mod tests {
     }
 
     /// A fetch that serves `object` and counts its calls.
+    /// The disk space a file takes (data files have holes).
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        path.metadata().unwrap().blocks() * 512
+    }
+
     fn fetcher(
         object: Bytes,
         calls: Arc<AtomicUsize>,
@@ -557,10 +593,7 @@ mod tests {
             cache.put(&id("k", "\"e\"", i), &data(i as u8, 16 * 1024));
             assert!(cache.disk_used() <= 256 * KIB, "over the bound at {i}");
         }
-        let on_disk: u64 = files_in(cache.dir())
-            .iter()
-            .map(|p| p.metadata().unwrap().len())
-            .sum();
+        let on_disk: u64 = files_in(cache.dir()).iter().map(|p| allocated(p)).sum();
         assert!(on_disk <= 256 * KIB, "{on_disk} bytes of files");
         assert!(cache.stats.evictions.load(Ordering::Relaxed) > 0);
         // The most recent blocks are there, the oldest are gone.
@@ -597,13 +630,60 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let on_disk: u64 = files_in(cache.dir())
-            .iter()
-            .map(|p| p.metadata().unwrap().len())
-            .sum();
+        let on_disk: u64 = files_in(cache.dir()).iter().map(|p| allocated(p)).sum();
         assert!(on_disk <= capacity, "{on_disk} bytes of files");
         assert_eq!(calls.load(Ordering::SeqCst), 12);
         assert!(cache.stats.evictions.load(Ordering::Relaxed) >= 8);
+    }
+
+    #[test]
+    fn a_version_whole_on_disk_is_a_plain_copy_kept_while_pinned() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 3 * BLOCK_SIZE, 0);
+        let size = 2 * BLOCK_SIZE + 1000;
+        let object = data(5, size as usize);
+        let all = 0..size;
+        let block = |key: &str, index| Span::new(key, "\"e\"", size, index, &all).whole();
+        let put = |key, index| {
+            let span = block(key, index);
+            let start = span.start as usize;
+            cache
+                .disk
+                .put(&span, &object.slice(start..start + span.len));
+        };
+        put("k", 0);
+        put("k", 2);
+        assert!(
+            cache.whole_file("k", "\"e\"", size).is_none(),
+            "a block is missing"
+        );
+        put("k", 1);
+        let data_file = cache.disk.path(&block("k", 0), true);
+        let mut whole = cache.whole_file("k", "\"e\"", size).unwrap();
+        let mut read = Vec::new();
+        whole.file.read_to_end(&mut read).unwrap();
+        assert!(read == object, "the data file is the object");
+        // While pinned, no block of it is evicted: another version is not
+        // cached rather than push it out.
+        put("other", 0);
+        assert!(!cache.disk.holds(&block("other", 0)));
+        assert!((0..3).all(|i| cache.disk.holds(&block("k", i))));
+        assert!(cache.disk_used() <= 3 * BLOCK_SIZE);
+        drop(whole);
+        put("other", 0);
+        assert!(cache.disk.holds(&block("other", 0)));
+        assert!(!cache.disk.holds(&block("k", 0)), "the oldest block went");
+        assert!(
+            allocated(&data_file) <= BLOCK_SIZE + 64 * KIB,
+            "the block's range was punched out: {} bytes left",
+            allocated(&data_file)
+        );
+        assert!(cache.whole_file("k", "\"e\"", size).is_none());
+        assert!(
+            cache.disk_get(&block("k", 1)).is_some(),
+            "the others still read"
+        );
     }
 
     #[test]
@@ -640,8 +720,8 @@ mod tests {
         assert!(other.exists(), "only mount directories are touched");
         assert_eq!(
             files_in(live.dir()).len(),
-            1,
-            "a live mount keeps its blocks"
+            2,
+            "a live mount keeps its block (data and header)"
         );
         assert_ne!(new.dir(), live.dir());
         assert!(files_in(new.dir()).is_empty());
@@ -654,7 +734,11 @@ mod tests {
         let block_id = id("k", "\"e\"", 3);
         let len = 3 * block_file::CHUNK + 100;
         cache.put(&block_id, &data(9, len));
-        let path = cache.disk.path(&block_id.file_name());
+        let whole = span(block_id.clone(), len);
+        let (header, path) = (
+            cache.disk.path(&whole, false),
+            cache.disk.path(&whole, true),
+        );
         let mut raw = fs::read(&path).unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 0xff;
@@ -666,7 +750,10 @@ mod tests {
         };
         assert_eq!(cache.disk_get(&first).unwrap(), data(9, len).slice(0..4096));
         assert!(cache.disk_get(&span(block_id, len)).is_none());
-        assert!(!path.exists());
+        assert!(
+            !header.exists() && !path.exists(),
+            "the block and its version's file go"
+        );
         assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 1);
         assert_eq!(cache.disk_used(), 0);
     }
@@ -678,13 +765,18 @@ mod tests {
         let (a, b) = (id("a", "\"e\"", 0), id("b", "\"e\"", 0));
         cache.put(&a, &data(1, 1000));
         cache.put(&b, &data(2, 1000));
-        let path_a = cache.disk.path(&a.file_name());
-        // b's file where a's should be: same length, another identity.
-        fs::copy(cache.disk.path(&b.file_name()), &path_a).unwrap();
+        let path_a = cache.disk.path(&span(a.clone(), 1000), false);
+        // b's header where a's should be: same length, another identity. (A
+        // block kept open was checked when written: its header is read again
+        // only once it is closed.)
+        fs::copy(cache.disk.path(&span(b, 1000), false), &path_a).unwrap();
+        cache.disk.close(&[a.file_name()]);
         assert!(cache.disk_get(&span(a.clone(), 1000)).is_none());
         cache.put(&a, &data(1, 1000));
+        let path_a = cache.disk.path(&span(a.clone(), 1000), false);
         let raw = fs::read(&path_a).unwrap();
         fs::write(&path_a, &raw[..raw.len() - 1]).unwrap();
+        cache.disk.close(&[a.file_name()]);
         assert!(cache.disk_get(&span(a, 1000)).is_none());
         assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 2);
     }

@@ -43,6 +43,7 @@ pub(super) fn whole(id: &BlockId, len: usize) -> Span {
     Span {
         start: id.index * super::BLOCK_SIZE,
         name: id.file_name(),
+        version: id.version_name(),
         id: id.clone(),
         len,
         want: 0..len,
