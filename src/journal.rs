@@ -103,10 +103,14 @@ pub enum Record {
 #[serde(rename_all = "snake_case")]
 pub enum Handle {
     Directory,
-    /// Reads the object version `etag`, `size` bytes long.
+    /// Reads the object version `etag`, `size` bytes long; with `backing`,
+    /// the kernel reads it from the backing file of that ID (passthrough),
+    /// which stays open until the handle's release.
     Object {
         etag: String,
         size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backing: Option<u32>,
     },
     /// A file being written (`writing`: through this handle), or read
     /// through its staged copy: its state lived in the worker alone.
@@ -449,6 +453,7 @@ mod tests {
             open: Handle::Object {
                 etag: "\"e\"".into(),
                 size: 5,
+                backing: Some(9),
             },
         });
         journal.record(&Record::Dropped { ino: 3 });
@@ -477,6 +482,13 @@ mod tests {
         assert_eq!(carried.last_ino, 3);
         assert_eq!(carried.last_fh, 7);
         assert_eq!(carried.handles[&7].0, 2);
+        assert!(matches!(
+            carried.handles[&7].1,
+            Handle::Object {
+                backing: Some(9),
+                ..
+            }
+        ));
         assert_eq!(
             carried.uploads.into_iter().collect::<Vec<_>>(),
             [("u2".to_string(), "k".to_string())]

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::audit::AuditStats;
 use crate::auth::CredentialStatus;
 use crate::cache::BlockCache;
+use crate::fs::passthrough::Passthrough;
 use crate::memory::MemoryBudget;
 use crate::metrics::histogram::BOUNDS;
 use crate::store::counted::RequestStats;
@@ -43,6 +44,8 @@ pub struct MountStats {
     /// `--io-timeout`: how long the endpoint may fail every request before
     /// the volume is reported sick.
     pub io_timeout: Duration,
+    /// Which files the kernel reads from the disk cache directly.
+    pub passthrough: std::sync::OnceLock<Arc<Passthrough>>,
 }
 
 /// Filesystem calls answered with an error, by errno.
@@ -178,6 +181,15 @@ impl MountStats {
             "bytes_from_s3": requests.bytes_downloaded(),
             "bytes_to_s3": requests.bytes_uploaded(),
             "cache": cache,
+            "passthrough": self.passthrough.get().map(|p| {
+                let status = p.status();
+                json!({
+                    "on": status.off.is_none(),
+                    "off_because": status.off,
+                    "opens": status.opens,
+                    "files_now": status.inodes_now,
+                })
+            }),
             "memory": memory,
             "uploads": {
                 "objects": done(Operation::PutObject)
@@ -410,6 +422,16 @@ pub fn render(mountpoint: &str, report: &Value) -> String {
     } else {
         out += "  cache        off\n";
     }
+    if let Some(passthrough) = report.get("passthrough").filter(|p| p.is_object()) {
+        out += &match passthrough.get("off_because").and_then(Value::as_str) {
+            Some(why) => format!("  passthrough  off: {why}\n"),
+            None => format!(
+                "  passthrough  on: {} opens read by the kernel from the disk cache, {} files now\n",
+                number(&["passthrough", "opens"]),
+                number(&["passthrough", "files_now"])
+            ),
+        };
+    }
     if report.get("memory").is_some_and(Value::is_object) {
         out += &format!(
             "  memory       limit {}: read-ahead and uploads hold {} of {}; {} reads \
@@ -527,6 +549,7 @@ mod tests {
             callers: CallerStats::default(),
             errors: ErrnoStats::default(),
             io_timeout: Duration::from_secs(30),
+            passthrough: Default::default(),
         }
     }
 
@@ -614,6 +637,7 @@ mod tests {
             },
             errors: ErrnoStats::default(),
             io_timeout: Duration::from_secs(30),
+            passthrough: Default::default(),
         };
         stats.errors.record(libc::ENOENT);
         stats.errors.record(libc::ENOENT);

@@ -140,6 +140,7 @@ impl Volume {
             callers: Default::default(),
             errors: Default::default(),
             io_timeout: config.connection.io_timeout,
+            passthrough: Default::default(),
         });
         let fs_config = FsConfig {
             uid: config

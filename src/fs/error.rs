@@ -41,6 +41,12 @@ pub enum FsError {
     /// size's prefix for the whole file.
     #[error("object {key} is {now} bytes, not the {was} the kernel was told; opened again")]
     Resized { key: String, was: u64, now: u64 },
+    /// An open found a new version of an object while the kernel reads an
+    /// older one from the disk cache (passthrough), which every open of the
+    /// inode would have to share: the name is given a new inode, and the
+    /// kernel opens again with a fresh lookup (it does so once at ESTALE).
+    #[error("object {key} was replaced while open through passthrough; opened again")]
+    Replaced { key: String },
     /// An open file's object was replaced or deleted by another client.
     #[error("object {key} changed or disappeared while open: {source}")]
     Stale {
@@ -159,9 +165,10 @@ impl FsError {
                 StageError::Store(e) => store_errno(e),
             },
             // ESTALE is what NFS users know for "the file changed under your handle".
-            FsError::Stale { .. } | FsError::Resized { .. } | FsError::Unlinked { .. } => {
-                libc::ESTALE
-            }
+            FsError::Stale { .. }
+            | FsError::Resized { .. }
+            | FsError::Replaced { .. }
+            | FsError::Unlinked { .. } => libc::ESTALE,
             // What Linux filesystems answer for a namespace they do not
             // support; `ls` and `cp -a` take it as "none".
             FsError::XattrNamespace => libc::EOPNOTSUPP,
@@ -204,6 +211,7 @@ impl FsError {
                 | FsError::XattrsFull { .. }
                 | FsError::UnknownIoctl(_)
                 | FsError::Resized { .. }
+                | FsError::Replaced { .. }
         )
     }
 }
@@ -315,6 +323,10 @@ mod tests {
             FsError::Resized { .. } => {
                 "an open that finds the object's size changed since the kernel was told, \
                  twice in a row (the kernel opens again at once after the first)"
+            }
+            FsError::Replaced { .. } => {
+                "an open that finds a new version of a file the kernel reads from the disk \
+                 cache, twice in a row (the kernel opens again at once after the first)"
             }
             FsError::Stopped => STOPPED_ROW,
             FsError::NotPermitted(_) => {
@@ -493,6 +505,7 @@ mod tests {
                 was: 1,
                 now: 2,
             },
+            FsError::Replaced { key: key() },
             FsError::Stopped,
             FsError::XattrNamespace,
             FsError::NoXattr,

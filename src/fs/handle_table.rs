@@ -31,6 +31,9 @@ pub(super) enum OpenFile {
         read_once: Arc<AtomicBool>,
         /// The open let the kernel keep the pages it held of the file.
         kernel_kept: bool,
+        /// The kernel reads the handle's version from a backing file with
+        /// this ID (passthrough), never through the daemon.
+        backing: Option<u32>,
     },
     /// The file is being written in this mount: reads and writes go to its
     /// staged copy.
@@ -118,10 +121,16 @@ impl HandleTable {
     /// Opens file handle `fh` (a number given out before).
     pub(super) fn insert(&self, fh: u64, handle: OpenFile) {
         let open = match &handle {
-            OpenFile::Object { etag, reader, .. } => Handle::Object {
+            OpenFile::Object {
+                etag,
+                reader,
+                backing,
+                ..
+            } => Handle::Object {
                 etag: etag.to_string(),
                 // Not yet shared: no one else holds the lock.
                 size: reader.try_lock().map_or(0, |r| r.object().size),
+                backing: *backing,
             },
             OpenFile::Staged { writer, .. } => Handle::Staged {
                 writing: writer.is_some(),

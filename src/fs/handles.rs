@@ -15,9 +15,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::debug;
 
+use crate::cache::WholeFile;
+
 use super::audit::errno_of;
 use super::handle_table::BaseReader;
 use super::inode::{Kind, Node};
+use super::passthrough::Io;
 use super::read::{ObjectVersion, Reader};
 use super::upload::{Base, StagedFile};
 use super::writer::Writer;
@@ -49,11 +52,17 @@ impl Fs {
             return Err(FsError::IsADirectory);
         }
         let mut keep_cache = false;
-        let mut direct_io = false;
-        let handle = if flags.write || self.staging.file(ino).is_some() {
+        let direct_io;
+        let mut backing = None;
+        let (handle, ticket) = if flags.write || self.staging.file(ino).is_some() {
             let file = self.stage(ino, flags).await?;
             self.inodes.lock().note_open(ino, None);
-            OpenFile::Staged {
+            let ticket = self.passthrough.open(ino, None, || None);
+            if ticket.io == Io::Conflict {
+                return Err(self.replaced(&node));
+            }
+            direct_io = false;
+            let handle = OpenFile::Staged {
                 ino,
                 file,
                 writer: if flags.write {
@@ -63,7 +72,8 @@ impl Fs {
                 },
                 base_reader: BaseReader::default(),
                 read_once: Arc::default(),
-            }
+            };
+            (handle, Some(ticket))
         } else {
             // The size the kernel has: an open that finds another has it ask
             // again before it reads.
@@ -99,18 +109,36 @@ impl Fs {
                     matches!(f, OpenFile::Object { ino: i, etag, .. }
                         if *i == ino && **etag != node.stat.etag)
                 });
+            // Read by the kernel from the disk cache where the version is
+            // whole there; an unauthenticated one never (it is direct).
+            let ticket = (!direct_io).then(|| {
+                self.passthrough
+                    .open(ino, Some(&node.stat.etag), || self.whole_file(&node))
+            });
+            match ticket.as_ref().map(|t| t.io) {
+                Some(Io::Conflict) => return Err(self.replaced(&node)),
+                Some(Io::Passthrough(id)) => backing = Some(id),
+                _ => {}
+            }
+            // The kernel takes no other flag with passthrough.
+            keep_cache &= !direct_io && backing.is_none();
             let etag: Arc<str> = node.stat.etag.as_str().into();
             let object = self.object_version(&node, opening.decryption);
             let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
-            OpenFile::Object {
+            let handle = OpenFile::Object {
                 ino,
                 etag,
                 reader: Arc::new(tokio::sync::Mutex::new(reader)),
                 read_once: Arc::default(),
                 kernel_kept: keep_cache,
-            }
+                backing,
+            };
+            (handle, ticket)
         };
         let fh = self.handles.open(handle);
+        if let Some(ticket) = ticket {
+            ticket.bind(fh);
+        }
         debug!(
             ino,
             fh,
@@ -118,13 +146,38 @@ impl Fs {
             ?flags,
             keep_cache,
             direct_io,
+            ?backing,
             "opened"
         );
         Ok(Opened {
             fh,
             keep_cache,
             direct_io,
+            backing,
         })
+    }
+
+    /// An open of `node` that the kernel's passthrough of another version
+    /// of it leaves no way to answer: the name gets a new inode, which the
+    /// kernel, told ESTALE, looks up and opens; the old one serves its
+    /// readers until they close.
+    fn replaced(&self, node: &Node) -> FsError {
+        self.inodes.lock().remove_child(node.parent, &node.name);
+        FsError::Replaced {
+            key: node.key.clone(),
+        }
+    }
+
+    /// The data file of `node`'s version, if the kernel may read it through
+    /// passthrough and it is whole in the disk cache: never on an encrypted
+    /// volume (the cache holds ciphertext) or with an audit log (whose reads
+    /// must reach the daemon).
+    fn whole_file(&self, node: &Node) -> Option<WholeFile> {
+        if self.config.codec.encrypts() || self.config.audit.is_some() {
+            return None;
+        }
+        let cache = self.config.cache.as_ref()?;
+        cache.whole_file(&node.key, &node.stat.etag, node.stat.size)
     }
 
     /// What S3 holds for file `ino` now (a HEAD, whatever the metadata TTL
@@ -410,6 +463,7 @@ impl Fs {
     /// the upload. The last handle on a staged file frees the staging file; changes
     /// whose upload failed (the application was told at close) are not retried.
     pub async fn release(&self, fh: u64) {
+        self.passthrough.release(fh);
         let handle = self.handles.close(fh);
         match handle {
             Some(OpenFile::Staged { ino, writer, .. }) => self.release_staged(ino, writer).await,

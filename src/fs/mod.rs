@@ -25,6 +25,7 @@ pub mod inode;
 pub mod kernel;
 mod lookup;
 mod meta;
+pub mod passthrough;
 pub mod posix;
 pub mod xattrs;
 
@@ -195,8 +196,12 @@ pub struct Opened {
     /// The kernel's cached pages of the file are of the version opened.
     pub keep_cache: bool,
     /// The kernel is to keep no page of what the handle reads (an encrypted
-    /// version not yet authenticated): every read comes here.
+    /// version not yet authenticated, or another open of the file is read
+    /// through passthrough): every read comes here.
     pub direct_io: bool,
+    /// The kernel is to read the file from the backing file of this ID
+    /// (passthrough).
+    pub backing: Option<u32>,
 }
 
 pub struct Fs {
@@ -221,6 +226,8 @@ pub struct Fs {
     xattr_changes: tokio::sync::Mutex<()>,
     /// The kernel's caches, once the volume is mounted.
     kernel: kernel::Kernel,
+    /// Which files the kernel reads from the disk cache directly.
+    passthrough: Arc<passthrough::Passthrough>,
     /// Asks the volume's supervisor for a new worker (`s3vol restart`).
     restart: std::sync::OnceLock<Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>>,
 }
@@ -251,6 +258,21 @@ impl Fs {
         uploads.codec = config.codec.clone();
         uploads.content_types = config.content_types;
         let mount_time = SystemTime::now();
+        let passthrough = Arc::new(passthrough::Passthrough::default());
+        if config.cache.is_none() {
+            passthrough.not_configured("no disk cache");
+        } else if config.codec.encrypts() {
+            passthrough.not_configured("an encrypted volume's cache holds ciphertext");
+        } else if config.audit.is_some() {
+            passthrough.not_configured("the audit log records reads, which must reach the daemon");
+        } else if config.write.is_some() {
+            passthrough.not_configured(
+                "a read-write volume (a file opened for writing must reach the daemon)",
+            );
+        }
+        if let Some(stats) = &config.stats {
+            let _ = stats.passthrough.set(passthrough.clone());
+        }
         Self {
             store,
             inodes: Mutex::new(InodeTable::new(root_key, mount_time)),
@@ -264,6 +286,7 @@ impl Fs {
             ahead: ahead::Windows::default(),
             batches: ahead::Batches::default(),
             kernel: kernel::Kernel::default(),
+            passthrough,
             restart: std::sync::OnceLock::new(),
         }
     }
@@ -271,6 +294,22 @@ impl Fs {
     /// Gives the filesystem the kernel's caches to correct (once mounted).
     pub fn set_kernel_cache(&self, kernel: Arc<dyn kernel::KernelCache>) {
         self.kernel.attach(kernel);
+    }
+
+    /// Gives the filesystem the kernel's backing files (once mounted), for
+    /// files whole in the disk cache to be read through passthrough.
+    pub fn set_backings(&self, backings: Arc<dyn passthrough::Backings>) {
+        self.passthrough.attach(backings);
+    }
+
+    /// The kernel cannot read files through passthrough, for `why`.
+    pub fn no_passthrough(&self, why: String) {
+        self.passthrough.turn_off(why);
+    }
+
+    /// Whether and how much the kernel reads files through passthrough.
+    pub fn passthrough_status(&self) -> passthrough::PassthroughStatus {
+        self.passthrough.status()
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {

@@ -106,9 +106,22 @@ impl Fs {
             ..Adopted::default()
         };
         for (fh, (ino, open)) in std::mem::take(&mut carried.handles) {
+            // The kernel's I/O mode of the file goes on whether or not the
+            // handle can be served: it ends at the handle's release.
+            match &open {
+                Handle::Directory => {}
+                Handle::Object { etag, backing, .. } => {
+                    self.passthrough.adopt(fh, ino, etag, *backing)
+                }
+                Handle::Staged { .. } => self.passthrough.adopt(fh, ino, "", None),
+            }
             let reopened = match open {
                 Handle::Directory => self.reopen_dir(fh, ino).await,
-                Handle::Object { etag, size } => self.reopen_object(fh, ino, etag, size).await,
+                Handle::Object {
+                    etag,
+                    size,
+                    backing,
+                } => self.reopen_object(fh, ino, etag, size, backing).await,
                 Handle::Staged { writing } => {
                     // Lost with its worker; its changes too, unless what was
                     // staged was in S3 with none since.
@@ -225,7 +238,14 @@ impl Fs {
 
     /// Opens file `ino` again as handle `fh`, reading version `etag`; `false`
     /// where that version cannot be read the same way.
-    async fn reopen_object(&self, fh: u64, ino: u64, etag: String, size: u64) -> FsResult<bool> {
+    async fn reopen_object(
+        &self,
+        fh: u64,
+        ino: u64,
+        etag: String,
+        size: u64,
+        backing: Option<u32>,
+    ) -> FsResult<bool> {
         let mut node = self.named_node(ino)?;
         node.stat.etag = etag.clone();
         node.stat.size = size;
@@ -249,6 +269,7 @@ impl Fs {
                 // The audit log has the first read already.
                 read_once: Arc::new(AtomicBool::new(true)),
                 kernel_kept: false,
+                backing,
             },
         );
         Ok(true)

@@ -113,6 +113,18 @@ impl Filesystem for FuseAdapter {
         // file is rewritten; saying so (SB_NOSEC) spares every write(2) a
         // getxattr of `security.capability` first.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // Files whole in the disk cache are read by the kernel from the cache's
+        // files (see fs::passthrough), which lie on a plain file system.
+        match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+            Ok(()) => {
+                let _ = config.set_max_stack_depth(1);
+            }
+            Err(_) => self.fs.no_passthrough(
+                "this kernel has no FUSE passthrough (Linux 6.9 or later, built with \
+                 CONFIG_FUSE_PASSTHROUGH)"
+                    .into(),
+            ),
+        }
         Ok(())
     }
 
@@ -339,7 +351,18 @@ impl Filesystem for FuseAdapter {
                     let mut flags = FopenFlags::empty();
                     flags.set(FopenFlags::FOPEN_KEEP_CACHE, opened.keep_cache);
                     flags.set(FopenFlags::FOPEN_DIRECT_IO, opened.direct_io);
-                    reply.opened(FileHandle(opened.fh), flags)
+                    match opened.backing {
+                        Some(id) => {
+                            // The ID is the filesystem's to close (at the last
+                            // release of the file), not this reply's.
+                            // SAFETY: the ID was opened on this connection and
+                            // stays open while the handle is.
+                            let backing = unsafe { reply.wrap_backing(id) };
+                            reply.opened_passthrough(FileHandle(opened.fh), flags, &backing);
+                            let _ = backing.into_raw();
+                        }
+                        None => reply.opened(FileHandle(opened.fh), flags),
+                    }
                 }
                 Err(e) => reply.error(errno(&fs, "open", &e)),
             }

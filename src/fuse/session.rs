@@ -116,6 +116,7 @@ pub fn mount(adapter: FuseAdapter, mountpoint: &Path, plan: &MountPlan) -> io::R
             let _ = handle.detach();
         })?;
     fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
+    fs.set_backings(Arc::new(KernelBackings(connection_of(&session)?)));
     handle.tune_kernel_readahead();
     Ok(Volume { session, handle })
 }
@@ -138,8 +139,30 @@ fn config() -> Config {
 /// The descriptor of a mounted volume's FUSE connection, for its supervisor
 /// to hold.
 pub fn connection(volume: &Volume) -> io::Result<OwnedFd> {
+    connection_of(&volume.session)
+}
+
+fn connection_of(session: &Session<FuseAdapter>) -> io::Result<OwnedFd> {
     use std::os::fd::AsFd;
-    volume.session.as_fd().try_clone_to_owned()
+    session.as_fd().try_clone_to_owned()
+}
+
+/// The kernel's backing files of a volume's connection (FUSE passthrough).
+struct KernelBackings(OwnedFd);
+
+nix::ioctl_write_ptr!(backing_close, 229, 2, u32);
+
+impl crate::fs::passthrough::Backings for KernelBackings {
+    fn open(&self, file: &File) -> io::Result<u32> {
+        fuser::BackingId::create_raw(&self.0, file)
+    }
+
+    fn close(&self, id: u32) {
+        // SAFETY: FUSE_DEV_IOC_BACKING_CLOSE reads one u32 from the pointer.
+        if let Err(e) = unsafe { backing_close(self.0.as_raw_fd(), &id) } {
+            debug!(id, "the kernel did not close a backing file: {e}");
+        }
+    }
 }
 
 /// Serves the volume at `mountpoint` whose FUSE connection is `fd`, which a
@@ -185,6 +208,7 @@ pub fn take_over(
     drop(kernel_part);
     drop(fd);
     fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
+    fs.set_backings(Arc::new(KernelBackings(connection_of(&session)?)));
     Ok(Volume {
         session,
         handle: VolumeHandle::new(mountpoint, device),
@@ -192,7 +216,7 @@ pub fn take_over(
 }
 
 /// The FUSE INIT request a kernel sends first: protocol 7.31 (all that fuser
-/// needs to hear), no capabilities. The reply, which the kernel would take as
+/// needs to hear), no capability but passthrough. The reply, which the kernel would take as
 /// the filesystem's settings, is never read: the kernel keeps those of the
 /// first INIT for the connection's life.
 fn init_request() -> Vec<u8> {
@@ -212,7 +236,11 @@ fn init_request() -> Vec<u8> {
     put(&7u32.to_ne_bytes()); // major
     put(&31u32.to_ne_bytes()); // minor
     put(&(1u32 << 20).to_ne_bytes()); // max_readahead
-    put(&[0u8; 4 + 4 + 44]); // flags, flags2, unused
+    // FUSE_INIT_EXT, and in the second word FUSE_PASSTHROUGH: whether the
+    // connection has it, the kernel says at the first backing file.
+    put(&(1u32 << 30).to_ne_bytes()); // flags
+    put(&(1u32 << (37 - 32)).to_ne_bytes()); // flags2
+    put(&[0u8; 44]); // unused
     request
 }
 

@@ -68,6 +68,7 @@ impl MemoryMount {
             credentials: None,
             errors: Default::default(),
             io_timeout: std::time::Duration::from_secs(30),
+            passthrough: Default::default(),
             audit: config.audit.as_ref().map(|audit| audit.stats.clone()),
             callers: Default::default(),
         }));

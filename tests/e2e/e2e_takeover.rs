@@ -154,6 +154,44 @@ async fn a_gib_read_and_new_opens_carry_on_when_the_worker_is_killed() {
 
 #[tokio::test]
 #[ignore = "needs Garage; run by scripts/test.sh"]
+async fn a_file_the_kernel_reads_from_the_cache_opens_again_after_a_kill() {
+    use std::os::unix::fs::FileExt;
+    let server = garage().await;
+    let local = tempfile::tempdir().unwrap();
+    let source = random_object(&server, local.path(), "root/f", 16 * MIB).await;
+    let data = std::fs::read(&source).unwrap();
+    let mount = Mount::new(&server, "vol/root", &[]);
+    let file = mount.path().join("f");
+    assert!(std::fs::read(&file).unwrap() == data);
+    assert!(wait_until(Duration::from_secs(20), || {
+        mount.stats()["cache"]["disk_used"].as_u64().unwrap() >= data.len() as u64
+    }));
+    let reader = std::fs::File::open(&file).unwrap();
+    assert_eq!(mount.stats()["passthrough"]["files_now"], 1);
+
+    kill_worker(mount.path());
+    // The kernel reads on from the backing file; a new open of the same
+    // version takes the backing ID the dead worker left (another would fail
+    // the open with EIO), and reads the same bytes.
+    let mut buf = vec![0u8; MIB];
+    reader.read_exact_at(&mut buf, 3 * MIB as u64).unwrap();
+    assert!(buf == data[3 * MIB..4 * MIB]);
+    let again = std::fs::read(&file).unwrap();
+    assert!(again == data, "a new open after the kill");
+    let stats = mount.stats();
+    assert_eq!(stats["passthrough"]["opens"], 1, "{stats}");
+    drop(reader);
+    assert!(
+        wait_until(
+            Duration::from_secs(10),
+            || mount.stats()["passthrough"]["files_now"] == 0
+        ),
+        "the adopted backing ID goes with the last reader"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run by scripts/test.sh"]
 async fn ls_lr_of_ten_thousand_entries_finishes_when_the_worker_is_killed() {
     let server = garage().await;
     let objects = (0..10_000).map(|i| {

@@ -56,6 +56,7 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
         credentials: None,
         errors: Default::default(),
         io_timeout: std::time::Duration::from_secs(30),
+        passthrough: Default::default(),
         audit: None,
         callers: Default::default(),
     });

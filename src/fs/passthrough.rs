@@ -1,0 +1,297 @@
+//! FUSE passthrough: a file whose version is whole in the disk cache is read
+//! by the kernel from the cache's data file, never through the daemon (Linux
+//! 6.9 and later).
+//!
+//! The kernel registers the data file under a backing ID, handed over with the
+//! open's reply, and keeps its own reference to the file for as long as the
+//! file is open. It has two rules, and breaking either fails the application's
+//! open(2) with EIO: every passthrough open of an inode names the same backing
+//! file, and an inode has no passthrough open while it has an open that uses
+//! its page cache. So each inode is in one of two modes here, counted per
+//! handle: passthrough (one backing ID, reused by every open of the same
+//! version, closed with the last) or cached; the kernel takes no open of an
+//! inode in passthrough without it, not even a direct one. So an open of a
+//! new version while the kernel reads an older one is given a new inode for
+//! the name (ESTALE, and the kernel looks the name up again), as if the file
+//! had been replaced; the old inode serves its readers until they close. An
+//! inode with cached opens gets no passthrough until they are all released
+//! (the kernel has ended an open's mode before its release reaches us, so
+//! counting down at release is never early). Writers never meet passthrough:
+//! it is off on read-write volumes.
+//!
+//! A pinned version's blocks are not evicted while its backing ID is open (see
+//! `crate::cache`). Passthrough is off on an encrypted volume (its cache holds
+//! ciphertext), with an audit log (whose reads must reach the daemon), and
+//! when the kernel refuses a backing file: no CAP_SYS_ADMIN, a kernel or
+//! connection without passthrough, a cache directory on a stacked file system.
+//! `s3vol stats` says which.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use tracing::{debug, info};
+
+use crate::cache::WholeFile;
+
+/// The kernel's registry of backing files for a FUSE connection.
+pub trait Backings: Send + Sync {
+    /// Registers `file`, returning its backing ID.
+    fn open(&self, file: &File) -> io::Result<u32>;
+    /// Lets backing ID `id` go; files open through it stay readable.
+    fn close(&self, id: u32);
+}
+
+/// How the kernel is to do an open's I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// Through the kernel's page cache and the daemon.
+    Cached,
+    /// From the backing file with this ID, never reaching the daemon.
+    Passthrough(u32),
+    /// None: the kernel reads the inode from a backing file that this open
+    /// cannot share (another version, or a file staged here), and would fail
+    /// the open with EIO. The open is to go to a new inode.
+    Conflict,
+}
+
+/// What an open counts in its inode's mode.
+#[derive(Clone, Copy, Debug)]
+enum Counted {
+    Cached,
+    Passthrough,
+}
+
+#[derive(Default)]
+struct Mode {
+    cached: usize,
+    passthrough: usize,
+    backing: Option<Backing>,
+}
+
+struct Backing {
+    id: u32,
+    etag: Arc<str>,
+    /// The pinned version (none for a backing ID a dead worker left).
+    _whole: Option<WholeFile>,
+}
+
+#[derive(Default)]
+struct State {
+    inodes: HashMap<u64, Mode>,
+    handles: HashMap<u64, (u64, Counted)>,
+}
+
+/// What `s3vol stats` says of passthrough.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassthroughStatus {
+    /// Why it is off, once known.
+    pub off: Option<String>,
+    /// Opens answered with passthrough since the mount.
+    pub opens: u64,
+    /// Inodes read through passthrough now.
+    pub inodes_now: usize,
+}
+
+#[derive(Default)]
+pub struct Passthrough {
+    backings: OnceLock<Arc<dyn Backings>>,
+    state: Mutex<State>,
+    off: OnceLock<String>,
+    opens: AtomicU64,
+}
+
+impl Passthrough {
+    /// The kernel's backing files, once mounted.
+    pub fn attach(&self, backings: Arc<dyn Backings>) {
+        let _ = self.backings.set(backings);
+    }
+
+    /// Passthrough is off for good, for `why`, which the log says.
+    pub fn turn_off(&self, why: String) {
+        if self.off.set(why.clone()).is_ok() {
+            info!("files whole in the disk cache are read through the daemon: {why}");
+        }
+    }
+
+    /// Passthrough is off for good, as the volume's options say.
+    pub fn not_configured(&self, why: &str) {
+        let _ = self.off.set(why.to_string());
+    }
+
+    pub fn status(&self) -> PassthroughStatus {
+        let state = self.state.lock();
+        PassthroughStatus {
+            off: self.off.get().cloned(),
+            opens: self.opens.load(Ordering::Relaxed),
+            inodes_now: state.inodes.values().filter(|m| m.passthrough > 0).count(),
+        }
+    }
+
+    /// Decides the I/O of an open of `ino` that reads version `etag` of the
+    /// object (`None`: a file staged here, or an open for writing); `whole`
+    /// gives the version's data file if it is whole in the disk cache and
+    /// may be read through passthrough. Counted until [`Passthrough::bind`]
+    /// names the handle, or the ticket is dropped.
+    pub fn open(
+        &self,
+        ino: u64,
+        etag: Option<&str>,
+        whole: impl FnOnce() -> Option<WholeFile>,
+    ) -> Ticket<'_> {
+        let mut state = self.state.lock();
+        let mode = state.inodes.entry(ino).or_default();
+        let (io, counted) = match (etag, &mode.backing) {
+            (Some(etag), Some(backing)) if *backing.etag == *etag => {
+                (Io::Passthrough(backing.id), Some(Counted::Passthrough))
+            }
+            (_, Some(_)) => (Io::Conflict, None),
+            (Some(etag), None) if mode.cached == 0 => match self.register(whole) {
+                Some((id, whole)) => {
+                    mode.backing = Some(Backing {
+                        id,
+                        etag: etag.into(),
+                        _whole: Some(whole),
+                    });
+                    (Io::Passthrough(id), Some(Counted::Passthrough))
+                }
+                None => (Io::Cached, Some(Counted::Cached)),
+            },
+            _ => (Io::Cached, Some(Counted::Cached)),
+        };
+        if let Some(counted) = counted {
+            count(mode, counted, 1);
+        }
+        if matches!(io, Io::Passthrough(_)) {
+            self.opens.fetch_add(1, Ordering::Relaxed);
+        }
+        Ticket {
+            passthrough: self,
+            ino,
+            io,
+            counted,
+        }
+    }
+
+    /// The version's data file registered with the kernel, where passthrough
+    /// is on and the version is whole on disk.
+    fn register(&self, whole: impl FnOnce() -> Option<WholeFile>) -> Option<(u32, WholeFile)> {
+        if self.off.get().is_some() {
+            return None;
+        }
+        let backings = self.backings.get()?;
+        let whole = whole()?;
+        match backings.open(&whole.file) {
+            Ok(id) => Some((id, whole)),
+            Err(e) => {
+                match e.raw_os_error() {
+                    Some(libc::EPERM) => self.turn_off(
+                        "the kernel refused a backing file (EPERM): the daemon lacks \
+                         CAP_SYS_ADMIN, or the volume was mounted by a kernel without FUSE \
+                         passthrough"
+                            .into(),
+                    ),
+                    Some(libc::ELOOP) => self.turn_off(
+                        "the cache directory is on a stacked file system (overlayfs?): put \
+                         --cache-dir on a plain one"
+                            .into(),
+                    ),
+                    Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL) => {
+                        self.turn_off(format!("the kernel has no FUSE passthrough ({e})"))
+                    }
+                    _ => debug!(error = %e, "no backing file for this open"),
+                }
+                None
+            }
+        }
+    }
+
+    /// A handle a worker before this one opened on `ino`, with the backing ID
+    /// it was given (`None`: cached, or direct, counted as cached to be
+    /// safe). The ID stays open until the last handle using it is released.
+    pub fn adopt(&self, fh: u64, ino: u64, etag: &str, backing: Option<u32>) {
+        let mut state = self.state.lock();
+        let mode = state.inodes.entry(ino).or_default();
+        let counted = match backing {
+            Some(id) => {
+                mode.backing.get_or_insert_with(|| Backing {
+                    id,
+                    etag: etag.into(),
+                    _whole: None,
+                });
+                Counted::Passthrough
+            }
+            None => Counted::Cached,
+        };
+        count(mode, counted, 1);
+        state.handles.insert(fh, (ino, counted));
+    }
+
+    /// Handle `fh` is released: what it counted goes, and the inode's backing
+    /// ID with its last passthrough open.
+    pub fn release(&self, fh: u64) {
+        let mut state = self.state.lock();
+        let Some((ino, counted)) = state.handles.remove(&fh) else {
+            return;
+        };
+        self.uncount(&mut state, ino, counted);
+    }
+
+    fn uncount(&self, state: &mut State, ino: u64, counted: Counted) {
+        let Some(mode) = state.inodes.get_mut(&ino) else {
+            return;
+        };
+        count(mode, counted, -1);
+        let backing = match mode.passthrough {
+            0 => mode.backing.take(),
+            _ => None,
+        };
+        if mode.cached == 0 && mode.passthrough == 0 {
+            state.inodes.remove(&ino);
+        }
+        if let (Some(backing), Some(backings)) = (backing, self.backings.get()) {
+            backings.close(backing.id);
+        }
+    }
+}
+
+fn count(mode: &mut Mode, counted: Counted, by: isize) {
+    let n = match counted {
+        Counted::Cached => &mut mode.cached,
+        Counted::Passthrough => &mut mode.passthrough,
+    };
+    *n = n.checked_add_signed(by).expect("counted once");
+}
+
+/// An open's I/O, counted in its inode's mode until the open is released.
+pub struct Ticket<'a> {
+    passthrough: &'a Passthrough,
+    ino: u64,
+    pub io: Io,
+    counted: Option<Counted>,
+}
+
+impl Ticket<'_> {
+    /// The open is handle `fh`: counted until it is released.
+    pub fn bind(mut self, fh: u64) {
+        if let Some(counted) = self.counted.take() {
+            self.passthrough
+                .state
+                .lock()
+                .handles
+                .insert(fh, (self.ino, counted));
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(counted) = self.counted.take() {
+            let mut state = self.passthrough.state.lock();
+            self.passthrough.uncount(&mut state, self.ino, counted);
+        }
+    }
+}
