@@ -445,6 +445,27 @@ for i in $(seq 0 "$RUNS"); do
 done
 RAW_PUT=$(printf '%s\n' "${raw[@]}" | median)
 
+# local_read MIB: MiB/s of dd reading a local file of MIB MiB on the disk that
+# holds the caches, page cache dropped: the ceiling of a re-read from a disk
+# cache. Each run writes the file just before, as each system's cache is written
+# by the read before its re-read (a disk reads slower what it has just taken).
+# Median of RUNS after one warm-up.
+local_read() {
+    local file=$work/local-$1m.bin values=() t0 t1
+    for i in $(seq 0 "$RUNS"); do
+        rm -f "$file"; head -c "${1}M" "$work/src-1g.bin" >"$file"
+        drop_caches; t0=$(now)
+        dd if="$file" of=/dev/null bs=1M status=none
+        t1=$(now)
+        [ "$i" -eq 0 ] || values+=("$(speed "$t0" "$t1" "$1")")
+    done
+    rm -f "$file"
+    printf '%s\n' "${values[@]}" | median
+}
+log "dd of local files of 1 GiB and 64 MiB ($RUNS runs)"
+LOCAL_READ=$(local_read 1024)
+LOCAL_READ_64M=$(local_read 64)
+
 # Higher is better for throughput; lower is better for times and memory. The ratio
 # columns say how many times better s3vol (with its defaults) is (>1: s3vol wins).
 row() {
@@ -478,9 +499,10 @@ echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, $(free -g | awk '/^M
 [ -z "${S3VOL_BIN:-}" ] || echo "(s3vol is $S3VOL_BIN, $("$S3VOL" --version))"
 echo "(s3vol, s3fs and rclone with their defaults and local caches as their users run them;"
 echo " --cse: s3vol with client-side encryption, KMS on 127.0.0.1;"
+echo " raw: a parallel S3 client, and for the disk-cache rows dd of a local file;"
 echo " see docs/BENCHMARK.md for what each row measures)"
 echo
-printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s | %8s |\n' workload unit s3vol "--no-cache" "--cse" s3fs rclone "raw S3" "vs s3fs" "vs rclone"
+printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s | %8s |\n' workload unit s3vol "--no-cache" "--cse" s3fs rclone "raw" "vs s3fs" "vs rclone"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "---------" "----------" "------------" "----------" "----------" "----------" "----------" "----------" "----------"
 row "1 GiB sequential read, cold" "MiB/s" higher cold_read "$RAW_GET"
 row "4 readers of 256 MiB at once, cold" "MiB/s" higher four_readers "$RAW_GET4"
@@ -490,8 +512,8 @@ row "open + 4 KiB read, cold, 1 by 1" "ms/file" lower first_byte
 row "open + first 4 KiB of 32 MiB, cold" "ms" lower first_of_32m
 row "1 GiB re-read, page cache (s3vol)" "MiB/s" higher warm_read
 row "4 KiB random re-reads, page cache" "reads/s" higher warm_random
-row "1 GiB re-read, local disk cache" "MiB/s" higher disk_read
-row "64 MiB re-read, local disk cache" "MiB/s" higher disk_read_64m
+row "1 GiB re-read, local disk cache" "MiB/s" higher disk_read "$LOCAL_READ"
+row "64 MiB re-read, local disk cache" "MiB/s" higher disk_read_64m "$LOCAL_READ_64M"
 row "4 KiB random, local disk cache" "reads/s" higher disk_random
 row "ls -l, 10,000 objects" "s" lower ls_l
 row "find, 10,000 objects in 100 dirs" "s" lower find_tree
@@ -516,6 +538,12 @@ percent_of_raw() {
 percent_of_raw cold_read "$RAW_GET" "cold sequential read"
 percent_of_raw four_readers "$RAW_GET4" "4-reader read"
 percent_of_raw seq_write "$RAW_PUT" "durable sequential write"
+for key in disk_read disk_read_64m; do
+    [ -n "${RESULT[$key,s3vol]:-}" ] || continue
+    local_mib=$LOCAL_READ; [ "$key" = disk_read ] || local_mib=$LOCAL_READ_64M
+    awk -v us="${RESULT[$key,s3vol]}" -v local="$local_mib" -v what="$key" \
+        'BEGIN { printf "s3vol %s (passthrough) is %.0f%% of dd of a local file of the same size\n", what, 100 * us / local }'
+done
 for key in cold_read random_reads seq_write; do
     [ -n "${RESULT[$key,s3vol-cse]:-}" ] && [ -n "${RESULT[$key,s3vol]:-}" ] || continue
     awk -v cse="${RESULT[$key,s3vol-cse]}" -v plain="${RESULT[$key,s3vol]}" -v what="$key" \

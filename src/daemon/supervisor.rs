@@ -1,5 +1,5 @@
 //! The supervisor: the small process that holds a volume's FUSE connection
-//! and nothing of S3, and runs the worker that serves it.
+//! and sends no request to S3, and runs the worker that serves it.
 //!
 //! The kernel keeps a FUSE connection for as long as any process holds its
 //! descriptor. The first worker mounts and hands the supervisor the

@@ -230,3 +230,59 @@ async fn opens_racing_to_stage_a_file_never_hide_a_write() {
     let adopted = second.adopt(carried).await;
     assert_eq!(adopted.lost_keys, ["root/f"], "{adopted:?}");
 }
+
+/// A worker that asked S3 for a multipart upload and died before it heard the
+/// answer leaves an upload whose ID no one recorded: the next worker finds
+/// uploads of that key begun since it asked and aborts them, leaves other
+/// keys' uploads alone, and records that it looked, so a third never looks
+/// again.
+#[tokio::test]
+async fn an_upload_asked_for_and_never_answered_is_found_and_aborted() {
+    use s3vol::journal::Record;
+    use s3vol::store::ObjectHeaders;
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let fd = journal::create().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(fd.try_clone().unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    journal.record(&Record::UploadStarting {
+        key: "root/big".into(),
+        at: now,
+    });
+    // S3 began it; the answer never reached the journal.
+    let headers = ObjectHeaders::default();
+    let lost = store
+        .create_multipart_upload("root/big", &headers)
+        .await
+        .unwrap();
+    let other = store
+        .create_multipart_upload("root/other", &headers)
+        .await
+        .unwrap();
+    drop(journal);
+
+    let (second, carried) = worker(&store, &fd, &staging);
+    assert!(carried.starting.contains_key("root/big"), "{carried:?}");
+    let adopted = second.adopt(carried).await;
+    assert_eq!(adopted.uploads_aborted, 1, "{adopted:?}");
+    let left: Vec<String> = store
+        .list_multipart_uploads("root/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.upload_id)
+        .collect();
+    assert_eq!(
+        left,
+        [other],
+        "only the unanswered upload of the key asked for went"
+    );
+    assert!(!left.contains(&lost));
+    std::mem::forget(second);
+
+    let (_third, carried) = worker(&store, &fd, &staging);
+    assert!(carried.starting.is_empty(), "looked for once: {carried:?}");
+}
