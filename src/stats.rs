@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use crate::audit::AuditStats;
 use crate::auth::CredentialStatus;
 use crate::cache::BlockCache;
-use crate::fs::passthrough::Passthrough;
 use crate::memory::MemoryBudget;
 use crate::metrics::histogram::BOUNDS;
 use crate::store::counted::RequestStats;
@@ -45,7 +44,19 @@ pub struct MountStats {
     /// the volume is reported sick.
     pub io_timeout: Duration,
     /// Which files the kernel reads from the disk cache directly.
-    pub passthrough: std::sync::OnceLock<Arc<Passthrough>>,
+    pub passthrough: std::sync::OnceLock<Arc<dyn Fn() -> PassthroughStatus + Send + Sync>>,
+}
+
+/// What `s3vol stats` says of passthrough (the kernel reading files whole in
+/// the disk cache directly).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassthroughStatus {
+    /// Why it is off, once known.
+    pub off: Option<String>,
+    /// Opens answered with passthrough since the mount.
+    pub opens: u64,
+    /// Inodes read through passthrough now.
+    pub inodes_now: usize,
 }
 
 /// Filesystem calls answered with an error, by errno.
@@ -181,8 +192,8 @@ impl MountStats {
             "bytes_from_s3": requests.bytes_downloaded(),
             "bytes_to_s3": requests.bytes_uploaded(),
             "cache": cache,
-            "passthrough": self.passthrough.get().map(|p| {
-                let status = p.status();
+            "passthrough": self.passthrough.get().map(|status| {
+                let status = status();
                 json!({
                     "on": status.off.is_none(),
                     "off_because": status.off,

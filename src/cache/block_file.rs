@@ -4,7 +4,7 @@
 //! Every version has one data file, which holds each cached block at the
 //! block's own offset in the object (the rest is a hole), so that a version
 //! whole in the cache is a plain copy of the object: the kernel can read it
-//! directly (FUSE passthrough, see `crate::fs::passthrough`). Each block has a
+//! directly (FUSE passthrough, which the filesystem decides). Each block has a
 //! small header file of its own beside it: the block's identity (magic, data
 //! length, index, key, ETag) and a CRC32C of every [`CHUNK`] of its data. A read
 //! checks the header once, when the block is first read, and then only the

@@ -389,7 +389,7 @@ impl BlockCache {
     /// The data file of version `etag` of `key` (`size` bytes), if every
     /// block of it is on disk: pinned there until the [`WholeFile`] is
     /// dropped, and opened for a reader of its own (the kernel's, see
-    /// `crate::fs::passthrough`).
+    /// FUSE passthrough).
     pub fn whole_file(&self, key: &str, etag: &str, size: u64) -> Option<WholeFile> {
         if size == 0 {
             return None;

@@ -271,7 +271,10 @@ impl Fs {
             );
         }
         if let Some(stats) = &config.stats {
-            let _ = stats.passthrough.set(passthrough.clone());
+            let status = Arc::downgrade(&passthrough);
+            let _ = stats.passthrough.set(Arc::new(move || {
+                status.upgrade().map(|p| p.status()).unwrap_or_default()
+            }));
         }
         Self {
             store,
@@ -305,11 +308,6 @@ impl Fs {
     /// The kernel cannot read files through passthrough, for `why`.
     pub fn no_passthrough(&self, why: String) {
         self.passthrough.turn_off(why);
-    }
-
-    /// Whether and how much the kernel reads files through passthrough.
-    pub fn passthrough_status(&self) -> passthrough::PassthroughStatus {
-        self.passthrough.status()
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {

@@ -36,6 +36,7 @@ use parking_lot::Mutex;
 use tracing::{debug, info};
 
 use crate::cache::WholeFile;
+use crate::stats::PassthroughStatus;
 
 /// The kernel's registry of backing files for a FUSE connection.
 pub trait Backings: Send + Sync {
@@ -83,17 +84,6 @@ struct Backing {
 struct State {
     inodes: HashMap<u64, Mode>,
     handles: HashMap<u64, (u64, Counted)>,
-}
-
-/// What `s3vol stats` says of passthrough.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PassthroughStatus {
-    /// Why it is off, once known.
-    pub off: Option<String>,
-    /// Opens answered with passthrough since the mount.
-    pub opens: u64,
-    /// Inodes read through passthrough now.
-    pub inodes_now: usize,
 }
 
 #[derive(Default)]

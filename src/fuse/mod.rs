@@ -347,23 +347,7 @@ impl Filesystem for FuseAdapter {
         let flags = open_flags(flags, req);
         self.spawn(debug_span!("open", ino = ino.0), async move {
             match fs.open_file(ino.0, flags).await {
-                Ok(opened) => {
-                    let mut flags = FopenFlags::empty();
-                    flags.set(FopenFlags::FOPEN_KEEP_CACHE, opened.keep_cache);
-                    flags.set(FopenFlags::FOPEN_DIRECT_IO, opened.direct_io);
-                    match opened.backing {
-                        Some(id) => {
-                            // The ID is the filesystem's to close (at the last
-                            // release of the file), not this reply's.
-                            // SAFETY: the ID was opened on this connection and
-                            // stays open while the handle is.
-                            let backing = unsafe { reply.wrap_backing(id) };
-                            reply.opened_passthrough(FileHandle(opened.fh), flags, &backing);
-                            let _ = backing.into_raw();
-                        }
-                        None => reply.opened(FileHandle(opened.fh), flags),
-                    }
-                }
+                Ok(opened) => reply::opened(reply, &opened),
                 Err(e) => reply.error(errno(&fs, "open", &e)),
             }
         });

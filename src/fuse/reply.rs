@@ -1,10 +1,13 @@
 //! What goes back to the kernel: a file's attributes, the errno of a failure
 //! (logged once), and the answer to a request that panicked.
 
-use fuser::{Errno, FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyOpen,
+};
 use tracing::{debug, error, warn};
 
-use crate::fs::{Attr, DirEntry, Entry, Fs, FsError, Kind, Mutation};
+use crate::fs::{Attr, DirEntry, Entry, Fs, FsError, Kind, Mutation, Opened};
 
 /// Runs the part of a request answered on a FUSE thread. A panic in it (a
 /// bug) is logged and answered EIO by the reply it dropped (`None`), and the
@@ -122,4 +125,24 @@ pub(super) fn fill_directory_plus(
         }
     }
     reply.ok();
+}
+
+/// Answers an open: with the backing file the kernel is to read the file from
+/// (passthrough), or with the flags of its page cache.
+pub(super) fn opened(reply: ReplyOpen, opened: &Opened) {
+    let mut flags = FopenFlags::empty();
+    flags.set(FopenFlags::FOPEN_KEEP_CACHE, opened.keep_cache);
+    flags.set(FopenFlags::FOPEN_DIRECT_IO, opened.direct_io);
+    match opened.backing {
+        Some(id) => {
+            // The ID is the filesystem's to close (at the last release of the
+            // file), not this reply's.
+            // SAFETY: the ID was opened on this connection and stays open
+            // while the handle is.
+            let backing = unsafe { reply.wrap_backing(id) };
+            reply.opened_passthrough(FileHandle(opened.fh), flags, &backing);
+            let _ = backing.into_raw();
+        }
+        None => reply.opened(FileHandle(opened.fh), flags),
+    }
 }

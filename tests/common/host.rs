@@ -196,7 +196,9 @@ pub fn owned_dir(parent: &Path, name: &str, (uid, gid): (u32, u32)) -> PathBuf {
 /// What processes of the calling thread's namespace send to syslog(3): a
 /// datagram socket bound over /dev/log, as journald's or rsyslog's is.
 pub struct SyslogListener {
-    socket: UnixDatagram,
+    received: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
     _scratch: Scratch,
 }
 
@@ -231,22 +233,50 @@ impl SyslogListener {
         std::fs::write("/dev/log", b"").unwrap();
         cover(&path, "/dev/log");
         socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
+            .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
+        // Read as they come, as a syslog daemon does: a socket's queue holds
+        // only a few datagrams (net.unix.max_dgram_qlen), and a sender blocks
+        // once it is full.
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match socket.recv(&mut buf) {
+                        Ok(n) => received
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                        Err(_) if stop.load(std::sync::atomic::Ordering::SeqCst) => break,
+                        Err(_) => {}
+                    }
+                }
+            })
+        };
         SyslogListener {
-            socket,
+            received,
+            stop,
+            reader: Some(reader),
             _scratch: scratch,
         }
     }
 
     /// The messages received so far, each as syslog(3) sent it:
-    /// `<PRIORITY>TIMESTAMP TAG[PID]: TEXT`.
-    pub fn messages(&self) -> Vec<String> {
-        let mut messages = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = self.socket.recv(&mut buf) {
-            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    /// `<PRIORITY>TIMESTAMP TAG[PID]: TEXT`. Waits for those still queued.
+    pub fn messages(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
         }
-        messages
+        std::mem::take(&mut *self.received.lock().unwrap())
+    }
+}
+
+impl Drop for SyslogListener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -625,6 +625,33 @@ pub fn worker_pids(mountpoint: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The one worker serving `mountpoint`.
+pub fn the_worker(mountpoint: &Path) -> i32 {
+    let pids = worker_pids(mountpoint);
+    assert_eq!(pids.len(), 1, "one worker serves {}", mountpoint.display());
+    pids[0]
+}
+
+/// Kills the worker serving `mountpoint` with SIGKILL and waits for its
+/// successor; the successor's process.
+pub fn kill_worker(mountpoint: &Path) -> i32 {
+    let old = the_worker(mountpoint);
+    // SAFETY: kill(2) of the worker a test's mount started.
+    assert_eq!(unsafe { libc::kill(old, libc::SIGKILL) }, 0, "kill {old}");
+    let mut new = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            new = worker_pids(mountpoint)
+                .into_iter()
+                .find(|&p| p != old)
+                .unwrap_or(0);
+            new != 0
+        }),
+        "no new worker after the first was killed"
+    );
+    new
+}
+
 /// The peak resident memory (VmHWM) of the daemon serving `mountpoint`, in MiB.
 pub fn peak_rss_mib(mountpoint: &Path) -> u64 {
     let pid = worker_pids(mountpoint)[0];

@@ -645,6 +645,14 @@ async fn two_customers_volumes_with_their_own_roles_and_ids_on_one_node() {
     let mut second = request_a.clone();
     second.target_path = target_a2.to_str().unwrap().into();
     publish(&mut node, second).await.unwrap();
+    // A CSI volume outlives its worker too: the same daemon, the same files.
+    let daemon = common::daemon_pids(&target_a2);
+    common::kill_worker(&target_a2);
+    assert_eq!(common::daemon_pids(&target_a2), daemon);
+    assert_eq!(
+        std::fs::read(target_a2.join("a.txt")).unwrap(),
+        b"inside the volume\n"
+    );
     unpublish(&mut node, "customer-a", &target_a).await;
     assert!(!target_a.exists());
     assert_eq!(

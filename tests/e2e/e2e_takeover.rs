@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Mount, Server, daemon_pids, is_mounted, wait_until, worker_pids};
+use common::{
+    Mount, Server, daemon_pids, is_mounted, kill_worker, the_worker, wait_until, worker_pids,
+};
 
 const BUCKET: &str = "vol";
 const MIB: usize = 1024 * 1024;
@@ -23,33 +25,9 @@ async fn garage() -> Server {
     Server::garage_with(BUCKET).await
 }
 
-fn the_worker(mountpoint: &Path) -> i32 {
-    let pids = worker_pids(mountpoint);
-    assert_eq!(pids.len(), 1, "one worker serves {}", mountpoint.display());
-    pids[0]
-}
-
 fn kill(pid: i32) {
     // SAFETY: kill(2) on the worker this test's mount started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
-}
-
-/// Kills the worker and waits for its successor; the successor's process.
-fn kill_worker(mountpoint: &Path) -> i32 {
-    let old = the_worker(mountpoint);
-    kill(old);
-    let mut new = 0;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            new = worker_pids(mountpoint)
-                .into_iter()
-                .find(|&p| p != old)
-                .unwrap_or(0);
-            new != 0
-        }),
-        "no new worker after the first was killed"
-    );
-    new
 }
 
 fn rss_kib(pid: i32) -> u64 {

@@ -311,7 +311,8 @@ async fn mount_n_mounts_in_another_namespace() {
 }
 
 /// Under systemd, or mounted by hand without `log_file`, the daemon's log goes
-/// to syslog, that is to the journal (`journalctl -t s3vol`).
+/// to syslog, that is to the journal (`journalctl -t s3vol`). A volume mounted
+/// through mount(8) outlives its worker too.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn a_volume_without_a_log_file_logs_to_syslog() {
@@ -336,13 +337,17 @@ async fn a_volume_without_a_log_file_logs_to_syslog() {
             &["-t", "s3vol", "vol/root", mnt_arg, "-o", &options],
         );
         assert!(succeeded(&out));
-        let pids = [daemon_pids(&mnt)[0], common::worker_pids(&mnt)[0]];
+        let supervisor = daemon_pids(&mnt)[0];
+        let first = common::the_worker(&mnt);
+        assert_eq!(std::fs::read_dir(mnt.join("a")).unwrap().count(), 0);
+        let second = common::kill_worker(&mnt);
+        assert_eq!(daemon_pids(&mnt)[0], supervisor, "the same volume");
         assert_eq!(std::fs::read_dir(mnt.join("a")).unwrap().count(), 0);
         assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
         common::assert_daemon_exits(&mnt, "outlived umount");
-        (pids, syslog.messages())
+        ([supervisor, first, second], syslog.messages())
     });
-    // The supervisor's lines and its worker's.
+    // The supervisor's lines and its workers'.
     let tags = pids.map(|pid| format!(" s3vol[{pid}]: "));
     assert!(!messages.is_empty(), "nothing reached syslog");
     assert!(
@@ -363,6 +368,10 @@ async fn a_volume_without_a_log_file_logs_to_syslog() {
         "{messages:#?}"
     );
     assert!(sent("<30>", "unmounted"), "{messages:#?}");
+    assert!(
+        sent("<30>", "took over from the worker before"),
+        "{messages:#?}"
+    );
 }
 
 /// An fstab line's `external_id=`, as mount(8) hands it to the helper and the
