@@ -49,6 +49,10 @@ struct Entry {
 
 /// The data file of one version.
 struct Version {
+    /// The version's key and ETag: a version name (a hash of them) shared
+    /// by another version is a miss, never the other's data.
+    key: String,
+    etag: String,
     /// Names the data file (`{seq:x}.data`): a version whose last block went
     /// and that is cached again gets a new file, which no writer of the old
     /// one can touch.
@@ -57,8 +61,13 @@ struct Version {
     file: Option<Arc<File>>,
     /// Its blocks counted in `Files::entries`, written or being written.
     blocks: usize,
-    /// While any pin is held, none of its blocks is evicted or punched.
+    /// While any pin is held, none of its blocks is evicted.
     pins: usize,
+    /// The file was handed to a reader of its own (the kernel): its bytes
+    /// may be read, and mapped, for as long as that reader keeps it, even
+    /// after its last handle is released. No range of it is punched: it goes
+    /// whole, unlinked, when a block of it must go.
+    exposed: bool,
 }
 
 struct Files {
@@ -91,10 +100,9 @@ impl Files {
             let _ = dir.remove_file(&data_name(entry.seq));
             return Vec::new();
         }
-        if version.pins > 0 {
-            // The kernel may be reading the file: its bytes stay until the
-            // version goes; a block cached again writes the same bytes.
-            return Vec::new();
+        if version.exposed {
+            // Another reader may hold the file: it goes whole, intact.
+            return self.drop_version(&entry.version, dir);
         }
         let Some(file) = &version.file else {
             return Vec::new();
@@ -227,11 +235,18 @@ impl DiskTier {
             .versions
             .entry(span.version.clone())
             .or_insert_with(|| Version {
+                key: span.id.key.clone(),
+                etag: span.id.etag.clone(),
                 seq: next_name(),
                 file: None,
                 blocks: 0,
                 pins: 0,
+                exposed: false,
             });
+        if version.key != span.id.key || version.etag != span.id.etag {
+            // Another version's name: not cached on disk.
+            return false;
+        }
         version.blocks += 1;
         let entry = Entry {
             size,
@@ -322,7 +337,7 @@ impl DiskTier {
             let same_file = files
                 .versions
                 .get(&span.version)
-                .is_some_and(|v| v.seq == seq);
+                .is_some_and(|v| v.seq == seq && !v.exposed);
             if same_file && !files.entries.contains(name) {
                 let _ = punch(&file, span.start, data.len() as u64);
             }
@@ -365,23 +380,33 @@ impl DiskTier {
         Some((version.file.clone()?, version.seq, header))
     }
 
-    /// Pins version `version` of `blocks` blocks if every one of them is
-    /// written, and opens its data file anew (the tier's own descriptor reads
-    /// without read-ahead), checked to be the same file and `size` bytes
-    /// long. Marks its blocks recently used.
+    /// Pins the version `version` of `key` at `etag`, of `blocks` blocks,
+    /// if every one of them is written, and opens its data file anew (the
+    /// tier's own descriptor reads without read-ahead), checked to be the
+    /// same file and `size` bytes long. Marks its blocks recently used; from
+    /// now on the file is never punched (see [`Version::exposed`]).
     pub(super) fn pin_whole(
         &self,
-        version: &str,
+        (version, key, etag): (&str, &str, &str),
         blocks: &[String],
         size: u64,
     ) -> Option<WholeFile> {
         let (seq, ours) = {
             let mut files = self.files.lock();
-            let whole = blocks
-                .iter()
-                .all(|name| files.entries.get(name).is_some_and(|e| e.written));
+            let seq = files
+                .versions
+                .get(version)
+                .filter(|v| v.key == key && v.etag == etag)?
+                .seq;
+            let whole = blocks.iter().all(|name| {
+                files
+                    .entries
+                    .get(name)
+                    .is_some_and(|e| e.written && e.version == version && e.seq == seq)
+            });
             let held = files.versions.get_mut(version).filter(|_| whole)?;
             held.pins += 1;
+            held.exposed = true;
             (held.seq, held.file.clone())
         };
         let pin = Pin {
@@ -413,6 +438,15 @@ impl DiskTier {
         for name in names {
             open.pop(name);
         }
+    }
+
+    /// Whether block `name` is still the one written with header `header`.
+    fn still_holds(&self, name: &str, header: &str) -> bool {
+        let files = self.files.lock();
+        files
+            .entries
+            .peek(name)
+            .is_some_and(|e| e.written && e.header == header)
     }
 
     /// Drops a block that is gone or damaged.
@@ -461,15 +495,13 @@ impl Tier for DiskTier {
     fn get(&self, span: &Span) -> Option<Bytes> {
         let name = span.name.as_str();
         // Marks the block recently used; skips one being written or evicted.
-        let usable = self
+        let header = self
             .files
             .lock()
             .entries
             .get(name)
-            .is_some_and(|e| e.written);
-        if !usable {
-            return None;
-        }
+            .filter(|e| e.written)
+            .map(|e| e.header.clone())?;
         match self
             .open_block(span)
             .and_then(|block| block.read(span.want.clone()))
@@ -478,6 +510,11 @@ impl Tier for DiskTier {
             Err(ReadFailure::Missing) => {
                 // Evicted between the check and the read.
                 self.forget(name);
+                None
+            }
+            Err(ReadFailure::Damaged(_)) if !self.still_holds(name, &header) => {
+                // Evicted (and punched) while it was read: a miss.
+                self.close(&[name.to_string()]);
                 None
             }
             Err(ReadFailure::Damaged(why)) => {

@@ -398,7 +398,15 @@ impl BlockCache {
         let blocks: Vec<String> = (0..size.div_ceil(BLOCK_SIZE))
             .map(|index| Span::new(key, etag, size, index, &all).name)
             .collect();
-        self.disk.pin_whole(&version_name(key, etag), &blocks, size)
+        self.disk
+            .pin_whole((&version_name(key, etag), key, etag), &blocks, size)
+    }
+
+    /// A file with no name where the cache's files are, of the same file
+    /// system (what the kernel is asked to read a whole file from must be on
+    /// one it takes).
+    pub fn probe_file(&self) -> io::Result<std::fs::File> {
+        self.dir.dir().unnamed_file()
     }
 
     /// Drops every block of the version `etag` of `key` (`size` bytes long):
@@ -639,6 +647,7 @@ mod tests {
     #[test]
     fn a_version_whole_on_disk_is_a_plain_copy_kept_while_pinned() {
         use std::io::Read;
+        use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path(), 3 * BLOCK_SIZE, 0);
         let size = 2 * BLOCK_SIZE + 1000;
@@ -670,20 +679,52 @@ mod tests {
         assert!(!cache.disk.holds(&block("other", 0)));
         assert!((0..3).all(|i| cache.disk.holds(&block("k", i))));
         assert!(cache.disk_used() <= 3 * BLOCK_SIZE);
+        // The kernel may keep the file past the last release (a mapping):
+        // once handed over, it is never punched, only removed whole.
+        let kept = whole.file.try_clone().unwrap();
         drop(whole);
         put("other", 0);
         assert!(cache.disk.holds(&block("other", 0)));
+        assert!(
+            (0..3).all(|i| !cache.disk.holds(&block("k", i))),
+            "the version went whole"
+        );
+        assert!(!data_file.exists());
+        let other = block_file::file_len(&block("other", 0).id, BLOCK_SIZE as usize);
+        assert_eq!(cache.disk_used(), other);
+        let mut read = vec![0u8; size as usize];
+        kept.read_exact_at(&mut read, 0).unwrap();
+        assert!(read == object, "what the kernel holds reads on intact");
+        assert!(cache.whole_file("k", "\"e\"", size).is_none());
+    }
+
+    #[test]
+    fn an_evicted_block_of_a_version_never_handed_over_is_punched_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 2 * BLOCK_SIZE + 64 * KIB, 0);
+        let size = 2 * BLOCK_SIZE;
+        let object = data(6, size as usize);
+        let all = 0..size;
+        let block = |key: &str, index| Span::new(key, "\"e\"", size, index, &all).whole();
+        let put = |key, index| {
+            let span = block(key, index);
+            let start = span.start as usize;
+            cache
+                .disk
+                .put(&span, &object.slice(start..start + span.len));
+        };
+        put("k", 0);
+        put("k", 1);
+        let data_file = cache.disk.path(&block("k", 0), true);
+        put("other", 0);
         assert!(!cache.disk.holds(&block("k", 0)), "the oldest block went");
         assert!(
             allocated(&data_file) <= BLOCK_SIZE + 64 * KIB,
-            "the block's range was punched out: {} bytes left",
+            "its range was punched out: {} bytes left",
             allocated(&data_file)
         );
-        assert!(cache.whole_file("k", "\"e\"", size).is_none());
-        assert!(
-            cache.disk_get(&block("k", 1)).is_some(),
-            "the others still read"
-        );
+        let rest = object.slice(BLOCK_SIZE as usize..);
+        assert_eq!(cache.disk_get(&block("k", 1)).unwrap(), rest);
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl Fs {
             self.inodes.lock().note_open(ino, None);
             let ticket = self.passthrough.open(ino, None, || None);
             if ticket.io == Io::Conflict {
-                return Err(self.replaced(&node));
+                return Err(self.replaced(ino, &node));
             }
             direct_io = false;
             let handle = OpenFile::Staged {
@@ -89,6 +89,11 @@ impl Fs {
             // Encrypted: a HEAD now, for the key of the version read.
             let opening = self.open_encrypted(ino, node).await?;
             node = opening.node;
+            // Before the size: a new version the kernel cannot be given for
+            // this inode goes to a new one at once, in one ESTALE.
+            if self.passthrough.reads_other(ino, &node.stat.etag) {
+                return Err(self.replaced(ino, &node));
+            }
             if let Some(was) = told.filter(|&was| was != node.stat.size) {
                 self.kernel.attributes_changed(ino);
                 return Err(FsError::Resized {
@@ -116,7 +121,7 @@ impl Fs {
                     .open(ino, Some(&node.stat.etag), || self.whole_file(&node))
             });
             match ticket.as_ref().map(|t| t.io) {
-                Some(Io::Conflict) => return Err(self.replaced(&node)),
+                Some(Io::Conflict) => return Err(self.replaced(ino, &node)),
                 Some(Io::Passthrough(id)) => backing = Some(id),
                 _ => {}
             }
@@ -161,8 +166,12 @@ impl Fs {
     /// of it leaves no way to answer: the name gets a new inode, which the
     /// kernel, told ESTALE, looks up and opens; the old one serves its
     /// readers until they close.
-    fn replaced(&self, node: &Node) -> FsError {
-        self.inodes.lock().remove_child(node.parent, &node.name);
+    fn replaced(&self, ino: u64, node: &Node) -> FsError {
+        // Only while the name is still this inode's: another open may have
+        // given it a new one already.
+        self.inodes
+            .lock()
+            .remove_child_of(node.parent, &node.name, ino);
         FsError::Replaced {
             key: node.key.clone(),
         }
@@ -463,8 +472,10 @@ impl Fs {
     /// the upload. The last handle on a staged file frees the staging file; changes
     /// whose upload failed (the application was told at close) are not retried.
     pub async fn release(&self, fh: u64) {
-        self.passthrough.release(fh);
+        // Recorded closed before its backing ID can go: a worker killed in
+        // between leaves the next one no ID that is closed.
         let handle = self.handles.close(fh);
+        self.passthrough.release(fh);
         match handle {
             Some(OpenFile::Staged { ino, writer, .. }) => self.release_staged(ino, writer).await,
             Some(OpenFile::Object { ino, etag, .. }) => {

@@ -428,6 +428,16 @@ impl InodeTable {
         }
     }
 
+    /// [`InodeTable::remove_child`], if `parent/name` is still `ino`.
+    pub fn remove_child_of(&mut self, parent: u64, name: &str, ino: u64) {
+        if self
+            .child(parent, name)
+            .is_some_and(|(child, _)| child == ino)
+        {
+            self.remove_child(parent, name);
+        }
+    }
+
     /// Moves `ino` to `new_parent/new_name`, keeping its number (the kernel keeps
     /// its inode across a rename), replacing whatever had that name, and rewrites
     /// the keys of everything known under it. Returns the inodes whose key changed.

@@ -196,8 +196,7 @@ pub struct Opened {
     /// The kernel's cached pages of the file are of the version opened.
     pub keep_cache: bool,
     /// The kernel is to keep no page of what the handle reads (an encrypted
-    /// version not yet authenticated, or another open of the file is read
-    /// through passthrough): every read comes here.
+    /// version not yet authenticated): every read comes here.
     pub direct_io: bool,
     /// The kernel is to read the file from the backing file of this ID
     /// (passthrough).
@@ -302,7 +301,14 @@ impl Fs {
     /// Gives the filesystem the kernel's backing files (once mounted), for
     /// files whole in the disk cache to be read through passthrough.
     pub fn set_backings(&self, backings: Arc<dyn passthrough::Backings>) {
-        self.passthrough.attach(backings);
+        let probe = self.config.cache.as_ref().and_then(|c| c.probe_file().ok());
+        self.passthrough.attach(backings, probe);
+    }
+
+    /// Whether files may be read through passthrough: the kernel is to be
+    /// asked for it.
+    pub fn may_pass_through(&self) -> bool {
+        self.passthrough.is_on()
     }
 
     /// The kernel cannot read files through passthrough, for `why`.

@@ -95,9 +95,22 @@ pub struct Passthrough {
 }
 
 impl Passthrough {
-    /// The kernel's backing files, once mounted.
-    pub fn attach(&self, backings: Arc<dyn Backings>) {
+    /// The kernel's backing files, once mounted; `probe`, a file where the
+    /// cache's files are, is registered and let go at once, so that a
+    /// refusal (and why) is known before the first open.
+    pub fn attach(&self, backings: Arc<dyn Backings>, probe: Option<File>) {
+        if let (None, Some(probe)) = (self.off.get(), probe) {
+            match backings.open(&probe) {
+                Ok(id) => backings.close(id),
+                Err(e) => self.refused(&e),
+            }
+        }
         let _ = self.backings.set(backings);
+    }
+
+    /// Whether the kernel may still be asked for backing files.
+    pub fn is_on(&self) -> bool {
+        self.off.get().is_none()
     }
 
     /// Passthrough is off for good, for `why`, which the log says.
@@ -155,9 +168,6 @@ impl Passthrough {
         if let Some(counted) = counted {
             count(mode, counted, 1);
         }
-        if matches!(io, Io::Passthrough(_)) {
-            self.opens.fetch_add(1, Ordering::Relaxed);
-        }
         Ticket {
             passthrough: self,
             ino,
@@ -177,26 +187,39 @@ impl Passthrough {
         match backings.open(&whole.file) {
             Ok(id) => Some((id, whole)),
             Err(e) => {
-                match e.raw_os_error() {
-                    Some(libc::EPERM) => self.turn_off(
-                        "the kernel refused a backing file (EPERM): the daemon lacks \
-                         CAP_SYS_ADMIN, or the volume was mounted by a kernel without FUSE \
-                         passthrough"
-                            .into(),
-                    ),
-                    Some(libc::ELOOP) => self.turn_off(
-                        "the cache directory is on a stacked file system (overlayfs?): put \
-                         --cache-dir on a plain one"
-                            .into(),
-                    ),
-                    Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL) => {
-                        self.turn_off(format!("the kernel has no FUSE passthrough ({e})"))
-                    }
-                    _ => debug!(error = %e, "no backing file for this open"),
-                }
+                self.refused(&e);
                 None
             }
         }
+    }
+
+    /// The kernel refused a backing file: for good (passthrough goes off,
+    /// saying why), or for this file alone.
+    fn refused(&self, e: &io::Error) {
+        match e.raw_os_error() {
+            Some(libc::EPERM) => self.turn_off(
+                "the kernel refused a backing file (EPERM): the daemon lacks CAP_SYS_ADMIN, \
+                 or the volume was mounted by a kernel without FUSE passthrough"
+                    .into(),
+            ),
+            Some(libc::ELOOP) => self.turn_off(
+                "the cache directory is on a stacked file system (overlayfs?): put \
+                 --cache-dir on a plain one"
+                    .into(),
+            ),
+            Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL) => {
+                self.turn_off(format!("the kernel has no FUSE passthrough ({e})"))
+            }
+            _ => debug!(error = %e, "no backing file for this open"),
+        }
+    }
+
+    /// Whether the kernel reads `ino` from the backing file of a version
+    /// other than `etag`.
+    pub fn reads_other(&self, ino: u64, etag: &str) -> bool {
+        let state = self.state.lock();
+        let backing = state.inodes.get(&ino).and_then(|m| m.backing.as_ref());
+        backing.is_some_and(|b| *b.etag != *etag)
     }
 
     /// A handle a worker before this one opened on `ino`, with the backing ID
@@ -267,6 +290,9 @@ pub struct Ticket<'a> {
 impl Ticket<'_> {
     /// The open is handle `fh`: counted until it is released.
     pub fn bind(mut self, fh: u64) {
+        if matches!(self.io, Io::Passthrough(_)) {
+            self.passthrough.opens.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(counted) = self.counted.take() {
             self.passthrough
                 .state
@@ -283,5 +309,153 @@ impl Drop for Ticket<'_> {
             let mut state = self.passthrough.state.lock();
             self.passthrough.uncount(&mut state, self.ino, counted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{BlockCache, CacheConfig};
+    use crate::local_dir::LocalDir;
+
+    /// The kernel's registry, as far as the tests need: IDs handed out and
+    /// let go, and optionally a refusal.
+    #[derive(Default)]
+    struct Kernel {
+        next: Mutex<u32>,
+        open: Mutex<Vec<u32>>,
+        closed: Mutex<Vec<u32>>,
+        refuse: Option<i32>,
+    }
+
+    impl Backings for Kernel {
+        fn open(&self, _: &File) -> io::Result<u32> {
+            if let Some(errno) = self.refuse {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            let mut next = self.next.lock();
+            *next += 1;
+            self.open.lock().push(*next);
+            Ok(*next)
+        }
+
+        fn close(&self, id: u32) {
+            self.closed.lock().push(id);
+        }
+    }
+
+    /// A cache holding the whole of `key` (one small block) on disk.
+    async fn cache_with(key: &str, dir: &tempfile::TempDir) -> Arc<BlockCache> {
+        let cache = Arc::new(
+            BlockCache::open(CacheConfig {
+                dir: LocalDir::open_or_create(dir.path()).unwrap(),
+                disk_bytes: 1 << 20,
+                memory_bytes: 0,
+                write_backlog: 1 << 20,
+            })
+            .unwrap(),
+        );
+        cache
+            .keep_whole(key, "\"e1\"", &bytes::Bytes::from_static(b"content"))
+            .await;
+        for _ in 0..100 {
+            if cache.whole_file(key, "\"e1\"", 7).is_some() {
+                return cache;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the block never reached the disk");
+    }
+
+    #[tokio::test]
+    async fn one_backing_id_per_inode_shared_by_its_version_and_let_go_with_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache_with("k", &dir).await;
+        let whole = || cache.whole_file("k", "\"e1\"", 7);
+        let kernel = Arc::new(Kernel::default());
+        let passthrough = Passthrough::default();
+        passthrough.attach(kernel.clone(), None);
+
+        // A cached open first: no passthrough until it is released.
+        let cached = passthrough.open(1, Some("\"e1\""), || None);
+        assert_eq!(cached.io, Io::Cached);
+        cached.bind(10);
+        let second = passthrough.open(1, Some("\"e1\""), whole);
+        assert_eq!(second.io, Io::Cached, "the inode has a cached open");
+        second.bind(11);
+        passthrough.release(10);
+        passthrough.release(11);
+
+        let first = passthrough.open(1, Some("\"e1\""), whole);
+        assert_eq!(first.io, Io::Passthrough(1));
+        first.bind(20);
+        let again = passthrough.open(1, Some("\"e1\""), whole);
+        assert_eq!(
+            again.io,
+            Io::Passthrough(1),
+            "the same ID for the same version"
+        );
+        again.bind(21);
+        assert_eq!(*kernel.open.lock(), [1]);
+        // Neither another version nor a staged file can share it.
+        assert_eq!(
+            passthrough.open(1, Some("\"e2\""), || None).io,
+            Io::Conflict
+        );
+        assert_eq!(passthrough.open(1, None, || None).io, Io::Conflict);
+        assert!(passthrough.reads_other(1, "\"e2\"") && !passthrough.reads_other(1, "\"e1\""));
+        // An open that never became a handle counts nothing.
+        drop(passthrough.open(1, Some("\"e1\""), whole));
+        assert_eq!(passthrough.status().inodes_now, 1);
+        passthrough.release(20);
+        assert!(kernel.closed.lock().is_empty(), "one open left");
+        passthrough.release(21);
+        passthrough.release(21);
+        assert_eq!(*kernel.closed.lock(), [1], "let go once, with the last");
+        let status = passthrough.status();
+        assert_eq!((status.opens, status.inodes_now), (2, 0));
+        // The next open registers the file anew.
+        assert_eq!(
+            passthrough.open(1, Some("\"e1\""), whole).io,
+            Io::Passthrough(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_turns_it_off_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache_with("k", &dir).await;
+        let kernel = Arc::new(Kernel {
+            refuse: Some(libc::EPERM),
+            ..Kernel::default()
+        });
+        let passthrough = Passthrough::default();
+        passthrough.attach(kernel, cache.probe_file().ok());
+        let off = passthrough.status().off.expect("off at the probe");
+        assert!(off.contains("CAP_SYS_ADMIN"), "{off}");
+        let whole = || cache.whole_file("k", "\"e1\"", 7);
+        assert_eq!(passthrough.open(1, Some("\"e1\""), whole).io, Io::Cached);
+    }
+
+    #[test]
+    fn a_backing_id_a_dead_worker_left_is_shared_and_let_go() {
+        let kernel = Arc::new(Kernel::default());
+        let passthrough = Passthrough::default();
+        passthrough.attach(kernel.clone(), None);
+        passthrough.adopt(7, 1, "\"e1\"", Some(42));
+        passthrough.adopt(8, 2, "\"e1\"", None);
+        let joined = passthrough.open(1, Some("\"e1\""), || None);
+        assert_eq!(joined.io, Io::Passthrough(42));
+        joined.bind(9);
+        assert_eq!(
+            passthrough.open(1, Some("\"e2\""), || None).io,
+            Io::Conflict
+        );
+        // An inode with an adopted cached handle gets no passthrough.
+        assert_eq!(passthrough.open(2, Some("\"e1\""), || None).io, Io::Cached);
+        passthrough.release(7);
+        passthrough.release(9);
+        assert_eq!(*kernel.closed.lock(), [42]);
+        assert!(kernel.open.lock().is_empty());
     }
 }

@@ -115,6 +115,11 @@ impl Filesystem for FuseAdapter {
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Files whole in the disk cache are read by the kernel from the cache's
         // files (see fs::passthrough), which lie on a plain file system.
+        // Asked for only where it may serve: it makes the volume a stacked
+        // file system.
+        if !self.fs.may_pass_through() {
+            return Ok(());
+        }
         match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
             Ok(()) => {
                 let _ = config.set_max_stack_depth(1);
