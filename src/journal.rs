@@ -103,14 +103,20 @@ pub enum Record {
 #[serde(rename_all = "snake_case")]
 pub enum Handle {
     Directory,
-    /// Reads the object version `etag`, `size` bytes long; with `backing`,
-    /// the kernel reads it from the backing file of that ID (passthrough),
-    /// which stays open until the handle's release.
+    /// Reads the object version `etag`, `size` bytes long.
     Object {
         etag: String,
         size: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        backing: Option<u32>,
+    },
+    /// Reads the object version `etag`, `size` bytes long, which the kernel
+    /// reads from the backing file of ID `backing` (passthrough), open until
+    /// the handle's release. A variant of its own: a build that knows no
+    /// passthrough refuses the journal rather than answer an open of the
+    /// file in a way the kernel fails.
+    Passthrough {
+        etag: String,
+        size: u64,
+        backing: u32,
     },
     /// A file being written (`writing`: through this handle), or read
     /// through its staged copy: its state lived in the worker alone.
@@ -450,10 +456,10 @@ mod tests {
         journal.record(&Record::Opened {
             fh: 7,
             ino: 2,
-            open: Handle::Object {
+            open: Handle::Passthrough {
                 etag: "\"e\"".into(),
                 size: 5,
-                backing: Some(9),
+                backing: 9,
             },
         });
         journal.record(&Record::Dropped { ino: 3 });
@@ -484,10 +490,7 @@ mod tests {
         assert_eq!(carried.handles[&7].0, 2);
         assert!(matches!(
             carried.handles[&7].1,
-            Handle::Object {
-                backing: Some(9),
-                ..
-            }
+            Handle::Passthrough { backing: 9, .. }
         ));
         assert_eq!(
             carried.uploads.into_iter().collect::<Vec<_>>(),

@@ -167,13 +167,27 @@ pub struct DiskTier {
 /// it is handed to, and the pin, which lets its blocks go when dropped.
 pub struct WholeFile {
     pub file: File,
-    _pin: Pin,
+    pin: Pin,
 }
 
 struct Pin {
     files: Arc<Mutex<Files>>,
     version: String,
     seq: u64,
+}
+
+impl WholeFile {
+    /// The file was handed to a reader of its own (the kernel), which may
+    /// keep it past the pin: from now on it is never punched, only removed
+    /// whole (see [`Version::exposed`]).
+    pub fn handed_over(&self) {
+        let mut files = self.pin.files.lock();
+        if let Some(version) = files.versions.get_mut(&self.pin.version)
+            && version.seq == self.pin.seq
+        {
+            version.exposed = true;
+        }
+    }
 }
 
 impl Drop for Pin {
@@ -383,8 +397,7 @@ impl DiskTier {
     /// Pins the version `version` of `key` at `etag`, of `blocks` blocks,
     /// if every one of them is written, and opens its data file anew (the
     /// tier's own descriptor reads without read-ahead), checked to be the
-    /// same file and `size` bytes long. Marks its blocks recently used; from
-    /// now on the file is never punched (see [`Version::exposed`]).
+    /// same file and `size` bytes long. Marks its blocks recently used.
     pub(super) fn pin_whole(
         &self,
         (version, key, etag): (&str, &str, &str),
@@ -406,7 +419,6 @@ impl DiskTier {
             });
             let held = files.versions.get_mut(version).filter(|_| whole)?;
             held.pins += 1;
-            held.exposed = true;
             (held.seq, held.file.clone())
         };
         let pin = Pin {
@@ -418,7 +430,7 @@ impl DiskTier {
         let file = self.dir.open_file(&data_name(seq)).ok()?;
         let (theirs, ours) = (file.metadata().ok()?, ours.metadata().ok()?);
         let same = (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) && ours.len() == size;
-        same.then_some(WholeFile { file, _pin: pin })
+        same.then_some(WholeFile { file, pin })
     }
 
     /// Remembers an open block, unless it was evicted meanwhile (its

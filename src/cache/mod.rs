@@ -670,6 +670,7 @@ mod tests {
         put("k", 1);
         let data_file = cache.disk.path(&block("k", 0), true);
         let mut whole = cache.whole_file("k", "\"e\"", size).unwrap();
+        whole.handed_over();
         let mut read = Vec::new();
         whole.file.read_to_end(&mut read).unwrap();
         assert!(read == object, "the data file is the object");

@@ -126,12 +126,19 @@ impl HandleTable {
                 reader,
                 backing,
                 ..
-            } => Handle::Object {
-                etag: etag.to_string(),
+            } => {
+                let etag = etag.to_string();
                 // Not yet shared: no one else holds the lock.
-                size: reader.try_lock().map_or(0, |r| r.object().size),
-                backing: *backing,
-            },
+                let size = reader.try_lock().map_or(0, |r| r.object().size);
+                match *backing {
+                    Some(backing) => Handle::Passthrough {
+                        etag,
+                        size,
+                        backing,
+                    },
+                    None => Handle::Object { etag, size },
+                }
+            }
             OpenFile::Staged { writer, .. } => Handle::Staged {
                 writing: writer.is_some(),
             },

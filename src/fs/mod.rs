@@ -268,6 +268,12 @@ impl Fs {
             passthrough.not_configured(
                 "a read-write volume (a file opened for writing must reach the daemon)",
             );
+        } else if let Some(why) = config
+            .cache
+            .as_ref()
+            .and_then(|cache| passthrough::cannot_pass_through(cache.dir()))
+        {
+            passthrough.turn_off(why);
         }
         if let Some(stats) = &config.stats {
             let status = Arc::downgrade(&passthrough);

@@ -185,7 +185,10 @@ impl Passthrough {
         let backings = self.backings.get()?;
         let whole = whole()?;
         match backings.open(&whole.file) {
-            Ok(id) => Some((id, whole)),
+            Ok(id) => {
+                whole.handed_over();
+                Some((id, whole))
+            }
             Err(e) => {
                 self.refused(&e);
                 None
@@ -269,6 +272,33 @@ impl Passthrough {
             backings.close(backing.id);
         }
     }
+}
+
+/// Why the kernel would refuse backing files from the cache directory `dir`,
+/// known before the volume is mounted (the kernel is then not asked for
+/// passthrough at all, which would make the volume a stacked file system):
+/// no CAP_SYS_ADMIN, or a directory on overlayfs.
+pub fn cannot_pass_through(dir: &std::path::Path) -> Option<String> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
+    if effective & (1 << CAP_SYS_ADMIN) == 0 {
+        return Some(
+            "the daemon lacks CAP_SYS_ADMIN, which the kernel asks of whoever hands it a \
+             backing file"
+                .into(),
+        );
+    }
+    let stacked = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC);
+    stacked.then(|| {
+        "the cache directory is on a stacked file system (overlayfs): put --cache-dir on a \
+         plain one"
+            .into()
+    })
 }
 
 fn count(mode: &mut Mode, counted: Counted, by: isize) {

@@ -110,18 +110,22 @@ impl Fs {
             // handle can be served: it ends at the handle's release.
             match &open {
                 Handle::Directory => {}
-                Handle::Object { etag, backing, .. } => {
-                    self.passthrough.adopt(fh, ino, etag, *backing)
+                Handle::Object { etag, .. } => self.passthrough.adopt(fh, ino, etag, None),
+                Handle::Passthrough { etag, backing, .. } => {
+                    self.passthrough.adopt(fh, ino, etag, Some(*backing))
                 }
                 Handle::Staged { .. } => self.passthrough.adopt(fh, ino, "", None),
             }
             let reopened = match open {
                 Handle::Directory => self.reopen_dir(fh, ino).await,
-                Handle::Object {
+                Handle::Object { etag, size } => {
+                    self.reopen_object(fh, ino, etag, size, None).await
+                }
+                Handle::Passthrough {
                     etag,
                     size,
                     backing,
-                } => self.reopen_object(fh, ino, etag, size, backing).await,
+                } => self.reopen_object(fh, ino, etag, size, Some(backing)).await,
                 Handle::Staged { writing } => {
                     // Lost with its worker; its changes too, unless what was
                     // staged was in S3 with none since.

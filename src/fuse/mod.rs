@@ -117,18 +117,17 @@ impl Filesystem for FuseAdapter {
         // files (see fs::passthrough), which lie on a plain file system.
         // Asked for only where it may serve: it makes the volume a stacked
         // file system.
-        if !self.fs.may_pass_through() {
-            return Ok(());
-        }
-        match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
-            Ok(()) => {
-                let _ = config.set_max_stack_depth(1);
+        if self.fs.may_pass_through() {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) => {
+                    let _ = config.set_max_stack_depth(1);
+                }
+                Err(_) => self.fs.no_passthrough(
+                    "this kernel has no FUSE passthrough (Linux 6.9 or later, built with \
+                     CONFIG_FUSE_PASSTHROUGH)"
+                        .into(),
+                ),
             }
-            Err(_) => self.fs.no_passthrough(
-                "this kernel has no FUSE passthrough (Linux 6.9 or later, built with \
-                 CONFIG_FUSE_PASSTHROUGH)"
-                    .into(),
-            ),
         }
         Ok(())
     }

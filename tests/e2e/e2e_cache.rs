@@ -24,7 +24,8 @@ fn drop_page_cache() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
-/// The per-mount directories under `cache`/blocks, and the bytes of files in them.
+/// The per-mount directories under `cache`/blocks, and the disk space their
+/// files take (a version's data file has holes where blocks are missing).
 fn cache_dirs(cache: &Path) -> Vec<(std::path::PathBuf, u64)> {
     let Ok(entries) = std::fs::read_dir(cache.join("blocks")) else {
         return Vec::new();
@@ -36,7 +37,7 @@ fn cache_dirs(cache: &Path) -> Vec<(std::path::PathBuf, u64)> {
             let bytes = std::fs::read_dir(&path)
                 .unwrap()
                 .filter_map(|f| f.ok()?.metadata().ok())
-                .map(|m| m.len())
+                .map(|m| m.blocks() * 512)
                 .sum();
             (path, bytes)
         })
