@@ -478,3 +478,62 @@ async fn a_broken_upgrade_leaves_the_running_build_serving() {
         "{log}"
     );
 }
+
+/// The worker gets the configuration through a sealed in-memory file: its
+/// command line shows no secret, and its environment is the one the volume was
+/// mounted with (the user's own AWS_* variables, here) and the worker's mark,
+/// nothing s3vol adds. And a supervisor killed with SIGKILL, which could start
+/// no new worker, stops the volume as SIGTERM would: the worker unmounts it and
+/// exits.
+#[tokio::test]
+#[ignore = "needs Garage; run by scripts/test.sh"]
+async fn the_worker_shows_no_secret_and_a_killed_supervisor_stops_the_volume() {
+    let server = garage().await;
+    server.put(BUCKET, "root/small", b"small".to_vec()).await;
+    let mount = Mount::new(&server, "vol/root", &[]);
+    let secret = server
+        .env()
+        .into_iter()
+        .find(|(name, _)| name == "AWS_SECRET_ACCESS_KEY")
+        .unwrap()
+        .1;
+    let worker = the_worker(mount.path());
+    let supervisor = daemon_pids(mount.path())[0];
+    let shown = |pid: i32, what: &str| {
+        let raw = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+        String::from_utf8_lossy(&raw)
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert!(
+        !shown(worker, "cmdline").iter().any(|a| a.contains(&secret)),
+        "the worker's command line shows the secret"
+    );
+    let added: Vec<_> = shown(worker, "environ")
+        .difference(&shown(supervisor, "environ"))
+        .cloned()
+        .collect();
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert!(added[0].starts_with("S3VOL_WORKER="), "{added:?}");
+    assert_eq!(std::fs::read(mount.path().join("small")).unwrap(), b"small");
+
+    kill(supervisor);
+    assert!(
+        wait_until(Duration::from_secs(20), || !is_mounted(mount.path())),
+        "still mounted: {}",
+        mount.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            // Gone, or a zombie its new parent has yet to reap.
+            std::fs::read_to_string(format!("/proc/{worker}/stat")).map_or(true, |s| {
+                s.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
+            })
+        }),
+        "the worker outlived its supervisor"
+    );
+    let log = mount.log_text();
+    assert!(log.contains("unmounted"), "{log}");
+}
