@@ -644,6 +644,20 @@ mod tests {
         assert!(cache.stats.evictions.load(Ordering::Relaxed) >= 8);
     }
 
+    /// The whole block `index` of the `size`-byte object `key` at ETag "e".
+    fn block_of(key: &str, size: u64, index: u64) -> Span {
+        Span::new(key, "\"e\"", size, index, &(0..size)).whole()
+    }
+
+    /// Puts block `index` of `object`, the content of `key`, on disk.
+    fn put_on_disk(cache: &BlockCache, key: &str, object: &Bytes, index: u64) {
+        let span = block_of(key, object.len() as u64, index);
+        let start = span.start as usize;
+        cache
+            .disk
+            .put(&span, &object.slice(start..start + span.len));
+    }
+
     #[test]
     fn a_version_whole_on_disk_is_a_plain_copy_kept_while_pinned() {
         use std::io::Read;
@@ -652,15 +666,8 @@ mod tests {
         let cache = cache(dir.path(), 3 * BLOCK_SIZE, 0);
         let size = 2 * BLOCK_SIZE + 1000;
         let object = data(5, size as usize);
-        let all = 0..size;
-        let block = |key: &str, index| Span::new(key, "\"e\"", size, index, &all).whole();
-        let put = |key, index| {
-            let span = block(key, index);
-            let start = span.start as usize;
-            cache
-                .disk
-                .put(&span, &object.slice(start..start + span.len));
-        };
+        let block = |key, index| block_of(key, size, index);
+        let put = |key, index| put_on_disk(&cache, key, &object, index);
         put("k", 0);
         put("k", 2);
         assert!(
@@ -705,15 +712,8 @@ mod tests {
         let cache = cache(dir.path(), 2 * BLOCK_SIZE + 64 * KIB, 0);
         let size = 2 * BLOCK_SIZE;
         let object = data(6, size as usize);
-        let all = 0..size;
-        let block = |key: &str, index| Span::new(key, "\"e\"", size, index, &all).whole();
-        let put = |key, index| {
-            let span = block(key, index);
-            let start = span.start as usize;
-            cache
-                .disk
-                .put(&span, &object.slice(start..start + span.len));
-        };
+        let block = |key, index| block_of(key, size, index);
+        let put = |key, index| put_on_disk(&cache, key, &object, index);
         put("k", 0);
         put("k", 1);
         let data_file = cache.disk.path(&block("k", 0), true);
