@@ -40,8 +40,9 @@ struct Entry {
     version: String,
     /// Which data file of the version the block is in (see [`Version::seq`]).
     seq: u64,
-    /// The name of the block's header file.
-    header: String,
+    /// Names the block's header file (see [`header_name`]), and tells this
+    /// reservation of the block from a later one.
+    ticket: u64,
     /// The block's place in the data file.
     start: u64,
     len: u64,
@@ -87,7 +88,7 @@ impl Files {
     /// (the data file is then removed whole, to keep the bound).
     fn release(&mut self, entry: Entry, dir: &LocalDir) -> Vec<String> {
         self.used -= entry.size;
-        let _ = dir.remove_file(&entry.header);
+        let _ = dir.remove_file(&header_name(entry.ticket));
         let Some(version) = self.versions.get_mut(&entry.version) else {
             return Vec::new();
         };
@@ -130,7 +131,7 @@ impl Files {
         for name in &names {
             if let Some(entry) = self.entries.pop(name) {
                 self.used -= entry.size;
-                let _ = dir.remove_file(&entry.header);
+                let _ = dir.remove_file(&header_name(entry.ticket));
             }
         }
         let _ = dir.remove_file(&data_name(gone.seq));
@@ -149,6 +150,10 @@ fn punch(file: &File, start: u64, len: u64) -> std::io::Result<()> {
 
 fn data_name(seq: u64) -> String {
     format!("{seq:x}.data")
+}
+
+fn header_name(ticket: u64) -> String {
+    format!("{ticket:x}.block")
 }
 
 pub struct DiskTier {
@@ -226,7 +231,7 @@ impl DiskTier {
         let entry = files.entries.peek(&span.name).expect("a block held");
         let name = match data {
             true => data_name(entry.seq),
-            false => entry.header.clone(),
+            false => header_name(entry.ticket),
         };
         self.dir.path().join(name)
     }
@@ -267,7 +272,7 @@ impl DiskTier {
             written: false,
             version: span.version.clone(),
             seq: version.seq,
-            header: format!("{:x}.block", next_name()),
+            ticket: next_name(),
             start: span.start,
             len: data.len() as u64,
         };
@@ -313,16 +318,17 @@ impl DiskTier {
     /// unless it was evicted (or the tier cleared) meanwhile. Blocking.
     pub(super) fn write_reserved(&self, span: &Span, data: &Bytes) {
         let (id, name) = (&span.id, span.name.as_str());
-        let Some((file, seq, header)) = self.data_file(span) else {
+        let Some((file, seq, ticket)) = self.data_file(span) else {
             return;
         };
+        let header = header_name(ticket);
         let written =
             block_file::write_block(&self.dir, &header, &file, span.start, id, data, &self.key);
         let mut files = self.files.lock();
         let ours = files
             .entries
             .peek(name)
-            .is_some_and(|e| !e.written && e.header == header);
+            .is_some_and(|e| !e.written && e.ticket == ticket);
         let placed = match written {
             Ok(block) if ours => {
                 files.entries.peek_mut(name).expect("held").written = true;
@@ -361,18 +367,18 @@ impl DiskTier {
         if let Some(block) = placed {
             // Kept open: the first read of a block just written needs no path
             // lookup and no header read.
-            self.keep_open(name, block);
+            self.keep_open(name, Arc::new(block));
         }
     }
 
     /// The data file a reserved block goes into, created with the version's
-    /// first block, its version's seq and the block's header name; `None`
-    /// when the block is no longer reserved.
-    fn data_file(&self, span: &Span) -> Option<(Arc<File>, u64, String)> {
+    /// first block, its version's seq and the block's ticket; `None` when
+    /// the block is no longer reserved.
+    fn data_file(&self, span: &Span) -> Option<(Arc<File>, u64, u64)> {
         let mut files = self.files.lock();
         let files = &mut *files;
         let entry = files.entries.peek(&span.name).filter(|e| !e.written)?;
-        let header = entry.header.clone();
+        let ticket = entry.ticket;
         let version = files
             .versions
             .get_mut(&span.version)
@@ -391,7 +397,7 @@ impl DiskTier {
                 }
             }
         }
-        Some((version.file.clone()?, version.seq, header))
+        Some((version.file.clone()?, version.seq, ticket))
     }
 
     /// Pins the version `version` of `key` at `etag`, of `blocks` blocks,
@@ -435,10 +441,8 @@ impl DiskTier {
 
     /// Remembers an open block, unless it was evicted meanwhile (its
     /// descriptor must not keep the space in use).
-    fn keep_open(&self, name: &str, block: OpenBlock) {
-        self.open_files
-            .lock()
-            .put(name.to_string(), Arc::new(block));
+    fn keep_open(&self, name: &str, block: Arc<OpenBlock>) {
+        self.open_files.lock().put(name.to_string(), block);
         if !self.files.lock().entries.contains(name) {
             self.open_files.lock().pop(name);
         }
@@ -452,13 +456,13 @@ impl DiskTier {
         }
     }
 
-    /// Whether block `name` is still the one written with header `header`.
-    fn still_holds(&self, name: &str, header: &str) -> bool {
+    /// Whether block `name` is still the one written under `ticket`.
+    fn still_holds(&self, name: &str, ticket: u64) -> bool {
         let files = self.files.lock();
         files
             .entries
             .peek(name)
-            .is_some_and(|e| e.written && e.header == header)
+            .is_some_and(|e| e.written && e.ticket == ticket)
     }
 
     /// Drops a block that is gone or damaged.
@@ -481,23 +485,21 @@ impl DiskTier {
         if let Some(block) = self.open_files.lock().get(name).cloned() {
             return Ok(block);
         }
-        let (header, file) = {
+        let (ticket, file) = {
             let files = self.files.lock();
             let entry = files.entries.peek(name).filter(|e| e.written);
             let found = entry.and_then(|e| {
                 let version = files.versions.get(&e.version).filter(|v| v.seq == e.seq)?;
-                Some((e.header.clone(), version.file.clone()?))
+                Some((e.ticket, version.file.clone()?))
             });
             found.ok_or(ReadFailure::Missing)?
         };
+        let header = header_name(ticket);
         let block = OpenBlock::open(
             &self.dir, &header, file, span.start, &span.id, span.len, &self.key,
         )?;
         let block = Arc::new(block);
-        self.open_files.lock().put(name.to_string(), block.clone());
-        if !self.files.lock().entries.contains(name) {
-            self.open_files.lock().pop(name);
-        }
+        self.keep_open(name, block.clone());
         Ok(block)
     }
 }
@@ -507,13 +509,13 @@ impl Tier for DiskTier {
     fn get(&self, span: &Span) -> Option<Bytes> {
         let name = span.name.as_str();
         // Marks the block recently used; skips one being written or evicted.
-        let header = self
+        let ticket = self
             .files
             .lock()
             .entries
             .get(name)
             .filter(|e| e.written)
-            .map(|e| e.header.clone())?;
+            .map(|e| e.ticket)?;
         match self
             .open_block(span)
             .and_then(|block| block.read(span.want.clone()))
@@ -524,7 +526,7 @@ impl Tier for DiskTier {
                 self.forget(name);
                 None
             }
-            Err(ReadFailure::Damaged(_)) if !self.still_holds(name, &header) => {
+            Err(ReadFailure::Damaged(_)) if !self.still_holds(name, ticket) => {
                 // Evicted (and punched) while it was read: a miss.
                 self.close(&[name.to_string()]);
                 None
@@ -574,7 +576,7 @@ impl Tier for DiskTier {
         self.open_files.lock().clear();
         let mut files = self.files.lock();
         for (_, entry) in files.entries.iter() {
-            let _ = self.dir.remove_file(&entry.header);
+            let _ = self.dir.remove_file(&header_name(entry.ticket));
         }
         for version in files.versions.values() {
             let _ = self.dir.remove_file(&data_name(version.seq));

@@ -676,6 +676,15 @@ mod tests {
         );
         put("k", 1);
         let data_file = cache.disk.path(&block("k", 0), true);
+        // A file put in its place (by whoever may write the directory) is
+        // never handed over: not the file this mount wrote.
+        let planted = dir.path().join("planted");
+        fs::write(&planted, &object).unwrap();
+        let original = dir.path().join("original");
+        fs::rename(&data_file, &original).unwrap();
+        fs::rename(&planted, &data_file).unwrap();
+        assert!(cache.whole_file("k", "\"e\"", size).is_none());
+        fs::rename(&original, &data_file).unwrap();
         let mut whole = cache.whole_file("k", "\"e\"", size).unwrap();
         whole.handed_over();
         let mut read = Vec::new();
