@@ -13,6 +13,9 @@
 //!                                             prints the mean latency in ms
 //! s3bench wait BUCKET PREFIX COUNT BYTES      waits until COUNT objects holding BYTES
 //!                                             in all are listed under PREFIX
+//! s3bench heads BUCKET PREFIX [CONCURRENCY]   lists PREFIX as a directory and sends a
+//!                                             HEAD for each object listed, CONCURRENCY
+//!                                             (32) in flight; prints the seconds
 //! ```
 //!
 //! The endpoint comes from `S3_ENDPOINT`, credentials and region from the usual
@@ -116,6 +119,45 @@ async fn latency(client: Client, bucket: String, key: String, count: u64) {
         "{:.2}",
         start.elapsed().as_secs_f64() * 1000.0 / count as f64
     );
+}
+
+/// What `ls -l` of a directory asks of S3 when each file's metadata costs a HEAD:
+/// the listing (all pages, delimited as a directory), then a HEAD of every object
+/// in it, `concurrency` in flight. Prints the seconds of both.
+async fn heads(client: Client, bucket: String, prefix: String, concurrency: usize) {
+    let start = Instant::now();
+    let mut keys = Vec::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(&prefix)
+        .delimiter("/")
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for object in page.expect("list").contents() {
+            keys.push(object.key().expect("a key").to_string());
+        }
+    }
+    let client = Arc::new(client);
+    let count = futures::stream::iter(keys)
+        .map(|key| {
+            let (client, bucket) = (client.clone(), bucket.clone());
+            async move {
+                client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .expect("head");
+            }
+        })
+        .buffer_unordered(concurrency)
+        .count()
+        .await;
+    assert!(count > 0, "nothing listed under {prefix}");
+    println!("{:.2}", start.elapsed().as_secs_f64());
 }
 
 async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency: usize) {
@@ -294,6 +336,16 @@ async fn main() {
             )
             .await
         }
+        Some("heads") => {
+            let concurrency = number(4, 32);
+            heads(
+                client,
+                arg(&args, 2, "BUCKET"),
+                arg(&args, 3, "PREFIX"),
+                concurrency,
+            )
+            .await
+        }
         Some("put-many") => {
             let (count, dirs, size) = (number(4, 10_000), number(5, 1), number(6, 0));
             put_many(
@@ -307,7 +359,7 @@ async fn main() {
             .await
         }
         _ => {
-            eprintln!("usage: s3bench get|put|put-many|latency|wait ... (see examples/s3bench.rs)");
+            eprintln!("usage: s3bench get|put|put-many|latency|wait|heads ... (see examples/s3bench.rs)");
             std::process::exit(2);
         }
     }

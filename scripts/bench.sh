@@ -462,6 +462,17 @@ local_read() {
     rm -f "$file"
     printf '%s\n' "${values[@]}" | median
 }
+# The raw client's listing of flat/ and a HEAD of each of its 10,000 objects (32
+# in flight), page cache dropped as for the systems: what `ls -l` with metadata
+# asks of S3, without a filesystem.
+log "raw listing and HEADs of 10,000 objects ($RUNS runs)"
+raw=()
+for i in $(seq 0 "$RUNS"); do
+    drop_caches; seconds=$("$S3BENCH" heads bench flat/ 32)
+    [ "$i" -eq 0 ] || raw+=("$seconds")  # run 0 warms up, as for the systems
+done
+RAW_HEADS=$(printf '%s\n' "${raw[@]}" | median)
+
 log "dd of local files of 1 GiB and 64 MiB ($RUNS runs)"
 LOCAL_READ=$(local_read 1024)
 LOCAL_READ_64M=$(local_read 64)
@@ -499,7 +510,8 @@ echo "s3vol benchmark: Garage on 127.0.0.1, $(nproc) cores, $(free -g | awk '/^M
 [ -z "${S3VOL_BIN:-}" ] || echo "(s3vol is $S3VOL_BIN, $("$S3VOL" --version))"
 echo "(s3vol, s3fs and rclone with their defaults and local caches as their users run them;"
 echo " --cse: s3vol with client-side encryption, KMS on 127.0.0.1;"
-echo " raw: a parallel S3 client, and for the disk-cache rows dd of a local file;"
+echo " raw: a parallel S3 client (for ls -l, its listing and a HEAD per object),"
+echo "  and for the disk-cache rows dd of a local file;"
 echo " see docs/BENCHMARK.md for what each row measures)"
 echo
 printf '| %-38s | %-7s | %8s | %10s | %8s | %8s | %8s | %8s | %8s | %8s |\n' workload unit s3vol "--no-cache" "--cse" s3fs rclone "raw" "vs s3fs" "vs rclone"
@@ -515,7 +527,7 @@ row "4 KiB random re-reads, page cache" "reads/s" higher warm_random
 row "1 GiB re-read, local disk cache" "MiB/s" higher disk_read "$LOCAL_READ"
 row "64 MiB re-read, local disk cache" "MiB/s" higher disk_read_64m "$LOCAL_READ_64M"
 row "4 KiB random, local disk cache" "reads/s" higher disk_random
-row "ls -l, 10,000 objects" "s" lower ls_l
+row "ls -l, 10,000 objects" "s" lower ls_l "$RAW_HEADS"
 row "find, 10,000 objects in 100 dirs" "s" lower find_tree
 row "1 GiB sequential write, durable" "MiB/s" higher seq_write "$RAW_PUT"
 row "1000 small-file creates, durable" "files/s" higher small_creates
@@ -538,6 +550,9 @@ percent_of_raw() {
 percent_of_raw cold_read "$RAW_GET" "cold sequential read"
 percent_of_raw four_readers "$RAW_GET4" "4-reader read"
 percent_of_raw seq_write "$RAW_PUT" "durable sequential write"
+[ -z "${RESULT[ls_l,s3vol]:-}" ] ||
+    awk -v us="${RESULT[ls_l,s3vol]}" -v raw="$RAW_HEADS" \
+        'BEGIN { printf "s3vol ls -l takes %.2fx the time of the raw client'"'"'s listing and HEADs\n", us / raw }'
 for key in disk_read disk_read_64m; do
     [ -n "${RESULT[$key,s3vol]:-}" ] || continue
     local_mib=$LOCAL_READ; [ "$key" = disk_read ] || local_mib=$LOCAL_READ_64M
