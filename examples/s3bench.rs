@@ -359,7 +359,9 @@ async fn main() {
             .await
         }
         _ => {
-            eprintln!("usage: s3bench get|put|put-many|latency|wait|heads ... (see examples/s3bench.rs)");
+            eprintln!(
+                "usage: s3bench get|put|put-many|latency|wait|heads ... (see examples/s3bench.rs)"
+            );
             std::process::exit(2);
         }
     }
