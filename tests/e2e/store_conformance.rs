@@ -88,28 +88,38 @@ fn memory() -> Subject {
 async fn s3(kind: ServerKind) -> Subject {
     let server = Server::start(kind);
     server.create_bucket(BUCKET).await;
-    let creds = aws_sdk_s3::config::Credentials::new(
-        &server.access_key,
-        &server.secret_key,
-        None,
-        None,
-        "test",
-    );
+    Subject {
+        store: Arc::new(s3_store(&server, true)),
+        memory: None,
+        server: Some(server),
+    }
+}
+
+/// An S3 store of the conformance bucket on `server`. With `renewed`, its
+/// credentials are handed to it as a volume hands it those it renews, and it
+/// sends HEADs without the SDK once the SDK has sent one; without, the SDK
+/// sends every HEAD.
+fn s3_store(server: &Server, renewed: bool) -> S3Store {
+    let creds =
+        aws_sdk_s3::config::SharedCredentialsProvider::new(aws_sdk_s3::config::Credentials::new(
+            &server.access_key,
+            &server.secret_key,
+            None,
+            None,
+            "test",
+        ));
     let sdk = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(server.region.clone()))
-        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(creds))
+        .credentials_provider(creds.clone())
         .build();
     let options = S3Options {
         endpoint_url: Some(server.endpoint.clone()),
         force_path_style: true,
+        credentials: renewed.then_some(creds),
         ..S3Options::default()
     };
-    Subject {
-        store: Arc::new(S3Store::from_sdk_config(BUCKET, &sdk, &options)),
-        memory: None,
-        server: Some(server),
-    }
+    S3Store::from_sdk_config(BUCKET, &sdk, &options)
 }
 
 async fn head_and_get(s: &Subject) {
@@ -861,6 +871,87 @@ async fn s3_store_on_garage_conforms() {
 #[ignore = "needs moto; run scripts/test.sh"]
 async fn s3_store_on_moto_conforms() {
     suite(s3(ServerKind::Moto).await).await;
+}
+
+/// A HEAD the store sends without the SDK answers exactly as the SDK's: the
+/// same object facts and headers for keys of any characters and metadata
+/// values with commas, quotes and spaces, the same errors for a missing key
+/// and for a pin to another ETag (the answer it does not read goes to the
+/// SDK).
+async fn heads_without_the_sdk_answer_as_the_sdk_does(kind: ServerKind) {
+    let server = Server::start(kind);
+    server.create_bucket(BUCKET).await;
+    let (lean, sdk) = (s3_store(&server, true), s3_store(&server, false));
+    let mut headers = ObjectHeaders {
+        content_type: Some("text/plain; charset=utf-8".into()),
+        content_encoding: Some("identity".into()),
+        content_disposition: Some("attachment; filename=\"a, b.txt\"".into()),
+        content_language: Some("fr".into()),
+        cache_control: Some("no-cache, max-age=0".into()),
+        ..ObjectHeaders::default()
+    };
+    headers.user.insert("mode".into(), "0100640".into());
+    headers
+        .user
+        .insert("json".into(), r#"{"kms_cmk_id":"k, 1","x":"\"y\""}"#.into());
+    headers.user.insert("spaced".into(), "a  b , c".into());
+    let mut keys = vec![
+        "h/plain".to_string(),
+        "h/sp ace".into(),
+        "h/pl+us".into(),
+        "h/per%20cent".into(),
+        "h/été/ü".into(),
+        "h/amp&lt;?q=1#f".into(),
+        "h/a//b".into(),
+        "h/~tilde*star'q(p)".into(),
+    ];
+    if kind == ServerKind::Garage {
+        keys.push("h/ctl\u{1}\u{7}".into());
+    }
+    for key in &keys {
+        sdk.put_object(key, key.as_bytes().to_vec().into(), &headers)
+            .await
+            .unwrap();
+    }
+    for key in &keys {
+        let by_sdk = sdk.head_object(key).await.unwrap();
+        let without = lean.head_object(key).await.unwrap();
+        assert_eq!(without, by_sdk, "{key}");
+        assert_eq!(
+            without.headers.as_ref().unwrap().user,
+            headers.user,
+            "{key}"
+        );
+    }
+    // The first HEAD went through the SDK; it taught the others.
+    assert_eq!(lean.heads_sent_without_the_sdk(), keys.len() as u64 - 1);
+    assert_eq!(sdk.heads_sent_without_the_sdk(), 0);
+
+    let missing = lean.head_object("h/none").await.unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound { .. }),
+        "{missing:?}"
+    );
+    let pinned = GetOptions {
+        pin: Pin::Current(Some("\"0123456789abcdef0123456789abcdef\"")),
+        read: Read::Head,
+    };
+    let by_sdk = sdk.get("h/plain", pinned.clone()).await.unwrap_err();
+    let without = lean.get("h/plain", pinned).await.unwrap_err();
+    assert!(matches!(by_sdk, StoreError::Changed { .. }), "{by_sdk:?}");
+    assert_eq!(format!("{without:?}"), format!("{by_sdk:?}"));
+}
+
+#[tokio::test]
+#[ignore = "needs Garage; run scripts/test.sh"]
+async fn heads_without_the_sdk_answer_as_the_sdk_does_on_garage() {
+    heads_without_the_sdk_answer_as_the_sdk_does(ServerKind::Garage).await;
+}
+
+#[tokio::test]
+#[ignore = "needs moto; run scripts/test.sh"]
+async fn heads_without_the_sdk_answer_as_the_sdk_does_on_moto() {
+    heads_without_the_sdk_answer_as_the_sdk_does(ServerKind::Moto).await;
 }
 
 /// Overwritten and deleted on a bucket with versioning: every version is

@@ -34,11 +34,12 @@ mod answer;
 mod buffers;
 mod delete;
 mod get;
+mod head;
 mod uploads;
 mod versions;
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,15 +58,20 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use self::answer::{decoder, to_system_time};
 use self::buffers::Buffers;
+use self::head::{LeanHead, LearnFirstHead, Learner};
 use super::{
     Encryption, GetOptions, GetResult, ListPage, ListRequest, ObjectHeaders, ObjectInfo,
-    ObjectStore, Operation, Pin, Presign, PresignedUrl, Read, Request, Response, ServiceInfo,
+    ObjectStore, Operation, Presign, PresignedUrl, Read, Request, Response, ServiceInfo,
     StoreError, StoreResult, UploadedPart, copy_allowance, transfer_allowance,
 };
 
 /// How many times a GET body that broke mid-stream is resumed before giving up.
 /// Each resume continues from the last byte received, so progress is never lost.
 const MAX_BODY_RESUMES: u32 = 3;
+
+/// A local or regional endpoint answers a TCP handshake in well under this;
+/// failing fast makes "unreachable" a quick, clear startup error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where S3 is and which credentials to sign with.
 #[derive(Clone, Debug, Default)]
@@ -95,6 +101,12 @@ pub struct S3Store {
     sign_payloads: bool,
     /// Reused buffers for large GET bodies.
     buffers: Arc<Buffers>,
+    /// HEADs without the SDK's pipeline, set up from the SDK's first HEAD
+    /// (`None` in it: they sign otherwise than this store's would).
+    lean_head: OnceLock<Option<LeanHead>>,
+    learner: Arc<Learner>,
+    /// The credentials HEADs are signed with: those the volume renews.
+    renewed: Option<SharedCredentialsProvider>,
 }
 
 /// The header values for `encryption`: algorithm and KMS key.
@@ -152,37 +164,6 @@ const COPY_SOURCE_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 impl S3Store {
-    /// A HEAD of `key`, or of one version of it.
-    async fn head(&self, key: &str, pin: Pin<'_>) -> StoreResult<ObjectInfo> {
-        let (op, if_match, version_id) = match pin {
-            Pin::Current(etag) => (Operation::HeadObject, etag, None),
-            Pin::Version(id) => (Operation::GetObjectVersion, None, Some(id)),
-        };
-        let request = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_if_match(if_match.map(str::to_string))
-            .set_version_id(version_id.map(str::to_string))
-            .send();
-        let out = self
-            .answer(op, key, Duration::ZERO, request)
-            .await
-            .map_err(|e| get::naming_etag(e, if_match))?;
-        let etag = out.e_tag().unwrap_or_default();
-        get::check_pin(op, key, pin, etag, out.version_id())?;
-        let headers = object_headers!(out);
-        Ok(ObjectInfo {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            etag: out.e_tag().unwrap_or_default().to_string(),
-            last_modified: to_system_time(out.last_modified()),
-            version_id: out.version_id().map(str::to_string),
-            headers: Some(headers),
-        })
-    }
-
     pub fn from_sdk_config(
         bucket: &str,
         sdk_config: &aws_config::SdkConfig,
@@ -192,9 +173,7 @@ impl S3Store {
             .force_path_style(options.force_path_style)
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
-                    // A local or regional endpoint answers a TCP handshake in well under
-                    // this; failing fast makes "unreachable" a quick, clear startup error.
-                    .connect_timeout(Duration::from_secs(5))
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .build(),
             )
             // The store above this one retries, bounded by --io-timeout; SDK
@@ -220,7 +199,12 @@ impl S3Store {
                 .credentials_provider(credentials.clone())
                 .identity_cache(IdentityCache::no_cache());
         }
+        let learner = Arc::new(Learner::default());
+        builder = builder.interceptor(LearnFirstHead(learner.clone()));
         Self {
+            lean_head: OnceLock::new(),
+            learner,
+            renewed: options.credentials.clone(),
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             credentials: options
                 .credentials
@@ -261,6 +245,15 @@ impl S3Store {
                 detail: format!("no answer within {}", humantime::format_duration(limit)),
             }),
         }
+    }
+
+    /// HEADs this store sent and read without the SDK.
+    #[cfg(feature = "testing")]
+    pub fn heads_sent_without_the_sdk(&self) -> u64 {
+        self.lean_head
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, LeanHead::sent)
     }
 
     fn copy_source(&self, key: &str) -> String {
