@@ -65,8 +65,38 @@ where
         },
         request_id,
     };
+    service_error(bucket, op, key, &code, status, info)
+}
+
+/// The store error for an answer of HTTP `status` with no body (as every
+/// answer to a HEAD is): what S3 said is its status alone.
+pub(super) fn bodiless_error(
+    bucket: &str,
+    op: Operation,
+    key: &str,
+    status: u16,
+    request_id: Option<String>,
+) -> StoreError {
+    let info = ServiceInfo {
+        code: format!("HTTP {status}"),
+        message: format!("HTTP {status} with no body"),
+        request_id,
+    };
+    service_error(bucket, op, key, "", Some(status), info)
+}
+
+/// The store error for S3's answer with error `code` (empty when it gave
+/// none) and HTTP `status`.
+fn service_error(
+    bucket: &str,
+    op: Operation,
+    key: &str,
+    code: &str,
+    status: Option<u16>,
+    info: ServiceInfo,
+) -> StoreError {
     let key = key.to_string();
-    match (code.as_str(), status) {
+    match (code, status) {
         ("ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired", _) => {
             StoreError::ExpiredToken { op, info }
         }

@@ -14,18 +14,27 @@
 //! through the SDK, whose errors are the store's.
 //!
 //! It signs exactly as the SDK does, or not at all. It is set up from the first
-//! HEAD the SDK sends for the volume ([`Learner`]): the URL it was sent to gives
-//! the bucket's URL (however the SDK's rules and the configuration chose it:
-//! `--endpoint-url`, `AWS_ENDPOINT_URL_S3`, path or host style, FIPS, dual
-//! stack), once the object's key, encoded here, is seen to end it; its
-//! Authorization header gives the signing region, and must be plain SigV4
-//! (not SigV4a, as Multi-Region Access Points need). It is used only with
-//! credentials the volume renews itself, so no identity cache is bypassed.
+//! HEAD the SDK sends for the volume ([`LearnFrom`], an interceptor of that one
+//! request, which knows its key): the URL it was sent to gives the bucket's URL
+//! (however the SDK's rules and the configuration chose it: `--endpoint-url`,
+//! `AWS_ENDPOINT_URL_S3`, path or host style, FIPS, dual stack), once the key,
+//! encoded here, is seen to end it; its Authorization header gives the signing
+//! region, and must be plain SigV4 for S3 (not SigV4a, as Multi-Region Access
+//! Points need, nor S3 Express sessions). Nothing of its signature is kept. It
+//! is used only with credentials the volume renews itself (no identity cache
+//! is bypassed) and the SDK's default HTTP client. Times are signed with the
+//! clock skew the answers' `Date` headers show, as the SDK corrects its own.
+//!
+//! Each answer it gets is read here: a 200 into the object's facts, any other
+//! status into the error the SDK's answer would have made (a HEAD's answer has
+//! no body, so its status is all there is). Only a 200 whose headers do not
+//! read as the SDK reads them, or credentials that cannot be had, send the
+//! HEAD again through the SDK.
 
 use std::time::{Duration, SystemTime};
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{
@@ -47,17 +56,20 @@ use aws_smithy_runtime_api::http::{Headers, header_parse};
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::date_time::{DateTime, Format};
-use parking_lot::Mutex;
 use percent_encoding::utf8_percent_encode;
 
-use super::answer::to_system_time;
-use super::{CONNECT_TIMEOUT, COPY_SOURCE_ESCAPES, S3Store, get};
+use super::answer::{bodiless_error, to_system_time};
+use super::{COPY_SOURCE_ESCAPES, S3Store, get};
 use crate::store::{ObjectHeaders, ObjectInfo, Operation, Pin, StoreError, StoreResult};
 
 /// What a HEAD answered, as far as this module reads it.
 pub(super) enum Answer {
     Found(Box<Head>),
-    NotFound,
+    /// Any other status (404 among them), with the request's ID.
+    Refused {
+        status: u16,
+        request_id: Option<String>,
+    },
 }
 
 /// The parts of a 200 answer to a HEAD the store keeps.
@@ -78,8 +90,17 @@ pub(super) struct LeanHead {
     user_agent: Vec<(&'static str, String)>,
     signing_region: String,
     credentials: SharedCredentialsProvider,
-    sent: std::sync::atomic::AtomicU64,
+    /// The server's clock less this host's, in milliseconds, as its last
+    /// answer's `Date` showed.
+    skew_ms: AtomicI64,
+    /// HEADs answered here, and sent again through the SDK.
+    pub(super) answered: AtomicU64,
+    pub(super) resent: AtomicU64,
 }
+
+/// Where the store's sender of HEADs is kept: empty until the SDK's first
+/// HEAD fills it, `None` in it where this module would not sign as the SDK.
+pub(super) type Slot = Arc<OnceLock<Option<LeanHead>>>;
 
 impl std::fmt::Debug for LeanHead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,34 +110,26 @@ impl std::fmt::Debug for LeanHead {
     }
 }
 
-/// Watches the SDK's requests for the first HEAD of an object and keeps what
-/// it was sent to and how it was signed.
-#[derive(Debug, Default)]
-pub(super) struct Learner {
-    seen: AtomicBool,
-    first: Mutex<Option<FirstHead>>,
-}
-
-/// What the first HEAD the SDK sent says.
-#[derive(Clone, Debug)]
-struct FirstHead {
-    url: String,
-    /// Its Authorization header: the signature's algorithm and scope.
-    authorization: String,
-    /// How it named itself, said again by each HEAD (a policy may look at it).
-    user_agent: Vec<(&'static str, String)>,
-}
-
 /// The headers the SDK names itself with.
 const USER_AGENT: [&str; 2] = ["user-agent", "x-amz-user-agent"];
 
-/// The interceptor the SDK's client runs before sending each request.
-#[derive(Debug)]
-pub(super) struct LearnFirstHead(pub Arc<Learner>);
+/// An interceptor of one HEAD the SDK sends while the slot is empty: as the
+/// request leaves, fills the slot from it.
+pub(super) struct LearnFrom {
+    pub key: String,
+    pub slot: Slot,
+    pub credentials: Option<SharedCredentialsProvider>,
+}
 
-impl Intercept for LearnFirstHead {
+impl std::fmt::Debug for LearnFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LearnFrom").field("key", &self.key).finish()
+    }
+}
+
+impl Intercept for LearnFrom {
     fn name(&self) -> &'static str {
-        "LearnFirstHead"
+        "LearnFrom"
     }
 
     fn read_before_transmit(
@@ -125,56 +138,32 @@ impl Intercept for LearnFirstHead {
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let learner = &self.0;
-        let request = context.request();
-        if learner.seen.load(Ordering::Relaxed) || request.method() != "HEAD" {
-            return Ok(());
+        if self.slot.get().is_none() {
+            let learned = LeanHead::learn(&self.key, context.request(), self.credentials.as_ref());
+            let _ = self.slot.set(learned);
         }
-        let headers = request.headers();
-        *learner.first.lock() = Some(FirstHead {
-            url: request.uri().to_string(),
-            authorization: headers.get("authorization").unwrap_or_default().to_string(),
-            user_agent: USER_AGENT
-                .into_iter()
-                .filter_map(|name| Some((name, headers.get(name)?.to_string())))
-                .collect(),
-        });
-        learner.seen.store(true, Ordering::Relaxed);
         Ok(())
     }
 }
 
 impl LeanHead {
-    /// What the SDK's first HEAD teaches, once `key` is seen to be the one it
-    /// asked for (`None` until then): a sender of HEADs where it sent it, or
-    /// `Some(None)` when this module would not sign as it signed (see the
-    /// module's documentation) and the SDK is to send every HEAD.
-    pub(super) fn learn(
-        learner: &Learner,
+    /// A sender of HEADs where the SDK sent `request`, its HEAD of `key`,
+    /// signing as it signed it; `None` when this module would not (see the
+    /// module's documentation).
+    fn learn(
         key: &str,
+        request: &HttpRequest,
         credentials: Option<&SharedCredentialsProvider>,
-        connect_timeout: Duration,
-    ) -> Option<Option<Self>> {
-        let mut first = learner.first.lock();
-        let url = &first.as_ref()?.url;
-        let encoded = format!("/{}", utf8_percent_encode(key, COPY_SOURCE_ESCAPES));
-        let path = url.split_once('?').map_or(url.as_str(), |(path, _)| path);
-        let base = path.strip_suffix(encoded.as_str())?.to_string();
-        // Learnt: the signature it holds is kept no longer.
-        let first = first.take()?;
-        Some(Self::signing_as(base, first, credentials, connect_timeout))
-    }
-
-    fn signing_as(
-        base: String,
-        first: FirstHead,
-        credentials: Option<&SharedCredentialsProvider>,
-        connect_timeout: Duration,
     ) -> Option<Self> {
         let credentials = credentials?.clone();
+        let url = request.uri();
+        let encoded = format!("/{}", utf8_percent_encode(key, COPY_SOURCE_ESCAPES));
+        let path = url.split_once('?').map_or(url, |(path, _)| path);
+        let base = path.strip_suffix(encoded.as_str())?.to_string();
+        let headers = request.headers();
         // "AWS4-HMAC-SHA256 Credential=KEY/DATE/REGION/s3/aws4_request, ..."
-        let scope = first
-            .authorization
+        let scope = headers
+            .get("authorization")?
             .strip_prefix("AWS4-HMAC-SHA256 Credential=")?
             .split(',')
             .next()?;
@@ -182,11 +171,18 @@ impl LeanHead {
             [_, _, region, service, "aws4_request"] => (region.to_string(), service),
             _ => return None,
         };
-        if service != "s3" || !(base.starts_with("http://") || base.starts_with("https://")) {
+        if key.is_empty()
+            || service != "s3"
+            || !(base.starts_with("http://") || base.starts_with("https://"))
+        {
             return None;
         }
+        let user_agent = USER_AGENT
+            .into_iter()
+            .filter_map(|name| Some((name, headers.get(name)?.to_string())))
+            .collect();
         let settings = HttpConnectorSettings::builder()
-            .connect_timeout(connect_timeout)
+            .connect_timeout(super::CONNECT_TIMEOUT)
             .build();
         // As the SDK's own client is made: a proxy the environment names
         // (HTTPS_PROXY, NO_PROXY, ...) is used.
@@ -198,10 +194,12 @@ impl LeanHead {
         Some(Self {
             connector,
             base,
-            user_agent: first.user_agent,
+            user_agent,
             signing_region,
             credentials,
-            sent: Default::default(),
+            skew_ms: AtomicI64::new(0),
+            answered: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
         })
     }
 
@@ -214,6 +212,10 @@ impl LeanHead {
         if_match: Option<&str>,
         version_id: Option<&str>,
     ) -> Result<Option<Answer>, String> {
+        if key.is_empty() {
+            // The bucket's own URL: the SDK refuses it in its words.
+            return Ok(None);
+        }
         let mut url = format!(
             "{}/{}",
             self.base,
@@ -232,18 +234,47 @@ impl LeanHead {
             .call(request)
             .await
             .map_err(|e| crate::logging::error_chain(&e))?;
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        Ok(match response.status().as_u16() {
-            200 => read_head(response.headers()).map(|head| Answer::Found(Box::new(head))),
-            404 => Some(Answer::NotFound),
-            _ => None,
-        })
+        let headers = response.headers();
+        self.learn_skew(headers);
+        let answer = match response.status().as_u16() {
+            200 => read_head(headers).map(|head| Answer::Found(Box::new(head))),
+            status => Some(Answer::Refused {
+                status,
+                request_id: headers.get("x-amz-request-id").map(str::to_string),
+            }),
+        };
+        let counter = if answer.is_some() {
+            &self.answered
+        } else {
+            &self.resent
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(answer)
     }
 
-    /// HEADs answered without the SDK.
-    #[cfg(feature = "testing")]
-    pub(super) fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
+    /// Keeps the skew of the server's clock the answer's `Date` shows, as
+    /// the SDK does for the requests it signs.
+    fn learn_skew(&self, headers: &Headers) {
+        let Some(date) = headers
+            .get("date")
+            .and_then(|date| DateTime::from_str(date, Format::HttpDate).ok())
+            .and_then(|date| SystemTime::try_from(date).ok())
+        else {
+            return;
+        };
+        let skew = match date.duration_since(SystemTime::now()) {
+            Ok(ahead) => ahead.as_millis() as i64,
+            Err(behind) => -(behind.duration().as_millis() as i64),
+        };
+        self.skew_ms.store(skew, Ordering::Relaxed);
+    }
+
+    /// This host's time corrected by the server's skew.
+    fn now(&self) -> SystemTime {
+        let skew = self.skew_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now();
+        let by = Duration::from_millis(skew.unsigned_abs());
+        if skew >= 0 { now + by } else { now - by }
     }
 
     /// The HEAD of `url`, signed as the SDK signs S3 requests: the path as
@@ -258,7 +289,7 @@ impl LeanHead {
             .identity(&identity)
             .region(&self.signing_region)
             .name("s3")
-            .time(SystemTime::now())
+            .time(self.now())
             .settings(settings)
             .build()
             .ok()?
@@ -299,7 +330,7 @@ impl S3Store {
             Pin::Current(etag) => (Operation::HeadObject, etag, None),
             Pin::Version(id) => (Operation::GetObjectVersion, None, Some(id)),
         };
-        if let Some(Some(lean)) = self.lean_head.get() {
+        if let Some(Some(lean)) = self.lean.get() {
             let limit = self.stall_limit();
             let answer =
                 match tokio::time::timeout(limit, lean.head(key, if_match, version_id)).await {
@@ -321,11 +352,9 @@ impl S3Store {
                         headers: Some(head.headers),
                     });
                 }
-                Some(Answer::NotFound) => {
-                    return Err(StoreError::NotFound {
-                        op,
-                        key: key.to_string(),
-                    });
+                Some(Answer::Refused { status, request_id }) => {
+                    let error = bodiless_error(&self.bucket, op, key, status, request_id);
+                    return Err(get::naming_etag(error, if_match));
                 }
                 // An answer it does not read: the SDK asks again, and its
                 // error is the store's.
@@ -338,15 +367,18 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_if_match(if_match.map(str::to_string))
-            .set_version_id(version_id.map(str::to_string))
-            .send();
-        let answer = self.answer(op, key, Duration::ZERO, request).await;
-        if self.lean_head.get().is_none()
-            && let Some(lean) =
-                LeanHead::learn(&self.learner, key, self.renewed.as_ref(), CONNECT_TIMEOUT)
-        {
-            let _ = self.lean_head.set(lean);
-        }
+            .set_version_id(version_id.map(str::to_string));
+        let answer = if self.lean.get().is_none() {
+            let learn = LearnFrom {
+                key: key.to_string(),
+                slot: self.lean.clone(),
+                credentials: self.renewed.clone(),
+            };
+            let request = request.customize().interceptor(learn).send();
+            self.answer(op, key, Duration::ZERO, request).await
+        } else {
+            self.answer(op, key, Duration::ZERO, request.send()).await
+        };
         let out = answer.map_err(|e| get::naming_etag(e, if_match))?;
         let etag = out.e_tag().unwrap_or_default();
         get::check_pin(op, key, pin, etag, out.version_id())?;
@@ -407,4 +439,91 @@ fn read_head(headers: &Headers) -> Option<Head> {
             storage_class: one("x-amz-storage-class")?,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::Credentials;
+
+    const SIGV4: &str = "AWS4-HMAC-SHA256 Credential=AKID/20261206/eu-west-3/s3/aws4_request, \
+                         SignedHeaders=host;x-amz-date, Signature=0123";
+
+    fn renewed() -> Option<SharedCredentialsProvider> {
+        Some(SharedCredentialsProvider::new(Credentials::new(
+            "AKID", "SECRET", None, None, "test",
+        )))
+    }
+
+    /// The HEAD the SDK sent to `url`, signed as `authorization` says.
+    fn sent(url: &str, authorization: &str) -> HttpRequest {
+        let request = http::Request::builder()
+            .method("HEAD")
+            .uri(url)
+            .header("authorization", authorization)
+            .header("x-amz-user-agent", "aws-sdk-rust/1")
+            .body(SdkBody::empty())
+            .unwrap();
+        HttpRequest::try_from(request).unwrap()
+    }
+
+    #[test]
+    fn the_bucket_url_is_what_precedes_the_key_the_head_was_for() {
+        let url = "https://b.s3.eu-west-3.amazonaws.com/d/sp%20ace%2B%C3%A9%2A";
+        let lean = LeanHead::learn("d/sp ace+é*", &sent(url, SIGV4), renewed().as_ref()).unwrap();
+        assert_eq!(lean.base, "https://b.s3.eu-west-3.amazonaws.com");
+        assert_eq!(lean.signing_region, "eu-west-3");
+        assert_eq!(
+            lean.user_agent,
+            [("x-amz-user-agent", "aws-sdk-rust/1".to_string())]
+        );
+        // A path before the bucket, a port, a version asked for.
+        let url = "http://127.0.0.1:9000/gateway/bkt/k/k?versionId=v";
+        let lean = LeanHead::learn("k/k", &sent(url, SIGV4), renewed().as_ref()).unwrap();
+        assert_eq!(lean.base, "http://127.0.0.1:9000/gateway/bkt");
+    }
+
+    #[test]
+    fn nothing_is_learnt_where_it_would_not_sign_as_the_sdk_signed() {
+        let url = "https://b.s3.amazonaws.com/a%20b";
+        let learn = |key: &str, url: &str, authorization: &str| {
+            LeanHead::learn(key, &sent(url, authorization), renewed().as_ref()).is_some()
+        };
+        assert!(learn("a b", url, SIGV4));
+        // The key encoded otherwise than here.
+        assert!(!learn("a b", "https://b.s3.amazonaws.com/a+b", SIGV4));
+        // SigV4a (Multi-Region Access Points) and S3 Express sessions.
+        let sigv4a = SIGV4.replace("AWS4-HMAC-SHA256", "AWS4-ECDSA-P256-SHA256");
+        assert!(!learn("a b", url, &sigv4a));
+        assert!(!learn("a b", url, &SIGV4.replace("/s3/", "/s3express/")));
+        assert!(!learn("a b", url, ""));
+        // No key: the URL would be the bucket's.
+        assert!(!learn("", "https://b.s3.amazonaws.com/", SIGV4));
+        // Credentials the SDK caches itself.
+        assert!(LeanHead::learn("a b", &sent(url, SIGV4), None).is_none());
+    }
+
+    #[test]
+    fn an_answer_is_read_as_the_sdk_reads_it_or_not_at_all() {
+        let mut headers = Headers::new();
+        headers.insert("content-length", "42");
+        headers.insert("etag", "\"e\"");
+        headers.insert("last-modified", "Sun, 06 Dec 2026 13:10:00 GMT");
+        headers.insert("x-amz-meta-Mode", " 0100640 ");
+        headers.insert("x-amz-meta-json", "{\"a\":\"b, c\"}");
+        let head = read_head(&headers).unwrap();
+        assert_eq!((head.size, head.etag.as_str()), (42, "\"e\""));
+        assert_eq!(head.headers.user["mode"], "0100640");
+        assert_eq!(head.headers.user["json"], "{\"a\":\"b, c\"}");
+        assert_ne!(head.last_modified, SystemTime::UNIX_EPOCH);
+        // Two sizes, or a metadata value twice: the SDK refuses them too.
+        let mut twice = headers.clone();
+        twice.append("content-length", "43");
+        assert!(read_head(&twice).is_none());
+        let mut twice = headers.clone();
+        twice.append("x-amz-meta-json", "{}");
+        assert!(read_head(&twice).is_none());
+        headers.remove("content-length");
+        assert!(read_head(&headers).is_none());
+    }
 }

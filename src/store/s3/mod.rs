@@ -39,7 +39,7 @@ mod uploads;
 mod versions;
 
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,7 +58,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use self::answer::{decoder, to_system_time};
 use self::buffers::Buffers;
-use self::head::{LeanHead, LearnFirstHead, Learner};
+use self::head::Slot;
 use super::{
     Encryption, GetOptions, GetResult, ListPage, ListRequest, ObjectHeaders, ObjectInfo,
     ObjectStore, Operation, Presign, PresignedUrl, Read, Request, Response, ServiceInfo,
@@ -101,11 +101,9 @@ pub struct S3Store {
     sign_payloads: bool,
     /// Reused buffers for large GET bodies.
     buffers: Arc<Buffers>,
-    /// HEADs without the SDK's pipeline, set up from the SDK's first HEAD
-    /// (`None` in it: they sign otherwise than this store's would).
-    lean_head: OnceLock<Option<LeanHead>>,
-    learner: Arc<Learner>,
-    /// The credentials HEADs are signed with: those the volume renews.
+    /// HEADs without the SDK's pipeline, set up from the SDK's first HEAD.
+    lean: Slot,
+    /// The credentials they are signed with: those the volume renews.
     renewed: Option<SharedCredentialsProvider>,
 }
 
@@ -199,11 +197,14 @@ impl S3Store {
                 .credentials_provider(credentials.clone())
                 .identity_cache(IdentityCache::no_cache());
         }
-        let learner = Arc::new(Learner::default());
-        builder = builder.interceptor(LearnFirstHead(learner.clone()));
+        let lean = Slot::default();
+        if options.credentials.is_none() || sdk_config.http_client().is_some() {
+            // Credentials the SDK caches, or a client of the caller's: only
+            // the SDK signs and sends as it would.
+            let _ = lean.set(None);
+        }
         Self {
-            lean_head: OnceLock::new(),
-            learner,
+            lean,
             renewed: options.credentials.clone(),
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             credentials: options
@@ -247,13 +248,17 @@ impl S3Store {
         }
     }
 
-    /// HEADs this store sent and read without the SDK.
+    /// HEADs this store sent and read without the SDK, and those whose
+    /// answer it sent again through the SDK.
     #[cfg(feature = "testing")]
-    pub fn heads_sent_without_the_sdk(&self) -> u64 {
-        self.lean_head
+    pub fn heads_without_the_sdk(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.lean
             .get()
             .and_then(Option::as_ref)
-            .map_or(0, LeanHead::sent)
+            .map_or((0, 0), |lean| {
+                (lean.answered.load(Relaxed), lean.resent.load(Relaxed))
+            })
     }
 
     fn copy_source(&self, key: &str) -> String {
