@@ -46,7 +46,7 @@ use tokio::sync::{Semaphore, broadcast};
 
 use self::dir::MountDir;
 use self::disk::DiskTier;
-use self::fetch::{Claim, Flight, Flights, check_length, split_runs};
+use self::fetch::{Flight, Flights, check_length, split_runs};
 use self::memory::MemoryTier;
 use self::tier::Tier;
 use crate::local_dir::LocalDir;
@@ -320,26 +320,15 @@ impl BlockCache {
             async move {
                 let data = fetch(bytes.clone()).await?;
                 check_length(key, &bytes, &data)?;
-                let blocks: Vec<(usize, Claim, Bytes)> = run
-                    .into_iter()
-                    .map(|(i, claim)| {
-                        let at = (spans[i].start - bytes.start) as usize;
-                        (i, claim, data.slice(at..at + spans[i].len))
-                    })
-                    .collect();
-                let alone = blocks.len() == 1;
-                self.insert(
-                    blocks
-                        .iter()
-                        .map(|(i, _, block)| (spans[*i].clone(), block.clone()))
-                        .collect(),
-                    alone,
-                )
-                .await;
-                let mut out = Vec::with_capacity(blocks.len());
-                for (i, claim, block) in blocks {
+                let mut out = Vec::with_capacity(run.len());
+                let alone = run.len() == 1;
+                for (i, claim) in run {
+                    let span = &spans[i];
+                    let at = (span.start - bytes.start) as usize;
+                    let block = data.slice(at..at + span.len);
+                    self.insert(span, &block, alone).await;
                     claim.complete(&block);
-                    out.push((i, block.slice(spans[i].want.clone())));
+                    out.push((i, block.slice(span.want.clone())));
                 }
                 Ok::<_, StoreError>(out)
             }
@@ -358,7 +347,7 @@ impl BlockCache {
                     let bytes = span.start..span.start + span.len as u64;
                     let data = fetch(bytes.clone()).await?;
                     check_length(key, &bytes, &data)?;
-                    self.insert(vec![(span.clone(), data.clone())], true).await;
+                    self.insert(span, &data, true).await;
                     data
                 }
             };
@@ -394,7 +383,7 @@ impl BlockCache {
             return;
         }
         let span = Span::new(key, etag, size, 0, &(0..size));
-        self.insert(vec![(span, data.clone())], true).await;
+        self.insert(&span, data, true).await;
     }
 
     /// The data file of version `etag` of `key` (`size` bytes), if every
@@ -489,53 +478,28 @@ impl BlockCache {
             })
     }
 
-    /// Caches the blocks of one fetch from S3: in memory when the fetch was a
-    /// single block (a buffer of its own, `alone`), and as files written in
-    /// the background, one after another in one job. The blocks of a fetch are
-    /// slices of one buffer, which stays in memory until the last of them is
-    /// written: written together, they let it go as soon as the disk has
-    /// taken them (a job per block waited, each on the others, for the one
-    /// file they go into), and the backlog counts what it really holds.
-    /// Waits only when the disk has fallen far behind.
-    async fn insert(self: &Arc<Self>, blocks: Vec<(Span, Bytes)>, alone: bool) {
-        self.stats
-            .misses
-            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+    /// Caches a block fetched from S3: in memory when it is a buffer of its own
+    /// (`alone`), and as a file written in the background. Waits only when the
+    /// disk has fallen far behind.
+    async fn insert(self: &Arc<Self>, span: &Span, data: &Bytes, alone: bool) {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         if alone {
-            for (span, data) in &blocks {
-                self.memory.put(span, data);
-            }
+            self.memory.put(span, data);
         }
-        let blocks: Vec<(Span, Bytes)> = blocks
-            .into_iter()
-            .filter(|(span, data)| self.disk.reserve(span, data))
-            .collect();
-        if blocks.is_empty() {
+        if !self.disk.reserve(span, data) {
             return;
         }
-        // Served from here until their files are in place, so nobody fetches
-        // them again.
-        {
-            let mut writing = self.writing.lock();
-            for (span, data) in &blocks {
-                writing.insert(span.id.clone(), data.clone());
-            }
-        }
-        let bytes: u64 = blocks.iter().map(|(_, data)| data.len() as u64).sum();
-        let permits = bytes.clamp(1, self.config.write_backlog.max(1)) as u32;
+        // Served from here until its file is in place, so nobody fetches it again.
+        self.writing.lock().insert(span.id.clone(), data.clone());
+        let permits = (data.len() as u64).clamp(1, self.config.write_backlog.max(1)) as u32;
         let Ok(permit) = self.write_backlog.clone().acquire_many_owned(permits).await else {
-            let mut writing = self.writing.lock();
-            for (span, _) in &blocks {
-                writing.remove(&span.id);
-            }
+            self.writing.lock().remove(&span.id);
             return;
         };
-        let cache = self.clone();
+        let (cache, span, data) = (self.clone(), span.clone(), data.clone());
         tokio::task::spawn_blocking(move || {
-            for (span, data) in &blocks {
-                cache.disk.write_reserved(span, data);
-                cache.writing.lock().remove(&span.id);
-            }
+            cache.disk.write_reserved(&span, &data);
+            cache.writing.lock().remove(&span.id);
             drop(permit);
         });
     }
