@@ -6,12 +6,9 @@
 //! configuration, endpoint rules and response classifiers run for every
 //! request), and on two cores that, not the round trips, bounds the listing. A
 //! HEAD has no body and its answer is a status and headers, so this module sends
-//! it itself, at about a third of that, from the SDK's own parts: the endpoint
-//! its rules resolve for the bucket (once, at mount), its SigV4 signer, its HTTP
-//! connector (the same TLS, trust roots and connect timeout) and its header
-//! parsers. It reads the two answers a HEAD mostly gets, 200 and 404; anything
-//! else (denied, throttled, redirected, a header it cannot read) is sent again
-//! through the SDK, whose errors are the store's.
+//! it itself, at about a third of that, from the SDK's own parts: where the SDK
+//! sent its first HEAD, its SigV4 signer, its HTTP connector (the same TLS,
+//! trust roots, proxy and connect timeout) and its header parsers.
 //!
 //! It signs exactly as the SDK does, or not at all. It is set up from the first
 //! HEAD the SDK sends for the volume ([`LearnFrom`], an interceptor of that one
@@ -31,10 +28,9 @@
 //! read as the SDK reads them, or credentials that cannot be had, send the
 //! HEAD again through the SDK.
 
-use std::time::{Duration, SystemTime};
-
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{
