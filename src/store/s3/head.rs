@@ -114,7 +114,7 @@ const USER_AGENT: [&str; 2] = ["user-agent", "x-amz-user-agent"];
 pub(super) struct LearnFrom {
     pub key: String,
     pub slot: Slot,
-    pub credentials: Option<SharedCredentialsProvider>,
+    pub credentials: SharedCredentialsProvider,
 }
 
 impl std::fmt::Debug for LearnFrom {
@@ -135,7 +135,7 @@ impl Intercept for LearnFrom {
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if self.slot.get().is_none() {
-            let learned = LeanHead::learn(&self.key, context.request(), self.credentials.as_ref());
+            let learned = LeanHead::learn(&self.key, context.request(), &self.credentials);
             let _ = self.slot.set(learned);
         }
         Ok(())
@@ -149,9 +149,8 @@ impl LeanHead {
     fn learn(
         key: &str,
         request: &HttpRequest,
-        credentials: Option<&SharedCredentialsProvider>,
+        credentials: &SharedCredentialsProvider,
     ) -> Option<Self> {
-        let credentials = credentials?.clone();
         let url = request.uri();
         let encoded = format!("/{}", utf8_percent_encode(key, COPY_SOURCE_ESCAPES));
         let path = url.split_once('?').map_or(url, |(path, _)| path);
@@ -192,7 +191,7 @@ impl LeanHead {
             base,
             user_agent,
             signing_region,
-            credentials,
+            credentials: credentials.clone(),
             skew_ms: AtomicI64::new(0),
             answered: AtomicU64::new(0),
             resent: AtomicU64::new(0),
@@ -364,16 +363,19 @@ impl S3Store {
             .key(key)
             .set_if_match(if_match.map(str::to_string))
             .set_version_id(version_id.map(str::to_string));
-        let answer = if self.lean.get().is_none() {
-            let learn = LearnFrom {
-                key: key.to_string(),
-                slot: self.lean.clone(),
-                credentials: self.renewed.clone(),
-            };
-            let request = request.customize().interceptor(learn).send();
-            self.answer(op, key, Duration::ZERO, request).await
-        } else {
-            self.answer(op, key, Duration::ZERO, request.send()).await
+        // Until the slot is filled (never empty without renewed credentials,
+        // see `from_sdk_config`), each HEAD the SDK sends may teach it.
+        let answer = match (self.lean.get(), &self.credentials) {
+            (None, Some(credentials)) => {
+                let learn = LearnFrom {
+                    key: key.to_string(),
+                    slot: self.lean.clone(),
+                    credentials: credentials.clone(),
+                };
+                let request = request.customize().interceptor(learn).send();
+                self.answer(op, key, Duration::ZERO, request).await
+            }
+            _ => self.answer(op, key, Duration::ZERO, request.send()).await,
         };
         let out = answer.map_err(|e| get::naming_etag(e, if_match))?;
         let etag = out.e_tag().unwrap_or_default();
@@ -445,10 +447,8 @@ mod tests {
     const SIGV4: &str = "AWS4-HMAC-SHA256 Credential=AKID/20261206/eu-west-3/s3/aws4_request, \
                          SignedHeaders=host;x-amz-date, Signature=0123";
 
-    fn renewed() -> Option<SharedCredentialsProvider> {
-        Some(SharedCredentialsProvider::new(Credentials::new(
-            "AKID", "SECRET", None, None, "test",
-        )))
+    fn renewed() -> SharedCredentialsProvider {
+        SharedCredentialsProvider::new(Credentials::new("AKID", "SECRET", None, None, "test"))
     }
 
     /// The HEAD the SDK sent to `url`, signed as `authorization` says.
@@ -466,7 +466,7 @@ mod tests {
     #[test]
     fn the_bucket_url_is_what_precedes_the_key_the_head_was_for() {
         let url = "https://b.s3.eu-west-3.amazonaws.com/d/sp%20ace%2B%C3%A9%2A";
-        let lean = LeanHead::learn("d/sp ace+é*", &sent(url, SIGV4), renewed().as_ref()).unwrap();
+        let lean = LeanHead::learn("d/sp ace+é*", &sent(url, SIGV4), &renewed()).unwrap();
         assert_eq!(lean.base, "https://b.s3.eu-west-3.amazonaws.com");
         assert_eq!(lean.signing_region, "eu-west-3");
         assert_eq!(
@@ -475,7 +475,7 @@ mod tests {
         );
         // A path before the bucket, a port, a version asked for.
         let url = "http://127.0.0.1:9000/gateway/bkt/k/k?versionId=v";
-        let lean = LeanHead::learn("k/k", &sent(url, SIGV4), renewed().as_ref()).unwrap();
+        let lean = LeanHead::learn("k/k", &sent(url, SIGV4), &renewed()).unwrap();
         assert_eq!(lean.base, "http://127.0.0.1:9000/gateway/bkt");
     }
 
@@ -483,7 +483,7 @@ mod tests {
     fn nothing_is_learnt_where_it_would_not_sign_as_the_sdk_signed() {
         let url = "https://b.s3.amazonaws.com/a%20b";
         let learn = |key: &str, url: &str, authorization: &str| {
-            LeanHead::learn(key, &sent(url, authorization), renewed().as_ref()).is_some()
+            LeanHead::learn(key, &sent(url, authorization), &renewed()).is_some()
         };
         assert!(learn("a b", url, SIGV4));
         // The key encoded otherwise than here.
@@ -495,8 +495,6 @@ mod tests {
         assert!(!learn("a b", url, ""));
         // No key: the URL would be the bucket's.
         assert!(!learn("", "https://b.s3.amazonaws.com/", SIGV4));
-        // Credentials the SDK caches itself.
-        assert!(LeanHead::learn("a b", &sent(url, SIGV4), None).is_none());
     }
 
     #[test]

@@ -101,10 +101,9 @@ pub struct S3Store {
     sign_payloads: bool,
     /// Reused buffers for large GET bodies.
     buffers: Arc<Buffers>,
-    /// HEADs without the SDK's pipeline, set up from the SDK's first HEAD.
+    /// HEADs without the SDK's pipeline, set up from the SDK's first HEAD
+    /// and signed with `credentials` (then those the volume renews).
     lean: Slot,
-    /// The credentials they are signed with: those the volume renews.
-    renewed: Option<SharedCredentialsProvider>,
 }
 
 /// The header values for `encryption`: algorithm and KMS key.
@@ -205,7 +204,6 @@ impl S3Store {
         }
         Self {
             lean,
-            renewed: options.credentials.clone(),
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             credentials: options
                 .credentials
@@ -648,6 +646,40 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// HEADs are sent without the SDK only with credentials the volume
+    /// renews and the SDK's own HTTP client; otherwise the SDK sends each
+    /// (the slot is filled with `None` before any HEAD).
+    #[test]
+    fn heads_leave_the_sdk_only_with_renewed_credentials_and_its_own_client() {
+        let provider = SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+            "AKID", "SECRET", None, None, "test",
+        ));
+        let sdk = |client: bool| {
+            let config = aws_config::SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .credentials_provider(provider.clone());
+            match client {
+                true => config.http_client(aws_smithy_http_client::Builder::new().build_http()),
+                false => config,
+            }
+            .build()
+        };
+        let options = |renewed: bool| S3Options {
+            endpoint_url: Some("http://127.0.0.1:1".into()),
+            credentials: renewed.then(|| provider.clone()),
+            ..S3Options::default()
+        };
+        let learns = |client, renewed| {
+            S3Store::from_sdk_config("b", &sdk(client), &options(renewed))
+                .lean
+                .get()
+                .is_none()
+        };
+        assert!(learns(false, true));
+        assert!(!learns(false, false), "credentials the SDK caches");
+        assert!(!learns(true, true), "an HTTP client of the caller's");
+    }
 
     #[test]
     fn encryption_becomes_the_sse_headers() {
