@@ -116,6 +116,14 @@ impl LocalDir {
         self.open_with(name, OFlag::O_RDONLY, Mode::empty())
     }
 
+    /// Opens the existing file `name` for writes that bypass the page cache
+    /// (`O_DIRECT`): each must start, end and lie in memory at multiples of
+    /// the file system's block size. Fails with `EINVAL` where the file system
+    /// has no direct I/O.
+    pub fn open_direct_writer(&self, name: &str) -> io::Result<File> {
+        self.open_with(name, OFlag::O_WRONLY | OFlag::O_DIRECT, Mode::empty())
+    }
+
     /// Opens `name` for reading and writing, creating it (mode 0600) if asked.
     pub fn open_read_write(&self, name: &str, create: bool) -> io::Result<File> {
         let create = if create {

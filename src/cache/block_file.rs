@@ -27,8 +27,10 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use tracing::info;
 
 use super::BlockId;
 use crate::local_dir::LocalDir;
@@ -95,13 +97,113 @@ pub(super) fn file_len(id: &BlockId, len: usize) -> u64 {
     (len.next_multiple_of(CHUNK) + header_len(id, len).next_multiple_of(CHUNK)) as u64
 }
 
-/// Writes block `id` into the version's `data` file at `start` (its place in
-/// the object) and its header, tagged with `key`, as the file `header` (which
-/// must not exist); returns the block open for reading.
-pub(super) fn write_block(
+/// What a write that bypasses the page cache must be aligned to, in the file
+/// and in memory: a page, which is at least the logical block size of the
+/// disks a cache lies on. (A file system that asks for more refuses the write,
+/// and blocks go through the page cache from then on.)
+const DIRECT_ALIGN: usize = 4096;
+
+/// Whether blocks are still written past the page cache (`O_DIRECT`): until
+/// the cache's file system refuses it once.
+///
+/// Why bypass it: a cold read already puts every byte in the kernel's cache of
+/// the FUSE file, and a copy in the page cache of the data file doubled the
+/// memory it fills; on a machine that returns freed memory to its host, filling
+/// fresh pages costs more CPU than the read itself (docs/BENCHMARK.md). Written
+/// directly, a block costs one DMA from the buffer it arrived in. A re-read
+/// served by the kernel from the FUSE file's pages does not need the copy; one
+/// served from the data file (passthrough, or the daemon after the kernel
+/// dropped its pages) reads the disk, as it would after any memory pressure.
+#[derive(Default)]
+pub(super) struct DirectWrites {
+    refused: AtomicBool,
+}
+
+impl DirectWrites {
+    fn refuse(&self, e: &io::Error) {
+        if !self.refused.swap(true, Ordering::Relaxed) {
+            info!(error = %e, "cache blocks are written through the page cache: the cache's file system refused a direct write");
+        }
+    }
+}
+
+/// A version's data file: read and written through `file`; blocks that can
+/// are written directly, through a descriptor opened for the one write (so
+/// that a version costs one descriptor, however it was written).
+pub(super) struct DataFile {
+    pub(super) file: Arc<File>,
+    name: String,
+}
+
+impl DataFile {
+    /// Creates the data file `name` in `dir`.
+    pub(super) fn create(dir: &LocalDir, name: &str) -> io::Result<Self> {
+        let file = dir.create_file(name)?;
+        random_access(&file);
+        Ok(Self {
+            file: Arc::new(file),
+            name: name.to_string(),
+        })
+    }
+
+    /// Writes `data` at `start`: with `direct`, the part of it aligned in the
+    /// file and in memory directly (a buffer of a part fetched whole is; a block
+    /// fetched alone, on the heap, is not), the rest through the page cache.
+    pub(super) fn write_at(
+        &self,
+        dir: &LocalDir,
+        data: &[u8],
+        start: u64,
+        direct: Option<&DirectWrites>,
+    ) -> io::Result<()> {
+        let aligned = (data.len() / DIRECT_ALIGN) * DIRECT_ALIGN;
+        let direct = direct.filter(|d| {
+            !d.refused.load(Ordering::Relaxed)
+                && aligned > 0
+                && start.is_multiple_of(DIRECT_ALIGN as u64)
+                && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        });
+        let mut written = 0;
+        if let Some(direct) = direct {
+            // (The name is this file's until the version goes, and never
+            // another's: a version cached again gets a new name.)
+            let wrote = dir
+                .open_direct_writer(&self.name)
+                .and_then(|writer| writer.write_all_at(&data[..aligned], start));
+            match wrote {
+                Ok(()) => written = aligned,
+                // No direct I/O here (EINVAL at open, or an alignment the file
+                // system asks more of; EOPNOTSUPP): the page cache from now on.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                    direct.refuse(&e)
+                }
+                // What a buffered write would meet as well.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOSPC | libc::EDQUOT | libc::EIO)
+                    ) =>
+                {
+                    return Err(e);
+                }
+                // The version went meanwhile (the block goes where it did), or
+                // no descriptor to be had now: this block through the page cache.
+                Err(_) => {}
+            }
+        }
+        self.file
+            .write_all_at(&data[written..], start + written as u64)
+    }
+}
+
+/// Writes the header of block `id`, tagged with `key`, as the file `header`
+/// (which must not exist), once its `data` is in the version's `data_file` at
+/// `start` (its place in the object: see [`DataFile::write_at`]); returns the
+/// block open for reading.
+pub(super) fn write_header(
     dir: &LocalDir,
     header: &str,
-    data_file: &Arc<File>,
+    data_file: &DataFile,
     start: u64,
     id: &BlockId,
     data: &Bytes,
@@ -114,9 +216,13 @@ pub(super) fn write_block(
     }
     let tag = key.tag(&bytes);
     bytes.extend_from_slice(&tag);
-    data_file.write_all_at(data, start)?;
     dir.create_file(header)?.write_all(&bytes)?;
-    Ok(OpenBlock::new(data_file.clone(), start, data.len(), crcs))
+    Ok(OpenBlock::new(
+        data_file.file.clone(),
+        start,
+        data.len(),
+        crcs,
+    ))
 }
 
 /// Why a block file could not be read.
@@ -233,8 +339,21 @@ mod tests {
         }
     }
 
-    fn data_file(dir: &LocalDir) -> Arc<File> {
-        Arc::new(dir.create_file("data").unwrap())
+    fn data_file(dir: &LocalDir) -> DataFile {
+        DataFile::create(dir, "data").unwrap()
+    }
+
+    /// Block `id()` written as the cache writes it: its data, then its header.
+    fn write_block(
+        dir: &LocalDir,
+        header: &str,
+        file: &DataFile,
+        start: u64,
+        data: &Bytes,
+        key: &BlockKey,
+    ) {
+        file.write_at(dir, data, start, None).unwrap();
+        write_header(dir, header, file, start, &id(), data, key).unwrap();
     }
 
     #[test]
@@ -248,7 +367,7 @@ mod tests {
             .collect::<Vec<_>>()
             .into();
         let start = 5 * CHUNK as u64;
-        write_block(&dir, "h", &file, start, &id(), &data, &key).unwrap();
+        write_block(&dir, "h", &file, start, &data, &key);
         let raw = fs::read(temp.path().join("data")).unwrap();
         assert_eq!(raw.len() as u64, start + data.len() as u64);
         assert_eq!(
@@ -261,7 +380,7 @@ mod tests {
             file_len(&id(), data.len()),
             4 * CHUNK as u64 + header.next_multiple_of(CHUNK as u64)
         );
-        let block = OpenBlock::open(&dir, "h", file.clone(), start, &id(), data.len(), &key)
+        let block = OpenBlock::open(&dir, "h", file.file.clone(), start, &id(), data.len(), &key)
             .ok()
             .unwrap();
         for want in [
@@ -275,7 +394,7 @@ mod tests {
         // The same header asked for as another block, or another length, is damaged.
         let other = BlockId { index: 4, ..id() };
         let open =
-            |id: &BlockId, len| OpenBlock::open(&dir, "h", file.clone(), start, id, len, &key);
+            |id: &BlockId, len| OpenBlock::open(&dir, "h", file.file.clone(), start, id, len, &key);
         assert!(matches!(
             open(&other, data.len()),
             Err(ReadFailure::Damaged(_))
@@ -285,11 +404,11 @@ mod tests {
             Err(ReadFailure::Damaged(_))
         ));
         assert!(matches!(
-            OpenBlock::open(&dir, "none", file.clone(), start, &id(), 1, &key),
+            OpenBlock::open(&dir, "none", file.file.clone(), start, &id(), 1, &key),
             Err(ReadFailure::Missing)
         ));
         // A chunk changed in the data file fails its CRC; the others still read.
-        file.write_all_at(b"x", start + CHUNK as u64).unwrap();
+        file.file.write_all_at(b"x", start + CHUNK as u64).unwrap();
         let block = open(&id(), data.len()).ok().unwrap();
         assert!(matches!(
             block.read(CHUNK..CHUNK + 1),
@@ -308,9 +427,10 @@ mod tests {
             .collect::<Vec<_>>()
             .into();
         let (ours, theirs) = (BlockKey::random().unwrap(), BlockKey::random().unwrap());
-        let open = |name| OpenBlock::open(&dir, name, file.clone(), 0, &id(), data.len(), &ours);
+        let open =
+            |name| OpenBlock::open(&dir, name, file.file.clone(), 0, &id(), data.len(), &ours);
         // Left by another (or a crashed) mount: its own key.
-        write_block(&dir, "left", &file, 0, &id(), &data, &theirs).unwrap();
+        write_block(&dir, "left", &file, 0, &data, &theirs);
         assert!(matches!(
             open("left"),
             Err(ReadFailure::Damaged(why)) if why.contains("not written by this mount")
@@ -324,8 +444,88 @@ mod tests {
         fs::write(temp.path().join("forged"), header).unwrap();
         assert!(open("forged").is_err());
         // What this mount wrote is read back.
-        write_block(&dir, "own", &file, 0, &id(), &data, &ours).unwrap();
+        write_block(&dir, "own", &file, 0, &data, &ours);
         let block = open("own").ok().unwrap();
         assert_eq!(block.read(0..data.len()).ok().unwrap(), data);
+    }
+
+    /// `len` bytes of a pattern at `skew` bytes past a page boundary.
+    fn bytes_at(len: usize, skew: usize) -> Bytes {
+        let mut map = memmap2::MmapMut::map_anon(len + skew).unwrap();
+        for (i, b) in map.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        Bytes::from_owner(map).slice(skew..)
+    }
+
+    /// Whether the page of `file` at `offset` is in the page cache.
+    fn resident(file: &File, offset: usize) -> bool {
+        // SAFETY: the test's own file, which nothing changes while mapped.
+        let map = unsafe { memmap2::Mmap::map(file) }.unwrap();
+        let mut vec = [0u8; 1];
+        // SAFETY: the range is one page of a live mapping; `vec` holds one
+        // entry per page.
+        let rc = unsafe {
+            libc::mincore(
+                map.as_ptr().add(offset) as *mut libc::c_void,
+                DIRECT_ALIGN,
+                vec.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        vec[0] & 1 == 1
+    }
+
+    #[test]
+    fn blocks_are_written_whole_from_any_memory_and_aligned_ones_bypass_the_page_cache() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = LocalDir::open_or_create(temp.path()).unwrap();
+        let file = data_file(&dir);
+        let direct = DirectWrites::default();
+        let page = DIRECT_ALIGN;
+        // (start, length, how far past a page its memory starts)
+        let cases = [
+            (0, 16 * page, 0),             // aligned: direct
+            (16 * page, 3 * page + 17, 0), // aligned with a tail
+            (32 * page, 2 * page, 5),      // memory not aligned
+            (40 * page + 1, page, 0),      // file offset not aligned
+            (48 * page, 100, 0),           // less than a page
+        ];
+        for (start, len, skew) in cases {
+            let data = bytes_at(len, skew);
+            file.write_at(&dir, &data, start as u64, Some(&direct))
+                .unwrap();
+        }
+        // On the file systems caches lie on (ext4, XFS), the aligned blocks
+        // never entered the page cache. (Btrfs, since Linux 6.14, turns a direct
+        // write to a file with checksums into a buffered one; tmpfs has no disk.)
+        let fs = nix::sys::statfs::fstatfs(&*file.file)
+            .unwrap()
+            .filesystem_type();
+        if [
+            nix::sys::statfs::EXT4_SUPER_MAGIC,
+            nix::sys::statfs::XFS_SUPER_MAGIC,
+        ]
+        .contains(&fs)
+        {
+            assert!(!direct.refused.load(Ordering::Relaxed));
+            assert!(!resident(&file.file, 0), "written directly");
+            assert!(!resident(&file.file, 8 * page), "written directly");
+            assert!(resident(&file.file, 32 * page), "through the page cache");
+        }
+        // A version that went while its block was written: the block lands in
+        // the file it was written for, by its descriptor, and direct writes
+        // stay as they were.
+        let refused = direct.refused.load(Ordering::Relaxed);
+        dir.rename("data", "gone").unwrap();
+        let late = bytes_at(4 * page, 0);
+        file.write_at(&dir, &late, 56 * page as u64, Some(&direct))
+            .unwrap();
+        assert_eq!(direct.refused.load(Ordering::Relaxed), refused);
+        for (start, len, skew) in cases.into_iter().chain([(56 * page, 4 * page, 0)]) {
+            let mut back = vec![0u8; len];
+            file.file.read_exact_at(&mut back, start as u64).unwrap();
+            assert!(back[..] == bytes_at(len, skew)[..], "{start} {len} {skew}");
+        }
     }
 }

@@ -27,7 +27,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
-use super::block_file::{self, BlockKey, OpenBlock, ReadFailure};
+use super::block_file::{self, BlockKey, DataFile, DirectWrites, OpenBlock, ReadFailure};
 use super::tier::Tier;
 use super::{CacheStats, Span};
 use crate::local_dir::LocalDir;
@@ -59,7 +59,7 @@ struct Version {
     /// one can touch.
     seq: u64,
     /// Created by the first block written.
-    file: Option<Arc<File>>,
+    file: Option<Arc<DataFile>>,
     /// Its blocks counted in `Files::entries`, written or being written.
     blocks: usize,
     /// While any pin is held, none of its blocks is evicted.
@@ -108,7 +108,7 @@ impl Files {
         let Some(file) = &version.file else {
             return Vec::new();
         };
-        match punch(file, entry.start, entry.len) {
+        match punch(&file.file, entry.start, entry.len) {
             Ok(()) => Vec::new(),
             Err(e) => {
                 debug!(error = %e, "cannot punch a block out of its data file; dropping the version");
@@ -166,6 +166,7 @@ pub struct DiskTier {
     stats: Arc<CacheStats>,
     /// Tags the headers this tier writes; a block without its tag is never read.
     key: BlockKey,
+    direct: DirectWrites,
 }
 
 /// A version whole on disk, pinned: its data file, opened anew for the reader
@@ -211,6 +212,7 @@ impl DiskTier {
     pub fn new(dir: LocalDir, capacity: u64, stats: Arc<CacheStats>) -> std::io::Result<Self> {
         Ok(Self {
             key: BlockKey::random()?,
+            direct: DirectWrites::default(),
             dir,
             capacity,
             files: Arc::new(Mutex::new(Files {
@@ -315,15 +317,20 @@ impl DiskTier {
     }
 
     /// Writes a reserved block into its version's data file and its header,
-    /// unless it was evicted (or the tier cleared) meanwhile. Blocking.
-    pub(super) fn write_reserved(&self, span: &Span, data: &Bytes) {
+    /// unless it was evicted (or the tier cleared) meanwhile; `direct`: past
+    /// the page cache, where it can be (see [`DirectWrites`]). Blocking.
+    pub(super) fn write_reserved(&self, span: &Span, data: &Bytes, direct: bool) {
         let (id, name) = (&span.id, span.name.as_str());
         let Some((file, seq, ticket)) = self.data_file(span) else {
             return;
         };
         let header = header_name(ticket);
-        let written =
-            block_file::write_block(&self.dir, &header, &file, span.start, id, data, &self.key);
+        let direct = direct.then_some(&self.direct);
+        let written = file
+            .write_at(&self.dir, data, span.start, direct)
+            .and_then(|()| {
+                block_file::write_header(&self.dir, &header, &file, span.start, id, data, &self.key)
+            });
         let mut files = self.files.lock();
         let ours = files
             .entries
@@ -359,7 +366,7 @@ impl DiskTier {
                 .get(&span.version)
                 .is_some_and(|v| v.seq == seq && !v.exposed);
             if same_file && !files.entries.contains(name) {
-                let _ = punch(&file, span.start, data.len() as u64);
+                let _ = punch(&file.file, span.start, data.len() as u64);
             }
             return;
         }
@@ -374,7 +381,7 @@ impl DiskTier {
     /// The data file a reserved block goes into, created with the version's
     /// first block, its version's seq and the block's ticket; `None` when
     /// the block is no longer reserved.
-    fn data_file(&self, span: &Span) -> Option<(Arc<File>, u64, u64)> {
+    fn data_file(&self, span: &Span) -> Option<(Arc<DataFile>, u64, u64)> {
         let mut files = self.files.lock();
         let files = &mut *files;
         let entry = files.entries.peek(&span.name).filter(|e| !e.written)?;
@@ -384,11 +391,8 @@ impl DiskTier {
             .get_mut(&span.version)
             .filter(|v| v.seq == entry.seq)?;
         if version.file.is_none() {
-            match self.dir.create_file(&data_name(version.seq)) {
-                Ok(file) => {
-                    block_file::random_access(&file);
-                    version.file = Some(Arc::new(file));
-                }
+            match DataFile::create(&self.dir, &data_name(version.seq)) {
+                Ok(file) => version.file = Some(Arc::new(file)),
                 Err(e) => {
                     debug!(error = %e, "cannot create a data file");
                     let entry = files.entries.pop(&span.name).expect("held");
@@ -425,7 +429,7 @@ impl DiskTier {
             });
             let held = files.versions.get_mut(version).filter(|_| whole)?;
             held.pins += 1;
-            (held.seq, held.file.clone())
+            (held.seq, held.file.as_ref().map(|f| f.file.clone()))
         };
         let pin = Pin {
             files: self.files.clone(),
@@ -490,7 +494,7 @@ impl DiskTier {
             let entry = files.entries.peek(name).filter(|e| e.written);
             let found = entry.and_then(|e| {
                 let version = files.versions.get(&e.version).filter(|v| v.seq == e.seq)?;
-                Some((e.ticket, version.file.clone()?))
+                Some((e.ticket, version.file.as_ref()?.file.clone()))
             });
             found.ok_or(ReadFailure::Missing)?
         };
@@ -555,7 +559,7 @@ impl Tier for DiskTier {
 
     fn put(&self, span: &Span, block: &Bytes) {
         if self.reserve(span, block) {
-            self.write_reserved(span, block);
+            self.write_reserved(span, block, true);
         }
     }
 

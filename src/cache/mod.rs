@@ -115,8 +115,9 @@ pub struct CacheConfig {
     pub memory_bytes: u64,
     /// Bytes of fetched blocks whose files may be being written at once. When
     /// the disk falls this far behind, fetches wait for it rather than holding
-    /// ever more data in memory (writes land in the page cache, so this is
-    /// rarely reached).
+    /// ever more data in memory (blocks that find it full are written through
+    /// the page cache, which drains it at memory speed until the kernel's
+    /// dirty-page limits are reached).
     pub write_backlog: u64,
 }
 
@@ -225,6 +226,11 @@ impl BlockCache {
     /// Bytes of block files on disk now (and being written).
     pub fn disk_used(&self) -> u64 {
         self.disk.used()
+    }
+
+    /// Bytes of blocks fetched and not yet written to disk.
+    pub fn disk_writing(&self) -> u64 {
+        self.writing.lock().values().map(|b| b.len() as u64).sum()
     }
 
     /// Bytes `range` of `size`-byte object `key` at version `etag`, in pieces
@@ -492,13 +498,18 @@ impl BlockCache {
         // Served from here until its file is in place, so nobody fetches it again.
         self.writing.lock().insert(span.id.clone(), data.clone());
         let permits = (data.len() as u64).clamp(1, self.config.write_backlog.max(1)) as u32;
+        // Past the page cache while the disk keeps up. A block that finds the
+        // backlog full goes through the page cache, which takes it at memory
+        // speed (until the kernel's dirty-page limits): a disk slower than the
+        // network would otherwise hold every burst of reads to its own speed.
+        let direct = self.write_backlog.available_permits() >= permits as usize;
         let Ok(permit) = self.write_backlog.clone().acquire_many_owned(permits).await else {
             self.writing.lock().remove(&span.id);
             return;
         };
         let (cache, span, data) = (self.clone(), span.clone(), data.clone());
         tokio::task::spawn_blocking(move || {
-            cache.disk.write_reserved(&span, &data);
+            cache.disk.write_reserved(&span, &data, direct);
             cache.writing.lock().remove(&span.id);
             drop(permit);
         });

@@ -315,8 +315,13 @@ impl Supervisor {
                         self.fuse = Some(fd);
                     }
                     worker.serving = true;
+                    // From here on it mostly waits.
+                    super::process::release_program_pages();
                 }
-                FromWorker::Serving => worker.serving = true,
+                FromWorker::Serving => {
+                    worker.serving = true;
+                    super::process::release_program_pages();
+                }
                 FromWorker::Restart => {
                     info!("restart asked for through the volume");
                     if let Some(worker) = &mut self.worker {

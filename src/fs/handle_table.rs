@@ -18,6 +18,21 @@ use crate::journal::{Handle, Journal, Record};
 /// read through a handle on it.
 pub(super) type BaseReader = Arc<tokio::sync::Mutex<Option<Reader>>>;
 
+/// What a handle's reads through the daemon tell of the kernel's page cache
+/// of its file (see `InodeTable::note_closed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KernelFill {
+    /// Nothing: the kernel keeps none of it (passthrough, direct I/O), or the
+    /// handle was opened by a worker before this one.
+    Nothing,
+    /// The kernel keeps what it reads, besides what it held.
+    Adds,
+    /// Opened on the belief that the kernel held the file whole (its pages
+    /// kept): what reaches the daemon it lacked (pages reclaimed since), and
+    /// is all it is known to hold now.
+    Corrects,
+}
+
 /// An open file handle.
 #[derive(Clone)]
 pub(super) enum OpenFile {
@@ -34,6 +49,9 @@ pub(super) enum OpenFile {
         /// The kernel reads the handle's version from a backing file with
         /// this ID (passthrough), never through the daemon.
         backing: Option<u32>,
+        /// What the bytes read through the handle tell of the kernel's page
+        /// cache of the file.
+        fill: KernelFill,
     },
     /// The file is being written in this mount: reads and writes go to its
     /// staged copy.

@@ -18,7 +18,7 @@ use tracing::debug;
 use crate::cache::WholeFile;
 
 use super::audit::errno_of;
-use super::handle_table::BaseReader;
+use super::handle_table::{BaseReader, KernelFill};
 use super::inode::{Kind, Node};
 use super::passthrough::Io;
 use super::read::{ObjectVersion, Reader};
@@ -55,7 +55,7 @@ impl Fs {
         let direct_io;
         let mut backing = None;
         let (handle, ticket) = if flags.write || self.staging.file(ino).is_some() {
-            let file = self.stage(ino, flags).await?;
+            let (file, truncation) = self.stage(ino, flags).await?;
             self.inodes.lock().note_open(ino, None);
             let ticket = self.passthrough.open(ino, None, || None);
             if ticket.io == Io::Conflict {
@@ -66,7 +66,7 @@ impl Fs {
                 ino,
                 file,
                 writer: if flags.write {
-                    Writer::new(flags.process, false, flags.truncate)
+                    Writer::new(flags.process, false, flags.truncate, truncation)
                 } else {
                     None
                 },
@@ -116,9 +116,16 @@ impl Fs {
                 });
             // Read by the kernel from the disk cache where the version is
             // whole there; an unauthenticated one never (it is direct).
+            // Unless the kernel likely holds the version whole in its page
+            // cache already (read through the daemon, and kept): that is
+            // faster than the disk, and the cache's copy bypassed the page
+            // cache (see `crate::cache`).
+            let in_kernel =
+                keep_cache && self.inodes.lock().kernel_holds_whole(ino, &node.stat.etag);
             let ticket = (!direct_io).then(|| {
-                self.passthrough
-                    .open(ino, Some(&node.stat.etag), || self.whole_file(&node))
+                self.passthrough.open(ino, Some(&node.stat.etag), || {
+                    (!in_kernel).then(|| self.whole_file(&node)).flatten()
+                })
             });
             match ticket.as_ref().map(|t| t.io) {
                 Some(Io::Conflict) => return Err(self.replaced(ino, &node)),
@@ -127,6 +134,9 @@ impl Fs {
             }
             // The kernel takes no other flag with passthrough.
             keep_cache &= !direct_io && backing.is_none();
+            if !keep_cache {
+                self.inodes.lock().note_emptied(ino);
+            }
             let etag: Arc<str> = node.stat.etag.as_str().into();
             let object = self.object_version(&node, opening.decryption);
             let reader = Reader::new(object, self.config.read.clone(), self.config.memory.clone());
@@ -137,6 +147,13 @@ impl Fs {
                 read_once: Arc::default(),
                 kernel_kept: keep_cache,
                 backing,
+                fill: if direct_io || flags.direct || backing.is_some() {
+                    KernelFill::Nothing
+                } else if in_kernel {
+                    KernelFill::Corrects
+                } else {
+                    KernelFill::Adds
+                },
             };
             (handle, ticket)
         };
@@ -235,7 +252,16 @@ impl Fs {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        match self.handle(fh)? {
+        let handle = self.handle(fh)?;
+        if let OpenFile::Staged {
+            file,
+            writer: Some(writer),
+            ..
+        } = &handle
+        {
+            writer.reached_a_process(file);
+        }
+        match handle {
             OpenFile::Object {
                 ino,
                 reader,
@@ -478,10 +504,24 @@ impl Fs {
         self.passthrough.release(fh);
         match handle {
             Some(OpenFile::Staged { ino, writer, .. }) => self.release_staged(ino, writer).await,
-            Some(OpenFile::Object { ino, etag, .. }) => {
-                // Whatever it read is in the kernel's cache; unless that is the
-                // version the cache is known to hold, the cache is mixed.
-                self.inodes.lock().note_closed(ino, &etag);
+            Some(OpenFile::Object {
+                ino,
+                etag,
+                reader,
+                fill,
+                ..
+            }) => {
+                // Whatever it read is in the kernel's cache (unless the kernel
+                // read the backing file); unless that is the version the cache
+                // is known to hold, the cache is mixed.
+                let (etag, filled) = match reader.try_lock() {
+                    Ok(reader) if fill != KernelFill::Nothing => {
+                        (reader.object().etag.clone(), reader.returned())
+                    }
+                    _ => (etag, 0),
+                };
+                let corrects = fill == KernelFill::Corrects;
+                self.inodes.lock().note_closed(ino, &etag, filled, corrects);
             }
             None => {}
         }

@@ -84,6 +84,11 @@ pub struct Node {
     /// Files: the ETag of the version whose pages the kernel may hold in its
     /// page cache, set when a reader opened that version.
     pub kernel_cached: Option<String>,
+    /// Bytes of that version the daemon has read to the kernel through opens
+    /// that fill its page cache, since the kernel last emptied it: once they
+    /// reach the size, the kernel likely holds the file whole (unless memory
+    /// pressure took pages since).
+    pub kernel_filled: u64,
     /// Its name is gone (unlinked, replaced by a rename, or found gone from
     /// S3) while the kernel still holds it, for a descriptor open on it: its
     /// key is another's now, or no one's.
@@ -142,6 +147,7 @@ impl InodeTable {
             expired: false,
             listed: None,
             kernel_cached: None,
+            kernel_filled: 0,
             unlinked: false,
         };
         Self {
@@ -227,6 +233,7 @@ impl InodeTable {
                         expired: true,
                         listed: None,
                         kernel_cached: None,
+                        kernel_filled: 0,
                         unlinked: carried.unlinked,
                     },
                 );
@@ -256,16 +263,49 @@ impl InodeTable {
         };
         let keep = etag.is_some() && node.kernel_cached.as_deref() == etag;
         node.kernel_cached = etag.map(str::to_string);
+        if !keep {
+            node.kernel_filled = 0;
+        }
         keep
     }
 
-    /// A reader of version `etag` closed: if the kernel's cache is known to hold
-    /// another version, it may now hold a mix.
-    pub fn note_closed(&mut self, ino: u64, etag: &str) {
-        if let Some(node) = self.nodes.get_mut(&ino)
-            && node.kernel_cached.as_deref() != Some(etag)
-        {
+    /// The open just decided does not keep the kernel's pages of `ino`: the
+    /// kernel empties its cache of the file.
+    pub fn note_emptied(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.kernel_filled = 0;
+        }
+    }
+
+    /// Whether the kernel likely holds version `etag` of file `ino` whole in
+    /// its page cache: every byte of it was read to the kernel since it last
+    /// emptied its cache of the file, and it has not forgotten the file.
+    pub fn kernel_holds_whole(&self, ino: u64, etag: &str) -> bool {
+        self.nodes.get(&ino).is_some_and(|node| {
+            node.kernel_cached.as_deref() == Some(etag)
+                && node.stat.size > 0
+                && node.kernel_filled >= node.stat.size
+        })
+    }
+
+    /// A reader of version `etag` closed, having read `filled` bytes into the
+    /// kernel's page cache: if the kernel's cache is known to hold another
+    /// version, it may now hold a mix. With `corrects`, it was opened on the
+    /// belief that the kernel held the version whole: bytes it read through
+    /// the daemon show that it did not, and are all it is known to hold.
+    pub fn note_closed(&mut self, ino: u64, etag: &str, filled: u64, corrects: bool) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if node.kernel_cached.as_deref() == Some(etag) {
+            node.kernel_filled = if corrects && filled > 0 {
+                filled
+            } else {
+                node.kernel_filled.saturating_add(filled)
+            };
+        } else {
             node.kernel_cached = None;
+            node.kernel_filled = 0;
         }
     }
 
@@ -320,6 +360,7 @@ impl InodeTable {
                 expired: false,
                 listed: None,
                 kernel_cached: None,
+                kernel_filled: 0,
                 unlinked: false,
             },
         );
@@ -510,6 +551,10 @@ impl InodeTable {
         }
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(n);
+            // The kernel's inode went, and its pages with it (or a lookup's
+            // answer went unused; counting from nothing then only costs a
+            // passthrough open where the pages would have done).
+            node.kernel_filled = 0;
             if node.lookups == 0 {
                 let slot = (node.parent, node.name.clone());
                 // Keep the name mapping (and so the node) while it still points here:
@@ -573,6 +618,64 @@ mod tests {
         assert_eq!(table.get(child).unwrap().key, "root/a/b");
         // The file inode had no kernel references, so it went when it was replaced.
         assert!(table.get(a).is_none());
+    }
+
+    #[test]
+    fn the_kernel_holds_a_file_whole_once_every_byte_of_one_version_was_kept() {
+        let now = Instant::now();
+        let mut table = InodeTable::new("", SystemTime::UNIX_EPOCH);
+        let stat = |etag: &str| Stat {
+            size: 100,
+            etag: etag.into(),
+            ..Stat::directory(SystemTime::UNIX_EPOCH)
+        };
+        let f = table.upsert(ROOT_INO, "f", Kind::File, stat("v1"), now);
+        table.add_lookup(f);
+        let read_whole = |table: &mut InodeTable, etag: &str, bytes: u64| {
+            let kept = table.note_open(f, Some(etag));
+            table.note_closed(f, etag, bytes, false);
+            kept
+        };
+        assert!(!read_whole(&mut table, "v1", 60));
+        assert!(!table.kernel_holds_whole(f, "v1"), "60 of 100 bytes");
+        assert!(read_whole(&mut table, "v1", 40), "kept: the bytes add up");
+        assert!(table.kernel_holds_whole(f, "v1"));
+        assert!(!table.kernel_holds_whole(f, "v2"));
+
+        // An open that does not keep the pages empties the kernel's cache.
+        table.note_open(f, Some("v1"));
+        table.note_emptied(f);
+        assert!(!table.kernel_holds_whole(f, "v1"));
+        table.note_closed(f, "v1", 100, false);
+        assert!(table.kernel_holds_whole(f, "v1"));
+
+        // Opened on that belief, a reader that found pages missing (reclaimed
+        // under memory pressure) corrects it; one that found them all leaves it.
+        table.note_open(f, Some("v1"));
+        table.note_closed(f, "v1", 0, true);
+        assert!(table.kernel_holds_whole(f, "v1"));
+        table.note_open(f, Some("v1"));
+        table.note_closed(f, "v1", 30, true);
+        assert!(!table.kernel_holds_whole(f, "v1"), "30 of 100 known held");
+        read_whole(&mut table, "v1", 70);
+        assert!(table.kernel_holds_whole(f, "v1"));
+
+        // A reader of another version closing mixes the cache.
+        table.note_closed(f, "v0", 100, false);
+        assert!(!table.kernel_holds_whole(f, "v1"));
+        read_whole(&mut table, "v1", 100);
+        assert!(table.kernel_holds_whole(f, "v1"));
+
+        // A new version read whole counts from nothing.
+        table.learnt(f, stat("v2"), now);
+        assert!(!read_whole(&mut table, "v2", 50));
+        assert!(!table.kernel_holds_whole(f, "v2"));
+        read_whole(&mut table, "v2", 50);
+        assert!(table.kernel_holds_whole(f, "v2"));
+
+        // Forgotten by the kernel, its pages went with its inode.
+        table.forget(f, 1);
+        assert!(!table.kernel_holds_whole(f, "v2"));
     }
 
     #[test]

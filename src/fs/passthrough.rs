@@ -19,6 +19,11 @@
 //! counting down at release is never early). Writers never meet passthrough:
 //! it is off on read-write volumes.
 //!
+//! The filesystem asks for no backing file when the kernel likely holds the
+//! version whole in its page cache already (read whole through the daemon, and
+//! kept since): its pages are faster than the disk, where the cache writes its
+//! blocks past the page cache.
+//!
 //! A pinned version's blocks are not evicted while its backing ID is open (see
 //! `crate::cache`). Passthrough is off on an encrypted volume (its cache holds
 //! ciphertext), with an audit log (whose reads must reach the daemon), and

@@ -352,8 +352,11 @@ pub struct Reader {
     parts: VecDeque<Part>,
     /// Every read so far continued the one before it, from offset 0.
     from_start: bool,
-    /// Bytes were returned: the version read is the one the application saw.
-    served: bool,
+    /// A worker before this one may have returned bytes through the handle.
+    taken_over: bool,
+    /// How many bytes of the version were returned (any: the version read is
+    /// the one the application saw).
+    returned: u64,
     /// [`Reader::switch_to`] was called (it may be, once).
     switched: bool,
 }
@@ -369,7 +372,8 @@ impl Reader {
             window,
             parts: VecDeque::new(),
             from_start: true,
-            served: false,
+            taken_over: false,
+            returned: 0,
             switched: false,
         }
     }
@@ -378,7 +382,7 @@ impl Reader {
     /// (a worker before this one served it): it never switches to another
     /// version.
     pub fn already_served(mut self) -> Self {
-        self.served = true;
+        self.taken_over = true;
         self
     }
 
@@ -387,10 +391,15 @@ impl Reader {
         &self.object
     }
 
+    /// How many bytes of [`Reader::object`] it returned.
+    pub fn returned(&self) -> u64 {
+        self.returned
+    }
+
     /// Whether the reader may still read another version than the one it
     /// was opened on: it returned no byte yet, and did not switch before.
     pub fn may_switch(&self) -> bool {
-        !self.served && !self.switched
+        !self.taken_over && self.returned == 0 && !self.switched
     }
 
     /// Reads `object` from now on (see [`Reader::may_switch`]).
@@ -431,7 +440,7 @@ impl Reader {
             other => other,
         };
         match &result {
-            Ok(data) => self.served |= !data.is_empty(),
+            Ok(data) => self.returned += data.len() as u64,
             Err(_) => {
                 // Whatever failed, the parts in flight may be just as stale or
                 // broken.
@@ -467,7 +476,7 @@ impl Reader {
             None => data,
         };
         self.after_random_read(offset, end);
-        self.served = true;
+        self.returned += data.len() as u64;
         Some(data)
     }
 

@@ -18,7 +18,7 @@ use std::time::Instant;
 use futures::future::join_all;
 use tracing::{info, warn};
 
-use super::handle_table::OpenFile;
+use super::handle_table::{KernelFill, OpenFile};
 use super::read::Reader;
 use super::{Fs, FsError, FsResult};
 use crate::journal::{Carried, Handle, Journal, Record};
@@ -274,6 +274,7 @@ impl Fs {
                 read_once: Arc::new(AtomicBool::new(true)),
                 kernel_kept: false,
                 backing,
+                fill: KernelFill::Nothing,
             },
         );
         Ok(true)

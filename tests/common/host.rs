@@ -70,27 +70,32 @@ fn install_helpers(binary: &Path) -> TempDir {
     links
 }
 
-/// A tmpfs of the test's, lazily unmounted when dropped so its directory can be
-/// removed.
-struct Scratch {
+/// A file system in memory of the test's (a tmpfs unless it asks for another
+/// kind), lazily unmounted when dropped so its directory can be removed.
+pub struct Scratch {
     dir: TempDir,
 }
 
 impl Scratch {
     fn new() -> Scratch {
+        Scratch::of("tmpfs")
+    }
+
+    /// A file system of type `kind` that takes a mode (tmpfs, ramfs).
+    pub fn of(kind: &str) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         mount(
-            Some("tmpfs"),
+            Some(kind),
             dir.path(),
-            Some("tmpfs"),
+            Some(kind),
             MsFlags::empty(),
             Some("mode=755"),
         )
-        .expect("mount a tmpfs");
+        .unwrap_or_else(|e| panic!("mount a {kind}: {e}"));
         Scratch { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nspawn;
 pub mod procs;
 pub mod proxy;
+pub mod tls;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -512,6 +513,20 @@ impl Mount {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until every byte of a `size`-byte file read once is on disk in
+    /// the cache: its blocks are written behind the reader, and counted from
+    /// when they are reserved.
+    pub fn wait_for_disk(&self, size: usize) {
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let cache = &self.stats()["cache"];
+                cache["disk_used"].as_u64().unwrap() >= size as u64 && cache["disk_writing"] == 0
+            }),
+            "{}",
+            self.stats()
+        );
     }
 }
 

@@ -4,6 +4,7 @@ use crate::common;
 
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::{Mount, Server, ServerKind, pattern, s3vol, unmount, wait_until};
@@ -117,18 +118,6 @@ async fn a_second_read_is_served_from_the_cache_with_no_get() {
     assert!(log.contains("\"bytes_from_cache\""), "{log}");
 }
 
-/// Waits until every byte of a `size`-byte file read once is on disk in the
-/// cache (its blocks are written behind the reader).
-fn wait_for_disk(mount: &Mount, size: usize) {
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            mount.stats()["cache"]["disk_used"].as_u64().unwrap() >= size as u64
-        }),
-        "{}",
-        mount.stats()
-    );
-}
-
 #[tokio::test]
 #[ignore = "needs Garage (scripts/test.sh)"]
 async fn a_file_whole_in_the_cache_is_read_by_the_kernel_from_it() {
@@ -145,7 +134,7 @@ async fn a_file_whole_in_the_cache_is_read_by_the_kernel_from_it() {
         mount.stats()
     );
     assert_eq!(std::fs::read(&file).unwrap(), data);
-    wait_for_disk(&mount, data.len());
+    mount.wait_for_disk(data.len());
 
     // Opened again, the file is read by the kernel from the cache's file: the
     // daemon serves none of it, and S3 is not asked.
@@ -199,6 +188,116 @@ async fn a_file_whole_in_the_cache_is_read_by_the_kernel_from_it() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("passthrough  on: 2 opens"), "{text}");
+}
+
+#[tokio::test]
+#[ignore = "needs Garage (scripts/test.sh)"]
+async fn a_file_the_kernel_holds_whole_is_read_from_its_pages_and_after_that_from_the_cache() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    let data = pattern(24 * MIB + 5, 3);
+    server.put(BUCKET, "root/f.bin", data.clone()).await;
+    let mount = Mount::new(&server, "vol/root", &[]);
+    let file = mount.path().join("f.bin");
+    assert_eq!(std::fs::read(&file).unwrap(), data);
+    mount.wait_for_disk(data.len());
+
+    // Read whole through the daemon, its pages kept by the kernel: a re-read
+    // is served from them, not from the cache's file on disk.
+    let before = mount.stats();
+    assert!(std::fs::read(&file).unwrap() == data);
+    let after = mount.stats();
+    assert_eq!(after["passthrough"]["opens"], 0, "{after}");
+    assert_eq!(
+        after["cache"]["bytes_from_cache"], before["cache"]["bytes_from_cache"],
+        "the kernel's pages served it"
+    );
+    assert_eq!(gets(&mount), gets_of(&before));
+
+    // Once the kernel lets go of the file, its pages went too: the cache's
+    // file serves it.
+    drop_page_cache();
+    assert!(std::fs::read(&file).unwrap() == data);
+    let last = mount.stats();
+    assert_eq!(last["passthrough"]["opens"], 1, "{last}");
+    assert_eq!(gets(&mount), gets_of(&before));
+
+    // An application's O_DIRECT read leaves nothing in the kernel's cache:
+    // the next open reads the cache's file.
+    let other = pattern(8 * MIB, 5);
+    server.put(BUCKET, "root/g.bin", other.clone()).await;
+    let out = Command::new("dd")
+        .arg(format!("if={}", mount.path().join("g.bin").display()))
+        .args(["of=/dev/null", "bs=1M", "iflag=direct", "status=none"])
+        .output()
+        .unwrap();
+    assert!(common::succeeded(&out));
+    mount.wait_for_disk(data.len() + other.len());
+    assert!(std::fs::read(mount.path().join("g.bin")).unwrap() == other);
+    let after_direct = mount.stats();
+    assert_eq!(after_direct["passthrough"]["opens"], 2, "{after_direct}");
+}
+
+#[tokio::test]
+#[ignore = "needs Garage (scripts/test.sh)"]
+async fn a_cache_where_direct_writes_are_refused_is_written_through_the_page_cache() {
+    let server = Server::start(ServerKind::Garage);
+    server.create_bucket(BUCKET).await;
+    let files: Vec<Vec<u8>> = (0..3)
+        .map(|i| pattern(24 * MIB + i, 7 + i as u64))
+        .collect();
+    for (i, data) in files.iter().enumerate() {
+        server
+            .put(BUCKET, &format!("root/f{i}"), data.clone())
+            .await;
+    }
+    // ramfs has no direct I/O: an O_DIRECT open there fails with EINVAL. (It
+    // shows no free space either, so the cache is given its size.) Mounted in a
+    // namespace of the test's own, so that it goes with the test however the
+    // test ends.
+    common::host::in_private_mount_namespace(|| {
+        let ramfs = common::host::Scratch::of("ramfs");
+        let cache = ramfs.path().join("cache");
+        let cache_arg = cache.to_str().unwrap().to_string();
+        let mount = Mount::new(
+            &server,
+            "vol/root",
+            &["--cache-dir", &cache_arg, "--cache-size", "256MiB"],
+        );
+        for (i, data) in files.iter().enumerate() {
+            assert!(std::fs::read(mount.path().join(format!("f{i}"))).unwrap() == *data);
+        }
+        let total = files.iter().map(Vec::len).sum();
+        mount.wait_for_disk(total);
+        // Said once, however many blocks were written after.
+        let log = mount.log_text();
+        assert_eq!(log.matches("refused a direct write").count(), 1, "{log}");
+        // Every block landed whole: the files are read again from the cache
+        // alone, once the kernel has let go of its pages of them.
+        let before = mount.stats();
+        std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the page cache");
+        for (i, data) in files.iter().enumerate() {
+            assert!(std::fs::read(mount.path().join(format!("f{i}"))).unwrap() == *data);
+        }
+        let after = mount.stats();
+        assert_eq!(gets_of(&after), gets_of(&before));
+        // Served by the cache's files, through passthrough or the daemon.
+        let grew = |field: &serde_json::Value, old: &serde_json::Value| {
+            field.as_u64().unwrap() - old.as_u64().unwrap()
+        };
+        let opens = grew(
+            &after["passthrough"]["opens"],
+            &before["passthrough"]["opens"],
+        );
+        let from_disk = grew(
+            &after["cache"]["disk_hit_bytes"],
+            &before["cache"]["disk_hit_bytes"],
+        );
+        assert!(
+            opens == 3 || from_disk >= total as u64,
+            "{opens} passthrough opens, {from_disk} bytes from the disk cache: {after}"
+        );
+    });
 }
 
 #[tokio::test]

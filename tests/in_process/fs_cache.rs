@@ -57,6 +57,7 @@ fn volume(store: Arc<MemoryStore>, capacity: u64, ttl: Duration) -> Volume {
         errors: Default::default(),
         io_timeout: std::time::Duration::from_secs(30),
         passthrough: Default::default(),
+        heads_without_the_sdk: None,
         audit: None,
         callers: Default::default(),
     });
