@@ -45,6 +45,9 @@ pub struct MountStats {
     pub io_timeout: Duration,
     /// Which files the kernel reads from the disk cache directly.
     pub passthrough: std::sync::OnceLock<Arc<dyn Fn() -> PassthroughStatus + Send + Sync>>,
+    /// HEADs sent and read without the SDK's request pipeline, and those sent
+    /// again through it (see `store::s3::head`).
+    pub heads_without_the_sdk: Option<crate::store::stack::HeadsWithoutTheSdk>,
 }
 
 /// What `s3vol stats` says of passthrough (the kernel reading files whole in
@@ -153,6 +156,7 @@ impl MountStats {
                     "evictions": load(&stats.evictions),
                     "damaged_blocks": load(&stats.corrupt),
                     "disk_used": cache.disk_used(),
+                    "disk_writing": cache.disk_writing(),
                     "disk_capacity": cache.capacity(),
                     "dir": cache.dir().display().to_string(),
                 })
@@ -200,6 +204,11 @@ impl MountStats {
                     "opens": status.opens,
                     "files_now": status.inodes_now,
                 })
+            }),
+            // (Counted in "requests" as well.)
+            "heads_without_the_sdk": self.heads_without_the_sdk.as_ref().map(|heads| {
+                let (answered, resent) = heads();
+                json!({ "answered": answered, "resent": resent })
             }),
             "memory": memory,
             "uploads": {
@@ -561,6 +570,7 @@ mod tests {
             errors: ErrnoStats::default(),
             io_timeout: Duration::from_secs(30),
             passthrough: Default::default(),
+            heads_without_the_sdk: None,
         }
     }
 
@@ -649,6 +659,7 @@ mod tests {
             errors: ErrnoStats::default(),
             io_timeout: Duration::from_secs(30),
             passthrough: Default::default(),
+            heads_without_the_sdk: None,
         };
         stats.errors.record(libc::ENOENT);
         stats.errors.record(libc::ENOENT);

@@ -141,6 +141,7 @@ impl Volume {
             errors: Default::default(),
             io_timeout: config.connection.io_timeout,
             passthrough: Default::default(),
+            heads_without_the_sdk: Some(stack.heads_without_the_sdk),
         });
         let fs_config = FsConfig {
             uid: config

@@ -48,6 +48,10 @@ pub struct Connection {
 /// How a store's credentials stand: renewals, expiry, a failing renewal.
 pub type CredentialState = Arc<dyn Fn() -> auth::CredentialStatus + Send + Sync>;
 
+/// How many HEADs a store sent and read without the SDK's request pipeline,
+/// and how many of their answers it sent again through the SDK.
+pub type HeadsWithoutTheSdk = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
+
 /// The stores of a mounted volume.
 pub struct VolumeStack {
     /// For the start-up probes: retried, not counted.
@@ -60,6 +64,8 @@ pub struct VolumeStack {
     /// The AWS configuration with the volume's renewed credentials, for the
     /// other services a volume uses (KMS, for client-side encryption).
     pub sdk: aws_config::SdkConfig,
+    /// What `s3vol stats` says of the HEADs sent without the SDK.
+    pub heads_without_the_sdk: HeadsWithoutTheSdk,
 }
 
 /// A store signing with renewed credentials, and the configuration that
@@ -68,6 +74,7 @@ struct Connected {
     store: Arc<dyn ObjectStore>,
     credentials: CredentialState,
     sdk: aws_config::SdkConfig,
+    heads_without_the_sdk: HeadsWithoutTheSdk,
 }
 
 impl Connection {
@@ -113,10 +120,15 @@ impl Connection {
             let credentials = credentials.clone();
             Arc::new(move || credentials.status())
         };
+        let heads_without_the_sdk: HeadsWithoutTheSdk = {
+            let s3 = s3.clone();
+            Arc::new(move || s3.heads_without_the_sdk())
+        };
         Ok(Connected {
             store: Arc::new(RenewOnExpiry::new(s3, credentials)),
             credentials: state,
             sdk,
+            heads_without_the_sdk,
         })
     }
 
@@ -137,6 +149,7 @@ impl Connection {
             store,
             credentials,
             sdk,
+            heads_without_the_sdk,
         } = self.connect(bucket).await?;
         let probe = self.retrying(store.clone());
         // Counted below the retries, so the statistics show every request sent.
@@ -148,6 +161,7 @@ impl Connection {
             requests,
             credentials,
             sdk,
+            heads_without_the_sdk,
         })
     }
 }

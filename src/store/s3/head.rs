@@ -53,6 +53,7 @@ use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::date_time::{DateTime, Format};
 use percent_encoding::utf8_percent_encode;
+use tracing::debug;
 
 use super::answer::{bodiless_error, to_system_time};
 use super::{COPY_SOURCE_ESCAPES, S3Store, get};
@@ -136,6 +137,14 @@ impl Intercept for LearnFrom {
     ) -> Result<(), BoxError> {
         if self.slot.get().is_none() {
             let learned = LeanHead::learn(&self.key, context.request(), &self.credentials);
+            match &learned {
+                Some(lean) => debug!(
+                    base = lean.base,
+                    region = lean.signing_region,
+                    "HEADs are signed and sent here from now on, not through the SDK"
+                ),
+                None => debug!("HEADs go through the SDK: its first one was not learnt"),
+            }
             let _ = self.slot.set(learned);
         }
         Ok(())

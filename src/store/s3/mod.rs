@@ -248,7 +248,6 @@ impl S3Store {
 
     /// HEADs this store sent and read without the SDK, and those whose
     /// answer it sent again through the SDK.
-    #[cfg(feature = "testing")]
     pub fn heads_without_the_sdk(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.lean
