@@ -141,17 +141,11 @@ impl Cipher {
     /// of 16-byte blocks long.
     pub fn hash(&self, ciphertext: &[u8]) -> Piece {
         let mut hash = GHash::new(&self.h.into());
-        let whole = ciphertext.len() / BLOCK * BLOCK;
-        // In batches, which GHASH takes faster than block by block, without
-        // allocating on a path every byte of an object takes.
-        let mut batch = [ghash::Block::default(); 64];
-        for chunk in ciphertext[..whole].chunks(BLOCK * batch.len()) {
-            for (block, bytes) in batch.iter_mut().zip(chunk.chunks_exact(BLOCK)) {
-                block.copy_from_slice(bytes);
-            }
-            hash.update(&batch[..chunk.len() / BLOCK]);
-        }
-        hash.update_padded(&ciphertext[whole..]);
+        // The whole blocks at once, where they lie (GHASH takes many blocks
+        // faster than one by one), then the rest, padded.
+        let (blocks, rest) = ghash::Block::slice_as_chunks(ciphertext);
+        hash.update(blocks);
+        hash.update_padded(rest);
         Piece {
             hash: hash.finalize().into(),
             len: ciphertext.len() as u64,

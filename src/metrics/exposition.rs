@@ -278,7 +278,8 @@ const REQUESTS: Metric = (
 );
 const DURATION: Metric = (
     "s3vol_request_duration_seconds",
-    "Time from sending a request to S3 to its whole answer (a GET's whole body), by S3 call.",
+    "Time from sending a request to S3 to its whole answer (a GET's whole body), or until s3vol \
+     gave it up, by S3 call.",
     Type::Histogram,
 );
 const FIRST_BYTE: Metric = (

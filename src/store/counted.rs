@@ -133,9 +133,7 @@ impl RequestStats {
     fn record(&self, op: Operation, outcome: Result<(), &StoreError>, took: Duration) {
         let index = Self::index(op);
         let name = outcome.err().map_or("ok", StoreError::outcome);
-        let at = OUTCOMES.iter().position(|o| *o == name).expect("listed");
-        self.outcomes[index][at].fetch_add(1, Ordering::Relaxed);
-        self.latency[index].record(took);
+        self.count_outcome(index, name, took);
         match outcome {
             Ok(()) => {
                 self.succeeded[index].fetch_add(1, Ordering::Relaxed);
@@ -161,6 +159,25 @@ impl RequestStats {
             }
         });
         self.in_run.store(failed, Ordering::Relaxed);
+    }
+
+    /// Counts a request of `op` that ended without an answer after `took`:
+    /// given up by its caller ("cancelled", which says nothing of the
+    /// endpoint), or cut short by a panic ("internal", an error).
+    fn record_unanswered(&self, op: Operation, panicked: bool, took: Duration) {
+        let name = if panicked { "internal" } else { "cancelled" };
+        self.count_outcome(Self::index(op), name, took);
+        if panicked {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request of the operation at `index` that came to outcome
+    /// `name` (one of [`OUTCOMES`]) and took `took`.
+    fn count_outcome(&self, index: usize, name: &str, took: Duration) {
+        let at = OUTCOMES.iter().position(|o| *o == name).expect("listed");
+        self.outcomes[index][at].fetch_add(1, Ordering::Relaxed);
+        self.latency[index].record(took);
     }
 
     /// Follows the multipart uploads' lives: one begins with a creation that
@@ -213,6 +230,25 @@ impl RequestStats {
     }
 }
 
+/// A request on its way: if its caller gives it up (drops the future) or it
+/// panics before an answer, dropping this counts it, so that every request
+/// sent has an outcome.
+struct Pending<'a> {
+    stats: &'a RequestStats,
+    op: Operation,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.stats
+                .record_unanswered(self.op, std::thread::panicking(), self.started.elapsed());
+        }
+    }
+}
+
 pub struct CountedStore {
     inner: Arc<dyn ObjectStore>,
     stats: Arc<RequestStats>,
@@ -237,10 +273,16 @@ impl CountedStore {
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
         self.stats.requests[RequestStats::index(op)].fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let mut pending = Pending {
+            stats: &self.stats,
+            op,
+            started: Instant::now(),
+            answered: false,
+        };
         let result = call.await;
+        pending.answered = true;
         self.stats
-            .record(op, result.as_ref().map(drop), started.elapsed());
+            .record(op, result.as_ref().map(drop), pending.started.elapsed());
         if result.is_ok() {
             self.stats
                 .bytes_uploaded
@@ -319,6 +361,50 @@ mod tests {
         assert_eq!(stats.latency(Operation::GetObject, false).count(), 2);
         assert_eq!(stats.latency(Operation::PutObject, false).count(), 1);
         assert_eq!(stats.failing(), None, "the last request had an answer");
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_or_panicking_before_its_answer_has_an_outcome() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        let faulty = Arc::new(FaultyStore::new(memory.clone()));
+        let store = Arc::new(CountedStore::new(faulty.clone()));
+        store
+            .put_object("a", Bytes::from_static(b"hello"), &Default::default())
+            .await
+            .unwrap();
+        faulty.fail_nth(
+            Operation::GetObject,
+            1,
+            Fault::Delay(Duration::from_secs(60)),
+        );
+        let reader = {
+            let store = store.clone();
+            tokio::spawn(async move { store.get_range("a", 0..5, None).await })
+        };
+        let stats = store.stats();
+        while stats.requests(Operation::GetObject) == 0 {
+            tokio::task::yield_now().await;
+        }
+        reader.abort();
+        assert!(reader.await.unwrap_err().is_cancelled());
+        assert_eq!(stats.outcome(Operation::GetObject, "cancelled"), 1);
+        assert_eq!(stats.latency(Operation::GetObject, false).count(), 1);
+        assert_eq!(stats.errors(), 0, "giving up is not the endpoint failing");
+        assert_eq!(stats.failing(), None);
+        // One cut short by a panic is an internal error.
+        faulty.fail_nth(Operation::GetObject, 1, Fault::Panic);
+        let panicked = {
+            let store = store.clone();
+            tokio::spawn(async move { store.get_range("a", 0..5, None).await })
+        };
+        assert!(panicked.await.unwrap_err().is_panic());
+        assert_eq!(stats.outcome(Operation::GetObject, "internal"), 1);
+        assert_eq!(stats.errors(), 1);
+        // Every request sent has its outcome.
+        for op in Operation::ALL {
+            let outcomes: u64 = OUTCOMES.iter().map(|o| stats.outcome(op, o)).sum();
+            assert_eq!(outcomes, stats.requests(op), "{op}");
+        }
     }
 
     #[tokio::test]

@@ -614,9 +614,10 @@ impl StoreError {
     }
 }
 
-/// What a request to S3 can come to, as the statistics count them: `ok`, or the
-/// kind of error ([`StoreError::outcome`]).
-pub const OUTCOMES: [&str; 12] = [
+/// What a request to S3 can come to, as the statistics count them: `ok`, the
+/// kind of error ([`StoreError::outcome`]), or `cancelled`, given up by its
+/// caller before an answer (a read-ahead no longer wanted).
+pub const OUTCOMES: [&str; 13] = [
     "ok",
     "not_found",
     "no_such_bucket",
@@ -629,6 +630,7 @@ pub const OUTCOMES: [&str; 12] = [
     "no_credentials",
     "bad_answer",
     "internal",
+    "cancelled",
 ];
 
 /// The ARN of an object or of every key under a prefix, as IAM policies name them.

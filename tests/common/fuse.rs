@@ -35,15 +35,25 @@ pub struct MemoryMount {
 impl MemoryMount {
     /// A read-only volume.
     pub fn read_only(store: Arc<dyn ObjectStore>, config: FsConfig) -> Self {
-        Self::mount(store, config, false)
+        Self::mount(store, config, false, true)
     }
 
     /// A read-write volume with [`PART`]-sized parts.
     pub fn read_write(store: Arc<dyn ObjectStore>, config: FsConfig) -> Self {
-        Self::mount(store, config, true)
+        Self::mount(store, config, true, true)
     }
 
-    fn mount(store: Arc<dyn ObjectStore>, mut config: FsConfig, read_write: bool) -> Self {
+    /// A read-write volume whose programs may run.
+    pub fn read_write_exec(store: Arc<dyn ObjectStore>, config: FsConfig) -> Self {
+        Self::mount(store, config, true, false)
+    }
+
+    fn mount(
+        store: Arc<dyn ObjectStore>,
+        mut config: FsConfig,
+        read_write: bool,
+        noexec: bool,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -69,6 +79,7 @@ impl MemoryMount {
             errors: Default::default(),
             io_timeout: std::time::Duration::from_secs(30),
             passthrough: Default::default(),
+            heads_without_the_sdk: None,
             audit: config.audit.as_ref().map(|audit| audit.stats.clone()),
             callers: Default::default(),
         }));
@@ -80,7 +91,7 @@ impl MemoryMount {
         let plan = MountPlan {
             source: "bkt/root".into(),
             read_only: !read_write,
-            noexec: true,
+            noexec,
             access: Access::Owner,
         };
         let volume = session::mount(adapter, &mountpoint, &plan).unwrap_or_else(|e| {

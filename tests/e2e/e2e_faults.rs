@@ -84,12 +84,15 @@ fn check_blocks(path: &Path, blocks: usize, base: &[u8]) {
 async fn a_gib_is_written_and_read_byte_exact_with_a_tenth_of_requests_failing() {
     let (server, proxy) = server_and_proxy().await;
     proxy.inject(0.10, &Fault::ALL);
-    // At least one of each kind, whatever the dice say.
-    proxy.force(&Fault::ALL, false);
     let base = pattern(BLOCK, 41);
     let blocks = 1024 * MIB / BLOCK;
 
     let writer = mount_through(&proxy, &server, &["--read-write"]);
+    // At least one of each kind, whatever the dice say, forced on the write's
+    // requests: queued before the mount, all five would land one after the other
+    // on its first request, whose 3 s of retries a stall and the backoff between
+    // the five nearly use up (one more fault, and the mount fails).
+    proxy.force(&Fault::ALL, false);
     let started = Instant::now();
     write_blocks(&writer.path().join("big"), blocks, &base);
     eprintln!("1 GiB written in {:.1?}", started.elapsed());

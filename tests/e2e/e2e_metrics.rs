@@ -29,6 +29,21 @@ fn listens_on_loopback_only(port: u16) -> bool {
     listening == [format!("0100007F:{port:04X}")]
 }
 
+/// Whether every request the report counts has come to an outcome: none is
+/// on its way.
+fn every_request_has_its_outcome(report: &serde_json::Value) -> bool {
+    report["requests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .all(|(op, sent)| {
+            let outcomes: u64 = report["requests_by_outcome"][op]
+                .as_object()
+                .map_or(0, |o| o.values().filter_map(|n| n.as_u64()).sum());
+            sent.as_u64() == Some(outcomes)
+        })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Garage; run scripts/test.sh"]
 async fn a_scrape_during_a_workload_agrees_with_stats_and_shows_no_secret() {
@@ -92,16 +107,25 @@ async fn a_scrape_during_a_workload_agrees_with_stats_and_shows_no_secret() {
     let scrapes = scraper.join().unwrap();
     assert!(scrapes >= 1);
 
-    // Once the volume is quiet, the scrape and the report say the same.
+    // Once the volume is quiet (no request on its way: each sent has its
+    // outcome), the scrape and the report say the same.
+    let quiet_by = std::time::Instant::now() + Duration::from_secs(60);
     let (stats, samples, text) = loop {
         let before = mount.stats();
         let (_, text) = scrape(addr);
         let after = mount.stats();
-        if before["requests"] == after["requests"]
-            && before["errors_by_errno"] == after["errors_by_errno"]
+        let same = |key: &str| before[key] == after[key];
+        if same("requests")
+            && same("requests_by_outcome")
+            && same("errors_by_errno")
+            && every_request_has_its_outcome(&after)
         {
             break (after, parse(&text), text);
         }
+        assert!(
+            std::time::Instant::now() < quiet_by,
+            "the volume never came to rest: {after}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     for (op, n) in stats["requests"].as_object().unwrap() {

@@ -424,6 +424,32 @@ fn glob_matches_like_a_shell() {
     assert!(glob("a*c*e", "abcde"));
 }
 
+/// What pjdfstest printed under the case `name` that failed: its message and
+/// the first frames of its backtrace, which say which step of the case failed.
+fn failure_detail(report: &str, name: &str) -> String {
+    let is_status = |l: &str| {
+        let l = l.trim_end();
+        l.ends_with(" ok") || l.ends_with("FAILED") || l.ends_with("skipped")
+    };
+    let mut lines = report.lines().skip_while(|l| {
+        !(l.split_whitespace().next() == Some(name) && l.trim_end().ends_with("FAILED"))
+    });
+    let mut detail: Vec<&str> = lines.next().into_iter().collect();
+    detail.extend(lines.take_while(|l| !is_status(l)).take(40));
+    detail.join("\n")
+}
+
+#[test]
+fn a_failure_detail_is_the_cases_own_lines() {
+    let report = "a::b    ok\nopen::etxtbsy    FAILED\n\tETXTBSY\nBacktrace:\n  0: x\n\
+                  open::other    FAILED\n\tEIO\n";
+    assert_eq!(
+        failure_detail(report, "open::etxtbsy"),
+        "open::etxtbsy    FAILED\n\tETXTBSY\nBacktrace:\n  0: x"
+    );
+    assert_eq!(failure_detail(report, "open::other"), "open::other    FAILED\n\tEIO");
+}
+
 /// pjdfstest (the POSIX conformance suite) on a read-write volume. Garage keeps
 /// its metadata in SQLite here, which holds keys up to S3's 1024 bytes.
 #[tokio::test]
@@ -497,9 +523,17 @@ async fn pjdfstest_fails_only_where_semantics_md_says() {
         .iter()
         .filter(|p| !failed.iter().any(|name| glob(p, name)))
         .collect();
+    if !unexpected.is_empty() {
+        eprintln!("{report}");
+    }
     assert!(
         unexpected.is_empty(),
-        "failures not explained in tests/pjdfstest_expected_failures.txt: {unexpected:?}\n{report}"
+        "failures not explained in tests/pjdfstest_expected_failures.txt: {unexpected:?}\n{}",
+        unexpected
+            .iter()
+            .map(|name| failure_detail(&report, name))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(
         stale.is_empty(),

@@ -10,6 +10,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +107,106 @@ fn a_truncating_open_and_close_empties_the_object_at_release() {
             .is_some_and(|b| b.is_empty())),
         "the truncation never reached the bucket"
     );
+}
+
+/// `sleep`, copied to `program`, run and asleep: until it wakes, it runs no
+/// code it would have to fault in again (the kernel, told of a truncation
+/// by an open, drops the file's pages and takes it to be empty until it asks
+/// the daemon again, so the program would die of SIGBUS).
+fn asleep(program: &std::path::Path) -> std::process::Child {
+    let child = std::process::Command::new(program)
+        .arg("60")
+        .spawn()
+        .unwrap();
+    // clock_nanosleep(2) or nanosleep(2), by /proc's record of the call the
+    // process waits in.
+    let syscall = format!("/proc/{}/syscall", child.id());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&syscall).is_ok_and(|call| {
+                let number = call.split_whitespace().next().unwrap_or("");
+                number == libc::SYS_clock_nanosleep.to_string()
+                    || number == libc::SYS_nanosleep.to_string()
+            })
+        }),
+        "the program never went to sleep"
+    );
+    child
+}
+
+/// An open with O_TRUNC that the kernel fails after the daemon has opened the
+/// file truncates nothing in S3: O_RDONLY|O_TRUNC of a program that is
+/// running, for which the kernel asks for the truncating open first and finds
+/// the file busy (ETXTBSY) only after it. The mount shows the file whole
+/// again too.
+#[test]
+fn an_open_the_kernel_fails_after_the_daemon_truncated_leaves_the_file_whole() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let config = FsConfig {
+        metadata_ttl: Duration::ZERO,
+        ..FsConfig::default()
+    };
+    let vol = MemoryMount::read_write_exec(store.clone(), config);
+    let program = std::fs::read("/bin/sleep").unwrap();
+    let path = vol.join("sleep");
+    std::fs::write(&path, &program).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    vol.settle();
+    // Kept whole, in S3 and in the mount, once the releases are answered.
+    let whole = |when: &str| {
+        vol.settle();
+        assert!(
+            holds(&store, "root/sleep", &program),
+            "{when}: the refused open emptied the object: {:?} bytes",
+            held(&store, "root/sleep")
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == program,
+            "{when}: the mount shows it emptied"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            program.len() as u64
+        );
+    };
+    let mut running = asleep(&path);
+    let refused = open_read_only_truncating(&path);
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert_eq!(refused, Err(Some(libc::ETXTBSY)));
+    whole("staged by the open");
+
+    // Again while a reader keeps the file staged after a writer's close
+    // published it: the truncation was the one change over what S3 holds.
+    let mut writer = OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all(&program).unwrap();
+    let reader = File::open(&path).unwrap();
+    drop(writer);
+    // Refused twice: the second finds the first's truncation held back.
+    let mut running = asleep(&path);
+    let refused = [0, 1].map(|_| open_read_only_truncating(&path));
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert_eq!(refused, [Err(Some(libc::ETXTBSY)); 2]);
+    drop(reader);
+    whole("kept staged by a reader");
+
+    // The same open with nothing running truncates, as on any file system.
+    assert_eq!(open_read_only_truncating(&path), Ok(()));
+    vol.settle();
+    assert_eq!(held(&store, "root/sleep"), Some(0));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+}
+
+/// open(2) of `path` with O_RDONLY|O_TRUNC, closed at once; its errno if it
+/// failed.
+fn open_read_only_truncating(path: &std::path::Path) -> Result<(), Option<i32>> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(path)
+        .map(drop)
+        .map_err(|e| e.raw_os_error())
 }
 
 #[test]

@@ -274,11 +274,15 @@ const TRUNCATE: OpenFlags = OpenFlags {
     write: true,
     truncate: true,
     process: None,
+    direct: false,
+    read_only_truncate: false,
 };
 const WRITE: OpenFlags = OpenFlags {
     write: true,
     truncate: false,
     process: None,
+    direct: false,
+    read_only_truncate: false,
 };
 
 impl Harness {

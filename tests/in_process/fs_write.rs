@@ -614,26 +614,53 @@ async fn directory_renames_past_the_bound_or_the_key_limit_send_no_copy() {
     assert_eq!(store.keys().len(), 1002);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sync_racing_a_stop_fails_instead_of_answering_done() {
+/// A volume over `root/f` (1000 bytes) with a handle open on it for writing,
+/// whose first write, of `data` at `offset`, is under way: the first change
+/// downloads the object, that GET answers 400 ms late, and the file is busy
+/// until it ends. 100 ms into it.
+struct Downloading {
+    memory: Arc<MemoryStore>,
+    vol: Arc<Volume>,
+    ino: u64,
+    fh: u64,
+    write: tokio::task::JoinHandle<s3vol::fs::FsResult<u32>>,
+}
+
+async fn a_first_write_downloading(offset: u64, data: &'static [u8]) -> Downloading {
     let memory = Arc::new(MemoryStore::new("bkt"));
     memory.put("root/f", pattern(1000, 1));
     let faulty = Arc::new(FaultyStore::new(memory.clone()));
     let vol = Arc::new(volume(faulty.clone()));
     let ino = lookup_path(&vol.fs, "f").await.unwrap();
     let fh = vol.fs.open(ino, WRITE).await.unwrap();
-    // The first change downloads the object; that GET is slow, and the file is
-    // busy until it ends.
     faulty.fail_nth(
         Operation::GetObject,
         1,
         Fault::Delay(Duration::from_millis(400)),
     );
-    let writer = {
+    let write = {
         let vol = vol.clone();
-        tokio::spawn(async move { vol.fs.write(fh, 0, b"new").await })
+        tokio::spawn(async move { vol.fs.write(fh, offset, data).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
+    Downloading {
+        memory,
+        vol,
+        ino,
+        fh,
+        write,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_racing_a_stop_fails_instead_of_answering_done() {
+    let Downloading {
+        memory,
+        vol,
+        fh,
+        write: writer,
+        ..
+    } = a_first_write_downloading(0, b"new").await;
     // fsync starts before the stop, and waits for the download; the stop comes
     // while it waits.
     let sync = {
@@ -652,6 +679,31 @@ async fn a_sync_racing_a_stop_fails_instead_of_answering_done() {
     assert_eq!(lost, ["root/f"]);
     assert_eq!(memory.get("root/f").unwrap(), pattern(1000, 1));
     assert!(memory.pending_uploads().is_empty());
+}
+
+/// A truncation to nothing while the first write's download of the object
+/// is under way: the old bytes that download brings never come back, neither
+/// over a write after the truncation nor in the gap before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncation_during_the_download_of_the_object_leaves_none_of_it() {
+    let Downloading {
+        memory,
+        vol,
+        ino,
+        fh: first,
+        write: writer,
+    } = a_first_write_downloading(5, b"x").await;
+    let second = vol.fs.open(ino, TRUNCATE).await.unwrap();
+    write_all(&vol.fs, second, 10, b"new").await;
+    writer.await.unwrap().unwrap();
+    // The first write lands after the truncation, whose download it waited
+    // for: nothing of the download is left.
+    let content = read_all(&vol.fs, ino, 4096).await;
+    assert_eq!(content, b"\0\0\0\0\0x\0\0\0\0new", "old bytes came back");
+    vol.fs.flush(second, None).await.unwrap();
+    vol.fs.release(first).await;
+    vol.fs.release(second).await;
+    assert_eq!(memory.get("root/f").unwrap(), content);
 }
 
 #[tokio::test]
@@ -693,6 +745,55 @@ async fn only_the_opener_s_close_after_a_write_publishes() {
     vol.fs.flush(fh, opener).await.unwrap();
     assert_eq!(store.get("root/f").unwrap(), &b"next"[..]);
     vol.fs.release(fh).await;
+}
+
+/// O_RDONLY|O_TRUNC: the kernel may fail such an open after the daemon's
+/// answer (a program runs from the file), and then no process has it. While
+/// none is known to have it, its truncation is published by no one: not
+/// another handle's fsync, not the volume's stop before the release comes;
+/// nor when its handles (two, released in either order) all go unused.
+#[tokio::test]
+async fn a_truncation_by_an_open_no_process_had_is_published_by_no_one() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    memory.put("root/f", "old content");
+    let vol = volume(memory.clone());
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    let refusable = s3vol::fs::OpenFlags {
+        process: Some(1),
+        read_only_truncate: true,
+        ..TRUNCATE
+    };
+    for first_released_first in [true, false] {
+        let other = vol.fs.open(ino, WRITE).await.unwrap();
+        let first = vol.fs.open(ino, refusable).await.unwrap();
+        let second = vol.fs.open(ino, refusable).await.unwrap();
+        vol.fs.fsync(other).await.unwrap();
+        assert_eq!(memory.get("root/f").unwrap(), &b"old content"[..]);
+        let (a, b) = match first_released_first {
+            true => (first, second),
+            false => (second, first),
+        };
+        vol.fs.release(a).await;
+        vol.fs.release(b).await;
+        vol.fs.flush(other, None).await.unwrap();
+        vol.fs.release(other).await;
+        assert_eq!(memory.get("root/f").unwrap(), &b"old content"[..]);
+        assert_eq!(read_all(&vol.fs, ino, 4096).await, b"old content");
+    }
+
+    // One that a process had (it read, or closed it) truncates.
+    let reached = vol.fs.open(ino, refusable).await.unwrap();
+    vol.fs.flush(reached, Some(1)).await.unwrap();
+    vol.fs.release(reached).await;
+    assert_eq!(memory.get("root/f").unwrap(), &b""[..]);
+
+    // The volume stops before the kernel sends the release.
+    memory.put("root/f", "old content");
+    let ino = lookup_path(&vol.fs, "f").await.unwrap();
+    let _unreleased = vol.fs.open(ino, refusable).await.unwrap();
+    let lost = vol.fs.finish(Duration::from_secs(5)).await;
+    assert!(lost.is_empty(), "{lost:?}");
+    assert_eq!(memory.get("root/f").unwrap(), &b"old content"[..]);
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@
 
 mod budget;
 mod config;
+mod hold;
 mod layout;
 mod local;
 mod publish;
@@ -46,6 +47,7 @@ use tracing::{debug, warn};
 
 pub use self::budget::StagingBudget;
 pub use self::config::WriteConfig;
+pub use self::hold::HeldBack;
 use self::layout::PartLayout;
 use self::local::LocalFile;
 use self::state::{Sent, State, Upload};
@@ -107,13 +109,10 @@ pub enum StageError {
     /// The volume is stopping and gave up on the file: nothing of it is uploaded.
     #[error("the volume is being unmounted; the file's changes were not uploaded")]
     Abandoned,
-    /// The file's last change was made by a process that signal `signal`
-    /// killed: it is not published (see [`StagedFile::hold_back`]).
-    #[error(
-        "the file was last changed by a process killed by signal {signal}; what it wrote is \
-         not published, and S3 keeps the previous version until the file is written again"
-    )]
-    HeldBack { signal: i32 },
+    /// The file's last change is held back: it is not published (see
+    /// [`StagedFile::hold_back_for`]).
+    #[error("{0}; S3 keeps the previous version until the file is written again")]
+    HeldBack(HeldBack),
     /// The object's encryption: its key cannot be had or made.
     #[error("{key}: {source}")]
     Encryption {
@@ -217,6 +216,8 @@ impl StagedFile {
                 deleted: false,
                 abandoned: false,
                 held_back: None,
+                changes: 0,
+                unproven: None,
                 last_writer: None,
                 taken: 0,
                 mtime: SystemTime::now(),
@@ -331,9 +332,11 @@ impl StagedFile {
     /// Bytes `range` changed (see `State::touch`), and no longer what S3
     /// holds.
     fn touch(&self, state: &mut State, range: std::ops::Range<u64>, by: Option<u32>) {
-        let was_dirty = state.dirty;
+        // A refused open's truncations held back were told to be as good as
+        // what S3 holds.
+        let was_published = !state.dirty || state.held_back == Some(HeldBack::RefusedOpen);
         state.touch(&self.layout, range, by);
-        if !was_dirty {
+        if was_published {
             self.tell_published(false);
         }
     }
@@ -347,38 +350,6 @@ impl StagedFile {
     pub fn has_unsent_changes(&self) -> bool {
         let state = self.state.lock();
         state.dirty && state.unsent && !state.deleted && !state.abandoned
-    }
-
-    /// The process that changed the file was killed by `signal` (SIGKILL, the
-    /// OOM killer, a crash) and closed it as it died: when the file's last
-    /// change was that `process`'s (or, where the last change was not told to
-    /// be anyone's, when `opened_it`: it opened the handle whose change that
-    /// was), what it wrote is not uploaded, unless the file changes again. A
-    /// multipart upload under way is aborted when the last handle goes
-    /// ([`StagedFile::close`]). Decided under the lock every change takes, so
-    /// a change another process makes meanwhile is never held back. Returns
-    /// whether the change was `process`'s and is held back.
-    pub fn hold_back_for(&self, signal: i32, process: u32, opened_it: bool) -> bool {
-        let mut state = self.state.lock();
-        let changed_it = match state.last_writer {
-            Some(last) => last == process,
-            None => opened_it,
-        };
-        if changed_it && state.dirty && !state.deleted {
-            state.unsent = false;
-            state.held_back = Some(signal);
-            return true;
-        }
-        false
-    }
-
-    /// The signal that killed the process whose changes are held back, while
-    /// nothing changed the file since ([`StagedFile::hold_back`]).
-    pub fn held_back(&self) -> Option<i32> {
-        let state = self.state.lock();
-        state
-            .held_back
-            .filter(|_| state.dirty && !state.unsent && !state.deleted)
     }
 
     /// Unlinked while open.
@@ -420,15 +391,15 @@ impl StagedFile {
     /// (those of a file unlinked while open do not count).
     pub async fn abandon(&self) -> bool {
         // What a killed writer left, and nothing since, was never to be
-        // uploaded: not lost either.
+        // uploaded: not lost either; nor truncations no process had.
         let unlinked = {
             let mut state = self.state.lock();
             state.abandoned = true;
             state.deleted
         };
-        let held_back = self.held_back().is_some();
+        let kept_back = self.held_back().is_some() || self.state.lock().unproven_run().is_some();
         self.discard().await;
-        !unlinked && !held_back && self.state.lock().dirty
+        !unlinked && !kept_back && self.state.lock().dirty
     }
 
     /// The last handle is gone: waits for background part uploads (cancelling one
@@ -462,7 +433,16 @@ impl StagedFile {
             let end = (offset + chunk).min(base.size);
             let mut at = offset;
             for piece in object.get(offset..end).await? {
+                // Written under the state lock, while the file still stands
+                // for the object: a truncation to nothing meanwhile (which
+                // does not wait for this) dropped it, and what this brings
+                // must not come back over what was written since.
+                let state = self.state.lock();
+                if state.base.is_none() {
+                    return Ok(());
+                }
                 self.file.write_at(&piece, at).map_err(|e| self.local(e))?;
+                drop(state);
                 at += piece.len() as u64;
             }
             if at == offset {
@@ -474,6 +454,9 @@ impl StagedFile {
         // check that could not chain is made whole now.
         object.authenticate().await?;
         let mut state = self.state.lock();
+        if state.base.is_none() {
+            return Ok(()); // truncated to nothing meanwhile
+        }
         state.base = None;
         let size = state.size;
         self.touch(&mut state, 0..size, None);
@@ -519,11 +502,13 @@ impl StagedFile {
         if end > self.max_size() {
             return Err(StageError::TooLarge);
         }
-        self.take_to(&mut self.state.lock(), end)?;
+        let mut state = self.state.lock();
+        self.take_to(&mut state, end)?;
+        // Under the state lock, as a truncation cuts the file and sets its
+        // size: one comes wholly before the other.
         self.file
             .write_at(data, offset)
             .map_err(|e| self.local(e))?;
-        let mut state = self.state.lock();
         let appending = end >= state.size;
         state.size = state.size.max(end);
         self.touch(&mut state, offset..end, by);
@@ -653,15 +638,18 @@ impl StagedFile {
         if size > self.max_size() {
             return Err(StageError::TooLarge);
         }
-        if size == 0 {
-            // Nothing of the old content survives: no need to download it.
-            self.state.lock().base = None;
-        } else {
+        // Nothing of the old content survives a cut to nothing: no need to
+        // download it.
+        if size > 0 {
             self.load_base().await?;
         }
-        self.take_to(&mut self.state.lock(), size)?;
-        self.file.set_len(size).map_err(|e| self.local(e))?;
+        // Cut and sized under the state lock, as a write is written.
         let mut state = self.state.lock();
+        self.take_to(&mut state, size)?;
+        self.file.set_len(size).map_err(|e| self.local(e))?;
+        if size == 0 {
+            state.base = None;
+        }
         self.give_back_to(&mut state, size);
         let old = state.size;
         state.size = size;

@@ -23,11 +23,14 @@ impl StagedFile {
             if state.abandoned && state.dirty {
                 return Err(StageError::Abandoned);
             }
-            if !state.dirty || state.deleted {
+            // Nothing, or truncations no process is yet known to have had
+            // (held back, if the kernel refused their opens): nothing of
+            // anyone's to publish.
+            if !state.dirty || state.deleted || state.unproven_run().is_some() {
                 return Ok(None);
             }
-            if let Some(signal) = state.held_back {
-                return Err(StageError::HeldBack { signal });
+            if let Some(why) = state.held_back {
+                return Err(StageError::HeldBack(why));
             }
             state.unsent = false;
             std::mem::take(&mut state.tasks)
