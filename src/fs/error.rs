@@ -160,7 +160,7 @@ impl FsError {
                 // As for a file that outlived the grace of a stop.
                 StageError::Abandoned => libc::ENOTCONN,
                 // The fsync's data was not made durable; nothing failed to send.
-                StageError::HeldBack(_) => libc::EIO,
+                StageError::HeldBack { .. } => libc::EIO,
                 StageError::Encryption { source, .. } => cse_errno(source),
                 StageError::Store(e) => store_errno(e),
             },
@@ -256,7 +256,6 @@ pub type FsResult<T> = Result<T, FsError>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::upload::HeldBack;
     use crate::store::{Operation, ServiceInfo};
 
     /// The situation cell of the row of docs/SEMANTICS.md's error table that
@@ -308,7 +307,7 @@ mod tests {
                      read or written"
                 }
                 StageError::Abandoned => STOPPED_ROW,
-                StageError::HeldBack(_) => {
+                StageError::HeldBack { .. } => {
                     "fsync of a file whose last change was made by a process killed by a signal \
                      (what it wrote is not published)"
                 }
@@ -477,7 +476,7 @@ mod tests {
             FsError::Stage(Box::new(local(libc::EDQUOT))),
             FsError::Stage(Box::new(local(libc::EIO))),
             FsError::Stage(Box::new(StageError::Abandoned)),
-            FsError::Stage(Box::new(StageError::HeldBack(HeldBack::Killed(9)))),
+            FsError::Stage(Box::new(StageError::HeldBack { signal: 9 })),
             FsError::Unlinked { key: key() },
             FsError::Stage(Box::new(StageError::Encryption {
                 key: key(),

@@ -55,7 +55,7 @@ impl Fs {
         let direct_io;
         let mut backing = None;
         let (handle, ticket) = if flags.write || self.staging.file(ino).is_some() {
-            let (file, truncation) = self.stage(ino, flags).await?;
+            let file = self.stage(ino, flags).await?;
             self.inodes.lock().note_open(ino, None);
             let ticket = self.passthrough.open(ino, None, || None);
             if ticket.io == Io::Conflict {
@@ -66,7 +66,7 @@ impl Fs {
                 ino,
                 file,
                 writer: if flags.write {
-                    Writer::new(flags.process, false, flags.truncate, truncation)
+                    Writer::new(flags.process, false, flags.truncate)
                 } else {
                     None
                 },
@@ -252,16 +252,7 @@ impl Fs {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let handle = self.handle(fh)?;
-        if let OpenFile::Staged {
-            file,
-            writer: Some(writer),
-            ..
-        } = &handle
-        {
-            writer.reached_a_process(file);
-        }
-        match handle {
+        match self.handle(fh)? {
             OpenFile::Object {
                 ino,
                 reader,

@@ -152,12 +152,11 @@ impl Fs {
             return Ok(()); // unlinked or replaced since: the name is not its own
         };
         // Written again since: the upload carries it (none comes for what a
-        // killed process left, or a refused open, so the object in S3 gets
-        // it now).
+        // killed process left, so the object in S3 gets it now).
         if self
             .staging
             .file(ino)
-            .is_some_and(|file| file.has_changes_to_publish())
+            .is_some_and(|file| file.is_dirty() && file.held_back().is_none())
         {
             return Ok(());
         }

@@ -189,10 +189,6 @@ pub struct OpenFlags {
     pub process: Option<u32>,
     /// O_DIRECT: the kernel keeps none of what this open reads.
     pub direct: bool,
-    /// O_TRUNC with access mode O_RDONLY: the kernel takes write access
-    /// only after the daemon opened (and so truncated) the file, and fails
-    /// the open then if a program is running from it (ETXTBSY).
-    pub read_only_truncate: bool,
 }
 
 /// A file handle just opened.

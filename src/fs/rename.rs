@@ -141,10 +141,10 @@ impl Fs {
 
     /// Makes a file being written here durable under its current name first, so
     /// the copy carries what the application wrote (not what a process killed
-    /// by a signal left, or a refused open: the copy is of what S3 holds).
+    /// by a signal left: the copy is of what S3 holds).
     async fn settle(&self, ino: u64) -> FsResult<Option<String>> {
         if let Some(file) = self.staging.file(ino)
-            && file.has_changes_to_publish()
+            && file.held_back().is_none()
         {
             self.publish(ino, &file).await?;
         }

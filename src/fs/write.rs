@@ -72,36 +72,24 @@ impl Fs {
 
     /// The staged copy of `ino`, shared by every handle open on it; created by the
     /// first handle (empty for O_TRUNC, else standing for the object in S3).
-    /// With O_TRUNC, also the run of unproven truncations this open joins
-    /// ([`StagedFile::truncate_by_open`]): the release of a handle the kernel
-    /// failed after the daemon opened it undoes them ([`Writer`]).
-    pub(super) async fn stage(
-        &self,
-        ino: u64,
-        flags: OpenFlags,
-    ) -> FsResult<(Arc<StagedFile>, Option<u64>)> {
+    pub(super) async fn stage(&self, ino: u64, flags: OpenFlags) -> FsResult<Arc<StagedFile>> {
         let file = match self.staging.attach(ino) {
             Some(file) => {
                 // Before this handle can change it (a no-op once recorded).
                 self.journal_staged(ino, &file);
                 file
             }
-            None => {
-                let (file, emptied) = self.stage_anew(ino, flags).await?;
-                if let Some(run) = emptied {
-                    return Ok((file, run));
-                }
-                file
-            }
+            None => match self.stage_anew(ino, flags).await? {
+                // Made empty for this open: truncated already.
+                (file, true) => return Ok(file),
+                (file, false) => file,
+            },
         };
         if !flags.truncate {
-            return Ok((file, None));
+            return Ok(file);
         }
-        match file
-            .truncate_by_open(flags.process, flags.read_only_truncate)
-            .await
-        {
-            Ok(run) => Ok((file, run)),
+        match file.truncate(0, flags.process).await {
+            Ok(()) => Ok(file),
             Err(e) => {
                 // No handle comes of this open: its share of the copy goes.
                 self.unstage(ino).await;
@@ -111,13 +99,9 @@ impl Fs {
     }
 
     /// [`Fs::stage`] of a file with no staged copy: the copy (shared, if
-    /// another open staged one meanwhile), and, when it is the one this open
-    /// made empty, the run its emptiness began.
-    async fn stage_anew(
-        &self,
-        ino: u64,
-        flags: OpenFlags,
-    ) -> FsResult<(Arc<StagedFile>, Option<Option<u64>>)> {
+    /// another open staged one meanwhile), and whether it is the one this
+    /// open made.
+    async fn stage_anew(&self, ino: u64, flags: OpenFlags) -> FsResult<(Arc<StagedFile>, bool)> {
         let config = self.writable()?;
         // A file changed is changed from what S3 holds now, at the size the
         // kernel is to write at.
@@ -147,16 +131,12 @@ impl Fs {
                 ..posix
             });
         }
-        // Marked before another open can share it.
-        let run = flags
-            .truncate
-            .then(|| file.emptied_by_open(flags.read_only_truncate));
         // Another open may have staged it meanwhile: share that one (whose
         // state the journal has already), truncated if this open truncates.
         let staged = self.staging.stage(ino, file.clone())?;
         self.journal_staged(ino, &staged);
         let ours = Arc::ptr_eq(&staged, &file);
-        Ok((staged, run.filter(|_| ours)))
+        Ok((staged, ours))
     }
 
     /// Keeps in the journal whether what is staged for `ino` is in S3, now
@@ -234,7 +214,7 @@ impl Fs {
         let fh = self.handles.open(OpenFile::Staged {
             ino,
             file,
-            writer: Writer::new(process, true, false, None),
+            writer: Writer::new(process, true, false),
             base_reader: Default::default(),
             read_once: Default::default(),
         });
@@ -308,15 +288,14 @@ impl Fs {
         else {
             return Ok(());
         };
-        writer.reached_a_process(&file);
         let other_process = matches!((writer.opener, process), (Some(a), Some(b)) if a != b);
         if other_process || !writer.wrote.load(Ordering::SeqCst) {
             debug!(fh, ?process, opener = ?writer.opener, "flush without upload");
             return Ok(());
         }
-        if let Some(why) = file.held_back() {
+        if let Some(signal) = file.held_back() {
             // What a killed process left is not what anyone meant to keep.
-            debug!(fh, %why, "close of a held-back file: nothing published");
+            debug!(fh, signal, "close of a held-back file: nothing published");
             return Ok(());
         }
         self.publish(ino, &file).await
@@ -326,12 +305,7 @@ impl Fs {
     /// in S3 when this returns.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let ino = match self.handle(fh)? {
-            OpenFile::Staged {
-                ino, file, writer, ..
-            } => {
-                if let Some(writer) = writer {
-                    writer.reached_a_process(&file);
-                }
+            OpenFile::Staged { ino, file, .. } => {
                 self.publish(ino, &file).await?;
                 ino
             }
@@ -454,8 +428,7 @@ impl Fs {
                         ..OpenFlags::default()
                     },
                 )
-                .await?
-                .0;
+                .await?;
             let result = async {
                 file.truncate(size, by).await?;
                 // truncate(1) of a file no one has open is uploaded now; an open

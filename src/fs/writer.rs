@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use tracing::{debug, warn};
+use tracing::warn;
 
-use super::upload::StagedFile;
 use super::{Fs, OpenFile};
 
 /// The writing threads a handle remembers the processes of; past them, a
@@ -28,13 +27,6 @@ pub(super) struct Writer {
     /// Opened with O_TRUNC: a change, though not one its opener's close
     /// publishes by itself (see `Fs::flush`).
     pub(super) truncated: bool,
-    /// The run of unproven truncations the open joined
-    /// ([`StagedFile::truncate_by_open`]).
-    truncation: Option<u64>,
-    /// A process had the handle: it closed it (every descriptor's close is
-    /// flushed), read through it or synced it. A handle released with none
-    /// of these is one the kernel failed after the daemon opened it.
-    reached_a_process: AtomicBool,
     /// The threads that wrote through this handle, each with its process
     /// (read once per thread), as many as [`WRITING_THREADS`].
     threads: Mutex<Vec<(u32, Option<u32>)>>,
@@ -48,18 +40,11 @@ impl Writer {
     /// A handle opened by `opener`; `created` when the open created the file,
     /// which is a change of its own (a new empty file is published at its
     /// creator's close, as it loses nothing).
-    pub(super) fn new(
-        opener: Option<u32>,
-        created: bool,
-        truncated: bool,
-        truncation: Option<u64>,
-    ) -> Option<Arc<Self>> {
+    pub(super) fn new(opener: Option<u32>, created: bool, truncated: bool) -> Option<Arc<Self>> {
         Some(Arc::new(Self {
             opener,
             wrote: AtomicBool::new(created),
             truncated,
-            truncation,
-            reached_a_process: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             changed_by: Mutex::new(None),
         }))
@@ -81,18 +66,6 @@ impl Writer {
             threads.push((thread, process));
         }
         process
-    }
-
-    /// Notes that a process has the handle on `file`: its open's
-    /// truncation is a change like any other.
-    pub(super) fn reached_a_process(&self, file: &StagedFile) {
-        // Read first: every read through the handle comes here.
-        if !self.reached_a_process.load(Ordering::Relaxed)
-            && !self.reached_a_process.swap(true, Ordering::Relaxed)
-            && let Some(run) = self.truncation
-        {
-            file.open_truncation_reached(run);
-        }
     }
 
     /// Notes a change through this handle by the caller of the request being
@@ -128,7 +101,6 @@ impl Fs {
         else {
             return;
         };
-        writer.reached_a_process(&file);
         let Some(process) = process else { return };
         let opened_it = writer.opener == Some(process)
             && (writer.wrote.load(Ordering::SeqCst) || writer.truncated);
@@ -165,40 +137,12 @@ impl Fs {
     /// what it uploads is recorded as changed by whoever last wrote through
     /// the handle.
     pub(super) async fn release_staged(&self, ino: u64, writer: Option<Arc<Writer>>) {
-        if let Some(writer) = &writer {
-            self.undo_refused_truncation(ino, writer);
-        }
         let writer = writer.and_then(|w| *w.changed_by.lock());
         match writer {
             Some(caller) if crate::audit::current_caller().pid == 0 => {
                 crate::audit::as_caller(caller, self.unstage(ino)).await
             }
             _ => self.unstage(ino).await,
-        }
-    }
-
-    /// An open with O_TRUNC that no process ever had: the kernel failed it
-    /// after the daemon had opened (and so truncated) the file, as it does
-    /// for O_RDONLY|O_TRUNC of a program that is running (ETXTBSY). A local
-    /// file system truncates nothing then; here the truncation, when it and
-    /// others like it are all that changed the file over what S3 holds, is
-    /// held back, so that S3 keeps its version and the last release shows it
-    /// again.
-    fn undo_refused_truncation(&self, ino: u64, writer: &Writer) {
-        let Some(run) = writer.truncation else {
-            return;
-        };
-        if writer.reached_a_process.load(Ordering::Relaxed) {
-            return;
-        }
-        let Some(file) = self.staging.file(ino) else {
-            return;
-        };
-        if file.refused_open_released(run) {
-            debug!(
-                key = file.key(),
-                "an open that truncated the file failed in the kernel: the truncation is undone"
-            );
         }
     }
 }

@@ -104,10 +104,11 @@ impl Filesystem for FuseAdapter {
         // fs::ahead): `find` then reads names alone, `ls -l` entries with
         // their metadata.
         let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
-        // An open with O_TRUNC says so itself, rather than as a truncation
-        // that follows it: the handle is then known to have emptied the file
-        // (which matters when its writer is killed before it writes).
-        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // No FUSE_ATOMIC_O_TRUNC: with it, the kernel sends O_TRUNC with the
+        // open, drops its pages of the file and takes it to be empty before
+        // it checks, for an open of access mode O_RDONLY, that no program is
+        // running from the file (ETXTBSY). Without it, the kernel truncates
+        // (a setattr from the opener) only once that check passed.
         // The daemon takes away what a write must (set-ID bits and the file
         // capability, which it never shows anyway: see Fs::attr) when the
         // file is rewritten; saying so (SB_NOSEC) spares every write(2) a

@@ -19,14 +19,12 @@ pub(super) fn created(req: &Request, mode: u32, umask: u32) -> Posix {
 /// and truncation, and for a writer, who opens.
 pub(super) fn open_flags(flags: OpenFlags, req: &Request) -> crate::fs::OpenFlags {
     let truncate = flags.0 & libc::O_TRUNC != 0;
-    let read_only = flags.acc_mode() == OpenAccMode::O_RDONLY;
-    let write = !read_only || truncate;
+    let write = flags.acc_mode() != OpenAccMode::O_RDONLY || truncate;
     crate::fs::OpenFlags {
         write,
         truncate,
         process: if write { process_of(req) } else { None },
         direct: flags.0 & libc::O_DIRECT != 0,
-        read_only_truncate: read_only && truncate,
     }
 }
 

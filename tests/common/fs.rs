@@ -9,21 +9,18 @@ pub const READ: OpenFlags = OpenFlags {
     truncate: false,
     process: None,
     direct: false,
-    read_only_truncate: false,
 };
 pub const WRITE: OpenFlags = OpenFlags {
     write: true,
     truncate: false,
     process: None,
     direct: false,
-    read_only_truncate: false,
 };
 pub const TRUNCATE: OpenFlags = OpenFlags {
     write: true,
     truncate: true,
     process: None,
     direct: false,
-    read_only_truncate: false,
 };
 
 /// Resolves `path` from the root as the kernel does, one lookup per component.

@@ -447,7 +447,10 @@ fn a_failure_detail_is_the_cases_own_lines() {
         failure_detail(report, "open::etxtbsy"),
         "open::etxtbsy    FAILED\n\tETXTBSY\nBacktrace:\n  0: x"
     );
-    assert_eq!(failure_detail(report, "open::other"), "open::other    FAILED\n\tEIO");
+    assert_eq!(
+        failure_detail(report, "open::other"),
+        "open::other    FAILED\n\tEIO"
+    );
 }
 
 /// pjdfstest (the POSIX conformance suite) on a read-write volume. Garage keeps

@@ -109,13 +109,11 @@ fn a_truncating_open_and_close_empties_the_object_at_release() {
     );
 }
 
-/// `sleep`, copied to `program`, run and asleep: until it wakes, it runs no
-/// code it would have to fault in again (the kernel, told of a truncation
-/// by an open, drops the file's pages and takes it to be empty until it asks
-/// the daemon again, so the program would die of SIGBUS).
-fn asleep(program: &std::path::Path) -> std::process::Child {
+/// `sleep`, copied to `program`, run for `seconds` and asleep: until it wakes,
+/// it runs no code it would have to fault in again from the file.
+fn asleep(program: &std::path::Path, seconds: &str) -> std::process::Child {
     let child = std::process::Command::new(program)
-        .arg("60")
+        .arg(seconds)
         .spawn()
         .unwrap();
     // clock_nanosleep(2) or nanosleep(2), by /proc's record of the call the
@@ -134,13 +132,15 @@ fn asleep(program: &std::path::Path) -> std::process::Child {
     child
 }
 
-/// An open with O_TRUNC that the kernel fails after the daemon has opened the
-/// file truncates nothing in S3: O_RDONLY|O_TRUNC of a program that is
-/// running, for which the kernel asks for the truncating open first and finds
-/// the file busy (ETXTBSY) only after it. The mount shows the file whole
-/// again too.
+/// O_RDONLY|O_TRUNC of a program that is running fails with ETXTBSY and
+/// truncates nothing: not the object, not the file the mount shows, not the
+/// kernel's pages the program runs from. (A kernel that sends the open's
+/// O_TRUNC to the daemon finds the program only after the file was
+/// truncated: its pages were dropped and the file taken to be empty, and a
+/// program starting up, or waking, died of SIGBUS or SIGSEGV, after which
+/// the open found nothing running and succeeded.)
 #[test]
-fn an_open_the_kernel_fails_after_the_daemon_truncated_leaves_the_file_whole() {
+fn a_truncating_open_of_a_running_program_fails_and_leaves_it_whole() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let config = FsConfig {
         metadata_ttl: Duration::ZERO,
@@ -169,27 +169,40 @@ fn an_open_the_kernel_fails_after_the_daemon_truncated_leaves_the_file_whole() {
             program.len() as u64
         );
     };
-    let mut running = asleep(&path);
+    // Asleep: it wakes and exits normally, running code it had not run yet.
+    let mut running = asleep(&path, "2");
     let refused = open_read_only_truncating(&path);
-    running.kill().unwrap();
-    running.wait().unwrap();
     assert_eq!(refused, Err(Some(libc::ETXTBSY)));
-    whole("staged by the open");
+    let status = running.wait().unwrap();
+    assert!(status.success(), "the program did not survive: {status}");
+    whole("refused while asleep");
 
     // Again while a reader keeps the file staged after a writer's close
-    // published it: the truncation was the one change over what S3 holds.
+    // published it, refused twice.
     let mut writer = OpenOptions::new().write(true).open(&path).unwrap();
     writer.write_all(&program).unwrap();
     let reader = File::open(&path).unwrap();
     drop(writer);
-    // Refused twice: the second finds the first's truncation held back.
-    let mut running = asleep(&path);
+    let mut running = asleep(&path, "2");
     let refused = [0, 1].map(|_| open_read_only_truncating(&path));
-    running.kill().unwrap();
-    running.wait().unwrap();
     assert_eq!(refused, [Err(Some(libc::ETXTBSY)); 2]);
+    let status = running.wait().unwrap();
+    assert!(status.success(), "the program did not survive: {status}");
     drop(reader);
     whole("kept staged by a reader");
+
+    // Starting up: the open comes while it loads and runs its first code.
+    for _ in 0..20 {
+        let mut starting = std::process::Command::new(&path)
+            .arg("0.1")
+            .spawn()
+            .unwrap();
+        let refused = open_read_only_truncating(&path);
+        let status = starting.wait().unwrap();
+        assert!(status.success(), "the program did not survive: {status}");
+        assert_eq!(refused, Err(Some(libc::ETXTBSY)));
+    }
+    whole("refused while starting up");
 
     // The same open with nothing running truncates, as on any file system.
     assert_eq!(open_read_only_truncating(&path), Ok(()));

@@ -275,14 +275,12 @@ const TRUNCATE: OpenFlags = OpenFlags {
     truncate: true,
     process: None,
     direct: false,
-    read_only_truncate: false,
 };
 const WRITE: OpenFlags = OpenFlags {
     write: true,
     truncate: false,
     process: None,
     direct: false,
-    read_only_truncate: false,
 };
 
 impl Harness {

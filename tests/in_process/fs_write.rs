@@ -747,55 +747,6 @@ async fn only_the_opener_s_close_after_a_write_publishes() {
     vol.fs.release(fh).await;
 }
 
-/// O_RDONLY|O_TRUNC: the kernel may fail such an open after the daemon's
-/// answer (a program runs from the file), and then no process has it. While
-/// none is known to have it, its truncation is published by no one: not
-/// another handle's fsync, not the volume's stop before the release comes;
-/// nor when its handles (two, released in either order) all go unused.
-#[tokio::test]
-async fn a_truncation_by_an_open_no_process_had_is_published_by_no_one() {
-    let memory = Arc::new(MemoryStore::new("bkt"));
-    memory.put("root/f", "old content");
-    let vol = volume(memory.clone());
-    let ino = lookup_path(&vol.fs, "f").await.unwrap();
-    let refusable = s3vol::fs::OpenFlags {
-        process: Some(1),
-        read_only_truncate: true,
-        ..TRUNCATE
-    };
-    for first_released_first in [true, false] {
-        let other = vol.fs.open(ino, WRITE).await.unwrap();
-        let first = vol.fs.open(ino, refusable).await.unwrap();
-        let second = vol.fs.open(ino, refusable).await.unwrap();
-        vol.fs.fsync(other).await.unwrap();
-        assert_eq!(memory.get("root/f").unwrap(), &b"old content"[..]);
-        let (a, b) = match first_released_first {
-            true => (first, second),
-            false => (second, first),
-        };
-        vol.fs.release(a).await;
-        vol.fs.release(b).await;
-        vol.fs.flush(other, None).await.unwrap();
-        vol.fs.release(other).await;
-        assert_eq!(memory.get("root/f").unwrap(), &b"old content"[..]);
-        assert_eq!(read_all(&vol.fs, ino, 4096).await, b"old content");
-    }
-
-    // One that a process had (it read, or closed it) truncates.
-    let reached = vol.fs.open(ino, refusable).await.unwrap();
-    vol.fs.flush(reached, Some(1)).await.unwrap();
-    vol.fs.release(reached).await;
-    assert_eq!(memory.get("root/f").unwrap(), &b""[..]);
-
-    // The volume stops before the kernel sends the release.
-    memory.put("root/f", "old content");
-    let ino = lookup_path(&vol.fs, "f").await.unwrap();
-    let _unreleased = vol.fs.open(ino, refusable).await.unwrap();
-    let lost = vol.fs.finish(Duration::from_secs(5)).await;
-    assert!(lost.is_empty(), "{lost:?}");
-    assert_eq!(memory.get("root/f").unwrap(), &b"old content"[..]);
-}
-
 #[tokio::test]
 async fn the_last_release_uploads_what_no_close_did() {
     let memory = Arc::new(MemoryStore::new("bkt"));

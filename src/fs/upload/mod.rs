@@ -28,7 +28,6 @@
 
 mod budget;
 mod config;
-mod hold;
 mod layout;
 mod local;
 mod publish;
@@ -47,7 +46,6 @@ use tracing::{debug, warn};
 
 pub use self::budget::StagingBudget;
 pub use self::config::WriteConfig;
-pub use self::hold::HeldBack;
 use self::layout::PartLayout;
 use self::local::LocalFile;
 use self::state::{Sent, State, Upload};
@@ -109,10 +107,13 @@ pub enum StageError {
     /// The volume is stopping and gave up on the file: nothing of it is uploaded.
     #[error("the volume is being unmounted; the file's changes were not uploaded")]
     Abandoned,
-    /// The file's last change is held back: it is not published (see
-    /// [`StagedFile::hold_back_for`]).
-    #[error("{0}; S3 keeps the previous version until the file is written again")]
-    HeldBack(HeldBack),
+    /// The file's last change was made by a process that signal `signal`
+    /// killed: it is not published (see [`StagedFile::hold_back`]).
+    #[error(
+        "the file was last changed by a process killed by signal {signal}; what it wrote is \
+         not published, and S3 keeps the previous version until the file is written again"
+    )]
+    HeldBack { signal: i32 },
     /// The object's encryption: its key cannot be had or made.
     #[error("{key}: {source}")]
     Encryption {
@@ -216,8 +217,6 @@ impl StagedFile {
                 deleted: false,
                 abandoned: false,
                 held_back: None,
-                changes: 0,
-                unproven: None,
                 last_writer: None,
                 taken: 0,
                 mtime: SystemTime::now(),
@@ -332,11 +331,9 @@ impl StagedFile {
     /// Bytes `range` changed (see `State::touch`), and no longer what S3
     /// holds.
     fn touch(&self, state: &mut State, range: std::ops::Range<u64>, by: Option<u32>) {
-        // A refused open's truncations held back were told to be as good as
-        // what S3 holds.
-        let was_published = !state.dirty || state.held_back == Some(HeldBack::RefusedOpen);
+        let was_dirty = state.dirty;
         state.touch(&self.layout, range, by);
-        if was_published {
+        if !was_dirty {
             self.tell_published(false);
         }
     }
@@ -350,6 +347,38 @@ impl StagedFile {
     pub fn has_unsent_changes(&self) -> bool {
         let state = self.state.lock();
         state.dirty && state.unsent && !state.deleted && !state.abandoned
+    }
+
+    /// The process that changed the file was killed by `signal` (SIGKILL, the
+    /// OOM killer, a crash) and closed it as it died: when the file's last
+    /// change was that `process`'s (or, where the last change was not told to
+    /// be anyone's, when `opened_it`: it opened the handle whose change that
+    /// was), what it wrote is not uploaded, unless the file changes again. A
+    /// multipart upload under way is aborted when the last handle goes
+    /// ([`StagedFile::close`]). Decided under the lock every change takes, so
+    /// a change another process makes meanwhile is never held back. Returns
+    /// whether the change was `process`'s and is held back.
+    pub fn hold_back_for(&self, signal: i32, process: u32, opened_it: bool) -> bool {
+        let mut state = self.state.lock();
+        let changed_it = match state.last_writer {
+            Some(last) => last == process,
+            None => opened_it,
+        };
+        if changed_it && state.dirty && !state.deleted {
+            state.unsent = false;
+            state.held_back = Some(signal);
+            return true;
+        }
+        false
+    }
+
+    /// The signal that killed the process whose changes are held back, while
+    /// nothing changed the file since ([`StagedFile::hold_back`]).
+    pub fn held_back(&self) -> Option<i32> {
+        let state = self.state.lock();
+        state
+            .held_back
+            .filter(|_| state.dirty && !state.unsent && !state.deleted)
     }
 
     /// Unlinked while open.
@@ -391,15 +420,15 @@ impl StagedFile {
     /// (those of a file unlinked while open do not count).
     pub async fn abandon(&self) -> bool {
         // What a killed writer left, and nothing since, was never to be
-        // uploaded: not lost either; nor truncations no process had.
+        // uploaded: not lost either.
         let unlinked = {
             let mut state = self.state.lock();
             state.abandoned = true;
             state.deleted
         };
-        let kept_back = self.held_back().is_some() || self.state.lock().unproven_run().is_some();
+        let held_back = self.held_back().is_some();
         self.discard().await;
-        !unlinked && !kept_back && self.state.lock().dirty
+        !unlinked && !held_back && self.state.lock().dirty
     }
 
     /// The last handle is gone: waits for background part uploads (cancelling one

@@ -23,14 +23,11 @@ impl StagedFile {
             if state.abandoned && state.dirty {
                 return Err(StageError::Abandoned);
             }
-            // Nothing, or truncations no process is yet known to have had
-            // (held back, if the kernel refused their opens): nothing of
-            // anyone's to publish.
-            if !state.dirty || state.deleted || state.unproven_run().is_some() {
+            if !state.dirty || state.deleted {
                 return Ok(None);
             }
-            if let Some(why) = state.held_back {
-                return Err(StageError::HeldBack(why));
+            if let Some(signal) = state.held_back {
+                return Err(StageError::HeldBack { signal });
             }
             state.unsent = false;
             std::mem::take(&mut state.tasks)

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use tokio::task::JoinHandle;
 
 use super::layout::PartLayout;
-use super::{Base, HeldBack, StageError};
+use super::{Base, StageError};
 use crate::fs::posix::Posix;
 use crate::fs::{ContentKey, Piece};
 
@@ -55,16 +55,9 @@ pub(super) struct State {
     /// The process that made the file's last change (a write, a truncation),
     /// where the kernel named it.
     pub(super) last_writer: Option<u32>,
-    /// Why the changes are not to be uploaded (`StagedFile::hold_back_for`,
-    /// `StagedFile::refused_open_released`).
-    pub(super) held_back: Option<HeldBack>,
-    /// How many changes the file has had since it was staged.
-    pub(super) changes: u64,
-    /// A run of truncations by opens that the kernel may yet fail (see
-    /// `StagedFile::truncate_by_open`): while it holds
-    /// ([`State::unproven_run`]), they are all that changed the file since
-    /// it last held what S3 holds.
-    pub(super) unproven: Option<Unproven>,
+    /// The signal that killed the process whose changes are not to be
+    /// uploaded (`StagedFile::hold_back`).
+    pub(super) held_back: Option<i32>,
     /// Staging bytes taken from the mount's budget for this file: the largest
     /// it has been since it last shrank.
     pub(super) taken: u64,
@@ -75,23 +68,7 @@ pub(super) struct State {
     pub(super) started_with: Option<Posix>,
 }
 
-/// A run of truncations by opens that no process is yet known to have had.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Unproven {
-    /// The run's name: the file's change count at its first truncation.
-    pub(super) run: u64,
-    /// The handles of the run still open.
-    pub(super) open: u32,
-    /// The change count at its last truncation: any change since ends it.
-    pub(super) last_change: u64,
-}
-
 impl State {
-    /// The run of unproven truncations, while nothing else changed the file.
-    pub(super) fn unproven_run(&self) -> Option<Unproven> {
-        self.unproven.filter(|run| run.last_change == self.changes)
-    }
-
     /// Bytes `range` changed, by process `by` where the kernel named it.
     pub(super) fn touch(&mut self, layout: &PartLayout, range: Range<u64>, by: Option<u32>) {
         let last = layout.index_of(range.end.max(range.start + 1) - 1);
@@ -106,7 +83,6 @@ impl State {
         self.dirty = true;
         self.unsent = true;
         self.held_back = None;
-        self.changes += 1;
         self.last_writer = by;
         self.mtime = SystemTime::now();
         // A time set before is the time of a change no more.
