@@ -2,7 +2,7 @@
 //! number. Handles are numbered from one counter, files and directories
 //! alike, and never reused while the volume lives.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -81,8 +81,9 @@ pub(super) struct HandleTable {
     /// Open directories, each with the listing it reads.
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     /// Handles a worker before this one opened on files being written: what
-    /// they wrote died with it.
-    lost: Mutex<HashSet<u64>>,
+    /// they wrote died with it. Each with its inode, if it was open for
+    /// writing.
+    lost: Mutex<HashMap<u64, Option<u64>>>,
     next: AtomicU64,
     /// Where open handles are recorded for a worker that replaces this one.
     journal: OnceLock<Arc<Journal>>,
@@ -169,14 +170,24 @@ impl HandleTable {
         self.files.lock().insert(fh, handle);
     }
 
-    /// Handle `fh`, opened by a worker before this one, is lost with it.
-    pub(super) fn lose(&self, fh: u64) {
-        self.lost.lock().insert(fh);
+    /// Handle `fh`, opened by a worker before this one, is lost with it;
+    /// `writing` names its inode if it was open for writing.
+    pub(super) fn lose(&self, fh: u64, writing: Option<u64>) {
+        self.lost.lock().insert(fh, writing);
     }
 
     /// Whether handle `fh` was lost with the worker that opened it.
     pub(super) fn is_lost(&self, fh: u64) -> bool {
-        self.lost.lock().contains(&fh)
+        self.lost.lock().contains_key(&fh)
+    }
+
+    /// Whether a handle open for writing on `ino` was lost with the worker
+    /// that opened it, and is not yet released.
+    pub(super) fn lost_writer_on(&self, ino: u64) -> bool {
+        self.lost
+            .lock()
+            .values()
+            .any(|&writing| writing == Some(ino))
     }
 
     pub(super) fn get(&self, fh: u64) -> Option<OpenFile> {
@@ -186,7 +197,7 @@ impl HandleTable {
     /// Closes a file handle; what it was.
     pub(super) fn close(&self, fh: u64) -> Option<OpenFile> {
         let handle = self.files.lock().remove(&fh);
-        if handle.is_some() || self.lost.lock().remove(&fh) {
+        if handle.is_some() || self.lost.lock().remove(&fh).is_some() {
             self.record(Record::Closed { fh });
         }
         handle

@@ -208,7 +208,10 @@ impl Fs {
 
     /// What S3 holds for file `ino` now (a HEAD, whatever the metadata TTL
     /// says), learnt; `Resized` (ESTALE) when its size is not the one the
-    /// kernel has, which then looks it up again and asks once more.
+    /// kernel has, which then looks it up again and asks once more. Gone
+    /// from S3, it is ESTALE too: the kernel's second look finds no file,
+    /// and an open with O_CREAT creates one (O_TRUNC reaches an open as a
+    /// truncation after it, so `cmd > f` comes here).
     pub(super) async fn ask_again(&self, ino: u64) -> FsResult<Node> {
         let told = self.kernel.size_shown(ino);
         let node = self.named_node(ino)?;
@@ -219,7 +222,10 @@ impl Fs {
                     .lock()
                     .note_absent(node.parent, &node.name, Instant::now());
                 self.kernel.attributes_changed(ino);
-                return Err(e.into());
+                return Err(FsError::Stale {
+                    key: node.key,
+                    source: Box::new(e),
+                });
             }
             Err(e) => return Err(e.into()),
         };

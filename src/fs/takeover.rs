@@ -106,6 +106,7 @@ impl Fs {
             ..Adopted::default()
         };
         for (fh, (ino, open)) in std::mem::take(&mut carried.handles) {
+            let writing = matches!(open, Handle::Staged { writing: true }).then_some(ino);
             // The kernel's I/O mode of the file goes on whether or not the
             // handle can be served: it ends at the handle's release.
             match &open {
@@ -145,7 +146,7 @@ impl Fs {
                     if let Err(e) = reopened {
                         warn!(fh, ino, "a handle could not be opened again: {e:#}");
                     }
-                    self.handles.lose(fh);
+                    self.handles.lose(fh, writing);
                     adopted.lost += 1;
                 }
             }

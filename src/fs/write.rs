@@ -408,6 +408,15 @@ impl Fs {
             if node.kind != Kind::File {
                 return Err(FsError::IsADirectory);
             }
+            // The kernel sends an open's O_TRUNC as a truncation by name
+            // right after the open: one whose handle was lost with the
+            // worker before this one (which answered the open) would be
+            // published alone, over S3's version, while the writes through
+            // it fail. It fails too, and so does the open (as may a truncate
+            // by name in that moment).
+            if fh.is_none() && self.handles.lost_writer_on(ino) {
+                return Err(FsError::Lost);
+            }
             if let Some(OpenFile::Staged {
                 writer: Some(writer),
                 ..

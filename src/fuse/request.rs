@@ -16,7 +16,9 @@ pub(super) fn created(req: &Request, mode: u32, umask: u32) -> Posix {
 }
 
 /// What an open asks for: writing (any access mode but read-only, or O_TRUNC)
-/// and truncation, and for a writer, who opens.
+/// and truncation, and for a writer, who opens. (The kernel sends O_TRUNC
+/// with an open only to a file system that asks it to, which s3vol does not:
+/// see `FuseAdapter::init`.)
 pub(super) fn open_flags(flags: OpenFlags, req: &Request) -> crate::fs::OpenFlags {
     let truncate = flags.0 & libc::O_TRUNC != 0;
     let write = flags.acc_mode() != OpenAccMode::O_RDONLY || truncate;

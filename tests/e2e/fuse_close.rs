@@ -711,6 +711,37 @@ fn reading_through_a_read_write_descriptor_costs_what_a_read_only_one_does() {
     assert!(holds(&store, "root/db.sqlite", &changed));
 }
 
+/// `cmd > f` of a file another client deleted while the kernel still knows
+/// its name creates it again: the open, finding the object gone, answers
+/// ESTALE, and the kernel looks the name up once more and creates the file.
+/// Without O_CREAT, the same open fails with ENOENT.
+#[test]
+fn a_truncating_open_of_a_file_another_client_deleted_creates_it_again() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let config = FsConfig {
+        metadata_ttl: Duration::from_secs(60),
+        ..FsConfig::default()
+    };
+    let vol = MemoryMount::read_write(store.clone(), config);
+    let path = vol.join("f");
+    std::fs::write(&path, "old").unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 3);
+    vol.settle();
+    store.remove("root/f");
+    std::fs::write(&path, "new").unwrap();
+    assert!(holds(&store, "root/f", b"new"), "{:?}", store.get("root/f"));
+
+    vol.settle();
+    store.remove("root/f");
+    let refused = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(store.get("root/f"), None);
+}
+
 #[test]
 fn an_open_after_another_client_replaced_the_file_reads_the_new_version() {
     let store = Arc::new(MemoryStore::new("bkt"));

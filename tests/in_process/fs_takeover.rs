@@ -191,9 +191,20 @@ async fn a_handle_whose_changes_are_in_s3_loses_nothing_with_its_worker() {
     assert_eq!(adopted.lost_keys, ["root/rewritten"], "{adopted:?}");
     assert_eq!(store.get("root/closed").as_deref(), Some(&b"durable"[..]));
     assert_eq!(store.get("root/rewritten").as_deref(), Some(&b"first"[..]));
+    // An open's O_TRUNC comes after it, as a truncation by name, which the
+    // kernel sends the new worker: it fails while the lost handle is open,
+    // and S3 keeps what it held.
+    let truncation = second.setattr(old, Some(0), Posix::default(), None).await;
+    assert_eq!(truncation.unwrap_err().errno(), libc::EIO);
+    assert_eq!(store.get("root/old").as_deref(), Some(&b"old content"[..]));
     for fh in [closed, untouched, rewritten] {
         second.release(fh).await;
     }
+    second
+        .setattr(old, Some(0), Posix::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(store.get("root/old").as_deref(), Some(&b""[..]));
 }
 
 /// Two opens for writing of one file at once: the second shares the first's

@@ -108,7 +108,7 @@ pub enum StageError {
     #[error("the volume is being unmounted; the file's changes were not uploaded")]
     Abandoned,
     /// The file's last change was made by a process that signal `signal`
-    /// killed: it is not published (see [`StagedFile::hold_back`]).
+    /// killed: it is not published (see [`StagedFile::hold_back_for`]).
     #[error(
         "the file was last changed by a process killed by signal {signal}; what it wrote is \
          not published, and S3 keeps the previous version until the file is written again"
@@ -373,7 +373,7 @@ impl StagedFile {
     }
 
     /// The signal that killed the process whose changes are held back, while
-    /// nothing changed the file since ([`StagedFile::hold_back`]).
+    /// nothing changed the file since ([`StagedFile::hold_back_for`]).
     pub fn held_back(&self) -> Option<i32> {
         let state = self.state.lock();
         state

@@ -56,7 +56,7 @@ pub(super) struct State {
     /// where the kernel named it.
     pub(super) last_writer: Option<u32>,
     /// The signal that killed the process whose changes are not to be
-    /// uploaded (`StagedFile::hold_back`).
+    /// uploaded (`StagedFile::hold_back_for`).
     pub(super) held_back: Option<i32>,
     /// Staging bytes taken from the mount's budget for this file: the largest
     /// it has been since it last shrank.
