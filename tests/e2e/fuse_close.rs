@@ -170,7 +170,7 @@ fn a_truncating_open_of_a_running_program_fails_and_leaves_it_whole() {
         );
     };
     // Asleep: it wakes and exits normally, running code it had not run yet.
-    let mut running = asleep(&path, "2");
+    let mut running = asleep(&path, "4");
     let refused = open_read_only_truncating(&path);
     assert_eq!(refused, Err(Some(libc::ETXTBSY)));
     let status = running.wait().unwrap();
@@ -183,7 +183,7 @@ fn a_truncating_open_of_a_running_program_fails_and_leaves_it_whole() {
     writer.write_all(&program).unwrap();
     let reader = File::open(&path).unwrap();
     drop(writer);
-    let mut running = asleep(&path, "2");
+    let mut running = asleep(&path, "4");
     let refused = [0, 1].map(|_| open_read_only_truncating(&path));
     assert_eq!(refused, [Err(Some(libc::ETXTBSY)); 2]);
     let status = running.wait().unwrap();
