@@ -80,7 +80,7 @@ impl Fs {
                 file
             }
             None => match self.stage_anew(ino, flags).await? {
-                // Made empty for this open: truncated already.
+                // This open's own copy: made empty already if it truncates.
                 (file, true) => return Ok(file),
                 (file, false) => file,
             },
