@@ -334,8 +334,8 @@ mod tests {
             }
             FsError::Lost => {
                 "write, fsync or close of a file that was open for writing when the volume's \
-                 worker died, or a truncation of it by name (an open with O_TRUNC's) before \
-                 it is released (see DEPLOY.md, \"When the worker dies\")"
+                 worker died, or a truncation of it by name (an open's O_TRUNC) in the 10 s \
+                 after the takeover, before it is released (see DEPLOY.md, \"When the worker dies\")"
             }
             FsError::XattrNamespace => {
                 "an extended attribute outside the `user.` namespace (`security.`, `system.`, \

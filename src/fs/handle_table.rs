@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -13,6 +14,11 @@ use super::read::Reader;
 use super::upload::StagedFile;
 use super::writer::Writer;
 use crate::journal::{Handle, Journal, Record};
+
+/// How long after a worker takes over a truncation by name of a file whose
+/// handle open for writing was lost may be that open's O_TRUNC, which the
+/// kernel sends right after the open the lost worker answered.
+pub(super) const LOST_OPEN_TRUNCATES_WITHIN: Duration = Duration::from_secs(10);
 
 /// The reader of the object a staged file was opened on, made at the first
 /// read through a handle on it.
@@ -82,8 +88,8 @@ pub(super) struct HandleTable {
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     /// Handles a worker before this one opened on files being written: what
     /// they wrote died with it. Each with its inode, if it was open for
-    /// writing.
-    lost: Mutex<HashMap<u64, Option<u64>>>,
+    /// writing, and when it was found lost.
+    lost: Mutex<HashMap<u64, Option<(u64, Instant)>>>,
     next: AtomicU64,
     /// Where open handles are recorded for a worker that replaces this one.
     journal: OnceLock<Arc<Journal>>,
@@ -173,7 +179,8 @@ impl HandleTable {
     /// Handle `fh`, opened by a worker before this one, is lost with it;
     /// `writing` names its inode if it was open for writing.
     pub(super) fn lose(&self, fh: u64, writing: Option<u64>) {
-        self.lost.lock().insert(fh, writing);
+        let found = Instant::now();
+        self.lost.lock().insert(fh, writing.map(|ino| (ino, found)));
     }
 
     /// Whether handle `fh` was lost with the worker that opened it.
@@ -182,12 +189,17 @@ impl HandleTable {
     }
 
     /// Whether a handle open for writing on `ino` was lost with the worker
-    /// that opened it, and is not yet released.
+    /// that opened it, within [`LOST_OPEN_TRUNCATES_WITHIN`], and is not yet
+    /// released. (Past that, what comes is no longer the truncation of an
+    /// open the lost worker answered; and a handle the kernel never knew, as
+    /// one the worker recorded before it died answering the open, is never
+    /// released.)
     pub(super) fn lost_writer_on(&self, ino: u64) -> bool {
-        self.lost
-            .lock()
-            .values()
-            .any(|&writing| writing == Some(ino))
+        self.lost.lock().values().any(|writing| {
+            writing.is_some_and(|(lost_on, found)| {
+                lost_on == ino && found.elapsed() < LOST_OPEN_TRUNCATES_WITHIN
+            })
+        })
     }
 
     pub(super) fn get(&self, fh: u64) -> Option<OpenFile> {

@@ -218,9 +218,16 @@ impl Fs {
         let info = match self.store.head_object(&node.key).await {
             Ok(info) => info,
             Err(e @ StoreError::NotFound { .. }) => {
-                self.inodes
-                    .lock()
-                    .note_absent(node.parent, &node.name, Instant::now());
+                // Unless the name is another inode's by now (created again
+                // after an answer like this one).
+                let mut inodes = self.inodes.lock();
+                if inodes
+                    .child(node.parent, &node.name)
+                    .is_some_and(|(child, _)| child == ino)
+                {
+                    inodes.note_absent(node.parent, &node.name, Instant::now());
+                }
+                drop(inodes);
                 self.kernel.attributes_changed(ino);
                 return Err(FsError::Stale {
                     key: node.key,

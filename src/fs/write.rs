@@ -413,14 +413,16 @@ impl Fs {
             // worker before this one (which answered the open) would be
             // published alone, over S3's version, while the writes through
             // it fail. It fails too, and so does the open (as may a truncate
-            // by name in that moment).
+            // by name in that moment). So does ftruncate(2) through a lost
+            // handle.
             if fh.is_none() && self.handles.lost_writer_on(ino) {
                 return Err(FsError::Lost);
             }
-            if let Some(OpenFile::Staged {
-                writer: Some(writer),
-                ..
-            }) = fh.and_then(|fh| self.handle(fh).ok())
+            if let Some(fh) = fh
+                && let OpenFile::Staged {
+                    writer: Some(writer),
+                    ..
+                } = self.handle(fh)?
             {
                 writer.changed(self.config.audit.is_some());
             }
