@@ -630,6 +630,15 @@ pub fn kill_volume(mountpoint: &Path) {
     signal(false, libc::SIGKILL);
 }
 
+/// Kills with SIGKILL whatever s3vol processes still serve `mountpoint`, a
+/// stopped one too: after this, looking at the mount cannot hang.
+pub fn kill_leftovers(mountpoint: &Path) {
+    for (pid, _) in volume_processes(mountpoint) {
+        // SAFETY: kill(2) on a process found by its command line.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
 /// The worker serving the volume at `mountpoint`: the process that talks to
 /// S3 and answers the kernel.
 pub fn worker_pids(mountpoint: &Path) -> Vec<i32> {

@@ -204,6 +204,9 @@ impl Drop for Driver {
         let _ = self.child.wait();
         if let Ok(pods) = std::fs::read_dir(self.dir.path().join("pods")) {
             for pod in pods.flatten() {
+                // A daemon the driver could not stop (one a failed test left
+                // stopped) would hang the unmount.
+                common::kill_leftovers(&pod.path().join("mount"));
                 common::unmount(&pod.path().join("mount"));
             }
         }
