@@ -48,6 +48,14 @@ ensure_rust() {
     command -v cargo >/dev/null || die "cargo is not installed; install a Rust toolchain (rustup, Rust 1.94.1 or newer) and run this again"
 }
 
+# cargo-nextest runs the tests (.config/nextest.toml): each in a process of its
+# own, with a time limit.
+ensure_nextest() {
+    command -v cargo-nextest >/dev/null && return
+    log "installing cargo-nextest (once; a few minutes)"
+    cargo install --locked --quiet cargo-nextest
+}
+
 ensure_fuse() {
     apt_install fuse3 pkg-config
     [ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, run with --device /dev/fuse --cap-add SYS_ADMIN"

@@ -8,6 +8,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$S3VOL_ROOT"
 
 ensure_rust
+ensure_nextest
 # A fresh clone builds everything once: incremental state would only add a few GB
 # to the build directory.
 export CARGO_INCREMENTAL=0
@@ -21,9 +22,16 @@ cargo fmt --check
 log "fast tier: cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
 log "fast tier: unit tests, the filesystem on the in-memory store, the layout check"
-cargo test --quiet --no-fail-fast --lib --bins --test in_process --test layout 2>&1 | tee "$out" || status=$?
+cargo nextest run --lib --bins --test in_process --test layout 2>&1 | tee "$out" || status=$?
+# Adds up nextest's summary lines ("Summary [ 12.3s] 233 tests run: 232 passed,
+# 1 failed, 1 timed out, 0 skipped").
 summary() {
-    awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$out"
+    awk '/Summary \[/ {
+        for (i = 2; i <= NF; i++) {
+            if ($i ~ /^passed/) p += $(i - 1)
+            if ($i ~ /^failed/ || $i == "timed") f += $(i - 1)
+        }
+    } END { printf "all tests: %d passed, %d failed\n", p, f }' "$out"
 }
 if [ "$status" -ne 0 ]; then
     summary
@@ -46,7 +54,7 @@ export S3VOL_TOOLS
 log "full tier: end to end, through the kernel and against local servers"
 # Mount tests are I/O-bound and each starts its own server; a few at a time is
 # plenty on two cores. The soak is scripts/soak.sh's, not the test run's.
-cargo test --quiet --no-fail-fast --test e2e -- --include-ignored --skip soak --test-threads 4 2>&1 | tee -a "$out" || status=$?
+cargo nextest run --test e2e --run-ignored all -E 'not test(=e2e_role::soak)' --test-threads 4 2>&1 | tee -a "$out" || status=$?
 # One closing line over both tiers.
 summary
 exit "$status"
