@@ -53,7 +53,7 @@ ensure_rust() {
 ensure_nextest() {
     command -v cargo-nextest >/dev/null && return
     log "installing cargo-nextest (once; a few minutes)"
-    cargo install --locked --quiet cargo-nextest
+    cargo install --locked --quiet cargo-nextest --version 0.9.143
 }
 
 ensure_fuse() {

@@ -13,7 +13,17 @@ ensure_nextest
 # to the build directory.
 export CARGO_INCREMENTAL=0
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+# A test that was ended (TIMEOUT) did not clean up: the daemons of its volumes
+# may still run (one stopped, say) and its mounts stay. This ends both for the
+# volumes tests mount in their temporary directories (/tmp/.tmp*), nothing else.
+end_leftover_volumes() {
+    local target pid
+    findmnt -rn -t fuse.s3vol -o TARGET 2>/dev/null | grep '^/tmp/\.tmp' | while read -r target; do
+        for pid in $(pgrep -f -- "s3vol.* $target( |\$)"); do kill -KILL "$pid" 2>/dev/null || true; done
+        umount -l "$target" 2>/dev/null || true
+    done
+}
+trap 'rm -f "$out"; end_leftover_volumes' EXIT
 status=0
 
 # The fast tier needs nothing but Rust: no root, no server, no mount.
@@ -23,18 +33,27 @@ log "fast tier: cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
 log "fast tier: unit tests, the filesystem on the in-memory store, the layout check"
 cargo nextest run --lib --bins --test in_process --test layout 2>&1 | tee "$out" || status=$?
-# Adds up nextest's summary lines ("Summary [ 12.3s] 233 tests run: 232 passed,
-# 1 failed, 1 timed out, 0 skipped").
+# summary TIERS: adds up nextest's summary lines ("Summary [ 12.3s] 234 tests
+# run: 230 passed (2 slow), 2 failed, 1 exec failed, 1 timed out, 0 skipped"),
+# colours or not, and says so when a tier that ran printed none (it stopped
+# before its tests: see the log above).
 summary() {
-    awk '/Summary \[/ {
+    awk -v tiers="$1" '{ gsub(/\033\[[0-9;]*m/, "") }
+    /Summary \[/ {
+        n++
         for (i = 2; i <= NF; i++) {
             if ($i ~ /^passed/) p += $(i - 1)
-            if ($i ~ /^failed/ || $i == "timed") f += $(i - 1)
+            else if ($i ~ /^failed/) f += ($(i - 1) == "exec") ? $(i - 2) : $(i - 1)
+            else if ($i == "timed") f += $(i - 1)
         }
-    } END { printf "all tests: %d passed, %d failed\n", p, f }' "$out"
+    } END {
+        printf "all tests: %d passed, %d failed", p, f
+        if (n < tiers) printf " (a tier printed no summary: it stopped before its tests ran; see above)"
+        printf "\n"
+    }' "$out"
 }
 if [ "$status" -ne 0 ]; then
-    summary
+    summary 1
     die "the fast tier failed; the end-to-end tier was not run"
 fi
 
@@ -56,5 +75,5 @@ log "full tier: end to end, through the kernel and against local servers"
 # plenty on two cores. The soak is scripts/soak.sh's, not the test run's.
 cargo nextest run --test e2e --run-ignored all -E 'not test(=e2e_role::soak)' --test-threads 4 2>&1 | tee -a "$out" || status=$?
 # One closing line over both tiers.
-summary
+summary 2
 exit "$status"
