@@ -18,9 +18,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `GET /metrics` at `addr`: the status line and the body.
+/// `GET /metrics` at `addr`: the status line and the body. An endpoint that
+/// does not answer within 30 s fails the test.
 pub fn scrape(addr: SocketAddr) -> (String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: prometheus\r\nConnection: close\r\n\r\n")
         .unwrap();

@@ -27,11 +27,13 @@ fn stats_request(volume_id: &str, path: &Path) -> NodeGetVolumeStatsRequest {
     }
 }
 
-/// The volume's condition: (abnormal, message).
+/// The volume's condition: (abnormal, message). A driver that does not answer
+/// within 30 s fails the test (a stopped worker is then resumed, not waited on).
 async fn condition(node: &mut NodeClient<Channel>, id: &str, target: &Path) -> (bool, String) {
-    let answer = node
-        .node_get_volume_stats(stats_request(id, target))
+    let asked = node.node_get_volume_stats(stats_request(id, target));
+    let answer = tokio::time::timeout(Duration::from_secs(30), asked)
         .await
+        .expect("NodeGetVolumeStats answered within 30 s")
         .unwrap_or_else(|status| panic!("NodeGetVolumeStats: {status:?}"))
         .into_inner();
     assert_eq!(answer.usage.len(), 1, "kubelet needs a usage: {answer:?}");

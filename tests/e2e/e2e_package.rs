@@ -13,8 +13,8 @@ use common::nspawn::{self, write};
 use common::proxy::FaultProxy;
 use common::{Server, ServerKind};
 
-/// What runs in the booted container once the volume is mounted; each result
-/// goes to /out/report as `name=value`.
+/// What runs in the booted container once the volume's mount is done; each
+/// result goes to /out/report as `name=value`.
 const CHECK_SCRIPT: &str = r#"#!/bin/bash
 exec 2>/out/trace
 set -x
@@ -48,9 +48,11 @@ journalctl --no-pager -o cat -t s3vol >/out/journal
 report done yes
 "#;
 
-/// It needs the volume as DEPLOY.md says a service does.
+/// Ordered after the volume's mount (with `nofail` nothing else is), but
+/// started even if it fails, so that the report says what went wrong.
 const CHECK_UNIT: &str = "[Unit]
-RequiresMountsFor=/mnt/data
+Wants=mnt-data.mount
+After=mnt-data.mount
 
 [Service]
 Type=oneshot
