@@ -616,8 +616,8 @@ async fn directory_renames_past_the_bound_or_the_key_limit_send_no_copy() {
 
 /// A volume over `root/f` (1000 bytes) with a handle open on it for writing,
 /// whose first write, of `data` at `offset`, is under way: the first change
-/// downloads the object, that GET answers 400 ms late, and the file is busy
-/// until it ends. 100 ms into it.
+/// downloads the object, that GET answers 400 ms late (with `then`, if given,
+/// instead of the object), and the file is busy until it ends. 100 ms into it.
 struct Downloading {
     memory: Arc<MemoryStore>,
     vol: Arc<Volume>,
@@ -626,7 +626,11 @@ struct Downloading {
     write: tokio::task::JoinHandle<s3vol::fs::FsResult<u32>>,
 }
 
-async fn a_first_write_downloading(offset: u64, data: &'static [u8]) -> Downloading {
+async fn a_first_write_downloading(
+    offset: u64,
+    data: &'static [u8],
+    then: Option<Fault>,
+) -> Downloading {
     let memory = Arc::new(MemoryStore::new("bkt"));
     memory.put("root/f", pattern(1000, 1));
     let faulty = Arc::new(FaultyStore::new(memory.clone()));
@@ -638,6 +642,9 @@ async fn a_first_write_downloading(offset: u64, data: &'static [u8]) -> Download
         1,
         Fault::Delay(Duration::from_millis(400)),
     );
+    if let Some(fault) = then {
+        faulty.fail_nth(Operation::GetObject, 1, fault);
+    }
     let write = {
         let vol = vol.clone();
         tokio::spawn(async move { vol.fs.write(fh, offset, data).await })
@@ -660,7 +667,7 @@ async fn a_sync_racing_a_stop_fails_instead_of_answering_done() {
         fh,
         write: writer,
         ..
-    } = a_first_write_downloading(0, b"new").await;
+    } = a_first_write_downloading(0, b"new", None).await;
     // fsync starts before the stop, and waits for the download; the stop comes
     // while it waits.
     let sync = {
@@ -692,7 +699,7 @@ async fn a_truncation_during_the_download_of_the_object_leaves_none_of_it() {
         ino,
         fh: first,
         write: writer,
-    } = a_first_write_downloading(5, b"x").await;
+    } = a_first_write_downloading(5, b"x", None).await;
     let second = vol.fs.open(ino, TRUNCATE).await.unwrap();
     write_all(&vol.fs, second, 10, b"new").await;
     writer.await.unwrap().unwrap();
@@ -701,6 +708,32 @@ async fn a_truncation_during_the_download_of_the_object_leaves_none_of_it() {
     let content = read_all(&vol.fs, ino, 4096).await;
     assert_eq!(content, b"\0\0\0\0\0x\0\0\0\0new", "old bytes came back");
     vol.fs.flush(second, None).await.unwrap();
+    vol.fs.release(first).await;
+    vol.fs.release(second).await;
+    assert_eq!(memory.get("root/f").unwrap(), content);
+}
+
+/// The same truncation, and the download it made needless then fails: the
+/// write that started the download goes on, since it no longer needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_fails_after_a_truncation_fails_no_write() {
+    let Downloading {
+        memory,
+        vol,
+        ino,
+        fh: first,
+        write: writer,
+    } = a_first_write_downloading(5, b"x", Some(Fault::AccessDenied)).await;
+    let second = vol.fs.open(ino, TRUNCATE).await.unwrap();
+    let written = writer.await.unwrap();
+    assert_eq!(
+        written.map_err(|e| e.errno()),
+        Ok(1),
+        "the write failed for a download it no longer needed"
+    );
+    let content = read_all(&vol.fs, ino, 4096).await;
+    assert_eq!(content, b"\0\0\0\0\0x");
+    vol.fs.flush(first, None).await.unwrap();
     vol.fs.release(first).await;
     vol.fs.release(second).await;
     assert_eq!(memory.get("root/f").unwrap(), content);

@@ -454,8 +454,32 @@ impl StagedFile {
             return Ok(()); // loaded while we waited
         }
         self.take_to(&mut self.state.lock(), base.size)?;
-        let key = self.key();
-        let object = self.base_version(&base).await?;
+        match self.copy_base(&base).await {
+            Ok(()) => {}
+            // Truncated to nothing meanwhile: the copy is not needed any more,
+            // and the change that asked for it goes on however it ended.
+            Err(_) if self.state.lock().base.is_none() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut state = self.state.lock();
+        if state.base.is_none() {
+            return Ok(()); // truncated to nothing meanwhile
+        }
+        state.base = None;
+        let size = state.size;
+        self.touch(&mut state, 0..size, None);
+        debug!(
+            key = state.key.as_str(),
+            size = base.size,
+            "downloaded the object to change it"
+        );
+        Ok(())
+    }
+
+    /// Copies `base` into the staging file and checks it; stops, writing
+    /// nothing more, once a truncation to nothing has dropped it.
+    async fn copy_base(&self, base: &Base) -> StageResult<()> {
+        let object = self.base_version(base).await?;
         let chunk = self.layout.first_size();
         let mut offset = 0;
         while offset < base.size {
@@ -482,14 +506,6 @@ impl StagedFile {
         // Read whole from its start, the object was checked as it came; a
         // check that could not chain is made whole now.
         object.authenticate().await?;
-        let mut state = self.state.lock();
-        if state.base.is_none() {
-            return Ok(()); // truncated to nothing meanwhile
-        }
-        state.base = None;
-        let size = state.size;
-        self.touch(&mut state, 0..size, None);
-        debug!(key, size = base.size, "downloaded the object to change it");
         Ok(())
     }
 
