@@ -727,6 +727,11 @@ async fn a_download_that_fails_after_a_truncation_fails_no_write() {
     let second = vol.fs.open(ino, TRUNCATE).await.unwrap();
     let written = writer.await.unwrap();
     assert_eq!(
+        memory.count_calls(Operation::GetObject),
+        0,
+        "the download's GET was the one refused"
+    );
+    assert_eq!(
         written.map_err(|e| e.errno()),
         Ok(1),
         "the write failed for a download it no longer needed"
@@ -737,6 +742,24 @@ async fn a_download_that_fails_after_a_truncation_fails_no_write() {
     vol.fs.release(first).await;
     vol.fs.release(second).await;
     assert_eq!(memory.get("root/f").unwrap(), content);
+}
+
+/// Without the truncation, the failed download fails the write that needed
+/// it, and the object stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_fails_fails_the_write_that_needs_it() {
+    let Downloading {
+        memory,
+        vol,
+        fh,
+        write: writer,
+        ..
+    } = a_first_write_downloading(5, b"x", Some(Fault::AccessDenied)).await;
+    let written = writer.await.unwrap();
+    assert_eq!(written.map_err(|e| e.errno()), Err(libc::EACCES));
+    let _ = vol.fs.flush(fh, None).await;
+    vol.fs.release(fh).await;
+    assert_eq!(memory.get("root/f").unwrap(), pattern(1000, 1));
 }
 
 #[tokio::test]

@@ -15,15 +15,23 @@ impl StagedFile {
             return Ok(());
         };
         let _exclusive = self.exclusive.lock().await;
-        if self.state.lock().base.is_none() {
-            return Ok(()); // loaded while we waited
+        {
+            // Checked and counted at once: a truncation to nothing between
+            // the two would leave the object's size counted for an empty file.
+            let mut state = self.state.lock();
+            if state.base.is_none() {
+                return Ok(()); // loaded, or truncated, while we waited
+            }
+            self.take_to(&mut state, base.size)?;
         }
-        self.take_to(&mut self.state.lock(), base.size)?;
         match self.copy_base(&base).await {
             Ok(()) => {}
             // Truncated to nothing meanwhile: the copy is not needed any more,
             // and the change that asked for it goes on however it ended.
-            Err(_) if self.state.lock().base.is_none() => return Ok(()),
+            Err(e) if self.state.lock().base.is_none() => {
+                debug!(key = %base.key, error = %e, "a download no longer needed failed");
+                return Ok(());
+            }
             Err(e) => return Err(e),
         }
         let mut state = self.state.lock();
