@@ -745,7 +745,8 @@ async fn a_download_that_fails_after_a_truncation_fails_no_write() {
 }
 
 /// Without the truncation, the failed download fails the write that needed
-/// it, and the object stays as it was.
+/// it; the next write downloads the object again, and what is published is
+/// the object with that write alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_that_fails_fails_the_write_that_needs_it() {
     let Downloading {
@@ -757,9 +758,13 @@ async fn a_download_that_fails_fails_the_write_that_needs_it() {
     } = a_first_write_downloading(5, b"x", Some(Fault::AccessDenied)).await;
     let written = writer.await.unwrap();
     assert_eq!(written.map_err(|e| e.errno()), Err(libc::EACCES));
-    let _ = vol.fs.flush(fh, None).await;
-    vol.fs.release(fh).await;
     assert_eq!(memory.get("root/f").unwrap(), pattern(1000, 1));
+    write_all(&vol.fs, fh, 7, b"y").await;
+    vol.fs.flush(fh, None).await.unwrap();
+    vol.fs.release(fh).await;
+    let mut expected = pattern(1000, 1).to_vec();
+    expected[7] = b'y';
+    assert_eq!(memory.get("root/f").unwrap(), expected);
 }
 
 #[tokio::test]
