@@ -5,10 +5,14 @@
 //! s3bench get BUCKET KEY[,KEY...] [CONCURRENCY]
 //!                                             parallel 8 MiB ranged GETs of the
 //!                                             keys, whole; prints MiB/s
-//! s3bench put BUCKET KEY MIB [CONCURRENCY]    parallel multipart upload of MIB MiB of
-//!                                             distinct bytes made before the clock
-//!                                             starts; prints MiB/s
-//! s3bench put-many BUCKET PREFIX COUNT [DIRS] COUNT small objects (spread over DIRS dirs)
+//! s3bench put BUCKET KEY MIB [CONCURRENCY]    parallel multipart upload of MIB MiB,
+//!                                             made before the clock starts; prints
+//!                                             MiB/s
+//! s3bench put-many BUCKET PREFIX COUNT [DIRS [SIZE]]
+//!                                             COUNT objects of SIZE bytes (1 to 100
+//!                                             when 0), spread over DIRS dirs
+//!
+//! Every object holds bytes of its own (see `bytes_of`).
 //! s3bench latency BUCKET KEY [COUNT]         COUNT 4 KiB ranged GETs one after another;
 //!                                             prints the mean latency in ms
 //! s3bench wait BUCKET PREFIX COUNT BYTES      waits until COUNT objects holding BYTES
@@ -160,20 +164,30 @@ async fn heads(client: Client, bucket: String, prefix: String, concurrency: usiz
     println!("{:.2}", start.elapsed().as_secs_f64());
 }
 
+/// `len` bytes of `key`'s own: no two keys share a block or a page of content,
+/// and none compresses. A server that deduplicates or compresses blocks (Garage
+/// does both) would otherwise store a benchmark's objects once, and serve
+/// every read and take every write of them from that one copy.
+fn bytes_of(key: &str, len: usize) -> Vec<u8> {
+    // FNV-1a of the key seeds a xorshift generator (never from zero).
+    let mut x = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
 async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency: usize) {
     let size = mib << 20;
-    // Distinct bytes throughout (servers that deduplicate blocks gain nothing), made
-    // before timing so the client's own CPU does not count against it.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let data: bytes::Bytes = (0..size / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect::<Vec<u8>>()
-        .into();
+    // Made before timing so the client's own CPU does not count against it.
+    let data = bytes::Bytes::from(bytes_of(&key, size as usize));
     let upload = client
         .create_multipart_upload()
         .bucket(&bucket)
@@ -272,19 +286,13 @@ async fn put_many(
             } else {
                 format!("{prefix}f{i:05}")
             };
+            let body = bytes_of(&key, if size > 0 { size } else { 1 + i % 100 });
             async move {
                 client
                     .put_object()
                     .bucket(bucket)
                     .key(key)
-                    .body(ByteStream::from(vec![
-                        b'x';
-                        if size > 0 {
-                            size
-                        } else {
-                            1 + i % 100
-                        }
-                    ]))
+                    .body(ByteStream::from(body))
                     .send()
                     .await
                     .expect("put");

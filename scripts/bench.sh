@@ -274,8 +274,12 @@ PY
 
 # Writes read their data from a file in the page cache, so the source costs nothing.
 # Each write starts with nothing dirty in the page cache: otherwise a run pays for
-# writing back what the run before it (or the seeding) left.
+# writing back what the run before it (or the seeding) left. Each writes bytes
+# the server has not seen: Garage stores a block it already holds once, so a
+# second write of the same file would skip its disk, for every system but the
+# encrypted one, whose bytes differ under each new data key.
 seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
+    restamp "$work/src-1g.bin"
     sync
     mount_system "$1" rw
     local key t0 t1 cpu prefix= tag=0
@@ -285,11 +289,34 @@ seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
     mkdir -p "$mnt/write"
     cat "$work/src-1g.bin" >/dev/null
     sync
+    local stored; stored=$(stored_kib)
     cpu=$(cpu_ticks); t0=$(now)
     dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none
     "$S3BENCH" wait bench "$prefix$key" 1 $(((1 << 30) + tag))
     t1=$(now); record_cpu cpu_write "$1" "$cpu" 1; unmount_system "$1"
+    stored_since "$stored" $((1 << 20)) "$1's 1 GiB write"
     speed "$t0" "$t1" 1024
+}
+# stored_kib: KiB in Garage's data directory.
+stored_kib() { du -sk "$work/garage/data" | cut -f1; }
+# stored_since KIB KIB_WRITTEN WHAT: fails the run unless Garage's data grew by
+# at least 90% of KIB_WRITTEN since it held KIB: a write of blocks the server
+# already held costs it no disk, and measures less than a write of new data.
+stored_since() {
+    local grew=$(($(stored_kib) - $1))
+    [ "$grew" -ge $(($2 * 9 / 10)) ] ||
+        die "$3 grew the server's data by $grew KiB, not $2: it wrote bytes the server already held"
+}
+# restamp FILE: new random bytes every 64 KiB of FILE, so that no block of it,
+# wherever a part or a block starts, is one a server already holds.
+restamp() {
+    python3 - "$1" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for at in range(0, os.fstat(fd).st_size, 65536):
+    os.pwrite(fd, os.urandom(16), at)
+os.close(fd)
+PY
 }
 small_creates() {  # files/s until all are in S3
     sync
@@ -297,16 +324,19 @@ small_creates() {  # files/s until all are in S3
     local dir t0 t1
     dir="small/$1-$(date +%s%N)"
     mkdir -p "$mnt/$dir"
+    local stored; stored=$(stored_kib)
     t0=$(now)
     python3 - "$mnt/$dir" <<'PY'
 import os, sys
-block = os.urandom(4096)
-for i in range(1000):
+# Each file its own bytes (see seq_write).
+blocks = [os.urandom(4096) for _ in range(1000)]
+for i, block in enumerate(blocks):
     with open(os.path.join(sys.argv[1], f"f{i:04}"), "wb") as f:
         f.write(block)
 PY
     "$S3BENCH" wait bench "$dir/" 1000 $((1000 * 4096))
     t1=$(now); unmount_system "$1"
+    stored_since "$stored" 4000 "$1's 1000 small files"
     speed "$t0" "$t1" 1000
 }
 
@@ -440,7 +470,9 @@ log "raw parallel multipart PUT of 1 GiB ($RUNS runs)"
 raw=()
 for i in $(seq 0 "$RUNS"); do
     sync
+    stored=$(stored_kib)
     speed=$("$S3BENCH" put bench "raw/put-$i.bin" 1024 16)
+    stored_since "$stored" $((1 << 20)) "the raw client's 1 GiB write"
     [ "$i" -eq 0 ] || raw+=("$speed")  # run 0 warms up, as for the systems
 done
 RAW_PUT=$(printf '%s\n' "${raw[@]}" | median)
