@@ -11,16 +11,18 @@
 //! s3bench put-many BUCKET PREFIX COUNT [DIRS [SIZE]]
 //!                                             COUNT objects of SIZE bytes (1 to 100
 //!                                             when 0), spread over DIRS dirs
-//!
-//! Every object holds bytes of its own (see `bytes_of`).
 //! s3bench latency BUCKET KEY [COUNT]         COUNT 4 KiB ranged GETs one after another;
 //!                                             prints the mean latency in ms
 //! s3bench wait BUCKET PREFIX COUNT BYTES      waits until COUNT objects holding BYTES
-//!                                             in all are listed under PREFIX
+//!                                             in all are listed under PREFIX (at
+//!                                             most 10 minutes)
+//! s3bench delete BUCKET PREFIX                deletes every object under PREFIX
 //! s3bench heads BUCKET PREFIX [CONCURRENCY]   lists PREFIX as a directory and sends a
 //!                                             HEAD for each object listed, CONCURRENCY
 //!                                             (32) in flight; prints the seconds
 //! ```
+//!
+//! Every object it writes holds bytes of its own (see `bytes_of`).
 //!
 //! The endpoint comes from `S3_ENDPOINT`, credentials and region from the usual
 //! `AWS_*` variables.
@@ -246,6 +248,8 @@ async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency:
 }
 
 async fn wait(client: Client, bucket: String, prefix: String, count: usize, bytes: u64) {
+    // A write that failed never lists: the run ends rather than waits forever.
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
     loop {
         let mut pages = client
             .list_objects_v2()
@@ -263,7 +267,33 @@ async fn wait(client: Client, bucket: String, prefix: String, count: usize, byte
         if seen >= count && total >= bytes {
             return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "after 10 minutes, {seen} objects of {total} bytes under {prefix}, not {count} of {bytes}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Deletes every object under `prefix`.
+async fn delete(client: Client, bucket: String, prefix: String) {
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(&prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for object in page.expect("list").contents() {
+            let key = object.key().expect("a listed object has a key");
+            client
+                .delete_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("delete");
+        }
     }
 }
 
@@ -344,6 +374,7 @@ async fn main() {
             )
             .await
         }
+        Some("delete") => delete(client, arg(&args, 2, "BUCKET"), arg(&args, 3, "PREFIX")).await,
         Some("heads") => {
             let concurrency = number(4, 32);
             heads(
@@ -368,7 +399,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: s3bench get|put|put-many|latency|wait|heads ... (see examples/s3bench.rs)"
+                "usage: s3bench get|put|put-many|latency|wait|delete|heads ... (see examples/s3bench.rs)"
             );
             std::process::exit(2);
         }

@@ -289,23 +289,27 @@ seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
     mkdir -p "$mnt/write"
     cat "$work/src-1g.bin" >/dev/null
     sync
-    local stored; stored=$(stored_kib)
+    stored_mark
     cpu=$(cpu_ticks); t0=$(now)
     dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none
     "$S3BENCH" wait bench "$prefix$key" 1 $(((1 << 30) + tag))
     t1=$(now); record_cpu cpu_write "$1" "$cpu" 1; unmount_system "$1"
-    stored_since "$stored" $((1 << 20)) "$1's 1 GiB write"
+    stored_since $((1 << 30)) "$1's 1 GiB write"
+    # Each run's objects go, so that the server's disk does not grow with RUNS.
+    "$S3BENCH" delete bench "$prefix$key"
     speed "$t0" "$t1" 1024
 }
-# stored_kib: KiB in Garage's data directory.
-stored_kib() { du -sk "$work/garage/data" | cut -f1; }
-# stored_since KIB KIB_WRITTEN WHAT: fails the run unless Garage's data grew by
-# at least 90% of KIB_WRITTEN since it held KIB: a write of blocks the server
-# already held costs it no disk, and measures less than a write of new data.
+# stored_mark: notes the moment after which stored_since counts Garage's new blocks.
+stored_mark() { touch "$work/stored.marker"; }
+# stored_since BYTES WHAT: fails the run unless the block files Garage wrote since
+# stored_mark hold at least 99% of BYTES: a write of blocks the server already
+# held costs it no disk, and measures less than a write of new data.
 stored_since() {
-    local grew=$(($(stored_kib) - $1))
-    [ "$grew" -ge $(($2 * 9 / 10)) ] ||
-        die "$3 grew the server's data by $grew KiB, not $2: it wrote bytes the server already held"
+    local grew
+    grew=$(find "$work/garage/data" -type f -newer "$work/stored.marker" -printf '%s\n' |
+        awk '{ s += $1 } END { print s + 0 }')
+    [ "$grew" -ge $(($1 * 99 / 100)) ] ||
+        die "$2 stored $grew bytes of new blocks, not $1: it wrote bytes the server already held"
 }
 # restamp FILE: new random bytes every 64 KiB of FILE, so that no block of it,
 # wherever a part or a block starts, is one a server already holds.
@@ -324,7 +328,7 @@ small_creates() {  # files/s until all are in S3
     local dir t0 t1
     dir="small/$1-$(date +%s%N)"
     mkdir -p "$mnt/$dir"
-    local stored; stored=$(stored_kib)
+    stored_mark
     t0=$(now)
     python3 - "$mnt/$dir" <<'PY'
 import os, sys
@@ -336,7 +340,8 @@ for i, block in enumerate(blocks):
 PY
     "$S3BENCH" wait bench "$dir/" 1000 $((1000 * 4096))
     t1=$(now); unmount_system "$1"
-    stored_since "$stored" 4000 "$1's 1000 small files"
+    stored_since $((1000 * 4096)) "$1's 1000 small files"
+    "$S3BENCH" delete bench "$dir/"
     speed "$t0" "$t1" 1000
 }
 
@@ -470,9 +475,10 @@ log "raw parallel multipart PUT of 1 GiB ($RUNS runs)"
 raw=()
 for i in $(seq 0 "$RUNS"); do
     sync
-    stored=$(stored_kib)
+    stored_mark
     speed=$("$S3BENCH" put bench "raw/put-$i.bin" 1024 16)
-    stored_since "$stored" $((1 << 20)) "the raw client's 1 GiB write"
+    stored_since $((1 << 30)) "the raw client's 1 GiB write"
+    "$S3BENCH" delete bench "raw/put-$i.bin"
     [ "$i" -eq 0 ] || raw+=("$speed")  # run 0 warms up, as for the systems
 done
 RAW_PUT=$(printf '%s\n' "${raw[@]}" | median)
