@@ -247,36 +247,49 @@ async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency:
     println!("{:.1}", mib as f64 / secs);
 }
 
+/// The number of objects under `prefix` and the bytes they hold.
+async fn listed(client: &Client, bucket: &str, prefix: &str) -> (usize, u64) {
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    let (mut seen, mut total) = (0, 0);
+    while let Some(page) = pages.next().await {
+        for object in page.expect("list").contents() {
+            seen += 1;
+            total += object.size().unwrap_or(0) as u64;
+        }
+    }
+    (seen, total)
+}
+
 async fn wait(client: Client, bucket: String, prefix: String, count: usize, bytes: u64) {
-    // A write that failed never lists: the run ends rather than waits forever.
-    let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        let mut pages = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .prefix(&prefix)
-            .into_paginator()
-            .send();
-        let (mut seen, mut total) = (0, 0);
-        while let Some(page) = pages.next().await {
-            for object in page.expect("list").contents() {
-                seen += 1;
-                total += object.size().unwrap_or(0) as u64;
-            }
+    // A write that failed never lists: the run ends rather than waits forever,
+    // and so does a listing that never answers.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+    let (mut seen, mut total) = (0, 0);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, listed(&client, &bucket, &prefix)).await {
+            Ok((now_seen, now_total)) => (seen, total) = (now_seen, now_total),
+            Err(_) => break,
         }
         if seen >= count && total >= bytes {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "after 10 minutes, {seen} objects of {total} bytes under {prefix}, not {count} of {bytes}"
-        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    panic!(
+        "after 10 minutes, {seen} objects of {total} bytes under {prefix}, not {count} of {bytes}"
+    );
 }
 
-/// Deletes every object under `prefix`.
+/// Deletes every object under `prefix`, which must name something: a prefix that
+/// holds no object is a mistake of the caller's, and an empty one the bucket.
 async fn delete(client: Client, bucket: String, prefix: String) {
+    assert!(!prefix.is_empty(), "refusing to delete the whole bucket");
+    let mut keys = Vec::new();
     let mut pages = client
         .list_objects_v2()
         .bucket(&bucket)
@@ -284,17 +297,31 @@ async fn delete(client: Client, bucket: String, prefix: String) {
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        for object in page.expect("list").contents() {
-            let key = object.key().expect("a listed object has a key");
-            client
-                .delete_object()
-                .bucket(&bucket)
-                .key(key)
-                .send()
-                .await
-                .expect("delete");
-        }
+        keys.extend(
+            page.expect("list")
+                .contents()
+                .iter()
+                .map(|object| object.key().expect("a listed object has a key").to_string()),
+        );
     }
+    assert!(!keys.is_empty(), "no object under {prefix} to delete");
+    futures::stream::iter(keys)
+        .map(|key| {
+            let client = client.clone();
+            let bucket = bucket.clone();
+            async move {
+                client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("delete {key}: {e}"));
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<()>()
+        .await;
 }
 
 /// `count` objects under `prefix`, spread over `dirs` directories when more than

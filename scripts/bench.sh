@@ -291,12 +291,15 @@ seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
     sync
     stored_mark
     cpu=$(cpu_ticks); t0=$(now)
-    dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none
-    "$S3BENCH" wait bench "$prefix$key" 1 $(((1 << 30) + tag))
+    # Workloads run in command substitutions, where `set -e` does not hold: each
+    # command that can fail says so itself.
+    dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none || die "$1: dd into $key failed"
+    "$S3BENCH" wait bench "$prefix$key" 1 $(((1 << 30) + tag)) || die "$1: $key never reached S3"
     t1=$(now); record_cpu cpu_write "$1" "$cpu" 1; unmount_system "$1"
     stored_since $((1 << 30)) "$1's 1 GiB write"
-    # Each run's objects go, so that the server's disk does not grow with RUNS.
-    "$S3BENCH" delete bench "$prefix$key"
+    # Each run's objects go, so that the server's disk does not grow with RUNS
+    # (Garage frees their blocks ten minutes after).
+    "$S3BENCH" delete bench "$prefix$key" || die "deleting $prefix$key failed"
     speed "$t0" "$t1" 1024
 }
 # stored_mark: notes the moment after which stored_since counts Garage's new blocks.
@@ -306,10 +309,11 @@ stored_mark() { touch "$work/stored.marker"; }
 # held costs it no disk, and measures less than a write of new data.
 stored_since() {
     local grew
-    grew=$(find "$work/garage/data" -type f -newer "$work/stored.marker" -printf '%s\n' |
-        awk '{ s += $1 } END { print s + 0 }')
+    # Garage deletes the blocks of objects deleted ten minutes before as it goes.
+    grew=$(find "$work/garage/data" -ignore_readdir_race -type f -newer "$work/stored.marker" \
+        -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
     [ "$grew" -ge $(($1 * 99 / 100)) ] ||
-        die "$2 stored $grew bytes of new blocks, not $1: it wrote bytes the server already held"
+        die "$2 left $grew bytes of new (compressed) block files on the server, not $1: it wrote bytes the server already held, or did not reach it"
 }
 # restamp FILE: new random bytes every 64 KiB of FILE, so that no block of it,
 # wherever a part or a block starts, is one a server already holds.
@@ -330,7 +334,7 @@ small_creates() {  # files/s until all are in S3
     mkdir -p "$mnt/$dir"
     stored_mark
     t0=$(now)
-    python3 - "$mnt/$dir" <<'PY'
+    python3 - "$mnt/$dir" <<'PY' || die "$1: writing the small files failed"
 import os, sys
 # Each file its own bytes (see seq_write).
 blocks = [os.urandom(4096) for _ in range(1000)]
@@ -338,10 +342,10 @@ for i, block in enumerate(blocks):
     with open(os.path.join(sys.argv[1], f"f{i:04}"), "wb") as f:
         f.write(block)
 PY
-    "$S3BENCH" wait bench "$dir/" 1000 $((1000 * 4096))
+    "$S3BENCH" wait bench "$dir/" 1000 $((1000 * 4096)) || die "$1: the small files never reached S3"
     t1=$(now); unmount_system "$1"
     stored_since $((1000 * 4096)) "$1's 1000 small files"
-    "$S3BENCH" delete bench "$dir/"
+    "$S3BENCH" delete bench "$dir/" || die "deleting $dir/ failed"
     speed "$t0" "$t1" 1000
 }
 
