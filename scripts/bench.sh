@@ -12,8 +12,8 @@
 # Systems: s3vol with its defaults (block cache on), s3vol --no-cache (on the cold
 # read rows only, where the cache could cost something), s3vol with client-side
 # encryption (--cse-kms-key-id, a KMS key of moto's on 127.0.0.1; on the cold
-# sequential read, the durable write and their CPU rows, over objects it wrote
-# itself), s3fs-fuse and rclone mount as their users run them, and for the data
+# sequential read, the cold random reads, the first bytes of a 32 MiB file, the
+# durable write and their CPU rows, over objects it wrote itself), s3fs-fuse and rclone mount as their users run them, and for the data
 # rows a raw parallel S3 client (the ceiling). Every row says what it measures
 # (see docs/BENCHMARK.md):
 #
@@ -110,15 +110,19 @@ now() { date +%s.%N; }
 # The CPU time the daemon has used, in clock ticks (utime + stime, all threads of
 # all its processes).
 cpu_ticks() {
-    local pid
-    for pid in $(daemon_pids); do awk '{ print $14 + $15 }' "/proc/$pid/stat"; done |
+    local pids pid
+    pids=$(daemon_pids)
+    [ -n "$pids" ] || die "no daemon serves $mnt: its CPU cannot be measured"
+    for pid in $pids; do awk '{ print $14 + $15 }' "/proc/$pid/stat"; done |
         awk '{ s += $1 } END { print s + 0 }'
 }
 # record_cpu NAME SYSTEM TICKS_BEFORE GIB: appends the CPU seconds per GiB the
 # daemon spent since TICKS_BEFORE (not for warm-up runs).
 record_cpu() {
     [ -z "${WARMUP:-}" ] || return 0
-    awk -v n="$1" -v s="$2" -v a="$3" -v b="$(cpu_ticks)" -v hz="$(getconf CLK_TCK)" -v g="$4" \
+    local after
+    after=$(cpu_ticks) || exit 1
+    awk -v n="$1" -v s="$2" -v a="$3" -v b="$after" -v hz="$(getconf CLK_TCK)" -v g="$4" \
         'BEGIN { printf "%s %s %.2f\n", n, s, (b - a) / hz / g }' >>"$work/cpu"
 }
 speed() { awk -v a="$1" -v b="$2" -v mib="$3" 'BEGIN { printf "%.0f\n", mib / (b - a) }'; }
@@ -128,7 +132,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # Each function mounts fresh (cold metadata and data), measures once, unmounts.
 cold_read() {  # MiB/s; records CPU s/GiB as cpu_read
     drop_caches; mount_system "$1"
-    local t0 t1 cpu; cpu=$(cpu_ticks); t0=$(now)
+    local t0 t1 cpu; cpu=$(cpu_ticks) || exit 1; t0=$(now)
     dd if="$mnt/seq/1g.bin" of=/dev/null bs=1M status=none
     t1=$(now); record_cpu cpu_read "$1" "$cpu" 1; unmount_system "$1"
     speed "$t0" "$t1" 1024
@@ -279,20 +283,20 @@ PY
 # second write of the same file would skip its disk, for every system but the
 # encrypted one, whose bytes differ under each new data key.
 seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
-    restamp "$work/src-1g.bin"
+    # Workloads run in command substitutions, where `set -e` does not hold: each
+    # command that can fail says so itself.
+    restamp "$work/src-1g.bin" || die "restamping $work/src-1g.bin failed"
     sync
     mount_system "$1" rw
     local key t0 t1 cpu prefix= tag=0
     # The encrypted volume's objects are under cse/, each its tag longer.
     [ "$1" != s3vol-cse ] || { prefix=cse/; tag=16; }
     key="write/$1-$(date +%s%N).bin"
-    mkdir -p "$mnt/write"
+    mkdir -p "$mnt/write" || die "$1: mkdir $mnt/write failed"
     cat "$work/src-1g.bin" >/dev/null
     sync
     stored_mark
-    cpu=$(cpu_ticks); t0=$(now)
-    # Workloads run in command substitutions, where `set -e` does not hold: each
-    # command that can fail says so itself.
+    cpu=$(cpu_ticks) || exit 1; t0=$(now)
     dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none || die "$1: dd into $key failed"
     "$S3BENCH" wait bench "$prefix$key" 1 $(((1 << 30) + tag)) || die "$1: $key never reached S3"
     t1=$(now); record_cpu cpu_write "$1" "$cpu" 1; unmount_system "$1"
@@ -303,7 +307,7 @@ seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
     speed "$t0" "$t1" 1024
 }
 # stored_mark: notes the moment after which stored_since counts Garage's new blocks.
-stored_mark() { touch "$work/stored.marker"; }
+stored_mark() { touch "$work/stored.marker" || die "cannot touch $work/stored.marker"; }
 # stored_since BYTES WHAT: fails the run unless the block files Garage wrote since
 # stored_mark hold at least 99% of BYTES: a write of blocks the server already
 # held costs it no disk, and measures less than a write of new data.
@@ -331,7 +335,7 @@ small_creates() {  # files/s until all are in S3
     mount_system "$1" rw
     local dir t0 t1
     dir="small/$1-$(date +%s%N)"
-    mkdir -p "$mnt/$dir"
+    mkdir -p "$mnt/$dir" || die "$1: mkdir $mnt/$dir failed"
     stored_mark
     t0=$(now)
     python3 - "$mnt/$dir" <<'PY' || die "$1: writing the small files failed"
@@ -480,9 +484,9 @@ raw=()
 for i in $(seq 0 "$RUNS"); do
     sync
     stored_mark
-    speed=$("$S3BENCH" put bench "raw/put-$i.bin" 1024 16)
+    speed=$("$S3BENCH" put bench "raw/put-$i.bin" 1024 16) || die "the raw client's PUT failed"
     stored_since $((1 << 30)) "the raw client's 1 GiB write"
-    "$S3BENCH" delete bench "raw/put-$i.bin"
+    "$S3BENCH" delete bench "raw/put-$i.bin" || die "deleting raw/put-$i.bin failed"
     [ "$i" -eq 0 ] || raw+=("$speed")  # run 0 warms up, as for the systems
 done
 RAW_PUT=$(printf '%s\n' "${raw[@]}" | median)

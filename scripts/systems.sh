@@ -75,7 +75,7 @@ daemon_pids() {
 release_system() {
     local pids pid alive
     pids=$(daemon_pids)
-    umount "$mnt"
+    umount "$mnt" || die "umount $mnt failed"
     # Until every one of them is gone (kill -0 of several fails when any is).
     for _ in $(seq 1 100); do
         alive=0
@@ -83,6 +83,8 @@ release_system() {
         [ "$alive" = 1 ] || break
         sleep 0.1
     done
+    # A daemon left behind would count in the next mount's CPU and memory.
+    [ "$alive" = 0 ] || die "the daemon of $mnt still runs 10 s after its unmount"
     rm -rf "$work/s3fs-cache" "$work/rclone-cache"
 }
 
