@@ -45,6 +45,11 @@
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/systems.sh"
 cd "$S3VOL_ROOT"
+# Workloads run in command substitutions: there too a command that fails ends
+# the workload, and the run with it, saying which.
+shopt -s inherit_errexit
+STEP="setting up"
+trap 'printf "s3vol scripts: %s failed (line %s: %s)\n" "$STEP" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 RUNS=${RUNS:-3}
 RANDOM_READS=${RANDOM_READS:-300}
@@ -283,8 +288,6 @@ PY
 # second write of the same file would skip its disk, for every system but the
 # encrypted one, whose bytes differ under each new data key.
 seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
-    # Workloads run in command substitutions, where `set -e` does not hold: each
-    # command that can fail says so itself.
     restamp "$work/src-1g.bin" || die "restamping $work/src-1g.bin failed"
     sync
     mount_system "$1" rw
@@ -444,7 +447,7 @@ for WORKLOAD in "${WORKLOADS[@]}"; do
         # are their own repetitions.
         for s in "${SYSTEMS[@]}"; do
             [[ " s3vol s3fs rclone " == *" $s "* ]] || continue
-            log "many_volumes on $s ($VOLUMES volumes)"
+            log "many_volumes on $s ($VOLUMES volumes)"; STEP="many_volumes on $s"
             many_volumes "$s"
         done
         continue
@@ -455,10 +458,13 @@ for WORKLOAD in "${WORKLOADS[@]}"; do
         log "$WORKLOAD on $s (one warm-up run, then $RUNS runs)"
         # The first run of a workload after start-up is slower whichever system
         # makes it (the server and the kernel warm up); it is not counted.
+        STEP="$WORKLOAD on $s (warm-up)"
         WARMUP=1 "$WORKLOAD" "$s" >/dev/null
         values=()
         for _ in $(seq 1 "$RUNS"); do
-            value=$("$WORKLOAD" "$s") && [ -n "$value" ] || die "$WORKLOAD on $s failed"
+            STEP="$WORKLOAD on $s"
+            value=$("$WORKLOAD" "$s")
+            [ -n "$value" ] || die "$WORKLOAD on $s measured nothing"
             values+=("$value")
         done
         RESULT[$WORKLOAD,$s]=$(printf '%s\n' "${values[@]}" | median)
@@ -475,6 +481,7 @@ raw_get() {
     for _ in $(seq 1 "$RUNS"); do drop_caches; raw+=("$("$S3BENCH" get bench "$1" 16)"); done
     printf '%s\n' "${raw[@]}" | median
 }
+STEP="the raw client and dd"
 log "raw parallel GET of the 1 GiB object and of the 4 objects of 256 MiB ($RUNS runs)"
 RAW_GET=$(raw_get seq/1g.bin)
 RAW_GET4=$(raw_get par/p0.bin,par/p1.bin,par/p2.bin,par/p3.bin)
