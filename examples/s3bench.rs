@@ -247,22 +247,22 @@ async fn put(client: Client, bucket: String, key: String, mib: u64, concurrency:
     println!("{:.1}", mib as f64 / secs);
 }
 
-/// The number of objects under `prefix` and the bytes they hold.
-async fn listed(client: &Client, bucket: &str, prefix: &str) -> (usize, u64) {
+/// The key and size of every object under `prefix`.
+async fn listed(client: &Client, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
     let mut pages = client
         .list_objects_v2()
         .bucket(bucket)
         .prefix(prefix)
         .into_paginator()
         .send();
-    let (mut seen, mut total) = (0, 0);
+    let mut objects = Vec::new();
     while let Some(page) = pages.next().await {
-        for object in page.expect("list").contents() {
-            seen += 1;
-            total += object.size().unwrap_or(0) as u64;
-        }
+        objects.extend(page.expect("list").contents().iter().map(|object| {
+            let key = object.key().expect("a listed object has a key");
+            (key.to_string(), object.size().unwrap_or(0) as u64)
+        }));
     }
-    (seen, total)
+    objects
 }
 
 async fn wait(client: Client, bucket: String, prefix: String, count: usize, bytes: u64) {
@@ -272,7 +272,10 @@ async fn wait(client: Client, bucket: String, prefix: String, count: usize, byte
     let (mut seen, mut total) = (0, 0);
     while tokio::time::Instant::now() < deadline {
         match tokio::time::timeout_at(deadline, listed(&client, &bucket, &prefix)).await {
-            Ok((now_seen, now_total)) => (seen, total) = (now_seen, now_total),
+            Ok(objects) => {
+                seen = objects.len();
+                total = objects.iter().map(|(_, size)| size).sum();
+            }
             Err(_) => break,
         }
         if seen >= count && total >= bytes {
@@ -289,21 +292,11 @@ async fn wait(client: Client, bucket: String, prefix: String, count: usize, byte
 /// holds no object is a mistake of the caller's, and an empty one the bucket.
 async fn delete(client: Client, bucket: String, prefix: String) {
     assert!(!prefix.is_empty(), "refusing to delete the whole bucket");
-    let mut keys = Vec::new();
-    let mut pages = client
-        .list_objects_v2()
-        .bucket(&bucket)
-        .prefix(&prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        keys.extend(
-            page.expect("list")
-                .contents()
-                .iter()
-                .map(|object| object.key().expect("a listed object has a key").to_string()),
-        );
-    }
+    let keys: Vec<String> = listed(&client, &bucket, &prefix)
+        .await
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
     assert!(!keys.is_empty(), "no object under {prefix} to delete");
     futures::stream::iter(keys)
         .map(|key| {

@@ -13,8 +13,9 @@
 # read rows only, where the cache could cost something), s3vol with client-side
 # encryption (--cse-kms-key-id, a KMS key of moto's on 127.0.0.1; on the cold
 # sequential read, the cold random reads, the first bytes of a 32 MiB file, the
-# durable write and their CPU rows, over objects it wrote itself), s3fs-fuse and rclone mount as their users run them, and for the data
-# rows a raw parallel S3 client (the ceiling). Every row says what it measures
+# durable write and their CPU rows, over objects it wrote itself), s3fs-fuse and
+# rclone mount as their users run them, and for the data rows a raw parallel S3
+# client (the ceiling). Every row says what it measures
 # (see docs/BENCHMARK.md):
 #
 # - cold rows start from a fresh mount and an empty page cache: 1 GiB sequential
@@ -126,7 +127,7 @@ cpu_ticks() {
 record_cpu() {
     [ -z "${WARMUP:-}" ] || return 0
     local after
-    after=$(cpu_ticks) || exit 1
+    after=$(cpu_ticks)
     awk -v n="$1" -v s="$2" -v a="$3" -v b="$after" -v hz="$(getconf CLK_TCK)" -v g="$4" \
         'BEGIN { printf "%s %s %.2f\n", n, s, (b - a) / hz / g }' >>"$work/cpu"
 }
@@ -137,7 +138,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # Each function mounts fresh (cold metadata and data), measures once, unmounts.
 cold_read() {  # MiB/s; records CPU s/GiB as cpu_read
     drop_caches; mount_system "$1"
-    local t0 t1 cpu; cpu=$(cpu_ticks) || exit 1; t0=$(now)
+    local t0 t1 cpu; cpu=$(cpu_ticks); t0=$(now)
     dd if="$mnt/seq/1g.bin" of=/dev/null bs=1M status=none
     t1=$(now); record_cpu cpu_read "$1" "$cpu" 1; unmount_system "$1"
     speed "$t0" "$t1" 1024
@@ -299,7 +300,7 @@ seq_write() {  # MiB/s until the object is in S3; records CPU s/GiB as cpu_write
     cat "$work/src-1g.bin" >/dev/null
     sync
     stored_mark
-    cpu=$(cpu_ticks) || exit 1; t0=$(now)
+    cpu=$(cpu_ticks); t0=$(now)
     dd if="$work/src-1g.bin" of="$mnt/$key" bs=1M status=none || die "$1: dd into $key failed"
     "$S3BENCH" wait bench "$prefix$key" 1 $(((1 << 30) + tag)) || die "$1: $key never reached S3"
     t1=$(now); record_cpu cpu_write "$1" "$cpu" 1; unmount_system "$1"
