@@ -209,7 +209,7 @@ pub(super) fn write_header(
     data: &Bytes,
     key: &BlockKey,
 ) -> io::Result<OpenBlock> {
-    let crcs: Vec<u32> = data.chunks(CHUNK).map(crc32c::crc32c).collect();
+    let crcs: Vec<u32> = data.chunks(CHUNK).map(crc_fast::crc32_iscsi).collect();
     let mut bytes = identity(id, data.len());
     for crc in &crcs {
         bytes.extend_from_slice(&crc.to_le_bytes());
@@ -304,7 +304,7 @@ impl OpenBlock {
             .read_exact_at(&mut data, self.data_start + read_start as u64)
             .map_err(damaged)?;
         for (n, chunk) in data.chunks(CHUNK).enumerate() {
-            if crc32c::crc32c(chunk) != self.crcs[first + n] {
+            if crc_fast::crc32_iscsi(chunk) != self.crcs[first + n] {
                 return Err(ReadFailure::Damaged("checksum mismatch".into()));
             }
         }
@@ -438,7 +438,7 @@ mod tests {
         // Forged: the right identity and CRCs, any tag.
         let mut header = identity(&id(), data.len());
         for chunk in data.chunks(CHUNK) {
-            header.extend_from_slice(&crc32c::crc32c(chunk).to_le_bytes());
+            header.extend_from_slice(&crc_fast::crc32_iscsi(chunk).to_le_bytes());
         }
         header.resize(header_len(&id(), data.len()), 0);
         fs::write(temp.path().join("forged"), header).unwrap();
