@@ -7,7 +7,11 @@
 //! munmap, every byte read costs a page fault when the next buffer is mapped.
 //! Instead, bodies larger than [`POOLED_ABOVE`] go into buffers mapped on their
 //! own and kept, up to [`KEEP`] of them, for the next GET: reused pages cost no
-//! fault, and the heap never holds them.
+//! fault, and the heap never holds them. Each is backed by huge pages where
+//! the kernel has them for the asking (transparent huge pages, `madvise`): a
+//! fresh buffer then costs 4 page faults instead of 2048, and pinning its pages
+//! for a direct write of the disk cache, or for the kernel's copy of a reply,
+//! walks a few large pages rather than thousands of small ones.
 
 use std::sync::Arc;
 
@@ -48,7 +52,11 @@ impl Buffers {
         let reused = (len <= self.size).then(|| self.free.lock().pop()).flatten();
         let map = match reused {
             Some(map) => Some(map),
-            None => MmapMut::map_anon(len.max(self.size)).ok(),
+            // (Without transparent huge pages, the advice fails and small
+            // pages serve.)
+            None => MmapMut::map_anon(len.max(self.size)).ok().inspect(|map| {
+                let _ = map.advise(memmap2::Advice::HugePage);
+            }),
         };
         match map {
             Some(map) => Body::Mapped(Mapped {
@@ -167,6 +175,43 @@ mod tests {
         assert!(!body.extend(&[1u8]), "wrote past the end");
         assert_eq!(body.freeze().len(), 2 * MIB);
         assert!(matches!(pool.take(MIB), Body::Heap(_)), "a cache block");
+    }
+
+    /// The `VmFlags` of the mapping of this process that holds `address`.
+    fn flags_of_mapping_at(address: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((start, end)) = range.split_once('-')
+                && let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                )
+            {
+                inside = (start..end).contains(&address);
+            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.trim().to_string();
+            }
+        }
+        panic!("no mapping holds {address:#x}");
+    }
+
+    #[test]
+    fn a_pooled_buffer_asks_for_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            return; // a kernel without them: nothing to ask for
+        }
+        let pool = Buffers::new(8 * MIB);
+        let Body::Mapped(mapped) = pool.take(8 * MIB) else {
+            panic!("not a pooled buffer");
+        };
+        let address = mapped.map.as_ref().unwrap().as_ptr() as usize;
+        let flags = flags_of_mapping_at(address);
+        assert!(
+            flags.split(' ').any(|flag| flag == "hg"),
+            "no MADV_HUGEPAGE: {flags}"
+        );
     }
 
     #[test]
