@@ -198,7 +198,10 @@ impl LocalDir {
 
     /// Removes the directory `name` and everything in it, through descriptors
     /// only: a link inside is removed, never followed, so nothing outside this
-    /// directory is touched.
+    /// directory is touched. What appears in it meanwhile (a block written
+    /// behind a reader as the cache closes) goes too: the directory is listed
+    /// again until it is empty when removed, and what vanished meanwhile (an
+    /// eviction) is no error.
     pub fn remove_tree(&self, name: &str) -> io::Result<()> {
         let fd = match openat(&self.fd, name, DIRECTORY, Mode::empty()) {
             Ok(fd) => fd,
@@ -210,16 +213,30 @@ impl LocalDir {
             fd,
             path: self.path.join(name),
         };
-        for (entry, is_dir) in inner.entries()? {
-            if is_dir {
-                inner.remove_tree(&entry)?;
-            } else {
-                inner.remove_file(&entry)?;
+        let mut passes = 0;
+        loop {
+            for (entry, is_dir) in inner.entries()? {
+                let removed = match is_dir {
+                    true => inner.remove_tree(&entry),
+                    false => inner.remove_file(&entry),
+                };
+                match removed {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    other => other?,
+                }
+            }
+            passes += 1;
+            match unlinkat(&self.fd, name, UnlinkatFlags::RemoveDir) {
+                Err(Errno::ENOTEMPTY) if passes < MOST_REMOVAL_PASSES => {}
+                done => return Ok(done?),
             }
         }
-        Ok(unlinkat(&self.fd, name, UnlinkatFlags::RemoveDir)?)
     }
 }
+
+/// How often [`LocalDir::remove_tree`] lists a directory that filled again
+/// before giving up: what writes into it is finished writing long before.
+const MOST_REMOVAL_PASSES: usize = 1000;
 
 /// Why the directory at `path` could not be opened: a link (which O_NOFOLLOW
 /// with O_DIRECTORY reports as "not a directory") is named as one.
@@ -310,6 +327,30 @@ mod tests {
             std::fs::read(base.path().join("moved/placed")).unwrap(),
             b"data"
         );
+    }
+
+    #[test]
+    fn a_tree_goes_whole_while_files_are_still_being_written_into_it() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = LocalDir::open_or_create(&base.path().join("cache")).unwrap();
+        let tree = dir.subdir("mount-1-0").unwrap();
+        let (started, ready) = std::sync::mpsc::channel();
+        // A writer that goes on until the directory is gone, as blocks written
+        // behind a reader do at unmount.
+        let writer = std::thread::spawn(move || {
+            let mut written = 0;
+            while tree.create_file(&format!("{written}.block")).is_ok() {
+                written += 1;
+                if written == 100 {
+                    started.send(()).unwrap();
+                }
+            }
+            written
+        });
+        ready.recv().unwrap();
+        dir.remove_tree("mount-1-0").unwrap();
+        assert!(dir.entries().unwrap().is_empty());
+        assert!(writer.join().unwrap() >= 100);
     }
 
     #[test]
