@@ -5,9 +5,11 @@
 //! `/etc`, say) in its place therefore never sends a block or staging file, or a
 //! removal, anywhere else.
 
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -91,15 +93,36 @@ impl LocalDir {
     /// The subdirectory `name`, created mode 0700 if missing, with the same
     /// checks as [`LocalDir::open_or_create`].
     pub fn subdir(&self, name: &str) -> Result<Self, String> {
-        let path = self.path.join(name);
         match mkdirat(&self.fd, name, Mode::S_IRWXU) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+            Err(e) => {
+                return Err(format!(
+                    "cannot create {}: {e}",
+                    self.path.join(name).display()
+                ));
+            }
         }
+        self.existing_subdir(name)
+    }
+
+    /// The subdirectory `name` if it is there (never created), with the same
+    /// checks as [`LocalDir::open_or_create`].
+    pub fn existing_subdir(&self, name: &str) -> Result<Self, String> {
+        let path = self.path.join(name);
         let fd = openat(&self.fd, name, DIRECTORY, Mode::empty()).map_err(|e| refusal(&path, e))?;
         let dir = Self { fd, path };
         dir.check_private()?;
         Ok(dir)
+    }
+
+    /// When the directory was last changed (an entry made or removed).
+    pub fn modified(&self) -> io::Result<std::time::SystemTime> {
+        let stat = fstat(&self.fd)?;
+        let since_epoch = std::time::Duration::new(
+            stat.st_mtime.max(0) as u64,
+            stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+        );
+        Ok(std::time::UNIX_EPOCH + since_epoch)
     }
 
     /// Creates `name` (which must not exist), mode 0600, for reading and writing.
@@ -174,19 +197,35 @@ impl LocalDir {
     /// The names in the directory with whether each is a directory (a link
     /// never counts as one).
     pub fn entries(&self) -> io::Result<Vec<(String, bool)>> {
+        Ok(self
+            .raw_entries()?
+            .into_iter()
+            .map(|(name, is_dir)| (name.to_string_lossy().into_owned(), is_dir))
+            .collect())
+    }
+
+    /// [`LocalDir::entries`], each name as it is on disk: what removes them
+    /// must name each exactly, whatever bytes it holds. An entry gone before
+    /// it could be looked at (where the file system does not say what each
+    /// entry is) is left out.
+    fn raw_entries(&self) -> io::Result<Vec<(CString, bool)>> {
         let mut dir = Dir::openat(&self.fd, ".", DIRECTORY, Mode::empty())?;
         let mut out = Vec::new();
         for entry in dir.iter() {
             let entry = entry?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
                 continue;
             }
             let is_dir = match entry.file_type() {
                 Some(kind) => kind == Type::Directory,
-                None => self.is_directory(entry.file_name())?,
+                None => match self.is_directory(name) {
+                    Ok(is_dir) => is_dir,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                },
             };
-            out.push((String::from_utf8_lossy(name).into_owned(), is_dir));
+            out.push((name.to_owned(), is_dir));
         }
         Ok(out)
     }
@@ -203,22 +242,29 @@ impl LocalDir {
     /// again until it is empty when removed, and what vanished meanwhile (an
     /// eviction) is no error.
     pub fn remove_tree(&self, name: &str) -> io::Result<()> {
+        self.remove_tree_named(&CString::new(name).map_err(io::Error::other)?)
+    }
+
+    fn remove_tree_named(&self, name: &CStr) -> io::Result<()> {
         let fd = match openat(&self.fd, name, DIRECTORY, Mode::empty()) {
             Ok(fd) => fd,
             // A link or a file in its place: remove just that.
-            Err(Errno::ELOOP | Errno::ENOTDIR) => return self.remove_file(name),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Ok(unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir)?);
+            }
             Err(e) => return Err(e.into()),
         };
         let inner = Self {
             fd,
-            path: self.path.join(name),
+            path: self.path.join(OsStr::from_bytes(name.to_bytes())),
         };
         let mut passes = 0;
         loop {
-            for (entry, is_dir) in inner.entries()? {
+            for (entry, is_dir) in inner.raw_entries()? {
                 let removed = match is_dir {
-                    true => inner.remove_tree(&entry),
-                    false => inner.remove_file(&entry),
+                    true => inner.remove_tree_named(&entry),
+                    false => unlinkat(&inner.fd, entry.as_c_str(), UnlinkatFlags::NoRemoveDir)
+                        .map_err(io::Error::from),
                 };
                 match removed {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -263,6 +309,8 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
     fn directories_are_created_private_and_refused_when_not() {
@@ -335,22 +383,43 @@ mod tests {
         let dir = LocalDir::open_or_create(&base.path().join("cache")).unwrap();
         let tree = dir.subdir("mount-1-0").unwrap();
         let (started, ready) = std::sync::mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
         // A writer that goes on until the directory is gone, as blocks written
-        // behind a reader do at unmount.
-        let writer = std::thread::spawn(move || {
-            let mut written = 0;
-            while tree.create_file(&format!("{written}.block")).is_ok() {
-                written += 1;
-                if written == 100 {
-                    started.send(()).unwrap();
+        // behind a reader do at unmount (or until the test is over).
+        let writer = std::thread::spawn({
+            let done = done.clone();
+            move || {
+                let mut written = 0;
+                while !done.load(Ordering::Relaxed)
+                    && tree.create_file(&format!("{written}.block")).is_ok()
+                {
+                    written += 1;
+                    if written == 100 {
+                        started.send(()).unwrap();
+                    }
                 }
+                written
             }
-            written
         });
         ready.recv().unwrap();
+        let removed = dir.remove_tree("mount-1-0");
+        done.store(true, Ordering::Relaxed);
+        let written = writer.join().unwrap();
+        removed.unwrap();
+        assert!(dir.entries().unwrap().is_empty());
+        assert!(written >= 100);
+    }
+
+    #[test]
+    fn a_tree_goes_whatever_bytes_its_names_hold() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = LocalDir::open_or_create(&base.path().join("cache")).unwrap();
+        let tree = dir.subdir("mount-1-0").unwrap();
+        let odd = OsStr::from_bytes(b"not-utf8-\xff");
+        std::fs::write(tree.path().join(odd), b"x").unwrap();
+        std::fs::create_dir(tree.path().join(odd).with_extension("d")).unwrap();
         dir.remove_tree("mount-1-0").unwrap();
         assert!(dir.entries().unwrap().is_empty());
-        assert!(writer.join().unwrap() >= 100);
     }
 
     #[test]
