@@ -3,13 +3,16 @@
 //! A mount creates `mount-PID-N/` (mode 0700) and holds an exclusive `flock` on
 //! its `lock` file for as long as it runs; at unmount it removes the directory.
 //! A mount that died leaves its directory behind, unlocked: the next mount that
-//! uses the same cache directory finds the lock free and removes it. Mounts
+//! uses the same cache directory finds the lock free and removes it (or finds
+//! no lock file at all in a directory older than [`UNLOCKED_GRACE`]: a mount
+//! that died before it made one). Mounts
 //! sharing a cache directory never touch each other's blocks. Everything goes
 //! through directory descriptors ([`LocalDir`]): a link in the way is removed,
 //! never followed.
 
 use std::fs::File;
 use std::io;
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
@@ -60,7 +63,12 @@ impl MountDir {
     }
 }
 
-/// Removes the directories of mounts that are gone: those whose lock nobody holds.
+/// How long a mount's directory may be without its lock file before it counts
+/// as abandoned: a mount makes the file right after the directory.
+pub(super) const UNLOCKED_GRACE: Duration = Duration::from_secs(60);
+
+/// Removes the directories of mounts that are gone: those whose lock nobody
+/// holds, and those that never got one.
 fn remove_abandoned(shared: &LocalDir) {
     let Ok(entries) = shared.entries() else {
         return;
@@ -74,15 +82,30 @@ fn remove_abandoned(shared: &LocalDir) {
             let _ = shared.remove_file(&name);
             continue;
         }
-        let Ok(dir) = shared.subdir(&name) else {
+        // Never created here: it may have just gone with its mount.
+        let Ok(dir) = shared.existing_subdir(&name) else {
             continue;
         };
         // Held while removing, so a mount that picks the same name waits.
-        if let Ok(Some(_lock)) = lock_file(&dir, false) {
-            info!(dir = %dir.path().display(), "removing the cache of a mount that is gone");
-            if let Err(e) = shared.remove_tree(&name) {
-                warn!(dir = %dir.path().display(), error = %e, "cannot remove an abandoned cache");
+        let _lock = match lock_file(&dir, false) {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let old = dir
+                    .modified()
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .is_some_and(|age| age > UNLOCKED_GRACE);
+                if !old {
+                    continue;
+                }
+                None
             }
+            Err(_) => continue,
+        };
+        info!(dir = %dir.path().display(), "removing the cache of a mount that is gone");
+        if let Err(e) = shared.remove_tree(&name) {
+            warn!(dir = %dir.path().display(), error = %e, "cannot remove an abandoned cache");
         }
     }
 }
