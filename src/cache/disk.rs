@@ -77,6 +77,9 @@ struct Files {
     /// Version name -> its data file.
     versions: HashMap<String, Version>,
     used: u64,
+    /// The mount is going: no block is reserved any more (see
+    /// [`DiskTier::stop`]).
+    stopped: bool,
 }
 
 impl Files {
@@ -219,6 +222,7 @@ impl DiskTier {
                 entries: LruCache::unbounded(),
                 versions: HashMap::new(),
                 used: 0,
+                stopped: false,
             })),
             open_files: Mutex::new(LruCache::new(open_files_limit())),
             stats,
@@ -238,6 +242,14 @@ impl DiskTier {
         self.dir.path().join(name)
     }
 
+    /// Forgets every block and takes no more, at unmount: a block fetched
+    /// later is not written, so the mount's directory, which goes next, stays
+    /// empty but for the writes already under way.
+    pub(super) fn stop(&self) {
+        self.files.lock().stopped = true;
+        self.clear();
+    }
+
     /// Counts the block `span` of `data` against the bound before it is
     /// written, evicting unpinned blocks to make room. False when it cannot
     /// fit, or is held or being written already.
@@ -248,7 +260,7 @@ impl DiskTier {
             return false;
         }
         let mut guard = self.files.lock();
-        if guard.entries.get(name).is_some() {
+        if guard.stopped || guard.entries.get(name).is_some() {
             return false;
         }
         let files = &mut *guard;
@@ -635,6 +647,32 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,
             "clear removes the files"
+        );
+    }
+
+    #[test]
+    fn a_stopped_tier_writes_no_more_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalDir::open_or_create(dir.path()).unwrap();
+        let tier = DiskTier::new(local, 1 << 20, Arc::default()).unwrap();
+        let id = |index| BlockId {
+            key: "k".into(),
+            etag: "\"e\"".into(),
+            index,
+        };
+        let block = Bytes::from(vec![7u8; 1000]);
+        tier.put(&super::super::tier::whole(&id(0), 1000), &block);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // At unmount: the directory goes next, and nothing may land in it.
+        tier.stop();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let later = super::super::tier::whole(&id(1), 1000);
+        tier.put(&later, &block);
+        assert!(!tier.holds(&later));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a block fetched after the stop was written"
         );
     }
 }

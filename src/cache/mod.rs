@@ -216,10 +216,12 @@ impl BlockCache {
     }
 
     /// Removes every block file and this mount's directory; called at unmount.
-    /// Later writes of blocks fail quietly.
+    /// No block is written to disk from then on (those fetched later are
+    /// served, not kept), and the writes under way end without leaving a file.
     pub fn close(&self) {
+        self.write_backlog.close();
         self.memory.clear();
-        self.disk.clear();
+        self.disk.stop();
         self.dir.remove();
     }
 
@@ -548,6 +550,20 @@ mod tests {
         )
     }
 
+    /// Waits until no block is being written to disk: a test that ends with
+    /// a write under way would race it to remove the directory.
+    async fn written(cache: &BlockCache) {
+        for _ in 0..2000 {
+            let all_back =
+                cache.write_backlog.available_permits() as u64 == cache.config.write_backlog;
+            if all_back && cache.disk_writing() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("blocks still being written after 10 s");
+    }
+
     fn id(key: &str, etag: &str, index: u64) -> BlockId {
         BlockId {
             key: key.into(),
@@ -643,12 +659,7 @@ mod tests {
             assert!(cache.disk_used() <= capacity);
         }
         // Background writes finish; the files on disk keep the bound too.
-        for _ in 0..100 {
-            if cache.write_backlog.available_permits() as u64 == cache.config.write_backlog {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        written(&cache).await;
         let on_disk: u64 = files_in(cache.dir()).iter().map(|p| allocated(p)).sum();
         assert!(on_disk <= capacity, "{on_disk} bytes of files");
         assert_eq!(calls.load(Ordering::SeqCst), 12);
@@ -774,11 +785,31 @@ mod tests {
         fs::create_dir(&dead).unwrap();
         fs::write(dead.join("lock"), b"").unwrap();
         fs::write(dead.join("0123456789abcdef"), b"old block").unwrap();
+        // One that died before it made its lock file, long ago; and one that
+        // is just starting (its lock file not made yet).
+        let unlocked = dir.path().join("mount-2-0");
+        fs::create_dir(&unlocked).unwrap();
+        fs::write(unlocked.join("0123456789abcdef"), b"old block").unwrap();
+        let long_ago = std::time::SystemTime::now() - 2 * dir::UNLOCKED_GRACE;
+        fs::File::open(&unlocked)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let starting = dir.path().join("mount-3-0");
+        fs::create_dir(&starting).unwrap();
         let other = dir.path().join("notes");
         fs::create_dir(&other).unwrap();
 
         let new = cache(dir.path(), 1 << 20, 0);
         assert!(!dead.exists());
+        assert!(
+            !unlocked.exists(),
+            "a directory no mount ever locked, long gone"
+        );
+        assert!(
+            starting.exists(),
+            "a mount that has yet to lock its directory"
+        );
         assert!(other.exists(), "only mount directories are touched");
         assert_eq!(
             files_in(live.dir()).len(),
@@ -872,6 +903,7 @@ mod tests {
             .unwrap();
         assert_eq!(concat(got), new);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        written(&cache).await;
     }
 
     #[test]
@@ -909,9 +941,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one GET for the run");
         // Blocks are fetched whole, so block 0 came too. Once the files are
         // written, every range is served from disk with no fetch.
-        while (cache.write_backlog.available_permits() as u64) < cache.config.write_backlog {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        written(&cache).await;
         for range in [
             0..1,
             4095..70_000,
@@ -952,6 +982,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.stats.misses.load(Ordering::Relaxed), 1);
+        written(&cache).await;
     }
 
     #[tokio::test]
@@ -995,6 +1026,7 @@ mod tests {
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "block 1 fetched once");
         assert!(cache.flights.is_idle());
+        written(&cache).await;
     }
 
     #[tokio::test]
@@ -1035,5 +1067,6 @@ mod tests {
         assert_eq!(concat(waiter.unwrap()), object);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert!(cache.flights.is_idle());
+        written(&cache).await;
     }
 }
