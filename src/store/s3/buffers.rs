@@ -7,11 +7,13 @@
 //! munmap, every byte read costs a page fault when the next buffer is mapped.
 //! Instead, bodies larger than [`POOLED_ABOVE`] go into buffers mapped on their
 //! own and kept, up to [`KEEP`] of them, for the next GET: reused pages cost no
-//! fault, and the heap never holds them. Each is backed by huge pages where
-//! the kernel has them for the asking (transparent huge pages, `madvise`): a
-//! fresh buffer then costs 4 page faults instead of 2048, and pinning its pages
-//! for a direct write of the disk cache, or for the kernel's copy of a reply,
-//! walks a few large pages rather than thousands of small ones.
+//! fault, and the heap never holds them. Each asks for huge pages
+//! (transparent huge pages, `madvise`): where the kernel gives them (and
+//! places the mapping on a 2 MiB boundary, as recent kernels do for mappings of
+//! whole huge pages), a fresh buffer costs 4 page faults instead of 2048, and
+//! pinning its pages for a direct write of the disk cache walks a few large
+//! pages rather than thousands of small ones. A body is then resident 2 MiB at
+//! a time as it arrives (docs/CACHE.md, Memory).
 
 use std::sync::Arc;
 
@@ -52,8 +54,8 @@ impl Buffers {
         let reused = (len <= self.size).then(|| self.free.lock().pop()).flatten();
         let map = match reused {
             Some(map) => Some(map),
-            // (Without transparent huge pages, the advice fails and small
-            // pages serve.)
+            // (A kernel without transparent huge pages refuses the advice, one
+            // with them off ignores it: small pages serve.)
             None => MmapMut::map_anon(len.max(self.size)).ok().inspect(|map| {
                 let _ = map.advise(memmap2::Advice::HugePage);
             }),
