@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
@@ -103,6 +103,24 @@ impl LocalDir {
             }
         }
         self.existing_subdir(name)
+    }
+
+    /// Creates the subdirectory `name`, mode 0700, which must not be there
+    /// (`AlreadyExists` if it is), and opens it.
+    pub fn new_subdir(&self, name: &str) -> io::Result<Self> {
+        mkdirat(&self.fd, name, Mode::S_IRWXU)?;
+        self.existing_subdir(name).map_err(io::Error::other)
+    }
+
+    /// Takes the exclusive lock (`flock`) on the directory itself without
+    /// waiting: `None` when another open of it holds the lock. The lock lasts
+    /// as long as the returned value.
+    pub fn try_lock(&self) -> io::Result<Option<Flock<OwnedFd>>> {
+        match Flock::lock(self.fd.try_clone()?, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e.into()),
+        }
     }
 
     /// The subdirectory `name` if it is there (never created), with the same
@@ -390,7 +408,10 @@ mod tests {
             let done = done.clone();
             move || {
                 let mut written = 0;
+                // At most 500 files once the removal may have begun: fewer
+                // than the passes it makes, so a pass must find it empty.
                 while !done.load(Ordering::Relaxed)
+                    && written < 600
                     && tree.create_file(&format!("{written}.block")).is_ok()
                 {
                     written += 1;
@@ -408,6 +429,22 @@ mod tests {
         removed.unwrap();
         assert!(dir.entries().unwrap().is_empty());
         assert!(written >= 100);
+    }
+
+    #[test]
+    fn subdirectories_are_opened_without_being_made_made_once_and_locked_alone() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = LocalDir::open_or_create(&base.path().join("cache")).unwrap();
+        assert!(dir.existing_subdir("absent").is_err());
+        assert!(dir.entries().unwrap().is_empty(), "looking made it");
+        let made = dir.new_subdir("made").unwrap();
+        let again = dir.new_subdir("made").map(drop).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        let held = made.try_lock().unwrap().expect("a lock nobody holds");
+        let other = dir.existing_subdir("made").unwrap();
+        assert!(other.try_lock().unwrap().is_none(), "held by another open");
+        drop(held);
+        assert!(other.try_lock().unwrap().is_some());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Each mount's own directory under the shared `blocks` directory.
 //!
 //! A mount creates `mount-PID-N/` (mode 0700) and holds an exclusive `flock` on
-//! its `lock` file for as long as it runs; at unmount it removes the directory.
+//! the directory itself and on its `lock` file for as long as it runs (the
+//! first keeps it live whatever happens to the file; the second is what
+//! earlier versions hold); at unmount it removes the directory.
 //! A mount that died leaves its directory behind, unlocked: the next mount that
 //! uses the same cache directory finds the lock free and removes it (or finds
 //! no lock file at all in a directory older than [`UNLOCKED_GRACE`]: a mount
@@ -12,6 +14,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -25,29 +28,46 @@ pub(super) struct MountDir {
     shared: LocalDir,
     name: String,
     dir: LocalDir,
-    /// Held for the mount's life: tells later mounts this directory is in use.
-    _lock: Flock<File>,
+    /// Held for the mount's life: tell later mounts this directory is in use.
+    _locks: (Flock<OwnedFd>, Flock<File>),
 }
+
+/// How many names a new mount tries for its directory: another takes one only
+/// by a collision of random names, or by looking at it at that very moment.
+const NAME_TRIES: usize = 8;
 
 impl MountDir {
     /// Removes the directories of mounts that are gone from `shared`, and makes
     /// a new, empty, locked directory in it.
     pub(super) fn create(shared: &LocalDir) -> io::Result<Self> {
         remove_abandoned(shared);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("mount-{}-{nanos:08x}", std::process::id());
-        let dir = shared.subdir(&name).map_err(io::Error::other)?;
-        let lock = lock_file(&dir, true)?.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::WouldBlock, "a new cache directory is locked")
-        })?;
-        Ok(Self {
-            shared: shared.try_clone()?,
-            name,
-            dir,
-            _lock: lock,
-        })
+        for _ in 0..NAME_TRIES {
+            let name = format!("mount-{}-{:08x}", std::process::id(), fastrand::u32(..));
+            let dir = match shared.new_subdir(&name) {
+                Ok(dir) => dir,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+            // Another mount looking at it this moment (see remove_abandoned)
+            // holds one of its locks: it leaves it alone, and so do we.
+            let locks = match (dir.try_lock()?, lock_file(&dir, true)?) {
+                (Some(dir_lock), Some(file_lock)) => (dir_lock, file_lock),
+                _ => {
+                    let _ = shared.remove_tree(&name);
+                    continue;
+                }
+            };
+            return Ok(Self {
+                shared: shared.try_clone()?,
+                name,
+                dir,
+                _locks: locks,
+            });
+        }
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("no new cache directory could be locked in {NAME_TRIES} tries"),
+        ))
     }
 
     /// The directory itself.
@@ -86,8 +106,12 @@ fn remove_abandoned(shared: &LocalDir) {
         let Ok(dir) = shared.existing_subdir(&name) else {
             continue;
         };
-        // Held while removing, so a mount that picks the same name waits.
-        let _lock = match lock_file(&dir, false) {
+        // A live mount holds the lock on its directory; one of an earlier
+        // version only that on its lock file. Both are held while removing.
+        let Ok(Some(_dir_lock)) = dir.try_lock() else {
+            continue;
+        };
+        let _file_lock = match lock_file(&dir, false) {
             Ok(Some(lock)) => Some(lock),
             Ok(None) => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -104,8 +128,13 @@ fn remove_abandoned(shared: &LocalDir) {
             Err(_) => continue,
         };
         info!(dir = %dir.path().display(), "removing the cache of a mount that is gone");
-        if let Err(e) = shared.remove_tree(&name) {
-            warn!(dir = %dir.path().display(), error = %e, "cannot remove an abandoned cache");
+        match shared.remove_tree(&name) {
+            // Another mount starting removed it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(dir = %dir.path().display(), error = %e, "cannot remove an abandoned cache")
+            }
+            Ok(()) => {}
         }
     }
 }

@@ -775,6 +775,13 @@ mod tests {
         assert!(!cache.dir().exists());
     }
 
+    /// Makes the directory `path` mode 0700 whatever the umask, as a mount
+    /// makes its own.
+    fn private_dir(path: &Path) {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().mode(0o700).create(path).unwrap();
+    }
+
     #[test]
     fn a_new_mount_removes_what_dead_mounts_left_but_not_live_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -782,13 +789,13 @@ mod tests {
         live.put(&id("k", "\"e\"", 0), &data(1, 100));
         // A mount that died: its directory is there, its lock is not held.
         let dead = dir.path().join("mount-1-0");
-        fs::create_dir(&dead).unwrap();
+        private_dir(&dead);
         fs::write(dead.join("lock"), b"").unwrap();
         fs::write(dead.join("0123456789abcdef"), b"old block").unwrap();
         // One that died before it made its lock file, long ago; and one that
         // is just starting (its lock file not made yet).
         let unlocked = dir.path().join("mount-2-0");
-        fs::create_dir(&unlocked).unwrap();
+        private_dir(&unlocked);
         fs::write(unlocked.join("0123456789abcdef"), b"old block").unwrap();
         let long_ago = std::time::SystemTime::now() - 2 * dir::UNLOCKED_GRACE;
         fs::File::open(&unlocked)
@@ -796,9 +803,17 @@ mod tests {
             .set_modified(long_ago)
             .unwrap();
         let starting = dir.path().join("mount-3-0");
-        fs::create_dir(&starting).unwrap();
+        private_dir(&starting);
         let other = dir.path().join("notes");
         fs::create_dir(&other).unwrap();
+
+        // A live mount whose lock file someone deleted, its directory long
+        // unchanged: the lock on the directory still says it lives.
+        fs::remove_file(live.dir().join("lock")).unwrap();
+        fs::File::open(live.dir())
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
 
         let new = cache(dir.path(), 1 << 20, 0);
         assert!(!dead.exists());
