@@ -533,6 +533,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         unmount(self.dir.path());
+        daemon_exits_within(self.dir.path(), Duration::from_secs(10));
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_dir_all(&self.cache);
     }
@@ -692,11 +693,18 @@ pub fn peak_rss_mib(mountpoint: &Path) -> u64 {
 /// `what` if one is still there after 20 s.
 pub fn assert_daemon_exits(mountpoint: &Path, what: &str) {
     assert!(
-        wait_until(Duration::from_secs(20), || volume_processes(mountpoint)
-            .is_empty()),
+        daemon_exits_within(mountpoint, Duration::from_secs(20)),
         "the daemon of {} {what}",
         mountpoint.display()
     );
+}
+
+/// Whether every process of the volume at `mountpoint` is gone within `limit`.
+/// A test removes a volume's cache directory only then: the daemon removes
+/// its own part of it as it exits, and a worker starting meanwhile makes the
+/// directory again.
+pub fn daemon_exits_within(mountpoint: &Path, limit: Duration) -> bool {
+    wait_until(limit, || volume_processes(mountpoint).is_empty())
 }
 
 pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
