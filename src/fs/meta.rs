@@ -235,6 +235,12 @@ impl Fs {
     /// Puts every change that has waited `delay` in S3; the keys of those that
     /// could not be.
     pub async fn apply_metadata(&self, delay: Duration) -> Vec<String> {
+        let _turn = self.metadata_turn.lock().await;
+        self.apply_due_metadata(delay).await
+    }
+
+    /// [`Fs::apply_metadata`], by whoever holds the turn.
+    pub(super) async fn apply_due_metadata(&self, delay: Duration) -> Vec<String> {
         let due = self.staging.due(delay);
         let mut failed = Vec::new();
         for ino in due {

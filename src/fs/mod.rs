@@ -225,6 +225,9 @@ pub struct Fs {
     batches: ahead::Batches,
     /// Held by a change of extended attributes, each made on the last.
     xattr_changes: tokio::sync::Mutex<()>,
+    /// Held while changes of modes, owners and times are put in S3, so that a
+    /// stop waits for those another turn took and is still copying.
+    metadata_turn: tokio::sync::Mutex<()>,
     /// The kernel's caches, once the volume is mounted.
     kernel: kernel::Kernel,
     /// Which files the kernel reads from the disk cache directly.
@@ -293,6 +296,7 @@ impl Fs {
             handles: HandleTable::default(),
             config,
             xattr_changes: tokio::sync::Mutex::new(()),
+            metadata_turn: tokio::sync::Mutex::new(()),
             ahead: ahead::Windows::default(),
             batches: ahead::Batches::default(),
             kernel: kernel::Kernel::default(),

@@ -520,10 +520,18 @@ impl Fs {
     /// in S3 first, in the same time; those that could not be count as lost.
     pub async fn stop(&self, within: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + within;
-        let mut lost = tokio::time::timeout_at(deadline, self.apply_metadata(Duration::ZERO))
-            .await
-            .unwrap_or_default();
+        // Taken once a change another turn is copying is in S3, and held until
+        // nothing can be taken any more: every change is put in S3 by this
+        // turn, or reported below.
+        let turn = tokio::time::timeout_at(deadline, self.metadata_turn.lock()).await;
+        let mut lost = match &turn {
+            Ok(_) => tokio::time::timeout_at(deadline, self.apply_due_metadata(Duration::ZERO))
+                .await
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
         let (files, waiting) = self.staging.stop();
+        drop(turn);
         // What no copy put in S3 (out of time, or changed since).
         for ino in waiting {
             if let Ok(node) = self.node(ino) {

@@ -13,6 +13,7 @@ use s3vol::fs::posix::Posix;
 use s3vol::fs::xattrs::Xattrs;
 use s3vol::fs::{Fs, FsConfig, ROOT_INO, WriteConfig};
 use s3vol::local_dir::LocalDir;
+use s3vol::store::faulty::{Fault, FaultyStore};
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{ObjectHeaders, Operation};
 use tempfile::TempDir;
@@ -434,6 +435,47 @@ async fn a_change_waiting_is_dropped_with_its_file_and_kept_by_a_stop() {
     assert_eq!(ops(&store), [Operation::HeadObject, Operation::CopyObject]);
     assert_eq!(store.headers("root/kept").unwrap().user["mode"], "0100640");
     assert_eq!(store.keys(), ["root/kept"]);
+}
+
+/// A stop while the change of a closed file is being copied in place by the
+/// turn that took it (the volume's own, every quarter of a second) waits for
+/// that copy: the change is in S3 when the stop returns, or counted lost.
+#[tokio::test]
+async fn a_stop_waits_for_a_change_another_turn_is_copying() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig::new(
+            LocalDir::open_or_create(staging.path()).unwrap(),
+        )),
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    faulty.fail_nth(
+        Operation::CopyObject,
+        1,
+        Fault::Delay(Duration::from_millis(500)),
+    );
+    store.clear_calls();
+    let turn = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.apply_metadata(Duration::ZERO).await }
+    });
+    // The turn has taken the change and waits for its copy.
+    while !store.calls().iter().any(|c| c.op == Operation::HeadObject) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let lost = fs.stop(Duration::from_secs(3)).await;
+    let kept = store.headers("root/f").unwrap().user;
+    assert!(
+        kept.get("mode").map(String::as_str) == Some("0100600") || lost == ["root/f"],
+        "the stop returned with the change neither in S3 nor lost: {kept:?}, lost {lost:?}"
+    );
+    assert!(turn.await.unwrap().is_empty());
 }
 
 #[tokio::test]
