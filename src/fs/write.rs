@@ -311,7 +311,9 @@ impl Fs {
             }
             OpenFile::Object { ino, .. } => ino,
         };
-        // A change of mode, owner or time is durable too.
+        // A change of mode, owner or time is durable too: once the turn that
+        // may have taken it and be copying it is over.
+        let _turn = self.metadata_turn.lock().await;
         self.apply_pending_posix(ino).await
     }
 

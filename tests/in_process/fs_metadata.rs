@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common;
 
-use common::fs::{TRUNCATE, WRITE, lookup_path, rename_in_root};
+use common::fs::{READ, TRUNCATE, WRITE, lookup_path, rename_in_root};
 use s3vol::fs::posix::Posix;
 use s3vol::fs::xattrs::Xattrs;
 use s3vol::fs::{Fs, FsConfig, ROOT_INO, WriteConfig};
@@ -476,6 +476,47 @@ async fn a_stop_waits_for_a_change_another_turn_is_copying() {
         "the stop returned with the change neither in S3 nor lost: {kept:?}, lost {lost:?}"
     );
     assert!(turn.await.unwrap().is_empty());
+}
+
+/// The same for fsync, which says the change is durable when it returns.
+#[tokio::test]
+async fn an_fsync_waits_for_a_change_another_turn_is_copying() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig::new(
+            LocalDir::open_or_create(staging.path()).unwrap(),
+        )),
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs.open(ino, READ).await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    faulty.fail_nth(
+        Operation::CopyObject,
+        1,
+        Fault::Delay(Duration::from_millis(500)),
+    );
+    store.clear_calls();
+    let turn = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.apply_metadata(Duration::ZERO).await }
+    });
+    while !store.calls().iter().any(|c| c.op == Operation::HeadObject) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    fs.fsync(fh).await.unwrap();
+    let kept = store.headers("root/f").unwrap().user;
+    assert_eq!(
+        kept.get("mode").map(String::as_str),
+        Some("0100600"),
+        "fsync returned before the change was in S3"
+    );
+    assert!(turn.await.unwrap().is_empty());
+    fs.release(fh).await;
 }
 
 #[tokio::test]
