@@ -27,6 +27,14 @@ struct Volume {
     _dir: tempfile::TempDir,
 }
 
+/// As at unmount: blocks still being written behind a reader land in no
+/// directory the test is about to remove.
+impl Drop for Volume {
+    fn drop(&mut self) {
+        self.cache.close();
+    }
+}
+
 /// A block cache of `capacity` bytes on disk under `dir`.
 fn cache_in(dir: &std::path::Path, capacity: u64) -> Arc<BlockCache> {
     Arc::new(

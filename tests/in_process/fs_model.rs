@@ -267,7 +267,18 @@ struct Harness {
     denied: Option<Operation>,
     fs: Fs,
     model: Model,
+    cache: Option<Arc<BlockCache>>,
     _local: tempfile::TempDir,
+}
+
+/// As at unmount: blocks still being written behind a reader land in no
+/// directory the test is about to remove.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(cache) = &self.cache {
+            cache.close();
+        }
+    }
 }
 
 const TRUNCATE: OpenFlags = OpenFlags {
@@ -302,7 +313,7 @@ impl Harness {
         let config = FsConfig {
             // Another client changes the bucket: ask S3 every time.
             metadata_ttl: Duration::ZERO,
-            cache,
+            cache: cache.clone(),
             write: Some(WriteConfig {
                 part_size: PART as u64,
                 max_in_flight: 2,
@@ -316,6 +327,7 @@ impl Harness {
             faulty,
             denied: None,
             model: Model::default(),
+            cache,
             _local: local,
         }
     }
