@@ -232,25 +232,32 @@ impl Fs {
         Ok(())
     }
 
-    /// Puts every change that has waited `delay` in S3; the keys of those that
-    /// could not be.
+    /// Puts every change that has waited `delay` in S3, each in a turn of its
+    /// own (so that an fsync or a stop waits for one copy at most); the keys
+    /// of those that could not be.
     pub async fn apply_metadata(&self, delay: Duration) -> Vec<String> {
-        let _turn = self.metadata_turn.lock().await;
-        self.apply_due_metadata(delay).await
-    }
-
-    /// [`Fs::apply_metadata`], by whoever holds the turn.
-    pub(super) async fn apply_due_metadata(&self, delay: Duration) -> Vec<String> {
-        let due = self.staging.due(delay);
         let mut failed = Vec::new();
-        for ino in due {
-            if let Err(e) = self.apply_pending_posix(ino).await {
-                let key = self.node(ino).map(|n| n.key).unwrap_or_default();
-                warn!(key, "the change of mode, owner or time was not kept: {e:#}");
-                failed.push(key);
-            }
+        for ino in self.staging.due(delay) {
+            let _turn = self.metadata_turn.lock().await;
+            self.apply_noting_failure(ino, &mut failed).await;
         }
         failed
+    }
+
+    /// [`Fs::apply_metadata`] by whoever holds the turn throughout (a stop);
+    /// the keys of those that could not be go into `failed` as they fail.
+    pub(super) async fn apply_due_metadata(&self, delay: Duration, failed: &mut Vec<String>) {
+        for ino in self.staging.due(delay) {
+            self.apply_noting_failure(ino, failed).await;
+        }
+    }
+
+    async fn apply_noting_failure(&self, ino: u64, failed: &mut Vec<String>) {
+        if let Err(e) = self.apply_pending_posix(ino).await {
+            let key = self.node(ino).map(|n| n.key).unwrap_or_default();
+            warn!(key, "the change of mode, owner or time was not kept: {e:#}");
+            failed.push(key);
+        }
     }
 
     /// Applies changes as they come due, for as long as the volume lives.

@@ -312,7 +312,7 @@ impl Fs {
             OpenFile::Object { ino, .. } => ino,
         };
         // A change of mode, owner or time is durable too: once the turn that
-        // may have taken it and be copying it is over.
+        // may have taken it and be copying it is over (one copy at most).
         let _turn = self.metadata_turn.lock().await;
         self.apply_pending_posix(ino).await
     }
@@ -522,16 +522,16 @@ impl Fs {
     /// in S3 first, in the same time; those that could not be count as lost.
     pub async fn stop(&self, within: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + within;
-        // Taken once a change another turn is copying is in S3, and held until
-        // nothing can be taken any more: every change is put in S3 by this
-        // turn, or reported below.
+        // Taken once the change another turn is copying is in S3, and held
+        // until nothing can be taken any more: every change still waiting is
+        // put in S3 by this turn, or reported below. (One whose copy outlasts
+        // the whole time given is neither.)
+        let mut lost = Vec::new();
         let turn = tokio::time::timeout_at(deadline, self.metadata_turn.lock()).await;
-        let mut lost = match &turn {
-            Ok(_) => tokio::time::timeout_at(deadline, self.apply_due_metadata(Duration::ZERO))
-                .await
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        if turn.is_ok() {
+            let applied = self.apply_due_metadata(Duration::ZERO, &mut lost);
+            let _ = tokio::time::timeout_at(deadline, applied).await;
+        }
         let (files, waiting) = self.staging.stop();
         drop(turn);
         // What no copy put in S3 (out of time, or changed since).

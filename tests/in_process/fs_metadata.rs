@@ -437,6 +437,17 @@ async fn a_change_waiting_is_dropped_with_its_file_and_kept_by_a_stop() {
     assert_eq!(store.keys(), ["root/kept"]);
 }
 
+/// Waits until the store has been sent a HEAD: the turn has taken its change.
+async fn wait_for_head(store: &MemoryStore) {
+    for _ in 0..1000 {
+        if store.calls().iter().any(|c| c.op == Operation::HeadObject) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no HEAD within 5 s: {:?}", store.calls());
+}
+
 /// A stop while the change of a closed file is being copied in place by the
 /// turn that took it (the volume's own, every quarter of a second) waits for
 /// that copy: the change is in S3 when the stop returns, or counted lost.
@@ -466,9 +477,7 @@ async fn a_stop_waits_for_a_change_another_turn_is_copying() {
         async move { fs.apply_metadata(Duration::ZERO).await }
     });
     // The turn has taken the change and waits for its copy.
-    while !store.calls().iter().any(|c| c.op == Operation::HeadObject) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_head(&store).await;
     let lost = fs.stop(Duration::from_secs(3)).await;
     let kept = store.headers("root/f").unwrap().user;
     assert!(
@@ -505,9 +514,7 @@ async fn an_fsync_waits_for_a_change_another_turn_is_copying() {
         let fs = fs.clone();
         async move { fs.apply_metadata(Duration::ZERO).await }
     });
-    while !store.calls().iter().any(|c| c.op == Operation::HeadObject) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_head(&store).await;
     fs.fsync(fh).await.unwrap();
     let kept = store.headers("root/f").unwrap().user;
     assert_eq!(
