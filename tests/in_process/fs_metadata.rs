@@ -437,63 +437,15 @@ async fn a_change_waiting_is_dropped_with_its_file_and_kept_by_a_stop() {
     assert_eq!(store.keys(), ["root/kept"]);
 }
 
-/// Waits until the store has been sent a HEAD: the turn has taken its change.
-async fn wait_for_head(store: &MemoryStore) {
-    for _ in 0..1000 {
-        if store.calls().iter().any(|c| c.op == Operation::HeadObject) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("no HEAD within 5 s: {:?}", store.calls());
-}
-
-/// A stop while the change of a closed file is being copied in place by the
-/// turn that took it (the volume's own, every quarter of a second) waits for
-/// that copy: the change is in S3 when the stop returns, or counted lost.
-#[tokio::test]
-async fn a_stop_waits_for_a_change_another_turn_is_copying() {
-    let store = Arc::new(MemoryStore::new("bkt"));
-    store.put("root/f", "x");
+/// A volume over `store` (which holds `root/f`) whose `f` has a chmod to 0600
+/// waiting, and the turn that took that change and is copying it (its
+/// CopyObject held for half a second), as the volume's own turn every quarter
+/// of a second does: the volume, an open handle of `f`, and the turn.
+async fn a_turn_copying_a_chmod(
+    store: &Arc<MemoryStore>,
+    staging: &TempDir,
+) -> (Arc<Fs>, u64, tokio::task::JoinHandle<Vec<String>>) {
     let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let staging = tempfile::tempdir().unwrap();
-    let config = FsConfig {
-        write: Some(WriteConfig::new(
-            LocalDir::open_or_create(staging.path()).unwrap(),
-        )),
-        ..FsConfig::default()
-    };
-    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
-    let ino = lookup_path(&fs, "f").await.unwrap();
-    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
-    faulty.fail_nth(
-        Operation::CopyObject,
-        1,
-        Fault::Delay(Duration::from_millis(500)),
-    );
-    store.clear_calls();
-    let turn = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.apply_metadata(Duration::ZERO).await }
-    });
-    // The turn has taken the change and waits for its copy.
-    wait_for_head(&store).await;
-    let lost = fs.stop(Duration::from_secs(3)).await;
-    let kept = store.headers("root/f").unwrap().user;
-    assert!(
-        kept.get("mode").map(String::as_str) == Some("0100600") || lost == ["root/f"],
-        "the stop returned with the change neither in S3 nor lost: {kept:?}, lost {lost:?}"
-    );
-    assert!(turn.await.unwrap().is_empty());
-}
-
-/// The same for fsync, which says the change is durable when it returns.
-#[tokio::test]
-async fn an_fsync_waits_for_a_change_another_turn_is_copying() {
-    let store = Arc::new(MemoryStore::new("bkt"));
-    store.put("root/f", "x");
-    let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let staging = tempfile::tempdir().unwrap();
     let config = FsConfig {
         write: Some(WriteConfig::new(
             LocalDir::open_or_create(staging.path()).unwrap(),
@@ -514,7 +466,40 @@ async fn an_fsync_waits_for_a_change_another_turn_is_copying() {
         let fs = fs.clone();
         async move { fs.apply_metadata(Duration::ZERO).await }
     });
-    wait_for_head(&store).await;
+    // The turn has taken the change once it sends its HEAD.
+    for _ in 0..1000 {
+        if store.calls().iter().any(|c| c.op == Operation::HeadObject) {
+            return (fs, fh, turn);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no HEAD within 5 s: {:?}", store.calls());
+}
+
+/// A stop while the change of a closed file is being copied waits for that
+/// copy: the change is in S3 when the stop returns, or counted lost.
+#[tokio::test]
+async fn a_stop_waits_for_a_change_another_turn_is_copying() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let staging = tempfile::tempdir().unwrap();
+    let (fs, _fh, turn) = a_turn_copying_a_chmod(&store, &staging).await;
+    let lost = fs.stop(Duration::from_secs(3)).await;
+    let kept = store.headers("root/f").unwrap().user;
+    assert!(
+        kept.get("mode").map(String::as_str) == Some("0100600") || lost == ["root/f"],
+        "the stop returned with the change neither in S3 nor lost: {kept:?}, lost {lost:?}"
+    );
+    assert!(turn.await.unwrap().is_empty());
+}
+
+/// The same for fsync, which says the change is durable when it returns.
+#[tokio::test]
+async fn an_fsync_waits_for_a_change_another_turn_is_copying() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let staging = tempfile::tempdir().unwrap();
+    let (fs, fh, turn) = a_turn_copying_a_chmod(&store, &staging).await;
     fs.fsync(fh).await.unwrap();
     let kept = store.headers("root/f").unwrap().user;
     assert_eq!(
