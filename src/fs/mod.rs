@@ -225,8 +225,9 @@ pub struct Fs {
     batches: ahead::Batches,
     /// Held by a change of extended attributes, each made on the last.
     xattr_changes: tokio::sync::Mutex<()>,
-    /// Held while changes of modes, owners and times are put in S3, so that a
-    /// stop waits for those another turn took and is still copying.
+    /// Held while a change of mode, owner or time is put in S3 (by a stop,
+    /// throughout), so that a stop or an fsync waits for the one another turn
+    /// took and is still copying.
     metadata_turn: tokio::sync::Mutex<()>,
     /// The kernel's caches, once the volume is mounted.
     kernel: kernel::Kernel,
