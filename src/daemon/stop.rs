@@ -164,7 +164,9 @@ fn ignored(signal: &str) {
 }
 
 /// How long a retiring worker waits for the files open for writing to be
-/// closed before it steps aside anyway (their writes then fail with EIO).
+/// closed, and for the changes of modes, owners and times whose copies failed
+/// to be copied, before it steps aside anyway (the files' writes then fail
+/// with EIO; the changes are lost).
 const RETIRE_WAIT: Duration = Duration::from_secs(30);
 
 /// Steps aside for a new worker: once no file is open for writing or being
@@ -177,9 +179,17 @@ async fn retire(finish: &Finish) -> ! {
     while !finish.fs.ready_to_retire().await {
         if since.elapsed() > RETIRE_WAIT {
             warn!(
-                "stepping aside with files still open for writing or being uploaded: their \
-                 next write or close fails with EIO, and their uploads are aborted"
+                "stepping aside with files still open for writing or being uploaded, or with \
+                 changes of modes, owners or times not yet copied: such a file's next write \
+                 or close fails with EIO and its upload is aborted; such a change is lost \
+                 (each is named below)"
             );
+            for key in finish.fs.changes_not_in_s3() {
+                warn!(
+                    key,
+                    "the change of mode, owner or time was not kept: the worker stepped aside"
+                );
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

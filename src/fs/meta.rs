@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::inode::{Kind, ROOT_INO};
 use super::posix::{self, Posix};
 use super::xattrs::{self, BadName, METADATA_LIMIT, Xattrs};
-use super::{Entry, Fs, FsError, FsResult};
+use super::{Entry, Fs, FsError, FsResult, Node};
 use crate::audit::{Detail, Op};
 use crate::store::{ObjectHeaders, StoreError};
 
@@ -53,7 +53,7 @@ impl Fs {
             file.set_posix(&change);
         }
         self.staging
-            .merge_pending(ino, |waiting| waiting.updated(&change));
+            .merge_pending(ino, |waiting| waiting.updated(&change))?;
         self.show_change(ino, &change);
         Ok(())
     }
@@ -66,13 +66,6 @@ impl Fs {
         if let Some(known) = table.get(ino).and_then(|node| node.stat.posix.clone()) {
             table.set_posix(ino, known.updated(change));
         }
-    }
-
-    /// `change`, taken and not put in S3, waits for `ino` again, under what
-    /// came since.
-    pub(super) fn restore_pending_posix(&self, ino: u64, change: Posix) {
-        self.staging
-            .merge_pending(ino, |since| change.updated(&since));
     }
 
     /// The headers an object this mount makes carries: `posix` in its user
@@ -144,12 +137,17 @@ impl Fs {
 
     /// Puts the change waiting for `ino` in S3, if one is: a copy of the object
     /// onto itself with the new metadata, pinned to the ETag it was read at.
+    /// A change whose copy fails waits again (see [`StagingRegistry`]), and
+    /// the error is returned.
+    ///
+    /// [`StagingRegistry`]: super::staging::StagingRegistry
     pub(super) async fn apply_pending_posix(&self, ino: u64) -> FsResult<()> {
-        let Some(change) = self.staging.take_pending(ino) else {
+        let Some(taken) = self.staging.take_pending(ino) else {
             return Ok(());
         };
         let Ok(node) = self.named_node(ino) else {
-            return Ok(()); // unlinked or replaced since: the name is not its own
+            taken.settle(); // unlinked or replaced since: the name is not its own
+            return Ok(());
         };
         // Written again since: the upload carries it (none comes for what a
         // killed process left, so the object in S3 gets it now).
@@ -158,63 +156,63 @@ impl Fs {
             .file(ino)
             .is_some_and(|file| file.is_dirty() && file.held_back().is_none())
         {
+            taken.settle();
             return Ok(());
         }
-        let (headers, etag, size) = match self.headers_with(ino, &node.key, &change).await {
-            Err(FsError::Store(e))
-                if node.kind == Kind::Directory && matches!(*e, StoreError::NotFound { .. }) =>
-            {
-                return self.make_marker(ino, &node.key, change).await;
+        let change = taken.posix().clone();
+        let Err(e) = self.put_change(ino, &node, &change).await else {
+            taken.settle();
+            return Ok(());
+        };
+        // The file may have lost that name meanwhile (a rename or an unlink,
+        // which took no change: this one had been taken): renamed, the change
+        // waits for the next turn, under its new name; unlinked, it is moot.
+        match self.named_node(ino) {
+            Err(_) => {
+                taken.settle();
+                Ok(())
             }
-            Err(e) => return self.name_moved_or_gone(ino, &node.key, change, e),
-            Ok(found) => found,
+            Ok(now) if now.key != node.key => Ok(()),
+            Ok(_) => {
+                let pause = taken.failed();
+                warn!(
+                    key = node.key,
+                    "the change of mode, owner or time could not be copied onto the object \
+                     (tried again in {}s, or at fsync or unmount): {e:#}",
+                    pause.as_secs()
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies the object of `node` (`ino`) onto itself with `change`, or
+    /// makes the marker a directory lacks.
+    async fn put_change(&self, ino: u64, node: &Node, change: &Posix) -> FsResult<()> {
+        let (key, kind) = (node.key.as_str(), node.kind);
+        let (headers, etag, size) = match self.headers_with(ino, key, change).await {
+            Err(FsError::Store(e))
+                if kind == Kind::Directory && matches!(*e, StoreError::NotFound { .. }) =>
+            {
+                return self.make_marker(ino, key, change.clone()).await;
+            }
+            found => found?,
         };
-        let copied = match self
-            .copy(&node.key, &node.key, size, Some(&etag), Some(&headers))
-            .await
-        {
-            Ok(copied) => copied,
-            Err(e) => return self.name_moved_or_gone(ino, &node.key, change, e),
-        };
+        let copied = self
+            .copy(key, key, size, Some(&etag), Some(&headers))
+            .await?;
         // Reads pinned to the version before read the copy.
-        self.uploads
-            .copies
-            .note(&node.key, &etag, &node.key, &copied);
-        debug!(
-            key = node.key,
-            ?change,
-            "mode, owner or time changed in place"
-        );
+        self.uploads.copies.note(key, &etag, key, &copied);
+        debug!(key, ?change, "mode, owner or time changed in place");
         let mut table = self.inodes.lock();
         table.set_etag(ino, copied);
         // What the object carries now, whatever a refresh learnt meanwhile.
-        table.set_posix(ino, Posix::read(&headers.user, node.kind));
+        table.set_posix(ino, Posix::read(&headers.user, kind));
         if etag != node.stat.etag {
             // Another client's version got the change: learn the rest of it.
             table.expire(ino);
         }
         Ok(())
-    }
-
-    /// `error`, met putting `change` on `key`, unless the file lost that name
-    /// meanwhile (a rename or an unlink, which took no change: this one had
-    /// been taken): renamed, the change waits for the next turn, under its new
-    /// name; unlinked, it is moot.
-    fn name_moved_or_gone(
-        &self,
-        ino: u64,
-        key: &str,
-        change: Posix,
-        error: FsError,
-    ) -> FsResult<()> {
-        match self.named_node(ino) {
-            Err(_) => Ok(()),
-            Ok(node) if node.key != key => {
-                self.restore_pending_posix(ino, change);
-                Ok(())
-            }
-            Ok(_) => Err(error),
-        }
     }
 
     /// A directory with no marker object gets one, carrying `change`.
@@ -232,32 +230,36 @@ impl Fs {
         Ok(())
     }
 
-    /// Puts every change that has waited `delay` in S3, each in a turn of its
-    /// own (so that an fsync or a stop waits for one copy at most); the keys
-    /// of those that could not be.
+    /// Puts every change that has waited `delay` (and the pause after a failed
+    /// copy) in S3, each in a turn of its own (so that an fsync or a stop
+    /// waits for one copy at most); the keys of those that could not be (they
+    /// wait again).
     pub async fn apply_metadata(&self, delay: Duration) -> Vec<String> {
         let mut failed = Vec::new();
         for ino in self.staging.due(delay) {
             let _turn = self.metadata_turn.lock().await;
-            self.apply_noting_failure(ino, &mut failed).await;
+            if self.apply_pending_posix(ino).await.is_err() {
+                failed.push(self.node(ino).map(|n| n.key).unwrap_or_default());
+            }
         }
         failed
     }
 
-    /// [`Fs::apply_metadata`] by whoever holds the turn throughout (a stop);
-    /// the keys of those that could not be go into `failed` as they fail.
-    pub(super) async fn apply_due_metadata(&self, delay: Duration, failed: &mut Vec<String>) {
-        for ino in self.staging.due(delay) {
-            self.apply_noting_failure(ino, failed).await;
+    /// Tries to put every change waiting in S3 at once, failed copies too, by
+    /// whoever holds the turn throughout (a stop). Those that cannot be wait.
+    pub(super) async fn apply_every_change(&self) {
+        for ino in self.staging.not_in_s3() {
+            let _ = self.apply_pending_posix(ino).await;
         }
     }
 
-    async fn apply_noting_failure(&self, ino: u64, failed: &mut Vec<String>) {
-        if let Err(e) = self.apply_pending_posix(ino).await {
-            let key = self.node(ino).map(|n| n.key).unwrap_or_default();
-            warn!(key, "the change of mode, owner or time was not kept: {e:#}");
-            failed.push(key);
-        }
+    /// The keys of the files whose change of mode, owner or time is not in
+    /// S3 yet (waiting, or being copied).
+    pub fn changes_not_in_s3(&self) -> Vec<String> {
+        let inos = self.staging.not_in_s3();
+        inos.into_iter()
+            .filter_map(|ino| self.node(ino).ok().map(|n| n.key))
+            .collect()
     }
 
     /// Applies changes as they come due, for as long as the volume lives.

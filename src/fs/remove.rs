@@ -30,7 +30,7 @@ impl Fs {
         if let (Some(file), Some(paused)) = (&open_file, paused) {
             file.discard_paused(paused).await;
         }
-        self.staging.take_pending(ino);
+        self.staging.drop_pending(ino);
         self.inodes.lock().remove_child(parent, name);
         self.discard_unlinked(ino).await;
         debug!(key, "deleted");
@@ -83,7 +83,7 @@ impl Fs {
         if self.has_children(ino, &key).await? {
             return Err(FsError::NotEmpty);
         }
-        self.staging.take_pending(ino);
+        self.staging.drop_pending(ino);
         self.store.delete_object(&key).await?;
         self.inodes.lock().remove_child(parent, name);
         debug!(key, "directory removed");

@@ -58,7 +58,7 @@ impl Fs {
         }
         if let Some((replaced, _)) = target {
             // What waited for the file the rename replaces is moot.
-            self.staging.take_pending(replaced);
+            self.staging.drop_pending(replaced);
         }
         match (kind, target) {
             (Kind::File, Some((_, Kind::Directory))) => return Err(FsError::IsADirectory),
@@ -165,6 +165,7 @@ impl Fs {
         // A new extension brings its type; any other rename keeps the
         // object's own.
         let retype = self.config.content_types && content_type::changes_on_rename(from, to);
+        // Taken for the copy to carry; given back if it fails.
         let pending = self.staging.take_pending(ino);
         let (source, copied) = if !self.config.metadata && !retype {
             (
@@ -174,31 +175,30 @@ impl Fs {
         } else {
             let change = Posix {
                 ctime: self.config.metadata.then(SystemTime::now),
-                ..pending.clone().unwrap_or_default()
+                ..pending
+                    .as_ref()
+                    .map(|taken| taken.posix().clone())
+                    .unwrap_or_default()
             };
-            let copied = async {
-                let (mut headers, etag, size) = self.headers_with(ino, from, &change).await?;
-                if retype {
-                    headers.content_type = Some(content_type::of_file(to).to_string());
-                }
-                // The change time alone never makes an object's metadata too
-                // large for S3: without it, the copy keeps the object's own.
-                let full = xattrs::metadata_bytes(&headers.user) > METADATA_LIMIT;
-                let replace = (pending.is_some() || retype || !full).then_some(&headers);
-                let copied = self.copy(from, to, size, Some(&etag), replace).await?;
-                if self.config.metadata && replace.is_some() {
-                    self.inodes
-                        .lock()
-                        .set_posix(ino, Posix::read(&headers.user, Kind::File));
-                }
-                Ok::<_, FsError>((Some(etag), copied))
+            let (mut headers, etag, size) = self.headers_with(ino, from, &change).await?;
+            if retype {
+                headers.content_type = Some(content_type::of_file(to).to_string());
             }
-            .await;
-            if let (Err(_), Some(change)) = (&copied, pending) {
-                self.restore_pending_posix(ino, change);
+            // The change time alone never makes an object's metadata too
+            // large for S3: without it, the copy keeps the object's own.
+            let full = xattrs::metadata_bytes(&headers.user) > METADATA_LIMIT;
+            let replace = (pending.is_some() || retype || !full).then_some(&headers);
+            let copied = self.copy(from, to, size, Some(&etag), replace).await?;
+            if self.config.metadata && replace.is_some() {
+                self.inodes
+                    .lock()
+                    .set_posix(ino, Posix::read(&headers.user, Kind::File));
             }
-            copied?
+            (Some(etag), copied)
         };
+        if let Some(taken) = pending {
+            taken.settle();
+        }
         // Descriptors open on the file read on from the copy.
         if let Some(source) = source {
             self.uploads.copies.note(from, &source, to, &copied);

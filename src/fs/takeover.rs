@@ -76,7 +76,9 @@ impl Fs {
 
     /// Whether this worker may step aside for a new one without losing a
     /// change: no file open for writing, none being uploaded or waiting to
-    /// be; changes of modes, owners and times waiting are put in S3 now.
+    /// be; changes of modes, owners and times waiting are put in S3 now, and
+    /// one whose copy failed keeps the worker until it is in S3 (its copy is
+    /// tried again after the pause a failure brings).
     pub async fn ready_to_retire(&self) -> bool {
         let writing = self.handles.count(|f| {
             matches!(
@@ -91,7 +93,7 @@ impl Fs {
             return false;
         }
         self.apply_metadata(std::time::Duration::ZERO).await;
-        true
+        self.staging.not_in_s3().is_empty()
     }
 
     /// Takes over what `carried` says the kernel holds (see the module).

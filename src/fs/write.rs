@@ -524,18 +524,16 @@ impl Fs {
         let deadline = tokio::time::Instant::now() + within;
         // Taken once the change another turn is copying is in S3, and held
         // until nothing can be taken any more: every change still waiting is
-        // put in S3 by this turn, or reported below. (One whose copy outlasts
-        // the whole time given is neither.)
-        let mut lost = Vec::new();
+        // put in S3 by this turn or counted below, and so is one whose copy
+        // outlasts the time given (it may or may not reach S3).
         let turn = tokio::time::timeout_at(deadline, self.metadata_turn.lock()).await;
         if turn.is_ok() {
-            let applied = self.apply_due_metadata(Duration::ZERO, &mut lost);
-            let _ = tokio::time::timeout_at(deadline, applied).await;
+            let _ = tokio::time::timeout_at(deadline, self.apply_every_change()).await;
         }
-        let (files, waiting) = self.staging.stop();
+        let (files, not_kept) = self.staging.stop();
         drop(turn);
-        // What no copy put in S3 (out of time, or changed since).
-        for ino in waiting {
+        let mut lost = Vec::new();
+        for ino in not_kept {
             if let Ok(node) = self.node(ino) {
                 warn!(
                     key = node.key,
@@ -551,11 +549,11 @@ impl Fs {
             (file.key(), lost)
         }))
         .await;
-        lost.extend(
-            outcomes
-                .into_iter()
-                .filter_map(|(key, lost)| lost.then_some(key)),
-        );
+        for (key, abandoned) in outcomes {
+            if abandoned && !lost.contains(&key) {
+                lost.push(key);
+            }
+        }
         lost
     }
 

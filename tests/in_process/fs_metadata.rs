@@ -439,11 +439,12 @@ async fn a_change_waiting_is_dropped_with_its_file_and_kept_by_a_stop() {
 
 /// A volume over `store` (which holds `root/f`) whose `f` has a chmod to 0600
 /// waiting, and the turn that took that change and is copying it (its
-/// CopyObject held for half a second), as the volume's own turn every quarter
-/// of a second does: the volume, an open handle of `f`, and the turn.
+/// CopyObject held for `hold`), as the volume's own turn every quarter of a
+/// second does: the volume, an open handle of `f`, and the turn.
 async fn a_turn_copying_a_chmod(
     store: &Arc<MemoryStore>,
     staging: &TempDir,
+    hold: Duration,
 ) -> (Arc<Fs>, u64, tokio::task::JoinHandle<Vec<String>>) {
     let faulty = Arc::new(FaultyStore::new(store.clone()));
     let config = FsConfig {
@@ -456,11 +457,7 @@ async fn a_turn_copying_a_chmod(
     let ino = lookup_path(&fs, "f").await.unwrap();
     let fh = fs.open(ino, READ).await.unwrap();
     fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
-    faulty.fail_nth(
-        Operation::CopyObject,
-        1,
-        Fault::Delay(Duration::from_millis(500)),
-    );
+    faulty.fail_nth(Operation::CopyObject, 1, Fault::Delay(hold));
     store.clear_calls();
     let turn = tokio::spawn({
         let fs = fs.clone();
@@ -483,7 +480,7 @@ async fn a_stop_waits_for_a_change_another_turn_is_copying() {
     let store = Arc::new(MemoryStore::new("bkt"));
     store.put("root/f", "x");
     let staging = tempfile::tempdir().unwrap();
-    let (fs, _fh, turn) = a_turn_copying_a_chmod(&store, &staging).await;
+    let (fs, _fh, turn) = a_turn_copying_a_chmod(&store, &staging, HALF_SECOND).await;
     let lost = fs.stop(Duration::from_secs(3)).await;
     let kept = store.headers("root/f").unwrap().user;
     assert!(
@@ -499,7 +496,7 @@ async fn an_fsync_waits_for_a_change_another_turn_is_copying() {
     let store = Arc::new(MemoryStore::new("bkt"));
     store.put("root/f", "x");
     let staging = tempfile::tempdir().unwrap();
-    let (fs, fh, turn) = a_turn_copying_a_chmod(&store, &staging).await;
+    let (fs, fh, turn) = a_turn_copying_a_chmod(&store, &staging, HALF_SECOND).await;
     fs.fsync(fh).await.unwrap();
     let kept = store.headers("root/f").unwrap().user;
     assert_eq!(
@@ -509,6 +506,141 @@ async fn an_fsync_waits_for_a_change_another_turn_is_copying() {
     );
     assert!(turn.await.unwrap().is_empty());
     fs.release(fh).await;
+}
+
+const HALF_SECOND: Duration = Duration::from_millis(500);
+
+/// A stop whose time runs out while another turn is still copying a change
+/// counts that change as not kept: it may or may not reach S3.
+#[tokio::test]
+async fn a_change_still_being_copied_when_the_stop_gives_up_counts_as_lost() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let staging = tempfile::tempdir().unwrap();
+    let hold = Duration::from_secs(2);
+    let (fs, _fh, turn) = a_turn_copying_a_chmod(&store, &staging, hold).await;
+    let lost = fs.stop(Duration::from_millis(200)).await;
+    let kept = store.headers("root/f").unwrap().user;
+    assert!(
+        kept.get("mode").map(String::as_str) == Some("0100600") || lost == ["root/f"],
+        "the stop gave up with the change neither in S3 nor lost: {kept:?}, lost {lost:?}"
+    );
+    turn.await.unwrap();
+}
+
+/// The stop's own copy of a change, cut short by its time running out: the
+/// change counts as not kept.
+#[tokio::test]
+async fn a_change_the_stop_could_not_finish_copying_counts_as_lost() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    faulty.fail_all(Operation::CopyObject, Fault::Delay(Duration::from_secs(2)));
+    assert_eq!(fs.stop(Duration::from_millis(200)).await, ["root/f"]);
+}
+
+/// A copy of a change that fails is not the end of it: the change waits
+/// again (tried again by the volume's turn after a while, at once by an
+/// fsync, which fails while the copy does), and a stop that cannot put it in
+/// S3 either counts it as lost.
+#[tokio::test]
+async fn a_change_whose_copy_failed_waits_to_be_tried_again() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    store.put("root/g", "y");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let copies = || {
+        store
+            .calls()
+            .iter()
+            .filter(|c| c.op == Operation::CopyObject)
+            .count()
+    };
+    for name in ["f", "g"] {
+        let ino = lookup_path(&fs, name).await.unwrap();
+        fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    }
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs.open(f, READ).await.unwrap();
+    faulty.fail_all(Operation::CopyObject, Fault::Error);
+    store.clear_calls();
+    let mut failed = fs.apply_metadata(Duration::ZERO).await;
+    failed.sort();
+    assert_eq!(failed, ["root/f", "root/g"]);
+    // Not again at once: a failing copy is not sent every turn.
+    let sent = copies();
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(copies(), sent, "a failed copy was tried again at once");
+    // An fsync tries at once, and says whether the change is in S3.
+    assert!(
+        fs.fsync(fh).await.is_err(),
+        "fsync said a failed change was kept"
+    );
+    faulty.clear();
+    fs.fsync(fh).await.unwrap();
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
+    fs.release(fh).await;
+    // The volume's turn tries `g` again once it has waited.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(store.headers("root/g").unwrap().user["mode"], "0100600");
+    // A change whose copies keep failing is lost at the stop, and said to be.
+    let g = lookup_path(&fs, "g").await.unwrap();
+    fs.setattr(g, None, chmod(0o640), None).await.unwrap();
+    faulty.fail_all(Operation::CopyObject, Fault::Error);
+    assert_eq!(fs.apply_metadata(Duration::ZERO).await, ["root/g"]);
+    assert_eq!(fs.stop(Duration::from_secs(3)).await, ["root/g"]);
+    assert_eq!(store.headers("root/g").unwrap().user["mode"], "0100600");
+}
+
+/// A worker asked to step aside for a new one keeps the volume while a
+/// change whose copy failed is not in S3, and steps aside once it is.
+#[tokio::test]
+async fn a_worker_steps_aside_only_once_every_change_is_in_s3() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    faulty.fail_all(Operation::CopyObject, Fault::Error);
+    assert!(!fs.ready_to_retire().await, "ready with a change not in S3");
+    assert_eq!(fs.changes_not_in_s3(), ["root/f"]);
+    faulty.clear();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(fs.ready_to_retire().await);
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
+}
+
+/// A change made while the volume stops (here with a truncation, whose
+/// upload the stop waits for) is put in S3, counted as lost, or refused:
+/// never accepted and left where no stop finds it.
+#[tokio::test]
+async fn a_change_made_during_the_stop_is_never_silently_dropped() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    faulty.fail_all(Operation::PutObject, Fault::Delay(HALF_SECOND));
+    let setattr = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.setattr(ino, Some(0), chmod(0o600), None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lost = fs.stop(Duration::from_secs(3)).await;
+    let answer = setattr.await.unwrap();
+    let kept = store.headers("root/f").unwrap().user;
+    assert!(
+        answer.is_err()
+            || kept.get("mode").map(String::as_str) == Some("0100600")
+            || !lost.is_empty(),
+        "the chmod was accepted, is not in S3, and the stop did not count it lost: {kept:?}"
+    );
 }
 
 #[tokio::test]
