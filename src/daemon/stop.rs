@@ -163,6 +163,10 @@ fn ignored(signal: &str) {
     );
 }
 
+/// How long a retiring worker's last copies of changes of modes, owners and
+/// times may take.
+const LAST_COPIES_WITHIN: Duration = Duration::from_secs(5);
+
 /// How long a retiring worker waits for the files open for writing to be
 /// closed, and for the changes of modes, owners and times whose copies failed
 /// to be copied, before it steps aside anyway (the files' writes then fail
@@ -184,17 +188,18 @@ async fn retire(finish: &Finish) -> ! {
                  or close fails with EIO and its upload is aborted; such a change is lost \
                  (each is named below)"
             );
-            for key in finish.fs.changes_not_in_s3() {
-                warn!(
-                    key,
-                    "the change of mode, owner or time was not kept: the worker stepped aside"
-                );
-            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // What came meanwhile, before the last requests this worker answers.
+    for key in finish.fs.copy_changes_now(LAST_COPIES_WITHIN).await {
+        warn!(
+            key,
+            "the change of mode, owner or time was not kept: the worker stepped aside"
+        );
+    }
     finish.fs.close_audit_log();
     info!("stepped aside");
     std::process::exit(RETIRED);

@@ -93,6 +93,10 @@ pub enum FsError {
     /// s3fs read: changing them would lose what cannot be read.
     #[error("{key}: its extended attributes in S3 cannot be read; left as they are")]
     XattrsUnreadable { key: String },
+    /// A change of the file's mode, owner, time or extended attributes
+    /// could not be kept in S3 (the log says why).
+    #[error("{key}: a change of its mode, owner, time or extended attributes could not be kept")]
+    ChangeNotKept { key: String },
     /// An ioctl request s3vol does not serve (see `crate::control`).
     #[error("ioctl request {0:#x} is not served here")]
     UnknownIoctl(u32),
@@ -178,6 +182,8 @@ impl FsError {
             FsError::XattrsFull { alone: true, .. } => libc::E2BIG,
             FsError::XattrsFull { alone: false, .. } => libc::ENOSPC,
             FsError::XattrsUnreadable { .. } => libc::EIO,
+            // fsync(2)'s answer when what it makes durable cannot be.
+            FsError::ChangeNotKept { .. } => libc::EIO,
             // What ioctl(2) answers for a request the file does not know.
             FsError::UnknownIoctl(_) => libc::ENOTTY,
             // As getxattr(2) does when the value does not fit.
@@ -353,6 +359,11 @@ mod tests {
                 "setxattr or removexattr on an object whose `x-amz-meta-xattr` cannot be read \
                  (not in s3fs's encoding)"
             }
+            FsError::ChangeNotKept { .. } => {
+                "fsync of a file whose change of mode, owner, time or extended attributes could \
+                 never be copied onto its object (its metadata would not fit, or the object is \
+                 gone)"
+            }
             FsError::UnknownIoctl(_) => {
                 "an ioctl other than s3vol's own (`s3vol stats` on the volume's root, `s3vol \
                  info` and `s3vol url` on a file)"
@@ -521,6 +532,7 @@ mod tests {
                 alone: false,
             },
             FsError::XattrsUnreadable { key: key() },
+            FsError::ChangeNotKept { key: key() },
             FsError::UnknownIoctl(1),
             FsError::BufferTooSmall {
                 needed: 2,

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
+use super::changes::Taken;
 use super::inode::{Kind, ROOT_INO};
 use super::posix::{self, Posix};
 use super::xattrs::{self, BadName, METADATA_LIMIT, Xattrs};
@@ -87,18 +88,19 @@ impl Fs {
 
     /// The headers `key` (of `ino`) must carry with `change`: built from the
     /// mode, owner and time alone when this mount uploaded the object (they are
-    /// all it carries, with its type), else from a HEAD. With the version they apply to: its
-    /// ETag and size.
+    /// all it carries, with its type), else (or if `ask`) from a HEAD. With
+    /// the version they apply to: its ETag and size.
     pub(super) async fn headers_with(
         &self,
         ino: u64,
         key: &str,
         change: &Posix,
+        ask: bool,
     ) -> FsResult<(ObjectHeaders, String, u64)> {
         let node = self.node(ino)?;
         let kind = node.kind;
         // An encrypted object carries its envelope too: always asked for.
-        let own = node.stat.own_headers && !self.config.codec.encrypts();
+        let own = node.stat.own_headers && !self.config.codec.encrypts() && !ask;
         let (mut headers, posix, etag, size) = match node.stat.posix.filter(|_| own) {
             Some(own) => (
                 self.own_headers(key, &Posix::default(), kind),
@@ -135,16 +137,22 @@ impl Fs {
         Ok((headers, etag, size))
     }
 
-    /// Puts the change waiting for `ino` in S3, if one is: a copy of the object
-    /// onto itself with the new metadata, pinned to the ETag it was read at.
-    /// A change whose copy fails waits again (see [`StagingRegistry`]), and
-    /// the error is returned.
+    /// Puts the change waiting for `ino` in S3, if one is (see
+    /// [`Fs::apply_taken`]).
+    pub(super) async fn apply_pending_posix(&self, ino: u64) -> FsResult<()> {
+        match self.staging.take_pending(ino) {
+            Some(taken) => self.apply_taken(ino, taken).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Puts `taken`, the change of `ino`, in S3: a copy of the object onto
+    /// itself with the new metadata, pinned to the ETag it was read at. A
+    /// change whose copy fails waits again (see [`StagingRegistry`]), unless
+    /// it never can succeed; either way the error is returned.
     ///
     /// [`StagingRegistry`]: super::staging::StagingRegistry
-    pub(super) async fn apply_pending_posix(&self, ino: u64) -> FsResult<()> {
-        let Some(taken) = self.staging.take_pending(ino) else {
-            return Ok(());
-        };
+    async fn apply_taken(&self, ino: u64, taken: Taken<'_>) -> FsResult<()> {
         let Ok(node) = self.named_node(ino) else {
             taken.settle(); // unlinked or replaced since: the name is not its own
             return Ok(());
@@ -160,47 +168,66 @@ impl Fs {
             return Ok(());
         }
         let change = taken.posix().clone();
-        let Err(e) = self.put_change(ino, &node, &change).await else {
+        // After a failure, what S3 holds is asked for again: another client
+        // may have replaced even an object this mount wrote.
+        let ask = taken.failures() > 0;
+        let Err(e) = self.put_change(ino, &node, &change, ask).await else {
             taken.settle();
             return Ok(());
         };
-        // The file may have lost that name meanwhile (a rename or an unlink,
-        // which took no change: this one had been taken): renamed, the change
-        // waits for the next turn, under its new name; unlinked, it is moot.
-        match self.named_node(ino) {
-            Err(_) => {
-                taken.settle();
-                Ok(())
-            }
-            Ok(now) if now.key != node.key => Ok(()),
-            Ok(_) => {
-                let pause = taken.failed();
-                warn!(
-                    key = node.key,
-                    "the change of mode, owner or time could not be copied onto the object \
-                     (tried again in {}s, or at fsync or unmount): {e:#}",
-                    pause.as_secs()
-                );
-                Err(e)
+        // The file may have lost that name meanwhile, to an unlink (which
+        // took no change: this one had been taken): the change is moot.
+        if self.named_node(ino).is_err() {
+            taken.settle();
+            return Ok(());
+        }
+        let first = taken.failures() == 0;
+        if never_kept(&e, node.kind) {
+            warn!(
+                key = node.key,
+                "the change of mode, owner or time cannot be kept: {e:#}"
+            );
+            taken.lost();
+        } else {
+            let pause = taken.failed();
+            let say = format!(
+                "the change of mode, owner or time could not be copied onto the object \
+                 (tried again in {}s, and at fsync or unmount): {e:#}",
+                pause.as_secs()
+            );
+            match first {
+                true => warn!(key = node.key, "{say}"),
+                false => debug!(key = node.key, "{say}"),
             }
         }
+        Err(e)
     }
 
-    /// Copies the object of `node` (`ino`) onto itself with `change`, or
-    /// makes the marker a directory lacks.
-    async fn put_change(&self, ino: u64, node: &Node, change: &Posix) -> FsResult<()> {
+    /// Copies the object of `node` (`ino`) onto itself with `change` (its
+    /// headers asked of S3 if `ask`), or makes the marker a directory lacks.
+    async fn put_change(&self, ino: u64, node: &Node, change: &Posix, ask: bool) -> FsResult<()> {
         let (key, kind) = (node.key.as_str(), node.kind);
-        let (headers, etag, size) = match self.headers_with(ino, key, change).await {
-            Err(FsError::Store(e))
-                if kind == Kind::Directory && matches!(*e, StoreError::NotFound { .. }) =>
-            {
-                return self.make_marker(ino, key, change.clone()).await;
-            }
+        let marker_gone = |e: &FsError| {
+            kind == Kind::Directory
+                && matches!(e, FsError::Store(e) if matches!(**e, StoreError::NotFound { .. }))
+        };
+        let (headers, etag, size) = match self.headers_with(ino, key, change, ask).await {
+            Err(e) if marker_gone(&e) => return self.make_marker(ino, key, change.clone()).await,
             found => found?,
         };
-        let copied = self
-            .copy(key, key, size, Some(&etag), Some(&headers))
-            .await?;
+        let needed = xattrs::metadata_bytes(&headers.user);
+        if needed > METADATA_LIMIT {
+            return Err(FsError::XattrsFull {
+                key: key.to_string(),
+                needed,
+                alone: false,
+            });
+        }
+        let copied = match self.copy(key, key, size, Some(&etag), Some(&headers)).await {
+            // A marker this mount made, removed by another client since.
+            Err(e) if marker_gone(&e) => return self.make_marker(ino, key, change.clone()).await,
+            copied => copied?,
+        };
         // Reads pinned to the version before read the copy.
         self.uploads.copies.note(key, &etag, key, &copied);
         debug!(key, ?change, "mode, owner or time changed in place");
@@ -232,13 +259,17 @@ impl Fs {
 
     /// Puts every change that has waited `delay` (and the pause after a failed
     /// copy) in S3, each in a turn of its own (so that an fsync or a stop
-    /// waits for one copy at most); the keys of those that could not be (they
-    /// wait again).
+    /// waits for one copy at most); the keys of those that could not be.
     pub async fn apply_metadata(&self, delay: Duration) -> Vec<String> {
         let mut failed = Vec::new();
         for ino in self.staging.due(delay) {
             let _turn = self.metadata_turn.lock().await;
-            if self.apply_pending_posix(ino).await.is_err() {
+            // Due still: another turn, an fsync or a rename may have taken it
+            // while this one waited.
+            let Some(taken) = self.staging.take_due(ino, delay) else {
+                continue;
+            };
+            if self.apply_taken(ino, taken).await.is_err() {
                 failed.push(self.node(ino).map(|n| n.key).unwrap_or_default());
             }
         }
@@ -246,19 +277,40 @@ impl Fs {
     }
 
     /// Tries to put every change waiting in S3 at once, failed copies too, by
-    /// whoever holds the turn throughout (a stop). Those that cannot be wait.
+    /// whoever holds the turn throughout (a stop), until none is left that it
+    /// has not tried. Those that cannot be wait.
     pub(super) async fn apply_every_change(&self) {
-        for ino in self.staging.not_in_s3() {
-            let _ = self.apply_pending_posix(ino).await;
+        let mut tried = std::collections::HashSet::new();
+        loop {
+            let next: Vec<u64> = self.staging.not_in_s3();
+            let next: Vec<u64> = next.into_iter().filter(|ino| tried.insert(*ino)).collect();
+            if next.is_empty() {
+                return;
+            }
+            for ino in next {
+                let _ = self.apply_pending_posix(ino).await;
+            }
         }
     }
 
+    /// Puts every change waiting in S3 at once, within `within` (a worker
+    /// about to step aside); the keys of the files whose change is not in S3
+    /// then.
+    pub async fn copy_changes_now(&self, within: Duration) -> Vec<String> {
+        let _ = tokio::time::timeout(within, async {
+            let _turn = self.metadata_turn.lock().await;
+            self.apply_every_change().await;
+        })
+        .await;
+        self.changes_not_in_s3()
+    }
+
     /// The keys of the files whose change of mode, owner or time is not in
-    /// S3 yet (waiting, or being copied).
+    /// S3: waiting, being copied, or never to be.
     pub fn changes_not_in_s3(&self) -> Vec<String> {
-        let inos = self.staging.not_in_s3();
+        let inos = self.staging.not_kept();
         inos.into_iter()
-            .filter_map(|ino| self.node(ino).ok().map(|n| n.key))
+            .filter_map(|ino| self.named_node(ino).ok().map(|n| n.key))
             .collect()
     }
 
@@ -273,6 +325,17 @@ impl Fs {
             }
             self.apply_metadata(METADATA_DELAY).await;
         }
+    }
+}
+
+/// Whether `error`, met copying a change onto an object (of `kind`), says
+/// the change can never be put there as the object is: its metadata would
+/// not fit, cannot be read, or the file's object is gone.
+fn never_kept(error: &FsError, kind: Kind) -> bool {
+    match error {
+        FsError::XattrsFull { .. } | FsError::XattrsUnreadable { .. } => true,
+        FsError::Store(e) => kind == Kind::File && matches!(**e, StoreError::NotFound { .. }),
+        _ => false,
     }
 }
 

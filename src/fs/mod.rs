@@ -30,6 +30,7 @@ pub mod posix;
 pub mod xattrs;
 
 pub use meta::xattr_name;
+mod changes;
 pub mod read;
 mod remove;
 mod rename;

@@ -136,6 +136,20 @@ impl Posix {
             symlink: self.symlink || newer.symlink,
         }
     }
+
+    /// These values less those `newer` sets (extended attributes included,
+    /// as a whole): what of them `newer` leaves standing.
+    pub fn without(&self, newer: &Posix) -> Posix {
+        Posix {
+            perm: self.perm.filter(|_| newer.perm.is_none()),
+            uid: self.uid.filter(|_| newer.uid.is_none()),
+            gid: self.gid.filter(|_| newer.gid.is_none()),
+            mtime: self.mtime.filter(|_| newer.mtime.is_none()),
+            ctime: self.ctime.filter(|_| newer.ctime.is_none()),
+            xattrs: self.xattrs.clone().filter(|_| newer.xattrs.is_none()),
+            symlink: self.symlink,
+        }
+    }
 }
 
 /// The full `st_mode` a `mode` value stands for on an object of `kind`.

@@ -83,8 +83,11 @@ impl Fs {
         if self.has_children(ino, &key).await? {
             return Err(FsError::NotEmpty);
         }
-        self.staging.drop_pending(ino);
+        // In the turn of the volume's changes of modes, owners and times: a
+        // marker one of them is making or copying is made before the delete.
+        let _turn = self.metadata_turn.lock().await;
         self.store.delete_object(&key).await?;
+        self.staging.drop_pending(ino);
         self.inodes.lock().remove_child(parent, name);
         debug!(key, "directory removed");
         Ok(())

@@ -7,9 +7,10 @@ use std::time::SystemTime;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::audit::errno_of;
+use super::changes::Taken;
 use super::content_type;
 use super::inode::Kind;
 use super::posix::Posix;
@@ -25,6 +26,31 @@ const MAX_DIRECTORY_RENAME_KEYS: usize = 1000;
 
 /// Copies in flight during a directory rename.
 const RENAME_CONCURRENCY: usize = 16;
+
+/// A change of a file's mode, owner or time its rename's copy carried (or,
+/// its object's metadata full, could not carry).
+struct Carried<'a> {
+    taken: Taken<'a>,
+    kept: bool,
+    key: String,
+}
+
+impl Carried<'_> {
+    /// The rename is done: the change is in S3 with it, or never will be.
+    fn keep(self) {
+        match self.kept {
+            true => self.taken.settle(),
+            false => {
+                warn!(
+                    key = self.key,
+                    "the change of mode, owner or time cannot be kept: the object's metadata \
+                     would not fit S3's 2 KB with it"
+                );
+                self.taken.lost();
+            }
+        }
+    }
+}
 
 /// RENAME_NOREPLACE and RENAME_EXCHANGE from renameat2(2).
 const RENAME_NOREPLACE: u32 = 1;
@@ -56,10 +82,6 @@ impl Fs {
         if target.is_some() && flags & RENAME_NOREPLACE != 0 {
             return Err(FsError::Exists);
         }
-        if let Some((replaced, _)) = target {
-            // What waited for the file the rename replaces is moot.
-            self.staging.drop_pending(replaced);
-        }
         match (kind, target) {
             (Kind::File, Some((_, Kind::Directory))) => return Err(FsError::IsADirectory),
             (Kind::Directory, Some((_, Kind::File))) => return Err(FsError::NotADirectory),
@@ -85,6 +107,11 @@ impl Fs {
             Some(file) => Some(file.pause().await),
             None => None,
         };
+        // In the turn of the volume's changes of modes, owners and times: a
+        // change is carried by this rename's copy, or copied onto the object
+        // before it, never onto the old name after the copy.
+        let _turn = self.metadata_turn.lock().await;
+        let mut carried = None;
         let copied_etag = match kind {
             Kind::File => {
                 let copied = self.copy_file(ino, &from, &to).await;
@@ -92,7 +119,8 @@ impl Fs {
                 if let (Ok(_), Some(file), Some(paused)) = (&copied, &replaced_file, paused) {
                     file.discard_paused(paused).await;
                 }
-                let copied = copied?;
+                let (copied, change) = copied?;
+                carried = change;
                 if let Err(e) = self.store.delete_object(&from).await {
                     // The file is under both names now, and the rename fails:
                     // the new name is S3's to tell on its next look.
@@ -133,6 +161,13 @@ impl Fs {
                 }
             }
         }
+        if let Some((replaced, _)) = target {
+            // What waited for what the rename replaced is moot.
+            self.staging.drop_pending(replaced);
+        }
+        if let Some(carried) = carried {
+            carried.keep();
+        }
         if let Some((replaced, Kind::File)) = target {
             self.discard_unlinked(replaced).await;
         }
@@ -156,54 +191,60 @@ impl Fs {
     }
 
     /// Copies a file's object to its new name (the source is the caller's to
-    /// delete); returns the ETag of the copy. The copy carries the rename's
-    /// change time (unless the volume keeps no metadata), a change of its mode,
-    /// owner or time still waiting, and the type of a new extension.
-    async fn copy_file(&self, ino: u64, from: &str, to: &str) -> FsResult<String> {
+    /// delete); returns the ETag of the copy, and the change of its mode,
+    /// owner or time that was waiting, if the copy carries it (to be kept
+    /// once the rename is done; given back if it fails). The copy carries the
+    /// rename's change time (unless the volume keeps no metadata), that
+    /// change, and the type of a new extension.
+    async fn copy_file(
+        &self,
+        ino: u64,
+        from: &str,
+        to: &str,
+    ) -> FsResult<(String, Option<Carried<'_>>)> {
         let etag = self.settle(ino).await?;
         let size = self.node(ino)?.stat.size;
         // A new extension brings its type; any other rename keeps the
         // object's own.
         let retype = self.config.content_types && content_type::changes_on_rename(from, to);
-        // Taken for the copy to carry; given back if it fails.
+        if !self.config.metadata && !retype {
+            let copied = self.copy(from, to, size, etag.as_deref(), None).await?;
+            if let Some(source) = etag {
+                self.uploads.copies.note(from, &source, to, &copied);
+            }
+            return Ok((copied, None));
+        }
         let pending = self.staging.take_pending(ino);
-        let (source, copied) = if !self.config.metadata && !retype {
-            (
-                etag.clone(),
-                self.copy(from, to, size, etag.as_deref(), None).await?,
-            )
-        } else {
-            let change = Posix {
-                ctime: self.config.metadata.then(SystemTime::now),
-                ..pending
-                    .as_ref()
-                    .map(|taken| taken.posix().clone())
-                    .unwrap_or_default()
-            };
-            let (mut headers, etag, size) = self.headers_with(ino, from, &change).await?;
-            if retype {
-                headers.content_type = Some(content_type::of_file(to).to_string());
-            }
-            // The change time alone never makes an object's metadata too
-            // large for S3: without it, the copy keeps the object's own.
-            let full = xattrs::metadata_bytes(&headers.user) > METADATA_LIMIT;
-            let replace = (pending.is_some() || retype || !full).then_some(&headers);
-            let copied = self.copy(from, to, size, Some(&etag), replace).await?;
-            if self.config.metadata && replace.is_some() {
-                self.inodes
-                    .lock()
-                    .set_posix(ino, Posix::read(&headers.user, Kind::File));
-            }
-            (Some(etag), copied)
+        let change = Posix {
+            ctime: self.config.metadata.then(SystemTime::now),
+            ..pending
+                .as_ref()
+                .map(|taken| taken.posix().clone())
+                .unwrap_or_default()
         };
-        if let Some(taken) = pending {
-            taken.settle();
+        let (mut headers, etag, size) = self.headers_with(ino, from, &change, false).await?;
+        if retype {
+            headers.content_type = Some(content_type::of_file(to).to_string());
+        }
+        // The change time alone never makes an object's metadata too large
+        // for S3: without it, the copy keeps the object's own. Nor does it
+        // carry a change that would not fit: that one cannot be kept.
+        let full = xattrs::metadata_bytes(&headers.user) > METADATA_LIMIT;
+        let replace = (retype || !full).then_some(&headers);
+        let copied = self.copy(from, to, size, Some(&etag), replace).await?;
+        if self.config.metadata && replace.is_some() {
+            self.inodes
+                .lock()
+                .set_posix(ino, Posix::read(&headers.user, Kind::File));
         }
         // Descriptors open on the file read on from the copy.
-        if let Some(source) = source {
-            self.uploads.copies.note(from, &source, to, &copied);
-        }
-        Ok(copied)
+        self.uploads.copies.note(from, &etag, to, &copied);
+        let carried = pending.map(|taken| Carried {
+            taken,
+            kept: replace.is_some(),
+            key: to.to_string(),
+        });
+        Ok((copied, carried))
     }
 
     /// Copies one object, pinned to `etag` so a concurrent replacement is not

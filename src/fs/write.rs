@@ -312,9 +312,18 @@ impl Fs {
             OpenFile::Object { ino, .. } => ino,
         };
         // A change of mode, owner or time is durable too: once the turn that
-        // may have taken it and be copying it is over (one copy at most).
+        // may have taken it and be copying it is over (one copy at most; a
+        // rename, which carries a change in its copy, holds the turn too).
         let _turn = self.metadata_turn.lock().await;
-        self.apply_pending_posix(ino).await
+        // A stop that had the turn first counted what it could not copy.
+        self.staging.running()?;
+        self.apply_pending_posix(ino).await?;
+        match self.staging.was_lost(ino) {
+            true => Err(FsError::ChangeNotKept {
+                key: self.node(ino)?.key,
+            }),
+            false => Ok(()),
+        }
     }
 
     /// Makes a staged file the object in S3 if it changed, and records what S3
@@ -353,7 +362,7 @@ impl Fs {
                 ..file.posix()
             };
             let headers = match self.config.codec.encrypts() {
-                true => self.headers_with(ino, &key, &posix).await?.0,
+                true => self.headers_with(ino, &key, &posix, false).await?.0,
                 false => self.own_headers(&key, &posix, Kind::File),
             };
             uploaded.etag = self
@@ -527,14 +536,14 @@ impl Fs {
         // put in S3 by this turn or counted below, and so is one whose copy
         // outlasts the time given (it may or may not reach S3).
         let turn = tokio::time::timeout_at(deadline, self.metadata_turn.lock()).await;
-        if turn.is_ok() {
+        if turn.is_ok() && self.staging.running().is_ok() {
             let _ = tokio::time::timeout_at(deadline, self.apply_every_change()).await;
         }
         let (files, not_kept) = self.staging.stop();
         drop(turn);
         let mut lost = Vec::new();
         for ino in not_kept {
-            if let Ok(node) = self.node(ino) {
+            if let Ok(node) = self.named_node(ino) {
                 warn!(
                     key = node.key,
                     "the change of mode, owner or time was not kept: the volume stopped"

@@ -1,0 +1,430 @@
+//! The changes of closed files' modes, owners and times that wait to be
+//! copied onto their objects: the staging registry's other half.
+//!
+//! A change is taken by whoever puts it in S3 (the volume's metadata turn, an
+//! fsync, a stop, a rename's copy). Until its taker settles it, the change is
+//! not forgotten: a taker that fails or is cut short gives it back to wait
+//! again, under what came since (a newer change, or what an upload carried),
+//! and a stop counts a change still taken as not kept. A copy that failed is
+//! tried again by the volume's turn only after a pause that grows with each
+//! failure (an fsync or a stop tries at once); one that never can succeed is
+//! not tried again, and is reported as not kept.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::FsResult;
+use super::posix::Posix;
+use super::staging::StagingRegistry;
+
+/// A change of mode, owner or time not yet in S3.
+struct Pending {
+    posix: Posix,
+    since: Instant,
+    /// Copies of it that failed one after another, and when the volume's
+    /// turn may try the next.
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// The order of the last change merged into it, among all changes.
+    seq: u64,
+}
+
+/// The longest pause between two copies of a change that keeps failing.
+const MOST_RETRY_PAUSE: Duration = Duration::from_secs(64);
+
+/// The pause before the volume's turn tries a change again after its
+/// `failures`th failed copy in a row: 1 s, doubling up to [`MOST_RETRY_PAUSE`].
+fn retry_pause(failures: u32) -> Duration {
+    let pause = Duration::from_secs(1 << failures.saturating_sub(1).min(6));
+    pause.min(MOST_RETRY_PAUSE)
+}
+
+#[derive(Default)]
+pub(super) struct Changes {
+    waiting: HashMap<u64, Pending>,
+    /// How many takers are putting a change of each inode in S3.
+    taken: HashMap<u64, usize>,
+    /// What an upload carried of a file while a change of it was taken (all
+    /// its mode, owner and times, as shown then: newer than that change),
+    /// in the order of changes.
+    carried: HashMap<u64, (u64, Posix)>,
+    /// Files whose change could never be kept (its copy failed for good),
+    /// until a newer change or the file's end.
+    lost: HashSet<u64>,
+    /// The order given to the last change.
+    seq: u64,
+}
+
+impl Changes {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The volume stops: every inode whose change is not in S3 (waiting,
+    /// being put there, or never to be), the first time; nothing waits from
+    /// now on.
+    pub(super) fn stop(&mut self, first: bool) -> Vec<u64> {
+        let not_kept = match first {
+            true => self.unsettled(true),
+            false => Vec::new(),
+        };
+        self.waiting.clear();
+        self.lost.clear();
+        not_kept
+    }
+
+    /// Every inode whose change waits or is being put in S3, and with
+    /// `lost`, those whose change could not be kept.
+    fn unsettled(&self, lost: bool) -> Vec<u64> {
+        let mut inos: Vec<u64> = self.waiting.keys().copied().collect();
+        let taken = self.taken.keys();
+        let lost = self.lost.iter().filter(|_| lost);
+        for ino in taken.chain(lost) {
+            if !inos.contains(ino) {
+                inos.push(*ino);
+            }
+        }
+        inos
+    }
+}
+
+/// A change taken to be put in S3. Dropped without [`Taken::settle`] (its
+/// copy failed, or its taker was cut short), it waits again, under what came
+/// since: the changes merged meanwhile, and what an upload carried.
+#[must_use = "a change taken and dropped waits again"]
+pub(super) struct Taken<'a> {
+    registry: &'a StagingRegistry,
+    ino: u64,
+    change: Option<Pending>,
+    failed: bool,
+}
+
+impl Taken<'_> {
+    pub(super) fn posix(&self) -> &Posix {
+        &self.change.as_ref().expect("a change until settled").posix
+    }
+
+    /// How many copies of it failed one after another before this one.
+    pub(super) fn failures(&self) -> u32 {
+        self.change.as_ref().map_or(0, |c| c.failures)
+    }
+
+    /// The change is in S3, or moot: it waits no more.
+    pub(super) fn settle(mut self) {
+        self.change = None;
+    }
+
+    /// Its copy failed: it waits again, for the volume's turn to try after
+    /// the pause returned.
+    pub(super) fn failed(mut self) -> Duration {
+        self.failed = true;
+        retry_pause(self.failures() + 1)
+    }
+
+    /// It can never be put in S3: it waits no more, and is reported as not
+    /// kept (by an fsync, and by the stop) until a newer change.
+    pub(super) fn lost(mut self) {
+        self.change = None;
+        self.registry.changes.lock().lost.insert(self.ino);
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        let mut changes = self.registry.changes.lock();
+        let carried = changes.carried.get(&self.ino).cloned();
+        if let Entry::Occupied(mut takers) = changes.taken.entry(self.ino) {
+            *takers.get_mut() -= 1;
+            if *takers.get() == 0 {
+                takers.remove();
+                changes.carried.remove(&self.ino);
+            }
+        }
+        let Some(mut taken) = self.change.take() else {
+            return;
+        };
+        // What an upload carried after it was taken is newer: never undone.
+        if let Some((at, carried)) = carried
+            && at > taken.seq
+        {
+            taken.posix = taken.posix.without(&carried);
+            if taken.posix == Posix::default() {
+                return;
+            }
+        }
+        if self.failed {
+            taken.failures += 1;
+            taken.retry_at = Some(Instant::now() + retry_pause(taken.failures));
+        }
+        // (Given back after a stop, it is counted by no stop a second time:
+        // the first counted it while it was taken.)
+        match changes.waiting.entry(self.ino) {
+            Entry::Occupied(mut since) => {
+                let since = since.get_mut();
+                // The newer of the two wins where both set the same thing.
+                since.posix = match taken.seq < since.seq {
+                    true => taken.posix.updated(&since.posix),
+                    false => since.posix.updated(&taken.posix),
+                };
+                since.since = since.since.min(taken.since);
+                since.seq = since.seq.max(taken.seq);
+                if self.failed {
+                    since.failures = taken.failures;
+                    since.retry_at = taken.retry_at;
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(taken);
+            }
+        }
+    }
+}
+
+impl StagingRegistry {
+    /// Merges a change into what waits for `ino` (from the time the first
+    /// began waiting). Refused once the volume stops: no stop would find it.
+    pub(super) fn merge_pending(
+        &self,
+        ino: u64,
+        merge: impl FnOnce(Posix) -> Posix,
+    ) -> FsResult<()> {
+        let mut changes = self.changes.lock();
+        // Checked under the lock the stop takes its changes under, after
+        // marking itself: a change merged before that is taken by it.
+        self.running()?;
+        let seq = changes.next_seq();
+        changes.lost.remove(&ino);
+        let entry = changes.waiting.entry(ino).or_insert_with(|| Pending {
+            posix: Posix::default(),
+            since: Instant::now(),
+            failures: 0,
+            retry_at: None,
+            seq,
+        });
+        entry.posix = merge(std::mem::take(&mut entry.posix));
+        entry.seq = seq;
+        Ok(())
+    }
+
+    /// An upload of `ino` carried `sent`: what waited and is in it waits no
+    /// more, and a change taken meanwhile is not given back over it. (Its
+    /// change time is the upload's own, or S3's: a later change.)
+    pub(super) fn settle_pending(&self, ino: u64, sent: &Posix) {
+        let mut changes = self.changes.lock();
+        if changes.taken.contains_key(&ino) {
+            let seq = changes.next_seq();
+            changes.carried.insert(ino, (seq, sent.clone()));
+        }
+        if changes.waiting.get(&ino).is_some_and(|waiting| {
+            let waiting = Posix {
+                ctime: None,
+                ..waiting.posix.clone()
+            };
+            sent.updated(&waiting) == *sent
+        }) {
+            changes.waiting.remove(&ino);
+        }
+    }
+
+    /// `known` with what waits for `ino` over it.
+    pub(super) fn shown(&self, ino: u64, known: Option<&Posix>) -> Option<Posix> {
+        match self.changes.lock().waiting.get(&ino) {
+            Some(pending) => Some(known.cloned().unwrap_or_default().updated(&pending.posix)),
+            None => known.cloned(),
+        }
+    }
+
+    /// The change waiting for `ino`, taken: whoever takes it puts it in S3,
+    /// or gives it back.
+    pub(super) fn take_pending(&self, ino: u64) -> Option<Taken<'_>> {
+        self.take_if(ino, |_| true)
+    }
+
+    /// [`StagingRegistry::take_pending`] if the change has waited `delay`
+    /// and, if a copy of it failed, the pause after that.
+    pub(super) fn take_due(&self, ino: u64, delay: Duration) -> Option<Taken<'_>> {
+        let now = Instant::now();
+        self.take_if(ino, |pending| is_due(pending, delay, now))
+    }
+
+    fn take_if(&self, ino: u64, due: impl FnOnce(&Pending) -> bool) -> Option<Taken<'_>> {
+        let mut changes = self.changes.lock();
+        if !changes.waiting.get(&ino).is_some_and(due) {
+            return None;
+        }
+        let change = changes.waiting.remove(&ino)?;
+        *changes.taken.entry(ino).or_default() += 1;
+        Some(Taken {
+            registry: self,
+            ino,
+            change: Some(change),
+            failed: false,
+        })
+    }
+
+    /// What waits for `ino` is moot (its file is gone), and so is a change
+    /// of it that could not be kept.
+    pub(super) fn drop_pending(&self, ino: u64) {
+        let mut changes = self.changes.lock();
+        changes.waiting.remove(&ino);
+        changes.lost.remove(&ino);
+    }
+
+    /// The inodes whose change has waited `delay` and, if a copy of it
+    /// failed, the pause after that.
+    pub(super) fn due(&self, delay: Duration) -> Vec<u64> {
+        let now = Instant::now();
+        let changes = self.changes.lock();
+        changes
+            .waiting
+            .iter()
+            .filter(|(_, p)| is_due(p, delay, now))
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+
+    /// Every inode whose change waits or is being put in S3.
+    pub(super) fn not_in_s3(&self) -> Vec<u64> {
+        self.changes.lock().unsettled(false)
+    }
+
+    /// Every inode whose change is not in S3: waiting, being put there, or
+    /// never to be.
+    pub(super) fn not_kept(&self) -> Vec<u64> {
+        self.changes.lock().unsettled(true)
+    }
+
+    /// Whether a change of `ino` could never be kept (and no newer came).
+    pub(super) fn was_lost(&self, ino: u64) -> bool {
+        self.changes.lock().lost.contains(&ino)
+    }
+}
+
+fn is_due(pending: &Pending, delay: Duration, now: Instant) -> bool {
+    now.duration_since(pending.since) >= delay && pending.retry_at.is_none_or(|at| at <= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::FsError;
+
+    #[test]
+    fn a_change_waits_until_an_upload_carries_it() {
+        let registry = StagingRegistry::default();
+        let chmod = Posix {
+            perm: Some(0o600),
+            ..Posix::default()
+        };
+        registry
+            .merge_pending(7, |waiting| waiting.updated(&chmod))
+            .unwrap();
+        assert_eq!(registry.shown(7, None).unwrap().perm, Some(0o600));
+        assert_eq!(registry.due(Duration::ZERO), [7]);
+        assert!(registry.due(Duration::from_secs(3600)).is_empty());
+        // An upload that carried another mode leaves it waiting.
+        registry.settle_pending(7, &Posix::default());
+        assert!(registry.shown(7, None).is_some());
+        registry.settle_pending(7, &chmod);
+        assert!(registry.take_pending(7).is_none());
+        assert_eq!(registry.shown(7, None), None);
+    }
+
+    fn perm(perm: u16) -> Posix {
+        Posix {
+            perm: Some(perm),
+            ..Posix::default()
+        }
+    }
+
+    #[test]
+    fn a_taken_change_is_given_back_unless_settled_and_a_stop_counts_it() {
+        let registry = StagingRegistry::default();
+        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        merge(1, perm(0o600)).unwrap();
+        merge(2, perm(0o640)).unwrap();
+        // Settled: gone.
+        registry.take_pending(1).unwrap().settle();
+        assert_eq!(registry.not_in_s3(), [2]);
+        assert!(registry.take_pending(1).is_none());
+        // Taken, then a newer change, then the taker gives up: the newer one
+        // wins where both set the same thing, and the change is due again.
+        let taken = registry.take_pending(2).unwrap();
+        assert_eq!(taken.posix().perm, Some(0o640));
+        assert_eq!(registry.not_in_s3(), [2], "a taken change counts");
+        merge(2, perm(0o444)).unwrap();
+        drop(taken);
+        assert_eq!(registry.due(Duration::ZERO), [2]);
+        assert_eq!(registry.shown(2, None).unwrap().perm, Some(0o444));
+        // A failed copy waits its pause before the turn tries it again.
+        let pause = registry.take_pending(2).unwrap().failed();
+        assert_eq!(pause, Duration::from_secs(1));
+        assert!(registry.due(Duration::ZERO).is_empty());
+        assert_eq!(
+            registry.take_pending(2).unwrap().failed(),
+            Duration::from_secs(2)
+        );
+        // A stop counts what waits, what is taken and what was lost, once
+        // each.
+        merge(3, perm(0o600)).unwrap();
+        let _taken = registry.take_pending(3).unwrap();
+        merge(3, perm(0o644)).unwrap();
+        merge(4, perm(0o600)).unwrap();
+        registry.take_pending(4).unwrap().lost();
+        assert!(registry.was_lost(4));
+        assert_eq!(
+            registry.not_in_s3().len(),
+            2,
+            "a lost change is not waited for"
+        );
+        let (_, mut not_kept) = registry.stop();
+        not_kept.sort();
+        assert_eq!(not_kept, [2, 3, 4]);
+        assert!(matches!(merge(5, perm(0o600)), Err(FsError::Stopped)));
+        assert!(registry.stop().1.is_empty(), "a second stop counts again");
+    }
+
+    #[test]
+    fn a_change_given_back_never_undoes_a_newer_one() {
+        let registry = StagingRegistry::default();
+        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        // Two takers: the older change given back after the newer one.
+        merge(1, perm(0o600)).unwrap();
+        let older = registry.take_pending(1).unwrap();
+        merge(1, perm(0o644)).unwrap();
+        let newer = registry.take_pending(1).unwrap();
+        drop(newer);
+        drop(older);
+        assert_eq!(registry.shown(1, None).unwrap().perm, Some(0o644));
+        // An upload carried a newer mode while a change was taken.
+        let older = registry.take_pending(1).unwrap();
+        let sent = Posix {
+            perm: Some(0o640),
+            uid: Some(0),
+            ..Posix::default()
+        };
+        registry.settle_pending(1, &sent);
+        drop(older);
+        assert!(registry.take_pending(1).is_none(), "carried: nothing left");
+        // What the upload did not carry still waits.
+        let with_gid = Posix {
+            gid: Some(7),
+            ..perm(0o600)
+        };
+        merge(1, with_gid).unwrap();
+        let older = registry.take_pending(1).unwrap();
+        registry.settle_pending(1, &sent);
+        drop(older);
+        let left = registry.take_pending(1).unwrap();
+        assert_eq!((left.posix().perm, left.posix().gid), (None, Some(7)));
+        left.settle();
+    }
+
+    #[test]
+    fn the_pause_after_failed_copies_doubles_up_to_a_limit() {
+        let pauses: Vec<u64> = (1..=9).map(|n| retry_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
+    }
+}
