@@ -743,6 +743,46 @@ async fn a_change_of_what_another_client_replaced_since_is_copied_on_the_next_tr
     assert_eq!(store.headers("root/d/").unwrap().user["mode"], "040700");
 }
 
+/// A rename while the volume's turn is copying a change onto the file waits
+/// for that copy, and its own copy carries the change: it never lands on the
+/// old name after the rename copied from it.
+#[tokio::test]
+async fn a_rename_waits_for_a_change_being_copied_and_carries_it() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    // The turn's copy is held; so is the rename's delete of the old name.
+    faulty.fail_nth(
+        Operation::CopyObject,
+        1,
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    faulty.fail_nth(
+        Operation::DeleteObject,
+        1,
+        Fault::Delay(Duration::from_millis(600)),
+    );
+    store.clear_calls();
+    let turn = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.apply_metadata(Duration::ZERO).await }
+    });
+    for _ in 0..1000 {
+        if store.calls().iter().any(|c| c.op == Operation::HeadObject) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rename_in_root(&fs, "f", "g").await;
+    assert!(turn.await.unwrap().is_empty());
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(store.keys(), ["root/g"]);
+    assert_eq!(store.headers("root/g").unwrap().user["mode"], "0100600");
+}
+
 /// A change made while the volume stops (here with a truncation, whose
 /// upload the stop waits for) is put in S3, counted as lost, or refused:
 /// never accepted and left where no stop finds it.
