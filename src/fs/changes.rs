@@ -1,5 +1,5 @@
 //! The changes of closed files' modes, owners and times that wait to be
-//! copied onto their objects: the staging registry's other half.
+//! copied onto their objects.
 //!
 //! A change is taken by whoever puts it in S3 (the volume's metadata turn, an
 //! fsync, a stop, a rename's copy). Until its taker settles it, the change is
@@ -10,13 +10,14 @@
 //! failure (an fsync or a stop tries at once); one that never can succeed is
 //! not tried again, and is reported as not kept.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::FsResult;
+use parking_lot::Mutex;
+
 use super::posix::Posix;
-use super::staging::StagingRegistry;
+use super::{FsError, FsResult};
 
 /// A change of mode, owner or time not yet in S3.
 struct Pending {
@@ -41,19 +42,23 @@ fn retry_pause(failures: u32) -> Duration {
 }
 
 #[derive(Default)]
-pub(super) struct Changes {
+struct Changes {
     waiting: HashMap<u64, Pending>,
-    /// How many takers are putting a change of each inode in S3.
-    taken: HashMap<u64, usize>,
+    /// The changes of each inode being put in S3: how many takers, and what
+    /// they set (shown until they are in S3).
+    taken: HashMap<u64, (usize, Posix)>,
     /// What an upload carried of a file while a change of it was taken (all
     /// its mode, owner and times, as shown then: newer than that change),
     /// in the order of changes.
     carried: HashMap<u64, (u64, Posix)>,
     /// Files whose change could never be kept (its copy failed for good),
-    /// until a newer change or the file's end.
-    lost: HashSet<u64>,
+    /// with that change's order: until a newer change is in S3, or the
+    /// file's end.
+    lost: HashMap<u64, u64>,
     /// The order given to the last change.
     seq: u64,
+    /// The volume stopped: no change is taken in any more.
+    stopped: bool,
 }
 
 impl Changes {
@@ -62,25 +67,12 @@ impl Changes {
         self.seq
     }
 
-    /// The volume stops: every inode whose change is not in S3 (waiting,
-    /// being put there, or never to be), the first time; nothing waits from
-    /// now on.
-    pub(super) fn stop(&mut self, first: bool) -> Vec<u64> {
-        let not_kept = match first {
-            true => self.unsettled(true),
-            false => Vec::new(),
-        };
-        self.waiting.clear();
-        self.lost.clear();
-        not_kept
-    }
-
     /// Every inode whose change waits or is being put in S3, and with
     /// `lost`, those whose change could not be kept.
     fn unsettled(&self, lost: bool) -> Vec<u64> {
         let mut inos: Vec<u64> = self.waiting.keys().copied().collect();
         let taken = self.taken.keys();
-        let lost = self.lost.iter().filter(|_| lost);
+        let lost = self.lost.keys().filter(|_| lost);
         for ino in taken.chain(lost) {
             if !inos.contains(ino) {
                 inos.push(*ino);
@@ -95,7 +87,7 @@ impl Changes {
 /// since: the changes merged meanwhile, and what an upload carried.
 #[must_use = "a change taken and dropped waits again"]
 pub(super) struct Taken<'a> {
-    registry: &'a StagingRegistry,
+    registry: &'a ChangeQueue,
     ino: u64,
     change: Option<Pending>,
     failed: bool,
@@ -111,9 +103,19 @@ impl Taken<'_> {
         self.change.as_ref().map_or(0, |c| c.failures)
     }
 
-    /// The change is in S3, or moot: it waits no more.
+    /// The change is in S3, or moot: it waits no more (nor does the mark
+    /// of an older one that could not be kept).
     pub(super) fn settle(mut self) {
-        self.change = None;
+        if let Some(change) = self.change.take() {
+            let mut changes = self.registry.changes.lock();
+            if changes
+                .lost
+                .get(&self.ino)
+                .is_some_and(|at| *at < change.seq)
+            {
+                changes.lost.remove(&self.ino);
+            }
+        }
     }
 
     /// Its copy failed: it waits again, for the volume's turn to try after
@@ -126,8 +128,18 @@ impl Taken<'_> {
     /// It can never be put in S3: it waits no more, and is reported as not
     /// kept (by an fsync, and by the stop) until a newer change.
     pub(super) fn lost(mut self) {
-        self.change = None;
-        self.registry.changes.lock().lost.insert(self.ino);
+        let Some(change) = self.change.take() else {
+            return;
+        };
+        let mut changes = self.registry.changes.lock();
+        // Unless a newer change came meanwhile: it is the file's now.
+        let newer = changes
+            .waiting
+            .get(&self.ino)
+            .is_some_and(|w| w.seq > change.seq);
+        if !newer {
+            changes.lost.insert(self.ino, change.seq);
+        }
     }
 }
 
@@ -136,8 +148,8 @@ impl Drop for Taken<'_> {
         let mut changes = self.registry.changes.lock();
         let carried = changes.carried.get(&self.ino).cloned();
         if let Entry::Occupied(mut takers) = changes.taken.entry(self.ino) {
-            *takers.get_mut() -= 1;
-            if *takers.get() == 0 {
+            takers.get_mut().0 -= 1;
+            if takers.get().0 == 0 {
                 takers.remove();
                 changes.carried.remove(&self.ino);
             }
@@ -182,7 +194,28 @@ impl Drop for Taken<'_> {
     }
 }
 
-impl StagingRegistry {
+/// The changes waiting, and those being put in S3.
+#[derive(Default)]
+pub(super) struct ChangeQueue {
+    changes: Mutex<Changes>,
+}
+
+impl ChangeQueue {
+    /// The volume stops: every inode whose change is not in S3 (waiting,
+    /// being put there, or never to be), the first time; from now on no
+    /// change waits, and a new one is refused.
+    pub(super) fn stop(&self) -> Vec<u64> {
+        let mut changes = self.changes.lock();
+        let first = !std::mem::replace(&mut changes.stopped, true);
+        let not_kept = match first {
+            true => changes.unsettled(true),
+            false => Vec::new(),
+        };
+        changes.waiting.clear();
+        changes.lost.clear();
+        not_kept
+    }
+
     /// Merges a change into what waits for `ino` (from the time the first
     /// began waiting). Refused once the volume stops: no stop would find it.
     pub(super) fn merge_pending(
@@ -191,11 +224,12 @@ impl StagingRegistry {
         merge: impl FnOnce(Posix) -> Posix,
     ) -> FsResult<()> {
         let mut changes = self.changes.lock();
-        // Checked under the lock the stop takes its changes under, after
-        // marking itself: a change merged before that is taken by it.
-        self.running()?;
+        // Under the lock the stop marks itself and takes the changes under:
+        // a change merged before that is taken by it.
+        if changes.stopped {
+            return Err(FsError::Stopped);
+        }
         let seq = changes.next_seq();
-        changes.lost.remove(&ino);
         let entry = changes.waiting.entry(ino).or_insert_with(|| Pending {
             posix: Posix::default(),
             since: Instant::now(),
@@ -213,6 +247,9 @@ impl StagingRegistry {
     /// change time is the upload's own, or S3's: a later change.)
     pub(super) fn settle_pending(&self, ino: u64, sent: &Posix) {
         let mut changes = self.changes.lock();
+        // The upload carried what the file showed: a change not kept before
+        // is in S3 now.
+        changes.lost.remove(&ino);
         if changes.taken.contains_key(&ino) {
             let seq = changes.next_seq();
             changes.carried.insert(ino, (seq, sent.clone()));
@@ -228,12 +265,26 @@ impl StagingRegistry {
         }
     }
 
-    /// `known` with what waits for `ino` over it.
+    /// `known` with what is being put in S3 for `ino` and what waits for it
+    /// over it.
     pub(super) fn shown(&self, ino: u64, known: Option<&Posix>) -> Option<Posix> {
-        match self.changes.lock().waiting.get(&ino) {
-            Some(pending) => Some(known.cloned().unwrap_or_default().updated(&pending.posix)),
-            None => known.cloned(),
+        let changes = self.changes.lock();
+        let taken = changes.taken.get(&ino).map(|(_, posix)| posix);
+        let waiting = changes.waiting.get(&ino).map(|p| &p.posix);
+        if taken.is_none() && waiting.is_none() {
+            return known.cloned();
         }
+        let mut shown = known.cloned().unwrap_or_default();
+        for change in taken.into_iter().chain(waiting) {
+            shown = shown.updated(change);
+        }
+        Some(shown)
+    }
+
+    /// Whether a change of `ino` waits or is being put in S3.
+    pub(super) fn has(&self, ino: u64) -> bool {
+        let changes = self.changes.lock();
+        changes.waiting.contains_key(&ino) || changes.taken.contains_key(&ino)
     }
 
     /// The change waiting for `ino`, taken: whoever takes it puts it in S3,
@@ -255,7 +306,9 @@ impl StagingRegistry {
             return None;
         }
         let change = changes.waiting.remove(&ino)?;
-        *changes.taken.entry(ino).or_default() += 1;
+        let taken = changes.taken.entry(ino).or_default();
+        taken.0 += 1;
+        taken.1 = taken.1.updated(&change.posix);
         Some(Taken {
             registry: self,
             ino,
@@ -298,7 +351,7 @@ impl StagingRegistry {
 
     /// Whether a change of `ino` could never be kept (and no newer came).
     pub(super) fn was_lost(&self, ino: u64) -> bool {
-        self.changes.lock().lost.contains(&ino)
+        self.changes.lock().lost.contains_key(&ino)
     }
 }
 
@@ -309,11 +362,10 @@ fn is_due(pending: &Pending, delay: Duration, now: Instant) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::FsError;
 
     #[test]
     fn a_change_waits_until_an_upload_carries_it() {
-        let registry = StagingRegistry::default();
+        let registry = ChangeQueue::default();
         let chmod = Posix {
             perm: Some(0o600),
             ..Posix::default()
@@ -341,7 +393,7 @@ mod tests {
 
     #[test]
     fn a_taken_change_is_given_back_unless_settled_and_a_stop_counts_it() {
-        let registry = StagingRegistry::default();
+        let registry = ChangeQueue::default();
         let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
         merge(1, perm(0o600)).unwrap();
         merge(2, perm(0o640)).unwrap();
@@ -379,16 +431,19 @@ mod tests {
             2,
             "a lost change is not waited for"
         );
-        let (_, mut not_kept) = registry.stop();
+        let mut not_kept = registry.stop();
         not_kept.sort();
         assert_eq!(not_kept, [2, 3, 4]);
         assert!(matches!(merge(5, perm(0o600)), Err(FsError::Stopped)));
-        assert!(registry.stop().1.is_empty(), "a second stop counts again");
+        assert!(
+            registry.stop().is_empty(),
+            "a second stop counted them again"
+        );
     }
 
     #[test]
     fn a_change_given_back_never_undoes_a_newer_one() {
-        let registry = StagingRegistry::default();
+        let registry = ChangeQueue::default();
         let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
         // Two takers: the older change given back after the newer one.
         merge(1, perm(0o600)).unwrap();
@@ -420,6 +475,60 @@ mod tests {
         let left = registry.take_pending(1).unwrap();
         assert_eq!((left.posix().perm, left.posix().gid), (None, Some(7)));
         left.settle();
+    }
+
+    #[test]
+    fn a_change_not_kept_is_reported_until_a_newer_one_is_in_s3() {
+        let registry = ChangeQueue::default();
+        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        merge(1, perm(0o600)).unwrap();
+        registry.take_pending(1).unwrap().lost();
+        assert!(registry.was_lost(1));
+        // A newer change, while it waits, leaves the mark.
+        merge(1, perm(0o640)).unwrap();
+        assert!(registry.was_lost(1));
+        registry.take_pending(1).unwrap().settle();
+        assert!(!registry.was_lost(1), "the newer change is in S3");
+        // One that could not be kept while a newer one came marks nothing.
+        merge(2, perm(0o600)).unwrap();
+        let older = registry.take_pending(2).unwrap();
+        merge(2, perm(0o640)).unwrap();
+        older.lost();
+        assert!(!registry.was_lost(2));
+        // An upload that carried the file's metadata clears the mark.
+        merge(3, perm(0o600)).unwrap();
+        registry.take_pending(3).unwrap().lost();
+        registry.settle_pending(3, &perm(0o600));
+        assert!(!registry.was_lost(3));
+    }
+
+    #[test]
+    fn what_is_being_copied_is_shown_under_what_waits() {
+        let registry = ChangeQueue::default();
+        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        let known = Posix {
+            uid: Some(5),
+            ..perm(0o644)
+        };
+        merge(1, perm(0o600)).unwrap();
+        let taken = registry.take_pending(1).unwrap();
+        assert!(registry.has(1));
+        let shown = registry.shown(1, Some(&known)).unwrap();
+        assert_eq!((shown.perm, shown.uid), (Some(0o600), Some(5)));
+        merge(
+            1,
+            Posix {
+                gid: Some(7),
+                ..perm(0o640)
+            },
+        )
+        .unwrap();
+        let shown = registry.shown(1, Some(&known)).unwrap();
+        assert_eq!((shown.perm, shown.gid), (Some(0o640), Some(7)));
+        taken.settle();
+        registry.take_pending(1).unwrap().settle();
+        assert!(!registry.has(1));
+        assert_eq!(registry.shown(1, Some(&known)), Some(known));
     }
 
     #[test]

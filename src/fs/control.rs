@@ -148,7 +148,7 @@ impl Fs {
                 }
                 let posix = self.node(ino)?.stat.posix.filter(|_| self.config.metadata);
                 // The times are the upload's own, S3's.
-                match self.staging.shown(ino, posix.as_ref()) {
+                match self.changes.shown(ino, posix.as_ref()) {
                     Some(posix) => Posix {
                         mtime: None,
                         ctime: None,

@@ -53,7 +53,7 @@ impl Fs {
         if let Some(file) = self.staging.file(ino) {
             file.set_posix(&change);
         }
-        self.staging
+        self.changes
             .merge_pending(ino, |waiting| waiting.updated(&change))?;
         self.show_change(ino, &change);
         Ok(())
@@ -140,7 +140,7 @@ impl Fs {
     /// Puts the change waiting for `ino` in S3, if one is (see
     /// [`Fs::apply_taken`]).
     pub(super) async fn apply_pending_posix(&self, ino: u64) -> FsResult<()> {
-        match self.staging.take_pending(ino) {
+        match self.changes.take_pending(ino) {
             Some(taken) => self.apply_taken(ino, taken).await,
             None => Ok(()),
         }
@@ -157,14 +157,15 @@ impl Fs {
             taken.settle(); // unlinked or replaced since: the name is not its own
             return Ok(());
         };
-        // Written again since: the upload carries it (none comes for what a
-        // killed process left, so the object in S3 gets it now).
+        // Written again since: the upload will carry it, and takes it off
+        // then (none comes for what a killed process left, so the object in
+        // S3 gets it now). Until then it waits.
         if self
             .staging
             .file(ino)
             .is_some_and(|file| file.is_dirty() && file.held_back().is_none())
         {
-            taken.settle();
+            drop(taken);
             return Ok(());
         }
         let change = taken.posix().clone();
@@ -182,7 +183,7 @@ impl Fs {
             return Ok(());
         }
         let first = taken.failures() == 0;
-        if never_kept(&e, node.kind) {
+        if never_kept(&e, node.kind, !first) {
             warn!(
                 key = node.key,
                 "the change of mode, owner or time cannot be kept: {e:#}"
@@ -262,11 +263,11 @@ impl Fs {
     /// waits for one copy at most); the keys of those that could not be.
     pub async fn apply_metadata(&self, delay: Duration) -> Vec<String> {
         let mut failed = Vec::new();
-        for ino in self.staging.due(delay) {
+        for ino in self.changes.due(delay) {
             let _turn = self.metadata_turn.lock().await;
             // Due still: another turn, an fsync or a rename may have taken it
             // while this one waited.
-            let Some(taken) = self.staging.take_due(ino, delay) else {
+            let Some(taken) = self.changes.take_due(ino, delay) else {
                 continue;
             };
             if self.apply_taken(ino, taken).await.is_err() {
@@ -282,7 +283,7 @@ impl Fs {
     pub(super) async fn apply_every_change(&self) {
         let mut tried = std::collections::HashSet::new();
         loop {
-            let next: Vec<u64> = self.staging.not_in_s3();
+            let next: Vec<u64> = self.changes.not_in_s3();
             let next: Vec<u64> = next.into_iter().filter(|ino| tried.insert(*ino)).collect();
             if next.is_empty() {
                 return;
@@ -308,7 +309,7 @@ impl Fs {
     /// The keys of the files whose change of mode, owner or time is not in
     /// S3: waiting, being copied, or never to be.
     pub fn changes_not_in_s3(&self) -> Vec<String> {
-        let inos = self.staging.not_kept();
+        let inos = self.changes.not_kept();
         inos.into_iter()
             .filter_map(|ino| self.named_node(ino).ok().map(|n| n.key))
             .collect()
@@ -330,11 +331,15 @@ impl Fs {
 
 /// Whether `error`, met copying a change onto an object (of `kind`), says
 /// the change can never be put there as the object is: its metadata would
-/// not fit, cannot be read, or the file's object is gone.
-fn never_kept(error: &FsError, kind: Kind) -> bool {
+/// not fit, cannot be read, or the file's object is gone (when S3 was asked
+/// again, on a `retry`: a copy in parts loses its upload to a cleanup, a
+/// store may lag).
+fn never_kept(error: &FsError, kind: Kind, retry: bool) -> bool {
     match error {
         FsError::XattrsFull { .. } | FsError::XattrsUnreadable { .. } => true,
-        FsError::Store(e) => kind == Kind::File && matches!(**e, StoreError::NotFound { .. }),
+        FsError::Store(e) => {
+            retry && kind == Kind::File && matches!(**e, StoreError::NotFound { .. })
+        }
         _ => false,
     }
 }
@@ -365,7 +370,7 @@ impl Fs {
         }
         let node = self.node(ino)?;
         Ok(self
-            .staging
+            .changes
             .shown(ino, node.stat.posix.as_ref())
             .and_then(|posix| posix.xattrs)
             .unwrap_or_default())

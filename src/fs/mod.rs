@@ -51,6 +51,7 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 
 use self::ahead::Listed;
+use self::changes::ChangeQueue;
 pub use self::dir::DirEntry;
 pub use self::error::{FsError, FsResult};
 use self::handle_table::{HandleTable, OpenFile};
@@ -212,6 +213,8 @@ pub struct Fs {
     inodes: Mutex<InodeTable>,
     /// Files being written, and changes waiting to be put in S3.
     staging: StagingRegistry,
+    /// Changes of closed files' modes, owners and times waiting for S3.
+    changes: ChangeQueue,
     /// The latest snapshot of each directory's listing, shared by its handles.
     dir_snapshots: Mutex<HashMap<u64, dir::Snapshot>>,
     /// Every open file and directory handle.
@@ -293,6 +296,7 @@ impl Fs {
             inodes: Mutex::new(InodeTable::new(root_key, mount_time)),
             mount_time,
             staging: StagingRegistry::default(),
+            changes: ChangeQueue::default(),
             uploads,
             dir_snapshots: Mutex::new(HashMap::new()),
             handles: HandleTable::default(),
@@ -355,7 +359,7 @@ impl Fs {
         };
         // What the object's metadata says, where it says it.
         let posix = self
-            .staging
+            .changes
             .shown(ino, node.stat.posix.as_ref())
             .filter(|_| self.config.metadata)
             .unwrap_or_default();

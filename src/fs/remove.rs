@@ -26,12 +26,17 @@ impl Fs {
             None => None,
         };
         let key = format!("{}{name}", parent_node.key);
+        // In the turn of the volume's changes of modes, owners and times
+        // (taken after the file's own lock, as everywhere): a copy of the
+        // object onto itself never lands after the delete.
+        let turn = self.metadata_turn.lock().await;
         self.store.delete_object(&key).await?;
         if let (Some(file), Some(paused)) = (&open_file, paused) {
             file.discard_paused(paused).await;
         }
-        self.staging.drop_pending(ino);
+        self.changes.drop_pending(ino);
         self.inodes.lock().remove_child(parent, name);
+        drop(turn);
         self.discard_unlinked(ino).await;
         debug!(key, "deleted");
         Ok(())
@@ -87,7 +92,7 @@ impl Fs {
         // marker one of them is making or copying is made before the delete.
         let _turn = self.metadata_turn.lock().await;
         self.store.delete_object(&key).await?;
-        self.staging.drop_pending(ino);
+        self.changes.drop_pending(ino);
         self.inodes.lock().remove_child(parent, name);
         debug!(key, "directory removed");
         Ok(())

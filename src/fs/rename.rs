@@ -52,6 +52,9 @@ impl Carried<'_> {
     }
 }
 
+/// The turn of the volume's changes of modes, owners and times, held.
+type Turn<'a> = tokio::sync::MutexGuard<'a, ()>;
+
 /// RENAME_NOREPLACE and RENAME_EXCHANGE from renameat2(2).
 const RENAME_NOREPLACE: u32 = 1;
 const RENAME_EXCHANGE: u32 = 2;
@@ -107,20 +110,18 @@ impl Fs {
             Some(file) => Some(file.pause().await),
             None => None,
         };
-        // In the turn of the volume's changes of modes, owners and times: a
-        // change is carried by this rename's copy, or copied onto the object
-        // before it, never onto the old name after the copy.
-        let _turn = self.metadata_turn.lock().await;
-        let mut carried = None;
-        let copied_etag = match kind {
+        // The turn of the volume's changes of modes, owners and times, taken
+        // by the copy (once what it copies is uploaded) and held to the end:
+        // a change is carried by this rename's copy, or copied onto the
+        // object before it, never onto the old name after the copy.
+        let (copied_etag, carried, turn) = match kind {
             Kind::File => {
                 let copied = self.copy_file(ino, &from, &to).await;
                 // From the copy on, the name is the new file's.
                 if let (Ok(_), Some(file), Some(paused)) = (&copied, &replaced_file, paused) {
                     file.discard_paused(paused).await;
                 }
-                let (copied, change) = copied?;
-                carried = change;
+                let (copied, carried, turn) = copied?;
                 if let Err(e) = self.store.delete_object(&from).await {
                     // The file is under both names now, and the rename fails:
                     // the new name is S3's to tell on its next look.
@@ -130,14 +131,13 @@ impl Fs {
                     return Err(e.into());
                 }
                 debug!(from, to, "renamed");
-                Some(copied)
+                (Some(copied), carried, turn)
             }
             Kind::Directory => {
                 if to.starts_with(&from) {
                     return Err(FsError::Invalid("cannot move a directory into itself"));
                 }
-                self.rename_directory(&from, &to).await?;
-                None
+                (None, None, self.rename_directory(&from, &to).await?)
             }
         };
         let moved = {
@@ -163,11 +163,12 @@ impl Fs {
         }
         if let Some((replaced, _)) = target {
             // What waited for what the rename replaced is moot.
-            self.staging.drop_pending(replaced);
+            self.changes.drop_pending(replaced);
         }
         if let Some(carried) = carried {
             carried.keep();
         }
+        drop(turn);
         if let Some((replaced, Kind::File)) = target {
             self.discard_unlinked(replaced).await;
         }
@@ -201,8 +202,10 @@ impl Fs {
         ino: u64,
         from: &str,
         to: &str,
-    ) -> FsResult<(String, Option<Carried<'_>>)> {
+    ) -> FsResult<(String, Option<Carried<'_>>, Turn<'_>)> {
         let etag = self.settle(ino).await?;
+        // After the upload: the turn's holder never waits for a file.
+        let turn = self.metadata_turn.lock().await;
         let size = self.node(ino)?.stat.size;
         // A new extension brings its type; any other rename keeps the
         // object's own.
@@ -212,9 +215,9 @@ impl Fs {
             if let Some(source) = etag {
                 self.uploads.copies.note(from, &source, to, &copied);
             }
-            return Ok((copied, None));
+            return Ok((copied, None, turn));
         }
-        let pending = self.staging.take_pending(ino);
+        let pending = self.changes.take_pending(ino);
         let change = Posix {
             ctime: self.config.metadata.then(SystemTime::now),
             ..pending
@@ -244,7 +247,7 @@ impl Fs {
             kept: replace.is_some(),
             key: to.to_string(),
         });
-        Ok((copied, carried))
+        Ok((copied, carried, turn))
     }
 
     /// Copies one object, pinned to `etag` so a concurrent replacement is not
@@ -318,7 +321,10 @@ impl Fs {
         Ok(result?)
     }
 
-    async fn rename_directory(&self, from: &str, to: &str) -> FsResult<()> {
+    /// Copies every key under `from` to `to`, then deletes them; returns the
+    /// turn of the volume's changes of modes, owners and times, taken once
+    /// the files being written inside are uploaded.
+    async fn rename_directory(&self, from: &str, to: &str) -> FsResult<Turn<'_>> {
         // Files being written inside are uploaded first, so they are copied too.
         let staged: Vec<u64> = {
             let inside = self.staging.all();
@@ -332,6 +338,7 @@ impl Fs {
         for staged_ino in staged {
             self.settle(staged_ino).await?;
         }
+        let turn = self.metadata_turn.lock().await;
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
         let mut pages = Pagination::new(Operation::ListObjectsV2, from, self.config.io_timeout);
@@ -397,7 +404,7 @@ impl Fs {
             result?;
         }
         info!(from, to, objects = keys.len(), "directory renamed");
-        Ok(())
+        Ok(turn)
     }
 }
 

@@ -1,7 +1,5 @@
 //! The staging registry: the files being written in this mount, by inode,
-//! with the handles that hold each, and the changes of closed files' modes,
-//! owners and times that wait to be copied onto their objects (see
-//! [`super::changes`]).
+//! with the handles that hold each.
 //!
 //! A file is staged by the first handle that writes it (or by its creation),
 //! each further handle attaches to it, and the last one to let go publishes
@@ -16,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::changes::Changes;
 use super::upload::StagedFile;
 use super::{FsError, FsResult};
 
@@ -29,8 +26,7 @@ struct Staged {
 #[derive(Default)]
 pub(super) struct StagingRegistry {
     files: Mutex<HashMap<u64, Staged>>,
-    pub(super) changes: Mutex<Changes>,
-    pub(super) stopped: AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl StagingRegistry {
@@ -118,18 +114,11 @@ impl StagingRegistry {
         unused && files.remove(&ino).is_some()
     }
 
-    /// Marks the stop and takes every staged file and every inode whose
-    /// change of mode, owner or time still waits, is still being put in S3
-    /// (its copy may or may not get there) or could not be kept. A second
-    /// stop finds no change.
-    pub(super) fn stop(&self) -> (Vec<Arc<StagedFile>>, Vec<u64>) {
-        let (files, first): (Vec<Arc<StagedFile>>, bool) = {
-            let mut files = self.files.lock();
-            let first = !self.stopped.swap(true, Ordering::SeqCst);
-            (files.drain().map(|(_, s)| s.file).collect(), first)
-        };
-        let not_kept = self.changes.lock().stop(first);
-        (files, not_kept)
+    /// Marks the stop and takes every staged file.
+    pub(super) fn stop(&self) -> Vec<Arc<StagedFile>> {
+        let mut files = self.files.lock();
+        self.stopped.store(true, Ordering::SeqCst);
+        files.drain().map(|(_, s)| s.file).collect()
     }
 }
 
@@ -175,10 +164,8 @@ mod tests {
         let registry = StagingRegistry::default();
         registry.stage(1, file(&dir, "a")).unwrap();
         registry.stage_new(file(&dir, "b"), || 2).unwrap();
-        registry.merge_pending(3, |posix| posix).unwrap();
-        let (files, waiting) = registry.stop();
+        let files = registry.stop();
         assert_eq!(files.len(), 2);
-        assert_eq!(waiting, [3]);
         assert!(matches!(registry.running(), Err(FsError::Stopped)));
         let refused = registry.stage(4, file(&dir, "c"));
         assert!(matches!(refused, Err(FsError::Stopped)));

@@ -93,7 +93,7 @@ impl Fs {
             return false;
         }
         self.apply_metadata(std::time::Duration::ZERO).await;
-        self.staging.not_in_s3().is_empty()
+        self.changes.not_in_s3().is_empty()
     }
 
     /// Takes over what `carried` says the kernel holds (see the module).

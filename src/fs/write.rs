@@ -119,7 +119,7 @@ impl Fs {
         // waiting (which its upload then carries); its time is the new one.
         // As on any Linux filesystem, a write takes away what would run the
         // file with other privileges: its set-ID bits and file capability.
-        let shown = self.staging.shown(ino, node.stat.posix.as_ref());
+        let shown = self.changes.shown(ino, node.stat.posix.as_ref());
         if let Some(posix) = shown.filter(|_| self.config.metadata) {
             file.set_posix(&Posix {
                 mtime: None,
@@ -314,11 +314,16 @@ impl Fs {
         // A change of mode, owner or time is durable too: once the turn that
         // may have taken it and be copying it is over (one copy at most; a
         // rename, which carries a change in its copy, holds the turn too).
-        let _turn = self.metadata_turn.lock().await;
-        // A stop that had the turn first counted what it could not copy.
-        self.staging.running()?;
-        self.apply_pending_posix(ino).await?;
-        match self.staging.was_lost(ino) {
+        if self.changes.has(ino) {
+            let _turn = self.metadata_turn.lock().await;
+            // A stop that had the turn first counted what it could not copy.
+            self.staging.running()?;
+            let applied = self.apply_pending_posix(ino).await;
+            if applied.is_err() && !self.changes.was_lost(ino) {
+                return applied;
+            }
+        }
+        match self.changes.was_lost(ino) {
             true => Err(FsError::ChangeNotKept {
                 key: self.node(ino)?.key,
             }),
@@ -376,7 +381,7 @@ impl Fs {
                 .await?;
             uploaded.posix = posix;
         }
-        self.staging.settle_pending(ino, &uploaded.posix);
+        self.changes.settle_pending(ino, &uploaded.posix);
         let done = (uploaded.size, uploaded.etag.clone());
         let stat = Stat {
             size: uploaded.size,
@@ -539,7 +544,8 @@ impl Fs {
         if turn.is_ok() && self.staging.running().is_ok() {
             let _ = tokio::time::timeout_at(deadline, self.apply_every_change()).await;
         }
-        let (files, not_kept) = self.staging.stop();
+        let not_kept = self.changes.stop();
+        let files = self.staging.stop();
         drop(turn);
         let mut lost = Vec::new();
         for ino in not_kept {

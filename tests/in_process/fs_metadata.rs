@@ -685,9 +685,9 @@ async fn a_rename_that_fails_keeps_the_changes_waiting() {
     assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
 }
 
-/// A change that can never be copied onto its object (the object is gone)
-/// is not tried again and again: fsync says it was not kept, and so does the
-/// stop.
+/// A change that can never be copied onto its object (the object is gone,
+/// as S3 says again when asked again) is not tried again and again: fsync
+/// says it was not kept, and so does the stop.
 #[tokio::test]
 async fn a_change_that_can_never_be_kept_is_reported_not_retried() {
     let store = Arc::new(MemoryStore::new("bkt"));
@@ -699,13 +699,164 @@ async fn a_change_that_can_never_be_kept_is_reported_not_retried() {
     // Another client deletes the object.
     store.remove("root/f");
     assert_eq!(fs.apply_metadata(Duration::ZERO).await, ["root/f"]);
-    store.clear_calls();
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(fs.apply_metadata(Duration::ZERO).await, ["root/f"]);
+    store.clear_calls();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
     assert_eq!(errno(fs.fsync(fh).await), libc::EIO);
     assert!(store.calls().is_empty(), "tried again: {:?}", store.calls());
     fs.release(fh).await;
     assert_eq!(fs.stop(Duration::from_secs(3)).await, ["root/f"]);
+}
+
+/// Two renames that the kernel lets run at once, one of a directory and one
+/// replacing a file being written inside it, while the volume's turn copies
+/// a change: each waits for the other's locks in one order, and both end.
+#[tokio::test]
+async fn a_directory_rename_and_a_rename_replacing_a_file_inside_it_both_end() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "f");
+    store.put("root/d/", "");
+    store.put("root/d/b", "b");
+    store.put("root/d/t", "t");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let d = lookup_path(&fs, "d").await.unwrap();
+    let b = lookup_path(&fs, "d/b").await.unwrap();
+    lookup_path(&fs, "d/t").await.unwrap();
+    let f = lookup_path(&fs, "f").await.unwrap();
+    // d/b is being written here.
+    let fh = fs.open(b, WRITE).await.unwrap();
+    fs.write(fh, 0, b"B").await.unwrap();
+    // The volume's turn holds the turn for half a second.
+    fs.setattr(f, None, chmod(0o600), None).await.unwrap();
+    faulty.fail_nth(Operation::CopyObject, 1, Fault::Delay(HALF_SECOND));
+    let turn = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.apply_metadata(Duration::ZERO).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let moving_dir = tokio::spawn({
+        let fs = fs.clone();
+        async move {
+            fs.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), 0)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let replacing = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.rename(d, OsStr::new("t"), d, OsStr::new("b"), 0).await }
+    });
+    let both = async { (moving_dir.await.unwrap(), replacing.await.unwrap()) };
+    let (moved, replaced) = tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("the two renames wait for each other");
+    moved.unwrap();
+    // Whichever went first, the other ends too (finding its name gone, if
+    // the directory moved first).
+    assert!(
+        replaced.is_ok() || errno(replaced) == libc::ENOENT,
+        "the rename inside failed otherwise"
+    );
+    assert!(turn.await.unwrap().is_empty());
+    fs.release(fh).await;
+}
+
+/// An open for writing while the turn copies a chmod: what the file shows,
+/// and what its upload carries, is the chmod, not what S3 held before it.
+#[tokio::test]
+async fn an_open_for_writing_while_a_chmod_is_copied_keeps_the_chmod() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put_with("root/f", "x", user(&[("mode", "0100644")]));
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    faulty.fail_nth(Operation::CopyObject, 1, Fault::Delay(HALF_SECOND));
+    let turn = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.apply_metadata(Duration::ZERO).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fh = fs.open(ino, WRITE).await.unwrap();
+    fs.write(fh, 1, b"y").await.unwrap();
+    assert!(turn.await.unwrap().is_empty());
+    fs.flush(fh, None).await.unwrap();
+    fs.release(fh).await;
+    assert!(fs.stop(Duration::from_secs(3)).await.is_empty());
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
+}
+
+/// A chmod while the close's upload is under way (its headers already
+/// sent): the change waits for that upload, and is copied after it if the
+/// upload did not carry it.
+#[tokio::test]
+async fn a_chmod_during_an_upload_is_kept() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("f"), None, CREATOR)
+        .await
+        .unwrap();
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.write(fh, 0, b"data").await.unwrap();
+    faulty.fail_nth(Operation::PutObject, 1, Fault::Delay(HALF_SECOND));
+    let closing = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.flush(fh, None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.setattr(ino, None, chmod(0o640), None).await.unwrap();
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    closing.await.unwrap().unwrap();
+    fs.fsync(fh).await.unwrap();
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100640");
+    fs.release(fh).await;
+    assert!(fs.stop(Duration::from_secs(3)).await.is_empty());
+}
+
+/// An unlink while the turn copies the object onto itself in parts: the
+/// copy never brings the file back after the delete.
+#[tokio::test]
+async fn an_unlink_during_a_copy_in_parts_stays_unlinked() {
+    const PART: usize = 5 << 20;
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/big", common::pattern(3 * PART, 4));
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig {
+            part_size: PART as u64,
+            single_copy_limit: 2 * PART as u64,
+            ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
+        }),
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
+    let ino = lookup_path(&fs, "big").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    faulty.fail_nth(
+        Operation::CompleteMultipartUpload,
+        1,
+        Fault::Delay(HALF_SECOND),
+    );
+    let turn = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.apply_metadata(Duration::ZERO).await }
+    });
+    for _ in 0..1000 {
+        let calls = store.calls();
+        if calls.iter().any(|c| c.op == Operation::UploadPartCopy) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    fs.unlink(ROOT_INO, OsStr::new("big")).await.unwrap();
+    turn.await.unwrap();
+    assert!(store.get("root/big").is_none(), "the unlinked file is back");
 }
 
 /// What this mount wrote and another client replaced or removed since: a
