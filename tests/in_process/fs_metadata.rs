@@ -934,6 +934,38 @@ async fn a_rename_waits_for_a_change_being_copied_and_carries_it() {
     assert_eq!(store.headers("root/g").unwrap().user["mode"], "0100600");
 }
 
+/// A change that would take an object's metadata past S3's 2 KB is never
+/// sent: not in place (fsync says EIO), not with a rename, which still moves
+/// the file with the metadata it had; the stop counts both as lost.
+#[tokio::test]
+async fn a_change_that_does_not_fit_is_never_sent_and_is_reported() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let note = "n".repeat(2000);
+    let full = user(&[("note", &note)]);
+    store.put_with("root/full", "x", full.clone());
+    store.put_with("root/other", "y", full.clone());
+    let (fs, _staging) = shared_volume(store.clone());
+    let ino = lookup_path(&fs, "full").await.unwrap();
+    let fh = fs.open(ino, READ).await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    store.clear_calls();
+    assert_eq!(fs.apply_metadata(Duration::ZERO).await, ["root/full"]);
+    assert!(
+        !ops(&store).contains(&Operation::CopyObject),
+        "a copy S3 would refuse was sent"
+    );
+    assert_eq!(errno(fs.fsync(fh).await), libc::EIO);
+    fs.release(fh).await;
+    // A change waiting when the file is renamed.
+    let other = lookup_path(&fs, "other").await.unwrap();
+    fs.setattr(other, None, chmod(0o600), None).await.unwrap();
+    rename_in_root(&fs, "other", "moved").await;
+    assert_eq!(store.headers("root/moved"), Some(full));
+    let mut lost = fs.stop(Duration::from_secs(3)).await;
+    lost.sort();
+    assert_eq!(lost, ["root/full", "root/moved"]);
+}
+
 /// A change made while the volume stops (here with a truncation, whose
 /// upload the stop waits for) is put in S3, counted as lost, or refused:
 /// never accepted and left where no stop finds it.
