@@ -21,14 +21,34 @@ pub fn run(mut config: MountConfig) -> ExitCode {
         Ok(path) => path,
         Err(Failure(message)) => return fail(&message),
     };
+    // A directory for local data this mount makes, removed again (if still
+    // empty) when the mount fails: a failed mount leaves nothing behind.
+    let mut made = None;
     if config.read_write || !config.no_cache {
         // Checked (and made absolute) now, with the answer on the terminal; the
         // daemon runs in "/".
+        let missing = |dir: &Path| std::fs::symlink_metadata(dir).is_err();
+        let was_missing = config.cache_dir.as_deref().is_some_and(missing);
         match local_dir(config.cache_dir.as_deref()) {
-            Ok(dir) => config.cache_dir = Some(dir),
+            Ok(dir) => {
+                made = was_missing.then(|| dir.clone());
+                config.cache_dir = Some(dir);
+            }
             Err(message) => return fail(&message),
         }
     }
+    let outcome = serve(&mut config, &mountpoint);
+    if outcome != ExitCode::SUCCESS
+        && let Some(dir) = made
+    {
+        let _ = std::fs::remove_dir(dir);
+    }
+    outcome
+}
+
+/// Opens the log files and serves the volume at `mountpoint`, in the
+/// foreground or from a daemon.
+fn serve(config: &mut MountConfig, mountpoint: &Path) -> ExitCode {
     for (file, what, option) in [
         (&mut config.log_file, "log file", "--log-file"),
         (&mut config.audit_log, "audit log", "--audit-log"),
@@ -45,9 +65,9 @@ pub fn run(mut config: MountConfig) -> ExitCode {
         }
     }
     if config.foreground {
-        daemon::run_in_foreground(&config, &mountpoint)
+        daemon::run_in_foreground(config, mountpoint)
     } else {
-        daemon::daemonize(&config, &mountpoint)
+        daemon::daemonize(config, mountpoint)
     }
 }
 

@@ -79,8 +79,10 @@ impl Drop for Foreground {
         let _ = self.child.kill();
         let _ = self.child.wait();
         super::unmount(self.dir.path());
-        super::daemon_exits_within(self.dir.path(), Duration::from_secs(10));
-        let _ = std::fs::remove_dir_all(self.dir.path().with_extension("cache"));
+        super::remove_once_the_daemon_is_gone(
+            self.dir.path(),
+            &self.dir.path().with_extension("cache"),
+        );
         let _ = std::fs::remove_file(self.dir.path().with_extension("log"));
     }
 }

@@ -533,9 +533,8 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         unmount(self.dir.path());
-        daemon_exits_within(self.dir.path(), Duration::from_secs(10));
+        remove_once_the_daemon_is_gone(self.dir.path(), &self.cache);
         let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_dir_all(&self.cache);
     }
 }
 
@@ -703,6 +702,17 @@ pub fn assert_daemon_exits(mountpoint: &Path, what: &str) {
 /// A test removes a volume's cache directory only then: the daemon removes
 /// its own part of it as it exits, and a worker starting meanwhile makes the
 /// directory again.
+/// Removes `cache`, the cache directory of the volume at `mountpoint`, once
+/// no process of the volume is left: a worker starting late (one the
+/// supervisor started again after a kill) would make it anew. Waits up to a
+/// minute, as a loaded machine may take that long to wind a volume down.
+pub fn remove_once_the_daemon_is_gone(mountpoint: &Path, cache: &Path) {
+    if !daemon_exits_within(mountpoint, Duration::from_secs(60)) {
+        eprintln!("the daemon of {} still runs", mountpoint.display());
+    }
+    let _ = std::fs::remove_dir_all(cache);
+}
+
 pub fn daemon_exits_within(mountpoint: &Path, limit: Duration) -> bool {
     wait_until(limit, || volume_processes(mountpoint).is_empty())
 }

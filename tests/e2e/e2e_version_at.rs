@@ -131,4 +131,6 @@ async fn a_bucket_without_versions_is_refused_with_the_reason() {
     assert!(err.contains("does not keep versions"), "{err}");
     assert!(err.contains("put-bucket-versioning"), "{err}");
     assert!(!common::is_mounted(dir.path()));
+    // The cache directory the mount made for itself went with it.
+    assert!(!dir.path().with_extension("cache").exists());
 }
