@@ -44,12 +44,12 @@ fn retry_pause(failures: u32) -> Duration {
 #[derive(Default)]
 struct Changes {
     waiting: HashMap<u64, Pending>,
-    /// The changes of each inode being put in S3: how many takers, and what
-    /// they set (shown until they are in S3).
-    taken: HashMap<u64, (usize, Posix)>,
+    /// The changes of each inode being put in S3: how many takers, what
+    /// they set (shown until they are in S3), and the order of the newest.
+    taken: HashMap<u64, (usize, Posix, u64)>,
     /// What an upload carried of a file while a change of it was taken (all
-    /// its mode, owner and times, as shown then: newer than that change),
-    /// in the order of changes.
+    /// its mode, owner and times, as shown when the upload read them), and
+    /// the order of the last change that could be in it.
     carried: HashMap<u64, (u64, Posix)>,
     /// Files whose change could never be kept (its copy failed for good),
     /// with that change's order: until a newer change is in S3, or the
@@ -157,9 +157,10 @@ impl Drop for Taken<'_> {
         let Some(mut taken) = self.change.take() else {
             return;
         };
-        // What an upload carried after it was taken is newer: never undone.
+        // What an upload carried that was read after it was made is newer:
+        // never undone.
         if let Some((at, carried)) = carried
-            && at > taken.seq
+            && at >= taken.seq
         {
             taken.posix = taken.posix.without(&carried);
             if taken.posix == Posix::default() {
@@ -242,17 +243,29 @@ impl ChangeQueue {
         Ok(())
     }
 
-    /// An upload of `ino` carried `sent`: what waited and is in it waits no
-    /// more, and a change taken meanwhile is not given back over it. (Its
-    /// change time is the upload's own, or S3's: a later change.)
-    pub(super) fn settle_pending(&self, ino: u64, sent: &Posix) {
+    /// The order of the last change made: what a reader of a file's mode,
+    /// owner and times then shows includes every change up to it.
+    pub(super) fn made_so_far(&self) -> u64 {
+        self.changes.lock().seq
+    }
+
+    /// An upload of `ino` carried `sent`, read when the changes made so far
+    /// were those up to `as_of` ([`ChangeQueue::made_so_far`]): what waited
+    /// and is in it waits no more, and a change taken before is not given
+    /// back over it nor shown. (Its change time is the upload's own, or
+    /// S3's: a later change.)
+    pub(super) fn settle_pending(&self, ino: u64, sent: &Posix, as_of: u64) {
         let mut changes = self.changes.lock();
         // The upload carried what the file showed: a change not kept before
         // is in S3 now.
-        changes.lost.remove(&ino);
-        if changes.taken.contains_key(&ino) {
-            let seq = changes.next_seq();
-            changes.carried.insert(ino, (seq, sent.clone()));
+        if changes.lost.get(&ino).is_some_and(|at| *at <= as_of) {
+            changes.lost.remove(&ino);
+        }
+        if let Some(taken) = changes.taken.get_mut(&ino) {
+            if taken.2 <= as_of {
+                taken.1 = taken.1.without(sent);
+            }
+            changes.carried.insert(ino, (as_of, sent.clone()));
         }
         if changes.waiting.get(&ino).is_some_and(|waiting| {
             let waiting = Posix {
@@ -269,7 +282,7 @@ impl ChangeQueue {
     /// over it.
     pub(super) fn shown(&self, ino: u64, known: Option<&Posix>) -> Option<Posix> {
         let changes = self.changes.lock();
-        let taken = changes.taken.get(&ino).map(|(_, posix)| posix);
+        let taken = changes.taken.get(&ino).map(|(_, posix, _)| posix);
         let waiting = changes.waiting.get(&ino).map(|p| &p.posix);
         if taken.is_none() && waiting.is_none() {
             return known.cloned();
@@ -293,7 +306,7 @@ impl ChangeQueue {
         self.take_if(ino, |_| true)
     }
 
-    /// [`StagingRegistry::take_pending`] if the change has waited `delay`
+    /// [`ChangeQueue::take_pending`] if the change has waited `delay`
     /// and, if a copy of it failed, the pause after that.
     pub(super) fn take_due(&self, ino: u64, delay: Duration) -> Option<Taken<'_>> {
         let now = Instant::now();
@@ -309,6 +322,7 @@ impl ChangeQueue {
         let taken = changes.taken.entry(ino).or_default();
         taken.0 += 1;
         taken.1 = taken.1.updated(&change.posix);
+        taken.2 = taken.2.max(change.seq);
         Some(Taken {
             registry: self,
             ino,
@@ -377,9 +391,9 @@ mod tests {
         assert_eq!(registry.due(Duration::ZERO), [7]);
         assert!(registry.due(Duration::from_secs(3600)).is_empty());
         // An upload that carried another mode leaves it waiting.
-        registry.settle_pending(7, &Posix::default());
+        registry.settle_pending(7, &Posix::default(), registry.made_so_far());
         assert!(registry.shown(7, None).is_some());
-        registry.settle_pending(7, &chmod);
+        registry.settle_pending(7, &chmod, registry.made_so_far());
         assert!(registry.take_pending(7).is_none());
         assert_eq!(registry.shown(7, None), None);
     }
@@ -460,7 +474,7 @@ mod tests {
             uid: Some(0),
             ..Posix::default()
         };
-        registry.settle_pending(1, &sent);
+        registry.settle_pending(1, &sent, registry.made_so_far());
         drop(older);
         assert!(registry.take_pending(1).is_none(), "carried: nothing left");
         // What the upload did not carry still waits.
@@ -470,7 +484,7 @@ mod tests {
         };
         merge(1, with_gid).unwrap();
         let older = registry.take_pending(1).unwrap();
-        registry.settle_pending(1, &sent);
+        registry.settle_pending(1, &sent, registry.made_so_far());
         drop(older);
         let left = registry.take_pending(1).unwrap();
         assert_eq!((left.posix().perm, left.posix().gid), (None, Some(7)));
@@ -498,7 +512,7 @@ mod tests {
         // An upload that carried the file's metadata clears the mark.
         merge(3, perm(0o600)).unwrap();
         registry.take_pending(3).unwrap().lost();
-        registry.settle_pending(3, &perm(0o600));
+        registry.settle_pending(3, &perm(0o600), registry.made_so_far());
         assert!(!registry.was_lost(3));
     }
 
@@ -529,6 +543,39 @@ mod tests {
         registry.take_pending(1).unwrap().settle();
         assert!(!registry.has(1));
         assert_eq!(registry.shown(1, Some(&known)), Some(known));
+    }
+
+    #[test]
+    fn an_upload_of_newer_values_hides_an_older_change_being_copied() {
+        let registry = ChangeQueue::default();
+        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        merge(1, perm(0o644)).unwrap();
+        let older = registry.take_pending(1).unwrap();
+        merge(1, perm(0o600)).unwrap();
+        // An upload read the file's metadata after both, and carried 0600.
+        let as_of = registry.made_so_far();
+        registry.settle_pending(1, &perm(0o600), as_of);
+        let shown = registry.shown(1, Some(&perm(0o600))).unwrap();
+        assert_eq!(
+            shown.perm,
+            Some(0o600),
+            "the older change shown over the upload"
+        );
+        drop(older);
+        assert!(
+            registry.take_pending(1).is_none(),
+            "given back over the upload"
+        );
+        // A change made after the upload read the metadata is not in it.
+        merge(2, perm(0o644)).unwrap();
+        let as_of = registry.made_so_far();
+        let later = registry.take_pending(2);
+        merge(2, perm(0o600)).unwrap();
+        let newest = registry.take_pending(2).unwrap();
+        registry.settle_pending(2, &perm(0o644), as_of);
+        drop(newest);
+        assert_eq!(registry.shown(2, None).unwrap().perm, Some(0o600));
+        drop(later);
     }
 
     #[test]

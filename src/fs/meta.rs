@@ -48,8 +48,9 @@ impl Fs {
         }
         // A file being written carries it in its next upload; it also waits
         // for a copy in place, which that upload makes moot (see
-        // [`StagingRegistry::settle_pending`](super::staging::StagingRegistry::settle_pending)), and which is all there is for a file
-        // whose content is in S3 already.
+        // [`ChangeQueue::settle_pending`](super::changes::ChangeQueue::settle_pending)),
+        // and which is all there is for a file whose content is in S3
+        // already.
         if let Some(file) = self.staging.file(ino) {
             file.set_posix(&change);
         }
@@ -137,22 +138,25 @@ impl Fs {
         Ok((headers, etag, size))
     }
 
-    /// Puts the change waiting for `ino` in S3, if one is (see
-    /// [`Fs::apply_taken`]).
+    /// Puts the change waiting for `ino` in S3 now, if one is (see
+    /// [`Fs::apply_taken`]): for an fsync or a stop, which do not wait for
+    /// an upload to carry it.
     pub(super) async fn apply_pending_posix(&self, ino: u64) -> FsResult<()> {
         match self.changes.take_pending(ino) {
-            Some(taken) => self.apply_taken(ino, taken).await,
+            Some(taken) => self.apply_taken(ino, taken, false).await,
             None => Ok(()),
         }
     }
 
     /// Puts `taken`, the change of `ino`, in S3: a copy of the object onto
-    /// itself with the new metadata, pinned to the ETag it was read at. A
-    /// change whose copy fails waits again (see [`StagingRegistry`]), unless
-    /// it never can succeed; either way the error is returned.
+    /// itself with the new metadata, pinned to the ETag it was read at (or,
+    /// if `upload_carries` and the file is being written, it waits for the
+    /// upload, which carries it). A change whose copy fails waits again (see
+    /// [`ChangeQueue`]), unless it never can succeed; either way the error is
+    /// returned.
     ///
-    /// [`StagingRegistry`]: super::staging::StagingRegistry
-    async fn apply_taken(&self, ino: u64, taken: Taken<'_>) -> FsResult<()> {
+    /// [`ChangeQueue`]: super::changes::ChangeQueue
+    async fn apply_taken(&self, ino: u64, taken: Taken<'_>, upload_carries: bool) -> FsResult<()> {
         let Ok(node) = self.named_node(ino) else {
             taken.settle(); // unlinked or replaced since: the name is not its own
             return Ok(());
@@ -160,10 +164,11 @@ impl Fs {
         // Written again since: the upload will carry it, and takes it off
         // then (none comes for what a killed process left, so the object in
         // S3 gets it now). Until then it waits.
-        if self
-            .staging
-            .file(ino)
-            .is_some_and(|file| file.is_dirty() && file.held_back().is_none())
+        if upload_carries
+            && self
+                .staging
+                .file(ino)
+                .is_some_and(|file| file.is_dirty() && file.held_back().is_none())
         {
             drop(taken);
             return Ok(());
@@ -270,7 +275,7 @@ impl Fs {
             let Some(taken) = self.changes.take_due(ino, delay) else {
                 continue;
             };
-            if self.apply_taken(ino, taken).await.is_err() {
+            if self.apply_taken(ino, taken, true).await.is_err() {
                 failed.push(self.node(ino).map(|n| n.key).unwrap_or_default());
             }
         }

@@ -26,17 +26,20 @@ impl Fs {
             None => None,
         };
         let key = format!("{}{name}", parent_node.key);
-        // In the turn of the volume's changes of modes, owners and times
-        // (taken after the file's own lock, as everywhere): a copy of the
-        // object onto itself never lands after the delete.
-        let turn = self.metadata_turn.lock().await;
+        // A change of the file's mode, owner or time: in its turn (taken
+        // after the file's own lock, as everywhere), so that no copy of the
+        // object onto itself lands after the delete.
+        let turn = match self.changes.has(ino) {
+            true => Some(self.metadata_turn.lock().await),
+            false => None,
+        };
         self.store.delete_object(&key).await?;
-        if let (Some(file), Some(paused)) = (&open_file, paused) {
-            file.discard_paused(paused).await;
-        }
         self.changes.drop_pending(ino);
         self.inodes.lock().remove_child(parent, name);
         drop(turn);
+        if let (Some(file), Some(paused)) = (&open_file, paused) {
+            file.discard_paused(paused).await;
+        }
         self.discard_unlinked(ino).await;
         debug!(key, "deleted");
         Ok(())

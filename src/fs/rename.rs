@@ -106,28 +106,36 @@ impl Fs {
             Some((replaced, Kind::File)) => self.staging.file(replaced),
             _ => None,
         };
-        let paused = match &replaced_file {
+        let mut paused = match &replaced_file {
             Some(file) => Some(file.pause().await),
             None => None,
+        };
+        // From the copy on, the name is the new file's: the replaced file's
+        // uploads are given up (outside the turn below, which never waits
+        // for a file).
+        let discard_replaced = async |paused: Option<_>| {
+            if let (Some(file), Some(paused)) = (&replaced_file, paused) {
+                file.discard_paused(paused).await;
+            }
         };
         // The turn of the volume's changes of modes, owners and times, taken
         // by the copy (once what it copies is uploaded) and held to the end:
         // a change is carried by this rename's copy, or copied onto the
         // object before it, never onto the old name after the copy.
+        let replaced = target.map(|(replaced, _)| replaced);
         let (copied_etag, carried, turn) = match kind {
             Kind::File => {
-                let copied = self.copy_file(ino, &from, &to).await;
-                // From the copy on, the name is the new file's.
-                if let (Ok(_), Some(file), Some(paused)) = (&copied, &replaced_file, paused) {
-                    file.discard_paused(paused).await;
-                }
-                let (copied, carried, turn) = copied?;
+                let (copied, carried, turn) = self.copy_file(ino, &from, &to, replaced).await?;
                 if let Err(e) = self.store.delete_object(&from).await {
                     // The file is under both names now, and the rename fails:
                     // the new name is S3's to tell on its next look.
-                    let mut table = self.inodes.lock();
-                    table.remove_child(new_parent, new_name);
-                    table.unlist(new_parent);
+                    {
+                        let mut table = self.inodes.lock();
+                        table.remove_child(new_parent, new_name);
+                        table.unlist(new_parent);
+                    }
+                    drop((carried, turn));
+                    discard_replaced(paused.take()).await;
                     return Err(e.into());
                 }
                 debug!(from, to, "renamed");
@@ -137,7 +145,8 @@ impl Fs {
                 if to.starts_with(&from) {
                     return Err(FsError::Invalid("cannot move a directory into itself"));
                 }
-                (None, None, self.rename_directory(&from, &to).await?)
+                let turn = self.rename_directory(&from, &to).await?;
+                (None, None, Some(turn))
             }
         };
         let moved = {
@@ -169,6 +178,7 @@ impl Fs {
             carried.keep();
         }
         drop(turn);
+        discard_replaced(paused.take()).await;
         if let Some((replaced, Kind::File)) = target {
             self.discard_unlinked(replaced).await;
         }
@@ -202,10 +212,17 @@ impl Fs {
         ino: u64,
         from: &str,
         to: &str,
-    ) -> FsResult<(String, Option<Carried<'_>>, Turn<'_>)> {
+        replaced: Option<u64>,
+    ) -> FsResult<(String, Option<Carried<'_>>, Option<Turn<'_>>)> {
         let etag = self.settle(ino).await?;
-        // After the upload: the turn's holder never waits for a file.
-        let turn = self.metadata_turn.lock().await;
+        // Needed only when either name has a change (the kernel holds both
+        // files meanwhile: none comes); after the upload, as the turn's
+        // holder never waits for a file.
+        let changed = |ino| self.changes.has(ino);
+        let turn = match changed(ino) || replaced.is_some_and(changed) {
+            true => Some(self.metadata_turn.lock().await),
+            false => None,
+        };
         let size = self.node(ino)?.stat.size;
         // A new extension brings its type; any other rename keeps the
         // object's own.
@@ -310,9 +327,20 @@ impl Fs {
                 parts.push(UploadedPart { number, etag });
                 start = end;
             }
-            self.store
-                .complete_multipart_upload(to, &upload_id, &parts)
-                .await
+            match (from == to, etag) {
+                // Onto itself (a change of metadata): only over the version
+                // copied, never over one written meanwhile.
+                (true, Some(etag)) => {
+                    self.store
+                        .complete_multipart_upload_over(to, &upload_id, &parts, etag)
+                        .await
+                }
+                _ => {
+                    self.store
+                        .complete_multipart_upload(to, &upload_id, &parts)
+                        .await
+                }
+            }
         }
         .await;
         if result.is_err() {

@@ -355,6 +355,8 @@ impl Fs {
     /// when the file had not changed.
     async fn make_object(&self, ino: u64, file: &StagedFile) -> FsResult<Option<(u64, String)>> {
         self.staging.running()?;
+        // Every change made so far is in what the upload reads.
+        let mut as_of = self.changes.made_so_far();
         let Some(mut uploaded) = file.publish().await? else {
             return Ok(None);
         };
@@ -362,6 +364,7 @@ impl Fs {
             // Changed after the multipart upload set them: copied in place
             // (with the encryption envelope, which a HEAD gives).
             let key = file.key();
+            as_of = self.changes.made_so_far();
             let posix = Posix {
                 ctime: self.config.metadata.then(|| file.ctime()),
                 ..file.posix()
@@ -381,7 +384,7 @@ impl Fs {
                 .await?;
             uploaded.posix = posix;
         }
-        self.changes.settle_pending(ino, &uploaded.posix);
+        self.changes.settle_pending(ino, &uploaded.posix, as_of);
         let done = (uploaded.size, uploaded.etag.clone());
         let stat = Stat {
             size: uploaded.size,

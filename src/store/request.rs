@@ -113,11 +113,14 @@ pub enum Request<'a> {
         body: Bytes,
     },
     /// Assembles the listed parts, in order, into the object. Every part but
-    /// the last must be at least 5 MiB.
+    /// the last must be at least 5 MiB. With `if_match`, only over the
+    /// object at that ETag (S3's conditional write): a copy of an object
+    /// onto itself never lands over a version written meanwhile.
     CompleteUpload {
         key: &'a str,
         upload_id: &'a str,
         parts: &'a [UploadedPart],
+        if_match: Option<&'a str>,
     },
     /// Abandons a multipart upload; its parts are deleted.
     AbortUpload {
@@ -411,6 +414,25 @@ pub trait ObjectStore: Send + Sync + 'static {
             key,
             upload_id,
             parts,
+            if_match: None,
+        };
+        answer!(self, request, ETag)
+    }
+
+    /// [`ObjectStore::complete_multipart_upload`] over the object at `key`
+    /// only while it is the version `etag`.
+    async fn complete_multipart_upload_over(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        etag: &str,
+    ) -> StoreResult<String> {
+        let request = Request::CompleteUpload {
+            key,
+            upload_id,
+            parts,
+            if_match: Some(etag),
         };
         answer!(self, request, ETag)
     }

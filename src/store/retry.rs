@@ -167,6 +167,7 @@ async fn settle(
             key,
             upload_id,
             parts,
+            ..
         } => {
             let expected = multipart_etag(parts);
             match inner.head_object(key).await {

@@ -268,6 +268,7 @@ mod tests {
                 key: "k",
                 upload_id: "u",
                 parts: &parts,
+                if_match: None,
             },
             Request::AbortUpload {
                 key: "k",

@@ -966,6 +966,78 @@ async fn a_change_that_does_not_fit_is_never_sent_and_is_reported() {
     assert_eq!(lost, ["root/full", "root/moved"]);
 }
 
+/// A copy of a large object onto itself in parts (a change of its mode)
+/// while another client writes a new version: the copy's completion is
+/// conditional on the version it copied, and never lands over the new one.
+#[tokio::test]
+async fn a_copy_in_parts_never_lands_over_a_version_written_meanwhile() {
+    const PART: usize = 5 << 20;
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/big", common::pattern(3 * PART, 4));
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let staging = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        write: Some(WriteConfig {
+            part_size: PART as u64,
+            single_copy_limit: 2 * PART as u64,
+            ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
+        }),
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
+    let ino = lookup_path(&fs, "big").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    faulty.fail_nth(
+        Operation::CompleteMultipartUpload,
+        1,
+        Fault::Delay(HALF_SECOND),
+    );
+    let turn = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.apply_metadata(Duration::ZERO).await }
+    });
+    for _ in 0..1000 {
+        let copied = store
+            .calls()
+            .iter()
+            .filter(|c| c.op == Operation::UploadPartCopy)
+            .count();
+        if copied == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.put("root/big", "theirs");
+    assert_eq!(turn.await.unwrap(), ["root/big"], "the copy did not fail");
+    assert_eq!(store.get("root/big").unwrap(), &b"theirs"[..]);
+    assert!(
+        store.pending_uploads().is_empty(),
+        "the copy's upload was left"
+    );
+}
+
+/// fsync of a file whose change of mode waits while another descriptor has
+/// written it since: the change is in S3 when fsync returns, without waiting
+/// for that descriptor's upload.
+#[tokio::test]
+async fn fsync_puts_a_change_in_s3_while_another_descriptor_writes() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let (fs, _staging) = shared_volume(store.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    let reader = fs.open(ino, READ).await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    let writer = fs.open(ino, WRITE).await.unwrap();
+    fs.write(writer, 0, b"y").await.unwrap();
+    fs.fsync(reader).await.unwrap();
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
+    fs.flush(writer, None).await.unwrap();
+    fs.release(writer).await;
+    fs.release(reader).await;
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
+    assert_eq!(store.get("root/f").unwrap(), &b"y"[..]);
+}
+
 /// A change made while the volume stops (here with a truncation, whose
 /// upload the stop waits for) is put in S3, counted as lost, or refused:
 /// never accepted and left where no stop finds it.

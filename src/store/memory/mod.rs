@@ -338,10 +338,19 @@ impl MemoryStore {
         Ok(etag)
     }
 
-    fn complete(&self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> StoreResult<String> {
+    fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
         let op = Operation::CompleteMultipartUpload;
         let mut state = self.state.lock();
         Self::record(&mut state, op, key, None);
+        if if_match.is_some() {
+            state.source(op, key, if_match)?;
+        }
         let upload = state.upload(op, key, upload_id)?;
         if parts.is_empty() {
             return Err(service(op, key, "MalformedXML", "no parts listed"));
@@ -571,7 +580,8 @@ impl ObjectStore for MemoryStore {
                 key,
                 upload_id,
                 parts,
-            } => Response::ETag(self.complete(key, upload_id, parts)?),
+                if_match,
+            } => Response::ETag(self.complete(key, upload_id, parts, if_match)?),
             Request::AbortUpload { key, upload_id } => {
                 self.abort(key, upload_id)?;
                 Response::Done

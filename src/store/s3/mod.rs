@@ -402,6 +402,7 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
+        if_match: Option<&str>,
     ) -> StoreResult<String> {
         // Only numbers and ETags: part checksums would have to match an algorithm
         // declared at creation (Garage answers InvalidDigest otherwise).
@@ -420,6 +421,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
+            .set_if_match(if_match.map(str::to_string))
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -597,7 +599,8 @@ impl ObjectStore for S3Store {
                 key,
                 upload_id,
                 parts,
-            } => Response::ETag(self.complete(key, upload_id, parts).await?),
+                if_match,
+            } => Response::ETag(self.complete(key, upload_id, parts, if_match).await?),
             Request::AbortUpload { key, upload_id } => {
                 self.abort(key, upload_id).await?;
                 Response::Done
