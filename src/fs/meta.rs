@@ -126,14 +126,7 @@ impl Fs {
                     key: key.to_string(),
                 });
             }
-            let needed = xattrs::metadata_bytes(&headers.user);
-            if needed > METADATA_LIMIT {
-                return Err(FsError::XattrsFull {
-                    key: key.to_string(),
-                    needed,
-                    alone: false,
-                });
-            }
+            fits(key, &headers)?;
         }
         Ok((headers, etag, size))
     }
@@ -221,14 +214,7 @@ impl Fs {
             Err(e) if marker_gone(&e) => return self.make_marker(ino, key, change.clone()).await,
             found => found?,
         };
-        let needed = xattrs::metadata_bytes(&headers.user);
-        if needed > METADATA_LIMIT {
-            return Err(FsError::XattrsFull {
-                key: key.to_string(),
-                needed,
-                alone: false,
-            });
-        }
+        fits(key, &headers)?;
         let copied = match self.copy(key, key, size, Some(&etag), Some(&headers)).await {
             // A marker this mount made, removed by another client since.
             Err(e) if marker_gone(&e) => return self.make_marker(ino, key, change.clone()).await,
@@ -331,6 +317,20 @@ impl Fs {
             }
             self.apply_metadata(METADATA_DELAY).await;
         }
+    }
+}
+
+/// Refuses `headers` for `key` if their user metadata would not fit S3's
+/// bound (beside what else the object keeps).
+fn fits(key: &str, headers: &ObjectHeaders) -> FsResult<()> {
+    let needed = xattrs::metadata_bytes(&headers.user);
+    match needed > METADATA_LIMIT {
+        true => Err(FsError::XattrsFull {
+            key: key.to_string(),
+            needed,
+            alone: false,
+        }),
+        false => Ok(()),
     }
 }
 

@@ -437,6 +437,25 @@ async fn a_change_waiting_is_dropped_with_its_file_and_kept_by_a_stop() {
     assert_eq!(store.keys(), ["root/kept"]);
 }
 
+/// A volume over `store`, through a store that fails as told, whose file
+/// `f` (put in `store`) has a chmod to 0600 waiting: the failing store, the
+/// volume, its staging directory, and `f`'s inode.
+async fn a_chmod_of_f(store: &Arc<MemoryStore>) -> (Arc<FaultyStore>, Arc<Fs>, TempDir, u64) {
+    store.put("root/f", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, staging) = shared_volume(faulty.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    (faulty, fs, staging, ino)
+}
+
+/// The volume's turn of changes of modes, owners and times, run now as it
+/// runs every quarter of a second: the keys it could not copy.
+fn a_turn(fs: &Arc<Fs>) -> tokio::task::JoinHandle<Vec<String>> {
+    let fs = fs.clone();
+    tokio::spawn(async move { fs.apply_metadata(Duration::ZERO).await })
+}
+
 /// A volume over `store` (which holds `root/f`) whose `f` has a chmod to 0600
 /// waiting, and the turn that took that change and is copying it (its
 /// CopyObject held for `hold`), as the volume's own turn every quarter of a
@@ -459,10 +478,7 @@ async fn a_turn_copying_a_chmod(
     fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
     faulty.fail_nth(Operation::CopyObject, 1, Fault::Delay(hold));
     store.clear_calls();
-    let turn = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.apply_metadata(Duration::ZERO).await }
-    });
+    let turn = a_turn(&fs);
     // The turn has taken the change once it sends its HEAD.
     for _ in 0..1000 {
         if store.calls().iter().any(|c| c.op == Operation::HeadObject) {
@@ -533,11 +549,7 @@ async fn a_change_still_being_copied_when_the_stop_gives_up_counts_as_lost() {
 #[tokio::test]
 async fn a_change_the_stop_could_not_finish_copying_counts_as_lost() {
     let store = Arc::new(MemoryStore::new("bkt"));
-    store.put("root/f", "x");
-    let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let (fs, _staging) = shared_volume(faulty.clone());
-    let ino = lookup_path(&fs, "f").await.unwrap();
-    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    let (faulty, fs, _staging, _) = a_chmod_of_f(&store).await;
     faulty.fail_all(Operation::CopyObject, Fault::Delay(Duration::from_secs(2)));
     assert_eq!(fs.stop(Duration::from_millis(200)).await, ["root/f"]);
 }
@@ -604,11 +616,7 @@ async fn a_change_whose_copy_failed_waits_to_be_tried_again() {
 #[tokio::test]
 async fn a_worker_steps_aside_only_once_every_change_is_in_s3() {
     let store = Arc::new(MemoryStore::new("bkt"));
-    store.put("root/f", "x");
-    let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let (fs, _staging) = shared_volume(faulty.clone());
-    let ino = lookup_path(&fs, "f").await.unwrap();
-    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    let (faulty, fs, _staging, _) = a_chmod_of_f(&store).await;
     faulty.fail_all(Operation::CopyObject, Fault::Error);
     assert!(!fs.ready_to_retire().await, "ready with a change not in S3");
     assert_eq!(fs.changes_not_in_s3(), ["root/f"]);
@@ -623,17 +631,10 @@ async fn a_worker_steps_aside_only_once_every_change_is_in_s3() {
 #[tokio::test]
 async fn an_older_change_given_back_never_undoes_a_newer_one_an_upload_carried() {
     let store = Arc::new(MemoryStore::new("bkt"));
-    store.put("root/f", "x");
-    let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let (fs, _staging) = shared_volume(faulty.clone());
-    let ino = lookup_path(&fs, "f").await.unwrap();
-    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    let (faulty, fs, _staging, ino) = a_chmod_of_f(&store).await;
     // The turn's copy of 0600 is held, pinned to the version it read.
     faulty.fail_nth(Operation::CopyObject, 1, Fault::Delay(HALF_SECOND));
-    let turn = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.apply_metadata(Duration::ZERO).await }
-    });
+    let turn = a_turn(&fs);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Meanwhile a chmod to 0644, and a write whose close uploads with it.
     fs.setattr(ino, None, chmod(0o644), None).await.unwrap();
@@ -732,10 +733,7 @@ async fn a_directory_rename_and_a_rename_replacing_a_file_inside_it_both_end() {
     // The volume's turn holds the turn for half a second.
     fs.setattr(f, None, chmod(0o600), None).await.unwrap();
     faulty.fail_nth(Operation::CopyObject, 1, Fault::Delay(HALF_SECOND));
-    let turn = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.apply_metadata(Duration::ZERO).await }
-    });
+    let turn = a_turn(&fs);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let moving_dir = tokio::spawn({
         let fs = fs.clone();
@@ -775,10 +773,7 @@ async fn an_open_for_writing_while_a_chmod_is_copied_keeps_the_chmod() {
     let ino = lookup_path(&fs, "f").await.unwrap();
     fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
     faulty.fail_nth(Operation::CopyObject, 1, Fault::Delay(HALF_SECOND));
-    let turn = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.apply_metadata(Duration::ZERO).await }
-    });
+    let turn = a_turn(&fs);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let fh = fs.open(ino, WRITE).await.unwrap();
     fs.write(fh, 1, b"y").await.unwrap();
@@ -818,15 +813,17 @@ async fn a_chmod_during_an_upload_is_kept() {
     assert!(fs.stop(Duration::from_secs(3)).await.is_empty());
 }
 
-/// An unlink while the turn copies the object onto itself in parts: the
-/// copy never brings the file back after the delete.
-#[tokio::test]
-async fn an_unlink_during_a_copy_in_parts_stays_unlinked() {
+/// A volume over `store` (holding `root/big`, three parts of 5 MiB, copied
+/// in parts above two) whose turn is copying a chmod onto `big` in parts,
+/// its completion held for half a second: the volume and the turn, once
+/// both part copies are sent.
+async fn a_turn_copying_in_parts(
+    store: &Arc<MemoryStore>,
+    staging: &TempDir,
+) -> (Arc<Fs>, tokio::task::JoinHandle<Vec<String>>) {
     const PART: usize = 5 << 20;
-    let store = Arc::new(MemoryStore::new("bkt"));
     store.put("root/big", common::pattern(3 * PART, 4));
     let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let staging = tempfile::tempdir().unwrap();
     let config = FsConfig {
         write: Some(WriteConfig {
             part_size: PART as u64,
@@ -843,17 +840,29 @@ async fn an_unlink_during_a_copy_in_parts_stays_unlinked() {
         1,
         Fault::Delay(HALF_SECOND),
     );
-    let turn = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.apply_metadata(Duration::ZERO).await }
-    });
+    let turn = a_turn(&fs);
     for _ in 0..1000 {
         let calls = store.calls();
-        if calls.iter().any(|c| c.op == Operation::UploadPartCopy) {
-            break;
+        if calls
+            .iter()
+            .filter(|c| c.op == Operation::UploadPartCopy)
+            .count()
+            == 2
+        {
+            return (fs, turn);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    panic!("no part copies within 5 s: {:?}", store.calls());
+}
+
+/// An unlink while the turn copies the object onto itself in parts: the
+/// copy never brings the file back after the delete.
+#[tokio::test]
+async fn an_unlink_during_a_copy_in_parts_stays_unlinked() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let staging = tempfile::tempdir().unwrap();
+    let (fs, turn) = a_turn_copying_in_parts(&store, &staging).await;
     fs.unlink(ROOT_INO, OsStr::new("big")).await.unwrap();
     turn.await.unwrap();
     assert!(store.get("root/big").is_none(), "the unlinked file is back");
@@ -900,11 +909,7 @@ async fn a_change_of_what_another_client_replaced_since_is_copied_on_the_next_tr
 #[tokio::test]
 async fn a_rename_waits_for_a_change_being_copied_and_carries_it() {
     let store = Arc::new(MemoryStore::new("bkt"));
-    store.put("root/f", "x");
-    let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let (fs, _staging) = shared_volume(faulty.clone());
-    let ino = lookup_path(&fs, "f").await.unwrap();
-    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    let (faulty, fs, _staging, _) = a_chmod_of_f(&store).await;
     // The turn's copy is held; so is the rename's delete of the old name.
     faulty.fail_nth(
         Operation::CopyObject,
@@ -917,10 +922,7 @@ async fn a_rename_waits_for_a_change_being_copied_and_carries_it() {
         Fault::Delay(Duration::from_millis(600)),
     );
     store.clear_calls();
-    let turn = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.apply_metadata(Duration::ZERO).await }
-    });
+    let turn = a_turn(&fs);
     for _ in 0..1000 {
         if store.calls().iter().any(|c| c.op == Operation::HeadObject) {
             break;
@@ -971,42 +973,9 @@ async fn a_change_that_does_not_fit_is_never_sent_and_is_reported() {
 /// conditional on the version it copied, and never lands over the new one.
 #[tokio::test]
 async fn a_copy_in_parts_never_lands_over_a_version_written_meanwhile() {
-    const PART: usize = 5 << 20;
     let store = Arc::new(MemoryStore::new("bkt"));
-    store.put("root/big", common::pattern(3 * PART, 4));
-    let faulty = Arc::new(FaultyStore::new(store.clone()));
     let staging = tempfile::tempdir().unwrap();
-    let config = FsConfig {
-        write: Some(WriteConfig {
-            part_size: PART as u64,
-            single_copy_limit: 2 * PART as u64,
-            ..WriteConfig::new(LocalDir::open_or_create(staging.path()).unwrap())
-        }),
-        ..FsConfig::default()
-    };
-    let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
-    let ino = lookup_path(&fs, "big").await.unwrap();
-    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
-    faulty.fail_nth(
-        Operation::CompleteMultipartUpload,
-        1,
-        Fault::Delay(HALF_SECOND),
-    );
-    let turn = tokio::spawn({
-        let fs = fs.clone();
-        async move { fs.apply_metadata(Duration::ZERO).await }
-    });
-    for _ in 0..1000 {
-        let copied = store
-            .calls()
-            .iter()
-            .filter(|c| c.op == Operation::UploadPartCopy)
-            .count();
-        if copied == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (_fs, turn) = a_turn_copying_in_parts(&store, &staging).await;
     store.put("root/big", "theirs");
     assert_eq!(turn.await.unwrap(), ["root/big"], "the copy did not fail");
     assert_eq!(store.get("root/big").unwrap(), &b"theirs"[..]);
@@ -2033,10 +2002,7 @@ async fn a_change_whose_copy_finds_the_name_moved_or_gone_is_not_lost() {
             Operation::CopyObject,
             Fault::Delay(Duration::from_millis(300)),
         );
-        let applying = tokio::spawn({
-            let fs = fs.clone();
-            async move { fs.apply_metadata(Duration::ZERO).await }
-        });
+        let applying = a_turn(&fs);
         tokio::time::sleep(Duration::from_millis(100)).await;
         faulty.clear();
         match then {
