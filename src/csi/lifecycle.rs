@@ -184,9 +184,7 @@ pub async fn make(
     {
         Ok(_) | Err(StoreError::Changed { .. }) => {}
         // A server that does not take the condition: a plain write.
-        Err(StoreError::Service { info, .. })
-            if info.code == "NotImplemented" || info.code == "HTTP 501" =>
-        {
+        Err(e) if e.refuses_condition() => {
             store
                 .put_object(&prefix, bytes::Bytes::new(), &headers)
                 .await?;

@@ -331,9 +331,27 @@ impl Fs {
                 // Onto itself (a change of metadata): only over the version
                 // copied, never over one written meanwhile.
                 (true, Some(etag)) => {
-                    self.store
+                    match self
+                        .store
                         .complete_multipart_upload_over(to, &upload_id, &parts, etag)
                         .await
+                    {
+                        // A server without the condition: checked just before.
+                        Err(e) if e.refuses_condition() => {
+                            let now = self.store.head_object(to).await?;
+                            if now.etag != etag {
+                                return Err(StoreError::Changed {
+                                    op: Operation::CompleteMultipartUpload,
+                                    key: to.to_string(),
+                                    expected_etag: etag.to_string(),
+                                });
+                            }
+                            self.store
+                                .complete_multipart_upload(to, &upload_id, &parts)
+                                .await
+                        }
+                        completed => completed,
+                    }
                 }
                 _ => {
                     self.store

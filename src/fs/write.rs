@@ -318,8 +318,10 @@ impl Fs {
             let _turn = self.metadata_turn.lock().await;
             // A stop that had the turn first counted what it could not copy.
             self.staging.running()?;
+            // A change whose copy failed waits again, unless an upload
+            // meanwhile carried it (or it can never be kept: below).
             let applied = self.apply_pending_posix(ino).await;
-            if applied.is_err() && !self.changes.was_lost(ino) {
+            if applied.is_err() && self.changes.has(ino) {
                 return applied;
             }
         }

@@ -28,6 +28,9 @@ pub enum Fault {
     Error,
     /// Answer 503 SlowDown, as S3 does under load.
     SlowDown,
+    /// Answer 501 NotImplemented, as a server does for what it does not
+    /// take (a condition on a write, say).
+    NotImplemented,
     /// Make the call, then answer as if the connection broke before its answer
     /// arrived: the request took effect and the caller does not know.
     LostAnswer,
@@ -144,6 +147,19 @@ impl FaultyStore {
                     });
                 }
                 Fault::Delay(d) => tokio::time::sleep(d).await,
+                Fault::NotImplemented => {
+                    return Err(StoreError::Service {
+                        op,
+                        key: key.to_string(),
+                        info: ServiceInfo {
+                            code: "NotImplemented".into(),
+                            message: "A header you provided implies functionality that is not \
+                                      implemented. (injected)"
+                                .into(),
+                            request_id: Some(format!("injected-{n}")),
+                        },
+                    });
+                }
                 Fault::Panic => panic!("a panic injected into {op} {key}"),
                 Fault::AccessDenied => {
                     return Err(StoreError::AccessDenied {

@@ -560,6 +560,14 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
+    /// Whether the server refused a condition it does not take (If-Match,
+    /// If-None-Match on a write) rather than the request: what it answers
+    /// without them is still to be asked.
+    pub fn refuses_condition(&self) -> bool {
+        matches!(self, StoreError::Service { info, .. }
+            if info.code == "NotImplemented" || info.code == "HTTP 501")
+    }
+
     /// Whether the same request may succeed if sent again: no answer at all, or an
     /// answer that says "not now" rather than "no".
     pub fn is_transient(&self) -> bool {

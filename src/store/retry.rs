@@ -157,8 +157,21 @@ async fn settle(
     request: &Request<'_>,
     err: StoreError,
 ) -> StoreResult<Response> {
-    // Only a lost answer explains a missing upload on a repeat.
-    if !matches!(err, StoreError::NotFound { .. }) {
+    // Only a lost answer explains a missing upload on a repeat, or, for a
+    // completion conditional on the version it replaces, that version gone.
+    let conditional = matches!(
+        request,
+        Request::CompleteUpload {
+            if_match: Some(_),
+            ..
+        }
+    );
+    let explained = match err {
+        StoreError::NotFound { .. } => true,
+        StoreError::Changed { .. } => conditional,
+        _ => false,
+    };
+    if !explained {
         return Err(err);
     }
     match request {
@@ -369,6 +382,48 @@ mod tests {
         // A missing upload on a first attempt is an error, not a success.
         let err = store.complete_multipart_upload("big", &id, &parts).await;
         assert!(matches!(err, Err(StoreError::NotFound { .. })), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_to_a_conditional_complete_is_recognised_by_the_etag() {
+        let (memory, faulty, store) = setup();
+        memory.put("big", "old");
+        let old = memory.etag("big").unwrap();
+        let id = store
+            .create_multipart_upload("big", &Default::default())
+            .await
+            .unwrap();
+        let body = Bytes::from(vec![7u8; 5 << 20]);
+        let parts = [UploadedPart {
+            number: 1,
+            etag: store.upload_part("big", &id, 1, body).await.unwrap(),
+        }];
+        faulty.fail_nth(Operation::CompleteMultipartUpload, 1, Fault::LostAnswer);
+        // The repeat finds the version it was conditional on gone: made by
+        // the first attempt, as the ETag shows.
+        let etag = store
+            .complete_multipart_upload_over("big", &id, &parts, &old)
+            .await
+            .unwrap();
+        assert_eq!(Some(etag), multipart_etag(&parts));
+        assert_eq!(memory.count_calls(Operation::CompleteMultipartUpload), 2);
+
+        // A version another client made is a failure, whatever the repeat.
+        let id = store
+            .create_multipart_upload("big", &Default::default())
+            .await
+            .unwrap();
+        let body = Bytes::from(vec![8u8; 5 << 20]);
+        let parts = [UploadedPart {
+            number: 1,
+            etag: store.upload_part("big", &id, 1, body).await.unwrap(),
+        }];
+        memory.put("big", "theirs");
+        let err = store
+            .complete_multipart_upload_over("big", &id, &parts, &old)
+            .await;
+        assert!(matches!(err, Err(StoreError::Changed { .. })), "{err:?}");
+        assert_eq!(memory.get("big").unwrap(), &b"theirs"[..]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -813,15 +813,15 @@ async fn a_chmod_during_an_upload_is_kept() {
     assert!(fs.stop(Duration::from_secs(3)).await.is_empty());
 }
 
-/// A volume over `store` (holding `root/big`, three parts of 5 MiB, copied
-/// in parts above two) whose turn is copying a chmod onto `big` in parts,
-/// its completion held for half a second: the volume and the turn, once
-/// both part copies are sent.
-async fn a_turn_copying_in_parts(
+const PART: usize = 5 << 20;
+
+/// A volume over `store` (given `root/big`, three parts of 5 MiB, copied in
+/// parts above two), through a store that fails as told, whose `big` has a
+/// chmod to 0600 waiting: the failing store and the volume.
+async fn a_chmod_of_big(
     store: &Arc<MemoryStore>,
     staging: &TempDir,
-) -> (Arc<Fs>, tokio::task::JoinHandle<Vec<String>>) {
-    const PART: usize = 5 << 20;
+) -> (Arc<FaultyStore>, Arc<Fs>) {
     store.put("root/big", common::pattern(3 * PART, 4));
     let faulty = Arc::new(FaultyStore::new(store.clone()));
     let config = FsConfig {
@@ -835,6 +835,17 @@ async fn a_turn_copying_in_parts(
     let fs = Arc::new(Fs::new(faulty.clone(), "root/", config));
     let ino = lookup_path(&fs, "big").await.unwrap();
     fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    (faulty, fs)
+}
+
+/// [`a_chmod_of_big`], and the turn copying it in parts, its completion
+/// held for half a second: the volume and the turn, once both part copies
+/// are sent.
+async fn a_turn_copying_in_parts(
+    store: &Arc<MemoryStore>,
+    staging: &TempDir,
+) -> (Arc<Fs>, tokio::task::JoinHandle<Vec<String>>) {
+    let (faulty, fs) = a_chmod_of_big(store, staging).await;
     faulty.fail_nth(
         Operation::CompleteMultipartUpload,
         1,
@@ -1005,6 +1016,47 @@ async fn fsync_puts_a_change_in_s3_while_another_descriptor_writes() {
     fs.release(reader).await;
     assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
     assert_eq!(store.get("root/f").unwrap(), &b"y"[..]);
+}
+
+/// A server that does not take a condition on the completion of an upload
+/// (501): a copy of a large object onto itself still completes, once a HEAD
+/// shows the object is still the version copied.
+#[tokio::test]
+async fn a_copy_in_parts_completes_on_a_server_without_the_condition() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let staging = tempfile::tempdir().unwrap();
+    let (faulty, fs) = a_chmod_of_big(&store, &staging).await;
+    faulty.fail_nth(Operation::CompleteMultipartUpload, 1, Fault::NotImplemented);
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(store.headers("root/big").unwrap().user["mode"], "0100600");
+    assert_eq!(store.get("root/big").unwrap(), common::pattern(3 * PART, 4));
+}
+
+/// fsync whose copy of a change fails because another descriptor's upload
+/// landed first, carrying the change: the change is in S3, and fsync says
+/// so.
+#[tokio::test]
+async fn fsync_succeeds_when_an_upload_carried_the_change_its_copy_missed() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let (faulty, fs, _staging, ino) = a_chmod_of_f(&store).await;
+    let reader = fs.open(ino, READ).await.unwrap();
+    let writer = fs.open(ino, WRITE).await.unwrap();
+    fs.write(writer, 0, b"y").await.unwrap();
+    faulty.fail_nth(
+        Operation::CopyObject,
+        1,
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    let syncing = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.fsync(reader).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.flush(writer, None).await.unwrap();
+    syncing.await.unwrap().unwrap();
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100600");
+    fs.release(writer).await;
+    fs.release(reader).await;
 }
 
 /// A change made while the volume stops (here with a truncation, whose
