@@ -294,6 +294,15 @@ impl ChangeQueue {
         Some(shown)
     }
 
+    /// A write takes away what would run the file with other privileges
+    /// (see [`Posix::without_privileges`]): from the change of `ino` still
+    /// waiting, too.
+    pub(super) fn drop_privileges(&self, ino: u64) {
+        if let Some(waiting) = self.changes.lock().waiting.get_mut(&ino) {
+            waiting.posix = waiting.posix.without_privileges();
+        }
+    }
+
     /// Whether a change of `ino` waits or is being put in S3.
     pub(super) fn has(&self, ino: u64) -> bool {
         let changes = self.changes.lock();

@@ -137,6 +137,20 @@ impl Posix {
         }
     }
 
+    /// These values less what would run the file with other privileges: the
+    /// set-ID bits of its mode and its file capability (what a write takes
+    /// away, as on any Linux filesystem).
+    pub fn without_privileges(&self) -> Posix {
+        Posix {
+            perm: self.perm.map(|perm| perm & !super::SETID_BITS),
+            xattrs: self
+                .xattrs
+                .as_ref()
+                .map(|xattrs| Arc::new(xattrs.without_privileges())),
+            ..self.clone()
+        }
+    }
+
     /// These values less those `newer` sets (extended attributes included,
     /// as a whole): what of them `newer` leaves standing.
     pub fn without(&self, newer: &Posix) -> Posix {

@@ -17,7 +17,7 @@ use super::inode::{Kind, Node, Stat};
 use super::posix::Posix;
 use super::upload::{Base, StagedFile, WriteConfig};
 use super::writer::Writer;
-use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags, SETID_BITS};
+use super::{Entry, Fs, FsError, FsResult, OpenFile, OpenFlags};
 use crate::audit::{Event, Op};
 use crate::journal::Record;
 use crate::names::{NameProblem, check_name};
@@ -119,16 +119,13 @@ impl Fs {
         // waiting (which its upload then carries); its time is the new one.
         // As on any Linux filesystem, a write takes away what would run the
         // file with other privileges: its set-ID bits and file capability.
+        // So does a change of them still waiting, which would put them back.
+        self.changes.drop_privileges(ino);
         let shown = self.changes.shown(ino, node.stat.posix.as_ref());
         if let Some(posix) = shown.filter(|_| self.config.metadata) {
             file.set_posix(&Posix {
                 mtime: None,
-                perm: posix.perm.map(|perm| perm & !SETID_BITS),
-                xattrs: posix
-                    .xattrs
-                    .as_ref()
-                    .map(|xattrs| Arc::new(xattrs.without_privileges())),
-                ..posix
+                ..posix.without_privileges()
             });
         }
         // Another open may have staged it meanwhile: share that one (whose

@@ -1059,6 +1059,25 @@ async fn fsync_succeeds_when_an_upload_carried_the_change_its_copy_missed() {
     fs.release(reader).await;
 }
 
+/// A write takes away the set-ID bits even of a chmod that still waits for
+/// its copy: the upload carries the mode without them, and the change that
+/// waited never puts them back.
+#[tokio::test]
+async fn a_write_takes_the_set_id_bits_from_a_chmod_still_waiting() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let (fs, _staging) = shared_volume(store.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    fs.setattr(ino, None, chmod(0o4755), None).await.unwrap();
+    let fh = fs.open(ino, WRITE).await.unwrap();
+    fs.write(fh, 0, b"y").await.unwrap();
+    fs.flush(fh, None).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100755");
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100755");
+}
+
 /// A change made while the volume stops (here with a truncation, whose
 /// upload the stop waits for) is put in S3, counted as lost, or refused:
 /// never accepted and left where no stop finds it.
