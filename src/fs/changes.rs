@@ -87,7 +87,7 @@ impl Changes {
 /// since: the changes merged meanwhile, and what an upload carried.
 #[must_use = "a change taken and dropped waits again"]
 pub(super) struct Taken<'a> {
-    registry: &'a ChangeQueue,
+    queue: &'a ChangeQueue,
     ino: u64,
     change: Option<Pending>,
     failed: bool,
@@ -107,7 +107,7 @@ impl Taken<'_> {
     /// of an older one that could not be kept).
     pub(super) fn settle(mut self) {
         if let Some(change) = self.change.take() {
-            let mut changes = self.registry.changes.lock();
+            let mut changes = self.queue.changes.lock();
             if changes
                 .lost
                 .get(&self.ino)
@@ -131,7 +131,7 @@ impl Taken<'_> {
         let Some(change) = self.change.take() else {
             return;
         };
-        let mut changes = self.registry.changes.lock();
+        let mut changes = self.queue.changes.lock();
         // Unless a newer change came meanwhile: it is the file's now.
         let newer = changes
             .waiting
@@ -145,7 +145,7 @@ impl Taken<'_> {
 
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
-        let mut changes = self.registry.changes.lock();
+        let mut changes = self.queue.changes.lock();
         let carried = changes.carried.get(&self.ino).cloned();
         if let Entry::Occupied(mut takers) = changes.taken.entry(self.ino) {
             takers.get_mut().0 -= 1;
@@ -333,7 +333,7 @@ impl ChangeQueue {
         taken.1 = taken.1.updated(&change.posix);
         taken.2 = taken.2.max(change.seq);
         Some(Taken {
-            registry: self,
+            queue: self,
             ino,
             change: Some(change),
             failed: false,
@@ -388,23 +388,23 @@ mod tests {
 
     #[test]
     fn a_change_waits_until_an_upload_carries_it() {
-        let registry = ChangeQueue::default();
+        let queue = ChangeQueue::default();
         let chmod = Posix {
             perm: Some(0o600),
             ..Posix::default()
         };
-        registry
+        queue
             .merge_pending(7, |waiting| waiting.updated(&chmod))
             .unwrap();
-        assert_eq!(registry.shown(7, None).unwrap().perm, Some(0o600));
-        assert_eq!(registry.due(Duration::ZERO), [7]);
-        assert!(registry.due(Duration::from_secs(3600)).is_empty());
+        assert_eq!(queue.shown(7, None).unwrap().perm, Some(0o600));
+        assert_eq!(queue.due(Duration::ZERO), [7]);
+        assert!(queue.due(Duration::from_secs(3600)).is_empty());
         // An upload that carried another mode leaves it waiting.
-        registry.settle_pending(7, &Posix::default(), registry.made_so_far());
-        assert!(registry.shown(7, None).is_some());
-        registry.settle_pending(7, &chmod, registry.made_so_far());
-        assert!(registry.take_pending(7).is_none());
-        assert_eq!(registry.shown(7, None), None);
+        queue.settle_pending(7, &Posix::default(), queue.made_so_far());
+        assert!(queue.shown(7, None).is_some());
+        queue.settle_pending(7, &chmod, queue.made_so_far());
+        assert!(queue.take_pending(7).is_none());
+        assert_eq!(queue.shown(7, None), None);
     }
 
     fn perm(perm: u16) -> Posix {
@@ -416,127 +416,124 @@ mod tests {
 
     #[test]
     fn a_taken_change_is_given_back_unless_settled_and_a_stop_counts_it() {
-        let registry = ChangeQueue::default();
-        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        let queue = ChangeQueue::default();
+        let merge = |ino, change: Posix| queue.merge_pending(ino, |w| w.updated(&change));
         merge(1, perm(0o600)).unwrap();
         merge(2, perm(0o640)).unwrap();
         // Settled: gone.
-        registry.take_pending(1).unwrap().settle();
-        assert_eq!(registry.not_in_s3(), [2]);
-        assert!(registry.take_pending(1).is_none());
+        queue.take_pending(1).unwrap().settle();
+        assert_eq!(queue.not_in_s3(), [2]);
+        assert!(queue.take_pending(1).is_none());
         // Taken, then a newer change, then the taker gives up: the newer one
         // wins where both set the same thing, and the change is due again.
-        let taken = registry.take_pending(2).unwrap();
+        let taken = queue.take_pending(2).unwrap();
         assert_eq!(taken.posix().perm, Some(0o640));
-        assert_eq!(registry.not_in_s3(), [2], "a taken change counts");
+        assert_eq!(queue.not_in_s3(), [2], "a taken change counts");
         merge(2, perm(0o444)).unwrap();
         drop(taken);
-        assert_eq!(registry.due(Duration::ZERO), [2]);
-        assert_eq!(registry.shown(2, None).unwrap().perm, Some(0o444));
+        assert_eq!(queue.due(Duration::ZERO), [2]);
+        assert_eq!(queue.shown(2, None).unwrap().perm, Some(0o444));
         // A failed copy waits its pause before the turn tries it again.
-        let pause = registry.take_pending(2).unwrap().failed();
+        let pause = queue.take_pending(2).unwrap().failed();
         assert_eq!(pause, Duration::from_secs(1));
-        assert!(registry.due(Duration::ZERO).is_empty());
+        assert!(queue.due(Duration::ZERO).is_empty());
         assert_eq!(
-            registry.take_pending(2).unwrap().failed(),
+            queue.take_pending(2).unwrap().failed(),
             Duration::from_secs(2)
         );
         // A stop counts what waits, what is taken and what was lost, once
         // each.
         merge(3, perm(0o600)).unwrap();
-        let _taken = registry.take_pending(3).unwrap();
+        let _taken = queue.take_pending(3).unwrap();
         merge(3, perm(0o644)).unwrap();
         merge(4, perm(0o600)).unwrap();
-        registry.take_pending(4).unwrap().lost();
-        assert!(registry.was_lost(4));
+        queue.take_pending(4).unwrap().lost();
+        assert!(queue.was_lost(4));
         assert_eq!(
-            registry.not_in_s3().len(),
+            queue.not_in_s3().len(),
             2,
             "a lost change is not waited for"
         );
-        let mut not_kept = registry.stop();
+        let mut not_kept = queue.stop();
         not_kept.sort();
         assert_eq!(not_kept, [2, 3, 4]);
         assert!(matches!(merge(5, perm(0o600)), Err(FsError::Stopped)));
-        assert!(
-            registry.stop().is_empty(),
-            "a second stop counted them again"
-        );
+        assert!(queue.stop().is_empty(), "a second stop counted them again");
     }
 
     #[test]
     fn a_change_given_back_never_undoes_a_newer_one() {
-        let registry = ChangeQueue::default();
-        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        let queue = ChangeQueue::default();
+        let merge = |ino, change: Posix| queue.merge_pending(ino, |w| w.updated(&change));
         // Two takers: the older change given back after the newer one.
         merge(1, perm(0o600)).unwrap();
-        let older = registry.take_pending(1).unwrap();
+        let older = queue.take_pending(1).unwrap();
         merge(1, perm(0o644)).unwrap();
-        let newer = registry.take_pending(1).unwrap();
+        let newer = queue.take_pending(1).unwrap();
         drop(newer);
         drop(older);
-        assert_eq!(registry.shown(1, None).unwrap().perm, Some(0o644));
+        assert_eq!(queue.shown(1, None).unwrap().perm, Some(0o644));
         // An upload carried a newer mode while a change was taken.
-        let older = registry.take_pending(1).unwrap();
+        let older = queue.take_pending(1).unwrap();
         let sent = Posix {
             perm: Some(0o640),
             uid: Some(0),
             ..Posix::default()
         };
-        registry.settle_pending(1, &sent, registry.made_so_far());
+        queue.settle_pending(1, &sent, queue.made_so_far());
         drop(older);
-        assert!(registry.take_pending(1).is_none(), "carried: nothing left");
+        assert!(queue.take_pending(1).is_none(), "carried: nothing left");
         // What the upload did not carry still waits.
         let with_gid = Posix {
             gid: Some(7),
             ..perm(0o600)
         };
         merge(1, with_gid).unwrap();
-        let older = registry.take_pending(1).unwrap();
-        registry.settle_pending(1, &sent, registry.made_so_far());
+        let older = queue.take_pending(1).unwrap();
+        queue.settle_pending(1, &sent, queue.made_so_far());
         drop(older);
-        let left = registry.take_pending(1).unwrap();
+        let left = queue.take_pending(1).unwrap();
         assert_eq!((left.posix().perm, left.posix().gid), (None, Some(7)));
         left.settle();
     }
 
     #[test]
     fn a_change_not_kept_is_reported_until_a_newer_one_is_in_s3() {
-        let registry = ChangeQueue::default();
-        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        let queue = ChangeQueue::default();
+        let merge = |ino, change: Posix| queue.merge_pending(ino, |w| w.updated(&change));
         merge(1, perm(0o600)).unwrap();
-        registry.take_pending(1).unwrap().lost();
-        assert!(registry.was_lost(1));
+        queue.take_pending(1).unwrap().lost();
+        assert!(queue.was_lost(1));
         // A newer change, while it waits, leaves the mark.
         merge(1, perm(0o640)).unwrap();
-        assert!(registry.was_lost(1));
-        registry.take_pending(1).unwrap().settle();
-        assert!(!registry.was_lost(1), "the newer change is in S3");
+        assert!(queue.was_lost(1));
+        queue.take_pending(1).unwrap().settle();
+        assert!(!queue.was_lost(1), "the newer change is in S3");
         // One that could not be kept while a newer one came marks nothing.
         merge(2, perm(0o600)).unwrap();
-        let older = registry.take_pending(2).unwrap();
+        let older = queue.take_pending(2).unwrap();
         merge(2, perm(0o640)).unwrap();
         older.lost();
-        assert!(!registry.was_lost(2));
+        assert!(!queue.was_lost(2));
         // An upload that carried the file's metadata clears the mark.
         merge(3, perm(0o600)).unwrap();
-        registry.take_pending(3).unwrap().lost();
-        registry.settle_pending(3, &perm(0o600), registry.made_so_far());
-        assert!(!registry.was_lost(3));
+        queue.take_pending(3).unwrap().lost();
+        queue.settle_pending(3, &perm(0o600), queue.made_so_far());
+        assert!(!queue.was_lost(3));
     }
 
     #[test]
     fn what_is_being_copied_is_shown_under_what_waits() {
-        let registry = ChangeQueue::default();
-        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        let queue = ChangeQueue::default();
+        let merge = |ino, change: Posix| queue.merge_pending(ino, |w| w.updated(&change));
         let known = Posix {
             uid: Some(5),
             ..perm(0o644)
         };
         merge(1, perm(0o600)).unwrap();
-        let taken = registry.take_pending(1).unwrap();
-        assert!(registry.has(1));
-        let shown = registry.shown(1, Some(&known)).unwrap();
+        let taken = queue.take_pending(1).unwrap();
+        assert!(queue.has(1));
+        let shown = queue.shown(1, Some(&known)).unwrap();
         assert_eq!((shown.perm, shown.uid), (Some(0o600), Some(5)));
         merge(
             1,
@@ -546,25 +543,25 @@ mod tests {
             },
         )
         .unwrap();
-        let shown = registry.shown(1, Some(&known)).unwrap();
+        let shown = queue.shown(1, Some(&known)).unwrap();
         assert_eq!((shown.perm, shown.gid), (Some(0o640), Some(7)));
         taken.settle();
-        registry.take_pending(1).unwrap().settle();
-        assert!(!registry.has(1));
-        assert_eq!(registry.shown(1, Some(&known)), Some(known));
+        queue.take_pending(1).unwrap().settle();
+        assert!(!queue.has(1));
+        assert_eq!(queue.shown(1, Some(&known)), Some(known));
     }
 
     #[test]
     fn an_upload_of_newer_values_hides_an_older_change_being_copied() {
-        let registry = ChangeQueue::default();
-        let merge = |ino, change: Posix| registry.merge_pending(ino, |w| w.updated(&change));
+        let queue = ChangeQueue::default();
+        let merge = |ino, change: Posix| queue.merge_pending(ino, |w| w.updated(&change));
         merge(1, perm(0o644)).unwrap();
-        let older = registry.take_pending(1).unwrap();
+        let older = queue.take_pending(1).unwrap();
         merge(1, perm(0o600)).unwrap();
         // An upload read the file's metadata after both, and carried 0600.
-        let as_of = registry.made_so_far();
-        registry.settle_pending(1, &perm(0o600), as_of);
-        let shown = registry.shown(1, Some(&perm(0o600))).unwrap();
+        let as_of = queue.made_so_far();
+        queue.settle_pending(1, &perm(0o600), as_of);
+        let shown = queue.shown(1, Some(&perm(0o600))).unwrap();
         assert_eq!(
             shown.perm,
             Some(0o600),
@@ -572,18 +569,18 @@ mod tests {
         );
         drop(older);
         assert!(
-            registry.take_pending(1).is_none(),
+            queue.take_pending(1).is_none(),
             "given back over the upload"
         );
         // A change made after the upload read the metadata is not in it.
         merge(2, perm(0o644)).unwrap();
-        let as_of = registry.made_so_far();
-        let later = registry.take_pending(2);
+        let as_of = queue.made_so_far();
+        let later = queue.take_pending(2);
         merge(2, perm(0o600)).unwrap();
-        let newest = registry.take_pending(2).unwrap();
-        registry.settle_pending(2, &perm(0o644), as_of);
+        let newest = queue.take_pending(2).unwrap();
+        queue.settle_pending(2, &perm(0o644), as_of);
         drop(newest);
-        assert_eq!(registry.shown(2, None).unwrap().perm, Some(0o600));
+        assert_eq!(queue.shown(2, None).unwrap().perm, Some(0o600));
         drop(later);
     }
 
