@@ -306,7 +306,16 @@ impl Fs {
                 self.publish(ino, &file).await?;
                 ino
             }
-            OpenFile::Object { ino, .. } => ino,
+            OpenFile::Object { ino, .. } => {
+                // What another descriptor wrote (not what a process killed
+                // by a signal left, which no close publishes either).
+                if let Some(file) = self.staging.file(ino)
+                    && file.held_back().is_none()
+                {
+                    self.publish(ino, &file).await?;
+                }
+                ino
+            }
         };
         // A change of mode, owner or time is durable too: once the turn that
         // may have taken it and be copying it is over (one copy at most; a

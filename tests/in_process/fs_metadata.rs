@@ -1078,6 +1078,24 @@ async fn a_write_takes_the_set_id_bits_from_a_chmod_still_waiting() {
     assert_eq!(store.headers("root/f").unwrap().user["mode"], "0100755");
 }
 
+/// fsync through any descriptor, a read-only one too, makes what every
+/// descriptor wrote durable, as on a local filesystem.
+#[tokio::test]
+async fn fsync_of_a_read_only_descriptor_uploads_what_another_wrote() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let (fs, _staging) = shared_volume(store.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    let reader = fs.open(ino, READ).await.unwrap();
+    let writer = fs.open(ino, WRITE).await.unwrap();
+    fs.write(writer, 0, b"new").await.unwrap();
+    fs.fsync(reader).await.unwrap();
+    assert_eq!(store.get("root/f").unwrap(), &b"new"[..]);
+    fs.flush(writer, None).await.unwrap();
+    fs.release(writer).await;
+    fs.release(reader).await;
+}
+
 /// A change made while the volume stops (here with a truncation, whose
 /// upload the stop waits for) is put in S3, counted as lost, or refused:
 /// never accepted and left where no stop finds it.
