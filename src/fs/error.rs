@@ -238,6 +238,9 @@ fn store_errno(e: &StoreError) -> i32 {
         StoreError::NotFound { .. } => libc::ENOENT,
         // The policy said no: EACCES, never the EIO other S3 filesystems report.
         StoreError::AccessDenied { .. } => libc::EACCES,
+        // Not readable to anyone until restored: what other S3 filesystems
+        // answer for an object of an archive storage class too.
+        StoreError::Archived { .. } => libc::EACCES,
         // Without credentials every request would be refused: the same answer.
         StoreError::Credentials { .. } => libc::EACCES,
         // Still refused after a forced renewal: the same as having none.
@@ -361,8 +364,8 @@ mod tests {
             }
             FsError::ChangeNotKept { .. } => {
                 "fsync of a file whose change of mode, owner, time or extended attributes could \
-                 never be copied onto its object (its metadata would not fit, or the object is \
-                 gone)"
+                 never be copied onto its object (its metadata would not fit, the object is \
+                 gone, or it is archived)"
             }
             FsError::UnknownIoctl(_) => {
                 "an ioctl other than s3vol's own (`s3vol stats` on the volume's root, `s3vol \
@@ -399,6 +402,10 @@ mod tests {
             | StoreError::Credentials { .. }
             | StoreError::ExpiredToken { .. } => {
                 "S3 answers AccessDenied (the policy does not allow it), or no usable credentials"
+            }
+            StoreError::Archived { .. } => {
+                "an object of an archive storage class (S3 Glacier Flexible Retrieval or Deep \
+                 Archive, an Intelligent-Tiering archive tier) that was not restored"
             }
             StoreError::Changed { .. }
             | StoreError::ShortBody { .. }
@@ -439,6 +446,11 @@ mod tests {
             StoreError::AccessDenied {
                 op,
                 resource: key(),
+                info: info(),
+            },
+            StoreError::Archived {
+                op,
+                key: key(),
                 info: info(),
             },
             StoreError::Credentials { detail: key() },

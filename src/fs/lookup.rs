@@ -102,6 +102,7 @@ impl Fs {
             Err(
                 StoreError::InvalidRange { .. }
                 | StoreError::AccessDenied { .. }
+                | StoreError::Archived { .. }
                 | StoreError::Service { .. },
             ) => self.store.head_object(key).await,
             Err(e) => Err(e),

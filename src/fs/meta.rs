@@ -342,6 +342,8 @@ fn fits(key: &str, headers: &ObjectHeaders) -> FsResult<()> {
 fn never_kept(error: &FsError, kind: Kind, retry: bool) -> bool {
     match error {
         FsError::XattrsFull { .. } | FsError::XattrsUnreadable { .. } => true,
+        // S3 refuses every copy of an archived object until it is restored.
+        FsError::Store(e) if matches!(**e, StoreError::Archived { .. }) => true,
         FsError::Store(e) => {
             retry && kind == Kind::File && matches!(**e, StoreError::NotFound { .. })
         }

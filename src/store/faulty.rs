@@ -20,6 +20,9 @@ use super::{
 pub enum Fault {
     /// Answer AccessDenied, as a policy denial would.
     AccessDenied,
+    /// Answer 403 InvalidObjectState, as S3 does to a GET or a copy of an
+    /// object in an archive storage class that was not restored.
+    Archived,
     /// Answer ExpiredToken, as S3 does for a revoked or expired session.
     ExpiredToken,
     /// Answer as if the endpoint could not be reached.
@@ -171,6 +174,23 @@ impl FaultyStore {
                             request_id: Some(format!("injected-{n}")),
                         },
                     });
+                }
+                Fault::Archived => {
+                    let info = ServiceInfo {
+                        code: "InvalidObjectState".into(),
+                        message: "The operation is not valid for the object's storage class \
+                                  (injected)"
+                            .into(),
+                        request_id: Some(format!("injected-{n}")),
+                    };
+                    return Err(super::s3::service_error(
+                        self.inner.bucket(),
+                        op,
+                        key,
+                        &info.code.clone(),
+                        Some(403),
+                        info,
+                    ));
                 }
                 Fault::ExpiredToken => {
                     return Err(StoreError::ExpiredToken {

@@ -506,6 +506,19 @@ pub enum StoreError {
         resource: String,
         info: ServiceInfo,
     },
+    /// The object lies in an archive storage class (S3 Glacier Flexible
+    /// Retrieval, Deep Archive, Intelligent-Tiering's archive tiers) and
+    /// was not restored: its bytes can be neither read nor copied, whatever
+    /// the policy allows, until someone restores it.
+    #[error(
+        "{op} {key}: the object is archived and must be restored (S3 RestoreObject) before \
+         it can be read or changed ({info})"
+    )]
+    Archived {
+        op: Operation,
+        key: String,
+        info: ServiceInfo,
+    },
     /// The object no longer has the ETag the read was pinned to.
     #[error("{op} {key}: object changed while open (expected ETag {expected_etag})")]
     Changed {
@@ -597,6 +610,7 @@ impl StoreError {
             StoreError::NotFound { .. } => "not_found",
             StoreError::NoSuchBucket { .. } => "no_such_bucket",
             StoreError::AccessDenied { .. } => "access_denied",
+            StoreError::Archived { .. } => "archived",
             StoreError::Changed { .. } => "changed",
             StoreError::InvalidRange { .. } => "invalid_range",
             StoreError::Unreachable { .. } => "unreachable",
@@ -625,11 +639,12 @@ impl StoreError {
 /// What a request to S3 can come to, as the statistics count them: `ok`, the
 /// kind of error ([`StoreError::outcome`]), or `cancelled`, given up by its
 /// caller before an answer (a read-ahead no longer wanted).
-pub const OUTCOMES: [&str; 13] = [
+pub const OUTCOMES: [&str; 14] = [
     "ok",
     "not_found",
     "no_such_bucket",
     "access_denied",
+    "archived",
     "changed",
     "invalid_range",
     "unreachable",

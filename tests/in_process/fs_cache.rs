@@ -249,6 +249,31 @@ async fn a_file_whose_bytes_are_refused_is_still_looked_up_with_a_head() {
 }
 
 #[tokio::test]
+async fn an_archived_file_is_seen_and_its_read_refused() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("cold.bin", pattern(1000, 23));
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = FsConfig {
+        cache: Some(cache_in(dir.path(), 64 * MIB as u64)),
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(faulty.clone(), "", config);
+    faulty.fail_all(Operation::GetObject, Fault::Archived);
+    let ino = lookup_path(&fs, "cold.bin").await.unwrap();
+    assert_eq!(fs.getattr(ino).await.unwrap().attr.size, 1000);
+    let fh = fs.open(ino, READ).await.unwrap();
+    let read = fs.read(fh, 0, 4096).await;
+    assert_eq!(
+        read.as_ref().map_err(|e| e.errno()).err(),
+        Some(libc::EACCES)
+    );
+    let said = read.unwrap_err().to_string();
+    assert!(said.contains("restored"), "{said}");
+    fs.release(fh).await;
+}
+
+#[tokio::test]
 async fn a_random_read_caches_the_block_it_touches() {
     let store = Arc::new(MemoryStore::new("bkt"));
     let data = pattern(8 * MIB, 12);

@@ -711,6 +711,31 @@ async fn a_change_that_can_never_be_kept_is_reported_not_retried() {
     assert_eq!(fs.stop(Duration::from_secs(3)).await, ["root/f"]);
 }
 
+/// A change of an object in an archive storage class: S3 refuses every copy
+/// of it until someone restores the object, which takes hours. The change is
+/// reported at once rather than tried every minute (and waited for by every
+/// restart): fsync says it was not kept, and so does the stop.
+#[tokio::test(start_paused = true)]
+async fn a_change_of_an_archived_object_is_reported_not_retried() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/f", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    let ino = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs.open(ino, READ).await.unwrap();
+    faulty.fail_all(Operation::CopyObject, Fault::Archived);
+    fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
+    assert_eq!(fs.apply_metadata(Duration::ZERO).await, ["root/f"]);
+    assert!(fs.ready_to_retire().await, "a restart would wait for it");
+    store.clear_calls();
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    assert!(fs.apply_metadata(Duration::ZERO).await.is_empty());
+    assert_eq!(errno(fs.fsync(fh).await), libc::EIO);
+    assert!(store.calls().is_empty(), "tried again: {:?}", store.calls());
+    fs.release(fh).await;
+    assert_eq!(fs.stop(Duration::from_secs(3)).await, ["root/f"]);
+}
+
 /// Two renames that the kernel lets run at once, one of a directory and one
 /// replacing a file being written inside it, while the volume's turn copies
 /// a change: each waits for the other's locks in one order, and both end.

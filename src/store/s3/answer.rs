@@ -87,7 +87,7 @@ pub(super) fn bodiless_error(
 
 /// The store error for S3's answer with error `code` (empty when it gave
 /// none) and HTTP `status`.
-fn service_error(
+pub(crate) fn service_error(
     bucket: &str,
     op: Operation,
     key: &str,
@@ -105,6 +105,11 @@ fn service_error(
             info,
         },
         ("NoSuchKey" | "NotFound", _) | (_, Some(404)) => StoreError::NotFound { op, key },
+        // 403 too, and no denial: a GET or a copy of an object not restored
+        // from an archive storage class.
+        ("InvalidObjectState" | "ObjectNotInActiveTierError", _) => {
+            StoreError::Archived { op, key, info }
+        }
         ("AccessDenied" | "Forbidden", _) | (_, Some(403)) => StoreError::AccessDenied {
             op,
             resource: match op {
@@ -193,6 +198,28 @@ pub(super) fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Sy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_archived_object_is_told_from_a_denial() {
+        let said = |code: &str| {
+            let info = ServiceInfo {
+                code: code.into(),
+                ..Default::default()
+            };
+            service_error("b", Operation::CopyObject, "k", code, Some(403), info)
+        };
+        for code in ["InvalidObjectState", "ObjectNotInActiveTierError"] {
+            let e = said(code);
+            assert!(matches!(e, StoreError::Archived { .. }), "{code}: {e:?}");
+            assert!(e.to_string().contains("restored"), "{e}");
+            assert!(!e.is_transient());
+        }
+        assert!(matches!(
+            said("AccessDenied"),
+            StoreError::AccessDenied { .. }
+        ));
+        assert!(matches!(said(""), StoreError::AccessDenied { .. }));
+    }
 
     #[test]
     fn listed_keys_are_url_decoded() {

@@ -31,6 +31,8 @@ macro_rules! object_headers {
 }
 
 mod answer;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use answer::service_error;
 mod buffers;
 mod delete;
 mod get;
