@@ -155,6 +155,8 @@ impl MountStats {
                     "disk_hit_bytes": load(&stats.disk_hit_bytes),
                     "evictions": load(&stats.evictions),
                     "damaged_blocks": load(&stats.corrupt),
+                    "memory_used": cache.memory_used().0,
+                    "memory_capacity": cache.memory_used().1,
                     "disk_used": cache.disk_used(),
                     "disk_writing": cache.disk_writing(),
                     "disk_capacity": cache.capacity(),

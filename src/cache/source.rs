@@ -21,6 +21,12 @@ pub trait RangeSource: Send + Sync + 'static {
     /// object's size takes that for a short answer: the object changed).
     async fn get(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>>;
 
+    /// Like [`RangeSource::get`], for a sequential reader, whose bytes the
+    /// kernel keeps in its page cache: a cache need not hold them in memory too.
+    async fn get_streamed(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
+        self.get(range).await
+    }
+
     /// Bytes `range` if the source holds all of them here, blocking at most on
     /// local disk: a read that can be answered on the thread that received it.
     fn get_now(&self, _range: Range<u64>) -> Option<Vec<Bytes>> {
@@ -76,6 +82,13 @@ impl RangeSource for CachedSource {
         let behind = self.behind.as_ref();
         self.cache
             .read(&self.key, &self.etag, self.size, range, behind)
+            .await
+    }
+
+    async fn get_streamed(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
+        let behind = self.behind.as_ref();
+        self.cache
+            .read_streamed(&self.key, &self.etag, self.size, range, behind)
             .await
     }
 

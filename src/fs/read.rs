@@ -218,15 +218,25 @@ const CHECK_PART_WITHOUT_ROOM: u64 = 1 << 20;
 impl ObjectVersion {
     /// Bytes `range`, in pieces, from the cache or from S3; decrypted.
     pub(crate) async fn get(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
+        self.get_as(range, false).await
+    }
+
+    /// Like [`ObjectVersion::get`], for a sequential reader (see
+    /// [`RangeSource::get_streamed`]).
+    pub(crate) async fn get_streamed(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
+        self.get_as(range, true).await
+    }
+
+    async fn get_as(&self, range: Range<u64>, streamed: bool) -> StoreResult<Vec<Bytes>> {
         let Some(decryption) = &self.decryption else {
-            return self.get_stored(range).await;
+            return self.get_stored(range, streamed).await;
         };
         // The stretch that ends the file brings the tag with it.
         let end = match range.end == self.size {
             true => decryption.stored_size(),
             false => range.end,
         };
-        let mut pieces = self.get_stored(range.start..end).await?;
+        let mut pieces = self.get_stored(range.start..end, streamed).await?;
         // Decrypted in place: a single piece (a GET's body) is taken over
         // without a copy when nothing else holds it.
         let data = match pieces.len() {
@@ -274,7 +284,7 @@ impl ObjectVersion {
         let mut check = decryption.whole_check();
         let parts = (0..stored.div_ceil(part)).map(|index| {
             let range = index * part..((index + 1) * part).min(stored);
-            async move { (range.end - range.start, self.get_stored(range).await) }
+            async move { (range.end - range.start, self.get_stored(range, false).await) }
         });
         let mut fetched = futures::stream::iter(parts).buffered(at_once);
         while let Some((len, pieces)) = fetched.next().await {
@@ -311,8 +321,11 @@ impl ObjectVersion {
     }
 
     /// Stored bytes `range`, in pieces.
-    async fn get_stored(&self, range: Range<u64>) -> StoreResult<Vec<Bytes>> {
-        self.source.get(range).await
+    async fn get_stored(&self, range: Range<u64>, streamed: bool) -> StoreResult<Vec<Bytes>> {
+        match streamed {
+            true => self.source.get_streamed(range).await,
+            false => self.source.get(range).await,
+        }
     }
 
     pub(crate) fn forged(&self) -> StoreError {
@@ -589,7 +602,7 @@ impl Reader {
             let object = self.object.clone();
             let range = next..part_end;
             let fetch = range.clone();
-            let task = tokio::spawn(async move { object.get(fetch).await });
+            let task = tokio::spawn(async move { object.get_streamed(fetch).await });
             self.parts.push_back(Part {
                 range,
                 state: PartState::Pending(task),

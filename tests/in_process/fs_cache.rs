@@ -129,6 +129,28 @@ async fn a_second_read_sends_no_get_and_random_reads_are_served_too() {
     );
 }
 
+/// What a sequential reader read the kernel keeps in its page cache: the
+/// cache keeps it on disk, not in memory too. A random read's block is kept
+/// in memory.
+#[tokio::test]
+async fn a_sequential_read_leaves_the_memory_tier_to_random_reads() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let data = pattern(6 * MIB, 17);
+    store.put("seq.bin", data.clone());
+    store.put("rand.bin", data.clone());
+    let vol = volume(store.clone(), 64 * MIB as u64, Duration::from_secs(60));
+    let ino = lookup_path(&vol.fs, "seq.bin").await.unwrap();
+    assert_eq!(read_all(&vol.fs, ino, 128 * 1024).await, data);
+    assert_eq!(vol.cache.memory_used().0, 0);
+    let ino = lookup_path(&vol.fs, "rand.bin").await.unwrap();
+    let fh = vol.fs.open(ino, READ).await.unwrap();
+    let offset = 4 * MIB + 5;
+    let got = vol.fs.read(fh, offset as u64, 4096).await.unwrap();
+    assert_eq!(&got[..], &data[offset..offset + 4096]);
+    vol.fs.release(fh).await;
+    assert_eq!(vol.cache.memory_used().0, BLOCK_SIZE);
+}
+
 #[tokio::test]
 async fn read_ahead_opens_all_the_way_at_once_over_cached_blocks() {
     let store = Arc::new(MemoryStore::new("bkt"));
