@@ -160,7 +160,7 @@ fn explain(err: StoreError, source: &Source, endpoint: &str) -> PreflightError {
              this machine's clock (timedatectl) and that the role session was not revoked"
             ),
         ),
-        StoreError::AccessDenied { .. } => (
+        StoreError::AccessDenied { .. } | StoreError::BadSignature { .. } => (
             Kind::Denied,
             format!("cannot read s3://{bucket}/{prefix} at {endpoint}: {err}"),
         ),
@@ -503,5 +503,30 @@ mod tests {
             .unwrap_err();
         assert!(err.message.contains("cannot reach S3 at http://x"), "{err}");
         assert_eq!(err.kind, Kind::Unreachable);
+    }
+
+    /// S3 refuses a request whose signature it cannot check with 403, as it
+    /// refuses what a policy denies: a mount with a wrong secret key, an
+    /// unknown key ID or a clock far off is told what is wrong, never to
+    /// change an IAM policy.
+    #[tokio::test]
+    async fn a_signature_refused_is_not_called_a_policy_denial() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        memory.put("root/a", "x");
+        let faulty = FaultyStore::new(memory.clone());
+        for (code, says) in [
+            ("SignatureDoesNotMatch", "secret access key"),
+            ("InvalidAccessKeyId", "access key ID"),
+            ("RequestTimeTooSkewed", "clock"),
+        ] {
+            faulty.clear();
+            faulty.fail_all(Operation::ListObjectsV2, Fault::Forbidden(code));
+            let err = check_mount(&faulty, &source(), false, "http://x", None)
+                .await
+                .unwrap_err();
+            assert!(err.message.contains(says), "{code}: {err}");
+            assert!(!err.message.contains("IAM policy"), "{code}: {err}");
+            assert_eq!(err.kind, Kind::Denied, "{code}");
+        }
     }
 }

@@ -241,6 +241,8 @@ fn store_errno(e: &StoreError) -> i32 {
         // Not readable to anyone until restored: what other S3 filesystems
         // answer for an object of an archive storage class too.
         StoreError::Archived { .. } => libc::EACCES,
+        // Every request is refused so: as having no credentials.
+        StoreError::BadSignature { .. } => libc::EACCES,
         // Without credentials every request would be refused: the same answer.
         StoreError::Credentials { .. } => libc::EACCES,
         // Still refused after a forced renewal: the same as having none.
@@ -403,6 +405,10 @@ mod tests {
             | StoreError::ExpiredToken { .. } => {
                 "S3 answers AccessDenied (the policy does not allow it), or no usable credentials"
             }
+            StoreError::BadSignature { .. } => {
+                "S3 refuses the requests' signature (an access key ID it does not know, a \
+                 secret key that does not belong to it, or a clock more than 15 minutes off)"
+            }
             StoreError::Archived { .. } => {
                 "an object of an archive storage class (S3 Glacier Flexible Retrieval or Deep \
                  Archive, an Intelligent-Tiering archive tier) that was not restored"
@@ -453,6 +459,7 @@ mod tests {
                 key: key(),
                 info: info(),
             },
+            StoreError::BadSignature { op, info: info() },
             StoreError::Credentials { detail: key() },
             StoreError::ExpiredToken { op, info: info() },
             StoreError::Changed {

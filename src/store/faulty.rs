@@ -20,9 +20,10 @@ use super::{
 pub enum Fault {
     /// Answer AccessDenied, as a policy denial would.
     AccessDenied,
-    /// Answer 403 InvalidObjectState, as S3 does to a GET or a copy of an
-    /// object in an archive storage class that was not restored.
-    Archived,
+    /// Answer 403 with this S3 error code, taken as the S3 store takes it:
+    /// `InvalidObjectState` for an object in an archive storage class not
+    /// restored, `SignatureDoesNotMatch` for a wrong secret key, ...
+    Forbidden(&'static str),
     /// Answer ExpiredToken, as S3 does for a revoked or expired session.
     ExpiredToken,
     /// Answer as if the endpoint could not be reached.
@@ -175,19 +176,18 @@ impl FaultyStore {
                         },
                     });
                 }
-                Fault::Archived => {
+                Fault::Forbidden(code) => {
                     let info = ServiceInfo {
-                        code: "InvalidObjectState".into(),
-                        message: "The operation is not valid for the object's storage class \
-                                  (injected)"
-                            .into(),
+                        code: code.into(),
+                        message: "(injected)".into(),
                         request_id: Some(format!("injected-{n}")),
                     };
+                    let bucket = self.inner.bucket();
                     return Err(super::s3::service_error(
-                        self.inner.bucket(),
+                        bucket,
                         op,
                         key,
-                        &info.code.clone(),
+                        code,
                         Some(403),
                         info,
                     ));

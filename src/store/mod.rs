@@ -519,6 +519,12 @@ pub enum StoreError {
         key: String,
         info: ServiceInfo,
     },
+    /// S3 could not check the request's signature: it does not know the
+    /// access key ID, the secret key does not belong to it, or this
+    /// machine's clock is too far from S3's. No policy was asked, and no
+    /// retry helps.
+    #[error("{op}: S3 refused the request's signature ({info}): {}", signature_advice(&info.code))]
+    BadSignature { op: Operation, info: ServiceInfo },
     /// The object no longer has the ETag the read was pinned to.
     #[error("{op} {key}: object changed while open (expected ETag {expected_etag})")]
     Changed {
@@ -611,6 +617,7 @@ impl StoreError {
             StoreError::NoSuchBucket { .. } => "no_such_bucket",
             StoreError::AccessDenied { .. } => "access_denied",
             StoreError::Archived { .. } => "archived",
+            StoreError::BadSignature { .. } => "bad_signature",
             StoreError::Changed { .. } => "changed",
             StoreError::InvalidRange { .. } => "invalid_range",
             StoreError::Unreachable { .. } => "unreachable",
@@ -639,12 +646,13 @@ impl StoreError {
 /// What a request to S3 can come to, as the statistics count them: `ok`, the
 /// kind of error ([`StoreError::outcome`]), or `cancelled`, given up by its
 /// caller before an answer (a read-ahead no longer wanted).
-pub const OUTCOMES: [&str; 14] = [
+pub const OUTCOMES: [&str; 15] = [
     "ok",
     "not_found",
     "no_such_bucket",
     "access_denied",
     "archived",
+    "bad_signature",
     "changed",
     "invalid_range",
     "unreachable",
@@ -655,6 +663,25 @@ pub const OUTCOMES: [&str; 14] = [
     "internal",
     "cancelled",
 ];
+
+/// What to do about a signature S3 refused with `code`.
+fn signature_advice(code: &str) -> &'static str {
+    match code {
+        "RequestTimeTooSkewed" => {
+            "this machine's clock is more than 15 minutes from S3's; set it right (timedatectl, \
+             chrony)"
+        }
+        "InvalidAccessKeyId" => {
+            "S3 does not know the access key ID in use; check which credentials are in use \
+             (--profile, --role-arn, AWS_* variables) and that they are for this endpoint"
+        }
+        _ => {
+            "the secret access key does not belong to the access key ID in use (or something \
+             between here and S3 changed the request); check which credentials are in use \
+             (--profile, --role-arn, AWS_* variables)"
+        }
+    }
+}
 
 /// The ARN of an object or of every key under a prefix, as IAM policies name them.
 pub fn object_arn(bucket: &str, key: &str) -> String {

@@ -281,7 +281,7 @@ async fn an_archived_file_is_seen_and_its_read_refused() {
         ..FsConfig::default()
     };
     let fs = Fs::new(faulty.clone(), "", config);
-    faulty.fail_all(Operation::GetObject, Fault::Archived);
+    faulty.fail_all(Operation::GetObject, Fault::Forbidden("InvalidObjectState"));
     let ino = lookup_path(&fs, "cold.bin").await.unwrap();
     assert_eq!(fs.getattr(ino).await.unwrap().attr.size, 1000);
     let fh = fs.open(ino, READ).await.unwrap();

@@ -723,7 +723,10 @@ async fn a_change_of_an_archived_object_is_reported_not_retried() {
     let (fs, _staging) = shared_volume(faulty.clone());
     let ino = lookup_path(&fs, "f").await.unwrap();
     let fh = fs.open(ino, READ).await.unwrap();
-    faulty.fail_all(Operation::CopyObject, Fault::Archived);
+    faulty.fail_all(
+        Operation::CopyObject,
+        Fault::Forbidden("InvalidObjectState"),
+    );
     fs.setattr(ino, None, chmod(0o600), None).await.unwrap();
     assert_eq!(fs.apply_metadata(Duration::ZERO).await, ["root/f"]);
     assert!(fs.ready_to_retire().await, "a restart would wait for it");

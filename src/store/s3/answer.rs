@@ -105,6 +105,10 @@ pub(crate) fn service_error(
             info,
         },
         ("NoSuchKey" | "NotFound", _) | (_, Some(404)) => StoreError::NotFound { op, key },
+        // 403 too, and no policy was asked: the signature did not check out.
+        ("SignatureDoesNotMatch" | "InvalidAccessKeyId" | "RequestTimeTooSkewed", _) => {
+            StoreError::BadSignature { op, info }
+        }
         // 403 too, and no denial: a GET or a copy of an object not restored
         // from an archive storage class.
         ("InvalidObjectState" | "ObjectNotInActiveTierError", _) => {
@@ -200,7 +204,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_archived_object_is_told_from_a_denial() {
+    fn an_archived_object_and_a_bad_signature_are_told_from_a_denial() {
         let said = |code: &str| {
             let info = ServiceInfo {
                 code: code.into(),
@@ -213,6 +217,15 @@ mod tests {
             assert!(matches!(e, StoreError::Archived { .. }), "{code}: {e:?}");
             assert!(e.to_string().contains("restored"), "{e}");
             assert!(!e.is_transient());
+        }
+        for code in [
+            "SignatureDoesNotMatch",
+            "InvalidAccessKeyId",
+            "RequestTimeTooSkewed",
+        ] {
+            let e = said(code);
+            assert!(matches!(e, StoreError::BadSignature { .. }), "{code}");
+            assert!(!e.to_string().contains("policy"), "{e}");
         }
         assert!(matches!(
             said("AccessDenied"),
