@@ -516,7 +516,7 @@ mod tests {
         let faulty = FaultyStore::new(memory.clone());
         for (code, says) in [
             ("SignatureDoesNotMatch", "secret access key"),
-            ("InvalidAccessKeyId", "access key ID"),
+            ("InvalidAccessKeyId", "does not know the access key ID"),
             ("RequestTimeTooSkewed", "clock"),
         ] {
             faulty.clear();

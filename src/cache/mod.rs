@@ -165,11 +165,17 @@ impl Span {
     }
 }
 
-/// Where the cache keeps a block a read brings: in the memory tier too, or
-/// only on disk.
+/// Where the cache keeps a block a read brings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kept {
+    /// In the memory tier too.
     InMemory,
+    /// On disk; in memory only where the disk will not take it, so that
+    /// whoever asks for it meanwhile still finds it (a block in a buffer of
+    /// its own).
+    OnDiskElseInMemory,
+    /// On disk alone: a block of a larger buffer, which memory would keep
+    /// whole.
     OnDisk,
 }
 
@@ -278,7 +284,7 @@ impl BlockCache {
         range: Range<u64>,
         behind: &dyn RangeSource,
     ) -> StoreResult<Vec<Bytes>> {
-        self.read_as(key, etag, size, range, behind, Kept::OnDisk)
+        self.read_as(key, etag, size, range, behind, Kept::OnDiskElseInMemory)
             .await
     }
 
@@ -549,10 +555,11 @@ impl BlockCache {
     /// disk has fallen far behind.
     async fn insert(self: &Arc<Self>, span: &Span, data: &Bytes, kept: Kept) {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        if kept == Kept::InMemory {
+        let on_disk = self.disk.reserve(span, data);
+        if kept == Kept::InMemory || (kept == Kept::OnDiskElseInMemory && !on_disk) {
             self.memory.put(span, data);
         }
-        if !self.disk.reserve(span, data) {
+        if !on_disk {
             return;
         }
         // Served from here until its file is in place, so nobody fetches it again.
@@ -733,6 +740,17 @@ mod tests {
             .unwrap();
         assert_eq!(cache.memory.used(), 2 * BLOCK_SIZE, "a read from S3");
         written(&cache).await;
+
+        // A block the disk will not take stays in memory, where a reader
+        // that asks for it meanwhile finds it.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = self::cache(dir.path(), BLOCK_SIZE / 2, 4 * BLOCK_SIZE);
+        cache
+            .read_streamed("k", "\"e\"", size, 0..BLOCK_SIZE, &fetch)
+            .await
+            .unwrap();
+        assert_eq!(cache.disk_used(), 0);
+        assert_eq!(cache.memory.used(), BLOCK_SIZE);
     }
 
     #[tokio::test]

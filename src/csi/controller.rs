@@ -110,6 +110,8 @@ fn store_status(e: StoreError) -> Status {
                 op.iam_action()
             ),
         ),
+        // Its message says what to fix: the key, the secret, or the clock.
+        StoreError::BadSignature { .. } => (tonic::Code::PermissionDenied, e.to_string()),
         StoreError::NoSuchBucket { .. } => (tonic::Code::NotFound, e.to_string()),
         e if e.is_endpoint_failure() => (tonic::Code::Unavailable, e.to_string()),
         e => (tonic::Code::Internal, e.to_string()),
@@ -493,6 +495,23 @@ mod tests {
             status.message().contains("s3:ListBucketMultipartUploads"),
             "{status:?}"
         );
+    }
+
+    /// A signature S3 refuses (a provisioner Secret with a wrong secret key,
+    /// or a clock far off) is a refusal, with what to fix, not an internal
+    /// error.
+    #[tokio::test]
+    async fn a_refused_signature_is_a_refusal_that_says_what_to_fix() {
+        let store = FaultyStore::new(Arc::new(MemoryStore::new("bkt")));
+        store.fail_all(
+            Operation::ListMultipartUploads,
+            Fault::Forbidden("RequestTimeTooSkewed"),
+        );
+        let status = probe_deletion(&store, &location("vols/a"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("clock"), "{status:?}");
     }
 
     #[test]

@@ -197,7 +197,8 @@ async fn retire(finish: &Finish) -> ! {
     for key in finish.fs.copy_changes_now(LAST_COPIES_WITHIN).await {
         warn!(
             key,
-            "the change of mode, owner or time was not kept: the worker stepped aside"
+            "the change of mode, owner or time is not in S3: not copied before this worker \
+             made way for the next, or never to be (the log above says why)"
         );
     }
     finish.fs.close_audit_log();

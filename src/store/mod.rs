@@ -587,6 +587,19 @@ impl StoreError {
             if info.code == "NotImplemented" || info.code == "HTTP 501")
     }
 
+    /// The error a copy from `source` met, naming the archived object to
+    /// restore: the copy's source, not the key it was copied to.
+    pub fn archived_at(self, source: &str) -> Self {
+        match self {
+            StoreError::Archived { op, info, .. } => StoreError::Archived {
+                op,
+                key: source.to_string(),
+                info,
+            },
+            other => other,
+        }
+    }
+
     /// Whether the same request may succeed if sent again: no answer at all, or an
     /// answer that says "not now" rather than "no".
     pub fn is_transient(&self) -> bool {

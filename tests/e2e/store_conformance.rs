@@ -1080,3 +1080,37 @@ async fn a_view_of_the_past_on_moto() {
         "the bucket itself is untouched"
     );
 }
+
+/// An object of an archive storage class, not restored: S3 refuses its bytes
+/// and a copy of it with 403 InvalidObjectState (ObjectNotInActiveTierError)
+/// as it refuses what a policy denies. The store tells it from a denial, and
+/// names the object to restore, the source of a copy.
+#[tokio::test]
+#[ignore = "needs moto; run scripts/test.sh"]
+async fn an_archived_object_is_told_from_a_denial_on_moto() {
+    let s = s3(ServerKind::Moto).await;
+    let headers = ObjectHeaders {
+        storage_class: Some("GLACIER".into()),
+        ..ObjectHeaders::default()
+    };
+    s.store
+        .put_object("cold/a", bytes::Bytes::from_static(b"frozen"), &headers)
+        .await
+        .unwrap();
+    let head = s.store.head_object("cold/a").await.unwrap();
+    assert_eq!(head.size, 6);
+    match s.store.get_range("cold/a", 0..6, None).await {
+        Err(StoreError::Archived { key, .. }) => assert_eq!(key, "cold/a"),
+        other => panic!("a GET of an archived object: {other:?}"),
+    }
+    match s.store.copy_object("cold/a", "cold/b", None, 6, None).await {
+        Err(e @ StoreError::Archived { .. }) => {
+            let said = e.to_string();
+            assert!(
+                said.contains("cold/a") && !said.contains("cold/b"),
+                "{said}"
+            );
+        }
+        other => panic!("a copy of an archived object: {other:?}"),
+    }
+}

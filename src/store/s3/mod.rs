@@ -468,7 +468,8 @@ impl S3Store {
         .send();
         let out = self
             .answer(Operation::CopyObject, to, copy_allowance(size), request)
-            .await?;
+            .await
+            .map_err(|e| e.archived_at(from))?;
         Ok(out
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -499,7 +500,8 @@ impl S3Store {
         let allowance = copy_allowance(range.end - range.start);
         let out = self
             .answer(Operation::UploadPartCopy, to, allowance, request)
-            .await?;
+            .await
+            .map_err(|e| e.archived_at(from))?;
         Ok(out
             .copy_part_result()
             .and_then(|r| r.e_tag())
