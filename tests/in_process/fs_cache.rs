@@ -251,19 +251,25 @@ async fn a_small_file_is_looked_up_opened_and_read_with_one_get() {
     vol.fs.releasedir(fh);
 }
 
-#[tokio::test]
-async fn a_file_whose_bytes_are_refused_is_still_looked_up_with_a_head() {
-    // An object under a KMS key the role may not use, or in an archive storage
-    // class, answers a HEAD but refuses a GET.
-    let store = Arc::new(MemoryStore::new("bkt"));
-    store.put("locked.bin", pattern(1000, 23));
+/// A volume with a block cache over `store`, whose calls the returned
+/// store can fail.
+fn volume_with_faults(store: &Arc<MemoryStore>) -> (Fs, Arc<FaultyStore>, tempfile::TempDir) {
     let faulty = Arc::new(FaultyStore::new(store.clone()));
     let dir = tempfile::tempdir().unwrap();
     let config = FsConfig {
         cache: Some(cache_in(dir.path(), 64 * MIB as u64)),
         ..FsConfig::default()
     };
-    let fs = Fs::new(faulty.clone(), "", config);
+    (Fs::new(faulty.clone(), "", config), faulty, dir)
+}
+
+#[tokio::test]
+async fn a_file_whose_bytes_are_refused_is_still_looked_up_with_a_head() {
+    // An object under a KMS key the role may not use, or in an archive storage
+    // class, answers a HEAD but refuses a GET.
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("locked.bin", pattern(1000, 23));
+    let (fs, faulty, _dir) = volume_with_faults(&store);
     faulty.fail_nth(Operation::GetObject, 1, Fault::AccessDenied);
     let ino = lookup_path(&fs, "locked.bin").await.unwrap();
     assert_eq!(fs.getattr(ino).await.unwrap().attr.size, 1000);
@@ -274,13 +280,7 @@ async fn a_file_whose_bytes_are_refused_is_still_looked_up_with_a_head() {
 async fn an_archived_file_is_seen_and_its_read_refused() {
     let store = Arc::new(MemoryStore::new("bkt"));
     store.put("cold.bin", pattern(1000, 23));
-    let faulty = Arc::new(FaultyStore::new(store.clone()));
-    let dir = tempfile::tempdir().unwrap();
-    let config = FsConfig {
-        cache: Some(cache_in(dir.path(), 64 * MIB as u64)),
-        ..FsConfig::default()
-    };
-    let fs = Fs::new(faulty.clone(), "", config);
+    let (fs, faulty, _dir) = volume_with_faults(&store);
     faulty.fail_all(Operation::GetObject, Fault::Forbidden("InvalidObjectState"));
     let ino = lookup_path(&fs, "cold.bin").await.unwrap();
     assert_eq!(fs.getattr(ino).await.unwrap().attr.size, 1000);
