@@ -273,9 +273,10 @@ impl BlockCache {
 
     /// Like [`BlockCache::read`], for a sequential reader: the kernel keeps
     /// what such a reader reads in its own page cache, so the blocks go to
-    /// disk alone and take no place in the memory tier. (On a cold read of
-    /// several files at once, the tier filled with them was an eighth of the
-    /// daemon's peak memory, for bytes held twice already.)
+    /// disk and take no place in the memory tier, unless the disk will not
+    /// take them. (On a cold read of several files at once, the tier filled
+    /// with them was an eighth of the daemon's peak memory, for bytes held
+    /// twice already.)
     pub async fn read_streamed(
         self: &Arc<Self>,
         key: &str,
@@ -556,7 +557,10 @@ impl BlockCache {
     async fn insert(self: &Arc<Self>, span: &Span, data: &Bytes, kept: Kept) {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let on_disk = self.disk.reserve(span, data);
-        if kept == Kept::InMemory || (kept == Kept::OnDiskElseInMemory && !on_disk) {
+        // (A block the disk refuses because it holds it, written or being
+        // written, is found there.)
+        let refused = || !self.disk.holds(span) && !self.writing.lock().contains_key(&span.id);
+        if kept == Kept::InMemory || (kept == Kept::OnDiskElseInMemory && !on_disk && refused()) {
             self.memory.put(span, data);
         }
         if !on_disk {

@@ -110,8 +110,19 @@ fn store_status(e: StoreError) -> Status {
                 op.iam_action()
             ),
         ),
-        // Its message says what to fix: the key, the secret, or the clock.
-        StoreError::BadSignature { .. } => (tonic::Code::PermissionDenied, e.to_string()),
+        StoreError::BadSignature { op, info } => (
+            tonic::Code::PermissionDenied,
+            match info.code.as_str() {
+                "RequestTimeTooSkewed" => format!(
+                    "{op}: S3 refused the request's time ({info}): this node's clock is more \
+                     than 15 minutes from S3's; set it right"
+                ),
+                _ => format!(
+                    "{op}: S3 refused the signature of the provisioner Secret's credentials \
+                     ({info}): check the access key ID and secret access key in the Secret"
+                ),
+            },
+        ),
         StoreError::NoSuchBucket { .. } => (tonic::Code::NotFound, e.to_string()),
         e if e.is_endpoint_failure() => (tonic::Code::Unavailable, e.to_string()),
         e => (tonic::Code::Internal, e.to_string()),
@@ -512,6 +523,18 @@ mod tests {
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         assert!(status.message().contains("clock"), "{status:?}");
+        store.clear();
+        store.fail_all(
+            Operation::ListMultipartUploads,
+            Fault::Forbidden("SignatureDoesNotMatch"),
+        );
+        let status = probe_deletion(&store, &location("vols/a"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let said = status.message();
+        assert!(said.contains("provisioner Secret"), "{said}");
+        assert!(!said.contains("--profile"), "{said}");
     }
 
     #[test]

@@ -124,13 +124,22 @@ impl StoreError {
             if info.code == "NotImplemented" || info.code == "HTTP 501")
     }
 
-    /// The error a copy from `source` met, naming the archived object to
-    /// restore: the copy's source, not the key it was copied to.
-    pub fn archived_at(self, source: &str) -> Self {
+    /// The error a copy from `source` (in `bucket`) met, as it concerns the
+    /// source too: an archived object to restore is the copy's source, not
+    /// the key it was copied to; a denial may be of reading the source.
+    pub fn of_copy_from(self, bucket: &str, source: &str) -> Self {
         match self {
             StoreError::Archived { op, info, .. } => StoreError::Archived {
                 op,
                 key: source.to_string(),
+                info,
+            },
+            StoreError::AccessDenied { op, resource, info } => StoreError::AccessDenied {
+                op,
+                resource: format!(
+                    "{resource}, or s3:GetObject on {}",
+                    super::object_arn(bucket, source)
+                ),
                 info,
             },
             other => other,
@@ -230,5 +239,38 @@ fn signature_advice(code: &str) -> &'static str {
              between here and S3 changed the request); check which credentials are in use \
              (--profile, --role-arn, AWS_* variables)"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy refused for its source says so: the archived object to restore
+    /// is the source, and a denial may be of reading it.
+    #[test]
+    fn a_copy_s_error_names_its_source() {
+        let info = ServiceInfo::default;
+        let archived = StoreError::Archived {
+            op: Operation::UploadPartCopy,
+            key: "dst".into(),
+            info: info(),
+        };
+        let said = archived.of_copy_from("b", "src").to_string();
+        assert!(said.contains("src") && !said.contains("dst"), "{said}");
+        let denied = StoreError::AccessDenied {
+            op: Operation::CopyObject,
+            resource: "arn:aws:s3:::b/dst".into(),
+            info: info(),
+        };
+        let said = denied.of_copy_from("b", "src").to_string();
+        assert!(
+            said.contains("s3:PutObject on arn:aws:s3:::b/dst"),
+            "{said}"
+        );
+        assert!(
+            said.contains("s3:GetObject on arn:aws:s3:::b/src"),
+            "{said}"
+        );
     }
 }

@@ -228,7 +228,16 @@ impl ObjectStore for FaultyStore {
 
     async fn send(&self, request: Request<'_>) -> StoreResult<Response> {
         let (op, key) = (request.operation(), request.key());
-        self.around(op, key, self.inner.send(request)).await
+        // What a copy meets concerns its source too, as the S3 store says.
+        let source = match &request {
+            Request::Copy { from, .. } | Request::CopyPart { from, .. } => Some(*from),
+            _ => None,
+        };
+        let answer = self.around(op, key, self.inner.send(request)).await;
+        match source {
+            Some(from) => answer.map_err(|e| e.of_copy_from(self.inner.bucket(), from)),
+            None => answer,
+        }
     }
 
     async fn presign(&self, key: &str, request: &Presign) -> StoreResult<PresignedUrl> {

@@ -739,6 +739,38 @@ async fn a_change_of_an_archived_object_is_reported_not_retried() {
     assert_eq!(fs.stop(Duration::from_secs(3)).await, ["root/f"]);
 }
 
+/// A rename of an archived object copies it, which S3 refuses: the error
+/// names the object to restore, not the name it was to get.
+#[tokio::test]
+async fn a_rename_of_an_archived_object_names_it_to_be_restored() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    store.put("root/cold", "x");
+    let faulty = Arc::new(FaultyStore::new(store.clone()));
+    let (fs, _staging) = shared_volume(faulty.clone());
+    lookup_path(&fs, "cold").await.unwrap();
+    faulty.fail_all(
+        Operation::CopyObject,
+        Fault::Forbidden("ObjectNotInActiveTierError"),
+    );
+    let renamed = fs
+        .rename(
+            ROOT_INO,
+            OsStr::new("cold"),
+            ROOT_INO,
+            OsStr::new("warm"),
+            0,
+        )
+        .await;
+    let said = renamed.as_ref().err().map(ToString::to_string);
+    assert_eq!(errno(renamed), libc::EACCES);
+    let said = said.unwrap();
+    assert!(
+        said.contains("root/cold") && !said.contains("root/warm"),
+        "{said}"
+    );
+    assert!(store.get("root/cold").is_some());
+}
+
 /// Two renames that the kernel lets run at once, one of a directory and one
 /// replacing a file being written inside it, while the volume's turn copies
 /// a change: each waits for the other's locks in one order, and both end.

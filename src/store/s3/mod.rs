@@ -469,7 +469,7 @@ impl S3Store {
         let out = self
             .answer(Operation::CopyObject, to, copy_allowance(size), request)
             .await
-            .map_err(|e| e.archived_at(from))?;
+            .map_err(|e| e.of_copy_from(&self.bucket, from))?;
         Ok(out
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -501,7 +501,7 @@ impl S3Store {
         let out = self
             .answer(Operation::UploadPartCopy, to, allowance, request)
             .await
-            .map_err(|e| e.archived_at(from))?;
+            .map_err(|e| e.of_copy_from(&self.bucket, from))?;
         Ok(out
             .copy_part_result()
             .and_then(|r| r.e_tag())
