@@ -514,27 +514,20 @@ mod tests {
     #[tokio::test]
     async fn a_refused_signature_is_a_refusal_that_says_what_to_fix() {
         let store = FaultyStore::new(Arc::new(MemoryStore::new("bkt")));
-        store.fail_all(
-            Operation::ListMultipartUploads,
-            Fault::Forbidden("RequestTimeTooSkewed"),
-        );
-        let status = probe_deletion(&store, &location("vols/a"))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert!(status.message().contains("clock"), "{status:?}");
-        store.clear();
-        store.fail_all(
-            Operation::ListMultipartUploads,
-            Fault::Forbidden("SignatureDoesNotMatch"),
-        );
-        let status = probe_deletion(&store, &location("vols/a"))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        let said = status.message();
-        assert!(said.contains("provisioner Secret"), "{said}");
-        assert!(!said.contains("--profile"), "{said}");
+        for (code, says) in [
+            ("RequestTimeTooSkewed", "clock"),
+            ("SignatureDoesNotMatch", "provisioner Secret"),
+        ] {
+            store.clear();
+            store.fail_all(Operation::ListMultipartUploads, Fault::Forbidden(code));
+            let status = probe_deletion(&store, &location("vols/a"))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{code}");
+            let said = status.message();
+            assert!(said.contains(says), "{code}: {said}");
+            assert!(!said.contains("--profile"), "{code}: {said}");
+        }
     }
 
     #[test]

@@ -89,6 +89,17 @@ impl FaultyStore {
         });
     }
 
+    /// S3's answer of HTTP `status` with error `code` to the `n`th call of
+    /// `op` on `key`, taken as the S3 store takes it.
+    fn answered(&self, op: Operation, key: &str, n: usize, code: &str, status: u16) -> StoreError {
+        let info = ServiceInfo {
+            code: code.into(),
+            message: "(injected)".into(),
+            request_id: Some(format!("injected-{n}")),
+        };
+        super::s3::service_error(self.inner.bucket(), op, key, code, Some(status), info)
+    }
+
     pub fn clear(&self) {
         self.rules.lock().clear();
     }
@@ -152,17 +163,7 @@ impl FaultyStore {
                 }
                 Fault::Delay(d) => tokio::time::sleep(d).await,
                 Fault::NotImplemented => {
-                    return Err(StoreError::Service {
-                        op,
-                        key: key.to_string(),
-                        info: ServiceInfo {
-                            code: "NotImplemented".into(),
-                            message: "A header you provided implies functionality that is not \
-                                      implemented. (injected)"
-                                .into(),
-                            request_id: Some(format!("injected-{n}")),
-                        },
-                    });
+                    return Err(self.answered(op, key, n, "NotImplemented", 501));
                 }
                 Fault::Panic => panic!("a panic injected into {op} {key}"),
                 Fault::AccessDenied => {
@@ -176,22 +177,7 @@ impl FaultyStore {
                         },
                     });
                 }
-                Fault::Forbidden(code) => {
-                    let info = ServiceInfo {
-                        code: code.into(),
-                        message: "(injected)".into(),
-                        request_id: Some(format!("injected-{n}")),
-                    };
-                    let bucket = self.inner.bucket();
-                    return Err(super::s3::service_error(
-                        bucket,
-                        op,
-                        key,
-                        code,
-                        Some(403),
-                        info,
-                    ));
-                }
+                Fault::Forbidden(code) => return Err(self.answered(op, key, n, code, 403)),
                 Fault::ExpiredToken => {
                     return Err(StoreError::ExpiredToken {
                         op,

@@ -384,20 +384,24 @@ mod tests {
         assert!(matches!(err, Err(StoreError::NotFound { .. })), "{err:?}");
     }
 
+    /// A multipart upload of `big` started, with one part of 5 MiB of
+    /// `byte` uploaded: its ID and parts.
+    async fn an_upload_of_big(store: &RetryingStore, byte: u8) -> (String, [UploadedPart; 1]) {
+        let id = store
+            .create_multipart_upload("big", &Default::default())
+            .await
+            .unwrap();
+        let body = Bytes::from(vec![byte; 5 << 20]);
+        let etag = store.upload_part("big", &id, 1, body).await.unwrap();
+        (id, [UploadedPart { number: 1, etag }])
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lost_answer_to_a_conditional_complete_is_recognised_by_the_etag() {
         let (memory, faulty, store) = setup();
         memory.put("big", "old");
         let old = memory.etag("big").unwrap();
-        let id = store
-            .create_multipart_upload("big", &Default::default())
-            .await
-            .unwrap();
-        let body = Bytes::from(vec![7u8; 5 << 20]);
-        let parts = [UploadedPart {
-            number: 1,
-            etag: store.upload_part("big", &id, 1, body).await.unwrap(),
-        }];
+        let (id, parts) = an_upload_of_big(&store, 7).await;
         faulty.fail_nth(Operation::CompleteMultipartUpload, 1, Fault::LostAnswer);
         // The repeat finds the version it was conditional on gone: made by
         // the first attempt, as the ETag shows.
@@ -409,15 +413,7 @@ mod tests {
         assert_eq!(memory.count_calls(Operation::CompleteMultipartUpload), 2);
 
         // A version another client made is a failure, whatever the repeat.
-        let id = store
-            .create_multipart_upload("big", &Default::default())
-            .await
-            .unwrap();
-        let body = Bytes::from(vec![8u8; 5 << 20]);
-        let parts = [UploadedPart {
-            number: 1,
-            etag: store.upload_part("big", &id, 1, body).await.unwrap(),
-        }];
+        let (id, parts) = an_upload_of_big(&store, 8).await;
         memory.put("big", "theirs");
         let err = store
             .complete_multipart_upload_over("big", &id, &parts, &old)
