@@ -33,8 +33,8 @@ pub(super) fn tune_allocator() {
 
 /// Gives the memory freed since the volume was last busy back to the system, once
 /// it has sent no request for two seconds. The allocator keeps freed memory for
-/// reuse (see [`tune_allocator`]), which a busy volume wants and an idle one
-/// should not hold: a platform host runs one volume per customer, most of them
+/// reuse (see [`tune_allocator`]), and the store its free GET buffers, which a
+/// busy volume wants and an idle one should not hold: a platform host runs one volume per customer, most of them
 /// idle at any moment.
 pub(super) async fn trim_when_idle(requests: std::sync::Arc<crate::store::counted::RequestStats>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -54,6 +54,7 @@ pub(super) async fn trim_when_idle(requests: std::sync::Arc<crate::store::counte
             // SAFETY: malloc_trim only returns free memory to the system; it is
             // safe to call at any time from any thread.
             unsafe { libc::malloc_trim(0) };
+            crate::store::s3::release_free_buffers();
             release_program_pages();
         }
     }
