@@ -2,12 +2,12 @@
 //! least-recently-used eviction.
 //!
 //! Each version of an object has one data file, its cached blocks at their
-//! places in the object and holes elsewhere, and each block a small header file
-//! (see `super::block_file`). A block is counted against the bound from the
-//! moment it is reserved, before a byte is written, so the files on disk never
-//! exceed the bound, not even while many are being written; an evicted block's
-//! range is punched out of its data file, and the file goes with its version's
-//! last block. A block is read only once its writer has marked it written, so a
+//! places in the object and holes elsewhere, and one header file, a slot per
+//! block (see `super::block_file`). A block is counted against the bound from
+//! the moment it is reserved, before a byte is written, so the files on disk
+//! never exceed the bound, not even while many are being written; an evicted
+//! block's range is punched out of its data file and its slot out of the header
+//! file, and the files go with their version's last block. A block is read only once its writer has marked it written, so a
 //! reader never sees half a block. Recently used blocks are kept open with
 //! their checked headers, so a small read costs one read of its chunk: no path
 //! lookup, no header read.
@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,23 +41,24 @@ struct Entry {
     version: String,
     /// Which data file of the version the block is in (see [`Version::seq`]).
     seq: u64,
-    /// Names the block's header file (see [`header_name`]), and tells this
-    /// reservation of the block from a later one.
+    /// Tells this reservation of the block from a later one.
     ticket: u64,
     /// The block's place in the data file.
     start: u64,
     len: u64,
+    /// Its header's slot in the header file.
+    header: Range<u64>,
 }
 
-/// The data file of one version.
+/// The files of one version.
 struct Version {
     /// The version's key and ETag: a version name (a hash of them) shared
     /// by another version is a miss, never the other's data.
     key: String,
     etag: String,
-    /// Names the data file (`{seq:x}.data`): a version whose last block went
-    /// and that is cached again gets a new file, which no writer of the old
-    /// one can touch.
+    /// Names the data file (`{seq:x}.data`) and the header file
+    /// (`{seq:x}.headers`): a version whose last block went and that is
+    /// cached again gets new files, which no writer of the old ones can touch.
     seq: u64,
     /// Created by the first block written.
     file: Option<Arc<DataFile>>,
@@ -83,15 +85,15 @@ struct Files {
 }
 
 impl Files {
-    /// Stops counting `entry`, which left `entries`: removes its header,
-    /// punches its range out of the data file, and removes the data file with
-    /// the version's last block. Done under the lock, so no block of the same
-    /// name can be reserved (and written) in between. Returns the blocks that
-    /// went with it: all of its version's when its range could not be punched
-    /// (the data file is then removed whole, to keep the bound).
+    /// Stops counting `entry`, which left `entries`: punches its range out
+    /// of the data file and its header's slot out of the header file, and
+    /// removes both files with the version's last block. Done under the lock,
+    /// so no block of the same name can be reserved (and written) in between.
+    /// Returns the blocks that went with it: all of its version's when its
+    /// range could not be punched (the files are then removed whole, to keep
+    /// the bound).
     fn release(&mut self, entry: Entry, dir: &LocalDir) -> Vec<String> {
         self.used -= entry.size;
-        let _ = dir.remove_file(&header_name(entry.ticket));
         let Some(version) = self.versions.get_mut(&entry.version) else {
             return Vec::new();
         };
@@ -101,7 +103,7 @@ impl Files {
         version.blocks -= 1;
         if version.blocks == 0 {
             self.versions.remove(&entry.version);
-            let _ = dir.remove_file(&data_name(entry.seq));
+            remove_version_files(dir, entry.seq);
             return Vec::new();
         }
         if version.exposed {
@@ -111,7 +113,10 @@ impl Files {
         let Some(file) = &version.file else {
             return Vec::new();
         };
-        match punch(&file.file, entry.start, entry.len) {
+        let header = entry.header.clone();
+        let punched = punch(&file.file, entry.start, entry.len)
+            .and_then(|()| punch(&file.headers, header.start, header.end - header.start));
+        match punched {
             Ok(()) => Vec::new(),
             Err(e) => {
                 debug!(error = %e, "cannot punch a block out of its data file; dropping the version");
@@ -134,10 +139,9 @@ impl Files {
         for name in &names {
             if let Some(entry) = self.entries.pop(name) {
                 self.used -= entry.size;
-                let _ = dir.remove_file(&header_name(entry.ticket));
             }
         }
-        let _ = dir.remove_file(&data_name(gone.seq));
+        remove_version_files(dir, gone.seq);
         names
     }
 }
@@ -155,8 +159,14 @@ fn data_name(seq: u64) -> String {
     format!("{seq:x}.data")
 }
 
-fn header_name(ticket: u64) -> String {
-    format!("{ticket:x}.block")
+fn headers_name(seq: u64) -> String {
+    format!("{seq:x}.headers")
+}
+
+/// Removes the files of the version `seq`.
+fn remove_version_files(dir: &LocalDir, seq: u64) {
+    let _ = dir.remove_file(&data_name(seq));
+    let _ = dir.remove_file(&headers_name(seq));
 }
 
 pub struct DiskTier {
@@ -230,14 +240,14 @@ impl DiskTier {
     }
 
     /// Where a file of the tier is, for tests that change it behind the
-    /// tier's back: a block's header, or (`data`) its version's data file.
+    /// tier's back: a block's version's header file, or (`data`) its data file.
     #[cfg(test)]
     pub(super) fn path(&self, span: &Span, data: bool) -> std::path::PathBuf {
         let files = self.files.lock();
         let entry = files.entries.peek(&span.name).expect("a block held");
         let name = match data {
             true => data_name(entry.seq),
-            false => header_name(entry.ticket),
+            false => headers_name(entry.seq),
         };
         self.dir.path().join(name)
     }
@@ -289,6 +299,7 @@ impl DiskTier {
             ticket: next_name(),
             start: span.start,
             len: data.len() as u64,
+            header: block_file::slot(&span.id),
         };
         files.entries.put(name.to_string(), entry);
         files.used += size;
@@ -336,13 +347,10 @@ impl DiskTier {
         let Some((file, seq, ticket)) = self.data_file(span) else {
             return;
         };
-        let header = header_name(ticket);
         let direct = direct.then_some(&self.direct);
         let written = file
             .write_at(&self.dir, data, span.start, direct)
-            .and_then(|()| {
-                block_file::write_header(&self.dir, &header, &file, span.start, id, data, &self.key)
-            });
+            .and_then(|()| block_file::write_header(&file, span.start, id, data, &self.key));
         let mut files = self.files.lock();
         let ours = files
             .entries
@@ -371,14 +379,16 @@ impl DiskTier {
             }
             // Evicted while written: what was written is taken back, unless
             // the block was reserved again meanwhile (its new writer writes
-            // the same bytes) or the version's file is another by now.
-            let _ = self.dir.remove_file(&header);
+            // the same bytes and the same header) or the version's files are
+            // others by now.
             let same_file = files
                 .versions
                 .get(&span.version)
                 .is_some_and(|v| v.seq == seq && !v.exposed);
             if same_file && !files.entries.contains(name) {
+                let header = block_file::slot(id);
                 let _ = punch(&file.file, span.start, data.len() as u64);
+                let _ = punch(&file.headers, header.start, header.end - header.start);
             }
             return;
         }
@@ -403,7 +413,11 @@ impl DiskTier {
             .get_mut(&span.version)
             .filter(|v| v.seq == entry.seq)?;
         if version.file.is_none() {
-            match DataFile::create(&self.dir, &data_name(version.seq)) {
+            match DataFile::create(
+                &self.dir,
+                &data_name(version.seq),
+                &headers_name(version.seq),
+            ) {
                 Ok(file) => version.file = Some(Arc::new(file)),
                 Err(e) => {
                     debug!(error = %e, "cannot create a data file");
@@ -501,19 +515,16 @@ impl DiskTier {
         if let Some(block) = self.open_files.lock().get(name).cloned() {
             return Ok(block);
         }
-        let (ticket, file) = {
+        let file = {
             let files = self.files.lock();
             let entry = files.entries.peek(name).filter(|e| e.written);
             let found = entry.and_then(|e| {
                 let version = files.versions.get(&e.version).filter(|v| v.seq == e.seq)?;
-                Some((e.ticket, version.file.as_ref()?.file.clone()))
+                version.file.clone()
             });
             found.ok_or(ReadFailure::Missing)?
         };
-        let header = header_name(ticket);
-        let block = OpenBlock::open(
-            &self.dir, &header, file, span.start, &span.id, span.len, &self.key,
-        )?;
+        let block = OpenBlock::open(&file, span.start, &span.id, span.len, &self.key)?;
         let block = Arc::new(block);
         self.keep_open(name, block.clone());
         Ok(block)
@@ -591,11 +602,8 @@ impl Tier for DiskTier {
     fn clear(&self) {
         self.open_files.lock().clear();
         let mut files = self.files.lock();
-        for (_, entry) in files.entries.iter() {
-            let _ = self.dir.remove_file(&header_name(entry.ticket));
-        }
         for version in files.versions.values() {
-            let _ = self.dir.remove_file(&data_name(version.seq));
+            remove_version_files(&self.dir, version.seq);
         }
         files.entries.clear();
         files.versions.clear();

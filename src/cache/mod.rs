@@ -700,6 +700,14 @@ mod tests {
         let on_disk: u64 = files_in(cache.dir()).iter().map(|p| allocated(p)).sum();
         assert!(on_disk <= 256 * KIB, "{on_disk} bytes of files");
         assert!(cache.stats.evictions.load(Ordering::Relaxed) > 0);
+        // One version: its data file and its header file, however many of
+        // its blocks are held.
+        assert_eq!(
+            files_in(cache.dir()).len(),
+            2,
+            "{:?}",
+            files_in(cache.dir())
+        );
         // The most recent blocks are there, the oldest are gone.
         let newest = span(id("k", "\"e\"", 47), 16 * 1024);
         assert_eq!(
