@@ -32,9 +32,10 @@ pub(super) fn tune_allocator() {
 }
 
 /// Gives the memory freed since the volume was last busy back to the system, once
-/// it has sent no request for two seconds. The allocator keeps freed memory for
-/// reuse (see [`tune_allocator`]), and the store its free GET buffers, which a
-/// busy volume wants and an idle one should not hold: a platform host runs one volume per customer, most of them
+/// it has sent no request for two seconds, and the store's free GET buffers once
+/// it has read nothing for two seconds. The allocator keeps freed memory for
+/// reuse (see [`tune_allocator`]), which a busy volume wants and an idle one
+/// should not hold: a platform host runs one volume per customer, most of them
 /// idle at any moment.
 pub(super) async fn trim_when_idle(requests: std::sync::Arc<crate::store::counted::RequestStats>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -43,6 +44,9 @@ pub(super) async fn trim_when_idle(requests: std::sync::Arc<crate::store::counte
     let (mut last, mut quiet) = (requests.total(), 0u32);
     loop {
         tick.tick().await;
+        // Busy or not: a volume that stopped reading (writing now, say) keeps
+        // no GET buffers it does not use.
+        crate::store::s3::release_idle_buffers();
         let now = requests.total();
         quiet = if now == last {
             quiet.saturating_add(1)
@@ -54,7 +58,6 @@ pub(super) async fn trim_when_idle(requests: std::sync::Arc<crate::store::counte
             // SAFETY: malloc_trim only returns free memory to the system; it is
             // safe to call at any time from any thread.
             unsafe { libc::malloc_trim(0) };
-            crate::store::s3::release_free_buffers();
             release_program_pages();
         }
     }

@@ -9,20 +9,23 @@
 //! own and kept, up to [`KEEP`] of them, for the next GET: reused pages cost no
 //! fault and need no clearing (the kernel clears a fresh buffer's pages as the
 //! body is copied in: 8% of the daemon's CPU over two cold 1 GiB reads when two
-//! were kept), and the heap never holds them. The kept buffers are unmapped once
-//! the volume is idle ([`release_free_buffers`]), as the allocator's free memory
-//! is. Each asks for huge pages
+//! were kept), and the heap never holds them. A pool's kept buffers are unmapped
+//! once it has handed out none for two seconds ([`release_idle_buffers`]), as an
+//! idle volume's free memory is. Each asks for huge pages
 //! (transparent huge pages, `madvise`): where the kernel gives them (and
 //! places the mapping on a 2 MiB boundary, as recent kernels do for mappings of
 //! whole huge pages), a fresh buffer costs 4 page faults instead of 2048, and
 //! pinning its pages for a direct write of the disk cache walks a few large
 //! pages rather than thousands of small ones. A body is then resident 2 MiB at
-//! a time as it arrives (docs/CACHE.md, Memory).
+//! a time as it arrives (docs/CACHE.md, Memory), and a kept buffer handed out
+//! for a smaller body first gives back the pages past it, so that a buffer never
+//! holds much more than its body.
 
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use memmap2::MmapMut;
+use memmap2::{MmapMut, UncheckedAdvice};
 use parking_lot::Mutex;
 
 /// Bodies larger than this use pooled buffers, the others the heap: a block of
@@ -30,44 +33,96 @@ use parking_lot::Mutex;
 /// a whole part's buffer with it.
 const POOLED_ABOVE: usize = 1 << 20;
 
-/// Free buffers kept for reuse while the volume is busy: as many as are in use
+/// Free buffers kept for reuse while the volume reads: as many as are in use
 /// at once with the default `--max-memory` (the read-ahead pool's six parts and
 /// the disk write backlog's two). More are unmapped when freed. Keeping them
 /// never raises the peak: a buffer is mapped only when none is free, so the
-/// buffers mapped never outnumber the most in use at once.
+/// buffers mapped never outnumber the most in use at once, and one handed out
+/// again holds no more than its body (see [`Kept::fit`]).
 const KEEP: usize = 8;
 
-/// Every store's pool, for [`release_free_buffers`].
+/// How long a pool keeps its free buffers after it last handed one out.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// The resident unit of a buffer on transparent huge pages.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Every store's pool, for [`release_idle_buffers`].
 static POOLS: Mutex<Vec<Weak<Buffers>>> = Mutex::new(Vec::new());
 
-/// Unmaps the free buffers of every pool of this process: called once the
-/// volume is idle, whose kept buffers would otherwise stay resident until it
-/// reads again.
-pub(crate) fn release_free_buffers() {
-    let mut pools = POOLS.lock();
-    pools.retain(|pool| match pool.upgrade() {
-        Some(pool) => {
-            let freed = std::mem::take(&mut *pool.free.lock());
-            drop(freed);
-            true
+/// Unmaps the free buffers of every pool of this process that has handed out
+/// none for [`IDLE`]: a volume that stopped reading (or only writes now, whose
+/// parts are not these buffers) holds no memory it does not use. Called every
+/// second.
+pub(crate) fn release_idle_buffers() {
+    let pools: Vec<Arc<Buffers>> = {
+        let mut pools = POOLS.lock();
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.iter().filter_map(Weak::upgrade).collect()
+    };
+    for pool in pools {
+        pool.release_if_idle(IDLE);
+    }
+}
+
+/// A free buffer, and how much of it has been written (resident) since it
+/// was mapped or last fitted.
+struct Kept {
+    map: MmapMut,
+    touched: usize,
+}
+
+impl Kept {
+    /// Gives back the pages past what a body of `len` bytes needs (in whole
+    /// huge pages), where an earlier, larger body left them resident: a 2 MiB
+    /// part in a buffer an 8 MiB one filled would otherwise hold 8 MiB.
+    fn fit(&mut self, len: usize) {
+        let needed = len.next_multiple_of(HUGE_PAGE).min(self.map.len());
+        if self.touched > needed {
+            // SAFETY: the buffer is free: no `Bytes` refers to it, and its
+            // old contents are not needed (the pages read as zeros again).
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    needed,
+                    self.touched - needed,
+                )
+            };
+            self.touched = needed;
         }
-        None => false,
-    });
+    }
+}
+
+/// A pool's free buffers and when it last handed one out.
+struct Free {
+    kept: Vec<Kept>,
+    last_taken: Instant,
 }
 
 /// The mapped buffers of one store, free for reuse.
-#[derive(Debug)]
 pub(super) struct Buffers {
     /// The size of each pooled buffer: the largest part read ahead.
     size: usize,
-    free: Mutex<Vec<MmapMut>>,
+    free: Mutex<Free>,
+}
+
+impl std::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffers")
+            .field("size", &self.size)
+            .field("free", &self.free.lock().kept.len())
+            .finish()
+    }
 }
 
 impl Buffers {
     pub(super) fn new(size: usize) -> Arc<Self> {
         let pool = Arc::new(Self {
             size,
-            free: Mutex::new(Vec::new()),
+            free: Mutex::new(Free {
+                kept: Vec::new(),
+                last_taken: Instant::now(),
+            }),
         });
         let mut pools = POOLS.lock();
         pools.retain(|pool| pool.strong_count() > 0);
@@ -80,19 +135,30 @@ impl Buffers {
         if len <= POOLED_ABOVE {
             return Body::Heap(Vec::with_capacity(len));
         }
-        let reused = (len <= self.size).then(|| self.free.lock().pop()).flatten();
-        let map = match reused {
-            Some(map) => Some(map),
+        let reused = (len <= self.size)
+            .then(|| {
+                let mut free = self.free.lock();
+                free.last_taken = Instant::now();
+                free.kept.pop()
+            })
+            .flatten();
+        let kept = match reused {
+            Some(mut kept) => {
+                kept.fit(len);
+                Some(kept)
+            }
             // (A kernel without transparent huge pages refuses the advice, one
             // with them off ignores it: small pages serve.)
-            None => MmapMut::map_anon(len.max(self.size)).ok().inspect(|map| {
+            None => MmapMut::map_anon(len.max(self.size)).ok().map(|map| {
                 let _ = map.advise(memmap2::Advice::HugePage);
+                Kept { map, touched: 0 }
             }),
         };
-        match map {
-            Some(map) => Body::Mapped(Mapped {
+        match kept {
+            Some(Kept { map, touched }) => Body::Mapped(Mapped {
                 map: Some(map),
                 len: 0,
+                touched,
                 pool: self.clone(),
             }),
             // No mapping to be had: the heap will do.
@@ -100,13 +166,25 @@ impl Buffers {
         }
     }
 
-    fn give_back(&self, map: MmapMut) {
+    fn give_back(&self, map: MmapMut, touched: usize) {
         if map.len() == self.size {
             let mut free = self.free.lock();
-            if free.len() < KEEP {
-                free.push(map);
+            if free.kept.len() < KEEP {
+                free.kept.push(Kept { map, touched });
             }
         }
+    }
+
+    /// Unmaps the free buffers if none was handed out for `idle`.
+    fn release_if_idle(&self, idle: Duration) {
+        let released = {
+            let mut free = self.free.lock();
+            if free.last_taken.elapsed() < idle {
+                return;
+            }
+            std::mem::take(&mut free.kept)
+        };
+        drop(released);
     }
 }
 
@@ -121,6 +199,8 @@ pub(super) enum Body {
 pub(super) struct Mapped {
     map: Option<MmapMut>,
     len: usize,
+    /// How much of the buffer an earlier body left resident.
+    touched: usize,
     pool: Arc<Buffers>,
 }
 
@@ -133,7 +213,7 @@ impl AsRef<[u8]> for Mapped {
 impl Drop for Mapped {
     fn drop(&mut self) {
         if let Some(map) = self.map.take() {
-            self.pool.give_back(map);
+            self.pool.give_back(map, self.touched.max(self.len));
         }
     }
 }
@@ -189,12 +269,12 @@ mod tests {
         let bytes = body.freeze();
         let slice = bytes.slice(10..20);
         drop(bytes);
-        assert!(pool.free.lock().is_empty(), "a slice still uses it");
+        assert!(pool.free.lock().kept.is_empty(), "a slice still uses it");
         assert_eq!(&slice[..], &[7u8; 10]);
         drop(slice);
-        assert_eq!(pool.free.lock().len(), 1);
+        assert_eq!(pool.free.lock().kept.len(), 1);
         let again = pool.take(2 * MIB);
-        assert!(pool.free.lock().is_empty(), "not reused");
+        assert!(pool.free.lock().kept.is_empty(), "not reused");
         assert_eq!(again.len(), 0, "a reused buffer starts empty");
     }
 
@@ -208,8 +288,9 @@ mod tests {
         assert!(matches!(pool.take(MIB), Body::Heap(_)), "a cache block");
     }
 
-    /// The `VmFlags` of the mapping of this process that holds `address`.
-    fn flags_of_mapping_at(address: usize) -> String {
+    /// The field `name` (`VmFlags:`, `Rss:`) of the mapping of this process
+    /// that holds `address`.
+    fn smaps_field_at(address: usize, name: &str) -> String {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
         for line in smaps.lines() {
@@ -221,8 +302,8 @@ mod tests {
                 )
             {
                 inside = (start..end).contains(&address);
-            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
-                return flags.trim().to_string();
+            } else if inside && let Some(value) = line.strip_prefix(name) {
+                return value.trim().to_string();
             }
         }
         panic!("no mapping holds {address:#x}");
@@ -238,7 +319,7 @@ mod tests {
             panic!("not a pooled buffer");
         };
         let address = mapped.map.as_ref().unwrap().as_ptr() as usize;
-        let flags = flags_of_mapping_at(address);
+        let flags = smaps_field_at(address, "VmFlags:");
         assert!(
             flags.split(' ').any(|flag| flag == "hg"),
             "no MADV_HUGEPAGE: {flags}"
@@ -250,23 +331,56 @@ mod tests {
         let pool = Buffers::new(2 * MIB);
         let bodies: Vec<Bytes> = (0..KEEP + 3).map(|_| pool.take(2 * MIB).freeze()).collect();
         drop(bodies);
-        assert_eq!(pool.free.lock().len(), KEEP);
+        assert_eq!(pool.free.lock().kept.len(), KEEP);
     }
 
     #[test]
-    fn an_idle_volume_unmaps_its_kept_buffers() {
+    fn a_pool_that_hands_out_nothing_for_a_while_unmaps_its_kept_buffers() {
         let pool = Buffers::new(2 * MIB);
         let bodies: Vec<Bytes> = (0..3).map(|_| pool.take(2 * MIB).freeze()).collect();
         drop(bodies);
-        assert_eq!(pool.free.lock().len(), 3);
-        release_free_buffers();
-        assert!(pool.free.lock().is_empty(), "still kept");
+        pool.release_if_idle(Duration::from_secs(3600));
+        assert_eq!(pool.free.lock().kept.len(), 3, "released while busy");
+        pool.release_if_idle(Duration::ZERO);
+        assert!(pool.free.lock().kept.is_empty(), "still kept");
+        // A dropped store's pool leaves the list.
         let gone = Arc::downgrade(&pool);
         drop(pool);
-        release_free_buffers();
+        release_idle_buffers();
         assert!(
             !POOLS.lock().iter().any(|pool| pool.ptr_eq(&gone)),
             "a dropped store's pool is still listed"
+        );
+    }
+
+    /// The resident bytes of the mapping of this process that holds `address`.
+    fn resident_at(address: usize) -> usize {
+        smaps_field_at(address, "Rss:")
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+            * 1024
+    }
+
+    #[test]
+    fn a_kept_buffer_holds_no_more_than_its_next_body() {
+        let pool = Buffers::new(8 * MIB);
+        let mut body = pool.take(8 * MIB);
+        assert!(body.extend(&vec![1u8; 8 * MIB]));
+        let full = body.freeze();
+        let address = full.as_ptr() as usize;
+        assert!(resident_at(address) >= 8 * MIB);
+        drop(full);
+        let mut body = pool.take(2 * MIB + 1);
+        assert!(body.extend(&vec![2u8; 2 * MIB + 1]));
+        let small = body.freeze();
+        assert_eq!(small.as_ptr() as usize, address, "not the kept buffer");
+        assert_eq!(small[2 * MIB], 2);
+        assert!(
+            resident_at(address) <= 4 * MIB,
+            "{} bytes resident for a body of 2 MiB",
+            resident_at(address)
         );
     }
 }

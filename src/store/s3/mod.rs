@@ -33,7 +33,7 @@ macro_rules! object_headers {
 mod answer;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use answer::service_error;
-pub(crate) use buffers::release_free_buffers;
+pub(crate) use buffers::release_idle_buffers;
 mod buffers;
 mod delete;
 mod get;
