@@ -148,30 +148,38 @@ impl DirectWrites {
     }
 }
 
-/// A version's data file and header file: read and written through `file`
-/// and `headers`; blocks that can are written directly, through a descriptor
-/// opened for the one write (so that a version costs two descriptors, however
-/// it was written).
+/// A version's data file and header file. The data file is read and written
+/// through `file`; blocks that can are written directly, and headers written
+/// and read, through a descriptor opened for the one access, so that a version
+/// costs one descriptor however it was written (a volume may cache many small
+/// files).
 pub(super) struct DataFile {
     pub(super) file: Arc<File>,
-    pub(super) headers: File,
     name: String,
+    headers: String,
 }
 
 impl DataFile {
     /// Creates the data file `name` and the header file `headers` in `dir`.
     pub(super) fn create(dir: &LocalDir, name: &str, headers: &str) -> io::Result<Self> {
         let file = dir.create_file(name)?;
-        let headers = dir.create_file(headers).inspect_err(|_| {
+        if let Err(e) = dir.create_file(headers) {
             let _ = dir.remove_file(name);
-        })?;
+            return Err(e);
+        }
         random_access(&file);
-        random_access(&headers);
         Ok(Self {
             file: Arc::new(file),
-            headers,
             name: name.to_string(),
+            headers: headers.to_string(),
         })
+    }
+
+    /// Frees a block's `slot` of the header file (see [`slot`]), which then
+    /// reads as zeros.
+    pub(super) fn punch_header(&self, dir: &LocalDir, slot: Range<u64>) -> io::Result<()> {
+        let headers = dir.open_read_write(&self.headers, false)?;
+        punch(&headers, slot.start, slot.end - slot.start)
     }
 
     /// Writes `data` at `start`: with `direct`, the part of it aligned in the
@@ -229,6 +237,7 @@ impl DataFile {
 /// `start` (its place in the object: see [`DataFile::write_at`]); returns the
 /// block open for reading.
 pub(super) fn write_header(
+    dir: &LocalDir,
     data_file: &DataFile,
     start: u64,
     id: &BlockId,
@@ -242,7 +251,8 @@ pub(super) fn write_header(
     }
     let tag = key.tag(&bytes);
     bytes.extend_from_slice(&tag);
-    data_file.headers.write_all_at(&bytes, slot(id).start)?;
+    dir.open_read_write(&data_file.headers, false)?
+        .write_all_at(&bytes, slot(id).start)?;
     Ok(OpenBlock::new(
         data_file.file.clone(),
         start,
@@ -275,15 +285,17 @@ impl OpenBlock {
     /// its slot of the header file holds exactly this block's header, tagged
     /// with `key`.
     pub(super) fn open(
+        dir: &LocalDir,
         data_file: &DataFile,
         start: u64,
         id: &BlockId,
         len: usize,
         key: &BlockKey,
     ) -> Result<Self, ReadFailure> {
+        let headers = dir.open_file(&data_file.headers).map_err(damaged)?;
         let header_len = header_len(id, len);
         let mut bytes = vec![0u8; header_len];
-        match data_file.headers.read_exact_at(&mut bytes, slot(id).start) {
+        match headers.read_exact_at(&mut bytes, slot(id).start) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(ReadFailure::Damaged("header cut short".into()));
@@ -344,6 +356,15 @@ pub(super) fn random_access(file: &File) {
     let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
 }
 
+/// Frees the disk space of bytes `start..start + len` of `file`, which then
+/// read as zeros.
+pub(super) fn punch(file: &File, start: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(file, flags, start as i64, len as i64)?;
+    Ok(())
+}
+
 fn damaged(e: io::Error) -> ReadFailure {
     ReadFailure::Damaged(e.to_string())
 }
@@ -368,7 +389,7 @@ mod tests {
     /// Block `id()` written as the cache writes it: its data, then its header.
     fn write_block(dir: &LocalDir, file: &DataFile, start: u64, data: &Bytes, key: &BlockKey) {
         file.write_at(dir, data, start, None).unwrap();
-        write_header(file, start, &id(), data, key).unwrap();
+        write_header(dir, file, start, &id(), data, key).unwrap();
     }
 
     #[test]
@@ -400,7 +421,7 @@ mod tests {
         );
         assert!(headers[..slot.start as usize].iter().all(|&b| b == 0));
         assert_eq!(file_len(&id(), data.len()), 5 * CHUNK as u64);
-        let block = OpenBlock::open(&file, start, &id(), data.len(), &key)
+        let block = OpenBlock::open(&dir, &file, start, &id(), data.len(), &key)
             .ok()
             .unwrap();
         for want in [
@@ -414,10 +435,14 @@ mod tests {
         // The same header asked for as another block, or another length, is
         // damaged; so is a slot never written.
         let other = BlockId { index: 4, ..id() };
-        file.headers
+        let header_file = fs::OpenOptions::new()
+            .write(true)
+            .open(temp.path().join("headers"))
+            .unwrap();
+        header_file
             .write_all_at(&headers[slot.start as usize..], self::slot(&other).start)
             .unwrap();
-        let open = |id: &BlockId, len| OpenBlock::open(&file, start, id, len, &key);
+        let open = |id: &BlockId, len| OpenBlock::open(&dir, &file, start, id, len, &key);
         assert!(matches!(
             open(&other, data.len()),
             Err(ReadFailure::Damaged(why)) if why.contains("another block")
@@ -467,10 +492,10 @@ mod tests {
         for id in [&first, &second] {
             let start = id.index * BLOCK_SIZE;
             file.file.write_all_at(&data, start).unwrap();
-            write_header(&file, start, id, &data, &key).unwrap();
+            write_header(&dir, &file, start, id, &data, &key).unwrap();
         }
         for id in [&first, &second] {
-            let block = OpenBlock::open(&file, id.index * BLOCK_SIZE, id, data.len(), &key)
+            let block = OpenBlock::open(&dir, &file, id.index * BLOCK_SIZE, id, data.len(), &key)
                 .ok()
                 .unwrap();
             assert_eq!(block.read(0..data.len()).ok().unwrap(), data);
@@ -487,7 +512,7 @@ mod tests {
             .collect::<Vec<_>>()
             .into();
         let (ours, theirs) = (BlockKey::random().unwrap(), BlockKey::random().unwrap());
-        let open = || OpenBlock::open(&file, 0, &id(), data.len(), &ours);
+        let open = || OpenBlock::open(&dir, &file, 0, &id(), data.len(), &ours);
         // Left by another (or a crashed) mount: its own key.
         write_block(&dir, &file, 0, &data, &theirs);
         assert!(matches!(
@@ -500,7 +525,10 @@ mod tests {
             header.extend_from_slice(&crc_fast::crc32_iscsi(chunk).to_le_bytes());
         }
         header.resize(header_len(&id(), data.len()), 0);
-        file.headers
+        fs::OpenOptions::new()
+            .write(true)
+            .open(temp.path().join("headers"))
+            .unwrap()
             .write_all_at(&header, slot(&id()).start)
             .unwrap();
         assert!(open().is_err());

@@ -28,7 +28,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
-use super::block_file::{self, BlockKey, DataFile, DirectWrites, OpenBlock, ReadFailure};
+use super::block_file::{self, BlockKey, DataFile, DirectWrites, OpenBlock, ReadFailure, punch};
 use super::tier::Tier;
 use super::{CacheStats, Span};
 use crate::local_dir::LocalDir;
@@ -113,9 +113,8 @@ impl Files {
         let Some(file) = &version.file else {
             return Vec::new();
         };
-        let header = entry.header.clone();
         let punched = punch(&file.file, entry.start, entry.len)
-            .and_then(|()| punch(&file.headers, header.start, header.end - header.start));
+            .and_then(|()| file.punch_header(dir, entry.header));
         match punched {
             Ok(()) => Vec::new(),
             Err(e) => {
@@ -144,15 +143,6 @@ impl Files {
         remove_version_files(dir, gone.seq);
         names
     }
-}
-
-/// Frees the disk space of bytes `start..start + len` of `file`, which then
-/// read as zeros.
-fn punch(file: &File, start: u64, len: u64) -> std::io::Result<()> {
-    use nix::fcntl::{FallocateFlags, fallocate};
-    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-    fallocate(file, flags, start as i64, len as i64)?;
-    Ok(())
 }
 
 fn data_name(seq: u64) -> String {
@@ -350,7 +340,9 @@ impl DiskTier {
         let direct = direct.then_some(&self.direct);
         let written = file
             .write_at(&self.dir, data, span.start, direct)
-            .and_then(|()| block_file::write_header(&file, span.start, id, data, &self.key));
+            .and_then(|()| {
+                block_file::write_header(&self.dir, &file, span.start, id, data, &self.key)
+            });
         let mut files = self.files.lock();
         let ours = files
             .entries
@@ -386,9 +378,8 @@ impl DiskTier {
                 .get(&span.version)
                 .is_some_and(|v| v.seq == seq && !v.exposed);
             if same_file && !files.entries.contains(name) {
-                let header = block_file::slot(id);
                 let _ = punch(&file.file, span.start, data.len() as u64);
-                let _ = punch(&file.headers, header.start, header.end - header.start);
+                let _ = file.punch_header(&self.dir, block_file::slot(id));
             }
             return;
         }
@@ -524,7 +515,7 @@ impl DiskTier {
             });
             found.ok_or(ReadFailure::Missing)?
         };
-        let block = OpenBlock::open(&file, span.start, &span.id, span.len, &self.key)?;
+        let block = OpenBlock::open(&self.dir, &file, span.start, &span.id, span.len, &self.key)?;
         let block = Arc::new(block);
         self.keep_open(name, block.clone());
         Ok(block)

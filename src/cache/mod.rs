@@ -708,6 +708,16 @@ mod tests {
             "{:?}",
             files_in(cache.dir())
         );
+        // And one descriptor, its data file's: the header file is opened for
+        // each access.
+        let held: Vec<PathBuf> = fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.parent() == Some(cache.dir()))
+            .filter(|target| target.file_name().unwrap() != "lock")
+            .collect();
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].extension().unwrap(), "data");
         // The most recent blocks are there, the oldest are gone.
         let newest = span(id("k", "\"e\"", 47), 16 * 1024);
         assert_eq!(
