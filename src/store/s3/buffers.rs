@@ -213,7 +213,9 @@ impl AsRef<[u8]> for Mapped {
 impl Drop for Mapped {
     fn drop(&mut self) {
         if let Some(map) = self.map.take() {
-            self.pool.give_back(map, self.touched.max(self.len));
+            // A body leaves the huge page it ends in resident whole.
+            let resident = self.len.next_multiple_of(HUGE_PAGE).min(map.len());
+            self.pool.give_back(map, self.touched.max(resident));
         }
     }
 }
@@ -380,6 +382,20 @@ mod tests {
         assert!(
             resident_at(address) <= 4 * MIB,
             "{} bytes resident for a body of 2 MiB",
+            resident_at(address)
+        );
+        drop(small);
+        // A body that ends inside a huge page left all of it resident.
+        let mut body = pool.take(8 * MIB);
+        assert!(body.extend(&vec![1u8; 7 * MIB]));
+        drop(body.freeze());
+        let mut body = pool.take(MIB + MIB / 2);
+        assert!(body.extend(&vec![2u8; MIB + MIB / 2]));
+        let small = body.freeze();
+        assert_eq!(small.as_ptr() as usize, address, "not the kept buffer");
+        assert!(
+            resident_at(address) <= 2 * MIB,
+            "{} bytes resident for a body of 1.5 MiB",
             resident_at(address)
         );
     }
