@@ -265,6 +265,8 @@ pub(super) fn write_header(
 pub(super) enum ReadFailure {
     /// The tier holds no such block (evicted meanwhile).
     Missing,
+    /// The block could not be read now, for a reason not its own.
+    Unreadable(String),
     /// The file does not hold the block, or not intact.
     Damaged(String),
 }
@@ -292,7 +294,13 @@ impl OpenBlock {
         len: usize,
         key: &BlockKey,
     ) -> Result<Self, ReadFailure> {
-        let headers = dir.open_file(&data_file.headers).map_err(damaged)?;
+        // (No descriptor to be had now, say: not the block's fault.)
+        let headers = dir
+            .open_file(&data_file.headers)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => ReadFailure::Missing,
+                _ => ReadFailure::Unreadable(e.to_string()),
+            })?;
         let header_len = header_len(id, len);
         let mut bytes = vec![0u8; header_len];
         match headers.read_exact_at(&mut bytes, slot(id).start) {
@@ -457,6 +465,11 @@ mod tests {
                 Err(ReadFailure::Damaged(_))
             ));
         }
+        // A header file gone (its version went meanwhile) is a miss.
+        let gone = BlockId { index: 7, ..id() };
+        fs::rename(temp.path().join("headers"), temp.path().join("moved")).unwrap();
+        assert!(matches!(open(&gone, data.len()), Err(ReadFailure::Missing)));
+        fs::rename(temp.path().join("moved"), temp.path().join("headers")).unwrap();
         // A chunk changed in the data file fails its CRC; the others still read.
         file.file.write_all_at(b"x", start + CHUNK as u64).unwrap();
         let block = open(&id(), data.len()).ok().unwrap();

@@ -539,6 +539,15 @@ impl Tier for DiskTier {
             .and_then(|block| block.read(span.want.clone()))
         {
             Ok(data) => Some(data),
+            Err(ReadFailure::Unreadable(why)) => {
+                debug!(
+                    key = span.id.key,
+                    block = span.id.index,
+                    why,
+                    "cache block not read now"
+                );
+                None
+            }
             Err(ReadFailure::Missing) => {
                 // Evicted between the check and the read.
                 self.forget(name);
