@@ -339,10 +339,10 @@ mod tests {
     #[test]
     fn a_pool_that_hands_out_nothing_for_a_while_unmaps_its_kept_buffers() {
         let pool = Buffers::new(2 * MIB);
-        let bodies: Vec<Bytes> = (0..3).map(|_| pool.take(2 * MIB).freeze()).collect();
+        let bodies: Vec<Bytes> = (0..KEEP).map(|_| pool.take(2 * MIB).freeze()).collect();
         drop(bodies);
         pool.release_if_idle(Duration::from_secs(3600));
-        assert_eq!(pool.free.lock().kept.len(), 3, "released while busy");
+        assert_eq!(pool.free.lock().kept.len(), KEEP, "released while busy");
         pool.release_if_idle(Duration::ZERO);
         assert!(pool.free.lock().kept.is_empty(), "still kept");
         // A dropped store's pool leaves the list.
