@@ -89,9 +89,10 @@ impl Files {
     /// of the data file and its header's slot out of the header file, and
     /// removes both files with the version's last block. Done under the lock,
     /// so no block of the same name can be reserved (and written) in between.
-    /// Returns the blocks that went with it: all of its version's when its
-    /// range could not be punched (the files are then removed whole, to keep
-    /// the bound).
+    /// Returns the blocks that went with it: all of its version's when the
+    /// version is pinned or handed over (a reader may hold its data file: it
+    /// goes whole, never punched) or its range could not be punched (the files
+    /// are then removed whole, to keep the bound).
     fn release(&mut self, entry: Entry, dir: &LocalDir) -> Vec<String> {
         self.used -= entry.size;
         let Some(version) = self.versions.get_mut(&entry.version) else {
@@ -106,8 +107,9 @@ impl Files {
             remove_version_files(dir, entry.seq);
             return Vec::new();
         }
-        if version.exposed {
-            // Another reader may hold the file: it goes whole, intact.
+        if version.exposed || version.pins > 0 {
+            // Another reader may hold the file, or is about to be handed it
+            // (pinned, not yet handed over): it goes whole, intact.
             return self.drop_version(&entry.version, dir);
         }
         let Some(file) = &version.file else {

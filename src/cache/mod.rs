@@ -872,6 +872,31 @@ mod tests {
     }
 
     #[test]
+    fn a_block_removed_from_a_pinned_version_takes_the_version_whole() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 3 * BLOCK_SIZE, 0);
+        let size = 2 * BLOCK_SIZE;
+        let object = data(8, size as usize);
+        put_on_disk(&cache, "k", &object, 0);
+        put_on_disk(&cache, "k", &object, 1);
+        // Pinned for the kernel, not yet handed over; a block of it removed
+        // meanwhile (found damaged by a read through the daemon, say).
+        let whole = cache.whole_file("k", "\"e\"", size).unwrap();
+        cache.disk.remove(&block_of("k", size, 1));
+        // What the kernel is about to be handed reads whole: nothing punched.
+        let mut read = vec![0u8; size as usize];
+        whole.file.read_exact_at(&mut read, 0).unwrap();
+        assert!(read == object, "a range of a pinned version was punched");
+        assert!(
+            (0..2).all(|i| !cache.disk.holds(&block_of("k", size, i))),
+            "the version went whole"
+        );
+        drop(whole);
+        assert_eq!(cache.disk_used(), 0);
+    }
+
+    #[test]
     fn an_evicted_block_of_a_version_never_handed_over_is_punched_out() {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path(), 2 * BLOCK_SIZE + 64 * KIB, 0);
