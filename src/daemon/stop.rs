@@ -257,14 +257,21 @@ impl Finish {
         self.record(self.fs.finish(ABANDON_WITHIN).await);
     }
 
+    /// Logs and keeps the keys in `lost` not known yet (a stop gives the
+    /// same keys to each of its callers).
     fn record(&self, lost: Vec<String>) {
-        if !lost.is_empty() {
+        let mut recorded = self.lost.lock();
+        let new: Vec<String> = lost
+            .into_iter()
+            .filter(|key| !recorded.contains(key))
+            .collect();
+        if !new.is_empty() {
             error!(
-                keys = ?lost,
+                keys = ?new,
                 "changes to these files were never uploaded: their uploads were aborted, and \
                  S3 keeps the previous versions"
             );
-            self.lost.lock().extend(lost);
+            recorded.extend(new);
         }
     }
 

@@ -233,6 +233,9 @@ pub struct Fs {
     /// throughout), so that a stop or an fsync waits for the one another turn
     /// took and is still copying.
     metadata_turn: tokio::sync::Mutex<()>,
+    /// The keys whose changes the stop lost, once it is done: the volume stops
+    /// once, and every call of [`Fs::stop`] returns when it has.
+    stopped: tokio::sync::OnceCell<Vec<String>>,
     /// The kernel's caches, once the volume is mounted.
     kernel: kernel::Kernel,
     /// Which files the kernel reads from the disk cache directly.
@@ -303,6 +306,7 @@ impl Fs {
             config,
             xattr_changes: tokio::sync::Mutex::new(()),
             metadata_turn: tokio::sync::Mutex::new(()),
+            stopped: tokio::sync::OnceCell::new(),
             ahead: ahead::Windows::default(),
             batches: ahead::Batches::default(),
             kernel: kernel::Kernel::default(),

@@ -545,7 +545,18 @@ impl Fs {
     /// no application is told its data is safe when it is not.
     /// Changes of closed files' modes, owners and times still waiting are put
     /// in S3 first, in the same time; those that could not be count as lost.
+    ///
+    /// The volume stops once: a call while another is stopping it waits for
+    /// that one (a daemon must not exit while uploads are being aborted), and
+    /// every call returns the same keys.
     pub async fn stop(&self, within: Duration) -> Vec<String> {
+        self.stopped
+            .get_or_init(|| self.stop_once(within))
+            .await
+            .clone()
+    }
+
+    async fn stop_once(&self, within: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + within;
         // Taken once the change another turn is copying is in S3, and held
         // until nothing can be taken any more: every change still waiting is

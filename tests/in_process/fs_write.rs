@@ -876,6 +876,41 @@ async fn a_stop_gives_up_on_stuck_uploads_at_its_deadline_all_at_once() {
     }
 }
 
+/// A stop while another is abandoning the files (the session ending as its
+/// last file closes, during a stop signal's abandoning) returns only once
+/// they are abandoned, and names what was lost: a daemon that exits on the
+/// first to return would leave the other's aborts undone and its losses
+/// unreported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_waits_for_the_first_and_names_what_it_lost() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let vol = Arc::new(volume(faulty.clone()));
+    faulty.fail_all(
+        Operation::UploadPart,
+        Fault::Delay(Duration::from_millis(500)),
+    );
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("f"), None, Posix::default())
+        .await
+        .unwrap();
+    // Past the first part: its upload starts, and hangs.
+    write_all(&vol.fs, fh, 0, &pattern(PART + MIB, 1)).await;
+    let first = {
+        let vol = vol.clone();
+        tokio::spawn(async move { vol.fs.stop(Duration::from_secs(3)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = vol.fs.stop(Duration::from_secs(3)).await;
+    assert!(
+        memory.pending_uploads().is_empty(),
+        "the second stop returned while the first was still abandoning the file"
+    );
+    assert_eq!(second, ["root/f"]);
+    assert_eq!(first.await.unwrap(), ["root/f"]);
+}
+
 /// Once stopped, the volume changes nothing more: a file created or opened for
 /// writing in the moment before the connection ends would never be uploaded nor
 /// abandoned (its parts left behind, its loss unreported).
