@@ -302,8 +302,9 @@ fn serve(
             Ok(())
         }
         // A supervised worker whose session failed while the connection
-        // lives: the supervisor starts another on it.
-        Err(e) if link.is_some() => {
+        // lives: the supervisor starts another on it (unless a stop began,
+        // when none would come to abort what this one leaves: below).
+        Err(e) if link.is_some() && !finish.is_ending() => {
             error!("FUSE session ended with an error: {e}; the supervisor starts a new worker");
             std::process::exit(supervisor::SESSION_FAILED);
         }

@@ -45,6 +45,7 @@ pub(super) async fn stop_on_signal(
         }
     }
     info!("signal received; unmounting");
+    finish.begin_ending();
     match volume.unmount() {
         // The session ends, and with it the daemon.
         Ok(()) => return,
@@ -176,7 +177,8 @@ const RETIRE_WAIT: Duration = Duration::from_secs(30);
 /// Steps aside for a new worker: once no file is open for writing or being
 /// uploaded (or after [`RETIRE_WAIT`]) and what is in flight had a moment to
 /// finish, exits with [`RETIRED`]. The kernel sends what is left unanswered
-/// to the next worker.
+/// to the next worker. If the volume's end began meanwhile (its session
+/// over), that end goes on instead, and this never returns.
 async fn retire(finish: &Finish) -> ! {
     info!("asked to step aside for a new worker");
     let since = tokio::time::Instant::now();
@@ -201,9 +203,17 @@ async fn retire(finish: &Finish) -> ! {
              made way for the next, or never to be (the log above says why)"
         );
     }
-    finish.fs.close_audit_log();
-    info!("stepped aside");
-    std::process::exit(RETIRED);
+    {
+        // Held to the exit: the end cannot begin in between.
+        let ending = finish.ending.lock();
+        if !*ending {
+            finish.fs.close_audit_log();
+            info!("stepped aside");
+            std::process::exit(RETIRED);
+        }
+    }
+    info!("not stepping aside: the volume is ending");
+    std::future::pending().await
 }
 
 /// How long the files still open when a stop gives up on them may take to be
@@ -221,6 +231,9 @@ pub(super) struct Finish {
     cache: Option<Arc<BlockCache>>,
     /// The keys whose changes were not uploaded.
     lost: Mutex<Vec<String>>,
+    /// The volume's end began (a stop was asked for, or the session
+    /// ended): the worker no longer steps aside, nor exits for a new one.
+    ending: Mutex<bool>,
     done: std::sync::Once,
 }
 
@@ -237,12 +250,24 @@ impl Finish {
             stats,
             cache,
             lost: Mutex::new(Vec::new()),
+            ending: Mutex::new(false),
             done: std::sync::Once::new(),
         }
     }
 
+    /// The volume's end begins.
+    pub(super) fn begin_ending(&self) {
+        *self.ending.lock() = true;
+    }
+
+    /// Whether the volume's end began.
+    pub(super) fn is_ending(&self) -> bool {
+        *self.ending.lock()
+    }
+
     /// Stops uploading and abandons the files still being written.
     pub(super) async fn abandon_open_files(&self) {
+        self.begin_ending();
         self.record(self.fs.stop(ABANDON_WITHIN).await);
     }
 
@@ -254,6 +279,7 @@ impl Finish {
 
     /// Uploads what closed files left to upload, then stops.
     pub(super) async fn finish_closed_files(&self) {
+        self.begin_ending();
         self.record(self.fs.finish(ABANDON_WITHIN).await);
     }
 

@@ -3,10 +3,12 @@
 //!
 //! A file is staged by the first handle that writes it (or by its creation),
 //! each further handle attaches to it, and the last one to let go publishes
-//! its changes and unstages it. A stop abandons every staged file at once:
-//! a file is staged only under the registry's lock with the stop checked,
-//! and the stop is marked under that lock, so every staged file is either
-//! abandoned by the stop or never staged.
+//! its changes and unstages it; the registry keeps it until its close (the
+//! wait for its part uploads, the abort of an upload not completed) is done.
+//! A stop abandons every staged or closing file at once: a file is staged
+//! only under the registry's lock with the stop checked, and the stop is
+//! marked under that lock, so every staged file is either abandoned by the
+//! stop or never staged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +26,18 @@ struct Staged {
 }
 
 #[derive(Default)]
+struct Files {
+    staged: HashMap<u64, Staged>,
+    /// Unstaged by their last handle, and still being closed.
+    closing: Vec<Arc<StagedFile>>,
+    /// What the stop took, kept so that a stop that runs again (the first
+    /// cut short) takes the same files.
+    taken: Vec<Arc<StagedFile>>,
+}
+
+#[derive(Default)]
 pub(super) struct StagingRegistry {
-    files: Mutex<HashMap<u64, Staged>>,
+    files: Mutex<Files>,
     stopped: AtomicBool,
 }
 
@@ -40,31 +52,38 @@ impl StagingRegistry {
 
     /// The staged file of `ino`, if it is being written.
     pub(super) fn file(&self, ino: u64) -> Option<Arc<StagedFile>> {
-        self.files.lock().get(&ino).map(|s| s.file.clone())
+        self.files.lock().staged.get(&ino).map(|s| s.file.clone())
     }
 
     pub(super) fn contains(&self, ino: u64) -> bool {
-        self.files.lock().contains_key(&ino)
+        self.files.lock().staged.contains_key(&ino)
     }
 
     /// How many handles hold the staged file of `ino`.
     pub(super) fn handles(&self, ino: u64) -> usize {
-        self.files.lock().get(&ino).map_or(0, |s| s.handles)
+        self.files.lock().staged.get(&ino).map_or(0, |s| s.handles)
     }
 
     /// Every file staged now.
     pub(super) fn all(&self) -> Vec<(u64, Arc<StagedFile>)> {
         let files = self.files.lock();
         files
+            .staged
             .iter()
             .map(|(ino, s)| (*ino, s.file.clone()))
             .collect()
     }
 
+    /// No file is staged or being closed.
+    pub(super) fn is_idle(&self) -> bool {
+        let files = self.files.lock();
+        files.staged.is_empty() && files.closing.is_empty()
+    }
+
     /// One more handle on the staged file of `ino`, if there is one.
     pub(super) fn attach(&self, ino: u64) -> Option<Arc<StagedFile>> {
         let mut files = self.files.lock();
-        let staged = files.get_mut(&ino)?;
+        let staged = files.staged.get_mut(&ino)?;
         staged.handles += 1;
         Some(staged.file.clone())
     }
@@ -74,7 +93,10 @@ impl StagingRegistry {
     pub(super) fn stage(&self, ino: u64, file: Arc<StagedFile>) -> FsResult<Arc<StagedFile>> {
         let mut files = self.files.lock();
         self.running()?;
-        let staged = files.entry(ino).or_insert(Staged { file, handles: 0 });
+        let staged = files
+            .staged
+            .entry(ino)
+            .or_insert(Staged { file, handles: 0 });
         staged.handles += 1;
         Ok(staged.file.clone())
     }
@@ -90,7 +112,7 @@ impl StagingRegistry {
         let mut files = self.files.lock();
         self.running()?;
         let ino = number();
-        files.insert(ino, Staged { file, handles: 1 });
+        files.staged.insert(ino, Staged { file, handles: 1 });
         Ok(ino)
     }
 
@@ -99,26 +121,45 @@ impl StagingRegistry {
     /// it and an open meanwhile shares it.
     pub(super) fn detach(&self, ino: u64) -> Option<Arc<StagedFile>> {
         let mut files = self.files.lock();
-        let staged = files.get_mut(&ino)?;
+        let staged = files.staged.get_mut(&ino)?;
         staged.handles -= 1;
         (staged.handles == 0).then(|| staged.file.clone())
     }
 
-    /// Unstages `file` if no handle took it again since it was detached;
-    /// whether it did (a stop meanwhile abandoned it, or an open holds it).
+    /// Unstages `file` if no handle took it again since it was detached,
+    /// keeping it as closing until [`StagingRegistry::closed`]; `false` if
+    /// one did (a stop meanwhile abandoned it, or an open holds it).
     pub(super) fn unstage(&self, ino: u64, file: &Arc<StagedFile>) -> bool {
         let mut files = self.files.lock();
         let unused = files
+            .staged
             .get(&ino)
             .is_some_and(|s| s.handles == 0 && Arc::ptr_eq(&s.file, file));
-        unused && files.remove(&ino).is_some()
+        if unused {
+            files.staged.remove(&ino);
+            files.closing.push(file.clone());
+        }
+        unused
     }
 
-    /// Marks the stop and takes every staged file.
+    /// The close of `file`, unstaged, is done.
+    pub(super) fn closed(&self, file: &Arc<StagedFile>) {
+        self.files.lock().closing.retain(|f| !Arc::ptr_eq(f, file));
+    }
+
+    /// Marks the stop and takes every file staged or being closed; the
+    /// same files again if it ran before.
     pub(super) fn stop(&self) -> Vec<Arc<StagedFile>> {
         let mut files = self.files.lock();
         self.stopped.store(true, Ordering::SeqCst);
-        files.drain().map(|(_, s)| s.file).collect()
+        let Files {
+            staged,
+            closing,
+            taken,
+        } = &mut *files;
+        taken.extend(staged.drain().map(|(_, s)| s.file));
+        taken.append(closing);
+        taken.clone()
     }
 }
 
@@ -156,6 +197,33 @@ mod tests {
         let last = registry.detach(1).unwrap();
         assert!(registry.unstage(1, &last));
         assert!(!registry.contains(1) && registry.file(1).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stop_takes_the_files_still_being_closed_and_takes_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = StagingRegistry::default();
+        let done = registry.stage(1, file(&dir, "done")).unwrap();
+        let closing = registry.stage(2, file(&dir, "closing")).unwrap();
+        for (ino, file) in [(1, &done), (2, &closing)] {
+            registry.detach(ino).unwrap();
+            assert!(registry.unstage(ino, file));
+        }
+        assert!(!registry.contains(2) && !registry.is_idle());
+        registry.closed(&done);
+        assert!(!registry.is_idle(), "one is still being closed");
+        let staged = registry.stage(3, file(&dir, "staged")).unwrap();
+        let keys = |files: Vec<Arc<StagedFile>>| {
+            let mut keys: Vec<String> = files.iter().map(|f| f.key()).collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(keys(registry.stop()), ["closing", "staged"]);
+        // A stop cut short and run again abandons them again.
+        assert_eq!(keys(registry.stop()), ["closing", "staged"]);
+        registry.closed(&closing);
+        assert!(registry.is_idle() && registry.all().is_empty());
+        drop(staged);
     }
 
     #[tokio::test]

@@ -89,7 +89,7 @@ impl Fs {
                 }
             )
         });
-        if writing > 0 || !self.staging.all().is_empty() {
+        if writing > 0 || !self.staging.is_idle() {
             return false;
         }
         self.apply_metadata(std::time::Duration::ZERO).await;

@@ -508,9 +508,10 @@ impl Fs {
             );
         }
         // Opened again meanwhile (the new handle has it now), or abandoned by a
-        // stop (which closes it).
+        // stop (which closes it). Until closed, a stop waits for it.
         if self.staging.unstage(ino, &file) {
             file.close().await;
+            self.staging.closed(&file);
             if held_back {
                 // The file is what S3 holds again (nothing, if it was created
                 // here): the next look asks.

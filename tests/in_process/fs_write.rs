@@ -911,6 +911,46 @@ async fn a_second_stop_waits_for_the_first_and_names_what_it_lost() {
     assert_eq!(first.await.unwrap(), ["root/f"]);
 }
 
+/// A stop while the last release of a file is closing it (here, what a
+/// writer killed by a signal left: its part uploads waited for, its upload
+/// aborted) waits for that close: the session of a detached volume ends with
+/// that release, and a daemon that exits on the stop's return would leave the
+/// upload in S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_the_close_of_a_file_already_released() {
+    let memory = Arc::new(MemoryStore::new("bkt"));
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let vol = Arc::new(volume(faulty.clone()));
+    faulty.fail_all(
+        Operation::UploadPart,
+        Fault::Delay(Duration::from_millis(500)),
+    );
+    let (_, fh) = vol
+        .fs
+        .create(ROOT_INO, OsStr::new("f"), Some(7), Posix::default())
+        .await
+        .unwrap();
+    write_all(&vol.fs, fh, 0, &pattern(PART + MIB, 1)).await;
+    vol.fs.close_by_killed_process(fh, Some(7), libc::SIGKILL);
+    let release = {
+        let vol = vol.clone();
+        tokio::spawn(async move { vol.fs.release(fh).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!memory.pending_uploads().is_empty(), "no part upload began");
+    // What a killed writer left is not lost: it was never to be uploaded.
+    assert_eq!(
+        vol.fs.stop(Duration::from_secs(3)).await,
+        Vec::<String>::new()
+    );
+    assert!(
+        memory.pending_uploads().is_empty(),
+        "the stop returned while the released file's upload was still being aborted"
+    );
+    release.await.unwrap();
+    assert!(memory.get("root/f").is_none());
+}
+
 /// Once stopped, the volume changes nothing more: a file created or opened for
 /// writing in the moment before the connection ends would never be uploaded nor
 /// abandoned (its parts left behind, its loss unreported).
