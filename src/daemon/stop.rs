@@ -330,3 +330,60 @@ impl Finish {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn finish() -> Finish {
+        let fs = Fs::new(
+            Arc::new(MemoryStore::new("bkt")),
+            "",
+            crate::fs::FsConfig::default(),
+        );
+        let stats = MountStats {
+            source: "bkt".into(),
+            read_write: false,
+            started: std::time::SystemTime::now(),
+            requests: Arc::default(),
+            cache: None,
+            memory: None,
+            credentials: None,
+            audit: None,
+            callers: Default::default(),
+            errors: Default::default(),
+            io_timeout: Duration::from_secs(30),
+            passthrough: Default::default(),
+            heads_without_the_sdk: None,
+        };
+        Finish::new(Path::new("/mnt"), Arc::new(fs), Arc::new(stats), None)
+    }
+
+    /// A worker asked to step aside while the volume ends (its session over,
+    /// the main thread uploading and aborting) finishes the end instead: an
+    /// exit for a new worker there would cut the end short, and the
+    /// supervisor would start a worker on a connection that is gone.
+    #[tokio::test]
+    async fn a_worker_whose_volume_is_ending_does_not_step_aside() {
+        let finish = finish();
+        assert!(finish.fs.ready_to_retire().await);
+        finish.begin_ending();
+        // Before the fix, this exited the test's process with RETIRED.
+        let retired = tokio::time::timeout(Duration::from_secs(1), retire(&finish)).await;
+        assert!(retired.is_err());
+    }
+
+    #[test]
+    fn each_lost_key_is_recorded_once() {
+        let finish = finish();
+        assert_eq!(finish.failure(), None);
+        finish.lost_with_worker(vec!["a".into()]);
+        // A stop's keys reach each of its callers.
+        finish.record(vec!["a".into(), "b".into()]);
+        finish.record(vec!["b".into()]);
+        let failure = finish.failure().unwrap();
+        assert!(failure.contains("2 file(s)"), "{failure}");
+        assert!(failure.ends_with(": a, b"), "{failure}");
+    }
+}
