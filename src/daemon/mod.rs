@@ -302,11 +302,15 @@ fn serve(
             Ok(())
         }
         // A supervised worker whose session failed while the connection
-        // lives: the supervisor starts another on it (unless a stop began,
-        // when none would come to abort what this one leaves: below).
-        Err(e) if link.is_some() && !finish.is_ending() => {
-            error!("FUSE session ended with an error: {e}; the supervisor starts a new worker");
-            std::process::exit(supervisor::SESSION_FAILED);
+        // lives: the supervisor starts another on it; unless a stop began,
+        // when none would come to abort what this one leaves, and this one
+        // ends the volume.
+        Err(e) if link.is_some() => {
+            finish.exit_unless_ending(supervisor::SESSION_FAILED, || {
+                error!("FUSE session ended with an error: {e}; the supervisor starts a new worker")
+            });
+            runtime.block_on(finish.abandon_open_files());
+            Err(e)
         }
         Err(e) => {
             runtime.block_on(finish.abandon_open_files());

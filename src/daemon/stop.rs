@@ -203,15 +203,10 @@ async fn retire(finish: &Finish) -> ! {
              made way for the next, or never to be (the log above says why)"
         );
     }
-    {
-        // Held to the exit: the end cannot begin in between.
-        let ending = finish.ending.lock();
-        if !*ending {
-            finish.fs.close_audit_log();
-            info!("stepped aside");
-            std::process::exit(RETIRED);
-        }
-    }
+    finish.exit_unless_ending(RETIRED, || {
+        finish.fs.close_audit_log();
+        info!("stepped aside");
+    });
     info!("not stepping aside: the volume is ending");
     std::future::pending().await
 }
@@ -260,9 +255,15 @@ impl Finish {
         *self.ending.lock() = true;
     }
 
-    /// Whether the volume's end began.
-    pub(super) fn is_ending(&self) -> bool {
-        *self.ending.lock()
+    /// Runs `last` and exits with `code`, unless the volume's end began
+    /// (then returns): checked and done under one lock, so that the end
+    /// cannot begin in between.
+    pub(super) fn exit_unless_ending(&self, code: i32, last: impl FnOnce()) {
+        let ending = self.ending.lock();
+        if !*ending {
+            last();
+            std::process::exit(code);
+        }
     }
 
     /// Stops uploading and abandons the files still being written.
@@ -370,7 +371,7 @@ mod tests {
         assert!(finish.fs.ready_to_retire().await);
         finish.begin_ending();
         // Before the fix, this exited the test's process with RETIRED.
-        let retired = tokio::time::timeout(Duration::from_secs(1), retire(&finish)).await;
+        let retired = tokio::time::timeout(Duration::from_secs(3), retire(&finish)).await;
         assert!(retired.is_err());
     }
 

@@ -35,6 +35,7 @@ pub mod read;
 mod remove;
 mod rename;
 mod staging;
+mod stop;
 mod symlink;
 mod takeover;
 pub mod upload;

@@ -32,7 +32,30 @@ struct Files {
     closing: Vec<Arc<StagedFile>>,
     /// What the stop took, kept so that a stop that runs again (the first
     /// cut short) takes the same files.
-    taken: Vec<Arc<StagedFile>>,
+    taken: Taken,
+}
+
+/// What a stop takes.
+#[derive(Clone, Default)]
+pub(super) struct Taken {
+    /// The files being written: to be abandoned.
+    pub(super) staged: Vec<Arc<StagedFile>>,
+    /// The files whose close is under way: to be waited for.
+    pub(super) closing: Vec<Arc<StagedFile>>,
+}
+
+/// A file unstaged and being closed: it is one of the files a stop takes
+/// until this is dropped.
+pub(super) struct Closing<'a> {
+    registry: &'a StagingRegistry,
+    file: Arc<StagedFile>,
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        let mut files = self.registry.files.lock();
+        files.closing.retain(|f| !Arc::ptr_eq(f, &self.file));
+    }
 }
 
 #[derive(Default)]
@@ -127,8 +150,9 @@ impl StagingRegistry {
     }
 
     /// Unstages `file` if no handle took it again since it was detached,
-    /// keeping it as closing until [`StagingRegistry::closed`]; `false` if
-    /// one did (a stop meanwhile abandoned it, or an open holds it).
+    /// keeping it as closing until [`StagingRegistry::closing`]'s guard is
+    /// dropped; `false` if one did (a stop meanwhile abandoned it, or an
+    /// open holds it).
     pub(super) fn unstage(&self, ino: u64, file: &Arc<StagedFile>) -> bool {
         let mut files = self.files.lock();
         let unused = files
@@ -142,14 +166,18 @@ impl StagingRegistry {
         unused
     }
 
-    /// The close of `file`, unstaged, is done.
-    pub(super) fn closed(&self, file: &Arc<StagedFile>) {
-        self.files.lock().closing.retain(|f| !Arc::ptr_eq(f, file));
+    /// `file`, unstaged, is being closed until the guard is dropped (when
+    /// its close is done, or given up).
+    pub(super) fn closing(&self, file: &Arc<StagedFile>) -> Closing<'_> {
+        Closing {
+            registry: self,
+            file: file.clone(),
+        }
     }
 
     /// Marks the stop and takes every file staged or being closed; the
     /// same files again if it ran before.
-    pub(super) fn stop(&self) -> Vec<Arc<StagedFile>> {
+    pub(super) fn stop(&self) -> Taken {
         let mut files = self.files.lock();
         self.stopped.store(true, Ordering::SeqCst);
         let Files {
@@ -157,8 +185,8 @@ impl StagingRegistry {
             closing,
             taken,
         } = &mut *files;
-        taken.extend(staged.drain().map(|(_, s)| s.file));
-        taken.append(closing);
+        taken.staged.extend(staged.drain().map(|(_, s)| s.file));
+        taken.closing.append(closing);
         taken.clone()
     }
 }
@@ -203,27 +231,35 @@ mod tests {
     async fn a_stop_takes_the_files_still_being_closed_and_takes_them_again() {
         let dir = tempfile::tempdir().unwrap();
         let registry = StagingRegistry::default();
-        let done = registry.stage(1, file(&dir, "done")).unwrap();
-        let closing = registry.stage(2, file(&dir, "closing")).unwrap();
-        for (ino, file) in [(1, &done), (2, &closing)] {
-            registry.detach(ino).unwrap();
-            assert!(registry.unstage(ino, file));
-        }
-        assert!(!registry.contains(2) && !registry.is_idle());
-        registry.closed(&done);
-        assert!(!registry.is_idle(), "one is still being closed");
-        let staged = registry.stage(3, file(&dir, "staged")).unwrap();
-        let keys = |files: Vec<Arc<StagedFile>>| {
+        let keys = |files: &[Arc<StagedFile>]| {
             let mut keys: Vec<String> = files.iter().map(|f| f.key()).collect();
             keys.sort();
             keys
         };
-        assert_eq!(keys(registry.stop()), ["closing", "staged"]);
-        // A stop cut short and run again abandons them again.
-        assert_eq!(keys(registry.stop()), ["closing", "staged"]);
-        registry.closed(&closing);
+        let done = registry.stage(1, file(&dir, "done")).unwrap();
+        let old = registry.stage(2, file(&dir, "old")).unwrap();
+        let mut guards = Vec::new();
+        for (ino, file) in [(1, &done), (2, &old)] {
+            registry.detach(ino).unwrap();
+            assert!(registry.unstage(ino, file));
+            guards.push(registry.closing(file));
+        }
+        assert!(!registry.contains(2) && !registry.is_idle());
+        drop(guards.remove(0));
+        assert!(!registry.is_idle(), "one is still being closed");
+        // The same inode written again while its old file is being closed.
+        let new = registry.stage(2, file(&dir, "new")).unwrap();
+        assert!(!Arc::ptr_eq(&new, &old));
+        let taken = registry.stop();
+        assert_eq!(keys(&taken.staged), ["new"]);
+        assert_eq!(keys(&taken.closing), ["old"]);
+        // Its close done meanwhile, a stop run again (the first cut short)
+        // still takes the same files.
+        drop(guards);
+        let again = registry.stop();
+        assert_eq!(keys(&again.staged), ["new"]);
+        assert_eq!(keys(&again.closing), ["old"]);
         assert!(registry.is_idle() && registry.all().is_empty());
-        drop(staged);
     }
 
     #[tokio::test]
@@ -232,8 +268,8 @@ mod tests {
         let registry = StagingRegistry::default();
         registry.stage(1, file(&dir, "a")).unwrap();
         registry.stage_new(file(&dir, "b"), || 2).unwrap();
-        let files = registry.stop();
-        assert_eq!(files.len(), 2);
+        let taken = registry.stop();
+        assert_eq!((taken.staged.len(), taken.closing.len()), (2, 0));
         assert!(matches!(registry.running(), Err(FsError::Stopped)));
         let refused = registry.stage(4, file(&dir, "c"));
         assert!(matches!(refused, Err(FsError::Stopped)));

@@ -8,7 +8,7 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use tracing::{debug, warn};
@@ -510,8 +510,9 @@ impl Fs {
         // Opened again meanwhile (the new handle has it now), or abandoned by a
         // stop (which closes it). Until closed, a stop waits for it.
         if self.staging.unstage(ino, &file) {
+            let closing = self.staging.closing(&file);
             file.close().await;
-            self.staging.closed(&file);
+            drop(closing);
             if held_back {
                 // The file is what S3 holds again (nothing, if it was created
                 // here): the next look asks.
@@ -519,80 +520,6 @@ impl Fs {
                 self.kernel.attributes_changed(ino);
             }
         }
-    }
-
-    /// The session ended with every file closed (an unmount): the kernel drops
-    /// the releases it had not yet sent, so what they would have uploaded is
-    /// uploaded now; then [`Fs::stop`]. Returns the keys whose changes were not
-    /// uploaded.
-    pub async fn finish(&self, within: Duration) -> Vec<String> {
-        for (ino, file) in self.staging.all() {
-            if file.has_unsent_changes()
-                && let Err(e) = self.publish(ino, &file).await
-            {
-                warn!(key = file.key(), "cannot upload at unmount: {e:#}");
-            }
-        }
-        self.stop(within).await
-    }
-
-    /// The volume is going away: nothing more is uploaded, and every file still
-    /// being written is abandoned, its multipart upload aborted once any upload
-    /// already under way has finished (so a close in progress still completes).
-    /// The files are abandoned together, and given up on `within` from now:
-    /// one whose upload is still under way then counts as lost (S3 may or may
-    /// not get it, and `s3vol cleanup` finds what it leaves). Returns the keys
-    /// whose changes were not uploaded. A close after this fails (ENOTCONN), so
-    /// no application is told its data is safe when it is not.
-    /// Changes of closed files' modes, owners and times still waiting are put
-    /// in S3 first, in the same time; those that could not be count as lost.
-    ///
-    /// The volume stops once: a call while another is stopping it waits for
-    /// that one (a daemon must not exit while uploads are being aborted), and
-    /// every call returns the same keys.
-    pub async fn stop(&self, within: Duration) -> Vec<String> {
-        self.stopped
-            .get_or_init(|| self.stop_once(within))
-            .await
-            .clone()
-    }
-
-    async fn stop_once(&self, within: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + within;
-        // Taken once the change another turn is copying is in S3, and held
-        // until nothing can be taken any more: every change still waiting is
-        // put in S3 by this turn or counted below, and so is one whose copy
-        // outlasts the time given (it may or may not reach S3).
-        let turn = tokio::time::timeout_at(deadline, self.metadata_turn.lock()).await;
-        if turn.is_ok() && self.staging.running().is_ok() {
-            let _ = tokio::time::timeout_at(deadline, self.apply_every_change()).await;
-        }
-        let not_kept = self.changes.stop();
-        let files = self.staging.stop();
-        drop(turn);
-        let mut lost = Vec::new();
-        for ino in not_kept {
-            if let Ok(node) = self.named_node(ino) {
-                warn!(
-                    key = node.key,
-                    "the change of mode, owner or time was not kept: the volume stopped"
-                );
-                lost.push(node.key);
-            }
-        }
-        let outcomes = futures::future::join_all(files.iter().map(|file| async move {
-            let lost = tokio::time::timeout_at(deadline, file.abandon())
-                .await
-                .unwrap_or(true);
-            (file.key(), lost)
-        }))
-        .await;
-        for (key, abandoned) in outcomes {
-            if abandoned && !lost.contains(&key) {
-                lost.push(key);
-            }
-        }
-        lost
     }
 
     /// mkdir(2): a zero-byte marker object `name/`, carrying the mode and

@@ -921,10 +921,7 @@ async fn a_stop_waits_for_the_close_of_a_file_already_released() {
     let memory = Arc::new(MemoryStore::new("bkt"));
     let faulty = Arc::new(FaultyStore::new(memory.clone()));
     let vol = Arc::new(volume(faulty.clone()));
-    faulty.fail_all(
-        Operation::UploadPart,
-        Fault::Delay(Duration::from_millis(500)),
-    );
+    faulty.fail_all(Operation::UploadPart, Fault::Delay(Duration::from_secs(2)));
     let (_, fh) = vol
         .fs
         .create(ROOT_INO, OsStr::new("f"), Some(7), Posix::default())
@@ -936,8 +933,16 @@ async fn a_stop_waits_for_the_close_of_a_file_already_released() {
         let vol = vol.clone();
         tokio::spawn(async move { vol.fs.release(fh).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!memory.pending_uploads().is_empty(), "no part upload began");
+    let began = async {
+        while memory.pending_uploads().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), began)
+        .await
+        .expect("no part upload began");
+    // The release, with nothing to publish, is at once waiting in the close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // What a killed writer left is not lost: it was never to be uploaded.
     assert_eq!(
         vol.fs.stop(Duration::from_secs(3)).await,
