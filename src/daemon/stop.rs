@@ -370,7 +370,8 @@ mod tests {
         let finish = finish();
         assert!(finish.fs.ready_to_retire().await);
         finish.begin_ending();
-        // Before the fix, this exited the test's process with RETIRED.
+        // A worker stepping aside here would exit the test's process with
+        // RETIRED.
         let retired = tokio::time::timeout(Duration::from_secs(3), retire(&finish)).await;
         assert!(retired.is_err());
     }
