@@ -33,7 +33,8 @@ impl Fs {
     /// whose changes were not uploaded. A close after this fails (ENOTCONN), so
     /// no application is told its data is safe when it is not.
     /// Changes of closed files' modes, owners and times still waiting are put
-    /// in S3 first, in the same time; those that could not be count as lost.
+    /// in S3 first, in two thirds of that time at most; those that could not
+    /// be count as lost.
     /// The closes of files released already (the wait for their part
     /// uploads, the abort of an upload not completed) are waited for in the
     /// same time; what became of those files their closes told.
@@ -49,14 +50,18 @@ impl Fs {
     }
 
     async fn stop_once(&self, within: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + within;
+        let now = tokio::time::Instant::now();
+        let deadline = now + within;
+        // The copies of changes get two thirds of the time at most, so that
+        // copies that hang leave the files' aborts time to be sent.
+        let copies_deadline = now + within * 2 / 3;
         // Taken once the change another turn is copying is in S3, and held
         // until nothing can be taken any more: every change still waiting is
         // put in S3 by this turn or counted below, and so is one whose copy
         // outlasts the time given (it may or may not reach S3).
-        let turn = tokio::time::timeout_at(deadline, self.metadata_turn.lock()).await;
+        let turn = tokio::time::timeout_at(copies_deadline, self.metadata_turn.lock()).await;
         if turn.is_ok() && self.staging.running().is_ok() {
-            let _ = tokio::time::timeout_at(deadline, self.apply_every_change()).await;
+            let _ = tokio::time::timeout_at(copies_deadline, self.apply_every_change()).await;
         }
         let not_kept = self.changes.stop();
         let taken = self.staging.stop();

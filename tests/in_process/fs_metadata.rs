@@ -554,6 +554,44 @@ async fn a_change_the_stop_could_not_finish_copying_counts_as_lost() {
     assert_eq!(fs.stop(Duration::from_millis(200)).await, ["root/f"]);
 }
 
+/// A stop whose copies of changes hang still has time to abort the uploads
+/// of the files being written (once their parts in flight are done): the
+/// copies get part of its time, not all of it, and no part is left in S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_whose_copies_hang_still_aborts_the_uploads_under_way() {
+    let store = Arc::new(MemoryStore::new("bkt"));
+    let (faulty, fs, _staging, _) = a_chmod_of_f(&store).await;
+    faulty.fail_all(Operation::CopyObject, Fault::Delay(Duration::from_secs(10)));
+    // Each takes a while, as over a network.
+    for op in [Operation::UploadPart, Operation::AbortMultipartUpload] {
+        faulty.fail_all(op, Fault::Delay(Duration::from_millis(200)));
+    }
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("g"), None, Posix::default())
+        .await
+        .unwrap();
+    // Past the first part (8 MiB): its upload begins.
+    let chunk = vec![7u8; 1 << 20];
+    for i in 0..9u64 {
+        fs.write(fh, i << 20, &chunk).await.unwrap();
+    }
+    let began = async {
+        while store.pending_uploads().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), began)
+        .await
+        .expect("no part upload began");
+    let mut lost = fs.stop(Duration::from_millis(1500)).await;
+    lost.sort();
+    assert_eq!(lost, ["root/f", "root/g"]);
+    assert!(
+        store.pending_uploads().is_empty(),
+        "the hanging copies took all of the stop's time: the upload was never aborted"
+    );
+}
+
 /// A copy of a change that fails is not the end of it: the change waits
 /// again (tried again by the volume's turn after a while, at once by an
 /// fsync, which fails while the copy does), and a stop that cannot put it in
