@@ -5,10 +5,10 @@
 //! each further handle attaches to it, and the last one to let go publishes
 //! its changes and unstages it; the registry keeps it until its close (the
 //! wait for its part uploads, the abort of an upload not completed) is done.
-//! A stop abandons every staged or closing file at once: a file is staged
-//! only under the registry's lock with the stop checked, and the stop is
-//! marked under that lock, so every staged file is either abandoned by the
-//! stop or never staged.
+//! A stop takes every staged file at once, to abandon it, and every closing
+//! one, to wait for its close: a file is staged only under the registry's
+//! lock with the stop checked, and the stop is marked under that lock, so
+//! every staged file is either abandoned by the stop or never staged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -149,30 +149,25 @@ impl StagingRegistry {
         (staged.handles == 0).then(|| staged.file.clone())
     }
 
-    /// Unstages `file` if no handle took it again since it was detached,
-    /// keeping it as closing until [`StagingRegistry::closing`]'s guard is
-    /// dropped; `false` if one did (a stop meanwhile abandoned it, or an
-    /// open holds it).
-    pub(super) fn unstage(&self, ino: u64, file: &Arc<StagedFile>) -> bool {
+    /// Unstages `file` if no handle took it again since it was detached:
+    /// it is then closing until the guard returned is dropped (when its
+    /// close is done, or given up). `None` if one did (a stop meanwhile
+    /// abandoned it, or an open holds it).
+    pub(super) fn unstage(&self, ino: u64, file: &Arc<StagedFile>) -> Option<Closing<'_>> {
         let mut files = self.files.lock();
         let unused = files
             .staged
             .get(&ino)
             .is_some_and(|s| s.handles == 0 && Arc::ptr_eq(&s.file, file));
-        if unused {
-            files.staged.remove(&ino);
-            files.closing.push(file.clone());
+        if !unused {
+            return None;
         }
-        unused
-    }
-
-    /// `file`, unstaged, is being closed until the guard is dropped (when
-    /// its close is done, or given up).
-    pub(super) fn closing(&self, file: &Arc<StagedFile>) -> Closing<'_> {
-        Closing {
+        files.staged.remove(&ino);
+        files.closing.push(file.clone());
+        Some(Closing {
             registry: self,
             file: file.clone(),
-        }
+        })
     }
 
     /// Marks the stop and takes every file staged or being closed; the
@@ -220,10 +215,10 @@ mod tests {
         let last = registry.detach(1).expect("the last handle let go");
         // Opened again while it uploaded: it stays staged.
         assert!(registry.attach(1).is_some());
-        assert!(!registry.unstage(1, &last));
+        assert!(registry.unstage(1, &last).is_none());
         assert!(registry.contains(1));
         let last = registry.detach(1).unwrap();
-        assert!(registry.unstage(1, &last));
+        assert!(registry.unstage(1, &last).is_some());
         assert!(!registry.contains(1) && registry.file(1).is_none());
     }
 
@@ -241,8 +236,7 @@ mod tests {
         let mut guards = Vec::new();
         for (ino, file) in [(1, &done), (2, &old)] {
             registry.detach(ino).unwrap();
-            assert!(registry.unstage(ino, file));
-            guards.push(registry.closing(file));
+            guards.push(registry.unstage(ino, file).expect("unused"));
         }
         assert!(!registry.contains(2) && !registry.is_idle());
         drop(guards.remove(0));

@@ -509,8 +509,7 @@ impl Fs {
         }
         // Opened again meanwhile (the new handle has it now), or abandoned by a
         // stop (which closes it). Until closed, a stop waits for it.
-        if self.staging.unstage(ino, &file) {
-            let closing = self.staging.closing(&file);
+        if let Some(closing) = self.staging.unstage(ino, &file) {
             file.close().await;
             drop(closing);
             if held_back {

@@ -717,6 +717,19 @@ pub fn daemon_exits_within(mountpoint: &Path, limit: Duration) -> bool {
     wait_until(limit, || volume_processes(mountpoint).is_empty())
 }
 
+/// [`wait_until`] for async tests: the runtime's threads stay free while it
+/// waits.
+pub async fn wait_until_async(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
 pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {

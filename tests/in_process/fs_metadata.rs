@@ -575,14 +575,11 @@ async fn a_stop_whose_copies_hang_still_aborts_the_uploads_under_way() {
     for i in 0..9u64 {
         fs.write(fh, i << 20, &chunk).await.unwrap();
     }
-    let began = async {
-        while store.pending_uploads().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(1), began)
-        .await
-        .expect("no part upload began");
+    let began = || !store.pending_uploads().is_empty();
+    assert!(
+        common::wait_until_async(Duration::from_secs(1), began).await,
+        "no part upload began"
+    );
     let mut lost = fs.stop(Duration::from_millis(1500)).await;
     lost.sort();
     assert_eq!(lost, ["root/f", "root/g"]);

@@ -933,14 +933,11 @@ async fn a_stop_waits_for_the_close_of_a_file_already_released() {
         let vol = vol.clone();
         tokio::spawn(async move { vol.fs.release(fh).await })
     };
-    let began = async {
-        while memory.pending_uploads().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(1), began)
-        .await
-        .expect("no part upload began");
+    let began = || !memory.pending_uploads().is_empty();
+    assert!(
+        common::wait_until_async(Duration::from_secs(1), began).await,
+        "no part upload began"
+    );
     // The release, with nothing to publish, is at once waiting in the close.
     tokio::time::sleep(Duration::from_millis(200)).await;
     // What a killed writer left is not lost: it was never to be uploaded.
